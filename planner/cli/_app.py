@@ -1,0 +1,119 @@
+"""The typer application, and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+import typer
+
+from planner import errors as E
+from planner._version import __version__
+
+EPILOG = (
+    "Exit codes: 0 success; 1 the analysis answered 'no' (validation mismatch, threshold "
+    "missed); 2 usage error (bad option or value, output exists); 3 the environment lacks "
+    "something (permission, KSM, an optional extra, a cluster); 4 bad input data (trace, "
+    "interchange file, policy file, missing process); 130 interrupted."
+)
+
+app = typer.Typer(
+    name="ksm-planner",
+    help="Trace-replay capacity planner for Linux KSM (kernel samepage merging).",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+#: The mapping of the exception hierarchy (planner.errors) to exit codes.
+EXIT_CODES: dict[type[E.PlannerError], int] = {
+    E.ValidationMismatch: 1,
+    E.UsageProblem: 2,
+    E.EnvironmentProblem: 3,
+    E.InputDataError: 4,
+    E.PlannerError: 4,
+}
+EXIT_INTERRUPTED = 130
+
+
+def exit_code_of(err: E.PlannerError) -> int:
+    """The exit code of ``err`` (the most specific class in :data:`EXIT_CODES` wins)."""
+    for cls in type(err).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]  # type: ignore[index]
+    return 4
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one line on stderr and exit."""
+    sys.stderr.write(f"ksm-planner: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ksm-planner {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Trace-replay capacity planner for Linux KSM (kernel samepage merging)."""
+
+
+def _cli_exception_types() -> tuple[type[BaseException], ...]:
+    """Exceptions of the CLI toolkit (typer >= 0.29 vendors click; older typer uses click)."""
+    types: list[type[BaseException]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+_CLI_ERRORS = _cli_exception_types()
+
+
+def _usage_line(err: BaseException) -> str:
+    fmt = getattr(err, "format_message", None)
+    message = fmt() if callable(fmt) else str(err)
+    ctx = getattr(err, "ctx", None)
+    path = getattr(ctx, "command_path", "") or "ksm-planner"
+    return f"{message} (see '{path} --help')"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
+    except E.PlannerError as err:
+        fail(err.one_line(), exit_code_of(err))
+    except (KeyboardInterrupt, typer.Abort):
+        fail("interrupted", EXIT_INTERRUPTED)
+    except typer.Exit as err:
+        raise SystemExit(getattr(err, "exit_code", 0)) from None
+    except BrokenPipeError:
+        # stdout was closed early (``ksm-planner ... --json | head``): end quietly.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        raise SystemExit(0) from None
+    except _CLI_ERRORS as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            ctx = getattr(err, "ctx", None)
+            sys.stdout.write((ctx.get_help() if ctx is not None else "") + "\n")
+            raise SystemExit(2) from None
+        fail(_usage_line(err), int(getattr(err, "exit_code", 2) or 2))
+    code = rv if isinstance(rv, int) else 0
+    raise SystemExit(code)
