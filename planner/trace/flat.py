@@ -7,19 +7,27 @@ synthetic trace builder of :mod:`planner.testing`. Input columns (per snapshot):
 * required: ``pid`` (int32), ``page_addr`` (uint64), ``content_hash`` (uint64);
 * optional: ``ppid``, ``comm``, ``vma_start``, ``vma_kind``, ``frame``, ``is_zero``
   (bool), ``flags`` (uint16, :class:`~planner.trace.schema.PageFlag` bits),
-  ``proc_start`` (uint64), ``cgroup``, ``uid``, ``labels`` (JSON text).
+  ``proc_start`` (uint64), ``cgroup``, ``uid``, ``labels`` (JSON text), ``vma_end``,
+  ``perms``, ``vma_path`` (mapping attributes, taken from the mapping's first page),
+  ``capture_t0_s``, ``capture_t1_s``, and ``_row`` (int64, the source row number, used
+  in error messages only).
 
 Missing values are derived: a missing ``frame`` means every page has its own frame (a
 stable id per process incarnation and address); a missing ``vma_start`` makes each run of
 contiguous pages one mapping; a missing ``proc_start`` makes a pid that disappears and
 comes back a new process (an incarnation number is recorded instead).
+
+A snapshot can be converted in one call (:meth:`FlatConverter.convert`) or streamed:
+:meth:`FlatConverter.begin`, then :meth:`FlatConverter.feed` with consecutive chunks
+sorted by ``(pid, page_addr)`` (each returns its ``pages`` rows), then
+:meth:`FlatConverter.end` for the snapshot row and the ``processes`` and ``mappings``
+tables. Streaming keeps memory bounded by the chunk size, whatever the snapshot size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +37,67 @@ from planner.errors import TraceFormatError
 from planner.trace import schema as S
 from planner.trace.io import HostTrace, conform
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 _FRAME_PROC_SHIFT = 36  # frame = (process incarnation << 36) | page number, when frames are absent
+
+#: Optional per-process columns, taken from the first row of each process in a snapshot.
+PROCESS_COLUMNS = (
+    "ppid",
+    "comm",
+    "cgroup",
+    "uid",
+    "labels",
+    "cmdline",
+    "exe",
+    "reg_time_s",
+    "capture_t0_s",
+    "capture_t1_s",
+)
+#: Optional per-mapping columns of the flat input and the ``mappings`` column they fill.
+MAPPING_COLUMNS = {"vma_end": "end", "perms": "perms", "vma_path": "path"}
+
+_NO_HASH_FLAGS = int(S.PageFlag.SWAPPED | S.PageFlag.READ_ERROR)
+_NO_FRAME_FLAGS = int(S.PageFlag.SWAPPED)
+
+U64 = np.ndarray[Any, np.dtype[np.uint64]]
+I64 = np.ndarray[Any, np.dtype[np.int64]]
+
+
+def _row_label(rows: pa.Table, i: int) -> str:
+    """``"row N: "`` when the input carries source row numbers, else ``""``."""
+    if "_row" in rows.column_names:
+        return f"row {rows.column('_row')[i].as_py()}: "
+    return ""
+
+
+def _u64(col: Any) -> U64:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+
+@dataclass
+class _SnapshotState:
+    """Accumulators of the snapshot being streamed."""
+
+    snapshot_id: int
+    time_s: float
+    extra: dict[str, Any]
+    last_pid: int | None = None
+    last_addr: int = 0
+    last_row: Any = None
+    last_vma_start: int = 0
+    cur_proc_idx: int = -1
+    pids: list[np.ndarray[Any, np.dtype[np.int32]]] = field(default_factory=list)
+    proc_starts: list[U64] = field(default_factory=list)
+    proc_counts: list[I64] = field(default_factory=list)
+    proc_attrs: list[pa.Table] = field(default_factory=list)
+    map_pid: list[np.ndarray[Any, np.dtype[np.int32]]] = field(default_factory=list)
+    map_start: list[U64] = field(default_factory=list)
+    map_end: list[U64] = field(default_factory=list)
+    map_count: list[I64] = field(default_factory=list)
+    map_attrs: list[pa.Table] = field(default_factory=list)
+    seen_pids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -49,131 +117,320 @@ class FlatConverter:
     _prev_pids: set[int] = field(default_factory=set)
     _last_sid: int = -1
     _last_time: float = float("-inf")
+    _snap: _SnapshotState | None = None
+
+    # -- one call per snapshot ---------------------------------------------------------------
 
     def convert(
         self, snapshot_id: int, time_s: float, rows: pa.Table
     ) -> tuple[dict[str, Any], pa.Table, pa.Table, pa.Table]:
-        """Return ``(snapshot_row, processes, mappings, pages)`` for one snapshot."""
+        """Return ``(snapshot_row, processes, mappings, pages)`` for one snapshot.
+
+        ``rows`` may be in any order; a ``frame`` or ``vma_start`` column that is entirely
+        empty counts as absent.
+        """
+        for name in ("frame", "vma_start"):
+            if name in rows.column_names:
+                col = rows.column(name)
+                all_empty = rows.num_rows > 0 and col.null_count == rows.num_rows
+                if all_empty or (name == "vma_start" and col.null_count):
+                    rows = rows.drop_columns([name])
+        pid = rows.column("pid").to_numpy(zero_copy_only=False)
+        addr = _u64(rows.column("page_addr"))
+        order = np.lexsort((addr, pid))
+        if np.any(order[1:] < order[:-1]):
+            rows = rows.take(order)
+        self.begin(snapshot_id, time_s)
+        pages = self.feed(rows)
+        snapshot, processes, mappings = self.end()
+        return snapshot, processes, mappings, pages
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def begin(
+        self, snapshot_id: int, time_s: float, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Start snapshot ``snapshot_id`` at ``time_s``; ``extra`` adds snapshot-row fields."""
+        if self._snap is not None:
+            raise RuntimeError("the previous snapshot was not ended")
         if snapshot_id <= self._last_sid:
-            raise TraceFormatError(f"snapshot ids must increase ({snapshot_id} after {self._last_sid})")
+            raise TraceFormatError(
+                f"snapshot ids must increase ({snapshot_id} after {self._last_sid})"
+            )
         if time_s < self._last_time:
             raise TraceFormatError(f"time goes backwards ({time_s} after {self._last_time})")
         self._last_sid, self._last_time = snapshot_id, time_s
-        names = set(rows.column_names)
-        n = rows.num_rows
-        pid = rows.column("pid").to_numpy().astype(np.int32, copy=False)
-        addr = rows.column("page_addr").to_numpy().astype(np.uint64, copy=False)
-        order = np.lexsort((addr, pid))
-        rows = rows.take(pa.array(order))
-        pid, addr = pid[order], addr[order]
-        if n and np.any((pid[1:] == pid[:-1]) & (addr[1:] == addr[:-1])):
-            i = int(np.flatnonzero((pid[1:] == pid[:-1]) & (addr[1:] == addr[:-1]))[0])
-            raise TraceFormatError(
-                f"page 0x{int(addr[i]):x} of pid {int(pid[i])} appears twice in snapshot at time_s={time_s}"
-            )
+        self._snap = _SnapshotState(snapshot_id, float(time_s), dict(extra or {}))
 
-        upids, first = np.unique(pid, return_index=True)
-        # --- process incarnations ------------------------------------------------------
+    def feed(self, rows: pa.Table) -> pa.Table:
+        """Convert the next chunk of the current snapshot and return its ``pages`` rows.
+
+        Chunks must be sorted by ``(pid, page_addr)`` and continue where the previous
+        chunk of the snapshot ended. A page that appears twice, a ``vma_start`` above its
+        page or overlapping the previous mapping, and missing hashes or frames on pages
+        that should have them raise :class:`TraceFormatError` naming the source row.
+        """
+        st = self._snap
+        if st is None:
+            raise RuntimeError("feed() outside begin()/end()")
+        n = rows.num_rows
+        if n == 0:
+            return S.PAGES_SCHEMA.empty_table()
+        names = set(rows.column_names)
+        page = np.uint64(self.page_size)
+        pid = np.asarray(rows.column("pid").to_numpy(zero_copy_only=False), dtype=np.int32)
+        addr = _u64(rows.column("page_addr"))
+        has_prev = st.last_pid is not None
+        prev_pid = np.int32(st.last_pid if st.last_pid is not None else 0)
+        prev_addr = np.uint64(st.last_addr)
+        # previous row's pid and address for every row (row -1 is the last of the previous chunk)
+        ppid_arr = np.empty(n, np.int32)
+        paddr = np.empty(n, np.uint64)
+        ppid_arr[1:], paddr[1:] = pid[:-1], addr[:-1]
+        ppid_arr[0], paddr[0] = prev_pid, prev_addr
+        same_pid = ppid_arr == pid
+        if not has_prev:
+            same_pid[0] = False
+        out_of_order = (pid < ppid_arr) | (same_pid & (addr <= paddr))
+        if not has_prev:
+            out_of_order[0] = False
+        if out_of_order.any():
+            i = int(np.flatnonzero(out_of_order)[0])
+            if same_pid[i] and addr[i] == paddr[i]:
+                first = (
+                    st.last_row
+                    if i == 0
+                    else (rows.column("_row")[i - 1].as_py() if "_row" in names else None)
+                )
+                where = f" (first at row {first})" if first is not None else ""
+                raise TraceFormatError(
+                    f"{_row_label(rows, i)}page 0x{int(addr[i]):x} of pid {int(pid[i])} appears "
+                    f"twice in the snapshot at time_s={st.time_s:g}{where}",
+                    hint="each page may appear once per snapshot",
+                )
+            raise ValueError("feed() needs rows sorted by (pid, page_addr)")
+
+        # --- processes ------------------------------------------------------------------
+        new_proc = ~same_pid
+        starts = np.flatnonzero(new_proc)
+        new_pids = pid[starts]
         if "proc_start" in names:
-            pstart_rows = rows.column("proc_start").to_numpy(zero_copy_only=False).astype(np.uint64)
-            proc_start = pstart_rows[first]
+            pstart = _u64(rows.column("proc_start").take(starts))
         else:
-            proc_start = np.empty(len(upids), dtype=np.uint64)
-            for i, p in enumerate(upids.tolist()):
+            pstart = np.empty(len(starts), dtype=np.uint64)
+            for i, p in enumerate(new_pids.tolist()):
                 if p not in self._prev_pids or p not in self._incarnation:
                     self._incarnation[p] = self._next_incarnation
                     self._next_incarnation += 1
-                proc_start[i] = self._incarnation[p]
-        self._prev_pids = set(upids.tolist())
-        proc_idx = np.empty(len(upids), dtype=np.int64)
-        for i, (p, s) in enumerate(zip(upids.tolist(), proc_start.tolist(), strict=True)):
-            proc_idx[i] = self._proc_index.setdefault((p, s), len(self._proc_index))
-        counts = np.diff(np.append(first, n))
-        row_proc = np.repeat(np.arange(len(upids)), counts)
+                pstart[i] = self._incarnation[p]
+        new_idx = np.empty(len(starts), dtype=np.int64)
+        for i, (p, s) in enumerate(zip(new_pids.tolist(), pstart.tolist(), strict=True)):
+            if p in st.seen_pids:  # pragma: no cover - excluded by the order check
+                raise ValueError("pid seen twice in one snapshot")
+            st.seen_pids.add(p)
+            new_idx[i] = self._proc_index.setdefault((p, s), len(self._proc_index))
+        seg = np.cumsum(new_proc) - 1  # -1: rows continuing the previous chunk's process
+        seg_idx = np.append(new_idx, st.cur_proc_idx)  # index -1 -> the continuing process
+        row_proc_idx = seg_idx[seg]
+        bounds = np.append(starts, n)
+        counts = np.diff(bounds).astype(np.int64)
+        if len(starts) == 0 or starts[0] > 0:  # the chunk opens inside the previous process
+            st.proc_counts[-1][-1] += int(starts[0] if len(starts) else n)
+        if len(starts):  # (empty arrays are never appended: the last entry is always open)
+            st.pids.append(new_pids)
+            st.proc_starts.append(pstart)
+            st.proc_counts.append(counts)
+            proc_cols = [c for c in PROCESS_COLUMNS if c in names]
+            if proc_cols:
+                st.proc_attrs.append(rows.select(proc_cols).take(starts))
+            st.cur_proc_idx = int(new_idx[-1])
 
-        # --- frames, flags ----------------------------------------------------------------
-        if "frame" in names and rows.column("frame").null_count < n:
-            frame = rows.column("frame")
-            if frame.null_count:
-                raise TraceFormatError("column 'frame' has empty values; give a frame for every page or none")
-            frame_np = frame.to_numpy().astype(np.uint64, copy=False)
-        else:
-            frame_np = (proc_idx[row_proc].astype(np.uint64) << np.uint64(_FRAME_PROC_SHIFT)) | (
-                addr // np.uint64(self.page_size)
-            )
+        # --- frames, flags, hashes --------------------------------------------------------
         flags = (
-            rows.column("flags").to_numpy(zero_copy_only=False).astype(np.uint16)
+            np.asarray(rows.column("flags").to_numpy(zero_copy_only=False), dtype=np.uint16)
             if "flags" in names
             else np.zeros(n, dtype=np.uint16)
         )
         if "is_zero" in names:
-            z = rows.column("is_zero").to_numpy(zero_copy_only=False).astype(bool)
-            flags = np.where(z, flags | np.uint16(S.PageFlag.ZERO), flags & np.uint16(~S.PageFlag.ZERO & 0xFFFF))
-
-        # --- mappings ---------------------------------------------------------------------
-        if "vma_start" in names and rows.column("vma_start").null_count == 0:
-            vma_start = rows.column("vma_start").to_numpy().astype(np.uint64, copy=False)
-            if np.any(vma_start > addr):
-                i = int(np.flatnonzero(vma_start > addr)[0])
-                raise TraceFormatError(f"vma_start 0x{int(vma_start[i]):x} is above its page 0x{int(addr[i]):x}")
+            z_col: Any = rows.column("is_zero")
+            z = np.asarray(z_col.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+            zero_bit = np.uint16(S.PageFlag.ZERO)
+            flags = np.where(z, flags | zero_bit, flags & ~zero_bit).astype(np.uint16)
+        chash: Any = rows.column("content_hash")
+        if chash.type != pa.uint64():
+            chash = chash.cast(pa.uint64())
+        if chash.null_count:
+            bad = np.asarray(chash.is_null().to_numpy(zero_copy_only=False)) & (
+                (flags & np.uint16(_NO_HASH_FLAGS)) == 0
+            )
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise TraceFormatError(
+                    f"{_row_label(rows, i)}column content_hash is empty",
+                    hint="every page that was read needs a content hash",
+                )
+        frame: Any
+        if "frame" in names:
+            frame = rows.column("frame")
+            if frame.type != pa.uint64():
+                frame = frame.cast(pa.uint64())
+            if frame.null_count:
+                bad = np.asarray(frame.is_null().to_numpy(zero_copy_only=False)) & (
+                    (flags & np.uint16(_NO_FRAME_FLAGS)) == 0
+                )
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise TraceFormatError(
+                        f"{_row_label(rows, i)}column 'frame' is empty",
+                        hint="give a frame for every page or for none",
+                    )
         else:
-            new_run = np.ones(n, dtype=bool)
-            if n:
-                new_run[1:] = (pid[1:] != pid[:-1]) | (addr[1:] != addr[:-1] + np.uint64(self.page_size))
-            run_id = np.cumsum(new_run) - 1
-            vma_start = addr[np.flatnonzero(new_run)][run_id] if n else addr
-        kinds = rows.column("vma_kind") if "vma_kind" in names else None
-        key_change = np.ones(n, dtype=bool)
-        if n:
-            key_change[1:] = (pid[1:] != pid[:-1]) | (vma_start[1:] != vma_start[:-1])
-        vstarts = np.flatnonzero(key_change)
-        vends = np.append(vstarts[1:], n) - 1
-        if kinds is not None:
-            kind_vals = pc.fill_null(kinds, "other").take(pa.array(vstarts))
+            frame = pa.array(
+                (row_proc_idx.astype(np.uint64) << np.uint64(_FRAME_PROC_SHIFT)) | (addr // page)
+            )
+
+        # --- mappings -----------------------------------------------------------------------
+        if "vma_start" in names:
+            vcol = rows.column("vma_start")
+            if vcol.null_count:
+                nulls = np.asarray(vcol.is_null().to_numpy(zero_copy_only=False))
+                i = int(np.flatnonzero(nulls)[0])
+                raise TraceFormatError(
+                    f"{_row_label(rows, i)}column vma_start is empty",
+                    hint="give a vma_start for every page or for none",
+                )
+            vma_start = _u64(vcol)
+            above = vma_start > addr
+            if above.any():
+                i = int(np.flatnonzero(above)[0])
+                raise TraceFormatError(
+                    f"{_row_label(rows, i)}column vma_start: 0x{int(vma_start[i]):x} is above "
+                    f"its page 0x{int(addr[i]):x}",
+                    hint="vma_start is the start of the mapping that holds the page",
+                )
+            pvs = np.empty(n, np.uint64)
+            pvs[1:] = vma_start[:-1]
+            pvs[0] = st.last_vma_start
+            new_map = new_proc | (vma_start != pvs)
+            overlap = same_pid & new_map & (vma_start <= paddr)
+            if overlap.any():
+                i = int(np.flatnonzero(overlap)[0])
+                raise TraceFormatError(
+                    f"{_row_label(rows, i)}column vma_start: mapping 0x{int(vma_start[i]):x} "
+                    f"of pid {int(pid[i])} overlaps the previous mapping "
+                    f"(page 0x{int(paddr[i]):x})",
+                    hint="mappings of one process must not overlap",
+                )
         else:
-            kind_vals = pa.array(["other"] * len(vstarts), pa.string())
-        mappings = pa.table(
-            {
-                "snapshot_id": pa.array(np.full(len(vstarts), snapshot_id, np.int32)),
-                "pid": pa.array(pid[vstarts]),
-                "start": pa.array(vma_start[vstarts]),
-                "end": pa.array(addr[vends] + np.uint64(self.page_size)),
-                "kind": kind_vals,
-                "present_pages": pa.array((vends - vstarts + 1).astype(np.int64)),
-            }
-        )
+            new_map = new_proc | (addr != paddr + page)
+            run_id = np.cumsum(new_map) - 1
+            run_starts = np.append(addr[np.flatnonzero(new_map)], np.uint64(st.last_vma_start))
+            vma_start = run_starts[run_id]
+        mstarts = np.flatnonzero(new_map)
+        mlast = np.append(mstarts[1:], n) - 1
+        mcounts = np.diff(np.append(mstarts, n)).astype(np.int64)
+        mends = addr[mlast] + page if len(mstarts) else np.empty(0, np.uint64)
+        if len(mstarts) == 0 or mstarts[0] > 0:  # continues the previous chunk's mapping
+            k = int(mstarts[0]) if len(mstarts) else n
+            st.map_count[-1][-1] += k
+            st.map_end[-1][-1] = addr[k - 1] + page
+        if len(mstarts):
+            st.map_pid.append(pid[mstarts])
+            st.map_start.append(vma_start[mstarts])
+            st.map_end.append(mends)
+            st.map_count.append(mcounts)
+            attrs: dict[str, Any] = {}
+            if "vma_kind" in names:
+                kind: Any = rows.column("vma_kind").take(mstarts).cast(pa.string())
+                attrs["kind"] = kind.fill_null("other")
+            else:
+                attrs["kind"] = pa.array(["other"] * len(mstarts), pa.string())
+            for src, dst in MAPPING_COLUMNS.items():
+                if src in names:
+                    attrs[dst] = rows.column(src).take(mstarts)
+            st.map_attrs.append(pa.table(attrs))
 
-        # --- processes --------------------------------------------------------------------
-        def per_proc(col: str) -> pa.Array | None:
-            return rows.column(col).take(pa.array(first)) if col in names else None
-
-        procs: dict[str, Any] = {
-            "snapshot_id": pa.array(np.full(len(upids), snapshot_id, np.int32)),
-            "pid": pa.array(upids),
-            "proc_start": pa.array(proc_start),
-            "state": pa.array(["ok"] * len(upids)),
-            "pages": pa.array(counts.astype(np.int64)),
+        st.last_pid, st.last_addr = int(pid[-1]), int(addr[-1])
+        st.last_vma_start = int(vma_start[-1])
+        st.last_row = rows.column("_row")[n - 1].as_py() if "_row" in names else None
+        out: dict[str, Any] = {
+            "snapshot_id": pa.array(np.full(n, st.snapshot_id, np.int32)),
+            "pid": pa.array(pid),
+            "vma_start": pa.array(vma_start),
+            "page_addr": pa.array(addr),
+            "content_hash": chash,
+            "frame_id": frame,
+            "flags": pa.array(flags),
         }
-        for col in ("ppid", "comm", "cgroup", "uid", "labels", "cmdline", "exe", "reg_time_s"):
-            v = per_proc(col)
-            if v is not None:
-                procs[col] = v
+        return pa.table(out)
+
+    def end(self) -> tuple[dict[str, Any], pa.Table, pa.Table]:
+        """Finish the current snapshot: ``(snapshot_row, processes, mappings)``."""
+        st = self._snap
+        if st is None:
+            raise RuntimeError("end() without begin()")
+        self._snap = None
+        sid = st.snapshot_id
+        pids = np.concatenate(st.pids) if st.pids else np.empty(0, np.int32)
+        nproc = len(pids)
+        procs: dict[str, Any] = {
+            "snapshot_id": pa.array(np.full(nproc, sid, np.int32)),
+            "pid": pa.array(pids, pa.int32()),
+            "proc_start": pa.array(
+                np.concatenate(st.proc_starts) if st.proc_starts else np.empty(0, np.uint64),
+                pa.uint64(),
+            ),
+            "state": pa.array(["ok"] * nproc, pa.string()),
+            "pages": pa.array(
+                np.concatenate(st.proc_counts) if st.proc_counts else np.empty(0, np.int64),
+                pa.int64(),
+            ),
+        }
+        if st.proc_attrs:
+            attrs = pa.concat_tables(st.proc_attrs, promote_options="permissive")
+            for name in attrs.column_names:
+                procs[name] = attrs.column(name)
         processes = pa.table(procs)
 
-        pages = pa.table(
-            {
-                "snapshot_id": pa.array(np.full(n, snapshot_id, np.int32)),
-                "pid": pa.array(pid),
-                "vma_start": pa.array(vma_start),
-                "page_addr": pa.array(addr),
-                "content_hash": rows.column("content_hash").cast(pa.uint64()),
-                "frame_id": pa.array(frame_np),
-                "flags": pa.array(flags),
-            }
-        )
-        snapshot = {"snapshot_id": snapshot_id, "time_s": float(time_s), "page_size": self.page_size}
+        nmap = sum(len(a) for a in st.map_pid)
+        maps: dict[str, Any] = {
+            "snapshot_id": pa.array(np.full(nmap, sid, np.int32)),
+            "pid": pa.array(
+                np.concatenate(st.map_pid) if st.map_pid else np.empty(0, np.int32), pa.int32()
+            ),
+            "start": pa.array(
+                np.concatenate(st.map_start) if st.map_start else np.empty(0, np.uint64),
+                pa.uint64(),
+            ),
+            "end": pa.array(
+                np.concatenate(st.map_end) if st.map_end else np.empty(0, np.uint64), pa.uint64()
+            ),
+            "present_pages": pa.array(
+                np.concatenate(st.map_count) if st.map_count else np.empty(0, np.int64),
+                pa.int64(),
+            ),
+            "kind": pa.array([], pa.string()),
+        }
+        if st.map_attrs:
+            mattrs = pa.concat_tables(st.map_attrs, promote_options="permissive")
+            maps["kind"] = mattrs.column("kind")
+            if "end" in mattrs.column_names:  # a given vma_end wins over the last page's end
+                given = mattrs.column("end").cast(pa.uint64())
+                maps["end"] = pc.if_else(given.is_null(), maps["end"], given)
+            for name in ("perms", "path"):
+                if name in mattrs.column_names:
+                    maps[name] = mattrs.column(name)
+        mappings = pa.table(maps)
+
+        self._prev_pids = {int(p) for p in pids.tolist()}
+        snapshot: dict[str, Any] = {
+            "snapshot_id": sid,
+            "time_s": st.time_s,
+            "page_size": self.page_size,
+        }
         snapshot.update(self.snapshot_meta)
-        return snapshot, processes, mappings, pages
+        snapshot.update(st.extra)
+        return snapshot, processes, mappings
 
 
 @dataclass
@@ -186,14 +443,28 @@ class InMemoryHost:
         default_factory=lambda: {"snapshots": [], "processes": [], "mappings": [], "pages": []}
     )
 
+    def add_pages(self, pages: pa.Table) -> None:
+        """Same as :meth:`planner.trace.io.HostWriter.add_pages`."""
+        self._parts["pages"].append(conform(pages, "pages"))
+
     def add_snapshot(
-        self, snapshot: Mapping[str, Any], *, processes: pa.Table, mappings: pa.Table, pages: pa.Table
+        self,
+        snapshot: Mapping[str, Any],
+        *,
+        processes: pa.Table,
+        mappings: pa.Table,
+        pages: pa.Table,
     ) -> None:
         """Same signature as :meth:`planner.trace.io.HostWriter.add_snapshot`."""
-        snap = {"host": self.host, "tool_version": "in-memory", "hash_algo": "synthetic", **snapshot}
+        snap = {
+            "host": self.host,
+            "tool_version": "in-memory",
+            "hash_algo": "synthetic",
+            **snapshot,
+        }
+        schema = pa.schema([f for f in S.SNAPSHOTS_SCHEMA if f.name in snap])
         self._parts["snapshots"].append(
-            conform(pa.Table.from_pylist([snap], schema=pa.schema([f for f in S.SNAPSHOTS_SCHEMA if f.name in snap])),
-                    "snapshots")
+            conform(pa.Table.from_pylist([snap], schema=schema), "snapshots")
         )
         self._parts["processes"].append(conform(processes, "processes"))
         self._parts["mappings"].append(conform(mappings, "mappings"))
@@ -205,4 +476,11 @@ class InMemoryHost:
             k: (pa.concat_tables(v) if v else S.SCHEMAS[k].empty_table()).combine_chunks()
             for k, v in self._parts.items()
         }
-        return HostTrace(host=self.host, trace_hash=self.trace_hash, **tables)
+        return HostTrace(
+            host=self.host,
+            trace_hash=self.trace_hash,
+            snapshots=tables["snapshots"],
+            processes=tables["processes"],
+            mappings=tables["mappings"],
+            pages=tables["pages"],
+        )

@@ -12,22 +12,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from planner._fs import atomic_dir
 from planner.errors import TraceFormatError
 from planner.provenance import tool_version
 from planner.trace import schema as S
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterator, Mapping, Sequence
+    from types import TracebackType
 
 _HASH_CHUNK = 1 << 20
 
@@ -50,7 +53,9 @@ def _trace_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
 def host_dir_name(host: str) -> str:
     """Directory name of a host partition (hive style ``host=<name>``)."""
     if not host or "/" in host or host in (".", ".."):
-        raise TraceFormatError(f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'")
+        raise TraceFormatError(
+            f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'"
+        )
     return S.HOST_DIR_PREFIX + host
 
 
@@ -75,7 +80,9 @@ def conform(table: pa.Table, name: str) -> pa.Table:
                         f"{name}.{f.name} has type {col.type}, expected {f.type}"
                     ) from exc
             if not f.nullable and col.null_count:
-                raise TraceFormatError(f"{name}.{f.name} has {col.null_count} nulls but may not be null")
+                raise TraceFormatError(
+                    f"{name}.{f.name} has {col.null_count} nulls but may not be null"
+                )
             cols.append(col)
         else:
             if not f.nullable:
@@ -117,12 +124,17 @@ class HostWriter:
         """
         sid = int(snapshot["snapshot_id"])
         if self._snapshot_ids and sid <= self._snapshot_ids[-1]:
-            raise TraceFormatError(f"snapshot ids must increase (got {sid} after {self._snapshot_ids[-1]})")
+            raise TraceFormatError(
+                f"snapshot ids must increase (got {sid} after {self._snapshot_ids[-1]})"
+            )
         snap = {**snapshot, "host": self.host}
         snap.setdefault("tool_version", tool_version())
         snap.setdefault("page_size", S.PAGE_SIZE_BYTES)
         self._small["snapshots"].append(
-            conform(pa.Table.from_pylist([snap], schema=_partial_schema(S.SNAPSHOTS_SCHEMA, snap)), "snapshots")
+            conform(
+                pa.Table.from_pylist([snap], schema=_partial_schema(S.SNAPSHOTS_SCHEMA, snap)),
+                "snapshots",
+            )
         )
         self._small["processes"].append(conform(processes, "processes"))
         self._small["mappings"].append(conform(mappings, "mappings"))
@@ -134,6 +146,29 @@ class HostWriter:
             if self._pending_rows >= self._row_group_rows:
                 self._flush()
 
+    def add_pages(self, pages: pa.Table) -> None:
+        """Stream part of the pages of the snapshot being built, before its :meth:`add_snapshot`.
+
+        Lets a snapshot larger than memory be written in chunks: call ``add_pages`` for each
+        chunk (sorted by ``(pid, page_addr)``, continuing the previous chunk), then
+        :meth:`add_snapshot` with the snapshot's remaining (possibly empty) ``pages``.
+        """
+        pages = conform(pages, "pages")
+        if not pages.num_rows:
+            return
+        sid = pages.column("snapshot_id")
+        lo, hi = pc.min_max(sid).values()
+        if lo.as_py() != hi.as_py() or (
+            self._snapshot_ids and lo.as_py() <= self._snapshot_ids[-1]
+        ):
+            raise TraceFormatError(
+                "add_pages() takes the pages of one new snapshot (snapshot ids must increase)"
+            )
+        self._pending.append(pages)
+        self._pending_rows += pages.num_rows
+        if self._pending_rows >= self._row_group_rows:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -141,7 +176,9 @@ class HostWriter:
         self._pending, self._pending_rows = [], 0
         if self._writer is None:
             self._writer = pq.ParquetWriter(
-                self.dir / "pages.parquet", S.PAGES_SCHEMA.with_metadata(_meta()), **S.PARQUET_OPTIONS["pages"]
+                self.dir / "pages.parquet",
+                S.PAGES_SCHEMA.with_metadata(_meta()),
+                **_parquet_options("pages"),
             )
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.pages_written += table.num_rows
@@ -157,14 +194,26 @@ class HostWriter:
         """Write the small tables and finish the pages file."""
         self._flush()
         if self._writer is None:  # a host without pages still gets an (empty) pages file
-            pq.write_table(S.PAGES_SCHEMA.empty_table().replace_schema_metadata(_meta()), self.dir / "pages.parquet")
+            pq.write_table(
+                S.PAGES_SCHEMA.empty_table().replace_schema_metadata(_meta()),
+                self.dir / "pages.parquet",
+            )
         else:
             self._writer.close()
         for name, parts in self._small.items():
             schema = S.SCHEMAS[name]
             table = pa.concat_tables(parts) if parts else schema.empty_table()
             table = table.sort_by([(k, "ascending") for k in S.SORT_KEYS[name]])
-            pq.write_table(table.replace_schema_metadata(_meta()), self.dir / f"{name}.parquet", **S.PARQUET_OPTIONS["default"])
+            pq.write_table(
+                table.replace_schema_metadata(_meta()),
+                self.dir / f"{name}.parquet",
+                **_parquet_options("default"),
+            )
+
+
+def _parquet_options(name: str) -> dict[str, Any]:
+    opts: dict[str, Any] = dict(S.PARQUET_OPTIONS[name])
+    return opts
 
 
 def _partial_schema(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
@@ -172,7 +221,10 @@ def _partial_schema(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
 
 
 def _meta() -> dict[bytes, bytes]:
-    return {S.METADATA_KEY: str(S.SCHEMA_VERSION).encode(), b"ksm_trace.format": S.FORMAT_NAME.encode()}
+    return {
+        S.METADATA_KEY: str(S.SCHEMA_VERSION).encode(),
+        b"ksm_trace.format": S.FORMAT_NAME.encode(),
+    }
 
 
 class TraceWriter:
@@ -206,7 +258,9 @@ class TraceWriter:
 
     def __enter__(self) -> TraceWriter:
         self._stack = contextlib.ExitStack()
-        self._root = self._stack.enter_context(atomic_dir(self.out, overwrite=self._overwrite, private=True))
+        self._root = self._stack.enter_context(
+            atomic_dir(self.out, overwrite=self._overwrite, private=True)
+        )
         return self
 
     def host(self, name: str) -> HostWriter:
@@ -218,9 +272,13 @@ class TraceWriter:
         return self._hosts[name]
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
-        assert self._stack is not None and self._root is not None
+        assert self._stack is not None
+        assert self._root is not None
         stack = self._stack
         if exc_type is None:
             try:
@@ -245,7 +303,7 @@ def _write_manifest(root: Path, *, source: str, extra: Mapping[str, Any]) -> dic
     hosts = []
     for d in sorted(root.iterdir()):
         if d.is_dir() and d.name.startswith(S.HOST_DIR_PREFIX):
-            hosts.append(d.name[len(S.HOST_DIR_PREFIX):])
+            hosts.append(d.name[len(S.HOST_DIR_PREFIX) :])
             for f in sorted(d.iterdir()):
                 rel = f"{d.name}/{f.name}"
                 files[rel] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
@@ -294,8 +352,21 @@ class HostTrace:
         if self.snapshots.num_rows == 0:
             return {}
         row = self.snapshots.slice(0, 1).to_pylist()[0]
-        return {k: row[k] for k in ("host", "kernel_release", "page_size", "hz", "thp_mode", "hash_algo",
-                                     "hash_key_id", "zero_hash", "tool_version", "capture_options")}
+        return {
+            k: row[k]
+            for k in (
+                "host",
+                "kernel_release",
+                "page_size",
+                "hz",
+                "thp_mode",
+                "hash_algo",
+                "hash_key_id",
+                "zero_hash",
+                "tool_version",
+                "capture_options",
+            )
+        }
 
     def pages_of(self, snapshot_id: int) -> pa.Table:
         """The pages rows of one snapshot (a zero-copy slice: pages are sorted by snapshot)."""
@@ -326,7 +397,9 @@ class Trace:
         """The directory of one host partition."""
         return self.path / host_dir_name(host)
 
-    def load_host(self, host: str | None = None, *, columns: Mapping[str, Sequence[str]] | None = None) -> HostTrace:
+    def load_host(
+        self, host: str | None = None, *, columns: Mapping[str, Sequence[str]] | None = None
+    ) -> HostTrace:
         """Load every table of ``host`` (the only host when ``None``)."""
         if host is None:
             if len(self.hosts) != 1:
@@ -336,7 +409,9 @@ class Trace:
                 )
             host = self.hosts[0]
         if host not in self.hosts:
-            raise TraceFormatError(f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}")
+            raise TraceFormatError(
+                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
+            )
         d = self.host_path(host)
         tables = {}
         for name in S.TABLES:
@@ -350,7 +425,8 @@ class Trace:
             got = _sha256(self.path / rel)
             if got != info["sha256"]:
                 raise TraceFormatError(
-                    f"{self.path / rel} does not match its manifest hash (the file changed or is corrupt)",
+                    f"{self.path / rel} does not match its manifest hash "
+                    "(the file changed or is corrupt)",
                     hint="re-create the trace or restore the file",
                 )
 
@@ -359,14 +435,18 @@ def _read_table(path: Path, name: str, columns: list[str] | None) -> pa.Table:
     try:
         table = pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise TraceFormatError(f"cannot read {path}: {exc}", hint="the file is truncated or not Parquet") from exc
+        raise TraceFormatError(
+            f"cannot read {path}: {exc}", hint="the file is truncated or not Parquet"
+        ) from exc
     expected = S.SCHEMAS[name]
     for f in table.schema:
         want = expected.field(f.name) if f.name in expected.names else None
         if want is None:
             raise TraceFormatError(f"{path}: unknown column {f.name!r}")
         if f.type != want.type:
-            raise TraceFormatError(f"{path}: column {f.name!r} has type {f.type}, expected {want.type}")
+            raise TraceFormatError(
+                f"{path}: column {f.name!r} has type {f.type}, expected {want.type}"
+            )
     missing = [n for n in (columns or expected.names) if n not in table.column_names]
     if missing:
         raise TraceFormatError(f"{path}: missing columns {missing}")
@@ -396,7 +476,9 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
             hint="create one with 'ksm-planner capture' or 'ksm-planner ingest'",
         ) from None
     except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{mpath} is unreadable: {exc}", hint="the trace is damaged; re-create it") from exc
+        raise TraceFormatError(
+            f"{mpath} is unreadable: {exc}", hint="the trace is damaged; re-create it"
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != S.FORMAT_NAME:
         raise TraceFormatError(f"{mpath} is not a ksm-planner trace manifest")
     version = manifest.get("schema_version")
@@ -404,7 +486,8 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceFormatError(f"{mpath}: invalid schema_version {version!r}")
     if version > S.SCHEMA_VERSION:
         raise TraceFormatError(
-            f"{p} uses trace schema version {version}, newer than this ksm-planner supports ({S.SCHEMA_VERSION})",
+            f"{p} uses trace schema version {version}, "
+            f"newer than this ksm-planner supports ({S.SCHEMA_VERSION})",
             hint="upgrade ksm-planner",
         )
     files = manifest.get("files", {})
@@ -413,17 +496,22 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         try:
             size = fp.stat().st_size
         except FileNotFoundError:
-            raise TraceFormatError(f"{fp} is missing", hint="the trace is incomplete; re-create it") from None
+            raise TraceFormatError(
+                f"{fp} is missing", hint="the trace is incomplete; re-create it"
+            ) from None
         if size != info.get("bytes"):
             raise TraceFormatError(
-                f"{fp} has {size} bytes but the manifest says {info.get('bytes')} (truncated or modified)",
+                f"{fp} has {size} bytes but the manifest says {info.get('bytes')} "
+                "(truncated or modified)",
                 hint="re-create the trace",
             )
     hosts = tuple(manifest.get("hosts", []))
     for h in hosts:
         for name in S.TABLES:
             if f"{host_dir_name(h)}/{name}.parquet" not in files:
-                raise TraceFormatError(f"{p}: host {h!r} lacks {name}.parquet", hint="the trace is incomplete")
+                raise TraceFormatError(
+                    f"{p}: host {h!r} lacks {name}.parquet", hint="the trace is incomplete"
+                )
     return Trace(path=p, manifest=manifest, hosts=hosts)
 
 
