@@ -1,0 +1,789 @@
+"""The reference model: ksmd, one page at a time, in plain Python. It is the oracle.
+
+It follows docs/ksm-kernel-semantics.md (§3 the ksmd loop, §4 cmp_and_merge_page in the
+6.11+ order, §5 lazy removal, §6 smart scan, §7 the advisor, §10 the state machine) and
+mm/ksm.c of Linux 6.12+ closely enough to be checked line by line. It is slow on purpose:
+the vectorized engine is held to it by property tests, and both are held to the real
+kernel by the conformance and ``validate --kernel`` tests.
+
+Model decisions where a hash-based replay cannot see what the kernel sees (documented in
+docs/engine.md):
+
+* trees are keyed by content hash; a stable-tree walk (a search after the checksum gate, or
+  the insert after a new merge) passes by every stale node and every chain: stale nodes
+  are removed, chains are pruned/collapsed as ``stable_node_dup()`` does. In the kernel
+  only the nodes on the rb-tree path are visited; with many searches per scan the
+  difference is in *when* within a scan this happens;
+* an unstable-tree entry whose page changed or vanished since insertion is dropped: later
+  searches do not find it (the kernel may find it by its new content, or abort the search);
+* physical pages are tracked as entities: unchanged rows keep theirs, forked children map
+  their parent's, a write gets a fresh one (see :mod:`planner.engine.prepare`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner._progress import NULL_PROGRESS, Progress
+from planner.engine.cost import PATHS, CostProfile
+from planner.engine.knobs import KsmKnobs
+from planner.engine.options import ReplayOptions
+from planner.engine.prepare import ReplayInput
+from planner.engine.result import (
+    CostSummary,
+    GridRecord,
+    ReplayResult,
+    ScanRecord,
+    Truth,
+    global_counters,
+    process_counters,
+    time_to_fraction,
+)
+from planner.engine.timing import NS_PER_MS, NS_PER_S, AdvisorState, advisor_step, sleep_ns
+from planner.provenance import tool_version
+
+ZERO = -1  # phys value of a PTE mapping the kernel zero page (use_zero_pages)
+NONE, UNSTABLE, STABLE = 0, 1, 2
+THP_SHIFT = 9  # 512 x 4 KiB = 2 MiB
+
+
+def skip_age(age: int) -> int:
+    """How many scans smart scan skips a page of a given age (mm/ksm.c skip_age)."""
+    if age <= 3:
+        return 1
+    if age <= 5:
+        return 2
+    if age <= 8:
+        return 4
+    return 8
+
+
+class _Item:
+    """An rmap_item: ksmd's record of one (mm, address)."""
+
+    __slots__ = ("age", "fresh", "has_sum", "mm", "node", "oldsum", "page", "rem", "state", "ukey")
+
+    def __init__(self, mm: int, page: int) -> None:
+        self.mm = mm
+        self.page = page
+        self.state = NONE
+        self.node: _Node | None = None
+        self.oldsum = 0
+        self.has_sum = False  # oldchecksum is 0 on a fresh item: the first visit never matches
+        self.fresh = True
+        self.age = 0
+        self.rem = 0
+        self.ukey = 0  # content hash under which it sits in the unstable tree
+
+
+@dataclass(eq=False)
+class _Node:
+    """A stable node: one KSM page (plain, or a dup in a chain)."""
+
+    key: int
+    entity: int
+    items: set[_Item] = field(default_factory=set)
+    chain: _Chain | None = None
+    dead: bool = False
+
+
+@dataclass(eq=False)
+class _Chain:
+    """A stable_node chain: dups with the same content (created by max_page_sharing)."""
+
+    key: int
+    prune_ns: int
+    dups: list[_Node] = field(default_factory=list)  # head first
+    dead: bool = False
+
+
+class ReferenceEngine:
+    """Replays a :class:`ReplayInput` page by page."""
+
+    name = "reference"
+
+    def __init__(
+        self,
+        inp: ReplayInput,
+        knobs: KsmKnobs,
+        opts: ReplayOptions,
+        *,
+        progress: Progress = NULL_PROGRESS,
+    ) -> None:
+        self.inp = inp
+        self.k = knobs
+        self.o = opts
+        self.cost: CostProfile = opts.cost
+        self.progress = progress
+        self.page_size = inp.page_size
+        self.M = knobs.max_page_sharing
+        # physical world
+        self.snap_i = -1
+        self.phys: list[int] = []
+        self.row_of: dict[tuple[int, int], int] = {}
+        self.ent_mappers: Counter[int] = Counter()
+        self.ent_node: dict[int, _Node] = {}
+        self.next_entity = 0
+        self.stale_watch: set[int] = set()  # entities with nodes whose last mapper went away
+        self.split_thp: set[tuple[int, int]] = set()
+        # ksmd
+        self.slots: list[int] = []
+        self.cursor: int | None = None  # mm the scan cursor is on; None = the list head
+        self.cursor_page = 0
+        self.exited: set[int] = set()
+        self.items: dict[int, dict[int, _Item]] = {}
+        self.item_pages: dict[int, list[int]] = {}
+        self.stable: dict[int, _Node | _Chain] = {}
+        self.chains: list[_Chain] = []
+        self.unstable: dict[int, _Item] = {}
+        self.now_ns = 0
+        # counters
+        self.shared = self.sharing = self.unshared = self.rmap_items = 0
+        self.scanned = self.skipped = self.seqnr = 0
+        self.n_chains = self.n_dups = self.n_nodes = 0
+        self.zero_pages = 0
+        self.mm_rmap: Counter[int] = Counter()
+        self.mm_merging: Counter[int] = Counter()
+        self.mm_zero: Counter[int] = Counter()
+        # cost and time
+        self.pages_to_scan = knobs.initial_pages_to_scan
+        self.advisor = AdvisorState()
+        self.cpu_ns = int(knobs.advisor_initial_cpu_s * NS_PER_S)
+        self.cpu_start_ns = self.cpu_ns
+        self.tree_pages_for_cost = 0
+        self.path_visits: Counter[str] = Counter()
+        self.path_cpu_ns: Counter[str] = Counter()
+        self._batch_paths: Counter[str] = Counter()
+        self._scan_started = False
+        self._scan_ended = False
+        self.snapshot_first_scan: list[int | None] = [None] * len(inp.snapshots)
+        self.snapshot_applied_ns: list[int | None] = [None] * len(inp.snapshots)
+        self.next_snap = 0
+
+    # ------------------------------------------------------------------ physical world
+
+    def _acquire(self, mm: int, e: int) -> None:
+        if e == ZERO:
+            self.zero_pages += 1
+            self.mm_zero[mm] += 1
+        else:
+            self.ent_mappers[e] += 1
+
+    def _release(self, mm: int, e: int) -> None:
+        if e == ZERO:
+            self.zero_pages -= 1
+            self.mm_zero[mm] -= 1
+        else:
+            self.ent_mappers[e] -= 1
+            if self.ent_mappers[e] == 0:
+                del self.ent_mappers[e]
+                if e in self.ent_node:
+                    self.stale_watch.add(e)
+
+    def _apply_snapshot(self, k: int) -> None:
+        """The trace's world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
+        new = self.inp.snapshots[k]
+        old = self.inp.snapshots[self.snap_i] if self.snap_i >= 0 else None
+        oldphys = self.phys
+        phys = [0] * new.n
+        base = self.next_entity
+        for i in range(new.n):
+            c = int(new.carry_src[i])
+            if c >= 0:
+                phys[i] = oldphys[c]
+        for i in range(new.n):
+            if new.carry_src[i] >= 0:
+                continue
+            j, o = int(new.inherit_src[i]), int(new.inherit_old[i])
+            if j >= 0:
+                phys[i] = phys[j]
+            elif o >= 0:
+                phys[i] = oldphys[o]
+            else:
+                phys[i] = base + int(new.fresh_group[i])
+        self.next_entity = base + new.n_fresh
+        # mappers: new mappings first, then the released old ones (counts only matter at the end)
+        for i in range(new.n):
+            if new.carry_src[i] < 0:
+                self._acquire(int(new.mm[i]), phys[i])
+        if old is not None:
+            for o in new.released_old.tolist():
+                self._release(int(old.mm[o]), oldphys[o])
+        self.phys = phys
+        self.row_of = {(int(m), int(p)): i for i, (m, p) in enumerate(zip(new.mm.tolist(), new.page.tolist(), strict=True))}
+        self.snap_i = k
+        # unstable entries whose page changed or vanished are dropped
+        for key, it in list(self.unstable.items()):
+            i = self.row_of.get((it.mm, it.page))
+            if i is None or int(new.hash[i]) != key or phys[i] == ZERO or not new.eligible[i]:
+                del self.unstable[key]
+        # exits (__ksm_exit)
+        for mm in self.inp.exiting(k):
+            self.exited.add(mm)
+            for blk in [b for b in self.split_thp if b[0] == mm]:
+                self.split_thp.discard(blk)
+            if mm in self.slots and self.cursor != mm:
+                self.slots.remove(mm)
+                if self.items.get(mm):
+                    at = 0 if self.cursor is None else self.slots.index(self.cursor) + 1
+                    self.slots.insert(at, mm)
+        # registrations (__ksm_enter): new processes, and madvise processes that gained a mergeable mapping
+        entering = self.inp.entering(k)
+        later = [
+            int(m) for m, ok in zip(new.mm_present.tolist(), new.mm_mergeable.tolist(), strict=True)
+            if ok and int(m) not in entering and self.inp.mms[int(m)].registration.mode != "off"
+        ]
+        pos = {int(m): i for i, m in enumerate(new.mm_present.tolist())}
+        for mm in entering + later:
+            if mm in self.slots or mm in self.exited or not new.mm_mergeable[pos[mm]]:
+                continue
+            at = len(self.slots) if self.cursor is None else self.slots.index(self.cursor)
+            self.slots.insert(at, mm)
+        self.snapshot_first_scan[k] = self.seqnr + 1
+        self.snapshot_applied_ns[k] = self.now_ns
+
+    # ------------------------------------------------------------------ stable tree
+
+    def _stale(self, node: _Node) -> bool:
+        return self.ent_mappers[node.entity] == 0 if node.entity in self.ent_mappers else True
+
+    def _candidate(self, node: _Node, offset: int = 0) -> bool:
+        n = len(node.items)
+        return n > 0 and n + offset < self.M
+
+    def _remove_node(self, node: _Node) -> None:
+        """remove_node_from_stable_tree: unlink every item at once, delete the node."""
+        if node.items:
+            self.shared -= 1
+            self.sharing -= len(node.items) - 1
+        for it in node.items:
+            it.state = NONE
+            it.node = None
+            self.mm_merging[it.mm] -= 1
+        node.items.clear()
+        node.dead = True
+        self.n_nodes -= 1
+        if node.chain is not None:
+            node.chain.dups.remove(node)
+            self.n_dups -= 1
+        elif self.stable.get(node.key) is node:
+            del self.stable[node.key]
+        self.ent_node.pop(node.entity, None)
+        self.stale_watch.discard(node.entity)
+
+    def _chain_visit(self, chain: _Chain, *, prune: bool) -> _Node | None:
+        """stable_node_dup(): pick a dup; free stale dups met; collapse or free the chain."""
+        if prune and self.now_ns >= chain.prune_ns + self.k.stable_node_chains_prune_ms * NS_PER_MS:
+            chain.prune_ns = self.now_ns
+        else:
+            prune = False
+        found: _Node | None = None
+        for dup in list(chain.dups):
+            if self._stale(dup):
+                self._remove_node(dup)
+                continue
+            if found is None or (
+                self._candidate(dup) and (not self._candidate(found) or len(dup.items) > len(found.items))
+            ):
+                found = dup
+                if not prune and self._candidate(found):
+                    break
+        if found is not None:
+            if len(chain.dups) == 1:  # one dup left: it becomes a plain node again
+                self.stable[chain.key] = found
+                found.chain = None
+                chain.dead = True
+                self.chains.remove(chain)
+                self.n_chains -= 1
+                self.n_dups -= 1
+            elif chain.dups[0] is not found and self._candidate(found, 1):
+                chain.dups.remove(found)
+                chain.dups.insert(0, found)
+        else:
+            del self.stable[chain.key]
+            chain.dead = True
+            self.chains.remove(chain)
+            self.n_chains -= 1
+        return found
+
+    def _walk(self, *, prune: bool, target: int) -> _Node | None:
+        """A stable-tree walk: stale nodes are removed and chains visited (see module notes).
+
+        Returns the dup chosen in ``target``'s chain, if ``target`` has a chain.
+        """
+        for e in list(self.stale_watch):
+            node = self.ent_node.get(e)
+            if node is not None and node.chain is None and self._stale(node):
+                self._remove_node(node)
+        chosen = None
+        for chain in list(self.chains):
+            if chain.dead:
+                continue
+            got = self._chain_visit(chain, prune=prune)
+            if chain.key == target:
+                chosen = got
+        return chosen
+
+    def _stable_search(self, key: int) -> _Node | None:
+        chosen = self._walk(prune=True, target=key)
+        slot = self.stable.get(key)
+        if slot is None:
+            return None
+        node = chosen if isinstance(slot, _Chain) else slot
+        return node if node is not None and self._candidate(node) else None
+
+    def _stable_insert(self, key: int, entity: int) -> _Node:
+        self._walk(prune=False, target=key)
+        node = _Node(key=key, entity=entity)
+        self.n_nodes += 1
+        slot = self.stable.get(key)
+        if slot is None:
+            self.stable[key] = node
+        else:
+            if isinstance(slot, _Node):
+                chain = _Chain(key=key, prune_ns=self.now_ns, dups=[slot])
+                slot.chain = chain
+                self.stable[key] = chain
+                self.chains.append(chain)
+                self.n_chains += 1
+                self.n_dups += 1
+                slot_chain = chain
+            else:
+                slot_chain = slot
+            slot_chain.dups.insert(0, node)
+            node.chain = slot_chain
+            self.n_dups += 1
+        self.ent_node[entity] = node
+        return node
+
+    def _append(self, item: _Item, node: _Node) -> None:
+        """stable_tree_append."""
+        node.items.add(item)
+        if len(node.items) == 1:
+            self.shared += 1
+        else:
+            self.sharing += 1
+        item.state = STABLE
+        item.node = node
+        self.mm_merging[item.mm] += 1
+
+    def _remove_from_tree(self, item: _Item) -> None:
+        """remove_rmap_item_from_tree: apply the lazy effects of COW, unmap, exit."""
+        if item.state == STABLE:
+            node = item.node
+            assert node is not None
+            if self._stale(node):
+                self._remove_node(node)
+                return
+            node.items.discard(item)
+            if node.items:
+                self.sharing -= 1
+            else:
+                self.shared -= 1
+            self.mm_merging[item.mm] -= 1
+            item.state = NONE
+            item.node = None
+        elif item.state == UNSTABLE:
+            self.unshared -= 1
+            item.state = NONE
+            if self.unstable.get(item.ukey) is item:
+                del self.unstable[item.ukey]
+
+    # ------------------------------------------------------------------ items and cursor
+
+    def _free_item(self, item: _Item) -> None:
+        self._remove_from_tree(item)
+        del self.items[item.mm][item.page]
+        self.rmap_items -= 1
+        self.mm_rmap[item.mm] -= 1
+
+    def _free_items(self, mm: int, lo: int, hi: int | None = None) -> None:
+        """Free the items of ``mm`` at pages in [lo, hi) (hi None: to the end)."""
+        pages = self.item_pages.get(mm)
+        if not pages:
+            return
+        a = bisect.bisect_left(pages, lo)
+        b = len(pages) if hi is None else bisect.bisect_left(pages, hi)
+        for p in pages[a:b]:
+            self._free_item(self.items[mm][p])
+        del pages[a:b]
+
+    def _get_item(self, mm: int, page: int) -> _Item:
+        """get_next_rmap_item: free items passed over, reuse or allocate the one at ``page``."""
+        self._free_items(mm, self.cursor_page, page)
+        its = self.items.setdefault(mm, {})
+        item = its.get(page)
+        if item is None:
+            item = _Item(mm, page)
+            its[page] = item
+            bisect.insort(self.item_pages.setdefault(mm, []), page)
+            self.rmap_items += 1
+            self.mm_rmap[mm] += 1
+        return item
+
+    def _is_ksm(self, i: int) -> bool:
+        e = self.phys[i]
+        return e != ZERO and e in self.ent_node
+
+    def _should_skip(self, i: int, item: _Item) -> bool:
+        if not self.k.smart_scan or self._is_ksm(i):
+            return False
+        age = item.age
+        if age < 255:
+            item.age = age + 1
+        if age < 3:
+            return False
+        if item.rem == 0:
+            item.rem = skip_age(age)
+            return False
+        self.skipped += 1
+        item.rem -= 1
+        self._remove_from_tree(item)
+        self._batch_paths["skip"] += 1
+        return True
+
+    def _next_slot(self, mm: int) -> int | None:
+        i = self.slots.index(mm)
+        return self.slots[i + 1] if i + 1 < len(self.slots) else None
+
+    def _scan_due_snapshots(self) -> None:
+        """Scan alignment: apply the snapshots due when a full scan starts."""
+        snaps = self.inp.snapshots
+        while self.next_snap < len(snaps):
+            k = self.next_snap
+            if self.o.snapshot_scans is not None:
+                due = self.o.snapshot_scans[k] <= self.seqnr + 1
+            else:
+                due = snaps[k].time_ns <= self.now_ns
+            if not due:
+                break
+            self._apply_snapshot(k)
+            self.next_snap += 1
+
+    def _next_item(self) -> tuple[int, int, _Item] | None:
+        """scan_get_next_rmap_item: the next page to handle, or None at the end of a full scan."""
+        if self.cursor is None and self.o.aligned_to_scans:
+            self._scan_due_snapshots()
+        if not self.slots:
+            return None
+        snap = self.inp.snapshots[self.snap_i]
+        if self.cursor is None:
+            self._scan_started = True
+            self.advisor.start_scan_ns = self.now_ns
+            self.unstable.clear()
+            self.cursor = self.slots[0]
+            self.cursor_page = 0
+        while True:
+            mm = self.cursor
+            assert mm is not None
+            if mm in self.exited:
+                self._free_items(mm, 0)
+                nxt = self._next_slot(mm)
+                self.slots.remove(mm)
+            else:
+                lo, hi = snap.rows_of(mm)
+                i = lo + int(np.searchsorted(snap.page[lo:hi], np.uint64(self.cursor_page)))
+                while i < hi:
+                    if snap.eligible[i] and self.phys[i] != ZERO:
+                        page = int(snap.page[i])
+                        item = self._get_item(mm, page)
+                        self.cursor_page = page + 1
+                        if not self._should_skip(i, item):
+                            return mm, i, item
+                    i += 1
+                self._free_items(mm, self.cursor_page)
+                nxt = self._next_slot(mm)
+                pos = int(np.searchsorted(snap.mm_present, mm))
+                if not bool(snap.mm_mergeable[pos]):
+                    self.slots.remove(mm)  # no VM_MERGEABLE vma left: ksmd drops the mm
+            if nxt is None:
+                self.cursor = None
+                self._scan_ended = True
+                return None
+            self.cursor = nxt
+            self.cursor_page = 0
+
+    # ------------------------------------------------------------------ cmp_and_merge_page
+
+    def _replace(self, i: int, entity: int) -> None:
+        mm = int(self.inp.snapshots[self.snap_i].mm[i])
+        self._release(mm, self.phys[i])
+        self.phys[i] = entity
+        self._acquire(mm, entity)
+
+    def _thp_block(self, i: int) -> tuple[int, int] | None:
+        snap = self.inp.snapshots[self.snap_i]
+        if not snap.thp[i]:
+            return None
+        blk = (int(snap.mm[i]), int(snap.page[i]) >> THP_SHIFT)
+        return None if blk in self.split_thp else blk
+
+    def _split(self, i: int) -> None:
+        blk = self._thp_block(i)
+        if blk is not None:
+            self.split_thp.add(blk)
+
+    def _cmp_and_merge(self, mm: int, i: int, item: _Item) -> None:
+        snap = self.inp.snapshots[self.snap_i]
+        self.scanned += 1
+        paths = self._batch_paths
+        node = self.ent_node.get(self.phys[i]) if self.phys[i] != ZERO else None
+        if node is not None:
+            if item.state == STABLE and item.node is node:
+                paths["ksm_page"] += 1
+                return
+            # a KSM page whose item is elsewhere (a forked child): linked without the checksum gate
+            self._remove_from_tree(item)
+            self._append(item, node)
+            paths["fork_join"] += 1
+            return
+        self._remove_from_tree(item)
+        h = int(snap.hash[i])
+        if not item.has_sum or item.oldsum != h:
+            paths["first_visit" if item.fresh else "volatile"] += 1
+            item.fresh = False
+            item.oldsum = h
+            item.has_sum = True
+            return
+        if self.k.use_zero_pages and bool(snap.zero[i]):
+            self._replace(i, ZERO)
+            paths["zero_merge"] += 1
+            return
+        kdup = self._stable_search(h)
+        if kdup is not None:
+            self._split(i)
+            self._replace(i, kdup.entity)
+            self._append(item, kdup)
+            paths["merge"] += 1
+            return
+        partner = self.unstable.get(h)
+        if partner is not None:
+            j = self.row_of[(partner.mm, partner.page)]
+            if self.phys[j] == self.phys[i]:  # the same physical page (forked, not yet KSM)
+                paths["no_merge"] += 1
+                return
+            bi, bj = self._thp_block(i), self._thp_block(j)
+            if bi is not None and bi == bj:  # both halves of one THP: split it, merge next time
+                self.split_thp.add(bi)
+                paths["no_merge"] += 1
+                return
+            self._split(i)
+            self._split(j)
+            entity = self.phys[i]  # the scanned page becomes the KSM page, in place
+            self._remove_from_tree(partner)
+            self._replace(j, entity)
+            node = self._stable_insert(h, entity)
+            self._append(partner, node)
+            self._append(item, node)
+            paths["merge"] += 1
+            return
+        self.unstable[h] = item
+        item.state = UNSTABLE
+        item.ukey = h
+        self.unshared += 1
+        paths["unstable"] += 1
+
+    # ------------------------------------------------------------------ observation
+
+    def counters(self) -> dict[str, int]:
+        """The global counters now."""
+        return global_counters(
+            shared=self.shared, sharing=self.sharing, unshared=self.unshared, rmap_items=self.rmap_items,
+            scanned=self.scanned, skipped=self.skipped, full_scans=self.seqnr, chains=self.n_chains,
+            dups=self.n_dups, zero_pages=self.zero_pages, page_size=self.page_size,
+        )
+
+    def processes(self) -> dict[str, dict[str, int]]:
+        """ksm_stat of every live process now."""
+        if self.snap_i < 0:
+            return {}
+        out: dict[str, dict[str, int]] = {}
+        for mm in self.inp.snapshots[self.snap_i].mm_present.tolist():
+            key = str(self.inp.mms[mm].pid)
+            out[key] = process_counters(
+                rmap_items=self.mm_rmap[mm], merging=self.mm_merging[mm], zero=self.mm_zero[mm],
+                page_size=self.page_size,
+            )
+        return out
+
+    def truth(self) -> Truth:
+        """Physical frames now, with and without KSM."""
+        if self.snap_i < 0:
+            return Truth(0, 0, 0, 0, self.rmap_items, self.n_nodes + self.n_chains, self.page_size)
+        snap = self.inp.snapshots[self.snap_i]
+        with_ksm = {e for e in self.phys if e != ZERO}
+        ksm = {e for e in with_ksm if e in self.ent_node}
+        return Truth(
+            frames_without_ksm=int(np.unique(snap.frame).size),
+            frames_with_ksm=len(with_ksm),
+            ksm_pages=len(ksm),
+            zero_mapped_pages=sum(1 for e in self.phys if e == ZERO),
+            rmap_items=self.rmap_items,
+            stable_nodes=self.n_nodes + self.n_chains,
+            page_size=self.page_size,
+        )
+
+    # ------------------------------------------------------------------ the ksmd loop
+
+    def _batch(self) -> int:
+        """One ksm_do_scan(pages_to_scan). Returns its CPU time in ns."""
+        self._batch_paths = Counter()
+        self._scan_started = self._scan_ended = False
+        budget = self.pages_to_scan
+        while budget > 0:
+            nxt = self._next_item()
+            if nxt is None:
+                break
+            self._cmp_and_merge(*nxt)
+            budget -= 1
+        costs = dict(zip(PATHS, self.cost.path_costs(self.tree_pages_for_cost), strict=True))
+        cpu = self.cost.batch_overhead_ns + (self.cost.scan_start_ns if self._scan_started else 0)
+        for p, n in self._batch_paths.items():
+            self.path_visits[p] += n
+            self.path_cpu_ns[p] += n * costs[p]
+            cpu += n * costs[p]
+        return cpu
+
+    def run(self) -> ReplayResult:
+        """Replay the whole trace; return the result."""
+        snaps = self.inp.snapshots
+        K = len(snaps)
+        opts = self.o
+        end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
+        span_ns = snaps[-1].time_ns if K else 0
+        grid_ns = int((opts.grid_s if opts.grid_s else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)) * NS_PER_S)
+        grid: list[GridRecord] = []
+        next_grid = 0
+        scans: list[ScanRecord] = []
+        scans_after_last: int | None = None
+        t = 0
+        sleep = sleep_ns(self.k.sleep_ms, self.k.hz) + self.cost.wake_latency_ns
+        scan_start_t = 0
+        scan_cpu0 = self.cpu_ns
+        scan_batches = 0
+        batches = 0
+        self.progress.start("replay (reference)", None)
+
+        def sample_until(limit: int, inclusive: bool) -> None:
+            nonlocal next_grid
+            while next_grid < limit or (inclusive and next_grid == limit):
+                if end_ns is not None and next_grid > end_ns:
+                    return
+                grid.append(GridRecord(next_grid / NS_PER_S, self.counters(), self.truth()))
+                next_grid += grid_ns
+
+        while True:
+            if end_ns is not None and t >= end_ns:
+                break
+            self.now_ns = t
+            if not opts.aligned_to_scans:
+                while self.next_snap < K and snaps[self.next_snap].time_ns <= t:
+                    sample_until(snaps[self.next_snap].time_ns, False)
+                    self._apply_snapshot(self.next_snap)
+                    self.next_snap += 1
+            elif self.next_snap == 0 and K:
+                sample_until(0, False)
+                self._apply_snapshot(0)
+                self.next_snap = 1
+            if not self.slots and self.cursor is None:
+                # ksmd sleeps until a process registers (the next snapshot)
+                if self.next_snap >= K:
+                    break
+                t = max(t, snaps[self.next_snap].time_ns)
+                if end_ns is not None and t >= end_ns:
+                    break
+                self.now_ns = t
+                sample_until(t, False)
+                self._apply_snapshot(self.next_snap)
+                self.next_snap += 1
+                continue
+            sample_until(t, False)
+            if self.cursor is None:
+                scan_start_t, scan_cpu0, scan_batches = t, self.cpu_ns, 0
+            pts = self.pages_to_scan
+            cpu = self._batch()
+            self.cpu_ns += cpu
+            batches += 1
+            scan_batches += 1
+            sample_until(t, True)
+            if self._scan_ended:
+                self.seqnr += 1
+                end_t = t + cpu
+                if self.k.advisor == "scan-time":
+                    pages, _, _ = advisor_step(
+                        self.advisor, pages_to_scan=self.pages_to_scan, now_ns=end_t, ksmd_cpu_ns=self.cpu_ns,
+                        target_scan_time_s=self.k.advisor_target_scan_time_s, max_cpu=self.k.advisor_max_cpu,
+                        max_pages=self.k.advisor_max_pages_to_scan,
+                    )
+                    self.pages_to_scan = pages
+                self.tree_pages_for_cost = self.unshared
+                scans.append(
+                    ScanRecord(
+                        full_scans=self.seqnr, t_s=end_t / NS_PER_S, scan_time_s=(end_t - scan_start_t) / NS_PER_S,
+                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S, pages_to_scan=pts, batches=scan_batches,
+                        counters=self.counters(), processes=self.processes(), truth=self.truth(),
+                    )
+                )
+                self.progress.advance(1)
+                if self.next_snap >= K:
+                    scans_after_last = (scans_after_last or 0) + 1
+                if end_ns is None and scans_after_last is not None and scans_after_last >= opts.settle_scans:
+                    t = end_t
+                    break
+                if self.seqnr >= opts.max_scans:
+                    t = end_t
+                    break
+            t = t + cpu + sleep
+        end = end_ns if end_ns is not None else t
+        self.now_ns = end
+        if not opts.aligned_to_scans:
+            while self.next_snap < K and snaps[self.next_snap].time_ns <= end:
+                sample_until(snaps[self.next_snap].time_ns, False)
+                self._apply_snapshot(self.next_snap)
+                self.next_snap += 1
+        sample_until(end, True)
+        self.progress.finish()
+        return self._result(end, scans, grid, batches)
+
+    def _result(self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int) -> ReplayResult:
+        duration_s = end_ns / NS_PER_S
+        truth = self.truth()
+        points = sorted([(g.t_s, float(g.truth.saved_frames)) for g in grid]
+                        + [(r.t_s, float(r.truth.saved_frames)) for r in scans])
+        scan_times = [s.scan_time_s for s in scans]
+        cost = CostSummary(
+            cpu_s=(self.cpu_ns - self.cpu_start_ns) / NS_PER_S,
+            duration_s=duration_s,
+            batches=batches,
+            full_scans=self.seqnr,
+            path_visits={p: self.path_visits[p] for p in PATHS},
+            path_cpu_s={p: self.path_cpu_ns[p] / NS_PER_S for p in PATHS},
+            mean_scan_time_s=sum(scan_times) / len(scan_times) if scan_times else None,
+            last_scan_time_s=scan_times[-1] if scan_times else None,
+            time_to_saving_s=time_to_fraction(points, float(truth.saved_frames)),
+        )
+        return ReplayResult(
+            engine=self.name,
+            knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
+            provenance={
+                "tool_version": tool_version(),
+                "trace_hash": self.inp.trace_hash,
+                "host": self.inp.host,
+                "kernel_release": self.inp.meta.get("kernel_release"),
+                "trace_tool_version": self.inp.meta.get("tool_version"),
+            },
+            page_size=self.page_size,
+            duration_s=duration_s,
+            scans=scans,
+            grid=grid,
+            final_counters=self.counters(),
+            final_processes=self.processes(),
+            final_truth=truth,
+            cost=cost,
+            snapshot_first_scan=self.snapshot_first_scan,
+            snapshot_applied_s=[None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns],
+        )
