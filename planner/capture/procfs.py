@@ -1,0 +1,439 @@
+"""Read-only access to ``/proc`` (and ``/sys``) through an object with an injectable root.
+
+Everything capture reads from the kernel goes through :class:`ProcFS`, so tests can point
+it at a fake tree under ``tmp_path`` (regular files standing in for ``maps``, ``pagemap``,
+``mem``, ``kpageflags``, ...). Nothing here ever writes to ``/proc`` or ``/sys``; files are
+opened ``O_RDONLY``.
+
+A process that vanishes while it is read raises :class:`ProcessGone` (an internal signal,
+not a :class:`~planner.errors.PlannerError`): the capture records it as ``gone`` and goes on.
+Missing privileges raise :class:`~planner.errors.CapturePermissionError` naming what is needed.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.errors import CapturePermissionError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PAGE_SIZE_BYTES: Final = 4096
+PAGEMAP_ENTRY_BYTES: Final = 8
+
+# /proc/<pid>/pagemap bits (Documentation/admin-guide/mm/pagemap.rst).
+PM_PFN_MASK: Final = (1 << 55) - 1
+PM_SOFT_DIRTY_BIT: Final = 55
+PM_EXCLUSIVE_BIT: Final = 56
+PM_UFFD_WP_BIT: Final = 57
+PM_GUARD_BIT: Final = 58
+PM_FILE_BIT: Final = 61
+PM_SWAP_BIT: Final = 62
+PM_PRESENT_BIT: Final = 63
+
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h).
+KPF_ANON: Final = 12
+KPF_HUGE: Final = 17
+KPF_KSM: Final = 21
+KPF_THP: Final = 22
+KPF_ZERO_PAGE: Final = 24
+
+#: task flag of kernel threads (``/proc/<pid>/stat`` field 9).
+PF_KTHREAD: Final = 0x00200000
+#: personality(2) flag: ASLR disabled (``setarch -R``).
+ADDR_NO_RANDOMIZE: Final = 0x0040000
+
+#: Largest file offset ``pread`` accepts (``off_t`` is signed 64-bit); ``[vsyscall]`` lies above.
+MAX_FILE_OFFSET: Final = (1 << 63) - 1
+
+_GONE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ESRCH})
+
+PTRACE_HINT: Final = (
+    "run as root, or grant CAP_SYS_PTRACE "
+    "(ptrace access is needed to read /proc/<pid>/mem and pagemap)"
+)
+
+
+class ProcessGone(Exception):
+    """The process exited (or became a zombie) while it was being read."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid} is gone")
+        self.pid = pid
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/<pid>/stat`` that capture uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    starttime_ticks: int
+    """Field 22: start time in clock ticks since boot (identifies the process with its pid)."""
+
+    @property
+    def is_kernel_thread(self) -> bool:
+        """True for kernel threads (they have no user memory)."""
+        return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def is_dead(self) -> bool:
+        """True for zombies and dead tasks (their memory is gone)."""
+        return self.state in ("Z", "X", "x")
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """One line of ``/proc/<pid>/maps`` plus, when ``smaps`` was read, its per-mapping fields."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+    """The name column: a file path, ``[heap]``, ``[anon:name]``, ... or ``""``."""
+    smaps: dict[str, str] | None = field(default=None, compare=False)
+    """Raw smaps fields (``Anonymous``, ``Swap``, ``VmFlags``, ...) or ``None`` if not read."""
+
+    @property
+    def pages(self) -> int:
+        """Number of 4 KiB pages the mapping spans."""
+        return (self.end - self.start) // PAGE_SIZE_BYTES
+
+    def smaps_kb(self, name: str) -> int | None:
+        """An smaps size field in kB (``Anonymous``, ``Swap``, ``KSM``, ...), or ``None``."""
+        if self.smaps is None or name not in self.smaps:
+            return None
+        value = self.smaps[name].split()
+        return int(value[0]) if value and value[0].isdigit() else None
+
+    @property
+    def vm_flags(self) -> frozenset[str] | None:
+        """The two-letter VmFlags of smaps (``mg`` = VM_MERGEABLE, ``ht`` = hugetlb, ...)."""
+        if self.smaps is None or "VmFlags" not in self.smaps:
+            return None
+        return frozenset(self.smaps["VmFlags"].split())
+
+
+_MAPS_LINE = re.compile(
+    r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)[ \t]*(.*)$", re.MULTILINE
+)
+_SMAPS_FIELD = re.compile(r"^([A-Za-z_]+):[ \t]*(.*)$", re.MULTILINE)
+
+
+def parse_maps(text: str) -> list[MapEntry]:
+    """Parse the text of ``/proc/<pid>/maps`` or ``/proc/<pid>/smaps``.
+
+    For smaps, each mapping's fields (the lines after its header) are kept in
+    :attr:`MapEntry.smaps`.
+
+    Examples
+    --------
+    >>> [e.path for e in parse_maps("00400000-00401000 r-xp 00000000 08:01 42 /bin/x\\n")]
+    ['/bin/x']
+    """
+    headers = list(_MAPS_LINE.finditer(text))
+    out: list[MapEntry] = []
+    for i, m in enumerate(headers):
+        fields: dict[str, str] | None = None
+        block_end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        if block_end > m.end() + 1:
+            fields = {
+                f.group(1): f.group(2).strip()
+                for f in _SMAPS_FIELD.finditer(text, m.end(), block_end)
+            }
+        out.append(
+            MapEntry(
+                start=int(m.group(1), 16),
+                end=int(m.group(2), 16),
+                perms=m.group(3),
+                offset=int(m.group(4), 16),
+                dev=m.group(5),
+                inode=int(m.group(6)),
+                path=m.group(7).rstrip("\n"),
+                smaps=fields,
+            )
+        )
+    return out
+
+
+def parse_stat(pid: int, text: str) -> ProcStat:
+    """Parse ``/proc/<pid>/stat`` (the comm may contain spaces and parentheses)."""
+    lpar, rpar = text.index("("), text.rindex(")")
+    rest = text[rpar + 2 :].split()
+    return ProcStat(
+        pid=pid,
+        comm=text[lpar + 1 : rpar],
+        state=rest[0],
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        starttime_ticks=int(rest[19]),
+    )
+
+
+def parse_kv(text: str) -> dict[str, str]:
+    """Parse ``key: value`` or ``key value`` lines (status, ksm_stat, meminfo)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            key, _, value = line.partition(" ")
+        if key:
+            out[key.strip()] = value.strip()
+    return out
+
+
+class ProcFS:
+    """Read-only view of a procfs tree (``/proc`` by default) and the sysfs tree next to it.
+
+    Parameters
+    ----------
+    root
+        The procfs mount to read (``/proc``; ``/host/proc`` in a container; a fake tree in tests).
+    sys_root
+        The sysfs mount (for ``kernel/mm/ksm``).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] = "/proc", *, sys_root: str | os.PathLike[str] = "/sys"
+    ) -> None:
+        self.root = Path(root)
+        self.sys_root = Path(sys_root)
+
+    def __repr__(self) -> str:
+        return f"ProcFS({str(self.root)!r})"
+
+    @property
+    def is_live(self) -> bool:
+        """True when this reads the procfs of the running system (``/proc``)."""
+        return self.root.resolve() == Path("/proc")
+
+    # --------------------------------------------------------------------- paths, listing
+
+    def path(self, pid: int, name: str) -> Path:
+        """``<root>/<pid>/<name>``."""
+        return self.root / str(pid) / name
+
+    def list_pids(self) -> list[int]:
+        """All process ids (thread-group leaders) in ascending order."""
+        return sorted(int(d) for d in os.listdir(self.root) if d.isdigit())
+
+    def self_pid(self) -> int | None:
+        """The pid of the calling process as this procfs sees it (``<root>/self``), if any."""
+        try:
+            return int(os.readlink(self.root / "self"))
+        except (OSError, ValueError):
+            return None
+
+    # --------------------------------------------------------------------- small files
+
+    def _read_text(self, pid: int, name: str) -> str:
+        try:
+            with open(self.path(pid, name), encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except OSError as exc:
+            raise self._translate(pid, name, exc) from exc
+
+    def _read_bytes(self, pid: int, name: str) -> bytes:
+        try:
+            with open(self.path(pid, name), "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise self._translate(pid, name, exc) from exc
+
+    def _translate(self, pid: int, name: str, exc: OSError) -> Exception:
+        if exc.errno in _GONE_ERRNOS:
+            return ProcessGone(pid)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return CapturePermissionError(
+                f"cannot read {self.path(pid, name)}: permission denied", hint=PTRACE_HINT
+            )
+        return exc
+
+    def stat(self, pid: int) -> ProcStat:
+        """Parse ``/proc/<pid>/stat``."""
+        return parse_stat(pid, self._read_text(pid, "stat"))
+
+    def status(self, pid: int) -> dict[str, str]:
+        """``/proc/<pid>/status`` as a dict of raw values."""
+        return parse_kv(self._read_text(pid, "status"))
+
+    def cgroups(self, pid: int) -> dict[str, str]:
+        """``/proc/<pid>/cgroup`` as ``{controllers: path}``; the v2 hierarchy has key ``""``."""
+        out: dict[str, str] = {}
+        for line in self._read_text(pid, "cgroup").splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                out[parts[1]] = parts[2]
+        return out
+
+    def cmdline(self, pid: int) -> bytes:
+        """The raw NUL-separated argv (without the trailing NUL)."""
+        return self._read_bytes(pid, "cmdline").rstrip(b"\0")
+
+    def exe(self, pid: int) -> str | None:
+        """The target of ``/proc/<pid>/exe`` (``None`` for kernel threads or when unreadable)."""
+        try:
+            return os.readlink(self.path(pid, "exe"))
+        except OSError:
+            return None
+
+    def personality(self, pid: int) -> int | None:
+        """The personality(2) flags (hex in procfs), or ``None`` if unreadable."""
+        try:
+            return int(self._read_text(pid, "personality").strip(), 16)
+        except (OSError, ValueError, ProcessGone, CapturePermissionError):
+            return None
+
+    def ksm_stat(self, pid: int) -> dict[str, int | bool]:
+        """``/proc/<pid>/ksm_stat`` (Linux >= 6.1); empty when the file does not exist."""
+        try:
+            text = self._read_text(pid, "ksm_stat")
+        except (ProcessGone, CapturePermissionError, OSError):
+            return {}
+        out: dict[str, int | bool] = {}
+        for key, value in parse_kv(text).items():
+            if value in ("yes", "no"):
+                out[key] = value == "yes"
+            else:
+                try:
+                    out[key] = int(value)
+                except ValueError:
+                    continue
+        return out
+
+    def mappings(self, pid: int) -> list[MapEntry]:
+        """The mappings of ``pid`` with smaps fields (from ``maps`` if smaps is unreadable)."""
+        try:
+            text = self._read_text(pid, "smaps")
+        except (OSError, CapturePermissionError):
+            text = self._read_text(pid, "maps")
+        return parse_maps(text)
+
+    # --------------------------------------------------------------------- big binary files
+
+    def open_pagemap(self, pid: int) -> int:
+        """Open ``/proc/<pid>/pagemap`` read-only and return the file descriptor."""
+        return self._open(pid, "pagemap")
+
+    def open_mem(self, pid: int) -> int:
+        """Open ``/proc/<pid>/mem`` read-only (never for writing) and return the descriptor."""
+        return self._open(pid, "mem")
+
+    def _open(self, pid: int, name: str) -> int:
+        try:
+            return os.open(self.path(pid, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._translate(pid, name, exc) from exc
+
+    def read_pagemap(self, fd: int, first_page: int, count: int) -> npt.NDArray[np.uint64]:
+        """``count`` pagemap entries from virtual page ``first_page`` (short if it exited)."""
+        data = os.pread(fd, count * PAGEMAP_ENTRY_BYTES, first_page * PAGEMAP_ENTRY_BYTES)
+        usable = len(data) - len(data) % PAGEMAP_ENTRY_BYTES
+        return np.frombuffer(data[:usable], dtype=np.uint64)
+
+    def pread_into(self, fd: int, view: memoryview, offset: int) -> int:
+        """Read into ``view`` from ``offset`` of ``fd`` (one ``preadv``); return the byte count."""
+        if offset > MAX_FILE_OFFSET - len(view):
+            raise OSError(errno.EINVAL, "offset does not fit off_t")
+        return os.preadv(fd, [view], offset)
+
+    # --------------------------------------------------------------------- host-wide files
+
+    def kpage_path(self, name: str) -> Path:
+        """``<root>/kpageflags`` or ``<root>/kpagecount``."""
+        return self.root / name
+
+    def elf_path(self, pid: int, path: str) -> Path:
+        """Where to open a mapped file as the process sees it (``<root>/<pid>/root/<path>``)."""
+        return self.path(pid, "root") / path.lstrip("/")
+
+    def boot_time_s(self) -> float:
+        """Unix time of boot: ``btime`` of ``<root>/stat``, refined by CLOCK_BOOTTIME when live.
+
+        ``btime`` has whole-second resolution; on the live system the boot clock gives the
+        same instant to the microsecond (the kernel counts process start times on it).
+        """
+        try:
+            btime = float(parse_kv((self.root / "stat").read_text()).get("btime", "nan"))
+        except OSError:
+            btime = math.nan
+        if self.is_live:
+            precise = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+            if math.isnan(btime) or abs(precise - btime) < 2.0:
+                return precise
+        return btime
+
+    def clock_ticks_per_s(self) -> int:
+        """``CLK_TCK``: the unit of ``/proc/<pid>/stat`` start times."""
+        return int(os.sysconf("SC_CLK_TCK"))
+
+    def ksm_sysfs(self) -> dict[str, str]:
+        """Every readable file of ``<sys>/kernel/mm/ksm`` (read-only), as raw strings."""
+        d = self.sys_root / "kernel" / "mm" / "ksm"
+        out: dict[str, str] = {}
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            return out
+        for name in names:
+            try:
+                out[name] = (d / name).read_text().strip()
+            except OSError:
+                continue
+        return out
+
+    def iter_stats(self) -> Iterator[ProcStat]:
+        """``stat`` of every process (processes that vanish while listed are skipped)."""
+        for pid in self.list_pids():
+            try:
+                yield self.stat(pid)
+            except (ProcessGone, CapturePermissionError, OSError, ValueError, IndexError):
+                continue
+
+
+def probe_own_pfns(procfs: ProcFS) -> tuple[int, int]:
+    """Map two private pages in this process; return ``(pfn_of_written_page, zero_page_pfn)``.
+
+    The first page is written (a real frame), the second only read (the kernel maps the
+    shared zero page). Reading them back through ``<root>/self/pagemap`` tells whether PFNs
+    are visible at all (without CAP_SYS_ADMIN they silently read as 0) and which PFN is the
+    shared zero page. Only meaningful on the live procfs.
+    """
+    import ctypes
+    import mmap
+
+    m = mmap.mmap(-1, 2 * PAGE_SIZE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        holder = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(holder)
+        del holder
+        m[0] = 1  # real frame
+        _ = m[PAGE_SIZE_BYTES]  # read fault: the shared zero page
+        fd = os.open(procfs.root / "self" / "pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            entries = procfs.read_pagemap(fd, addr // PAGE_SIZE_BYTES, 2)
+        finally:
+            os.close(fd)
+    finally:
+        m.close()
+    if len(entries) != 2:
+        return 0, 0
+    pfns = (entries & np.uint64(PM_PFN_MASK)).tolist()
+    return int(pfns[0]), int(pfns[1])
