@@ -1,0 +1,160 @@
+"""Look PFNs up in ``/proc/kpageflags`` and ``/proc/kpagecount`` with coalesced reads.
+
+Both files hold one 64-bit entry per physical frame. The capture prototype found these
+lookups to be the main cost of a capture (37-55 %, docs/capture-notes.md §3.5): a ``pread``
+costs about 5 µs while one more entry in a read costs about 64 ns. So the sorted unique PFNs
+of a whole snapshot are grouped into runs whose gaps are at most ``gap_entries`` entries
+(reading a gap is cheaper than one more syscall), and each run is read with one ``pread``
+of each file (split at ``max_read_entries``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.capture.procfs import PAGEMAP_ENTRY_BYTES, ProcFS
+from planner.errors import CapturePermissionError, KernelUnsupportedError
+
+DEFAULT_GAP_ENTRIES: Final = 64
+DEFAULT_MAX_READ_ENTRIES: Final = 1 << 17  # 1 MiB per pread
+
+
+@dataclass
+class KPageStats:
+    """Work done by a :class:`KPageReader` (for the capture's timing report)."""
+
+    frames: int = 0
+    reads: int = 0
+    entries_read: int = 0
+
+
+def coalesce(
+    pfns: npt.NDArray[np.uint64], *, gap_entries: int, max_read_entries: int
+) -> list[tuple[int, int]]:
+    """Group sorted unique ``pfns`` into ``(first_pfn, count)`` reads.
+
+    Two neighbours share a read when at most ``gap_entries`` entries lie between them; no
+    read spans more than ``max_read_entries`` entries.
+
+    Examples
+    --------
+    >>> coalesce(np.array([1, 2, 10, 100], np.uint64), gap_entries=8, max_read_entries=64)
+    [(1, 10), (100, 1)]
+    """
+    if len(pfns) == 0:
+        return []
+    p = pfns.astype(np.int64)
+    breaks = np.flatnonzero(np.diff(p) > gap_entries + 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(p)])) - 1
+    out: list[tuple[int, int]] = []
+    for first, last in zip(p[starts].tolist(), p[ends].tolist(), strict=True):
+        pos = first
+        while pos <= last:
+            count = min(last - pos + 1, max_read_entries)
+            out.append((pos, count))
+            # skip to the next wanted pfn after this piece (pieces never start in a gap)
+            nxt = pos + count
+            if nxt <= last:
+                nxt = int(p[np.searchsorted(p, nxt)])
+            pos = nxt
+    return out
+
+
+class KPageReader:
+    """Reads flags and map counts of physical frames (needs root: both files are mode 0400).
+
+    Use as a context manager; :meth:`lookup` may be called once per snapshot.
+    """
+
+    def __init__(
+        self,
+        procfs: ProcFS,
+        *,
+        gap_entries: int = DEFAULT_GAP_ENTRIES,
+        max_read_entries: int = DEFAULT_MAX_READ_ENTRIES,
+    ) -> None:
+        self._procfs = procfs
+        self._gap = gap_entries
+        self._max = max_read_entries
+        self._fds: tuple[int, int] | None = None
+        self.stats = KPageStats()
+
+    def __enter__(self) -> KPageReader:
+        fds: list[int] = []
+        try:
+            for name in ("kpageflags", "kpagecount"):
+                path = self._procfs.kpage_path(name)
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    raise KernelUnsupportedError(
+                        f"{path} does not exist (kernel without CONFIG_PROC_PAGE_MONITOR)",
+                        hint="pass --no-kpageflags",
+                    ) from None
+                except PermissionError:
+                    raise CapturePermissionError(
+                        f"cannot read {path}: it is readable by root only",
+                        hint=(
+                            "run as root, or pass --no-kpageflags "
+                            "(drops the KSM/THP/zero-page/map-count flags)"
+                        ),
+                    ) from None
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._fds = (fds[0], fds[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+
+    def lookup(
+        self, pfns: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """Return ``(kpageflags, kpagecount)`` for sorted unique ``pfns``.
+
+        Frames beyond the end of the files (none on a consistent system) read as 0.
+        """
+        if self._fds is None:
+            raise RuntimeError("KPageReader must be used as a context manager")
+        flags = np.zeros(len(pfns), dtype=np.uint64)
+        counts = np.zeros(len(pfns), dtype=np.uint64)
+        if len(pfns) == 0:
+            return flags, counts
+        reads = coalesce(pfns, gap_entries=self._gap, max_read_entries=self._max)
+        fflags, fcount = self._fds
+        lo = 0
+        for first, count in reads:
+            hi = int(np.searchsorted(pfns, np.uint64(first + count), side="left"))
+            offs = pfns[lo:hi].astype(np.int64) - first
+            flags[lo:hi] = _read_entries(fflags, first, count)[offs]
+            counts[lo:hi] = _read_entries(fcount, first, count)[offs]
+            lo = hi
+        self.stats.frames += len(pfns)
+        self.stats.reads += 2 * len(reads)
+        self.stats.entries_read += 2 * sum(c for _, c in reads)
+        return flags, counts
+
+
+def _read_entries(fd: int, first: int, count: int) -> npt.NDArray[np.uint64]:
+    try:
+        data = os.pread(fd, count * PAGEMAP_ENTRY_BYTES, first * PAGEMAP_ENTRY_BYTES)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        data = b""
+    out = np.zeros(count, dtype=np.uint64)
+    n = len(data) // PAGEMAP_ENTRY_BYTES
+    out[:n] = np.frombuffer(data, dtype=np.uint64, count=n)
+    return out
