@@ -1,0 +1,638 @@
+"""A capture session: choose target processes, take snapshots, write the trace.
+
+:func:`capture` is the library call behind ``ksm-planner capture``. It
+
+1. loads (or creates) the capture key and checks privileges up front: PFNs must be visible
+   (CAP_SYS_ADMIN), ``/proc/kpageflags`` readable (root) unless disabled;
+2. resolves the targets (``pids``, their descendants with ``children``, a cgroup, a comm
+   regex) and fails with :class:`~planner.errors.TargetNotFoundError` if one does not exist;
+3. lowers its own CPU priority (``nice`` +10 by default, or SCHED_IDLE), restored at the end;
+4. takes ``snapshots`` snapshots ``interval_s`` apart (start to start). Descendants, cgroup
+   members and comm matches are looked up again at each snapshot; a process that exits is
+   recorded as ``gone`` in the snapshot where it vanished and dropped afterwards;
+5. per snapshot, looks the frames up in kpageflags/kpagecount once (KSM, THP, zero page,
+   map count), renumbers PFNs into session-stable frame ids and writes the four tables
+   through :class:`~planner.trace.io.TraceWriter` (atomic, owner-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from planner._progress import NULL_PROGRESS, Progress
+from planner.capture.frames import FrameIds
+from planner.capture.hashing import PageHasher
+from planner.capture.keys import HASH_ALGO, load_key
+from planner.capture.kpage import KPageReader
+from planner.capture.procfs import (
+    KPF_KSM,
+    KPF_THP,
+    KPF_ZERO_PAGE,
+    PAGE_SIZE_BYTES,
+    ProcessGone,
+    ProcFS,
+    ProcStat,
+    probe_own_pfns,
+)
+from planner.capture.snapshot import PFN_HIDDEN_HINT, ProcessCapture, ProcessReader, Timings
+from planner.errors import CapturePermissionError, TargetNotFoundError, UsageProblem
+from planner.provenance import HostInfo, tool_version
+from planner.trace.io import HostWriter, TraceWriter
+from planner.trace.schema import MAPPINGS_SCHEMA, PROCESSES_SCHEMA, PageFlag
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+Priority = Literal["idle", "low", "normal"]
+PRIORITIES: Final = ("idle", "low", "normal")
+LOW_PRIORITY_NICE_STEP: Final = 10
+_U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """What to capture and how (the options of ``ksm-planner capture``)."""
+
+    out: Path
+    pids: tuple[int, ...] = ()
+    children: bool = False
+    cgroup: str | None = None
+    comm: str | None = None
+    snapshots: int = 1
+    interval_s: float = 10.0
+    overwrite: bool = False
+    key_file: Path | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    keep_cmdline: bool = False
+    kpageflags: bool = True
+    priority: Priority = "low"
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+
+    def validate(self) -> None:
+        """Raise :class:`UsageProblem` for impossible option values."""
+        if not (self.pids or self.cgroup or self.comm):
+            raise UsageProblem("no capture target given", hint="pass --pid, --cgroup or --comm")
+        if self.snapshots < 1:
+            raise UsageProblem(f"--snapshots must be at least 1 (got {self.snapshots})")
+        if not self.interval_s >= 0:
+            raise UsageProblem(f"--interval must be >= 0 seconds (got {self.interval_s})")
+        if self.priority not in PRIORITIES:
+            raise UsageProblem(
+                f"unknown --priority {self.priority!r}", hint=f"use one of {', '.join(PRIORITIES)}"
+            )
+        bad = [p for p in self.pids if p <= 0]
+        if bad:
+            raise UsageProblem(f"invalid pid {bad[0]}", hint="pids are positive integers")
+        if self.comm is not None:
+            try:
+                re.compile(self.comm)
+            except re.error as exc:
+                raise UsageProblem(
+                    f"--comm {self.comm!r} is not a valid regular expression: {exc}"
+                ) from None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The options as recorded in ``snapshots.capture_options`` (no key, no key path)."""
+        return {
+            "pids": list(self.pids),
+            "children": self.children,
+            "cgroup": self.cgroup,
+            "comm": self.comm,
+            "snapshots": self.snapshots,
+            "interval_s": self.interval_s,
+            "labels": dict(self.labels),
+            "keep_cmdline": self.keep_cmdline,
+            "kpageflags": self.kpageflags,
+            "priority": self.priority,
+            "proc_root": str(self.proc_root),
+        }
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings (``--label``) into a dict.
+
+    Examples
+    --------
+    >>> parse_labels(["service=web", "setup=b"])
+    {'service': 'web', 'setup': 'b'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageProblem(f"label {item!r} is not KEY=VALUE", hint="e.g. --label service=web")
+        out[key.strip()] = value
+    return out
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """Summary of a finished capture (what the CLI prints)."""
+
+    out: Path
+    trace_hash: str
+    host: str
+    hash_key_id: str
+    snapshots: int
+    processes: int
+    """Distinct processes captured at least once."""
+    gone: tuple[int, ...]
+    """Pids that exited during the session."""
+    pages: int
+    """Page rows written (all snapshots)."""
+    capture_s: float
+    """Time spent taking snapshots (excluding the waits between them)."""
+    pages_per_s: float
+    trace_bytes: int
+    pages_file_bytes: int
+    bytes_per_page: float
+    """Trace bytes on disk per page row (all files)."""
+    timings: dict[str, float]
+    kpage_reads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["gone"] = list(self.gone)
+        return d
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+class Targets:
+    """Resolves which processes to capture at each snapshot."""
+
+    def __init__(self, procfs: ProcFS, options: CaptureOptions) -> None:
+        self._fs = procfs
+        self._opts = options
+        self._comm = re.compile(options.comm) if options.comm is not None else None
+        self._cgroup = _cgroup_candidates(options.cgroup) if options.cgroup is not None else None
+        me = procfs.self_pid()
+        self._exclude = {me} if me is not None else set()
+        self._roots: dict[int, int] = {}
+        self._matched_any_cgroup = False
+        self._matched_any_comm = False
+        self.tracked: dict[int, int] = {}
+        """pid -> proc_start of the processes captured so far and still followed."""
+
+    def resolve_initial(self) -> dict[int, int]:
+        """The first snapshot's targets; :class:`TargetNotFoundError` if one is missing."""
+        for pid in self._opts.pids:
+            try:
+                st = self._fs.stat(pid)
+            except ProcessGone:
+                raise TargetNotFoundError(
+                    f"no process with pid {pid}", hint="check the pid with 'ps -p'"
+                ) from None
+            if st.is_dead:
+                raise TargetNotFoundError(
+                    f"process {pid} has exited (zombie)", hint="check the pid with 'ps -p'"
+                )
+            if st.is_kernel_thread:
+                raise TargetNotFoundError(
+                    f"pid {pid} ({st.comm}) is a kernel thread without user memory",
+                    hint="give a user process",
+                )
+            self._roots[pid] = st.starttime_ticks
+        targets = self.resolve()
+        if self._cgroup is not None and not self._matched_any_cgroup:
+            raise TargetNotFoundError(
+                f"no process is in cgroup {self._opts.cgroup}",
+                hint="check the path in /proc/<pid>/cgroup",
+            )
+        if self._comm is not None and not self._matched_any_comm:
+            raise TargetNotFoundError(
+                f"no process name matches --comm {self._opts.comm!r}",
+                hint="check the names with 'ps -e -o comm'",
+            )
+        return targets
+
+    def resolve(self) -> dict[int, int]:
+        """pid -> proc_start of this snapshot's targets (tracked ones included even if gone)."""
+        need_scan = self._opts.children or self._cgroup is not None or self._comm is not None
+        stats: dict[int, ProcStat] = {}
+        if need_scan:
+            stats = {
+                s.pid: s
+                for s in self._fs.iter_stats()
+                if not s.is_kernel_thread and s.pid not in self._exclude
+            }
+        seeds: dict[int, int] = dict(self._roots)
+        self._matched_any_cgroup = self._matched_any_comm = False
+        for pid, st in stats.items():
+            if st.is_dead:
+                continue
+            if self._comm is not None and self._comm.search(st.comm):
+                seeds[pid] = st.starttime_ticks
+                self._matched_any_comm = True
+            if self._cgroup is not None and self._in_cgroup(pid):
+                seeds[pid] = st.starttime_ticks
+                self._matched_any_cgroup = True
+        if self._opts.children:
+            kids: dict[int, list[int]] = {}
+            for st in stats.values():
+                kids.setdefault(st.ppid, []).append(st.pid)
+            alive = {
+                p: s
+                for p, s in {**self.tracked, **seeds}.items()
+                if p in stats and stats[p].starttime_ticks == s
+            }
+            todo = list(alive)
+            while todo:
+                for child in kids.get(todo.pop(), ()):
+                    if child not in seeds and not stats[child].is_dead:
+                        seeds[child] = stats[child].starttime_ticks
+                        todo.append(child)
+        out = {**seeds, **self.tracked}
+        return dict(sorted(out.items()))
+
+    def _in_cgroup(self, pid: int) -> bool:
+        assert self._cgroup is not None
+        try:
+            paths = self._fs.cgroups(pid)
+        except (ProcessGone, CapturePermissionError, OSError):
+            return False
+        return any(_under(path, c) for path in paths.values() for c in self._cgroup)
+
+    def forget(self, pid: int) -> None:
+        """Stop following ``pid`` (it exited)."""
+        self.tracked.pop(pid, None)
+        self._roots.pop(pid, None)
+
+
+def _cgroup_candidates(path: str) -> tuple[str, ...]:
+    p = "/" + path.strip("/")
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if p == mount or p.startswith(mount + "/"):
+            rest = p[len(mount) :] or "/"
+            # /sys/fs/cgroup/<controller>/... on cgroup v1 hosts: also try without the controller
+            parts = rest.strip("/").split("/", 1)
+            return (
+                (rest, "/" + parts[1]) if len(parts) == 2 and mount == "/sys/fs/cgroup" else (rest,)
+            )
+    return (p,)
+
+
+def _under(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# ------------------------------------------------------------------------------ priority
+
+
+@contextlib.contextmanager
+def cpu_priority(priority: Priority) -> Iterator[None]:
+    """Run the block at ``priority`` and restore the previous nice value and policy after.
+
+    ``low`` adds 10 to the nice value (at most 19), ``idle`` switches to SCHED_IDLE, ``normal``
+    changes nothing. Restoring a lower nice value needs root; without it the value stays.
+    """
+    old_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    old_policy = os.sched_getscheduler(0)
+    try:
+        if priority == "low":
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, old_nice + LOW_PRIORITY_NICE_STEP))
+        elif priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(0) != old_policy:
+                os.sched_setscheduler(0, old_policy, os.sched_param(0))
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, old_nice)
+
+
+# ------------------------------------------------------------------------------ capture
+
+
+def capture(
+    options: CaptureOptions,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    zero_pfn: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CaptureResult:
+    """Capture live processes into a trace directory (``ksm-planner capture``).
+
+    Parameters
+    ----------
+    options
+        Targets, snapshots and output.
+    progress
+        Receives one task per snapshot, advanced by recorded pages.
+    zero_pfn
+        PFN of the shared zero page. Found by a self-probe on the live system; give it for a
+        fake procfs (else zero-page PTEs are only recognised through kpageflags).
+    sleep
+        Called to wait between snapshots (tests replace it).
+
+    Raises
+    ------
+    UsageProblem
+        Impossible options, or the output exists without ``overwrite``.
+    TargetNotFoundError
+        A target does not exist at the start.
+    CapturePermissionError
+        ptrace access, PFN visibility (CAP_SYS_ADMIN) or kpageflags (root) is missing.
+    """
+    options.validate()
+    procfs = ProcFS(options.proc_root, sys_root=options.sys_root)
+    if not procfs.root.is_dir():
+        raise UsageProblem(
+            f"procfs root {procfs.root} is not a directory", hint="give the procfs mount point"
+        )
+    targets = Targets(procfs, options)
+    first_targets = targets.resolve_initial()
+    hasher = PageHasher(load_key(options.key_file))
+    if procfs.is_live:
+        written_pfn, probed_zero = probe_own_pfns(procfs)
+        if written_pfn == 0:
+            raise CapturePermissionError(
+                "/proc/<pid>/pagemap reports every PFN as 0", hint=PFN_HIDDEN_HINT
+            )
+        zero_pfn = probed_zero if zero_pfn is None and probed_zero else zero_pfn
+    host = HostInfo.collect()
+    opts_json = options.to_json_dict()
+    session = _Session(options, procfs, hasher, host, zero_pfn, opts_json)
+    with contextlib.ExitStack() as stack:
+        kpage = stack.enter_context(KPageReader(procfs)) if options.kpageflags else None
+        stack.enter_context(cpu_priority(options.priority))
+        writer = stack.enter_context(
+            TraceWriter(
+                options.out,
+                source="capture",
+                overwrite=options.overwrite,
+                extra={
+                    "capture": {**opts_json, "hash_algo": HASH_ALGO, "hash_key_id": hasher.key_id}
+                },
+            )
+        )
+        hw = writer.host(host.host)
+        t_start = time.perf_counter()
+        for i in range(options.snapshots):
+            if i:
+                delay = t_start + i * options.interval_s - time.perf_counter()
+                if delay > 0:
+                    sleep(delay)
+                current = targets.resolve()
+            else:
+                current = first_targets
+            session.snapshot(i, current, targets, hw, kpage, progress)
+        t_write = time.perf_counter()
+    session.timings.write_s += time.perf_counter() - t_write
+    manifest = writer.manifest or {}
+    files = manifest.get("files", {})
+    trace_bytes = sum(int(f["bytes"]) for f in files.values())
+    pages_bytes = sum(int(f["bytes"]) for rel, f in files.items() if rel.endswith("/pages.parquet"))
+    total_pages = hw.pages_written
+    return CaptureResult(
+        out=options.out,
+        trace_hash=str(manifest.get("trace_hash", "")),
+        host=host.host,
+        hash_key_id=hasher.key_id,
+        snapshots=options.snapshots,
+        processes=len(session.seen),
+        gone=tuple(session.gone),
+        pages=total_pages,
+        capture_s=session.capture_s,
+        pages_per_s=total_pages / session.capture_s if session.capture_s > 0 else 0.0,
+        trace_bytes=trace_bytes,
+        pages_file_bytes=pages_bytes,
+        bytes_per_page=trace_bytes / total_pages if total_pages else 0.0,
+        timings=session.timings.to_dict(),
+        kpage_reads=kpage.stats.reads if kpage is not None else 0,
+    )
+
+
+class _Session:
+    """State kept across the snapshots of one capture."""
+
+    def __init__(
+        self,
+        options: CaptureOptions,
+        procfs: ProcFS,
+        hasher: PageHasher,
+        host: HostInfo,
+        zero_pfn: int | None,
+        opts_json: dict[str, Any],
+    ) -> None:
+        self.options = options
+        self.procfs = procfs
+        self.hasher = hasher
+        self.host = host
+        self.timings = Timings()
+        self.reader = ProcessReader(
+            procfs,
+            hasher,
+            zero_pfn=zero_pfn,
+            keep_cmdline=options.keep_cmdline,
+            timings=self.timings,
+        )
+        self.frames = FrameIds()
+        self.labels = json.dumps(dict(options.labels), sort_keys=True) if options.labels else None
+        self.opts_json = json.dumps(opts_json, sort_keys=True)
+        self.boot_wall_s = procfs.boot_time_s()
+        self.clk_tck = procfs.clock_ticks_per_s()
+        self.t0_wall_s: float | None = None
+        self.t0_perf = 0.0
+        self.capture_s = 0.0
+        self.seen: set[tuple[int, int]] = set()
+        self.gone: list[int] = []
+        self.last_info: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def snapshot(
+        self,
+        snapshot_id: int,
+        targets_now: Mapping[int, int],
+        targets: Targets,
+        hw: HostWriter,
+        kpage: KPageReader | None,
+        progress: Progress,
+    ) -> None:
+        wall_ns = time.time_ns()
+        t_snap = time.perf_counter()
+        if self.t0_wall_s is None:
+            self.t0_wall_s, self.t0_perf = wall_ns / 1e9, t_snap
+        progress.start(
+            f"snapshot {snapshot_id + 1}/{self.options.snapshots}",
+            self._estimate_pages(targets_now),
+        )
+        caps: list[ProcessCapture] = []
+        for pid, start in targets_now.items():
+            pc = self.reader.capture(pid, proc_start=start, progress=progress)
+            caps.append(pc)
+            if pc.state == "gone":
+                targets.forget(pid)
+                self.gone.append(pid)
+            else:
+                targets.tracked[pid] = pc.proc_start
+                self.seen.add((pid, pc.proc_start))
+                self.last_info[(pid, pc.proc_start)] = pc.info
+        ksm_sysfs = json.dumps(self.procfs.ksm_sysfs(), sort_keys=True)
+        processes, mappings, pages = self._tables(snapshot_id, caps, kpage)
+        t_end = time.perf_counter()
+        duration = t_end - t_snap
+        self.capture_s += duration
+        snap = {
+            "snapshot_id": snapshot_id,
+            "time_s": t_snap - self.t0_perf,
+            "wall_time_ns": wall_ns,
+            "duration_s": duration,
+            "kernel_release": self.host.kernel_release,
+            "page_size": PAGE_SIZE_BYTES,
+            "hz": self.host.hz,
+            "thp_mode": self.host.thp_mode,
+            "hash_algo": HASH_ALGO,
+            "hash_key_id": self.hasher.key_id,
+            "zero_hash": self.hasher.zero_hash,
+            "tool_version": tool_version(),
+            "capture_options": self.opts_json,
+            "ksm_sysfs": ksm_sysfs,
+        }
+        t = time.perf_counter()
+        hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages)
+        self.timings.write_s += time.perf_counter() - t
+        progress.finish()
+
+    def _estimate_pages(self, targets_now: Mapping[int, int]) -> float | None:
+        total = 0
+        for pid in targets_now:
+            try:
+                value = self.procfs.status(pid).get("RssAnon", "").split()
+            except (ProcessGone, CapturePermissionError, OSError):
+                continue
+            if value and value[0].isdigit():
+                total += int(value[0]) * 1024 // PAGE_SIZE_BYTES
+        return float(total) if total else None
+
+    # ---------------------------------------------------------------- tables of a snapshot
+
+    def _tables(
+        self, snapshot_id: int, caps: list[ProcessCapture], kpage: KPageReader | None
+    ) -> tuple[pa.Table, pa.Table, pa.Table]:
+        ok = [c for c in caps if c.state == "ok"]
+        counts = np.array([c.pages for c in ok], dtype=np.int64)
+        row_proc = np.repeat(np.arange(len(ok)), counts)
+        cat = _concat(ok)
+        addr, vma_start, chash, pfn, flags = cat
+        has_frame = (flags & np.uint16(PageFlag.SWAPPED)) == 0
+        zero_pfn_extra = np.zeros(len(ok), dtype=np.int64)
+        if kpage is not None and len(addr):
+            t = time.perf_counter()
+            uniq, inverse = np.unique(pfn[has_frame], return_inverse=True)
+            kflags_u, kcount_u = kpage.lookup(uniq)
+            kflags = np.zeros(len(addr), np.uint64)
+            kcount = np.zeros(len(addr), np.uint64)
+            kflags[has_frame] = kflags_u[inverse.reshape(-1)]
+            kcount[has_frame] = kcount_u[inverse.reshape(-1)]
+            flags = (
+                flags
+                | _bitflag(kflags, KPF_KSM, PageFlag.KSM)
+                | _bitflag(kflags, KPF_THP, PageFlag.THP)
+            )
+            flags |= np.where(kcount > 1, np.uint16(PageFlag.SHARED_MAPCOUNT), np.uint16(0))
+            zero_page = has_frame & (((kflags >> _U64(KPF_ZERO_PAGE)) & _U64(1)) == 1)
+            if zero_page.any():  # PTEs of the (huge) zero page: counted, not recorded
+                zero_pfn_extra = np.bincount(row_proc[zero_page], minlength=len(ok)).astype(
+                    np.int64
+                )
+                keep = ~zero_page
+                addr, vma_start, chash, pfn, flags = (
+                    a[keep] for a in (addr, vma_start, chash, pfn, flags)
+                )
+                row_proc, has_frame = row_proc[keep], has_frame[keep]
+                counts = np.bincount(row_proc, minlength=len(ok)).astype(np.int64)
+            self.timings.kpage_s += time.perf_counter() - t
+        t = time.perf_counter()
+        frame_id = np.zeros(len(addr), np.uint64)
+        frame_id[has_frame] = self.frames.assign(pfn[has_frame])
+        no_hash = (flags & np.uint16(PageFlag.SWAPPED | PageFlag.READ_ERROR)) != 0
+        racy = np.bincount(row_proc[(flags & np.uint16(PageFlag.RACY)) != 0], minlength=len(ok))
+        pids = np.array([c.pid for c in ok], dtype=np.int32)
+        pages = pa.table(
+            {
+                "snapshot_id": pa.array(np.full(len(addr), snapshot_id, np.int32)),
+                "pid": pa.array(pids[row_proc] if len(ok) else np.zeros(0, np.int32)),
+                "vma_start": pa.array(vma_start),
+                "page_addr": pa.array(addr),
+                "content_hash": pa.array(chash, mask=no_hash),
+                "frame_id": pa.array(frame_id, mask=~has_frame),
+                "flags": pa.array(flags),
+            }
+        )
+        proc_rows: list[dict[str, Any]] = []
+        map_rows: list[dict[str, Any]] = []
+        ok_index = {id(c): i for i, c in enumerate(ok)}
+        assert self.t0_wall_s is not None
+        for c in caps:
+            info = c.info or self.last_info.get((c.pid, c.proc_start), {})
+            row: dict[str, Any] = {
+                "snapshot_id": snapshot_id,
+                "pid": c.pid,
+                "proc_start": c.proc_start,
+                "start_time_s": self.boot_wall_s + c.proc_start / self.clk_tck - self.t0_wall_s,
+                **info,
+                "labels": self.labels,
+                "state": c.state,
+                "error": c.error,
+                "capture_t0_s": c.t0 - self.t0_perf,
+                "capture_t1_s": c.t1 - self.t0_perf,
+            }
+            if c.state == "ok":
+                i = ok_index[id(c)]
+                row.update(
+                    pages=int(counts[i]),
+                    racy_pages=int(racy[i]),
+                    zero_pfn_pages=c.zero_pfn_pages + int(zero_pfn_extra[i]),
+                )
+                if zero_pfn_extra[i]:
+                    _recount_present(c.mappings, vma_start[row_proc == i], has_frame[row_proc == i])
+                map_rows.extend({"snapshot_id": snapshot_id, "pid": c.pid, **m} for m in c.mappings)
+            proc_rows.append(row)
+        processes = pa.Table.from_pylist(proc_rows, schema=PROCESSES_SCHEMA)
+        mappings = pa.Table.from_pylist(map_rows, schema=MAPPINGS_SCHEMA)
+        self.timings.tables_s += time.perf_counter() - t
+        return processes, mappings, pages
+
+
+def _concat(ok: list[ProcessCapture]) -> tuple[npt.NDArray[Any], ...]:
+    if not ok:
+        e64 = np.empty(0, np.uint64)
+        return e64, e64, e64, e64, np.empty(0, np.uint16)
+    return (
+        np.concatenate([c.addr for c in ok]),
+        np.concatenate([c.vma_start for c in ok]),
+        np.concatenate([c.content_hash for c in ok]),
+        np.concatenate([c.pfn for c in ok]),
+        np.concatenate([c.flags for c in ok]),
+    )
+
+
+def _bitflag(kflags: npt.NDArray[np.uint64], bit: int, flag: PageFlag) -> npt.NDArray[np.uint16]:
+    return np.where(((kflags >> _U64(bit)) & _U64(1)) == 1, np.uint16(flag), np.uint16(0))
+
+
+def _recount_present(
+    mappings: list[dict[str, Any]],
+    vma_start: npt.NDArray[np.uint64],
+    present: npt.NDArray[np.bool_],
+) -> None:
+    starts, n = np.unique(vma_start[present], return_counts=True)
+    per = dict(zip(starts.tolist(), n.tolist(), strict=True))
+    for m in mappings:
+        m["present_pages"] = per.get(m["start"], 0)
