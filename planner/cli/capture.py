@@ -1,5 +1,125 @@
-"""Commands of this group are registered on planner.cli._app.app."""
+"""``ksm-planner capture``: snapshot live processes into a trace (read-only)."""
 
 from __future__ import annotations
 
-from planner.cli._app import app  # noqa: F401
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.cli._app import app
+from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress
+
+
+class PriorityChoice(enum.StrEnum):
+    """CPU priority of the capture process."""
+
+    idle = "idle"
+    low = "low"
+    normal = "normal"
+
+
+@app.command("capture")
+def capture_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace directory to write.")],
+    pid: Annotated[
+        list[int] | None, typer.Option("--pid", "-p", help="A process to capture (repeatable).")
+    ] = None,
+    children: Annotated[
+        bool,
+        typer.Option(
+            "--children", help="Also capture descendants (looked up again at every snapshot)."
+        ),
+    ] = False,
+    cgroup: Annotated[
+        str | None,
+        typer.Option(
+            "--cgroup", help="Capture every process in this cgroup (path as in /proc/PID/cgroup)."
+        ),
+    ] = None,
+    comm: Annotated[
+        str | None, typer.Option("--comm", help="Capture processes whose name matches this regex.")
+    ] = None,
+    snapshots: Annotated[int, typer.Option("--snapshots", "-n", help="Number of snapshots.")] = 1,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between snapshot starts.")
+    ] = 10.0,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="Secret hash key (created with mode 0600 if missing; "
+            "default ~/.config/ksm-planner/capture.key). Only its id goes into the trace.",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="KEY=VALUE stored with every process (repeatable)."),
+    ] = None,
+    keep_cmdline: Annotated[
+        bool,
+        typer.Option(
+            "--keep-cmdline", help="Store command lines in clear (default: a keyed hash only)."
+        ),
+    ] = False,
+    no_kpageflags: Annotated[
+        bool,
+        typer.Option(
+            "--no-kpageflags",
+            help="Do not read /proc/kpageflags and kpagecount (no KSM/THP/map-count flags).",
+        ),
+    ] = False,
+    priority: Annotated[
+        PriorityChoice,
+        typer.Option(
+            "--priority", help="CPU priority while capturing: nice +10 (low) or SCHED_IDLE."
+        ),
+    ] = PriorityChoice.low,
+    proc_root: Annotated[
+        Path, typer.Option("--proc-root", help="procfs to read (e.g. /host/proc in a container).")
+    ] = Path("/proc"),
+    force: ForceFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Snapshot the anonymous pages of live processes into a trace (read-only).
+
+    Reads /proc/PID/pagemap first and then only present pages from /proc/PID/mem, hashing
+    each 4 KiB page with a keyed xxh3_64. Needs root (CAP_SYS_PTRACE and CAP_SYS_ADMIN).
+
+    Example: ksm-planner capture --pid 1234 --children -n 5 --interval 10 --out web.trace
+    """
+    from planner.capture.session import CaptureOptions, capture, parse_labels
+
+    options = CaptureOptions(
+        out=out,
+        pids=tuple(pid or ()),
+        children=children,
+        cgroup=cgroup,
+        comm=comm,
+        snapshots=snapshots,
+        interval_s=interval,
+        overwrite=force,
+        key_file=key_file,
+        labels=parse_labels(label or ()),
+        keep_cmdline=keep_cmdline,
+        kpageflags=not no_kpageflags,
+        priority=priority.value,
+        proc_root=proc_root,
+    )
+    with progress() as bar:
+        result = capture(options, progress=bar)
+    if as_json:
+        emit_json({"command": "capture", **result.to_dict()})
+        return
+    note(
+        f"captured {result.snapshots} snapshot(s) of {result.processes} process(es) "
+        f"on {result.host}: {result.pages:,} pages in {result.capture_s:.2f} s "
+        f"({result.pages_per_s:,.0f} pages/s)"
+    )
+    if result.gone:
+        note(f"exited during the capture: {', '.join(map(str, result.gone))}")
+    note(
+        f"wrote {result.out} ({result.trace_bytes:,} bytes, "
+        f"{result.bytes_per_page:.1f} bytes/page), key id {result.hash_key_id}"
+    )
