@@ -65,11 +65,11 @@ U64 = np.ndarray[Any, np.dtype[np.uint64]]
 I64 = np.ndarray[Any, np.dtype[np.int64]]
 
 
-def _row_label(rows: pa.Table, i: int) -> str:
-    """``"row N: "`` when the input carries source row numbers, else ``""``."""
+def _where(rows: pa.Table, i: int, column: str) -> str:
+    """``"row N, column C: "`` (the row only when the input carries source row numbers)."""
     if "_row" in rows.column_names:
-        return f"row {rows.column('_row')[i].as_py()}: "
-    return ""
+        return f"row {rows.column('_row')[i].as_py()}, column {column}: "
+    return f"column {column}: "
 
 
 def _u64(col: Any) -> U64:
@@ -118,6 +118,11 @@ class FlatConverter:
     _last_sid: int = -1
     _last_time: float = float("-inf")
     _snap: _SnapshotState | None = None
+
+    @property
+    def processes_seen(self) -> int:
+        """Distinct processes (pid and start time) converted so far."""
+        return len(self._proc_index)
 
     # -- one call per snapshot ---------------------------------------------------------------
 
@@ -204,8 +209,8 @@ class FlatConverter:
                 )
                 where = f" (first at row {first})" if first is not None else ""
                 raise TraceFormatError(
-                    f"{_row_label(rows, i)}page 0x{int(addr[i]):x} of pid {int(pid[i])} appears "
-                    f"twice in the snapshot at time_s={st.time_s:g}{where}",
+                    f"{_where(rows, i, 'page_addr')}page 0x{int(addr[i]):x} of pid {int(pid[i])} "
+                    f"appears twice in the snapshot at time_s={st.time_s:g}{where}",
                     hint="each page may appear once per snapshot",
                 )
             raise ValueError("feed() needs rows sorted by (pid, page_addr)")
@@ -266,7 +271,7 @@ class FlatConverter:
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise TraceFormatError(
-                    f"{_row_label(rows, i)}column content_hash is empty",
+                    f"{_where(rows, i, 'content_hash')}empty value",
                     hint="every page that was read needs a content hash",
                 )
         frame: Any
@@ -281,7 +286,7 @@ class FlatConverter:
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
                     raise TraceFormatError(
-                        f"{_row_label(rows, i)}column 'frame' is empty",
+                        f"{_where(rows, i, 'frame')}empty value",
                         hint="give a frame for every page or for none",
                     )
         else:
@@ -296,7 +301,7 @@ class FlatConverter:
                 nulls = np.asarray(vcol.is_null().to_numpy(zero_copy_only=False))
                 i = int(np.flatnonzero(nulls)[0])
                 raise TraceFormatError(
-                    f"{_row_label(rows, i)}column vma_start is empty",
+                    f"{_where(rows, i, 'vma_start')}empty value",
                     hint="give a vma_start for every page or for none",
                 )
             vma_start = _u64(vcol)
@@ -304,7 +309,7 @@ class FlatConverter:
             if above.any():
                 i = int(np.flatnonzero(above)[0])
                 raise TraceFormatError(
-                    f"{_row_label(rows, i)}column vma_start: 0x{int(vma_start[i]):x} is above "
+                    f"{_where(rows, i, 'vma_start')}0x{int(vma_start[i]):x} is above "
                     f"its page 0x{int(addr[i]):x}",
                     hint="vma_start is the start of the mapping that holds the page",
                 )
@@ -316,7 +321,7 @@ class FlatConverter:
             if overlap.any():
                 i = int(np.flatnonzero(overlap)[0])
                 raise TraceFormatError(
-                    f"{_row_label(rows, i)}column vma_start: mapping 0x{int(vma_start[i]):x} "
+                    f"{_where(rows, i, 'vma_start')}mapping 0x{int(vma_start[i]):x} "
                     f"of pid {int(pid[i])} overlaps the previous mapping "
                     f"(page 0x{int(paddr[i]):x})",
                     hint="mappings of one process must not overlap",

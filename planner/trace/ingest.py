@@ -1,0 +1,1533 @@
+"""Ingest other people's page traces and older versions of our own format.
+
+Two kinds of input become a trace directory (format v1, see :mod:`planner.trace.schema`):
+
+* the **interchange format**: a flat CSV or Parquet table, one row per present eligible
+  page per snapshot, with the header
+  ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` (``ppid``,
+  ``comm``, ``vma_start``, ``vma_kind`` and ``frame`` optional), an optional ``is_zero``
+  (0/1) and an optional ``host`` column. ``ksm-planner export`` adds the extension columns
+  of :data:`EXTENSION_COLUMNS` so that a trace survives the round trip;
+* **schema version 0**: the capture prototype's flat Parquet (docs/capture-notes.md §2),
+  recognised by its columns. Its PFNs become opaque frame ids (never written), its
+  ``kpageflags``, ``kpagecount`` and ``flags`` bits become :class:`~planner.trace.schema.PageFlag`
+  bits, and its pages mapped to the shared zero page are counted per process
+  (``processes.zero_pfn_pages``) instead of being recorded.
+
+Input is read as a stream of record batches (``pyarrow.csv.open_csv`` with explicit column
+types, ``ParquetFile.iter_batches``). Rows must come in time order; one snapshot per host is
+buffered, sorted by ``(pid, page_addr)`` and handed to the
+:class:`~planner.trace.flat.FlatConverter` and the trace writer in chunks. A snapshot larger
+than ``sort_buffer_rows`` is sorted in runs spilled to disk (Arrow IPC streams in a private
+directory next to the output) and merged, so memory stays bounded whatever the input size.
+
+Every problem in the input raises :class:`~planner.errors.TraceFormatError` with one line
+naming the file, the 1-based data row and the column; nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from planner._progress import NULL_PROGRESS
+from planner.errors import TraceFormatError, UsageProblem
+from planner.provenance import tool_version
+from planner.trace import schema as S
+from planner.trace.flat import FlatConverter
+from planner.trace.io import TraceWriter
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from planner._progress import Progress
+    from planner.trace.io import HostWriter
+
+SourceFormat = Literal["interchange-csv", "interchange-parquet", "v0-parquet"]
+
+_DICT_STR: Final = pa.dictionary(pa.int32(), pa.string())
+_INT32_MAX: Final = 2**31 - 1
+_PAGE: Final = S.PAGE_SIZE_BYTES
+
+#: Extension columns of the interchange format, written by ``ksm-planner export`` so that
+#: a trace survives export + ingest: process identity and attributes, page flags, mapping
+#: attributes. Other tools may ignore them.
+EXTENSION_COLUMNS: Final = (
+    "proc_start",
+    "flags",
+    "uid",
+    "cgroup",
+    "labels",
+    "vma_end",
+    "perms",
+    "vma_path",
+)
+
+#: Every column the interchange reader knows, with the type it is read as. Other columns
+#: are ignored (and reported).
+INTERCHANGE_TYPES: Final[dict[str, pa.DataType]] = {
+    "time_s": pa.float64(),
+    "pid": pa.int64(),
+    "ppid": pa.int64(),
+    "comm": _DICT_STR,
+    "vma_start": pa.uint64(),
+    "vma_kind": _DICT_STR,
+    "page_addr": pa.uint64(),
+    "content_hash": pa.uint64(),
+    "frame": pa.uint64(),
+    "is_zero": pa.bool_(),
+    "host": _DICT_STR,
+    "proc_start": pa.uint64(),
+    "flags": pa.int64(),
+    "uid": pa.int64(),
+    "cgroup": _DICT_STR,
+    "labels": _DICT_STR,
+    "vma_end": pa.uint64(),
+    "perms": _DICT_STR,
+    "vma_path": _DICT_STR,
+}
+
+#: Columns of the capture prototype's flat Parquet (schema version 0), capture-notes §2.
+V0_COLUMNS: Final = (
+    "snapshot_id",
+    "snapshot_ts",
+    "proc_ts",
+    "host",
+    "setup",
+    "pid",
+    "ppid",
+    "proc_start",
+    "comm",
+    "cgroup",
+    "vma_start",
+    "vma_end",
+    "vma_kind",
+    "perms",
+    "vma_path",
+    "page_addr",
+    "content_hash",
+    "is_zero",
+    "pfn",
+    "kpageflags",
+    "kpagecount",
+    "flags",
+)
+V0_REQUIRED: Final = ("snapshot_id", "snapshot_ts", "pid", "page_addr", "content_hash", "pfn")
+_V0_SIGNATURE: Final = frozenset({"snapshot_id", "snapshot_ts", "pfn"})
+_V0_TYPES: Final[dict[str, pa.DataType]] = {
+    "snapshot_id": pa.int64(),
+    "host": _DICT_STR,
+    "setup": _DICT_STR,
+    "pid": pa.int64(),
+    "ppid": pa.int64(),
+    "proc_start": pa.uint64(),
+    "comm": _DICT_STR,
+    "cgroup": _DICT_STR,
+    "vma_start": pa.uint64(),
+    "vma_end": pa.uint64(),
+    "vma_kind": _DICT_STR,
+    "perms": _DICT_STR,
+    "vma_path": _DICT_STR,
+    "page_addr": pa.uint64(),
+    "content_hash": pa.uint64(),
+    "is_zero": pa.bool_(),
+    "pfn": pa.uint64(),
+    "kpageflags": pa.uint64(),
+    "kpagecount": pa.int64(),
+    "flags": pa.int64(),
+}
+
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
+KPF_KSM: Final = 21
+KPF_THP: Final = 22
+KPF_ZERO_PAGE: Final = 24
+
+#: Names of the prototype's ``flags`` bits (legend in the file metadata) -> our flags.
+#: ``None``: the page maps the shared zero page (not a candidate; counted, not recorded).
+_V0_FLAG_NAMES: Final[dict[str, int | None]] = {
+    "zero_content": int(S.PageFlag.ZERO),
+    "zero": int(S.PageFlag.ZERO),
+    "is_zero": int(S.PageFlag.ZERO),
+    "thp": int(S.PageFlag.THP),
+    "ksm": int(S.PageFlag.KSM),
+    "racy": int(S.PageFlag.RACY),
+    "swapped": int(S.PageFlag.SWAPPED),
+    "read_error": int(S.PageFlag.READ_ERROR),
+    "exclusive": int(S.PageFlag.EXCLUSIVE),
+    "soft_dirty": int(S.PageFlag.SOFT_DIRTY),
+    "zero_pfn": None,
+}
+
+_REQUIRED_HINT: Final = (
+    "an interchange trace has the header "
+    "time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame "
+    "where ppid, comm, vma_start, vma_kind and frame are optional"
+)
+_DESCRIBE: Final = {
+    "content_hash": "a decimal unsigned 64-bit integer",
+    "time_s": "a number of seconds",
+    "is_zero": "0 or 1",
+}
+_CSV_BLOCK_BYTES: Final = 4 << 20
+_PARQUET_BATCH_ROWS: Final = 1 << 16
+_SPILL_BATCH_ROWS: Final = 1 << 16
+DEFAULT_SORT_BUFFER_ROWS: Final = 4 << 20
+DEFAULT_CHUNK_ROWS: Final = 1 << 19
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class HostIngestStats:
+    """What one host of the ingested trace holds."""
+
+    host: str
+    snapshots: int
+    pages: int
+    processes: int
+    zero_pfn_pages: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome of :func:`ingest`."""
+
+    source: str
+    source_format: SourceFormat
+    out: str
+    rows: int
+    hosts: tuple[HostIngestStats, ...]
+    trace_hash: str
+    elapsed_s: float
+    spilled_runs: int
+    zero_hash: int
+    warnings: tuple[str, ...] = ()
+    ignored_columns: tuple[str, ...] = ()
+    tool_version: str = field(default_factory=tool_version)
+
+    @property
+    def rows_per_s(self) -> float:
+        """Input rows per second of wall time."""
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (with provenance)."""
+        return {
+            "source": self.source,
+            "source_format": self.source_format,
+            "out": self.out,
+            "rows": self.rows,
+            "hosts": [h.to_dict() for h in self.hosts],
+            "snapshots": sum(h.snapshots for h in self.hosts),
+            "pages": sum(h.pages for h in self.hosts),
+            "elapsed_s": self.elapsed_s,
+            "rows_per_s": self.rows_per_s,
+            "spilled_runs": self.spilled_runs,
+            "warnings": list(self.warnings),
+            "ignored_columns": list(self.ignored_columns),
+            "provenance": {
+                "tool_version": self.tool_version,
+                "trace_hash": self.trace_hash,
+                "zero_hash": str(self.zero_hash),
+            },
+        }
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _first(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if len(idx) else None
+
+
+def _null_mask(col: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    return np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _np(col: Any, dtype: Any, fill: Any = 0) -> np.ndarray[Any, Any]:
+    """A column as a numpy array of ``dtype`` (nulls replaced by ``fill``)."""
+    if col.null_count:
+        col = col.fill_null(fill)
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _equal_mask(col: Any, value: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """``col == value`` as a numpy mask (nulls are not equal)."""
+    eq: Any = pc.equal(col, pa.scalar(value, col.type))
+    return _np(eq, bool, False)
+
+
+def _describe(column: str, target: pa.DataType) -> str:
+    if column in _DESCRIBE:
+        return _DESCRIBE[column]
+    if pa.types.is_unsigned_integer(target):
+        return "a non-negative integer"
+    if pa.types.is_integer(target):
+        return "an integer"
+    if pa.types.is_floating(target):
+        return "a number"
+    if pa.types.is_boolean(target):
+        return "0 or 1"
+    return f"a {target}"
+
+
+def _try_cast(arr: Any, target: pa.DataType) -> Any:
+    """Cast ``arr`` to ``target`` the way the CSV reader would (strings are trimmed)."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = pc.utf8_trim_whitespace(arr)
+    if pa.types.is_boolean(target) and pa.types.is_integer(arr.type):
+        ok = np.isin(_np(arr, np.int64), (0, 1))
+        if not ok.all():
+            raise pa.ArrowInvalid("not 0 or 1")
+    return arr.cast(target)
+
+
+def _first_cast_failure(arr: Any, target: pa.DataType) -> int:
+    """Index of the first value of ``arr`` that does not cast to ``target`` (bisection)."""
+    lo, hi = 0, len(arr)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            _try_cast(arr.slice(lo, mid - lo), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def _host_default(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".bz2", ".zst", ".lz4"):
+        name = name.removesuffix(suffix)
+    for suffix in (".csv", ".parquet", ".pq"):
+        name = name.removesuffix(suffix)
+    return name or "host"
+
+
+def _valid_host(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _v0_flag_map(metadata: Mapping[bytes, bytes] | None) -> dict[int, int | None] | None:
+    """The prototype's ``flags`` legend (file metadata) as ``{source mask: our bit}``.
+
+    The legend is a JSON object or list under a metadata key containing ``flag``: a list of
+    names by bit index, ``{name: bit index}``, ``{name: mask}`` or ``{bit index: name}``.
+    Returns ``None`` when there is no legend.
+    """
+    for key, raw in (metadata or {}).items():
+        if b"flag" not in key.lower():
+            continue
+        try:
+            legend = json.loads(raw)
+        except ValueError:
+            continue
+        pairs: list[tuple[str, int]] = []
+        if isinstance(legend, list):
+            pairs = [(str(name), i) for i, name in enumerate(legend)]
+        elif isinstance(legend, dict) and legend:
+            if all(isinstance(v, int) for v in legend.values()):
+                vals = [int(v) for v in legend.values()]
+                masks = 0 not in vals and all(v & (v - 1) == 0 for v in vals) and max(vals) > 2
+                pairs = [
+                    (str(k), (int(v).bit_length() - 1) if masks else int(v))
+                    for k, v in legend.items()
+                ]
+            elif all(str(k).isdigit() for k in legend):
+                pairs = [(str(v), int(k)) for k, v in legend.items()]
+        if pairs:
+            out: dict[int, int | None] = {}
+            for name, bit in pairs:
+                if name.lower() in _V0_FLAG_NAMES and 0 <= bit < 63:
+                    out[1 << bit] = _V0_FLAG_NAMES[name.lower()]
+            return out
+    return None
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    """An input file: its format, its header and a reader of typed record batches."""
+
+    path: Path
+    kind: Literal["csv", "parquet"]
+    fmt: SourceFormat
+    header: list[str]
+    columns: list[str]
+    types: dict[str, pa.DataType]
+    total_rows: int | None = None
+    metadata: dict[bytes, bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def fail(
+        self, row: int | None, column: str | None, what: str, hint: str | None = None
+    ) -> NoReturn:
+        where = [self.name]
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column}")
+        raise TraceFormatError(": ".join([", ".join(where), what]), hint=hint)
+
+    # -- CSV ----------------------------------------------------------------------------
+
+    def _csv_reader(self, types: Mapping[str, pa.DataType], invalid: list[Any]) -> Any:
+        def on_invalid(row: Any) -> Literal["skip", "error"]:
+            invalid.append(row)
+            return "error"
+
+        return pacsv.open_csv(
+            str(self.path),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict(types),
+                include_columns=list(types),
+                strings_can_be_null=True,
+                true_values=["1", "true", "True", "TRUE"],
+                false_values=["0", "false", "False", "FALSE"],
+            ),
+        )
+
+    def _csv_parse_error(self, row: Any) -> NoReturn:
+        line = row.number
+        got, want = row.actual_columns, row.expected_columns
+        column = self.header[got] if 0 <= got < len(self.header) else None
+        what = (
+            f"expected {want} fields, got {got} (the row is cut short: truncated or malformed file)"
+            if got < want
+            else f"expected {want} fields, got {got} (more fields than the header)"
+        )
+        self.fail(
+            line - 1 if line is not None else None, column, what, "repair or re-export the file"
+        )
+
+    def _csv_batches(self) -> Iterator[tuple[int, pa.Table]]:
+        invalid: list[Any] = []
+        row0 = 0
+        try:
+            reader = self._csv_reader({c: self.types[c] for c in self.columns}, invalid)
+            for batch in reader:
+                yield row0, pa.Table.from_batches([batch])
+                row0 += batch.num_rows
+        except pa.ArrowInvalid as exc:
+            if invalid:
+                self._csv_parse_error(invalid[0])
+            self._diagnose_csv(exc)
+        except OSError as exc:
+            self.fail(
+                None, None, f"cannot read the file ({exc})", "the file is damaged or truncated"
+            )
+
+    def _diagnose_csv(self, exc: Exception) -> NoReturn:
+        """Find the row and column of a conversion error: re-read everything as text."""
+        invalid: list[Any] = []
+        row0 = 0
+        try:
+            reader = self._csv_reader({c: pa.string() for c in self.columns}, invalid)
+            for batch in reader:
+                for c in self.columns:
+                    target = self.types[c]
+                    if pa.types.is_dictionary(target) or pa.types.is_string(target):
+                        continue
+                    arr = batch.column(c)
+                    try:
+                        _try_cast(arr, target)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        i = _first_cast_failure(arr, target)
+                        self.fail(
+                            row0 + i + 1,
+                            c,
+                            f"{arr[i].as_py()!r} is not {_describe(c, target)}",
+                            "fix the value or remove the row",
+                        )
+                row0 += batch.num_rows
+        except pa.ArrowInvalid:
+            if invalid:
+                self._csv_parse_error(invalid[0])
+            raise
+        self.fail(None, None, f"cannot read the file ({exc})")
+
+    # -- Parquet ------------------------------------------------------------------------
+
+    def _parquet_batches(self) -> Iterator[tuple[int, pa.Table]]:
+        pf = pq.ParquetFile(str(self.path))
+        row0 = 0
+        batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowException) as exc:
+                self.fail(
+                    row0 + 1,
+                    None,
+                    f"cannot read the data after this row ({exc})",
+                    "the file is damaged",
+                )
+            table = pa.Table.from_batches([batch])
+            yield row0, self._cast(table, row0)
+            row0 += batch.num_rows
+
+    def _cast(self, table: pa.Table, row0: int) -> pa.Table:
+        cols = []
+        for c in table.column_names:
+            col = table.column(c)
+            target = self.types.get(c)
+            if target is None or col.type == target:
+                cols.append(col)
+                continue
+            if pa.types.is_dictionary(target):
+                if not pa.types.is_dictionary(col.type):
+                    col = col.cast(pa.string()).dictionary_encode()
+                cols.append(col)
+                continue
+            arr = col.combine_chunks()
+            try:
+                cols.append(_try_cast(arr, target))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                i = _first_cast_failure(arr, target)
+                self.fail(
+                    row0 + i + 1,
+                    c,
+                    f"{arr[i].as_py()!r} is not {_describe(c, target)}",
+                    "fix the value or remove the row",
+                )
+        return pa.Table.from_arrays(cols, names=table.column_names)
+
+    def batches(self) -> Iterator[tuple[int, pa.Table]]:
+        """``(rows before this batch, typed batch)`` for the whole file."""
+        if self.kind == "csv":
+            yield from self._csv_batches()
+        else:
+            yield from self._parquet_batches()
+
+
+def _open_source(path: Path) -> _Source:
+    """Recognise ``path`` (CSV / Parquet, interchange / v0) and check its header."""
+    if not path.exists():
+        raise TraceFormatError(
+            f"{path} does not exist", hint="give the path of a CSV or Parquet file"
+        )
+    if path.is_dir():
+        raise TraceFormatError(
+            f"{path} is a directory, not an interchange file",
+            hint="give one CSV or Parquet file (a trace directory needs no ingest)",
+        )
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic == b"PAR1":
+        return _open_parquet(path)
+    return _open_csv(path)
+
+
+def _not_a_trace(path: Path, header: Sequence[str]) -> NoReturn:
+    shown = ",".join(header[:8]) + (",..." if len(header) > 8 else "")
+    raise TraceFormatError(
+        f"{path}: not an interchange trace: its header ({shown}) has none of the columns "
+        f"{', '.join(S.INTERCHANGE_REQUIRED)}",
+        hint=_REQUIRED_HINT,
+    )
+
+
+def _check_interchange_header(path: Path, header: Sequence[str]) -> None:
+    if not set(header) & set(S.INTERCHANGE_REQUIRED):
+        _not_a_trace(path, header)
+    missing = [c for c in S.INTERCHANGE_REQUIRED if c not in header]
+    if missing:
+        raise TraceFormatError(
+            f"{path}: header: missing required column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}",
+            hint=_REQUIRED_HINT,
+        )
+    dup = sorted({c for c in header if header.count(c) > 1 and c in INTERCHANGE_TYPES})
+    if dup:
+        raise TraceFormatError(f"{path}: header: column {dup[0]} appears twice")
+
+
+def _open_csv(path: Path) -> _Source:
+    try:
+        with pa.input_stream(str(path), compression="detect") as f:
+            head = f.read(1 << 16)
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceFormatError(f"{path}: cannot read the file ({exc})") from exc
+    if not head.strip():
+        raise TraceFormatError(f"{path} is empty, not an interchange trace", hint=_REQUIRED_HINT)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or "\x00" in text or ("\n" not in text and len(head) == 1 << 16):
+        raise TraceFormatError(
+            f"{path} is neither CSV text nor Parquet, not an interchange trace", hint=_REQUIRED_HINT
+        )
+    header = next(csv.reader([text.splitlines()[0]]))
+    _check_interchange_header(path, header)
+    columns = [c for c in header if c in INTERCHANGE_TYPES]
+    src = _Source(path, "csv", "interchange-csv", header, columns, dict(INTERCHANGE_TYPES))
+    _check_csv_tail(src)
+    return src
+
+
+def _check_csv_tail(src: _Source) -> None:
+    """A CSV cut mid-row: the file must end with a newline (uncompressed files only)."""
+    path = src.path
+    if path.suffix in (".gz", ".bz2", ".zst", ".lz4", ".br"):
+        return
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(size - 1, 0))
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        newlines = 0
+        last = b""
+        while chunk := f.read(1 << 24):
+            newlines += chunk.count(b"\n")
+            last = (last + chunk)[-(1 << 16) :]
+    last_line = last.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
+    fields = next(csv.reader([last_line]), [])
+    column = src.header[len(fields) - 1] if 0 < len(fields) <= len(src.header) else None
+    src.fail(
+        newlines,
+        column,
+        "the last row is cut (the file does not end with a newline: truncated?)",
+        "re-copy the complete file; if it is complete, add a final newline",
+    )
+
+
+def _open_parquet(path: Path) -> _Source:
+    try:
+        pf = pq.ParquetFile(str(path))
+        schema = pf.schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceFormatError(
+            f"{path}: not a readable Parquet file ({exc})",
+            hint="the file is truncated (no footer) or damaged; re-copy or re-export it",
+        ) from exc
+    header = list(schema.names)
+    meta = dict(schema.metadata or {})
+    if set(header) >= _V0_SIGNATURE:
+        missing = [c for c in V0_REQUIRED if c not in header]
+        if missing:
+            raise TraceFormatError(f"{path}: schema v0 file lacks column {missing[0]}")
+        columns = [c for c in header if c in V0_COLUMNS]
+        types = dict(_V0_TYPES)
+        fmt: SourceFormat = "v0-parquet"
+    else:
+        _check_interchange_header(path, header)
+        columns = [c for c in header if c in INTERCHANGE_TYPES]
+        types = dict(INTERCHANGE_TYPES)
+        fmt = "interchange-parquet"
+    return _Source(path, "parquet", fmt, header, columns, types, pf.metadata.num_rows, meta)
+
+
+# ----------------------------------------------------------------------------- normalising
+
+
+class _FrameIds:
+    """Opaque frame ids for PFNs: numbered in order of first appearance, never the PFN."""
+
+    def __init__(self) -> None:
+        self._pfns = np.empty(0, np.uint64)
+        self._ids = np.empty(0, np.uint64)
+
+    def __call__(
+        self, pfns: np.ndarray[Any, np.dtype[np.uint64]]
+    ) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        uniq, first, inverse = np.unique(pfns, return_index=True, return_inverse=True)
+        pos = np.asarray(np.searchsorted(self._pfns, uniq), dtype=np.intp)
+        found = np.zeros(len(uniq), dtype=bool)
+        inside = pos < len(self._pfns)
+        found[inside] = self._pfns[pos[inside]] == uniq[inside]
+        new = np.flatnonzero(~found)
+        if len(new):
+            by_first = new[np.argsort(first[new], kind="stable")]
+            new_ids = np.empty(len(uniq), np.uint64)
+            new_ids[by_first] = np.arange(
+                len(self._ids), len(self._ids) + len(new), dtype=np.uint64
+            )
+            pfn_all = np.concatenate([self._pfns, uniq[new]])
+            id_all = np.concatenate([self._ids, new_ids[new]])
+            order = np.argsort(pfn_all, kind="stable")
+            self._pfns, self._ids = pfn_all[order], id_all[order]
+            pos = np.asarray(np.searchsorted(self._pfns, uniq), dtype=np.intp)
+        ids: np.ndarray[Any, np.dtype[np.uint64]] = self._ids[pos][inverse]
+        return ids
+
+
+@dataclass
+class _Normaliser:
+    """Validates typed batches and turns them into the flat rows of :class:`FlatConverter`.
+
+    Output columns: ``_row`` (1-based source row), ``_key`` (snapshot key: time or v0
+    snapshot id), ``_t`` (snapshot time, s), ``host`` (when present), ``_zero_pfn`` (v0:
+    the row maps the shared zero page) and the converter's flat columns.
+    """
+
+    src: _Source
+    zero_hash: int
+    has_vma_start: bool | None = None
+    has_frame: bool | None = None
+    unknown_kinds: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    ts_scale: float | None = None
+    frame_ids: _FrameIds = field(default_factory=_FrameIds)
+    v0_flags: dict[int, int | None] | None = None
+    _labels_ok: set[str] = field(default_factory=set)
+
+    def fail(
+        self, rows: np.ndarray[Any, Any], i: int, column: str, what: str, hint: str | None = None
+    ) -> NoReturn:
+        self.src.fail(int(rows[i]), column, what, hint)
+
+    # -- shared checks -------------------------------------------------------------------
+
+    def _required(self, t: pa.Table, rows: np.ndarray[Any, Any], names: Sequence[str]) -> None:
+        for c in names:
+            col = t.column(c)
+            if col.null_count:
+                i = _first(_null_mask(col))
+                assert i is not None
+                self.fail(rows, i, c, "empty value", f"every row needs a {c}")
+
+    def _id32(self, t: pa.Table, rows: np.ndarray[Any, Any], c: str, out: dict[str, Any]) -> None:
+        """A non-negative int32 id column (pid, ppid, uid); nulls kept for optional ones."""
+        col = t.column(c)
+        v = _np(col, np.int64)
+        i = _first(v < 0)
+        if i is not None:
+            self.fail(
+                rows, i, c, f"negative {c} {int(v[i])}", f"{c} values are non-negative integers"
+            )
+        i = _first(v > _INT32_MAX)
+        if i is not None:
+            self.fail(rows, i, c, f"{c} {int(v[i])} is out of range (above 2^31-1)")
+        mask = _null_mask(col) if col.null_count else None
+        out[c] = pa.array(v.astype(np.int32), mask=mask)
+
+    def _addresses(
+        self, t: pa.Table, rows: np.ndarray[Any, Any], out: dict[str, Any]
+    ) -> np.ndarray[Any, Any]:
+        addr = _np(t.column("page_addr"), np.uint64)
+        i = _first(addr % np.uint64(_PAGE) != 0)
+        if i is not None:
+            self.fail(
+                rows,
+                i,
+                "page_addr",
+                f"page address {int(addr[i])} (0x{int(addr[i]):x}) is not a multiple of {_PAGE}",
+                "page_addr is the start address of a 4 KiB page",
+            )
+        out["page_addr"] = pa.array(addr)
+        if "vma_start" in t.column_names:
+            col = t.column("vma_start")
+            nulls = _null_mask(col) if col.null_count else np.zeros(len(addr), bool)
+            if self.has_vma_start is None:
+                self.has_vma_start = not bool(nulls[0])
+            if self.has_vma_start:
+                i = _first(nulls)
+                if i is not None:
+                    self.fail(
+                        rows,
+                        i,
+                        "vma_start",
+                        "empty value, but row 1 has one",
+                        "give a vma_start for every page or for none",
+                    )
+                vs = _np(col, np.uint64)
+                i = _first(vs > addr)
+                if i is not None:
+                    self.fail(
+                        rows,
+                        i,
+                        "vma_start",
+                        f"vma_start 0x{int(vs[i]):x} is above its page 0x{int(addr[i]):x}",
+                        "vma_start is the start of the mapping that holds the page",
+                    )
+                i = _first(vs % np.uint64(_PAGE) != 0)
+                if i is not None:
+                    self.fail(
+                        rows, i, "vma_start", f"0x{int(vs[i]):x} is not a multiple of {_PAGE}"
+                    )
+                out["vma_start"] = pa.array(vs)
+            else:
+                i = _first(~nulls)
+                if i is not None:
+                    self.fail(
+                        rows,
+                        i,
+                        "vma_start",
+                        "has a value, but row 1 has none",
+                        "give a vma_start for every page or for none",
+                    )
+        if "vma_end" in t.column_names:
+            col = t.column("vma_end")
+            ve = _np(col, np.uint64, fill=np.iinfo(np.uint64).max)
+            i = _first(ve <= addr)
+            if i is not None:
+                self.fail(
+                    rows,
+                    i,
+                    "vma_end",
+                    f"vma_end 0x{int(ve[i]):x} is not above its page 0x{int(addr[i]):x}",
+                )
+            out["vma_end"] = col
+        return addr
+
+    def _flags(self, t: pa.Table, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+        if "flags" not in t.column_names:
+            return None
+        f = _np(t.column("flags"), np.int64)
+        i = _first((f < 0) | (f > 0xFFFF))
+        if i is not None:
+            self.fail(rows, i, "flags", f"{int(f[i])} is not a 16-bit flag set")
+        return f.astype(np.uint16)
+
+    def _kinds(self, t: pa.Table, out: dict[str, Any]) -> None:
+        if "vma_kind" not in t.column_names:
+            return
+        kinds = t.column("vma_kind").cast(pa.string())
+        known = pc.is_in(kinds, value_set=pa.array(S.VMA_KINDS))
+        unknown = pc.and_(pc.invert(known), pc.invert(pc.is_null(kinds)))
+        n_unknown = int(np.count_nonzero(_np(unknown, bool, False)))
+        if n_unknown:
+            counts: Any = pc.value_counts(kinds.filter(unknown))
+            for item in counts.to_pylist():
+                self.unknown_kinds[item["values"]] = (
+                    self.unknown_kinds.get(item["values"], 0) + item["counts"]
+                )
+            kinds = pc.if_else(unknown, "other", kinds)
+        out["vma_kind"] = kinds.dictionary_encode()
+
+    def _labels(self, t: pa.Table, rows: np.ndarray[Any, Any], out: dict[str, Any]) -> None:
+        if "labels" not in t.column_names:
+            return
+        col = t.column("labels").cast(pa.string())
+        for value in pc.unique(col).to_pylist():
+            if value is None or value in self._labels_ok:
+                continue
+            try:
+                ok = isinstance(json.loads(value), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                i = _first(_equal_mask(col, value))
+                assert i is not None
+                self.fail(
+                    rows,
+                    i,
+                    "labels",
+                    f"{value!r} is not a JSON object",
+                    'labels are a JSON object such as {"service": "web"}',
+                )
+            self._labels_ok.add(value)
+        out["labels"] = t.column("labels")
+
+    def _hosts(
+        self, t: pa.Table, rows: np.ndarray[Any, Any], out: dict[str, Any], *, allow_null: bool
+    ) -> None:
+        if "host" not in t.column_names:
+            return
+        col = t.column("host")
+        if col.null_count and not allow_null:
+            i = _first(_null_mask(col))
+            assert i is not None
+            self.fail(rows, i, "host", "empty value", "give a host for every row or use --host")
+        hosts = col.cast(pa.string())
+        for value in pc.unique(hosts).to_pylist():
+            if value is not None and not _valid_host(value):
+                i = _first(_equal_mask(hosts, value))
+                assert i is not None
+                self.fail(
+                    rows,
+                    i,
+                    "host",
+                    f"invalid host name {value!r}",
+                    "host names cannot be empty or contain '/'",
+                )
+        out["host"] = col
+
+    # -- interchange -----------------------------------------------------------------------
+
+    def interchange(self, t: pa.Table, row0: int) -> pa.Table:
+        n = t.num_rows
+        rows = np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)
+        names = set(t.column_names)
+        flags = self._flags(t, rows)
+        required = ["time_s", "pid", "page_addr"]
+        if flags is None:
+            required.append("content_hash")
+        self._required(t, rows, required)
+        out: dict[str, Any] = {"_row": pa.array(rows)}
+        ts = _np(t.column("time_s"), np.float64)
+        i = _first(~np.isfinite(ts) | (ts < 0))
+        if i is not None:
+            self.fail(
+                rows,
+                i,
+                "time_s",
+                f"{float(ts[i])!r} is not a finite, non-negative number of seconds",
+            )
+        out["_key"] = pa.array(ts)
+        out["_t"] = out["_key"]
+        self._hosts(t, rows, out, allow_null=False)
+        self._id32(t, rows, "pid", out)
+        for c in ("ppid", "uid"):
+            if c in names:
+                self._id32(t, rows, c, out)
+        self._addresses(t, rows, out)
+        chash = t.column("content_hash")
+        out["content_hash"] = chash
+        if "is_zero" in names and t.column("is_zero").null_count == 0:
+            out["is_zero"] = t.column("is_zero")
+        else:
+            zero: Any = pa.array(_equal_mask(chash, self.zero_hash))
+            if "is_zero" in names:
+                iz = t.column("is_zero")
+                zero = pc.if_else(pc.is_null(iz), zero, iz)
+            out["is_zero"] = zero
+        if flags is not None:
+            out["flags"] = pa.array(flags)
+        if "frame" in names:
+            col = t.column("frame")
+            nulls = _null_mask(col) if col.null_count else np.zeros(n, bool)
+            if self.has_frame is None:
+                self.has_frame = not bool(nulls[0])
+            if self.has_frame:
+                if flags is None:  # without flags no page may lack its frame
+                    i = _first(nulls)
+                    if i is not None:
+                        self.fail(
+                            rows,
+                            i,
+                            "frame",
+                            "empty value, but row 1 has one",
+                            "give a frame for every page or for none",
+                        )
+                out["frame"] = col
+            else:
+                i = _first(~nulls)
+                if i is not None:
+                    self.fail(
+                        rows,
+                        i,
+                        "frame",
+                        "has a value, but row 1 has none",
+                        "give a frame for every page or for none",
+                    )
+        self._kinds(t, out)
+        self._labels(t, rows, out)
+        for c in ("comm", "proc_start", "cgroup", "perms", "vma_path"):
+            if c in names:
+                out[c] = t.column(c)
+        return pa.table(out)
+
+    # -- schema version 0 --------------------------------------------------------------------
+
+    def _seconds(self, t: pa.Table, c: str, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        col = t.column(c)
+        if pa.types.is_timestamp(col.type):
+            unit = col.type.unit
+            scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[unit]
+            return _np(col.cast(pa.int64()), np.float64) * scale
+        try:
+            v = _np(col.cast(pa.float64()), np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            self.src.fail(int(rows[0]), c, f"type {col.type} is not a timestamp or a number")
+        if pa.types.is_integer(col.type):
+            if self.ts_scale is None:  # seconds, ms, us or ns since the epoch, by magnitude
+                first = abs(float(v[0])) if len(v) else 0.0
+                self.ts_scale = (
+                    1e-9
+                    if first > 1e17
+                    else 1e-6
+                    if first > 1e14
+                    else 1e-3
+                    if first > 1e11
+                    else 1.0
+                )
+            v = v * self.ts_scale
+        i = _first(~np.isfinite(v))
+        if i is not None:
+            self.fail(rows, i, c, f"{float(v[i])!r} is not a finite time")
+        return v
+
+    def v0(self, t: pa.Table, row0: int) -> pa.Table:
+        n = t.num_rows
+        rows = np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)
+        names = set(t.column_names)
+        self._required(t, rows, ["snapshot_id", "snapshot_ts", "pid", "page_addr"])
+        out: dict[str, Any] = {"_row": pa.array(rows)}
+        sid = _np(t.column("snapshot_id"), np.int64)
+        i = _first(sid < 0)
+        if i is not None:
+            self.fail(rows, i, "snapshot_id", f"negative snapshot_id {int(sid[i])}")
+        out["_key"] = pa.array(sid)
+        out["_t"] = pa.array(self._seconds(t, "snapshot_ts", rows))
+        if "proc_ts" in names:
+            out["capture_t0_s"] = pa.array(
+                self._seconds(t, "proc_ts", rows), mask=_null_mask(t.column("proc_ts"))
+            )
+        self._hosts(t, rows, out, allow_null=True)
+        self._id32(t, rows, "pid", out)
+        if "ppid" in names:
+            self._id32(t, rows, "ppid", out)
+        self._addresses(t, rows, out)
+
+        # flags: kpageflags, kpagecount and the prototype's own bit set
+        flags = np.zeros(n, np.uint16)
+        zero_pfn = np.zeros(n, bool)
+        if "kpageflags" in names:
+            kpf = _np(t.column("kpageflags"), np.uint64)
+            flags |= np.where(kpf & np.uint64(1 << KPF_KSM), np.uint16(S.PageFlag.KSM), 0).astype(
+                np.uint16
+            )
+            flags |= np.where(kpf & np.uint64(1 << KPF_THP), np.uint16(S.PageFlag.THP), 0).astype(
+                np.uint16
+            )
+            zero_pfn |= (kpf & np.uint64(1 << KPF_ZERO_PAGE)) != 0
+        if "kpagecount" in names:
+            cnt = _np(t.column("kpagecount"), np.int64)
+            flags |= np.where(cnt > 1, np.uint16(S.PageFlag.SHARED_MAPCOUNT), 0).astype(np.uint16)
+        if "flags" in names and self.v0_flags:
+            src = _np(t.column("flags"), np.int64)
+            for mask, ours in self.v0_flags.items():
+                hit = (src & mask) != 0
+                if ours is None:
+                    zero_pfn |= hit
+                else:
+                    flags |= np.where(hit, np.uint16(ours), 0).astype(np.uint16)
+        out["flags"] = pa.array(flags)
+        out["_zero_pfn"] = pa.array(zero_pfn)
+        chash = t.column("content_hash")
+        out["content_hash"] = chash
+        zero: Any = pa.array(_equal_mask(chash, self.zero_hash))
+        if "is_zero" in names:
+            iz = t.column("is_zero")
+            zero = pc.if_else(pc.is_null(iz), zero, iz)
+        out["is_zero"] = zero
+
+        # frames: PFNs renumbered; a capture without CAP_SYS_ADMIN has all-zero PFNs
+        pfn_col = t.column("pfn")
+        pfn = _np(pfn_col, np.uint64)
+        no_pfn = (pfn == 0) | (_null_mask(pfn_col) if pfn_col.null_count else False)
+        if self.has_frame is None:
+            self.has_frame = not bool(no_pfn[0])
+            if not self.has_frame:
+                self.warnings.append(
+                    "the v0 file has no PFNs (captured without CAP_SYS_ADMIN?): every page "
+                    "gets its own frame, so fork-shared frames cannot be discounted"
+                )
+        if self.has_frame:
+            missing = no_pfn & ((flags & np.uint16(S.PageFlag.SWAPPED)) == 0) & ~zero_pfn
+            i = _first(missing)
+            if i is not None:
+                self.fail(rows, i, "pfn", "no PFN on a present page", "the v0 file is inconsistent")
+            ids = np.zeros(n, np.uint64)
+            have = ~no_pfn
+            ids[have] = self.frame_ids(pfn[have])
+            out["frame"] = pa.array(ids, mask=no_pfn)
+        if "setup" in names:
+            setup = t.column("setup").cast(pa.string())
+            # the prototype's setup name becomes a label (a few distinct values per file)
+            mapping = {
+                v: json.dumps({"setup": v}) for v in pc.unique(setup).to_pylist() if v is not None
+            }
+            keys = pa.array(list(mapping), pa.string())
+            vals = pa.array(list(mapping.values()), pa.string())
+            idx = pc.index_in(setup, value_set=keys)
+            out["labels"] = vals.take(idx).dictionary_encode()
+        self._kinds(t, out)
+        for c in ("comm", "proc_start", "cgroup", "perms", "vma_path"):
+            if c in names:
+                out[c] = t.column(c)
+        return pa.table(out)
+
+
+# ----------------------------------------------------------------------------- per host
+
+
+def _keys(t: pa.Table) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    pid = np.asarray(t.column("pid").to_numpy(zero_copy_only=False), dtype=np.int32)
+    addr = np.asarray(t.column("page_addr").to_numpy(zero_copy_only=False), dtype=np.uint64)
+    return pid, addr
+
+
+def _is_sorted(pid: np.ndarray[Any, Any], addr: np.ndarray[Any, Any]) -> bool:
+    if len(pid) < 2:
+        return True
+    dp = pid[1:] - pid[:-1].astype(np.int64)
+    return bool(np.all((dp > 0) | ((dp == 0) & (addr[1:] >= addr[:-1]))))
+
+
+def _count_le(pid: np.ndarray[Any, Any], addr: np.ndarray[Any, Any], cp: int, ca: int) -> int:
+    """Rows of a sorted run whose key ``(pid, addr)`` is at most ``(cp, ca)``."""
+    lo = int(np.searchsorted(pid, cp, side="left"))
+    hi = int(np.searchsorted(pid, cp, side="right"))
+    return lo + int(np.searchsorted(addr[lo:hi], np.uint64(ca), side="right"))
+
+
+class _Run:
+    """One sorted run spilled to disk, read back one batch at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = pa.OSFile(str(path), "rb")
+        self._reader = ipc.open_stream(self._file)
+        self.table: pa.Table | None = None
+        self.pid = np.empty(0, np.int32)
+        self.addr = np.empty(0, np.uint64)
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            batch = self._reader.read_next_batch()
+        except StopIteration:
+            self.table = None
+            self._file.close()
+            self.path.unlink(missing_ok=True)
+            return
+        self.table = pa.Table.from_batches([batch])
+        self.pid, self.addr = _keys(self.table)
+
+    def take(self, k: int) -> pa.Table:
+        assert self.table is not None
+        head = self.table.slice(0, k)
+        if k >= self.table.num_rows:
+            self._load()
+        else:
+            self.table = self.table.slice(k)
+            self.pid, self.addr = self.pid[k:], self.addr[k:]
+        return head
+
+    def close(self) -> None:
+        if self.table is not None:
+            self._file.close()
+            self.table = None
+
+
+class _HostIngest:
+    """Buffers the current snapshot of one host and writes finished snapshots."""
+
+    def __init__(self, name: str, writer: HostWriter, ingest: _Ingest) -> None:
+        self.name = name
+        self.writer = writer
+        self.ing = ingest
+        self.conv = FlatConverter(name, snapshot_meta=ingest.snapshot_meta)
+        self.key: float | None = None
+        self.time_s = 0.0
+        self.t0: float | None = None
+        self.prev_t: float | None = None
+        self.sid = -1
+        self.buf: list[pa.Table] = []
+        self.buf_rows = 0
+        self.runs: list[Path] = []
+        self.snapshots = 0
+        self.pages = 0
+        self.zero_pfn: dict[int, int] = {}
+        self.zero_pfn_total = 0
+        self.wall_time_ns: int | None = None
+        self.key_column = "snapshot_id" if ingest.src.fmt == "v0-parquet" else "time_s"
+        self.time_column = "snapshot_ts" if ingest.src.fmt == "v0-parquet" else "time_s"
+
+    def add(self, t: pa.Table) -> None:
+        key = np.asarray(t.column("_key").to_numpy(zero_copy_only=False))
+        rows = np.asarray(t.column("_row").to_numpy(zero_copy_only=False))
+        if self.key is not None and key[0] < self.key:
+            self._backwards(int(rows[0]), key[0], self.key)
+        back = _first(key[1:] < key[:-1])
+        if back is not None:
+            self._backwards(int(rows[back + 1]), key[back + 1], key[back])
+        cuts = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [len(key)]])
+        tt = np.asarray(t.column("_t").to_numpy(zero_copy_only=False), dtype=np.float64)
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            if key[a] != self.key:
+                self.end_snapshot()
+                self.begin_snapshot(key[a], float(tt[a]), int(rows[a]))
+            self._append(t.slice(a, b - a))
+
+    def _backwards(self, row: int, got: Any, prev: Any) -> NoReturn:
+        what = "time" if self.key_column == "time_s" else "snapshot_id"
+        self.ing.src.fail(
+            row,
+            self.key_column,
+            f"{what} goes backwards ({got:g} after {prev:g})"
+            + (f" for host {self.name}" if self.ing.multi_host else ""),
+            "rows must be in time order: sort the file by time_s",
+        )
+
+    def begin_snapshot(self, key: Any, t: float, row: int) -> None:
+        if self.prev_t is not None and t < self.prev_t:
+            self.ing.src.fail(
+                row,
+                self.time_column,
+                f"time goes backwards ({t:g} after {self.prev_t:g})",
+                "snapshots must be in time order",
+            )
+        self.prev_t = t
+        if self.t0 is None:
+            self.t0 = t if self.key_column == "snapshot_id" else 0.0
+        self.key = key
+        self.time_s = t - self.t0
+        self.wall_time_ns = round(t * 1e9) if self.key_column == "snapshot_id" else None
+        self.sid += 1
+
+    def _append(self, part: pa.Table) -> None:
+        if "_zero_pfn" in part.column_names:
+            zp = np.asarray(part.column("_zero_pfn").to_numpy(zero_copy_only=False), dtype=bool)
+            if zp.any():
+                pids, counts = np.unique(
+                    np.asarray(part.column("pid").to_numpy())[zp], return_counts=True
+                )
+                for p, c in zip(pids.tolist(), counts.tolist(), strict=True):
+                    self.zero_pfn[p] = self.zero_pfn.get(p, 0) + c
+                self.zero_pfn_total += int(zp.sum())
+                part = part.filter(pa.array(~zp))
+            part = part.drop_columns(["_zero_pfn"])
+        drop: list[str] = [c for c in ("_key", "_t", "host") if c in part.column_names]
+        part = part.drop_columns(drop)
+        if not part.num_rows:
+            return
+        self.buf.append(part)
+        self.buf_rows += part.num_rows
+        if self.buf_rows >= self.ing.sort_buffer_rows:
+            self._spill()
+
+    def _buffer_sorted(self) -> tuple[pa.Table, np.ndarray[Any, Any] | None]:
+        """The buffer and the permutation that sorts it (``None``: already sorted)."""
+        table = pa.concat_tables(self.buf, promote_options="permissive")
+        self.buf, self.buf_rows = [], 0
+        pid, addr = _keys(table)
+        if _is_sorted(pid, addr):
+            return table, None
+        order = np.lexsort((addr, pid))
+        del pid, addr
+        return table.combine_chunks(), order
+
+    def _spill(self) -> None:
+        table, order = self._buffer_sorted()
+        path = self.ing.spill_path()
+        with pa.OSFile(str(path), "wb") as f, ipc.new_stream(f, table.schema) as w:
+            for i in range(0, table.num_rows, _SPILL_BATCH_ROWS):
+                part = (
+                    table.slice(i, _SPILL_BATCH_ROWS)
+                    if order is None
+                    else table.take(order[i : i + _SPILL_BATCH_ROWS])
+                )
+                for b in part.combine_chunks().to_batches():
+                    w.write_batch(b)
+        self.runs.append(path)
+        self.ing.spilled_runs += 1
+
+    def _sorted_chunks(self) -> Iterator[pa.Table]:
+        chunk = self.ing.chunk_rows
+        if not self.runs:
+            if not self.buf:
+                return
+            table, order = self._buffer_sorted()
+            for i in range(0, table.num_rows, chunk):
+                yield table.slice(i, chunk) if order is None else table.take(order[i : i + chunk])
+            return
+        if self.buf:
+            self._spill()
+        runs = [_Run(p) for p in self.runs]
+        self.runs = []
+        try:
+            while True:
+                live = [r for r in runs if r.table is not None]
+                if not live:
+                    return
+                cp, ca = min((int(r.pid[-1]), int(r.addr[-1])) for r in live)
+                parts = []
+                for r in live:
+                    k = _count_le(r.pid, r.addr, cp, ca)
+                    if k:
+                        parts.append(r.take(k))
+                merged = pa.concat_tables(parts, promote_options="permissive")
+                pid, addr = _keys(merged)
+                if len(parts) > 1 and not _is_sorted(pid, addr):
+                    merged = merged.take(np.lexsort((addr, pid)))
+                yield merged
+        finally:
+            for r in runs:
+                r.close()
+
+    def end_snapshot(self) -> None:
+        if self.key is None:
+            return
+        extra: dict[str, Any] = {}
+        if self.wall_time_ns is not None:
+            extra["wall_time_ns"] = self.wall_time_ns
+        conv = self.conv
+        try:
+            conv.begin(self.sid, self.time_s, extra)
+            for chunk in self._sorted_chunks():
+                pages = conv.feed(chunk)
+                self.writer.add_pages(pages)
+                self.pages += pages.num_rows
+            snap, procs, maps = conv.end()
+        except TraceFormatError as exc:
+            sep = ", " if exc.message.startswith("row ") else ": "
+            raise TraceFormatError(f"{self.ing.src.name}{sep}{exc.message}", hint=exc.hint) from exc
+        if "capture_t0_s" in procs.column_names and self.t0 is not None:
+            idx = procs.column_names.index("capture_t0_s")
+            procs = procs.set_column(
+                idx, "capture_t0_s", pc.subtract(procs.column("capture_t0_s"), self.t0)
+            )
+        if self.zero_pfn:
+            pids = [int(p) for p in procs.column("pid").to_numpy()]
+            procs = procs.append_column(
+                "zero_pfn_pages", pa.array([self.zero_pfn.get(p, 0) for p in pids], pa.int64())
+            )
+            self.zero_pfn = {}
+        self.writer.add_snapshot(
+            snap, processes=procs, mappings=maps, pages=S.PAGES_SCHEMA.empty_table()
+        )
+        self.snapshots += 1
+        self.key = None
+
+    def stats(self) -> HostIngestStats:
+        return HostIngestStats(
+            host=self.name,
+            snapshots=self.snapshots,
+            pages=self.pages,
+            processes=self.conv.processes_seen,
+            zero_pfn_pages=self.zero_pfn_total,
+        )
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class _Ingest:
+    def __init__(
+        self,
+        src: _Source,
+        *,
+        host: str | None,
+        zero_hash: int,
+        sort_buffer_rows: int,
+        chunk_rows: int,
+        spill_dir: Path,
+    ) -> None:
+        self.src = src
+        self.default_host = host
+        self.zero_hash = zero_hash
+        self.sort_buffer_rows = max(int(sort_buffer_rows), 1)
+        self.chunk_rows = max(int(chunk_rows), 1)
+        self.spill_dir = spill_dir
+        self.spilled_runs = 0
+        self._spill_seq = 0
+        self.multi_host = "host" in src.columns
+        hash_algo = "xxh3_64" if src.fmt == "v0-parquet" else "interchange"
+        self.snapshot_meta = {
+            "hash_algo": hash_algo,
+            "zero_hash": zero_hash,
+            "capture_options": json.dumps(
+                {"ingested_from": src.path.name, "source_format": src.fmt}, sort_keys=True
+            ),
+        }
+        self.hosts: dict[str, _HostIngest] = {}
+
+    def spill_path(self) -> Path:
+        self._spill_seq += 1
+        return self.spill_dir / f"run-{self._spill_seq:06d}.arrows"
+
+    def host(self, tw: TraceWriter, name: str) -> _HostIngest:
+        h = self.hosts.get(name)
+        if h is None:
+            h = self.hosts[name] = _HostIngest(name, tw.host(name), self)
+        return h
+
+    def route(self, tw: TraceWriter, t: pa.Table) -> None:
+        if "host" not in t.column_names:
+            assert self.default_host is not None
+            self.host(tw, self.default_host).add(t)
+            return
+        col: Any = t.column("host").cast(pa.string())
+        if col.null_count:  # v0 rows without a host: the default host
+            col = col.fill_null(self.default_host or "host")
+        values: list[str] = pc.unique(col).to_pylist()
+        if len(values) == 1:
+            self.host(tw, values[0]).add(t)
+            return
+        for value in values:
+            self.host(tw, value).add(t.filter(_equal_mask(col, value)))
+
+
+def ingest(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    zero_hash: int | None = None,
+    overwrite: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    sort_buffer_rows: int = DEFAULT_SORT_BUFFER_ROWS,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> IngestResult:
+    """Convert an interchange CSV/Parquet file or a schema-v0 Parquet file into a trace.
+
+    Parameters
+    ----------
+    src
+        The input file. Parquet is recognised by its magic bytes, anything else is read as
+        CSV (``.gz``/``.bz2``/``.zst`` compressed CSV is decompressed on the fly).
+    out
+        The trace directory to create (atomically: nothing is left there on failure).
+    host
+        Host name for inputs without a ``host`` column (default: the file name's stem).
+    zero_hash
+        Hash of an all-zero page, used where the input has no ``is_zero`` value
+        (default :data:`~planner.trace.schema.PLAIN_XXH3_ZERO_PAGE_HASH`).
+    overwrite
+        Replace ``out`` if it exists.
+    progress
+        Receives the number of input rows read.
+    sort_buffer_rows
+        Rows of one snapshot held in memory; larger snapshots are sorted in runs spilled
+        next to ``out`` and merged.
+    chunk_rows
+        Rows handed to the converter and the writer at a time.
+
+    Returns
+    -------
+    IngestResult
+        Counts, the trace hash, throughput and warnings.
+
+    Raises
+    ------
+    TraceFormatError
+        The input is not a trace, is truncated or has a bad value (the message names the
+        file, the row and the column).
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    started = time.perf_counter()
+    path = Path(src)
+    outp = Path(out)
+    source = _open_source(path)
+    if host is not None and not _valid_host(host):
+        raise UsageProblem(
+            f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'"
+        )
+    if host is not None and "host" in source.columns and source.fmt != "v0-parquet":
+        raise UsageProblem(
+            f"{path} has a host column; --host cannot rename its hosts",
+            hint="drop --host (each row names its host)",
+        )
+    zh = S.PLAIN_XXH3_ZERO_PAGE_HASH if zero_hash is None else int(zero_hash)
+    if not 0 <= zh < 2**64:
+        raise UsageProblem(f"zero hash {zh} is not an unsigned 64-bit integer")
+    norm = _Normaliser(source, zh)
+    if source.fmt == "v0-parquet":
+        norm.v0_flags = _v0_flag_map(source.metadata)
+        if "flags" in source.columns and norm.v0_flags is None:
+            norm.warnings.append(
+                "the v0 flags column has no legend in the file metadata; its bits were ignored "
+                "(kpageflags, kpagecount and is_zero were used)"
+            )
+    ignored = tuple(c for c in source.header if c not in source.columns)
+    rows = 0
+    with TraceWriter(
+        outp,
+        source=f"ingest:{source.fmt}",
+        overwrite=overwrite,
+        extra={
+            "ingest": {
+                "source_name": path.name,
+                "source_bytes": path.stat().st_size,
+                "source_format": source.fmt,
+                "zero_hash": str(zh),
+            }
+        },
+    ) as tw:
+        spill_dir = Path(tempfile.mkdtemp(prefix=f".{outp.name}.spill-", dir=outp.parent))
+        try:
+            ing = _Ingest(
+                source,
+                host=host if host is not None else _host_default(path),
+                zero_hash=zh,
+                sort_buffer_rows=sort_buffer_rows,
+                chunk_rows=chunk_rows,
+                spill_dir=spill_dir,
+            )
+            progress.start(f"ingest {path.name}", source.total_rows)
+            for row0, batch in source.batches():
+                if not batch.num_rows:
+                    continue
+                flat = (
+                    norm.v0(batch, row0)
+                    if source.fmt == "v0-parquet"
+                    else norm.interchange(batch, row0)
+                )
+                ing.route(tw, flat)
+                rows = row0 + batch.num_rows
+                progress.advance(batch.num_rows)
+            if rows == 0:
+                raise TraceFormatError(
+                    f"{path} has a header but no data rows", hint="nothing to ingest"
+                )
+            for h in ing.hosts.values():
+                h.end_snapshot()
+            progress.finish()
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+    assert tw.manifest is not None
+    warnings = list(norm.warnings)
+    if norm.unknown_kinds:
+        shown = ", ".join(f"{k!r} ({v})" for k, v in sorted(norm.unknown_kinds.items())[:5])
+        warnings.append(f"unknown vma_kind values recorded as 'other': {shown}")
+    if ignored:
+        warnings.append(f"ignored unknown columns: {', '.join(ignored)}")
+    return IngestResult(
+        source=str(path),
+        source_format=source.fmt,
+        out=str(outp),
+        rows=rows,
+        hosts=tuple(h.stats() for h in ing.hosts.values()),
+        trace_hash=str(tw.manifest["trace_hash"]),
+        elapsed_s=time.perf_counter() - started,
+        spilled_runs=ing.spilled_runs,
+        zero_hash=zh,
+        warnings=tuple(warnings),
+        ignored_columns=ignored,
+    )
+
+
+__all__ = [
+    "EXTENSION_COLUMNS",
+    "INTERCHANGE_TYPES",
+    "V0_COLUMNS",
+    "HostIngestStats",
+    "IngestResult",
+    "ingest",
+]
