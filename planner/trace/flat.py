@@ -76,6 +76,46 @@ def _u64(col: Any) -> U64:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.uint64)
 
 
+def lookup_rows(
+    key_a: np.ndarray[Any, Any],
+    key_b: np.ndarray[Any, Any],
+    query_a: np.ndarray[Any, Any],
+    query_b: np.ndarray[Any, Any],
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """For each query ``(query_a[i], query_b[i])`` the row of the equal key, or -1.
+
+    Keys ``(key_a, key_b)`` must be unique (e.g. ``(pid, start)`` of the mappings of one
+    snapshot). Vectorised with one sort of keys and queries together, so joining the pages
+    of a snapshot to its mappings or processes costs no Python loop.
+
+    Examples
+    --------
+    >>> keys = np.array([1, 1, 2]), np.array([0, 8, 0])
+    >>> lookup_rows(*keys, np.array([2, 1, 3]), np.array([0, 8, 0]))
+    array([ 2,  1, -1])
+    """
+    nk = len(key_a)
+    nq = len(query_a)
+    result = np.full(nq, -1, dtype=np.int64)
+    if nk == 0 or nq == 0:
+        return result
+    all_a = np.concatenate([np.asarray(key_a), np.asarray(query_a)])
+    all_b = np.concatenate([np.asarray(key_b), np.asarray(query_b)])
+    tag = np.concatenate([np.zeros(nk, np.int8), np.ones(nq, np.int8)])
+    order = np.lexsort((tag, all_b, all_a))  # a key sorts just before its equal queries
+    is_key = order < nk
+    positions = np.where(is_key, np.arange(len(order)), -1)
+    last_key = np.maximum.accumulate(positions)
+    candidate = np.where(last_key >= 0, order[np.maximum(last_key, 0)], -1)
+    q_sorted = ~is_key
+    cand = candidate[q_sorted]
+    qid = order[q_sorted] - nk
+    ok = cand >= 0
+    ok[ok] = (all_a[cand[ok]] == all_a[nk + qid[ok]]) & (all_b[cand[ok]] == all_b[nk + qid[ok]])
+    result[qid] = np.where(ok, cand, -1)
+    return result
+
+
 @dataclass
 class _SnapshotState:
     """Accumulators of the snapshot being streamed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -418,6 +419,65 @@ class Trace:
             cols = list(columns[name]) if columns and name in columns else None
             tables[name] = _read_table(d / f"{name}.parquet", name, cols)
         return HostTrace(host=host, trace_hash=self.trace_hash, path=d, **tables)
+
+    def read_table(self, host: str, name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """One table of one host (checked against its schema), e.g. ``processes``."""
+        if host not in self.hosts:
+            raise TraceFormatError(
+                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
+            )
+        return _read_table(
+            self.host_path(host) / f"{name}.parquet", name, list(columns) if columns else None
+        )
+
+    def iter_snapshot_pages(
+        self, host: str, columns: Sequence[str] | None = None, *, batch_rows: int = 1 << 20
+    ) -> Iterator[tuple[int, pa.Table]]:
+        """Yield ``(snapshot_id, pages of that snapshot)`` in order, streaming ``pages.parquet``.
+
+        Memory holds one snapshot's pages (plus one batch), whatever the trace size.
+        Snapshots without pages are not yielded. ``columns`` always gains ``snapshot_id``.
+        """
+        if host not in self.hosts:
+            raise TraceFormatError(
+                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
+            )
+        path = self.host_path(host) / "pages.parquet"
+        cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
+        if "snapshot_id" not in cols:
+            cols.insert(0, "snapshot_id")
+        unknown = [c for c in cols if c not in S.PAGES_SCHEMA.names]
+        if unknown:
+            raise TraceFormatError(f"{path}: no column {unknown[0]!r} in the pages table")
+        try:
+            pf = pq.ParquetFile(path)
+            batches = pf.iter_batches(batch_size=batch_rows, columns=cols)
+            parts: list[pa.Table] = []
+            current: int | None = None
+            for batch in batches:
+                table = pa.Table.from_batches([batch])
+                sid = np.asarray(table.column("snapshot_id").to_numpy())
+                cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
+                for a, b in itertools.pairwise(cuts):
+                    if a == b:
+                        continue
+                    value = int(sid[a])
+                    if current is not None and value != current:
+                        if value < current:
+                            raise TraceFormatError(
+                                f"{path}: pages are not sorted by snapshot_id",
+                                hint="re-create the trace",
+                            )
+                        yield current, pa.concat_tables(parts)
+                        parts = []
+                    current = value
+                    parts.append(table.slice(a, b - a))
+            if current is not None:
+                yield current, pa.concat_tables(parts)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise TraceFormatError(
+                f"cannot read {path}: {exc}", hint="the file is truncated or not Parquet"
+            ) from exc
 
     def verify(self) -> None:
         """Recompute every file's SHA-256 and compare with the manifest."""

@@ -1,0 +1,623 @@
+"""What a trace holds, and its static dedup potential (``ksm-planner info``).
+
+For every snapshot, among the *candidate pages* (pages with a content hash: swapped pages
+and read errors are left out), the static potential is what an ideal scanner could free if
+every duplicate merged at once (docs/capture-notes.md §3.1, §3.3):
+
+* ``naive_saved_pages`` = pages − distinct hashes. It counts fork-shared frames (the same
+  physical page mapped by several processes) as savings, so it overstates KSM;
+* ``ideal_saved_frames`` = (distinct non-zero frames − distinct non-zero hashes) + distinct
+  zero-content frames: frames, not mappings, so fork-shared frames are not savings; zero
+  frames are all freed (KSM with ``use_zero_pages`` maps them to the shared zero page);
+* ``fork_shared_pages`` = pages − distinct frames (already shared before KSM);
+* the naive saving split into ``within_process`` (pages − distinct (hash, pid) pairs) and
+  ``cross_process`` (distinct (hash, pid) pairs − distinct hashes) duplicates.
+
+Breakdowns by mapping kind, by process group (``comm``) and by label set *attribute* each
+saving to the group of the page that is not kept, in scan order ``(pid, page_addr)``: the
+first mapping of a hash (or of a frame) is kept, every later one is attributed. So the
+attributed columns of a breakdown add up to the snapshot's totals; ``frames`` and
+``distinct_hashes`` of a group count within the group and do not add up. A frame's hash is
+the hash of its first mapping.
+
+Grouping is sort-based (numpy ``argsort``/``lexsort`` + boundaries), one snapshot at a
+time: memory holds one snapshot's columns, whatever the trace size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from planner._progress import NULL_PROGRESS
+from planner.provenance import tool_version
+from planner.trace import schema as S
+from planner.trace.flat import lookup_rows
+from planner.trace.io import open_trace
+
+if TYPE_CHECKING:
+    import os
+
+    from planner._progress import Progress
+    from planner.trace.io import HostTrace, Trace
+
+Arr = np.ndarray[Any, Any]
+
+_PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
+_UNKNOWN = "(unknown)"
+_NO_LABELS = "(no labels)"
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class GroupPotential:
+    """Static potential of one group of pages (a mapping kind, a comm, a label set)."""
+
+    group: str
+    pages: int
+    zero_pages: int
+    frames: int
+    distinct_hashes: int
+    naive_saved_pages: int
+    ideal_saved_frames: int
+    fork_shared_pages: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "group": self.group,
+            "pages": self.pages,
+            "zero_pages": self.zero_pages,
+            "frames": self.frames,
+            "distinct_hashes": self.distinct_hashes,
+            "naive_saved_pages": self.naive_saved_pages,
+            "ideal_saved_frames": self.ideal_saved_frames,
+            "fork_shared_pages": self.fork_shared_pages,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotPotential:
+    """The static dedup potential of one snapshot of one host."""
+
+    host: str
+    snapshot_id: int
+    time_s: float
+    processes: int
+    pages: int
+    frames: int
+    distinct_hashes: int
+    zero_pages: int
+    zero_frames: int
+    naive_saved_pages: int
+    ideal_saved_frames: int
+    fork_shared_pages: int
+    within_process_saved_pages: int
+    cross_process_saved_pages: int
+    unhashed_pages: int = 0
+    zero_pfn_pages: int = 0
+    by_kind: tuple[GroupPotential, ...] = ()
+    by_comm: tuple[GroupPotential, ...] = ()
+    by_label: tuple[GroupPotential, ...] = ()
+
+    @property
+    def naive_saved_fraction(self) -> float:
+        """Naive saving as a share of candidate pages."""
+        return self.naive_saved_pages / self.pages if self.pages else 0.0
+
+    @property
+    def ideal_saved_fraction(self) -> float:
+        """Frame-aware saving as a share of physical frames."""
+        return self.ideal_saved_frames / self.frames if self.frames else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "host": self.host,
+            "snapshot_id": self.snapshot_id,
+            "time_s": self.time_s,
+            "processes": self.processes,
+            "pages": self.pages,
+            "frames": self.frames,
+            "distinct_hashes": self.distinct_hashes,
+            "zero_pages": self.zero_pages,
+            "zero_frames": self.zero_frames,
+            "naive_saved_pages": self.naive_saved_pages,
+            "ideal_saved_frames": self.ideal_saved_frames,
+            "naive_saved_fraction": self.naive_saved_fraction,
+            "ideal_saved_fraction": self.ideal_saved_fraction,
+            "fork_shared_pages": self.fork_shared_pages,
+            "within_process_saved_pages": self.within_process_saved_pages,
+            "cross_process_saved_pages": self.cross_process_saved_pages,
+            "unhashed_pages": self.unhashed_pages,
+            "zero_pfn_pages": self.zero_pfn_pages,
+            "by_kind": [g.to_dict() for g in self.by_kind],
+            "by_comm": [g.to_dict() for g in self.by_comm],
+            "by_label": [g.to_dict() for g in self.by_label],
+        }
+
+
+@dataclass(frozen=True)
+class HostSummary:
+    """Size facts of one host of a trace."""
+
+    host: str
+    snapshots: int
+    processes: int
+    pages: int
+    pages_file_bytes: int
+    total_bytes: int
+    time_span_s: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes_per_page(self) -> float:
+        """``pages.parquet`` bytes per page row."""
+        return self.pages_file_bytes / self.pages if self.pages else float("nan")
+
+    @property
+    def total_bytes_per_page(self) -> float:
+        """All bytes of the host's files per page row."""
+        return self.total_bytes / self.pages if self.pages else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "host": self.host,
+            "snapshots": self.snapshots,
+            "processes": self.processes,
+            "pages": self.pages,
+            "pages_file_bytes": self.pages_file_bytes,
+            "total_bytes": self.total_bytes,
+            "bytes_per_page": self.bytes_per_page,
+            "total_bytes_per_page": self.total_bytes_per_page,
+            "time_span_s": self.time_span_s,
+            **{
+                k: (str(v) if k == "zero_hash" and v is not None else v)
+                for k, v in self.meta.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """What ``ksm-planner info`` reports: hosts, sizes, and per-snapshot static potential."""
+
+    path: str
+    schema_version: int
+    trace_hash: str
+    source: str | None
+    created_by: str | None
+    hosts: tuple[HostSummary, ...]
+    processes: int
+    pages: int
+    pages_file_bytes: int
+    total_bytes: int
+    snapshots: tuple[SnapshotPotential, ...]
+    tool_version: str = field(default_factory=tool_version)
+
+    @property
+    def bytes_per_page(self) -> float:
+        """``pages.parquet`` bytes per page row, all hosts."""
+        return self.pages_file_bytes / self.pages if self.pages else float("nan")
+
+    @property
+    def total_bytes_per_page(self) -> float:
+        """All trace bytes (manifest included) per page row."""
+        return self.total_bytes / self.pages if self.pages else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (with provenance)."""
+        return {
+            "path": self.path,
+            "schema_version": self.schema_version,
+            "hosts": [h.to_dict() for h in self.hosts],
+            "processes": self.processes,
+            "pages": self.pages,
+            "bytes_per_page": {
+                "pages_file": self.bytes_per_page,
+                "total": self.total_bytes_per_page,
+                "pages_file_bytes": self.pages_file_bytes,
+                "total_bytes": self.total_bytes,
+            },
+            "snapshots": [s.to_dict() for s in self.snapshots],
+            "provenance": {
+                "tool_version": self.tool_version,
+                "trace_path": self.path,
+                "trace_hash": self.trace_hash,
+                "trace_source": self.source,
+                "trace_created_by": self.created_by,
+                "hosts": [h.host for h in self.hosts],
+            },
+        }
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def _first_of(values: Arr) -> Arr:
+    """Mask of the first occurrence (in array order) of each distinct value."""
+    first = np.zeros(len(values), dtype=bool)
+    if len(values):
+        order = np.argsort(values, kind="stable")
+        v = values[order]
+        starts = np.ones(len(v), dtype=bool)
+        starts[1:] = v[1:] != v[:-1]
+        first[order[starts]] = True
+    return first
+
+
+def _distinct_per_group(groups: Arr, values: Arr, n_groups: int) -> Arr:
+    """Number of distinct ``values`` in each group (``groups`` are codes 0..n-1)."""
+    if not len(values):
+        return np.zeros(n_groups, dtype=np.int64)
+    order = np.lexsort((values, groups))
+    g, v = groups[order], values[order]
+    new = np.ones(len(v), dtype=bool)
+    new[1:] = (g[1:] != g[:-1]) | (v[1:] != v[:-1])
+    return np.bincount(g[new], minlength=n_groups).astype(np.int64)
+
+
+def _distinct(values: Arr) -> int:
+    if not len(values):
+        return 0
+    v = np.sort(values)
+    return int(1 + np.count_nonzero(v[1:] != v[:-1]))
+
+
+def _codes(labels: list[str]) -> tuple[list[str], Arr]:
+    """Group names (sorted) and the code of each label."""
+    names, codes = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
+    return [str(n) for n in names], np.asarray(codes, dtype=np.int64)
+
+
+def _label_set(text: str | None) -> str:
+    if not text:
+        return _NO_LABELS
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(obj, dict) or not obj:
+        return _NO_LABELS
+    return ",".join(f"{k}={obj[k]}" for k in sorted(obj))
+
+
+@dataclass(frozen=True)
+class _Attribution:
+    """Per-page masks of what is attributed to a page's group."""
+
+    zero: Arr
+    not_first_hash: Arr
+    not_first_frame: Arr
+    freed_frame: Arr
+
+
+def _breakdown(
+    names: list[str], codes: Arr, h: Arr, f: Arr, att: _Attribution
+) -> tuple[GroupPotential, ...]:
+    n = len(names)
+    pages = np.bincount(codes, minlength=n)
+    zero = np.bincount(codes, weights=att.zero, minlength=n)
+    naive = np.bincount(codes, weights=att.not_first_hash, minlength=n)
+    fork = np.bincount(codes, weights=att.not_first_frame, minlength=n)
+    ideal = np.bincount(codes, weights=att.freed_frame, minlength=n)
+    frames = _distinct_per_group(codes, f, n)
+    hashes = _distinct_per_group(codes, h, n)
+    out = [
+        GroupPotential(
+            group=names[i],
+            pages=int(pages[i]),
+            zero_pages=int(zero[i]),
+            frames=int(frames[i]),
+            distinct_hashes=int(hashes[i]),
+            naive_saved_pages=int(naive[i]),
+            ideal_saved_frames=int(ideal[i]),
+            fork_shared_pages=int(fork[i]),
+        )
+        for i in range(n)
+        if pages[i]
+    ]
+    out.sort(key=lambda g: (-g.pages, g.group))
+    return tuple(out)
+
+
+def snapshot_potential(
+    pages: pa.Table,
+    processes: pa.Table,
+    mappings: pa.Table,
+    *,
+    host: str = "",
+    snapshot_id: int = 0,
+    time_s: float = 0.0,
+) -> SnapshotPotential:
+    """The static dedup potential of one snapshot.
+
+    Parameters
+    ----------
+    pages
+        The snapshot's ``pages`` rows (columns ``pid, vma_start, content_hash, frame_id,
+        flags``), in scan order ``(pid, page_addr)``.
+    processes, mappings
+        The snapshot's ``processes`` and ``mappings`` rows (for ``comm``/``labels`` and
+        mapping kinds).
+    host, snapshot_id, time_s
+        Recorded in the result.
+
+    Returns
+    -------
+    SnapshotPotential
+        Totals and breakdowns by mapping kind, comm and label set.
+    """
+    chash = pages.column("content_hash")
+    hashed = ~np.asarray(chash.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    unhashed = int(np.count_nonzero(~hashed))
+
+    def col(name: str, dtype: Any) -> Arr:
+        c: Any = pages.column(name)
+        if c.null_count:
+            c = c.fill_null(0)
+        values: Arr = np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype)
+        return np.asarray(values[hashed])
+
+    pid = col("pid", np.int64)
+    vstart = col("vma_start", np.uint64)
+    h = col("content_hash", np.uint64)
+    f = col("frame_id", np.uint64)
+    flags = col("flags", np.uint16)
+    frame_col: Any = pages.column("frame_id")
+    if frame_col.null_count:  # a hashed page without a frame: its own frame
+        missing = np.asarray(frame_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)[hashed]
+        f = f.copy()
+        f[missing] = np.uint64(2**63) + np.flatnonzero(missing).astype(np.uint64)
+    zero = (flags & np.uint16(S.PageFlag.ZERO)) != 0
+    n = len(h)
+
+    # --- totals ---------------------------------------------------------------------------
+    distinct_h = _distinct(h)
+    distinct_f = _distinct(f)
+    first_h = _first_of(h)
+    first_f = _first_of(f)
+    # frame-aware: one row per frame (its first mapping); keep the first frame of each hash
+    freed = np.zeros(n, dtype=bool)
+    nz_frame_rows = np.flatnonzero(first_f & ~zero)
+    keep = _first_of(h[nz_frame_rows])
+    freed[nz_frame_rows[~keep]] = True
+    freed[first_f & zero] = True  # every zero-content frame (use_zero_pages)
+    pairs = 0  # distinct (hash, pid) pairs
+    if n:
+        order = np.lexsort((pid, h))
+        hs, ps = h[order], pid[order]
+        new = np.ones(n, dtype=bool)
+        new[1:] = (hs[1:] != hs[:-1]) | (ps[1:] != ps[:-1])
+        pairs = int(np.count_nonzero(new))
+    att = _Attribution(
+        zero=zero.astype(np.float64),
+        not_first_hash=(~first_h).astype(np.float64),
+        not_first_frame=(~first_f).astype(np.float64),
+        freed_frame=freed.astype(np.float64),
+    )
+
+    # --- breakdowns -------------------------------------------------------------------------
+    map_row = lookup_rows(
+        np.asarray(mappings.column("pid").to_numpy(), dtype=np.int64),
+        np.asarray(mappings.column("start").to_numpy(), dtype=np.uint64),
+        pid,
+        vstart,
+    )
+    kinds = mappings.column("kind").to_pylist()
+    kind_names, kind_codes = _codes([kinds[i] if i >= 0 else _UNKNOWN for i in map_row.tolist()])
+    by_kind = _breakdown(kind_names, kind_codes, h, f, att)
+
+    proc_pid = np.asarray(processes.column("pid").to_numpy(), dtype=np.int64)
+    proc_row = lookup_rows(proc_pid, np.zeros(len(proc_pid), np.int64), pid, np.zeros(n, np.int64))
+    comms = processes.column("comm").to_pylist() if "comm" in processes.column_names else []
+    comm_of = [(c if c else _UNKNOWN) for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
+    comm_names, comm_codes = _codes([comm_of[i] if i >= 0 else _UNKNOWN for i in proc_row.tolist()])
+    by_comm = _breakdown(comm_names, comm_codes, h, f, att)
+
+    by_label: tuple[GroupPotential, ...] = ()
+    labels = processes.column("labels").to_pylist() if "labels" in processes.column_names else []
+    if any(labels):
+        label_of = [_label_set(x) for x in labels]
+        names, codes = _codes([label_of[i] if i >= 0 else _NO_LABELS for i in proc_row.tolist()])
+        by_label = _breakdown(names, codes, h, f, att)
+
+    zero_pfn = 0
+    if "zero_pfn_pages" in processes.column_names:
+        zp: Any = processes.column("zero_pfn_pages")
+        zero_pfn = int(np.sum(np.asarray(zp.fill_null(0).to_numpy(zero_copy_only=False))))
+    return SnapshotPotential(
+        host=host,
+        snapshot_id=int(snapshot_id),
+        time_s=float(time_s),
+        processes=int(processes.num_rows),
+        pages=n,
+        frames=distinct_f,
+        distinct_hashes=distinct_h,
+        zero_pages=int(np.count_nonzero(zero)),
+        zero_frames=_distinct(f[zero]),
+        naive_saved_pages=n - distinct_h,
+        ideal_saved_frames=int(np.count_nonzero(freed)),
+        fork_shared_pages=n - distinct_f,
+        within_process_saved_pages=n - pairs,
+        cross_process_saved_pages=pairs - distinct_h,
+        unhashed_pages=unhashed,
+        zero_pfn_pages=zero_pfn,
+        by_kind=by_kind,
+        by_comm=by_comm,
+        by_label=by_label,
+    )
+
+
+def _slice_by_snapshot(table: pa.Table) -> dict[int, pa.Table]:
+    """Rows of a small table per ``snapshot_id`` (the table is sorted by it)."""
+    if not table.num_rows:
+        return {}
+    sid = np.asarray(table.column("snapshot_id").to_numpy())
+    order = np.argsort(sid, kind="stable")
+    if np.any(order[1:] < order[:-1]):
+        table, sid = table.take(order), sid[order]
+    values, starts = np.unique(sid, return_index=True)
+    ends = np.append(starts[1:], len(sid))
+    return {
+        int(v): table.slice(int(a), int(b - a))
+        for v, a, b in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True)
+    }
+
+
+def host_potential(ht: HostTrace) -> list[SnapshotPotential]:
+    """Static potential of every snapshot of an in-memory :class:`HostTrace`."""
+    procs = _slice_by_snapshot(ht.processes)
+    maps = _slice_by_snapshot(ht.mappings)
+    out = []
+    for sid, t in zip(ht.snapshot_ids.tolist(), ht.times_s.tolist(), strict=True):
+        out.append(
+            snapshot_potential(
+                ht.pages_of(sid),
+                procs.get(sid, S.PROCESSES_SCHEMA.empty_table()),
+                maps.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                host=ht.host,
+                snapshot_id=sid,
+                time_s=t,
+            )
+        )
+    return out
+
+
+def summarize_trace(
+    path: str | os.PathLike[str], *, progress: Progress = NULL_PROGRESS
+) -> TraceSummary:
+    """Summarise a trace directory: hosts, sizes, and per-snapshot static potential.
+
+    Pages are streamed one snapshot at a time (:meth:`~planner.trace.io.Trace.iter_snapshot_pages`).
+
+    Raises
+    ------
+    TraceFormatError
+        ``path`` is not a readable trace.
+    """
+    trace = open_trace(path)
+    files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
+    hosts: list[HostSummary] = []
+    snapshots: list[SnapshotPotential] = []
+    process_keys = 0
+    total_pages = sum(_pages_rows(trace, h) for h in trace.hosts)
+    progress.start("info: pages", total_pages)
+    for host in trace.hosts:
+        snaps = trace.read_table(host, "snapshots")
+        procs = trace.read_table(host, "processes")
+        maps = trace.read_table(host, "mappings", ["snapshot_id", "pid", "start", "kind"])
+        proc_by = _slice_by_snapshot(procs)
+        map_by = _slice_by_snapshot(maps)
+        times: dict[int, float] = {
+            int(k): float(v)
+            for k, v in zip(
+                snaps.column("snapshot_id").to_numpy(),
+                snaps.column("time_s").to_numpy(),
+                strict=True,
+            )
+        }
+        pages_by: dict[int, SnapshotPotential] = {}
+        rows = 0
+        for sid, pages in trace.iter_snapshot_pages(host, _PAGE_COLUMNS):
+            pages_by[sid] = snapshot_potential(
+                pages,
+                proc_by.get(sid, S.PROCESSES_SCHEMA.empty_table()),
+                map_by.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                host=host,
+                snapshot_id=sid,
+                time_s=times.get(sid, float("nan")),
+            )
+            rows += pages.num_rows
+            progress.advance(pages.num_rows)
+        empty = S.PAGES_SCHEMA.empty_table()
+        for sid, t in times.items():
+            if sid not in pages_by:
+                pages_by[sid] = snapshot_potential(
+                    empty,
+                    proc_by.get(sid, S.PROCESSES_SCHEMA.empty_table()),
+                    map_by.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                    host=host,
+                    snapshot_id=sid,
+                    time_s=t,
+                )
+        snapshots.extend(pages_by[s] for s in sorted(pages_by))
+        n_proc = _distinct_processes(procs)
+        process_keys += n_proc
+        prefix = f"{S.HOST_DIR_PREFIX}{host}/"
+        host_files = {k: v for k, v in files.items() if k.startswith(prefix)}
+        time_values = list(times.values())
+        meta_row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
+        hosts.append(
+            HostSummary(
+                host=host,
+                snapshots=snaps.num_rows,
+                processes=n_proc,
+                pages=rows,
+                pages_file_bytes=int(host_files.get(f"{prefix}pages.parquet", {}).get("bytes", 0)),
+                total_bytes=sum(int(v.get("bytes", 0)) for v in host_files.values()),
+                time_span_s=(max(time_values) - min(time_values)) if time_values else 0.0,
+                meta={
+                    k: meta_row.get(k)
+                    for k in (
+                        "kernel_release",
+                        "page_size",
+                        "hz",
+                        "hash_algo",
+                        "zero_hash",
+                        "tool_version",
+                    )
+                },
+            )
+        )
+    progress.finish()
+    manifest_bytes = (trace.path / S.MANIFEST_NAME).stat().st_size
+    return TraceSummary(
+        path=str(trace.path),
+        schema_version=trace.schema_version,
+        trace_hash=trace.trace_hash,
+        source=trace.manifest.get("source"),
+        created_by=trace.manifest.get("created_by"),
+        hosts=tuple(hosts),
+        processes=process_keys,
+        pages=sum(h.pages for h in hosts),
+        pages_file_bytes=sum(h.pages_file_bytes for h in hosts),
+        total_bytes=sum(h.total_bytes for h in hosts) + manifest_bytes,
+        snapshots=tuple(snapshots),
+    )
+
+
+def _pages_rows(trace: Trace, host: str) -> int:
+    return int(pq.ParquetFile(trace.host_path(host) / "pages.parquet").metadata.num_rows)
+
+
+def _distinct_processes(procs: pa.Table) -> int:
+    """Distinct processes ``(pid, proc_start)`` of one host."""
+    if not procs.num_rows:
+        return 0
+    pid = np.asarray(procs.column("pid").to_numpy(), dtype=np.int64)
+    start = np.asarray(procs.column("proc_start").to_numpy(), dtype=np.uint64)
+    order = np.lexsort((start, pid))
+    p, s = pid[order], start[order]
+    new = np.ones(len(p), dtype=bool)
+    new[1:] = (p[1:] != p[:-1]) | (s[1:] != s[:-1])
+    return int(np.count_nonzero(new))
+
+
+__all__ = [
+    "GroupPotential",
+    "HostSummary",
+    "SnapshotPotential",
+    "TraceSummary",
+    "host_potential",
+    "snapshot_potential",
+    "summarize_trace",
+]
