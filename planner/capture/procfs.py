@@ -322,8 +322,8 @@ class ProcFS:
         """The mappings of ``pid`` with smaps fields (from ``maps`` if smaps is unreadable)."""
         try:
             text = self._read_text(pid, "smaps")
-        except (OSError, CapturePermissionError):
-            text = self._read_text(pid, "maps")
+        except (OSError, CapturePermissionError, ProcessGone):
+            text = self._read_text(pid, "maps")  # raises ProcessGone if the process is gone
         return parse_maps(text)
 
     # --------------------------------------------------------------------- big binary files

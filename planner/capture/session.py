@@ -326,6 +326,7 @@ def capture(
     progress: Progress = NULL_PROGRESS,
     zero_pfn: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    procfs: ProcFS | None = None,
 ) -> CaptureResult:
     """Capture live processes into a trace directory (``ksm-planner capture``).
 
@@ -340,6 +341,8 @@ def capture(
         fake procfs (else zero-page PTEs are only recognised through kpageflags).
     sleep
         Called to wait between snapshots (tests replace it).
+    procfs
+        Read through this instead of ``ProcFS(options.proc_root)`` (tests pass a spy).
 
     Raises
     ------
@@ -351,7 +354,8 @@ def capture(
         ptrace access, PFN visibility (CAP_SYS_ADMIN) or kpageflags (root) is missing.
     """
     options.validate()
-    procfs = ProcFS(options.proc_root, sys_root=options.sys_root)
+    if procfs is None:
+        procfs = ProcFS(options.proc_root, sys_root=options.sys_root)
     if not procfs.root.is_dir():
         raise UsageProblem(
             f"procfs root {procfs.root} is not a directory", hint="give the procfs mount point"
@@ -363,7 +367,9 @@ def capture(
         written_pfn, probed_zero = probe_own_pfns(procfs)
         if written_pfn == 0:
             raise CapturePermissionError(
-                "/proc/<pid>/pagemap reports every PFN as 0", hint=PFN_HIDDEN_HINT
+                "/proc/self/pagemap reports PFN 0 for a written page "
+                "(PFNs are hidden without CAP_SYS_ADMIN)",
+                hint=PFN_HIDDEN_HINT,
             )
         zero_pfn = probed_zero if zero_pfn is None and probed_zero else zero_pfn
     host = HostInfo.collect()
@@ -386,9 +392,7 @@ def capture(
         t_start = time.perf_counter()
         for i in range(options.snapshots):
             if i:
-                delay = t_start + i * options.interval_s - time.perf_counter()
-                if delay > 0:
-                    sleep(delay)
+                sleep(max(0.0, t_start + i * options.interval_s - time.perf_counter()))
                 current = targets.resolve()
             else:
                 current = first_targets

@@ -269,7 +269,8 @@ class ProcessReader:
             _close(pm_fd)
         if counters.present and counters.present == counters.pfn_zero:
             raise CapturePermissionError(
-                f"pagemap of pid {pid} shows {counters.present} present pages but every PFN is 0",
+                f"pagemap of pid {pid} shows {counters.present} present pages but every PFN is 0 "
+                "(PFNs are hidden without CAP_SYS_ADMIN)",
                 hint=PFN_HIDDEN_HINT,
             )
         pc.zero_pfn_pages = counters.zero_pfn
