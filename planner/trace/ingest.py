@@ -919,19 +919,26 @@ class _Normaliser:
         if "frame" in names:
             col = t.column("frame")
             nulls = _null_mask(col) if col.null_count else np.zeros(n, bool)
+            # swapped pages have no frame: the first other row decides whether frames exist
+            framed = (
+                np.ones(n, bool) if flags is None else (flags & np.uint16(S.PageFlag.SWAPPED)) == 0
+            )
             if self.has_frame is None:
-                self.has_frame = not bool(nulls[0])
+                i = _first(framed)
+                if i is not None:
+                    self.has_frame = not bool(nulls[i])
             if self.has_frame:
-                if flags is None:  # without flags no page may lack its frame
-                    i = _first(nulls)
-                    if i is not None:
-                        self.fail(
-                            rows,
-                            i,
-                            "frame",
-                            "empty value, but row 1 has one",
-                            "give a frame for every page or for none",
-                        )
+                i = _first(nulls & framed)
+                if i is not None:
+                    self.fail(
+                        rows,
+                        i,
+                        "frame",
+                        "empty value, but the first row has one",
+                        "give a frame for every page or for none",
+                    )
+                out["frame"] = col
+            elif self.has_frame is None:
                 out["frame"] = col
             else:
                 i = _first(~nulls)
@@ -940,7 +947,7 @@ class _Normaliser:
                         rows,
                         i,
                         "frame",
-                        "has a value, but row 1 has none",
+                        "has a value, but the first row has none",
                         "give a frame for every page or for none",
                     )
         self._kinds(t, out)
