@@ -1,0 +1,219 @@
+"""Capture real processes with known page contents (marker ``capture``; needs root).
+
+A Python child maps 16 private anonymous pages with known contents, forks, and its child
+writes one page. The captured trace must show exactly those pages with the right keyed
+hashes, zero flags, shared and private frames, and must not fault in anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from planner.capture.keys import load_key
+from planner.capture.session import CaptureOptions, capture
+from planner.trace.io import HostTrace, open_trace
+from planner.trace.schema import PageFlag as F
+
+PAGE = 4096
+
+pytestmark = [
+    pytest.mark.capture,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="capture needs root (CAP_SYS_PTRACE, CAP_SYS_ADMIN, kpageflags)"
+    ),
+    pytest.mark.skipif(
+        not os.path.exists("/proc/kpageflags"), reason="kernel without /proc/kpageflags"
+    ),
+]
+
+CHILD = textwrap.dedent(
+    """
+    import ctypes, json, mmap, os, sys
+    PS = 4096
+    m = mmap.mmap(-1, 16 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    for i in range(4):                       # 4 identical pages
+        m[i * PS:(i + 1) * PS] = b"\\xab" * PS
+    for i in (4, 5):                         # real frames holding zeros
+        m[i * PS] = 1
+        m[i * PS] = 0
+    for i in range(6, 10):                   # unique pages
+        m[i * PS:(i + 1) * PS] = bytes([i]) * PS
+    _ = m[10 * PS]                           # read only: the shared zero page
+    r, w = os.pipe()                         # pages 11-15 are never touched
+    pid = os.fork()
+    if pid == 0:
+        m[7 * PS:(7 + 1) * PS] = b"\\xcd" * PS   # copy-on-write after fork
+        os.write(w, b"x")
+        sys.stdin.read()
+        os._exit(0)
+    os.read(r, 1)
+    print(json.dumps({"addr": addr, "child": pid}), flush=True)
+    sys.stdin.read()
+    os.waitpid(pid, 0)
+    """
+)
+
+
+@contextlib.contextmanager
+def forked_family() -> Iterator[tuple[int, int, int]]:
+    """Yield ``(parent_pid, child_pid, region_addr)``; kill and reap both afterwards."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        info = json.loads(parent.stdout.readline())
+        child = int(info["child"])
+        yield parent.pid, child, int(info["addr"])
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait(timeout=30)
+        if parent.stdin is not None:
+            parent.stdin.close()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def _pages(ht: HostTrace, sid: int, pid: int, addr: int) -> dict[int, dict[str, Any]]:
+    rows = ht.pages_of(sid).to_pylist()
+    return {
+        (r["page_addr"] - addr) // PAGE: r
+        for r in rows
+        if r["pid"] == pid and addr <= r["page_addr"] < addr + 16 * PAGE
+    }
+
+
+def _present(pid: int, addr: int, npages: int) -> list[bool]:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(addr // PAGE * 8)
+        data = f.read(npages * 8)
+    return [bool(e >> 63) for e in struct.unpack(f"<{npages}Q", data)]
+
+
+def test_forked_family_hashes_flags_and_frames(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.key"
+    with forked_family() as (parent, child, addr):
+        before = _present(child, addr, 16)
+        result = capture(
+            CaptureOptions(
+                out=tmp_path / "t",
+                pids=(parent,),
+                children=True,
+                snapshots=2,
+                interval_s=0.2,
+                key_file=key_file,
+            )
+        )
+        after = _present(child, addr, 16)
+    key = load_key(key_file)
+    h = lambda content: xxhash.xxh3_64_intdigest(content, seed=key.seed)  # noqa: E731
+    ht = open_trace(result.out).load_host()
+    assert result.processes == 2
+    assert result.gone == ()
+
+    # capturing faulted nothing in: the untouched pages are still absent
+    assert before == after
+    assert after[11:] == [False] * 5
+
+    for sid in (0, 1):
+        p, c = _pages(ht, sid, parent, addr), _pages(ht, sid, child, addr)
+        assert sorted(p) == sorted(c) == list(range(10))  # page 10 is the zero page: not a row
+        for i in range(4):
+            assert p[i]["content_hash"] == h(b"\xab" * PAGE)
+        assert len({p[i]["frame_id"] for i in range(4)}) == 4  # equal content, distinct frames
+        for i in (4, 5):
+            assert p[i]["flags"] & F.ZERO
+            assert p[i]["content_hash"] == h(bytes(PAGE))
+        for i in range(6, 10):
+            assert p[i]["content_hash"] == h(bytes([i]) * PAGE)
+        assert c[7]["content_hash"] == h(b"\xcd" * PAGE)
+        for i in set(range(10)) - {7}:
+            assert c[i]["frame_id"] == p[i]["frame_id"]  # fork-shared frame
+            assert c[i]["content_hash"] == p[i]["content_hash"]
+            assert p[i]["flags"] & F.SHARED_MAPCOUNT
+            assert not p[i]["flags"] & F.EXCLUSIVE
+        assert c[7]["frame_id"] != p[7]["frame_id"]
+        for r in (p[7], c[7]):
+            assert r["flags"] & F.EXCLUSIVE
+            assert not r["flags"] & (F.SHARED_MAPCOUNT | F.RACY | F.KSM | F.THP | F.ZERO)
+    # frame ids are kept across the snapshots of the session
+    assert {i: r["frame_id"] for i, r in _pages(ht, 0, child, addr).items()} == {
+        i: r["frame_id"] for i, r in _pages(ht, 1, child, addr).items()
+    }
+
+    procs = {(r["snapshot_id"], r["pid"]): r for r in ht.processes.to_pylist()}
+    for sid in (0, 1):
+        assert procs[sid, child]["ppid"] == parent
+        assert procs[sid, child]["state"] == procs[sid, parent]["state"] == "ok"
+        assert procs[sid, child]["zero_pfn_pages"] >= 1
+        # the recorded present pages are exactly the kernel's RssAnon
+        assert procs[sid, child]["pages"] * 4 == procs[sid, child]["rss_anon_kb"]
+    maps = ht.mappings.to_pylist()
+    region = [m for m in maps if m["pid"] == child and m["start"] <= addr < m["end"]]
+    assert [m["kind"] for m in region] == ["anon", "anon"]  # one per snapshot
+    kinds = {m["kind"] for m in maps}
+    assert {"heap", "stack", "anon", "bss", "file_data", "file_relro"} <= kinds
+    snap = ht.snapshots.to_pylist()[0]
+    assert snap["hash_key_id"] == key.key_id
+    assert snap["zero_hash"] == h(bytes(PAGE))
+
+
+def test_process_exiting_during_a_session_is_gone(tmp_path: Path) -> None:
+    sleepers = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+
+    class KillSecond:
+        def start(self, task: str, total: float | None) -> None:
+            if task.startswith("snapshot 2/"):
+                sleepers[1].kill()
+                sleepers[1].wait(timeout=30)
+
+        def advance(self, amount: float) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    try:
+        opts = CaptureOptions(
+            out=tmp_path / "t",
+            pids=tuple(s.pid for s in sleepers),
+            snapshots=3,
+            interval_s=0.0,
+            key_file=tmp_path / "k.key",
+            kpageflags=False,
+        )
+        result = capture(opts, progress=KillSecond())
+    finally:
+        for s in sleepers:
+            s.kill()
+            s.wait(timeout=30)
+            assert s.stdin is not None
+            s.stdin.close()
+    ht = open_trace(result.out).load_host()
+    states = {(r["snapshot_id"], r["pid"]): r["state"] for r in ht.processes.to_pylist()}
+    a, b = (s.pid for s in sleepers)
+    assert states == {(0, a): "ok", (0, b): "ok", (1, a): "ok", (1, b): "gone", (2, a): "ok"}
+    assert result.gone == (b,)
