@@ -1,11 +1,13 @@
 """Look PFNs up in ``/proc/kpageflags`` and ``/proc/kpagecount`` with coalesced reads.
 
 Both files hold one 64-bit entry per physical frame. The capture prototype found these
-lookups to be the main cost of a capture (37-55 %, docs/capture-notes.md §3.5): a ``pread``
-costs about 5 µs while one more entry in a read costs about 64 ns. So the sorted unique PFNs
-of a whole snapshot are grouped into runs whose gaps are at most ``gap_entries`` entries
-(reading a gap is cheaper than one more syscall), and each run is read with one ``pread``
-of each file (split at ``max_read_entries``).
+lookups to be the main cost of a capture (37-55 %, docs/capture-notes.md §3.5). The sorted
+unique PFNs of a whole snapshot are grouped into runs whose gaps are at most ``gap_entries``
+entries, and each run is read with one ``preadv`` of each file (split at
+``max_read_entries``) into one buffer, then gathered with one numpy index. Measured on this
+project's VM (73.6k frames of a 256 MiB process, Linux 6.18): each entry costs the kernel
+about 140 ns and a read a few µs, so small gaps win: gap 0 / 8 / 64 / 512 took 27 / 23 /
+33 / 62 ms. The default gap is 8, as the prototype also found.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy.typing as npt
 from planner.capture.procfs import PAGEMAP_ENTRY_BYTES, ProcFS
 from planner.errors import CapturePermissionError, KernelUnsupportedError
 
-DEFAULT_GAP_ENTRIES: Final = 64
+DEFAULT_GAP_ENTRIES: Final = 8
 DEFAULT_MAX_READ_ENTRIES: Final = 1 << 17  # 1 MiB per pread
 
 
@@ -128,33 +130,35 @@ class KPageReader:
         """
         if self._fds is None:
             raise RuntimeError("KPageReader must be used as a context manager")
-        flags = np.zeros(len(pfns), dtype=np.uint64)
-        counts = np.zeros(len(pfns), dtype=np.uint64)
         if len(pfns) == 0:
-            return flags, counts
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
         reads = coalesce(pfns, gap_entries=self._gap, max_read_entries=self._max)
+        firsts = np.array([f for f, _ in reads], dtype=np.int64)
+        sizes = np.array([c for _, c in reads], dtype=np.int64)
+        bases = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        # one buffer per file; each read lands at its base (entries past EOF stay 0)
         fflags, fcount = self._fds
-        lo = 0
-        for first, count in reads:
-            hi = int(np.searchsorted(pfns, np.uint64(first + count), side="left"))
-            offs = pfns[lo:hi].astype(np.int64) - first
-            flags[lo:hi] = _read_entries(fflags, first, count)[offs]
-            counts[lo:hi] = _read_entries(fcount, first, count)[offs]
-            lo = hi
+        all_flags = _read_all(fflags, reads, bases, int(sizes.sum()))
+        all_counts = _read_all(fcount, reads, bases, int(sizes.sum()))
+        p = pfns.astype(np.int64)
+        run = np.searchsorted(firsts, p, side="right") - 1
+        idx = bases[run] + (p - firsts[run])
+        flags, counts = all_flags[idx], all_counts[idx]
         self.stats.frames += len(pfns)
         self.stats.reads += 2 * len(reads)
         self.stats.entries_read += 2 * sum(c for _, c in reads)
         return flags, counts
 
 
-def _read_entries(fd: int, first: int, count: int) -> npt.NDArray[np.uint64]:
-    try:
-        data = os.pread(fd, count * PAGEMAP_ENTRY_BYTES, first * PAGEMAP_ENTRY_BYTES)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        data = b""
-    out = np.zeros(count, dtype=np.uint64)
-    n = len(data) // PAGEMAP_ENTRY_BYTES
-    out[:n] = np.frombuffer(data, dtype=np.uint64, count=n)
+def _read_all(
+    fd: int, reads: list[tuple[int, int]], bases: npt.NDArray[np.int64], total: int
+) -> npt.NDArray[np.uint64]:
+    out = np.zeros(total, dtype=np.uint64)
+    view = out.data
+    for (first, count), base in zip(reads, bases.tolist(), strict=True):
+        try:
+            os.preadv(fd, [view[base : base + count]], first * PAGEMAP_ENTRY_BYTES)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: beyond the last frame
+                raise
     return out
