@@ -207,6 +207,11 @@ class Targets:
                     f"pid {pid} ({st.comm}) is a kernel thread without user memory",
                     hint="give a user process",
                 )
+            tgid = self._fs.status(pid).get("Tgid", str(pid))
+            if tgid.isdigit() and int(tgid) != pid:
+                raise TargetNotFoundError(
+                    f"{pid} is a thread of process {tgid}, not a process", hint=f"use --pid {tgid}"
+                )
             self._roots[pid] = st.starttime_ticks
         targets = self.resolve()
         if self._cgroup is not None and not self._matched_any_cgroup:

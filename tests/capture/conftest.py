@@ -94,6 +94,7 @@ class FakeProcess:
     mappings: list[FakeMapping] = field(default_factory=list)
     pages: dict[int, FakePage] = field(default_factory=dict)
     write_smaps: bool = True
+    tgid: int | None = None
 
     @property
     def dir(self) -> Path:
@@ -138,7 +139,8 @@ class FakeProcess:
             + "\n"
         )
         (d / "status").write_text(
-            f"Name:\t{self.comm}\nPid:\t{self.pid}\nPPid:\t{self.ppid}\n"
+            f"Name:\t{self.comm}\nTgid:\t{self.tgid or self.pid}\nPid:\t{self.pid}\n"
+            f"PPid:\t{self.ppid}\n"
             f"Uid:\t{self.uid}\t{self.uid}\t{self.uid}\t{self.uid}\n"
             f"RssAnon:\t{self.rss_anon_kb} kB\n"
         )

@@ -282,6 +282,7 @@ def test_comm_and_cgroup_targets(fake_proc: FakeProc, tmp_path: Path, key_file: 
         ({"pids": (12345,)}, TargetNotFoundError, "no process with pid 12345"),
         ({"pids": (70,)}, TargetNotFoundError, "kernel thread"),
         ({"pids": (71,)}, TargetNotFoundError, "zombie"),
+        ({"pids": (73,)}, TargetNotFoundError, "thread of process 72"),
         ({}, UsageProblem, "no capture target"),
         ({"pids": (72,), "snapshots": 0}, UsageProblem, "--snapshots"),
         ({"pids": (72,), "interval_s": -1.0}, UsageProblem, "--interval"),
@@ -300,6 +301,7 @@ def test_bad_targets_and_options(
     fake_proc.process(70, flags=0x00200000)
     fake_proc.process(71, state="Z")
     fake_proc.process(72)
+    fake_proc.process(73, tgid=72)
     fake_proc.write()
     with pytest.raises(error, match=text):
         _run(fake_proc, tmp_path / "t", key_file, **kw)

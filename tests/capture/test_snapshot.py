@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from typing import TYPE_CHECKING
 
@@ -275,3 +276,24 @@ def test_process_info(fake_proc: FakeProc, capture_key: CaptureKey) -> None:
     assert info["ksm_merging_pages"] == 2
     kept = ProcessReader(fake_proc.procfs(), hasher, keep_cmdline=True).capture(110).info
     assert kept["cmdline"] == "python -m app"
+
+
+def test_mem_without_ptrace_access_names_the_capability(
+    fake_proc: FakeProc, capture_key: CaptureKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = fake_proc.process(111)
+    p.map(BASE, 1)
+    p.page(BASE, fake_proc.page_of(1), pfn=11)
+    fake_proc.write()
+    real_open = os.open
+
+    def deny_mem(path: object, *args: object, **kw: object) -> int:
+        if str(path).endswith("/mem"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", deny_mem)
+    with pytest.raises(CapturePermissionError) as info:
+        _reader(fake_proc.procfs(), capture_key).capture(111)
+    assert "CAP_SYS_PTRACE" in info.value.one_line()
+    assert "/111/mem" in info.value.message
