@@ -510,6 +510,17 @@ class _Source:
                 cols.append(col)
                 continue
             arr = col.combine_chunks()
+            if pa.types.is_floating(arr.type) and pa.types.is_integer(target):
+                # a float holds integers exactly only below 2^53: hashes and addresses do not fit
+                v = _np(arr, np.float64, 0.0)
+                i = _first(np.abs(v) >= 2.0**53)
+                if i is not None:
+                    self.fail(
+                        row0 + i + 1,
+                        c,
+                        f"{v[i]!r} is a floating-point value, too large to be exact",
+                        f"store {c} as an integer column (uint64)",
+                    )
             try:
                 cols.append(_try_cast(arr, target))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -1204,7 +1215,8 @@ class _HostIngest:
             self.t0 = t if self.key_column == "snapshot_id" else 0.0
         self.key = key
         self.time_s = t - self.t0
-        self.wall_time_ns = round(t * 1e9) if self.key_column == "snapshot_id" else None
+        # float seconds since the epoch are exact to about 0.2 us: keep microseconds
+        self.wall_time_ns = round(t * 1e6) * 1000 if self.key_column == "snapshot_id" else None
         self.sid += 1
 
     def _append(self, part: pa.Table) -> None:
@@ -1221,12 +1233,14 @@ class _HostIngest:
             part = part.drop_columns(["_zero_pfn"])
         drop: list[str] = [c for c in ("_key", "_t", "host") if c in part.column_names]
         part = part.drop_columns(drop)
-        if not part.num_rows:
-            return
-        self.buf.append(part)
-        self.buf_rows += part.num_rows
-        if self.buf_rows >= self.ing.sort_buffer_rows:
-            self._spill()
+        limit = self.ing.sort_buffer_rows
+        while part.num_rows:
+            take = min(part.num_rows, limit - self.buf_rows)
+            self.buf.append(part.slice(0, take))
+            self.buf_rows += take
+            part = part.slice(take)
+            if self.buf_rows >= limit:
+                self._spill()
 
     def _buffer_sorted(self) -> tuple[pa.Table, np.ndarray[Any, Any] | None]:
         """The buffer and the permutation that sorts it (``None``: already sorted)."""

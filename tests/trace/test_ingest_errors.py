@@ -276,3 +276,15 @@ def test_missing_source_file(cli: Any, tmp_path: Path) -> None:
     assert code == 4
     assert "does not exist" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_parquet_float_hash_column_loses_precision(cli: Any, tmp_path: Path) -> None:
+    """A hash stored as double (as CSV type inference does for values above 2^63) is rejected."""
+    table = _interchange_table().set_column(
+        3, "content_hash", pa.array([1.0, 2.0, 1.0653106456947493e19], pa.float64())
+    )
+    src = tmp_path / "float.parquet"
+    pq.write_table(table, src)
+    line = _run_bad(cli, tmp_path, src)
+    assert "row 3, column content_hash" in line
+    assert "floating-point" in line
