@@ -37,6 +37,7 @@ Rules
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -202,13 +203,19 @@ def _np(table: Any, name: str, dtype: Any) -> Any:
     return col.to_numpy().astype(dtype, copy=False)
 
 
+class _ProcRow(NamedTuple):
+    proc_start: int
+    ppid: int | None
+    state: str
+    reg_time_s: float | None
+
+
 def _read(
     ht: HostTrace,
-) -> tuple[
-    list[int], list[float], list[dict[int, _Rows]], list[dict[int, tuple[int, int | None, str]]]
-]:
+) -> tuple[list[int], list[float], list[dict[int, _Rows]], list[dict[int, _ProcRow]]]:
     sids = [int(s) for s in ht.snapshot_ids.tolist()]
     times = [float(t) for t in ht.times_s.tolist()]
+    zero_hash = ht.meta().get("zero_hash")
     pages: list[dict[int, _Rows]] = []
     for sid in sids:
         t = ht.pages_of(sid)
@@ -244,37 +251,32 @@ def _read(
                 starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
                 ends = np.r_[starts[1:], pid.size]
                 for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-                    f = flags[lo:hi]
+                    f, h = flags[lo:hi], hashes[lo:hi]
+                    zero = (f & np.uint16(S.PageFlag.ZERO)) != 0
+                    if zero_hash is not None:  # as the replay does: the zero hash is zero content
+                        zero |= h == np.uint64(zero_hash)
                     by_pid[int(pid[lo])] = _Rows(
                         addr[lo:hi],
-                        hashes[lo:hi],
+                        h,
                         frames[lo:hi],
-                        (f & np.uint16(S.PageFlag.ZERO)) != 0,
+                        zero,
                         (f & np.uint16(S.PageFlag.THP)) != 0,
                         (f & np.uint16(S.PageFlag.KSM)) != 0,
                     )
         pages.append(by_pid)
-    procs: list[dict[int, tuple[int, int | None, str]]] = [{} for _ in sids]
+    procs: list[dict[int, _ProcRow]] = [{} for _ in sids]
     index = {sid: i for i, sid in enumerate(sids)}
     p = ht.processes
     if p.num_rows:
-        cols = {
-            c: p.column(c).to_pylist()
-            for c in ("snapshot_id", "pid", "proc_start", "ppid", "state")
-        }
-        for row_sid, pid_, start, ppid, pstate in zip(
-            cols["snapshot_id"],
-            cols["pid"],
-            cols["proc_start"],
-            cols["ppid"],
-            cols["state"],
-            strict=True,
-        ):
+        names = ("snapshot_id", "pid", "proc_start", "ppid", "state", "reg_time_s")
+        cols = {c: p.column(c).to_pylist() for c in names}
+        for row_sid, pid_, start, ppid, pstate, reg in zip(*(cols[c] for c in names), strict=True):
             if row_sid in index and pid_ is not None:
-                procs[index[row_sid]][int(pid_)] = (
+                procs[index[row_sid]][int(pid_)] = _ProcRow(
                     int(start or 0),
                     None if ppid is None else int(ppid),
                     str(pstate),
+                    None if reg is None else float(reg),
                 )
     return sids, times, pages, procs
 
@@ -440,35 +442,37 @@ def plan_materialization(ht: HostTrace) -> MaterializationPlan:
     # -- processes and their lifetimes ------------------------------------------------------
     def key_of(k: int, pid: int) -> ProcKey:
         info = procs[k].get(pid)
-        return ProcKey(pid, info[0] if info else 0)
+        return ProcKey(pid, info.proc_start if info else 0)
 
-    alive: list[dict[ProcKey, _Rows]] = []
+    present: list[set[ProcKey]] = []
+    for k in range(nsnap):
+        here = {key_of(k, pid) for pid in pages[k]}
+        here |= {ProcKey(pid, r.proc_start) for pid, r in procs[k].items() if r.state == "ok"}
+        present.append(here)
     first: dict[ProcKey, int] = {}
     last: dict[ProcKey, int] = {}
     for k in range(nsnap):
-        cur: dict[ProcKey, _Rows] = {}
-        for pid, rows in pages[k].items():
-            cur[key_of(k, pid)] = rows
-        for key in cur:
+        for key in present[k]:
             first.setdefault(key, k)
             last[key] = k
-        alive.append(cur)
-    for k in range(nsnap):  # processes listed "ok" but without pages inside their lifetime
-        for pid, (start, _ppid, pstate) in procs[k].items():
-            key = ProcKey(pid, start)
-            if key in first and first[key] <= k and pstate == "ok":
-                last[key] = max(last[key], k)
-    for k in range(nsnap):
-        for key in first:
-            if first[key] <= k <= last[key] and key not in alive[k]:
-                alive[k][key] = _empty_rows()
+    alive: list[dict[ProcKey, _Rows]] = []
+    for k in range(nsnap):  # a process lives from its first to its last snapshot
+        rows = {key_of(k, pid): r for pid, r in pages[k].items()}
+        alive.append(
+            {key: rows.get(key, _empty_rows()) for key in first if first[key] <= k <= last[key]}
+        )
+    reg_key: dict[ProcKey, tuple[float, int, int]] = {}
+    for key, k0 in first.items():
+        info = procs[k0].get(key.pid)
+        reg = info.reg_time_s if info is not None and info.reg_time_s is not None else math.inf
+        reg_key[key] = (reg, key.pid, key.proc_start)
 
     # -- fork edges ------------------------------------------------------------------------
     parent_of: dict[ProcKey, ProcKey] = {}
     for key in sorted(first):
         k0 = first[key]
         info = procs[k0].get(key.pid)
-        ppid = info[1] if info else None
+        ppid = info.ppid if info else None
         if ppid is None or ppid == key.pid:
             continue
         cand = [p for p in alive[k0] if p.pid == ppid and first[p] <= k0 and p != key]
@@ -509,7 +513,7 @@ def plan_materialization(ht: HostTrace) -> MaterializationPlan:
         for key in sorted(first)
     }
 
-    sim = _Simulator(families, family_of, parent_of)
+    sim = _Simulator(families, family_of, parent_of, reg_key, first)
     plans = [sim.snapshot(k, sids[k], times[k], alive[k]) for k in range(nsnap)]
     return MaterializationPlan(
         ht.host, tuple(families), infos, tuple(plans), frozenset(sim.at_fork)
@@ -524,7 +528,11 @@ class _Simulator:
         families: list[FamilyLayout],
         family_of: dict[ProcKey, int],
         parent_of: dict[ProcKey, ProcKey],
+        reg_key: dict[ProcKey, tuple[float, int, int]],
+        first: dict[ProcKey, int],
     ) -> None:
+        self.reg_key = reg_key
+        self.first = first
         self.families = families
         self.family_of = family_of
         self.parent_of = parent_of
@@ -536,6 +544,7 @@ class _Simulator:
     def snapshot(
         self, k: int, sid: int, time_s: float, alive: dict[ProcKey, _Rows]
     ) -> SnapshotPlan:
+        reg_key_of = self.reg_key.__getitem__
         self.k, self.alive, self.steps = k, alive, []
         self.reg_order: list[ProcKey] = []
         self.slots_of = {
@@ -551,7 +560,7 @@ class _Simulator:
                 self.steps.append(
                     _make_step("update", key, self.slots_of[key], rows, write, dropped)
                 )
-        for key in sorted(key for key in alive if key not in self.state):
+        for key in sorted((key for key in alive if key not in self.state), key=reg_key_of):
             if key not in self.state:
                 self._create(key)
             if key not in self.registered:
@@ -563,15 +572,18 @@ class _Simulator:
                 else:
                     self.steps.append(Step(action="register", key=key, register=True))
         order = self.reg_order
-        if order != sorted(order):
-            i = next(i for i in range(1, len(order)) if order[i] < order[i - 1])
+        if order != sorted(order, key=reg_key_of):
+            i = next(
+                i for i in range(1, len(order)) if reg_key_of(order[i]) < reg_key_of(order[i - 1])
+            )
             raise InputDataError(
                 f"snapshot {sid} (#{k}): pid {order[i - 1].pid} would join KSM before pid "
                 f"{order[i].pid} (it is forked from a registered process), but new processes "
                 "join in pid order",
                 hint="the replay registers a snapshot's new processes in pid order",
             )
-        for key in sorted(key for key in self.state if key not in alive):
+        gone = [key for key in self.state if key not in alive]
+        for key in sorted(gone, key=lambda key: (self.first[key], key.pid, key.proc_start)):
             self.steps.append(Step(action="exit", key=key))
             del self.state[key]
             self.registered.discard(key)

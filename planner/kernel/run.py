@@ -15,8 +15,9 @@ Snapshot ``k`` becomes visible at the start of full scan ``snapshot_scans[k]`` (
 changes are applied while ksmd is stopped between scans ``s_k - 1`` and ``s_k``. New mms join
 KSM's list behind the cursor, which is on the list head between scans, so they are visited
 last in the next scan in the order they registered (docs/ksm-kernel-semantics.md §3.3).
-ksmd only runs while its mm list is non-empty; once every holder has exited and the last
-teardown scan is done, no further scans happen and the run ends early.
+ksmd only scans while its mm list is non-empty. When it is empty (no registered holder and
+no exited mm left to tear down), the next snapshot is applied at once, as the replay does
+(ksmd sleeps until a process registers); with no snapshot left the run ends early.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class KernelRun:
 
     scans: list[ScanRecord]
     snapshots: list[SnapshotRecord]
-    snapshot_scans: list[int]
+    snapshot_scans: list[int | None]
+    """The scan before which each snapshot was applied (``None``: not applied)."""
     scans_requested: int
     knobs: dict[str, int | str]
     provenance: Provenance
@@ -184,7 +186,9 @@ class HolderSet:
         self.registered: set[ProcKey] = set()
         self._created: list[Holder] = []
         self._old_subreaper: int | None = None
-        self.exits_since_scan = 0
+        self.pending_teardown = 0
+        """Registered holders that exited with rmap items since the last scan (ksmd tears
+        their mm down in the next scan, so the list is not empty)."""
 
     def __enter__(self) -> HolderSet:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -214,6 +218,10 @@ class HolderSet:
             ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, self._old_subreaper, 0, 0, 0)
             self._old_subreaper = None
 
+    def list_empty(self) -> bool:
+        """Whether ksmd's mm list is empty (no scan would happen)."""
+        return not self.registered and not self.pending_teardown
+
     def pids(self) -> dict[int, int]:
         """Trace pid -> holder pid of the live holders."""
         return {key.pid: h.pid for key, h in self.holders.items()}
@@ -238,10 +246,10 @@ class HolderSet:
                         self.registered.add(step.key)
                 elif step.action == "exit":
                     h = self.holders.pop(step.key)
+                    if step.key in self.registered and _rmap_items(h.pid) > 0:
+                        self.pending_teardown += 1
                     h.exit()
                     self._created.remove(h)
-                    if step.key in self.registered:
-                        self.exits_since_scan += 1
                     self.registered.discard(step.key)
                     continue
                 h = self.holders[step.key]
@@ -268,6 +276,13 @@ class HolderSet:
                 rec.update(_smaps_rollup(h.pid))
             out[key.pid] = rec
         return out
+
+
+def _rmap_items(pid: int) -> int:
+    try:
+        return parse_ksm_stat(Path(f"/proc/{pid}/ksm_stat").read_text()).get("ksm_rmap_items", 0)
+    except OSError:
+        return 0
 
 
 def _smaps_rollup(pid: int) -> dict[str, int]:
@@ -359,10 +374,7 @@ class _Runner:
 
     def wait_scan(self, b: int, pages: int) -> ScanRecord | None:
         """Wait for the end of full scan ``b``, stop ksmd, sample. ``None``: no scan came."""
-        nothing_left = not self.holders.registered
-        if nothing_left and not self.holders.exits_since_scan:
-            self.lease.stop()
-            return None  # ksmd's mm list is empty: no scan will come
+        nothing_left = not self.holders.registered  # only exited mms to tear down
         timeout = self.clock.scan_timeout_s(pages)
         if nothing_left:
             timeout = min(timeout, 2.0 + 4 * self.clock.sleep_ms / 1000)
@@ -392,7 +404,7 @@ class _Runner:
                 hint="use a longer --sleep-ms so that the end of each scan can be caught",
             )
         late = stopped - last_below > self.clock.min_sleep_s()
-        self.holders.exits_since_scan = 0
+        self.holders.pending_teardown = 0
         return ScanRecord(
             full_scans=b,
             t_s=self.t(),
@@ -536,14 +548,28 @@ def run_on_kernel(
         snaps: list[SnapshotRecord] = []
         ended_early = False
         progress.start("kernel full scans", scans)
+        applied_at: list[int | None] = [None] * len(schedule)
         with HolderSet(plan) as holders:
             runner = _Runner(ls, holders, clock, detail=detail, poll_s=poll_s)
-            pages = 0
-            for b in range(1, scans + 1):
-                for k in due.get(b, []):
-                    holders.apply(plan.snapshots[k])
-                    pages = plan.snapshots[k].pages
-                    snaps.append(runner.after_snapshot(plan.snapshots[k], b))
+            nxt, b, pages = 0, 1, 0
+
+            def apply_next(before_scan: int) -> None:
+                nonlocal nxt, pages
+                holders.apply(plan.snapshots[nxt])
+                pages = plan.snapshots[nxt].pages
+                snaps.append(runner.after_snapshot(plan.snapshots[nxt], before_scan))
+                applied_at[nxt] = before_scan
+                nxt += 1
+
+            while b <= scans:
+                while nxt < len(schedule) and schedule[nxt] <= b:
+                    apply_next(b)
+                if holders.list_empty():
+                    if nxt < len(schedule):  # ksmd waits for a registration: the next snapshot
+                        apply_next(b)
+                        continue
+                    ended_early = True
+                    break
                 for name, value in changes.get(b, {}).items():
                     ls.write(name, value)
                 runner.start()
@@ -553,10 +579,9 @@ def run_on_kernel(
                     break
                 records.append(rec)
                 progress.advance(1)
-            else:
-                for k in due.get(scans + 1, []):
-                    holders.apply(plan.snapshots[k])
-                    snaps.append(runner.after_snapshot(plan.snapshots[k], scans + 1))
+                b += 1
+            while not ended_early and nxt < len(schedule) and schedule[nxt] <= scans + 1:
+                apply_next(scans + 1)
         progress.finish()
         saved = dict(ls.saved)
     provenance = Provenance(
@@ -575,4 +600,4 @@ def run_on_kernel(
             "pid": os.getpid(),
         },
     )
-    return KernelRun(records, snaps, schedule, scans, dict(applied), provenance, ended_early)
+    return KernelRun(records, snaps, applied_at, scans, dict(applied), provenance, ended_early)
