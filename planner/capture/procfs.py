@@ -18,6 +18,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -108,27 +109,44 @@ class MapEntry:
     inode: int
     path: str
     """The name column: a file path, ``[heap]``, ``[anon:name]``, ... or ``""``."""
-    smaps: dict[str, str] | None = field(default=None, compare=False)
-    """Raw smaps fields (``Anonymous``, ``Swap``, ``VmFlags``, ...) or ``None`` if not read."""
+    smaps_text: str | None = field(default=None, compare=False, repr=False)
+    """The smaps lines of this mapping (parsed on first use), or ``None`` if not read."""
 
     @property
     def pages(self) -> int:
         """Number of 4 KiB pages the mapping spans."""
         return (self.end - self.start) // PAGE_SIZE_BYTES
 
+    @cached_property
+    def smaps(self) -> dict[str, str] | None:
+        """Raw smaps fields (``Anonymous``, ``Swap``, ``VmFlags``, ...) or ``None`` if not read.
+
+        Parsed lazily: a Python process has hundreds of mappings, of which capture needs the
+        fields of the kept ones only (parsing all of smaps costs more than reading it).
+        """
+        if self.smaps_text is None:
+            return None
+        return {f.group(1): f.group(2).strip() for f in _SMAPS_FIELD.finditer(self.smaps_text)}
+
     def smaps_kb(self, name: str) -> int | None:
         """An smaps size field in kB (``Anonymous``, ``Swap``, ``KSM``, ...), or ``None``."""
-        if self.smaps is None or name not in self.smaps:
+        fields = self.smaps
+        if fields is None or name not in fields:
             return None
-        value = self.smaps[name].split()
+        value = fields[name].split()
         return int(value[0]) if value and value[0].isdigit() else None
 
-    @property
+    @cached_property
     def vm_flags(self) -> frozenset[str] | None:
         """The two-letter VmFlags of smaps (``mg`` = VM_MERGEABLE, ``ht`` = hugetlb, ...)."""
-        if self.smaps is None or "VmFlags" not in self.smaps:
+        text = self.smaps_text
+        if text is None:
             return None
-        return frozenset(self.smaps["VmFlags"].split())
+        at = text.rfind("VmFlags:")
+        if at < 0:
+            return None
+        line_end = text.find("\n", at)
+        return frozenset(text[at + 8 : line_end if line_end >= 0 else len(text)].split())
 
 
 _MAPS_LINE = re.compile(
@@ -140,8 +158,8 @@ _SMAPS_FIELD = re.compile(r"^([A-Za-z_]+):[ \t]*(.*)$", re.MULTILINE)
 def parse_maps(text: str) -> list[MapEntry]:
     """Parse the text of ``/proc/<pid>/maps`` or ``/proc/<pid>/smaps``.
 
-    For smaps, each mapping's fields (the lines after its header) are kept in
-    :attr:`MapEntry.smaps`.
+    For smaps, each mapping's field lines (after its header) are kept in
+    :attr:`MapEntry.smaps_text` and parsed on first use.
 
     Examples
     --------
@@ -151,23 +169,18 @@ def parse_maps(text: str) -> list[MapEntry]:
     headers = list(_MAPS_LINE.finditer(text))
     out: list[MapEntry] = []
     for i, m in enumerate(headers):
-        fields: dict[str, str] | None = None
         block_end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-        if block_end > m.end() + 1:
-            fields = {
-                f.group(1): f.group(2).strip()
-                for f in _SMAPS_FIELD.finditer(text, m.end(), block_end)
-            }
+        start, end, perms, offset, dev, inode, path = m.groups()
         out.append(
             MapEntry(
-                start=int(m.group(1), 16),
-                end=int(m.group(2), 16),
-                perms=m.group(3),
-                offset=int(m.group(4), 16),
-                dev=m.group(5),
-                inode=int(m.group(6)),
-                path=m.group(7).rstrip("\n"),
-                smaps=fields,
+                start=int(start, 16),
+                end=int(end, 16),
+                perms=perms,
+                offset=int(offset, 16),
+                dev=dev,
+                inode=int(inode),
+                path=path,
+                smaps_text=text[m.end() + 1 : block_end] if block_end > m.end() + 1 else None,
             )
         )
     return out
