@@ -1,0 +1,187 @@
+"""Static dedup potential (``ksm-planner info``) on a hand-made trace with known answers.
+
+The world (content ids; 0 is the zero page; F<n> are physical frames)::
+
+    t=0   master 100  heap 0x10000: 1 1 2 0 0   (F1..F5)   anon 0x100000: 3 4 (F6 F7)
+    then  fork 101 and 102 ("worker"): they map F1..F7 (fork COW sharing)
+          101 writes 5 at 0x12000 (COW -> F8); 102 writes 5 there too (F9)
+          102 writes 3 at 0x100000 (COW -> F10: same content as F6, a new frame)
+          spawn 200 ("other", no labels) anon 0x200000: 1 0 (F11 F12)
+    t=10  snapshot
+
+Expected numbers at t=10, worked out by hand:
+
+* pages 23 = 7 + 7 + 7 + 2; frames 12 (F1..F12); distinct hashes 6 {0,1,2,3,4,5};
+* zero pages 7 (two per heap, one in 200), zero frames 3 (F4, F5, F12);
+* naive = 23 - 6 = 17;
+* ideal = (non-zero frames 9 - non-zero hashes 5) + zero frames 3 = 7;
+* fork-shared = 23 - 12 = 11;
+* (hash, pid) pairs 5 + 5 + 5 + 2 = 17: within-process 23 - 17 = 6, cross-process 17 - 6 = 11.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from planner.testing.builder import World
+from planner.trace import schema as S
+from planner.trace.summary import (
+    GroupPotential,
+    SnapshotPotential,
+    host_potential,
+    snapshot_potential,
+    summarize_trace,
+)
+
+
+def _world() -> World:
+    w = World(host="web-1")
+    w.spawn(100, comm="master", labels={"svc": "web"})
+    w.map(100, 0x10000, [1, 1, 2, 0, 0], kind="heap")
+    w.map(100, 0x100000, [3, 4], kind="anon")
+    w.snapshot(0.0)
+    w.fork(100, 101, comm="worker")
+    w.fork(100, 102, comm="worker")
+    w.write(101, 0x12000, 5)
+    w.write(102, 0x12000, 5)
+    w.write(102, 0x100000, 3)
+    w.spawn(200, comm="other")
+    w.map(200, 0x200000, [1, 0], kind="anon")
+    w.snapshot(10.0)
+    return w
+
+
+def _group(groups: tuple[GroupPotential, ...], name: str) -> GroupPotential:
+    return next(g for g in groups if g.group == name)
+
+
+@pytest.fixture(scope="module")
+def potentials() -> list[SnapshotPotential]:
+    return host_potential(_world().host_trace())
+
+
+def test_first_snapshot_single_process(potentials: list[SnapshotPotential]) -> None:
+    s = potentials[0]
+    assert (s.processes, s.pages, s.frames, s.distinct_hashes) == (1, 7, 7, 5)
+    assert (s.zero_pages, s.zero_frames) == (2, 2)
+    assert s.naive_saved_pages == 2  # the second "1" and the second zero page
+    assert s.ideal_saved_frames == 3  # (5 - 4) non-zero + 2 zero frames
+    assert s.fork_shared_pages == 0
+    assert (s.within_process_saved_pages, s.cross_process_saved_pages) == (2, 0)
+
+
+def test_totals_with_fork_shared_frames_and_zero_pages(potentials: list[SnapshotPotential]) -> None:
+    s = potentials[1]
+    assert s.time_s == 10.0
+    assert (s.processes, s.pages, s.frames, s.distinct_hashes) == (4, 23, 12, 6)
+    assert (s.zero_pages, s.zero_frames) == (7, 3)
+    assert s.naive_saved_pages == 17
+    assert s.ideal_saved_frames == 7
+    assert s.fork_shared_pages == 11
+    assert (s.within_process_saved_pages, s.cross_process_saved_pages) == (6, 11)
+    assert s.naive_saved_fraction == pytest.approx(17 / 23)
+    assert s.ideal_saved_fraction == pytest.approx(7 / 12)
+
+
+def test_by_mapping_kind(potentials: list[SnapshotPotential]) -> None:
+    s = potentials[1]
+    heap, anon = _group(s.by_kind, "heap"), _group(s.by_kind, "anon")
+    # heap: 15 pages; redundant copies beyond the first (scan order pid, address): 2 in 100,
+    # 4 in 101 (its "5" is the first 5), 5 in 102; frames freed: F2, F9 + zero F4, F5
+    assert (heap.pages, heap.zero_pages, heap.frames, heap.distinct_hashes) == (15, 6, 7, 4)
+    assert (heap.naive_saved_pages, heap.ideal_saved_frames, heap.fork_shared_pages) == (11, 4, 8)
+    # anon: 8 pages; 101: 2, 102: 2, 200: 2 redundant; frames freed F10, F11 + zero F12
+    assert (anon.pages, anon.zero_pages, anon.frames, anon.distinct_hashes) == (8, 1, 5, 4)
+    assert (anon.naive_saved_pages, anon.ideal_saved_frames, anon.fork_shared_pages) == (6, 3, 3)
+    # attributed columns add up to the snapshot totals
+    assert sum(g.naive_saved_pages for g in s.by_kind) == s.naive_saved_pages
+    assert sum(g.ideal_saved_frames for g in s.by_kind) == s.ideal_saved_frames
+    assert sum(g.fork_shared_pages for g in s.by_kind) == s.fork_shared_pages
+
+
+def test_by_comm_and_labels(potentials: list[SnapshotPotential]) -> None:
+    s = potentials[1]
+    got = {
+        g.group: (g.pages, g.naive_saved_pages, g.ideal_saved_frames, g.fork_shared_pages)
+        for g in s.by_comm
+    }
+    assert got == {"master": (7, 2, 3, 0), "worker": (14, 13, 2, 11), "other": (2, 2, 2, 0)}
+    labels = {g.group: (g.pages, g.naive_saved_pages, g.ideal_saved_frames) for g in s.by_label}
+    assert labels == {"svc=web": (21, 15, 5), "(no labels)": (2, 2, 2)}
+
+
+def test_unhashed_pages_are_not_candidates() -> None:
+    """Swapped pages (no hash, no frame) are counted apart and change nothing else."""
+    pages = pa.table(
+        {
+            "pid": pa.array([1, 1, 1, 2], pa.int32()),
+            "vma_start": pa.array([4096] * 4, pa.uint64()),
+            "content_hash": pa.array([7, None, 7, 7], pa.uint64()),
+            "frame_id": pa.array([10, None, 11, 10], pa.uint64()),
+            "flags": pa.array([0, int(S.PageFlag.SWAPPED), 0, 0], pa.uint16()),
+        }
+    )
+    procs = pa.table({"pid": pa.array([1, 2], pa.int32()), "comm": ["a", "b"]})
+    maps = pa.table(
+        {
+            "pid": pa.array([1, 2], pa.int32()),
+            "start": pa.array([4096, 4096], pa.uint64()),
+            "kind": ["anon", "anon"],
+        }
+    )
+    s = snapshot_potential(pages, procs, maps)
+    assert (s.pages, s.unhashed_pages, s.frames, s.distinct_hashes) == (3, 1, 2, 1)
+    assert (s.naive_saved_pages, s.ideal_saved_frames, s.fork_shared_pages) == (2, 1, 1)
+    assert (s.within_process_saved_pages, s.cross_process_saved_pages) == (1, 1)
+
+
+def test_summarize_trace_directory(tmp_path: Path) -> None:
+    _world().write_trace(tmp_path / "t")
+    summary = summarize_trace(tmp_path / "t")
+    assert summary.processes == 4  # 100, 101, 102, 200 (distinct pid and start time)
+    assert summary.pages == 7 + 23
+    assert [s.ideal_saved_frames for s in summary.snapshots] == [3, 7]
+    assert [s.naive_saved_pages for s in summary.snapshots] == [2, 17]
+    manifest = json.loads((tmp_path / "t" / S.MANIFEST_NAME).read_text())
+    pages_bytes = manifest["files"]["host=web-1/pages.parquet"]["bytes"]
+    assert summary.bytes_per_page == pytest.approx(pages_bytes / 30)
+    total = (
+        sum(f["bytes"] for f in manifest["files"].values())
+        + (tmp_path / "t" / S.MANIFEST_NAME).stat().st_size
+    )
+    assert summary.total_bytes_per_page == pytest.approx(total / 30)
+    d: dict[str, Any] = summary.to_dict()
+    assert d["provenance"]["trace_hash"] == manifest["trace_hash"]
+    assert d["hosts"][0]["snapshots"] == 2
+
+
+def test_streamed_summary_equals_in_memory(tmp_path: Path) -> None:
+    """Streaming pages in small batches gives the same numbers as the whole table."""
+    w = _world()
+    w.write_trace(tmp_path / "t")
+    from planner.trace.io import open_trace
+
+    trace = open_trace(tmp_path / "t")
+    parts = list(trace.iter_snapshot_pages("web-1", batch_rows=4))
+    assert [sid for sid, _ in parts] == [0, 1]
+    assert [t.num_rows for _, t in parts] == [7, 23]
+    assert [s.to_dict() for s in summarize_trace(tmp_path / "t").snapshots] == [
+        {**s.to_dict(), "host": "web-1"} for s in host_potential(w.host_trace())
+    ]
+
+
+def test_empty_snapshot_is_reported(tmp_path: Path) -> None:
+    w = World(host="h")
+    w.spawn(1)
+    w.map(1, 4096, [1, 1])
+    w.snapshot(0.0)
+    w.exit(1)
+    w.snapshot(5.0)
+    w.write_trace(tmp_path / "t")
+    snaps = summarize_trace(tmp_path / "t").snapshots
+    assert [(s.time_s, s.pages, s.naive_saved_pages) for s in snaps] == [(0.0, 2, 1), (5.0, 0, 0)]
