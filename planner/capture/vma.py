@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 from planner.capture.procfs import PAGE_SIZE_BYTES, MapEntry
@@ -147,18 +146,24 @@ def read_bss_segments(path: str | os.PathLike[str]) -> tuple[LoadSegment, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=4096)
-def _cached_segments(
-    path: str, dev: int, ino: int, mtime_ns: int, size: int
-) -> tuple[LoadSegment, ...]:
-    del dev, ino, mtime_ns, size  # cache key only
-    return read_bss_segments(path)
+_SEGMENT_CACHE: dict[tuple[int, int, int, int], tuple[LoadSegment, ...]] = {}
+_SEGMENT_CACHE_MAX: Final = 4096
 
 
 def cached_bss_segments(path: str | os.PathLike[str]) -> tuple[LoadSegment, ...]:
-    """:func:`read_bss_segments`, cached by the file's identity (device, inode, mtime, size)."""
+    """:func:`read_bss_segments`, cached by the file's identity (device, inode, mtime, size).
+
+    The path differs per process (``/proc/<pid>/root/...``) but the identity does not, so
+    every library is read once per capture however many processes map it.
+    """
     try:
         st = os.stat(path)
     except OSError:
         return ()
-    return _cached_segments(os.fspath(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _SEGMENT_CACHE.get(ident)
+    if hit is None:
+        if len(_SEGMENT_CACHE) >= _SEGMENT_CACHE_MAX:
+            _SEGMENT_CACHE.clear()
+        hit = _SEGMENT_CACHE[ident] = read_bss_segments(path)
+    return hit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,3 +122,22 @@ def test_read_bss_segments_of_non_elf_files(tmp_path: Path) -> None:
     assert read_bss_segments(text) == ()
     assert read_bss_segments(tmp_path / "missing") == ()
     assert cached_bss_segments(tmp_path / "missing") == ()
+
+
+def test_bss_segments_are_cached_by_file_identity(
+    fake_proc: FakeProc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process sees a library under its own /proc/<pid>/root path: read it once."""
+    from planner.capture import vma
+
+    elf = fake_proc.write_elf(
+        tmp_path / "a" / "libc.so", [(PT_LOAD, PF_R | PF_W, 0x2000, 0x2000, 1, 2)]
+    )
+    other = tmp_path / "b" / "libc.so"
+    other.parent.mkdir()
+    os.link(elf, other)
+    calls: list[Path] = []
+    real = vma.read_bss_segments
+    monkeypatch.setattr(vma, "read_bss_segments", lambda p: calls.append(Path(p)) or real(p))
+    assert cached_bss_segments(elf) == cached_bss_segments(other) != ()
+    assert len(calls) == 1
