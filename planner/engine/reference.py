@@ -14,6 +14,9 @@ docs/engine.md):
   are removed, chains are pruned/collapsed as ``stable_node_dup()`` does. In the kernel
   only the nodes on the rb-tree path are visited; with many searches per scan the
   difference is in *when* within a scan this happens;
+* the prune clock of chains (``stable_node_chains_prune_millisecs``) is read when a full
+  scan starts, so a chain is pruned at most once per full scan (the kernel reads jiffies at
+  each walk; the two agree when a full scan is one batch);
 * an unstable-tree entry whose page changed or vanished since insertion is dropped: later
   searches do not find it (the kernel may find it by its new content, or abort the search);
 * physical pages are tracked as entities: unchanged rows keep theirs, forked children map
@@ -141,6 +144,7 @@ class ReferenceEngine:
         self.chains: list[_Chain] = []
         self.unstable: dict[int, _Item] = {}
         self.now_ns = 0
+        self.scan_start_ns = 0  # the prune clock of stable_node chains (see module notes)
         # counters
         self.shared = self.sharing = self.unshared = self.rmap_items = 0
         self.scanned = self.skipped = self.seqnr = 0
@@ -163,6 +167,8 @@ class ReferenceEngine:
         self.snapshot_first_scan: list[int | None] = [None] * len(inp.snapshots)
         self.snapshot_applied_ns: list[int | None] = [None] * len(inp.snapshots)
         self.next_snap = 0
+        #: optional debugging aid: (full scan, mm, page, path) of every visit, when a list
+        self.visit_log: list[tuple[int, int, int, str]] | None = None
 
     # ------------------------------------------------------------------ physical world
 
@@ -277,8 +283,8 @@ class ReferenceEngine:
 
     def _chain_visit(self, chain: _Chain, *, prune: bool) -> _Node | None:
         """stable_node_dup(): pick a dup; free stale dups met; collapse or free the chain."""
-        if prune and self.now_ns >= chain.prune_ns + self.k.stable_node_chains_prune_ms * NS_PER_MS:
-            chain.prune_ns = self.now_ns
+        if prune and self.scan_start_ns >= chain.prune_ns + self.k.stable_node_chains_prune_ms * NS_PER_MS:
+            chain.prune_ns = self.scan_start_ns
         else:
             prune = False
         found: _Node | None = None
@@ -345,7 +351,7 @@ class ReferenceEngine:
             self.stable[key] = node
         else:
             if isinstance(slot, _Node):
-                chain = _Chain(key=key, prune_ns=self.now_ns, dups=[slot])
+                chain = _Chain(key=key, prune_ns=self.scan_start_ns, dups=[slot])
                 slot.chain = chain
                 self.stable[key] = chain
                 self.chains.append(chain)
@@ -444,6 +450,8 @@ class ReferenceEngine:
         item.rem -= 1
         self._remove_from_tree(item)
         self._batch_paths["skip"] += 1
+        if self.visit_log is not None:
+            self.visit_log.append((self.seqnr, item.mm, item.page, "skip"))
         return True
 
     def _next_slot(self, mm: int) -> int | None:
@@ -474,6 +482,7 @@ class ReferenceEngine:
         if self.cursor is None:
             self._scan_started = True
             self.advisor.start_scan_ns = self.now_ns
+            self.scan_start_ns = self.now_ns
             self.unstable.clear()
             self.cursor = self.slots[0]
             self.cursor_page = 0
@@ -503,6 +512,7 @@ class ReferenceEngine:
             if nxt is None:
                 self.cursor = None
                 self._scan_ended = True
+                self.seqnr += 1
                 return None
             self.cursor = nxt
             self.cursor_page = 0
@@ -528,9 +538,20 @@ class ReferenceEngine:
             self.split_thp.add(blk)
 
     def _cmp_and_merge(self, mm: int, i: int, item: _Item) -> None:
+        if self.visit_log is None:
+            self._cmp_and_merge_inner(mm, i, item)
+            return
+        before = Counter(self._batch_paths)
+        self._cmp_and_merge_inner(mm, i, item)
+        (path,) = (self._batch_paths - before).keys()
+        self.visit_log.append((self.seqnr, mm, item.page, path))
+
+    def _cmp_and_merge_inner(self, mm: int, i: int, item: _Item) -> None:
         snap = self.inp.snapshots[self.snap_i]
         self.scanned += 1
         paths = self._batch_paths
+        allocated_now = item.fresh  # a new rmap_item is handled on the visit that allocates it
+        item.fresh = False
         node = self.ent_node.get(self.phys[i]) if self.phys[i] != ZERO else None
         if node is not None:
             if item.state == STABLE and item.node is node:
@@ -544,8 +565,7 @@ class ReferenceEngine:
         self._remove_from_tree(item)
         h = int(snap.hash[i])
         if not item.has_sum or item.oldsum != h:
-            paths["first_visit" if item.fresh else "volatile"] += 1
-            item.fresh = False
+            paths["first_visit" if allocated_now else "volatile"] += 1
             item.oldsum = h
             item.has_sum = True
             return
@@ -711,7 +731,6 @@ class ReferenceEngine:
             scan_batches += 1
             sample_until(t, True)
             if self._scan_ended:
-                self.seqnr += 1
                 end_t = t + cpu
                 if self.k.advisor == "scan-time":
                     pages, _, _ = advisor_step(

@@ -83,7 +83,7 @@ class World:
         self._next_frame = 1
         self._next_start = 1
         self._frame_refs: dict[int, int] = {}
-        self._snapshots: list[tuple[float, pa.Table]] = []
+        self._snapshots: list[tuple[float, pa.Table, list[dict[str, Any]]]] = []
 
     # -- processes -------------------------------------------------------------------------
 
@@ -206,7 +206,13 @@ class World:
         )
         if self._snapshots and time_s <= self._snapshots[-1][0]:
             raise ValueError("snapshot times must increase")
-        self._snapshots.append((float(time_s), table))
+        alive = [
+            {"pid": p.pid, "proc_start": p.proc_start, "ppid": p.ppid, "comm": p.comm, "cgroup": p.cgroup,
+             "uid": p.uid, "labels": json.dumps(p.labels, sort_keys=True) if p.labels else None}
+            for p in self.procs.values()
+            if not p.pages
+        ]
+        self._snapshots.append((float(time_s), table, alive))
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -218,8 +224,17 @@ class World:
 
     def _emit(self, sink: Any) -> None:
         conv = FlatConverter(self.host, snapshot_meta=self._meta())
-        for sid, (t, rows) in enumerate(self._snapshots):
+        for sid, (t, rows, pageless) in enumerate(self._snapshots):
             snap, procs, maps, pages = conv.convert(sid, t, rows)
+            if pageless:  # processes without pages are alive too
+                extra = pa.Table.from_pylist(
+                    [{"snapshot_id": sid, "state": "ok", "pages": 0, **p} for p in pageless],
+                    schema=pa.schema([procs.schema.field(n) if n in procs.column_names else
+                                      S.PROCESSES_SCHEMA.field(n) for n in
+                                      ("snapshot_id", "state", "pages", "pid", "proc_start", "ppid", "comm",
+                                       "cgroup", "uid", "labels")]),
+                )
+                procs = pa.concat_tables([procs, extra.select(procs.column_names)] if set(extra.column_names) >= set(procs.column_names) else [procs, extra], promote_options="default")
             sink.add_snapshot(snap, processes=procs, mappings=maps, pages=pages)
 
     def host_trace(self) -> HostTrace:
