@@ -397,14 +397,16 @@ class _Source:
 
     # -- CSV ----------------------------------------------------------------------------
 
-    def _csv_reader(self, types: Mapping[str, pa.DataType], invalid: list[Any]) -> Any:
+    def _csv_reader(
+        self, types: Mapping[str, pa.DataType], invalid: list[Any], *, threads: bool
+    ) -> Any:
         def on_invalid(row: Any) -> Literal["skip", "error"]:
             invalid.append(row)
             return "error"
 
         return pacsv.open_csv(
             str(self.path),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
+            read_options=pacsv.ReadOptions(use_threads=threads, block_size=_CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict(types),
@@ -432,12 +434,16 @@ class _Source:
         invalid: list[Any] = []
         row0 = 0
         try:
-            reader = self._csv_reader({c: self.types[c] for c in self.columns}, invalid)
+            # threads let pyarrow parse ahead; they lose the row numbers of parse errors,
+            # which the single-threaded diagnosis pass below finds again
+            reader = self._csv_reader(
+                {c: self.types[c] for c in self.columns}, invalid, threads=True
+            )
             for batch in reader:
                 yield row0, pa.Table.from_batches([batch])
                 row0 += batch.num_rows
         except pa.ArrowInvalid as exc:
-            if invalid:
+            if invalid and invalid[0].number is not None:
                 self._csv_parse_error(invalid[0])
             self._diagnose_csv(exc)
         except OSError as exc:
@@ -450,7 +456,9 @@ class _Source:
         invalid: list[Any] = []
         row0 = 0
         try:
-            reader = self._csv_reader({c: pa.string() for c in self.columns}, invalid)
+            reader = self._csv_reader(
+                {c: pa.string() for c in self.columns}, invalid, threads=False
+            )
             for batch in reader:
                 for c in self.columns:
                     target = self.types[c]
@@ -1106,6 +1114,18 @@ def _is_sorted(pid: np.ndarray[Any, Any], addr: np.ndarray[Any, Any]) -> bool:
     return bool(np.all((dp > 0) | ((dp == 0) & (addr[1:] >= addr[:-1]))))
 
 
+def _sort_order(pid: np.ndarray[Any, Any], addr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The stable permutation sorting rows by ``(pid, addr)`` (addresses are page-aligned).
+
+    One sort of a packed 64-bit key (pid in the top 22 bits, page number below) when the
+    values fit, which is about twice as fast as a two-key ``lexsort``.
+    """
+    if len(pid) and int(pid.max()) < 1 << 22 and int(addr.max()) >> 12 < 1 << 42:
+        key = (pid.astype(np.uint64) << np.uint64(42)) | (addr >> np.uint64(12))
+        return np.argsort(key, kind="stable")
+    return np.lexsort((addr, pid))
+
+
 def _count_le(pid: np.ndarray[Any, Any], addr: np.ndarray[Any, Any], cp: int, ca: int) -> int:
     """Rows of a sorted run whose key ``(pid, addr)`` is at most ``(cp, ca)``."""
     lo = int(np.searchsorted(pid, cp, side="left"))
@@ -1249,7 +1269,7 @@ class _HostIngest:
         pid, addr = _keys(table)
         if _is_sorted(pid, addr):
             return table, None
-        order = np.lexsort((addr, pid))
+        order = _sort_order(pid, addr)
         del pid, addr
         return table.combine_chunks(), order
 
@@ -1295,7 +1315,7 @@ class _HostIngest:
                 merged = pa.concat_tables(parts, promote_options="permissive")
                 pid, addr = _keys(merged)
                 if len(parts) > 1 and not _is_sorted(pid, addr):
-                    merged = merged.take(np.lexsort((addr, pid)))
+                    merged = merged.take(_sort_order(pid, addr))
                 yield merged
         finally:
             for r in runs:
