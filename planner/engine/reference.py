@@ -805,4 +805,15 @@ class ReferenceEngine:
             cost=cost,
             snapshot_first_scan=self.snapshot_first_scan,
             snapshot_applied_s=[None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns],
+            final_node_members=self._node_members(),
         )
+
+    def _node_members(self) -> list[tuple[int, int, int]]:
+        nodes: list[_Node] = []
+        for slot in self.stable.values():
+            nodes.extend(slot.dups if isinstance(slot, _Chain) else [slot])
+        out: list[tuple[int, int, int]] = []
+        for i, node in enumerate(sorted(nodes, key=lambda n: (n.key, n.entity))):
+            per_mm = Counter(it.mm for it in node.items)
+            out.extend((i, mm, n) for mm, n in sorted(per_mm.items()))
+        return out

@@ -203,6 +203,10 @@ class ReplayResult:
     cost: CostSummary
     snapshot_first_scan: list[int | None]
     snapshot_applied_s: list[float | None] = field(default_factory=list)
+    #: At the end: which mms have items on which KSM page, as ``(node, mm, items)`` triples
+    #: (node ids are engine-internal; use them only to group). mm ids are those of
+    #: :class:`planner.engine.prepare.ReplayInput` (``inp.mms[mm].pid``, registration domain).
+    final_node_members: list[tuple[int, int, int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The ``replay --json`` document."""

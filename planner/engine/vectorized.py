@@ -1157,7 +1157,28 @@ class VectorizedEngine:
             cost=cost,
             snapshot_first_scan=self.snapshot_first_scan,
             snapshot_applied_s=[None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns],
+            final_node_members=self._node_members(),
         )
+
+    def _node_members(self) -> list[tuple[int, int, int]]:
+        snap = self.snap
+        rows = np.flatnonzero(self.it["state"] == STABLE) if snap is not None else np.empty(0, np.int64)
+        node = np.concatenate([self.it["node"][rows], self.orph["node"][self.orph["state"] == STABLE]])
+        mm = np.concatenate([
+            snap.mm[rows].astype(np.int64) if snap is not None else np.empty(0, np.int64),
+            (self.o_key[self.orph["state"] == STABLE] >> _KEY_SHIFT).astype(np.int64),
+        ])
+        if node.size == 0:
+            return []
+        # number nodes by (content, entity) like the reference does
+        keys = self.node_key.a[node]
+        ents = self.node_ent.a[node]
+        uk = np.unique(np.stack([keys, ents.astype(np.uint64)]), axis=1)
+        rank = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(uk[0].tolist(), uk[1].tolist(), strict=True))}
+        pairs, counts = np.unique(np.stack([node, mm]), axis=1, return_counts=True)
+        out = [(rank[(int(self.node_key.a[n]), int(self.node_ent.a[n]))], int(m), int(c))
+               for n, m, c in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist(), strict=True)]
+        return sorted(out)
 
 
 class _Loop:
