@@ -136,40 +136,42 @@ class KernelRun:
 # ------------------------------------------------------------------------------ knobs
 
 
+#: Replay knob name -> sysfs knob name (``hz`` has none: it is the kernel's CONFIG_HZ).
+REPLAY_TO_SYSFS = {
+    "pages_to_scan": "pages_to_scan",
+    "sleep_ms": "sleep_millisecs",
+    "max_page_sharing": "max_page_sharing",
+    "use_zero_pages": "use_zero_pages",
+    "smart_scan": "smart_scan",
+    "stable_node_chains_prune_ms": "stable_node_chains_prune_millisecs",
+    "advisor_max_cpu": "advisor_max_cpu",
+    "advisor_min_pages_to_scan": "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan": "advisor_max_pages_to_scan",
+    "advisor_target_scan_time_s": "advisor_target_scan_time",
+}
+
+
 def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
     """Translate replay knobs (``KsmKnobs`` or a mapping with its names) to sysfs knobs.
 
-    ``hz`` has no sysfs knob (it is the kernel's ``CONFIG_HZ``) and is dropped. With the
-    scan-time advisor, ``pages_to_scan`` becomes ``advisor_min_pages_to_scan``: the kernel
-    starts the advisor there and refuses writes of ``pages_to_scan`` while it is on.
+    ``hz`` has no sysfs knob and is dropped. With the scan-time advisor ``pages_to_scan`` is
+    dropped too: switching the advisor on starts it at ``advisor_min_pages_to_scan`` and the
+    kernel refuses writes of ``pages_to_scan`` while it is on (the replay does the same).
 
     Examples
     --------
     >>> sysfs_knobs({"pages_to_scan": 1000, "sleep_ms": 100, "smart_scan": False})
     {'pages_to_scan': 1000, 'sleep_millisecs': 100, 'smart_scan': 0}
     """
-    get = (
-        knobs.get
-        if isinstance(knobs, Mapping)
-        else (lambda name, default=None: getattr(knobs, name, default))
-    )
+    values = dict(knobs) if isinstance(knobs, Mapping) else knobs.to_dict()
     out: dict[str, int | str] = {}
-    advisor = get("advisor", None)
-    advisor_name = getattr(advisor, "value", advisor)
-    for src, dst in (
-        ("pages_to_scan", "pages_to_scan"),
-        ("sleep_ms", "sleep_millisecs"),
-        ("max_page_sharing", "max_page_sharing"),
-        ("use_zero_pages", "use_zero_pages"),
-        ("smart_scan", "smart_scan"),
-    ):
-        v = get(src, None)
-        if v is not None:
-            out[dst] = int(v)
-    if advisor_name not in (None, "none"):
-        out["advisor_mode"] = str(advisor_name)
-        if "pages_to_scan" in out:
-            out["advisor_min_pages_to_scan"] = out.pop("pages_to_scan")
+    for src, dst in REPLAY_TO_SYSFS.items():
+        if values.get(src) is not None:
+            out[dst] = int(values[src])
+    advisor = values.get("advisor")
+    if advisor not in (None, "none"):
+        out["advisor_mode"] = str(advisor)
+        out.pop("pages_to_scan", None)
     return out
 
 
