@@ -405,7 +405,10 @@ class _Runner:
                 f"ksmd completed full scan {fs2} before it could be stopped after scan {b}",
                 hint="use a longer --sleep-ms so that the end of each scan can be caught",
             )
-        late = stopped - last_below > self.clock.min_sleep_s()
+        # A scan of fewer pages than pages_to_scan is one batch: had ksmd begun the next one,
+        # stopping would have waited for it and full_scans would show it (checked above).
+        # Otherwise a stall longer than ksmd's sleep may hide the start of the next scan.
+        late = pages >= self.clock.pages_to_scan and stopped - last_below > self.clock.min_sleep_s()
         self.holders.pending_teardown = 0
         return ScanRecord(
             full_scans=b,

@@ -9,11 +9,12 @@ and that every knob is back to what it was.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from planner.cli import main
 from planner.errors import KernelUnsupportedError, KsmBusyError
 from planner.kernel.sysfs import COUNTERS, KERNEL_DEFAULTS, KsmLease, KsmSysfs
 
@@ -100,3 +101,34 @@ def write_fake_proc(root: Path, stats: dict[int, str | None]) -> Path:
         if text is not None:
             (d / "ksm_stat").write_text(text)
     return root
+
+
+@pytest.fixture
+def ksm_free() -> Iterator[KsmSysfs]:
+    """Real KSM that a command may lease itself (skips like ``ksm_lease``; checks after)."""
+    sysfs = KsmSysfs()
+    try:
+        KsmLease().preflight()
+    except (KernelUnsupportedError, KsmBusyError) as exc:
+        pytest.skip(f"KSM cannot be leased here: {exc.one_line()}")
+    before = sysfs.knobs()
+    yield sysfs
+    assert not holder_pids(), "holder processes left behind"
+    assert sysfs.knobs() == before, "the command did not restore every knob"
+
+
+CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Run ``ksm-planner ARGS`` in-process: ``(exit code, stdout, stderr)``."""
+
+    def run(args: Sequence[object]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return int(info.value.code or 0), out, err
+
+    return run
