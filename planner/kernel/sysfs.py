@@ -355,6 +355,15 @@ class KsmLease:
                 hint="stop them first; a run would unmerge their pages and pollute the counters",
             )
 
+    def preflight(self) -> None:
+        """Check now what entering would check (KSM, root, other users), without the lock.
+
+        For commands that do long work before they take the lease.
+        """
+        self._check_environment()
+        if self.check_users:
+            self._check_users()
+
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, name: str, value: int | str) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from planner._progress import NULL_PROGRESS, Progress
 from planner.errors import UsageProblem
 from planner.kernel.run import KernelRun, run_on_kernel, sysfs_knobs
-from planner.kernel.sysfs import COUNTERS
+from planner.kernel.sysfs import COUNTERS, KsmLease
 from planner.provenance import HostInfo, Provenance
 from planner.trace.io import HostTrace, open_trace
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
     from planner.engine import KsmKnobs
     from planner.engine.api import EngineName
-    from planner.kernel.sysfs import KsmLease
 
 #: Full scans run after the replay applied the last snapshot, when ``scans`` is not given.
 DEFAULT_SETTLE_SCANS = 4
@@ -224,6 +223,8 @@ def validate_on_kernel(
     from planner.engine.options import ReplayOptions
     from planner.provenance import kernel_hz
 
+    if lease is None:
+        KsmLease().preflight()  # fail fast (not root, no KSM, KSM busy) before the replay
     ht = source if isinstance(source, HostTrace) else open_trace(source).load_host(host)
     if knobs is None:
         hz = kernel_hz()
