@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +197,38 @@ def test_bad_knobs_are_refused_and_nothing_stays_changed(
     assert fake_sysfs.knobs() == before
     with fake_lease(fake_sysfs, tmp_path):  # the lock was released
         pass
+
+
+def test_sigterm_during_a_lease_still_restores_every_knob(
+    tmp_path: Path, fake_sysfs: KsmSysfs
+) -> None:
+    before = fake_sysfs.knobs()
+    code = (
+        "import sys, time\n"
+        "from planner.kernel.sysfs import KsmLease, KsmSysfs\n"
+        "lease = KsmLease({'pages_to_scan': 5}, sysfs=KsmSysfs(sys.argv[1]),\n"
+        "                 lock_path=sys.argv[2], require_root=False, check_users=False)\n"
+        "with lease:\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, fake_sysfs.root, str(tmp_path / "lock")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        assert fake_sysfs.read("pages_to_scan") == 5
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode != 0
+    assert fake_sysfs.knobs() == before
 
 
 def test_knobs_cannot_be_written_outside_the_lease(tmp_path: Path, fake_sysfs: KsmSysfs) -> None:
