@@ -6,6 +6,10 @@ writable knob, resets KSM (``run=2`` then ``run=0``), applies the requested knob
 the kernel accepts, and on exit -- always, also on exceptions and interrupts -- resets KSM
 again and writes every saved knob back. Nothing else in ``planner`` writes sysfs.
 
+The saved knobs are also journaled in the lock file until they are restored: a run killed
+with SIGKILL (or by the OOM killer) cannot restore anything, so the next lease finds the
+journal and puts the host's knobs back before it saves them.
+
 Notes
 -----
 Kernel rules the write order follows (docs/ksm-kernel-semantics.md §5.3, §7):
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import signal
@@ -231,6 +236,10 @@ class _Interrupted(KeyboardInterrupt):
 class KsmLease:
     """Exclusive, self-restoring use of ``/sys/kernel/mm/ksm``.
 
+    Entering takes the lock, refuses when another process uses KSM, recovers the knobs of a
+    run that died holding the lease, saves every writable knob, resets KSM and applies the
+    knobs. Leaving (always) resets KSM and restores every saved knob.
+
     Parameters
     ----------
     knobs
@@ -270,6 +279,8 @@ class KsmLease:
         self.check_users = check_users
         self.require_root = require_root
         self.saved: dict[str, str] = {}
+        self.recovered: dict[str, str] | None = None
+        """Knobs restored on entry from a run that died holding the lease (SIGKILL, OOM)."""
         self.applied: dict[str, int | str] = {}
         self._lock_fd: int | None = None
         self._active = False
@@ -285,14 +296,20 @@ class KsmLease:
         try:
             if self.check_users:
                 self._check_users()
+            journal = self._read_journal()
+            if journal is not None:  # a run died without restoring: put the host's knobs back
+                self._restore(journal)
+                self.recovered = journal
             self.saved = {n: self.sysfs.read_text(n) for n in self.sysfs.writable_names()}
+            self._write_journal()
             self._active = True
             self._install_signal_handlers()
             self.reset(self.knobs)
         except BaseException:
             try:
                 if self._active:
-                    self._restore()
+                    self._restore(self.saved)
+                    self._clear_journal()
             finally:
                 self._active = False
                 self._uninstall_signal_handlers()
@@ -322,7 +339,7 @@ class KsmLease:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                holder = os.pread(fd, 64, 0).decode(errors="replace").split("\n")[0] or "?"
             finally:
                 os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -331,14 +348,37 @@ class KsmLease:
                     hint="wait for it to finish; KSM is global to the host",
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _release_lock(self) -> None:
+    def _read_journal(self) -> dict[str, str] | None:
+        """The knobs saved by a run that died holding the lease (SIGKILL, OOM), if any."""
+        assert self._lock_fd is not None
+        text = os.pread(self._lock_fd, 1 << 16, 0).decode(errors="replace")
+        _pid, _, rest = text.partition("\n")
+        try:
+            doc = json.loads(rest) if rest.strip() else None
+        except ValueError:
+            return None
+        saved = doc.get("saved") if isinstance(doc, dict) else None
+        if not isinstance(saved, dict):
+            return None
+        return {str(k): str(v) for k, v in saved.items()}
+
+    def _write_journal(self) -> None:
+        """Record our pid and the saved knobs in the lock file until they are restored."""
+        assert self._lock_fd is not None
+        data = f"{os.getpid()}\n{json.dumps({'saved': self.saved}, sort_keys=True)}\n".encode()
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, data, 0)
+        os.fsync(self._lock_fd)
+
+    def _clear_journal(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._lock_fd, 0)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
@@ -462,13 +502,14 @@ class KsmLease:
     ) -> None:
         try:
             with _signals_blocked():
-                self._restore()
+                self._restore(self.saved)
+                self._clear_journal()  # kept when restoring failed: the next lease retries
         finally:
             self._active = False
             self._uninstall_signal_handlers()
             self._release_lock()
 
-    def _restore(self) -> None:
+    def _restore(self, saved_text: Mapping[str, str]) -> None:
         """run=2, run=0, then every saved knob (advisor mode last but one, run last)."""
         problems: list[str] = []
 
@@ -480,7 +521,8 @@ class KsmLease:
 
         attempt("run", "2")
         attempt("run", "0")
-        saved = {n: str(parse_knob(n, v)) for n, v in self.saved.items()}
+        writable = set(self.sysfs.writable_names())
+        saved = {n: str(parse_knob(n, v)) for n, v in saved_text.items() if n in writable}
         saved_mode = saved.pop("advisor_mode", None)
         saved_run = saved.pop("run", "0")
         if saved_mode is not None and self.sysfs.read("advisor_mode") != "none":

@@ -231,6 +231,34 @@ def test_sigterm_during_a_lease_still_restores_every_knob(
     assert fake_sysfs.knobs() == before
 
 
+def test_a_lease_killed_with_sigkill_is_recovered_by_the_next_one(
+    tmp_path: Path, make_sysfs: MakeSysfs
+) -> None:
+    sysfs = make_sysfs(tmp_path / "ksm", sleep_millisecs=45, smart_scan=0)
+    host = sysfs.knobs()
+    code = (
+        "import os, sys\n"
+        "from planner.kernel.sysfs import KsmLease, KsmSysfs\n"
+        "lease = KsmLease({'pages_to_scan': 5}, sysfs=KsmSysfs(sys.argv[1]),\n"
+        "                 lock_path=sys.argv[2], require_root=False, check_users=False)\n"
+        "lease.__enter__()\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, sysfs.root, str(tmp_path / "lock")], check=False
+    )
+    assert p.returncode == -signal.SIGKILL
+    assert sysfs.read("pages_to_scan") == 5  # nothing was restored ...
+    lease = fake_lease(sysfs, tmp_path, knobs={"pages_to_scan": 7})
+    with lease:
+        assert lease.recovered is not None
+        assert lease.recovered["sleep_millisecs"] == "45"
+        assert sysfs.read("pages_to_scan") == 7
+    assert sysfs.knobs() == host  # ... until the next lease recovered the host's knobs
+    with fake_lease(sysfs, tmp_path) as again:
+        assert again.recovered is None
+
+
 def test_knobs_cannot_be_written_outside_the_lease(tmp_path: Path, fake_sysfs: KsmSysfs) -> None:
     lease = fake_lease(fake_sysfs, tmp_path)
     with pytest.raises(RuntimeError):
