@@ -76,6 +76,36 @@ def _u64(col: Any) -> U64:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.uint64)
 
 
+def _pack_keys(
+    key_a: np.ndarray[Any, Any],
+    key_b: np.ndarray[Any, Any],
+    query_a: np.ndarray[Any, Any],
+    query_b: np.ndarray[Any, Any],
+) -> tuple[U64, U64] | None:
+    """Keys ``(a, b)`` packed into one uint64 (``a`` in 22 bits), or ``None`` if they do not fit.
+
+    ``b`` loses its low 12 bits when every ``b`` is a multiple of 4096 (page addresses).
+    """
+    parts = [np.asarray(x) for x in (key_a, key_b, query_a, query_b)]
+    if any(p.dtype.kind not in "iu" for p in parts):
+        return None
+    if any(p.dtype.kind == "i" and len(p) and int(p.min()) < 0 for p in parts):
+        return None
+    a_max = max(int(parts[0].max()), int(parts[2].max()))
+    if a_max >= 1 << 22:
+        return None
+    kb, qb = parts[1].astype(np.uint64), parts[3].astype(np.uint64)
+    shift = np.uint64(0)
+    if not (np.any(kb & np.uint64(4095)) or np.any(qb & np.uint64(4095))):
+        shift = np.uint64(12)
+    if max(int(kb.max()), int(qb.max())) >> int(shift) >= 1 << 42:
+        return None
+    top = np.uint64(42)
+    kkey = (parts[0].astype(np.uint64) << top) | (kb >> shift)
+    qkey = (parts[2].astype(np.uint64) << top) | (qb >> shift)
+    return kkey, qkey
+
+
 def lookup_rows(
     key_a: np.ndarray[Any, Any],
     key_b: np.ndarray[Any, Any],
@@ -98,6 +128,15 @@ def lookup_rows(
     nq = len(query_a)
     result = np.full(nq, -1, dtype=np.int64)
     if nk == 0 or nq == 0:
+        return result
+    packed = _pack_keys(key_a, key_b, query_a, query_b)
+    if packed is not None:  # the common case: one sorted uint64 key and a binary search
+        kkey, qkey = packed
+        order = np.argsort(kkey, kind="stable")
+        ks = kkey[order]
+        pos = np.minimum(np.searchsorted(ks, qkey), nk - 1)
+        hit = ks[pos] == qkey
+        result[hit] = order[pos[hit]]
         return result
     all_a = np.concatenate([np.asarray(key_a), np.asarray(query_a)])
     all_b = np.concatenate([np.asarray(key_b), np.asarray(query_b)])

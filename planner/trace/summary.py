@@ -254,17 +254,6 @@ def _first_of(values: Arr) -> Arr:
     return first
 
 
-def _distinct_per_group(groups: Arr, values: Arr, n_groups: int) -> Arr:
-    """Number of distinct ``values`` in each group (``groups`` are codes 0..n-1)."""
-    if not len(values):
-        return np.zeros(n_groups, dtype=np.int64)
-    order = np.lexsort((values, groups))
-    g, v = groups[order], values[order]
-    new = np.ones(len(v), dtype=bool)
-    new[1:] = (g[1:] != g[:-1]) | (v[1:] != v[:-1])
-    return np.bincount(g[new], minlength=n_groups).astype(np.int64)
-
-
 def _distinct(values: Arr) -> int:
     if not len(values):
         return 0
@@ -272,10 +261,49 @@ def _distinct(values: Arr) -> int:
     return int(1 + np.count_nonzero(v[1:] != v[:-1]))
 
 
-def _codes(labels: list[str]) -> tuple[list[str], Arr]:
-    """Group names (sorted) and the code of each label."""
-    names, codes = np.unique(np.asarray(labels, dtype=object), return_inverse=True)
-    return [str(n) for n in names], np.asarray(codes, dtype=np.int64)
+@dataclass(frozen=True)
+class _Runs:
+    """One stable sort of a value column: the order, run starts and each row's first mask."""
+
+    order: Arr  # argsort (stable: scan order inside each run of equal values)
+    start: Arr  # in sorted order: True where a new value begins
+    first: Arr  # per row: the row is the first (in scan order) of its value
+
+    @classmethod
+    def of(cls, values: Arr) -> _Runs:
+        order = np.argsort(values, kind="stable")
+        v = values[order]
+        start = np.ones(len(v), dtype=bool)
+        start[1:] = v[1:] != v[:-1]
+        del v
+        first = np.zeros(len(order), dtype=bool)
+        first[order[start]] = True
+        return cls(order, start, first)
+
+    @property
+    def distinct(self) -> int:
+        return int(np.count_nonzero(self.start))
+
+    def distinct_per_group(self, codes: Arr, n_groups: int) -> Arr:
+        """Distinct values inside each group (``codes`` per row, 0..n_groups-1)."""
+        if not len(codes):
+            return np.zeros(n_groups, dtype=np.int64)
+        key = np.cumsum(self.start, dtype=np.int64)  # dense rank + 1, in sorted order
+        key *= n_groups
+        key += codes[self.order]
+        key.sort(kind="stable")  # sorted by rank already: only the runs get sorted
+        new = np.ones(len(key), dtype=bool)
+        new[1:] = key[1:] != key[:-1]
+        return np.bincount(key[new] % n_groups, minlength=n_groups)
+
+
+def _group_codes(names_per_key: list[str], key_row: Arr, missing: str) -> tuple[list[str], Arr]:
+    """Group names and a code per row from the name of each key row (-1: ``missing``)."""
+    names, key_codes = np.unique(
+        np.asarray([*names_per_key, missing], dtype=object), return_inverse=True
+    )
+    codes = np.asarray(key_codes, dtype=np.int64)[key_row]  # key_row -1 -> the `missing` entry
+    return [str(x) for x in names], codes
 
 
 def _label_set(text: str | None) -> str:
@@ -292,25 +320,27 @@ def _label_set(text: str | None) -> str:
 
 @dataclass(frozen=True)
 class _Attribution:
-    """Per-page masks of what is attributed to a page's group."""
+    """Per-page masks of what is attributed to a page's group, and the sorted runs."""
 
     zero: Arr
-    not_first_hash: Arr
-    not_first_frame: Arr
+    hashes: _Runs
+    frames: _Runs
     freed_frame: Arr
 
 
-def _breakdown(
-    names: list[str], codes: Arr, h: Arr, f: Arr, att: _Attribution
-) -> tuple[GroupPotential, ...]:
+def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPotential, ...]:
     n = len(names)
+
+    def count(mask: Arr) -> Arr:
+        return np.bincount(codes[mask], minlength=n)
+
     pages = np.bincount(codes, minlength=n)
-    zero = np.bincount(codes, weights=att.zero, minlength=n)
-    naive = np.bincount(codes, weights=att.not_first_hash, minlength=n)
-    fork = np.bincount(codes, weights=att.not_first_frame, minlength=n)
-    ideal = np.bincount(codes, weights=att.freed_frame, minlength=n)
-    frames = _distinct_per_group(codes, f, n)
-    hashes = _distinct_per_group(codes, h, n)
+    zero = count(att.zero)
+    naive = count(~att.hashes.first)
+    fork = count(~att.frames.first)
+    ideal = count(att.freed_frame)
+    frames = att.frames.distinct_per_group(codes, n)
+    hashes = att.hashes.distinct_per_group(codes, n)
     out = [
         GroupPotential(
             group=names[i],
@@ -356,79 +386,77 @@ def snapshot_potential(
     SnapshotPotential
         Totals and breakdowns by mapping kind, comm and label set.
     """
-    chash = pages.column("content_hash")
-    hashed = ~np.asarray(chash.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    unhashed = int(np.count_nonzero(~hashed))
+    chash: Any = pages.column("content_hash")
+    hashed: Arr | None = None
+    if chash.null_count:
+        hashed = ~np.asarray(chash.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    unhashed = 0 if hashed is None else int(np.count_nonzero(~hashed))
 
     def col(name: str, dtype: Any) -> Arr:
         c: Any = pages.column(name)
         if c.null_count:
             c = c.fill_null(0)
         values: Arr = np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype)
-        return np.asarray(values[hashed])
+        return values if hashed is None else np.asarray(values[hashed])
 
-    pid = col("pid", np.int64)
-    vstart = col("vma_start", np.uint64)
+    pid = col("pid", np.int32)
     h = col("content_hash", np.uint64)
     f = col("frame_id", np.uint64)
-    flags = col("flags", np.uint16)
+    zero = (col("flags", np.uint16) & np.uint16(S.PageFlag.ZERO)) != 0
     frame_col: Any = pages.column("frame_id")
     if frame_col.null_count:  # a hashed page without a frame: its own frame
-        missing = np.asarray(frame_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)[hashed]
+        missing = np.asarray(frame_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if hashed is not None:
+            missing = missing[hashed]
         f = f.copy()
         f[missing] = np.uint64(2**63) + np.flatnonzero(missing).astype(np.uint64)
-    zero = (flags & np.uint16(S.PageFlag.ZERO)) != 0
     n = len(h)
 
     # --- totals ---------------------------------------------------------------------------
-    distinct_h = _distinct(h)
-    distinct_f = _distinct(f)
-    first_h = _first_of(h)
-    first_f = _first_of(f)
+    hr = _Runs.of(h)
+    fr = _Runs.of(f)
+    # distinct (hash, pid) pairs: in hash order, pids ascend inside each hash (scan order)
+    ps = pid[hr.order]
+    if np.all(pid[1:] >= pid[:-1]):
+        pair_new = hr.start.copy()
+        pair_new[1:] |= ps[1:] != ps[:-1]
+        pairs = int(np.count_nonzero(pair_new))
+        del pair_new
+    else:
+        pairs = len(np.unique(np.stack([h, pid.astype(np.uint64)], axis=1), axis=0))
+    del ps
     # frame-aware: one row per frame (its first mapping); keep the first frame of each hash
     freed = np.zeros(n, dtype=bool)
-    nz_frame_rows = np.flatnonzero(first_f & ~zero)
+    nz_frame_rows = np.flatnonzero(fr.first & ~zero)
     keep = _first_of(h[nz_frame_rows])
     freed[nz_frame_rows[~keep]] = True
-    freed[first_f & zero] = True  # every zero-content frame (use_zero_pages)
-    pairs = 0  # distinct (hash, pid) pairs
-    if n:
-        order = np.lexsort((pid, h))
-        hs, ps = h[order], pid[order]
-        new = np.ones(n, dtype=bool)
-        new[1:] = (hs[1:] != hs[:-1]) | (ps[1:] != ps[:-1])
-        pairs = int(np.count_nonzero(new))
-    att = _Attribution(
-        zero=zero.astype(np.float64),
-        not_first_hash=(~first_h).astype(np.float64),
-        not_first_frame=(~first_f).astype(np.float64),
-        freed_frame=freed.astype(np.float64),
-    )
+    freed |= fr.first & zero  # every zero-content frame (use_zero_pages)
+    att = _Attribution(zero=zero, hashes=hr, frames=fr, freed_frame=freed)
 
     # --- breakdowns -------------------------------------------------------------------------
+    vstart = col("vma_start", np.uint64)
     map_row = lookup_rows(
         np.asarray(mappings.column("pid").to_numpy(), dtype=np.int64),
         np.asarray(mappings.column("start").to_numpy(), dtype=np.uint64),
         pid,
         vstart,
     )
-    kinds = mappings.column("kind").to_pylist()
-    kind_names, kind_codes = _codes([kinds[i] if i >= 0 else _UNKNOWN for i in map_row.tolist()])
-    by_kind = _breakdown(kind_names, kind_codes, h, f, att)
+    del vstart
+    kinds = [k if k else _UNKNOWN for k in mappings.column("kind").to_pylist()]
+    by_kind = _breakdown(*_group_codes(kinds, map_row, _UNKNOWN), att)
+    del map_row
 
     proc_pid = np.asarray(processes.column("pid").to_numpy(), dtype=np.int64)
     proc_row = lookup_rows(proc_pid, np.zeros(len(proc_pid), np.int64), pid, np.zeros(n, np.int64))
     comms = processes.column("comm").to_pylist() if "comm" in processes.column_names else []
-    comm_of = [(c if c else _UNKNOWN) for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
-    comm_names, comm_codes = _codes([comm_of[i] if i >= 0 else _UNKNOWN for i in proc_row.tolist()])
-    by_comm = _breakdown(comm_names, comm_codes, h, f, att)
+    comm_of = [c if c else _UNKNOWN for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
+    by_comm = _breakdown(*_group_codes(comm_of, proc_row, _UNKNOWN), att)
 
     by_label: tuple[GroupPotential, ...] = ()
     labels = processes.column("labels").to_pylist() if "labels" in processes.column_names else []
     if any(labels):
         label_of = [_label_set(x) for x in labels]
-        names, codes = _codes([label_of[i] if i >= 0 else _NO_LABELS for i in proc_row.tolist()])
-        by_label = _breakdown(names, codes, h, f, att)
+        by_label = _breakdown(*_group_codes(label_of, proc_row, _NO_LABELS), att)
 
     zero_pfn = 0
     if "zero_pfn_pages" in processes.column_names:
@@ -440,15 +468,15 @@ def snapshot_potential(
         time_s=float(time_s),
         processes=int(processes.num_rows),
         pages=n,
-        frames=distinct_f,
-        distinct_hashes=distinct_h,
+        frames=fr.distinct,
+        distinct_hashes=hr.distinct,
         zero_pages=int(np.count_nonzero(zero)),
         zero_frames=_distinct(f[zero]),
-        naive_saved_pages=n - distinct_h,
+        naive_saved_pages=n - hr.distinct,
         ideal_saved_frames=int(np.count_nonzero(freed)),
-        fork_shared_pages=n - distinct_f,
+        fork_shared_pages=n - fr.distinct,
         within_process_saved_pages=n - pairs,
-        cross_process_saved_pages=pairs - distinct_h,
+        cross_process_saved_pages=pairs - hr.distinct,
         unhashed_pages=unhashed,
         zero_pfn_pages=zero_pfn,
         by_kind=by_kind,

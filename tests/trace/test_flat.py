@@ -111,3 +111,17 @@ def test_lookup_rows() -> None:
     qb = np.array([0, 8, 5, 6, 0, 0], dtype=np.uint64)
     assert lookup_rows(keys_a, keys_b, qa, qb).tolist() == [2, 1, 3, -1, -1, 0]
     assert lookup_rows(keys_a[:0], keys_b[:0], qa, qb).tolist() == [-1] * 6
+
+
+def test_lookup_rows_without_packing() -> None:
+    """Keys that do not fit one packed uint64 (unaligned, above 2^42) take the general path."""
+    big = np.uint64(1 << 60)
+    keys_a = np.array([1, 1, 2], dtype=np.int64)
+    keys_b = np.array([big + np.uint64(3), np.uint64(5), big], dtype=np.uint64)
+    qa = np.array([2, 1, 1, 1], dtype=np.int64)
+    qb = np.array([big, np.uint64(5), big + np.uint64(3), big], dtype=np.uint64)
+    assert lookup_rows(keys_a, keys_b, qa, qb).tolist() == [2, 1, 0, -1]
+    neg = np.array([-1, 1], dtype=np.int64)  # negative ids cannot be packed either
+    assert lookup_rows(
+        neg, np.zeros(2, np.int64), np.array([1, -1]), np.zeros(2, np.int64)
+    ).tolist() == [1, 0]
