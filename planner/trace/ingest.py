@@ -1445,7 +1445,8 @@ def ingest(
     out
         The trace directory to create (atomically: nothing is left there on failure).
     host
-        Host name for inputs without a ``host`` column (default: the file name's stem).
+        Host name for inputs without a ``host`` column (default: the file name's stem; rows
+        of a v0 file with an empty host get the stem too).
     zero_hash
         Hash of an all-zero page, used where the input has no ``is_zero`` value
         (default :data:`~planner.trace.schema.PLAIN_XXH3_ZERO_PAGE_HASH`).
@@ -1480,7 +1481,7 @@ def ingest(
         raise UsageProblem(
             f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'"
         )
-    if host is not None and "host" in source.columns and source.fmt != "v0-parquet":
+    if host is not None and "host" in source.columns:
         raise UsageProblem(
             f"{path} has a host column; --host cannot rename its hosts",
             hint="drop --host (each row names its host)",

@@ -288,3 +288,12 @@ def test_parquet_float_hash_column_loses_precision(cli: Any, tmp_path: Path) -> 
     line = _run_bad(cli, tmp_path, src)
     assert "row 3, column content_hash" in line
     assert "floating-point" in line
+
+
+def test_host_option_with_host_column_is_usage_error(cli: Any, tmp_path: Path) -> None:
+    src = tmp_path / "h.csv"
+    src.write_text(csv_text([GOOD + ",a"], header=HEADER + ",host"))
+    code, _, err = cli(["ingest", src, "--out", tmp_path / "o", "--host", "x"])
+    assert code == 2
+    assert "host column" in err
+    assert not (tmp_path / "o").exists()
