@@ -1065,16 +1065,16 @@ class _Normaliser:
         pfn_col = t.column("pfn")
         pfn = _np(pfn_col, np.uint64)
         no_pfn = (pfn == 0) | (_null_mask(pfn_col) if pfn_col.null_count else False)
-        if self.has_frame is None:
-            self.has_frame = not bool(no_pfn[0])
+        framed = ((flags & np.uint16(S.PageFlag.SWAPPED)) == 0) & ~zero_pfn
+        if self.has_frame is None and framed.any():  # the first present page decides
+            self.has_frame = not bool(no_pfn[np.flatnonzero(framed)[0]])
             if not self.has_frame:
                 self.warnings.append(
                     "the v0 file has no PFNs (captured without CAP_SYS_ADMIN?): every page "
                     "gets its own frame, so fork-shared frames cannot be discounted"
                 )
         if self.has_frame:
-            missing = no_pfn & ((flags & np.uint16(S.PageFlag.SWAPPED)) == 0) & ~zero_pfn
-            i = _first(missing)
+            i = _first(no_pfn & framed)
             if i is not None:
                 self.fail(rows, i, "pfn", "no PFN on a present page", "the v0 file is inconsistent")
             ids = np.zeros(n, np.uint64)

@@ -513,3 +513,27 @@ def test_v0_flag_legend_forms(tmp_path: Path, legend: dict[str, Any]) -> None:
     flags = load(tmp_path / "t").pages.column("flags").to_pylist()
     assert flags[2] & S.PageFlag.RACY
     assert not flags[0] & S.PageFlag.RACY
+
+
+def test_v0_swapped_page_keeps_no_hash_and_no_frame(tmp_path: Path) -> None:
+    base = _v0_table()
+    row = base.slice(3, 1).to_pylist()[0]  # the worker's page in snapshot 0
+    row.update(page_addr=0x13000, content_hash=None, pfn=None, kpageflags=0, kpagecount=0)
+    row.update(flags=1 << 1, is_zero=False)  # "swapped" in the legend
+    table = pa.concat_tables(
+        [base.slice(0, 4), pa.Table.from_pylist([row], schema=base.schema), base.slice(4)]
+    )
+    src = tmp_path / "swap.parquet"
+    pq.write_table(table, src)
+    ingest(src, tmp_path / "t")
+    pages = load(tmp_path / "t").pages
+    swapped = [r for r in pages.to_pylist() if r["page_addr"] == 0x13000]
+    assert len(swapped) == 1
+    assert swapped[0]["content_hash"] is None
+    assert swapped[0]["frame_id"] is None
+    assert swapped[0]["flags"] == S.PageFlag.SWAPPED
+
+    from planner.trace.summary import summarize_trace
+
+    first = summarize_trace(tmp_path / "t").snapshots[0]
+    assert (first.pages, first.unhashed_pages, first.zero_pfn_pages) == (3, 1, 1)
