@@ -133,7 +133,9 @@ def _table(title: str, columns: list[str]) -> Any:
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        table.add_column(
+            name, justify="left" if i == 0 else "right", no_wrap=i > 0, overflow="fold"
+        )
     return table
 
 
