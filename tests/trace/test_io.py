@@ -1,0 +1,75 @@
+"""Streaming parts of the trace reader/writer: ``add_pages``, ``iter_snapshot_pages``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from planner.errors import TraceFormatError
+from planner.testing.builder import World
+from planner.trace import schema as S
+from planner.trace.flat import FlatConverter
+from planner.trace.io import TraceWriter, open_trace
+
+
+def _rows(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "pid": pa.array([1] * n, pa.int32()),
+            "page_addr": pa.array([4096 * (i + 1) for i in range(n)], pa.uint64()),
+            "content_hash": pa.array(list(range(n)), pa.uint64()),
+        }
+    )
+
+
+def test_add_pages_streams_a_snapshot_in_chunks(tmp_path: Path) -> None:
+    conv = FlatConverter("h", snapshot_meta={"hash_algo": "test"})
+    rows = _rows(10)
+    with TraceWriter(tmp_path / "t", source="test", row_group_rows=3) as tw:
+        hw = tw.host("h")
+        conv.begin(0, 0.0)
+        for i in range(0, 10, 4):
+            hw.add_pages(conv.feed(rows.slice(i, 4)))
+        snap, procs, maps = conv.end()
+        hw.add_snapshot(snap, processes=procs, mappings=maps, pages=S.PAGES_SCHEMA.empty_table())
+    ht = open_trace(tmp_path / "t").load_host()
+    assert ht.pages.column("content_hash").to_pylist() == list(range(10))
+    assert ht.processes.column("pages").to_pylist() == [10]
+    assert ht.mappings.column("present_pages").to_pylist() == [10]
+
+
+def test_add_pages_only_for_a_new_snapshot(tmp_path: Path) -> None:
+    conv = FlatConverter("h", snapshot_meta={"hash_algo": "test"})
+    snap, procs, maps, pages = conv.convert(0, 0.0, _rows(2))
+    with TraceWriter(tmp_path / "t", source="test") as tw:
+        hw = tw.host("h")
+        hw.add_snapshot(snap, processes=procs, mappings=maps, pages=pages)
+        with pytest.raises(TraceFormatError, match="snapshot ids must increase"):
+            hw.add_pages(pages)  # snapshot 0 is complete already
+        mixed = pa.concat_tables(
+            [pages, pages.set_column(0, "snapshot_id", pa.array([1, 1], pa.int32()))]
+        )
+        with pytest.raises(TraceFormatError, match="one new snapshot"):
+            hw.add_pages(mixed)  # two snapshots in one call
+    assert open_trace(tmp_path / "t").load_host().pages.num_rows == 2
+
+
+def test_iter_snapshot_pages_batches_across_snapshots(tmp_path: Path) -> None:
+    w = World(host="h")
+    w.spawn(1)
+    w.map(1, 4096, [1, 2, 3])
+    for t in range(4):
+        w.snapshot(float(t))
+    w.write_trace(tmp_path / "t")
+    trace = open_trace(tmp_path / "t")
+    got = [
+        (sid, t.num_rows)
+        for sid, t in trace.iter_snapshot_pages("h", ["content_hash"], batch_rows=2)
+    ]
+    assert got == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    with pytest.raises(TraceFormatError, match="no column"):
+        list(trace.iter_snapshot_pages("h", ["nope"]))
+    with pytest.raises(TraceFormatError, match="no host"):
+        trace.read_table("x", "pages")
