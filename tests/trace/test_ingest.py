@@ -502,8 +502,9 @@ def test_v0_without_pfns_warns(tmp_path: Path) -> None:
             "racy": 8,
         },
         {str(i): name for i, name in enumerate(V0_LEGEND)},
+        {name: 1 << i for i, name in enumerate(V0_LEGEND)},
     ],
-    ids=["name-to-bit", "bit-to-name"],
+    ids=["name-to-bit", "bit-to-name", "name-to-mask"],
 )
 def test_v0_flag_legend_forms(tmp_path: Path, legend: dict[str, Any]) -> None:
     table = _v0_table().replace_schema_metadata({b"flags": json.dumps(legend).encode()})
