@@ -316,6 +316,11 @@ def _first_cast_failure(arr: Any, target: pa.DataType) -> int:
     return lo
 
 
+def _fmt_s(value: Any) -> str:
+    """A time or id for messages: exact to the millisecond, no exponent."""
+    return f"{float(value):.3f}".rstrip("0").rstrip(".")
+
+
 def _host_default(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".bz2", ".zst", ".lz4"):
@@ -1217,9 +1222,9 @@ class _HostIngest:
         self.ing.src.fail(
             row,
             self.key_column,
-            f"{what} goes backwards ({got:g} after {prev:g})"
+            f"{what} goes backwards ({_fmt_s(got)} after {_fmt_s(prev)})"
             + (f" for host {self.name}" if self.ing.multi_host else ""),
-            "rows must be in time order: sort the file by time_s",
+            f"rows must be in time order: sort the file by {self.key_column}",
         )
 
     def begin_snapshot(self, key: Any, t: float, row: int) -> None:
@@ -1227,7 +1232,7 @@ class _HostIngest:
             self.ing.src.fail(
                 row,
                 self.time_column,
-                f"time goes backwards ({t:g} after {self.prev_t:g})",
+                f"time goes backwards ({_fmt_s(t)} after {_fmt_s(self.prev_t)})",
                 "snapshots must be in time order",
             )
         self.prev_t = t
