@@ -1348,7 +1348,7 @@ class _HostIngest:
             procs = procs.set_column(
                 idx, "capture_t0_s", pc.subtract(procs.column("capture_t0_s"), self.t0)
             )
-        if self.zero_pfn:
+        if self.ing.counts_zero_pfn:
             pids = [int(p) for p in procs.column("pid").to_numpy()]
             procs = procs.append_column(
                 "zero_pfn_pages", pa.array([self.zero_pfn.get(p, 0) for p in pids], pa.int64())
@@ -1393,6 +1393,8 @@ class _Ingest:
         self.spilled_runs = 0
         self._spill_seq = 0
         self.multi_host = "host" in src.columns
+        #: the source tells shared-zero-page mappings apart (v0 kpageflags or flags legend)
+        self.counts_zero_pfn = False
         hash_algo = "xxh3_64" if src.fmt == "v0-parquet" else "interchange"
         self.snapshot_meta = {
             "hash_algo": hash_algo,
@@ -1526,6 +1528,9 @@ def ingest(
                 sort_buffer_rows=sort_buffer_rows,
                 chunk_rows=chunk_rows,
                 spill_dir=spill_dir,
+            )
+            ing.counts_zero_pfn = source.fmt == "v0-parquet" and (
+                "kpageflags" in source.columns or None in (norm.v0_flags or {}).values()
             )
             progress.start(f"ingest {path.name}", source.total_rows)
             for row0, batch in source.batches():

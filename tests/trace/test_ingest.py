@@ -457,8 +457,8 @@ def test_v0_parquet_is_upgraded(tmp_path: Path) -> None:
     assert rows_of(procs, "snapshot_id", "pid", "proc_start", "ppid", "comm", "zero_pfn_pages") == [
         (0, 200, 5200, 1, "gunicorn", 1),
         (0, 201, 5201, 200, "gunicorn", 0),
-        (1, 200, 5200, 1, "gunicorn", None),
-        (1, 201, 5201, 200, "gunicorn", None),
+        (1, 200, 5200, 1, "gunicorn", 0),
+        (1, 201, 5201, 200, "gunicorn", 0),
     ]
     assert procs.column("labels").to_pylist()[0] == json.dumps({"setup": "b"})
     assert procs.column("cgroup").to_pylist()[0] == "/system.slice/web.service"
