@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class CostProfile:
     wake_latency_ns: int
     description: str = ""
     source: str = ""
+    provenance: dict[str, Any] | None = field(default=None, compare=False)
+    """Where a calibrated profile was measured (host, kernel, CPU, date, method); not a cost."""
 
     @classmethod
     def default(cls) -> CostProfile:
