@@ -122,7 +122,11 @@ class _Undo:
 
 
 class _Events:
-    """Counter deltas and path visits attached to positions of an epoch."""
+    """Counter deltas and path visits attached to positions of an epoch.
+
+    Arrays come from the vectorized part; single events (the event loop) are collected in
+    plain lists and converted once.
+    """
 
     def __init__(self) -> None:
         self.pos: list[I64] = []
@@ -130,6 +134,11 @@ class _Events:
         self.val: list[I64] = []
         self.ppos: list[I64] = []
         self.path: list[I64] = []
+        self.one_pos: list[int] = []
+        self.one_slot: list[int] = []
+        self.one_val: list[int] = []
+        self.one_ppos: list[int] = []
+        self.one_path: list[int] = []
 
     def add(self, pos: Any, counter: int, val: Any) -> None:
         p = np.asarray(pos, dtype=np.int64).reshape(-1)
@@ -139,21 +148,32 @@ class _Events:
         self.slot.append(np.full(p.size, counter, np.int64))
         self.val.append(np.broadcast_to(np.asarray(val, dtype=np.int64), p.shape).copy())
 
+    def one(self, pos: int, counter: int, val: int) -> None:
+        self.one_pos.append(pos)
+        self.one_slot.append(counter)
+        self.one_val.append(val)
+
     def add_path(self, pos: Any, path: int) -> None:
         p = np.asarray(pos, dtype=np.int64).reshape(-1)
         if p.size:
             self.ppos.append(p)
             self.path.append(np.full(p.size, path, np.int64))
 
+    def one_path_at(self, pos: int, path: int) -> None:
+        self.one_ppos.append(pos)
+        self.one_path.append(path)
+
     @staticmethod
-    def _cat(parts: list[I64]) -> I64:
-        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+    def _cat(parts: list[I64], extra: list[int]) -> I64:
+        arrs = [*parts, np.asarray(extra, np.int64)] if extra else parts
+        return np.concatenate(arrs) if arrs else np.empty(0, np.int64)
 
     def counters(self) -> tuple[I64, I64, I64]:
-        return self._cat(self.pos), self._cat(self.slot), self._cat(self.val)
+        return (self._cat(self.pos, self.one_pos), self._cat(self.slot, self.one_slot),
+                self._cat(self.val, self.one_val))
 
     def paths(self) -> tuple[I64, I64]:
-        return self._cat(self.ppos), self._cat(self.path)
+        return self._cat(self.ppos, self.one_ppos), self._cat(self.path, self.one_path)
 
 
 @dataclass
@@ -196,9 +216,15 @@ class VectorizedEngine:
         self.node_len = _Grow(np.int64, 0)
         self.node_chain = _Grow(np.int64, -1)  # key of its chain, -1 when plain
         self.node_alive = _Grow(np.bool_, False)
-        self.plain: dict[int, int] = {}
         self.chains: dict[int, _VChain] = {}
-        self.occupant: dict[int, int] = {}  # unstable tree of this scan: content -> row
+        # content groups of the current snapshot: sorted distinct hashes, each row's group,
+        # the live plain stable node of each content, the unstable-tree entry of each content
+        self.gkey = np.empty(0, np.uint64)
+        self.gid = np.empty(0, np.int64)
+        self.g_node = np.empty(0, np.int64)
+        self.g_occ_row = np.empty(0, np.int64)
+        self.g_occ_scan = np.empty(0, np.int64)
+        self.scan_id = 0
         self.split_thp: set[tuple[int, int]] = set()
         self.slots: list[int] = []
         self.cursor: int | None = None
@@ -263,17 +289,39 @@ class VectorizedEngine:
             ro = new.released_old
             self._mappers(self.phys[ro], -1, old.mm[ro].astype(np.int64))
         self._remap_items(old, new)
-        if self.occupant and old is not None:
-            src = new.same_content_src
-            inv = np.full(old.n, -1, np.int64)
-            ok = src >= 0
-            inv[src[ok]] = np.flatnonzero(ok)
-            keep: dict[int, int] = {}
-            for key, row in self.occupant.items():
-                j = int(inv[row])
-                if j >= 0 and bool(new.eligible[j]) and phys[j] != ZERO:
-                    keep[key] = j
-            self.occupant = keep
+        # content groups of the new snapshot; unstable-tree entries of this scan follow their
+        # page when its content did not change (else they are dropped); plain nodes by content
+        gkey, gid = np.unique(new.hash, return_inverse=True)
+        G = gkey.size
+        g_occ_row = np.full(G, -1, np.int64)
+        g_occ_scan = np.full(G, -1, np.int64)
+        if old is not None and self.g_occ_scan.size:
+            valid = np.flatnonzero(self.g_occ_scan == self.scan_id)
+            if valid.size:
+                src = new.same_content_src
+                inv = np.full(old.n, -1, np.int64)
+                ok = src >= 0
+                inv[src[ok]] = np.flatnonzero(ok)
+                j = inv[self.g_occ_row[valid]]
+                keepm = j >= 0
+                jj = j[keepm]
+                keepm[keepm] = new.eligible[jj] & (phys[jj] != ZERO)
+                j = j[keepm]
+                g_occ_row[gid[j]] = j
+                g_occ_scan[gid[j]] = self.scan_id
+        g_node = np.full(G, -1, np.int64)
+        n_nodes = self.node_key.n
+        if n_nodes and G:
+            plain = np.flatnonzero(self.node_alive.a[:n_nodes] & (self.node_chain.a[:n_nodes] < 0))
+            keys = self.node_key.a[plain]
+            q = np.minimum(np.searchsorted(gkey, keys), G - 1)
+            hit = gkey[q] == keys
+            # a live node wins over a stale one of the same content
+            live = self.ent_map.a[self.node_ent.a[plain]] > 0
+            order = np.lexsort((live, q))
+            g_node[q[order][hit[order]]] = plain[order][hit[order]]
+        self.gkey, self.gid, self.g_node = gkey, gid.reshape(-1).astype(np.int64), g_node
+        self.g_occ_row, self.g_occ_scan = g_occ_row, g_occ_scan
         self.phys = phys
         self.snap = new
         self.snap_i = k
@@ -420,6 +468,23 @@ class VectorizedEngine:
             )
         return out
 
+    # ================================================================== content groups
+
+    def _gid(self, key: int) -> int:
+        """Index of content ``key`` among the current snapshot's contents, or -1."""
+        i = int(np.searchsorted(self.gkey, np.uint64(key)))
+        return i if i < self.gkey.size and int(self.gkey[i]) == key else -1
+
+    def _plain(self, key: int) -> int | None:
+        g = self._gid(key)
+        if g < 0:
+            return None
+        nd = int(self.g_node[g])
+        return nd if nd >= 0 else None
+
+    def _occ(self, g: int) -> int | None:
+        return int(self.g_occ_row[g]) if g >= 0 and self.g_occ_scan[g] == self.scan_id else None
+
     # ================================================================== one epoch
 
     def _epoch_pass(self, t0: int, starts_scan: bool, limit: int | None) -> dict[str, Any]:
@@ -434,7 +499,8 @@ class VectorizedEngine:
         phys = self.phys
         it = self.it
         ent_map, ent_node = self.ent_map.a, self.ent_node.a
-        # ---- A. the cursor's path: slots from the cursor, each mm's rows, an END per mm
+        node_ent, node_len = self.node_ent.a, self.node_len.a
+        # ---- A. the cursor's path: slots from the cursor, each mm's rows in address order
         ci = self.slots.index(self.cursor)
         rem = self.slots[ci:]
         S = len(rem)
@@ -447,196 +513,220 @@ class VectorizedEngine:
             if s == 0:
                 a += int(np.searchsorted(snap.page[a:b], np.uint64(self.cursor_page)))
             lo[s], hi[s] = a, b
-        L = hi - lo + 1
+        L = hi - lo
         seg_start = np.cumsum(L) - L
+        seg_end = seg_start + L  # the END of a segment sits just before the next one's first visit
         P_full = int(L.sum())
-        seg = np.repeat(np.arange(S), L)
-        local = np.arange(P_full) - seg_start[seg]
-        is_end = local == (L - 1)[seg]
-        row = np.where(is_end, -1, lo[seg] + local)
         P = P_full if limit is None else limit
-        seg, is_end, row = seg[:P], is_end[:P], row[:P]
-        rem_arr = np.asarray(rem, np.int64)
-        pos_mm = rem_arr[seg]
-        ar = np.arange(P)
-        r = np.where(row >= 0, row, 0)
-        if snap.n:
-            vis = ~is_end & snap.eligible[r] & (phys[r] != ZERO)
-            rit = ~is_end & self.it_exists[r]
-        else:
-            vis = np.zeros(P, bool)
-            rit = np.zeros(P, bool)
-        stop_idx = np.where(vis | is_end, ar, P)
-        next_stop = np.minimum.accumulate(stop_idx[::-1])[::-1] if P else stop_idx
+        P_ev = P + 1 if limit is None else P  # event positions in [0, P_ev): the final END is at P
+        nonempty = L > 0
+        contiguous = bool(np.all(lo[nonempty][1:] == hi[nonempty][:-1])) if nonempty.any() else True
+        if contiguous:
+            r0 = int(lo[nonempty][0]) if nonempty.any() else 0
+            prow = None
 
+            def take(a: Any) -> Any:
+                return a[r0 : r0 + P]
+
+            def rows(pos: Any) -> Any:
+                return pos + r0
+        else:
+            prow = (np.repeat(lo - seg_start, L) + np.arange(P_full))[:P]
+
+            def take(a: Any) -> Any:
+                return a[prow]
+
+            def rows(pos: Any) -> Any:
+                return prow[pos]
+
+        seg_of = np.repeat(np.arange(S), L)[:P]
+        rem_arr = np.asarray(rem, np.int64)
+        ar = np.arange(P)
         # ---- B. visits: smart-scan skips (tentative: with each page's KSM state at the start)
-        vp = np.flatnonzero(vis)
-        vr = row[vp]
-        v_has = self.it_exists[vr]
-        v_ent = phys[vr]
-        v_node = ent_node[v_ent]
-        v_ksm = v_node >= 0
-        age = np.where(v_has, it["age"][vr], 0).astype(np.uint8)
-        rmn = np.where(v_has, it["rem"][vr], 0).astype(np.uint8)
+        ph = take(phys)
+        vis = take(snap.eligible) & (ph != ZERO)
+        rit = take(self.it_exists)
+        en = np.where(vis, ent_node[np.maximum(ph, 0)], -1)
+        ksm = en >= 0
+        age = take(it["age"])
+        rmn = take(it["rem"])
         if K.smart_scan:
-            aging = ~v_ksm
+            aging = vis & ~ksm
             new_age = np.where(aging & (age < 255), age + 1, age).astype(np.uint8)
             old_enough = aging & (age >= 3)
-            refill = old_enough & (rmn == 0)
             skip = old_enough & (rmn > 0)
-            new_rem = np.where(refill, _SKIP_AGE[age], np.where(skip, rmn - 1, rmn)).astype(np.uint8)
+            new_rem = np.where(old_enough & (rmn == 0), _SKIP_AGE[age], np.where(skip, rmn - 1, rmn)).astype(np.uint8)
         else:
-            new_age, new_rem, skip = age, rmn, np.zeros(vp.size, bool)
-        proc = ~skip
-        st = np.where(v_has, it["state"][vr], NONE)
-        nd = np.where(v_has, it["node"][vr], -1)
-        h = snap.hash[vr]
-        ksm_page = proc & v_ksm & (st == STABLE) & (nd == v_node)
-        fork = proc & v_ksm & ~ksm_page
-        nonksm = proc & ~v_ksm
-        gate = v_has & it["has"][vr] & (it["sum"][vr] == h)
-        first = nonksm & ~v_has
-        vol = nonksm & v_has & ~gate
-        zero_m = nonksm & gate & K.use_zero_pages & snap.zero[vr]
+            new_age, new_rem, skip = age, rmn, np.zeros(P, bool)
+        proc = vis & ~skip
+        st = take(it["state"])
+        ndl = take(it["node"])
+        h = take(snap.hash)
+        ksm_page = proc & ksm & (st == STABLE) & (ndl == en)
+        fork = proc & ksm & ~ksm_page
+        nonksm = proc & ~ksm
+        gate = rit & take(it["has"]) & (take(it["sum"]) == h)
+        first = nonksm & ~rit
+        vol = nonksm & rit & ~gate
+        zero_m = nonksm & gate & (take(snap.zero) if K.use_zero_pages else False)
         cand = nonksm & gate & ~zero_m
-
-        # ---- C. items touched with remove_rmap_item_from_tree: skipped or handled visits, and frees
-        t_vis = v_has & ~ksm_page  # visit touches
-        free_rows_pos = np.flatnonzero(rit & ~vis)
-        free_rows_tpos = next_stop[free_rows_pos] if free_rows_pos.size else free_rows_pos
-        okr = free_rows_tpos < P
-        free_rows_pos, free_rows_tpos = free_rows_pos[okr], free_rows_tpos[okr]
-        free_rows = row[free_rows_pos]
-        # orphans of the mms ahead of the cursor
+        # ---- C. items touched with remove_rmap_item_from_tree: skips, handled visits, frees
+        seg_end_of = np.repeat(seg_end, L)[:P]
+        stop_idx = np.where(vis, ar, seg_end_of)
+        next_stop = np.minimum.accumulate(stop_idx[::-1])[::-1] if P else stop_idx
+        t_vis = np.flatnonzero(rit & vis & ~ksm_page)
+        fr_pos = np.flatnonzero(rit & ~vis)
+        fr_tpos = next_stop[fr_pos]
+        okr = fr_tpos < P_ev
+        fr_pos, fr_tpos = fr_pos[okr], fr_tpos[okr]
+        free_rows = rows(fr_pos)
         o_mm = (self.o_key >> _KEY_SHIFT).astype(np.int64)
         o_page = self.o_key & _PAGE_MASK
         slot_of = np.full(len(self.inp.mms) + 1, -1, np.int64)
         slot_of[rem_arr] = np.arange(S)
         o_s = slot_of[o_mm] if o_mm.size else o_mm
         o_sel = np.flatnonzero(o_s >= 0)
-        o_tpos = np.full(o_sel.size, P, np.int64)
+        o_tpos = np.full(o_sel.size, P_ev, np.int64)
         if o_sel.size:
             s_ = o_s[o_sel]
-            ex = np.array([rem[int(x)] in self.exited for x in s_], dtype=bool)
-            o_tpos[ex] = (seg_start[s_] + L[s_] - 1)[ex]
+            ex = np.fromiter((rem[int(x)] in self.exited for x in s_), bool, s_.size)
+            o_tpos[ex] = seg_end[s_][ex]
             ne = ~ex
             if ne.any():
-                keys = snap.keys()
-                j = np.searchsorted(keys, self.o_key[o_sel[ne]]) - lo[s_[ne]]
-                first_seg = (s_[ne] == 0) & (o_page[o_sel[ne]] < np.uint64(self.cursor_page))
+                j = np.searchsorted(snap.keys(), self.o_key[o_sel[ne]]) - lo[s_[ne]]
+                before = (s_[ne] == 0) & (o_page[o_sel[ne]] < np.uint64(self.cursor_page))
                 pp = seg_start[s_[ne]] + np.maximum(j, 0)
-                tp = np.where(pp < P, next_stop[np.minimum(pp, max(P - 1, 0))] if P else P, P)
-                tp = np.where(first_seg, P, tp)
-                o_tpos[ne] = tp
-            o_tpos = np.where(o_tpos < P, o_tpos, P)
-        o_hit = o_sel[o_tpos < P]
-        o_hpos = o_tpos[o_tpos < P]
-        # touch table: removal touches (visits, row frees, orphan frees)
-        tv_pos = vp[t_vis]
-        tv_row = vr[t_vis]
-        touch_pos = np.concatenate([tv_pos, free_rows_tpos, o_hpos])
-        touch_sub = np.concatenate([np.ones(tv_pos.size, np.int64), np.zeros(free_rows_tpos.size + o_hpos.size, np.int64)])
-        touch_state = np.concatenate([it["state"][tv_row], it["state"][free_rows], self.orph["state"][o_hit]])
-        touch_node = np.concatenate([it["node"][tv_row], it["node"][free_rows], self.orph["node"][o_hit]])
-        touch_mm = np.concatenate([snap.mm[tv_row].astype(np.int64), snap.mm[free_rows].astype(np.int64), o_mm[o_hit]])
+                se = seg_end[s_[ne]]
+                inside = (pp < se) & (pp < P)
+                tp = np.where(inside, next_stop[np.minimum(pp, max(P - 1, 0))] if P else se, se)
+                o_tpos[ne] = np.where(before, P_ev, tp)
+        okd = o_tpos < P_ev
+        o_hit = o_sel[okd]
+        o_hpos = o_tpos[okd]
+        tv_row = rows(t_vis)
+        touch_pos = np.concatenate([t_vis, fr_tpos, o_hpos])
+        touch_sub = np.concatenate([np.ones(t_vis.size, np.int64), np.zeros(fr_tpos.size + o_hpos.size, np.int64)])
+        touch_state = np.concatenate([st[t_vis], it["state"][free_rows], self.orph["state"][o_hit]])
+        touch_node = np.concatenate([ndl[t_vis], it["node"][free_rows], self.orph["node"][o_hit]])
+        mm_pos = take(snap.mm).astype(np.int64)
+        touch_mm = np.concatenate([mm_pos[t_vis], snap.mm[free_rows].astype(np.int64), o_mm[o_hit]])
         touch_row = np.concatenate([tv_row, free_rows, np.full(o_hit.size, -1, np.int64)])
         touch_orph = np.concatenate([np.full(tv_row.size + free_rows.size, -1, np.int64), o_hit])
         ev.add(touch_pos[touch_state == UNSTABLE], C_UNSHARED, -1)
-        stab = touch_state == STABLE
-        s_node = touch_node[stab]
-        s_stale = ent_map[self.node_ent.a[s_node]] == 0 if s_node.size else np.zeros(0, bool)
-        s_plain = self.node_chain.a[s_node] < 0 if s_node.size else np.zeros(0, bool)
-        stab_idx = np.flatnonzero(stab)
+        stab_idx = np.flatnonzero(touch_state == STABLE)
+        s_node = touch_node[stab_idx]
+        s_stale = ent_map[node_ent[s_node]] == 0
+        s_plain = self.node_chain.a[s_node] < 0
         live_leave = stab_idx[~s_stale]
-        n_leave = np.bincount(touch_node[live_leave], minlength=self.node_key.n) if live_leave.size else np.zeros(self.node_key.n, np.int64)
+        n_nodes = self.node_key.n
+        n_leave = np.bincount(touch_node[live_leave], minlength=n_nodes)
         stale_plain_touch = stab_idx[s_stale & s_plain]
 
         # ---- D. content groups of the candidates: closed form, or event by event
-        cpos = vp[cand]
-        crow = vr[cand]
-        ckey = h[cand]
-        order = np.lexsort((cpos, ckey))
-        cpos, crow, ckey = cpos[order], crow[order], ckey[order]
-        gstart = np.flatnonzero(np.r_[True, ckey[1:] != ckey[:-1]]) if ckey.size else np.empty(0, np.int64)
+        cpos_all = np.flatnonzero(cand)
+        crow_all = rows(cpos_all)
+        cg_all = self.gid[crow_all]
+        G = self.gkey.size
+        cnt = np.bincount(cg_all, minlength=G)
+        multi_c = cnt[cg_all] > 1
+        single_idx = np.flatnonzero(~multi_c)
+        multi_idx = np.flatnonzero(multi_c)
+        multi_idx = multi_idx[np.argsort(cg_all[multi_idx], kind="stable")]
+        order = np.concatenate([single_idx, multi_idx])
+        cpos, crow, cg = cpos_all[order], crow_all[order], cg_all[order]
+        ckey = self.gkey[cg]
+        gs = np.ones(cg.size, bool)
+        if multi_idx.size:
+            mi = np.arange(single_idx.size + 1, cg.size)
+            gs[mi] = cg[mi] != cg[mi - 1]
+        gstart = np.flatnonzero(gs)
+        gk = np.diff(np.r_[gstart, cg.size])
+        G_ = gstart.size
+        gg = cg[gstart]  # content group (snapshot gid) of each candidate group
         gkey = ckey[gstart]
-        gk = np.diff(np.r_[gstart, ckey.size])
-        G = gkey.size
-        chain_keys = np.fromiter(self.chains.keys(), np.uint64, len(self.chains))
-        fork_keys = np.unique(h[fork])
-        plain_keys = np.fromiter(self.plain.keys(), np.uint64, len(self.plain))
-        plain_nodes = np.fromiter(self.plain.values(), np.int64, len(self.plain))
-        po = np.argsort(plain_keys)
-        plain_keys, plain_nodes = plain_keys[po], plain_nodes[po]
-        gnode = np.full(G, -1, np.int64)
-        if plain_keys.size and G:
-            q = np.minimum(np.searchsorted(plain_keys, gkey), plain_keys.size - 1)
-            hitk = plain_keys[q] == gkey
-            gnode[hitk] = plain_nodes[q[hitk]]
+        chain_g = np.zeros(G, bool)
+        if self.chains:
+            ckeys = np.fromiter(self.chains.keys(), np.uint64, len(self.chains))
+            q = np.searchsorted(self.gkey, ckeys)
+            okq = q < G
+            okq[okq] = self.gkey[q[okq]] == ckeys[okq]
+            chain_g[q[okq]] = True
+        fork_g = np.zeros(G, bool)
+        fork_pos = np.flatnonzero(fork)
+        fork_g[self.gid[rows(fork_pos)]] = True
+        gnode = self.g_node[gg]
         g_live = gnode >= 0
-        if g_live.any():
-            g_live[g_live] = ent_map[self.node_ent.a[gnode[g_live]]] > 0
-        g_L0 = np.where(g_live, self.node_len.a[np.maximum(gnode, 0)], 0)
-        g_leave = np.where(g_live, n_leave[np.maximum(gnode, 0)] if n_leave.size else 0, 0)
-        occ_keys = np.fromiter(self.occupant.keys(), np.uint64, len(self.occupant))
-        occ_rows = np.fromiter(self.occupant.values(), np.int64, len(self.occupant))
-        oo = np.argsort(occ_keys)
-        occ_keys, occ_rows = occ_keys[oo], occ_rows[oo]
-        gocc = np.full(G, -1, np.int64)
-        if occ_keys.size and G:
-            q = np.minimum(np.searchsorted(occ_keys, gkey), occ_keys.size - 1)
-            hitk = occ_keys[q] == gkey
-            gocc[hitk] = occ_rows[q[hitk]]
+        g_live[g_live] = ent_map[node_ent[gnode[g_live]]] > 0
+        g_L0 = np.where(g_live, node_len[np.maximum(gnode, 0)], 0)
+        g_leave = np.where(g_live, n_leave[np.maximum(gnode, 0)] if n_nodes else 0, 0)
+        gocc = np.where(self.g_occ_scan[gg] == self.scan_id, self.g_occ_row[gg], -1)
         has_occ = gocc >= 0
-        multi = ent_map[phys[crow]] > 1
+        cent = phys[crow]
+        multi_ent = ent_map[cent] > 1
         thp = snap.thp[crow]
-        g_multi = np.add.reduceat(multi.astype(np.int64), gstart) > 0 if G else np.zeros(0, bool)
-        g_thp = np.add.reduceat(thp.astype(np.int64), gstart) > 0 if G else np.zeros(0, bool)
+        g_multi = np.add.reduceat(multi_ent.astype(np.int64), gstart) > 0 if G_ else np.zeros(0, bool)
+        g_thp = np.add.reduceat(thp.astype(np.int64), gstart) > 0 if G_ else np.zeros(0, bool)
         if has_occ.any():
             orow = gocc[has_occ]
             g_multi[has_occ] |= ent_map[phys[orow]] > 1
             g_thp[has_occ] |= snap.thp[orow]
         g_m = gk + has_occ
         case_a = g_live & (g_L0 >= 1) & (g_L0 - g_leave >= 1) & (g_L0 + gk <= M)
-        no_node = gnode < 0
-        if (~no_node).any():
-            no_node[~no_node] = ~g_live[~no_node]  # a stale plain node counts as absent
+        no_node = ~g_live
         case_b = no_node & (g_m <= M)
-        simple = ~np.isin(gkey, chain_keys) & ~np.isin(gkey, fork_keys) & ~g_multi & ~g_thp & (case_a | case_b)
-        complex_keys = np.unique(np.concatenate([gkey[~simple], chain_keys, fork_keys]))
-        loop_vis = np.isin(h, complex_keys) & ~ksm_page  # visits replayed event by event
-        node_is_complex = np.zeros(self.node_key.n, bool)
-        if self.node_key.n and complex_keys.size:
-            node_is_complex = np.isin(self.node_key.a[: self.node_key.n], complex_keys)
+        if G_:
+            first_ent = np.repeat(cent[gstart], gk)
+            g_single = np.minimum.reduceat((cent == first_ent).astype(np.int64), gstart) > 0
+            if has_occ.any():
+                g_single[has_occ] &= phys[gocc[has_occ]] == cent[gstart[has_occ]]
+        else:
+            g_single = np.zeros(0, bool)
+        plain_ok = ~chain_g[gg] & ~fork_g[gg] & ~g_thp
+        case_s = plain_ok & g_single & no_node & ~(case_b & ~g_multi)
+        simple = plain_ok & (case_s | (~g_multi & (case_a | case_b)))
+        complex_g = np.zeros(G, bool)
+        complex_g[gg[~simple]] = True
+        complex_g |= chain_g | fork_g
+        # visits replayed event by event: complex candidates, fork children, and the pages
+        # that share a physical page with a complex candidate (it may become KSM under them)
+        loop_cand = cand & complex_g[self.gid[rows(ar)]] if P else cand
+        lc_pos = np.flatnonzero(loop_cand)
+        loop_vis = loop_cand | fork
+        if lc_pos.size:
+            lents = np.unique(ph[lc_pos])
+            loop_vis |= vis & ~ksm_page & np.isin(ph, lents)
+        node_is_complex = np.zeros(n_nodes, bool)
+        if n_nodes and complex_g.any():
+            nk = self.node_key.a[:n_nodes]
+            q = np.minimum(np.searchsorted(self.gkey, nk), max(G - 1, 0))
+            node_is_complex = (self.gkey[q] == nk) & complex_g[q] if G else node_is_complex
+            node_is_complex |= self.node_chain.a[:n_nodes] >= 0
+        elif n_nodes:
+            node_is_complex = self.node_chain.a[:n_nodes] >= 0
 
         # ---- E. closed-form groups
-        upd: dict[str, Any] = {}  # row -> new item fields, applied at commit
-        simple_vis = ~loop_vis
-        sv = np.flatnonzero(simple_vis)
-        # age/rem for every non-loop visit; items of skipped/handled visits leave their tree
-        upd["age_rows"], upd["age"] = vr[sv], new_age[sv]
-        upd["rem"] = new_rem[sv]
-        touched_sv = sv[t_vis[sv]]
-        upd["none_rows"] = vr[touched_sv]
-        ev.add_path(vp[sv[skip[sv]]], P_SKIP)
-        ev.add_path(vp[sv[ksm_page[sv]]], P_KSM)
+        upd: dict[str, Any] = {}
+        sv = np.flatnonzero(vis & ~loop_vis)
+        upd["age_rows"], upd["age"], upd["rem"] = rows(sv), new_age[sv], new_rem[sv]
+        touched_sv = sv[rit[sv] & ~ksm_page[sv]]
+        upd["none_rows"] = rows(touched_sv)
+        ev.add_path(sv[skip[sv]], P_SKIP)
+        ev.add_path(sv[ksm_page[sv]], P_KSM)
+        ev.add_path(sv[first[sv]], P_FIRST)
+        ev.add_path(sv[vol[sv]], P_VOL)
         fv = sv[(first | vol)[sv]]
-        ev.add_path(vp[sv[first[sv]]], P_FIRST)
-        ev.add_path(vp[sv[vol[sv]]], P_VOL)
-        upd["sum_rows"], upd["sum"] = vr[fv], h[fv]
+        upd["sum_rows"], upd["sum"] = rows(fv), h[fv]
         zv = sv[zero_m[sv]]
-        upd["zero_rows"] = vr[zv]
-        ev.add_path(vp[zv], P_ZERO)
-        ev.add(vp[zv], C_ZERO, 1)
-        # frames freed by zero merges: the last mapper of an entity in position order
+        upd["zero_rows"] = rows(zv)
+        ev.add_path(zv, P_ZERO)
+        ev.add(zv, C_ZERO, 1)
         if zv.size:
-            ze, zp = v_ent[zv], vp[zv]
-            o_ = np.lexsort((zp, ze))
-            ze, zp = ze[o_], zp[o_]
-            startz = np.r_[True, ze[1:] != ze[:-1]]
-            rank = np.arange(ze.size) - np.maximum.accumulate(np.where(startz, np.arange(ze.size), 0)) + 1
-            ev.add(zp[ent_map[ze] - rank == 0], C_FRAMES, -1)
-        # candidates of simple groups
-        gsimple = np.flatnonzero(simple)
+            ze = ph[zv]
+            o_ = np.lexsort((zv, ze))
+            ze2, zp = ze[o_], zv[o_]
+            startz = np.r_[True, ze2[1:] != ze2[:-1]]
+            rank = np.arange(ze2.size) - np.maximum.accumulate(np.where(startz, np.arange(ze2.size), 0)) + 1
+            ev.add(zp[ent_map[ze2] - rank == 0], C_FRAMES, -1)
         join_node_parts: list[I64] = []
         join_pos_parts: list[I64] = []
         join_mm_parts: list[I64] = []
@@ -646,211 +736,210 @@ class VectorizedEngine:
         set_node_parts: list[I64] = []
         set_phys_rows: list[I64] = []
         set_phys_vals: list[I64] = []
-        new_nodes_key: list[int] = []
-        new_nodes_ent: list[int] = []
-        new_occ: dict[int, int] = {}
-        del_occ: list[int] = []
-        base_node = self.node_key.n
-        walk_simple = cpos[np.isin(ckey, gkey[gsimple])] if G else np.empty(0, np.int64)
-        # case A: every candidate joins the existing KSM page
-        ga = gsimple[case_a[gsimple]]
-        if ga.size:
-            idx = np.concatenate([np.arange(gstart[g], gstart[g] + gk[g]) for g in ga])
-            nodes = np.repeat(gnode[ga], gk[ga])
-            join_node_parts.append(nodes)
-            join_pos_parts.append(cpos[idx])
-            join_mm_parts.append(snap.mm[crow[idx]].astype(np.int64))
-            join_order_parts.append(np.ones(idx.size, np.int64))
+        occ_new_g: list[I64] = []
+        occ_new_rows: list[I64] = []
+        occ_del_g: list[I64] = []
+        base_node = n_nodes
+        cgrp = np.repeat(np.arange(G_), gk) if G_ else np.empty(0, np.int64)
+        crank = np.arange(cgrp.size) - (gstart[cgrp] if G_ else 0)
+        c_simple = simple[cgrp] if G_ else np.zeros(0, bool)
+        walk_simple = np.sort(cpos[c_simple])
+        c_occ = has_occ[cgrp] if G_ else np.zeros(0, bool)
+
+        def occupy(idx: I64) -> None:
+            """Lone candidates go to the unstable tree."""
+            occ_new_g.append(cg[idx])
+            occ_new_rows.append(crow[idx])
             set_rows_parts.append(crow[idx])
-            set_state_parts.append(np.full(idx.size, STABLE, np.int64))
+            set_state_parts.append(np.full(idx.size, UNSTABLE, np.int64))
+            set_node_parts.append(np.full(idx.size, -1, np.int64))
+            ev.add(cpos[idx], C_UNSHARED, 1)
+            ev.add_path(cpos[idx], P_UNST)
+
+        ia = np.flatnonzero(c_simple & case_a[cgrp]) if G_ else np.empty(0, np.int64)
+        if ia.size:
+            nodes = gnode[cgrp[ia]]
+            join_node_parts.append(nodes)
+            join_pos_parts.append(cpos[ia])
+            join_mm_parts.append(snap.mm[crow[ia]].astype(np.int64))
+            join_order_parts.append(np.ones(ia.size, np.int64))
+            set_rows_parts.append(crow[ia])
+            set_state_parts.append(np.full(ia.size, STABLE, np.int64))
             set_node_parts.append(nodes)
-            set_phys_rows.append(crow[idx])
-            set_phys_vals.append(self.node_ent.a[nodes])
-            ev.add(cpos[idx], C_FRAMES, -1)
-            ev.add_path(cpos[idx], P_MERGE)
-        # case B: pair (+ joiners), or a lone candidate into the unstable tree
-        gb = gsimple[~case_a[gsimple]]
-        for g in gb.tolist():
-            a0, k_ = int(gstart[g]), int(gk[g])
-            rows_g = crow[a0 : a0 + k_]
-            pos_g = cpos[a0 : a0 + k_]
-            key = int(gkey[g])
-            u = int(gocc[g])
-            if u < 0 and k_ == 1:
-                new_occ[key] = int(rows_g[0])
-                set_rows_parts.append(rows_g)
-                set_state_parts.append(np.array([UNSTABLE], np.int64))
-                set_node_parts.append(np.array([-1], np.int64))
-                ev.add(pos_g, C_UNSHARED, 1)
-                ev.add_path(pos_g, P_UNST)
-                continue
-            if u >= 0:
-                tree_row, tree_pos, cur = u, int(pos_g[0]), 0
-                del_occ.append(key)
-                pair_pos = int(pos_g[0])
-            else:
-                tree_row, cur = int(rows_g[0]), 1
-                pair_pos = int(pos_g[1])
-                ev.add(pos_g[:1], C_UNSHARED, 1)  # inserted, then found by the second one
-                ev.add_path(pos_g[:1], P_UNST)
-            nid = base_node + len(new_nodes_key)
-            ent = int(phys[rows_g[cur]])
-            new_nodes_key.append(key)
-            new_nodes_ent.append(ent)
-            ev.add([pair_pos], C_UNSHARED, -1)
-            ev.add([pair_pos], C_NODES, 1)
-            ev.add([pair_pos], C_KSMPAGES, 1)
-            members = np.r_[tree_row, rows_g[cur:]]
-            mpos = np.r_[pair_pos, pos_g[cur:]]
-            join_node_parts.append(np.full(members.size, nid, np.int64))
-            join_pos_parts.append(mpos.astype(np.int64))
-            join_mm_parts.append(snap.mm[members].astype(np.int64))
-            join_order_parts.append(np.r_[1, np.full(members.size - 1, 2, np.int64)])
-            set_rows_parts.append(members)
-            set_state_parts.append(np.full(members.size, STABLE, np.int64))
-            set_node_parts.append(np.full(members.size, nid, np.int64))
-            others = np.r_[tree_row, rows_g[cur + 1 :]]
-            opos = np.r_[pair_pos, pos_g[cur + 1 :]]
-            set_phys_rows.append(others)
-            set_phys_vals.append(np.full(others.size, ent, np.int64))
-            ev.add(opos, C_FRAMES, -1)
-            ev.add_path(pos_g[cur:], P_MERGE)
+            set_phys_rows.append(crow[ia])
+            set_phys_vals.append(node_ent[nodes])
+            ev.add(cpos[ia], C_FRAMES, -1)
+            ev.add_path(cpos[ia], P_MERGE)
+        i_s = c_simple & case_s[cgrp] if G_ else np.zeros(0, bool)
+        occupy(np.flatnonzero(i_s & (crank == 0) & ~c_occ))
+        ev.add_path(cpos[i_s & ((crank > 0) | c_occ)], P_NOMERGE)
+        ib = c_simple & ~case_a[cgrp] & ~case_s[cgrp] if G_ else np.zeros(0, bool)
+        g_pair = g_m >= 2
+        occupy(np.flatnonzero(ib & ~g_pair[cgrp] & ~c_occ))
+        pair_groups = np.flatnonzero(simple & ~case_a & ~case_s & g_pair)
+        new_nodes_key = gkey[pair_groups]
+        n_pairs = pair_groups.size
+        new_ids = base_node + np.arange(n_pairs)
+        new_nodes_ent = np.empty(0, np.int64)
+        if n_pairs:
+            gid_ = np.full(G_, -1, np.int64)
+            gid_[pair_groups] = np.arange(n_pairs)
+            inb = np.flatnonzero(ib & g_pair[cgrp])
+            occ_g = has_occ[cgrp[inb]]
+            r_ = crank[inb]
+            cur_rank = np.where(occ_g, 0, 1)
+            is_cur = r_ == cur_rank
+            is_tree_cand = ~occ_g & (r_ == 0)
+            is_join = r_ > cur_rank
+            pg = gid_[cgrp[inb]]
+            cur_idx = inb[is_cur][np.argsort(pg[is_cur], kind="stable")]
+            pair_pos = cpos[cur_idx]
+            ents = phys[crow[cur_idx]]
+            new_nodes_ent = ents
+            tree_rows = np.where(has_occ[pair_groups], gocc[pair_groups], -1)
+            tc = inb[is_tree_cand]
+            tc = tc[np.argsort(pg[is_tree_cand], kind="stable")]
+            tree_rows[~has_occ[pair_groups]] = crow[tc]
+            ev.add(cpos[tc], C_UNSHARED, 1)
+            ev.add_path(cpos[tc], P_UNST)
+            occ_del_g.append(gg[pair_groups[has_occ[pair_groups]]])
+            ev.add(pair_pos, C_UNSHARED, -1)
+            ev.add(pair_pos, C_NODES, 1)
+            ev.add(pair_pos, C_KSMPAGES, 1)
+            jn = inb[is_join]
+            jnode = new_ids[pg[is_join]]
+            members_rows = np.concatenate([tree_rows, crow[cur_idx], crow[jn]])
+            members_pos = np.concatenate([pair_pos, pair_pos, cpos[jn]])
+            members_node = np.concatenate([new_ids, new_ids, jnode])
+            members_ord = np.concatenate([np.ones(n_pairs, np.int64), np.full(n_pairs + jn.size, 2, np.int64)])
+            join_node_parts.append(members_node)
+            join_pos_parts.append(members_pos)
+            join_mm_parts.append(snap.mm[members_rows].astype(np.int64))
+            join_order_parts.append(members_ord)
+            set_rows_parts.append(members_rows)
+            set_state_parts.append(np.full(members_rows.size, STABLE, np.int64))
+            set_node_parts.append(members_node)
+            set_phys_rows.append(np.concatenate([tree_rows, crow[jn]]))
+            set_phys_vals.append(np.concatenate([ents, ents[pg[is_join]]]))
+            moved_pos = np.concatenate([pair_pos, cpos[jn]])
+            ev.add(moved_pos, C_FRAMES, -1)
+            ev.add_path(moved_pos, P_MERGE)
         # reserve the ids of the closed-form groups' new nodes before the event loop adds its own
-        nn = len(new_nodes_key)
-        if nn:
+        if n_pairs:
             grows = (self.node_key, self.node_ent, self.node_len, self.node_chain, self.node_alive)
             for g in grows:
-                g.ensure(base_node + nn)
-            self.node_key.a[base_node : base_node + nn] = np.array(new_nodes_key, np.uint64)
-            self.node_ent.a[base_node : base_node + nn] = np.array(new_nodes_ent, np.int64)
-            self.node_len.a[base_node : base_node + nn] = 0
-            self.node_chain.a[base_node : base_node + nn] = -1
-            self.node_alive.a[base_node : base_node + nn] = True
+                g.ensure(base_node + n_pairs)
+            self.node_key.a[base_node : base_node + n_pairs] = new_nodes_key
+            self.node_ent.a[base_node : base_node + n_pairs] = new_nodes_ent
+            self.node_len.a[base_node : base_node + n_pairs] = 0
+            self.node_chain.a[base_node : base_node + n_pairs] = -1
+            self.node_alive.a[base_node : base_node + n_pairs] = True
             undo.call(lambda: [setattr(g, "n", base_node) for g in grows])
-        # items of stale plain nodes, recorded before the event loop may touch them
-        stale_nodes = np.fromiter(
-            (nd_ for nd_ in self.plain.values() if ent_map[self.node_ent.a[nd_]] == 0), np.int64
-        )
+        # stale plain nodes, and their items, before the event loop may touch them
+        na = self.node_alive.a[:n_nodes]
+        stale_nodes = np.flatnonzero(na & (self.node_chain.a[:n_nodes] < 0) & (ent_map[node_ent[:n_nodes]] == 0))
         if stale_nodes.size:
             sr = np.flatnonzero((it["state"] == STABLE) & np.isin(it["node"], stale_nodes))
             so_ = np.flatnonzero((self.orph["state"] == STABLE) & np.isin(self.orph["node"], stale_nodes))
             st_rows_nodes, st_orph_nodes = it["node"][sr], self.orph["node"][so_]
         else:
-            sr = so_ = np.empty(0, np.int64)
-            st_rows_nodes = st_orph_nodes = np.empty(0, np.int64)
+            sr = so_ = st_rows_nodes = st_orph_nodes = np.empty(0, np.int64)
         # ---- F. the event-by-event part (chains, fork-shared pages, THP, full nodes)
-        loop = _Loop(self, undo, ev, snap, vp, vr, loop_vis, skip, v_has, age, rmn, h, node_is_complex,
+        loop = _Loop(self, undo, ev, snap, np.flatnonzero(loop_vis), rows, skip, node_is_complex,
                      touch_pos, touch_sub, touch_state, touch_node, touch_mm, touch_row, touch_orph,
-                     walk_simple, pos_mm, starts_scan)
+                     walk_simple, mm_pos)
         loop.run()
         # ---- G. shared/sharing of closed-form nodes: per node, in position order
         leave_simple = live_leave[~node_is_complex[touch_node[live_leave]]] if live_leave.size else live_leave
-        all_nodes = np.concatenate(join_node_parts + [touch_node[leave_simple]])
-        all_pos = np.concatenate(join_pos_parts + [touch_pos[leave_simple]])
-        all_mm = np.concatenate(join_mm_parts + [touch_mm[leave_simple]])
-        all_ord = np.concatenate(join_order_parts + [touch_sub[leave_simple] - 2])  # leaves first
-        all_d = np.concatenate([np.ones(sum(x.size for x in join_node_parts), np.int64),
-                                -np.ones(leave_simple.size, np.int64)])
-        node_len_new = np.zeros(0, np.int64)
-        n_new = len(new_nodes_key)
+        all_nodes = np.concatenate([*join_node_parts, touch_node[leave_simple]])
         if all_nodes.size:
+            all_pos = np.concatenate([*join_pos_parts, touch_pos[leave_simple]])
+            all_mm = np.concatenate([*join_mm_parts, touch_mm[leave_simple]])
+            all_ord = np.concatenate([*join_order_parts, touch_sub[leave_simple] - 2])
+            n_j = all_nodes.size - leave_simple.size
+            all_d = np.concatenate([np.ones(n_j, np.int64), -np.ones(leave_simple.size, np.int64)])
             o_ = np.lexsort((all_ord, all_pos, all_nodes))
             nds, ps, ds, mms = all_nodes[o_], all_pos[o_], all_d[o_], all_mm[o_]
-            L0 = np.where(nds < base_node, self.node_len.a[np.minimum(nds, max(self.node_len.n - 1, 0))], 0)
+            L0 = np.where(nds < base_node, node_len[np.minimum(nds, max(n_nodes - 1, 0))], 0)
             startn = np.r_[True, nds[1:] != nds[:-1]]
             cs = np.cumsum(ds)
             seg_base = np.maximum.accumulate(np.where(startn, np.arange(nds.size), 0))
-            before_cs = np.where(startn, 0, cs - ds - np.where(seg_base > 0, cs[seg_base - 1], 0))
-            # running length before/after each event
             grp_first_cs = np.where(seg_base > 0, cs[seg_base - 1], 0)
             len_after = L0 + (cs - grp_first_cs)
             len_before = len_after - ds
-            del before_cs
             sh = (len_after > 0).astype(np.int64) - (len_before > 0).astype(np.int64)
             sg = (len_after - (len_after > 0)) - (len_before - (len_before > 0))
             ev.add(ps, C_SHARED, sh)
             ev.add(ps, C_SHARING, sg)
             lastn = np.r_[nds[1:] != nds[:-1], True]
-            fin_nodes, fin_len = nds[lastn], len_after[lastn]
-            upd["node_len"] = (fin_nodes, fin_len)
+            upd["node_len"] = (nds[lastn], len_after[lastn])
             upd["merging"] = (mms, ds)
         else:
             upd["node_len"] = (np.empty(0, np.int64), np.empty(0, np.int64))
             upd["merging"] = (np.empty(0, np.int64), np.empty(0, np.int64))
-        del n_new
-
         # ---- H. stale plain nodes: removed by the first walk or the first touch of an item
-        first_walk = min(int(walk_simple.min()) if walk_simple.size else P, loop.first_walk)
-        rm_nodes: list[int] = []
+        first_walk = min(int(walk_simple[0]) if walk_simple.size else P_ev, loop.first_walk)
+        rm_nodes = np.empty(0, np.int64)
         if stale_nodes.size:
-            ft = np.full(stale_nodes.size, P, np.int64)
+            ft = np.full(stale_nodes.size, P_ev, np.int64)
             if stale_plain_touch.size:
-                tn = touch_node[stale_plain_touch]
-                tp = touch_pos[stale_plain_touch]
-                so = np.argsort(stale_nodes)
-                q = np.searchsorted(stale_nodes[so], tn)
-                np.minimum.at(ft, so[np.minimum(q, so.size - 1)], tp)
+                q = np.searchsorted(stale_nodes, touch_node[stale_plain_touch])
+                np.minimum.at(ft, np.minimum(q, stale_nodes.size - 1), touch_pos[stale_plain_touch])
             rmpos = np.minimum(ft, first_walk)
-            ok = rmpos < P
-            for nd_, p_ in zip(stale_nodes[ok].tolist(), rmpos[ok].tolist(), strict=True):
-                ln = int(self.node_len.a[nd_])
-                if ln > 0:
-                    ev.add([p_], C_SHARED, -1)
-                    ev.add([p_], C_SHARING, -(ln - 1))
-                ev.add([p_], C_NODES, -1)
-                rm_nodes.append(nd_)
-        rm_arr = np.asarray(rm_nodes, np.int64)
-        rm_rows = sr[np.isin(st_rows_nodes, rm_arr)]
-        rm_orph = so_[np.isin(st_orph_nodes, rm_arr)]
+            ok = rmpos < P_ev
+            rm_nodes, rmp = stale_nodes[ok], rmpos[ok]
+            ln = node_len[rm_nodes]
+            pos_ = ln > 0
+            ev.add(rmp[pos_], C_SHARED, -1)
+            ev.add(rmp[pos_], C_SHARING, -(ln[pos_] - 1))
+            ev.add(rmp, C_NODES, -1)
+        rm_rows = sr[np.isin(st_rows_nodes, rm_nodes)]
+        rm_orph = so_[np.isin(st_orph_nodes, rm_nodes)]
         rm_mms = np.concatenate([snap.mm[rm_rows].astype(np.int64), (self.o_key[rm_orph] >> _KEY_SHIFT).astype(np.int64)])
-
         # ---- I. new and freed items
-        new_item_pos = vp[~v_has]
-        ev.add(new_item_pos, C_RMAP, 1)
-        free_pos = np.concatenate([free_rows_tpos, o_hpos])
-        ev.add(free_pos, C_RMAP, -1)
-
+        new_pos = np.flatnonzero(vis & ~rit)
+        ev.add(new_pos, C_RMAP, 1)
+        ev.add(np.concatenate([fr_tpos, o_hpos]), C_RMAP, -1)
         # ---- J. batches: processed visits (with the flips the event loop found)
-        processed = np.zeros(P, bool)
-        processed[vp[proc]] = True
-        skipped_pos = np.zeros(P, bool)
-        skipped_pos[vp[skip]] = True
+        processed = proc.copy()
+        skipped_m = skip.copy()
         if loop.flips:
             fl = np.asarray(loop.flips, np.int64)
             processed[fl] = True
-            skipped_pos[fl] = False
-        proc_before = np.cumsum(processed) - processed
-        total_proc = int(processed.sum())
+            skipped_m[fl] = False
+        proc_before = np.zeros(P + 1, np.int64)
+        np.cumsum(processed, out=proc_before[1:])
+        total_proc = int(proc_before[P])
         scan_end = limit is None
-        nb = total_proc // pts + 1 if scan_end else max(1, (total_proc + pts - 1) // pts)
-        bpos = np.minimum(proc_before // pts, nb - 1)
+        nb = total_proc // pts + 1 if scan_end else max(1, -(-total_proc // pts))
         epos, eslot, eval_ = ev.counters()
-        delta = np.zeros((nb, N_COUNTERS), np.int64)
-        if epos.size:
-            np.add.at(delta, (bpos[epos], eslot), eval_)
-        scanned_b = np.bincount(bpos[processed], minlength=nb)
-        skipped_b = np.bincount(bpos[skipped_pos], minlength=nb)
+        b_ev = np.minimum(proc_before[epos] // pts, nb - 1)
+        delta = np.bincount(b_ev * N_COUNTERS + eslot, weights=eval_, minlength=nb * N_COUNTERS)
+        delta = np.rint(delta).astype(np.int64).reshape(nb, N_COUNTERS)
+        bproc = np.minimum(proc_before[:P] // pts, nb - 1)
+        scanned_b = np.bincount(bproc[processed], minlength=nb)
+        skipped_b = np.bincount(bproc[skipped_m], minlength=nb)
         ppos, ppath = ev.paths()
-        paths_b = np.zeros((nb, len(PATHS)), np.int64)
-        if ppos.size:
-            np.add.at(paths_b, (bpos[ppos], ppath), 1)
+        npaths = len(PATHS)
+        paths_b = np.bincount(np.minimum(proc_before[ppos] // pts, nb - 1) * npaths + ppath,
+                              minlength=nb * npaths).reshape(nb, npaths)
         costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
         cpu_b = self.cost.batch_overhead_ns + paths_b @ costs
         if starts_scan:
             cpu_b[0] += self.cost.scan_start_ns
         sleep = sleep_ns(K.sleep_ms, K.hz) + self.cost.wake_latency_ns
         times = t0 + np.r_[0, np.cumsum(cpu_b + sleep)[:-1]]
+        end_slots = [int(rem_arr[s]) for s in range(S) if seg_end[s] < P_ev]
         return {
-            "undo": undo, "ev": ev, "upd": upd, "P": P, "P_full": P_full, "row": row, "pos_mm": pos_mm,
-            "vp": vp, "vr": vr, "loop_vis": loop_vis, "skip": skip, "proc_before": proc_before,
-            "nb": nb, "delta": delta, "scanned_b": scanned_b, "skipped_b": skipped_b, "paths_b": paths_b,
-            "cpu_b": cpu_b, "times": times, "scan_end": scan_end, "set_rows": set_rows_parts,
-            "set_state": set_state_parts, "set_node": set_node_parts, "set_phys_rows": set_phys_rows,
-            "set_phys_vals": set_phys_vals, "new_nodes_key": new_nodes_key, "new_nodes_ent": new_nodes_ent, "base_node": base_node,
-            "new_occ": new_occ, "del_occ": del_occ, "rm_nodes": rm_nodes, "rm_rows": rm_rows, "rm_orph": rm_orph,
-            "rm_mms": rm_mms, "free_rows": free_rows,
-            "o_hit": o_hit, "new_item_rows": vr[~v_has], "loop": loop, "rem": rem, "is_end": is_end,
-            "processed": processed,
+            "undo": undo, "ev": ev, "upd": upd, "P": P, "rows": rows, "mm_pos": mm_pos,
+            "proc_before": proc_before, "nb": nb, "delta": delta, "scanned_b": scanned_b,
+            "skipped_b": skipped_b, "paths_b": paths_b, "cpu_b": cpu_b, "times": times, "scan_end": scan_end,
+            "set_rows": set_rows_parts, "set_state": set_state_parts, "set_node": set_node_parts,
+            "set_phys_rows": set_phys_rows, "set_phys_vals": set_phys_vals, "new_nodes_key": new_nodes_key,
+            "new_nodes_ent": new_nodes_ent, "base_node": base_node, "occ_new_g": occ_new_g,
+            "occ_new_rows": occ_new_rows, "occ_del_g": occ_del_g, "rm_nodes": rm_nodes, "rm_rows": rm_rows,
+            "rm_orph": rm_orph, "rm_mms": rm_mms, "free_rows": free_rows, "o_hit": o_hit,
+            "new_item_rows": rows(new_pos), "loop": loop, "end_slots": end_slots,
         }
 
     def _epoch(self, t0: int, starts_scan: bool, boundary_ns: int | None) -> _Epoch:
@@ -872,19 +961,20 @@ class VectorizedEngine:
         it = self.it
         upd = plan["upd"]
         ent_map = self.ent_map.a
-        # stale plain nodes removed in this epoch (before new nodes may take their key)
-        rm = np.asarray(plan["rm_nodes"], np.int64)
+        # stale plain nodes removed in this epoch (before new nodes may take their content)
+        rm = plan["rm_nodes"]
         if rm.size:
-            for nd in rm.tolist():
-                self.node_alive.a[nd] = False
-                ent = int(self.node_ent.a[nd])
-                if self.ent_node.a[ent] == nd:
-                    self.ent_node.a[ent] = -1
-                key = int(self.node_key.a[nd])
-                if self.plain.get(key) == nd:
-                    del self.plain[key]
-            mr, mo = plan["rm_rows"], plan["rm_orph"]
+            self.node_alive.a[rm] = False
+            ents = self.node_ent.a[rm]
+            own = self.ent_node.a[ents] == rm
+            self.ent_node.a[ents[own]] = -1
+            keys = self.node_key.a[rm]
+            q = np.minimum(np.searchsorted(self.gkey, keys), max(self.gkey.size - 1, 0))
+            hit = (self.gkey[q] == keys) if self.gkey.size else np.zeros(rm.size, bool)
+            hit[hit] &= self.g_node[q[hit]] == rm[hit]
+            self.g_node[q[hit]] = -1
             np.add.at(self.mm_merging, plan["rm_mms"], -1)
+            mr, mo = plan["rm_rows"], plan["rm_orph"]
             on = (it["state"][mr] == STABLE) & np.isin(it["node"][mr], rm)
             it["state"][mr[on]] = NONE
             it["node"][mr[on]] = -1
@@ -907,29 +997,31 @@ class VectorizedEngine:
         nn = len(plan["new_nodes_key"])
         if nn:
             base = plan["base_node"]
-            ents = np.array(plan["new_nodes_ent"], np.int64)
-            self.ent_node.a[ents] = np.arange(base, base + nn)
-            for i, key in enumerate(plan["new_nodes_key"]):
-                self.plain[int(key)] = base + i
+            ids = np.arange(base, base + nn)
+            self.ent_node.a[plan["new_nodes_ent"]] = ids
+            self.g_node[np.searchsorted(self.gkey, plan["new_nodes_key"])] = ids
         if plan["set_rows"]:
-            rows = np.concatenate(plan["set_rows"])
-            it["state"][rows] = np.concatenate(plan["set_state"])
-            it["node"][rows] = np.concatenate(plan["set_node"])
+            r_ = np.concatenate(plan["set_rows"])
+            it["state"][r_] = np.concatenate(plan["set_state"])
+            it["node"][r_] = np.concatenate(plan["set_node"])
         if plan["set_phys_rows"]:
-            rows = np.concatenate(plan["set_phys_rows"])
+            r_ = np.concatenate(plan["set_phys_rows"])
             vals = np.concatenate(plan["set_phys_vals"])
-            np.add.at(ent_map, self.phys[rows], -1)
+            np.add.at(ent_map, self.phys[r_], -1)
             np.add.at(ent_map, vals, 1)
-            self.phys[rows] = vals
+            self.phys[r_] = vals
         nodes, lens = upd["node_len"]
         if nodes.size:
             self.node_len.a[nodes] = lens
         mms, ds = upd["merging"]
         if mms.size:
             np.add.at(self.mm_merging, mms, ds)
-        for key in plan["del_occ"]:
-            self.occupant.pop(int(key), None)
-        self.occupant.update(plan["new_occ"])
+        for g in plan["occ_del_g"]:
+            self.g_occ_scan[g] = -1
+        if plan["occ_new_g"]:
+            g = np.concatenate(plan["occ_new_g"])
+            self.g_occ_row[g] = np.concatenate(plan["occ_new_rows"])
+            self.g_occ_scan[g] = self.scan_id
         # items: created and freed
         nrows = plan["new_item_rows"]
         self.it_exists[nrows] = True
@@ -950,9 +1042,8 @@ class VectorizedEngine:
         # counters, paths, cpu
         delta = plan["delta"]
         nb = plan["nb"]
-        base_c = self.c.copy()
         cum = np.empty((nb, N_COUNTERS + 2), np.int64)
-        cum[:, :N_COUNTERS] = base_c + np.cumsum(delta, axis=0)
+        cum[:, :N_COUNTERS] = self.c + np.cumsum(delta, axis=0)
         cum[:, N_COUNTERS] = self.scanned + np.cumsum(plan["scanned_b"])
         cum[:, N_COUNTERS + 1] = self.skipped + np.cumsum(plan["skipped_b"])
         self.c = cum[-1, :N_COUNTERS].copy()
@@ -963,27 +1054,26 @@ class VectorizedEngine:
         self.path_visits += pb
         self.path_cpu_ns += pb * costs
         self.cpu_ns += int(plan["cpu_b"].sum())
+        if self.visit_log is not None:
+            ppos, ppath = plan["ev"].paths()
+            o_ = np.argsort(ppos, kind="stable")
+            rws = plan["rows"](ppos[o_])
+            for r_, c_ in zip(np.atleast_1d(rws).tolist(), ppath[o_].tolist(), strict=True):
+                self.visit_log.append((self.seqnr, int(snap.mm[r_]), int(snap.page[r_]), PATHS[c_]))
         # slots: ENDs passed (exited mms torn down, mms without mergeable mappings dropped)
-        is_end = plan["is_end"]
-        pos_mm = plan["pos_mm"]
-        for mm in pos_mm[is_end].tolist():
+        for mm in plan["end_slots"]:
             if mm in self.exited:
                 self.slots.remove(mm)
             else:
                 i = int(np.searchsorted(snap.mm_present, mm))
                 if not bool(snap.mm_mergeable[i]):
                     self.slots.remove(mm)
-        if self.visit_log is not None:
-            ppos, ppath = plan["ev"].paths()
-            o_ = np.argsort(ppos, kind="stable")
-            for p_, c_ in zip(ppos[o_].tolist(), ppath[o_].tolist(), strict=True):
-                self.visit_log.append((self.seqnr, int(pos_mm[p_]), int(snap.page[int(plan["row"][p_])]), PATHS[c_]))
         if plan["scan_end"]:
             self.cursor = None
         else:
             q = plan["P"] - 1
-            self.cursor = int(pos_mm[q])
-            self.cursor_page = int(snap.page[int(plan["row"][q])]) + 1
+            self.cursor = int(plan["mm_pos"][q])
+            self.cursor_page = int(snap.page[int(plan["rows"](q))]) + 1
         return _Epoch(batch_times=plan["times"], batch_cpu=plan["cpu_b"], cum=cum, scan_ended=plan["scan_end"])
 
     # ================================================================== the ksmd loop
@@ -1062,7 +1152,7 @@ class VectorizedEngine:
             if starts:
                 self.scan_start_ns = t
                 self.advisor.start_scan_ns = t
-                self.occupant.clear()
+                self.scan_id += 1
                 self.cursor = self.slots[0]
                 self.cursor_page = 0
                 scan_start_t, scan_cpu0, scan_batches = t, self.cpu_ns, 0
@@ -1191,55 +1281,52 @@ class _Loop:
     chain would change under them.
     """
 
-    def __init__(self, eng: VectorizedEngine, undo: _Undo, ev: _Events, snap: SnapshotRows, vp: I64, vr: I64,
-                 loop_vis: B, skip: B, v_has: B, age: Any, rmn: Any, h: Any, node_is_complex: B,
-                 touch_pos: I64, touch_sub: I64, touch_state: Any, touch_node: I64, touch_mm: I64,
-                 touch_row: I64, touch_orph: I64, walk_simple: I64, pos_mm: I64, starts_scan: bool) -> None:
+    def __init__(self, eng: VectorizedEngine, undo: _Undo, ev: _Events, snap: SnapshotRows, loop_pos: I64,
+                 rows: Any, skip: B, node_is_complex: B, touch_pos: I64, touch_sub: I64, touch_state: Any,
+                 touch_node: I64, touch_mm: I64, touch_row: I64, touch_orph: I64, walk_simple: I64,
+                 mm_pos: I64) -> None:
         self.e = eng
         self.u = undo
         self.ev = ev
         self.snap = snap
-        self.vp, self.vr, self.skip, self.h = vp, vr, skip, h
-        self.pos_mm = pos_mm
+        self.rows = rows
+        self.skip = skip
+        self.mm_pos = mm_pos
         self.base_nodes = eng.node_key.n
         self.node_is_complex = node_is_complex
         self.first_walk = 1 << 62
         self.flips: list[int] = []
-        self.walks = np.sort(walk_simple)
-        loop_rows = set(vr[loop_vis].tolist())
-        events: list[tuple[int, int, int, int]] = [(int(vp[i]), 1, 0, int(i)) for i in np.flatnonzero(loop_vis)]
+        self.walks = walk_simple
+        loop_rows = np.asarray(rows(loop_pos), np.int64)
+        ev_pos = [loop_pos]
+        ev_sub = [np.ones(loop_pos.size, np.int64)]
+        ev_kind = [np.zeros(loop_pos.size, np.int64)]
+        ev_x = [loop_pos]
         cx = np.flatnonzero(touch_state == STABLE)
         if cx.size:
             nd = touch_node[cx]
-            ok = np.zeros(cx.size, bool)
-            ok |= nd >= self.base_nodes
+            ok = nd >= self.base_nodes
             inb = nd < node_is_complex.size
             ok[inb] |= node_is_complex[nd[inb]]
-            for j in cx[ok].tolist():
-                r = int(touch_row[j])
-                if touch_sub[j] == 1 and r in loop_rows:
-                    continue  # handled by the visit itself
-                events.append((int(touch_pos[j]), int(touch_sub[j]), 1, j))
-        events.sort()
-        self.events = events
+            cx = cx[ok]
+            own = (touch_sub[cx] == 1) & np.isin(touch_row[cx], loop_rows)
+            cx = cx[~own]  # a loop visit handles its own item
+            ev_pos.append(touch_pos[cx])
+            ev_sub.append(touch_sub[cx])
+            ev_kind.append(np.ones(cx.size, np.int64))
+            ev_x.append(cx)
+        pos_a, sub_a = np.concatenate(ev_pos), np.concatenate(ev_sub)
+        kind_a, x_a = np.concatenate(ev_kind), np.concatenate(ev_x)
+        o = np.lexsort((sub_a, pos_a))
+        self.events = list(zip(pos_a[o].tolist(), kind_a[o].tolist(), x_a[o].tolist(), strict=True))
         self.touch_row, self.touch_orph, self.touch_mm = touch_row, touch_orph, touch_mm
-        # items hanging on complex nodes (needed when a stale dup is removed)
-        self.node_items: dict[int, set[tuple[int, int, int]]] = {}
-        cn = np.flatnonzero(node_is_complex)
-        if cn.size:
-            rs = np.flatnonzero((eng.it["state"] == STABLE) & np.isin(eng.it["node"], cn))
-            for r in rs.tolist():
-                self.node_items.setdefault(int(eng.it["node"][r]), set()).add((0, r, int(snap.mm[r])))
-            os_ = np.flatnonzero((eng.orph["state"] == STABLE) & np.isin(eng.orph["node"], cn))
-            for o in os_.tolist():
-                self.node_items.setdefault(int(eng.orph["node"][o]), set()).add(
-                    (1, o, int(eng.o_key[o] >> _KEY_SHIFT)))
-        self.pending = any(eng._chain_dirty(ch) for ch in eng.chains.values())
+        self.dirty = {key for key, ch in eng.chains.items() if eng._chain_dirty(ch)}
+        self.touched: set[int] = set()
 
     # ---------------------------------------------------------------- helpers
     def _ev(self, p: int, counter: int, v: int) -> None:
         if v:
-            self.ev.add([p], counter, v)
+            self.ev.one(p, counter, v)
 
     def _complex_node(self, nd: int) -> bool:
         return nd >= self.base_nodes or (nd < self.node_is_complex.size and bool(self.node_is_complex[nd]))
@@ -1248,17 +1335,33 @@ class _Loop:
         arr = self.e.it[field] if kind == 0 else self.e.orph[field]
         self.u.set(arr, idx, v)
 
+    def _set_g_node(self, key: int, nd: int) -> None:
+        g = self.e._gid(key)
+        if g >= 0:
+            self.u.set(self.e.g_node, g, nd)
+
+    def _chain_key(self, nd: int) -> int | None:
+        return int(self.e.node_key.a[nd]) if self.e.node_chain.a[nd] >= 0 else None
+
     def _remove_node(self, nd: int, p: int) -> None:
+        """remove_node_from_stable_tree of a stale dup (stale plain nodes are removed globally)."""
         e = self.e
         ln = int(e.node_len.a[nd])
         if ln > 0:
             self._ev(p, C_SHARED, -1)
             self._ev(p, C_SHARING, -(ln - 1))
-        for kind, idx, mm in list(self.node_items.get(nd, ())):
-            self._set_item(kind, idx, "state", NONE)
-            self._set_item(kind, idx, "node", -1)
+        rs = np.flatnonzero((e.it["state"] == STABLE) & (e.it["node"] == nd))
+        for r in rs.tolist():
+            self._set_item(0, r, "state", NONE)
+            self._set_item(0, r, "node", -1)
+            mm = int(self.snap.mm[r])
             self.u.set(e.mm_merging, mm, e.mm_merging[mm] - 1)
-        self.node_items.pop(nd, None)
+        os_ = np.flatnonzero((e.orph["state"] == STABLE) & (e.orph["node"] == nd))
+        for o in os_.tolist():
+            self._set_item(1, o, "state", NONE)
+            self._set_item(1, o, "node", -1)
+            mm = int(e.o_key[o] >> _KEY_SHIFT)
+            self.u.set(e.mm_merging, mm, e.mm_merging[mm] - 1)
         self.u.set(e.node_len.a, nd, 0)
         self.u.set(e.node_alive.a, nd, False)
         self._ev(p, C_NODES, -1)
@@ -1272,9 +1375,9 @@ class _Loop:
             ch.dups.pop(i)
             self.u.call(lambda ch=ch, i=i, nd=nd: ch.dups.insert(i, nd))
             self._ev(p, C_DUPS, -1)
-        elif e.plain.get(key) == nd:
-            del e.plain[key]
-            self.u.call(lambda key=key, nd=nd: e.plain.__setitem__(key, nd))
+            self.touched.add(key)
+        elif self.e._plain(key) == nd:
+            self._set_g_node(key, -1)
 
     def _leave(self, kind: int, idx: int, mm: int, nd: int, p: int) -> None:
         """remove_rmap_item_from_tree for an item on node ``nd`` (complex nodes only)."""
@@ -1287,11 +1390,11 @@ class _Loop:
             return
         ln = int(e.node_len.a[nd]) - 1
         self.u.set(e.node_len.a, nd, ln)
+        ck = self._chain_key(nd)
+        if ck is not None:
+            self.touched.add(ck)
         self._ev(p, C_SHARING if ln > 0 else C_SHARED, -1)
         self.u.set(e.mm_merging, mm, e.mm_merging[mm] - 1)
-        items = self.node_items.get(nd)
-        if items is not None:
-            items.discard((kind, idx, mm))
         self._set_item(kind, idx, "state", NONE)
         self._set_item(kind, idx, "node", -1)
 
@@ -1304,10 +1407,9 @@ class _Loop:
                 self._leave(0, row, mm, nd, p)
                 return
         elif st == UNSTABLE:
-            key = int(self.snap.hash[row])
-            if e.occupant.get(key) == row:
-                del e.occupant[key]
-                self.u.call(lambda key=key, row=row: e.occupant.__setitem__(key, row))
+            g = int(e.gid[row])
+            if e._occ(g) == row:
+                self.u.set(e.g_occ_scan, g, -1)
         self._set_item(0, row, "state", NONE)
         self._set_item(0, row, "node", -1)
 
@@ -1315,11 +1417,13 @@ class _Loop:
         e = self.e
         ln = int(e.node_len.a[nd]) + 1
         self.u.set(e.node_len.a, nd, ln)
+        ck = self._chain_key(nd)
+        if ck is not None:
+            self.touched.add(ck)
         self._ev(p, C_SHARED if ln == 1 else C_SHARING, 1)
         self.u.set(e.mm_merging, mm, e.mm_merging[mm] + 1)
         self._set_item(0, row, "state", STABLE)
         self._set_item(0, row, "node", nd)
-        self.node_items.setdefault(nd, set()).add((0, row, mm))
 
     def _replace(self, row: int, ent: int, p: int) -> None:
         e = self.e
@@ -1359,6 +1463,7 @@ class _Loop:
     def _chain_visit(self, key: int, prune: bool, p: int) -> int | None:
         e = self.e
         ch = e.chains[key]
+        self.touched.add(key)
         if prune and e._prune_due(ch):
             old = ch.prune_ns
             ch.prune_ns = e.scan_start_ns
@@ -1378,8 +1483,7 @@ class _Loop:
             if len(ch.dups) == 1:
                 del e.chains[key]
                 self.u.call(lambda key=key, ch=ch: e.chains.__setitem__(key, ch))
-                e.plain[key] = found
-                self.u.call(lambda key=key: e.plain.pop(key, None))
+                self._set_g_node(key, found)
                 self.u.set(e.node_chain.a, found, -1)
                 self._ev(p, C_CHAINS, -1)
                 self._ev(p, C_DUPS, -1)
@@ -1395,18 +1499,34 @@ class _Loop:
         return found
 
     def _walk(self, p: int, prune: bool, target: int | None) -> int | None:
+        """A stable-tree walk: every chain a walk would change is visited (others are no-ops)."""
         self.first_walk = min(self.first_walk, p)
         chosen = None
-        for key in list(self.e.chains):
+        keys = set(self.dirty)
+        if target is not None and target in self.e.chains:
+            keys.add(target)
+        for key in sorted(keys):
+            if key not in self.e.chains:
+                continue
             got = self._chain_visit(key, prune, p)
             if key == target:
                 chosen = got
-        self.pending = False
+        self._refresh()
         return chosen
+
+    def _refresh(self) -> None:
+        e = self.e
+        for key in self.touched:
+            ch = e.chains.get(key)
+            if ch is not None and e._chain_dirty(ch):
+                self.dirty.add(key)
+            else:
+                self.dirty.discard(key)
+        self.touched.clear()
 
     def _passerby_until(self, limit: int) -> None:
         """A closed-form group's walk before position ``limit`` passes by the chains."""
-        if not self.pending:
+        if not self.dirty:
             return
         i = int(np.searchsorted(self.walks, self._lo, side="left"))
         if i < self.walks.size and int(self.walks[i]) < limit:
@@ -1414,28 +1534,28 @@ class _Loop:
             self._walk(w, True, None)
             self._lo = w + 1
 
-    def _refresh(self) -> None:
-        self.pending = any(self.e._chain_dirty(ch) for ch in self.e.chains.values())
-
-    def _stable_search(self, key: int, p: int) -> int | None:
+    def _stable_search(self, key: int, row: int, p: int) -> int | None:
         e = self.e
         chosen = self._walk(p, True, key)
         if key in e.chains:
             nd = chosen
         else:
-            nd = e.plain.get(key)
-            if nd is not None and e._stale(nd):
-                nd = None
+            g = int(e.gid[row])
+            nd = int(e.g_node[g])
+            if nd < 0 or e._stale(nd):
+                return None
         return nd if nd is not None and e._cand(nd) else None
 
-    def _stable_insert(self, key: int, ent: int, p: int) -> int:
+    def _stable_insert(self, key: int, row: int, ent: int, p: int) -> int:
         e = self.e
         self._walk(p, False, key)
         nid = e.node_key.n
         for g, v in ((e.node_key, key), (e.node_ent, ent), (e.node_len, 0), (e.node_chain, -1), (e.node_alive, True)):
             g.ensure(nid + 1)
             g.a[nid] = v
-        self.u.call(lambda nid=nid: [setattr(g, "n", nid) for g in (e.node_key, e.node_ent, e.node_len, e.node_chain, e.node_alive)])
+        grows = (e.node_key, e.node_ent, e.node_len, e.node_chain, e.node_alive)
+        self.u.call(lambda nid=nid: [setattr(g, "n", nid) for g in grows])
+        gid = int(e.gid[row])
         if key in e.chains:
             ch = e.chains[key]
             ch.dups.insert(0, nid)
@@ -1443,21 +1563,19 @@ class _Loop:
             self.u.set(e.node_chain.a, nid, 1)
             self._ev(p, C_DUPS, 1)
         else:
-            old = e.plain.get(key)
-            if old is not None and not e._stale(old):
+            old = int(e.g_node[gid])
+            if old >= 0 and not e._stale(old):
                 ch = _VChain(key=key, prune_ns=e.scan_start_ns, dups=[nid, old])
                 e.chains[key] = ch
                 self.u.call(lambda key=key: e.chains.pop(key, None))
-                del e.plain[key]
-                self.u.call(lambda key=key, old=old: e.plain.__setitem__(key, old))
+                self.u.set(e.g_node, gid, -1)
                 self.u.set(e.node_chain.a, old, 1)
                 self.u.set(e.node_chain.a, nid, 1)
                 self._ev(p, C_CHAINS, 1)
                 self._ev(p, C_DUPS, 2)
             else:
-                prev = e.plain.get(key)
-                e.plain[key] = nid
-                self.u.call(lambda key=key, prev=prev: e.plain.__setitem__(key, prev) if prev is not None else e.plain.pop(key, None))
+                self.u.set(e.g_node, gid, nid)
+        self.touched.add(key)
         self._ev(p, C_NODES, 1)
         self._ev(p, C_KSMPAGES, 1)
         self.u.set(e.ent_node.a, ent, nid)
@@ -1466,14 +1584,15 @@ class _Loop:
     # ---------------------------------------------------------------- the events
     def run(self) -> None:
         self._lo = 0
-        for p, _sub, kind, x in self.events:
+        for p, kind, x in self.events:
             self._passerby_until(p)
             self._lo = max(self._lo, p)
             if kind == 0:
-                self._visit(p, x)
+                self._visit(p)
             else:
                 self._touch(p, x)
-            self._refresh()
+            if self.touched:
+                self._refresh()
         self._passerby_until(1 << 62)
 
     def _touch(self, p: int, j: int) -> None:
@@ -1485,11 +1604,11 @@ class _Loop:
             return
         self._leave(kind, idx, mm, int(arr["node"][idx]), p)
 
-    def _visit(self, p: int, i: int) -> None:
+    def _visit(self, p: int) -> None:
         e = self.e
         K = e.k
-        row = int(self.vr[i])
-        mm = int(self.pos_mm[p])
+        row = int(self.rows(p))
+        mm = int(self.mm_pos[p])
         it = e.it
         ent = int(e.phys[row])
         node = int(e.ent_node.a[ent])
@@ -1503,64 +1622,66 @@ class _Loop:
                 else:
                     self.u.set(it["rem"], row, int(it["rem"][row]) - 1)
                     self._remove(row, mm, p)
-                    self.ev.add_path([p], P_SKIP)
+                    self.ev.one_path_at(p, P_SKIP)
                     return
-        if self.skip[i]:
+        if self.skip[p]:
             self.flips.append(p)
         if node >= 0:
             if int(it["state"][row]) == STABLE and int(it["node"][row]) == node:
-                self.ev.add_path([p], P_KSM)
+                self.ev.one_path_at(p, P_KSM)
                 return
             self._remove(row, mm, p)
             self._append(row, mm, node, p)
-            self.ev.add_path([p], P_FORK)
+            self.ev.one_path_at(p, P_FORK)
             return
         self._remove(row, mm, p)
         h = int(self.snap.hash[row])
         if not bool(it["has"][row]) or int(it["sum"][row]) != h:
-            self.ev.add_path([p], P_FIRST if not bool(e.it_exists[row]) else P_VOL)
+            self.ev.one_path_at(p, P_FIRST if not bool(e.it_exists[row]) else P_VOL)
             self.u.set(it["sum"], row, np.uint64(h))
             self.u.set(it["has"], row, True)
             return
         if K.use_zero_pages and bool(self.snap.zero[row]):
             self._replace(row, ZERO, p)
-            self.ev.add_path([p], P_ZERO)
+            self.ev.one_path_at(p, P_ZERO)
             return
-        kd = self._stable_search(h, p)
+        kd = self._stable_search(h, row, p)
         if kd is not None:
             self._split(row)
             self._replace(row, int(e.node_ent.a[kd]), p)
             self._append(row, mm, kd, p)
-            self.ev.add_path([p], P_MERGE)
+            self.ev.one_path_at(p, P_MERGE)
             return
-        j = e.occupant.get(h)
+        g = int(e.gid[row])
+        j = e._occ(g)
         if j is not None:
             if int(e.phys[j]) == int(e.phys[row]):
-                self.ev.add_path([p], P_NOMERGE)
+                self.ev.one_path_at(p, P_NOMERGE)
                 return
             bi, bj = self._thp_block(row), self._thp_block(j)
             if bi is not None and bi == bj:
                 e.split_thp.add(bi)
                 self.u.call(lambda bi=bi: e.split_thp.discard(bi))
-                self.ev.add_path([p], P_NOMERGE)
+                self.ev.one_path_at(p, P_NOMERGE)
                 return
             self._split(row)
             self._split(j)
             E = int(e.phys[row])
             mmj = int(self.snap.mm[j])
             self._set_item(0, j, "state", NONE)
-            del e.occupant[h]
-            self.u.call(lambda h=h, j=j: e.occupant.__setitem__(h, j))
+            self.u.set(e.g_occ_scan, g, -1)
             self._ev(p, C_UNSHARED, -1)
             self._replace(j, E, p)
-            nid = self._stable_insert(h, E, p)
+            nid = self._stable_insert(h, row, E, p)
             self._append(j, mmj, nid, p)
             self._append(row, mm, nid, p)
-            self.ev.add_path([p], P_MERGE)
+            self.ev.one_path_at(p, P_MERGE)
             return
-        e.occupant[h] = row
-        self.u.call(lambda h=h: e.occupant.pop(h, None))
+        self.u.set(e.g_occ_row, g, row)
+        self.u.set(e.g_occ_scan, g, e.scan_id)
         self._set_item(0, row, "state", UNSTABLE)
         self._ev(p, C_UNSHARED, 1)
-        self.ev.add_path([p], P_UNST)
+        self.ev.one_path_at(p, P_UNST)
+
+
 __all__ = ["VectorizedEngine"]
