@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-from scipy.optimize import nnls
 
 from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
@@ -282,6 +281,8 @@ def fit_profile(
     EnvironmentProblem
         A path was never measured, or the wake-up windows saw no batch.
     """
+
+    from scipy.optimize import nnls
 
     def scans(scenario: str, path: str) -> list[ScanCost]:
         return [s for s in m.scans if s.scenario == scenario and s.path == path]
