@@ -1,5 +1,189 @@
-"""Commands of this group are registered on planner.cli._app.app."""
+"""``ksm-planner replay TRACE``: what ksmd would do on the traced host, over time."""
 
 from __future__ import annotations
 
-from planner.cli._app import app  # noqa: F401
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from planner.cli._app import app
+from planner.cli._knobs import (
+    Advisor,
+    AdvisorChoice,
+    Engine,
+    EngineChoice,
+    Hz,
+    MaxPageSharing,
+    PagesToScan,
+    SleepMs,
+    SmartScan,
+    UseZeroPages,
+)
+from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr
+
+if TYPE_CHECKING:
+    from planner.engine.result import ReplayResult
+
+MIB = 1 << 20
+
+
+@app.command("replay")
+def replay_cmd(
+    trace: Annotated[Path, typer.Argument(help="Trace directory (from capture or ingest).")],
+    host: Annotated[str | None, typer.Option("--host", help="Host of a multi-host trace.")] = None,
+    pages_to_scan: PagesToScan = 100,
+    sleep_ms: SleepMs = 20,
+    hz: Hz = None,
+    max_page_sharing: MaxPageSharing = 256,
+    use_zero_pages: UseZeroPages = False,
+    smart_scan: SmartScan = True,
+    advisor: Advisor = AdvisorChoice.none,
+    advisor_max_cpu: Annotated[int, typer.Option("--advisor-max-cpu", help="advisor_max_cpu, %.")] = 70,
+    advisor_min_pages: Annotated[
+        int, typer.Option("--advisor-min-pages-to-scan", help="advisor_min_pages_to_scan.")
+    ] = 500,
+    advisor_max_pages: Annotated[
+        int, typer.Option("--advisor-max-pages-to-scan", help="advisor_max_pages_to_scan.")
+    ] = 30000,
+    advisor_target_s: Annotated[
+        int, typer.Option("--advisor-target-scan-time", help="advisor_target_scan_time, s.")
+    ] = 200,
+    prune_ms: Annotated[
+        int, typer.Option("--chains-prune-ms", help="stable_node_chains_prune_millisecs.")
+    ] = 2000,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (TOML) restricting which processes use KSM.")
+    ] = None,
+    policy_set: Annotated[
+        str | None, typer.Option("--policy-set", help="Policy set of --policy to use (if it holds several).")
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Seconds to replay; past the last snapshot it is held. "
+                     "Default: until 24 full scans after the last snapshot."),
+    ] = None,
+    settle_scans: Annotated[
+        int, typer.Option("--settle-scans", help="Full scans after the last snapshot (without --duration).")
+    ] = 24,
+    grid_s: Annotated[float | None, typer.Option("--grid", help="Time-grid step of the timeline, s.")] = None,
+    cost_profile: Annotated[
+        Path | None, typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate').")
+    ] = None,
+    engine: Engine = EngineChoice.vectorized,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the timelines as Parquet (+ result.json) to this directory.")
+    ] = None,
+    force: ForceFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay TRACE through a model of ksmd and report what KSM would save, how fast, at what cost.
+
+    Counters are those of /sys/kernel/mm/ksm and /proc/<pid>/ksm_stat, after every full scan
+    and on a time grid; the truth behind them counts physical frames (fork-shared frames are
+    not savings) and bytes saved net of KSM's metadata; the cost comes from a per-path model
+    of ksmd's CPU. Defaults are the kernel's; every process is KSM-enabled (prctl) unless
+    --policy says otherwise.
+
+    Example: ksm-planner replay traces/django-preload --pages-to-scan 1000 --json
+    """
+    from planner.engine import CostProfile, KsmKnobs, ReplayOptions
+    from planner.engine.api import replay_trace
+
+    knobs = KsmKnobs(
+        pages_to_scan=pages_to_scan, sleep_ms=sleep_ms, hz=hz if hz is not None else _trace_hz(trace, host),
+        max_page_sharing=max_page_sharing, use_zero_pages=use_zero_pages, smart_scan=smart_scan,
+        advisor=advisor.value, advisor_max_cpu=advisor_max_cpu, advisor_min_pages_to_scan=advisor_min_pages,
+        advisor_max_pages_to_scan=advisor_max_pages, advisor_target_scan_time_s=advisor_target_s,
+        stable_node_chains_prune_ms=prune_ms,
+    )
+    options = ReplayOptions(
+        duration_s=duration, settle_scans=settle_scans, grid_s=grid_s,
+        cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
+    )
+    if out is not None and out.exists() and not force:
+        from planner.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force")
+    with progress() as bar:
+        result = replay_trace(trace, host=host, knobs=knobs, options=options, policy_path=policy,
+                              policy_set=policy_set, engine=engine.value, progress=bar)
+    if out is not None:
+        result.write_parquet(out, overwrite=force)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        _render(result)
+        if out is not None:
+            note(f"timelines written to {out}")
+
+
+def _trace_hz(trace: Path, host: str | None) -> int:
+    """HZ recorded in the trace (250 when unknown), without loading the pages."""
+    from planner.trace.io import open_trace
+
+    tr = open_trace(trace)
+    h = host or (tr.hosts[0] if tr.hosts else None)
+    if h is None:
+        return 250
+    import pyarrow.parquet as pq
+
+    snaps = pq.read_table(tr.host_path(h) / "snapshots.parquet", columns=["hz"]).column("hz").to_pylist()
+    hz = next((v for v in snaps if v), None)
+    return hz if hz in (100, 250, 300, 1000) else 250
+
+
+def _render(r: ReplayResult) -> None:
+    from rich import box
+    from rich.table import Table
+
+    k = r.knobs
+    p = r.provenance
+    note(f"[bold]replay[/] of {p.get('trace_path')} (host {p.get('host')}, trace {str(p.get('trace_hash'))[:19]}) "
+         f"with the {r.engine} engine, policy: {p.get('policy_set')}")
+    note(f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, max_page_sharing "
+         f"{k['max_page_sharing']}, use_zero_pages {int(k['use_zero_pages'])}, smart_scan {int(k['smart_scan'])}, "
+         f"advisor {k['advisor']}")
+    t = r.final_truth
+    c = r.final_counters
+    pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0
+    note(f"replayed {r.duration_s:.1f} s, {c['full_scans']} full scans")
+    tab = Table(box=box.SIMPLE_HEAD, title="memory at the end", title_justify="left")
+    tab.add_column("")
+    tab.add_column("value", justify="right")
+    rows = [
+        ("frames without KSM", f"{t.frames_without_ksm * t.page_size / MIB:,.1f} MiB"),
+        ("frames with KSM", f"{t.frames_with_ksm * t.page_size / MIB:,.1f} MiB"),
+        ("saved (fork-shared frames excluded)", f"{t.saved_bytes / MIB:,.1f} MiB ({pct:.1f} %)"),
+        ("KSM metadata (rmap_items, stable nodes)", f"{t.metadata_bytes / MIB:,.2f} MiB"),
+        ("net saved", f"{t.net_saved_bytes / MIB:,.1f} MiB"),
+    ]
+    for a, b in rows:
+        tab.add_row(a, b)
+    stderr.print(tab)
+    ctab = Table(box=box.SIMPLE_HEAD, title="KSM counters at the end (/sys/kernel/mm/ksm)", title_justify="left")
+    ctab.add_column("counter")
+    ctab.add_column("value", justify="right")
+    for n in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "pages_scanned",
+              "pages_skipped", "full_scans", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
+              "general_profit"):
+        ctab.add_row(n, f"{c[n]:,}")
+    stderr.print(ctab)
+    cost = r.cost
+    ttf = cost.time_to_saving_s
+    fmt = lambda v: "-" if v is None else f"{v:,.1f} s"  # noqa: E731
+    note(f"ksmd CPU {cost.cpu_percent:.2f} % of one core ({cost.cpu_s:.2f} s); mean full scan "
+         f"{fmt(cost.mean_scan_time_s)}; time to 50/90/99 % of the final saving: {fmt(ttf['50'])} / "
+         f"{fmt(ttf['90'])} / {fmt(ttf['99'])}")
+    procs = sorted(r.final_processes.items(), key=lambda kv: -kv[1]["ksm_process_profit"])
+    if procs:
+        pt = Table(box=box.SIMPLE_HEAD, title="processes (ksm_stat), by profit", title_justify="left")
+        for col in ("pid", "rmap_items", "merging_pages", "zero_pages", "profit MiB", "rmap/merging"):
+            pt.add_column(col, justify="right")
+        for pid, s in procs[:12]:
+            ratio = s["ksm_rmap_items"] / s["ksm_merging_pages"] if s["ksm_merging_pages"] else float("inf")
+            pt.add_row(pid, f"{s['ksm_rmap_items']:,}", f"{s['ksm_merging_pages']:,}", f"{s['ksm_zero_pages']:,}",
+                       f"{s['ksm_process_profit'] / MIB:,.2f}", "inf" if ratio == float("inf") else f"{ratio:.1f}")
+        stderr.print(pt)
+        if len(procs) > 12:
+            note(f"... and {len(procs) - 12} more processes (see --json)")

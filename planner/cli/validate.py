@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from planner.cli._app import app
+from planner.cli._knobs import (
+    Advisor,
+    AdvisorChoice,
+    Engine,
+    EngineChoice,
+    Hz,
+    MaxPageSharing,
+    PagesToScan,
+    SleepMs,
+    SmartScan,
+    UseZeroPages,
+    host_hz,
+)
 from planner.cli._output import JsonFlag, emit_json, note, progress, stderr, warn
 
 if TYPE_CHECKING:
     from planner.kernel.validate import KernelValidation
-
-
-class AdvisorChoice(StrEnum):
-    """``--advisor`` values (the kernel's advisor_mode)."""
-
-    none = "none"
-    scan_time = "scan-time"
-
-
-class EngineChoice(StrEnum):
-    """``--engine`` values."""
-
-    vectorized = "vectorized"
-    reference = "reference"
 
 
 #: Columns of the side-by-side table: (counter, header).
@@ -56,32 +54,13 @@ def validate_cmd(
         ),
     ] = False,
     host: Annotated[str | None, typer.Option("--host", help="Host of a multi-host trace.")] = None,
-    pages_to_scan: Annotated[
-        int, typer.Option("--pages-to-scan", help="ksmd pages per batch.", min=1)
-    ] = 100,
-    sleep_ms: Annotated[
-        int, typer.Option("--sleep-ms", help="ksmd sleep between batches, ms.", min=0)
-    ] = 20,
-    hz: Annotated[
-        int | None,
-        typer.Option("--hz", help="CONFIG_HZ of the replay (default: this kernel's)."),
-    ] = None,
-    max_page_sharing: Annotated[
-        int, typer.Option("--max-page-sharing", help="Mappers per KSM page.", min=2)
-    ] = 256,
-    use_zero_pages: Annotated[
-        bool,
-        typer.Option(
-            "--use-zero-pages/--no-use-zero-pages", help="Merge zero pages with the zero page."
-        ),
-    ] = False,
-    smart_scan: Annotated[
-        bool,
-        typer.Option("--smart-scan/--no-smart-scan", help="Skip pages that never merge."),
-    ] = True,
-    advisor: Annotated[
-        AdvisorChoice, typer.Option("--advisor", help="The scan-time advisor.")
-    ] = AdvisorChoice.none,
+    pages_to_scan: PagesToScan = 100,
+    sleep_ms: SleepMs = 20,
+    hz: Hz = None,
+    max_page_sharing: MaxPageSharing = 256,
+    use_zero_pages: UseZeroPages = False,
+    smart_scan: SmartScan = True,
+    advisor: Advisor = AdvisorChoice.none,
     scans: Annotated[
         int | None,
         typer.Option(
@@ -90,9 +69,7 @@ def validate_cmd(
             min=1,
         ),
     ] = None,
-    engine: Annotated[
-        EngineChoice, typer.Option("--engine", help="Replay engine.")
-    ] = EngineChoice.vectorized,
+    engine: Engine = EngineChoice.vectorized,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare the replay with the real kernel, counter by counter, after every full scan.
@@ -119,7 +96,7 @@ def validate_cmd(
     knobs = KsmKnobs(
         pages_to_scan=pages_to_scan,
         sleep_ms=sleep_ms,
-        hz=hz or _host_hz(kernel_hz()),
+        hz=hz or host_hz(kernel_hz()),
         max_page_sharing=max_page_sharing,
         use_zero_pages=use_zero_pages,
         smart_scan=smart_scan,
@@ -146,10 +123,6 @@ def validate_cmd(
         )
     if not as_json:
         note(result.summary())
-
-
-def _host_hz(hz: int | None) -> int:
-    return hz if hz in (100, 250, 300, 1000) else 250
 
 
 def _render(result: KernelValidation) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from planner._progress import NULL_PROGRESS, Progress
@@ -65,3 +66,48 @@ def replay(
 
         return VectorizedEngine(inp, knobs, opts, progress=progress).run()
     raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
+
+
+def replay_trace(
+    path: str | Path,
+    *,
+    host: str | None = None,
+    knobs: KsmKnobs | None = None,
+    options: ReplayOptions | None = None,
+    policy_path: str | Path | None = None,
+    policy_set: str | None = None,
+    engine: EngineName = "vectorized",
+    progress: Progress = NULL_PROGRESS,
+) -> ReplayResult:
+    """Open a trace directory, apply a policy file (or prctl everywhere), and replay one host.
+
+    This is what ``ksm-planner replay`` runs. The result's provenance names the trace path
+    and hash, the policy set and the knobs.
+    """
+    from planner.trace.io import open_trace
+
+    tr = open_trace(path)
+    ht = tr.load_host(host)
+    resolver: Resolver | None = None
+    set_name = "default (prctl for every process)"
+    if policy_path is not None:
+        from planner.policy import load_policy
+
+        ps = load_policy(policy_path, policy_set)
+        resolver = ps.resolver()
+        set_name = ps.name
+    if knobs is None:
+        hz = ht.meta().get("hz")
+        knobs = KsmKnobs(hz=int(hz)) if hz in (100, 250, 300, 1000) else KsmKnobs()
+    progress.start("loading trace", None)
+    inp = prepare(ht, resolver=resolver)
+    progress.finish()
+    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress)
+    res.provenance.update(
+        trace_path=str(path),
+        trace_hash=tr.trace_hash,
+        policy_set=set_name,
+        policy_file=None if policy_path is None else str(policy_path),
+        hosts=list(tr.hosts),
+    )
+    return res

@@ -113,19 +113,9 @@ def test_scenarios_are_found_by_name() -> None:
 REPLAYABLE = [s for s in SCENARIOS if not s.needs_knob_changes]
 
 
-def _engine_ready(engine: str) -> bool:
-    if engine == "vectorized":
-        from planner.engine.vectorized import VectorizedEngine
-
-        return hasattr(VectorizedEngine, "run")
-    return True
-
-
 @pytest.mark.parametrize("engine", ["reference", "vectorized"])
 @pytest.mark.parametrize("sc", REPLAYABLE, ids=[s.name for s in REPLAYABLE])
 def test_the_replay_reproduces_the_measured_counters(sc: Scenario, engine: str) -> None:
-    if not _engine_ready(engine):
-        pytest.skip(f"the {engine} engine has no run() yet")
     from planner.engine import KsmKnobs, replay
     from planner.engine.options import ReplayOptions
 
