@@ -1,0 +1,58 @@
+"""Knob validation and cost profiles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.engine import CostProfile, KsmKnobs, ReplayOptions
+from planner.engine.cost import PATHS
+from planner.errors import InputDataError, KnobError
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"pages_to_scan": 0}, {"sleep_ms": -1}, {"hz": 123}, {"max_page_sharing": 1}, {"advisor": "magic"},
+     {"advisor_max_cpu": 0}, {"advisor_min_pages_to_scan": 10, "advisor_max_pages_to_scan": 5}],
+)
+def test_impossible_knobs_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(KnobError):
+        KsmKnobs(**bad)  # type: ignore[arg-type]
+
+
+def test_advisor_starts_at_its_minimum() -> None:
+    assert KsmKnobs(advisor="scan-time").initial_pages_to_scan == 500
+    assert KsmKnobs(pages_to_scan=4000).initial_pages_to_scan == 4000
+
+
+@pytest.mark.parametrize("bad", [{"duration_s": 0}, {"grid_s": -1}, {"snapshot_scans": (2, 3)}, {"snapshot_scans": (1, 3, 2)}])
+def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(KnobError):
+        ReplayOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_default_profile_and_round_trip(tmp_path: Path) -> None:
+    prof = CostProfile.default()
+    assert len(prof.path_costs(1000)) == len(PATHS)
+    assert prof.unstable_ns(1 << 20) > prof.unstable_ns(2)
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(prof.to_dict()))
+    assert CostProfile.load(p) == prof
+
+
+def test_bad_profiles_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "p.json"
+    d = CostProfile.default().to_dict()
+    d["merge_ns"] = -5
+    p.write_text(json.dumps(d))
+    with pytest.raises(InputDataError, match="merge_ns"):
+        CostProfile.load(p)
+    d = CostProfile.default().to_dict()
+    d["bogus_ns"] = 1
+    p.write_text(json.dumps(d))
+    with pytest.raises(InputDataError, match="unknown"):
+        CostProfile.load(p)
+    with pytest.raises(InputDataError, match="does not exist"):
+        CostProfile.load(tmp_path / "missing.json")

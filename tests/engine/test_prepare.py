@@ -1,0 +1,86 @@
+"""From a trace to the engine's input: processes, rows, physical-page transitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.engine.prepare import prepare
+from planner.engine.registration import ProcessInfo, Registration
+from planner.errors import InputDataError
+from planner.testing.builder import World
+
+
+def test_a_forked_child_maps_its_parents_pages_even_after_the_parent_exits() -> None:
+    w = World()
+    w.spawn(100)
+    w.map(100, 0x10000, [1, 1, 2, 0])
+    w.snapshot(0.0)
+    w.fork(100, 101)
+    w.write(101, 0x11000, 7)
+    w.exit(100)
+    w.spawn(100)  # the pid is reused by a new process
+    w.map(100, 0x20000, [5])
+    w.snapshot(5.0)
+    inp = prepare(w.host_trace())
+    assert [(m.pid, m.first_snap, m.exit_snap, m.parent_mm) for m in inp.mms] == [
+        (100, 0, 1, None), (100, 1, None, None), (101, 1, None, 0)]
+    s1 = inp.snapshots[1]
+    child = s1.mm == 2
+    # the child's unwritten pages keep the old master's physical pages; the written one is fresh
+    assert s1.inherit_old[child].tolist() == [0, -1, 2, 3]
+    assert s1.fresh_group[child].tolist()[1] >= 0
+    assert s1.released_old.tolist() == [0, 1, 2, 3]
+
+
+def test_unchanged_pages_keep_their_physical_page() -> None:
+    w = World()
+    w.spawn(100)
+    w.map(100, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.write(100, 0x11000, 9)
+    w.snapshot(1.0)
+    s1 = prepare(w.host_trace()).snapshots[1]
+    assert s1.carry_src.tolist() == [0, -1, 2]
+    # a private page written in place keeps its frame but gets a fresh physical page
+    assert s1.fresh_group.tolist() == [-1, 0, -1]
+    assert s1.same_content_src.tolist() == [0, -1, 2]
+
+
+def test_eligibility_follows_the_policy() -> None:
+    w = World()
+    w.spawn(100, comm="a")
+    w.map(100, 0x10000, [1, 2], kind="heap")
+    w.map(100, 0x90000, [3], kind="stack")
+    w.spawn(101, comm="b")
+    w.map(101, 0x10000, [1])
+    w.snapshot(0.0)
+
+    def pol(info: ProcessInfo, parent: Registration | None) -> Registration:
+        if info.comm == "a":
+            return Registration(mode="madvise", kinds=frozenset({"heap"}))
+        return Registration(mode="off")
+
+    s0 = prepare(w.host_trace(), resolver=pol).snapshots[0]
+    assert s0.eligible.tolist() == [True, True, False, False]
+    assert s0.mm_mergeable.tolist() == [True, False]
+
+
+def test_processes_cannot_come_back_with_the_same_start_time() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    w = World()
+    w.spawn(100)
+    w.map(100, 0x10000, [1])
+    for t in (0.0, 1.0, 2.0):
+        w.snapshot(t)
+    ht = w.host_trace()
+    procs = ht.processes
+    gone_mid = pc.equal(procs.column("snapshot_id"), 1)
+    state = pc.if_else(gone_mid, pa.scalar("gone"), procs.column("state"))
+    procs = procs.set_column(procs.schema.get_field_index("state"), "state", state)
+    pages = ht.pages.filter(pc.not_equal(ht.pages.column("snapshot_id"), 1))
+    ht2 = type(ht)(host=ht.host, snapshots=ht.snapshots, processes=procs, mappings=ht.mappings, pages=pages,
+                   trace_hash=ht.trace_hash)
+    with pytest.raises(InputDataError, match="comes back"):
+        prepare(ht2)
