@@ -298,16 +298,19 @@ def fit_profile(
                 return w
         raise EnvironmentProblem(f"calibration has no {phase} window", hint="rerun calibrate")
 
-    # 1. wake-up and scan-start CPU: 64 KSM pages, one batch per scan (a) or one page per batch (b)
-    ksm_raw = _median(
-        [s.cpu_ns / s.scanned for s in scans("same", "ksm_page") if s.scanned], "KSM page"
-    )
+    # 1. wake-up and scan-start CPU: KSM pages, one batch per scan (a) or one page per batch (b).
+    # The windows' few KSM pages cost ksm_page each, which is measured net of the wake-up
+    # cost: a short fixed-point iteration settles both.
+    ksm_scans = [s for s in scans("same", "ksm_page") if s.scanned]
     a, b = window("wake_one_batch"), window("wake_one_page")
     lhs = np.array([[a.batches, a.full_scans], [b.batches, b.full_scans]], dtype=float)
-    rhs = np.array([a.cpu_ns - a.scanned * ksm_raw, b.cpu_ns - b.scanned * ksm_raw], dtype=float)
-    sol, _ = nnls(lhs, np.maximum(rhs, 0.0))
-    batch_ns, scan_start = float(sol[0]), float(sol[1])
-    wake = batch_ns + scan_start  # the overhead of a one-batch full scan
+    wake = batch_ns = scan_start = 0.0
+    for _ in range(6):
+        ksm_pp = _median([max(0.0, (s.cpu_ns - wake) / s.scanned) for s in ksm_scans], "KSM page")
+        rhs = np.array([a.cpu_ns - a.scanned * ksm_pp, b.cpu_ns - b.scanned * ksm_pp])
+        sol, _ = nnls(lhs, np.maximum(rhs, 0.0))
+        batch_ns, scan_start = float(sol[0]), float(sol[1])
+        wake = batch_ns + scan_start  # the overhead of a one-batch full scan
 
     def per_page(s: ScanCost, count: int) -> float:
         return max(0.0, (s.cpu_ns - wake) / count)

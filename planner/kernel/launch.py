@@ -307,13 +307,13 @@ def merge_state(pid: int, *, proc_root: str = PROC_ROOT) -> MergeState:
     """
     base = Path(proc_root, str(pid))
     if pid <= 0 or not base.is_dir():
-        raise TargetNotFoundError(f"no process {pid}", hint="check the pid (ps -p PID)")
+        raise TargetNotFoundError(f"no process {pid}", hint="check it with ps -p PID")
     try:
         text = (base / "ksm_stat").read_text()
     except FileNotFoundError:
         if not base.is_dir():
             raise TargetNotFoundError(
-                f"process {pid} exited", hint="check the pid (ps -p PID)"
+                f"process {pid} exited", hint="check it with ps -p PID"
             ) from None
         raise KernelUnsupportedError(
             f"{base}/ksm_stat does not exist", hint="use Linux 6.4 or later built with CONFIG_KSM"

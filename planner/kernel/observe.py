@@ -356,7 +356,7 @@ def observe(
     watched: dict[int, int | None] = {}
     for pid in dict.fromkeys(pids):
         if not Path(proc_root, str(pid)).is_dir():
-            raise TargetNotFoundError(f"no process {pid}", hint="check the pid (ps -p PID)")
+            raise TargetNotFoundError(f"no process {pid}", hint="check it with ps -p PID")
         try:
             Path(proc_root, str(pid), "ksm_stat").read_text()
         except PermissionError as exc:
