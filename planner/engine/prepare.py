@@ -64,11 +64,27 @@ class SnapshotRows:
     n_fresh: int = 0
     same_content_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     released_old: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    _n_frames: int | None = field(default=None, repr=False)
+    _groups: tuple[U64, I64] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
         """Number of rows."""
         return int(self.mm.size)
+
+    @property
+    def n_frames(self) -> int:
+        """Distinct trace frames (physical pages without KSM), computed once."""
+        if self._n_frames is None:
+            self._n_frames = int(np.unique(self.frame).size)
+        return self._n_frames
+
+    def groups(self) -> tuple[U64, I64]:
+        """Distinct contents (sorted hashes) and each row's content index, computed once."""
+        if self._groups is None:
+            gkey, gid = np.unique(self.hash, return_inverse=True)
+            self._groups = (gkey, gid.reshape(-1).astype(np.int64))
+        return self._groups
 
     def keys(self) -> U64:
         """Row keys ``(mm << 36) | page``, sorted."""

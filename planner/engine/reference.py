@@ -638,7 +638,7 @@ class ReferenceEngine:
         with_ksm = {e for e in self.phys if e != ZERO}
         ksm = {e for e in with_ksm if e in self.ent_node}
         return Truth(
-            frames_without_ksm=int(np.unique(snap.frame).size),
+            frames_without_ksm=snap.n_frames,
             frames_with_ksm=len(with_ksm),
             ksm_pages=len(ksm),
             zero_mapped_pages=sum(1 for e in self.phys if e == ZERO),

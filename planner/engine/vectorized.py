@@ -125,15 +125,12 @@ class _Events:
     """Counter deltas and path visits attached to positions of an epoch.
 
     Arrays come from the vectorized part; single events (the event loop) are collected in
-    plain lists and converted once.
+    plain lists. :meth:`per_batch` sums them per batch without touching every position.
     """
 
     def __init__(self) -> None:
-        self.pos: list[I64] = []
-        self.slot: list[I64] = []
-        self.val: list[I64] = []
-        self.ppos: list[I64] = []
-        self.path: list[I64] = []
+        self.parts: list[tuple[I64, int, Any]] = []  # (positions, counter, value: int or array)
+        self.pparts: list[tuple[I64, int]] = []  # (positions, path)
         self.one_pos: list[int] = []
         self.one_slot: list[int] = []
         self.one_val: list[int] = []
@@ -144,9 +141,8 @@ class _Events:
         p = np.asarray(pos, dtype=np.int64).reshape(-1)
         if p.size == 0:
             return
-        self.pos.append(p)
-        self.slot.append(np.full(p.size, counter, np.int64))
-        self.val.append(np.broadcast_to(np.asarray(val, dtype=np.int64), p.shape).copy())
+        v = val if np.isscalar(val) else np.asarray(val, dtype=np.int64).reshape(-1)
+        self.parts.append((p, counter, v))
 
     def one(self, pos: int, counter: int, val: int) -> None:
         self.one_pos.append(pos)
@@ -156,24 +152,70 @@ class _Events:
     def add_path(self, pos: Any, path: int) -> None:
         p = np.asarray(pos, dtype=np.int64).reshape(-1)
         if p.size:
-            self.ppos.append(p)
-            self.path.append(np.full(p.size, path, np.int64))
+            self.pparts.append((p, path))
 
     def one_path_at(self, pos: int, path: int) -> None:
         self.one_ppos.append(pos)
         self.one_path.append(path)
 
     @staticmethod
-    def _cat(parts: list[I64], extra: list[int]) -> I64:
-        arrs = [*parts, np.asarray(extra, np.int64)] if extra else parts
-        return np.concatenate(arrs) if arrs else np.empty(0, np.int64)
+    def _counts(pos: I64, bpos: I64) -> I64:
+        if pos.size > 1 and np.any(pos[1:] < pos[:-1]):
+            pos = np.sort(pos)
+        return np.diff(np.searchsorted(pos, bpos))
 
-    def counters(self) -> tuple[I64, I64, I64]:
-        return (self._cat(self.pos, self.one_pos), self._cat(self.slot, self.one_slot),
-                self._cat(self.val, self.one_val))
+    @staticmethod
+    def _sums(pos: I64, val: I64, bpos: I64) -> I64:
+        if pos.size > 1 and np.any(pos[1:] < pos[:-1]):
+            o = np.argsort(pos, kind="stable")
+            pos, val = pos[o], val[o]
+        cs = np.zeros(val.size + 1, np.int64)
+        np.cumsum(val, out=cs[1:])
+        return np.diff(cs[np.searchsorted(pos, bpos)])
+
+    def per_batch(self, bpos: I64, nb: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(counter deltas, path visits) per batch; batch b holds positions [bpos[b], bpos[b+1])."""
+        delta = np.zeros((nb, N_COUNTERS), np.int64)
+        for p, slot, v in self.parts:
+            if np.isscalar(v):
+                delta[:, slot] += self._counts(p, bpos) * int(v)
+            else:
+                delta[:, slot] += self._sums(p, v, bpos)
+        paths = np.zeros((nb, len(PATHS)), np.int64)
+        for p, path in self.pparts:
+            paths[:, path] += self._counts(p, bpos)
+        if self.one_pos:
+            b = np.searchsorted(bpos, np.asarray(self.one_pos, np.int64), side="right") - 1
+            np.add.at(delta, (b, np.asarray(self.one_slot, np.int64)), np.asarray(self.one_val, np.int64))
+        if self.one_ppos:
+            b = np.searchsorted(bpos, np.asarray(self.one_ppos, np.int64), side="right") - 1
+            np.add.at(paths, (b, np.asarray(self.one_path, np.int64)), 1)
+        return delta, paths
 
     def paths(self) -> tuple[I64, I64]:
-        return self._cat(self.ppos, self.one_ppos), self._cat(self.path, self.one_path)
+        """All path events (for the debugging visit log)."""
+        pos = [p for p, _ in self.pparts] + [np.asarray(self.one_ppos, np.int64)]
+        path = [np.full(p.size, c, np.int64) for p, c in self.pparts] + [np.asarray(self.one_path, np.int64)]
+        return np.concatenate(pos), np.concatenate(path)
+
+
+class _Masked:
+    """Write per-position values to row-aligned arrays: a slice when the positions are contiguous rows."""
+
+    def __init__(self, rows: Any, P: int) -> None:
+        self.rows = rows
+        self.P = P
+        r0 = rows(0) if P else 0
+        self.r0 = int(r0)
+        self.contiguous = P == 0 or int(rows(P - 1)) - self.r0 == P - 1
+
+    def assign(self, target: Any, mask: B, values: Any) -> None:
+        if self.contiguous:
+            view = target[self.r0 : self.r0 + self.P]
+            np.copyto(view, values, where=mask, casting="unsafe")
+        else:
+            idx = np.flatnonzero(mask)
+            target[self.rows(idx)] = values if np.isscalar(values) else values[idx]
 
 
 @dataclass
@@ -291,7 +333,7 @@ class VectorizedEngine:
         self._remap_items(old, new)
         # content groups of the new snapshot; unstable-tree entries of this scan follow their
         # page when its content did not change (else they are dropped); plain nodes by content
-        gkey, gid = np.unique(new.hash, return_inverse=True)
+        gkey, gid = new.groups()
         G = gkey.size
         g_occ_row = np.full(G, -1, np.int64)
         g_occ_scan = np.full(G, -1, np.int64)
@@ -320,12 +362,12 @@ class VectorizedEngine:
             live = self.ent_map.a[self.node_ent.a[plain]] > 0
             order = np.lexsort((live, q))
             g_node[q[order][hit[order]]] = plain[order][hit[order]]
-        self.gkey, self.gid, self.g_node = gkey, gid.reshape(-1).astype(np.int64), g_node
+        self.gkey, self.gid, self.g_node = gkey, gid, g_node
         self.g_occ_row, self.g_occ_scan = g_occ_row, g_occ_scan
         self.phys = phys
         self.snap = new
         self.snap_i = k
-        self.frames_without = int(np.unique(new.frame).size)
+        self.frames_without = new.n_frames
         used = self.ent_map.a[: self.ent_map.n] > 0
         self.c[C_FRAMES] = int(np.count_nonzero(used))
         self.c[C_KSMPAGES] = int(np.count_nonzero(used & (self.ent_node.a[: self.ent_map.n] >= 0)))
@@ -689,34 +731,40 @@ class VectorizedEngine:
         complex_g |= chain_g | fork_g
         # visits replayed event by event: complex candidates, fork children, and the pages
         # that share a physical page with a complex candidate (it may become KSM under them)
-        loop_cand = cand & complex_g[self.gid[rows(ar)]] if P else cand
-        lc_pos = np.flatnonzero(loop_cand)
+        lc_pos = cpos_all[complex_g[cg_all]]
+        loop_cand = np.zeros(P, bool)
+        loop_cand[lc_pos] = True
         loop_vis = loop_cand | fork
         if lc_pos.size:
             lents = np.unique(ph[lc_pos])
             loop_vis |= vis & ~ksm_page & np.isin(ph, lents)
+        # complex nodes: dups, and nodes of complex contents -- computed for the nodes this
+        # epoch touches (removal touches, and the items of the event loop's rows)
         node_is_complex = np.zeros(n_nodes, bool)
-        if n_nodes and complex_g.any():
-            nk = self.node_key.a[:n_nodes]
-            q = np.minimum(np.searchsorted(self.gkey, nk), max(G - 1, 0))
-            node_is_complex = (self.gkey[q] == nk) & complex_g[q] if G else node_is_complex
-            node_is_complex |= self.node_chain.a[:n_nodes] >= 0
-        elif n_nodes:
-            node_is_complex = self.node_chain.a[:n_nodes] >= 0
+        if n_nodes:
+            lv_rows = rows(np.flatnonzero(loop_vis))
+            lv_nodes = it["node"][lv_rows][it["state"][lv_rows] == STABLE]
+            rel = np.unique(np.concatenate([touch_node[stab_idx], lv_nodes]))
+            if rel.size:
+                nk = self.node_key.a[rel]
+                q = np.minimum(np.searchsorted(self.gkey, nk), max(G - 1, 0))
+                isc = self.node_chain.a[rel] >= 0
+                if G:
+                    isc |= (self.gkey[q] == nk) & complex_g[q]
+                node_is_complex[rel] = isc
 
         # ---- E. closed-form groups
         upd: dict[str, Any] = {}
-        sv = np.flatnonzero(vis & ~loop_vis)
-        upd["age_rows"], upd["age"], upd["rem"] = rows(sv), new_age[sv], new_rem[sv]
-        touched_sv = sv[rit[sv] & ~ksm_page[sv]]
-        upd["none_rows"] = rows(touched_sv)
-        ev.add_path(sv[skip[sv]], P_SKIP)
-        ev.add_path(sv[ksm_page[sv]], P_KSM)
-        ev.add_path(sv[first[sv]], P_FIRST)
-        ev.add_path(sv[vol[sv]], P_VOL)
-        fv = sv[(first | vol)[sv]]
-        upd["sum_rows"], upd["sum"] = rows(fv), h[fv]
-        zv = sv[zero_m[sv]]
+        simple_vis = vis & ~loop_vis
+        # per-position updates of the closed-form visits, applied at commit (slices when contiguous)
+        upd["age_mask"], upd["age"], upd["rem"] = simple_vis, new_age, new_rem
+        upd["none_mask"] = simple_vis & rit & ~ksm_page
+        ev.add_path(np.flatnonzero(simple_vis & skip), P_SKIP)
+        ev.add_path(np.flatnonzero(simple_vis & ksm_page), P_KSM)
+        ev.add_path(np.flatnonzero(simple_vis & first), P_FIRST)
+        ev.add_path(np.flatnonzero(simple_vis & vol), P_VOL)
+        upd["sum_mask"], upd["sum"] = simple_vis & (first | vol), h
+        zv = np.flatnonzero(simple_vis & zero_m)
         upd["zero_rows"] = rows(zv)
         ev.add_path(zv, P_ZERO)
         ev.add(zv, C_ZERO, 1)
@@ -912,17 +960,12 @@ class VectorizedEngine:
         total_proc = int(proc_before[P])
         scan_end = limit is None
         nb = total_proc // pts + 1 if scan_end else max(1, -(-total_proc // pts))
-        epos, eslot, eval_ = ev.counters()
-        b_ev = np.minimum(proc_before[epos] // pts, nb - 1)
-        delta = np.bincount(b_ev * N_COUNTERS + eslot, weights=eval_, minlength=nb * N_COUNTERS)
-        delta = np.rint(delta).astype(np.int64).reshape(nb, N_COUNTERS)
-        bproc = np.minimum(proc_before[:P] // pts, nb - 1)
-        scanned_b = np.bincount(bproc[processed], minlength=nb)
-        skipped_b = np.bincount(bproc[skipped_m], minlength=nb)
-        ppos, ppath = ev.paths()
-        npaths = len(PATHS)
-        paths_b = np.bincount(np.minimum(proc_before[ppos] // pts, nb - 1) * npaths + ppath,
-                              minlength=nb * npaths).reshape(nb, npaths)
+        bpos = np.searchsorted(proc_before, np.arange(nb + 1, dtype=np.int64) * pts, side="left")
+        bpos[0] = 0
+        bpos[nb] = P_ev
+        delta, paths_b = ev.per_batch(bpos, nb)
+        scanned_b = np.diff(np.minimum(np.arange(nb + 1, dtype=np.int64) * pts, total_proc))
+        skipped_b = np.diff(np.searchsorted(np.flatnonzero(skipped_m), bpos))
         costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
         cpu_b = self.cost.batch_overhead_ns + paths_b @ costs
         if starts_scan:
@@ -983,12 +1026,13 @@ class VectorizedEngine:
             self.orph["node"][mo[oo]] = -1
             self.node_len.a[rm] = 0
         # closed-form results
-        it["age"][upd["age_rows"]] = upd["age"]
-        it["rem"][upd["age_rows"]] = upd["rem"]
-        it["state"][upd["none_rows"]] = NONE
-        it["node"][upd["none_rows"]] = -1
-        it["sum"][upd["sum_rows"]] = upd["sum"]
-        it["has"][upd["sum_rows"]] = True
+        pmask = _Masked(plan["rows"], plan["P"])
+        pmask.assign(it["age"], upd["age_mask"], upd["age"])
+        pmask.assign(it["rem"], upd["age_mask"], upd["rem"])
+        pmask.assign(it["state"], upd["none_mask"], NONE)
+        pmask.assign(it["node"], upd["none_mask"], -1)
+        pmask.assign(it["sum"], upd["sum_mask"], upd["sum"])
+        pmask.assign(it["has"], upd["sum_mask"], True)
         zr = upd["zero_rows"]
         if zr.size:
             np.add.at(ent_map, self.phys[zr], -1)
