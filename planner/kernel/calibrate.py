@@ -611,7 +611,12 @@ class _Session:
 @contextlib.contextmanager
 def _holder(npages: int, contents: Sequence[int | None]) -> Iterator[Holder]:
     """A holder owning ``npages`` pages of ``contents``, registered with KSM; killed after."""
-    h = Holder.spawn()
+    try:
+        h = Holder.spawn()
+    except HolderError as exc:
+        raise EnvironmentProblem(
+            f"a holder process did not start: {exc}", hint="check memory limits and dmesg"
+        ) from exc
     try:
         h.map_region(npages)
         h.write(list(range(npages)), contents)

@@ -421,3 +421,17 @@ def test_quick_calibration_on_the_real_ksmd(
     assert all(
         s["counters"]["pages_shared"] + s["counters"]["pages_sharing"] == s["pages"] for s in merge
     )
+
+
+def test_cli_ksm_busy_exit_3_and_nothing_written(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_measure: list[int]
+) -> None:
+    monkeypatch.setattr("planner.kernel.sysfs.os.geteuid", lambda: 0)
+    monkeypatch.setattr(KsmSysfs, "available", lambda self: True)
+    monkeypatch.setattr("planner.kernel.sysfs.os.access", lambda *a, **k: True)
+    monkeypatch.setattr("planner.kernel.sysfs.ksm_users", lambda *a, **k: {4242: "ksm_merge_any"})
+    code, _, err = cli(["calibrate", "--quick", "--hz", "250", "--out", tmp_path / "p.json"])
+    assert code == 3
+    assert "in use by other processes: 4242" in err
+    assert fake_measure == []
+    assert list(tmp_path.iterdir()) == []
