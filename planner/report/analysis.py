@@ -32,6 +32,7 @@ from planner.trace.summary import GroupPotential, SnapshotPotential, snapshot_po
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from planner.engine.prepare import ReplayInput
     from planner.trace.io import HostTrace
 
 Arr = np.ndarray[Any, Any]
@@ -51,6 +52,15 @@ class ProcessRole:
     cgroup: str | None
     first_time_s: float
     last_time_s: float
+
+    @property
+    def short(self) -> str:
+        """The role in two words: ``parent``, ``child of 11954`` or ``standalone``."""
+        if self.role.endswith("(parent)"):
+            return "parent"
+        if self.ppid is not None and f"children of {self.ppid}" in self.role:
+            return f"child of {self.ppid}"
+        return "standalone"
 
 
 def process_roles(ht: HostTrace) -> list[ProcessRole]:
@@ -280,9 +290,43 @@ __all__ = [
     "CowEstimate",
     "CowInterval",
     "CurrentState",
+    "EligiblePotential",
     "ProcessRole",
     "cow_breaks",
     "current_state",
+    "eligible_potential",
     "pareto_front",
     "process_roles",
 ]
+
+
+@dataclass(frozen=True)
+class EligiblePotential:
+    """Static potential of the pages a policy makes mergeable, at one snapshot."""
+
+    pages: int
+    frames: int
+    ideal_saved_frames: int  # (distinct non-zero frames - distinct non-zero hashes) + zero frames
+    zero_frames: int
+
+
+def eligible_potential(inp: ReplayInput, *, snapshot: int = -1) -> EligiblePotential:
+    """Static potential of the VM_MERGEABLE pages of a prepared replay input.
+
+    Same rule as :func:`planner.trace.summary.snapshot_potential` (frames, not mappings;
+    every zero-content frame freed), restricted to the rows the policy made eligible.
+    """
+    rows = inp.snapshots[snapshot]
+    m = rows.eligible
+    h, f, z = rows.hash[m], rows.frame[m], rows.zero[m]
+    frames = np.unique(f)
+    nz_pairs = np.unique(np.stack([f[~z], h[~z]], axis=1), axis=0) if np.any(~z) else None
+    nz_frames = 0 if nz_pairs is None else len(np.unique(nz_pairs[:, 0]))
+    nz_hashes = 0 if nz_pairs is None else len(np.unique(nz_pairs[:, 1]))
+    zero_frames = len(np.unique(f[z]))
+    return EligiblePotential(
+        pages=int(np.count_nonzero(m)),
+        frames=len(frames),
+        ideal_saved_frames=int(nz_frames - nz_hashes + zero_frames),
+        zero_frames=int(zero_frames),
+    )

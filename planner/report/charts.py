@@ -171,7 +171,7 @@ def stacked_bars(
 ) -> str:
     """Horizontal stacked bars (memory in bytes, drawn in MiB), first category on top."""
     n = len(categories)
-    with _figure(0.9 + 0.28 * max(n, 2)) as fig:
+    with _figure(1.2 + 0.28 * max(n, 2)) as fig:
         ax = fig.add_subplot()
         ys = list(range(n))[::-1]
         left = [0.0] * n
@@ -192,7 +192,7 @@ def stacked_bars(
         ax.set_xlabel(xlabel)
         ax.grid(axis="y", visible=False)
         ax.set_title(title, loc="left")
-        ax.legend(loc="lower right", ncols=min(len(stacks), 3), bbox_to_anchor=(1.0, 1.0))
+        fig.legend(loc="outside lower center", ncols=min(len(stacks), 3))
         return _to_svg(fig, name, title)
 
 
@@ -326,7 +326,7 @@ def time_panels(
             axes[j // cols][j % cols].set_visible(False)
         handles, labels = axes[0][0].get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="outside upper center", ncols=min(4, len(labels)))
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)))
         fig.suptitle(title, x=0.01, ha="left", fontsize=9.5, fontweight="bold")
         return _to_svg(fig, name, title)
 

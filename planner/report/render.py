@@ -42,16 +42,17 @@ DATA_DIR = "data"
 
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
+_EM = re.compile(r"(?<![\w*])\*(?![\s*])([^*]+?)(?<!\s)\*(?![\w*])")
 _LINK = re.compile(r"\[([^\]]+)\]\((#[A-Za-z0-9_-]+)\)")
 
 
 def inline_html(text: str) -> str:
-    """Escape ``text`` for HTML and turn ``**b**``, ```c``` and ``[t](#id)`` into markup.
+    """Escape ``text`` for HTML and turn ``**b**``, ``*i*``, ```c``` and ``[t](#id)`` into markup.
 
     Examples
     --------
-    >>> str(inline_html("**2 <3** `a*b` [see](#cost)"))
-    '<strong>2 &lt;3</strong> <code>a*b</code> <a href="#cost">see</a>'
+    >>> str(inline_html("**2 <3** *so* `a*b` [see](#cost) 2 * 3 * 4"))
+    '<strong>2 &lt;3</strong> <em>so</em> <code>a*b</code> <a href="#cost">see</a> 2 * 3 * 4'
     """
     from markupsafe import Markup, escape
 
@@ -63,6 +64,7 @@ def inline_html(text: str) -> str:
             continue
         s = str(escape(part))
         s = _BOLD.sub(r"<strong>\1</strong>", s)
+        s = _EM.sub(r"<em>\1</em>", s)
         s = _LINK.sub(r'<a href="\2">\1</a>', s)
         out.append(s)
     return Markup("".join(out))
