@@ -1,0 +1,302 @@
+"""The review page in a real browser: headless Chromium renders it offline.
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: no
+port, no websocket library). Two independent witnesses watch for network traffic:
+
+* the page's own requests, from DevTools ``Network.requestWillBeSent`` events (every
+  request the page makes, whatever its scheme, blocked or not);
+* the whole browser's connections, through an HTTP proxy the browser is pointed at
+  (``--proxy-server``, loopback not bypassed) that records every connection it receives
+  and answers none.
+
+A control test loads a page that does reference the network and checks that both
+witnesses see it, so the checks can fail. The test skips where Chromium is not installed
+(``apt-get install -y chromium``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+CHROMIUM = _chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)",
+)
+
+
+class RecordingProxy:
+    """A TCP listener that records every connection (and its first bytes), answering none."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.requests: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    first = conn.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
+                except OSError:
+                    first = "(no request line)"
+                self.requests.append(first)
+                # no answer: the request fails, nothing leaves the machine
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe."""
+
+    def __init__(self, exe: str, profile: Path, proxy_port: int) -> None:
+        cmd_r, self._cmd_w = os.pipe()  # we write commands; Chromium reads fd 3
+        self._res_r, res_w = os.pipe()  # Chromium writes fd 4; we read
+        args = [
+            exe,
+            "--headless=new",
+            "--remote-debugging-pipe",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-default-apps",
+            "--disable-domain-reliability",
+            "--metrics-recording-only",
+            f"--user-data-dir={profile}",
+            f"--proxy-server=http://127.0.0.1:{proxy_port}",
+            "--proxy-bypass-list=<-loopback>",
+            "about:blank",
+        ]
+
+        def fds() -> None:
+            os.dup2(cmd_r, 3)
+            os.dup2(res_w, 4)
+
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=fds,
+            pass_fds=(3, 4),
+            start_new_session=True,
+        )
+        os.close(cmd_r)
+        os.close(res_w)
+        self._buf = b""
+        self._next_id = 0
+        self.events: list[dict[str, Any]] = []
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._res_r, selectors.EVENT_READ)
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sel.select(timeout=left):
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._res_r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        msg: dict[str, Any] = json.loads(raw)
+        return msg
+
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
+        """Send one command and wait for its answer (events seen meanwhile are kept)."""
+        self._next_id += 1
+        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_event(self, method: str, *, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Wait for an event (or return one already seen)."""
+        for ev in self.events:
+            if ev.get("method") == method:
+                return ev
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ev = self._read_message(deadline)
+            if "method" in ev:
+                self.events.append(ev)
+                if ev["method"] == method:
+                    return ev
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            self.send("Browser.close", timeout_s=5)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # our own child, by its handle
+            self.proc.wait(timeout=10)
+        self._sel.close()
+        os.close(self._cmd_w)
+        os.close(self._res_r)
+
+
+def render_page(html: Path, screenshot: Path, tmp: Path) -> dict[str, Any]:
+    """Open ``html`` in headless Chromium; return what the page did and drew."""
+    assert CHROMIUM is not None
+    proxy = RecordingProxy()
+    browser = Chromium(CHROMIUM, tmp / "profile", proxy.port)
+    try:
+        targets = browser.send("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        session = browser.send(
+            "Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}
+        )["sessionId"]
+        for domain in ("Network", "Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
+        browser.events.clear()
+        browser.send("Page.navigate", {"url": html.resolve().as_uri()}, session=session)
+        browser.wait_event("Page.loadEventFired")
+        probe = browser.send(
+            "Runtime.evaluate",
+            {"expression": _PROBE, "returnByValue": True},
+            session=session,
+        )["result"]["value"]
+        metrics = browser.send("Page.getLayoutMetrics", session=session)
+        size = metrics["cssContentSize"]
+        shot = browser.send(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {
+                    "x": 0,
+                    "y": 0,
+                    "width": size["width"],
+                    "height": size["height"],
+                    "scale": 1,
+                },
+            },
+            session=session,
+            timeout_s=60,
+        )
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        time.sleep(0.5)  # let late requests (if any) reach the proxy
+        requests = [
+            e["params"]["request"]["url"]
+            for e in browser.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
+        logs = [e["params"]["entry"] for e in browser.events if e.get("method") == "Log.entryAdded"]
+        return {
+            "probe": json.loads(probe),
+            "requests": requests,
+            "proxy": list(proxy.requests),
+            "logs": logs,
+        }
+    finally:
+        browser.close()
+        proxy.close()
+
+
+_PROBE = """JSON.stringify({
+  charts: Array.from(document.querySelectorAll('svg.chart')).map(s => {
+    const r = s.getBoundingClientRect();
+    return {name: s.dataset.chart, width: r.width, height: r.height,
+            shapes: s.querySelectorAll('path, use, rect, text').length};
+  }),
+  tables: document.querySelectorAll('table').length,
+  sections: Array.from(document.querySelectorAll('main > section')).map(s => s.id),
+  pageWidth: getComputedStyle(document.querySelector('.page') || document.body).maxWidth,
+  scripts: document.scripts.length,
+  title: document.title,
+})"""
+
+
+def _pixels_near(png: Path, rgb: tuple[int, int, int], tol: int = 24) -> int:
+    """How many pixels of a screenshot are within ``tol`` of a colour."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    diff = np.abs(img - np.asarray(rgb, dtype=np.int16)).max(axis=2)
+    return int(np.count_nonzero(diff <= tol))
+
+
+@needs_chromium
+def test_control_page_with_network_references_is_caught(tmp_path: Path) -> None:
+    page = tmp_path / "leaky.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>leaky</title>"
+        '<link rel="stylesheet" href="http://example.invalid/style.css"></head>'
+        '<body><img src="http://example.invalid/pixel.png"></body></html>'
+    )
+    seen = render_page(page, tmp_path / "leaky.png", tmp_path)
+    external = [u for u in seen["requests"] if not u.startswith("file:")]
+    assert any("example.invalid" in u for u in external)
+    assert any("example.invalid" in r for r in seen["proxy"])
