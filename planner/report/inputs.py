@@ -16,6 +16,7 @@ scans (``ReplayOptions.settle_scans``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,56 +95,113 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """A scenario over time: the regular grid and the end of every full scan."""
+
+    grid_t_s: tuple[float, ...]
+    grid_net_saved_bytes: tuple[float, ...]
+    scan_t_s: tuple[float, ...]
+    scan_full_scans: tuple[int, ...]
+    scan_time_s: tuple[float, ...]
+    scan_net_saved_bytes: tuple[float, ...]
+    scan_pages_sharing: tuple[int, ...]
+
+    @classmethod
+    def of_replay(cls, res: ReplayResult) -> Timeline:
+        """The timeline of one engine replay."""
+        return cls(
+            grid_t_s=tuple(g.t_s for g in res.grid),
+            grid_net_saved_bytes=tuple(float(g.truth.net_saved_bytes) for g in res.grid),
+            scan_t_s=tuple(sc.t_s for sc in res.scans),
+            scan_full_scans=tuple(sc.full_scans for sc in res.scans),
+            scan_time_s=tuple(sc.scan_time_s for sc in res.scans),
+            scan_net_saved_bytes=tuple(float(sc.truth.net_saved_bytes) for sc in res.scans),
+            scan_pages_sharing=tuple(int(sc.counters.get("pages_sharing", 0)) for sc in res.scans),
+        )
+
+
+@dataclass(frozen=True)
 class ScenarioOutcome:
-    """One scenario: a policy set under one knob setting, at steady state and over time."""
+    """One scenario: a policy set under one knob setting, at steady state and over time.
+
+    Memory is in bytes of physical frames at steady state; ``anon_bytes`` is the memory of
+    the trace's pages without KSM (fork-shared frames once).
+    """
 
     name: str
     policy_set: str
     policy_description: str
     knobs: Mapping[str, Any]
-    replay: ReplayResult
+    page_size: int
+    anon_bytes: int
+    saved_bytes: int  # freed by KSM, before its metadata
+    metadata_bytes: int  # KSM's own memory (rmap_items, stable nodes)
+    ideal_saved_bytes: int  # static potential of the same (eligible) pages, last snapshot
+    zero_saved_bytes: int  # part of saved_bytes that merged zero-content pages (estimate)
+    time_to_s: Mapping[str, float | None]  # "50"/"90"/"99" -> seconds from the first snapshot
+    cpu_s: float  # ksmd CPU over the replay
+    cpu_percent: float  # ... as % of one core over the replay
+    steady_cpu_percent: float  # % of one core at steady state
+    pages_per_full_scan: float  # pages_scanned per full scan at steady state
+    pages_skipped_per_full_scan: float
+    full_scan_s: float  # duration of a full scan at steady state
+    final_counters: Mapping[str, int]  # /sys/kernel/mm/ksm at the end (plus rmap_items)
+    timeline: Timeline
     processes: tuple[ProcessOutcome, ...]
-    static_ideal_frames: int  # static potential of the same pages (frame-aware), last snapshot
-    zero_saved_frames: int  # frames freed by merging zero-content pages (estimate)
     cross_domain_saved_bytes: int | None = None
     domains: tuple[str, ...] = ()
     domains_merged: tuple[tuple[str, str], ...] = ()
     domain_mode: str | None = None  # "allow" | "deny" | None
     capacity: Capacity | None = None
-    saving_interval: Interval | None = None  # extrapolated saving fraction, if computed
+    saving_interval: Interval | None = None  # projected saving fraction, if computed
     pareto: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    # --- steady state -------------------------------------------------------------------
-    @property
-    def frames_without_ksm(self) -> int:
-        """Physical frames of anonymous memory without KSM (fork-shared frames once)."""
-        return self.replay.final_truth.frames_without_ksm
+    @classmethod
+    def of_replay(
+        cls,
+        res: ReplayResult,
+        *,
+        name: str,
+        policy_set: str,
+        policy_description: str,
+        processes: Sequence[ProcessOutcome],
+        ideal_saved_frames: int,
+        zero_saved_frames: int,
+    ) -> ScenarioOutcome:
+        """A scenario from one engine replay (steady state = the end of the replay)."""
+        truth = res.final_truth
+        scans = res.scans
+        tail = scans[-max(1, len(scans) // 4) :] if scans else []
+        wall = sum(sc.scan_time_s for sc in tail)
+        return cls(
+            name=name,
+            policy_set=policy_set,
+            policy_description=policy_description,
+            knobs=dict(res.knobs),
+            page_size=res.page_size,
+            anon_bytes=truth.frames_without_ksm * res.page_size,
+            saved_bytes=truth.saved_bytes,
+            metadata_bytes=truth.metadata_bytes,
+            ideal_saved_bytes=ideal_saved_frames * res.page_size,
+            zero_saved_bytes=min(zero_saved_frames, truth.saved_frames) * res.page_size,
+            time_to_s=dict(res.cost.time_to_saving_s),
+            cpu_s=res.cost.cpu_s,
+            cpu_percent=res.cost.cpu_percent,
+            steady_cpu_percent=100.0 * sum(sc.cpu_s for sc in tail) / wall if wall > 0 else 0.0,
+            pages_per_full_scan=_per_scan(res, "pages_scanned"),
+            pages_skipped_per_full_scan=_per_scan(res, "pages_skipped"),
+            full_scan_s=float(np.mean([sc.scan_time_s for sc in tail])) if tail else math.nan,
+            final_counters={**res.final_counters, "rmap_items": truth.rmap_items},
+            timeline=Timeline.of_replay(res),
+            processes=tuple(processes),
+        )
 
-    @property
-    def page_size(self) -> int:
-        """Page size of the trace."""
-        return self.replay.page_size
-
-    @property
-    def anon_bytes(self) -> int:
-        """Anonymous memory without KSM (bytes of physical frames)."""
-        return self.frames_without_ksm * self.page_size
-
-    @property
-    def saved_bytes(self) -> int:
-        """Bytes KSM freed at steady state, before its metadata."""
-        return self.replay.final_truth.saved_bytes
-
-    @property
-    def metadata_bytes(self) -> int:
-        """KSM's own memory at steady state (rmap_items and stable nodes)."""
-        return self.replay.final_truth.metadata_bytes
-
+    # --- derived ------------------------------------------------------------------------
     @property
     def net_saved_bytes(self) -> int:
         """Bytes freed net of KSM metadata at steady state."""
-        return self.replay.final_truth.net_saved_bytes
+        return self.saved_bytes - self.metadata_bytes
 
     @property
     def net_saved_fraction(self) -> float:
@@ -152,49 +210,8 @@ class ScenarioOutcome:
 
     @property
     def realization(self) -> float:
-        """Frames KSM freed at steady state over the static ideal of the same pages."""
-        if not self.static_ideal_frames:
-            return float("nan")
-        return self.replay.final_truth.saved_frames / self.static_ideal_frames
-
-    @property
-    def time_to_s(self) -> Mapping[str, float | None]:
-        """Seconds from the first snapshot to 50/90/99 % of the steady-state saving."""
-        return self.replay.cost.time_to_saving_s
-
-    @property
-    def cpu_percent(self) -> float:
-        """ksmd CPU over the whole replay, % of one core."""
-        return self.replay.cost.cpu_percent
-
-    @property
-    def steady_cpu_percent(self) -> float:
-        """ksmd CPU over the last quarter of the full scans (at least one), % of one core."""
-        scans = self.replay.scans
-        if not scans:
-            return 0.0
-        tail = scans[-max(1, len(scans) // 4) :]
-        wall = sum(s.scan_time_s for s in tail)
-        return 100.0 * sum(s.cpu_s for s in tail) / wall if wall > 0 else 0.0
-
-    @property
-    def pages_per_full_scan(self) -> float:
-        """Pages scanned per full scan at steady state (mean over the last quarter)."""
-        return _per_scan(self.replay, "pages_scanned")
-
-    @property
-    def pages_skipped_per_full_scan(self) -> float:
-        """Pages smart scan skipped per full scan at steady state."""
-        return _per_scan(self.replay, "pages_skipped")
-
-    @property
-    def full_scan_s(self) -> float:
-        """Duration of a full scan at steady state (mean over the last quarter), seconds."""
-        scans = self.replay.scans
-        if not scans:
-            return float("nan")
-        tail = scans[-max(1, len(scans) // 4) :]
-        return float(np.mean([s.scan_time_s for s in tail]))
+        """Memory KSM freed at steady state over the static ideal of the same pages."""
+        return self.saved_bytes / self.ideal_saved_bytes if self.ideal_saved_bytes else math.nan
 
     @property
     def scans_to_90(self) -> int | None:
@@ -202,7 +219,11 @@ class ScenarioOutcome:
         t90 = self.time_to_s.get("90")
         if t90 is None:
             return None
-        return next((s.full_scans for s in self.replay.scans if s.t_s >= t90 - 1e-9), None)
+        tl = self.timeline
+        return next(
+            (n for t, n in zip(tl.scan_t_s, tl.scan_full_scans, strict=True) if t >= t90 - 1e-9),
+            None,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -211,9 +232,10 @@ class ScenarioOutcome:
 
 
 def _per_scan(res: ReplayResult, counter: str) -> float:
+    """A cumulative counter's increase per full scan over the last quarter of the scans."""
     scans = res.scans
     if len(scans) < 2:
-        return float(scans[0].counters.get(counter, 0)) if scans else float("nan")
+        return float(scans[0].counters.get(counter, 0)) if scans else math.nan
     k = max(1, (len(scans) - 1) // 4)
     a, b = scans[-k - 1], scans[-1]
     return (b.counters.get(counter, 0) - a.counters.get(counter, 0)) / (b.full_scans - a.full_scans)
@@ -361,6 +383,7 @@ __all__ = [
     "ProcessOutcome",
     "ReviewInputs",
     "ScenarioOutcome",
+    "Timeline",
     "TraceFacts",
     "knobs_text",
     "scenario_name",

@@ -685,7 +685,7 @@ def _waterfall_steps(s: ScenarioOutcome, inputs: ReviewInputs) -> list[C.Step]:
     ps = s.page_size
     raw = inputs.state.snapshot.pages * ps
     phys = s.anon_bytes
-    zero = min(s.zero_saved_frames, s.replay.final_truth.saved_frames) * ps
+    zero = s.zero_saved_bytes
     content = s.saved_bytes - zero
     return [
         C.Step("raw anonymous", raw, "total"),
@@ -711,12 +711,13 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     for label, group in by_knobs.items():
         series = []
         for s in group:
-            g = s.replay.grid
-            xs = [p.t_s for p in g]
-            ys = [float(p.truth.net_saved_bytes) for p in g]
-            mx = [sc.t_s for sc in s.replay.scans]
-            my = [float(sc.truth.net_saved_bytes) for sc in s.replay.scans]
-            series.append(C.Series(s.policy_set, xs, ys, colors[s.policy_set], mx, my))
+            tl = s.timeline
+            xs, ys = list(tl.grid_t_s), list(tl.grid_net_saved_bytes)
+            series.append(
+                C.Series(
+                    s.policy_set, xs, ys, colors[s.policy_set], tl.scan_t_s, tl.scan_net_saved_bytes
+                )
+            )
             data_rows += [
                 {"scenario": s.name, "t_s": x, "net_saved_bytes": y}
                 for x, y in zip(xs, ys, strict=True)
@@ -724,13 +725,20 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
             scan_rows += [
                 {
                     "scenario": s.name,
-                    "full_scans": sc.full_scans,
-                    "t_s": sc.t_s,
-                    "scan_time_s": sc.scan_time_s,
-                    "net_saved_bytes": sc.truth.net_saved_bytes,
-                    "pages_sharing": sc.counters.get("pages_sharing", 0),
+                    "full_scans": n,
+                    "t_s": t,
+                    "scan_time_s": d,
+                    "net_saved_bytes": v,
+                    "pages_sharing": ps,
                 }
-                for sc in s.replay.scans
+                for n, t, d, v, ps in zip(
+                    tl.scan_full_scans,
+                    tl.scan_t_s,
+                    tl.scan_time_s,
+                    tl.scan_net_saved_bytes,
+                    tl.scan_pages_sharing,
+                    strict=True,
+                )
             ]
         panels.append(C.Panel(label, series, inputs.trace.snapshot_times_s))
     blocks: list[Block] = []
@@ -847,7 +855,7 @@ def _cost(inputs: ReviewInputs, choice: Choice) -> Section:
             "scenario": s.name,
             "steady_cpu_percent": s.steady_cpu_percent,
             "cpu_percent": s.cpu_percent,
-            "cpu_s": s.replay.cost.cpu_s,
+            "cpu_s": s.cpu_s,
             "net_saved_bytes": s.net_saved_bytes,
             "pages_per_full_scan": s.pages_per_full_scan,
             "pages_skipped_per_full_scan": s.pages_skipped_per_full_scan,
@@ -989,7 +997,9 @@ def _attribution(inputs: ReviewInputs, choice: Choice) -> Section:
                 value_fmt="{:,.1f}",
             ),
             "Memory each process gains from KSM at steady state (its `ksm_process_profit`). Red "
-            "bars lose memory.",
+            "bars lose memory. The profits add up to more than the host saves: the kernel counts "
+            "every page a process maps from a KSM page, including the one copy that is kept "
+            "(the sum exceeds `general_profit` by `pages_shared` pages).",
             (
                 table(
                     "attribution",
@@ -1319,7 +1329,7 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
     obs = inputs.observed
     s = choice.scenario
     if obs is not None and s is not None and "pages_sharing" in obs.counters:
-        pred = [(sc.t_s, float(sc.counters.get("pages_sharing", 0))) for sc in s.replay.scans]
+        pred = list(zip(s.timeline.scan_t_s, s.timeline.scan_pages_sharing, strict=True))
         series = [
             C.Series("predicted", [p[0] for p in pred], [p[1] for p in pred], C.ACCENT),
             C.Series(
@@ -1403,38 +1413,42 @@ def _consistency_checks(inputs: ReviewInputs) -> list[dict[str, Any]]:
         failed = sum(1 for s in scen if not pred(s))
         return {"scenarios": len(scen), "failed": failed, "passed": failed == 0}
 
+    def fc(s: ScenarioOutcome, key: str) -> int:
+        return int(s.final_counters.get(key, 0))
+
     checks = [
         (
             "general_profit = (pages_sharing + ksm_zero_pages) × page size − rmap_items × 64 B",
             lambda s: (
-                s.replay.final_counters["general_profit"]
-                == (
-                    s.replay.final_counters["pages_sharing"]
-                    + s.replay.final_counters["ksm_zero_pages"]
-                )
-                * ps
-                - s.replay.final_counters.get("rmap_items", 0) * 64
+                fc(s, "general_profit")
+                == (fc(s, "pages_sharing") + fc(s, "ksm_zero_pages")) * ps
+                - fc(s, "rmap_items") * 64
             ),
         ),
         (
             "pages_volatile = rmap_items − shared − sharing − unshared (never negative)",
-            lambda s: s.replay.final_counters["pages_volatile"] >= 0,
-        ),
-        (
-            "per-process profits add up to general_profit",
             lambda s: (
-                sum(p.profit_bytes for p in s.processes)
-                == s.replay.final_counters["general_profit"]
+                fc(s, "pages_volatile")
+                == fc(s, "rmap_items")
+                - fc(s, "pages_shared")
+                - fc(s, "pages_sharing")
+                - fc(s, "pages_unshared")
+                and fc(s, "pages_volatile") >= 0
             ),
         ),
         (
-            "frames freed ≤ static ideal of the same pages (realisation ≤ 100 %)",
-            lambda s: s.replay.final_truth.saved_frames <= s.static_ideal_frames,
+            "per-process profits add up to general_profit + pages_shared × page size",
+            lambda s: sum(p.profit_bytes for p in s.processes)
+            == fc(s, "general_profit") + fc(s, "pages_shared") * ps,
         ),
-        ("KSM off frees nothing", lambda s: s.enabled or s.replay.final_truth.saved_frames == 0),
+        (
+            "memory freed ≤ static ideal of the same pages (realisation ≤ 100 %)",
+            lambda s: s.saved_bytes <= s.ideal_saved_bytes,
+        ),
+        ("KSM off frees nothing", lambda s: s.enabled or s.saved_bytes == 0),
         (
             "anonymous memory without KSM is the same in every scenario",
-            lambda s: s.frames_without_ksm == scen[0].frames_without_ksm,
+            lambda s: s.anon_bytes == scen[0].anon_bytes,
         ),
     ]
     return [{"check": name, **count(pred)} for name, pred in checks]

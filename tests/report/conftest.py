@@ -115,14 +115,13 @@ def direct_inputs(
                 for mm in inp.mms
             )
             scen.append(
-                ScenarioOutcome(
+                ScenarioOutcome.of_replay(
+                    res,
                     name="",
                     policy_set=name,
                     policy_description=ps.description,
-                    knobs=res.knobs,
-                    replay=res,
                     processes=procs,
-                    static_ideal_frames=pot.ideal_saved_frames,
+                    ideal_saved_frames=pot.ideal_saved_frames,
                     zero_saved_frames=max(0, pot.zero_frames - 1),
                 )
             )
