@@ -1438,8 +1438,10 @@ def _consistency_checks(inputs: ReviewInputs) -> list[dict[str, Any]]:
         ),
         (
             "per-process profits add up to general_profit + pages_shared × page size",
-            lambda s: sum(p.profit_bytes for p in s.processes)
-            == fc(s, "general_profit") + fc(s, "pages_shared") * ps,
+            lambda s: (
+                sum(p.profit_bytes for p in s.processes)
+                == fc(s, "general_profit") + fc(s, "pages_shared") * ps
+            ),
         ),
         (
             "memory freed ≤ static ideal of the same pages (realisation ≤ 100 %)",
