@@ -122,6 +122,13 @@ def _t(v: float | None) -> str:
     return F.seconds(v) if v is not None else "never"
 
 
+def _rate(per_s: float) -> str:
+    """A rate with as many decimals as it needs: ``117``, ``2.4``, ``0.15``."""
+    if not math.isfinite(per_s):
+        return F.NA
+    return F.fixed(per_s, 0 if per_s >= 10 else 1 if per_s >= 1 else 2)
+
+
 def _trace_name(inputs: ReviewInputs) -> str:
     return inputs.trace.name
 
@@ -234,7 +241,7 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
             (
                 "The figures are for the traced processes over the traced window; [Method]"
                 "(#method) lists what the replay does not model.",
-                f"Copy-on-write breaks: about {F.fixed(inputs.cow.breaks_per_s, 0)} merged pages "
+                f"Copy-on-write breaks: about {_rate(inputs.cow.breaks_per_s)} merged pages "
                 f"per second would be written and copied again ([Risks](#risks)).",
                 "Switching KSM off again (unmerge) needs the whole saving back at once: "
                 f"{F.mib(s.saved_bytes)} on the traced host.",
@@ -1114,7 +1121,7 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
         Para(
             "A write to a merged page makes the kernel copy it first (a page fault and a 4 KiB "
             "copy) and takes back one frame. Between consecutive snapshots, "
-            f"{F.fixed(cow.breaks_per_s, 1)} pages per second that KSM would hold merged were "
+            f"{_rate(cow.breaks_per_s)} pages per second that KSM would hold merged were "
             f"rewritten ({F.pct(cow.rewritten_fraction_per_min)} of them per minute), i.e. "
             f"{F.mib(cow.bytes_per_s, 2)}/s of new copies. This is counted from the trace, "
             "before any policy: it is a lower bound on writes (several writes between snapshots "

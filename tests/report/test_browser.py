@@ -35,6 +35,11 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
+#: Hosts Chromium itself contacts in the background, whatever page it shows (sign-in and
+#: search preconnects survive every switch that turns background networking off). The proxy
+#: witness ignores them; the DevTools witness sees every request of the page, to any host.
+BROWSER_OWN_HOSTS = ("accounts.google.com", "www.google.com", "clients2.google.com")
+
 
 def _chromium() -> str | None:
     for name in CHROMIUM_NAMES:
@@ -110,6 +115,19 @@ class Chromium:
             "--disable-default-apps",
             "--disable-domain-reliability",
             "--metrics-recording-only",
+            "--disable-breakpad",
+            "--disable-client-side-phishing-detection",
+            "--disable-component-extensions-with-background-pages",
+            "--disable-field-trial-config",
+            "--disable-search-engine-choice-screen",
+            "--no-pings",
+            "--no-service-autorun",
+            "--password-store=basic",
+            "--use-mock-keychain",
+            "--disable-features=NetworkTimeServiceQuerying,Translate,MediaRouter,"
+            "OptimizationHints,OptimizationGuideModelDownloading,AutofillServerCommunication,"
+            "CertificateTransparencyComponentUpdater,PrivacySandboxSettings4,PreconnectToSearch,"
+            "AccountConsistency,DiceWebSigninInterception,SigninInterception",
             f"--user-data-dir={profile}",
             f"--proxy-server=http://127.0.0.1:{proxy_port}",
             "--proxy-bypass-list=<-loopback>",
@@ -253,15 +271,19 @@ def render_page(html: Path, screenshot: Path, tmp: Path) -> dict[str, Any]:
             if e.get("method") == "Network.requestWillBeSent"
         ]
         logs = [e["params"]["entry"] for e in browser.events if e.get("method") == "Log.entryAdded"]
-        return {
-            "probe": json.loads(probe),
-            "requests": requests,
-            "proxy": list(proxy.requests),
-            "logs": logs,
-        }
+        proxied = [r for r in proxy.requests if r and not _browser_own(r)]
+        return {"probe": json.loads(probe), "requests": requests, "proxy": proxied, "logs": logs}
     finally:
         browser.close()
         proxy.close()
+
+
+def _browser_own(request_line: str) -> bool:
+    """Whether a proxied request line is Chromium's own background traffic."""
+    parts = request_line.split()
+    target = parts[1] if len(parts) > 1 else ""
+    host = target.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return host in BROWSER_OWN_HOSTS
 
 
 _PROBE = """JSON.stringify({
@@ -300,3 +322,36 @@ def test_control_page_with_network_references_is_caught(tmp_path: Path) -> None:
     external = [u for u in seen["requests"] if not u.startswith("file:")]
     assert any("example.invalid" in u for u in external)
     assert any("example.invalid" in r for r in seen["proxy"])
+
+
+@needs_chromium
+def test_review_renders_offline_with_its_plots(small_inputs: Any, tmp_path: Path) -> None:
+    from planner.report.render import write_report
+    from planner.report.review import build_review
+
+    doc = build_review(small_inputs)
+    files = write_report(doc, tmp_path / "review")
+    shot = tmp_path / "review.png"
+    seen = render_page(files.html, shot, tmp_path)
+    keep = os.environ.get("KSM_REPORT_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / "review-small.png")
+
+    # no network: the page asked for nothing but itself, the proxy saw no connection
+    assert seen["requests"] == [files.html.resolve().as_uri()]
+    assert seen["proxy"] == []
+    assert not [e for e in seen["logs"] if e.get("level") == "error"], seen["logs"]
+
+    probe = seen["probe"]
+    assert probe["sections"] == [s.id for s in doc.sections]
+    assert probe["scripts"] == 0
+    assert probe["pageWidth"] == "896px"  # the inlined CSS applied (56rem)
+    charts = {c["name"]: c for c in probe["charts"]}
+    assert set(charts) == {f.name for f in doc.figures()}
+    for c in charts.values():
+        assert c["width"] > 300, c
+        assert c["height"] > 80, c
+        assert c["shapes"] > 20, c
+    # the plots' colours are on the screenshot: green bars/areas and the blue fork share
+    assert _pixels_near(shot, (0x00, 0x9E, 0x73)) > 5000
+    assert _pixels_near(shot, (0x00, 0x72, 0xB2)) > 2000
