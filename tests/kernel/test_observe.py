@@ -141,8 +141,10 @@ def test_counter_changes_are_recorded(tmp_path: Path, host: tuple[KsmSysfs, str]
         for k in range(1, 30):
             if done.is_set():
                 return
-            (sysfs.path / "pages_sharing").write_text(f"{k * 10}\n")
-            (sysfs.path / "full_scans").write_text(f"{k}\n")
+            for name, value in (("pages_sharing", k * 10), ("full_scans", k)):
+                tmp = tmp_path / f"{name}.new"  # renamed: a read never sees a half-written file
+                tmp.write_text(f"{value}\n")
+                os.replace(tmp, sysfs.path / name)
             time.sleep(0.01)
 
     t = threading.Thread(target=merge)
