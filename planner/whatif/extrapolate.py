@@ -1,0 +1,773 @@
+"""Fleet extrapolation: from the k replicas of a process group in a trace to N per host.
+
+The method, on the last snapshot of a host (steady state):
+
+1. **Group.** The replicas are the processes of one group (by default the largest set of
+   siblings: same parent, same comm -- the workers of a pre-fork server); every other
+   process is the *base* (the master, sidecars), present whatever N is.
+2. **Subsample.** For ``orders`` random orders of the k replicas and every n = 0..k, take
+   the base plus the first n replicas and count, over the pages of those processes,
+   ``F(n)`` = distinct physical frames (memory without KSM; fork-shared frames count once)
+   and ``U(n)`` = frames left after an *ideal* KSM merged every duplicate the policy makes
+   mergeable (:func:`ideal_saved_frames`: frames all of whose mappings are VM_MERGEABLE
+   collapse to one frame per content -- per content *and security domain* when merging
+   across domains is denied; other frames stay). ``F(n) - U(n)`` is the ideal saving of a
+   host with n replicas. Whether a frame is mergeable is decided on the whole snapshot.
+3. **Fit** (scipy ``curve_fit``) on the mean curve over the orders: ``F(n) = a + b n``
+   (each replica brings its own frames) and the growth of distinct content
+   ``U(n) = a + b n + c (1 - (1 - p)^n)``: content unique to each replica grows linearly,
+   a pool of ``c`` contents each held by a replica with probability ``p`` saturates
+   (:class:`GrowthFit`; Heaps' law ``a + b n^beta`` and plain linear growth are options).
+   On the Django sample traces the saturating model predicted the exact ideal at k = 8 from
+   n <= 4 within 3 %, Heaps' law overshot by 3-16 %: it lets the growth of content fade
+   away, so every replica beyond the trace looks almost free.
+4. **Project** ``ideal_saved(N) = F(N) - U(N)`` and multiply by the replay's *realization
+   ratio* (what KSM really merged under the scenario's knobs, at steady state, over the
+   ideal of the same processes; done by :mod:`planner.whatif.run`).
+5. **Interval** by bootstrap (:func:`scipy.stats.bootstrap`, percentile method): resample
+   the contents (each content with all its frames) and the orders with replacement, refit,
+   project; the interval is the percentile range of the projections.
+
+A hold-out check refits on n <= k/2 and compares the prediction at k with the exact value,
+which says how far the model can be trusted to extrapolate. The bootstrap interval covers
+sampling error in the contents and orders only, not the error of the model itself: read it
+together with the hold-out error, and distrust projections far beyond k.
+
+Zero-content pages count as one content (KSM without ``use_zero_pages``); the difference
+with ``use_zero_pages`` is at most one frame per domain.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.errors import UsageProblem
+
+if TYPE_CHECKING:
+    from planner.engine.prepare import ReplayInput, SnapshotRows
+
+Model = Literal["saturating", "heaps", "linear"]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+#: At most this many replicas are subsampled (bit masks of 64 bits; larger groups are sampled).
+MAX_REPLICAS = 62
+
+
+@dataclass(frozen=True)
+class ExtrapolationSpec:
+    """How to extrapolate a host's saving to more replicas.
+
+    Parameters
+    ----------
+    group
+        Which processes are the replicas: ``siblings`` (default: the largest set of
+        processes with the same parent and comm), ``all``, ``comm:REGEX`` (whole comm),
+        ``cmdline:REGEX`` (searched), ``label:KEY=VALUE``, ``rule:NAME`` (the policy rule
+        that registered them) or ``pid:1,2,3``.
+    replicas
+        N, the replicas per host to project the saving to (``None``: only the capacity
+        computation uses the fit).
+    orders
+        Random orders of the replicas averaged per curve.
+    n_resamples
+        Bootstrap resamples.
+    confidence
+        Confidence level of the intervals.
+    model
+        How distinct content grows (:func:`fit_growth`): ``saturating`` (default: unique
+        content per replica plus a shared pool that saturates), ``heaps`` (``a + b n^beta``)
+        or ``linear``.
+    seed
+        Seed of the orders and of the bootstrap (results are deterministic).
+    """
+
+    group: str = "siblings"
+    replicas: int | None = None
+    orders: int = 24
+    n_resamples: int = 200
+    confidence: float = 0.90
+    model: Model = "saturating"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.replicas < 1:
+            raise UsageProblem(
+                f"replicas must be at least 1, got {self.replicas}", hint="give N >= 1"
+            )
+        if self.orders < 1:
+            raise UsageProblem("orders must be at least 1")
+        if self.n_resamples < 10:
+            raise UsageProblem(
+                f"n_resamples {self.n_resamples} is too few for an interval",
+                hint="use 10 or more (default 200)",
+            )
+        if not 0.5 <= self.confidence < 1:
+            raise UsageProblem(f"confidence {self.confidence} must be in [0.5, 1)", hint="e.g. 0.9")
+        if self.model not in ("saturating", "heaps", "linear"):
+            raise UsageProblem(
+                f"unknown model {self.model!r}", hint="use saturating, heaps or linear"
+            )
+        parse_group(self.group)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+_GROUP_KINDS = ("siblings", "all", "comm", "cmdline", "label", "rule", "pid")
+
+
+def parse_group(text: str) -> tuple[str, str]:
+    """Split a group selector into ``(kind, argument)``; validate it.
+
+    Examples
+    --------
+    >>> parse_group("comm:gunicorn.*")
+    ('comm', 'gunicorn.*')
+    """
+    kind, _, arg = text.partition(":")
+    kind = kind.strip()
+    if kind not in _GROUP_KINDS:
+        raise UsageProblem(
+            f"unknown group selector {text!r}",
+            hint="use siblings, all, comm:REGEX, cmdline:REGEX, label:KEY=VALUE, rule:NAME "
+            "or pid:1,2",
+        )
+    if kind in ("siblings", "all"):
+        if arg:
+            raise UsageProblem(f"group selector {kind} takes no argument")
+        return kind, ""
+    if not arg:
+        raise UsageProblem(f"group selector {kind}: needs an argument ({kind}:...)")
+    if kind in ("comm", "cmdline"):
+        try:
+            re.compile(arg)
+        except re.error as exc:
+            raise UsageProblem(
+                f"group selector {text!r}: invalid regular expression: {exc}"
+            ) from None
+    if kind == "label" and "=" not in arg:
+        raise UsageProblem(f"group selector {text!r}: use label:KEY=VALUE")
+    if kind == "pid":
+        try:
+            [int(p) for p in arg.split(",")]
+        except ValueError:
+            raise UsageProblem(f"group selector {text!r}: pids must be integers") from None
+    return kind, arg
+
+
+def select_group(inp: ReplayInput, selector: str) -> tuple[list[int], list[int]]:
+    """The replica mms and the base mms among the processes of the last snapshot.
+
+    Raises
+    ------
+    UsageProblem
+        The selector selects no process of this host.
+    """
+    kind, arg = parse_group(selector)
+    present = inp.snapshots[-1].mm_present.tolist() if inp.snapshots else []
+    mms = [inp.mms[m] for m in present]
+    group: list[int]
+    if kind == "siblings":
+        families: dict[tuple[int, str | None], list[int]] = {}
+        for m in mms:
+            if m.parent_mm is not None:
+                families.setdefault((m.parent_mm, m.comm), []).append(m.mm)
+        best = max(families.values(), key=len, default=[])
+        group = best if len(best) >= 2 else [m.mm for m in mms]
+    elif kind == "all":
+        group = [m.mm for m in mms]
+    elif kind == "comm":
+        rx = re.compile(arg)
+        group = [m.mm for m in mms if m.comm is not None and rx.fullmatch(m.comm)]
+    elif kind == "cmdline":
+        rx = re.compile(arg)
+        group = [m.mm for m in mms if m.info.cmdline is not None and rx.search(m.info.cmdline)]
+    elif kind == "label":
+        key, _, value = arg.partition("=")
+        group = [m.mm for m in mms if m.info.labels.get(key) == value]
+    elif kind == "rule":
+        group = [m.mm for m in mms if m.registration.rule == arg]
+    else:
+        pids = {int(p) for p in arg.split(",")}
+        group = [m.mm for m in mms if m.pid in pids]
+    if not group:
+        raise UsageProblem(
+            f"extrapolation group {selector!r} selects no process of host {inp.host}",
+            hint="pick another --group (siblings, comm:REGEX, label:KEY=VALUE, rule:NAME, pid:...)",
+        )
+    base = [m for m in present if m not in set(group)]
+    return sorted(group), base
+
+
+# --------------------------------------------------------------------------- the ideal
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """One row per distinct frame of a snapshot (the processes given)."""
+
+    frame: npt.NDArray[np.uint64]
+    key: I64  # content key code: (domain, hash) or hash
+    freeable: npt.NDArray[np.bool_]  # every mapping of the frame is VM_MERGEABLE
+    anchor: npt.NDArray[np.bool_]  # not freeable, but some mapping is: it can be the KSM page
+    zero: npt.NDArray[np.bool_]
+    mask: npt.NDArray[np.uint64]  # replicas mapping the frame (bit i = replica i)
+    base: npt.NDArray[np.bool_]  # a base process maps the frame
+
+
+def _frames(
+    rows: SnapshotRows,
+    *,
+    domain_of_mm: npt.NDArray[np.int64] | None,
+    bit_of_mm: npt.NDArray[np.int64] | None = None,
+    keep: npt.NDArray[np.bool_] | None = None,
+) -> _Frames:
+    f = rows.frame
+    sel = np.arange(f.size) if keep is None else np.flatnonzero(keep)
+    f = f[sel]
+    order = np.argsort(f, kind="stable")
+    fs = f[order]
+    idx = sel[order]
+    if fs.size == 0:
+        e64 = np.empty(0, np.int64)
+        eb = np.empty(0, bool)
+        return _Frames(np.empty(0, np.uint64), e64, eb, eb, eb, np.empty(0, np.uint64), eb)
+    start = np.ones(fs.size, bool)
+    start[1:] = fs[1:] != fs[:-1]
+    first = np.flatnonzero(start)
+    elig = rows.eligible[idx].astype(np.int8)
+    freeable = np.minimum.reduceat(elig, first).astype(bool)
+    anchor = np.maximum.reduceat(elig, first).astype(bool) & ~freeable
+    head = idx[first]
+    h = rows.hash[head]
+    dom = domain_of_mm[rows.mm[head]] if domain_of_mm is not None else np.zeros(head.size, np.int64)
+    pair = np.stack([dom.astype(np.uint64), h])
+    _, key = np.unique(pair, axis=1, return_inverse=True)
+    if bit_of_mm is not None:
+        bits = bit_of_mm[rows.mm[idx]]
+        member = np.where(
+            bits >= 0,
+            np.left_shift(np.uint64(1), np.maximum(bits, 0).astype(np.uint64)),
+            np.uint64(0),
+        )
+        mask = np.bitwise_or.reduceat(member.astype(np.uint64), first)
+        base = np.maximum.reduceat((bits < 0).astype(np.int8), first).astype(bool)
+    else:
+        mask = np.zeros(first.size, np.uint64)
+        base = np.ones(first.size, bool)
+    return _Frames(
+        fs[first], key.reshape(-1).astype(np.int64), freeable, anchor, rows.zero[head], mask, base
+    )
+
+
+def ideal_saved_frames(
+    rows: SnapshotRows,
+    *,
+    domain_of_mm: npt.NDArray[np.int64] | None = None,
+    use_zero_pages: bool = False,
+) -> int:
+    """Frames an ideal KSM frees in one snapshot under the policy behind ``rows.eligible``.
+
+    Per content (per content and domain when ``domain_of_mm`` gives each mm a domain
+    code): a frame with a mapping that is not VM_MERGEABLE stays; the frames all of whose
+    mappings are mergeable collapse into one KSM page -- which can be one of the frames
+    that stay when such a frame also has a mergeable mapping (a fork-shared page whose
+    other mapper is not registered: KSM write-protects it and makes it the KSM page), so
+    then they all go. With ``use_zero_pages``, mergeable zero-content frames all go (they
+    map the kernel's zero page).
+
+    Examples
+    --------
+    See ``tests/whatif/test_extrapolate.py`` for hand-computed cases.
+    """
+    fr = _frames(rows, domain_of_mm=domain_of_mm)
+    if fr.key.size == 0:
+        return 0
+    n_keys = int(fr.key.max()) + 1
+    stay = np.bincount(fr.key, weights=~fr.freeable, minlength=n_keys)
+    free = np.bincount(fr.key, weights=fr.freeable, minlength=n_keys)
+    anchors = np.bincount(fr.key, weights=fr.anchor, minlength=n_keys)
+    needs_page = (free > 0) & (anchors == 0)
+    if use_zero_pages:
+        zero_key = np.zeros(n_keys, bool)
+        zero_key[fr.key[fr.zero]] = True
+        needs_page &= ~zero_key
+    kept = float(stay.sum()) + float(np.count_nonzero(needs_page))
+    return int(fr.key.size - kept)
+
+
+# --------------------------------------------------------------------------- growth
+
+
+@dataclass(frozen=True)
+class GrowthFit:
+    """Fitted memory of a host with n replicas, in frames (pages for ``eligible``).
+
+    * ``frames(n) = frames_a + frames_b * n`` -- frames without KSM;
+    * ``distinct(n) = distinct_a + distinct_b * n ** distinct_beta
+      + distinct_c * (1 - (1 - distinct_p) ** n)`` -- frames after an ideal KSM: the base's,
+      content unique to each replica (``distinct_b`` per replica, ``beta = 1``), and a pool of
+      ``distinct_c`` contents each held by a replica with probability ``distinct_p`` (so the
+      pool saturates). Heaps' law is ``c = 0, beta < 1``; linear growth ``c = 0, beta = 1``;
+    * ``eligible_pages(n) = eligible_a + eligible_b * n`` -- mapped mergeable pages: KSM's
+      metadata (one rmap_item per scanned page) grows with them.
+    """
+
+    frames_a: float
+    frames_b: float
+    distinct_a: float
+    distinct_b: float
+    distinct_beta: float = 1.0
+    distinct_c: float = 0.0
+    distinct_p: float = 1.0
+    eligible_a: float = 0.0
+    eligible_b: float = 0.0
+
+    def frames(self, n: Any) -> Any:
+        """Frames without KSM at ``n`` replicas (scalar or array)."""
+        return self.frames_a + self.frames_b * np.asarray(n, dtype=float)
+
+    def distinct(self, n: Any) -> Any:
+        """Frames after an ideal KSM at ``n`` replicas."""
+        x = np.asarray(n, dtype=float)
+        pool = (
+            self.distinct_c * (1.0 - np.power(1.0 - self.distinct_p, x)) if self.distinct_c else 0.0
+        )
+        return self.distinct_a + self.distinct_b * np.power(x, self.distinct_beta) + pool
+
+    def ideal_saved(self, n: Any) -> Any:
+        """Ideal saved frames at ``n`` replicas (never negative)."""
+        return np.maximum(self.frames(n) - self.distinct(n), 0.0)
+
+    def eligible_pages(self, n: Any) -> Any:
+        """Mapped mergeable pages at ``n`` replicas."""
+        return self.eligible_a + self.eligible_b * np.asarray(n, dtype=float)
+
+    def with_eligible(self, a: float, b: float) -> GrowthFit:
+        """A copy with the eligible-pages line set."""
+        return replace(self, eligible_a=a, eligible_b=b)
+
+    def to_array(self) -> F64:
+        """The parameters as an array (for the bootstrap)."""
+        return np.array([getattr(self, f.name) for f in fields(self)], dtype=float)
+
+    @classmethod
+    def from_array(cls, a: Any) -> GrowthFit:
+        """Inverse of :meth:`to_array`."""
+        return cls(*(float(x) for x in np.asarray(a, dtype=float).tolist()))
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def fit_growth(
+    n: Any,
+    frames: Any,
+    distinct: Any,
+    *,
+    model: Model = "saturating",
+    start: GrowthFit | None = None,
+) -> GrowthFit:
+    """Fit ``frames`` linearly and the growth of ``distinct`` on points ``n`` (scipy).
+
+    ``model`` is ``saturating`` (unique content per replica plus a saturating shared pool),
+    ``heaps`` (``a + b n^beta``) or ``linear``. A non-linear fit that does not beat the
+    linear one, or does not converge, falls back to the linear fit. ``start`` (a previous
+    fit of similar data, e.g. the point fit for bootstrap refits) seeds the optimizer.
+
+    Examples
+    --------
+    >>> fit = fit_growth([0, 1, 2, 3], [10, 20, 30, 40], [10, 15, 20, 25], model="linear")
+    >>> round(float(fit.ideal_saved(10)), 6)
+    50.0
+    """
+    x = np.asarray(n, dtype=float)
+    fy = np.asarray(frames, dtype=float)
+    uy = np.asarray(distinct, dtype=float)
+    fb, fa = np.polyfit(x, fy, 1)
+    ub, ua = np.polyfit(x, uy, 1)
+    lin = GrowthFit(float(fa), float(fb), float(ua), float(ub))
+    if model == "linear" or x.size < 4 or np.ptp(uy) == 0:
+        return lin
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    scale = float(max(np.max(np.abs(uy)), 1.0))
+    y = uy / scale
+    span = float(x.max()) if x.max() > 0 else 1.0
+    slope = max((y[-1] - y[0]) / span, 1e-9)
+    # a pool that has not visibly saturated within the data cannot be told from unique
+    # content: it must be held by at least 1 in span replicas
+    p_min = min(1.0, 1.0 / span)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if model == "heaps":
+
+                def heaps(v: F64, a: float, b: float, beta: float) -> F64:
+                    return a + b * np.power(v, beta)
+
+                popt, _ = curve_fit(
+                    heaps,
+                    x,
+                    y,
+                    p0=[max(y[0], 0.0), slope, 0.95]
+                    if start is None or start.distinct_c
+                    else [start.distinct_a / scale, start.distinct_b / scale, start.distinct_beta],
+                    bounds=([0.0, 0.0, 0.05], [np.inf, np.inf, 1.0]),
+                    maxfev=5000,
+                )
+                a, b, beta = (float(v) for v in popt)
+                fit = GrowthFit(float(fa), float(fb), a * scale, b * scale, beta)
+            else:
+
+                def saturating(v: F64, a: float, b: float, c: float, p: float) -> F64:
+                    return a + b * v + c * (1.0 - np.power(1.0 - p, v))
+
+                popt, _ = curve_fit(
+                    saturating,
+                    x,
+                    y,
+                    p0=[max(y[0], 0.0), 0.8 * slope, 0.2 * slope, max(0.5, p_min)]
+                    if start is None or start.distinct_beta != 1.0
+                    else [
+                        start.distinct_a / scale,
+                        start.distinct_b / scale,
+                        max(start.distinct_c / scale, 1e-6),
+                        min(max(start.distinct_p, p_min), 1.0),
+                    ],
+                    bounds=([0.0, 0.0, 0.0, p_min], [np.inf, np.inf, np.inf, 1.0]),
+                    maxfev=5000,
+                )
+                a, b, c, p = (float(v) for v in popt)
+                fit = GrowthFit(float(fa), float(fb), a * scale, b * scale, 1.0, c * scale, p)
+    except (RuntimeError, ValueError):
+        return lin
+    res_fit = float(np.sum((fit.distinct(x) - uy) ** 2))
+    res_lin = float(np.sum((lin.distinct(x) - uy) ** 2))
+    return fit if res_fit <= res_lin else lin
+
+
+@dataclass(frozen=True)
+class GrowthCurves:
+    """The mean observed curves: frames and ideal distinct frames with n replicas."""
+
+    n: tuple[int, ...]
+    frames: tuple[float, ...]
+    distinct: tuple[float, ...]
+
+    @property
+    def ideal_saved(self) -> tuple[float, ...]:
+        """Ideal saved frames at each n."""
+        return tuple(f - u for f, u in zip(self.frames, self.distinct, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "n": list(self.n),
+            "frames": list(self.frames),
+            "distinct": list(self.distinct),
+            "ideal_saved": list(self.ideal_saved),
+        }
+
+
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """How well a fit on few replicas predicts the exact ideal saving at k."""
+
+    fit_upto: int  # the fit used n = 0..fit_upto
+    k: int
+    predicted_saved_frames: float
+    observed_saved_frames: float
+
+    @property
+    def relative_error(self) -> float | None:
+        """(predicted - observed) / observed; ``None`` when nothing is saved."""
+        if self.observed_saved_frames <= 0:
+            return None
+        return (
+            self.predicted_saved_frames - self.observed_saved_frames
+        ) / self.observed_saved_frames
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {**asdict(self), "relative_error": self.relative_error}
+
+
+@dataclass(frozen=True)
+class ExtrapolationFit:
+    """The fitted growth of one host under one policy set, with bootstrap replicates."""
+
+    host: str
+    policy_set: str
+    cross_domain: str
+    group: str
+    group_pids: tuple[int, ...]
+    base_pids: tuple[int, ...]
+    page_size: int
+    observed: GrowthCurves
+    point: GrowthFit
+    replicates: tuple[GrowthFit, ...]
+    confidence: float
+    holdout: HoldoutCheck | None
+    ideal_saved_frames_at_k: int
+    spec: ExtrapolationSpec
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def k(self) -> int:
+        """Replicas in the trace."""
+        return len(self.group_pids)
+
+    def interval(self, values: Any) -> tuple[float, float]:
+        """The percentile interval of bootstrap ``values`` at :attr:`confidence`."""
+        v = np.asarray(values, dtype=float)
+        alpha = (1.0 - self.confidence) / 2.0
+        lo, hi = np.percentile(v, [100 * alpha, 100 * (1 - alpha)])
+        return float(lo), float(hi)
+
+    def ideal_saved_frames(self, n: int) -> tuple[float, float, float]:
+        """Ideal saved frames at ``n`` replicas: ``(point, low, high)``."""
+        point = float(self.point.ideal_saved(n))
+        lo, hi = self.interval([r.ideal_saved(n) for r in self.replicates])
+        return point, lo, hi
+
+    def to_dict(self, *, replicates: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (bootstrap replicates only when asked)."""
+        d: dict[str, Any] = {
+            "host": self.host,
+            "policy_set": self.policy_set,
+            "cross_domain": self.cross_domain,
+            "group": self.group,
+            "group_pids": list(self.group_pids),
+            "base_pids": list(self.base_pids),
+            "k": self.k,
+            "page_size": self.page_size,
+            "observed": self.observed.to_dict(),
+            "fit": self.point.to_dict(),
+            "confidence": self.confidence,
+            "holdout": self.holdout.to_dict() if self.holdout else None,
+            "ideal_saved_frames_at_k": self.ideal_saved_frames_at_k,
+            "spec": self.spec.to_dict(),
+            "notes": list(self.notes),
+        }
+        if replicates:
+            d["replicates"] = [r.to_dict() for r in self.replicates]
+        return d
+
+
+class _Growth:
+    """Per-content contributions to F and U for a fixed family of replica subsets."""
+
+    def __init__(self, fr: _Frames, k: int, orders: npt.NDArray[np.int64]) -> None:
+        self.k = k
+        self.R = orders.shape[0]
+        # subset masks: order r, first j replicas (j = 0..k)
+        bits = np.left_shift(np.uint64(1), orders.astype(np.uint64))  # (R, k)
+        cum = np.zeros((self.R, k + 1), np.uint64)
+        for j in range(k):
+            cum[:, j + 1] = cum[:, j] | bits[:, j]
+        subsets = cum.reshape(-1)  # Q = R * (k + 1)
+        # frame classes (mask, base, freeable, anchor)
+        cls_keys = np.stack(
+            [
+                fr.mask,
+                fr.base.astype(np.uint64),
+                fr.freeable.astype(np.uint64),
+                fr.anchor.astype(np.uint64),
+            ]
+        )
+        classes, cls_of = np.unique(cls_keys, axis=1, return_inverse=True)
+        cls_of = cls_of.reshape(-1)
+        present = (classes[1][:, None] == 1) | (
+            (classes[0][:, None] & subsets[None, :]) != 0
+        )  # (T, Q)
+        free_cls = classes[2] == 1
+        anchor_cls = classes[3] == 1
+        # content signatures: the multiset of frame classes of each content key
+        order = np.lexsort((cls_of, fr.key))
+        keys = fr.key[order]
+        cl = cls_of[order]
+        start = np.ones(keys.size, bool)
+        start[1:] = keys[1:] != keys[:-1]
+        first = np.flatnonzero(start)
+        sizes = np.diff(np.append(first, keys.size))
+        n_keys = first.size
+        sig = np.empty(n_keys, np.int64)
+        single = sizes == 1
+        T = classes.shape[1]
+        sig[single] = cl[first[single]]
+        multi_sig: dict[tuple[int, ...], int] = {}
+        for i in np.flatnonzero(~single).tolist():
+            members = tuple(cl[first[i] : first[i] + sizes[i]].tolist())
+            sig[i] = multi_sig.setdefault(members, T + len(multi_sig))
+        Q = subsets.size
+        contrib = np.zeros((T + len(multi_sig), 2 * Q), np.int32)
+        contrib[:T, :Q] = present
+        contrib[:T, Q:] = present
+        for members, s in multi_sig.items():
+            m = np.asarray(members)
+            p = present[m]
+            contrib[s, :Q] = p.sum(axis=0)
+            fm = free_cls[m]
+            am = anchor_cls[m]
+            page = p[fm].any(axis=0) if fm.any() else np.zeros(Q, bool)
+            if am.any():
+                page &= ~p[am].any(axis=0)
+            contrib[s, Q:] = p[~fm].sum(axis=0) + page
+        used, sig = np.unique(sig, return_inverse=True)
+        self.contrib = contrib[used].astype(np.float64)
+        self.sig = sig.reshape(-1).astype(np.int64)
+        self.n_sig = used.size
+        self.Q = Q
+
+    def curves(self, key_weights: F64, order_rows: I64) -> tuple[F64, F64]:
+        """Mean F(n), U(n) over the orders ``order_rows`` with content weights."""
+        tot = key_weights @ self.contrib
+        F = tot[: self.Q].reshape(self.R, self.k + 1)[order_rows].mean(axis=0)
+        U = tot[self.Q :].reshape(self.R, self.k + 1)[order_rows].mean(axis=0)
+        return F, U
+
+    def weights(self, keys: I64) -> F64:
+        """Signature weights of a (re)sample of content indices."""
+        return np.bincount(self.sig[keys], minlength=self.n_sig).astype(np.float64)
+
+
+def extrapolate(
+    inp: ReplayInput,
+    *,
+    spec: ExtrapolationSpec,
+    policy_set: str = "",
+    cross_domain: str = "allow",
+    domain_of_mm: npt.NDArray[np.int64] | None = None,
+) -> ExtrapolationFit:
+    """Fit how a host's memory and ideal saving grow with the replicas of a group.
+
+    Parameters
+    ----------
+    inp
+        The prepared host under the policy set, every domain registered (its last
+        snapshot is the steady state).
+    spec
+        Group, orders, bootstrap and model settings.
+    policy_set, cross_domain
+        Recorded in the result.
+    domain_of_mm
+        A domain code per mm when contents may only merge within a domain (``deny``).
+
+    Raises
+    ------
+    UsageProblem
+        The group selects no process.
+    """
+    from scipy.stats import bootstrap
+
+    rows = inp.snapshots[-1]
+    group, base = select_group(inp, spec.group)
+    notes: list[str] = []
+    rng = np.random.default_rng(spec.seed)
+    if len(group) > MAX_REPLICAS:
+        notes.append(f"{len(group)} replicas: a random {MAX_REPLICAS} of them were used")
+        dropped = set(rng.choice(group, size=len(group) - MAX_REPLICAS, replace=False).tolist())
+        group = [m for m in group if m not in dropped]
+        keep_mm = np.ones(len(inp.mms), bool)
+        keep_mm[list(dropped)] = False
+    else:
+        keep_mm = np.ones(len(inp.mms), bool)
+    k = len(group)
+    bit_of_mm = np.full(len(inp.mms), -1, np.int64)
+    bit_of_mm[group] = np.arange(k)
+    keep = keep_mm[rows.mm]
+    fr = _frames(rows, domain_of_mm=domain_of_mm, bit_of_mm=bit_of_mm, keep=keep)
+    orders = np.stack([rng.permutation(k) for _ in range(spec.orders)]).astype(np.int64)
+    g = _Growth(fr, k, orders)
+    n = np.arange(k + 1)
+    n_keys = int(fr.key.max()) + 1 if fr.key.size else 0
+    all_keys = np.arange(n_keys, dtype=np.int64)
+    all_orders = np.arange(spec.orders, dtype=np.int64)
+    F, U = g.curves(g.weights(all_keys), all_orders)
+
+    # eligible (scanned) pages: base + n * mean per replica
+    elig_rows = rows.eligible & keep
+    per_mm = np.bincount(rows.mm[elig_rows], minlength=len(inp.mms))
+    e_a = float(per_mm[base].sum()) if base else 0.0
+    e_b = float(per_mm[group].mean()) if group else 0.0
+
+    point = fit_growth(n, F, U, model=spec.model).with_eligible(e_a, e_b)
+
+    def statistic(keys: Any, order_rows: Any) -> F64:
+        f, u = g.curves(g.weights(np.asarray(keys, np.int64)), np.asarray(order_rows, np.int64))
+        return fit_growth(n, f, u, model=spec.model, start=point).with_eligible(e_a, e_b).to_array()
+
+    replicates: tuple[GrowthFit, ...]
+    if n_keys >= 2:
+        res = bootstrap(
+            (all_keys, all_orders),
+            statistic,
+            n_resamples=spec.n_resamples,
+            confidence_level=spec.confidence,
+            method="percentile",
+            vectorized=False,
+            paired=False,
+            rng=np.random.default_rng(spec.seed + 1),
+        )
+        dist = np.asarray(res.bootstrap_distribution, dtype=float)  # (parameters, n_resamples)
+        replicates = tuple(GrowthFit.from_array(dist[:, i]) for i in range(dist.shape[1]))
+    else:
+        replicates = (point,)
+        notes.append("too few contents for a bootstrap: the interval is the point")
+
+    holdout = None
+    if k >= 4:
+        h = max(2, k // 2)
+        hf = fit_growth(n[: h + 1], F[: h + 1], U[: h + 1], model=spec.model)
+        holdout = HoldoutCheck(
+            fit_upto=h,
+            k=k,
+            predicted_saved_frames=float(hf.ideal_saved(k)),
+            observed_saved_frames=float(F[k] - U[k]),
+        )
+    pid_of = [m.pid for m in inp.mms]
+    return ExtrapolationFit(
+        host=inp.host,
+        policy_set=policy_set,
+        cross_domain=cross_domain,
+        group=spec.group,
+        group_pids=tuple(pid_of[m] for m in group),
+        base_pids=tuple(pid_of[m] for m in base),
+        page_size=inp.page_size,
+        observed=GrowthCurves(
+            tuple(int(v) for v in n), tuple(float(v) for v in F), tuple(float(v) for v in U)
+        ),
+        point=point,
+        replicates=replicates,
+        confidence=spec.confidence,
+        holdout=holdout,
+        ideal_saved_frames_at_k=round(F[k] - U[k]),
+        spec=spec,
+        notes=tuple(notes),
+    )
+
+
+__all__ = [
+    "MAX_REPLICAS",
+    "ExtrapolationFit",
+    "ExtrapolationSpec",
+    "GrowthCurves",
+    "GrowthFit",
+    "HoldoutCheck",
+    "extrapolate",
+    "fit_growth",
+    "ideal_saved_frames",
+    "parse_group",
+    "select_group",
+]
