@@ -1,0 +1,215 @@
+"""Capacity arithmetic by hand-computed cases, and against the Meta/Instagram figures.
+
+The Instagram snapshot (anchors.md §1.1, §6.1-6.2; Roesch, "mm: process/cgroup ksm
+support" v9, 2023): a 64 GB host, pages_to_scan 4000 / sleep 20 ms, pages_shared 129,547,
+pages_sharing 5,119,146, pages_unshared 1,760,924, pages_volatile 10,761,341,
+general_profit 20,158,298,048 B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from planner.errors import UsageProblem
+from planner.whatif.capacity import (
+    CapacityInputs,
+    HostCapacityModel,
+    combine_hosts,
+    estimate_capacity,
+    max_fit,
+    memory_bound_gain,
+    parse_headroom,
+    parse_size,
+)
+from planner.whatif.extrapolate import GrowthFit
+
+PAGE = 4096
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Instagram, 64 GB host
+HOST_BYTES = 64 * GIB
+PAGES_SHARED = 129_547
+PAGES_SHARING = 5_119_146
+PAGES_UNSHARED = 1_760_924
+PAGES_VOLATILE = 10_761_341
+GENERAL_PROFIT = 20_158_298_048
+RMAP_ITEMS = PAGES_SHARED + PAGES_SHARING + PAGES_UNSHARED + PAGES_VOLATILE
+
+
+def linear_model(
+    *,
+    worker_frames: float,
+    saved_per_worker: float,
+    base_frames: float = 0,
+    ratio: float = 1.0,
+    meta_per_page: float = 0.0,
+    ksmd_cores: float = 0.0,
+) -> HostCapacityModel:
+    """Identical workers, each bringing ``worker_frames`` frames of which an ideal KSM frees
+    ``saved_per_worker``; every worker page is mergeable."""
+    growth = GrowthFit(
+        frames_a=base_frames,
+        frames_b=worker_frames,
+        distinct_a=base_frames,
+        distinct_b=worker_frames - saved_per_worker,
+        eligible_a=0.0,
+        eligible_b=worker_frames,
+    )
+    return HostCapacityModel(PAGE, growth, ratio, meta_per_page, ksmd_cores)
+
+
+def test_instagram_counter_identities() -> None:
+    saved_bytes = PAGES_SHARING * PAGE
+    assert saved_bytes / GIB == pytest.approx(19.53, abs=0.01)  # "≈19.5 GiB saved"
+    assert saved_bytes / HOST_BYTES == pytest.approx(0.305, abs=0.001)  # "≈30% of RAM"
+    profit = saved_bytes - RMAP_ITEMS * 64  # general_profit = sharing * 4 KiB - rmap_items * 64 B
+    assert profit == 19_830_680_704
+    assert abs(profit - GENERAL_PROFIT) / GENERAL_PROFIT < 0.02  # the 1.6 % non-atomic read gap
+    ratio = PAGES_SHARING / PAGES_SHARED
+    assert ratio == pytest.approx(39.5, abs=0.1)
+
+
+def test_instagram_memory_bound_capacity() -> None:
+    # 128 workers of 512 MiB fill the 64 GiB host; KSM frees the Instagram share of each
+    worker_frames = 512 * MIB // PAGE
+    s = PAGES_SHARING * PAGE / HOST_BYTES
+    model = linear_model(worker_frames=worker_frames, saved_per_worker=s * worker_frames)
+    inputs = CapacityInputs(host_mem_bytes=HOST_BYTES)
+    # at 128 workers the model saves exactly the reported pages_sharing
+    assert model.ksm_net_saved_bytes(128) / PAGE == pytest.approx(PAGES_SHARING)
+    est = estimate_capacity(model, inputs)
+    assert est.workers_without == 128
+    assert est.workers_with == math.floor(128 / (1 - s)) == 184
+    assert est.limit_with == "memory"
+    assert est.gain == pytest.approx(56 / 128)
+    assert memory_bound_gain(s) == pytest.approx(0.4391, abs=1e-4)  # "30 % saved -> up to +43 %"
+    assert est.gain <= memory_bound_gain(s)
+    assert memory_bound_gain(s) - est.gain < 1 / 128  # only the floor separates them
+
+
+def test_instagram_capacity_net_of_metadata() -> None:
+    worker_frames = 512 * MIB // PAGE
+    s = PAGES_SHARING * PAGE / HOST_BYTES
+    # KSM's metadata: rmap_items * 64 B over the host's 128 * 131072 pages
+    meta_per_page = RMAP_ITEMS * 64 / (128 * worker_frames)
+    model = linear_model(
+        worker_frames=worker_frames, saved_per_worker=s * worker_frames, meta_per_page=meta_per_page
+    )
+    assert model.ksm_net_saved_bytes(128) == pytest.approx(19_830_680_704)  # = the profit identity
+    est = estimate_capacity(model, CapacityInputs(host_mem_bytes=HOST_BYTES))
+    net_s = 19_830_680_704 / HOST_BYTES
+    assert est.workers_with == math.floor(128 / (1 - net_s)) == 179
+    assert est.gain == pytest.approx(51 / 128)
+
+
+def test_instagram_cpu_limits_the_gain() -> None:
+    # 32 CPUs; ksmd ≈ 4-8 % of the host (the advisor's "25 % = 1-2 %" reply) ≈ 2 cores
+    worker_frames = 512 * MIB // PAGE
+    s = PAGES_SHARING * PAGE / HOST_BYTES
+    model = linear_model(
+        worker_frames=worker_frames, saved_per_worker=s * worker_frames, ksmd_cores=2.0
+    )
+    inputs = CapacityInputs(host_mem_bytes=HOST_BYTES, host_cpus=32, cpu_per_worker=0.2)
+    est = estimate_capacity(model, inputs)
+    assert est.workers_without == 128  # memory-bound: 32 / 0.2 = 160 would fit
+    assert est.workers_with == 150  # (32 - 2) / 0.2: CPU-bound before memory (184)
+    assert est.limit_with == "cpu"
+    assert est.gain == pytest.approx(22 / 128)  # ≈ +17 %: the order of Meta's "around 20 %"
+
+
+def test_headroom_base_and_other_memory() -> None:
+    # base 1 GiB, workers of 100 MiB anon + 28 MiB other, KSM frees 40 MiB each at ratio 0.5
+    model = linear_model(
+        worker_frames=100 * MIB / PAGE,
+        saved_per_worker=40 * MIB / PAGE,
+        base_frames=GIB / PAGE,
+        ratio=0.5,
+    )
+    inputs = CapacityInputs(
+        host_mem_bytes=16 * GIB,
+        headroom_bytes=GIB,
+        headroom_fraction=0.0625,
+        worker_other_bytes=28 * MIB,
+    )
+    budget = 16 * GIB - GIB - GIB  # 14 GiB
+    assert inputs.budget_bytes == budget
+    # without: (14 GiB - 1 GiB) / 128 MiB = 104; with: 13 GiB / (128 - 20) MiB = 123.26
+    est = estimate_capacity(model, inputs)
+    assert est.workers_without == 104
+    assert est.workers_with == 123
+    assert est.per_worker_anon_bytes == pytest.approx(100 * MIB)
+    assert est.base_bytes == pytest.approx(GIB)
+    assert est.ksm_net_saved_bytes == pytest.approx(123 * 20 * MIB)
+
+
+def test_base_too_big_and_no_ksm() -> None:
+    model = linear_model(worker_frames=10, saved_per_worker=5, base_frames=10 * GIB / PAGE)
+    est = estimate_capacity(model, CapacityInputs(host_mem_bytes=8 * GIB))
+    assert est.workers_without == 0
+    assert est.workers_with == 0
+    assert est.gain is None
+    off = linear_model(worker_frames=256, saved_per_worker=100, ratio=0.0)
+    est = estimate_capacity(off, CapacityInputs(host_mem_bytes=GIB))
+    assert est.workers_with == est.workers_without == 1024
+    assert est.gain == 0.0
+
+
+def test_intervals_come_from_the_replicates() -> None:
+    model = linear_model(worker_frames=256, saved_per_worker=64)
+    reps = [GrowthFit(0, 256, 0, 256 - s, eligible_b=256) for s in (32, 48, 64, 80, 96)]
+    est = estimate_capacity(
+        model, CapacityInputs(host_mem_bytes=GIB), replicates=reps, confidence=0.8
+    )
+    assert est.workers_without == 1024
+    assert est.workers_with == 1365  # 1024 * 256 / 192
+    lo, hi = est.workers_with_interval
+    assert 1170 <= lo < 1365 < hi <= 1638  # between 1024*256/224 and 1024*256/160
+    assert est.gain_interval is not None
+    assert est.gain_interval[0] < est.gain < est.gain_interval[1]  # type: ignore[operator]
+    fleet = combine_hosts([est, est])
+    assert fleet.workers_with == 2 * 1365
+    assert fleet.hosts == 2
+    assert fleet.gain == pytest.approx(est.gain)
+
+
+def test_max_fit() -> None:
+    assert max_fit(lambda n: 10.0 * n, 95, upper=1000) == 9
+    assert max_fit(lambda n: 10.0 * n, 100, upper=1000) == 10
+    assert max_fit(lambda n: 0.0, 1, upper=77) == 77
+    assert max_fit(lambda n: 5.0 + n, 4, upper=10) == 0
+
+
+def test_sizes() -> None:
+    assert parse_size("64GiB") == 64 * GIB
+    assert parse_size("64G") == 64 * GIB
+    assert parse_size("64GB") == 64_000_000_000
+    assert parse_size("512 MiB") == 512 * MIB
+    assert parse_size("4096") == 4096
+    assert parse_headroom("12.5%") == (0, 0.125)
+    assert parse_headroom("2GiB") == (2 * GIB, 0.0)
+    for bad in ("lots", "64 XB", "-1G"):
+        with pytest.raises(UsageProblem, match="is not a size"):
+            parse_size(bad)
+    with pytest.raises(UsageProblem):
+        parse_headroom("120%")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"host_mem_bytes": 0}, "host memory must be positive"),
+        ({"host_mem_bytes": GIB, "headroom_bytes": GIB}, "leaves no memory"),
+        ({"host_mem_bytes": GIB, "host_cpus": 8}, "both --host-cpus and --cpu-per-worker"),
+        (
+            {"host_mem_bytes": GIB, "host_cpus": 8, "cpu_per_worker": 0},
+            "CPU per worker must be positive",
+        ),
+        ({"host_mem_bytes": GIB, "worker_other_bytes": -1}, "cannot be negative"),
+    ],
+)
+def test_bad_inputs(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(UsageProblem, match=message):
+        CapacityInputs(**kwargs)  # type: ignore[arg-type]
