@@ -7,7 +7,9 @@
 * **fork** -- a child of a ``prctl`` process is ``prctl`` too (``MMF_VM_MERGE_ANY`` is
   inherited), unless its first matching rule says ``off`` (the child switches KSM off with
   ``prctl(PR_SET_MEMORY_MERGE, 0)``). The policy is taken to be in force from the start, so
-  this also holds for children forked before the trace began;
+  this also holds for children forked before the trace began. Its security domain is its
+  matching rule's, else the set's ``default_domain`` (evaluated on the child), else its
+  parent's;
 * **exec** -- a process that exec'd (a new mm with the same pid and start time) keeps
   ``prctl`` (kept over execve since 6.7), but loses ``madvise`` (new VMAs): its new image
   is matched against the rules again.
@@ -200,15 +202,15 @@ class SetResolver:
                 inherited_from = (parent_reg, "inherited")
         if inherited_from is not None and (rule is None or rule.action != "off"):
             src, reason = inherited_from
+            # the domain: the rule's, else the set's default template, else the parent's
+            if rule is not None and rule.domain:
+                domain = self._domain(rule.domain, info)
+            elif self.policy.default_domain is not None:
+                domain = self._domain(None, info)
+            else:
+                domain = src.domain
             if rule is not None and rule.action == "prctl":
-                return Registration(
-                    mode="prctl",
-                    domain=self._domain(rule.domain, info) if rule.domain else src.domain,
-                    rule=label,
-                ), "rule"
-            domain = (
-                self._domain(rule.domain, info) if rule is not None and rule.domain else src.domain
-            )
+                return Registration(mode="prctl", domain=domain, rule=label), "rule"
             via = "kept over exec" if reason == "exec" else "inherited from parent"
             return Registration(mode="prctl", domain=domain, rule=f"{via} ({src.rule})"), reason
         if rule is None:

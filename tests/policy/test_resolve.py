@@ -271,3 +271,11 @@ def test_madvise_kinds_restrict_what_the_replay_merges() -> None:
     assert anon.final_truth.saved_frames == 12
     assert every.final_truth.saved_frames == 12
     assert off.final_truth.saved_frames == 0
+
+
+def test_an_inherited_child_takes_the_default_domain_of_its_own_labels() -> None:
+    got = decisions('[sets.s]\ndefault = "prctl"\ndefault_domain = "{label:tenant}"\n')
+    assert got[10] == ("prctl", "a", "default")
+    assert got[11] == ("prctl", "a", "inherited")
+    assert got[21] == ("prctl", "b", "inherited")
+    assert got[30] == ("prctl", "none", "default")

@@ -1,0 +1,140 @@
+"""Where what-if tasks run: any :class:`concurrent.futures.Executor`.
+
+* :func:`local_executor` -- a process pool sized to the cores (the default);
+* :class:`InlineExecutor` -- runs each task at once in the calling thread (one core,
+  debugging, tests);
+* :func:`dask_executor` -- a Dask cluster: ``distributed.Client(address).get_executor()``
+  (optional extra ``dist``). A scheduler that does not answer within the timeout, or has
+  no worker, is a :class:`~planner.errors.ClusterError` (exit code 3).
+
+Tasks are small specs (paths, names, knobs); every worker reads the trace itself, so the
+trace must be at the same path on the workers (a shared filesystem on a real cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from planner._deps import require
+from planner.errors import ClusterError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Seconds to wait for a Dask scheduler (and a first worker) before giving up.
+DEFAULT_CLUSTER_TIMEOUT_S = 10.0
+
+
+class InlineExecutor(Executor):
+    """An executor that runs every task immediately, in the caller's thread."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` now; return a finished future."""
+        fut: Future[T] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+def default_workers() -> int:
+    """Cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def local_executor(max_workers: int | None = None, *, start_method: str = "fork") -> Executor:
+    """A process pool with ``max_workers`` processes (default: the cores), or inline for 1.
+
+    ``start_method`` ``fork`` (the default) starts workers fast and works from scripts and
+    notebooks without a ``if __name__ == "__main__"`` guard (Arrow re-creates its thread
+    pools in a forked child); ``forkserver`` and ``spawn`` start clean interpreters but need
+    that guard in the main script.
+    """
+    n = max_workers or default_workers()
+    if n <= 1:
+        return InlineExecutor()
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(["planner.whatif.tasks"])
+    return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+
+
+@contextlib.contextmanager
+def dask_executor(
+    address: str, *, timeout_s: float = DEFAULT_CLUSTER_TIMEOUT_S
+) -> Iterator[Executor]:
+    """An executor on the Dask cluster at ``address`` (``tcp://host:8786``), closed on exit.
+
+    Raises
+    ------
+    MissingExtraError
+        ``distributed`` is not installed (``pip install 'ksm-planner[dist]'``).
+    ClusterError
+        The scheduler does not answer, or has no worker, within ``timeout_s``.
+    """
+    distributed = require(
+        "distributed", extra="dist", purpose="running what-if scenarios on a Dask cluster"
+    )
+    try:
+        client = distributed.Client(address, timeout=f"{timeout_s}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"the Dask scheduler at {address} did not answer within {timeout_s:g} s "
+            f"({_short(exc)})",
+            hint="check the address and that the scheduler runs, "
+            "or drop --scheduler to run locally",
+        ) from None
+    try:
+        try:
+            client.wait_for_workers(1, timeout=timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"the Dask scheduler at {address} has no worker ({_short(exc)})",
+                hint="start workers with 'dask worker ADDRESS'",
+            ) from None
+        yield client.get_executor()
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def is_remote(executor: Executor) -> bool:
+    """Whether ``executor`` runs tasks on a Dask cluster."""
+    return type(executor).__module__.split(".")[0] == "distributed"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def describe(executor: Executor) -> dict[str, Any]:
+    """What ran the tasks, for provenance."""
+    kind = type(executor).__name__
+    info: dict[str, Any] = {"executor": kind}
+    workers = getattr(executor, "_max_workers", None)
+    if workers:
+        info["workers"] = workers
+    return info
+
+
+__all__ = [
+    "DEFAULT_CLUSTER_TIMEOUT_S",
+    "InlineExecutor",
+    "dask_executor",
+    "default_workers",
+    "describe",
+    "is_remote",
+    "local_executor",
+]

@@ -1,0 +1,216 @@
+"""Predicted against observed: a scenario's replay next to a recording of the real KSM.
+
+A recording (``ksm-planner observe``, :func:`planner.kernel.observe.read_observed`) holds
+the ``/sys/kernel/mm/ksm`` counters of a canary host over time. The comparison takes the
+scenario whose knobs match the recording's knobs (or the one asked for), samples the
+replay's counters at the recording's times and reports both side by side.
+
+Time zero of the recording is its first sample and time zero of the replay is the trace's
+first snapshot: start ``observe`` when the traced workload starts (or when KSM is enabled
+for it) for the two to line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from planner.errors import UsageProblem
+
+if TYPE_CHECKING:
+    import os
+
+    from planner.kernel.observe import ObservedTimeline
+    from planner.whatif.result import ScenarioResult
+
+#: Counters compared (kernel names).
+COMPARED = ("pages_sharing", "pages_shared", "general_profit")
+
+#: Recording knob (sysfs name) -> replay knob.
+_KNOBS = {
+    "pages_to_scan": "pages_to_scan",
+    "sleep_millisecs": "sleep_ms",
+    "smart_scan": "smart_scan",
+    "advisor_mode": "advisor",
+    "max_page_sharing": "max_page_sharing",
+    "use_zero_pages": "use_zero_pages",
+}
+
+
+def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
+    """Read a recording of ``ksm-planner observe`` (see ``planner.kernel.observe``)."""
+    from planner.kernel.observe import read_observed
+
+    return read_observed(path)
+
+
+def _norm(name: str, value: Any) -> Any:
+    if name == "advisor_mode" and isinstance(value, str):
+        if "[" in value:
+            value = value[value.index("[") + 1 : value.index("]")]
+        return value.strip()
+    if name in ("smart_scan", "use_zero_pages"):
+        return bool(int(value)) if not isinstance(value, bool) else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
+    """The recording's knobs at its start, under the replay's knob names."""
+    raw = dict(obs.meta.get("knobs_at_start") or {})
+    return {ours: _norm(theirs, raw[theirs]) for theirs, ours in _KNOBS.items() if theirs in raw}
+
+
+def knob_differences(knobs: dict[str, Any], observed: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Knobs that differ: ``{name: (observed, scenario)}``.
+
+    ``pages_to_scan`` is ignored when the advisor runs on both sides (it sets it).
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, v in observed.items():
+        if (
+            k == "pages_to_scan"
+            and observed.get("advisor") == "scan-time"
+            and knobs.get("advisor") == "scan-time"
+        ):
+            continue
+        if k in knobs and knobs[k] != v:
+            out[k] = (v, knobs[k])
+    return out
+
+
+@dataclass
+class ObservedComparison:
+    """A scenario's replayed counters at the recording's sample times."""
+
+    scenario_id: str
+    host: str
+    knobs_match: bool
+    knob_differences: dict[str, tuple[Any, Any]]
+    t_s: list[float]
+    observed: dict[str, list[float | None]]
+    predicted: dict[str, list[float]]
+    notes: list[str] = field(default_factory=list)
+
+    def final_relative_error(self, counter: str = "pages_sharing") -> float | None:
+        """(predicted - observed) / observed at the last sample; ``None`` when not defined."""
+        obs = [v for v in self.observed.get(counter, []) if v is not None]
+        pred = self.predicted.get(counter, [])
+        if not obs or not pred or obs[-1] == 0:
+            return None
+        return (pred[-1] - obs[-1]) / obs[-1]
+
+    def to_frame(self) -> Any:
+        """``t_s`` with ``observed_<counter>`` and ``predicted_<counter>`` columns."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {"t_s": self.t_s}
+        for c in COMPARED:
+            cols[f"observed_{c}"] = self.observed.get(c)
+            cols[f"predicted_{c}"] = self.predicted.get(c)
+        return pd.DataFrame(cols)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "scenario": self.scenario_id,
+            "host": self.host,
+            "knobs_match": self.knobs_match,
+            "knob_differences": {k: list(v) for k, v in self.knob_differences.items()},
+            "t_s": self.t_s,
+            "observed": self.observed,
+            "predicted": self.predicted,
+            "final_relative_error_pages_sharing": self.final_relative_error(),
+            "notes": self.notes,
+        }
+
+
+def choose_scenario(
+    scenarios: list[ScenarioResult], obs_knobs: dict[str, Any], scenario_id: str | None = None
+) -> tuple[ScenarioResult, dict[str, tuple[Any, Any]]]:
+    """The scenario to compare with: ``scenario_id``, else the first whose knobs match the
+    recording's (preferring sets that enable KSM), else the one saving the most."""
+    if not scenarios:
+        raise UsageProblem("no scenario to compare the recording with")
+    if scenario_id is not None:
+        for s in scenarios:
+            if s.id == scenario_id:
+                return s, knob_differences(s.knobs_full, obs_knobs)
+        raise UsageProblem(
+            f"no scenario {scenario_id!r}", hint="use an id of the what-if table (s01, ...)"
+        )
+    matching = [s for s in scenarios if not knob_differences(s.knobs_full, obs_knobs)]
+    enabled = [s for s in matching if s.saved_bytes > 0 or s.ksmd_cores > 0]
+    if enabled or matching:
+        s = (enabled or matching)[0]
+        return s, {}
+    best = max(scenarios, key=lambda s: s.net_saved_bytes)
+    return best, knob_differences(best.knobs_full, obs_knobs)
+
+
+def _step(
+    times: list[float], values: list[float], at: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    if not times:
+        return np.zeros(at.size)
+    t = np.asarray(times, dtype=float)
+    v = np.asarray(values, dtype=float)
+    idx = np.searchsorted(t, at, side="right") - 1
+    return np.where(idx >= 0, v[np.clip(idx, 0, v.size - 1)], 0.0)
+
+
+def compare_observed(
+    obs: ObservedTimeline, scenarios: list[ScenarioResult], *, scenario_id: str | None = None
+) -> ObservedComparison:
+    """Compare a recording with the replay of one scenario (see the module docstring)."""
+    knobs = observed_knobs(obs)
+    scen, diffs = choose_scenario(scenarios, knobs, scenario_id)
+    host = scen.hosts[0]
+    counters = obs.counters
+    t = np.asarray(
+        counters.index.to_numpy(dtype=float) if counters.index.name == "t_s" else counters["t_s"],
+        dtype=float,
+    )
+    observed: dict[str, list[float | None]] = {}
+    predicted: dict[str, list[float]] = {}
+    for c in COMPARED:
+        if c in counters.columns:
+            observed[c] = [
+                None if v != v else float(v) for v in counters[c].astype("float64").tolist()
+            ]
+        total = np.zeros(t.size)
+        for r in host.replays:
+            total += _step(r.timeline.grid.get("t_s", []), r.timeline.grid.get(c, []), t)
+        predicted[c] = total.tolist()
+    notes = []
+    if len(scen.hosts) > 1:
+        notes.append(f"the recording is compared with host {host.host} of {len(scen.hosts)}")
+    if diffs:
+        notes.append(
+            "no scenario has the recording's knobs: "
+            + ", ".join(f"{k} observed {a} vs {b}" for k, (a, b) in diffs.items())
+        )
+    return ObservedComparison(
+        scenario_id=scen.id,
+        host=host.host,
+        knobs_match=not diffs,
+        knob_differences=diffs,
+        t_s=t.tolist(),
+        observed=observed,
+        predicted=predicted,
+        notes=notes,
+    )
+
+
+__all__ = [
+    "COMPARED",
+    "ObservedComparison",
+    "choose_scenario",
+    "compare_observed",
+    "load_observed",
+    "observed_knobs",
+]

@@ -1,0 +1,310 @@
+"""run_whatif end to end on small synthetic traces: scenarios, domains, fleets, executors."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from planner.engine import KsmKnobs, replay
+from planner.errors import KnobError, PolicyError, UsageProblem
+from planner.policy import parse_policies, preset
+from planner.trace.io import open_trace
+from planner.whatif import (
+    CapacityInputs,
+    ExtrapolationSpec,
+    InlineExecutor,
+    KnobGrid,
+    local_executor,
+    run_whatif,
+)
+
+INLINE = InlineExecutor()
+GRID = KnobGrid.from_mapping({"pages_to_scan": [100, 1000], "sleep_ms": 20})
+TENANTS = """
+[sets.tenants]
+default = "prctl"
+default_domain = "{label:tenant}"
+"""
+
+
+class CountingExecutor(InlineExecutor):
+    """Inline, counting the tasks it was given."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_presets_across_a_grid(family_trace: Path) -> None:
+    sets = [preset("off"), preset("prctl-all"), preset("workers-prctl")]
+    res = run_whatif(family_trace, policy_sets=sets, grid=GRID, executor=INLINE)
+    assert [s.id for s in res.scenarios] == ["s01", "s02", "s03", "s04", "s05", "s06"]
+    assert [(s.policy_set, s.knobs["pages_to_scan"]) for s in res.scenarios] == [
+        ("off", 100),
+        ("off", 1000),
+        ("prctl-all", 100),
+        ("prctl-all", 1000),
+        ("workers-prctl", 100),
+        ("workers-prctl", 1000),
+    ]
+    off, prctl = res.scenarios[0], res.scenarios[3]
+    assert off.saved_bytes == 0
+    assert off.ksmd_cores == 0
+    assert off.realization_ratio is None
+    # the same replay through the engine directly
+    ht = open_trace(family_trace).load_host()
+    direct = replay(
+        ht, knobs=KsmKnobs(pages_to_scan=1000, sleep_ms=20), resolver=preset("prctl-all").resolver()
+    )
+    assert prctl.saved_bytes == direct.final_truth.saved_bytes
+    assert prctl.net_saved_bytes == direct.final_truth.net_saved_bytes
+    assert prctl.anon_bytes == direct.final_truth.frames_without_ksm * 4096
+    assert prctl.net_saved_percent == pytest.approx(100 * prctl.net_saved_bytes / prctl.anon_bytes)
+    assert prctl.time_to_90_s == direct.cost.time_to_saving_s["90"]
+    assert prctl.realization_ratio == pytest.approx(1.0)  # every duplicate merged by the end
+    assert prctl.ksmd_cpu_percent > 0
+    assert prctl.pages_scanned_per_full_scan is not None
+    assert prctl.pages_scanned_per_full_scan > 0
+    assert prctl.cross_domain_saved_bytes == 0
+    # Pareto: off (0 CPU) is on it; of the two prctl-all runs the one that is dominated is not
+    flags = {s.id: s.pareto for s in res.scenarios}
+    assert flags["s01"]
+    front = res.pareto_front()
+    for s in res.scenarios:
+        if s not in front:
+            assert any(
+                o.net_saved_bytes >= s.net_saved_bytes and o.ksmd_cores <= s.ksmd_cores
+                for o in front
+            )
+    # outputs
+    df = res.to_frame()
+    assert list(df["scenario"]) == [s.id for s in res.scenarios]
+    for col in (
+        "net_saved_mib",
+        "net_saved_percent",
+        "time_to_90_s",
+        "ksmd_cpu_percent",
+        "pages_scanned_per_full_scan",
+        "cross_domain_saved_mib",
+        "pareto",
+        "knob_pages_to_scan",
+    ):
+        assert col in df.columns
+    csv = res.to_csv()
+    assert csv.splitlines()[0].startswith("scenario,policy_set,cross_domain,knob_pages_to_scan")
+    doc = res.to_dict()
+    json.dumps(doc, allow_nan=False)
+    assert doc["provenance"]["trace_hash"] == open_trace(family_trace).trace_hash
+    assert doc["provenance"]["tool_version"].startswith("ksm-planner ")
+    assert doc["provenance"]["policy_set"] == "off,prctl-all,workers-prctl"
+    assert doc["pareto_front"] == [s.id for s in front]
+    assert [m["policy_set"] for m in doc["matches"]] == ["off", "prctl-all", "workers-prctl"]
+    # timelines for plots
+    tl = res.timelines("s04")
+    assert {"grid", "scans", "processes"} == set(tl)
+    assert tl["scans"]["full_scans"].tolist() == sorted(tl["scans"]["full_scans"].tolist())
+    assert tl["grid"]["saved_frames"].iloc[-1] == direct.final_truth.saved_frames
+    assert set(tl["processes"]["pid"]) == {100, 101, 102, 103, 104}
+    assert "timeline" in res.to_dict(timelines=True)["scenarios"][3]["hosts"][0]["replays"][0]
+
+
+def test_identical_replays_run_once(family_trace: Path) -> None:
+    grid = KnobGrid.from_mapping({"pages_to_scan": [100, 1000], "advisor": ["none", "scan-time"]})
+    ex = CountingExecutor()
+    res = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=grid, executor=ex)
+    # the advisor sets pages_to_scan itself: two of the four scenarios are one replay
+    assert ex.submitted == 3
+    adv = [s for s in res.scenarios if s.knobs["advisor"] == "scan-time"]
+    assert adv[0].same_replay_as is None
+    assert adv[1].same_replay_as == adv[0].id
+    assert adv[1].net_saved_bytes == adv[0].net_saved_bytes
+    assert adv[0].knobs_full["pages_to_scan"] == 500  # advisor_min_pages_to_scan
+
+
+def test_security_domains_allow_and_deny(tenant_trace: Path) -> None:
+    sets = parse_policies(TENANTS)
+    grid = GRID.with_cross_domain(("allow", "deny"))
+    res = run_whatif(tenant_trace, policy_sets=sets, grid=grid, executor=INLINE)
+    assert [(s.cross_domain, s.knobs["pages_to_scan"]) for s in res.scenarios] == [
+        ("allow", 100),
+        ("allow", 1000),
+        ("deny", 100),
+        ("deny", 1000),
+    ]
+    allow, deny = res.scenarios[1], res.scenarios[3]
+    host_a, host_d = allow.hosts[0], deny.hosts[0]
+    assert host_a.domains == ("a", "b")
+    # deny: each domain alone, "as if on separate hosts"
+    assert [r.only_domain for r in host_d.replays] == ["a", "b"]
+    assert deny.cross_domain_saved_bytes == 0
+    assert deny.domain_pairs == []
+    # allow: the counterfactual is exactly the deny replays
+    assert [r.only_domain for r in host_a.counterfactual] == ["a", "b"]
+    assert allow.cross_domain_saved_bytes == allow.saved_bytes - deny.saved_bytes
+    assert allow.cross_domain_saved_bytes > 0
+    assert allow.domain_pairs[0]["domains"] == ["a", "b"]
+    assert allow.domain_pairs[0]["ksm_pages"] == allow.cross_domain_ksm_pages > 0
+    # ksmd CPU of separate hosts adds up; the ideal of each domain alone is smaller
+    assert deny.ksmd_cores == pytest.approx(sum(r.steady_cpu_percent for r in host_d.replays) / 100)
+    assert deny.ideal_saved_bytes < allow.ideal_saved_bytes
+    # the set's own default is deny
+    only_default = run_whatif(tenant_trace, policy_sets=sets, grid=GRID, executor=INLINE)
+    assert {s.cross_domain for s in only_default.scenarios} == {"deny"}
+
+
+def test_fleet_of_hosts(fleet_trace: Path) -> None:
+    cap = CapacityInputs(host_mem_bytes=64 << 20, worker_other_bytes=1 << 20)
+    res = run_whatif(
+        fleet_trace,
+        policy_sets=[preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000}),
+        capacity=cap,
+        extrapolation=ExtrapolationSpec(replicas=10, n_resamples=20),
+        executor=INLINE,
+    )
+    (scen,) = res.scenarios
+    assert [h.host for h in scen.hosts] == ["web-1", "web-2"]
+    assert scen.saved_bytes == sum(h.saved_bytes for h in scen.hosts)
+    assert scen.anon_bytes == sum(h.anon_bytes for h in scen.hosts)
+    assert scen.ksmd_cores == pytest.approx(sum(h.ksmd_cpu_percent for h in scen.hosts) / 100)
+    assert scen.ksmd_cpu_percent == pytest.approx(scen.ksmd_cores * 100 / 2)
+    single = run_whatif(
+        fleet_trace,
+        policy_sets=[preset("prctl-all")],
+        hosts=["web-2"],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000}),
+        executor=INLINE,
+    )
+    assert single.scenarios[0].saved_bytes == scen.hosts[1].saved_bytes
+    assert scen.capacity is not None
+    assert scen.capacity.hosts == 2
+    assert scen.capacity.workers_with == sum(
+        h.capacity.workers_with for h in scen.hosts if h.capacity
+    )
+    assert scen.capacity.gain is not None
+    assert scen.capacity.gain > 0
+    assert scen.projected is not None
+    assert scen.projected.hosts == 2
+    assert scen.projected.net_saved_bytes.value == pytest.approx(
+        sum(h.projected.net_saved_bytes.value for h in scen.hosts if h.projected)
+    )
+    lo, hi = scen.projected.net_saved_bytes.low, scen.projected.net_saved_bytes.high
+    assert lo <= scen.projected.net_saved_bytes.value <= hi
+    assert {f.host for f in res.fits} == {"web-1", "web-2"}
+    assert res.fit("prctl-all", "allow", "web-2") is not None
+    assert res.fit("prctl-all", "allow", "web-2").k == 6  # type: ignore[union-attr]
+
+
+def test_capacity_and_projection_follow_the_replay(family_trace: Path) -> None:
+    cap = CapacityInputs(host_mem_bytes=32 << 20)
+    res = run_whatif(
+        family_trace,
+        policy_sets=[preset("off"), preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000}),
+        capacity=cap,
+        extrapolation=ExtrapolationSpec(replicas=4, n_resamples=20),
+        executor=INLINE,
+    )
+    off, on = res.scenarios
+    assert off.capacity is not None
+    assert on.capacity is not None
+    assert off.capacity.gain == 0
+    assert off.capacity.workers_without == on.capacity.workers_without
+    assert on.capacity.workers_with > on.capacity.workers_without
+    # at N = k the projection is the replay's own saving (the fit goes through the data)
+    assert on.projected is not None
+    assert on.projected.net_saved_bytes.value == pytest.approx(on.net_saved_bytes, rel=0.02)
+
+
+def test_process_pool_gives_the_same_answer(family_trace: Path) -> None:
+    sets = [preset("prctl-all"), preset("workers-prctl")]
+    inline = run_whatif(family_trace, policy_sets=sets, grid=GRID, executor=INLINE)
+    pool = local_executor(2)
+    try:
+        pooled = run_whatif(family_trace, policy_sets=sets, grid=GRID, executor=pool)
+    finally:
+        pool.shutdown()
+    pd.testing.assert_frame_equal(inline.to_frame(), pooled.to_frame())
+
+
+def test_bad_input_fails_before_any_task(family_trace: Path) -> None:
+    ex = CountingExecutor()
+    bad = parse_policies(
+        '[sets.x]\n[[sets.x.rules]]\nmatch = { comm = "java" }\naction = "prctl"\n'
+    )
+    with pytest.raises(PolicyError, match="rule 'rule 1' \\(comm=java\\) matches no process"):
+        run_whatif(family_trace, policy_sets=bad, executor=ex)
+    with pytest.raises(PolicyError, match="two policy sets are named 'off'"):
+        run_whatif(family_trace, policy_sets=[preset("off"), preset("off")], executor=ex)
+    with pytest.raises(UsageProblem, match="has no host 'db'"):
+        run_whatif(family_trace, hosts=["db"], executor=ex)
+    with pytest.raises(UsageProblem, match="selects no process"):
+        run_whatif(family_trace, extrapolation=ExtrapolationSpec(group="comm:java"), executor=ex)
+    with pytest.raises(KnobError, match="pages_to_scan must be at least 1"):
+        run_whatif(family_trace, grid=KnobGrid(axes=(("pages_to_scan", (0,)),)), executor=ex)
+    assert ex.submitted == 0
+
+
+class _Obs:
+    """An ObservedTimeline-like recording."""
+
+    def __init__(self, knobs: dict[str, Any], t_s: list[float], sharing: list[int]) -> None:
+        self.meta = {"knobs_at_start": knobs}
+        self.counters = pd.DataFrame({"t_s": t_s, "pages_sharing": sharing}).set_index("t_s")
+        self.processes = pd.DataFrame()
+
+
+def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> None:
+    knobs = {
+        "pages_to_scan": 1000,
+        "sleep_millisecs": 20,
+        "smart_scan": 1,
+        "advisor_mode": "none",
+        "max_page_sharing": 256,
+        "use_zero_pages": 0,
+    }
+    obs = _Obs(knobs, [0.0, 5.0, 30.0], [0, 50, 170])
+    res = run_whatif(
+        family_trace,
+        policy_sets=[preset("off"), preset("prctl-all")],
+        grid=GRID,
+        observed=obs,
+        executor=INLINE,
+    )  # type: ignore[arg-type]
+    cmp = res.observed
+    assert cmp is not None
+    assert cmp.scenario_id == "s04"  # prctl-all at pages_to_scan 1000 (off saves nothing)
+    assert cmp.knobs_match
+    assert cmp.t_s == [0.0, 5.0, 30.0]
+    final = res.scenario("s04").hosts[0].replays[0].final_counters["pages_sharing"]
+    assert cmp.predicted["pages_sharing"][-1] == final
+    assert cmp.observed["pages_sharing"] == [0.0, 50.0, 170.0]
+    assert cmp.final_relative_error() == pytest.approx((final - 170) / 170)
+    other = _Obs({**knobs, "pages_to_scan": 77}, [0.0], [0])
+    res2 = run_whatif(
+        family_trace, policy_sets=[preset("prctl-all")], grid=GRID, observed=other, executor=INLINE
+    )  # type: ignore[arg-type]
+    assert res2.observed is not None
+    assert not res2.observed.knobs_match
+    assert res2.observed.knob_differences["pages_to_scan"][0] == 77
+    assert any("no scenario has the recording's knobs" in w for w in res2.warnings)
+
+
+def test_executor_is_any_concurrent_futures_executor(family_trace: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as ex:
+        assert isinstance(ex, Executor)
+        threaded = run_whatif(
+            family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=ex
+        )
+    inline = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
+    pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())
