@@ -34,6 +34,8 @@ class Column:
     label: str
     fmt: Fmt = "int"
     unit: str = ""
+    #: In the data files only, not shown in the page (e.g. interval ends shown in another cell).
+    hidden: bool = False
 
     @property
     def numeric(self) -> bool:
@@ -78,9 +80,14 @@ class Table:
             if missing:
                 raise ValueError(f"table {self.name}: row {i} lacks {missing}")
 
+    @property
+    def shown(self) -> tuple[Column, ...]:
+        """The columns shown in the page (not hidden)."""
+        return tuple(c for c in self.columns if not c.hidden)
+
     def cells(self) -> list[list[str]]:
-        """Display strings, row by row."""
-        return [[format_value(row[c.key], c.fmt) for c in self.columns] for row in self.rows]
+        """Display strings of the shown columns, row by row."""
+        return [[format_value(row[c.key], c.fmt) for c in self.shown] for row in self.rows]
 
     def records(self) -> list[dict[str, Any]]:
         """Raw values, JSON-ready (floats rounded to 9 significant digits, NaN -> None)."""

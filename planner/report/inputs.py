@@ -84,14 +84,13 @@ class Capacity:
 
     host_mem_bytes: int
     headroom_bytes: int
-    worker_bytes_without: float
+    worker_bytes_without: float  # anonymous + other memory of one worker, without KSM
     worker_bytes_with: float
     workers_without: float
     workers_with: float
     gain: Interval  # fraction: 0.12 = +12 % workers per host
-    replicas: int | None = None
-    limited_by: str = "memory"
-    notes: tuple[str, ...] = ()
+    limited_by: str = "memory"  # what limits the workers with KSM: "memory" or "cpu"
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,8 +170,7 @@ class ScenarioOutcome:
     ) -> ScenarioOutcome:
         """A scenario from one engine replay (steady state = the end of the replay)."""
         truth = res.final_truth
-        scans = res.scans
-        tail = scans[-max(1, len(scans) // 4) :] if scans else []
+        tail = steady_scans(res)
         wall = sum(sc.scan_time_s for sc in tail)
         return cls(
             name=name,
@@ -231,14 +229,27 @@ class ScenarioOutcome:
         return any(p.registration != "off" for p in self.processes)
 
 
-def _per_scan(res: ReplayResult, counter: str) -> float:
-    """A cumulative counter's increase per full scan over the last quarter of the scans."""
+def steady_scans(res: ReplayResult) -> list[Any]:
+    """The full scans of the steady state: those that started after the last snapshot."""
     scans = res.scans
-    if len(scans) < 2:
-        return float(scans[0].counters.get(counter, 0)) if scans else math.nan
-    k = max(1, (len(scans) - 1) // 4)
-    a, b = scans[-k - 1], scans[-1]
-    return (b.counters.get(counter, 0) - a.counters.get(counter, 0)) / (b.full_scans - a.full_scans)
+    if not scans:
+        return []
+    applied = [t for t in res.snapshot_applied_s if t is not None]
+    last = applied[-1] if applied else 0.0
+    first = next(
+        (i for i, s in enumerate(scans) if s.t_s - s.scan_time_s >= last - 1e-9), len(scans) - 1
+    )
+    return list(scans[first:])
+
+
+def _per_scan(res: ReplayResult, counter: str) -> float:
+    """A cumulative counter's increase per full scan at steady state."""
+    window = steady_scans(res)
+    if not window:
+        return math.nan
+    i = res.scans.index(window[0])
+    before = res.scans[i - 1].counters.get(counter, 0) if i > 0 else 0
+    return (window[-1].counters.get(counter, 0) - before) / len(window)
 
 
 def scenario_name(policy_set: str, knobs: Mapping[str, Any], varying: Sequence[str]) -> str:
@@ -340,11 +351,15 @@ class TraceFacts:
 
 @dataclass(frozen=True)
 class Observed:
-    """An observed KSM timeline (``ksm-planner observe``), aligned to the replay's clock."""
+    """A scenario's prediction next to what a real host's KSM did (``ksm-planner observe``)."""
 
-    source: str
-    t_s: tuple[float, ...]
-    counters: Mapping[str, tuple[float, ...]]  # e.g. pages_sharing, general_profit
+    source: str  # where the recording was made
+    scenario: str  # the scenario compared
+    t_s: tuple[float, ...]  # seconds since the recording's first sample
+    observed: Mapping[str, tuple[float | None, ...]]  # counter -> values (kernel names)
+    predicted: Mapping[str, tuple[float, ...]]
+    knob_differences: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    final_relative_error: float | None = None  # pages_sharing, (predicted - observed) / observed
     notes: tuple[str, ...] = ()
 
 

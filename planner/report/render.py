@@ -77,8 +77,8 @@ def md_cell(text: str) -> str:
 
 def md_table(t: Table, label: str) -> str:
     """A GitHub-flavoured Markdown table, with its caption, note and data file."""
-    head = "| " + " | ".join(md_cell(c.header) for c in t.columns) + " |"
-    rule = "|" + "|".join("---:" if c.numeric else "---" for c in t.columns) + "|"
+    head = "| " + " | ".join(md_cell(c.header) for c in t.shown) + " |"
+    rule = "|" + "|".join("---:" if c.numeric else "---" for c in t.shown) + "|"
     rows = []
     for i, cells in enumerate(t.cells()):
         shown = [f"**{md_cell(c)}**" if i in t.highlight and c else md_cell(c) for c in cells]

@@ -557,8 +557,8 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
                 "**Anonymous memory** is the physical memory of the recorded pages without KSM; "
                 "percentages of it are the share KSM frees.",
                 f"**ksmd CPU** is priced per page visit by code path (cost profile `{cost}`), "
-                "plus per batch and per full scan, as % of one core: at steady state over the last "
-                "quarter of the full scans, and averaged from the start.",
+                "plus per batch and per full scan, as % of one core: at steady state over the full "
+                "scans that started after the last snapshot, and averaged from the start.",
                 "**Time to benefit** is measured from the first snapshot, i.e. from the moment "
                 "KSM is switched on for processes already running.",
                 "**Security domains**: when a scenario denies merging across domains, each "
@@ -621,10 +621,18 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
     if any(r["cross_domain_saved_bytes"] is not None for r in rows):
         cols.append(Column("cross_domain_saved_bytes", "across domains", "mib", "MiB"))
     if has_cap:
+        for r in rows:
+            gain, lo, hi = r["capacity_gain"], r["capacity_gain_lo"], r["capacity_gain_hi"]
+            r["capacity_gain_text"] = (
+                f"{F.fixed(100 * gain, 1)} ({F.fixed(100 * lo, 1)}–{F.fixed(100 * hi, 1)})"
+                if gain is not None
+                else None
+            )
         cols += [
-            Column("capacity_gain", "capacity gain", "pct", "%"),
-            Column("capacity_gain_lo", "low", "pct", "%"),
-            Column("capacity_gain_hi", "high", "pct", "%"),
+            Column("capacity_gain_text", "capacity gain (interval)", "text", "%"),
+            Column("capacity_gain", "capacity gain", "pct", "%", hidden=True),
+            Column("capacity_gain_lo", "low", "pct", "%", hidden=True),
+            Column("capacity_gain_hi", "high", "pct", "%", hidden=True),
         ]
     cols.append(Column("pareto", "Pareto", "bool"))
     hl = [i for i, r in enumerate(rows) if r["scenario"] == chosen]
@@ -676,14 +684,30 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
             st_x = _waterfall_steps(x, inputs)
             wall.append({"scenario": x.name, **{_step_key(st.label): st.value for st in st_x}})
         keys = [k for k in wall[0] if k != "scenario"] if wall else []
+        same = {k for k in keys if len({r[k] for r in wall}) == 1}
+        first = _waterfall_steps(inputs.scenarios[0], inputs) if inputs.scenarios else []
         blocks.append(
             table(
                 "waterfall-all",
                 "The waterfall of every scenario (memory in MiB).",
                 [Column("scenario", "scenario", "text")]
-                + [Column(k, k.replace("_bytes", "").replace("_", " "), "mib") for k in keys],
+                + [
+                    Column(k, k.replace("_bytes", "").replace("_", " "), "mib", hidden=k in same)
+                    for k in keys
+                ],
                 wall,
                 highlight=hl,
+                note=(
+                    "The same in every scenario (not repeated above): "
+                    + ", ".join(
+                        f"{st.label} {F.mib(st.value)}"
+                        for st in first
+                        if _step_key(st.label) in same
+                    )
+                    + "."
+                    if same
+                    else ""
+                ),
             )
         )
     return Section(
@@ -1345,15 +1369,53 @@ def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
 def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
     blocks: list[Block] = []
     obs = inputs.observed
-    s = choice.scenario
-    if obs is not None and s is not None and "pages_sharing" in obs.counters:
-        pred = list(zip(s.timeline.scan_t_s, s.timeline.scan_pages_sharing, strict=True))
+    if obs is not None and "pages_sharing" in obs.observed:
+        t = list(obs.t_s)
         series = [
-            C.Series("predicted", [p[0] for p in pred], [p[1] for p in pred], C.ACCENT),
             C.Series(
-                "observed", list(obs.t_s), list(obs.counters["pages_sharing"]), C.BAD, dashed=True
+                "predicted", t, [float(v) for v in obs.predicted.get("pages_sharing", ())], C.ACCENT
+            ),
+            C.Series(
+                "observed",
+                t,
+                [math.nan if v is None else float(v) for v in obs.observed["pages_sharing"]],
+                C.BAD,
+                dashed=True,
             ),
         ]
+        err = obs.final_relative_error
+        blocks.append(
+            Para(
+                f"The scenario `{obs.scenario}` was compared with what KSM really did on "
+                f"{obs.source} (`ksm-planner observe`). At the last sample the prediction of "
+                f"`pages_sharing` is "
+                + (
+                    f"{F.pct(abs(err))} {'above' if err > 0 else 'below'} the observed value."
+                    if err is not None and math.isfinite(err)
+                    else "not comparable (no value)."
+                )
+                + (
+                    " The knobs differ: "
+                    + ", ".join(
+                        f"`{k}` observed {a}, predicted {b}"
+                        for k, (a, b) in obs.knob_differences.items()
+                    )
+                    + "."
+                    if obs.knob_differences
+                    else " The knobs match."
+                )
+            )
+        )
+        rows = []
+        for i, ts in enumerate(obs.t_s):
+            row: dict[str, Any] = {"t_s": ts}
+            for c in sorted(set(obs.observed) | set(obs.predicted)):
+                o = obs.observed.get(c, ())
+                p = obs.predicted.get(c, ())
+                row[f"observed_{c}"] = o[i] if i < len(o) else None
+                row[f"predicted_{c}"] = p[i] if i < len(p) else None
+            rows.append(row)
+        keys = [k for k in rows[0] if k != "t_s"] if rows else []
         blocks.append(
             Figure(
                 "validation",
@@ -1362,24 +1424,24 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
                     "validation",
                     "pages_sharing: replay against the observed host",
                     series,
-                    xlabel="time (s)",
+                    xlabel="time since the recording started (s)",
                     ylabel="pages_sharing",
                 ),
-                f"The replay of `{s.name}` against the counters observed on a host ({obs.source}).",
+                f"The replay of `{obs.scenario}` (solid) against the counter observed on "
+                f"{obs.source} (dashed), sampled at the recording's times.",
                 (
                     table(
-                        "validation-observed",
-                        "Observed counters",
+                        "validation",
+                        "Predicted and observed counters",
                         [Column("t_s", "time", "float1", "s")]
-                        + [Column(k, k, "int") for k in sorted(obs.counters)],
-                        [
-                            {"t_s": t, **{k: v[i] for k, v in obs.counters.items()}}
-                            for i, t in enumerate(obs.t_s)
-                        ],
+                        + [Column(k, k.replace("_", " "), "int") for k in keys],
+                        rows,
                     ),
                 ),
             )
         )
+        for note in obs.notes:
+            blocks.append(Callout("note", note))
     elif inputs.validation:
         v = inputs.validation
         blocks.append(Para(str(v.get("summary", "A kernel validation was given."))))

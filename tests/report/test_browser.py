@@ -345,7 +345,7 @@ def test_review_renders_offline_with_its_plots(small_inputs: Any, tmp_path: Path
     probe = seen["probe"]
     assert probe["sections"] == [s.id for s in doc.sections]
     assert probe["scripts"] == 0
-    assert probe["pageWidth"] == "896px"  # the inlined CSS applied (56rem)
+    assert probe["pageWidth"] == "928px"  # the inlined CSS applied (58rem)
     charts = {c["name"]: c for c in probe["charts"]}
     assert set(charts) == {f.name for f in doc.figures()}
     for c in charts.values():
