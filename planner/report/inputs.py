@@ -249,7 +249,7 @@ def _per_scan(res: ReplayResult, counter: str) -> float:
         return math.nan
     i = res.scans.index(window[0])
     before = res.scans[i - 1].counters.get(counter, 0) if i > 0 else 0
-    return (window[-1].counters.get(counter, 0) - before) / len(window)
+    return float(window[-1].counters.get(counter, 0) - before) / len(window)
 
 
 def scenario_name(policy_set: str, knobs: Mapping[str, Any], varying: Sequence[str]) -> str:

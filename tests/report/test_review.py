@@ -45,9 +45,13 @@ def test_recommendation_is_the_cheapest_near_best(small_inputs: Any) -> None:
     best = max(s.net_saved_bytes for s in used)
     near = [s for s in used if s.net_saved_bytes >= 0.98 * best]
     assert chosen.steady_cpu_percent == min(s.steady_cpu_percent for s in near)
-    assert {n for n, _ in choice.excluded} == {
-        s.name for s in small_inputs.scenarios if not s.enabled
-    }
+    excluded = dict(choice.excluded)
+    for s in small_inputs.scenarios:
+        if not s.enabled:
+            assert excluded[s.name] == "KSM off (baseline)"
+        elif s.name in excluded:
+            assert s.steady_cpu_percent > small_inputs.cpu_budget_percent
+            assert excluded[s.name].startswith("ksmd CPU above the budget")
 
 
 def test_decision_states_the_chosen_numbers(small_inputs: Any) -> None:
