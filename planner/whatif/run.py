@@ -11,9 +11,10 @@ any :class:`concurrent.futures.Executor`), then aggregates:
 * **deny** -- every domain replayed alone, "as if on separate hosts"; savings, metadata
   and ksmd CPU add up (one ksmd per host).
 
-Identical replays (the same host, policy, domain and effective knobs -- e.g. the advisor
-ignores ``pages_to_scan``) run once. A trace with many hosts runs one task per host and the
-scenario's figures are fleet-wide sums (CPU and scan sizes: mean per host).
+Identical replays (the same host, policy, domain and effective knobs -- the advisor
+ignores ``pages_to_scan``; knobs do not matter to a set that registers no process) run
+once. A trace with many hosts runs one task per host and the scenario's figures are
+fleet-wide sums (CPU and scan sizes: mean per host).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import CostProfile
+from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
 from planner.policy.presets import DEFAULT_PRESETS, preset
@@ -284,6 +286,7 @@ def run_whatif(
     stubs = {h: host_processes(tr, h) for h in host_list}
     matches: list[MatchReport] = []
     domains: dict[tuple[str, str], tuple[str, ...]] = {}
+    registered: dict[tuple[str, str], int] = {}
     warnings: list[str] = []
     for s in sets:
         reports = [match_processes(stubs[h], s) for h in host_list]
@@ -291,6 +294,7 @@ def run_whatif(
         matches += reports
         for h, r in zip(host_list, reports, strict=True):
             domains[(h, s.name)] = r.domains
+            registered[(h, s.name)] = r.registered
             if extrapolation is not None and r.registered:
                 _validate_group(stubs[h], s, extrapolation)
     points = grid.points()
@@ -312,6 +316,8 @@ def run_whatif(
                     if knobs.advisor == "scan-time":  # the advisor sets pages_to_scan itself
                         knobs = knobs.with_(pages_to_scan=knobs.advisor_min_pages_to_scan)
                     knobs_full = knobs_full or knobs.to_dict()
+                    if not registered[(h, s.name)]:  # nothing to scan: the knobs change nothing
+                        knobs = KsmKnobs(hz=knobs.hz)
                     base = (trace_path, tr.trace_hash, h, policy_json)
                     rest = (tuple(sorted(knobs.to_dict().items())), opt_items, cost_items)
                     doms = domains[(h, s.name)]
