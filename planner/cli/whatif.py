@@ -401,7 +401,10 @@ def _render(result: WhatIfResult) -> None:
                 else f"{proj.net_saved_bytes.value / _MIB:,.0f} "
                 f"[{proj.net_saved_bytes.low / _MIB:,.0f}, {proj.net_saved_bytes.high / _MIB:,.0f}]"
             )
-        row.append("*" if s.pareto else ("=" + s.same_replay_as if s.same_replay_as else ""))
+        marks = ["*"] if s.pareto else []
+        if s.same_replay_as:
+            marks.append("=" + s.same_replay_as)
+        row.append(" ".join(marks))
         t.add_row(*(escape(c) for c in row))
     if stderr.is_terminal:
         stderr.print(t)
