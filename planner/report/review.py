@@ -1638,6 +1638,7 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
         },
         "options": dict(inputs.options),
         "extrapolation": dict(inputs.extrapolation or {}),
+        "warnings": list(inputs.notes),
     }
     return Document(
         title=title or f"KSM capacity review: {tr.name}",
