@@ -212,3 +212,15 @@ def test_summary_lists_rules() -> None:
     assert "kinds=heap,anon" in text
     assert "domain=batch" in text
     assert "otherwise: off" in text
+
+
+def test_the_documented_example_parses() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "policies.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert block is not None
+    sets = parse_policies(block.group(1), source="docs/policies.md")
+    assert [s.name for s in sets] == ["web-workers", "everything"]
+    assert sets[0].rules[1].match.root is False
