@@ -154,7 +154,23 @@ class ScenarioOutcome:
     capacity: Capacity | None = None
     saving_interval: Interval | None = None  # projected saving fraction, if computed
     pareto: bool = False
+    #: How much larger a full scan is on the projected host than on the traced one
+    #: (mergeable pages at the projected worker count / in the trace); None: not projected.
+    host_scale: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def projected_time_to_90_s(self) -> float | None:
+        """Time to 90 % on the projected host: the replay's, scaled with the pages to scan."""
+        t = self.time_to_s.get("90")
+        return None if t is None or self.host_scale is None else t * self.host_scale
+
+    @property
+    def decisive_time_to_90_s(self) -> float | None:
+        """The time to 90 % the decision uses: projected when there is a projection."""
+        return (
+            self.projected_time_to_90_s if self.host_scale is not None else self.time_to_s.get("90")
+        )
 
     @classmethod
     def of_replay(

@@ -462,6 +462,15 @@ def _scenario(
                 "realization_ratio": cap.realization_ratio,
             },
         )
+    scale = None
+    fit = result.fit(
+        s.policy_set, "deny" if s.cross_domain == "deny" and len(h.domains) > 1 else "allow", h.host
+    )
+    n_target = (cap.workers_with if cap is not None else None) or (
+        result.extrapolation.replicas if result.extrapolation is not None else None
+    )
+    if fit is not None and n_target and fit.point.eligible_b > 0 and h.eligible_pages > 0:
+        scale = float(fit.point.eligible_pages(n_target)) / float(h.eligible_pages)
     saving_iv = None
     if s.projected is not None:
         e = s.projected.net_saved_percent
@@ -497,7 +506,8 @@ def _scenario(
         capacity=capacity,
         saving_interval=saving_iv,
         pareto=s.pareto,
-        extra={"whatif_id": s.id, "same_replay_as": s.same_replay_as},
+        host_scale=scale,
+        extra={"whatif_id": s.id, "same_replay_as": s.same_replay_as, "target_workers": n_target},
     )
 
 
@@ -529,6 +539,14 @@ def _extrapolation(result: WhatIfResult) -> dict[str, Any] | None:
         return None
     spec = result.extrapolation
     fits = []
+    top = max(
+        [int(spec.replicas or 0) if spec else 0]
+        + [
+            int(s.capacity.workers_with)
+            for s in result.scenarios
+            if s.capacity is not None and s.capacity.workers_with
+        ]
+    )
     for f in result.fits:
         ho = f.holdout
         fits.append(
@@ -546,7 +564,7 @@ def _extrapolation(result: WhatIfResult) -> dict[str, Any] | None:
                 "holdout_relative_error": ho.relative_error if ho else None,
                 "holdout_fit_upto": ho.fit_upto if ho else None,
                 "page_size": f.page_size,
-                "curve": _curve(f),
+                "curve": _curve(f, top),
                 "notes": list(f.notes),
             }
         )
@@ -556,25 +574,33 @@ def _extrapolation(result: WhatIfResult) -> dict[str, Any] | None:
     }
 
 
-def _curve(f: Any) -> dict[str, list[float]]:
-    """The fitted ideal saving and its bootstrap band, for n = 1 .. max(2k, N)."""
-    spec = f.spec
-    top = max(2 * f.k, int(spec.replicas or 0), 4)
-    ns = sorted({*range(1, min(top, 64) + 1), top})
-    point = [float(f.point.ideal_saved(n)) for n in ns]
-    lo, hi = [], []
+def _curve(f: Any, top: int) -> dict[str, list[float]]:
+    """Fitted memory and ideal saving with n replicas (bootstrap band), n = 1 .. ``top``."""
+    top = max(top, 2 * f.k, 4)
+    ns = sorted(
+        {
+            *range(1, min(top, 2 * f.k) + 1),
+            *np.unique(np.geomspace(1, top, 40).round().astype(int)).tolist(),
+            top,
+        }
+    )
+    frames, point, lo, hi = [], [], [], []
     for n in ns:
-        a, b = (
-            f.interval([r.ideal_saved(n) for r in f.replicates])
-            if f.replicates
-            else (
-                math.nan,
-                math.nan,
-            )
-        )
+        frames.append(float(f.point.frames(n)))
+        point.append(float(f.point.ideal_saved(n)))
+        if f.replicates:
+            a, b = f.interval([r.ideal_saved(n) for r in f.replicates])
+        else:
+            a, b = math.nan, math.nan
         lo.append(a)
         hi.append(b)
-    return {"n": [float(n) for n in ns], "ideal_saved_frames": point, "low": lo, "high": hi}
+    return {
+        "n": [float(n) for n in ns],
+        "frames": frames,
+        "ideal_saved_frames": point,
+        "low": lo,
+        "high": hi,
+    }
 
 
 __all__ = ["ReportResult", "check_output", "make_report", "review_inputs"]

@@ -78,8 +78,14 @@ def recommend(inputs: ReviewInputs) -> Choice:
             excluded.append(
                 (s.name, f"ksmd CPU above the budget of {F.percent(inputs.cpu_budget_percent)}")
             )
-        elif (s.time_to_s.get("90") or math.inf) > MAX_TIME_TO_90_S:
-            excluded.append((s.name, f"90 % of its saving takes longer than {F.seconds(600)}"))
+        elif (s.decisive_time_to_90_s or math.inf) > MAX_TIME_TO_90_S:
+            where = " on the projected host" if s.host_scale is not None else ""
+            excluded.append(
+                (
+                    s.name,
+                    f"90 % of its saving takes longer than {F.seconds(MAX_TIME_TO_90_S)}{where}",
+                )
+            )
         else:
             pool.append(s)
     if inputs.recommended:
@@ -89,7 +95,7 @@ def recommend(inputs: ReviewInputs) -> Choice:
         return Choice(None, "no scenario meets the conditions", 0, tuple(excluded))
     best = max(s.net_saved_bytes for s in pool)
     near = [s for s in pool if s.net_saved_bytes >= (1.0 - NEAR_BEST) * best]
-    near.sort(key=lambda s: (s.steady_cpu_percent, s.time_to_s.get("90") or math.inf, s.name))
+    near.sort(key=lambda s: (s.steady_cpu_percent, s.decisive_time_to_90_s or math.inf, s.name))
     return Choice(
         near[0],
         f"one with the least ksmd CPU among the {len(near)} whose net saving is within "
@@ -167,7 +173,8 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
         gain_text = (
             f" On a host with {F.gib(cap.host_mem_bytes, 0)} of memory this means "
             f"**{F.pct(cap.gain.value, 1)} more workers per host** "
-            f"({F.interval(cap.gain.lo, cap.gain.hi, F.pct)}, {F.pct(cap.gain.level, 0)} interval)."
+            f"({F.integer(cap.workers_without)} → {F.integer(cap.workers_with)} workers; "
+            f"{F.interval(cap.gain.lo, cap.gain.hi, F.pct)}, {F.pct(cap.gain.level, 0)} interval)."
         )
     blocks.append(
         Callout(
@@ -176,7 +183,13 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
             f"`{knobs_text(s.knobs)}`. "
             f"On the traced host it frees **{F.mib(s.net_saved_bytes)} net of KSM's own "
             f"metadata, {F.pct(s.net_saved_fraction)} of the anonymous memory**, reaches 90 % "
-            f"of that after **{_t(s.time_to_s.get('90'))}**, and costs ksmd "
+            f"of that after **{_t(s.time_to_s.get('90'))}**"
+            + (
+                f" (about {_t(s.projected_time_to_90_s)} on the projected host)"
+                if s.projected_time_to_90_s is not None
+                else ""
+            )
+            + ", and costs ksmd "
             f"**{F.percent(s.steady_cpu_percent)} of one CPU core** at steady state." + gain_text,
             "Recommendation",
         )
@@ -201,7 +214,12 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
             "time to 90 % of the saving",
             _t(s.time_to_s.get("90")),
             f"{s.scans_to_90 if s.scans_to_90 is not None else '?'} full scans of "
-            f"{F.seconds(s.full_scan_s)}",
+            f"{F.seconds(s.full_scan_s)}"
+            + (
+                f"; ≈ {_t(s.projected_time_to_90_s)} on the projected host"
+                if s.projected_time_to_90_s is not None
+                else ""
+            ),
         ),
         KeyFigure(
             "ksmd CPU at steady state",
@@ -569,9 +587,44 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
         Heading("What is not modelled"),
         Bullets(_NOT_MODELLED),
     ]
-    if inputs.extrapolation:
-        blocks.append(Heading("Extrapolation"))
-        blocks.append(Para(str(inputs.extrapolation.get("method", ""))))
+    fit = _fit_of(inputs, choice.scenario)
+    if fit is not None:
+        spec = (inputs.extrapolation or {}).get("spec") or {}
+        ps = int(fit["page_size"])
+        fr = fit["fit"]
+        per_worker = fr["frames_b"] * ps
+        unique = fr["distinct_b"] * ps
+        err = fit.get("holdout_relative_error")
+        blocks.append(Heading("From the traced workers to a full host"))
+        blocks.append(
+            Para(
+                f"The trace holds {fit['k']} replicas (group `{fit['group']}`: pids "
+                f"{', '.join(map(str, fit['group_pids']))}); the other processes "
+                f"({', '.join(map(str, fit['base_pids'])) or 'none'}) are the base that does not "
+                "grow with the number of workers. For every subset of 1 to "
+                f"{fit['k']} replicas ({spec.get('orders', '?')} random orders) the ideal saving "
+                "is measured exactly from the trace, and a curve is fitted to it "
+                f"({spec.get('model', '?')} model, scipy): each replica adds "
+                f"{F.mib(per_worker)} of anonymous memory, of which {F.mib(unique)} is content "
+                "no other replica has"
+                + (
+                    f" plus a share of a common pool of {F.mib(fr['distinct_c'] * ps)}"
+                    if fr.get("distinct_c")
+                    else ""
+                )
+                + ". The projected ideal saving is multiplied by the realisation the replay "
+                "measured (what KSM really merges under the knobs) and KSM's metadata is "
+                f"subtracted. Intervals are {F.pct(fit['confidence'], 0)} percentile bootstrap "
+                f"intervals over {spec.get('n_resamples', '?')} resamples of the replicas: "
+                "they cover which workers happened to be traced, not changes of the workload. "
+                + (
+                    f"Check: fitted on up to {fit['holdout_fit_upto']} replicas, the curve "
+                    f"predicts the exact saving of all {fit['k']} within {F.pct(abs(err))}."
+                    if err is not None
+                    else ""
+                )
+            )
+        )
     for note in inputs.notes:
         blocks.append(Callout("note", note))
     return Section(
@@ -710,12 +763,104 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
                 ),
             )
         )
+    blocks += _capacity_blocks(inputs, choice, hl)
     return Section(
         "results",
         "Results per scenario",
         tuple(blocks),
         lead="What each policy and knob setting saves, how fast, and at what CPU cost.",
     )
+
+
+def _fit_of(inputs: ReviewInputs, s: ScenarioOutcome | None) -> dict[str, Any] | None:
+    """The extrapolation fit of a scenario's policy set (or the first fit that saves)."""
+    fits = list((inputs.extrapolation or {}).get("fits") or [])
+    if not fits:
+        return None
+    if s is not None:
+        mode = s.domain_mode or "allow"
+        for f in fits:
+            if f["policy_set"] == s.policy_set and f["cross_domain"] in (mode, "allow"):
+                return dict(f)
+    return next((dict(f) for f in fits if any(f["observed_ideal_saved_frames"])), None)
+
+
+def _capacity_blocks(inputs: ReviewInputs, choice: Choice, hl: Sequence[int]) -> list[Block]:
+    caps = [(s, s.capacity) for s in inputs.scenarios if s.capacity is not None]
+    if not caps:
+        return []
+    blocks: list[Block] = [Heading("Capacity per host")]
+    s = choice.scenario
+    if s is not None and s.capacity is not None:
+        c = s.capacity
+        x = c.extra
+        budget = c.host_mem_bytes - c.headroom_bytes
+        n1 = c.workers_with
+        mem1 = float(x.get("base_bytes", 0.0)) + n1 * c.worker_bytes_without
+        saved = float(x.get("ksm_net_saved_bytes", 0.0))
+        blocks.append(
+            Para(
+                f"On a host with {F.gib(c.host_mem_bytes)} of memory, keeping "
+                f"{F.gib(c.headroom_bytes)} free, {F.gib(budget)} is left for the service. "
+                f"Without KSM each worker needs {F.mib(c.worker_bytes_without)} "
+                f"({F.mib(x.get('per_worker_anon_bytes'))} of anonymous memory from the trace"
+                + (
+                    f" and {F.mib(x.get('worker_other_bytes'))} outside it"
+                    if x.get("worker_other_bytes")
+                    else ""
+                )
+                + f") next to {F.mib(x.get('base_bytes'))} of processes that do not scale, so "
+                f"**{F.integer(c.workers_without)} workers** fit (limited by "
+                f"{x.get('limit_without', 'memory')}). With KSM under `{s.name}`, "
+                f"{F.integer(n1)} workers would need {F.gib(mem1)} without KSM, and KSM frees "
+                f"{F.gib(saved)} of it ({F.pct(saved / mem1 if mem1 else 0.0)}), so "
+                f"**{F.integer(n1)} workers** fit ({F.integer(x.get('workers_with_low'))}–"
+                f"{F.integer(x.get('workers_with_high'))} in the "
+                f"{F.pct(c.gain.level, 0)} interval; limited by {c.limited_by}): "
+                f"**{F.pct(c.gain.value)} more workers per host**. The saving share at this "
+                "size is larger than on the traced host: every added worker duplicates content "
+                "the others already hold, while the base does not grow."
+            )
+        )
+    rows = []
+    for sc, c in caps:
+        rows.append(
+            {
+                "scenario": sc.name,
+                "workers_without": c.workers_without,
+                "workers_with": c.workers_with,
+                "workers_with_low": c.extra.get("workers_with_low"),
+                "workers_with_high": c.extra.get("workers_with_high"),
+                "capacity_gain": c.gain.value,
+                "capacity_gain_lo": c.gain.lo,
+                "capacity_gain_hi": c.gain.hi,
+                "limited_by": c.limited_by,
+                "ksm_net_saved_bytes": c.extra.get("ksm_net_saved_bytes"),
+                "ksmd_cores": c.extra.get("ksmd_cores"),
+            }
+        )
+    blocks.append(
+        table(
+            "capacity",
+            "Workers per host without and with KSM.",
+            [
+                Column("scenario", "scenario", "text"),
+                Column("workers_without", "without KSM", "int"),
+                Column("workers_with", "with KSM", "int"),
+                Column("workers_with_low", "low", "int"),
+                Column("workers_with_high", "high", "int"),
+                Column("capacity_gain", "gain", "pct", "%"),
+                Column("capacity_gain_lo", "gain low", "pct", "%", hidden=True),
+                Column("capacity_gain_hi", "gain high", "pct", "%", hidden=True),
+                Column("limited_by", "limit", "text"),
+                Column("ksm_net_saved_bytes", "KSM frees", "gib", "GiB"),
+                Column("ksmd_cores", "ksmd", "float2", "cores"),
+            ],
+            rows,
+            highlight=[i for i, (sc, _) in enumerate(caps) if s is not None and sc.name == s.name],
+        )
+    )
+    return blocks
 
 
 def _step_key(label: str) -> str:
@@ -831,20 +976,28 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
             "time_to_99_s": s.time_to_s.get("99"),
             "scans_to_90": s.scans_to_90,
             "full_scan_s": s.full_scan_s,
+            "projected_full_scan_s": s.full_scan_s * s.host_scale if s.host_scale else None,
+            "projected_time_to_90_s": s.projected_time_to_90_s,
         }
         for s in scen
     ]
+    projected = any(r["projected_time_to_90_s"] is not None for r in rows)
     blocks.append(
         table(
             "time-to-saving",
-            "Time to 50, 90 and 99 % of the steady-state saving.",
+            "Time to 50, 90 and 99 % of the steady-state saving"
+            + (", on the traced host and (≈) on the projected host." if projected else "."),
             [
                 Column("scenario", "scenario", "text"),
                 Column("time_to_50_s", "50 %", "s"),
                 Column("time_to_90_s", "90 %", "s"),
                 Column("time_to_99_s", "99 %", "s"),
                 Column("scans_to_90", "full scans to 90 %", "int"),
-                Column("full_scan_s", "full scan at steady state", "s"),
+                Column("full_scan_s", "full scan", "s"),
+                Column(
+                    "projected_full_scan_s", "≈ full scan, projected", "s", hidden=not projected
+                ),
+                Column("projected_time_to_90_s", "≈ 90 %, projected", "s", hidden=not projected),
             ],
             rows,
             highlight=[
@@ -855,18 +1008,32 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     if choice.scenario is not None:
         s = choice.scenario
         pages = inputs.state.snapshot.pages
-        blocks.append(
-            Para(
-                f"Under the recommendation a full scan of the {F.integer(pages)} traced pages "
-                f"takes {F.seconds(s.full_scan_s)} at steady state, and 90 % of the saving arrives "
-                f"after {_t(s.time_to_s.get('90'))}. A full scan takes time in proportion to the "
-                "pages it visits: on a host with ten times the anonymous memory under the same "
-                "knobs, "
-                f"expect about {F.seconds(10 * s.full_scan_s)} per full scan and a time to benefit "
-                "about ten times longer. Every respawned worker starts from scratch and merges "
-                "again only after two full scans."
-            )
+        text = (
+            f"Under the recommendation a full scan of the {F.integer(pages)} traced pages "
+            f"takes {F.seconds(s.full_scan_s)} at steady state, and 90 % of the saving arrives "
+            f"after {_t(s.time_to_s.get('90'))}. A full scan takes time in proportion to the "
+            "pages it visits"
         )
+        if s.host_scale is not None:
+            target = s.extra.get("target_workers")
+            text += (
+                f": on the projected host ({F.integer(target)} workers, "
+                f"{F.fixed(s.host_scale, 1)} times the mergeable pages) expect about "
+                f"{F.seconds(s.full_scan_s * s.host_scale)} per full scan and 90 % of the saving "
+                f"after about {_t(s.projected_time_to_90_s)} (the replay's times scaled by the "
+                "pages to scan; an estimate)."
+            )
+        else:
+            text += (
+                ": on a host with ten times the anonymous memory under the same knobs, expect "
+                f"about {F.seconds(10 * s.full_scan_s)} per full scan and a time to benefit "
+                "about ten times longer."
+            )
+        text += (
+            " Every worker that is restarted starts from scratch: its pages merge only after "
+            "two full scans."
+        )
+        blocks.append(Para(text))
     return Section(
         "time",
         "Time to benefit",
@@ -1265,6 +1432,9 @@ def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
                 "host with bootstrap intervals."
             )
         )
+    fit = _fit_of(inputs, choice.scenario)
+    if fit is not None and fit.get("curve"):
+        blocks.append(_growth_figure(fit, choice))
     vary = varying_knobs([dict(s.knobs) for s in inputs.scenarios])
     numeric = [
         k
@@ -1363,6 +1533,81 @@ def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
         "Sensitivity",
         tuple(blocks),
         lead="How certain the result is, and how it moves with the knobs.",
+    )
+
+
+def _growth_figure(fit: dict[str, Any], choice: Choice) -> Figure:
+    curve = fit["curve"]
+    ps = int(fit["page_size"])
+    ns = [float(n) for n in curve["n"]]
+    share = [
+        v / f if f else math.nan
+        for v, f in zip(curve["ideal_saved_frames"], curve["frames"], strict=True)
+    ]
+    lo = [v / f if f else math.nan for v, f in zip(curve["low"], curve["frames"], strict=True)]
+    hi = [v / f if f else math.nan for v, f in zip(curve["high"], curve["frames"], strict=True)]
+    fr = fit["fit"]
+    obs_n = [float(n) for n in fit["n"] if n > 0]
+    obs_share = []
+    for n, v in zip(fit["n"], fit["observed_ideal_saved_frames"], strict=True):
+        if n > 0:
+            frames = fr["frames_a"] + fr["frames_b"] * n
+            obs_share.append(v / frames if frames else math.nan)
+    series = [
+        C.Series("fitted", ns, [100 * v for v in share], C.ACCENT),
+        C.Series("measured in the trace", obs_n, [100 * v for v in obs_share], C.BAD, dashed=True),
+    ]
+    rows = [
+        {
+            "replicas": int(n),
+            "frames_bytes": f * ps,
+            "ideal_saved_bytes": v * ps,
+            "ideal_saved_low_bytes": a * ps,
+            "ideal_saved_high_bytes": b * ps,
+            "ideal_saved_fraction": sh,
+        }
+        for n, f, v, a, b, sh in zip(
+            curve["n"],
+            curve["frames"],
+            curve["ideal_saved_frames"],
+            curve["low"],
+            curve["high"],
+            share,
+            strict=True,
+        )
+    ]
+    logx = max(ns) > 50
+    return Figure(
+        "replica-growth",
+        "How the ideal saving grows with the number of workers",
+        C.lines(
+            "replica-growth",
+            f"Ideal saving against workers per host ({fit['policy_set']})",
+            series,
+            xlabel="workers (replicas) on the host",
+            ylabel="ideal saving (% of anonymous memory)",
+            logx=logx,
+            bands=[(ns, [100 * v for v in lo], [100 * v for v in hi], C.ACCENT)],
+        ),
+        f"The share of anonymous memory an ideal KSM frees with n workers under "
+        f"`{fit['policy_set']}`: measured in the trace for 1 to {fit['k']} workers (dashed), "
+        f"fitted and projected beyond (solid, with its {F.pct(fit['confidence'], 0)} bootstrap "
+        "band). KSM realises a share of this ideal; the capacity numbers use that share.",
+        (
+            table(
+                "replica-growth",
+                "Projected memory and ideal saving per number of workers",
+                [
+                    Column("replicas", "workers", "int"),
+                    Column("frames_bytes", "memory without KSM", "gib", "GiB"),
+                    Column("ideal_saved_bytes", "ideal saving", "gib", "GiB"),
+                    Column("ideal_saved_low_bytes", "low", "gib", "GiB"),
+                    Column("ideal_saved_high_bytes", "high", "gib", "GiB"),
+                    Column("ideal_saved_fraction", "share", "pct", "%"),
+                ],
+                rows,
+            ),
+        ),
     )
 
 
