@@ -479,7 +479,7 @@ def _capacity_cells(s: ScenarioResult) -> list[str]:
 
 def _render_fits(result: WhatIfResult) -> None:
     for f in result.fits:
-        if f.ideal_saved_frames_at_k == 0 and f.point.distinct_c == 0:
+        if f.ideal_saved_frames_at_k == 0:
             continue  # nothing merges under this set: nothing to extrapolate
         h = f.holdout
         check = ""

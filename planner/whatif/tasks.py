@@ -258,7 +258,10 @@ def _steady(res: ReplayResult) -> tuple[float, int, float | None, float | None]:
         (i for i, s in enumerate(scans) if s.t_s - s.scan_time_s >= last - 1e-9), len(scans) - 1
     )
     window = scans[first:]
-    wall = sum(s.scan_time_s for s in window)
+    # wall time from the end of the scan before the window to the end of the last scan: the
+    # sleep between two scans belongs to neither scan's scan_time_s
+    start = scans[first - 1].t_s if first > 0 else scans[first].t_s - scans[first].scan_time_s
+    wall = scans[-1].t_s - start
     cpu = sum(s.cpu_s for s in window)
     before = scans[first - 1].counters if first > 0 else {"pages_scanned": 0, "pages_skipped": 0}
     after = scans[-1].counters

@@ -1,0 +1,76 @@
+"""Replay tasks: steady-state figures, planner errors carried back from workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from planner.errors import KnobError, PlannerError, PolicyError
+from planner.policy import preset
+from planner.trace.io import open_trace
+from planner.whatif.tasks import ReplaySpec, TaskFailure, clear_caches, run_replay
+
+
+def spec(trace: Path, **knobs: object) -> ReplaySpec:
+    from planner.engine import KsmKnobs
+
+    tr = open_trace(trace)
+    items = tuple(sorted(KsmKnobs(**knobs).to_dict().items()))  # type: ignore[arg-type]
+    return ReplaySpec(
+        str(trace),
+        tr.trace_hash,
+        tr.hosts[0],
+        preset("prctl-all").model_dump_json(),
+        None,
+        items,
+        (("settle_scans", 6),),
+        None,
+    )
+
+
+def test_steady_cpu_counts_the_sleep_between_scans(family_trace: Path) -> None:
+    # every full scan is one batch: ksmd works, then sleeps 100 ms before the next scan
+    out = run_replay(spec(family_trace, pages_to_scan=100_000, sleep_ms=100))
+    assert not isinstance(out, TaskFailure)
+    scans = out.timeline.scans
+    n = out.steady_scans
+    assert n >= 6
+    cpu = sum(scans["cpu_s"][-n:])
+    wall = scans["t_s"][-1] - scans["t_s"][-n - 1]
+    assert out.steady_cpu_percent == pytest.approx(100 * cpu / wall)
+    assert out.steady_cpu_percent < 10  # mostly asleep; scan_time_s alone would say ~100 %
+    assert 100 * cpu / sum(scans["scan_time_s"][-n:]) > 90
+    # pages handled per full scan at steady state (smart scan skips excluded)
+    assert out.pages_scanned_per_full_scan == pytest.approx(
+        (scans["pages_scanned"][-1] - scans["pages_scanned"][-n - 1]) / n
+    )
+    assert out.ideal_saved_frames == out.final_truth["saved_frames"]
+
+
+def test_planner_errors_come_back_as_failures(family_trace: Path, tmp_path: Path) -> None:
+    clear_caches()
+    bad = spec(family_trace)
+    gone = ReplaySpec(
+        str(tmp_path / "nope"),
+        bad.trace_hash,
+        bad.host,
+        bad.policy_json,
+        None,
+        bad.knobs,
+        bad.options,
+        None,
+    )
+    out = run_replay(gone)
+    assert isinstance(out, TaskFailure)
+    assert out.kind == "TraceFormatError"
+    with pytest.raises(PlannerError, match="does not exist") as info:
+        out.reraise()
+    assert type(info.value).__name__ == "TraceFormatError"
+    with pytest.raises(PolicyError, match="bad rule") as info2:
+        TaskFailure("PolicyError", "bad rule", "fix it").reraise()
+    assert info2.value.hint == "fix it"
+    with pytest.raises(KnobError):
+        TaskFailure("KnobError", "x", None).reraise()
+    with pytest.raises(PlannerError):
+        TaskFailure("NotAnError", "x", None).reraise()
