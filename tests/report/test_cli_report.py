@@ -1,0 +1,155 @@
+"""``ksm-planner report``: files, JSON, exit codes, nothing written on failure, domains."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from planner.testing.builder import World
+
+Cli = Callable[[Sequence[object]], tuple[int, str, str]]
+
+
+def test_writes_the_review_and_prints_json(cli: Cli, small_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "review"
+    code, stdout, stderr = cli(
+        [
+            "report",
+            small_trace,
+            "--preset",
+            "off",
+            "--preset",
+            "prctl-all",
+            "--pages-to-scan",
+            "10,100",
+            "--settle-scans",
+            "6",
+            "--workers",
+            "1",
+            "--out",
+            out,
+            "--json",
+        ]
+    )
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["command"] == "report"
+    assert doc["scenarios"] == 4
+    assert doc["recommended"].startswith("prctl-all · pages_to_scan=")
+    assert len(doc["sections"]) == 12
+    assert Path(doc["files"]["html"]) == out / "review.html"
+    assert (out / "review.md").is_file()
+    assert (out / "data" / "review.json").is_file()
+    review = json.loads((out / "data" / "review.json").read_text())
+    assert review["provenance"]["command"] == (
+        f"ksm-planner report {small_trace} --preset off --preset prctl-all "
+        "--pages-to-scan 10,100 --settle-scans 6 --out DIR"
+    )
+
+
+def test_existing_output_is_refused_before_any_work(
+    cli: Cli, small_trace: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "review"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    code, stdout, stderr = cli(["report", small_trace, "--out", out])
+    assert code == 2
+    assert stdout == ""
+    assert "already exists" in stderr
+    assert "--force" in stderr
+    assert [p.name for p in out.iterdir()] == ["keep"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--pages-to-scan", "0"], 2, "pages_to_scan"),
+        (["--sleep-ms", "-5"], 2, "sleep_ms"),
+        (["--preset", "nope"], 4, "no preset named 'nope'"),
+        (["--set", "x"], 2, "--set needs --policies"),
+        (["--host-mem", "lots"], 2, "is not a size"),
+        (["--cpu-budget", "0"], 2, "CPU budget"),
+        (["--observed", "/nonexistent"], 4, "/nonexistent"),
+    ],
+)
+def test_bad_input_exits_with_one_line_and_writes_nothing(
+    cli: Cli, small_trace: Path, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    out = tmp_path / "review"
+    got, _, stderr = cli(["report", small_trace, "--out", out, *args])
+    assert got == code, stderr
+    assert message in stderr
+    assert stderr.count("\n") == 1
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_trace(cli: Cli, tmp_path: Path) -> None:
+    code, _, stderr = cli(["report", tmp_path / "missing", "--out", tmp_path / "r"])
+    assert code == 4
+    assert "missing" in stderr
+
+
+def test_missing_parent_directory(cli: Cli, small_trace: Path, tmp_path: Path) -> None:
+    code, _, stderr = cli(["report", small_trace, "--out", tmp_path / "no" / "r"])
+    assert code == 2
+    assert "does not exist" in stderr
+
+
+def _tenants(out: Path) -> None:
+    """Two tenants (label tenant=a/b), each a master and two workers; all workers share
+    content 500..519 across tenants, and each tenant's workers share 600+..."""
+    w = World("tenants")
+    for base, tenant in ((10, "a"), (20, "b")):
+        w.spawn(base, comm="app", labels={"tenant": tenant})
+        w.map(base, 0x10000, [base * 1000 + i for i in range(30)])
+        for k in (1, 2):
+            w.fork(base, base + k)
+            w.write_range(base + k, 0x10000, [500 + i for i in range(20)])
+            w.write_range(base + k, 0x10000 + 20 * 4096, [base * 100 + i for i in range(10)])
+    w.snapshot(0.0)
+    w.snapshot(10.0)
+    w.write_trace(out)
+
+
+def test_security_domains_allow_and_deny(cli: Cli, tmp_path: Path) -> None:
+    trace = tmp_path / "tenants"
+    _tenants(trace)
+    policies = tmp_path / "p.toml"
+    policies.write_text('[sets.tenants]\ndefault = "prctl"\ndefault_domain = "{label:tenant}"\n')
+    out = tmp_path / "review"
+    code, stdout, stderr = cli(
+        [
+            "report",
+            trace,
+            "--policies",
+            policies,
+            "--cross-domain",
+            "allow,deny",
+            "--settle-scans",
+            "4",
+            "--workers",
+            "1",
+            "--out",
+            out,
+            "--json",
+        ]
+    )
+    assert code == 0, stderr
+    rec = json.loads(stdout)["recommended"]
+    assert rec == "tenants · deny cross-domain"  # allow merges across tenants: excluded
+    data = json.loads((out / "data" / "review.json").read_text())
+    rows = {r["scenario"]: r for r in data["tables"]["domains"]["rows"]}
+    allow = rows["tenants · allow cross-domain"]
+    deny = rows["tenants · deny cross-domain"]
+    # the 20 shared pages: 4 copies, 1 kept across tenants, 2 kept with domains (one per tenant)
+    assert allow["cross_domain_saved_bytes"] == 4096 * 20
+    assert (allow["domains"], allow["merged_together"]) == ("a, b", "a + b")
+    assert (deny["cross_domain_saved_bytes"], deny["merged_together"]) == (0, "none")
+    excluded = {e["scenario"]: e["why"] for e in data["results"]["recommendation"]["excluded"]}
+    assert excluded["tenants · allow cross-domain"] == "merges pages across security domains"
