@@ -1,0 +1,84 @@
+"""Checks of the ideal, the realization ratio and the extrapolation on the shipped Django traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from planner.engine import ReplayOptions, prepare
+from planner.policy import preset
+from planner.trace.io import open_trace
+from planner.trace.summary import host_potential
+from planner.whatif import (
+    ExtrapolationSpec,
+    InlineExecutor,
+    KnobGrid,
+    extrapolate,
+    ideal_saved_frames,
+    run_whatif,
+)
+
+TRACES = Path(__file__).resolve().parents[2] / "traces"
+SAMPLES = ["django-nopreload", "django-preload"]
+
+
+@pytest.fixture(params=SAMPLES)
+def sample(request: pytest.FixtureRequest) -> Path:
+    path = TRACES / str(request.param)
+    if not path.exists():
+        pytest.skip(f"{path} is not in this checkout")
+    return path
+
+
+def test_the_ideal_is_the_static_potential_of_ksm_planner_info(sample: Path) -> None:
+    ht = open_trace(sample).load_host()
+    last = prepare(ht, resolver=preset("prctl-all").resolver()).snapshots[-1]
+    info = host_potential(ht)[-1]
+    # 'info' frees every zero-content frame (use_zero_pages); without it one zero KSM page stays
+    assert ideal_saved_frames(last, use_zero_pages=True) == info.ideal_saved_frames
+    assert ideal_saved_frames(last) == info.ideal_saved_frames - 1
+
+
+def test_realization_and_extrapolation_hold_out(sample: Path) -> None:
+    res = run_whatif(
+        sample,
+        policy_sets=[preset("prctl-all"), preset("workers-prctl")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000, "sleep_ms": 20}),
+        extrapolation=ExtrapolationSpec(n_resamples=30),
+        executor=InlineExecutor(),
+    )
+    for s in res.scenarios:
+        assert s.realization_ratio is not None
+        assert 0.98 <= s.realization_ratio <= 1.0
+        fit = res.fit(s.policy_set, "allow", "vm")
+        assert fit is not None
+        assert fit.k == 8  # the 8 gunicorn workers; the master is the base
+        assert fit.holdout is not None
+        assert fit.holdout.relative_error is not None
+        assert abs(fit.holdout.relative_error) < 0.05
+        # the fit goes through the data at k: the ideal the replay's ratio refers to
+        assert fit.ideal_saved_frames_at_k * 4096 == s.ideal_saved_bytes
+
+
+def test_a_replay_stopped_early_realizes_less(sample: Path) -> None:
+    short = run_whatif(
+        sample,
+        policy_sets=[preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 100, "sleep_ms": 200}),
+        replay_options=ReplayOptions(duration_s=60.0),
+        executor=InlineExecutor(),
+    )
+    ratio = short.scenarios[0].realization_ratio
+    assert ratio is not None
+    assert ratio < 0.5  # 100 pages per 200 ms: a third of one full scan in a minute
+
+
+def test_fit_on_a_single_sample_is_deterministic() -> None:
+    path = TRACES / "django-preload"
+    if not path.exists():
+        pytest.skip(f"{path} is not in this checkout")
+    inp = prepare(open_trace(path).load_host(), resolver=preset("prctl-all").resolver())
+    a = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
+    b = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
+    assert a.to_dict(replicates=True) == b.to_dict(replicates=True)

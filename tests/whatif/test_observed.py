@@ -1,0 +1,109 @@
+"""Predicted against observed, with a real (read-only) recording of this host's KSM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from planner.policy import preset
+from planner.whatif import InlineExecutor, KnobGrid, run_whatif
+from planner.whatif.observed import knob_differences, observed_knobs
+
+CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not Path("/sys/kernel/mm/ksm/pages_sharing").exists():
+        pytest.skip("this kernel has no KSM (/sys/kernel/mm/ksm)")
+    from planner.kernel.observe import observe
+
+    out = tmp_path_factory.mktemp("obs") / "rec"
+    observe(out, interval_s=0.05, duration_s=0.25)  # reads sysfs only
+    return out
+
+
+def test_a_recording_is_compared_with_the_scenario_of_its_knobs(
+    recording: Path, family_trace: Path
+) -> None:
+    from planner.kernel.observe import read_observed
+
+    obs = read_observed(recording)
+    knobs = observed_knobs(obs)
+    assert set(knobs) >= {"pages_to_scan", "sleep_ms", "smart_scan", "advisor"}
+    grid = KnobGrid.from_mapping(
+        {
+            "pages_to_scan": [knobs["pages_to_scan"], knobs["pages_to_scan"] + 1],
+            "sleep_ms": knobs["sleep_ms"],
+            "smart_scan": knobs["smart_scan"],
+            "advisor": knobs["advisor"],
+            "max_page_sharing": knobs["max_page_sharing"],
+            "use_zero_pages": knobs["use_zero_pages"],
+        }
+    )
+    res = run_whatif(
+        family_trace,
+        policy_sets=[preset("prctl-all")],
+        grid=grid,
+        observed=recording,
+        executor=InlineExecutor(),
+    )
+    cmp = res.observed
+    assert cmp is not None
+    assert cmp.scenario_id == "s01"
+    assert cmp.knobs_match
+    assert len(cmp.t_s) == len(obs.counters)
+    assert len(cmp.predicted["pages_sharing"]) == len(cmp.t_s)
+    assert cmp.to_frame().columns[0] == "t_s"
+    json.dumps(res.to_dict()["observed"], allow_nan=False)
+
+
+def test_cli_observed(cli: CliRunner, recording: Path, family_trace: Path) -> None:
+    code, out, err = cli(
+        [
+            "whatif",
+            family_trace,
+            "--preset",
+            "prctl-all",
+            "--workers",
+            "1",
+            "--observed",
+            recording,
+            "--json",
+        ]
+    )
+    assert code == 0, err
+    doc = json.loads(out)["whatif"]["observed"]
+    assert doc["scenario"] == "s01"
+    assert isinstance(doc["knobs_match"], bool)
+    code, out, err = cli(
+        [
+            "whatif",
+            family_trace,
+            "--preset",
+            "prctl-all",
+            "--workers",
+            "1",
+            "--observed",
+            family_trace,
+        ]
+    )
+    assert code == 4
+    assert "not a recording" in err
+
+
+def test_knob_differences() -> None:
+    assert knob_differences({"pages_to_scan": 100, "advisor": "none"}, {"pages_to_scan": 200}) == {
+        "pages_to_scan": (200, 100)
+    }
+    # the advisor sets pages_to_scan itself on both sides
+    assert (
+        knob_differences(
+            {"pages_to_scan": 500, "advisor": "scan-time"},
+            {"pages_to_scan": 1234, "advisor": "scan-time"},
+        )
+        == {}
+    )
