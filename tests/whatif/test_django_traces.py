@@ -62,16 +62,22 @@ def test_realization_and_extrapolation_hold_out(sample: Path) -> None:
 
 
 def test_a_replay_stopped_early_realizes_less(sample: Path) -> None:
-    short = run_whatif(
-        sample,
-        policy_sets=[preset("prctl-all")],
-        grid=KnobGrid.from_mapping({"pages_to_scan": 100, "sleep_ms": 200}),
-        replay_options=ReplayOptions(duration_s=60.0),
-        executor=InlineExecutor(),
-    )
-    ratio = short.scenarios[0].realization_ratio
-    assert ratio is not None
-    assert ratio < 0.5  # 100 pages per 200 ms: a third of one full scan in a minute
+    # 1000 pages per 200 ms: a full scan of the ~100k pages takes ~20 s; the last snapshot is
+    # at 40 s. At 30 s the second scan (the first that can merge) is under way.
+    ratios = []
+    for duration_s in (30.0, 60.0):
+        res = run_whatif(
+            sample,
+            policy_sets=[preset("prctl-all")],
+            grid=KnobGrid.from_mapping({"pages_to_scan": 1000, "sleep_ms": 200}),
+            replay_options=ReplayOptions(duration_s=duration_s),
+            executor=InlineExecutor(),
+        )
+        ratio = res.scenarios[0].realization_ratio
+        assert ratio is not None
+        ratios.append(ratio)
+    assert 0.2 < ratios[0] < 0.6
+    assert 0.9 < ratios[1] <= 1.0
 
 
 def test_fit_on_a_single_sample_is_deterministic() -> None:
