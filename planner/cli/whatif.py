@@ -498,5 +498,11 @@ def _render_fits(result: WhatIfResult) -> None:
                 if g.distinct_c >= 0.5
                 else ""
             )
+            + (
+                f"; kept apart by domains: {float(g.kept_by_domains(f.k)):,.0f} frames at k, "
+                f"{float(g.kept_by_domains(10 * f.k)):,.0f} at 10k"
+                if f.cross_domain == "deny"
+                else ""
+            )
             + check
         )

@@ -21,6 +21,10 @@ The method, on the last snapshot of a host (steady state):
    On the Django sample traces the saturating model predicted the exact ideal at k = 8 from
    n <= 4 within 3 %, Heaps' law overshot by 3-16 %: it lets the growth of content fade
    away, so every replica beyond the trace looks almost free.
+   When merging across security domains is denied, the frames merging within domains
+   keeps in addition (a content shared by several domains keeps one frame per domain) are
+   the difference of the two curves, fitted with the same form and every parameter >= 0
+   (:func:`fit_extra`), so that denying never saves more than allowing.
 4. **Project** ``ideal_saved(N) = F(N) - U(N)`` and multiply by the replay's *realization
    ratio* (what KSM really merged under the scenario's knobs, at steady state, over the
    ideal of the same processes; done by :mod:`planner.whatif.run`).
@@ -215,7 +219,8 @@ class _Frames:
     """One row per distinct frame of a snapshot (the processes given)."""
 
     frame: npt.NDArray[np.uint64]
-    key: I64  # content key code: (domain, hash) or hash
+    key: I64  # content key code: (domain, hash), or the hash alone with ``by_hash``
+    dom: I64  # domain code of the frame (0 without domains)
     freeable: npt.NDArray[np.bool_]  # every mapping of the frame is VM_MERGEABLE
     anchor: npt.NDArray[np.bool_]  # not freeable, but some mapping is: it can be the KSM page
     zero: npt.NDArray[np.bool_]
@@ -229,6 +234,7 @@ def _frames(
     domain_of_mm: npt.NDArray[np.int64] | None,
     bit_of_mm: npt.NDArray[np.int64] | None = None,
     keep: npt.NDArray[np.bool_] | None = None,
+    by_hash: bool = False,
 ) -> _Frames:
     f = rows.frame
     sel = np.arange(f.size) if keep is None else np.flatnonzero(keep)
@@ -239,7 +245,7 @@ def _frames(
     if fs.size == 0:
         e64 = np.empty(0, np.int64)
         eb = np.empty(0, bool)
-        return _Frames(np.empty(0, np.uint64), e64, eb, eb, eb, np.empty(0, np.uint64), eb)
+        return _Frames(np.empty(0, np.uint64), e64, e64, eb, eb, eb, np.empty(0, np.uint64), eb)
     start = np.ones(fs.size, bool)
     start[1:] = fs[1:] != fs[:-1]
     first = np.flatnonzero(start)
@@ -249,8 +255,10 @@ def _frames(
     head = idx[first]
     h = rows.hash[head]
     dom = domain_of_mm[rows.mm[head]] if domain_of_mm is not None else np.zeros(head.size, np.int64)
-    pair = np.stack([dom.astype(np.uint64), h])
-    _, key = np.unique(pair, axis=1, return_inverse=True)
+    if by_hash:
+        _, key = np.unique(h, return_inverse=True)
+    else:
+        _, key = np.unique(np.stack([dom.astype(np.uint64), h]), axis=1, return_inverse=True)
     if bit_of_mm is not None:
         bits = bit_of_mm[rows.mm[idx]]
         member = np.where(
@@ -264,7 +272,14 @@ def _frames(
         mask = np.zeros(first.size, np.uint64)
         base = np.ones(first.size, bool)
     return _Frames(
-        fs[first], key.reshape(-1).astype(np.int64), freeable, anchor, rows.zero[head], mask, base
+        fs[first],
+        key.reshape(-1).astype(np.int64),
+        dom.astype(np.int64),
+        freeable,
+        anchor,
+        rows.zero[head],
+        mask,
+        base,
     )
 
 
@@ -318,7 +333,12 @@ class GrowthFit:
       ``distinct_c`` contents each held by a replica with probability ``distinct_p`` (so the
       pool saturates). Heaps' law is ``c = 0, beta < 1``; linear growth ``c = 0, beta = 1``;
     * ``eligible_pages(n) = eligible_a + eligible_b * n`` -- mapped mergeable pages: KSM's
-      metadata (one rmap_item per scanned page) grows with them.
+      metadata (one rmap_item per scanned page) grows with them;
+    * ``kept_by_domains(n) = extra_a + extra_b * n + extra_c * (1 - (1 - extra_p) ** n)`` --
+      when merging across security domains is denied, the frames kept in addition (a content
+      shared by several domains keeps one frame per domain); it is part of ``distinct``. It is
+      fitted on the difference of the two curves, never negative, so denying never saves more
+      than allowing.
     """
 
     frames_a: float
@@ -330,6 +350,10 @@ class GrowthFit:
     distinct_p: float = 1.0
     eligible_a: float = 0.0
     eligible_b: float = 0.0
+    extra_a: float = 0.0
+    extra_b: float = 0.0
+    extra_c: float = 0.0
+    extra_p: float = 1.0
 
     def frames(self, n: Any) -> Any:
         """Frames without KSM at ``n`` replicas (scalar or array)."""
@@ -341,7 +365,14 @@ class GrowthFit:
         pool = (
             self.distinct_c * (1.0 - np.power(1.0 - self.distinct_p, x)) if self.distinct_c else 0.0
         )
-        return self.distinct_a + self.distinct_b * np.power(x, self.distinct_beta) + pool
+        unique = self.distinct_b * np.power(x, self.distinct_beta)
+        return self.distinct_a + unique + pool + self.kept_by_domains(x)
+
+    def kept_by_domains(self, n: Any) -> Any:
+        """Frames kept because merging stays within security domains (0 when it may cross)."""
+        x = np.asarray(n, dtype=float)
+        pool = self.extra_c * (1.0 - np.power(1.0 - self.extra_p, x)) if self.extra_c else 0.0
+        return self.extra_a + self.extra_b * x + pool
 
     def ideal_saved(self, n: Any) -> Any:
         """Ideal saved frames at ``n`` replicas (never negative)."""
@@ -354,6 +385,11 @@ class GrowthFit:
     def with_eligible(self, a: float, b: float) -> GrowthFit:
         """A copy with the eligible-pages line set."""
         return replace(self, eligible_a=a, eligible_b=b)
+
+    def with_extra(self, extra: tuple[float, float, float, float]) -> GrowthFit:
+        """A copy with the within-domain extra frames ``(a, b, c, p)`` (see :func:`fit_extra`)."""
+        a, b, c, p = extra
+        return replace(self, extra_a=a, extra_b=b, extra_c=c, extra_p=p)
 
     def to_array(self) -> F64:
         """The parameters as an array (for the bootstrap)."""
@@ -566,11 +602,19 @@ class ExtrapolationFit:
 
 
 class _Growth:
-    """Per-content contributions to F and U for a fixed family of replica subsets."""
+    """Per-content contributions to F and U for a fixed family of replica subsets.
 
-    def __init__(self, fr: _Frames, k: int, orders: npt.NDArray[np.int64]) -> None:
+    A content is one hash with all its frames (the bootstrap's unit). With ``by_domain``, a
+    third block gives U when merging stays within domains: the content's frames of each
+    domain are merged separately.
+    """
+
+    def __init__(
+        self, fr: _Frames, k: int, orders: npt.NDArray[np.int64], *, by_domain: bool = False
+    ) -> None:
         self.k = k
         self.R = orders.shape[0]
+        self.by_domain = by_domain
         # subset masks: order r, first j replicas (j = 0..k)
         bits = np.left_shift(np.uint64(1), orders.astype(np.uint64))  # (R, k)
         cum = np.zeros((self.R, k + 1), np.uint64)
@@ -588,58 +632,133 @@ class _Growth:
         )
         classes, cls_of = np.unique(cls_keys, axis=1, return_inverse=True)
         cls_of = cls_of.reshape(-1)
-        present = (classes[1][:, None] == 1) | (
+        self._present = (classes[1][:, None] == 1) | (
             (classes[0][:, None] & subsets[None, :]) != 0
         )  # (T, Q)
-        free_cls = classes[2] == 1
-        anchor_cls = classes[3] == 1
-        # content signatures: the multiset of frame classes of each content key
-        order = np.lexsort((cls_of, fr.key))
+        self._free = classes[2] == 1
+        self._anchor = classes[3] == 1
+        # content signatures: the multiset of (frame class, domain rank) of each content key
+        order = np.lexsort((cls_of, fr.dom, fr.key))
         keys = fr.key[order]
         cl = cls_of[order]
+        dm = fr.dom[order]
         start = np.ones(keys.size, bool)
         start[1:] = keys[1:] != keys[:-1]
         first = np.flatnonzero(start)
         sizes = np.diff(np.append(first, keys.size))
-        n_keys = first.size
-        sig = np.empty(n_keys, np.int64)
+        sig = np.empty(first.size, np.int64)
         single = sizes == 1
         T = classes.shape[1]
         sig[single] = cl[first[single]]
-        multi_sig: dict[tuple[int, ...], int] = {}
+        multi_sig: dict[tuple[tuple[int, int], ...], int] = {}
         for i in np.flatnonzero(~single).tolist():
-            members = tuple(cl[first[i] : first[i] + sizes[i]].tolist())
+            lo, hi = first[i], first[i] + sizes[i]
+            ranks = {d: r for r, d in enumerate(dict.fromkeys(dm[lo:hi].tolist()))}
+            members = tuple(
+                (c, ranks[d]) for c, d in zip(cl[lo:hi].tolist(), dm[lo:hi].tolist(), strict=True)
+            )
             sig[i] = multi_sig.setdefault(members, T + len(multi_sig))
-        Q = subsets.size
-        contrib = np.zeros((T + len(multi_sig), 2 * Q), np.int32)
-        contrib[:T, :Q] = present
-        contrib[:T, Q:] = present
-        for members, s in multi_sig.items():
-            m = np.asarray(members)
-            p = present[m]
-            contrib[s, :Q] = p.sum(axis=0)
-            fm = free_cls[m]
-            am = anchor_cls[m]
-            page = p[fm].any(axis=0) if fm.any() else np.zeros(Q, bool)
-            if am.any():
-                page &= ~p[am].any(axis=0)
-            contrib[s, Q:] = p[~fm].sum(axis=0) + page
+        Q = self.Q = subsets.size
+        blocks = 3 if by_domain else 2
+        contrib = np.zeros((T + len(multi_sig), blocks * Q), np.int32)
+        for b in range(blocks):  # a single frame counts the same in F and in every U
+            contrib[:T, b * Q : (b + 1) * Q] = self._present
+        for members, sid in multi_sig.items():
+            m = np.asarray([c for c, _ in members])
+            contrib[sid, :Q] = self._present[m].sum(axis=0)
+            contrib[sid, Q : 2 * Q] = self._kept(m)
+            if by_domain:
+                d = np.asarray([r for _, r in members])
+                contrib[sid, 2 * Q :] = sum(self._kept(m[d == r]) for r in np.unique(d))
         used, sig = np.unique(sig, return_inverse=True)
         self.contrib = contrib[used].astype(np.float64)
         self.sig = sig.reshape(-1).astype(np.int64)
         self.n_sig = used.size
-        self.Q = Q
 
-    def curves(self, key_weights: F64, order_rows: I64) -> tuple[F64, F64]:
-        """Mean F(n), U(n) over the orders ``order_rows`` with content weights."""
+    def _kept(self, m: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Frames of one content (frame classes ``m``) left by an ideal KSM, per subset."""
+        p = self._present[m]
+        fm = self._free[m]
+        am = self._anchor[m]
+        page = p[fm].any(axis=0) if fm.any() else np.zeros(self.Q, bool)
+        if am.any():
+            page &= ~p[am].any(axis=0)
+        return np.asarray(p[~fm].sum(axis=0) + page, dtype=np.int64)
+
+    def curves(self, key_weights: F64, order_rows: I64) -> tuple[F64, F64, F64 | None]:
+        """Mean F(n), U(n) (and U within domains) over the orders ``order_rows``."""
         tot = key_weights @ self.contrib
-        F = tot[: self.Q].reshape(self.R, self.k + 1)[order_rows].mean(axis=0)
-        U = tot[self.Q :].reshape(self.R, self.k + 1)[order_rows].mean(axis=0)
-        return F, U
+
+        def block(b: int) -> F64:
+            part = tot[b * self.Q : (b + 1) * self.Q].reshape(self.R, self.k + 1)
+            return np.asarray(part[order_rows].mean(axis=0), dtype=np.float64)
+
+        return block(0), block(1), block(2) if self.by_domain else None
 
     def weights(self, keys: I64) -> F64:
         """Signature weights of a (re)sample of content indices."""
         return np.bincount(self.sig[keys], minlength=self.n_sig).astype(np.float64)
+
+
+def fit_extra(
+    n: Any, extra: Any, *, start: GrowthFit | None = None
+) -> tuple[float, float, float, float]:
+    """Fit the frames that merging within domains only keeps in addition (never negative).
+
+    ``extra(n) = a + b n + c (1 - (1 - p)^n)`` with every parameter >= 0: contents shared
+    across domains are kept once per domain; they grow with the replicas and saturate.
+    Returns ``(a, b, c, p)``.
+    """
+    x = np.asarray(n, dtype=float)
+    y = np.asarray(extra, dtype=float)
+    if not np.any(y > 0):
+        return 0.0, 0.0, 0.0, 1.0
+    b, a = np.polyfit(x, y, 1)
+    lin = (max(float(a), 0.0), max(float(b), 0.0), 0.0, 1.0)
+    if x.size < 4:
+        return lin
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    scale = float(max(np.max(np.abs(y)), 1.0))
+    span = float(x.max()) if x.max() > 0 else 1.0
+    p_min = min(1.0, 1.0 / span)
+
+    def model(v: F64, a_: float, b_: float, c_: float, p_: float) -> F64:
+        return a_ + b_ * v + c_ * (1.0 - np.power(1.0 - p_, v))
+
+    if start is not None and start.extra_c > 0:
+        p0 = [
+            start.extra_a / scale,
+            start.extra_b / scale,
+            start.extra_c / scale,
+            min(max(start.extra_p, p_min), 1.0),
+        ]
+    else:
+        p0 = [
+            max(y[0] / scale, 0.0),
+            0.5 * max((y[-1] - y[0]) / scale / span, 0.0),
+            0.5 * y[-1] / scale,
+            max(0.5, p_min),
+        ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            popt, _ = curve_fit(
+                model,
+                x,
+                y / scale,
+                p0=p0,
+                bounds=([0, 0, 0, p_min], [np.inf, np.inf, np.inf, 1.0]),
+                maxfev=5000,
+            )
+    except (RuntimeError, ValueError):
+        return lin
+    fa, fb, fc, fp = (float(v) for v in popt)
+    fit = (fa * scale, fb * scale, fc * scale, fp)
+    res = float(np.sum((model(x, *fit) - y) ** 2))
+    res_lin = float(np.sum((model(x, *lin) - y) ** 2))
+    return fit if res <= res_lin else lin
 
 
 def extrapolate(
@@ -687,14 +806,14 @@ def extrapolate(
     bit_of_mm = np.full(len(inp.mms), -1, np.int64)
     bit_of_mm[group] = np.arange(k)
     keep = keep_mm[rows.mm]
-    fr = _frames(rows, domain_of_mm=domain_of_mm, bit_of_mm=bit_of_mm, keep=keep)
+    by_domain = domain_of_mm is not None
+    fr = _frames(rows, domain_of_mm=domain_of_mm, bit_of_mm=bit_of_mm, keep=keep, by_hash=True)
     orders = np.stack([rng.permutation(k) for _ in range(spec.orders)]).astype(np.int64)
-    g = _Growth(fr, k, orders)
+    g = _Growth(fr, k, orders, by_domain=by_domain)
     n = np.arange(k + 1)
     n_keys = int(fr.key.max()) + 1 if fr.key.size else 0
     all_keys = np.arange(n_keys, dtype=np.int64)
     all_orders = np.arange(spec.orders, dtype=np.int64)
-    F, U = g.curves(g.weights(all_keys), all_orders)
 
     # eligible (scanned) pages: base + n * mean per replica
     elig_rows = rows.eligible & keep
@@ -702,11 +821,20 @@ def extrapolate(
     e_a = float(per_mm[base].sum()) if base else 0.0
     e_b = float(per_mm[group].mean()) if group else 0.0
 
-    point = fit_growth(n, F, U, model=spec.model).with_eligible(e_a, e_b)
+    def fit(f: F64, u: F64, ud: F64 | None, start: GrowthFit | None) -> GrowthFit:
+        x = n[: f.size]
+        out = fit_growth(x, f, u, model=spec.model, start=start).with_eligible(e_a, e_b)
+        if ud is not None:  # merging within domains only: the frames kept in addition
+            out = out.with_extra(fit_extra(x, ud - u, start=start))
+        return out
+
+    F, U, Ud = g.curves(g.weights(all_keys), all_orders)
+    point = fit(F, U, Ud, None)
+    U_kept = Ud if Ud is not None else U
 
     def statistic(keys: Any, order_rows: Any) -> F64:
-        f, u = g.curves(g.weights(np.asarray(keys, np.int64)), np.asarray(order_rows, np.int64))
-        return fit_growth(n, f, u, model=spec.model, start=point).with_eligible(e_a, e_b).to_array()
+        f, u, ud = g.curves(g.weights(np.asarray(keys, np.int64)), np.asarray(order_rows, np.int64))
+        return fit(f, u, ud, point).to_array()
 
     replicates: tuple[GrowthFit, ...]
     if n_keys >= 2:
@@ -729,12 +857,12 @@ def extrapolate(
     holdout = None
     if k >= 4:
         h = max(2, k // 2)
-        hf = fit_growth(n[: h + 1], F[: h + 1], U[: h + 1], model=spec.model)
+        hf = fit(F[: h + 1], U[: h + 1], Ud[: h + 1] if Ud is not None else None, None)
         holdout = HoldoutCheck(
             fit_upto=h,
             k=k,
             predicted_saved_frames=float(hf.ideal_saved(k)),
-            observed_saved_frames=float(F[k] - U[k]),
+            observed_saved_frames=float(F[k] - U_kept[k]),
         )
     pid_of = [m.pid for m in inp.mms]
     return ExtrapolationFit(
@@ -746,13 +874,13 @@ def extrapolate(
         base_pids=tuple(pid_of[m] for m in base),
         page_size=inp.page_size,
         observed=GrowthCurves(
-            tuple(int(v) for v in n), tuple(float(v) for v in F), tuple(float(v) for v in U)
+            tuple(int(v) for v in n), tuple(float(v) for v in F), tuple(float(v) for v in U_kept)
         ),
         point=point,
         replicates=replicates,
         confidence=spec.confidence,
         holdout=holdout,
-        ideal_saved_frames_at_k=round(F[k] - U[k]),
+        ideal_saved_frames_at_k=round(F[k] - U_kept[k]),
         spec=spec,
         notes=tuple(notes),
     )

@@ -227,3 +227,36 @@ def test_spec_validation() -> None:
         ExtrapolationSpec(model="cubic")  # type: ignore[arg-type]
     with pytest.raises(UsageProblem, match="unknown group selector"):
         ExtrapolationSpec(group="workers")
+
+
+def test_denying_cross_domain_merges_never_projects_more_saving() -> None:
+    w = World()
+    w.spawn(100, comm="m", labels={"tenant": "a"})
+    w.map(100, 0x1000, [1, 2])
+    w.snapshot(0.0)
+    for i in range(8):
+        pid = 101 + i
+        w.fork(100, pid, comm="w")
+        w.procs[pid].labels = {"tenant": "a" if i % 2 else "b"}
+        w.map(
+            pid, 0x100000, [500 + j for j in range(30)] + [10_000 * (i + 1) + j for j in range(10)]
+        )
+    w.snapshot(10.0)
+    (policy,) = parse_policies('[sets.t]\ndefault = "prctl"\ndefault_domain = "{label:tenant}"\n')
+    inp = prepare(w.host_trace(), resolver=policy.resolver())
+    codes, names = domain_codes(inp)
+    assert names == ["a", "b"]
+    spec = ExtrapolationSpec(n_resamples=30)
+    allow = extrapolate(inp, spec=spec)
+    deny = extrapolate(inp, spec=spec, domain_of_mm=codes, cross_domain="deny")
+    assert deny.ideal_saved_frames_at_k == ideal_saved_frames(inp.snapshots[-1], domain_of_mm=codes)
+    assert (
+        deny.ideal_saved_frames_at_k == allow.ideal_saved_frames_at_k - 30
+    )  # the pool, once per domain
+    n = np.arange(0, 200)
+    assert np.all(deny.point.ideal_saved(n) <= allow.point.ideal_saved(n) + 1e-9)
+    for r in deny.replicates:
+        assert float(r.kept_by_domains(50)) >= 0
+    # two domains keep the shared pool twice: the difference saturates at the pool
+    assert 28 <= float(deny.point.kept_by_domains(1000)) <= 40
+    assert allow.point.kept_by_domains(10) == 0
