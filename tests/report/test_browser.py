@@ -355,3 +355,23 @@ def test_review_renders_offline_with_its_plots(small_inputs: Any, tmp_path: Path
     # the plots' colours are on the screenshot: green bars/areas and the blue fork share
     assert _pixels_near(shot, (0x00, 0x9E, 0x73)) > 5000
     assert _pixels_near(shot, (0x00, 0x72, 0xB2)) > 2000
+
+
+@needs_chromium
+def test_committed_example_renders_offline(tmp_path: Path) -> None:
+    html = Path(__file__).resolve().parents[2] / "reports" / "django-preload" / "review.html"
+    if not html.is_file():
+        pytest.fail("reports/django-preload/review.html is missing: run reports/rebuild.py")
+    shot = tmp_path / "django-preload.png"
+    seen = render_page(html, shot, tmp_path)
+    keep = os.environ.get("KSM_REPORT_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / "review-django-preload.png")
+    assert seen["requests"] == [html.as_uri()]
+    assert seen["proxy"] == []
+    assert not [e for e in seen["logs"] if e.get("level") == "error"], seen["logs"]
+    probe = seen["probe"]
+    assert len(probe["sections"]) == 12
+    assert len(probe["charts"]) >= 8
+    assert all(c["width"] > 300 and c["height"] > 80 and c["shapes"] > 20 for c in probe["charts"])
+    assert _pixels_near(shot, (0x00, 0x9E, 0x73)) > 5000
