@@ -149,7 +149,10 @@ class ReplayOutcome:
     last_snapshot_s: float | None
     domain_pairs: list[dict[str, Any]]
     cross_domain_ksm_pages: int
-    processes: list[dict[str, Any]]  # final attribution per process
+    #: final attribution per live process: pid, ppid, comm, cgroup, labels, mode, domain,
+    #: rule, and its ksm_stat counters (ksm_rmap_items, ksm_merging_pages, ksm_zero_pages,
+    #: ksm_process_profit)
+    processes: list[dict[str, Any]]
     timeline: Timeline
     elapsed_s: float
 
@@ -385,7 +388,10 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         procs.append(
             {
                 "pid": m.pid,
+                "ppid": m.ppid,
                 "comm": m.comm,
+                "cgroup": m.info.cgroup,
+                "labels": dict(m.info.labels),
                 "mode": m.registration.mode,
                 "domain": m.registration.domain,
                 "rule": m.registration.rule,
