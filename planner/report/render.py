@@ -39,6 +39,8 @@ PDF_NAME = "review.pdf"
 JSON_NAME = "review.json"
 PLOTS_DIR = "plots"
 DATA_DIR = "data"
+#: Tables behind a figure longer than this are only in ``data/`` (not inlined in the page).
+MAX_INLINE_ROWS = 80
 
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
@@ -134,6 +136,7 @@ def _context(doc: Document) -> dict[str, Any]:
         "meta_line": " · ".join(m for m in meta if m),
         "footer": str(prov.get("footer", "")),
         "plots_dir": PLOTS_DIR,
+        "max_inline_rows": MAX_INLINE_ROWS,
     }
 
 

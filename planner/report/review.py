@@ -76,14 +76,21 @@ def recommend(inputs: ReviewInputs) -> Choice:
             excluded.append((s.name, "merges pages across security domains"))
         elif s.steady_cpu_percent > inputs.cpu_budget_percent:
             excluded.append(
-                (s.name, f"ksmd CPU above the budget of {F.percent(inputs.cpu_budget_percent)}")
+                (
+                    s.name,
+                    f"ksmd CPU above the budget: {F.percent(s.steady_cpu_percent)} of a core "
+                    f"(budget {F.percent(inputs.cpu_budget_percent)})",
+                )
             )
         elif (s.decisive_time_to_90_s or math.inf) > MAX_TIME_TO_90_S:
             where = " on the projected host" if s.host_scale is not None else ""
+            took = s.decisive_time_to_90_s
             excluded.append(
                 (
                     s.name,
-                    f"90 % of its saving takes longer than {F.seconds(MAX_TIME_TO_90_S)}{where}",
+                    "too slow: 90 % of its saving takes "
+                    + (f"about {F.seconds(took)}" if took is not None else "forever")
+                    + f"{where} (limit {F.seconds(MAX_TIME_TO_90_S)})",
                 )
             )
         else:

@@ -51,7 +51,7 @@ def test_recommendation_is_the_cheapest_near_best(small_inputs: Any) -> None:
             assert excluded[s.name] == "KSM off (baseline)"
         elif s.name in excluded:
             assert s.steady_cpu_percent > small_inputs.cpu_budget_percent
-            assert excluded[s.name].startswith("ksmd CPU above the budget")
+            assert excluded[s.name].startswith("ksmd CPU above the budget: ")
 
 
 def test_decision_states_the_chosen_numbers(small_inputs: Any) -> None:
