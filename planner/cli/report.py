@@ -63,6 +63,14 @@ def report_cmd(
     use_zero_pages: Annotated[
         str | None, _list_option("--use-zero-pages", "use_zero_pages on/off")
     ] = None,
+    knob: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--knob",
+            metavar="NAME=V1,V2",
+            help="Any other knob as NAME=V1,V2 (repeatable), e.g. advisor_max_cpu=40,70.",
+        ),
+    ] = None,
     cross_domain: Annotated[
         str | None,
         typer.Option("--cross-domain", help="allow, deny or allow,deny (default: each set's own)."),
@@ -110,6 +118,16 @@ def report_cmd(
         int | None,
         typer.Option("--settle-scans", help="Full scans replayed after the last snapshot."),
     ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Replay this many seconds instead.", min=0.001),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples of the fit.", min=10)
+    ] = 200,
+    confidence: Annotated[
+        float, typer.Option("--confidence", help="Confidence level of the intervals.")
+    ] = 0.90,
     cpu_budget: Annotated[
         float,
         typer.Option("--cpu-budget", help="ksmd CPU a recommendation may use, % of one core."),
@@ -121,6 +139,10 @@ def report_cmd(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Run the replays on a Dask cluster.")
     ] = None,
+    cluster_timeout: Annotated[
+        float,
+        typer.Option("--cluster-timeout", help="Seconds to wait for the Dask scheduler.", min=0.1),
+    ] = 30.0,
     pdf: Annotated[
         bool, typer.Option("--pdf", help="Also write review.pdf (extra 'pdf').")
     ] = False,
@@ -141,10 +163,11 @@ def report_cmd(
     from contextlib import ExitStack
 
     from planner.engine.cost import CostProfile
+    from planner.errors import UsageProblem
     from planner.policy import load_policies, preset
     from planner.report.make import check_output, make_report
     from planner.whatif import CapacityInputs, ExtrapolationSpec, KnobGrid, load_grid
-    from planner.whatif.grid import parse_cross_domain, parse_knob_list
+    from planner.whatif.grid import knob_name, parse_cross_domain, parse_knob_list
     from planner.whatif.run import options_from
 
     check_output(out, overwrite=force, pdf=pdf)
@@ -159,6 +182,13 @@ def report_cmd(
         "use_zero_pages": use_zero_pages,
     }
     axes = [(k, parse_knob_list(k, v)) for k, v in given.items() if v is not None]
+    for item in knob or []:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise UsageProblem(
+                f"--knob {item!r} is not NAME=V1,V2", hint="e.g. --knob advisor_max_cpu=40,70"
+            )
+        axes.append((knob_name(name), parse_knob_list(name, text)))
     if axes:
         knob_grid = knob_grid.with_axes(axes)
     if cross_domain is not None:
@@ -178,7 +208,9 @@ def report_cmd(
             cpu_per_worker=cpu_per_worker,
         )
     if capacity is not None or replicas is not None:
-        extrapolation = ExtrapolationSpec(group=group, replicas=replicas)
+        extrapolation = ExtrapolationSpec(
+            group=group, replicas=replicas, n_resamples=bootstrap, confidence=confidence
+        )
     profile = CostProfile.load(cost_profile) if cost_profile else None
     command = _command(
         trace,
@@ -188,6 +220,7 @@ def report_cmd(
         grid=grid,
         lists=[(flag, given[k]) for k, flag in _KNOB_LISTS],
         extra=[
+            *(("--knob", k) for k in knob or ()),
             ("--cross-domain", cross_domain),
             ("--host-mem", host_mem),
             ("--headroom", headroom if host_mem else None),
@@ -200,6 +233,9 @@ def report_cmd(
             ("--host", host),
             ("--cost-profile", cost_profile),
             ("--settle-scans", settle_scans),
+            ("--duration", duration),
+            ("--bootstrap", bootstrap if bootstrap != 200 else None),
+            ("--confidence", confidence if confidence != 0.90 else None),
             ("--cpu-budget", cpu_budget if cpu_budget != 10.0 else None),
             ("--title", title),
         ],
@@ -210,14 +246,14 @@ def report_cmd(
         if scheduler is not None:
             from planner.whatif import dask_executor
 
-            executor = stack.enter_context(dask_executor(scheduler))
+            executor = stack.enter_context(dask_executor(scheduler, timeout_s=cluster_timeout))
         bar = stack.enter_context(progress())
         result = make_report(
             trace,
             out=out,
             policy_sets=policy_sets,
             grid=knob_grid,
-            replay_options=options_from(settle_scans=settle_scans),
+            replay_options=options_from(settle_scans=settle_scans, duration_s=duration),
             cost_profile=profile,
             capacity=capacity,
             extrapolation=extrapolation,

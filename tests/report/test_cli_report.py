@@ -50,6 +50,33 @@ def test_writes_the_review_and_prints_json(cli: Cli, small_trace: Path, tmp_path
     )
 
 
+def test_any_knob_on_the_grid(cli: Cli, small_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "review"
+    code, stdout, stderr = cli(
+        [
+            "report",
+            small_trace,
+            "--preset",
+            "prctl-all",
+            "--knob",
+            "max_page_sharing=2,256",
+            "--settle-scans",
+            "4",
+            "--workers",
+            "1",
+            "--out",
+            out,
+            "--json",
+        ]
+    )
+    assert code == 0, stderr
+    assert json.loads(stdout)["scenarios"] == 2
+    review = json.loads((out / "data" / "review.json").read_text())
+    names = [r["scenario"] for r in review["tables"]["scenarios"]["rows"]]
+    assert names == ["prctl-all · max_page_sharing=2", "prctl-all · max_page_sharing=256"]
+    assert "--knob max_page_sharing=2,256" in review["provenance"]["command"]
+
+
 def test_existing_output_is_refused_before_any_work(
     cli: Cli, small_trace: Path, tmp_path: Path
 ) -> None:
@@ -73,6 +100,8 @@ def test_existing_output_is_refused_before_any_work(
         (["--set", "x"], 2, "--set needs --policies"),
         (["--host-mem", "lots"], 2, "is not a size"),
         (["--cpu-budget", "0"], 2, "CPU budget"),
+        (["--knob", "advisor_max_cpu"], 2, "is not NAME=V1,V2"),
+        (["--knob", "warp_speed=9"], 2, "warp_speed"),
         (["--observed", "/nonexistent"], 4, "/nonexistent"),
     ],
 )
