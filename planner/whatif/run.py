@@ -19,6 +19,7 @@ fleet-wide sums (CPU and scan sizes: mean per host).
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import Executor, Future, as_completed
 from dataclasses import fields
@@ -43,7 +44,13 @@ from planner.whatif.capacity import (
     combine_hosts,
     estimate_capacity,
 )
-from planner.whatif.executors import describe, is_remote, local_executor
+from planner.whatif.executors import (
+    InlineExecutor,
+    default_workers,
+    describe,
+    is_remote,
+    local_executor,
+)
 from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
 from planner.whatif.grid import CrossDomain, KnobGrid
 from planner.whatif.result import (
@@ -54,7 +61,7 @@ from planner.whatif.result import (
     WhatIfResult,
     pareto_flags,
 )
-from planner.whatif.tasks import FitSpec, ReplayOutcome, ReplaySpec, TaskFailure, run_task
+from planner.whatif.tasks import FitSpec, ReplayOutcome, ReplaySpec, TaskFailure, run_batch
 
 if TYPE_CHECKING:
     import os
@@ -150,22 +157,38 @@ class _Plan:
         return spec.key
 
 
+def _batches(plan: _Plan, workers: int) -> list[tuple[ReplaySpec | FitSpec, ...]]:
+    """Tasks in submission order: fits first (the longest), then replays in batches.
+
+    Replays of one host under one policy set (one prepared input) are batched in chunks so
+    that there are about three batches per worker: enough to balance the load, few enough
+    that a worker rarely prepares the same input twice.
+    """
+    fits = [s for s in plan.tasks.values() if isinstance(s, FitSpec)]
+    replays = [s for s in plan.tasks.values() if isinstance(s, ReplaySpec)]
+    groups: dict[tuple[Any, ...], list[ReplaySpec | FitSpec]] = {}
+    for r in replays:
+        groups.setdefault(r.prepare_key, []).append(r)
+    size = max(1, math.ceil(len(replays) / max(1, 3 * workers)))
+    chunks = [tuple(g[i : i + size]) for g in groups.values() for i in range(0, len(g), size)]
+    chunks.sort(key=len, reverse=True)
+    return [(f,) for f in fits] + chunks
+
+
 def _execute(
-    plan: _Plan, executor: Executor, progress: Progress
+    plan: _Plan, executor: Executor, progress: Progress, *, workers: int
 ) -> dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit]:
-    specs = sorted(
-        plan.tasks.values(), key=lambda s: (isinstance(s, FitSpec), s.host, s.policy_json)
-    )
-    progress.start("what-if: replays and fits", len(specs))
-    futures: dict[Future[Any], tuple[Any, ...]] = {}
+    batches = _batches(plan, workers)
+    progress.start("what-if: replays and fits", len(plan.tasks))
+    futures: dict[Future[Any], tuple[ReplaySpec | FitSpec, ...]] = {}
     out: dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit] = {}
     remote = is_remote(executor)
     try:
-        for s in specs:
-            futures[executor.submit(run_task, s)] = s.key
+        for batch in batches:
+            futures[executor.submit(run_batch, batch)] = batch
         for fut in as_completed(futures):
             try:
-                res = fut.result()
+                results = fut.result()
             except PlannerError:
                 raise
             except Exception as exc:
@@ -176,10 +199,11 @@ def _execute(
                         "at the same path",
                     ) from exc
                 raise
-            if isinstance(res, TaskFailure):
-                res.reraise()
-            out[futures[fut]] = res
-            progress.advance(1)
+            for spec, res in zip(futures[fut], results, strict=False):
+                if isinstance(res, TaskFailure):
+                    res.reraise()
+                out[spec.key] = res
+            progress.advance(len(results))
     except BaseException:
         for f in futures:
             f.cancel()
@@ -342,7 +366,7 @@ def run_whatif(
     own = executor is None
     ex = executor if executor is not None else local_executor(max_workers)
     try:
-        results = _execute(plan, ex, progress)
+        results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
     finally:
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
@@ -433,6 +457,16 @@ def run_whatif(
         observed=comparison,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _workers(executor: Executor, max_workers: int | None) -> int:
+    """How many tasks the executor runs at once (a guess for executors that do not say)."""
+    n = getattr(executor, "_max_workers", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    if isinstance(executor, InlineExecutor):
+        return 1
+    return max_workers or default_workers()
 
 
 def _outcome(res: ReplayOutcome | ExtrapolationFit) -> ReplayOutcome:

@@ -451,10 +451,27 @@ def run_fit(spec: FitSpec) -> ExtrapolationFit | TaskFailure:
 
 
 def run_task(spec: ReplaySpec | FitSpec) -> ReplayOutcome | ExtrapolationFit | TaskFailure:
-    """Run a task of either kind (the function executors are given)."""
+    """Run a task of either kind."""
     if isinstance(spec, ReplaySpec):
         return run_replay(spec)
     return run_fit(spec)
+
+
+def run_batch(
+    specs: tuple[ReplaySpec | FitSpec, ...],
+) -> list[ReplayOutcome | ExtrapolationFit | TaskFailure]:
+    """Run several tasks in one worker, in order (the function executors are given).
+
+    Replays of one host under one policy set share the prepared input (cached per worker
+    process), so batching them keeps each worker from preparing the same input again.
+    """
+    out: list[ReplayOutcome | ExtrapolationFit | TaskFailure] = []
+    for spec in specs:
+        res = run_task(spec)
+        out.append(res)
+        if isinstance(res, TaskFailure):
+            break
+    return out
 
 
 __all__ = [
@@ -465,6 +482,7 @@ __all__ = [
     "Timeline",
     "clear_caches",
     "domain_codes",
+    "run_batch",
     "run_fit",
     "run_replay",
     "run_task",
