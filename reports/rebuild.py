@@ -30,6 +30,7 @@ EXAMPLES: dict[str, list[str]] = {
         "traces/django-preload",
         "--pages-to-scan", "100,1000,4000",
         "--host-mem", "16GiB",
+        "--observed", "reports/canary/django-preload",
         "--pdf",
     ],
     "django-nopreload": [

@@ -296,6 +296,7 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
                 f"per second would be written and copied again ([Risks](#risks)).",
                 "Switching KSM off again (unmerge) needs the whole saving back at once: "
                 f"{F.mib(s.saved_bytes)} on the traced host.",
+                *_canary_bullet(inputs),
             )
         )
     )
@@ -1659,8 +1660,10 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
         blocks.append(
             Para(
                 f"The scenario `{obs.scenario}` was compared with what KSM really did on "
-                f"{obs.source} (`ksm-planner observe`). At the last sample the prediction of "
-                f"`pages_sharing` is "
+                f"{obs.source} (`ksm-planner observe`, {len(obs.t_s)} samples over "
+                f"{F.seconds(obs.t_s[-1] - obs.t_s[0] if obs.t_s else 0.0)}). "
+                + _observed_facts(obs)
+                + " At the last sample the prediction of `pages_sharing` is "
                 + (
                     f"{F.pct(abs(err))} {'above' if err > 0 else 'below'} the observed value."
                     if err is not None and math.isfinite(err)
@@ -1712,6 +1715,17 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
                 ),
             )
         )
+        blocks.append(
+            Para(
+                "Two things separate a prediction from a canary. The canary runs its own instance "
+                "of the workload (other processes, address-space layout and hash seeds, other "
+                "requests), whose duplicate content is not exactly the trace's. And the replay "
+                "sees writes only where the trace changes (at its snapshots) and holds the last "
+                "snapshot still, while the real processes keep writing merged pages (the "
+                "copy-on-write breaks of [Risks](#risks)), which lowers the observed level. To "
+                "tell the two apart, capture a trace on the canary itself and review that."
+            )
+        )
         for note in obs.notes:
             blocks.append(Callout("note", note))
     elif inputs.validation:
@@ -1755,6 +1769,63 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
         tuple(blocks),
         lead="Whether the prediction was compared with a real host, and internal checks.",
     )
+
+
+def _canary_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
+    obs = inputs.observed
+    gap = _observed_gap(obs) if obs is not None else None
+    if obs is None or gap is None:
+        return (
+            "The prediction has not been compared with a real host yet "
+            "([Validation](#validation)).",
+        )
+    return (
+        f"On a canary ({obs.source}, `{obs.scenario}`), the predicted number of merged pages "
+        f"was {F.pct(abs(gap))} {'above' if gap > 0 else 'below'} what the real KSM merged"
+        + ("; plan with the lower figure" if gap > 0 else "")
+        + " ([Validation](#validation)).",
+    )
+
+
+def _observed_gap(obs: Any) -> float | None:
+    """Mean (predicted - observed) / observed of ``pages_sharing`` over the second half."""
+    t = list(obs.t_s)
+    o = [math.nan if v is None else float(v) for v in obs.observed.get("pages_sharing", ())]
+    p = [float(v) for v in obs.predicted.get("pages_sharing", ())]
+    if not t or len(o) != len(t) or len(p) != len(t):
+        return None
+    half = [
+        (pi - oi) / oi
+        for ti, oi, pi in zip(t, o, p, strict=True)
+        if ti >= t[-1] / 2 and oi > 0 and math.isfinite(oi)
+    ]
+    return sum(half) / len(half) if half else None
+
+
+def _observed_facts(obs: Any) -> str:
+    """First merge and mean gap of ``pages_sharing``, predicted against observed, in words."""
+    t = list(obs.t_s)
+    o = [math.nan if v is None else float(v) for v in obs.observed.get("pages_sharing", ())]
+    p = [float(v) for v in obs.predicted.get("pages_sharing", ())]
+    if not t or len(o) != len(t) or len(p) != len(t):
+        return ""
+
+    def first(values: list[float]) -> float | None:
+        return next((ti for ti, v in zip(t, values, strict=True) if v > 0), None)
+
+    fo, fp = first(o), first(p)
+    gap = _observed_gap(obs)
+    text = ""
+    if fo is not None and fp is not None:
+        text += (
+            f"Merging starts after {F.seconds(fo)} on the host and {F.seconds(fp)} in the replay. "
+        )
+    if gap is not None:
+        text += (
+            f"Over the second half of the recording the predicted `pages_sharing` is on average "
+            f"{F.pct(abs(gap))} {'above' if gap > 0 else 'below'} the observed one."
+        )
+    return text
 
 
 def _consistency_checks(inputs: ReviewInputs) -> list[dict[str, Any]]:

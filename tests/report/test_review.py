@@ -136,3 +136,36 @@ def test_cow_table_is_the_estimate(small_inputs: Any) -> None:
 
 def test_same_inputs_same_document(small_inputs: Any) -> None:
     assert build_review(small_inputs).to_json() == build_review(small_inputs).to_json()
+
+
+def test_observed_canary_in_validation_and_decision(small_inputs: Any) -> None:
+    from planner.report.inputs import Observed
+
+    chosen = recommend(small_inputs).scenario
+    assert chosen is not None
+    t = (0.0, 1.0, 2.0, 3.0)
+    obs = Observed(
+        source="host canary",
+        scenario=chosen.name,
+        t_s=t,
+        observed={"pages_sharing": (0.0, 0.0, 40.0, 40.0)},
+        predicted={"pages_sharing": (0.0, 10.0, 50.0, 50.0)},
+        final_relative_error=0.25,
+    )
+    doc = build_review(replace(small_inputs, observed=obs))
+    validation = next(s for s in doc.sections if s.id == "validation")
+    assert [f.name for f in validation.figures] == ["validation"]
+    text = " ".join(b.text for b in validation.blocks if hasattr(b, "text"))
+    assert "Merging starts after 2.00 s on the host and 1.00 s in the replay" in text
+    assert "on average 25.0 % above the observed one" in text
+    assert "25.0 % above the observed value" in text
+    rows = _table(doc, "validation").rows
+    assert [r["observed_pages_sharing"] for r in rows] == [0.0, 0.0, 40.0, 40.0]
+    decision = " ".join(
+        item
+        for b in doc.sections[0].blocks
+        if hasattr(b, "items")
+        for item in b.items  # type: ignore[attr-defined]
+        if isinstance(item, str)
+    )
+    assert "was 25.0 % above what the real KSM merged; plan with the lower figure" in decision
