@@ -490,7 +490,14 @@ def lines(
                 linestyle="--" if s.dashed else "-",
             )
         if logx:
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+            xs = sorted({float(x) for s in series for x in s.x})
+            if 1 < len(xs) <= 6:
+                ax.set_xticks(xs)
+                ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, loc="left")

@@ -1331,20 +1331,21 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
             )
         )
     )
-    blocks.append(
-        table(
-            "domains",
-            "Saving across security domains per scenario.",
-            [
-                Column("scenario", "scenario", "text"),
-                Column("domains", "domains", "text"),
-                Column("mode", "cross-domain", "text"),
-                Column("cross_domain_saved_bytes", "saved across", "mib", "MiB"),
-                Column("merged_together", "merged together", "text"),
-            ],
-            rows,
+    if declared:
+        blocks.append(
+            table(
+                "domains",
+                "Saving across security domains per scenario.",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column("domains", "domains", "text"),
+                    Column("mode", "cross-domain", "text"),
+                    Column("cross_domain_saved_bytes", "saved across", "mib", "MiB"),
+                    Column("merged_together", "merged together", "text"),
+                ],
+                rows,
+            )
         )
-    )
     blocks.append(Heading("Copy-on-write breaks"))
     blocks.append(
         Para(
@@ -1436,20 +1437,27 @@ def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
             row["saving_fraction_lo"] = iv.lo if iv else None
             row["saving_fraction_hi"] = iv.hi if iv else None
             rows.append(row)
+        no_saving = all(r["saving_fraction"] is None for r in rows)
+        no_gain = all(r["capacity_gain"] is None for r in rows)
         blocks.append(
             table(
                 "intervals",
                 "Intervals of the projected saving and capacity gain.",
                 [
                     Column("scenario", "scenario", "text"),
-                    Column("saving_fraction", "saving", "pct", "%"),
-                    Column("saving_fraction_lo", "low", "pct", "%"),
-                    Column("saving_fraction_hi", "high", "pct", "%"),
-                    Column("capacity_gain", "capacity gain", "pct", "%"),
-                    Column("capacity_gain_lo", "low", "pct", "%"),
-                    Column("capacity_gain_hi", "high", "pct", "%"),
+                    Column("saving_fraction", "saving", "pct", "%", hidden=no_saving),
+                    Column("saving_fraction_lo", "low", "pct", "%", hidden=no_saving),
+                    Column("saving_fraction_hi", "high", "pct", "%", hidden=no_saving),
+                    Column("capacity_gain", "capacity gain", "pct", "%", hidden=no_gain),
+                    Column("capacity_gain_lo", "low", "pct", "%", hidden=no_gain),
+                    Column("capacity_gain_hi", "high", "pct", "%", hidden=no_gain),
                 ],
                 rows,
+                note=(
+                    "The intervals are bootstrap intervals over the traced replicas: how much "
+                    "the result depends on which workers happened to be in the trace. They do "
+                    "not cover the model's own error (see [Validation](#validation))."
+                ),
             )
         )
     else:
