@@ -238,7 +238,14 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
         KeyFigure(
             "saving that crossed security domains",
             F.mib(s.cross_domain_saved_bytes or 0),
-            "no domains declared" if len(s.domains) <= 1 else f"{len(s.domains)} domains",
+            f"{len(s.domains)} domains, merging across them "
+            + ("allowed" if s.domain_mode == "allow" else "denied"),
+        )
+        if len(s.domains) > 1
+        else KeyFigure(
+            "merged pages rewritten (copy-on-write)",
+            f"{_rate(inputs.cow.breaks_per_s)} /s",
+            f"{F.mib(inputs.cow.bytes_per_s, 2)}/s of new copies, from the trace",
         ),
     ]
     blocks.append(KeyFigures(tuple(figs)))
@@ -264,7 +271,7 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
                 f"The largest net saving of all, {F.mib(best.net_saved_bytes)} (`{best.name}`), "
                 f"is only {F.mib(best.net_saved_bytes - s.net_saved_bytes)} more"
                 + (
-                    f"; it was left out: {why[best.name]}."
+                    " (it is left out, see below)."
                     if best.name in why
                     else f" and costs {F.percent(best.steady_cpu_percent)} of a core."
                 )
@@ -272,6 +279,7 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
         )
     left_out = [(n, w) for n, w in choice.excluded if w != "KSM off (baseline)"]
     if left_out:
+        blocks.append(Para("The scenarios left out, and why:"))
         blocks.append(
             Bullets(
                 tuple(f"`{n}`: {w}" for n, w in left_out),
