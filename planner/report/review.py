@@ -178,6 +178,13 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
         return Section("decision", "Decision and summary", tuple(blocks))
     cap = s.capacity
     gain_text = ""
+    iv = s.saving_interval
+    if cap is None and iv is not None:
+        gain_text = (
+            f" Projected to {F.integer(s.extra.get('target_workers'))} workers per host it "
+            f"frees **{F.pct(iv.value)} of the anonymous memory** "
+            f"({F.interval(iv.lo, iv.hi, F.pct)}, {F.pct(iv.level, 0)} interval)."
+        )
     if cap is not None:
         gain_text = (
             f" On a host with {F.gib(cap.host_mem_bytes, 0)} of memory this means "
