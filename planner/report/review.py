@@ -713,11 +713,13 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
     if any(r["cross_domain_saved_bytes"] is not None for r in rows):
         cols.append(Column("cross_domain_saved_bytes", "across domains", "mib", "MiB"))
     if has_cap:
+        nb = "\u00a0"  # no-break space: the cell never wraps
         for r in rows:
             gain, lo, hi = r["capacity_gain"], r["capacity_gain_lo"], r["capacity_gain_hi"]
             r["capacity_gain_text"] = (
-                f"{F.fixed(100 * gain, 1)} ({F.fixed(100 * lo, 1)}–{F.fixed(100 * hi, 1)})"
-                if gain is not None
+                f"{F.fixed(100 * gain, 1)}{nb}({F.fixed(100 * lo, 1)}{nb}to{nb}"
+                f"{F.fixed(100 * hi, 1)})"
+                if gain is not None and r["pareto"] is not None
                 else None
             )
         cols += [
@@ -744,6 +746,28 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
             highlight=hl,
         ),
     ]
+    if choice.scenario is not None and not choice.scenario.pareto:
+        why = dict(choice.excluded)
+        better = [
+            x.name
+            for x in inputs.scenarios
+            if x.enabled
+            and x.net_saved_bytes >= choice.scenario.net_saved_bytes
+            and x.steady_cpu_percent <= choice.scenario.steady_cpu_percent
+            and x.name != choice.scenario.name
+        ]
+        blocks.append(
+            Para(
+                "The recommended scenario is not on the Pareto front of saving against CPU: "
+                + "; ".join(
+                    f"`{n}` saves at least as much for less CPU but is left out ({why[n]})"
+                    if n in why
+                    else f"`{n}` saves at least as much for less CPU"
+                    for n in better
+                )
+                + ". Time to benefit is the third criterion."
+            )
+        )
     if choice.scenario is not None:
         s = choice.scenario
         steps = _waterfall_steps(s, inputs)
