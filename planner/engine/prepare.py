@@ -76,7 +76,8 @@ class SnapshotRows:
     def n_frames(self) -> int:
         """Distinct trace frames (physical pages without KSM), computed once."""
         if self._n_frames is None:
-            self._n_frames = int(np.unique(self.frame).size)
+            f = np.sort(self.frame)
+            self._n_frames = int(f.size and 1 + np.count_nonzero(f[1:] != f[:-1]))
         return self._n_frames
 
     def groups(self) -> tuple[U64, I64]:

@@ -813,7 +813,9 @@ class ReferenceEngine:
         for slot in self.stable.values():
             nodes.extend(slot.dups if isinstance(slot, _Chain) else [slot])
         out: list[tuple[int, int, int]] = []
-        for i, node in enumerate(sorted(nodes, key=lambda n: (n.key, n.entity))):
+        for i, node in enumerate(
+            sorted((n for n in nodes if n.items), key=lambda n: (n.key, n.entity))
+        ):
             per_mm = Counter(it.mm for it in node.items)
             out.extend((i, mm, n) for mm, n in sorted(per_mm.items()))
         return out

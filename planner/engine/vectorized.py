@@ -202,12 +202,11 @@ class _Events:
 class _Masked:
     """Write per-position values to row-aligned arrays: a slice when the positions are contiguous rows."""
 
-    def __init__(self, rows: Any, P: int) -> None:
+    def __init__(self, rows: Any, P: int, contiguous: bool) -> None:
         self.rows = rows
         self.P = P
-        r0 = rows(0) if P else 0
-        self.r0 = int(r0)
-        self.contiguous = P == 0 or int(rows(P - 1)) - self.r0 == P - 1
+        self.r0 = int(rows(0)) if P else 0
+        self.contiguous = contiguous
 
     def assign(self, target: Any, mask: B, values: Any) -> None:
         if self.contiguous:
@@ -704,28 +703,31 @@ class VectorizedEngine:
         gocc = np.where(self.g_occ_scan[gg] == self.scan_id, self.g_occ_row[gg], -1)
         has_occ = gocc >= 0
         cent = phys[crow]
-        multi_ent = ent_map[cent] > 1
         thp = snap.thp[crow]
-        g_multi = np.add.reduceat(multi_ent.astype(np.int64), gstart) > 0 if G_ else np.zeros(0, bool)
         g_thp = np.add.reduceat(thp.astype(np.int64), gstart) > 0 if G_ else np.zeros(0, bool)
         if has_occ.any():
-            orow = gocc[has_occ]
-            g_multi[has_occ] |= ent_map[phys[orow]] > 1
-            g_thp[has_occ] |= snap.thp[orow]
-        g_m = gk + has_occ
-        case_a = g_live & (g_L0 >= 1) & (g_L0 - g_leave >= 1) & (g_L0 + gk <= M)
-        no_node = ~g_live
-        case_b = no_node & (g_m <= M)
-        if G_:
-            first_ent = np.repeat(cent[gstart], gk)
-            g_single = np.minimum.reduceat((cent == first_ent).astype(np.int64), gstart) > 0
-            if has_occ.any():
-                g_single[has_occ] &= phys[gocc[has_occ]] == cent[gstart[has_occ]]
-        else:
-            g_single = np.zeros(0, bool)
+            g_thp[has_occ] |= snap.thp[gocc[has_occ]]
         plain_ok = ~chain_g[gg] & ~fork_g[gg] & ~g_thp
-        case_s = plain_ok & g_single & no_node & ~(case_b & ~g_multi)
-        simple = plain_ok & (case_s | (~g_multi & (case_a | case_b)))
+        # case A: a live KSM page with room for every candidate -- they all join it
+        case_a = plain_ok & g_live & (g_L0 >= 1) & (g_L0 - g_leave >= 1) & (g_L0 + gk <= M)
+        # case B: no live KSM page. The tree entry (an occupant from earlier in the scan, or the
+        # first candidate) is found by the next candidates; those on the same physical page stop
+        # there; the first on another page pairs with it (its page becomes the KSM page) and the
+        # rest join. Closed form when that page is private (nobody else turns KSM under it).
+        cgrp = np.repeat(np.arange(G_), gk) if G_ else np.empty(0, np.int64)
+        crank = np.arange(cgrp.size) - (gstart[cgrp] if G_ else 0)
+        c_occ = has_occ[cgrp] if G_ else np.zeros(0, bool)
+        tree_ent = np.where(has_occ, phys[np.maximum(gocc, 0)], cent[gstart] if G_ else 0)
+        after_tree = c_occ | (crank >= 1)
+        big = np.iinfo(np.int64).max
+        diff_rank = np.where(after_tree & (cent != (tree_ent[cgrp] if G_ else 0)), crank, big)
+        pair_rank = np.minimum.reduceat(diff_rank, gstart) if G_ else np.empty(0, np.int64)
+        has_pair = pair_rank < big
+        pr = np.where(has_pair, pair_rank, 0)
+        cur_private = ent_map[cent[gstart + pr]] == 1 if G_ else np.zeros(0, bool)
+        members = 2 + (gk - pr - 1)
+        case_b = plain_ok & ~g_live & (~has_pair | (cur_private & (members <= M)))
+        simple = case_a | case_b
         complex_g = np.zeros(G, bool)
         complex_g[gg[~simple]] = True
         complex_g |= chain_g | fork_g
@@ -788,11 +790,10 @@ class VectorizedEngine:
         occ_new_rows: list[I64] = []
         occ_del_g: list[I64] = []
         base_node = n_nodes
-        cgrp = np.repeat(np.arange(G_), gk) if G_ else np.empty(0, np.int64)
-        crank = np.arange(cgrp.size) - (gstart[cgrp] if G_ else 0)
         c_simple = simple[cgrp] if G_ else np.zeros(0, bool)
         walk_simple = np.sort(cpos[c_simple])
-        c_occ = has_occ[cgrp] if G_ else np.zeros(0, bool)
+        rel_ent: list[I64] = []  # entities whose mapper leaves (frames freed at the last one)
+        rel_pos: list[I64] = []
 
         def occupy(idx: I64) -> None:
             """Lone candidates go to the unstable tree."""
@@ -816,15 +817,21 @@ class VectorizedEngine:
             set_node_parts.append(nodes)
             set_phys_rows.append(crow[ia])
             set_phys_vals.append(node_ent[nodes])
-            ev.add(cpos[ia], C_FRAMES, -1)
+            rel_ent.append(cent[ia])
+            rel_pos.append(cpos[ia])
             ev.add_path(cpos[ia], P_MERGE)
-        i_s = c_simple & case_s[cgrp] if G_ else np.zeros(0, bool)
-        occupy(np.flatnonzero(i_s & (crank == 0) & ~c_occ))
-        ev.add_path(cpos[i_s & ((crank > 0) | c_occ)], P_NOMERGE)
-        ib = c_simple & ~case_a[cgrp] & ~case_s[cgrp] if G_ else np.zeros(0, bool)
-        g_pair = g_m >= 2
-        occupy(np.flatnonzero(ib & ~g_pair[cgrp] & ~c_occ))
-        pair_groups = np.flatnonzero(simple & ~case_a & ~case_s & g_pair)
+        cb = c_simple & case_b[cgrp] if G_ else np.zeros(0, bool)
+        c_pr = pair_rank[cgrp] if G_ else np.empty(0, np.int64)
+        # the first candidate is the tree entry when there is no occupant
+        tree_c = cb & ~c_occ & (crank == 0)
+        g_pair_c = has_pair[cgrp] if G_ else np.zeros(0, bool)
+        occupy(np.flatnonzero(tree_c & ~g_pair_c))
+        # a tree entry that pairs in the same batch: inserted, then taken out by the merge
+        ev.add(cpos[tree_c & g_pair_c], C_UNSHARED, 1)
+        ev.add_path(cpos[tree_c & g_pair_c], P_UNST)
+        # candidates on the tree entry's page, before any pair: same page, no merge
+        ev.add_path(cpos[cb & after_tree & (crank < c_pr)], P_NOMERGE)
+        pair_groups = np.flatnonzero(case_b & has_pair)
         new_nodes_key = gkey[pair_groups]
         n_pairs = pair_groups.size
         new_ids = base_node + np.arange(n_pairs)
@@ -832,30 +839,23 @@ class VectorizedEngine:
         if n_pairs:
             gid_ = np.full(G_, -1, np.int64)
             gid_[pair_groups] = np.arange(n_pairs)
-            inb = np.flatnonzero(ib & g_pair[cgrp])
-            occ_g = has_occ[cgrp[inb]]
-            r_ = crank[inb]
-            cur_rank = np.where(occ_g, 0, 1)
-            is_cur = r_ == cur_rank
-            is_tree_cand = ~occ_g & (r_ == 0)
-            is_join = r_ > cur_rank
-            pg = gid_[cgrp[inb]]
-            cur_idx = inb[is_cur][np.argsort(pg[is_cur], kind="stable")]
+            cur_idx = gstart[pair_groups] + pair_rank[pair_groups]
             pair_pos = cpos[cur_idx]
-            ents = phys[crow[cur_idx]]
+            ents = cent[cur_idx]
             new_nodes_ent = ents
-            tree_rows = np.where(has_occ[pair_groups], gocc[pair_groups], -1)
-            tc = inb[is_tree_cand]
-            tc = tc[np.argsort(pg[is_tree_cand], kind="stable")]
-            tree_rows[~has_occ[pair_groups]] = crow[tc]
-            ev.add(cpos[tc], C_UNSHARED, 1)
-            ev.add_path(cpos[tc], P_UNST)
-            occ_del_g.append(gg[pair_groups[has_occ[pair_groups]]])
+            occ_p = has_occ[pair_groups]
+            tree_rows = np.where(occ_p, gocc[pair_groups], crow[gstart[pair_groups]])
+            tree_old = phys[tree_rows]
+            occ_del_g.append(gg[pair_groups[occ_p]])
             ev.add(pair_pos, C_UNSHARED, -1)
             ev.add(pair_pos, C_NODES, 1)
             ev.add(pair_pos, C_KSMPAGES, 1)
-            jn = inb[is_join]
-            jnode = new_ids[pg[is_join]]
+            jn = (
+                np.flatnonzero(cb & has_pair[cgrp] & (crank > c_pr))
+                if G_
+                else np.empty(0, np.int64)
+            )
+            jnode = new_ids[gid_[cgrp[jn]]]
             members_rows = np.concatenate([tree_rows, crow[cur_idx], crow[jn]])
             members_pos = np.concatenate([pair_pos, pair_pos, cpos[jn]])
             members_node = np.concatenate([new_ids, new_ids, jnode])
@@ -868,10 +868,22 @@ class VectorizedEngine:
             set_state_parts.append(np.full(members_rows.size, STABLE, np.int64))
             set_node_parts.append(members_node)
             set_phys_rows.append(np.concatenate([tree_rows, crow[jn]]))
-            set_phys_vals.append(np.concatenate([ents, ents[pg[is_join]]]))
-            moved_pos = np.concatenate([pair_pos, cpos[jn]])
-            ev.add(moved_pos, C_FRAMES, -1)
-            ev.add_path(moved_pos, P_MERGE)
+            set_phys_vals.append(np.concatenate([ents, ents[gid_[cgrp[jn]]]]))
+            rel_ent.extend([tree_old, cent[jn]])
+            rel_pos.extend([pair_pos, cpos[jn]])
+            ev.add_path(np.concatenate([pair_pos, cpos[jn]]), P_MERGE)
+        if rel_ent:
+            # a frame is freed when its last mapper moves to the KSM page
+            re_, rp_ = np.concatenate(rel_ent), np.concatenate(rel_pos)
+            o_ = np.lexsort((rp_, re_))
+            re_, rp_ = re_[o_], rp_[o_]
+            st_ = np.r_[True, re_[1:] != re_[:-1]]
+            rank_ = (
+                np.arange(re_.size)
+                - np.maximum.accumulate(np.where(st_, np.arange(re_.size), 0))
+                + 1
+            )
+            ev.add(rp_[ent_map[re_] - rank_ == 0], C_FRAMES, -1)
         # reserve the ids of the closed-form groups' new nodes before the event loop adds its own
         if n_pairs:
             grows = (self.node_key, self.node_ent, self.node_len, self.node_chain, self.node_alive)
@@ -974,7 +986,7 @@ class VectorizedEngine:
         times = t0 + np.r_[0, np.cumsum(cpu_b + sleep)[:-1]]
         end_slots = [int(rem_arr[s]) for s in range(S) if seg_end[s] < P_ev]
         return {
-            "undo": undo, "ev": ev, "upd": upd, "P": P, "rows": rows, "mm_pos": mm_pos,
+            "undo": undo, "ev": ev, "upd": upd, "P": P, "rows": rows, "contiguous": contiguous, "mm_pos": mm_pos,
             "proc_before": proc_before, "nb": nb, "delta": delta, "scanned_b": scanned_b,
             "skipped_b": skipped_b, "paths_b": paths_b, "cpu_b": cpu_b, "times": times, "scan_end": scan_end,
             "set_rows": set_rows_parts, "set_state": set_state_parts, "set_node": set_node_parts,
@@ -1026,7 +1038,7 @@ class VectorizedEngine:
             self.orph["node"][mo[oo]] = -1
             self.node_len.a[rm] = 0
         # closed-form results
-        pmask = _Masked(plan["rows"], plan["P"])
+        pmask = _Masked(plan["rows"], plan["P"], plan["contiguous"])
         pmask.assign(it["age"], upd["age_mask"], upd["age"])
         pmask.assign(it["rem"], upd["age_mask"], upd["rem"])
         pmask.assign(it["state"], upd["none_mask"], NONE)
@@ -1305,13 +1317,13 @@ class VectorizedEngine:
         if node.size == 0:
             return []
         # number nodes by (content, entity) like the reference does
-        keys = self.node_key.a[node]
-        ents = self.node_ent.a[node]
-        uk = np.unique(np.stack([keys, ents.astype(np.uint64)]), axis=1)
-        rank = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(uk[0].tolist(), uk[1].tolist(), strict=True))}
-        pairs, counts = np.unique(np.stack([node, mm]), axis=1, return_counts=True)
-        out = [(rank[(int(self.node_key.a[n]), int(self.node_ent.a[n]))], int(m), int(c))
-               for n, m, c in zip(pairs[0].tolist(), pairs[1].tolist(), counts.tolist(), strict=True)]
+        used = np.unique(node)
+        o = np.lexsort((self.node_ent.a[used], self.node_key.a[used]))
+        rank = np.empty(self.node_key.n, np.int64)
+        rank[used[o]] = np.arange(used.size)
+        n_mm = len(self.inp.mms) + 1
+        key, counts = np.unique(rank[node] * n_mm + mm, return_counts=True)
+        out = list(zip((key // n_mm).tolist(), (key % n_mm).tolist(), counts.tolist(), strict=True))
         return sorted(out)
 
 
