@@ -63,9 +63,10 @@ class SnapshotRows:
     fresh_group: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     n_fresh: int = 0
     same_content_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    key_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # previous row, same (mm, page)
     released_old: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     _n_frames: int | None = field(default=None, repr=False)
-    _groups: tuple[U64, I64] | None = field(default=None, repr=False)
+    _groups: tuple[U64, npt.NDArray[np.int32]] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -80,11 +81,11 @@ class SnapshotRows:
             self._n_frames = int(f.size and 1 + np.count_nonzero(f[1:] != f[:-1]))
         return self._n_frames
 
-    def groups(self) -> tuple[U64, I64]:
+    def groups(self) -> tuple[U64, npt.NDArray[np.int32]]:
         """Distinct contents (sorted hashes) and each row's content index, computed once."""
         if self._groups is None:
             gkey, gid = np.unique(self.hash, return_inverse=True)
-            self._groups = (gkey, gid.reshape(-1).astype(np.int64))
+            self._groups = (gkey, gid.reshape(-1).astype(np.int32))
         return self._groups
 
     def keys(self) -> U64:
@@ -455,11 +456,13 @@ def _link(prev: SnapshotRows | None, cur: SnapshotRows, mms: list[MmInfo]) -> No
     n = cur.n
     carry = np.full(n, -1, np.int64)
     same = np.full(n, -1, np.int64)
+    key_src = np.full(n, -1, np.int64)
     pk = prev.keys() if prev is not None else np.empty(0, np.uint64)
     ck = cur.keys()
     if prev is not None and prev.n and n:
         pos = np.minimum(np.searchsorted(pk, ck), pk.size - 1)
         hit = pk[pos] == ck
+        key_src[hit] = pos[hit]
         same_hash = hit & (prev.hash[pos] == cur.hash)
         same[same_hash] = pos[same_hash]
         keep = same_hash & (prev.frame[pos] == cur.frame)
@@ -510,6 +513,7 @@ def _link(prev: SnapshotRows | None, cur: SnapshotRows, mms: list[MmInfo]) -> No
     cur.fresh_group = fresh
     cur.n_fresh = n_fresh
     cur.same_content_src = same
+    cur.key_src = key_src
     cur.released_old = np.flatnonzero(released).astype(np.int64)
 
 

@@ -51,6 +51,7 @@ from planner.provenance import tool_version
 
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
+U64 = npt.NDArray[np.uint64]
 
 ZERO = -1
 NONE, UNSTABLE, STABLE = 0, 1, 2
@@ -58,6 +59,8 @@ THP_SHIFT = 9
 _KEY_SHIFT = np.uint64(36)
 _PAGE_MASK = np.uint64((1 << 36) - 1)
 #: skip_age(age) for age 0..255 (mm/ksm.c)
+# an epoch visits at most this many pages (cut at a batch start): bounds the working arrays
+EPOCH_POSITIONS = 1 << 18
 _SKIP_AGE = np.array([1, 1, 1, 1, 2, 2, 4, 4, 4] + [8] * 247, dtype=np.uint8)
 
 # path codes, in the order of cost.PATHS
@@ -68,7 +71,7 @@ N_COUNTERS = 10
 
 ITEM_FIELDS = {
     "state": (np.int8, NONE),
-    "node": (np.int64, -1),
+    "node": (np.int32, -1),
     "sum": (np.uint64, 0),
     "has": (np.bool_, False),
     "age": (np.uint8, 0),
@@ -86,7 +89,7 @@ class _Grow:
 
     def ensure(self, n: int) -> None:
         if n > self.a.size:
-            new = np.full(max(n, 2 * self.a.size), self.fill, dtype=self.a.dtype)
+            new = np.full(max(n, self.a.size + self.a.size // 4), self.fill, dtype=self.a.dtype)
             new[: self.a.size] = self.a
             self.a = new
         self.n = max(self.n, n)
@@ -233,9 +236,16 @@ class VectorizedEngine:
     name = "vectorized"
 
     def __init__(
-        self, inp: ReplayInput, knobs: KsmKnobs, opts: ReplayOptions, *, progress: Progress = NULL_PROGRESS
+        self,
+        inp: ReplayInput,
+        knobs: KsmKnobs,
+        opts: ReplayOptions,
+        *,
+        progress: Progress = NULL_PROGRESS,
+        epoch_positions: int = EPOCH_POSITIONS,
     ) -> None:
         self.inp = inp
+        self.epoch_positions = max(1, epoch_positions)
         self.k = knobs
         self.opts = opts
         self.cost = opts.cost
@@ -245,13 +255,14 @@ class VectorizedEngine:
         n_mm = len(inp.mms)
         self.snap_i = -1
         self.snap: SnapshotRows | None = None
-        self.phys = np.empty(0, np.int64)
+        self.phys = np.empty(0, np.int32)
         self.it_exists = np.empty(0, bool)
         self.it: dict[str, Any] = {f: np.empty(0, dt) for f, (dt, _) in ITEM_FIELDS.items()}
         self.o_key = np.empty(0, np.uint64)  # items whose page is absent from the snapshot
         self.orph: dict[str, Any] = {f: np.empty(0, dt) for f, (dt, _) in ITEM_FIELDS.items()}
-        self.ent_map = _Grow(np.int64, 0)
-        self.ent_node = _Grow(np.int64, -1)
+        # per physical page (entity): mappers, and its stable node (-1: not a KSM page)
+        self.ent_map = _Grow(np.int32, 0)
+        self.ent_node = _Grow(np.int32, -1)
         self.node_key = _Grow(np.uint64, 0)
         self.node_ent = _Grow(np.int64, -1)
         self.node_len = _Grow(np.int64, 0)
@@ -261,10 +272,12 @@ class VectorizedEngine:
         # content groups of the current snapshot: sorted distinct hashes, each row's group,
         # the live plain stable node of each content, the unstable-tree entry of each content
         self.gkey = np.empty(0, np.uint64)
-        self.gid = np.empty(0, np.int64)
-        self.g_node = np.empty(0, np.int64)
-        self.g_occ_row = np.empty(0, np.int64)
-        self.g_occ_scan = np.empty(0, np.int64)
+        self.gid = np.empty(0, np.int32)
+        self.g_node = np.empty(0, np.int32)
+        self._g_count = np.zeros(0, np.int32)
+        self._g_mark = np.zeros(0, bool)
+        self.g_occ_row = np.empty(0, np.int32)
+        self.g_occ_scan = np.empty(0, np.int32)
         self.scan_id = 0
         self.split_thp: set[tuple[int, int]] = set()
         self.slots: list[int] = []
@@ -304,14 +317,14 @@ class VectorizedEngine:
             self.c[C_ZERO] += delta * int(zero.sum())
         e = ents[~zero]
         if e.size:
-            np.add.at(self.ent_map.a, e, delta)
+            np.add.at(self.ent_map.a, e, np.int32(delta))
 
     def _apply_snapshot(self, k: int) -> None:
         """The trace's world moves to snapshot ``k``."""
         new = self.inp.snapshots[k]
         old = self.snap
         n = new.n
-        phys = np.empty(n, np.int64)
+        phys = np.empty(n, np.int32)
         carry, inh, inh_old, fresh = new.carry_src, new.inherit_src, new.inherit_old, new.fresh_group
         has_c = carry >= 0
         phys[has_c] = self.phys[carry[has_c]]
@@ -334,8 +347,8 @@ class VectorizedEngine:
         # page when its content did not change (else they are dropped); plain nodes by content
         gkey, gid = new.groups()
         G = gkey.size
-        g_occ_row = np.full(G, -1, np.int64)
-        g_occ_scan = np.full(G, -1, np.int64)
+        g_occ_row = np.full(G, -1, np.int32)
+        g_occ_scan = np.full(G, -1, np.int32)
         if old is not None and self.g_occ_scan.size:
             valid = np.flatnonzero(self.g_occ_scan == self.scan_id)
             if valid.size:
@@ -350,7 +363,7 @@ class VectorizedEngine:
                 j = j[keepm]
                 g_occ_row[gid[j]] = j
                 g_occ_scan[gid[j]] = self.scan_id
-        g_node = np.full(G, -1, np.int64)
+        g_node = np.full(G, -1, np.int32)
         n_nodes = self.node_key.n
         if n_nodes and G:
             plain = np.flatnonzero(self.node_alive.a[:n_nodes] & (self.node_chain.a[:n_nodes] < 0))
@@ -362,6 +375,8 @@ class VectorizedEngine:
             order = np.lexsort((live, q))
             g_node[q[order][hit[order]]] = plain[order][hit[order]]
         self.gkey, self.gid, self.g_node = gkey, gid, g_node
+        self._g_count = np.zeros(G, np.int32)
+        self._g_mark = np.zeros(G, bool)
         self.g_occ_row, self.g_occ_scan = g_occ_row, g_occ_scan
         self.phys = phys
         self.snap = new
@@ -394,6 +409,24 @@ class VectorizedEngine:
         self.snapshot_first_scan[k] = self.seqnr + 1
         self.snapshot_applied_ns[k] = self.now_ns
 
+    @staticmethod
+    def _rows_at(snap: SnapshotRows, mm: I64, page: U64) -> I64:
+        """Row where (mm, page) is or would be inserted in ``snap`` (rows are sorted by mm,
+        then page)."""
+        out = np.empty(mm.size, np.int64)
+        order = np.argsort(mm, kind="stable")
+        ms = mm[order]
+        cut = np.flatnonzero(np.r_[True, ms[1:] != ms[:-1], True])
+        for a_, b_ in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True):
+            idx = order[a_:b_]
+            lo, hi = snap.rows_of(int(ms[a_]))
+            if hi == lo:  # absent: the insertion point among the present mms
+                i = int(np.searchsorted(snap.mm_present, ms[a_]))
+                out[idx] = int(snap.mm_lo[i]) if i < snap.mm_present.size else snap.n
+            else:
+                out[idx] = lo + np.searchsorted(snap.page[lo:hi], page[idx])
+        return out
+
     def _mm_has_items(self, mm: int) -> bool:
         if self.snap is not None:
             lo, hi = self.snap.rows_of(mm)
@@ -404,31 +437,42 @@ class VectorizedEngine:
     def _remap_items(self, old: SnapshotRows | None, new: SnapshotRows) -> None:
         """Items follow their (mm, page) from the old rows to the new ones, or become orphans."""
         n = new.n
-        ck = new.keys()
         ex = np.zeros(n, bool)
         it = {f: np.full(n, fill, dt) for f, (dt, fill) in ITEM_FIELDS.items()}
-        src_keys = [self.o_key]
-        src_fields = [self.orph]
+        orph_keys = []
+        orph_fields = []
         if old is not None and old.n:
-            have = np.flatnonzero(self.it_exists)
-            src_keys.insert(0, old.keys()[have])
-            src_fields.insert(0, {f: v[have] for f, v in self.it.items()})
-        keys = np.concatenate(src_keys)
-        fields = {f: np.concatenate([sf[f] for sf in src_fields]) for f in ITEM_FIELDS}
-        if keys.size and n:
-            pos = np.minimum(np.searchsorted(ck, keys), n - 1)
-            hit = ck[pos] == keys
-        else:
-            pos = np.zeros(keys.size, np.int64)
-            hit = np.zeros(keys.size, bool)
-        dst = pos[hit]
-        ex[dst] = True
-        for f in ITEM_FIELDS:
-            it[f][dst] = fields[f][hit]
-        miss = ~hit
-        order = np.argsort(keys[miss], kind="stable")
-        self.o_key = keys[miss][order]
-        self.orph = {f: fields[f][miss][order] for f in ITEM_FIELDS}
+            # items of the previous rows follow their (mm, page) (prepare linked the rows)
+            src = new.key_src
+            dst = np.flatnonzero(src >= 0)
+            src = src[dst]
+            live = self.it_exists[src]
+            dst, src = dst[live], src[live]
+            ex[dst] = True
+            for f in ITEM_FIELDS:
+                it[f][dst] = self.it[f][src]
+            lost = self.it_exists.copy()
+            lost[src] = False
+            lost_rows = np.flatnonzero(lost)
+            orph_keys.append((old.mm[lost_rows].astype(np.uint64) << _KEY_SHIFT) | old.page[lost_rows])
+            orph_fields.append({f: v[lost_rows] for f, v in self.it.items()})
+        if self.o_key.size:
+            # items whose page was absent: back when their (mm, page) is present again
+            o_mm = (self.o_key >> _KEY_SHIFT).astype(np.int64)
+            o_page = self.o_key & _PAGE_MASK
+            j = np.minimum(self._rows_at(new, o_mm, o_page), max(n - 1, 0))
+            hit = (new.mm[j] == o_mm) & (new.page[j] == o_page) if n else np.zeros(o_mm.size, bool)
+            dst = j[hit]
+            ex[dst] = True
+            for f in ITEM_FIELDS:
+                it[f][dst] = self.orph[f][hit]
+            orph_keys.append(self.o_key[~hit])
+            orph_fields.append({f: v[~hit] for f, v in self.orph.items()})
+        if orph_keys:
+            keys = np.concatenate(orph_keys)
+            order = np.argsort(keys, kind="stable")
+            self.o_key = keys[order]
+            self.orph = {f: np.concatenate([of[f] for of in orph_fields])[order] for f in ITEM_FIELDS}
         self.it_exists = ex
         self.it = it
 
@@ -528,6 +572,35 @@ class VectorizedEngine:
 
     # ================================================================== one epoch
 
+    def _window_cut(self, lo: I64, L: I64, seg_start: I64, P_full: int) -> int | None:
+        """Where to end an epoch that would visit more than ``epoch_positions`` pages.
+
+        The cut falls on a batch start (like a snapshot boundary's), so the epoch's working
+        arrays stay bounded whatever the host's size. ``None`` when the scan's rest fits."""
+        W = self.epoch_positions
+        pts = self.pages_to_scan
+        snap = self.snap
+        assert snap is not None
+        while W < P_full:
+            # the window's rows: each segment's first rows, up to W positions in all
+            Lw = np.clip(W - seg_start, 0, L)
+            idx = np.repeat(lo - seg_start, Lw) + np.arange(int(Lw.sum()))
+            ph = self.phys[idx]
+            vis = snap.eligible[idx] & (ph != ZERO)
+            if self.k.smart_scan:
+                ksm = np.where(vis, self.ent_node.a[np.maximum(ph, 0)], -1) >= 0
+                age = self.it["age"][idx]
+                proc = vis & ~(vis & ~ksm & (age >= 3) & (self.it["rem"][idx] > 0))
+            else:
+                proc = vis
+            done = np.cumsum(proc)
+            full_batches = int(done[-1]) // pts if done.size else 0
+            if full_batches >= 1:
+                before = done - proc
+                return int(np.searchsorted(before, full_batches * pts, side="left"))
+            W *= 2
+        return None
+
     def _epoch_pass(self, t0: int, starts_scan: bool, limit: int | None) -> dict[str, Any]:
         """Compute one epoch (functional for the vectorized part; the event loop logs undo)."""
         snap = self.snap
@@ -558,7 +631,10 @@ class VectorizedEngine:
         seg_start = np.cumsum(L) - L
         seg_end = seg_start + L  # the END of a segment sits just before the next one's first visit
         P_full = int(L.sum())
+        if limit is None and P_full > self.epoch_positions:
+            limit = self._window_cut(lo, L, seg_start, P_full)
         P = P_full if limit is None else limit
+        Lp = np.clip(P - seg_start, 0, L)  # each segment's positions in this epoch
         P_ev = P + 1 if limit is None else P  # event positions in [0, P_ev): the final END is at P
         nonempty = L > 0
         contiguous = bool(np.all(lo[nonempty][1:] == hi[nonempty][:-1])) if nonempty.any() else True
@@ -572,7 +648,7 @@ class VectorizedEngine:
             def rows(pos: Any) -> Any:
                 return pos + r0
         else:
-            prow = (np.repeat(lo - seg_start, L) + np.arange(P_full))[:P]
+            prow = np.repeat(lo - seg_start, Lp) + np.arange(P)
 
             def take(a: Any) -> Any:
                 return a[prow]
@@ -580,7 +656,7 @@ class VectorizedEngine:
             def rows(pos: Any) -> Any:
                 return prow[pos]
 
-        seg_of = np.repeat(np.arange(S), L)[:P]
+        seg_of = np.repeat(np.arange(S), Lp)
         rem_arr = np.asarray(rem, np.int64)
         ar = np.arange(P)
         # ---- B. visits: smart-scan skips (tentative: with each page's KSM state at the start)
@@ -612,7 +688,7 @@ class VectorizedEngine:
         zero_m = nonksm & gate & (take(snap.zero) if K.use_zero_pages else False)
         cand = nonksm & gate & ~zero_m
         # ---- C. items touched with remove_rmap_item_from_tree: skips, handled visits, frees
-        seg_end_of = np.repeat(seg_end, L)[:P]
+        seg_end_of = np.repeat(seg_end, Lp)
         stop_idx = np.where(vis, ar, seg_end_of)
         next_stop = np.minimum.accumulate(stop_idx[::-1])[::-1] if P else stop_idx
         t_vis = np.flatnonzero(rit & vis & ~ksm_page)
@@ -634,7 +710,7 @@ class VectorizedEngine:
             o_tpos[ex] = seg_end[s_][ex]
             ne = ~ex
             if ne.any():
-                j = np.searchsorted(snap.keys(), self.o_key[o_sel[ne]]) - lo[s_[ne]]
+                j = self._rows_at(snap, o_mm[o_sel[ne]], o_page[o_sel[ne]]) - lo[s_[ne]]
                 before = (s_[ne] == 0) & (o_page[o_sel[ne]] < np.uint64(self.cursor_page))
                 pp = seg_start[s_[ne]] + np.maximum(j, 0)
                 se = seg_end[s_[ne]]
@@ -660,7 +736,7 @@ class VectorizedEngine:
         s_plain = self.node_chain.a[s_node] < 0
         live_leave = stab_idx[~s_stale]
         n_nodes = self.node_key.n
-        n_leave = np.bincount(touch_node[live_leave], minlength=n_nodes)
+        leave_nodes, leave_counts = np.unique(touch_node[live_leave], return_counts=True)
         stale_plain_touch = stab_idx[s_stale & s_plain]
 
         # ---- D. content groups of the candidates: closed form, or event by event
@@ -668,8 +744,12 @@ class VectorizedEngine:
         crow_all = rows(cpos_all)
         cg_all = self.gid[crow_all]
         G = self.gkey.size
-        cnt = np.bincount(cg_all, minlength=G)
-        multi_c = cnt[cg_all] > 1
+        # per-group scratch arrays (sized G once per snapshot, cleared after use): an epoch
+        # costs its own size, not the snapshot's
+        g_count, g_mark = self._g_count, self._g_mark
+        np.add.at(g_count, cg_all, np.int32(1))
+        multi_c = g_count[cg_all] > 1
+        g_count[cg_all] = 0
         single_idx = np.flatnonzero(~multi_c)
         multi_idx = np.flatnonzero(multi_c)
         multi_idx = multi_idx[np.argsort(cg_all[multi_idx], kind="stable")]
@@ -685,21 +765,29 @@ class VectorizedEngine:
         G_ = gstart.size
         gg = cg[gstart]  # content group (snapshot gid) of each candidate group
         gkey = ckey[gstart]
-        chain_g = np.zeros(G, bool)
+        chain_ids = np.empty(0, np.int64)
         if self.chains:
             ckeys = np.fromiter(self.chains.keys(), np.uint64, len(self.chains))
             q = np.searchsorted(self.gkey, ckeys)
             okq = q < G
             okq[okq] = self.gkey[q[okq]] == ckeys[okq]
-            chain_g[q[okq]] = True
-        fork_g = np.zeros(G, bool)
+            chain_ids = q[okq]
         fork_pos = np.flatnonzero(fork)
-        fork_g[self.gid[rows(fork_pos)]] = True
+        fork_ids = self.gid[rows(fork_pos)]
+
+        def marked(ids: I64, at: I64) -> B:
+            """at[i] is one of ids (through the scratch marks, left clear)."""
+            g_mark[ids] = True
+            out = g_mark[at]
+            g_mark[ids] = False
+            return out
+
         gnode = self.g_node[gg]
         g_live = gnode >= 0
         g_live[g_live] = ent_map[node_ent[gnode[g_live]]] > 0
         g_L0 = np.where(g_live, node_len[np.maximum(gnode, 0)], 0)
-        g_leave = np.where(g_live, n_leave[np.maximum(gnode, 0)] if n_nodes else 0, 0)
+        lq = np.minimum(np.searchsorted(leave_nodes, gnode), max(leave_nodes.size - 1, 0))
+        g_leave = np.where(g_live & (leave_nodes[lq] == gnode), leave_counts[lq], 0) if leave_nodes.size else 0
         gocc = np.where(self.g_occ_scan[gg] == self.scan_id, self.g_occ_row[gg], -1)
         has_occ = gocc >= 0
         cent = phys[crow]
@@ -707,7 +795,7 @@ class VectorizedEngine:
         g_thp = np.add.reduceat(thp.astype(np.int64), gstart) > 0 if G_ else np.zeros(0, bool)
         if has_occ.any():
             g_thp[has_occ] |= snap.thp[gocc[has_occ]]
-        plain_ok = ~chain_g[gg] & ~fork_g[gg] & ~g_thp
+        plain_ok = ~marked(np.concatenate([chain_ids, fork_ids]), gg) & ~g_thp
         # case A: a live KSM page with room for every candidate -- they all join it
         case_a = plain_ok & g_live & (g_L0 >= 1) & (g_L0 - g_leave >= 1) & (g_L0 + gk <= M)
         # case B: no live KSM page. The tree entry (an occupant from earlier in the scan, or the
@@ -728,12 +816,10 @@ class VectorizedEngine:
         members = 2 + (gk - pr - 1)
         case_b = plain_ok & ~g_live & (~has_pair | (cur_private & (members <= M)))
         simple = case_a | case_b
-        complex_g = np.zeros(G, bool)
-        complex_g[gg[~simple]] = True
-        complex_g |= chain_g | fork_g
+        complex_ids = np.concatenate([gg[~simple], chain_ids, fork_ids])
         # visits replayed event by event: complex candidates, fork children, and the pages
         # that share a physical page with a complex candidate (it may become KSM under them)
-        lc_pos = cpos_all[complex_g[cg_all]]
+        lc_pos = cpos_all[marked(complex_ids, cg_all)]
         loop_cand = np.zeros(P, bool)
         loop_cand[lc_pos] = True
         loop_vis = loop_cand | fork
@@ -752,7 +838,7 @@ class VectorizedEngine:
                 q = np.minimum(np.searchsorted(self.gkey, nk), max(G - 1, 0))
                 isc = self.node_chain.a[rel] >= 0
                 if G:
-                    isc |= (self.gkey[q] == nk) & complex_g[q]
+                    isc |= (self.gkey[q] == nk) & marked(complex_ids, q)
                 node_is_complex[rel] = isc
 
         # ---- E. closed-form groups
@@ -1047,7 +1133,7 @@ class VectorizedEngine:
         pmask.assign(it["has"], upd["sum_mask"], True)
         zr = upd["zero_rows"]
         if zr.size:
-            np.add.at(ent_map, self.phys[zr], -1)
+            np.add.at(ent_map, self.phys[zr], np.int32(-1))
             np.add.at(self.mm_zero, snap.mm[zr].astype(np.int64), 1)
             self.phys[zr] = ZERO
         nn = len(plan["new_nodes_key"])
@@ -1063,8 +1149,8 @@ class VectorizedEngine:
         if plan["set_phys_rows"]:
             r_ = np.concatenate(plan["set_phys_rows"])
             vals = np.concatenate(plan["set_phys_vals"])
-            np.add.at(ent_map, self.phys[r_], -1)
-            np.add.at(ent_map, vals, 1)
+            np.add.at(ent_map, self.phys[r_], np.int32(-1))
+            np.add.at(ent_map, vals, np.int32(1))
             self.phys[r_] = vals
         nodes, lens = upd["node_len"]
         if nodes.size:
