@@ -10,10 +10,13 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from planner.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -21,7 +24,9 @@ PRIVATE_FILE_MODE = 0o600
 
 def _check_target(path: Path, *, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists", hint="choose another --out or pass --force")
+        raise OutputExistsError(
+            f"{path} already exists", hint="choose another --out or pass --force"
+        )
     parent = path.parent
     if not parent.exists():
         raise OutputExistsError(f"directory {parent} does not exist", hint="create it first")
@@ -39,7 +44,9 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False, private: bool = True) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike[str], *, overwrite: bool = False, private: bool = True
+) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``path`` when the block succeeds.
 
     The directory (mode 0700 when ``private``) lives next to ``path``. Files written in it
@@ -62,7 +69,9 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False, private
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], *, overwrite: bool = False, private: bool = True) -> Iterator[Path]:
+def atomic_file(
+    path: str | os.PathLike[str], *, overwrite: bool = False, private: bool = True
+) -> Iterator[Path]:
     """Yield a temporary file path that is renamed to ``path`` when the block succeeds."""
     target = Path(path)
     _check_target(target, overwrite=overwrite)

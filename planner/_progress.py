@@ -21,13 +21,13 @@ class Progress(Protocol):
 class NullProgress:
     """A :class:`Progress` that ignores everything (the library default)."""
 
-    def start(self, task: str, total: float | None) -> None:  # noqa: D102
+    def start(self, task: str, total: float | None) -> None:
         del task, total
 
-    def advance(self, amount: float) -> None:  # noqa: D102
+    def advance(self, amount: float) -> None:
         del amount
 
-    def finish(self) -> None:  # noqa: D102
+    def finish(self) -> None:
         pass
 
 

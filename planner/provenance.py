@@ -26,7 +26,9 @@ def tool_version() -> str:
     return f"{TOOL_NAME} {__version__}"
 
 
-def kernel_hz(*, release: str | None = None, roots: tuple[str, ...] = ("/proc/config.gz", "/boot")) -> int | None:
+def kernel_hz(
+    *, release: str | None = None, roots: tuple[str, ...] = ("/proc/config.gz", "/boot")
+) -> int | None:
     """Return the kernel's ``CONFIG_HZ`` if a kernel config can be read, else ``None``.
 
     KSM's batch period is counted in jiffies (see docs/ksm-kernel-semantics.md §3.4), so

@@ -45,7 +45,7 @@ def exit_code_of(err: E.PlannerError) -> int:
     """The exit code of ``err`` (the most specific class in :data:`EXIT_CODES` wins)."""
     for cls in type(err).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 4
 
 
@@ -65,7 +65,11 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        callback=version_callback,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Trace-replay capacity planner for Linux KSM (kernel samepage merging)."""
@@ -73,7 +77,9 @@ def _root(
 
 def _cli_exception_types() -> tuple[type[BaseException], ...]:
     """Exceptions of the CLI toolkit (typer >= 0.29 vendors click; older typer uses click)."""
-    types: list[type[BaseException]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    types: list[type[BaseException]] = (
+        [typer.TyperException] if hasattr(typer, "TyperException") else []
+    )
     try:
         import click
 

@@ -18,8 +18,12 @@ JSON_SCHEMA_VERSION = 1
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON document on stdout.")]
-ForceFlag = Annotated[bool, typer.Option("--force", help="Replace the output if it already exists.")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON document on stdout.")
+]
+ForceFlag = Annotated[
+    bool, typer.Option("--force", help="Replace the output if it already exists.")
+]
 
 
 def _clean(obj: Any) -> Any:

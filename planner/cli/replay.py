@@ -39,7 +39,9 @@ def replay_cmd(
     use_zero_pages: UseZeroPages = False,
     smart_scan: SmartScan = True,
     advisor: Advisor = AdvisorChoice.none,
-    advisor_max_cpu: Annotated[int, typer.Option("--advisor-max-cpu", help="advisor_max_cpu, %.")] = 70,
+    advisor_max_cpu: Annotated[
+        int, typer.Option("--advisor-max-cpu", help="advisor_max_cpu, %.")
+    ] = 70,
     advisor_min_pages: Annotated[
         int, typer.Option("--advisor-min-pages-to-scan", help="advisor_min_pages_to_scan.")
     ] = 500,
@@ -53,26 +55,40 @@ def replay_cmd(
         int, typer.Option("--chains-prune-ms", help="stable_node_chains_prune_millisecs.")
     ] = 2000,
     policy: Annotated[
-        Path | None, typer.Option("--policy", help="Policy file (TOML) restricting which processes use KSM.")
+        Path | None,
+        typer.Option("--policy", help="Policy file (TOML) restricting which processes use KSM."),
     ] = None,
     policy_set: Annotated[
-        str | None, typer.Option("--policy-set", help="Policy set of --policy to use (if it holds several).")
+        str | None,
+        typer.Option("--policy-set", help="Policy set of --policy to use (if it holds several)."),
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", help="Seconds to replay; past the last snapshot it is held. "
-                     "Default: until 24 full scans after the last snapshot."),
+        typer.Option(
+            "--duration",
+            help="Seconds to replay; past the last snapshot it is held. "
+            "Default: until 24 full scans after the last snapshot.",
+        ),
     ] = None,
     settle_scans: Annotated[
-        int, typer.Option("--settle-scans", help="Full scans after the last snapshot (without --duration).")
+        int,
+        typer.Option(
+            "--settle-scans", help="Full scans after the last snapshot (without --duration)."
+        ),
     ] = 24,
-    grid_s: Annotated[float | None, typer.Option("--grid", help="Time-grid step of the timeline, s.")] = None,
+    grid_s: Annotated[
+        float | None, typer.Option("--grid", help="Time-grid step of the timeline, s.")
+    ] = None,
     cost_profile: Annotated[
-        Path | None, typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate').")
+        Path | None,
+        typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
     ] = None,
     engine: Engine = EngineChoice.vectorized,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the timelines as Parquet (+ result.json) to this directory.")
+        Path | None,
+        typer.Option(
+            "--out", help="Write the timelines as Parquet (+ result.json) to this directory."
+        ),
     ] = None,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
@@ -91,23 +107,42 @@ def replay_cmd(
     from planner.engine.api import replay_trace
 
     knobs = KsmKnobs(
-        pages_to_scan=pages_to_scan, sleep_ms=sleep_ms, hz=hz if hz is not None else _trace_hz(trace, host),
-        max_page_sharing=max_page_sharing, use_zero_pages=use_zero_pages, smart_scan=smart_scan,
-        advisor=advisor.value, advisor_max_cpu=advisor_max_cpu, advisor_min_pages_to_scan=advisor_min_pages,
-        advisor_max_pages_to_scan=advisor_max_pages, advisor_target_scan_time_s=advisor_target_s,
+        pages_to_scan=pages_to_scan,
+        sleep_ms=sleep_ms,
+        hz=hz if hz is not None else _trace_hz(trace, host),
+        max_page_sharing=max_page_sharing,
+        use_zero_pages=use_zero_pages,
+        smart_scan=smart_scan,
+        advisor=advisor.value,
+        advisor_max_cpu=advisor_max_cpu,
+        advisor_min_pages_to_scan=advisor_min_pages,
+        advisor_max_pages_to_scan=advisor_max_pages,
+        advisor_target_scan_time_s=advisor_target_s,
         stable_node_chains_prune_ms=prune_ms,
     )
     options = ReplayOptions(
-        duration_s=duration, settle_scans=settle_scans, grid_s=grid_s,
+        duration_s=duration,
+        settle_scans=settle_scans,
+        grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
     )
     if out is not None and out.exists() and not force:
         from planner.errors import OutputExistsError
 
-        raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --force")
+        raise OutputExistsError(
+            f"{out} already exists", hint="choose another --out or pass --force"
+        )
     with progress() as bar:
-        result = replay_trace(trace, host=host, knobs=knobs, options=options, policy_path=policy,
-                              policy_set=policy_set, engine=engine.value, progress=bar)
+        result = replay_trace(
+            trace,
+            host=host,
+            knobs=knobs,
+            options=options,
+            policy_path=policy,
+            policy_set=policy_set,
+            engine=engine.value,
+            progress=bar,
+        )
     if out is not None:
         result.write_parquet(out, overwrite=force)
     if as_json:
@@ -128,7 +163,11 @@ def _trace_hz(trace: Path, host: str | None) -> int:
         return 250
     import pyarrow.parquet as pq
 
-    snaps = pq.read_table(tr.host_path(h) / "snapshots.parquet", columns=["hz"]).column("hz").to_pylist()
+    snaps = (
+        pq.read_table(tr.host_path(h) / "snapshots.parquet", columns=["hz"])
+        .column("hz")
+        .to_pylist()
+    )
     hz = next((v for v in snaps if v), None)
     return hz if hz in (100, 250, 300, 1000) else 250
 
@@ -139,11 +178,18 @@ def _render(r: ReplayResult) -> None:
 
     k = r.knobs
     p = r.provenance
-    note(f"[bold]replay[/] of {p.get('trace_path')} (host {p.get('host')}, trace {str(p.get('trace_hash'))[:19]}) "
-         f"with the {r.engine} engine, policy: {p.get('policy_set')}")
-    note(f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, max_page_sharing "
-         f"{k['max_page_sharing']}, use_zero_pages {int(k['use_zero_pages'])}, smart_scan {int(k['smart_scan'])}, "
-         f"advisor {k['advisor']}")
+    note(
+        f"[bold]replay[/] of {p.get('trace_path')} (host {p.get('host')}, "
+        f"trace {str(p.get('trace_hash'))[:19]}) "
+        f"with the {r.engine} engine, policy: {p.get('policy_set')}"
+    )
+    note(
+        f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, "
+        "max_page_sharing "
+        f"{k['max_page_sharing']}, use_zero_pages {int(k['use_zero_pages'])}, "
+        f"smart_scan {int(k['smart_scan'])}, "
+        f"advisor {k['advisor']}"
+    )
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0
@@ -161,29 +207,67 @@ def _render(r: ReplayResult) -> None:
     for a, b in rows:
         tab.add_row(a, b)
     stderr.print(tab)
-    ctab = Table(box=box.SIMPLE_HEAD, title="KSM counters at the end (/sys/kernel/mm/ksm)", title_justify="left")
+    ctab = Table(
+        box=box.SIMPLE_HEAD,
+        title="KSM counters at the end (/sys/kernel/mm/ksm)",
+        title_justify="left",
+    )
     ctab.add_column("counter")
     ctab.add_column("value", justify="right")
-    for n in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "pages_scanned",
-              "pages_skipped", "full_scans", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
-              "general_profit"):
+    for n in (
+        "pages_shared",
+        "pages_sharing",
+        "pages_unshared",
+        "pages_volatile",
+        "pages_scanned",
+        "pages_skipped",
+        "full_scans",
+        "stable_node_chains",
+        "stable_node_dups",
+        "ksm_zero_pages",
+        "general_profit",
+    ):
         ctab.add_row(n, f"{c[n]:,}")
     stderr.print(ctab)
     cost = r.cost
     ttf = cost.time_to_saving_s
-    fmt = lambda v: "-" if v is None else f"{v:,.1f} s"  # noqa: E731
-    note(f"ksmd CPU {cost.cpu_percent:.2f} % of one core ({cost.cpu_s:.2f} s); mean full scan "
-         f"{fmt(cost.mean_scan_time_s)}; time to 50/90/99 % of the final saving: {fmt(ttf['50'])} / "
-         f"{fmt(ttf['90'])} / {fmt(ttf['99'])}")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.1f} s"
+
+    note(
+        f"ksmd CPU {cost.cpu_percent:.2f} % of one core ({cost.cpu_s:.2f} s); mean full scan "
+        f"{fmt(cost.mean_scan_time_s)}; time to 50/90/99 % of the final saving: {fmt(ttf['50'])} / "
+        f"{fmt(ttf['90'])} / {fmt(ttf['99'])}"
+    )
     procs = sorted(r.final_processes.items(), key=lambda kv: -kv[1]["ksm_process_profit"])
     if procs:
-        pt = Table(box=box.SIMPLE_HEAD, title="processes (ksm_stat), by profit", title_justify="left")
-        for col in ("pid", "rmap_items", "merging_pages", "zero_pages", "profit MiB", "rmap/merging"):
+        pt = Table(
+            box=box.SIMPLE_HEAD, title="processes (ksm_stat), by profit", title_justify="left"
+        )
+        for col in (
+            "pid",
+            "rmap_items",
+            "merging_pages",
+            "zero_pages",
+            "profit MiB",
+            "rmap/merging",
+        ):
             pt.add_column(col, justify="right")
         for pid, s in procs[:12]:
-            ratio = s["ksm_rmap_items"] / s["ksm_merging_pages"] if s["ksm_merging_pages"] else float("inf")
-            pt.add_row(pid, f"{s['ksm_rmap_items']:,}", f"{s['ksm_merging_pages']:,}", f"{s['ksm_zero_pages']:,}",
-                       f"{s['ksm_process_profit'] / MIB:,.2f}", "inf" if ratio == float("inf") else f"{ratio:.1f}")
+            ratio = (
+                s["ksm_rmap_items"] / s["ksm_merging_pages"]
+                if s["ksm_merging_pages"]
+                else float("inf")
+            )
+            pt.add_row(
+                pid,
+                f"{s['ksm_rmap_items']:,}",
+                f"{s['ksm_merging_pages']:,}",
+                f"{s['ksm_zero_pages']:,}",
+                f"{s['ksm_process_profit'] / MIB:,.2f}",
+                "inf" if ratio == float("inf") else f"{ratio:.1f}",
+            )
         stderr.print(pt)
         if len(procs) > 12:
             note(f"... and {len(procs) - 12} more processes (see --json)")

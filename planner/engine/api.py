@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.engine.prepare import ReplayInput, prepare
-from planner.engine.registration import Resolver
-from planner.engine.result import ReplayResult
 from planner.errors import KnobError
-from planner.trace.io import HostTrace
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from planner.engine.registration import Resolver
+    from planner.engine.result import ReplayResult
+    from planner.trace.io import HostTrace
 
 EngineName = Literal["vectorized", "reference"]
 
@@ -54,7 +57,8 @@ def replay(
         opts = replace(opts, snapshot_scans=tuple(snapshot_scans))
     if opts.snapshot_scans is not None and len(opts.snapshot_scans) != len(inp.snapshots):
         raise KnobError(
-            f"snapshot_scans has {len(opts.snapshot_scans)} entries for {len(inp.snapshots)} snapshots",
+            f"snapshot_scans has {len(opts.snapshot_scans)} entries "
+            f"for {len(inp.snapshots)} snapshots",
             hint="give one full-scan number per snapshot",
         )
     if engine == "reference":

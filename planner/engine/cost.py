@@ -29,7 +29,8 @@ PATHS = (
     "unstable",  # unchanged, no match: stable + unstable tree walk, inserted
     "merge",  # merged: joined a KSM page or paired with an unstable page
     "zero_merge",  # mapped to the kernel zero page (use_zero_pages)
-    "no_merge",  # unchanged, not merged and not inserted (same physical page, THP pair, all dups full)
+    # unchanged, not merged and not inserted (same physical page, THP pair, all dups full)
+    "no_merge",
 )
 
 
@@ -67,7 +68,9 @@ class CostProfile:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise InputDataError(f"unknown cost profile fields {sorted(unknown)}", hint=f"expected {sorted(names)}")
+            raise InputDataError(
+                f"unknown cost profile fields {sorted(unknown)}", hint=f"expected {sorted(names)}"
+            )
         try:
             prof = cls(**d)
         except TypeError as exc:
@@ -75,7 +78,9 @@ class CostProfile:
         for f in fields(cls):
             v = getattr(prof, f.name)
             if f.name.endswith("_ns") and (not isinstance(v, int) or v < 0):
-                raise InputDataError(f"cost profile field {f.name} must be a non-negative integer (ns), got {v!r}")
+                raise InputDataError(
+                    f"cost profile field {f.name} must be a non-negative integer (ns), got {v!r}"
+                )
         return prof
 
     @classmethod

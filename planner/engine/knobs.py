@@ -39,23 +39,63 @@ class KsmKnobs:
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
-            (self.pages_to_scan >= 1, "pages_to_scan must be at least 1", "use a positive number of pages"),
-            (self.pages_to_scan <= 0xFFFFFFFF, "pages_to_scan must fit 32 bits", "use at most 4294967295"),
+            (
+                self.pages_to_scan >= 1,
+                "pages_to_scan must be at least 1",
+                "use a positive number of pages",
+            ),
+            (
+                self.pages_to_scan <= 0xFFFFFFFF,
+                "pages_to_scan must fit 32 bits",
+                "use at most 4294967295",
+            ),
             (self.sleep_ms >= 0, "sleep_ms cannot be negative", "use 0 or more milliseconds"),
             (self.sleep_ms <= 0xFFFFFFFF, "sleep_ms must fit 32 bits", "use at most 4294967295"),
-            (self.hz in (100, 250, 300, 1000), f"hz {self.hz} is not a kernel CONFIG_HZ", "use 100, 250, 300 or 1000"),
-            (self.max_page_sharing >= 2, "max_page_sharing must be at least 2", "the kernel refuses values below 2"),
-            (self.advisor in ("none", "scan-time"), f"unknown advisor {self.advisor!r}", "use none or scan-time"),
-            (1 <= self.advisor_max_cpu <= 100, "advisor_max_cpu must be 1..100", "it is a percentage"),
-            (self.advisor_min_pages_to_scan >= 1, "advisor_min_pages_to_scan must be at least 1", "use >= 1"),
+            (
+                self.hz in (100, 250, 300, 1000),
+                f"hz {self.hz} is not a kernel CONFIG_HZ",
+                "use 100, 250, 300 or 1000",
+            ),
+            (
+                self.max_page_sharing >= 2,
+                "max_page_sharing must be at least 2",
+                "the kernel refuses values below 2",
+            ),
+            (
+                self.advisor in ("none", "scan-time"),
+                f"unknown advisor {self.advisor!r}",
+                "use none or scan-time",
+            ),
+            (
+                1 <= self.advisor_max_cpu <= 100,
+                "advisor_max_cpu must be 1..100",
+                "it is a percentage",
+            ),
+            (
+                self.advisor_min_pages_to_scan >= 1,
+                "advisor_min_pages_to_scan must be at least 1",
+                "use >= 1",
+            ),
             (
                 self.advisor_max_pages_to_scan >= self.advisor_min_pages_to_scan,
                 "advisor_max_pages_to_scan is below advisor_min_pages_to_scan",
                 "raise the maximum",
             ),
-            (self.advisor_target_scan_time_s >= 1, "advisor_target_scan_time_s must be at least 1", "use >= 1"),
-            (self.stable_node_chains_prune_ms >= 0, "stable_node_chains_prune_ms cannot be negative", "use >= 0"),
-            (self.advisor_initial_cpu_s >= 0, "advisor_initial_cpu_s cannot be negative", "use >= 0"),
+            (
+                self.advisor_target_scan_time_s >= 1,
+                "advisor_target_scan_time_s must be at least 1",
+                "use >= 1",
+            ),
+            (
+                self.stable_node_chains_prune_ms >= 0,
+                "stable_node_chains_prune_ms cannot be negative",
+                "use >= 0",
+            ),
+            (
+                self.advisor_initial_cpu_s >= 0,
+                "advisor_initial_cpu_s cannot be negative",
+                "use >= 0",
+            ),
         ]
         for ok, message, hint in checks:
             if not ok:

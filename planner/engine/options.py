@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,20 +33,32 @@ class ReplayOptions:
 
     def __post_init__(self) -> None:
         if self.duration_s is not None and not self.duration_s > 0:
-            raise KnobError(f"duration must be positive, got {self.duration_s}", hint="give seconds > 0")
+            raise KnobError(
+                f"duration must be positive, got {self.duration_s}", hint="give seconds > 0"
+            )
         if self.grid_s is not None and not self.grid_s > 0:
-            raise KnobError(f"grid step must be positive, got {self.grid_s}", hint="give seconds > 0")
+            raise KnobError(
+                f"grid step must be positive, got {self.grid_s}", hint="give seconds > 0"
+            )
         if self.settle_scans < 0:
             raise KnobError("settle_scans cannot be negative", hint="use 0 or more")
         if self.max_scans < 1:
             raise KnobError("max_scans must be at least 1", hint="use 1 or more")
         if self.snapshot_alignment not in ("time", "scan"):
-            raise KnobError(f"unknown snapshot alignment {self.snapshot_alignment!r}", hint="use time or scan")
+            raise KnobError(
+                f"unknown snapshot alignment {self.snapshot_alignment!r}", hint="use time or scan"
+            )
         if self.snapshot_scans is not None:
             s = self.snapshot_scans
-            if not s or s[0] > 1 or any(x < 1 for x in s) or any(b < a for a, b in zip(s, s[1:], strict=False)):
+            if (
+                not s
+                or s[0] > 1
+                or any(x < 1 for x in s)
+                or any(b < a for a, b in itertools.pairwise(s))
+            ):
                 raise KnobError(
-                    "snapshot_scans must give, for every snapshot, the full scan (>= 1, non-decreasing) "
+                    "snapshot_scans must give, for every snapshot, the full scan "
+                    "(>= 1, non-decreasing) "
                     "from which it is visible; the first snapshot is visible from scan 1"
                 )
 

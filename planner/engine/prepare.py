@@ -18,18 +18,23 @@ KSM state:
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
 from planner.errors import InputDataError
-from planner.trace.io import HostTrace
 from planner.trace.schema import PageFlag
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from planner.trace.io import HostTrace
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -63,7 +68,9 @@ class SnapshotRows:
     fresh_group: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     n_fresh: int = 0
     same_content_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    key_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))  # previous row, same (mm, page)
+    key_src: I64 = field(
+        default_factory=lambda: np.empty(0, np.int64)
+    )  # previous row, same (mm, page)
     released_old: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     _n_frames: int | None = field(default=None, repr=False)
     _groups: tuple[U64, npt.NDArray[np.int32]] | None = field(default=None, repr=False)
@@ -173,14 +180,16 @@ def prepare(
     snaps = ht.snapshots.to_pydict()
     sids: list[int] = snaps["snapshot_id"]
     times_s: list[float] = snaps["time_s"]
-    if any(b < a for a, b in zip(times_s, times_s[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(times_s)):
         raise InputDataError("snapshot times go backwards", hint="re-create or re-ingest the trace")
     sid_index = {sid: i for i, sid in enumerate(sids)}
 
     # ---- process instances ----------------------------------------------------------
     procs = ht.processes.to_pydict()
     key_mm: dict[tuple[int, int, int], int] = {}
-    gen: dict[tuple[int, int], tuple[int, Any, Any]] = {}  # (pid, start) -> (generation, comm, cmdline_hash)
+    gen: dict[
+        tuple[int, int], tuple[int, Any, Any]
+    ] = {}  # (pid, start) -> (generation, comm, cmdline_hash)
     present: list[list[int]] = [[] for _ in sids]
     raw: list[dict[str, Any]] = []
     row_mm = np.full(len(procs["pid"]), -1, np.int64)
@@ -189,7 +198,9 @@ def prepare(
             continue
         k = sid_index.get(procs["snapshot_id"][r])
         if k is None:
-            raise InputDataError(f"processes row {r} refers to unknown snapshot {procs['snapshot_id'][r]}")
+            raise InputDataError(
+                f"processes row {r} refers to unknown snapshot {procs['snapshot_id'][r]}"
+            )
         pid, start = int(procs["pid"][r]), int(procs["proc_start"][r])
         comm, ch = procs["comm"][r], procs["cmdline_hash"][r]
         g, pcomm, pch = gen.get((pid, start), (0, comm, ch))
@@ -222,7 +233,8 @@ def prepare(
         for k in range(first[m], last_seen[m] + 1):
             if m not in present[k]:
                 raise InputDataError(
-                    f"process {raw[m]['pid']} (start {raw[m]['start']}) disappears at snapshot {sids[k]} and "
+                    f"process {raw[m]['pid']} (start {raw[m]['start']}) disappears at "
+                    f"snapshot {sids[k]} and "
                     "comes back with the same start time",
                     hint="a process cannot come back; check the trace's proc_start values",
                 )
@@ -282,7 +294,11 @@ def prepare(
                 first_snap=first[m],
                 exit_snap=exit_snap,
                 registration=reg,
-                reg_order=(float(rt) if rt is not None else float("inf"), raw[m]["pid"], raw[m]["start"]),
+                reg_order=(
+                    float(rt) if rt is not None else float("inf"),
+                    raw[m]["pid"],
+                    raw[m]["start"],
+                ),
                 info=info,
             )
         )
@@ -301,8 +317,8 @@ def prepare(
         usable &= ~np.asarray(hash_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if frame_col.null_count:
         usable &= ~np.asarray(frame_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    p_hash = np.asarray(hash_col.fill_null(0).to_numpy(), dtype=np.uint64)
-    p_frame = np.asarray(frame_col.fill_null(0).to_numpy(), dtype=np.uint64)
+    p_hash = np.asarray(hash_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
+    p_frame = np.asarray(frame_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
     zero_hash = meta.get("zero_hash")
     p_zero = (p_flags & np.uint16(PageFlag.ZERO)) != 0
     if zero_hash is not None:
@@ -325,7 +341,7 @@ def prepare(
     for k, sid in enumerate(sids):
         sel = np.flatnonzero((proc_sid == sid) & (row_mm >= 0))
         pid_to_mm = {int(proc_pid[i]): int(row_mm[i]) for i in sel}
-        lo, hi = np.searchsorted(p_sid, [sid, sid + 1])
+        lo, hi = (int(x) for x in np.searchsorted(p_sid, [sid, sid + 1]))
         idx = np.arange(lo, hi)
         idx = idx[usable[lo:hi]]
         pids_here = p_pid[idx]
@@ -339,8 +355,8 @@ def prepare(
         mm_of_pid = np.array([pid_to_mm[int(p)] for p in upids], dtype=np.int32)
         r_mm = mm_of_pid[inv] if idx.size else np.empty(0, np.int32)
         r_page = (p_addr[idx] >> np.uint64(shift)).astype(np.uint64)
-        order = np.lexsort((r_page, r_mm))
-        idx, r_mm, r_page = idx[order], r_mm[order], r_page[order]
+        by_key = np.lexsort((r_page, r_mm))
+        idx, r_mm, r_page = idx[by_key], r_mm[by_key], r_page[by_key]
         # mapping kind -> eligibility, per row via the mapping table of this snapshot
         mlo, mhi = np.searchsorted(m_sid, [sid, sid + 1])
         eligible = np.zeros(idx.size, dtype=bool)
@@ -349,19 +365,22 @@ def prepare(
         mm_pos = {int(m): i for i, m in enumerate(mm_present)}
         map_key: dict[tuple[int, int], bool] = {}
         for j in range(mlo, mhi):
-            mm = pid_to_mm.get(int(m_pid[j]))
-            if mm is None:
+            mm_j = pid_to_mm.get(int(m_pid[j]))
+            if mm_j is None:
                 continue
-            ok = mms[mm].registration.mergeable(m_kind[j], int(m_start[j]), int(m_end[j]))
+            ok = mms[mm_j].registration.mergeable(str(m_kind[j]), int(m_start[j]), int(m_end[j]))
             map_key[(int(m_pid[j]), int(m_start[j]))] = ok
             if ok:
-                mergeable[mm_pos[mm]] = True
+                mergeable[mm_pos[mm_j]] = True
         if idx.size:
             vmas = p_vma[idx]
             r_pid = p_pid[idx]
             # rows whose (pid, vma_start) has no mapping row fall back to the page's own check
-            uniq, uinv = np.unique(np.stack([r_pid.astype(np.uint64), vmas.astype(np.uint64)]), axis=1,
-                                   return_inverse=True)
+            uniq, uinv = np.unique(
+                np.stack([r_pid.astype(np.uint64), vmas.astype(np.uint64)]),
+                axis=1,
+                return_inverse=True,
+            )
             uok = np.zeros(uniq.shape[1], dtype=bool)
             for u in range(uniq.shape[1]):
                 pid_u, vs = int(uniq[0, u]), int(uniq[1, u])
@@ -373,8 +392,11 @@ def prepare(
                     if uok[u]:
                         mergeable[mm_pos[pid_to_mm[pid_u]]] = True
             eligible = uok[uinv.reshape(-1)]
-        counts = np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size) if idx.size else np.zeros(
-            mm_present.size, np.int64)
+        counts = (
+            np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
+            if idx.size
+            else np.zeros(mm_present.size, np.int64)
+        )
         mm_hi = np.cumsum(counts).astype(np.int64)
         mm_lo = mm_hi - counts
         for i, m in enumerate(mm_present.tolist()):
@@ -382,7 +404,7 @@ def prepare(
                 mergeable[i] = True
         cur = SnapshotRows(
             index=k,
-            time_ns=int(round(times_s[k] * 1e9)),
+            time_ns=round(times_s[k] * 1e9),
             mm=r_mm.astype(np.int32),
             page=r_page,
             hash=p_hash[idx],
@@ -421,7 +443,8 @@ def _content_key(frame: U64, hash_: U64) -> U64:
 
 
 def _lookup(keys_sorted: U64, src_idx: I64, f_src: U64, h_src: U64, f: U64, h: U64, kq: U64) -> I64:
-    """For each query (frame ``f``, hash ``h``, key ``kq``), the first source row with that pair, or -1."""
+    """For each query (frame ``f``, hash ``h``, key ``kq``): the first source row with that
+    pair, or -1."""
     out = np.full(kq.size, -1, np.int64)
     if keys_sorted.size == 0 or kq.size == 0:
         return out
@@ -484,27 +507,41 @@ def _link(prev: SnapshotRows | None, cur: SnapshotRows, mms: list[MmInfo]) -> No
             got = _lookup(ks, rs, prev.frame, prev.hash, rf, rh, kq)
             inherit_old[rest] = np.where(inherit[rest] < 0, got, -1)
         # prefer the parent process's row at the same page when it maps the same frame
-        parent_of = np.array([m.parent_mm if m.parent_mm is not None else -1 for m in mms] + [-1], np.int64)
+        parent_of = np.array(
+            [m.parent_mm if m.parent_mm is not None else -1 for m in mms] + [-1], np.int64
+        )
         par = parent_of[cur.mm[rest]]
         cand = np.flatnonzero((par >= 0) & ((inherit[rest] >= 0) | (inherit_old[rest] >= 0)))
         if cand.size:
             rows = rest[cand]
             pkey = (par[cand].astype(np.uint64) << _MM_SHIFT) | cur.page[rows]
             q = np.minimum(np.searchsorted(ck, pkey), n - 1)
-            ok = (ck[q] == pkey) & (carry[q] >= 0) & (cur.frame[q] == cur.frame[rows]) & (cur.hash[q] == cur.hash[rows])
+            ok = (
+                (ck[q] == pkey)
+                & (carry[q] >= 0)
+                & (cur.frame[q] == cur.frame[rows])
+                & (cur.hash[q] == cur.hash[rows])
+            )
             inherit[rows[ok]] = q[ok]
             inherit_old[rows[ok]] = -1
             if prev is not None and prev.n:
                 todo = ~ok
                 q2 = np.minimum(np.searchsorted(pk, pkey), pk.size - 1)
-                ok2 = todo & (pk[q2] == pkey) & (prev.frame[q2] == cur.frame[rows]) & (prev.hash[q2] == cur.hash[rows])
+                ok2 = (
+                    todo
+                    & (pk[q2] == pkey)
+                    & (prev.frame[q2] == cur.frame[rows])
+                    & (prev.hash[q2] == cur.hash[rows])
+                )
                 inherit_old[rows[ok2]] = q2[ok2]
                 inherit[rows[ok2]] = -1
     fresh = np.full(n, -1, np.int64)
     need = np.flatnonzero((carry < 0) & (inherit < 0) & (inherit_old < 0))
     n_fresh = 0
     if need.size:
-        _, ginv = np.unique(np.stack([cur.frame[need], cur.hash[need]]), axis=1, return_inverse=True)
+        _, ginv = np.unique(
+            np.stack([cur.frame[need], cur.hash[need]]), axis=1, return_inverse=True
+        )
         fresh[need] = ginv.reshape(-1)
         n_fresh = int(ginv.max()) + 1
     cur.carry_src = carry

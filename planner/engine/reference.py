@@ -28,14 +28,12 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import PATHS, CostProfile
-from planner.engine.knobs import KsmKnobs
-from planner.engine.options import ReplayOptions
-from planner.engine.prepare import ReplayInput
 from planner.engine.result import (
     CostSummary,
     GridRecord,
@@ -48,6 +46,11 @@ from planner.engine.result import (
 )
 from planner.engine.timing import NS_PER_MS, NS_PER_S, AdvisorState, advisor_step, sleep_ns
 from planner.provenance import tool_version
+
+if TYPE_CHECKING:
+    from planner.engine.knobs import KsmKnobs
+    from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput
 
 ZERO = -1  # phys value of a PTE mapping the kernel zero page (use_zero_pages)
 NONE, UNSTABLE, STABLE = 0, 1, 2
@@ -191,7 +194,7 @@ class ReferenceEngine:
                     self.stale_watch.add(e)
 
     def _apply_snapshot(self, k: int) -> None:
-        """The trace's world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
+        """The world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
         new = self.inp.snapshots[k]
         old = self.inp.snapshots[self.snap_i] if self.snap_i >= 0 else None
         oldphys = self.phys
@@ -220,12 +223,20 @@ class ReferenceEngine:
             for o in new.released_old.tolist():
                 self._release(int(old.mm[o]), oldphys[o])
         self.phys = phys
-        self.row_of = {(int(m), int(p)): i for i, (m, p) in enumerate(zip(new.mm.tolist(), new.page.tolist(), strict=True))}
+        self.row_of = {
+            (int(m), int(p)): i
+            for i, (m, p) in enumerate(zip(new.mm.tolist(), new.page.tolist(), strict=True))
+        }
         self.snap_i = k
         # unstable entries whose page changed or vanished are dropped
         for key, it in list(self.unstable.items()):
-            i = self.row_of.get((it.mm, it.page))
-            if i is None or int(new.hash[i]) != key or phys[i] == ZERO or not new.eligible[i]:
+            row = self.row_of.get((it.mm, it.page))
+            if (
+                row is None
+                or int(new.hash[row]) != key
+                or phys[row] == ZERO
+                or not new.eligible[row]
+            ):
                 del self.unstable[key]
         # exits (__ksm_exit)
         for mm in self.inp.exiting(k):
@@ -237,10 +248,12 @@ class ReferenceEngine:
                 if self.items.get(mm):
                     at = 0 if self.cursor is None else self.slots.index(self.cursor) + 1
                     self.slots.insert(at, mm)
-        # registrations (__ksm_enter): new processes, and madvise processes that gained a mergeable mapping
+        # registrations (__ksm_enter): new processes, and madvise processes that gained a
+        # mergeable mapping
         entering = self.inp.entering(k)
         later = [
-            int(m) for m, ok in zip(new.mm_present.tolist(), new.mm_mergeable.tolist(), strict=True)
+            int(m)
+            for m, ok in zip(new.mm_present.tolist(), new.mm_mergeable.tolist(), strict=True)
             if ok and int(m) not in entering and self.inp.mms[int(m)].registration.mode != "off"
         ]
         pos = {int(m): i for i, m in enumerate(new.mm_present.tolist())}
@@ -283,7 +296,11 @@ class ReferenceEngine:
 
     def _chain_visit(self, chain: _Chain, *, prune: bool) -> _Node | None:
         """stable_node_dup(): pick a dup; free stale dups met; collapse or free the chain."""
-        if prune and self.scan_start_ns >= chain.prune_ns + self.k.stable_node_chains_prune_ms * NS_PER_MS:
+        if (
+            prune
+            and self.scan_start_ns
+            >= chain.prune_ns + self.k.stable_node_chains_prune_ms * NS_PER_MS
+        ):
             chain.prune_ns = self.scan_start_ns
         else:
             prune = False
@@ -293,7 +310,8 @@ class ReferenceEngine:
                 self._remove_node(dup)
                 continue
             if found is None or (
-                self._candidate(dup) and (not self._candidate(found) or len(dup.items) > len(found.items))
+                self._candidate(dup)
+                and (not self._candidate(found) or len(dup.items) > len(found.items))
             ):
                 found = dup
                 if not prune and self._candidate(found):
@@ -612,9 +630,17 @@ class ReferenceEngine:
     def counters(self) -> dict[str, int]:
         """The global counters now."""
         return global_counters(
-            shared=self.shared, sharing=self.sharing, unshared=self.unshared, rmap_items=self.rmap_items,
-            scanned=self.scanned, skipped=self.skipped, full_scans=self.seqnr, chains=self.n_chains,
-            dups=self.n_dups, zero_pages=self.zero_pages, page_size=self.page_size,
+            shared=self.shared,
+            sharing=self.sharing,
+            unshared=self.unshared,
+            rmap_items=self.rmap_items,
+            scanned=self.scanned,
+            skipped=self.skipped,
+            full_scans=self.seqnr,
+            chains=self.n_chains,
+            dups=self.n_dups,
+            zero_pages=self.zero_pages,
+            page_size=self.page_size,
         )
 
     def processes(self) -> dict[str, dict[str, int]]:
@@ -625,7 +651,9 @@ class ReferenceEngine:
         for mm in self.inp.snapshots[self.snap_i].mm_present.tolist():
             key = str(self.inp.mms[mm].pid)
             out[key] = process_counters(
-                rmap_items=self.mm_rmap[mm], merging=self.mm_merging[mm], zero=self.mm_zero[mm],
+                rmap_items=self.mm_rmap[mm],
+                merging=self.mm_merging[mm],
+                zero=self.mm_zero[mm],
                 page_size=self.page_size,
             )
         return out
@@ -675,7 +703,14 @@ class ReferenceEngine:
         opts = self.o
         end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
         span_ns = snaps[-1].time_ns if K else 0
-        grid_ns = int((opts.grid_s if opts.grid_s else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)) * NS_PER_S)
+        grid_ns = int(
+            (
+                opts.grid_s
+                if opts.grid_s
+                else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)
+            )
+            * NS_PER_S
+        )
         grid: list[GridRecord] = []
         next_grid = 0
         scans: list[ScanRecord] = []
@@ -734,23 +769,37 @@ class ReferenceEngine:
                 end_t = t + cpu
                 if self.k.advisor == "scan-time":
                     pages, _, _ = advisor_step(
-                        self.advisor, pages_to_scan=self.pages_to_scan, now_ns=end_t, ksmd_cpu_ns=self.cpu_ns,
-                        target_scan_time_s=self.k.advisor_target_scan_time_s, max_cpu=self.k.advisor_max_cpu,
+                        self.advisor,
+                        pages_to_scan=self.pages_to_scan,
+                        now_ns=end_t,
+                        ksmd_cpu_ns=self.cpu_ns,
+                        target_scan_time_s=self.k.advisor_target_scan_time_s,
+                        max_cpu=self.k.advisor_max_cpu,
                         max_pages=self.k.advisor_max_pages_to_scan,
                     )
                     self.pages_to_scan = pages
                 self.tree_pages_for_cost = self.unshared
                 scans.append(
                     ScanRecord(
-                        full_scans=self.seqnr, t_s=end_t / NS_PER_S, scan_time_s=(end_t - scan_start_t) / NS_PER_S,
-                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S, pages_to_scan=pts, batches=scan_batches,
-                        counters=self.counters(), processes=self.processes(), truth=self.truth(),
+                        full_scans=self.seqnr,
+                        t_s=end_t / NS_PER_S,
+                        scan_time_s=(end_t - scan_start_t) / NS_PER_S,
+                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S,
+                        pages_to_scan=pts,
+                        batches=scan_batches,
+                        counters=self.counters(),
+                        processes=self.processes(),
+                        truth=self.truth(),
                     )
                 )
                 self.progress.advance(1)
                 if self.next_snap >= K:
                     scans_after_last = (scans_after_last or 0) + 1
-                if end_ns is None and scans_after_last is not None and scans_after_last >= opts.settle_scans:
+                if (
+                    end_ns is None
+                    and scans_after_last is not None
+                    and scans_after_last >= opts.settle_scans
+                ):
                     t = end_t
                     break
                 if self.seqnr >= opts.max_scans:
@@ -768,11 +817,15 @@ class ReferenceEngine:
         self.progress.finish()
         return self._result(end, scans, grid, batches)
 
-    def _result(self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int) -> ReplayResult:
+    def _result(
+        self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int
+    ) -> ReplayResult:
         duration_s = end_ns / NS_PER_S
         truth = self.truth()
-        points = sorted([(g.t_s, float(g.truth.saved_frames)) for g in grid]
-                        + [(r.t_s, float(r.truth.saved_frames)) for r in scans])
+        points = sorted(
+            [(g.t_s, float(g.truth.saved_frames)) for g in grid]
+            + [(r.t_s, float(r.truth.saved_frames)) for r in scans]
+        )
         scan_times = [s.scan_time_s for s in scans]
         cost = CostSummary(
             cpu_s=(self.cpu_ns - self.cpu_start_ns) / NS_PER_S,
@@ -804,7 +857,9 @@ class ReferenceEngine:
             final_truth=truth,
             cost=cost,
             snapshot_first_scan=self.snapshot_first_scan,
-            snapshot_applied_s=[None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns],
+            snapshot_applied_s=[
+                None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns
+            ],
             final_node_members=self._node_members(),
         )
 

@@ -27,7 +27,7 @@ class Registration:
     rule: str | None = None  # which policy rule decided (for reports)
 
     def mergeable(self, kind: str, start: int, end: int) -> bool:
-        """Whether a mapping ``[start, end)`` of ``kind`` is VM_MERGEABLE under this registration."""
+        """Whether a mapping ``[start, end)`` of ``kind`` is VM_MERGEABLE here."""
         if self.mode == "prctl":
             return True
         if self.mode == "off":

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.engine.cost import PATHS
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RMAP_ITEM_BYTES = 64
 STABLE_NODE_BYTES = 64
@@ -137,7 +139,7 @@ class ScanRecord:
     truth: Truth
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON shape: ``{"full_scans", "t_s", <every global counter>, "processes": {...}, ...}``."""
+        """JSON: ``{"full_scans", "t_s", <every global counter>, "processes": {...}, ...}``."""
         return {
             "full_scans": self.full_scans,
             "t_s": self.t_s,
@@ -233,9 +235,16 @@ class ReplayResult:
 
         scans = pd.DataFrame(
             [
-                {"full_scans": s.full_scans, "t_s": s.t_s, "scan_time_s": s.scan_time_s, "cpu_s": s.cpu_s,
-                 "pages_to_scan": s.pages_to_scan, "batches": s.batches,
-                 **{k: v for k, v in s.counters.items() if k != "full_scans"}, **s.truth.to_dict()}
+                {
+                    "full_scans": s.full_scans,
+                    "t_s": s.t_s,
+                    "scan_time_s": s.scan_time_s,
+                    "cpu_s": s.cpu_s,
+                    "pages_to_scan": s.pages_to_scan,
+                    "batches": s.batches,
+                    **{k: v for k, v in s.counters.items() if k != "full_scans"},
+                    **s.truth.to_dict(),
+                }
                 for s in self.scans
             ]
         )
@@ -258,7 +267,9 @@ class ReplayResult:
         with atomic_dir(out, overwrite=overwrite, private=False) as tmp:
             for name, df in self.timelines().items():
                 df.to_parquet(tmp / f"{name}.parquet", index=False)
-            (tmp / "result.json").write_text(json.dumps(_json_safe(self.to_json()), indent=1) + "\n")
+            (tmp / "result.json").write_text(
+                json.dumps(_json_safe(self.to_json()), indent=1) + "\n"
+            )
 
 
 def _json_safe(obj: Any) -> Any:
@@ -271,7 +282,9 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def time_to_fraction(points: list[tuple[float, float]], final: float, fractions: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
+def time_to_fraction(
+    points: list[tuple[float, float]], final: float, fractions: tuple[int, ...] = (50, 90, 99)
+) -> dict[str, float | None]:
     """First time at which ``value >= fraction% of final`` in a chronological series."""
     out: dict[str, float | None] = {}
     for f in fractions:

@@ -24,18 +24,14 @@ every full scan) and to the kernel by the conformance tests.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import PATHS
-from planner.engine.knobs import KsmKnobs
-from planner.engine.options import ReplayOptions
-from planner.engine.prepare import ReplayInput, SnapshotRows
 from planner.engine.result import (
     CostSummary,
     GridRecord,
@@ -48,6 +44,11 @@ from planner.engine.result import (
 )
 from planner.engine.timing import NS_PER_MS, NS_PER_S, AdvisorState, advisor_step, sleep_ns
 from planner.provenance import tool_version
+
+if TYPE_CHECKING:
+    from planner.engine.knobs import KsmKnobs
+    from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput, SnapshotRows
 
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
@@ -66,7 +67,9 @@ _SKIP_AGE = np.array([1, 1, 1, 1, 2, 2, 4, 4, 4] + [8] * 247, dtype=np.uint8)
 # path codes, in the order of cost.PATHS
 P_KSM, P_FORK, P_SKIP, P_FIRST, P_VOL, P_UNST, P_MERGE, P_ZERO, P_NOMERGE = range(len(PATHS))
 # counters carried as deltas
-C_SHARED, C_SHARING, C_UNSHARED, C_RMAP, C_CHAINS, C_DUPS, C_ZERO, C_FRAMES, C_KSMPAGES, C_NODES = range(10)
+C_SHARED, C_SHARING, C_UNSHARED, C_RMAP, C_CHAINS, C_DUPS, C_ZERO, C_FRAMES, C_KSMPAGES, C_NODES = (
+    range(10)
+)
 N_COUNTERS = 10
 
 ITEM_FIELDS = {
@@ -93,6 +96,12 @@ class _Grow:
             new[: self.a.size] = self.a
             self.a = new
         self.n = max(self.n, n)
+
+
+def _set_n(grows: tuple[_Grow, ...], n: int) -> None:
+    """Undo of node allocations: the growable node arrays end at ``n`` again."""
+    for g in grows:
+        g.n = n
 
 
 @dataclass(eq=False)
@@ -181,7 +190,7 @@ class _Events:
         delta = np.zeros((nb, N_COUNTERS), np.int64)
         for p, slot, v in self.parts:
             if np.isscalar(v):
-                delta[:, slot] += self._counts(p, bpos) * int(v)
+                delta[:, slot] += self._counts(p, bpos) * int(v)  # type: ignore[arg-type]
             else:
                 delta[:, slot] += self._sums(p, v, bpos)
         paths = np.zeros((nb, len(PATHS)), np.int64)
@@ -189,7 +198,9 @@ class _Events:
             paths[:, path] += self._counts(p, bpos)
         if self.one_pos:
             b = np.searchsorted(bpos, np.asarray(self.one_pos, np.int64), side="right") - 1
-            np.add.at(delta, (b, np.asarray(self.one_slot, np.int64)), np.asarray(self.one_val, np.int64))
+            np.add.at(
+                delta, (b, np.asarray(self.one_slot, np.int64)), np.asarray(self.one_val, np.int64)
+            )
         if self.one_ppos:
             b = np.searchsorted(bpos, np.asarray(self.one_ppos, np.int64), side="right") - 1
             np.add.at(paths, (b, np.asarray(self.one_path, np.int64)), 1)
@@ -198,12 +209,14 @@ class _Events:
     def paths(self) -> tuple[I64, I64]:
         """All path events (for the debugging visit log)."""
         pos = [p for p, _ in self.pparts] + [np.asarray(self.one_ppos, np.int64)]
-        path = [np.full(p.size, c, np.int64) for p, c in self.pparts] + [np.asarray(self.one_path, np.int64)]
+        path = [np.full(p.size, c, np.int64) for p, c in self.pparts] + [
+            np.asarray(self.one_path, np.int64)
+        ]
         return np.concatenate(pos), np.concatenate(path)
 
 
 class _Masked:
-    """Write per-position values to row-aligned arrays: a slice when the positions are contiguous rows."""
+    """Write per-position values to row-aligned arrays (a slice when the rows are contiguous)."""
 
     def __init__(self, rows: Any, P: int, contiguous: bool) -> None:
         self.rows = rows
@@ -226,7 +239,9 @@ class _Epoch:
 
     batch_times: I64  # start time of each batch
     batch_cpu: I64  # CPU ns of each batch
-    cum: npt.NDArray[np.int64]  # (batches, N_COUNTERS + 2): counters after each batch (+scanned, skipped)
+    cum: npt.NDArray[
+        np.int64
+    ]  # (batches, N_COUNTERS + 2): counters after each batch (+scanned, skipped)
     scan_ended: bool
 
 
@@ -310,7 +325,7 @@ class VectorizedEngine:
 
     # ================================================================== snapshots
 
-    def _mappers(self, ents: I64, delta: int, mms: I64) -> None:
+    def _mappers(self, ents: npt.NDArray[np.integer[Any]], delta: int, mms: I64) -> None:
         zero = ents == ZERO
         if zero.any():
             np.add.at(self.mm_zero, mms[zero], delta)
@@ -325,7 +340,12 @@ class VectorizedEngine:
         old = self.snap
         n = new.n
         phys = np.empty(n, np.int32)
-        carry, inh, inh_old, fresh = new.carry_src, new.inherit_src, new.inherit_old, new.fresh_group
+        carry, inh, inh_old, fresh = (
+            new.carry_src,
+            new.inherit_src,
+            new.inherit_old,
+            new.fresh_group,
+        )
         has_c = carry >= 0
         phys[has_c] = self.phys[carry[has_c]]
         m = inh >= 0
@@ -438,8 +458,8 @@ class VectorizedEngine:
         """Items follow their (mm, page) from the old rows to the new ones, or become orphans."""
         n = new.n
         ex = np.zeros(n, bool)
-        it = {f: np.full(n, fill, dt) for f, (dt, fill) in ITEM_FIELDS.items()}
-        orph_keys = []
+        it: dict[str, Any] = {f: np.full(n, fill, dt) for f, (dt, fill) in ITEM_FIELDS.items()}
+        orph_keys: list[U64] = []
         orph_fields = []
         if old is not None and old.n:
             # items of the previous rows follow their (mm, page) (prepare linked the rows)
@@ -454,7 +474,9 @@ class VectorizedEngine:
             lost = self.it_exists.copy()
             lost[src] = False
             lost_rows = np.flatnonzero(lost)
-            orph_keys.append((old.mm[lost_rows].astype(np.uint64) << _KEY_SHIFT) | old.page[lost_rows])
+            orph_keys.append(
+                (old.mm[lost_rows].astype(np.uint64) << _KEY_SHIFT) | old.page[lost_rows]
+            )
             orph_fields.append({f: v[lost_rows] for f, v in self.it.items()})
         if self.o_key.size:
             # items whose page was absent: back when their (mm, page) is present again
@@ -472,7 +494,9 @@ class VectorizedEngine:
             keys = np.concatenate(orph_keys)
             order = np.argsort(keys, kind="stable")
             self.o_key = keys[order]
-            self.orph = {f: np.concatenate([of[f] for of in orph_fields])[order] for f in ITEM_FIELDS}
+            self.orph = {
+                f: np.concatenate([of[f] for of in orph_fields])[order] for f in ITEM_FIELDS
+            }
         self.it_exists = ex
         self.it = it
 
@@ -496,7 +520,8 @@ class VectorizedEngine:
                 stale.append(d)
                 continue
             if found is None or (
-                self._cand(d) and (not self._cand(found) or self.node_len.a[d] > self.node_len.a[found])
+                self._cand(d)
+                and (not self._cand(found) or self.node_len.a[d] > self.node_len.a[found])
             ):
                 found = d
                 if not prune and self._cand(found):
@@ -516,16 +541,27 @@ class VectorizedEngine:
 
     # ================================================================== observation
 
-    def counters(self, c: npt.NDArray[np.int64] | None = None, scanned: int | None = None,
-                 skipped: int | None = None, full_scans: int | None = None) -> dict[str, int]:
+    def counters(
+        self,
+        c: npt.NDArray[np.int64] | None = None,
+        scanned: int | None = None,
+        skipped: int | None = None,
+        full_scans: int | None = None,
+    ) -> dict[str, int]:
         """The global counters (now, or from a per-batch vector)."""
         c = self.c if c is None else c
         return global_counters(
-            shared=int(c[C_SHARED]), sharing=int(c[C_SHARING]), unshared=int(c[C_UNSHARED]),
-            rmap_items=int(c[C_RMAP]), scanned=self.scanned if scanned is None else scanned,
+            shared=int(c[C_SHARED]),
+            sharing=int(c[C_SHARING]),
+            unshared=int(c[C_UNSHARED]),
+            rmap_items=int(c[C_RMAP]),
+            scanned=self.scanned if scanned is None else scanned,
             skipped=self.skipped if skipped is None else skipped,
-            full_scans=self.seqnr if full_scans is None else full_scans, chains=int(c[C_CHAINS]),
-            dups=int(c[C_DUPS]), zero_pages=int(c[C_ZERO]), page_size=self.page_size,
+            full_scans=self.seqnr if full_scans is None else full_scans,
+            chains=int(c[C_CHAINS]),
+            dups=int(c[C_DUPS]),
+            zero_pages=int(c[C_ZERO]),
+            page_size=self.page_size,
         )
 
     def truth(self, c: npt.NDArray[np.int64] | None = None) -> Truth:
@@ -548,7 +584,9 @@ class VectorizedEngine:
         out: dict[str, dict[str, int]] = {}
         for mm in self.snap.mm_present.tolist():
             out[str(self.inp.mms[mm].pid)] = process_counters(
-                rmap_items=int(self.mm_rmap[mm]), merging=int(self.mm_merging[mm]), zero=int(self.mm_zero[mm]),
+                rmap_items=int(self.mm_rmap[mm]),
+                merging=int(self.mm_merging[mm]),
+                zero=int(self.mm_zero[mm]),
                 page_size=self.page_size,
             )
         return out
@@ -581,7 +619,7 @@ class VectorizedEngine:
         pts = self.pages_to_scan
         snap = self.snap
         assert snap is not None
-        while W < P_full:
+        while P_full > W:
             # the window's rows: each segment's first rows, up to W positions in all
             Lw = np.clip(W - seg_start, 0, L)
             idx = np.repeat(lo - seg_start, Lw) + np.arange(int(Lw.sum()))
@@ -604,7 +642,8 @@ class VectorizedEngine:
     def _epoch_pass(self, t0: int, starts_scan: bool, limit: int | None) -> dict[str, Any]:
         """Compute one epoch (functional for the vectorized part; the event loop logs undo)."""
         snap = self.snap
-        assert snap is not None and self.cursor is not None
+        assert snap is not None
+        assert self.cursor is not None
         K = self.k
         M = self.M
         pts = self.pages_to_scan
@@ -631,8 +670,10 @@ class VectorizedEngine:
         seg_start = np.cumsum(L) - L
         seg_end = seg_start + L  # the END of a segment sits just before the next one's first visit
         P_full = int(L.sum())
+        window_cut = False
         if limit is None and P_full > self.epoch_positions:
             limit = self._window_cut(lo, L, seg_start, P_full)
+            window_cut = limit is not None
         P = P_full if limit is None else limit
         Lp = np.clip(P - seg_start, 0, L)  # each segment's positions in this epoch
         P_ev = P + 1 if limit is None else P  # event positions in [0, P_ev): the final END is at P
@@ -656,7 +697,6 @@ class VectorizedEngine:
             def rows(pos: Any) -> Any:
                 return prow[pos]
 
-        seg_of = np.repeat(np.arange(S), Lp)
         rem_arr = np.asarray(rem, np.int64)
         ar = np.arange(P)
         # ---- B. visits: smart-scan skips (tentative: with each page's KSM state at the start)
@@ -672,7 +712,9 @@ class VectorizedEngine:
             new_age = np.where(aging & (age < 255), age + 1, age).astype(np.uint8)
             old_enough = aging & (age >= 3)
             skip = old_enough & (rmn > 0)
-            new_rem = np.where(old_enough & (rmn == 0), _SKIP_AGE[age], np.where(skip, rmn - 1, rmn)).astype(np.uint8)
+            new_rem = np.where(
+                old_enough & (rmn == 0), _SKIP_AGE[age], np.where(skip, rmn - 1, rmn)
+            ).astype(np.uint8)
         else:
             new_age, new_rem, skip = age, rmn, np.zeros(P, bool)
         proc = vis & ~skip
@@ -722,7 +764,9 @@ class VectorizedEngine:
         o_hpos = o_tpos[okd]
         tv_row = rows(t_vis)
         touch_pos = np.concatenate([t_vis, fr_tpos, o_hpos])
-        touch_sub = np.concatenate([np.ones(t_vis.size, np.int64), np.zeros(fr_tpos.size + o_hpos.size, np.int64)])
+        touch_sub = np.concatenate(
+            [np.ones(t_vis.size, np.int64), np.zeros(fr_tpos.size + o_hpos.size, np.int64)]
+        )
         touch_state = np.concatenate([st[t_vis], it["state"][free_rows], self.orph["state"][o_hit]])
         touch_node = np.concatenate([ndl[t_vis], it["node"][free_rows], self.orph["node"][o_hit]])
         mm_pos = take(snap.mm).astype(np.int64)
@@ -787,7 +831,11 @@ class VectorizedEngine:
         g_live[g_live] = ent_map[node_ent[gnode[g_live]]] > 0
         g_L0 = np.where(g_live, node_len[np.maximum(gnode, 0)], 0)
         lq = np.minimum(np.searchsorted(leave_nodes, gnode), max(leave_nodes.size - 1, 0))
-        g_leave = np.where(g_live & (leave_nodes[lq] == gnode), leave_counts[lq], 0) if leave_nodes.size else 0
+        g_leave = (
+            np.where(g_live & (leave_nodes[lq] == gnode), leave_counts[lq], 0)
+            if leave_nodes.size
+            else 0
+        )
         gocc = np.where(self.g_occ_scan[gg] == self.scan_id, self.g_occ_row[gg], -1)
         has_occ = gocc >= 0
         cent = phys[crow]
@@ -861,7 +909,11 @@ class VectorizedEngine:
             o_ = np.lexsort((zv, ze))
             ze2, zp = ze[o_], zv[o_]
             startz = np.r_[True, ze2[1:] != ze2[:-1]]
-            rank = np.arange(ze2.size) - np.maximum.accumulate(np.where(startz, np.arange(ze2.size), 0)) + 1
+            rank = (
+                np.arange(ze2.size)
+                - np.maximum.accumulate(np.where(startz, np.arange(ze2.size), 0))
+                + 1
+            )
             ev.add(zp[ent_map[ze2] - rank == 0], C_FRAMES, -1)
         join_node_parts: list[I64] = []
         join_pos_parts: list[I64] = []
@@ -878,7 +930,8 @@ class VectorizedEngine:
         base_node = n_nodes
         c_simple = simple[cgrp] if G_ else np.zeros(0, bool)
         walk_simple = np.sort(cpos[c_simple])
-        rel_ent: list[I64] = []  # entities whose mapper leaves (frames freed at the last one)
+        # entities whose mapper leaves (frames freed at the last one)
+        rel_ent: list[npt.NDArray[np.integer[Any]]] = []
         rel_pos: list[I64] = []
 
         def occupy(idx: I64) -> None:
@@ -945,7 +998,9 @@ class VectorizedEngine:
             members_rows = np.concatenate([tree_rows, crow[cur_idx], crow[jn]])
             members_pos = np.concatenate([pair_pos, pair_pos, cpos[jn]])
             members_node = np.concatenate([new_ids, new_ids, jnode])
-            members_ord = np.concatenate([np.ones(n_pairs, np.int64), np.full(n_pairs + jn.size, 2, np.int64)])
+            members_ord = np.concatenate(
+                [np.ones(n_pairs, np.int64), np.full(n_pairs + jn.size, 2, np.int64)]
+            )
             join_node_parts.append(members_node)
             join_pos_parts.append(members_pos)
             join_mm_parts.append(snap.mm[members_rows].astype(np.int64))
@@ -980,23 +1035,45 @@ class VectorizedEngine:
             self.node_len.a[base_node : base_node + n_pairs] = 0
             self.node_chain.a[base_node : base_node + n_pairs] = -1
             self.node_alive.a[base_node : base_node + n_pairs] = True
-            undo.call(lambda: [setattr(g, "n", base_node) for g in grows])
+            undo.call(lambda: _set_n(grows, base_node))
         # stale plain nodes, and their items, before the event loop may touch them
         na = self.node_alive.a[:n_nodes]
-        stale_nodes = np.flatnonzero(na & (self.node_chain.a[:n_nodes] < 0) & (ent_map[node_ent[:n_nodes]] == 0))
+        stale_nodes = np.flatnonzero(
+            na & (self.node_chain.a[:n_nodes] < 0) & (ent_map[node_ent[:n_nodes]] == 0)
+        )
         if stale_nodes.size:
             sr = np.flatnonzero((it["state"] == STABLE) & np.isin(it["node"], stale_nodes))
-            so_ = np.flatnonzero((self.orph["state"] == STABLE) & np.isin(self.orph["node"], stale_nodes))
+            so_ = np.flatnonzero(
+                (self.orph["state"] == STABLE) & np.isin(self.orph["node"], stale_nodes)
+            )
             st_rows_nodes, st_orph_nodes = it["node"][sr], self.orph["node"][so_]
         else:
             sr = so_ = st_rows_nodes = st_orph_nodes = np.empty(0, np.int64)
         # ---- F. the event-by-event part (chains, fork-shared pages, THP, full nodes)
-        loop = _Loop(self, undo, ev, snap, np.flatnonzero(loop_vis), rows, skip, node_is_complex,
-                     touch_pos, touch_sub, touch_state, touch_node, touch_mm, touch_row, touch_orph,
-                     walk_simple, mm_pos)
+        loop = _Loop(
+            self,
+            undo,
+            ev,
+            snap,
+            np.flatnonzero(loop_vis),
+            rows,
+            skip,
+            node_is_complex,
+            touch_pos,
+            touch_sub,
+            touch_state,
+            touch_node,
+            touch_mm,
+            touch_row,
+            touch_orph,
+            walk_simple,
+            mm_pos,
+        )
         loop.run()
         # ---- G. shared/sharing of closed-form nodes: per node, in position order
-        leave_simple = live_leave[~node_is_complex[touch_node[live_leave]]] if live_leave.size else live_leave
+        leave_simple = (
+            live_leave[~node_is_complex[touch_node[live_leave]]] if live_leave.size else live_leave
+        )
         all_nodes = np.concatenate([*join_node_parts, touch_node[leave_simple]])
         if all_nodes.size:
             all_pos = np.concatenate([*join_pos_parts, touch_pos[leave_simple]])
@@ -1041,7 +1118,12 @@ class VectorizedEngine:
             ev.add(rmp, C_NODES, -1)
         rm_rows = sr[np.isin(st_rows_nodes, rm_nodes)]
         rm_orph = so_[np.isin(st_orph_nodes, rm_nodes)]
-        rm_mms = np.concatenate([snap.mm[rm_rows].astype(np.int64), (self.o_key[rm_orph] >> _KEY_SHIFT).astype(np.int64)])
+        rm_mms = np.concatenate(
+            [
+                snap.mm[rm_rows].astype(np.int64),
+                (self.o_key[rm_orph] >> _KEY_SHIFT).astype(np.int64),
+            ]
+        )
         # ---- I. new and freed items
         new_pos = np.flatnonzero(vis & ~rit)
         ev.add(new_pos, C_RMAP, 1)
@@ -1072,27 +1154,66 @@ class VectorizedEngine:
         times = t0 + np.r_[0, np.cumsum(cpu_b + sleep)[:-1]]
         end_slots = [int(rem_arr[s]) for s in range(S) if seg_end[s] < P_ev]
         return {
-            "undo": undo, "ev": ev, "upd": upd, "P": P, "rows": rows, "contiguous": contiguous, "mm_pos": mm_pos,
-            "proc_before": proc_before, "nb": nb, "delta": delta, "scanned_b": scanned_b,
-            "skipped_b": skipped_b, "paths_b": paths_b, "cpu_b": cpu_b, "times": times, "scan_end": scan_end,
-            "set_rows": set_rows_parts, "set_state": set_state_parts, "set_node": set_node_parts,
-            "set_phys_rows": set_phys_rows, "set_phys_vals": set_phys_vals, "new_nodes_key": new_nodes_key,
-            "new_nodes_ent": new_nodes_ent, "base_node": base_node, "occ_new_g": occ_new_g,
-            "occ_new_rows": occ_new_rows, "occ_del_g": occ_del_g, "rm_nodes": rm_nodes, "rm_rows": rm_rows,
-            "rm_orph": rm_orph, "rm_mms": rm_mms, "free_rows": free_rows, "o_hit": o_hit,
-            "new_item_rows": rows(new_pos), "loop": loop, "end_slots": end_slots,
+            "undo": undo,
+            "ev": ev,
+            "upd": upd,
+            "window_cut": window_cut,
+            "P": P,
+            "rows": rows,
+            "contiguous": contiguous,
+            "mm_pos": mm_pos,
+            "proc_before": proc_before,
+            "nb": nb,
+            "delta": delta,
+            "scanned_b": scanned_b,
+            "skipped_b": skipped_b,
+            "paths_b": paths_b,
+            "cpu_b": cpu_b,
+            "times": times,
+            "scan_end": scan_end,
+            "set_rows": set_rows_parts,
+            "set_state": set_state_parts,
+            "set_node": set_node_parts,
+            "set_phys_rows": set_phys_rows,
+            "set_phys_vals": set_phys_vals,
+            "new_nodes_key": new_nodes_key,
+            "new_nodes_ent": new_nodes_ent,
+            "base_node": base_node,
+            "occ_new_g": occ_new_g,
+            "occ_new_rows": occ_new_rows,
+            "occ_del_g": occ_del_g,
+            "rm_nodes": rm_nodes,
+            "rm_rows": rm_rows,
+            "rm_orph": rm_orph,
+            "rm_mms": rm_mms,
+            "free_rows": free_rows,
+            "o_hit": o_hit,
+            "new_item_rows": rows(new_pos),
+            "loop": loop,
+            "end_slots": end_slots,
         }
 
     def _epoch(self, t0: int, starts_scan: bool, boundary_ns: int | None) -> _Epoch:
         """Run one epoch from the cursor and commit it; cut it before ``boundary_ns``."""
         plan = self._epoch_pass(t0, starts_scan, None)
+        if plan["window_cut"]:
+            # the window was cut with each page's skip as at the epoch start; a page the event
+            # loop made KSM-related is visited instead of skipped, so end on a batch start again
+            pb = plan["proc_before"]
+            full = int(pb[-1]) // self.pages_to_scan * self.pages_to_scan
+            if full != int(pb[-1]):
+                plan["undo"].rollback()
+                limit = int(np.searchsorted(pb, full, side="left"))
+                plan = self._epoch_pass(t0, starts_scan, limit)
         if boundary_ns is not None:
             late = np.flatnonzero(plan["times"] >= boundary_ns)
             late = late[late >= 1]
             if late.size:
                 b_star = int(late[0])
                 plan["undo"].rollback()
-                limit = int(np.searchsorted(plan["proc_before"], b_star * self.pages_to_scan, side="left"))
+                limit = int(
+                    np.searchsorted(plan["proc_before"], b_star * self.pages_to_scan, side="left")
+                )
                 plan = self._epoch_pass(t0, starts_scan, limit)
         return self._commit(plan)
 
@@ -1216,7 +1337,9 @@ class VectorizedEngine:
             q = plan["P"] - 1
             self.cursor = int(plan["mm_pos"][q])
             self.cursor_page = int(snap.page[int(plan["rows"](q))]) + 1
-        return _Epoch(batch_times=plan["times"], batch_cpu=plan["cpu_b"], cum=cum, scan_ended=plan["scan_end"])
+        return _Epoch(
+            batch_times=plan["times"], batch_cpu=plan["cpu_b"], cum=cum, scan_ended=plan["scan_end"]
+        )
 
     # ================================================================== the ksmd loop
 
@@ -1227,7 +1350,14 @@ class VectorizedEngine:
         opts = self.opts
         end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
         span_ns = snaps[-1].time_ns if K else 0
-        grid_ns = int((opts.grid_s if opts.grid_s else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)) * NS_PER_S)
+        grid_ns = int(
+            (
+                opts.grid_s
+                if opts.grid_s
+                else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)
+            )
+            * NS_PER_S
+        )
         grid: list[GridRecord] = []
         next_grid = 0
         scans: list[ScanRecord] = []
@@ -1240,8 +1370,12 @@ class VectorizedEngine:
         scan_batches = 0
         self.progress.start("replay", None)
 
-        def sample(limit: int, inclusive: bool, cum: npt.NDArray[np.int64] | None = None,
-                   times: I64 | None = None) -> None:
+        def sample(
+            limit: int,
+            inclusive: bool,
+            cum: npt.NDArray[np.int64] | None = None,
+            times: I64 | None = None,
+        ) -> None:
             nonlocal next_grid
             while next_grid < limit or (inclusive and next_grid == limit):
                 if end_ns is not None and next_grid > end_ns:
@@ -1250,9 +1384,15 @@ class VectorizedEngine:
                     b = int(np.searchsorted(times, next_grid, side="right")) - 1
                     row = cum[b]
                     fs = self.seqnr if b == cum.shape[0] - 1 else self._seq_before
-                    grid.append(GridRecord(next_grid / NS_PER_S,
-                                           self.counters(row[:N_COUNTERS], int(row[N_COUNTERS]), int(row[N_COUNTERS + 1]), fs),
-                                           self.truth(row[:N_COUNTERS])))
+                    grid.append(
+                        GridRecord(
+                            next_grid / NS_PER_S,
+                            self.counters(
+                                row[:N_COUNTERS], int(row[N_COUNTERS]), int(row[N_COUNTERS + 1]), fs
+                            ),
+                            self.truth(row[:N_COUNTERS]),
+                        )
+                    )
                 else:
                     grid.append(GridRecord(next_grid / NS_PER_S, self.counters(), self.truth()))
                 next_grid += grid_ns
@@ -1276,7 +1416,11 @@ class VectorizedEngine:
             if self.cursor is None and opts.aligned_to_scans:
                 while self.next_snap < K:
                     k = self.next_snap
-                    due = (opts.snapshot_scans[k] <= self.seqnr + 1) if opts.snapshot_scans is not None else snaps[k].time_ns <= t
+                    due = (
+                        (opts.snapshot_scans[k] <= self.seqnr + 1)
+                        if opts.snapshot_scans is not None
+                        else snaps[k].time_ns <= t
+                    )
                     if not due:
                         break
                     apply(k)
@@ -1318,23 +1462,37 @@ class VectorizedEngine:
                 end_t = last_t + int(ep.batch_cpu[-1])
                 if self.k.advisor == "scan-time":
                     pages, _, _ = advisor_step(
-                        self.advisor, pages_to_scan=self.pages_to_scan, now_ns=end_t, ksmd_cpu_ns=self.cpu_ns,
-                        target_scan_time_s=self.k.advisor_target_scan_time_s, max_cpu=self.k.advisor_max_cpu,
+                        self.advisor,
+                        pages_to_scan=self.pages_to_scan,
+                        now_ns=end_t,
+                        ksmd_cpu_ns=self.cpu_ns,
+                        target_scan_time_s=self.k.advisor_target_scan_time_s,
+                        max_cpu=self.k.advisor_max_cpu,
                         max_pages=self.k.advisor_max_pages_to_scan,
                     )
                     self.pages_to_scan = pages
                 self.tree_pages_for_cost = int(self.c[C_UNSHARED])
                 scans.append(
                     ScanRecord(
-                        full_scans=self.seqnr, t_s=end_t / NS_PER_S, scan_time_s=(end_t - scan_start_t) / NS_PER_S,
-                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S, pages_to_scan=pts, batches=scan_batches,
-                        counters=self.counters(), processes=self.processes(), truth=self.truth(),
+                        full_scans=self.seqnr,
+                        t_s=end_t / NS_PER_S,
+                        scan_time_s=(end_t - scan_start_t) / NS_PER_S,
+                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S,
+                        pages_to_scan=pts,
+                        batches=scan_batches,
+                        counters=self.counters(),
+                        processes=self.processes(),
+                        truth=self.truth(),
                     )
                 )
                 self.progress.advance(1)
                 if self.next_snap >= K:
                     scans_after_last = (scans_after_last or 0) + 1
-                if end_ns is None and scans_after_last is not None and scans_after_last >= opts.settle_scans:
+                if (
+                    end_ns is None
+                    and scans_after_last is not None
+                    and scans_after_last >= opts.settle_scans
+                ):
                     t = end_t
                     break
                 if self.seqnr >= opts.max_scans:
@@ -1352,11 +1510,15 @@ class VectorizedEngine:
         self.progress.finish()
         return self._result(end, scans, grid, batches)
 
-    def _result(self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int) -> ReplayResult:
+    def _result(
+        self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int
+    ) -> ReplayResult:
         duration_s = end_ns / NS_PER_S
         truth = self.truth()
-        points = sorted([(g.t_s, float(g.truth.saved_frames)) for g in grid]
-                        + [(r.t_s, float(r.truth.saved_frames)) for r in scans])
+        points = sorted(
+            [(g.t_s, float(g.truth.saved_frames)) for g in grid]
+            + [(r.t_s, float(r.truth.saved_frames)) for r in scans]
+        )
         scan_times = [s.scan_time_s for s in scans]
         cost = CostSummary(
             cpu_s=(self.cpu_ns - self.cpu_start_ns) / NS_PER_S,
@@ -1388,18 +1550,28 @@ class VectorizedEngine:
             final_truth=truth,
             cost=cost,
             snapshot_first_scan=self.snapshot_first_scan,
-            snapshot_applied_s=[None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns],
+            snapshot_applied_s=[
+                None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns
+            ],
             final_node_members=self._node_members(),
         )
 
     def _node_members(self) -> list[tuple[int, int, int]]:
         snap = self.snap
-        rows = np.flatnonzero(self.it["state"] == STABLE) if snap is not None else np.empty(0, np.int64)
-        node = np.concatenate([self.it["node"][rows], self.orph["node"][self.orph["state"] == STABLE]])
-        mm = np.concatenate([
-            snap.mm[rows].astype(np.int64) if snap is not None else np.empty(0, np.int64),
-            (self.o_key[self.orph["state"] == STABLE] >> _KEY_SHIFT).astype(np.int64),
-        ])
+        rows = (
+            np.flatnonzero(self.it["state"] == STABLE)
+            if snap is not None
+            else np.empty(0, np.int64)
+        )
+        node = np.concatenate(
+            [self.it["node"][rows], self.orph["node"][self.orph["state"] == STABLE]]
+        )
+        mm = np.concatenate(
+            [
+                snap.mm[rows].astype(np.int64) if snap is not None else np.empty(0, np.int64),
+                (self.o_key[self.orph["state"] == STABLE] >> _KEY_SHIFT).astype(np.int64),
+            ]
+        )
         if node.size == 0:
             return []
         # number nodes by (content, entity) like the reference does
@@ -1423,11 +1595,28 @@ class _Loop:
     chain would change under them.
     """
 
-    def __init__(self, eng: VectorizedEngine, undo: _Undo, ev: _Events, snap: SnapshotRows, loop_pos: I64,
-                 rows: Any, skip: B, node_is_complex: B, touch_pos: I64, touch_sub: I64, touch_state: Any,
-                 touch_node: I64, touch_mm: I64, touch_row: I64, touch_orph: I64, walk_simple: I64,
-                 mm_pos: I64) -> None:
+    def __init__(
+        self,
+        eng: VectorizedEngine,
+        undo: _Undo,
+        ev: _Events,
+        snap: SnapshotRows,
+        loop_pos: I64,
+        rows: Any,
+        skip: B,
+        node_is_complex: B,
+        touch_pos: I64,
+        touch_sub: I64,
+        touch_state: Any,
+        touch_node: I64,
+        touch_mm: I64,
+        touch_row: I64,
+        touch_orph: I64,
+        walk_simple: I64,
+        mm_pos: I64,
+    ) -> None:
         self.e = eng
+        self._lo = 0  # events before this position are done (closed-form walks pass by)
         self.u = undo
         self.ev = ev
         self.snap = snap
@@ -1471,7 +1660,9 @@ class _Loop:
             self.ev.one(p, counter, v)
 
     def _complex_node(self, nd: int) -> bool:
-        return nd >= self.base_nodes or (nd < self.node_is_complex.size and bool(self.node_is_complex[nd]))
+        return nd >= self.base_nodes or (
+            nd < self.node_is_complex.size and bool(self.node_is_complex[nd])
+        )
 
     def _set_item(self, kind: int, idx: int, field: str, v: Any) -> None:
         arr = self.e.it[field] if kind == 0 else self.e.orph[field]
@@ -1617,7 +1808,9 @@ class _Loop:
             if e._stale(d):
                 self._remove_node(d, p)
                 continue
-            if found is None or (e._cand(d) and (not e._cand(found) or e.node_len.a[d] > e.node_len.a[found])):
+            if found is None or (
+                e._cand(d) and (not e._cand(found) or e.node_len.a[d] > e.node_len.a[found])
+            ):
                 found = d
                 if not prune and e._cand(found):
                     break
@@ -1670,7 +1863,7 @@ class _Loop:
         """A closed-form group's walk before position ``limit`` passes by the chains."""
         if not self.dirty:
             return
-        i = int(np.searchsorted(self.walks, self._lo, side="left"))
+        i = int(np.searchsorted(self.walks, int(self._lo), side="left"))
         if i < self.walks.size and int(self.walks[i]) < limit:
             w = int(self.walks[i])
             self._walk(w, True, None)
@@ -1692,11 +1885,17 @@ class _Loop:
         e = self.e
         self._walk(p, False, key)
         nid = e.node_key.n
-        for g, v in ((e.node_key, key), (e.node_ent, ent), (e.node_len, 0), (e.node_chain, -1), (e.node_alive, True)):
+        for g, v in (
+            (e.node_key, key),
+            (e.node_ent, ent),
+            (e.node_len, 0),
+            (e.node_chain, -1),
+            (e.node_alive, True),
+        ):
             g.ensure(nid + 1)
             g.a[nid] = v
         grows = (e.node_key, e.node_ent, e.node_len, e.node_chain, e.node_alive)
-        self.u.call(lambda nid=nid: [setattr(g, "n", nid) for g in grows])
+        self.u.call(lambda nid=nid: _set_n(grows, nid))
         gid = int(e.gid[row])
         if key in e.chains:
             ch = e.chains[key]

@@ -26,9 +26,8 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +35,9 @@ import pyarrow as pa
 from planner.trace import schema as S
 from planner.trace.flat import FlatConverter, InMemoryHost
 from planner.trace.io import HostTrace, TraceWriter
+
+if TYPE_CHECKING:
+    import os
 
 PAGE = S.PAGE_SIZE_BYTES
 _M64 = (1 << 64) - 1
@@ -106,7 +108,9 @@ class World:
     def fork(self, parent: int, child: int, *, comm: str | None = None) -> None:
         """Fork: the child maps every frame of the parent (copy-on-write)."""
         p = self.procs[parent]
-        self.spawn(child, comm=comm or p.comm, ppid=parent, cgroup=p.cgroup, uid=p.uid, labels=p.labels)
+        self.spawn(
+            child, comm=comm or p.comm, ppid=parent, cgroup=p.cgroup, uid=p.uid, labels=p.labels
+        )
         c = self.procs[child]
         for addr, pg in p.pages.items():
             c.pages[addr] = _Page(pg.content, pg.frame, pg.kind, pg.vma_start, pg.thp)
@@ -120,8 +124,10 @@ class World:
 
     # -- pages -----------------------------------------------------------------------------
 
-    def map(self, pid: int, start: int, contents: list[int], *, kind: str = "anon", thp: bool = False) -> None:
-        """Map ``len(contents)`` fresh pages at ``start`` (one mapping), written with ``contents``."""
+    def map(
+        self, pid: int, start: int, contents: list[int], *, kind: str = "anon", thp: bool = False
+    ) -> None:
+        """Map ``len(contents)`` fresh pages at ``start`` (one mapping) holding ``contents``."""
         proc = self.procs[pid]
         for i, c in enumerate(contents):
             addr = start + i * PAGE
@@ -165,9 +171,25 @@ class World:
 
     def snapshot(self, time_s: float) -> None:
         """Record the current state as a snapshot at ``time_s``."""
-        cols: dict[str, list[Any]] = {k: [] for k in (
-            "pid", "ppid", "comm", "proc_start", "cgroup", "uid", "labels", "vma_start", "vma_kind",
-            "page_addr", "content_hash", "frame", "is_zero", "flags")}
+        cols: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "pid",
+                "ppid",
+                "comm",
+                "proc_start",
+                "cgroup",
+                "uid",
+                "labels",
+                "vma_start",
+                "vma_kind",
+                "page_addr",
+                "content_hash",
+                "frame",
+                "is_zero",
+                "flags",
+            )
+        }
         for pid in sorted(self.procs):
             proc = self.procs[pid]
             for addr in sorted(proc.pages):
@@ -178,7 +200,9 @@ class World:
                 cols["proc_start"].append(proc.proc_start)
                 cols["cgroup"].append(proc.cgroup)
                 cols["uid"].append(proc.uid)
-                cols["labels"].append(json.dumps(proc.labels, sort_keys=True) if proc.labels else None)
+                cols["labels"].append(
+                    json.dumps(proc.labels, sort_keys=True) if proc.labels else None
+                )
                 cols["vma_start"].append(pg.vma_start)
                 cols["vma_kind"].append(pg.kind)
                 cols["page_addr"].append(addr)
@@ -207,8 +231,15 @@ class World:
         if self._snapshots and time_s <= self._snapshots[-1][0]:
             raise ValueError("snapshot times must increase")
         alive = [
-            {"pid": p.pid, "proc_start": p.proc_start, "ppid": p.ppid, "comm": p.comm, "cgroup": p.cgroup,
-             "uid": p.uid, "labels": json.dumps(p.labels, sort_keys=True) if p.labels else None}
+            {
+                "pid": p.pid,
+                "proc_start": p.proc_start,
+                "ppid": p.ppid,
+                "comm": p.comm,
+                "cgroup": p.cgroup,
+                "uid": p.uid,
+                "labels": json.dumps(p.labels, sort_keys=True) if p.labels else None,
+            }
             for p in self.procs.values()
             if not p.pages
         ]
@@ -229,12 +260,32 @@ class World:
             if pageless:  # processes without pages are alive too
                 extra = pa.Table.from_pylist(
                     [{"snapshot_id": sid, "state": "ok", "pages": 0, **p} for p in pageless],
-                    schema=pa.schema([procs.schema.field(n) if n in procs.column_names else
-                                      S.PROCESSES_SCHEMA.field(n) for n in
-                                      ("snapshot_id", "state", "pages", "pid", "proc_start", "ppid", "comm",
-                                       "cgroup", "uid", "labels")]),
+                    schema=pa.schema(
+                        [
+                            procs.schema.field(n)
+                            if n in procs.column_names
+                            else S.PROCESSES_SCHEMA.field(n)
+                            for n in (
+                                "snapshot_id",
+                                "state",
+                                "pages",
+                                "pid",
+                                "proc_start",
+                                "ppid",
+                                "comm",
+                                "cgroup",
+                                "uid",
+                                "labels",
+                            )
+                        ]
+                    ),
                 )
-                procs = pa.concat_tables([procs, extra.select(procs.column_names)] if set(extra.column_names) >= set(procs.column_names) else [procs, extra], promote_options="default")
+                procs = pa.concat_tables(
+                    [procs, extra.select(procs.column_names)]
+                    if set(extra.column_names) >= set(procs.column_names)
+                    else [procs, extra],
+                    promote_options="default",
+                )
             sink.add_snapshot(snap, processes=procs, mappings=maps, pages=pages)
 
     def host_trace(self) -> HostTrace:

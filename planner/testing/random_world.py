@@ -41,10 +41,16 @@ def random_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
             w.spawn(pid, comm=f"p{pid % 3}")
             npages = rnd.randint(1, spec.pages)
             base = 0x10000 + rnd.randint(0, 4) * 0x100000
-            w.map(pid, base, [content() for _ in range(npages)], thp=spec.thp and rnd.random() < 0.5)
+            w.map(
+                pid, base, [content() for _ in range(npages)], thp=spec.thp and rnd.random() < 0.5
+            )
             if rnd.random() < 0.5:
-                w.map(pid, base + 0x400000, [content() for _ in range(rnd.randint(1, spec.pages // 2 + 1))],
-                      kind=rnd.choice(["heap", "anon", "stack"]))
+                w.map(
+                    pid,
+                    base + 0x400000,
+                    [content() for _ in range(rnd.randint(1, spec.pages // 2 + 1))],
+                    kind=rnd.choice(["heap", "anon", "stack"]),
+                )
         else:
             w.fork(parent, pid)
         return pid
@@ -68,7 +74,11 @@ def random_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
                 w.unmap(pid, a, 1)
             if rnd.random() < 0.2:
                 top = max(proc.pages, default=0x800000)
-                w.map(pid, top + PAGE * rnd.randint(1, 3), [content() for _ in range(rnd.randint(1, 4))])
+                w.map(
+                    pid,
+                    top + PAGE * rnd.randint(1, 3),
+                    [content() for _ in range(rnd.randint(1, 4))],
+                )
         if pids and rnd.random() < spec.fork_prob:
             new_proc(parent=rnd.choice(pids))
         if len(w.procs) > 1 and rnd.random() < spec.exit_prob:

@@ -17,13 +17,16 @@ interpreter fleets, scaled up:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from planner.trace import schema as S
 from planner.trace.flat import FlatConverter, InMemoryHost
-from planner.trace.io import HostTrace
+
+if TYPE_CHECKING:
+    from planner.trace.io import HostTrace
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,12 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
     addr = np.uint64(0x7F0000000000) + slot.astype(np.uint64) * np.uint64(4096)
     conv = FlatConverter(
         host,
-        snapshot_meta={"hash_algo": "synthetic-splitmix64", "zero_hash": S.PLAIN_XXH3_ZERO_PAGE_HASH,
-                       "hz": 250, "kernel_release": "synthetic"},
+        snapshot_meta={
+            "hash_algo": "synthetic-splitmix64",
+            "zero_hash": S.PLAIN_XXH3_ZERO_PAGE_HASH,
+            "hz": 250,
+            "kernel_release": "synthetic",
+        },
     )
     sink = InMemoryHost(host)
     present = np.ones(n, bool)
@@ -122,18 +129,20 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
             frame[back] = np.arange(next_frame, next_frame + int(back.sum()), dtype=np.uint64)
             next_frame += int(back.sum())
         sel = present
-        rows = pa.table({
-            "pid": pa.array(pid[sel].astype(np.int32)),
-            "ppid": pa.array(np.where(is_worker, master_proc + 1000, 1)[sel].astype(np.int32)),
-            "comm": pa.array(np.where(is_worker, "worker", "master")[sel]),
-            "proc_start": pa.array(pid[sel].astype(np.uint64)),
-            "vma_start": pa.array(np.full(int(sel.sum()), 0x7F0000000000, np.uint64)),
-            "vma_kind": pa.array(np.full(int(sel.sum()), "anon")),
-            "page_addr": pa.array(addr[sel]),
-            "content_hash": pa.array(_hashes(content[sel])),
-            "frame": pa.array(frame[sel]),
-            "is_zero": pa.array(content[sel] == 0),
-        })
+        rows = pa.table(
+            {
+                "pid": pa.array(pid[sel].astype(np.int32)),
+                "ppid": pa.array(np.where(is_worker, master_proc + 1000, 1)[sel].astype(np.int32)),
+                "comm": pa.array(np.where(is_worker, "worker", "master")[sel]),
+                "proc_start": pa.array(pid[sel].astype(np.uint64)),
+                "vma_start": pa.array(np.full(int(sel.sum()), 0x7F0000000000, np.uint64)),
+                "vma_kind": pa.array(np.full(int(sel.sum()), "anon")),
+                "page_addr": pa.array(addr[sel]),
+                "content_hash": pa.array(_hashes(content[sel])),
+                "frame": pa.array(frame[sel]),
+                "is_zero": pa.array(content[sel] == 0),
+            }
+        )
         snap, procs, maps, pages = conv.convert(k, k * spec.interval_s, rows)
         sink.add_snapshot(snap, processes=procs, mappings=maps, pages=pages)
     return sink.build()

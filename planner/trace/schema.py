@@ -63,26 +63,26 @@ class PageFlag(enum.IntFlag):
     SOFT_DIRTY = 1 << 7
     """pagemap bit 55."""
     SHARED_MAPCOUNT = 1 << 8
-    """kpagecount > 1: the frame is mapped more than once (fork sharing, possibly outside the trace)."""
+    """kpagecount > 1: the frame is mapped more than once (fork sharing, maybe not traced)."""
 
 
 #: Mapping kinds (``mappings.kind`` and interchange ``vma_kind``), see docs/capture-notes.md §2.
 VMA_KINDS: Final = (
-    "heap",        # [heap]
-    "stack",       # [stack]
-    "anon",        # private anonymous mapping
+    "heap",  # [heap]
+    "stack",  # [stack]
+    "anon",  # private anonymous mapping
     "anon_named",  # [anon:<name>] (prctl PR_SET_VMA_ANON_NAME)
-    "bss",         # anonymous tail glued to an ELF's writable PT_LOAD segment
-    "file_data",   # private rw file mapping (only its COW-copied pages are anonymous)
+    "bss",  # anonymous tail glued to an ELF's writable PT_LOAD segment
+    "file_data",  # private rw file mapping (only its COW-copied pages are anonymous)
     "file_relro",  # private r-- file mapping (RELRO after relocation)
-    "file_text",   # private r-x file mapping
-    "other",       # anything else (ingested traces with unknown kinds)
+    "file_text",  # private r-x file mapping
+    "other",  # anything else (ingested traces with unknown kinds)
 )
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
 SNAPSHOTS_SCHEMA: Final = pa.schema(
-    [
+    [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
         pa.field("snapshot_id", pa.int32(), nullable=False),
         pa.field("time_s", pa.float64(), nullable=False),  # seconds since the first snapshot
         pa.field("wall_time_ns", pa.int64()),  # Unix time of the snapshot start, ns
@@ -102,7 +102,7 @@ SNAPSHOTS_SCHEMA: Final = pa.schema(
 )
 
 PROCESSES_SCHEMA: Final = pa.schema(
-    [
+    [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
         pa.field("snapshot_id", pa.int32(), nullable=False),
         pa.field("pid", pa.int32(), nullable=False),
         # Process start time in clock ticks since boot (/proc/<pid>/stat field 22); with pid it
@@ -138,7 +138,7 @@ PROCESSES_SCHEMA: Final = pa.schema(
 )
 
 MAPPINGS_SCHEMA: Final = pa.schema(
-    [
+    [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
         pa.field("snapshot_id", pa.int32(), nullable=False),
         pa.field("pid", pa.int32(), nullable=False),
         pa.field("start", pa.uint64(), nullable=False),

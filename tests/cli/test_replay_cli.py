@@ -28,7 +28,9 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ksm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_json_document(trace: Path) -> None:
@@ -37,11 +39,28 @@ def test_json_document(trace: Path) -> None:
     doc = json.loads(r.stdout)
     assert {"knobs", "scans", "final", "truth", "cost", "provenance"} <= set(doc)
     scan = doc["scans"][0]
-    for k in ("full_scans", "t_s", "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
-              "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
-              "general_profit", "processes"):
+    for k in (
+        "full_scans",
+        "t_s",
+        "pages_shared",
+        "pages_sharing",
+        "pages_unshared",
+        "pages_volatile",
+        "pages_scanned",
+        "pages_skipped",
+        "stable_node_chains",
+        "stable_node_dups",
+        "ksm_zero_pages",
+        "general_profit",
+        "processes",
+    ):
         assert k in scan
-    assert set(scan["processes"]["100"]) == {"ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages", "ksm_process_profit"}
+    assert set(scan["processes"]["100"]) == {
+        "ksm_rmap_items",
+        "ksm_merging_pages",
+        "ksm_zero_pages",
+        "ksm_process_profit",
+    }
     assert doc["knobs"]["pages_to_scan"] == 1000
     assert doc["provenance"]["trace_hash"].startswith("sha256:")
     assert doc["truth"]["saved_frames"] == 7  # 3 copies of contents 2,3,4 and 2 copies of 1: 3*2+1
@@ -56,7 +75,8 @@ def test_out_writes_timelines_atomically(trace: Path, tmp_path: Path) -> None:
     assert (out / "result.json").exists()
     r2 = ksm("replay", str(trace), "--out", str(out))
     assert r2.returncode == 2
-    assert "already exists" in r2.stderr and len(r2.stderr.strip().splitlines()) == 1
+    assert "already exists" in r2.stderr
+    assert len(r2.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -74,7 +94,9 @@ def test_bad_options_give_one_line(trace: Path, args: list[str], code: int, word
     r = ksm("replay", str(trace), *args)
     assert r.returncode == code
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ksm-planner: error:") and words in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("ksm-planner: error:")
+    assert words in lines[0]
     assert r.stdout == ""
 
 
@@ -82,4 +104,5 @@ def test_not_a_trace(tmp_path: Path) -> None:
     f = tmp_path / "x.csv"
     f.write_text("a,b\n1,2\n")
     r = ksm("replay", str(f))
-    assert r.returncode == 4 and "ingest" in r.stderr
+    assert r.returncode == 4
+    assert "ingest" in r.stderr

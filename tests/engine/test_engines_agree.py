@@ -21,8 +21,15 @@ def assert_same(a: ReplayResult, b: ReplayResult) -> None:
         assert sa.counters == sb.counters, f"full scan {sa.full_scans}"
         assert sa.processes == sb.processes, f"full scan {sa.full_scans}"
         assert sa.truth == sb.truth, f"full scan {sa.full_scans}"
-        assert (sa.t_s, sa.cpu_s, sa.pages_to_scan, sa.batches) == (sb.t_s, sb.cpu_s, sb.pages_to_scan, sb.batches)
-    assert [(g.t_s, g.counters, g.truth) for g in a.grid] == [(g.t_s, g.counters, g.truth) for g in b.grid]
+        assert (sa.t_s, sa.cpu_s, sa.pages_to_scan, sa.batches) == (
+            sb.t_s,
+            sb.cpu_s,
+            sb.pages_to_scan,
+            sb.batches,
+        )
+    assert [(g.t_s, g.counters, g.truth) for g in a.grid] == [
+        (g.t_s, g.counters, g.truth) for g in b.grid
+    ]
     assert a.final_counters == b.final_counters
     assert a.final_processes == b.final_processes
     assert a.final_truth == b.final_truth
@@ -35,45 +42,71 @@ def assert_same(a: ReplayResult, b: ReplayResult) -> None:
 epoch_sizes = st.sampled_from([EPOCH_POSITIONS, EPOCH_POSITIONS, 1, 2, 5, 16])
 
 
-def _vectorized(ht: object, knobs: KsmKnobs, opts: ReplayOptions, epoch_positions: int) -> ReplayResult:
+def _vectorized(
+    ht: object, knobs: KsmKnobs, opts: ReplayOptions, epoch_positions: int
+) -> ReplayResult:
     inp = prepare(ht)  # type: ignore[arg-type]
     return VectorizedEngine(inp, knobs, opts, epoch_positions=epoch_positions).run()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**20), spec=world_specs(), knobs=knob_sets(), opts=replay_options(), ep=epoch_sizes)
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=epoch_sizes,
+)
 def test_vectorized_matches_reference(
     seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
 ) -> None:
     ht = random_world(seed, spec).host_trace()
-    assert_same(replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep))
+    assert_same(
+        replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep)
+    )
 
 
 @pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**20), spec=world_specs(), knobs=knob_sets(), opts=replay_options(), ep=epoch_sizes)
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=epoch_sizes,
+)
 def test_vectorized_matches_reference_many(
     seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
 ) -> None:
     ht = random_world(seed, spec).host_trace()
-    assert_same(replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep))
+    assert_same(
+        replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep)
+    )
 
 
 def test_engines_agree_on_a_busier_world_with_many_batches() -> None:
-    spec = WorldSpec(processes=6, pages=120, contents=20, snapshots=6, churn=0.3, fork_prob=0.8, span_s=1.0)
+    spec = WorldSpec(
+        processes=6, pages=120, contents=20, snapshots=6, churn=0.3, fork_prob=0.8, span_s=1.0
+    )
     ht = random_world(7, spec).host_trace()
     knobs = KsmKnobs(pages_to_scan=16, sleep_ms=1, max_page_sharing=3)
     opts = ReplayOptions(settle_scans=8, grid_s=0.01)
     a = replay(ht, knobs=knobs, options=opts, engine="reference")
     b = replay(ht, knobs=knobs, options=opts, engine="vectorized")
     assert a.final_truth.saved_frames > 0  # something merged: the comparison is not vacuous
-    assert a.final_counters["stable_node_chains"] + sum(s.counters["stable_node_chains"] for s in a.scans) > 0
+    assert (
+        a.final_counters["stable_node_chains"]
+        + sum(s.counters["stable_node_chains"] for s in a.scans)
+        > 0
+    )
     assert_same(a, b)
 
 
 @pytest.mark.parametrize("epoch_positions", [1, 7, 40])
 def test_engines_agree_when_epochs_are_cut_short(epoch_positions: int) -> None:
-    spec = WorldSpec(processes=6, pages=120, contents=20, snapshots=6, churn=0.3, fork_prob=0.8, span_s=1.0)
+    spec = WorldSpec(
+        processes=6, pages=120, contents=20, snapshots=6, churn=0.3, fork_prob=0.8, span_s=1.0
+    )
     ht = random_world(11, spec).host_trace()
     knobs = KsmKnobs(pages_to_scan=16, sleep_ms=1, max_page_sharing=3)
     opts = ReplayOptions(settle_scans=8, grid_s=0.01)

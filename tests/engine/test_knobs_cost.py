@@ -14,8 +14,15 @@ from planner.errors import InputDataError, KnobError
 
 @pytest.mark.parametrize(
     "bad",
-    [{"pages_to_scan": 0}, {"sleep_ms": -1}, {"hz": 123}, {"max_page_sharing": 1}, {"advisor": "magic"},
-     {"advisor_max_cpu": 0}, {"advisor_min_pages_to_scan": 10, "advisor_max_pages_to_scan": 5}],
+    [
+        {"pages_to_scan": 0},
+        {"sleep_ms": -1},
+        {"hz": 123},
+        {"max_page_sharing": 1},
+        {"advisor": "magic"},
+        {"advisor_max_cpu": 0},
+        {"advisor_min_pages_to_scan": 10, "advisor_max_pages_to_scan": 5},
+    ],
 )
 def test_impossible_knobs_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(KnobError):
@@ -27,7 +34,10 @@ def test_advisor_starts_at_its_minimum() -> None:
     assert KsmKnobs(pages_to_scan=4000).initial_pages_to_scan == 4000
 
 
-@pytest.mark.parametrize("bad", [{"duration_s": 0}, {"grid_s": -1}, {"snapshot_scans": (2, 3)}, {"snapshot_scans": (1, 3, 2)}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"duration_s": 0}, {"grid_s": -1}, {"snapshot_scans": (2, 3)}, {"snapshot_scans": (1, 3, 2)}],
+)
 def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(KnobError):
         ReplayOptions(**bad)  # type: ignore[arg-type]

@@ -23,7 +23,10 @@ def test_a_forked_child_maps_its_parents_pages_even_after_the_parent_exits() -> 
     w.snapshot(5.0)
     inp = prepare(w.host_trace())
     assert [(m.pid, m.first_snap, m.exit_snap, m.parent_mm) for m in inp.mms] == [
-        (100, 0, 1, None), (100, 1, None, None), (101, 1, None, 0)]
+        (100, 0, 1, None),
+        (100, 1, None, None),
+        (101, 1, None, 0),
+    ]
     s1 = inp.snapshots[1]
     child = s1.mm == 2
     # the child's unwritten pages keep the old master's physical pages; the written one is fresh
@@ -80,7 +83,13 @@ def test_processes_cannot_come_back_with_the_same_start_time() -> None:
     state = pc.if_else(gone_mid, pa.scalar("gone"), procs.column("state"))
     procs = procs.set_column(procs.schema.get_field_index("state"), "state", state)
     pages = ht.pages.filter(pc.not_equal(ht.pages.column("snapshot_id"), 1))
-    ht2 = type(ht)(host=ht.host, snapshots=ht.snapshots, processes=procs, mappings=ht.mappings, pages=pages,
-                   trace_hash=ht.trace_hash)
+    ht2 = type(ht)(
+        host=ht.host,
+        snapshots=ht.snapshots,
+        processes=procs,
+        mappings=ht.mappings,
+        pages=pages,
+        trace_hash=ht.trace_hash,
+    )
     with pytest.raises(InputDataError, match="comes back"):
         prepare(ht2)

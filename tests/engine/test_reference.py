@@ -13,7 +13,9 @@ FAST = {"pages_to_scan": 1_000_000, "sleep_ms": 300, "smart_scan": False}
 ENGINES = ["reference", "vectorized"]
 
 
-def run(w: World, *, engine: str, scans: tuple[int, ...] | None = None, settle: int = 4, **knobs: object):
+def run(
+    w: World, *, engine: str, scans: tuple[int, ...] | None = None, settle: int = 4, **knobs: object
+):
     opts = ReplayOptions(settle_scans=settle, snapshot_scans=scans)
     return replay(w.host_trace(), knobs=KsmKnobs(**{**FAST, **knobs}), options=opts, engine=engine)  # type: ignore[arg-type]
 
@@ -52,7 +54,10 @@ def test_copies_on_distinct_frames_merge_and_frames_are_freed(engine: str) -> No
     assert r.final_counters["pages_sharing"] == 20
     assert t.net_saved_bytes == 20 * 4096 - (45 + 10) * 64  # 45 rmap_items + 10 stable nodes
     c = r.final_counters
-    assert c["general_profit"] == (c["pages_sharing"] + c["ksm_zero_pages"]) * 4096 - c["rmap_items"] * RMAP_ITEM_BYTES
+    assert (
+        c["general_profit"]
+        == (c["pages_sharing"] + c["ksm_zero_pages"]) * 4096 - c["rmap_items"] * RMAP_ITEM_BYTES
+    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -122,11 +127,19 @@ def test_batches_and_time(engine: str) -> None:
     w.spawn(100)
     w.map(100, 0x10000, list(range(1, 251)))
     w.snapshot(0.0)
-    r = replay(w.host_trace(), knobs=KsmKnobs(pages_to_scan=100, sleep_ms=20, smart_scan=False),
-               options=ReplayOptions(settle_scans=3), engine=engine)  # type: ignore[arg-type]
+    r = replay(
+        w.host_trace(),
+        knobs=KsmKnobs(pages_to_scan=100, sleep_ms=20, smart_scan=False),
+        options=ReplayOptions(settle_scans=3),
+        engine=engine,
+    )  # type: ignore[arg-type]
     assert [s.batches for s in r.scans] == [3, 3, 3]
-    r2 = replay(w.host_trace(), knobs=KsmKnobs(pages_to_scan=125, sleep_ms=20, smart_scan=False),
-                options=ReplayOptions(settle_scans=3), engine=engine)  # type: ignore[arg-type]
+    r2 = replay(
+        w.host_trace(),
+        knobs=KsmKnobs(pages_to_scan=125, sleep_ms=20, smart_scan=False),
+        options=ReplayOptions(settle_scans=3),
+        engine=engine,
+    )  # type: ignore[arg-type]
     assert [s.batches for s in r2.scans] == [3, 3, 3]  # 250 = 2 x 125: floor(P / pts) + 1
     # each batch sleeps 5 jiffies + 1 at HZ=250 (24 ms) plus the wake-up latency and its CPU
     gap = r.scans[1].t_s - r.scans[0].t_s
