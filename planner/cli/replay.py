@@ -20,7 +20,7 @@ from planner.cli._knobs import (
     SmartScan,
     UseZeroPages,
 )
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr
+from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr, warn
 
 if TYPE_CHECKING:
     from planner.engine.result import ReplayResult
@@ -143,6 +143,8 @@ def replay_cmd(
             engine=engine.value,
             progress=bar,
         )
+    for w in result.provenance.get("policy_warnings", []):
+        warn(w)
     if out is not None:
         result.write_parquet(out, overwrite=force)
     if as_json:
@@ -255,18 +257,14 @@ def _render(r: ReplayResult) -> None:
         ):
             pt.add_column(col, justify="right")
         for pid, s in procs[:12]:
-            ratio = (
-                s["ksm_rmap_items"] / s["ksm_merging_pages"]
-                if s["ksm_merging_pages"]
-                else float("inf")
-            )
+            merging = s["ksm_merging_pages"]
             pt.add_row(
                 pid,
                 f"{s['ksm_rmap_items']:,}",
-                f"{s['ksm_merging_pages']:,}",
+                f"{merging:,}",
                 f"{s['ksm_zero_pages']:,}",
                 f"{s['ksm_process_profit'] / MIB:,.2f}",
-                "inf" if ratio == float("inf") else f"{ratio:.1f}",
+                f"{s['ksm_rmap_items'] / merging:.1f}" if merging else "-",
             )
         stderr.print(pt)
         if len(procs) > 12:

@@ -94,10 +94,14 @@ def replay_trace(
     ht = tr.load_host(host)
     resolver: Resolver | None = None
     set_name = "default (prctl for every process)"
+    policy_warnings: list[str] = []
     if policy_path is not None:
         from planner.policy import load_policy
+        from planner.policy.resolve import check_matches, match_processes
 
         ps = load_policy(policy_path, policy_set)
+        # a rule that matches no process is a typo (an error), as in what-if
+        policy_warnings = check_matches([match_processes(ht, ps)], ps)
         resolver = ps.resolver()
         set_name = ps.name
     if knobs is None:
@@ -113,5 +117,6 @@ def replay_trace(
         policy_set=set_name,
         policy_file=None if policy_path is None else str(policy_path),
         hosts=list(tr.hosts),
+        policy_warnings=policy_warnings,
     )
     return res

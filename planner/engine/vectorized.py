@@ -365,24 +365,24 @@ class VectorizedEngine:
         self._remap_items(old, new)
         # content groups of the new snapshot; unstable-tree entries of this scan follow their
         # page when its content did not change (else they are dropped); plain nodes by content
+        occ_new = np.empty(0, np.int64)
+        if old is not None and self.g_occ_scan.size and new.n:
+            valid = np.flatnonzero(self.g_occ_scan == self.scan_id)
+            if valid.size:
+                r_old = self.g_occ_row[valid].astype(np.int64)
+                j = self._rows_at(new, old.mm[r_old].astype(np.int64), old.page[r_old])
+                j = np.minimum(j, new.n - 1)
+                j = j[new.same_content_src[j] == r_old]
+                occ_new = j[new.eligible[j] & (phys[j] != ZERO)]
+        # the old snapshot's per-content arrays go before the new ones are made (peak memory)
+        self.g_occ_row = self.g_occ_scan = self.g_node = self._g_count = np.empty(0, np.int32)
+        self._g_mark = np.empty(0, bool)
         gkey, gid = new.groups()
         G = gkey.size
         g_occ_row = np.full(G, -1, np.int32)
         g_occ_scan = np.full(G, -1, np.int32)
-        if old is not None and self.g_occ_scan.size:
-            valid = np.flatnonzero(self.g_occ_scan == self.scan_id)
-            if valid.size:
-                src = new.same_content_src
-                inv = np.full(old.n, -1, np.int64)
-                ok = src >= 0
-                inv[src[ok]] = np.flatnonzero(ok)
-                j = inv[self.g_occ_row[valid]]
-                keepm = j >= 0
-                jj = j[keepm]
-                keepm[keepm] = new.eligible[jj] & (phys[jj] != ZERO)
-                j = j[keepm]
-                g_occ_row[gid[j]] = j
-                g_occ_scan[gid[j]] = self.scan_id
+        g_occ_row[gid[occ_new]] = occ_new
+        g_occ_scan[gid[occ_new]] = self.scan_id
         g_node = np.full(G, -1, np.int32)
         n_nodes = self.node_key.n
         if n_nodes and G:
@@ -458,7 +458,7 @@ class VectorizedEngine:
         """Items follow their (mm, page) from the old rows to the new ones, or become orphans."""
         n = new.n
         ex = np.zeros(n, bool)
-        it: dict[str, Any] = {f: np.full(n, fill, dt) for f, (dt, fill) in ITEM_FIELDS.items()}
+        it: dict[str, Any] = {}
         orph_keys: list[U64] = []
         orph_fields = []
         if old is not None and old.n:
@@ -469,15 +469,19 @@ class VectorizedEngine:
             live = self.it_exists[src]
             dst, src = dst[live], src[live]
             ex[dst] = True
-            for f in ITEM_FIELDS:
-                it[f][dst] = self.it[f][src]
-            lost = self.it_exists.copy()
-            lost[src] = False
+            lost = self.it_exists
+            lost[src] = False  # the old existence flags are not needed after this
             lost_rows = np.flatnonzero(lost)
             orph_keys.append(
                 (old.mm[lost_rows].astype(np.uint64) << _KEY_SHIFT) | old.page[lost_rows]
             )
             orph_fields.append({f: v[lost_rows] for f, v in self.it.items()})
+            for f, (dt, fill) in ITEM_FIELDS.items():  # field by field: one old array at a time
+                it[f] = np.full(n, fill, dt)
+                it[f][dst] = self.it[f][src]
+                self.it[f] = np.empty(0, dt)
+        else:
+            it = {f: np.full(n, fill, dt) for f, (dt, fill) in ITEM_FIELDS.items()}
         if self.o_key.size:
             # items whose page was absent: back when their (mm, page) is present again
             o_mm = (self.o_key >> _KEY_SHIFT).astype(np.int64)

@@ -106,3 +106,27 @@ def test_not_a_trace(tmp_path: Path) -> None:
     r = ksm("replay", str(f))
     assert r.returncode == 4
     assert "ingest" in r.stderr
+
+
+def test_policy_set_is_applied_and_a_rule_matching_nothing_is_an_error(
+    trace: Path, tmp_path: Path
+) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        "[sets.one]\n"
+        '[[sets.one.rules]]\nmatch = { pid = [100, 101] }\naction = "prctl"\n'
+        "[sets.typo]\n"
+        '[[sets.typo.rules]]\nmatch = { comm = "nginx" }\naction = "prctl"\n'
+    )
+    r = ksm("replay", str(trace), "--policy", str(policy), "--policy-set", "one", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["provenance"]["policy_set"] == "one"
+    procs = doc["final"]["processes"]
+    assert procs["100"]["ksm_merging_pages"] > 0
+    assert procs["102"]["ksm_rmap_items"] == 0  # not in the set: never registered
+    r = ksm("replay", str(trace), "--policy", str(policy), "--policy-set", "typo")
+    assert r.returncode == 4
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "matches no process" in lines[0]
