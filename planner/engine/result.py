@@ -20,6 +20,9 @@ from planner.engine.cost import PATHS
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from planner.engine.prepare import ReplayInput
+
+NS_PER_S = 1_000_000_000
 RMAP_ITEM_BYTES = 64
 STABLE_NODE_BYTES = 64
 
@@ -282,6 +285,75 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def assemble_result(
+    *,
+    engine: str,
+    knobs: dict[str, Any],
+    inp: ReplayInput,
+    page_size: int,
+    end_ns: int,
+    scans: list[ScanRecord],
+    grid: list[GridRecord],
+    batches: int,
+    cpu_ns: int,
+    full_scans: int,
+    path_visits: dict[str, int],
+    path_cpu_ns: dict[str, int],
+    final_counters: dict[str, int],
+    final_processes: dict[str, dict[str, int]],
+    final_truth: Truth,
+    snapshot_first_scan: list[int | None],
+    snapshot_applied_ns: list[int | None],
+    final_node_members: list[tuple[int, int, int]],
+) -> ReplayResult:
+    """The :class:`ReplayResult` of a finished replay (both engines end here).
+
+    ``cpu_ns`` is ksmd's CPU over the replay, ``end_ns`` when it ended; the time to 50/90/99 %
+    of the final saving is read from the scan records and the time grid together.
+    """
+    from planner.provenance import tool_version
+
+    duration_s = end_ns / NS_PER_S
+    points = sorted(
+        [(g.t_s, float(g.truth.saved_frames)) for g in grid]
+        + [(r.t_s, float(r.truth.saved_frames)) for r in scans]
+    )
+    scan_times = [s.scan_time_s for s in scans]
+    cost = CostSummary(
+        cpu_s=cpu_ns / NS_PER_S,
+        duration_s=duration_s,
+        batches=batches,
+        full_scans=full_scans,
+        path_visits={p: int(path_visits[p]) for p in PATHS},
+        path_cpu_s={p: int(path_cpu_ns[p]) / NS_PER_S for p in PATHS},
+        mean_scan_time_s=sum(scan_times) / len(scan_times) if scan_times else None,
+        last_scan_time_s=scan_times[-1] if scan_times else None,
+        time_to_saving_s=time_to_fraction(points, float(final_truth.saved_frames)),
+    )
+    return ReplayResult(
+        engine=engine,
+        knobs=knobs,
+        provenance={
+            "tool_version": tool_version(),
+            "trace_hash": inp.trace_hash,
+            "host": inp.host,
+            "kernel_release": inp.meta.get("kernel_release"),
+            "trace_tool_version": inp.meta.get("tool_version"),
+        },
+        page_size=page_size,
+        duration_s=duration_s,
+        scans=scans,
+        grid=grid,
+        final_counters=final_counters,
+        final_processes=final_processes,
+        final_truth=final_truth,
+        cost=cost,
+        snapshot_first_scan=snapshot_first_scan,
+        snapshot_applied_s=[None if v is None else v / NS_PER_S for v in snapshot_applied_ns],
+        final_node_members=final_node_members,
+    )
+
+
 def time_to_fraction(
     points: list[tuple[float, float]], final: float, fractions: tuple[int, ...] = (50, 90, 99)
 ) -> dict[str, float | None]:
@@ -303,4 +375,5 @@ __all__ = [
     "ReplayResult",
     "ScanRecord",
     "Truth",
+    "assemble_result",
 ]

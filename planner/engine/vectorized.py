@@ -33,17 +33,15 @@ import numpy.typing as npt
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import PATHS
 from planner.engine.result import (
-    CostSummary,
     GridRecord,
     ReplayResult,
     ScanRecord,
     Truth,
+    assemble_result,
     global_counters,
     process_counters,
-    time_to_fraction,
 )
 from planner.engine.timing import NS_PER_MS, NS_PER_S, AdvisorState, advisor_step, sleep_ns
-from planner.provenance import tool_version
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -1517,46 +1515,24 @@ class VectorizedEngine:
     def _result(
         self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int
     ) -> ReplayResult:
-        duration_s = end_ns / NS_PER_S
-        truth = self.truth()
-        points = sorted(
-            [(g.t_s, float(g.truth.saved_frames)) for g in grid]
-            + [(r.t_s, float(r.truth.saved_frames)) for r in scans]
-        )
-        scan_times = [s.scan_time_s for s in scans]
-        cost = CostSummary(
-            cpu_s=(self.cpu_ns - self.cpu_start_ns) / NS_PER_S,
-            duration_s=duration_s,
-            batches=batches,
-            full_scans=self.seqnr,
-            path_visits={p: int(self.path_visits[i]) for i, p in enumerate(PATHS)},
-            path_cpu_s={p: int(self.path_cpu_ns[i]) / NS_PER_S for i, p in enumerate(PATHS)},
-            mean_scan_time_s=sum(scan_times) / len(scan_times) if scan_times else None,
-            last_scan_time_s=scan_times[-1] if scan_times else None,
-            time_to_saving_s=time_to_fraction(points, float(truth.saved_frames)),
-        )
-        return ReplayResult(
+        return assemble_result(
             engine=self.name,
             knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
-            provenance={
-                "tool_version": tool_version(),
-                "trace_hash": self.inp.trace_hash,
-                "host": self.inp.host,
-                "kernel_release": self.inp.meta.get("kernel_release"),
-                "trace_tool_version": self.inp.meta.get("tool_version"),
-            },
+            inp=self.inp,
             page_size=self.page_size,
-            duration_s=duration_s,
+            end_ns=end_ns,
             scans=scans,
             grid=grid,
+            batches=batches,
+            cpu_ns=self.cpu_ns - self.cpu_start_ns,
+            full_scans=self.seqnr,
+            path_visits=dict(zip(PATHS, self.path_visits.tolist(), strict=True)),
+            path_cpu_ns=dict(zip(PATHS, self.path_cpu_ns.tolist(), strict=True)),
             final_counters=self.counters(),
             final_processes=self.processes(),
-            final_truth=truth,
-            cost=cost,
+            final_truth=self.truth(),
             snapshot_first_scan=self.snapshot_first_scan,
-            snapshot_applied_s=[
-                None if v is None else v / NS_PER_S for v in self.snapshot_applied_ns
-            ],
+            snapshot_applied_ns=self.snapshot_applied_ns,
             final_node_members=self._node_members(),
         )
 

@@ -9,12 +9,11 @@ and that every knob is back to what it was.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from planner.cli import main
 from planner.errors import KernelUnsupportedError, KsmBusyError
 from planner.kernel.sysfs import COUNTERS, KERNEL_DEFAULTS, KsmLease, KsmSysfs
 
@@ -115,20 +114,3 @@ def ksm_free() -> Iterator[KsmSysfs]:
     yield sysfs
     assert not holder_pids(), "holder processes left behind"
     assert sysfs.knobs() == before, "the command did not restore every knob"
-
-
-CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
-    """Run ``ksm-planner ARGS`` in-process: ``(exit code, stdout, stderr)``."""
-
-    def run(args: Sequence[object]) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return int(info.value.code or 0), out, err
-
-    return run

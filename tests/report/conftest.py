@@ -9,10 +9,7 @@ from typing import Any
 
 import pytest
 
-from planner.cli import main
 from planner.testing.builder import World
-
-CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
 
 #: Hand-made facts of the small trace (see ``small_world``).
 MASTER, WORKERS = 100, (101, 102, 103)
@@ -47,20 +44,6 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("traces") / "small"
     small_world().write_trace(out)
     return out
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
-    """Run ``ksm-planner ARGS`` in-process: ``(exit code, stdout, stderr)``."""
-
-    def run(args: Sequence[object]) -> tuple[int, str, str]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return int(info.value.code or 0), out, err
-
-    return run
 
 
 def direct_inputs(

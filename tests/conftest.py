@@ -1,4 +1,4 @@
-"""Fixtures of the trace tests (helpers live in each test module: conftest is not importable)."""
+"""Fixtures shared by every test package (package-specific ones live in their own conftest)."""
 
 from __future__ import annotations
 
