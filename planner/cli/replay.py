@@ -178,6 +178,8 @@ def _render(r: ReplayResult) -> None:
     from rich import box
     from rich.table import Table
 
+    from planner.engine.result import GLOBAL_COUNTERS
+
     k = r.knobs
     p = r.provenance
     note(
@@ -216,19 +218,7 @@ def _render(r: ReplayResult) -> None:
     )
     ctab.add_column("counter")
     ctab.add_column("value", justify="right")
-    for n in (
-        "pages_shared",
-        "pages_sharing",
-        "pages_unshared",
-        "pages_volatile",
-        "pages_scanned",
-        "pages_skipped",
-        "full_scans",
-        "stable_node_chains",
-        "stable_node_dups",
-        "ksm_zero_pages",
-        "general_profit",
-    ):
+    for n in GLOBAL_COUNTERS:
         ctab.add_row(n, f"{c[n]:,}")
     stderr.print(ctab)
     cost = r.cost

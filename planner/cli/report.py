@@ -163,16 +163,15 @@ def report_cmd(
     from contextlib import ExitStack
 
     from planner.engine.cost import CostProfile
-    from planner.errors import UsageProblem
     from planner.policy import load_policies, preset
     from planner.report.make import check_output, make_report
-    from planner.whatif import CapacityInputs, ExtrapolationSpec, KnobGrid, load_grid
-    from planner.whatif.grid import knob_name, parse_cross_domain, parse_knob_list
+    from planner.whatif import ExtrapolationSpec
+    from planner.whatif.capacity import capacity_from_options
+    from planner.whatif.grid import grid_from_options
     from planner.whatif.run import options_from
 
     check_output(out, overwrite=force, pdf=pdf)
     policy_sets = _policy_sets(policies, sets, presets, load_policies, preset)
-    knob_grid = load_grid(grid) if grid else KnobGrid()
     given = {
         "pages_to_scan": pages_to_scan,
         "sleep_ms": sleep_ms,
@@ -181,32 +180,15 @@ def report_cmd(
         "max_page_sharing": max_page_sharing,
         "use_zero_pages": use_zero_pages,
     }
-    axes = [(k, parse_knob_list(k, v)) for k, v in given.items() if v is not None]
-    for item in knob or []:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise UsageProblem(
-                f"--knob {item!r} is not NAME=V1,V2", hint="e.g. --knob advisor_max_cpu=40,70"
-            )
-        axes.append((knob_name(name), parse_knob_list(name, text)))
-    if axes:
-        knob_grid = knob_grid.with_axes(axes)
-    if cross_domain is not None:
-        knob_grid = knob_grid.with_cross_domain(parse_cross_domain(cross_domain))
-    capacity = None
+    knob_grid = grid_from_options(grid, given, knob or (), cross_domain)
+    capacity = capacity_from_options(
+        host_mem,
+        headroom=headroom,
+        worker_other=worker_other,
+        host_cpus=host_cpus,
+        cpu_per_worker=cpu_per_worker,
+    )
     extrapolation = None
-    if host_mem is not None:
-        from planner.whatif import parse_headroom, parse_size
-
-        room_bytes, room_fraction = parse_headroom(headroom)
-        capacity = CapacityInputs(
-            host_mem_bytes=parse_size(host_mem),
-            headroom_bytes=room_bytes,
-            headroom_fraction=room_fraction,
-            worker_other_bytes=parse_size(worker_other),
-            host_cpus=host_cpus,
-            cpu_per_worker=cpu_per_worker,
-        )
     if capacity is not None or replicas is not None:
         extrapolation = ExtrapolationSpec(
             group=group, replicas=replicas, n_resamples=bootstrap, confidence=confidence

@@ -187,15 +187,9 @@ def whatif_cmd(
         raise UsageProblem("--json and --csv both print on stdout", hint="choose one")
     from planner.engine.cost import CostProfile
     from planner.policy import PRESETS, load_policies, preset, select_sets
-    from planner.whatif.capacity import CapacityInputs, parse_headroom, parse_size
+    from planner.whatif.capacity import capacity_from_options
     from planner.whatif.extrapolate import ExtrapolationSpec
-    from planner.whatif.grid import (
-        KnobGrid,
-        knob_name,
-        load_grid,
-        parse_cross_domain,
-        parse_knob_list,
-    )
+    from planner.whatif.grid import grid_from_options
     from planner.whatif.run import options_from, run_whatif
 
     # ---- policy sets ---------------------------------------------------------------------
@@ -207,43 +201,28 @@ def whatif_cmd(
     elif set_names:
         raise UsageProblem("--set selects sets of a --policies file", hint="give --policies FILE")
     # ---- knobs -----------------------------------------------------------------------------
-    kgrid = load_grid(grid) if grid is not None else KnobGrid()
-    axes: list[tuple[str, tuple[Any, ...]]] = []
-    values = {
-        "pages_to_scan": pages_to_scan,
-        "sleep_ms": sleep_ms,
-        "smart_scan": smart_scan,
-        "advisor": advisor,
-        "max_page_sharing": max_page_sharing,
-        "use_zero_pages": use_zero_pages,
-    }
-    for name, text in values.items():
-        if text is not None:
-            axes.append((name, parse_knob_list(name, text)))
-    for item in knob or []:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise UsageProblem(
-                f"--knob {item!r} is not NAME=V1,V2", hint="e.g. --knob advisor_max_cpu=40,70"
-            )
-        axes.append((knob_name(name), parse_knob_list(name, text)))
-    if axes:
-        kgrid = kgrid.with_axes(axes)
-    if cross_domain is not None:
-        kgrid = kgrid.with_cross_domain(parse_cross_domain(cross_domain))
+    kgrid = grid_from_options(
+        grid,
+        {
+            "pages_to_scan": pages_to_scan,
+            "sleep_ms": sleep_ms,
+            "smart_scan": smart_scan,
+            "advisor": advisor,
+            "max_page_sharing": max_page_sharing,
+            "use_zero_pages": use_zero_pages,
+        },
+        knob or (),
+        cross_domain,
+    )
     # ---- capacity and extrapolation --------------------------------------------------------
-    capacity = None
-    if host_mem is not None:
-        hb, hf = parse_headroom(headroom)
-        capacity = CapacityInputs(
-            host_mem_bytes=parse_size(host_mem),
-            headroom_bytes=hb,
-            headroom_fraction=hf,
-            worker_other_bytes=parse_size(worker_other),
-            host_cpus=host_cpus,
-            cpu_per_worker=cpu_per_worker,
-        )
-    elif (
+    capacity = capacity_from_options(
+        host_mem,
+        headroom=headroom,
+        worker_other=worker_other,
+        host_cpus=host_cpus,
+        cpu_per_worker=cpu_per_worker,
+    )
+    if capacity is None and (
         host_cpus is not None
         or cpu_per_worker is not None
         or headroom != "0"

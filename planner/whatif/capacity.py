@@ -102,6 +102,29 @@ def parse_headroom(text: str) -> tuple[int, float]:
     return parse_size(t), 0.0
 
 
+def capacity_from_options(
+    host_mem: str | None,
+    *,
+    headroom: str,
+    worker_other: str,
+    host_cpus: float | None = None,
+    cpu_per_worker: float | None = None,
+) -> CapacityInputs | None:
+    """:class:`CapacityInputs` from command-line texts (``64GiB``, ``10%``), or ``None``
+    without ``host_mem``."""
+    if host_mem is None:
+        return None
+    room_bytes, room_fraction = parse_headroom(headroom)
+    return CapacityInputs(
+        host_mem_bytes=parse_size(host_mem),
+        headroom_bytes=room_bytes,
+        headroom_fraction=room_fraction,
+        worker_other_bytes=parse_size(worker_other),
+        host_cpus=host_cpus,
+        cpu_per_worker=cpu_per_worker,
+    )
+
+
 @dataclass(frozen=True)
 class CapacityInputs:
     """What a host offers and what a worker needs besides its anonymous memory.
@@ -402,6 +425,7 @@ __all__ = [
     "CapacityEstimate",
     "CapacityInputs",
     "HostCapacityModel",
+    "capacity_from_options",
     "combine_hosts",
     "estimate_capacity",
     "max_fit",

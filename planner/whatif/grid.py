@@ -290,6 +290,53 @@ def load_grid(path: str | os.PathLike[str]) -> KnobGrid:
     return KnobGrid.from_mapping(doc, source=str(p))
 
 
+def grid_from_options(
+    grid_file: str | os.PathLike[str] | None,
+    lists: Mapping[str, str | None],
+    knob_items: Sequence[str] = (),
+    cross_domain: str | None = None,
+) -> KnobGrid:
+    """The knob grid of a command line: a grid file, then comma-separated lists over it.
+
+    Parameters
+    ----------
+    grid_file
+        A grid TOML file, or ``None`` for the kernel defaults.
+    lists
+        Knob name -> comma-separated values (``None``: not given), e.g.
+        ``{"pages_to_scan": "100,1000"}``.
+    knob_items
+        ``NAME=V1,V2`` texts for any other knob.
+    cross_domain
+        ``allow``, ``deny`` or ``allow,deny``.
+
+    Raises
+    ------
+    KnobError
+        An unknown knob or an impossible value.
+    UsageProblem
+        A ``knob_items`` text without ``=``.
+    """
+    from planner.errors import UsageProblem
+
+    kgrid = load_grid(grid_file) if grid_file is not None else KnobGrid()
+    axes: list[tuple[str, tuple[Any, ...]]] = [
+        (name, parse_knob_list(name, text)) for name, text in lists.items() if text is not None
+    ]
+    for item in knob_items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise UsageProblem(
+                f"--knob {item!r} is not NAME=V1,V2", hint="e.g. --knob advisor_max_cpu=40,70"
+            )
+        axes.append((knob_name(name), parse_knob_list(name, text)))
+    if axes:
+        kgrid = kgrid.with_axes(axes)
+    if cross_domain is not None:
+        kgrid = kgrid.with_cross_domain(parse_cross_domain(cross_domain))
+    return kgrid
+
+
 def knob_label(point: Mapping[str, Any]) -> str:
     """A compact text of a grid point, e.g. ``pages_to_scan=100 sleep_ms=20 smart_scan=on``."""
     keys = sorted(point, key=lambda k: (DISPLAY_ORDER.index(k) if k in DISPLAY_ORDER else 99, k))
@@ -300,6 +347,7 @@ __all__ = [
     "KNOB_ALIASES",
     "CrossDomain",
     "KnobGrid",
+    "grid_from_options",
     "knob_label",
     "knob_name",
     "knob_value",
