@@ -31,7 +31,7 @@ def kernel_hz(
 ) -> int | None:
     """Return the kernel's ``CONFIG_HZ`` if a kernel config can be read, else ``None``.
 
-    KSM's batch period is counted in jiffies (see docs/ksm-kernel-semantics.md §3.4), so
+    KSM's batch period is counted in jiffies (see docs/kernel-semantics.md §4.4), so
     the replay needs HZ. It is read from ``/proc/config.gz`` or ``/boot/config-<release>``.
     """
     release = release or platform.release()

@@ -66,7 +66,7 @@ def loadgen() -> ModuleType:
 
 
 def ksm_achievable_share(pages: pa.Table) -> float:
-    """Frames KSM could free / physical frames (capture-notes.md §3.1), over one snapshot."""
+    """Frames KSM could free / physical frames (docs/capture.md §3.1), over one snapshot."""
     read = pages.filter(pc.is_valid(pages.column("content_hash")))
     frames = read.column("frame_id").to_numpy()
     hashes = read.column("content_hash").to_numpy()
@@ -118,7 +118,7 @@ def test_pages_per_process(sample: tuple[str, HostTrace]) -> None:
     pids, counts = np.unique(last.column("pid").to_numpy(), return_counts=True)
     assert pids.size == 1 + WORKERS
     worker_counts = np.sort(counts)[1:]  # the master is the smallest process
-    # ~40-60 MiB of anonymous memory per worker (capture-notes.md §3.1: about 47 MiB).
+    # ~40-60 MiB of anonymous memory per worker (docs/capture.md §3.2: about 45 MiB).
     assert np.all((worker_counts > 8_000) & (worker_counts < 20_000)), worker_counts
     assert last.column("content_hash").null_count < last.num_rows // 100
 
@@ -131,7 +131,7 @@ def fork_shared_pages(pages: pa.Table) -> int:
 def test_fork_shared_frames_present(sample: tuple[str, HostTrace]) -> None:
     _, host = sample
     last = host.pages_of(int(host.snapshot_ids[-1]))
-    # capture-notes.md §3.1: about 31 MiB without and 71 MiB with --preload.
+    # docs/capture.md §3.2: about 30 MiB without and 72 MiB with --preload.
     assert fork_shared_pages(last) > 16 * 256
 
 

@@ -2,7 +2,7 @@
 
 Traces never hold page contents, only ``xxh3_64`` hashes seeded from a secret key, so a
 trace that leaves the host cannot be used to confirm guesses of low-entropy pages (see
-docs/capture-notes.md §4.14). The key lives in a file (32 random bytes, mode 0600), created
+docs/capture.md §4.13). The key lives in a file (32 random bytes, mode 0600), created
 on first use. Traces record only the key id, a short fingerprint that names the key without
 revealing it: traces captured with the same key have equal hashes for equal pages, and the
 id tells whether two traces can be compared.

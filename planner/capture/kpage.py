@@ -1,7 +1,7 @@
 """Look PFNs up in ``/proc/kpageflags`` and ``/proc/kpagecount`` with coalesced reads.
 
 Both files hold one 64-bit entry per physical frame. The capture prototype found these
-lookups to be the main cost of a capture (37-55 %, docs/capture-notes.md §3.5). The sorted
+lookups to be the main cost of a capture (37-55 %, docs/capture.md §4.12). The sorted
 unique PFNs of a whole snapshot are grouped into runs whose gaps are at most ``gap_entries``
 entries, and each run is read with one ``preadv`` of each file (split at
 ``max_read_entries``) into one buffer, then gathered with one numpy index. Measured on this

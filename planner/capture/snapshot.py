@@ -6,7 +6,7 @@ anonymous ones (pagemap file bit 61 clear; in file mappings these are the copy-o
 copies), minus PTEs of the shared zero page. Their contents are read from
 ``/proc/<pid>/mem`` with one ``preadv`` per run of contiguous recorded pages into one reused
 buffer, so nothing that is not present is ever touched (reading a hole or a swapped page
-would fault it in, docs/capture-notes.md §4.2). Each page is hashed with the capture key.
+would fault it in, docs/capture.md §4.2). Each page is hashed with the capture key.
 Swapped anonymous pages become rows without hash or frame. The pagemap window is read
 again after the contents; pages whose PFN or present bit changed are flagged ``RACY``.
 

@@ -1,6 +1,6 @@
 """Classify the mappings of a process into the kinds of :data:`planner.trace.schema.VMA_KINDS`.
 
-Rules (docs/capture-notes.md §2 and §4):
+Rules (docs/capture.md §2 and §4.3-§4.4):
 
 * shared mappings (``s`` in perms), ``PROT_NONE`` mappings (``---p``: guard pages, thread
   stack guards, arena reserves; reading them through ``/proc/<pid>/mem`` would fault them in),

@@ -1,7 +1,7 @@
 """ksmd CPU cost model: nanoseconds per page by code path, per batch and per scan.
 
-``cpu = sum(path costs) + batches * batch_overhead + scans * scan_start`` (§9.2 of
-docs/ksm-kernel-semantics.md). The unstable-tree insert grows with the tree: it costs
+``cpu = sum(path costs) + batches * batch_overhead + scans * scan_start``
+(docs/kernel-semantics.md §10.2). The unstable-tree insert grows with the tree: it costs
 ``unstable_base + unstable_per_level * ceil(log2(U))`` where ``U`` is the unstable tree size
 left by the previous full scan (pages_unshared at its end), so that both engines compute
 the same integer costs. The default profile ships with the package; ``ksm-planner

@@ -1,7 +1,7 @@
 """The ksmd knobs a replay runs under, with the kernel's defaults and limits.
 
 Names follow ``/sys/kernel/mm/ksm`` (``sleep_millisecs`` is ``sleep_ms`` here, with its unit).
-See docs/ksm-kernel-semantics.md §8 for the defaults and §3-§7 for what each knob does.
+See docs/kernel-semantics.md §9.3 for the defaults and §4-§8 for what each knob does.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class KsmKnobs:
     advisor_target_scan_time_s: int = 200
     stable_node_chains_prune_ms: int = 2000
     #: ksmd's CPU time before the replay starts, seconds. The advisor's first step divides
-    #: ksmd's total runtime since boot by the scan time (a kernel quirk, §7); 0 models a
+    #: ksmd's total runtime since boot by the scan time (a kernel quirk, §8); 0 models a
     #: freshly booted host.
     advisor_initial_cpu_s: float = 0.0
 
@@ -103,7 +103,7 @@ class KsmKnobs:
 
     @property
     def initial_pages_to_scan(self) -> int:
-        """pages_to_scan at the start: switching on the advisor sets it to its minimum (§7)."""
+        """pages_to_scan at the start: switching on the advisor sets it to its minimum (§8)."""
         return self.advisor_min_pages_to_scan if self.advisor == "scan-time" else self.pages_to_scan
 
     def with_(self, **changes: Any) -> KsmKnobs:

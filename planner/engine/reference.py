@@ -1,7 +1,7 @@
 """The reference model: ksmd, one page at a time, in plain Python. It is the oracle.
 
-It follows docs/ksm-kernel-semantics.md (§3 the ksmd loop, §4 cmp_and_merge_page in the
-6.11+ order, §5 lazy removal, §6 smart scan, §7 the advisor, §10 the state machine) and
+It follows docs/kernel-semantics.md (§4 the ksmd loop, §5 cmp_and_merge_page in the 6.11+
+order, §6 lazy removal, §7 smart scan, §8 the advisor, §11 the state machine) and
 mm/ksm.c of Linux 6.12+ closely enough to be checked line by line. It is slow on purpose:
 the vectorized engine is held to it by property tests, and both are held to the real
 kernel by the conformance and ``validate --kernel`` tests.

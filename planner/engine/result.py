@@ -1,6 +1,6 @@
 """What a replay produces: kernel-equivalent counters over time, the truth behind them, cost.
 
-The counters have the kernel's exact definitions (docs/ksm-kernel-semantics.md §8):
+The counters have the kernel's exact definitions (docs/kernel-semantics.md §9):
 ``general_profit = (pages_sharing + ksm_zero_pages) * page_size - rmap_items * 64`` and per
 process ``ksm_process_profit = (ksm_merging_pages + ksm_zero_pages) * page_size -
 ksm_rmap_items * 64``. The *truth* counts physical frames: frames used without KSM (distinct

@@ -1,7 +1,7 @@
 """ksmd's clock: jiffies, the timer wheel, the batch period, and the scan-time advisor.
 
 All model time is integer nanoseconds so that both engines compute identical timelines.
-See docs/ksm-kernel-semantics.md §3.4 (batch period) and §7 (advisor).
+See docs/kernel-semantics.md §4.4 (batch period) and §8 (advisor).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def msecs_to_jiffies(ms: int, hz: int) -> int:
 
 
 def slept_jiffies(requested: int) -> int:
-    """Jiffies a ``schedule_timeout(requested)`` really sleeps (timer-wheel rounding, §3.4).
+    """Jiffies a ``schedule_timeout(requested)`` really sleeps (timer-wheel rounding, §4.4).
 
     Below 63 jiffies the sleep is ``requested + 1``; from level L of the wheel on
     (granularity ``8**L``), the expiry is rounded up to the next bucket boundary:
@@ -66,7 +66,7 @@ def advisor_step(
     min_cpu: int = 10,
     ewma_weight: int = 30,
 ) -> tuple[int, int, int]:
-    """One ``scan_time_advisor()`` run at the end of a full scan (integer arithmetic, §7).
+    """One ``scan_time_advisor()`` run at the end of a full scan (integer arithmetic, §8).
 
     Returns ``(new_pages_to_scan, scan_time_s, cpu_percent)`` and updates ``ctx``.
     """

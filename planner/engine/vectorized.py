@@ -10,7 +10,7 @@ page rules become array operations:
    case (no chain, no page shared by two visited rows, no THP, room in the stable node)
    the outcome has a closed form: candidates join the existing KSM page, or the first two
    pair up (the second one's page becomes the KSM page) and the rest join it, or a lone
-   candidate goes to the unstable tree (docs/ksm-kernel-semantics.md §10);
+   candidate goes to the unstable tree (docs/kernel-semantics.md §11);
 3. the other groups -- chains and dups, fork-shared pages, THP, full stable nodes -- are
    replayed event by event in position order, exactly as the reference model does,
    together with every event that touches a chain;

@@ -4,7 +4,7 @@
 (the only writer of ``/sys/kernel/mm/ksm``; every knob is restored on exit) with holder
 processes (:mod:`planner.kernel.holder`) that own private anonymous pages of chosen
 contents, and reads ksmd's CPU time from ``/proc/<ksmd>/schedstat`` (first field: nanoseconds
-on a CPU). The method is the one of docs/ksm-kernel-semantics.md §9:
+on a CPU). The method is the one of docs/kernel-semantics.md §10.3:
 
 * **One wake-up is one full scan.** ``pages_to_scan`` is far above the pages present and
   ``sleep_millisecs`` is 100, so each wake-up scans everything in one batch. ksmd is stopped
@@ -21,7 +21,7 @@ on a CPU). The method is the one of docs/ksm-kernel-semantics.md §9:
     Scan 1 = first visit (rmap_item allocation + checksum); the pages are rewritten while
     ksmd is stopped, so scan 2 = changed page (checksum only); scans 3 and 4 = unchanged
     unique page inserted into the unstable tree (``N`` items); scan 5 = smart-scan skip of
-    every page (age 4, §6).
+    every page (age 4, §7).
   - ``same``: ``N`` identical pages. Scan 1 = first visit, scan 2 = merge (pairs, then joins),
     scan 3 = already-KSM page; then the holder forks, and scan 4 = the parent's KSM pages
     plus the child's first visits of KSM pages (``fork_join``).
@@ -36,11 +36,11 @@ on a CPU). The method is the one of docs/ksm-kernel-semantics.md §9:
   for a window. The CPU left after the warm per-page costs and the scan starts, per batch,
   is ``batch_overhead_ns`` (it includes the cold-cache penalty of small batches, like the
   default profile's fit); the measured batch period minus the CPU of a batch and minus
-  the slept jiffies (:func:`planner.engine.timing.sleep_ns`, §3.4) is ``wake_latency_ns``
+  the slept jiffies (:func:`planner.engine.timing.sleep_ns`, §4.4) is ``wake_latency_ns``
   (clamped at 0: where ksmd wakes on a tick boundary, the batch's CPU time hides inside the
   jiffy-rounded sleep; the raw value is kept in the fit).
 
-Expect ±30 % between runs on a VM (§9.2), more on a busy host: the load average at start
+Expect ±30 % between runs on a VM (§10.3), more on a busy host: the load average at start
 and end is recorded in the profile's provenance together with every raw measurement.
 """
 
@@ -186,7 +186,7 @@ class Window:
 
     @property
     def batches(self) -> float:
-        """Batches run: full batches plus the one that ends each full scan (§3.2)."""
+        """Batches run: full batches plus the one that ends each full scan (§4.2)."""
         return self.scanned / self.pages_to_scan + self.full_scans
 
 

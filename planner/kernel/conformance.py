@@ -3,10 +3,11 @@
 Each :class:`Scenario` is a small :class:`~planner.testing.World`-built trace, the full scan at
 whose start each snapshot becomes visible, the knobs, and the counter values measured on
 Linux 6.18 at checkpoints: after full scan ``k``, or right after a snapshot was applied
-(ksmd stopped, before the next scan). The expected values are copied from the measured
-results of the shared experiment suite (``tools/ksm-experiments/results/experiments_all.json``
-and ``thp.json``, 286/286 and 10/10 predictions matched there); they are constants here and
-are never read at run time. Each checkpoint names its source row.
+(ksmd stopped, before the next scan). The expected values were measured by the experiment
+suite the project started from (result files ``experiments_all.json`` and ``thp.json``, 286/286
+and 10/10 predictions matched there); they are constants here, never read at run time, and
+the kernel tests measure them again (docs/kernel-semantics.md §12). Each checkpoint names its
+source row.
 
 The scenarios check two things at once: that the harness (:func:`run_on_kernel`) reproduces
 the experiments on the real kernel, and -- with :meth:`Scenario.check` on the replay
@@ -23,7 +24,7 @@ Notes
 Knobs use the replay's names (``pages_to_scan``, ``sleep_ms``, ``max_page_sharing``,
 ``use_zero_pages``, ``smart_scan``); :func:`planner.kernel.run.sysfs_knobs` translates them.
 ``pages_to_scan`` is large so that one ksmd wake-up is one full scan, as in the experiments
-(docs/ksm-kernel-semantics.md §11).
+(docs/kernel-semantics.md §12).
 """
 
 from __future__ import annotations
@@ -893,7 +894,7 @@ THP = Scenario(
     ),
 )
 
-#: Every scenario, in the order of the semantics document.
+#: Every scenario, in the order of docs/kernel-semantics.md §12.
 SCENARIOS: tuple[Scenario, ...] = (
     E1,
     E2,

@@ -21,8 +21,8 @@ Errors are answered ``err <text>``; the holder keeps serving. A holder dies with
 controller: root holders set ``PR_SET_PDEATHSIG``, and every holder exits when its socket
 reaches end-of-file. Forked holders ignore ``SIGCHLD`` so that their own children are reaped
 by the kernel. The interpreter's heap is never made mergeable (no ``prctl``): only the
-region is ``MADV_MERGEABLE`` (docs/ksm-kernel-semantics.md §13: prctl would expose the
-interpreter's ~4 000 heap pages to ksmd).
+region is ``MADV_MERGEABLE`` (docs/kernel-semantics.md §13: prctl would expose every
+anonymous page of the interpreter to ksmd, hundreds to thousands of pages).
 
 Page contents (:func:`page_bytes`): a non-zero page is the 64-bit content hash in big-endian
 order followed by a fixed non-zero filler, so equal hashes give byte-identical pages, different

@@ -4,7 +4,7 @@
 does: the child calls ``prctl(PR_SET_MEMORY_MERGE, 1)`` after ``fork`` and before ``execve``.
 The flag (``MMF_VM_MERGE_ANY``) makes every compatible VMA of the process mergeable, now and
 when it is created later; it is kept across ``execve`` (Linux 6.7+, fixed for good in 6.18)
-and inherited by ``fork`` (docs/ksm-kernel-semantics.md §1.3-1.4). ksm-planner itself stays
+and inherited by ``fork`` (docs/kernel-semantics.md §2.2-§2.4). ksm-planner itself stays
 out of KSM: only the child sets the flag.
 
 Nothing under ``/sys/kernel/mm/ksm`` is written. Whether ksmd actually merges depends on the

@@ -31,7 +31,7 @@ Rules
   processes, then new processes in ``(pid, proc_start)`` order, each registered
   (``MADV_MERGEABLE``, or at fork when the parent is registered) in that order -- new mms join
   the tail of KSM's list, so this is the order ksmd first visits them
-  (docs/ksm-kernel-semantics.md §3.3) -- then exits in pid order.
+  (docs/kernel-semantics.md §4.3) -- then exits in pid order.
 """
 
 from __future__ import annotations

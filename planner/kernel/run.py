@@ -14,7 +14,7 @@ Notes
 Snapshot ``k`` becomes visible at the start of full scan ``snapshot_scans[k]`` (1-based): its
 changes are applied while ksmd is stopped between scans ``s_k - 1`` and ``s_k``. New mms join
 KSM's list behind the cursor, which is on the list head between scans, so they are visited
-last in the next scan in the order they registered (docs/ksm-kernel-semantics.md §3.3).
+last in the next scan in the order they registered (docs/kernel-semantics.md §4.3).
 ksmd only scans while its mm list is non-empty. When it is empty (no registered holder and
 no exited mm left to tear down), the next snapshot is applied at once, as the replay does
 (ksmd sleeps until a process registers); with no snapshot left the run ends early.

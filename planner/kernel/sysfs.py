@@ -12,7 +12,7 @@ journal and puts the host's knobs back before it saves them.
 
 Notes
 -----
-Kernel rules the write order follows (docs/ksm-kernel-semantics.md §5.3, §7):
+Kernel rules the write order follows (docs/kernel-semantics.md §6.3, §8):
 
 * ``max_page_sharing`` and ``merge_across_nodes`` can only change while ``pages_shared`` is
   0 (EBUSY otherwise), so they are written after ``run=2``.
@@ -49,7 +49,7 @@ PROC_ROOT: Final = "/proc"
 LOCK_NAME: Final = "ksm-planner.lock"
 LOCK_DIRS: Final = ("/run/lock", "/tmp")
 
-#: Read-only counters of ``/sys/kernel/mm/ksm`` (kernel names), see the semantics doc §8.
+#: Read-only counters of ``/sys/kernel/mm/ksm`` (kernel names), see docs/kernel-semantics.md §9.1.
 COUNTERS: Final = (
     "full_scans",
     "pages_scanned",

@@ -10,7 +10,7 @@ exactly.
 Notes
 -----
 ``pages_scanned`` and ``pages_skipped`` are compared as counts since the start of the run (the
-kernel never resets them, docs/ksm-kernel-semantics.md §13). Timing (``t_s``) is reported but
+kernel never resets them, docs/kernel-semantics.md §6.3). Timing (``t_s``) is reported but
 not compared: the kernel's real batch period differs from the replay's model by a jiffy here
 and there, and the schedule is fixed by scan numbers, not times.
 """

@@ -5,7 +5,7 @@ in order; the **first rule that matches wins** and decides the process's action:
 
 * ``prctl`` -- ``prctl(PR_SET_MEMORY_MERGE, 1)``: every compatible mapping of the process,
   now and later, is mergeable, and children forked later inherit it (kernel semantics,
-  docs/ksm-kernel-semantics.md §1.3-§1.4);
+  docs/kernel-semantics.md §2.2-§2.3);
 * ``madvise`` -- ``madvise(MADV_MERGEABLE)`` on the mappings of some kinds (``heap``,
   ``anon``, ``stack``, ``file_data``, ...; :data:`planner.trace.schema.VMA_KINDS`) and/or
   address ranges; not inherited over exec;

@@ -14,7 +14,7 @@
   ``prctl`` (kept over execve since 6.7), but loses ``madvise`` (new VMAs): its new image
   is matched against the rules again.
 
-See docs/ksm-kernel-semantics.md §1.3-§1.4. :func:`match_processes` runs the resolver over
+See docs/kernel-semantics.md §2.2-§2.4. :func:`match_processes` runs the resolver over
 a trace's process table only (no pages), to show which rule selected which process and to
 find rules that select nothing.
 """

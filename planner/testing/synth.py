@@ -1,6 +1,6 @@
 """Large synthetic host traces with realistic content popularity and churn (for benchmarks).
 
-The shape follows what the Django captures of docs/capture-notes.md §3 showed for forked
+The shape follows what the Django captures of docs/capture.md §3.2 showed for forked
 interpreter fleets, scaled up:
 
 * processes come in *families* (a master and its forked workers running the same code);

@@ -8,7 +8,7 @@ Two kinds of input become a trace directory (format v1, see :mod:`planner.trace.
   ``comm``, ``vma_start``, ``vma_kind`` and ``frame`` optional), an optional ``is_zero``
   (0/1) and an optional ``host`` column. ``ksm-planner export`` adds the extension columns
   of :data:`EXTENSION_COLUMNS` so that a trace survives the round trip;
-* **schema version 0**: the capture prototype's flat Parquet (docs/capture-notes.md §2),
+* **schema version 0**: the capture prototype's flat Parquet (docs/capture.md §7),
   recognised by its columns. Its PFNs become opaque frame ids (never written), its
   ``kpageflags``, ``kpagecount`` and ``flags`` bits become :class:`~planner.trace.schema.PageFlag`
   bits, and its pages mapped to the shared zero page are counted per process
@@ -101,7 +101,7 @@ INTERCHANGE_TYPES: Final[dict[str, pa.DataType]] = {
     "vma_path": _DICT_STR,
 }
 
-#: Columns of the capture prototype's flat Parquet (schema version 0), capture-notes §2.
+#: Columns of the capture prototype's flat Parquet (schema version 0), docs/capture.md §7.
 V0_COLUMNS: Final = (
     "snapshot_id",
     "snapshot_ts",

@@ -13,7 +13,7 @@ Layout of a trace directory (documented for users in ``traces/README.md``)::
 Schema version history (bump ``SCHEMA_VERSION`` and add a line for every change; readers
 keep loading older versions, see ``planner.trace.io``):
 
-* 0 -- the capture prototype of docs/capture-notes.md: one flat Parquet file per capture,
+* 0 -- the capture prototype of docs/capture.md §7: one flat Parquet file per capture,
   one row per page with denormalised snapshot/process/mapping columns and raw PFNs. Read
   (and upgraded) by ``ksm-planner ingest``; never written.
 * 1 -- this module: four normalised tables per host, keyed hashes with a key id, opaque
@@ -66,7 +66,7 @@ class PageFlag(enum.IntFlag):
     """kpagecount > 1: the frame is mapped more than once (fork sharing, maybe not traced)."""
 
 
-#: Mapping kinds (``mappings.kind`` and interchange ``vma_kind``), see docs/capture-notes.md §2.
+#: Mapping kinds (``mappings.kind`` and interchange ``vma_kind``), see docs/capture.md §2.
 VMA_KINDS: Final = (
     "heap",  # [heap]
     "stack",  # [stack]

@@ -2,7 +2,7 @@
 
 For every snapshot, among the *candidate pages* (pages with a content hash: swapped pages
 and read errors are left out), the static potential is what an ideal scanner could free if
-every duplicate merged at once (docs/capture-notes.md §3.1, §3.3):
+every duplicate merged at once (docs/capture.md §3.1):
 
 * ``naive_saved_pages`` = pages − distinct hashes. It counts fork-shared frames (the same
   physical page mapped by several processes) as savings, so it overstates KSM;

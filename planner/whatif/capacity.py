@@ -22,7 +22,7 @@ Workers per host are the largest n that fits both; the capacity gain is
 ``workers_with / workers_without - 1``. The point estimate uses the point fit; the interval
 repeats the arithmetic for every bootstrap replicate of the fit and takes percentiles.
 A purely memory-bound host saving a fraction ``s`` of its memory gains at most
-``1 / (1 - s) - 1`` (anchors §6.2: 30 % saved allows up to +43 %).
+``1 / (1 - s) - 1`` (``1 / 0.7 - 1``: 30 % saved allows at most +43 %).
 """
 
 from __future__ import annotations

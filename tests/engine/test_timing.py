@@ -1,4 +1,7 @@
-"""ksmd's clock: jiffies rounding, timer wheel, advisor arithmetic (docs §3.4, §7)."""
+"""ksmd's clock: jiffies rounding, timer wheel, advisor arithmetic.
+
+See docs/kernel-semantics.md §4.4 and §8.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from planner.engine.timing import (
 
 @pytest.mark.parametrize(
     ("sleep_ms", "slept_s"),
-    # measured on this kernel at HZ=250 (ksm-kernel-semantics.md §3.4)
+    # measured on the reference kernel at HZ=250 (docs/kernel-semantics.md §4.4)
     [
         (248, 0.252),
         (252, 0.256),
@@ -48,7 +51,8 @@ def test_zero_sleep_does_not_sleep() -> None:
 
 
 def test_advisor_reproduces_kernel_trace_events() -> None:
-    # ksm_advisor trace events measured on 6.18 (results/advisor.json): 500->100->500->410->680->610
+    # ksm_advisor trace events recorded on 6.18: 500->100->500->410->680->610 (another
+    # sequence was re-measured with docs/measure/advisor_trace.py, docs/kernel-semantics.md §8)
     ctx = AdvisorState()
     steps = [
         (500, 1, 46, 100),

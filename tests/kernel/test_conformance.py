@@ -87,7 +87,10 @@ def test_missing_records_and_kernel_only_fields() -> None:
 
 
 def test_e6_skip_pattern_is_the_smart_scan_schedule() -> None:
-    """The copied measured pattern equals the kernel's age/skip rule (semantics doc §6)."""
+    """The copied measured pattern equals the kernel's age/skip rule.
+
+    See docs/kernel-semantics.md §7.
+    """
     age, rem, skipped = 0, 0, []
     for scan in range(1, 27):
         a, age = age, min(age + 1, 255)

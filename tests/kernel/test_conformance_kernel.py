@@ -1,8 +1,8 @@
 """The experiments E1-E11 and THP on the real kernel (marker ``kernel``).
 
 Each scenario runs through the harness (holders, lease, ksmd driver) and must reproduce the
-values measured when the semantics document was written. A failure means the harness, the
-encoding of the experiment, or the kernel changed.
+values measured by the experiment suite the project started from (docs/kernel-semantics.md
+§12). A failure means the harness, the encoding of the experiment, or the kernel changed.
 """
 
 from __future__ import annotations

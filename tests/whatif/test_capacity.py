@@ -1,7 +1,7 @@
 """Capacity arithmetic by hand-computed cases, and against the Meta/Instagram figures.
 
-The Instagram snapshot (anchors.md §1.1, §6.1-6.2; Roesch, "mm: process/cgroup ksm
-support" v9, 2023): a 64 GB host, pages_to_scan 4000 / sleep 20 ms, pages_shared 129,547,
+The Instagram snapshot (Roesch, "mm: process/cgroup ksm support" v9, cover letter on
+linux-mm, April 2023): a 64 GB host, pages_to_scan 4000 / sleep 20 ms, pages_shared 129,547,
 pages_sharing 5,119,146, pages_unshared 1,760,924, pages_volatile 10,761,341,
 general_profit 20,158,298,048 B.
 """

@@ -144,7 +144,7 @@ def _site_env(db: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["KSM_SAMPLE_DB"] = str(db)
     env["DJANGO_SETTINGS_MODULE"] = "ksmsite.settings"
-    # Default interpreter behaviour (random str hashes, ASLR on), as in capture-notes.md (a)/(b).
+    # Default interpreter behaviour (random str hashes, ASLR on), as in docs/capture.md §3.2.
     env.pop("PYTHONHASHSEED", None)
     return env
 
