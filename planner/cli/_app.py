@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import NoReturn
 
 import typer
@@ -12,10 +17,14 @@ from planner import errors as E
 from planner._version import __version__
 
 EPILOG = (
-    "Exit codes: 0 success; 1 the analysis answered 'no' (validation mismatch, threshold "
-    "missed); 2 usage error (bad option or value, output exists); 3 the environment lacks "
-    "something (permission, KSM, an optional extra, a cluster); 4 bad input data (trace, "
-    "interchange file, policy file, missing process); 130 interrupted."
+    "Exit codes: 0 success; 1 the analysis answered 'no' (validation mismatch); 2 usage "
+    "error (bad option or value; an --out that exists, is an input, is being written by "
+    "another run, or is not an earlier output of the tool); 3 the environment lacks "
+    "something (permission, a writable directory, memory, KSM, an optional extra, a "
+    "cluster); 4 bad input data (trace, interchange file, policy file, a process that is "
+    "missing or exited before anything was captured); 130 interrupted (SIGINT, Ctrl-C); "
+    "143 terminated (SIGTERM); 129 hung up (SIGHUP). On an error or a signal, temporary "
+    "files are removed and nothing is left at --out."
 )
 
 app = typer.Typer(
@@ -39,6 +48,23 @@ EXIT_CODES: dict[type[E.PlannerError], int] = {
     E.PlannerError: 4,
 }
 EXIT_INTERRUPTED = 130
+#: Signals that stop a command cleanly; the exit code is 128 + the signal number.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: errno values of an OSError that are the environment's doing (exit code 3), not a bug.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
+EXIT_ENVIRONMENT = 3
 
 
 def exit_code_of(err: E.PlannerError) -> int:
@@ -50,10 +76,52 @@ def exit_code_of(err: E.PlannerError) -> int:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """Print one line on stderr and exit."""
-    sys.stderr.write(f"ksm-planner: error: {message}\n")
-    sys.stderr.flush()
+    """Print one line on stderr (control characters escaped) and exit with ``code``."""
+    from planner.cli._output import safe_text
+
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"ksm-planner: error: {safe_text(message)}\n")
+        sys.stderr.flush()
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def signals_handled() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`planner.errors.Interrupted` for the block.
+
+    The exception unwinds the command: ``finally`` blocks and context managers remove
+    temporary outputs, terminate worker pools and close cluster clients. A second signal
+    while that happens is ignored, so the clean-up is not cut short. A signal that was
+    ignored when the program started (``nohup``, a background job) stays ignored. The
+    previous handlers are restored at the end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise E.Interrupted(signum)
+
+    old: dict[signal.Signals, signal._HANDLER] = {}
+    for sig in HANDLED_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for restored, previous in old.items():
+            signal.signal(restored, signal.SIG_DFL if previous is None else previous)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"
 
 
 def version_callback(value: bool) -> None:
@@ -104,11 +172,22 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
+        with signals_handled():
+            rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
+    except E.Interrupted as err:
+        fail(
+            f"interrupted by {_signal_name(err.signum)}; temporary files were removed",
+            err.exit_code,
+        )
     except E.PlannerError as err:
         fail(err.one_line(), exit_code_of(err))
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", EXIT_INTERRUPTED)
+    except MemoryError:
+        fail(
+            "ran out of memory (the process reached its memory limit)",
+            EXIT_ENVIRONMENT,
+        )
     except typer.Exit as err:
         raise SystemExit(getattr(err, "exit_code", 0)) from None
     except BrokenPipeError:
@@ -121,5 +200,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write((ctx.get_help() if ctx is not None else "") + "\n")
             raise SystemExit(2) from None
         fail(_usage_line(err), int(getattr(err, "exit_code", 2) or 2))
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        fail(f"{err.strerror or err}{where}", EXIT_ENVIRONMENT)
     code = rv if isinstance(rv, int) else 0
     raise SystemExit(code)
