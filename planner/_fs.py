@@ -487,16 +487,30 @@ def signals_deferred() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP back for the block (they arrive right after it).
 
     For the few steps that must not be cut in half: the final rename of an output and the
-    removal of what it replaced.
+    removal of what it replaced. The Python-level handlers are swapped for one that only
+    notes the signal (a thread mask would not do: the kernel gives a process-directed
+    signal to any thread that does not block it); the noted signals are raised again, to
+    the restored handlers, when the block ends.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    pending: list[int] = []
+
+    def note(signum: int, _frame: object) -> None:
+        pending.append(signum)
+
+    old: dict[signal.Signals, Any] = {}
+    for sig in _SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, note)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def _commit(
