@@ -86,19 +86,20 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 @contextlib.contextmanager
-def signals_handled() -> Iterator[None]:
+def signals_handled(received: list[int]) -> Iterator[None]:
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`planner.errors.Interrupted` for the block.
 
     The exception unwinds the command: ``finally`` blocks and context managers remove
-    temporary outputs, terminate worker pools and close cluster clients. A second signal
-    while that happens is ignored, so the clean-up is not cut short. A signal that was
-    ignored when the program started (``nohup``, a background job) stays ignored. The
-    previous handlers are restored at the end.
+    temporary outputs, terminate worker pools and close cluster clients. The signal is
+    appended to ``received``: an exception raised at an awkward moment (inside an import)
+    can turn into another one on its way out, and the caller still knows it was a signal.
+    A second signal while the clean-up runs is ignored, so it is not cut short. A signal
+    that was ignored when the program started (``nohup``, a background job) stays
+    ignored. The previous handlers are restored at the end.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
         if received:
@@ -115,6 +116,31 @@ def signals_handled() -> Iterator[None]:
     finally:
         for restored, previous in old.items():
             signal.signal(restored, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def warnings_as_notes() -> Iterator[None]:
+    """Show Python warnings of libraries as one escaped ``ksm-planner: warning:`` line each."""
+    import warnings
+
+    from planner.cli._output import warn
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        warn(f"{category.__name__}: {message}")
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
 
 
 def _signal_name(signum: int) -> str:
@@ -170,40 +196,50 @@ def _usage_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
+    from planner.cli._output import signals_received as received
+
     command = typer.main.get_command(app)
+    received.clear()
     try:
-        with signals_handled():
+        with signals_handled(received), warnings_as_notes():
             rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
-    except E.Interrupted as err:
-        fail(
-            f"interrupted by {_signal_name(err.signum)}; temporary files were removed",
-            err.exit_code,
-        )
-    except E.PlannerError as err:
-        fail(err.one_line(), exit_code_of(err))
+    except BaseException as err:
+        if received:  # whatever the signal's exception became on its way out
+            fail(
+                f"interrupted by {_signal_name(received[0])}; temporary files were removed",
+                128 + received[0],
+            )
+        _exit_for(err)
+    code = rv if isinstance(rv, int) else 0
+    raise SystemExit(code)
+
+
+def _exit_for(err: BaseException) -> NoReturn:
+    """Map an exception that ended a command to its line on stderr and its exit code."""
+    try:
+        raise err
+    except E.Interrupted as exc:
+        fail(f"interrupted by {_signal_name(exc.signum)}", exc.exit_code)
+    except E.PlannerError as exc:
+        fail(exc.one_line(), exit_code_of(exc))
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", EXIT_INTERRUPTED)
     except MemoryError:
-        fail(
-            "ran out of memory (the process reached its memory limit)",
-            EXIT_ENVIRONMENT,
-        )
-    except typer.Exit as err:
-        raise SystemExit(getattr(err, "exit_code", 0)) from None
+        fail("ran out of memory (the process reached its memory limit)", EXIT_ENVIRONMENT)
+    except typer.Exit as exc:
+        raise SystemExit(getattr(exc, "exit_code", 0)) from None
     except BrokenPipeError:
         # stdout was closed early (``ksm-planner ... --json | head``): end quietly.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise SystemExit(0) from None
-    except _CLI_ERRORS as err:
-        if type(err).__name__ == "NoArgsIsHelpError":
-            ctx = getattr(err, "ctx", None)
+    except _CLI_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            ctx = getattr(exc, "ctx", None)
             sys.stdout.write((ctx.get_help() if ctx is not None else "") + "\n")
             raise SystemExit(2) from None
-        fail(_usage_line(err), int(getattr(err, "exit_code", 2) or 2))
-    except OSError as err:
-        if err.errno not in _ENVIRONMENT_ERRNOS:
+        fail(_usage_line(exc), int(getattr(exc, "exit_code", 2) or 2))
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
-        where = f": {err.filename}" if err.filename else ""
-        fail(f"{err.strerror or err}{where}", EXIT_ENVIRONMENT)
-    code = rv if isinstance(rv, int) else 0
-    raise SystemExit(code)
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", EXIT_ENVIRONMENT)

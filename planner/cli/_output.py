@@ -159,19 +159,42 @@ def emit_json(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+#: Signals received by the running command (filled by ``planner.cli._app.main``).
+signals_received: list[int] = []
+
+
+def _checkpoint() -> None:
+    """Raise the interruption again if a signal arrived and its exception was swallowed.
+
+    A signal's exception is raised wherever the main thread happens to be; inside an import
+    a library may catch it (pyarrow does, importing pandas lazily) and carry on. Progress
+    reports come from the work loops, never from clean-up code, so they are safe points to
+    raise it again.
+    """
+    if signals_received:
+        from planner.errors import Interrupted
+
+        raise Interrupted(signals_received[0])
+
+
 class RichProgress:
-    """The library's :class:`planner._progress.Progress`, drawn with rich on stderr."""
+    """The library's :class:`planner._progress.Progress`, drawn with rich on stderr.
+
+    Each report is also a cancellation point (:func:`_checkpoint`).
+    """
 
     def __init__(self, progress: Progress) -> None:
         self._p = progress
         self._task: Any = None
 
     def start(self, task: str, total: float | None) -> None:
+        _checkpoint()
         if self._task is not None:
             self._p.remove_task(self._task)
         self._task = self._p.add_task(safe_text(task), total=total)
 
     def advance(self, amount: float) -> None:
+        _checkpoint()
         if self._task is not None:
             self._p.advance(self._task, amount)
 
