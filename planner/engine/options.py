@@ -19,9 +19,11 @@ MAX_DURATION_S: Final = 7 * 86_400.0
 #: Finest timeline grid (``--grid``), s: one jiffy at HZ=1000. ksmd cannot wake more often,
 #: so a finer grid only repeats the same counters.
 MIN_GRID_S: Final = 0.001
-#: Most timeline points one replay keeps (a point holds every counter and every process's
-#: ksm_stat: about 11 KB for the ten-process sample traces, so ~1 GiB at this bound). The
-#: automatic grid stays below it; an explicit ``--grid`` that would exceed it is refused.
+#: Most timeline points one replay keeps. A point holds the global counters and the truth
+#: (about 1.1 KB measured, ~110 MB at this bound, plus the same again in ``--json`` and the
+#: Parquet timelines). With ``duration_s`` the automatic grid is coarsened to stay below it;
+#: an explicit grid that would exceed it is refused, up front when the duration is known,
+#: else as soon as the replay passes it.
 MAX_GRID_POINTS: Final = 100_000
 
 
