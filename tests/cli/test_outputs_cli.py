@@ -289,6 +289,18 @@ def test_option_values_out_of_bounds_are_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["whatif", "report"])
+def test_a_knob_grid_is_bounded_before_it_is_built(
+    cli: Cli, trace: Path, tmp_path: Path, command: str
+) -> None:
+    many = ",".join(str(v) for v in range(1, 201))
+    out = ["--out", tmp_path / "r"] if command == "report" else []
+    code, _, err = cli([command, trace, "--pages-to-scan", many, "--sleep-ms", many, *out])
+    assert code == 2
+    assert "the knob grid has 40,000 combinations" in _one_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_grid_too_fine_for_the_replay_stops_early(cli: Cli, trace: Path) -> None:
     # 0.001 s over the replay's own (automatic) duration: refused once it passes the bound,
     # long before memory runs out.
