@@ -238,8 +238,7 @@ class KnobGrid:
         if size > MAX_KNOB_POINTS:
             shape = " x ".join(f"{len(v)} {k}" for k, v in self.axes if len(v) > 1)
             raise KnobError(
-                f"the knob grid has {size:,} combinations ({shape}), "
-                f"more than {MAX_KNOB_POINTS:,}",
+                f"the knob grid has {size:,} combinations ({shape}), more than {MAX_KNOB_POINTS:,}",
                 hint="give fewer values per knob",
             )
         names = [k for k, _ in self.axes]
