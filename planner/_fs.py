@@ -157,8 +157,12 @@ def marked_kind(path: str | os.PathLike[str]) -> str | None:
     except OSError:
         return None
     if stat.S_ISDIR(st.st_mode):
+        marker = p / OUTPUT_MARKER
         try:
-            doc = json.loads((p / OUTPUT_MARKER).read_text(encoding="utf-8"))
+            mst = marker.lstat()
+            if not stat.S_ISREG(mst.st_mode) or mst.st_size > 4096:
+                return None  # never read a FIFO, a device or a link as a mark
+            doc = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if not isinstance(doc, dict) or doc.get("written_by") != "ksm-planner":

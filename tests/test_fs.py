@@ -83,6 +83,17 @@ def test_a_file_output_is_marked_with_an_xattr(tmp_path: Path) -> None:
     assert marked_kind(tmp_path / "plain") is None
 
 
+def test_only_a_small_regular_mark_file_counts(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / OUTPUT_MARKER)  # reading it would block forever
+    assert marked_kind(fifo) is None
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / OUTPUT_MARKER).write_text('{"kind": "review"}')  # not ours
+    assert marked_kind(forged) is None
+
+
 def test_an_output_written_without_a_kind_is_generic(tmp_path: Path) -> None:
     with atomic_dir(tmp_path / "g") as tmp:
         (tmp / "f").write_text("x")

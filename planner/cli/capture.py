@@ -116,7 +116,7 @@ def capture_cmd(
         priority=priority.value,
         proc_root=proc_root,
     )
-    inputs = (key_file or default_key_path(), proc_root)
+    inputs = (key_file or default_key_path(),)
     with claim(out, kind="trace", inputs=inputs, force=force), progress() as bar:
         result = capture(options, progress=bar)
     if as_json:
