@@ -67,27 +67,32 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Signals of a local pool worker: see the module docstring."""
+def _worker_init(parent_pid: int | None) -> None:
+    """Signals of a local pool worker: see the module docstring.
+
+    ``parent_pid``: the process the worker was forked from (``None`` under ``forkserver``,
+    whose workers are children of the fork server), checked once the death signal is set.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the line above: follow it
-        os._exit(1)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the line above: follow it
 
 
 class LocalPool(ProcessPoolExecutor):
     """A process pool whose shutdown with unfinished work terminates the workers."""
 
     def __init__(self, max_workers: int, mp_context: Any) -> None:
+        forked_here = mp_context.get_start_method() != "forkserver"
         super().__init__(
             max_workers=max_workers,
             mp_context=mp_context,
             initializer=_worker_init,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid() if forked_here else None,),
         )
         self._submitted: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
         self._submitted_lock = threading.Lock()

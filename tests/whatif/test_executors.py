@@ -56,6 +56,16 @@ def test_shutdown_with_unfinished_work_terminates_the_workers() -> None:
     assert all(f.done() for f in futures)
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_other_start_methods_run_tasks(method: str) -> None:
+    pool = local_executor(2, start_method=method)
+    try:
+        futures = [pool.submit(os.getpid) for _ in range(2)]
+        assert all(isinstance(f.result(timeout=120), int) for f in futures)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def test_shutdown_after_the_work_is_done_is_ordinary() -> None:
     pool = local_executor(2)
     results = [pool.submit(_sleep_then, 0.01).result() for _ in range(3)]
