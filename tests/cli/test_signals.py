@@ -180,3 +180,49 @@ def test_sigterm_closes_the_dask_client(tmp_path: Path, cluster: Any) -> None:
     _wait(lambda: set(scheduler.clients) <= before, "the client to be closed", timeout_s=30)
     _wait(lambda: not scheduler.tasks, "the cluster to drop the command's tasks", timeout_s=60)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_during_validate_kernel_restores_ksm(tmp_path: Path, sig: signal.Signals) -> None:
+    from planner.kernel.sysfs import KsmSysfs
+    from planner.testing.builder import World
+
+    sysfs = KsmSysfs()
+    if not sysfs.available() or os.geteuid() != 0:
+        pytest.skip("needs root and /sys/kernel/mm/ksm")
+    w = World("h")
+    w.spawn(100, comm="m")
+    w.map(100, 0x10000, list(range(1, 2001)))
+    for pid in (101, 102, 103):
+        w.fork(100, pid)
+        w.write_range(pid, 0x10000, [pid * 10000 + i for i in range(50)])
+    w.snapshot(0.0)
+    w.snapshot(5.0)
+    w.write_trace(tmp_path / "t")
+    before = sysfs.knobs()
+    proc = _start(
+        "validate", "t", "--kernel", "--pages-to-scan", "100", "--sleep-ms", "200", cwd=tmp_path
+    )
+    seen: set[int] = set()
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and proc.poll() is None:
+            kids = _children(proc.pid)
+            seen |= kids | {g for k in kids for g in _children(k)}
+            if sysfs.read("run") == 1 and len(seen) >= 4:
+                break  # ksmd runs on the holders of the trace's four processes
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            if proc.returncode == 3:
+                pytest.skip(f"KSM cannot be leased here: {err.strip()}")
+            pytest.fail(f"validate ended early ({proc.returncode}): {err}")
+        code, err, _ = _stop(proc, sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _check(code, err, sig)
+    assert [p for p in seen if _running(p)] == []
+    assert sysfs.knobs() == before, "the knobs were not restored"
