@@ -79,8 +79,9 @@ def fail(message: str, code: int) -> NoReturn:
     """Print one line on stderr (control characters escaped) and exit with ``code``."""
     from planner.cli._output import safe_text
 
+    line = " ".join(message.splitlines())  # one line; other controls become visible escapes
     with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"ksm-planner: error: {safe_text(message)}\n")
+        sys.stderr.write(f"ksm-planner: error: {safe_text(line)}\n")
         sys.stderr.flush()
     raise SystemExit(code)
 
