@@ -38,6 +38,14 @@ class OutputExistsError(UsageProblem):
     """The output path already exists and overwriting was not requested."""
 
 
+class OutputRefusedError(UsageProblem):
+    """The output path may not be written: it is an input, ``.``, or not a previous output."""
+
+
+class OutputBusyError(UsageProblem):
+    """Another ksm-planner run is writing the same output path right now."""
+
+
 # --- bad input data -----------------------------------------------------------------
 
 
@@ -76,6 +84,10 @@ class KsmBusyError(EnvironmentProblem):
     """Another process is already using KSM on this host, or the KSM lock is held."""
 
 
+class OutputNotWritableError(EnvironmentProblem):
+    """The output's directory cannot be written (permission, read-only filesystem, full disk)."""
+
+
 class MissingExtraError(EnvironmentProblem):
     """An optional dependency is not installed."""
 
@@ -91,16 +103,41 @@ class ValidationMismatch(PlannerError):
     """The replay and the real kernel disagree (``validate --kernel``)."""
 
 
+# --- signals ------------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind (removing temporary outputs) and exit.
+
+    Raised by the command line's signal handlers. It derives from :class:`BaseException`
+    (like :class:`KeyboardInterrupt`) so that ``except Exception`` never swallows it, and
+    ``finally`` blocks and context managers remove what was half-written on the way out.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130, 143, 129)."""
+        return 128 + self.signum
+
+
 __all__ = [
     "CapturePermissionError",
     "ClusterError",
     "EnvironmentProblem",
     "InputDataError",
+    "Interrupted",
     "KernelUnsupportedError",
     "KnobError",
     "KsmBusyError",
     "MissingExtraError",
+    "OutputBusyError",
     "OutputExistsError",
+    "OutputNotWritableError",
+    "OutputRefusedError",
     "PlannerError",
     "PolicyError",
     "TargetNotFoundError",

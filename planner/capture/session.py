@@ -33,7 +33,7 @@ import pyarrow as pa
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.frames import FrameIds
 from planner.capture.hashing import PageHasher
-from planner.capture.keys import HASH_ALGO, load_key
+from planner.capture.keys import HASH_ALGO, prepare_key
 from planner.capture.kpage import KPageReader
 from planner.capture.procfs import (
     KPF_KSM,
@@ -57,6 +57,11 @@ if TYPE_CHECKING:
 Priority = Literal["idle", "low", "normal"]
 PRIORITIES: Final = ("idle", "low", "normal")
 LOW_PRIORITY_NICE_STEP: Final = 10
+#: ``PF_EXITING`` of ``/proc/<pid>/stat`` field 9: the task is exiting (its memory is going).
+PF_EXITING: Final = 0x00000004
+#: Longest wait between snapshot starts, s: a day. Snapshots further apart are separate
+#: captures; the replay between them would only hold the first for that long.
+MAX_INTERVAL_S: Final = 86_400.0
 _U64 = np.uint64
 
 
@@ -86,8 +91,12 @@ class CaptureOptions:
             raise UsageProblem("no capture target given", hint="pass --pid, --cgroup or --comm")
         if self.snapshots < 1:
             raise UsageProblem(f"--snapshots must be at least 1 (got {self.snapshots})")
-        if not self.interval_s >= 0:
-            raise UsageProblem(f"--interval must be >= 0 seconds (got {self.interval_s})")
+        if not 0 <= self.interval_s <= MAX_INTERVAL_S:
+            raise UsageProblem(
+                f"--interval must be between 0 and {MAX_INTERVAL_S:.0f} seconds "
+                f"(got {self.interval_s})",
+                hint="snapshots a day apart or more are separate captures",
+            )
         if self.priority not in PRIORITIES:
             raise UsageProblem(
                 f"unknown --priority {self.priority!r}", hint=f"use one of {', '.join(PRIORITIES)}"
@@ -354,7 +363,8 @@ def capture(
     UsageProblem
         Impossible options, or the output exists without ``overwrite``.
     TargetNotFoundError
-        A target does not exist at the start.
+        A target does not exist at the start, or every target exited before anything
+        was read (then nothing is written: no trace, no new key file).
     CapturePermissionError
         ptrace access, PFN visibility (CAP_SYS_ADMIN) or kpageflags (root) is missing.
     """
@@ -367,7 +377,8 @@ def capture(
         )
     targets = Targets(procfs, options)
     first_targets = targets.resolve_initial()
-    hasher = PageHasher(load_key(options.key_file))
+    key = prepare_key(options.key_file)  # a new key is written only if the capture succeeds
+    hasher = PageHasher(key.key)
     if procfs.is_live:
         written_pfn, probed_zero = probe_own_pfns(procfs)
         if written_pfn == 0:
@@ -380,29 +391,48 @@ def capture(
     host = HostInfo.collect()
     opts_json = options.to_json_dict()
     session = _Session(options, procfs, hasher, host, zero_pfn, opts_json)
-    with contextlib.ExitStack() as stack:
-        kpage = stack.enter_context(KPageReader(procfs)) if options.kpageflags else None
-        stack.enter_context(cpu_priority(options.priority))
-        writer = stack.enter_context(
-            TraceWriter(
-                options.out,
-                source="capture",
-                overwrite=options.overwrite,
-                extra={
-                    "capture": {**opts_json, "hash_algo": HASH_ALGO, "hash_key_id": hasher.key_id}
-                },
+    key_written = False
+    try:
+        with contextlib.ExitStack() as stack:
+            kpage = stack.enter_context(KPageReader(procfs)) if options.kpageflags else None
+            stack.enter_context(cpu_priority(options.priority))
+            writer = stack.enter_context(
+                TraceWriter(
+                    options.out,
+                    source="capture",
+                    overwrite=options.overwrite,
+                    extra={
+                        "capture": {
+                            **opts_json,
+                            "hash_algo": HASH_ALGO,
+                            "hash_key_id": hasher.key_id,
+                        }
+                    },
+                )
             )
-        )
-        hw = writer.host(host.host)
-        t_start = time.perf_counter()
-        for i in range(options.snapshots):
-            if i:
-                sleep(max(0.0, t_start + i * options.interval_s - time.perf_counter()))
-                current = targets.resolve()
-            else:
-                current = first_targets
-            session.snapshot(i, current, targets, hw, kpage, progress)
-        t_write = time.perf_counter()
+            hw = writer.host(host.host)
+            t_start = time.perf_counter()
+            for i in range(options.snapshots):
+                if i:
+                    sleep(max(0.0, t_start + i * options.interval_s - time.perf_counter()))
+                    current = targets.resolve()
+                else:
+                    current = first_targets
+                session.snapshot(i, current, targets, hw, kpage, progress)
+            if not session.seen:
+                gone = ", ".join(map(str, dict.fromkeys(session.gone)))
+                raise TargetNotFoundError(
+                    f"nothing was captured: every target process exited before it could be "
+                    f"read ({gone})",
+                    hint="check that the processes run for the whole capture",
+                )
+            t_write = time.perf_counter()
+            key.persist()
+            key_written = True
+    except BaseException:
+        if key_written:
+            key.discard()
+        raise
     session.timings.write_s += time.perf_counter() - t_write
     manifest = writer.manifest or {}
     files = manifest.get("files", {})
@@ -483,7 +513,7 @@ class _Session:
         )
         caps: list[ProcessCapture] = []
         for pid, start in targets_now.items():
-            pc = self.reader.capture(pid, proc_start=start, progress=progress)
+            pc = self._vanished(self.reader.capture(pid, proc_start=start, progress=progress))
             caps.append(pc)
             if pc.state == "gone":
                 targets.forget(pid)
@@ -517,6 +547,40 @@ class _Session:
         hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages)
         self.timings.write_s += time.perf_counter() - t
         progress.finish()
+
+    def _vanished(self, pc: ProcessCapture) -> ProcessCapture:
+        """``pc``, or a ``gone`` record if it was read empty because it was exiting.
+
+        A process killed while it is read can still look alive (not yet a zombie) while its
+        memory is already torn down: its maps come back empty or every page read fails.
+        Such a read is not a snapshot of the process; it is recorded as gone.
+        """
+        if pc.state != "ok":
+            return pc
+        read_error = np.uint16(PageFlag.READ_ERROR)
+        if pc.pages and not bool(np.all((pc.flags & read_error) != 0)):
+            return pc  # something was read
+        try:
+            st = self.procfs.stat(pc.pid)
+            gone = (
+                st.is_dead
+                or bool(st.flags & PF_EXITING)
+                or st.starttime_ticks != pc.proc_start
+                or (not pc.mappings and not self.procfs.mappings(pc.pid))
+            )
+        except (ProcessGone, CapturePermissionError, OSError):
+            gone = True
+        if not gone:
+            return pc
+        return ProcessCapture(
+            pid=pc.pid,
+            proc_start=pc.proc_start,
+            state="gone",
+            info=pc.info,
+            error="exited while it was read",
+            t0=pc.t0,
+            t1=pc.t1 or time.perf_counter(),
+        )
 
     def _estimate_pages(self, targets_now: Mapping[int, int]) -> float | None:
         total = 0

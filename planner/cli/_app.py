@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import NoReturn
 
 import typer
@@ -12,10 +17,14 @@ from planner import errors as E
 from planner._version import __version__
 
 EPILOG = (
-    "Exit codes: 0 success; 1 the analysis answered 'no' (validation mismatch, threshold "
-    "missed); 2 usage error (bad option or value, output exists); 3 the environment lacks "
-    "something (permission, KSM, an optional extra, a cluster); 4 bad input data (trace, "
-    "interchange file, policy file, missing process); 130 interrupted."
+    "Exit codes: 0 success; 1 the analysis answered 'no' (validation mismatch); 2 usage "
+    "error (bad option or value; an --out that exists, is an input, is being written by "
+    "another run, or is not an earlier output of the tool); 3 the environment lacks "
+    "something (permission, a writable directory, memory, KSM, an optional extra, a "
+    "cluster); 4 bad input data (trace, interchange file, policy file, a process that is "
+    "missing or exited before anything was captured); 130 interrupted (SIGINT, Ctrl-C); "
+    "143 terminated (SIGTERM); 129 hung up (SIGHUP). On an error or a signal, temporary "
+    "files are removed and nothing is left at --out."
 )
 
 app = typer.Typer(
@@ -39,6 +48,23 @@ EXIT_CODES: dict[type[E.PlannerError], int] = {
     E.PlannerError: 4,
 }
 EXIT_INTERRUPTED = 130
+#: Signals that stop a command cleanly; the exit code is 128 + the signal number.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: errno values of an OSError that are the environment's doing (exit code 3), not a bug.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
+EXIT_ENVIRONMENT = 3
 
 
 def exit_code_of(err: E.PlannerError) -> int:
@@ -50,10 +76,79 @@ def exit_code_of(err: E.PlannerError) -> int:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """Print one line on stderr and exit."""
-    sys.stderr.write(f"ksm-planner: error: {message}\n")
-    sys.stderr.flush()
+    """Print one line on stderr (control characters escaped) and exit with ``code``."""
+    from planner.cli._output import safe_text
+
+    line = " ".join(message.splitlines())  # one line; other controls become visible escapes
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"ksm-planner: error: {safe_text(line)}\n")
+        sys.stderr.flush()
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def signals_handled(received: list[int]) -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`planner.errors.Interrupted` for the block.
+
+    The exception unwinds the command: ``finally`` blocks and context managers remove
+    temporary outputs, terminate worker pools and close cluster clients. The signal is
+    appended to ``received``: an exception raised at an awkward moment (inside an import)
+    can turn into another one on its way out, and the caller still knows it was a signal.
+    A second signal while the clean-up runs is ignored, so it is not cut short. A signal
+    that was ignored when the program started (``nohup``, a background job) stays
+    ignored. The previous handlers are restored at the end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise E.Interrupted(signum)
+
+    old: dict[signal.Signals, signal._HANDLER] = {}
+    for sig in HANDLED_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for restored, previous in old.items():
+            signal.signal(restored, signal.SIG_DFL if previous is None else previous)
+
+
+@contextlib.contextmanager
+def warnings_as_notes() -> Iterator[None]:
+    """Show Python warnings of libraries as one escaped ``ksm-planner: warning:`` line each."""
+    import warnings
+
+    from planner.cli._output import warn
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        warn(f"{category.__name__}: {message}")
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"
 
 
 def version_callback(value: bool) -> None:
@@ -102,24 +197,50 @@ def _usage_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
+    from planner.cli._output import signals_received as received
+
     command = typer.main.get_command(app)
+    received.clear()
     try:
-        rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
-    except E.PlannerError as err:
-        fail(err.one_line(), exit_code_of(err))
+        with signals_handled(received), warnings_as_notes():
+            rv = command.main(args=argv, prog_name="ksm-planner", standalone_mode=False)
+    except BaseException as err:
+        if received:  # whatever the signal's exception became on its way out
+            fail(
+                f"interrupted by {_signal_name(received[0])}; temporary files were removed",
+                128 + received[0],
+            )
+        _exit_for(err)
+    code = rv if isinstance(rv, int) else 0
+    raise SystemExit(code)
+
+
+def _exit_for(err: BaseException) -> NoReturn:
+    """Map an exception that ended a command to its line on stderr and its exit code."""
+    try:
+        raise err
+    except E.Interrupted as exc:
+        fail(f"interrupted by {_signal_name(exc.signum)}", exc.exit_code)
+    except E.PlannerError as exc:
+        fail(exc.one_line(), exit_code_of(exc))
     except (KeyboardInterrupt, typer.Abort):
         fail("interrupted", EXIT_INTERRUPTED)
-    except typer.Exit as err:
-        raise SystemExit(getattr(err, "exit_code", 0)) from None
+    except MemoryError:
+        fail("ran out of memory (the process reached its memory limit)", EXIT_ENVIRONMENT)
+    except typer.Exit as exc:
+        raise SystemExit(getattr(exc, "exit_code", 0)) from None
     except BrokenPipeError:
         # stdout was closed early (``ksm-planner ... --json | head``): end quietly.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise SystemExit(0) from None
-    except _CLI_ERRORS as err:
-        if type(err).__name__ == "NoArgsIsHelpError":
-            ctx = getattr(err, "ctx", None)
+    except _CLI_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            ctx = getattr(exc, "ctx", None)
             sys.stdout.write((ctx.get_help() if ctx is not None else "") + "\n")
             raise SystemExit(2) from None
-        fail(_usage_line(err), int(getattr(err, "exit_code", 2) or 2))
-    code = rv if isinstance(rv, int) else 0
-    raise SystemExit(code)
+        fail(_usage_line(exc), int(getattr(exc, "exit_code", 2) or 2))
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", EXIT_ENVIRONMENT)

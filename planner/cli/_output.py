@@ -1,11 +1,21 @@
-"""Output written once for all commands: JSON on stdout, people-facing text on stderr."""
+"""Output written once for all commands: JSON on stdout, people-facing text on stderr.
+
+Every string shown on a terminal passes through :func:`safe_text`: control characters
+(C0 and C1, ESC, DEL) and the Unicode controls that reorder or break lines (bidirectional
+overrides and isolates, line and paragraph separators) are replaced by visible escapes such
+as ``\\x1b``, so that a process name, a file header or a host name cannot move the cursor,
+recolour, retitle or hyperlink the user's terminal. The console :data:`stderr` does this for
+every string it renders (tables, notes, warnings) and treats no string as rich markup.
+JSON on stdout is safe by construction (``json.dumps`` escapes control characters).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,17 +23,117 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 JSON_SCHEMA_VERSION = 1
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _escapes(newlines: bool) -> dict[int, str]:
+    table: dict[int, str] = {}
+    for cp in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]:
+        table[cp] = f"\\x{cp:02x}"
+    for cp in [0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
+        table[cp] = f"\\u{cp:04x}"
+    if newlines:
+        del table[ord("\n")]
+    return table
+
+
+_ESCAPES_ONE_LINE = _escapes(newlines=False)
+_ESCAPES_LINES = _escapes(newlines=True)
+
+
+def safe_text(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every terminal control character replaced by a visible escape.
+
+    Newlines are kept only with ``newlines=True`` (multi-line output such as a table or a
+    CSV document); an error line never spans two lines.
+
+    Examples
+    --------
+    >>> safe_text("web\\x1b]0;pwned\\x07")
+    'web\\\\x1b]0;pwned\\\\x07'
+    """
+    return text.translate(_ESCAPES_LINES if newlines else _ESCAPES_ONE_LINE)
+
+
+class SafeConsole(Console):
+    """A rich console that escapes control characters in every string it renders.
+
+    Strings are never read as rich markup (``[link=...]`` in a process name stays text);
+    styled text is built with :class:`rich.text.Text` by the few callers that want it.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
+        kwargs.setdefault("highlight", False)
+        kwargs.setdefault("emoji", False)
+        super().__init__(**kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Render ``text`` (control characters escaped; newlines kept)."""
+        return super().render_str(safe_text(text, newlines=True), **kwargs)
+
+
+def styled(text: str, style: str) -> Text:
+    """``text`` (escaped like every other string) in a rich ``style`` such as ``bold red``."""
+    return Text(safe_text(text, newlines=True), style=style)
+
+
+stderr = SafeConsole(stderr=True, soft_wrap=True)
+
+
+def wide_console(width: int) -> SafeConsole:
+    """A stderr console at least ``width`` columns wide (for a log or a pipe)."""
+    return SafeConsole(stderr=True, width=max(stderr.width, width))
+
+
+def emit_text(text: str) -> None:
+    """Print a text document (CSV) on stdout; escaped only when stdout is a terminal."""
+    if sys.stdout.isatty():
+        text = safe_text(text, newlines=True)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable JSON document on stdout.")
 ]
 ForceFlag = Annotated[
-    bool, typer.Option("--force", help="Replace the output if it already exists.")
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace the output if it is an earlier output of the same kind written by "
+        "ksm-planner (never an input, an unmarked path or the current directory).",
+    ),
 ]
+
+
+def claim(
+    out: Path | None,
+    *,
+    kind: str,
+    inputs: Iterable[Path | None] = (),
+    force: bool = False,
+    directory: bool = True,
+) -> contextlib.AbstractContextManager[Any]:
+    """Claim ``--out`` for the whole command (see :func:`planner._fs.claim_output`).
+
+    Checks at once, before any work, that ``out`` may be written (not an input, not ``.``,
+    not an unmarked or foreign path under ``--force``) and locks it so that a concurrent
+    run to the same path fails instead of replacing this one's output. ``None``: no output.
+    """
+    if out is None:
+        return contextlib.nullcontext()
+    from planner._fs import claim_output
+
+    return claim_output(
+        out,
+        kind=kind,
+        inputs=[p for p in inputs if p is not None],
+        overwrite=force,
+        directory=directory,
+    )
 
 
 def _clean(obj: Any) -> Any:
@@ -49,19 +159,42 @@ def emit_json(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+#: Signals received by the running command (filled by ``planner.cli._app.main``).
+signals_received: list[int] = []
+
+
+def _checkpoint() -> None:
+    """Raise the interruption again if a signal arrived and its exception was swallowed.
+
+    A signal's exception is raised wherever the main thread happens to be; inside an import
+    a library may catch it (pyarrow does, importing pandas lazily) and carry on. Progress
+    reports come from the work loops, never from clean-up code, so they are safe points to
+    raise it again.
+    """
+    if signals_received:
+        from planner.errors import Interrupted
+
+        raise Interrupted(signals_received[0])
+
+
 class RichProgress:
-    """The library's :class:`planner._progress.Progress`, drawn with rich on stderr."""
+    """The library's :class:`planner._progress.Progress`, drawn with rich on stderr.
+
+    Each report is also a cancellation point (:func:`_checkpoint`).
+    """
 
     def __init__(self, progress: Progress) -> None:
         self._p = progress
         self._task: Any = None
 
     def start(self, task: str, total: float | None) -> None:
+        _checkpoint()
         if self._task is not None:
             self._p.remove_task(self._task)
-        self._task = self._p.add_task(task, total=total)
+        self._task = self._p.add_task(safe_text(task), total=total)
 
     def advance(self, amount: float) -> None:
+        _checkpoint()
         if self._task is not None:
             self._p.advance(self._task, amount)
 
@@ -75,7 +208,7 @@ class RichProgress:
 def progress() -> Iterator[RichProgress]:
     """A progress bar on stderr (drawn only when stderr is a terminal)."""
     p = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -87,11 +220,11 @@ def progress() -> Iterator[RichProgress]:
         yield RichProgress(p)
 
 
-def note(message: str) -> None:
-    """A line for people, on stderr."""
+def note(message: str | Text) -> None:
+    """A line for people, on stderr (control characters escaped, no markup)."""
     stderr.print(message)
 
 
 def warn(message: str) -> None:
-    """A warning for people, on stderr."""
+    """A warning for people, on stderr (control characters escaped, no markup)."""
     stderr.print(f"ksm-planner: warning: {message}")

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from planner.capture.session import MAX_INTERVAL_S
 from planner.cli._app import app
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress
+from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress
 
 
 class PriorityChoice(enum.StrEnum):
@@ -43,7 +44,14 @@ def capture_cmd(
     ] = None,
     snapshots: Annotated[int, typer.Option("--snapshots", "-n", help="Number of snapshots.")] = 1,
     interval: Annotated[
-        float, typer.Option("--interval", help="Seconds between snapshot starts.")
+        float,
+        typer.Option(
+            "--interval",
+            help="Seconds between snapshot starts (at most 86400: snapshots a day apart "
+            "or more are separate captures).",
+            min=0.0,
+            max=MAX_INTERVAL_S,
+        ),
     ] = 10.0,
     key_file: Annotated[
         Path | None,
@@ -89,6 +97,7 @@ def capture_cmd(
 
     Example: ksm-planner capture --pid 1234 --children -n 5 --interval 10 --out web.trace
     """
+    from planner.capture.keys import default_key_path
     from planner.capture.session import CaptureOptions, capture, parse_labels
 
     options = CaptureOptions(
@@ -107,7 +116,8 @@ def capture_cmd(
         priority=priority.value,
         proc_root=proc_root,
     )
-    with progress() as bar:
+    inputs = (key_file or default_key_path(),)
+    with claim(out, kind="trace", inputs=inputs, force=force), progress() as bar:
         result = capture(options, progress=bar)
     if as_json:
         emit_json({"command": "capture", **result.to_dict()})

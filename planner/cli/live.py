@@ -8,7 +8,22 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from planner.cli._app import app
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr, warn
+from planner.cli._output import (
+    ForceFlag,
+    JsonFlag,
+    claim,
+    emit_json,
+    note,
+    progress,
+    stderr,
+    warn,
+)
+
+#: Longest observation (``observe --duration``), s: 31 days, a month of a canary's life
+#: (weekly cycles included); a longer one is better split into recordings.
+MAX_OBSERVE_S = 31 * 86_400.0
+#: Longest gap between observation samples, s: one hour (KSM's counters move in minutes).
+MAX_SAMPLE_INTERVAL_S = 3_600.0
 
 if TYPE_CHECKING:
     from planner.kernel.calibrate import Calibration
@@ -68,7 +83,10 @@ def calibrate_cmd(
     """
     from planner.kernel.calibrate import calibrate
 
-    with progress() as bar:
+    with (
+        claim(out, kind="cost-profile", force=force, directory=False),
+        progress() as bar,
+    ):
         result = calibrate(
             sizes=_parse_sizes(sizes),
             quick=quick,
@@ -187,11 +205,22 @@ def observe_cmd(
         Path, typer.Option("--out", "-o", help="Recording directory to create (Parquet).")
     ],
     interval: Annotated[
-        float, typer.Option("--interval", help="Seconds between samples.", min=0.01)
+        float,
+        typer.Option(
+            "--interval",
+            help="Seconds between samples (0.01 to 3600).",
+            min=0.01,
+            max=MAX_SAMPLE_INTERVAL_S,
+        ),
     ] = 1.0,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", help="Seconds to sample (default: until Ctrl-C)."),
+        typer.Option(
+            "--duration",
+            help="Seconds to sample (default: until Ctrl-C; at most 2678400, 31 days).",
+            min=0.01,
+            max=MAX_OBSERVE_S,
+        ),
     ] = None,
     pid: Annotated[
         list[int] | None,
@@ -220,7 +249,7 @@ def observe_cmd(
     """
     from planner.kernel.observe import observe
 
-    with progress() as bar:
+    with claim(out, kind="observation", force=force), progress() as bar:
         result = observe(
             out,
             interval_s=interval,

@@ -20,7 +20,19 @@ from planner.cli._knobs import (
     SmartScan,
     UseZeroPages,
 )
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr, warn
+from planner.cli._output import (
+    ForceFlag,
+    JsonFlag,
+    claim,
+    emit_json,
+    note,
+    progress,
+    safe_text,
+    stderr,
+    styled,
+    warn,
+)
+from planner.engine.options import MAX_DURATION_S, MAX_GRID_POINTS, MIN_GRID_S
 
 if TYPE_CHECKING:
     from planner.engine.result import ReplayResult
@@ -67,7 +79,10 @@ def replay_cmd(
         typer.Option(
             "--duration",
             help="Seconds to replay; past the last snapshot it is held. "
-            "Default: until 24 full scans after the last snapshot.",
+            "Default: until 24 full scans after the last snapshot. "
+            f"At most {MAX_DURATION_S:.0f} (7 days).",
+            min=0.001,
+            max=MAX_DURATION_S,
         ),
     ] = None,
     settle_scans: Annotated[
@@ -77,7 +92,14 @@ def replay_cmd(
         ),
     ] = 24,
     grid_s: Annotated[
-        float | None, typer.Option("--grid", help="Time-grid step of the timeline, s.")
+        float | None,
+        typer.Option(
+            "--grid",
+            help=f"Time-grid step of the timeline, s (at least {MIN_GRID_S}, one jiffy at "
+            f"HZ=1000; at most {MAX_GRID_POINTS:,} points per replay). "
+            "Default: 1 s, or 1/600 of a longer trace.",
+            min=MIN_GRID_S,
+        ),
     ] = None,
     cost_profile: Annotated[
         Path | None,
@@ -103,8 +125,11 @@ def replay_cmd(
 
     Example: ksm-planner replay traces/django-preload --pages-to-scan 1000 --json
     """
+    from planner.cli._inputs import check_hosts
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions
     from planner.engine.api import replay_trace
+
+    check_hosts(trace, [host] if host is not None else [])
 
     knobs = KsmKnobs(
         pages_to_scan=pages_to_scan,
@@ -126,27 +151,22 @@ def replay_cmd(
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
     )
-    if out is not None and out.exists() and not force:
-        from planner.errors import OutputExistsError
-
-        raise OutputExistsError(
-            f"{out} already exists", hint="choose another --out or pass --force"
-        )
-    with progress() as bar:
-        result = replay_trace(
-            trace,
-            host=host,
-            knobs=knobs,
-            options=options,
-            policy_path=policy,
-            policy_set=policy_set,
-            engine=engine.value,
-            progress=bar,
-        )
-    for w in result.provenance.get("policy_warnings", []):
-        warn(w)
-    if out is not None:
-        result.write_parquet(out, overwrite=force)
+    with claim(out, kind="replay", inputs=(trace, policy, cost_profile), force=force):
+        with progress() as bar:
+            result = replay_trace(
+                trace,
+                host=host,
+                knobs=knobs,
+                options=options,
+                policy_path=policy,
+                policy_set=policy_set,
+                engine=engine.value,
+                progress=bar,
+            )
+        for w in result.provenance.get("policy_warnings", []):
+            warn(w)
+        if out is not None:
+            result.write_parquet(out, overwrite=force)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -161,8 +181,8 @@ def _trace_hz(trace: Path, host: str | None) -> int:
 
     tr = open_trace(trace)
     h = host or (tr.hosts[0] if tr.hosts else None)
-    if h is None:
-        return 250
+    if h is None or h not in tr.hosts:
+        return 250  # the replay itself names an unknown host
     import pyarrow.parquet as pq
 
     snaps = (
@@ -182,11 +202,15 @@ def _render(r: ReplayResult) -> None:
 
     k = r.knobs
     p = r.provenance
-    note(
-        f"[bold]replay[/] of {p.get('trace_path')} (host {p.get('host')}, "
-        f"trace {str(p.get('trace_hash'))[:19]}) "
-        f"with the {r.engine} engine, policy: {p.get('policy_set')}"
+    header = styled("replay", "bold")
+    header.append(
+        safe_text(
+            f" of {p.get('trace_path')} (host {p.get('host')}, "
+            f"trace {str(p.get('trace_hash'))[:19]}) "
+            f"with the {r.engine} engine, policy: {p.get('policy_set')}"
+        )
     )
+    note(header)
     note(
         f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, "
         "max_page_sharing "

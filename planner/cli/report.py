@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, warn
+from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress, warn
+from planner.engine.options import MAX_DURATION_S
 
 _KNOB_LISTS = (
     ("pages_to_scan", "--pages-to-scan"),
@@ -120,7 +121,12 @@ def report_cmd(
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", help="Replay this many seconds instead.", min=0.001),
+        typer.Option(
+            "--duration",
+            help=f"Replay this many seconds instead (at most {MAX_DURATION_S:.0f}, 7 days).",
+            min=0.001,
+            max=MAX_DURATION_S,
+        ),
     ] = None,
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples of the fit.", min=10)
@@ -162,108 +168,113 @@ def report_cmd(
     """
     from contextlib import ExitStack
 
+    from planner.cli._inputs import check_hosts
+    from planner.cli._inputs import presets as _presets
     from planner.engine.cost import CostProfile
-    from planner.policy import load_policies, preset
+    from planner.policy import load_policies
     from planner.report.make import check_output, make_report
     from planner.whatif import ExtrapolationSpec
     from planner.whatif.capacity import capacity_from_options
     from planner.whatif.grid import grid_from_options
     from planner.whatif.run import options_from
 
-    check_output(out, overwrite=force, pdf=pdf)
-    policy_sets = _policy_sets(policies, sets, presets, load_policies, preset)
-    given = {
-        "pages_to_scan": pages_to_scan,
-        "sleep_ms": sleep_ms,
-        "smart_scan": smart_scan,
-        "advisor": advisor,
-        "max_page_sharing": max_page_sharing,
-        "use_zero_pages": use_zero_pages,
-    }
-    knob_grid = grid_from_options(grid, given, knob or (), cross_domain)
-    capacity = capacity_from_options(
-        host_mem,
-        headroom=headroom,
-        worker_other=worker_other,
-        host_cpus=host_cpus,
-        cpu_per_worker=cpu_per_worker,
-    )
-    extrapolation = None
-    if capacity is not None or replicas is not None:
-        extrapolation = ExtrapolationSpec(
-            group=group, replicas=replicas, n_resamples=bootstrap, confidence=confidence
+    inputs = (trace, policies, grid, cost_profile, observed)
+    with claim(out, kind="review", inputs=inputs, force=force):
+        check_output(out, overwrite=force, pdf=pdf)
+        check_hosts(trace, [host] if host is not None else [])
+        policy_sets = _policy_sets(policies, sets, presets, load_policies, _presets)
+        given = {
+            "pages_to_scan": pages_to_scan,
+            "sleep_ms": sleep_ms,
+            "smart_scan": smart_scan,
+            "advisor": advisor,
+            "max_page_sharing": max_page_sharing,
+            "use_zero_pages": use_zero_pages,
+        }
+        knob_grid = grid_from_options(grid, given, knob or (), cross_domain)
+        capacity = capacity_from_options(
+            host_mem,
+            headroom=headroom,
+            worker_other=worker_other,
+            host_cpus=host_cpus,
+            cpu_per_worker=cpu_per_worker,
         )
-    profile = CostProfile.load(cost_profile) if cost_profile else None
-    command = _command(
-        trace,
-        policies=policies,
-        sets=sets,
-        presets=presets,
-        grid=grid,
-        lists=[(flag, given[k]) for k, flag in _KNOB_LISTS],
-        extra=[
-            *(("--knob", k) for k in knob or ()),
-            ("--cross-domain", cross_domain),
-            ("--host-mem", host_mem),
-            ("--headroom", headroom if host_mem else None),
-            ("--worker-other", worker_other if host_mem and worker_other != "0" else None),
-            ("--host-cpus", host_cpus),
-            ("--cpu-per-worker", cpu_per_worker),
-            ("--replicas", replicas),
-            ("--group", group if group != "siblings" else None),
-            ("--observed", observed),
-            ("--host", host),
-            ("--cost-profile", cost_profile),
-            ("--settle-scans", settle_scans),
-            ("--duration", duration),
-            ("--bootstrap", bootstrap if bootstrap != 200 else None),
-            ("--confidence", confidence if confidence != 0.90 else None),
-            ("--cpu-budget", cpu_budget if cpu_budget != 10.0 else None),
-            ("--title", title),
-        ],
-        pdf=pdf,
-    )
-    with ExitStack() as stack:
-        executor = None
-        if scheduler is not None:
-            from planner.whatif import dask_executor
-
-            executor = stack.enter_context(dask_executor(scheduler, timeout_s=cluster_timeout))
-        bar = stack.enter_context(progress())
-        result = make_report(
+        extrapolation = None
+        if capacity is not None or replicas is not None:
+            extrapolation = ExtrapolationSpec(
+                group=group, replicas=replicas, n_resamples=bootstrap, confidence=confidence
+            )
+        profile = CostProfile.load(cost_profile) if cost_profile else None
+        command = _command(
             trace,
-            out=out,
-            policy_sets=policy_sets,
-            grid=knob_grid,
-            replay_options=options_from(settle_scans=settle_scans, duration_s=duration),
-            cost_profile=profile,
-            capacity=capacity,
-            extrapolation=extrapolation,
-            observed=observed,
-            host=host,
-            executor=executor,
-            max_workers=workers,
-            cpu_budget_percent=cpu_budget,
-            command=command,
-            title=title,
+            policies=policies,
+            sets=sets,
+            presets=presets,
+            grid=grid,
+            lists=[(flag, given[k]) for k, flag in _KNOB_LISTS],
+            extra=[
+                *(("--knob", k) for k in knob or ()),
+                ("--cross-domain", cross_domain),
+                ("--host-mem", host_mem),
+                ("--headroom", headroom if host_mem else None),
+                ("--worker-other", worker_other if host_mem and worker_other != "0" else None),
+                ("--host-cpus", host_cpus),
+                ("--cpu-per-worker", cpu_per_worker),
+                ("--replicas", replicas),
+                ("--group", group if group != "siblings" else None),
+                ("--observed", observed),
+                ("--host", host),
+                ("--cost-profile", cost_profile),
+                ("--settle-scans", settle_scans),
+                ("--duration", duration),
+                ("--bootstrap", bootstrap if bootstrap != 200 else None),
+                ("--confidence", confidence if confidence != 0.90 else None),
+                ("--cpu-budget", cpu_budget if cpu_budget != 10.0 else None),
+                ("--title", title),
+            ],
             pdf=pdf,
-            overwrite=force,
-            progress=bar,
         )
-    for w in result.document.data.get("warnings", []):
-        warn(str(w))
-    if as_json:
-        emit_json({"command": "report", **result.to_dict()})
-        return
-    files = result.files
-    note(f"wrote {files.html}")
-    note(f"      {files.markdown}, {len(files.plots)} plots, {len(files.data)} data files")
-    if files.pdf:
-        note(f"      {files.pdf}")
-    note(
-        "recommendation: "
-        + (result.recommended or "none (no scenario meets the conditions; see the review)")
-    )
+        with ExitStack() as stack:
+            executor = None
+            if scheduler is not None:
+                from planner.whatif import dask_executor
+
+                executor = stack.enter_context(dask_executor(scheduler, timeout_s=cluster_timeout))
+            bar = stack.enter_context(progress())
+            result = make_report(
+                trace,
+                out=out,
+                policy_sets=policy_sets,
+                grid=knob_grid,
+                replay_options=options_from(settle_scans=settle_scans, duration_s=duration),
+                cost_profile=profile,
+                capacity=capacity,
+                extrapolation=extrapolation,
+                observed=observed,
+                host=host,
+                executor=executor,
+                max_workers=workers,
+                cpu_budget_percent=cpu_budget,
+                command=command,
+                title=title,
+                pdf=pdf,
+                overwrite=force,
+                progress=bar,
+            )
+        for w in result.document.data.get("warnings", []):
+            warn(str(w))
+        if as_json:
+            emit_json({"command": "report", **result.to_dict()})
+            return
+        files = result.files
+        note(f"wrote {files.html}")
+        note(f"      {files.markdown}, {len(files.plots)} plots, {len(files.data)} data files")
+        if files.pdf:
+            note(f"      {files.pdf}")
+        note(
+            "recommendation: "
+            + (result.recommended or "none (no scenario meets the conditions; see the review)")
+        )
 
 
 def _policy_sets(
@@ -291,7 +302,7 @@ def _policy_sets(
         chosen += loaded
     elif sets:
         raise UsageProblem("--set needs --policies", hint="give the policy file with --policies")
-    chosen += [preset(p) for p in presets or ()]
+    chosen += preset(presets or ())
     return chosen or None
 
 

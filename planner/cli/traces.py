@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr, warn
+from planner.cli._output import (
+    ForceFlag,
+    JsonFlag,
+    claim,
+    emit_json,
+    note,
+    progress,
+    stderr,
+    warn,
+)
 
 if TYPE_CHECKING:
     from planner.trace.summary import GroupPotential, SnapshotPotential, TraceSummary
@@ -63,7 +72,7 @@ def ingest_cmd(
                 f"--zero-hash {zero_hash!r} is not an integer",
                 hint="give a decimal or 0x hex uint64",
             ) from None
-    with progress() as bar:
+    with claim(out, kind="trace", inputs=(src,), force=force), progress() as bar:
         result = ingest(src, out, host=host, zero_hash=zh, overwrite=force, progress=bar)
     for w in result.warnings:
         warn(w)
@@ -110,7 +119,10 @@ def export_cmd(
     """
     from planner.trace.export import export_trace
 
-    with progress() as bar:
+    with (
+        claim(out, kind="export", inputs=(trace,), force=force, directory=False),
+        progress() as bar,
+    ):
         result = export_trace(trace, out, overwrite=force, minimal=minimal, progress=bar)
     if as_json:
         emit_json({"command": "export", **result.to_dict()})

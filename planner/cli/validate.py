@@ -21,7 +21,7 @@ from planner.cli._knobs import (
     UseZeroPages,
     host_hz,
 )
-from planner.cli._output import JsonFlag, emit_json, note, progress, stderr, warn
+from planner.cli._output import JsonFlag, emit_json, note, progress, stderr, styled, warn
 
 if TYPE_CHECKING:
     from planner.kernel.validate import KernelValidation
@@ -89,10 +89,12 @@ def validate_cmd(
             "validate compares the replay with the real kernel and needs --kernel",
             hint="run 'ksm-planner validate TRACE --kernel' as root",
         )
+    from planner.cli._inputs import check_hosts
     from planner.engine import KsmKnobs
     from planner.kernel.validate import validate_on_kernel
     from planner.provenance import kernel_hz
 
+    check_hosts(trace, [host] if host is not None else [])
     knobs = KsmKnobs(
         pages_to_scan=pages_to_scan,
         sleep_ms=sleep_ms,
@@ -128,6 +130,7 @@ def validate_cmd(
 def _render(result: KernelValidation) -> None:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     note(f"KSM counters after each full scan, kernel and replay ({result.engine}); red: differ")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -143,14 +146,14 @@ def _render(result: KernelValidation) -> None:
     table.add_column("procs", justify="right", no_wrap=True)
     for s in result.scans:
         for side, values in (("kern", s.kernel), ("repl", s.replay)):
-            cells = [str(s.full_scans) if side == "kern" else "", side]
+            cells: list[str | Text] = [str(s.full_scans) if side == "kern" else "", side]
             for name, _ in columns:
                 k = s.kernel.get(name) if s.kernel else None
                 r = s.replay.get(name) if s.replay else None
                 v = values.get(name) if values else None
                 text = "-" if v is None else str(round(v / 1024) if name == "general_profit" else v)
-                cells.append(text if k == r else f"[bold red]{text}[/]")
-            procs = "ok" if not s.processes else f"[bold red]{len(s.processes)}≠[/]"
+                cells.append(text if k == r else styled(text, "bold red"))
+            procs = "ok" if not s.processes else styled(f"{len(s.processes)}≠", "bold red")
             cells.append(procs if side == "repl" else "")
             table.add_row(*cells, end_section=side == "repl")
     stderr.print(table)

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._output import ForceFlag, JsonFlag, emit_json, note, progress, stderr, warn
+from planner.cli._output import (
+    ForceFlag,
+    JsonFlag,
+    claim,
+    emit_json,
+    emit_text,
+    note,
+    progress,
+    stderr,
+    warn,
+    wide_console,
+)
+from planner.engine.options import MAX_DURATION_S
 
 if TYPE_CHECKING:
     from planner.whatif.result import ScenarioResult, WhatIfResult
@@ -90,7 +102,12 @@ def whatif_cmd(
     ] = None,
     duration_s: Annotated[
         float | None,
-        typer.Option("--duration", help="Replay this many seconds instead.", min=0.001),
+        typer.Option(
+            "--duration",
+            help=f"Replay this many seconds instead (at most {MAX_DURATION_S:.0f}, 7 days).",
+            min=0.001,
+            max=MAX_DURATION_S,
+        ),
     ] = None,
     cost_profile: Annotated[
         Path | None,
@@ -185,17 +202,18 @@ def whatif_cmd(
 
     if as_json and as_csv:
         raise UsageProblem("--json and --csv both print on stdout", hint="choose one")
+    from planner.cli._inputs import check_hosts
+    from planner.cli._inputs import presets as _presets
     from planner.engine.cost import CostProfile
-    from planner.policy import PRESETS, load_policies, preset, select_sets
+    from planner.policy import load_policies, select_sets
     from planner.whatif.capacity import capacity_from_options
     from planner.whatif.extrapolate import ExtrapolationSpec
     from planner.whatif.grid import grid_from_options
     from planner.whatif.run import options_from, run_whatif
 
     # ---- policy sets ---------------------------------------------------------------------
-    sets = []
-    for name in presets or []:
-        sets += list(PRESETS.values()) if name == "all" else [preset(name)]
+    check_hosts(trace, hosts or ())
+    sets = _presets(presets or (), allow_all=True)
     if policies is not None:
         sets += select_sets(load_policies(policies), set_names, source=str(policies))
     elif set_names:
@@ -236,12 +254,6 @@ def whatif_cmd(
         )
     profile = CostProfile.load(cost_profile) if cost_profile is not None else None
     options = options_from(settle_scans=settle_scans, duration_s=duration_s)
-    if out is not None and out.exists() and not force:
-        from planner.errors import OutputExistsError
-
-        raise OutputExistsError(
-            f"{out} already exists", hint="choose another --out or pass --force"
-        )
 
     def run(executor: Any) -> WhatIfResult:
         with progress() as bar:
@@ -261,22 +273,21 @@ def whatif_cmd(
                 progress=bar,
             )
 
-    if scheduler is not None:
-        from planner.whatif.executors import dask_executor
+    inputs = (trace, policies, grid, cost_profile, observed)
+    with claim(out, kind="whatif", inputs=inputs, force=force):
+        if scheduler is not None:
+            from planner.whatif.executors import dask_executor
 
-        with dask_executor(scheduler, timeout_s=cluster_timeout) as ex:
-            result = run(ex)
-    else:
-        result = run(None)
-
-    if out is not None:
-        _write(result, out, force=force)
+            with dask_executor(scheduler, timeout_s=cluster_timeout) as ex:
+                result = run(ex)
+        else:
+            result = run(None)
+        if out is not None:
+            _write(result, out, force=force)
     if as_json:
         emit_json({"whatif": result.to_dict()})
     elif as_csv:
-        import sys
-
-        sys.stdout.write(result.to_csv())
+        emit_text(result.to_csv())
     else:
         _render(result)
     for w in result.warnings:
@@ -306,15 +317,12 @@ def _knob_text(v: Any) -> str:
 
 
 def _note(text: str) -> None:
-    """A note whose text is not rich markup (brackets are shown as they are)."""
-    from rich.markup import escape
-
-    note(escape(text))
+    """A note (its text is never read as rich markup: brackets are shown as they are)."""
+    note(text)
 
 
 def _render(result: WhatIfResult) -> None:
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     scen = result.scenarios
@@ -384,13 +392,11 @@ def _render(result: WhatIfResult) -> None:
         if s.same_replay_as:
             marks.append("=" + s.same_replay_as)
         row.append(" ".join(marks))
-        t.add_row(*(escape(c) for c in row))
+        t.add_row(*row)
     if stderr.is_terminal:
         stderr.print(t)
     else:  # a log or a pipe: do not squeeze the table into 80 columns
-        from rich.console import Console
-
-        Console(stderr=True, highlight=False, width=max(stderr.width, 240)).print(t)
+        wide_console(240).print(t)
     _note(
         "saved: steady-state saving net of KSM metadata; % anon: of the anonymous memory "
         "without KSM; t90: time to 90 % of it; realized: replayed / ideal saving of the pages; "

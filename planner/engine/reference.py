@@ -34,6 +34,7 @@ import numpy as np
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import PATHS, CostProfile
+from planner.engine.options import MAX_GRID_POINTS, grid_overflow
 from planner.engine.result import (
     GridRecord,
     ReplayResult,
@@ -701,14 +702,7 @@ class ReferenceEngine:
         opts = self.o
         end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
         span_ns = snaps[-1].time_ns if K else 0
-        grid_ns = int(
-            (
-                opts.grid_s
-                if opts.grid_s
-                else (1.0 if span_ns <= 600 * NS_PER_S else span_ns / 600 / NS_PER_S)
-            )
-            * NS_PER_S
-        )
+        grid_ns = opts.grid_step_ns(span_ns)
         grid: list[GridRecord] = []
         next_grid = 0
         scans: list[ScanRecord] = []
@@ -726,6 +720,8 @@ class ReferenceEngine:
             while next_grid < limit or (inclusive and next_grid == limit):
                 if end_ns is not None and next_grid > end_ns:
                     return
+                if len(grid) >= MAX_GRID_POINTS:
+                    raise grid_overflow(len(grid) + 1)
                 grid.append(GridRecord(next_grid / NS_PER_S, self.counters(), self.truth()))
                 next_grid += grid_ns
 

@@ -72,9 +72,37 @@ def inline_html(text: str) -> str:
     return Markup("".join(out))
 
 
+_MD_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\((?!#)")
+
+
+def md_text(text: str) -> str:
+    """Text for the Markdown review: data in it cannot become HTML, a link or an image.
+
+    Outside code spans, ``&``, ``<`` and ``>`` become entities (a process named
+    ``<script>`` stays text in every Markdown renderer) and ``[t](url)`` / ``![t](url)``
+    lose their brackets unless the URL is a ``#section`` link of the document itself.
+    The document's own inline markup (``**bold**``, ``*em*``, ```code```, ``[t](#id)``)
+    is kept.
+
+    Examples
+    --------
+    >>> md_text("<script>x</script> `a<b` [see](#cost) [x](javascript:y)")
+    '&lt;script&gt;x&lt;/script&gt; `a<b` [see](#cost) \\\\[x\\\\](javascript:y)'
+    """
+    parts = _CODE.split(str(text))
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"`{part}`")
+            continue
+        s = part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        out.append(_MD_LINK.sub(lambda m: f"{m[1]}\\[{m[2]}\\](", s))
+    return "".join(out)
+
+
 def md_cell(text: str) -> str:
-    """Text made safe for a Markdown table cell."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text made safe for a Markdown table cell (see :func:`md_text`)."""
+    return md_text(str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "))
 
 
 def md_table(t: Table, label: str) -> str:
@@ -85,9 +113,9 @@ def md_table(t: Table, label: str) -> str:
     for i, cells in enumerate(t.cells()):
         shown = [f"**{md_cell(c)}**" if i in t.highlight and c else md_cell(c) for c in cells]
         rows.append("| " + " | ".join(shown) + " |")
-    parts = [f"**{label}** {t.title}", "", head, rule, *rows]
+    parts = [f"**{label}** {md_text(t.title)}", "", head, rule, *rows]
     if t.note:
-        parts += ["", t.note]
+        parts += ["", md_text(t.note)]
     parts += ["", f"Data: `{DATA_DIR}/{t.name}.csv`"]
     return "\n".join(parts)
 
@@ -106,6 +134,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["inline"] = inline_html
     env.filters["md_cell"] = md_cell
+    env.filters["md_text"] = md_text
     env.filters["md_table"] = md_table
     return env
 

@@ -9,13 +9,24 @@
 
 Tasks are small specs (paths, names, knobs); every worker reads the trace itself, so the
 trace must be at the same path on the workers (a shared filesystem on a real cluster).
+
+Stopping: the local pool's workers ignore SIGINT (the parent handles Ctrl-C for the whole
+process group), die on SIGTERM and SIGHUP, and get SIGTERM when the parent dies
+(``PR_SET_PDEATHSIG``). When the pool is shut down with unfinished work
+(``shutdown(cancel_futures=True)`` after an error or a signal), running workers are
+terminated and joined instead of being waited for, so nothing keeps running or holding the
+parent's output pipes after it has exited.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import threading
+import weakref
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -30,6 +41,9 @@ T = TypeVar("T")
 
 #: Seconds to wait for a Dask scheduler (and a first worker) before giving up.
 DEFAULT_CLUSTER_TIMEOUT_S = 10.0
+#: Seconds a terminated worker gets to exit before it is killed.
+WORKER_EXIT_TIMEOUT_S = 5.0
+_PR_SET_PDEATHSIG = 1
 
 
 class InlineExecutor(Executor):
@@ -40,7 +54,7 @@ class InlineExecutor(Executor):
         fut: Future[T] = Future()
         try:
             fut.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
+        except Exception as exc:  # a signal or exit propagates now, not at .result()
             fut.set_exception(exc)
         return fut
 
@@ -51,6 +65,65 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _worker_init(parent_pid: int | None) -> None:
+    """Signals of a local pool worker: see the module docstring.
+
+    ``parent_pid``: the process the worker was forked from (``None`` under ``forkserver``,
+    whose workers are children of the fork server), checked once the death signal is set.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the line above: follow it
+
+
+class LocalPool(ProcessPoolExecutor):
+    """A process pool whose shutdown with unfinished work terminates the workers."""
+
+    def __init__(self, max_workers: int, mp_context: Any) -> None:
+        forked_here = mp_context.get_start_method() != "forkserver"
+        super().__init__(
+            max_workers=max_workers,
+            mp_context=mp_context,
+            initializer=_worker_init,
+            initargs=(os.getpid() if forked_here else None,),
+        )
+        self._submitted: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
+        self._submitted_lock = threading.Lock()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Submit ``fn(*args, **kwargs)`` to a worker."""
+        fut = super().submit(fn, *args, **kwargs)
+        with self._submitted_lock:
+            self._submitted.add(fut)
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut down; with ``cancel_futures`` and work still running, terminate the workers."""
+        with self._submitted_lock:
+            unfinished = any(not f.done() for f in self._submitted)
+        if not (cancel_futures and unfinished):
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+            return
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        super().shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.join(WORKER_EXIT_TIMEOUT_S)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        if wait:
+            super().shutdown(wait=True)
 
 
 def local_executor(max_workers: int | None = None, *, start_method: str = "fork") -> Executor:
@@ -67,7 +140,7 @@ def local_executor(max_workers: int | None = None, *, start_method: str = "fork"
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(["planner.whatif.tasks"])
-    return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    return LocalPool(max_workers=n, mp_context=ctx)
 
 
 @contextlib.contextmanager
@@ -132,6 +205,7 @@ def describe(executor: Executor) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_CLUSTER_TIMEOUT_S",
     "InlineExecutor",
+    "LocalPool",
     "dask_executor",
     "default_workers",
     "describe",

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from planner.engine.knobs import KNOB_NAMES, KsmKnobs
 from planner.errors import KnobError
@@ -47,6 +48,11 @@ FLOAT_KNOBS = frozenset({"advisor_initial_cpu_s"})
 STR_KNOBS = frozenset({"advisor"})
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
+
+#: Most knob combinations one grid may hold. Each is at least one replay per policy set
+#: (about a second each on the sample traces), so 10,000 is hours of work on a few cores:
+#: the largest sweep worth running as one command. Checked before any point is built.
+MAX_KNOB_POINTS: Final = 10_000
 
 #: The order in which knobs are shown (the rest follow in KsmKnobs order).
 DISPLAY_ORDER = (
@@ -228,6 +234,13 @@ class KnobGrid:
         KnobError
             A combination is impossible; the message names it.
         """
+        size = math.prod(len(v) for _, v in self.axes)
+        if size > MAX_KNOB_POINTS:
+            shape = " x ".join(f"{len(v)} {k}" for k, v in self.axes if len(v) > 1)
+            raise KnobError(
+                f"the knob grid has {size:,} combinations ({shape}), more than {MAX_KNOB_POINTS:,}",
+                hint="give fewer values per knob",
+            )
         names = [k for k, _ in self.axes]
         out: list[dict[str, Any]] = []
         for combo in itertools.product(*(v for _, v in self.axes)):
@@ -345,6 +358,7 @@ def knob_label(point: Mapping[str, Any]) -> str:
 
 __all__ = [
     "KNOB_ALIASES",
+    "MAX_KNOB_POINTS",
     "CrossDomain",
     "KnobGrid",
     "grid_from_options",

@@ -20,6 +20,7 @@ from planner.capture.session import CaptureOptions, capture, cpu_priority, parse
 from planner.errors import (
     KernelUnsupportedError,
     OutputExistsError,
+    OutputRefusedError,
     PlannerError,
     TargetNotFoundError,
     UsageProblem,
@@ -254,7 +255,9 @@ def test_comm_and_cgroup_targets(fake_proc: FakeProc, tmp_path: Path, key_file: 
         (63, "gunicornd", "/", 0x00200000),  # a kernel thread: never a target
     ]
     for pid, comm, cg, flags in specs:
-        fake_proc.process(pid, comm=comm, cgroup=cg, flags=flags)
+        proc = fake_proc.process(pid, comm=comm, cgroup=cg, flags=flags)
+        proc.map(0x10000, 1)  # every live user process has memory (a stack at least)
+        proc.page(0x10000, fake_proc.unique_page(pid), pfn=pid)
     fake_proc.write()
     _, ht = _run(fake_proc, tmp_path / "a", key_file, comm="^gunicorn")
     assert ht.processes.column("pid").to_pylist() == [60, 61]
@@ -318,15 +321,24 @@ def test_parse_labels() -> None:
 def test_existing_output_needs_overwrite(
     fake_proc: FakeProc, tmp_path: Path, key_file: Path
 ) -> None:
-    fake_proc.process(80).write()
+    p = fake_proc.process(80)
+    p.map(0x10000, 1)
+    p.page(0x10000, fake_proc.page_of(1), pfn=5)
+    p.write()
     out = tmp_path / "t"
     out.mkdir()
     (out / "old").write_text("x")
     with pytest.raises(OutputExistsError):
         _run(fake_proc, out, key_file, pids=(80,))
+    with pytest.raises(OutputRefusedError, match="not one"):  # not written by ksm-planner
+        _run(fake_proc, out, key_file, pids=(80,), overwrite=True)
     assert (out / "old").exists()
-    _run(fake_proc, out, key_file, pids=(80,), overwrite=True)
+    shutil.rmtree(out)
+    _run(fake_proc, out, key_file, pids=(80,))
+    (out / "old").write_text("x")
+    _run(fake_proc, out, key_file, pids=(80,), overwrite=True)  # an earlier trace: replaced
     assert not (out / "old").exists()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["keys", "proc", "sys", "t"]
 
 
 def test_failure_mid_capture_leaves_nothing(

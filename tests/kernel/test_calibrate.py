@@ -359,7 +359,14 @@ def test_cli_existing_output_exit_2(cli: CliRunner, tmp_path: Path, no_kernel: l
     assert "already exists" in err
     assert no_kernel == []
     code, _, err = cli(["calibrate", "--quick", "--hz", "250", "--out", out, "--force"])
+    assert code == 2  # a file ksm-planner did not write is never replaced
+    assert "not one" in err
+    assert out.read_text() == "{}"
+    out.unlink()
+    code, _, err = cli(["calibrate", "--quick", "--hz", "250", "--out", out])
     assert code == 0, err
+    code, _, err = cli(["calibrate", "--quick", "--hz", "250", "--out", out, "--force"])
+    assert code == 0, err  # an earlier profile is replaced
     assert CostProfile.load(out).name.startswith("calibrated-")
 
 

@@ -15,7 +15,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from planner.errors import InputDataError, OutputExistsError, TargetNotFoundError, UsageProblem
+from planner.errors import (
+    InputDataError,
+    OutputExistsError,
+    OutputRefusedError,
+    TargetNotFoundError,
+    UsageProblem,
+)
 from planner.kernel.holder import Holder
 from planner.kernel.observe import (
     FORMAT,
@@ -243,6 +249,10 @@ def test_an_existing_output_needs_overwrite(tmp_path: Path, host: tuple[KsmSysfs
     out.mkdir()
     with pytest.raises(OutputExistsError):
         observe(out, interval_s=0.02, duration_s=0.02, sysfs=sysfs, proc_root=proc)
+    with pytest.raises(OutputRefusedError):  # an empty directory is no earlier recording
+        observe(out, interval_s=0.02, duration_s=0.02, sysfs=sysfs, proc_root=proc, overwrite=True)
+    out.rmdir()
+    observe(out, interval_s=0.02, duration_s=0.04, sysfs=sysfs, proc_root=proc)
     observe(out, interval_s=0.02, duration_s=0.02, sysfs=sysfs, proc_root=proc, overwrite=True)
     assert read_observed(out).meta["samples"] == 2
 

@@ -96,7 +96,7 @@ def test_existing_output_is_refused_before_any_work(
     [
         (["--pages-to-scan", "0"], 2, "pages_to_scan"),
         (["--sleep-ms", "-5"], 2, "sleep_ms"),
-        (["--preset", "nope"], 4, "no preset named 'nope'"),
+        (["--preset", "nope"], 2, "--preset 'nope' is not a preset"),
         (["--set", "x"], 2, "--set needs --policies"),
         (["--host-mem", "lots"], 2, "is not a size"),
         (["--cpu-budget", "0"], 2, "CPU budget"),

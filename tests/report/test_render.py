@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from planner.errors import OutputExistsError
+from planner.errors import OutputExistsError, OutputRefusedError
 from planner.report import render
 from planner.report.render import inline_html, md_table, write_report
 from planner.report.review import build_review
@@ -84,8 +84,14 @@ def test_existing_output_is_kept_unless_forced(doc: Any, tmp_path: Path) -> None
     (out / "mine.txt").write_text("keep")
     with pytest.raises(OutputExistsError):
         write_report(doc, out)
+    with pytest.raises(OutputRefusedError):  # not an earlier review: never replaced
+        write_report(doc, out, overwrite=True)
     assert (out / "mine.txt").read_text() == "keep"
-    write_report(doc, out, overwrite=True)
+    (out / "mine.txt").unlink()
+    out.rmdir()
+    write_report(doc, out)
+    (out / "mine.txt").write_text("added later")
+    write_report(doc, out, overwrite=True)  # an earlier review: replaced
     assert not (out / "mine.txt").exists()
     assert (out / "review.html").exists()
 

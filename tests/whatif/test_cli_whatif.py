@@ -142,7 +142,7 @@ def _closed_port() -> int:
         (["--host-mem", "1GiB", "--host-cpus", "8"], 2, "both --host-cpus and --cpu-per-worker"),
         (["--group", "comm:java"], 2, "selects no process of host web-1"),
         (["--host", "db"], 2, "has no host 'db'"),
-        (["--preset", "everything"], 4, "no preset named 'everything'"),
+        (["--preset", "everything"], 2, "--preset 'everything' is not a preset"),
         (["--set", "x"], 2, "--set selects sets of a --policies file"),
         (
             ["--grid", "/nonexistent/grid.toml"],
