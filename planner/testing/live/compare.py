@@ -76,6 +76,11 @@ class CompareOptions:
     """pages_sharing must stay within this fraction of its mean over the steady window."""
     steady_min_scans: int = 3
     first_window_s: float = 60.0
+    min_window_s: float = 10.0
+    """The compared window lasts at least this long (ending at the end of the observation),
+    so that a short steady stretch of a workload that oscillates by design is averaged over
+    several periods; ``SteadyWindow.steady`` still says whether the final stretch met the
+    tolerance."""
     reach_fraction: float = 0.9
     grid_s: float = 0.5
     cost_profile: str | None = None
@@ -90,6 +95,8 @@ class CompareOptions:
             raise UsageProblem("steady_min_scans must be at least 1")
         if not 0 < self.reach_fraction <= 1:
             raise UsageProblem("reach_fraction must be in (0, 1]")
+        if self.min_window_s < 0:
+            raise UsageProblem("min_window_s cannot be negative")
         if self.first_window_s <= 0 or self.grid_s <= 0:
             raise UsageProblem("first_window_s and grid_s must be positive")
 
@@ -284,13 +291,16 @@ def find_steady_window(
     end_s: float,
     tolerance: float = 0.02,
     min_scans: int = 3,
+    min_window_s: float = 0.0,
 ) -> SteadyWindow:
     """The longest final window of boundary samples over which ``values`` stay steady.
 
     ``t``/``full_scans``/``values`` are the samples taken at full-scan boundaries. The window
     starts at a boundary, ends at ``end_s``, covers at least ``min_scans`` full scans, and
     every boundary value in it is within ``tolerance`` of the window's mean. Without such a
-    window, the last third of ``[0, end_s]`` is returned with ``steady=False``.
+    window, the last third of ``[0, end_s]`` is returned with ``steady=False``. A steady
+    window shorter than ``min_window_s`` is widened to it (``spread`` is then the widened
+    window's).
 
     Examples
     --------
@@ -327,8 +337,10 @@ def find_steady_window(
         )
     while start > 0 and spread(start - 1) <= tolerance:
         start -= 1
+    if ta[start] > end_s - min_window_s:  # too short: widen to min_window_s
+        start = next((i for i in range(n) if ta[i] >= end_s - min_window_s), start)
     return SteadyWindow(
-        start_s=ta[start],
+        start_s=min(ta[start], max(0.0, end_s - min_window_s)),
         end_s=end_s,
         full_scans=n - start,
         steady=True,
@@ -524,7 +536,13 @@ def compare_run(
     bfs = [int(r["full_scans"]) for r in b]
     bps = [float(r["pages_sharing"]) for r in b]
     window = find_steady_window(
-        bt, bfs, bps, end_s=end_s, tolerance=opts.steady_tolerance, min_scans=opts.steady_min_scans
+        bt,
+        bfs,
+        bps,
+        end_s=end_s,
+        tolerance=opts.steady_tolerance,
+        min_scans=opts.steady_min_scans,
+        min_window_s=opts.min_window_s,
     )
     if not window.steady:
         notes.append(

@@ -92,9 +92,10 @@ class Workload(abc.ABC):
     expected: ClassVar[str]
     """What the real ksmd is expected to do with it (documented behaviour)."""
 
-    def __init__(self, params: WorkloadParams, work: Path) -> None:
+    def __init__(self, params: WorkloadParams, work: Path, variant: str | None = None) -> None:
         self.params = params
         self.work = work
+        self.variant = variant or self.name
         self.trees: list[ProcessTree] = []
         self.server: ProcessTree | None = None
         self.load: ProcessTree | None = None
@@ -103,7 +104,7 @@ class Workload(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Name, description, expected behaviour and parameters."""
         return {
-            "name": self.name,
+            "name": self.variant,
             "description": self.description,
             "expected": self.expected,
             "params": self.params.to_dict(),
@@ -391,6 +392,9 @@ class NodeParams(WorkloadParams):
 
     workers: int = 4
     items: int = 20000
+    rate_per_s: float | None = 1000.0
+    """Open-loop requests per second; None: closed loop (``concurrency`` always in flight,
+    which saturates this 2-core host)."""
     concurrency: int = 8
     search_every: int = 20
 
@@ -434,7 +438,8 @@ class NodeClusterWorkload(Workload):
             "node-load",
             [self.node, str(asset("node_load.js")), "--url", f"http://127.0.0.1:{self.port}",
              "--concurrency", str(self.params.concurrency),
-             "--search-every", str(self.params.search_every), "--stats", str(self.stats)],
+             "--search-every", str(self.params.search_every), "--stats", str(self.stats)]
+            + (["--rate", f"{self.params.rate_per_s:g}"] if self.params.rate_per_s else []),
             under_ksm=False,
         )  # fmt: skip
 
@@ -531,13 +536,6 @@ class ChurnWorkload(Workload):
         "(freed items leave the counters on the next visit)."
     )
     params: ChurnParams
-
-    def __init__(self, params: WorkloadParams, work: Path, variant: str = "churn") -> None:
-        super().__init__(params, work)
-        self.variant = variant
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "name": self.variant}
 
     def prepare(self) -> None:
         gcc = _which("gcc", "install gcc (apt-get install gcc)")
@@ -714,18 +712,24 @@ class DjangoWorkload(Workload):
 
 # ----------------------------------------------------------------------------- registry
 
+#: Node variants: the default open-loop load, and a closed loop that saturates the host.
+NODE_VARIANTS: Final[dict[str, dict[str, Any]]] = {
+    "node": {},
+    "node-saturated": {"rate_per_s": None},
+}
 WORKLOADS: Final[dict[str, type[Workload]]] = {
     "postgres": PostgresWorkload,
-    "node": NodeClusterWorkload,
+    **{name: NodeClusterWorkload for name in NODE_VARIANTS},
     **{name: ChurnWorkload for name in CHURN_VARIANTS},
     "django": DjangoWorkload,
 }
 PARAMS: Final[dict[str, type[WorkloadParams]]] = {
     "postgres": PostgresParams,
-    "node": NodeParams,
+    **{name: NodeParams for name in NODE_VARIANTS},
     **{name: ChurnParams for name in CHURN_VARIANTS},
     "django": DjangoParams,
 }
+_VARIANTS: Final[dict[str, dict[str, Any]]] = {**NODE_VARIANTS, **CHURN_VARIANTS}
 #: The workloads of the issue's table, in order (``all`` runs these).
 MAIN_WORKLOADS: Final = ("postgres", "node", "churn", "django")
 
@@ -741,7 +745,7 @@ def make_params(name: str, **overrides: Any) -> WorkloadParams:
     if name not in PARAMS:
         raise UsageProblem(f"unknown workload {name!r}", hint=f"use one of {', '.join(WORKLOADS)}")
     cls = PARAMS[name]
-    base = dict(CHURN_VARIANTS.get(name, {}))
+    base = dict(_VARIANTS.get(name, {}))
     base.update(overrides)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(base) - known)
@@ -761,14 +765,13 @@ def make_workload(name: str, work: Path, params: WorkloadParams | None = None) -
         raise UsageProblem(f"unknown workload {name!r}", hint=f"use one of {', '.join(WORKLOADS)}")
     if not isinstance(p, PARAMS[name]):
         raise UsageProblem(f"workload {name} needs {PARAMS[name].__name__}, got {type(p).__name__}")
-    if cls is ChurnWorkload:
-        return ChurnWorkload(p, work, variant=name)
-    return cls(p, work)
+    return cls(p, work, variant=name)
 
 
 __all__ = [
     "CHURN_VARIANTS",
     "MAIN_WORKLOADS",
+    "NODE_VARIANTS",
     "WORKLOADS",
     "ChurnParams",
     "ChurnWorkload",
