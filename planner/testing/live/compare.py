@@ -589,6 +589,19 @@ def compare_run(
     k_full = max(int(r["full_scans"]) for r in ks.rows if r["t_s"] <= w)
     m_cpu = _model_cpu_at(res, w)
     m_full = sum(1 for s in res.scans if s.t_s <= w)
+    # pages handed to cmp_and_merge_page (pages_scanned never resets: a delta) and the cost
+    # of each: what separates "ksmd got less CPU" from "each page cost more"
+    kscan = ks.col("pages_scanned")
+    k_scanned = float(np.interp(w, ks.t, kscan) - kscan[0]) if not math.isnan(kscan[0]) else None
+    m_scanned = float(
+        np.interp(
+            w,
+            [0.0] + [s.t_s for s in res.scans],
+            [0.0] + [float(s.counters["pages_scanned"]) for s in res.scans],
+        )
+    )
+    k_ns_page = 1e9 * k_cpu / k_scanned if k_cpu is not None and k_scanned else None
+    m_ns_page = 1e9 * m_cpu / m_scanned if m_scanned else None
 
     # ---- copy-on-write ----------------------------------------------------------------------
     cow = ks.col("cow_ksm")
@@ -627,6 +640,12 @@ def compare_run(
         ),
         "full_scans_first_window": metric(
             f"full scans in the first {w:g} s", "scans", k_full, m_full, target=SCANS_TARGET
+        ),
+        "pages_scanned_first_window": metric(
+            f"pages_scanned in the first {w:g} s", "pages", k_scanned, m_scanned
+        ),
+        "ksmd_ns_per_scanned_page": metric(
+            "ksmd CPU ns per scanned page (first window)", "ns", k_ns_page, m_ns_page
         ),
         "cow_ksm_per_s": metric(
             "copy-on-write breaks of KSM pages per s",

@@ -529,9 +529,10 @@ class ChurnWorkload(Workload):
         "1000 ms page can pass when a full scan takes well under a second). osc: each toggle "
         "changes every page; it merges again only after two visits with the new content, and "
         "the next toggle breaks every merged page (one cow_ksm each). rewrite: merges (the "
-        "content never changes) and every write to a merged page breaks it (cow_ksm); the "
-        "next visit re-merges it at once, so pages_sharing, which ksmd updates lazily, stays "
-        "high while cow_ksm counts one break per page and visit. heap: grows to heap_max "
+        "content never changes) and every write to a merged page breaks it (cow_ksm); a "
+        "visit that smart scan does not skip re-merges it at once (its checksum is "
+        "unchanged), so pages_sharing, which ksmd updates lazily, stays high while cow_ksm "
+        "counts up to one break per page and processed visit. heap: grows to heap_max "
         "pages after grow_at_s (more merging) and shrinks to heap_shrink after shrink_at_s "
         "(freed items leave the counters on the next visit)."
     )
