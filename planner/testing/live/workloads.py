@@ -458,7 +458,7 @@ class NodeClusterWorkload(Workload):
         except (OSError, ValueError, AttributeError):
             return {}
         rate = d["requests"] / d["elapsed_s"] if d.get("elapsed_s") else None
-        return {"tool": "node closed loop", **d, "requests_per_s": rate and round(rate, 1)}
+        return {"tool": "node_load.js", **d, "requests_per_s": rate and round(rate, 1)}
 
 
 # ----------------------------------------------------------------------------- churn
