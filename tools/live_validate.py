@@ -28,11 +28,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from planner.errors import PlannerError, UsageProblem
 from planner.provenance import HostInfo, tool_version
-from planner.testing.live.compare import ALIGNMENTS, CompareOptions, compare_run
+from planner.testing.live.compare import ALIGNMENTS, Alignment, CompareOptions, compare_run
 from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
 from planner.testing.live.workloads import MAIN_WORKLOADS, WORKLOADS, make_params
 
@@ -120,7 +120,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
     out: dict[str, Any] = {}
     for al in [a.strip() for a in args.alignment.split(",") if a.strip()]:
         opts = CompareOptions(
-            alignment=al,  # type: ignore[arg-type]  (checked by CompareOptions)
+            alignment=cast("Alignment", al),  # CompareOptions refuses unknown names
             engine=args.engine,
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageProblem(f"--param for workloads not run: {sorted(unknown)}")
         if args.runs < 1:
             raise UsageProblem("--runs must be at least 1")
+        bad = [a for a in args.alignment.split(",") if a.strip() not in ALIGNMENTS]
+        if bad:
+            raise UsageProblem(f"unknown --alignment {bad}", hint="use time, last or time,last")
         cfg = LiveConfig(
             pages_to_scan=args.pages_to_scan,
             sleep_millisecs=args.sleep_ms,

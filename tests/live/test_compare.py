@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from planner.testing.live.compare import (
     step_mean,
 )
 from planner.testing.live.protocol import LiveRun
+from planner.testing.live.workloads import make_params
 
 # ----------------------------------------------------------------------------- series tools
 
@@ -157,6 +159,19 @@ def test_fewer_kernel_scans_are_counted(synthetic_run: Callable[..., LiveRun]) -
     assert not math.isnan(full.error or math.nan)
 
 
-def test_a_directory_that_is_not_a_run_is_refused(tmp_path: object) -> None:
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputDataError):
         LiveRun.read(str(tmp_path))
+
+
+def test_run_live_refuses_before_creating_anything(tmp_path: Path) -> None:
+    from planner.testing.live.protocol import run_live
+
+    with pytest.raises(UsageProblem, match="unknown workload"):
+        run_live("mysql", tmp_path / "run")
+    with pytest.raises(UsageProblem, match="needs ChurnParams"):
+        run_live("churn", tmp_path / "run", params=make_params("postgres"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(UsageProblem, match="already exists"):
+        run_live("churn", tmp_path / "taken")

@@ -9,9 +9,9 @@ reference machine (docs/live-validation.md): they flip to XPASS -- and fail, ask
 mark to be removed -- when the model improves.
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``. Runtime per
-workload 1.6-2.1 minutes (PostgreSQL, Node, churn) and 2.5-4.2 minutes (Django), plus the wait for the KSM
-lock when another kernel test holds it (up to ``LOCK_WAIT_S``); 8.6 minutes in all on the
-reference machine.
+workload 1.6-2.1 minutes (PostgreSQL, Node, churn) and 2.5-4.2 minutes (Django), plus the
+wait for the KSM lock when another kernel test holds it (up to ``LOCK_WAIT_S``); 8.6 minutes
+in all on the reference machine.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -50,7 +51,7 @@ from planner.testing.live.workloads import Workload, make_workload
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from planner.testing.live.host import CpuSample
     from planner.testing.live.workloads import WorkloadParams
@@ -346,6 +347,9 @@ def run_live(
     out = Path(out_dir)
     if out.exists():
         raise UsageProblem(f"{out} already exists", hint="give a new run directory")
+    make_workload(workload, out, params)  # unknown workload or wrong parameters: fail here
+    with contextlib.suppress(KsmBusyError):  # busy now is waited for at the lease
+        KsmLease(cfg.knobs()).preflight()  # no KSM, not root: fail before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(mode=0o700)
     work = Path(tempfile.mkdtemp(prefix="ksm-live-"))
@@ -357,7 +361,7 @@ def run_live(
     host_load: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     try:
-        with HostLoadMonitor() as mon:
+        with _terminate_as_interrupt(), HostLoadMonitor() as mon:
             note(f"{workload}: preparing in {work}")
             wl.prepare()
             phases["prepare_s"] = time.monotonic() - t_start
@@ -592,6 +596,29 @@ def _leased_run(
         load=load_summary,
         stopped=stopped,
     )
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise KeyboardInterrupt for the whole run (main thread only), so that
+    every ``finally`` stops what was started -- also before and after the lease, which
+    installs such a handler only while it is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            old[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _sleep_checked(wl: Workload, seconds: float) -> None:
