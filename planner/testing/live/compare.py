@@ -1,0 +1,752 @@
+"""Score the planner against a live run: replay its capture, compare with the real ksmd.
+
+:func:`compare_run` reads a run directory written by
+:func:`~planner.testing.live.protocol.run_live`, replays the capture with the run's knobs
+(:func:`planner.engine.replay`, every process registered by prctl, as the workload was) and
+compares, over the same times:
+
+``pages_sharing_steady``
+    The mean of ``pages_sharing`` over the kernel's steady window (see
+    :func:`find_steady_window`), model against kernel, both averaged over that same window
+    as step functions of time. Relative error; the issue's target depends on the workload
+    (:data:`SHARING_TARGETS`).
+``scan_reaching_90``
+    The first full scan at whose end ``pages_sharing`` reaches 90 % of its own steady mean
+    (the kernel's for the kernel, the model's for the model). Difference in scans; target 0.
+``ksmd_cpu_s_first_window`` / ``full_scans_first_window``
+    ksmd's CPU seconds (``/proc/<ksmd>/stat`` utime+stime) and completed full scans over the
+    first ``first_window_s`` seconds after ``run=1`` (the first minute). Relative; ±20 %.
+``cow_ksm_per_s``
+    Copy-on-write breaks of KSM pages per second over the observation (``cow_ksm`` of
+    ``/proc/vmstat``) against the model's (``None`` while the replay does not model writes).
+``rmap_items_total_steady`` / ``rmap_items_worst_process``
+    ``ksm_rmap_items`` summed over the processes, and the worst per-process error, over the
+    steady window (informative: no target).
+
+Two alignments of the replay's clock with the kernel's: ``time`` (the default, what a user
+does: ksmd starts at the first snapshot and each snapshot takes effect at its capture time)
+and ``last`` (every snapshot is applied before the first full scan, i.e. ksmd starts on the
+memory as the last snapshot saw it, as the real ksmd did).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
+
+from planner.errors import InputDataError, UsageProblem
+from planner.testing.live.protocol import LiveRun
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    from planner.engine.api import EngineName
+    from planner.engine.result import ReplayResult
+
+Alignment = Literal["time", "last"]
+ALIGNMENTS: Final = ("time", "last")
+
+#: The issue's targets for steady pages_sharing (relative error), by workload.
+SHARING_TARGETS: Final[dict[str, float]] = {"postgres": 0.03, "node": 0.05, "django": 0.05}
+CHURN_SHARING_TARGET: Final = 0.10
+CPU_TARGET: Final = 0.20
+SCANS_TARGET: Final = 0.20
+COW_TARGET: Final = 0.20
+
+
+def sharing_target(workload: str) -> float:
+    """The issue's relative target for steady ``pages_sharing`` of ``workload``."""
+    if workload.startswith("churn"):
+        return CHURN_SHARING_TARGET
+    return SHARING_TARGETS.get(workload, 0.05)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """How a run is replayed and scored."""
+
+    alignment: Alignment = "time"
+    engine: EngineName = "vectorized"
+    steady_tolerance: float = 0.02
+    """pages_sharing must stay within this fraction of its mean over the steady window."""
+    steady_min_scans: int = 3
+    first_window_s: float = 60.0
+    min_window_s: float = 10.0
+    """The compared window lasts at least this long (ending at the end of the observation),
+    so that a short steady stretch of a workload that oscillates by design is averaged over
+    several periods; ``SteadyWindow.steady`` still says whether the final stretch met the
+    tolerance."""
+    reach_fraction: float = 0.9
+    grid_s: float = 0.5
+    cost_profile: str | None = None
+    """A cost profile file (``ksm-planner calibrate``); the shipped default when None."""
+
+    def __post_init__(self) -> None:
+        if self.alignment not in ALIGNMENTS:
+            raise UsageProblem(f"unknown alignment {self.alignment!r}", hint="use time or last")
+        if not 0 < self.steady_tolerance < 1:
+            raise UsageProblem("steady_tolerance must be in (0, 1)")
+        if self.steady_min_scans < 1:
+            raise UsageProblem("steady_min_scans must be at least 1")
+        if not 0 < self.reach_fraction <= 1:
+            raise UsageProblem("reach_fraction must be in (0, 1]")
+        if self.min_window_s < 0:
+            raise UsageProblem("min_window_s cannot be negative")
+        if self.first_window_s <= 0 or self.grid_s <= 0:
+            raise UsageProblem("first_window_s and grid_s must be positive")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One compared figure."""
+
+    name: str
+    unit: str
+    kernel: float | None
+    model: float | None
+    error: float | None
+    """``(model - kernel) / kernel`` (``relative``) or ``model - kernel`` (``difference``)."""
+    error_kind: Literal["relative", "difference"]
+    target: float | None
+    """Allowed ``|error|`` (None: informative only)."""
+    within: bool | None
+    """``|error| <= target`` (None when there is no target or no value)."""
+    note: str = ""
+
+    def describe(self) -> str:
+        """``name: model X vs kernel Y (+E%, target ±T%)`` for messages."""
+
+        def num(v: float | None) -> str:
+            if v is None:
+                return "n/a"
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.3g}"
+
+        if self.error is None:
+            err = "no error: " + (self.note or "a value is missing")
+        elif self.error_kind == "relative":
+            err = f"{100 * self.error:+.1f}%"
+        else:
+            err = f"{self.error:+g} {self.unit}"
+        tgt = ""
+        if self.target is not None:
+            tgt = (
+                f", target ±{100 * self.target:g}%"
+                if self.error_kind == "relative"
+                else f", target ±{self.target:g} {self.unit}"
+            )
+        return f"{self.name}: model {num(self.model)} vs kernel {num(self.kernel)} ({err}{tgt})"
+
+
+def metric(
+    name: str,
+    unit: str,
+    kernel: float | None,
+    model: float | None,
+    *,
+    kind: Literal["relative", "difference"] = "relative",
+    target: float | None = None,
+    note: str = "",
+) -> Metric:
+    """Build a :class:`Metric`, computing the error and whether it is within target."""
+    err: float | None = None
+    if kernel is not None and model is not None:
+        if kind == "difference":
+            err = model - kernel
+        elif kernel != 0:
+            err = (model - kernel) / kernel
+        elif model == 0:
+            err = 0.0
+    within = None if target is None or err is None else abs(err) <= target + 1e-12
+    if target is not None and err is None:
+        within = False
+    return Metric(name, unit, kernel, model, err, kind, target, within, note)
+
+
+@dataclass(frozen=True)
+class SteadyWindow:
+    """The kernel's steady window: ``pages_sharing`` within ``tolerance`` of its mean."""
+
+    start_s: float
+    end_s: float
+    full_scans: int
+    """Full-scan boundaries (scan ends) inside the window."""
+    steady: bool
+    """False: no window of ``min_scans`` scans was steady; the last third is used instead."""
+    spread: float | None
+    """Largest ``|value - mean| / mean`` over the window's boundary samples."""
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """``ksm_stat`` of one process over the steady window, kernel and model."""
+
+    pid: int
+    comm: str
+    kernel_rmap_items: float | None
+    model_rmap_items: float | None
+    rmap_error: float | None
+    kernel_merging_pages: float | None
+    model_merging_pages: float | None
+
+
+@dataclass
+class LiveComparison:
+    """The prediction against the real ksmd for one run (JSON-ready with :meth:`to_dict`)."""
+
+    workload: str
+    run_dir: str
+    alignment: str
+    engine: str
+    knobs: dict[str, Any]
+    window: SteadyWindow
+    metrics: dict[str, Metric]
+    processes: list[ProcessRow]
+    kernel: dict[str, Any]
+    model: dict[str, Any]
+    capture: dict[str, Any]
+    host_load: dict[str, Any]
+    replay_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[str]:
+        """The metrics with a target that are not within it, described."""
+        return [m.describe() for m in self.metrics.values() if m.within is False]
+
+    def summary(self) -> str:
+        """Several lines for people."""
+        lines = [
+            f"{self.workload} ({self.alignment} alignment): window {self.window.start_s:.1f}-"
+            f"{self.window.end_s:.1f} s, {self.window.full_scans} full scans, "
+            + ("steady" if self.window.steady else "NOT steady")
+        ]
+        lines += ["  " + m.describe() for m in self.metrics.values()]
+        obs = self.host_load.get("observe", {})
+        if obs:
+            lines.append(f"  host during the observation: {obs.get('text')}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite floats become None)."""
+        d: dict[str, Any] = _finite(asdict(self))
+        return d
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- series tools
+
+
+def step_mean(t: Sequence[float], v: Sequence[float], start: float, end: float) -> float | None:
+    """Time-weighted mean over ``[start, end]`` of a step function (``v[i]`` from ``t[i]``).
+
+    Before the first sample the function is undefined: the window is cut to start there.
+
+    Examples
+    --------
+    >>> step_mean([0, 1, 3], [10, 20, 30], 0, 4)
+    22.5
+    >>> step_mean([0, 1, 3], [10, 20, 30], 2, 2)
+    20.0
+    """
+    ta = np.asarray(t, dtype=float)
+    va = np.asarray(v, dtype=float)
+    if ta.size == 0:
+        return None
+    order = np.argsort(ta, kind="stable")
+    ta, va = ta[order], va[order]
+    start = max(start, float(ta[0]))
+    if end < start:
+        return None
+    if end == start:
+        i = int(np.searchsorted(ta, start, side="right")) - 1
+        return float(va[i])
+    edges = np.concatenate(([start], ta[(ta > start) & (ta < end)], [end]))
+    idx = np.searchsorted(ta, edges[:-1], side="right") - 1
+    widths = np.diff(edges)
+    return float(np.sum(va[idx] * widths) / np.sum(widths))
+
+
+def find_steady_window(
+    t: Sequence[float],
+    full_scans: Sequence[int],
+    values: Sequence[float],
+    *,
+    end_s: float,
+    tolerance: float = 0.02,
+    min_scans: int = 3,
+    min_window_s: float = 0.0,
+) -> SteadyWindow:
+    """The longest final window of boundary samples over which ``values`` stay steady.
+
+    ``t``/``full_scans``/``values`` are the samples taken at full-scan boundaries. The window
+    starts at a boundary, ends at ``end_s``, covers at least ``min_scans`` full scans, and
+    every boundary value in it is within ``tolerance`` of the window's mean. Without such a
+    window, the last third of ``[0, end_s]`` is returned with ``steady=False``. A steady
+    window shorter than ``min_window_s`` is widened to it (``spread`` is then the widened
+    window's).
+
+    Examples
+    --------
+    >>> w = find_steady_window([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [0, 50, 99, 100, 101], end_s=6)
+    >>> (w.start_s, w.full_scans, w.steady)
+    (3, 3, True)
+    """
+    ta = list(t)
+    fs = list(full_scans)
+    va = [float(x) for x in values]
+
+    def spread(i0: int) -> float:
+        seg = va[i0:]
+        mean = sum(seg) / len(seg)
+        if mean == 0:
+            return 0.0 if all(x == 0 for x in seg) else math.inf
+        return max(abs(x - mean) for x in seg) / abs(mean)
+
+    n = len(ta)
+    start = None
+    for i0 in range(n - 1, -1, -1):
+        if fs[-1] - fs[i0] >= min_scans - 1 and n - i0 >= min_scans:
+            start = i0
+            break
+    if start is None or spread(start) > tolerance:
+        s = spread(start) if start is not None else None
+        return SteadyWindow(
+            start_s=round(end_s * 2 / 3, 3),
+            end_s=end_s,
+            full_scans=sum(1 for x in ta if x >= end_s * 2 / 3),
+            steady=False,
+            spread=s,
+            tolerance=tolerance,
+        )
+    while start > 0 and spread(start - 1) <= tolerance:
+        start -= 1
+    if ta[start] > end_s - min_window_s:  # too short: widen to min_window_s
+        start = next((i for i in range(n) if ta[i] >= end_s - min_window_s), start)
+    return SteadyWindow(
+        start_s=min(ta[start], max(0.0, end_s - min_window_s)),
+        end_s=end_s,
+        full_scans=n - start,
+        steady=True,
+        spread=round(spread(start), 5),
+        tolerance=tolerance,
+    )
+
+
+def first_reaching(
+    t: Sequence[float], scans: Sequence[int], values: Sequence[float], level: float | None
+) -> tuple[int | None, float | None]:
+    """The first ``(full scan, time)`` whose value is at least ``level`` (None if never)."""
+    if level is None or level <= 0:
+        return None, None
+    for ti, si, vi in zip(t, scans, values, strict=True):
+        if vi >= level:
+            return int(si), float(ti)
+    return None, None
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+@dataclass(frozen=True)
+class _KernelSeries:
+    t: list[float]
+    kind: list[str]
+    rows: list[dict[str, Any]]
+
+    def col(self, name: str) -> list[float]:
+        return [float(r[name]) if r.get(name) is not None else math.nan for r in self.rows]
+
+    def boundaries(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["kind"] == "boundary"]
+
+    @property
+    def end_s(self) -> float:
+        return float(self.t[-1])
+
+
+def _kernel_series(run: LiveRun) -> _KernelSeries:
+    rows = sorted(run.kernel_samples, key=lambda r: r["t_s"])
+    if not rows or rows[0]["kind"] != "start":
+        raise InputDataError(f"{run.run_dir}: the kernel samples have no start row")
+    return _KernelSeries([float(r["t_s"]) for r in rows], [r["kind"] for r in rows], rows)
+
+
+def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResult:
+    from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+    from planner.trace.io import open_trace
+
+    tr = open_trace(run.trace_dir)
+    ht = tr.load_host()
+    inp = prepare(ht)
+    hz = ht.meta().get("hz")
+    cfg = run.config
+    knobs = KsmKnobs(
+        pages_to_scan=int(cfg["pages_to_scan"]),
+        sleep_ms=int(cfg["sleep_millisecs"]),
+        smart_scan=bool(cfg["smart_scan"]),
+        hz=int(hz) if hz in (100, 250, 300, 1000) else 250,
+    )
+    cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
+    options = ReplayOptions(duration_s=duration_s, grid_s=opts.grid_s, cost=cost)
+    scans = (1,) * len(inp.snapshots) if opts.alignment == "last" else None
+    return replay(inp, knobs=knobs, options=options, engine=opts.engine, snapshot_scans=scans)
+
+
+def _model_series(res: ReplayResult, name: str) -> tuple[list[float], list[float]]:
+    pts = [(g.t_s, float(g.counters[name])) for g in res.grid] + [
+        (s.t_s, float(s.counters[name])) for s in res.scans
+    ]
+    pts.sort(key=lambda p: p[0])
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _model_cpu_at(res: ReplayResult, w: float) -> float:
+    ts = [0.0] + [s.t_s for s in res.scans] + [res.duration_s]
+    cum = [0.0]
+    for s in res.scans:
+        cum.append(cum[-1] + s.cpu_s)
+    cum.append(res.cost.cpu_s)
+    return float(np.interp(min(w, res.duration_s), ts, cum))
+
+
+def model_cow_per_s(res: ReplayResult) -> float | None:
+    """The model's copy-on-write breaks per second, when the replay models writes.
+
+    Today's replay has no write model (issue 10), so this is None. The write model is to
+    report it as ``cow_breaks_per_s`` on the result or its cost summary; this is the one
+    place that reads it.
+    """
+    for obj in (res, res.cost):
+        v = getattr(obj, "cow_breaks_per_s", None)
+        if isinstance(v, int | float):
+            return float(v)
+    return None
+
+
+def _observed_processes(run: LiveRun) -> Any:
+    """The recording's per-process rows with ``t_rel`` (seconds since ``run=1``)."""
+    import pandas as pd
+
+    from planner.kernel.observe import read_observed
+
+    obs = read_observed(run.observe_dir)
+    counters = obs.counters.reset_index()
+    t0 = pd.Timestamp(run.t0_utc)
+    rel = {
+        int(s): (pd.Timestamp(tm) - t0).total_seconds()
+        for s, tm in zip(counters["sample"], counters["time"], strict=True)
+    }
+    procs = obs.processes.copy()
+    procs["t_rel"] = procs["sample"].map(rel)
+    return procs
+
+
+def _per_process(
+    run: LiveRun, res: ReplayResult, window: SteadyWindow
+) -> tuple[list[ProcessRow], dict[str, Any]]:
+    procs = _observed_processes(run)
+    inside = procs[(procs["t_rel"] >= window.start_s) & (procs["t_rel"] <= window.end_s)]
+    if inside.empty:
+        last_t = procs["t_rel"][procs["t_rel"] <= window.end_s].max()
+        inside = procs[procs["t_rel"] == last_t]
+    kern = inside.groupby("pid").agg(
+        rmap=("ksm_rmap_items", "mean"),
+        merging=("ksm_merging_pages", "mean"),
+        smaps_kb=("smaps_ksm_kb", "mean"),
+        comm=("comm", "last"),
+    )
+    recs = [s for s in res.scans if window.start_s <= s.t_s <= window.end_s]
+    if not recs:
+        before = [s for s in res.scans if s.t_s <= window.end_s]
+        recs = before[-1:] if before else []
+    model: dict[int, dict[str, float]] = {}
+    for s in recs:
+        for key, st in s.processes.items():
+            d = model.setdefault(int(key), {"rmap": 0.0, "merging": 0.0, "n": 0.0})
+            d["rmap"] += st["ksm_rmap_items"]
+            d["merging"] += st["ksm_merging_pages"]
+            d["n"] += 1
+    rows: list[ProcessRow] = []
+    kernel_pids = [int(p) for p in kern.index]
+    for pid in sorted(set(kernel_pids) | set(model)):
+        k = kern.loc[pid] if pid in kernel_pids else None
+        m = model.get(pid)
+        kr = float(k["rmap"]) if k is not None else None
+        mr = m["rmap"] / m["n"] if m else None
+        err = (mr - kr) / kr if kr and mr is not None else None
+        rows.append(
+            ProcessRow(
+                pid=pid,
+                comm=str(k["comm"]) if k is not None else run.processes_at_t0.get(str(pid), "?"),
+                kernel_rmap_items=kr,
+                model_rmap_items=mr,
+                rmap_error=err,
+                kernel_merging_pages=float(k["merging"]) if k is not None else None,
+                model_merging_pages=m["merging"] / m["n"] if m else None,
+            )
+        )
+    extra = {
+        "smaps_ksm_kb_total": float(kern["smaps_kb"].sum()) if not kern.empty else None,
+        "processes_kernel_only": [r.pid for r in rows if r.model_rmap_items is None],
+        "processes_model_only": [r.pid for r in rows if r.kernel_rmap_items is None],
+    }
+    return rows, extra
+
+
+def compare_run(
+    run_dir: str | os.PathLike[str] | LiveRun, options: CompareOptions | None = None
+) -> LiveComparison:
+    """Replay a live run's capture and compare it with what the real ksmd did.
+
+    Raises
+    ------
+    InputDataError
+        The run directory is incomplete or unreadable.
+    """
+    opts = options or CompareOptions()
+    run = run_dir if isinstance(run_dir, LiveRun) else LiveRun.read(run_dir)
+    ks = _kernel_series(run)
+    end_s = ks.end_s
+    t_replay = time.perf_counter()
+    res = _replay(run, opts, end_s)
+    replay_s = time.perf_counter() - t_replay
+    workload = str(run.workload["name"])
+    notes: list[str] = []
+
+    # ---- steady window and pages_sharing ------------------------------------------------
+    b = ks.boundaries()
+    bt = [float(r["t_s"]) for r in b]
+    bfs = [int(r["full_scans"]) for r in b]
+    bps = [float(r["pages_sharing"]) for r in b]
+    window = find_steady_window(
+        bt,
+        bfs,
+        bps,
+        end_s=end_s,
+        tolerance=opts.steady_tolerance,
+        min_scans=opts.steady_min_scans,
+        min_window_s=opts.min_window_s,
+    )
+    if not window.steady:
+        notes.append(
+            f"the kernel's pages_sharing was not steady (±{100 * opts.steady_tolerance:g}% over "
+            f"{opts.steady_min_scans} full scans) by the end; the last third is compared"
+        )
+    k_sharing = step_mean(ks.t, ks.col("pages_sharing"), window.start_s, window.end_s)
+    mt, mv = _model_series(res, "pages_sharing")
+    m_sharing = step_mean(mt, mv, window.start_s, window.end_s)
+    extra_counters = {}
+    for c in ("pages_shared", "general_profit", "pages_unshared", "pages_volatile"):
+        mtc, mvc = _model_series(res, c)
+        extra_counters[c] = (
+            step_mean(ks.t, ks.col(c), window.start_s, window.end_s),
+            step_mean(mtc, mvc, window.start_s, window.end_s),
+        )
+
+    # ---- the scan that reaches 90 % -------------------------------------------------------
+    k_scan, k_t = first_reaching(
+        bt, bfs, bps, None if k_sharing is None else opts.reach_fraction * k_sharing
+    )
+    m_scans_t = [s.t_s for s in res.scans]
+    m_scans_n = [s.full_scans for s in res.scans]
+    m_scans_v = [float(s.counters["pages_sharing"]) for s in res.scans]
+    m_scan, m_t = first_reaching(
+        m_scans_t,
+        m_scans_n,
+        m_scans_v,
+        None if m_sharing is None else opts.reach_fraction * m_sharing,
+    )
+
+    # ---- cost over the first window ---------------------------------------------------------
+    w = min(opts.first_window_s, end_s)
+    if w < opts.first_window_s:
+        notes.append(f"the observation lasted {end_s:.1f} s: the first window is cut to it")
+    kcpu = ks.col("ksmd_cpu_s")
+    k_cpu = float(np.interp(w, ks.t, kcpu) - kcpu[0]) if not math.isnan(kcpu[0]) else None
+    k_runtime = ks.col("ksmd_runtime_ns")
+    k_cpu_sched = (
+        float(np.interp(w, ks.t, k_runtime) - k_runtime[0]) / 1e9
+        if not math.isnan(k_runtime[0])
+        else None
+    )
+    k_full = max(int(r["full_scans"]) for r in ks.rows if r["t_s"] <= w)
+    m_cpu = _model_cpu_at(res, w)
+    m_full = sum(1 for s in res.scans if s.t_s <= w)
+    # pages handed to cmp_and_merge_page (pages_scanned never resets: a delta) and the cost
+    # of each: what separates "ksmd got less CPU" from "each page cost more"
+    kscan = ks.col("pages_scanned")
+    k_scanned = float(np.interp(w, ks.t, kscan) - kscan[0]) if not math.isnan(kscan[0]) else None
+    m_scanned = float(
+        np.interp(
+            w,
+            [0.0] + [s.t_s for s in res.scans],
+            [0.0] + [float(s.counters["pages_scanned"]) for s in res.scans],
+        )
+    )
+    k_ns_page = 1e9 * k_cpu / k_scanned if k_cpu is not None and k_scanned else None
+    m_ns_page = 1e9 * m_cpu / m_scanned if m_scanned else None
+
+    # ---- copy-on-write ----------------------------------------------------------------------
+    cow = ks.col("cow_ksm")
+    k_cow = (cow[-1] - cow[0]) / end_s if not math.isnan(cow[0]) and end_s > 0 else None
+    m_cow = model_cow_per_s(res)
+
+    # ---- per process ------------------------------------------------------------------------
+    procs, pextra = _per_process(run, res, window)
+    both = [p for p in procs if p.kernel_rmap_items is not None and p.model_rmap_items is not None]
+    k_rmap = sum(p.kernel_rmap_items or 0.0 for p in both) if both else None
+    m_rmap = sum(p.model_rmap_items or 0.0 for p in both) if both else None
+    worst = max(both, key=lambda p: abs(p.rmap_error or 0.0)) if both else None
+
+    tgt = sharing_target(workload)
+    metrics = {
+        "pages_sharing_steady": metric(
+            "pages_sharing steady", "pages", k_sharing, m_sharing, target=tgt
+        ),
+        "scan_reaching_90": metric(
+            f"full scan reaching {100 * opts.reach_fraction:g}% of steady pages_sharing",
+            "scans",
+            k_scan,
+            m_scan,
+            kind="difference",
+            target=0,
+        ),
+        "time_reaching_90": metric(
+            f"time to {100 * opts.reach_fraction:g}% of steady pages_sharing",
+            "s",
+            k_t,
+            m_t,
+            kind="difference",
+        ),
+        "ksmd_cpu_s_first_window": metric(
+            f"ksmd CPU s in the first {w:g} s", "s", k_cpu, m_cpu, target=CPU_TARGET
+        ),
+        "full_scans_first_window": metric(
+            f"full scans in the first {w:g} s", "scans", k_full, m_full, target=SCANS_TARGET
+        ),
+        "pages_scanned_first_window": metric(
+            f"pages_scanned in the first {w:g} s", "pages", k_scanned, m_scanned
+        ),
+        "ksmd_ns_per_scanned_page": metric(
+            "ksmd CPU ns per scanned page (first window)", "ns", k_ns_page, m_ns_page
+        ),
+        "cow_ksm_per_s": metric(
+            "copy-on-write breaks of KSM pages per s",
+            "1/s",
+            k_cow,
+            m_cow,
+            target=COW_TARGET,
+            note="" if m_cow is not None else "the replay does not model writes (issue 10)",
+        ),
+        "pages_shared_steady": metric(
+            "pages_shared steady", "pages", *extra_counters["pages_shared"]
+        ),
+        "general_profit_steady": metric(
+            "general_profit steady", "bytes", *extra_counters["general_profit"]
+        ),
+        "rmap_items_total_steady": metric(
+            "ksm_rmap_items summed over processes (steady)", "items", k_rmap, m_rmap
+        ),
+        "rmap_items_worst_process": metric(
+            "ksm_rmap_items of the process with the largest error"
+            + (f" (pid {worst.pid} {worst.comm})" if worst else ""),
+            "items",
+            worst.kernel_rmap_items if worst else None,
+            worst.model_rmap_items if worst else None,
+        ),
+    }
+    k_last = ks.rows[-1]
+    kernel = {
+        "end_s": end_s,
+        "pages_sharing_steady": k_sharing,
+        "pages_shared_steady": extra_counters["pages_shared"][0],
+        "pages_unshared_steady": extra_counters["pages_unshared"][0],
+        "pages_volatile_steady": extra_counters["pages_volatile"][0],
+        "general_profit_steady": extra_counters["general_profit"][0],
+        "pages_sharing_end": k_last["pages_sharing"],
+        "full_scans_end": k_last["full_scans"],
+        "ksmd_cpu_s_first_window": k_cpu,
+        "ksmd_cpu_s_first_window_schedstat": k_cpu_sched,
+        "cow_ksm_per_s": k_cow,
+        "cow_ksm_total": None if math.isnan(cow[0]) else cow[-1] - cow[0],
+        **pextra,
+    }
+    model = {
+        "duration_s": res.duration_s,
+        "pages_sharing_steady": m_sharing,
+        "pages_shared_steady": extra_counters["pages_shared"][1],
+        "pages_unshared_steady": extra_counters["pages_unshared"][1],
+        "pages_volatile_steady": extra_counters["pages_volatile"][1],
+        "general_profit_steady": extra_counters["general_profit"][1],
+        "pages_sharing_end": res.final_counters.get("pages_sharing"),
+        "full_scans_end": res.cost.full_scans,
+        "cpu_s": res.cost.cpu_s,
+        "mean_scan_time_s": res.cost.mean_scan_time_s,
+        "path_visits": res.cost.path_visits,
+        "snapshot_first_scan": res.snapshot_first_scan,
+        "snapshot_applied_s": res.snapshot_applied_s,
+        "cost_profile": res.knobs.get("cost_profile"),
+        "saved_frames_end": res.final_truth.saved_frames,
+    }
+    capture = {
+        "pages": run.capture.get("pages"),
+        "processes": run.capture.get("processes"),
+        "capture_s": run.capture.get("capture_s"),
+        "pages_per_s": run.capture.get("pages_per_s"),
+        "snapshots": run.capture.get("snapshots"),
+        "capture_to_t0_s": run.capture_to_t0_s,
+        "interval_s": run.config.get("interval_s"),
+    }
+    return LiveComparison(
+        workload=workload,
+        run_dir=run.run_dir,
+        alignment=opts.alignment,
+        engine=opts.engine,
+        knobs={**run.knobs_applied},
+        window=window,
+        metrics=metrics,
+        processes=procs,
+        kernel=kernel,
+        model=model,
+        capture=capture,
+        host_load=run.host_load,
+        replay_s=round(replay_s, 2),
+        notes=notes + list(run.notes),
+    )
+
+
+__all__ = [
+    "ALIGNMENTS",
+    "CPU_TARGET",
+    "SCANS_TARGET",
+    "SHARING_TARGETS",
+    "CompareOptions",
+    "LiveComparison",
+    "Metric",
+    "ProcessRow",
+    "SteadyWindow",
+    "compare_run",
+    "find_steady_window",
+    "first_reaching",
+    "metric",
+    "model_cow_per_s",
+    "sharing_target",
+    "step_mean",
+]

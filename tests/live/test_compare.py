@@ -1,0 +1,177 @@
+"""The comparison's arithmetic, and :func:`compare_run` on synthetic runs with known errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from planner.errors import InputDataError, UsageProblem
+from planner.testing.live.compare import (
+    CompareOptions,
+    compare_run,
+    find_steady_window,
+    first_reaching,
+    metric,
+    sharing_target,
+    step_mean,
+)
+from planner.testing.live.protocol import LiveRun
+from planner.testing.live.workloads import make_params
+
+# ----------------------------------------------------------------------------- series tools
+
+
+def test_step_mean_weights_by_time() -> None:
+    assert step_mean([0, 1, 3], [10, 20, 30], 0, 4) == pytest.approx((10 + 40 + 30) / 4)
+    assert step_mean([0, 1, 3], [10, 20, 30], 1, 3) == pytest.approx(20)
+    assert step_mean([0, 1, 3], [10, 20, 30], 2.5, 3.5) == pytest.approx(25)
+
+
+def test_step_mean_unsorted_input_and_degenerate_windows() -> None:
+    assert step_mean([3, 0, 1], [30, 10, 20], 0, 4) == pytest.approx(20)
+    assert step_mean([], [], 0, 1) is None
+    assert step_mean([5], [1], 0, 2) is None  # the window ends before the first sample
+    assert step_mean([0, 1], [1, 2], 1, 1) == 2
+
+
+def test_steady_window_extends_back_while_within_tolerance() -> None:
+    t = [1, 2, 3, 4, 5, 6]
+    v = [10, 500, 990, 1000, 1010, 1000]
+    w = find_steady_window(t, [1, 2, 3, 4, 5, 6], v, end_s=7, tolerance=0.02, min_scans=3)
+    assert w.steady
+    assert (w.start_s, w.end_s, w.full_scans) == (3, 7, 4)
+    assert w.spread is not None
+    assert w.spread <= 0.02
+
+
+def test_a_short_steady_window_is_widened_to_the_minimum() -> None:
+    t = [1, 2, 3, 4, 5, 6, 7, 8]
+    v = [100, 200, 100, 200, 100, 300, 300, 300]
+    w = find_steady_window(t, range(1, 9), v, end_s=8.5, min_scans=3, min_window_s=5)
+    assert w.steady
+    assert w.start_s == pytest.approx(3.5)
+    assert w.full_scans == 5  # boundaries at 4..8
+    assert w.spread is not None
+    assert w.spread > 0.02
+
+
+def test_steady_window_falls_back_to_the_last_third() -> None:
+    t = [1, 2, 3, 4]
+    w = find_steady_window(t, [1, 2, 3, 4], [100, 200, 300, 400], end_s=9, min_scans=3)
+    assert not w.steady
+    assert w.start_s == pytest.approx(6)
+    assert w.spread is not None
+    assert w.spread > 0.02
+
+
+def test_steady_window_needs_min_scans_and_accepts_all_zero() -> None:
+    assert not find_steady_window([1, 2], [1, 2], [5, 5], end_s=3, min_scans=3).steady
+    w = find_steady_window([1, 2, 3], [1, 2, 3], [0, 0, 0], end_s=3, min_scans=3)
+    assert w.steady
+    assert w.start_s == 1
+
+
+def test_first_reaching() -> None:
+    assert first_reaching([1, 2, 3], [1, 2, 3], [10, 95, 100], 90) == (2, 2.0)
+    assert first_reaching([1, 2], [1, 2], [1, 2], 90) == (None, None)
+    assert first_reaching([1], [1], [1], None) == (None, None)
+
+
+def test_metric_errors_and_targets() -> None:
+    m = metric("x", "pages", 100, 111, target=0.05)
+    assert m.error == pytest.approx(0.11)
+    assert m.within is False
+    assert "+11.0%" in m.describe()
+    assert "target ±5%" in m.describe()
+    d = metric("scan", "scans", 3, 3, kind="difference", target=0)
+    assert d.error == 0
+    assert d.within is True
+    missing = metric("cow", "1/s", 10, None, target=0.2, note="no write model")
+    assert missing.error is None
+    assert missing.within is False
+    assert "no write model" in missing.describe()
+    assert metric("z", "", 0, 0).error == 0.0
+    assert metric("z", "", 0, 1).error is None
+    assert metric("i", "", 1, 2).within is None  # informative: no target
+
+
+def test_sharing_targets_are_the_issues() -> None:
+    assert sharing_target("postgres") == 0.03
+    assert sharing_target("node") == 0.05
+    assert sharing_target("churn") == sharing_target("churn-osc") == 0.10
+    assert sharing_target("django") == 0.05
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(UsageProblem):
+        CompareOptions(alignment="sideways")  # type: ignore[arg-type]
+    with pytest.raises(UsageProblem):
+        CompareOptions(steady_tolerance=0)
+
+
+# ----------------------------------------------------------------------------- compare_run
+
+
+def test_a_kernel_that_behaves_as_the_model_scores_zero_errors(
+    synthetic_run: Callable[..., LiveRun],
+) -> None:
+    run = synthetic_run()
+    cmp = compare_run(run.run_dir, CompareOptions(min_window_s=2))
+    m = cmp.metrics
+    assert cmp.window.steady
+    assert m["pages_sharing_steady"].error == pytest.approx(0, abs=1e-9)
+    assert m["pages_sharing_steady"].kernel == pytest.approx(200)  # 100 pages x 3 processes
+    assert m["scan_reaching_90"].error == 0
+    assert m["scan_reaching_90"].within
+    assert m["ksmd_cpu_s_first_window"].error == pytest.approx(0, abs=1e-6)
+    assert m["full_scans_first_window"].error == 0
+    assert m["rmap_items_total_steady"].error == pytest.approx(0, abs=1e-9)
+    assert m["cow_ksm_per_s"].model is None
+    assert m["cow_ksm_per_s"].within is False
+    assert cmp.failures() == [m["cow_ksm_per_s"].describe()]
+    assert {p.pid for p in cmp.processes} == {100, 101, 102}
+    json.dumps(cmp.to_dict())  # JSON-ready
+
+
+def test_known_errors_are_measured(synthetic_run: Callable[..., LiveRun]) -> None:
+    run = synthetic_run(sharing_scale=0.8, cpu_scale=2.0, rmap_scale=0.5)
+    cmp = compare_run(run.run_dir, CompareOptions(alignment="last", min_window_s=2))
+    m = cmp.metrics
+    assert m["pages_sharing_steady"].error == pytest.approx(0.25)  # model 200 vs kernel 160
+    assert m["ksmd_cpu_s_first_window"].error == pytest.approx(-0.5, abs=1e-6)
+    assert m["rmap_items_total_steady"].error == pytest.approx(1.0, rel=0.02)
+    assert not m["pages_sharing_steady"].within
+    assert "+25.0%" in m["pages_sharing_steady"].describe()
+    assert cmp.alignment == "last"
+
+
+def test_fewer_kernel_scans_are_counted(synthetic_run: Callable[..., LiveRun]) -> None:
+    run = synthetic_run(drop_scans=2)
+    cmp = compare_run(run.run_dir)
+    full = cmp.metrics["full_scans_first_window"]
+    assert full.model is not None
+    assert full.kernel is not None
+    assert full.model - full.kernel == 2
+    assert not math.isnan(full.error or math.nan)
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputDataError):
+        LiveRun.read(str(tmp_path))
+
+
+def test_run_live_refuses_before_creating_anything(tmp_path: Path) -> None:
+    from planner.testing.live.protocol import run_live
+
+    with pytest.raises(UsageProblem, match="unknown workload"):
+        run_live("mysql", tmp_path / "run")
+    with pytest.raises(UsageProblem, match="needs ChurnParams"):
+        run_live("churn", tmp_path / "run", params=make_params("postgres"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(UsageProblem, match="already exists"):
+        run_live("churn", tmp_path / "taken")

@@ -1,0 +1,169 @@
+"""The planner against the real ksmd on live workloads: the targets of issue 10.
+
+Each workload is run once per session (``run_live``: under the KSM lease, ksmd off, warm-up
+30 s, capture 3 snapshots 2 s apart, ``run=1`` at 1000 pages / 20 ms, 60 s observed), then
+its capture is replayed with the same knobs (``compare_run``, time alignment: what a user
+does) and every test asserts one target with the measured error in its message. The targets
+today's planner misses are strict xfails carrying the baseline error measured on the
+reference machine (docs/live-validation.md): they flip to XPASS -- and fail, asking for the
+mark to be removed -- when the model improves.
+
+Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``. Runtime per
+workload 1.6-2.1 minutes (PostgreSQL, Node, churn) and 2.5-4.2 minutes (Django), plus the
+wait for the KSM lock when another kernel test holds it (up to ``LOCK_WAIT_S``); 8.6 minutes
+in all on the reference machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from planner.errors import KernelUnsupportedError, KsmBusyError
+from planner.kernel.sysfs import KsmSysfs, ksm_users
+from planner.testing.live.compare import CompareOptions, LiveComparison, compare_run
+from planner.testing.live.protocol import LiveConfig, run_live
+from planner.testing.live.workloads import MAIN_WORKLOADS
+
+pytestmark = [pytest.mark.kernel, pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+LOCK_WAIT_S = 900.0
+ISSUE = "issue 10"
+
+_WRITES = "issue 10: the capture sees no change between snapshots and the replay models no writes"
+_CPU = "issue 10: ksmd's share of a busy host and the real per-page cost (2-4x the profile)"
+_NO_COW = "issue 10: the replay reports no copy-on-write breaks"
+
+#: (workload, metric) -> (baseline errors of the reference machine, strict). Strict where
+#: every baseline run missed the target by at least 1.5 times; not strict where the
+#: kernel's own run-to-run noise straddles the target (an XPASS there is not a fix).
+KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
+    ("postgres", "pages_sharing_steady"): (
+        f"+15.0%, +14.7%, +14.9% (target ±3%) — {_WRITES}",
+        True,
+    ),
+    ("postgres", "ksmd_cpu_s_first_window"): (f"-34.0%, -25.3%, -32.6% — {_CPU}", False),
+    ("postgres", "full_scans_first_window"): (f"+43.7%, +74.0%, +61.4% — {_CPU}", True),
+    ("node", "pages_sharing_steady"): (
+        "-42.3%, -45.6%, -38.3% (target ±5%; the V8 heaps grow by 14-23% after the capture) — "
+        + _WRITES,
+        True,
+    ),
+    ("node", "scan_reaching_90"): (f"kernel scan 62, 70, 50 vs model 6, 4, 6 — {_WRITES}", True),
+    ("node", "ksmd_cpu_s_first_window"): (f"-51.7%, -50.0%, -32.8% — {_CPU}", True),
+    ("node", "full_scans_first_window"): (f"+116.3%, +88.8%, +131.8% — {_CPU}", True),
+    ("churn", "pages_sharing_steady"): (f"+70.3%, +71.5%, +72.3% (target ±10%) — {_WRITES}", True),
+    ("churn", "scan_reaching_90"): (f"kernel scan 2, 2, 2 vs model 3, 4, 3 — {_WRITES}", True),
+    ("churn", "ksmd_cpu_s_first_window"): (f"-61.9%, -61.9%, -66.7% — {_CPU}", True),
+    ("churn", "full_scans_first_window"): (
+        f"-22.5%, +14.8%, -6.1% (straddles ±20%) — {_CPU}",
+        False,
+    ),
+    ("churn", "cow_ksm_per_s"): (f"kernel 1,372, 1,371, 1,438 /s, model none — {_NO_COW}", True),
+    ("django", "pages_sharing_steady"): (f"+28.3%, +28.5%, +24.5% (target ±5%) — {_WRITES}", True),
+    ("django", "ksmd_cpu_s_first_window"): (f"-42.0%, -45.9%, -44.4% — {_CPU}", True),
+    ("django", "full_scans_first_window"): (f"+100.0%, +76.9%, +91.7% — {_CPU}", True),
+    ("django", "cow_ksm_per_s"): (f"kernel 1,029, 1,045, 977 /s, model none — {_NO_COW}", True),
+}
+
+
+def _cases(metric: str, workloads: tuple[str, ...] = MAIN_WORKLOADS) -> list[Any]:
+    out: list[Any] = []
+    for w in workloads:
+        known = KNOWN.get((w, metric))
+        if known is None:
+            out.append(w)
+        else:
+            why, strict = known
+            out.append(pytest.param(w, marks=pytest.mark.xfail(strict=strict, reason=why)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LiveComparison]]:
+    """``live(name)``: the comparison of one run of workload ``name`` (run once, cached)."""
+    sysfs = KsmSysfs()
+    if not sysfs.available():
+        pytest.skip("no /sys/kernel/mm/ksm: this kernel has no KSM")
+    if os.geteuid() != 0:
+        pytest.skip("live runs write /sys/kernel/mm/ksm and read other processes: need root")
+    before = sysfs.knobs()
+    done: dict[str, LiveComparison | str] = {}
+
+    def get(name: str) -> LiveComparison:
+        if name not in done:
+            out = tmp_path_factory.mktemp(f"live-{name}") / "run"
+            try:
+                run = run_live(name, out, config=LiveConfig(lock_wait_s=LOCK_WAIT_S))
+            except (KsmBusyError, KernelUnsupportedError) as exc:
+                done[name] = f"KSM cannot be leased here: {exc.one_line()}"
+            else:
+                done[name] = compare_run(run, CompareOptions(alignment="time"))
+                assert not ksm_users(), "a KSM user is left after the run"
+                assert sysfs.knobs() == before, "the run did not restore every knob"
+        got = done[name]
+        if isinstance(got, str):
+            pytest.skip(got)
+        return got
+
+    yield get
+    assert sysfs.knobs() == before, "the knobs were not restored"
+
+
+def _check(cmp: LiveComparison, name: str) -> None:
+    m = cmp.metrics[name]
+    context = (
+        f"{cmp.workload}: {m.describe()}; window {cmp.window.start_s:.1f}-{cmp.window.end_s:.1f}"
+        f" s ({'steady' if cmp.window.steady else 'not steady'}); host: "
+        f"{cmp.host_load.get('observe', {}).get('text')}; run {Path(cmp.run_dir).name}"
+    )
+    assert m.within, context
+
+
+@pytest.mark.parametrize("workload", _cases("pages_sharing_steady"))
+def test_steady_pages_sharing(workload: str, live: Callable[[str], LiveComparison]) -> None:
+    """Within ±3 % (PostgreSQL), ±5 % (Node, Django), ±10 % (churn) of the kernel's."""
+    _check(live(workload), "pages_sharing_steady")
+
+
+@pytest.mark.parametrize("workload", _cases("scan_reaching_90"))
+def test_full_scan_reaching_90_percent(
+    workload: str, live: Callable[[str], LiveComparison]
+) -> None:
+    """The full scan at which pages_sharing reaches 90 % of its steady value is the kernel's."""
+    _check(live(workload), "scan_reaching_90")
+
+
+@pytest.mark.parametrize("workload", _cases("ksmd_cpu_s_first_window"))
+def test_ksmd_cpu_first_minute(workload: str, live: Callable[[str], LiveComparison]) -> None:
+    """ksmd CPU seconds over the first minute within ±20 % of /proc/<ksmd>/stat."""
+    _check(live(workload), "ksmd_cpu_s_first_window")
+
+
+@pytest.mark.parametrize("workload", _cases("full_scans_first_window"))
+def test_full_scans_first_minute(workload: str, live: Callable[[str], LiveComparison]) -> None:
+    """Full scans completed over the first minute within ±20 % of the kernel's full_scans."""
+    _check(live(workload), "full_scans_first_window")
+
+
+@pytest.mark.parametrize("workload", _cases("cow_ksm_per_s", ("churn", "django")))
+def test_cow_breaks_per_second(workload: str, live: Callable[[str], LiveComparison]) -> None:
+    """Copy-on-write breaks per second within ±20 % of /proc/vmstat cow_ksm."""
+    _check(live(workload), "cow_ksm_per_s")
+
+
+@pytest.mark.parametrize("workload", MAIN_WORKLOADS)
+def test_the_truth_is_measurable(workload: str, live: Callable[[str], LiveComparison]) -> None:
+    """The run itself: ksmd scanned and merged, the capture saw the workload, and nothing was
+    left behind (checked by the fixture). Whether pages_sharing was steady is in every other
+    test's message: on a saturated host ksmd may not settle within the minute."""
+    cmp = live(workload)
+    k = cmp.kernel
+    assert k["full_scans_end"] >= 3, f"{workload}: ksmd completed only {k['full_scans_end']} scans"
+    assert (k["pages_sharing_steady"] or 0) > 0, f"{workload}: nothing merged"
+    assert cmp.capture["pages"]
+    assert cmp.capture["pages"] > 1000
