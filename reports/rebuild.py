@@ -88,7 +88,6 @@ def _line_of(text: str, pos: int) -> int:
 
 
 def _show(s: str, width: int = 40) -> str:
-    s = s.replace("\n", "\\n")
     return s if len(s) <= width else s[: width - 3] + "..."
 
 

@@ -488,8 +488,9 @@ def fit_growth(
     if model == "linear" or x.size < 4 or np.ptp(uy) == 0:
         return lin
     if np.array_equal(fy, uy):
-        # nothing merges at any n: the ideal saving is 0, not the gap between a line and a
-        # curve fitted to the same points (which is rounding noise, and differs between CPUs)
+        # nothing merges at any n: the ideal saving is 0, not the gap between the frames line
+        # and a curve fitted to the same points (a spurious saving that grows with n, and
+        # near n = k noise that differs between CPUs)
         return lin
     from scipy.optimize import OptimizeWarning, curve_fit
 
