@@ -1,10 +1,14 @@
 """Plots of a review as deterministic SVG strings (matplotlib, no pyplot, no dates).
 
 Every chart function takes plain numbers and returns an SVG document as a string. The
-output is byte-for-byte reproducible: the SVG hash salt is fixed (``svg.hashsalt``), the
-date and creator metadata are dropped, text stays text (``svg.fonttype = "none"``, so the
-page's fonts draw it and it can be searched), and every ``id`` is prefixed with the
-chart's name so that several plots can be inlined in one HTML page without clashing.
+output is byte-for-byte reproducible: every number drawn is first rounded to the review's
+precision (:data:`planner.report.fmt.SIGNIFICANT_DIGITS` significant digits, the precision of
+the data files), so floating-point noise below it moves no coordinate; the ids matplotlib
+derives from hashes of the drawn paths are renumbered in document order (:func:`clean_svg`),
+so a coordinate moving cannot rename them; the date and creator metadata are dropped; text
+stays text (``svg.fonttype = "none"``, so the page's fonts draw it and it can be searched);
+and every ``id`` is prefixed with the chart's name so that several plots can be inlined in
+one HTML page without clashing.
 
 Colours are the Okabe–Ito palette, which stays distinguishable for colour-blind readers
 and in grey-scale print.
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from planner._deps import require
+from planner.report.fmt import stable_float
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -90,6 +95,8 @@ def _to_svg(fig: Figure, name: str, title: str) -> str:
 
 
 _ID = re.compile(r'\bid="([^"]+)"')
+#: Ids matplotlib makes from a salted hash of what they name (markers ``m…``, clip paths ``p…``).
+_HASHED_ID = re.compile(r"([mp])[0-9a-f]{10}")
 _REF = re.compile(r'(href="#|url\(#)([^")]+)')
 
 
@@ -108,8 +115,17 @@ def clean_svg(svg: str, *, prefix: str, title: str = "") -> str:
     svg = re.sub(r"^<\?xml[^>]*\?>\s*", "", svg)
     svg = re.sub(r"^<!DOCTYPE[^>]*>\s*", "", svg, flags=re.S)
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', svg)
-    svg = _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg)
+    names: dict[str, str] = {}
+    hashed = 0
+    for old in _ID.findall(svg):
+        kind = _HASHED_ID.fullmatch(old)
+        if kind:  # named by a hash of its path: renamed by its rank, which noise cannot move
+            hashed += 1
+            names[old] = f"{prefix}-{kind.group(1)}{hashed}"
+        else:
+            names[old] = f"{prefix}-{old}"
+    svg = _ID.sub(lambda m: f'id="{names[m.group(1)]}"', svg)
+    svg = _REF.sub(lambda m: m.group(1) + names.get(m.group(2), f"{prefix}-{m.group(2)}"), svg)
     # responsive: keep the viewBox, let CSS size it
     m = re.search(r"<svg [^>]*>", svg)
     if m:
@@ -141,8 +157,18 @@ def standalone_svg(inline: str) -> str:
     return '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + body
 
 
+def _r(value: int | float) -> float:
+    """A number to draw: a float rounded to the review's precision, an integer as it is."""
+    return stable_float(value) if isinstance(value, float) else value
+
+
+def _rs(values: Sequence[float]) -> list[float]:
+    """Numbers to draw, rounded to the review's precision."""
+    return [_r(v) for v in values]
+
+
 def _mib(values: Sequence[float]) -> list[float]:
-    return [v / (1 << 20) for v in values]
+    return [v / (1 << 20) for v in _rs(values)]
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -212,7 +238,7 @@ def waterfall(name: str, title: str, steps: Sequence[Step]) -> str:
         level = 0.0
         xs = range(len(steps))
         for x, st in zip(xs, steps, strict=False):
-            v = st.value / (1 << 20)
+            v = _r(st.value) / (1 << 20)
             if st.kind == "total":
                 bottom, height, color, level = 0.0, v, NEUTRAL, v
                 text = f"{v:,.1f}"
@@ -249,7 +275,7 @@ def sum_levels(steps: Sequence[Step], upto: int) -> float:
     """The running level (MiB) after step ``upto`` of a waterfall."""
     level = 0.0
     for st in steps[: upto + 1]:
-        v = st.value / (1 << 20)
+        v = _r(st.value) / (1 << 20)
         level = v if st.kind == "total" else level - v if st.kind == "down" else level + v
     return level
 
@@ -295,12 +321,12 @@ def time_panels(
         scale = (1 << 20) if y_in_bytes else 1
         for i, panel in enumerate(panels):
             ax: Axes = axes[i // cols][i % cols]
-            for t in panel.vlines:
+            for t in _rs(panel.vlines):
                 ax.axvline(t, color="#bbbbbb", linewidth=0.7, linestyle=":", zorder=0)
             for s in panel.series:
                 ax.plot(
-                    list(s.x),
-                    [v / scale for v in s.y],
+                    _rs(s.x),
+                    [v / scale for v in _rs(s.y)],
                     color=s.color,
                     label=s.label,
                     linestyle="--" if s.dashed else "-",
@@ -308,8 +334,8 @@ def time_panels(
                 )
                 if s.marks_x:
                     ax.plot(
-                        list(s.marks_x),
-                        [v / scale for v in s.marks_y],
+                        _rs(s.marks_x),
+                        [v / scale for v in _rs(s.marks_y)],
                         linestyle="none",
                         marker="o",
                         markersize=2.2,
@@ -360,8 +386,8 @@ def pareto(
         front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
         if front:
             ax.step(
-                [p.x for p in front],
-                [p.y / scale for p in front],
+                [_r(p.x) for p in front],
+                [_r(p.y) / scale for p in front],
                 where="post",
                 color="#444444",
                 linewidth=0.9,
@@ -370,8 +396,8 @@ def pareto(
             )
         for p in points:
             ax.scatter(
-                [p.x],
-                [p.y / scale],
+                [_r(p.x)],
+                [_r(p.y) / scale],
                 s=26 if p.on_front else 16,
                 color=p.color,
                 edgecolors="black" if p.on_front else "none",
@@ -380,8 +406,8 @@ def pareto(
             )
             if p.chosen:
                 ax.scatter(
-                    [p.x],
-                    [p.y / scale],
+                    [_r(p.x)],
+                    [_r(p.y) / scale],
                     s=140,
                     facecolors="none",
                     edgecolors="black",
@@ -414,6 +440,11 @@ def bars(
 ) -> str:
     """Horizontal bars, one per label (first on top), with an optional threshold line."""
     n = len(labels)
+    values = _rs(values)
+    if errors is not None:
+        errors = [(_r(lo), _r(hi)) for lo, hi in errors]
+    if threshold is not None:
+        threshold = _r(threshold)
     with _figure(0.9 + 0.26 * max(n, 2)) as fig:
         ax = fig.add_subplot()
         ys = list(range(n))[::-1]
@@ -472,17 +503,17 @@ def lines(
         ax = fig.add_subplot()
         for x, lo, hi, color in bands:
             ax.fill_between(
-                list(x),
-                [v / scale for v in lo],
-                [v / scale for v in hi],
+                _rs(x),
+                [v / scale for v in _rs(lo)],
+                [v / scale for v in _rs(hi)],
                 color=color,
                 alpha=0.18,
                 linewidth=0,
             )
         for s in series:
             ax.plot(
-                list(s.x),
-                [v / scale for v in s.y],
+                _rs(s.x),
+                [v / scale for v in _rs(s.y)],
                 marker="o",
                 markersize=3.5,
                 color=s.color,
@@ -494,7 +525,7 @@ def lines(
 
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
-            xs = sorted({float(x) for s in series for x in s.x})
+            xs = sorted({_r(x) for s in series for x in s.x})
             if 1 < len(xs) <= 6:
                 ax.set_xticks(xs)
                 ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))

@@ -90,7 +90,7 @@ class Table:
         return [[format_value(row[c.key], c.fmt) for c in self.shown] for row in self.rows]
 
     def records(self) -> list[dict[str, Any]]:
-        """Raw values, JSON-ready (floats rounded to 9 significant digits, NaN -> None)."""
+        """Raw values, JSON-ready (floats rounded by ``fmt.stable_float``, NaN -> None)."""
         return [{c.key: _clean(row[c.key]) for c in self.columns} for row in self.rows]
 
     def to_csv(self) -> str:

@@ -1,8 +1,18 @@
 """Stable number formatting for review documents.
 
 Every number a review shows goes through these functions, so that the same value always
-prints the same way (the example reports in ``reports/`` are compared byte for byte) and
-units are never left implicit. Memory is given in binary units (MiB = 2**20 bytes, GiB =
+prints the same way and units are never left implicit.
+
+**Precision.** Every non-integer number a review writes is first rounded to
+:data:`SIGNIFICANT_DIGITS` significant digits by :func:`stable_float`: the raw values of the
+data files (:mod:`planner.report.doc`), the values its plots draw (:mod:`planner.report.charts`)
+and, before their display rounding, the figures of its text (the formatters below). Integers
+(counts of pages, bytes) are written exactly. The fits and bootstrap intervals behind a review
+carry floating-point noise that differs between CPUs (BLAS kernels, SIMD code) in the 7th
+significant digit and beyond; 6 digits keep that noise out of the written bytes except when
+a value falls within the noise of a rounding boundary, and are still far finer than the model's
+own error (percent). ``reports/rebuild.py --check`` compares numbers with a tolerance for that
+last case. Memory is given in binary units (MiB = 2**20 bytes, GiB =
 2**30 bytes), the way ``/proc`` and the kernel documentation count it.
 
 Examples
@@ -22,6 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+#: Significant digits kept of every non-integer number a review writes (see the module doc).
+SIGNIFICANT_DIGITS = 6
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -53,18 +66,23 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _stable(x: Any) -> Any:
+    """A finite float rounded by :func:`stable_float`; integers unchanged."""
+    return stable_float(float(x)) if isinstance(x, float) else x
+
+
 def integer(n: Any) -> str:
     """An integer with thin thousands separators: ``1,234,567``."""
     if not _finite(n):
         return NA
-    return f"{round(n):,}"
+    return f"{round(_stable(n)):,}"
 
 
 def fixed(x: Any, digits: int = 1) -> str:
     """A float with a fixed number of decimals (``-0.0`` prints as ``0.0``)."""
     if not _finite(x):
         return NA
-    text = f"{x:,.{digits}f}"
+    text = f"{stable_float(float(x)):,.{digits}f}"
     return text[1:] if text.startswith("-") and _all_zero(text) else text
 
 
@@ -86,6 +104,7 @@ def size(n_bytes: Any) -> str:
     """Bytes in the unit that reads best: B, KiB, MiB or GiB."""
     if not _finite(n_bytes):
         return NA
+    n_bytes = _stable(n_bytes)
     a = abs(n_bytes)
     if a >= GIB:
         return gib(n_bytes)
@@ -110,6 +129,7 @@ def seconds(s: Any) -> str:
     """A duration: ``'0.84 s'``, ``'51 s'``, ``'6.2 min'``, ``'1.5 h'``."""
     if not _finite(s):
         return NA
+    s = _stable(s)
     if s < 10:
         return f"{fixed(s, 2)} s"
     if s < 120:
@@ -155,12 +175,18 @@ def format_value(value: Any, fmt: Fmt) -> str:
     if fmt == "ratio":
         return fixed(value, 2) if _finite(value) else NA
     if fmt == "sci":
-        return f"{value:.3g}" if _finite(value) else NA
+        return f"{stable_float(float(value)):.3g}" if _finite(value) else NA
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def stable_float(x: float, significant: int = 9) -> float:
-    """``x`` rounded to ``significant`` digits, so data files do not change with the last bit."""
+def stable_float(x: float, significant: int = SIGNIFICANT_DIGITS) -> float:
+    """``x`` rounded to ``significant`` significant digits (NaN, infinities and 0 unchanged).
+
+    Examples
+    --------
+    >>> stable_float(860.778647123), stable_float(0.1 + 0.2), stable_float(2962369350.0)
+    (860.779, 0.3, 2962370000.0)
+    """
     if not math.isfinite(x) or x == 0:
         return x
     return float(f"{x:.{significant}g}")
@@ -171,6 +197,7 @@ __all__ = [
     "GIB",
     "MIB",
     "NA",
+    "SIGNIFICANT_DIGITS",
     "Fmt",
     "fixed",
     "format_value",

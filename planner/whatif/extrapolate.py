@@ -43,6 +43,7 @@ with ``use_zero_pages`` is at most one frame per domain.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -62,6 +63,56 @@ I64 = npt.NDArray[np.int64]
 
 #: At most this many replicas are subsampled (bit masks of 64 bits; larger groups are sampled).
 MAX_REPLICAS = 62
+#: Tolerances of the non-linear fits (scipy ``least_squares``: ``ftol``, ``xtol``, ``gtol``).
+#: Far tighter than scipy's 1e-8, so that the fit stops at the optimum itself rather than
+#: wherever the optimizer's path (which the CPU's BLAS kernels bend) first came close to it.
+FIT_TOLERANCE = 1e-13
+
+
+def _line(x: F64, y: F64) -> tuple[float, float]:
+    """Least-squares line ``y = a + b x`` as ``(b, a)``, like ``np.polyfit(x, y, 1)``.
+
+    Closed form, summed in a fixed order with correctly rounded sums (:func:`math.fsum`), so
+    the result is the same on every CPU (``np.polyfit`` goes through LAPACK, whose kernels
+    differ between CPUs in the last bits).
+    """
+    xs = [float(v) for v in x]
+    ys = [float(v) for v in y]
+    n = len(xs)
+    if n == 0:
+        return 0.0, 0.0
+    mx = math.fsum(xs) / n
+    my = math.fsum(ys) / n
+    sxx = math.fsum((u - mx) * (u - mx) for u in xs)
+    if sxx == 0:
+        return 0.0, my
+    sxy = math.fsum((u - mx) * (v - my) for u, v in zip(xs, ys, strict=True))
+    b = sxy / sxx
+    return b, my - b * mx
+
+
+def _power(base: Any, n: Any) -> F64:
+    """``base ** n`` element-wise; exact-order products when every ``n`` is a whole number >= 0.
+
+    Numbers of replicas are whole numbers: then the power is taken by repeated squaring, each
+    step one correctly rounded multiplication, so the result is the same on every CPU
+    (``np.power`` dispatches to SIMD code, AVX-512 or not, that differs in the last bit).
+    Other exponents fall back to ``np.power``.
+    """
+    b = np.asarray(base, dtype=float)
+    x = np.asarray(n, dtype=float)
+    if x.size == 0 or not (np.all(x >= 0) and np.all(x == np.floor(x)) and x.max() < 2**31):
+        return np.asarray(np.power(b, x), dtype=np.float64)
+    e = x.astype(np.int64)
+    out = np.ones(np.broadcast(b, e).shape, dtype=np.float64)
+    sq = np.broadcast_to(b, out.shape).astype(np.float64)
+    e = np.broadcast_to(e, out.shape).copy()
+    while np.any(e > 0):
+        odd = (e & 1) == 1
+        out = np.where(odd, out * sq, out)
+        e >>= 1
+        sq = sq * sq
+    return out
 
 
 @dataclass(frozen=True)
@@ -363,15 +414,17 @@ class GrowthFit:
         """Frames after an ideal KSM at ``n`` replicas."""
         x = np.asarray(n, dtype=float)
         pool = (
-            self.distinct_c * (1.0 - np.power(1.0 - self.distinct_p, x)) if self.distinct_c else 0.0
+            self.distinct_c * (1.0 - _power(1.0 - self.distinct_p, x)) if self.distinct_c else 0.0
         )
-        unique = self.distinct_b * np.power(x, self.distinct_beta)
+        unique = self.distinct_b * (
+            x if self.distinct_beta == 1.0 else np.power(x, self.distinct_beta)
+        )
         return self.distinct_a + unique + pool + self.kept_by_domains(x)
 
     def kept_by_domains(self, n: Any) -> Any:
         """Frames kept because merging stays within security domains (0 when it may cross)."""
         x = np.asarray(n, dtype=float)
-        pool = self.extra_c * (1.0 - np.power(1.0 - self.extra_p, x)) if self.extra_c else 0.0
+        pool = self.extra_c * (1.0 - _power(1.0 - self.extra_p, x)) if self.extra_c else 0.0
         return self.extra_a + self.extra_b * x + pool
 
     def ideal_saved(self, n: Any) -> Any:
@@ -429,10 +482,15 @@ def fit_growth(
     x = np.asarray(n, dtype=float)
     fy = np.asarray(frames, dtype=float)
     uy = np.asarray(distinct, dtype=float)
-    fb, fa = np.polyfit(x, fy, 1)
-    ub, ua = np.polyfit(x, uy, 1)
+    fb, fa = _line(x, fy)
+    ub, ua = _line(x, uy)
     lin = GrowthFit(float(fa), float(fb), float(ua), float(ub))
     if model == "linear" or x.size < 4 or np.ptp(uy) == 0:
+        return lin
+    if np.array_equal(fy, uy):
+        # nothing merges at any n: the ideal saving is 0, not the gap between the frames line
+        # and a curve fitted to the same points (a spurious saving that grows with n, and
+        # near n = k noise that differs between CPUs)
         return lin
     from scipy.optimize import OptimizeWarning, curve_fit
 
@@ -461,13 +519,16 @@ def fit_growth(
                     else [start.distinct_a / scale, start.distinct_b / scale, start.distinct_beta],
                     bounds=([0.0, 0.0, 0.05], [np.inf, np.inf, 1.0]),
                     maxfev=5000,
+                    ftol=FIT_TOLERANCE,
+                    xtol=FIT_TOLERANCE,
+                    gtol=FIT_TOLERANCE,
                 )
                 a, b, beta = (float(v) for v in popt)
                 fit = GrowthFit(float(fa), float(fb), a * scale, b * scale, beta)
             else:
 
                 def saturating(v: F64, a: float, b: float, c: float, p: float) -> F64:
-                    return a + b * v + c * (1.0 - np.power(1.0 - p, v))
+                    return a + b * v + c * (1.0 - _power(1.0 - p, v))
 
                 popt, _ = curve_fit(
                     saturating,
@@ -483,6 +544,9 @@ def fit_growth(
                     ],
                     bounds=([0.0, 0.0, 0.0, p_min], [np.inf, np.inf, np.inf, 1.0]),
                     maxfev=5000,
+                    ftol=FIT_TOLERANCE,
+                    xtol=FIT_TOLERANCE,
+                    gtol=FIT_TOLERANCE,
                 )
                 a, b, c, p = (float(v) for v in popt)
                 fit = GrowthFit(float(fa), float(fb), a * scale, b * scale, 1.0, c * scale, p)
@@ -713,7 +777,7 @@ def fit_extra(
     y = np.asarray(extra, dtype=float)
     if not np.any(y > 0):
         return 0.0, 0.0, 0.0, 1.0
-    b, a = np.polyfit(x, y, 1)
+    b, a = _line(x, y)
     lin = (max(float(a), 0.0), max(float(b), 0.0), 0.0, 1.0)
     if x.size < 4:
         return lin
@@ -724,7 +788,7 @@ def fit_extra(
     p_min = min(1.0, 1.0 / span)
 
     def model(v: F64, a_: float, b_: float, c_: float, p_: float) -> F64:
-        return a_ + b_ * v + c_ * (1.0 - np.power(1.0 - p_, v))
+        return a_ + b_ * v + c_ * (1.0 - _power(1.0 - p_, v))
 
     if start is not None and start.extra_c > 0:
         p0 = [
@@ -751,6 +815,9 @@ def fit_extra(
                 p0=p0,
                 bounds=([0, 0, 0, p_min], [np.inf, np.inf, np.inf, 1.0]),
                 maxfev=5000,
+                ftol=FIT_TOLERANCE,
+                xtol=FIT_TOLERANCE,
+                gtol=FIT_TOLERANCE,
             )
     except (RuntimeError, ValueError):
         return lin

@@ -10,8 +10,11 @@ port, no websocket library). Two independent witnesses watch for network traffic
   and answers none.
 
 A control test loads a page that does reference the network and checks that both
-witnesses see it, so the checks can fail. The test skips where Chromium is not installed
-(``apt-get install -y chromium``).
+witnesses see it, so the checks can fail.
+
+Without Chromium (``apt-get install -y chromium``) the tests skip, except in CI: there
+(``KSM_PLANNER_CI=1``, which ``.ci/run`` exports after installing Chromium when it is missing)
+they fail, so that CI never passes without having opened the review in a browser.
 """
 
 from __future__ import annotations
@@ -36,9 +39,17 @@ pytestmark = pytest.mark.browser
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 #: Hosts Chromium itself contacts in the background, whatever page it shows (sign-in and
-#: search preconnects survive every switch that turns background networking off). The proxy
-#: witness ignores them; the DevTools witness sees every request of the page, to any host.
-BROWSER_OWN_HOSTS = ("accounts.google.com", "www.google.com", "clients2.google.com")
+#: search preconnects, and the component updater's check, ``POST /service/update2/json``,
+#: survive every switch that turns background networking off). The proxy witness ignores
+#: them; the DevTools witness sees every request of the page, to any host.
+BROWSER_OWN_HOSTS = (
+    "accounts.google.com",
+    "www.google.com",
+    "clients2.google.com",
+    "update.googleapis.com",
+)
+#: Set by ``.ci/run``: in CI a missing Chromium fails the browser tests instead of skipping them.
+CI_ENV = "KSM_PLANNER_CI"
 
 
 def _chromium() -> str | None:
@@ -50,10 +61,25 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)",
-)
+MISSING = "headless Chromium is not installed (Debian: apt-get install -y chromium)"
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``.ci/run`` sets ``KSM_PLANNER_CI=1``)."""
+    return os.environ.get(CI_ENV, "") not in ("", "0")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium executable; skip without it, but fail in CI, where the check must run."""
+    if CHROMIUM is None:
+        if in_ci():
+            pytest.fail(f"{MISSING}, and {CI_ENV}=1 requires the browser tests", pytrace=False)
+        pytest.skip(MISSING)
+    return CHROMIUM
+
+
+needs_chromium = pytest.mark.usefixtures("chromium")
 
 
 class RecordingProxy:
@@ -105,6 +131,7 @@ class Chromium:
             "--remote-debugging-pipe",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-quic",
             "--hide-scrollbars",
             "--no-first-run",
             "--no-default-browser-check",
@@ -375,3 +402,36 @@ def test_committed_example_renders_offline(tmp_path: Path) -> None:
     assert len(probe["charts"]) >= 8
     assert all(c["width"] > 300 and c["height"] > 80 and c["shapes"] > 20 for c in probe["charts"])
     assert _pixels_near(shot, (0x00, 0x9E, 0x73)) > 5000
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("1", "error"), ("", "skipped")])
+def test_without_chromium_ci_fails_where_a_developer_skips(
+    ci: str, outcome: str, tmp_path: Path
+) -> None:
+    """The gate itself: no Chromium on PATH, run one browser test with and without CI set."""
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path), CI_ENV: ci}  # an empty PATH: no Chromium
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            f"{__file__}::test_control_page_with_network_references_is_caught",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=--import-mode=importlib",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    summary = run.stdout.strip().splitlines()[-1]
+    assert f"1 {outcome}" in summary, run.stdout[-2000:]
+    assert (run.returncode != 0) == (outcome == "error")
+    if outcome == "error":
+        assert f"{CI_ENV}=1 requires the browser tests" in run.stdout

@@ -30,10 +30,10 @@ def test_cells_are_formatted_and_records_are_raw() -> None:
     t = _table()
     assert t.cells() == [["a,b", "112.3", "33.3"], ["c", "–", "n/a"]]
     assert t.records() == [
-        {"scenario": "a,b", "saved_bytes": 117792768, "share": 0.333333333},
+        {"scenario": "a,b", "saved_bytes": 117792768, "share": 0.333333},
         {"scenario": "c", "saved_bytes": None, "share": None},
     ]
-    assert t.to_csv() == ('scenario,saved_bytes,share\n"a,b",117792768,0.333333333\nc,,\n')
+    assert t.to_csv() == ('scenario,saved_bytes,share\n"a,b",117792768,0.333333\nc,,\n')
 
 
 def test_a_row_without_a_column_is_refused() -> None:

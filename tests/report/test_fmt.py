@@ -54,6 +54,18 @@ def test_format_value_by_column_format() -> None:
 
 
 def test_stable_float_rounds_the_last_bits_away() -> None:
+    assert F.SIGNIFICANT_DIGITS == 6
     assert F.stable_float(0.1 + 0.2) == 0.3
-    assert F.stable_float(1 / 3) == 0.333333333
+    assert F.stable_float(1 / 3) == 0.333333
+    assert F.stable_float(2962369350.0) == 2962370000.0
+    assert F.stable_float(-1.23456789e-7) == -1.23457e-7
     assert math.isnan(F.stable_float(math.nan))
+    assert F.stable_float(0.0) == 0.0
+
+
+def test_display_rounds_the_value_the_data_files_hold() -> None:
+    # noise below the 6th significant digit cannot change a displayed figure
+    for noisy in (112.349999999, 112.350000001):
+        assert F.fixed(noisy, 1) == F.fixed(112.35, 1)
+    assert F.integer(413.4999999999) == F.integer(413.5) == "414"
+    assert F.integer(10**12 + 1) == "1,000,000,000,001"  # integers are exact

@@ -260,3 +260,28 @@ def test_denying_cross_domain_merges_never_projects_more_saving() -> None:
     # two domains keep the shared pool twice: the difference saturates at the pool
     assert 28 <= float(deny.point.kept_by_domains(1000)) <= 40
     assert allow.point.kept_by_domains(10) == 0
+
+
+def test_fit_arithmetic_is_fixed_order() -> None:
+    """The pieces of a fit that could differ between CPUs are computed in a fixed order."""
+    from planner.whatif.extrapolate import _line, _power
+
+    x = np.arange(9, dtype=float)
+    y = 8515.03 + 9415.2 * x + 700.5 * (1 - 0.98**x)
+    b, a = _line(x, y)
+    pb, pa = np.polyfit(x, y, 1)
+    assert b == pytest.approx(pb, rel=1e-12)
+    assert a == pytest.approx(pa, rel=1e-12)
+    assert _line(np.zeros(3), np.array([1.0, 2.0, 3.0])) == (0.0, 2.0)
+    n = np.array([0, 1, 2, 3, 8, 61, 1000], dtype=float)
+    exact = [0.981**k for k in range(1001)]  # one multiplication after another
+    assert _power(0.981, n) == pytest.approx([exact[int(k)] for k in n], rel=1e-13)
+    assert _power(0.981, n).tolist() == _power(0.981, n.tolist()).tolist()
+    assert _power(0.5, np.array([0.5]))[0] == pytest.approx(0.5**0.5)  # not whole: np.power
+
+
+def test_nothing_mergeable_projects_exactly_no_saving() -> None:
+    n = np.arange(9)
+    frames = 1000.0 + 300.0 * n + 40.0 * np.sqrt(n)  # not a line: a curve fits it better
+    fit = fit_growth(n, frames, frames)
+    assert [float(fit.ideal_saved(k)) for k in (1, 8, 100)] == [0.0, 0.0, 0.0]
