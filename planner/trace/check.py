@@ -50,6 +50,12 @@ MAX_PAGE_SIZE = 65536
 Arr = np.ndarray[Any, Any]
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _fail(where: str, what: str) -> TraceFormatError:
     return TraceFormatError(f"{where}: {what}", hint=_HINT)
 
@@ -106,7 +112,7 @@ def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
     hosts = snaps.column("host").to_pylist()
     bad = next((h for h in hosts if h != host), None)
     if bad is not None:
-        raise _fail(where, f"a snapshot of host {bad!r} is stored under host {host!r}")
+        raise _fail(where, f"a snapshot of host {short(bad)} is stored under host {host!r}")
     sizes = _np(snaps.column("page_size"), np.int64)
     page_size = int(sizes[0]) if len(sizes) else S.PAGE_SIZE_BYTES
     if len(sizes) and np.any(sizes != page_size):
@@ -140,7 +146,9 @@ def check_processes(where: str, sids: Arr, procs: pa.Table) -> dict[int, Arr]:
     states = procs.column("state").to_pylist()
     bad = next((j for j, s in enumerate(states) if s not in _STATES), None)
     if bad is not None:
-        raise _fail(where, f"row {bad}: unknown process state {states[bad]!r} (ok, gone, error)")
+        raise _fail(
+            where, f"row {bad}: unknown process state {short(states[bad])} (ok, gone, error)"
+        )
     ok = np.array([s == "ok" for s in states], dtype=bool)
     live_rows = np.flatnonzero(ok)
     order = live_rows[np.lexsort((pid[live_rows], psid[live_rows]))]

@@ -40,6 +40,7 @@ from planner.trace.check import (
     PagesCheck,
     check_required,
     check_small_tables,
+    short,
 )
 
 if TYPE_CHECKING:
@@ -975,7 +976,7 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
         raise bad("the host list is empty (a trace holds at least one host)")
     for h in hosts:
         if not valid_host_name(h):
-            raise bad(f"invalid host name {h!r}")
+            raise bad(f"invalid host name {short(h)}")
     if len(set(hosts)) != len(hosts):
         raise bad("a host appears twice in the host list")
     files = manifest.get("files")
@@ -985,7 +986,7 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
     for rel in sorted(files):
         if rel not in expected:
             raise bad(
-                f"lists {rel!r}, which is not a file of this trace (a trace holds exactly "
+                f"lists {short(rel)}, which is not a file of this trace (a trace holds exactly "
                 "host=<name>/{snapshots,processes,mappings,pages}.parquet for its hosts)"
             )
     missing = sorted(expected - set(files))
