@@ -843,7 +843,7 @@ def _check_compression(path: Path, inp: _Input, magic: bytes) -> None:
     sniffed = _sniff(magic)
     suffix = path.suffix.lower()
     if inp.codec is None:
-        if sniffed is None:
+        if sniffed is None or sniffed[0] == "UTF-16 text":  # told with its own fix below
             return
         what, fix = sniffed
         hint = (
