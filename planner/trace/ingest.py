@@ -188,6 +188,9 @@ _DESCRIBE: Final = {
     "is_zero": "0 or 1",
 }
 _CSV_BLOCK_BYTES: Final = 4 << 20
+#: What pyarrow raises on damaged input (a corrupt Parquet footer can even give a
+#: UnicodeDecodeError for a column name): turned into one line naming the file.
+_READ_ERRORS: Final = (OSError, ValueError, TypeError, KeyError, IndexError, pa.ArrowException)
 _PARQUET_BATCH_ROWS: Final = 1 << 16
 _SPILL_BATCH_ROWS: Final = 1 << 16
 DEFAULT_SORT_BUFFER_ROWS: Final = 4 << 20
@@ -657,7 +660,7 @@ class _Source:
             while chunk := stream.read(1 << 20):
                 yield offset, bytes(chunk)
                 offset += len(chunk)
-        except (OSError, pa.ArrowException) as exc:
+        except _READ_ERRORS as exc:
             self.fail(None, None, f"cannot read the file ({exc})", "the file is damaged")
 
     def _text_problem(self) -> NoReturn:
@@ -734,14 +737,14 @@ class _Source:
         try:
             pf = pq.ParquetFile(pa.PythonFile(self.inp.raw(), mode="r"))
             batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
-        except (OSError, pa.ArrowException) as exc:
+        except _READ_ERRORS as exc:
             self.fail(None, None, f"cannot read the data ({exc})", "the file is damaged")
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 return
-            except (OSError, pa.ArrowException) as exc:
+            except _READ_ERRORS as exc:
                 self.fail(
                     row0 + 1,
                     None,
@@ -866,7 +869,7 @@ def _open_csv(path: Path, inp: _Input, magic: bytes) -> _Source:
     try:
         f = inp.stream()
         head = bytes(f.read(_HEAD_BYTES))
-    except (OSError, pa.ArrowException) as exc:
+    except _READ_ERRORS as exc:
         raise TraceFormatError(
             f"{path}: cannot read the file ({' '.join(str(exc).split())[:200]})",
             hint="the file is damaged or truncated",
@@ -998,7 +1001,7 @@ def _open_parquet(path: Path, inp: _Input) -> _Source:
         pf = pq.ParquetFile(pa.PythonFile(inp.raw(), mode="r"))
         schema = pf.schema_arrow
         num_rows = pf.metadata.num_rows
-    except (OSError, pa.ArrowException) as exc:
+    except _READ_ERRORS as exc:
         raise TraceFormatError(
             f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:200]})",
             hint="the file is truncated (no footer) or damaged; re-copy or re-export it",
