@@ -69,7 +69,7 @@ def _first(mask: Arr) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def check_required(where: str, table: pa.Table, name: str) -> None:
+def check_required(where: str, table: pa.Table | pa.RecordBatch, name: str) -> None:
     """No null in a column the schema declares non-nullable."""
     schema = S.SCHEMAS[name]
     for f in schema:
@@ -87,8 +87,8 @@ class HostIndex:
     host: str
     snapshot_ids: Arr  # int64, strictly increasing
     page_size: int
-    #: snapshot id -> sorted pids with a live (``ok``) process row in that snapshot
-    live_pids: Mapping[int, Arr] = field(default_factory=dict)
+    #: sorted ``snapshot_id << 32 | pid`` of every live (``ok``) process row
+    live_keys: Arr = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
@@ -122,8 +122,8 @@ def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
     return sid, page_size
 
 
-def check_processes(where: str, sids: Arr, procs: pa.Table) -> dict[int, Arr]:
-    """Check ``processes``; return the live pids of each snapshot."""
+def check_processes(where: str, sids: Arr, procs: pa.Table) -> Arr:
+    """Check ``processes``; return the sorted keys ``snapshot_id << 32 | pid`` of live rows."""
     check_required(where, procs, "processes")
     n = procs.num_rows
     psid = _np(procs.column("snapshot_id"), np.int64)
@@ -157,17 +157,7 @@ def check_processes(where: str, sids: Arr, procs: pa.Table) -> dict[int, Arr]:
         r = int(order[dup + 1])
         raise _fail(where, f"row {r}: pid {int(pid[r])} is live twice in snapshot {int(psid[r])}")
     _check_comebacks(where, sids, procs, psid, pid, live_rows)
-    live: dict[int, Arr] = {}
-    lp, ls = pid[order], psid[order]
-    if len(order):
-        cuts = np.flatnonzero(ls[1:] != ls[:-1]) + 1
-        for a, b in zip(
-            np.concatenate([[0], cuts]).tolist(),
-            np.concatenate([cuts, [len(ls)]]).tolist(),
-            strict=True,
-        ):
-            live[int(ls[a])] = lp[a:b]
-    return live
+    return np.sort((psid[live_rows] << 32) | pid[live_rows])
 
 
 def _check_comebacks(
@@ -231,7 +221,7 @@ def check_small_tables(
     sids, page_size = check_snapshots(where["snapshots"], host, tables["snapshots"])
     live = check_processes(where["processes"], sids, tables["processes"])
     check_mappings(where["mappings"], sids, tables["mappings"])
-    return HostIndex(host=host, snapshot_ids=sids, page_size=page_size, live_pids=live)
+    return HostIndex(host=host, snapshot_ids=sids, page_size=page_size, live_keys=live)
 
 
 #: Columns the pages check reads (all of them).
@@ -248,30 +238,38 @@ class PagesCheck:
         self._prev: tuple[int, int, int] | None = None  # (snapshot, pid, page_addr)
 
     def feed(self, pages: pa.Table) -> None:
-        """Check the next batch (a table with every column of the pages schema)."""
+        """Check the next rows (a table with every column of the pages schema).
+
+        The table is checked one record batch at a time: the columns of a batch are read
+        in place (no copy), and the state carries from one batch to the next.
+        """
+        for batch in pages.to_batches():
+            self._feed(batch)
+
+    def _feed(self, pages: pa.RecordBatch) -> None:
         n = pages.num_rows
         if n == 0:
             return
         where, row0 = self.where, self.rows
         check_required(where, pages, "pages")
-        sid = _np(pages.column("snapshot_id"), np.int64)
-        pid = _np(pages.column("pid"), np.int64)
-        addr = _np(pages.column("page_addr"), np.uint64)
-        psid, ppid, paddr = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint64)
-        psid[1:], ppid[1:], paddr[1:] = sid[:-1], pid[:-1], addr[:-1]
-        first_row = self._prev is None
-        if self._prev is not None:
-            psid[0], ppid[0], paddr[0] = self._prev
+        # native dtypes, no copies beyond joining chunks: this runs on every page read
+        sid = pages.column("snapshot_id").to_numpy()
+        pid = pages.column("pid").to_numpy()
+        addr = pages.column("page_addr").to_numpy()
+        i = None
+        eq = sid[1:] == sid[:-1]
+        same_pid = eq & (pid[1:] == pid[:-1])
+        if self._prev is not None and (int(sid[0]), int(pid[0]), int(addr[0])) <= self._prev:
+            i, prev = 0, self._prev
         else:
-            psid[0], ppid[0], paddr[0] = sid[0], pid[0] - 1, 0
-        same_snap = sid == psid
-        same_pid = same_snap & (pid == ppid)
-        bad = (sid < psid) | (same_snap & (pid < ppid)) | (same_pid & (addr <= paddr))
-        if first_row:
-            bad[0] = False
-        i = _first(bad)
+            bad = sid[1:] < sid[:-1]
+            bad |= eq & (pid[1:] < pid[:-1])
+            bad |= same_pid & (addr[1:] <= addr[:-1])
+            if bad.any():
+                j = int(np.argmax(bad))
+                i, prev = j + 1, (int(sid[j]), int(pid[j]), int(addr[j]))
         if i is not None:
-            if same_pid[i] and addr[i] == paddr[i]:
+            if prev[:2] == (int(sid[i]), int(pid[i])) and prev[2] == int(addr[i]):
                 what = (
                     f"page 0x{int(addr[i]):x} of pid {int(pid[i])} appears twice "
                     f"in snapshot {int(sid[i])}"
@@ -280,22 +278,22 @@ class PagesCheck:
                 what = "pages are not sorted by (snapshot_id, pid, page_addr)"
             raise _fail(where, f"row {row0 + i}: {what}")
         ps = np.uint64(self.index.page_size - 1)
-        i = _first((addr & ps) != 0)
-        if i is not None:
+        if (addr & ps).any():
+            i = int(np.argmax((addr & ps) != 0))
             raise _fail(
                 where,
                 f"row {row0 + i}: page address 0x{int(addr[i]):x} is not aligned to the "
                 f"page size ({self.index.page_size})",
             )
-        vma = _np(pages.column("vma_start"), np.uint64)
-        i = _first(vma > addr)
-        if i is not None:
+        vma = pages.column("vma_start").to_numpy()
+        if (vma > addr).any():
+            i = int(np.argmax(vma > addr))
             raise _fail(
                 where,
                 f"row {row0 + i}: page 0x{int(addr[i]):x} lies below its mapping's start "
                 f"0x{int(vma[i]):x}",
             )
-        flags = _np(pages.column("flags"), np.uint16)
+        flags = pages.column("flags").to_numpy()
         for column, allowed, what in (
             (
                 "content_hash",
@@ -310,30 +308,25 @@ class PagesCheck:
                 i = _first(missing)
                 if i is not None:
                     raise _fail(where, f"row {row0 + i}: page 0x{int(addr[i]):x} {what}")
-        # every page in a known snapshot, of a live process of that snapshot
-        cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
-        starts = np.concatenate([[0], cuts]).tolist()
-        ends = np.concatenate([cuts, [n]]).tolist()
-        sids = self.index.snapshot_ids
-        for a, b in zip(starts, ends, strict=True):
-            s = int(sid[a])
-            k = int(np.searchsorted(sids, s))
-            if k >= len(sids) or int(sids[k]) != s:
-                raise _fail(where, f"row {row0 + a}: snapshot {s} is not in the snapshots table")
-            live = self.index.live_pids.get(s, np.empty(0, np.int64))
-            block = pid[a:b]
-            pcuts = np.concatenate([[0], np.flatnonzero(block[1:] != block[:-1]) + 1])
-            upids = block[pcuts]
-            pos = np.searchsorted(live, upids)
-            found = pos < len(live)
-            found[found] = live[pos[found]] == upids[found]
-            j = _first(~found)
-            if j is not None:
-                raise _fail(
-                    where,
-                    f"row {row0 + a + int(pcuts[j])}: pages of pid {int(upids[j])} in snapshot "
-                    f"{s}, but no live process row for it (pages of another trace?)",
-                )
+        # every page in a known snapshot, of a live process of that snapshot: one lookup of
+        # (snapshot, pid) per run of pages of one process
+        heads = np.concatenate([[0], np.flatnonzero(~same_pid) + 1]) if n > 1 else np.zeros(1, int)
+        keys = (sid[heads].astype(np.int64) << 32) | pid[heads].astype(np.int64)
+        live = self.index.live_keys
+        pos = np.minimum(np.searchsorted(live, keys), max(len(live) - 1, 0))
+        found = live[pos] == keys if len(live) else np.zeros(len(keys), bool)
+        if not found.all():
+            j = int(np.argmin(found))
+            r, s_, p_ = int(heads[j]), int(sid[heads[j]]), int(pid[heads[j]])
+            sids = self.index.snapshot_ids
+            k = int(np.searchsorted(sids, s_))
+            if k >= len(sids) or int(sids[k]) != s_:
+                raise _fail(where, f"row {row0 + r}: snapshot {s_} is not in the snapshots table")
+            raise _fail(
+                where,
+                f"row {row0 + r}: pages of pid {p_} in snapshot {s_}, but no live process "
+                "row for it (pages of another trace?)",
+            )
         self._prev = (int(sid[-1]), int(pid[-1]), int(addr[-1]))
         self.rows += n
 

@@ -586,7 +586,7 @@ def _read_verified(root: Path, entry: _FileEntry) -> pa.Buffer:
     try:
         if st.st_size != entry.size:
             raise _size_mismatch(path, st.st_size, entry.size)
-        buf = bytearray(entry.size)
+        buf = pa.allocate_buffer(entry.size)  # (not zero-filled, unlike a bytearray)
         view = memoryview(buf)
         h = hashlib.sha256()
         started_ns = time.time_ns()
@@ -604,7 +604,7 @@ def _read_verified(root: Path, entry: _FileEntry) -> pa.Buffer:
     if h.hexdigest() != entry.sha256:
         raise _hash_mismatch(path)
     _remember(st, entry.sha256, started_ns)
-    return pa.py_buffer(buf)
+    return buf
 
 
 @contextlib.contextmanager
