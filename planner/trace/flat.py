@@ -94,12 +94,30 @@ def _differs(a: Any, b: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
     return out
 
 
-def _plain(col: Any) -> Any:
-    """A column as one plain array (dictionaries decoded)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+def _comparable(col: Any) -> tuple[Any, Any]:
+    """``(values, keys)`` of a column: equal keys exactly where values are equal.
+
+    A dictionary column compares by its indices when its dictionary has no value twice
+    (pyarrow's encoders and unifiers guarantee it), which avoids decoding the strings.
+    """
+    arr: Any = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_dictionary(arr.type):
+        d = arr.dictionary
+        distinct: Any = pc.count_distinct(d, mode="all")
+        if distinct.as_py() == len(d):
+            return arr, arr.indices
         arr = arr.cast(arr.type.value_type)
-    return arr
+    return arr, arr
+
+
+def _adjacent_differs(keys: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """``keys[i + 1] != keys[i]`` (null equals only null), length ``len(keys) - 1``."""
+    t = keys.type
+    if keys.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+        v = np.asarray(keys.to_numpy(zero_copy_only=False))
+        out: np.ndarray[Any, np.dtype[np.bool_]] = v[1:] != v[:-1]
+        return out
+    return _differs(keys.slice(1), keys.slice(0, len(keys) - 1))
 
 
 def _pack_keys(
@@ -497,12 +515,12 @@ class FlatConverter:
         for c in columns:
             if c not in rows.column_names:
                 continue
-            a = _plain(rows.column(c))
+            a, keys = _comparable(rows.column(c))
             bad = np.zeros(n, dtype=bool)
             if n > 1:
-                bad[1:] = _differs(a.slice(1), a.slice(0, n - 1))
+                bad[1:] = _adjacent_differs(keys)
             if c in st.last_values:
-                bad[0] = bool(_differs(a.slice(0, 1), pa.array([st.last_values[c]], a.type))[0])
+                bad[0] = a[0].as_py() != st.last_values[c]
             bad &= same
             i = int(np.flatnonzero(bad)[0]) if bad.any() else None
             if i is not None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import io
 import json
 import os
 import shutil
@@ -431,43 +430,6 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-class _PreadFile(io.RawIOBase):
-    """A read-only file object over a shared descriptor, with its own position (``pread``).
-
-    Every pass over the input (header sniffing, the last-row check, the batches, the
-    diagnosis of an error) gets its own, so passes never disturb each other's offsets,
-    and none of them opens the path again (it could have been replaced meanwhile).
-    """
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = os.preadv(self._fd, [buffer], self._pos)
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        else:
-            self._pos = os.fstat(self._fd).st_size + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
 class _Input:
     """The input file, opened once: a regular file (checked on the open descriptor)."""
 
@@ -506,13 +468,29 @@ class _Input:
                 hint="ingest reads a file; save the data to a file first",
             )
 
-    def raw(self) -> _PreadFile:
-        """The file's bytes, from the start."""
-        return _PreadFile(self.fd)
+    def raw(self) -> pa.NativeFile:
+        """The file's bytes from the start, through a new handle on the file opened here.
+
+        Every pass over the input (header sniffing, the last-row check, the batches, the
+        diagnosis of an error) gets its own handle and offset. On Linux the handle comes
+        from ``/proc/self/fd``, so the path is never resolved again (it could have been
+        replaced by a FIFO meanwhile); elsewhere the path is opened if it still names the
+        same file.
+        """
+        try:
+            return pa.OSFile(f"/proc/self/fd/{self.fd}", "rb")
+        except (OSError, pa.ArrowException):
+            pass
+        st, fst = os.stat(self.path), os.fstat(self.fd)
+        if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise TraceFormatError(
+                f"{self.path} was replaced while it was being read", hint="run the command again"
+            )
+        return pa.OSFile(str(self.path), "rb")
 
     def stream(self) -> Any:
         """The file's content (decompressed when its suffix names a codec), from the start."""
-        raw = pa.PythonFile(self.raw(), mode="r")
+        raw = self.raw()
         return pa.CompressedInputStream(raw, self.codec) if self.codec else raw
 
     def close(self) -> None:
@@ -735,7 +713,7 @@ class _Source:
     def _parquet_batches(self) -> Iterator[tuple[int, pa.Table]]:
         row0 = 0
         try:
-            pf = pq.ParquetFile(pa.PythonFile(self.inp.raw(), mode="r"))
+            pf = pq.ParquetFile(self.inp.raw())
             batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
         except _READ_ERRORS as exc:
             self.fail(None, None, f"cannot read the data ({exc})", "the file is damaged")
@@ -998,7 +976,7 @@ def _check_parquet_types(path: Path, schema: pa.Schema, types: Mapping[str, pa.D
 
 def _open_parquet(path: Path, inp: _Input) -> _Source:
     try:
-        pf = pq.ParquetFile(pa.PythonFile(inp.raw(), mode="r"))
+        pf = pq.ParquetFile(inp.raw())
         schema = pf.schema_arrow
         num_rows = pf.metadata.num_rows
     except _READ_ERRORS as exc:
@@ -1627,8 +1605,8 @@ class _FrameCheck:
                 writer = ipc.new_stream(sink, _FRAME_SCHEMA)
                 self.buckets.append((path, sink, writer))
         for f, h, r in self.parts:
-            bucket = ((f * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58)).astype(np.int64)
-            order = np.argsort(bucket, kind="stable")
+            bucket = ((f * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58)).astype(np.uint8)
+            order = np.argsort(bucket, kind="stable")  # a radix sort for 8-bit keys
             cuts = np.searchsorted(bucket[order], np.arange(_FRAME_BUCKETS + 1))
             for b in range(_FRAME_BUCKETS):
                 sel = order[cuts[b] : cuts[b + 1]]
@@ -1684,25 +1662,38 @@ class _FrameCheck:
         r: np.ndarray[Any, Any],
         fail: Callable[[int, str, str], NoReturn],
     ) -> None:
-        order = np.lexsort((r, f))
-        fs, hs, rs = f[order], h[order], r[order]
+        order = np.argsort(f)  # one plain sort of the frames: equal frames side by side
+        fs, hs = f[order], h[order]
         bad = (fs[1:] == fs[:-1]) & (hs[1:] != hs[:-1])
         if not bad.any():
             return
-        # of all contradictions, the one whose later row comes first in the file
-        i = np.flatnonzero(bad)
-        later = np.maximum(rs[i + 1], rs[i])
-        j = int(i[np.argmin(later)])
-        a, b = (j, j + 1) if rs[j] < rs[j + 1] else (j + 1, j)
+        # the frames in contradiction (few): for each, its first row and the first row that
+        # disagrees with it; report the one found earliest in the file
+        rows = np.flatnonzero(np.isin(f, np.unique(fs[1:][bad])))
+        sub = rows[np.lexsort((r[rows], f[rows]))]
+        best: tuple[int, int, int, int, int] | None = None
+        start = 0
+        while start < len(sub):
+            end = start
+            while end < len(sub) and f[sub[end]] == f[sub[start]]:
+                end += 1
+            first = sub[start]
+            other = next((k for k in sub[start + 1 : end] if h[k] != h[first]), None)
+            if other is not None and (best is None or int(r[other]) < best[0]):
+                best = (int(r[other]), int(r[first]), int(f[first]), int(h[other]), int(h[first]))
+            start = end
+        assert best is not None
+        row, first_row, frame, here, there = best
         fail(
-            int(rs[b]),
-            f"frame {int(fs[b])} has content hash {int(hs[b])} here but {int(hs[a])} at "
-            f"row {int(rs[a])}",
+            row,
+            f"frame {frame} has content hash {here} here but {there} at row {first_row}",
             "one physical frame holds one content at a time: the frame or the hash is wrong",
         )
 
 
 _FRAME_BUCKETS: Final = 64
+#: Rows of (frame, hash, row) the frame check holds before it spills (24 bytes each).
+_FRAME_CHECK_ROWS: Final = 1 << 20
 _FRAME_SCHEMA: Final = pa.schema(
     [("frame", pa.uint64()), ("content_hash", pa.uint64()), ("row", pa.int64())]
 )
@@ -1864,7 +1855,7 @@ class _HostIngest:
         if self.wall_time_ns is not None:
             extra["wall_time_ns"] = self.wall_time_ns
         conv = self.conv
-        frames = _FrameCheck(self.ing, self.ing.sort_buffer_rows)
+        frames = _FrameCheck(self.ing, min(self.ing.sort_buffer_rows, _FRAME_CHECK_ROWS))
         try:
             conv.begin(self.sid, self.time_s, extra)
             for chunk in self._sorted_chunks():
