@@ -580,12 +580,17 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _read_verified(root: Path, entry: _FileEntry) -> pa.Buffer:
-    """The bytes of one trace file, read once and hashed while they are read."""
+    """The bytes of one trace file, read once and hashed while they are read.
+
+    A file this process hashed before and that has not changed since (see the comment
+    above) is read without hashing it again.
+    """
     path = root / entry.rel
     fd, st = _open_member(root, entry.rel)
     try:
         if st.st_size != entry.size:
             raise _size_mismatch(path, st.st_size, entry.size)
+        known = _known_good(st, entry.sha256)
         buf = pa.allocate_buffer(entry.size)  # (not zero-filled, unlike a bytearray)
         view = memoryview(buf)
         h = hashlib.sha256()
@@ -595,15 +600,17 @@ def _read_verified(root: Path, entry: _FileEntry) -> pa.Buffer:
             n = os.readv(fd, [view[pos : pos + _HASH_CHUNK]])
             if n == 0:
                 raise _changed(path)
-            h.update(view[pos : pos + n])
+            if not known:
+                h.update(view[pos : pos + n])
             pos += n
         if os.read(fd, 1) or not _same_file(st, os.fstat(fd)):
             raise _changed(path)
     finally:
         os.close(fd)
-    if h.hexdigest() != entry.sha256:
-        raise _hash_mismatch(path)
-    _remember(st, entry.sha256, started_ns)
+    if not known:
+        if h.hexdigest() != entry.sha256:
+            raise _hash_mismatch(path)
+        _remember(st, entry.sha256, started_ns)
     return buf
 
 
