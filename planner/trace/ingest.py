@@ -481,12 +481,16 @@ class _Input:
             return pa.OSFile(f"/proc/self/fd/{self.fd}", "rb")
         except (OSError, pa.ArrowException):
             pass
-        st, fst = os.stat(self.path), os.fstat(self.fd)
-        if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino) or not stat.S_ISREG(st.st_mode):
-            raise TraceFormatError(
-                f"{self.path} was replaced while it was being read", hint="run the command again"
-            )
-        return pa.OSFile(str(self.path), "rb")
+        try:
+            st, fst = os.stat(self.path), os.fstat(self.fd)
+            same = (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+            if same and stat.S_ISREG(st.st_mode):
+                return pa.OSFile(str(self.path), "rb")
+        except (OSError, pa.ArrowException) as exc:
+            raise TraceFormatError(f"cannot read {self.path}: {exc}") from None
+        raise TraceFormatError(
+            f"{self.path} was replaced while it was being read", hint="run the command again"
+        )
 
     def stream(self) -> Any:
         """The file's content (decompressed when its suffix names a codec), from the start."""

@@ -384,3 +384,46 @@ def test_consistent_rows_across_chunks_are_fine(tmp_path: Path) -> None:
     result = ingest(src, tmp_path / "o", sort_buffer_rows=64, chunk_rows=17)
     assert result.spilled_runs > 0
     assert result.rows == 600
+
+
+def test_input_is_read_through_the_descriptor_opened_first(tmp_path: Path) -> None:
+    """Every pass reads the file that was checked, even if the path now names another."""
+    from planner.trace.ingest import _Input
+
+    src = tmp_path / "a.csv"
+    src.write_text(csv_text([GOOD]))
+    inp = _Input(src)
+    try:
+        src.rename(tmp_path / "moved.csv")
+        os.mkfifo(src)  # the path is now a FIFO: opening it would block
+        with inp.raw() as f:
+            assert f.read(6) == b"time_s"
+    finally:
+        inp.close()
+
+
+def test_without_proc_the_path_must_still_be_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from planner.trace.ingest import _Input
+
+    real = pa.OSFile
+
+    def no_proc(path: str, mode: str = "rb") -> Any:
+        if path.startswith("/proc/self/fd/"):
+            raise OSError("no /proc here")
+        return real(path, mode)
+
+    monkeypatch.setattr(pa, "OSFile", no_proc)
+    src = tmp_path / "a.csv"
+    src.write_text(csv_text([GOOD]))
+    accepted_trace = ingest(src, tmp_path / "t")
+    assert accepted_trace.rows == 1
+    inp = _Input(src)
+    try:
+        src.unlink()
+        src.write_text(csv_text([GOOD]))  # another file under the same name
+        with pytest.raises(TraceFormatError, match="was replaced while it was being read"):
+            inp.raw()
+    finally:
+        inp.close()
