@@ -539,9 +539,13 @@ class FlatConverter:
                     else f"mapping 0x{int(vma_start[i]):x} of pid {int(pid[i])}"
                 )
                 unit = "row of a process" if vma_start is None else "page of a mapping"
+
+                def said(value: Any, c: str = c) -> str:
+                    return f"no {c}" if value is None else f"{c} {short(value)}"
+
                 raise TraceFormatError(
-                    f"{_where(rows, i, c)}{what} has {c} {short(a[i].as_py())} here but "
-                    f"{c} {short(prev)}{at} in the snapshot at time_s={st.time_s:g}",
+                    f"{_where(rows, i, c)}{what} has {said(a[i].as_py())} here but "
+                    f"{said(prev)}{at} in the snapshot at time_s={st.time_s:g}",
                     hint=f"every {unit} in one snapshot must give the same {c}",
                 )
             st.last_values[c] = a[n - 1].as_py()

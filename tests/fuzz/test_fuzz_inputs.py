@@ -388,7 +388,7 @@ def _damage(trace: Path, changes: list[tuple[Any, ...]], forged: bool) -> bool:
                 p.write_text(json.dumps(_manifest_edit(doc, at)))
             except ValueError:
                 continue
-        else:
+        elif data:
             for k in range(count):
                 data[(at + 131 * k) % len(data)] ^= 0x5A if k % 2 else 0xFF
             p.write_bytes(bytes(data))

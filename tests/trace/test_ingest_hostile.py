@@ -323,7 +323,7 @@ CONTRADICTIONS = {
     ),
     "ppid-given-once": (
         [GOOD, "0,100,,web,4096,anon,8192,12,2"],
-        ["row 2", "column ppid", "has ppid None here but ppid 1"],
+        ["row 2", "column ppid", "has no ppid here but ppid 1 at row 1"],
     ),
 }
 
