@@ -301,28 +301,25 @@ def test_fuzz_interchange_parquet_thoroughly(cli: Any, changes: list[tuple[Any, 
 
 # ----------------------------------------------------------------------------- traces
 
-_BASE_TRACE: dict[str, Path] = {}
 
-
-def _base_trace() -> Path:
-    """A small trace, built once per session in a private directory."""
-    if "t" not in _BASE_TRACE:
-        w = World(host="web")
-        w.spawn(100, comm="master", labels={"tenant": "a"})
-        w.map(100, 0x10000, [1, 1, 2, 0, 3, 4, 5, 6], kind="heap")
-        w.snapshot(0.0)
-        for pid in (101, 102):
-            w.fork(100, pid, comm="worker")
-            w.map(pid, 0x40000, [10 + pid, 20, 20, 0], kind="anon")
-        w.write(101, 0x11000, 7)
-        w.snapshot(10.0)
-        w.write(102, 0x12000, 8)
-        w.exit(101)
-        w.snapshot(20.0)
-        root = Path(tempfile.mkdtemp(prefix="ksm-fuzz-"))
-        w.write_trace(root / "t")
-        _BASE_TRACE["t"] = root / "t"
-    return _BASE_TRACE["t"]
+@pytest.fixture(scope="session")
+def base_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trace, built once per session (pytest removes it with its other temporaries)."""
+    w = World(host="web")
+    w.spawn(100, comm="master", labels={"tenant": "a"})
+    w.map(100, 0x10000, [1, 1, 2, 0, 3, 4, 5, 6], kind="heap")
+    w.snapshot(0.0)
+    for pid in (101, 102):
+        w.fork(100, pid, comm="worker")
+        w.map(pid, 0x40000, [10 + pid, 20, 20, 0], kind="anon")
+    w.write(101, 0x11000, 7)
+    w.snapshot(10.0)
+    w.write(102, 0x12000, 8)
+    w.exit(101)
+    w.snapshot(20.0)
+    out = tmp_path_factory.mktemp("fuzz-base") / "t"
+    w.write_trace(out)
+    return out
 
 
 TARGETS = ["pages", "pages", "pages", "snapshots", "processes", "mappings", "manifest"]
@@ -400,11 +397,13 @@ def _damage(trace: Path, changes: list[tuple[Any, ...]], forged: bool) -> bool:
     return changed
 
 
-def _fuzz_trace(cli: Any, changes: list[tuple[Any, ...]], forged: bool, command: str) -> None:
+def _fuzz_trace(
+    cli: Any, base: Path, changes: list[tuple[Any, ...]], forged: bool, command: str
+) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         trace = folder / "t"
-        shutil.copytree(_base_trace(), trace)
+        shutil.copytree(base, trace)
         changed = _damage(trace, changes, forged)
         out = folder / "out"
         out.mkdir()
@@ -428,9 +427,9 @@ def _fuzz_trace(cli: Any, changes: list[tuple[Any, ...]], forged: bool, command:
     command=st.sampled_from(["replay", "info", "export"]),
 )
 def test_fuzz_trace_files(
-    cli: Any, changes: list[tuple[Any, ...]], forged: bool, command: str
+    cli: Any, base_trace: Path, changes: list[tuple[Any, ...]], forged: bool, command: str
 ) -> None:
-    _fuzz_trace(cli, changes, forged, command)
+    _fuzz_trace(cli, base_trace, changes, forged, command)
 
 
 @pytest.mark.slow
@@ -441,9 +440,9 @@ def test_fuzz_trace_files(
     command=st.sampled_from(["replay", "info", "export"]),
 )
 def test_fuzz_trace_files_thoroughly(
-    cli: Any, changes: list[tuple[Any, ...]], forged: bool, command: str
+    cli: Any, base_trace: Path, changes: list[tuple[Any, ...]], forged: bool, command: str
 ) -> None:
-    _fuzz_trace(cli, changes, forged, command)
+    _fuzz_trace(cli, base_trace, changes, forged, command)
 
 
 # ----------------------------------------------------------------------------- forged tables
@@ -500,11 +499,11 @@ def _edit_table(table: pa.Table, col: int, row: int, value: int, every: bool) ->
     return table.set_column(i, field, arr)
 
 
-def _fuzz_forged_tables(cli: Any, edits: list[tuple[Any, ...]], command: str) -> None:
+def _fuzz_forged_tables(cli: Any, base: Path, edits: list[tuple[Any, ...]], command: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         trace = folder / "t"
-        shutil.copytree(_base_trace(), trace)
+        shutil.copytree(base, trace)
         for name, col, row, value, every in edits:
             p = trace / "host=web" / f"{name}.parquet"
             table = pq.read_table(p)
@@ -528,8 +527,10 @@ def _fuzz_forged_tables(cli: Any, edits: list[tuple[Any, ...]], command: str) ->
     edits=st.lists(table_edit, min_size=1, max_size=3),
     command=st.sampled_from(["replay", "info", "export"]),
 )
-def test_fuzz_forged_tables(cli: Any, edits: list[tuple[Any, ...]], command: str) -> None:
-    _fuzz_forged_tables(cli, edits, command)
+def test_fuzz_forged_tables(
+    cli: Any, base_trace: Path, edits: list[tuple[Any, ...]], command: str
+) -> None:
+    _fuzz_forged_tables(cli, base_trace, edits, command)
 
 
 @pytest.mark.slow
@@ -539,6 +540,6 @@ def test_fuzz_forged_tables(cli: Any, edits: list[tuple[Any, ...]], command: str
     command=st.sampled_from(["replay", "info", "export"]),
 )
 def test_fuzz_forged_tables_thoroughly(
-    cli: Any, edits: list[tuple[Any, ...]], command: str
+    cli: Any, base_trace: Path, edits: list[tuple[Any, ...]], command: str
 ) -> None:
-    _fuzz_forged_tables(cli, edits, command)
+    _fuzz_forged_tables(cli, base_trace, edits, command)
