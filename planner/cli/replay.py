@@ -183,13 +183,7 @@ def _trace_hz(trace: Path, host: str | None) -> int:
     h = host or (tr.hosts[0] if tr.hosts else None)
     if h is None or h not in tr.hosts:
         return 250  # the replay itself names an unknown host
-    import pyarrow.parquet as pq
-
-    snaps = (
-        pq.read_table(tr.host_path(h) / "snapshots.parquet", columns=["hz"])
-        .column("hz")
-        .to_pylist()
-    )
+    snaps = tr.read_table(h, "snapshots", ["hz"]).column("hz").to_pylist()
     hz = next((v for v in snaps if v), None)
     return hz if hz in (100, 250, 300, 1000) else 250
 
