@@ -128,13 +128,32 @@ class MapEntry:
             return None
         return {f.group(1): f.group(2).strip() for f in _SMAPS_FIELD.finditer(self.smaps_text)}
 
+    def smaps_value(self, name: str) -> str | None:
+        """The raw value of one smaps field of this mapping (``None`` if absent or not read).
+
+        Found with one string search in this mapping's block: the capture needs four fields
+        of each kept mapping, and building the whole field dict cost more than reading smaps.
+        """
+        text = self.smaps_text
+        if text is None:
+            return None
+        key = name + ":"
+        if text.startswith(key):
+            at = 0
+        else:
+            at = text.find("\n" + key) + 1
+            if at == 0:
+                return None
+        line_end = text.find("\n", at)
+        return text[at + len(key) : line_end if line_end >= 0 else len(text)].strip()
+
     def smaps_kb(self, name: str) -> int | None:
         """An smaps size field in kB (``Anonymous``, ``Swap``, ``KSM``, ...), or ``None``."""
-        fields = self.smaps
-        if fields is None or name not in fields:
+        value = self.smaps_value(name)
+        if value is None:
             return None
-        value = fields[name].split()
-        return int(value[0]) if value and value[0].isdigit() else None
+        number = value.split(" ", 1)[0]
+        return int(number) if number.isdigit() else None
 
     @cached_property
     def vm_flags(self) -> frozenset[str] | None:
@@ -366,6 +385,23 @@ class ProcFS:
         if offset > MAX_FILE_OFFSET - len(view):
             raise OSError(errno.EINVAL, "offset does not fit off_t")
         return os.preadv(fd, [view], offset)
+
+    def read_runs(
+        self,
+        fd: int,
+        buffer: npt.NDArray[np.uint8],
+        local: npt.NDArray[np.int64],
+        remote: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+    ) -> int:
+        """Read runs of ``mem`` into ``buffer`` (one compiled ``pread`` loop, GIL released).
+
+        Run ``i`` is ``lengths[i]`` bytes at offset ``remote[i]``, stored at
+        ``buffer[local[i]:]``. Returns how many leading runs were read in full.
+        """
+        from planner.capture.memread import pread_runs
+
+        return pread_runs(fd, buffer, local, remote, lengths)
 
     # --------------------------------------------------------------------- host-wide files
 

@@ -6,25 +6,30 @@
    (CAP_SYS_ADMIN), ``/proc/kpageflags`` readable (root) unless disabled;
 2. resolves the targets (``pids``, their descendants with ``children``, a cgroup, a comm
    regex) and fails with :class:`~planner.errors.TargetNotFoundError` if one does not exist;
-3. lowers its own CPU priority (``nice`` +10 by default, or SCHED_IDLE), restored at the end;
-4. takes ``snapshots`` snapshots ``interval_s`` apart (start to start). Descendants, cgroup
-   members and comm matches are looked up again at each snapshot; a process that exits is
-   recorded as ``gone`` in the snapshot where it vanished and dropped afterwards;
+3. paces itself (:mod:`planner.capture.pace`): nice +10 by default between snapshots, each
+   snapshot one burst at the starting priority, and its CPU time bounded by ``cpu_budget``
+   (restored at the end);
+4. takes ``snapshots`` snapshots ``interval_s`` apart (start to start; later when the budget
+   is spent). Descendants, cgroup members and comm matches are looked up again at each
+   snapshot; a process that exits is recorded as ``gone`` in the snapshot where it vanished
+   and dropped afterwards;
 5. per snapshot, looks the frames up in kpageflags/kpagecount once (KSM, THP, zero page,
    map count), renumbers PFNs into session-stable frame ids and writes the four tables
    through :class:`~planner.trace.io.TraceWriter` (atomic, owner-only).
+
+A snapshot's ``time_s`` and ``duration_s`` span the reading of its processes and the frame
+lookups: the moment the memory was looked at. Building and writing its tables comes after.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +40,14 @@ from planner.capture.frames import FrameIds
 from planner.capture.hashing import PageHasher
 from planner.capture.keys import HASH_ALGO, prepare_key
 from planner.capture.kpage import KPageReader
+from planner.capture.pace import (
+    DEFAULT_BURST_SHARE,
+    DEFAULT_CPU_BUDGET,
+    MIN_CPU_BUDGET,
+    PRIORITIES,
+    Pacer,
+    Priority,
+)
 from planner.capture.procfs import (
     KPF_KSM,
     KPF_THP,
@@ -45,23 +58,30 @@ from planner.capture.procfs import (
     ProcStat,
     probe_own_pfns,
 )
-from planner.capture.snapshot import PFN_HIDDEN_HINT, ProcessCapture, ProcessReader, Timings
+from planner.capture.snapshot import (
+    DEFAULT_THREADS,
+    PFN_HIDDEN_HINT,
+    ProcessCapture,
+    ProcessReader,
+    Timings,
+)
 from planner.errors import CapturePermissionError, TargetNotFoundError, UsageProblem
 from planner.provenance import HostInfo, tool_version
-from planner.trace.io import HostWriter, TraceWriter
+from planner.trace.io import TraceWriter
 from planner.trace.schema import MAPPINGS_SCHEMA, PROCESSES_SCHEMA, PageFlag
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
-Priority = Literal["idle", "low", "normal"]
-PRIORITIES: Final = ("idle", "low", "normal")
-LOW_PRIORITY_NICE_STEP: Final = 10
+    from planner.trace.io import HostWriter
+
 #: ``PF_EXITING`` of ``/proc/<pid>/stat`` field 9: the task is exiting (its memory is going).
 PF_EXITING: Final = 0x00000004
 #: Longest wait between snapshot starts, s: a day. Snapshots further apart are separate
 #: captures; the replay between them would only hold the first for that long.
 MAX_INTERVAL_S: Final = 86_400.0
+MAX_CPUS: Final = 1024.0
+MAX_THREADS: Final = 64
 _U64 = np.uint64
 
 
@@ -82,6 +102,12 @@ class CaptureOptions:
     keep_cmdline: bool = False
     kpageflags: bool = True
     priority: Priority = "low"
+    cpu_budget: float | None = DEFAULT_CPU_BUDGET
+    """CPUs the capture may use on average (``None``: unbounded)."""
+    threads: int = DEFAULT_THREADS
+    """Threads reading and hashing pages at once."""
+    burst_share: float | None = DEFAULT_BURST_SHARE
+    """CPU share each thread reserves during a snapshot (SCHED_DEADLINE; ``None``: none)."""
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
 
@@ -100,6 +126,18 @@ class CaptureOptions:
         if self.priority not in PRIORITIES:
             raise UsageProblem(
                 f"unknown --priority {self.priority!r}", hint=f"use one of {', '.join(PRIORITIES)}"
+            )
+        if self.cpu_budget is not None and not MIN_CPU_BUDGET <= self.cpu_budget <= MAX_CPUS:
+            raise UsageProblem(
+                f"--cpu-budget must be between {MIN_CPU_BUDGET} and {MAX_CPUS} CPUs "
+                f"(got {self.cpu_budget})",
+                hint="e.g. 0.25 for a quarter of one CPU",
+            )
+        if self.burst_share is not None and not 0.01 <= self.burst_share <= 0.9:
+            raise UsageProblem(f"burst_share must be 0.01 to 0.9 of a CPU (got {self.burst_share})")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise UsageProblem(
+                f"--threads must be between 1 and {MAX_THREADS} (got {self.threads})"
             )
         bad = [p for p in self.pids if p <= 0]
         if bad:
@@ -125,6 +163,9 @@ class CaptureOptions:
             "keep_cmdline": self.keep_cmdline,
             "kpageflags": self.kpageflags,
             "priority": self.priority,
+            "cpu_budget": self.cpu_budget,
+            "threads": self.threads,
+            "burst_share": self.burst_share,
             "proc_root": str(self.proc_root),
         }
 
@@ -170,12 +211,27 @@ class CaptureResult:
     """Trace bytes on disk per page row (all files)."""
     timings: dict[str, float]
     kpage_reads: int
+    snapshot_durations_s: tuple[float, ...] = ()
+    """How long each snapshot took (reading its processes and their frames)."""
+    cpu_s: float = 0.0
+    """The capture's own CPU seconds (all its threads), start to end."""
+    wall_s: float = 0.0
+    """Wall seconds from the first snapshot's start to the trace written."""
+    throttled_s: float = 0.0
+    """Seconds waited beyond the schedule because the CPU budget was spent."""
+    burst_nice: int | None = None
+    """The nice value snapshots ran at."""
+    burst_policy: str | None = None
+    """``deadline`` (a SCHED_DEADLINE reservation) or ``nice``: how snapshots were scheduled."""
+    mem_reads: int = 0
+    """``pread`` calls of ``/proc/<pid>/mem``."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         d = asdict(self)
         d["out"] = str(self.out)
         d["gone"] = list(self.gone)
+        d["snapshot_durations_s"] = list(self.snapshot_durations_s)
         return d
 
 
@@ -305,32 +361,6 @@ def _under(path: str, root: str) -> bool:
     return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
 
-# ------------------------------------------------------------------------------ priority
-
-
-@contextlib.contextmanager
-def cpu_priority(priority: Priority) -> Iterator[None]:
-    """Run the block at ``priority`` and restore the previous nice value and policy after.
-
-    ``low`` adds 10 to the nice value (at most 19), ``idle`` switches to SCHED_IDLE, ``normal``
-    changes nothing. Restoring a lower nice value needs root; without it the value stays.
-    """
-    old_nice = os.getpriority(os.PRIO_PROCESS, 0)
-    old_policy = os.sched_getscheduler(0)
-    try:
-        if priority == "low":
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, old_nice + LOW_PRIORITY_NICE_STEP))
-        elif priority == "idle":
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(0) != old_policy:
-                os.sched_setscheduler(0, old_policy, os.sched_param(0))
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, old_nice)
-
-
 # ------------------------------------------------------------------------------ capture
 
 
@@ -391,11 +421,22 @@ def capture(
     host = HostInfo.collect()
     opts_json = options.to_json_dict()
     session = _Session(options, procfs, hasher, host, zero_pfn, opts_json)
+    pacer = Pacer(
+        priority=options.priority,
+        cpu_budget=options.cpu_budget,
+        window_s=max(options.interval_s, 2.0),
+        burst_share=options.burst_share,
+        sleep=sleep,
+    )
+    session.reader.pacer = pacer
     key_written = False
+    cpu0 = time.process_time()
     try:
         with contextlib.ExitStack() as stack:
+            stack.callback(session.reader.close)
             kpage = stack.enter_context(KPageReader(procfs)) if options.kpageflags else None
-            stack.enter_context(cpu_priority(options.priority))
+            stack.enter_context(pacer)
+            finish_in_a_burst = stack.enter_context(pacer.later_burst())
             writer = stack.enter_context(
                 TraceWriter(
                     options.out,
@@ -411,14 +452,17 @@ def capture(
                 )
             )
             hw = writer.host(host.host)
-            t_start = time.perf_counter()
+            with pacer.burst():  # at nice +10 a busy host could starve even this
+                warm_up()
+            t_start = pacer.clock()
             for i in range(options.snapshots):
                 if i:
-                    sleep(max(0.0, t_start + i * options.interval_s - time.perf_counter()))
+                    pacer.pay(until=t_start + i * options.interval_s)
                     current = targets.resolve()
                 else:
                     current = first_targets
-                session.snapshot(i, current, targets, hw, kpage, progress)
+                with pacer.burst():  # the tables too: at nice +10 they could delay the next one
+                    session.write(session.snapshot(i, current, targets, kpage, progress), hw)
             if not session.seen:
                 gone = ", ".join(map(str, dict.fromkeys(session.gone)))
                 raise TargetNotFoundError(
@@ -429,6 +473,7 @@ def capture(
             t_write = time.perf_counter()
             key.persist()
             key_written = True
+            finish_in_a_burst()  # the trace's files are written as the writer exits
     except BaseException:
         if key_written:
             key.discard()
@@ -455,7 +500,31 @@ def capture(
         bytes_per_page=trace_bytes / total_pages if total_pages else 0.0,
         timings=session.timings.to_dict(),
         kpage_reads=kpage.stats.reads if kpage is not None else 0,
+        snapshot_durations_s=tuple(session.durations_s),
+        cpu_s=time.process_time() - cpu0,
+        wall_s=pacer.clock() - t_start,
+        throttled_s=pacer.throttled_s,
+        burst_nice=pacer.burst_nice,
+        burst_policy=pacer.burst_policy,
+        mem_reads=session.reader.mem_reads,
     )
+
+
+def warm_up() -> None:
+    """Load what the first snapshot would otherwise load while it is timed.
+
+    The compiled page hash and read loop (numba; compiled once per installation, then loaded
+    from its cache in about half a second), and pyarrow's first array (which imports
+    pandas, another half second): a first snapshot that paid for them would last a second
+    longer than the memory it looks at.
+    """
+    import pyarrow as pa_
+
+    from planner.capture import memread, xxh3
+
+    xxh3.warm_up()
+    memread.warm_up()
+    pa_.array(np.zeros(1, np.uint64))
 
 
 class _Session:
@@ -480,6 +549,7 @@ class _Session:
             hasher,
             zero_pfn=zero_pfn,
             keep_cmdline=options.keep_cmdline,
+            threads=options.threads,
             timings=self.timings,
         )
         self.frames = FrameIds()
@@ -490,6 +560,7 @@ class _Session:
         self.t0_wall_s: float | None = None
         self.t0_perf = 0.0
         self.capture_s = 0.0
+        self.durations_s: list[float] = []
         self.seen: set[tuple[int, int]] = set()
         self.gone: list[int] = []
         self.last_info: dict[tuple[int, int], dict[str, Any]] = {}
@@ -499,10 +570,10 @@ class _Session:
         snapshot_id: int,
         targets_now: Mapping[int, int],
         targets: Targets,
-        hw: HostWriter,
         kpage: KPageReader | None,
         progress: Progress,
-    ) -> None:
+    ) -> _Taken:
+        """Read every target and look its frames up: the snapshot itself (timed)."""
         wall_ns = time.time_ns()
         t_snap = time.perf_counter()
         if self.t0_wall_s is None:
@@ -523,15 +594,29 @@ class _Session:
                 self.seen.add((pid, pc.proc_start))
                 self.last_info[(pid, pc.proc_start)] = pc.info
         ksm_sysfs = json.dumps(self.procfs.ksm_sysfs(), sort_keys=True)
-        processes, mappings, pages = self._tables(snapshot_id, caps, kpage)
-        t_end = time.perf_counter()
-        duration = t_end - t_snap
+        pages = self._frame_flags(caps, kpage)
+        duration = time.perf_counter() - t_snap
         self.capture_s += duration
+        self.durations_s.append(duration)
+        progress.finish()
+        return _Taken(
+            snapshot_id=snapshot_id,
+            caps=caps,
+            pages=pages,
+            time_s=t_snap - self.t0_perf,
+            wall_time_ns=wall_ns,
+            duration_s=duration,
+            ksm_sysfs=ksm_sysfs,
+        )
+
+    def write(self, taken: _Taken, hw: HostWriter) -> None:
+        """Build the tables of a snapshot and hand them to the trace writer (not timed)."""
+        processes, mappings, pages = self._tables(taken)
         snap = {
-            "snapshot_id": snapshot_id,
-            "time_s": t_snap - self.t0_perf,
-            "wall_time_ns": wall_ns,
-            "duration_s": duration,
+            "snapshot_id": taken.snapshot_id,
+            "time_s": taken.time_s,
+            "wall_time_ns": taken.wall_time_ns,
+            "duration_s": taken.duration_s,
             "kernel_release": self.host.kernel_release,
             "page_size": PAGE_SIZE_BYTES,
             "hz": self.host.hz,
@@ -541,12 +626,11 @@ class _Session:
             "zero_hash": self.hasher.zero_hash,
             "tool_version": tool_version(),
             "capture_options": self.opts_json,
-            "ksm_sysfs": ksm_sysfs,
+            "ksm_sysfs": taken.ksm_sysfs,
         }
         t = time.perf_counter()
         hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages)
         self.timings.write_s += time.perf_counter() - t
-        progress.finish()
 
     def _vanished(self, pc: ProcessCapture) -> ProcessCapture:
         """``pc``, or a ``gone`` record if it was read empty because it was exiting.
@@ -595,24 +679,28 @@ class _Session:
 
     # ---------------------------------------------------------------- tables of a snapshot
 
-    def _tables(
-        self, snapshot_id: int, caps: list[ProcessCapture], kpage: KPageReader | None
-    ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    def _frame_flags(self, caps: list[ProcessCapture], kpage: KPageReader | None) -> _Pages:
+        """Every page row of the snapshot, with the flags and map counts of its frame."""
         ok = [c for c in caps if c.state == "ok"]
         counts = np.array([c.pages for c in ok], dtype=np.int64)
         row_proc = np.repeat(np.arange(len(ok)), counts)
-        cat = _concat(ok)
-        addr, vma_start, chash, pfn, flags = cat
+        addr, vma_start, chash, pfn, flags = _concat(ok)
+        needed = np.concatenate([c.kflags_needed for c in ok]) if ok else np.zeros(0, bool)
         has_frame = (flags & np.uint16(PageFlag.SWAPPED)) == 0
         zero_pfn_extra = np.zeros(len(ok), dtype=np.int64)
         if kpage is not None and len(addr):
             t = time.perf_counter()
             uniq, inverse = np.unique(pfn[has_frame], return_inverse=True)
-            kflags_u, kcount_u = kpage.lookup(uniq)
+            inverse = inverse.reshape(-1)
+            shared = np.zeros(len(uniq), bool)  # mapped more than once by someone
+            shared[inverse[(flags[has_frame] & np.uint16(PageFlag.EXCLUSIVE)) == 0]] = True
+            special = np.zeros(len(uniq), bool)  # maybe KSM, THP or the huge zero page
+            special[inverse[needed[has_frame]]] = True
+            kflags_u, kcount_u = kpage.lookup(uniq, count=shared, flags=special)
             kflags = np.zeros(len(addr), np.uint64)
             kcount = np.zeros(len(addr), np.uint64)
-            kflags[has_frame] = kflags_u[inverse.reshape(-1)]
-            kcount[has_frame] = kcount_u[inverse.reshape(-1)]
+            kflags[has_frame] = kflags_u[inverse]
+            kcount[has_frame] = kcount_u[inverse]
             flags = (
                 flags
                 | _bitflag(kflags, KPF_KSM, PageFlag.KSM)
@@ -631,19 +719,35 @@ class _Session:
                 row_proc, has_frame = row_proc[keep], has_frame[keep]
                 counts = np.bincount(row_proc, minlength=len(ok)).astype(np.int64)
             self.timings.kpage_s += time.perf_counter() - t
+        return _Pages(
+            ok=ok,
+            counts=counts,
+            row_proc=row_proc,
+            addr=addr,
+            vma_start=vma_start,
+            content_hash=chash,
+            pfn=pfn,
+            flags=flags,
+            has_frame=has_frame,
+            zero_pfn_extra=zero_pfn_extra,
+        )
+
+    def _tables(self, taken: _Taken) -> tuple[pa.Table, pa.Table, pa.Table]:
         t = time.perf_counter()
-        frame_id = np.zeros(len(addr), np.uint64)
-        frame_id[has_frame] = self.frames.assign(pfn[has_frame])
+        snapshot_id, caps, pg = taken.snapshot_id, taken.caps, taken.pages
+        ok, row_proc, flags, has_frame = pg.ok, pg.row_proc, pg.flags, pg.has_frame
+        frame_id = np.zeros(len(pg.addr), np.uint64)
+        frame_id[has_frame] = self.frames.assign(pg.pfn[has_frame])
         no_hash = (flags & np.uint16(PageFlag.SWAPPED | PageFlag.READ_ERROR)) != 0
         racy = np.bincount(row_proc[(flags & np.uint16(PageFlag.RACY)) != 0], minlength=len(ok))
         pids = np.array([c.pid for c in ok], dtype=np.int32)
         pages = pa.table(
             {
-                "snapshot_id": pa.array(np.full(len(addr), snapshot_id, np.int32)),
+                "snapshot_id": pa.array(np.full(len(pg.addr), snapshot_id, np.int32)),
                 "pid": pa.array(pids[row_proc] if len(ok) else np.zeros(0, np.int32)),
-                "vma_start": pa.array(vma_start),
-                "page_addr": pa.array(addr),
-                "content_hash": pa.array(chash, mask=no_hash),
+                "vma_start": pa.array(pg.vma_start),
+                "page_addr": pa.array(pg.addr),
+                "content_hash": pa.array(pg.content_hash, mask=no_hash),
                 "frame_id": pa.array(frame_id, mask=~has_frame),
                 "flags": pa.array(flags),
             }
@@ -669,18 +773,49 @@ class _Session:
             if c.state == "ok":
                 i = ok_index[id(c)]
                 row.update(
-                    pages=int(counts[i]),
+                    pages=int(pg.counts[i]),
                     racy_pages=int(racy[i]),
-                    zero_pfn_pages=c.zero_pfn_pages + int(zero_pfn_extra[i]),
+                    zero_pfn_pages=c.zero_pfn_pages + int(pg.zero_pfn_extra[i]),
                 )
-                if zero_pfn_extra[i]:
-                    _recount_present(c.mappings, vma_start[row_proc == i], has_frame[row_proc == i])
+                if pg.zero_pfn_extra[i]:
+                    _recount_present(
+                        c.mappings, pg.vma_start[row_proc == i], has_frame[row_proc == i]
+                    )
                 map_rows.extend({"snapshot_id": snapshot_id, "pid": c.pid, **m} for m in c.mappings)
             proc_rows.append(row)
         processes = pa.Table.from_pylist(proc_rows, schema=PROCESSES_SCHEMA)
         mappings = pa.Table.from_pylist(map_rows, schema=MAPPINGS_SCHEMA)
         self.timings.tables_s += time.perf_counter() - t
         return processes, mappings, pages
+
+
+@dataclass
+class _Pages:
+    """The page rows of one snapshot, all processes together (raw PFNs still present)."""
+
+    ok: list[ProcessCapture]
+    counts: npt.NDArray[np.int64]
+    row_proc: npt.NDArray[np.intp]
+    addr: npt.NDArray[np.uint64]
+    vma_start: npt.NDArray[np.uint64]
+    content_hash: npt.NDArray[np.uint64]
+    pfn: npt.NDArray[np.uint64]
+    flags: npt.NDArray[np.uint16]
+    has_frame: npt.NDArray[np.bool_]
+    zero_pfn_extra: npt.NDArray[np.int64]
+
+
+@dataclass
+class _Taken:
+    """A snapshot as read, before its tables are built."""
+
+    snapshot_id: int
+    caps: list[ProcessCapture]
+    pages: _Pages
+    time_s: float
+    wall_time_ns: int
+    duration_s: float
+    ksm_sysfs: str
 
 
 def _concat(ok: list[ProcessCapture]) -> tuple[npt.NDArray[Any], ...]:

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from planner.capture.session import MAX_INTERVAL_S
+from planner.capture.pace import DEFAULT_CPU_BUDGET
+from planner.capture.session import MAX_CPUS, MAX_INTERVAL_S, MAX_THREADS
+from planner.capture.snapshot import DEFAULT_THREADS
 from planner.cli._app import app
 from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress
 
@@ -81,9 +83,27 @@ def capture_cmd(
     priority: Annotated[
         PriorityChoice,
         typer.Option(
-            "--priority", help="CPU priority while capturing: nice +10 (low) or SCHED_IDLE."
+            "--priority",
+            help="CPU priority: low (nice +10 between snapshots, each snapshot one burst at the "
+            "starting priority), idle (SCHED_IDLE throughout) or normal.",
         ),
     ] = PriorityChoice.low,
+    cpu_budget: Annotated[
+        float,
+        typer.Option(
+            "--cpu-budget",
+            help="CPUs the capture may use on average (0.25 = a quarter of one CPU); when "
+            "spent, the next snapshot starts late (its real start is recorded). 0 = no bound.",
+            min=0.0,
+            max=MAX_CPUS,
+        ),
+    ] = DEFAULT_CPU_BUDGET,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", help="Threads reading and hashing pages at once.", min=1, max=MAX_THREADS
+        ),
+    ] = DEFAULT_THREADS,
     proc_root: Annotated[
         Path, typer.Option("--proc-root", help="procfs to read (e.g. /host/proc in a container).")
     ] = Path("/proc"),
@@ -114,6 +134,8 @@ def capture_cmd(
         keep_cmdline=keep_cmdline,
         kpageflags=not no_kpageflags,
         priority=priority.value,
+        cpu_budget=cpu_budget or None,
+        threads=threads,
         proc_root=proc_root,
     )
     inputs = (key_file or default_key_path(),)
@@ -125,8 +147,12 @@ def capture_cmd(
     note(
         f"captured {result.snapshots} snapshot(s) of {result.processes} process(es) "
         f"on {result.host}: {result.pages:,} pages in {result.capture_s:.2f} s "
-        f"({result.pages_per_s:,.0f} pages/s)"
+        f"({result.pages_per_s:,.0f} pages/s; longest snapshot "
+        f"{max(result.snapshot_durations_s, default=0.0):.2f} s; "
+        f"{result.cpu_s:.2f} CPU s in {result.wall_s:.1f} s)"
     )
+    if result.throttled_s > 0:
+        note(f"waited {result.throttled_s:.1f} s beyond the schedule to stay within --cpu-budget")
     if result.gone:
         note(f"exited during the capture: {', '.join(map(str, result.gone))}")
     note(
