@@ -85,6 +85,12 @@ class ProcStat:
     flags: int
     starttime_ticks: int
     """Field 22: start time in clock ticks since boot (identifies the process with its pid)."""
+    utime_ticks: int = 0
+    """Field 14: CPU time in user mode, clock ticks."""
+    stime_ticks: int = 0
+    """Field 15: CPU time in kernel mode, clock ticks."""
+    num_threads: int = 0
+    """Field 20."""
 
     @property
     def is_kernel_thread(self) -> bool:
@@ -216,6 +222,9 @@ def parse_stat(pid: int, text: str) -> ProcStat:
         ppid=int(rest[1]),
         flags=int(rest[6]),
         starttime_ticks=int(rest[19]),
+        utime_ticks=int(rest[11]),
+        stime_ticks=int(rest[12]),
+        num_threads=int(rest[17]),
     )
 
 
@@ -274,6 +283,10 @@ class ProcFS:
             return None
 
     # --------------------------------------------------------------------- small files
+
+    def read_text(self, pid: int, name: str) -> str:
+        """``<root>/<pid>/<name>`` as text (:class:`ProcessGone` if the process vanished)."""
+        return self._read_text(pid, name)
 
     def _read_text(self, pid: int, name: str) -> str:
         try:

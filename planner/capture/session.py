@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from planner._progress import NULL_PROGRESS, Progress
+from planner.capture.facts import CgroupHierarchy, LoadMonitor, host_facts, read_cgroups
 from planner.capture.frames import FrameIds
 from planner.capture.hashing import PageHasher
 from planner.capture.keys import HASH_ALGO, prepare_key
@@ -68,7 +70,7 @@ from planner.capture.snapshot import (
 from planner.errors import CapturePermissionError, TargetNotFoundError, UsageProblem
 from planner.provenance import HostInfo, tool_version
 from planner.trace.io import TraceWriter
-from planner.trace.schema import MAPPINGS_SCHEMA, PROCESSES_SCHEMA, PageFlag
+from planner.trace.schema import CGROUPS_SCHEMA, MAPPINGS_SCHEMA, PROCESSES_SCHEMA, PageFlag
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +83,8 @@ PF_EXITING: Final = 0x00000004
 #: captures; the replay between them would only hold the first for that long.
 MAX_INTERVAL_S: Final = 86_400.0
 MAX_CPUS: Final = 1024.0
+#: Longest step of a wait between snapshots: the host's runnable tasks are read after each.
+LOAD_SAMPLE_S: Final = 0.1
 MAX_THREADS: Final = 64
 _U64 = np.uint64
 
@@ -429,6 +433,7 @@ def capture(
         sleep=sleep,
     )
     session.reader.pacer = pacer
+    session.reader.cgroup_hierarchy = session.hierarchy
     key_written = False
     cpu0 = time.process_time()
     try:
@@ -455,14 +460,22 @@ def capture(
             with pacer.burst():  # at nice +10 a busy host could starve even this
                 warm_up()
             t_start = pacer.clock()
+            pending: _Taken | None = None
             for i in range(options.snapshots):
                 if i:
-                    pacer.pay(until=t_start + i * options.interval_s)
+                    session.pause(pacer, until=t_start + i * options.interval_s)
                     current = targets.resolve()
                 else:
                     current = first_targets
                 with pacer.burst():  # the tables too: at nice +10 they could delay the next one
-                    session.write(session.snapshot(i, current, targets, kpage, progress), hw)
+                    taken = session.snapshot(i, current, targets, kpage, progress)
+                    if pending is not None:  # its interval ended as this snapshot began
+                        session.write(pending, hw, interval_end_s=taken.time_s)
+                    pending = taken
+                session.monitor.start()
+            if pending is not None:
+                with pacer.burst():
+                    session.write(pending, hw, interval_end_s=None)
             if not session.seen:
                 gone = ", ".join(map(str, dict.fromkeys(session.gone)))
                 raise TargetNotFoundError(
@@ -553,6 +566,8 @@ class _Session:
             timings=self.timings,
         )
         self.frames = FrameIds()
+        self.hierarchy = CgroupHierarchy.find(procfs)
+        self.monitor = LoadMonitor(procfs)
         self.labels = json.dumps(dict(options.labels), sort_keys=True) if options.labels else None
         self.opts_json = json.dumps(opts_json, sort_keys=True)
         self.boot_wall_s = procfs.boot_time_s()
@@ -576,8 +591,10 @@ class _Session:
         """Read every target and look its frames up: the snapshot itself (timed)."""
         wall_ns = time.time_ns()
         t_snap = time.perf_counter()
+        cpu0 = time.process_time()
         if self.t0_wall_s is None:
             self.t0_wall_s, self.t0_perf = wall_ns / 1e9, t_snap
+        host = host_facts(self.procfs)
         progress.start(
             f"snapshot {snapshot_id + 1}/{self.options.snapshots}",
             self._estimate_pages(targets_now),
@@ -595,6 +612,15 @@ class _Session:
                 self.last_info[(pid, pc.proc_start)] = pc.info
         ksm_sysfs = json.dumps(self.procfs.ksm_sysfs(), sort_keys=True)
         pages = self._frame_flags(caps, kpage)
+        cgroups = read_cgroups(
+            self.procfs,
+            self.hierarchy,
+            {
+                c.info["memory_cgroup"]
+                for c in caps
+                if c.state == "ok" and c.info.get("memory_cgroup")
+            },
+        )
         duration = time.perf_counter() - t_snap
         self.capture_s += duration
         self.durations_s.append(duration)
@@ -607,11 +633,39 @@ class _Session:
             wall_time_ns=wall_ns,
             duration_s=duration,
             ksm_sysfs=ksm_sysfs,
+            host=host,
+            cgroups=cgroups,
+            cpu_s=time.process_time() - cpu0,
+            cpu_end=time.process_time(),
         )
 
-    def write(self, taken: _Taken, hw: HostWriter) -> None:
-        """Build the tables of a snapshot and hand them to the trace writer (not timed)."""
+    def pause(self, pacer: Pacer, *, until: float) -> None:
+        """Wait until ``until`` (and as long as the CPU budget asks), watching the host's load.
+
+        The wait is cut into steps of at most :data:`LOAD_SAMPLE_S`; after each one the
+        runnable tasks are read (:class:`~planner.capture.facts.LoadMonitor`).
+        """
+        remaining = until - pacer.clock()
+        steps = max(1, math.ceil(remaining / LOAD_SAMPLE_S))
+        start = pacer.clock()
+        for k in range(1, steps + 1):
+            pacer.pay(until=start + k * remaining / steps)
+            self.monitor.sample()
+
+    def write(self, taken: _Taken, hw: HostWriter, *, interval_end_s: float | None) -> None:
+        """Build the tables of a snapshot and hand them to the trace writer (not timed).
+
+        ``interval_end_s`` is when the interval after it ended (the next snapshot's start;
+        ``None`` for the last snapshot): the host's load over it goes into its row.
+        """
         processes, mappings, pages = self._tables(taken)
+        interval: dict[str, Any] = {}
+        if interval_end_s is not None:
+            interval = {
+                "interval_s": interval_end_s - taken.time_s,
+                "interval_capture_cpu_s": time.process_time() - taken.cpu_end,
+                **self.monitor.finish(),
+            }
         snap = {
             "snapshot_id": taken.snapshot_id,
             "time_s": taken.time_s,
@@ -627,9 +681,16 @@ class _Session:
             "tool_version": tool_version(),
             "capture_options": self.opts_json,
             "ksm_sysfs": taken.ksm_sysfs,
+            "capture_cpu_s": taken.cpu_s,
+            **taken.host,
+            **interval,
         }
         t = time.perf_counter()
-        hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages)
+        cgroups = pa.Table.from_pylist(
+            [{"snapshot_id": taken.snapshot_id, **row} for row in taken.cgroups],
+            schema=CGROUPS_SCHEMA,
+        )
+        hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages, cgroups=cgroups)
         self.timings.write_s += time.perf_counter() - t
 
     def _vanished(self, pc: ProcessCapture) -> ProcessCapture:
@@ -816,6 +877,12 @@ class _Taken:
     wall_time_ns: int
     duration_s: float
     ksm_sysfs: str
+    host: dict[str, Any]
+    cgroups: list[dict[str, Any]]
+    cpu_s: float
+    """The capture's CPU seconds for this snapshot."""
+    cpu_end: float
+    """``time.process_time()`` when the snapshot ended (the interval's CPU starts there)."""
 
 
 def _concat(ok: list[ProcessCapture]) -> tuple[npt.NDArray[Any], ...]:

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
+from planner.capture.facts import memory_cgroup_of, process_facts
 from planner.capture.memread import CHUNK_PAGES, ReadResult, read_and_hash
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
@@ -51,6 +52,7 @@ from planner.trace.schema import PageFlag
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from planner.capture.facts import CgroupHierarchy
     from planner.capture.hashing import PageHasher
     from planner.capture.pace import Pacer
 
@@ -152,6 +154,8 @@ class ProcessReader:
     timings: Timings = field(default_factory=Timings)
     pacer: Pacer | None = None
     """Gives the reading threads the capture's priority (:mod:`planner.capture.pace`)."""
+    cgroup_hierarchy: CgroupHierarchy | None = None
+    """Where the memory controller is mounted (for ``processes.memory_cgroup``)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
@@ -240,6 +244,7 @@ class ProcessReader:
             "ksm_merging_pages": ksm.get("ksm_merging_pages"),
             "ksm_zero_pages": ksm.get("ksm_zero_pages"),
             "ksm_process_profit": ksm.get("ksm_process_profit"),
+            **process_facts(fs, st, status, memory_cgroup_of(cgroups, self.cgroup_hierarchy)),
         }
         self.timings.meta_s += time.perf_counter() - t
         return info

@@ -217,3 +217,52 @@ def test_process_exiting_during_a_session_is_gone(tmp_path: Path) -> None:
     a, b = (s.pid for s in sleepers)
     assert states == {(0, a): "ok", (0, b): "ok", (1, a): "ok", (1, b): "gone", (2, a): "ok"}
     assert result.gone == (b,)
+
+
+def test_live_process_and_host_facts(tmp_path: Path) -> None:
+    """A real process's footprint and CPU, the host's memory and load, its memory cgroup."""
+    busy = "import sys, time\nx = bytearray(8 << 20)\nt = time.process_time()\n"
+    busy += "while time.process_time() - t < 0.2:\n    pass\nprint('ready', flush=True)\n"
+    busy += "sys.stdin.read()\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", busy], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        result = capture(
+            CaptureOptions(
+                out=tmp_path / "t",
+                pids=(proc.pid,),
+                snapshots=2,
+                interval_s=0.3,
+                key_file=tmp_path / "k.key",
+            )
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+    ht = open_trace(result.out).load_host()
+    row = ht.processes.to_pylist()[0]
+    assert row["pss_anon_kb"] >= 8 * 1024  # the 8 MiB bytearray
+    assert row["rss_kb"] >= row["pss_kb"] > 0
+    assert row["pss_file_kb"] > 0  # the interpreter's text
+    assert row["vm_pte_kb"] > 0
+    assert row["cpu_user_s"] + row["cpu_system_s"] >= 0.2
+    assert row["num_threads"] == 1
+    s0, s1 = ht.snapshots.to_pylist()
+    assert s0["mem_total_kb"] > s0["mem_available_kb"] > 0
+    assert s0["cpus_online"] == os.cpu_count()
+    assert s0["user_hz"] == os.sysconf("SC_CLK_TCK")
+    assert s1["cpu_total_ticks"] > s0["cpu_total_ticks"]
+    assert 0.0 <= s0["interval_cpu_busy_share"] <= 1.0
+    assert s0["interval_runnable_mean"] >= 1.0  # the capture itself runs when it samples
+    assert s0["interval_s"] == pytest.approx(0.3, abs=0.25)
+    if row["memory_cgroup"] not in (None, "/"):
+        cg = ht.cgroups.to_pylist()
+        assert cg
+        assert cg[0]["cgroup"] == row["memory_cgroup"]
+        assert cg[0]["memory_current_bytes"] > 0
