@@ -28,9 +28,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +38,8 @@ from planner.capture.procfs import MAX_FILE_OFFSET, PAGE_SIZE_BYTES
 from planner.capture.xxh3 import hash_pages
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from planner.capture.procfs import ProcFS
     from planner.capture.xxh3 import PageSecret
 
@@ -46,20 +47,10 @@ if TYPE_CHECKING:
 CHUNK_PAGES: Final = 1024
 
 _I64 = np.int64
-F = TypeVar("F", bound=Callable[..., Any])
+_PREAD_LOCK = threading.Lock()
 
 
-def _njit(**options: Any) -> Callable[[F], F]:
-    import numba
-
-    def wrap(fn: F) -> F:
-        return cast("F", numba.njit(**options)(fn))
-
-    return wrap
-
-
-@_njit(nogil=True, cache=True)
-def _pread_runs(
+def _pread_loop(
     pread: Any, fd: int, base: int, local: Any, remote: Any, lengths: Any
 ) -> int:  # pragma: no cover - compiled
     """``pread`` each run into ``base + local[i]``; the index of the first short run."""
@@ -69,8 +60,21 @@ def _pread_runs(
     return len(local)
 
 
+_LOOP: Callable[..., int] | None = None
+
+
+def _loop() -> Callable[..., int]:
+    """The compiled loop (compiled, or loaded from numba's cache, on first use)."""
+    global _LOOP
+    with _PREAD_LOCK:
+        if _LOOP is None:
+            import numba
+
+            _LOOP = cast("Callable[..., int]", numba.njit(nogil=True, cache=True)(_pread_loop))
+        return _LOOP
+
+
 _PREAD: Any = None
-_PREAD_LOCK = threading.Lock()
 
 
 def _libc_pread() -> Any:
@@ -108,9 +112,7 @@ def pread_runs(
     )
     stop = int(too_far[0]) if len(too_far) else len(local)
     return int(
-        _pread_runs(
-            _libc_pread(), fd, buffer.ctypes.data, local[:stop], remote[:stop], lengths[:stop]
-        )
+        _loop()(_libc_pread(), fd, buffer.ctypes.data, local[:stop], remote[:stop], lengths[:stop])
     )
 
 

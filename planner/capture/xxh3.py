@@ -27,12 +27,15 @@ are folded pairwise with 128-bit products against the secret from offset 11, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PAGE_BYTES: Final = 4096
 PAGE_WORDS: Final = PAGE_BYTES // 8
@@ -98,19 +101,6 @@ class PageSecret:
         return "PageSecret(...)"
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _njit(**options: Any) -> Callable[[F], F]:
-    import numba
-
-    def wrap(fn: F) -> F:
-        return cast("F", numba.njit(**options)(fn))
-
-    return wrap
-
-
-@_njit(inline="always", nogil=True, cache=True)
 def _fold128(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     """Low xor high half of the 128-bit product ``a * b`` (``XXH3_mul128_fold64``)."""
     lo_lo = (a & _LOW32) * (b & _LOW32)
@@ -123,7 +113,6 @@ def _fold128(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - com
     return lower ^ upper
 
 
-@_njit(inline="always", nogil=True, cache=True)
 def _stripe(
     acc: Any, data: Any, at: int, key: Any, key_at: int
 ) -> None:  # pragma: no cover - compiled
@@ -134,7 +123,6 @@ def _stripe(
         acc[lane] += (keyed & _LOW32) * (keyed >> _S32)
 
 
-@_njit(nogil=True, cache=True)
 def _hash_pages(
     data: Any, first: int, count: int, words: Any, last: Any, merge: Any, out: Any
 ) -> None:  # pragma: no cover - compiled
@@ -170,6 +158,27 @@ def _hash_pages(
         out[i] = result
 
 
+_KERNEL: Callable[..., None] | None = None
+_KERNEL_LOCK = threading.Lock()
+
+
+def _kernel() -> Callable[..., None]:
+    """The compiled hash (numba is imported and the kernel compiled, or loaded from numba's
+    cache, on first use: importing the capture must not cost the command line a second)."""
+    global _KERNEL
+    with _KERNEL_LOCK:
+        if _KERNEL is None:
+            import numba
+
+            options: dict[str, Any] = {"nogil": True, "cache": True}
+            # the helpers become compiled functions before the kernel that inlines them
+            # is compiled (numba resolves them as module globals then)
+            for name in ("_fold128", "_stripe"):
+                globals()[name] = numba.njit(inline="always", **options)(globals()[name])
+            _KERNEL = cast("Callable[..., None]", numba.njit(**options)(_hash_pages))
+        return _KERNEL
+
+
 def hash_pages(
     secret: PageSecret,
     buffer: npt.NDArray[np.uint8] | memoryview | bytearray,
@@ -189,7 +198,7 @@ def hash_pages(
     if out is None:
         out = np.empty(count, np.uint64)
     if count:
-        _hash_pages(words, first, count, secret.words, secret.last, secret.merge, out)
+        _kernel()(words, first, count, secret.words, secret.last, secret.merge, out)
     return out
 
 
