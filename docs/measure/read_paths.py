@@ -90,11 +90,13 @@ def throughput() -> dict[str, dict[str, float]]:
                 sizes = (lens * PAGE).astype(np.int64)
                 view = memoryview(buf)
 
-                def py() -> None:
-                    for o, r, s in zip(local.tolist(), remote.tolist(), sizes.tolist(), strict=True):
-                        os.preadv(fd, [view[o : o + s]], r)
+                def py(local=local, remote=remote, sizes=sizes, view=view) -> None:  # type: ignore[no-untyped-def]
+                    for o, r, n in zip(
+                        local.tolist(), remote.tolist(), sizes.tolist(), strict=True
+                    ):
+                        os.preadv(fd, [view[o : o + n]], r)
 
-                def compiled() -> None:
+                def compiled(local=local, remote=remote, sizes=sizes) -> None:  # type: ignore[no-untyped-def]
                     _pread_loop(PREAD, fd, buf.ctypes.data, local, remote, sizes)
 
                 iov = np.empty((2, len(starts), 2), np.uint64)
@@ -103,7 +105,7 @@ def throughput() -> dict[str, dict[str, float]]:
                 iov[1, :, 0] = remote.astype(np.uint64)
                 iov[1, :, 1] = sizes
 
-                def pvr() -> None:
+                def pvr(iov=iov, starts=starts) -> None:  # type: ignore[no-untyped-def]
                     for i in range(0, len(starts), 1024):
                         k = min(1024, len(starts) - i)
                         PVR(child.pid, iov[0, i:].ctypes.data, k, iov[1, i:].ctypes.data, k, 0)

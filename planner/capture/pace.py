@@ -106,7 +106,7 @@ class Pacer:
     window_s: float = 10.0
     burst_share: float | None = DEFAULT_BURST_SHARE
     """CPU share each thread reserves during a snapshot (``None``: no reservation)."""
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.perf_counter
     cpu_clock: Callable[[], float] = time.process_time
     sleep: Callable[[float], None] = time.sleep
     throttled_s: float = 0.0
@@ -123,6 +123,8 @@ class Pacer:
     _nice: int | None = field(default=None, init=False, repr=False)
     _idle: bool = field(default=False, init=False, repr=False)
     _deadline: bool = field(default=False, init=False, repr=False)
+    _depth: int = field(default=0, init=False, repr=False)
+    _low: int | None = field(default=None, init=False, repr=False)
     _generation: int = field(default=0, init=False, repr=False)
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
@@ -173,21 +175,32 @@ class Pacer:
     @contextlib.contextmanager
     def burst(self) -> Iterator[None]:
         """Run a snapshot as a burst (``low`` only): a deadline reservation, else the
-        starting nice value; then return to nice +10."""
-        if self.priority != "low":
-            self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)
-            self.burst_policy = "nice"
-            yield
-            return
-        low = self._nice
-        self._set(nice=self._base_nice, idle=False, deadline=self.burst_share is not None)
-        self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # stays +10 without CAP_SYS_NICE
-        on_deadline = os.sched_getscheduler(0) & ~0x40000000 == SCHED_DEADLINE
-        self.burst_policy = "deadline" if on_deadline else "nice"
+        starting nice value; then return to nice +10.
+
+        Bursts nest (and may end in any order): the scheduling changes when the first one
+        begins and is restored when the last one ends. A sampled capture runs as one burst
+        from its first snapshot to its last interval's end -- its threads sleep between
+        passes without using their reservation -- because a reservation given up is
+        returned to the kernel only at its deadline, and taking it again every 100 ms
+        would be refused.
+        """
+        if self._depth == 0:
+            self._low = self._nice
+            if self.priority == "low":
+                deadline = self.burst_share is not None
+                self._set(nice=self._base_nice, idle=False, deadline=deadline)
+                on_deadline = os.sched_getscheduler(0) & ~0x40000000 == SCHED_DEADLINE
+                self.burst_policy = "deadline" if on_deadline else "nice"
+            else:
+                self.burst_policy = "nice"
+            self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # +10 without CAP_SYS_NICE
+        self._depth += 1
         try:
             yield
         finally:
-            self._set(nice=low, idle=False)
+            self._depth -= 1
+            if self._depth == 0 and self.priority == "low":
+                self._set(nice=self._low, idle=False)
 
     @contextlib.contextmanager
     def later_burst(self) -> Iterator[Callable[[], None]]:
@@ -205,6 +218,12 @@ class Pacer:
             yield start
 
     # ------------------------------------------------------------------ duty cycle
+
+    def reset(self) -> None:
+        """Start the budget afresh (full): one-time work before it (loading the compiled
+        kernels) is not charged to the capture's duty cycle."""
+        self._last_wall, self._last_cpu = self.clock(), self.cpu_clock()
+        self._tokens = self._capacity()
 
     def _capacity(self) -> float:
         return (self.cpu_budget or 0.0) * max(self.window_s, 1.0)

@@ -328,6 +328,24 @@ class ProcFS:
                 out[parts[1]] = parts[2]
         return out
 
+    def clear_soft_dirty(self, pid: int) -> None:
+        """Write ``4`` to ``<root>/<pid>/clear_refs``: clear the soft-dirty bits of ``pid``.
+
+        The one write the capture ever makes about a target (only when it samples with
+        soft-dirty, docs/capture.md §9.3): every page-table entry of the process is
+        write-protected, and its next write to each page takes a fault that sets the bit.
+        """
+        try:
+            fd = os.open(self.path(pid, "clear_refs"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._translate(pid, "clear_refs", exc) from exc
+        try:
+            os.write(fd, b"4")
+        except OSError as exc:
+            raise self._translate(pid, "clear_refs", exc) from exc
+        finally:
+            os.close(fd)
+
     def cmdline(self, pid: int) -> bytes:
         """The raw NUL-separated argv (without the trailing NUL)."""
         return self._read_bytes(pid, "cmdline").rstrip(b"\0")

@@ -37,6 +37,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from planner._progress import NULL_PROGRESS, Progress
+from planner.capture.churn import MIN_SAMPLE_MS, IntervalResult, Sampler
 from planner.capture.facts import CgroupHierarchy, LoadMonitor, host_facts, read_cgroups
 from planner.capture.frames import FrameIds
 from planner.capture.hashing import PageHasher
@@ -67,10 +68,22 @@ from planner.capture.snapshot import (
     ProcessReader,
     Timings,
 )
-from planner.errors import CapturePermissionError, TargetNotFoundError, UsageProblem
+from planner.capture.softdirty import probe_soft_dirty
+from planner.errors import (
+    CapturePermissionError,
+    KernelUnsupportedError,
+    TargetNotFoundError,
+    UsageProblem,
+)
 from planner.provenance import HostInfo, tool_version
 from planner.trace.io import TraceWriter
-from planner.trace.schema import CGROUPS_SCHEMA, MAPPINGS_SCHEMA, PROCESSES_SCHEMA, PageFlag
+from planner.trace.schema import (
+    CGROUPS_SCHEMA,
+    MAPPINGS_SCHEMA,
+    PROCESSES_SCHEMA,
+    SAMPLES_SCHEMA,
+    PageFlag,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -112,6 +125,13 @@ class CaptureOptions:
     """Threads reading and hashing pages at once."""
     burst_share: float | None = DEFAULT_BURST_SHARE
     """CPU share each thread reserves during a snapshot (SCHED_DEADLINE; ``None``: none)."""
+    sample_ms: float | None = None
+    """Sample the pages of each snapshot every ``sample_ms`` until the next (and for one more
+    interval after the last): :mod:`planner.capture.churn`. ``None``: no sampling."""
+    soft_dirty: bool | None = None
+    """Track writes with soft-dirty while sampling: ``None`` where the kernel has it (probed),
+    ``False`` never (``--no-soft-dirty``), ``True`` required (an error where it does not work;
+    trusted without a probe on a procfs other than this system's)."""
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
 
@@ -139,6 +159,22 @@ class CaptureOptions:
             )
         if self.burst_share is not None and not 0.01 <= self.burst_share <= 0.9:
             raise UsageProblem(f"burst_share must be 0.01 to 0.9 of a CPU (got {self.burst_share})")
+        if self.sample_ms is not None:
+            if not MIN_SAMPLE_MS <= self.sample_ms <= MAX_INTERVAL_S * 1000:
+                raise UsageProblem(
+                    f"--sample-ms must be at least {MIN_SAMPLE_MS:.0f} ms (got {self.sample_ms})",
+                    hint="e.g. --sample-ms 100",
+                )
+            if self.sample_ms > self.interval_s * 1000:
+                raise UsageProblem(
+                    f"--sample-ms {self.sample_ms:g} is longer than --interval "
+                    f"{self.interval_s:g} s: no sample would fit between two snapshots",
+                    hint="sample more often than the snapshots are taken",
+                )
+        elif self.soft_dirty:
+            raise UsageProblem(
+                "soft-dirty tracking needs sampling", hint="give --sample-ms as well"
+            )
         if not 1 <= self.threads <= MAX_THREADS:
             raise UsageProblem(
                 f"--threads must be between 1 and {MAX_THREADS} (got {self.threads})"
@@ -170,6 +206,8 @@ class CaptureOptions:
             "cpu_budget": self.cpu_budget,
             "threads": self.threads,
             "burst_share": self.burst_share,
+            "sample_ms": self.sample_ms,
+            "soft_dirty": self.soft_dirty,
             "proc_root": str(self.proc_root),
         }
 
@@ -229,6 +267,16 @@ class CaptureResult:
     """``deadline`` (a SCHED_DEADLINE reservation) or ``nice``: how snapshots were scheduled."""
     mem_reads: int = 0
     """``pread`` calls of ``/proc/<pid>/mem``."""
+    sampling_passes: int = 0
+    """Sampling passes over all intervals (``--sample-ms``)."""
+    sampling_cpu_s: float = 0.0
+    """The sampling's own CPU seconds."""
+    sampling_wall_s: float = 0.0
+    """Wall seconds spent sampling (the intervals)."""
+    soft_dirty: bool = False
+    """Writes were tracked with soft-dirty."""
+    soft_dirty_note: str | None = None
+    """One line on soft-dirty support when sampling was asked (why it is not used)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -434,6 +482,7 @@ def capture(
     )
     session.reader.pacer = pacer
     session.reader.cgroup_hierarchy = session.hierarchy
+    sampler, soft_note = _sampler(options, session, pacer, zero_pfn)
     key_written = False
     cpu0 = time.process_time()
     try:
@@ -459,23 +508,43 @@ def capture(
             hw = writer.host(host.host)
             with pacer.burst():  # at nice +10 a busy host could starve even this
                 warm_up()
+            pacer.reset()
+            if sampler is not None:  # one burst for the whole sampled capture (see burst())
+                stack.enter_context(pacer.burst())
             t_start = pacer.clock()
             pending: _Taken | None = None
             for i in range(options.snapshots):
                 if i:
-                    session.pause(pacer, until=t_start + i * options.interval_s)
+                    until = t_start + i * options.interval_s
+                    if sampler is not None:
+                        sampler.run(until, session.monitor)
+                    else:
+                        session.pause(pacer, until=until)
                     current = targets.resolve()
                 else:
                     current = first_targets
                 with pacer.burst():  # the tables too: at nice +10 they could delay the next one
                     taken = session.snapshot(i, current, targets, kpage, progress)
                     if pending is not None:  # its interval ended as this snapshot began
-                        session.write(pending, hw, interval_end_s=taken.time_s)
+                        session.write(
+                            pending,
+                            hw,
+                            interval_end_s=taken.time_s,
+                            sampled=sampler.finish() if sampler is not None else None,
+                        )
                     pending = taken
                 session.monitor.start()
+                if sampler is not None:
+                    session.follow(sampler, taken)
             if pending is not None:
+                end_s: float | None = None
+                sampled = None
+                if sampler is not None:  # the last snapshot's interval: one more of them
+                    sampler.run(pacer.clock() + options.interval_s, session.monitor)
+                    end_s = time.perf_counter() - session.t0_perf
+                    sampled = sampler.finish()
                 with pacer.burst():
-                    session.write(pending, hw, interval_end_s=None)
+                    session.write(pending, hw, interval_end_s=end_s, sampled=sampled)
             if not session.seen:
                 gone = ", ".join(map(str, dict.fromkeys(session.gone)))
                 raise TargetNotFoundError(
@@ -520,7 +589,41 @@ def capture(
         burst_nice=pacer.burst_nice,
         burst_policy=pacer.burst_policy,
         mem_reads=session.reader.mem_reads,
+        sampling_passes=sampler.total_passes if sampler is not None else 0,
+        sampling_cpu_s=sampler.total_cpu_s if sampler is not None else 0.0,
+        sampling_wall_s=sampler.total_wall_s if sampler is not None else 0.0,
+        soft_dirty=bool(sampler is not None and sampler.soft_dirty),
+        soft_dirty_note=soft_note,
     )
+
+
+def _sampler(
+    options: CaptureOptions, session: _Session, pacer: Pacer, zero_pfn: int | None
+) -> tuple[Sampler | None, str | None]:
+    """The sampler of ``--sample-ms`` (or ``None``) and the line on soft-dirty support."""
+    if options.sample_ms is None:
+        return None, None
+    soft = False
+    note: str | None = "soft-dirty tracking is off (--no-soft-dirty): content sampling only"
+    if options.soft_dirty is not False:
+        if options.soft_dirty and not session.procfs.is_live:
+            soft, note = True, None  # a fake procfs in tests: trusted
+        else:
+            support = probe_soft_dirty(session.procfs)
+            soft, note = support.available, (None if support.available else support.reason)
+            if options.soft_dirty and not soft:
+                raise KernelUnsupportedError(
+                    support.reason, hint="sample without it: leave out the soft-dirty option"
+                )
+    sampler = Sampler(
+        session.reader,
+        pacer,
+        sample_ms=options.sample_ms,
+        soft_dirty=soft,
+        zero_pfn=zero_pfn,
+        t0=0.0,
+    )
+    return sampler, note
 
 
 def warm_up() -> None:
@@ -639,6 +742,21 @@ class _Session:
             cpu_end=time.process_time(),
         )
 
+    def follow(self, sampler: Sampler, taken: _Taken) -> None:
+        """Start sampling the pages of ``taken`` (those with a hash) until the next snapshot."""
+        pg = taken.pages
+        no_hash = (pg.flags & np.uint16(PageFlag.SWAPPED | PageFlag.READ_ERROR)) != 0
+        sampler.t0 = self.t0_perf
+        sampler.begin(
+            taken.snapshot_id,
+            pg.ok,
+            pg.row_proc,
+            pg.addr,
+            pg.content_hash,
+            pg.pfn,
+            ~no_hash,
+        )
+
     def pause(self, pacer: Pacer, *, until: float) -> None:
         """Wait until ``until`` (and as long as the CPU budget asks), watching the host's load.
 
@@ -652,11 +770,19 @@ class _Session:
             pacer.pay(until=start + k * remaining / steps)
             self.monitor.sample()
 
-    def write(self, taken: _Taken, hw: HostWriter, *, interval_end_s: float | None) -> None:
+    def write(
+        self,
+        taken: _Taken,
+        hw: HostWriter,
+        *,
+        interval_end_s: float | None,
+        sampled: IntervalResult | None = None,
+    ) -> None:
         """Build the tables of a snapshot and hand them to the trace writer (not timed).
 
         ``interval_end_s`` is when the interval after it ended (the next snapshot's start;
-        ``None`` for the last snapshot): the host's load over it goes into its row.
+        ``None`` for the last snapshot without sampling): the host's load over it goes into
+        its row, and ``sampled`` what the sampler found over it.
         """
         processes, mappings, pages = self._tables(taken)
         interval: dict[str, Any] = {}
@@ -666,6 +792,12 @@ class _Session:
                 "interval_capture_cpu_s": time.process_time() - taken.cpu_end,
                 **self.monitor.finish(),
             }
+        samples = None
+        if sampled is not None:
+            interval.update(sampled.snapshot_columns)
+            for name, (values, valid) in sampled.page_columns.items():
+                pages = pages.append_column(name, pa.array(values, mask=~valid))
+            samples = pa.Table.from_pylist(sampled.sample_rows, schema=SAMPLES_SCHEMA)
         snap = {
             "snapshot_id": taken.snapshot_id,
             "time_s": taken.time_s,
@@ -690,7 +822,14 @@ class _Session:
             [{"snapshot_id": taken.snapshot_id, **row} for row in taken.cgroups],
             schema=CGROUPS_SCHEMA,
         )
-        hw.add_snapshot(snap, processes=processes, mappings=mappings, pages=pages, cgroups=cgroups)
+        hw.add_snapshot(
+            snap,
+            processes=processes,
+            mappings=mappings,
+            pages=pages,
+            cgroups=cgroups,
+            samples=samples,
+        )
         self.timings.write_s += time.perf_counter() - t
 
     def _vanished(self, pc: ProcessCapture) -> ProcessCapture:

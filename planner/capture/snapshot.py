@@ -115,6 +115,8 @@ class ProcessCapture:
     content_hash: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     pfn: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     flags: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
+    """``(mapping index, first page, end page)`` of the mappings whose pagemap was read."""
     kflags_needed: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
     """Pages whose frame flags (KSM, THP, huge zero page) must be read from kpageflags: the
     pages of mappings whose smaps does not rule them out (see :func:`needs_frame_flags`)."""
@@ -270,6 +272,7 @@ class ProcessReader:
             for i, (e, _kind) in enumerate(kept)
             if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
         ]
+        pc.spans = spans
         pm_fd = fs.open_pagemap(pid)
         try:
             vpn, entry, owner = self._pagemap(pm_fd, spans, pid)
@@ -349,6 +352,21 @@ class ProcessReader:
 
     # ----------------------------------------------------------------- pagemap
 
+    def read_pages(
+        self, pid: int, vpn: npt.NDArray[np.int64], *, mem_fd: int | None = None
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+        """Hashes of the present pages ``vpn`` (sorted) of ``pid``, and which failed to read.
+
+        ``mem_fd`` is an open ``/proc/<pid>/mem`` to read through (else one is opened).
+        """
+        return self._read_and_hash(pid, vpn, mem_fd=mem_fd)
+
+    def pagemap(
+        self, fd: int, spans: list[tuple[int, int, int]], pid: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
+        """The present and swapped pages of ``spans`` (see :meth:`_pagemap`)."""
+        return self._pagemap(fd, spans, pid)
+
     def _pagemap(
         self, fd: int, spans: list[tuple[int, int, int]], pid: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
@@ -405,14 +423,16 @@ class ProcessReader:
     # ----------------------------------------------------------------- contents
 
     def _read_and_hash(
-        self, pid: int, vpn: npt.NDArray[np.int64]
+        self, pid: int, vpn: npt.NDArray[np.int64], *, mem_fd: int | None = None
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
         """Read and hash the pages ``vpn`` (sorted), chunk by chunk, on the reader's threads."""
         n = len(vpn)
         if n == 0:
             return np.zeros(0, np.uint64), np.zeros(0, bool)
         t = time.perf_counter()
-        mem_fd = self.procfs.open_mem(pid)
+        own = mem_fd is None
+        if mem_fd is None:
+            mem_fd = self.procfs.open_mem(pid)
         try:
             chunk = self.read_chunk_pages
             bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
@@ -423,7 +443,8 @@ class ProcessReader:
                 futures = [pool.submit(self._chunk, mem_fd, vpn[a:b]) for a, b in bounds]
                 results = [f.result() for f in futures]
         finally:
-            os.close(mem_fd)
+            if own:
+                os.close(mem_fd)
         self.timings.read_s += time.perf_counter() - t
         self.mem_reads += sum(r.reads for r in results)
         return (

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from planner.capture.churn import MIN_SAMPLE_MS
 from planner.capture.pace import DEFAULT_CPU_BUDGET
 from planner.capture.session import MAX_CPUS, MAX_INTERVAL_S, MAX_THREADS
 from planner.capture.snapshot import DEFAULT_THREADS
@@ -104,6 +105,25 @@ def capture_cmd(
             "--threads", help="Threads reading and hashing pages at once.", min=1, max=MAX_THREADS
         ),
     ] = DEFAULT_THREADS,
+    sample_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--sample-ms",
+            help="Between snapshots (and for one more --interval after the last), look at "
+            "the pages every MS milliseconds and record per page how often its content, frame "
+            "or presence changed (the trace's churn counts).",
+            min=MIN_SAMPLE_MS,
+        ),
+    ] = None,
+    no_soft_dirty: Annotated[
+        bool,
+        typer.Option(
+            "--no-soft-dirty",
+            help="While sampling, do not clear and read soft-dirty bits (on kernels that have "
+            "them they also show writes that leave a page unchanged, at the cost of one "
+            "write fault per written page and sample in the traced processes).",
+        ),
+    ] = False,
     proc_root: Annotated[
         Path, typer.Option("--proc-root", help="procfs to read (e.g. /host/proc in a container).")
     ] = Path("/proc"),
@@ -136,6 +156,8 @@ def capture_cmd(
         priority=priority.value,
         cpu_budget=cpu_budget or None,
         threads=threads,
+        sample_ms=sample_ms,
+        soft_dirty=False if no_soft_dirty else None,
         proc_root=proc_root,
     )
     inputs = (key_file or default_key_path(),)
@@ -151,6 +173,16 @@ def capture_cmd(
         f"{max(result.snapshot_durations_s, default=0.0):.2f} s; "
         f"{result.cpu_s:.2f} CPU s in {result.wall_s:.1f} s)"
     )
+    if result.sampling_passes:
+        share = result.sampling_cpu_s / result.sampling_wall_s if result.sampling_wall_s else 0.0
+        note(
+            f"sampled {result.sampling_passes} times between snapshots: "
+            f"{result.sampling_cpu_s:.2f} CPU s in {result.sampling_wall_s:.1f} s "
+            f"({share:.1%} of one CPU)"
+            + ("; writes tracked with soft-dirty" if result.soft_dirty else "")
+        )
+    if result.soft_dirty_note:
+        note(result.soft_dirty_note)
     if result.throttled_s > 0:
         note(f"waited {result.throttled_s:.1f} s beyond the schedule to stay within --cpu-budget")
     if result.gone:

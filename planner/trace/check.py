@@ -305,8 +305,15 @@ def check_small_tables(
 
 #: Columns the pages check reads (all of them).
 PAGES_CHECK_COLUMNS = tuple(S.PAGES_SCHEMA.names)
-#: Per-page change counts (schema v2), each at most the page's ``samples``.
-_PAGE_COUNTS = ("content_changes", "frame_changes", "absent_samples", "same_content_writes")
+#: Per-page change counts (schema v2), each at most the page's ``samples`` (content changes
+#: at most its content checks).
+_PAGE_COUNTS = (
+    "content_checks",
+    "content_changes",
+    "frame_changes",
+    "absent_samples",
+    "same_content_writes",
+)
 
 
 class PagesCheck:
@@ -428,17 +435,27 @@ class PagesCheck:
                     )
             return
         n_seen = _np(seen.fill_null(0), np.int64)
+        checks = pages.column("content_checks")
+        n_checks = _np(checks.fill_null(0), np.int64)
         for name in _PAGE_COUNTS:
             col = pages.column(name)
             if col.null_count == len(col):
                 continue
             values = _np(col.fill_null(0), np.int64)
-            i = _first(values > n_seen)
+            bound, of = (
+                (n_checks, "content checks")
+                if name == "content_changes"
+                else (
+                    n_seen,
+                    "samples",
+                )
+            )
+            i = _first(values > bound)
             if i is not None:
                 raise _fail(
                     self.where,
                     f"row {row0 + i}: page 0x{int(addr[i]):x} has {name} {int(values[i])} "
-                    f"but only {int(n_seen[i])} samples",
+                    f"but only {int(bound[i])} {of}",
                 )
 
 

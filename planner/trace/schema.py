@@ -142,6 +142,9 @@ SNAPSHOTS_SCHEMA: Final = pa.schema(
         pa.field("sample_ms", pa.float64()),  # the sampling period asked (null: no sampling)
         pa.field("samples", pa.int32()),  # sampling passes in the interval
         pa.field("soft_dirty", pa.bool_()),  # writes tracked with soft-dirty in the interval
+        pa.field("sample_coverage", pa.float64()),  # share of tracked pages checked at least once
+        pa.field("sample_checks_per_page", pa.float64()),  # content checks per tracked page
+        pa.field("sample_cpu_s", pa.float64()),  # the sampling's own CPU over the interval
     ]
 )
 
@@ -227,6 +230,7 @@ PAGES_SCHEMA: Final = pa.schema(
         # --- version 2: what happened to the page in the interval after the snapshot
         # (null: the page was not sampled; docs/capture.md §9)
         pa.field("samples", pa.uint16()),  # sampling passes that looked at the page
+        pa.field("content_checks", pa.uint16()),  # ... that read and hashed its content
         pa.field("content_changes", pa.uint16()),  # ... that found its content changed
         pa.field("frame_changes", pa.uint16()),  # ... that found another frame mapped
         pa.field("absent_samples", pa.uint16()),  # ... that found it not present
@@ -324,6 +328,7 @@ PARQUET_OPTIONS: Final = {
             "flags",
             "content_hash",
             "samples",
+            "content_checks",
             "content_changes",
             "frame_changes",
             "absent_samples",

@@ -154,6 +154,7 @@ class FakeProcess:
         )
         (d / "cgroup").write_text(f"4:memory:/v1mem\n0::{self.cgroup}\n")
         (d / "cmdline").write_bytes(self.cmdline)
+        (d / "clear_refs").write_bytes(b"")  # write-only in a real /proc
         (d / "personality").write_text(f"{self.personality:08x}\n")
         if self.ksm_stat is not None:
             (d / "ksm_stat").write_text(self.ksm_stat)
