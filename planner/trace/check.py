@@ -232,7 +232,7 @@ def _non_negative(where: str, table: pa.Table, columns: tuple[str, ...]) -> None
         values = _np(col, np.float64)  # nulls become NaN, which is not < 0
         i = _first(values < 0)
         if i is not None:
-            raise _fail(where, f"row {i}: {name} {values[i]!r} is negative")
+            raise _fail(where, f"row {i}: {name} {float(values[i]):g} is negative")
 
 
 def check_cgroups(where: str, sids: Arr, cgroups: pa.Table) -> None:

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from types import TracebackType
 
+    from planner.trace.views import (
+        CgroupMemory,
+        HostMemory,
+        Interval,
+        PageChanges,
+        ProcessFootprints,
+    )
+
 _HASH_CHUNK = 1 << 20
 
 
@@ -413,6 +421,44 @@ class HostTrace:
         sid = self.pages.column("snapshot_id").to_numpy()
         lo, hi = np.searchsorted(sid, [snapshot_id, snapshot_id + 1])
         return self.pages.slice(int(lo), int(hi - lo))
+
+    # ---------------------------------------------------------------- schema v2 facts
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the capture sampled pages between snapshots (``--sample-ms``)."""
+        col = self.snapshots.column("sample_ms")
+        return col.null_count < len(col)
+
+    def page_changes(self, snapshot_id: int) -> PageChanges:
+        """Per page row of ``pages_of(snapshot_id)``: what changed over the interval after it."""
+        from planner.trace.views import page_changes
+
+        return page_changes(self.snapshots, self.pages_of(snapshot_id), snapshot_id)
+
+    def intervals(self) -> list[Interval]:
+        """The interval after each snapshot: host load, traced processes' CPU, sampling."""
+        from planner.trace.views import intervals
+
+        return intervals(self.snapshots, self.processes)
+
+    def host_memory(self, snapshot_id: int) -> HostMemory:
+        """The host's memory (``/proc/meminfo``) and CPUs at one snapshot."""
+        from planner.trace.views import host_memory
+
+        return host_memory(self.snapshots, snapshot_id)
+
+    def process_footprints(self, snapshot_id: int) -> ProcessFootprints:
+        """Every live process's whole footprint (PSS split, page tables) and CPU time."""
+        from planner.trace.views import process_footprints
+
+        return process_footprints(self.processes, snapshot_id)
+
+    def cgroup_memory(self, snapshot_id: int) -> list[CgroupMemory]:
+        """The memory accounting of the traced processes' cgroups at one snapshot."""
+        from planner.trace.views import cgroup_memory
+
+        return cgroup_memory(self.cgroups, snapshot_id)
 
 
 # ----------------------------------------------------------------------------- verifying

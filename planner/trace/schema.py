@@ -356,5 +356,15 @@ INTERCHANGE_HEADER: Final = (
     "content_hash",
     "frame",
 )
+#: Optional per-page change counts of the interchange format (schema v2): the ``pages``
+#: columns of the same names, for the interval after the row's snapshot (traces/README.md).
+INTERCHANGE_COUNTS: Final = (
+    "samples",
+    "content_checks",
+    "content_changes",
+    "frame_changes",
+    "absent_samples",
+    "same_content_writes",
+)
 #: Plain (unkeyed) xxh3_64 of 4096 zero bytes: the default zero-page hash of ingested traces.
 PLAIN_XXH3_ZERO_PAGE_HASH: Final = 10653106456947493306
