@@ -364,7 +364,13 @@ def _decision_scale(inputs: ReviewInputs, s: ReviewScenario) -> list[Block]:
                 f"Copy-on-write breaks: about {_rate(inputs.cow.breaks_per_s)} merged pages "
                 f"per second would be written and copied again ([Risks](#risks)).",
                 "Switching KSM off again (unmerge) needs the whole saving back at once: "
-                f"{F.mib(s.host.saved_bytes)} on the traced host.",
+                f"{F.mib(s.host.saved_bytes)} on the traced host"
+                + (
+                    f", {F.gib(s.host.capacity.ksm_saved_bytes)} with "
+                    f"{F.integer(s.host.capacity.workers_with)} workers on the projected host."
+                    if s.host.capacity is not None
+                    else "."
+                ),
                 *_canary_bullet(inputs),
             )
         ),
@@ -1570,6 +1576,7 @@ def _cow_blocks(inputs: ReviewInputs) -> list[Block]:
 
 def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
     scen = [s for s in inputs.scenarios if s.enabled]
+    projected = any(s.host.capacity is not None for s in scen)
     return [
         Para(
             "Switching KSM off (`echo 2 > /sys/kernel/mm/ksm/run`, or a process leaving it) "
@@ -1578,19 +1585,27 @@ def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
         ),
         table(
             "unmerge",
-            "Memory an unmerge needs at once, per scenario (steady state).",
+            "Memory an unmerge needs at once, per scenario (steady state), on the traced host"
+            + (" and on the projected host." if projected else "."),
             [
                 Column("scenario", "scenario", "text"),
                 Column("saved_bytes", "needed at once", "mib", "MiB"),
                 Column("saved_fraction", "of anon", "pct", "%"),
+                Column("workers_with", "workers, projected", "int", hidden=not projected),
+                Column(
+                    "projected_saved_bytes", "needed, projected", "gib", "GiB", hidden=not projected
+                ),
             ],
             [
                 {
                     "scenario": s.name,
                     "saved_bytes": s.host.saved_bytes,
                     "saved_fraction": s.host.saved_fraction,
+                    "workers_with": c.workers_with if c else None,
+                    "projected_saved_bytes": c.ksm_saved_bytes if c else None,
                 }
                 for s in scen
+                for c in (s.host.capacity,)
             ],
         ),
     ]

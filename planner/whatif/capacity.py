@@ -222,11 +222,18 @@ class HostCapacityModel:
         g = growth or self.growth
         return float(g.frames(n)) * self.page_size + n * inputs.worker_other_bytes
 
+    def ksm_saved_bytes(self, n: float, growth: GrowthFit | None = None) -> float:
+        """What KSM frees at ``n`` workers before its metadata: the policy ideal times the
+        realization ratio (and what an unmerge needs back at once)."""
+        g = growth or self.growth
+        return self.realization_ratio * float(g.ideal_saved(n)) * self.page_size
+
     def ksm_net_saved_bytes(self, n: float, growth: GrowthFit | None = None) -> float:
         """``S(n)``: what KSM saves at ``n`` workers, net of its metadata."""
         g = growth or self.growth
-        saved = self.realization_ratio * float(g.ideal_saved(n)) * self.page_size
-        return saved - self.metadata_bytes_per_page * float(g.eligible_pages(n))
+        return self.ksm_saved_bytes(n, g) - self.metadata_bytes_per_page * float(
+            g.eligible_pages(n)
+        )
 
     def memory_with_ksm_bytes(
         self, n: float, inputs: CapacityInputs, growth: GrowthFit | None = None
@@ -286,6 +293,8 @@ class CapacityEstimate:
     worker_other_bytes: int
     base_bytes: float
     ksm_net_saved_bytes: float  # at workers_with (point)
+    #: At workers_with, before KSM's metadata: the memory an unmerge needs back at once
+    ksm_saved_bytes: float
     ksmd_cores: float
     realization_ratio: float
     host_mem_bytes: float = 0.0
@@ -379,6 +388,7 @@ def estimate_capacity(
         worker_other_bytes=inputs.worker_other_bytes,
         base_bytes=model.growth.frames_a * model.page_size,
         ksm_net_saved_bytes=model.ksm_net_saved_bytes(n1),
+        ksm_saved_bytes=model.ksm_saved_bytes(n1),
         ksmd_cores=model.ksmd_cores,
         realization_ratio=model.realization_ratio,
         host_mem_bytes=float(inputs.host_mem_bytes),
@@ -419,6 +429,7 @@ def combine_hosts(estimates: Sequence[CapacityEstimate]) -> CapacityEstimate:
         worker_other_bytes=estimates[0].worker_other_bytes,
         base_bytes=sum(e.base_bytes for e in estimates),
         ksm_net_saved_bytes=sum(e.ksm_net_saved_bytes for e in estimates),
+        ksm_saved_bytes=sum(e.ksm_saved_bytes for e in estimates),
         ksmd_cores=sum(e.ksmd_cores for e in estimates),
         realization_ratio=float(np.mean([e.realization_ratio for e in estimates])),
         host_mem_bytes=sum(e.host_mem_bytes for e in estimates),

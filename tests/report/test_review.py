@@ -351,3 +351,28 @@ def test_observed_canary_in_validation_and_decision(small_inputs: Any) -> None:
     assert [r["observed_pages_sharing"] for r in rows] == [0.0, 0.0, 40.0, 40.0]
     decision = _text(doc, "decision")
     assert "was 25.0 % above what the real KSM merged; plan with the lower figure" in decision
+
+
+def test_unmerge_at_the_projected_size(small_inputs: Any, bare_inputs: Any) -> None:
+    # a number what-if computes (CapacityEstimate.ksm_saved_bytes), rendered in two places
+    doc = build_review(small_inputs)
+    rows = {r["scenario"]: r for r in _table(doc, "unmerge").rows}
+    for s in small_inputs.scenarios:
+        if not s.enabled:
+            continue
+        cap = s.host.capacity
+        assert cap is not None
+        assert rows[s.name]["projected_saved_bytes"] == cap.ksm_saved_bytes
+        assert rows[s.name]["workers_with"] == cap.workers_with
+        assert cap.ksm_saved_bytes >= cap.ksm_net_saved_bytes
+    chosen = recommend(small_inputs).scenario
+    assert chosen is not None
+    assert chosen.host.capacity is not None
+    assert (
+        f"{F.gib(chosen.host.capacity.ksm_saved_bytes)} with "
+        f"{F.integer(chosen.host.capacity.workers_with)} workers on the projected host"
+    ) in _text(doc, "decision")
+    bare = build_review(bare_inputs)
+    assert all(r["projected_saved_bytes"] is None for r in _table(bare, "unmerge").rows)
+    assert "needs the whole saving back at once" in _text(bare, "decision")
+    assert "workers on the projected host" not in _text(bare, "decision")
