@@ -11,6 +11,7 @@ import typer
 from planner.cli._app import app
 from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress, warn
 from planner.engine.options import MAX_DURATION_S
+from planner.jsonable import to_jsonable
 
 _KNOB_LISTS = (
     ("pages_to_scan", "--pages-to-scan"),
@@ -261,10 +262,10 @@ def report_cmd(
                 overwrite=force,
                 progress=bar,
             )
-        for w in result.document.data.get("warnings", []):
-            warn(str(w))
+        for w in result.warnings:
+            warn(w)
         if as_json:
-            emit_json({"command": "report", **result.to_dict()})
+            emit_json({"command": "report", **to_jsonable(result)})
             return
         files = result.files
         note(f"wrote {files.html}")

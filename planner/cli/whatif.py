@@ -21,6 +21,7 @@ from planner.cli._output import (
     wide_console,
 )
 from planner.engine.options import MAX_DURATION_S
+from planner.jsonable import to_jsonable
 
 if TYPE_CHECKING:
     from planner.whatif.result import ScenarioResult, WhatIfResult
@@ -285,7 +286,7 @@ def whatif_cmd(
         if out is not None:
             _write(result, out, force=force)
     if as_json:
-        emit_json({"whatif": result.to_dict()})
+        emit_json({"whatif": to_jsonable(result)})
     elif as_csv:
         emit_text(result.to_csv())
     else:
@@ -301,7 +302,7 @@ def _write(result: WhatIfResult, out: Path, *, force: bool) -> None:
 
     with atomic_dir(out, overwrite=force, private=False) as tmp:
         (tmp / "whatif.json").write_text(
-            json.dumps(result.to_dict(timelines=True), indent=1) + "\n"
+            json.dumps(to_jsonable(result, include={"timelines"}), indent=1) + "\n"
         )
         (tmp / "scenarios.csv").write_text(result.to_csv())
 
@@ -367,7 +368,7 @@ def _render(result: WhatIfResult) -> None:
         row = [s.id, s.policy_set]
         if show_cross:
             row.append(s.cross_domain)
-        row += [_knob_text(s.knobs.get(k, s.knobs_full.get(k))) for k in varied]
+        row += [_knob_text(s.knobs.get(k, getattr(s.knobs_full, k, None))) for k in varied]
         row += [
             f"{s.net_saved_bytes / _MIB:,.1f}",
             f"{s.net_saved_percent:.1f}",
@@ -405,8 +406,8 @@ def _render(result: WhatIfResult) -> None:
     for s in scen:
         for pair in s.domain_pairs:
             _note(
-                f"{s.id}: domains {' + '.join(pair['domains'])} share "
-                f"{pair['ksm_pages']:,} KSM pages "
+                f"{s.id}: domains {' + '.join(pair.domains)} share "
+                f"{pair.ksm_pages:,} KSM pages "
                 f"({s.cross_domain_saved_bytes / _MIB:,.1f} MiB saved by merging across them)"
             )
     _render_fits(result)
@@ -414,9 +415,9 @@ def _render(result: WhatIfResult) -> None:
         _render_capacity(result)
     if result.observed is not None:
         o = result.observed
-        err = o.final_relative_error()
-        seen = o.observed.get("pages_sharing") or []
-        pred = o.predicted.get("pages_sharing") or []
+        err = o.final_relative_error
+        seen = o.observed.pages_sharing
+        pred = o.predicted.pages_sharing
         _note(
             f"observed vs {o.scenario_id} ({'same knobs' if o.knobs_match else 'knobs differ'}): "
             f"pages_sharing at the last sample observed "
