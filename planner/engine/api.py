@@ -49,7 +49,7 @@ def replay(
     """
     inp = source if isinstance(source, ReplayInput) else prepare(source, resolver=resolver)
     if knobs is None:
-        knobs = KsmKnobs(hz=inp.hz) if inp.hz in (100, 250, 300, 1000) else KsmKnobs()
+        knobs = KsmKnobs.for_hz(inp.hz)
     opts = options or ReplayOptions()
     if snapshot_scans is not None:
         from dataclasses import replace

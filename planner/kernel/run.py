@@ -32,9 +32,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from planner._progress import NULL_PROGRESS, Progress
+from planner.engine.knobs import KsmKnobs, spec, sysfs_names
 from planner.errors import EnvironmentProblem, UsageProblem
 from planner.kernel.holder import Holder, HolderError
 from planner.kernel.materialize import (
@@ -136,27 +137,18 @@ class KernelRun:
 # ------------------------------------------------------------------------------ knobs
 
 
-#: Replay knob name -> sysfs knob name (``hz`` has none: it is the kernel's CONFIG_HZ).
-REPLAY_TO_SYSFS = {
-    "pages_to_scan": "pages_to_scan",
-    "sleep_ms": "sleep_millisecs",
-    "max_page_sharing": "max_page_sharing",
-    "use_zero_pages": "use_zero_pages",
-    "smart_scan": "smart_scan",
-    "stable_node_chains_prune_ms": "stable_node_chains_prune_millisecs",
-    "advisor_max_cpu": "advisor_max_cpu",
-    "advisor_min_pages_to_scan": "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan": "advisor_max_pages_to_scan",
-    "advisor_target_scan_time_s": "advisor_target_scan_time",
-}
+#: Replay knob name -> sysfs knob name, from the knob table (``hz`` has none: it is the
+#: kernel's CONFIG_HZ; ``advisor_initial_cpu_s`` neither: it is the host's past).
+REPLAY_TO_SYSFS: Final = sysfs_names()
 
 
-def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
+def sysfs_knobs(knobs: KsmKnobs | Mapping[str, Any]) -> dict[str, int | str]:
     """Translate replay knobs (``KsmKnobs`` or a mapping with its names) to sysfs knobs.
 
-    ``hz`` has no sysfs knob and is dropped. With the scan-time advisor ``pages_to_scan`` is
-    dropped too: switching the advisor on starts it at ``advisor_min_pages_to_scan`` and the
-    kernel refuses writes of ``pages_to_scan`` while it is on (the replay does the same).
+    Knobs without a sysfs file (``hz``, ``advisor_initial_cpu_s``) are dropped. With the
+    scan-time advisor ``pages_to_scan`` is dropped too: switching the advisor on starts it at
+    ``advisor_min_pages_to_scan`` and the kernel refuses writes of ``pages_to_scan`` while it
+    is on (the replay does the same).
 
     Examples
     --------
@@ -167,10 +159,8 @@ def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
     out: dict[str, int | str] = {}
     for src, dst in REPLAY_TO_SYSFS.items():
         if values.get(src) is not None:
-            out[dst] = int(values[src])
-    advisor = values.get("advisor")
-    if advisor not in (None, "none"):
-        out["advisor_mode"] = str(advisor)
+            out[dst] = spec(src).to_sysfs(spec(src).check(values[src]))
+    if out.get("advisor_mode", "none") != "none":
         out.pop("pages_to_scan", None)
     return out
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from planner.engine.knobs import KNOBS, spec
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 
 if TYPE_CHECKING:
@@ -64,26 +65,16 @@ COUNTERS: Final = (
     "stable_node_dups",
 )
 
-#: Kernel defaults of every writable knob (6.18). A lease applies these, overridden by the
-#: requested knobs, so that a run never depends on what the host had configured.
+#: Kernel defaults of every knob the kernel has (6.18), from the knob table
+#: (:data:`planner.engine.knobs.KNOBS`). A lease applies these, overridden by the requested
+#: knobs, so that a run never depends on what the host had configured.
 KERNEL_DEFAULTS: Final[Mapping[str, int | str]] = {
-    "pages_to_scan": 100,
-    "sleep_millisecs": 20,
-    "max_page_sharing": 256,
-    "merge_across_nodes": 1,
-    "stable_node_chains_prune_millisecs": 2000,
-    "use_zero_pages": 0,
-    "smart_scan": 1,
-    "advisor_mode": "none",
-    "advisor_max_cpu": 70,
-    "advisor_min_pages_to_scan": 500,
-    "advisor_max_pages_to_scan": 30000,
-    "advisor_target_scan_time": 200,
+    s.sysfs: s.to_sysfs(s.default) for s in KNOBS if s.sysfs is not None
 }
 
 #: Knobs that need ``pages_shared == 0`` to change (written right after ``run=2``).
-_NEED_EMPTY: Final = ("max_page_sharing", "merge_across_nodes")
-_ADVISOR_MODES: Final = ("none", "scan-time")
+_NEED_EMPTY: Final = tuple(s.sysfs for s in KNOBS if s.sysfs is not None and s.needs_empty)
+_ADVISOR_MODES: Final = tuple(str(c) for c in spec("advisor").choices or ())
 _SELECTED = re.compile(r"\[([^\]]+)\]")
 _BLOCKED_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -453,6 +444,13 @@ class KsmLease:
 
     def _target(self, knobs: Mapping[str, int | str]) -> dict[str, int | str]:
         writable = set(self.sysfs.writable_names())
+        # A knob this kernel lacks (merge_across_nodes without NUMA, smart_scan before 6.7)
+        # behaves as its default there: asking for the default is fine, anything else is not.
+        knobs = {
+            k: v
+            for k, v in knobs.items()
+            if k in writable or str(v) != str(KERNEL_DEFAULTS.get(k, f"{v}?"))
+        }
         unknown = sorted(set(knobs) - writable - {"run"})
         if unknown:
             raise KnobError(

@@ -49,6 +49,8 @@ def test_replay_knobs_translate_to_sysfs_names() -> None:
         "advisor_min_pages_to_scan": 500,
         "advisor_max_pages_to_scan": 30000,
         "advisor_target_scan_time": 200,
+        "advisor_mode": "none",
+        "merge_across_nodes": 1,
     }
 
 
