@@ -8,18 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from planner.cli._app import app
-from planner.cli._knobs import (
-    Advisor,
-    AdvisorChoice,
-    Engine,
-    EngineChoice,
-    Hz,
-    MaxPageSharing,
-    PagesToScan,
-    SleepMs,
-    SmartScan,
-    UseZeroPages,
-)
+from planner.cli._args import ReplayArgs, takes
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -41,31 +30,9 @@ MIB = 1 << 20
 
 
 @app.command("replay")
+@takes(ReplayArgs)
 def replay_cmd(
-    trace: Annotated[Path, typer.Argument(help="Trace directory (from capture or ingest).")],
-    host: Annotated[str | None, typer.Option("--host", help="Host of a multi-host trace.")] = None,
-    pages_to_scan: PagesToScan = 100,
-    sleep_ms: SleepMs = 20,
-    hz: Hz = None,
-    max_page_sharing: MaxPageSharing = 256,
-    use_zero_pages: UseZeroPages = False,
-    smart_scan: SmartScan = True,
-    advisor: Advisor = AdvisorChoice.none,
-    advisor_max_cpu: Annotated[
-        int, typer.Option("--advisor-max-cpu", help="advisor_max_cpu, %.")
-    ] = 70,
-    advisor_min_pages: Annotated[
-        int, typer.Option("--advisor-min-pages-to-scan", help="advisor_min_pages_to_scan.")
-    ] = 500,
-    advisor_max_pages: Annotated[
-        int, typer.Option("--advisor-max-pages-to-scan", help="advisor_max_pages_to_scan.")
-    ] = 30000,
-    advisor_target_s: Annotated[
-        int, typer.Option("--advisor-target-scan-time", help="advisor_target_scan_time, s.")
-    ] = 200,
-    prune_ms: Annotated[
-        int, typer.Option("--chains-prune-ms", help="stable_node_chains_prune_millisecs.")
-    ] = 2000,
+    args: ReplayArgs,
     policy: Annotated[
         Path | None,
         typer.Option("--policy", help="Policy file (TOML) restricting which processes use KSM."),
@@ -88,7 +55,9 @@ def replay_cmd(
     settle_scans: Annotated[
         int,
         typer.Option(
-            "--settle-scans", help="Full scans after the last snapshot (without --duration)."
+            "--settle-scans",
+            help="Full scans after the last snapshot (without --duration).",
+            min=0,
         ),
     ] = 24,
     grid_s: Annotated[
@@ -105,7 +74,6 @@ def replay_cmd(
         Path | None,
         typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
     ] = None,
-    engine: Engine = EngineChoice.vectorized,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -126,41 +94,28 @@ def replay_cmd(
     Example: ksm-planner replay traces/django-preload --pages-to-scan 1000 --json
     """
     from planner.cli._inputs import check_hosts
-    from planner.engine import CostProfile, KsmKnobs, ReplayOptions
-    from planner.engine.api import replay_trace
+    from planner.engine import CostProfile, ReplayOptions
+    from planner.replay import replay_trace
 
-    check_hosts(trace, [host] if host is not None else [])
-
-    knobs = KsmKnobs(
-        pages_to_scan=pages_to_scan,
-        sleep_ms=sleep_ms,
-        hz=hz if hz is not None else _trace_hz(trace, host),
-        max_page_sharing=max_page_sharing,
-        use_zero_pages=use_zero_pages,
-        smart_scan=smart_scan,
-        advisor=advisor.value,
-        advisor_max_cpu=advisor_max_cpu,
-        advisor_min_pages_to_scan=advisor_min_pages,
-        advisor_max_pages_to_scan=advisor_max_pages,
-        advisor_target_scan_time_s=advisor_target_s,
-        stable_node_chains_prune_ms=prune_ms,
-    )
+    check_hosts(args.trace, [args.host] if args.host is not None else [])
+    args.knobs()  # an impossible knob is a usage error before the trace is read
     options = ReplayOptions(
         duration_s=duration,
         settle_scans=settle_scans,
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
     )
-    with claim(out, kind="replay", inputs=(trace, policy, cost_profile), force=force):
+    inputs = (args.trace, policy, cost_profile)
+    with claim(out, kind="replay", inputs=inputs, force=force):
         with progress() as bar:
             result = replay_trace(
-                trace,
-                host=host,
-                knobs=knobs,
+                args.trace,
+                host=args.host,
+                knobs=args.knob_values,  # hz: the trace's unless --hz
                 options=options,
                 policy_path=policy,
                 policy_set=policy_set,
-                engine=engine.value,
+                engine=args.engine.value,
                 progress=bar,
             )
         for w in result.provenance.get("policy_warnings", []):
@@ -173,25 +128,6 @@ def replay_cmd(
         _render(result)
         if out is not None:
             note(f"timelines written to {out}")
-
-
-def _trace_hz(trace: Path, host: str | None) -> int:
-    """HZ recorded in the trace (250 when unknown), without loading the pages."""
-    from planner.trace.io import open_trace
-
-    tr = open_trace(trace)
-    h = host or (tr.hosts[0] if tr.hosts else None)
-    if h is None or h not in tr.hosts:
-        return 250  # the replay itself names an unknown host
-    import pyarrow.parquet as pq
-
-    snaps = (
-        pq.read_table(tr.host_path(h) / "snapshots.parquet", columns=["hz"])
-        .column("hz")
-        .to_pylist()
-    )
-    hz = next((v for v in snaps if v), None)
-    return hz if hz in (100, 250, 300, 1000) else 250
 
 
 def _render(r: ReplayResult) -> None:

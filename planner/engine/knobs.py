@@ -309,8 +309,7 @@ class KsmKnobs:
         DEFAULT_HZ,
         unit="Hz",
         sysfs=None,
-        help="The kernel's CONFIG_HZ (ksmd sleeps in whole jiffies); the trace's when it "
-        "records one.",
+        help="The kernel's CONFIG_HZ (ksmd sleeps whole jiffies).",
         rank=13,
         choices=HZ_VALUES,
     )
