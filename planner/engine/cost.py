@@ -14,10 +14,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import InputDataError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Code paths of one page visit, in the order of the per-path counters.
 PATHS = (
@@ -86,12 +88,15 @@ class CostProfile:
     @classmethod
     def load(cls, path: str | Path) -> CostProfile:
         """Read a profile written by ``ksm-planner calibrate`` (JSON)."""
+        from planner._input import read_input_text
+
+        text = read_input_text(path, what="cost profile")  # regular, UTF-8, sane size
         try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputDataError(f"cost profile {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise InputDataError(f"cannot read cost profile {path}: {exc}") from exc
+            d = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise InputDataError(f"cannot read cost profile {path}: {exc}") from None
+        if not isinstance(d, dict):
+            raise InputDataError(f"cost profile {path} is not a JSON object")
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:

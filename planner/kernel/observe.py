@@ -577,34 +577,45 @@ def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
         raise InputDataError(
             f"{root} is not a directory", hint="give the --out directory of 'ksm-planner observe'"
         )
-    try:
-        meta = json.loads((root / META_FILE).read_text())
-    except FileNotFoundError:
+    from planner._input import member_name, read_input_bytes, read_input_text
+
+    if not (root / META_FILE).exists():
         raise InputDataError(
             f"{root} has no {META_FILE}: not a recording of 'ksm-planner observe'",
             hint="give the --out directory of 'ksm-planner observe'",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise InputDataError(f"cannot read {root / META_FILE}: {exc}") from exc
+        )
+    text = read_input_text(root / META_FILE, what="recording manifest")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InputDataError(f"cannot read {root / META_FILE}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputDataError(
             f"{root / META_FILE} is not a {FORMAT} file",
             hint="give the --out directory of 'ksm-planner observe'",
         )
     version = meta.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
         raise InputDataError(
             f"{root} is {FORMAT} version {version}; this ksm-planner reads up to {VERSION}",
             hint="upgrade ksm-planner",
         )
     files = meta.get("files", {})
-    try:
-        counters = pq.read_table(root / files.get("ksm", KSM_FILE)).to_pandas()
-        processes = pq.read_table(root / files.get("processes", PROCESSES_FILE)).to_pandas()
-    except (OSError, pa.ArrowException) as exc:
-        raise InputDataError(
-            f"cannot read the Parquet files of {root}: {exc}", hint="the recording is damaged"
-        ) from exc
+    if not isinstance(files, dict):
+        raise InputDataError(f"{root / META_FILE}: files must be an object")
+    tables = []
+    for key, default in (("ksm", KSM_FILE), ("processes", PROCESSES_FILE)):
+        # a plain name inside the recording, a regular file (no link), read through one open
+        p = member_name(root, files.get(key, default), what=str(root / META_FILE))
+        data = read_input_bytes(p, what="recording file", max_bytes=1 << 36, follow_symlinks=False)
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data)).to_pandas())
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+            raise InputDataError(
+                f"cannot read {p}: {' '.join(str(exc).split())[:200]}",
+                hint="the recording is damaged",
+            ) from None
+    counters, processes = tables
     missing = [c for c in ("sample", "t_s") if c not in counters.columns]
     if missing:
         raise InputDataError(

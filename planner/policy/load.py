@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from planner._input import read_input_text
 from planner.errors import PolicyError
 from planner.policy.model import PolicyFile, PolicySet
 
@@ -75,6 +76,10 @@ def parse_policies(text: str, *, source: str = "<policies>") -> list[PolicySet]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML: {exc}", hint=_DOCS_HINT) from None
+    except RecursionError:
+        raise PolicyError(
+            f"{source}: not a policy file: arrays or tables nested too deeply", hint=_DOCS_HINT
+        ) from None
     try:
         pfile = PolicyFile.model_validate(doc)
     except ValidationError as exc:
@@ -105,14 +110,8 @@ def load_policies(path: str | os.PathLike[str]) -> list[PolicySet]:
         The file is missing, unreadable or invalid.
     """
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise PolicyError(
-            f"policy file {p} does not exist", hint="give the path of a TOML policy file"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read policy file {p}: {exc}") from None
+    # a regular UTF-8 file of sane size (a FIFO, a device, gzip or Latin-1: one clear line)
+    text = read_input_text(p, what="policy file", error=PolicyError)
     return parse_policies(text, source=str(p))
 
 

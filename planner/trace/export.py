@@ -267,9 +267,7 @@ def export_trace(
         "trace_source": trace.manifest.get("source"),
         "format": "ksm-planner interchange",
     }
-    total = sum(
-        pq.ParquetFile(trace.host_path(h) / "pages.parquet").metadata.num_rows for h in trace.hosts
-    )
+    total = sum(trace.pages_rows(h) for h in trace.hosts)
     rows = 0
     snapshots = 0
     exported: set[tuple[str, int]] = set()
@@ -302,9 +300,7 @@ def export_trace(
             for host in trace.hosts:
                 flat = _HostFlattener(trace, host, schema)
                 snapshots += len(flat.times)
-                pf = pq.ParquetFile(trace.host_path(host) / "pages.parquet")
-                for batch in pf.iter_batches(batch_size=batch_rows, columns=list(_PAGE_COLUMNS)):
-                    table = pa.Table.from_batches([batch])
+                for table in trace.iter_pages(host, _PAGE_COLUMNS, batch_rows=batch_rows):
                     sid = np.asarray(table.column("snapshot_id").to_numpy())
                     cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
                     for a, b in itertools.pairwise(cuts):

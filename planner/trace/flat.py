@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from planner.errors import TraceFormatError
 from planner.trace import schema as S
+from planner.trace.check import short
 from planner.trace.io import HostTrace, conform
 
 if TYPE_CHECKING:
@@ -58,6 +59,12 @@ PROCESS_COLUMNS = (
 #: Optional per-mapping columns of the flat input and the ``mappings`` column they fill.
 MAPPING_COLUMNS = {"vma_end": "end", "perms": "perms", "vma_path": "path"}
 
+#: Attributes of a process that every row of it in one snapshot must repeat exactly (a
+#: process has one parent, one name, ... at a time). Capture times may differ per row.
+CONSISTENT_PROCESS_COLUMNS = ("ppid", "comm", "proc_start", "cgroup", "uid", "labels", "exe")
+#: Attributes of a mapping that every page of it (same pid and vma_start) must repeat.
+CONSISTENT_MAPPING_COLUMNS = ("vma_kind", "vma_end", "perms", "vma_path")
+
 _NO_HASH_FLAGS = int(S.PageFlag.SWAPPED | S.PageFlag.READ_ERROR)
 _NO_FRAME_FLAGS = int(S.PageFlag.SWAPPED)
 
@@ -74,6 +81,43 @@ def _where(rows: pa.Table, i: int, column: str) -> str:
 
 def _u64(col: Any) -> U64:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+
+def _differs(a: Any, b: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """``a[i] != b[i]`` for two equally long arrays, where null equals only null."""
+    ne: Any = pc.fill_null(pc.not_equal(a, b), False)
+    na = np.asarray(a.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    nb = np.asarray(b.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    out: np.ndarray[Any, np.dtype[np.bool_]] = np.asarray(
+        ne.to_numpy(zero_copy_only=False), dtype=bool
+    ) | (na != nb)
+    return out
+
+
+def _comparable(col: Any) -> tuple[Any, Any]:
+    """``(values, keys)`` of a column: equal keys exactly where values are equal.
+
+    A dictionary column compares by its indices when its dictionary has no value twice
+    (pyarrow's encoders and unifiers guarantee it), which avoids decoding the strings.
+    """
+    arr: Any = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(arr.type):
+        d = arr.dictionary
+        distinct: Any = pc.count_distinct(d, mode="all")
+        if distinct.as_py() == len(d):
+            return arr, arr.indices
+        arr = arr.cast(arr.type.value_type)
+    return arr, arr
+
+
+def _adjacent_differs(keys: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """``keys[i + 1] != keys[i]`` (null equals only null), length ``len(keys) - 1``."""
+    t = keys.type
+    if keys.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+        v = np.asarray(keys.to_numpy(zero_copy_only=False))
+        out: np.ndarray[Any, np.dtype[np.bool_]] = v[1:] != v[:-1]
+        return out
+    return _differs(keys.slice(1), keys.slice(0, len(keys) - 1))
 
 
 def _pack_keys(
@@ -166,6 +210,8 @@ class _SnapshotState:
     last_addr: int = 0
     last_row: Any = None
     last_vma_start: int = 0
+    #: the last row's value of each checked process / mapping attribute (see _consistent)
+    last_values: dict[str, Any] = field(default_factory=dict)
     cur_proc_idx: int = -1
     pids: list[np.ndarray[Any, np.dtype[np.int32]]] = field(default_factory=list)
     proc_starts: list[U64] = field(default_factory=list)
@@ -295,6 +341,7 @@ class FlatConverter:
             raise ValueError("feed() needs rows sorted by (pid, page_addr)")
 
         # --- processes ------------------------------------------------------------------
+        self._consistent(st, rows, same_pid, CONSISTENT_PROCESS_COLUMNS, pid, None)
         new_proc = ~same_pid
         starts = np.flatnonzero(new_proc)
         new_pids = pid[starts]
@@ -410,6 +457,8 @@ class FlatConverter:
             run_id = np.cumsum(new_map) - 1
             run_starts = np.append(addr[np.flatnonzero(new_map)], np.uint64(st.last_vma_start))
             vma_start = run_starts[run_id]
+        if "vma_start" in names:
+            self._consistent(st, rows, ~new_map, CONSISTENT_MAPPING_COLUMNS, pid, vma_start)
         mstarts = np.flatnonzero(new_map)
         mlast = np.append(mstarts[1:], n) - 1
         mcounts = np.diff(np.append(mstarts, n)).astype(np.int64)
@@ -447,6 +496,59 @@ class FlatConverter:
             "flags": pa.array(flags),
         }
         return pa.table(out)
+
+    def _consistent(
+        self,
+        st: _SnapshotState,
+        rows: pa.Table,
+        same: np.ndarray[Any, np.dtype[np.bool_]],
+        columns: tuple[str, ...],
+        pid: np.ndarray[Any, Any],
+        vma_start: np.ndarray[Any, Any] | None,
+    ) -> None:
+        """Rows of one process (``same``: as the previous row) repeat its attributes exactly.
+
+        One frame of evidence: a row differs from the previous row of the same process (or
+        mapping, with ``vma_start``), which may be the last row of the previous chunk.
+        """
+        n = rows.num_rows
+        for c in columns:
+            if c not in rows.column_names:
+                continue
+            a, keys = _comparable(rows.column(c))
+            bad = np.zeros(n, dtype=bool)
+            if n > 1:
+                bad[1:] = _adjacent_differs(keys)
+            if c in st.last_values:
+                bad[0] = a[0].as_py() != st.last_values[c]
+            bad &= same
+            i = int(np.flatnonzero(bad)[0]) if bad.any() else None
+            if i is not None:
+                prev = st.last_values[c] if i == 0 else a[i - 1].as_py()
+                prev_row = (
+                    st.last_row
+                    if i == 0
+                    else (
+                        rows.column("_row")[i - 1].as_py() if "_row" in rows.column_names else None
+                    )
+                )
+                at = f" at row {prev_row}" if prev_row is not None else " on the previous row"
+                what = (
+                    f"pid {int(pid[i])}"
+                    if vma_start is None
+                    else f"mapping 0x{int(vma_start[i]):x} of pid {int(pid[i])}"
+                )
+                unit = "row of a process" if vma_start is None else "page of a mapping"
+
+                def said(value: Any, c: str = c) -> str:
+                    return f"no {c}" if value is None else f"{c} {short(value)}"
+
+                raise TraceFormatError(
+                    f"{_where(rows, i, c)}{what} has {said(a[i].as_py())} here but "
+                    f"{said(prev)}{at} in the snapshot at time_s={st.time_s:g}",
+                    hint=f"every {unit} in one snapshot must give the same {c}",
+                )
+            st.last_values[c] = a[n - 1].as_py()
 
     def end(self) -> tuple[dict[str, Any], pa.Table, pa.Table]:
         """Finish the current snapshot: ``(snapshot_row, processes, mappings)``."""

@@ -27,9 +27,13 @@ naming the file, the 1-based data row and the column; nothing is left at the out
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import json
+import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,12 +51,12 @@ from planner._progress import NULL_PROGRESS
 from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
+from planner.trace.check import short
 from planner.trace.flat import FlatConverter
-from planner.trace.io import TraceWriter
+from planner.trace.io import TraceWriter, valid_host_name
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from planner._progress import Progress
     from planner.trace.io import HostWriter
@@ -183,6 +187,9 @@ _DESCRIBE: Final = {
     "is_zero": "0 or 1",
 }
 _CSV_BLOCK_BYTES: Final = 4 << 20
+#: What pyarrow raises on damaged input (a corrupt Parquet footer can even give a
+#: UnicodeDecodeError for a column name): turned into one line naming the file.
+_READ_ERRORS: Final = (OSError, ValueError, TypeError, KeyError, IndexError, pa.ArrowException)
 _PARQUET_BATCH_ROWS: Final = 1 << 16
 _SPILL_BATCH_ROWS: Final = 1 << 16
 DEFAULT_SORT_BUFFER_ROWS: Final = 4 << 20
@@ -331,7 +338,7 @@ def _host_default(path: Path) -> str:
 
 
 def _valid_host(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..")
+    return valid_host_name(name)
 
 
 def _v0_flag_map(metadata: Mapping[bytes, bytes] | None) -> dict[int, int | None] | None:
@@ -372,6 +379,128 @@ def _v0_flag_map(metadata: Mapping[bytes, bytes] | None) -> dict[int, int | None
 
 # ----------------------------------------------------------------------------- sources
 
+#: Longest value accepted in one field (and, so that the CSV reader can hold it in one
+#: block, the longest row): interchange values are numbers and short names.
+MAX_FIELD_BYTES: Final = 4 << 20
+_HEAD_BYTES: Final = 1 << 16
+
+#: Magic numbers of files that are not CSV text: (prefix, what it is, suffix to decompress
+#: it on the fly, or ``None`` when the format is not supported).
+_MAGIC: Final = (
+    (b"\x1f\x8b", "gzip-compressed data", ".gz"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed data", ".lz4"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file", None),
+    (b"PK\x03\x04", "a zip archive", None),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None),
+    (b"ARROW1", "an Arrow IPC file", None),
+    (b"SQLite format 3\x00", "an SQLite database", None),
+    (b"\xff\xfe", "UTF-16 text", None),
+    (b"\xfe\xff", "UTF-16 text", None),
+)
+Codec = Literal["bz2", "gzip", "lz4", "zstd"]
+_CODECS: Final[dict[str, Codec]] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+_CODEC_NAMES: Final = {
+    ".gz": "gzip-compressed data",
+    ".bz2": "bzip2-compressed data",
+    ".zst": "zstd-compressed data",
+    ".lz4": "lz4-compressed data",
+}
+
+
+def _sniff(head: bytes) -> tuple[str, str | None] | None:
+    """What a file starting with ``head`` is, when it is a known binary format."""
+    for magic, what, suffix in _MAGIC:
+        if head.startswith(magic):
+            return what, suffix
+    if len(head) >= 4 and head[:3] == b"BZh" and head[3:4] in b"123456789":
+        return "bzip2-compressed data", ".bz2"
+    return None
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class _Input:
+    """The input file, opened once: a regular file (checked on the open descriptor)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise TraceFormatError(
+                f"{path} does not exist", hint="give the path of a CSV or Parquet file"
+            ) from None
+        except OSError as exc:
+            raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise TraceFormatError(
+                f"{path} is a directory, not an interchange file",
+                hint="give one CSV or Parquet file (a trace directory needs no ingest)",
+            )
+        self._check_regular(st.st_mode)
+        try:  # O_NONBLOCK: a FIFO swapped in since the stat must not block the open
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TraceFormatError(f"cannot open {path}: {exc.strerror}") from None
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self.fd)
+            self._check_regular(st.st_mode)
+        os.set_blocking(self.fd, True)
+        self.size = st.st_size
+        self.codec: Codec | None = _CODECS.get(path.suffix.lower())
+
+    def _check_regular(self, mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise TraceFormatError(
+                f"{self.path} is {_kind_of(mode)}, not a regular file",
+                hint="ingest reads a file; save the data to a file first",
+            )
+
+    def raw(self) -> pa.NativeFile:
+        """The file's bytes from the start, through a new handle on the file opened here.
+
+        Every pass over the input (header sniffing, the last-row check, the batches, the
+        diagnosis of an error) gets its own handle and offset. On Linux the handle comes
+        from ``/proc/self/fd``, so the path is never resolved again (it could have been
+        replaced by a FIFO meanwhile); elsewhere the path is opened if it still names the
+        same file.
+        """
+        try:
+            return pa.OSFile(f"/proc/self/fd/{self.fd}", "rb")
+        except (OSError, pa.ArrowException):
+            pass
+        try:
+            st, fst = os.stat(self.path), os.fstat(self.fd)
+            same = (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
+            if same and stat.S_ISREG(st.st_mode):
+                return pa.OSFile(str(self.path), "rb")
+        except (OSError, pa.ArrowException) as exc:
+            raise TraceFormatError(f"cannot read {self.path}: {exc}") from None
+        raise TraceFormatError(
+            f"{self.path} was replaced while it was being read", hint="run the command again"
+        )
+
+    def stream(self) -> Any:
+        """The file's content (decompressed when its suffix names a codec), from the start."""
+        raw = self.raw()
+        return pa.CompressedInputStream(raw, self.codec) if self.codec else raw
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
 
 @dataclass
 class _Source:
@@ -383,6 +512,7 @@ class _Source:
     header: list[str]
     columns: list[str]
     types: dict[str, pa.DataType]
+    inp: _Input
     total_rows: int | None = None
     metadata: dict[bytes, bytes] | None = None
 
@@ -400,6 +530,9 @@ class _Source:
             where.append(f"column {column}")
         raise TraceFormatError(": ".join([", ".join(where), what]), hint=hint)
 
+    def close(self) -> None:
+        self.inp.close()
+
     # -- CSV ----------------------------------------------------------------------------
 
     def _csv_reader(
@@ -410,12 +543,15 @@ class _Source:
             return "error"
 
         return pacsv.open_csv(
-            str(self.path),
+            self.inp.stream(),
             read_options=pacsv.ReadOptions(use_threads=threads, block_size=_CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict(types),
                 include_columns=list(types),
+                # only an empty field is "no value": 'nan', 'NA' or 'null' are values (and
+                # errors where a number is expected), not silently missing
+                null_values=[""],
                 strings_can_be_null=True,
                 true_values=["1", "true", "True", "TRUE"],
                 false_values=["0", "false", "False", "FALSE"],
@@ -448,12 +584,17 @@ class _Source:
                 yield row0, pa.Table.from_batches([batch])
                 row0 += batch.num_rows
         except pa.ArrowInvalid as exc:
+            if "straddling" in str(exc):
+                self._long_row()
             if invalid and invalid[0].number is not None:
                 self._csv_parse_error(invalid[0])
             self._diagnose_csv(exc)
         except OSError as exc:
             self.fail(
-                None, None, f"cannot read the file ({exc})", "the file is damaged or truncated"
+                None,
+                None,
+                f"cannot read the file ({' '.join(str(exc).split())[:200]})",
+                "the file is damaged or truncated",
             )
 
     def _diagnose_csv(self, exc: Exception) -> NoReturn:
@@ -474,31 +615,118 @@ class _Source:
                         _try_cast(arr, target)
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                         i = _first_cast_failure(arr, target)
+                        value = arr[i].as_py()
+                        what = (
+                            f"{short(value)} contains a NUL byte (binary data, not text)"
+                            if "\x00" in value
+                            else f"{short(value)} is not {_describe(c, target)}"
+                        )
                         self.fail(
                             row0 + i + 1,
                             c,
-                            f"{arr[i].as_py()!r} is not {_describe(c, target)}",
-                            "fix the value or remove the row",
+                            what,
+                            "fix the value or remove the row (an empty field means no value)",
                         )
                 row0 += batch.num_rows
         except pa.ArrowInvalid:
             if invalid:
                 self._csv_parse_error(invalid[0])
-            raise
-        self.fail(None, None, f"cannot read the file ({exc})")
+            self._text_problem()
+        self.fail(None, None, f"cannot read the file ({' '.join(str(exc).split())[:200]})")
+
+    def _scan(self) -> Iterator[tuple[int, bytes]]:
+        """``(offset, chunk)`` of the (decompressed) content, for diagnoses."""
+        stream = self.inp.stream()
+        offset = 0
+        try:
+            while chunk := stream.read(1 << 20):
+                yield offset, bytes(chunk)
+                offset += len(chunk)
+        except _READ_ERRORS as exc:
+            self.fail(None, None, f"cannot read the file ({exc})", "the file is damaged")
+
+    def _text_problem(self) -> NoReturn:
+        """The first byte that makes the content not UTF-8 text (or a NUL byte)."""
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        lines = 0
+        line_start = b""
+        for _, chunk in self._scan():
+            nul = chunk.find(b"\x00")
+            try:
+                decoder.decode(chunk if nul < 0 else chunk[:nul])
+            except UnicodeDecodeError as err:
+                pos = err.start
+                before = line_start + chunk[:pos]
+                self._text_fail(lines + before.count(b"\n"), before, chunk[pos : pos + 1])
+            if nul >= 0:
+                before = line_start + chunk[:nul]
+                self._text_fail(lines + before.count(b"\n"), before, b"\x00")
+            lines += chunk.count(b"\n")
+            line_start = chunk[chunk.rfind(b"\n") + 1 :] if b"\n" in chunk else line_start + chunk
+            line_start = line_start[-(MAX_FIELD_BYTES + 1) :]
+        self.fail(None, None, "cannot read the file as CSV text", "repair or re-export the file")
+
+    def _text_fail(self, line: int, before: bytes, byte: bytes) -> NoReturn:
+        text_before = before[before.rfind(b"\n") + 1 :]
+        column_index = text_before.count(b",")
+        column = self.header[column_index] if column_index < len(self.header) else None
+        if byte == b"\x00":
+            self.fail(
+                line or None,
+                column,
+                "contains a NUL byte: binary data, not CSV text",
+                "the file is damaged or not an interchange CSV",
+            )
+        self.fail(
+            line or None,
+            column,
+            f"byte 0x{byte[0]:02x} is not UTF-8 text (the file looks Latin-1 or "
+            "Windows-1252 encoded)",
+            f"convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 {self.path.name} > utf8.csv",
+        )
+
+    def _long_row(self) -> NoReturn:
+        """The first row longer than :data:`MAX_FIELD_BYTES` (the CSV reader's block)."""
+        lines = 0
+        length = 0
+        for _, chunk in self._scan():
+            start = 0
+            while True:
+                nl = chunk.find(b"\n", start)
+                end = len(chunk) if nl < 0 else nl
+                length += end - start
+                if length > MAX_FIELD_BYTES:
+                    self.fail(
+                        lines or None,
+                        None,
+                        f"the row is longer than {MAX_FIELD_BYTES >> 20} MiB (a field this "
+                        "large is not page data)",
+                        "the file is damaged or not an interchange CSV",
+                    )
+                if nl < 0:
+                    break
+                lines += 1
+                length = 0
+                start = nl + 1
+        self.fail(
+            None, None, f"a row is longer than {MAX_FIELD_BYTES >> 20} MiB", "repair the file"
+        )
 
     # -- Parquet ------------------------------------------------------------------------
 
     def _parquet_batches(self) -> Iterator[tuple[int, pa.Table]]:
-        pf = pq.ParquetFile(str(self.path))
         row0 = 0
-        batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
+        try:
+            pf = pq.ParquetFile(self.inp.raw())
+            batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
+        except _READ_ERRORS as exc:
+            self.fail(None, None, f"cannot read the data ({exc})", "the file is damaged")
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 return
-            except (OSError, pa.ArrowException) as exc:
+            except _READ_ERRORS as exc:
                 self.fail(
                     row0 + 1,
                     None,
@@ -519,7 +747,10 @@ class _Source:
                 continue
             if pa.types.is_dictionary(target):
                 if not pa.types.is_dictionary(col.type):
-                    col = col.cast(pa.string()).dictionary_encode()
+                    try:
+                        col = col.cast(pa.string()).dictionary_encode()
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        self.fail(None, c, f"type {col.type} cannot be read as text")
                 cols.append(col)
                 continue
             arr = col.combine_chunks()
@@ -541,7 +772,7 @@ class _Source:
                 self.fail(
                     row0 + i + 1,
                     c,
-                    f"{arr[i].as_py()!r} is not {_describe(c, target)}",
+                    f"{short(arr[i].as_py())} is not {_describe(c, target)}",
                     "fix the value or remove the row",
                 )
         return pa.Table.from_arrays(cols, names=table.column_names)
@@ -556,27 +787,23 @@ class _Source:
 
 def _open_source(path: Path) -> _Source:
     """Recognise ``path`` (CSV / Parquet, interchange / v0) and check its header."""
-    if not path.exists():
-        raise TraceFormatError(
-            f"{path} does not exist", hint="give the path of a CSV or Parquet file"
-        )
-    if path.is_dir():
-        raise TraceFormatError(
-            f"{path} is a directory, not an interchange file",
-            hint="give one CSV or Parquet file (a trace directory needs no ingest)",
-        )
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic == b"PAR1":
-        return _open_parquet(path)
-    return _open_csv(path)
+    inp = _Input(path)
+    try:
+        with inp.raw() as f:
+            magic = f.read(_HEAD_BYTES)
+        if magic[:4] == b"PAR1":
+            return _open_parquet(path, inp)
+        return _open_csv(path, inp, magic)
+    except BaseException:
+        inp.close()
+        raise
 
 
 def _not_a_trace(path: Path, header: Sequence[str]) -> NoReturn:
     shown = ",".join(header[:8]) + (",..." if len(header) > 8 else "")
     raise TraceFormatError(
-        f"{path}: not an interchange trace: its header ({shown}) has none of the columns "
-        f"{', '.join(S.INTERCHANGE_REQUIRED)}",
+        f"{path}: not an interchange trace: its header ({short(shown, 200)}) has none of the "
+        f"columns {', '.join(S.INTERCHANGE_REQUIRED)}",
         hint=_REQUIRED_HINT,
     )
 
@@ -596,37 +823,95 @@ def _check_interchange_header(path: Path, header: Sequence[str]) -> None:
         raise TraceFormatError(f"{path}: header: column {dup[0]} appears twice")
 
 
-def _open_csv(path: Path) -> _Source:
+def _check_compression(path: Path, inp: _Input, magic: bytes) -> None:
+    """The file's content must be what its name says: CSV text, or CSV compressed by its suffix."""
+    sniffed = _sniff(magic)
+    suffix = path.suffix.lower()
+    if inp.codec is None:
+        if sniffed is None or sniffed[0] == "UTF-16 text":  # told with its own fix below
+            return
+        what, fix = sniffed
+        hint = (
+            f"rename it to {path.name}{fix} to read it compressed, or decompress it"
+            if fix in _CODECS
+            else "convert it to a CSV or Parquet interchange file"
+        )
+        raise TraceFormatError(f"{path} is {what}, not CSV text or Parquet", hint=hint)
+    want = _CODEC_NAMES[suffix]
+    if sniffed is None or sniffed[1] != suffix:
+        got = sniffed[0] if sniffed else "not compressed data"
+        raise TraceFormatError(
+            f"{path} is named {suffix} but is {got}, not {want}",
+            hint="rename the file after what it holds",
+        )
+
+
+def _open_csv(path: Path, inp: _Input, magic: bytes) -> _Source:
+    _check_compression(path, inp, magic)
     try:
-        with pa.input_stream(str(path), compression="detect") as f:
-            head = f.read(1 << 16)
-    except (OSError, pa.ArrowException) as exc:
-        raise TraceFormatError(f"{path}: cannot read the file ({exc})") from exc
+        f = inp.stream()
+        head = bytes(f.read(_HEAD_BYTES))
+    except _READ_ERRORS as exc:
+        raise TraceFormatError(
+            f"{path}: cannot read the file ({' '.join(str(exc).split())[:200]})",
+            hint="the file is damaged or truncated",
+        ) from exc
+    if inp.codec is not None:
+        inner = _sniff(head)
+        if head[:4] == b"PAR1" or (inner is not None and inner[0] != "UTF-16 text"):
+            what = "Parquet data" if head[:4] == b"PAR1" else inner[0]  # type: ignore[index]
+            raise TraceFormatError(
+                f"{path} holds {what} inside its {path.suffix} compression, not CSV text",
+                hint="decompress it and ingest what it holds",
+            )
+    bom = head.startswith(codecs.BOM_UTF8)
+    if bom:  # a UTF-8 byte order mark (spreadsheets write one): skipped, as the reader does
+        head = head[len(codecs.BOM_UTF8) :]
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise TraceFormatError(
+            f"{path} is UTF-16 text, not UTF-8",
+            hint=f"save it as UTF-8, e.g. iconv -f utf-16 -t utf-8 {path.name} > utf8.csv",
+        )
     if not head.strip():
         raise TraceFormatError(f"{path} is empty, not an interchange trace", hint=_REQUIRED_HINT)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
-    if not text or "\x00" in text or ("\n" not in text and len(head) == 1 << 16):
+    header_len = head.find(b"\n")
+    if header_len < 0 and len(head) >= _HEAD_BYTES - len(codecs.BOM_UTF8) * bom:
         raise TraceFormatError(
-            f"{path} is neither CSV text nor Parquet, not an interchange trace", hint=_REQUIRED_HINT
+            f"{path}: the first line is longer than {_HEAD_BYTES >> 10} KiB: not an "
+            "interchange header (binary data?)",
+            hint=_REQUIRED_HINT,
         )
-    header = next(csv.reader([text.splitlines()[0]]))
+    src = _Source(path, "csv", "interchange-csv", [], [], dict(INTERCHANGE_TYPES), inp)
+    nul = head.find(b"\x00")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        decoder.decode(head if nul < 0 else head[:nul])
+    except UnicodeDecodeError as err:
+        before = head[: err.start]
+        src.header = _header_fields(before.split(b"\n", 1)[0]) if b"\n" in before else []
+        src._text_fail(before.count(b"\n"), before, head[err.start : err.start + 1])
+    if nul >= 0:
+        before = head[:nul]
+        src.header = _header_fields(before.split(b"\n", 1)[0]) if b"\n" in before else []
+        src._text_fail(before.count(b"\n"), before, b"\x00")
+    header = _header_fields(head.split(b"\n", 1)[0])
     _check_interchange_header(path, header)
-    columns = [c for c in header if c in INTERCHANGE_TYPES]
-    src = _Source(path, "csv", "interchange-csv", header, columns, dict(INTERCHANGE_TYPES))
+    src.header = header
+    src.columns = [c for c in header if c in INTERCHANGE_TYPES]
     _check_csv_tail(src)
     return src
 
 
+def _header_fields(line: bytes) -> list[str]:
+    return next(csv.reader([line.decode("utf-8", "replace").rstrip("\r")]), [])
+
+
 def _check_csv_tail(src: _Source) -> None:
     """A CSV cut mid-row: the file must end with a newline (uncompressed files only)."""
-    path = src.path
-    if path.suffix in (".gz", ".bz2", ".zst", ".lz4", ".br"):
+    if src.inp.codec is not None:
         return
-    size = path.stat().st_size
-    with path.open("rb") as f:
+    size = src.inp.size
+    with src.inp.raw() as f:
         f.seek(max(size - 1, 0))
         if f.read(1) == b"\n":
             return
@@ -647,13 +932,60 @@ def _check_csv_tail(src: _Source) -> None:
     )
 
 
-def _open_parquet(path: Path) -> _Source:
+def _is_text(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or (pa.types.is_dictionary(t) and _is_text(t.value_type))
+    )
+
+
+def _check_parquet_types(path: Path, schema: pa.Schema, types: Mapping[str, pa.DataType]) -> None:
+    """Columns of a Parquet input: numbers or text where we read numbers, text for text."""
+    for f in schema:
+        target = types.get(f.name)
+        if target is None:
+            continue
+        t = f.type
+        nested = pa.types.is_nested(t) or pa.types.is_union(t) or pa.types.is_map(t)
+        binary = (
+            pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+        )
+        if pa.types.is_dictionary(target) or pa.types.is_string(target):
+            ok = (not nested and not binary and not pa.types.is_dictionary(t)) or _is_text(t)
+            want = "text (UTF-8 strings)"
+        else:
+            ok = (
+                pa.types.is_integer(t)
+                or pa.types.is_floating(t)
+                or pa.types.is_boolean(t)
+                or pa.types.is_null(t)
+                or pa.types.is_timestamp(t)
+                or pa.types.is_decimal(t)
+                or _is_text(t)
+            )
+            want = (
+                f"an integer column ({target})"
+                if pa.types.is_integer(target)
+                else "0/1 or true/false"
+                if pa.types.is_boolean(target)
+                else "a number column"
+            )
+        if not ok:
+            raise TraceFormatError(
+                f"{path}: column {f.name} has type {t}; expected {want}",
+                hint=f"write {f.name} as a plain column of {want}",
+            )
+
+
+def _open_parquet(path: Path, inp: _Input) -> _Source:
     try:
-        pf = pq.ParquetFile(str(path))
+        pf = pq.ParquetFile(inp.raw())
         schema = pf.schema_arrow
-    except (OSError, pa.ArrowException) as exc:
+        num_rows = pf.metadata.num_rows
+    except _READ_ERRORS as exc:
         raise TraceFormatError(
-            f"{path}: not a readable Parquet file ({exc})",
+            f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:200]})",
             hint="the file is truncated (no footer) or damaged; re-copy or re-export it",
         ) from exc
     header = list(schema.names)
@@ -670,7 +1002,8 @@ def _open_parquet(path: Path) -> _Source:
         columns = [c for c in header if c in INTERCHANGE_TYPES]
         types = dict(INTERCHANGE_TYPES)
         fmt = "interchange-parquet"
-    return _Source(path, "parquet", fmt, header, columns, types, pf.metadata.num_rows, meta)
+    _check_parquet_types(path, schema, types)
+    return _Source(path, "parquet", fmt, header, columns, types, inp, num_rows, meta)
 
 
 # ----------------------------------------------------------------------------- normalising
@@ -743,7 +1076,10 @@ class _Normaliser:
                 self.fail(rows, i, c, "empty value", f"every row needs a {c}")
 
     def _id32(self, t: pa.Table, rows: np.ndarray[Any, Any], c: str, out: dict[str, Any]) -> None:
-        """A non-negative int32 id column (pid, ppid, uid); nulls kept for optional ones."""
+        """A non-negative int32 id column (pid, ppid, uid); nulls kept for optional ones.
+
+        A pid is positive: pid 0 is the kernel's idle task, which has no user memory.
+        """
         col = t.column(c)
         v = _np(col, np.int64)
         i = _first(v < 0)
@@ -751,6 +1087,16 @@ class _Normaliser:
             self.fail(
                 rows, i, c, f"negative {c} {int(v[i])}", f"{c} values are non-negative integers"
             )
+        if c == "pid":
+            i = _first(v == 0)
+            if i is not None:
+                self.fail(
+                    rows,
+                    i,
+                    c,
+                    "pid 0 is not a user process (it is the kernel's idle task)",
+                    "pids of processes start at 1",
+                )
         i = _first(v > _INT32_MAX)
         if i is not None:
             self.fail(rows, i, c, f"{c} {int(v[i])} is out of range (above 2^31-1)")
@@ -835,6 +1181,40 @@ class _Normaliser:
             self.fail(rows, i, "flags", f"{int(f[i])} is not a 16-bit flag set")
         return f.astype(np.uint16)
 
+    def _text(self, t: pa.Table, rows: np.ndarray[Any, Any]) -> None:
+        """Text values hold no NUL byte and are at most :data:`MAX_FIELD_BYTES` long."""
+        for c in t.column_names:
+            col = t.column(c)
+            if not _is_text(col.type):
+                continue
+            offset = 0
+            chunk: Any
+            for chunk in col.chunks:
+                values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+                nul: Any = pc.match_substring(values, "\x00")
+                size: Any = pc.binary_length(values)
+                bad_value = _np(nul, bool, False) | (_np(size, np.int64, 0) > MAX_FIELD_BYTES)
+                if bad_value.any():
+                    if pa.types.is_dictionary(chunk.type):
+                        idx = _np(chunk.indices, np.int64, -1)
+                        hit = np.zeros(len(idx), bool)
+                        ok = idx >= 0
+                        hit[ok] = bad_value[idx[ok]]
+                    else:
+                        hit = bad_value
+                    i = _first(hit)
+                    assert i is not None
+                    value = chunk[i].as_py()
+                    if "\x00" in value:
+                        what = f"{short(value)} contains a NUL byte: binary data, not text"
+                    else:
+                        what = (
+                            f"a value of {len(value.encode())} bytes, more than the "
+                            f"{MAX_FIELD_BYTES >> 20} MiB a field may hold"
+                        )
+                    self.fail(rows, offset + i, c, what, "the file is damaged or not a trace")
+                offset += len(chunk)
+
     def _kinds(self, t: pa.Table, out: dict[str, Any]) -> None:
         if "vma_kind" not in t.column_names:
             return
@@ -904,6 +1284,7 @@ class _Normaliser:
     def interchange(self, t: pa.Table, row0: int) -> pa.Table:
         n = t.num_rows
         rows = np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)
+        self._text(t, rows)
         names = set(t.column_names)
         flags = self._flags(t, rows)
         required = ["time_s", "pid", "page_addr"]
@@ -1014,6 +1395,7 @@ class _Normaliser:
     def v0(self, t: pa.Table, row0: int) -> pa.Table:
         n = t.num_rows
         rows = np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)
+        self._text(t, rows)
         names = set(t.column_names)
         self._required(t, rows, ["snapshot_id", "snapshot_ts", "pid", "page_addr"])
         out: dict[str, Any] = {"_row": pa.array(rows)}
@@ -1177,6 +1559,150 @@ class _Run:
             self.table = None
 
 
+class _FrameCheck:
+    """One frame holds one content at a time: no frame id with two hashes in a snapshot.
+
+    Collects ``(frame, hash, source row)`` of the snapshot's pages (those with a frame and
+    a hash, not flagged RACY: a page that changed while it was read) and checks them when
+    the snapshot ends: sorted by frame, two equal frames with different hashes are a
+    contradiction. Memory is bounded like the sort buffer: past ``limit`` rows the triples
+    are hash-partitioned by frame into :data:`_FRAME_BUCKETS` spill files, each checked on
+    its own (a frame's rows all land in one bucket).
+    """
+
+    def __init__(self, ing: _Ingest, limit: int) -> None:
+        self.ing = ing
+        self.limit = max(limit, 1)
+        self.parts: list[tuple[np.ndarray[Any, Any], ...]] = []
+        self.rows = 0
+        self.buckets: list[tuple[Path, Any, Any]] | None = None
+
+    def add(self, chunk: pa.Table) -> None:
+        names = chunk.column_names
+        if "frame" not in names or "_row" not in names:
+            return
+        frame = chunk.column("frame")
+        chash = chunk.column("content_hash")
+        keep = np.ones(chunk.num_rows, dtype=bool)
+        if frame.null_count:
+            keep &= ~_null_mask(frame)
+        if chash.null_count:
+            keep &= ~_null_mask(chash)
+        if "flags" in names:
+            keep &= (_np(chunk.column("flags"), np.uint16) & np.uint16(S.PageFlag.RACY)) == 0
+        f = _np(frame, np.uint64)[keep]
+        h = _np(chash, np.uint64)[keep]
+        r = _np(chunk.column("_row"), np.int64)[keep]
+        if not len(f):
+            return
+        self.parts.append((f, h, r))
+        self.rows += len(f)
+        if self.rows >= self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.buckets is None:
+            self.buckets = []
+            for _ in range(_FRAME_BUCKETS):
+                path = self.ing.spill_path()
+                sink = pa.OSFile(str(path), "wb")
+                writer = ipc.new_stream(sink, _FRAME_SCHEMA)
+                self.buckets.append((path, sink, writer))
+        for f, h, r in self.parts:
+            bucket = ((f * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(58)).astype(np.uint8)
+            order = np.argsort(bucket, kind="stable")  # a radix sort for 8-bit keys
+            cuts = np.searchsorted(bucket[order], np.arange(_FRAME_BUCKETS + 1))
+            for b in range(_FRAME_BUCKETS):
+                sel = order[cuts[b] : cuts[b + 1]]
+                if len(sel):
+                    self.buckets[b][2].write_batch(
+                        pa.record_batch(
+                            [pa.array(f[sel]), pa.array(h[sel]), pa.array(r[sel])],
+                            schema=_FRAME_SCHEMA,
+                        )
+                    )
+        self.parts, self.rows = [], 0
+
+    def finish(self, fail: Callable[[int, str, str], NoReturn]) -> None:
+        """Check the snapshot's pages; ``fail(row, what, hint)`` reports a contradiction."""
+        try:
+            if self.buckets is None:
+                if self.parts:
+                    f, h, r = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+                    self._check(f, h, r, fail)
+                return
+            self._spill()
+            for _, sink, writer in self.buckets:
+                writer.close()
+                sink.close()
+            for path, _, _ in self.buckets:
+                with pa.OSFile(str(path), "rb") as source:
+                    table = ipc.open_stream(source).read_all()
+                path.unlink()
+                if table.num_rows:
+                    self._check(
+                        _np(table.column(0), np.uint64),
+                        _np(table.column(1), np.uint64),
+                        _np(table.column(2), np.int64),
+                        fail,
+                    )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for path, sink, writer in self.buckets or []:
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(Exception):
+                sink.close()
+            path.unlink(missing_ok=True)
+        self.buckets = None
+        self.parts, self.rows = [], 0
+
+    @staticmethod
+    def _check(
+        f: np.ndarray[Any, Any],
+        h: np.ndarray[Any, Any],
+        r: np.ndarray[Any, Any],
+        fail: Callable[[int, str, str], NoReturn],
+    ) -> None:
+        order = np.argsort(f)  # one plain sort of the frames: equal frames side by side
+        fs, hs = f[order], h[order]
+        bad = (fs[1:] == fs[:-1]) & (hs[1:] != hs[:-1])
+        if not bad.any():
+            return
+        # the frames in contradiction (few): for each, its first row and the first row that
+        # disagrees with it; report the one found earliest in the file
+        rows = np.flatnonzero(np.isin(f, np.unique(fs[1:][bad])))
+        sub = rows[np.lexsort((r[rows], f[rows]))]
+        best: tuple[int, int, int, int, int] | None = None
+        start = 0
+        while start < len(sub):
+            end = start
+            while end < len(sub) and f[sub[end]] == f[sub[start]]:
+                end += 1
+            first = sub[start]
+            other = next((k for k in sub[start + 1 : end] if h[k] != h[first]), None)
+            if other is not None and (best is None or int(r[other]) < best[0]):
+                best = (int(r[other]), int(r[first]), int(f[first]), int(h[other]), int(h[first]))
+            start = end
+        assert best is not None
+        row, first_row, frame, here, there = best
+        fail(
+            row,
+            f"frame {frame} has content hash {here} here but {there} at row {first_row}",
+            "one physical frame holds one content at a time: the frame or the hash is wrong",
+        )
+
+
+_FRAME_BUCKETS: Final = 64
+#: Rows of (frame, hash, row) the frame check holds before it spills (24 bytes each).
+_FRAME_CHECK_ROWS: Final = 1 << 20
+_FRAME_SCHEMA: Final = pa.schema(
+    [("frame", pa.uint64()), ("content_hash", pa.uint64()), ("row", pa.int64())]
+)
+
+
 class _HostIngest:
     """Buffers the current snapshot of one host and writes finished snapshots."""
 
@@ -1333,16 +1859,27 @@ class _HostIngest:
         if self.wall_time_ns is not None:
             extra["wall_time_ns"] = self.wall_time_ns
         conv = self.conv
+        frames = _FrameCheck(self.ing, min(self.ing.sort_buffer_rows, _FRAME_CHECK_ROWS))
         try:
             conv.begin(self.sid, self.time_s, extra)
             for chunk in self._sorted_chunks():
+                frames.add(chunk)
                 pages = conv.feed(chunk)
                 self.writer.add_pages(pages)
                 self.pages += pages.num_rows
             snap, procs, maps = conv.end()
         except TraceFormatError as exc:
+            frames.close()
             sep = ", " if exc.message.startswith("row ") else ": "
             raise TraceFormatError(f"{self.ing.src.name}{sep}{exc.message}", hint=exc.hint) from exc
+        where = f"{self.key_column}={_fmt_s(self.key)}" + (
+            f" of host {self.name}" if self.ing.multi_host else ""
+        )
+
+        def frame_fail(row: int, what: str, hint: str) -> NoReturn:
+            self.ing.src.fail(row, "frame", f"{what} in the same snapshot ({where})", hint)
+
+        frames.finish(frame_fail)
         if "capture_t0_s" in procs.column_names and self.t0 is not None:
             idx = procs.column_names.index("capture_t0_s")
             procs = procs.set_column(
@@ -1484,6 +2021,35 @@ def ingest(
     path = Path(src)
     outp = Path(out)
     source = _open_source(path)
+    try:
+        return _ingest(
+            source,
+            outp,
+            started=started,
+            host=host,
+            zero_hash=zero_hash,
+            overwrite=overwrite,
+            progress=progress,
+            sort_buffer_rows=sort_buffer_rows,
+            chunk_rows=chunk_rows,
+        )
+    finally:
+        source.close()
+
+
+def _ingest(
+    source: _Source,
+    outp: Path,
+    *,
+    started: float,
+    host: str | None,
+    zero_hash: int | None,
+    overwrite: bool,
+    progress: Progress,
+    sort_buffer_rows: int,
+    chunk_rows: int,
+) -> IngestResult:
+    path = source.path
     if host is not None and not _valid_host(host):
         raise UsageProblem(
             f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'"
@@ -1513,7 +2079,7 @@ def ingest(
         extra={
             "ingest": {
                 "source_name": path.name,
-                "source_bytes": path.stat().st_size,
+                "source_bytes": source.inp.size,
                 "source_format": source.fmt,
                 "zero_hash": str(zh),
             }

@@ -3,8 +3,10 @@
 Writing goes through :class:`TraceWriter`, which builds the whole dataset in a private
 temporary directory and renames it into place only when it is complete, so a failed
 capture or ingest leaves nothing at the output path. Reading goes through
-:func:`open_trace` (manifest and schema checks, cheap) and :meth:`Trace.load_host`
-(the tables of one host as Arrow tables).
+:func:`open_trace` (manifest checks, cheap) and the readers of :class:`Trace`
+(:meth:`Trace.load_host` for the tables of one host as Arrow tables, the streaming
+:meth:`Trace.iter_pages`), which verify every file's SHA-256 before decoding it and check
+the tables' consistency (see "verifying" below).
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
+import re
+import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +31,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from planner._fs import atomic_dir
-from planner.errors import TraceFormatError
+from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
+from planner.trace.check import (
+    PAGES_CHECK_COLUMNS,
+    HostIndex,
+    PagesCheck,
+    check_required,
+    check_small_tables,
+    short,
+)
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Iterator, Mapping, Sequence
     from types import TracebackType
 
@@ -51,11 +65,27 @@ def _trace_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+#: Longest host name: a host directory name (``host=`` + name) must fit in 255 bytes.
+MAX_HOST_NAME_BYTES = 250
+
+
+def valid_host_name(name: str) -> bool:
+    """Whether ``name`` can name a host partition (a directory ``host=<name>``)."""
+    return (
+        bool(name)
+        and "/" not in name
+        and "\0" not in name
+        and name not in (".", "..")
+        and len(name.encode("utf-8", "surrogatepass")) <= MAX_HOST_NAME_BYTES
+    )
+
+
 def host_dir_name(host: str) -> str:
     """Directory name of a host partition (hive style ``host=<name>``)."""
-    if not host or "/" in host or host in (".", ".."):
+    if not valid_host_name(host):
         raise TraceFormatError(
-            f"invalid host name {host!r}", hint="host names cannot be empty or contain '/'"
+            f"invalid host name {host!r}",
+            hint=f"host names are 1 to {MAX_HOST_NAME_BYTES} bytes without '/' or NUL",
         )
     return S.HOST_DIR_PREFIX + host
 
@@ -376,9 +406,303 @@ class HostTrace:
         return self.pages.slice(int(lo), int(hi - lo))
 
 
+# ----------------------------------------------------------------------------- verifying
+#
+# Trust. A trace directory may come from anywhere (another team, a ticket attachment, a
+# disk that flipped bits), so nothing in it is trusted before it is checked:
+#
+# * the manifest (``ksm-trace.json``) is parsed strictly: types, a host list, exactly the
+#   files of those hosts (``host=<name>/<table>.parquet``; a name outside the trace
+#   directory such as ``../../etc/passwd`` is refused before anything touches the
+#   filesystem), and a ``trace_hash`` equal to the hash of the listed file hashes;
+# * a trace file is opened relative to the trace directory without following symbolic
+#   links (``O_NOFOLLOW`` on the host directory and the file) and must be a regular file
+#   of the size the manifest gives: links, FIFOs, devices and directories are refused,
+#   never opened for reading data;
+# * the bytes of a file are hashed (SHA-256) before they are decoded. Whole-table reads
+#   read the file once into memory, hashing as they read, and decode those very bytes.
+#   Streaming reads (``info``, ``export``) hash the file through the open descriptor
+#   first, then decode through the same descriptor, and check afterwards that the file
+#   did not change meanwhile (``fstat``: size, mtime and ctime);
+# * the decoded tables pass :mod:`planner.trace.check`, the one consistency check every
+#   reader runs, so every command accepts and rejects the same traces.
+#
+# Hashing costs about 4 % of decoding the pages (measured by
+# ``tests/trace/test_bench_verify.py``), so nothing is cached on disk. Within one process
+# a file whose bytes were hashed is remembered by ``(device, inode, size, mtime_ns,
+# ctime_ns)``, so that a command reading a trace several times (``report``) hashes it
+# once. That key cannot be forged by whoever can write the file: restoring the mtime
+# (``touch -d``) sets the ctime to the current time, and the ctime cannot be set from
+# user space. A file changed within the same clock tick as its previous change could keep
+# its ctime (filesystem timestamps are coarse), so a file whose ctime is less than
+# :data:`_RACY_S` seconds older than the moment it was hashed is not remembered (the rule
+# git uses for "racily clean" index entries). The memory lives and dies with the process;
+# a new command hashes again.
+
+_MANIFEST_MAX_BYTES = 64 << 20
+_RACY_S = 2.0
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TRACE_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_RECREATE = "re-create the trace (capture or ingest) or restore it from a good copy"
+_DECODE_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, pa.ArrowException)
+
+_VerifiedKey = tuple[int, int, int, int, int, str]
+_VERIFIED: dict[_VerifiedKey, float] = {}
+_VERIFIED_MAX = 4096
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _stat_key(st: os.stat_result, sha256: str) -> _VerifiedKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256)
+
+
+def _remember(st: os.stat_result, sha256: str, hashed_at_ns: int) -> None:
+    if hashed_at_ns - st.st_ctime_ns < _RACY_S * 1e9:
+        return  # racily clean: the next read hashes again
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED[_stat_key(st, sha256)] = time.time()
+
+
+def _known_good(st: os.stat_result, sha256: str) -> bool:
+    with _VERIFIED_LOCK:
+        return _stat_key(st, sha256) in _VERIFIED
+
+
+def forget_verified() -> None:
+    """Forget which files this process has hashed (the next read of every file hashes it)."""
+    with _VERIFIED_LOCK:
+        _VERIFIED.clear()
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@dataclass(frozen=True)
+class _FileEntry:
+    """A file the manifest lists: where it is and what it must hold."""
+
+    rel: str  # host=<name>/<table>.parquet
+    size: int
+    sha256: str
+
+
+def _open_dir(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TraceFormatError(
+            f"cannot open the trace directory {path}: {exc.strerror}", hint=_RECREATE
+        ) from None
+
+
+def _open_member(root: Path, rel: str) -> tuple[int, os.stat_result]:
+    """Open ``root/rel`` for reading without following links; it must be a regular file."""
+    parts = rel.split("/")
+    shown = root / rel
+    fds: list[int] = []
+    try:
+        fds.append(_open_dir(root))
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                st = os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+            except FileNotFoundError:
+                what = "is missing" if last else "(its host directory) is missing"
+                raise TraceFormatError(
+                    f"{root / '/'.join(parts[: i + 1])} {what}", hint=_RECREATE
+                ) from None
+            want = stat.S_ISREG if last else stat.S_ISDIR
+            if not want(st.st_mode):
+                raise TraceFormatError(
+                    f"{root / '/'.join(parts[: i + 1])} is {_kind_of(st.st_mode)}, not a "
+                    f"{'regular file' if last else 'directory'} of the trace",
+                    hint="trace files are regular files inside the trace directory; " + _RECREATE,
+                )
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            if not last:
+                flags |= os.O_DIRECTORY
+            fds.append(os.open(name, flags, dir_fd=fds[-1]))
+        fd = fds.pop()
+    except OSError as exc:
+        raise TraceFormatError(
+            f"cannot open {shown}: {exc.strerror or exc}", hint=_RECREATE
+        ) from None
+    finally:
+        for d in fds:
+            os.close(d)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # swapped between the lstat and the open
+        os.close(fd)
+        raise TraceFormatError(f"{shown} is {_kind_of(st.st_mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    return fd, st
+
+
+def _size_mismatch(path: Path, size: int, want: int) -> TraceFormatError:
+    return TraceFormatError(
+        f"{path} has {size} bytes but the manifest says {want} (truncated or modified)",
+        hint=_RECREATE,
+    )
+
+
+def _hash_mismatch(path: Path) -> TraceFormatError:
+    return TraceFormatError(
+        f"{path} does not match the SHA-256 its manifest records (the file changed or is corrupt)",
+        hint=_RECREATE,
+    )
+
+
+def _changed(path: Path) -> TraceFormatError:
+    return TraceFormatError(f"{path} changed while it was being read", hint="run the command again")
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+def _read_verified(root: Path, entry: _FileEntry) -> pa.Buffer:
+    """The bytes of one trace file, read once and hashed while they are read.
+
+    A file this process hashed before and that has not changed since (see the comment
+    above) is read without hashing it again.
+    """
+    path = root / entry.rel
+    fd, st = _open_member(root, entry.rel)
+    try:
+        if st.st_size != entry.size:
+            raise _size_mismatch(path, st.st_size, entry.size)
+        known = _known_good(st, entry.sha256)
+        buf = pa.allocate_buffer(entry.size)  # (not zero-filled, unlike a bytearray)
+        view = memoryview(buf)
+        h = hashlib.sha256()
+        started_ns = time.time_ns()
+        pos = 0
+        while pos < entry.size:
+            n = os.readv(fd, [view[pos : pos + _HASH_CHUNK]])
+            if n == 0:
+                raise _changed(path)
+            if not known:
+                h.update(view[pos : pos + n])
+            pos += n
+        if os.read(fd, 1) or not _same_file(st, os.fstat(fd)):
+            raise _changed(path)
+    finally:
+        os.close(fd)
+    if not known:
+        if h.hexdigest() != entry.sha256:
+            raise _hash_mismatch(path)
+        _remember(st, entry.sha256, started_ns)
+    return buf
+
+
+@contextlib.contextmanager
+def _stream_verified(root: Path, entry: _FileEntry) -> Iterator[Any]:
+    """A binary file object of one trace file whose bytes were hashed first.
+
+    The hash is computed through the descriptor that is then decoded (or known from an
+    earlier read in this process, see the comment above); when the caller is done, the
+    file must still be the one that was hashed (same size, mtime and ctime).
+    """
+    path = root / entry.rel
+    fd, st = _open_member(root, entry.rel)
+    f = os.fdopen(fd, "rb", buffering=0)
+    with f:
+        if st.st_size != entry.size:
+            raise _size_mismatch(path, st.st_size, entry.size)
+        if not _known_good(st, entry.sha256):
+            h = hashlib.sha256()
+            started_ns = time.time_ns()
+            buf = bytearray(_HASH_CHUNK)
+            view = memoryview(buf)
+            size = 0
+            while n := f.readinto(view):
+                h.update(view[:n])
+                size += n
+            if size != entry.size or not _same_file(st, os.fstat(fd)):
+                raise _changed(path)
+            if h.hexdigest() != entry.sha256:
+                raise _hash_mismatch(path)
+            _remember(st, entry.sha256, started_ns)
+            f.seek(0)
+        yield f
+        if not _same_file(st, os.fstat(fd)):
+            raise _changed(path)
+
+
+def _decode_error(path: Path, exc: BaseException) -> TraceFormatError:
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return TraceFormatError(
+        f"cannot decode {path}: {type(exc).__name__}: {text}",
+        hint="the file matches its manifest hash, so the trace was written broken; " + _RECREATE,
+    )
+
+
+def _check_file_schema(path: Path, schema: pa.Schema, name: str) -> None:
+    """The columns of a trace file: exactly those of its table, with their types."""
+    expected = S.SCHEMAS[name]
+    for f in schema:
+        if f.name not in expected.names:
+            raise TraceFormatError(f"{path}: unknown column {f.name!r}", hint=_RECREATE)
+        want = expected.field(f.name).type
+        if f.type != want:
+            raise TraceFormatError(
+                f"{path}: column {f.name!r} has type {f.type}, expected {want}", hint=_RECREATE
+            )
+    missing = [n for n in expected.names if n not in schema.names]
+    if missing:
+        raise TraceFormatError(f"{path}: missing columns {missing}", hint=_RECREATE)
+    if len(set(schema.names)) != len(schema.names):
+        raise TraceFormatError(f"{path}: a column appears twice", hint=_RECREATE)
+
+
+def _decode_table(path: Path, data: pa.Buffer, name: str) -> pa.Table:
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        _check_file_schema(path, pf.schema_arrow, name)
+        table = pf.read()
+    except TraceFormatError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _decode_error(path, exc) from None
+    return table.replace_schema_metadata(None)
+
+
+#: Content-addressed memory of checked small tables: (host, sha256 of snapshots, processes,
+#: mappings) -> their index. Sound because every read verifies the bytes against the same
+#: hashes, so equal keys mean equal tables.
+_INDEX: dict[tuple[str, str, str, str], HostIndex] = {}
+_INDEX_MAX = 16
+_INDEX_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Trace:
-    """An opened trace directory: its manifest, checked; host tables are loaded on demand."""
+    """An opened trace directory: its manifest, checked; host tables are loaded on demand.
+
+    Every table read verifies the file's SHA-256 against the manifest before decoding it
+    and checks the tables' consistency (:mod:`planner.trace.check`).
+    """
 
     path: Path
     manifest: dict[str, Any]
@@ -394,41 +718,126 @@ class Trace:
         """The schema version the trace was written with."""
         return int(self.manifest["schema_version"])
 
+    def _known_host(self, host: str) -> str:
+        if host not in self.hosts:
+            raise UsageProblem(
+                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
+            )
+        return host
+
     def host_path(self, host: str) -> Path:
-        """The directory of one host partition."""
-        return self.path / host_dir_name(host)
+        """The directory of one host partition (``UsageProblem`` for an unknown host)."""
+        return self.path / host_dir_name(self._known_host(host))
+
+    def _entry(self, host: str, name: str) -> _FileEntry:
+        rel = f"{host_dir_name(self._known_host(host))}/{name}.parquet"
+        info = self.manifest["files"][rel]
+        return _FileEntry(rel=rel, size=int(info["bytes"]), sha256=str(info["sha256"]))
+
+    def _where(self, host: str, name: str) -> str:
+        return str(self.path / host_dir_name(host) / f"{name}.parquet")
+
+    def _read(self, host: str, name: str) -> pa.Table:
+        entry = self._entry(host, name)
+        path = self.path / entry.rel
+        table = _decode_table(path, _read_verified(self.path, entry), name)
+        check_required(str(path), table, name)
+        return table
+
+    def host_index(self, host: str) -> HostIndex:
+        """The checked small tables of ``host`` (read and checked once per content)."""
+        key = (
+            self._known_host(host),
+            self._entry(host, "snapshots").sha256,
+            self._entry(host, "processes").sha256,
+            self._entry(host, "mappings").sha256,
+        )
+        with _INDEX_LOCK:
+            if key in _INDEX:
+                return _INDEX[key]
+        tables = {n: self._read(host, n) for n in ("snapshots", "processes", "mappings")}
+        index = check_small_tables(host, tables, {n: self._where(host, n) for n in tables})
+        with _INDEX_LOCK:
+            if len(_INDEX) >= _INDEX_MAX:
+                _INDEX.clear()
+            _INDEX[key] = index
+        return index
 
     def load_host(
         self, host: str | None = None, *, columns: Mapping[str, Sequence[str]] | None = None
     ) -> HostTrace:
-        """Load every table of ``host`` (the only host when ``None``)."""
+        """Load every table of ``host`` (the only host when ``None``), verified and checked."""
         if host is None:
             if len(self.hosts) != 1:
-                raise TraceFormatError(
+                raise UsageProblem(
                     f"{self.path} holds {len(self.hosts)} hosts ({', '.join(self.hosts)})",
                     hint="name one with --host",
                 )
             host = self.hosts[0]
-        if host not in self.hosts:
-            raise TraceFormatError(
-                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
-            )
-        d = self.host_path(host)
-        tables = {}
-        for name in S.TABLES:
-            cols = list(columns[name]) if columns and name in columns else None
-            tables[name] = _read_table(d / f"{name}.parquet", name, cols)
-        return HostTrace(host=host, trace_hash=self.trace_hash, path=d, **tables)
+        index = self.host_index(host)
+        tables = {name: self._read(host, name) for name in S.TABLES}
+        PagesCheck(index, self._where(host, "pages")).feed(tables["pages"])
+        if columns:
+            for name, cols in columns.items():
+                tables[name] = _select(tables[name], name, cols, self._where(host, name))
+        return HostTrace(host=host, trace_hash=self.trace_hash, path=self.host_path(host), **tables)
 
     def read_table(self, host: str, name: str, columns: Sequence[str] | None = None) -> pa.Table:
-        """One table of one host (checked against its schema), e.g. ``processes``."""
-        if host not in self.hosts:
-            raise TraceFormatError(
-                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
-            )
-        return _read_table(
-            self.host_path(host) / f"{name}.parquet", name, list(columns) if columns else None
-        )
+        """One table of one host (verified and checked), e.g. ``processes``."""
+        if name not in S.SCHEMAS:
+            raise TraceFormatError(f"a trace has no table {name!r}")
+        index = self.host_index(host)
+        table = self._read(host, name)
+        if name == "pages":
+            PagesCheck(index, self._where(host, name)).feed(table)
+        return _select(table, name, columns, self._where(host, name)) if columns else table
+
+    def pages_rows(self, host: str) -> int:
+        """Rows of ``pages.parquet`` of ``host`` (from its verified footer)."""
+        entry = self._entry(host, "pages")
+        path = self.path / entry.rel
+        with _stream_verified(self.path, entry) as f:
+            try:
+                return int(pq.ParquetFile(f).metadata.num_rows)
+            except _DECODE_ERRORS as exc:
+                raise _decode_error(path, exc) from None
+
+    def iter_pages(
+        self, host: str, columns: Sequence[str] | None = None, *, batch_rows: int = 1 << 20
+    ) -> Iterator[pa.Table]:
+        """Stream ``pages.parquet`` of ``host`` in batches (verified, checked batch by batch).
+
+        Memory holds one batch whatever the trace size. ``columns`` selects the columns
+        returned (every column is read: the check needs them).
+        """
+        cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
+        where = self._where(host, "pages")
+        unknown = [c for c in cols if c not in S.PAGES_SCHEMA.names]
+        if unknown:
+            raise TraceFormatError(f"{where}: no column {unknown[0]!r} in the pages table")
+        index = self.host_index(host)
+        entry = self._entry(host, "pages")
+        path = self.path / entry.rel
+        check = PagesCheck(index, where)
+        with _stream_verified(self.path, entry) as f:
+            try:
+                pf = pq.ParquetFile(f)
+                _check_file_schema(path, pf.schema_arrow, "pages")
+                batches = pf.iter_batches(batch_size=batch_rows, columns=list(PAGES_CHECK_COLUMNS))
+            except TraceFormatError:
+                raise
+            except _DECODE_ERRORS as exc:
+                raise _decode_error(path, exc) from None
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except _DECODE_ERRORS as exc:
+                    raise _decode_error(path, exc) from None
+                table = pa.Table.from_batches([batch])
+                check.feed(table)
+                yield table.select(cols)
 
     def iter_snapshot_pages(
         self, host: str, columns: Sequence[str] | None = None, *, batch_rows: int = 1 << 20
@@ -438,140 +847,217 @@ class Trace:
         Memory holds one snapshot's pages (plus one batch), whatever the trace size.
         Snapshots without pages are not yielded. ``columns`` always gains ``snapshot_id``.
         """
-        if host not in self.hosts:
-            raise TraceFormatError(
-                f"{self.path} has no host {host!r}", hint=f"hosts are: {', '.join(self.hosts)}"
-            )
-        path = self.host_path(host) / "pages.parquet"
         cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
         if "snapshot_id" not in cols:
             cols.insert(0, "snapshot_id")
-        unknown = [c for c in cols if c not in S.PAGES_SCHEMA.names]
-        if unknown:
-            raise TraceFormatError(f"{path}: no column {unknown[0]!r} in the pages table")
-        try:
-            pf = pq.ParquetFile(path)
-            batches = pf.iter_batches(batch_size=batch_rows, columns=cols)
-            parts: list[pa.Table] = []
-            current: int | None = None
-            for batch in batches:
-                table = pa.Table.from_batches([batch])
-                sid = np.asarray(table.column("snapshot_id").to_numpy())
-                cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
-                for a, b in itertools.pairwise(cuts):
-                    if a == b:
-                        continue
-                    value = int(sid[a])
-                    if current is not None and value != current:
-                        if value < current:
-                            raise TraceFormatError(
-                                f"{path}: pages are not sorted by snapshot_id",
-                                hint="re-create the trace",
-                            )
-                        yield current, pa.concat_tables(parts)
-                        parts = []
-                    current = value
-                    parts.append(table.slice(a, b - a))
-            if current is not None:
-                yield current, pa.concat_tables(parts)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise TraceFormatError(
-                f"cannot read {path}: {exc}", hint="the file is truncated or not Parquet"
-            ) from exc
+        parts: list[pa.Table] = []
+        current: int | None = None
+        for table in self.iter_pages(host, cols, batch_rows=batch_rows):
+            sid = np.asarray(table.column("snapshot_id").to_numpy())
+            cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
+            for a, b in itertools.pairwise(cuts):
+                if a == b:
+                    continue
+                value = int(sid[a])
+                if current is not None and value != current:
+                    yield current, pa.concat_tables(parts)
+                    parts = []
+                current = value
+                parts.append(table.slice(a, b - a))
+        if current is not None:
+            yield current, pa.concat_tables(parts)
 
     def verify(self) -> None:
-        """Recompute every file's SHA-256 and compare with the manifest."""
-        for rel, info in self.manifest["files"].items():
-            got = _sha256(self.path / rel)
-            if got != info["sha256"]:
-                raise TraceFormatError(
-                    f"{self.path / rel} does not match its manifest hash "
-                    "(the file changed or is corrupt)",
-                    hint="re-create the trace or restore the file",
-                )
+        """Hash every file of the trace and compare with the manifest (no decoding)."""
+        for rel, info in sorted(self.manifest["files"].items()):
+            entry = _FileEntry(rel=rel, size=int(info["bytes"]), sha256=str(info["sha256"]))
+            with _stream_verified(self.path, entry):
+                pass
 
 
-def _read_table(path: Path, name: str, columns: list[str] | None) -> pa.Table:
+def _select(table: pa.Table, name: str, columns: Sequence[str], where: str) -> pa.Table:
+    unknown = [c for c in columns if c not in S.SCHEMAS[name].names]
+    if unknown:
+        raise TraceFormatError(f"{where}: no column {unknown[0]!r} in the {name} table")
+    return table.select(list(columns))
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _read_manifest(p: Path) -> Any:
+    mpath = p / S.MANIFEST_NAME
+    dfd = _open_dir(p)
     try:
-        table = pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise TraceFormatError(
-            f"cannot read {path}: {exc}", hint="the file is truncated or not Parquet"
-        ) from exc
-    expected = S.SCHEMAS[name]
-    for f in table.schema:
-        want = expected.field(f.name) if f.name in expected.names else None
-        if want is None:
-            raise TraceFormatError(f"{path}: unknown column {f.name!r}")
-        if f.type != want.type:
+        try:
+            st = os.stat(S.MANIFEST_NAME, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
             raise TraceFormatError(
-                f"{path}: column {f.name!r} has type {f.type}, expected {want.type}"
+                f"{p} is not a ksm-planner trace (no {S.MANIFEST_NAME})",
+                hint="create one with 'ksm-planner capture' or 'ksm-planner ingest'",
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise TraceFormatError(
+                f"{mpath} is {_kind_of(st.st_mode)}, not a regular file", hint=_RECREATE
             )
-    missing = [n for n in (columns or expected.names) if n not in table.column_names]
+        if st.st_size > _MANIFEST_MAX_BYTES:
+            raise TraceFormatError(
+                f"{mpath} has {st.st_size} bytes, more than a manifest ever needs "
+                f"({_MANIFEST_MAX_BYTES >> 20} MiB)",
+                hint=_RECREATE,
+            )
+        try:
+            fd = os.open(
+                S.MANIFEST_NAME,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                dir_fd=dfd,
+            )
+        except OSError as exc:
+            raise TraceFormatError(f"cannot open {mpath}: {exc.strerror}") from None
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TraceFormatError(f"{mpath} is not a regular file", hint=_RECREATE)
+        raw = f.read(_MANIFEST_MAX_BYTES + 1)
+    try:
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+        )
+    except UnicodeDecodeError:
+        raise TraceFormatError(f"{mpath} is not UTF-8 text", hint=_RECREATE) from None
+    except RecursionError:
+        raise TraceFormatError(f"{mpath} is nested too deeply to be a manifest") from None
+    except ValueError as exc:
+        raise TraceFormatError(f"{mpath} is not valid JSON: {exc}", hint=_RECREATE) from None
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[str, _FileEntry]]:
+    """Check a parsed manifest; return its hosts and its file entries.
+
+    Nothing here touches the filesystem: a file name the manifest lists is checked against
+    the only names a trace has (``host=<name>/<table>.parquet`` of its hosts) first.
+    """
+
+    def bad(what: str) -> TraceFormatError:
+        return TraceFormatError(f"{mpath}: {what}", hint=_RECREATE)
+
+    if not isinstance(manifest, dict) or manifest.get("format") != S.FORMAT_NAME:
+        raise TraceFormatError(f"{mpath} is not a ksm-planner trace manifest", hint=_RECREATE)
+    version = manifest.get("schema_version")
+    if not _is_int(version) or version < 1:
+        raise bad(f"invalid schema_version {version!r}")
+    if version > S.SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{mpath.parent} uses trace schema version {version}, "
+            f"newer than this ksm-planner supports ({S.SCHEMA_VERSION})",
+            hint="upgrade ksm-planner",
+        )
+    for key in ("source", "created_by", "created_at"):
+        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], str):
+            raise bad(f"{key} must be a string, not {type(manifest[key]).__name__}")
+    for key in ("capture", "ingest"):
+        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], dict):
+            raise bad(f"{key} must be an object, not {type(manifest[key]).__name__}")
+    hosts = manifest.get("hosts")
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise bad(f"hosts must be a list of host names, not {type(hosts).__name__}")
+    if not hosts:
+        raise bad("the host list is empty (a trace holds at least one host)")
+    for h in hosts:
+        if not valid_host_name(h):
+            raise bad(f"invalid host name {short(h)}")
+    if len(set(hosts)) != len(hosts):
+        raise bad("a host appears twice in the host list")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad(f"files must be an object, not {type(files).__name__}")
+    expected = {f"{S.HOST_DIR_PREFIX}{h}/{t}.parquet" for h in hosts for t in S.TABLES}
+    for rel in sorted(files):
+        if rel not in expected:
+            raise bad(
+                f"lists {short(rel)}, which is not a file of this trace (a trace holds exactly "
+                "host=<name>/{snapshots,processes,mappings,pages}.parquet for its hosts)"
+            )
+    missing = sorted(expected - set(files))
     if missing:
-        raise TraceFormatError(f"{path}: missing columns {missing}")
-    return table.replace_schema_metadata(None)
+        raise bad(f"does not list {missing[0]} (the trace is incomplete)")
+    entries: dict[str, _FileEntry] = {}
+    for rel in sorted(files):
+        info = files[rel]
+        if not isinstance(info, dict):
+            raise bad(f"files[{rel!r}] must be an object")
+        size, digest = info.get("bytes"), info.get("sha256")
+        if not _is_int(size) or size < 0:
+            raise bad(f"files[{rel!r}].bytes must be a non-negative integer, not {size!r}")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            raise bad(f"files[{rel!r}].sha256 must be 64 lowercase hex digits")
+        entries[rel] = _FileEntry(rel=rel, size=size, sha256=digest)
+    th = manifest.get("trace_hash")
+    if th is None:
+        raise bad("no trace_hash (every trace records the hash of its files)")
+    if not isinstance(th, str) or not _TRACE_HASH.fullmatch(th):
+        raise bad("trace_hash must be 'sha256:' and 64 lowercase hex digits")
+    if th != _trace_hash(files):
+        raise TraceFormatError(
+            f"{mpath}: trace_hash {th[:23]}... does not match the hashes of the files it "
+            "lists (the manifest was edited or is corrupt)",
+            hint=_RECREATE,
+        )
+    return tuple(hosts), entries
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
     """Open a trace directory: read and check its manifest and the files it lists.
 
-    Raises :class:`TraceFormatError` with one line naming the file and the problem when
-    ``path`` is not a trace, was written by a newer schema, or has missing or truncated files.
+    Cheap: the manifest is checked (see :func:`check_manifest`) and every file it lists
+    must exist as a regular file (no link) of the recorded size. File contents are hashed
+    when a table is read. Raises :class:`TraceFormatError` with one line naming the file
+    and the problem.
     """
     p = Path(path)
-    if not p.exists():
-        raise TraceFormatError(f"{p} does not exist", hint="give the path of a trace directory")
-    if p.is_file():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise TraceFormatError(
+            f"{p} does not exist", hint="give the path of a trace directory"
+        ) from None
+    except OSError as exc:
+        raise TraceFormatError(f"cannot open {p}: {exc.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
         raise TraceFormatError(
             f"{p} is a file, not a ksm-planner trace directory",
             hint="convert interchange CSV/Parquet with 'ksm-planner ingest SRC --out DIR'",
         )
-    mpath = p / S.MANIFEST_NAME
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
+    if not stat.S_ISDIR(st.st_mode):
         raise TraceFormatError(
-            f"{p} is not a ksm-planner trace (no {S.MANIFEST_NAME})",
-            hint="create one with 'ksm-planner capture' or 'ksm-planner ingest'",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise TraceFormatError(
-            f"{mpath} is unreadable: {exc}", hint="the trace is damaged; re-create it"
-        ) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != S.FORMAT_NAME:
-        raise TraceFormatError(f"{mpath} is not a ksm-planner trace manifest")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or version < 1:
-        raise TraceFormatError(f"{mpath}: invalid schema_version {version!r}")
-    if version > S.SCHEMA_VERSION:
-        raise TraceFormatError(
-            f"{p} uses trace schema version {version}, "
-            f"newer than this ksm-planner supports ({S.SCHEMA_VERSION})",
-            hint="upgrade ksm-planner",
+            f"{p} is {_kind_of(st.st_mode)}, not a ksm-planner trace directory",
+            hint="give the path of a trace directory",
         )
-    files = manifest.get("files", {})
-    for rel, info in files.items():
-        fp = p / rel
-        try:
-            size = fp.stat().st_size
-        except FileNotFoundError:
-            raise TraceFormatError(
-                f"{fp} is missing", hint="the trace is incomplete; re-create it"
-            ) from None
-        if size != info.get("bytes"):
-            raise TraceFormatError(
-                f"{fp} has {size} bytes but the manifest says {info.get('bytes')} "
-                "(truncated or modified)",
-                hint="re-create the trace",
-            )
-    hosts = tuple(manifest.get("hosts", []))
-    for h in hosts:
-        for name in S.TABLES:
-            if f"{host_dir_name(h)}/{name}.parquet" not in files:
-                raise TraceFormatError(
-                    f"{p}: host {h!r} lacks {name}.parquet", hint="the trace is incomplete"
-                )
+    manifest = _read_manifest(p)
+    hosts, entries = check_manifest(manifest, p / S.MANIFEST_NAME)
+    for entry in entries.values():
+        fd, fst = _open_member(p, entry.rel)
+        os.close(fd)
+        if fst.st_size != entry.size:
+            raise _size_mismatch(p / entry.rel, fst.st_size, entry.size)
     return Trace(path=p, manifest=manifest, hosts=hosts)
 
 

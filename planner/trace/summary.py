@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from planner._progress import NULL_PROGRESS
 from planner.provenance import tool_version
@@ -43,8 +41,10 @@ from planner.trace.io import open_trace
 if TYPE_CHECKING:
     import os
 
+    import pyarrow as pa
+
     from planner._progress import Progress
-    from planner.trace.io import HostTrace, Trace
+    from planner.trace.io import HostTrace
 
 Arr = np.ndarray[Any, Any]
 
@@ -537,7 +537,7 @@ def summarize_trace(
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
     process_keys = 0
-    total_pages = sum(_pages_rows(trace, h) for h in trace.hosts)
+    total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     progress.start("info: pages", total_pages)
     for host in trace.hosts:
         snaps = trace.read_table(host, "snapshots")
@@ -621,10 +621,6 @@ def summarize_trace(
         total_bytes=sum(h.total_bytes for h in hosts) + manifest_bytes,
         snapshots=tuple(snapshots),
     )
-
-
-def _pages_rows(trace: Trace, host: str) -> int:
-    return int(pq.ParquetFile(trace.host_path(host) / "pages.parquet").metadata.num_rows)
 
 
 def _distinct_processes(procs: pa.Table) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from planner._input import read_input_text
 from planner.engine.knobs import (
     DISPLAY_ORDER,
     KNOB_ALIASES,
@@ -240,16 +241,13 @@ def load_grid(path: str | os.PathLike[str]) -> KnobGrid:
         Missing or invalid file, unknown knob, impossible value.
     """
     p = Path(path)
+    text = read_input_text(p, what="grid file", error=KnobError)  # regular, UTF-8, sane size
     try:
-        doc = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise KnobError(
-            f"grid file {p} does not exist", hint="give the path of a TOML grid file"
-        ) from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KnobError(f"{p}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KnobError(f"cannot read grid file {p}: {exc}") from None
+    except RecursionError:
+        raise KnobError(f"{p}: not a grid file: arrays or tables nested too deeply") from None
     for k, v in doc.items():
         if isinstance(v, dict):
             raise KnobError(

@@ -127,7 +127,7 @@ def _generate(path: Path, rows: int, snapshots: int, *, interleave: bool) -> Non
                 chash[zero] = np.uint64(ZERO)
                 frame = (np.uint64(snap) << np.uint64(40)) | (np.uint64(written) + idx)
                 shared = pooled & (kind < 0.175)
-                frame[shared] = (chash[shared] % np.uint64(20_000)) | np.uint64(1 << 60)
+                frame[shared] = chash[shared] | np.uint64(1 << 60)  # one frame per content
                 table = pa.table(
                     {
                         "time_s": np.full(n, 10.0 * snap),

@@ -214,8 +214,9 @@ def _shuffled_fleet(tmp_path: Path, n: int = 3000) -> Path:
                     "time_s": np.full(n, t),
                     "pid": pid,
                     "page_addr": page,
-                    "content_hash": rng.integers(0, 50, n).astype(np.uint64),
-                    "frame": rng.integers(0, 2000, n).astype(np.uint64),
+                    "content_hash": (chash := rng.integers(0, 50, n).astype(np.uint64)),
+                    # a frame holds one content: 40 frames per hash, shared at random
+                    "frame": chash * np.uint64(40) + rng.integers(0, 40, n).astype(np.uint64),
                     "comm": pa.array(np.where(pid % 2 == 0, "even", "odd")),
                 }
             )

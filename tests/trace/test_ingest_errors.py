@@ -144,7 +144,7 @@ CSV_CASES = [
     (
         "binary-garbage",
         "\x00\x01\x02\x03 not text",
-        ["neither CSV text nor Parquet"],
+        ["contains a NUL byte", "binary data, not CSV text"],
     ),
 ]
 

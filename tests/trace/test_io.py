@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from planner.errors import TraceFormatError
+from planner.errors import TraceFormatError, UsageProblem
 from planner.testing.builder import World
 from planner.trace import schema as S
 from planner.trace.flat import FlatConverter
@@ -71,5 +71,6 @@ def test_iter_snapshot_pages_batches_across_snapshots(tmp_path: Path) -> None:
     assert got == [(0, 3), (1, 3), (2, 3), (3, 3)]
     with pytest.raises(TraceFormatError, match="no column"):
         list(trace.iter_snapshot_pages("h", ["nope"]))
-    with pytest.raises(TraceFormatError, match="no host"):
+    with pytest.raises(UsageProblem, match="no host 'x'") as info:
         trace.read_table("x", "pages")
+    assert info.value.hint == "hosts are: h"

@@ -1,0 +1,342 @@
+"""The one consistency check of a trace's tables, shared by every reader.
+
+Content hashes (:mod:`planner.trace.io`) prove that the files are the ones the manifest
+names; they do not prove that the manifest's author wrote consistent tables (a trace put
+together by hand, pages swapped in from another trace with a rewritten manifest, a bug in
+another tool). Every reader -- ``replay``, ``whatif``, ``report`` (through
+:meth:`~planner.trace.io.Trace.load_host`), ``info`` and ``export`` (through the streaming
+readers) -- runs the checks below before it uses a table, so they all accept and reject
+the same traces. Each check costs one vectorised pass; the pages checks run batch by batch,
+so a streaming reader keeps its bounded memory.
+
+What is checked (and why the engines need it):
+
+* ``snapshots``: ids unique and increasing (the file order), times finite and never going
+  backwards, one page size (a power of two, 4 KiB to 64 KiB), the host column naming the
+  host partition it is in, no null in a required column;
+* ``processes``: every row belongs to a snapshot, pids are positive (pid 0 is the kernel's
+  idle task, never a user process), ppids are not negative, states are ``ok``, ``gone`` or
+  ``error``, one live (``ok``) row per pid and snapshot, and a process (pid and start time,
+  same program) does not disappear and come back;
+* ``mappings``: every row belongs to a snapshot; ``start < end``;
+* ``pages``: sorted by ``(snapshot_id, pid, page_addr)`` with no page twice in a snapshot,
+  every page in a known snapshot and of a live process of that snapshot, addresses aligned
+  to the page size and not below their mapping's start, a content hash unless the page was
+  swapped or unreadable, a frame unless it was swapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from planner.errors import TraceFormatError
+from planner.trace import schema as S
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pyarrow as pa
+
+_HINT = "the trace is inconsistent; re-create it with 'ksm-planner capture' or 'ingest'"
+_NO_HASH_FLAGS = np.uint16(S.PageFlag.SWAPPED | S.PageFlag.READ_ERROR)
+_NO_FRAME_FLAGS = np.uint16(S.PageFlag.SWAPPED)
+_STATES = ("ok", "gone", "error")
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 65536
+
+Arr = np.ndarray[Any, Any]
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _fail(where: str, what: str) -> TraceFormatError:
+    return TraceFormatError(f"{where}: {what}", hint=_HINT)
+
+
+def _np(col: Any, dtype: Any) -> Arr:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _first(mask: Arr) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if len(idx) else None
+
+
+def check_required(where: str, table: pa.Table | pa.RecordBatch, name: str) -> None:
+    """No null in a column the schema declares non-nullable."""
+    schema = S.SCHEMAS[name]
+    for f in schema:
+        if not f.nullable and f.name in table.column_names:
+            col = table.column(f.name)
+            if col.null_count:
+                i = _first(_np(col.is_null(), bool))
+                raise _fail(where, f"row {i}: column {f.name} is empty but may not be")
+
+
+@dataclass(frozen=True)
+class HostIndex:
+    """What the pages check needs to know about the small tables of one host."""
+
+    host: str
+    snapshot_ids: Arr  # int64, strictly increasing
+    page_size: int
+    #: sorted ``snapshot_id << 32 | pid`` of every live (``ok``) process row
+    live_keys: Arr = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
+    """Check ``snapshots``; return its snapshot ids and the page size."""
+    check_required(where, snaps, "snapshots")
+    sid = _np(snaps.column("snapshot_id"), np.int64)
+    i = _first(sid[1:] <= sid[:-1])
+    if i is not None:
+        raise _fail(
+            where,
+            f"row {i + 1}: snapshot ids are not unique and increasing "
+            f"({int(sid[i + 1])} after {int(sid[i])})",
+        )
+    t = _np(snaps.column("time_s"), np.float64)
+    i = _first(~np.isfinite(t))
+    if i is not None:
+        raise _fail(where, f"row {i}: time_s {float(t[i])!r} is not a finite number of seconds")
+    i = _first(t[1:] < t[:-1])
+    if i is not None:
+        raise _fail(where, f"row {i + 1}: snapshot times go backwards ({t[i + 1]} after {t[i]})")
+    hosts = snaps.column("host").to_pylist()
+    bad = next((h for h in hosts if h != host), None)
+    if bad is not None:
+        raise _fail(where, f"a snapshot of host {short(bad)} is stored under host {host!r}")
+    sizes = _np(snaps.column("page_size"), np.int64)
+    page_size = int(sizes[0]) if len(sizes) else S.PAGE_SIZE_BYTES
+    if len(sizes) and np.any(sizes != page_size):
+        raise _fail(where, "the snapshots disagree on the page size")
+    if not (MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0):
+        raise _fail(where, f"page size {page_size} is not a power of two from 4 KiB to 64 KiB")
+    return sid, page_size
+
+
+def check_processes(where: str, sids: Arr, procs: pa.Table) -> Arr:
+    """Check ``processes``; return the sorted keys ``snapshot_id << 32 | pid`` of live rows."""
+    check_required(where, procs, "processes")
+    n = procs.num_rows
+    psid = _np(procs.column("snapshot_id"), np.int64)
+    pos = np.searchsorted(sids, psid)
+    known = pos < len(sids)
+    known[known] = sids[pos[known]] == psid[known]
+    i = _first(~known)
+    if i is not None:
+        raise _fail(where, f"row {i}: snapshot {int(psid[i])} is not in the snapshots table")
+    pid = _np(procs.column("pid"), np.int64)
+    i = _first(pid <= 0)
+    if i is not None:
+        raise _fail(where, f"row {i}: pid {int(pid[i])} is not a user process (pids start at 1)")
+    ppid_col = procs.column("ppid")
+    if ppid_col.null_count < n:
+        ppid = _np(ppid_col, np.float64)  # nulls become NaN, which is not < 0
+        i = _first(ppid < 0)
+        if i is not None:
+            raise _fail(where, f"row {i}: negative ppid {int(ppid[i])}")
+    states = procs.column("state").to_pylist()
+    bad = next((j for j, s in enumerate(states) if s not in _STATES), None)
+    if bad is not None:
+        raise _fail(
+            where, f"row {bad}: unknown process state {short(states[bad])} (ok, gone, error)"
+        )
+    ok = np.array([s == "ok" for s in states], dtype=bool)
+    live_rows = np.flatnonzero(ok)
+    order = live_rows[np.lexsort((pid[live_rows], psid[live_rows]))]
+    dup = _first((psid[order][1:] == psid[order][:-1]) & (pid[order][1:] == pid[order][:-1]))
+    if dup is not None:
+        r = int(order[dup + 1])
+        raise _fail(where, f"row {r}: pid {int(pid[r])} is live twice in snapshot {int(psid[r])}")
+    _check_comebacks(where, sids, procs, psid, pid, live_rows)
+    return np.sort((psid[live_rows] << 32) | pid[live_rows])
+
+
+def _check_comebacks(
+    where: str, sids: Arr, procs: pa.Table, psid: Arr, pid: Arr, live_rows: Arr
+) -> None:
+    """A process instance (pid, start time, program) is live in consecutive snapshots only.
+
+    The same rule as the replay's (``planner.engine.prepare``): a new program (``comm`` or
+    ``cmdline_hash`` changes: an exec) is a new instance.
+    """
+    start = _np(procs.column("proc_start"), np.uint64)
+    comm = procs.column("comm").to_pylist()
+    chash = procs.column("cmdline_hash").to_pylist()
+    index = {int(s): k for k, s in enumerate(sids.tolist())}
+    rows = sorted(live_rows.tolist(), key=lambda r: (index[int(psid[r])], int(pid[r])))
+    gen: dict[tuple[int, int], tuple[int, Any, Any]] = {}
+    last: dict[tuple[int, int, int], int] = {}
+    for r in rows:
+        key = (int(pid[r]), int(start[r]))
+        k = index[int(psid[r])]
+        g, pcomm, pch = gen.get(key, (0, comm[r], chash[r]))
+        if (comm[r] is not None and pcomm is not None and comm[r] != pcomm) or (
+            chash[r] is not None and pch is not None and chash[r] != pch
+        ):
+            g += 1
+        gen[key] = (g, comm[r], chash[r])
+        prev = last.get((*key, g))
+        if prev is not None and k > prev + 1:
+            raise _fail(
+                where,
+                f"row {r}: process {key[0]} (start {key[1]}) disappears at snapshot "
+                f"{int(sids[prev + 1])} and comes back with the same start time",
+            )
+        last[(*key, g)] = k
+
+
+def check_mappings(where: str, sids: Arr, maps: pa.Table) -> None:
+    """Check ``mappings``."""
+    check_required(where, maps, "mappings")
+    msid = _np(maps.column("snapshot_id"), np.int64)
+    pos = np.searchsorted(sids, msid)
+    known = pos < len(sids)
+    known[known] = sids[pos[known]] == msid[known]
+    i = _first(~known)
+    if i is not None:
+        raise _fail(where, f"row {i}: snapshot {int(msid[i])} is not in the snapshots table")
+    start = _np(maps.column("start"), np.uint64)
+    end = _np(maps.column("end"), np.uint64)
+    i = _first(start >= end)
+    if i is not None:
+        raise _fail(where, f"row {i}: mapping 0x{int(start[i]):x}-0x{int(end[i]):x} is empty")
+    i = _first(_np(maps.column("pid"), np.int64) <= 0)
+    if i is not None:
+        raise _fail(where, f"row {i}: pid is not a user process (pids start at 1)")
+
+
+def check_small_tables(
+    host: str, tables: Mapping[str, pa.Table], where: Mapping[str, str]
+) -> HostIndex:
+    """Check the ``snapshots``, ``processes`` and ``mappings`` tables of one host."""
+    sids, page_size = check_snapshots(where["snapshots"], host, tables["snapshots"])
+    live = check_processes(where["processes"], sids, tables["processes"])
+    check_mappings(where["mappings"], sids, tables["mappings"])
+    return HostIndex(host=host, snapshot_ids=sids, page_size=page_size, live_keys=live)
+
+
+#: Columns the pages check reads (all of them).
+PAGES_CHECK_COLUMNS = tuple(S.PAGES_SCHEMA.names)
+
+
+class PagesCheck:
+    """Checks ``pages`` batch by batch, in file order (state carries across batches)."""
+
+    def __init__(self, index: HostIndex, where: str) -> None:
+        self.index = index
+        self.where = where
+        self.rows = 0
+        self._prev: tuple[int, int, int] | None = None  # (snapshot, pid, page_addr)
+
+    def feed(self, pages: pa.Table) -> None:
+        """Check the next rows (a table with every column of the pages schema).
+
+        The table is checked one record batch at a time: the columns of a batch are read
+        in place (no copy), and the state carries from one batch to the next.
+        """
+        for batch in pages.to_batches():
+            self._feed(batch)
+
+    def _feed(self, pages: pa.RecordBatch) -> None:
+        n = pages.num_rows
+        if n == 0:
+            return
+        where, row0 = self.where, self.rows
+        check_required(where, pages, "pages")
+        # native dtypes, no copies beyond joining chunks: this runs on every page read
+        sid = pages.column("snapshot_id").to_numpy()
+        pid = pages.column("pid").to_numpy()
+        addr = pages.column("page_addr").to_numpy()
+        i = None
+        eq = sid[1:] == sid[:-1]
+        same_pid = eq & (pid[1:] == pid[:-1])
+        if self._prev is not None and (int(sid[0]), int(pid[0]), int(addr[0])) <= self._prev:
+            i, prev = 0, self._prev
+        else:
+            bad = sid[1:] < sid[:-1]
+            bad |= eq & (pid[1:] < pid[:-1])
+            bad |= same_pid & (addr[1:] <= addr[:-1])
+            if bad.any():
+                j = int(np.argmax(bad))
+                i, prev = j + 1, (int(sid[j]), int(pid[j]), int(addr[j]))
+        if i is not None:
+            if prev[:2] == (int(sid[i]), int(pid[i])) and prev[2] == int(addr[i]):
+                what = (
+                    f"page 0x{int(addr[i]):x} of pid {int(pid[i])} appears twice "
+                    f"in snapshot {int(sid[i])}"
+                )
+            else:
+                what = "pages are not sorted by (snapshot_id, pid, page_addr)"
+            raise _fail(where, f"row {row0 + i}: {what}")
+        ps = np.uint64(self.index.page_size - 1)
+        if (addr & ps).any():
+            i = int(np.argmax((addr & ps) != 0))
+            raise _fail(
+                where,
+                f"row {row0 + i}: page address 0x{int(addr[i]):x} is not aligned to the "
+                f"page size ({self.index.page_size})",
+            )
+        vma = pages.column("vma_start").to_numpy()
+        if (vma > addr).any():
+            i = int(np.argmax(vma > addr))
+            raise _fail(
+                where,
+                f"row {row0 + i}: page 0x{int(addr[i]):x} lies below its mapping's start "
+                f"0x{int(vma[i]):x}",
+            )
+        flags = pages.column("flags").to_numpy()
+        for column, allowed, what in (
+            (
+                "content_hash",
+                _NO_HASH_FLAGS,
+                "has no content hash but was neither swapped nor unreadable",
+            ),
+            ("frame_id", _NO_FRAME_FLAGS, "has no frame but was not swapped"),
+        ):
+            col = pages.column(column)
+            if col.null_count:
+                missing = _np(col.is_null(), bool) & ((flags & allowed) == 0)
+                i = _first(missing)
+                if i is not None:
+                    raise _fail(where, f"row {row0 + i}: page 0x{int(addr[i]):x} {what}")
+        # every page in a known snapshot, of a live process of that snapshot: one lookup of
+        # (snapshot, pid) per run of pages of one process
+        heads = np.concatenate([[0], np.flatnonzero(~same_pid) + 1]) if n > 1 else np.zeros(1, int)
+        keys = (sid[heads].astype(np.int64) << 32) | pid[heads].astype(np.int64)
+        live = self.index.live_keys
+        pos = np.minimum(np.searchsorted(live, keys), max(len(live) - 1, 0))
+        found = live[pos] == keys if len(live) else np.zeros(len(keys), bool)
+        if not found.all():
+            j = int(np.argmin(found))
+            r, s_, p_ = int(heads[j]), int(sid[heads[j]]), int(pid[heads[j]])
+            sids = self.index.snapshot_ids
+            k = int(np.searchsorted(sids, s_))
+            if k >= len(sids) or int(sids[k]) != s_:
+                raise _fail(where, f"row {row0 + r}: snapshot {s_} is not in the snapshots table")
+            raise _fail(
+                where,
+                f"row {row0 + r}: pages of pid {p_} in snapshot {s_}, but no live process "
+                "row for it (pages of another trace?)",
+            )
+        self._prev = (int(sid[-1]), int(pid[-1]), int(addr[-1]))
+        self.rows += n
+
+
+__all__ = [
+    "PAGES_CHECK_COLUMNS",
+    "HostIndex",
+    "PagesCheck",
+    "check_mappings",
+    "check_processes",
+    "check_small_tables",
+    "check_snapshots",
+]
