@@ -92,5 +92,5 @@ def check_hosts(trace: Path, hosts: Sequence[str]) -> None:
     for h in hosts:
         if h not in tr.hosts:
             raise UsageProblem(
-                f"{trace} has no host {h!r}", hint=f"--host takes one of: {', '.join(tr.hosts)}"
+                f"{trace} has no host {h!r}", hint=f"hosts are: {', '.join(tr.hosts)}"
             )
