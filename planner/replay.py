@@ -60,7 +60,7 @@ def replay_trace(
         resolver = ps.resolver()
         set_name = ps.name
     if not isinstance(knobs, KsmKnobs):
-        knobs = KsmKnobs.for_hz(ht.meta().get("hz")).with_(**dict(knobs or {}))
+        knobs = KsmKnobs.for_hz(ht.hz).with_(**dict(knobs or {}))
     progress.start("loading trace", None)
     inp = prepare(ht, resolver=resolver)
     progress.finish()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from planner.capture.procfs import ProcFS
 from planner.engine.knobs import KNOBS, spec
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 
@@ -160,53 +161,21 @@ def ksm_users(proc_root: str = PROC_ROOT, *, exclude: set[int] | None = None) ->
     A process uses KSM when its ``ksm_stat`` says ``ksm_mergeable: yes`` or
     ``ksm_merge_any: yes``, or it has rmap items, merging pages or KSM zero pages.
     """
+    procfs = ProcFS(proc_root)
     exclude = exclude or set()
     users: dict[int, str] = {}
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit() or int(entry.name) in exclude:
+    for pid in procfs.list_pids():
+        if pid in exclude:
             continue
-        try:
-            text = Path(entry.path, "ksm_stat").read_text()
-        except OSError:  # gone, kernel thread, or no ksm_stat
-            continue
-        stat_ = parse_ksm_stat(text)
-        reasons = [k for k in ("ksm_mergeable", "ksm_merge_any") if stat_.get(k) == 1] + [
+        stat_ = procfs.ksm_stat(pid)  # empty: gone, a kernel thread, or no ksm_stat
+        reasons = [k for k in ("ksm_mergeable", "ksm_merge_any") if stat_.get(k) is True] + [
             k
             for k in ("ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages")
             if stat_.get(k, 0) > 0
         ]
         if reasons:
-            users[int(entry.name)] = ", ".join(reasons)
+            users[pid] = ", ".join(reasons)
     return users
-
-
-def parse_ksm_stat(text: str) -> dict[str, int]:
-    """Parse ``/proc/<pid>/ksm_stat``; ``yes``/``no`` become 1/0.
-
-    Examples
-    --------
-    >>> parse_ksm_stat("ksm_rmap_items 3\\nksm_merge_any: no\\nksm_mergeable: yes\\n")
-    {'ksm_rmap_items': 3, 'ksm_merge_any': 0, 'ksm_mergeable': 1}
-    """
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) != 2:
-            continue
-        key, val = parts
-        if val in ("yes", "no"):
-            out[key] = int(val == "yes")
-        else:
-            with contextlib.suppress(ValueError):
-                out[key] = int(val)
-    return out
-
-
-def _comm(proc_root: str, pid: int) -> str:
-    try:
-        return Path(proc_root, str(pid), "comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 # ------------------------------------------------------------------------- the lease
@@ -377,7 +346,7 @@ class KsmLease:
         users = ksm_users(self.proc_root, exclude={os.getpid()})
         if users:
             shown = ", ".join(
-                f"{pid} ({_comm(self.proc_root, pid)}: {why})"
+                f"{pid} ({ProcFS(self.proc_root).comm(pid) or '?'}: {why})"
                 for pid, why in sorted(users.items())[:5]
             )
             more = f" and {len(users) - 5} more" if len(users) > 5 else ""

@@ -44,11 +44,11 @@ if TYPE_CHECKING:
 
     from planner.engine.cost import CostProfile
     from planner.engine.options import ReplayOptions
-    from planner.kernel.observe import ObservedTimeline
     from planner.policy.model import PolicySet
     from planner.report.doc import Document
     from planner.report.render import ReportFiles
     from planner.trace.io import HostTrace, Trace
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif import CapacityInputs, ExtrapolationSpec, KnobGrid, WhatIfResult
     from planner.whatif.result import ScenarioResult
     from planner.whatif.tasks import ReplayOutcome
@@ -168,7 +168,7 @@ def make_report(
     host = _one_host(tr, host)
     obs = None
     if observed is not None:
-        from planner.kernel.observe import read_observed
+        from planner.trace.recording import read_observed
 
         obs = read_observed(observed)
     result = run_whatif(

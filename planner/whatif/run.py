@@ -67,9 +67,9 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
-    from planner.kernel.observe import ObservedTimeline
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
+    from planner.trace.recording import ObservedTimeline
 
 _OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
 

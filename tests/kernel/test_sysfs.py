@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.capture.procfs import ProcFS
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 from planner.kernel.holder import Holder
 from planner.kernel.sysfs import (
@@ -20,7 +21,6 @@ from planner.kernel.sysfs import (
     KsmSysfs,
     ksm_users,
     parse_knob,
-    parse_ksm_stat,
 )
 
 MakeSysfs = Callable[..., KsmSysfs]
@@ -56,16 +56,20 @@ def test_parse_knob_reads_ints_and_the_selected_word() -> None:
     assert parse_knob("x", "weird") == "weird"
 
 
-def test_parse_ksm_stat_turns_yes_no_into_ints() -> None:
-    d = parse_ksm_stat(STAT_USER)
-    assert d == {
+def test_ksm_stat_is_read_through_the_injectable_procfs(
+    tmp_path: Path, make_proc: MakeProc
+) -> None:
+    procfs = ProcFS(make_proc(tmp_path / "proc", {10: STAT_USER, 11: None}))
+    assert procfs.ksm_stat(10) == {
         "ksm_rmap_items": 12,
         "ksm_zero_pages": 0,
         "ksm_merging_pages": 3,
         "ksm_process_profit": 100,
-        "ksm_merge_any": 0,
-        "ksm_mergeable": 1,
+        "ksm_merge_any": False,
+        "ksm_mergeable": True,
     }
+    assert procfs.ksm_stat(11) == {}  # no ksm_stat (a kernel thread, an old kernel)
+    assert procfs.comm(10) == "proc10"
 
 
 def test_sysfs_reads_counters_and_only_owner_writable_files_as_knobs(fake_sysfs: KsmSysfs) -> None:

@@ -445,7 +445,7 @@ def _observed_processes(run: LiveRun) -> Any:
     """The recording's per-process rows with ``t_rel`` (seconds since ``run=1``)."""
     import pandas as pd
 
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
 
     obs = read_observed(run.observe_dir)
     counters = obs.counters.reset_index()
