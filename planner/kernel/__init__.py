@@ -35,10 +35,13 @@ Modules and their main entry points:
   launch``): run a command with ``prctl(PR_SET_MEMORY_MERGE)`` set for it and its children,
   and :func:`~planner.kernel.launch.merge_state` to read a process's KSM state.
 
-Where it sits: the layers are cli → report → whatif → kernel → engine → capture / policy →
-trace. This package sits above the engine -- it replays traces to compare them with the kernel
-and produces cost profiles the engine consumes -- and reads traces through
-:mod:`planner.trace`. The engine never imports it. What-if and the review use it only to read
-recordings of real hosts; the CLI commands ``validate``, ``calibrate``, ``observe`` and
-``launch`` call it once each.
+Where it sits: the layers, checked as import contracts by ``tests/test_layers.py``, are
+cli > testing > report > whatif > kernel > replay > policy > engine | capture > trace > the
+shared helpers. This package sits above the engine -- it replays traces to compare them with
+the kernel, takes its knob table (:mod:`planner.engine.knobs`: sysfs names, kernel defaults)
+and produces cost profiles the engine consumes -- reads traces through :mod:`planner.trace`
+and ``/proc`` through :class:`planner.capture.procfs.ProcFS` (injectable: tests run on a
+fake ``/proc``). Nothing below imports it, and neither what-if nor the review does: they
+read recordings through :mod:`planner.trace.recording`. The CLI commands ``validate``,
+``calibrate``, ``observe`` and ``launch`` call it once each.
 """
