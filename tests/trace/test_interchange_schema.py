@@ -19,7 +19,7 @@ def test_export_and_ingest_take_their_columns_from_the_schema() -> None:
         "frame",
     )  # fmt: skip
     assert set(S.INTERCHANGE_REQUIRED) <= set(S.INTERCHANGE_HEADER)
-    assert S.INTERCHANGE_MINIMAL == (*S.INTERCHANGE_HEADER, "is_zero", "host")
+    assert (*S.INTERCHANGE_HEADER, "is_zero", "host") == S.INTERCHANGE_MINIMAL
 
 
 @pytest.mark.parametrize("col", S.INTERCHANGE_COLUMNS, ids=lambda c: c.name)
