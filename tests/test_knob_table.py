@@ -23,6 +23,7 @@ from planner.engine.knobs import (
     KNOBS,
     KnobSpec,
     KsmKnobs,
+    knobs_from_sysfs,
     valid_hz,
 )
 from planner.errors import KnobError
@@ -146,6 +147,11 @@ def test_sysfs_translation_and_kernel_defaults(spec: KnobSpec) -> None:
     value = _other_value(spec)
     assert sysfs_knobs({spec.name: value}) == {spec.sysfs: spec.to_sysfs(value)}
     assert sysfs_knobs(KsmKnobs(**{spec.name: value}))[spec.sysfs] == spec.to_sysfs(value)
+    # and back, from a reading of the kernel's file (text; a word knob shows its choices)
+    text = str(spec.to_sysfs(value))
+    if spec.choices is not None and spec.kind is str:
+        text = " ".join(f"[{c}]" if c == value else str(c) for c in spec.choices)
+    assert knobs_from_sysfs({spec.sysfs: text, "run": "1"}) == {spec.name: value}
 
 
 def test_the_kernel_knobs_are_the_tables() -> None:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
 from planner.errors import KnobError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Advisor = Literal["none", "scan-time"]
 KnobValue = bool | int | float | str
@@ -190,6 +193,12 @@ class KnobSpec:
         if self.kind is str:
             return str(value)
         return int(value)
+
+    def from_sysfs(self, value: int | str) -> KnobValue:
+        """The knob's value from the text of its sysfs file (``[none] scan-time`` -> ``none``)."""
+        if isinstance(value, str) and "[" in value and "]" in value:
+            value = value[value.index("[") + 1 : value.index("]")]
+        return self.check(self.parse(value))
 
     def describe(self) -> str:
         """The help line with the unit and the default, e.g. for ``--help``."""
@@ -480,6 +489,21 @@ def spec(name: str) -> KnobSpec:
     return _BY_NAME[name]
 
 
+def knobs_from_sysfs(values: Mapping[str, int | str]) -> dict[str, KnobValue]:
+    """The knobs a ``/sys/kernel/mm/ksm`` reading holds, under their table names.
+
+    Examples
+    --------
+    >>> knobs_from_sysfs({"sleep_millisecs": "200", "advisor_mode": "[none] scan-time", "run": 1})
+    {'sleep_ms': 200, 'advisor': 'none'}
+    """
+    return {
+        s.name: s.from_sysfs(values[s.sysfs])
+        for s in KNOBS
+        if s.sysfs is not None and s.sysfs in values
+    }
+
+
 def sysfs_names() -> dict[str, str]:
     """Knob name -> ``/sys/kernel/mm/ksm`` file, for the knobs the kernel has."""
     return {s.name: s.sysfs for s in KNOBS if s.sysfs is not None}
@@ -495,6 +519,7 @@ __all__ = [
     "Advisor",
     "KnobSpec",
     "KsmKnobs",
+    "knobs_from_sysfs",
     "spec",
     "sysfs_names",
     "valid_hz",
