@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -40,6 +40,10 @@ def replay_cmd(
     policy_set: Annotated[
         str | None,
         typer.Option("--policy-set", help="Policy set of --policy to use (if it holds several)."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", metavar="NAME", help="A built-in policy set instead of --policy."),
     ] = None,
     duration: Annotated[
         float | None,
@@ -93,12 +97,14 @@ def replay_cmd(
 
     Example: ksm-planner replay traces/django-preload --pages-to-scan 1000 --json
     """
-    from planner.cli._inputs import check_hosts
+    from planner.cli._inputs import check_hosts, presets
     from planner.engine import CostProfile, ReplayOptions
     from planner.replay import replay_trace
 
     check_hosts(args.trace, [args.host] if args.host is not None else [])
     args.knobs()  # an impossible knob is a usage error before the trace is read
+    if preset is not None:
+        presets([preset])  # a name that is no preset is a usage error
     options = ReplayOptions(
         duration_s=duration,
         settle_scans=settle_scans,
@@ -115,6 +121,7 @@ def replay_cmd(
                 options=options,
                 policy_path=policy,
                 policy_set=policy_set,
+                preset=preset,
                 engine=args.engine.value,
                 progress=bar,
             )
@@ -128,6 +135,23 @@ def replay_cmd(
         _render(result)
         if out is not None:
             note(f"timelines written to {out}")
+
+
+#: Knobs always shown after a replay (the rest when they differ from the kernel's defaults).
+_SHOWN_KNOBS = 6
+
+
+def _knobs_text(knobs: dict[str, Any]) -> str:
+    """``pages_to_scan 1000, sleep_ms 20 ms, ...``: the knob table's display order."""
+    from planner.engine.knobs import DISPLAY_ORDER, spec
+
+    parts = []
+    for rank, name in enumerate(DISPLAY_ORDER):
+        s = spec(name)
+        if name in knobs and (rank < _SHOWN_KNOBS or name == "hz" or knobs[name] != s.default):
+            unit = f" {s.unit}" if s.unit and s.unit != "%" else s.unit
+            parts.append(f"{name} {s.show(knobs[name])}{unit}")
+    return ", ".join(parts)
 
 
 def _render(r: ReplayResult) -> None:
@@ -147,13 +171,7 @@ def _render(r: ReplayResult) -> None:
         )
     )
     note(header)
-    note(
-        f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, "
-        "max_page_sharing "
-        f"{k['max_page_sharing']}, use_zero_pages {int(k['use_zero_pages'])}, "
-        f"smart_scan {int(k['smart_scan'])}, "
-        f"advisor {k['advisor']}"
-    )
+    note("knobs: " + _knobs_text(k))
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0

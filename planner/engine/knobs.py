@@ -504,6 +504,28 @@ def knobs_from_sysfs(values: Mapping[str, int | str]) -> dict[str, KnobValue]:
     }
 
 
+def knob_flags(values: Mapping[str, Any]) -> list[str]:
+    """Command-line options of ``replay``/``validate`` for the knobs that differ from the
+    kernel's defaults, in display order (``hz`` always, when given).
+
+    Examples
+    --------
+    >>> knob_flags({"pages_to_scan": 1000, "sleep_ms": 20, "smart_scan": False, "hz": 250})
+    ['--pages-to-scan', '1000', '--no-smart-scan', '--hz', '250']
+    """
+    out: list[str] = []
+    for name in DISPLAY_ORDER:
+        s = _BY_NAME[name]
+        if name not in values or (values[name] == s.default and name != "hz"):
+            continue
+        value = s.check(values[name])
+        if s.kind is bool:
+            out.append(s.flag if value else f"--no-{s.flag[2:]}")
+        else:
+            out += [s.flag, s.show(value)]
+    return out
+
+
 def sysfs_names() -> dict[str, str]:
     """Knob name -> ``/sys/kernel/mm/ksm`` file, for the knobs the kernel has."""
     return {s.name: s.sysfs for s in KNOBS if s.sysfs is not None}
@@ -519,6 +541,7 @@ __all__ = [
     "Advisor",
     "KnobSpec",
     "KsmKnobs",
+    "knob_flags",
     "knobs_from_sysfs",
     "spec",
     "sysfs_names",

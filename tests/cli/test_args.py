@@ -200,3 +200,34 @@ def test_replay_and_validate_share_their_knob_options(workers_trace: Path) -> No
     assert a.knobs(250) == b.knobs(250)
     assert a.knobs(250).hz == 1000  # --hz wins over the trace's or the kernel's
     assert parse_args("replay", [str(workers_trace)]).knobs(300).hz == 300
+
+
+def test_a_scenarios_replay_command_replays_that_scenario(workers_trace: Path) -> None:
+    """replay_command (for the review's appendix) writes every non-default knob and the policy."""
+    import shlex
+
+    from planner.engine.knobs import KsmKnobs
+    from planner.replay import replay_command
+
+    knobs = KsmKnobs(pages_to_scan=1000, smart_scan=False, merge_across_nodes=False, hz=1000)
+    line = replay_command(workers_trace, knobs=knobs.to_dict(), preset="workers-prctl")
+    argv = shlex.split(line)
+    assert argv[:3] == ["ksm-planner", "replay", str(workers_trace)]
+    args = parse_args("replay", argv[2:])
+    assert args.knobs(250) == knobs
+    assert "--preset workers-prctl" in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--preset", "nosuch"], "--preset 'nosuch' is not a preset"),
+        (["--preset", "off", "--policy", "{policies}"], "exclude each other"),
+    ],
+)
+def test_replay_takes_a_preset_or_a_policy_file(
+    cli: Cli, workers_trace: Path, policies: Path, extra: list[str], words: str
+) -> None:
+    code, _, err = cli(["replay", workers_trace, *(a.format(policies=policies) for a in extra)])
+    assert code == 2, err
+    assert words in err
