@@ -48,6 +48,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from planner._input import file_kind, sniff
 from planner._progress import NULL_PROGRESS
 from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
@@ -354,20 +355,6 @@ def _v0_flag_map(metadata: Mapping[bytes, bytes] | None) -> dict[int, int | None
 MAX_FIELD_BYTES: Final = 4 << 20
 _HEAD_BYTES: Final = 1 << 16
 
-#: Magic numbers of files that are not CSV text: (prefix, what it is, suffix to decompress
-#: it on the fly, or ``None`` when the format is not supported).
-_MAGIC: Final = (
-    (b"\x1f\x8b", "gzip-compressed data", ".gz"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
-    (b"\x04\x22\x4d\x18", "lz4-compressed data", ".lz4"),
-    (b"\xfd7zXZ\x00", "an xz-compressed file", None),
-    (b"PK\x03\x04", "a zip archive", None),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None),
-    (b"ARROW1", "an Arrow IPC file", None),
-    (b"SQLite format 3\x00", "an SQLite database", None),
-    (b"\xff\xfe", "UTF-16 text", None),
-    (b"\xfe\xff", "UTF-16 text", None),
-)
 Codec = Literal["bz2", "gzip", "lz4", "zstd"]
 _CODECS: Final[dict[str, Codec]] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _CODEC_NAMES: Final = {
@@ -376,28 +363,6 @@ _CODEC_NAMES: Final = {
     ".zst": "zstd-compressed data",
     ".lz4": "lz4-compressed data",
 }
-
-
-def _sniff(head: bytes) -> tuple[str, str | None] | None:
-    """What a file starting with ``head`` is, when it is a known binary format."""
-    for magic, what, suffix in _MAGIC:
-        if head.startswith(magic):
-            return what, suffix
-    if len(head) >= 4 and head[:3] == b"BZh" and head[3:4] in b"123456789":
-        return "bzip2-compressed data", ".bz2"
-    return None
-
-
-def _kind_of(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 class _Input:
@@ -434,7 +399,7 @@ class _Input:
     def _check_regular(self, mode: int) -> None:
         if not stat.S_ISREG(mode):
             raise TraceFormatError(
-                f"{self.path} is {_kind_of(mode)}, not a regular file",
+                f"{self.path} is {file_kind(mode)}, not a regular file",
                 hint="ingest reads a file; save the data to a file first",
             )
 
@@ -795,10 +760,10 @@ def _check_interchange_header(path: Path, header: Sequence[str]) -> None:
 
 def _check_compression(path: Path, inp: _Input, magic: bytes) -> None:
     """The file's content must be what its name says: CSV text, or CSV compressed by its suffix."""
-    sniffed = _sniff(magic)
+    sniffed = sniff(magic)
     suffix = path.suffix.lower()
     if inp.codec is None:
-        if sniffed is None or sniffed[0] == "UTF-16 text":  # told with its own fix below
+        if sniffed is None:  # UTF-16 text is told with its own fix below
             return
         what, fix = sniffed
         hint = (
@@ -827,9 +792,9 @@ def _open_csv(path: Path, inp: _Input, magic: bytes) -> _Source:
             hint="the file is damaged or truncated",
         ) from exc
     if inp.codec is not None:
-        inner = _sniff(head)
-        if head[:4] == b"PAR1" or (inner is not None and inner[0] != "UTF-16 text"):
-            what = "Parquet data" if head[:4] == b"PAR1" else inner[0]  # type: ignore[index]
+        inner = sniff(head)
+        if inner is not None:
+            what = "Parquet data" if head[:4] == b"PAR1" else inner[0]
             raise TraceFormatError(
                 f"{path} holds {what} inside its {path.suffix} compression, not CSV text",
                 hint="decompress it and ingest what it holds",

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from planner._fs import atomic_dir
+from planner._input import file_kind
 from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
@@ -481,20 +482,6 @@ def forget_verified() -> None:
         _VERIFIED.clear()
 
 
-def _kind_of(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 @dataclass(frozen=True)
 class _FileEntry:
     """A file the manifest lists: where it is and what it must hold."""
@@ -532,7 +519,7 @@ def _open_member(root: Path, rel: str) -> tuple[int, os.stat_result]:
             want = stat.S_ISREG if last else stat.S_ISDIR
             if not want(st.st_mode):
                 raise TraceFormatError(
-                    f"{root / '/'.join(parts[: i + 1])} is {_kind_of(st.st_mode)}, not a "
+                    f"{root / '/'.join(parts[: i + 1])} is {file_kind(st.st_mode)}, not a "
                     f"{'regular file' if last else 'directory'} of the trace",
                     hint="trace files are regular files inside the trace directory; " + _RECREATE,
                 )
@@ -551,7 +538,7 @@ def _open_member(root: Path, rel: str) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # swapped between the lstat and the open
         os.close(fd)
-        raise TraceFormatError(f"{shown} is {_kind_of(st.st_mode)}, not a regular file")
+        raise TraceFormatError(f"{shown} is {file_kind(st.st_mode)}, not a regular file")
     os.set_blocking(fd, True)
     return fd, st
 
@@ -923,7 +910,7 @@ def _read_manifest(p: Path) -> Any:
             ) from None
         if not stat.S_ISREG(st.st_mode):
             raise TraceFormatError(
-                f"{mpath} is {_kind_of(st.st_mode)}, not a regular file", hint=_RECREATE
+                f"{mpath} is {file_kind(st.st_mode)}, not a regular file", hint=_RECREATE
             )
         if st.st_size > _MANIFEST_MAX_BYTES:
             raise TraceFormatError(
@@ -1060,7 +1047,7 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         )
     if not stat.S_ISDIR(st.st_mode):
         raise TraceFormatError(
-            f"{p} is {_kind_of(st.st_mode)}, not a ksm-planner trace directory",
+            f"{p} is {file_kind(st.st_mode)}, not a ksm-planner trace directory",
             hint="give the path of a trace directory",
         )
     manifest = _read_manifest(p)
