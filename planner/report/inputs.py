@@ -22,6 +22,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from planner.engine.knobs import DISPLAY_ORDER
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -31,17 +33,8 @@ if TYPE_CHECKING:
     from planner.trace.summary import TraceSummary
     from planner.whatif import HostScenario, ScenarioResult, WhatIfResult
 
-#: Knobs shown in scenario names when they vary (in this order).
-KNOB_ORDER = (
-    "pages_to_scan",
-    "sleep_ms",
-    "smart_scan",
-    "advisor",
-    "max_page_sharing",
-    "use_zero_pages",
-    "advisor_max_cpu",
-    "advisor_target_scan_time_s",
-)
+#: Knobs shown in scenario names when they vary (in this order): the knob table's display order.
+KNOB_ORDER = DISPLAY_ORDER
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Two kinds of input become a trace directory (format v1, see :mod:`planner.trace.schema`):
 
-* the **interchange format**: a flat CSV or Parquet table, one row per present eligible
-  page per snapshot, with the header
+* the **interchange format** (its columns, one definition:
+  :data:`planner.trace.schema.INTERCHANGE_COLUMNS`): a flat CSV or Parquet table, one row
+  per present eligible page per snapshot, with the header
   ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` (``ppid``,
   ``comm``, ``vma_start``, ``vma_kind`` and ``frame`` optional), an optional ``is_zero``
   (0/1) and an optional ``host`` column. ``ksm-planner export`` adds the extension columns
@@ -68,43 +69,12 @@ _DICT_STR: Final = pa.dictionary(pa.int32(), pa.string())
 _INT32_MAX: Final = 2**31 - 1
 _PAGE: Final = S.PAGE_SIZE_BYTES
 
-#: Extension columns of the interchange format, written by ``ksm-planner export`` so that
-#: a trace survives export + ingest: process identity and attributes, page flags, mapping
-#: attributes. Other tools may ignore them.
-EXTENSION_COLUMNS: Final = (
-    "proc_start",
-    "flags",
-    "uid",
-    "cgroup",
-    "labels",
-    "vma_end",
-    "perms",
-    "vma_path",
-)
-
-#: Every column the interchange reader knows, with the type it is read as. Other columns
-#: are ignored (and reported).
-INTERCHANGE_TYPES: Final[dict[str, pa.DataType]] = {
-    "time_s": pa.float64(),
-    "pid": pa.int64(),
-    "ppid": pa.int64(),
-    "comm": _DICT_STR,
-    "vma_start": pa.uint64(),
-    "vma_kind": _DICT_STR,
-    "page_addr": pa.uint64(),
-    "content_hash": pa.uint64(),
-    "frame": pa.uint64(),
-    "is_zero": pa.bool_(),
-    "host": _DICT_STR,
-    "proc_start": pa.uint64(),
-    "flags": pa.int64(),
-    "uid": pa.int64(),
-    "cgroup": _DICT_STR,
-    "labels": _DICT_STR,
-    "vma_end": pa.uint64(),
-    "perms": _DICT_STR,
-    "vma_path": _DICT_STR,
-}
+#: Extension columns of the interchange format (:data:`planner.trace.schema.EXTENSION_COLUMNS`),
+#: written by ``ksm-planner export`` so that a trace survives export + ingest.
+EXTENSION_COLUMNS: Final = S.EXTENSION_COLUMNS
+#: Every column the interchange reader knows, with the type it is read as
+#: (:data:`planner.trace.schema.INTERCHANGE_COLUMNS`). Other columns are ignored (and reported).
+INTERCHANGE_TYPES: Final = S.INTERCHANGE_READ_TYPES
 
 #: Columns of the capture prototype's flat Parquet (schema version 0), docs/capture.md §7.
 V0_COLUMNS: Final = (

@@ -379,6 +379,11 @@ class HostTrace:
         """Snapshot times (seconds since the first snapshot), in order."""
         return self.snapshots.column("time_s").to_numpy()
 
+    @property
+    def hz(self) -> int | None:
+        """The kernel's CONFIG_HZ the capture recorded; ``None`` when it recorded none."""
+        return recorded_hz(self.snapshots)
+
     def meta(self) -> dict[str, Any]:
         """Per-trace facts from the first snapshot row (kernel, page size, hash, tool, HZ)."""
         if self.snapshots.num_rows == 0:
@@ -779,6 +784,13 @@ class Trace:
             PagesCheck(index, self._where(host, name)).feed(table)
         return _select(table, name, columns, self._where(host, name)) if columns else table
 
+    def hz(self, host: str) -> int | None:
+        """The CONFIG_HZ recorded for ``host`` (``None``: none), reading only its snapshots.
+
+        The one way HZ is read from a trace (:attr:`HostTrace.hz` for a loaded host).
+        """
+        return recorded_hz(self.read_table(host, "snapshots", ["hz"]))
+
     def pages_rows(self, host: str) -> int:
         """Rows of ``pages.parquet`` of ``host`` (from its verified footer)."""
         entry = self._entry(host, "pages")
@@ -1048,7 +1060,9 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return Trace(path=p, manifest=manifest, hosts=hosts)
 
 
-def iter_hosts(trace: Trace) -> Iterator[HostTrace]:
-    """Load each host of ``trace`` in turn."""
-    for h in trace.hosts:
-        yield trace.load_host(h)
+def recorded_hz(snapshots: pa.Table) -> int | None:
+    """The first HZ a snapshots table records (``None`` when every row leaves it empty)."""
+    if "hz" not in snapshots.column_names:
+        return None
+    hz = next((v for v in snapshots.column("hz").to_pylist() if v), None)
+    return int(hz) if hz is not None else None

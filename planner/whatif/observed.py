@@ -1,6 +1,6 @@
 """Predicted against observed: a scenario's replay next to a recording of the real KSM.
 
-A recording (``ksm-planner observe``, :func:`planner.kernel.observe.read_observed`) holds
+A recording (``ksm-planner observe``, :func:`planner.trace.recording.read_observed`) holds
 the ``/sys/kernel/mm/ksm`` counters of a canary host over time. The comparison takes the
 scenario whose knobs match the recording's knobs (or the one asked for), samples the
 replay's counters at the recording's times and reports both side by side.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
-    from planner.kernel.observe import ObservedTimeline
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif.result import ScenarioResult
 
 #: Counters compared (kernel names).
@@ -42,8 +42,8 @@ _KNOBS = {
 
 
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
-    """Read a recording of ``ksm-planner observe`` (see ``planner.kernel.observe``)."""
-    from planner.kernel.observe import read_observed
+    """Read a recording of ``ksm-planner observe`` (see ``planner.trace.recording``)."""
+    from planner.trace.recording import read_observed
 
     return read_observed(path)
 

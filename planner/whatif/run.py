@@ -55,9 +55,9 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
-    from planner.kernel.observe import ObservedTimeline
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif.capacity import CapacityInputs
 
 _OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
@@ -72,10 +72,10 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
 
 
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
-    snaps = trace.read_table(host, "snapshots", ["hz", "page_size", "kernel_release"])
+    snaps = trace.read_table(host, "snapshots", ["page_size", "kernel_release"])
     row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
     return {
-        "hz": row.get("hz"),
+        "hz": trace.hz(host),
         "page_size": int(row.get("page_size") or 4096),
         "kernel": row.get("kernel_release"),
     }

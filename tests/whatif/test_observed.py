@@ -30,7 +30,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_recording_is_compared_with_the_scenario_of_its_knobs(
     recording: Path, family_trace: Path
 ) -> None:
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
 
     obs = read_observed(recording)
     knobs = observed_knobs(obs)
