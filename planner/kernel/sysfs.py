@@ -38,12 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from planner._signals import signals_deferred
 from planner.capture.procfs import ProcFS
 from planner.engine.knobs import KNOBS, spec
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
     from types import FrameType, TracebackType
 
 KSM_SYSFS_ROOT: Final = "/sys/kernel/mm/ksm"
@@ -77,7 +78,6 @@ KERNEL_DEFAULTS: Final[Mapping[str, int | str]] = {
 _NEED_EMPTY: Final = tuple(s.sysfs for s in KNOBS if s.sysfs is not None and s.needs_empty)
 _ADVISOR_MODES: Final = tuple(str(c) for c in spec("advisor").choices or ())
 _SELECTED = re.compile(r"\[([^\]]+)\]")
-_BLOCKED_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def parse_knob(name: str, text: str) -> int | str:
@@ -468,7 +468,7 @@ class KsmLease:
         tb: TracebackType | None,
     ) -> None:
         try:
-            with _signals_blocked():
+            with signals_deferred():
                 self._restore(self.saved)
                 self._clear_journal()  # kept when restoring failed: the next lease retries
         finally:
@@ -527,16 +527,3 @@ class KsmLease:
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     del frame
     raise _Interrupted(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold off SIGINT/SIGTERM/SIGHUP while knobs are restored (delivered right after)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
