@@ -13,7 +13,7 @@ import codecs
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from planner.errors import InputDataError, PlannerError
 
@@ -23,15 +23,33 @@ if TYPE_CHECKING:
 #: Largest text input read (policy files, grids, profiles and manifests are a few KiB).
 MAX_TEXT_BYTES = 16 << 20
 
-_BINARY_MAGIC = (
-    (b"\x1f\x8b", "gzip-compressed data"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
-    (b"BZh", "bzip2-compressed data"),
-    (b"\xfd7zXZ\x00", "xz-compressed data"),
-    (b"PK\x03\x04", "a zip archive"),
-    (b"PAR1", "a Parquet file"),
-    (b"\x7fELF", "an executable"),
+#: Magic numbers of files that are not text: (prefix, what it is, the suffix under which
+#: pyarrow decompresses it on the fly, or ``None`` when the format is not read as text).
+MAGIC: Final = (
+    (b"\x1f\x8b", "gzip-compressed data", ".gz"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed data", ".lz4"),
+    (b"\xfd7zXZ\x00", "xz-compressed data", None),
+    (b"PK\x03\x04", "a zip archive", None),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None),
+    (b"PAR1", "a Parquet file", None),
+    (b"ARROW1", "an Arrow IPC file", None),
+    (b"SQLite format 3\x00", "an SQLite database", None),
+    (b"\x7fELF", "an executable", None),
 )
+
+
+def sniff(head: bytes) -> tuple[str, str | None] | None:
+    """What a file starting with ``head`` is, when it is a known binary format.
+
+    Returns ``(what it is, decompression suffix or None)``, or ``None`` for anything else.
+    """
+    for magic, what, suffix in MAGIC:
+        if head.startswith(magic):
+            return what, suffix
+    if len(head) >= 4 and head[:3] == b"BZh" and head[3:4] in b"123456789":
+        return "bzip2-compressed data", ".bz2"
+    return None
 
 
 def file_kind(mode: int) -> str:
@@ -126,9 +144,9 @@ def decode_text(
         data = data[len(codecs.BOM_UTF8) :]
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise error(f"{what} {p} is UTF-16 text, not UTF-8", hint="save it as UTF-8")
-    for magic, kind in _BINARY_MAGIC:
-        if data.startswith(magic):
-            raise error(f"{what} {p} is {kind}, not text", hint=f"give the path of a {what}")
+    sniffed = sniff(data[:16])
+    if sniffed is not None:
+        raise error(f"{what} {p} is {sniffed[0]}, not text", hint=f"give the path of a {what}")
     nul = data.find(b"\x00")
     try:
         text = data.decode("utf-8") if nul < 0 else data[:nul].decode("utf-8")
@@ -161,10 +179,12 @@ def read_input_text(
 
 
 __all__ = [
+    "MAGIC",
     "MAX_TEXT_BYTES",
     "decode_text",
     "file_kind",
     "member_name",
     "read_input_bytes",
     "read_input_text",
+    "sniff",
 ]

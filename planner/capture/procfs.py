@@ -12,6 +12,7 @@ Missing privileges raise :class:`~planner.errors.CapturePermissionError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -240,6 +241,42 @@ def parse_kv(text: str) -> dict[str, str]:
     return out
 
 
+def parse_ksm_stat(text: str) -> dict[str, int | bool]:
+    """Parse ``/proc/<pid>/ksm_stat``: counters as integers, ``yes``/``no`` as booleans.
+
+    Examples
+    --------
+    >>> parse_ksm_stat("ksm_rmap_items 3\\nksm_merge_any: no\\nksm_mergeable: yes\\n")
+    {'ksm_rmap_items': 3, 'ksm_merge_any': False, 'ksm_mergeable': True}
+    """
+    out: dict[str, int | bool] = {}
+    for key, value in parse_kv(text).items():
+        if value in ("yes", "no"):
+            out[key] = value == "yes"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_kb_fields(text: str) -> dict[str, int]:
+    """The ``Name:  123 kB`` lines of ``smaps_rollup`` or ``meminfo``, in kB.
+
+    Examples
+    --------
+    >>> parse_kb_fields("Rss:  100 kB\\nKSM:   40 kB\\nVmFlags: rd wr\\n")
+    {'Rss': 100, 'KSM': 40}
+    """
+    out: dict[str, int] = {}
+    for key, value in parse_kv(text).items():
+        parts = value.split()
+        if parts and parts[0].isdigit() and parts[1:] in ([], ["kB"]):
+            out[key] = int(parts[0])
+    return out
+
+
 class ProcFS:
     """Read-only view of a procfs tree (``/proc`` by default) and the sysfs tree next to it.
 
@@ -311,6 +348,25 @@ class ProcFS:
             )
         return exc
 
+    def text(self, pid: int, name: str) -> str:
+        """The text of ``/proc/<pid>/<name>``.
+
+        Raises
+        ------
+        ProcessGone
+            The process (or the file) does not exist.
+        CapturePermissionError
+            Not allowed to read it.
+        """
+        return self._read_text(pid, name)
+
+    def comm(self, pid: int) -> str | None:
+        """``/proc/<pid>/comm`` (``None`` when the process is gone or unreadable)."""
+        try:
+            return self._read_text(pid, "comm").strip()
+        except (ProcessGone, CapturePermissionError, OSError):
+            return None
+
     def stat(self, pid: int) -> ProcStat:
         """Parse ``/proc/<pid>/stat``."""
         return parse_stat(pid, self._read_text(pid, "stat"))
@@ -364,22 +420,38 @@ class ProcFS:
         except (OSError, ValueError, ProcessGone, CapturePermissionError):
             return None
 
-    def ksm_stat(self, pid: int) -> dict[str, int | bool]:
-        """``/proc/<pid>/ksm_stat`` (Linux >= 6.1); empty when the file does not exist."""
+    def ksm_stat(self, pid: int, *, strict: bool = False) -> dict[str, int | bool]:
+        """``/proc/<pid>/ksm_stat`` (Linux >= 6.1): counters, and ``yes``/``no`` as booleans.
+
+        Empty when the file cannot be read, unless ``strict`` (then :meth:`text`'s errors).
+        """
         try:
             text = self._read_text(pid, "ksm_stat")
         except (ProcessGone, CapturePermissionError, OSError):
+            if strict:
+                raise
             return {}
-        out: dict[str, int | bool] = {}
-        for key, value in parse_kv(text).items():
-            if value in ("yes", "no"):
-                out[key] = value == "yes"
-            else:
-                try:
-                    out[key] = int(value)
-                except ValueError:
-                    continue
-        return out
+        return parse_ksm_stat(text)
+
+    def smaps_rollup_kb(self, pid: int) -> dict[str, int]:
+        """The kB fields of ``/proc/<pid>/smaps_rollup`` (``KSM``, ``AnonHugePages``, ...).
+
+        Empty when the process is gone or the file unreadable.
+        """
+        try:
+            return parse_kb_fields(self._read_text(pid, "smaps_rollup"))
+        except (ProcessGone, CapturePermissionError, OSError):
+            return {}
+
+    def schedstat_ns(self, pid: int) -> int:
+        """Nanoseconds the task ran on a CPU (the first field of ``/proc/<pid>/schedstat``).
+
+        Raises
+        ------
+        ProcessGone, CapturePermissionError, OSError, ValueError
+            Unreadable (a kernel without CONFIG_SCHED_INFO has no such file).
+        """
+        return int(self._read_text(pid, "schedstat").split()[0])
 
     def mappings(self, pid: int) -> list[MapEntry]:
         """The mappings of ``pid`` with smaps fields (from ``maps`` if smaps is unreadable)."""
@@ -463,6 +535,27 @@ class ProcFS:
     def clock_ticks_per_s(self) -> int:
         """``CLK_TCK``: the unit of ``/proc/<pid>/stat`` start times."""
         return int(os.sysconf("SC_CLK_TCK"))
+
+    def host_text(self, name: str) -> str | None:
+        """A host-wide file of the procfs (``vmstat``, ``meminfo``, ``cpuinfo``); ``None``
+        when it cannot be read."""
+        try:
+            return (self.root / name).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            return None
+
+    def vmstat(self) -> dict[str, int]:
+        """``/proc/vmstat`` (empty when unreadable)."""
+        out: dict[str, int] = {}
+        for line in (self.host_text("vmstat") or "").splitlines():
+            name, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = int(value)
+        return out
+
+    def meminfo_bytes(self) -> dict[str, int]:
+        """``/proc/meminfo`` in bytes (``MemAvailable``, ...; empty when unreadable)."""
+        return {k: v * 1024 for k, v in parse_kb_fields(self.host_text("meminfo") or "").items()}
 
     def ksm_sysfs(self) -> dict[str, str]:
         """Every readable file of ``<sys>/kernel/mm/ksm`` (read-only), as raw strings."""

@@ -512,39 +512,7 @@ def capture(
             if sampler is not None:  # one burst for the whole sampled capture (see burst())
                 stack.enter_context(pacer.burst())
             t_start = pacer.clock()
-            pending: _Taken | None = None
-            for i in range(options.snapshots):
-                if i:
-                    until = t_start + i * options.interval_s
-                    if sampler is not None:
-                        sampler.run(until, session.monitor)
-                    else:
-                        session.pause(pacer, until=until)
-                    current = targets.resolve()
-                else:
-                    current = first_targets
-                with pacer.burst():  # the tables too: at nice +10 they could delay the next one
-                    taken = session.snapshot(i, current, targets, kpage, progress)
-                    if pending is not None:  # its interval ended as this snapshot began
-                        session.write(
-                            pending,
-                            hw,
-                            interval_end_s=taken.time_s,
-                            sampled=sampler.finish() if sampler is not None else None,
-                        )
-                    pending = taken
-                session.monitor.start()
-                if sampler is not None:
-                    session.follow(sampler, taken)
-            if pending is not None:
-                end_s: float | None = None
-                sampled = None
-                if sampler is not None:  # the last snapshot's interval: one more of them
-                    sampler.run(pacer.clock() + options.interval_s, session.monitor)
-                    end_s = time.perf_counter() - session.t0_perf
-                    sampled = sampler.finish()
-                with pacer.burst():
-                    session.write(pending, hw, interval_end_s=end_s, sampled=sampled)
+            session.take_all(first_targets, targets, kpage, hw, pacer, sampler, progress)
             if not session.seen:
                 gone = ", ".join(map(str, dict.fromkeys(session.gone)))
                 raise TargetNotFoundError(
@@ -561,17 +529,32 @@ def capture(
             key.discard()
         raise
     session.timings.write_s += time.perf_counter() - t_write
+    return _result(session, writer, hw, kpage, pacer, sampler, soft_note, cpu0, t_start)
+
+
+def _result(
+    session: _Session,
+    writer: TraceWriter,
+    hw: HostWriter,
+    kpage: KPageReader | None,
+    pacer: Pacer,
+    sampler: Sampler | None,
+    soft_note: str | None,
+    cpu0: float,
+    t_start: float,
+) -> CaptureResult:
+    """What the command reports about a finished capture."""
     manifest = writer.manifest or {}
     files = manifest.get("files", {})
     trace_bytes = sum(int(f["bytes"]) for f in files.values())
     pages_bytes = sum(int(f["bytes"]) for rel, f in files.items() if rel.endswith("/pages.parquet"))
     total_pages = hw.pages_written
     return CaptureResult(
-        out=options.out,
+        out=session.options.out,
         trace_hash=str(manifest.get("trace_hash", "")),
-        host=host.host,
-        hash_key_id=hasher.key_id,
-        snapshots=options.snapshots,
+        host=session.host.host,
+        hash_key_id=session.hasher.key_id,
+        snapshots=session.options.snapshots,
         processes=len(session.seen),
         gone=tuple(session.gone),
         pages=total_pages,
@@ -741,6 +724,59 @@ class _Session:
             cpu_s=time.process_time() - cpu0,
             cpu_end=time.process_time(),
         )
+
+    def take_all(
+        self,
+        first_targets: Mapping[int, int],
+        targets: Targets,
+        kpage: KPageReader | None,
+        hw: HostWriter,
+        pacer: Pacer,
+        sampler: Sampler | None,
+        progress: Progress,
+    ) -> None:
+        """Every snapshot, the interval after each (paused or sampled), and their tables.
+
+        A snapshot's tables are written when its interval has ended: the next snapshot's
+        burst writes them, and the last snapshot's after its own interval (sampled captures)
+        or at once.
+        """
+        options = self.options
+        t_start = pacer.clock()
+        pending: _Taken | None = None
+        for i in range(options.snapshots):
+            if i:
+                until = t_start + i * options.interval_s
+                if sampler is not None:
+                    sampler.run(until, self.monitor)
+                else:
+                    self.pause(pacer, until=until)
+                current = targets.resolve()
+            else:
+                current = dict(first_targets)
+            with pacer.burst():  # the tables too: at nice +10 they could delay the next one
+                taken = self.snapshot(i, current, targets, kpage, progress)
+                if pending is not None:  # its interval ended as this snapshot began
+                    self.write(
+                        pending,
+                        hw,
+                        interval_end_s=taken.time_s,
+                        sampled=sampler.finish() if sampler is not None else None,
+                    )
+                pending = taken
+            self.monitor.start()
+            if sampler is not None:
+                self.follow(sampler, taken)
+        if pending is None:
+            return
+        end_s: float | None = None
+        sampled = None
+        if sampler is not None:  # the last snapshot's interval: one more of them
+            sampler.run(pacer.clock() + options.interval_s, self.monitor)
+            end_s = time.perf_counter() - self.t0_perf
+            sampled = sampler.finish()
+        with pacer.burst():
+            self.write(pending, hw, interval_end_s=end_s, sampled=sampled)
 
     def follow(self, sampler: Sampler, taken: _Taken) -> None:
         """Start sampling the pages of ``taken`` (those with a hash) until the next snapshot."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from planner.capture.churn import MIN_SAMPLE_MS
 from planner.capture.pace import DEFAULT_CPU_BUDGET
 from planner.capture.session import MAX_CPUS, MAX_INTERVAL_S, MAX_THREADS
 from planner.capture.snapshot import DEFAULT_THREADS
+
+if TYPE_CHECKING:
+    from planner.capture.session import CaptureResult
 from planner.cli._app import app
 from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress
 
@@ -166,6 +169,11 @@ def capture_cmd(
     if as_json:
         emit_json({"command": "capture", **result.to_dict()})
         return
+    _render(result)
+
+
+def _render(result: CaptureResult) -> None:
+    """The capture's summary lines on stderr."""
     note(
         f"captured {result.snapshots} snapshot(s) of {result.processes} process(es) "
         f"on {result.host}: {result.pages:,} pages in {result.capture_s:.2f} s "

@@ -242,7 +242,7 @@ def observe_cmd(
     /proc/<pid>/ksm_stat every --interval seconds into Parquet files under --out, with
     provenance, so that a prediction can be compared with what a host really did. Ctrl-C
     (or SIGTERM) ends the sampling and still writes what was collected. Read it back with
-    planner.kernel.observe.read_observed(DIR). No root needed except for other users'
+    planner.trace.recording.read_observed(DIR). No root needed except for other users'
     processes; nothing is written to sysfs.
 
     Example: ksm-planner observe --out canary.obs --interval 5 --duration 3600 --all

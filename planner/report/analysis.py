@@ -30,9 +30,6 @@ from planner.trace import schema as S
 from planner.trace.summary import GroupPotential, SnapshotPotential, snapshot_potential
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from planner.engine.prepare import ReplayInput
     from planner.trace.io import HostTrace
 
 Arr = np.ndarray[Any, Any]
@@ -125,6 +122,20 @@ class CurrentState:
     by_process: tuple[GroupPotential, ...]
     roles: tuple[ProcessRole, ...]
     page_size: int
+
+    @property
+    def static_ideal_saved_bytes(self) -> int:
+        """The *static ideal*: what KSM could free if every duplicate page of every traced
+        process merged at once, whatever the policy (frames, not mappings; every zero-content
+        frame freed) -- ``ksm-planner info``'s upper bound. A scenario's own ideal is its
+        ``policy_ideal_saved_bytes`` (only the pages its policy makes mergeable), and what
+        it really frees its ``saved_bytes``."""
+        return self.snapshot.ideal_saved_frames * self.page_size
+
+    @property
+    def static_ideal_saved_fraction(self) -> float:
+        """The static ideal as a share of the physical frames of the last snapshot."""
+        return self.snapshot.ideal_saved_fraction
 
 
 def _relabelled(processes: pa.Table, names: dict[int, str]) -> pa.Table:
@@ -265,68 +276,12 @@ def cow_breaks(ht: HostTrace) -> CowEstimate:
     return CowEstimate(tuple(out), page_size)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """Which points are on the front of *low cost, high value* (``(cost, value)`` pairs).
-
-    A point is on the front when no other point has cost <= and value >= with one strict.
-
-    Examples
-    --------
-    >>> pareto_front([(1, 10), (2, 12), (3, 11), (1, 9)])
-    [True, True, False, False]
-    """
-    flags = []
-    for i, (c, v) in enumerate(points):
-        dominated = any(
-            (c2 <= c and v2 >= v and (c2 < c or v2 > v))
-            for j, (c2, v2) in enumerate(points)
-            if j != i
-        )
-        flags.append(not dominated)
-    return flags
-
-
 __all__ = [
     "CowEstimate",
     "CowInterval",
     "CurrentState",
-    "EligiblePotential",
     "ProcessRole",
     "cow_breaks",
     "current_state",
-    "eligible_potential",
-    "pareto_front",
     "process_roles",
 ]
-
-
-@dataclass(frozen=True)
-class EligiblePotential:
-    """Static potential of the pages a policy makes mergeable, at one snapshot."""
-
-    pages: int
-    frames: int
-    ideal_saved_frames: int  # (distinct non-zero frames - distinct non-zero hashes) + zero frames
-    zero_frames: int
-
-
-def eligible_potential(inp: ReplayInput, *, snapshot: int = -1) -> EligiblePotential:
-    """Static potential of the VM_MERGEABLE pages of a prepared replay input.
-
-    Same rule as :func:`planner.trace.summary.snapshot_potential` (frames, not mappings;
-    every zero-content frame freed), restricted to the rows the policy made eligible.
-    """
-    rows = inp.snapshots[snapshot]
-    m = rows.eligible
-    h, f, z = rows.hash[m], rows.frame[m], rows.zero[m]
-    frames = np.unique(f)
-    nz_pairs = np.unique(np.stack([f[~z], h[~z]], axis=1), axis=0) if np.any(~z) else None
-    nz_frames = 0 if nz_pairs is None else len(np.unique(nz_pairs[:, 0]))
-    nz_hashes = 0 if nz_pairs is None else len(np.unique(nz_pairs[:, 1]))
-    zero_frames = len(np.unique(f[z]))
-    return EligiblePotential(
-        pages=int(np.count_nonzero(m)),
-        frames=len(frames),
-        ideal_saved_frames=int(nz_frames - nz_hashes + zero_frames),
-        zero_frames=int(zero_frames),
-    )

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from planner.jsonable import to_jsonable
 from planner.report.fmt import Fmt, format_value, stable_float
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 CalloutKind = Literal["note", "warning", "decision"]
 
@@ -104,20 +106,8 @@ class Table:
 
 
 def _clean(v: Any) -> Any:
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, float):
-        return stable_float(v) if math.isfinite(v) else None
-    item = getattr(v, "item", None)  # numpy scalars
-    if callable(item):
-        return _clean(item())
-    if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    return str(v)
+    """``v`` as JSON, every float rounded to the review's precision (``fmt.stable_float``)."""
+    return to_jsonable(v, float_format=stable_float)
 
 
 def _csv_cell(v: Any) -> str:

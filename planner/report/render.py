@@ -214,17 +214,6 @@ class ReportFiles:
     plots: tuple[Path, ...]
     data: tuple[Path, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of paths."""
-        return {
-            "out": str(self.out),
-            "html": str(self.html),
-            "markdown": str(self.markdown),
-            "pdf": str(self.pdf) if self.pdf else None,
-            "plots": [str(p) for p in self.plots],
-            "data": [str(p) for p in self.data],
-        }
-
 
 def write_report(
     doc: Document,

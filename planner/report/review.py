@@ -1,11 +1,14 @@
 """The capacity-planning review: twelve sections written from computed numbers.
 
 :func:`build_review` turns :class:`~planner.report.inputs.ReviewInputs` into a
-:class:`~planner.report.doc.Document`. Every sentence that states a number takes it from
-the inputs; nothing is computed here that a reader could not find again in the data files
-(``data/*.csv``, ``data/review.json``). The sections follow what a capacity review
-contains (decision, scope, current state, method, results, time, cost, attribution,
-risks, sensitivity, validation, appendix).
+:class:`~planner.report.doc.Document`. Every number it states is a field of the what-if's
+results (:class:`~planner.whatif.HostScenario` per scenario on the reviewed host,
+:class:`~planner.whatif.WhatIfResult` for fits, knob effects and the canary comparison) or
+of the trace facts; the review computes none, and it words a judgement ("the knob buys
+speed with CPU, not memory") only when those numbers say so. A reader finds every number
+again in the data files (``data/*.csv``, ``data/review.json``). The sections follow what a
+capacity review contains (decision, scope, current state, method, results, time, cost,
+attribution, risks, sensitivity, validation, appendix).
 
 The recommendation rule (section 1) is fixed and stated in the document: among the
 scenarios that use KSM, merge nothing across security domains, stay within the ksmd CPU
@@ -21,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from planner.jsonable import to_jsonable
 from planner.report import charts as C
 from planner.report import fmt as F
 from planner.report.doc import (
@@ -36,6 +40,7 @@ from planner.report.doc import (
     KeyFigures,
     Para,
     Section,
+    Table,
     table,
 )
 from planner.report.inputs import knobs_text, varying_knobs
@@ -43,9 +48,15 @@ from planner.report.inputs import knobs_text, varying_knobs
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from planner.report.inputs import ReviewInputs, ScenarioOutcome
+    from planner.report.inputs import ReviewInputs, ReviewScenario
+    from planner.trace.summary import GroupPotential
+    from planner.whatif import KnobEffect, SavingRange
+    from planner.whatif.capacity import CapacityEstimate
+    from planner.whatif.extrapolate import ExtrapolationFit
+    from planner.whatif.observed import ObservedComparison
 
-#: Scenarios whose net saving is within this share of the best count as equally good.
+#: Scenarios whose net saving is within this share of the best count as equally good; a
+#: knob or policy set that moves the saving by no more than this "does not change" it.
 NEAR_BEST = 0.02
 #: A recommended scenario must reach 90 % of its saving within this time (seconds).
 MAX_TIME_TO_90_S = 600.0
@@ -57,52 +68,61 @@ NET_LOSS_RATIO = 64
 class Choice:
     """The recommended scenario and why."""
 
-    scenario: ScenarioOutcome | None
+    scenario: ReviewScenario | None
     reason: str
     considered: int
     excluded: tuple[tuple[str, str], ...]  # (scenario, why it was left out)
 
 
+def _exclusion(s: ReviewScenario, inputs: ReviewInputs) -> str | None:
+    """Why a scenario cannot be recommended (None: it can)."""
+    h = s.host
+    if not s.enabled:
+        return "KSM off (baseline)"
+    if h.net_saved_bytes <= 0:
+        return "saves nothing net of metadata"
+    if h.cross_domain_saved_bytes:
+        return "merges pages across security domains"
+    if h.ksmd_cpu_percent > inputs.cpu_budget_percent:
+        return (
+            f"ksmd CPU above the budget: {F.percent(h.ksmd_cpu_percent)} of a core "
+            f"(budget {F.percent(inputs.cpu_budget_percent)})"
+        )
+    took = h.decisive_time_to_90_s
+    if (took or math.inf) > MAX_TIME_TO_90_S:
+        where = " on the projected host" if h.host_scale is not None else ""
+        return (
+            "too slow: 90 % of its saving takes "
+            + (f"about {F.seconds(took)}" if took is not None else "forever")
+            + f"{where} (limit {F.seconds(MAX_TIME_TO_90_S)})"
+        )
+    return None
+
+
 def recommend(inputs: ReviewInputs) -> Choice:
     """Apply the recommendation rule (module docstring) to the scenarios."""
     excluded: list[tuple[str, str]] = []
-    pool: list[ScenarioOutcome] = []
+    pool: list[ReviewScenario] = []
     for s in inputs.scenarios:
-        if not s.enabled:
-            excluded.append((s.name, "KSM off (baseline)"))
-        elif s.net_saved_bytes <= 0:
-            excluded.append((s.name, "saves nothing net of metadata"))
-        elif s.cross_domain_saved_bytes:
-            excluded.append((s.name, "merges pages across security domains"))
-        elif s.steady_cpu_percent > inputs.cpu_budget_percent:
-            excluded.append(
-                (
-                    s.name,
-                    f"ksmd CPU above the budget: {F.percent(s.steady_cpu_percent)} of a core "
-                    f"(budget {F.percent(inputs.cpu_budget_percent)})",
-                )
-            )
-        elif (s.decisive_time_to_90_s or math.inf) > MAX_TIME_TO_90_S:
-            where = " on the projected host" if s.host_scale is not None else ""
-            took = s.decisive_time_to_90_s
-            excluded.append(
-                (
-                    s.name,
-                    "too slow: 90 % of its saving takes "
-                    + (f"about {F.seconds(took)}" if took is not None else "forever")
-                    + f"{where} (limit {F.seconds(MAX_TIME_TO_90_S)})",
-                )
-            )
-        else:
+        why = _exclusion(s, inputs)
+        if why is None:
             pool.append(s)
+        else:
+            excluded.append((s.name, why))
     if inputs.recommended:
         chosen = inputs.scenario(inputs.recommended)
         return Choice(chosen, "named by the caller", len(pool), tuple(excluded))
     if not pool:
         return Choice(None, "no scenario meets the conditions", 0, tuple(excluded))
-    best = max(s.net_saved_bytes for s in pool)
-    near = [s for s in pool if s.net_saved_bytes >= (1.0 - NEAR_BEST) * best]
-    near.sort(key=lambda s: (s.steady_cpu_percent, s.decisive_time_to_90_s or math.inf, s.name))
+    best = max(s.host.net_saved_bytes for s in pool)
+    near = [s for s in pool if s.host.net_saved_bytes >= (1.0 - NEAR_BEST) * best]
+    near.sort(
+        key=lambda s: (
+            s.host.ksmd_cpu_percent,
+            s.host.decisive_time_to_90_s or math.inf,
+            s.name,
+        )
+    )
     return Choice(
         near[0],
         "one with the largest net saving"
@@ -117,7 +137,7 @@ def recommend(inputs: ReviewInputs) -> Choice:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _colors(scenarios: Sequence[ScenarioOutcome]) -> dict[str, str]:
+def _colors(scenarios: Sequence[ReviewScenario]) -> dict[str, str]:
     """One colour per policy set, in order of appearance."""
     out: dict[str, str] = {}
     for s in scenarios:
@@ -128,9 +148,15 @@ def _colors(scenarios: Sequence[ScenarioOutcome]) -> dict[str, str]:
     return out
 
 
-def _knob_label(s: ScenarioOutcome, varying: Sequence[str]) -> str:
-    keys = [k for k in varying if k in s.knobs] or ["pages_to_scan", "sleep_ms"]
-    return knobs_text(s.knobs, keys)
+def _vary(inputs: ReviewInputs) -> list[str]:
+    """The knobs that differ between the scenarios, in display order."""
+    return varying_knobs([s.knob_values for s in inputs.scenarios])
+
+
+def _knob_label(s: ReviewScenario, varying: Sequence[str]) -> str:
+    values = s.knob_values
+    keys = [k for k in varying if k in values] or ["pages_to_scan", "sleep_ms"]
+    return knobs_text(values, keys)
 
 
 def _t(v: float | None) -> str:
@@ -144,165 +170,193 @@ def _rate(per_s: float) -> str:
     return F.fixed(per_s, 0 if per_s >= 10 else 1 if per_s >= 1 else 2)
 
 
-def _spread(groups: Any) -> float:
-    """Largest relative range of the net saving within any group of scenarios."""
-    worst = 0.0
-    for group in groups:
-        vals = [s.net_saved_bytes for s in group]
-        if vals and max(vals) > 0:
-            worst = max(worst, (max(vals) - min(vals)) / max(vals))
-    return worst
+def _interval_text(cap: CapacityEstimate) -> str:
+    """``58.8 % – 62.4 %`` of a capacity gain (``n/a`` without an interval)."""
+    lo, hi = cap.gain_interval or (None, None)
+    return F.interval(lo, hi, F.pct)
 
 
-def _trace_name(inputs: ReviewInputs) -> str:
-    return inputs.trace.name
+def _fit_of(inputs: ReviewInputs, s: ReviewScenario | None) -> ExtrapolationFit | None:
+    """The growth fit behind a scenario (or, without one, the first fit under which
+    anything merges)."""
+    if s is not None and s.host.fit is not None:
+        return s.host.fit
+    return next((f for f in inputs.whatif.fits if any(f.observed.ideal_saved)), None)
 
 
-# ----------------------------------------------------------------------------- sections
+# ----------------------------------------------------------------------------- 1. decision
 
 
 def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
     s = choice.scenario
-    st = inputs.state.snapshot
-    blocks: list[Block] = []
     if s is None:
-        blocks.append(
-            Callout(
-                "warning",
-                "No scenario qualifies for a recommendation: "
-                + "; ".join(f"`{n}`: {why}" for n, why in choice.excluded[:6])
-                + ". Do not enable KSM on the strength of this trace.",
-                "No recommendation",
-            )
+        return Section(
+            "decision",
+            "Decision and summary",
+            (
+                Callout(
+                    "warning",
+                    "No scenario qualifies for a recommendation: "
+                    + "; ".join(f"`{n}`: {why}" for n, why in choice.excluded[:6])
+                    + ". Do not enable KSM on the strength of this trace.",
+                    "No recommendation",
+                ),
+            ),
         )
-        return Section("decision", "Decision and summary", tuple(blocks))
-    cap = s.capacity
+    blocks: list[Block] = [
+        _decision_callout(s),
+        KeyFigures(_key_figures(inputs, s)),
+        *_decision_context(inputs, choice, s),
+        *_decision_scale(inputs, s),
+    ]
+    return Section(
+        "decision",
+        "Decision and summary",
+        tuple(blocks),
+        lead="What to do, and the number that matters.",
+    )
+
+
+def _decision_callout(s: ReviewScenario) -> Callout:
+    h = s.host
+    cap = h.capacity
     gain_text = ""
-    iv = s.saving_interval
-    if cap is None and iv is not None:
+    proj = h.projected.net_saved_fraction if h.projected is not None else None
+    if cap is None and proj is not None:
         gain_text = (
-            f" Projected to {F.integer(s.extra.get('target_workers'))} workers per host it "
-            f"frees **{F.pct(iv.value)} of the anonymous memory** "
-            f"({F.interval(iv.lo, iv.hi, F.pct)}, {F.pct(iv.level, 0)} interval)."
+            f" Projected to {F.integer(h.projected_workers)} workers per host it "
+            f"frees **{F.pct(proj.value)} of the anonymous memory** "
+            f"({F.interval(proj.low, proj.high, F.pct)}, {F.pct(proj.confidence, 0)} interval)."
         )
     if cap is not None:
         gain_text = (
             f" On a host with {F.gib(cap.host_mem_bytes, 0)} of memory this means "
-            f"**{F.pct(cap.gain.value, 1)} more workers per host** "
+            f"**{F.pct(cap.gain, 1)} more workers per host** "
             f"({F.integer(cap.workers_without)} → {F.integer(cap.workers_with)} workers; "
-            f"{F.interval(cap.gain.lo, cap.gain.hi, F.pct)}, {F.pct(cap.gain.level, 0)} interval)."
+            f"{_interval_text(cap)}, {F.pct(cap.confidence, 0)} interval)."
         )
-    blocks.append(
-        Callout(
-            "decision",
-            f"Enable KSM with policy **{s.policy_set}** ({s.policy_description}) and "
-            f"`{knobs_text(s.knobs)}`. "
-            f"On the traced host it frees **{F.mib(s.net_saved_bytes)} net of KSM's own "
-            f"metadata, {F.pct(s.net_saved_fraction)} of the anonymous memory**, reaches 90 % "
-            f"of that after **{_t(s.time_to_s.get('90'))}**"
-            + (
-                f" (about {_t(s.projected_time_to_90_s)} on the projected host)"
-                if s.projected_time_to_90_s is not None
-                else ""
-            )
-            + ", and costs ksmd "
-            f"**{F.percent(s.steady_cpu_percent)} of one CPU core** at steady state." + gain_text,
-            "Recommendation",
+    return Callout(
+        "decision",
+        f"Enable KSM with policy **{s.policy_set}** ({s.description}) and "
+        f"`{knobs_text(s.knob_values)}`. "
+        f"On the traced host it frees **{F.mib(h.net_saved_bytes)} net of KSM's own "
+        f"metadata, {F.pct(h.net_saved_fraction)} of the anonymous memory**, reaches 90 % "
+        f"of that after **{_t(h.time_to_90_s)}**"
+        + (
+            f" (about {_t(h.projected_time_to_90_s)} on the projected host)"
+            if h.projected_time_to_90_s is not None
+            else ""
         )
+        + ", and costs ksmd "
+        f"**{F.percent(h.ksmd_cpu_percent)} of one CPU core** at steady state." + gain_text,
+        "Recommendation",
     )
+
+
+def _key_figures(inputs: ReviewInputs, s: ReviewScenario) -> tuple[KeyFigure, ...]:
+    h = s.host
+    cap = h.capacity
     figs = []
     if cap is not None:
         figs.append(
             KeyFigure(
                 "more workers per host (capacity gain)",
-                F.pct(cap.gain.value),
-                f"{F.pct(cap.gain.level, 0)} interval "
-                f"{F.interval(cap.gain.lo, cap.gain.hi, F.pct)}",
+                F.pct(cap.gain),
+                f"{F.pct(cap.confidence, 0)} interval {_interval_text(cap)}",
             )
         )
-    detail = f"{F.pct(s.net_saved_fraction)} of {F.mib(s.anon_bytes)} anonymous memory"
-    if s.saving_interval is not None:
-        iv = s.saving_interval
-        detail += f"; projected {F.interval(iv.lo, iv.hi, F.pct)}"
+    detail = f"{F.pct(h.net_saved_fraction)} of {F.mib(h.anon_bytes)} anonymous memory"
+    if h.projected is not None:
+        iv = h.projected.net_saved_fraction
+        detail += f"; projected {F.interval(iv.low, iv.high, F.pct)}"
+    cow = inputs.cow
     figs += [
-        KeyFigure("memory freed, net of KSM metadata", F.mib(s.net_saved_bytes), detail),
+        KeyFigure("memory freed, net of KSM metadata", F.mib(h.net_saved_bytes), detail),
         KeyFigure(
             "time to 90 % of the saving",
-            _t(s.time_to_s.get("90")),
-            f"{s.scans_to_90 if s.scans_to_90 is not None else '?'} full scans of "
-            f"{F.seconds(s.full_scan_s)}"
+            _t(h.time_to_90_s),
+            f"{h.full_scans_to_90 if h.full_scans_to_90 is not None else '?'} full scans of "
+            f"{F.seconds(h.full_scan_s)}"
             + (
-                f"; ≈ {_t(s.projected_time_to_90_s)} on the projected host"
-                if s.projected_time_to_90_s is not None
+                f"; ≈ {_t(h.projected_time_to_90_s)} on the projected host"
+                if h.projected_time_to_90_s is not None
                 else ""
             ),
         ),
         KeyFigure(
             "ksmd CPU at steady state",
-            F.percent(s.steady_cpu_percent),
-            f"of one core; {F.percent(s.cpu_percent)} averaged from the start",
+            F.percent(h.ksmd_cpu_percent),
+            f"of one core; {F.percent(h.ksmd_cpu_percent_from_start)} averaged from the start",
         ),
         KeyFigure(
             "saving that crossed security domains",
-            F.mib(s.cross_domain_saved_bytes or 0),
-            f"{len(s.domains)} domains, merging across them "
+            F.mib(h.cross_domain_saved_bytes),
+            f"{len(h.domains)} domains, merging across them "
             + ("allowed" if s.domain_mode == "allow" else "denied"),
         )
-        if len(s.domains) > 1
+        if len(h.domains) > 1
         else KeyFigure(
             "merged pages rewritten (copy-on-write)",
-            f"{_rate(inputs.cow.breaks_per_s)} /s",
-            f"{F.mib(inputs.cow.bytes_per_s, 2)}/s of new copies, from the trace",
+            f"{_rate(cow.breaks_per_s)} /s",
+            f"{F.mib(cow.bytes_per_s, 2)}/s of new copies, from the trace",
         ),
     ]
-    blocks.append(KeyFigures(tuple(figs)))
-    best = max(inputs.scenarios, key=lambda x: (x.net_saved_bytes, -x.steady_cpu_percent))
+    return tuple(figs)
+
+
+def _decision_context(inputs: ReviewInputs, choice: Choice, s: ReviewScenario) -> list[Block]:
+    """What was compared, the best scenario when it is not the chosen one, what was left out."""
+    st = inputs.state.snapshot
     used = [x for x in inputs.scenarios if x.enabled]
-    where = " on the projected host" if any(x.host_scale for x in used) else ""
-    text = (
-        f"The review compared {len(inputs.scenarios)} scenarios (policy sets × ksmd knob "
-        f"settings) by replaying the trace `{_trace_name(inputs)}` "
-        f"({inputs.trace.processes} processes, {F.mib(st.pages * inputs.state.page_size)} of "
-        f"anonymous memory, {inputs.trace.snapshots} snapshots over "
-        f"{F.seconds(inputs.trace.time_span_s)}) through a model of the kernel's KSM scanner. "
-        f"Of the {len(used)} that use KSM, {choice.considered} merge nothing across security "
-        f"domains, keep ksmd under {F.percent(inputs.cpu_budget_percent)} of one core and reach "
-        f"90 % of their saving within {F.seconds(MAX_TIME_TO_90_S)}{where}; the recommendation "
-        f"is, of those, the {choice.reason}."
-    )
-    blocks.append(Para(text))
+    where = " on the projected host" if any(x.host.host_scale for x in used) else ""
+    blocks: list[Block] = [
+        Para(
+            f"The review compared {len(inputs.scenarios)} scenarios (policy sets × ksmd knob "
+            f"settings) by replaying the trace `{inputs.trace.name}` "
+            f"({inputs.trace.processes} processes, {F.mib(st.pages * inputs.state.page_size)} "
+            f"of anonymous memory, {inputs.trace.snapshots} snapshots over "
+            f"{F.seconds(inputs.trace.time_span_s)}) through a model of the kernel's KSM "
+            f"scanner. Of the {len(used)} that use KSM, {choice.considered} merge nothing "
+            f"across security domains, keep ksmd under {F.percent(inputs.cpu_budget_percent)} "
+            f"of one core and reach 90 % of their saving within "
+            f"{F.seconds(MAX_TIME_TO_90_S)}{where}; the recommendation is, of those, the "
+            f"{choice.reason}."
+        )
+    ]
+    best = max(inputs.scenarios, key=lambda x: (x.host.net_saved_bytes, -x.host.ksmd_cpu_percent))
     why = dict(choice.excluded)
     if best.name != s.name:
         blocks.append(
             Para(
-                f"The largest net saving of all, {F.mib(best.net_saved_bytes)} (`{best.name}`), "
-                f"is only {F.mib(best.net_saved_bytes - s.net_saved_bytes)} more"
+                f"The largest net saving of all, {F.mib(best.host.net_saved_bytes)} "
+                f"(`{best.name}`), is only "
+                f"{F.mib(best.host.net_saved_bytes - s.host.net_saved_bytes)} more"
                 + (
                     " (it is left out, see below)."
                     if best.name in why
-                    else f" and costs {F.percent(best.steady_cpu_percent)} of a core."
+                    else f" and costs {F.percent(best.host.ksmd_cpu_percent)} of a core."
                 )
             )
         )
     left_out = [(n, w) for n, w in choice.excluded if w != "KSM off (baseline)"]
     if left_out:
         blocks.append(Para("The scenarios left out, and why:"))
-        blocks.append(
-            Bullets(
-                tuple(f"`{n}`: {w}" for n, w in left_out),
-            )
-        )
-    ideal = st.ideal_saved_frames * inputs.state.page_size
-    blocks.append(
+        blocks.append(Bullets(tuple(f"`{n}`: {w}" for n, w in left_out)))
+    return blocks
+
+
+def _decision_scale(inputs: ReviewInputs, s: ReviewScenario) -> list[Block]:
+    """The static ideal for scale, and the risks in one line each."""
+    st = inputs.state
+    return [
         Para(
             f"For scale: if every duplicate page merged at once, KSM could free at most "
-            f"{F.mib(ideal)} ({F.pct(st.ideal_saved_fraction)} of physical frames) at the last "
-            f"snapshot; the recommended scenario realises {F.pct(s.realization)} of the "
-            f"ideal for the pages it makes mergeable. Forking already shares "
-            f"{F.mib(st.fork_shared_pages * inputs.state.page_size)} without KSM."
-        )
-    )
-    blocks.append(
+            f"{F.mib(st.static_ideal_saved_bytes)} ({F.pct(st.static_ideal_saved_fraction)} of "
+            f"physical frames) at the last snapshot; the recommended scenario realises "
+            f"{F.pct(s.host.realization_ratio)} of the ideal for the pages it makes mergeable. "
+            f"Forking already shares "
+            f"{F.mib(st.snapshot.fork_shared_pages * st.page_size)} without KSM."
+        ),
         Bullets(
             (
                 "The figures are for the traced processes over the traced window; [Method]"
@@ -310,17 +364,41 @@ def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
                 f"Copy-on-write breaks: about {_rate(inputs.cow.breaks_per_s)} merged pages "
                 f"per second would be written and copied again ([Risks](#risks)).",
                 "Switching KSM off again (unmerge) needs the whole saving back at once: "
-                f"{F.mib(s.saved_bytes)} on the traced host.",
+                f"{F.mib(s.host.saved_bytes)} on the traced host"
+                + (
+                    f", {F.gib(s.host.capacity.ksm_saved_bytes)} with "
+                    f"{F.integer(s.host.capacity.workers_with)} workers on the projected host."
+                    if s.host.capacity is not None
+                    else "."
+                ),
                 *_canary_bullet(inputs),
             )
+        ),
+    ]
+
+
+def _canary_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
+    obs = inputs.whatif.observed
+    gap = obs.mean_relative_gap if obs is not None else None
+    if obs is None or gap is None:
+        return (
+            "The prediction has not been compared with a real host yet "
+            "([Validation](#validation)).",
         )
+    return (
+        f"On a canary ({obs.source}, `{_observed_name(inputs, obs)}`), the predicted number of "
+        f"merged pages was {F.pct(abs(gap))} {'above' if gap > 0 else 'below'} what the real "
+        "KSM merged"
+        + ("; plan with the lower figure" if gap > 0 else "")
+        + " ([Validation](#validation)).",
     )
-    return Section(
-        "decision",
-        "Decision and summary",
-        tuple(blocks),
-        lead="What to do, and the number that matters.",
-    )
+
+
+def _observed_name(inputs: ReviewInputs, obs: ObservedComparison) -> str:
+    try:
+        return inputs.scenario_by_id(obs.scenario_id).name
+    except KeyError:
+        return obs.scenario_id
 
 
 def _scope(inputs: ReviewInputs, choice: Choice) -> Section:
@@ -368,7 +446,7 @@ def _scope(inputs: ReviewInputs, choice: Choice) -> Section:
                 "value": f"run={run}, pages_sharing={tr.ksm_at_capture.get('pages_sharing', '?')}",
             }
         )
-    rows.append({"item": "review made by", "value": str(inputs.options.get("tool_version", ""))})
+    rows.append({"item": "review made by", "value": inputs.options.tool_version})
     facts = table(
         "scope",
         "What was traced and where it came from.",
@@ -400,8 +478,8 @@ def _scope(inputs: ReviewInputs, choice: Choice) -> Section:
             for r in inputs.state.roles
         ],
     )
-    policies = sorted({(s.policy_set, s.policy_description) for s in inputs.scenarios})
-    knob_sets = [dict(s.knobs) for s in inputs.scenarios]
+    policies = sorted({(s.policy_set, s.description) for s in inputs.scenarios})
+    knob_sets = [s.knob_values for s in inputs.scenarios]
     vary = varying_knobs(knob_sets)
     blocks: list[Block] = [
         Para(
@@ -430,6 +508,45 @@ def _scope(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
+_STATE_COLUMNS = [
+    Column("group", "group", "text"),
+    Column("pages_bytes", "mapped", "mib", "MiB"),
+    Column("fork_shared_bytes", "shared by fork", "mib", "MiB"),
+    Column("ideal_saved_bytes", "KSM could free", "mib", "MiB"),
+    Column("unique_bytes", "unique", "mib", "MiB"),
+    Column("zero_pages", "zero pages", "int"),
+    Column("ideal_fraction", "could free", "pct", "% of mapped"),
+]
+
+
+def _state_stacks(groups: Sequence[GroupPotential], ps: int) -> list[C.Stack]:
+    """Fork-shared, duplicate (the static ideal) and unique memory of each group."""
+    return [
+        C.Stack("already shared by fork", [g.fork_shared_pages * ps for g in groups], C.ACCENT),
+        C.Stack("duplicate: KSM could free", [g.ideal_saved_frames * ps for g in groups], C.GOOD),
+        C.Stack(
+            "unique content (stays)",
+            [(g.pages - g.fork_shared_pages - g.ideal_saved_frames) * ps for g in groups],
+            C.NEUTRAL,
+        ),
+    ]
+
+
+def _state_rows(groups: Sequence[GroupPotential], ps: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "group": g.group,
+            "pages_bytes": g.pages * ps,
+            "fork_shared_bytes": g.fork_shared_pages * ps,
+            "ideal_saved_bytes": g.ideal_saved_frames * ps,
+            "unique_bytes": (g.pages - g.fork_shared_pages - g.ideal_saved_frames) * ps,
+            "zero_pages": g.zero_pages,
+            "ideal_fraction": g.ideal_saved_frames / g.pages if g.pages else 0.0,
+        }
+        for g in groups
+    ]
+
+
 def _state(inputs: ReviewInputs, choice: Choice) -> Section:
     cs = inputs.state
     st = cs.snapshot
@@ -437,7 +554,7 @@ def _state(inputs: ReviewInputs, choice: Choice) -> Section:
     anon = st.pages * ps
     frames = st.frames * ps
     fork = st.fork_shared_pages * ps
-    ideal = st.ideal_saved_frames * ps
+    ideal = cs.static_ideal_saved_bytes
     blocks: list[Block] = [
         KeyFigures(
             (
@@ -457,7 +574,7 @@ def _state(inputs: ReviewInputs, choice: Choice) -> Section:
                 KeyFigure(
                     "duplicate content KSM could free (ideal)",
                     F.mib(ideal),
-                    f"{F.pct(st.ideal_saved_fraction)} of physical",
+                    f"{F.pct(cs.static_ideal_saved_fraction)} of physical",
                 ),
             )
         ),
@@ -474,42 +591,13 @@ def _state(inputs: ReviewInputs, choice: Choice) -> Section:
         ),
     ]
 
-    def stacks(groups: Sequence[Any]) -> list[C.Stack]:
-        return [
-            C.Stack("already shared by fork", [g.fork_shared_pages * ps for g in groups], C.ACCENT),
-            C.Stack(
-                "duplicate: KSM could free", [g.ideal_saved_frames * ps for g in groups], C.GOOD
-            ),
-            C.Stack(
-                "unique content (stays)",
-                [(g.pages - g.fork_shared_pages - g.ideal_saved_frames) * ps for g in groups],
-                C.NEUTRAL,
-            ),
-        ]
+    cols = _STATE_COLUMNS
 
-    cols = [
-        Column("group", "group", "text"),
-        Column("pages_bytes", "mapped", "mib", "MiB"),
-        Column("fork_shared_bytes", "shared by fork", "mib", "MiB"),
-        Column("ideal_saved_bytes", "KSM could free", "mib", "MiB"),
-        Column("unique_bytes", "unique", "mib", "MiB"),
-        Column("zero_pages", "zero pages", "int"),
-        Column("ideal_fraction", "could free", "pct", "% of mapped"),
-    ]
+    def stacks(groups: Sequence[GroupPotential]) -> list[C.Stack]:
+        return _state_stacks(groups, ps)
 
-    def rows(groups: Sequence[Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "group": g.group,
-                "pages_bytes": g.pages * ps,
-                "fork_shared_bytes": g.fork_shared_pages * ps,
-                "ideal_saved_bytes": g.ideal_saved_frames * ps,
-                "unique_bytes": (g.pages - g.fork_shared_pages - g.ideal_saved_frames) * ps,
-                "zero_pages": g.zero_pages,
-                "ideal_fraction": g.ideal_saved_frames / g.pages if g.pages else 0.0,
-            }
-            for g in groups
-        ]
+    def rows(groups: Sequence[GroupPotential]) -> list[dict[str, Any]]:
+        return _state_rows(groups, ps)
 
     roles = list(cs.by_role)
     blocks.append(
@@ -586,10 +674,8 @@ _NOT_MODELLED = (
 
 
 def _method(inputs: ReviewInputs, choice: Choice) -> Section:
-    opts = inputs.options
-    s0 = inputs.scenarios[0] if inputs.scenarios else None
-    settle = opts.get("settle_scans", "?")
-    cost = (s0.knobs.get("cost_profile") if s0 else None) or opts.get("cost_profile", "default")
+    settle = inputs.options.settle_scans
+    cost = inputs.options.cost_profile
     blocks: list[Block] = [
         Para(
             "For each scenario, ksm-planner replays the trace through a model of the kernel's "
@@ -615,9 +701,12 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
                 "percentages of it are the share KSM frees.",
                 f"**ksmd CPU** is priced per page visit by code path (cost profile `{cost}`), "
                 "plus per batch and per full scan, as % of one core: at steady state over the full "
-                "scans that started after the last snapshot, and averaged from the start.",
+                "scans that started after the last snapshot (CPU time over wall time, the sleeps "
+                "between batches and between scans included, as `top` shows ksmd), and averaged "
+                "from the start. A full scan at steady state lasts that wall time per scan.",
                 "**Time to benefit** is measured from the first snapshot, i.e. from the moment "
-                "KSM is switched on for processes already running.",
+                "KSM is switched on for processes already running, to 50, 90 and 99 % of the "
+                "memory KSM frees at steady state (before its metadata).",
                 "**Security domains**: when a scenario denies merging across domains, each "
                 "domain is replayed as if alone on a host; otherwise pages may merge across them "
                 "and the saving that did is reported.",
@@ -628,43 +717,8 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
     ]
     fit = _fit_of(inputs, choice.scenario)
     if fit is not None:
-        spec = (inputs.extrapolation or {}).get("spec") or {}
-        ps = int(fit["page_size"])
-        fr = fit["fit"]
-        per_worker = fr["frames_b"] * ps
-        unique = fr["distinct_b"] * ps
-        err = fit.get("holdout_relative_error")
-        blocks.append(Heading("From the traced workers to a full host"))
-        blocks.append(
-            Para(
-                f"The trace holds {fit['k']} replicas (group `{fit['group']}`: pids "
-                f"{', '.join(map(str, fit['group_pids']))}); the other processes "
-                f"({', '.join(map(str, fit['base_pids'])) or 'none'}) are the base that does not "
-                "grow with the number of workers. For every subset of 1 to "
-                f"{fit['k']} replicas ({spec.get('orders', '?')} random orders) the ideal saving "
-                "is measured exactly from the trace, and a curve is fitted to it "
-                f"({spec.get('model', '?')} model, scipy): each replica adds "
-                f"{F.mib(per_worker)} of anonymous memory, of which {F.mib(unique)} is content "
-                "no other replica has"
-                + (
-                    f" plus a share of a common pool of {F.mib(fr['distinct_c'] * ps)}"
-                    if fr.get("distinct_c")
-                    else ""
-                )
-                + ". The projected ideal saving is multiplied by the realisation the replay "
-                "measured (what KSM really merges under the knobs) and KSM's metadata is "
-                f"subtracted. Intervals are {F.pct(fit['confidence'], 0)} percentile bootstrap "
-                f"intervals over {spec.get('n_resamples', '?')} resamples of the replicas: "
-                "they cover which workers happened to be traced, not changes of the workload. "
-                + (
-                    f"Check: fitted on up to {fit['holdout_fit_upto']} replicas, the curve "
-                    f"predicts the exact saving of all {fit['k']} within {F.pct(abs(err))}."
-                    if err is not None
-                    else ""
-                )
-            )
-        )
-    for note in inputs.notes:
+        blocks += _extrapolation_method(inputs, fit)
+    for note in inputs.whatif.warnings:
         blocks.append(Callout("note", note))
     return Section(
         "method",
@@ -674,34 +728,77 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
+def _extrapolation_method(inputs: ReviewInputs, fit: ExtrapolationFit) -> list[Block]:
+    """How the traced replicas are projected to a full host."""
+    spec = fit.spec
+    ps = fit.page_size
+    g = fit.point
+    err = fit.holdout.relative_error if fit.holdout is not None else None
+    return [
+        Heading("From the traced workers to a full host"),
+        Para(
+            f"The trace holds {fit.k} replicas (group `{fit.group}`: pids "
+            f"{', '.join(map(str, fit.group_pids))}); the other processes "
+            f"({', '.join(map(str, fit.base_pids)) or 'none'}) are the base that does not "
+            "grow with the number of workers. For every subset of 1 to "
+            f"{fit.k} replicas ({spec.orders} random orders) the ideal saving "
+            "is measured exactly from the trace, and a curve is fitted to it "
+            f"({spec.model} model, scipy): each replica adds "
+            f"{F.mib(g.frames_b * ps)} of anonymous memory, of which {F.mib(g.distinct_b * ps)} "
+            "is content no other replica has"
+            + (
+                f" plus a share of a common pool of {F.mib(g.distinct_c * ps)}"
+                if g.distinct_c
+                else ""
+            )
+            + ". The projected ideal saving is multiplied by the realisation the replay "
+            "measured (what KSM really merges under the knobs) and KSM's metadata is "
+            f"subtracted. Intervals are {F.pct(fit.confidence, 0)} percentile bootstrap "
+            f"intervals over {spec.n_resamples} resamples of the replicas: "
+            "they cover which workers happened to be traced, not changes of the workload. "
+            + (
+                f"Check: fitted on up to {fit.holdout.fit_upto} replicas, the curve "
+                f"predicts the exact saving of all {fit.k} within {F.pct(abs(err))}."
+                if err is not None and fit.holdout is not None
+                else ""
+            )
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------- 5. results
+
+
 def _scenario_rows(inputs: ReviewInputs) -> list[dict[str, Any]]:
     out = []
     for s in inputs.scenarios:
-        cap = s.capacity
+        h = s.host
+        cap = h.capacity
+        lo, hi = (cap.gain_interval or (None, None)) if cap is not None else (None, None)
         out.append(
             {
                 "scenario": s.name,
                 "policy_set": s.policy_set,
-                "knobs": knobs_text(s.knobs),
-                "net_saved_bytes": s.net_saved_bytes,
-                "net_saved_fraction": s.net_saved_fraction,
-                "time_to_90_s": s.time_to_s.get("90"),
-                "steady_cpu_percent": s.steady_cpu_percent,
-                "pages_per_full_scan": s.pages_per_full_scan,
-                "cross_domain_saved_bytes": s.cross_domain_saved_bytes,
-                "capacity_gain": cap.gain.value if cap else None,
-                "capacity_gain_lo": cap.gain.lo if cap else None,
-                "capacity_gain_hi": cap.gain.hi if cap else None,
+                "knobs": knobs_text(s.knob_values),
+                "net_saved_bytes": h.net_saved_bytes,
+                "net_saved_fraction": h.net_saved_fraction,
+                "time_to_90_s": h.time_to_90_s,
+                "steady_cpu_percent": h.ksmd_cpu_percent,
+                "pages_per_full_scan": h.pages_scanned_per_full_scan or 0.0,
+                "cross_domain_saved_bytes": h.cross_domain_saved_bytes
+                if len(h.domains) > 1
+                else None,
+                "capacity_gain": cap.gain if cap else None,
+                "capacity_gain_lo": lo,
+                "capacity_gain_hi": hi,
                 "pareto": s.pareto if s.enabled else None,
             }
         )
     return out
 
 
-def _results(inputs: ReviewInputs, choice: Choice) -> Section:
-    chosen = choice.scenario.name if choice.scenario else None
+def _scenarios_table(inputs: ReviewInputs, hl: Sequence[int]) -> Table:
     rows = _scenario_rows(inputs)
-    has_cap = any(r["capacity_gain"] is not None for r in rows)
     cols = [
         Column("scenario", "scenario", "text"),
         Column("net_saved_bytes", "saved, net", "mib", "MiB"),
@@ -712,14 +809,17 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
     ]
     if any(r["cross_domain_saved_bytes"] is not None for r in rows):
         cols.append(Column("cross_domain_saved_bytes", "across domains", "mib", "MiB"))
-    if has_cap:
+    if any(r["capacity_gain"] is not None for r in rows):
         nb = "\u00a0"  # no-break space: the cell never wraps
         for r in rows:
             gain, lo, hi = r["capacity_gain"], r["capacity_gain_lo"], r["capacity_gain_hi"]
             r["capacity_gain_text"] = (
                 f"{F.fixed(100 * gain, 1)}{nb}({F.fixed(100 * lo, 1)}{nb}to{nb}"
                 f"{F.fixed(100 * hi, 1)})"
-                if gain is not None and r["pareto"] is not None
+                if gain is not None
+                and lo is not None
+                and hi is not None
+                and r["pareto"] is not None
                 else None
             )
         cols += [
@@ -729,7 +829,22 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
             Column("capacity_gain_hi", "high", "pct", "%", hidden=True),
         ]
     cols.append(Column("pareto", "Pareto", "bool"))
-    hl = [i for i, r in enumerate(rows) if r["scenario"] == chosen]
+    return table(
+        "scenarios",
+        "Scenarios compared.",
+        cols,
+        [{k: r[k] for k in (c.key for c in cols)} for r in rows],
+        highlight=hl,
+    )
+
+
+def _highlight(inputs: ReviewInputs, choice: Choice) -> list[int]:
+    chosen = choice.scenario.name if choice.scenario else None
+    return [i for i, s in enumerate(inputs.scenarios) if s.name == chosen]
+
+
+def _results(inputs: ReviewInputs, choice: Choice) -> Section:
+    hl = _highlight(inputs, choice)
     blocks: list[Block] = [
         Para(
             "Each row is one scenario at steady state. *Saved, net* is the memory KSM frees minus "
@@ -738,95 +853,14 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
             "scanner's CPU at steady state; *Pareto* marks scenarios that no other scenario beats "
             "on both saving and CPU. The recommended scenario is highlighted."
         ),
-        table(
-            "scenarios",
-            "Scenarios compared.",
-            cols,
-            [{k: r[k] for k in (c.key for c in cols)} for r in rows],
-            highlight=hl,
-        ),
+        _scenarios_table(inputs, hl),
     ]
-    if choice.scenario is not None and not choice.scenario.pareto:
-        why = dict(choice.excluded)
-        better = [
-            x.name
-            for x in inputs.scenarios
-            if x.enabled
-            and x.net_saved_bytes >= choice.scenario.net_saved_bytes
-            and x.steady_cpu_percent <= choice.scenario.steady_cpu_percent
-            and x.name != choice.scenario.name
-        ]
-        blocks.append(
-            Para(
-                "The recommended scenario is not on the Pareto front of saving against CPU: "
-                + "; ".join(
-                    f"`{n}` saves at least as much for less CPU but is left out ({why[n]})"
-                    if n in why
-                    else f"`{n}` saves at least as much for less CPU"
-                    for n in better
-                )
-                + ". Time to benefit is the third criterion."
-            )
-        )
-    if choice.scenario is not None:
-        s = choice.scenario
-        steps = _waterfall_steps(s, inputs)
-        wf_rows = [{"step": st.label, "kind": st.kind, "bytes": st.value} for st in steps]
-        blocks.append(
-            Figure(
-                "waterfall",
-                "From raw anonymous memory to the memory left with KSM",
-                C.waterfall("waterfall", f"Where the memory goes: {s.name}", steps),
-                "From the sum of all anonymous mappings to what remains with KSM under "
-                f"`{s.name}`, at steady state. Fork sharing exists without KSM; zero pages and "
-                "other duplicate "
-                "content are what KSM merges; its metadata is paid back.",
-                (
-                    table(
-                        "waterfall",
-                        "Waterfall of the recommended scenario.",
-                        [
-                            Column("step", "step", "text"),
-                            Column("kind", "kind", "text"),
-                            Column("bytes", "memory", "mib", "MiB"),
-                        ],
-                        wf_rows,
-                    ),
-                ),
-            )
-        )
-        wall = []
-        for x in inputs.scenarios:
-            st_x = _waterfall_steps(x, inputs)
-            wall.append({"scenario": x.name, **{_step_key(st.label): st.value for st in st_x}})
-        keys = [k for k in wall[0] if k != "scenario"] if wall else []
-        same = {k for k in keys if len({r[k] for r in wall}) == 1}
-        first = _waterfall_steps(inputs.scenarios[0], inputs) if inputs.scenarios else []
-        blocks.append(
-            table(
-                "waterfall-all",
-                "The waterfall of every scenario (memory in MiB).",
-                [Column("scenario", "scenario", "text")]
-                + [
-                    Column(k, k.replace("_bytes", "").replace("_", " "), "mib", hidden=k in same)
-                    for k in keys
-                ],
-                wall,
-                highlight=hl,
-                note=(
-                    "The same in every scenario (not repeated above): "
-                    + ", ".join(
-                        f"{st.label} {F.mib(st.value)}"
-                        for st in first
-                        if _step_key(st.label) in same
-                    )
-                    + "."
-                    if same
-                    else ""
-                ),
-            )
-        )
-    blocks += _capacity_blocks(inputs, choice, hl)
+    s = choice.scenario
+    if s is not None and not s.pareto:
+        blocks.append(_not_on_front(inputs, choice, s))
+    if s is not None:
+        blocks += _waterfall_blocks(inputs, s, hl)
+    blocks += _capacity_blocks(inputs, choice)
     return Section(
         "results",
         "Results per scenario",
@@ -835,71 +869,127 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
-def _fit_of(inputs: ReviewInputs, s: ScenarioOutcome | None) -> dict[str, Any] | None:
-    """The extrapolation fit of a scenario's policy set (or the first fit that saves)."""
-    fits = list((inputs.extrapolation or {}).get("fits") or [])
-    if not fits:
-        return None
-    if s is not None:
-        mode = s.domain_mode or "allow"
-        for f in fits:
-            if f["policy_set"] == s.policy_set and f["cross_domain"] in (mode, "allow"):
-                return dict(f)
-    return next((dict(f) for f in fits if any(f["observed_ideal_saved_frames"])), None)
+def _not_on_front(inputs: ReviewInputs, choice: Choice, s: ReviewScenario) -> Para:
+    why = dict(choice.excluded)
+    better = [
+        x.name
+        for x in inputs.scenarios
+        if x.enabled
+        and x.host.net_saved_bytes >= s.host.net_saved_bytes
+        and x.host.ksmd_cpu_percent <= s.host.ksmd_cpu_percent
+        and x.name != s.name
+    ]
+    return Para(
+        "The recommended scenario is not on the Pareto front of saving against CPU: "
+        + "; ".join(
+            f"`{n}` saves at least as much for less CPU but is left out ({why[n]})"
+            if n in why
+            else f"`{n}` saves at least as much for less CPU"
+            for n in better
+        )
+        + ". Time to benefit is the third criterion."
+    )
 
 
-def _capacity_blocks(inputs: ReviewInputs, choice: Choice, hl: Sequence[int]) -> list[Block]:
-    caps = [(s, s.capacity) for s in inputs.scenarios if s.capacity is not None]
+def _step_key(label: str) -> str:
+    return label.replace(" ", "_").replace("-", "_").replace(",", "") + "_bytes"
+
+
+def _waterfall_steps(s: ReviewScenario, inputs: ReviewInputs) -> list[C.Step]:
+    h = s.host
+    raw = inputs.state.snapshot.pages * h.page_size
+    return [
+        C.Step("raw anonymous", raw, "total"),
+        C.Step("fork-shared", raw - h.anon_bytes, "down"),
+        C.Step("physical", h.anon_bytes, "total"),
+        C.Step("zero pages", h.zero_saved_bytes, "down"),
+        C.Step("content merged", h.content_saved_bytes, "down"),
+        C.Step("KSM metadata", h.metadata_bytes, "up"),
+        C.Step("with KSM", h.with_ksm_bytes, "total"),
+    ]
+
+
+def _waterfall_blocks(inputs: ReviewInputs, s: ReviewScenario, hl: Sequence[int]) -> list[Block]:
+    steps = _waterfall_steps(s, inputs)
+    wf_rows = [{"step": st.label, "kind": st.kind, "bytes": st.value} for st in steps]
+    figure = Figure(
+        "waterfall",
+        "From raw anonymous memory to the memory left with KSM",
+        C.waterfall("waterfall", f"Where the memory goes: {s.name}", steps),
+        "From the sum of all anonymous mappings to what remains with KSM under "
+        f"`{s.name}`, at steady state. Fork sharing exists without KSM; zero pages and "
+        "other duplicate "
+        "content are what KSM merges; its metadata is paid back.",
+        (
+            table(
+                "waterfall",
+                "Waterfall of the recommended scenario.",
+                [
+                    Column("step", "step", "text"),
+                    Column("kind", "kind", "text"),
+                    Column("bytes", "memory", "mib", "MiB"),
+                ],
+                wf_rows,
+            ),
+        ),
+    )
+    wall = [
+        {
+            "scenario": x.name,
+            **{_step_key(st.label): st.value for st in _waterfall_steps(x, inputs)},
+        }
+        for x in inputs.scenarios
+    ]
+    keys = [k for k in wall[0] if k != "scenario"] if wall else []
+    same = {k for k in keys if len({r[k] for r in wall}) == 1}
+    first = _waterfall_steps(inputs.scenarios[0], inputs) if inputs.scenarios else []
+    every = table(
+        "waterfall-all",
+        "The waterfall of every scenario (memory in MiB).",
+        [Column("scenario", "scenario", "text")]
+        + [
+            Column(k, k.replace("_bytes", "").replace("_", " "), "mib", hidden=k in same)
+            for k in keys
+        ],
+        wall,
+        highlight=hl,
+        note=(
+            "The same in every scenario (not repeated above): "
+            + ", ".join(
+                f"{st.label} {F.mib(st.value)}" for st in first if _step_key(st.label) in same
+            )
+            + "."
+            if same
+            else ""
+        ),
+    )
+    return [figure, every]
+
+
+def _capacity_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
+    caps = [(s, s.host.capacity) for s in inputs.scenarios if s.host.capacity is not None]
     if not caps:
         return []
     blocks: list[Block] = [Heading("Capacity per host")]
     s = choice.scenario
-    if s is not None and s.capacity is not None:
-        c = s.capacity
-        x = c.extra
-        budget = c.host_mem_bytes - c.headroom_bytes
-        n1 = c.workers_with
-        mem1 = float(x.get("base_bytes", 0.0)) + n1 * c.worker_bytes_without
-        saved = float(x.get("ksm_net_saved_bytes", 0.0))
-        blocks.append(
-            Para(
-                f"On a host with {F.gib(c.host_mem_bytes)} of memory, keeping "
-                f"{F.gib(c.headroom_bytes)} free, {F.gib(budget)} is left for the service. "
-                f"Without KSM each worker needs {F.mib(c.worker_bytes_without)}"
-                + (
-                    f" ({F.mib(x.get('per_worker_anon_bytes'))} of anonymous memory from the "
-                    f"trace and {F.mib(x.get('worker_other_bytes'))} outside it)"
-                    if x.get("worker_other_bytes")
-                    else " of anonymous memory"
-                )
-                + f" next to {F.mib(x.get('base_bytes'))} of processes that do not scale, so "
-                f"**{F.integer(c.workers_without)} workers** fit (limited by "
-                f"{x.get('limit_without', 'memory')}). With KSM under `{s.name}`, "
-                f"{F.integer(n1)} workers would need {F.gib(mem1)} without KSM, and KSM frees "
-                f"{F.gib(saved)} of it ({F.pct(saved / mem1 if mem1 else 0.0)}), so "
-                f"**{F.integer(n1)} workers** fit ({F.integer(x.get('workers_with_low'))}–"
-                f"{F.integer(x.get('workers_with_high'))} in the "
-                f"{F.pct(c.gain.level, 0)} interval; limited by {c.limited_by}): "
-                f"**{F.pct(c.gain.value)} more workers per host**. The saving share at this "
-                "size is larger than on the traced host: every added worker duplicates content "
-                "the others already hold, while the base does not grow."
-            )
-        )
+    if s is not None and s.host.capacity is not None:
+        blocks.append(_capacity_text(s, s.host.capacity))
     rows = []
     for sc, c in caps:
+        lo, hi = c.gain_interval or (None, None)
         rows.append(
             {
                 "scenario": sc.name,
                 "workers_without": c.workers_without,
                 "workers_with": c.workers_with,
-                "workers_with_low": c.extra.get("workers_with_low"),
-                "workers_with_high": c.extra.get("workers_with_high"),
-                "capacity_gain": c.gain.value,
-                "capacity_gain_lo": c.gain.lo,
-                "capacity_gain_hi": c.gain.hi,
-                "limited_by": c.limited_by,
-                "ksm_net_saved_bytes": c.extra.get("ksm_net_saved_bytes"),
-                "ksmd_cores": c.extra.get("ksmd_cores"),
+                "workers_with_low": c.workers_with_interval[0],
+                "workers_with_high": c.workers_with_interval[1],
+                "capacity_gain": c.gain,
+                "capacity_gain_lo": lo,
+                "capacity_gain_hi": hi,
+                "limited_by": c.limit_with,
+                "ksm_net_saved_bytes": c.ksm_net_saved_bytes,
+                "ksmd_cores": c.ksmd_cores,
             }
         )
     blocks.append(
@@ -926,32 +1016,66 @@ def _capacity_blocks(inputs: ReviewInputs, choice: Choice, hl: Sequence[int]) ->
     return blocks
 
 
-def _step_key(label: str) -> str:
-    return label.replace(" ", "_").replace("-", "_").replace(",", "") + "_bytes"
+def _capacity_text(s: ReviewScenario, c: CapacityEstimate) -> Para:
+    n1 = c.workers_with
+    share = c.ksm_saved_fraction_at_workers_with
+    traced = s.host.net_saved_fraction
+    if share > traced:
+        why = (
+            "The saving share at this size is larger than on the traced host "
+            f"({F.pct(traced)}): every added worker duplicates content the others already "
+            "hold, while the base does not grow."
+        )
+    else:
+        why = (
+            "The saving share at this size is not larger than on the traced host "
+            f"({F.pct(traced)}): added workers bring little content the others already hold."
+        )
+    return Para(
+        f"On a host with {F.gib(c.host_mem_bytes)} of memory, keeping "
+        f"{F.gib(c.headroom_bytes)} free, {F.gib(c.budget_bytes)} is left for the service. "
+        f"Without KSM each worker needs {F.mib(c.worker_bytes)}"
+        + (
+            f" ({F.mib(c.per_worker_anon_bytes)} of anonymous memory from the "
+            f"trace and {F.mib(c.worker_other_bytes)} outside it)"
+            if c.worker_other_bytes
+            else " of anonymous memory"
+        )
+        + f" next to {F.mib(c.base_bytes)} of processes that do not scale, so "
+        f"**{F.integer(c.workers_without)} workers** fit (limited by "
+        f"{c.limit_without}). With KSM under `{s.name}`, "
+        f"{F.integer(n1)} workers would need {F.gib(c.without_ksm_at_workers_with_bytes)} "
+        f"without KSM, and KSM frees {F.gib(c.ksm_net_saved_bytes)} of it ({F.pct(share)}), so "
+        f"**{F.integer(n1)} workers** fit ({F.integer(c.workers_with_interval[0])}–"
+        f"{F.integer(c.workers_with_interval[1])} in the "
+        f"{F.pct(c.confidence, 0)} interval; limited by {c.limit_with}): "
+        f"**{F.pct(c.gain)} more workers per host**. " + why
+    )
 
 
-def _waterfall_steps(s: ScenarioOutcome, inputs: ReviewInputs) -> list[C.Step]:
-    ps = s.page_size
-    raw = inputs.state.snapshot.pages * ps
-    phys = s.anon_bytes
-    zero = s.zero_saved_bytes
-    content = s.saved_bytes - zero
-    return [
-        C.Step("raw anonymous", raw, "total"),
-        C.Step("fork-shared", raw - phys, "down"),
-        C.Step("physical", phys, "total"),
-        C.Step("zero pages", zero, "down"),
-        C.Step("content merged", content, "down"),
-        C.Step("KSM metadata", s.metadata_bytes, "up"),
-        C.Step("with KSM", phys - s.net_saved_bytes, "total"),
-    ]
+# ----------------------------------------------------------------------------- 6. time
 
 
 def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     scen = [s for s in inputs.scenarios if s.enabled]
+    blocks: list[Block] = []
+    if scen:
+        blocks.append(_time_figure(inputs, scen))
+    blocks.append(_time_table(scen, choice))
+    if choice.scenario is not None:
+        blocks.append(_time_text(inputs, choice.scenario))
+    return Section(
+        "time",
+        "Time to benefit",
+        tuple(blocks),
+        lead="How long after switching KSM on the memory is actually freed.",
+    )
+
+
+def _time_figure(inputs: ReviewInputs, scen: Sequence[ReviewScenario]) -> Figure:
     colors = _colors(inputs.scenarios)
-    vary = varying_knobs([dict(s.knobs) for s in inputs.scenarios])
-    by_knobs: dict[str, list[ScenarioOutcome]] = defaultdict(list)
+    vary = _vary(inputs)
+    by_knobs: dict[str, list[ReviewScenario]] = defaultdict(list)
     for s in scen:
         by_knobs[_knob_label(s, vary)].append(s)
     panels = []
@@ -960,16 +1084,20 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     for label, group in by_knobs.items():
         series = []
         for s in group:
-            tl = s.timeline
-            xs, ys = list(tl.grid_t_s), list(tl.grid_net_saved_bytes)
+            g, sc = s.host.timeline.grid, s.host.timeline.scans
             series.append(
                 C.Series(
-                    s.policy_set, xs, ys, colors[s.policy_set], tl.scan_t_s, tl.scan_net_saved_bytes
+                    s.policy_set,
+                    list(g.t_s),
+                    list(g.net_saved_bytes),
+                    colors[s.policy_set],
+                    sc.t_s,
+                    sc.net_saved_bytes,
                 )
             )
             data_rows += [
                 {"scenario": s.name, "t_s": x, "net_saved_bytes": y}
-                for x, y in zip(xs, ys, strict=True)
+                for x, y in zip(g.t_s, g.net_saved_bytes, strict=True)
             ]
             scan_rows += [
                 {
@@ -981,228 +1109,138 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
                     "pages_sharing": ps,
                 }
                 for n, t, d, v, ps in zip(
-                    tl.scan_full_scans,
-                    tl.scan_t_s,
-                    tl.scan_time_s,
-                    tl.scan_net_saved_bytes,
-                    tl.scan_pages_sharing,
+                    sc.full_scans,
+                    sc.t_s,
+                    sc.scan_time_s,
+                    sc.net_saved_bytes,
+                    sc.pages_sharing,
                     strict=True,
                 )
             ]
         panels.append(C.Panel(label, series, inputs.trace.snapshot_times_s))
-    blocks: list[Block] = []
-    if panels:
-        blocks.append(
-            Figure(
+    return Figure(
+        "time-to-benefit",
+        "Saved memory over time",
+        C.time_panels("time-to-benefit", "Saved memory over time (net of metadata)", panels),
+        "Memory freed net of KSM metadata, from the moment KSM is switched on, one panel "
+        "per knob setting and one line per policy set. Dots mark the end of each full "
+        "scan; "
+        "dotted vertical lines are the trace's snapshots. The saving can only grow at the "
+        "end of a scan: a page merges after its content stayed the same for a full scan.",
+        (
+            table(
                 "time-to-benefit",
-                "Saved memory over time",
-                C.time_panels(
-                    "time-to-benefit", "Saved memory over time (net of metadata)", panels
-                ),
-                "Memory freed net of KSM metadata, from the moment KSM is switched on, one panel "
-                "per knob setting and one line per policy set. Dots mark the end of each full "
-                "scan; "
-                "dotted vertical lines are the trace's snapshots. The saving can only grow at the "
-                "end of a scan: a page merges after its content stayed the same for a full scan.",
-                (
-                    table(
-                        "time-to-benefit",
-                        "Saved memory on the time grid",
-                        [
-                            Column("scenario", "scenario", "text"),
-                            Column("t_s", "time", "float1", "s"),
-                            Column("net_saved_bytes", "saved, net", "mib", "MiB"),
-                        ],
-                        data_rows,
-                    ),
-                    table(
-                        "full-scans",
-                        "Every full scan of every scenario",
-                        [
-                            Column("scenario", "scenario", "text"),
-                            Column("full_scans", "full scan", "int"),
-                            Column("t_s", "ends at", "float2", "s"),
-                            Column("scan_time_s", "duration", "float2", "s"),
-                            Column("net_saved_bytes", "saved, net", "mib", "MiB"),
-                            Column("pages_sharing", "pages_sharing", "int"),
-                        ],
-                        scan_rows,
-                    ),
-                ),
-            )
-        )
+                "Saved memory on the time grid",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column("t_s", "time", "float1", "s"),
+                    Column("net_saved_bytes", "saved, net", "mib", "MiB"),
+                ],
+                data_rows,
+            ),
+            table(
+                "full-scans",
+                "Every full scan of every scenario",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column("full_scans", "full scan", "int"),
+                    Column("t_s", "ends at", "float2", "s"),
+                    Column("scan_time_s", "duration", "float2", "s"),
+                    Column("net_saved_bytes", "saved, net", "mib", "MiB"),
+                    Column("pages_sharing", "pages_sharing", "int"),
+                ],
+                scan_rows,
+            ),
+        ),
+    )
+
+
+def _time_table(scen: Sequence[ReviewScenario], choice: Choice) -> Table:
     rows = [
         {
             "scenario": s.name,
-            "time_to_50_s": s.time_to_s.get("50"),
-            "time_to_90_s": s.time_to_s.get("90"),
-            "time_to_99_s": s.time_to_s.get("99"),
-            "scans_to_90": s.scans_to_90,
-            "full_scan_s": s.full_scan_s,
-            "projected_full_scan_s": s.full_scan_s * s.host_scale if s.host_scale else None,
-            "projected_time_to_90_s": s.projected_time_to_90_s,
+            "time_to_50_s": s.host.time_to_50_s,
+            "time_to_90_s": s.host.time_to_90_s,
+            "time_to_99_s": s.host.time_to_99_s,
+            "scans_to_90": s.host.full_scans_to_90,
+            "full_scan_s": s.host.full_scan_s,
+            "projected_full_scan_s": s.host.projected_full_scan_s,
+            "projected_time_to_90_s": s.host.projected_time_to_90_s,
         }
         for s in scen
     ]
     projected = any(r["projected_time_to_90_s"] is not None for r in rows)
-    blocks.append(
-        table(
-            "time-to-saving",
-            "Time to 50, 90 and 99 % of the steady-state saving"
-            + (", on the traced host and (≈) on the projected host." if projected else "."),
-            [
-                Column("scenario", "scenario", "text"),
-                Column("time_to_50_s", "50 %", "s"),
-                Column("time_to_90_s", "90 %", "s"),
-                Column("time_to_99_s", "99 %", "s"),
-                Column("scans_to_90", "full scans to 90 %", "int"),
-                Column("full_scan_s", "full scan", "s"),
-                Column(
-                    "projected_full_scan_s", "≈ full scan, projected", "s", hidden=not projected
-                ),
-                Column("projected_time_to_90_s", "≈ 90 %, projected", "s", hidden=not projected),
-            ],
-            rows,
-            highlight=[
-                i for i, s in enumerate(scen) if choice.scenario and s.name == choice.scenario.name
-            ],
-        )
+    return table(
+        "time-to-saving",
+        "Time to 50, 90 and 99 % of the steady-state saving"
+        + (", on the traced host and (≈) on the projected host." if projected else "."),
+        [
+            Column("scenario", "scenario", "text"),
+            Column("time_to_50_s", "50 %", "s"),
+            Column("time_to_90_s", "90 %", "s"),
+            Column("time_to_99_s", "99 %", "s"),
+            Column("scans_to_90", "full scans to 90 %", "int"),
+            Column("full_scan_s", "full scan", "s"),
+            Column("projected_full_scan_s", "≈ full scan, projected", "s", hidden=not projected),
+            Column("projected_time_to_90_s", "≈ 90 %, projected", "s", hidden=not projected),
+        ],
+        rows,
+        highlight=[
+            i for i, s in enumerate(scen) if choice.scenario and s.name == choice.scenario.name
+        ],
     )
-    if choice.scenario is not None:
-        s = choice.scenario
-        pages = inputs.state.snapshot.pages
-        text = (
-            f"Under the recommendation a full scan of the {F.integer(pages)} traced pages "
-            f"takes {F.seconds(s.full_scan_s)} at steady state, and 90 % of the saving arrives "
-            f"after {_t(s.time_to_s.get('90'))}. A full scan takes time in proportion to the "
-            "pages it visits"
-        )
-        if s.host_scale is not None:
-            target = s.extra.get("target_workers")
-            text += (
-                f": on the projected host ({F.integer(target)} workers, "
-                f"{F.fixed(s.host_scale, 1)} times the mergeable pages) expect about "
-                f"{F.seconds(s.full_scan_s * s.host_scale)} per full scan and 90 % of the saving "
-                f"after about {_t(s.projected_time_to_90_s)} (the replay's times scaled by the "
-                "pages to scan; an estimate)."
-            )
-        else:
-            text += (
-                ": on a host with ten times the anonymous memory under the same knobs, expect "
-                f"about {F.seconds(10 * s.full_scan_s)} per full scan and a time to benefit "
-                "about ten times longer."
-            )
+
+
+def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
+    h = s.host
+    text = (
+        f"Under the recommendation a full scan of the {F.integer(inputs.state.snapshot.pages)} "
+        f"traced pages takes {F.seconds(h.full_scan_s)} at steady state, and 90 % of the saving "
+        f"arrives after {_t(h.time_to_90_s)}. A full scan takes time in proportion to the "
+        "pages it visits"
+    )
+    if h.host_scale is not None:
         text += (
-            " Every worker that is restarted starts from scratch: its pages merge only after "
-            "two full scans."
+            f": on the projected host ({F.integer(h.projected_workers)} workers, "
+            f"{F.fixed(h.host_scale, 1)} times the mergeable pages) expect about "
+            f"{F.seconds(h.projected_full_scan_s)} per full scan and 90 % of the saving "
+            f"after about {_t(h.projected_time_to_90_s)} (the replay's times scaled by the "
+            "pages to scan; an estimate)."
         )
-        blocks.append(Para(text))
-    return Section(
-        "time",
-        "Time to benefit",
-        tuple(blocks),
-        lead="How long after switching KSM on the memory is actually freed.",
+    else:
+        text += (
+            ": on a host with ten times the anonymous memory under the same knobs, expect "
+            f"about {F.seconds(10 * h.full_scan_s if h.full_scan_s is not None else None)} "
+            "per full scan and a time to benefit about ten times longer."
+        )
+    text += (
+        " Every worker that is restarted starts from scratch: its pages merge only after "
+        "two full scans."
     )
+    return Para(text)
+
+
+# ----------------------------------------------------------------------------- 7. cost
 
 
 def _cost(inputs: ReviewInputs, choice: Choice) -> Section:
     scen = [s for s in inputs.scenarios if s.enabled]
-    colors = _colors(inputs.scenarios)
-    chosen = choice.scenario.name if choice.scenario else None
-    points = [
-        C.Point(
-            s.name,
-            s.steady_cpu_percent,
-            float(s.net_saved_bytes),
-            colors[s.policy_set],
-            s.pareto,
-            s.name == chosen,
-        )
-        for s in scen
-    ]
-    legend = [(p, c) for p, c in colors.items() if any(s.policy_set == p for s in scen)]
-    rows = [
-        {
-            "scenario": s.name,
-            "steady_cpu_percent": s.steady_cpu_percent,
-            "cpu_percent": s.cpu_percent,
-            "cpu_s": s.cpu_s,
-            "net_saved_bytes": s.net_saved_bytes,
-            "pages_per_full_scan": s.pages_per_full_scan,
-            "pages_skipped_per_full_scan": s.pages_skipped_per_full_scan,
-            "full_scan_s": s.full_scan_s,
-            "pareto": s.pareto,
-        }
-        for s in scen
-    ]
     blocks: list[Block] = []
     if scen:
-        blocks.append(
-            Figure(
-                "cost-pareto",
-                "Saving against ksmd CPU",
-                C.pareto(
-                    "cost-pareto",
-                    "Net saving against ksmd CPU at steady state",
-                    points,
-                    legend=legend,
-                ),
-                "Each dot is a scenario, coloured by policy set. Ringed dots are on the Pareto "
-                "front (no other scenario saves more for less CPU); the large ring is the "
-                "recommendation.",
-                (
-                    table(
-                        "cost",
-                        "ksmd cost per scenario",
-                        [
-                            Column("scenario", "scenario", "text"),
-                            Column(
-                                "steady_cpu_percent", "CPU at steady state", "percent", "% core"
-                            ),
-                            Column("cpu_percent", "CPU from the start", "percent", "% core"),
-                            Column("cpu_s", "CPU in the replay", "float2", "s"),
-                            Column("net_saved_bytes", "saved, net", "mib", "MiB"),
-                            Column("pages_per_full_scan", "pages / full scan", "int"),
-                            Column("pages_skipped_per_full_scan", "skipped / full scan", "int"),
-                            Column("full_scan_s", "full scan", "s"),
-                            Column("pareto", "Pareto", "bool"),
-                        ],
-                        rows,
-                    ),
-                ),
-            )
-        )
-        blocks.append(
-            Figure(
-                "pages-per-scan",
-                "Pages scanned per full scan",
-                C.bars(
-                    "pages-per-scan",
-                    "Pages scanned per full scan at steady state",
-                    [s.name for s in scen],
-                    [s.pages_per_full_scan for s in scen],
-                    colors=[colors[s.policy_set] for s in scen],
-                    xlabel="pages",
-                ),
-                "Pages ksmd compares per full scan once the saving has settled (`pages_scanned` "
-                "per full scan). Smart scan skips pages that keep failing to merge, so this is "
-                "below the number of registered pages.",
-                (),
-            )
-        )
+        blocks += _cost_figures(inputs, choice, scen)
     if choice.scenario is not None:
-        s = choice.scenario
+        h = choice.scenario.host
         blocks.append(
             Para(
                 "The recommended scenario keeps ksmd at "
-                f"{F.percent(s.steady_cpu_percent)} of one core once settled "
-                f"({F.percent(s.cpu_percent)} averaged over the whole replay, start-up included). "
-                f"It scans {F.integer(s.pages_per_full_scan)} pages per full scan and "
-                f"smart scan skips another {F.integer(s.pages_skipped_per_full_scan)}: "
-                f"{F.fixed(s.steady_cpu_percent / 100, 2)} cores in all. For scale, Meta reported "
-                "that cutting ksmd's CPU by a quarter saved 1–2 % of a 32-CPU Instagram host, so "
-                "ksmd used roughly 1.3–2.6 cores there (64 GB hosts merging about 5 million "
-                "pages)."
+                f"{F.percent(h.ksmd_cpu_percent)} of one core once settled "
+                f"({F.percent(h.ksmd_cpu_percent_from_start)} averaged over the whole replay, "
+                f"start-up included). It scans {F.integer(h.pages_scanned_per_full_scan)} pages "
+                f"per full scan and smart scan skips another "
+                f"{F.integer(h.pages_skipped_per_full_scan)}: {F.fixed(h.ksmd_cores, 2)} cores "
+                "in all. For scale, Meta reported that cutting ksmd's CPU by a quarter saved "
+                "1–2 % of a 32-CPU Instagram host, so ksmd used roughly 1.3–2.6 cores there "
+                "(64 GB hosts merging about 5 million pages)."
             )
         )
     return Section(
@@ -1213,33 +1251,94 @@ def _cost(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
+def _cost_figures(
+    inputs: ReviewInputs, choice: Choice, scen: Sequence[ReviewScenario]
+) -> list[Block]:
+    colors = _colors(inputs.scenarios)
+    chosen = choice.scenario.name if choice.scenario else None
+    points = [
+        C.Point(
+            s.name,
+            s.host.ksmd_cpu_percent,
+            float(s.host.net_saved_bytes),
+            colors[s.policy_set],
+            s.pareto,
+            s.name == chosen,
+        )
+        for s in scen
+    ]
+    legend = [(p, c) for p, c in colors.items() if any(s.policy_set == p for s in scen)]
+    rows = [
+        {
+            "scenario": s.name,
+            "steady_cpu_percent": s.host.ksmd_cpu_percent,
+            "cpu_percent": s.host.ksmd_cpu_percent_from_start,
+            "cpu_s": s.host.ksmd_cpu_s,
+            "net_saved_bytes": s.host.net_saved_bytes,
+            "pages_per_full_scan": s.host.pages_scanned_per_full_scan or 0.0,
+            "pages_skipped_per_full_scan": s.host.pages_skipped_per_full_scan or 0.0,
+            "full_scan_s": s.host.full_scan_s,
+            "pareto": s.pareto,
+        }
+        for s in scen
+    ]
+    cost = Figure(
+        "cost-pareto",
+        "Saving against ksmd CPU",
+        C.pareto(
+            "cost-pareto", "Net saving against ksmd CPU at steady state", points, legend=legend
+        ),
+        "Each dot is a scenario, coloured by policy set. Ringed dots are on the Pareto "
+        "front (no other scenario saves more for less CPU); the large ring is the "
+        "recommendation.",
+        (
+            table(
+                "cost",
+                "ksmd cost per scenario",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column("steady_cpu_percent", "CPU at steady state", "percent", "% core"),
+                    Column("cpu_percent", "CPU from the start", "percent", "% core"),
+                    Column("cpu_s", "CPU in the replay", "float2", "s"),
+                    Column("net_saved_bytes", "saved, net", "mib", "MiB"),
+                    Column("pages_per_full_scan", "pages / full scan", "int"),
+                    Column("pages_skipped_per_full_scan", "skipped / full scan", "int"),
+                    Column("full_scan_s", "full scan", "s"),
+                    Column("pareto", "Pareto", "bool"),
+                ],
+                rows,
+            ),
+        ),
+    )
+    pages = Figure(
+        "pages-per-scan",
+        "Pages scanned per full scan",
+        C.bars(
+            "pages-per-scan",
+            "Pages scanned per full scan at steady state",
+            [s.name for s in scen],
+            [s.host.pages_scanned_per_full_scan or 0.0 for s in scen],
+            colors=[colors[s.policy_set] for s in scen],
+            xlabel="pages",
+        ),
+        "Pages ksmd compares per full scan once the saving has settled (`pages_scanned` "
+        "per full scan). Smart scan skips pages that keep failing to merge, so this is "
+        "below the number of registered pages.",
+        (),
+    )
+    return [cost, pages]
+
+
+# ----------------------------------------------------------------------------- 8. attribution
+
+
 def _attribution(inputs: ReviewInputs, choice: Choice) -> Section:
     s = choice.scenario
-    blocks: list[Block] = []
     if s is None:
         return Section("attribution", "Attribution", (Para("No scenario was recommended."),))
-    roles = {r.pid: r for r in inputs.state.roles}
-    rows: list[dict[str, Any]] = []
-    for p in s.processes:
-        role = roles.get(p.pid)
-        ratio = p.items_per_merging_page
-        rows.append(
-            {
-                "pid": str(p.pid),
-                "role": role.short if role else "",
-                "group": role.role if role else "",
-                "cgroup": (role.cgroup if role else None) or "",
-                "registration": p.registration + (f" ({p.rule})" if p.rule else ""),
-                "domain": p.domain or "",
-                "rmap_items": p.rmap_items,
-                "merging_pages": p.merging_pages,
-                "items_per_merging_page": ratio if math.isfinite(ratio) else None,
-                "profit_bytes": p.profit_bytes,
-                "net_loss": p.profit_bytes < 0,
-            }
-        )
+    rows = _attribution_rows(inputs, s)
     losers = [r for r in rows if r["net_loss"]]
-    blocks.append(
+    blocks: list[Block] = [
         Para(
             f"Per process under `{s.name}`, with the kernel's own accounting "
             "(`/proc/<pid>/ksm_stat`): *profit* is the memory its merged pages free minus 64 bytes "
@@ -1253,48 +1352,86 @@ def _attribution(inputs: ReviewInputs, choice: Choice) -> Section:
                 if losers
                 else "No registered process loses memory."
             )
-        )
+        ),
+        _attribution_figure(s, rows),
+        _attribution_groups(rows),
+    ]
+    return Section(
+        "attribution",
+        "Attribution",
+        tuple(blocks),
+        lead="Which processes and cgroups benefit, and which would lose memory.",
     )
+
+
+def _attribution_rows(inputs: ReviewInputs, s: ReviewScenario) -> list[dict[str, Any]]:
+    """One row per process: its role in the trace and its ``ksm_stat`` under ``s``."""
+    roles = {r.pid: r for r in inputs.state.roles}
+    rows: list[dict[str, Any]] = []
+    for p in s.host.processes:
+        role = roles.get(p.pid)
+        ratio = p.items_per_merging_page
+        rows.append(
+            {
+                "pid": str(p.pid),
+                "role": role.short if role else "",
+                "group": role.role if role else "",
+                "cgroup": (role.cgroup if role else None) or "",
+                "registration": p.mode + (f" ({p.rule})" if p.rule else ""),
+                "domain": p.domain or "",
+                "rmap_items": p.ksm_rmap_items,
+                "merging_pages": p.ksm_merging_pages,
+                "items_per_merging_page": ratio if math.isfinite(ratio) else None,
+                "profit_bytes": p.ksm_process_profit,
+                "net_loss": p.ksm_process_profit < 0,
+            }
+        )
+    return rows
+
+
+def _attribution_figure(s: ReviewScenario, rows: list[dict[str, Any]]) -> Figure:
     shown = [r for r in rows if r["registration"] != "off" or r["rmap_items"]]
-    blocks.append(
-        Figure(
+    return Figure(
+        "attribution",
+        "KSM profit per process",
+        C.bars(
             "attribution",
-            "KSM profit per process",
-            C.bars(
+            f"KSM profit per process ({s.name})",
+            [f"{r['pid']} {r['role']}" for r in shown],
+            [r["profit_bytes"] / F.MIB for r in shown],
+            colors=[C.BAD if r["net_loss"] else C.GOOD for r in shown],
+            xlabel="profit (MiB)",
+            value_fmt="{:,.1f}",
+        ),
+        "Memory each process gains from KSM at steady state (its `ksm_process_profit`). Red "
+        "bars lose memory. The profits add up to more than the host saves: the kernel counts "
+        "every page a process maps from a KSM page, including the one copy that is kept "
+        "(the sum exceeds `general_profit` by `pages_shared` pages).",
+        (
+            table(
                 "attribution",
-                f"KSM profit per process ({s.name})",
-                [f"{r['pid']} {r['role']}" for r in shown],
-                [r["profit_bytes"] / (1 << 20) for r in shown],
-                colors=[C.BAD if r["net_loss"] else C.GOOD for r in shown],
-                xlabel="profit (MiB)",
-                value_fmt="{:,.1f}",
+                "Per-process KSM accounting at steady state.",
+                [
+                    Column("pid", "pid", "text"),
+                    Column("role", "role", "text"),
+                    Column("group", "process group", "text"),
+                    Column("cgroup", "cgroup", "text"),
+                    Column("registration", "registered", "text"),
+                    Column("domain", "domain", "text"),
+                    Column("rmap_items", "rmap_items", "int"),
+                    Column("merging_pages", "merging pages", "int"),
+                    Column("items_per_merging_page", "items / merging", "ratio"),
+                    Column("profit_bytes", "profit", "mib", "MiB"),
+                    Column("net_loss", "net loss", "bool"),
+                ],
+                rows,
             ),
-            "Memory each process gains from KSM at steady state (its `ksm_process_profit`). Red "
-            "bars lose memory. The profits add up to more than the host saves: the kernel counts "
-            "every page a process maps from a KSM page, including the one copy that is kept "
-            "(the sum exceeds `general_profit` by `pages_shared` pages).",
-            (
-                table(
-                    "attribution",
-                    "Per-process KSM accounting at steady state.",
-                    [
-                        Column("pid", "pid", "text"),
-                        Column("role", "role", "text"),
-                        Column("group", "process group", "text"),
-                        Column("cgroup", "cgroup", "text"),
-                        Column("registration", "registered", "text"),
-                        Column("domain", "domain", "text"),
-                        Column("rmap_items", "rmap_items", "int"),
-                        Column("merging_pages", "merging pages", "int"),
-                        Column("items_per_merging_page", "items / merging", "ratio"),
-                        Column("profit_bytes", "profit", "mib", "MiB"),
-                        Column("net_loss", "net loss", "bool"),
-                    ],
-                    rows,
-                ),
-            ),
-        )
+        ),
     )
+
+
+def _attribution_groups(rows: list[dict[str, Any]]) -> Table:
+    """The processes' counters added up per cgroup and per process group."""
     agg: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         for kind, key in (("cgroup", r["cgroup"] or "(none)"), ("process group", r["group"])):
@@ -1313,49 +1450,60 @@ def _attribution(inputs: ReviewInputs, choice: Choice) -> Section:
             a["merging_pages"] += r["merging_pages"]
             a["rmap_items"] += r["rmap_items"]
             a["profit_bytes"] += r["profit_bytes"]
-    blocks.append(
-        table(
-            "attribution-groups",
-            "KSM profit by cgroup and by process group.",
-            [
-                Column("by", "by", "text"),
-                Column("group", "group", "text"),
-                Column("processes", "processes", "int"),
-                Column("rmap_items", "rmap_items", "int"),
-                Column("merging_pages", "merging pages", "int"),
-                Column("profit_bytes", "profit", "mib", "MiB"),
-            ],
-            sorted(agg.values(), key=lambda a: (a["by"], a["group"])),
-        )
+    return table(
+        "attribution-groups",
+        "KSM profit by cgroup and by process group.",
+        [
+            Column("by", "by", "text"),
+            Column("group", "group", "text"),
+            Column("processes", "processes", "int"),
+            Column("rmap_items", "rmap_items", "int"),
+            Column("merging_pages", "merging pages", "int"),
+            Column("profit_bytes", "profit", "mib", "MiB"),
+        ],
+        sorted(agg.values(), key=lambda a: (a["by"], a["group"])),
     )
-    return Section(
-        "attribution",
-        "Attribution",
-        tuple(blocks),
-        lead="Which processes and cgroups benefit, and which would lose memory.",
-    )
+
+
+# ----------------------------------------------------------------------------- 9. risks
 
 
 def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
-    cow = inputs.cow
-    blocks: list[Block] = [Heading("Merging across security domains")]
+    return Section(
+        "risks",
+        "Risks",
+        (
+            Heading("Merging across security domains"),
+            *_domain_blocks(inputs),
+            Heading("Copy-on-write breaks"),
+            *_cow_blocks(inputs),
+            Heading("Unmerging at once"),
+            *_unmerge_blocks(inputs),
+        ),
+        lead="What can go wrong: security, latency, and the memory needed to turn KSM off.",
+    )
+
+
+def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
     rows = []
     for s in inputs.scenarios:
         if not s.enabled:
             continue
+        doms = s.host.domains
         rows.append(
             {
                 "scenario": s.name,
-                "domains": ", ".join(s.domains)
-                if s.domains and s.domains != ("(none)",)
-                else "(one, undeclared)",
+                "domains": ", ".join(doms) if doms and doms != ("(none)",) else "(one, undeclared)",
                 "mode": s.domain_mode or "n/a",
-                "cross_domain_saved_bytes": s.cross_domain_saved_bytes,
-                "merged_together": "; ".join(f"{a} + {b}" for a, b in s.domains_merged) or "none",
+                "cross_domain_saved_bytes": s.host.cross_domain_saved_bytes
+                if len(doms) > 1
+                else None,
+                "merged_together": "; ".join(" + ".join(p.domains) for p in s.host.domain_pairs)
+                or "none",
             }
         )
-    declared = any(len(s.domains) > 1 for s in inputs.scenarios)
-    blocks.append(
+    declared = any(len(s.host.domains) > 1 for s in inputs.scenarios)
+    blocks: list[Block] = [
         Para(
             "KSM makes two processes share a physical page when their contents are equal. Between "
             "processes that do not trust each other this is a side channel (timing of "
@@ -1369,7 +1517,7 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
                 "Declare domains in a policy file to see what merging across them is worth."
             )
         )
-    )
+    ]
     if declared:
         blocks.append(
             table(
@@ -1385,8 +1533,12 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
                 rows,
             )
         )
-    blocks.append(Heading("Copy-on-write breaks"))
-    blocks.append(
+    return blocks
+
+
+def _cow_blocks(inputs: ReviewInputs) -> list[Block]:
+    cow = inputs.cow
+    return [
         Para(
             "A write to a merged page makes the kernel copy it first (a page fault and a 4 KiB "
             "copy) and takes back one frame. Between consecutive snapshots, "
@@ -1395,9 +1547,7 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
             f"{F.mib(cow.bytes_per_s, 2)}/s of new copies. This is counted from the trace, "
             "before any policy: it is a lower bound on writes (several writes between snapshots "
             "count once) and an upper bound on breaks of pages KSM had actually merged."
-        )
-    )
-    blocks.append(
+        ),
         table(
             "cow-breaks",
             "Rewrites of mergeable pages between consecutive snapshots.",
@@ -1420,189 +1570,66 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
                 }
                 for i in cow.intervals
             ],
-        )
-    )
-    blocks.append(Heading("Unmerging at once"))
+        ),
+    ]
+
+
+def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
     scen = [s for s in inputs.scenarios if s.enabled]
-    blocks.append(
+    projected = any(s.host.capacity is not None for s in scen)
+    return [
         Para(
             "Switching KSM off (`echo 2 > /sys/kernel/mm/ksm/run`, or a process leaving it) "
             "gives every merged page its own copy again, immediately. The host must have that "
             "memory free, or the unmerge runs into the OOM killer. Plan the headroom for it."
-        )
-    )
-    blocks.append(
+        ),
         table(
             "unmerge",
-            "Memory an unmerge needs at once, per scenario (steady state).",
+            "Memory an unmerge needs at once, per scenario (steady state), on the traced host"
+            + (" and on the projected host." if projected else "."),
             [
                 Column("scenario", "scenario", "text"),
                 Column("saved_bytes", "needed at once", "mib", "MiB"),
                 Column("saved_fraction", "of anon", "pct", "%"),
+                Column("workers_with", "workers, projected", "int", hidden=not projected),
+                Column(
+                    "projected_saved_bytes", "needed, projected", "gib", "GiB", hidden=not projected
+                ),
             ],
             [
                 {
                     "scenario": s.name,
-                    "saved_bytes": s.saved_bytes,
-                    "saved_fraction": s.saved_bytes / s.anon_bytes if s.anon_bytes else 0.0,
+                    "saved_bytes": s.host.saved_bytes,
+                    "saved_fraction": s.host.saved_fraction,
+                    "workers_with": c.workers_with if c else None,
+                    "projected_saved_bytes": c.ksm_saved_bytes if c else None,
                 }
                 for s in scen
+                for c in (s.host.capacity,)
             ],
-        )
-    )
-    return Section(
-        "risks",
-        "Risks",
-        tuple(blocks),
-        lead="What can go wrong: security, latency, and the memory needed to turn KSM off.",
-    )
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------- 10. sensitivity
 
 
 def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
-    blocks: list[Block] = []
     scen = [s for s in inputs.scenarios if s.enabled]
-    colors = _colors(inputs.scenarios)
-    ivs = [s for s in scen if s.capacity is not None or s.saving_interval is not None]
-    if ivs:
-        rows = []
-        for s in ivs:
-            row: dict[str, Any] = {"scenario": s.name}
-            cap = s.capacity
-            row["capacity_gain"] = cap.gain.value if cap else None
-            row["capacity_gain_lo"] = cap.gain.lo if cap else None
-            row["capacity_gain_hi"] = cap.gain.hi if cap else None
-            iv = s.saving_interval
-            row["saving_fraction"] = iv.value if iv else None
-            row["saving_fraction_lo"] = iv.lo if iv else None
-            row["saving_fraction_hi"] = iv.hi if iv else None
-            rows.append(row)
-        no_saving = all(r["saving_fraction"] is None for r in rows)
-        no_gain = all(r["capacity_gain"] is None for r in rows)
-        blocks.append(
-            table(
-                "intervals",
-                "Intervals of the projected saving and capacity gain.",
-                [
-                    Column("scenario", "scenario", "text"),
-                    Column("saving_fraction", "saving", "pct", "%", hidden=no_saving),
-                    Column("saving_fraction_lo", "low", "pct", "%", hidden=no_saving),
-                    Column("saving_fraction_hi", "high", "pct", "%", hidden=no_saving),
-                    Column("capacity_gain", "capacity gain", "pct", "%", hidden=no_gain),
-                    Column("capacity_gain_lo", "low", "pct", "%", hidden=no_gain),
-                    Column("capacity_gain_hi", "high", "pct", "%", hidden=no_gain),
-                ],
-                rows,
-                note=(
-                    "The intervals are bootstrap intervals over the traced replicas: how much "
-                    "the result depends on which workers happened to be in the trace. They do "
-                    "not cover the model's own error (see [Validation](#validation))."
-                ),
-            )
-        )
-    else:
-        blocks.append(
-            Para(
-                "No interval was computed: this review is about the traced host alone. Give the "
-                "host's memory (`--host-mem`) and a replica count to project the saving to a full "
-                "host with bootstrap intervals."
-            )
-        )
+    blocks: list[Block] = [_intervals_block(scen)]
     fit = _fit_of(inputs, choice.scenario)
-    if fit is not None and fit.get("curve"):
-        blocks.append(_growth_figure(fit, choice))
-    vary = varying_knobs([dict(s.knobs) for s in inputs.scenarios])
-    numeric = [
-        k
-        for k in vary
-        if all(
-            isinstance(s.knobs.get(k), int | float) and not isinstance(s.knobs.get(k), bool)
-            for s in scen
-        )
-    ]
+    if fit is not None and fit.curve is not None:
+        blocks.append(_growth_figure(fit))
+    effects = {e.knob: e for e in inputs.whatif.knob_effects}
+    numeric = [k for k in _vary(inputs) if k in effects]
     for knob in numeric[:2]:
-        others = [k for k in vary if k != knob]
-        groups: dict[tuple[str, str], list[ScenarioOutcome]] = defaultdict(list)
-        for s in scen:
-            groups[(s.policy_set, knobs_text(s.knobs, others))].append(s)
-        series_save, series_t90 = [], []
-        data = []
-        for (policy, rest), group in sorted(groups.items()):
-            group.sort(key=lambda s: float(s.knobs[knob]))
-            label = policy + (f" ({rest})" if rest else "")
-            xs = [float(s.knobs[knob]) for s in group]
-            dashed = (bool(rest) and rest != knobs_text(group[0].knobs, others)) or False
-            series_save.append(
-                C.Series(
-                    label,
-                    xs,
-                    [float(s.net_saved_bytes) for s in group],
-                    colors[policy],
-                    dashed=dashed,
-                )
-            )
-            series_t90.append(
-                C.Series(
-                    label, xs, [s.time_to_s.get("90") or math.nan for s in group], colors[policy]
-                )
-            )
-            data += [
-                {
-                    "scenario": s.name,
-                    knob: s.knobs[knob],
-                    "net_saved_bytes": s.net_saved_bytes,
-                    "time_to_90_s": s.time_to_s.get("90"),
-                    "steady_cpu_percent": s.steady_cpu_percent,
-                }
-                for s in group
-            ]
-        if len(series_save) > 8:
+        figure = _knob_figure(inputs, effects[knob])
+        if figure is None:
             break
-        logx = max(float(s.knobs[knob]) for s in scen) >= 10 * max(
-            1.0, min(float(s.knobs[knob]) for s in scen)
-        )
-        blocks.append(
-            Figure(
-                f"sensitivity-{knob}",
-                f"How the result moves with {knob}",
-                C.lines(
-                    f"sensitivity-{knob}",
-                    f"Time to 90 % of the saving against {knob}",
-                    series_t90,
-                    xlabel=knob,
-                    ylabel="time to 90 % (s)",
-                    logx=logx,
-                ),
-                f"Time to 90 % of the saving as `{knob}` changes, other knobs held. For the "
-                f"same policy set, the steady-state saving moves by at most "
-                f"{F.pct(_spread(groups.values()))} across the values of `{knob}`: "
-                "the knob buys speed with CPU, not memory.",
-                (
-                    table(
-                        f"sensitivity-{knob}",
-                        f"Results against {knob}",
-                        [
-                            Column("scenario", "scenario", "text"),
-                            Column(knob, knob, "int"),
-                            Column("net_saved_bytes", "saved, net", "mib", "MiB"),
-                            Column("time_to_90_s", "to 90 %", "s"),
-                            Column("steady_cpu_percent", "ksmd CPU", "percent", "% core"),
-                        ],
-                        data,
-                    ),
-                ),
-            )
-        )
-    if scen:
-        lo = min(scen, key=lambda s: s.net_saved_bytes)
-        hi = max(scen, key=lambda s: s.net_saved_bytes)
-        blocks.append(
-            Para(
-                f"Across the {len(scen)} scenarios that use KSM the net saving ranges from "
-                f"{F.mib(lo.net_saved_bytes)} (`{lo.name}`) to {F.mib(hi.net_saved_bytes)} "
-                f"(`{hi.name}`); the policy set decides the saving, the knobs decide how fast it "
-                "comes and what it costs."
-            )
-        )
+        blocks.append(figure)
+    rng = inputs.whatif.saving_range
+    if scen and rng is not None:
+        blocks.append(_saving_range_para(inputs, rng))
     return Section(
         "sensitivity",
         "Sensitivity",
@@ -1611,30 +1638,194 @@ def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
-def _growth_figure(fit: dict[str, Any], choice: Choice) -> Figure:
-    curve = fit["curve"]
-    ps = int(fit["page_size"])
-    ns = [float(n) for n in curve["n"]]
-    share = [
-        v / f if f else math.nan
-        for v, f in zip(curve["ideal_saved_frames"], curve["frames"], strict=True)
-    ]
-    lo = [v / f if f else math.nan for v, f in zip(curve["low"], curve["frames"], strict=True)]
-    hi = [v / f if f else math.nan for v, f in zip(curve["high"], curve["frames"], strict=True)]
-    fr = fit["fit"]
-    obs_n = [float(n) for n in fit["n"] if n > 0]
-    obs_share = []
-    for n, v in zip(fit["n"], fit["observed_ideal_saved_frames"], strict=True):
-        if n > 0:
-            frames = fr["frames_a"] + fr["frames_b"] * n
-            obs_share.append(v / frames if frames else math.nan)
+def _intervals_block(scen: Sequence[ReviewScenario]) -> Block:
+    ivs = [s for s in scen if s.host.capacity is not None or s.host.projected is not None]
+    if not ivs:
+        return Para(
+            "No interval was computed: this review is about the traced host alone. Give the "
+            "host's memory (`--host-mem`) and a replica count to project the saving to a full "
+            "host with bootstrap intervals."
+        )
+    rows = []
+    for s in ivs:
+        cap = s.host.capacity
+        lo, hi = (cap.gain_interval or (None, None)) if cap is not None else (None, None)
+        iv = s.host.projected.net_saved_fraction if s.host.projected is not None else None
+        rows.append(
+            {
+                "scenario": s.name,
+                "capacity_gain": cap.gain if cap else None,
+                "capacity_gain_lo": lo,
+                "capacity_gain_hi": hi,
+                "saving_fraction": iv.value if iv else None,
+                "saving_fraction_lo": iv.low if iv else None,
+                "saving_fraction_hi": iv.high if iv else None,
+            }
+        )
+    no_saving = all(r["saving_fraction"] is None for r in rows)
+    no_gain = all(r["capacity_gain"] is None for r in rows)
+    return table(
+        "intervals",
+        "Intervals of the projected saving and capacity gain.",
+        [
+            Column("scenario", "scenario", "text"),
+            Column("saving_fraction", "saving", "pct", "%", hidden=no_saving),
+            Column("saving_fraction_lo", "low", "pct", "%", hidden=no_saving),
+            Column("saving_fraction_hi", "high", "pct", "%", hidden=no_saving),
+            Column("capacity_gain", "capacity gain", "pct", "%", hidden=no_gain),
+            Column("capacity_gain_lo", "low", "pct", "%", hidden=no_gain),
+            Column("capacity_gain_hi", "high", "pct", "%", hidden=no_gain),
+        ],
+        rows,
+        note=(
+            "The intervals are bootstrap intervals over the traced replicas: how much "
+            "the result depends on which workers happened to be in the trace. They do "
+            "not cover the model's own error (see [Validation](#validation))."
+        ),
+    )
+
+
+def knob_sentence(effect: KnobEffect) -> str:
+    """What one knob does to the scenarios, in words that follow from ``effect``."""
+    spread = F.pct(effect.saving_spread)
+    knob = f"`{effect.knob}`"
+    if effect.saving_spread > NEAR_BEST:
+        head = (
+            f"For the same policy set, the steady-state saving moves by up to {spread} across "
+            f"the values of {knob}: the knob changes how much is saved, not only how fast and "
+            "at what CPU."
+        )
+        return head
+    head = (
+        f"For the same policy set, the steady-state saving moves by at most {spread} across "
+        f"the values of {knob}: "
+    )
+    if effect.trades_cpu_for_speed:
+        return head + "the knob buys speed with CPU, not memory."
+    return head + (
+        "the knob hardly changes the memory saved; a larger value is not always faster "
+        "and costlier (see the table)."
+    )
+
+
+def _knob_figure(inputs: ReviewInputs, effect: KnobEffect) -> Figure | None:
+    """Time to 90 % against one knob, a line per group of scenarios (None: too many lines)."""
+    knob = effect.knob
+    colors = _colors(inputs.scenarios)
+    others = [k for k in _vary(inputs) if k != knob]
+    lines = []
+    for g in effect.groups:
+        group = [inputs.scenario_by_id(i) for i in g.scenario_ids]
+        rest = knobs_text(group[0].knob_values, others)
+        lines.append((g.policy_set, rest, group))
+    lines.sort(key=lambda x: (x[0], x[1]))
+    if len(lines) > 8:
+        return None
+    series, data = [], []
+    for policy, rest, group in lines:
+        xs = [float(s.knob_values[knob]) for s in group]
+        series.append(
+            C.Series(
+                policy + (f" ({rest})" if rest else ""),
+                xs,
+                [s.host.time_to_90_s or math.nan for s in group],
+                colors[policy],
+            )
+        )
+        data += [
+            {
+                "scenario": s.name,
+                knob: s.knob_values[knob],
+                "net_saved_bytes": s.host.net_saved_bytes,
+                "time_to_90_s": s.host.time_to_90_s,
+                "steady_cpu_percent": s.host.ksmd_cpu_percent,
+            }
+            for s in group
+        ]
+    values = [float(s.knob_values[knob]) for _, _, group in lines for s in group]
+    return Figure(
+        f"sensitivity-{knob}",
+        f"How the result moves with {knob}",
+        C.lines(
+            f"sensitivity-{knob}",
+            f"Time to 90 % of the saving against {knob}",
+            series,
+            xlabel=knob,
+            ylabel="time to 90 % (s)",
+            logx=max(values) >= 10 * max(1.0, min(values)),
+        ),
+        f"Time to 90 % of the saving as `{knob}` changes, other knobs held. "
+        + knob_sentence(effect),
+        (
+            table(
+                f"sensitivity-{knob}",
+                f"Results against {knob}",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column(knob, knob, "int"),
+                    Column("net_saved_bytes", "saved, net", "mib", "MiB"),
+                    Column("time_to_90_s", "to 90 %", "s"),
+                    Column("steady_cpu_percent", "ksmd CPU", "percent", "% core"),
+                ],
+                data,
+            ),
+        ),
+    )
+
+
+def range_sentence(rng: SavingRange) -> str:
+    """What decides the saving -- the policy set or the knobs -- as ``rng`` says."""
+    within, across = rng.within_sets, rng.across_sets
+    if across is None:
+        return (
+            f"one policy set uses KSM, and its knob settings move its saving by at most "
+            f"{F.pct(within)}."
+        )
+    if within <= NEAR_BEST < across:
+        return (
+            "the policy set decides the saving (the sets' best differ by up to "
+            f"{F.pct(across)}), the knobs decide how fast it comes and what it costs (they "
+            f"move it by at most {F.pct(within)})."
+        )
+    if within > NEAR_BEST:
+        return (
+            f"the knobs matter for the saving too: within one policy set it moves by up to "
+            f"{F.pct(within)} (the sets' best differ by {F.pct(across)})."
+        )
+    return (
+        f"the policy sets save about the same (their best within {F.pct(across)}) and the "
+        f"knobs move it by at most {F.pct(within)}: choose on speed, CPU and risk."
+    )
+
+
+def _saving_range_para(inputs: ReviewInputs, rng: SavingRange) -> Para:
+    lo = inputs.scenario_by_id(rng.lowest)
+    hi = inputs.scenario_by_id(rng.highest)
+    return Para(
+        f"Across the {rng.scenarios} scenarios that use KSM the net saving ranges from "
+        f"{F.mib(lo.host.net_saved_bytes)} (`{lo.name}`) to {F.mib(hi.host.net_saved_bytes)} "
+        f"(`{hi.name}`); " + range_sentence(rng)
+    )
+
+
+def _growth_figure(fit: ExtrapolationFit) -> Figure:
+    curve = fit.curve
+    assert curve is not None
+    ps = fit.page_size
+    ns = [float(n) for n in curve.n]
     series = [
-        C.Series("fitted", ns, [100 * v for v in share], C.ACCENT),
-        C.Series("measured in the trace", obs_n, [100 * v for v in obs_share], C.BAD, dashed=True),
+        C.Series("fitted", ns, [100 * v for v in curve.ideal_saved_fraction], C.ACCENT),
+        C.Series(
+            "measured in the trace",
+            [float(n) for n in curve.observed_n],
+            [100 * v for v in curve.observed_fraction],
+            C.BAD,
+            dashed=True,
+        ),
     ]
     rows = [
         {
-            "replicas": int(n),
+            "replicas": n,
             "frames_bytes": f * ps,
             "ideal_saved_bytes": v * ps,
             "ideal_saved_low_bytes": a * ps,
@@ -1642,31 +1833,36 @@ def _growth_figure(fit: dict[str, Any], choice: Choice) -> Figure:
             "ideal_saved_fraction": sh,
         }
         for n, f, v, a, b, sh in zip(
-            curve["n"],
-            curve["frames"],
-            curve["ideal_saved_frames"],
-            curve["low"],
-            curve["high"],
-            share,
+            curve.n,
+            curve.frames,
+            curve.ideal_saved_frames,
+            curve.low,
+            curve.high,
+            curve.ideal_saved_fraction,
             strict=True,
         )
     ]
-    logx = max(ns) > 50
+    band = (
+        ns,
+        [100 * v for v in curve.low_fraction],
+        [100 * v for v in curve.high_fraction],
+        C.ACCENT,
+    )
     return Figure(
         "replica-growth",
         "How the ideal saving grows with the number of workers",
         C.lines(
             "replica-growth",
-            f"Ideal saving against workers per host ({fit['policy_set']})",
+            f"Ideal saving against workers per host ({fit.policy_set})",
             series,
             xlabel="workers (replicas) on the host",
             ylabel="ideal saving (% of anonymous memory)",
-            logx=logx,
-            bands=[(ns, [100 * v for v in lo], [100 * v for v in hi], C.ACCENT)],
+            logx=max(ns) > 50,
+            bands=[band],
         ),
         f"The share of anonymous memory an ideal KSM frees with n workers under "
-        f"`{fit['policy_set']}`: measured in the trace for 1 to {fit['k']} workers (dashed), "
-        f"fitted and projected beyond (solid, with its {F.pct(fit['confidence'], 0)} bootstrap "
+        f"`{fit.policy_set}`: measured in the trace for 1 to {fit.k} workers (dashed), "
+        f"fitted and projected beyond (solid, with its {F.pct(fit.confidence, 0)} bootstrap "
         "band). KSM realises a share of this ideal; the capacity numbers use that share.",
         (
             table(
@@ -1686,100 +1882,16 @@ def _growth_figure(fit: dict[str, Any], choice: Choice) -> Figure:
     )
 
 
+# ----------------------------------------------------------------------------- 11. validation
+
+
 def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
-    blocks: list[Block] = []
-    obs = inputs.observed
-    if obs is not None and "pages_sharing" in obs.observed:
-        t = list(obs.t_s)
-        series = [
-            C.Series(
-                "predicted", t, [float(v) for v in obs.predicted.get("pages_sharing", ())], C.ACCENT
-            ),
-            C.Series(
-                "observed",
-                t,
-                [math.nan if v is None else float(v) for v in obs.observed["pages_sharing"]],
-                C.BAD,
-                dashed=True,
-            ),
-        ]
-        err = obs.final_relative_error
-        blocks.append(
-            Para(
-                f"The scenario `{obs.scenario}` was compared with what KSM really did on "
-                f"{obs.source} (`ksm-planner observe`, {len(obs.t_s)} samples over "
-                f"{F.seconds(obs.t_s[-1] - obs.t_s[0] if obs.t_s else 0.0)}). "
-                + _observed_facts(obs)
-                + " At the last sample the prediction of `pages_sharing` is "
-                + (
-                    f"{F.pct(abs(err))} {'above' if err > 0 else 'below'} the observed value."
-                    if err is not None and math.isfinite(err)
-                    else "not comparable (no value)."
-                )
-                + (
-                    " The knobs differ: "
-                    + ", ".join(
-                        f"`{k}` observed {a}, predicted {b}"
-                        for k, (a, b) in obs.knob_differences.items()
-                    )
-                    + "."
-                    if obs.knob_differences
-                    else " The knobs match."
-                )
-            )
-        )
-        rows = []
-        for i, ts in enumerate(obs.t_s):
-            row: dict[str, Any] = {"t_s": ts}
-            for c in sorted(set(obs.observed) | set(obs.predicted)):
-                o = obs.observed.get(c, ())
-                p = obs.predicted.get(c, ())
-                row[f"observed_{c}"] = o[i] if i < len(o) else None
-                row[f"predicted_{c}"] = p[i] if i < len(p) else None
-            rows.append(row)
-        keys = [k for k in rows[0] if k != "t_s"] if rows else []
-        blocks.append(
-            Figure(
-                "validation",
-                "Predicted against observed pages_sharing",
-                C.lines(
-                    "validation",
-                    "pages_sharing: replay against the observed host",
-                    series,
-                    xlabel="time since the recording started (s)",
-                    ylabel="pages_sharing",
-                ),
-                f"The replay of `{obs.scenario}` (solid) against the counter observed on "
-                f"{obs.source} (dashed), sampled at the recording's times.",
-                (
-                    table(
-                        "validation",
-                        "Predicted and observed counters",
-                        [Column("t_s", "time", "float1", "s")]
-                        + [Column(k, k.replace("_", " "), "int") for k in keys],
-                        rows,
-                    ),
-                ),
-            )
-        )
-        blocks.append(
-            Para(
-                "Two things separate a prediction from a canary. The canary runs its own instance "
-                "of the workload (other processes, address-space layout and hash seeds, other "
-                "requests), whose duplicate content is not exactly the trace's. And the replay "
-                "sees writes only where the trace changes (at its snapshots) and holds the last "
-                "snapshot still, while the real processes keep writing merged pages (the "
-                "copy-on-write breaks of [Risks](#risks)), which lowers the observed level. To "
-                "tell the two apart, capture a trace on the canary itself and review that."
-            )
-        )
-        for note in obs.notes:
-            blocks.append(Callout("note", note))
-    elif inputs.validation:
-        v = inputs.validation
-        blocks.append(Para(str(v.get("summary", "A kernel validation was given."))))
+    obs = inputs.whatif.observed
+    blocks: list[Block]
+    if obs is not None and any(v is not None for v in obs.observed.pages_sharing):
+        blocks = _observed_blocks(inputs, obs)
     else:
-        blocks.append(
+        blocks = [
             Para(
                 "No observed timeline or kernel validation was given, so this review has not "
                 "been compared with a real host. To do so, run the recommended policy on a canary "
@@ -1787,17 +1899,15 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
                 "the review with `--observed DIR`; or replay the trace on this kernel scan by scan "
                 "with `ksm-planner validate TRACE --kernel`."
             )
-        )
+        ]
     checks = _consistency_checks(inputs)
-    blocks.append(Heading("Internal checks"))
-    blocks.append(
+    blocks += [
+        Heading("Internal checks"),
         Para(
             "These identities must hold for every scenario; a failure means the numbers above "
             "cannot be trusted. "
             + ("**All passed.**" if all(c["passed"] for c in checks) else "**Some failed.**")
-        )
-    )
-    blocks.append(
+        ),
         table(
             "checks",
             "Consistency checks of the replay results.",
@@ -1808,8 +1918,8 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
                 Column("passed", "passed", "bool"),
             ],
             checks,
-        )
-    )
+        ),
+    ]
     return Section(
         "validation",
         "Validation",
@@ -1818,126 +1928,175 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
-def _canary_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
-    obs = inputs.observed
-    gap = _observed_gap(obs) if obs is not None else None
-    if obs is None or gap is None:
-        return (
-            "The prediction has not been compared with a real host yet "
-            "([Validation](#validation)).",
-        )
-    return (
-        f"On a canary ({obs.source}, `{obs.scenario}`), the predicted number of merged pages "
-        f"was {F.pct(abs(gap))} {'above' if gap > 0 else 'below'} what the real KSM merged"
-        + ("; plan with the lower figure" if gap > 0 else "")
-        + " ([Validation](#validation)).",
-    )
-
-
-def _observed_gap(obs: Any) -> float | None:
-    """Mean (predicted - observed) / observed of ``pages_sharing`` over the second half."""
-    t = list(obs.t_s)
-    o = [math.nan if v is None else float(v) for v in obs.observed.get("pages_sharing", ())]
-    p = [float(v) for v in obs.predicted.get("pages_sharing", ())]
-    if not t or len(o) != len(t) or len(p) != len(t):
-        return None
-    half = [
-        (pi - oi) / oi
-        for ti, oi, pi in zip(t, o, p, strict=True)
-        if ti >= t[-1] / 2 and oi > 0 and math.isfinite(oi)
-    ]
-    return sum(half) / len(half) if half else None
-
-
-def _observed_facts(obs: Any) -> str:
-    """First merge and mean gap of ``pages_sharing``, predicted against observed, in words."""
-    t = list(obs.t_s)
-    o = [math.nan if v is None else float(v) for v in obs.observed.get("pages_sharing", ())]
-    p = [float(v) for v in obs.predicted.get("pages_sharing", ())]
-    if not t or len(o) != len(t) or len(p) != len(t):
-        return ""
-
-    def first(values: list[float]) -> float | None:
-        return next((ti for ti, v in zip(t, values, strict=True) if v > 0), None)
-
-    fo, fp = first(o), first(p)
-    gap = _observed_gap(obs)
-    text = ""
+def _observed_text(inputs: ReviewInputs, obs: ObservedComparison) -> str:
+    """The comparison in words: first merge, mean gap, last sample, knobs."""
+    facts = ""
+    fo, fp = obs.first_merge_observed_s, obs.first_merge_predicted_s
     if fo is not None and fp is not None:
-        text += (
+        facts += (
             f"Merging starts after {F.seconds(fo)} on the host and {F.seconds(fp)} in the replay. "
         )
+    gap = obs.mean_relative_gap
     if gap is not None:
-        text += (
+        facts += (
             f"Over the second half of the recording the predicted `pages_sharing` is on average "
             f"{F.pct(abs(gap))} {'above' if gap > 0 else 'below'} the observed one."
         )
-    return text
+    err = obs.final_relative_error
+    return (
+        f"The scenario `{_observed_name(inputs, obs)}` was compared with what KSM really did on "
+        f"{obs.source} (`ksm-planner observe`, {len(obs.t_s)} samples over "
+        f"{F.seconds(obs.t_s[-1] - obs.t_s[0] if obs.t_s else 0.0)}). "
+        + facts
+        + " At the last sample the prediction of `pages_sharing` is "
+        + (
+            f"{F.pct(abs(err))} {'above' if err > 0 else 'below'} the observed value."
+            if err is not None and math.isfinite(err)
+            else "not comparable (no value)."
+        )
+        + (
+            " The knobs differ: "
+            + ", ".join(
+                f"`{k}` observed {a}, predicted {b}" for k, (a, b) in obs.knob_differences.items()
+            )
+            + "."
+            if obs.knob_differences
+            else " The knobs match."
+        )
+    )
+
+
+def _observed_blocks(inputs: ReviewInputs, obs: ObservedComparison) -> list[Block]:
+    t = list(obs.t_s)
+    nan = math.nan
+    series = [
+        C.Series(
+            "predicted",
+            t,
+            [nan if v is None else float(v) for v in obs.predicted.pages_sharing],
+            C.ACCENT,
+        ),
+        C.Series(
+            "observed",
+            t,
+            [nan if v is None else float(v) for v in obs.observed.pages_sharing],
+            C.BAD,
+            dashed=True,
+        ),
+    ]
+    counters = sorted(
+        (name, o, p)
+        for (name, o), (_, p) in zip(obs.observed.items(), obs.predicted.items(), strict=True)
+    )
+    rows = []
+    for i, ts in enumerate(obs.t_s):
+        row: dict[str, Any] = {"t_s": ts}
+        for name, o, p in counters:
+            row[f"observed_{name}"] = o[i] if i < len(o) else None
+            row[f"predicted_{name}"] = p[i] if i < len(p) else None
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "t_s"] if rows else []
+    name = _observed_name(inputs, obs)
+    blocks: list[Block] = [
+        Para(_observed_text(inputs, obs)),
+        Figure(
+            "validation",
+            "Predicted against observed pages_sharing",
+            C.lines(
+                "validation",
+                "pages_sharing: replay against the observed host",
+                series,
+                xlabel="time since the recording started (s)",
+                ylabel="pages_sharing",
+            ),
+            f"The replay of `{name}` (solid) against the counter observed on "
+            f"{obs.source} (dashed), sampled at the recording's times.",
+            (
+                table(
+                    "validation",
+                    "Predicted and observed counters",
+                    [Column("t_s", "time", "float1", "s")]
+                    + [Column(k, k.replace("_", " "), "int") for k in keys],
+                    rows,
+                ),
+            ),
+        ),
+        Para(
+            "Two things separate a prediction from a canary. The canary runs its own instance "
+            "of the workload (other processes, address-space layout and hash seeds, other "
+            "requests), whose duplicate content is not exactly the trace's. And the replay "
+            "sees writes only where the trace changes (at its snapshots) and holds the last "
+            "snapshot still, while the real processes keep writing merged pages (the "
+            "copy-on-write breaks of [Risks](#risks)), which lowers the observed level. To "
+            "tell the two apart, capture a trace on the canary itself and review that."
+        ),
+    ]
+    blocks += [Callout("note", note) for note in obs.notes]
+    return blocks
 
 
 def _consistency_checks(inputs: ReviewInputs) -> list[dict[str, Any]]:
     scen = inputs.scenarios
-    ps = scen[0].page_size if scen else 4096
+    ps = scen[0].host.page_size if scen else 4096
+    anon0 = scen[0].host.anon_bytes if scen else 0
 
     def count(pred: Any) -> dict[str, Any]:
-        failed = sum(1 for s in scen if not pred(s))
+        failed = sum(1 for s in scen if not pred(s.host))
         return {"scenarios": len(scen), "failed": failed, "passed": failed == 0}
-
-    def fc(s: ScenarioOutcome, key: str) -> int:
-        return int(s.final_counters.get(key, 0))
 
     checks = [
         (
             "general_profit = (pages_sharing + ksm_zero_pages) × page size − rmap_items × 64 B",
-            lambda s: (
-                fc(s, "general_profit")
-                == (fc(s, "pages_sharing") + fc(s, "ksm_zero_pages")) * ps
-                - fc(s, "rmap_items") * 64
+            lambda h: (
+                h.final_counters.general_profit
+                == (h.final_counters.pages_sharing + h.final_counters.ksm_zero_pages) * ps
+                - h.final_counters.rmap_items * 64
             ),
         ),
         (
             "pages_volatile = rmap_items − shared − sharing − unshared (never negative)",
-            lambda s: (
-                fc(s, "pages_volatile")
-                == fc(s, "rmap_items")
-                - fc(s, "pages_shared")
-                - fc(s, "pages_sharing")
-                - fc(s, "pages_unshared")
-                and fc(s, "pages_volatile") >= 0
+            lambda h: (
+                h.final_counters.pages_volatile
+                == h.final_counters.rmap_items
+                - h.final_counters.pages_shared
+                - h.final_counters.pages_sharing
+                - h.final_counters.pages_unshared
+                and h.final_counters.pages_volatile >= 0
             ),
         ),
         (
             "per-process profits add up to general_profit + pages_shared × page size",
-            lambda s: (
-                sum(p.profit_bytes for p in s.processes)
-                == fc(s, "general_profit") + fc(s, "pages_shared") * ps
+            lambda h: (
+                sum(p.ksm_process_profit for p in h.processes)
+                == h.final_counters.general_profit + h.final_counters.pages_shared * ps
             ),
         ),
         (
-            "memory freed ≤ static ideal of the same pages (realisation ≤ 100 %)",
-            lambda s: s.saved_bytes <= s.ideal_saved_bytes,
+            "memory freed ≤ policy ideal of the same pages (realisation ≤ 100 %)",
+            lambda h: h.saved_bytes <= h.policy_ideal_saved_bytes,
         ),
-        ("KSM off frees nothing", lambda s: s.enabled or s.saved_bytes == 0),
+        ("KSM off frees nothing", lambda h: h.enabled or h.saved_bytes == 0),
         (
             "anonymous memory without KSM is the same in every scenario",
-            lambda s: s.anon_bytes == scen[0].anon_bytes,
+            lambda h: h.anon_bytes == anon0,
         ),
     ]
     return [{"check": name, **count(pred)} for name, pred in checks]
 
 
+# ----------------------------------------------------------------------------- 12. appendix
+
+
 def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
-    all_keys = sorted({k for s in inputs.scenarios for k in s.knobs})
-    vary = [k for k in all_keys if len({repr(s.knobs.get(k)) for s in inputs.scenarios}) > 1]
-    common = (
-        {k: inputs.scenarios[0].knobs.get(k) for k in all_keys if k not in vary}
-        if inputs.scenarios
-        else {}
-    )
+    knob_sets = [s.knob_values for s in inputs.scenarios]
+    all_keys = sorted({k for ks in knob_sets for k in ks})
+    vary = [k for k in all_keys if len({repr(ks.get(k)) for ks in knob_sets}) > 1]
+    common = {k: knob_sets[0].get(k) for k in all_keys if k not in vary} if knob_sets else {}
     knob_rows = [
-        {"scenario": s.name, "policy_set": s.policy_set, **{k: str(s.knobs.get(k)) for k in vary}}
-        for s in inputs.scenarios
+        {"scenario": s.name, "policy_set": s.policy_set, **{k: str(ks.get(k)) for k in vary}}
+        for s, ks in zip(inputs.scenarios, knob_sets, strict=True)
     ]
+    chosen = choice.scenario
     blocks: list[Block] = [
         Para("Rebuild this review (same inputs, same bytes):"),
         Code(inputs.command),
@@ -1946,9 +2105,8 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
             f"ksm-planner info {inputs.trace.path}\n"
             + (
                 f"ksm-planner replay {inputs.trace.path} --pages-to-scan "
-                f"{choice.scenario.knobs.get('pages_to_scan')} --sleep-ms "
-                f"{choice.scenario.knobs.get('sleep_ms')}"
-                if choice.scenario
+                f"{chosen.knobs.pages_to_scan} --sleep-ms {chosen.knobs.sleep_ms}"
+                if chosen
                 else ""
             )
         ),
@@ -1968,7 +2126,7 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
             "options",
             "Options of this review.",
             [Column("option", "option", "text"), Column("value", "value", "text")],
-            [{"option": k, "value": str(v)} for k, v in sorted(inputs.options.items())],
+            [{"option": k, "value": str(v)} for k, v in inputs.options.items()],
         ),
         Para(
             "Every table and plot of this review is also in `data/` as CSV (raw values: bytes, "
@@ -1981,6 +2139,9 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
         tuple(blocks),
         lead="Exact commands, the configuration of every scenario, and where the raw data is.",
     )
+
+
+# ----------------------------------------------------------------------------- the document
 
 
 def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
@@ -2004,31 +2165,36 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
         )
     )
     tr = inputs.trace
+    version = inputs.options.tool_version
     provenance = {
-        "tool_version": inputs.options.get("tool_version", ""),
+        "tool_version": version,
         "trace_path": tr.path,
         "trace_hash": tr.trace_hash,
         "hosts": list(tr.hosts),
         "kernel_release": tr.kernel_release,
         "command": inputs.command,
         "recommended": choice.scenario.name if choice.scenario else None,
-        "footer": f"Made by {inputs.options.get('tool_version', 'ksm-planner')} from trace "
+        "footer": f"Made by {version or 'ksm-planner'} from trace "
         f"`{tr.trace_hash}`. Rebuild: `{inputs.command}`",
     }
+    w = inputs.whatif
     data = {
         "recommendation": {
             "scenario": choice.scenario.name if choice.scenario else None,
             "reason": choice.reason,
-            "excluded": [{"scenario": n, "why": w} for n, w in choice.excluded],
+            "excluded": [{"scenario": n, "why": why} for n, why in choice.excluded],
             "rule": {
                 "near_best": NEAR_BEST,
                 "max_time_to_90_s": MAX_TIME_TO_90_S,
                 "cpu_budget_percent": inputs.cpu_budget_percent,
             },
         },
-        "options": dict(inputs.options),
-        "extrapolation": dict(inputs.extrapolation or {}),
-        "warnings": list(inputs.notes),
+        "options": dict(inputs.options.items()),
+        "extrapolation": {"spec": w.extrapolation, "fits": w.fits} if w.fits else {},
+        "comparisons": to_jsonable(
+            {"knob_effects": w.knob_effects, "saving_range": w.saving_range}
+        ),
+        "warnings": list(w.warnings),
     }
     return Document(
         title=title or f"KSM capacity review: {tr.name}",
@@ -2042,4 +2208,12 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
     )
 
 
-__all__ = ["MAX_TIME_TO_90_S", "NEAR_BEST", "Choice", "build_review", "recommend"]
+__all__ = [
+    "MAX_TIME_TO_90_S",
+    "NEAR_BEST",
+    "Choice",
+    "build_review",
+    "knob_sentence",
+    "range_sentence",
+    "recommend",
+]

@@ -3,7 +3,7 @@
 One row per recorded page per snapshot, with the interchange header
 ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` plus ``is_zero``
 (0/1) and ``host``. Unless ``minimal`` is asked for, the extension columns of
-:data:`planner.trace.ingest.EXTENSION_COLUMNS` follow (process start time, page flags,
+:data:`planner.trace.schema.EXTENSION_COLUMNS` follow (process start time, page flags,
 mapping end, and the process/mapping attributes the trace holds) and, for a sampled trace
 (schema v2), the per-page change counts of :data:`planner.trace.schema.INTERCHANGE_COUNTS`,
 so that ``ingest(export(trace))`` gives back the same pages, frames, hashes, counts,
@@ -47,31 +47,9 @@ if TYPE_CHECKING:
 
 ExportFormat = Literal["csv", "csv.gz", "parquet"]
 
-#: Column order and types of an export (the interchange header first).
-_EXPORT_FIELDS: list[pa.Field[Any]] = [
-    pa.field("time_s", pa.float64()),
-    pa.field("pid", pa.int32()),
-    pa.field("ppid", pa.int32()),
-    pa.field("comm", pa.string()),
-    pa.field("vma_start", pa.uint64()),
-    pa.field("vma_kind", pa.string()),
-    pa.field("page_addr", pa.uint64()),
-    pa.field("content_hash", pa.uint64()),
-    pa.field("frame", pa.uint64()),
-    pa.field("is_zero", pa.uint8()),
-    pa.field("host", pa.string()),
-    pa.field("proc_start", pa.uint64()),
-    pa.field("flags", pa.uint16()),
-    pa.field("vma_end", pa.uint64()),
-    pa.field("uid", pa.int32()),
-    pa.field("cgroup", pa.string()),
-    pa.field("labels", pa.string()),
-    pa.field("perms", pa.string()),
-    pa.field("vma_path", pa.string()),
-    *(pa.field(c, pa.uint16()) for c in S.INTERCHANGE_COUNTS),
-]
-EXPORT_SCHEMA: Final = pa.schema(_EXPORT_FIELDS)
-_MINIMAL: Final = (*S.INTERCHANGE_HEADER, "is_zero", "host")
+#: Column order and types of an export (:data:`planner.trace.schema.INTERCHANGE_COLUMNS`).
+EXPORT_SCHEMA: Final = S.EXPORT_SCHEMA
+_MINIMAL: Final = S.INTERCHANGE_MINIMAL
 _ALWAYS_EXTENDED: Final = ("proc_start", "flags", "vma_end")
 #: Optional extension columns, written when the trace holds any value for them.
 _PROCESS_EXTRAS: Final = {"uid": "uid", "cgroup": "cgroup", "labels": "labels"}

@@ -2,8 +2,9 @@
 
 Two kinds of input become a trace directory (format v2, see :mod:`planner.trace.schema`):
 
-* the **interchange format**: a flat CSV or Parquet table, one row per present eligible
-  page per snapshot, with the header
+* the **interchange format** (its columns, one definition:
+  :data:`planner.trace.schema.INTERCHANGE_COLUMNS`): a flat CSV or Parquet table, one row
+  per present eligible page per snapshot, with the header
   ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` (``ppid``,
   ``comm``, ``vma_start``, ``vma_kind`` and ``frame`` optional), an optional ``is_zero``
   (0/1), an optional ``host`` column and the optional per-page change counts of
@@ -49,6 +50,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from planner._input import file_kind, sniff
 from planner._progress import NULL_PROGRESS
 from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
@@ -69,44 +71,12 @@ _DICT_STR: Final = pa.dictionary(pa.int32(), pa.string())
 _INT32_MAX: Final = 2**31 - 1
 _PAGE: Final = S.PAGE_SIZE_BYTES
 
-#: Extension columns of the interchange format, written by ``ksm-planner export`` so that
-#: a trace survives export + ingest: process identity and attributes, page flags, mapping
-#: attributes. Other tools may ignore them.
-EXTENSION_COLUMNS: Final = (
-    "proc_start",
-    "flags",
-    "uid",
-    "cgroup",
-    "labels",
-    "vma_end",
-    "perms",
-    "vma_path",
-)
-
-#: Every column the interchange reader knows, with the type it is read as. Other columns
-#: are ignored (and reported).
-INTERCHANGE_TYPES: Final[dict[str, pa.DataType]] = {
-    "time_s": pa.float64(),
-    "pid": pa.int64(),
-    "ppid": pa.int64(),
-    "comm": _DICT_STR,
-    "vma_start": pa.uint64(),
-    "vma_kind": _DICT_STR,
-    "page_addr": pa.uint64(),
-    "content_hash": pa.uint64(),
-    "frame": pa.uint64(),
-    "is_zero": pa.bool_(),
-    "host": _DICT_STR,
-    "proc_start": pa.uint64(),
-    "flags": pa.int64(),
-    "uid": pa.int64(),
-    "cgroup": _DICT_STR,
-    "labels": _DICT_STR,
-    "vma_end": pa.uint64(),
-    "perms": _DICT_STR,
-    "vma_path": _DICT_STR,
-    **dict.fromkeys(S.INTERCHANGE_COUNTS, pa.int64()),
-}
+#: Extension columns of the interchange format (:data:`planner.trace.schema.EXTENSION_COLUMNS`),
+#: written by ``ksm-planner export`` so that a trace survives export + ingest.
+EXTENSION_COLUMNS: Final = S.EXTENSION_COLUMNS
+#: Every column the interchange reader knows, with the type it is read as
+#: (:data:`planner.trace.schema.INTERCHANGE_COLUMNS`). Other columns are ignored (and reported).
+INTERCHANGE_TYPES: Final = S.INTERCHANGE_READ_TYPES
 
 #: Columns of the capture prototype's flat Parquet (schema version 0), docs/capture.md §7.
 V0_COLUMNS: Final = (
@@ -387,20 +357,6 @@ def _v0_flag_map(metadata: Mapping[bytes, bytes] | None) -> dict[int, int | None
 MAX_FIELD_BYTES: Final = 4 << 20
 _HEAD_BYTES: Final = 1 << 16
 
-#: Magic numbers of files that are not CSV text: (prefix, what it is, suffix to decompress
-#: it on the fly, or ``None`` when the format is not supported).
-_MAGIC: Final = (
-    (b"\x1f\x8b", "gzip-compressed data", ".gz"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
-    (b"\x04\x22\x4d\x18", "lz4-compressed data", ".lz4"),
-    (b"\xfd7zXZ\x00", "an xz-compressed file", None),
-    (b"PK\x03\x04", "a zip archive", None),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None),
-    (b"ARROW1", "an Arrow IPC file", None),
-    (b"SQLite format 3\x00", "an SQLite database", None),
-    (b"\xff\xfe", "UTF-16 text", None),
-    (b"\xfe\xff", "UTF-16 text", None),
-)
 Codec = Literal["bz2", "gzip", "lz4", "zstd"]
 _CODECS: Final[dict[str, Codec]] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _CODEC_NAMES: Final = {
@@ -409,28 +365,6 @@ _CODEC_NAMES: Final = {
     ".zst": "zstd-compressed data",
     ".lz4": "lz4-compressed data",
 }
-
-
-def _sniff(head: bytes) -> tuple[str, str | None] | None:
-    """What a file starting with ``head`` is, when it is a known binary format."""
-    for magic, what, suffix in _MAGIC:
-        if head.startswith(magic):
-            return what, suffix
-    if len(head) >= 4 and head[:3] == b"BZh" and head[3:4] in b"123456789":
-        return "bzip2-compressed data", ".bz2"
-    return None
-
-
-def _kind_of(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 class _Input:
@@ -467,7 +401,7 @@ class _Input:
     def _check_regular(self, mode: int) -> None:
         if not stat.S_ISREG(mode):
             raise TraceFormatError(
-                f"{self.path} is {_kind_of(mode)}, not a regular file",
+                f"{self.path} is {file_kind(mode)}, not a regular file",
                 hint="ingest reads a file; save the data to a file first",
             )
 
@@ -828,10 +762,10 @@ def _check_interchange_header(path: Path, header: Sequence[str]) -> None:
 
 def _check_compression(path: Path, inp: _Input, magic: bytes) -> None:
     """The file's content must be what its name says: CSV text, or CSV compressed by its suffix."""
-    sniffed = _sniff(magic)
+    sniffed = sniff(magic)
     suffix = path.suffix.lower()
     if inp.codec is None:
-        if sniffed is None or sniffed[0] == "UTF-16 text":  # told with its own fix below
+        if sniffed is None:  # UTF-16 text is told with its own fix below
             return
         what, fix = sniffed
         hint = (
@@ -860,9 +794,9 @@ def _open_csv(path: Path, inp: _Input, magic: bytes) -> _Source:
             hint="the file is damaged or truncated",
         ) from exc
     if inp.codec is not None:
-        inner = _sniff(head)
-        if head[:4] == b"PAR1" or (inner is not None and inner[0] != "UTF-16 text"):
-            what = "Parquet data" if head[:4] == b"PAR1" else inner[0]  # type: ignore[index]
+        inner = sniff(head)
+        if inner is not None:
+            what = "Parquet data" if head[:4] == b"PAR1" else inner[0]
             raise TraceFormatError(
                 f"{path} holds {what} inside its {path.suffix} compression, not CSV text",
                 hint="decompress it and ingest what it holds",

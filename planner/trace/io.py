@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from planner._fs import atomic_dir
+from planner._input import file_kind
 from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
@@ -395,6 +396,11 @@ class HostTrace:
         """Snapshot times (seconds since the first snapshot), in order."""
         return self.snapshots.column("time_s").to_numpy()
 
+    @property
+    def hz(self) -> int | None:
+        """The kernel's CONFIG_HZ the capture recorded; ``None`` when it recorded none."""
+        return recorded_hz(self.snapshots)
+
     def meta(self) -> dict[str, Any]:
         """Per-trace facts from the first snapshot row (kernel, page size, hash, tool, HZ)."""
         if self.snapshots.num_rows == 0:
@@ -531,20 +537,6 @@ def forget_verified() -> None:
         _VERIFIED.clear()
 
 
-def _kind_of(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 @dataclass(frozen=True)
 class _FileEntry:
     """A file the manifest lists: where it is and what it must hold."""
@@ -582,7 +574,7 @@ def _open_member(root: Path, rel: str) -> tuple[int, os.stat_result]:
             want = stat.S_ISREG if last else stat.S_ISDIR
             if not want(st.st_mode):
                 raise TraceFormatError(
-                    f"{root / '/'.join(parts[: i + 1])} is {_kind_of(st.st_mode)}, not a "
+                    f"{root / '/'.join(parts[: i + 1])} is {file_kind(st.st_mode)}, not a "
                     f"{'regular file' if last else 'directory'} of the trace",
                     hint="trace files are regular files inside the trace directory; " + _RECREATE,
                 )
@@ -601,7 +593,7 @@ def _open_member(root: Path, rel: str) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # swapped between the lstat and the open
         os.close(fd)
-        raise TraceFormatError(f"{shown} is {_kind_of(st.st_mode)}, not a regular file")
+        raise TraceFormatError(f"{shown} is {file_kind(st.st_mode)}, not a regular file")
     os.set_blocking(fd, True)
     return fd, st
 
@@ -870,6 +862,13 @@ class Trace:
             PagesCheck(index, self._where(host, name)).feed(table)
         return _select(table, name, columns, self._where(host, name)) if columns else table
 
+    def hz(self, host: str) -> int | None:
+        """The CONFIG_HZ recorded for ``host`` (``None``: none), reading only its snapshots.
+
+        The one way HZ is read from a trace (:attr:`HostTrace.hz` for a loaded host).
+        """
+        return recorded_hz(self.read_table(host, "snapshots", ["hz"]))
+
     def pages_rows(self, host: str) -> int:
         """Rows of ``pages.parquet`` of ``host`` (from its verified footer)."""
         entry = self._entry(host, "pages")
@@ -992,7 +991,7 @@ def _read_manifest(p: Path) -> Any:
             ) from None
         if not stat.S_ISREG(st.st_mode):
             raise TraceFormatError(
-                f"{mpath} is {_kind_of(st.st_mode)}, not a regular file", hint=_RECREATE
+                f"{mpath} is {file_kind(st.st_mode)}, not a regular file", hint=_RECREATE
             )
         if st.st_size > _MANIFEST_MAX_BYTES:
             raise TraceFormatError(
@@ -1130,7 +1129,7 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         )
     if not stat.S_ISDIR(st.st_mode):
         raise TraceFormatError(
-            f"{p} is {_kind_of(st.st_mode)}, not a ksm-planner trace directory",
+            f"{p} is {file_kind(st.st_mode)}, not a ksm-planner trace directory",
             hint="give the path of a trace directory",
         )
     manifest = _read_manifest(p)
@@ -1143,7 +1142,9 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return Trace(path=p, manifest=manifest, hosts=hosts)
 
 
-def iter_hosts(trace: Trace) -> Iterator[HostTrace]:
-    """Load each host of ``trace`` in turn."""
-    for h in trace.hosts:
-        yield trace.load_host(h)
+def recorded_hz(snapshots: pa.Table) -> int | None:
+    """The first HZ a snapshots table records (``None`` when every row leaves it empty)."""
+    if "hz" not in snapshots.column_names:
+        return None
+    hz = next((v for v in snapshots.column("hz").to_pylist() if v), None)
+    return int(hz) if hz is not None else None

@@ -39,7 +39,8 @@ frame id keeps its value across snapshots of one capture while the frame stays m
 from __future__ import annotations
 
 import enum
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import pyarrow as pa
 
@@ -91,8 +92,6 @@ VMA_KINDS: Final = (
     "file_text",  # private r-x file mapping
     "other",  # anything else (ingested traces with unknown kinds)
 )
-
-_DICT = pa.dictionary(pa.int32(), pa.string())
 
 SNAPSHOTS_SCHEMA: Final = pa.schema(
     [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
@@ -341,30 +340,90 @@ PARQUET_OPTIONS: Final = {
     "default": {"compression": "zstd", "compression_level": 3, "use_dictionary": True},
 }
 
-#: The interchange format of ``ksm-planner ingest`` / ``export`` (one row per present
-#: eligible page per snapshot). Required columns first.
-INTERCHANGE_REQUIRED: Final = ("time_s", "pid", "page_addr", "content_hash")
-INTERCHANGE_OPTIONAL: Final = ("ppid", "comm", "vma_start", "vma_kind", "frame", "is_zero", "host")
-INTERCHANGE_HEADER: Final = (
-    "time_s",
-    "pid",
-    "ppid",
-    "comm",
-    "vma_start",
-    "vma_kind",
-    "page_addr",
-    "content_hash",
-    "frame",
+# ----------------------------------------------------------------------------- interchange
+
+_TEXT: Final = pa.dictionary(pa.int32(), pa.string())  # text read dictionary-encoded
+
+
+@dataclass(frozen=True)
+class InterchangeColumn:
+    """One column of the interchange format (``ksm-planner ingest`` / ``export``).
+
+    Attributes
+    ----------
+    name
+        The column name.
+    written
+        The type ``export`` writes.
+    read
+        The type ``ingest`` reads it as: integers wider than written (64-bit), so that a value
+        out of range is reported rather than wrapped; text dictionary-encoded; ``is_zero`` as
+        a boolean (``0``/``1``).
+    role
+        ``required``; ``header``: the documented header's optional columns; ``optional``:
+        columns after the header; ``extension``: what ``export`` adds (unless ``minimal``) so
+        that a trace survives ``ingest(export(trace))``. Other tools may ignore those;
+        ``counts``: the per-page change counts of a sampled trace (schema v2), written by
+        ``export`` (unless ``minimal``) when the trace has them.
+    """
+
+    name: str
+    written: pa.DataType
+    read: pa.DataType
+    role: Literal["required", "header", "optional", "extension", "counts"]
+
+
+#: The interchange format: one row per present eligible page per snapshot, columns in the
+#: order ``export`` writes them. Its one definition; the lists below are derived from it.
+INTERCHANGE_COLUMNS: Final = (
+    InterchangeColumn("time_s", pa.float64(), pa.float64(), "required"),
+    InterchangeColumn("pid", pa.int32(), pa.int64(), "required"),
+    InterchangeColumn("ppid", pa.int32(), pa.int64(), "header"),
+    InterchangeColumn("comm", pa.string(), _TEXT, "header"),
+    InterchangeColumn("vma_start", pa.uint64(), pa.uint64(), "header"),
+    InterchangeColumn("vma_kind", pa.string(), _TEXT, "header"),
+    InterchangeColumn("page_addr", pa.uint64(), pa.uint64(), "required"),
+    InterchangeColumn("content_hash", pa.uint64(), pa.uint64(), "required"),
+    InterchangeColumn("frame", pa.uint64(), pa.uint64(), "header"),
+    InterchangeColumn("is_zero", pa.uint8(), pa.bool_(), "optional"),
+    InterchangeColumn("host", pa.string(), _TEXT, "optional"),
+    InterchangeColumn("proc_start", pa.uint64(), pa.uint64(), "extension"),
+    InterchangeColumn("flags", pa.uint16(), pa.int64(), "extension"),
+    InterchangeColumn("vma_end", pa.uint64(), pa.uint64(), "extension"),
+    InterchangeColumn("uid", pa.int32(), pa.int64(), "extension"),
+    InterchangeColumn("cgroup", pa.string(), _TEXT, "extension"),
+    InterchangeColumn("labels", pa.string(), _TEXT, "extension"),
+    InterchangeColumn("perms", pa.string(), _TEXT, "extension"),
+    InterchangeColumn("vma_path", pa.string(), _TEXT, "extension"),
+    InterchangeColumn("samples", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("content_checks", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("content_changes", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("frame_changes", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("absent_samples", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("same_content_writes", pa.uint16(), pa.int64(), "counts"),
 )
-#: Optional per-page change counts of the interchange format (schema v2): the ``pages``
-#: columns of the same names, for the interval after the row's snapshot (traces/README.md).
-INTERCHANGE_COUNTS: Final = (
-    "samples",
-    "content_checks",
-    "content_changes",
-    "frame_changes",
-    "absent_samples",
-    "same_content_writes",
+#: Columns an interchange file must have.
+INTERCHANGE_REQUIRED: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "required")
+#: The documented header: ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame``.
+INTERCHANGE_HEADER: Final = tuple(
+    c.name for c in INTERCHANGE_COLUMNS if c.role in ("required", "header")
 )
+#: What ``export --minimal`` writes: the header, ``is_zero`` and ``host``.
+INTERCHANGE_MINIMAL: Final = tuple(
+    c.name for c in INTERCHANGE_COLUMNS if c.role not in ("extension", "counts")
+)
+#: Extension columns (process identity and attributes, page flags, mapping attributes).
+EXTENSION_COLUMNS: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "extension")
+#: Optional per-page change counts (schema v2): the ``pages`` columns of the same names, for
+#: the interval after the row's snapshot (traces/README.md).
+INTERCHANGE_COUNTS: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "counts")
+#: Every column the interchange reader knows, with the type it is read as (others are
+#: ignored, and reported).
+INTERCHANGE_READ_TYPES: Final[dict[str, pa.DataType]] = {
+    c.name: c.read for c in INTERCHANGE_COLUMNS
+}
+#: The schema of an export (every column; an export writes a subset, in this order).
+EXPORT_SCHEMA: Final = pa.schema([pa.field(c.name, c.written) for c in INTERCHANGE_COLUMNS])
+
 #: Plain (unkeyed) xxh3_64 of 4096 zero bytes: the default zero-page hash of ingested traces.
 PLAIN_XXH3_ZERO_PAGE_HASH: Final = 10653106456947493306

@@ -13,10 +13,15 @@ The entry point is :func:`run_whatif`::
     )
     result.to_frame()            # the comparison table (one row per scenario)
     result.pareto_front()        # scenarios on the saving/CPU Pareto front
-    result.timelines("s01")      # replay timelines of a scenario (for plots)
+    result.scenarios[0].hosts[0] # every figure of a scenario on a host (HostScenario)
+    to_jsonable(result)          # the whole result as JSON (planner.jsonable)
 
 Modules: :mod:`~planner.whatif.grid` (knob grids), :mod:`~planner.whatif.run`
 (orchestration), :mod:`~planner.whatif.tasks` (the units executors run),
+:mod:`~planner.whatif.outcome` (what one replay measured; the definition of steady state),
+:mod:`~planner.whatif.aggregate` (scenario figures from replays), :mod:`~planner.whatif.series`
+(replays summed across security domains), :mod:`~planner.whatif.compare` (Pareto front, knob
+effects, saving range),
 :mod:`~planner.whatif.executors` (local pool, inline, Dask),
 :mod:`~planner.whatif.extrapolate` (replica growth fit + bootstrap),
 :mod:`~planner.whatif.capacity` (workers per host), :mod:`~planner.whatif.observed`
@@ -41,19 +46,21 @@ from planner.whatif.extrapolate import (
     GrowthFit,
     extrapolate,
     fit_growth,
-    ideal_saved_frames,
+    policy_ideal_saved_frames,
 )
 from planner.whatif.grid import KnobGrid, load_grid, parse_knob_list
 from planner.whatif.observed import ObservedComparison
+from planner.whatif.outcome import ProcessOutcome, ReplayOutcome, SteadyState, Timeline
 from planner.whatif.result import (
     Estimate,
     HostScenario,
+    KnobEffect,
     ProjectedSaving,
+    SavingRange,
     ScenarioResult,
     WhatIfResult,
 )
 from planner.whatif.run import run_whatif
-from planner.whatif.tasks import ReplayOutcome, Timeline
 
 __all__ = [
     "CapacityEstimate",
@@ -65,23 +72,27 @@ __all__ = [
     "HostCapacityModel",
     "HostScenario",
     "InlineExecutor",
+    "KnobEffect",
     "KnobGrid",
     "ObservedComparison",
+    "ProcessOutcome",
     "ProjectedSaving",
     "ReplayOutcome",
+    "SavingRange",
     "ScenarioResult",
+    "SteadyState",
     "Timeline",
     "WhatIfResult",
     "dask_executor",
     "estimate_capacity",
     "extrapolate",
     "fit_growth",
-    "ideal_saved_frames",
     "load_grid",
     "local_executor",
     "memory_bound_gain",
     "parse_headroom",
     "parse_knob_list",
     "parse_size",
+    "policy_ideal_saved_frames",
     "run_whatif",
 ]

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from planner.errors import UsageProblem
+from planner.jsonable import detail
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -145,6 +146,8 @@ class CapacityInputs:
         Upper bound of the search.
     """
 
+    __json_properties__: ClassVar[tuple[str, ...]] = ("budget_bytes",)
+
     host_mem_bytes: int
     headroom_bytes: int = 0
     headroom_fraction: float = 0.0
@@ -187,10 +190,6 @@ class CapacityInputs:
         free = self.host_cpus - ksmd_cores
         return max(0, math.floor(free / self.cpu_per_worker + 1e-9))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {**asdict(self), "budget_bytes": self.budget_bytes}
-
 
 @dataclass(frozen=True)
 class HostCapacityModel:
@@ -223,11 +222,18 @@ class HostCapacityModel:
         g = growth or self.growth
         return float(g.frames(n)) * self.page_size + n * inputs.worker_other_bytes
 
+    def ksm_saved_bytes(self, n: float, growth: GrowthFit | None = None) -> float:
+        """What KSM frees at ``n`` workers before its metadata: the policy ideal times the
+        realization ratio (and what an unmerge needs back at once)."""
+        g = growth or self.growth
+        return self.realization_ratio * float(g.ideal_saved(n)) * self.page_size
+
     def ksm_net_saved_bytes(self, n: float, growth: GrowthFit | None = None) -> float:
         """``S(n)``: what KSM saves at ``n`` workers, net of its metadata."""
         g = growth or self.growth
-        saved = self.realization_ratio * float(g.ideal_saved(n)) * self.page_size
-        return saved - self.metadata_bytes_per_page * float(g.eligible_pages(n))
+        return self.ksm_saved_bytes(n, g) - self.metadata_bytes_per_page * float(
+            g.eligible_pages(n)
+        )
 
     def memory_with_ksm_bytes(
         self, n: float, inputs: CapacityInputs, growth: GrowthFit | None = None
@@ -267,7 +273,13 @@ def max_fit(memory_bytes: Callable[[int], float], budget_bytes: float, *, upper:
 
 @dataclass(frozen=True)
 class CapacityEstimate:
-    """Workers per host without and with KSM, the gain, and their intervals."""
+    """Workers per host without and with KSM, the gain, and their intervals.
+
+    Memory figures are per host (summed over the hosts of a fleet); ``host_mem_bytes`` and
+    ``headroom_bytes`` restate the inputs (all the memory kept free, absolute and relative).
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("ksm_saved_fraction_at_workers_with",)
 
     workers_without: int
     workers_with: int
@@ -281,20 +293,33 @@ class CapacityEstimate:
     worker_other_bytes: int
     base_bytes: float
     ksm_net_saved_bytes: float  # at workers_with (point)
+    #: At workers_with, before KSM's metadata: the memory an unmerge needs back at once
+    ksm_saved_bytes: float
     ksmd_cores: float
     realization_ratio: float
+    host_mem_bytes: float = 0.0
+    headroom_bytes: float = 0.0  # memory kept free (host memory - budget)
+    #: ``M0(workers_with)``: what the workers with KSM would need without it
+    without_ksm_at_workers_with_bytes: float = 0.0
     hosts: int = 1
-    replicate_workers_with: tuple[int, ...] = field(default=(), repr=False)
-    replicate_workers_without: tuple[int, ...] = field(default=(), repr=False)
+    replicate_workers_with: tuple[int, ...] = field(default=(), metadata=detail("replicates"))
+    replicate_workers_without: tuple[int, ...] = field(default=(), metadata=detail("replicates"))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (without the per-replicate counts)."""
-        d = asdict(self)
-        d.pop("replicate_workers_with")
-        d.pop("replicate_workers_without")
-        d["workers_with_interval"] = list(self.workers_with_interval)
-        d["gain_interval"] = list(self.gain_interval) if self.gain_interval else None
-        return d
+    @property
+    def worker_bytes(self) -> float:
+        """Memory one worker needs without KSM: anonymous (from the trace) and other."""
+        return self.per_worker_anon_bytes + self.worker_other_bytes
+
+    @property
+    def budget_bytes(self) -> float:
+        """Memory left for the service after the headroom."""
+        return self.host_mem_bytes - self.headroom_bytes
+
+    @property
+    def ksm_saved_fraction_at_workers_with(self) -> float:
+        """KSM's net saving at ``workers_with`` as a share of what they need without KSM."""
+        m = self.without_ksm_at_workers_with_bytes
+        return self.ksm_net_saved_bytes / m if m else 0.0
 
 
 def _gain(with_: float, without: float) -> float | None:
@@ -363,8 +388,12 @@ def estimate_capacity(
         worker_other_bytes=inputs.worker_other_bytes,
         base_bytes=model.growth.frames_a * model.page_size,
         ksm_net_saved_bytes=model.ksm_net_saved_bytes(n1),
+        ksm_saved_bytes=model.ksm_saved_bytes(n1),
         ksmd_cores=model.ksmd_cores,
         realization_ratio=model.realization_ratio,
+        host_mem_bytes=float(inputs.host_mem_bytes),
+        headroom_bytes=inputs.host_mem_bytes - inputs.budget_bytes,
+        without_ksm_at_workers_with_bytes=model.memory_without_ksm_bytes(n1, inputs),
         replicate_workers_with=tuple(with_reps),
         replicate_workers_without=tuple(without_reps),
     )
@@ -400,8 +429,14 @@ def combine_hosts(estimates: Sequence[CapacityEstimate]) -> CapacityEstimate:
         worker_other_bytes=estimates[0].worker_other_bytes,
         base_bytes=sum(e.base_bytes for e in estimates),
         ksm_net_saved_bytes=sum(e.ksm_net_saved_bytes for e in estimates),
+        ksm_saved_bytes=sum(e.ksm_saved_bytes for e in estimates),
         ksmd_cores=sum(e.ksmd_cores for e in estimates),
         realization_ratio=float(np.mean([e.realization_ratio for e in estimates])),
+        host_mem_bytes=sum(e.host_mem_bytes for e in estimates),
+        headroom_bytes=sum(e.headroom_bytes for e in estimates),
+        without_ksm_at_workers_with_bytes=sum(
+            e.without_ksm_at_workers_with_bytes for e in estimates
+        ),
         hosts=sum(e.hosts for e in estimates),
         replicate_workers_with=tuple(with_reps),
         replicate_workers_without=tuple(without_reps),

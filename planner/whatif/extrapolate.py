@@ -9,7 +9,7 @@ The method, on the last snapshot of a host (steady state):
    the base plus the first n replicas and count, over the pages of those processes,
    ``F(n)`` = distinct physical frames (memory without KSM; fork-shared frames count once)
    and ``U(n)`` = frames left after an *ideal* KSM merged every duplicate the policy makes
-   mergeable (:func:`ideal_saved_frames`: frames all of whose mappings are VM_MERGEABLE
+   mergeable (:func:`policy_ideal_saved_frames`: frames all of whose mappings are VM_MERGEABLE
    collapse to one frame per content -- per content *and security domain* when merging
    across domains is denied; other frames stay). ``F(n) - U(n)`` is the ideal saving of a
    host with n replicas. Whether a frame is mergeable is decided on the whole snapshot.
@@ -46,13 +46,14 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from planner.errors import UsageProblem
+from planner.jsonable import detail
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput, SnapshotRows
@@ -170,10 +171,6 @@ class ExtrapolationSpec:
                 f"unknown model {self.model!r}", hint="use saturating, heaps or linear"
             )
         parse_group(self.group)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
 
 
 _GROUP_KINDS = ("siblings", "all", "comm", "cmdline", "label", "rule", "pid")
@@ -334,13 +331,20 @@ def _frames(
     )
 
 
-def ideal_saved_frames(
+def policy_ideal_saved_frames(
     rows: SnapshotRows,
     *,
     domain_of_mm: npt.NDArray[np.int64] | None = None,
     use_zero_pages: bool = False,
 ) -> int:
-    """Frames an ideal KSM frees in one snapshot under the policy behind ``rows.eligible``.
+    """The *policy ideal*: frames an ideal KSM frees in one snapshot under the policy behind
+    ``rows.eligible`` (every duplicate it makes mergeable merged at once).
+
+    It is the denominator of the realization ratio (what the replay freed over this) and
+    what the growth fit projects; it differs from the *static ideal* of the whole snapshot
+    (:func:`planner.trace.summary.snapshot_potential`, every page merged whatever the
+    policy) in its mergeable pages only and in how it counts a frame with mappings that are
+    not mergeable.
 
     Per content (per content and domain when ``domain_of_mm`` gives each mm a domain
     code): a frame with a mapping that is not VM_MERGEABLE stays; the frames all of whose
@@ -368,6 +372,18 @@ def ideal_saved_frames(
         needs_page &= ~zero_key
     kept = float(stay.sum()) + float(np.count_nonzero(needs_page))
     return int(fr.key.size - kept)
+
+
+def zero_saved_frames(rows: SnapshotRows, *, use_zero_pages: bool, saved_frames: int) -> int:
+    """How many of a replay's ``saved_frames`` merged zero-content pages (an estimate).
+
+    The distinct zero-content frames among the pages the policy makes mergeable at the last
+    snapshot, less the one KSM page they merge into without ``use_zero_pages`` (with it they
+    map the kernel's zero page and all go), at most the frames saved.
+    """
+    zero = int(np.unique(rows.frame[rows.eligible & rows.zero]).size)
+    freed = zero if use_zero_pages else max(0, zero - 1)
+    return min(freed, max(0, saved_frames))
 
 
 # --------------------------------------------------------------------------- growth
@@ -452,10 +468,6 @@ class GrowthFit:
     def from_array(cls, a: Any) -> GrowthFit:
         """Inverse of :meth:`to_array`."""
         return cls(*(float(x) for x in np.asarray(a, dtype=float).tolist()))
-
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready dict."""
-        return asdict(self)
 
 
 def fit_growth(
@@ -561,6 +573,8 @@ def fit_growth(
 class GrowthCurves:
     """The mean observed curves: frames and ideal distinct frames with n replicas."""
 
+    __json_properties__: ClassVar[tuple[str, ...]] = ("ideal_saved",)
+
     n: tuple[int, ...]
     frames: tuple[float, ...]
     distinct: tuple[float, ...]
@@ -570,19 +584,12 @@ class GrowthCurves:
         """Ideal saved frames at each n."""
         return tuple(f - u for f, u in zip(self.frames, self.distinct, strict=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "n": list(self.n),
-            "frames": list(self.frames),
-            "distinct": list(self.distinct),
-            "ideal_saved": list(self.ideal_saved),
-        }
-
 
 @dataclass(frozen=True)
 class HoldoutCheck:
     """How well a fit on few replicas predicts the exact ideal saving at k."""
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("relative_error",)
 
     fit_upto: int  # the fit used n = 0..fit_upto
     k: int
@@ -598,14 +605,39 @@ class HoldoutCheck:
             self.predicted_saved_frames - self.observed_saved_frames
         ) / self.observed_saved_frames
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {**asdict(self), "relative_error": self.relative_error}
+
+@dataclass(frozen=True)
+class FittedCurve:
+    """A fit drawn against the number of replicas: what a review plots and tabulates.
+
+    For n = 1 .. ``top`` (every n up to twice the traced replicas, then 40 steps spaced
+    evenly on a log scale): the fitted frames without KSM, the policy ideal saving with its
+    bootstrap band (``low``/``high``, NaN without replicates), and each as a share of the
+    frames. ``observed_n``/``observed_fraction``: the exact policy ideal measured in the
+    trace at n = 1 .. k, as a share of the fitted frames at n.
+    """
+
+    n: tuple[int, ...]
+    frames: tuple[float, ...]
+    ideal_saved_frames: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    ideal_saved_fraction: tuple[float, ...]
+    low_fraction: tuple[float, ...]
+    high_fraction: tuple[float, ...]
+    observed_n: tuple[int, ...]
+    observed_fraction: tuple[float, ...]
 
 
 @dataclass(frozen=True)
 class ExtrapolationFit:
-    """The fitted growth of one host under one policy set, with bootstrap replicates."""
+    """The fitted growth of one host under one policy set, with bootstrap replicates.
+
+    ``curve`` is set by the what-if run, which knows how far the scenarios project
+    (:func:`fitted_curve`).
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("k",)
 
     host: str
     policy_set: str
@@ -616,12 +648,13 @@ class ExtrapolationFit:
     page_size: int
     observed: GrowthCurves
     point: GrowthFit
-    replicates: tuple[GrowthFit, ...]
+    replicates: tuple[GrowthFit, ...] = field(metadata=detail("replicates"))
     confidence: float
     holdout: HoldoutCheck | None
     ideal_saved_frames_at_k: int
     spec: ExtrapolationSpec
     notes: tuple[str, ...] = field(default=())
+    curve: FittedCurve | None = None
 
     @property
     def k(self) -> int:
@@ -641,28 +674,48 @@ class ExtrapolationFit:
         lo, hi = self.interval([r.ideal_saved(n) for r in self.replicates])
         return point, lo, hi
 
-    def to_dict(self, *, replicates: bool = False) -> dict[str, Any]:
-        """JSON-ready dict (bootstrap replicates only when asked)."""
-        d: dict[str, Any] = {
-            "host": self.host,
-            "policy_set": self.policy_set,
-            "cross_domain": self.cross_domain,
-            "group": self.group,
-            "group_pids": list(self.group_pids),
-            "base_pids": list(self.base_pids),
-            "k": self.k,
-            "page_size": self.page_size,
-            "observed": self.observed.to_dict(),
-            "fit": self.point.to_dict(),
-            "confidence": self.confidence,
-            "holdout": self.holdout.to_dict() if self.holdout else None,
-            "ideal_saved_frames_at_k": self.ideal_saved_frames_at_k,
-            "spec": self.spec.to_dict(),
-            "notes": list(self.notes),
+
+def fitted_curve(fit: ExtrapolationFit, top: int) -> FittedCurve:
+    """The curve of ``fit`` for n = 1 .. ``top`` replicas (at least ``2 k`` and 4)."""
+    top = max(top, 2 * fit.k, 4)
+    ns = sorted(
+        {
+            *range(1, min(top, 2 * fit.k) + 1),
+            *np.unique(np.geomspace(1, top, 40).round().astype(int)).tolist(),
+            top,
         }
-        if replicates:
-            d["replicates"] = [r.to_dict() for r in self.replicates]
-        return d
+    )
+    frames, point, lo, hi = [], [], [], []
+    for n in ns:
+        frames.append(float(fit.point.frames(n)))
+        point.append(float(fit.point.ideal_saved(n)))
+        a, b = (
+            fit.interval([r.ideal_saved(n) for r in fit.replicates])
+            if fit.replicates
+            else (math.nan, math.nan)
+        )
+        lo.append(a)
+        hi.append(b)
+
+    def share(values: list[float]) -> tuple[float, ...]:
+        return tuple(v / f if f else math.nan for v, f in zip(values, frames, strict=True))
+
+    obs = [(n, v) for n, v in zip(fit.observed.n, fit.observed.ideal_saved, strict=True) if n > 0]
+    obs_frames = [fit.point.frames_a + fit.point.frames_b * n for n, _ in obs]
+    return FittedCurve(
+        n=tuple(int(n) for n in ns),
+        frames=tuple(frames),
+        ideal_saved_frames=tuple(point),
+        low=tuple(lo),
+        high=tuple(hi),
+        ideal_saved_fraction=share(point),
+        low_fraction=share(lo),
+        high_fraction=share(hi),
+        observed_n=tuple(int(n) for n, _ in obs),
+        observed_fraction=tuple(
+            v / f if f else math.nan for (_, v), f in zip(obs, obs_frames, strict=True)
+        ),
+    )
 
 
 class _Growth:
@@ -957,12 +1010,15 @@ __all__ = [
     "MAX_REPLICAS",
     "ExtrapolationFit",
     "ExtrapolationSpec",
+    "FittedCurve",
     "GrowthCurves",
     "GrowthFit",
     "HoldoutCheck",
     "extrapolate",
     "fit_growth",
-    "ideal_saved_frames",
+    "fitted_curve",
     "parse_group",
+    "policy_ideal_saved_frames",
     "select_group",
+    "zero_saved_frames",
 ]

@@ -1,6 +1,6 @@
 """Predicted against observed: a scenario's replay next to a recording of the real KSM.
 
-A recording (``ksm-planner observe``, :func:`planner.kernel.observe.read_observed`) holds
+A recording (``ksm-planner observe``, :func:`planner.trace.recording.read_observed`) holds
 the ``/sys/kernel/mm/ksm`` counters of a canary host over time. The comparison takes the
 scenario whose knobs match the recording's knobs (or the one asked for), samples the
 replay's counters at the recording's times and reports both side by side.
@@ -12,8 +12,9 @@ for it) for the two to line up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Mapping
 
-    from planner.kernel.observe import ObservedTimeline
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif.result import ScenarioResult
 
 #: Counters compared (kernel names).
@@ -40,8 +42,8 @@ _KNOBS = {
 
 
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
-    """Read a recording of ``ksm-planner observe`` (see ``planner.kernel.observe``)."""
-    from planner.kernel.observe import read_observed
+    """Read a recording of ``ksm-planner observe`` (see ``planner.trace.recording``)."""
+    from planner.trace.recording import read_observed
 
     return read_observed(path)
 
@@ -65,7 +67,9 @@ def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
     return {ours: _norm(theirs, raw[theirs]) for theirs, ours in _KNOBS.items() if theirs in raw}
 
 
-def knob_differences(knobs: dict[str, Any], observed: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def knob_differences(
+    knobs: Mapping[str, Any], observed: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
     """Knobs that differ: ``{name: (observed, scenario)}``.
 
     ``pages_to_scan`` is ignored when the advisor runs on both sides (it sets it).
@@ -83,50 +87,95 @@ def knob_differences(knobs: dict[str, Any], observed: dict[str, Any]) -> dict[st
     return out
 
 
+@dataclass(frozen=True)
+class CounterSeries:
+    """The compared counters over time (kernel names); ``None`` where a sample lacks one."""
+
+    pages_sharing: tuple[float | None, ...] = ()
+    pages_shared: tuple[float | None, ...] = ()
+    general_profit: tuple[float | None, ...] = ()
+
+    def items(self) -> list[tuple[str, tuple[float | None, ...]]]:
+        """``(counter, values)`` pairs, in :data:`COMPARED` order."""
+        return [(c, getattr(self, c)) for c in COMPARED]
+
+
 @dataclass
 class ObservedComparison:
-    """A scenario's replayed counters at the recording's sample times."""
+    """A scenario's replayed counters at the recording's sample times, and how they differ.
+
+    ``observed`` holds what the real KSM did (``None`` where the recording lacks a value),
+    ``predicted`` the replay of scenario ``scenario_id`` sampled at the same times.
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = (
+        "final_relative_error",
+        "mean_relative_gap",
+        "first_merge_observed_s",
+        "first_merge_predicted_s",
+    )
 
     scenario_id: str
     host: str
+    source: str  # where the recording was made ("host NAME")
     knobs_match: bool
-    knob_differences: dict[str, tuple[Any, Any]]
-    t_s: list[float]
-    observed: dict[str, list[float | None]]
-    predicted: dict[str, list[float]]
+    knob_differences: dict[str, tuple[object, object]]  # knob -> (observed, scenario)
+    t_s: tuple[float, ...]
+    observed: CounterSeries
+    predicted: CounterSeries
     notes: list[str] = field(default_factory=list)
 
-    def final_relative_error(self, counter: str = "pages_sharing") -> float | None:
-        """(predicted - observed) / observed at the last sample; ``None`` when not defined."""
-        obs = [v for v in self.observed.get(counter, []) if v is not None]
-        pred = self.predicted.get(counter, [])
-        if not obs or not pred or obs[-1] == 0:
+    @property
+    def final_relative_error(self) -> float | None:
+        """``pages_sharing``: (predicted - observed) / observed at the last sample with a value."""
+        obs = [v for v in self.observed.pages_sharing if v is not None]
+        pred = self.predicted.pages_sharing
+        if not obs or not pred or obs[-1] == 0 or pred[-1] is None:
             return None
         return (pred[-1] - obs[-1]) / obs[-1]
+
+    def _pairs(self) -> list[tuple[float, float, float]] | None:
+        o = self.observed.pages_sharing
+        p = self.predicted.pages_sharing
+        if not self.t_s or len(o) != len(self.t_s) or len(p) != len(self.t_s):
+            return None
+        return [
+            (t, math.nan if a is None else float(a), math.nan if b is None else float(b))
+            for t, a, b in zip(self.t_s, o, p, strict=True)
+        ]
+
+    @property
+    def mean_relative_gap(self) -> float | None:
+        """``pages_sharing``: mean (predicted - observed) / observed over the second half of
+        the recording (samples where the observed value is positive)."""
+        pairs = self._pairs()
+        if pairs is None:
+            return None
+        end = self.t_s[-1]
+        half = [(p - o) / o for t, o, p in pairs if t >= end / 2 and o > 0 and math.isfinite(o)]
+        return sum(half) / len(half) if half else None
+
+    @property
+    def first_merge_observed_s(self) -> float | None:
+        """When ``pages_sharing`` first rose above 0 on the host."""
+        pairs = self._pairs()
+        return next((t for t, o, _ in pairs if o > 0), None) if pairs else None
+
+    @property
+    def first_merge_predicted_s(self) -> float | None:
+        """When ``pages_sharing`` first rose above 0 in the replay."""
+        pairs = self._pairs()
+        return next((t for t, _, p in pairs if p > 0), None) if pairs else None
 
     def to_frame(self) -> Any:
         """``t_s`` with ``observed_<counter>`` and ``predicted_<counter>`` columns."""
         import pandas as pd
 
-        cols: dict[str, Any] = {"t_s": self.t_s}
-        for c in COMPARED:
-            cols[f"observed_{c}"] = self.observed.get(c)
-            cols[f"predicted_{c}"] = self.predicted.get(c)
+        cols: dict[str, Any] = {"t_s": list(self.t_s)}
+        for (c, o), (_, p) in zip(self.observed.items(), self.predicted.items(), strict=True):
+            cols[f"observed_{c}"] = list(o)
+            cols[f"predicted_{c}"] = list(p)
         return pd.DataFrame(cols)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "scenario": self.scenario_id,
-            "host": self.host,
-            "knobs_match": self.knobs_match,
-            "knob_differences": {k: list(v) for k, v in self.knob_differences.items()},
-            "t_s": self.t_s,
-            "observed": self.observed,
-            "predicted": self.predicted,
-            "final_relative_error_pages_sharing": self.final_relative_error(),
-            "notes": self.notes,
-        }
 
 
 def choose_scenario(
@@ -139,17 +188,17 @@ def choose_scenario(
     if scenario_id is not None:
         for s in scenarios:
             if s.id == scenario_id:
-                return s, knob_differences(s.knobs_full, obs_knobs)
+                return s, knob_differences(asdict(s.knobs_full), obs_knobs)
         raise UsageProblem(
             f"no scenario {scenario_id!r}", hint="use an id of the what-if table (s01, ...)"
         )
-    matching = [s for s in scenarios if not knob_differences(s.knobs_full, obs_knobs)]
+    matching = [s for s in scenarios if not knob_differences(asdict(s.knobs_full), obs_knobs)]
     enabled = [s for s in matching if s.saved_bytes > 0 or s.ksmd_cores > 0]
     if enabled or matching:
         s = (enabled or matching)[0]
         return s, {}
     best = max(scenarios, key=lambda s: s.net_saved_bytes)
-    return best, knob_differences(best.knobs_full, obs_knobs)
+    return best, knob_differences(asdict(best.knobs_full), obs_knobs)
 
 
 def _step(
@@ -161,6 +210,13 @@ def _step(
     v = np.asarray(values, dtype=float)
     idx = np.searchsorted(t, at, side="right") - 1
     return np.where(idx >= 0, v[np.clip(idx, 0, v.size - 1)], 0.0)
+
+
+def _source(obs: ObservedTimeline) -> str:
+    """Where a recording was made, as the review names it: ``host NAME``."""
+    prov = dict(obs.meta.get("provenance") or {})
+    host = prov.get("host") or dict(obs.meta.get("host") or {}).get("host") or "?"
+    return f"host {host}"
 
 
 def compare_observed(
@@ -175,17 +231,16 @@ def compare_observed(
         counters.index.to_numpy(dtype=float) if counters.index.name == "t_s" else counters["t_s"],
         dtype=float,
     )
-    observed: dict[str, list[float | None]] = {}
-    predicted: dict[str, list[float]] = {}
+    grid = host.timeline.grid
+    observed: dict[str, tuple[float | None, ...]] = {}
+    predicted: dict[str, tuple[float | None, ...]] = {}
     for c in COMPARED:
-        if c in counters.columns:
-            observed[c] = [
-                None if v != v else float(v) for v in counters[c].astype("float64").tolist()
-            ]
-        total = np.zeros(t.size)
-        for r in host.replays:
-            total += _step(r.timeline.grid.get("t_s", []), r.timeline.grid.get(c, []), t)
-        predicted[c] = total.tolist()
+        observed[c] = (
+            tuple(None if v != v else float(v) for v in counters[c].astype("float64").tolist())
+            if c in counters.columns
+            else (None,) * t.size
+        )
+        predicted[c] = tuple(_step(list(grid.t_s), list(getattr(grid, c)), t).tolist())
     notes = []
     if len(scen.hosts) > 1:
         notes.append(f"the recording is compared with host {host.host} of {len(scen.hosts)}")
@@ -197,17 +252,19 @@ def compare_observed(
     return ObservedComparison(
         scenario_id=scen.id,
         host=host.host,
+        source=_source(obs),
         knobs_match=not diffs,
         knob_differences=diffs,
-        t_s=t.tolist(),
-        observed=observed,
-        predicted=predicted,
+        t_s=tuple(float(x) for x in t),
+        observed=CounterSeries(**observed),
+        predicted=CounterSeries(**predicted),
         notes=notes,
     )
 
 
 __all__ = [
     "COMPARED",
+    "CounterSeries",
     "ObservedComparison",
     "choose_scenario",
     "compare_observed",

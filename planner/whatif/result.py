@@ -1,34 +1,56 @@
 """Results of a what-if run: per scenario, per host, with timelines, fits and provenance.
 
-Everything is a plain dataclass with ``to_dict()`` (JSON-ready); :meth:`WhatIfResult.to_frame`
-gives the comparison table as a pandas DataFrame (one row per scenario) and
-:meth:`WhatIfResult.timelines` the replay timelines of a scenario for plots.
+Every figure a report shows is a field or a property of these types, computed once by the
+what-if run (:mod:`planner.whatif.run`); a review only renders them. They are plain
+dataclasses: :func:`planner.jsonable.to_jsonable` writes any of them as JSON (timelines
+with ``include={"timelines"}``, bootstrap replicates with ``"replicates"``);
+:meth:`WhatIfResult.to_frame` gives the comparison table (one row per scenario).
 
-Units are in the names: ``*_bytes``, ``*_s``, ``*_percent`` (0-100), ``*_cores``. Memory
-figures are at steady state (the end of the replay: ``settle_scans`` full scans after the
-last snapshot). "Anonymous memory" is the distinct physical frames of the trace's
-processes without KSM (fork-shared frames count once).
+Units are in the names: ``*_bytes``, ``*_s``, ``*_percent`` (0-100), ``*_fraction``
+(0-1), ``*_cores``. "Steady state" is defined once, in :mod:`planner.whatif.outcome`:
+memory at the end of the replay (``settle_scans`` full scans after the last snapshot),
+ksmd's CPU over the full scans that started after the last snapshot, sleeps included.
+"Anonymous memory" is the distinct physical frames of the trace's processes without KSM
+(fork-shared frames count once).
+
+Three kinds of saving, each with its own name:
+
+* ``saved_bytes`` -- what the replay freed: the truth of the model at steady state;
+* ``policy_ideal_saved_bytes`` -- what an ideal KSM would free under the same policy at the
+  last snapshot (:func:`planner.whatif.extrapolate.policy_ideal_saved_frames`: every
+  duplicate among the pages the policy makes mergeable merged at once); the realization
+  ratio is the first over this one;
+* the *static ideal* of the trace (every duplicate page of every process merged, whatever
+  the policy: :attr:`planner.report.analysis.CurrentState.static_ideal_saved_bytes`), the
+  upper bound ``ksm-planner info`` reports.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from planner.jsonable import detail, skip
 from planner.whatif.grid import knob_label
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from planner.engine.knobs import KsmKnobs
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.whatif.capacity import CapacityEstimate, CapacityInputs
     from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
     from planner.whatif.grid import KnobGrid
     from planner.whatif.observed import ObservedComparison
-    from planner.whatif.tasks import ReplayOutcome
+    from planner.whatif.outcome import (
+        DomainPair,
+        KsmCounters,
+        ProcessOutcome,
+        ReplayOutcome,
+        Timeline,
+    )
 
 MIB = 1 << 20
 
@@ -42,139 +64,190 @@ class Estimate:
     high: float
     confidence: float
 
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready dict."""
-        return {
-            "value": self.value,
-            "low": self.low,
-            "high": self.high,
-            "confidence": self.confidence,
-        }
+    def scaled(self, factor: float) -> Estimate:
+        """The same estimate in another unit (``0.01``: percent to fraction)."""
+        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.confidence)
 
 
 @dataclass(frozen=True)
 class ProjectedSaving:
     """The saving projected to N replicas per host (fleet extrapolation)."""
 
+    __json_properties__: ClassVar[tuple[str, ...]] = ()
+
     replicas: int  # N per host
     hosts: int
     anon_bytes: float  # memory without KSM at N (all hosts)
-    ideal_saved_bytes: Estimate
+    ideal_saved_bytes: Estimate  # the policy ideal at N
     net_saved_bytes: Estimate  # ideal x realization ratio - KSM metadata
     net_saved_percent: Estimate  # of anon_bytes
-    replicate_ideal_bytes: tuple[float, ...] = field(default=(), repr=False)
-    replicate_net_bytes: tuple[float, ...] = field(default=(), repr=False)
-    replicate_anon_bytes: tuple[float, ...] = field(default=(), repr=False)
+    replicate_ideal_bytes: tuple[float, ...] = field(default=(), metadata=detail("replicates"))
+    replicate_net_bytes: tuple[float, ...] = field(default=(), metadata=detail("replicates"))
+    replicate_anon_bytes: tuple[float, ...] = field(default=(), metadata=detail("replicates"))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "replicas": self.replicas,
-            "hosts": self.hosts,
-            "anon_bytes": self.anon_bytes,
-            "ideal_saved_bytes": self.ideal_saved_bytes.to_dict(),
-            "net_saved_bytes": self.net_saved_bytes.to_dict(),
-            "net_saved_percent": self.net_saved_percent.to_dict(),
-        }
+    @property
+    def net_saved_fraction(self) -> Estimate:
+        """The net saving as a fraction of the anonymous memory at N."""
+        return self.net_saved_percent.scaled(0.01)
 
 
 @dataclass
 class HostScenario:
-    """One scenario on one host."""
+    """One scenario on one host: every figure a review of that host shows.
+
+    Memory at steady state (the end of the replay), ksmd at steady state (the full scans
+    after the last snapshot, :class:`~planner.whatif.outcome.SteadyState`), the time to 50,
+    90 and 99 % of the saving, the saving over time summed across the replays (one per
+    security domain when merging across them is denied, which add up "as if on separate
+    hosts"), the ``/sys/kernel/mm/ksm`` counters and the processes at the end, and, when the
+    what-if extrapolated, the capacity and the projection to a full host.
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = (
+        "net_saved_percent",
+        "realization_ratio",
+        "ksmd_cpu_percent_from_start",
+        "projected_full_scan_s",
+        "projected_time_to_90_s",
+    )
 
     host: str
     page_size: int
+    domains: tuple[str, ...]  # security domains of the registered processes
+    registered_processes: int
+    # --- memory at steady state
     anon_bytes: int
-    saved_bytes: int
-    metadata_bytes: int
+    saved_bytes: int  # freed by KSM, before its metadata (the replay's truth)
+    metadata_bytes: int  # KSM's own memory: rmap_items and stable nodes
     net_saved_bytes: int
-    ideal_saved_bytes: int
-    realization_ratio: float | None
+    policy_ideal_saved_bytes: int
+    zero_saved_bytes: int  # part of saved_bytes that merged zero-content pages (estimate)
+    eligible_pages: int  # VM_MERGEABLE pages mapped at the last snapshot
+    # --- time, from the first snapshot (saved frames, as the engine's time_to_saving_s)
+    time_to_50_s: float | None
     time_to_90_s: float | None
-    ksmd_cpu_percent: float
+    time_to_99_s: float | None
+    full_scans_to_90: int | None  # full scans completed when 90 % of the saving is there
+    # --- ksmd: at steady state (summed over the replays: one ksmd each) and over the replay
+    ksmd_cpu_percent: float  # % of one core
+    full_scan_s: float | None  # mean over the replays
     pages_scanned_per_full_scan: float | None
     pages_skipped_per_full_scan: float | None
-    cross_domain_saved_bytes: int
+    ksmd_cpu_s: float  # over the whole replay
+    duration_s: float  # of the longest replay
+    # --- security domains
+    cross_domain_saved_bytes: int  # saved only because pages merged across domains
     cross_domain_ksm_pages: int
-    domain_pairs: list[dict[str, Any]]
-    domains: tuple[str, ...]
-    eligible_pages: int
-    replays: list[ReplayOutcome]  # the replays of this scenario (one, or one per domain)
-    counterfactual: list[ReplayOutcome] = field(default_factory=list)  # allow: each domain alone
+    domain_pairs: tuple[DomainPair, ...]
+    # --- the end of the replay, and over time
+    final_counters: KsmCounters
+    processes: tuple[ProcessOutcome, ...]
+    timeline: Timeline = field(metadata=detail("timelines"))
+    replays: tuple[ReplayOutcome, ...] = ()  # one, or one per domain (deny)
+    counterfactual: tuple[ReplayOutcome, ...] = ()  # allow with 2+ domains: each domain alone
+    # --- the projection to a full host (when the what-if extrapolated)
     capacity: CapacityEstimate | None = None
     projected: ProjectedSaving | None = None
+    #: Workers per host the projection is about: the capacity with KSM, else the replicas asked.
+    projected_workers: int | None = None
+    #: How much larger a full scan is on the projected host than on the traced one (mergeable
+    #: pages at ``projected_workers`` over those in the trace); None: not projected.
+    host_scale: float | None = None
+    #: The growth fit behind ``capacity`` and ``projected`` (listed in ``WhatIfResult.fits``).
+    fit: ExtrapolationFit | None = field(default=None, metadata=skip())
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the policy set registers any process on this host."""
+        return self.registered_processes > 0
+
+    @property
+    def net_saved_fraction(self) -> float:
+        """Net saving as a share of the anonymous memory."""
+        return self.net_saved_bytes / self.anon_bytes if self.anon_bytes else 0.0
 
     @property
     def net_saved_percent(self) -> float:
-        """Net saving as a percentage of anonymous memory."""
-        return 100.0 * self.net_saved_bytes / self.anon_bytes if self.anon_bytes else 0.0
+        """Net saving as a percentage of the anonymous memory."""
+        return 100.0 * self.net_saved_fraction
 
-    def to_dict(self, *, timelines: bool = False) -> dict[str, Any]:
-        """JSON-ready dict; the replays' timelines only when asked."""
-        d: dict[str, Any] = {
-            "host": self.host,
-            "anon_bytes": self.anon_bytes,
-            "saved_bytes": self.saved_bytes,
-            "metadata_bytes": self.metadata_bytes,
-            "net_saved_bytes": self.net_saved_bytes,
-            "net_saved_percent": self.net_saved_percent,
-            "ideal_saved_bytes": self.ideal_saved_bytes,
-            "realization_ratio": self.realization_ratio,
-            "time_to_90_s": self.time_to_90_s,
-            "ksmd_cpu_percent": self.ksmd_cpu_percent,
-            "pages_scanned_per_full_scan": self.pages_scanned_per_full_scan,
-            "pages_skipped_per_full_scan": self.pages_skipped_per_full_scan,
-            "cross_domain_saved_bytes": self.cross_domain_saved_bytes,
-            "cross_domain_ksm_pages": self.cross_domain_ksm_pages,
-            "domain_pairs": self.domain_pairs,
-            "domains": list(self.domains),
-            "eligible_pages": self.eligible_pages,
-            "capacity": self.capacity.to_dict() if self.capacity else None,
-            "projected": self.projected.to_dict() if self.projected else None,
-            "replays": [_replay_dict(r, timelines=timelines) for r in self.replays],
-            "counterfactual": [_replay_dict(r, timelines=timelines) for r in self.counterfactual],
-        }
-        return d
+    @property
+    def saved_fraction(self) -> float:
+        """Saving before metadata (what an unmerge needs back) as a share of anonymous memory."""
+        return self.saved_bytes / self.anon_bytes if self.anon_bytes else 0.0
 
+    @property
+    def realization_ratio(self) -> float | None:
+        """Memory the replay freed over the policy ideal of the same pages (None: no ideal)."""
+        if self.policy_ideal_saved_bytes <= 0:
+            return None
+        return self.saved_bytes / self.policy_ideal_saved_bytes
 
-def _replay_dict(r: ReplayOutcome, *, timelines: bool) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "domain": r.only_domain,
-        "duration_s": r.duration_s,
-        "truth": r.final_truth,
-        "counters": r.final_counters,
-        "cost": r.cost,
-        "steady_cpu_percent": r.steady_cpu_percent,
-        "steady_scans": r.steady_scans,
-        "pages_scanned_per_full_scan": r.pages_scanned_per_full_scan,
-        "ideal_saved_frames": r.ideal_saved_frames,
-        "eligible_pages": r.eligible_pages,
-        "registered_processes": r.registered_processes,
-        "processes": r.processes,
-        "domain_pairs": r.domain_pairs,
-        "elapsed_s": r.elapsed_s,
-    }
-    if timelines:
-        d["timeline"] = r.timeline.to_dict()
-    return d
+    @property
+    def content_saved_bytes(self) -> int:
+        """The part of the saving that merged pages of non-zero content."""
+        return self.saved_bytes - self.zero_saved_bytes
+
+    @property
+    def with_ksm_bytes(self) -> int:
+        """Anonymous memory left with KSM, its metadata included."""
+        return self.anon_bytes - self.net_saved_bytes
+
+    @property
+    def ksmd_cpu_percent_from_start(self) -> float:
+        """ksmd CPU averaged over the whole replay, start-up included (% of one core)."""
+        return 100.0 * self.ksmd_cpu_s / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def ksmd_cores(self) -> float:
+        """ksmd CPU at steady state, in cores."""
+        return self.ksmd_cpu_percent / 100.0
+
+    @property
+    def projected_full_scan_s(self) -> float | None:
+        """A full scan on the projected host: the replay's, scaled with the pages to scan."""
+        if self.full_scan_s is None or self.host_scale is None:
+            return None
+        return self.full_scan_s * self.host_scale
+
+    @property
+    def projected_time_to_90_s(self) -> float | None:
+        """Time to 90 % on the projected host: the replay's, scaled with the pages to scan."""
+        if self.time_to_90_s is None or self.host_scale is None:
+            return None
+        return self.time_to_90_s * self.host_scale
+
+    @property
+    def decisive_time_to_90_s(self) -> float | None:
+        """The time to 90 % a decision uses: on the projected host when there is one."""
+        return self.projected_time_to_90_s if self.host_scale is not None else self.time_to_90_s
 
 
 @dataclass
 class ScenarioResult:
-    """One scenario (policy set x cross-domain rule x knobs), aggregated over the hosts."""
+    """One scenario (policy set x cross-domain rule x knobs), aggregated over the hosts.
+
+    Memory and CPU in cores add up over the hosts; ksmd's CPU percentage and scan sizes are
+    means per host. Per-host figures are in :attr:`hosts`.
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = (
+        "label",
+        "net_saved_percent",
+        "realization_ratio",
+    )
 
     id: str
     policy_set: str
     cross_domain: str
     knobs: dict[str, Any]  # the grid point (knobs on an axis)
-    knobs_full: dict[str, Any]  # every knob of the replay (first host)
+    knobs_full: KsmKnobs  # every knob of the replay (first host)
     hosts: list[HostScenario]
     anon_bytes: int
     saved_bytes: int
     metadata_bytes: int
     net_saved_bytes: int
-    ideal_saved_bytes: int
-    realization_ratio: float | None
+    policy_ideal_saved_bytes: int
     time_to_90_s: float | None
     ksmd_cpu_percent: float  # mean over hosts, % of one core, steady state
     ksmd_cores: float  # summed over hosts
@@ -182,7 +255,7 @@ class ScenarioResult:
     pages_skipped_per_full_scan: float | None
     cross_domain_saved_bytes: int
     cross_domain_ksm_pages: int
-    domain_pairs: list[dict[str, Any]]
+    domain_pairs: tuple[DomainPair, ...]
     capacity: CapacityEstimate | None = None
     projected: ProjectedSaving | None = None
     pareto: bool = False
@@ -194,14 +267,33 @@ class ScenarioResult:
         return f"{self.policy_set} [{self.cross_domain}] {knob_label(self.knobs)}"
 
     @property
+    def enabled(self) -> bool:
+        """Whether the policy set registers any process on any host."""
+        return any(h.enabled for h in self.hosts)
+
+    @property
     def net_saved_percent(self) -> float:
         """Net saving as a percentage of anonymous memory (steady state)."""
         return 100.0 * self.net_saved_bytes / self.anon_bytes if self.anon_bytes else 0.0
 
+    @property
+    def realization_ratio(self) -> float | None:
+        """Memory the replays freed over the policy ideal of the same pages."""
+        if self.policy_ideal_saved_bytes <= 0:
+            return None
+        return self.saved_bytes / self.policy_ideal_saved_bytes
+
+    def host(self, name: str) -> HostScenario:
+        """The scenario on one host (``KeyError`` when absent)."""
+        for h in self.hosts:
+            if h.host == name:
+                return h
+        raise KeyError(name)
+
     def row(self) -> dict[str, Any]:
         """The scenario as one flat row of the comparison table (``to_frame``/CSV)."""
         cap = self.capacity
-        proj = self.projected
+        gi = cap.gain_interval if cap is not None else None
         row: dict[str, Any] = {
             "scenario": self.id,
             "policy_set": self.policy_set,
@@ -212,7 +304,7 @@ class ScenarioResult:
             "saved_mib": self.saved_bytes / MIB,
             "metadata_mib": self.metadata_bytes / MIB,
             "anon_mib": self.anon_bytes / MIB,
-            "ideal_saved_mib": self.ideal_saved_bytes / MIB,
+            "ideal_saved_mib": self.policy_ideal_saved_bytes / MIB,
             "realization_ratio": self.realization_ratio,
             "time_to_90_s": self.time_to_90_s,
             "ksmd_cpu_percent": self.ksmd_cpu_percent,
@@ -225,16 +317,13 @@ class ScenarioResult:
             "workers_with_low": cap.workers_with_interval[0] if cap else None,
             "workers_with_high": cap.workers_with_interval[1] if cap else None,
             "capacity_gain_percent": 100 * cap.gain if cap and cap.gain is not None else None,
-            "capacity_gain_low_percent": 100 * cap.gain_interval[0]
-            if cap and cap.gain_interval
-            else None,
-            "capacity_gain_high_percent": 100 * cap.gain_interval[1]
-            if cap and cap.gain_interval
-            else None,
+            "capacity_gain_low_percent": 100 * gi[0] if gi else None,
+            "capacity_gain_high_percent": 100 * gi[1] if gi else None,
             "capacity_limit": cap.limit_with if cap else None,
             "pareto": self.pareto,
             "same_replay_as": self.same_replay_as,
         }
+        proj = self.projected
         if proj is not None:
             row.update(
                 projected_replicas=proj.replicas,
@@ -245,41 +334,76 @@ class ScenarioResult:
             )
         return row
 
-    def to_dict(self, *, timelines: bool = False) -> dict[str, Any]:
-        """JSON-ready dict; per-host replay timelines only when asked."""
-        return {
-            "id": self.id,
-            "label": self.label,
-            "policy_set": self.policy_set,
-            "cross_domain": self.cross_domain,
-            "knobs": self.knobs,
-            "knobs_full": self.knobs_full,
-            "anon_bytes": self.anon_bytes,
-            "saved_bytes": self.saved_bytes,
-            "metadata_bytes": self.metadata_bytes,
-            "net_saved_bytes": self.net_saved_bytes,
-            "net_saved_percent": self.net_saved_percent,
-            "ideal_saved_bytes": self.ideal_saved_bytes,
-            "realization_ratio": self.realization_ratio,
-            "time_to_90_s": self.time_to_90_s,
-            "ksmd_cpu_percent": self.ksmd_cpu_percent,
-            "ksmd_cores": self.ksmd_cores,
-            "pages_scanned_per_full_scan": self.pages_scanned_per_full_scan,
-            "pages_skipped_per_full_scan": self.pages_skipped_per_full_scan,
-            "cross_domain_saved_bytes": self.cross_domain_saved_bytes,
-            "cross_domain_ksm_pages": self.cross_domain_ksm_pages,
-            "domain_pairs": self.domain_pairs,
-            "capacity": self.capacity.to_dict() if self.capacity else None,
-            "projected": self.projected.to_dict() if self.projected else None,
-            "pareto": self.pareto,
-            "same_replay_as": self.same_replay_as,
-            "hosts": [h.to_dict(timelines=timelines) for h in self.hosts],
-        }
+
+@dataclass(frozen=True)
+class KnobGroup:
+    """Scenarios that differ in one knob only (same policy set, rule and other knobs)."""
+
+    policy_set: str
+    cross_domain: str
+    scenario_ids: tuple[str, ...]  # in increasing order of the knob's value
+    #: The largest relative range of the net saving in the group: ``(max - min) / max``.
+    saving_spread: float
+    faster_with_more: bool  # a larger value never lengthens the time to 90 %
+    costlier_with_more: bool  # a larger value never lowers ksmd's CPU
+
+
+@dataclass(frozen=True)
+class KnobEffect:
+    """How the scenarios that use KSM move with one numeric knob, the others held."""
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("saving_spread", "trades_cpu_for_speed")
+
+    knob: str
+    groups: tuple[KnobGroup, ...]
+
+    @property
+    def saving_spread(self) -> float:
+        """The largest relative range of the net saving in any group (0: the same saving)."""
+        return max((g.saving_spread for g in self.groups), default=0.0)
+
+    @property
+    def trades_cpu_for_speed(self) -> bool:
+        """Whether, in every group, more of the knob is faster and costs more CPU."""
+        return bool(self.groups) and all(
+            g.faster_with_more and g.costlier_with_more for g in self.groups
+        )
+
+
+@dataclass(frozen=True)
+class SavingRange:
+    """How the net saving varies across the scenarios that use KSM.
+
+    ``within_sets`` is how much the knobs move it: the largest relative range
+    ``(max - min) / max`` among the scenarios of one policy set (and cross-domain rule);
+    ``across_sets`` how much the policy set moves it: the relative range of the sets' best
+    savings (``None`` with one set).
+    """
+
+    lowest: str  # scenario id
+    highest: str
+    scenarios: int
+    within_sets: float
+    across_sets: float | None
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The replay options every scenario ran with (the cost profile by name)."""
+
+    duration_s: float | None
+    settle_scans: int
+    max_scans: int
+    grid_s: float | None
+    snapshot_alignment: str
+    cost_profile: str
 
 
 @dataclass
 class WhatIfResult:
     """Everything a what-if run computed, with its inputs and provenance."""
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("pareto_ids",)
 
     trace_path: str
     trace_hash: str
@@ -288,11 +412,13 @@ class WhatIfResult:
     policy_sets: list[PolicySet]
     matches: list[MatchReport]
     grid: KnobGrid
-    replay_options: dict[str, Any]
+    replay_options: SweepOptions
     capacity_inputs: CapacityInputs | None
     extrapolation: ExtrapolationSpec | None
     fits: list[ExtrapolationFit]
     provenance: dict[str, Any]
+    knob_effects: tuple[KnobEffect, ...] = ()
+    saving_range: SavingRange | None = None
     warnings: list[str] = field(default_factory=list)
     observed: ObservedComparison | None = None
     elapsed_s: float = 0.0
@@ -310,6 +436,11 @@ class WhatIfResult:
         """Scenarios no other beats on both net saving (higher) and ksmd CPU (lower)."""
         return [s for s in self.scenarios if s.pareto]
 
+    @property
+    def pareto_ids(self) -> list[str]:
+        """Ids of the scenarios on the Pareto front."""
+        return [s.id for s in self.pareto_front()]
+
     def fit(self, policy_set: str, cross_domain: str, host: str) -> ExtrapolationFit | None:
         """The extrapolation fit of a policy set on a host (``None`` when not computed)."""
         for f in self.fits:
@@ -325,13 +456,21 @@ class WhatIfResult:
         """
         import pandas as pd
 
+        from planner.jsonable import to_jsonable
+
         scen = self.scenario(scenario_id)
         parts: dict[str, list[pd.DataFrame]] = {"grid": [], "scans": [], "processes": []}
         for h in scen.hosts:
             if host is not None and h.host != host:
                 continue
             for r in h.replays:
-                for name, df in r.timeline.frames().items():
+                tables = {
+                    "grid": r.timeline.grid,
+                    "scans": r.timeline.scans,
+                    "processes": r.process_timeline,
+                }
+                for name, series in tables.items():
+                    df = pd.DataFrame(to_jsonable(series))
                     parts[name].append(df.assign(host=h.host, domain=r.only_domain))
         return {
             k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in parts.items()
@@ -351,73 +490,15 @@ class WhatIfResult:
         self.to_frame().to_csv(buf, index=False, float_format="%.6g")
         return buf.getvalue()
 
-    def to_dict(self, *, timelines: bool = False, replicates: bool = False) -> dict[str, Any]:
-        """JSON-ready dict of everything (timelines and bootstrap replicates when asked)."""
-        doc: dict[str, Any] = _json_safe(
-            {
-                "trace": {
-                    "path": self.trace_path,
-                    "trace_hash": self.trace_hash,
-                    "hosts": list(self.hosts),
-                },
-                "scenarios": [s.to_dict(timelines=timelines) for s in self.scenarios],
-                "pareto_front": [s.id for s in self.pareto_front()],
-                "policy_sets": [p.model_dump(mode="json") for p in self.policy_sets],
-                "matches": [m.to_dict() for m in self.matches],
-                "grid": self.grid.to_dict(),
-                "replay_options": self.replay_options,
-                "capacity_inputs": self.capacity_inputs.to_dict() if self.capacity_inputs else None,
-                "extrapolation": self.extrapolation.to_dict() if self.extrapolation else None,
-                "fits": [f.to_dict(replicates=replicates) for f in self.fits],
-                "observed": self.observed.to_dict() if self.observed else None,
-                "provenance": self.provenance,
-                "warnings": list(self.warnings),
-                "elapsed_s": self.elapsed_s,
-            }
-        )
-        return doc
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    item = getattr(obj, "item", None)
-    if callable(item) and type(obj).__module__ == "numpy":
-        return _json_safe(item())
-    return obj
-
-
-def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
-    """Which ``(saving, cpu)`` points are on the Pareto front (more saving, less CPU).
-
-    A point is on the front when no other point has at least its saving and at most its
-    CPU with one of the two strictly better.
-
-    Examples
-    --------
-    >>> pareto_flags([(10, 1), (20, 2), (15, 3), (20, 2)])
-    [True, True, False, True]
-    """
-    out = []
-    for i, (s, c) in enumerate(points):
-        dominated = any(
-            (s2 >= s and c2 <= c and (s2 > s or c2 < c))
-            for j, (s2, c2) in enumerate(points)
-            if j != i
-        )
-        out.append(not dominated)
-    return out
-
 
 __all__ = [
     "Estimate",
     "HostScenario",
+    "KnobEffect",
+    "KnobGroup",
     "ProjectedSaving",
+    "SavingRange",
     "ScenarioResult",
+    "SweepOptions",
     "WhatIfResult",
-    "pareto_flags",
 ]

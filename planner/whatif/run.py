@@ -22,28 +22,22 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Executor, Future, as_completed
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import CostProfile
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
+from planner.jsonable import to_jsonable
 from planner.policy.presets import DEFAULT_PRESETS, preset
 from planner.policy.resolve import check_matches, host_processes, match_processes
 from planner.provenance import HostInfo, Provenance
 from planner.trace.io import Trace, open_trace
-from planner.whatif.capacity import (
-    CapacityEstimate,
-    CapacityInputs,
-    HostCapacityModel,
-    combine_hosts,
-    estimate_capacity,
-)
+from planner.whatif import aggregate
+from planner.whatif.compare import knob_effects, pareto_flags, saving_range
 from planner.whatif.executors import (
     InlineExecutor,
     default_workers,
@@ -53,23 +47,18 @@ from planner.whatif.executors import (
 )
 from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
 from planner.whatif.grid import CrossDomain, KnobGrid
-from planner.whatif.result import (
-    Estimate,
-    HostScenario,
-    ProjectedSaving,
-    ScenarioResult,
-    WhatIfResult,
-    pareto_flags,
-)
-from planner.whatif.tasks import FitSpec, ReplayOutcome, ReplaySpec, TaskFailure, run_batch
+from planner.whatif.outcome import ReplayOutcome
+from planner.whatif.result import ScenarioResult, SweepOptions, WhatIfResult
+from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
-    from planner.kernel.observe import ObservedTimeline
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
+    from planner.trace.recording import ObservedTimeline
+    from planner.whatif.capacity import CapacityInputs
 
 _OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
 
@@ -83,10 +72,10 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
 
 
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
-    snaps = trace.read_table(host, "snapshots", ["hz", "page_size", "kernel_release"])
+    snaps = trace.read_table(host, "snapshots", ["page_size", "kernel_release"])
     row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
     return {
-        "hz": row.get("hz"),
+        "hz": trace.hz(host),
         "page_size": int(row.get("page_size") or 4096),
         "kernel": row.get("kernel_release"),
     }
@@ -99,60 +88,38 @@ def _validate_group(ht_stub: Any, policy: PolicySet, spec: ExtrapolationSpec) ->
     select_group(prepare(ht_stub, resolver=policy.resolver()), spec.group)
 
 
-def _time_to(outcomes: Sequence[ReplayOutcome], fraction: int = 90) -> float | None:
-    """First time the summed saving of several replays reaches ``fraction`` % of its end value."""
-    from planner.engine.result import time_to_fraction
-
-    series = [o.saving_points() for o in outcomes]
-    final = float(sum(o.final_truth["saved_frames"] for o in outcomes))
-    if len(series) == 1:
-        return time_to_fraction(series[0], final, (fraction,))[str(fraction)]
-    times = sorted({t for s in series for t, _ in s})
-    if not times:
-        return None
-    at = np.asarray(times)
-    total = np.zeros(at.size)
-    for s in series:
-        if not s:
-            continue
-        t = np.asarray([p[0] for p in s])
-        v = np.asarray([p[1] for p in s])
-        idx = np.searchsorted(t, at, side="right") - 1
-        total += np.where(idx >= 0, v[np.clip(idx, 0, v.size - 1)], 0.0)
-    return time_to_fraction(list(zip(times, total.tolist(), strict=True)), final, (fraction,))[
-        str(fraction)
-    ]
+Key = tuple[Any, ...]
 
 
-def _sum_opt(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(sum(vals)) if vals else None
+@dataclass(frozen=True)
+class _Link:
+    """The tasks behind one scenario on one host."""
+
+    main: list[Key]  # one replay, or one per domain (deny)
+    counterfactual: list[Key]  # allow with 2+ domains: each domain alone
+    fit: Key | None
+    domains: tuple[str, ...]
 
 
-def _mean_opt(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+@dataclass(frozen=True)
+class _Meta:
+    """One scenario before it ran."""
+
+    policy: PolicySet
+    cross: CrossDomain
+    point: dict[str, Any]
+    knobs_full: KsmKnobs
 
 
+@dataclass
 class _Plan:
     """Scenarios and the deduplicated tasks behind them."""
 
-    def __init__(self) -> None:
-        self.tasks: dict[tuple[Any, ...], ReplaySpec | FitSpec] = {}
-        # scenario index -> host -> (main keys, counterfactual keys, fit key or None, domains)
-        self.links: list[
-            dict[
-                str,
-                tuple[
-                    list[tuple[Any, ...]],
-                    list[tuple[Any, ...]],
-                    tuple[Any, ...] | None,
-                    tuple[str, ...],
-                ],
-            ]
-        ] = []
+    tasks: dict[Key, ReplaySpec | FitSpec] = field(default_factory=dict)
+    links: list[dict[str, _Link]] = field(default_factory=list)  # per scenario: host -> link
+    meta: list[_Meta] = field(default_factory=list)
 
-    def add(self, spec: ReplaySpec | FitSpec) -> tuple[Any, ...]:
+    def add(self, spec: ReplaySpec | FitSpec) -> Key:
         self.tasks.setdefault(spec.key, spec)
         return spec.key
 
@@ -282,7 +249,69 @@ def run_whatif(
     """
     t0 = time.perf_counter()
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
-    trace_path = str(Path(tr.path).resolve())
+    host_list = _hosts(tr, hosts)
+    sets = _policy_sets(policy_sets)
+    grid = grid or KnobGrid()
+    opts = replay_options or ReplayOptions()
+    opt_items = _options_items(opts)
+    if capacity is not None and extrapolation is None:
+        extrapolation = ExtrapolationSpec()
+    facts = {h: _host_facts(tr, h) for h in host_list}
+    matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
+    plan = _plan(
+        tr,
+        host_list,
+        sets,
+        grid,
+        facts,
+        domains,
+        registered,
+        rest=(opt_items, tuple(sorted(cost_profile.to_dict().items())) if cost_profile else None),
+        extrapolation=extrapolation,
+    )
+    own = executor is None
+    ex = executor if executor is not None else local_executor(max_workers)
+    try:
+        results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
+    finally:
+        if own:
+            ex.shutdown(wait=True, cancel_futures=True)
+    scenarios, fits = _assemble(plan, results, host_list, facts, capacity, extrapolation)
+    comparison = None
+    if observed is not None:
+        from planner.whatif.observed import compare_observed, load_observed
+
+        obs = load_observed(observed) if isinstance(observed, str | Path) else observed
+        comparison = compare_observed(obs, scenarios, scenario_id=observed_scenario)  # type: ignore[arg-type]
+        warnings += comparison.notes
+    options = SweepOptions(
+        **{k: v for k, v in opt_items},
+        cost_profile=(cost_profile or CostProfile.default()).name,
+    )
+    return WhatIfResult(
+        trace_path=str(Path(tr.path).resolve()),
+        trace_hash=tr.trace_hash,
+        hosts=tuple(host_list),
+        scenarios=scenarios,
+        policy_sets=sets,
+        matches=matches,
+        grid=grid,
+        replay_options=options,
+        capacity_inputs=capacity,
+        extrapolation=extrapolation,
+        fits=fits,
+        provenance=_provenance(
+            tr, host_list, facts, sets, grid, options, plan, ex, capacity, extrapolation
+        ),
+        knob_effects=knob_effects(scenarios),
+        saving_range=saving_range(scenarios),
+        warnings=warnings,
+        observed=comparison,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _hosts(tr: Trace, hosts: Sequence[str] | None) -> list[str]:
     host_list = list(hosts) if hosts else list(tr.hosts)
     unknown = [h for h in host_list if h not in tr.hosts]
     if unknown:
@@ -291,6 +320,10 @@ def run_whatif(
         )
     if not host_list:
         raise UsageProblem(f"{tr.path} holds no host")
+    return host_list
+
+
+def _policy_sets(policy_sets: Sequence[PolicySet] | None) -> list[PolicySet]:
     sets = list(policy_sets) if policy_sets else [preset(n) for n in DEFAULT_PRESETS]
     names = [s.name for s in sets]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -298,15 +331,18 @@ def run_whatif(
         raise PolicyError(
             f"two policy sets are named {dup!r}", hint="give each compared set a distinct name"
         )
-    grid = grid or KnobGrid()
-    opts = replay_options or ReplayOptions()
-    opt_items = _options_items(opts)
-    cost_items = tuple(sorted(cost_profile.to_dict().items())) if cost_profile else None
-    if capacity is not None and extrapolation is None:
-        extrapolation = ExtrapolationSpec()
+    return sets
 
-    # ---- plan: facts, policy matches, knob points ------------------------------------------
-    facts = {h: _host_facts(tr, h) for h in host_list}
+
+def _match(
+    tr: Trace,
+    host_list: list[str],
+    sets: list[PolicySet],
+    extrapolation: ExtrapolationSpec | None,
+) -> tuple[
+    list[MatchReport], list[str], dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], int]
+]:
+    """Which processes every set registers on every host (checked before any replay)."""
     stubs = {h: host_processes(tr, h) for h in host_list}
     matches: list[MatchReport] = []
     domains: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -321,142 +357,153 @@ def run_whatif(
             registered[(h, s.name)] = r.registered
             if extrapolation is not None and r.registered:
                 _validate_group(stubs[h], s, extrapolation)
+    return matches, warnings, domains, registered
+
+
+def _plan(
+    tr: Trace,
+    host_list: list[str],
+    sets: list[PolicySet],
+    grid: KnobGrid,
+    facts: dict[str, dict[str, Any]],
+    domains: dict[tuple[str, str], tuple[str, ...]],
+    registered: dict[tuple[str, str], int],
+    *,
+    rest: tuple[Any, Any],
+    extrapolation: ExtrapolationSpec | None,
+) -> _Plan:
+    """Every scenario, and the deduplicated replay and fit tasks behind it."""
+    trace_path = str(Path(tr.path).resolve())
     points = grid.points()
     host_points = {h: [grid.knobs(p, hz=facts[h]["hz"]) for p in points] for h in host_list}
     for h in host_list:  # every combination valid for every host's HZ
         grid.points(hz=facts[h]["hz"])
-
     plan = _Plan()
-    scen_meta: list[tuple[PolicySet, CrossDomain, dict[str, Any], dict[str, Any]]] = []
     for s in sets:
         policy_json = s.model_dump_json()
         crosses: tuple[CrossDomain, ...] = grid.cross_domain or (s.cross_domain,)
         for cross in crosses:
             for i, point in enumerate(points):
-                links: dict[str, Any] = {}
-                knobs_full: dict[str, Any] = {}
+                links: dict[str, _Link] = {}
                 for h in host_list:
-                    knobs = host_points[h][i]
-                    if knobs.advisor == "scan-time":  # the advisor sets pages_to_scan itself
-                        knobs = knobs.with_(pages_to_scan=knobs.advisor_min_pages_to_scan)
-                    knobs_full = knobs_full or knobs.to_dict()
+                    knobs = _effective(host_points[h][i])
                     if not registered[(h, s.name)]:  # nothing to scan: the knobs change nothing
                         knobs = KsmKnobs(hz=knobs.hz)
                     base = (trace_path, tr.trace_hash, h, policy_json)
-                    rest = (tuple(sorted(knobs.to_dict().items())), opt_items, cost_items)
-                    doms = domains[(h, s.name)]
-                    multi = len(doms) >= 2
-                    if cross == "deny" and multi:
-                        main_keys = [plan.add(ReplaySpec(*base, d, *rest)) for d in doms]
-                        cf_keys: list[tuple[Any, ...]] = []
-                    else:
-                        main_keys = [plan.add(ReplaySpec(*base, None, *rest))]
-                        cf_keys = (
-                            [plan.add(ReplaySpec(*base, d, *rest)) for d in doms] if multi else []
-                        )
-                    fit_key = None
-                    if extrapolation is not None:
-                        fit_cross = "deny" if (cross == "deny" and multi) else "allow"
-                        fit_key = plan.add(FitSpec(*base, fit_cross, extrapolation))
-                    links[h] = (main_keys, cf_keys, fit_key, doms)
+                    items = (tuple(sorted(knobs.to_dict().items())), *rest)
+                    links[h] = _link(plan, base, items, domains[(h, s.name)], cross, extrapolation)
                 plan.links.append(links)
-                scen_meta.append((s, cross, point, knobs_full))
+                full = _effective(host_points[host_list[0]][i])
+                plan.meta.append(_Meta(s, cross, point, full))
+    return plan
 
-    # ---- run -----------------------------------------------------------------------------
-    own = executor is None
-    ex = executor if executor is not None else local_executor(max_workers)
-    try:
-        results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
-    finally:
-        if own:
-            ex.shutdown(wait=True, cancel_futures=True)
 
-    # ---- assemble ------------------------------------------------------------------------
-    width = max(2, len(str(len(scen_meta))))
+def _effective(knobs: KsmKnobs) -> KsmKnobs:
+    """The knobs a replay runs with: the advisor sets ``pages_to_scan`` itself."""
+    if knobs.advisor == "scan-time":
+        return knobs.with_(pages_to_scan=knobs.advisor_min_pages_to_scan)
+    return knobs
+
+
+def _link(
+    plan: _Plan,
+    base: tuple[str, str, str, str],
+    rest: tuple[Any, ...],
+    doms: tuple[str, ...],
+    cross: CrossDomain,
+    extrapolation: ExtrapolationSpec | None,
+) -> _Link:
+    """The tasks of one scenario on one host (added to ``plan`` once each)."""
+    multi = len(doms) >= 2
+    if cross == "deny" and multi:
+        main = [plan.add(ReplaySpec(*base, d, *rest)) for d in doms]
+        cf: list[Key] = []
+    else:
+        main = [plan.add(ReplaySpec(*base, None, *rest))]
+        cf = [plan.add(ReplaySpec(*base, d, *rest)) for d in doms] if multi else []
+    fit = None
+    if extrapolation is not None:
+        fit_cross = "deny" if (cross == "deny" and multi) else "allow"
+        fit = plan.add(FitSpec(*base, fit_cross, extrapolation))
+    return _Link(main, cf, fit, doms)
+
+
+def _assemble(
+    plan: _Plan,
+    results: dict[Key, ReplayOutcome | ExtrapolationFit],
+    host_list: list[str],
+    facts: dict[str, dict[str, Any]],
+    capacity: CapacityInputs | None,
+    extrapolation: ExtrapolationSpec | None,
+) -> tuple[list[ScenarioResult], list[ExtrapolationFit]]:
+    """Scenario results from the task results; Pareto flags; fits with their curves."""
+    width = max(2, len(str(len(plan.meta))))
     scenarios: list[ScenarioResult] = []
-    seen_main: dict[tuple[Any, ...], str] = {}
-    fits_used: dict[tuple[Any, ...], ExtrapolationFit] = {}
-    for idx, ((s, cross, point, knobs_full), links) in enumerate(
-        zip(scen_meta, plan.links, strict=True)
-    ):
+    seen_main: dict[Key, str] = {}
+    fits_used: dict[Key, ExtrapolationFit] = {}
+    for idx, (meta, links) in enumerate(zip(plan.meta, plan.links, strict=True)):
         sid = f"s{idx + 1:0{width}d}"
         host_results = []
         for h in host_list:
-            main_keys, cf_keys, fit_key, doms = links[h]
-            main = [_outcome(results[k]) for k in main_keys]
-            cf = [_outcome(results[k]) for k in cf_keys]
-            fit = results.get(fit_key) if fit_key is not None else None
-            if isinstance(fit, ExtrapolationFit):
-                fits_used[fit_key] = fit  # type: ignore[index]
-            host_results.append(
-                _host_scenario(
-                    h,
-                    facts[h]["page_size"],
-                    main,
-                    cf,
-                    doms,
-                    fit if isinstance(fit, ExtrapolationFit) else None,
-                    capacity,
-                    extrapolation,
-                )
+            link = links[h]
+            fit = results.get(link.fit) if link.fit is not None else None
+            if link.fit is not None and isinstance(fit, ExtrapolationFit):
+                fits_used[link.fit] = fit
+            replays = aggregate.HostReplays(
+                host=h,
+                page_size=facts[h]["page_size"],
+                main=tuple(_outcome(results[k]) for k in link.main),
+                counterfactual=tuple(_outcome(results[k]) for k in link.counterfactual),
+                domains=link.domains,
+                fit=fit if isinstance(fit, ExtrapolationFit) else None,
             )
-        scen = _aggregate(sid, s.name, cross, point, knobs_full, host_results, capacity)
-        key = tuple(k for h in host_list for k in links[h][0])
+            host_results.append(aggregate.host_scenario(replays, capacity, extrapolation))
+        scen = aggregate.scenario(
+            sid, meta.policy.name, meta.cross, meta.point, meta.knobs_full, host_results, capacity
+        )
+        key = tuple(k for h in host_list for k in links[h].main)
         scen.same_replay_as = seen_main.get(key)
         seen_main.setdefault(key, sid)
         scenarios.append(scen)
-    for scen, on_front in zip(
-        scenarios,
-        pareto_flags([(float(x.net_saved_bytes), x.ksmd_cores) for x in scenarios]),
-        strict=True,
-    ):
+    flags = pareto_flags([(float(x.net_saved_bytes), x.ksmd_cores) for x in scenarios])
+    for scen, on_front in zip(scenarios, flags, strict=True):
         scen.pareto = on_front
+    return scenarios, aggregate.attach_curves(scenarios, list(fits_used.values()))
 
-    comparison = None
-    if observed is not None:
-        from planner.whatif.observed import compare_observed, load_observed
 
-        obs = load_observed(observed) if isinstance(observed, str | Path) else observed
-        comparison = compare_observed(obs, scenarios, scenario_id=observed_scenario)  # type: ignore[arg-type]
-        warnings += comparison.notes
-
-    kernel = facts[host_list[0]]["kernel"]
+def _provenance(
+    tr: Trace,
+    host_list: list[str],
+    facts: dict[str, dict[str, Any]],
+    sets: list[PolicySet],
+    grid: KnobGrid,
+    options: SweepOptions,
+    plan: _Plan,
+    ex: Executor,
+    capacity: CapacityInputs | None,
+    extrapolation: ExtrapolationSpec | None,
+) -> dict[str, Any]:
     prov = Provenance(
-        trace_path=trace_path,
+        trace_path=str(Path(tr.path).resolve()),
         trace_hash=tr.trace_hash,
         hosts=tuple(host_list),
-        kernel_release=kernel,
+        kernel_release=facts[host_list[0]]["kernel"],
         knobs=grid.to_dict(),
-        policy_set=",".join(names),
+        policy_set=",".join(s.name for s in sets),
         command="whatif",
         extra={
             "policy_sets": [p.model_dump(mode="json") for p in sets],
-            "replay_options": dict(opt_items),
-            "cost_profile": (cost_profile or CostProfile.default()).name,
-            "capacity": capacity.to_dict() if capacity else None,
-            "extrapolation": extrapolation.to_dict() if extrapolation else None,
+            "replay_options": to_jsonable(options),
+            "cost_profile": options.cost_profile,
+            "capacity": to_jsonable(capacity),
+            "extrapolation": to_jsonable(extrapolation),
             "run_on": HostInfo.collect().to_dict(),
             "tasks": len(plan.tasks),
             **describe(ex),
         },
-    ).to_dict()
-    return WhatIfResult(
-        trace_path=trace_path,
-        trace_hash=tr.trace_hash,
-        hosts=tuple(host_list),
-        scenarios=scenarios,
-        policy_sets=sets,
-        matches=matches,
-        grid=grid,
-        replay_options=dict(opt_items),
-        capacity_inputs=capacity,
-        extrapolation=extrapolation,
-        fits=list(fits_used.values()),
-        provenance=prov,
-        warnings=warnings,
-        observed=comparison,
-        elapsed_s=time.perf_counter() - t0,
     )
+    doc: dict[str, Any] = to_jsonable(prov)
+    return doc
 
 
 def _workers(executor: Executor, max_workers: int | None) -> int:
@@ -473,194 +520,6 @@ def _outcome(res: ReplayOutcome | ExtrapolationFit) -> ReplayOutcome:
     if not isinstance(res, ReplayOutcome):  # pragma: no cover - keys are distinct by kind
         raise TypeError("expected a replay outcome")
     return res
-
-
-def _host_scenario(
-    host: str,
-    page_size: int,
-    main: list[ReplayOutcome],
-    cf: list[ReplayOutcome],
-    doms: tuple[str, ...],
-    fit: ExtrapolationFit | None,
-    capacity: CapacityInputs | None,
-    extrapolation: ExtrapolationSpec | None,
-) -> HostScenario:
-    ps = page_size
-    truth = [o.final_truth for o in main]
-    anon = int(truth[0]["frames_without_ksm"]) * ps
-    saved = sum(int(t["saved_frames"]) for t in truth) * ps
-    meta = sum(int(t["metadata_bytes"]) for t in truth)
-    net = sum(int(t["net_saved_bytes"]) for t in truth)
-    ideal = sum(o.ideal_saved_frames for o in main) * ps
-    ratio = saved / ideal if ideal > 0 else None
-    cpu = float(sum(o.steady_cpu_percent for o in main))
-    eligible = sum(o.eligible_pages for o in main)
-    registered = sum(o.registered_processes for o in main)
-    cross_saved = saved - sum(int(o.final_truth["saved_frames"]) for o in cf) * ps if cf else 0
-    pairs = main[0].domain_pairs if len(main) == 1 else []
-    crossing = main[0].cross_domain_ksm_pages if len(main) == 1 else 0
-    hs = HostScenario(
-        host=host,
-        page_size=ps,
-        anon_bytes=anon,
-        saved_bytes=saved,
-        metadata_bytes=meta,
-        net_saved_bytes=net,
-        ideal_saved_bytes=ideal,
-        realization_ratio=ratio,
-        time_to_90_s=_time_to(main, 90),
-        ksmd_cpu_percent=cpu,
-        pages_scanned_per_full_scan=_sum_opt([o.pages_scanned_per_full_scan for o in main]),
-        pages_skipped_per_full_scan=_sum_opt([o.pages_skipped_per_full_scan for o in main]),
-        cross_domain_saved_bytes=cross_saved,
-        cross_domain_ksm_pages=crossing,
-        domain_pairs=pairs,
-        domains=doms,
-        eligible_pages=eligible,
-        replays=main,
-        counterfactual=cf,
-    )
-    if fit is None:
-        return hs
-    model = HostCapacityModel(
-        page_size=ps,
-        growth=fit.point,
-        realization_ratio=ratio or 0.0,
-        metadata_bytes_per_page=meta / eligible if eligible else 0.0,
-        ksmd_cores=cpu / 100.0 if registered else 0.0,
-    )
-    if capacity is not None:
-        hs.capacity = estimate_capacity(
-            model, capacity, replicates=fit.replicates, confidence=fit.confidence
-        )
-    if extrapolation is not None and extrapolation.replicas is not None:
-        hs.projected = _project(model, fit, extrapolation.replicas)
-    return hs
-
-
-def _interval(values: Any, confidence: float) -> tuple[float, float]:
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(np.asarray(values, dtype=float), [100 * alpha, 100 * (1 - alpha)])
-    return float(lo), float(hi)
-
-
-def _projection(
-    n: int,
-    hosts: int,
-    point: tuple[float, float, float],
-    ideal: Any,
-    net: Any,
-    anon: Any,
-    confidence: float,
-) -> ProjectedSaving:
-    """A :class:`ProjectedSaving` from point values ``(ideal, net, anon)`` and replicate arrays."""
-    pi, pn, pa = point
-    pct = 100.0 * np.asarray(net) / np.where(np.asarray(anon) > 0, np.asarray(anon), 1.0)
-    return ProjectedSaving(
-        replicas=n,
-        hosts=hosts,
-        anon_bytes=pa,
-        ideal_saved_bytes=Estimate(pi, *_interval(ideal, confidence), confidence),
-        net_saved_bytes=Estimate(pn, *_interval(net, confidence), confidence),
-        net_saved_percent=Estimate(
-            100.0 * pn / pa if pa else 0.0, *_interval(pct, confidence), confidence
-        ),
-        replicate_ideal_bytes=tuple(float(v) for v in ideal),
-        replicate_net_bytes=tuple(float(v) for v in net),
-        replicate_anon_bytes=tuple(float(v) for v in anon),
-    )
-
-
-def _project(model: HostCapacityModel, fit: ExtrapolationFit, n: int) -> ProjectedSaving:
-    """The saving of one host projected to ``n`` replicas, with its bootstrap interval."""
-    ps = model.page_size
-    reps = fit.replicates or (fit.point,)
-    ideal = np.array([float(g.ideal_saved(n)) for g in reps]) * ps
-    net = np.array([model.ksm_net_saved_bytes(n, g) for g in reps])
-    anon = np.array([float(g.frames(n)) for g in reps]) * ps
-    point = (
-        float(model.growth.ideal_saved(n)) * ps,
-        model.ksm_net_saved_bytes(n),
-        float(model.growth.frames(n)) * ps,
-    )
-    return _projection(n, 1, point, ideal, net, anon, fit.confidence)
-
-
-def _combine_projected(hosts: list[HostScenario]) -> ProjectedSaving | None:
-    """Fleet projection: host values summed, replicate by replicate for the interval."""
-    parts = [h.projected for h in hosts]
-    if not parts or any(p is None for p in parts):
-        return None
-    ps = [p for p in parts if p is not None]
-    if len(ps) == 1:
-        return ps[0]
-    r = min(len(p.replicate_net_bytes) for p in ps)
-
-    def col(attr: str) -> Any:
-        return np.sum([np.asarray(getattr(p, attr)[:r]) for p in ps], axis=0)
-
-    point = (
-        sum(p.ideal_saved_bytes.value for p in ps),
-        sum(p.net_saved_bytes.value for p in ps),
-        sum(p.anon_bytes for p in ps),
-    )
-    return _projection(
-        ps[0].replicas,
-        len(ps),
-        point,
-        col("replicate_ideal_bytes"),
-        col("replicate_net_bytes"),
-        col("replicate_anon_bytes"),
-        ps[0].net_saved_bytes.confidence,
-    )
-
-
-def _aggregate(
-    sid: str,
-    set_name: str,
-    cross: str,
-    point: dict[str, Any],
-    knobs_full: dict[str, Any],
-    hosts: list[HostScenario],
-    capacity: CapacityInputs | None,
-) -> ScenarioResult:
-    saved = sum(h.saved_bytes for h in hosts)
-    ideal = sum(h.ideal_saved_bytes for h in hosts)
-    pairs: dict[tuple[str, ...], dict[str, Any]] = {}
-    for h in hosts:
-        for p in h.domain_pairs:
-            k = tuple(p["domains"])
-            acc = pairs.setdefault(k, {"domains": list(k), "ksm_pages": 0, "mappings": 0})
-            acc["ksm_pages"] += p["ksm_pages"]
-            acc["mappings"] += p["mappings"]
-    cap: CapacityEstimate | None = None
-    caps = [h.capacity for h in hosts if h.capacity is not None]
-    if capacity is not None and caps and len(caps) == len(hosts):
-        cap = combine_hosts(caps)
-    return ScenarioResult(
-        id=sid,
-        policy_set=set_name,
-        cross_domain=cross,
-        knobs=dict(point),
-        knobs_full=knobs_full,
-        hosts=hosts,
-        anon_bytes=sum(h.anon_bytes for h in hosts),
-        saved_bytes=saved,
-        metadata_bytes=sum(h.metadata_bytes for h in hosts),
-        net_saved_bytes=sum(h.net_saved_bytes for h in hosts),
-        ideal_saved_bytes=ideal,
-        realization_ratio=saved / ideal if ideal > 0 else None,
-        time_to_90_s=_time_to([o for h in hosts for o in h.replays], 90),
-        ksmd_cpu_percent=float(np.mean([h.ksmd_cpu_percent for h in hosts])),
-        ksmd_cores=sum(h.ksmd_cpu_percent for h in hosts) / 100.0,
-        pages_scanned_per_full_scan=_mean_opt([h.pages_scanned_per_full_scan for h in hosts]),
-        pages_skipped_per_full_scan=_mean_opt([h.pages_skipped_per_full_scan for h in hosts]),
-        cross_domain_saved_bytes=sum(h.cross_domain_saved_bytes for h in hosts),
-        cross_domain_ksm_pages=sum(h.cross_domain_ksm_pages for h in hosts),
-        domain_pairs=list(pairs.values()),
-        capacity=cap,
-        projected=_combine_projected(hosts),
-    )
 
 
 def options_from(**values: Any) -> ReplayOptions:

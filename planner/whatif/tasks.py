@@ -12,12 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from planner import errors as E
+from planner.whatif.outcome import (
+    DomainPair,
+    KsmCounters,
+    ProcessOutcome,
+    ReplayOutcome,
+    SteadyState,
+    Timeline,
+    process_series,
+)
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -101,80 +110,6 @@ class TaskFailure:
         raise cls(self.message, hint=self.hint)
 
 
-@dataclass
-class Timeline:
-    """The replay over time, in columns (lists), small enough to ship back and to plot.
-
-    ``grid``: the regular time grid (``t_s``, saved frames, net saved bytes, frames
-    without KSM, pages_sharing, pages_shared, general_profit). ``scans``: one row per full
-    scan (its end ``t_s``, ``scan_time_s``, ``cpu_s``, ``pages_to_scan``, cumulative
-    ``pages_scanned``/``pages_skipped``, pages_sharing, saved frames, net saved bytes).
-    ``processes``: per full scan and process, the ksm_stat counters.
-    """
-
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    scans: dict[str, list[Any]] = field(default_factory=dict)
-    processes: dict[str, list[Any]] = field(default_factory=dict)
-
-    def frames(self) -> dict[str, Any]:
-        """The three tables as pandas DataFrames."""
-        import pandas as pd
-
-        return {name: pd.DataFrame(getattr(self, name)) for name in ("grid", "scans", "processes")}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of columns."""
-        return {"grid": self.grid, "scans": self.scans, "processes": self.processes}
-
-
-@dataclass
-class ReplayOutcome:
-    """What one replay measured, reduced to what the what-if needs."""
-
-    spec_key: tuple[Any, ...]
-    host: str
-    only_domain: str | None
-    page_size: int
-    duration_s: float
-    final_truth: dict[str, int]
-    final_counters: dict[str, int]
-    cost: dict[str, Any]
-    steady_cpu_percent: float
-    steady_scans: int
-    pages_scanned_per_full_scan: float | None
-    pages_skipped_per_full_scan: float | None
-    ideal_saved_frames: int
-    eligible_pages: int
-    registered_processes: int
-    last_snapshot_s: float | None
-    domain_pairs: list[dict[str, Any]]
-    cross_domain_ksm_pages: int
-    #: final attribution per live process: pid, ppid, comm, cgroup, labels, mode, domain,
-    #: rule, and its ksm_stat counters (ksm_rmap_items, ksm_merging_pages, ksm_zero_pages,
-    #: ksm_process_profit)
-    processes: list[dict[str, Any]]
-    timeline: Timeline
-    elapsed_s: float
-
-    def saving_points(self) -> list[tuple[float, float]]:
-        """(t_s, saved frames) over the replay: grid and scan ends, in time order."""
-        pts = list(
-            zip(
-                self.timeline.grid.get("t_s", []),
-                self.timeline.grid.get("saved_frames", []),
-                strict=True,
-            )
-        )
-        pts += list(
-            zip(
-                self.timeline.scans.get("t_s", []),
-                self.timeline.scans.get("saved_frames", []),
-                strict=True,
-            )
-        )
-        return sorted((float(t), float(v)) for t, v in pts)
-
-
 # ----------------------------------------------------------------------------- worker side
 
 _CACHE_LOCK = threading.Lock()
@@ -250,77 +185,9 @@ def domain_codes(inp: ReplayInput) -> tuple[np.ndarray[Any, np.dtype[np.int64]],
     return codes, names
 
 
-def _steady(res: ReplayResult) -> tuple[float, int, float | None, float | None]:
-    """Steady-state ksmd CPU %, scans used, pages scanned and skipped per full scan."""
-    scans = res.scans
-    if not scans:
-        return 0.0, 0, None, None
-    applied = [t for t in res.snapshot_applied_s if t is not None]
-    last = applied[-1] if applied else 0.0
-    first = next(
-        (i for i, s in enumerate(scans) if s.t_s - s.scan_time_s >= last - 1e-9), len(scans) - 1
-    )
-    window = scans[first:]
-    # wall time from the end of the scan before the window to the end of the last scan: the
-    # sleep between two scans belongs to neither scan's scan_time_s
-    start = scans[first - 1].t_s if first > 0 else scans[first].t_s - scans[first].scan_time_s
-    wall = scans[-1].t_s - start
-    cpu = sum(s.cpu_s for s in window)
-    before = scans[first - 1].counters if first > 0 else {"pages_scanned": 0, "pages_skipped": 0}
-    after = scans[-1].counters
-    n = len(window)
-    scanned = (after["pages_scanned"] - before["pages_scanned"]) / n
-    skipped = (after["pages_skipped"] - before["pages_skipped"]) / n
-    return (100.0 * cpu / wall if wall > 0 else 0.0), n, float(scanned), float(skipped)
-
-
-def _timeline(res: ReplayResult) -> Timeline:
-    grid: dict[str, list[Any]] = {
-        "t_s": [g.t_s for g in res.grid],
-        "saved_frames": [g.truth.saved_frames for g in res.grid],
-        "net_saved_bytes": [g.truth.net_saved_bytes for g in res.grid],
-        "frames_without_ksm": [g.truth.frames_without_ksm for g in res.grid],
-        "pages_sharing": [g.counters.get("pages_sharing", 0) for g in res.grid],
-        "pages_shared": [g.counters.get("pages_shared", 0) for g in res.grid],
-        "general_profit": [g.counters.get("general_profit", 0) for g in res.grid],
-    }
-    scans: dict[str, list[Any]] = {
-        "full_scans": [s.full_scans for s in res.scans],
-        "t_s": [s.t_s for s in res.scans],
-        "scan_time_s": [s.scan_time_s for s in res.scans],
-        "cpu_s": [s.cpu_s for s in res.scans],
-        "pages_to_scan": [s.pages_to_scan for s in res.scans],
-        "pages_scanned": [s.counters.get("pages_scanned", 0) for s in res.scans],
-        "pages_skipped": [s.counters.get("pages_skipped", 0) for s in res.scans],
-        "pages_sharing": [s.counters.get("pages_sharing", 0) for s in res.scans],
-        "saved_frames": [s.truth.saved_frames for s in res.scans],
-        "net_saved_bytes": [s.truth.net_saved_bytes for s in res.scans],
-    }
-    procs: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "full_scans",
-            "t_s",
-            "pid",
-            "ksm_rmap_items",
-            "ksm_merging_pages",
-            "ksm_process_profit",
-        )
-    }
-    for s in res.scans:
-        for pid, st in s.processes.items():
-            procs["full_scans"].append(s.full_scans)
-            procs["t_s"].append(s.t_s)
-            procs["pid"].append(int(pid))
-            procs["ksm_rmap_items"].append(st.get("ksm_rmap_items", 0))
-            procs["ksm_merging_pages"].append(st.get("ksm_merging_pages", 0))
-            procs["ksm_process_profit"].append(st.get("ksm_process_profit", 0))
-    return Timeline(grid=grid, scans=scans, processes=procs)
-
-
 def _domain_pairs(
     inp: ReplayInput, members: list[tuple[int, int, int]]
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[tuple[DomainPair, ...], int]:
     """Which domains share KSM pages at the end, and the KSM pages shared across domains."""
     from planner.policy.resolve import domain_key
 
@@ -339,10 +206,37 @@ def _domain_pairs(
         acc = pairs.setdefault(key, [0, 0])
         acc[0] += 1
         acc[1] += sum(doms.values())
-    out = [
-        {"domains": list(k), "ksm_pages": v[0], "mappings": v[1]} for k, v in sorted(pairs.items())
-    ]
+    out = tuple(DomainPair(k, v[0], v[1]) for k, v in sorted(pairs.items()))
     return out, crossing
+
+
+def _processes(inp: ReplayInput, res: ReplayResult) -> tuple[ProcessOutcome, ...]:
+    """The processes of the last snapshot, their registration and ``ksm_stat`` at the end."""
+    if not inp.snapshots:
+        return ()
+    present = set(inp.snapshots[-1].mm_present.tolist())
+    out = []
+    for m in inp.mms:
+        if m.mm not in present:
+            continue
+        st = res.final_processes.get(str(m.pid), {})
+        out.append(
+            ProcessOutcome(
+                pid=m.pid,
+                ppid=m.ppid,
+                comm=m.comm,
+                cgroup=m.info.cgroup,
+                labels=dict(m.info.labels),
+                mode=m.registration.mode,
+                domain=m.registration.domain,
+                rule=m.registration.rule,
+                ksm_rmap_items=int(st.get("ksm_rmap_items", 0)),
+                ksm_merging_pages=int(st.get("ksm_merging_pages", 0)),
+                ksm_zero_pages=int(st.get("ksm_zero_pages", 0)),
+                ksm_process_profit=int(st.get("ksm_process_profit", 0)),
+            )
+        )
+    return tuple(out)
 
 
 def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
@@ -355,7 +249,7 @@ def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
 
 def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, replay
-    from planner.whatif.extrapolate import ideal_saved_frames
+    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
 
     t0 = time.perf_counter()
     inp = _prepared(
@@ -374,30 +268,9 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     )
     opts = ReplayOptions(**dict(spec.options), cost=cost)
     res = replay(inp, knobs=knobs, options=opts)
-    cpu_pct, n_steady, scanned, skipped = _steady(res)
+    truth = res.final_truth
     last = inp.snapshots[-1] if inp.snapshots else None
-    ideal = ideal_saved_frames(last, use_zero_pages=knobs.use_zero_pages) if last is not None else 0
-    eligible = int(np.count_nonzero(last.eligible)) if last is not None else 0
     pairs, crossing = _domain_pairs(inp, res.final_node_members)
-    procs = []
-    final = res.final_processes
-    for m in inp.mms:
-        if last is None or m.mm not in set(last.mm_present.tolist()):
-            continue
-        st = final.get(str(m.pid), {})
-        procs.append(
-            {
-                "pid": m.pid,
-                "ppid": m.ppid,
-                "comm": m.comm,
-                "cgroup": m.info.cgroup,
-                "labels": dict(m.info.labels),
-                "mode": m.registration.mode,
-                "domain": m.registration.domain,
-                "rule": m.registration.rule,
-                **st,
-            }
-        )
     applied = [t for t in res.snapshot_applied_s if t is not None]
     return ReplayOutcome(
         spec_key=spec.key,
@@ -405,21 +278,28 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         only_domain=spec.only_domain,
         page_size=res.page_size,
         duration_s=res.duration_s,
-        final_truth=res.final_truth.to_dict(),
-        final_counters=dict(res.final_counters),
-        cost=res.cost.to_dict(),
-        steady_cpu_percent=cpu_pct,
-        steady_scans=n_steady,
-        pages_scanned_per_full_scan=scanned,
-        pages_skipped_per_full_scan=skipped,
-        ideal_saved_frames=ideal,
-        eligible_pages=eligible,
+        final_truth=truth,
+        final_counters=KsmCounters.of(res.final_counters, rmap_items=truth.rmap_items),
+        cost=res.cost,
+        steady=SteadyState.of_replay(res),
+        policy_ideal_saved_frames=(
+            policy_ideal_saved_frames(last, use_zero_pages=knobs.use_zero_pages) if last else 0
+        ),
+        zero_saved_frames=(
+            zero_saved_frames(
+                last, use_zero_pages=knobs.use_zero_pages, saved_frames=truth.saved_frames
+            )
+            if last
+            else 0
+        ),
+        eligible_pages=int(np.count_nonzero(last.eligible)) if last is not None else 0,
         registered_processes=sum(1 for m in inp.mms if m.registration.mode != "off"),
         last_snapshot_s=applied[-1] if applied else None,
         domain_pairs=pairs,
         cross_domain_ksm_pages=crossing,
-        processes=procs,
-        timeline=_timeline(res),
+        processes=_processes(inp, res),
+        timeline=Timeline.of_replay(res),
+        process_timeline=process_series(res),
         elapsed_s=time.perf_counter() - t0,
     )
 
@@ -476,10 +356,8 @@ def run_batch(
 
 __all__ = [
     "FitSpec",
-    "ReplayOutcome",
     "ReplaySpec",
     "TaskFailure",
-    "Timeline",
     "clear_caches",
     "domain_codes",
     "run_batch",

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from planner.capture.procfs import parse_kb_fields
 from planner.errors import (
     InputDataError,
     OutputExistsError,
@@ -23,16 +24,9 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.holder import Holder
-from planner.kernel.observe import (
-    FORMAT,
-    KSM_FILE,
-    META_FILE,
-    PROCESSES_FILE,
-    observe,
-    parse_smaps_ksm_kb,
-    read_observed,
-)
+from planner.kernel.observe import observe
 from planner.kernel.sysfs import COUNTERS, KsmLease, KsmSysfs
+from planner.trace.recording import FORMAT, KSM_FILE, META_FILE, PROCESSES_FILE, read_observed
 
 CliRunner = Any
 
@@ -292,8 +286,8 @@ def test_reader_refuses_what_is_not_a_recording(tmp_path: Path, host: tuple[KsmS
 
 
 def test_parse_smaps() -> None:
-    assert parse_smaps_ksm_kb("Rss: 1 kB\nKSM:  40 kB\n") == 40
-    assert parse_smaps_ksm_kb("Rss: 1 kB\n") is None
+    assert parse_kb_fields("Rss: 1 kB\nKSM:  40 kB\n").get("KSM") == 40
+    assert parse_kb_fields("Rss: 1 kB\n").get("KSM") is None
 
 
 def test_parquet_schema_is_documented_types(tmp_path: Path, host: tuple[KsmSysfs, str]) -> None:

@@ -1,9 +1,9 @@
-"""Fixtures of the report tests: a small forked-workers trace and review inputs built on it."""
+"""Fixtures of the report tests: a small forked-workers trace, and review inputs made from a
+real what-if run on it (:func:`planner.whatif.run_whatif`, then
+:func:`planner.report.make.review_inputs`: exactly what ``ksm-planner report`` does)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,93 +46,52 @@ def small_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def direct_inputs(
+def whatif_inputs(
     trace_dir: Path,
-    policies: Sequence[str] = ("off", "prctl-all", "workers-prctl"),
-    pages_to_scan: Sequence[int] = (10, 100),
-    **options: Any,
+    policies: tuple[str, ...] = ("off", "prctl-all", "workers-prctl"),
+    pages_to_scan: tuple[int, ...] = (10, 100),
+    *,
+    host_mem: int | None = 16 << 20,
 ) -> Any:
-    """Review inputs from direct replays (no what-if planner): one per policy x knob."""
-    from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+    """Review inputs of a real what-if run (inline, 6 settle scans; capacity on a host of
+    ``host_mem`` bytes with a small bootstrap, or none)."""
+    from planner.engine import ReplayOptions
     from planner.policy import preset
-    from planner.report.analysis import (
-        cow_breaks,
-        current_state,
-        eligible_potential,
-        pareto_front,
-    )
-    from planner.report.inputs import (
-        ProcessOutcome,
-        ReviewInputs,
-        ScenarioOutcome,
-        TraceFacts,
-        scenario_name,
-        varying_knobs,
-    )
+    from planner.report.make import review_inputs
     from planner.trace.io import open_trace
-    from planner.trace.summary import summarize_trace
+    from planner.whatif import (
+        CapacityInputs,
+        ExtrapolationSpec,
+        InlineExecutor,
+        KnobGrid,
+        run_whatif,
+    )
 
     trace = open_trace(trace_dir)
-    ht = trace.load_host()
-    summary = summarize_trace(trace_dir)
-    scen = []
-    for name in policies:
-        ps = preset(name)
-        inp = prepare(ht, resolver=ps.resolver())
-        pot = eligible_potential(inp)
-        for pts in pages_to_scan:
-            res = replay(
-                inp, knobs=KsmKnobs(pages_to_scan=pts), options=ReplayOptions(settle_scans=6)
-            )
-            procs = tuple(
-                ProcessOutcome(
-                    mm.pid,
-                    mm.registration.mode,
-                    mm.registration.rule,
-                    mm.registration.domain,
-                    res.final_processes.get(str(mm.pid), {}).get("ksm_rmap_items", 0),
-                    res.final_processes.get(str(mm.pid), {}).get("ksm_merging_pages", 0),
-                    res.final_processes.get(str(mm.pid), {}).get("ksm_zero_pages", 0),
-                    res.final_processes.get(str(mm.pid), {}).get("ksm_process_profit", 0),
-                )
-                for mm in inp.mms
-            )
-            scen.append(
-                ScenarioOutcome.of_replay(
-                    res,
-                    name="",
-                    policy_set=name,
-                    policy_description=ps.description,
-                    processes=procs,
-                    ideal_saved_frames=pot.ideal_saved_frames,
-                    zero_saved_frames=max(0, pot.zero_frames - 1),
-                )
-            )
-    vary = varying_knobs([s.knobs for s in scen])
-    front = pareto_front([(s.steady_cpu_percent, s.net_saved_bytes) for s in scen])
-    scen = [
-        replace(s, name=scenario_name(s.policy_set, s.knobs, vary), pareto=f and s.enabled)
-        for s, f in zip(scen, front, strict=True)
-    ]
-    return ReviewInputs(
-        trace=TraceFacts.of(trace, ht, summary, name=trace_dir.name),
-        summary=summary,
-        state=current_state(ht),
-        cow=cow_breaks(ht),
-        scenarios=tuple(scen),
-        command=f"ksm-planner report {trace_dir.name} --out review",
-        baseline="off",
-        options={"tool_version": "ksm-planner test", "settle_scans": 6, **options},
+    result = run_whatif(
+        trace,
+        policy_sets=[preset(p) for p in policies],
+        grid=KnobGrid.from_mapping({"pages_to_scan": list(pages_to_scan)}),
+        replay_options=ReplayOptions(settle_scans=6),
+        capacity=CapacityInputs(host_mem_bytes=host_mem) if host_mem else None,
+        extrapolation=ExtrapolationSpec(n_resamples=20) if host_mem else None,
+        executor=InlineExecutor(),
+    )
+    return review_inputs(
+        result,
+        trace=trace,
+        trace_text=trace_dir.name,
+        command=f"ksm-planner report {trace_dir.name} --out DIR",
     )
 
 
 @pytest.fixture(scope="session")
 def small_inputs(small_trace: Path) -> Any:
-    """Review inputs of the small trace from direct replays."""
-    return direct_inputs(small_trace)
+    """Review inputs of the small trace: 3 policy sets x 2 knob settings, with capacity."""
+    return whatif_inputs(small_trace)
 
 
-@pytest.fixture
-def make_inputs() -> Callable[..., Any]:
-    """Build review inputs from direct replays: ``make_inputs(trace_dir, policies, pages)``."""
-    return direct_inputs
+@pytest.fixture(scope="session")
+def bare_inputs(small_trace: Path) -> Any:
+    """The same sweep without capacity inputs (no fit, no projection)."""
+    return whatif_inputs(small_trace, host_mem=None)

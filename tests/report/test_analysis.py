@@ -1,4 +1,4 @@
-"""Process roles, current state, copy-on-write breaks and eligible potential, by hand."""
+"""Process roles, current state and copy-on-write breaks, by hand."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.engine import prepare
-from planner.policy import preset
-from planner.report.analysis import (
-    cow_breaks,
-    current_state,
-    eligible_potential,
-    pareto_front,
-    process_roles,
-)
+from planner.report.analysis import cow_breaks, current_state, process_roles
 from planner.testing.builder import World
 from planner.trace.io import open_trace
 
@@ -49,6 +41,7 @@ def test_current_state_totals_and_groups(small_trace: Path) -> None:
     # 201..215 on three frames (2 freed each) except 201..203 rewritten by 101 (1 freed each),
     # plus the two zero frames
     assert st.ideal_saved_frames == 12 * 2 + 3 * 1 + 2
+    assert cs.static_ideal_saved_bytes == st.ideal_saved_frames * 4096
     by_role = {g.group: g for g in cs.by_role}
     assert by_role["gunicorn 100 (parent)"].pages == 60
     assert by_role["gunicorn children of 100"].pages == 180
@@ -77,28 +70,3 @@ def test_cow_breaks_of_one_snapshot_is_nan() -> None:
     cow = cow_breaks(w.host_trace())
     assert cow.intervals == ()
     assert math.isnan(cow.breaks_per_s)
-
-
-def test_eligible_potential_follows_the_policy(small_trace: Path) -> None:
-    ht = open_trace(small_trace).load_host()
-    everyone = eligible_potential(prepare(ht, resolver=preset("prctl-all").resolver()))
-    assert (everyone.pages, everyone.frames, everyone.zero_frames) == (240, 120, 2)
-    assert everyone.ideal_saved_frames == 29
-    workers = eligible_potential(prepare(ht, resolver=preset("workers-prctl").resolver()))
-    assert (workers.pages, workers.frames) == (180, 100)
-    assert workers.ideal_saved_frames == 29
-    heap = eligible_potential(prepare(ht, resolver=preset("madvise-heap").resolver()))
-    assert (heap.pages, heap.ideal_saved_frames) == (40, 0)
-    off = eligible_potential(prepare(ht, resolver=preset("off").resolver()))
-    assert (off.pages, off.frames, off.ideal_saved_frames) == (0, 0, 0)
-
-
-def test_pareto_front() -> None:
-    assert pareto_front([(1.0, 10.0), (2.0, 12.0), (3.0, 11.0), (1.0, 9.0)]) == [
-        True,
-        True,
-        False,
-        False,
-    ]
-    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [True, True]  # ties do not dominate
-    assert pareto_front([]) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,83 @@ def test_security_domains_allow_and_deny(cli: Cli, tmp_path: Path) -> None:
     assert (deny["cross_domain_saved_bytes"], deny["merged_together"]) == (0, "none")
     excluded = {e["scenario"]: e["why"] for e in data["results"]["recommendation"]["excluded"]}
     assert excluded["tenants · allow cross-domain"] == "merges pages across security domains"
+
+
+def test_whatif_and_report_give_the_same_figures(
+    cli: Cli, small_trace: Path, tmp_path: Path
+) -> None:
+    """Identical inputs, identical figures: ``report`` renders what ``whatif`` computes."""
+    from planner.report.fmt import stable_float
+
+    options = [
+        small_trace,
+        "--preset",
+        "off",
+        "--preset",
+        "prctl-all",
+        "--preset",
+        "workers-prctl",
+        "--pages-to-scan",
+        "10,100",
+        "--settle-scans",
+        "6",
+        "--host-mem",
+        "16MiB",
+        "--headroom",
+        "10%",
+        "--bootstrap",
+        "20",
+        "--workers",
+        "1",
+    ]
+    code, out, err = cli(["whatif", *options, "--json"])
+    assert code == 0, err
+    whatif = [s["hosts"][0] | {"id": s["id"]} for s in json.loads(out)["whatif"]["scenarios"]]
+    code, _, err = cli(["report", *options, "--out", tmp_path / "review", "--json"])
+    assert code == 0, err
+    tables = json.loads((tmp_path / "review" / "data" / "review.json").read_text())["tables"]
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return list(tables[name]["rows"])
+
+    def same(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return a is b
+        return bool(stable_float(float(a)) == stable_float(float(b)))
+
+    scenarios, capacity = rows("scenarios"), rows("capacity")
+    assert len(scenarios) == len(capacity) == len(whatif) == 6
+    pairs = [
+        ("scenarios", "net_saved_bytes", "net_saved_bytes"),
+        ("scenarios", "time_to_90_s", "time_to_90_s"),
+        ("scenarios", "steady_cpu_percent", "ksmd_cpu_percent"),
+        ("capacity", "workers_without", ("capacity", "workers_without")),
+        ("capacity", "workers_with", ("capacity", "workers_with")),
+        ("capacity", "capacity_gain", ("capacity", "gain")),
+        ("capacity", "ksm_net_saved_bytes", ("capacity", "ksm_net_saved_bytes")),
+    ]
+    compared = 0
+    for i, w in enumerate(whatif):
+        for table_name, column, key in pairs:
+            ours = rows(table_name)[i][column]
+            theirs = w[key[0]][key[1]] if isinstance(key, tuple) else w[key]
+            assert same(ours, theirs), (w["id"], column, ours, theirs)
+            compared += 1
+    enabled = [w for w in whatif if w["registered_processes"]]
+    cost = rows("cost")
+    times = rows("time-to-saving")
+    assert len(cost) == len(times) == len(enabled) == 4
+    for w, c, t in zip(enabled, cost, times, strict=True):
+        for ours, theirs in (
+            (c["cpu_s"], w["ksmd_cpu_s"]),
+            (c["cpu_percent"], w["ksmd_cpu_percent_from_start"]),
+            (c["pages_per_full_scan"], w["pages_scanned_per_full_scan"]),
+            (c["full_scan_s"], w["full_scan_s"]),
+            (t["time_to_50_s"], w["time_to_50_s"]),
+            (t["time_to_99_s"], w["time_to_99_s"]),
+            (t["scans_to_90"], w["full_scans_to_90"]),
+            (t["projected_time_to_90_s"], w["projected_time_to_90_s"]),
+        ):
+            assert same(ours, theirs), (w["id"], ours, theirs)
+            compared += 1
+    assert compared == 6 * len(pairs) + 4 * 8

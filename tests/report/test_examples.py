@@ -170,13 +170,13 @@ def test_tree_comparison_lists_missing_and_differing_files(tmp_path: Path) -> No
         (d / "data").mkdir(parents=True)
         (d / "data" / "x.csv").write_text("k,v\nsaved,860.778647\n")
         (d / "blob.bin").write_bytes(b"\x00\x01")
-    (a / "only.md").write_text("x")
+    (a / "only.txt").write_text("x")
     (b / "data" / "x.csv").write_text("k,v\nsaved,860.778648\n")
-    assert r.differences(a, b) == [f"only.md: only in {a}"]
+    assert r.differences(a, b) == [f"only.txt: only in {a}"]
     (b / "blob.bin").write_bytes(b"\x00\x02")
     (b / "data" / "x.csv").write_text("k,v\nfreed,860.778648\n")
     assert r.differences(a, b) == [
-        f"only.md: only in {a}",
+        f"only.txt: only in {a}",
         "blob.bin: bytes differ",
         "data/x.csv: line 2: text 'saved,' -> 'freed,'",
     ]

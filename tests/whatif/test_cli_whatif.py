@@ -143,7 +143,7 @@ def _closed_port() -> int:
         (["--group", "comm:java"], 2, "selects no process of host web-1"),
         (["--host", "db"], 2, "has no host 'db'"),
         (["--preset", "everything"], 2, "--preset 'everything' is not a preset"),
-        (["--set", "x"], 2, "--set selects sets of a --policies file"),
+        (["--set", "x"], 2, "--set needs --policies"),
         (
             ["--grid", "/nonexistent/grid.toml"],
             2,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from planner.engine import ReplayOptions, prepare
+from planner.jsonable import to_jsonable
 from planner.policy import preset
 from planner.trace.io import open_trace
 from planner.trace.summary import host_potential
@@ -15,7 +16,7 @@ from planner.whatif import (
     InlineExecutor,
     KnobGrid,
     extrapolate,
-    ideal_saved_frames,
+    policy_ideal_saved_frames,
     run_whatif,
 )
 
@@ -31,13 +32,15 @@ def sample(request: pytest.FixtureRequest) -> Path:
     return path
 
 
-def test_the_ideal_is_the_static_potential_of_ksm_planner_info(sample: Path) -> None:
+def test_under_prctl_all_the_policy_ideal_is_the_static_ideal_of_ksm_planner_info(
+    sample: Path,
+) -> None:
     ht = open_trace(sample).load_host()
     last = prepare(ht, resolver=preset("prctl-all").resolver()).snapshots[-1]
     info = host_potential(ht)[-1]
     # 'info' frees every zero-content frame (use_zero_pages); without it one zero KSM page stays
-    assert ideal_saved_frames(last, use_zero_pages=True) == info.ideal_saved_frames
-    assert ideal_saved_frames(last) == info.ideal_saved_frames - 1
+    assert policy_ideal_saved_frames(last, use_zero_pages=True) == info.ideal_saved_frames
+    assert policy_ideal_saved_frames(last) == info.ideal_saved_frames - 1
 
 
 def test_realization_and_extrapolation_hold_out(sample: Path) -> None:
@@ -58,7 +61,7 @@ def test_realization_and_extrapolation_hold_out(sample: Path) -> None:
         assert fit.holdout.relative_error is not None
         assert abs(fit.holdout.relative_error) < 0.05
         # the fit goes through the data at k: the ideal the replay's ratio refers to
-        assert fit.ideal_saved_frames_at_k * 4096 == s.ideal_saved_bytes
+        assert fit.ideal_saved_frames_at_k * 4096 == s.policy_ideal_saved_bytes
 
 
 def test_a_replay_stopped_early_realizes_less(sample: Path) -> None:
@@ -87,4 +90,4 @@ def test_fit_on_a_single_sample_is_deterministic() -> None:
     inp = prepare(open_trace(path).load_host(), resolver=preset("prctl-all").resolver())
     a = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
     b = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
-    assert a.to_dict(replicates=True) == b.to_dict(replicates=True)
+    assert to_jsonable(a, include={"replicates"}) == to_jsonable(b, include={"replicates"})

@@ -15,8 +15,8 @@ from planner.whatif.extrapolate import (
     GrowthFit,
     extrapolate,
     fit_growth,
-    ideal_saved_frames,
     parse_group,
+    policy_ideal_saved_frames,
     select_group,
 )
 from planner.whatif.tasks import domain_codes
@@ -26,7 +26,7 @@ FAST = KsmKnobs(pages_to_scan=1000, sleep_ms=10)
 
 def ideal(ht: HostTrace, policy: str = "prctl-all", **kw: object) -> int:
     inp = prepare(ht, resolver=preset(policy).resolver())
-    return ideal_saved_frames(inp.snapshots[-1], **kw)  # type: ignore[arg-type]
+    return policy_ideal_saved_frames(inp.snapshots[-1], **kw)  # type: ignore[arg-type]
 
 
 def test_ideal_counts_frames_not_mappings() -> None:
@@ -80,7 +80,7 @@ def test_a_fork_shared_frame_of_an_unregistered_parent_can_be_the_ksm_page() -> 
     )
     inp = prepare(w.host_trace(), resolver=policy.resolver())
     # the master's frames stay, but the worker's copies can merge into them
-    assert ideal_saved_frames(inp.snapshots[-1]) == 2
+    assert policy_ideal_saved_frames(inp.snapshots[-1]) == 2
     # the replay is an order of scans: it realizes at most the ideal
     assert replay(inp, knobs=FAST).final_truth.saved_frames <= 2
 
@@ -98,8 +98,8 @@ def test_domains_split_contents() -> None:
     inp = prepare(w.host_trace(), resolver=policy.resolver())
     codes, names = domain_codes(inp)
     assert names == ["a", "b"]
-    assert ideal_saved_frames(inp.snapshots[-1]) == 3  # 1 x3 -> 1, 2 x2 -> 1
-    assert ideal_saved_frames(inp.snapshots[-1], domain_of_mm=codes) == 1  # only b's two 1s
+    assert policy_ideal_saved_frames(inp.snapshots[-1]) == 3  # 1 x3 -> 1, 2 x2 -> 1
+    assert policy_ideal_saved_frames(inp.snapshots[-1], domain_of_mm=codes) == 1  # only b's two 1s
 
 
 def family(k: int, *, shared: int, unique: int, base: int = 3, copies: bool = False) -> HostTrace:
@@ -168,7 +168,7 @@ def test_extrapolation_is_exact_on_replicas_that_share_a_fixed_set() -> None:
     # F(n) = 3 + 10 n, U(n) = 3 + 6 [n >= 1] + 4 n: saving(n) = 6 (n - 1) for n >= 1
     assert fit.observed.frames == tuple(3.0 + 10 * n for n in range(7))
     assert fit.observed.ideal_saved == (0.0, 0.0, 6.0, 12.0, 18.0, 24.0, 30.0)
-    assert fit.ideal_saved_frames_at_k == 30 == ideal_saved_frames(inp.snapshots[-1])
+    assert fit.ideal_saved_frames_at_k == 30 == policy_ideal_saved_frames(inp.snapshots[-1])
     point, low, high = fit.ideal_saved_frames(50)
     assert point == pytest.approx(6 * 49, rel=1e-3)
     assert low <= point <= high
@@ -189,7 +189,7 @@ def test_workers_merge_into_the_frames_they_share_with_an_unregistered_master() 
     # each worker's copies of the 3 master pages merge into the master's (fork-shared) frames;
     # the 2 shared pages merge from the second worker on
     assert fit.observed.ideal_saved == (0.0, 3.0, 8.0, 13.0, 18.0)
-    assert fit.ideal_saved_frames_at_k == ideal_saved_frames(inp.snapshots[-1]) == 18
+    assert fit.ideal_saved_frames_at_k == policy_ideal_saved_frames(inp.snapshots[-1]) == 18
 
 
 def test_bootstrap_interval_widens_with_uneven_replicas() -> None:
@@ -249,7 +249,9 @@ def test_denying_cross_domain_merges_never_projects_more_saving() -> None:
     spec = ExtrapolationSpec(n_resamples=30)
     allow = extrapolate(inp, spec=spec)
     deny = extrapolate(inp, spec=spec, domain_of_mm=codes, cross_domain="deny")
-    assert deny.ideal_saved_frames_at_k == ideal_saved_frames(inp.snapshots[-1], domain_of_mm=codes)
+    assert deny.ideal_saved_frames_at_k == policy_ideal_saved_frames(
+        inp.snapshots[-1], domain_of_mm=codes
+    )
     assert (
         deny.ideal_saved_frames_at_k == allow.ideal_saved_frames_at_k - 30
     )  # the pool, once per domain

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.jsonable import to_jsonable
 from planner.policy import preset
 from planner.whatif import InlineExecutor, KnobGrid, run_whatif
 from planner.whatif.observed import knob_differences, observed_knobs
@@ -29,7 +30,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_recording_is_compared_with_the_scenario_of_its_knobs(
     recording: Path, family_trace: Path
 ) -> None:
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
 
     obs = read_observed(recording)
     knobs = observed_knobs(obs)
@@ -56,9 +57,9 @@ def test_a_recording_is_compared_with_the_scenario_of_its_knobs(
     assert cmp.scenario_id == "s01"
     assert cmp.knobs_match
     assert len(cmp.t_s) == len(obs.counters)
-    assert len(cmp.predicted["pages_sharing"]) == len(cmp.t_s)
+    assert len(cmp.predicted.pages_sharing) == len(cmp.t_s)
     assert cmp.to_frame().columns[0] == "t_s"
-    json.dumps(res.to_dict()["observed"], allow_nan=False)
+    json.dumps(to_jsonable(res)["observed"], allow_nan=False)
 
 
 def test_cli_observed(cli: CliRunner, recording: Path, family_trace: Path) -> None:
@@ -77,7 +78,7 @@ def test_cli_observed(cli: CliRunner, recording: Path, family_trace: Path) -> No
     )
     assert code == 0, err
     doc = json.loads(out)["whatif"]["observed"]
-    assert doc["scenario"] == "s01"
+    assert doc["scenario_id"] == "s01"
     assert isinstance(doc["knobs_match"], bool)
     code, out, err = cli(
         [

@@ -12,6 +12,7 @@ import pytest
 
 from planner.engine import KsmKnobs, replay
 from planner.errors import KnobError, PolicyError, UsageProblem
+from planner.jsonable import to_jsonable
 from planner.policy import parse_policies, preset
 from planner.trace.io import open_trace
 from planner.whatif import (
@@ -100,12 +101,12 @@ def test_presets_across_a_grid(family_trace: Path) -> None:
         assert col in df.columns
     csv = res.to_csv()
     assert csv.splitlines()[0].startswith("scenario,policy_set,cross_domain,knob_pages_to_scan")
-    doc = res.to_dict()
+    doc = to_jsonable(res)
     json.dumps(doc, allow_nan=False)
     assert doc["provenance"]["trace_hash"] == open_trace(family_trace).trace_hash
     assert doc["provenance"]["tool_version"].startswith("ksm-planner ")
     assert doc["provenance"]["policy_set"] == "off,prctl-all,workers-prctl"
-    assert doc["pareto_front"] == [s.id for s in front]
+    assert doc["pareto_ids"] == [s.id for s in front]
     assert [m["policy_set"] for m in doc["matches"]] == ["off", "prctl-all", "workers-prctl"]
     # timelines for plots
     tl = res.timelines("s04")
@@ -113,7 +114,9 @@ def test_presets_across_a_grid(family_trace: Path) -> None:
     assert tl["scans"]["full_scans"].tolist() == sorted(tl["scans"]["full_scans"].tolist())
     assert tl["grid"]["saved_frames"].iloc[-1] == direct.final_truth.saved_frames
     assert set(tl["processes"]["pid"]) == {100, 101, 102, 103, 104}
-    assert "timeline" in res.to_dict(timelines=True)["scenarios"][3]["hosts"][0]["replays"][0]
+    full = to_jsonable(res, include={"timelines"})
+    assert "timeline" in full["scenarios"][3]["hosts"][0]["replays"][0]
+    assert "timeline" not in doc["scenarios"][3]["hosts"][0]["replays"][0]
 
 
 def test_identical_replays_run_once(family_trace: Path) -> None:
@@ -126,7 +129,7 @@ def test_identical_replays_run_once(family_trace: Path) -> None:
     assert adv[0].same_replay_as is None
     assert adv[1].same_replay_as == adv[0].id
     assert adv[1].net_saved_bytes == adv[0].net_saved_bytes
-    assert adv[0].knobs_full["pages_to_scan"] == 500  # advisor_min_pages_to_scan
+    assert adv[0].knobs_full.pages_to_scan == 500  # advisor_min_pages_to_scan
 
 
 def test_security_domains_allow_and_deny(tenant_trace: Path) -> None:
@@ -145,16 +148,18 @@ def test_security_domains_allow_and_deny(tenant_trace: Path) -> None:
     # deny: each domain alone, "as if on separate hosts"
     assert [r.only_domain for r in host_d.replays] == ["a", "b"]
     assert deny.cross_domain_saved_bytes == 0
-    assert deny.domain_pairs == []
+    assert deny.domain_pairs == ()
     # allow: the counterfactual is exactly the deny replays
     assert [r.only_domain for r in host_a.counterfactual] == ["a", "b"]
     assert allow.cross_domain_saved_bytes == allow.saved_bytes - deny.saved_bytes
     assert allow.cross_domain_saved_bytes > 0
-    assert allow.domain_pairs[0]["domains"] == ["a", "b"]
-    assert allow.domain_pairs[0]["ksm_pages"] == allow.cross_domain_ksm_pages > 0
+    assert allow.domain_pairs[0].domains == ("a", "b")
+    assert allow.domain_pairs[0].ksm_pages == allow.cross_domain_ksm_pages > 0
     # ksmd CPU of separate hosts adds up; the ideal of each domain alone is smaller
-    assert deny.ksmd_cores == pytest.approx(sum(r.steady_cpu_percent for r in host_d.replays) / 100)
-    assert deny.ideal_saved_bytes < allow.ideal_saved_bytes
+    assert deny.ksmd_cores == pytest.approx(
+        sum(r.steady.cpu_percent for r in host_d.replays if r.steady) / 100
+    )
+    assert deny.policy_ideal_saved_bytes < allow.policy_ideal_saved_bytes
     # the set's own default is deny
     only_default = run_whatif(tenant_trace, policy_sets=sets, grid=GRID, executor=INLINE)
     assert {s.cross_domain for s in only_default.scenarios} == {"deny"}
@@ -283,11 +288,11 @@ def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> 
     assert cmp is not None
     assert cmp.scenario_id == "s04"  # prctl-all at pages_to_scan 1000 (off saves nothing)
     assert cmp.knobs_match
-    assert cmp.t_s == [0.0, 5.0, 30.0]
-    final = res.scenario("s04").hosts[0].replays[0].final_counters["pages_sharing"]
-    assert cmp.predicted["pages_sharing"][-1] == final
-    assert cmp.observed["pages_sharing"] == [0.0, 50.0, 170.0]
-    assert cmp.final_relative_error() == pytest.approx((final - 170) / 170)
+    assert cmp.t_s == (0.0, 5.0, 30.0)
+    final = res.scenario("s04").hosts[0].replays[0].final_counters.pages_sharing
+    assert cmp.predicted.pages_sharing[-1] == final
+    assert cmp.observed.pages_sharing == (0.0, 50.0, 170.0)
+    assert cmp.final_relative_error == pytest.approx((final - 170) / 170)
     other = _Obs({**knobs, "pages_to_scan": 77}, [0.0], [0])
     res2 = run_whatif(
         family_trace, policy_sets=[preset("prctl-all")], grid=GRID, observed=other, executor=INLINE

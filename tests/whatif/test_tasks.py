@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,23 +30,51 @@ def spec(trace: Path, **knobs: object) -> ReplaySpec:
     )
 
 
-def test_steady_cpu_counts_the_sleep_between_scans(family_trace: Path) -> None:
+def test_steady_state_counts_the_sleep_between_scans(family_trace: Path) -> None:
     # every full scan is one batch: ksmd works, then sleeps 100 ms before the next scan
     out = run_replay(spec(family_trace, pages_to_scan=100_000, sleep_ms=100))
     assert not isinstance(out, TaskFailure)
     scans = out.timeline.scans
-    n = out.steady_scans
+    steady = out.steady
+    assert steady is not None
+    n = steady.full_scans
     assert n >= 6
-    cpu = sum(scans["cpu_s"][-n:])
-    wall = scans["t_s"][-1] - scans["t_s"][-n - 1]
-    assert out.steady_cpu_percent == pytest.approx(100 * cpu / wall)
-    assert out.steady_cpu_percent < 10  # mostly asleep; scan_time_s alone would say ~100 %
-    assert 100 * cpu / sum(scans["scan_time_s"][-n:]) > 90
+    cpu = sum(scans.cpu_s[-n:])
+    wall = scans.t_s[-1] - scans.t_s[-n - 1]
+    assert steady.wall_s == pytest.approx(wall)
+    assert steady.cpu_percent == pytest.approx(100 * cpu / wall)
+    assert steady.cpu_percent < 10  # mostly asleep; scan_time_s alone would say ~100 %
+    assert 100 * cpu / sum(scans.scan_time_s[-n:]) > 90
+    # one definition: a full scan lasts the same wall time, the sleep before the next included
+    assert steady.full_scan_s == pytest.approx(wall / n)
+    assert steady.full_scan_s > 0.1 > max(scans.scan_time_s[-n:])
     # pages handled per full scan at steady state (smart scan skips excluded)
-    assert out.pages_scanned_per_full_scan == pytest.approx(
-        (scans["pages_scanned"][-1] - scans["pages_scanned"][-n - 1]) / n
+    assert steady.pages_scanned_per_full_scan == pytest.approx(
+        (scans.pages_scanned[-1] - scans.pages_scanned[-n - 1]) / n
     )
-    assert out.ideal_saved_frames == out.final_truth["saved_frames"]
+    assert out.policy_ideal_saved_frames == out.final_truth.saved_frames
+    assert out.final_counters.rmap_items == out.final_truth.rmap_items
+
+
+def test_zero_pages_are_counted_in_the_worker() -> None:
+    from planner.testing.builder import World
+
+    w = World("zeros")
+    w.spawn(1, comm="app")
+    w.map(1, 0x10000, [0, 0, 0, 7, 7, 8])  # three zero pages, a duplicate, a unique page
+    w.snapshot(0.0)
+    w.snapshot(5.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "zeros"
+        w.write_trace(trace)
+        plain = run_replay(spec(trace, pages_to_scan=100))
+        zeros = run_replay(spec(trace, pages_to_scan=100, use_zero_pages=True))
+    assert not isinstance(plain, TaskFailure)
+    assert not isinstance(zeros, TaskFailure)
+    # without use_zero_pages the three zero pages merge into one KSM page: 2 frames freed of
+    # the 3 saved (the duplicate 7 is the third); with it they all map the zero page
+    assert (plain.final_truth.saved_frames, plain.zero_saved_frames) == (3, 2)
+    assert (zeros.final_truth.saved_frames, zeros.zero_saved_frames) == (4, 3)
 
 
 def test_planner_errors_come_back_as_failures(family_trace: Path, tmp_path: Path) -> None:

@@ -1,0 +1,217 @@
+"""The format of a KSM recording (``ksm-planner observe``), and its reader.
+
+A recording is what a host's KSM really did, sampled over time by
+:func:`planner.kernel.observe.observe`; ``whatif --observed`` and ``report --observed``
+compare a prediction with one. The format is declared here, below every layer that reads or
+writes it, so that what-if and the review read recordings without importing the recorder
+(the layers are checked by ``tests/test_layers.py``).
+
+Format (``ksm-planner-observe`` version 1)
+-------------------------------------------
+A directory (owner-only, like captured data) with three files:
+
+``observe.json``
+    ``format`` ("ksm-planner-observe"), ``version`` (1), ``provenance`` (tool version, host,
+    kernel, command, options), ``host`` (``planner.provenance.HostInfo``),
+    ``started_utc`` / ``ended_utc`` (ISO 8601), ``samples``, ``interrupted``, ``ksmd_pid``,
+    ``options`` (``interval_s``, ``duration_s``, ``pids``, ``all``, ``smaps``), ``knobs_at_start``
+    (every writable knob of ``/sys/kernel/mm/ksm``), ``ksm_columns`` (sysfs files sampled),
+    ``files``.
+``ksm.parquet``
+    One row per sample: ``sample`` (int32, from 0), ``t_s`` (float64, seconds since the first
+    sample, monotonic clock), ``time`` (timestamp[us, UTC]), then one column per file of
+    ``/sys/kernel/mm/ksm`` under its kernel name (int64; ``advisor_mode`` and other word
+    knobs as strings): counters (``pages_shared``, ``pages_sharing``, ``pages_unshared``,
+    ``pages_volatile``, ``pages_scanned``, ``pages_skipped``, ``full_scans``,
+    ``general_profit``, ``ksm_zero_pages``, ``stable_node_chains``, ``stable_node_dups``) and
+    knobs (``run``, ``pages_to_scan``, ``sleep_millisecs``, ...); then ``ksmd_runtime_ns``
+    (ksmd's CPU time since boot, null where unreadable), ``cow_ksm`` and ``ksm_swpin_copy``
+    (``/proc/vmstat``, null where absent). Counters keep the kernel's values: ``pages_scanned``
+    is cumulative since boot and ``full_scans`` restarts at 0 after ``run=2``.
+``processes.parquet``
+    One row per sample and process: ``sample``, ``t_s``, ``pid`` (int32), ``comm`` (string),
+    ``ksm_rmap_items``, ``ksm_zero_pages``, ``ksm_merging_pages``, ``ksm_process_profit``
+    (int64, from ``ksm_stat``), ``ksm_merge_any``, ``ksm_mergeable`` (bool), ``smaps_ksm_kb``
+    (int64, ``KSM:`` of ``smaps_rollup``; null unless ``smaps``). With ``pids`` the watched
+    processes have a row while they live (a reused pid is not followed); with ``all``, every
+    process that uses KSM at that sample (mergeable, MERGE_ANY, or any non-zero count).
+
+:func:`read_observed` returns an :class:`ObservedTimeline` (pandas DataFrames).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from planner.errors import InputDataError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Collection, Sequence
+
+    import pandas as pd
+
+FORMAT: Final = "ksm-planner-observe"
+VERSION: Final = 1
+META_FILE: Final = "observe.json"
+KSM_FILE: Final = "ksm.parquet"
+PROCESSES_FILE: Final = "processes.parquet"
+#: ``ksm_stat`` fields stored per process (kernel names).
+STAT_FIELDS: Final = (
+    "ksm_rmap_items",
+    "ksm_zero_pages",
+    "ksm_merging_pages",
+    "ksm_process_profit",
+)
+FLAG_FIELDS: Final = ("ksm_merge_any", "ksm_mergeable")
+VMSTAT_FIELDS: Final = ("cow_ksm", "ksm_swpin_copy")
+
+_PROCESS_FIELDS: list[pa.Field[Any]] = [
+    pa.field("sample", pa.int32()),
+    pa.field("t_s", pa.float64()),
+    pa.field("pid", pa.int32()),
+    pa.field("comm", pa.string()),
+    *[pa.field(f, pa.int64()) for f in STAT_FIELDS],
+    *[pa.field(f, pa.bool_()) for f in FLAG_FIELDS],
+    pa.field("smaps_ksm_kb", pa.int64()),
+]
+#: The schema of ``processes.parquet``.
+PROCESS_SCHEMA: Final = pa.schema(_PROCESS_FIELDS)
+
+
+def ksm_schema(columns: Sequence[str], word_columns: Collection[str]) -> pa.Schema:
+    """The schema of ``ksm.parquet`` for the sampled sysfs ``columns`` (words as strings)."""
+    fields: list[pa.Field[Any]] = [
+        pa.field("sample", pa.int32()),
+        pa.field("t_s", pa.float64()),
+        pa.field("time", pa.timestamp("us", tz="UTC")),
+    ]
+    fields += [pa.field(c, pa.string() if c in word_columns else pa.int64()) for c in columns]
+    fields += [pa.field(f, pa.int64()) for f in ("ksmd_runtime_ns", *VMSTAT_FIELDS)]
+    return pa.schema(fields)
+
+
+@dataclass(frozen=True)
+class ObservedTimeline:
+    """A recording of ``ksm-planner observe``, as pandas DataFrames.
+
+    Attributes
+    ----------
+    meta
+        The contents of ``observe.json`` (provenance, options, host, times).
+    counters
+        One row per sample, indexed by ``t_s``: ``sample``, ``time``, every sysfs counter and
+        knob (kernel names), ``ksmd_runtime_ns``, ``cow_ksm``, ``ksm_swpin_copy``.
+    processes
+        One row per sample and process (long format; columns as in ``processes.parquet``).
+    """
+
+    meta: dict[str, Any]
+    counters: pd.DataFrame
+    processes: pd.DataFrame
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where and how the recording was made."""
+        return dict(self.meta.get("provenance", {}))
+
+    @property
+    def pids(self) -> list[int]:
+        """Every pid with at least one row."""
+        return sorted(int(p) for p in self.processes["pid"].unique())
+
+    def process(self, pid: int) -> pd.DataFrame:
+        """The rows of one process, indexed by ``t_s``."""
+        df = self.processes[self.processes["pid"] == pid]
+        return df.set_index("t_s").drop(columns=["pid"])
+
+    def per_process(self, column: str = "ksm_merging_pages") -> pd.DataFrame:
+        """One column of every process over time: index ``t_s``, one column per pid."""
+        if column not in self.processes.columns:
+            known = ", ".join(c for c in self.processes.columns if c.startswith(("ksm_", "smaps")))
+            raise InputDataError(
+                f"the recording has no per-process column {column!r}", hint=f"use one of {known}"
+            )
+        return self.processes.pivot_table(index="t_s", columns="pid", values=column, aggfunc="last")
+
+    def ksmd_cpu_fraction(self) -> pd.Series:
+        """ksmd's share of one CPU between consecutive samples (NaN where unreadable)."""
+        runtime = self.counters["ksmd_runtime_ns"].astype("float64")
+        t = self.counters.index.to_series()
+        return (runtime.diff() / 1e9) / t.diff()
+
+
+def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
+    """Read a recording written by ``ksm-planner observe``.
+
+    Raises
+    ------
+    InputDataError
+        Not a recording, of an unknown format version, or with unreadable files.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise InputDataError(
+            f"{root} is not a directory", hint="give the --out directory of 'ksm-planner observe'"
+        )
+    from planner._input import member_name, read_input_bytes, read_input_text
+
+    if not (root / META_FILE).exists():
+        raise InputDataError(
+            f"{root} has no {META_FILE}: not a recording of 'ksm-planner observe'",
+            hint="give the --out directory of 'ksm-planner observe'",
+        )
+    text = read_input_text(root / META_FILE, what="recording manifest")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InputDataError(f"cannot read {root / META_FILE}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputDataError(
+            f"{root / META_FILE} is not a {FORMAT} file",
+            hint="give the --out directory of 'ksm-planner observe'",
+        )
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        raise InputDataError(
+            f"{root} is {FORMAT} version {version}; this ksm-planner reads up to {VERSION}",
+            hint="upgrade ksm-planner",
+        )
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise InputDataError(f"{root / META_FILE}: files must be an object")
+    tables = []
+    for key, default in (("ksm", KSM_FILE), ("processes", PROCESSES_FILE)):
+        # a plain name inside the recording, a regular file (no link), read through one open
+        p = member_name(root, files.get(key, default), what=str(root / META_FILE))
+        data = read_input_bytes(p, what="recording file", max_bytes=1 << 36, follow_symlinks=False)
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data)).to_pandas())
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+            raise InputDataError(
+                f"cannot read {p}: {' '.join(str(exc).split())[:200]}",
+                hint="the recording is damaged",
+            ) from None
+    counters, processes = tables
+    missing = [c for c in ("sample", "t_s") if c not in counters.columns]
+    if missing:
+        raise InputDataError(
+            f"{root / KSM_FILE} lacks columns {missing}", hint="the recording is damaged"
+        )
+    return ObservedTimeline(meta=meta, counters=counters.set_index("t_s"), processes=processes)
+
+
+__all__ = [
+    "FORMAT",
+    "PROCESS_SCHEMA",
+    "VERSION",
+    "ObservedTimeline",
+    "ksm_schema",
+    "read_observed",
+]

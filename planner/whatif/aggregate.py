@@ -1,0 +1,298 @@
+"""From replay outcomes to scenario results: every figure of a scenario, computed once.
+
+:func:`host_scenario` turns the replays of one scenario on one host (one replay, or one per
+security domain when merging across domains is denied) into a
+:class:`~planner.whatif.result.HostScenario`: memory, ksmd at steady state, time to 50, 90
+and 99 % of the saving, the summed timeline and counters, the processes, and -- with a
+growth fit -- capacity, projection and ``host_scale``. :func:`scenario` aggregates the hosts
+of a scenario; :func:`attach_curves` gives each fit the curve a review draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from planner.whatif.capacity import (
+    CapacityEstimate,
+    CapacityInputs,
+    HostCapacityModel,
+    combine_hosts,
+    estimate_capacity,
+)
+from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec, fitted_curve
+from planner.whatif.outcome import DomainPair, KsmCounters, ProcessOutcome, ReplayOutcome
+from planner.whatif.result import Estimate, HostScenario, ProjectedSaving, ScenarioResult
+from planner.whatif.series import scans_to, summed_timeline, time_to_fractions
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from planner.engine.knobs import KsmKnobs
+
+
+def _sum_opt(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(sum(vals)) if vals else None
+
+
+def _mean_opt(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def merged_processes(replays: Sequence[ReplayOutcome]) -> tuple[ProcessOutcome, ...]:
+    """The processes of several replays of one host, each once (its registered entry first).
+
+    A domain replayed alone holds every process, the other domains' unregistered.
+    """
+    by_pid: dict[int, ProcessOutcome] = {}
+    for r in replays:
+        for p in r.processes:
+            if p.pid not in by_pid or (not by_pid[p.pid].registered and p.registered):
+                by_pid[p.pid] = p
+    return tuple(by_pid[pid] for pid in sorted(by_pid))
+
+
+@dataclass(frozen=True)
+class HostReplays:
+    """The replays of one scenario on one host, with what is known about the host."""
+
+    host: str
+    page_size: int
+    main: tuple[ReplayOutcome, ...]  # one, or one per domain (deny)
+    counterfactual: tuple[ReplayOutcome, ...]  # allow with 2+ domains: each domain alone
+    domains: tuple[str, ...]
+    fit: ExtrapolationFit | None
+
+
+def host_scenario(
+    r: HostReplays, capacity: CapacityInputs | None, extrapolation: ExtrapolationSpec | None
+) -> HostScenario:
+    """Every figure of one scenario on one host (see the module docstring)."""
+    ps, main = r.page_size, r.main
+    saved = sum(o.final_truth.saved_frames for o in main) * ps
+    steady = [o.steady for o in main if o.steady is not None]
+    timeline = summed_timeline(main)
+    times = time_to_fractions(main)
+    cf_saved = sum(o.final_truth.saved_frames for o in r.counterfactual) * ps
+    counters = KsmCounters()
+    for o in main:
+        counters += o.final_counters
+    hs = HostScenario(
+        host=r.host,
+        page_size=ps,
+        domains=r.domains,
+        registered_processes=sum(o.registered_processes for o in main),
+        anon_bytes=main[0].final_truth.frames_without_ksm * ps,
+        saved_bytes=saved,
+        metadata_bytes=sum(o.final_truth.metadata_bytes for o in main),
+        net_saved_bytes=sum(o.final_truth.net_saved_bytes for o in main),
+        policy_ideal_saved_bytes=sum(o.policy_ideal_saved_frames for o in main) * ps,
+        zero_saved_bytes=sum(o.zero_saved_frames for o in main) * ps,
+        eligible_pages=sum(o.eligible_pages for o in main),
+        time_to_50_s=times[50],
+        time_to_90_s=times[90],
+        time_to_99_s=times[99],
+        full_scans_to_90=scans_to(timeline, times[90]),
+        ksmd_cpu_percent=float(sum(s.cpu_percent for s in steady)),
+        full_scan_s=_mean_opt([s.full_scan_s for s in steady]),
+        pages_scanned_per_full_scan=_sum_opt([s.pages_scanned_per_full_scan for s in steady]),
+        pages_skipped_per_full_scan=_sum_opt([s.pages_skipped_per_full_scan for s in steady]),
+        ksmd_cpu_s=float(sum(o.cost.cpu_s for o in main)),
+        duration_s=max(o.duration_s for o in main),
+        cross_domain_saved_bytes=saved - cf_saved if r.counterfactual else 0,
+        cross_domain_ksm_pages=main[0].cross_domain_ksm_pages if len(main) == 1 else 0,
+        domain_pairs=main[0].domain_pairs if len(main) == 1 else (),
+        final_counters=counters,
+        processes=merged_processes(main),
+        timeline=timeline,
+        replays=main,
+        counterfactual=r.counterfactual,
+        fit=r.fit,
+    )
+    if r.fit is not None:
+        _project_host(hs, r.fit, capacity, extrapolation)
+    return hs
+
+
+def _project_host(
+    hs: HostScenario,
+    fit: ExtrapolationFit,
+    capacity: CapacityInputs | None,
+    extrapolation: ExtrapolationSpec | None,
+) -> None:
+    """Capacity, projected saving and ``host_scale`` of a host scenario with a growth fit."""
+    ps = hs.page_size
+    model = HostCapacityModel(
+        page_size=ps,
+        growth=fit.point,
+        realization_ratio=hs.realization_ratio or 0.0,
+        metadata_bytes_per_page=hs.metadata_bytes / hs.eligible_pages if hs.eligible_pages else 0.0,
+        ksmd_cores=hs.ksmd_cores if hs.enabled else 0.0,
+    )
+    if capacity is not None:
+        hs.capacity = estimate_capacity(
+            model, capacity, replicates=fit.replicates, confidence=fit.confidence
+        )
+    replicas = extrapolation.replicas if extrapolation is not None else None
+    if replicas is not None:
+        hs.projected = _project(model, fit, replicas)
+    n = (hs.capacity.workers_with if hs.capacity is not None else None) or replicas
+    hs.projected_workers = n
+    if n and fit.point.eligible_b > 0 and hs.eligible_pages > 0:
+        hs.host_scale = float(fit.point.eligible_pages(n)) / float(hs.eligible_pages)
+
+
+def _interval(values: Any, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(np.asarray(values, dtype=float), [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
+
+
+def _projection(
+    n: int,
+    hosts: int,
+    point: tuple[float, float, float],
+    ideal: Any,
+    net: Any,
+    anon: Any,
+    confidence: float,
+) -> ProjectedSaving:
+    """A :class:`ProjectedSaving` from point values ``(ideal, net, anon)`` and replicate arrays."""
+    pi, pn, pa = point
+    pct = 100.0 * np.asarray(net) / np.where(np.asarray(anon) > 0, np.asarray(anon), 1.0)
+    return ProjectedSaving(
+        replicas=n,
+        hosts=hosts,
+        anon_bytes=pa,
+        ideal_saved_bytes=Estimate(pi, *_interval(ideal, confidence), confidence),
+        net_saved_bytes=Estimate(pn, *_interval(net, confidence), confidence),
+        net_saved_percent=Estimate(
+            100.0 * pn / pa if pa else 0.0, *_interval(pct, confidence), confidence
+        ),
+        replicate_ideal_bytes=tuple(float(v) for v in ideal),
+        replicate_net_bytes=tuple(float(v) for v in net),
+        replicate_anon_bytes=tuple(float(v) for v in anon),
+    )
+
+
+def _project(model: HostCapacityModel, fit: ExtrapolationFit, n: int) -> ProjectedSaving:
+    """The saving of one host projected to ``n`` replicas, with its bootstrap interval."""
+    ps = model.page_size
+    reps = fit.replicates or (fit.point,)
+    ideal = np.array([float(g.ideal_saved(n)) for g in reps]) * ps
+    net = np.array([model.ksm_net_saved_bytes(n, g) for g in reps])
+    anon = np.array([float(g.frames(n)) for g in reps]) * ps
+    point = (
+        float(model.growth.ideal_saved(n)) * ps,
+        model.ksm_net_saved_bytes(n),
+        float(model.growth.frames(n)) * ps,
+    )
+    return _projection(n, 1, point, ideal, net, anon, fit.confidence)
+
+
+def _combine_projected(hosts: Sequence[HostScenario]) -> ProjectedSaving | None:
+    """Fleet projection: host values summed, replicate by replicate for the interval."""
+    parts = [h.projected for h in hosts]
+    ps = [p for p in parts if p is not None]
+    if not parts or len(ps) != len(parts):
+        return None
+    if len(ps) == 1:
+        return ps[0]
+    r = min(len(p.replicate_net_bytes) for p in ps)
+
+    def col(attr: str) -> Any:
+        return np.sum([np.asarray(getattr(p, attr)[:r]) for p in ps], axis=0)
+
+    point = (
+        sum(p.ideal_saved_bytes.value for p in ps),
+        sum(p.net_saved_bytes.value for p in ps),
+        sum(p.anon_bytes for p in ps),
+    )
+    return _projection(
+        ps[0].replicas,
+        len(ps),
+        point,
+        col("replicate_ideal_bytes"),
+        col("replicate_net_bytes"),
+        col("replicate_anon_bytes"),
+        ps[0].net_saved_bytes.confidence,
+    )
+
+
+def _domain_pairs(hosts: Sequence[HostScenario]) -> tuple[DomainPair, ...]:
+    acc: dict[tuple[str, ...], tuple[int, int]] = {}
+    for h in hosts:
+        for p in h.domain_pairs:
+            pages, maps = acc.get(p.domains, (0, 0))
+            acc[p.domains] = (pages + p.ksm_pages, maps + p.mappings)
+    return tuple(DomainPair(k, pages, maps) for k, (pages, maps) in acc.items())
+
+
+def scenario(
+    sid: str,
+    set_name: str,
+    cross: str,
+    point: dict[str, Any],
+    knobs_full: KsmKnobs,
+    hosts: list[HostScenario],
+    capacity: CapacityInputs | None,
+) -> ScenarioResult:
+    """A scenario over its hosts: memory summed, ksmd CPU as a mean per host and in cores."""
+    cap: CapacityEstimate | None = None
+    caps = [h.capacity for h in hosts if h.capacity is not None]
+    if capacity is not None and caps and len(caps) == len(hosts):
+        cap = combine_hosts(caps)
+    return ScenarioResult(
+        id=sid,
+        policy_set=set_name,
+        cross_domain=cross,
+        knobs=dict(point),
+        knobs_full=knobs_full,
+        hosts=hosts,
+        anon_bytes=sum(h.anon_bytes for h in hosts),
+        saved_bytes=sum(h.saved_bytes for h in hosts),
+        metadata_bytes=sum(h.metadata_bytes for h in hosts),
+        net_saved_bytes=sum(h.net_saved_bytes for h in hosts),
+        policy_ideal_saved_bytes=sum(h.policy_ideal_saved_bytes for h in hosts),
+        time_to_90_s=time_to_fractions([o for h in hosts for o in h.replays], (90,))[90],
+        ksmd_cpu_percent=float(np.mean([h.ksmd_cpu_percent for h in hosts])),
+        ksmd_cores=sum(h.ksmd_cpu_percent for h in hosts) / 100.0,
+        pages_scanned_per_full_scan=_mean_opt([h.pages_scanned_per_full_scan for h in hosts]),
+        pages_skipped_per_full_scan=_mean_opt([h.pages_skipped_per_full_scan for h in hosts]),
+        cross_domain_saved_bytes=sum(h.cross_domain_saved_bytes for h in hosts),
+        cross_domain_ksm_pages=sum(h.cross_domain_ksm_pages for h in hosts),
+        domain_pairs=_domain_pairs(hosts),
+        capacity=cap,
+        projected=_combine_projected(hosts),
+    )
+
+
+def attach_curves(
+    scenarios: Sequence[ScenarioResult], fits: Sequence[ExtrapolationFit]
+) -> list[ExtrapolationFit]:
+    """Each fit with its curve, drawn as far as any scenario on its host projects.
+
+    The host scenarios that use a fit are given the fit with its curve.
+    """
+    out = []
+    for f in fits:
+        users = [
+            h for s in scenarios for h in s.hosts if h.fit is not None and h.fit.host == f.host
+        ]
+        top = max(
+            [int(f.spec.replicas or 0)]
+            + [h.capacity.workers_with for h in users if h.capacity is not None]
+        )
+        curved = replace(f, curve=fitted_curve(f, top))
+        for h in users:
+            if h.fit is f:
+                h.fit = curved
+        out.append(curved)
+    return out
+
+
+__all__ = ["HostReplays", "attach_curves", "host_scenario", "merged_processes", "scenario"]
