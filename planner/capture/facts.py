@@ -106,7 +106,7 @@ def process_facts(
     """The footprint and CPU columns of one process (``None`` where unreadable)."""
     out: dict[str, Any] = dict.fromkeys(ROLLUP_COLUMNS.values())
     try:
-        rollup = parse_sizes_kb(procfs.read_text(st.pid, "smaps_rollup"))
+        rollup = parse_sizes_kb(procfs.text(st.pid, "smaps_rollup"))
     except (OSError, CapturePermissionError, ProcessGone):
         # a kernel without smaps_rollup (< 4.14), not allowed, or the process is exiting
         # (which the capture notices by itself)
@@ -244,28 +244,23 @@ def parse_cpu_list(text: str) -> int:
 def read_loadavg(procfs: ProcFS) -> tuple[float | None, int | None]:
     """``(1-minute load average, procs_running)`` from ``/proc/loadavg``."""
     try:
-        fields = (procfs.root / "loadavg").read_text().split()
+        fields = (procfs.host_text("loadavg") or "").split()
         running = int(fields[3].split("/")[0])
         return float(fields[0]), running
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None, None
 
 
 def read_cpu_times(procfs: ProcFS) -> CpuTimes | None:
     """The host's cumulative CPU counters, or ``None`` where unreadable."""
-    try:
-        return CpuTimes.parse((procfs.root / "stat").read_text())
-    except OSError:
-        return None
+    text = procfs.host_text("stat")
+    return CpuTimes.parse(text) if text is not None else None
 
 
 def host_facts(procfs: ProcFS) -> dict[str, Any]:
     """The host columns of one snapshot row (``None`` where unreadable)."""
     out: dict[str, Any] = dict.fromkeys(MEMINFO_COLUMNS.values())
-    try:
-        meminfo = parse_sizes_kb((procfs.root / "meminfo").read_text())
-    except OSError:
-        meminfo = {}
+    meminfo = parse_sizes_kb(procfs.host_text("meminfo") or "")
     for key, column in MEMINFO_COLUMNS.items():
         out[column] = meminfo.get(key)
     out["meminfo"] = json.dumps(meminfo, sort_keys=True) if meminfo else None

@@ -321,10 +321,6 @@ class ProcFS:
 
     # --------------------------------------------------------------------- small files
 
-    def read_text(self, pid: int, name: str) -> str:
-        """``<root>/<pid>/<name>`` as text (:class:`ProcessGone` if the process vanished)."""
-        return self._read_text(pid, name)
-
     def _read_text(self, pid: int, name: str) -> str:
         try:
             with open(self.path(pid, name), encoding="utf-8", errors="surrogateescape") as f:

@@ -233,6 +233,14 @@ def observe_cmd(
         bool,
         typer.Option("--smaps", help="Also read KSM: of each sampled process's smaps_rollup."),
     ] = False,
+    ksm_pages: Annotated[
+        bool,
+        typer.Option(
+            "--ksm-pages",
+            help="Canary mode (root): also record which pages of the sampled processes are "
+            "KSM pages at every sample, and merges lost with the content unchanged (writes).",
+        ),
+    ] = False,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -257,6 +265,7 @@ def observe_cmd(
             pids=pid or (),
             all_processes=all_processes,
             smaps=smaps,
+            ksm_pages=ksm_pages,
             overwrite=force,
             progress=bar,
         )
@@ -279,3 +288,8 @@ def _render_observation(result: ObserveResult) -> None:
             changes.append(f"{name} {a} -> {b}")
     if changes:
         note(", ".join(changes))
+    if result.canary is not None:
+        note(
+            "KSM pages of the sampled processes: "
+            + ", ".join(f"{k} {v}" for k, v in result.canary.items())
+        )

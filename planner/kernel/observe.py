@@ -4,8 +4,10 @@
 so that a prediction (``replay``, ``whatif``) can be compared with it. It only **reads**:
 ``/sys/kernel/mm/ksm`` (every counter and knob), ``/proc/<pid>/ksm_stat`` of the chosen
 processes, optionally ``/proc/<pid>/smaps_rollup`` (``KSM:``), ksmd's CPU time
-(``/proc/<ksmd>/schedstat``) and ``cow_ksm`` / ``ksm_swpin_copy`` from ``/proc/vmstat``. It
-needs no lease and never writes sysfs.
+(``/proc/<ksmd>/schedstat``) and ``cow_ksm`` / ``ksm_swpin_copy`` from ``/proc/vmstat``, and
+in canary mode (``ksm_pages``, :mod:`planner.kernel.canary`) the pagemap, ``/proc/kpageflags``
+and the contents of pages of the sampled processes that lost their merge. It needs no lease
+and never writes sysfs.
 
 Sampling runs every ``interval_s`` (on a fixed grid from the first sample; ticks missed by a
 slow sample are skipped) for ``duration_s``, or until SIGINT / SIGTERM (Ctrl-C): then the
@@ -40,9 +42,14 @@ from planner.errors import (
     TargetNotFoundError,
     UsageProblem,
 )
+from planner.kernel.canary import Canary
 from planner.kernel.sysfs import COUNTERS, PROC_ROOT, KsmSysfs
 from planner.provenance import HostInfo, Provenance
 from planner.trace.recording import (
+    CANARY_FILE,
+    CANARY_SCHEMA,
+    EVENTS_FILE,
+    EVENTS_SCHEMA,
     FLAG_FIELDS,
     FORMAT,
     KSM_FILE,
@@ -159,6 +166,8 @@ class ObserveResult:
     first: dict[str, Any]
     last: dict[str, Any]
     """Global counters (and ``ksmd_runtime_ns``) of the first and the last sample."""
+    canary: dict[str, int] | None = None
+    """Canary mode: page events over the recording, by kind (``merged``, ...)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -170,6 +179,7 @@ class ObserveResult:
             "processes": list(self.processes),
             "first": dict(self.first),
             "last": dict(self.last),
+            "canary": dict(self.canary) if self.canary is not None else None,
         }
 
 
@@ -184,6 +194,10 @@ class _Recorder:
     proc_rows: list[dict[str, Any]] = field(default_factory=list)
     ksm_writer: pq.ParquetWriter | None = None
     proc_writer: pq.ParquetWriter | None = None
+    canary: bool = False
+    canary_rows: list[dict[str, Any]] = field(default_factory=list)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    canary_writers: tuple[pq.ParquetWriter, pq.ParquetWriter] | None = None
 
     def ksm_schema(self) -> pa.Schema:
         return ksm_schema(self.ksm_columns, self.word_columns)
@@ -204,17 +218,38 @@ class _Recorder:
             )
         self.ksm_rows.clear()
         self.proc_rows.clear()
+        if self.canary:  # canary mode (planner/kernel/canary.py)
+            if self.canary_writers is None:
+                self.canary_writers = (
+                    pq.ParquetWriter(self.root / CANARY_FILE, CANARY_SCHEMA, **_PARQUET),
+                    pq.ParquetWriter(self.root / EVENTS_FILE, EVENTS_SCHEMA, **_PARQUET),
+                )
+            for writer, rows, schema in (
+                (self.canary_writers[0], self.canary_rows, CANARY_SCHEMA),
+                (self.canary_writers[1], self.event_rows, EVENTS_SCHEMA),
+            ):
+                if rows:
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                rows.clear()
 
     def close(self) -> None:
         self.flush()
-        for w in (self.ksm_writer, self.proc_writer):
+        for w in (self.ksm_writer, self.proc_writer, *(self.canary_writers or ())):
             if w is not None:
                 w.close()
 
 
 def _check_options(
-    interval_s: float, duration_s: float | None, pids: Sequence[int], all_processes: bool
+    interval_s: float,
+    duration_s: float | None,
+    pids: Sequence[int],
+    all_processes: bool,
+    ksm_pages: bool = False,
 ) -> None:
+    if ksm_pages and not (pids or all_processes):
+        raise UsageProblem(
+            "--ksm-pages needs the processes to look at", hint="give --pid or --all as well"
+        )
     if not interval_s >= MIN_INTERVAL_S:
         raise UsageProblem(
             f"the sampling interval must be at least {MIN_INTERVAL_S} s, got {interval_s}",
@@ -242,6 +277,7 @@ def observe(
     pids: Sequence[int] = (),
     all_processes: bool = False,
     smaps: bool = False,
+    ksm_pages: bool = False,
     overwrite: bool = False,
     sysfs: KsmSysfs | None = None,
     proc_root: str = PROC_ROOT,
@@ -264,6 +300,10 @@ def observe(
         Sample every process that uses KSM (exclusive with ``pids``).
     smaps
         Also read ``KSM:`` of each sampled process's ``smaps_rollup`` (slower).
+    ksm_pages
+        Canary mode (:mod:`planner.kernel.canary`, needs root): also record which pages of
+        the sampled processes are KSM pages at every sample, and which lost their merge with
+        their content unchanged.
     overwrite
         Replace ``out`` if it exists.
     sysfs, proc_root
@@ -284,7 +324,7 @@ def observe(
     CapturePermissionError
         Not allowed to read a watched process's ``ksm_stat``.
     """
-    _check_options(interval_s, duration_s, pids, all_processes)
+    _check_options(interval_s, duration_s, pids, all_processes, ksm_pages)
     ksm = sysfs or KsmSysfs()
     if not ksm.available():
         raise KernelUnsupportedError(
@@ -305,11 +345,16 @@ def observe(
         "pids": list(watched),
         "all": all_processes,
         "smaps": smaps,
+        "ksm_pages": ksm_pages,
     }
     ev = stop or threading.Event()
     last_tick = int(duration_s / interval_s + 1e-9) if duration_s is not None else None
-    with atomic_dir(out, overwrite=overwrite) as tmp, _stop_on_signals(ev):
-        rec = _Recorder(tmp, columns, words)
+    with (
+        atomic_dir(out, overwrite=overwrite) as tmp,
+        _stop_on_signals(ev),
+        Canary(procfs) if ksm_pages else contextlib.nullcontext() as canary,
+    ):
+        rec = _Recorder(tmp, columns, words, canary=canary is not None)
         started = dt.datetime.now(dt.UTC)
         t0 = time.monotonic()
         seen: set[int] = set()
@@ -323,10 +368,15 @@ def observe(
                 row = _sample_ksm(ksm, columns, words, ksmd, procfs)
                 row.update(sample=n, t_s=t_s, time=dt.datetime.now(dt.UTC))
                 rec.ksm_rows.append(row)
-                for prow in _sample_processes(procfs, watched, all_processes, smaps):
+                prows = _sample_processes(procfs, watched, all_processes, smaps)
+                for prow in prows:
                     prow.update(sample=n, t_s=t_s)
                     rec.proc_rows.append(prow)
                     seen.add(prow["pid"])
+                if canary is not None:  # the per-page KSM state of the same processes
+                    crows, events = canary.sample([r["pid"] for r in prows], n, t_s)
+                    rec.canary_rows += crows
+                    rec.event_rows += events
                 last = {c: row.get(c) for c in (*COUNTERS, "ksmd_runtime_ns") if c in row}
                 if n == 0:
                     first = dict(last)
@@ -356,7 +406,7 @@ def observe(
             "ksmd_pid": ksmd,
             "knobs_at_start": knobs_at_start,
             "ksm_columns": columns,
-            "files": {"ksm": KSM_FILE, "processes": PROCESSES_FILE},
+            **_files(canary),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return ObserveResult(
@@ -367,7 +417,19 @@ def observe(
         processes=sorted(seen),
         first=first,
         last=last,
+        canary=dict(canary.totals) if canary is not None else None,
     )
+
+
+def _files(canary: Canary | None) -> dict[str, Any]:
+    """The ``files`` of ``observe.json`` (and the canary's totals in canary mode)."""
+    files = {"ksm": KSM_FILE, "processes": PROCESSES_FILE}
+    if canary is None:
+        return {"files": files}
+    return {
+        "files": {**files, "canary": CANARY_FILE, "page_events": EVENTS_FILE},
+        "canary": dict(canary.totals),
+    }
 
 
 def _header(

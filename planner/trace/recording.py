@@ -6,9 +6,10 @@ compare a prediction with one. The format is declared here, below every layer th
 writes it, so that what-if and the review read recordings without importing the recorder
 (the layers are checked by ``tests/test_layers.py``).
 
-Format (``ksm-planner-observe`` version 1)
+Format (``ksm-planner-observe`` version 2)
 -------------------------------------------
-A directory (owner-only, like captured data) with three files:
+A directory (owner-only, like captured data) with three files, and two more in canary mode
+(``observe --ksm-pages``, version 2; version 1 recordings have none and are read alike):
 
 ``observe.json``
     ``format`` ("ksm-planner-observe"), ``version`` (1), ``provenance`` (tool version, host,
@@ -35,6 +36,23 @@ A directory (owner-only, like captured data) with three files:
     (int64, ``KSM:`` of ``smaps_rollup``; null unless ``smaps``). With ``pids`` the watched
     processes have a row while they live (a reused pid is not followed); with ``all``, every
     process that uses KSM at that sample (mergeable, MERGE_ANY, or any non-zero count).
+``canary.parquet`` (canary mode)
+    One row per sample and sampled process (:mod:`planner.kernel.canary`): ``sample``, ``t_s``,
+    ``pid`` (int32), ``present_pages`` (present anonymous pages of its private mappings),
+    ``ksm_pages`` (of those, KSM pages: ``/proc/kpageflags`` bit 21), and the page events of
+    the sample by kind: ``merged``, ``unmerged_same_content``, ``unmerged_changed``,
+    ``unmerged``, ``unmapped`` (int64).
+``page_events.parquet`` (canary mode)
+    One row per page whose KSM state changed since the previous sample: ``sample``, ``t_s``,
+    ``pid``, ``page_addr`` (uint64), ``vma_kind`` (the mapping kinds of docs/capture.md §2),
+    ``event``: ``merged`` (a KSM page now, not at the previous sample; the first sample lists
+    every KSM page), ``unmerged_same_content`` (no longer a KSM page, its content unchanged: a
+    write that left the bytes as they were broke the merge), ``unmerged_changed`` (its content
+    changed), ``unmerged`` (its content could not be compared), ``unmapped`` (no longer
+    present). Each page's KSM state at every sample follows from its events.
+
+The canary's totals are in ``observe.json`` (``canary``: events by kind); ``cow_ksm`` of
+``ksm.parquet`` counts every copy-on-write break of a KSM page on the host, for comparison.
 
 :func:`read_observed` returns an :class:`ObservedTimeline` (pandas DataFrames).
 """
@@ -58,10 +76,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMAT: Final = "ksm-planner-observe"
-VERSION: Final = 1
+VERSION: Final = 2
 META_FILE: Final = "observe.json"
 KSM_FILE: Final = "ksm.parquet"
 PROCESSES_FILE: Final = "processes.parquet"
+CANARY_FILE: Final = "canary.parquet"
+EVENTS_FILE: Final = "page_events.parquet"
+#: Page events of canary mode (``page_events.event``; ``canary.parquet`` has a column each).
+CANARY_EVENTS: Final = (
+    "merged",
+    "unmerged_same_content",
+    "unmerged_changed",
+    "unmerged",
+    "unmapped",
+)
 #: ``ksm_stat`` fields stored per process (kernel names).
 STAT_FIELDS: Final = (
     "ksm_rmap_items",
@@ -83,6 +111,28 @@ _PROCESS_FIELDS: list[pa.Field[Any]] = [
 ]
 #: The schema of ``processes.parquet``.
 PROCESS_SCHEMA: Final = pa.schema(_PROCESS_FIELDS)
+#: The schema of ``canary.parquet``.
+CANARY_SCHEMA: Final = pa.schema(
+    [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
+        pa.field("sample", pa.int32()),
+        pa.field("t_s", pa.float64()),
+        pa.field("pid", pa.int32()),
+        pa.field("present_pages", pa.int64()),
+        pa.field("ksm_pages", pa.int64()),
+        *[pa.field(e, pa.int64()) for e in CANARY_EVENTS],
+    ]
+)
+#: The schema of ``page_events.parquet``.
+EVENTS_SCHEMA: Final = pa.schema(
+    [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
+        pa.field("sample", pa.int32()),
+        pa.field("t_s", pa.float64()),
+        pa.field("pid", pa.int32()),
+        pa.field("page_addr", pa.uint64()),
+        pa.field("vma_kind", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("event", pa.dictionary(pa.int32(), pa.string())),
+    ]
+)
 
 
 def ksm_schema(columns: Sequence[str], word_columns: Collection[str]) -> pa.Schema:
@@ -115,6 +165,10 @@ class ObservedTimeline:
     meta: dict[str, Any]
     counters: pd.DataFrame
     processes: pd.DataFrame
+    canary: pd.DataFrame | None = None
+    """Canary mode: one row per sample and process (``canary.parquet``), else ``None``."""
+    page_events: pd.DataFrame | None = None
+    """Canary mode: one row per page KSM-state change (``page_events.parquet``), else ``None``."""
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -139,6 +193,22 @@ class ObservedTimeline:
                 f"the recording has no per-process column {column!r}", hint=f"use one of {known}"
             )
         return self.processes.pivot_table(index="t_s", columns="pid", values=column, aggfunc="last")
+
+    def unmerges_per_s(self) -> dict[str, float]:
+        """Canary mode: merges lost per second over the recording, by kind, next to the
+        host's ``cow_ksm`` per second (every copy-on-write break of a KSM page)."""
+        if self.canary is None:
+            raise InputDataError(
+                "the recording has no per-page KSM states",
+                hint="record with 'ksm-planner observe --ksm-pages'",
+            )
+        t = self.counters.index
+        span = float(t[-1] - t[0]) if len(t) > 1 else 0.0
+        out = {e: float(self.canary[e].sum()) / span if span else float("nan") for e in
+               CANARY_EVENTS if e != "merged"}  # fmt: skip
+        cow = self.counters["cow_ksm"].astype("float64")
+        out["cow_ksm"] = float(cow.iloc[-1] - cow.iloc[0]) / span if span else float("nan")
+        return out
 
     def ksmd_cpu_fraction(self) -> pd.Series:
         """ksmd's share of one CPU between consecutive samples (NaN where unreadable)."""
@@ -187,7 +257,10 @@ def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
     if not isinstance(files, dict):
         raise InputDataError(f"{root / META_FILE}: files must be an object")
     tables = []
-    for key, default in (("ksm", KSM_FILE), ("processes", PROCESSES_FILE)):
+    keys = [("ksm", KSM_FILE), ("processes", PROCESSES_FILE)]
+    if "canary" in files:  # canary mode (version 2)
+        keys += [("canary", CANARY_FILE), ("page_events", EVENTS_FILE)]
+    for key, default in keys:
         # a plain name inside the recording, a regular file (no link), read through one open
         p = member_name(root, files.get(key, default), what=str(root / META_FILE))
         data = read_input_bytes(p, what="recording file", max_bytes=1 << 36, follow_symlinks=False)
@@ -198,16 +271,34 @@ def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
                 f"cannot read {p}: {' '.join(str(exc).split())[:200]}",
                 hint="the recording is damaged",
             ) from None
-    counters, processes = tables
+    counters, processes = tables[:2]
+    canary, events = (tables[2], tables[3]) if len(tables) == 4 else (None, None)
     missing = [c for c in ("sample", "t_s") if c not in counters.columns]
     if missing:
         raise InputDataError(
             f"{root / KSM_FILE} lacks columns {missing}", hint="the recording is damaged"
         )
-    return ObservedTimeline(meta=meta, counters=counters.set_index("t_s"), processes=processes)
+    if canary is not None:
+        missing = [c for c in CANARY_SCHEMA.names if c not in canary.columns]
+        if missing:
+            raise InputDataError(
+                f"{root / CANARY_FILE} lacks columns {missing}", hint="the recording is damaged"
+            )
+    return ObservedTimeline(
+        meta=meta,
+        counters=counters.set_index("t_s"),
+        processes=processes,
+        canary=canary,
+        page_events=events,
+    )
 
 
 __all__ = [
+    "CANARY_EVENTS",
+    "CANARY_FILE",
+    "CANARY_SCHEMA",
+    "EVENTS_FILE",
+    "EVENTS_SCHEMA",
     "FORMAT",
     "PROCESS_SCHEMA",
     "VERSION",
