@@ -2,8 +2,10 @@
 
 A *trace* is what a capture saw: for each host, snapshots of processes, their mappings and,
 per present anonymous page, a keyed content hash, an opaque frame id and flags -- never page
-contents, never raw PFNs. It is a directory of host-partitioned Parquet tables with a manifest
-(format version 1, described for users in ``traces/README.md``).
+contents, never raw PFNs; since format version 2 also what changed between snapshots and what
+the host and processes looked like beyond their pages. It is a directory of host-partitioned
+Parquet tables with a manifest (format version 2, described for users in
+``traces/README.md``; version 1 traces are read as version 2).
 
 Modules and their main entry points:
 
@@ -29,8 +31,12 @@ Modules and their main entry points:
 * :mod:`~planner.trace.summary` -- :func:`~planner.trace.summary.summarize_trace`
   (``ksm-planner info``): what a trace holds and its static dedup potential;
 * :mod:`~planner.trace.recording` -- the format of a recording of a real host's KSM
-  (``ksm-planner observe``) and :func:`~planner.trace.recording.read_observed`, so that
-  what-if and the review read recordings without the recorder.
+  (``ksm-planner observe``, with the canary's per-page KSM states) and
+  :func:`~planner.trace.recording.read_observed`, so that what-if and the review read
+  recordings without the recorder;
+* :mod:`~planner.trace.views` -- typed views of the version-2 facts that the layers above
+  read through :class:`~planner.trace.io.HostTrace` (``page_changes``, ``intervals``,
+  ``host_memory``, ``process_footprints``, ``cgroup_memory``).
 
 Where it sits: the layers, checked as import contracts by ``tests/test_layers.py``, are
 cli > testing > report > whatif > kernel > replay > policy > engine | capture > trace > the
