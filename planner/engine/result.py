@@ -15,9 +15,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from planner.engine.cost import PATHS
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from planner.engine.prepare import ReplayInput
@@ -81,6 +85,58 @@ def process_counters(*, rmap_items: int, merging: int, zero: int, page_size: int
         "ksm_zero_pages": zero,
         "ksm_process_profit": (merging + zero) * page_size - rmap_items * RMAP_ITEM_BYTES,
     }
+
+
+#: Columns of a *state row*: the counters and the truth after one batch, as both engines
+#: report them to the driver (``planner.engine.driver``), which turns rows into grid points
+#: and scan records.
+(
+    R_SHARED,
+    R_SHARING,
+    R_UNSHARED,
+    R_RMAP,
+    R_SCANNED,
+    R_SKIPPED,
+    R_FULL_SCANS,
+    R_CHAINS,
+    R_DUPS,
+    R_ZERO,
+    R_FRAMES_WITHOUT,
+    R_FRAMES_WITH,
+    R_KSM_PAGES,
+    R_STABLE_NODES,
+) = range(14)
+N_ROW = 14
+
+
+def counters_from_row(row: Sequence[int] | npt.NDArray[np.int64], page_size: int) -> dict[str, int]:
+    """The global counters of a state row."""
+    return global_counters(
+        shared=int(row[R_SHARED]),
+        sharing=int(row[R_SHARING]),
+        unshared=int(row[R_UNSHARED]),
+        rmap_items=int(row[R_RMAP]),
+        scanned=int(row[R_SCANNED]),
+        skipped=int(row[R_SKIPPED]),
+        full_scans=int(row[R_FULL_SCANS]),
+        chains=int(row[R_CHAINS]),
+        dups=int(row[R_DUPS]),
+        zero_pages=int(row[R_ZERO]),
+        page_size=page_size,
+    )
+
+
+def truth_from_row(row: Sequence[int] | npt.NDArray[np.int64], page_size: int) -> Truth:
+    """The truth of a state row."""
+    return Truth(
+        frames_without_ksm=int(row[R_FRAMES_WITHOUT]),
+        frames_with_ksm=int(row[R_FRAMES_WITH]),
+        ksm_pages=int(row[R_KSM_PAGES]),
+        zero_mapped_pages=int(row[R_ZERO]),
+        rmap_items=int(row[R_RMAP]),
+        stable_nodes=int(row[R_STABLE_NODES]),
+        page_size=page_size,
+    )
 
 
 @dataclass(frozen=True)

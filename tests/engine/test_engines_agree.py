@@ -7,8 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.driver import Core, Driver
+from planner.engine.fast import FastEngine
+from planner.engine.fast.engine import OUT_BATCHES
+from planner.engine.reference import ReferenceEngine
 from planner.engine.result import ReplayResult
-from planner.engine.vectorized import EPOCH_POSITIONS, VectorizedEngine
 from planner.testing.random_world import WorldSpec, random_world
 from planner.testing.strategies import knob_sets, replay_options, world_specs
 
@@ -38,15 +41,40 @@ def assert_same(a: ReplayResult, b: ReplayResult) -> None:
     assert a.snapshot_first_scan == b.snapshot_first_scan
 
 
-# epochs cut at a few pages exercise the cut that bounds a large host's working arrays
-epoch_sizes = st.sampled_from([EPOCH_POSITIONS, EPOCH_POSITIONS, 1, 2, 5, 16])
+# a kernel call that hands back its batches after a few exercises the re-entry mid-scan
+out_sizes = st.sampled_from([OUT_BATCHES, OUT_BATCHES, 1, 2, 5])
 
 
-def _vectorized(
-    ht: object, knobs: KsmKnobs, opts: ReplayOptions, epoch_positions: int
-) -> ReplayResult:
+def _fast(ht: object, knobs: KsmKnobs, opts: ReplayOptions, out_batches: int) -> ReplayResult:
     inp = prepare(ht)  # type: ignore[arg-type]
-    return VectorizedEngine(inp, knobs, opts, epoch_positions=epoch_positions).run()
+    return Driver(FastEngine(inp, knobs, out_batches=out_batches), inp, knobs, opts).run()
+
+
+class _Members(Driver):
+    """A driver that also records which mms' items sit on which KSM page after each scan
+    (a stable node's membership shows no counter, so a divergence could heal unseen)."""
+
+    def __init__(self, core: Core, *args: object) -> None:
+        super().__init__(core, *args)  # type: ignore[arg-type]
+        self.members: list[list[tuple[int, int, int]]] = []
+
+    def _scan_ended(self, *args: object) -> bool:
+        self.members.append(self.core.node_members())
+        return super()._scan_ended(*args)  # type: ignore[arg-type]
+
+
+def assert_engines_agree(
+    ht: object, knobs: KsmKnobs, opts: ReplayOptions, out_batches: int = OUT_BATCHES
+) -> ReplayResult:
+    """Both engines on one trace: identical results and KSM-page membership after every scan."""
+    inp = prepare(ht)  # type: ignore[arg-type]
+    ref = _Members(ReferenceEngine(inp, knobs), inp, knobs, opts)
+    fast = _Members(FastEngine(inp, knobs, out_batches=out_batches), inp, knobs, opts)
+    a, b = ref.run(), fast.run()
+    assert_same(a, b)
+    for n, (ma, mb) in enumerate(zip(ref.members, fast.members, strict=True), 1):
+        assert ma == mb, f"KSM page membership after full scan {n}"
+    return a
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,15 +83,12 @@ def _vectorized(
     spec=world_specs(),
     knobs=knob_sets(),
     opts=replay_options(),
-    ep=epoch_sizes,
+    ep=out_sizes,
 )
 def test_vectorized_matches_reference(
     seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
 ) -> None:
-    ht = random_world(seed, spec).host_trace()
-    assert_same(
-        replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep)
-    )
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep)
 
 
 @pytest.mark.slow
@@ -73,15 +98,12 @@ def test_vectorized_matches_reference(
     spec=world_specs(),
     knobs=knob_sets(),
     opts=replay_options(),
-    ep=epoch_sizes,
+    ep=out_sizes,
 )
 def test_vectorized_matches_reference_many(
     seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
 ) -> None:
-    ht = random_world(seed, spec).host_trace()
-    assert_same(
-        replay(ht, knobs=knobs, options=opts, engine="reference"), _vectorized(ht, knobs, opts, ep)
-    )
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep)
 
 
 def test_engines_agree_on_a_busier_world_with_many_batches() -> None:
@@ -102,8 +124,8 @@ def test_engines_agree_on_a_busier_world_with_many_batches() -> None:
     assert_same(a, b)
 
 
-@pytest.mark.parametrize("epoch_positions", [1, 7, 40])
-def test_engines_agree_when_epochs_are_cut_short(epoch_positions: int) -> None:
+@pytest.mark.parametrize("out_batches", [1, 7, 40])
+def test_engines_agree_when_kernel_calls_are_cut_short(out_batches: int) -> None:
     spec = WorldSpec(
         processes=6, pages=120, contents=20, snapshots=6, churn=0.3, fork_prob=0.8, span_s=1.0
     )
@@ -112,4 +134,4 @@ def test_engines_agree_when_epochs_are_cut_short(epoch_positions: int) -> None:
     opts = ReplayOptions(settle_scans=8, grid_s=0.01)
     a = replay(ht, knobs=knobs, options=opts, engine="reference")
     assert a.final_truth.saved_frames > 0
-    assert_same(a, _vectorized(ht, knobs, opts, epoch_positions))
+    assert_same(a, _fast(ht, knobs, opts, out_batches))

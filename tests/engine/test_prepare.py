@@ -27,12 +27,12 @@ def test_a_forked_child_maps_its_parents_pages_even_after_the_parent_exits() -> 
         (100, 1, None, None),
         (101, 1, None, 0),
     ]
-    s1 = inp.snapshots[1]
-    child = s1.mm == 2
+    child = inp.snapshots[1].mm == 2
+    t1 = inp.transition(1)
     # the child's unwritten pages keep the old master's physical pages; the written one is fresh
-    assert s1.inherit_old[child].tolist() == [0, -1, 2, 3]
-    assert s1.fresh_group[child].tolist()[1] >= 0
-    assert s1.released_old.tolist() == [0, 1, 2, 3]
+    assert t1.inherit_old[child].tolist() == [0, -1, 2, 3]
+    assert t1.fresh_group[child].tolist()[1] >= 0
+    assert t1.released_old.tolist() == [0, 1, 2, 3]
 
 
 def test_unchanged_pages_keep_their_physical_page() -> None:
@@ -42,11 +42,15 @@ def test_unchanged_pages_keep_their_physical_page() -> None:
     w.snapshot(0.0)
     w.write(100, 0x11000, 9)
     w.snapshot(1.0)
-    s1 = prepare(w.host_trace()).snapshots[1]
-    assert s1.carry_src.tolist() == [0, -1, 2]
+    inp = prepare(w.host_trace())
+    t1 = inp.transition(1)
+    assert t1.carry_src.tolist() == [0, -1, 2]
     # a private page written in place keeps its frame but gets a fresh physical page
-    assert s1.fresh_group.tolist() == [-1, 0, -1]
-    assert s1.same_content_src.tolist() == [0, -1, 2]
+    assert t1.fresh_group.tolist() == [-1, 0, -1]
+    assert t1.same_content_src.tolist() == [0, -1, 2]
+    # the delta holds the one changed row only
+    d1 = inp.deltas[1]
+    assert (d1.removed.size, d1.added.size, d1.upd.tolist()) == (0, 0, [1])
 
 
 def test_eligibility_follows_the_policy() -> None:

@@ -1,0 +1,82 @@
+"""What the fast engine reports besides the state row: per-process merging, node members."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numba import njit
+
+from planner.engine.fast.state import (
+    IB_STABLE,
+    NF_ALIVE,
+    S_MERGING_STALE,
+    S_N_CONTENTS,
+    S_N_ROWS,
+    KState,
+)
+from planner.engine.rows import MM_SHIFT
+
+if TYPE_CHECKING:
+    from planner.engine.fast.apply import ContentIndex
+
+
+@njit(cache=True, nogil=True)
+def recount_merging(st: KState, o_mm: Any) -> None:
+    """Per-mm items on a live stable node, counted again after nodes were removed."""
+    st.mm_merging[:] = 0
+    n_rows = st.sc[S_N_ROWS]
+    for i in range(st.lay_mm.size):
+        mm = st.lay_mm[i]
+        for r in range(st.lay_lo[i], st.lay_hi[i]):
+            b = st.it_bits[r]
+            if b & IB_STABLE:
+                if st.n_flags[st.it_node[r]] & NF_ALIVE:
+                    st.mm_merging[mm] += 1
+                else:
+                    st.it_bits[r] = b & (0xFF ^ IB_STABLE)
+    for o in range(o_mm.size):
+        it = n_rows + o
+        b = st.it_bits[it]
+        if b & IB_STABLE:
+            if st.n_flags[st.it_node[it]] & NF_ALIVE:
+                st.mm_merging[o_mm[o]] += 1
+            else:
+                st.it_bits[it] = b & (0xFF ^ IB_STABLE)
+    st.sc[S_MERGING_STALE] = 0
+
+
+def node_members(st: KState, index: ContentIndex) -> list[tuple[int, int, int]]:
+    """``(node, mm, items)`` of every KSM page with items; nodes numbered by content, then
+    by their lowest (mm, page) item (as the reference model numbers them)."""
+    n_rows = int(st.sc[S_N_ROWS])
+    n_orph = st.o_key.size
+    bits = st.it_bits[: n_rows + n_orph]
+    node = st.it_node[: n_rows + n_orph]
+    on = np.flatnonzero((bits & IB_STABLE) != 0)
+    on = on[(st.n_flags[node[on]] & NF_ALIVE) != 0]
+    if on.size == 0:
+        return []
+    rows = on[on < n_rows]
+    orph = on[on >= n_rows] - n_rows
+    mm_of_rows = np.repeat(st.lay_mm, st.lay_hi - st.lay_lo)
+    key = np.concatenate(
+        [(mm_of_rows[rows].astype(np.uint64) << MM_SHIFT) | st.r_page[rows], st.o_key[orph]]
+    )
+    nd = np.concatenate([node[rows], node[orph + n_rows]]).astype(np.int64)
+    mm = (key >> MM_SHIFT).astype(np.int64)
+    used, inv = np.unique(nd, return_inverse=True)
+    inv = inv.reshape(-1)
+    lowest = np.full(used.size, np.iinfo(np.uint64).max, np.uint64)
+    np.minimum.at(lowest, inv, key)
+    content = index.hashes(int(st.sc[S_N_CONTENTS]))[st.n_gid[used]]
+    rank = np.empty(used.size, np.int64)
+    rank[np.lexsort((lowest, content))] = np.arange(used.size)
+    pair, counts = np.unique(rank[inv] * (int(mm.max()) + 1) + mm, return_counts=True)
+    width = int(mm.max()) + 1
+    return sorted(
+        zip((pair // width).tolist(), (pair % width).tolist(), counts.tolist(), strict=True)
+    )
+
+
+
