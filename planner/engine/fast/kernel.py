@@ -91,6 +91,8 @@ NONE, UNSTABLE, STABLE = 0, 1, 2
 # path codes, in the order of planner.engine.cost.PATHS
 P_KSM, P_FORK, P_SKIP, P_FIRST, P_VOL, P_UNST, P_MERGE, P_ZERO, P_NOMERGE = range(9)
 THP_SHIFT = 9
+# calls that are not inlined take int64 arguments only (one compiled version each)
+I = np.int64
 _SKIP_AGE = SKIP_AGE
 _PAGE_MASK = np.uint64((1 << 36) - 1)
 
@@ -222,7 +224,7 @@ def _remove_node(st: KState, nd: int, prev: int) -> None:
 
 
 @jit
-def _chain_visit(st: KState, ch: int, prune: bool) -> int:
+def _chain_visit(st: KState, ch: int, prune: int) -> int:
     """stable_node_dup(): pick a dup; free stale dups met; collapse or free the chain."""
     sc = st.sc
     if prune:
@@ -232,7 +234,7 @@ def _chain_visit(st: KState, ch: int, prune: bool) -> int:
     while d >= 0:
         nxt = st.n_next[d]
         if _stale(st, d):
-            _remove_node(st, d, prev)
+            _remove_node(st, I(d), I(prev))
             d = nxt
             continue
         if found < 0 or (
@@ -275,7 +277,7 @@ def _chain_visit(st: KState, ch: int, prune: bool) -> int:
 
 
 @jit
-def _chain_find(st: KState, ch: int, prune: bool) -> int:
+def _chain_find(st: KState, ch: int, prune: int) -> int:
     """The dup a visit of a clean chain picks (such a visit changes nothing)."""
     found = -1
     d = st.ch_head[ch]
@@ -292,7 +294,7 @@ def _chain_find(st: KState, ch: int, prune: bool) -> int:
 
 
 @jit
-def _walk(st: KState, prune: bool, target: int) -> int:
+def _walk(st: KState, prune: int, target: int) -> int:
     """A stable-tree walk: stale nodes removed, chains visited (see the module notes).
 
     Returns the dup picked in content ``target``'s chain (-1: none or no chain).
@@ -302,7 +304,7 @@ def _walk(st: KState, prune: bool, target: int) -> int:
         nd = st.stale[i]
         st.n_flags[nd] &= (0xFF ^ NF_STALEQ)
         if st.n_flags[nd] & NF_ALIVE and st.n_chain[nd] < 0 and _stale(st, nd):
-            _remove_node(st, nd, -1)
+            _remove_node(st, I(nd), I(-1))
     sc[S_STALE_N] = 0
     tch = -1
     if target >= 0 and st.c_stable[target] <= -2:
@@ -318,7 +320,7 @@ def _walk(st: KState, prune: bool, target: int) -> int:
             if st.ch_flags[ch] & CF_ALIVE and _prune_due(st, ch):
                 if st.ch_flags[ch] & CF_PRUNE:
                     st.ch_flags[ch] |= CF_WALKED  # the list below must not visit it again
-                    f = _chain_visit(st, ch, True)
+                    f = _chain_visit(st, I(ch), I(1))
                     if ch == tch:
                         got, seen = f, True
                     if not st.ch_flags[ch] & CF_INLIST:
@@ -330,9 +332,9 @@ def _walk(st: KState, prune: bool, target: int) -> int:
         ch = st.dirty[i]
         fl = st.ch_flags[ch]
         if fl & CF_ALIVE and not fl & CF_WALKED:
-            pe = prune and _prune_due(st, ch)
+            pe = prune != 0 and _prune_due(st, ch)
             if fl & (CF_PRUNE if pe else CF_PLAIN):
-                f = _chain_visit(st, ch, pe)
+                f = _chain_visit(st, I(ch), I(pe))
                 if ch == tch:
                     got, seen = f, True
         fl = st.ch_flags[ch] & (0xFF ^ CF_WALKED)
@@ -344,7 +346,7 @@ def _walk(st: KState, prune: bool, target: int) -> int:
             st.ch_flags[ch] = fl & (0xFF ^ CF_INLIST)
     sc[S_DIRTY_N] = keep
     if tch >= 0 and not seen:
-        got = _chain_find(st, tch, prune and _prune_due(st, tch))
+        got = _chain_find(st, I(tch), I(prune != 0 and _prune_due(st, tch)))
     return got
 
 
@@ -359,25 +361,11 @@ def _walk_is_noop(st: KState, prune: bool) -> bool:
     )
 
 
-@hot
-def _stable_search(st: KState, g: int) -> int:
-    s = st.c_stable[g]
-    if s >= -1 and _walk_is_noop(st, True):
-        st.sc[S_WALKS] += 1
-        return s if s >= 0 and _cand(st, s, 0) else -1
-    got = _walk(st, True, g)
-    s = st.c_stable[g]
-    if s == -1:
-        return -1
-    nd = s if s >= 0 else got
-    return nd if nd >= 0 and _cand(st, nd, 0) else -1
-
-
 @jit
 def _stable_insert(st: KState, g: int, e: int) -> int:
     sc = st.sc
     if not _walk_is_noop(st, False):
-        _walk(st, False, -1)
+        _walk(st, I(0), I(-1))
     nid = sc[S_N_NODES]
     sc[S_N_NODES] += 1
     st.n_gid[nid] = g
@@ -464,7 +452,7 @@ def _remove_from_tree(st: KState, it: int, mm: int) -> None:
         st.it_bits[it] &= (0xFF ^ IB_STABLE)
         sc[S_EVENTS] += 1
         if _stale(st, nd):
-            _remove_node(st, nd, -2)
+            _remove_node(st, I(nd), I(-2))
             return
         n = st.n_len[nd] - 1
         st.n_len[nd] = n
@@ -511,7 +499,7 @@ def _block(st: KState, r: int, mm: int) -> int:
 @jit
 def _split_block(st: KState, r: int, key: int) -> None:
     """KSM splits the huge page of row ``r``: every row in it is a small page now."""
-    mm, lo, hi = _mm_range(st, r)
+    mm, lo, hi = _mm_range(st, I(r))
     blk = np.int64(st.r_page[r]) >> THP_SHIFT
     a = r
     while a > lo and np.int64(st.r_page[a - 1]) >> THP_SHIFT == blk:
@@ -531,7 +519,7 @@ def _split_block(st: KState, r: int, key: int) -> None:
 def _split(st: KState, r: int, mm: int) -> None:
     key = _block(st, r, mm)
     if key >= 0:
-        _split_block(st, r, key)
+        _split_block(st, I(r), I(key))
 
 
 # ----------------------------------------------------------------------------- a visit
@@ -546,17 +534,69 @@ def _occupant(st: KState, g: int) -> int:
     return -1
 
 
+@jit
+def _fork_join(st: KState, r: int, mm: int, node: int) -> None:
+    """A KSM page whose item is elsewhere (a forked child): linked without the gate."""
+    _remove_from_tree(st, r, mm)
+    _append(st, r, mm, node)
+
+
+@jit
+def _zero_merge(st: KState, r: int, mm: int) -> None:
+    """use_zero_pages: the PTE maps the kernel zero page."""
+    _replace(st, r, mm, ZERO)
+
+
+@jit
+def _stable_search_walk(st: KState, g: int) -> int:
+    """stable_tree_search when the walk has work (stale nodes, chains to visit)."""
+    got = _walk(st, I(1), I(g))
+    s = st.c_stable[g]
+    if s == -1:
+        return -1
+    nd = s if s >= 0 else got
+    return nd if nd >= 0 and _cand(st, nd, 0) else -1
+
+
+@jit
+def _merge_stable(st: KState, r: int, mm: int, kd: int) -> None:
+    """The page joins KSM page ``kd`` found in the stable tree."""
+    _split(st, I(r), I(mm))
+    _replace(st, r, mm, st.n_ent[kd])
+    _append(st, r, mm, kd)
+
+
+@jit
+def _merge_unstable(st: KState, r: int, mm: int, j: int, g: int) -> int:
+    """The page pairs with row ``j`` found in the unstable tree; returns the path."""
+    mmj = _mm_range(st, I(j))[0]
+    bi, bj = _block(st, r, mm), _block(st, j, mmj)
+    if bi >= 0 and bi == bj:  # both halves of one THP: split it, merge next time
+        _split_block(st, I(r), I(bi))
+        return P_NOMERGE
+    _split(st, I(r), I(mm))
+    _split(st, I(j), I(mmj))
+    e = st.r_phys[r]  # the scanned page becomes the KSM page, in place
+    _remove_from_tree(st, j, mmj)
+    _replace(st, j, mmj, e)
+    nid = _stable_insert(st, I(g), I(e))
+    _append(st, j, mmj, nid)
+    _append(st, r, mm, nid)
+    return P_MERGE
+
+
 @hot
 def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
-    """cmp_and_merge_page for row ``r`` (its item is ``r``); returns the path taken."""
+    """cmp_and_merge_page for row ``r`` (its item is ``r``); returns the path taken.
+
+    The common outcomes are decided here; the merges are separate (compiled) steps.
+    """
     sc = st.sc
     node = st.e_node[st.r_phys[r]]
     if node >= 0:
         if _state(st, r) == STABLE and st.it_node[r] == node:
             return P_KSM
-        # a KSM page whose item is elsewhere (a forked child): linked without the gate
-        _remove_from_tree(st, r, mm)
-        _append(st, r, mm, node)
+        _fork_join(st, I(r), I(mm), I(node))
         return P_FORK
     _remove_from_tree(st, r, mm)
     g = st.r_gid[r]
@@ -566,38 +606,28 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         return P_VOL if existed else P_FIRST
     fl = st.r_flags[r]
     if sc[S_USE_ZERO] and fl & RF_ZERO:
-        _replace(st, r, mm, ZERO)
+        _zero_merge(st, I(r), I(mm))
         return P_ZERO
     if fl & RF_UNIQ:  # a pruning walk passes (its result cannot matter)
         if _walk_is_noop(st, True):
             sc[S_WALKS] += 1
         else:
-            _walk(st, True, -1)
+            _walk(st, I(1), I(-1))
     else:
-        kd = _stable_search(st, g)
+        s = st.c_stable[g]
+        if s >= -1 and _walk_is_noop(st, True):
+            sc[S_WALKS] += 1
+            kd = s if s >= 0 and _cand(st, s, 0) else -1
+        else:
+            kd = _stable_search_walk(st, I(g))
         if kd >= 0:
-            _split(st, r, mm)
-            _replace(st, r, mm, st.n_ent[kd])
-            _append(st, r, mm, kd)
+            _merge_stable(st, I(r), I(mm), I(kd))
             return P_MERGE
         j = _occupant(st, g)
         if j >= 0:
             if st.r_phys[j] == st.r_phys[r]:  # the same physical page (forked, not yet KSM)
                 return P_NOMERGE
-            mmj = _mm_range(st, j)[0]
-            bi, bj = _block(st, r, mm), _block(st, j, mmj)
-            if bi >= 0 and bi == bj:  # both halves of one THP: split it, merge next time
-                _split_block(st, r, bi)
-                return P_NOMERGE
-            _split(st, r, mm)
-            _split(st, j, mmj)
-            e = st.r_phys[r]  # the scanned page becomes the KSM page, in place
-            _remove_from_tree(st, j, mmj)
-            _replace(st, j, mmj, e)
-            nid = _stable_insert(st, g, e)
-            _append(st, j, mmj, nid)
-            _append(st, r, mm, nid)
-            return P_MERGE
+            return _merge_unstable(st, I(r), I(mm), I(j), I(g))
         st.c_occ[g] = r
     st.it_bits[r] = IB_EXISTS | IB_UNSTABLE | IB_INTREE
     sc[R_UNSHARED] += 1
