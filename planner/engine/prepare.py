@@ -28,6 +28,7 @@ import pyarrow as pa
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
 from planner.engine.rows import (
     F_ELIGIBLE,
+    ContentCatalog,
     F_THP,
     F_ZERO,
     MmLayout,
@@ -86,7 +87,14 @@ class ReplayInput:
     mms: list[MmInfo]
     deltas: list[SnapshotDelta]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the hash of each content id (``SnapshotDelta.upd_gid``)
+    content_hash: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
     _seq: SnapshotSequence | None = field(default=None, repr=False)
+
+    @property
+    def n_contents(self) -> int:
+        """Distinct contents over the whole trace."""
+        return int(self.content_hash.size)
 
     @property
     def snapshots(self) -> SnapshotSequence:
@@ -112,8 +120,8 @@ class ReplayInput:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the deltas (the first snapshot included)."""
-        return sum(d.nbytes for d in self.deltas)
+        """Memory held by the deltas (the first snapshot included) and the content ids."""
+        return sum(d.nbytes for d in self.deltas) + self.content_hash.nbytes
 
     def transition(self, k: int) -> Transition:
         """Per-row transition arrays of snapshot ``k`` (for the reference model)."""
@@ -500,6 +508,7 @@ def prepare(
         [mi.parent_mm if mi.parent_mm is not None else -1 for mi in procs.mms] + [-1], np.int64
     )
     deltas: list[SnapshotDelta] = []
+    catalog = ContentCatalog()
     prev: _Rows | None = None
     for k, sid in enumerate(sids):
         cur, layout = _snapshot_rows(
@@ -513,6 +522,7 @@ def prepare(
                 time_ns=round(times_s[k] * 1e9),
                 layout=layout,
                 parent_of=parent_of,
+                catalog=catalog,
             )
         )
         prev = cur
@@ -525,6 +535,7 @@ def prepare(
         mms=procs.mms,
         deltas=deltas,
         meta={k: v for k, v in meta.items() if k != "zero_hash"},
+        content_hash=catalog.hashes(),
     )
 
 

@@ -170,7 +170,8 @@ class SnapshotDelta:
     flags changed, with the new values and, for each, where its physical page comes from
     (``upd_link_kind`` / ``upd_link``: :data:`L_CARRY`; :data:`L_FRESH` and a fresh-page
     number; :data:`L_ROW` and a new position; :data:`L_OLD` and an old position).
-    ``upd_old`` is the old position of a changed row (-1 for an added one).
+    ``upd_old`` is the old position of a changed row (-1 for an added one); ``upd_gid`` its
+    content id (dense, in order of first appearance over the trace).
     """
 
     index: int
@@ -190,6 +191,7 @@ class SnapshotDelta:
     upd_link_kind: npt.NDArray[np.int8]
     upd_link: I32
     n_fresh: int
+    upd_gid: I32  # content id of each upd row (see ContentCatalog)
 
     @property
     def nbytes(self) -> int:
@@ -336,6 +338,51 @@ class SnapshotSequence:
 
 
 # ----------------------------------------------------------------------------- building
+
+
+class ContentCatalog:
+    """Dense content ids: each distinct hash gets the next id when first seen."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, np.uint64)  # sorted hashes
+        self.ids = np.empty(0, np.int32)  # the id of each
+        self._by_id: list[U64] = []
+
+    @property
+    def n(self) -> int:
+        """Contents seen so far."""
+        return int(self.keys.size)
+
+    def hashes(self) -> U64:
+        """The hash of every content id."""
+        return np.concatenate(self._by_id) if self._by_id else np.empty(0, np.uint64)
+
+    def ids_of(self, hashes: U64) -> I32:
+        """Ids of ``hashes``; new contents get the next ids, in order of first appearance."""
+        out = np.empty(hashes.size, np.int32)
+        found = np.zeros(hashes.size, bool)
+        if self.keys.size and hashes.size:
+            pos = np.minimum(np.searchsorted(self.keys, hashes), self.keys.size - 1)
+            found = self.keys[pos] == hashes
+            out[found] = self.ids[pos[found]]
+        miss = np.flatnonzero(~found)
+        if miss.size:
+            new_keys, first, inv = np.unique(hashes[miss], return_index=True, return_inverse=True)
+            rank = np.empty(first.size, np.int64)
+            order = np.argsort(first, kind="stable")
+            rank[order] = np.arange(first.size)
+            base = self.n
+            out[miss] = base + rank[inv.reshape(-1)]
+            new_ids = (base + rank).astype(np.int32)
+            if self.keys.size:
+                at = np.searchsorted(self.keys, new_keys)
+                self.keys = np.insert(self.keys, at, new_keys)
+                self.ids = np.insert(self.ids, at, new_ids)
+            else:
+                self.keys, self.ids = new_keys, new_ids
+            self._by_id.append(new_keys[order])
+        return out
+
 
 
 @dataclass
@@ -489,6 +536,7 @@ def build_delta(
     time_ns: int,
     layout: MmLayout,
     parent_of: I64,
+    catalog: ContentCatalog,
 ) -> SnapshotDelta:
     """The delta from ``prev`` to ``cur`` (both sorted by key); ``prev`` None: all added."""
     n = cur.key.size
@@ -514,6 +562,7 @@ def build_delta(
             upd_link_kind=np.full(n, L_FRESH, np.int8),
             upd_link=g,
             n_fresh=n_fresh,
+            upd_gid=catalog.ids_of(cur.hash),
         )
     n_old = prev.key.size
     if n:
@@ -559,10 +608,12 @@ def build_delta(
         upd_link_kind=kind,
         upd_link=link.astype(np.int32),
         n_fresh=n_fresh,
+        upd_gid=catalog.ids_of(cur.hash[upd]),
     )
 
 
 __all__ = [
+    "ContentCatalog",
     "F_ELIGIBLE",
     "F_THP",
     "F_ZERO",

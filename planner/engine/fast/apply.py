@@ -4,14 +4,13 @@ The world moves from one snapshot to the next as the reference model's ``apply_s
 says, but only the delta is read (:class:`planner.engine.rows.SnapshotDelta`): rows that
 persist keep their state and, when no row appears or vanishes, stay in place. The steps:
 
-1. :func:`content_ids` -- ids of the changed rows' contents (new contents get new ids);
-2. :func:`row_arrays` -- the rows' page, content and flags; the items follow their
+1. :func:`row_arrays` -- the rows' page, content and flags; the items follow their
    (mm, page): an item whose page vanished becomes an orphan, an orphan whose page is back
    is attached again;
-3. :func:`physical_pages` -- every row whose physical page is not carried gets the one its
+2. :func:`physical_pages` -- every row whose physical page is not carried gets the one its
    link names (a carried row's, an old row's, or a fresh one); new mappings are counted,
    then released ones (pages left without a mapper make their stable node stale);
-4. :func:`tree_entries` -- unstable-tree entries of this scan follow their page if its
+3. :func:`tree_entries` -- unstable-tree entries of this scan follow their page if its
    content is unchanged; huge pages split by KSM; contents no other row has.
 
 Exits and registrations (the mm list) are the engine's (:mod:`planner.engine.fast.engine`).
@@ -52,56 +51,6 @@ U64 = npt.NDArray[np.uint64]
 
 ITEM_FIELDS = ("it_bits", "it_age", "it_rem", "it_node", "it_sum")
 ITEM_FILL = {"it_bits": 0, "it_age": 0, "it_rem": 0, "it_node": -1, "it_sum": -1}
-
-
-@dataclass
-class ContentIndex:
-    """Content hash -> content id (ids in order of first appearance), sorted by hash."""
-
-    keys: U64  # sorted hashes
-    ids: I32  # the id of each
-
-    @classmethod
-    def empty(cls) -> ContentIndex:
-        return cls(np.empty(0, np.uint64), np.empty(0, np.int32))
-
-    def hashes(self, n: int) -> U64:
-        """The hash of every content id below ``n``."""
-        out = np.zeros(n, np.uint64)
-        out[self.ids] = self.keys
-        return out
-
-
-def content_ids(st: KState, index: ContentIndex, hashes: U64) -> tuple[KState, I32]:
-    """Ids of ``hashes``; contents seen for the first time get the next ids."""
-    keys = index.keys
-    if keys.size:
-        pos = np.minimum(np.searchsorted(keys, hashes), keys.size - 1)
-        found = keys[pos] == hashes
-    else:
-        pos = np.zeros(hashes.size, np.int64)
-        found = np.zeros(hashes.size, bool)
-    out = np.empty(hashes.size, np.int32)
-    out[found] = index.ids[pos[found]]
-    miss = np.flatnonzero(~found)
-    if miss.size:
-        new_keys, first, inv = np.unique(hashes[miss], return_index=True, return_inverse=True)
-        base = int(st.sc[S_N_CONTENTS])
-        # new ids in order of first appearance among the rows
-        rank = np.empty(first.size, np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-        out[miss] = base + rank[inv.reshape(-1)]
-        new_ids = (base + rank).astype(np.int32)
-        at = np.searchsorted(keys, new_keys)
-        index.keys = np.insert(keys, at, new_keys)
-        index.ids = np.insert(index.ids, at, new_ids)
-        n = base + new_keys.size
-        st.sc[S_N_CONTENTS] = n
-        st = st._replace(
-            c_stable=_extend(st.c_stable, n, -1),
-            c_occ=_extend(st.c_occ, n, -1),
-        )
-    return st, out
 
 
 def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
@@ -207,7 +156,7 @@ def row_arrays(
     return st, old_phys
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)  # no allocation: no reference counting
 def _count_mappings(st: KState, ents: Any, mms: Any, acquire: bool) -> None:
     for i in range(ents.size):
         if acquire:
@@ -285,12 +234,10 @@ def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64) -> None:
     _unique_flags(st.r_gid, st.r_flags, int(st.sc[S_N_CONTENTS]))
 
 
-def apply_delta(
-    st: KState, index: ContentIndex, d: SnapshotDelta, split_keys: U64
-) -> KState:
+def apply_delta(st: KState, d: SnapshotDelta, split_keys: U64) -> KState:
     """The state after snapshot ``d`` (see the module notes)."""
     old_layout = (st.lay_mm, st.lay_hi)
-    st, g_upd = content_ids(st, index, d.upd_hash)
+    g_upd = d.upd_gid
     mv = moves(d)
     st, old_phys = row_arrays(st, d, mv, g_upd, d.layout)
     st = physical_pages(st, d, mv, old_phys, old_layout)
@@ -301,4 +248,4 @@ def apply_delta(
     return st
 
 
-__all__ = ["ContentIndex", "apply_delta"]
+__all__ = ["apply_delta"]

@@ -17,13 +17,14 @@ import numpy.typing as npt
 from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
-from planner.engine.fast.apply import ContentIndex, apply_delta
+from planner.engine.fast.apply import apply_delta
 from planner.engine.fast.observe import node_members, recount_merging
 from planner.engine.fast.state import (
     IB_EXISTS,
     S_CUR_PAGE,
     S_CUR_SEG,
     S_MERGING_STALE,
+    S_N_CONTENTS,
     S_N_ORPH,
     S_N_ROWS,
     S_SPLIT_N,
@@ -64,7 +65,11 @@ class FastEngine:
             use_zero=knobs.use_zero_pages,
             prune_ns=knobs.stable_node_chains_prune_ms * NS_PER_MS,
         )
-        self.index = ContentIndex.empty()
+        n = inp.n_contents
+        self.st = self.st._replace(
+            c_stable=np.full(n, -1, np.int32), c_occ=np.full(n, -1, np.int32)
+        )
+        self.st.sc[S_N_CONTENTS] = n
         self.split_keys = np.empty(0, np.uint64)  # huge pages KSM split: (mm << 27) | block
         self.snap_i = -1
         self.slots: list[int] = []
@@ -82,7 +87,7 @@ class FastEngine:
         """The world moves to snapshot ``k``: its delta, then exits and registrations."""
         del now_ns
         d = self.inp.deltas[k]
-        self.st = apply_delta(self.st, self.index, d, self.split_keys)
+        self.st = apply_delta(self.st, d, self.split_keys)
         self.snap_i = k
         for mm in self.inp.exiting(k):
             self.exited.add(mm)
@@ -252,6 +257,6 @@ class FastEngine:
 
     def node_members(self) -> list[tuple[int, int, int]]:
         """Final KSM page membership, numbered as the reference numbers it."""
-        return node_members(self.st, self.index)
+        return node_members(self.st, self.inp.content_hash)
 
 __all__ = ["FastEngine"]

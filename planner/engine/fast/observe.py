@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from planner.engine.fast.state import (
     IB_STABLE,
     NF_ALIVE,
     S_MERGING_STALE,
-    S_N_CONTENTS,
     S_N_ROWS,
     KState,
 )
 from planner.engine.rows import MM_SHIFT
 
-if TYPE_CHECKING:
-    from planner.engine.fast.apply import ContentIndex
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)  # no allocation: no reference counting
 def recount_merging(st: KState, o_mm: Any) -> None:
     """Per-mm items on a live stable node, counted again after nodes were removed."""
     st.mm_merging[:] = 0
@@ -46,7 +44,7 @@ def recount_merging(st: KState, o_mm: Any) -> None:
     st.sc[S_MERGING_STALE] = 0
 
 
-def node_members(st: KState, index: ContentIndex) -> list[tuple[int, int, int]]:
+def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> list[tuple[int, int, int]]:
     """``(node, mm, items)`` of every KSM page with items; nodes numbered by content, then
     by their lowest (mm, page) item (as the reference model numbers them)."""
     n_rows = int(st.sc[S_N_ROWS])
@@ -69,7 +67,7 @@ def node_members(st: KState, index: ContentIndex) -> list[tuple[int, int, int]]:
     inv = inv.reshape(-1)
     lowest = np.full(used.size, np.iinfo(np.uint64).max, np.uint64)
     np.minimum.at(lowest, inv, key)
-    content = index.hashes(int(st.sc[S_N_CONTENTS]))[st.n_gid[used]]
+    content = content_hash[st.n_gid[used]]
     rank = np.empty(used.size, np.int64)
     rank[np.lexsort((lowest, content))] = np.arange(used.size)
     pair, counts = np.unique(rank[inv] * (int(mm.max()) + 1) + mm, return_counts=True)
