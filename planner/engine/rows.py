@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -341,48 +342,49 @@ class SnapshotSequence:
 
 
 class ContentCatalog:
-    """Dense content ids: each distinct hash gets the next id when first seen."""
+    """Dense content ids: each distinct hash gets the next id when first seen.
+
+    Lookups go through pandas' hash tables (one per batch of new contents, so that
+    nothing is rebuilt when a snapshot adds a few).
+    """
 
     def __init__(self) -> None:
-        self.keys = np.empty(0, np.uint64)  # sorted hashes
-        self.ids = np.empty(0, np.int32)  # the id of each
-        self._by_id: list[U64] = []
-
-    @property
-    def n(self) -> int:
-        """Contents seen so far."""
-        return int(self.keys.size)
+        self._parts: list[tuple[pd.Index, int]] = []  # (hashes, id of the first)
+        self.n = 0
 
     def hashes(self) -> U64:
         """The hash of every content id."""
-        return np.concatenate(self._by_id) if self._by_id else np.empty(0, np.uint64)
+        if not self._parts:
+            return np.empty(0, np.uint64)
+        return np.concatenate([np.asarray(ix.to_numpy(), np.uint64) for ix, _ in self._parts])
 
     def ids_of(self, hashes: U64) -> I32:
         """Ids of ``hashes``; new contents get the next ids, in order of first appearance."""
-        out = np.empty(hashes.size, np.int32)
-        found = np.zeros(hashes.size, bool)
-        if self.keys.size and hashes.size:
-            pos = np.minimum(np.searchsorted(self.keys, hashes), self.keys.size - 1)
-            found = self.keys[pos] == hashes
-            out[found] = self.ids[pos[found]]
-        miss = np.flatnonzero(~found)
+        out = np.full(hashes.size, -1, np.int64)
+        for ix, base in self._parts:
+            todo = np.flatnonzero(out < 0)
+            if todo.size == 0:
+                break
+            got = ix.get_indexer(hashes[todo])
+            hit = got >= 0
+            out[todo[hit]] = base + got[hit]
+        miss = np.flatnonzero(out < 0)
         if miss.size:
-            new_keys, first, inv = np.unique(hashes[miss], return_index=True, return_inverse=True)
-            rank = np.empty(first.size, np.int64)
-            order = np.argsort(first, kind="stable")
-            rank[order] = np.arange(first.size)
-            base = self.n
-            out[miss] = base + rank[inv.reshape(-1)]
-            new_ids = (base + rank).astype(np.int32)
-            if self.keys.size:
-                at = np.searchsorted(self.keys, new_keys)
-                self.keys = np.insert(self.keys, at, new_keys)
-                self.ids = np.insert(self.ids, at, new_ids)
-            else:
-                self.keys, self.ids = new_keys, new_ids
-            self._by_id.append(new_keys[order])
-        return out
+            codes, uniques = pd.factorize(hashes[miss])
+            out[miss] = self.n + codes
+            self._parts.append((pd.Index(np.asarray(uniques, np.uint64)), self.n))
+            self.n += len(uniques)
+        return out.astype(np.int32)
 
+
+def _sorted_search(keys_sorted: U64, queries: U64) -> I64:
+    """``np.searchsorted`` for unsorted queries, made cache-friendly by sorting them first."""
+    if queries.size < 4096:
+        return np.searchsorted(keys_sorted, queries)
+    order = np.argsort(queries)
+    out = np.empty(queries.size, np.int64)
+    out[order] = np.searchsorted(keys_sorted, queries[order])
+    return out
 
 
 @dataclass
@@ -408,19 +410,20 @@ def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
     n = frame.size
     if n == 0:
         return np.empty(0, np.int32), 0
-    ck = _content_key(frame, hash_)
-    _, first, inv = np.unique(ck, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    if not (np.array_equal(frame[first][inv], frame) and np.array_equal(hash_[first][inv], hash_)):
-        # two pairs share a content key: group on both columns instead
-        order = np.lexsort((hash_, frame))
-        fs, hs = frame[order], hash_[order]
-        start = np.r_[True, (fs[1:] != fs[:-1]) | (hs[1:] != hs[:-1])]
-        gid_sorted = np.cumsum(start) - 1
-        inv = np.empty(n, np.int64)
-        inv[order] = gid_sorted
-        first = np.full(int(gid_sorted[-1]) + 1, n, np.int64)
-        np.minimum.at(first, gid_sorted, order)
+    codes, _ = pd.factorize(_content_key(frame, hash_))
+    first = np.full(int(codes.max()) + 1, n, np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    if np.array_equal(frame[first][codes], frame) and np.array_equal(hash_[first][codes], hash_):
+        return codes.astype(np.int32), int(first.size)
+    # two pairs share a content key: group on both columns instead
+    order = np.lexsort((hash_, frame))
+    fs, hs = frame[order], hash_[order]
+    start = np.r_[True, (fs[1:] != fs[:-1]) | (hs[1:] != hs[:-1])]
+    gid_sorted = np.cumsum(start) - 1
+    inv = np.empty(n, np.int64)
+    inv[order] = gid_sorted
+    first = np.full(int(gid_sorted[-1]) + 1, n, np.int64)
+    np.minimum.at(first, gid_sorted, order)
     rank = np.empty(first.size, np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)
     return rank[inv].astype(np.int32), int(first.size)
@@ -443,20 +446,19 @@ def _lookup_pair(
     out = np.full(kq.size, -1, np.int64)
     if keys_sorted.size == 0 or kq.size == 0:
         return out
-    pc = np.minimum(np.searchsorted(keys_sorted, kq), keys_sorted.size - 1)
+    pc = np.minimum(_sorted_search(keys_sorted, kq), keys_sorted.size - 1)
     cand = src_rows[pc]
     ok = (keys_sorted[pc] == kq) & (src.frame[cand] == frame) & (src.hash[cand] == hash_)
     out[ok] = cand[ok]
     return out
 
 
-def _rows_with_frames(src: _Rows, among: I64 | None, frames_sorted: U64) -> I64:
-    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames_sorted``."""
+def _rows_with_frames(src: _Rows, among: I64 | None, frames: U64) -> I64:
+    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames``."""
     f = src.frame if among is None else src.frame[among]
-    if frames_sorted.size == 0 or f.size == 0:
+    if frames.size == 0 or f.size == 0:
         return np.empty(0, np.int64)
-    q = np.minimum(np.searchsorted(frames_sorted, f), frames_sorted.size - 1)
-    hit = np.flatnonzero(frames_sorted[q] == f)
+    hit = np.flatnonzero(pd.Index(frames).get_indexer(f) >= 0)
     return hit if among is None else among[hit]
 
 
@@ -495,7 +497,7 @@ def _links(
         rows = moved[cand]
         pkey = (par[cand].astype(np.uint64) << MM_SHIFT) | cur.page[rows]
         n = cur.key.size
-        q = np.minimum(np.searchsorted(cur.key, pkey), n - 1)
+        q = np.minimum(_sorted_search(cur.key, pkey), n - 1)
         is_carried = np.zeros(n, bool)
         is_carried[carried] = True
         ok = (
@@ -508,7 +510,7 @@ def _links(
         inh_old[cand[ok]] = -1
         if prev.key.size:
             todo = ~ok
-            q2 = np.minimum(np.searchsorted(prev.key, pkey), prev.key.size - 1)
+            q2 = np.minimum(_sorted_search(prev.key, pkey), prev.key.size - 1)
             ok2 = (
                 todo
                 & (prev.key[q2] == pkey)

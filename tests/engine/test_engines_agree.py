@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.driver import Core, Driver
 from planner.engine.fast import FastEngine
+from planner.engine.fast.apply import COMPACT_MIN_DEAD
 from planner.engine.fast.engine import OUT_BATCHES
 from planner.engine.reference import ReferenceEngine
 from planner.engine.result import ReplayResult
@@ -41,8 +42,10 @@ def assert_same(a: ReplayResult, b: ReplayResult) -> None:
     assert a.snapshot_first_scan == b.snapshot_first_scan
 
 
-# a kernel call that hands back its batches after a few exercises the re-entry mid-scan
+# a kernel call that hands back its batches after a few exercises the re-entry mid-scan;
+# renumbering the physical pages at every snapshot exercises what long traces do
 out_sizes = st.sampled_from([OUT_BATCHES, OUT_BATCHES, 1, 2, 5])
+compactions = st.sampled_from([COMPACT_MIN_DEAD, 0])
 
 
 def _fast(ht: object, knobs: KsmKnobs, opts: ReplayOptions, out_batches: int) -> ReplayResult:
@@ -64,12 +67,17 @@ class _Members(Driver):
 
 
 def assert_engines_agree(
-    ht: object, knobs: KsmKnobs, opts: ReplayOptions, out_batches: int = OUT_BATCHES
+    ht: object,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    out_batches: int = OUT_BATCHES,
+    compact: int = COMPACT_MIN_DEAD,
 ) -> ReplayResult:
     """Both engines on one trace: identical results and KSM-page membership after every scan."""
     inp = prepare(ht)  # type: ignore[arg-type]
     ref = _Members(ReferenceEngine(inp, knobs), inp, knobs, opts)
-    fast = _Members(FastEngine(inp, knobs, out_batches=out_batches), inp, knobs, opts)
+    fast_core = FastEngine(inp, knobs, out_batches=out_batches, compact_min_dead=compact)
+    fast = _Members(fast_core, inp, knobs, opts)
     a, b = ref.run(), fast.run()
     assert_same(a, b)
     for n, (ma, mb) in enumerate(zip(ref.members, fast.members, strict=True), 1):
@@ -84,11 +92,12 @@ def assert_engines_agree(
     knobs=knob_sets(),
     opts=replay_options(),
     ep=out_sizes,
+    compact=compactions,
 )
 def test_vectorized_matches_reference(
-    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
+    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int, compact: int
 ) -> None:
-    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep)
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep, compact)
 
 
 @pytest.mark.slow
@@ -99,11 +108,12 @@ def test_vectorized_matches_reference(
     knobs=knob_sets(),
     opts=replay_options(),
     ep=out_sizes,
+    compact=compactions,
 )
 def test_vectorized_matches_reference_many(
-    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int
+    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions, ep: int, compact: int
 ) -> None:
-    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep)
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts, ep, compact)
 
 
 def test_engines_agree_on_a_busier_world_with_many_batches() -> None:

@@ -2,16 +2,20 @@
 
 The world moves from one snapshot to the next as the reference model's ``apply_snapshot``
 says, but only the delta is read (:class:`planner.engine.rows.SnapshotDelta`): rows that
-persist keep their state and, when no row appears or vanishes, stay in place. The steps:
+persist keep their state, in place when no row appears or vanishes. The steps:
 
-1. :func:`row_arrays` -- the rows' page, content and flags; the items follow their
-   (mm, page): an item whose page vanished becomes an orphan, an orphan whose page is back
-   is attached again;
-2. :func:`physical_pages` -- every row whose physical page is not carried gets the one its
+1. :func:`orphans_after` -- the items whose page is absent after the snapshot: the ones
+   already absent, and those of vanished rows (an orphan whose page is back is attached
+   again by the next step);
+2. :func:`move_rows` -- every row array follows its (mm, page) to its new position, one
+   array at a time (peak memory: one array twice, not the state twice);
+3. :func:`physical_pages` -- every row whose physical page is not carried gets the one its
    link names (a carried row's, an old row's, or a fresh one); new mappings are counted,
-   then released ones (pages left without a mapper make their stable node stale);
-3. :func:`tree_entries` -- unstable-tree entries of this scan follow their page if its
-   content is unchanged; huge pages split by KSM; contents no other row has.
+   then released ones (a page left without a mapper makes its stable node stale);
+4. :func:`tree_entries` -- unstable-tree entries of this scan follow their page if its
+   content is unchanged; huge pages split by KSM; contents no other row has;
+5. :func:`compact_entities` -- physical pages nobody maps any more are dropped when they
+   are a quarter of all (a day of snapshots would otherwise grow them without bound).
 
 Exits and registrations (the mm list) are the engine's (:mod:`planner.engine.fast.engine`).
 """
@@ -19,7 +23,7 @@ Exits and registrations (the mm list) are the engine's (:mod:`planner.engine.fas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,11 +33,13 @@ from planner.engine.fast.kernel import _acquire, _release
 from planner.engine.fast.state import (
     IB_EXISTS,
     IB_INTREE,
+    RF_ELIG,
     RF_SPLIT,
     RF_THP,
     RF_UNIQ,
     S_N_CONTENTS,
     S_N_ENTS,
+    S_N_NODES,
     S_N_ORPH,
     S_N_ROWS,
     ZERO,
@@ -41,9 +47,6 @@ from planner.engine.fast.state import (
 )
 from planner.engine.result import R_FRAMES_WITHOUT
 from planner.engine.rows import L_CARRY, L_FRESH, L_OLD, L_ROW, MM_SHIFT, SnapshotDelta
-
-if TYPE_CHECKING:
-    from planner.engine.rows import MmLayout
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -53,107 +56,105 @@ ITEM_FIELDS = ("it_bits", "it_age", "it_rem", "it_node", "it_sum")
 ITEM_FILL = {"it_bits": 0, "it_age": 0, "it_rem": 0, "it_node": -1, "it_sum": -1}
 
 
-def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
-    if n <= a.size:
-        return a
-    out = np.full(max(n, a.size + a.size // 4), fill, a.dtype)
-    out[: a.size] = a
-    return out
+def _mm_of(lay_mm: I32, lay_hi: I64, rows: npt.NDArray[np.integer[Any]]) -> I32:
+    """The mm of some rows of a snapshot (from its layout)."""
+    return lay_mm[np.searchsorted(lay_hi, rows, side="right")]
 
 
-def old_row_mm(st: KState, rows: I64 | I32) -> I32:
-    """The mm of rows of the snapshot ``st`` holds."""
-    i = np.searchsorted(st.lay_hi, rows, side="right")
-    return st.lay_mm[i]
+@njit(cache=True, nogil=True)
+def _survivor_map(removed: Any, added: Any, src: Any) -> None:
+    """``src[new row]`` = its old row, or -1 for an added one (both lists sorted)."""
+    i_old = ir = ia = 0
+    for j in range(src.size):
+        if ia < added.size and added[ia] == j:
+            src[j] = -1
+            ia += 1
+            continue
+        while ir < removed.size and removed[ir] == i_old:
+            i_old += 1
+            ir += 1
+        src[j] = i_old
+        i_old += 1
+
+
+@njit(cache=True, nogil=True)
+def _take(a: Any, src: Any, fill: Any, out: Any) -> None:
+    for j in range(src.size):
+        out[j] = a[src[j]] if src[j] >= 0 else fill
 
 
 @dataclass
-class Moves:
-    """How the rows of the old snapshot map to the new one."""
+class Orphans:
+    """Items whose (mm, page) is absent from the snapshot, sorted by key."""
 
-    src: I32 | None  # per new row: its old row, -1 if added (None: rows stay in place)
-    survivors_old: I32
-    survivors_new: I32
+    key: U64
+    mm: I32
+    items: dict[str, npt.NDArray[Any]]
 
-
-def moves(d: SnapshotDelta) -> Moves:
-    if d.removed.size == 0 and d.added.size == 0:
-        return Moves(None, np.empty(0, np.int32), np.empty(0, np.int32))
-    so, sn = d.survivors()
-    src = np.full(d.n_rows, -1, np.int32)
-    src[sn] = so
-    return Moves(src, so, sn)
+    def take(self, keep: npt.NDArray[np.bool_]) -> Orphans:
+        return Orphans(self.key[keep], self.mm[keep], {f: v[keep] for f, v in self.items.items()})
 
 
-def _gather(a: npt.NDArray[Any], src: I32, fill: Any) -> npt.NDArray[Any]:
-    out = a[np.maximum(src, 0)] if a.size else np.zeros(src.size, a.dtype)
-    out[src < 0] = fill
-    return out
-
-
-def row_arrays(
-    st: KState, d: SnapshotDelta, mv: Moves, g_upd: I32, layout: MmLayout
-) -> tuple[KState, U64]:
-    """New rows' page, content and flags; items follow their (mm, page) (orphans too).
-
-    Returns the new state and the old physical pages (for the links to old rows).
-    """
-    n0, n1 = int(st.sc[S_N_ROWS]), d.n_rows
+def orphans_after(st: KState, d: SnapshotDelta) -> Orphans:
+    """Existing orphans, and the items of rows that vanish; not in any unstable tree."""
+    n0 = int(st.sc[S_N_ROWS])
     n_orph = int(st.sc[S_N_ORPH])
-    old_phys = st.r_phys[:n0]
-    # orphans: still-existing old orphans, plus the items of vanished rows
-    live_o = np.flatnonzero(st.it_bits[n0 : n0 + n_orph] & IB_EXISTS)
+    live = n0 + np.flatnonzero(st.it_bits[n0 : n0 + n_orph] & IB_EXISTS)
     gone = d.removed[(st.it_bits[d.removed] & IB_EXISTS) != 0] if n0 else d.removed
-    o_key = np.concatenate(
-        [
-            st.o_key[live_o],
-            (old_row_mm(st, gone).astype(np.uint64) << MM_SHIFT) | st.r_page[gone],
-        ]
+    gone_mm = _mm_of(st.lay_mm, st.lay_hi, gone)
+    key = np.concatenate(
+        [st.o_key[live - n0], (gone_mm.astype(np.uint64) << MM_SHIFT) | st.r_page[gone]]
     )
-    o_mm = np.concatenate([st.o_mm[live_o], old_row_mm(st, gone)]).astype(np.int32)
-    o_items = {f: np.concatenate([getattr(st, f)[n0 + live_o], getattr(st, f)[gone]]) for f in ITEM_FIELDS}
-    order = np.argsort(o_key, kind="stable")
-    o_key, o_mm = o_key[order], o_mm[order]
-    o_items = {f: v[order] for f, v in o_items.items()}
-    o_items["it_bits"] &= 0xFF ^ IB_INTREE
-    # rows: pages, contents, flags
-    if mv.src is None:
-        r_page, r_gid, r_flags = st.r_page, st.r_gid, st.r_flags
-        items = {f: getattr(st, f)[:n1] for f in ITEM_FIELDS}
-    else:
-        r_page = _gather(st.r_page[:n0], mv.src, 0)
-        r_gid = _gather(st.r_gid[:n0], mv.src, -1)
-        r_flags = _gather(st.r_flags[:n0], mv.src, 0)
-        items = {f: _gather(getattr(st, f)[:n0], mv.src, ITEM_FILL[f]) for f in ITEM_FIELDS}
-    r_page[d.added] = d.added_page
-    # unstable-tree entries: dropped where the content changed (below: flags, zero pages)
-    upd = d.upd
-    changed = r_gid[upd] != g_upd
-    items["it_bits"][upd[changed]] &= 0xFF ^ IB_INTREE
-    r_gid[upd] = g_upd
-    r_flags[upd] = d.upd_flags
-    # orphans whose page is back are attached again
-    if d.added.size and o_key.size:
-        a_key = (layout.mm_of_rows()[d.added].astype(np.uint64) << MM_SHIFT) | d.added_page
-        pos = np.minimum(np.searchsorted(o_key, a_key), o_key.size - 1)
-        hit = o_key[pos] == a_key
-        back = pos[hit]
-        for f in ITEM_FIELDS:
-            items[f][d.added[hit]] = o_items[f][back]
-        keep = np.ones(o_key.size, bool)
+    order = np.argsort(key, kind="stable")
+    items = {f: np.concatenate([getattr(st, f)[live], getattr(st, f)[gone]])[order] for f in ITEM_FIELDS}
+    items["it_bits"] &= 0xFF ^ IB_INTREE
+    mm = np.concatenate([st.o_mm[live - n0], gone_mm]).astype(np.int32)[order]
+    return Orphans(key[order], mm, items)
+
+
+def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> KState:
+    """Rows (page, content, flags, items) at their new positions; orphans back attached."""
+    n1 = d.n_rows
+    # orphans whose page is back: attached again to their row
+    back_rows = np.empty(0, np.int64)
+    back = np.empty(0, np.int64)
+    if d.added.size and orph.key.size:
+        a_mm = _mm_of(d.layout.present, d.layout.hi, d.added)
+        a_key = (a_mm.astype(np.uint64) << MM_SHIFT) | d.added_page
+        pos = np.minimum(np.searchsorted(orph.key, a_key), orph.key.size - 1)
+        hit = orph.key[pos] == a_key
+        back_rows, back = d.added[hit], pos[hit]
+        keep = np.ones(orph.key.size, bool)
         keep[back] = False
-        o_key, o_mm = o_key[keep], o_mm[keep]
-        o_items = {f: v[keep] for f, v in o_items.items()}
-    st = st._replace(
-        r_page=r_page,
-        r_gid=r_gid,
-        r_flags=r_flags,
-        o_key=o_key,
-        o_mm=o_mm,
-        **{f: np.concatenate([items[f], o_items[f]]) for f in ITEM_FIELDS},
-    )
-    st.sc[S_N_ORPH] = o_key.size
-    return st, old_phys
+    fields: list[tuple[str, Any]] = [("r_page", 0), ("r_gid", -1), ("r_flags", 0)]
+    fields += [(f, ITEM_FILL[f]) for f in ITEM_FIELDS]
+    for name, fill in fields:
+        old = getattr(st, name)
+        is_item = name.startswith("it_")
+        size = n1 + (orph.key.size - back.size if is_item else 0)
+        new = np.empty(size, old.dtype)
+        if src is None:
+            new[:n1] = old[:n1]
+        else:
+            _take(old, src, old.dtype.type(fill), new[:n1])
+        if is_item:
+            new[back_rows] = orph.items[name][back]
+            rest = orph.items[name] if back.size == 0 else orph.items[name][keep]
+            new[n1:] = rest
+        st = st._replace(**{name: new})
+        del old, new
+    if back.size:
+        orph = orph.take(keep)
+    st = st._replace(o_key=orph.key, o_mm=orph.mm)
+    st.sc[S_N_ORPH] = orph.key.size
+    st.r_page[d.added] = d.added_page
+    # unstable-tree entries are dropped where the content changed
+    upd = d.upd
+    changed = st.r_gid[upd] != d.upd_gid
+    st.it_bits[upd[changed]] &= 0xFF ^ IB_INTREE
+    st.r_gid[upd] = d.upd_gid
+    st.r_flags[upd] = d.upd_flags
+    return st
 
 
 @njit(cache=True, nogil=True, _nrt=False)  # no allocation: no reference counting
@@ -166,15 +167,17 @@ def _count_mappings(st: KState, ents: Any, mms: Any, acquire: bool) -> None:
 
 
 def physical_pages(
-    st: KState, d: SnapshotDelta, mv: Moves, old_phys: I32, old_layout: tuple[I32, I64]
+    st: KState, d: SnapshotDelta, src: I32 | None, old_layout: tuple[I32, I64]
 ) -> KState:
     """Each row's physical page; new mappings counted first, then the released ones."""
-    n1 = d.n_rows
+    n0, n1 = int(st.sc[S_N_ROWS]), d.n_rows
     base = int(st.sc[S_N_ENTS])
-    if mv.src is None:
-        phys = old_phys.copy() if old_phys.size == n1 else np.zeros(n1, np.int32)
+    old_phys = st.r_phys
+    phys = np.empty(n1, np.int32)
+    if src is None:
+        phys[:] = old_phys[:n1]
     else:
-        phys = _gather(old_phys, mv.src, 0)
+        _take(old_phys[:n0], src, np.int32(0), phys)
     kind, link = d.upd_link_kind, d.upd_link
     moved = kind != L_CARRY
     u = d.upd[moved]
@@ -187,21 +190,28 @@ def physical_pages(
     m = k_m == L_ROW
     vals[m] = phys[l_m[m]]  # carried rows already hold theirs
     phys[u] = vals
+    released = np.concatenate([d.removed, d.upd_old[moved & (d.upd_old >= 0)]])
+    released_phys = old_phys[released]
     n_ents = base + d.n_fresh
     st = st._replace(
         r_phys=phys,
         e_map=_extend(st.e_map, n_ents, 0),
         e_node=_extend(st.e_node, n_ents, -1),
     )
+    del old_phys
     st.sc[S_N_ENTS] = n_ents
-    new_mm = d.layout.mm_of_rows()
-    _count_mappings(st, vals, new_mm[u], True)
-    released = np.concatenate([d.removed, d.upd_old[moved & (d.upd_old >= 0)]])
+    _count_mappings(st, vals, _mm_of(d.layout.present, d.layout.hi, u), True)
     if released.size:
-        lay_mm, lay_hi = old_layout
-        mm_r = lay_mm[np.searchsorted(lay_hi, released, side="right")]
-        _count_mappings(st, old_phys[released], mm_r, False)
+        _count_mappings(st, released_phys, _mm_of(*old_layout, released), False)
     return st
+
+
+def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
+    if n <= a.size:
+        return a
+    out = np.full(max(n, a.size + a.size // 4), fill, a.dtype)
+    out[: a.size] = a
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -213,39 +223,77 @@ def _unique_flags(r_gid: Any, r_flags: Any, n_contents: int) -> None:
         if count[r_gid[r]] == 1:
             r_flags[r] |= RF_UNIQ
         else:
-            r_flags[r] &= (0xFF ^ RF_UNIQ)
+            r_flags[r] &= 0xFF ^ RF_UNIQ
+
+
+@njit(cache=True, nogil=True)
+def _tree_entries(r_flags: Any, r_phys: Any, r_gid: Any, it_bits: Any, c_occ: Any) -> None:
+    """Entries of rows no longer eligible or on the zero page go; the others are found."""
+    for r in range(r_flags.size):
+        if it_bits[r] & IB_INTREE:
+            if not r_flags[r] & RF_ELIG or r_phys[r] == ZERO:
+                it_bits[r] &= 0xFF ^ IB_INTREE
+            else:
+                c_occ[r_gid[r]] = r
 
 
 def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64) -> None:
     """Unstable entries, split huge pages and unique contents of the new rows."""
-    bits = st.it_bits
-    n1 = d.n_rows
-    elig = (st.r_flags & 1) != 0
-    drop = (~elig) | (st.r_phys == ZERO)
-    bits[:n1][drop] &= 0xFF ^ IB_INTREE
-    rows = np.flatnonzero(bits[:n1] & IB_INTREE)
-    st.c_occ[st.r_gid[rows]] = rows
+    _tree_entries(st.r_flags, st.r_phys, st.r_gid, st.it_bits, st.c_occ)
     thp = np.flatnonzero(st.r_flags & RF_THP)
     st.r_flags[thp] &= 0xFF ^ RF_SPLIT
     if thp.size and split_keys.size:
-        mm = d.layout.mm_of_rows()[thp].astype(np.int64)
+        mm = _mm_of(d.layout.present, d.layout.hi, thp).astype(np.int64)
         key = (mm << 27) | (st.r_page[thp] >> np.uint64(9)).astype(np.int64)
         st.r_flags[thp[np.isin(key.astype(np.uint64), split_keys)]] |= RF_SPLIT
     _unique_flags(st.r_gid, st.r_flags, int(st.sc[S_N_CONTENTS]))
 
 
-def apply_delta(st: KState, d: SnapshotDelta, split_keys: U64) -> KState:
+#: unmapped physical pages worth a renumbering (at least a quarter of all, too)
+COMPACT_MIN_DEAD = 1 << 16
+
+
+def compact_entities(st: KState, min_dead: int = COMPACT_MIN_DEAD) -> KState:
+    """Renumber the physical pages still mapped (order kept); stale nodes' pages share one
+    unmapped id. Done when unmapped pages are a quarter of all and at least ``min_dead``."""
+    n = int(st.sc[S_N_ENTS])
+    live = st.e_map[:n] > 0
+    n_live = int(np.count_nonzero(live))
+    if n - n_live < max(n // 4, min_dead, 1):
+        return st
+    new_id = np.full(n, n_live, np.int32)  # every unmapped page -> the one unmapped id
+    new_id[live] = np.arange(n_live, dtype=np.int32)
+    phys = st.r_phys
+    mapped = phys != ZERO
+    phys[mapped] = new_id[phys[mapped]]
+    nn = int(st.sc[S_N_NODES])
+    st.n_ent[:nn] = new_id[st.n_ent[:nn]]
+    e_map = np.zeros(n_live + 1, np.int32)
+    e_map[:n_live] = st.e_map[:n][live]
+    e_node = np.full(n_live + 1, -1, np.int32)
+    e_node[:n_live] = st.e_node[:n][live]
+    st.sc[S_N_ENTS] = n_live + 1
+    return st._replace(e_map=e_map, e_node=e_node)
+
+
+def apply_delta(
+    st: KState, d: SnapshotDelta, split_keys: U64, compact_min_dead: int = COMPACT_MIN_DEAD
+) -> KState:
     """The state after snapshot ``d`` (see the module notes)."""
     old_layout = (st.lay_mm, st.lay_hi)
-    g_upd = d.upd_gid
-    mv = moves(d)
-    st, old_phys = row_arrays(st, d, mv, g_upd, d.layout)
-    st = physical_pages(st, d, mv, old_phys, old_layout)
+    src: I32 | None = None
+    if d.removed.size or d.added.size:
+        src = np.empty(d.n_rows, np.int32)
+        _survivor_map(d.removed, d.added, src)
+    orph = orphans_after(st, d)
+    st = physical_pages(st, d, src, old_layout)
+    st = move_rows(st, d, src, orph)
+    del src
     st = st._replace(lay_mm=d.layout.present, lay_lo=d.layout.lo, lay_hi=d.layout.hi)
     st.sc[S_N_ROWS] = d.n_rows
     st.sc[R_FRAMES_WITHOUT] = d.n_frames
     tree_entries(st, d, split_keys)
-    return st
+    return compact_entities(st, compact_min_dead)
 
 
 __all__ = ["apply_delta"]

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
-from planner.engine.fast.apply import apply_delta
+from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta
 from planner.engine.fast.observe import node_members, recount_merging
 from planner.engine.fast.state import (
     IB_EXISTS,
@@ -54,9 +54,19 @@ class FastEngine:
 
     name = "vectorized"
 
-    def __init__(self, inp: ReplayInput, knobs: KsmKnobs, *, out_batches: int = OUT_BATCHES) -> None:
+    def __init__(
+        self,
+        inp: ReplayInput,
+        knobs: KsmKnobs,
+        *,
+        out_batches: int = OUT_BATCHES,
+        compact_min_dead: int = COMPACT_MIN_DEAD,
+    ) -> None:
+        """``out_batches`` and ``compact_min_dead`` are for tests (kernel re-entry, entity
+        renumbering at every snapshot)."""
         self.inp = inp
         self.k = knobs
+        self.compact_min_dead = compact_min_dead
         self.page_size = inp.page_size
         self.st: KState = empty_state(
             len(inp.mms),
@@ -87,7 +97,7 @@ class FastEngine:
         """The world moves to snapshot ``k``: its delta, then exits and registrations."""
         del now_ns
         d = self.inp.deltas[k]
-        self.st = apply_delta(self.st, d, self.split_keys)
+        self.st = apply_delta(self.st, d, self.split_keys, self.compact_min_dead)
         self.snap_i = k
         for mm in self.inp.exiting(k):
             self.exited.add(mm)
