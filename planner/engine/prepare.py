@@ -28,15 +28,15 @@ import pyarrow as pa
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
 from planner.engine.rows import (
     F_ELIGIBLE,
-    ContentCatalog,
     F_THP,
     F_ZERO,
+    ContentCatalog,
     MmLayout,
+    RowColumns,
     SnapshotDelta,
     SnapshotRows,
     SnapshotSequence,
     Transition,
-    _Rows,
     build_delta,
     row_keys,
     transition,
@@ -412,7 +412,7 @@ def _snapshot_rows(
     sid: int,
     shift: int,
     page_size: int,
-) -> tuple[_Rows, MmLayout]:
+) -> tuple[RowColumns, MmLayout]:
     """Snapshot ``k``'s rows sorted by (mm, page), and where each mm's rows are."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
     pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
@@ -461,7 +461,7 @@ def _snapshot_rows(
         else np.zeros(mm_present.size, np.int64)
     )
     mm_hi = np.cumsum(counts).astype(np.int64)
-    rows = _Rows(
+    rows = RowColumns(
         key=key,
         page=r_page,
         hash=np.ascontiguousarray(take(cols.hash)),
@@ -470,6 +470,63 @@ def _snapshot_rows(
         mm=r_mm.astype(np.int32),
     )
     return rows, MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
+
+
+class InputBuilder:
+    """Builds a :class:`ReplayInput` one snapshot at a time (only two are held at once).
+
+    :func:`prepare` feeds it from a trace; :mod:`planner.testing.synth` feeds it generated
+    rows directly (a day of a large host, without the trace in memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        page_size: int,
+        hz: int | None,
+        trace_hash: str,
+        mms: list[MmInfo],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.host, self.page_size, self.hz, self.trace_hash = host, page_size, hz, trace_hash
+        self.mms = mms
+        self.meta = dict(meta or {})
+        self.deltas: list[SnapshotDelta] = []
+        self.catalog = ContentCatalog()
+        self.prev: RowColumns | None = None
+        self.parent_of = np.array(
+            [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
+        )
+
+    def add(self, time_ns: int, rows: RowColumns, layout: MmLayout) -> None:
+        """The next snapshot's rows (sorted by key) and layout."""
+        self.deltas.append(
+            build_delta(
+                self.prev,
+                rows,
+                index=len(self.deltas),
+                time_ns=time_ns,
+                layout=layout,
+                parent_of=self.parent_of,
+                catalog=self.catalog,
+            )
+        )
+        self.prev = rows
+
+    def build(self) -> ReplayInput:
+        """The input, once every snapshot was added."""
+        self.prev = None
+        return ReplayInput(
+            host=self.host,
+            page_size=self.page_size,
+            hz=self.hz,
+            trace_hash=self.trace_hash,
+            mms=self.mms,
+            deltas=self.deltas,
+            meta=self.meta,
+            content_hash=self.catalog.hashes(),
+        )
 
 
 def prepare(
@@ -504,39 +561,21 @@ def prepare(
     )
     proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
     proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
-    parent_of = np.array(
-        [mi.parent_mm if mi.parent_mm is not None else -1 for mi in procs.mms] + [-1], np.int64
-    )
-    deltas: list[SnapshotDelta] = []
-    catalog = ContentCatalog()
-    prev: _Rows | None = None
-    for k, sid in enumerate(sids):
-        cur, layout = _snapshot_rows(
-            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
-        )
-        deltas.append(
-            build_delta(
-                prev,
-                cur,
-                index=k,
-                time_ns=round(times_s[k] * 1e9),
-                layout=layout,
-                parent_of=parent_of,
-                catalog=catalog,
-            )
-        )
-        prev = cur
     hz = meta.get("hz")
-    return ReplayInput(
+    builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
         hz=int(hz) if hz else None,
         trace_hash=ht.trace_hash,
         mms=procs.mms,
-        deltas=deltas,
         meta={k: v for k, v in meta.items() if k != "zero_hash"},
-        content_hash=catalog.hashes(),
     )
+    for k, sid in enumerate(sids):
+        cur, layout = _snapshot_rows(
+            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
+        )
+        builder.add(round(times_s[k] * 1e9), cur, layout)
+    return builder.build()
 
 
-__all__ = ["MmInfo", "ReplayInput", "SnapshotDelta", "SnapshotRows", "prepare"]
+__all__ = ["InputBuilder", "MmInfo", "ReplayInput", "SnapshotDelta", "SnapshotRows", "prepare"]

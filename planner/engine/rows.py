@@ -388,8 +388,8 @@ def _sorted_search(keys_sorted: U64, queries: U64) -> I64:
 
 
 @dataclass
-class _Rows:
-    """One snapshot's rows while deltas are being built (prepare keeps two at a time)."""
+class RowColumns:
+    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time)."""
 
     key: U64
     page: U64
@@ -440,7 +440,7 @@ def _first_row_by_pair(rows: I64, frame: U64, hash_: U64) -> tuple[U64, I64]:
 
 
 def _lookup_pair(
-    keys_sorted: U64, src_rows: I64, src: _Rows, frame: U64, hash_: U64, kq: U64
+    keys_sorted: U64, src_rows: I64, src: RowColumns, frame: U64, hash_: U64, kq: U64
 ) -> I64:
     """For each query pair: the first source row with that (frame, hash), or -1."""
     out = np.full(kq.size, -1, np.int64)
@@ -453,7 +453,7 @@ def _lookup_pair(
     return out
 
 
-def _rows_with_frames(src: _Rows, among: I64 | None, frames: U64) -> I64:
+def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
     """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames``."""
     f = src.frame if among is None else src.frame[among]
     if frames.size == 0 or f.size == 0:
@@ -468,7 +468,7 @@ def _n_frames(frame: U64) -> int:
 
 
 def _links(
-    prev: _Rows, cur: _Rows, moved: I64, carried: I64, parent_of: I64
+    prev: RowColumns, cur: RowColumns, moved: I64, carried: I64, parent_of: I64
 ) -> tuple[npt.NDArray[np.int8], I64]:
     """Where the physical page of each ``moved`` row comes from (kind, source)."""
     m = moved.size
@@ -531,8 +531,8 @@ def _links(
 
 
 def build_delta(
-    prev: _Rows | None,
-    cur: _Rows,
+    prev: RowColumns | None,
+    cur: RowColumns,
     *,
     index: int,
     time_ns: int,
@@ -616,6 +616,7 @@ def build_delta(
 
 __all__ = [
     "ContentCatalog",
+    "RowColumns",
     "F_ELIGIBLE",
     "F_THP",
     "F_ZERO",

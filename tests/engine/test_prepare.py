@@ -97,3 +97,17 @@ def test_processes_cannot_come_back_with_the_same_start_time() -> None:
     )
     with pytest.raises(InputDataError, match="comes back"):
         prepare(ht2)
+
+
+def test_a_synthetic_input_equals_the_prepared_synthetic_trace() -> None:
+    from planner.engine import KsmKnobs, ReplayOptions, replay
+    from planner.testing.synth import SynthSpec, synthetic_host, synthetic_input
+
+    spec = SynthSpec.with_chains(8_000, processes=8, family_size=4, snapshots=3)
+    knobs = KsmKnobs(pages_to_scan=500, max_page_sharing=8)
+    opts = ReplayOptions(settle_scans=3)
+    a = replay(prepare(synthetic_host(spec)), knobs=knobs, options=opts)
+    b = replay(synthetic_input(spec), knobs=knobs, options=opts)
+    assert a.final_counters["stable_node_chains"] > 0
+    assert [s.counters for s in a.scans] == [s.counters for s in b.scans]
+    assert (a.final_truth, a.final_processes) == (b.final_truth, b.final_processes)
