@@ -145,3 +145,48 @@ def test_engines_agree_when_kernel_calls_are_cut_short(out_batches: int) -> None
     a = replay(ht, knobs=knobs, options=opts, engine="reference")
     assert a.final_truth.saved_frames > 0
     assert_same(a, _fast(ht, knobs, opts, out_batches))
+
+
+# ---------------------------------------------------------------- steady scans fast-forwarded
+
+
+@st.composite
+def long_settle(draw: st.DrawFn) -> ReplayOptions:
+    """Replays that settle long enough for smart scan's rhythm to become periodic."""
+    return ReplayOptions(
+        settle_scans=draw(st.integers(30, 80)),
+        grid_s=0.05,
+        snapshot_alignment=draw(st.sampled_from(["time", "scan"])),
+    )
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**20), spec=world_specs(), knobs=knob_sets(), opts=long_settle())
+def test_fast_forwarded_steady_scans_match_the_reference(
+    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions
+) -> None:
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**20), spec=world_specs(), knobs=knob_sets(), opts=long_settle())
+def test_fast_forwarded_steady_scans_match_the_reference_many(
+    seed: int, spec: WorldSpec, knobs: KsmKnobs, opts: ReplayOptions
+) -> None:
+    assert_engines_agree(random_world(seed, spec).host_trace(), knobs, opts)
+
+
+@pytest.mark.parametrize("smart_scan", [True, False])
+def test_steady_scans_are_fast_forwarded_and_exact(smart_scan: bool) -> None:
+    spec = WorldSpec(processes=4, pages=40, contents=6, snapshots=3, churn=0.3, span_s=0.5)
+    ht = random_world(3, spec).host_trace()
+    knobs = KsmKnobs(pages_to_scan=7, sleep_ms=20, max_page_sharing=3, smart_scan=smart_scan)
+    opts = ReplayOptions(settle_scans=60, grid_s=0.05)
+    inp = prepare(ht)
+    fast = FastEngine(inp, knobs)
+    b = Driver(fast, inp, knobs, opts).run()
+    a = replay(inp, knobs=knobs, options=opts, engine="reference")
+    assert fast.steady is not None and fast.steady.scans_skipped >= 18  # not vacuous
+    assert a.final_counters["pages_sharing"] > 0
+    assert_same(a, b)

@@ -19,15 +19,18 @@ from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
 from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta
 from planner.engine.fast.observe import node_members, recount_merging
+from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.fast.state import (
     IB_EXISTS,
     S_CUR_PAGE,
     S_CUR_SEG,
+    S_EVENTS,
     S_MERGING_STALE,
     S_N_CONTENTS,
     S_N_ORPH,
     S_N_ROWS,
     S_SPLIT_N,
+    S_WALKS,
     ST_BOUNDARY,
     ST_SCAN_END,
     KState,
@@ -61,9 +64,10 @@ class FastEngine:
         *,
         out_batches: int = OUT_BATCHES,
         compact_min_dead: int = COMPACT_MIN_DEAD,
+        fast_forward: bool = True,
     ) -> None:
-        """``out_batches`` and ``compact_min_dead`` are for tests (kernel re-entry, entity
-        renumbering at every snapshot)."""
+        """``out_batches``, ``compact_min_dead`` and ``fast_forward`` are for tests (kernel
+        re-entry, entity renumbering at every snapshot, steady scans run one by one)."""
         self.inp = inp
         self.k = knobs
         self.compact_min_dead = compact_min_dead
@@ -86,6 +90,8 @@ class FastEngine:
         self.cursor: int | None = None
         self.cursor_page = 0
         self.exited: set[int] = set()
+        self.steady = Steady(knobs.smart_scan) if fast_forward else None
+        self.slots_version = 0  # changes whenever the mm list does
         self._out_t = np.zeros(out_batches, np.int64)
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
@@ -96,6 +102,8 @@ class FastEngine:
     def apply_snapshot(self, k: int, now_ns: int) -> None:
         """The world moves to snapshot ``k``: its delta, then exits and registrations."""
         del now_ns
+        if self.steady is not None:
+            self.steady.forget()
         d = self.inp.deltas[k]
         self.st = apply_delta(self.st, d, self.split_keys, self.compact_min_dead)
         self.snap_i = k
@@ -105,6 +113,7 @@ class FastEngine:
                 owner = (self.split_keys >> np.uint64(27)).astype(np.int64)
                 self.split_keys = self.split_keys[owner != mm]
             if mm in self.slots and self.cursor != mm:
+                self.slots_version += 1
                 self.slots.remove(mm)
                 if self._has_items(mm):
                     at = 0 if self.cursor is None else self.slots.index(self.cursor) + 1
@@ -121,6 +130,7 @@ class FastEngine:
                 continue
             at = len(self.slots) if self.cursor is None else self.slots.index(self.cursor)
             self.slots.insert(at, mm)
+            self.slots_version += 1
 
     def apply_writes(self, writes: object, now_ns: int) -> None:
         """Writes between snapshots: no write model exists yet (see planner.engine.driver).
@@ -185,7 +195,43 @@ class FastEngine:
         return rem, seg[0], seg[1], seg[2], seg[3], seg[4]
 
     def run(self, plan: BatchPlan) -> BatchRun:
-        """Batches from ``plan.t0_ns`` until the scan ends or the boundary comes."""
+        """Batches from ``plan.t0_ns`` until the scan ends or the boundary comes.
+
+        At the start of a scan, a steady period of scans may be written from the record
+        instead (:mod:`planner.engine.fast.steady`).
+        """
+        starts = plan.scan_start_ns > 0
+        if starts and self.steady is not None:
+            ahead = self.steady.forward(self.st, plan, self.slots_version)
+            if ahead is not None:
+                self.cursor = None
+                return ahead
+        start_row = self.state_row()
+        events0 = int(self.st.sc[S_EVENTS])
+        run = self._run_kernel(plan)
+        if self.steady is not None:
+            if starts and run.scans_ended:
+                sc = self.st.sc
+                self.steady.record(
+                    ScanRecord(
+                        offsets_ns=run.times_ns - plan.t0_ns,
+                        cpu_ns=run.cpu_ns,
+                        rows=run.rows,
+                        start_row=start_row,
+                        paths=run.paths[0],
+                        processes=run.processes[0],
+                        pages_to_scan=plan.pages_to_scan,
+                        sleep_ns=plan.sleep_ns,
+                        quiet=int(sc[S_EVENTS]) == events0,
+                        pruning_walk=bool(sc[S_WALKS]),
+                        slots_version=self.slots_version,
+                    )
+                )
+            elif not run.scans_ended:
+                self.steady.forget()
+        return run
+
+    def _run_kernel(self, plan: BatchPlan) -> BatchRun:
         costs = np.array(plan.path_costs_ns, np.int64)
         paths = np.zeros(len(PATHS), np.int64)
         times: list[I64] = []
@@ -231,6 +277,7 @@ class FastEngine:
         for mm in rem[:done]:
             if mm in self.exited or not lay.is_mergeable(mm):
                 self.slots.remove(mm)
+                self.slots_version += 1
         if done >= len(rem):
             self.cursor = None
         else:

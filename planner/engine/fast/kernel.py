@@ -733,6 +733,7 @@ def run_batches(
                     cursor_page = np.int64(st.r_page[r]) + 1
                     existed = st.it_bits[r] & IB_EXISTS != 0
                     if not existed:
+                        sc[S_EVENTS] += 1
                         st.it_bits[r] = IB_EXISTS
                         st.it_age[r] = 0
                         st.it_rem[r] = 0
