@@ -45,6 +45,7 @@ from planner.engine.result import (
 from planner.engine.timing import NS_PER_S, AdvisorState, advisor_step, sleep_ns
 
 if TYPE_CHECKING:
+    from planner.engine.cost import CostProfile
     from planner.engine.knobs import KsmKnobs
     from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
@@ -66,6 +67,7 @@ class BatchPlan:
 
     t0_ns: int
     pages_to_scan: int
+    cost: CostProfile  # for an engine that runs scans ahead (their tree sizes differ)
     path_costs_ns: tuple[int, ...]
     batch_overhead_ns: int
     scan_start_ns: int
@@ -353,6 +355,7 @@ class Driver:
         return BatchPlan(
             t0_ns=t,
             pages_to_scan=self.pages_to_scan,
+            cost=self.cost,
             path_costs_ns=self.cost.path_costs(self.tree_pages_for_cost),
             batch_overhead_ns=self.cost.batch_overhead_ns,
             scan_start_ns=self.cost.scan_start_ns if starts else 0,

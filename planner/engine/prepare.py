@@ -557,7 +557,7 @@ def prepare(
         pid=m.column("pid").to_numpy(),
         start=m.column("start").to_numpy(),
         end=m.column("end").to_numpy(),
-        kind=m.column("kind").to_pylist(),
+        kind=[str(k) for k in m.column("kind").to_pylist()],
     )
     proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
     proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)

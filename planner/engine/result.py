@@ -15,14 +15,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from planner.engine.cost import PATHS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+
+    import numpy as np
+    import numpy.typing as npt
 
     from planner.engine.prepare import ReplayInput
 

@@ -113,17 +113,17 @@ class SnapshotRows:
     @property
     def zero(self) -> B:
         """Zero-filled content."""
-        return (self.flags & F_ZERO) != 0
+        return np.asarray((self.flags & F_ZERO) != 0)
 
     @property
     def thp(self) -> B:
         """Mapped by a transparent huge page."""
-        return (self.flags & F_THP) != 0
+        return np.asarray((self.flags & F_THP) != 0)
 
     @property
     def eligible(self) -> B:
         """VM_MERGEABLE under the policy."""
-        return (self.flags & F_ELIGIBLE) != 0
+        return np.asarray((self.flags & F_ELIGIBLE) != 0)
 
     @property
     def mm_present(self) -> I32:
@@ -365,7 +365,7 @@ class ContentCatalog:
             todo = np.flatnonzero(out < 0)
             if todo.size == 0:
                 break
-            got = ix.get_indexer(hashes[todo])
+            got = ix.get_indexer(pd.Index(hashes[todo]))
             hit = got >= 0
             out[todo[hit]] = base + got[hit]
         miss = np.flatnonzero(out < 0)
@@ -458,7 +458,7 @@ def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
     f = src.frame if among is None else src.frame[among]
     if frames.size == 0 or f.size == 0:
         return np.empty(0, np.int64)
-    hit = np.flatnonzero(pd.Index(frames).get_indexer(f) >= 0)
+    hit = np.flatnonzero(pd.Index(frames).get_indexer(pd.Index(f)) >= 0)
     return hit if among is None else among[hit]
 
 
@@ -615,8 +615,6 @@ def build_delta(
 
 
 __all__ = [
-    "ContentCatalog",
-    "RowColumns",
     "F_ELIGIBLE",
     "F_THP",
     "F_ZERO",
@@ -624,7 +622,9 @@ __all__ = [
     "L_FRESH",
     "L_OLD",
     "L_ROW",
+    "ContentCatalog",
     "MmLayout",
+    "RowColumns",
     "SnapshotDelta",
     "SnapshotRows",
     "SnapshotSequence",

@@ -21,7 +21,6 @@ snapshots of a 16 M-page host fits in memory (the trace would not).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -32,8 +31,11 @@ from planner.trace import schema as S
 from planner.trace.flat import FlatConverter, InMemoryHost
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterator
+
     from planner.engine.prepare import ReplayInput
-    from planner.trace.io import HostTrace
+    from planner.trace.io import HostTrace, HostWriter
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ class _World:
         buf_base = spec.patterns + 1
         cross_base = buf_base + spec.buffers
         fam_base = cross_base + per
-        self.unique_base = self.uniq_next = fam_base + (spec.processes // spec.family_size + 1) * per
+        self.unique_base = self.uniq_next = (
+            fam_base + (spec.processes // spec.family_size + 1) * per
+        )
         u = rng.random(n)
         content = self.fresh(n)
         zero = u < spec.zero_share
@@ -150,14 +154,18 @@ class _World:
         change = self.present & (rng.random(n) < p_change)
         self.content[change] = self.fresh(int(change.sum()))
         cow = change & self.shared  # a write to a fork-shared page gets a private frame
-        self.frame[cow] = np.arange(self.next_frame, self.next_frame + int(cow.sum()), dtype=np.uint64)
+        self.frame[cow] = np.arange(
+            self.next_frame, self.next_frame + int(cow.sum()), dtype=np.uint64
+        )
         self.next_frame += int(cow.sum())
         self.shared &= ~change
         flip = rng.random(n) < spec.remap
         self.present ^= flip
         back = flip & self.present
         self.content[back] = self.fresh(int(back.sum()))
-        self.frame[back] = np.arange(self.next_frame, self.next_frame + int(back.sum()), dtype=np.uint64)
+        self.frame[back] = np.arange(
+            self.next_frame, self.next_frame + int(back.sum()), dtype=np.uint64
+        )
         self.next_frame += int(back.sum())
 
     def snapshots(self) -> Iterator[_Snapshot]:
@@ -171,8 +179,7 @@ class _World:
 _ADDR0 = 0x7F0000000000
 
 
-def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> HostTrace:
-    """Build an in-memory :class:`HostTrace` following ``spec``."""
+def _emit(spec: SynthSpec, host: str, sink: InMemoryHost | HostWriter) -> None:
     world = _World(spec)
     conv = FlatConverter(
         host,
@@ -183,11 +190,11 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
             "kernel_release": "synthetic",
         },
     )
-    sink = InMemoryHost(host)
     for k, snap in enumerate(world.snapshots()):
         pid = snap.proc + 1000
         worker = snap.proc != snap.proc // spec.family_size * spec.family_size
         master_pid = snap.proc // spec.family_size * spec.family_size + 1000
+        addr = np.uint64(_ADDR0) + snap.slot.astype(np.uint64) * np.uint64(4096)
         rows = pa.table(
             {
                 "pid": pa.array(pid.astype(np.int32)),
@@ -196,7 +203,7 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
                 "proc_start": pa.array(pid.astype(np.uint64)),
                 "vma_start": pa.array(np.full(pid.size, _ADDR0, np.uint64)),
                 "vma_kind": pa.array(np.full(pid.size, "anon")),
-                "page_addr": pa.array(np.uint64(_ADDR0) + snap.slot.astype(np.uint64) * np.uint64(4096)),
+                "page_addr": pa.array(addr),
                 "content_hash": pa.array(_hashes(snap.content)),
                 "frame": pa.array(snap.frame),
                 "is_zero": pa.array(snap.content == 0),
@@ -204,7 +211,23 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
         )
         s, procs, maps, pages = conv.convert(k, k * spec.interval_s, rows)
         sink.add_snapshot(s, processes=procs, mappings=maps, pages=pages)
+
+
+def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> HostTrace:
+    """Build an in-memory :class:`HostTrace` following ``spec``."""
+    sink = InMemoryHost(host)
+    _emit(spec, host, sink)
     return sink.build()
+
+
+def write_synthetic_trace(
+    spec: SynthSpec, out: str | os.PathLike[str], *, host: str = "synthetic"
+) -> None:
+    """Write ``spec``'s host as a trace directory, one snapshot at a time."""
+    from planner.trace.io import TraceWriter
+
+    with TraceWriter(out, source="synthetic") as tw:
+        _emit(spec, host, tw.host(host))
 
 
 def synthetic_input(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> ReplayInput:
@@ -255,9 +278,11 @@ def synthetic_input(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -
             key=row_keys(mm, page), page=page, hash=_hashes(snap.content),
             frame=snap.frame, flags=flags, mm=mm,
         )  # fmt: skip
-        layout = MmLayout(present=present, lo=hi - counts, hi=hi, mergeable=np.ones(present.size, bool))
+        layout = MmLayout(
+            present=present, lo=hi - counts, hi=hi, mergeable=np.ones(present.size, bool)
+        )
         builder.add(round(k * spec.interval_s * 1e9), rows, layout)
     return builder.build()
 
 
-__all__ = ["SynthSpec", "synthetic_host", "synthetic_input"]
+__all__ = ["SynthSpec", "synthetic_host", "synthetic_input", "write_synthetic_trace"]

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from planner.engine.fast._jit import jit, kernel
 from planner.engine.fast.kernel import _acquire, _release
 from planner.engine.fast.state import (
     IB_EXISTS,
@@ -61,7 +61,7 @@ def _mm_of(lay_mm: I32, lay_hi: I64, rows: npt.NDArray[np.integer[Any]]) -> I32:
     return lay_mm[np.searchsorted(lay_hi, rows, side="right")]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _survivor_map(removed: Any, added: Any, src: Any) -> None:
     """``src[new row]`` = its old row, or -1 for an added one (both lists sorted)."""
     i_old = ir = ia = 0
@@ -77,7 +77,7 @@ def _survivor_map(removed: Any, added: Any, src: Any) -> None:
         i_old += 1
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _take(a: Any, src: Any, fill: Any, out: Any) -> None:
     for j in range(src.size):
         out[j] = a[src[j]] if src[j] >= 0 else fill
@@ -106,7 +106,9 @@ def orphans_after(st: KState, d: SnapshotDelta) -> Orphans:
         [st.o_key[live - n0], (gone_mm.astype(np.uint64) << MM_SHIFT) | st.r_page[gone]]
     )
     order = np.argsort(key, kind="stable")
-    items = {f: np.concatenate([getattr(st, f)[live], getattr(st, f)[gone]])[order] for f in ITEM_FIELDS}
+    items = {
+        f: np.concatenate([getattr(st, f)[live], getattr(st, f)[gone]])[order] for f in ITEM_FIELDS
+    }
     items["it_bits"] &= 0xFF ^ IB_INTREE
     mm = np.concatenate([st.o_mm[live - n0], gone_mm]).astype(np.int32)[order]
     return Orphans(key[order], mm, items)
@@ -157,7 +159,7 @@ def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> K
     return st
 
 
-@njit(cache=True, nogil=True, _nrt=False)  # no allocation: no reference counting
+@kernel
 def _count_mappings(st: KState, ents: Any, mms: Any, acquire: bool) -> None:
     for i in range(ents.size):
         if acquire:
@@ -214,7 +216,7 @@ def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _unique_flags(r_gid: Any, r_flags: Any, n_contents: int) -> None:
     count = np.zeros(n_contents, np.int32)
     for r in range(r_gid.size):
@@ -226,7 +228,7 @@ def _unique_flags(r_gid: Any, r_flags: Any, n_contents: int) -> None:
             r_flags[r] &= 0xFF ^ RF_UNIQ
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _tree_entries(r_flags: Any, r_phys: Any, r_gid: Any, it_bits: Any, c_occ: Any) -> None:
     """Entries of rows no longer eligible or on the zero page go; the others are found."""
     for r in range(r_flags.size):

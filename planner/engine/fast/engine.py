@@ -19,7 +19,6 @@ from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
 from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta
 from planner.engine.fast.observe import node_members, recount_merging
-from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.fast.state import (
     IB_EXISTS,
     S_CUR_PAGE,
@@ -37,6 +36,7 @@ from planner.engine.fast.state import (
     empty_state,
     reserve,
 )
+from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.result import N_ROW, process_counters
 from planner.engine.rows import MM_SHIFT
 from planner.engine.timing import NS_PER_MS
@@ -95,7 +95,8 @@ class FastEngine:
         self._out_t = np.zeros(out_batches, np.int64)
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
-        self._scratch = np.zeros(len(PATHS), np.int64)
+        self._out_bpaths = np.zeros((out_batches, len(PATHS)), np.int64)
+        self._batch_paths = np.zeros((0, len(PATHS)), np.int64)  # of the last run
 
     # ------------------------------------------------------------------ snapshots
 
@@ -213,19 +214,18 @@ class FastEngine:
             if starts and run.scans_ended:
                 sc = self.st.sc
                 self.steady.record(
+                    self.st,
                     ScanRecord(
-                        offsets_ns=run.times_ns - plan.t0_ns,
-                        cpu_ns=run.cpu_ns,
+                        batch_paths=self._batch_paths,
                         rows=run.rows,
                         start_row=start_row,
-                        paths=run.paths[0],
                         processes=run.processes[0],
                         pages_to_scan=plan.pages_to_scan,
                         sleep_ns=plan.sleep_ns,
                         quiet=int(sc[S_EVENTS]) == events0,
                         pruning_walk=bool(sc[S_WALKS]),
                         slots_version=self.slots_version,
-                    )
+                    ),
                 )
             elif not run.scans_ended:
                 self.steady.forget()
@@ -237,6 +237,7 @@ class FastEngine:
         times: list[I64] = []
         cpus: list[I64] = []
         rows: list[npt.NDArray[np.int64]] = []
+        bpaths: list[npt.NDArray[np.int64]] = []
         t, start_cost = plan.t0_ns, plan.scan_start_ns
         while True:
             st = self.st
@@ -247,13 +248,14 @@ class FastEngine:
                     plan.boundary_ns, room)  # fmt: skip
             nb, status = kernel.run_batches(
                 st, mm, lo, hi, olo, ohi, self.cursor_page, args, costs,
-                self._out_t, self._out_cpu, self._out_rows, paths, self._scratch,
+                self._out_t, self._out_cpu, self._out_rows, paths, self._out_bpaths,
             )  # fmt: skip
             self._move_cursor(rem)
             if nb:
                 times.append(self._out_t[:nb].copy())
                 cpus.append(self._out_cpu[:nb].copy())
                 rows.append(self._out_rows[:nb].copy())
+                bpaths.append(self._out_bpaths[:nb].copy())
                 t = int(self._out_t[nb - 1] + self._out_cpu[nb - 1] + plan.sleep_ns)
                 start_cost = 0
             if status in (ST_SCAN_END, ST_BOUNDARY):
@@ -267,6 +269,7 @@ class FastEngine:
         if status == ST_SCAN_END:
             run.scan_end_batches.append(run.times_ns.size - 1)
             run.processes.append(self.processes())
+        self._batch_paths = np.concatenate(bpaths)
         return run
 
     def _move_cursor(self, rem: list[int]) -> None:
@@ -315,5 +318,6 @@ class FastEngine:
     def node_members(self) -> list[tuple[int, int, int]]:
         """Final KSM page membership, numbered as the reference numbers it."""
         return node_members(self.st, self.inp.content_hash)
+
 
 __all__ = ["FastEngine"]

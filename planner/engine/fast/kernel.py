@@ -22,11 +22,11 @@ compiled code across processes (first call in a fresh checkout: see docs/engine.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from numba import njit
 
+from planner.engine.fast._jit import hot, kernel
 from planner.engine.fast.state import (
     CF_ALIVE,
     CF_INLIST,
@@ -37,7 +37,6 @@ from planner.engine.fast.state import (
     IB_INTREE,
     IB_STABLE,
     IB_UNSTABLE,
-    KState,
     NF_ALIVE,
     NF_STALEQ,
     NO_SUM,
@@ -69,6 +68,7 @@ from planner.engine.fast.state import (
     ST_GROW,
     ST_SCAN_END,
     ZERO,
+    KState,
 )
 from planner.engine.result import (
     N_ROW,
@@ -87,22 +87,20 @@ from planner.engine.result import (
     R_ZERO,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 NONE, UNSTABLE, STABLE = 0, 1, 2
 # path codes, in the order of planner.engine.cost.PATHS
 P_KSM, P_FORK, P_SKIP, P_FIRST, P_VOL, P_UNST, P_MERGE, P_ZERO, P_NOMERGE = range(9)
 THP_SHIFT = 9
 # calls that are not inlined take int64 arguments only (one compiled version each)
-I = np.int64
+i64 = cast("Callable[[object], int]", np.int64)
 _SKIP_AGE = SKIP_AGE
 _PAGE_MASK = np.uint64((1 << 36) - 1)
 
-# The kernel never allocates, so it runs without numba's reference counting (NRT): with it,
-# every call that passes the state tuple updates the count of each of its ~40 arrays,
-# which costs some 40 times the work of a page visit.
-# Per-visit helpers are inlined (numba passes the state tuple to a real call as some 250
-# scalar arguments); the rarer steps (walks, chains, node removal, splits) stay calls.
-jit = njit(cache=True, nogil=True, _nrt=False)
-hot = njit(cache=True, nogil=True, _nrt=False, inline="always")
+# Per-visit helpers are inlined (@hot); the rarer steps (walks, chains, node removal,
+# splits, merges) are compiled once each (@kernel) and called.
 
 # ----------------------------------------------------------------------------- physical pages
 
@@ -158,13 +156,13 @@ def _replace(st: KState, r: int, mm: int, e: int) -> None:
 
 @hot
 def _stale(st: KState, nd: int) -> bool:
-    return st.e_map[st.n_ent[nd]] == 0
+    return bool(st.e_map[st.n_ent[nd]] == 0)
 
 
 @hot
 def _cand(st: KState, nd: int, offset: int) -> bool:
     n = st.n_len[nd]
-    return n > 0 and n + offset < st.sc[S_M]
+    return bool(n > 0 and n + offset < st.sc[S_M])
 
 
 @hot
@@ -180,10 +178,10 @@ def _mark_chain(st: KState, ch: int) -> None:
 
 @hot
 def _prune_due(st: KState, ch: int) -> bool:
-    return st.sc[S_SCAN_START] >= st.ch_prune[ch] + st.sc[S_PRUNE_NS]
+    return bool(st.sc[S_SCAN_START] >= st.ch_prune[ch] + st.sc[S_PRUNE_NS])
 
 
-@jit
+@kernel
 def _remove_node(st: KState, nd: int, prev: int) -> None:
     """remove_node_from_stable_tree: the node goes, its items read as not in a tree.
 
@@ -223,7 +221,7 @@ def _remove_node(st: KState, nd: int, prev: int) -> None:
             sc[R_KSM_PAGES] -= 1
 
 
-@jit
+@kernel
 def _chain_visit(st: KState, ch: int, prune: int) -> int:
     """stable_node_dup(): pick a dup; free stale dups met; collapse or free the chain."""
     sc = st.sc
@@ -234,7 +232,7 @@ def _chain_visit(st: KState, ch: int, prune: int) -> int:
     while d >= 0:
         nxt = st.n_next[d]
         if _stale(st, d):
-            _remove_node(st, I(d), I(prev))
+            _remove_node(st, i64(d), i64(prev))
             d = nxt
             continue
         if found < 0 or (
@@ -276,7 +274,7 @@ def _chain_visit(st: KState, ch: int, prune: int) -> int:
     return found
 
 
-@jit
+@kernel
 def _chain_find(st: KState, ch: int, prune: int) -> int:
     """The dup a visit of a clean chain picks (such a visit changes nothing)."""
     found = -1
@@ -293,7 +291,7 @@ def _chain_find(st: KState, ch: int, prune: int) -> int:
     return found
 
 
-@jit
+@kernel
 def _walk(st: KState, prune: int, target: int) -> int:
     """A stable-tree walk: stale nodes removed, chains visited (see the module notes).
 
@@ -302,9 +300,9 @@ def _walk(st: KState, prune: int, target: int) -> int:
     sc = st.sc
     for i in range(sc[S_STALE_N]):
         nd = st.stale[i]
-        st.n_flags[nd] &= (0xFF ^ NF_STALEQ)
+        st.n_flags[nd] &= 0xFF ^ NF_STALEQ
         if st.n_flags[nd] & NF_ALIVE and st.n_chain[nd] < 0 and _stale(st, nd):
-            _remove_node(st, I(nd), I(-1))
+            _remove_node(st, i64(nd), i64(-1))
     sc[S_STALE_N] = 0
     tch = -1
     if target >= 0 and st.c_stable[target] <= -2:
@@ -320,7 +318,7 @@ def _walk(st: KState, prune: int, target: int) -> int:
             if st.ch_flags[ch] & CF_ALIVE and _prune_due(st, ch):
                 if st.ch_flags[ch] & CF_PRUNE:
                     st.ch_flags[ch] |= CF_WALKED  # the list below must not visit it again
-                    f = _chain_visit(st, I(ch), I(1))
+                    f = _chain_visit(st, i64(ch), i64(1))
                     if ch == tch:
                         got, seen = f, True
                     if not st.ch_flags[ch] & CF_INLIST:
@@ -334,7 +332,7 @@ def _walk(st: KState, prune: int, target: int) -> int:
         if fl & CF_ALIVE and not fl & CF_WALKED:
             pe = prune != 0 and _prune_due(st, ch)
             if fl & (CF_PRUNE if pe else CF_PLAIN):
-                f = _chain_visit(st, I(ch), I(pe))
+                f = _chain_visit(st, i64(ch), i64(pe))
                 if ch == tch:
                     got, seen = f, True
         fl = st.ch_flags[ch] & (0xFF ^ CF_WALKED)
@@ -346,7 +344,7 @@ def _walk(st: KState, prune: int, target: int) -> int:
             st.ch_flags[ch] = fl & (0xFF ^ CF_INLIST)
     sc[S_DIRTY_N] = keep
     if tch >= 0 and not seen:
-        got = _chain_find(st, I(tch), I(prune != 0 and _prune_due(st, tch)))
+        got = _chain_find(st, i64(tch), i64(prune != 0 and _prune_due(st, tch)))
     return got
 
 
@@ -361,11 +359,11 @@ def _walk_is_noop(st: KState, prune: bool) -> bool:
     )
 
 
-@jit
+@kernel
 def _stable_insert(st: KState, g: int, e: int) -> int:
     sc = st.sc
     if not _walk_is_noop(st, False):
-        _walk(st, I(0), I(-1))
+        _walk(st, i64(0), i64(-1))
     nid = sc[S_N_NODES]
     sc[S_N_NODES] += 1
     st.n_gid[nid] = g
@@ -407,7 +405,7 @@ def _stable_insert(st: KState, g: int, e: int) -> int:
     if st.e_map[e] > 0:
         sc[R_KSM_PAGES] += 1
     sc[S_EVENTS] += 1
-    return nid
+    return int(nid)
 
 
 # ----------------------------------------------------------------------------- items
@@ -449,10 +447,10 @@ def _remove_from_tree(st: KState, it: int, mm: int) -> None:
     s = _state(st, it)
     if s == STABLE:
         nd = st.it_node[it]
-        st.it_bits[it] &= (0xFF ^ IB_STABLE)
+        st.it_bits[it] &= 0xFF ^ IB_STABLE
         sc[S_EVENTS] += 1
         if _stale(st, nd):
-            _remove_node(st, I(nd), I(-2))
+            _remove_node(st, i64(nd), i64(-2))
             return
         n = st.n_len[nd] - 1
         st.n_len[nd] = n
@@ -465,7 +463,7 @@ def _remove_from_tree(st: KState, it: int, mm: int) -> None:
             _mark_chain(st, st.n_chain[nd])
     elif s == UNSTABLE:
         sc[R_UNSHARED] -= 1
-        st.it_bits[it] &= (0xFF ^ (IB_UNSTABLE | IB_INTREE))
+        st.it_bits[it] &= 0xFF ^ (IB_UNSTABLE | IB_INTREE)
 
 
 @hot
@@ -480,7 +478,7 @@ def _free_item(st: KState, it: int, mm: int) -> None:
 # ----------------------------------------------------------------------------- THP
 
 
-@jit
+@kernel
 def _mm_range(st: KState, r: int) -> tuple[int, int, int]:
     """(mm, first row, end row) of the mm holding row ``r``."""
     i = np.searchsorted(st.lay_hi, r, side="right")
@@ -493,13 +491,13 @@ def _block(st: KState, r: int, mm: int) -> int:
     f = st.r_flags[r]
     if not f & RF_THP or f & RF_SPLIT:
         return -1
-    return (mm << 27) | (np.int64(st.r_page[r]) >> THP_SHIFT)
+    return int((mm << 27) | (np.int64(st.r_page[r]) >> THP_SHIFT))
 
 
-@jit
+@kernel
 def _split_block(st: KState, r: int, key: int) -> None:
     """KSM splits the huge page of row ``r``: every row in it is a small page now."""
-    mm, lo, hi = _mm_range(st, I(r))
+    _, lo, hi = _mm_range(st, i64(r))
     blk = np.int64(st.r_page[r]) >> THP_SHIFT
     a = r
     while a > lo and np.int64(st.r_page[a - 1]) >> THP_SHIFT == blk:
@@ -515,11 +513,11 @@ def _split_block(st: KState, r: int, key: int) -> None:
     st.sc[S_EVENTS] += 1
 
 
-@jit
+@kernel
 def _split(st: KState, r: int, mm: int) -> None:
     key = _block(st, r, mm)
     if key >= 0:
-        _split_block(st, I(r), I(key))
+        _split_block(st, i64(r), i64(key))
 
 
 # ----------------------------------------------------------------------------- a visit
@@ -530,27 +528,27 @@ def _occupant(st: KState, g: int) -> int:
     """The row of content ``g`` in the unstable tree, or -1."""
     j = st.c_occ[g]
     if 0 <= j < st.sc[S_N_ROWS] and st.r_gid[j] == g and st.it_bits[j] & IB_INTREE:
-        return j
+        return int(j)
     return -1
 
 
-@jit
+@kernel
 def _fork_join(st: KState, r: int, mm: int, node: int) -> None:
     """A KSM page whose item is elsewhere (a forked child): linked without the gate."""
     _remove_from_tree(st, r, mm)
     _append(st, r, mm, node)
 
 
-@jit
+@kernel
 def _zero_merge(st: KState, r: int, mm: int) -> None:
     """use_zero_pages: the PTE maps the kernel zero page."""
     _replace(st, r, mm, ZERO)
 
 
-@jit
+@kernel
 def _stable_search_walk(st: KState, g: int) -> int:
     """stable_tree_search when the walk has work (stale nodes, chains to visit)."""
-    got = _walk(st, I(1), I(g))
+    got = _walk(st, i64(1), i64(g))
     s = st.c_stable[g]
     if s == -1:
         return -1
@@ -558,28 +556,28 @@ def _stable_search_walk(st: KState, g: int) -> int:
     return nd if nd >= 0 and _cand(st, nd, 0) else -1
 
 
-@jit
+@kernel
 def _merge_stable(st: KState, r: int, mm: int, kd: int) -> None:
     """The page joins KSM page ``kd`` found in the stable tree."""
-    _split(st, I(r), I(mm))
+    _split(st, i64(r), i64(mm))
     _replace(st, r, mm, st.n_ent[kd])
     _append(st, r, mm, kd)
 
 
-@jit
+@kernel
 def _merge_unstable(st: KState, r: int, mm: int, j: int, g: int) -> int:
     """The page pairs with row ``j`` found in the unstable tree; returns the path."""
-    mmj = _mm_range(st, I(j))[0]
+    mmj = _mm_range(st, i64(j))[0]
     bi, bj = _block(st, r, mm), _block(st, j, mmj)
     if bi >= 0 and bi == bj:  # both halves of one THP: split it, merge next time
-        _split_block(st, I(r), I(bi))
+        _split_block(st, i64(r), i64(bi))
         return P_NOMERGE
-    _split(st, I(r), I(mm))
-    _split(st, I(j), I(mmj))
+    _split(st, i64(r), i64(mm))
+    _split(st, i64(j), i64(mmj))
     e = st.r_phys[r]  # the scanned page becomes the KSM page, in place
     _remove_from_tree(st, j, mmj)
     _replace(st, j, mmj, e)
-    nid = _stable_insert(st, I(g), I(e))
+    nid = _stable_insert(st, i64(g), i64(e))
     _append(st, j, mmj, nid)
     _append(st, r, mm, nid)
     return P_MERGE
@@ -596,7 +594,7 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
     if node >= 0:
         if _state(st, r) == STABLE and st.it_node[r] == node:
             return P_KSM
-        _fork_join(st, I(r), I(mm), I(node))
+        _fork_join(st, i64(r), i64(mm), i64(node))
         return P_FORK
     _remove_from_tree(st, r, mm)
     g = st.r_gid[r]
@@ -606,28 +604,28 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         return P_VOL if existed else P_FIRST
     fl = st.r_flags[r]
     if sc[S_USE_ZERO] and fl & RF_ZERO:
-        _zero_merge(st, I(r), I(mm))
+        _zero_merge(st, i64(r), i64(mm))
         return P_ZERO
     if fl & RF_UNIQ:  # a pruning walk passes (its result cannot matter)
         if _walk_is_noop(st, True):
             sc[S_WALKS] += 1
         else:
-            _walk(st, I(1), I(-1))
+            _walk(st, i64(1), i64(-1))
     else:
         s = st.c_stable[g]
         if s >= -1 and _walk_is_noop(st, True):
             sc[S_WALKS] += 1
             kd = s if s >= 0 and _cand(st, s, 0) else -1
         else:
-            kd = _stable_search_walk(st, I(g))
+            kd = _stable_search_walk(st, i64(g))
         if kd >= 0:
-            _merge_stable(st, I(r), I(mm), I(kd))
+            _merge_stable(st, i64(r), i64(mm), i64(kd))
             return P_MERGE
         j = _occupant(st, g)
         if j >= 0:
             if st.r_phys[j] == st.r_phys[r]:  # the same physical page (forked, not yet KSM)
                 return P_NOMERGE
-            return _merge_unstable(st, I(r), I(mm), I(j), I(g))
+            return _merge_unstable(st, i64(r), i64(mm), i64(j), i64(g))
         st.c_occ[g] = r
     st.it_bits[r] = IB_EXISTS | IB_UNSTABLE | IB_INTREE
     sc[R_UNSHARED] += 1
@@ -657,7 +655,7 @@ def _should_skip(st: KState, r: int, mm: int) -> bool:
 # ----------------------------------------------------------------------------- the loop
 
 
-@jit
+@kernel
 def start_scan(st: KState, now_ns: int) -> None:
     """A full scan starts: the unstable tree is emptied, the prune clock read."""
     sc = st.sc
@@ -667,10 +665,10 @@ def start_scan(st: KState, now_ns: int) -> None:
     bits = st.it_bits
     for r in range(sc[S_N_ROWS]):
         if bits[r] & IB_INTREE:
-            bits[r] &= (0xFF ^ IB_INTREE)
+            bits[r] &= 0xFF ^ IB_INTREE
 
 
-@jit
+@kernel
 def run_batches(
     st: KState,
     seg_mm: Any,
@@ -685,14 +683,14 @@ def run_batches(
     out_cpu: Any,
     out_rows: Any,
     out_paths: Any,
-    paths: Any,
+    out_bpaths: Any,
 ) -> tuple[int, int]:
     """Run batches along the cursor's path (segments: one mm each, the first one from
     ``cursor_page``); stop at the end of the scan, before a batch starting at or after
     the boundary, or when the output or the node room runs out.
 
     ``plan`` = (t0, pages_to_scan, batch overhead, scan-start cost, sleep, boundary, node
-    room per batch); ``paths`` is scratch for one batch's path counts, ``out_paths`` sums
+    room per batch); ``out_bpaths`` gets each batch's visits per path, ``out_paths`` sums
     them. Returns (batches run, status); the cursor is left in ``sc``.
     """
     sc = st.sc
@@ -719,6 +717,7 @@ def run_batches(
             status = ST_GROW
             break
         budget = pts
+        paths = out_bpaths[nb]
         paths[:] = 0
         while budget > 0 and s < nseg:
             mm = seg_mm[s]
@@ -730,7 +729,7 @@ def run_batches(
                 continue
             if r < seg_hi[s]:
                 if st.r_flags[r] & RF_ELIG and st.r_phys[r] != ZERO:
-                    cursor_page = np.int64(st.r_page[r]) + 1
+                    cursor_page = int(st.r_page[r]) + 1
                     existed = st.it_bits[r] & IB_EXISTS != 0
                     if not existed:
                         sc[S_EVENTS] += 1

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from planner.engine.fast._jit import kernel
 from planner.engine.fast.state import (
     IB_STABLE,
     NF_ALIVE,
@@ -18,8 +18,7 @@ from planner.engine.fast.state import (
 from planner.engine.rows import MM_SHIFT
 
 
-
-@njit(cache=True, nogil=True, _nrt=False)  # no allocation: no reference counting
+@kernel
 def recount_merging(st: KState, o_mm: Any) -> None:
     """Per-mm items on a live stable node, counted again after nodes were removed."""
     st.mm_merging[:] = 0
@@ -75,6 +74,3 @@ def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> list[tuple
     return sorted(
         zip((pair // width).tolist(), (pair % width).tolist(), counts.tolist(), strict=True)
     )
-
-
-

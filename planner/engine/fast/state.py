@@ -132,10 +132,14 @@ def _grow(a: npt.NDArray[Any], n: int, fill: Any) -> npt.NDArray[Any]:
     return out
 
 
-def empty_state(n_mm: int, *, max_page_sharing: int, smart_scan: bool, use_zero: bool,
-                prune_ns: int) -> KState:
+def empty_state(
+    n_mm: int, *, max_page_sharing: int, smart_scan: bool, use_zero: bool, prune_ns: int
+) -> KState:
     """The state before the first snapshot."""
-    z32, z64, zu8, zu64 = (np.zeros(0, t) for t in (np.int32, np.int64, np.uint8, np.uint64))
+    z32 = np.zeros(0, np.int32)
+    z64 = np.zeros(0, np.int64)
+    zu8 = np.zeros(0, np.uint8)
+    zu64 = np.zeros(0, np.uint64)
     sc = np.zeros(N_SC, np.int64)
     sc[S_M] = max_page_sharing
     sc[S_SMART] = int(smart_scan)
