@@ -275,23 +275,6 @@ def _chain_visit(st: KState, ch: int, prune: int) -> int:
 
 
 @kernel
-def _chain_find(st: KState, ch: int, prune: int) -> int:
-    """The dup a visit of a clean chain picks (such a visit changes nothing)."""
-    found = -1
-    d = st.ch_head[ch]
-    while d >= 0:
-        if not _stale(st, d) and (
-            found < 0
-            or (_cand(st, d, 0) and (not _cand(st, found, 0) or st.n_len[d] > st.n_len[found]))
-        ):
-            found = d
-            if not prune and _cand(st, found, 0):
-                break
-        d = st.n_next[d]
-    return found
-
-
-@kernel
 def _walk(st: KState, prune: int, target: int) -> int:
     """A stable-tree walk: stale nodes removed, chains visited (see the module notes).
 
@@ -343,8 +326,8 @@ def _walk(st: KState, prune: int, target: int) -> int:
         else:
             st.ch_flags[ch] = fl & (0xFF ^ CF_INLIST)
     sc[S_DIRTY_N] = keep
-    if tch >= 0 and not seen:
-        got = _chain_find(st, i64(tch), i64(prune != 0 and _prune_due(st, tch)))
+    if tch >= 0 and not seen:  # a clean chain: visiting it changes nothing, only picks
+        got = _chain_visit(st, i64(tch), i64(prune != 0 and _prune_due(st, tch)))
     return got
 
 
