@@ -653,6 +653,15 @@ class ReferenceEngine:
             out.extend((i, mm, n) for mm, n in sorted(per_mm.items()))
         return out
 
+    def stable_tree(self) -> dict[int, list[tuple[tuple[int, int], ...]]]:
+        """Content hash -> its stable nodes (a chain's dups head first), each as the sorted
+        (mm, page) of its items: the whole stable tree, for tests and debugging."""
+        out: dict[int, list[tuple[tuple[int, int], ...]]] = {}
+        for key, slot in self.stable.items():
+            nodes = slot.dups if isinstance(slot, _Chain) else [slot]
+            out[key] = [tuple(sorted((it.mm, it.page) for it in n.items)) for n in nodes]
+        return out
+
     # ------------------------------------------------------------------ the ksmd loop
 
     def has_work(self) -> bool:

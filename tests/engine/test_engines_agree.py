@@ -54,15 +54,16 @@ def _fast(ht: object, knobs: KsmKnobs, opts: ReplayOptions, out_batches: int) ->
 
 
 class _Members(Driver):
-    """A driver that also records which mms' items sit on which KSM page after each scan
-    (a stable node's membership shows no counter, so a divergence could heal unseen)."""
+    """A driver that also records the whole stable tree after each scan: which items sit on
+    which KSM page, and a chain's dups in order (neither shows in a counter, so a
+    divergence could heal unseen or surface scans later)."""
 
     def __init__(self, core: Core, *args: object) -> None:
         super().__init__(core, *args)  # type: ignore[arg-type]
-        self.members: list[list[tuple[int, int, int]]] = []
+        self.members: list[object] = []
 
     def _scan_ended(self, *args: object) -> bool:
-        self.members.append(self.core.node_members())
+        self.members.append(self.core.stable_tree())  # type: ignore[attr-defined]
         return super()._scan_ended(*args)  # type: ignore[arg-type]
 
 
@@ -81,7 +82,7 @@ def assert_engines_agree(
     a, b = ref.run(), fast.run()
     assert_same(a, b)
     for n, (ma, mb) in enumerate(zip(ref.members, fast.members, strict=True), 1):
-        assert ma == mb, f"KSM page membership after full scan {n}"
+        assert ma == mb, f"stable tree after full scan {n}"
     return a
 
 

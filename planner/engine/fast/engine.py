@@ -18,7 +18,7 @@ from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
 from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta
-from planner.engine.fast.observe import node_members, recount_merging
+from planner.engine.fast.observe import node_members, recount_merging, stable_tree
 from planner.engine.fast.state import (
     IB_EXISTS,
     S_CUR_PAGE,
@@ -314,6 +314,10 @@ class FastEngine:
                 page_size=self.page_size,
             )
         return out
+
+    def stable_tree(self) -> dict[int, list[tuple[tuple[int, int], ...]]]:
+        """The whole stable tree, as the reference's ``stable_tree`` (tests, debugging)."""
+        return stable_tree(self.st, self.inp.content_hash)
 
     def node_members(self) -> list[tuple[int, int, int]]:
         """Final KSM page membership, numbered as the reference numbers it."""

@@ -290,6 +290,8 @@ def _walk(st: KState, prune: int, target: int) -> int:
     tch = -1
     if target >= 0 and st.c_stable[target] <= -2:
         tch = -(st.c_stable[target] + 2)
+    # the target's kind of visit is decided now, before the prune clocks move below
+    tpe = tch >= 0 and prune != 0 and _prune_due(st, tch)
     got, seen = -1, False
     interval = sc[S_PRUNE_NS]
     if prune:
@@ -327,7 +329,7 @@ def _walk(st: KState, prune: int, target: int) -> int:
             st.ch_flags[ch] = fl & (0xFF ^ CF_INLIST)
     sc[S_DIRTY_N] = keep
     if tch >= 0 and not seen:  # a clean chain: visiting it changes nothing, only picks
-        got = _chain_visit(st, i64(tch), i64(prune != 0 and _prune_due(st, tch)))
+        got = _chain_visit(st, i64(tch), i64(tpe))
     return got
 
 

@@ -43,6 +43,36 @@ def recount_merging(st: KState, o_mm: Any) -> None:
     st.sc[S_MERGING_STALE] = 0
 
 
+def stable_tree(
+    st: KState, content_hash: npt.NDArray[np.uint64]
+) -> dict[int, list[tuple[tuple[int, int], ...]]]:
+    """Content hash -> its stable nodes (a chain's dups head first), each as the sorted
+    (mm, page) of its items (as the reference's ``stable_tree``; slow: tests only)."""
+    n_rows = int(st.sc[S_N_ROWS])
+    mm_rows = np.repeat(st.lay_mm, st.lay_hi - st.lay_lo)
+    items: dict[int, list[tuple[int, int]]] = {}
+    for i in np.flatnonzero((st.it_bits & IB_STABLE) != 0).tolist():
+        nd = int(st.it_node[i])
+        if not st.n_flags[nd] & NF_ALIVE:
+            continue
+        if i < n_rows:
+            key = (int(mm_rows[i]), int(st.r_page[i]))
+        else:
+            k = int(st.o_key[i - n_rows])
+            key = (k >> int(MM_SHIFT), k & ((1 << int(MM_SHIFT)) - 1))
+        items.setdefault(nd, []).append(key)
+    out: dict[int, list[tuple[tuple[int, int], ...]]] = {}
+    for g in np.flatnonzero(st.c_stable != -1).tolist():
+        s = int(st.c_stable[g])
+        nodes = [s] if s >= 0 else []
+        d = int(st.ch_head[-(s + 2)]) if s < 0 else -1
+        while d >= 0:
+            nodes.append(d)
+            d = int(st.n_next[d])
+        out[int(content_hash[g])] = [tuple(sorted(items.get(nd, []))) for nd in nodes]
+    return out
+
+
 def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> list[tuple[int, int, int]]:
     """``(node, mm, items)`` of every KSM page with items; nodes numbered by content, then
     by their lowest (mm, page) item (as the reference model numbers them)."""
