@@ -308,8 +308,10 @@ def _walk(st: KState, prune: int, target: int) -> int:
                         got, seen = f, True
                     if not st.ch_flags[ch] & CF_INLIST:
                         st.ch_flags[ch] &= 0xFF ^ CF_WALKED
-                else:  # the visit would only move the prune clock
+                else:  # its pruning visit would only move the prune clock
                     st.ch_prune[ch] = sc[S_SCAN_START]
+                    if st.ch_flags[ch] & CF_INLIST:  # this walk's visit was that one
+                        st.ch_flags[ch] |= CF_WALKED
     keep = 0
     for i in range(sc[S_DIRTY_N]):
         ch = st.dirty[i]
