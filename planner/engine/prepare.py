@@ -45,9 +45,9 @@ from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
-    from planner.trace.io import HostTrace
+    from planner.trace.io import HostTrace, Trace
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -299,9 +299,8 @@ def _mm_infos(
 
 @dataclass
 class _PageColumns:
-    """The pages table as numpy columns (zero-copy where Arrow allows)."""
+    """One snapshot's pages as numpy columns (zero-copy where Arrow allows)."""
 
-    sid: npt.NDArray[np.integer[Any]]
     pid: npt.NDArray[np.integer[Any]]
     vma: U64
     addr: U64
@@ -329,7 +328,6 @@ def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
             p_hash == np.uint64(zero_hash), np.uint16(PageFlag.ZERO), np.uint16(0)
         ).astype(np.uint16)
     return _PageColumns(
-        sid=pages.column("snapshot_id").to_numpy(),
         pid=pages.column("pid").to_numpy(),
         vma=np.asarray(pages.column("vma_start").to_numpy(), dtype=np.uint64),
         addr=np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64),
@@ -416,11 +414,10 @@ def _snapshot_rows(
     """Snapshot ``k``'s rows sorted by (mm, page), and where each mm's rows are."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
     pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
-    lo, hi = (int(x) for x in np.searchsorted(cols.sid, [sid, sid + 1]))
-    if cols.usable is None or cols.usable[lo:hi].all():
-        idx: slice | I64 = slice(lo, hi)
+    if cols.usable is None or cols.usable.all():
+        idx: slice | I64 = slice(0, cols.pid.size)
     else:
-        idx = lo + np.flatnonzero(cols.usable[lo:hi])
+        idx = np.flatnonzero(cols.usable)
     r_pid = cols.pid[idx]
     n = r_pid.size
     heads = np.flatnonzero(np.r_[True, r_pid[1:] != r_pid[:-1]]) if n else np.empty(0, np.int64)
@@ -540,6 +537,49 @@ def prepare(
     ``include_mms`` restricts the replay to some process instances (used for security
     domains that must not merge with each other: each domain is replayed alone).
     """
+    sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
+    return _prepare(ht, ((sid, ht.pages_of(sid)) for sid in sids), resolver, include_mms)
+
+
+def prepare_trace(
+    trace: Trace,
+    host: str | None = None,
+    *,
+    resolver: Resolver | None = None,
+    include_mms: Sequence[int] | None = None,
+) -> ReplayInput:
+    """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
+    a time: memory holds two snapshots' rows and the deltas, not the whole trace."""
+    from planner.trace import schema as S
+    from planner.trace.io import HostTrace
+
+    if host is None:
+        if len(trace.hosts) != 1:
+            raise InputDataError(
+                f"{trace.path} holds {len(trace.hosts)} hosts ({', '.join(trace.hosts)})",
+                hint="name one with --host",
+            )
+        host = trace.hosts[0]
+    tables = {n: trace.read_table(host, n) for n in ("snapshots", "processes", "mappings")}
+    ht = HostTrace(
+        host=host,
+        trace_hash=trace.trace_hash,
+        path=trace.host_path(host),
+        pages=S.PAGES_SCHEMA.empty_table(),
+        **tables,
+    )
+    columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
+    return _prepare(ht, trace.iter_snapshot_pages(host, columns), resolver, include_mms)
+
+
+def _prepare(
+    ht: HostTrace,
+    pages: Iterable[tuple[int, pa.Table]],
+    resolver: Resolver | None,
+    include_mms: Sequence[int] | None,
+) -> ReplayInput:
+    """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
+    a snapshot without pages may be missing)."""
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)
@@ -550,7 +590,6 @@ def prepare(
     if any(b < a for a, b in itertools.pairwise(times_s)):
         raise InputDataError("snapshot times go backwards", hint="re-create or re-ingest the trace")
     procs = _process_instances(ht, resolver, include_mms)
-    cols = _page_columns(ht.pages, meta.get("zero_hash"))
     m = ht.mappings
     maps = _MappingRows(
         sid=m.column("snapshot_id").to_numpy(),
@@ -570,12 +609,29 @@ def prepare(
         mms=procs.mms,
         meta={k: v for k, v in meta.items() if k != "zero_hash"},
     )
+    empty = ht.pages.schema.empty_table()
+    stream = iter(pages)
+    nxt = next(stream, None)
     for k, sid in enumerate(sids):
+        table = empty
+        if nxt is not None and nxt[0] == sid:
+            table = nxt[1]
+            nxt = next(stream, None)
+        cols = _page_columns(table, meta.get("zero_hash"))
         cur, layout = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
         )
+        del cols, table
         builder.add(round(times_s[k] * 1e9), cur, layout)
     return builder.build()
 
 
-__all__ = ["InputBuilder", "MmInfo", "ReplayInput", "SnapshotDelta", "SnapshotRows", "prepare"]
+__all__ = [
+    "InputBuilder",
+    "MmInfo",
+    "ReplayInput",
+    "SnapshotDelta",
+    "SnapshotRows",
+    "prepare",
+    "prepare_trace",
+]

@@ -111,3 +111,24 @@ def test_a_synthetic_input_equals_the_prepared_synthetic_trace() -> None:
     assert a.final_counters["stable_node_chains"] > 0
     assert [s.counters for s in a.scans] == [s.counters for s in b.scans]
     assert (a.final_truth, a.final_processes) == (b.final_truth, b.final_processes)
+
+
+def test_a_trace_directory_prepared_snapshot_by_snapshot_equals_the_loaded_trace(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    from planner.engine import KsmKnobs, ReplayOptions, replay
+    from planner.engine.prepare import prepare_trace
+    from planner.testing.random_world import WorldSpec, random_world
+    from planner.trace.io import open_trace
+
+    out = Path(str(tmp_path)) / "t"
+    random_world(5, WorldSpec(processes=4, pages=20, snapshots=4)).write_trace(out)
+    tr = open_trace(out)
+    a, b = prepare(tr.load_host()), prepare_trace(tr)
+    assert [d.n_rows for d in a.deltas] == [d.n_rows for d in b.deltas]
+    knobs, opts = KsmKnobs(pages_to_scan=5, max_page_sharing=3), ReplayOptions(settle_scans=4)
+    ra, rb = replay(a, knobs=knobs, options=opts), replay(b, knobs=knobs, options=opts)
+    assert [s.counters for s in ra.scans] == [s.counters for s in rb.scans]
+    assert ra.final_node_members == rb.final_node_members
