@@ -319,14 +319,16 @@ def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
         for col in (hash_col, frame_col):
             if col.null_count:
                 usable &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    p_hash = np.asarray(hash_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
-    p_frame = np.asarray(frame_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
+    def u64(col: pa.ChunkedArray[Any]) -> U64:
+        if col.null_count:
+            col = col.fill_null(pa.scalar(0, pa.uint64()))
+        return np.asarray(col.to_numpy(), dtype=np.uint64)
+
+    p_hash, p_frame = u64(hash_col), u64(frame_col)
     p_flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)
     if zero_hash is not None:
         # the zero flag also marks pages whose hash is the zero page's
-        p_flags = p_flags | np.where(
-            p_hash == np.uint64(zero_hash), np.uint16(PageFlag.ZERO), np.uint16(0)
-        ).astype(np.uint16)
+        p_flags = p_flags | ((p_hash == np.uint64(zero_hash)) * np.uint16(PageFlag.ZERO))
     return _PageColumns(
         pid=pages.column("pid").to_numpy(),
         vma=np.asarray(pages.column("vma_start").to_numpy(), dtype=np.uint64),
@@ -447,11 +449,9 @@ def _snapshot_rows(
         procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size
     )
     pf = take(cols.flags)
-    flags = (
-        np.where(eligible, F_ELIGIBLE, 0)
-        | np.where((pf & np.uint16(PageFlag.ZERO)) != 0, F_ZERO, 0)
-        | np.where((pf & np.uint16(PageFlag.THP)) != 0, F_THP, 0)
-    ).astype(np.uint8)
+    flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
+    flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)
+    flags |= ((pf & np.uint16(PageFlag.THP)) != 0).view(np.uint8) * np.uint8(F_THP)
     counts = (
         np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
         if n
