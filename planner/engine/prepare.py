@@ -319,6 +319,7 @@ def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
         for col in (hash_col, frame_col):
             if col.null_count:
                 usable &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
     def u64(col: pa.ChunkedArray[Any]) -> U64:
         if col.null_count:
             col = col.fill_null(pa.scalar(0, pa.uint64()))
