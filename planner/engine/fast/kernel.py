@@ -346,7 +346,7 @@ def _walk_is_noop(st: KState, prune: bool) -> bool:
     )
 
 
-@kernel
+@hot
 def _stable_insert(st: KState, g: int, e: int) -> int:
     sc = st.sc
     if not _walk_is_noop(st, False):
@@ -465,7 +465,7 @@ def _free_item(st: KState, it: int, mm: int) -> None:
 # ----------------------------------------------------------------------------- THP
 
 
-@kernel
+@hot
 def _mm_range(st: KState, r: int) -> tuple[int, int, int]:
     """(mm, first row, end row) of the mm holding row ``r``."""
     i = np.searchsorted(st.lay_hi, r, side="right")
@@ -500,7 +500,7 @@ def _split_block(st: KState, r: int, key: int) -> None:
     st.sc[S_EVENTS] += 1
 
 
-@kernel
+@hot
 def _split(st: KState, r: int, mm: int) -> None:
     key = _block(st, r, mm)
     if key >= 0:

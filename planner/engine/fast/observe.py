@@ -94,13 +94,14 @@ def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> list[tuple
     mm = (key >> MM_SHIFT).astype(np.int64)
     used, inv = np.unique(nd, return_inverse=True)
     inv = inv.reshape(-1)
-    lowest = np.full(used.size, np.iinfo(np.uint64).max, np.uint64)
-    np.minimum.at(lowest, inv, key)
+    order = np.lexsort((key, inv))  # by node, then key: each node's lowest item first
+    first = np.r_[True, inv[order][1:] != inv[order][:-1]]
+    lowest = key[order][first]  # per used node, in node order
     content = content_hash[st.n_gid[used]]
     rank = np.empty(used.size, np.int64)
     rank[np.lexsort((lowest, content))] = np.arange(used.size)
-    pair, counts = np.unique(rank[inv] * (int(mm.max()) + 1) + mm, return_counts=True)
     width = int(mm.max()) + 1
-    return sorted(
+    pair, counts = np.unique(rank[inv] * width + mm, return_counts=True)  # sorted
+    return list(
         zip((pair // width).tolist(), (pair % width).tolist(), counts.tolist(), strict=True)
     )
