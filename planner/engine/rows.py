@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -453,13 +454,50 @@ def _lookup_pair(
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _member(keys: U64, queries: U64) -> B:  # pragma: no cover - compiled
+    """``queries[i]`` is one of ``keys`` (an open-addressing set of ``keys``).
+
+    Written out because the build side is small and the probe side is every row of a
+    snapshot: a probe into a table that fits the cache costs a few ns, pandas' general
+    hash join some 100 ns."""
+    cap = 16
+    while cap < 2 * keys.size:
+        cap *= 2
+    mask = cap - 1
+    table = np.zeros(cap, np.uint64)
+    used = np.zeros(cap, np.bool_)
+    for k in keys:
+        i = (k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        i = np.int64(i) & mask
+        while used[i] and table[i] != k:
+            i = (i + 1) & mask
+        used[i] = True
+        table[i] = k
+    out = np.zeros(queries.size, np.bool_)
+    for j in range(queries.size):
+        q = queries[j]
+        i = np.int64((q * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
+        while used[i]:
+            if table[i] == q:
+                out[j] = True
+                break
+            i = (i + 1) & mask
+    return out
+
+
 def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
     """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames``."""
     f = src.frame if among is None else src.frame[among]
     if frames.size == 0 or f.size == 0:
         return np.empty(0, np.int64)
-    hit = np.flatnonzero(pd.Index(frames).get_indexer(pd.Index(f)) >= 0)
+    hit = np.flatnonzero(_member(frames, f))
     return hit if among is None else among[hit]
+
+
+def _sorted_unique(a: U64) -> U64:
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
 
 
 def _n_frames(frame: U64) -> int:
@@ -478,7 +516,7 @@ def _links(
         return kind, link
     rf, rh = cur.frame[moved], cur.hash[moved]
     kq = _content_key(rf, rh)
-    frames = np.unique(rf)
+    frames = _sorted_unique(rf)
     inh = np.full(m, -1, np.int64)
     inh_old = np.full(m, -1, np.int64)
     cand_new = _rows_with_frames(cur, carried, frames)
