@@ -167,7 +167,7 @@ class Core(Protocol):
     def processes(self) -> dict[str, dict[str, int]]:
         """``ksm_stat`` of every live process now."""
 
-    def node_members(self) -> list[tuple[int, int, int]]:
+    def node_members(self) -> list[tuple[int, int, int]] | I64:
         """Final KSM page membership (see :attr:`ReplayResult.final_node_members`)."""
 
 

@@ -15,13 +15,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from planner.engine.cost import PATHS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    import numpy as np
     import numpy.typing as npt
 
     from planner.engine.prepare import ReplayInput
@@ -264,10 +265,18 @@ class ReplayResult:
     cost: CostSummary
     snapshot_first_scan: list[int | None]
     snapshot_applied_s: list[float | None] = field(default_factory=list)
-    #: At the end: which mms have items on which KSM page, as ``(node, mm, items)`` triples
-    #: (node ids are engine-internal; use them only to group). mm ids are those of
-    #: :class:`planner.engine.prepare.ReplayInput` (``inp.mms[mm].pid``, registration domain).
-    final_node_members: list[tuple[int, int, int]] = field(default_factory=list)
+    #: At the end: which mms have items on which KSM page, one ``(node, mm, items)`` row per
+    #: pair (see :attr:`final_node_members`), kept as an array: a large host has millions.
+    node_member_table: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((0, 3), np.int64)
+    )
+
+    @property
+    def final_node_members(self) -> list[tuple[int, int, int]]:
+        """At the end: which mms have items on which KSM page, as ``(node, mm, items)``
+        triples (node ids are engine-internal; use them only to group). mm ids are those of
+        :class:`planner.engine.prepare.ReplayInput` (``inp.mms[mm].pid``, its domain)."""
+        return [(int(a), int(b), int(c)) for a, b, c in self.node_member_table.tolist()]
 
     def to_json(self) -> dict[str, Any]:
         """The ``replay --json`` document."""
@@ -360,7 +369,7 @@ def assemble_result(
     final_truth: Truth,
     snapshot_first_scan: list[int | None],
     snapshot_applied_ns: list[int | None],
-    final_node_members: list[tuple[int, int, int]],
+    final_node_members: list[tuple[int, int, int]] | npt.NDArray[np.int64],
 ) -> ReplayResult:
     """The :class:`ReplayResult` of a finished replay (both engines end here).
 
@@ -406,7 +415,7 @@ def assemble_result(
         cost=cost,
         snapshot_first_scan=snapshot_first_scan,
         snapshot_applied_s=[None if v is None else v / NS_PER_S for v in snapshot_applied_ns],
-        final_node_members=final_node_members,
+        node_member_table=np.asarray(final_node_members, np.int64).reshape(-1, 3),
     )
 
 

@@ -137,7 +137,7 @@ def test_replay_throughput(benchmark: Any, pages: int, capsys: pytest.CaptureFix
 
 
 MEMORY_CHILD = """
-import gc, json, sys
+import ctypes, gc, json, sys
 from planner.engine import KsmKnobs, ReplayOptions, replay
 from planner.testing.builder import World
 from planner.testing.synth import SynthSpec, synthetic_input
@@ -152,6 +152,7 @@ replay(w.host_trace(), options=ReplayOptions(settle_scans=2))  # compiled code l
 start = status("VmRSS:")
 inp = synthetic_input(SynthSpec.with_chains({pages}, snapshots=3, interval_s=5.0))
 gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the system: a fair baseline
 base = status("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
 r = replay(inp, knobs=KsmKnobs(pages_to_scan=100_000), options=ReplayOptions())

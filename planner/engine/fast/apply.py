@@ -22,8 +22,9 @@ Exits and registrations (the mm list) are the engine's (:mod:`planner.engine.fas
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +47,10 @@ from planner.engine.fast.state import (
     KState,
 )
 from planner.engine.result import R_FRAMES_WITHOUT
-from planner.engine.rows import L_CARRY, L_FRESH, L_OLD, L_ROW, MM_SHIFT, SnapshotDelta
+from planner.engine.rows import L_CARRY, L_FRESH, L_OLD, MM_SHIFT, SnapshotDelta
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -114,7 +118,15 @@ def orphans_after(st: KState, d: SnapshotDelta) -> Orphans:
     return Orphans(key[order], mm, items)
 
 
-def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> KState:
+class Holder(Protocol):
+    """What holds the state while a snapshot is applied: each step replaces the arrays it
+    rebuilds in ``st`` (the only reference), so an old array is freed as soon as its new
+    one exists."""
+
+    st: KState
+
+
+def move_rows(h: Holder, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> None:
     """Rows (page, content, flags, items) at their new positions; orphans back attached."""
     n1 = d.n_rows
     # orphans whose page is back: attached again to their row
@@ -131,7 +143,7 @@ def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> K
     fields: list[tuple[str, Any]] = [("r_page", 0), ("r_gid", -1), ("r_flags", 0)]
     fields += [(f, ITEM_FILL[f]) for f in ITEM_FIELDS]
     for name, fill in fields:
-        old = getattr(st, name)
+        old = getattr(h.st, name)
         is_item = name.startswith("it_")
         size = n1 + (orph.key.size - back.size if is_item else 0)
         new = np.empty(size, old.dtype)
@@ -143,11 +155,12 @@ def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> K
             new[back_rows] = orph.items[name][back]
             rest = orph.items[name] if back.size == 0 else orph.items[name][keep]
             new[n1:] = rest
-        st = st._replace(**{name: new})
+        h.st = h.st._replace(**{name: new})
         del old, new
+        release_memory()
     if back.size:
         orph = orph.take(keep)
-    st = st._replace(o_key=orph.key, o_mm=orph.mm)
+    h.st = st = h.st._replace(o_key=orph.key, o_mm=orph.mm)
     st.sc[S_N_ORPH] = orph.key.size
     st.r_page[d.added] = d.added_page
     # unstable-tree entries are dropped where the content changed
@@ -156,56 +169,79 @@ def move_rows(st: KState, d: SnapshotDelta, src: I32 | None, orph: Orphans) -> K
     st.it_bits[upd[changed]] &= 0xFF ^ IB_INTREE
     st.r_gid[upd] = d.upd_gid
     st.r_flags[upd] = d.upd_flags
-    return st
 
 
 @kernel
-def _count_mappings(st: KState, ents: Any, mms: Any, acquire: bool) -> None:
-    for i in range(ents.size):
-        if acquire:
-            _acquire(st, ents[i], mms[i])
+def _link_pages(
+    st: KState,
+    old_phys: Any,
+    upd: Any,
+    kind: Any,
+    link: Any,
+    base: int,
+    lay_mm: Any,
+    lay_hi: Any,
+) -> None:
+    """Rows whose physical page is not carried take the one their link names; each new
+    mapping is counted (the rows' new physical pages are in ``st.r_phys``)."""
+    phys = st.r_phys
+    seg = 0
+    for i in range(upd.size):
+        k = kind[i]
+        if k == L_CARRY:
+            continue
+        r = upd[i]
+        if k == L_FRESH:
+            e = base + link[i]
+        elif k == L_OLD:
+            e = old_phys[link[i]]
+        else:  # L_ROW: a carried row, which already holds its page
+            e = phys[link[i]]
+        phys[r] = e
+        while lay_hi[seg] <= r:  # rows come in order: the mm of row r
+            seg += 1
+        _acquire(st, e, lay_mm[seg])
+
+
+@kernel
+def _release_old(
+    st: KState, old_phys: Any, rows: Any, upd_old: Any, kind: Any, lay_mm: Any, lay_hi: Any
+) -> None:
+    """The old rows whose mapping went away (vanished, or not carried) are uncounted."""
+    for i in range(rows.size + upd_old.size):
+        if i < rows.size:
+            r = rows[i]
         else:
-            _release(st, ents[i], mms[i])
+            j = i - rows.size
+            if kind[j] == L_CARRY or upd_old[j] < 0:
+                continue
+            r = upd_old[j]
+        _release(st, old_phys[r], lay_mm[np.searchsorted(lay_hi, r, side="right")])
 
 
 def physical_pages(
-    st: KState, d: SnapshotDelta, src: I32 | None, old_layout: tuple[I32, I64]
-) -> KState:
+    h: Holder, d: SnapshotDelta, src: I32 | None, old_layout: tuple[I32, I64]
+) -> None:
     """Each row's physical page; new mappings counted first, then the released ones."""
+    st = h.st
     n0, n1 = int(st.sc[S_N_ROWS]), d.n_rows
     base = int(st.sc[S_N_ENTS])
+    n_ents = base + d.n_fresh
+    if n_ents > st.e_map.size:  # room for the fresh pages, before the rows move
+        h.st = st = st._replace(e_map=_extend(st.e_map, n_ents, 0))
+        h.st = st = st._replace(e_node=_extend(st.e_node, n_ents, -1))
+        release_memory()
+    st.sc[S_N_ENTS] = n_ents
     old_phys = st.r_phys
     phys = np.empty(n1, np.int32)
     if src is None:
         phys[:] = old_phys[:n1]
     else:
         _take(old_phys[:n0], src, np.int32(0), phys)
-    kind, link = d.upd_link_kind, d.upd_link
-    moved = kind != L_CARRY
-    u = d.upd[moved]
-    k_m, l_m = kind[moved], link[moved]
-    vals = np.empty(u.size, np.int32)
-    m = k_m == L_FRESH
-    vals[m] = base + l_m[m]
-    m = k_m == L_OLD
-    vals[m] = old_phys[l_m[m]]
-    m = k_m == L_ROW
-    vals[m] = phys[l_m[m]]  # carried rows already hold theirs
-    phys[u] = vals
-    released = np.concatenate([d.removed, d.upd_old[moved & (d.upd_old >= 0)]])
-    released_phys = old_phys[released]
-    n_ents = base + d.n_fresh
-    st = st._replace(
-        r_phys=phys,
-        e_map=_extend(st.e_map, n_ents, 0),
-        e_node=_extend(st.e_node, n_ents, -1),
-    )
-    del old_phys
-    st.sc[S_N_ENTS] = n_ents
-    _count_mappings(st, vals, _mm_of(d.layout.present, d.layout.hi, u), True)
-    if released.size:
-        _count_mappings(st, released_phys, _mm_of(*old_layout, released), False)
-    return st
+    h.st = st = st._replace(r_phys=phys)
+    lay = d.layout
+    _link_pages(st, old_phys, d.upd, d.upd_link_kind, d.upd_link, base, lay.present, lay.hi)
+    _release_old(st, old_phys, d.removed, d.upd_old, d.upd_link_kind, *old_layout)
 
 
 def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
@@ -255,47 +291,85 @@ def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64) -> None:
 COMPACT_MIN_DEAD = 1 << 16
 
 
-def compact_entities(st: KState, min_dead: int = COMPACT_MIN_DEAD) -> KState:
+@jit
+def _compact_entities(st: KState, n: int) -> int:
+    """Renumber in place the first ``n`` physical pages: mapped ones keep their order, the
+    others become the one unmapped id returned (stale nodes still point at it)."""
+    e_map, e_node, phys, n_ent = st.e_map, st.e_node, st.r_phys, st.n_ent  # locals: no NRT
+    new_id = np.empty(n, np.int32)
+    live = 0
+    for e in range(n):
+        if e_map[e] > 0:
+            new_id[e] = live
+            e_map[live] = e_map[e]
+            e_node[live] = e_node[e]
+            live += 1
+        else:
+            new_id[e] = -1
+    e_map[live:n] = 0  # the unmapped id, and room for the next fresh pages
+    e_node[live:n] = -1
+    for r in range(st.sc[S_N_ROWS]):
+        p = phys[r]
+        if p != ZERO:
+            phys[r] = new_id[p] if new_id[p] >= 0 else live
+    for nd in range(st.sc[S_N_NODES]):
+        e = n_ent[nd]
+        n_ent[nd] = new_id[e] if new_id[e] >= 0 else live
+    return live
+
+
+def compact_entities(h: Holder, min_dead: int = COMPACT_MIN_DEAD) -> None:
     """Renumber the physical pages still mapped (order kept); stale nodes' pages share one
     unmapped id. Done when unmapped pages are a quarter of all and at least ``min_dead``."""
+    st = h.st
     n = int(st.sc[S_N_ENTS])
-    live = st.e_map[:n] > 0
-    n_live = int(np.count_nonzero(live))
+    n_live = int(np.count_nonzero(st.e_map[:n] > 0))
     if n - n_live < max(n // 4, min_dead, 1):
-        return st
-    new_id = np.full(n, n_live, np.int32)  # every unmapped page -> the one unmapped id
-    new_id[live] = np.arange(n_live, dtype=np.int32)
-    phys = st.r_phys
-    mapped = phys != ZERO
-    phys[mapped] = new_id[phys[mapped]]
-    nn = int(st.sc[S_N_NODES])
-    st.n_ent[:nn] = new_id[st.n_ent[:nn]]
-    e_map = np.zeros(n_live + 1, np.int32)
-    e_map[:n_live] = st.e_map[:n][live]
-    e_node = np.full(n_live + 1, -1, np.int32)
-    e_node[:n_live] = st.e_node[:n][live]
-    st.sc[S_N_ENTS] = n_live + 1
-    return st._replace(e_map=e_map, e_node=e_node)
+        return
+    st.sc[S_N_ENTS] = _compact_entities(st, n) + 1
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return cast("Callable[[int], int]", ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def release_memory() -> None:
+    """Give the arrays a snapshot application freed back to the system.
+
+    glibc raises its mmap threshold after large blocks are freed, so the old row arrays
+    of one snapshot stay in the heap as free space and the resident size only grows; a
+    trim returns them (a few ms). Elsewhere than glibc, nothing is done.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def apply_delta(
-    st: KState, d: SnapshotDelta, split_keys: U64, compact_min_dead: int = COMPACT_MIN_DEAD
-) -> KState:
-    """The state after snapshot ``d`` (see the module notes)."""
-    old_layout = (st.lay_mm, st.lay_hi)
+    h: Holder, d: SnapshotDelta, split_keys: U64, compact_min_dead: int = COMPACT_MIN_DEAD
+) -> None:
+    """``h.st`` becomes the state after snapshot ``d`` (see the module notes)."""
+    old_layout = (h.st.lay_mm, h.st.lay_hi)
     src: I32 | None = None
     if d.removed.size or d.added.size:
         src = np.empty(d.n_rows, np.int32)
         _survivor_map(d.removed, d.added, src)
-    orph = orphans_after(st, d)
-    st = physical_pages(st, d, src, old_layout)
-    st = move_rows(st, d, src, orph)
-    del src
-    st = st._replace(lay_mm=d.layout.present, lay_lo=d.layout.lo, lay_hi=d.layout.hi)
-    st.sc[S_N_ROWS] = d.n_rows
-    st.sc[R_FRAMES_WITHOUT] = d.n_frames
-    tree_entries(st, d, split_keys)
-    return compact_entities(st, compact_min_dead)
+    orph = orphans_after(h.st, d)
+    physical_pages(h, d, src, old_layout)
+    release_memory()
+    move_rows(h, d, src, orph)
+    del src, orph, old_layout
+    h.st = h.st._replace(lay_mm=d.layout.present, lay_lo=d.layout.lo, lay_hi=d.layout.hi)
+    h.st.sc[S_N_ROWS] = d.n_rows
+    h.st.sc[R_FRAMES_WITHOUT] = d.n_frames
+    tree_entries(h.st, d, split_keys)
+    compact_entities(h, compact_min_dead)
+    release_memory()
 
 
 __all__ = ["apply_delta"]

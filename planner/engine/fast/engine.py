@@ -17,7 +17,7 @@ import numpy.typing as npt
 from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
-from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta
+from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta, release_memory
 from planner.engine.fast.observe import node_members, recount_merging, stable_tree
 from planner.engine.fast.state import (
     IB_EXISTS,
@@ -106,7 +106,7 @@ class FastEngine:
         if self.steady is not None:
             self.steady.forget()
         d = self.inp.deltas[k]
-        self.st = apply_delta(self.st, d, self.split_keys, self.compact_min_dead)
+        apply_delta(self, d, self.split_keys, self.compact_min_dead)
         self.snap_i = k
         for mm in self.inp.exiting(k):
             self.exited.add(mm)
@@ -319,8 +319,10 @@ class FastEngine:
         """The whole stable tree, as the reference's ``stable_tree`` (tests, debugging)."""
         return stable_tree(self.st, self.inp.content_hash)
 
-    def node_members(self) -> list[tuple[int, int, int]]:
-        """Final KSM page membership, numbered as the reference numbers it."""
+    def node_members(self) -> npt.NDArray[np.int64]:
+        """Final KSM page membership (rows ``(node, mm, items)``), numbered as the reference
+        numbers it."""
+        release_memory()
         return node_members(self.st, self.inp.content_hash)
 
 

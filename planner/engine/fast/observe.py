@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from planner.engine.fast._jit import kernel
+from planner.engine.fast._jit import jit, kernel
 from planner.engine.fast.state import (
     IB_STABLE,
     NF_ALIVE,
     S_MERGING_STALE,
+    S_N_NODES,
     S_N_ROWS,
     KState,
 )
@@ -73,35 +74,78 @@ def stable_tree(
     return out
 
 
-def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> list[tuple[int, int, int]]:
+@jit
+def _member_pass(st: KState, lowest: Any, rank: Any, width: int) -> Any:
+    """Over every item on a live stable node: with ``rank`` empty, the lowest
+    ``(mm << 36) | page`` of each node into ``lowest``; else one ``rank[node] * width + mm``
+    per item (returned)."""
+    bits, inode, flags, page = st.it_bits, st.it_node, st.n_flags, st.r_page  # no NRT in loops
+    lay_mm, lay_hi, o_key, o_mm = st.lay_mm, st.lay_hi, st.o_key, st.o_mm
+    n_rows = st.sc[S_N_ROWS]
+    total = n_rows + o_key.size
+    count = 0
+    if rank.size:
+        for i in range(total):
+            if bits[i] & IB_STABLE and flags[inode[i]] & NF_ALIVE:
+                count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    seg = 0
+    for i in range(total):
+        if i < n_rows:
+            while lay_hi[seg] <= i:
+                seg += 1
+        if not (bits[i] & IB_STABLE and flags[inode[i]] & NF_ALIVE):
+            continue
+        nd = inode[i]
+        if i < n_rows:
+            mm = lay_mm[seg]
+            key = (np.uint64(mm) << np.uint64(36)) | page[i]
+        else:
+            mm = o_mm[i - n_rows]
+            key = o_key[i - n_rows]
+        if rank.size:
+            out[k] = rank[nd] * width + mm
+            k += 1
+        elif key < lowest[nd]:
+            lowest[nd] = key
+    return out
+
+
+def node_members(st: KState, content_hash: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     """``(node, mm, items)`` of every KSM page with items; nodes numbered by content, then
     by their lowest (mm, page) item (as the reference model numbers them)."""
-    n_rows = int(st.sc[S_N_ROWS])
-    n_orph = st.o_key.size
-    bits = st.it_bits[: n_rows + n_orph]
-    node = st.it_node[: n_rows + n_orph]
-    on = np.flatnonzero((bits & IB_STABLE) != 0)
-    on = on[(st.n_flags[node[on]] & NF_ALIVE) != 0]
-    if on.size == 0:
-        return []
-    rows = on[on < n_rows]
-    orph = on[on >= n_rows] - n_rows
-    mm_of_rows = np.repeat(st.lay_mm, st.lay_hi - st.lay_lo)
-    key = np.concatenate(
-        [(mm_of_rows[rows].astype(np.uint64) << MM_SHIFT) | st.r_page[rows], st.o_key[orph]]
-    )
-    nd = np.concatenate([node[rows], node[orph + n_rows]]).astype(np.int64)
-    mm = (key >> MM_SHIFT).astype(np.int64)
-    used, inv = np.unique(nd, return_inverse=True)
-    inv = inv.reshape(-1)
-    order = np.lexsort((key, inv))  # by node, then key: each node's lowest item first
-    first = np.r_[True, inv[order][1:] != inv[order][:-1]]
-    lowest = key[order][first]  # per used node, in node order
-    content = content_hash[st.n_gid[used]]
-    rank = np.empty(used.size, np.int64)
-    rank[np.lexsort((lowest, content))] = np.arange(used.size)
-    width = int(mm.max()) + 1
-    pair, counts = np.unique(rank[inv] * width + mm, return_counts=True)  # sorted
-    return list(
-        zip((pair // width).tolist(), (pair % width).tolist(), counts.tolist(), strict=True)
-    )
+    nn = int(st.sc[S_N_NODES])
+    none = np.iinfo(np.uint64).max
+    lowest = np.full(nn, none, np.uint64)
+    _member_pass(st, lowest, np.empty(0, np.int64), 0)
+    used = np.flatnonzero(lowest != none)
+    if used.size == 0:
+        return np.zeros((0, 3), np.int64)
+    rank = np.zeros(nn, np.int64)
+    rank[used[np.lexsort((lowest[used], content_hash[st.n_gid[used]]))]] = np.arange(used.size)
+    del lowest
+    width = int(st.mm_rmap.size)
+    pair = _member_pass(st, np.empty(0, np.uint64), rank, width)
+    del rank
+    pair.sort()
+    table: npt.NDArray[np.int64] = _runs_table(pair, width)
+    return table
+
+
+@jit
+def _runs_table(pair: Any, width: int) -> Any:
+    """Sorted ``rank * width + mm`` values as ``(rank, mm, how many)`` rows."""
+    k = 0
+    for i in range(pair.size):
+        if i == 0 or pair[i] != pair[i - 1]:
+            k += 1
+    out = np.zeros((k, 3), np.int64)
+    j = -1
+    for i in range(pair.size):
+        if i == 0 or pair[i] != pair[i - 1]:
+            j += 1
+            out[j, 0] = pair[i] // width
+            out[j, 1] = pair[i] % width
+        out[j, 2] += 1
+    return out
