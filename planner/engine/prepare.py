@@ -539,7 +539,15 @@ def prepare(
     domains that must not merge with each other: each domain is replayed alone).
     """
     sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
-    return _prepare(ht, ((sid, ht.pages_of(sid)) for sid in sids), resolver, include_mms)
+    # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
+    col = np.asarray(ht.pages.column("snapshot_id").to_numpy())
+    cuts = np.searchsorted(col, np.array(sids + [sids[-1] + 1] if sids else [], np.int64))
+    del col
+    parts = (
+        (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))
+        for i, sid in enumerate(sids)
+    )
+    return _prepare(ht, parts, resolver, include_mms)
 
 
 def prepare_trace(
