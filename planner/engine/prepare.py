@@ -541,7 +541,7 @@ def prepare(
     sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
     # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
     col = np.asarray(ht.pages.column("snapshot_id").to_numpy())
-    cuts = np.searchsorted(col, np.array(sids + [sids[-1] + 1] if sids else [], np.int64))
+    cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
     del col
     parts = (
         (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))

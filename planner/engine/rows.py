@@ -506,7 +506,7 @@ def _n_frames(frame: U64) -> int:
 
 
 def _links(
-    prev: RowColumns, cur: RowColumns, moved: I64, carried: I64, parent_of: I64
+    prev: RowColumns, cur: RowColumns, moved: I64, carried: B, parent_of: I64
 ) -> tuple[npt.NDArray[np.int8], I64]:
     """Where the physical page of each ``moved`` row comes from (kind, source)."""
     m = moved.size
@@ -519,7 +519,8 @@ def _links(
     frames = _sorted_unique(rf)
     inh = np.full(m, -1, np.int64)
     inh_old = np.full(m, -1, np.int64)
-    cand_new = _rows_with_frames(cur, carried, frames)
+    cand_new = _rows_with_frames(cur, None, frames)
+    cand_new = cand_new[carried[cand_new]]
     if cand_new.size:
         ks, rs = _first_row_by_pair(cand_new, cur.frame, cur.hash)
         inh = _lookup_pair(ks, rs, cur, rf, rh, kq)
@@ -536,8 +537,7 @@ def _links(
         pkey = (par[cand].astype(np.uint64) << MM_SHIFT) | cur.page[rows]
         n = cur.key.size
         q = np.minimum(_sorted_search(cur.key, pkey), n - 1)
-        is_carried = np.zeros(n, bool)
-        is_carried[carried] = True
+        is_carried = carried
         ok = (
             (cur.key[q] == pkey)
             & is_carried[q]
@@ -566,6 +566,41 @@ def _links(
         g, _ = _groups_by_first_row(rf[need], rh[need])
         link[need] = g
     return kind, link
+
+
+_SAME, _FLAGS, _CHANGED, _ADDED = 0, 1, 2, 3  # how a row relates to the snapshot before
+
+
+@numba.njit(cache=True, nogil=True)
+def _align(
+    old_key: U64, key: U64, old_hash: U64, hash_: U64, old_frame: U64, frame: U64,
+    old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32,
+) -> int:  # fmt: skip  # pragma: no cover - compiled
+    """Merge two snapshots' sorted keys: each new row's class (same, flags changed, content
+    or frame changed, added) and old row; the old rows that vanished. Returns how many."""
+    i = nr = 0
+    for j in range(key.size):
+        while i < old_key.size and old_key[i] < key[j]:
+            removed[nr] = i
+            nr += 1
+            i += 1
+        if i < old_key.size and old_key[i] == key[j]:
+            old_of[j] = i
+            if old_hash[i] != hash_[j] or old_frame[i] != frame[j]:
+                cls[j] = _CHANGED
+            elif old_flags[i] != flags[j]:
+                cls[j] = _FLAGS
+            else:
+                cls[j] = _SAME
+            i += 1
+        else:
+            old_of[j] = -1
+            cls[j] = _ADDED
+    while i < old_key.size:
+        removed[nr] = i
+        nr += 1
+        i += 1
+    return nr
 
 
 def build_delta(
@@ -605,28 +640,21 @@ def build_delta(
             upd_gid=catalog.ids_of(cur.hash),
         )
     n_old = prev.key.size
-    if n:
-        pos = np.minimum(np.searchsorted(prev.key, cur.key), n_old - 1)
-        hit = prev.key[pos] == cur.key
-    else:
-        pos = np.empty(0, np.int64)
-        hit = np.empty(0, bool)
-    old_hit = np.zeros(n_old, bool)
-    old_hit[pos[hit]] = True
-    removed = np.flatnonzero(~old_hit).astype(np.int32)
-    added = np.flatnonzero(~hit)
-    same_content = np.zeros(n, bool)
-    same_content[hit] = (prev.hash[pos[hit]] == cur.hash[hit]) & (
-        prev.frame[pos[hit]] == cur.frame[hit]
-    )
-    same_flags = np.zeros(n, bool)
-    same_flags[hit] = prev.flags[pos[hit]] == cur.flags[hit]
-    upd = np.flatnonzero(~(same_content & same_flags))
-    carried = np.flatnonzero(same_content)
+    cls = np.empty(n, np.uint8)
+    old_of = np.empty(n, np.int32)
+    removed = np.empty(n_old, np.int32)
+    n_removed = _align(prev.key, cur.key, prev.hash, cur.hash, prev.frame, cur.frame,
+                       prev.flags, cur.flags, cls, old_of, removed)  # fmt: skip
+    removed = removed[:n_removed].copy()
+    added = np.flatnonzero(cls == _ADDED)
+    upd = np.flatnonzero(cls != _SAME)
+    same_content = cls <= _FLAGS
+    hit = cls != _ADDED
+    pos = old_of
     moved_mask = ~same_content[upd]
     kind = np.full(upd.size, L_CARRY, np.int8)
     link = np.full(upd.size, -1, np.int64)
-    k_m, l_m = _links(prev, cur, upd[moved_mask], carried, parent_of)
+    k_m, l_m = _links(prev, cur, upd[moved_mask], same_content, parent_of)
     kind[moved_mask] = k_m
     link[moved_mask] = l_m
     n_fresh = int(l_m[k_m == L_FRESH].max()) + 1 if np.any(k_m == L_FRESH) else 0
