@@ -230,6 +230,9 @@ def test_cli_end_to_end(
 
 
 def test_day_long_replay(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from planner.engine.driver import Driver
+    from planner.engine.fast import FastEngine
+
     pages = int(os.environ.get("KSM_BENCH_DAY_PAGES", "16000000"))
     spec = SynthSpec.with_chains(pages, snapshots=25, interval_s=3600.0, churn=0.01, remap=0.001)
     t = time.perf_counter()
@@ -238,24 +241,33 @@ def test_day_long_replay(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> 
     _warm()
     sort_s = _sort_s(inp.snapshots[0].hash)
     knobs = KsmKnobs(pages_to_scan=4000, sleep_ms=20)
-    t = time.perf_counter()
-    r = benchmark.pedantic(
-        replay, args=(inp,), kwargs={"knobs": knobs, "options": ReplayOptions()}, rounds=1
-    )
-    replay_s = time.perf_counter() - t
-    scans = r.final_counters["full_scans"]
-    figures = {
-        "tracked pages": inp.max_rows,
-        "snapshots (hourly)": inp.n_snapshots,
-        "replayed hours": r.duration_s / 3600,
-        "full scans": scans,
-        "page visits": _visits(r),
-        "input built s": build_s,
-        "replay s": replay_s,
-        "replay min": replay_s / 60,
-        "visits per s": _visits(r) / replay_s,
-        "one full scan / np.sort": replay_s / max(scans, 1) / sort_s,
-    }
+    # with KSM_BENCH_DAY_EVERY_SCAN=1, also without the fast-forward of steady scans
+    modes = [True, False] if os.environ.get("KSM_BENCH_DAY_EVERY_SCAN") else [True]
+    figures: dict[str, Any] = {"tracked pages": inp.max_rows, "snapshots (hourly)": inp.n_snapshots}
+    figures["input built s"] = build_s
+    results = []
+
+    def day() -> None:
+        for ff in modes:
+            core = FastEngine(inp, knobs, fast_forward=ff)
+            t = time.perf_counter()
+            r = Driver(core, inp, knobs, ReplayOptions()).run()
+            wall = time.perf_counter() - t
+            results.append(r)
+            tag = "" if ff else " (every scan run)"
+            scans = r.final_counters["full_scans"]
+            figures[f"replayed hours{tag}"] = r.duration_s / 3600
+            figures[f"full scans{tag}"] = scans
+            if core.steady is not None:
+                figures["full scans fast-forwarded"] = core.steady.scans_skipped
+            figures[f"page visits{tag}"] = _visits(r)
+            figures[f"replay min{tag}"] = wall / 60
+            figures[f"visits per s{tag}"] = _visits(r) / wall
+            figures[f"one full scan / np.sort{tag}"] = wall / max(scans, 1) / sort_s
+
+    benchmark.pedantic(day, rounds=1, iterations=1)
+    if len(results) == 2:
+        assert [s.counters for s in results[0].scans] == [s.counters for s in results[1].scans]
     benchmark.extra_info.update(figures)
     _report(capsys, f"a day of a {pages:,}-page host", figures)
 
