@@ -66,6 +66,7 @@ class BatchPlan:
     """
 
     t0_ns: int
+    starts_scan: bool  # this run's first batch is a full scan's first
     pages_to_scan: int
     cost: CostProfile  # for an engine that runs scans ahead (their tree sizes differ)
     path_costs_ns: tuple[int, ...]
@@ -354,6 +355,7 @@ class Driver:
         boundary = self._boundary()
         return BatchPlan(
             t0_ns=t,
+            starts_scan=starts,
             pages_to_scan=self.pages_to_scan,
             cost=self.cost,
             path_costs_ns=self.cost.path_costs(self.tree_pages_for_cost),

@@ -96,7 +96,6 @@ class FastEngine:
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
         self._out_bpaths = np.zeros((out_batches, len(PATHS)), np.int64)
-        self._batch_paths = np.zeros((0, len(PATHS)), np.int64)  # of the last run
 
     # ------------------------------------------------------------------ snapshots
 
@@ -201,7 +200,7 @@ class FastEngine:
         At the start of a scan, a steady period of scans may be written from the record
         instead (:mod:`planner.engine.fast.steady`).
         """
-        starts = plan.scan_start_ns > 0
+        starts = plan.starts_scan
         if starts and self.steady is not None:
             ahead = self.steady.forward(self.st, plan, self.slots_version)
             if ahead is not None:
@@ -209,14 +208,14 @@ class FastEngine:
                 return ahead
         start_row = self.state_row()
         events0 = int(self.st.sc[S_EVENTS])
-        run = self._run_kernel(plan)
+        run, batch_paths = self._run_kernel(plan)
         if self.steady is not None:
             if starts and run.scans_ended:
                 sc = self.st.sc
                 self.steady.record(
                     self.st,
                     ScanRecord(
-                        batch_paths=self._batch_paths,
+                        batch_paths=batch_paths,
                         rows=run.rows,
                         start_row=start_row,
                         processes=run.processes[0],
@@ -231,7 +230,9 @@ class FastEngine:
                 self.steady.forget()
         return run
 
-    def _run_kernel(self, plan: BatchPlan) -> BatchRun:
+    def _run_kernel(self, plan: BatchPlan) -> tuple[BatchRun, I64]:
+        """The kernel's batches (called again as long as it stops for room or output),
+        and each batch's visits per path."""
         costs = np.array(plan.path_costs_ns, np.int64)
         paths = np.zeros(len(PATHS), np.int64)
         times: list[I64] = []
@@ -269,8 +270,7 @@ class FastEngine:
         if status == ST_SCAN_END:
             run.scan_end_batches.append(run.times_ns.size - 1)
             run.processes.append(self.processes())
-        self._batch_paths = np.concatenate(bpaths)
-        return run
+        return run, np.concatenate(bpaths)
 
     def _move_cursor(self, rem: list[int]) -> None:
         """After a kernel call: mms whose pass ended leave the list as ksmd drops them."""
