@@ -57,18 +57,20 @@ def replay(
         from dataclasses import replace
 
         opts = replace(opts, snapshot_scans=tuple(snapshot_scans))
-    if opts.snapshot_scans is not None and len(opts.snapshot_scans) != len(inp.snapshots):
+    if opts.snapshot_scans is not None and len(opts.snapshot_scans) != inp.n_snapshots:
         raise KnobError(
             f"snapshot_scans has {len(opts.snapshot_scans)} entries "
-            f"for {len(inp.snapshots)} snapshots",
+            f"for {inp.n_snapshots} snapshots",
             hint="give one full-scan number per snapshot",
         )
+    from planner.engine.driver import Driver
+
     if engine == "reference":
         from planner.engine.reference import ReferenceEngine
 
-        return ReferenceEngine(inp, knobs, opts, progress=progress).run()
+        return Driver(ReferenceEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
     if engine == "vectorized":
-        from planner.engine.vectorized import VectorizedEngine
+        from planner.engine.fast import FastEngine
 
-        return VectorizedEngine(inp, knobs, opts, progress=progress).run()
+        return Driver(FastEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
     raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
