@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from planner.engine.knobs import knobs_from_sysfs
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -30,17 +31,6 @@ if TYPE_CHECKING:
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
 
-#: Recording knob (sysfs name) -> replay knob.
-_KNOBS = {
-    "pages_to_scan": "pages_to_scan",
-    "sleep_millisecs": "sleep_ms",
-    "smart_scan": "smart_scan",
-    "advisor_mode": "advisor",
-    "max_page_sharing": "max_page_sharing",
-    "use_zero_pages": "use_zero_pages",
-}
-
-
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
     """Read a recording of ``ksm-planner observe`` (see ``planner.trace.recording``)."""
     from planner.trace.recording import read_observed
@@ -48,23 +38,9 @@ def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
     return read_observed(path)
 
 
-def _norm(name: str, value: Any) -> Any:
-    if name == "advisor_mode" and isinstance(value, str):
-        if "[" in value:
-            value = value[value.index("[") + 1 : value.index("]")]
-        return value.strip()
-    if name in ("smart_scan", "use_zero_pages"):
-        return bool(int(value)) if not isinstance(value, bool) else value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return value
-
-
 def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
     """The recording's knobs at its start, under the replay's knob names."""
-    raw = dict(obs.meta.get("knobs_at_start") or {})
-    return {ours: _norm(theirs, raw[theirs]) for theirs, ours in _KNOBS.items() if theirs in raw}
+    return dict(knobs_from_sysfs(dict(obs.meta.get("knobs_at_start") or {})))
 
 
 def knob_differences(
