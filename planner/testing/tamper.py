@@ -87,7 +87,12 @@ def as_schema_v1(trace: Path, host: str) -> None:
     """Rewrite a trace as schema version 1 (its four tables with their version-1 columns):
     what a reader sees of a trace written before version 2."""
     for name in ("snapshots", "processes", "mappings", "pages"):
-        rewrite_table(trace, host, name, lambda t, n=name: t.select(list(S.V1_COLUMNS[n])))
+        columns = list(S.V1_COLUMNS[name])
+
+        def keep(table: pa.Table, columns: list[str] = columns) -> pa.Table:
+            return table.select(columns)
+
+        rewrite_table(trace, host, name, keep)
     doc = manifest(trace)
     for name in ("cgroups", "samples"):
         table_path(trace, host, name).unlink(missing_ok=True)
