@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, prepare, replay
 from planner.engine.knobs import knob_flags
+from planner.engine.registration import PRCTL_AT_DEFAULT
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from planner.engine.api import EngineName
     from planner.engine.options import ReplayOptions
-    from planner.engine.registration import Resolver
+    from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
 
 
@@ -36,6 +37,7 @@ def replay_trace(
     preset: str | None = None,
     engine: EngineName = "vectorized",
     progress: Progress = NULL_PROGRESS,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> ReplayResult:
     """Open a trace directory, apply a policy file (or prctl everywhere), and replay one host.
 
@@ -48,6 +50,9 @@ def replay_trace(
         A policy file and the set of it to apply.
     preset
         A built-in policy set instead (``planner.policy.PRESETS``).
+    prctl_at
+        When prctl processes registered: before exec (the default: a launcher, systemd
+        ``MemoryKSM=``) or inside the running process (``planner.engine.registration``).
 
     The result's provenance names the trace path and hash, the policy set and the knobs.
     """
@@ -77,7 +82,7 @@ def replay_trace(
     if not isinstance(knobs, KsmKnobs):
         knobs = KsmKnobs.for_hz(ht.hz).with_(**dict(knobs or {}))
     progress.start("loading trace", None)
-    inp = prepare(ht, resolver=resolver)
+    inp = prepare(ht, resolver=resolver, prctl_at=prctl_at)
     progress.finish()
     res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress)
     res.provenance.update(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._args import ReplayArgs, takes
+from planner.cli._args import PrctlAtChoice, PrctlAtOption, ReplayArgs, WritesFlag, takes
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -84,6 +84,8 @@ def replay_cmd(
             "--out", help="Write the timelines as Parquet (+ result.json) to this directory."
         ),
     ] = None,
+    writes: WritesFlag = True,
+    prctl_at: PrctlAtOption = PrctlAtChoice.exec,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -110,6 +112,7 @@ def replay_cmd(
         settle_scans=settle_scans,
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
+        writes=writes,
     )
     inputs = (args.trace, policy, cost_profile)
     with claim(out, kind="replay", inputs=inputs, force=force):
@@ -124,6 +127,7 @@ def replay_cmd(
                 preset=preset,
                 engine=args.engine.value,
                 progress=bar,
+                prctl_at=prctl_at.value,
             )
         for w in result.provenance.get("policy_warnings", []):
             warn(w)

@@ -12,6 +12,7 @@ from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.engine.prepare import ReplayInput, prepare
+from planner.engine.registration import PRCTL_AT_DEFAULT, PrctlAt, prctl_at_note
 from planner.errors import KnobError
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def replay(
     engine: EngineName = "vectorized",
     progress: Progress = NULL_PROGRESS,
     snapshot_scans: tuple[int, ...] | list[int] | None = None,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> ReplayResult:
     """Replay what ksmd would do on a host over time.
 
@@ -48,8 +50,14 @@ def replay(
         ``"vectorized"`` (default, fast) or ``"reference"`` (the slow oracle).
     snapshot_scans
         Shortcut for ``options.snapshot_scans``: snapshot k becomes visible at full scan s_k.
+    prctl_at
+        When prctl processes registered (:data:`planner.engine.registration.PrctlAt`), for
+        a host trace prepared here.
     """
-    inp = source if isinstance(source, ReplayInput) else prepare(source, resolver=resolver)
+    if isinstance(source, ReplayInput):
+        inp = source
+    else:
+        inp = prepare(source, resolver=resolver, prctl_at=prctl_at)
     if knobs is None:
         knobs = KsmKnobs.for_hz(inp.hz)
     opts = options or ReplayOptions()
@@ -63,14 +71,40 @@ def replay(
             f"for {inp.n_snapshots} snapshots",
             hint="give one full-scan number per snapshot",
         )
-    from planner.engine.driver import Driver
+    from planner.engine.driver import NO_WRITES, Core, Driver
+    from planner.engine.writes import write_model
 
+    core: Core
     if engine == "reference":
         from planner.engine.reference import ReferenceEngine
 
-        return Driver(ReferenceEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
-    if engine == "vectorized":
+        core = ReferenceEngine(inp, knobs)
+    elif engine == "vectorized":
         from planner.engine.fast import FastEngine
 
-        return Driver(FastEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
-    raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
+        core = FastEngine(inp, knobs)
+    else:
+        raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
+    model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
+    res = Driver(
+        core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
+    ).run()
+    res.provenance["writes"] = writes_note(inp, opts, model)
+    res.provenance["prctl_at"] = prctl_at_note(inp.meta.get("prctl_at", PRCTL_AT_DEFAULT))
+    return res
+
+
+def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[str, object]:
+    """What the result's provenance says about the write model."""
+    sampled = sum(1 for w in inp.writes if w is not None)
+    if model is None:
+        why = "off (--no-writes)" if inp.writes and not opts.writes else "none in the trace"
+        return {"model": why, "sampled_intervals": sampled}
+    rows = [w.rows_written for w in inp.writes if w is not None]
+    return {
+        "model": "trace counts, evenly spaced with a seeded phase",
+        "seed": opts.write_seed,
+        "sampled_intervals": sampled,
+        "rows_written_per_interval": rows,
+        "events": getattr(model, "events", None),
+    }

@@ -232,11 +232,19 @@ def validate_on_kernel(
         raise UsageProblem(
             f"--scans must be at least 1, not {scans}", hint="ask for one full scan or more"
         )
+    # the holders materialize the snapshots only (no writes between them) and every page in a
+    # MADV_MERGEABLE region (no exec-time stack): the replay is asked for the same world
     if scans is None:
-        opts = ReplayOptions(snapshot_alignment="scan", settle_scans=DEFAULT_SETTLE_SCANS)
+        opts = ReplayOptions(
+            snapshot_alignment="scan", settle_scans=DEFAULT_SETTLE_SCANS, writes=False
+        )
     else:
-        opts = ReplayOptions(snapshot_alignment="scan", max_scans=scans, settle_scans=scans)
-    res = replay(ht, knobs=knobs, options=opts, engine=engine, progress=progress)
+        opts = ReplayOptions(
+            snapshot_alignment="scan", max_scans=scans, settle_scans=scans, writes=False
+        )
+    res = replay(
+        ht, knobs=knobs, options=opts, engine=engine, progress=progress, prctl_at="running"
+    )
     n = scans if scans is not None else len(res.scans)
     if n < 1:
         raise UsageProblem(

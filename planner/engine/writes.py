@@ -1,0 +1,356 @@
+"""The write model: the writes a trace saw between snapshots, replayed at their rates.
+
+A snapshot shows a page's content at one instant; ksmd sees it continuously. A trace of
+format v2 records, per page of each snapshot, what the sampler saw over the interval after
+it (docs/capture.md §9): how many times the content changed, and the writes that left it
+unchanged (soft-dirty, or a copy-on-write of a fork-shared page). This module turns those
+counts into write events that the driver (:mod:`planner.engine.driver`) hands to both
+engines between batches (docs/kernel-semantics.md §6.5 states what a write does to KSM).
+
+**Per row and interval** (:class:`IntervalWrites`, built by :mod:`planner.engine.prepare`):
+
+* ``content`` content changes and ``same`` same-content writes, counted over the interval;
+* ``toggle``: whether the row's content at the next snapshot is the one it had at this one
+  although it changed in between. Such a page alternates between two contents (the
+  snapshot's and one other, which the trace does not show: a per-row content no other page
+  has); the checksum gate lets it through whenever two visits find the same one of the two.
+  Any other changing page *drifts*: every change is a content never seen before (a
+  counter, a timestamp), and its last change is the next snapshot's own.
+
+**When.** The ``n`` events of one kind of a row in an interval ``[t_k, t_k+1)`` of length
+``L`` are evenly spaced, ``L / n`` apart, with a phase drawn per row, kind and interval
+from the replay's seed: ``t_k + (phase + j) * L / n``. Even spacing keeps the recorded
+count exact (a Poisson process would add a variance the trace does not have) and matches
+the periodic writers that dominate such pages (timers, counters, allocator cycles); the
+seeded phase keeps pages from writing in lockstep. A drifting row's last change is left to
+the next snapshot (which shows it); a toggling row's last write restores the snapshot's
+content, so the next snapshot finds the row as the trace says.
+
+**After the last snapshot** the measured behaviour goes on: the last snapshot's counts
+(the capture samples one more interval after it) repeat with the same period for as long
+as the replay runs, so the steady state keeps writing instead of freezing memory.
+
+**What an engine gets** (:class:`Writes`): per row written since the last batch, the
+content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
+(:data:`RESTORE`), or a content id (>= 0) no snapshot row has. Several writes to one row
+between two batches act as one: the first breaks a merge, the last sets the content
+(merges happen only inside batches), so nothing is lost by handing them over together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from planner.engine.prepare import ReplayInput
+
+I64 = npt.NDArray[np.int64]
+U16 = npt.NDArray[np.uint16]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+#: :attr:`Writes.content`: only same-content writes; the snapshot's content
+SAME: Final = -2
+RESTORE: Final = -1
+
+# event kinds
+_K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER = 0, 1, 2, 3
+# stream schemes: same-content writes, drifting content, toggling content
+_S_SAME, _S_DRIFT, _S_TOGGLE = 0, 1, 2
+#: events generated at once (the continuation is generated window by window)
+_WINDOW_EVENTS = 1 << 20
+_NEVER = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class IntervalWrites:
+    """What was written to each row of one snapshot over the interval after it."""
+
+    content: U16
+    """Content changes the sampler counted (a lower bound: two between checks count once)."""
+    same: U16
+    """Writes that left the content unchanged."""
+    toggle: B
+    """The content at the next snapshot is this snapshot's again (see the module notes)."""
+    length_ns: int | None
+    """The sampled interval's length (the last snapshot's sets the continuation's rate)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows with at least one write."""
+        return int(np.count_nonzero((self.content > 0) | (self.same > 0)))
+
+
+def classify_toggles(
+    prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
+) -> npt.NDArray[np.bool_]:
+    """Per row of the earlier snapshot: its content at the later one is the same (or the row
+    is gone: nothing to leave to the next snapshot)."""
+    if keys.size == 0:
+        return np.ones(prev_keys.size, bool)
+    pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)
+    found = keys[pos] == prev_keys
+    return np.asarray(~found | (hashes[pos] == prev_hash), dtype=bool)
+
+
+def carry_toggles(prev_keys: U64, prev_toggle: B, keys: U64) -> B:
+    """The last snapshot's rows: toggling where the same page toggled the interval before."""
+    out = np.zeros(keys.size, bool)
+    if prev_keys.size == 0 or keys.size == 0:
+        return out
+    pos = np.minimum(np.searchsorted(prev_keys, keys), prev_keys.size - 1)
+    hit = prev_keys[pos] == keys
+    out[hit] = prev_toggle[pos[hit]]
+    return out
+
+
+@dataclass(frozen=True)
+class Writes:
+    """Rows written since the last batch and the content each has now (module notes)."""
+
+    rows: I64
+    """Row indexes of the current snapshot, ascending, each once."""
+    content: I64
+    """:data:`SAME`, :data:`RESTORE`, or a content id >= 0 that no snapshot row has."""
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
+    """A phase in [0, 1) per row, from the seed, the interval, the row's key and the kind."""
+    with np.errstate(over="ignore"):
+        mix = (seed * 0x9E3779B97F4A7C15 + k * 0xBF58476D1CE4E5B9 + stream) % (1 << 64)
+        z = keys ^ np.uint64(mix)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+@dataclass
+class _Streams:
+    """Periodic event streams of one interval: row, period, phase, count, scheme."""
+
+    row: I64
+    period_ns: F64
+    phase: F64
+    count: I64  # events (-1: unbounded, the continuation)
+    scheme: npt.NDArray[np.int8]
+    t0_ns: int
+    end_ns: int  # events before this time (NEVER: the continuation)
+
+    def events(self, w0: int, w1: int) -> tuple[I64, I64, I64]:
+        """Events with time in [w0, w1): (time, row, kind), sorted by time then row."""
+        if self.row.size == 0 or w1 <= w0:
+            e = np.empty(0, np.int64)
+            return e, e, e
+        p = self.period_ns
+        lo = np.maximum(np.ceil((w0 - self.t0_ns) / p - self.phase), 0).astype(np.int64)
+        hi = np.ceil((w1 - self.t0_ns) / p - self.phase).astype(np.int64)
+        hi = np.where(self.count >= 0, np.minimum(hi, self.count), hi)
+        n = np.maximum(hi - lo, 0)
+        idx = np.repeat(np.arange(self.row.size), n)
+        j = lo[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
+        t = self.t0_ns + np.floor((self.phase[idx] + j) * p[idx]).astype(np.int64)
+        keep = (t >= w0) & (t < w1)
+        idx, j, t = idx[keep], j[keep], t[keep]
+        sch = self.scheme[idx]
+        kind = np.full(idx.size, _K_SAME, np.int64)
+        kind[sch == _S_DRIFT] = _K_FRESH
+        tog = sch == _S_TOGGLE
+        last = (self.count[idx] >= 0) & (j == self.count[idx] - 1)
+        kind[tog] = np.where((j[tog] % 2 == 1) | last[tog], _K_RESTORE, _K_OTHER)
+        rows = self.row[idx]
+        order = np.lexsort((rows, t))
+        return t[order], rows[order], kind[order]
+
+    @property
+    def events_per_ns(self) -> float:
+        """Events per ns over all streams."""
+        return float(np.sum(1.0 / self.period_ns)) if self.row.size else 0.0
+
+
+class TraceWrites:
+    """The write model of a replay input (a :class:`planner.engine.driver.WriteSource`)."""
+
+    def __init__(self, inp: ReplayInput, seed: int = 0) -> None:
+        self.inp = inp
+        self.seed = seed
+        self.times = inp.times_ns
+        self.k = -1
+        self.streams: _Streams | None = None
+        self.next_volatile = 0  # content ids handed out so far
+        self.other: I64 = np.empty(0, np.int64)  # per row: a toggling row's other content
+        self._t: I64 = np.empty(0, np.int64)
+        self._rows: I64 = np.empty(0, np.int64)
+        self._kind: I64 = np.empty(0, np.int64)
+        self._pos = 0
+        self._gen_to = 0  # events before this time were generated
+        self.events = 0  # events handed out
+
+    # ------------------------------------------------------------------ intervals
+
+    def _build(self, k: int) -> _Streams | None:
+        iw = self.inp.writes[k] if k < len(self.inp.writes) else None
+        t0 = self.times[k]
+        last = k + 1 >= len(self.times)
+        if iw is None:
+            return None
+        if last:
+            if not iw.length_ns:
+                return None
+            span, end = float(iw.length_ns), _NEVER
+        else:
+            end = self.times[k + 1]
+            span = float(end - t0)
+            if span <= 0:
+                return None
+        keys = self._keys(k)
+        c = iw.content.astype(np.int64)
+        s = iw.same.astype(np.int64)
+        parts: list[tuple[I64, F64, F64, I64, npt.NDArray[np.int8]]] = []
+        rs = np.flatnonzero(s > 0)
+        if rs.size:
+            parts.append(
+                (rs, span / s[rs], _phases(self.seed, k, keys[rs], 1),
+                 np.full(rs.size, -1, np.int64) if last else s[rs],
+                 np.full(rs.size, _S_SAME, np.int8))
+            )  # fmt: skip
+        rc = np.flatnonzero(c > 0)
+        if rc.size:
+            tog = iw.toggle[rc]
+            count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
+            parts.append(
+                (rc, span / c[rc], _phases(self.seed, k, keys[rc], 2),
+                 np.full(rc.size, -1, np.int64) if last else count,
+                 np.where(tog, _S_TOGGLE, _S_DRIFT).astype(np.int8))
+            )  # fmt: skip
+            n_tog = int(np.count_nonzero(tog))
+            self.other = np.full(iw.content.size, -1, np.int64)
+            self.other[rc[tog]] = self.next_volatile + np.arange(n_tog)
+            self.next_volatile += n_tog
+        if not parts:
+            return None
+        return _Streams(
+            row=np.concatenate([p[0] for p in parts]),
+            period_ns=np.concatenate([p[1] for p in parts]),
+            phase=np.concatenate([p[2] for p in parts]),
+            count=np.concatenate([p[3] for p in parts]),
+            scheme=np.concatenate([p[4] for p in parts]),
+            t0_ns=t0,
+            end_ns=end,
+        )
+
+    def _keys(self, k: int) -> U64:
+        snap = self.inp.snapshots[k]
+        return np.asarray(snap.keys(), np.uint64)
+
+    def start_interval(self, k: int, now_ns: int) -> None:
+        """Snapshot ``k`` was applied (at ``now_ns``): the writes of the interval after it
+        follow (those whose time has passed are due at once)."""
+        del now_ns
+        self.k = k
+        self.other = np.empty(0, np.int64)
+        self.streams = self._build(k)
+        e = np.empty(0, np.int64)
+        self._t, self._rows, self._kind, self._pos = e, e, e, 0
+        self._gen_to = self.times[k]
+
+    def _generate(self) -> bool:
+        """The next window of events; False when the interval has no more."""
+        st = self.streams
+        if st is None or self._gen_to >= st.end_ns:
+            return False
+        rate = st.events_per_ns
+        width = int(_WINDOW_EVENTS / rate) if rate > 0 else _NEVER
+        w1 = min(st.end_ns, self._gen_to + max(width, 1_000_000))
+        t, rows, kind = st.events(self._gen_to, w1)
+        self._gen_to = w1
+        self._t, self._rows, self._kind, self._pos = t, rows, kind, 0
+        return True
+
+    # ------------------------------------------------------------------ WriteSource
+
+    def next_time_ns(self) -> int | None:
+        """Time of the next write not yet handed out, or None."""
+        while self._pos >= self._t.size:
+            if not self._generate():
+                return None
+        return int(self._t[self._pos])
+
+    def take_until(self, t_ns: int) -> Writes | None:
+        """The writes at or before ``t_ns`` of the current interval, as one batch."""
+        ts, rows, kinds = [], [], []
+        while True:
+            nxt = self.next_time_ns()
+            if nxt is None or nxt > t_ns:
+                break
+            b = int(np.searchsorted(self._t, t_ns, side="right"))
+            ts.append(self._t[self._pos : b])
+            rows.append(self._rows[self._pos : b])
+            kinds.append(self._kind[self._pos : b])
+            self._pos = b
+        if not rows:
+            return None
+        return self._coalesce(np.concatenate(rows), np.concatenate(kinds))
+
+    def take_rest(self) -> Writes | None:
+        """Every write left in the current interval (the next snapshot is applied now)."""
+        st = self.streams
+        if st is None or st.end_ns == _NEVER:
+            return None
+        return self.take_until(st.end_ns - 1)
+
+    def _coalesce(self, rows: I64, kinds: I64) -> Writes:
+        """One entry per row: its content after the last content write (module notes)."""
+        self.events += int(rows.size)
+        order = np.lexsort((np.arange(rows.size), rows))  # by row, in time order
+        r, kd = rows[order], kinds[order]
+        uniq, first = np.unique(r, return_index=True)
+        content = np.full(uniq.size, SAME, np.int64)
+        is_c = kd != _K_SAME
+        if is_c.any():
+            rc, kc = r[is_c], kd[is_c]
+            last = np.r_[rc[1:] != rc[:-1], True]
+            rc, kc = rc[last], kc[last]
+            pos = np.searchsorted(uniq, rc)
+            val = np.full(rc.size, RESTORE, np.int64)
+            fresh = kc == _K_FRESH
+            val[fresh] = self.next_volatile + np.arange(int(fresh.sum()))
+            self.next_volatile += int(fresh.sum())
+            oth = kc == _K_OTHER
+            val[oth] = self.other[rc[oth]]
+            content[pos] = val
+        del first
+        return Writes(rows=uniq.astype(np.int64), content=content)
+
+
+def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> TraceWrites | None:
+    """The write model of ``inp``, or None (writes off, or a trace without counts)."""
+    if not enabled or not any(w is not None for w in inp.writes):
+        return None
+    return TraceWrites(inp, seed)
+
+
+__all__ = [
+    "RESTORE",
+    "SAME",
+    "IntervalWrites",
+    "TraceWrites",
+    "Writes",
+    "carry_toggles",
+    "classify_toggles",
+    "write_model",
+]

@@ -1,0 +1,238 @@
+"""The write model (planner.engine.writes): held to the reference model, and what it does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.fast import FastEngine
+from planner.engine.fast.apply import COMPACT_MIN_DEAD
+from planner.engine.fast.engine import OUT_BATCHES
+from planner.engine.prepare import ReplayInput
+from planner.engine.reference import ReferenceEngine
+from planner.engine.result import ReplayResult
+from planner.engine.writes import RESTORE, SAME, TraceWrites
+from planner.testing.builder import World
+from planner.testing.random_world import WorldSpec, random_world
+from planner.testing.strategies import (
+    ChurnSpec,
+    churn_specs,
+    knob_sets,
+    replay_options,
+    with_write_counts,
+    world_specs,
+)
+from planner.trace.io import HostTrace
+from tests.engine.test_engines_agree import _Members, assert_same
+
+
+def assert_engines_agree_with_writes(
+    inp: ReplayInput,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    out_batches: int = OUT_BATCHES,
+    compact: int = COMPACT_MIN_DEAD,
+    seed: int = 0,
+) -> tuple[ReplayResult, FastEngine]:
+    """Both engines, each with its own write model of the same seed: identical results,
+    stable trees after every scan, and copy-on-write breaks."""
+    ref = _Members(ReferenceEngine(inp, knobs), inp, knobs, opts)
+    ref.writes = TraceWrites(inp, seed)
+    fast_core = FastEngine(inp, knobs, out_batches=out_batches, compact_min_dead=compact)
+    fast = _Members(fast_core, inp, knobs, opts)
+    fast.writes = TraceWrites(inp, seed)
+    a, b = ref.run(), fast.run()
+    assert_same(a, b)
+    assert [g.cow_breaks for g in a.grid] == [g.cow_breaks for g in b.grid]
+    assert (a.cow_breaks, a.cow_breaks_per_s) == (b.cow_breaks, b.cow_breaks_per_s)
+    for n, (ma, mb) in enumerate(zip(ref.members, fast.members, strict=True), 1):
+        assert ma == mb, f"stable tree after full scan {n}"
+    return a, fast_core
+
+
+out_sizes = st.sampled_from([OUT_BATCHES, OUT_BATCHES, 1, 3])
+compactions = st.sampled_from([COMPACT_MIN_DEAD, 0])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    churn=churn_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=out_sizes,
+    compact=compactions,
+)
+def test_vectorized_matches_reference_with_writes(
+    seed: int,
+    spec: WorldSpec,
+    churn: ChurnSpec,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    ep: int,
+    compact: int,
+) -> None:
+    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
+    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    churn=churn_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=out_sizes,
+    compact=compactions,
+)
+def test_vectorized_matches_reference_with_writes_many(
+    seed: int,
+    spec: WorldSpec,
+    churn: ChurnSpec,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    ep: int,
+    compact: int,
+) -> None:
+    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
+    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+
+
+def test_engines_agree_on_a_busy_world_with_writes_and_steady_scans() -> None:
+    """Writes stop at the last snapshot (no interval sampled after it): the fast engine
+    then fast-forwards the steady scans, and must still match."""
+    spec = WorldSpec(processes=5, pages=80, contents=10, snapshots=5, churn=0.2, span_s=1.0)
+    churn = ChurnSpec(written_share=0.5, max_content_changes=8, last_interval_s=None)
+    ht = with_write_counts(random_world(5, spec).host_trace(), 5, churn)
+    knobs = KsmKnobs(pages_to_scan=16, sleep_ms=5, max_page_sharing=3)
+    opts = ReplayOptions(settle_scans=60, grid_s=0.02)
+    a, fast = assert_engines_agree_with_writes(prepare(ht), knobs, opts)
+    assert a.cow_breaks > 0
+    assert a.final_counters["pages_sharing"] > 0
+    assert fast.steady is not None
+    assert fast.steady.scans_skipped >= 9
+
+
+# ---------------------------------------------------------------- the write source
+
+
+def _counted(ht: HostTrace, content: dict[int, int], same: dict[int, int], last_s: float | None):  # type: ignore[no-untyped-def]
+    """``ht`` with given counts on page rows (by row of the pages table), every snapshot
+    sampled, the last interval ``last_s`` long."""
+    n = ht.pages.num_rows
+    c = np.zeros(n, np.int64)
+    s = np.zeros(n, np.int64)
+    for r, v in content.items():
+        c[r] = v
+    for r, v in same.items():
+        s[r] = v
+    spec = ChurnSpec(written_share=0.0, last_interval_s=last_s)
+    ht = with_write_counts(ht, 0, spec)
+    pages = ht.pages
+    import pyarrow as pa
+
+    for name, arr in (("content_changes", c), ("same_content_writes", s), ("samples", c + s + 1)):
+        pages = pages.set_column(
+            pages.schema.get_field_index(name), name, pa.array(arr, pa.uint16())
+        )
+    return dataclasses.replace(ht, pages=pages)
+
+
+def _two_workers(pages: int = 4) -> World:
+    w = World()
+    w.spawn(100, comm="w")
+    w.map(100, 0x10000, list(range(1, pages + 1)))
+    w.spawn(101, comm="w")
+    w.map(101, 0x10000, list(range(1, pages + 1)))
+    return w
+
+
+def test_events_keep_the_recorded_counts_and_follow_the_seed() -> None:
+    w = _two_workers()
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    # rows of snapshot 0: pid 100 pages 0..3, pid 101 pages 0..3 (content equal at both ends)
+    ht = _counted(w.host_trace(), {0: 5, 1: 1}, {2: 3}, None)
+    inp = prepare(ht)
+    src = TraceWrites(inp, seed=1)
+    src.start_interval(0, 0)
+    got = src.take_until(2 * 10**9)
+    assert got is not None
+    assert src.events == 5 + 1 + 3  # every recorded write, no more
+    assert dict(zip(got.rows.tolist(), got.content.tolist(), strict=True)) == {
+        0: RESTORE,  # toggling rows end on the snapshot's content (the next shows it)
+        1: RESTORE,
+        2: SAME,
+    }
+    times = []
+    for seed in (1, 1, 2):
+        s = TraceWrites(inp, seed=seed)
+        s.start_interval(0, 0)
+        times.append(s.next_time_ns())
+    assert times[0] == times[1] != times[2]
+
+
+def test_a_page_changing_faster_than_scans_never_merges() -> None:
+    w = _two_workers()
+    w.snapshot(0.0)
+    w.write(100, 0x10000, 99)  # drifts: a new content at every change
+    w.snapshot(1.0)
+    w.write(100, 0x10000, 98)
+    w.snapshot(2.0)
+    # 50 content changes a second on the page of pid 100 at 0x10000 in every interval
+    rows = {0: 50, 8: 50, 16: 50}
+    ht = _counted(w.host_trace(), rows, {}, 1.0)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=200)
+    opts = ReplayOptions(duration_s=30.0)
+    on = replay(prepare(ht), knobs=knobs, options=opts)
+    off = replay(prepare(ht), knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    # without writes the last snapshot's content of that page merges with... nothing, but the
+    # page of pid 101 at 0x10000 keeps content 1: the written page must never join it either
+    assert on.final_counters["pages_sharing"] == 3
+    assert off.final_counters["pages_sharing"] == 3
+    assert on.final_counters["pages_volatile"] >= 0
+    # the written page stays out of every tree while it changes faster than ksmd returns
+    assert on.cost.path_visits["volatile"] > off.cost.path_visits["volatile"]
+
+
+def test_same_content_writes_break_merges_at_write_time_and_are_counted() -> None:
+    w = _two_workers(pages=8)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    # pid 100's 8 pages are rewritten with their own bytes 4 times a second, all along
+    rows = {r: 4 for r in [*range(8), *range(16, 24)]}
+    ht = _counted(w.host_trace(), {}, rows, 1.0)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    on = replay(prepare(ht), knobs=knobs, options=opts)
+    off = replay(prepare(ht), knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    assert off.final_counters["pages_sharing"] == 8
+    assert off.cow_breaks_per_s is None
+    assert off.cow_breaks == 0
+    # merged pages are broken at every write (content unchanged: they merge again at the
+    # next scans), so the steady state keeps breaking about as often as merged pages are
+    # written: at most 8 pages x 4 writes/s
+    assert on.cow_breaks > 0
+    assert on.cow_breaks_per_s is not None
+    assert 0 < on.cow_breaks_per_s <= 32
+    assert on.final_truth.saved_frames <= off.final_truth.saved_frames
+
+
+def test_traces_without_counts_replay_as_before() -> None:
+    ht = random_world(3, WorldSpec(snapshots=4, churn=0.3)).host_trace()
+    knobs = KsmKnobs(pages_to_scan=7, sleep_ms=20)
+    inp = prepare(ht)
+    assert inp.writes == []
+    a = replay(inp, knobs=knobs)
+    b = replay(inp, knobs=knobs, options=ReplayOptions(writes=False))
+    assert_same(a, b)
+    assert a.cow_breaks_per_s is None
+    assert a.provenance["writes"]["model"] == "none in the trace"
