@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--snapshots", type=int, default=d.snapshots)
     g.add_argument("--interval", type=float, default=d.interval_s, help="seconds between snapshots")
     g.add_argument(
+        "--sample-ms",
+        type=float,
+        default=d.sample_ms,
+        help="capture --sample-ms: what changes between snapshots (default: no sampling)",
+    )
+    g.add_argument(
         "--capture-priority", default=d.capture_priority, choices=("idle", "low", "normal")
     )
     g.add_argument("--observe", type=float, default=d.observe_s, help="seconds with ksmd on")
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_s=args.warmup,
             snapshots=args.snapshots,
             interval_s=args.interval,
+            sample_ms=args.sample_ms,
             capture_priority=args.capture_priority,
             observe_s=args.observe,
             lock_wait_s=args.lock_wait,

@@ -35,10 +35,11 @@ def mappings() -> dict[str, list[tuple[bool, str]]]:
 def report(label: str) -> None:
     m = mappings()
     anon = m.get("[anon]", [])
+    stack = m.get("[stack]", [])
+    heap = [x[0] for x in m.get("[heap]", [])]
     print(
-        f"{label}: [stack] mergeable {[x[0] for x in m.get('[stack]', [])]} "
-        f"(Rss {[x[1] for x in m.get('[stack]', [])]}), [heap] {[x[0] for x in m.get('[heap]', [])]}, "
-        f"anonymous {sum(x[0] for x in anon)}/{len(anon)}"
+        f"{label}: [stack] mergeable {[x[0] for x in stack]} (Rss {[x[1] for x in stack]}), "
+        f"[heap] {heap}, anonymous {sum(x[0] for x in anon)}/{len(anon)}"
     )
 
 
