@@ -16,6 +16,7 @@ from planner.engine.registration import PRCTL_AT_DEFAULT, PrctlAt, prctl_at_note
 from planner.errors import KnobError
 
 if TYPE_CHECKING:
+    from planner.engine.driver import Core
     from planner.engine.registration import Resolver
     from planner.engine.result import ReplayResult
     from planner.trace.io import HostTrace
@@ -71,20 +72,10 @@ def replay(
             f"for {inp.n_snapshots} snapshots",
             hint="give one full-scan number per snapshot",
         )
-    from planner.engine.driver import NO_WRITES, Core, Driver
+    from planner.engine.driver import NO_WRITES, Driver
     from planner.engine.writes import write_model
 
-    core: Core
-    if engine == "reference":
-        from planner.engine.reference import ReferenceEngine
-
-        core = ReferenceEngine(inp, knobs)
-    elif engine == "vectorized":
-        from planner.engine.fast import FastEngine
-
-        core = FastEngine(inp, knobs)
-    else:
-        raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
+    core = replay_input_core(inp, knobs, engine)
     model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
     res = Driver(
         core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
@@ -92,6 +83,19 @@ def replay(
     res.provenance["writes"] = writes_note(inp, opts, model)
     res.provenance["prctl_at"] = prctl_at_note(inp.meta.get("prctl_at", PRCTL_AT_DEFAULT))
     return res
+
+
+def replay_input_core(inp: ReplayInput, knobs: KsmKnobs, engine: EngineName) -> Core:
+    """The engine core that replays ``inp``."""
+    if engine == "reference":
+        from planner.engine.reference import ReferenceEngine
+
+        return ReferenceEngine(inp, knobs)
+    if engine == "vectorized":
+        from planner.engine.fast import FastEngine
+
+        return FastEngine(inp, knobs)
+    raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
 
 
 def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[str, object]:

@@ -30,7 +30,7 @@ traces without counts, ``--no-writes``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -124,6 +124,19 @@ class BatchRun:
         return len(self.scan_end_batches)
 
 
+@dataclass(frozen=True)
+class Event:
+    """A snapshot or a batch of writes the driver applied (``Driver.event_log``)."""
+
+    kind: Literal["snapshot", "writes"]
+    before_scan: int
+    """The full scan (1-based) that starts after it."""
+    snapshot: int = -1
+    writes: object = None
+    breaks: int = 0
+    """Merges the writes broke."""
+
+
 class WriteSource(Protocol):
     """Writes between snapshots (see the module notes)."""
 
@@ -204,6 +217,7 @@ class Driver:
         *,
         progress: Progress = NULL_PROGRESS,
         writes: WriteSource = NO_WRITES,
+        log_events: bool = False,
     ) -> None:
         self.core = core
         self.inp = inp
@@ -241,6 +255,9 @@ class Driver:
         self.cow_breaks = 0  # merges broken by writes so far
         self.write_batches = 0
         self.cow_at_last_snapshot: tuple[int, int] | None = None  # (time, breaks then)
+        #: with ``log_events``: every snapshot and write batch applied, in order, with the
+        #: full scan (1-based) before which it came -- what ``validate --kernel`` reproduces
+        self.event_log: list[Event] | None = [] if log_events else None
 
     # ------------------------------------------------------------------ sampling
 
@@ -276,6 +293,8 @@ class Driver:
         self._sample(sample_to, False)
         self._write(self.writes.take_rest(), t)  # the interval before it ends first
         self.core.apply_snapshot(k, t)
+        if self.event_log is not None:
+            self.event_log.append(Event("snapshot", self.seqnr + 1, snapshot=k))
         self.snapshot_first_scan[k] = self.seqnr + 1
         self.snapshot_applied_ns[k] = t
         self.next_snap = k + 1
@@ -285,8 +304,11 @@ class Driver:
 
     def _write(self, writes: object, t: int) -> None:
         if writes is not None:
-            self.cow_breaks += self.core.apply_writes(writes, t)
+            breaks = self.core.apply_writes(writes, t)
+            self.cow_breaks += breaks
             self.write_batches += 1
+            if self.event_log is not None:
+                self.event_log.append(Event("writes", self.seqnr + 1, writes=writes, breaks=breaks))
 
     def _apply_due(self, t: int) -> None:
         """Snapshots (and writes) whose time has come at batch start ``t``."""
@@ -301,7 +323,7 @@ class Driver:
             while self.next_snap < K and self._scan_due(self.next_snap, t):
                 self._apply(self.next_snap, t, sample_to=t)
         wt = self.writes.next_time_ns()
-        if wt is not None and wt <= t:
+        if wt is not None and wt <= t and not (opts.aligned_to_scans and self.core.in_scan()):
             self._sample(t, False)
             self._write(self.writes.take_until(t), t)
 
@@ -318,7 +340,9 @@ class Driver:
         if self.end_ns is not None:
             boundary = min(boundary, self.end_ns)
         wt = self.writes.next_time_ns()
-        return boundary if wt is None else min(boundary, wt)
+        if wt is None or self.opts.aligned_to_scans:  # scan-aligned: writes land between scans
+            return boundary
+        return min(boundary, wt)
 
     def _horizon(self, boundary: int) -> Horizon:
         opts = self.opts
@@ -329,6 +353,9 @@ class Driver:
                 last_scan = opts.snapshot_scans[self.next_snap] - 1
             else:
                 start_before = self.times[self.next_snap]
+        wt = self.writes.next_time_ns()
+        if opts.aligned_to_scans and wt is not None:  # writes due at a scan's start
+            start_before = min(start_before, wt)
         left = opts.max_scans - self.seqnr
         if self.end_ns is None and self.next_snap >= K:
             left = min(left, opts.settle_scans - (self.scans_after_last or 0))
@@ -499,6 +526,7 @@ __all__ = [
     "BatchRun",
     "Core",
     "Driver",
+    "Event",
     "Horizon",
     "WriteSource",
 ]

@@ -48,7 +48,13 @@ from planner.engine.rows import (
     row_keys,
     transition,
 )
-from planner.engine.writes import IntervalWrites, carry_toggles, classify_toggles
+from planner.engine.writes import (
+    IntervalWrites,
+    carry_toggles,
+    classify_toggles,
+    effective_changes,
+    fill_unchecked,
+)
 from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
 
@@ -323,11 +329,14 @@ class _PageColumns:
     usable: B | None  # rows with a hash and a frame (None: every row)
     #: per row, the writes the sampler saw in the interval after the snapshot: content
     #: changes and same-content writes (None: the trace has no counts for this snapshot)
-    writes: tuple[U16, U16] | None = None
+    writes: tuple[U16, U16, U16] | None = None
 
 
-def _write_counts(pages: pa.Table, soft_dirty: bool) -> tuple[U16, U16] | None:
-    """Per row: content changes and same-content writes the sampler saw (None: unsampled).
+def _write_counts(
+    pages: pa.Table, soft_dirty: bool, interval_s: float | None, sample_ms: float | None
+) -> tuple[U16, U16, U16] | None:
+    """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
+    same-content writes and content checks the sampler made (None: unsampled).
 
     Same-content writes are soft-dirty's count where the capture tracked writes; elsewhere
     the frame changes beyond the content changes (a copy-on-write of unchanged bytes is the
@@ -343,7 +352,8 @@ def _write_counts(pages: pa.Table, soft_dirty: bool) -> tuple[U16, U16] | None:
             col = col.fill_null(pa.scalar(0, col.type))
         return np.asarray(col.to_numpy(), dtype=np.uint16)
 
-    content = u16("content_changes")
+    checks = u16("content_checks")
+    content = effective_changes(u16("content_changes"), checks, interval_s, sample_ms)
     if soft_dirty and "same_content_writes" in names:
         same = u16("same_content_writes")
     else:
@@ -351,10 +361,16 @@ def _write_counts(pages: pa.Table, soft_dirty: bool) -> tuple[U16, U16] | None:
         same = np.maximum(frame - content.astype(np.int32), 0).astype(np.uint16)
     if not content.any() and not same.any():
         return None
-    return content, same
+    return content, same, checks
 
 
-def _page_columns(pages: pa.Table, zero_hash: int | None, soft_dirty: bool = False) -> _PageColumns:
+def _page_columns(
+    pages: pa.Table,
+    zero_hash: int | None,
+    soft_dirty: bool = False,
+    interval_s: float | None = None,
+    sample_ms: float | None = None,
+) -> _PageColumns:
     hash_col = pages.column("content_hash")
     frame_col = pages.column("frame_id")
     usable = None
@@ -382,7 +398,7 @@ def _page_columns(pages: pa.Table, zero_hash: int | None, soft_dirty: bool = Fal
         frame=p_frame,
         flags=p_flags,
         usable=usable,
-        writes=_write_counts(pages, soft_dirty),
+        writes=_write_counts(pages, soft_dirty, interval_s, sample_ms),
     )
 
 
@@ -464,7 +480,7 @@ def _snapshot_rows(
     shift: int,
     page_size: int,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
-) -> tuple[RowColumns, MmLayout, tuple[U16, U16] | None]:
+) -> tuple[RowColumns, MmLayout, tuple[U16, ...] | None]:
     """Snapshot ``k``'s rows sorted by (mm, page), where each mm's rows are, and the
     writes the sampler saw on each row after it (if the trace has them)."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
@@ -519,7 +535,7 @@ def _snapshot_rows(
         flags=flags,
         mm=r_mm.astype(np.int32),
     )
-    writes = None if cols.writes is None else (take(cols.writes[0]), take(cols.writes[1]))
+    writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
     layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
     return rows, layout, writes
 
@@ -551,7 +567,9 @@ class InputBuilder:
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
         self.writes: list[IntervalWrites | None] = []
-        self._pending: tuple[tuple[U16, U16], int | None] | None = None
+        self._pending: tuple[tuple[U16, ...], int | None] | None = None
+        self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
+        self._checked: list[npt.NDArray[np.bool_] | None] = []
         self._prev_toggle: tuple[U64, npt.NDArray[np.bool_]] | None = None
 
     def add(
@@ -559,7 +577,7 @@ class InputBuilder:
         time_ns: int,
         rows: RowColumns,
         layout: MmLayout,
-        writes: tuple[U16, U16] | None = None,
+        writes: tuple[U16, ...] | None = None,
         interval_ns: int | None = None,
     ) -> None:
         """The next snapshot's rows (sorted by key) and layout, and the writes the sampler
@@ -586,9 +604,13 @@ class InputBuilder:
             return
         if self._pending is None:
             self.writes.append(None)
+            self._keys.append(None)
+            self._checked.append(None)
             self._prev_toggle = None
             return
-        (content, same), interval_ns = self._pending
+        (content, same, checks), interval_ns = self._pending
+        self._keys.append(prev.key)
+        self._checked.append(checks > 0)
         if nxt is not None:
             toggle = classify_toggles(prev.key, prev.hash, nxt.key, nxt.hash)
         elif self._prev_toggle is not None:
@@ -603,6 +625,14 @@ class InputBuilder:
         """The input, once every snapshot was added."""
         self._close_writes(None)
         self.prev = None
+        if any(w is not None for w in self.writes):
+            fill_unchecked(
+                self._keys,
+                [None if w is None else w.content for w in self.writes],
+                self._checked,
+                [None if w is None or not w.length_ns else w.length_ns / 1e9 for w in self.writes],
+            )
+        self._keys, self._checked = [], []
         return ReplayInput(
             host=self.host,
             page_size=self.page_size,
@@ -708,6 +738,7 @@ def _prepare(
     hz = meta.get("hz")
     intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
     soft_dirty: list[bool | None] = snaps.get("soft_dirty") or [None] * len(sids)
+    sample_ms: list[float | None] = snaps.get("sample_ms") or [None] * len(sids)
     builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
@@ -724,7 +755,9 @@ def _prepare(
         if nxt is not None and nxt[0] == sid:
             table = nxt[1]
             nxt = next(stream, None)
-        cols = _page_columns(table, meta.get("zero_hash"), bool(soft_dirty[k]))
+        cols = _page_columns(
+            table, meta.get("zero_hash"), bool(soft_dirty[k]), intervals_s[k], sample_ms[k]
+        )
         cur, layout, writes = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
         )

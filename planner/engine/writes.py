@@ -91,6 +91,58 @@ class IntervalWrites:
         return int(np.count_nonzero((self.content > 0) | (self.same > 0)))
 
 
+def effective_changes(
+    changes: U16, checks: U16, interval_s: float | None, sample_ms: float | None
+) -> U16:
+    """Content changes per row, corrected for what the sampler could not see.
+
+    ``content_changes`` counts the checks that found a change, so it is a lower bound, and a
+    page found changed at *every* check (changes >= checks > 0) changes at least as often as
+    it was checked -- how much more often, the checks cannot say. Such a page is taken to
+    change once per sampling period over the interval (the fastest the sampler could have
+    seen): on a busy host the sampler makes few passes, and a page it caught changing at each
+    of them must not look slower than ksmd's revisits because of that.
+    """
+    out = changes.astype(np.int64)
+    if interval_s and sample_ms:
+        periods = max(1, int(interval_s * 1000.0 / sample_ms))
+        sat = (changes > 0) & (changes >= checks)
+        out[sat] = np.maximum(out[sat], periods)
+    return np.minimum(out, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def fill_unchecked(
+    keys: list[U64 | None],
+    content: list[U16 | None],
+    checked: list[B | None],
+    lengths_s: list[float | None],
+    reach: int = 4,
+) -> None:
+    """Rows the sampler never checked in an interval (a rotating slice did not reach them)
+    take the change rate their page showed in the nearest interval where it was checked
+    (up to ``reach`` intervals away), scaled to this interval's length; in place."""
+    n = len(keys)
+    for k in range(n):
+        ck, kk, lk = content[k], keys[k], lengths_s[k]
+        ok = checked[k]
+        if ck is None or kk is None or ok is None or not lk:
+            continue
+        todo = np.flatnonzero(~ok)
+        for d in range(1, reach + 1):
+            for j in (k - d, k + d):
+                if not todo.size or not 0 <= j < n:
+                    continue
+                cj, kj, okj, lj = content[j], keys[j], checked[j], lengths_s[j]
+                if cj is None or kj is None or okj is None or not lj or not kj.size:
+                    continue
+                pos = np.minimum(np.searchsorted(kj, kk[todo]), kj.size - 1)
+                hit = (kj[pos] == kk[todo]) & okj[pos]
+                rate = cj[pos[hit]].astype(np.float64) / lj
+                ck[todo[hit]] = np.minimum(np.rint(rate * lk), 65535).astype(np.uint16)
+                ok[todo[hit]] = True
+                todo = todo[~hit]
+
+
 def classify_toggles(
     prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
 ) -> npt.NDArray[np.bool_]:
@@ -352,5 +404,7 @@ __all__ = [
     "Writes",
     "carry_toggles",
     "classify_toggles",
+    "effective_changes",
+    "fill_unchecked",
     "write_model",
 ]

@@ -16,7 +16,13 @@ from planner.engine.fast.engine import OUT_BATCHES
 from planner.engine.prepare import ReplayInput
 from planner.engine.reference import ReferenceEngine
 from planner.engine.result import ReplayResult
-from planner.engine.writes import RESTORE, SAME, TraceWrites
+from planner.engine.writes import (
+    RESTORE,
+    SAME,
+    TraceWrites,
+    effective_changes,
+    fill_unchecked,
+)
 from planner.testing.builder import World
 from planner.testing.random_world import WorldSpec, random_world
 from planner.testing.strategies import (
@@ -139,7 +145,14 @@ def _counted(ht: HostTrace, content: dict[int, int], same: dict[int, int], last_
     pages = ht.pages
     import pyarrow as pa
 
-    for name, arr in (("content_changes", c), ("same_content_writes", s), ("samples", c + s + 1)):
+    # checked once more than changed: not saturated, the counts are the rates
+    cols = (
+        ("content_changes", c),
+        ("content_checks", c + 1),
+        ("same_content_writes", s),
+        ("samples", c + s + 1),
+    )
+    for name, arr in cols:
         pages = pages.set_column(
             pages.schema.get_field_index(name), name, pa.array(arr, pa.uint16())
         )
@@ -236,3 +249,22 @@ def test_traces_without_counts_replay_as_before() -> None:
     assert_same(a, b)
     assert a.cow_breaks_per_s is None
     assert a.provenance["writes"]["model"] == "none in the trace"
+
+
+def test_a_page_changed_at_every_check_changes_at_least_every_sampling_period() -> None:
+    changes = np.array([0, 1, 3, 3, 2], np.uint16)
+    checks = np.array([4, 4, 3, 5, 1], np.uint16)
+    got = effective_changes(changes, checks, interval_s=2.0, sample_ms=100.0)
+    assert got.tolist() == [0, 1, 20, 3, 20]  # saturated rows: one change per 100 ms
+    assert effective_changes(changes, checks, None, None).tolist() == changes.tolist()
+
+
+def test_rows_not_checked_take_their_rate_from_the_nearest_interval() -> None:
+    keys = [np.array([1, 2, 3], np.uint64), np.array([1, 2, 4], np.uint64)]
+    content = [np.array([0, 0, 0], np.uint16), np.array([4, 10, 6], np.uint16)]
+    checked = [np.array([True, False, False]), np.array([True, True, True])]
+    fill_unchecked(keys, content, checked, [1.0, 2.0])
+    # key 2 changed 10 times in 2 s there: 5 in this 1 s; key 3 is nowhere else; key 1 was
+    # checked here and found unchanged: kept
+    assert content[0].tolist() == [0, 5, 0]
+    assert checked[0].tolist() == [True, True, False]
