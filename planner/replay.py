@@ -38,6 +38,7 @@ def replay_trace(
     engine: EngineName = "vectorized",
     progress: Progress = NULL_PROGRESS,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+    observed: str | Path | None = None,
 ) -> ReplayResult:
     """Open a trace directory, apply a policy file (or prctl everywhere), and replay one host.
 
@@ -53,6 +54,9 @@ def replay_trace(
     prctl_at
         When prctl processes registered: before exec (the default: a launcher, systemd
         ``MemoryKSM=``) or inside the running process (``planner.engine.registration``).
+    observed
+        A canary recording (``observe --ksm-pages``) of the traced processes: its
+        same-content writes calibrate the write model (``planner.engine.writes``).
 
     The result's provenance names the trace path and hash, the policy set and the knobs.
     """
@@ -84,7 +88,13 @@ def replay_trace(
     progress.start("loading trace", None)
     inp = prepare(ht, resolver=resolver, prctl_at=prctl_at)
     progress.finish()
-    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress)
+    canary = None
+    if observed is not None:
+        from planner.engine.writes import canary_rates
+        from planner.trace.recording import read_observed
+
+        canary = canary_rates(read_observed(observed), inp.page_size)
+    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary)
     res.provenance.update(
         trace_path=str(path),
         trace_hash=tr.trace_hash,
@@ -93,6 +103,7 @@ def replay_trace(
         preset=preset,
         hosts=list(tr.hosts),
         policy_warnings=policy_warnings,
+        observed=None if observed is None else str(observed),
     )
     return res
 

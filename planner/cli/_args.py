@@ -145,6 +145,15 @@ SettleScans = Annotated[
     int | None,
     typer.Option("--settle-scans", help="Full scans replayed after the last snapshot (24).", min=0),
 ]
+CanaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--observed",
+        help="A canary recording of the traced processes ('ksm-planner observe --ksm-pages'): "
+        "its same-content writes (merges lost with the bytes unchanged) calibrate the write "
+        "model.",
+    ),
+]
 WritesFlag = Annotated[
     bool,
     typer.Option(

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._args import PrctlAtChoice, PrctlAtOption, ReplayArgs, WritesFlag, takes
+from planner.cli._args import (
+    CanaryOption,
+    PrctlAtChoice,
+    PrctlAtOption,
+    ReplayArgs,
+    WritesFlag,
+    takes,
+)
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -86,6 +93,7 @@ def replay_cmd(
     ] = None,
     writes: WritesFlag = True,
     prctl_at: PrctlAtOption = PrctlAtChoice.exec,
+    observed: CanaryOption = None,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -114,7 +122,7 @@ def replay_cmd(
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
         writes=writes,
     )
-    inputs = (args.trace, policy, cost_profile)
+    inputs = (args.trace, policy, cost_profile, observed)
     with claim(out, kind="replay", inputs=inputs, force=force):
         with progress() as bar:
             result = replay_trace(
@@ -128,6 +136,7 @@ def replay_cmd(
                 engine=args.engine.value,
                 progress=bar,
                 prctl_at=prctl_at.value,
+                observed=observed,
             )
         for w in result.provenance.get("policy_warnings", []):
             warn(w)

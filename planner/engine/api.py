@@ -6,7 +6,7 @@ a layer above the engine and the policies.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.knobs import KsmKnobs
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from planner.engine.driver import Core
     from planner.engine.registration import Resolver
     from planner.engine.result import ReplayResult
+    from planner.engine.writes import CanaryRates
     from planner.trace.io import HostTrace
 
 EngineName = Literal["vectorized", "reference"]
@@ -34,6 +35,7 @@ def replay(
     progress: Progress = NULL_PROGRESS,
     snapshot_scans: tuple[int, ...] | list[int] | None = None,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+    canary: CanaryRates | None = None,
 ) -> ReplayResult:
     """Replay what ksmd would do on a host over time.
 
@@ -54,6 +56,9 @@ def replay(
     prctl_at
         When prctl processes registered (:data:`planner.engine.registration.PrctlAt`), for
         a host trace prepared here.
+    canary
+        Same-content write rates from a canary recording
+        (:func:`planner.engine.writes.canary_rates`) for the write model.
     """
     if isinstance(source, ReplayInput):
         inp = source
@@ -76,11 +81,22 @@ def replay(
     from planner.engine.writes import write_model
 
     core = replay_input_core(inp, knobs, engine)
+    if canary is not None and opts.writes:
+        from planner.engine.writes import with_canary
+
+        inp = with_canary(inp, canary)
     model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
     res = Driver(
         core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
     ).run()
     res.provenance["writes"] = writes_note(inp, opts, model)
+    if canary is not None:
+        res.provenance["writes"]["canary"] = {
+            "same_content_unmerges": canary.events,
+            "merged_page_s": round(canary.merged_s, 3),
+            "pages": int(canary.key.size),
+            "rate_per_s_by_comm": canary.by_comm,
+        }
     res.provenance["prctl_at"] = prctl_at_note(inp.meta.get("prctl_at", PRCTL_AT_DEFAULT))
     return res
 
@@ -98,7 +114,7 @@ def replay_input_core(inp: ReplayInput, knobs: KsmKnobs, engine: EngineName) -> 
     raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
 
 
-def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[str, object]:
+def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[str, Any]:
     """What the result's provenance says about the write model."""
     sampled = sum(1 for w in inp.writes if w is not None)
     if model is None:

@@ -181,7 +181,7 @@ class Core(Protocol):
 
     def apply_writes(self, writes: object, now_ns: int) -> int:
         """Writes between snapshots (see the module notes); returns the merges broken
-        (KSM pages and KSM zero-page mappings written: the kernel's ``cow_ksm``)."""
+        (KSM pages written: the kernel's ``cow_ksm``)."""
 
     def has_work(self) -> bool:
         """Whether ksmd has an mm to scan (or is inside a full scan)."""

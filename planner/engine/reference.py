@@ -271,7 +271,7 @@ class ReferenceEngine:
         for i, v in zip(writes.rows.tolist(), writes.content.tolist(), strict=True):
             e = self.phys[i]
             if e == ZERO or e in self.ent_node or self.ent_mappers[e] > 1:
-                if e == ZERO or e in self.ent_node:
+                if e != ZERO and e in self.ent_node:  # cow_ksm counts KSM pages only
                     breaks += 1
                 self.next_entity += 1
                 self._replace(i, self.next_entity - 1)

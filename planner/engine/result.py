@@ -273,8 +273,9 @@ class ReplayResult:
         default_factory=lambda: np.zeros((0, 3), np.int64)
     )
     cow_breaks: int = 0
-    """Merges broken by writes over the replay (KSM pages and KSM zero-page mappings
-    written: what the kernel counts as ``cow_ksm``); 0 without a write model."""
+    """Merges broken by writes over the replay (writes to KSM pages: what the kernel counts
+    as ``cow_ksm``; a write to a KSM-placed zero page copies too, uncounted); 0 without a
+    write model."""
     cow_breaks_per_s: float | None = None
     """Merges broken per second in the steady state: after the last snapshot, where the
     measured writes go on (else over the whole replay); None without a write model."""

@@ -47,6 +47,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
+    from planner.trace.recording import ObservedTimeline
 
 I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
@@ -79,16 +80,23 @@ class IntervalWrites:
     """The content at the next snapshot is this snapshot's again (see the module notes)."""
     length_ns: int | None
     """The sampled interval's length (the last snapshot's sets the continuation's rate)."""
+    same_rate_per_s: F64 | None = None
+    """Same-content writes per second a canary recording saw (:func:`with_canary`), for
+    rows whose ``same`` the trace could not count."""
 
     @property
     def nbytes(self) -> int:
         """Memory held."""
-        return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes)
+        extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
+        return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
 
     @property
     def rows_written(self) -> int:
         """Rows with at least one write."""
-        return int(np.count_nonzero((self.content > 0) | (self.same > 0)))
+        w = (self.content > 0) | (self.same > 0)
+        if self.same_rate_per_s is not None:
+            w |= self.same_rate_per_s > 0
+        return int(np.count_nonzero(w))
 
 
 def effective_changes(
@@ -261,9 +269,7 @@ class TraceWrites:
         if iw is None:
             return None
         if last:
-            if not iw.length_ns:
-                return None
-            span, end = float(iw.length_ns), _NEVER
+            span, end = float(iw.length_ns or 0), _NEVER
         else:
             end = self.times[k + 1]
             span = float(end - t0)
@@ -273,14 +279,14 @@ class TraceWrites:
         c = iw.content.astype(np.int64)
         s = iw.same.astype(np.int64)
         parts: list[tuple[I64, F64, F64, I64, npt.NDArray[np.int8]]] = []
-        rs = np.flatnonzero(s > 0)
+        rs = np.flatnonzero(s > 0) if span > 0 else np.empty(0, np.int64)
         if rs.size:
             parts.append(
                 (rs, span / s[rs], _phases(self.seed, k, keys[rs], 1),
                  np.full(rs.size, -1, np.int64) if last else s[rs],
                  np.full(rs.size, _S_SAME, np.int8))
             )  # fmt: skip
-        rc = np.flatnonzero(c > 0)
+        rc = np.flatnonzero(c > 0) if span > 0 else np.empty(0, np.int64)
         if rc.size:
             tog = iw.toggle[rc]
             count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
@@ -293,6 +299,14 @@ class TraceWrites:
             self.other = np.full(iw.content.size, -1, np.int64)
             self.other[rc[tog]] = self.next_volatile + np.arange(n_tog)
             self.next_volatile += n_tog
+        rate = iw.same_rate_per_s
+        if rate is not None:  # a canary's rates, where the trace counted no such write
+            rr = np.flatnonzero((rate > 0) & (s == 0))
+            if rr.size:
+                parts.append(
+                    (rr, 1e9 / rate[rr], _phases(self.seed, k, keys[rr], 3),
+                     np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
+                )  # fmt: skip
         if not parts:
             return None
         return _Streams(
@@ -389,6 +403,118 @@ class TraceWrites:
         return Writes(rows=uniq.astype(np.int64), content=content)
 
 
+@dataclass(frozen=True)
+class CanaryRates:
+    """Same-content writes per second of each page a canary recording followed.
+
+    A canary (``observe --ksm-pages``, :mod:`planner.trace.recording`) sees a write that
+    leaves the bytes unchanged only while the page is merged: the merge breaks
+    (``unmerged_same_content``). A page's rate is its such events over the seconds it was
+    merged (a lower bound: a page broken and merged again between two samples shows
+    nothing); pages of a process role (``comm``) it never saw merged take the role's rate.
+    Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
+    """
+
+    key: U64
+    """``(pid << 36) | page number``, sorted."""
+    rate_per_s: F64
+    by_comm: dict[str, float]
+    events: int
+    merged_s: float
+
+
+def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
+    """The per-page same-content write rates of a canary recording."""
+    from planner.errors import InputDataError
+
+    ev = obs.page_events
+    if ev is None:
+        raise InputDataError(
+            "the recording has no per-page KSM states",
+            hint="record with 'ksm-planner observe --ksm-pages'",
+        )
+    t_end = float(obs.counters.index.max()) if len(obs.counters) else 0.0
+    shift = page_size.bit_length() - 1
+    ev = ev.sort_values(["pid", "page_addr", "t_s"], kind="stable")
+    pids = ev["pid"].to_numpy(np.int64)
+    pages = ev["page_addr"].to_numpy(np.uint64) >> np.uint64(shift)
+    times = ev["t_s"].to_numpy(np.float64)
+    kinds = ev["event"].astype(str).to_numpy()
+    keys = (pids.astype(np.uint64) << np.uint64(36)) | pages
+    out_key: list[int] = []
+    out_n: list[int] = []
+    out_m: list[float] = []
+    i, n_rows = 0, keys.size
+    while i < n_rows:
+        j = i
+        merged, since, n, m = False, 0.0, 0, 0.0
+        while j < n_rows and keys[j] == keys[i]:
+            if kinds[j] == "merged":
+                if not merged:
+                    merged, since = True, times[j]
+            elif merged:
+                m += times[j] - since
+                merged = False
+                n += kinds[j] == "unmerged_same_content"
+            j += 1
+        if merged:
+            m += t_end - since
+        out_key.append(int(keys[i]))
+        out_n.append(n)
+        out_m.append(m)
+        i = j
+    key = np.array(out_key, np.uint64)
+    n_arr = np.array(out_n, np.float64)
+    m_arr = np.array(out_m, np.float64)
+    rate = np.divide(n_arr, m_arr, out=np.full(key.size, np.nan), where=m_arr > 0)
+    comm_of = dict(
+        zip(obs.processes["pid"].astype(int), obs.processes["comm"].astype(str), strict=False)
+    )
+    page_comm = np.array([comm_of.get(int(k >> 36), "") for k in key.tolist()], dtype=object)
+    by_comm = {}
+    for c in sorted(set(page_comm.tolist())):
+        sel = page_comm == c
+        ms = float(m_arr[sel].sum())
+        if ms > 0:
+            by_comm[c] = float(n_arr[sel].sum()) / ms
+    return CanaryRates(
+        key=key,
+        rate_per_s=rate,
+        by_comm=by_comm,
+        events=int(n_arr.sum()),
+        merged_s=float(m_arr.sum()),
+    )
+
+
+def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
+    """``inp`` whose every interval (and the steady state after it) has the canary's
+    same-content write rates on its rows: a page's own, else its process role's."""
+    import dataclasses
+
+    pids = np.array([m.pid for m in inp.mms], np.uint64)
+    out: list[IntervalWrites | None] = []
+    for k in range(inp.n_snapshots):
+        snap = inp.snapshots[k]
+        key = (pids[snap.mm] << np.uint64(36)) | snap.page
+        rate = np.zeros(snap.n, np.float64)
+        comm = [inp.mms[int(m)].comm or "" for m in snap.mm.tolist()]
+        if rates.by_comm:
+            rate[:] = [rates.by_comm.get(c, 0.0) for c in comm]
+        if rates.key.size and snap.n:
+            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+            hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])
+            rate[hit] = rates.rate_per_s[pos[hit]]
+        old = inp.writes[k] if k < len(inp.writes) else None
+        if old is None:
+            zeros = np.zeros(snap.n, np.uint16)
+            length = None
+            if k + 1 < inp.n_snapshots:
+                length = inp.times_ns[k + 1] - inp.times_ns[k]
+            old = IntervalWrites(zeros, zeros.copy(), np.zeros(snap.n, bool), length)
+        out.append(dataclasses.replace(old, same_rate_per_s=rate))
+    return dataclasses.replace(inp, writes=out)
+
+
 def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> TraceWrites | None:
     """The write model of ``inp``, or None (writes off, or a trace without counts)."""
     if not enabled or not any(w is not None for w in inp.writes):
@@ -399,12 +525,15 @@ def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> Tra
 __all__ = [
     "RESTORE",
     "SAME",
+    "CanaryRates",
     "IntervalWrites",
     "TraceWrites",
     "Writes",
+    "canary_rates",
     "carry_toggles",
     "classify_toggles",
     "effective_changes",
     "fill_unchecked",
+    "with_canary",
     "write_model",
 ]

@@ -20,6 +20,7 @@ from planner.engine.writes import (
     RESTORE,
     SAME,
     TraceWrites,
+    canary_rates,
     effective_changes,
     fill_unchecked,
 )
@@ -34,6 +35,7 @@ from planner.testing.strategies import (
     world_specs,
 )
 from planner.trace.io import HostTrace
+from planner.trace.recording import ObservedTimeline
 from tests.engine.test_engines_agree import _Members, assert_same
 
 
@@ -268,3 +270,85 @@ def test_rows_not_checked_take_their_rate_from_the_nearest_interval() -> None:
     # checked here and found unchanged: kept
     assert content[0].tolist() == [0, 5, 0]
     assert checked[0].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("alignment", ["time", "scan"])
+def test_steady_scans_between_rare_writes_are_fast_forwarded_exactly(alignment: str) -> None:
+    """Same-content writes every few seconds after the last snapshot: the fast engine
+    fast-forwards the quiet scans between them (never past a write) and still matches."""
+    w = _two_workers(pages=6)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {}, {12: 1, 13: 1}, 8.0)  # two pages, one write per 8 s
+    knobs = KsmKnobs(pages_to_scan=6, sleep_ms=50, smart_scan=False)
+    opts = ReplayOptions(duration_s=40.0, grid_s=0.5, snapshot_alignment=alignment)  # type: ignore[arg-type]
+    a, fast = assert_engines_agree_with_writes(prepare(ht), knobs, opts)
+    assert a.cow_breaks > 0
+    assert fast.steady is not None
+    assert fast.steady.scans_skipped >= 9
+
+
+def _canary(events: list[tuple[float, int, int, str]], end_s: float) -> ObservedTimeline:
+    import pandas as pd
+
+    return ObservedTimeline(
+        meta={},
+        counters=pd.DataFrame({"sample": [0, 1], "t_s": [0.0, end_s]}).set_index("t_s"),
+        processes=pd.DataFrame({"pid": [100, 101], "comm": ["w", "w"], "t_s": [0.0, 0.0]}),
+        page_events=pd.DataFrame(
+            {
+                "t_s": [e[0] for e in events],
+                "pid": [e[1] for e in events],
+                "page_addr": np.array([e[2] for e in events], np.uint64),
+                "event": [e[3] for e in events],
+            }
+        ),
+    )
+
+
+def test_canary_rates_are_same_content_unmerges_per_merged_second() -> None:
+    obs = _canary(
+        [
+            (0.0, 100, 0x10000, "merged"),
+            (2.0, 100, 0x10000, "unmerged_same_content"),
+            (3.0, 100, 0x10000, "merged"),
+            (5.0, 100, 0x10000, "unmerged_same_content"),
+            (0.0, 100, 0x11000, "merged"),  # merged to the end: 10 s, no write
+            (0.0, 101, 0x10000, "unmerged_changed"),  # never merged: no rate of its own
+        ],
+        end_s=10.0,
+    )
+    r = canary_rates(obs)
+    rates = dict(zip(r.key.tolist(), r.rate_per_s.tolist(), strict=True))
+    assert rates[(100 << 36) | 0x10] == pytest.approx(0.5)
+    assert rates[(100 << 36) | 0x11] == 0.0
+    assert np.isnan(rates[(101 << 36) | 0x10])
+    assert r.by_comm == {"w": pytest.approx(2 / 14)}
+    assert r.events == 2
+
+
+def test_a_canary_calibrates_same_content_writes_the_trace_cannot_see() -> None:
+    w = _two_workers(pages=4)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {}, {}, 1.0)  # sampled, but no write seen
+    # the canary saw pid 100's first page rewritten with its bytes twice a second
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged")]
+        + [(0.5 * i, 100, 0x10000, e) for i in range(1, 20) for e in ("unmerged_same_content",)]
+        + [(0.5 * i + 0.01, 100, 0x10000, "merged") for i in range(1, 20)],
+        end_s=10.0,
+    )
+    inp = prepare(ht)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    plain = replay(inp, knobs=knobs, options=opts)
+    calibrated = replay(inp, knobs=knobs, options=opts, canary=canary_rates(obs))
+    assert plain.cow_breaks == 0
+    assert calibrated.cow_breaks > 0
+    assert calibrated.provenance["writes"]["canary"]["same_content_unmerges"] == 19
+    # the other page of pid 100 and the pages of pid 101 take the role's (lower) rate
+    assert calibrated.cow_breaks_per_s is not None
+    assert calibrated.cow_breaks_per_s > 0
+    ref = replay(inp, knobs=knobs, options=opts, canary=canary_rates(obs), engine="reference")
+    assert_same(calibrated, ref)

@@ -786,7 +786,7 @@ def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any) -> int:
         mm = st.lay_mm[seg]
         e = st.r_phys[r]
         if e == ZERO or st.e_node[e] >= 0 or st.e_map[e] > 1:
-            if e == ZERO or st.e_node[e] >= 0:
+            if e != ZERO and st.e_node[e] >= 0:  # cow_ksm counts KSM pages only
                 breaks += 1
             ne = sc[S_N_ENTS]
             sc[S_N_ENTS] += 1
