@@ -410,8 +410,9 @@ class CanaryRates:
     A canary (``observe --ksm-pages``, :mod:`planner.trace.recording`) sees a write that
     leaves the bytes unchanged only while the page is merged: the merge breaks
     (``unmerged_same_content``). A page's rate is its such events over the seconds it was
-    merged (a lower bound: a page broken and merged again between two samples shows
-    nothing); pages of a process role (``comm``) it never saw merged take the role's rate.
+    merged, scaled by the breaks the canary could not see (a page broken and merged again
+    between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``);
+    pages of a process role (``comm``) it never saw merged take the role's rate.
     Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
     """
 
@@ -421,6 +422,9 @@ class CanaryRates:
     by_comm: dict[str, float]
     events: int
     merged_s: float
+    scale: float = 1.0
+    """The host's ``cow_ksm`` breaks per same-content unmerge the canary saw (see
+    :func:`canary_rates`): the rates are scaled by it."""
 
 
 def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
@@ -466,6 +470,8 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     key = np.array(out_key, np.uint64)
     n_arr = np.array(out_n, np.float64)
     m_arr = np.array(out_m, np.float64)
+    scale = _missed_breaks_scale(obs)
+    n_arr *= scale
     rate = np.divide(n_arr, m_arr, out=np.full(key.size, np.nan), where=m_arr > 0)
     comm_of = dict(
         zip(obs.processes["pid"].astype(int), obs.processes["comm"].astype(str), strict=False)
@@ -481,9 +487,29 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         key=key,
         rate_per_s=rate,
         by_comm=by_comm,
-        events=int(n_arr.sum()),
+        events=int(round(n_arr.sum() / scale)),
         merged_s=float(m_arr.sum()),
+        scale=scale,
     )
+
+
+def _missed_breaks_scale(obs: ObservedTimeline) -> float:
+    """How many merges the host lost per same-content unmerge the canary saw.
+
+    A page broken and merged again between two of the canary's samples shows nothing, so
+    its events undercount; the host's ``cow_ksm`` counts every break. Less the breaks the
+    canary saw with the content changed (those are the trace's content changes), the rest
+    are same-content writes: the per-page rates are scaled by that ratio (never below 1).
+    """
+    if obs.canary is None or "cow_ksm" not in obs.counters.columns:
+        return 1.0
+    cow = obs.counters["cow_ksm"].astype("float64").dropna()
+    same = float(obs.canary["unmerged_same_content"].sum())
+    changed = float(obs.canary["unmerged_changed"].sum())
+    if len(cow) < 2 or same <= 0:
+        return 1.0
+    breaks = float(cow.iloc[-1] - cow.iloc[0]) - changed
+    return max(1.0, breaks / same)
 
 
 def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:

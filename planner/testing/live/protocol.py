@@ -89,6 +89,8 @@ class LiveConfig:
     interval_s: float = 2.0
     sample_ms: float | None = None
     """Sample what changes between snapshots every ``sample_ms`` (capture ``--sample-ms``)."""
+    canary: bool = False
+    """Record every page's KSM state while observing (``observe --ksm-pages``)."""
     capture_priority: Priority = "low"
     observe_s: float = 60.0
     observe_interval_s: float = 1.0
@@ -538,6 +540,7 @@ def _leased_run(
                     duration_s=cfg.observe_s + 5.0,
                     all_processes=True,
                     smaps=True,
+                    ksm_pages=cfg.canary,
                     stop=stop_obs,
                 )
             except BaseException as exc:
