@@ -487,7 +487,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         key=key,
         rate_per_s=rate,
         by_comm=by_comm,
-        events=int(round(n_arr.sum() / scale)),
+        events=round(float(n_arr.sum()) / scale),
         merged_s=float(m_arr.sum()),
         scale=scale,
     )
