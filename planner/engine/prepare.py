@@ -57,6 +57,7 @@ from planner.engine.writes import (
 )
 from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
+from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -332,9 +333,7 @@ class _PageColumns:
     writes: tuple[U16, U16, U16] | None = None
 
 
-def _write_counts(
-    pages: pa.Table, soft_dirty: bool, interval_s: float | None, sample_ms: float | None
-) -> tuple[U16, U16, U16] | None:
+def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
     """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
     same-content writes and content checks the sampler made (None: unsampled).
 
@@ -342,34 +341,21 @@ def _write_counts(
     the frame changes beyond the content changes (a copy-on-write of unchanged bytes is the
     only same-content write a content sampler sees; docs/capture.md §9.3).
     """
-    names = pages.column_names
-    if "content_changes" not in names or pages.column("samples").null_count == pages.num_rows:
+    if not pc.sampled.any():
         return None
-
-    def u16(name: str) -> U16:
-        col = pages.column(name)
-        if col.null_count:
-            col = col.fill_null(pa.scalar(0, col.type))
-        return np.asarray(col.to_numpy(), dtype=np.uint16)
-
-    checks = u16("content_checks")
-    content = effective_changes(u16("content_changes"), checks, interval_s, sample_ms)
-    if soft_dirty and "same_content_writes" in names:
-        same = u16("same_content_writes")
+    content = effective_changes(pc.content_changes, pc.content_checks, pc.interval_s, pc.sample_ms)
+    if pc.same_content_writes is not None:
+        same = pc.same_content_writes
     else:
-        frame = u16("frame_changes").astype(np.int32)
-        same = np.maximum(frame - content.astype(np.int32), 0).astype(np.uint16)
+        extra = pc.frame_changes.astype(np.int32) - pc.content_changes.astype(np.int32)
+        same = np.maximum(extra, 0).astype(np.uint16)
     if not content.any() and not same.any():
         return None
-    return content, same, checks
+    return content, same, pc.content_checks
 
 
 def _page_columns(
-    pages: pa.Table,
-    zero_hash: int | None,
-    soft_dirty: bool = False,
-    interval_s: float | None = None,
-    sample_ms: float | None = None,
+    pages: pa.Table, zero_hash: int | None, changes: PageChanges | None = None
 ) -> _PageColumns:
     hash_col = pages.column("content_hash")
     frame_col = pages.column("frame_id")
@@ -398,7 +384,7 @@ def _page_columns(
         frame=p_frame,
         flags=p_flags,
         usable=usable,
-        writes=_write_counts(pages, soft_dirty, interval_s, sample_ms),
+        writes=None if changes is None else _write_counts(changes),
     )
 
 
@@ -701,7 +687,7 @@ def prepare_trace(
         **tables,
     )
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    columns += ["samples", "content_changes", "frame_changes", "same_content_writes"]
+    columns += [*COUNT_COLUMNS, "same_content_writes"]
     pages = trace.iter_snapshot_pages(host, columns)
     return _prepare(ht, pages, resolver, include_mms, prctl_at)
 
@@ -737,8 +723,6 @@ def _prepare(
     proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
     hz = meta.get("hz")
     intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
-    soft_dirty: list[bool | None] = snaps.get("soft_dirty") or [None] * len(sids)
-    sample_ms: list[float | None] = snaps.get("sample_ms") or [None] * len(sids)
     builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
@@ -755,9 +739,10 @@ def _prepare(
         if nxt is not None and nxt[0] == sid:
             table = nxt[1]
             nxt = next(stream, None)
-        cols = _page_columns(
-            table, meta.get("zero_hash"), bool(soft_dirty[k]), intervals_s[k], sample_ms[k]
-        )
+        changes = None
+        if "content_changes" in table.column_names and table.num_rows:
+            changes = page_changes(ht.snapshots, table, sid)
+        cols = _page_columns(table, meta.get("zero_hash"), changes)
         cur, layout, writes = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
         )

@@ -84,18 +84,21 @@ def with_write_counts(ht: HostTrace, seed: int, spec: ChurnSpec = ChurnSpec()) -
     pick = rnd.random(n) < spec.written_share
     content = np.where(pick, rnd.integers(0, spec.max_content_changes + 1, n), 0)
     same = np.where(pick, rnd.integers(0, spec.max_same_writes + 1, n), 0)
-    checks = content + rnd.integers(0, 3, n)
+    checks = content + rnd.integers(0, 3, n)  # checked no more often than changed: saturated
+    frame = content + (0 if spec.soft_dirty else same)
+    samples = np.maximum(checks, np.maximum(frame, same)) + 1
     sid = ht.pages.column("snapshot_id").to_numpy()
     last_sid = int(ht.snapshot_ids[-1]) if len(times) else -1
     if spec.last_interval_s is None:
         content = np.where(sid == last_sid, 0, content)
         same = np.where(sid == last_sid, 0, same)
+        frame = np.where(sid == last_sid, 0, frame)
     u16 = pa.uint16()
     cols = {
-        "samples": pa.array(checks + 1, u16),
+        "samples": pa.array(samples, u16),
         "content_checks": pa.array(checks, u16),
         "content_changes": pa.array(content, u16),
-        "frame_changes": pa.array(content + (0 if spec.soft_dirty else same), u16),
+        "frame_changes": pa.array(frame, u16),
         "absent_samples": pa.array(np.zeros(n, np.int64), u16),
         "same_content_writes": pa.array(same if spec.soft_dirty else np.zeros(n, np.int64), u16),
     }

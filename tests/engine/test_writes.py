@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -352,3 +355,38 @@ def test_a_canary_calibrates_same_content_writes_the_trace_cannot_see() -> None:
     assert calibrated.cow_breaks_per_s > 0
     ref = replay(inp, knobs=knobs, options=opts, canary=canary_rates(obs), engine="reference")
     assert_same(calibrated, ref)
+
+
+def test_a_trace_directory_streams_the_same_writes(tmp_path: Path) -> None:
+    """``prepare_trace`` (one snapshot's pages at a time) reads the counts as ``prepare``."""
+    from planner.engine.prepare import prepare_trace
+    from planner.trace.io import TraceWriter, open_trace
+
+    spec = WorldSpec(processes=3, pages=20, snapshots=3, churn=0.3)
+    ht = with_write_counts(random_world(9, spec).host_trace(), 9, ChurnSpec(soft_dirty=False))
+    with TraceWriter(tmp_path / "t", source="synthetic") as tw:
+        sink = tw.host(ht.host)
+        for row in ht.snapshots.to_pylist():
+            sid = row["snapshot_id"]
+
+            def of(table: pa.Table, sid: int = sid) -> pa.Table:
+                return table.filter(pc.equal(table.column("snapshot_id"), sid))
+
+            sink.add_snapshot(
+                {k: v for k, v in row.items() if k != "host"},
+                processes=of(ht.processes),
+                mappings=of(ht.mappings),
+                pages=of(ht.pages),
+            )
+    a = prepare(ht)
+    b = prepare_trace(open_trace(tmp_path / "t"))
+    assert a.writes
+    assert len(a.writes) == len(b.writes)
+    for wa, wb in zip(a.writes, b.writes, strict=True):
+        assert wa is not None
+        assert wb is not None
+        assert wa.rows_written > 0
+        assert np.array_equal(wa.content, wb.content)
+        assert np.array_equal(wa.same, wb.same)
+        assert np.array_equal(wa.toggle, wb.toggle)
+        assert wa.length_ns == wb.length_ns
