@@ -185,6 +185,13 @@ def _render(r: ReplayResult) -> None:
     )
     note(header)
     note("knobs: " + _knobs_text(k))
+    if p.get("prctl_at"):
+        note(f"registration: {p['prctl_at']}")
+    w = p.get("writes") or {}
+    if w:
+        rate = r.cow_breaks_per_s
+        tail = "" if rate is None else f"; {rate:,.1f} merges broken per second in the steady state"
+        note(safe_text(f"writes between snapshots: {w.get('model')}{tail}"))
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0
