@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, prepare, replay
 from planner.engine.knobs import knob_flags
+from planner.engine.registration import PRCTL_AT_DEFAULT
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from planner.engine.api import EngineName
     from planner.engine.options import ReplayOptions
-    from planner.engine.registration import Resolver
+    from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
 
 
@@ -36,6 +37,8 @@ def replay_trace(
     preset: str | None = None,
     engine: EngineName = "vectorized",
     progress: Progress = NULL_PROGRESS,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+    observed: str | Path | None = None,
 ) -> ReplayResult:
     """Open a trace directory, apply a policy file (or prctl everywhere), and replay one host.
 
@@ -48,6 +51,12 @@ def replay_trace(
         A policy file and the set of it to apply.
     preset
         A built-in policy set instead (``planner.policy.PRESETS``).
+    prctl_at
+        When prctl processes registered: before exec (the default: a launcher, systemd
+        ``MemoryKSM=``) or inside the running process (``planner.engine.registration``).
+    observed
+        A canary recording (``observe --ksm-pages``) of the traced processes: its
+        same-content writes calibrate the write model (``planner.engine.writes``).
 
     The result's provenance names the trace path and hash, the policy set and the knobs.
     """
@@ -77,9 +86,15 @@ def replay_trace(
     if not isinstance(knobs, KsmKnobs):
         knobs = KsmKnobs.for_hz(ht.hz).with_(**dict(knobs or {}))
     progress.start("loading trace", None)
-    inp = prepare(ht, resolver=resolver)
+    inp = prepare(ht, resolver=resolver, prctl_at=prctl_at)
     progress.finish()
-    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress)
+    canary = None
+    if observed is not None:
+        from planner.engine.writes import canary_rates
+        from planner.trace.recording import read_observed
+
+        canary = canary_rates(read_observed(observed), inp.page_size)
+    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary)
     res.provenance.update(
         trace_path=str(path),
         trace_hash=tr.trace_hash,
@@ -88,6 +103,7 @@ def replay_trace(
         preset=preset,
         hosts=list(tr.hosts),
         policy_warnings=policy_warnings,
+        observed=None if observed is None else str(observed),
     )
     return res
 

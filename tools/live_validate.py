@@ -81,6 +81,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--snapshots", type=int, default=d.snapshots)
     g.add_argument("--interval", type=float, default=d.interval_s, help="seconds between snapshots")
     g.add_argument(
+        "--sample-ms",
+        type=float,
+        default=d.sample_ms,
+        help="capture --sample-ms: what changes between snapshots (default: no sampling)",
+    )
+    g.add_argument(
+        "--canary",
+        action="store_true",
+        help="observe with --ksm-pages (every page's KSM state, for --calibrate-writes)",
+    )
+    g.add_argument(
         "--capture-priority", default=d.capture_priority, choices=("idle", "low", "normal")
     )
     g.add_argument("--observe", type=float, default=d.observe_s, help="seconds with ksmd on")
@@ -96,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--engine", default="vectorized", choices=("vectorized", "reference"))
     c.add_argument("--cost-profile", help="a cost profile of 'ksm-planner calibrate'")
     c.add_argument("--first-window", type=float, default=60.0, help="seconds for CPU/full scans")
+    c.add_argument(
+        "--calibrate-writes",
+        action="store_true",
+        help="calibrate the write model with the run's canary recording (needs --canary)",
+    )
     return ap.parse_args(argv)
 
 
@@ -124,6 +140,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             engine=args.engine,
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
+            calibrate_writes=args.calibrate_writes,
         )
         cmp = compare_run(run, opts)
         log(cmp.summary())
@@ -205,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             warmup_s=args.warmup,
             snapshots=args.snapshots,
             interval_s=args.interval,
+            sample_ms=args.sample_ms,
+            canary=args.canary,
             capture_priority=args.capture_priority,
             observe_s=args.observe,
             lock_wait_s=args.lock_wait,

@@ -55,6 +55,13 @@ class EngineChoice(StrEnum):
     reference = "reference"
 
 
+class PrctlAtChoice(StrEnum):
+    """``--prctl-at`` values (:data:`planner.engine.registration.PrctlAt`)."""
+
+    exec = "exec"
+    running = "running"
+
+
 # ----------------------------------------------------------------------------- sizes
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z%]*)\s*$")
@@ -137,6 +144,32 @@ CrossDomain = Annotated[
 SettleScans = Annotated[
     int | None,
     typer.Option("--settle-scans", help="Full scans replayed after the last snapshot (24).", min=0),
+]
+CanaryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--observed",
+        help="A canary recording of the traced processes ('ksm-planner observe --ksm-pages'): "
+        "its same-content writes (merges lost with the bytes unchanged) calibrate the write "
+        "model.",
+    ),
+]
+WritesFlag = Annotated[
+    bool,
+    typer.Option(
+        "--writes/--no-writes",
+        help="Replay the writes a sampled (v2) trace recorded between snapshots, and after "
+        "the last one at its rates (--no-writes: the snapshots alone, for comparison).",
+    ),
+]
+PrctlAtOption = Annotated[
+    PrctlAtChoice,
+    typer.Option(
+        "--prctl-at",
+        help="When prctl policies set PR_SET_MEMORY_MERGE: exec (before exec: systemd "
+        "MemoryKSM=, a launcher; the [stack] exec creates is not mergeable) or running "
+        "(inside the running process: every mapping).",
+    ),
 ]
 Duration = Annotated[
     float | None,
@@ -320,6 +353,7 @@ class WhatifArgs:
     cost_profile: CostProfileOption = None
     settle_scans: SettleScans = None
     duration_s: Duration = None
+    writes: WritesFlag = True
     scheduler: Scheduler = None
     cluster_timeout: ClusterTimeout = 30.0
     workers: Workers = None

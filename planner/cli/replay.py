@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
-from planner.cli._args import ReplayArgs, takes
+from planner.cli._args import (
+    CanaryOption,
+    PrctlAtChoice,
+    PrctlAtOption,
+    ReplayArgs,
+    WritesFlag,
+    takes,
+)
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -84,6 +91,9 @@ def replay_cmd(
             "--out", help="Write the timelines as Parquet (+ result.json) to this directory."
         ),
     ] = None,
+    writes: WritesFlag = True,
+    prctl_at: PrctlAtOption = PrctlAtChoice.exec,
+    observed: CanaryOption = None,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -110,8 +120,9 @@ def replay_cmd(
         settle_scans=settle_scans,
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
+        writes=writes,
     )
-    inputs = (args.trace, policy, cost_profile)
+    inputs = (args.trace, policy, cost_profile, observed)
     with claim(out, kind="replay", inputs=inputs, force=force):
         with progress() as bar:
             result = replay_trace(
@@ -124,6 +135,8 @@ def replay_cmd(
                 preset=preset,
                 engine=args.engine.value,
                 progress=bar,
+                prctl_at=prctl_at.value,
+                observed=observed,
             )
         for w in result.provenance.get("policy_warnings", []):
             warn(w)
@@ -172,6 +185,13 @@ def _render(r: ReplayResult) -> None:
     )
     note(header)
     note("knobs: " + _knobs_text(k))
+    if p.get("prctl_at"):
+        note(f"registration: {p['prctl_at']}")
+    w = p.get("writes") or {}
+    if w:
+        rate = r.cow_breaks_per_s
+        tail = "" if rate is None else f"; {rate:,.1f} merges broken per second in the steady state"
+        note(safe_text(f"writes between snapshots: {w.get('model')}{tail}"))
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0

@@ -79,7 +79,7 @@ def report_cmd(
                 policy_sets=policy_sets,
                 grid=knob_grid,
                 replay_options=options_from(
-                    settle_scans=args.settle_scans, duration_s=args.duration_s
+                    settle_scans=args.settle_scans, duration_s=args.duration_s, writes=args.writes
                 ),
                 cost_profile=profile,
                 capacity=capacity,

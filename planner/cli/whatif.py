@@ -77,7 +77,9 @@ def whatif_cmd(
     capacity = args.capacity()
     extrapolation = args.extrapolation(capacity)
     profile = CostProfile.load(args.cost_profile) if args.cost_profile is not None else None
-    options = options_from(settle_scans=args.settle_scans, duration_s=args.duration_s)
+    options = options_from(
+        settle_scans=args.settle_scans, duration_s=args.duration_s, writes=args.writes
+    )
 
     def run(executor: Any) -> WhatIfResult:
         with progress() as bar:

@@ -6,17 +6,20 @@ a layer above the engine and the policies.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.engine.prepare import ReplayInput, prepare
+from planner.engine.registration import PRCTL_AT_DEFAULT, PrctlAt, prctl_at_note
 from planner.errors import KnobError
 
 if TYPE_CHECKING:
+    from planner.engine.driver import Core
     from planner.engine.registration import Resolver
     from planner.engine.result import ReplayResult
+    from planner.engine.writes import CanaryRates
     from planner.trace.io import HostTrace
 
 EngineName = Literal["vectorized", "reference"]
@@ -31,6 +34,8 @@ def replay(
     engine: EngineName = "vectorized",
     progress: Progress = NULL_PROGRESS,
     snapshot_scans: tuple[int, ...] | list[int] | None = None,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+    canary: CanaryRates | None = None,
 ) -> ReplayResult:
     """Replay what ksmd would do on a host over time.
 
@@ -48,8 +53,17 @@ def replay(
         ``"vectorized"`` (default, fast) or ``"reference"`` (the slow oracle).
     snapshot_scans
         Shortcut for ``options.snapshot_scans``: snapshot k becomes visible at full scan s_k.
+    prctl_at
+        When prctl processes registered (:data:`planner.engine.registration.PrctlAt`), for
+        a host trace prepared here.
+    canary
+        Same-content write rates from a canary recording
+        (:func:`planner.engine.writes.canary_rates`) for the write model.
     """
-    inp = source if isinstance(source, ReplayInput) else prepare(source, resolver=resolver)
+    if isinstance(source, ReplayInput):
+        inp = source
+    else:
+        inp = prepare(source, resolver=resolver, prctl_at=prctl_at)
     if knobs is None:
         knobs = KsmKnobs.for_hz(inp.hz)
     opts = options or ReplayOptions()
@@ -63,14 +77,54 @@ def replay(
             f"for {inp.n_snapshots} snapshots",
             hint="give one full-scan number per snapshot",
         )
-    from planner.engine.driver import Driver
+    from planner.engine.driver import NO_WRITES, Driver
+    from planner.engine.writes import write_model
 
+    core = replay_input_core(inp, knobs, engine)
+    if canary is not None and opts.writes:
+        from planner.engine.writes import with_canary
+
+        inp = with_canary(inp, canary)
+    model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
+    res = Driver(
+        core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
+    ).run()
+    res.provenance["writes"] = writes_note(inp, opts, model)
+    if canary is not None:
+        res.provenance["writes"]["canary"] = {
+            "same_content_unmerges": canary.events,
+            "merged_page_s": round(canary.merged_s, 3),
+            "pages": int(canary.key.size),
+            "rate_per_s_by_comm": canary.by_comm,
+        }
+    res.provenance["prctl_at"] = prctl_at_note(inp.meta.get("prctl_at", PRCTL_AT_DEFAULT))
+    return res
+
+
+def replay_input_core(inp: ReplayInput, knobs: KsmKnobs, engine: EngineName) -> Core:
+    """The engine core that replays ``inp``."""
     if engine == "reference":
         from planner.engine.reference import ReferenceEngine
 
-        return Driver(ReferenceEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
+        return ReferenceEngine(inp, knobs)
     if engine == "vectorized":
         from planner.engine.fast import FastEngine
 
-        return Driver(FastEngine(inp, knobs), inp, knobs, opts, progress=progress).run()
+        return FastEngine(inp, knobs)
     raise KnobError(f"unknown engine {engine!r}", hint="use vectorized or reference")
+
+
+def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[str, Any]:
+    """What the result's provenance says about the write model."""
+    sampled = sum(1 for w in inp.writes if w is not None)
+    if model is None:
+        why = "off (--no-writes)" if inp.writes and not opts.writes else "none in the trace"
+        return {"model": why, "sampled_intervals": sampled}
+    rows = [w.rows_written for w in inp.writes if w is not None]
+    return {
+        "model": "trace counts, evenly spaced with a seeded phase",
+        "seed": opts.write_seed,
+        "sampled_intervals": sampled,
+        "rows_written_per_interval": rows,
+        "events": getattr(model, "events", None),
+    }

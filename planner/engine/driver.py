@@ -10,22 +10,27 @@ the duration. The result is assembled by :func:`planner.engine.result.assemble_r
 The two engines differ only behind :class:`Core`: the reference model runs one page at a
 time in Python, the fast engine a compiled kernel; the driver cannot tell them apart.
 
-**Writes between snapshots (a place for a write model).** A trace shows memory only at
-snapshot times. A write model (per-page content changes and same-content writes at given
-times or rates between snapshots) plugs in as a :class:`WriteSource`: the driver cuts the
-batches at its event times (exactly as at a snapshot time) and hands the due writes to
-:meth:`Core.apply_writes` before the next batch. The semantics an engine must give them:
-a write to a page mapping a KSM page (or the zero page) breaks the merge at write time (the
-row gets a fresh physical page, the rmap_item stays on its stable node until ksmd next
-visits it, as for a copy-on-write seen in a snapshot); a write that changes the content
-makes the checksum gate see a change on the next visit; a same-content write does not. No
-write model exists yet: :data:`NO_WRITES` has no events, and both engines refuse writes.
+**Writes between snapshots.** A trace shows memory only at snapshot times. The write model
+(:mod:`planner.engine.writes`: per-page content changes and same-content writes at the
+rates the trace recorded, between snapshots and after the last one) plugs in as a
+:class:`WriteSource`: the driver cuts the batches at its event times (exactly as at a
+snapshot time) and hands the due writes to :meth:`Core.apply_writes` before the next batch.
+The writes of the interval after snapshot ``k`` come only once snapshot ``k`` was applied,
+and those left when snapshot ``k + 1`` is applied are handed over just before it. The
+semantics an engine must give them (docs/kernel-semantics.md §6.5): a write to a page
+mapping a KSM page (or the zero page), or any page shared with another mapping, breaks the
+sharing at write time (the row gets a fresh physical page; a KSM page's rmap_item stays on
+its stable node until ksmd next visits it, as for a copy-on-write seen in a snapshot); a
+write that changes the content makes the checksum gate see a change on the next visit and
+takes the row out of the unstable tree; a same-content write does neither. A write to a
+private page keeps its physical page. :data:`NO_WRITES` has no events (version-1 traces,
+traces without counts, ``--no-writes``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -119,21 +124,47 @@ class BatchRun:
         return len(self.scan_end_batches)
 
 
+@dataclass(frozen=True)
+class Event:
+    """A snapshot or a batch of writes the driver applied (``Driver.event_log``)."""
+
+    kind: Literal["snapshot", "writes"]
+    before_scan: int
+    """The full scan (1-based) that starts after it."""
+    snapshot: int = -1
+    writes: object = None
+    breaks: int = 0
+    """Merges the writes broke."""
+
+
 class WriteSource(Protocol):
-    """Writes between snapshots (see the module notes); none exists yet."""
+    """Writes between snapshots (see the module notes)."""
+
+    def start_interval(self, k: int, now_ns: int) -> None:
+        """Snapshot ``k`` was applied at ``now_ns``: the writes of the interval after it
+        come next."""
 
     def next_time_ns(self) -> int | None:
         """Time of the next write not yet handed out, or None."""
 
     def take_until(self, t_ns: int) -> object:
-        """The writes at or before ``t_ns`` (an engine-neutral batch of writes)."""
+        """The writes at or before ``t_ns`` (an engine-neutral batch of writes, or None)."""
+
+    def take_rest(self) -> object:
+        """Every write left before the next snapshot (or None)."""
 
 
 class _NoWrites:
+    def start_interval(self, k: int, now_ns: int) -> None:
+        return None
+
     def next_time_ns(self) -> int | None:
         return None
 
     def take_until(self, t_ns: int) -> object:
+        return None
+
+    def take_rest(self) -> object:
         return None
 
 
@@ -148,8 +179,9 @@ class Core(Protocol):
     def apply_snapshot(self, k: int, now_ns: int) -> None:
         """The world moves to snapshot ``k`` at ``now_ns`` (exits, registrations included)."""
 
-    def apply_writes(self, writes: object, now_ns: int) -> None:
-        """Writes between snapshots (see the module notes)."""
+    def apply_writes(self, writes: object, now_ns: int) -> int:
+        """Writes between snapshots (see the module notes); returns the merges broken
+        (KSM pages written: the kernel's ``cow_ksm``)."""
 
     def has_work(self) -> bool:
         """Whether ksmd has an mm to scan (or is inside a full scan)."""
@@ -185,6 +217,7 @@ class Driver:
         *,
         progress: Progress = NULL_PROGRESS,
         writes: WriteSource = NO_WRITES,
+        log_events: bool = False,
     ) -> None:
         self.core = core
         self.inp = inp
@@ -219,6 +252,12 @@ class Driver:
         self.scan_cpu0 = self.cpu_ns
         self.scan_batches = 0
         self.scan_pts = self.pages_to_scan
+        self.cow_breaks = 0  # merges broken by writes so far
+        self.write_batches = 0
+        self.cow_at_last_snapshot: tuple[int, int] | None = None  # (time, breaks then)
+        #: with ``log_events``: every snapshot and write batch applied, in order, with the
+        #: full scan (1-based) before which it came -- what ``validate --kernel`` reproduces
+        self.event_log: list[Event] | None = [] if log_events else None
 
     # ------------------------------------------------------------------ sampling
 
@@ -243,6 +282,7 @@ class Driver:
                     g / NS_PER_S,
                     counters_from_row(row, self.page_size),
                     truth_from_row(row, self.page_size),
+                    cow_breaks=self.cow_breaks,
                 )
             )
             self.next_grid += self.grid_ns
@@ -251,10 +291,24 @@ class Driver:
 
     def _apply(self, k: int, t: int, *, sample_to: int) -> None:
         self._sample(sample_to, False)
+        self._write(self.writes.take_rest(), t)  # the interval before it ends first
         self.core.apply_snapshot(k, t)
+        if self.event_log is not None:
+            self.event_log.append(Event("snapshot", self.seqnr + 1, snapshot=k))
         self.snapshot_first_scan[k] = self.seqnr + 1
         self.snapshot_applied_ns[k] = t
         self.next_snap = k + 1
+        self.writes.start_interval(k, t)
+        if k + 1 == len(self.times):
+            self.cow_at_last_snapshot = (t, self.cow_breaks)
+
+    def _write(self, writes: object, t: int) -> None:
+        if writes is not None:
+            breaks = self.core.apply_writes(writes, t)
+            self.cow_breaks += breaks
+            self.write_batches += 1
+            if self.event_log is not None:
+                self.event_log.append(Event("writes", self.seqnr + 1, writes=writes, breaks=breaks))
 
     def _apply_due(self, t: int) -> None:
         """Snapshots (and writes) whose time has come at batch start ``t``."""
@@ -269,9 +323,9 @@ class Driver:
             while self.next_snap < K and self._scan_due(self.next_snap, t):
                 self._apply(self.next_snap, t, sample_to=t)
         wt = self.writes.next_time_ns()
-        if wt is not None and wt <= t:
+        if wt is not None and wt <= t and not (opts.aligned_to_scans and self.core.in_scan()):
             self._sample(t, False)
-            self.core.apply_writes(self.writes.take_until(t), t)
+            self._write(self.writes.take_until(t), t)
 
     def _scan_due(self, k: int, t: int) -> bool:
         if self.opts.snapshot_scans is not None:
@@ -286,7 +340,9 @@ class Driver:
         if self.end_ns is not None:
             boundary = min(boundary, self.end_ns)
         wt = self.writes.next_time_ns()
-        return boundary if wt is None else min(boundary, wt)
+        if wt is None or self.opts.aligned_to_scans:  # scan-aligned: writes land between scans
+            return boundary
+        return min(boundary, wt)
 
     def _horizon(self, boundary: int) -> Horizon:
         opts = self.opts
@@ -297,6 +353,9 @@ class Driver:
                 last_scan = opts.snapshot_scans[self.next_snap] - 1
             else:
                 start_before = self.times[self.next_snap]
+        wt = self.writes.next_time_ns()
+        if opts.aligned_to_scans and wt is not None:  # writes due at a scan's start
+            start_before = min(start_before, wt)
         left = opts.max_scans - self.seqnr
         if self.end_ns is None and self.next_snap >= K:
             left = min(left, opts.settle_scans - (self.scans_after_last or 0))
@@ -448,7 +507,17 @@ class Driver:
             snapshot_first_scan=self.snapshot_first_scan,
             snapshot_applied_ns=self.snapshot_applied_ns,
             final_node_members=self.core.node_members(),
+            cow_breaks=self.cow_breaks,
+            cow_since_last_snapshot=self._cow_steady(end_ns),
+            writes_modelled=self.writes is not NO_WRITES,
         )
+
+    def _cow_steady(self, end_ns: int) -> tuple[int, float] | None:
+        """Merges broken after the last snapshot and the time they took (None: no time)."""
+        if self.cow_at_last_snapshot is None:
+            return None
+        t0, c0 = self.cow_at_last_snapshot
+        return (self.cow_breaks - c0, (end_ns - t0) / NS_PER_S) if end_ns > t0 else None
 
 
 __all__ = [
@@ -457,6 +526,7 @@ __all__ = [
     "BatchRun",
     "Core",
     "Driver",
+    "Event",
     "Horizon",
     "WriteSource",
 ]

@@ -53,6 +53,11 @@ class ReplayOptions:
     snapshot_alignment: Alignment = "time"
     snapshot_scans: tuple[int, ...] | None = None
     cost: CostProfile = field(default_factory=CostProfile.default)
+    #: replay the writes a v2 trace recorded between snapshots (planner.engine.writes);
+    #: False replays the snapshots alone, as for a version-1 trace
+    writes: bool = True
+    #: the seed of the writes' phases (the same seed, the same replay)
+    write_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.duration_s is not None and not self.duration_s > 0:

@@ -25,7 +25,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
+from planner.engine.registration import (
+    PRCTL_AT_DEFAULT,
+    PrctlAt,
+    ProcessInfo,
+    Registration,
+    Resolver,
+    prctl_everything,
+)
 from planner.engine.rows import (
     F_ELIGIBLE,
     F_THP,
@@ -41,8 +48,16 @@ from planner.engine.rows import (
     row_keys,
     transition,
 )
+from planner.engine.writes import (
+    IntervalWrites,
+    carry_toggles,
+    classify_toggles,
+    effective_changes,
+    fill_unchecked,
+)
 from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
+from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -52,6 +67,7 @@ if TYPE_CHECKING:
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+U16 = npt.NDArray[np.uint16]
 B = npt.NDArray[np.bool_]
 
 
@@ -89,6 +105,9 @@ class ReplayInput:
     meta: dict[str, Any] = field(default_factory=dict)
     #: the hash of each content id (``SnapshotDelta.upd_gid``)
     content_hash: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
+    #: per snapshot, the writes the sampler saw on its rows over the interval after it
+    #: (None: not sampled, or a version-1 trace); :mod:`planner.engine.writes`
+    writes: list[IntervalWrites | None] = field(default_factory=list)
     _seq: SnapshotSequence | None = field(default=None, repr=False)
 
     @property
@@ -121,7 +140,8 @@ class ReplayInput:
     @property
     def nbytes(self) -> int:
         """Memory held by the deltas (the first snapshot included) and the content ids."""
-        return sum(d.nbytes for d in self.deltas) + self.content_hash.nbytes
+        held = sum(d.nbytes for d in self.deltas) + self.content_hash.nbytes
+        return held + sum(w.nbytes for w in self.writes if w is not None)
 
     def transition(self, k: int) -> Transition:
         """Per-row transition arrays of snapshot ``k`` (for the reference model)."""
@@ -308,9 +328,35 @@ class _PageColumns:
     frame: U64
     flags: npt.NDArray[np.uint16]
     usable: B | None  # rows with a hash and a frame (None: every row)
+    #: per row, the writes the sampler saw in the interval after the snapshot: content
+    #: changes and same-content writes (None: the trace has no counts for this snapshot)
+    writes: tuple[U16, U16, U16] | None = None
 
 
-def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
+def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
+    """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
+    same-content writes and content checks the sampler made (None: unsampled).
+
+    Same-content writes are soft-dirty's count where the capture tracked writes; elsewhere
+    the frame changes beyond the content changes (a copy-on-write of unchanged bytes is the
+    only same-content write a content sampler sees; docs/capture.md §9.3).
+    """
+    if not pc.sampled.any():
+        return None
+    content = effective_changes(pc.content_changes, pc.content_checks, pc.interval_s, pc.sample_ms)
+    if pc.same_content_writes is not None:
+        same = pc.same_content_writes
+    else:
+        extra = pc.frame_changes.astype(np.int32) - pc.content_changes.astype(np.int32)
+        same = np.maximum(extra, 0).astype(np.uint16)
+    if not content.any() and not same.any():
+        return None
+    return content, same, pc.content_checks
+
+
+def _page_columns(
+    pages: pa.Table, zero_hash: int | None, changes: PageChanges | None = None
+) -> _PageColumns:
     hash_col = pages.column("content_hash")
     frame_col = pages.column("frame_id")
     usable = None
@@ -338,6 +384,7 @@ def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
         frame=p_frame,
         flags=p_flags,
         usable=usable,
+        writes=None if changes is None else _write_counts(changes),
     )
 
 
@@ -361,12 +408,17 @@ def _eligibility(
     r_pid: npt.NDArray[np.integer[Any]],
     r_vma: U64,
     page_size: int,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> tuple[B, B]:
-    """Per row: VM_MERGEABLE under the policy; per present mm: has a mergeable mapping."""
+    """Per row: VM_MERGEABLE under the policy; per present mm: has a mergeable mapping.
+
+    A prctl process has every mapping mergeable, but for its exec-time ``[stack]`` when the
+    prctl came before exec (``prctl_at="exec"``, docs/kernel-semantics.md §2.6)."""
     mode = {m: mms[m].registration.mode for m in mm_present.tolist()}
     mergeable = np.array([mode[m] == "prctl" for m in mm_present.tolist()], dtype=bool)
     n = r_pid.size
-    if all(v == "prctl" for v in mode.values()):
+    every = prctl_at == "running"  # a prctl process: every row, without a look at its mappings
+    if every and all(v == "prctl" for v in mode.values()):
         return np.ones(n, bool), mergeable
     mm_pos = {int(m): i for i, m in enumerate(mm_present.tolist())}
     mlo, mhi = (int(x) for x in np.searchsorted(maps.sid, [sid, sid + 1]))
@@ -376,7 +428,7 @@ def _eligibility(
         if mm_j is None:
             continue
         ok = mms[mm_j].registration.mergeable(
-            str(maps.kind[j]), int(maps.start[j]), int(maps.end[j])
+            str(maps.kind[j]), int(maps.start[j]), int(maps.end[j]), prctl_at
         )
         map_key[(int(maps.pid[j]), int(maps.start[j]))] = ok
         if ok:
@@ -389,7 +441,7 @@ def _eligibility(
         for a, b in zip(heads.tolist(), ends.tolist(), strict=True):
             pid_u, vs = int(r_pid[a]), int(r_vma[a])
             mm_u = pid_to_mm[pid_u]
-            if mode[mm_u] == "prctl":
+            if mode[mm_u] == "prctl" and every:
                 ok = True
             elif (pid_u, vs) in map_key:
                 ok = map_key[(pid_u, vs)]
@@ -413,8 +465,10 @@ def _snapshot_rows(
     sid: int,
     shift: int,
     page_size: int,
-) -> tuple[RowColumns, MmLayout]:
-    """Snapshot ``k``'s rows sorted by (mm, page), and where each mm's rows are."""
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+) -> tuple[RowColumns, MmLayout, tuple[U16, ...] | None]:
+    """Snapshot ``k``'s rows sorted by (mm, page), where each mm's rows are, and the
+    writes the sampler saw on each row after it (if the trace has them)."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
     pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
     if cols.usable is None or cols.usable.all():
@@ -447,7 +501,7 @@ def _snapshot_rows(
 
     mm_present = np.array(sorted(procs.present[k]), dtype=np.int32)
     eligible, mergeable = _eligibility(
-        procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size
+        procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size, prctl_at
     )
     pf = take(cols.flags)
     flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
@@ -467,7 +521,9 @@ def _snapshot_rows(
         flags=flags,
         mm=r_mm.astype(np.int32),
     )
-    return rows, MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
+    writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
+    layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
+    return rows, layout, writes
 
 
 class InputBuilder:
@@ -496,9 +552,24 @@ class InputBuilder:
         self.parent_of = np.array(
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
+        self.writes: list[IntervalWrites | None] = []
+        self._pending: tuple[tuple[U16, ...], int | None] | None = None
+        self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
+        self._checked: list[npt.NDArray[np.bool_] | None] = []
+        self._prev_toggle: tuple[U64, npt.NDArray[np.bool_]] | None = None
 
-    def add(self, time_ns: int, rows: RowColumns, layout: MmLayout) -> None:
-        """The next snapshot's rows (sorted by key) and layout."""
+    def add(
+        self,
+        time_ns: int,
+        rows: RowColumns,
+        layout: MmLayout,
+        writes: tuple[U16, ...] | None = None,
+        interval_ns: int | None = None,
+    ) -> None:
+        """The next snapshot's rows (sorted by key) and layout, and the writes the sampler
+        saw on its rows over the interval after it (``interval_ns`` long)."""
+        self._close_writes(rows)
+        self._pending = None if writes is None else (writes, interval_ns)
         self.deltas.append(
             build_delta(
                 self.prev,
@@ -512,9 +583,42 @@ class InputBuilder:
         )
         self.prev = rows
 
+    def _close_writes(self, nxt: RowColumns | None) -> None:
+        """The previous snapshot's writes, now that the next snapshot (or none) is known."""
+        prev = self.prev
+        if prev is None:
+            return
+        if self._pending is None:
+            self.writes.append(None)
+            self._keys.append(None)
+            self._checked.append(None)
+            self._prev_toggle = None
+            return
+        (content, same, checks), interval_ns = self._pending
+        self._keys.append(prev.key)
+        self._checked.append(checks > 0)
+        if nxt is not None:
+            toggle = classify_toggles(prev.key, prev.hash, nxt.key, nxt.hash)
+        elif self._prev_toggle is not None:
+            toggle = carry_toggles(*self._prev_toggle, prev.key)
+        else:
+            toggle = np.zeros(prev.key.size, bool)
+        self.writes.append(IntervalWrites(content, same, toggle, interval_ns))
+        self._prev_toggle = (prev.key, toggle)
+        self._pending = None
+
     def build(self) -> ReplayInput:
         """The input, once every snapshot was added."""
+        self._close_writes(None)
         self.prev = None
+        if any(w is not None for w in self.writes):
+            fill_unchecked(
+                self._keys,
+                [None if w is None else w.content for w in self.writes],
+                self._checked,
+                [None if w is None or not w.length_ns else w.length_ns / 1e9 for w in self.writes],
+            )
+        self._keys, self._checked = [], []
         return ReplayInput(
             host=self.host,
             page_size=self.page_size,
@@ -524,6 +628,7 @@ class InputBuilder:
             deltas=self.deltas,
             meta=self.meta,
             content_hash=self.catalog.hashes(),
+            writes=self.writes if any(w is not None for w in self.writes) else [],
         )
 
 
@@ -532,11 +637,14 @@ def prepare(
     *,
     resolver: Resolver | None = None,
     include_mms: Sequence[int] | None = None,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> ReplayInput:
     """Build the :class:`ReplayInput` of one host trace under a policy ``resolver``.
 
     ``include_mms`` restricts the replay to some process instances (used for security
     domains that must not merge with each other: each domain is replayed alone).
+    ``prctl_at`` says when prctl processes registered
+    (:data:`planner.engine.registration.PrctlAt`; the launcher case by default).
     """
     sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
     # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
@@ -547,7 +655,7 @@ def prepare(
         (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))
         for i, sid in enumerate(sids)
     )
-    return _prepare(ht, parts, resolver, include_mms)
+    return _prepare(ht, parts, resolver, include_mms, prctl_at)
 
 
 def prepare_trace(
@@ -556,6 +664,7 @@ def prepare_trace(
     *,
     resolver: Resolver | None = None,
     include_mms: Sequence[int] | None = None,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> ReplayInput:
     """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
     a time: memory holds two snapshots' rows and the deltas, not the whole trace."""
@@ -578,7 +687,9 @@ def prepare_trace(
         **tables,
     )
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    return _prepare(ht, trace.iter_snapshot_pages(host, columns), resolver, include_mms)
+    columns += [*COUNT_COLUMNS, "same_content_writes"]
+    pages = trace.iter_snapshot_pages(host, columns)
+    return _prepare(ht, pages, resolver, include_mms, prctl_at)
 
 
 def _prepare(
@@ -586,6 +697,7 @@ def _prepare(
     pages: Iterable[tuple[int, pa.Table]],
     resolver: Resolver | None,
     include_mms: Sequence[int] | None,
+    prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
@@ -609,13 +721,14 @@ def _prepare(
     )
     proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
     proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
+    intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
     builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
         hz=ht.hz,
         trace_hash=ht.trace_hash,
         mms=procs.mms,
-        meta={k: v for k, v in meta.items() if k != "zero_hash"},
+        meta={k: v for k, v in meta.items() if k != "zero_hash"} | {"prctl_at": prctl_at},
     )
     empty = ht.pages.schema.empty_table()
     stream = iter(pages)
@@ -625,12 +738,17 @@ def _prepare(
         if nxt is not None and nxt[0] == sid:
             table = nxt[1]
             nxt = next(stream, None)
-        cols = _page_columns(table, meta.get("zero_hash"))
-        cur, layout = _snapshot_rows(
-            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
+        changes = None
+        if "content_changes" in table.column_names and table.num_rows:
+            changes = page_changes(ht.snapshots, table, sid)
+        cols = _page_columns(table, meta.get("zero_hash"), changes)
+        cur, layout, writes = _snapshot_rows(
+            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
         )
         del cols, table
-        builder.add(round(times_s[k] * 1e9), cur, layout)
+        length = intervals_s[k]
+        length_ns = round(length * 1e9) if length else None
+        builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
     return builder.build()
 
 

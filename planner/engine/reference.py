@@ -55,6 +55,7 @@ from planner.engine.result import (
 )
 from planner.engine.rows import F_ELIGIBLE, F_THP, F_ZERO
 from planner.engine.timing import NS_PER_MS
+from planner.engine.writes import RESTORE, SAME, Writes
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from planner.engine.rows import SnapshotRows
 
 ZERO = -1  # phys value of a PTE mapping the kernel zero page (use_zero_pages)
+VOLATILE = 1 << 64  # a write's content id v is content VOLATILE + v (no snapshot hash)
 NONE, UNSTABLE, STABLE = 0, 1, 2
 THP_SHIFT = 9  # 512 x 4 KiB = 2 MiB
 
@@ -136,6 +138,7 @@ class ReferenceEngine:
         self.next_entity = 0
         self.stale_watch: set[int] = set()  # entities with nodes whose last mapper went away
         self.split_thp: set[tuple[int, int]] = set()
+        self.whash: dict[int, int] = {}  # rows whose content a write changed: the content now
         # ksmd
         self.slots: list[int] = []
         self.cursor: int | None = None  # mm the scan cursor is on; None = the list head
@@ -184,6 +187,7 @@ class ReferenceEngine:
     def apply_snapshot(self, k: int, now_ns: int) -> None:
         """The world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
         self.now_ns = now_ns
+        self.whash = {}
         new = self.inp.snapshots[k]
         old = self.snap
         tr = self.inp.transition(k)
@@ -250,16 +254,47 @@ class ReferenceEngine:
             at = len(self.slots) if self.cursor is None else self.slots.index(self.cursor)
             self.slots.insert(at, mm)
 
-    def apply_writes(self, writes: object, now_ns: int) -> None:
-        """Writes between snapshots: no write model exists yet (see planner.engine.driver).
+    def apply_writes(self, writes: object, now_ns: int) -> int:
+        """Writes between snapshots (:mod:`planner.engine.writes`); returns the merges broken.
 
-        Where one will go: for each write, ``_replace`` the row's physical page by a fresh
-        entity (a write to a KSM page breaks the merge at once; its rmap_item stays on the
-        stable node until ksmd visits it, as ``_remove_from_tree`` then finds); a content
-        change updates the row's hash (the checksum gate sees it at the next visit) and drops
-        the row's unstable-tree entry, as ``apply_snapshot`` does.
+        A write to a KSM page, the zero page or a page another mapping shares gives the row
+        a fresh physical page (its rmap_item stays on the stable node until ksmd visits it,
+        as ``_remove_from_tree`` then finds); a write to a private page keeps it. A content
+        change sets the row's content (the checksum gate sees it at the next visit) and
+        drops the row's unstable-tree entry, as ``apply_snapshot`` does.
         """
-        raise NotImplementedError("no write model exists yet")
+        assert isinstance(writes, Writes)
+        self.now_ns = now_ns
+        snap = self.snap
+        assert snap is not None
+        breaks = 0
+        for i, v in zip(writes.rows.tolist(), writes.content.tolist(), strict=True):
+            e = self.phys[i]
+            if e == ZERO or e in self.ent_node or self.ent_mappers[e] > 1:
+                if e != ZERO and e in self.ent_node:  # cow_ksm counts KSM pages only
+                    breaks += 1
+                self.next_entity += 1
+                self._replace(i, self.next_entity - 1)
+            if v == SAME:
+                continue
+            old = self._hash(i)
+            if v == RESTORE:
+                self.whash.pop(i, None)
+            else:
+                self.whash[i] = VOLATILE + v
+            if self._hash(i) != old:
+                item = self.items.get(int(snap.mm[i]), {}).get(int(snap.page[i]))
+                if item is not None and self.unstable.get(old) is item:
+                    del self.unstable[old]
+        return breaks
+
+    def _hash(self, i: int) -> int:
+        """Row ``i``'s content now: the snapshot's, or what a write made it."""
+        h = self.whash.get(i)
+        if h is not None:
+            return h
+        assert self.snap is not None
+        return int(self.snap.hash[i])
 
     # ------------------------------------------------------------------ stable tree
 
@@ -557,13 +592,13 @@ class ReferenceEngine:
             paths["fork_join"] += 1
             return
         self._remove_from_tree(item)
-        h = int(snap.hash[i])
+        h = self._hash(i)
         if not item.has_sum or item.oldsum != h:
             paths["first_visit" if allocated_now else "volatile"] += 1
             item.oldsum = h
             item.has_sum = True
             return
-        if self.k.use_zero_pages and snap.flags[i] & F_ZERO:
+        if self.k.use_zero_pages and snap.flags[i] & F_ZERO and i not in self.whash:
             self._replace(i, ZERO)
             paths["zero_merge"] += 1
             return

@@ -11,9 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 Mode = Literal["off", "prctl", "madvise"]
+
+#: When a ``prctl`` process set ``PR_SET_MEMORY_MERGE`` (docs/kernel-semantics.md §2.6):
+#: ``"exec"`` -- before ``exec``, by whatever started it (systemd ``MemoryKSM=``, a
+#: launcher): the ``[stack]`` that ``exec`` creates is never marked mergeable, every later
+#: mapping is; ``"running"`` -- inside the running process: every compatible mapping it has.
+PrctlAt = Literal["exec", "running"]
+PRCTL_AT_DEFAULT: Final[PrctlAt] = "exec"
+#: The mapping kind ``exec`` creates before the mm takes ``MMF_VM_MERGE_ANY`` into account.
+EXEC_STACK_KIND: Final = "stack"
+
+
+def prctl_at_note(prctl_at: PrctlAt) -> str:
+    """What a result says about the timing of prctl registration."""
+    if prctl_at == "exec":
+        return "prctl before exec (systemd MemoryKSM=, a launcher): [stack] not mergeable"
+    return "prctl inside the running process: every compatible mapping mergeable"
 
 
 @dataclass(frozen=True)
@@ -26,10 +42,13 @@ class Registration:
     domain: str | None = None  # security domain, for what-if scenarios
     rule: str | None = None  # which policy rule decided (for reports)
 
-    def mergeable(self, kind: str, start: int, end: int) -> bool:
-        """Whether a mapping ``[start, end)`` of ``kind`` is VM_MERGEABLE here."""
+    def mergeable(self, kind: str, start: int, end: int, prctl_at: PrctlAt = "running") -> bool:
+        """Whether a mapping ``[start, end)`` of ``kind`` is VM_MERGEABLE here.
+
+        With ``prctl_at="exec"`` a prctl process's exec-time stack is not (see
+        :data:`PrctlAt`)."""
         if self.mode == "prctl":
-            return True
+            return not (prctl_at == "exec" and kind == EXEC_STACK_KIND)
         if self.mode == "off":
             return False
         if kind in self.kinds:

@@ -220,6 +220,8 @@ class GridRecord:
     t_s: float
     counters: dict[str, int]
     truth: Truth
+    cow_breaks: int = 0
+    """Merges broken by writes since the start (the write model; 0 without writes)."""
 
 
 @dataclass
@@ -270,6 +272,13 @@ class ReplayResult:
     node_member_table: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros((0, 3), np.int64)
     )
+    cow_breaks: int = 0
+    """Merges broken by writes over the replay (writes to KSM pages: what the kernel counts
+    as ``cow_ksm``; a write to a KSM-placed zero page copies too, uncounted); 0 without a
+    write model."""
+    cow_breaks_per_s: float | None = None
+    """Merges broken per second in the steady state: after the last snapshot, where the
+    measured writes go on (else over the whole replay); None without a write model."""
 
     @property
     def final_node_members(self) -> list[tuple[int, int, int]]:
@@ -286,7 +295,10 @@ class ReplayResult:
             "provenance": self.provenance,
             "duration_s": self.duration_s,
             "scans": [s.to_dict() for s in self.scans],
-            "grid": [{"t_s": g.t_s, **g.counters, "truth": g.truth.to_dict()} for g in self.grid],
+            "grid": [
+                {"t_s": g.t_s, **g.counters, "cow_breaks": g.cow_breaks, "truth": g.truth.to_dict()}
+                for g in self.grid
+            ],
             "final": {
                 **self.final_counters,
                 "processes": self.final_processes,
@@ -295,6 +307,8 @@ class ReplayResult:
             "cost": self.cost.to_dict(),
             "snapshot_first_scan": self.snapshot_first_scan,
             "snapshot_applied_s": self.snapshot_applied_s,
+            "cow_breaks": self.cow_breaks,
+            "cow_breaks_per_s": self.cow_breaks_per_s,
         }
 
     def timelines(self) -> dict[str, Any]:
@@ -316,7 +330,12 @@ class ReplayResult:
                 for s in self.scans
             ]
         )
-        grid = pd.DataFrame([{"t_s": g.t_s, **g.counters, **g.truth.to_dict()} for g in self.grid])
+        grid = pd.DataFrame(
+            [
+                {"t_s": g.t_s, **g.counters, "cow_breaks": g.cow_breaks, **g.truth.to_dict()}
+                for g in self.grid
+            ]
+        )
         procs = pd.DataFrame(
             [
                 {"full_scans": s.full_scans, "t_s": s.t_s, "pid": pid, **stats}
@@ -370,6 +389,9 @@ def assemble_result(
     snapshot_first_scan: list[int | None],
     snapshot_applied_ns: list[int | None],
     final_node_members: list[tuple[int, int, int]] | npt.NDArray[np.int64],
+    cow_breaks: int = 0,
+    cow_since_last_snapshot: tuple[int, float] | None = None,
+    writes_modelled: bool = False,
 ) -> ReplayResult:
     """The :class:`ReplayResult` of a finished replay (both engines end here).
 
@@ -416,7 +438,18 @@ def assemble_result(
         snapshot_first_scan=snapshot_first_scan,
         snapshot_applied_s=[None if v is None else v / NS_PER_S for v in snapshot_applied_ns],
         node_member_table=np.asarray(final_node_members, np.int64).reshape(-1, 3),
+        cow_breaks=cow_breaks,
+        cow_breaks_per_s=_cow_rate(cow_breaks, duration_s, cow_since_last_snapshot)
+        if writes_modelled
+        else None,
     )
+
+
+def _cow_rate(total: int, duration_s: float, steady: tuple[int, float] | None) -> float | None:
+    """Breaks per second after the last snapshot, else over the whole replay."""
+    if steady is not None and steady[1] > 0:
+        return steady[0] / steady[1]
+    return total / duration_s if duration_s > 0 else None
 
 
 def time_to_fraction(

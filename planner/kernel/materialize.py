@@ -27,6 +27,9 @@ Rules
 * **Changes.** A row whose frame and content are unchanged is left alone (a write would
   copy-on-write a merged page). A changed row is written; a vanished row is
   ``MADV_DONTNEED``; a process that is gone exits.
+* **Writes between snapshots** (a sampled trace, replayed with its write model):
+  :func:`plan_with_writes` adds the replay's batches of writes as rounds of ``update`` steps
+  between full scans, in the order the replay applied them.
 * **Order within a snapshot** (ksmd stopped, its cursor between scans): updates of existing
   processes, then new processes in ``(pid, proc_start)`` order, each registered
   (``MADV_MERGEABLE``, or at fork when the parent is registered) in that order -- new mms join
@@ -50,6 +53,8 @@ from planner.trace import schema as S
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from planner.engine.driver import Event
+    from planner.engine.prepare import ReplayInput
     from planner.trace.io import HostTrace
 
 PAGE_SHIFT = 12
@@ -617,3 +622,81 @@ class _Simulator:
             empty = _State(np.empty(0, np.int64), np.empty(0, np.int64))
             write, dropped, self.state[key] = _diff(empty, slots, rows, self.phys)
             self.steps.append(_make_step("spawn", key, slots, rows, write, dropped))
+
+
+# ------------------------------------------------------------------------------ writes
+
+#: The content of write ``v`` of the replay's write model (a content no trace row has):
+#: the page bytes of this hash (:func:`planner.kernel.holder.page_bytes`).
+WRITE_CONTENT_BASE = 0xC0FFEE << 40
+
+
+def write_content_hash(v: int) -> int:
+    """The 64-bit hash whose page bytes a holder writes for the write model's content ``v``."""
+    return (WRITE_CONTENT_BASE + v) & ((1 << 64) - 1)
+
+
+def plan_with_writes(
+    plan: MaterializationPlan, inp: ReplayInput, events: Sequence[Event]
+) -> tuple[MaterializationPlan, list[int]]:
+    """``plan`` with the replay's writes between snapshots as extra rounds of steps.
+
+    ``events`` is the replay driver's log (``Driver.event_log``, scan-aligned): every
+    snapshot and every batch of writes in the order it was applied, with the full scan it
+    came before. Each batch becomes a round of ``update`` steps (ksmd stopped between scans):
+    a content change writes the bytes of a content no trace row has
+    (:func:`write_content_hash`) or, restoring, the snapshot's; a same-content write writes
+    the bytes the page holds (a copy-on-write of a merged page, in place otherwise). Returns
+    the plan and, per entry of its ``snapshots``, the full scan before which it is applied.
+    """
+    from planner.engine.rows import F_ZERO
+    from planner.engine.writes import RESTORE, SAME, Writes
+
+    rounds: list[SnapshotPlan] = []
+    schedule: list[int] = []
+    cur = -1
+    held: dict[tuple[ProcKey, int], tuple[int, bool]] = {}  # written slots: content now
+    shift = inp.page_size.bit_length() - 1
+    for ev in events:
+        if ev.kind == "snapshot":
+            cur = ev.snapshot
+            held.clear()  # the snapshot's steps leave every slot as the trace says
+            rounds.append(plan.snapshots[cur])
+            schedule.append(ev.before_scan)
+            continue
+        w = ev.writes
+        assert isinstance(w, Writes)
+        assert cur >= 0
+        snap = inp.snapshots[cur]
+        per_key: dict[ProcKey, list[tuple[int, int, bool]]] = {}
+        for row, v in zip(w.rows.tolist(), w.content.tolist(), strict=True):
+            mi = inp.mms[int(snap.mm[row])]
+            key = ProcKey(mi.pid, mi.proc_start)
+            addr = np.array([int(snap.page[row]) << shift], np.uint64)
+            slot = int(plan.family_of(key).slot_of(addr)[0])
+            base = (int(snap.hash[row]), bool(snap.flags[row] & F_ZERO))
+            if v == SAME:
+                content = held.get((key, slot), base)
+            elif v == RESTORE:
+                content = base
+                held.pop((key, slot), None)
+            else:
+                content = (write_content_hash(v), False)
+                held[(key, slot)] = content
+            per_key.setdefault(key, []).append((slot, *content))
+        steps = []
+        for key in sorted(per_key):
+            rows = sorted(per_key[key])
+            steps.append(
+                Step(
+                    action="update",
+                    key=key,
+                    write_slots=np.array([r[0] for r in rows], np.int64),
+                    write_hashes=np.array([r[1] for r in rows], np.uint64),
+                    write_zero=np.array([r[2] for r in rows], np.bool_),
+                )
+            )
+        base_plan = plan.snapshots[cur]
+        rounds.append(dataclasses.replace(base_plan, steps=tuple(steps)))
+        schedule.append(ev.before_scan)
+    return dataclasses.replace(plan, snapshots=tuple(rounds)), schedule

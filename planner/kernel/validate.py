@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.errors import UsageProblem
+from planner.kernel.materialize import plan_materialization, plan_with_writes
 from planner.kernel.run import KernelRun, run_on_kernel, sysfs_knobs
 from planner.kernel.sysfs import COUNTERS, KsmLease
 from planner.provenance import HostInfo, Provenance
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
     from planner.engine import KsmKnobs
     from planner.engine.api import EngineName
+    from planner.engine.driver import Event
+    from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput
+    from planner.engine.result import ReplayResult
 
 #: Full scans run after the replay applied the last snapshot, when ``scans`` is not given.
 DEFAULT_SETTLE_SCANS = 4
@@ -76,11 +81,16 @@ class KernelValidation:
     kernel: KernelRun
     provenance: Provenance
     notes: list[str] = field(default_factory=list)
+    cow_breaks: tuple[int, int] | None = None
+    """With writes between snapshots: (the kernel's ``cow_ksm``, the replay's merges broken)
+    over the compared full scans."""
 
     @property
     def agree(self) -> bool:
-        """Whether the kernel and the replay agree on every full scan."""
-        return bool(self.scans) and all(s.agree for s in self.scans)
+        """Whether the kernel and the replay agree on every full scan (and, with writes, on
+        the copy-on-write breaks)."""
+        cow_ok = self.cow_breaks is None or self.cow_breaks[0] == self.cow_breaks[1]
+        return bool(self.scans) and all(s.agree for s in self.scans) and cow_ok
 
     @property
     def mismatched_scans(self) -> list[int]:
@@ -93,6 +103,12 @@ class KernelValidation:
         if self.agree:
             return f"the kernel and the replay ({self.engine}) agree on all {n} full scans"
         bad = self.mismatched_scans
+        if not bad and self.cow_breaks is not None:
+            kernel_cow, replay_cow = self.cow_breaks
+            return (
+                f"the counters agree on all {n} full scans, but copy-on-write breaks differ: "
+                f"kernel cow_ksm {kernel_cow}, replay {replay_cow}"
+            )
         first = next(s for s in self.scans if not s.agree)
         if first.kernel is None or first.replay is None:
             what = (
@@ -187,6 +203,74 @@ def _compare(kernel: KernelRun, replay_scans: list[Any], n: int) -> list[ScanCom
     return out
 
 
+def _replay(
+    ht: HostTrace, knobs: KsmKnobs, opts: ReplayOptions, engine: EngineName, progress: Progress
+) -> tuple[ReplayResult, list[Event], ReplayInput]:
+    """The scan-aligned replay, the snapshots and writes it applied (in order), its input.
+
+    Every page is materialized in a ``MADV_MERGEABLE`` region (no exec-time stack), so the
+    prctl processes of the trace are replayed as if registered while running.
+    """
+    from planner.engine import prepare
+    from planner.engine.api import replay_input_core, writes_note
+    from planner.engine.driver import NO_WRITES, Driver
+    from planner.engine.writes import write_model
+
+    inp = prepare(ht, prctl_at="running")
+    core = replay_input_core(inp, knobs, engine)
+    model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
+    driver = Driver(
+        core,
+        inp,
+        knobs,
+        opts,
+        progress=progress,
+        writes=NO_WRITES if model is None else model,
+        log_events=True,
+    )
+    res = driver.run()
+    res.provenance["writes"] = writes_note(inp, opts, model)
+    assert driver.event_log is not None
+    return res, driver.event_log, inp
+
+
+def _cow_pair(run: KernelRun, events: list[Event]) -> tuple[int, int] | None:
+    """(kernel ``cow_ksm``, replay breaks) over the rounds of writes the kernel run applied.
+
+    ``cow_ksm`` is read after every full scan and every applied snapshot or round (ksmd
+    stopped), so a round's breaks are the difference across it; snapshots' own changes
+    (which copy merged pages too) are left out on both sides.
+    """
+    if not any(e.kind == "writes" for e in events):
+        return None
+    scans = {r.full_scans: r.vmstat.get("cow_ksm") for r in run.scans}
+    kernel = replay = 0
+    prev: int | None = None
+    prev_scan = 0
+    for ev, rec in zip(events, run.snapshots, strict=False):
+        if rec.before_scan - 1 != prev_scan:  # a scan ran since the previous entry
+            prev_scan = rec.before_scan - 1
+            prev = scans.get(prev_scan)
+        after = rec.vmstat.get("cow_ksm")
+        if ev.kind == "writes":
+            if prev is None or after is None:
+                return None
+            kernel += int(after) - int(prev)
+            replay += ev.breaks
+        prev = after
+    return kernel, replay
+
+
+def _cow_check(run: KernelRun, events: list[Event], n: int) -> str | None:
+    pair = _cow_pair(run, events)
+    if pair is None:
+        return None
+    return (
+        f"copy-on-write breaks by the writes between snapshots over full scans 1-{n}: "
+        f"kernel cow_ksm {pair[0]}, replay {pair[1]}"
+    )
+
+
 def validate_on_kernel(
     source: HostTrace | str | os.PathLike[str],
     *,
@@ -219,7 +303,7 @@ def validate_on_kernel(
     KernelValidation
         ``.agree`` tells whether kernel and replay agree on every counter after every scan.
     """
-    from planner.engine import KsmKnobs, replay
+    from planner.engine import KsmKnobs
     from planner.engine.options import ReplayOptions
     from planner.provenance import kernel_hz
 
@@ -236,20 +320,25 @@ def validate_on_kernel(
         opts = ReplayOptions(snapshot_alignment="scan", settle_scans=DEFAULT_SETTLE_SCANS)
     else:
         opts = ReplayOptions(snapshot_alignment="scan", max_scans=scans, settle_scans=scans)
-    res = replay(ht, knobs=knobs, options=opts, engine=engine, progress=progress)
+    res, events, inp = _replay(ht, knobs, opts, engine, progress)
     n = scans if scans is not None else len(res.scans)
     if n < 1:
         raise UsageProblem(
             "the replay ran no full scan, so there is nothing to compare",
             hint="check that the trace has pages and that KSM is enabled for its processes",
         )
-    schedule = [s if s is not None else n + 2 for s in res.snapshot_first_scan]
     kern = sysfs_knobs(knobs)
+    plan = plan_materialization(ht)
+    if any(e.kind == "writes" for e in events):
+        plan, schedule = plan_with_writes(plan, inp, events)
+    else:
+        schedule = [s if s is not None else n + 2 for s in res.snapshot_first_scan]
     run = run_on_kernel(
-        ht, knobs=kern, snapshot_scans=schedule, scans=n, lease=lease, progress=progress
+        plan, knobs=kern, snapshot_scans=schedule, scans=n, lease=lease, progress=progress
     )
+    cow = _cow_check(run, events, n)
     comparisons = _compare(run, list(res.scans), n)
-    notes = []
+    notes = [] if cow is None else [cow]
     late = [r.full_scans for r in run.scans if r.late]
     if late:
         notes.append(
@@ -279,6 +368,7 @@ def validate_on_kernel(
         },
     )
     return KernelValidation(
+        cow_breaks=_cow_pair(run, events),
         scans=comparisons,
         snapshot_scans=list(run.snapshot_scans),
         knobs=knobs.to_dict(),

@@ -1,9 +1,15 @@
-"""Hypothesis strategies for engine property tests (worlds, knobs, replay options)."""
+"""Hypothesis strategies for engine property tests (worlds, knobs, replay options, and
+the sampling counts of writes between snapshots)."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
 from hypothesis import reject
 from hypothesis import strategies as st
 
@@ -11,6 +17,9 @@ from planner.engine.knobs import KNOBS, KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import KnobError
 from planner.testing.random_world import WorldSpec
+
+if TYPE_CHECKING:
+    from planner.trace.io import HostTrace
 
 
 @st.composite
@@ -51,4 +60,70 @@ def replay_options(draw: Any) -> ReplayOptions:
         settle_scans=draw(st.integers(2, 12)),
         grid_s=0.05,
         snapshot_alignment=draw(st.sampled_from(["time", "scan"])),
+    )
+
+
+@dataclass(frozen=True)
+class ChurnSpec:
+    """How much a trace's pages are written between snapshots (sampling counts, format v2)."""
+
+    written_share: float = 0.4  # share of page rows with writes in an interval
+    max_content_changes: int = 6
+    max_same_writes: int = 4
+    soft_dirty: bool = True  # same-content writes counted (else: frame changes only)
+    last_interval_s: float | None = 0.5  # the interval sampled after the last snapshot
+
+
+def with_write_counts(ht: HostTrace, seed: int, spec: ChurnSpec = ChurnSpec()) -> HostTrace:
+    """``ht`` with per-page sampling counts (docs/capture.md §9): each snapshot's rows get
+    content changes and same-content writes (or frame changes) over the interval after it,
+    drawn from ``seed``; the snapshots table says how long each interval was."""
+    rnd = np.random.default_rng(seed)
+    times = ht.times_s.tolist()
+    n = ht.pages.num_rows
+    pick = rnd.random(n) < spec.written_share
+    content = np.where(pick, rnd.integers(0, spec.max_content_changes + 1, n), 0)
+    same = np.where(pick, rnd.integers(0, spec.max_same_writes + 1, n), 0)
+    checks = content + rnd.integers(0, 3, n)  # checked no more often than changed: saturated
+    frame = content + (0 if spec.soft_dirty else same)
+    samples = np.maximum(checks, np.maximum(frame, same)) + 1
+    sid = ht.pages.column("snapshot_id").to_numpy()
+    last_sid = int(ht.snapshot_ids[-1]) if len(times) else -1
+    if spec.last_interval_s is None:
+        content = np.where(sid == last_sid, 0, content)
+        same = np.where(sid == last_sid, 0, same)
+        frame = np.where(sid == last_sid, 0, frame)
+    u16 = pa.uint16()
+    cols = {
+        "samples": pa.array(samples, u16),
+        "content_checks": pa.array(checks, u16),
+        "content_changes": pa.array(content, u16),
+        "frame_changes": pa.array(frame, u16),
+        "absent_samples": pa.array(np.zeros(n, np.int64), u16),
+        "same_content_writes": pa.array(same if spec.soft_dirty else np.zeros(n, np.int64), u16),
+    }
+    pages = ht.pages
+    for name, arr in cols.items():
+        pages = pages.set_column(pages.schema.get_field_index(name), name, arr)
+    intervals = [b - a for a, b in itertools.pairwise(times)] + [spec.last_interval_s]
+    snaps = ht.snapshots
+    snap_cols: dict[str, pa.Array[Any]] = {
+        "interval_s": pa.array(intervals, pa.float64()),
+        "sample_ms": pa.array([100.0] * len(times), pa.float64()),
+        "soft_dirty": pa.array([spec.soft_dirty] * len(times), pa.bool_()),
+    }
+    for name, col in snap_cols.items():
+        snaps = snaps.set_column(snaps.schema.get_field_index(name), name, col)
+    return dataclasses.replace(ht, pages=pages, snapshots=snaps)
+
+
+@st.composite
+def churn_specs(draw: Any) -> ChurnSpec:
+    """Between no writes and pages rewritten several times an interval."""
+    return ChurnSpec(
+        written_share=draw(st.sampled_from([0.0, 0.2, 0.5, 0.9])),
+        max_content_changes=draw(st.sampled_from([1, 3, 12])),
+        max_same_writes=draw(st.sampled_from([0, 2, 8])),
+        soft_dirty=draw(st.booleans()),
+        last_interval_s=draw(st.sampled_from([None, 0.05, 0.5])),
     )

@@ -397,6 +397,8 @@ class SweepOptions:
     grid_s: float | None
     snapshot_alignment: str
     cost_profile: str
+    writes: bool = True
+    """The writes a sampled trace recorded were replayed (``--no-writes``: not)."""
 
 
 @dataclass

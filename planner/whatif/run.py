@@ -60,7 +60,14 @@ if TYPE_CHECKING:
     from planner.trace.recording import ObservedTimeline
     from planner.whatif.capacity import CapacityInputs
 
-_OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
+_OPTION_FIELDS = (
+    "duration_s",
+    "settle_scans",
+    "max_scans",
+    "grid_s",
+    "snapshot_alignment",
+    "writes",
+)
 
 
 def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:

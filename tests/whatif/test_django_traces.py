@@ -36,7 +36,9 @@ def test_under_prctl_all_the_policy_ideal_is_the_static_ideal_of_ksm_planner_inf
     sample: Path,
 ) -> None:
     ht = open_trace(sample).load_host()
-    last = prepare(ht, resolver=preset("prctl-all").resolver()).snapshots[-1]
+    # 'info' counts every mapping: the prctl made inside the running processes (a launcher's
+    # prctl before exec leaves the exec-time stacks out, docs/kernel-semantics.md §2.6)
+    last = prepare(ht, resolver=preset("prctl-all").resolver(), prctl_at="running").snapshots[-1]
     info = host_potential(ht)[-1]
     # 'info' frees every zero-content frame (use_zero_pages); without it one zero KSM page stays
     assert policy_ideal_saved_frames(last, use_zero_pages=True) == info.ideal_saved_frames
@@ -53,7 +55,9 @@ def test_realization_and_extrapolation_hold_out(sample: Path) -> None:
     )
     for s in res.scenarios:
         assert s.realization_ratio is not None
-        assert 0.98 <= s.realization_ratio <= 1.0
+        # the sampled traces' writes keep their fastest-changing pages out of the stable tree
+        # (docs/kernel-semantics.md §6.5): a few % of the ideal is never realized
+        assert 0.9 <= s.realization_ratio < 1.0
         fit = res.fit(s.policy_set, "allow", "vm")
         assert fit is not None
         assert fit.k == 8  # the 8 gunicorn workers; the master is the base

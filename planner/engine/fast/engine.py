@@ -17,7 +17,7 @@ import numpy.typing as npt
 from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
-from planner.engine.fast.apply import COMPACT_MIN_DEAD, apply_delta, release_memory
+from planner.engine.fast.apply import COMPACT_MIN_DEAD, _extend, apply_delta, release_memory
 from planner.engine.fast.observe import node_members, recount_merging, stable_tree
 from planner.engine.fast.state import (
     IB_EXISTS,
@@ -26,6 +26,7 @@ from planner.engine.fast.state import (
     S_EVENTS,
     S_MERGING_STALE,
     S_N_CONTENTS,
+    S_N_ENTS,
     S_N_ORPH,
     S_N_ROWS,
     S_SPLIT_N,
@@ -40,6 +41,7 @@ from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.result import N_ROW, process_counters
 from planner.engine.rows import MM_SHIFT
 from planner.engine.timing import NS_PER_MS
+from planner.engine.writes import Writes
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -92,6 +94,7 @@ class FastEngine:
         self.exited: set[int] = set()
         self.steady = Steady(knobs.smart_scan) if fast_forward else None
         self.slots_version = 0  # changes whenever the mm list does
+        self.snap_gid = np.empty(0, np.int32)  # the snapshot's content per row (writes)
         self._out_t = np.zeros(out_batches, np.int64)
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
@@ -106,6 +109,8 @@ class FastEngine:
             self.steady.forget()
         d = self.inp.deltas[k]
         apply_delta(self, d, self.split_keys, self.compact_min_dead)
+        if self.inp.writes:  # the snapshot's contents, which a write may restore
+            self.snap_gid = self.st.r_gid[: d.n_rows].copy()
         self.snap_i = k
         for mm in self.inp.exiting(k):
             self.exited.add(mm)
@@ -132,16 +137,21 @@ class FastEngine:
             self.slots.insert(at, mm)
             self.slots_version += 1
 
-    def apply_writes(self, writes: object, now_ns: int) -> None:
-        """Writes between snapshots: no write model exists yet (see planner.engine.driver).
-
-        Where one will go: a write sets the row's physical page to a fresh entity with
-        ``kernel._replace`` (the merge breaks at once, the item stays on its node until the
-        kernel visits it) and, for a content change, the row's content id and ``RF_UNIQ``,
-        clearing its ``IB_INTREE`` bit -- the steps :func:`apply.apply_delta` takes for a
-        snapshot's changed rows.
-        """
-        raise NotImplementedError("no write model exists yet")
+    def apply_writes(self, writes: object, now_ns: int) -> int:
+        """Writes between snapshots (:mod:`planner.engine.writes`): the compiled
+        ``kernel.apply_writes``, the reference model's ``apply_writes``; returns the merges
+        broken."""
+        del now_ns
+        assert isinstance(writes, Writes)
+        if self.steady is not None:
+            self.steady.forget()
+        st = self.st
+        need = int(st.sc[S_N_ENTS]) + len(writes)
+        if need > st.e_map.size:  # room for a fresh physical page per row written
+            self.st = st = st._replace(
+                e_map=_extend(st.e_map, need, 0), e_node=_extend(st.e_node, need, -1)
+            )
+        return int(kernel.apply_writes(st, writes.rows, writes.content, self.snap_gid))
 
     def _orphan_range(self, mm: int, from_page: int) -> tuple[int, int]:
         n_orph = int(self.st.sc[S_N_ORPH])

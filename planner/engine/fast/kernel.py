@@ -52,6 +52,8 @@ from planner.engine.fast.state import (
     S_M,
     S_MERGING_STALE,
     S_N_CHAINS,
+    S_N_CONTENTS,
+    S_N_ENTS,
     S_N_NODES,
     S_N_ROWS,
     S_PRUNE_DONE,
@@ -590,10 +592,11 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         sc[S_EVENTS] += 1
         return P_VOL if existed else P_FIRST
     fl = st.r_flags[r]
-    if sc[S_USE_ZERO] and fl & RF_ZERO:
+    written = g >= sc[S_N_CONTENTS]  # a content a write made: no other row has it
+    if sc[S_USE_ZERO] and fl & RF_ZERO and not written:
         _zero_merge(st, i64(r), i64(mm))
         return P_ZERO
-    if fl & RF_UNIQ:  # a pruning walk passes (its result cannot matter)
+    if fl & RF_UNIQ or written:  # a pruning walk passes (its result cannot matter)
         if _walk_is_noop(st, True):
             sc[S_WALKS] += 1
         else:
@@ -761,4 +764,44 @@ def run_batches(
     return nb, status
 
 
-__all__ = ["run_batches", "start_scan"]
+# ----------------------------------------------------------------------------- writes
+
+
+@kernel
+def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any) -> int:
+    """Writes between snapshots (reference ``apply_writes``); returns the merges broken.
+
+    ``rows`` ascending; ``content`` per row: -2 unchanged, -1 the snapshot's (``snap_gid``),
+    else a content id ``v`` (content ``n_contents + v``, which no snapshot row has). The
+    caller made room for one fresh physical page per row.
+    """
+    sc = st.sc
+    n_contents = sc[S_N_CONTENTS]
+    breaks = 0
+    seg = 0
+    for i in range(rows.size):
+        r = rows[i]
+        while st.lay_hi[seg] <= r:
+            seg += 1
+        mm = st.lay_mm[seg]
+        e = st.r_phys[r]
+        if e == ZERO or st.e_node[e] >= 0 or st.e_map[e] > 1:
+            if e != ZERO and st.e_node[e] >= 0:  # cow_ksm counts KSM pages only
+                breaks += 1
+            ne = sc[S_N_ENTS]
+            sc[S_N_ENTS] += 1
+            st.e_map[ne] = 0
+            st.e_node[ne] = -1
+            _replace(st, i64(r), i64(mm), i64(ne))
+        v = content[i]
+        if v == -2:
+            continue
+        g = snap_gid[r] if v == -1 else n_contents + v
+        if g != st.r_gid[r]:
+            st.r_gid[r] = g
+            st.it_bits[r] &= 0xFF ^ IB_INTREE
+            sc[S_EVENTS] += 1
+    return breaks
+
+
+__all__ = ["apply_writes", "run_batches", "start_scan"]

@@ -85,6 +85,9 @@ class CompareOptions:
     grid_s: float = 0.5
     cost_profile: str | None = None
     """A cost profile file (``ksm-planner calibrate``); the shipped default when None."""
+    calibrate_writes: bool = False
+    """Calibrate the write model with the run's own canary recording (``observe
+    --ksm-pages``), as ``replay --observed`` does."""
 
     def __post_init__(self) -> None:
         if self.alignment not in ALIGNMENTS:
@@ -407,7 +410,20 @@ def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResu
     cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
     options = ReplayOptions(duration_s=duration_s, grid_s=opts.grid_s, cost=cost)
     scans = (1,) * len(inp.snapshots) if opts.alignment == "last" else None
-    return replay(inp, knobs=knobs, options=options, engine=opts.engine, snapshot_scans=scans)
+    canary = None
+    if opts.calibrate_writes:
+        from planner.engine.writes import canary_rates
+        from planner.trace.recording import read_observed
+
+        canary = canary_rates(read_observed(run.observe_dir), inp.page_size)
+    return replay(
+        inp,
+        knobs=knobs,
+        options=options,
+        engine=opts.engine,
+        snapshot_scans=scans,
+        canary=canary,
+    )
 
 
 def _model_series(res: ReplayResult, name: str) -> tuple[list[float], list[float]]:

@@ -87,6 +87,10 @@ class LiveConfig:
     warmup_s: float = 30.0
     snapshots: int = 3
     interval_s: float = 2.0
+    sample_ms: float | None = None
+    """Sample what changes between snapshots every ``sample_ms`` (capture ``--sample-ms``)."""
+    canary: bool = False
+    """Record every page's KSM state while observing (``observe --ksm-pages``)."""
     capture_priority: Priority = "low"
     observe_s: float = 60.0
     observe_interval_s: float = 1.0
@@ -509,6 +513,7 @@ def _leased_run(
                 children=True,
                 snapshots=cfg.snapshots,
                 interval_s=cfg.interval_s,
+                sample_ms=cfg.sample_ms,
                 key_file=work / "capture.key",
                 labels={"workload": str(wl.describe()["name"]), "harness": "live"},
                 priority=cfg.capture_priority,
@@ -535,6 +540,7 @@ def _leased_run(
                     duration_s=cfg.observe_s + 5.0,
                     all_processes=True,
                     smaps=True,
+                    ksm_pages=cfg.canary,
                     stop=stop_obs,
                 )
             except BaseException as exc:

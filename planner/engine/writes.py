@@ -1,0 +1,565 @@
+"""The write model: the writes a trace saw between snapshots, replayed at their rates.
+
+A snapshot shows a page's content at one instant; ksmd sees it continuously. A trace of
+format v2 records, per page of each snapshot, what the sampler saw over the interval after
+it (docs/capture.md §9): how many times the content changed, and the writes that left it
+unchanged (soft-dirty, or a copy-on-write of a fork-shared page). This module turns those
+counts into write events that the driver (:mod:`planner.engine.driver`) hands to both
+engines between batches (docs/kernel-semantics.md §6.5 states what a write does to KSM).
+
+**Per row and interval** (:class:`IntervalWrites`, built by :mod:`planner.engine.prepare`):
+
+* ``content`` content changes and ``same`` same-content writes, counted over the interval;
+* ``toggle``: whether the row's content at the next snapshot is the one it had at this one
+  although it changed in between. Such a page alternates between two contents (the
+  snapshot's and one other, which the trace does not show: a per-row content no other page
+  has); the checksum gate lets it through whenever two visits find the same one of the two.
+  Any other changing page *drifts*: every change is a content never seen before (a
+  counter, a timestamp), and its last change is the next snapshot's own.
+
+**When.** The ``n`` events of one kind of a row in an interval ``[t_k, t_k+1)`` of length
+``L`` are evenly spaced, ``L / n`` apart, with a phase drawn per row, kind and interval
+from the replay's seed: ``t_k + (phase + j) * L / n``. Even spacing keeps the recorded
+count exact (a Poisson process would add a variance the trace does not have) and matches
+the periodic writers that dominate such pages (timers, counters, allocator cycles); the
+seeded phase keeps pages from writing in lockstep. A drifting row's last change is left to
+the next snapshot (which shows it); a toggling row's last write restores the snapshot's
+content, so the next snapshot finds the row as the trace says.
+
+**After the last snapshot** the measured behaviour goes on: the last snapshot's counts
+(the capture samples one more interval after it) repeat with the same period for as long
+as the replay runs, so the steady state keeps writing instead of freezing memory.
+
+**What an engine gets** (:class:`Writes`): per row written since the last batch, the
+content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
+(:data:`RESTORE`), or a content id (>= 0) no snapshot row has. Several writes to one row
+between two batches act as one: the first breaks a merge, the last sets the content
+(merges happen only inside batches), so nothing is lost by handing them over together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from planner.engine.prepare import ReplayInput
+    from planner.trace.recording import ObservedTimeline
+
+I64 = npt.NDArray[np.int64]
+U16 = npt.NDArray[np.uint16]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+B = npt.NDArray[np.bool_]
+
+#: :attr:`Writes.content`: only same-content writes; the snapshot's content
+SAME: Final = -2
+RESTORE: Final = -1
+
+# event kinds
+_K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER = 0, 1, 2, 3
+# stream schemes: same-content writes, drifting content, toggling content
+_S_SAME, _S_DRIFT, _S_TOGGLE = 0, 1, 2
+#: events generated at once (the continuation is generated window by window)
+_WINDOW_EVENTS = 1 << 20
+_NEVER = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class IntervalWrites:
+    """What was written to each row of one snapshot over the interval after it."""
+
+    content: U16
+    """Content changes the sampler counted (a lower bound: two between checks count once)."""
+    same: U16
+    """Writes that left the content unchanged."""
+    toggle: B
+    """The content at the next snapshot is this snapshot's again (see the module notes)."""
+    length_ns: int | None
+    """The sampled interval's length (the last snapshot's sets the continuation's rate)."""
+    same_rate_per_s: F64 | None = None
+    """Same-content writes per second a canary recording saw (:func:`with_canary`), for
+    rows whose ``same`` the trace could not count."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
+        return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows with at least one write."""
+        w = (self.content > 0) | (self.same > 0)
+        if self.same_rate_per_s is not None:
+            w |= self.same_rate_per_s > 0
+        return int(np.count_nonzero(w))
+
+
+def effective_changes(
+    changes: U16, checks: U16, interval_s: float | None, sample_ms: float | None
+) -> U16:
+    """Content changes per row, corrected for what the sampler could not see.
+
+    ``content_changes`` counts the checks that found a change, so it is a lower bound, and a
+    page found changed at *every* check (changes >= checks > 0) changes at least as often as
+    it was checked -- how much more often, the checks cannot say. Such a page is taken to
+    change once per sampling period over the interval (the fastest the sampler could have
+    seen): on a busy host the sampler makes few passes, and a page it caught changing at each
+    of them must not look slower than ksmd's revisits because of that.
+    """
+    out = changes.astype(np.int64)
+    if interval_s and sample_ms:
+        periods = max(1, int(interval_s * 1000.0 / sample_ms))
+        sat = (changes > 0) & (changes >= checks)
+        out[sat] = np.maximum(out[sat], periods)
+    return np.minimum(out, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def fill_unchecked(
+    keys: list[U64 | None],
+    content: list[U16 | None],
+    checked: list[B | None],
+    lengths_s: list[float | None],
+    reach: int = 4,
+) -> None:
+    """Rows the sampler never checked in an interval (a rotating slice did not reach them)
+    take the change rate their page showed in the nearest interval where it was checked
+    (up to ``reach`` intervals away), scaled to this interval's length; in place."""
+    n = len(keys)
+    for k in range(n):
+        ck, kk, lk = content[k], keys[k], lengths_s[k]
+        ok = checked[k]
+        if ck is None or kk is None or ok is None or not lk:
+            continue
+        todo = np.flatnonzero(~ok)
+        for d in range(1, reach + 1):
+            for j in (k - d, k + d):
+                if not todo.size or not 0 <= j < n:
+                    continue
+                cj, kj, okj, lj = content[j], keys[j], checked[j], lengths_s[j]
+                if cj is None or kj is None or okj is None or not lj or not kj.size:
+                    continue
+                pos = np.minimum(np.searchsorted(kj, kk[todo]), kj.size - 1)
+                hit = (kj[pos] == kk[todo]) & okj[pos]
+                rate = cj[pos[hit]].astype(np.float64) / lj
+                ck[todo[hit]] = np.minimum(np.rint(rate * lk), 65535).astype(np.uint16)
+                ok[todo[hit]] = True
+                todo = todo[~hit]
+
+
+def classify_toggles(
+    prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
+) -> npt.NDArray[np.bool_]:
+    """Per row of the earlier snapshot: its content at the later one is the same (or the row
+    is gone: nothing to leave to the next snapshot)."""
+    if keys.size == 0:
+        return np.ones(prev_keys.size, bool)
+    pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)
+    found = keys[pos] == prev_keys
+    return np.asarray(~found | (hashes[pos] == prev_hash), dtype=bool)
+
+
+def carry_toggles(prev_keys: U64, prev_toggle: B, keys: U64) -> B:
+    """The last snapshot's rows: toggling where the same page toggled the interval before."""
+    out = np.zeros(keys.size, bool)
+    if prev_keys.size == 0 or keys.size == 0:
+        return out
+    pos = np.minimum(np.searchsorted(prev_keys, keys), prev_keys.size - 1)
+    hit = prev_keys[pos] == keys
+    out[hit] = prev_toggle[pos[hit]]
+    return out
+
+
+@dataclass(frozen=True)
+class Writes:
+    """Rows written since the last batch and the content each has now (module notes)."""
+
+    rows: I64
+    """Row indexes of the current snapshot, ascending, each once."""
+    content: I64
+    """:data:`SAME`, :data:`RESTORE`, or a content id >= 0 that no snapshot row has."""
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
+    """A phase in [0, 1) per row, from the seed, the interval, the row's key and the kind."""
+    with np.errstate(over="ignore"):
+        mix = (seed * 0x9E3779B97F4A7C15 + k * 0xBF58476D1CE4E5B9 + stream) % (1 << 64)
+        z = keys ^ np.uint64(mix)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+@dataclass
+class _Streams:
+    """Periodic event streams of one interval: row, period, phase, count, scheme."""
+
+    row: I64
+    period_ns: F64
+    phase: F64
+    count: I64  # events (-1: unbounded, the continuation)
+    scheme: npt.NDArray[np.int8]
+    t0_ns: int
+    end_ns: int  # events before this time (NEVER: the continuation)
+
+    def events(self, w0: int, w1: int) -> tuple[I64, I64, I64]:
+        """Events with time in [w0, w1): (time, row, kind), sorted by time then row."""
+        if self.row.size == 0 or w1 <= w0:
+            e = np.empty(0, np.int64)
+            return e, e, e
+        p = self.period_ns
+        lo = np.maximum(np.ceil((w0 - self.t0_ns) / p - self.phase), 0).astype(np.int64)
+        hi = np.ceil((w1 - self.t0_ns) / p - self.phase).astype(np.int64)
+        hi = np.where(self.count >= 0, np.minimum(hi, self.count), hi)
+        n = np.maximum(hi - lo, 0)
+        idx = np.repeat(np.arange(self.row.size), n)
+        j = lo[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
+        t = self.t0_ns + np.floor((self.phase[idx] + j) * p[idx]).astype(np.int64)
+        keep = (t >= w0) & (t < w1)
+        idx, j, t = idx[keep], j[keep], t[keep]
+        sch = self.scheme[idx]
+        kind = np.full(idx.size, _K_SAME, np.int64)
+        kind[sch == _S_DRIFT] = _K_FRESH
+        tog = sch == _S_TOGGLE
+        last = (self.count[idx] >= 0) & (j == self.count[idx] - 1)
+        kind[tog] = np.where((j[tog] % 2 == 1) | last[tog], _K_RESTORE, _K_OTHER)
+        rows = self.row[idx]
+        order = np.lexsort((rows, t))
+        return t[order], rows[order], kind[order]
+
+    @property
+    def events_per_ns(self) -> float:
+        """Events per ns over all streams."""
+        return float(np.sum(1.0 / self.period_ns)) if self.row.size else 0.0
+
+
+class TraceWrites:
+    """The write model of a replay input (a :class:`planner.engine.driver.WriteSource`)."""
+
+    def __init__(self, inp: ReplayInput, seed: int = 0) -> None:
+        self.inp = inp
+        self.seed = seed
+        self.times = inp.times_ns
+        self.k = -1
+        self.streams: _Streams | None = None
+        self.next_volatile = 0  # content ids handed out so far
+        self.other: I64 = np.empty(0, np.int64)  # per row: a toggling row's other content
+        self._t: I64 = np.empty(0, np.int64)
+        self._rows: I64 = np.empty(0, np.int64)
+        self._kind: I64 = np.empty(0, np.int64)
+        self._pos = 0
+        self._gen_to = 0  # events before this time were generated
+        self.events = 0  # events handed out
+
+    # ------------------------------------------------------------------ intervals
+
+    def _build(self, k: int) -> _Streams | None:
+        iw = self.inp.writes[k] if k < len(self.inp.writes) else None
+        t0 = self.times[k]
+        last = k + 1 >= len(self.times)
+        if iw is None:
+            return None
+        if last:
+            span, end = float(iw.length_ns or 0), _NEVER
+        else:
+            end = self.times[k + 1]
+            span = float(end - t0)
+            if span <= 0:
+                return None
+        keys = self._keys(k)
+        c = iw.content.astype(np.int64)
+        s = iw.same.astype(np.int64)
+        parts: list[tuple[I64, F64, F64, I64, npt.NDArray[np.int8]]] = []
+        rs = np.flatnonzero(s > 0) if span > 0 else np.empty(0, np.int64)
+        if rs.size:
+            parts.append(
+                (rs, span / s[rs], _phases(self.seed, k, keys[rs], 1),
+                 np.full(rs.size, -1, np.int64) if last else s[rs],
+                 np.full(rs.size, _S_SAME, np.int8))
+            )  # fmt: skip
+        rc = np.flatnonzero(c > 0) if span > 0 else np.empty(0, np.int64)
+        if rc.size:
+            tog = iw.toggle[rc]
+            count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
+            parts.append(
+                (rc, span / c[rc], _phases(self.seed, k, keys[rc], 2),
+                 np.full(rc.size, -1, np.int64) if last else count,
+                 np.where(tog, _S_TOGGLE, _S_DRIFT).astype(np.int8))
+            )  # fmt: skip
+            n_tog = int(np.count_nonzero(tog))
+            self.other = np.full(iw.content.size, -1, np.int64)
+            self.other[rc[tog]] = self.next_volatile + np.arange(n_tog)
+            self.next_volatile += n_tog
+        rate = iw.same_rate_per_s
+        if rate is not None:  # a canary's rates, where the trace counted no such write
+            rr = np.flatnonzero((rate > 0) & (s == 0))
+            if rr.size:
+                parts.append(
+                    (rr, 1e9 / rate[rr], _phases(self.seed, k, keys[rr], 3),
+                     np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
+                )  # fmt: skip
+        if not parts:
+            return None
+        return _Streams(
+            row=np.concatenate([p[0] for p in parts]),
+            period_ns=np.concatenate([p[1] for p in parts]),
+            phase=np.concatenate([p[2] for p in parts]),
+            count=np.concatenate([p[3] for p in parts]),
+            scheme=np.concatenate([p[4] for p in parts]),
+            t0_ns=t0,
+            end_ns=end,
+        )
+
+    def _keys(self, k: int) -> U64:
+        snap = self.inp.snapshots[k]
+        return np.asarray(snap.keys(), np.uint64)
+
+    def start_interval(self, k: int, now_ns: int) -> None:
+        """Snapshot ``k`` was applied (at ``now_ns``): the writes of the interval after it
+        follow (those whose time has passed are due at once)."""
+        del now_ns
+        self.k = k
+        self.other = np.empty(0, np.int64)
+        self.streams = self._build(k)
+        e = np.empty(0, np.int64)
+        self._t, self._rows, self._kind, self._pos = e, e, e, 0
+        self._gen_to = self.times[k]
+
+    def _generate(self) -> bool:
+        """The next window of events; False when the interval has no more."""
+        st = self.streams
+        if st is None or self._gen_to >= st.end_ns:
+            return False
+        rate = st.events_per_ns
+        width = int(_WINDOW_EVENTS / rate) if rate > 0 else _NEVER
+        w1 = min(st.end_ns, self._gen_to + max(width, 1_000_000))
+        t, rows, kind = st.events(self._gen_to, w1)
+        self._gen_to = w1
+        self._t, self._rows, self._kind, self._pos = t, rows, kind, 0
+        return True
+
+    # ------------------------------------------------------------------ WriteSource
+
+    def next_time_ns(self) -> int | None:
+        """Time of the next write not yet handed out, or None."""
+        while self._pos >= self._t.size:
+            if not self._generate():
+                return None
+        return int(self._t[self._pos])
+
+    def take_until(self, t_ns: int) -> Writes | None:
+        """The writes at or before ``t_ns`` of the current interval, as one batch."""
+        ts, rows, kinds = [], [], []
+        while True:
+            nxt = self.next_time_ns()
+            if nxt is None or nxt > t_ns:
+                break
+            b = int(np.searchsorted(self._t, t_ns, side="right"))
+            ts.append(self._t[self._pos : b])
+            rows.append(self._rows[self._pos : b])
+            kinds.append(self._kind[self._pos : b])
+            self._pos = b
+        if not rows:
+            return None
+        return self._coalesce(np.concatenate(rows), np.concatenate(kinds))
+
+    def take_rest(self) -> Writes | None:
+        """Every write left in the current interval (the next snapshot is applied now)."""
+        st = self.streams
+        if st is None or st.end_ns == _NEVER:
+            return None
+        return self.take_until(st.end_ns - 1)
+
+    def _coalesce(self, rows: I64, kinds: I64) -> Writes:
+        """One entry per row: its content after the last content write (module notes)."""
+        self.events += int(rows.size)
+        order = np.lexsort((np.arange(rows.size), rows))  # by row, in time order
+        r, kd = rows[order], kinds[order]
+        uniq, first = np.unique(r, return_index=True)
+        content = np.full(uniq.size, SAME, np.int64)
+        is_c = kd != _K_SAME
+        if is_c.any():
+            rc, kc = r[is_c], kd[is_c]
+            last = np.r_[rc[1:] != rc[:-1], True]
+            rc, kc = rc[last], kc[last]
+            pos = np.searchsorted(uniq, rc)
+            val = np.full(rc.size, RESTORE, np.int64)
+            fresh = kc == _K_FRESH
+            val[fresh] = self.next_volatile + np.arange(int(fresh.sum()))
+            self.next_volatile += int(fresh.sum())
+            oth = kc == _K_OTHER
+            val[oth] = self.other[rc[oth]]
+            content[pos] = val
+        del first
+        return Writes(rows=uniq.astype(np.int64), content=content)
+
+
+@dataclass(frozen=True)
+class CanaryRates:
+    """Same-content writes per second of each page a canary recording followed.
+
+    A canary (``observe --ksm-pages``, :mod:`planner.trace.recording`) sees a write that
+    leaves the bytes unchanged only while the page is merged: the merge breaks
+    (``unmerged_same_content``). A page's rate is its such events over the seconds it was
+    merged, scaled by the breaks the canary could not see (a page broken and merged again
+    between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``);
+    pages of a process role (``comm``) it never saw merged take the role's rate.
+    Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
+    """
+
+    key: U64
+    """``(pid << 36) | page number``, sorted."""
+    rate_per_s: F64
+    by_comm: dict[str, float]
+    events: int
+    merged_s: float
+    scale: float = 1.0
+    """The host's ``cow_ksm`` breaks per same-content unmerge the canary saw (see
+    :func:`canary_rates`): the rates are scaled by it."""
+
+
+def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
+    """The per-page same-content write rates of a canary recording."""
+    from planner.errors import InputDataError
+
+    ev = obs.page_events
+    if ev is None:
+        raise InputDataError(
+            "the recording has no per-page KSM states",
+            hint="record with 'ksm-planner observe --ksm-pages'",
+        )
+    t_end = float(obs.counters.index.max()) if len(obs.counters) else 0.0
+    shift = page_size.bit_length() - 1
+    ev = ev.sort_values(["pid", "page_addr", "t_s"], kind="stable")
+    pids = ev["pid"].to_numpy(np.int64)
+    pages = ev["page_addr"].to_numpy(np.uint64) >> np.uint64(shift)
+    times = ev["t_s"].to_numpy(np.float64)
+    kinds = ev["event"].astype(str).to_numpy()
+    keys = (pids.astype(np.uint64) << np.uint64(36)) | pages
+    out_key: list[int] = []
+    out_n: list[int] = []
+    out_m: list[float] = []
+    i, n_rows = 0, keys.size
+    while i < n_rows:
+        j = i
+        merged, since, n, m = False, 0.0, 0, 0.0
+        while j < n_rows and keys[j] == keys[i]:
+            if kinds[j] == "merged":
+                if not merged:
+                    merged, since = True, times[j]
+            elif merged:
+                m += times[j] - since
+                merged = False
+                n += kinds[j] == "unmerged_same_content"
+            j += 1
+        if merged:
+            m += t_end - since
+        out_key.append(int(keys[i]))
+        out_n.append(n)
+        out_m.append(m)
+        i = j
+    key = np.array(out_key, np.uint64)
+    n_arr = np.array(out_n, np.float64)
+    m_arr = np.array(out_m, np.float64)
+    scale = _missed_breaks_scale(obs)
+    n_arr *= scale
+    rate = np.divide(n_arr, m_arr, out=np.full(key.size, np.nan), where=m_arr > 0)
+    comm_of = dict(
+        zip(obs.processes["pid"].astype(int), obs.processes["comm"].astype(str), strict=False)
+    )
+    page_comm = np.array([comm_of.get(int(k >> 36), "") for k in key.tolist()], dtype=object)
+    by_comm = {}
+    for c in sorted(set(page_comm.tolist())):
+        sel = page_comm == c
+        ms = float(m_arr[sel].sum())
+        if ms > 0:
+            by_comm[c] = float(n_arr[sel].sum()) / ms
+    return CanaryRates(
+        key=key,
+        rate_per_s=rate,
+        by_comm=by_comm,
+        events=round(float(n_arr.sum()) / scale),
+        merged_s=float(m_arr.sum()),
+        scale=scale,
+    )
+
+
+def _missed_breaks_scale(obs: ObservedTimeline) -> float:
+    """How many merges the host lost per same-content unmerge the canary saw.
+
+    A page broken and merged again between two of the canary's samples shows nothing, so
+    its events undercount; the host's ``cow_ksm`` counts every break. Less the breaks the
+    canary saw with the content changed (those are the trace's content changes), the rest
+    are same-content writes: the per-page rates are scaled by that ratio (never below 1).
+    """
+    if obs.canary is None or "cow_ksm" not in obs.counters.columns:
+        return 1.0
+    cow = obs.counters["cow_ksm"].astype("float64").dropna()
+    same = float(obs.canary["unmerged_same_content"].sum())
+    changed = float(obs.canary["unmerged_changed"].sum())
+    if len(cow) < 2 or same <= 0:
+        return 1.0
+    breaks = float(cow.iloc[-1] - cow.iloc[0]) - changed
+    return max(1.0, breaks / same)
+
+
+def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
+    """``inp`` whose every interval (and the steady state after it) has the canary's
+    same-content write rates on its rows: a page's own, else its process role's."""
+    import dataclasses
+
+    pids = np.array([m.pid for m in inp.mms], np.uint64)
+    out: list[IntervalWrites | None] = []
+    for k in range(inp.n_snapshots):
+        snap = inp.snapshots[k]
+        key = (pids[snap.mm] << np.uint64(36)) | snap.page
+        rate = np.zeros(snap.n, np.float64)
+        comm = [inp.mms[int(m)].comm or "" for m in snap.mm.tolist()]
+        if rates.by_comm:
+            rate[:] = [rates.by_comm.get(c, 0.0) for c in comm]
+        if rates.key.size and snap.n:
+            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+            hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])
+            rate[hit] = rates.rate_per_s[pos[hit]]
+        old = inp.writes[k] if k < len(inp.writes) else None
+        if old is None:
+            zeros = np.zeros(snap.n, np.uint16)
+            length = None
+            if k + 1 < inp.n_snapshots:
+                length = inp.times_ns[k + 1] - inp.times_ns[k]
+            old = IntervalWrites(zeros, zeros.copy(), np.zeros(snap.n, bool), length)
+        out.append(dataclasses.replace(old, same_rate_per_s=rate))
+    return dataclasses.replace(inp, writes=out)
+
+
+def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> TraceWrites | None:
+    """The write model of ``inp``, or None (writes off, or a trace without counts)."""
+    if not enabled or not any(w is not None for w in inp.writes):
+        return None
+    return TraceWrites(inp, seed)
+
+
+__all__ = [
+    "RESTORE",
+    "SAME",
+    "CanaryRates",
+    "IntervalWrites",
+    "TraceWrites",
+    "Writes",
+    "canary_rates",
+    "carry_toggles",
+    "classify_toggles",
+    "effective_changes",
+    "fill_unchecked",
+    "with_canary",
+    "write_model",
+]

@@ -1,0 +1,392 @@
+"""The write model (planner.engine.writes): held to the reference model, and what it does."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.fast import FastEngine
+from planner.engine.fast.apply import COMPACT_MIN_DEAD
+from planner.engine.fast.engine import OUT_BATCHES
+from planner.engine.prepare import ReplayInput
+from planner.engine.reference import ReferenceEngine
+from planner.engine.result import ReplayResult
+from planner.engine.writes import (
+    RESTORE,
+    SAME,
+    TraceWrites,
+    canary_rates,
+    effective_changes,
+    fill_unchecked,
+)
+from planner.testing.builder import World
+from planner.testing.random_world import WorldSpec, random_world
+from planner.testing.strategies import (
+    ChurnSpec,
+    churn_specs,
+    knob_sets,
+    replay_options,
+    with_write_counts,
+    world_specs,
+)
+from planner.trace.io import HostTrace
+from planner.trace.recording import ObservedTimeline
+from tests.engine.test_engines_agree import _Members, assert_same
+
+
+def assert_engines_agree_with_writes(
+    inp: ReplayInput,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    out_batches: int = OUT_BATCHES,
+    compact: int = COMPACT_MIN_DEAD,
+    seed: int = 0,
+) -> tuple[ReplayResult, FastEngine]:
+    """Both engines, each with its own write model of the same seed: identical results,
+    stable trees after every scan, and copy-on-write breaks."""
+    ref = _Members(ReferenceEngine(inp, knobs), inp, knobs, opts)
+    ref.writes = TraceWrites(inp, seed)
+    fast_core = FastEngine(inp, knobs, out_batches=out_batches, compact_min_dead=compact)
+    fast = _Members(fast_core, inp, knobs, opts)
+    fast.writes = TraceWrites(inp, seed)
+    a, b = ref.run(), fast.run()
+    assert_same(a, b)
+    assert [g.cow_breaks for g in a.grid] == [g.cow_breaks for g in b.grid]
+    assert (a.cow_breaks, a.cow_breaks_per_s) == (b.cow_breaks, b.cow_breaks_per_s)
+    for n, (ma, mb) in enumerate(zip(ref.members, fast.members, strict=True), 1):
+        assert ma == mb, f"stable tree after full scan {n}"
+    return a, fast_core
+
+
+out_sizes = st.sampled_from([OUT_BATCHES, OUT_BATCHES, 1, 3])
+compactions = st.sampled_from([COMPACT_MIN_DEAD, 0])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    churn=churn_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=out_sizes,
+    compact=compactions,
+)
+def test_vectorized_matches_reference_with_writes(
+    seed: int,
+    spec: WorldSpec,
+    churn: ChurnSpec,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    ep: int,
+    compact: int,
+) -> None:
+    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
+    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    churn=churn_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    ep=out_sizes,
+    compact=compactions,
+)
+def test_vectorized_matches_reference_with_writes_many(
+    seed: int,
+    spec: WorldSpec,
+    churn: ChurnSpec,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    ep: int,
+    compact: int,
+) -> None:
+    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
+    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+
+
+def test_engines_agree_on_a_busy_world_with_writes_and_steady_scans() -> None:
+    """Writes stop at the last snapshot (no interval sampled after it): the fast engine
+    then fast-forwards the steady scans, and must still match."""
+    spec = WorldSpec(processes=5, pages=80, contents=10, snapshots=5, churn=0.2, span_s=1.0)
+    churn = ChurnSpec(written_share=0.5, max_content_changes=8, last_interval_s=None)
+    ht = with_write_counts(random_world(5, spec).host_trace(), 5, churn)
+    knobs = KsmKnobs(pages_to_scan=16, sleep_ms=5, max_page_sharing=3)
+    opts = ReplayOptions(settle_scans=60, grid_s=0.02)
+    a, fast = assert_engines_agree_with_writes(prepare(ht), knobs, opts)
+    assert a.cow_breaks > 0
+    assert a.final_counters["pages_sharing"] > 0
+    assert fast.steady is not None
+    assert fast.steady.scans_skipped >= 9
+
+
+# ---------------------------------------------------------------- the write source
+
+
+def _counted(ht: HostTrace, content: dict[int, int], same: dict[int, int], last_s: float | None):  # type: ignore[no-untyped-def]
+    """``ht`` with given counts on page rows (by row of the pages table), every snapshot
+    sampled, the last interval ``last_s`` long."""
+    n = ht.pages.num_rows
+    c = np.zeros(n, np.int64)
+    s = np.zeros(n, np.int64)
+    for r, v in content.items():
+        c[r] = v
+    for r, v in same.items():
+        s[r] = v
+    spec = ChurnSpec(written_share=0.0, last_interval_s=last_s)
+    ht = with_write_counts(ht, 0, spec)
+    pages = ht.pages
+    import pyarrow as pa
+
+    # checked once more than changed: not saturated, the counts are the rates
+    cols = (
+        ("content_changes", c),
+        ("content_checks", c + 1),
+        ("same_content_writes", s),
+        ("samples", c + s + 1),
+    )
+    for name, arr in cols:
+        pages = pages.set_column(
+            pages.schema.get_field_index(name), name, pa.array(arr, pa.uint16())
+        )
+    return dataclasses.replace(ht, pages=pages)
+
+
+def _two_workers(pages: int = 4) -> World:
+    w = World()
+    w.spawn(100, comm="w")
+    w.map(100, 0x10000, list(range(1, pages + 1)))
+    w.spawn(101, comm="w")
+    w.map(101, 0x10000, list(range(1, pages + 1)))
+    return w
+
+
+def test_events_keep_the_recorded_counts_and_follow_the_seed() -> None:
+    w = _two_workers()
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    # rows of snapshot 0: pid 100 pages 0..3, pid 101 pages 0..3 (content equal at both ends)
+    ht = _counted(w.host_trace(), {0: 5, 1: 1}, {2: 3}, None)
+    inp = prepare(ht)
+    src = TraceWrites(inp, seed=1)
+    src.start_interval(0, 0)
+    got = src.take_until(2 * 10**9)
+    assert got is not None
+    assert src.events == 5 + 1 + 3  # every recorded write, no more
+    assert dict(zip(got.rows.tolist(), got.content.tolist(), strict=True)) == {
+        0: RESTORE,  # toggling rows end on the snapshot's content (the next shows it)
+        1: RESTORE,
+        2: SAME,
+    }
+    times = []
+    for seed in (1, 1, 2):
+        s = TraceWrites(inp, seed=seed)
+        s.start_interval(0, 0)
+        times.append(s.next_time_ns())
+    assert times[0] == times[1] != times[2]
+
+
+def test_a_page_changing_faster_than_scans_never_merges() -> None:
+    w = _two_workers()
+    w.snapshot(0.0)
+    w.write(100, 0x10000, 99)  # drifts: a new content at every change
+    w.snapshot(1.0)
+    w.write(100, 0x10000, 98)
+    w.snapshot(2.0)
+    # 50 content changes a second on the page of pid 100 at 0x10000 in every interval
+    rows = {0: 50, 8: 50, 16: 50}
+    ht = _counted(w.host_trace(), rows, {}, 1.0)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=200)
+    opts = ReplayOptions(duration_s=30.0)
+    on = replay(prepare(ht), knobs=knobs, options=opts)
+    off = replay(prepare(ht), knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    # without writes the last snapshot's content of that page merges with... nothing, but the
+    # page of pid 101 at 0x10000 keeps content 1: the written page must never join it either
+    assert on.final_counters["pages_sharing"] == 3
+    assert off.final_counters["pages_sharing"] == 3
+    assert on.final_counters["pages_volatile"] >= 0
+    # the written page stays out of every tree while it changes faster than ksmd returns
+    assert on.cost.path_visits["volatile"] > off.cost.path_visits["volatile"]
+
+
+def test_same_content_writes_break_merges_at_write_time_and_are_counted() -> None:
+    w = _two_workers(pages=8)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    # pid 100's 8 pages are rewritten with their own bytes 4 times a second, all along
+    rows = {r: 4 for r in [*range(8), *range(16, 24)]}
+    ht = _counted(w.host_trace(), {}, rows, 1.0)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    on = replay(prepare(ht), knobs=knobs, options=opts)
+    off = replay(prepare(ht), knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    assert off.final_counters["pages_sharing"] == 8
+    assert off.cow_breaks_per_s is None
+    assert off.cow_breaks == 0
+    # merged pages are broken at every write (content unchanged: they merge again at the
+    # next scans), so the steady state keeps breaking about as often as merged pages are
+    # written: at most 8 pages x 4 writes/s
+    assert on.cow_breaks > 0
+    assert on.cow_breaks_per_s is not None
+    assert 0 < on.cow_breaks_per_s <= 32
+    assert on.final_truth.saved_frames <= off.final_truth.saved_frames
+
+
+def test_traces_without_counts_replay_as_before() -> None:
+    ht = random_world(3, WorldSpec(snapshots=4, churn=0.3)).host_trace()
+    knobs = KsmKnobs(pages_to_scan=7, sleep_ms=20)
+    inp = prepare(ht)
+    assert inp.writes == []
+    a = replay(inp, knobs=knobs)
+    b = replay(inp, knobs=knobs, options=ReplayOptions(writes=False))
+    assert_same(a, b)
+    assert a.cow_breaks_per_s is None
+    assert a.provenance["writes"]["model"] == "none in the trace"
+
+
+def test_a_page_changed_at_every_check_changes_at_least_every_sampling_period() -> None:
+    changes = np.array([0, 1, 3, 3, 2], np.uint16)
+    checks = np.array([4, 4, 3, 5, 1], np.uint16)
+    got = effective_changes(changes, checks, interval_s=2.0, sample_ms=100.0)
+    assert got.tolist() == [0, 1, 20, 3, 20]  # saturated rows: one change per 100 ms
+    assert effective_changes(changes, checks, None, None).tolist() == changes.tolist()
+
+
+def test_rows_not_checked_take_their_rate_from_the_nearest_interval() -> None:
+    keys = [np.array([1, 2, 3], np.uint64), np.array([1, 2, 4], np.uint64)]
+    content = [np.array([0, 0, 0], np.uint16), np.array([4, 10, 6], np.uint16)]
+    checked = [np.array([True, False, False]), np.array([True, True, True])]
+    fill_unchecked(keys, content, checked, [1.0, 2.0])
+    # key 2 changed 10 times in 2 s there: 5 in this 1 s; key 3 is nowhere else; key 1 was
+    # checked here and found unchanged: kept
+    assert content[0].tolist() == [0, 5, 0]
+    assert checked[0].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("alignment", ["time", "scan"])
+def test_steady_scans_between_rare_writes_are_fast_forwarded_exactly(alignment: str) -> None:
+    """Same-content writes every few seconds after the last snapshot: the fast engine
+    fast-forwards the quiet scans between them (never past a write) and still matches."""
+    w = _two_workers(pages=6)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {}, {12: 1, 13: 1}, 8.0)  # two pages, one write per 8 s
+    knobs = KsmKnobs(pages_to_scan=6, sleep_ms=50, smart_scan=False)
+    opts = ReplayOptions(duration_s=40.0, grid_s=0.5, snapshot_alignment=alignment)  # type: ignore[arg-type]
+    a, fast = assert_engines_agree_with_writes(prepare(ht), knobs, opts)
+    assert a.cow_breaks > 0
+    assert fast.steady is not None
+    assert fast.steady.scans_skipped >= 9
+
+
+def _canary(events: list[tuple[float, int, int, str]], end_s: float) -> ObservedTimeline:
+    import pandas as pd
+
+    return ObservedTimeline(
+        meta={},
+        counters=pd.DataFrame({"sample": [0, 1], "t_s": [0.0, end_s]}).set_index("t_s"),
+        processes=pd.DataFrame({"pid": [100, 101], "comm": ["w", "w"], "t_s": [0.0, 0.0]}),
+        page_events=pd.DataFrame(
+            {
+                "t_s": [e[0] for e in events],
+                "pid": [e[1] for e in events],
+                "page_addr": np.array([e[2] for e in events], np.uint64),
+                "event": [e[3] for e in events],
+            }
+        ),
+    )
+
+
+def test_canary_rates_are_same_content_unmerges_per_merged_second() -> None:
+    obs = _canary(
+        [
+            (0.0, 100, 0x10000, "merged"),
+            (2.0, 100, 0x10000, "unmerged_same_content"),
+            (3.0, 100, 0x10000, "merged"),
+            (5.0, 100, 0x10000, "unmerged_same_content"),
+            (0.0, 100, 0x11000, "merged"),  # merged to the end: 10 s, no write
+            (0.0, 101, 0x10000, "unmerged_changed"),  # never merged: no rate of its own
+        ],
+        end_s=10.0,
+    )
+    r = canary_rates(obs)
+    rates = dict(zip(r.key.tolist(), r.rate_per_s.tolist(), strict=True))
+    assert rates[(100 << 36) | 0x10] == pytest.approx(0.5)
+    assert rates[(100 << 36) | 0x11] == 0.0
+    assert np.isnan(rates[(101 << 36) | 0x10])
+    assert r.by_comm == {"w": pytest.approx(2 / 14)}
+    assert r.events == 2
+
+
+def test_a_canary_calibrates_same_content_writes_the_trace_cannot_see() -> None:
+    w = _two_workers(pages=4)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {}, {}, 1.0)  # sampled, but no write seen
+    # the canary saw pid 100's first page rewritten with its bytes twice a second
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged")]
+        + [(0.5 * i, 100, 0x10000, e) for i in range(1, 20) for e in ("unmerged_same_content",)]
+        + [(0.5 * i + 0.01, 100, 0x10000, "merged") for i in range(1, 20)],
+        end_s=10.0,
+    )
+    inp = prepare(ht)
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    plain = replay(inp, knobs=knobs, options=opts)
+    calibrated = replay(inp, knobs=knobs, options=opts, canary=canary_rates(obs))
+    assert plain.cow_breaks == 0
+    assert calibrated.cow_breaks > 0
+    assert calibrated.provenance["writes"]["canary"]["same_content_unmerges"] == 19
+    # the other page of pid 100 and the pages of pid 101 take the role's (lower) rate
+    assert calibrated.cow_breaks_per_s is not None
+    assert calibrated.cow_breaks_per_s > 0
+    ref = replay(inp, knobs=knobs, options=opts, canary=canary_rates(obs), engine="reference")
+    assert_same(calibrated, ref)
+
+
+def test_a_trace_directory_streams_the_same_writes(tmp_path: Path) -> None:
+    """``prepare_trace`` (one snapshot's pages at a time) reads the counts as ``prepare``."""
+    from planner.engine.prepare import prepare_trace
+    from planner.trace.io import TraceWriter, open_trace
+
+    spec = WorldSpec(processes=3, pages=20, snapshots=3, churn=0.3)
+    ht = with_write_counts(random_world(9, spec).host_trace(), 9, ChurnSpec(soft_dirty=False))
+    with TraceWriter(tmp_path / "t", source="synthetic") as tw:
+        sink = tw.host(ht.host)
+        for row in ht.snapshots.to_pylist():
+            sid = row["snapshot_id"]
+
+            def of(table: pa.Table, sid: int = sid) -> pa.Table:
+                return table.filter(pc.equal(table.column("snapshot_id"), sid))
+
+            sink.add_snapshot(
+                {k: v for k, v in row.items() if k != "host"},
+                processes=of(ht.processes),
+                mappings=of(ht.mappings),
+                pages=of(ht.pages),
+            )
+    a = prepare(ht)
+    b = prepare_trace(open_trace(tmp_path / "t"))
+    assert a.writes
+    assert len(a.writes) == len(b.writes)
+    for wa, wb in zip(a.writes, b.writes, strict=True):
+        assert wa is not None
+        assert wb is not None
+        assert wa.rows_written > 0
+        assert np.array_equal(wa.content, wb.content)
+        assert np.array_equal(wa.same, wb.same)
+        assert np.array_equal(wa.toggle, wb.toggle)
+        assert wa.length_ns == wb.length_ns
