@@ -155,7 +155,10 @@ def _prepared(
             return _PREPARED[spec_key]
     policy = PolicySet.model_validate_json(policy_json)
     inp = prepare(
-        _host(trace_path, trace_hash, host), resolver=policy.resolver(only_domain=only_domain)
+        _host(trace_path, trace_hash, host),
+        # the what-if keeps domains apart itself (one replay per domain when they may not
+        # merge), so the one-replay-one-domain check of ``replay --policy-set`` is off
+        resolver=policy.resolver(only_domain=only_domain, enforce_cross_domain=False),
     )
     with _CACHE_LOCK:
         _PREPARED[spec_key] = inp
