@@ -84,15 +84,47 @@ def report_cmd(
     headroom: Annotated[
         str, typer.Option("--headroom", help="Memory kept free: a size or a percentage.")
     ] = "10%",
+    worker_file: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-file",
+            help="Per worker: file-backed pages only it maps (default: measured from the "
+            "trace, else assumed; docs/capacity.md).",
+        ),
+    ] = None,
+    worker_shmem: Annotated[
+        str | None, typer.Option("--worker-shmem", help="Per worker: shared memory.")
+    ] = None,
+    worker_page_tables: Annotated[
+        str | None, typer.Option("--worker-page-tables", help="Per worker: page tables.")
+    ] = None,
     worker_other: Annotated[
-        str,
-        typer.Option("--worker-other", help="Per-worker memory outside the trace, e.g. 20MiB."),
-    ] = "0",
+        str | None,
+        typer.Option(
+            "--worker-other",
+            help="Per worker: kernel objects and any other memory outside the trace, e.g. 1MiB.",
+        ),
+    ] = None,
+    base_other: Annotated[
+        str | None,
+        typer.Option(
+            "--base-other",
+            help="Once per host: file pages every worker maps and the base processes' overhead.",
+        ),
+    ] = None,
     host_cpus: Annotated[
-        float | None, typer.Option("--host-cpus", help="Host cores (with --cpu-per-worker).")
+        float | None,
+        typer.Option(
+            "--host-cpus", help="Host cores (default: assumed, 4 GiB of --host-mem each)."
+        ),
     ] = None,
     cpu_per_worker: Annotated[
-        float | None, typer.Option("--cpu-per-worker", help="Cores one worker needs.")
+        float | None,
+        typer.Option(
+            "--cpu-per-worker",
+            help="Cores one worker needs at its planned load (default: measured, else no CPU "
+            "bound).",
+        ),
     ] = None,
     replicas: Annotated[
         int | None,
@@ -135,10 +167,27 @@ def report_cmd(
     confidence: Annotated[
         float, typer.Option("--confidence", help="Confidence level of the intervals.")
     ] = 0.90,
-    cpu_budget: Annotated[
-        float,
-        typer.Option("--cpu-budget", help="ksmd CPU a recommendation may use, % of one core."),
-    ] = 10.0,
+    max_ksmd_cpu: Annotated[
+        str,
+        typer.Option(
+            "--max-ksmd-cpu",
+            help="Gate: ksmd CPU a recommendation may use, a share of the host's CPUs.",
+        ),
+    ] = "2%",
+    max_time_to_90: Annotated[
+        str,
+        typer.Option(
+            "--max-time-to-90",
+            help="Gate: time to 90 % of the saving on the planned host (s, min, h).",
+        ),
+    ] = "10min",
+    near_best: Annotated[
+        str,
+        typer.Option(
+            "--near-best",
+            help="Savings within this share of the best count as equal; the cheapest wins.",
+        ),
+    ] = "2%",
     title: Annotated[str | None, typer.Option("--title", help="Title of the review.")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Local processes for the replays.")
@@ -173,6 +222,7 @@ def report_cmd(
     from planner.cli._inputs import presets as _presets
     from planner.engine.cost import CostProfile
     from planner.policy import load_policies
+    from planner.report.inputs import ReviewGates, parse_duration, parse_share
     from planner.report.make import check_output, make_report
     from planner.whatif import ExtrapolationSpec
     from planner.whatif.capacity import capacity_from_options
@@ -193,12 +243,20 @@ def report_cmd(
             "use_zero_pages": use_zero_pages,
         }
         knob_grid = grid_from_options(grid, given, knob or (), cross_domain)
+        sizes = {
+            "worker_file": worker_file,
+            "worker_shmem": worker_shmem,
+            "worker_page_tables": worker_page_tables,
+            "worker_other": worker_other,
+            "base_other": base_other,
+        }
         capacity = capacity_from_options(
-            host_mem,
-            headroom=headroom,
-            worker_other=worker_other,
-            host_cpus=host_cpus,
-            cpu_per_worker=cpu_per_worker,
+            host_mem, headroom=headroom, host_cpus=host_cpus, cpu_per_worker=cpu_per_worker, **sizes
+        )
+        gates = ReviewGates(
+            max_ksmd_host_share=parse_share(max_ksmd_cpu, option="--max-ksmd-cpu"),
+            max_time_to_90_s=parse_duration(max_time_to_90, option="--max-time-to-90"),
+            near_best=parse_share(near_best, option="--near-best"),
         )
         extrapolation = None
         if capacity is not None or replicas is not None:
@@ -218,7 +276,7 @@ def report_cmd(
                 ("--cross-domain", cross_domain),
                 ("--host-mem", host_mem),
                 ("--headroom", headroom if host_mem else None),
-                ("--worker-other", worker_other if host_mem and worker_other != "0" else None),
+                *((f"--{k.replace('_', '-')}", v if host_mem else None) for k, v in sizes.items()),
                 ("--host-cpus", host_cpus),
                 ("--cpu-per-worker", cpu_per_worker),
                 ("--replicas", replicas),
@@ -230,7 +288,9 @@ def report_cmd(
                 ("--duration", duration),
                 ("--bootstrap", bootstrap if bootstrap != 200 else None),
                 ("--confidence", confidence if confidence != 0.90 else None),
-                ("--cpu-budget", cpu_budget if cpu_budget != 10.0 else None),
+                ("--max-ksmd-cpu", max_ksmd_cpu if max_ksmd_cpu != "2%" else None),
+                ("--max-time-to-90", max_time_to_90 if max_time_to_90 != "10min" else None),
+                ("--near-best", near_best if near_best != "2%" else None),
                 ("--title", title),
             ],
             pdf=pdf,
@@ -255,7 +315,7 @@ def report_cmd(
                 host=host,
                 executor=executor,
                 max_workers=workers,
-                cpu_budget_percent=cpu_budget,
+                gates=gates,
                 command=command,
                 title=title,
                 pdf=pdf,

@@ -124,16 +124,51 @@ def whatif_cmd(
             "--headroom", help="Memory kept free: a size (4GiB) or a share of --host-mem (10%)."
         ),
     ] = "0",
+    worker_file: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-file",
+            help="Per worker: file-backed pages only it maps, e.g. 1MiB "
+            "(default: measured from the trace, else assumed; docs/capacity.md).",
+        ),
+    ] = None,
+    worker_shmem: Annotated[
+        str | None,
+        typer.Option("--worker-shmem", help="Per worker: shared memory (default: as above)."),
+    ] = None,
+    worker_page_tables: Annotated[
+        str | None,
+        typer.Option("--worker-page-tables", help="Per worker: page tables (default: as above)."),
+    ] = None,
     worker_other: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--worker-other",
-            help="Per-worker memory the trace does not hold (page cache, kernel), e.g. 30MiB.",
+            help="Per worker: kernel objects and any other memory the trace does not hold, "
+            "e.g. 30MiB (default: as above).",
         ),
-    ] = "0",
-    host_cpus: Annotated[float | None, typer.Option("--host-cpus", help="Cores of a host.")] = None,
+    ] = None,
+    base_other: Annotated[
+        str | None,
+        typer.Option(
+            "--base-other",
+            help="Once per host: file pages every worker maps and the base processes' "
+            "overhead (default: as above).",
+        ),
+    ] = None,
+    host_cpus: Annotated[
+        float | None,
+        typer.Option(
+            "--host-cpus", help="Cores of a host (default: assumed, 4 GiB of --host-mem per CPU)."
+        ),
+    ] = None,
     cpu_per_worker: Annotated[
-        float | None, typer.Option("--cpu-per-worker", help="Cores a worker needs.")
+        float | None,
+        typer.Option(
+            "--cpu-per-worker",
+            help="Cores a worker needs at its planned load (default: measured from the trace, "
+            "else unknown: no CPU bound).",
+        ),
     ] = None,
     replicas: Annotated[
         int | None,
@@ -234,18 +269,21 @@ def whatif_cmd(
         cross_domain,
     )
     # ---- capacity and extrapolation --------------------------------------------------------
+    sizes = {
+        "worker_file": worker_file,
+        "worker_shmem": worker_shmem,
+        "worker_page_tables": worker_page_tables,
+        "worker_other": worker_other,
+        "base_other": base_other,
+    }
     capacity = capacity_from_options(
-        host_mem,
-        headroom=headroom,
-        worker_other=worker_other,
-        host_cpus=host_cpus,
-        cpu_per_worker=cpu_per_worker,
+        host_mem, headroom=headroom, host_cpus=host_cpus, cpu_per_worker=cpu_per_worker, **sizes
     )
     if capacity is None and (
         host_cpus is not None
         or cpu_per_worker is not None
         or headroom != "0"
-        or worker_other != "0"
+        or any(v is not None for v in sizes.values())
     ):
         raise UsageProblem("capacity options need --host-mem", hint="give --host-mem, e.g. 64GiB")
     extrapolation = None
@@ -440,13 +478,24 @@ def _render_capacity(result: WhatIfResult) -> None:
     if first is not None:
         text += (
             f"; a worker = {first.per_worker_anon_bytes / _MIB:,.1f} MiB anonymous (trace) + "
-            f"{c.worker_other_bytes / _MIB:,.1f} MiB other; base processes "
-            f"{first.base_bytes / _MIB:,.1f} MiB"
+            f"{first.worker_extra_bytes / _MIB:,.2f} MiB outside the trace; base processes "
+            f"{first.base_bytes / _MIB:,.1f} MiB + {first.base_extra_bytes / _MIB:,.1f} MiB"
         )
-    if c.host_cpus is not None and c.cpu_per_worker is not None:
-        text += f"; CPU: {c.host_cpus:g} cores, {c.cpu_per_worker:g} per worker, minus ksmd's"
-    if first is not None:
-        text += f"; intervals: {100 * first.confidence:g} % bootstrap"
+        plan = first.plan
+        if plan is not None:
+            cpw = plan.cpu_per_worker
+            text += f"; CPU: {plan.host_cpus.value:g} cores ({plan.host_cpus.source})" + (
+                f", {cpw.value:g} per worker ({cpw.source}), minus ksmd's"
+                if cpw is not None
+                else ", CPU per worker unknown (no CPU bound)"
+            )
+            if plan.assumed:
+                text += "; assumed: " + ", ".join(plan.assumed)
+        text += f"; model error applied: x{first.saving_factor:.3f}"
+        if first.dominant_source:
+            text += (
+                f"; intervals: {100 * first.confidence:g} %, dominated by {first.dominant_source}"
+            )
     _note(text)
 
 

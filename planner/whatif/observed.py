@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from planner.kernel.observe import ObservedTimeline
     from planner.whatif.result import ScenarioResult
+    from planner.whatif.writes import CowEstimate
 
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
@@ -124,6 +125,10 @@ class ObservedComparison:
     observed: CounterSeries
     predicted: CounterSeries
     notes: list[str] = field(default_factory=list)
+    #: What the canary measured over the second half of the recording, next to the model:
+    #: ksmd's CPU (% of one core, from its runtime), copy-on-write breaks of KSM pages per
+    #: second (``cow_ksm``) and the wall time of a full scan
+    rates: CanaryRates | None = None
 
     @property
     def final_relative_error(self) -> float | None:
@@ -178,6 +183,69 @@ class ObservedComparison:
         return pd.DataFrame(cols)
 
 
+@dataclass(frozen=True)
+class CanaryRates:
+    """Rates a canary measured over the second half of its recording, and the model's.
+
+    ``None`` where the recording lacks the counter. The model's copy-on-write rate is the
+    trace's estimate (writes to mergeable pages between snapshots, a lower bound on writes).
+    """
+
+    window_s: float
+    observed_ksmd_cpu_percent: float | None
+    predicted_ksmd_cpu_percent: float
+    observed_cow_per_s: float | None
+    predicted_cow_per_s: float | None
+    observed_full_scan_s: float | None
+    predicted_full_scan_s: float | None
+    observed_pages_sharing: float | None  # mean over the window
+
+    @property
+    def cow_per_merged_page_per_s(self) -> float | None:
+        """Copy-on-write breaks per second per page merged on the canary."""
+        if self.observed_cow_per_s is None or not self.observed_pages_sharing:
+            return None
+        return self.observed_cow_per_s / self.observed_pages_sharing
+
+
+def _rate(counters: Any, column: str, t: np.ndarray[Any, Any], scale: float = 1.0) -> float | None:
+    """Increase of a cumulative counter per second over the second half of the recording."""
+    if column not in counters.columns or t.size < 2:
+        return None
+    v = np.asarray(counters[column].astype("float64").to_numpy(), dtype=float)
+    half = np.flatnonzero(t >= t[-1] / 2)
+    if half.size < 2 or not (np.isfinite(v[half[0]]) and np.isfinite(v[-1])):
+        return None
+    dt = float(t[-1] - t[half[0]])
+    return float(v[-1] - v[half[0]]) / dt * scale if dt > 0 else None
+
+
+def canary_rates(
+    counters: Any,
+    t: np.ndarray[Any, Any],
+    scen: ScenarioResult,
+    writes: CowEstimate | None,
+) -> CanaryRates:
+    """The canary's measured rates over the second half of its recording, and the model's."""
+    host = scen.hosts[0]
+    scans = _rate(counters, "full_scans", t)
+    sharing = None
+    if "pages_sharing" in counters.columns and t.size:
+        v = np.asarray(counters["pages_sharing"].astype("float64").to_numpy(), dtype=float)
+        sel = v[t >= t[-1] / 2]
+        sharing = float(np.nanmean(sel)) if sel.size else None
+    return CanaryRates(
+        window_s=float(t[-1] - t[np.flatnonzero(t >= t[-1] / 2)[0]]) if t.size else 0.0,
+        observed_ksmd_cpu_percent=_rate(counters, "ksmd_runtime_ns", t, 100.0 / 1e9),
+        predicted_ksmd_cpu_percent=host.ksmd_cpu_percent,
+        observed_cow_per_s=_rate(counters, "cow_ksm", t),
+        predicted_cow_per_s=writes.breaks_per_s if writes is not None else None,
+        observed_full_scan_s=1.0 / scans if scans else None,
+        predicted_full_scan_s=host.full_scan_s,
+        observed_pages_sharing=sharing,
+    )
+
+
 def choose_scenario(
     scenarios: list[ScenarioResult], obs_knobs: dict[str, Any], scenario_id: str | None = None
 ) -> tuple[ScenarioResult, dict[str, tuple[Any, Any]]]:
@@ -220,9 +288,17 @@ def _source(obs: ObservedTimeline) -> str:
 
 
 def compare_observed(
-    obs: ObservedTimeline, scenarios: list[ScenarioResult], *, scenario_id: str | None = None
+    obs: ObservedTimeline,
+    scenarios: list[ScenarioResult],
+    *,
+    scenario_id: str | None = None,
+    writes: Mapping[str, CowEstimate] | None = None,
 ) -> ObservedComparison:
-    """Compare a recording with the replay of one scenario (see the module docstring)."""
+    """Compare a recording with the replay of one scenario (see the module docstring).
+
+    ``writes`` (the trace's copy-on-write estimate per host) is set next to the canary's
+    measured ``cow_ksm`` rate.
+    """
     knobs = observed_knobs(obs)
     scen, diffs = choose_scenario(scenarios, knobs, scenario_id)
     host = scen.hosts[0]
@@ -259,13 +335,16 @@ def compare_observed(
         observed=CounterSeries(**observed),
         predicted=CounterSeries(**predicted),
         notes=notes,
+        rates=canary_rates(counters, t, scen, (writes or {}).get(host.host)),
     )
 
 
 __all__ = [
     "COMPARED",
+    "CanaryRates",
     "CounterSeries",
     "ObservedComparison",
+    "canary_rates",
     "choose_scenario",
     "compare_observed",
     "load_observed",
