@@ -69,6 +69,16 @@ class Sourced:
             return self.value
         return self.low + position * (self.high - self.low)
 
+    def quantile(self, q: float) -> float:
+        """A draw of the input for ``q`` uniform in [0, 1): uniform from ``low`` to ``value``
+        below the median, from ``value`` to ``high`` above it (the value stays the median,
+        however lopsided the range)."""
+        if self.low is None or self.high is None:
+            return self.value
+        if q < 0.5:
+            return self.low + (self.value - self.low) * (q / 0.5)
+        return self.value + (self.high - self.value) * ((q - 0.5) / 0.5)
+
 
 @dataclass(frozen=True)
 class Default:
@@ -184,13 +194,6 @@ class WorkerFootprint:
     def extra_bytes(self) -> float:
         """Per-worker memory outside the trace (the sum of the parts)."""
         return sum(p.value for _, p in self.parts())
-
-    def extra_at(self, position: float) -> tuple[float, float]:
-        """``(per worker, per host)`` with every uncertain input at ``position`` of its range."""
-        return (
-            sum(p.at(position) for _, p in self.parts()),
-            self.base_extra_bytes.at(position),
-        )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from planner.whatif.observed import ObservedComparison
 
 Source = Literal["sampling", "model", "configuration", "time"]
+
+#: Fewest draws per source (more when the fit has more bootstrap replicates): enough for a
+#: stable 90 % percentile interval of a few workers' width.
+MIN_DRAWS = 200
 SOURCES: tuple[Source, ...] = ("sampling", "model", "configuration", "time")
 
 
@@ -242,7 +246,7 @@ def draw_sets(
     seed: int = 0,
 ) -> tuple[Draw, dict[str, list[Draw]]]:
     """The point draw, and the draws of each source alone and of all together."""
-    n = max(len(replicates), 20)
+    n = max(len(replicates), MIN_DRAWS)
     rng = np.random.default_rng(seed + 7)
     fp = plan.footprint
     point_factor = model.point if model is not None else 1.0
@@ -277,11 +281,11 @@ def draw_sets(
 
 
 def _config_draw(plan: CapacityPlan, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Every uncertain input at an independent uniform position of its range."""
+    """Every uncertain input drawn independently across its range, its value the median."""
     fp = plan.footprint
-    worker = sum(p.at(float(rng.uniform())) for _, p in fp.parts())
-    host = fp.base_extra_bytes.at(float(rng.uniform()))
-    cpus = plan.host_cpus.at(float(rng.uniform()))
+    worker = sum(p.quantile(float(rng.uniform())) for _, p in fp.parts())
+    host = fp.base_extra_bytes.quantile(float(rng.uniform()))
+    cpus = plan.host_cpus.quantile(float(rng.uniform()))
     return worker, host, cpus
 
 

@@ -228,3 +228,85 @@ def test_sizes() -> None:
 def test_bad_inputs(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(UsageProblem, match=message):
         CapacityInputs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_model_error_scales_the_saving_not_the_metadata() -> None:
+    from planner.whatif.uncertainty import ModelError
+
+    # 1 GiB, workers of 256 frames of which an ideal KSM frees 128; 64 B of metadata per page
+    model = linear_model(worker_frames=256, saved_per_worker=128, meta_per_page=64)
+    half = ModelError("canary", "test", (0.5,), 0.0)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB), model_error=half)
+    assert est.saving_factor == 0.5
+    assert est.ksm_saved_bytes == pytest.approx(0.5 * 128 * PAGE * est.workers_with)
+    net = est.ksm_saved_bytes - 64 * 256 * est.workers_with
+    assert est.ksm_net_saved_bytes == pytest.approx(net)
+    # per worker: 1 MiB without KSM, 1 MiB - 256 KiB + 16 KiB with it
+    assert est.workers_without == 1024
+    assert est.workers_with == math.floor(GIB / (MIB - 256 * 1024 + 16 * 1024))
+    model_only = est.interval("model")
+    assert model_only is not None
+    assert model_only.width == 0.0  # one ratio, no noise: no spread
+    assert est.dominant_source is None
+
+
+def test_unmerge_at_the_planned_size_and_the_workers_to_drain() -> None:
+    # workers of 1 MiB, KSM frees half: 2x the workers fit, and switching KSM off at that
+    # size needs the half back -- only the workers that fit without KSM can stay
+    model = linear_model(worker_frames=256, saved_per_worker=128)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB))
+    assert est.workers_without == 1024
+    assert est.workers_with == 2048
+    assert est.ksm_saved_bytes == pytest.approx(GIB)
+    assert est.free_at_workers_with_bytes == pytest.approx(0.0)
+    assert est.unmerge_shortfall_bytes == pytest.approx(GIB)
+    assert est.unmerge_fits_workers == 1024
+    assert est.drain_workers == 1024
+    roomy = estimate_capacity(model, bare(host_mem_bytes=GIB, headroom_fraction=0.5))
+    # half the host kept free: 1024 workers with KSM need 512 MiB, the unmerge 512 MiB more
+    assert roomy.workers_with == 1024
+    assert roomy.drain_workers == 0
+
+
+def test_a_cpu_bound_host_gains_nothing_and_ksmd_costs_workers() -> None:
+    # memory would allow 1024 -> 2048 workers; 8 CPUs at 0.05 cores allow 160, 159 with ksmd
+    model = linear_model(worker_frames=256, saved_per_worker=128, ksmd_cores=0.04)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB, host_cpus=8, cpu_per_worker=0.05))
+    assert (est.memory_limit_without, est.memory_limit_with) == (1024, 2048)
+    assert (est.cpu_limit_without, est.cpu_limit_with) == (160, 159)
+    assert (est.limit_without, est.limit_with) == ("cpu", "cpu")
+    assert est.gain == pytest.approx(159 / 160 - 1)
+    assert est.ksmd_host_share == pytest.approx(0.005)
+
+
+def test_combined_interval_covers_every_source() -> None:
+    from planner.whatif.uncertainty import ModelError, TimeSpread
+
+    model = linear_model(worker_frames=256, saved_per_worker=64)
+    reps = [GrowthFit(0, 256, 0, 256 - s, eligible_b=256) for s in (48, 56, 64, 72, 80)]
+    plan = plan_capacity(CapacityInputs(host_mem_bytes=GIB))  # the footprint assumed
+    est = estimate_capacity(
+        model,
+        plan,
+        replicates=reps,
+        model_error=ModelError("published", "test", (0.6, 0.8, 1.0), 0.04),
+        time=TimeSpread((10.0, 20.0), (0.98, 1.0)),
+    )
+    sources = {i.source: i for i in est.intervals}
+    assert set(sources) == {"sampling", "model", "configuration", "time", "combined"}
+    assert all(i.width > 0 for i in sources.values())
+    assert est.dominant_source == "model"  # ratios 0.6-1.0 move the saving the most
+    assert est.gain_interval == (sources["combined"].gain_low, sources["combined"].gain_high)
+    lo, hi = est.gain_interval  # type: ignore[misc]
+    assert lo < est.gain < hi  # type: ignore[operator]
+    # all four together are at least about as uncertain as the widest alone
+    assert sources["combined"].width >= 0.8 * max(i.width for i in sources.values())
+    # the same inputs, the same intervals (seeded)
+    again = estimate_capacity(
+        model,
+        plan,
+        replicates=reps,
+        model_error=ModelError("published", "test", (0.6, 0.8, 1.0), 0.04),
+        time=TimeSpread((10.0, 20.0), (0.98, 1.0)),
+    )
+    assert again.intervals == est.intervals
