@@ -7,9 +7,10 @@ metadata and merge nothing across security domains, keep those that meet the gat
 planned host's CPUs at most ``max_ksmd_host_share`` and 90 % of the saving on the planned
 host within ``max_time_to_90_s`` -- take those whose net saving is within ``near_best`` of
 the best, and of those the one with the least ksmd CPU (then the fastest, then the first by
-name). When none qualifies, the review still shows every figure of the best candidate (the
-largest net saving among those that save something without merging across domains) and
-says which gate to relax, by how much, and which input to measure.
+name). When none qualifies, the review still shows every figure of the best candidate (of
+the scenarios a gate blocks whose net saving is within ``near_best`` of the best of them, the
+one that needs the least relaxation) and says which gate to relax, by how much, and which
+input to measure.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Exclusion:
     gate: str  # "baseline", "saving", "domains", "ksmd CPU", "time to 90 %"
     why: str
     relax: str | None = None  # the option value that would admit it
+    #: How far the figure is past its gate (value / limit; inf: no relaxation admits it)
+    overshoot: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def _exclusion(s: ReviewScenario, inputs: ReviewInputs) -> Exclusion | None:
             f"ksmd CPU above the budget: {W.share_of_host(s)} ({F.percent(h.ksmd_cpu_percent)} "
             f"of one core; {W.cpus_text(s)}; budget {F.pct(g.max_ksmd_host_share)})",
             f"--max-ksmd-cpu {_ceil_share(share)}",
+            share / g.max_ksmd_host_share,
         )
     took = h.decisive_time_to_90_s
     if (took if took is not None else math.inf) > g.max_time_to_90_s:
@@ -115,6 +119,7 @@ def _exclusion(s: ReviewScenario, inputs: ReviewInputs) -> Exclusion | None:
             + (f"about {F.seconds(took)}" if took is not None else "forever")
             + f"{where} (limit {F.seconds(g.max_time_to_90_s)})",
             f"--max-time-to-90 {_ceil_minutes(took)}" if took is not None else None,
+            took / g.max_time_to_90_s if took is not None else math.inf,
         )
     return None
 
@@ -133,10 +138,13 @@ def recommend(inputs: ReviewInputs) -> Choice:
         chosen = inputs.scenario(inputs.recommended)
         return Choice(chosen, "named by the caller", len(pool), tuple(exclusions))
     if not pool:
-        blocked = {e.scenario for e in exclusions if e.gate in ("ksmd CPU", "time to 90 %")}
-        cands = [s for s in inputs.scenarios if s.name in blocked]
-        cand = max(cands, key=lambda s: (s.host.net_saved_bytes, -s.ksmd_host_share), default=None)
-        return Choice(None, "no scenario meets the gates", 0, tuple(exclusions), cand)
+        return Choice(
+            None,
+            "no scenario meets the gates",
+            0,
+            tuple(exclusions),
+            _candidate(inputs, exclusions),
+        )
     best = max(s.host.net_saved_bytes for s in pool)
     near = [s for s in pool if s.host.net_saved_bytes >= (1.0 - inputs.gates.near_best) * best]
     near.sort(
@@ -151,6 +159,19 @@ def recommend(inputs: ReviewInputs) -> Choice:
         len(pool),
         tuple(exclusions),
     )
+
+
+def _candidate(inputs: ReviewInputs, exclusions: list[Exclusion]) -> ReviewScenario | None:
+    """The best candidate when nothing qualifies: among the scenarios a gate blocks whose net
+    saving is within the near-best margin of the best of them, the one that needs the least
+    relaxation (then the largest saving)."""
+    over = {e.scenario: e.overshoot for e in exclusions if e.gate in ("ksmd CPU", "time to 90 %")}
+    blocked = [s for s in inputs.scenarios if s.name in over]
+    if not blocked:
+        return None
+    best = max(s.host.net_saved_bytes for s in blocked)
+    near = [s for s in blocked if s.host.net_saved_bytes >= (1.0 - inputs.gates.near_best) * best]
+    return min(near, key=lambda s: (over[s.name], -s.host.net_saved_bytes, s.name))
 
 
 # ----------------------------------------------------------------------------- the callout
@@ -187,16 +208,22 @@ def _headline(s: ReviewScenario) -> str:
     )
 
 
-def _saving_sentence(s: ReviewScenario) -> str:
+def _saving_sentence(inputs: ReviewInputs, s: ReviewScenario) -> str:
     h = s.host
+    me = inputs.whatif.model_error
     text = (
         f"On the traced host the replay frees **{F.mib(h.net_saved_bytes)} net of KSM's own "
         f"metadata, {F.pct(h.net_saved_fraction)} of the anonymous memory**"
     )
     if h.saving_factor != 1.0:
+        where = (
+            "on the canary"
+            if me is not None and me.source == "canary"
+            else "on the project's published live runs"
+        )
         text += (
-            f"; the real KSM merges {F.fixed(h.saving_factor, 2)} times what the replay "
-            f"predicts ([Validation](#validation)), so expect about "
+            f"; {where} the real KSM merged {F.fixed(h.saving_factor, 2)} times what the replay "
+            f"predicted ([Validation](#validation)), so expect about "
             f"{F.mib(h.expected_net_saved_bytes)}"
         )
     return text + "."
@@ -218,7 +245,7 @@ def _speed_sentence(s: ReviewScenario) -> str:
 def _callout(inputs: ReviewInputs, choice: Choice) -> Callout:
     s = choice.shown
     assert s is not None
-    body = _saving_sentence(s) + _headline(s) + _speed_sentence(s)
+    body = _saving_sentence(inputs, s) + _headline(s) + _speed_sentence(s)
     if choice.scenario is not None:
         return Callout(
             "decision",
