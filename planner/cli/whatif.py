@@ -491,11 +491,10 @@ def _render_capacity(result: WhatIfResult) -> None:
             )
             if plan.assumed:
                 text += "; assumed: " + ", ".join(plan.assumed)
-        text += f"; model error applied: x{first.saving_factor:.3f}"
-        if first.dominant_source:
-            text += (
-                f"; intervals: {100 * first.confidence:g} %, dominated by {first.dominant_source}"
-            )
+        me = result.model_error
+        if me is not None:
+            text += f"; the model's measured error applied: x{me.point:.3f} ({me.source})"
+        text += f"; intervals: {100 * first.confidence:g} %, every source of uncertainty combined"
     _note(text)
 
 

@@ -312,10 +312,12 @@ def time_panels(
     y_in_bytes: bool = True,
     ncols: int = 2,
     xlabel: str = "time since the first snapshot (s)",
+    logx: bool = False,
 ) -> str:
     """Small multiples of lines over time, with dots at full-scan ends and snapshot lines.
 
-    Every panel has the same x and y scales, so panels compare at a glance.
+    Every panel has the same x and y scales, so panels compare at a glance; ``logx`` draws
+    time on a log scale (from the first positive time), so that seconds and hours both read.
     """
     n = max(1, len(panels))
     cols = min(ncols, n)
@@ -346,7 +348,18 @@ def time_panels(
                         color=s.color,
                     )
             ax.set_title(panel.title, loc="left", fontsize=8.5)
-            ax.set_xlim(left=0)
+            if logx:
+                from matplotlib.ticker import FuncFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                first = min(
+                    (x for p in panels for sr in p.series for x in _rs(sr.x) if x > 0),
+                    default=1.0,
+                )
+                ax.set_xlim(left=first)
+            else:
+                ax.set_xlim(left=0)
             ax.tick_params(labelbottom=True)
             if i // cols == rows - 1 or i + cols >= n:
                 ax.set_xlabel(xlabel)
@@ -536,14 +549,17 @@ def lines(
                 zorder=0,
                 linewidth=0,
             )
+        right = max((_r(x) for sr in series for x in sr.x), default=0.0)
         for mark_x, text in marks:
             ax.axvline(_r(mark_x), color="#555555", linewidth=0.8, linestyle=":", zorder=1)
+            at_end = _r(mark_x) >= right
             ax.annotate(
                 text,
                 (_r(mark_x), 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -10),
+                xytext=(-3 if at_end else 3, -10),
                 textcoords="offset points",
+                ha="right" if at_end else "left",
                 fontsize=7,
                 color="#333333",
             )

@@ -879,7 +879,7 @@ def _time_figure(inputs: ReviewInputs, scen: Sequence[ReviewScenario]) -> Figure
         panels.append(C.Panel(label, series, snaps))
     where = (
         "minutes on the planned host (the replay's times scaled with the pages to scan there; "
-        "the same scale in every panel)"
+        "a log scale, the same in every panel, so that minutes and hours both read)"
         if projected
         else "seconds since KSM was switched on (the same scale in every panel; dotted lines "
         "are the trace's snapshots)"
@@ -893,7 +893,10 @@ def _time_figure(inputs: ReviewInputs, scen: Sequence[ReviewScenario]) -> Figure
             panels,
             ylabel="% of the steady saving",
             y_in_bytes=False,
-            xlabel="minutes on the planned host" if projected else "seconds since KSM was on",
+            xlabel="minutes on the planned host (log scale)"
+            if projected
+            else "seconds since KSM was on",
+            logx=projected,
         ),
         "The share of its steady-state saving each scenario has reached, against "
         f"{where}; one panel per knob setting, one line per policy set. Dots mark the end of "

@@ -1,4 +1,4 @@
-"""The review document: twelve sections, the recommendation rule, numbers taken from what-if.
+"""The review document: thirteen sections, the recommendation rule, numbers taken from what-if.
 
 Every test builds the review from a real what-if run on the small trace (``conftest.py``).
 """
