@@ -347,12 +347,22 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
     cow = inputs.cow
     rates = inputs.whatif.observed.rates if inputs.whatif.observed is not None else None
     measured = rates.observed_cow_per_s if rates is not None else None
+    canary_planned = h.projected_canary_cow_per_s
     planned = h.projected_cow_breaks_per_s
+    if canary_planned is not None and measured is not None:
+        return KeyFigure(
+            "copy-on-write breaks per second, on the planned host",
+            W.rate(canary_planned),
+            f"the canary's rate per merged page ({W.rate(measured)}/s at "
+            f"{F.integer(rates.observed_pages_sharing if rates else None)} pages) times the "
+            f"pages merged there; the trace alone sees {W.rate(planned)}/s",
+        )
     value = f"{W.rate(planned if planned is not None else cow.breaks_per_s)} /s"
     detail = (
-        f"writes to merged pages on the planned host; {W.rate(cow.breaks_per_s)}/s in the trace"
+        f"writes to merged pages on the planned host; {W.rate(cow.breaks_per_s)}/s in the trace "
+        "(a lower bound: writes between snapshots are not seen)"
         if planned is not None
-        else "writes to merged pages, counted in the trace"
+        else "writes to merged pages, counted in the trace (a lower bound)"
     )
     if measured is not None:
         detail += f"; the canary measured {W.rate(measured)}/s (`cow_ksm`)"

@@ -1448,9 +1448,16 @@ def _cow_text(inputs: ReviewInputs, s: ReviewScenario | None) -> str:
         )
         text += (
             f"; {F.fixed(per_page, 3)} per merged page per second): writes between snapshots "
-            "that the trace cannot see. Plan the page-fault rate with the canary's figure."
+            "that the trace cannot see. Plan the page-fault rate with the canary's figure"
             if per_page is not None
-            else ")."
+            else ")"
+        )
+        planned = h.projected_canary_cow_per_s if h is not None else None
+        text += (
+            f": about {W.rate(planned)} breaks per second at the planned size, each a page "
+            "fault and a 4 KiB copy in the service's path."
+            if planned is not None
+            else "."
         )
     return text
 

@@ -185,6 +185,7 @@ class Evidence:
     extrapolation: ExtrapolationSpec | None
     model_error: ModelError | None
     facts: WholeHostFacts | None = None
+    canary_cow_per_merged_page_per_s: float | None = None
 
 
 def _model(
@@ -220,6 +221,9 @@ def _capacity(
 def project_host(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evidence) -> None:
     """Capacity, projected saving and ``host_scale`` of a host scenario with a growth fit."""
     hs.saving_factor = ev.model_error.point if ev.model_error is not None and hs.enabled else 1.0
+    hs.canary_cow_per_merged_page_per_s = (
+        ev.canary_cow_per_merged_page_per_s if hs.enabled else None
+    )
     if hs.placement == "separate hosts" and len(fits) == len(hs.replays):
         _project_separate(hs, fits, ev)
         return

@@ -142,6 +142,7 @@ class HostScenario:
         "projected_time_to_90_s",
         "projected_first_full_scan_s",
         "projected_cow_breaks_per_s",
+        "projected_canary_cow_per_s",
         "expected_saved_bytes",
         "expected_net_saved_bytes",
         "time_spread",
@@ -202,6 +203,8 @@ class HostScenario:
     writes: CowEstimate | None = None
     #: The model's measured error applied to the saving (observed / predicted; 1: none)
     saving_factor: float = 1.0
+    #: Copy-on-write breaks per second per merged page measured on a canary (``cow_ksm``)
+    canary_cow_per_merged_page_per_s: float | None = None
     # --- security domains as they can be deployed
     #: ``one host`` (every registered process on one host: merging across domains happens
     #: if they are several) or ``separate hosts`` (merging across domains denied: mainline
@@ -286,6 +289,15 @@ class HostScenario:
         if self.writes is None or self.host_scale is None:
             return None
         return self.writes.breaks_per_s * self.host_scale
+
+    @property
+    def projected_canary_cow_per_s(self) -> float | None:
+        """Copy-on-write breaks per second at the planned size as the canary measured them:
+        its rate per merged page times the pages merged there (KSM's saving in pages)."""
+        rate = self.canary_cow_per_merged_page_per_s
+        if rate is None or self.capacity is None:
+            return None
+        return rate * self.capacity.ksm_saved_bytes / self.page_size
 
     @property
     def expected_saved_bytes(self) -> float:

@@ -298,8 +298,16 @@ def run_whatif(
     model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
         published_error(labels)
     )
+    rates = comparison.rates if comparison is not None else None
+    cow = rates.cow_per_merged_page_per_s if rates is not None else None
     evidence = {
-        h: aggregate.Evidence(capacity, extrapolation, model_error, whole_host_facts(tr, h))
+        h: aggregate.Evidence(
+            capacity,
+            extrapolation,
+            model_error,
+            whole_host_facts(tr, h),
+            cow if comparison is not None and comparison.host == h else None,
+        )
         for h in host_list
     }
     scenarios, fits = _project(assembled, results, evidence)

@@ -108,3 +108,33 @@ def test_knob_differences() -> None:
         )
         == {}
     )
+
+
+def test_the_canary_rates_of_the_shipped_recording() -> None:
+    # reports/canary/django-preload: what the real ksmd did over the second half (35 s)
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from planner.kernel.observe import read_observed
+    from planner.whatif.observed import canary_rates
+
+    root = Path(__file__).resolve().parents[2] / "reports" / "canary" / "django-preload"
+    obs = read_observed(root)
+    c = obs.counters
+    t = np.asarray(c.index.to_numpy(dtype=float))
+    scen = SimpleNamespace(hosts=[SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0)])
+    r = canary_rates(c, t, scen, None)  # type: ignore[arg-type]
+    half = t >= t[-1] / 2
+    dt = t[-1] - t[half][0]
+    cow = c["cow_ksm"].to_numpy()
+    assert r.observed_cow_per_s == pytest.approx((cow[-1] - cow[half][0]) / dt)
+    assert r.observed_cow_per_s == pytest.approx(1296, rel=0.01)
+    ns = c["ksmd_runtime_ns"].to_numpy()
+    assert r.observed_ksmd_cpu_percent == pytest.approx(100 * (ns[-1] - ns[half][0]) / 1e9 / dt)
+    assert r.observed_full_scan_s == pytest.approx(0.875, rel=0.01)
+    assert r.predicted_ksmd_cpu_percent == 4.0
+    assert r.predicted_cow_per_s is None  # no trace estimate given
+    assert r.cow_per_merged_page_per_s == pytest.approx(
+        r.observed_cow_per_s / np.mean(c["pages_sharing"].to_numpy()[half])
+    )
