@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from planner.report import common as W
 from planner.report import fmt as F
 from planner.report.doc import Block, Bullets, Code, Heading, Para, Section
+from planner.whatif.gridpoints import kernel_default
+from planner.whatif.observed import SYSFS_KNOBS
 
 if TYPE_CHECKING:
     from planner.report.decision import Choice
@@ -28,15 +30,33 @@ PR_SET_MEMORY_MERGE = 67
 ALWAYS = ("pages_to_scan", "sleep_millisecs", "smart_scan")
 
 
-def _sysfs(s: ReviewScenario) -> dict[str, int | str]:
-    """The scenario's sysfs knobs that matter: the main ones, and any other that differs
-    from the kernel's default."""
-    from planner.engine.knobs import KsmKnobs
-    from planner.kernel.run import sysfs_knobs
+#: The advisor's own knobs (sysfs name -> replay name), written when the advisor runs.
+ADVISOR_KNOBS = {
+    "advisor_max_cpu": "advisor_max_cpu",
+    "advisor_min_pages_to_scan": "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan": "advisor_max_pages_to_scan",
+    "advisor_target_scan_time": "advisor_target_scan_time_s",
+}
 
-    values = sysfs_knobs(s.knobs)
-    defaults = sysfs_knobs(KsmKnobs(hz=s.knobs.hz))
-    return {k: v for k, v in values.items() if k in ALWAYS or defaults.get(k) != v}
+
+def _value(v: object) -> int | str:
+    return int(v) if isinstance(v, bool | int) else str(v)
+
+
+def _sysfs(s: ReviewScenario) -> dict[str, int | str]:
+    """The scenario's sysfs knobs that matter (kernel names): the main ones, any other that
+    differs from the kernel's default, and the advisor's when it runs."""
+    values = s.knob_values
+    names = dict(SYSFS_KNOBS)
+    if values.get("advisor") not in (None, "none"):
+        names |= ADVISOR_KNOBS
+    out = {}
+    for sysfs, ours in names.items():
+        if ours not in values:
+            continue
+        if sysfs in ALWAYS or sysfs in ADVISOR_KNOBS or values[ours] != kernel_default(ours):
+            out[sysfs] = _value(values[ours])
+    return out
 
 
 def _registration(s: ReviewScenario) -> list[Block]:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
 
-#: Recording knob (sysfs name) -> replay knob.
-_KNOBS = {
+#: Recording knob (sysfs name) -> replay knob (the knobs a comparison and a deployment need).
+SYSFS_KNOBS = {
     "pages_to_scan": "pages_to_scan",
     "sleep_millisecs": "sleep_ms",
     "smart_scan": "smart_scan",
@@ -65,7 +65,9 @@ def _norm(name: str, value: Any) -> Any:
 def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
     """The recording's knobs at its start, under the replay's knob names."""
     raw = dict(obs.meta.get("knobs_at_start") or {})
-    return {ours: _norm(theirs, raw[theirs]) for theirs, ours in _KNOBS.items() if theirs in raw}
+    return {
+        ours: _norm(theirs, raw[theirs]) for theirs, ours in SYSFS_KNOBS.items() if theirs in raw
+    }
 
 
 def knob_differences(
@@ -341,6 +343,7 @@ def compare_observed(
 
 __all__ = [
     "COMPARED",
+    "SYSFS_KNOBS",
     "CanaryRates",
     "CounterSeries",
     "ObservedComparison",

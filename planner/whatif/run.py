@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.whatif.capacity import CapacityInputs
+    from planner.whatif.observed import ObservedComparison
+    from planner.whatif.uncertainty import ModelError
     from planner.whatif.writes import CowEstimate
 
 _OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
@@ -294,22 +296,7 @@ def run_whatif(
             writes=writes,
         )
         warnings += comparison.notes
-    labels = _labels(tr)
-    model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
-        published_error(labels)
-    )
-    rates = comparison.rates if comparison is not None else None
-    cow = rates.cow_per_merged_page_per_s if rates is not None else None
-    evidence = {
-        h: aggregate.Evidence(
-            capacity,
-            extrapolation,
-            model_error,
-            whole_host_facts(tr, h),
-            cow if comparison is not None and comparison.host == h else None,
-        )
-        for h in host_list
-    }
+    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
         **{k: v for k, v in opt_items},
@@ -337,6 +324,34 @@ def run_whatif(
         model_error=model_error,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _evidence(
+    tr: Trace,
+    host_list: list[str],
+    comparison: ObservedComparison | None,
+    capacity: CapacityInputs | None,
+    extrapolation: ExtrapolationSpec | None,
+) -> tuple[ModelError, dict[str, aggregate.Evidence]]:
+    """The model's measured error (a canary's, else the published runs') and, per host,
+    everything its projection uses."""
+    labels = _labels(tr)
+    model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
+        published_error(labels)
+    )
+    rates = comparison.rates if comparison is not None else None
+    cow = rates.cow_per_merged_page_per_s if rates is not None else None
+    evidence = {
+        h: aggregate.Evidence(
+            capacity,
+            extrapolation,
+            model_error,
+            whole_host_facts(tr, h),
+            cow if comparison is not None and comparison.host == h else None,
+        )
+        for h in host_list
+    }
+    return model_error, evidence
 
 
 def _labels(tr: Trace) -> dict[str, str]:
