@@ -39,7 +39,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import stat
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from planner._signals import signals_deferred
 from planner.errors import (
     OutputBusyError,
     OutputExistsError,
@@ -68,7 +68,6 @@ OUTPUT_XATTR: Final = "user.ksm-planner.output"
 #: What the mark says when the writer did not name a kind (library use without a claim).
 GENERIC_KIND: Final = "output"
 
-_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: errno values that mean "this place cannot be written" (the environment), not a bad name.
 _NOT_WRITABLE: Final = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -484,37 +483,6 @@ def _swap_in(tmp: Path, target: Path) -> None:
     os.rename(tmp, target)
     os.rename(old / "x", tmp)
     old.rmdir()
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back for the block (they arrive right after it).
-
-    For the few steps that must not be cut in half: the final rename of an output and the
-    removal of what it replaced. The Python-level handlers are swapped for one that only
-    notes the signal (a thread mask would not do: the kernel gives a process-directed
-    signal to any thread that does not block it); the noted signals are raised again, to
-    the restored handlers, when the block ends.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def note(signum: int, _frame: object) -> None:
-        pending.append(signum)
-
-    old: dict[signal.Signals, Any] = {}
-    for sig in _SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            old[sig] = signal.signal(sig, note)
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        for signum in dict.fromkeys(pending):
-            signal.raise_signal(signum)
 
 
 def _commit(

@@ -25,6 +25,7 @@ from planner._fs import (
     lock_path_of,
     marked_kind,
 )
+from planner._signals import signals_deferred
 from planner.errors import (
     OutputBusyError,
     OutputExistsError,
@@ -341,7 +342,7 @@ def test_signals_are_held_back_during_the_final_rename() -> None:
     other = threading.Thread(target=threading.Event().wait, args=(2,), daemon=True)
     other.start()  # the kernel may hand the signal to this thread: still held back
     try:
-        with _fs.signals_deferred():
+        with signals_deferred():
             os.kill(os.getpid(), signal.SIGHUP)
             for _ in range(1000):  # the handler would run at any of these bytecodes
                 pass

@@ -18,9 +18,9 @@ import pytest
 
 from planner.engine.cost import CostProfile
 from planner.errors import InputDataError, KnobError, PolicyError
-from planner.kernel.observe import read_observed
 from planner.policy import load_policies
 from planner.testing.builder import World
+from planner.trace.recording import read_observed
 from planner.whatif.grid import load_grid
 
 CANARY = Path(__file__).resolve().parents[1] / "reports" / "canary" / "django-preload"

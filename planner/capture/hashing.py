@@ -1,10 +1,11 @@
 """Keyed page hashing: seeded ``xxh3_64`` over each 4 KiB page of a buffer.
 
-One call per page over memoryview slices is the fastest way found from Python: about
-1.4 M pages/s on the reference VM, against 3.6 M pages/s for one call over a whole buffer
-(the C speed; the rest is Python's per-call cost) and 0.13 M pages/s for keyed blake2b
-(docs/capture.md §5.2). A zero page is recognised by comparing its hash with the
-keyed hash of 4096 zero bytes (no separate zero scan).
+Pages are hashed by :func:`planner.capture.xxh3.hash_pages` (the same function compiled
+for many pages at once, about 1.7 M pages/s per core without the GIL); one ``xxhash`` call
+per page over memoryview slices (:meth:`PageHasher.hash_pages`, 1.3-1.4 M pages/s with the
+GIL held) remains for single pages and as the reference the tests compare with. Keyed
+blake2b would be 11 times slower (docs/capture.md §5.2). A zero page is recognised by
+comparing its hash with the keyed hash of 4096 zero bytes (no separate zero scan).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy.typing as npt
 import xxhash
 
 from planner.capture.procfs import PAGE_SIZE_BYTES
+from planner.capture.xxh3 import PageSecret
 
 if TYPE_CHECKING:
     from planner.capture.keys import CaptureKey
@@ -26,11 +28,13 @@ _ZERO_PAGE: Final = bytes(PAGE_SIZE_BYTES)
 class PageHasher:
     """Hash pages and other capture data with the seed of one :class:`CaptureKey`."""
 
-    __slots__ = ("_seed", "key_id", "zero_hash")
+    __slots__ = ("_seed", "key_id", "secret", "zero_hash")
 
     def __init__(self, key: CaptureKey) -> None:
         self._seed = key.seed
         self.key_id = key.key_id
+        self.secret = PageSecret.from_seed(key.seed)
+        """The seeded secret of the compiled page hash (:mod:`planner.capture.xxh3`)."""
         self.zero_hash: int = xxhash.xxh3_64_intdigest(_ZERO_PAGE, seed=self._seed)
         """The keyed hash of an all-zero page (``snapshots.zero_hash``)."""
 

@@ -12,14 +12,16 @@ about 140 ns and a read a few µs, so small gaps win: gap 0 / 8 / 64 / 512 took 
 
 from __future__ import annotations
 
-import errno
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from planner.capture.memread import pread_runs
 from planner.capture.procfs import PAGEMAP_ENTRY_BYTES, ProcFS
 from planner.errors import CapturePermissionError, KernelUnsupportedError
 
@@ -86,6 +88,7 @@ class KPageReader:
         self._gap = gap_entries
         self._max = max_read_entries
         self._fds: tuple[int, int] | None = None
+        self._stats_lock = threading.Lock()
         self.stats = KPageStats()
 
     def __enter__(self) -> KPageReader:
@@ -122,43 +125,76 @@ class KPageReader:
             self._fds = None
 
     def lookup(
-        self, pfns: npt.NDArray[np.uint64]
+        self,
+        pfns: npt.NDArray[np.uint64],
+        *,
+        count: npt.NDArray[np.bool_] | None = None,
+        flags: npt.NDArray[np.bool_] | None = None,
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """Return ``(kpageflags, kpagecount)`` for sorted unique ``pfns``.
 
-        Frames beyond the end of the files (none on a consistent system) read as 0.
+        ``count`` selects the frames whose map count is read (all by default); the others
+        get 1. The capture reads it only for frames that pagemap does not report as mapped
+        exclusively (bit 56): an exclusively mapped page is mapped once, so its count is 1
+        without asking. ``flags`` likewise selects the frames whose flags are read (the
+        others get 0): those of mappings whose smaps allows KSM or huge pages
+        (docs/capture.md §4.12). Frames beyond the end of the files (none on a consistent
+        system) read as 0.
         """
         if self._fds is None:
             raise RuntimeError("KPageReader must be used as a context manager")
         if len(pfns) == 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+        fflags, fcount = self._fds
+        with ThreadPoolExecutor(1) as pool:  # the two files at once (pread releases the GIL)
+            counts_job = pool.submit(self._gather, fcount, pfns if count is None else pfns[count])
+            some_flags = self._gather(fflags, pfns if flags is None else pfns[flags])
+            some_counts = counts_job.result()
+        if count is None:
+            counts = some_counts
+        else:
+            counts = np.ones(len(pfns), np.uint64)
+            counts[count] = some_counts
+        if flags is None:
+            all_flags = some_flags
+        else:
+            all_flags = np.zeros(len(pfns), np.uint64)
+            all_flags[flags] = some_flags
+        self.stats.frames += len(pfns)
+        return all_flags, counts
+
+    def _gather(self, fd: int, pfns: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+        """The entries of sorted unique ``pfns`` in one file, with coalesced reads."""
+        if len(pfns) == 0:
+            return np.zeros(0, np.uint64)
         reads = coalesce(pfns, gap_entries=self._gap, max_read_entries=self._max)
         firsts = np.array([f for f, _ in reads], dtype=np.int64)
         sizes = np.array([c for _, c in reads], dtype=np.int64)
         bases = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        # one buffer per file; each read lands at its base (entries past EOF stay 0)
-        fflags, fcount = self._fds
-        all_flags = _read_all(fflags, reads, bases, int(sizes.sum()))
-        all_counts = _read_all(fcount, reads, bases, int(sizes.sum()))
+        everything = _read_all(fd, reads, bases, int(sizes.sum()))
         p = pfns.astype(np.int64)
         run = np.searchsorted(firsts, p, side="right") - 1
-        idx = bases[run] + (p - firsts[run])
-        flags, counts = all_flags[idx], all_counts[idx]
-        self.stats.frames += len(pfns)
-        self.stats.reads += 2 * len(reads)
-        self.stats.entries_read += 2 * sum(c for _, c in reads)
-        return flags, counts
+        with self._stats_lock:
+            self.stats.reads += len(reads)
+            self.stats.entries_read += int(sizes.sum())
+        out: npt.NDArray[np.uint64] = everything[bases[run] + (p - firsts[run])]
+        return out
 
 
 def _read_all(
     fd: int, reads: list[tuple[int, int]], bases: npt.NDArray[np.int64], total: int
 ) -> npt.NDArray[np.uint64]:
+    """Every read of ``reads`` into one buffer, in one compiled ``pread`` loop.
+
+    A read that comes back short (past the last frame, or a frame the kernel refuses) leaves
+    the rest of its entries 0 and the loop goes on with the next read.
+    """
     out = np.zeros(total, dtype=np.uint64)
-    view = out.data
-    for (first, count), base in zip(reads, bases.tolist(), strict=True):
-        try:
-            os.preadv(fd, [view[base : base + count]], first * PAGEMAP_ENTRY_BYTES)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: beyond the last frame
-                raise
+    buffer = out.view(np.uint8)
+    local = bases * PAGEMAP_ENTRY_BYTES
+    remote = np.array([f for f, _ in reads], dtype=np.int64) * PAGEMAP_ENTRY_BYTES
+    sizes = np.array([c for _, c in reads], dtype=np.int64) * PAGEMAP_ENTRY_BYTES
+    i = 0
+    while i < len(reads):
+        i += pread_runs(fd, buffer, local[i:], remote[i:], sizes[i:]) + 1
     return out

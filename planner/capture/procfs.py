@@ -12,6 +12,7 @@ Missing privileges raise :class:`~planner.errors.CapturePermissionError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -85,6 +86,12 @@ class ProcStat:
     flags: int
     starttime_ticks: int
     """Field 22: start time in clock ticks since boot (identifies the process with its pid)."""
+    utime_ticks: int = 0
+    """Field 14: CPU time in user mode, clock ticks."""
+    stime_ticks: int = 0
+    """Field 15: CPU time in kernel mode, clock ticks."""
+    num_threads: int = 0
+    """Field 20."""
 
     @property
     def is_kernel_thread(self) -> bool:
@@ -128,13 +135,32 @@ class MapEntry:
             return None
         return {f.group(1): f.group(2).strip() for f in _SMAPS_FIELD.finditer(self.smaps_text)}
 
+    def smaps_value(self, name: str) -> str | None:
+        """The raw value of one smaps field of this mapping (``None`` if absent or not read).
+
+        Found with one string search in this mapping's block: the capture needs four fields
+        of each kept mapping, and building the whole field dict cost more than reading smaps.
+        """
+        text = self.smaps_text
+        if text is None:
+            return None
+        key = name + ":"
+        if text.startswith(key):
+            at = 0
+        else:
+            at = text.find("\n" + key) + 1
+            if at == 0:
+                return None
+        line_end = text.find("\n", at)
+        return text[at + len(key) : line_end if line_end >= 0 else len(text)].strip()
+
     def smaps_kb(self, name: str) -> int | None:
         """An smaps size field in kB (``Anonymous``, ``Swap``, ``KSM``, ...), or ``None``."""
-        fields = self.smaps
-        if fields is None or name not in fields:
+        value = self.smaps_value(name)
+        if value is None:
             return None
-        value = fields[name].split()
-        return int(value[0]) if value and value[0].isdigit() else None
+        number = value.split(" ", 1)[0]
+        return int(number) if number.isdigit() else None
 
     @cached_property
     def vm_flags(self) -> frozenset[str] | None:
@@ -197,6 +223,9 @@ def parse_stat(pid: int, text: str) -> ProcStat:
         ppid=int(rest[1]),
         flags=int(rest[6]),
         starttime_ticks=int(rest[19]),
+        utime_ticks=int(rest[11]),
+        stime_ticks=int(rest[12]),
+        num_threads=int(rest[17]),
     )
 
 
@@ -209,6 +238,42 @@ def parse_kv(text: str) -> dict[str, str]:
             key, _, value = line.partition(" ")
         if key:
             out[key.strip()] = value.strip()
+    return out
+
+
+def parse_ksm_stat(text: str) -> dict[str, int | bool]:
+    """Parse ``/proc/<pid>/ksm_stat``: counters as integers, ``yes``/``no`` as booleans.
+
+    Examples
+    --------
+    >>> parse_ksm_stat("ksm_rmap_items 3\\nksm_merge_any: no\\nksm_mergeable: yes\\n")
+    {'ksm_rmap_items': 3, 'ksm_merge_any': False, 'ksm_mergeable': True}
+    """
+    out: dict[str, int | bool] = {}
+    for key, value in parse_kv(text).items():
+        if value in ("yes", "no"):
+            out[key] = value == "yes"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_kb_fields(text: str) -> dict[str, int]:
+    """The ``Name:  123 kB`` lines of ``smaps_rollup`` or ``meminfo``, in kB.
+
+    Examples
+    --------
+    >>> parse_kb_fields("Rss:  100 kB\\nKSM:   40 kB\\nVmFlags: rd wr\\n")
+    {'Rss': 100, 'KSM': 40}
+    """
+    out: dict[str, int] = {}
+    for key, value in parse_kv(text).items():
+        parts = value.split()
+        if parts and parts[0].isdigit() and parts[1:] in ([], ["kB"]):
+            out[key] = int(parts[0])
     return out
 
 
@@ -279,6 +344,25 @@ class ProcFS:
             )
         return exc
 
+    def text(self, pid: int, name: str) -> str:
+        """The text of ``/proc/<pid>/<name>``.
+
+        Raises
+        ------
+        ProcessGone
+            The process (or the file) does not exist.
+        CapturePermissionError
+            Not allowed to read it.
+        """
+        return self._read_text(pid, name)
+
+    def comm(self, pid: int) -> str | None:
+        """``/proc/<pid>/comm`` (``None`` when the process is gone or unreadable)."""
+        try:
+            return self._read_text(pid, "comm").strip()
+        except (ProcessGone, CapturePermissionError, OSError):
+            return None
+
     def stat(self, pid: int) -> ProcStat:
         """Parse ``/proc/<pid>/stat``."""
         return parse_stat(pid, self._read_text(pid, "stat"))
@@ -295,6 +379,24 @@ class ProcFS:
             if len(parts) == 3:
                 out[parts[1]] = parts[2]
         return out
+
+    def clear_soft_dirty(self, pid: int) -> None:
+        """Write ``4`` to ``<root>/<pid>/clear_refs``: clear the soft-dirty bits of ``pid``.
+
+        The one write the capture ever makes about a target (only when it samples with
+        soft-dirty, docs/capture.md §9.3): every page-table entry of the process is
+        write-protected, and its next write to each page takes a fault that sets the bit.
+        """
+        try:
+            fd = os.open(self.path(pid, "clear_refs"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._translate(pid, "clear_refs", exc) from exc
+        try:
+            os.write(fd, b"4")
+        except OSError as exc:
+            raise self._translate(pid, "clear_refs", exc) from exc
+        finally:
+            os.close(fd)
 
     def cmdline(self, pid: int) -> bytes:
         """The raw NUL-separated argv (without the trailing NUL)."""
@@ -314,22 +416,38 @@ class ProcFS:
         except (OSError, ValueError, ProcessGone, CapturePermissionError):
             return None
 
-    def ksm_stat(self, pid: int) -> dict[str, int | bool]:
-        """``/proc/<pid>/ksm_stat`` (Linux >= 6.1); empty when the file does not exist."""
+    def ksm_stat(self, pid: int, *, strict: bool = False) -> dict[str, int | bool]:
+        """``/proc/<pid>/ksm_stat`` (Linux >= 6.1): counters, and ``yes``/``no`` as booleans.
+
+        Empty when the file cannot be read, unless ``strict`` (then :meth:`text`'s errors).
+        """
         try:
             text = self._read_text(pid, "ksm_stat")
         except (ProcessGone, CapturePermissionError, OSError):
+            if strict:
+                raise
             return {}
-        out: dict[str, int | bool] = {}
-        for key, value in parse_kv(text).items():
-            if value in ("yes", "no"):
-                out[key] = value == "yes"
-            else:
-                try:
-                    out[key] = int(value)
-                except ValueError:
-                    continue
-        return out
+        return parse_ksm_stat(text)
+
+    def smaps_rollup_kb(self, pid: int) -> dict[str, int]:
+        """The kB fields of ``/proc/<pid>/smaps_rollup`` (``KSM``, ``AnonHugePages``, ...).
+
+        Empty when the process is gone or the file unreadable.
+        """
+        try:
+            return parse_kb_fields(self._read_text(pid, "smaps_rollup"))
+        except (ProcessGone, CapturePermissionError, OSError):
+            return {}
+
+    def schedstat_ns(self, pid: int) -> int:
+        """Nanoseconds the task ran on a CPU (the first field of ``/proc/<pid>/schedstat``).
+
+        Raises
+        ------
+        ProcessGone, CapturePermissionError, OSError, ValueError
+            Unreadable (a kernel without CONFIG_SCHED_INFO has no such file).
+        """
+        return int(self._read_text(pid, "schedstat").split()[0])
 
     def mappings(self, pid: int) -> list[MapEntry]:
         """The mappings of ``pid`` with smaps fields (from ``maps`` if smaps is unreadable)."""
@@ -367,6 +485,23 @@ class ProcFS:
             raise OSError(errno.EINVAL, "offset does not fit off_t")
         return os.preadv(fd, [view], offset)
 
+    def read_runs(
+        self,
+        fd: int,
+        buffer: npt.NDArray[np.uint8],
+        local: npt.NDArray[np.int64],
+        remote: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+    ) -> int:
+        """Read runs of ``mem`` into ``buffer`` (one compiled ``pread`` loop, GIL released).
+
+        Run ``i`` is ``lengths[i]`` bytes at offset ``remote[i]``, stored at
+        ``buffer[local[i]:]``. Returns how many leading runs were read in full.
+        """
+        from planner.capture.memread import pread_runs
+
+        return pread_runs(fd, buffer, local, remote, lengths)
+
     # --------------------------------------------------------------------- host-wide files
 
     def kpage_path(self, name: str) -> Path:
@@ -396,6 +531,27 @@ class ProcFS:
     def clock_ticks_per_s(self) -> int:
         """``CLK_TCK``: the unit of ``/proc/<pid>/stat`` start times."""
         return int(os.sysconf("SC_CLK_TCK"))
+
+    def host_text(self, name: str) -> str | None:
+        """A host-wide file of the procfs (``vmstat``, ``meminfo``, ``cpuinfo``); ``None``
+        when it cannot be read."""
+        try:
+            return (self.root / name).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            return None
+
+    def vmstat(self) -> dict[str, int]:
+        """``/proc/vmstat`` (empty when unreadable)."""
+        out: dict[str, int] = {}
+        for line in (self.host_text("vmstat") or "").splitlines():
+            name, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = int(value)
+        return out
+
+    def meminfo_bytes(self) -> dict[str, int]:
+        """``/proc/meminfo`` in bytes (``MemAvailable``, ...; empty when unreadable)."""
+        return {k: v * 1024 for k, v in parse_kb_fields(self.host_text("meminfo") or "").items()}
 
     def ksm_sysfs(self) -> dict[str, str]:
         """Every readable file of ``<sys>/kernel/mm/ksm`` (read-only), as raw strings."""

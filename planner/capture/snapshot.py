@@ -18,7 +18,9 @@ leave the capture).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,6 +29,8 @@ import numpy.typing as npt
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
+from planner.capture.facts import memory_cgroup_of, process_facts
+from planner.capture.memread import CHUNK_PAGES, ReadResult, read_and_hash
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
     PAGE_SIZE_BYTES,
@@ -46,14 +50,25 @@ from planner.errors import CapturePermissionError
 from planner.trace.schema import PageFlag
 
 if TYPE_CHECKING:
-    from planner.capture.hashing import PageHasher
+    from collections.abc import Callable, Iterator, Sequence
 
-DEFAULT_WINDOW_PAGES: Final = 1 << 16  # 512 KiB of pagemap per read
-DEFAULT_READ_CHUNK_PAGES: Final = 512  # 2 MiB per preadv
+    from planner.capture.facts import CgroupHierarchy
+    from planner.capture.hashing import PageHasher
+    from planner.capture.pace import Pacer
+
+DEFAULT_WINDOW_PAGES: Final = 1 << 18  # 2 MiB of pagemap per read at most
+DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # 4 MiB read by one process_vm_readv
+#: Holes up to this many pages between two mappings are read through (32 KiB of pagemap
+#: cost less than another system call).
+PAGEMAP_GAP_PAGES: Final = 4096
+#: Default threads reading and hashing chunks of one process at once.
+DEFAULT_THREADS: Final = 2
 
 _U64 = np.uint64
 _PFN_MASK = _U64(PM_PFN_MASK)
-_FILE_KINDS: Final = frozenset({"file_data", "file_relro", "file_text"})
+_LIVE_BITS = _U64((1 << PM_PRESENT_BIT) | (1 << PM_SWAP_BIT))
+_PTE_IDENTITY = _PFN_MASK | _U64(1 << PM_PRESENT_BIT)
+_NO_PFN: Final = (1 << 55) - 1  # no page has this PFN (used when the zero page is unknown)
 
 PFN_HIDDEN_HINT: Final = (
     "run as root or grant CAP_SYS_ADMIN: without it the kernel reports every PFN in "
@@ -100,6 +115,11 @@ class ProcessCapture:
     content_hash: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     pfn: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     flags: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
+    """``(mapping index, first page, end page)`` of the mappings whose pagemap was read."""
+    kflags_needed: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
+    """Pages whose frame flags (KSM, THP, huge zero page) must be read from kpageflags: the
+    pages of mappings whose smaps does not rule them out (see :func:`needs_frame_flags`)."""
     zero_pfn_pages: int = 0
     t0: float = 0.0  # time.perf_counter() at start and end of this process's capture
     t1: float = 0.0
@@ -132,11 +152,21 @@ class ProcessReader:
     keep_cmdline: bool = False
     window_pages: int = DEFAULT_WINDOW_PAGES
     read_chunk_pages: int = DEFAULT_READ_CHUNK_PAGES
+    threads: int = DEFAULT_THREADS
     timings: Timings = field(default_factory=Timings)
+    pacer: Pacer | None = None
+    """Gives the reading threads the capture's priority (:mod:`planner.capture.pace`)."""
+    cgroup_hierarchy: CgroupHierarchy | None = None
+    """Where the memory controller is mounted (for ``processes.memory_cgroup``)."""
 
     def __post_init__(self) -> None:
-        self._buf = bytearray(self.read_chunk_pages * PAGE_SIZE_BYTES)
-        self._mv = memoryview(self._buf)
+        if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
+            raise ValueError(f"read_chunk_pages must be 1 to {CHUNK_PAGES}")
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._bss_cache: dict[tuple[str, int, str], Sequence[V.LoadSegment]] = {}
+        self.mem_reads = 0
+        """``pread`` calls of ``/proc/<pid>/mem`` made so far."""
 
     # ----------------------------------------------------------------- one process
 
@@ -216,6 +246,7 @@ class ProcessReader:
             "ksm_merging_pages": ksm.get("ksm_merging_pages"),
             "ksm_zero_pages": ksm.get("ksm_zero_pages"),
             "ksm_process_profit": ksm.get("ksm_process_profit"),
+            **process_facts(fs, st, status, memory_cgroup_of(cgroups, self.cgroup_hierarchy)),
         }
         self.timings.meta_s += time.perf_counter() - t
         return info
@@ -227,204 +258,272 @@ class ProcessReader:
         kept: list[tuple[MapEntry, str]] = []
         prev: MapEntry | None = None
         for e in entries:
-            kind = V.classify(e, prev, lambda path: V.cached_bss_segments(fs.elf_path(pid, path)))
+            kind = V.classify(e, prev, self._bss_segments(pid, prev))
             if kind is not None:
                 kept.append((e, kind))
             prev = e
         self.timings.maps_s += time.perf_counter() - t
         if not kept:
             return
-        parts: list[tuple[npt.NDArray[np.uint64], ...]] = []
-        flag_parts: list[npt.NDArray[np.uint16]] = []
-        counters = _Counters()
+        # Mappings smaps shows without any anonymous or swapped page hold nothing to record:
+        # their pagemap is not read (in an interpreter most file mappings are such).
+        spans = [
+            (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
+            for i, (e, _kind) in enumerate(kept)
+            if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
+        ]
+        pc.spans = spans
         pm_fd = fs.open_pagemap(pid)
         try:
-            mem_fd = fs.open_mem(pid)
-            try:
-                for e, kind in kept:
-                    before = counters.present
-                    if (
-                        kind in _FILE_KINDS
-                        and e.smaps_kb("Anonymous") == 0
-                        and e.smaps_kb("Swap") == 0
-                    ):
-                        pass  # smaps says the mapping holds no anonymous page: nothing to record
-                    else:
-                        for first in range(
-                            e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES, self.window_pages
-                        ):
-                            count = min(self.window_pages, e.end // PAGE_SIZE_BYTES - first)
-                            got = self._window(pm_fd, mem_fd, e.start, first, count, counters)
-                            if got is None:
-                                raise ProcessGone(pid)
-                            arrays, flags = got
-                            if len(flags):
-                                parts.append(arrays)
-                                flag_parts.append(flags)
-                                progress.advance(len(flags))
-                    pc.mappings.append(_mapping_row(e, kind, counters.present - before))
-            finally:
-                _close(mem_fd)
+            vpn, entry, owner = self._pagemap(pm_fd, spans, pid)
+            present = (entry >> _U64(PM_PRESENT_BIT)).astype(bool)
+            anon = ((entry >> _U64(PM_FILE_BIT)) & _U64(1)) == 0
+            pfn = entry & _PFN_MASK
+            present_anon = present & anon
+            zero_pte = present_anon & (pfn == _U64(self.zero_pfn if self.zero_pfn else _NO_PFN))
+            record = present_anon & ~zero_pte
+            swapped = ((entry >> _U64(PM_SWAP_BIT)) & _U64(1)).astype(bool) & ~present & anon
+            n_record = int(np.count_nonzero(record))
+            if n_record and not np.any(pfn[record]):
+                raise CapturePermissionError(
+                    f"pagemap of pid {pid} shows {n_record} present pages but every PFN is 0 "
+                    "(PFNs are hidden without CAP_SYS_ADMIN)",
+                    hint=PFN_HIDDEN_HINT,
+                )
+            pc.zero_pfn_pages = int(np.count_nonzero(zero_pte))
+            keep = record | swapped
+            rows = np.flatnonzero(keep)
+            is_rec = record[rows]
+            rec_vpn = vpn[rows[is_rec]]
+            hashes, read_error = self._read_and_hash(pid, rec_vpn)
+            racy = self._racy(pm_fd, rec_vpn, entry[rows[is_rec]], pid)
         finally:
-            _close(pm_fd)
-        if counters.present and counters.present == counters.pfn_zero:
-            raise CapturePermissionError(
-                f"pagemap of pid {pid} shows {counters.present} present pages but every PFN is 0 "
-                "(PFNs are hidden without CAP_SYS_ADMIN)",
-                hint=PFN_HIDDEN_HINT,
-            )
-        pc.zero_pfn_pages = counters.zero_pfn
-        if parts:
-            pc.addr, pc.vma_start, pc.content_hash, pc.pfn = (
-                np.concatenate(c) for c in zip(*parts, strict=True)
-            )
-            pc.flags = np.concatenate(flag_parts)
-
-    # ----------------------------------------------------------------- one pagemap window
-
-    def _window(
-        self, pm_fd: int, mem_fd: int, vma_start: int, first: int, count: int, counters: _Counters
-    ) -> tuple[tuple[npt.NDArray[np.uint64], ...], npt.NDArray[np.uint16]] | None:
-        """Record the pages of ``count`` virtual pages from page number ``first``.
-
-        Returns ``((addr, vma_start, hash, pfn), flags)`` or ``None`` if the pagemap read
-        came back short (the process is exiting).
-        """
-        fs = self.procfs
-        t = time.perf_counter()
-        pm = fs.read_pagemap(pm_fd, first, count)
-        self.timings.pagemap_s += time.perf_counter() - t
-        if len(pm) != count:
-            return None
-        present = (pm >> _U64(PM_PRESENT_BIT)).astype(bool)
-        anon = ((pm >> _U64(PM_FILE_BIT)) & _U64(1)) == 0
-        pfn = pm & _PFN_MASK
-        present_anon = present & anon
-        n_present = int(np.count_nonzero(present_anon))
-        if n_present:
-            counters.present += n_present
-            counters.pfn_zero += int(np.count_nonzero(pfn[present_anon] == 0))
-        record = present_anon
-        if self.zero_pfn is not None and n_present:
-            zp = present_anon & (pfn == _U64(self.zero_pfn))
-            nz = int(np.count_nonzero(zp))
-            if nz:
-                counters.zero_pfn += nz
-                counters.present -= nz
-                record = present_anon & ~zp
-        swapped = ((pm >> _U64(PM_SWAP_BIT)) & _U64(1)).astype(bool) & ~present & anon
-        rec_idx = np.flatnonzero(record)
-        swp_idx = np.flatnonzero(swapped)
-        if len(rec_idx) == 0 and len(swp_idx) == 0:
-            return (), np.empty(0, np.uint16)
-
-        hashes, read_error = self._read_runs(mem_fd, first, rec_idx)
-
-        if len(rec_idx):  # PTE re-check: PFN or present bit changed while we read
-            t = time.perf_counter()
-            pm2 = fs.read_pagemap(pm_fd, first, count)
-            self.timings.pagemap_s += time.perf_counter() - t
-            if len(pm2) != count:
-                return None
-            racy = ((pm2[rec_idx] ^ pm[rec_idx]) & (_PFN_MASK | _U64(1 << PM_PRESENT_BIT))) != 0
-        else:
-            racy = np.zeros(0, bool)
-
-        idx = np.concatenate((rec_idx, swp_idx))
-        order = np.argsort(idx, kind="stable") if len(swp_idx) else None
-        entry = pm[idx]
-        flags = np.zeros(len(idx), np.uint16)
-        flags |= (((entry >> _U64(PM_EXCLUSIVE_BIT)) & _U64(1)) * _U64(PageFlag.EXCLUSIVE)).astype(
-            np.uint16
+            os.close(pm_fd)
+        present_per_map = np.bincount(owner[record], minlength=len(kept))
+        for i, (e, kind) in enumerate(kept):
+            pc.mappings.append(_mapping_row(e, kind, int(present_per_map[i])))
+        if not len(rows):
+            return
+        kept_entry = entry[rows]
+        flags = ((kept_entry >> _U64(PM_EXCLUSIVE_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
+            PageFlag.EXCLUSIVE
         )
-        flags |= (
-            ((entry >> _U64(PM_SOFT_DIRTY_BIT)) & _U64(1)) * _U64(PageFlag.SOFT_DIRTY)
-        ).astype(np.uint16)
-        nrec = len(rec_idx)
-        flags[:nrec] |= np.where(racy, np.uint16(PageFlag.RACY), np.uint16(0))
-        flags[:nrec] |= np.where(read_error, np.uint16(PageFlag.READ_ERROR), np.uint16(0))
-        is_zero = (hashes == _U64(self.hasher.zero_hash)) & ~read_error
-        flags[:nrec] |= np.where(is_zero, np.uint16(PageFlag.ZERO), np.uint16(0))
-        flags[nrec:] |= np.uint16(PageFlag.SWAPPED)
-        page_hash = np.concatenate((hashes, np.zeros(len(swp_idx), np.uint64)))
-        page_pfn = np.concatenate((pfn[rec_idx], np.zeros(len(swp_idx), np.uint64)))
-        addr = (idx.astype(np.uint64) + _U64(first)) * _U64(PAGE_SIZE_BYTES)
-        if order is not None:
-            addr, page_hash, page_pfn, flags = (
-                addr[order],
-                page_hash[order],
-                page_pfn[order],
-                flags[order],
-            )
-        return (addr, np.full(len(idx), vma_start, np.uint64), page_hash, page_pfn), flags
+        flags |= ((kept_entry >> _U64(PM_SOFT_DIRTY_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
+            PageFlag.SOFT_DIRTY
+        )
+        rec_flags = np.zeros(len(rec_vpn), np.uint16)
+        rec_flags[racy] |= np.uint16(PageFlag.RACY)
+        rec_flags[read_error] |= np.uint16(PageFlag.READ_ERROR)
+        rec_flags[(hashes == _U64(self.hasher.zero_hash)) & ~read_error] |= np.uint16(PageFlag.ZERO)
+        flags[is_rec] |= rec_flags
+        flags[~is_rec] |= np.uint16(PageFlag.SWAPPED)
+        page_hash = np.zeros(len(rows), np.uint64)
+        page_hash[is_rec] = hashes
+        pc.addr = vpn[rows].astype(np.uint64) * _U64(PAGE_SIZE_BYTES)
+        starts = np.array([e.start for e, _kind in kept], dtype=np.uint64)
+        pc.vma_start = starts[owner[rows]]
+        pc.content_hash = page_hash
+        pc.pfn = np.where(is_rec, pfn[rows], _U64(0))
+        pc.flags = flags
+        needs = np.array([needs_frame_flags(e) for e, _kind in kept], dtype=bool)
+        pc.kflags_needed = needs[owner[rows]]
+        progress.advance(len(rows))
 
-    def _read_runs(
-        self, mem_fd: int, first: int, rec_idx: npt.NDArray[np.intp]
+    def _bss_segments(
+        self, pid: int, prev: MapEntry | None
+    ) -> Callable[[str], Sequence[V.LoadSegment]]:
+        """The ELF check of the file mapped just before, cached by the file's identity.
+
+        The identity is the device and inode the maps line shows, so a library mapped by
+        every process is opened once per session, without a ``stat`` through
+        ``/proc/<pid>/root`` per process.
+        """
+
+        def segments(path: str) -> Sequence[V.LoadSegment]:
+            ident = (prev.dev, prev.inode, path) if prev is not None else None
+            hit = self._bss_cache.get(ident) if ident is not None else None
+            if hit is None:
+                hit = V.cached_bss_segments(self.procfs.elf_path(pid, path))
+                if ident is not None and prev is not None and prev.inode:
+                    self._bss_cache[ident] = hit
+            return hit
+
+        return segments
+
+    # ----------------------------------------------------------------- pagemap
+
+    def read_pages(
+        self, pid: int, vpn: npt.NDArray[np.int64], *, mem_fd: int | None = None
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
-        """Read and hash the pages ``first + rec_idx`` (sorted), one ``preadv`` per run."""
-        n = len(rec_idx)
-        read_error = np.zeros(n, bool)
+        """Hashes of the present pages ``vpn`` (sorted) of ``pid``, and which failed to read.
+
+        ``mem_fd`` is an open ``/proc/<pid>/mem`` to read through (else one is opened).
+        """
+        return self._read_and_hash(pid, vpn, mem_fd=mem_fd)
+
+    def pagemap(
+        self, fd: int, spans: list[tuple[int, int, int]], pid: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
+        """The present and swapped pages of ``spans`` (see :meth:`_pagemap`)."""
+        return self._pagemap(fd, spans, pid)
+
+    def _pagemap(
+        self, fd: int, spans: list[tuple[int, int, int]], pid: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.intp]]:
+        """Pagemap entries of every page of ``spans`` ``(mapping index, first, end)``.
+
+        Neighbouring spans are read together (one ``pread`` per window of at most
+        ``window_pages`` entries, across holes of at most :data:`PAGEMAP_GAP_PAGES`), and only
+        the entries of pages that are present or swapped are kept. Returns their page numbers,
+        entries and mapping indexes, in address order.
+        """
+        t = time.perf_counter()
+        vpns: list[npt.NDArray[np.int64]] = []
+        entries: list[npt.NDArray[np.uint64]] = []
+        owners: list[npt.NDArray[np.intp]] = []
+        for first, count, members in _windows(spans, self.window_pages):
+            pm = self.procfs.read_pagemap(fd, first, count)
+            if len(pm) != count:
+                raise ProcessGone(pid)
+            for index, lo, hi in members:
+                part = pm[lo - first : hi - first]
+                live = np.flatnonzero(part & _LIVE_BITS)
+                if len(live):
+                    vpns.append(live.astype(np.int64) + lo)
+                    entries.append(part[live])
+                    owners.append(np.full(len(live), index, np.intp))
+        self.timings.pagemap_s += time.perf_counter() - t
+        if not vpns:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.intp)
+        return np.concatenate(vpns), np.concatenate(entries), np.concatenate(owners)
+
+    def _racy(
+        self,
+        fd: int,
+        vpn: npt.NDArray[np.int64],
+        before: npt.NDArray[np.uint64],
+        pid: int,
+    ) -> npt.NDArray[np.bool_]:
+        """Pages whose PFN or present bit changed since ``before`` (pagemap read again)."""
+        racy = np.zeros(len(vpn), bool)
+        if not len(vpn):
+            return racy
+        t = time.perf_counter()
+        spans = [(0, int(a), int(b)) for a, b in _runs(vpn, PAGEMAP_GAP_PAGES)]
+        for first, count, _members in _windows(spans, self.window_pages):
+            pm = self.procfs.read_pagemap(fd, first, count)
+            if len(pm) != count:
+                raise ProcessGone(pid)
+            lo, hi = np.searchsorted(vpn, [first, first + count])
+            now = pm[vpn[lo:hi] - first]
+            racy[lo:hi] = ((now ^ before[lo:hi]) & _PTE_IDENTITY) != 0
+        self.timings.pagemap_s += time.perf_counter() - t
+        return racy
+
+    # ----------------------------------------------------------------- contents
+
+    def _read_and_hash(
+        self, pid: int, vpn: npt.NDArray[np.int64], *, mem_fd: int | None = None
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+        """Read and hash the pages ``vpn`` (sorted), chunk by chunk, on the reader's threads."""
+        n = len(vpn)
         if n == 0:
-            return np.zeros(0, np.uint64), read_error
-        chunk = self.read_chunk_pages
-        breaks = np.flatnonzero(np.diff(rec_idx) != 1) + 1
-        starts = np.concatenate(([0], breaks)).tolist()
-        ends = np.concatenate((breaks, [n])).tolist()
-        base = rec_idx.tolist()
-        hashes: list[int] = []
-        pread, hash_pages = self.procfs.pread_into, self.hasher.hash_pages
-        mv, ps = self._mv, PAGE_SIZE_BYTES
-        t_read = t_hash = 0.0
-        for s, e in zip(starts, ends, strict=True):
-            page0 = first + base[s]
-            for off in range(0, e - s, chunk):
-                k = min(chunk, e - s - off)
-                addr = (page0 + off) * ps
-                t = time.perf_counter()
-                try:
-                    got = pread(mem_fd, mv[: k * ps], addr)
-                except OSError:
-                    got = 0
-                t2 = time.perf_counter()
-                t_read += t2 - t
-                if got == k * ps:
-                    hashes.extend(hash_pages(mv, k))
-                    t_hash += time.perf_counter() - t2
-                else:
-                    hashes.extend(self._read_pages_one_by_one(mem_fd, addr, k, s + off, read_error))
-        self.timings.read_s += t_read
-        self.timings.hash_s += t_hash
-        return np.array(hashes, dtype=np.uint64), read_error
-
-    def _read_pages_one_by_one(
-        self, mem_fd: int, addr: int, k: int, row0: int, read_error: npt.NDArray[np.bool_]
-    ) -> list[int]:
-        """Fallback after a failed or short run read: page by page, flagging failures."""
-        ps, mv = PAGE_SIZE_BYTES, self._mv
-        out: list[int] = []
-        for i in range(k):
-            try:
-                got = self.procfs.pread_into(mem_fd, mv[:ps], addr + i * ps)
-            except OSError:
-                got = 0
-            if got == ps:
-                out.append(self.hasher.hash_bytes(mv[:ps]))
+            return np.zeros(0, np.uint64), np.zeros(0, bool)
+        t = time.perf_counter()
+        own = mem_fd is None
+        if mem_fd is None:
+            mem_fd = self.procfs.open_mem(pid)
+        try:
+            chunk = self.read_chunk_pages
+            bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+            if len(bounds) == 1 or self.threads <= 1:
+                results = [self._chunk(mem_fd, vpn[a:b]) for a, b in bounds]
             else:
-                out.append(0)
-                read_error[row0 + i] = True
-        return out
+                pool = self._executor()
+                futures = [pool.submit(self._chunk, mem_fd, vpn[a:b]) for a, b in bounds]
+                results = [f.result() for f in futures]
+        finally:
+            if own:
+                os.close(mem_fd)
+        self.timings.read_s += time.perf_counter() - t
+        self.mem_reads += sum(r.reads for r in results)
+        return (
+            np.concatenate([r.hashes for r in results]),
+            np.concatenate([r.read_error for r in results]),
+        )
+
+    def _chunk(self, mem_fd: int, vpn: npt.NDArray[np.int64]) -> ReadResult:
+        if self.pacer is not None:
+            self.pacer.apply()
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = np.empty(self.read_chunk_pages * PAGE_SIZE_BYTES, np.uint8)
+        return read_and_hash(self.procfs, mem_fd, self.hasher.secret, vpn, buf)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ksm-capture")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the reader's threads (the reader can still be used: they start again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
-@dataclass
-class _Counters:
-    present: int = 0  # present anonymous pages seen (excluding zero-page PTEs)
-    pfn_zero: int = 0  # ... of which PFN read as 0 (PFNs hidden)
-    zero_pfn: int = 0  # PTEs mapping the shared zero page
+def needs_frame_flags(e: MapEntry) -> bool:
+    """Whether pages of this mapping can be KSM pages, huge pages or the huge zero page.
+
+    smaps says so per mapping: ``KSM:`` counts its KSM pages, ``AnonHugePages:`` its
+    transparent huge pages, and only a THP-eligible mapping can map the huge zero page. A
+    mapping with ``KSM: 0 kB``, ``AnonHugePages: 0 kB`` and ``THPeligible: 0`` had none of
+    them when smaps was read, just before its pagemap: its frames need no ``kpageflags``
+    lookup (docs/capture.md §4.12). Without smaps every frame is looked up.
+    """
+    thp = e.smaps_value("THPeligible")
+    return not (e.smaps_kb("KSM") == 0 and e.smaps_kb("AnonHugePages") == 0 and thp == "0")
+
+
+def _runs(vpn: npt.NDArray[np.int64], gap: int) -> list[tuple[int, int]]:
+    """``(first, end)`` page ranges covering sorted ``vpn``, split where a gap exceeds ``gap``."""
+    cut = np.flatnonzero(np.diff(vpn) > gap + 1) + 1
+    firsts = np.concatenate(([0], cut))
+    lasts = np.concatenate((cut, [len(vpn)])) - 1
+    return list(zip(vpn[firsts].tolist(), (vpn[lasts] + 1).tolist(), strict=True))
+
+
+def _windows(
+    spans: list[tuple[int, int, int]], window_pages: int
+) -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Group sorted ``(index, first, end)`` spans into pagemap reads.
+
+    Yields ``(first, count, members)``: one read of ``count`` entries from page ``first``
+    covering the member spans (clipped to the window). Spans closer than
+    :data:`PAGEMAP_GAP_PAGES` share a read; no read exceeds ``window_pages`` entries.
+    """
+    cur_first = cur_end = -1
+    members: list[tuple[int, int, int]] = []
+    for index, lo, hi in spans:
+        while lo < hi:
+            if members and lo - cur_end <= PAGEMAP_GAP_PAGES and lo + 1 - cur_first <= window_pages:
+                piece_end = min(hi, cur_first + window_pages)
+            else:
+                if members:
+                    yield cur_first, cur_end - cur_first, members
+                members = []
+                cur_first = lo
+                piece_end = min(hi, lo + window_pages)
+            members.append((index, lo, piece_end))
+            cur_end = piece_end
+            lo = piece_end
+    if members:
+        yield cur_first, cur_end - cur_first, members
 
 
 def _mapping_row(e: MapEntry, kind: str, present_pages: int) -> dict[str, Any]:
     flags = e.vm_flags
-    thp = e.smaps.get("THPeligible") if e.smaps else None
+    thp = e.smaps_value("THPeligible")
     return {
         "start": e.start,
         "end": e.end,
@@ -442,10 +541,6 @@ def _mapping_row(e: MapEntry, kind: str, present_pages: int) -> dict[str, Any]:
 
 def _argv_text(cmdline: bytes) -> str:
     return " ".join(a.decode("utf-8", "backslashreplace") for a in cmdline.split(b"\0"))
-
-
-def _close(fd: int) -> None:
-    os.close(fd)
 
 
 __all__ = ["PTRACE_HINT", "ProcessCapture", "ProcessReader", "Timings"]

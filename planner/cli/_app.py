@@ -7,13 +7,13 @@ import errno
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
 import typer
 
 from planner import errors as E
+from planner._signals import STOP_SIGNALS, handlers_swapped
 from planner._version import __version__
 
 EPILOG = (
@@ -49,7 +49,7 @@ EXIT_CODES: dict[type[E.PlannerError], int] = {
 }
 EXIT_INTERRUPTED = 130
 #: Signals that stop a command cleanly; the exit code is 128 + the signal number.
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+HANDLED_SIGNALS = STOP_SIGNALS
 #: errno values of an OSError that are the environment's doing (exit code 3), not a bug.
 _ENVIRONMENT_ERRNOS = frozenset(
     {
@@ -98,9 +98,6 @@ def signals_handled(received: list[int]) -> Iterator[None]:
     that was ignored when the program started (``nohup``, a background job) stays
     ignored. The previous handlers are restored at the end.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, _frame: object) -> None:
         if received:
@@ -108,15 +105,8 @@ def signals_handled(received: list[int]) -> Iterator[None]:
         received.append(signum)
         raise E.Interrupted(signum)
 
-    old: dict[signal.Signals, signal._HANDLER] = {}
-    for sig in HANDLED_SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            old[sig] = signal.signal(sig, handler)
-    try:
+    with handlers_swapped(handler):
         yield
-    finally:
-        for restored, previous in old.items():
-            signal.signal(restored, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from planner.capture.session import MAX_INTERVAL_S
+from planner.capture.churn import MIN_SAMPLE_MS
+from planner.capture.pace import DEFAULT_CPU_BUDGET
+from planner.capture.session import MAX_CPUS, MAX_INTERVAL_S, MAX_THREADS
+from planner.capture.snapshot import DEFAULT_THREADS
+
+if TYPE_CHECKING:
+    from planner.capture.session import CaptureResult
 from planner.cli._app import app
 from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress
 
@@ -81,9 +87,46 @@ def capture_cmd(
     priority: Annotated[
         PriorityChoice,
         typer.Option(
-            "--priority", help="CPU priority while capturing: nice +10 (low) or SCHED_IDLE."
+            "--priority",
+            help="CPU priority: low (nice +10 between snapshots, each snapshot one burst at the "
+            "starting priority), idle (SCHED_IDLE throughout) or normal.",
         ),
     ] = PriorityChoice.low,
+    cpu_budget: Annotated[
+        float,
+        typer.Option(
+            "--cpu-budget",
+            help="CPUs the capture may use on average (0.25 = a quarter of one CPU); when "
+            "spent, the next snapshot starts late (its real start is recorded). 0 = no bound.",
+            min=0.0,
+            max=MAX_CPUS,
+        ),
+    ] = DEFAULT_CPU_BUDGET,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", help="Threads reading and hashing pages at once.", min=1, max=MAX_THREADS
+        ),
+    ] = DEFAULT_THREADS,
+    sample_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--sample-ms",
+            help="Between snapshots (and for one more --interval after the last), look at "
+            "the pages every MS milliseconds and record per page how often its content, frame "
+            "or presence changed (the trace's churn counts).",
+            min=MIN_SAMPLE_MS,
+        ),
+    ] = None,
+    no_soft_dirty: Annotated[
+        bool,
+        typer.Option(
+            "--no-soft-dirty",
+            help="While sampling, do not clear and read soft-dirty bits (on kernels that have "
+            "them they also show writes that leave a page unchanged, at the cost of one "
+            "write fault per written page and sample in the traced processes).",
+        ),
+    ] = False,
     proc_root: Annotated[
         Path, typer.Option("--proc-root", help="procfs to read (e.g. /host/proc in a container).")
     ] = Path("/proc"),
@@ -114,6 +157,10 @@ def capture_cmd(
         keep_cmdline=keep_cmdline,
         kpageflags=not no_kpageflags,
         priority=priority.value,
+        cpu_budget=cpu_budget or None,
+        threads=threads,
+        sample_ms=sample_ms,
+        soft_dirty=False if no_soft_dirty else None,
         proc_root=proc_root,
     )
     inputs = (key_file or default_key_path(),)
@@ -122,11 +169,30 @@ def capture_cmd(
     if as_json:
         emit_json({"command": "capture", **result.to_dict()})
         return
+    _render(result)
+
+
+def _render(result: CaptureResult) -> None:
+    """The capture's summary lines on stderr."""
     note(
         f"captured {result.snapshots} snapshot(s) of {result.processes} process(es) "
         f"on {result.host}: {result.pages:,} pages in {result.capture_s:.2f} s "
-        f"({result.pages_per_s:,.0f} pages/s)"
+        f"({result.pages_per_s:,.0f} pages/s; longest snapshot "
+        f"{max(result.snapshot_durations_s, default=0.0):.2f} s; "
+        f"{result.cpu_s:.2f} CPU s in {result.wall_s:.1f} s)"
     )
+    if result.sampling_passes:
+        share = result.sampling_cpu_s / result.sampling_wall_s if result.sampling_wall_s else 0.0
+        note(
+            f"sampled {result.sampling_passes} times between snapshots: "
+            f"{result.sampling_cpu_s:.2f} CPU s in {result.sampling_wall_s:.1f} s "
+            f"({share:.1%} of one CPU)"
+            + ("; writes tracked with soft-dirty" if result.soft_dirty else "")
+        )
+    if result.soft_dirty_note:
+        note(result.soft_dirty_note)
+    if result.throttled_s > 0:
+        note(f"waited {result.throttled_s:.1f} s beyond the schedule to stay within --cpu-budget")
     if result.gone:
         note(f"exited during the capture: {', '.join(map(str, result.gone))}")
     note(

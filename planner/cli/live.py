@@ -233,6 +233,14 @@ def observe_cmd(
         bool,
         typer.Option("--smaps", help="Also read KSM: of each sampled process's smaps_rollup."),
     ] = False,
+    ksm_pages: Annotated[
+        bool,
+        typer.Option(
+            "--ksm-pages",
+            help="Canary mode (root): also record which pages of the sampled processes are "
+            "KSM pages at every sample, and merges lost with the content unchanged (writes).",
+        ),
+    ] = False,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -242,7 +250,7 @@ def observe_cmd(
     /proc/<pid>/ksm_stat every --interval seconds into Parquet files under --out, with
     provenance, so that a prediction can be compared with what a host really did. Ctrl-C
     (or SIGTERM) ends the sampling and still writes what was collected. Read it back with
-    planner.kernel.observe.read_observed(DIR). No root needed except for other users'
+    planner.trace.recording.read_observed(DIR). No root needed except for other users'
     processes; nothing is written to sysfs.
 
     Example: ksm-planner observe --out canary.obs --interval 5 --duration 3600 --all
@@ -257,6 +265,7 @@ def observe_cmd(
             pids=pid or (),
             all_processes=all_processes,
             smaps=smaps,
+            ksm_pages=ksm_pages,
             overwrite=force,
             progress=bar,
         )
@@ -279,3 +288,8 @@ def _render_observation(result: ObserveResult) -> None:
             changes.append(f"{name} {a} -> {b}")
     if changes:
         note(", ".join(changes))
+    if result.canary is not None:
+        note(
+            "KSM pages of the sampled processes: "
+            + ", ".join(f"{k} {v}" for k, v in result.canary.items())
+        )

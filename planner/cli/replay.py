@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from planner.cli._app import app
-from planner.cli._knobs import (
-    Advisor,
-    AdvisorChoice,
-    Engine,
-    EngineChoice,
-    Hz,
-    MaxPageSharing,
-    PagesToScan,
-    SleepMs,
-    SmartScan,
-    UseZeroPages,
-)
+from planner.cli._args import ReplayArgs, takes
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -41,31 +30,9 @@ MIB = 1 << 20
 
 
 @app.command("replay")
+@takes(ReplayArgs)
 def replay_cmd(
-    trace: Annotated[Path, typer.Argument(help="Trace directory (from capture or ingest).")],
-    host: Annotated[str | None, typer.Option("--host", help="Host of a multi-host trace.")] = None,
-    pages_to_scan: PagesToScan = 100,
-    sleep_ms: SleepMs = 20,
-    hz: Hz = None,
-    max_page_sharing: MaxPageSharing = 256,
-    use_zero_pages: UseZeroPages = False,
-    smart_scan: SmartScan = True,
-    advisor: Advisor = AdvisorChoice.none,
-    advisor_max_cpu: Annotated[
-        int, typer.Option("--advisor-max-cpu", help="advisor_max_cpu, %.")
-    ] = 70,
-    advisor_min_pages: Annotated[
-        int, typer.Option("--advisor-min-pages-to-scan", help="advisor_min_pages_to_scan.")
-    ] = 500,
-    advisor_max_pages: Annotated[
-        int, typer.Option("--advisor-max-pages-to-scan", help="advisor_max_pages_to_scan.")
-    ] = 30000,
-    advisor_target_s: Annotated[
-        int, typer.Option("--advisor-target-scan-time", help="advisor_target_scan_time, s.")
-    ] = 200,
-    prune_ms: Annotated[
-        int, typer.Option("--chains-prune-ms", help="stable_node_chains_prune_millisecs.")
-    ] = 2000,
+    args: ReplayArgs,
     policy: Annotated[
         Path | None,
         typer.Option("--policy", help="Policy file (TOML) restricting which processes use KSM."),
@@ -73,6 +40,10 @@ def replay_cmd(
     policy_set: Annotated[
         str | None,
         typer.Option("--policy-set", help="Policy set of --policy to use (if it holds several)."),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", metavar="NAME", help="A built-in policy set instead of --policy."),
     ] = None,
     duration: Annotated[
         float | None,
@@ -88,7 +59,9 @@ def replay_cmd(
     settle_scans: Annotated[
         int,
         typer.Option(
-            "--settle-scans", help="Full scans after the last snapshot (without --duration)."
+            "--settle-scans",
+            help="Full scans after the last snapshot (without --duration).",
+            min=0,
         ),
     ] = 24,
     grid_s: Annotated[
@@ -105,7 +78,6 @@ def replay_cmd(
         Path | None,
         typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
     ] = None,
-    engine: Engine = EngineChoice.vectorized,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -125,42 +97,32 @@ def replay_cmd(
 
     Example: ksm-planner replay traces/django-preload --pages-to-scan 1000 --json
     """
-    from planner.cli._inputs import check_hosts
-    from planner.engine import CostProfile, KsmKnobs, ReplayOptions
-    from planner.engine.api import replay_trace
+    from planner.cli._inputs import check_hosts, presets
+    from planner.engine import CostProfile, ReplayOptions
+    from planner.replay import replay_trace
 
-    check_hosts(trace, [host] if host is not None else [])
-
-    knobs = KsmKnobs(
-        pages_to_scan=pages_to_scan,
-        sleep_ms=sleep_ms,
-        hz=hz if hz is not None else _trace_hz(trace, host),
-        max_page_sharing=max_page_sharing,
-        use_zero_pages=use_zero_pages,
-        smart_scan=smart_scan,
-        advisor=advisor.value,
-        advisor_max_cpu=advisor_max_cpu,
-        advisor_min_pages_to_scan=advisor_min_pages,
-        advisor_max_pages_to_scan=advisor_max_pages,
-        advisor_target_scan_time_s=advisor_target_s,
-        stable_node_chains_prune_ms=prune_ms,
-    )
+    check_hosts(args.trace, [args.host] if args.host is not None else [])
+    args.knobs()  # an impossible knob is a usage error before the trace is read
+    if preset is not None:
+        presets([preset])  # a name that is no preset is a usage error
     options = ReplayOptions(
         duration_s=duration,
         settle_scans=settle_scans,
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
     )
-    with claim(out, kind="replay", inputs=(trace, policy, cost_profile), force=force):
+    inputs = (args.trace, policy, cost_profile)
+    with claim(out, kind="replay", inputs=inputs, force=force):
         with progress() as bar:
             result = replay_trace(
-                trace,
-                host=host,
-                knobs=knobs,
+                args.trace,
+                host=args.host,
+                knobs=args.knob_values,  # hz: the trace's unless --hz
                 options=options,
                 policy_path=policy,
                 policy_set=policy_set,
-                engine=engine.value,
+                preset=preset,
+                engine=args.engine.value,
                 progress=bar,
             )
         for w in result.provenance.get("policy_warnings", []):
@@ -175,17 +137,21 @@ def replay_cmd(
             note(f"timelines written to {out}")
 
 
-def _trace_hz(trace: Path, host: str | None) -> int:
-    """HZ recorded in the trace (250 when unknown), without loading the pages."""
-    from planner.trace.io import open_trace
+#: Knobs always shown after a replay (the rest when they differ from the kernel's defaults).
+_SHOWN_KNOBS = 6
 
-    tr = open_trace(trace)
-    h = host or (tr.hosts[0] if tr.hosts else None)
-    if h is None or h not in tr.hosts:
-        return 250  # the replay itself names an unknown host
-    snaps = tr.read_table(h, "snapshots", ["hz"]).column("hz").to_pylist()
-    hz = next((v for v in snaps if v), None)
-    return hz if hz in (100, 250, 300, 1000) else 250
+
+def _knobs_text(knobs: dict[str, Any]) -> str:
+    """``pages_to_scan 1000, sleep_ms 20 ms, ...``: the knob table's display order."""
+    from planner.engine.knobs import DISPLAY_ORDER, spec
+
+    parts = []
+    for rank, name in enumerate(DISPLAY_ORDER):
+        s = spec(name)
+        if name in knobs and (rank < _SHOWN_KNOBS or name == "hz" or knobs[name] != s.default):
+            unit = f" {s.unit}" if s.unit and s.unit != "%" else s.unit
+            parts.append(f"{name} {s.show(knobs[name])}{unit}")
+    return ", ".join(parts)
 
 
 def _render(r: ReplayResult) -> None:
@@ -205,13 +171,7 @@ def _render(r: ReplayResult) -> None:
         )
     )
     note(header)
-    note(
-        f"knobs: pages_to_scan {k['pages_to_scan']}, sleep {k['sleep_ms']} ms, HZ {k['hz']}, "
-        "max_page_sharing "
-        f"{k['max_page_sharing']}, use_zero_pages {int(k['use_zero_pages'])}, "
-        f"smart_scan {int(k['smart_scan'])}, "
-        f"advisor {k['advisor']}"
-    )
+    note("knobs: " + _knobs_text(k))
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0

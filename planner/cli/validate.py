@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from planner.cli._app import app
-from planner.cli._knobs import (
-    Advisor,
-    AdvisorChoice,
-    Engine,
-    EngineChoice,
-    Hz,
-    MaxPageSharing,
-    PagesToScan,
-    SleepMs,
-    SmartScan,
-    UseZeroPages,
-    host_hz,
-)
+from planner.cli._args import ReplayArgs, takes
 from planner.cli._output import JsonFlag, emit_json, note, progress, stderr, styled, warn
 
 if TYPE_CHECKING:
@@ -43,8 +30,9 @@ _COLUMNS = (
 
 
 @app.command("validate")
+@takes(ReplayArgs)
 def validate_cmd(
-    trace: Annotated[Path, typer.Argument(help="Trace directory to replay and run.")],
+    args: ReplayArgs,
     kernel: Annotated[
         bool,
         typer.Option(
@@ -53,14 +41,6 @@ def validate_cmd(
             "every knob, leaves no process behind).",
         ),
     ] = False,
-    host: Annotated[str | None, typer.Option("--host", help="Host of a multi-host trace.")] = None,
-    pages_to_scan: PagesToScan = 100,
-    sleep_ms: SleepMs = 20,
-    hz: Hz = None,
-    max_page_sharing: MaxPageSharing = 256,
-    use_zero_pages: UseZeroPages = False,
-    smart_scan: SmartScan = True,
-    advisor: Advisor = AdvisorChoice.none,
     scans: Annotated[
         int | None,
         typer.Option(
@@ -69,7 +49,6 @@ def validate_cmd(
             min=1,
         ),
     ] = None,
-    engine: Engine = EngineChoice.vectorized,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare the replay with the real kernel, counter by counter, after every full scan.
@@ -90,27 +69,18 @@ def validate_cmd(
             hint="run 'ksm-planner validate TRACE --kernel' as root",
         )
     from planner.cli._inputs import check_hosts
-    from planner.engine import KsmKnobs
     from planner.kernel.validate import validate_on_kernel
     from planner.provenance import kernel_hz
 
-    check_hosts(trace, [host] if host is not None else [])
-    knobs = KsmKnobs(
-        pages_to_scan=pages_to_scan,
-        sleep_ms=sleep_ms,
-        hz=hz or host_hz(kernel_hz()),
-        max_page_sharing=max_page_sharing,
-        use_zero_pages=use_zero_pages,
-        smart_scan=smart_scan,
-        advisor=advisor.value,
-    )
+    check_hosts(args.trace, [args.host] if args.host is not None else [])
+    knobs = args.knobs(kernel_hz())  # the replay runs at this kernel's HZ unless --hz
     with progress() as bar:
         result = validate_on_kernel(
-            trace,
+            args.trace,
             knobs=knobs,
-            host=host,
+            host=args.host,
             scans=scans,
-            engine=engine.value,
+            engine=args.engine.value,
             progress=bar,
         )
     if as_json:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from planner.cli._app import app
+from planner.cli._args import WhatifArgs, takes
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -20,7 +21,6 @@ from planner.cli._output import (
     warn,
     wide_console,
 )
-from planner.engine.options import MAX_DURATION_S
 from planner.jsonable import to_jsonable
 
 if TYPE_CHECKING:
@@ -28,187 +28,16 @@ if TYPE_CHECKING:
 
 _MIB = 1 << 20
 
-_KNOB_OPTIONS = (
-    ("pages_to_scan", "pages_to_scan"),
-    ("sleep_ms", "sleep_ms"),
-    ("smart_scan", "smart_scan"),
-    ("advisor", "advisor"),
-    ("max_page_sharing", "max_page_sharing"),
-    ("use_zero_pages", "use_zero_pages"),
-)
-
-
-def _knob_option(flag: str, what: str) -> Any:
-    return typer.Option(flag, help=f"Comma-separated values of {what} (one scenario per value).")
-
 
 @app.command("whatif")
+@takes(WhatifArgs)
 def whatif_cmd(
-    trace: Annotated[
-        Path, typer.Argument(help="Trace directory (one host or many: one task per host).")
-    ],
-    policies: Annotated[
-        Path | None,
-        typer.Option("--policies", help="TOML file of policy sets to compare (docs/policies.md)."),
-    ] = None,
-    set_names: Annotated[
-        list[str] | None, typer.Option("--set", help="Only this set of --policies (repeatable).")
-    ] = None,
-    presets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--preset",
-            help="Built-in policy set to compare (repeatable; 'all' for every preset). "
-            "Default without --policies: off, prctl-all, workers-prctl, madvise-heap.",
-        ),
-    ] = None,
-    pages_to_scan: Annotated[str | None, _knob_option("--pages-to-scan", "pages_to_scan")] = None,
-    sleep_ms: Annotated[str | None, _knob_option("--sleep-ms", "sleep_millisecs")] = None,
-    smart_scan: Annotated[str | None, _knob_option("--smart-scan", "smart_scan (on,off)")] = None,
-    advisor: Annotated[
-        str | None, _knob_option("--advisor", "advisor_mode (none,scan-time)")
-    ] = None,
-    max_page_sharing: Annotated[
-        str | None, _knob_option("--max-page-sharing", "max_page_sharing")
-    ] = None,
-    use_zero_pages: Annotated[
-        str | None, _knob_option("--use-zero-pages", "use_zero_pages (on,off)")
-    ] = None,
-    knob: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--knob", help="Any other knob as NAME=V1,V2 (repeatable), e.g. advisor_max_cpu=40,70."
-        ),
-    ] = None,
-    grid: Annotated[
-        Path | None,
-        typer.Option("--grid", help="TOML file of knob lists (knob options override it)."),
-    ] = None,
-    cross_domain: Annotated[
-        str | None,
-        typer.Option(
-            "--cross-domain",
-            help="Merging across security domains: allow, deny or allow,deny "
-            "(default: each set's own).",
-        ),
-    ] = None,
-    hosts: Annotated[
-        list[str] | None, typer.Option("--host", help="Only this host (repeatable).")
-    ] = None,
-    settle_scans: Annotated[
-        int | None,
-        typer.Option(
-            "--settle-scans", help="Full scans replayed after the last snapshot (24).", min=0
-        ),
-    ] = None,
-    duration_s: Annotated[
-        float | None,
-        typer.Option(
-            "--duration",
-            help=f"Replay this many seconds instead (at most {MAX_DURATION_S:.0f}, 7 days).",
-            min=0.001,
-            max=MAX_DURATION_S,
-        ),
-    ] = None,
-    cost_profile: Annotated[
-        Path | None,
-        typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
-    ] = None,
-    host_mem: Annotated[
-        str | None,
-        typer.Option("--host-mem", help="Memory of a host, e.g. 64GiB: computes capacity."),
-    ] = None,
-    headroom: Annotated[
-        str,
-        typer.Option(
-            "--headroom", help="Memory kept free: a size (4GiB) or a share of --host-mem (10%)."
-        ),
-    ] = "0",
-    worker_file: Annotated[
-        str | None,
-        typer.Option(
-            "--worker-file",
-            help="Per worker: file-backed pages only it maps, e.g. 1MiB "
-            "(default: measured from the trace, else assumed; docs/capacity.md).",
-        ),
-    ] = None,
-    worker_shmem: Annotated[
-        str | None,
-        typer.Option("--worker-shmem", help="Per worker: shared memory (default: as above)."),
-    ] = None,
-    worker_page_tables: Annotated[
-        str | None,
-        typer.Option("--worker-page-tables", help="Per worker: page tables (default: as above)."),
-    ] = None,
-    worker_other: Annotated[
-        str | None,
-        typer.Option(
-            "--worker-other",
-            help="Per worker: kernel objects and any other memory the trace does not hold, "
-            "e.g. 30MiB (default: as above).",
-        ),
-    ] = None,
-    base_other: Annotated[
-        str | None,
-        typer.Option(
-            "--base-other",
-            help="Once per host: file pages every worker maps and the base processes' "
-            "overhead (default: as above).",
-        ),
-    ] = None,
-    host_cpus: Annotated[
-        float | None,
-        typer.Option(
-            "--host-cpus", help="Cores of a host (default: assumed, 4 GiB of --host-mem per CPU)."
-        ),
-    ] = None,
-    cpu_per_worker: Annotated[
-        float | None,
-        typer.Option(
-            "--cpu-per-worker",
-            help="Cores a worker needs at its planned load (default: measured from the trace, "
-            "else unknown: no CPU bound).",
-        ),
-    ] = None,
-    replicas: Annotated[
-        int | None,
-        typer.Option("--replicas", help="Project the saving to N replicas per host.", min=1),
-    ] = None,
-    group: Annotated[
-        str,
-        typer.Option(
-            "--group",
-            help="The replicas: siblings, all, comm:REGEX, cmdline:REGEX, label:KEY=VALUE, "
-            "rule:NAME, pid:1,2.",
-        ),
-    ] = "siblings",
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Bootstrap resamples of the fit.", min=10)
-    ] = 200,
-    confidence: Annotated[
-        float, typer.Option("--confidence", help="Confidence level of the intervals.")
-    ] = 0.9,
-    observed: Annotated[
-        Path | None,
-        typer.Option("--observed", help="Recording of 'ksm-planner observe' to compare with."),
-    ] = None,
+    args: WhatifArgs,
     observed_scenario: Annotated[
         str | None,
         typer.Option(
             "--observed-scenario", help="Scenario id to compare it with (default: same knobs)."
         ),
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option("--scheduler", help="Run on the Dask cluster at ADDRESS (extra 'dist')."),
-    ] = None,
-    cluster_timeout: Annotated[
-        float,
-        typer.Option("--cluster-timeout", help="Seconds to wait for the Dask scheduler.", min=0.1),
-    ] = 10.0,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Local worker processes (default: the cores).", min=1),
     ] = None,
     out: Annotated[
         Path | None,
@@ -239,85 +68,40 @@ def whatif_cmd(
     if as_json and as_csv:
         raise UsageProblem("--json and --csv both print on stdout", hint="choose one")
     from planner.cli._inputs import check_hosts
-    from planner.cli._inputs import presets as _presets
     from planner.engine.cost import CostProfile
-    from planner.policy import load_policies, select_sets
-    from planner.whatif.capacity import capacity_from_options
-    from planner.whatif.extrapolate import ExtrapolationSpec
-    from planner.whatif.grid import grid_from_options
     from planner.whatif.run import options_from, run_whatif
 
-    # ---- policy sets ---------------------------------------------------------------------
-    check_hosts(trace, hosts or ())
-    sets = _presets(presets or (), allow_all=True)
-    if policies is not None:
-        sets += select_sets(load_policies(policies), set_names, source=str(policies))
-    elif set_names:
-        raise UsageProblem("--set selects sets of a --policies file", hint="give --policies FILE")
-    # ---- knobs -----------------------------------------------------------------------------
-    kgrid = grid_from_options(
-        grid,
-        {
-            "pages_to_scan": pages_to_scan,
-            "sleep_ms": sleep_ms,
-            "smart_scan": smart_scan,
-            "advisor": advisor,
-            "max_page_sharing": max_page_sharing,
-            "use_zero_pages": use_zero_pages,
-        },
-        knob or (),
-        cross_domain,
-    )
-    # ---- capacity and extrapolation --------------------------------------------------------
-    sizes = {
-        "worker_file": worker_file,
-        "worker_shmem": worker_shmem,
-        "worker_page_tables": worker_page_tables,
-        "worker_other": worker_other,
-        "base_other": base_other,
-    }
-    capacity = capacity_from_options(
-        host_mem, headroom=headroom, host_cpus=host_cpus, cpu_per_worker=cpu_per_worker, **sizes
-    )
-    if capacity is None and (
-        host_cpus is not None
-        or cpu_per_worker is not None
-        or headroom != "0"
-        or any(v is not None for v in sizes.values())
-    ):
-        raise UsageProblem("capacity options need --host-mem", hint="give --host-mem, e.g. 64GiB")
-    extrapolation = None
-    if capacity is not None or replicas is not None or group != "siblings":
-        extrapolation = ExtrapolationSpec(
-            group=group, replicas=replicas, n_resamples=bootstrap, confidence=confidence
-        )
-    profile = CostProfile.load(cost_profile) if cost_profile is not None else None
-    options = options_from(settle_scans=settle_scans, duration_s=duration_s)
+    check_hosts(args.trace, args.hosts or ())
+    sets = args.policy_sets()
+    kgrid = args.knob_grid()
+    capacity = args.capacity()
+    extrapolation = args.extrapolation(capacity)
+    profile = CostProfile.load(args.cost_profile) if args.cost_profile is not None else None
+    options = options_from(settle_scans=args.settle_scans, duration_s=args.duration_s)
 
     def run(executor: Any) -> WhatIfResult:
         with progress() as bar:
             return run_whatif(
-                trace,
-                policy_sets=sets or None,
+                args.trace,
+                policy_sets=sets,
                 grid=kgrid,
                 replay_options=options,
                 cost_profile=profile,
                 capacity=capacity,
                 extrapolation=extrapolation,
-                observed=observed,
+                observed=args.observed,
                 observed_scenario=observed_scenario,
-                hosts=hosts,
+                hosts=args.hosts,
                 executor=executor,
-                max_workers=workers,
+                max_workers=args.workers,
                 progress=bar,
             )
 
-    inputs = (trace, policies, grid, cost_profile, observed)
-    with claim(out, kind="whatif", inputs=inputs, force=force):
-        if scheduler is not None:
+    with claim(out, kind="whatif", inputs=args.inputs, force=force):
+        if args.scheduler is not None:
             from planner.whatif.executors import dask_executor
 
-            with dask_executor(scheduler, timeout_s=cluster_timeout) as ex:
+            with dask_executor(args.scheduler, timeout_s=args.cluster_timeout) as ex:
                 result = run(ex)
         else:
             result = run(None)

@@ -7,13 +7,11 @@ KSM state:
 * **mms**: one per process instance (pid, start time, exec generation), with its
   registration (from the policy resolver), first/last snapshot and exit snapshot;
 * **rows** of each snapshot, sorted by (mm, page): the page number, 64-bit content hash,
-  trace frame id, zero-content and THP flags, and whether the mapping is VM_MERGEABLE
-  under the policy (``eligible``);
-* **transitions**: for each row, whether it is the *same page* as in the previous snapshot
-  (same content and frame: it keeps whatever physical page the replay gave it, possibly a
-  KSM page), a *new mapping of a frame that an unchanged row maps* (a forked child: it maps
-  that same physical page), or a fresh frame (written, copied-on-write or new: rows sharing
-  one trace frame share one fresh physical page).
+  trace frame id, and flags (zero content, THP, VM_MERGEABLE under the policy);
+* **deltas** (:mod:`planner.engine.rows`): the first snapshot in full, every later one as
+  the rows that vanished, appeared or changed, and where each changed row's physical page
+  comes from (kept, a forked child's parent page, or a fresh one). Snapshots are read one at
+  a time and only two are held at once while the deltas are built.
 """
 
 from __future__ import annotations
@@ -28,83 +26,33 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
+from planner.engine.rows import (
+    F_ELIGIBLE,
+    F_THP,
+    F_ZERO,
+    ContentCatalog,
+    MmLayout,
+    RowColumns,
+    SnapshotDelta,
+    SnapshotRows,
+    SnapshotSequence,
+    Transition,
+    build_delta,
+    row_keys,
+    transition,
+)
 from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
-    from planner.trace.io import HostTrace
+    from planner.trace.io import HostTrace, Trace
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 B = npt.NDArray[np.bool_]
-
-_MM_SHIFT = np.uint64(36)  # row key = (mm << 36) | page number; user pages are < 2**35
-
-
-@dataclass
-class SnapshotRows:
-    """The pages of one snapshot as ksmd could see them, sorted by (mm, page)."""
-
-    index: int
-    time_ns: int
-    mm: I32
-    page: U64  # virtual page number (address // page size)
-    hash: U64
-    frame: U64  # trace frame id (equal within a snapshot <=> same physical page at capture)
-    zero: B
-    thp: B
-    eligible: B  # VM_MERGEABLE under the policy
-    mm_present: I32  # mms present in this snapshot (sorted)
-    mm_lo: I64  # row range [lo, hi) of each present mm
-    mm_hi: I64
-    mm_mergeable: B  # per present mm: has at least one VM_MERGEABLE mapping
-    # --- relation to the previous snapshot (all -1 for the first snapshot) -------------
-    carry_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    inherit_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    inherit_old: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    fresh_group: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    n_fresh: int = 0
-    same_content_src: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    key_src: I64 = field(
-        default_factory=lambda: np.empty(0, np.int64)
-    )  # previous row, same (mm, page)
-    released_old: I64 = field(default_factory=lambda: np.empty(0, np.int64))
-    _n_frames: int | None = field(default=None, repr=False)
-    _groups: tuple[U64, npt.NDArray[np.int32]] | None = field(default=None, repr=False)
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.mm.size)
-
-    @property
-    def n_frames(self) -> int:
-        """Distinct trace frames (physical pages without KSM), computed once."""
-        if self._n_frames is None:
-            f = np.sort(self.frame)
-            self._n_frames = int(f.size and 1 + np.count_nonzero(f[1:] != f[:-1]))
-        return self._n_frames
-
-    def groups(self) -> tuple[U64, npt.NDArray[np.int32]]:
-        """Distinct contents (sorted hashes) and each row's content index, computed once."""
-        if self._groups is None:
-            gkey, gid = np.unique(self.hash, return_inverse=True)
-            self._groups = (gkey, gid.reshape(-1).astype(np.int32))
-        return self._groups
-
-    def keys(self) -> U64:
-        """Row keys ``(mm << 36) | page``, sorted."""
-        return (self.mm.astype(np.uint64) << _MM_SHIFT) | self.page
-
-    def rows_of(self, mm: int) -> tuple[int, int]:
-        """Row range [lo, hi) of ``mm`` (empty when absent)."""
-        i = int(np.searchsorted(self.mm_present, mm))
-        if i < self.mm_present.size and self.mm_present[i] == mm:
-            return int(self.mm_lo[i]), int(self.mm_hi[i])
-        return 0, 0
 
 
 @dataclass
@@ -126,20 +74,59 @@ class MmInfo:
 
 @dataclass
 class ReplayInput:
-    """Everything the engines replay: mms, snapshot rows and transitions, trace facts."""
+    """Everything the engines replay: mms, snapshot deltas, trace facts.
+
+    ``deltas[0]`` holds the first snapshot (every row added); ``snapshots[k]`` rebuilds
+    snapshot ``k`` in full (for the reference model and the what-if layer).
+    """
 
     host: str
     page_size: int
     hz: int | None
     trace_hash: str
     mms: list[MmInfo]
-    snapshots: list[SnapshotRows]
+    deltas: list[SnapshotDelta]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the hash of each content id (``SnapshotDelta.upd_gid``)
+    content_hash: U64 = field(default_factory=lambda: np.empty(0, np.uint64))
+    _seq: SnapshotSequence | None = field(default=None, repr=False)
+
+    @property
+    def n_contents(self) -> int:
+        """Distinct contents over the whole trace."""
+        return int(self.content_hash.size)
+
+    @property
+    def snapshots(self) -> SnapshotSequence:
+        """The snapshots in full, rebuilt from the deltas on demand."""
+        if self._seq is None:
+            self._seq = SnapshotSequence(self.deltas)
+        return self._seq
+
+    @property
+    def n_snapshots(self) -> int:
+        """Number of snapshots."""
+        return len(self.deltas)
 
     @property
     def times_ns(self) -> list[int]:
         """Snapshot times in ns."""
-        return [s.time_ns for s in self.snapshots]
+        return [d.time_ns for d in self.deltas]
+
+    @property
+    def max_rows(self) -> int:
+        """Rows of the largest snapshot (the pages a replay tracks)."""
+        return max((d.n_rows for d in self.deltas), default=0)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the deltas (the first snapshot included) and the content ids."""
+        return sum(d.nbytes for d in self.deltas) + self.content_hash.nbytes
+
+    def transition(self, k: int) -> Transition:
+        """Per-row transition arrays of snapshot ``k`` (for the reference model)."""
+        old = self.snapshots[k - 1] if k > 0 else None
+        return transition(old, self.snapshots[k], self.deltas[k])
 
     def entering(self, k: int) -> list[int]:
         """mms that register at snapshot ``k``, in registration order."""
@@ -162,34 +149,27 @@ def _labels(text: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
 
 
-def prepare(
-    ht: HostTrace,
-    *,
-    resolver: Resolver | None = None,
-    include_mms: Sequence[int] | None = None,
-) -> ReplayInput:
-    """Build the :class:`ReplayInput` of one host trace under a policy ``resolver``.
+@dataclass
+class _Processes:
+    """The process instances of a trace and where each process row belongs."""
 
-    ``include_mms`` restricts the replay to some process instances (used for security
-    domains that must not merge with each other: each domain is replayed alone).
-    """
-    resolver = resolver or prctl_everything
-    meta = ht.meta()
-    page_size = int(meta.get("page_size") or 4096)
-    shift = page_size.bit_length() - 1
+    mms: list[MmInfo]
+    row_mm: I64  # per processes-table row: its mm (-1: not a live process)
+    present: list[list[int]]  # per snapshot: mms present
+
+
+def _process_instances(
+    ht: HostTrace, resolver: Resolver, include_mms: Sequence[int] | None
+) -> _Processes:
+    """mms from the processes table: identity, exec generations, parents, registration."""
     snaps = ht.snapshots.to_pydict()
     sids: list[int] = snaps["snapshot_id"]
     times_s: list[float] = snaps["time_s"]
-    if any(b < a for a, b in itertools.pairwise(times_s)):
-        raise InputDataError("snapshot times go backwards", hint="re-create or re-ingest the trace")
     sid_index = {sid: i for i, sid in enumerate(sids)}
-
-    # ---- process instances ----------------------------------------------------------
     procs = ht.processes.to_pydict()
     key_mm: dict[tuple[int, int, int], int] = {}
-    gen: dict[
-        tuple[int, int], tuple[int, Any, Any]
-    ] = {}  # (pid, start) -> (generation, comm, cmdline_hash)
+    # (pid, start) -> (generation, comm, cmdline_hash)
+    gen: dict[tuple[int, int], tuple[int, Any, Any]] = {}
     present: list[list[int]] = [[] for _ in sids]
     raw: list[dict[str, Any]] = []
     row_mm = np.full(len(procs["pid"]), -1, np.int64)
@@ -213,9 +193,8 @@ def prepare(
         if key not in key_mm:
             key_mm[key] = len(raw)
             raw.append({"pid": pid, "start": start, "first": k, "row": r})
-        mm = key_mm[key]
-        row_mm[r] = mm
-        present[k].append(mm)
+        row_mm[r] = key_mm[key]
+        present[k].append(key_mm[key])
     # mm ids in order of (first snapshot, pid, start): renumber
     order = sorted(range(len(raw)), key=lambda i: (raw[i]["first"], raw[i]["pid"], raw[i]["start"]))
     renum = {old: new for new, old in enumerate(order)}
@@ -229,20 +208,33 @@ def prepare(
         for m in p:
             last_seen[m] = k
     first = [r["first"] for r in raw]
+    present_sets = [set(p) for p in present]
     for m in range(n_mm):
         for k in range(first[m], last_seen[m] + 1):
-            if m not in present[k]:
+            if m not in present_sets[k]:
                 raise InputDataError(
                     f"process {raw[m]['pid']} (start {raw[m]['start']}) disappears at "
                     f"snapshot {sids[k]} and "
                     "comes back with the same start time",
                     hint="a process cannot come back; check the trace's proc_start values",
                 )
-    if include_mms is not None:
-        keep = set(include_mms)
-    else:
-        keep = set(range(n_mm))
+    keep = set(include_mms) if include_mms is not None else set(range(n_mm))
+    mms = _mm_infos(procs, raw, first, last_seen, len(sids), times_s, resolver, keep)
+    return _Processes(mms=mms, row_mm=row_mm, present=present)
 
+
+def _mm_infos(
+    procs: dict[str, list[Any]],
+    raw: list[dict[str, Any]],
+    first: list[int],
+    last_seen: list[int],
+    n_snaps: int,
+    times_s: list[float],
+    resolver: Resolver,
+    keep: set[int],
+) -> list[MmInfo]:
+    """Parents, ancestry and registration of each mm (parents resolve before children)."""
+    n_mm = len(raw)
     # parents: the latest mm of pid == ppid present at (or before) the child's first snapshot
     pid_history: dict[int, list[tuple[int, int]]] = {}
     for m in range(n_mm):
@@ -281,7 +273,7 @@ def prepare(
         parent_reg = regs[parent] if parent is not None and parent < len(regs) else None
         reg = resolver(info, parent_reg) if m in keep else Registration(mode="off", rule="excluded")
         regs.append(reg)
-        exit_snap = last_seen[m] + 1 if last_seen[m] + 1 < len(sids) else None
+        exit_snap = last_seen[m] + 1 if last_seen[m] + 1 < n_snaps else None
         rt = procs["reg_time_s"][r]
         mms.append(
             MmInfo(
@@ -302,256 +294,353 @@ def prepare(
                 info=info,
             )
         )
+    return mms
 
-    # ---- pages ------------------------------------------------------------------------
-    pages = ht.pages
-    p_sid = pages.column("snapshot_id").to_numpy()
-    p_pid = pages.column("pid").to_numpy()
-    p_vma = pages.column("vma_start").to_numpy()
-    p_addr = pages.column("page_addr").to_numpy()
-    p_flags = pages.column("flags").to_numpy()
+
+@dataclass
+class _PageColumns:
+    """One snapshot's pages as numpy columns (zero-copy where Arrow allows)."""
+
+    pid: npt.NDArray[np.integer[Any]]
+    vma: U64
+    addr: U64
+    hash: U64
+    frame: U64
+    flags: npt.NDArray[np.uint16]
+    usable: B | None  # rows with a hash and a frame (None: every row)
+
+
+def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
     hash_col = pages.column("content_hash")
     frame_col = pages.column("frame_id")
-    usable = np.ones(pages.num_rows, dtype=bool)
-    if hash_col.null_count:
-        usable &= ~np.asarray(hash_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    if frame_col.null_count:
-        usable &= ~np.asarray(frame_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    p_hash = np.asarray(hash_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
-    p_frame = np.asarray(frame_col.fill_null(pa.scalar(0, pa.uint64())).to_numpy(), dtype=np.uint64)
-    zero_hash = meta.get("zero_hash")
-    p_zero = (p_flags & np.uint16(PageFlag.ZERO)) != 0
+    usable = None
+    if hash_col.null_count or frame_col.null_count:
+        usable = np.ones(pages.num_rows, dtype=bool)
+        for col in (hash_col, frame_col):
+            if col.null_count:
+                usable &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+    def u64(col: pa.ChunkedArray[Any]) -> U64:
+        if col.null_count:
+            col = col.fill_null(pa.scalar(0, pa.uint64()))
+        return np.asarray(col.to_numpy(), dtype=np.uint64)
+
+    p_hash, p_frame = u64(hash_col), u64(frame_col)
+    p_flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)
     if zero_hash is not None:
-        p_zero |= p_hash == np.uint64(zero_hash)
-    p_thp = (p_flags & np.uint16(PageFlag.THP)) != 0
+        # the zero flag also marks pages whose hash is the zero page's
+        p_flags = p_flags | ((p_hash == np.uint64(zero_hash)) * np.uint16(PageFlag.ZERO))
+    return _PageColumns(
+        pid=pages.column("pid").to_numpy(),
+        vma=np.asarray(pages.column("vma_start").to_numpy(), dtype=np.uint64),
+        addr=np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64),
+        hash=p_hash,
+        frame=p_frame,
+        flags=p_flags,
+        usable=usable,
+    )
 
-    maps = ht.mappings
-    m_sid = maps.column("snapshot_id").to_numpy()
-    m_pid = maps.column("pid").to_numpy()
-    m_start = maps.column("start").to_numpy()
-    m_end = maps.column("end").to_numpy()
-    m_kind = maps.column("kind").to_pylist()
 
-    # process table lookups per snapshot: (pid) -> mm
-    proc_sid = np.asarray(procs["snapshot_id"], dtype=np.int64)
-    proc_pid = np.asarray(procs["pid"], dtype=np.int64)
+@dataclass
+class _MappingRows:
+    """The mappings table, by snapshot."""
 
-    snapshots: list[SnapshotRows] = []
-    prev: SnapshotRows | None = None
-    for k, sid in enumerate(sids):
-        sel = np.flatnonzero((proc_sid == sid) & (row_mm >= 0))
-        pid_to_mm = {int(proc_pid[i]): int(row_mm[i]) for i in sel}
-        lo, hi = (int(x) for x in np.searchsorted(p_sid, [sid, sid + 1]))
-        idx = np.arange(lo, hi)
-        idx = idx[usable[lo:hi]]
-        pids_here = p_pid[idx]
-        upids, inv = np.unique(pids_here, return_inverse=True)
-        missing = [int(p) for p in upids if int(p) not in pid_to_mm]
-        if missing:
-            raise InputDataError(
-                f"snapshot {sid}: pages of pid {missing[0]} but no live process row for it",
-                hint="the processes table must list every process that has pages",
-            )
-        mm_of_pid = np.array([pid_to_mm[int(p)] for p in upids], dtype=np.int32)
-        r_mm = mm_of_pid[inv] if idx.size else np.empty(0, np.int32)
-        r_page = (p_addr[idx] >> np.uint64(shift)).astype(np.uint64)
-        by_key = np.lexsort((r_page, r_mm))
-        idx, r_mm, r_page = idx[by_key], r_mm[by_key], r_page[by_key]
-        # mapping kind -> eligibility, per row via the mapping table of this snapshot
-        mlo, mhi = np.searchsorted(m_sid, [sid, sid + 1])
-        eligible = np.zeros(idx.size, dtype=bool)
-        mm_present = np.array(sorted(present[k]), dtype=np.int32)
-        mergeable = np.zeros(mm_present.size, dtype=bool)
-        mm_pos = {int(m): i for i, m in enumerate(mm_present)}
-        map_key: dict[tuple[int, int], bool] = {}
-        for j in range(mlo, mhi):
-            mm_j = pid_to_mm.get(int(m_pid[j]))
-            if mm_j is None:
-                continue
-            ok = mms[mm_j].registration.mergeable(str(m_kind[j]), int(m_start[j]), int(m_end[j]))
-            map_key[(int(m_pid[j]), int(m_start[j]))] = ok
+    sid: npt.NDArray[np.integer[Any]]
+    pid: npt.NDArray[np.integer[Any]]
+    start: npt.NDArray[np.integer[Any]]
+    end: npt.NDArray[np.integer[Any]]
+    kind: list[str]
+
+
+def _eligibility(
+    mms: list[MmInfo],
+    maps: _MappingRows,
+    sid: int,
+    pid_to_mm: dict[int, int],
+    mm_present: I32,
+    r_pid: npt.NDArray[np.integer[Any]],
+    r_vma: U64,
+    page_size: int,
+) -> tuple[B, B]:
+    """Per row: VM_MERGEABLE under the policy; per present mm: has a mergeable mapping."""
+    mode = {m: mms[m].registration.mode for m in mm_present.tolist()}
+    mergeable = np.array([mode[m] == "prctl" for m in mm_present.tolist()], dtype=bool)
+    n = r_pid.size
+    if all(v == "prctl" for v in mode.values()):
+        return np.ones(n, bool), mergeable
+    mm_pos = {int(m): i for i, m in enumerate(mm_present.tolist())}
+    mlo, mhi = (int(x) for x in np.searchsorted(maps.sid, [sid, sid + 1]))
+    map_key: dict[tuple[int, int], bool] = {}
+    for j in range(mlo, mhi):
+        mm_j = pid_to_mm.get(int(maps.pid[j]))
+        if mm_j is None:
+            continue
+        ok = mms[mm_j].registration.mergeable(
+            str(maps.kind[j]), int(maps.start[j]), int(maps.end[j])
+        )
+        map_key[(int(maps.pid[j]), int(maps.start[j]))] = ok
+        if ok:
+            mergeable[mm_pos[mm_j]] = True
+    eligible = np.zeros(n, bool)
+    if n:
+        # runs of rows of one (pid, mapping): look up each run once
+        heads = np.flatnonzero(np.r_[True, (r_pid[1:] != r_pid[:-1]) | (r_vma[1:] != r_vma[:-1])])
+        ends = np.r_[heads[1:], n]
+        for a, b in zip(heads.tolist(), ends.tolist(), strict=True):
+            pid_u, vs = int(r_pid[a]), int(r_vma[a])
+            mm_u = pid_to_mm[pid_u]
+            if mode[mm_u] == "prctl":
+                ok = True
+            elif (pid_u, vs) in map_key:
+                ok = map_key[(pid_u, vs)]
+            else:
+                # rows whose (pid, vma_start) has no mapping row: the page's own check
+                ok = mms[mm_u].registration.mergeable("other", vs, vs + page_size)
+                if ok:
+                    mergeable[mm_pos[mm_u]] = True
             if ok:
-                mergeable[mm_pos[mm_j]] = True
-        if idx.size:
-            vmas = p_vma[idx]
-            r_pid = p_pid[idx]
-            # rows whose (pid, vma_start) has no mapping row fall back to the page's own check
-            uniq, uinv = np.unique(
-                np.stack([r_pid.astype(np.uint64), vmas.astype(np.uint64)]),
-                axis=1,
-                return_inverse=True,
-            )
-            uok = np.zeros(uniq.shape[1], dtype=bool)
-            for u in range(uniq.shape[1]):
-                pid_u, vs = int(uniq[0, u]), int(uniq[1, u])
-                if (pid_u, vs) in map_key:
-                    uok[u] = map_key[(pid_u, vs)]
-                else:
-                    reg = mms[pid_to_mm[pid_u]].registration
-                    uok[u] = reg.mergeable("other", vs, vs + page_size)
-                    if uok[u]:
-                        mergeable[mm_pos[pid_to_mm[pid_u]]] = True
-            eligible = uok[uinv.reshape(-1)]
-        counts = (
-            np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
-            if idx.size
-            else np.zeros(mm_present.size, np.int64)
-        )
-        mm_hi = np.cumsum(counts).astype(np.int64)
-        mm_lo = mm_hi - counts
-        for i, m in enumerate(mm_present.tolist()):
-            if mms[m].registration.mode == "prctl":
-                mergeable[i] = True
-        cur = SnapshotRows(
-            index=k,
-            time_ns=round(times_s[k] * 1e9),
-            mm=r_mm.astype(np.int32),
-            page=r_page,
-            hash=p_hash[idx],
-            frame=p_frame[idx],
-            zero=p_zero[idx],
-            thp=p_thp[idx],
-            eligible=eligible,
-            mm_present=mm_present,
-            mm_lo=mm_lo,
-            mm_hi=mm_hi,
-            mm_mergeable=mergeable,
-        )
-        _link(prev, cur, mms)
-        snapshots.append(cur)
-        prev = cur
+                eligible[a:b] = True
+    return eligible, mergeable
 
+
+def _snapshot_rows(
+    cols: _PageColumns,
+    maps: _MappingRows,
+    procs: _Processes,
+    proc_sid: I64,
+    proc_pid: I64,
+    k: int,
+    sid: int,
+    shift: int,
+    page_size: int,
+) -> tuple[RowColumns, MmLayout]:
+    """Snapshot ``k``'s rows sorted by (mm, page), and where each mm's rows are."""
+    sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
+    pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
+    if cols.usable is None or cols.usable.all():
+        idx: slice | I64 = slice(0, cols.pid.size)
+    else:
+        idx = np.flatnonzero(cols.usable)
+    r_pid = cols.pid[idx]
+    n = r_pid.size
+    heads = np.flatnonzero(np.r_[True, r_pid[1:] != r_pid[:-1]]) if n else np.empty(0, np.int64)
+    run_pid = r_pid[heads]
+    missing = [int(p) for p in np.unique(run_pid) if int(p) not in pid_to_mm]
+    if missing:
+        raise InputDataError(
+            f"snapshot {sid}: pages of pid {missing[0]} but no live process row for it",
+            hint="the processes table must list every process that has pages",
+        )
+    run_mm = np.array([pid_to_mm[int(p)] for p in run_pid.tolist()], dtype=np.int32)
+    run_len = np.diff(np.r_[heads, n])
+    r_page = cols.addr[idx] >> np.uint64(shift)
+    r_mm = np.repeat(run_mm, run_len)
+    key = row_keys(r_mm, r_page)
+    order: I64 | None = None
+    if n > 1 and not bool(np.all(key[1:] > key[:-1])):
+        order = np.lexsort((r_page, r_mm))  # the trace was not sorted by (pid, page)
+        key, r_page, r_mm, r_pid = key[order], r_page[order], r_mm[order], r_pid[order]
+
+    def take(col: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        c = col[idx]
+        return c if order is None else c[order]
+
+    mm_present = np.array(sorted(procs.present[k]), dtype=np.int32)
+    eligible, mergeable = _eligibility(
+        procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size
+    )
+    pf = take(cols.flags)
+    flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
+    flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)
+    flags |= ((pf & np.uint16(PageFlag.THP)) != 0).view(np.uint8) * np.uint8(F_THP)
+    counts = (
+        np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
+        if n
+        else np.zeros(mm_present.size, np.int64)
+    )
+    mm_hi = np.cumsum(counts).astype(np.int64)
+    rows = RowColumns(
+        key=key,
+        page=r_page,
+        hash=np.ascontiguousarray(take(cols.hash)),
+        frame=np.ascontiguousarray(take(cols.frame)),
+        flags=flags,
+        mm=r_mm.astype(np.int32),
+    )
+    return rows, MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
+
+
+class InputBuilder:
+    """Builds a :class:`ReplayInput` one snapshot at a time (only two are held at once).
+
+    :func:`prepare` feeds it from a trace; :mod:`planner.testing.synth` feeds it generated
+    rows directly (a day of a large host, without the trace in memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        page_size: int,
+        hz: int | None,
+        trace_hash: str,
+        mms: list[MmInfo],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.host, self.page_size, self.hz, self.trace_hash = host, page_size, hz, trace_hash
+        self.mms = mms
+        self.meta = dict(meta or {})
+        self.deltas: list[SnapshotDelta] = []
+        self.catalog = ContentCatalog()
+        self.prev: RowColumns | None = None
+        self.parent_of = np.array(
+            [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
+        )
+
+    def add(self, time_ns: int, rows: RowColumns, layout: MmLayout) -> None:
+        """The next snapshot's rows (sorted by key) and layout."""
+        self.deltas.append(
+            build_delta(
+                self.prev,
+                rows,
+                index=len(self.deltas),
+                time_ns=time_ns,
+                layout=layout,
+                parent_of=self.parent_of,
+                catalog=self.catalog,
+            )
+        )
+        self.prev = rows
+
+    def build(self) -> ReplayInput:
+        """The input, once every snapshot was added."""
+        self.prev = None
+        return ReplayInput(
+            host=self.host,
+            page_size=self.page_size,
+            hz=self.hz,
+            trace_hash=self.trace_hash,
+            mms=self.mms,
+            deltas=self.deltas,
+            meta=self.meta,
+            content_hash=self.catalog.hashes(),
+        )
+
+
+def prepare(
+    ht: HostTrace,
+    *,
+    resolver: Resolver | None = None,
+    include_mms: Sequence[int] | None = None,
+) -> ReplayInput:
+    """Build the :class:`ReplayInput` of one host trace under a policy ``resolver``.
+
+    ``include_mms`` restricts the replay to some process instances (used for security
+    domains that must not merge with each other: each domain is replayed alone).
+    """
+    sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
+    # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
+    col = np.asarray(ht.pages.column("snapshot_id").to_numpy())
+    cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
+    del col
+    parts = (
+        (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))
+        for i, sid in enumerate(sids)
+    )
+    return _prepare(ht, parts, resolver, include_mms)
+
+
+def prepare_trace(
+    trace: Trace,
+    host: str | None = None,
+    *,
+    resolver: Resolver | None = None,
+    include_mms: Sequence[int] | None = None,
+) -> ReplayInput:
+    """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
+    a time: memory holds two snapshots' rows and the deltas, not the whole trace."""
+    from planner.trace import schema as S
+    from planner.trace.io import HostTrace
+
+    if host is None:
+        if len(trace.hosts) != 1:
+            raise InputDataError(
+                f"{trace.path} holds {len(trace.hosts)} hosts ({', '.join(trace.hosts)})",
+                hint="name one with --host",
+            )
+        host = trace.hosts[0]
+    tables = {n: trace.read_table(host, n) for n in ("snapshots", "processes", "mappings")}
+    ht = HostTrace(
+        host=host,
+        trace_hash=trace.trace_hash,
+        path=trace.host_path(host),
+        pages=S.PAGES_SCHEMA.empty_table(),
+        **tables,
+    )
+    columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
+    return _prepare(ht, trace.iter_snapshot_pages(host, columns), resolver, include_mms)
+
+
+def _prepare(
+    ht: HostTrace,
+    pages: Iterable[tuple[int, pa.Table]],
+    resolver: Resolver | None,
+    include_mms: Sequence[int] | None,
+) -> ReplayInput:
+    """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
+    a snapshot without pages may be missing)."""
+    resolver = resolver or prctl_everything
+    meta = ht.meta()
+    page_size = int(meta.get("page_size") or 4096)
+    shift = page_size.bit_length() - 1
+    snaps = ht.snapshots.to_pydict()
+    sids: list[int] = snaps["snapshot_id"]
+    times_s: list[float] = snaps["time_s"]
+    if any(b < a for a, b in itertools.pairwise(times_s)):
+        raise InputDataError("snapshot times go backwards", hint="re-create or re-ingest the trace")
+    procs = _process_instances(ht, resolver, include_mms)
+    m = ht.mappings
+    maps = _MappingRows(
+        sid=m.column("snapshot_id").to_numpy(),
+        pid=m.column("pid").to_numpy(),
+        start=m.column("start").to_numpy(),
+        end=m.column("end").to_numpy(),
+        kind=[str(k) for k in m.column("kind").to_pylist()],
+    )
+    proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
+    proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
     hz = meta.get("hz")
-    return ReplayInput(
+    builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
         hz=int(hz) if hz else None,
         trace_hash=ht.trace_hash,
-        mms=mms,
-        snapshots=snapshots,
+        mms=procs.mms,
         meta={k: v for k, v in meta.items() if k != "zero_hash"},
     )
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _content_key(frame: U64, hash_: U64) -> U64:
-    """One uint64 per (frame, hash) pair; matches are verified on both columns."""
-    with np.errstate(over="ignore"):
-        return frame ^ (hash_ * _GOLDEN)
-
-
-def _lookup(keys_sorted: U64, src_idx: I64, f_src: U64, h_src: U64, f: U64, h: U64, kq: U64) -> I64:
-    """For each query (frame ``f``, hash ``h``, key ``kq``): the first source row with that
-    pair, or -1."""
-    out = np.full(kq.size, -1, np.int64)
-    if keys_sorted.size == 0 or kq.size == 0:
-        return out
-    pos = np.searchsorted(keys_sorted, kq)
-    pc = np.minimum(pos, keys_sorted.size - 1)
-    cand = src_idx[pc]
-    ok = (keys_sorted[pc] == kq) & (f_src[cand] == f) & (h_src[cand] == h)
-    out[ok] = cand[ok]
-    return out
-
-
-def _first_by_key(rows: I64, frame: U64, hash_: U64) -> tuple[U64, I64]:
-    """Sorted keys and, for each, the lowest row index among ``rows`` having it."""
-    k = _content_key(frame[rows], hash_[rows])
-    order = np.lexsort((rows, k))
-    ks, rs = k[order], rows[order]
-    first = np.ones(ks.size, dtype=bool)
-    first[1:] = ks[1:] != ks[:-1]
-    return ks[first], rs[first]
-
-
-def _link(prev: SnapshotRows | None, cur: SnapshotRows, mms: list[MmInfo]) -> None:
-    """Fill ``cur``'s transition arrays relative to ``prev``.
-
-    A row keeps its physical page (``carry_src``) when its (mm, page) had the same content
-    and frame before. Otherwise it maps the physical page of another row with the same
-    trace frame and content -- an unchanged row of this snapshot (``inherit_src``) or a row
-    of the previous snapshot (``inherit_old``, e.g. a child whose parent exited after the
-    fork) -- preferring the parent process's row at the same page. Otherwise it gets a fresh
-    physical page, shared by the rows of one (frame, content) (``fresh_group``).
-    """
-    n = cur.n
-    carry = np.full(n, -1, np.int64)
-    same = np.full(n, -1, np.int64)
-    key_src = np.full(n, -1, np.int64)
-    pk = prev.keys() if prev is not None else np.empty(0, np.uint64)
-    ck = cur.keys()
-    if prev is not None and prev.n and n:
-        pos = np.minimum(np.searchsorted(pk, ck), pk.size - 1)
-        hit = pk[pos] == ck
-        key_src[hit] = pos[hit]
-        same_hash = hit & (prev.hash[pos] == cur.hash)
-        same[same_hash] = pos[same_hash]
-        keep = same_hash & (prev.frame[pos] == cur.frame)
-        carry[keep] = pos[keep]
-    released = np.ones(prev.n if prev is not None else 0, dtype=bool)
-    released[carry[carry >= 0]] = False
-    inherit = np.full(n, -1, np.int64)
-    inherit_old = np.full(n, -1, np.int64)
-    rest = np.flatnonzero(carry < 0)
-    if rest.size:
-        rf, rh = cur.frame[rest], cur.hash[rest]
-        kq = _content_key(rf, rh)
-        carried = np.flatnonzero(carry >= 0)
-        if carried.size:
-            ks, rs = _first_by_key(carried, cur.frame, cur.hash)
-            inherit[rest] = _lookup(ks, rs, cur.frame, cur.hash, rf, rh, kq)
-        if prev is not None and prev.n:
-            ks, rs = _first_by_key(np.arange(prev.n, dtype=np.int64), prev.frame, prev.hash)
-            got = _lookup(ks, rs, prev.frame, prev.hash, rf, rh, kq)
-            inherit_old[rest] = np.where(inherit[rest] < 0, got, -1)
-        # prefer the parent process's row at the same page when it maps the same frame
-        parent_of = np.array(
-            [m.parent_mm if m.parent_mm is not None else -1 for m in mms] + [-1], np.int64
+    empty = ht.pages.schema.empty_table()
+    stream = iter(pages)
+    nxt = next(stream, None)
+    for k, sid in enumerate(sids):
+        table = empty
+        if nxt is not None and nxt[0] == sid:
+            table = nxt[1]
+            nxt = next(stream, None)
+        cols = _page_columns(table, meta.get("zero_hash"))
+        cur, layout = _snapshot_rows(
+            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
         )
-        par = parent_of[cur.mm[rest]]
-        cand = np.flatnonzero((par >= 0) & ((inherit[rest] >= 0) | (inherit_old[rest] >= 0)))
-        if cand.size:
-            rows = rest[cand]
-            pkey = (par[cand].astype(np.uint64) << _MM_SHIFT) | cur.page[rows]
-            q = np.minimum(np.searchsorted(ck, pkey), n - 1)
-            ok = (
-                (ck[q] == pkey)
-                & (carry[q] >= 0)
-                & (cur.frame[q] == cur.frame[rows])
-                & (cur.hash[q] == cur.hash[rows])
-            )
-            inherit[rows[ok]] = q[ok]
-            inherit_old[rows[ok]] = -1
-            if prev is not None and prev.n:
-                todo = ~ok
-                q2 = np.minimum(np.searchsorted(pk, pkey), pk.size - 1)
-                ok2 = (
-                    todo
-                    & (pk[q2] == pkey)
-                    & (prev.frame[q2] == cur.frame[rows])
-                    & (prev.hash[q2] == cur.hash[rows])
-                )
-                inherit_old[rows[ok2]] = q2[ok2]
-                inherit[rows[ok2]] = -1
-    fresh = np.full(n, -1, np.int64)
-    need = np.flatnonzero((carry < 0) & (inherit < 0) & (inherit_old < 0))
-    n_fresh = 0
-    if need.size:
-        _, ginv = np.unique(
-            np.stack([cur.frame[need], cur.hash[need]]), axis=1, return_inverse=True
-        )
-        fresh[need] = ginv.reshape(-1)
-        n_fresh = int(ginv.max()) + 1
-    cur.carry_src = carry
-    cur.inherit_src = inherit
-    cur.inherit_old = inherit_old
-    cur.fresh_group = fresh
-    cur.n_fresh = n_fresh
-    cur.same_content_src = same
-    cur.key_src = key_src
-    cur.released_old = np.flatnonzero(released).astype(np.int64)
+        del cols, table
+        builder.add(round(times_s[k] * 1e9), cur, layout)
+    return builder.build()
 
 
-__all__ = ["MmInfo", "ReplayInput", "SnapshotRows", "prepare"]
+__all__ = [
+    "InputBuilder",
+    "MmInfo",
+    "ReplayInput",
+    "SnapshotDelta",
+    "SnapshotRows",
+    "prepare",
+    "prepare_trace",
+]

@@ -31,25 +31,35 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from planner._progress import NULL_PROGRESS, Progress
-from planner.engine.cost import PATHS, CostProfile
-from planner.engine.options import MAX_GRID_POINTS, grid_overflow
+from planner.engine.cost import PATHS
+from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.result import (
-    GridRecord,
-    ReplayResult,
-    ScanRecord,
-    Truth,
-    assemble_result,
-    global_counters,
+    N_ROW,
+    R_CHAINS,
+    R_DUPS,
+    R_FRAMES_WITH,
+    R_FRAMES_WITHOUT,
+    R_FULL_SCANS,
+    R_KSM_PAGES,
+    R_RMAP,
+    R_SCANNED,
+    R_SHARED,
+    R_SHARING,
+    R_SKIPPED,
+    R_STABLE_NODES,
+    R_UNSHARED,
+    R_ZERO,
     process_counters,
 )
-from planner.engine.timing import NS_PER_MS, NS_PER_S, AdvisorState, advisor_step, sleep_ns
+from planner.engine.rows import F_ELIGIBLE, F_THP, F_ZERO
+from planner.engine.timing import NS_PER_MS
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
-    from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
+    from planner.engine.rows import SnapshotRows
 
 ZERO = -1  # phys value of a PTE mapping the kernel zero page (use_zero_pages)
 NONE, UNSTABLE, STABLE = 0, 1, 2
@@ -107,27 +117,18 @@ class _Chain:
 
 
 class ReferenceEngine:
-    """Replays a :class:`ReplayInput` page by page."""
+    """Replays a :class:`ReplayInput` page by page (a :class:`planner.engine.driver.Core`)."""
 
     name = "reference"
 
-    def __init__(
-        self,
-        inp: ReplayInput,
-        knobs: KsmKnobs,
-        opts: ReplayOptions,
-        *,
-        progress: Progress = NULL_PROGRESS,
-    ) -> None:
+    def __init__(self, inp: ReplayInput, knobs: KsmKnobs) -> None:
         self.inp = inp
         self.k = knobs
-        self.o = opts
-        self.cost: CostProfile = opts.cost
-        self.progress = progress
         self.page_size = inp.page_size
         self.M = knobs.max_page_sharing
         # physical world
         self.snap_i = -1
+        self.snap: SnapshotRows | None = None
         self.phys: list[int] = []
         self.row_of: dict[tuple[int, int], int] = {}
         self.ent_mappers: Counter[int] = Counter()
@@ -155,20 +156,8 @@ class ReferenceEngine:
         self.mm_rmap: Counter[int] = Counter()
         self.mm_merging: Counter[int] = Counter()
         self.mm_zero: Counter[int] = Counter()
-        # cost and time
-        self.pages_to_scan = knobs.initial_pages_to_scan
-        self.advisor = AdvisorState()
-        self.cpu_ns = int(knobs.advisor_initial_cpu_s * NS_PER_S)
-        self.cpu_start_ns = self.cpu_ns
-        self.tree_pages_for_cost = 0
-        self.path_visits: Counter[str] = Counter()
-        self.path_cpu_ns: Counter[str] = Counter()
         self._batch_paths: Counter[str] = Counter()
-        self._scan_started = False
         self._scan_ended = False
-        self.snapshot_first_scan: list[int | None] = [None] * len(inp.snapshots)
-        self.snapshot_applied_ns: list[int | None] = [None] * len(inp.snapshots)
-        self.next_snap = 0
         #: optional debugging aid: (full scan, mm, page, path) of every visit, when a list
         self.visit_log: list[tuple[int, int, int, str]] | None = None
 
@@ -192,34 +181,36 @@ class ReferenceEngine:
                 if e in self.ent_node:
                     self.stale_watch.add(e)
 
-    def _apply_snapshot(self, k: int) -> None:
+    def apply_snapshot(self, k: int, now_ns: int) -> None:
         """The world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
+        self.now_ns = now_ns
         new = self.inp.snapshots[k]
-        old = self.inp.snapshots[self.snap_i] if self.snap_i >= 0 else None
+        old = self.snap
+        tr = self.inp.transition(k)
         oldphys = self.phys
         phys = [0] * new.n
         base = self.next_entity
         for i in range(new.n):
-            c = int(new.carry_src[i])
+            c = int(tr.carry_src[i])
             if c >= 0:
                 phys[i] = oldphys[c]
         for i in range(new.n):
-            if new.carry_src[i] >= 0:
+            if tr.carry_src[i] >= 0:
                 continue
-            j, o = int(new.inherit_src[i]), int(new.inherit_old[i])
+            j, o = int(tr.inherit_src[i]), int(tr.inherit_old[i])
             if j >= 0:
                 phys[i] = phys[j]
             elif o >= 0:
                 phys[i] = oldphys[o]
             else:
-                phys[i] = base + int(new.fresh_group[i])
-        self.next_entity = base + new.n_fresh
+                phys[i] = base + int(tr.fresh_group[i])
+        self.next_entity = base + tr.n_fresh
         # mappers: new mappings first, then the released old ones (counts only matter at the end)
         for i in range(new.n):
-            if new.carry_src[i] < 0:
+            if tr.carry_src[i] < 0:
                 self._acquire(int(new.mm[i]), phys[i])
         if old is not None:
-            for o in new.released_old.tolist():
+            for o in tr.released_old.tolist():
                 self._release(int(old.mm[o]), oldphys[o])
         self.phys = phys
         self.row_of = {
@@ -227,15 +218,12 @@ class ReferenceEngine:
             for i, (m, p) in enumerate(zip(new.mm.tolist(), new.page.tolist(), strict=True))
         }
         self.snap_i = k
+        self.snap = new
         # unstable entries whose page changed or vanished are dropped
+        elig = new.eligible
         for key, it in list(self.unstable.items()):
             row = self.row_of.get((it.mm, it.page))
-            if (
-                row is None
-                or int(new.hash[row]) != key
-                or phys[row] == ZERO
-                or not new.eligible[row]
-            ):
+            if row is None or int(new.hash[row]) != key or phys[row] == ZERO or not elig[row]:
                 del self.unstable[key]
         # exits (__ksm_exit)
         for mm in self.inp.exiting(k):
@@ -261,8 +249,17 @@ class ReferenceEngine:
                 continue
             at = len(self.slots) if self.cursor is None else self.slots.index(self.cursor)
             self.slots.insert(at, mm)
-        self.snapshot_first_scan[k] = self.seqnr + 1
-        self.snapshot_applied_ns[k] = self.now_ns
+
+    def apply_writes(self, writes: object, now_ns: int) -> None:
+        """Writes between snapshots: no write model exists yet (see planner.engine.driver).
+
+        Where one will go: for each write, ``_replace`` the row's physical page by a fresh
+        entity (a write to a KSM page breaks the merge at once; its rmap_item stays on the
+        stable node until ksmd visits it, as ``_remove_from_tree`` then finds); a content
+        change updates the row's hash (the checksum gate sees it at the next visit) and drops
+        the row's unstable-tree entry, as ``apply_snapshot`` does.
+        """
+        raise NotImplementedError("no write model exists yet")
 
     # ------------------------------------------------------------------ stable tree
 
@@ -475,34 +472,12 @@ class ReferenceEngine:
         i = self.slots.index(mm)
         return self.slots[i + 1] if i + 1 < len(self.slots) else None
 
-    def _scan_due_snapshots(self) -> None:
-        """Scan alignment: apply the snapshots due when a full scan starts."""
-        snaps = self.inp.snapshots
-        while self.next_snap < len(snaps):
-            k = self.next_snap
-            if self.o.snapshot_scans is not None:
-                due = self.o.snapshot_scans[k] <= self.seqnr + 1
-            else:
-                due = snaps[k].time_ns <= self.now_ns
-            if not due:
-                break
-            self._apply_snapshot(k)
-            self.next_snap += 1
-
     def _next_item(self) -> tuple[int, int, _Item] | None:
         """scan_get_next_rmap_item: the next page to handle, or None at the end of a full scan."""
-        if self.cursor is None and self.o.aligned_to_scans:
-            self._scan_due_snapshots()
-        if not self.slots:
-            return None
-        snap = self.inp.snapshots[self.snap_i]
         if self.cursor is None:
-            self._scan_started = True
-            self.advisor.start_scan_ns = self.now_ns
-            self.scan_start_ns = self.now_ns
-            self.unstable.clear()
-            self.cursor = self.slots[0]
-            self.cursor_page = 0
+            return None
+        snap = self.snap
+        assert snap is not None
         while True:
             mm = self.cursor
             assert mm is not None
@@ -514,7 +489,7 @@ class ReferenceEngine:
                 lo, hi = snap.rows_of(mm)
                 i = lo + int(np.searchsorted(snap.page[lo:hi], np.uint64(self.cursor_page)))
                 while i < hi:
-                    if snap.eligible[i] and self.phys[i] != ZERO:
+                    if snap.flags[i] & F_ELIGIBLE and self.phys[i] != ZERO:
                         page = int(snap.page[i])
                         item = self._get_item(mm, page)
                         self.cursor_page = page + 1
@@ -523,8 +498,7 @@ class ReferenceEngine:
                     i += 1
                 self._free_items(mm, self.cursor_page)
                 nxt = self._next_slot(mm)
-                pos = int(np.searchsorted(snap.mm_present, mm))
-                if not bool(snap.mm_mergeable[pos]):
+                if not snap.layout.is_mergeable(mm):
                     self.slots.remove(mm)  # no VM_MERGEABLE vma left: ksmd drops the mm
             if nxt is None:
                 self.cursor = None
@@ -537,14 +511,16 @@ class ReferenceEngine:
     # ------------------------------------------------------------------ cmp_and_merge_page
 
     def _replace(self, i: int, entity: int) -> None:
-        mm = int(self.inp.snapshots[self.snap_i].mm[i])
+        assert self.snap is not None
+        mm = int(self.snap.mm[i])
         self._release(mm, self.phys[i])
         self.phys[i] = entity
         self._acquire(mm, entity)
 
     def _thp_block(self, i: int) -> tuple[int, int] | None:
-        snap = self.inp.snapshots[self.snap_i]
-        if not snap.thp[i]:
+        snap = self.snap
+        assert snap is not None
+        if not snap.flags[i] & F_THP:
             return None
         blk = (int(snap.mm[i]), int(snap.page[i]) >> THP_SHIFT)
         return None if blk in self.split_thp else blk
@@ -564,7 +540,8 @@ class ReferenceEngine:
         self.visit_log.append((self.seqnr, mm, item.page, path))
 
     def _cmp_and_merge_inner(self, mm: int, i: int, item: _Item) -> None:
-        snap = self.inp.snapshots[self.snap_i]
+        snap = self.snap
+        assert snap is not None
         self.scanned += 1
         paths = self._batch_paths
         allocated_now = item.fresh  # a new rmap_item is handled on the visit that allocates it
@@ -586,7 +563,7 @@ class ReferenceEngine:
             item.oldsum = h
             item.has_sum = True
             return
-        if self.k.use_zero_pages and bool(snap.zero[i]):
+        if self.k.use_zero_pages and snap.flags[i] & F_ZERO:
             self._replace(i, ZERO)
             paths["zero_merge"] += 1
             return
@@ -626,28 +603,33 @@ class ReferenceEngine:
 
     # ------------------------------------------------------------------ observation
 
-    def counters(self) -> dict[str, int]:
-        """The global counters now."""
-        return global_counters(
-            shared=self.shared,
-            sharing=self.sharing,
-            unshared=self.unshared,
-            rmap_items=self.rmap_items,
-            scanned=self.scanned,
-            skipped=self.skipped,
-            full_scans=self.seqnr,
-            chains=self.n_chains,
-            dups=self.n_dups,
-            zero_pages=self.zero_pages,
-            page_size=self.page_size,
-        )
+    def truth_now(self) -> tuple[int, int, int, int]:
+        """(frames without KSM, frames with KSM, KSM pages, zero-page PTEs), from scratch."""
+        if self.snap is None:
+            return 0, 0, 0, 0
+        with_ksm = {e for e in self.phys if e != ZERO}
+        ksm = {e for e in with_ksm if e in self.ent_node}
+        zero = sum(1 for e in self.phys if e == ZERO)
+        return self.snap.n_frames, len(with_ksm), len(ksm), zero
+
+    def state_row(self) -> npt.NDArray[np.int64]:
+        """The counters and the truth now (a driver state row)."""
+        row = np.zeros(N_ROW, np.int64)
+        row[R_SHARED], row[R_SHARING], row[R_UNSHARED] = self.shared, self.sharing, self.unshared
+        row[R_RMAP], row[R_SCANNED], row[R_SKIPPED] = self.rmap_items, self.scanned, self.skipped
+        row[R_FULL_SCANS], row[R_CHAINS], row[R_DUPS] = self.seqnr, self.n_chains, self.n_dups
+        row[R_ZERO] = self.zero_pages
+        without, with_ksm, ksm, _ = self.truth_now()
+        row[R_FRAMES_WITHOUT], row[R_FRAMES_WITH], row[R_KSM_PAGES] = without, with_ksm, ksm
+        row[R_STABLE_NODES] = self.n_nodes + self.n_chains
+        return row
 
     def processes(self) -> dict[str, dict[str, int]]:
         """ksm_stat of every live process now."""
-        if self.snap_i < 0:
+        if self.snap is None:
             return {}
         out: dict[str, dict[str, int]] = {}
-        for mm in self.inp.snapshots[self.snap_i].mm_present.tolist():
+        for mm in self.snap.mm_present.tolist():
             key = str(self.inp.mms[mm].pid)
             out[key] = process_counters(
                 rmap_items=self.mm_rmap[mm],
@@ -657,192 +639,87 @@ class ReferenceEngine:
             )
         return out
 
-    def truth(self) -> Truth:
-        """Physical frames now, with and without KSM."""
-        if self.snap_i < 0:
-            return Truth(0, 0, 0, 0, self.rmap_items, self.n_nodes + self.n_chains, self.page_size)
-        snap = self.inp.snapshots[self.snap_i]
-        with_ksm = {e for e in self.phys if e != ZERO}
-        ksm = {e for e in with_ksm if e in self.ent_node}
-        return Truth(
-            frames_without_ksm=snap.n_frames,
-            frames_with_ksm=len(with_ksm),
-            ksm_pages=len(ksm),
-            zero_mapped_pages=sum(1 for e in self.phys if e == ZERO),
-            rmap_items=self.rmap_items,
-            stable_nodes=self.n_nodes + self.n_chains,
-            page_size=self.page_size,
-        )
+    def node_members(self) -> list[tuple[int, int, int]]:
+        """``(node, mm, items)`` for every KSM page with items; nodes numbered by content,
+        then by their lowest (mm, page) item."""
+        nodes: list[_Node] = []
+        for slot in self.stable.values():
+            nodes.extend(slot.dups if isinstance(slot, _Chain) else [slot])
+        live = [n for n in nodes if n.items]
+        live.sort(key=lambda n: (n.key, min((it.mm, it.page) for it in n.items)))
+        out: list[tuple[int, int, int]] = []
+        for i, node in enumerate(live):
+            per_mm = Counter(it.mm for it in node.items)
+            out.extend((i, mm, n) for mm, n in sorted(per_mm.items()))
+        return out
+
+    def stable_tree(self) -> dict[int, list[tuple[tuple[int, int], ...]]]:
+        """Content hash -> its stable nodes (a chain's dups head first), each as the sorted
+        (mm, page) of its items: the whole stable tree, for tests and debugging."""
+        out: dict[int, list[tuple[tuple[int, int], ...]]] = {}
+        for key, slot in self.stable.items():
+            nodes = slot.dups if isinstance(slot, _Chain) else [slot]
+            out[key] = [tuple(sorted((it.mm, it.page) for it in n.items)) for n in nodes]
+        return out
 
     # ------------------------------------------------------------------ the ksmd loop
 
-    def _batch(self) -> int:
-        """One ksm_do_scan(pages_to_scan). Returns its CPU time in ns."""
+    def has_work(self) -> bool:
+        """Whether an mm is registered or a full scan is in progress."""
+        return bool(self.slots) or self.cursor is not None
+
+    def in_scan(self) -> bool:
+        """Whether a full scan is in progress."""
+        return self.cursor is not None
+
+    def start_scan(self, now_ns: int) -> None:
+        """scan_get_next_rmap_item at the list head: empty the unstable tree, start a scan."""
+        self.now_ns = now_ns
+        self.scan_start_ns = now_ns
+        self.unstable.clear()
+        self.cursor = self.slots[0]
+        self.cursor_page = 0
+
+    def _batch(self, budget: int) -> Counter[str]:
+        """One ksm_do_scan(pages_to_scan): the visits of each path."""
         self._batch_paths = Counter()
-        self._scan_started = self._scan_ended = False
-        budget = self.pages_to_scan
+        self._scan_ended = False
         while budget > 0:
             nxt = self._next_item()
             if nxt is None:
                 break
             self._cmp_and_merge(*nxt)
             budget -= 1
-        costs = dict(zip(PATHS, self.cost.path_costs(self.tree_pages_for_cost), strict=True))
-        cpu = self.cost.batch_overhead_ns + (self.cost.scan_start_ns if self._scan_started else 0)
-        for p, n in self._batch_paths.items():
-            self.path_visits[p] += n
-            self.path_cpu_ns[p] += n * costs[p]
-            cpu += n * costs[p]
-        return cpu
+        return self._batch_paths
 
-    def run(self) -> ReplayResult:
-        """Replay the whole trace; return the result."""
-        snaps = self.inp.snapshots
-        K = len(snaps)
-        opts = self.o
-        end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
-        span_ns = snaps[-1].time_ns if K else 0
-        grid_ns = opts.grid_step_ns(span_ns)
-        grid: list[GridRecord] = []
-        next_grid = 0
-        scans: list[ScanRecord] = []
-        scans_after_last: int | None = None
-        t = 0
-        sleep = sleep_ns(self.k.sleep_ms, self.k.hz) + self.cost.wake_latency_ns
-        scan_start_t = 0
-        scan_cpu0 = self.cpu_ns
-        scan_batches = 0
-        batches = 0
-        self.progress.start("replay (reference)", None)
-
-        def sample_until(limit: int, inclusive: bool) -> None:
-            nonlocal next_grid
-            while next_grid < limit or (inclusive and next_grid == limit):
-                if end_ns is not None and next_grid > end_ns:
-                    return
-                if len(grid) >= MAX_GRID_POINTS:
-                    raise grid_overflow(len(grid) + 1)
-                grid.append(GridRecord(next_grid / NS_PER_S, self.counters(), self.truth()))
-                next_grid += grid_ns
-
+    def run(self, plan: BatchPlan) -> BatchRun:
+        """Batches from ``plan.t0_ns`` until the full scan ends or the boundary comes."""
+        times: list[int] = []
+        cpus: list[int] = []
+        rows: list[npt.NDArray[np.int64]] = []
+        paths = np.zeros(len(PATHS), np.int64)
+        costs = dict(zip(PATHS, plan.path_costs_ns, strict=True))
+        t = plan.t0_ns
         while True:
-            if end_ns is not None and t >= end_ns:
-                break
             self.now_ns = t
-            if not opts.aligned_to_scans:
-                while self.next_snap < K and snaps[self.next_snap].time_ns <= t:
-                    sample_until(snaps[self.next_snap].time_ns, False)
-                    self._apply_snapshot(self.next_snap)
-                    self.next_snap += 1
-            elif self.next_snap == 0 and K:
-                sample_until(0, False)
-                self._apply_snapshot(0)
-                self.next_snap = 1
-            if not self.slots and self.cursor is None:
-                # ksmd sleeps until a process registers (the next snapshot)
-                if self.next_snap >= K:
-                    break
-                t = max(t, snaps[self.next_snap].time_ns)
-                if end_ns is not None and t >= end_ns:
-                    break
-                self.now_ns = t
-                sample_until(t, False)
-                self._apply_snapshot(self.next_snap)
-                self.next_snap += 1
-                continue
-            sample_until(t, False)
-            if self.cursor is None:
-                scan_start_t, scan_cpu0, scan_batches = t, self.cpu_ns, 0
-            pts = self.pages_to_scan
-            cpu = self._batch()
-            self.cpu_ns += cpu
-            batches += 1
-            scan_batches += 1
-            sample_until(t, True)
-            if self._scan_ended:
-                end_t = t + cpu
-                if self.k.advisor == "scan-time":
-                    pages, _, _ = advisor_step(
-                        self.advisor,
-                        pages_to_scan=self.pages_to_scan,
-                        now_ns=end_t,
-                        ksmd_cpu_ns=self.cpu_ns,
-                        target_scan_time_s=self.k.advisor_target_scan_time_s,
-                        max_cpu=self.k.advisor_max_cpu,
-                        max_pages=self.k.advisor_max_pages_to_scan,
-                    )
-                    self.pages_to_scan = pages
-                self.tree_pages_for_cost = self.unshared
-                scans.append(
-                    ScanRecord(
-                        full_scans=self.seqnr,
-                        t_s=end_t / NS_PER_S,
-                        scan_time_s=(end_t - scan_start_t) / NS_PER_S,
-                        cpu_s=(self.cpu_ns - scan_cpu0) / NS_PER_S,
-                        pages_to_scan=pts,
-                        batches=scan_batches,
-                        counters=self.counters(),
-                        processes=self.processes(),
-                        truth=self.truth(),
-                    )
-                )
-                self.progress.advance(1)
-                if self.next_snap >= K:
-                    scans_after_last = (scans_after_last or 0) + 1
-                if (
-                    end_ns is None
-                    and scans_after_last is not None
-                    and scans_after_last >= opts.settle_scans
-                ):
-                    t = end_t
-                    break
-                if self.seqnr >= opts.max_scans:
-                    t = end_t
-                    break
-            t = t + cpu + sleep
-        end = end_ns if end_ns is not None else t
-        self.now_ns = end
-        if not opts.aligned_to_scans:
-            while self.next_snap < K and snaps[self.next_snap].time_ns <= end:
-                sample_until(snaps[self.next_snap].time_ns, False)
-                self._apply_snapshot(self.next_snap)
-                self.next_snap += 1
-        sample_until(end, True)
-        self.progress.finish()
-        return self._result(end, scans, grid, batches)
-
-    def _result(
-        self, end_ns: int, scans: list[ScanRecord], grid: list[GridRecord], batches: int
-    ) -> ReplayResult:
-        return assemble_result(
-            engine=self.name,
-            knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
-            inp=self.inp,
-            page_size=self.page_size,
-            end_ns=end_ns,
-            scans=scans,
-            grid=grid,
-            batches=batches,
-            cpu_ns=self.cpu_ns - self.cpu_start_ns,
-            full_scans=self.seqnr,
-            path_visits={p: self.path_visits[p] for p in PATHS},
-            path_cpu_ns={p: self.path_cpu_ns[p] for p in PATHS},
-            final_counters=self.counters(),
-            final_processes=self.processes(),
-            final_truth=self.truth(),
-            snapshot_first_scan=self.snapshot_first_scan,
-            snapshot_applied_ns=self.snapshot_applied_ns,
-            final_node_members=self._node_members(),
+            batch = self._batch(plan.pages_to_scan)
+            cpu = plan.batch_overhead_ns + (plan.scan_start_ns if not times else 0)
+            for p, n in batch.items():
+                paths[PATHS.index(p)] += n
+                cpu += n * costs[p]
+            times.append(t)
+            cpus.append(cpu)
+            rows.append(self.state_row())
+            t = t + cpu + plan.sleep_ns
+            if self._scan_ended or t >= plan.boundary_ns:
+                break
+        run = BatchRun(
+            times_ns=np.array(times, np.int64),
+            cpu_ns=np.array(cpus, np.int64),
+            rows=np.array(rows, np.int64).reshape(-1, N_ROW),
+            paths=[paths],
         )
-
-    def _node_members(self) -> list[tuple[int, int, int]]:
-        nodes: list[_Node] = []
-        for slot in self.stable.values():
-            nodes.extend(slot.dups if isinstance(slot, _Chain) else [slot])
-        out: list[tuple[int, int, int]] = []
-        for i, node in enumerate(
-            sorted((n for n in nodes if n.items), key=lambda n: (n.key, n.entity))
-        ):
-            per_mm = Counter(it.mm for it in node.items)
-            out.extend((i, mm, n) for mm, n in sorted(per_mm.items()))
-        return out
+        if self._scan_ended:
+            run.scan_end_batches.append(len(times) - 1)
+            run.processes.append(self.processes())
+        return run

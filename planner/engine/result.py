@@ -15,10 +15,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from planner.engine.cost import PATHS
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
+
+    import numpy.typing as npt
 
     from planner.engine.prepare import ReplayInput
 
@@ -81,6 +86,58 @@ def process_counters(*, rmap_items: int, merging: int, zero: int, page_size: int
         "ksm_zero_pages": zero,
         "ksm_process_profit": (merging + zero) * page_size - rmap_items * RMAP_ITEM_BYTES,
     }
+
+
+#: Columns of a *state row*: the counters and the truth after one batch, as both engines
+#: report them to the driver (``planner.engine.driver``), which turns rows into grid points
+#: and scan records.
+(
+    R_SHARED,
+    R_SHARING,
+    R_UNSHARED,
+    R_RMAP,
+    R_SCANNED,
+    R_SKIPPED,
+    R_FULL_SCANS,
+    R_CHAINS,
+    R_DUPS,
+    R_ZERO,
+    R_FRAMES_WITHOUT,
+    R_FRAMES_WITH,
+    R_KSM_PAGES,
+    R_STABLE_NODES,
+) = range(14)
+N_ROW = 14
+
+
+def counters_from_row(row: Sequence[int] | npt.NDArray[np.int64], page_size: int) -> dict[str, int]:
+    """The global counters of a state row."""
+    return global_counters(
+        shared=int(row[R_SHARED]),
+        sharing=int(row[R_SHARING]),
+        unshared=int(row[R_UNSHARED]),
+        rmap_items=int(row[R_RMAP]),
+        scanned=int(row[R_SCANNED]),
+        skipped=int(row[R_SKIPPED]),
+        full_scans=int(row[R_FULL_SCANS]),
+        chains=int(row[R_CHAINS]),
+        dups=int(row[R_DUPS]),
+        zero_pages=int(row[R_ZERO]),
+        page_size=page_size,
+    )
+
+
+def truth_from_row(row: Sequence[int] | npt.NDArray[np.int64], page_size: int) -> Truth:
+    """The truth of a state row."""
+    return Truth(
+        frames_without_ksm=int(row[R_FRAMES_WITHOUT]),
+        frames_with_ksm=int(row[R_FRAMES_WITH]),
+        ksm_pages=int(row[R_KSM_PAGES]),
+        zero_mapped_pages=int(row[R_ZERO]),
+        rmap_items=int(row[R_RMAP]),
+        stable_nodes=int(row[R_STABLE_NODES]),
+        page_size=page_size,
+    )
 
 
 @dataclass(frozen=True)
@@ -208,10 +265,18 @@ class ReplayResult:
     cost: CostSummary
     snapshot_first_scan: list[int | None]
     snapshot_applied_s: list[float | None] = field(default_factory=list)
-    #: At the end: which mms have items on which KSM page, as ``(node, mm, items)`` triples
-    #: (node ids are engine-internal; use them only to group). mm ids are those of
-    #: :class:`planner.engine.prepare.ReplayInput` (``inp.mms[mm].pid``, registration domain).
-    final_node_members: list[tuple[int, int, int]] = field(default_factory=list)
+    #: At the end: which mms have items on which KSM page, one ``(node, mm, items)`` row per
+    #: pair (see :attr:`final_node_members`), kept as an array: a large host has millions.
+    node_member_table: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((0, 3), np.int64)
+    )
+
+    @property
+    def final_node_members(self) -> list[tuple[int, int, int]]:
+        """At the end: which mms have items on which KSM page, as ``(node, mm, items)``
+        triples (node ids are engine-internal; use them only to group). mm ids are those of
+        :class:`planner.engine.prepare.ReplayInput` (``inp.mms[mm].pid``, its domain)."""
+        return [(int(a), int(b), int(c)) for a, b, c in self.node_member_table.tolist()]
 
     def to_json(self) -> dict[str, Any]:
         """The ``replay --json`` document."""
@@ -304,7 +369,7 @@ def assemble_result(
     final_truth: Truth,
     snapshot_first_scan: list[int | None],
     snapshot_applied_ns: list[int | None],
-    final_node_members: list[tuple[int, int, int]],
+    final_node_members: list[tuple[int, int, int]] | npt.NDArray[np.int64],
 ) -> ReplayResult:
     """The :class:`ReplayResult` of a finished replay (both engines end here).
 
@@ -350,7 +415,7 @@ def assemble_result(
         cost=cost,
         snapshot_first_scan=snapshot_first_scan,
         snapshot_applied_s=[None if v is None else v / NS_PER_S for v in snapshot_applied_ns],
-        final_node_members=final_node_members,
+        node_member_table=np.asarray(final_node_members, np.int64).reshape(-1, 3),
     )
 
 

@@ -23,22 +23,25 @@ Modules and their main entry points:
   counter and every holder's ``ksm_stat`` after every full scan;
 * :mod:`~planner.kernel.validate` -- :func:`~planner.kernel.validate.validate_on_kernel`
   (``ksm-planner validate --kernel``): replay and kernel run side by side, compared scan by
-  scan; :mod:`~planner.kernel.conformance` holds the experiments E1-E11 and THP as scenarios
-  with their measured values;
+  scan (the experiments E1-E11 and THP, as scenarios with their measured values, are test
+  data: :mod:`planner.testing.conformance`, which drives :func:`run_on_kernel`);
 * :mod:`~planner.kernel.calibrate` -- :func:`~planner.kernel.calibrate.calibrate`
   (``ksm-planner calibrate``): ksmd's CPU cost per code path on this host, as a
   :class:`~planner.engine.cost.CostProfile`;
 * :mod:`~planner.kernel.observe` -- :func:`~planner.kernel.observe.observe` (``ksm-planner
-  observe``, read-only): a recording of what a live host's KSM did, and
-  :func:`~planner.kernel.observe.read_observed` to read one back;
+  observe``, read-only): a recording of what a live host's KSM did (its format and reader,
+  :func:`~planner.trace.recording.read_observed`, are in :mod:`planner.trace.recording`);
 * :mod:`~planner.kernel.launch` -- :func:`~planner.kernel.launch.launch` (``ksm-planner
   launch``): run a command with ``prctl(PR_SET_MEMORY_MERGE)`` set for it and its children,
   and :func:`~planner.kernel.launch.merge_state` to read a process's KSM state.
 
-Where it sits: the layers are cli → report → whatif → kernel → engine → capture / policy →
-trace. This package sits above the engine -- it replays traces to compare them with the kernel
-and produces cost profiles the engine consumes -- and reads traces through
-:mod:`planner.trace`. The engine never imports it. What-if and the review use it only to read
-recordings of real hosts; the CLI commands ``validate``, ``calibrate``, ``observe`` and
-``launch`` call it once each.
+Where it sits: the layers, checked as import contracts by ``tests/test_layers.py``, are
+cli > testing > report > whatif > kernel > replay > policy > engine | capture > trace > the
+shared helpers. This package sits above the engine -- it replays traces to compare them with
+the kernel, takes its knob table (:mod:`planner.engine.knobs`: sysfs names, kernel defaults)
+and produces cost profiles the engine consumes -- reads traces through :mod:`planner.trace`
+and ``/proc`` through :class:`planner.capture.procfs.ProcFS` (injectable: tests run on a
+fake ``/proc``). Nothing below imports it, and neither what-if nor the review does: they
+read recordings through :mod:`planner.trace.recording`. The CLI commands ``validate``,
+``calibrate``, ``observe`` and ``launch`` call it once each.
 """

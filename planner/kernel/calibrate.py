@@ -55,22 +55,29 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
+from planner.capture.procfs import ProcessGone, ProcFS
 from planner.engine.cost import CostProfile
 from planner.engine.timing import NS_PER_S, sleep_ns
-from planner.errors import EnvironmentProblem, KernelUnsupportedError, UsageProblem
+from planner.errors import (
+    CapturePermissionError,
+    EnvironmentProblem,
+    KernelUnsupportedError,
+    UsageProblem,
+)
 from planner.kernel.holder import PAGE_BYTES, Holder, HolderError
 from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs
 from planner.provenance import HostInfo, kernel_hz, tool_version
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
+
+    import numpy.typing as npt
 
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
 FULL_SIZES: Final = (1000, 10000, 100000, 300000)
@@ -269,6 +276,60 @@ def _median(values: Sequence[float], what: str) -> float:
     return float(statistics.median(values))
 
 
+def _scans(m: Measurements, scenario: str, path: str) -> list[ScanCost]:
+    return [s for s in m.scans if s.scenario == scenario and s.path == path]
+
+
+def _window(m: Measurements, phase: str) -> Window:
+    for w in m.windows:
+        if w.phase == phase:
+            if w.batches <= 0 or w.wall_ns <= 0:
+                raise EnvironmentProblem(
+                    f"ksmd ran no batch during the {phase} window",
+                    hint="is ksmd starved of CPU? retry on a quieter host",
+                )
+            return w
+    raise EnvironmentProblem(f"calibration has no {phase} window", hint="rerun calibrate")
+
+
+def _fit_wakeup(m: Measurements) -> tuple[float, float, float]:
+    """``(batch_ns, scan_start_ns, wake_ns)`` from the two wake-up windows.
+
+    The windows' few KSM pages cost ksm_page each, which is measured net of the wake-up
+    cost: a short fixed-point iteration settles both.
+    """
+    from scipy.optimize import nnls
+
+    ksm_scans = [s for s in _scans(m, "same", "ksm_page") if s.scanned]
+    a, b = _window(m, "wake_one_batch"), _window(m, "wake_one_page")
+    lhs = np.array([[a.batches, a.full_scans], [b.batches, b.full_scans]], dtype=float)
+    wake = batch_ns = scan_start = 0.0
+    for _ in range(6):
+        ksm_pp = _median([max(0.0, (s.cpu_ns - wake) / s.scanned) for s in ksm_scans], "KSM page")
+        rhs = np.array([a.cpu_ns - a.scanned * ksm_pp, b.cpu_ns - b.scanned * ksm_pp])
+        sol, _ = nnls(lhs, np.maximum(rhs, 0.0))
+        batch_ns, scan_start = float(sol[0]), float(sol[1])
+        wake = batch_ns + scan_start  # the overhead of a one-batch full scan
+    return batch_ns, scan_start, wake
+
+
+def _fit_unstable(
+    unstable: dict[int, float],
+) -> tuple[float, float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``(base, per_level, levels, costs)``: unstable-insert cost = base + per_level * levels."""
+    from scipy.optimize import nnls
+
+    if len(unstable) < 2:
+        raise EnvironmentProblem(
+            "the unstable-tree cost was measured at fewer than two sizes",
+            hint="rerun calibrate; check that no other process uses KSM",
+        )
+    levels = np.array([math.ceil(math.log2(max(2, n))) for n in unstable], dtype=float)
+    costs = np.array(list(unstable.values()), dtype=float)
+    usol, _ = nnls(np.column_stack([np.ones_like(levels), levels]), costs)
+    return float(usol[0]), float(usol[1]), levels, costs
+
+
 def fit_profile(
     m: Measurements, *, name: str = "calibrated", provenance: dict[str, Any] | None = None
 ) -> tuple[CostProfile, dict[str, Any]]:
@@ -282,35 +343,15 @@ def fit_profile(
         A path was never measured, or the wake-up windows saw no batch.
     """
 
-    from scipy.optimize import nnls
-
     def scans(scenario: str, path: str) -> list[ScanCost]:
-        return [s for s in m.scans if s.scenario == scenario and s.path == path]
+        return _scans(m, scenario, path)
 
     def window(phase: str) -> Window:
-        for w in m.windows:
-            if w.phase == phase:
-                if w.batches <= 0 or w.wall_ns <= 0:
-                    raise EnvironmentProblem(
-                        f"ksmd ran no batch during the {phase} window",
-                        hint="is ksmd starved of CPU? retry on a quieter host",
-                    )
-                return w
-        raise EnvironmentProblem(f"calibration has no {phase} window", hint="rerun calibrate")
+        return _window(m, phase)
 
-    # 1. wake-up and scan-start CPU: KSM pages, one batch per scan (a) or one page per batch (b).
-    # The windows' few KSM pages cost ksm_page each, which is measured net of the wake-up
-    # cost: a short fixed-point iteration settles both.
-    ksm_scans = [s for s in scans("same", "ksm_page") if s.scanned]
-    a, b = window("wake_one_batch"), window("wake_one_page")
-    lhs = np.array([[a.batches, a.full_scans], [b.batches, b.full_scans]], dtype=float)
-    wake = batch_ns = scan_start = 0.0
-    for _ in range(6):
-        ksm_pp = _median([max(0.0, (s.cpu_ns - wake) / s.scanned) for s in ksm_scans], "KSM page")
-        rhs = np.array([a.cpu_ns - a.scanned * ksm_pp, b.cpu_ns - b.scanned * ksm_pp])
-        sol, _ = nnls(lhs, np.maximum(rhs, 0.0))
-        batch_ns, scan_start = float(sol[0]), float(sol[1])
-        wake = batch_ns + scan_start  # the overhead of a one-batch full scan
+    # 1. wake-up and scan-start CPU: KSM pages, one batch per scan (a) or one page per batch (b)
+    a = window("wake_one_batch")
+    batch_ns, scan_start, wake = _fit_wakeup(m)
 
     def per_page(s: ScanCost, count: int) -> float:
         return max(0.0, (s.cpu_ns - wake) / count)
@@ -339,15 +380,7 @@ def fit_profile(
             fork_join[n] = max(0.0, (s.cpu_ns - wake - n * ksm_page[n]) / (s.scanned - n))
 
     # 2. the unstable insert: base + per_level * ceil(log2 N), non-negative least squares
-    if len(unstable) < 2:
-        raise EnvironmentProblem(
-            "the unstable-tree cost was measured at fewer than two sizes",
-            hint="rerun calibrate; check that no other process uses KSM",
-        )
-    levels = np.array([math.ceil(math.log2(max(2, n))) for n in unstable], dtype=float)
-    costs = np.array(list(unstable.values()), dtype=float)
-    usol, _ = nnls(np.column_stack([np.ones_like(levels), levels]), costs)
-    u_base, u_level = float(usol[0]), float(usol[1])
+    u_base, u_level, levels, costs = _fit_unstable(unstable)
     u_fitted = u_base + u_level * levels
 
     # 3. batch overhead and wake latency at the defaults, steady unique pages
@@ -441,35 +474,23 @@ def ksmd_pid(proc_root: str = PROC_ROOT) -> int:
     KernelUnsupportedError
         No ksmd thread (KSM not built in).
     """
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit():
+    procfs = ProcFS(proc_root)
+    for pid in procfs.list_pids():
+        if procfs.comm(pid) != "ksmd":
             continue
         try:
-            if Path(entry.path, "comm").read_text().strip() != "ksmd":
+            if procfs.cmdline(pid):  # a user process named ksmd
                 continue
-            if Path(entry.path, "cmdline").read_bytes():  # a user process named ksmd
-                continue
-        except OSError:
+        except (ProcessGone, CapturePermissionError, OSError):
             continue
-        return int(entry.name)
+        return pid
     raise KernelUnsupportedError(
         "there is no ksmd kernel thread", hint="use a kernel built with CONFIG_KSM=y"
     )
 
 
-def parse_schedstat(text: str) -> int:
-    """Nanoseconds on a CPU, the first field of ``/proc/<pid>/schedstat``.
-
-    Examples
-    --------
-    >>> parse_schedstat("1194590179 1509554553 7633\\n")
-    1194590179
-    """
-    return int(text.split()[0])
-
-
 def ksmd_runtime_ns(pid: int, proc_root: str = PROC_ROOT) -> int:
-    """ksmd's CPU time so far (ns).
+    """ksmd's CPU time so far (ns), the first field of ``/proc/<pid>/schedstat``.
 
     Raises
     ------
@@ -477,29 +498,20 @@ def ksmd_runtime_ns(pid: int, proc_root: str = PROC_ROOT) -> int:
         ``schedstat`` cannot be read (kernel without CONFIG_SCHED_INFO).
     """
     try:
-        return parse_schedstat(Path(proc_root, str(pid), "schedstat").read_text())
-    except (OSError, ValueError, IndexError) as exc:
+        return ProcFS(proc_root).schedstat_ns(pid)
+    except (ProcessGone, CapturePermissionError, OSError, ValueError, IndexError) as exc:
         raise KernelUnsupportedError(
             f"cannot read ksmd's CPU time from {proc_root}/{pid}/schedstat ({exc})",
             hint="calibration needs a kernel with CONFIG_SCHED_INFO (schedstat)",
         ) from exc
 
 
-def _mem_available_bytes() -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def cpu_model() -> str | None:
+def cpu_model(proc_root: str = PROC_ROOT) -> str | None:
     """The CPU model name from ``/proc/cpuinfo`` (``None`` where it has none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model"):
-                return value.strip()
+    for line in (ProcFS(proc_root).host_text("cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "cpu model"):
+            return value.strip()
     return None
 
 
@@ -710,7 +722,7 @@ def measure(
 
 def _check_memory(plan: CalibrationPlan) -> None:
     need = plan.max_pages() * PAGE_BYTES + (64 << 20)
-    avail = _mem_available_bytes()
+    avail = ProcFS().meminfo_bytes().get("MemAvailable")
     if avail is not None and need > 0.5 * avail:
         raise EnvironmentProblem(
             f"calibration with {plan.max_pages()} pages needs about {need / 2**30:.1f} GiB "

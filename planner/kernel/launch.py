@@ -29,9 +29,9 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from planner.capture.procfs import ProcessGone, ProcFS, parse_ksm_stat
 from planner.errors import (
     CapturePermissionError,
     EnvironmentProblem,
@@ -39,7 +39,7 @@ from planner.errors import (
     TargetNotFoundError,
     UsageProblem,
 )
-from planner.kernel.sysfs import PROC_ROOT, KsmSysfs, parse_ksm_stat
+from planner.kernel.sysfs import PROC_ROOT, KsmSysfs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -262,11 +262,7 @@ def _enable_merge_any(lib: ctypes.CDLL) -> int:
 
 
 def _merge_any(pid: int, proc_root: str) -> bool | None:
-    try:
-        text = Path(proc_root, str(pid), "ksm_stat").read_text()
-    except OSError:
-        return None
-    value = parse_ksm_stat(text).get("ksm_merge_any")
+    value = ProcFS(proc_root).ksm_stat(pid).get("ksm_merge_any")
     return None if value is None else bool(value)
 
 
@@ -305,12 +301,13 @@ def merge_state(pid: int, *, proc_root: str = PROC_ROOT) -> MergeState:
     KernelUnsupportedError
         The kernel has no ``ksm_stat`` (before 6.1) or no ``ksm_merge_any`` line (before 6.4).
     """
-    base = Path(proc_root, str(pid))
+    procfs = ProcFS(proc_root)
+    base = procfs.path(pid, "")
     if pid <= 0 or not base.is_dir():
         raise TargetNotFoundError(f"no process {pid}", hint="check it with ps -p PID")
     try:
-        text = (base / "ksm_stat").read_text()
-    except FileNotFoundError:
+        text = procfs.text(pid, "ksm_stat")
+    except ProcessGone:
         if not base.is_dir():
             raise TargetNotFoundError(
                 f"process {pid} exited", hint="check it with ps -p PID"
@@ -318,23 +315,17 @@ def merge_state(pid: int, *, proc_root: str = PROC_ROOT) -> MergeState:
         raise KernelUnsupportedError(
             f"{base}/ksm_stat does not exist", hint="use Linux 6.4 or later built with CONFIG_KSM"
         ) from None
-    except PermissionError as exc:
+    except CapturePermissionError as exc:
         raise CapturePermissionError(
-            f"not allowed to read {base}/ksm_stat ({exc.strerror})",
-            hint="run as root or as the process's owner",
+            f"not allowed to read {base}/ksm_stat", hint="run as root or as the process's owner"
         ) from exc
-    except ProcessLookupError:
-        raise TargetNotFoundError(f"process {pid} exited", hint="check the pid") from None
-    stat = parse_ksm_stat(text)
+    stat = {k: int(v) for k, v in parse_ksm_stat(text).items()}
     if "ksm_merge_any" not in stat:
         raise KernelUnsupportedError(
             f"{base}/ksm_stat has no ksm_merge_any line",
             hint="use Linux 6.4 or later (PR_SET_MEMORY_MERGE)",
         )
-    try:
-        comm = (base / "comm").read_text().strip()
-    except OSError:
-        comm = "?"
+    comm = procfs.comm(pid) or "?"
     return MergeState(
         pid=pid,
         comm=comm,

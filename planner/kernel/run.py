@@ -31,10 +31,11 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from planner._progress import NULL_PROGRESS, Progress
+from planner.capture.procfs import ProcFS
+from planner.engine.knobs import KsmKnobs, spec, sysfs_names
 from planner.errors import EnvironmentProblem, UsageProblem
 from planner.kernel.holder import Holder, HolderError
 from planner.kernel.materialize import (
@@ -43,8 +44,9 @@ from planner.kernel.materialize import (
     SnapshotPlan,
     plan_materialization,
 )
-from planner.kernel.sysfs import KsmLease, KsmSysfs, parse_ksm_stat
+from planner.kernel.sysfs import KsmLease, KsmSysfs
 from planner.provenance import HostInfo, Provenance, kernel_hz
+from planner.trace.recording import VMSTAT_FIELDS
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -136,27 +138,18 @@ class KernelRun:
 # ------------------------------------------------------------------------------ knobs
 
 
-#: Replay knob name -> sysfs knob name (``hz`` has none: it is the kernel's CONFIG_HZ).
-REPLAY_TO_SYSFS = {
-    "pages_to_scan": "pages_to_scan",
-    "sleep_ms": "sleep_millisecs",
-    "max_page_sharing": "max_page_sharing",
-    "use_zero_pages": "use_zero_pages",
-    "smart_scan": "smart_scan",
-    "stable_node_chains_prune_ms": "stable_node_chains_prune_millisecs",
-    "advisor_max_cpu": "advisor_max_cpu",
-    "advisor_min_pages_to_scan": "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan": "advisor_max_pages_to_scan",
-    "advisor_target_scan_time_s": "advisor_target_scan_time",
-}
+#: Replay knob name -> sysfs knob name, from the knob table (``hz`` has none: it is the
+#: kernel's CONFIG_HZ; ``advisor_initial_cpu_s`` neither: it is the host's past).
+REPLAY_TO_SYSFS: Final = sysfs_names()
 
 
-def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
+def sysfs_knobs(knobs: KsmKnobs | Mapping[str, Any]) -> dict[str, int | str]:
     """Translate replay knobs (``KsmKnobs`` or a mapping with its names) to sysfs knobs.
 
-    ``hz`` has no sysfs knob and is dropped. With the scan-time advisor ``pages_to_scan`` is
-    dropped too: switching the advisor on starts it at ``advisor_min_pages_to_scan`` and the
-    kernel refuses writes of ``pages_to_scan`` while it is on (the replay does the same).
+    Knobs without a sysfs file (``hz``, ``advisor_initial_cpu_s``) are dropped. With the
+    scan-time advisor ``pages_to_scan`` is dropped too: switching the advisor on starts it at
+    ``advisor_min_pages_to_scan`` and the kernel refuses writes of ``pages_to_scan`` while it
+    is on (the replay does the same).
 
     Examples
     --------
@@ -167,10 +160,8 @@ def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
     out: dict[str, int | str] = {}
     for src, dst in REPLAY_TO_SYSFS.items():
         if values.get(src) is not None:
-            out[dst] = int(values[src])
-    advisor = values.get("advisor")
-    if advisor not in (None, "none"):
-        out["advisor_mode"] = str(advisor)
+            out[dst] = spec(src).to_sysfs(spec(src).check(values[src]))
+    if out.get("advisor_mode", "none") != "none":
         out.pop("pages_to_scan", None)
     return out
 
@@ -181,9 +172,12 @@ def sysfs_knobs(knobs: Any) -> dict[str, int | str]:
 class HolderSet:
     """The live holder processes of a run; kills every one of them on exit."""
 
-    def __init__(self, plan: MaterializationPlan, *, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, plan: MaterializationPlan, *, timeout_s: float = 600.0, procfs: ProcFS | None = None
+    ) -> None:
         self.plan = plan
         self.timeout_s = timeout_s
+        self.procfs = procfs or ProcFS()
         self.holders: dict[ProcKey, Holder] = {}
         self.registered: set[ProcKey] = set()
         self._created: list[Holder] = []
@@ -248,7 +242,8 @@ class HolderSet:
                         self.registered.add(step.key)
                 elif step.action == "exit":
                     h = self.holders.pop(step.key)
-                    if step.key in self.registered and _rmap_items(h.pid) > 0:
+                    rmap_items = self.procfs.ksm_stat(h.pid).get("ksm_rmap_items", 0)
+                    if step.key in self.registered and rmap_items > 0:
                         self.pending_teardown += 1
                     h.exit()
                     self._created.remove(h)
@@ -272,48 +267,19 @@ class HolderSet:
         """``ksm_stat`` (and with ``detail`` smaps_rollup KSM/AnonHugePages kB) per trace pid."""
         out: dict[int, dict[str, int]] = {}
         for key, h in sorted(self.holders.items()):
-            stat = parse_ksm_stat(Path(f"/proc/{h.pid}/ksm_stat").read_text())
-            rec = {k: stat.get(k, 0) for k in PROCESS_FIELDS}
+            stat = self.procfs.ksm_stat(h.pid, strict=True)  # a holder of ours: it is there
+            rec = {k: int(stat.get(k, 0)) for k in PROCESS_FIELDS}
             if detail:
-                rec.update(_smaps_rollup(h.pid))
+                rollup = self.procfs.smaps_rollup_kb(h.pid)
+                rec["smaps_ksm_kb"] = rollup.get("KSM", 0)
+                rec["anon_huge_kb"] = rollup.get("AnonHugePages", 0)
             out[key.pid] = rec
         return out
 
-
-def _rmap_items(pid: int) -> int:
-    try:
-        return parse_ksm_stat(Path(f"/proc/{pid}/ksm_stat").read_text()).get("ksm_rmap_items", 0)
-    except OSError:
-        return 0
-
-
-def _smaps_rollup(pid: int) -> dict[str, int]:
-    out = {"smaps_ksm_kb": 0, "anon_huge_kb": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("KSM:"):
-                out["smaps_ksm_kb"] = int(line.split()[1])
-            elif line.startswith("AnonHugePages:"):
-                out["anon_huge_kb"] = int(line.split()[1])
-    return out
-
-
-def _vmstat() -> dict[str, int]:
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/vmstat").read_text().splitlines():
-            name, _, val = line.partition(" ")
-            if name in ("cow_ksm", "ksm_swpin_copy"):
-                out[name] = int(val)
-    return out
-
-
-def _mem_available_bytes() -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+    def vmstat(self) -> dict[str, int]:
+        """The KSM counters of ``/proc/vmstat`` (``cow_ksm``, ``ksm_swpin_copy``)."""
+        vm = self.procfs.vmstat()
+        return {k: vm[k] for k in VMSTAT_FIELDS if k in vm}
 
 
 # ------------------------------------------------------------------------------ the run
@@ -353,7 +319,7 @@ class _Runner:
         self.detail = detail
         self.poll_s = poll_s
         self.base = self.sysfs.counters()
-        self.base_vm = _vmstat()
+        self.base_vm = holders.vmstat()
         self.t0: float | None = None
 
     def t(self) -> float:
@@ -367,7 +333,7 @@ class _Runner:
         return c
 
     def vmstat(self) -> dict[str, int]:
-        return {k: v - self.base_vm.get(k, 0) for k, v in _vmstat().items()}
+        return {k: v - self.base_vm.get(k, 0) for k, v in self.holders.vmstat().items()}
 
     def start(self) -> None:
         self.lease.start()
@@ -461,9 +427,9 @@ def _check_schedule(
     return s
 
 
-def _check_memory(plan: MaterializationPlan) -> None:
+def _check_memory(plan: MaterializationPlan, procfs: ProcFS) -> None:
     need = plan.max_pages * 4096 + plan.max_processes * _HOLDER_OVERHEAD_BYTES
-    avail = _mem_available_bytes()
+    avail = procfs.meminfo_bytes().get("MemAvailable")
     if avail is not None and need > 0.8 * avail:
         raise EnvironmentProblem(
             f"materialising the trace needs about {need / 2**30:.1f} GiB "
@@ -484,6 +450,7 @@ def run_on_kernel(
     lease: KsmLease | None = None,
     progress: Progress = NULL_PROGRESS,
     poll_s: float = 0.001,
+    procfs: ProcFS | None = None,
 ) -> KernelRun:
     """Replay a trace on the real kernel and sample KSM after every full scan.
 
@@ -511,6 +478,9 @@ def run_on_kernel(
         Receives one unit per full scan.
     poll_s
         How often ``full_scans`` is polled.
+    procfs
+        Where the holders' ``ksm_stat``, ``smaps_rollup``, ``/proc/vmstat`` and
+        ``/proc/meminfo`` are read (default ``/proc``).
 
     Returns
     -------
@@ -528,7 +498,8 @@ def run_on_kernel(
     """
     plan = trace if isinstance(trace, MaterializationPlan) else plan_materialization(trace)
     schedule = _check_schedule(plan, snapshot_scans, scans)
-    _check_memory(plan)
+    procfs = procfs or ProcFS()
+    _check_memory(plan, procfs)
     changes = {int(k): dict(v) for k, v in (knob_changes or {}).items()}
     due: dict[int, list[int]] = {}
     for k, b in enumerate(schedule):
@@ -554,7 +525,7 @@ def run_on_kernel(
         ended_early = False
         progress.start("kernel full scans", scans)
         applied_at: list[int | None] = [None] * len(schedule)
-        with HolderSet(plan) as holders:
+        with HolderSet(plan, procfs=procfs) as holders:
             runner = _Runner(ls, holders, clock, detail=detail, poll_s=poll_s)
             nxt, b, pages = 0, 1, 0
 

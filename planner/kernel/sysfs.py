@@ -38,10 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from planner._signals import signals_deferred
+from planner.capture.procfs import ProcFS
+from planner.engine.knobs import KNOBS, spec
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
     from types import FrameType, TracebackType
 
 KSM_SYSFS_ROOT: Final = "/sys/kernel/mm/ksm"
@@ -64,28 +67,17 @@ COUNTERS: Final = (
     "stable_node_dups",
 )
 
-#: Kernel defaults of every writable knob (6.18). A lease applies these, overridden by the
-#: requested knobs, so that a run never depends on what the host had configured.
+#: Kernel defaults of every knob the kernel has (6.18), from the knob table
+#: (:data:`planner.engine.knobs.KNOBS`). A lease applies these, overridden by the requested
+#: knobs, so that a run never depends on what the host had configured.
 KERNEL_DEFAULTS: Final[Mapping[str, int | str]] = {
-    "pages_to_scan": 100,
-    "sleep_millisecs": 20,
-    "max_page_sharing": 256,
-    "merge_across_nodes": 1,
-    "stable_node_chains_prune_millisecs": 2000,
-    "use_zero_pages": 0,
-    "smart_scan": 1,
-    "advisor_mode": "none",
-    "advisor_max_cpu": 70,
-    "advisor_min_pages_to_scan": 500,
-    "advisor_max_pages_to_scan": 30000,
-    "advisor_target_scan_time": 200,
+    s.sysfs: s.to_sysfs(s.default) for s in KNOBS if s.sysfs is not None
 }
 
 #: Knobs that need ``pages_shared == 0`` to change (written right after ``run=2``).
-_NEED_EMPTY: Final = ("max_page_sharing", "merge_across_nodes")
-_ADVISOR_MODES: Final = ("none", "scan-time")
+_NEED_EMPTY: Final = tuple(s.sysfs for s in KNOBS if s.sysfs is not None and s.needs_empty)
+_ADVISOR_MODES: Final = tuple(str(c) for c in spec("advisor").choices or ())
 _SELECTED = re.compile(r"\[([^\]]+)\]")
-_BLOCKED_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def parse_knob(name: str, text: str) -> int | str:
@@ -169,53 +161,21 @@ def ksm_users(proc_root: str = PROC_ROOT, *, exclude: set[int] | None = None) ->
     A process uses KSM when its ``ksm_stat`` says ``ksm_mergeable: yes`` or
     ``ksm_merge_any: yes``, or it has rmap items, merging pages or KSM zero pages.
     """
+    procfs = ProcFS(proc_root)
     exclude = exclude or set()
     users: dict[int, str] = {}
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit() or int(entry.name) in exclude:
+    for pid in procfs.list_pids():
+        if pid in exclude:
             continue
-        try:
-            text = Path(entry.path, "ksm_stat").read_text()
-        except OSError:  # gone, kernel thread, or no ksm_stat
-            continue
-        stat_ = parse_ksm_stat(text)
-        reasons = [k for k in ("ksm_mergeable", "ksm_merge_any") if stat_.get(k) == 1] + [
+        stat_ = procfs.ksm_stat(pid)  # empty: gone, a kernel thread, or no ksm_stat
+        reasons = [k for k in ("ksm_mergeable", "ksm_merge_any") if stat_.get(k) is True] + [
             k
             for k in ("ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages")
             if stat_.get(k, 0) > 0
         ]
         if reasons:
-            users[int(entry.name)] = ", ".join(reasons)
+            users[pid] = ", ".join(reasons)
     return users
-
-
-def parse_ksm_stat(text: str) -> dict[str, int]:
-    """Parse ``/proc/<pid>/ksm_stat``; ``yes``/``no`` become 1/0.
-
-    Examples
-    --------
-    >>> parse_ksm_stat("ksm_rmap_items 3\\nksm_merge_any: no\\nksm_mergeable: yes\\n")
-    {'ksm_rmap_items': 3, 'ksm_merge_any': 0, 'ksm_mergeable': 1}
-    """
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) != 2:
-            continue
-        key, val = parts
-        if val in ("yes", "no"):
-            out[key] = int(val == "yes")
-        else:
-            with contextlib.suppress(ValueError):
-                out[key] = int(val)
-    return out
-
-
-def _comm(proc_root: str, pid: int) -> str:
-    try:
-        return Path(proc_root, str(pid), "comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 # ------------------------------------------------------------------------- the lease
@@ -386,7 +346,7 @@ class KsmLease:
         users = ksm_users(self.proc_root, exclude={os.getpid()})
         if users:
             shown = ", ".join(
-                f"{pid} ({_comm(self.proc_root, pid)}: {why})"
+                f"{pid} ({ProcFS(self.proc_root).comm(pid) or '?'}: {why})"
                 for pid, why in sorted(users.items())[:5]
             )
             more = f" and {len(users) - 5} more" if len(users) > 5 else ""
@@ -453,6 +413,13 @@ class KsmLease:
 
     def _target(self, knobs: Mapping[str, int | str]) -> dict[str, int | str]:
         writable = set(self.sysfs.writable_names())
+        # A knob this kernel lacks (merge_across_nodes without NUMA, smart_scan before 6.7)
+        # behaves as its default there: asking for the default is fine, anything else is not.
+        knobs = {
+            k: v
+            for k, v in knobs.items()
+            if k in writable or str(v) != str(KERNEL_DEFAULTS.get(k, f"{v}?"))
+        }
         unknown = sorted(set(knobs) - writable - {"run"})
         if unknown:
             raise KnobError(
@@ -501,7 +468,7 @@ class KsmLease:
         tb: TracebackType | None,
     ) -> None:
         try:
-            with _signals_blocked():
+            with signals_deferred():
                 self._restore(self.saved)
                 self._clear_journal()  # kept when restoring failed: the next lease retries
         finally:
@@ -560,16 +527,3 @@ class KsmLease:
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     del frame
     raise _Interrupted(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold off SIGINT/SIGTERM/SIGHUP while knobs are restored (delivered right after)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -227,8 +227,7 @@ def validate_on_kernel(
         KsmLease().preflight()  # fail fast (not root, no KSM, KSM busy) before the replay
     ht = source if isinstance(source, HostTrace) else open_trace(source).load_host(host)
     if knobs is None:
-        hz = kernel_hz()
-        knobs = KsmKnobs(hz=hz) if hz in (100, 250, 300, 1000) else KsmKnobs()
+        knobs = KsmKnobs.for_hz(kernel_hz())
     if scans is not None and scans < 1:
         raise UsageProblem(
             f"--scans must be at least 1, not {scans}", hint="ask for one full scan or more"

@@ -23,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from planner.engine.knobs import DISPLAY_ORDER
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -36,17 +37,8 @@ if TYPE_CHECKING:
     from planner.whatif.footprint import Sourced
     from planner.whatif.writes import CowEstimate
 
-#: Knobs shown in scenario names when they vary (in this order).
-KNOB_ORDER = (
-    "pages_to_scan",
-    "sleep_ms",
-    "smart_scan",
-    "advisor",
-    "max_page_sharing",
-    "use_zero_pages",
-    "advisor_max_cpu",
-    "advisor_target_scan_time_s",
-)
+#: Knobs shown in scenario names when they vary (in this order): the knob table's display order.
+KNOB_ORDER = DISPLAY_ORDER
 
 
 @dataclass(frozen=True)
@@ -312,6 +304,7 @@ class ReviewInputs:
     options: ReviewOptions
     recommended: str | None = None  # name of the recommended scenario (None: the review picks)
     gates: ReviewGates = ReviewGates()  # what a recommendation must meet
+    policy_file: str | None = None  # the --policies file, as given (for the replay commands)
 
     def scenario(self, name: str) -> ReviewScenario:
         """The scenario called ``name``."""

@@ -119,6 +119,7 @@ def make_report(
     max_workers: int | None = None,
     gates: ReviewGates | None = None,
     command: str | None = None,
+    policy_file: str | os.PathLike[str] | None = None,
     title: str | None = None,
     pdf: bool = False,
     overwrite: bool = False,
@@ -146,6 +147,9 @@ def make_report(
         review always shows the kernel's defaults.
     command
         The command line that reproduces the review (recorded in it).
+    policy_file
+        The policy file ``policy_sets`` were read from, as the user gave it: the appendix's
+        ``ksm-planner replay`` commands name it.
     title
         The document title (default: ``KSM capacity review: <trace name>``).
     pdf, overwrite
@@ -186,6 +190,7 @@ def make_report(
         trace_text=trace_text,
         command=command or f"ksm-planner report {trace_text} --out DIR",
         gates=gates,
+        policy_file=None if policy_file is None else str(policy_file),
     )
     doc = build_review(inputs, title=title)
     files = write_report(doc, out, pdf=pdf, overwrite=overwrite)
@@ -218,6 +223,7 @@ def review_inputs(
     command: str,
     gates: ReviewGates | None = None,
     host: str | None = None,
+    policy_file: str | None = None,
 ) -> ReviewInputs:
     """The review's view of a what-if result on one host of ``trace`` (the first by default)."""
     from planner.report.analysis import current_state
@@ -242,6 +248,7 @@ def review_inputs(
         command=command,
         options=_options(result, gates),
         gates=gates,
+        policy_file=policy_file,
     )
 
 

@@ -2128,12 +2128,9 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
         Code(inputs.command),
         Para("Look at the trace and at single scenarios:"),
         Code(
-            f"ksm-planner info {inputs.trace.path}\n"
-            + (
-                f"ksm-planner replay {inputs.trace.path} --pages-to-scan "
-                f"{chosen.knobs.pages_to_scan} --sleep-ms {chosen.knobs.sleep_ms}"
-                if chosen
-                else ""
+            "\n".join(
+                [f"ksm-planner info {inputs.trace.path}"]
+                + (_replay_commands(inputs, chosen) if chosen else [])
             )
         ),
         Para(
@@ -2166,6 +2163,38 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
         tuple(blocks),
         lead="Exact commands, the configuration of every scenario, and where the raw data is.",
     )
+
+
+def _replay_commands(inputs: ReviewInputs, s: ReviewScenario) -> list[str]:
+    """The ``ksm-planner replay`` commands of scenario ``s`` (:func:`planner.replay.replay_command`:
+    its policy and every knob that differs from the kernel's defaults, from the knob table).
+
+    A scenario that keeps several security domains apart was replayed one domain at a time
+    (mainline KSM has no per-domain boundary): one command per domain, ``NAME@DOMAIN``.
+    """
+    from planner.replay import replay_command
+
+    preset = s.policy_set if _is_preset(inputs, s.policy_set) else None
+    policy_file = None if preset is not None else inputs.policy_file or "POLICIES.toml"
+    host = s.host.host if len(inputs.trace.hosts) > 1 else None
+    names = [s.policy_set]
+    if preset is None and s.host.placement == "separate hosts" and len(s.host.domains) > 1:
+        names = [f"{s.policy_set}@{d}" for d in s.host.domains]
+    return [
+        replay_command(
+            inputs.trace.path,
+            knobs=s.knob_values,
+            host=host,
+            preset=preset,
+            policy_path=policy_file,
+            policy_set=None if preset is not None else name,
+        )
+        for name in names
+    ]
+
+
+def _is_preset(inputs: ReviewInputs, name: str) -> bool:
+    return any(p.name == name and p.preset for p in inputs.whatif.policy_sets)
 
 
 def _recompute_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:

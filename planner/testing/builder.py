@@ -29,7 +29,6 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
 from planner.trace import schema as S
@@ -298,9 +297,3 @@ class World:
         """Write the recorded snapshots as a trace directory."""
         with TraceWriter(out, source="synthetic", overwrite=overwrite) as tw:
             self._emit(tw.host(self.host))
-
-
-def frames_in_use(ht: HostTrace, snapshot_id: int) -> int:
-    """Distinct frames mapped in one snapshot (a helper for tests)."""
-    f = ht.pages_of(snapshot_id).column("frame_id").to_numpy()
-    return int(np.unique(f).size)

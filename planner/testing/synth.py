@@ -1,4 +1,4 @@
-"""Large synthetic host traces with realistic content popularity and churn (for benchmarks).
+"""Large synthetic hosts with realistic content popularity and churn (for benchmarks).
 
 The shape follows what the Django captures of docs/capture.md §3.2 showed for forked
 interpreter fleets, scaled up:
@@ -8,15 +8,20 @@ interpreter fleets, scaled up:
 * most duplication is *cross-process within a family*: a page of the family's common
   state (interpreter heap, imported modules) exists, at the same address, in many members;
 * a little *cross-family* duplication (same code, different start-up state);
-* a few very popular contents -- the zero page and fill patterns -- with Zipf popularity,
-  which are the only contents with hundreds of copies (KSM chains);
+* a few very popular contents -- the zero page, fill patterns (Zipf) and, optionally,
+  freshly allocated buffers -- with more copies than ``max_page_sharing``: KSM *chains*;
 * the rest is unique; between snapshots pages are rewritten (unique pages churn more than
   shared ones), some are unmapped and new ones mapped.
+
+Two outputs from one generator: :func:`synthetic_host` builds a trace (a
+:class:`~planner.trace.io.HostTrace` in memory); :func:`synthetic_input` builds the
+engine's prepared input directly, one snapshot at a time, so that a day of hourly
+snapshots of a 16 M-page host fits in memory (the trace would not).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +31,11 @@ from planner.trace import schema as S
 from planner.trace.flat import FlatConverter, InMemoryHost
 
 if TYPE_CHECKING:
-    from planner.trace.io import HostTrace
+    import os
+    from collections.abc import Iterator
+
+    from planner.engine.prepare import ReplayInput
+    from planner.trace.io import HostTrace, HostWriter
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,24 @@ class SynthSpec:
     cross_family: float = 0.03  # share of pages equal in every family (same code, same data)
     fork_shared: float = 0.08  # share of a worker's pages still on its master's frames
     churn: float = 0.08  # pages rewritten per snapshot (unique pages 1.5x, shared 0.3x)
+    remap: float = 0.005  # pages unmapped or mapped again per snapshot
+    buffer_share: float = 0.0  # freshly allocated buffers: a few contents, anywhere
+    buffers: int = 4
     seed: int = 0
+
+    @classmethod
+    def with_chains(cls, pages: int, **changes: float) -> SynthSpec:
+        """A host whose popular contents form many KSM chains: 2 % zero pages (no
+        use_zero_pages), 2 % fill patterns, 3 % freshly allocated buffers; one process per
+        50,000 pages."""
+        base = cls(
+            pages=pages,
+            processes=max(10, pages // 50_000),
+            zero_share=0.02,
+            pattern_share=0.02,
+            buffer_share=0.03,
+        )
+        return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def _hashes(ids: np.ndarray) -> np.ndarray:
@@ -60,46 +86,101 @@ def _hashes(ids: np.ndarray) -> np.ndarray:
     return np.where(ids == 0, np.uint64(S.PLAIN_XXH3_ZERO_PAGE_HASH), z)
 
 
-def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> HostTrace:
-    """Build an in-memory :class:`HostTrace` following ``spec``."""
-    rng = np.random.default_rng(spec.seed)
-    per = spec.pages // spec.processes
-    n = per * spec.processes
-    proc = np.repeat(np.arange(spec.processes, dtype=np.int64), per)
-    slot = np.tile(np.arange(per, dtype=np.int64), spec.processes)
-    family = proc // spec.family_size
-    master_proc = family * spec.family_size
-    is_worker = proc != master_proc
-    pid = proc + 1000
-    # content ids: [1, patterns] patterns; then cross-family ids; then family ids; then unique
-    cross_base = spec.patterns + 1
-    fam_base = cross_base + per
-    uniq_next = fam_base + (spec.processes // spec.family_size + 1) * per
+@dataclass
+class _Snapshot:
+    """The pages present at one snapshot, in (process, slot) order."""
 
-    def fresh(count: int) -> np.ndarray:
-        nonlocal uniq_next
-        out = np.arange(uniq_next, uniq_next + count)
-        uniq_next += count
+    proc: np.ndarray
+    slot: np.ndarray
+    content: np.ndarray
+    frame: np.ndarray
+
+
+class _World:
+    """The generator: page contents and frames per (process, slot), evolving per snapshot."""
+
+    def __init__(self, spec: SynthSpec) -> None:
+        self.spec = spec
+        rng = self.rng = np.random.default_rng(spec.seed)
+        self.per = per = spec.pages // spec.processes
+        n = per * spec.processes
+        self.proc = np.repeat(np.arange(spec.processes, dtype=np.int64), per)
+        self.slot = np.tile(np.arange(per, dtype=np.int64), spec.processes)
+        family = self.proc // spec.family_size
+        self.master_proc = family * spec.family_size
+        self.is_worker = self.proc != self.master_proc
+        # content ids: [1, patterns] patterns, then buffers, cross-family, family, unique
+        buf_base = spec.patterns + 1
+        cross_base = buf_base + spec.buffers
+        fam_base = cross_base + per
+        self.unique_base = self.uniq_next = (
+            fam_base + (spec.processes // spec.family_size + 1) * per
+        )
+        u = rng.random(n)
+        content = self.fresh(n)
+        zero = u < spec.zero_share
+        cut = spec.zero_share + spec.pattern_share
+        pat = (~zero) & (u < cut)
+        cross = (~zero & ~pat) & (u < cut + spec.cross_family)
+        fam = (self.slot % 100) < int(100 * spec.family_common)
+        fam &= ~(zero | pat | cross) & (rng.random(n) < spec.member_has_common)
+        content[zero] = 0
+        content[pat] = 1 + (rng.zipf(spec.zipf_a, int(pat.sum())) - 1) % spec.patterns
+        content[cross] = cross_base + self.slot[cross]
+        content[fam] = fam_base + family[fam] * per + self.slot[fam]
+        if spec.buffer_share > 0:
+            buf = (~zero & ~pat) & (rng.random(n) < spec.buffer_share)
+            content[buf] = buf_base + rng.integers(0, spec.buffers, int(buf.sum()))
+        frame = np.arange(1, n + 1, dtype=np.uint64)
+        master_row = self.master_proc * per + self.slot
+        self.shared = self.is_worker & (rng.random(n) < spec.fork_shared)
+        content[self.shared] = content[master_row[self.shared]]
+        frame[self.shared] = frame[master_row[self.shared]]
+        self.content, self.frame = content, frame
+        self.next_frame = n + 1
+        self.present = np.ones(n, bool)
+
+    def fresh(self, count: int) -> np.ndarray:
+        out = np.arange(self.uniq_next, self.uniq_next + count)
+        self.uniq_next += count
         return out
 
-    u = rng.random(n)
-    content = fresh(n)
-    zero = u < spec.zero_share
-    pat = (~zero) & (u < spec.zero_share + spec.pattern_share)
-    cross = (~zero & ~pat) & (u < spec.zero_share + spec.pattern_share + spec.cross_family)
-    fam = (slot % 100) < int(100 * spec.family_common)
-    fam &= ~(zero | pat | cross) & (rng.random(n) < spec.member_has_common)
-    content[zero] = 0
-    content[pat] = 1 + (rng.zipf(spec.zipf_a, int(pat.sum())) - 1) % spec.patterns
-    content[cross] = cross_base + slot[cross]
-    content[fam] = fam_base + family[fam] * per + slot[fam]
-    frame = np.arange(1, n + 1, dtype=np.uint64)
-    master_row = master_proc * per + slot
-    shared = is_worker & (rng.random(n) < spec.fork_shared)
-    content[shared] = content[master_row[shared]]
-    frame[shared] = frame[master_row[shared]]
-    next_frame = n + 1
-    addr = np.uint64(0x7F0000000000) + slot.astype(np.uint64) * np.uint64(4096)
+    def _step(self) -> None:
+        """Writes, copy-on-write, unmaps and new mappings between two snapshots."""
+        spec, rng = self.spec, self.rng
+        n = self.content.size
+        unique_now = self.content >= self.unique_base
+        p_change = np.where(unique_now, spec.churn * 1.5, spec.churn * 0.3)
+        change = self.present & (rng.random(n) < p_change)
+        self.content[change] = self.fresh(int(change.sum()))
+        cow = change & self.shared  # a write to a fork-shared page gets a private frame
+        self.frame[cow] = np.arange(
+            self.next_frame, self.next_frame + int(cow.sum()), dtype=np.uint64
+        )
+        self.next_frame += int(cow.sum())
+        self.shared &= ~change
+        flip = rng.random(n) < spec.remap
+        self.present ^= flip
+        back = flip & self.present
+        self.content[back] = self.fresh(int(back.sum()))
+        self.frame[back] = np.arange(
+            self.next_frame, self.next_frame + int(back.sum()), dtype=np.uint64
+        )
+        self.next_frame += int(back.sum())
+
+    def snapshots(self) -> Iterator[_Snapshot]:
+        for k in range(self.spec.snapshots):
+            if k:
+                self._step()
+            sel = self.present
+            yield _Snapshot(self.proc[sel], self.slot[sel], self.content[sel], self.frame[sel])
+
+
+_ADDR0 = 0x7F0000000000
+
+
+def _emit(spec: SynthSpec, host: str, sink: InMemoryHost | HostWriter) -> None:
+    world = _World(spec)
     conv = FlatConverter(
         host,
         snapshot_meta={
@@ -109,40 +190,99 @@ def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") ->
             "kernel_release": "synthetic",
         },
     )
-    sink = InMemoryHost(host)
-    present = np.ones(n, bool)
-    for k in range(spec.snapshots):
-        if k:
-            unique_now = content >= fam_base + (spec.processes // spec.family_size + 1) * per
-            p_change = np.where(unique_now, spec.churn * 1.5, spec.churn * 0.3)
-            change = present & (rng.random(n) < p_change)
-            m = int(change.sum())
-            content[change] = fresh(m)
-            cow = change & shared  # a write to a fork-shared page gets a private frame
-            frame[cow] = np.arange(next_frame, next_frame + int(cow.sum()), dtype=np.uint64)
-            next_frame += int(cow.sum())
-            shared &= ~change
-            flip = rng.random(n) < 0.005
-            present ^= flip
-            back = flip & present
-            content[back] = fresh(int(back.sum()))
-            frame[back] = np.arange(next_frame, next_frame + int(back.sum()), dtype=np.uint64)
-            next_frame += int(back.sum())
-        sel = present
+    for k, snap in enumerate(world.snapshots()):
+        pid = snap.proc + 1000
+        worker = snap.proc != snap.proc // spec.family_size * spec.family_size
+        master_pid = snap.proc // spec.family_size * spec.family_size + 1000
+        addr = np.uint64(_ADDR0) + snap.slot.astype(np.uint64) * np.uint64(4096)
         rows = pa.table(
             {
-                "pid": pa.array(pid[sel].astype(np.int32)),
-                "ppid": pa.array(np.where(is_worker, master_proc + 1000, 1)[sel].astype(np.int32)),
-                "comm": pa.array(np.where(is_worker, "worker", "master")[sel]),
-                "proc_start": pa.array(pid[sel].astype(np.uint64)),
-                "vma_start": pa.array(np.full(int(sel.sum()), 0x7F0000000000, np.uint64)),
-                "vma_kind": pa.array(np.full(int(sel.sum()), "anon")),
-                "page_addr": pa.array(addr[sel]),
-                "content_hash": pa.array(_hashes(content[sel])),
-                "frame": pa.array(frame[sel]),
-                "is_zero": pa.array(content[sel] == 0),
+                "pid": pa.array(pid.astype(np.int32)),
+                "ppid": pa.array(np.where(worker, master_pid, 1).astype(np.int32)),
+                "comm": pa.array(np.where(worker, "worker", "master")),
+                "proc_start": pa.array(pid.astype(np.uint64)),
+                "vma_start": pa.array(np.full(pid.size, _ADDR0, np.uint64)),
+                "vma_kind": pa.array(np.full(pid.size, "anon")),
+                "page_addr": pa.array(addr),
+                "content_hash": pa.array(_hashes(snap.content)),
+                "frame": pa.array(snap.frame),
+                "is_zero": pa.array(snap.content == 0),
             }
         )
-        snap, procs, maps, pages = conv.convert(k, k * spec.interval_s, rows)
-        sink.add_snapshot(snap, processes=procs, mappings=maps, pages=pages)
+        s, procs, maps, pages = conv.convert(k, k * spec.interval_s, rows)
+        sink.add_snapshot(s, processes=procs, mappings=maps, pages=pages)
+
+
+def synthetic_host(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> HostTrace:
+    """Build an in-memory :class:`HostTrace` following ``spec``."""
+    sink = InMemoryHost(host)
+    _emit(spec, host, sink)
     return sink.build()
+
+
+def write_synthetic_trace(
+    spec: SynthSpec, out: str | os.PathLike[str], *, host: str = "synthetic"
+) -> None:
+    """Write ``spec``'s host as a trace directory, one snapshot at a time."""
+    from planner.trace.io import TraceWriter
+
+    with TraceWriter(out, source="synthetic") as tw:
+        _emit(spec, host, tw.host(host))
+
+
+def synthetic_input(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -> ReplayInput:
+    """The prepared replay input of ``spec`` (every process prctl), built one snapshot at a
+    time: what :func:`planner.engine.prepare` makes of :func:`synthetic_host`'s trace,
+    without the trace."""
+    from planner.engine.prepare import InputBuilder, MmInfo
+    from planner.engine.registration import PRCTL, ProcessInfo
+    from planner.engine.rows import F_ELIGIBLE, F_ZERO, MmLayout, RowColumns, row_keys
+
+    mms = []
+    for p in range(spec.processes):
+        master = p // spec.family_size * spec.family_size
+        parent = master if master != p else None
+        pid = p + 1000
+        ppid = master + 1000 if parent is not None else 1
+        info = ProcessInfo(
+            mm=p,
+            pid=pid,
+            proc_start=pid,
+            ppid=ppid,
+            comm="worker" if parent is not None else "master",
+            cmdline=None,
+            cgroup=None,
+            uid=None,
+            parent_mm=parent,
+            ancestors=() if parent is None else (parent,),
+        )
+        mms.append(
+            MmInfo(
+                mm=p, pid=pid, proc_start=pid, ppid=ppid, comm=info.comm, parent_mm=parent,
+                first_snap=0, exit_snap=None, registration=PRCTL,
+                reg_order=(float("inf"), pid, pid), info=info,
+            )
+        )  # fmt: skip
+    builder = InputBuilder(
+        host=host, page_size=4096, hz=250, trace_hash="synthetic", mms=mms,
+        meta={"hash_algo": "synthetic-splitmix64", "kernel_release": "synthetic", "hz": 250},
+    )  # fmt: skip
+    present = np.arange(spec.processes, dtype=np.int32)
+    for k, snap in enumerate(_World(spec).snapshots()):
+        mm = snap.proc.astype(np.int32)
+        page = (np.uint64(_ADDR0 >> 12) + snap.slot.astype(np.uint64)).astype(np.uint64)
+        counts = np.bincount(mm, minlength=spec.processes)
+        hi = np.cumsum(counts).astype(np.int64)
+        flags = np.where(snap.content == 0, F_ELIGIBLE | F_ZERO, F_ELIGIBLE).astype(np.uint8)
+        rows = RowColumns(
+            key=row_keys(mm, page), page=page, hash=_hashes(snap.content),
+            frame=snap.frame, flags=flags, mm=mm,
+        )  # fmt: skip
+        layout = MmLayout(
+            present=present, lo=hi - counts, hi=hi, mergeable=np.ones(present.size, bool)
+        )
+        builder.add(round(k * spec.interval_s * 1e9), rows, layout)
+    return builder.build()
+
+
+__all__ = ["SynthSpec", "synthetic_host", "synthetic_input", "write_synthetic_trace"]

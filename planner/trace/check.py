@@ -214,18 +214,106 @@ def check_mappings(where: str, sids: Arr, maps: pa.Table) -> None:
         raise _fail(where, f"row {i}: pid is not a user process (pids start at 1)")
 
 
+def _known_snapshots(where: str, sids: Arr, table: pa.Table) -> None:
+    tsid = _np(table.column("snapshot_id"), np.int64)
+    pos = np.searchsorted(sids, tsid)
+    known = pos < len(sids)
+    known[known] = sids[pos[known]] == tsid[known]
+    i = _first(~known)
+    if i is not None:
+        raise _fail(where, f"row {i}: snapshot {int(tsid[i])} is not in the snapshots table")
+
+
+def _non_negative(where: str, table: pa.Table, columns: tuple[str, ...]) -> None:
+    for name in columns:
+        col = table.column(name)
+        if col.null_count == len(col):
+            continue
+        values = _np(col, np.float64)  # nulls become NaN, which is not < 0
+        i = _first(values < 0)
+        if i is not None:
+            raise _fail(where, f"row {i}: {name} {float(values[i]):g} is negative")
+
+
+def check_cgroups(where: str, sids: Arr, cgroups: pa.Table) -> None:
+    """Check ``cgroups`` (schema v2): known snapshots, versions 1 or 2, sizes not negative."""
+    check_required(where, cgroups, "cgroups")
+    _known_snapshots(where, sids, cgroups)
+    versions = _np(cgroups.column("cgroup_version"), np.int64)
+    i = _first((versions != 1) & (versions != 2))
+    if i is not None:
+        raise _fail(where, f"row {i}: cgroup version {int(versions[i])} is neither 1 nor 2")
+    _non_negative(
+        where,
+        cgroups,
+        tuple(n for n in S.CGROUPS_SCHEMA.names if n.endswith("_bytes")),
+    )
+
+
+#: Counters of the samples table, each at most the pages the sample looked at.
+_SAMPLE_COUNTS = (
+    "pages_tracked",
+    "pages_present",
+    "pages_new",
+    "pages_hashed",
+    "pages_changed",
+    "frames_changed",
+    "pages_absent",
+    "pages_written",
+    "same_content_writes",
+)
+
+
+def check_samples(where: str, sids: Arr, samples: pa.Table) -> None:
+    """Check ``samples`` (schema v2): known snapshots, user pids, times in order, counts."""
+    check_required(where, samples, "samples")
+    _known_snapshots(where, sids, samples)
+    pid = _np(samples.column("pid"), np.int64)
+    i = _first(pid <= 0)
+    if i is not None:
+        raise _fail(where, f"row {i}: pid {int(pid[i])} is not a user process (pids start at 1)")
+    t0 = _np(samples.column("t0_s"), np.float64)
+    t1 = _np(samples.column("t1_s"), np.float64)
+    i = _first(~np.isfinite(t0) | ~np.isfinite(t1) | (t1 < t0))
+    if i is not None:
+        raise _fail(where, f"row {i}: sample times {t0[i]!r}..{t1[i]!r} are not in order")
+    _non_negative(where, samples, _SAMPLE_COUNTS)
+    hashed = _np(samples.column("pages_hashed"), np.float64)
+    changed = _np(samples.column("pages_changed"), np.float64)
+    i = _first(changed > hashed)
+    if i is not None:
+        raise _fail(where, f"row {i}: {int(changed[i])} pages changed of {int(hashed[i])} hashed")
+    states = samples.column("state").to_pylist()
+    bad = next((j for j, s_ in enumerate(states) if s_ not in ("ok", "gone")), None)
+    if bad is not None:
+        raise _fail(where, f"row {bad}: unknown sample state {short(states[bad])} (ok, gone)")
+
+
 def check_small_tables(
     host: str, tables: Mapping[str, pa.Table], where: Mapping[str, str]
 ) -> HostIndex:
-    """Check the ``snapshots``, ``processes`` and ``mappings`` tables of one host."""
+    """Check every table of one host but ``pages`` (those of its schema version)."""
     sids, page_size = check_snapshots(where["snapshots"], host, tables["snapshots"])
     live = check_processes(where["processes"], sids, tables["processes"])
     check_mappings(where["mappings"], sids, tables["mappings"])
+    if "cgroups" in tables:
+        check_cgroups(where["cgroups"], sids, tables["cgroups"])
+    if "samples" in tables:
+        check_samples(where["samples"], sids, tables["samples"])
     return HostIndex(host=host, snapshot_ids=sids, page_size=page_size, live_keys=live)
 
 
 #: Columns the pages check reads (all of them).
 PAGES_CHECK_COLUMNS = tuple(S.PAGES_SCHEMA.names)
+#: Per-page change counts (schema v2), each at most the page's ``samples`` (content changes
+#: at most its content checks).
+_PAGE_COUNTS = (
+    "content_checks",
+    "content_changes",
+    "frame_changes",
+    "absent_samples",
+    "same_content_writes",
+)
 
 
 class PagesCheck:
@@ -308,6 +396,7 @@ class PagesCheck:
                 i = _first(missing)
                 if i is not None:
                     raise _fail(where, f"row {row0 + i}: page 0x{int(addr[i]):x} {what}")
+        self._check_counts(pages, addr, row0)
         # every page in a known snapshot, of a live process of that snapshot: one lookup of
         # (snapshot, pid) per run of pages of one process
         heads = np.concatenate([[0], np.flatnonzero(~same_pid) + 1]) if n > 1 else np.zeros(1, int)
@@ -330,13 +419,54 @@ class PagesCheck:
         self._prev = (int(sid[-1]), int(pid[-1]), int(addr[-1]))
         self.rows += n
 
+    def _check_counts(self, pages: pa.RecordBatch, addr: Arr, row0: int) -> None:
+        """The change counts of a sampled page: none without ``samples``, none above it."""
+        if "samples" not in pages.column_names:
+            return
+        seen = pages.column("samples")
+        if seen.null_count == len(seen):
+            for name in _PAGE_COUNTS:
+                col = pages.column(name)
+                j = _first(~_np(col.is_null(), bool))
+                if j is not None:
+                    raise _fail(
+                        self.where,
+                        f"row {row0 + j}: page 0x{int(addr[j]):x} has {name} but no samples",
+                    )
+            return
+        n_seen = _np(seen.fill_null(0), np.int64)
+        checks = pages.column("content_checks")
+        n_checks = _np(checks.fill_null(0), np.int64)
+        for name in _PAGE_COUNTS:
+            col = pages.column(name)
+            if col.null_count == len(col):
+                continue
+            values = _np(col.fill_null(0), np.int64)
+            bound, of = (
+                (n_checks, "content checks")
+                if name == "content_changes"
+                else (
+                    n_seen,
+                    "samples",
+                )
+            )
+            i = _first(values > bound)
+            if i is not None:
+                raise _fail(
+                    self.where,
+                    f"row {row0 + i}: page 0x{int(addr[i]):x} has {name} {int(values[i])} "
+                    f"but only {int(bound[i])} {of}",
+                )
+
 
 __all__ = [
     "PAGES_CHECK_COLUMNS",
     "HostIndex",
     "PagesCheck",
+    "check_cgroups",
     "check_mappings",
     "check_processes",
+    "check_samples",
     "check_small_tables",
     "check_snapshots",
 ]

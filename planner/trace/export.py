@@ -3,9 +3,11 @@
 One row per recorded page per snapshot, with the interchange header
 ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` plus ``is_zero``
 (0/1) and ``host``. Unless ``minimal`` is asked for, the extension columns of
-:data:`planner.trace.ingest.EXTENSION_COLUMNS` follow (process start time, page flags,
-mapping end, and the process/mapping attributes the trace holds), so that
-``ingest(export(trace))`` gives back the same pages, frames, hashes, processes and mappings.
+:data:`planner.trace.schema.EXTENSION_COLUMNS` follow (process start time, page flags,
+mapping end, and the process/mapping attributes the trace holds) and, for a sampled trace
+(schema v2), the per-page change counts of :data:`planner.trace.schema.INTERCHANGE_COUNTS`,
+so that ``ingest(export(trace))`` gives back the same pages, frames, hashes, counts,
+processes and mappings.
 Frame ids are written as they are (they are opaque already).
 
 The format follows the file name: ``.parquet``/``.pq`` (zstd, dictionary-encoded strings,
@@ -45,30 +47,9 @@ if TYPE_CHECKING:
 
 ExportFormat = Literal["csv", "csv.gz", "parquet"]
 
-#: Column order and types of an export (the interchange header first).
-_EXPORT_FIELDS: list[pa.Field[Any]] = [
-    pa.field("time_s", pa.float64()),
-    pa.field("pid", pa.int32()),
-    pa.field("ppid", pa.int32()),
-    pa.field("comm", pa.string()),
-    pa.field("vma_start", pa.uint64()),
-    pa.field("vma_kind", pa.string()),
-    pa.field("page_addr", pa.uint64()),
-    pa.field("content_hash", pa.uint64()),
-    pa.field("frame", pa.uint64()),
-    pa.field("is_zero", pa.uint8()),
-    pa.field("host", pa.string()),
-    pa.field("proc_start", pa.uint64()),
-    pa.field("flags", pa.uint16()),
-    pa.field("vma_end", pa.uint64()),
-    pa.field("uid", pa.int32()),
-    pa.field("cgroup", pa.string()),
-    pa.field("labels", pa.string()),
-    pa.field("perms", pa.string()),
-    pa.field("vma_path", pa.string()),
-]
-EXPORT_SCHEMA: Final = pa.schema(_EXPORT_FIELDS)
-_MINIMAL: Final = (*S.INTERCHANGE_HEADER, "is_zero", "host")
+#: Column order and types of an export (:data:`planner.trace.schema.INTERCHANGE_COLUMNS`).
+EXPORT_SCHEMA: Final = S.EXPORT_SCHEMA
+_MINIMAL: Final = S.INTERCHANGE_MINIMAL
 _ALWAYS_EXTENDED: Final = ("proc_start", "flags", "vma_end")
 #: Optional extension columns, written when the trace holds any value for them.
 _PROCESS_EXTRAS: Final = {"uid": "uid", "cgroup": "cgroup", "labels": "labels"}
@@ -149,7 +130,19 @@ def _columns(trace: Trace, minimal: bool) -> list[str]:
     for out_name, src in _MAPPING_EXTRAS.items():
         if _has_values(trace, "mappings", src):
             cols.append(out_name)
+    if _has_values(trace, "snapshots", "sample_ms"):  # sampled: the change counts
+        cols.extend(c for c in S.INTERCHANGE_COUNTS if c != "same_content_writes")
+        if _any_true(trace, "snapshots", "soft_dirty"):
+            cols.append("same_content_writes")
     return [c for c in EXPORT_SCHEMA.names if c in cols]
+
+
+def _any_true(trace: Trace, table: str, column: str) -> bool:
+    return any(
+        bool(v)
+        for host in trace.hosts
+        for v in trace.read_table(host, table, [column]).column(column).to_pylist()
+    )
 
 
 def _by_snapshot(table: pa.Table) -> dict[int, pa.Table]:
@@ -219,6 +212,7 @@ class _HostFlattener:
             "labels": procs.column("labels").take(pidx),
             "perms": maps.column("perms").take(midx),
             "vma_path": maps.column("path").take(midx),
+            **{c: pages.column(c) for c in S.INTERCHANGE_COUNTS if c in pages.column_names},
         }
         arrays = [cols[f.name] for f in self.schema]
         return pa.Table.from_arrays(arrays, schema=self.schema)
@@ -300,7 +294,8 @@ def export_trace(
             for host in trace.hosts:
                 flat = _HostFlattener(trace, host, schema)
                 snapshots += len(flat.times)
-                for table in trace.iter_pages(host, _PAGE_COLUMNS, batch_rows=batch_rows):
+                page_columns = [*_PAGE_COLUMNS, *(c for c in S.INTERCHANGE_COUNTS if c in columns)]
+                for table in trace.iter_pages(host, page_columns, batch_rows=batch_rows):
                     sid = np.asarray(table.column("snapshot_id").to_numpy())
                     cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
                     for a, b in itertools.pairwise(cuts):

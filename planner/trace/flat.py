@@ -9,8 +9,9 @@ synthetic trace builder of :mod:`planner.testing`. Input columns (per snapshot):
   (bool), ``flags`` (uint16, :class:`~planner.trace.schema.PageFlag` bits),
   ``proc_start`` (uint64), ``cgroup``, ``uid``, ``labels`` (JSON text), ``vma_end``,
   ``perms``, ``vma_path`` (mapping attributes, taken from the mapping's first page),
-  ``capture_t0_s``, ``capture_t1_s``, and ``_row`` (int64, the source row number, used
-  in error messages only).
+  ``capture_t0_s``, ``capture_t1_s``, the change counts of
+  :data:`~planner.trace.schema.INTERCHANGE_COUNTS` (uint16, already checked), and ``_row``
+  (int64, the source row number, used in error messages only).
 
 Missing values are derived: a missing ``frame`` means every page has its own frame (a
 stable id per process incarnation and address); a missing ``vma_start`` makes each run of
@@ -495,6 +496,9 @@ class FlatConverter:
             "frame_id": frame,
             "flags": pa.array(flags),
         }
+        for c in S.INTERCHANGE_COUNTS:  # change counts over the interval after the snapshot
+            if c in names:
+                out[c] = rows.column(c).cast(pa.uint16())
         return pa.table(out)
 
     def _consistent(

@@ -1,13 +1,16 @@
 """Ingest other people's page traces and older versions of our own format.
 
-Two kinds of input become a trace directory (format v1, see :mod:`planner.trace.schema`):
+Two kinds of input become a trace directory (format v2, see :mod:`planner.trace.schema`):
 
-* the **interchange format**: a flat CSV or Parquet table, one row per present eligible
-  page per snapshot, with the header
+* the **interchange format** (its columns, one definition:
+  :data:`planner.trace.schema.INTERCHANGE_COLUMNS`): a flat CSV or Parquet table, one row
+  per present eligible page per snapshot, with the header
   ``time_s,pid,ppid,comm,vma_start,vma_kind,page_addr,content_hash,frame`` (``ppid``,
   ``comm``, ``vma_start``, ``vma_kind`` and ``frame`` optional), an optional ``is_zero``
-  (0/1) and an optional ``host`` column. ``ksm-planner export`` adds the extension columns
-  of :data:`EXTENSION_COLUMNS` so that a trace survives the round trip;
+  (0/1), an optional ``host`` column and the optional per-page change counts of
+  :data:`~planner.trace.schema.INTERCHANGE_COUNTS` (schema v2: over the interval after the
+  row's snapshot). ``ksm-planner export`` adds the extension columns of
+  :data:`EXTENSION_COLUMNS` so that a trace survives the round trip;
 * **schema version 0**: the capture prototype's flat Parquet (docs/capture.md §7),
   recognised by its columns. Its PFNs become opaque frame ids (never written), its
   ``kpageflags``, ``kpagecount`` and ``flags`` bits become :class:`~planner.trace.schema.PageFlag`
@@ -68,43 +71,12 @@ _DICT_STR: Final = pa.dictionary(pa.int32(), pa.string())
 _INT32_MAX: Final = 2**31 - 1
 _PAGE: Final = S.PAGE_SIZE_BYTES
 
-#: Extension columns of the interchange format, written by ``ksm-planner export`` so that
-#: a trace survives export + ingest: process identity and attributes, page flags, mapping
-#: attributes. Other tools may ignore them.
-EXTENSION_COLUMNS: Final = (
-    "proc_start",
-    "flags",
-    "uid",
-    "cgroup",
-    "labels",
-    "vma_end",
-    "perms",
-    "vma_path",
-)
-
-#: Every column the interchange reader knows, with the type it is read as. Other columns
-#: are ignored (and reported).
-INTERCHANGE_TYPES: Final[dict[str, pa.DataType]] = {
-    "time_s": pa.float64(),
-    "pid": pa.int64(),
-    "ppid": pa.int64(),
-    "comm": _DICT_STR,
-    "vma_start": pa.uint64(),
-    "vma_kind": _DICT_STR,
-    "page_addr": pa.uint64(),
-    "content_hash": pa.uint64(),
-    "frame": pa.uint64(),
-    "is_zero": pa.bool_(),
-    "host": _DICT_STR,
-    "proc_start": pa.uint64(),
-    "flags": pa.int64(),
-    "uid": pa.int64(),
-    "cgroup": _DICT_STR,
-    "labels": _DICT_STR,
-    "vma_end": pa.uint64(),
-    "perms": _DICT_STR,
-    "vma_path": _DICT_STR,
-}
+#: Extension columns of the interchange format (:data:`planner.trace.schema.EXTENSION_COLUMNS`),
+#: written by ``ksm-planner export`` so that a trace survives export + ingest.
+EXTENSION_COLUMNS: Final = S.EXTENSION_COLUMNS
+#: Every column the interchange reader knows, with the type it is read as
+#: (:data:`planner.trace.schema.INTERCHANGE_COLUMNS`). Other columns are ignored (and reported).
+INTERCHANGE_TYPES: Final = S.INTERCHANGE_READ_TYPES
 
 #: Columns of the capture prototype's flat Parquet (schema version 0), docs/capture.md §7.
 V0_COLUMNS: Final = (
@@ -1325,7 +1297,47 @@ class _Normaliser:
         for c in ("comm", "proc_start", "cgroup", "perms", "vma_path"):
             if c in names:
                 out[c] = t.column(c)
+        self._counts(t, rows, out)
         return pa.table(out)
+
+    def _counts(self, t: pa.Table, rows: np.ndarray[Any, Any], out: dict[str, Any]) -> None:
+        """The optional change counts: 0 to 65535; a row without ``samples`` has none of
+        them; no count above ``samples`` (content changes: above ``content_checks``)."""
+        names = [c for c in S.INTERCHANGE_COUNTS if c in t.column_names]
+        if not names:
+            return
+        if "samples" not in names:
+            self.fail(
+                rows,
+                0,
+                names[0],
+                "change counts need the samples column",
+                "give samples (passes that looked at the page) with the counts",
+            )
+        values: dict[str, np.ndarray[Any, Any]] = {}
+        nulls: dict[str, np.ndarray[Any, Any]] = {}
+        for c in names:
+            col = t.column(c)
+            nulls[c] = _null_mask(col) if col.null_count else np.zeros(t.num_rows, bool)
+            v = _np(col, np.int64)
+            i = _first((v < 0) | (v > 65535))
+            if i is not None:
+                self.fail(rows, i, c, f"{int(v[i])} is not a count from 0 to 65535")
+            values[c] = v
+        seen = ~nulls["samples"]
+        for c in names:
+            i = _first(~nulls[c] & ~seen)
+            if i is not None:
+                self.fail(rows, i, c, "has a value but samples is empty")
+            bound, what = (
+                (values["content_checks"], "content_checks")
+                if c == "content_changes" and "content_checks" in names
+                else (values["samples"], "samples")
+            )
+            i = _first(values[c] > bound)
+            if i is not None:
+                self.fail(rows, i, c, f"{int(values[c][i])} is more than {what} ({int(bound[i])})")
+            out[c] = pa.array(values[c], mask=nulls[c])
 
     # -- schema version 0 --------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
 from planner.trace.check import (
-    PAGES_CHECK_COLUMNS,
     HostIndex,
     PagesCheck,
     check_required,
@@ -47,6 +46,14 @@ from planner.trace.check import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from types import TracebackType
+
+    from planner.trace.views import (
+        CgroupMemory,
+        HostMemory,
+        Interval,
+        PageChanges,
+        ProcessFootprints,
+    )
 
 _HASH_CHUNK = 1 << 20
 
@@ -134,7 +141,7 @@ class HostWriter:
         self.dir = root / host_dir_name(host)
         self.dir.mkdir(mode=0o700)
         self._row_group_rows = row_group_rows
-        self._small: dict[str, list[pa.Table]] = {"snapshots": [], "processes": [], "mappings": []}
+        self._small: dict[str, list[pa.Table]] = {name: [] for name in S.TABLES if name != "pages"}
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -148,11 +155,14 @@ class HostWriter:
         processes: pa.Table,
         mappings: pa.Table,
         pages: pa.Table,
+        cgroups: pa.Table | None = None,
+        samples: pa.Table | None = None,
     ) -> None:
         """Add one snapshot: its row of ``snapshots`` and its rows of the other tables.
 
         ``pages`` must be sorted by ``(pid, page_addr)``; all tables must carry the
-        snapshot's ``snapshot_id``. Columns missing from the inputs are written as nulls.
+        snapshot's ``snapshot_id``. Columns missing from the inputs are written as nulls;
+        ``cgroups`` and ``samples`` (schema version 2) may be left out.
         """
         sid = int(snapshot["snapshot_id"])
         if self._snapshot_ids and sid <= self._snapshot_ids[-1]:
@@ -170,6 +180,9 @@ class HostWriter:
         )
         self._small["processes"].append(conform(processes, "processes"))
         self._small["mappings"].append(conform(mappings, "mappings"))
+        for name, table in (("cgroups", cgroups), ("samples", samples)):
+            if table is not None:
+                self._small[name].append(conform(table, name))
         pages = conform(pages, "pages")
         self._snapshot_ids.append(sid)
         if pages.num_rows:
@@ -368,6 +381,10 @@ class HostTrace:
     pages: pa.Table
     trace_hash: str
     path: Path | None = None
+    cgroups: pa.Table = field(default_factory=S.CGROUPS_SCHEMA.empty_table)
+    """Memory accounting of the traced processes' cgroups (schema v2; empty for v1)."""
+    samples: pa.Table = field(default_factory=S.SAMPLES_SCHEMA.empty_table)
+    """One row per sampling pass and process between snapshots (schema v2)."""
 
     @property
     def snapshot_ids(self) -> np.ndarray[Any, np.dtype[np.int32]]:
@@ -378,6 +395,11 @@ class HostTrace:
     def times_s(self) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Snapshot times (seconds since the first snapshot), in order."""
         return self.snapshots.column("time_s").to_numpy()
+
+    @property
+    def hz(self) -> int | None:
+        """The kernel's CONFIG_HZ the capture recorded; ``None`` when it recorded none."""
+        return recorded_hz(self.snapshots)
 
     def meta(self) -> dict[str, Any]:
         """Per-trace facts from the first snapshot row (kernel, page size, hash, tool, HZ)."""
@@ -405,6 +427,44 @@ class HostTrace:
         sid = self.pages.column("snapshot_id").to_numpy()
         lo, hi = np.searchsorted(sid, [snapshot_id, snapshot_id + 1])
         return self.pages.slice(int(lo), int(hi - lo))
+
+    # ---------------------------------------------------------------- schema v2 facts
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the capture sampled pages between snapshots (``--sample-ms``)."""
+        col = self.snapshots.column("sample_ms")
+        return col.null_count < len(col)
+
+    def page_changes(self, snapshot_id: int) -> PageChanges:
+        """Per page row of ``pages_of(snapshot_id)``: what changed over the interval after it."""
+        from planner.trace.views import page_changes
+
+        return page_changes(self.snapshots, self.pages_of(snapshot_id), snapshot_id)
+
+    def intervals(self) -> list[Interval]:
+        """The interval after each snapshot: host load, traced processes' CPU, sampling."""
+        from planner.trace.views import intervals
+
+        return intervals(self.snapshots, self.processes)
+
+    def host_memory(self, snapshot_id: int) -> HostMemory:
+        """The host's memory (``/proc/meminfo``) and CPUs at one snapshot."""
+        from planner.trace.views import host_memory
+
+        return host_memory(self.snapshots, snapshot_id)
+
+    def process_footprints(self, snapshot_id: int) -> ProcessFootprints:
+        """Every live process's whole footprint (PSS split, page tables) and CPU time."""
+        from planner.trace.views import process_footprints
+
+        return process_footprints(self.processes, snapshot_id)
+
+    def cgroup_memory(self, snapshot_id: int) -> list[CgroupMemory]:
+        """The memory accounting of the traced processes' cgroups at one snapshot."""
+        from planner.trace.views import cgroup_memory
+
+        return cgroup_memory(self.cgroups, snapshot_id)
 
 
 # ----------------------------------------------------------------------------- verifying
@@ -645,40 +705,57 @@ def _decode_error(path: Path, exc: BaseException) -> TraceFormatError:
     )
 
 
-def _check_file_schema(path: Path, schema: pa.Schema, name: str) -> None:
-    """The columns of a trace file: exactly those of its table, with their types."""
+def _check_file_schema(path: Path, schema: pa.Schema, name: str, version: int) -> None:
+    """The columns of a trace file: exactly those of its table in ``version``, with their types."""
     expected = S.SCHEMAS[name]
+    names = S.file_columns(name, version)
     for f in schema:
-        if f.name not in expected.names:
+        if f.name not in names:
             raise TraceFormatError(f"{path}: unknown column {f.name!r}", hint=_RECREATE)
         want = expected.field(f.name).type
         if f.type != want:
             raise TraceFormatError(
                 f"{path}: column {f.name!r} has type {f.type}, expected {want}", hint=_RECREATE
             )
-    missing = [n for n in expected.names if n not in schema.names]
+    missing = [n for n in names if n not in schema.names]
     if missing:
         raise TraceFormatError(f"{path}: missing columns {missing}", hint=_RECREATE)
     if len(set(schema.names)) != len(schema.names):
         raise TraceFormatError(f"{path}: a column appears twice", hint=_RECREATE)
 
 
-def _decode_table(path: Path, data: pa.Buffer, name: str) -> pa.Table:
+def upgrade(table: pa.Table, name: str) -> pa.Table:
+    """A table of an older schema version with the newer columns added as nulls.
+
+    Columns keep the order of the current schema; a table that has them all is returned as
+    it is.
+    """
+    schema = S.SCHEMAS[name]
+    if table.column_names == schema.names:
+        return table
+    cols = [
+        table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _decode_table(path: Path, data: pa.Buffer, name: str, version: int) -> pa.Table:
     try:
         pf = pq.ParquetFile(pa.BufferReader(data))
-        _check_file_schema(path, pf.schema_arrow, name)
+        _check_file_schema(path, pf.schema_arrow, name, version)
         table = pf.read()
     except TraceFormatError:
         raise
     except _DECODE_ERRORS as exc:
         raise _decode_error(path, exc) from None
-    return table.replace_schema_metadata(None)
+    return upgrade(table.replace_schema_metadata(None), name)
 
 
 #: Content-addressed memory of checked small tables: (host, sha256 of snapshots, processes,
 #: mappings) -> their index. Sound because every read verifies the bytes against the same
 #: hashes, so equal keys mean equal tables.
-_INDEX: dict[tuple[str, str, str, str], HostIndex] = {}
+_INDEX: dict[tuple[str, ...], HostIndex] = {}
 _INDEX_MAX = 16
 _INDEX_LOCK = threading.Lock()
 
@@ -724,25 +801,31 @@ class Trace:
     def _where(self, host: str, name: str) -> str:
         return str(self.path / host_dir_name(host) / f"{name}.parquet")
 
+    def has_table(self, name: str) -> bool:
+        """Whether this trace's schema version has table ``name`` (v1: no cgroups, samples)."""
+        return name in S.TABLES_BY_VERSION[self.schema_version]
+
     def _read(self, host: str, name: str) -> pa.Table:
+        if not self.has_table(name):
+            self._known_host(host)
+            return S.SCHEMAS[name].empty_table()
         entry = self._entry(host, name)
         path = self.path / entry.rel
-        table = _decode_table(path, _read_verified(self.path, entry), name)
+        table = _decode_table(path, _read_verified(self.path, entry), name, self.schema_version)
         check_required(str(path), table, name)
         return table
 
     def host_index(self, host: str) -> HostIndex:
         """The checked small tables of ``host`` (read and checked once per content)."""
+        small = [n for n in S.TABLES if n != "pages"]
         key = (
             self._known_host(host),
-            self._entry(host, "snapshots").sha256,
-            self._entry(host, "processes").sha256,
-            self._entry(host, "mappings").sha256,
+            *(self._entry(host, n).sha256 if self.has_table(n) else "" for n in small),
         )
         with _INDEX_LOCK:
             if key in _INDEX:
                 return _INDEX[key]
-        tables = {n: self._read(host, n) for n in ("snapshots", "processes", "mappings")}
+        tables = {n: self._read(host, n) for n in small}
         index = check_small_tables(host, tables, {n: self._where(host, n) for n in tables})
         with _INDEX_LOCK:
             if len(_INDEX) >= _INDEX_MAX:
@@ -779,6 +862,13 @@ class Trace:
             PagesCheck(index, self._where(host, name)).feed(table)
         return _select(table, name, columns, self._where(host, name)) if columns else table
 
+    def hz(self, host: str) -> int | None:
+        """The CONFIG_HZ recorded for ``host`` (``None``: none), reading only its snapshots.
+
+        The one way HZ is read from a trace (:attr:`HostTrace.hz` for a loaded host).
+        """
+        return recorded_hz(self.read_table(host, "snapshots", ["hz"]))
+
     def pages_rows(self, host: str) -> int:
         """Rows of ``pages.parquet`` of ``host`` (from its verified footer)."""
         entry = self._entry(host, "pages")
@@ -809,8 +899,11 @@ class Trace:
         with _stream_verified(self.path, entry) as f:
             try:
                 pf = pq.ParquetFile(f)
-                _check_file_schema(path, pf.schema_arrow, "pages")
-                batches = pf.iter_batches(batch_size=batch_rows, columns=list(PAGES_CHECK_COLUMNS))
+                _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
+                batches = pf.iter_batches(
+                    batch_size=batch_rows,
+                    columns=list(S.file_columns("pages", self.schema_version)),
+                )
             except TraceFormatError:
                 raise
             except _DECODE_ERRORS as exc:
@@ -822,7 +915,7 @@ class Trace:
                     break
                 except _DECODE_ERRORS as exc:
                     raise _decode_error(path, exc) from None
-                table = pa.Table.from_batches([batch])
+                table = upgrade(pa.Table.from_batches([batch]), "pages")
                 check.feed(table)
                 yield table.select(cols)
 
@@ -976,12 +1069,13 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise bad(f"files must be an object, not {type(files).__name__}")
-    expected = {f"{S.HOST_DIR_PREFIX}{h}/{t}.parquet" for h in hosts for t in S.TABLES}
+    tables = S.TABLES_BY_VERSION[version]
+    expected = {f"{S.HOST_DIR_PREFIX}{h}/{t}.parquet" for h in hosts for t in tables}
     for rel in sorted(files):
         if rel not in expected:
             raise bad(
-                f"lists {short(rel)}, which is not a file of this trace (a trace holds exactly "
-                "host=<name>/{snapshots,processes,mappings,pages}.parquet for its hosts)"
+                f"lists {short(rel)}, which is not a file of this trace (a version {version} "
+                f"trace holds exactly host=<name>/{{{','.join(tables)}}}.parquet for its hosts)"
             )
     missing = sorted(expected - set(files))
     if missing:
@@ -1048,7 +1142,9 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return Trace(path=p, manifest=manifest, hosts=hosts)
 
 
-def iter_hosts(trace: Trace) -> Iterator[HostTrace]:
-    """Load each host of ``trace`` in turn."""
-    for h in trace.hosts:
-        yield trace.load_host(h)
+def recorded_hz(snapshots: pa.Table) -> int | None:
+    """The first HZ a snapshots table records (``None`` when every row leaves it empty)."""
+    if "hz" not in snapshots.column_names:
+        return None
+    hz = next((v for v in snapshots.column("hz").to_pylist() if v), None)
+    return int(hz) if hz is not None else None

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from planner._input import read_input_text
-from planner.engine.knobs import KNOB_NAMES, KsmKnobs
+from planner.engine.knobs import (
+    DISPLAY_ORDER,
+    KNOB_ALIASES,
+    KNOB_NAMES,
+    KsmKnobs,
+    spec,
+    valid_hz,
+)
 from planner.errors import KnobError
 
 if TYPE_CHECKING:
@@ -37,37 +44,14 @@ if TYPE_CHECKING:
 
 CrossDomain = Literal["allow", "deny"]
 
-#: Kernel sysfs spellings accepted for knobs whose name differs here.
-KNOB_ALIASES = {
-    "sleep_millisecs": "sleep_ms",
-    "advisor_mode": "advisor",
-    "advisor_target_scan_time": "advisor_target_scan_time_s",
-    "stable_node_chains_prune_millisecs": "stable_node_chains_prune_ms",
-}
-BOOL_KNOBS = frozenset({"smart_scan", "use_zero_pages"})
-FLOAT_KNOBS = frozenset({"advisor_initial_cpu_s"})
-STR_KNOBS = frozenset({"advisor"})
-_TRUE = {"on", "true", "yes", "1"}
-_FALSE = {"off", "false", "no", "0"}
-
 #: Most knob combinations one grid may hold. Each is at least one replay per policy set
 #: (about a second each on the sample traces), so 10,000 is hours of work on a few cores:
 #: the largest sweep worth running as one command. Checked before any point is built.
 MAX_KNOB_POINTS: Final = 10_000
 
-#: The order in which knobs are shown (the rest follow in KsmKnobs order).
-DISPLAY_ORDER = (
-    "pages_to_scan",
-    "sleep_ms",
-    "smart_scan",
-    "advisor",
-    "max_page_sharing",
-    "use_zero_pages",
-)
-
 
 def knob_name(name: str) -> str:
-    """The canonical knob name of ``name`` (aliases resolved).
+    """The canonical knob name of ``name`` (the kernel's spelling and dashes accepted).
 
     Raises
     ------
@@ -91,36 +75,7 @@ def knob_value(name: str, value: Any) -> Any:
     >>> knob_value("smart_scan", "off"), knob_value("pages_to_scan", "4000")
     (False, 4000)
     """
-    if name in BOOL_KNOBS:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise KnobError(f"{name}: {value!r} is not on/off", hint="use on, off, true or false")
-    if name in STR_KNOBS:
-        if not isinstance(value, str):
-            raise KnobError(f"{name}: {value!r} is not a name", hint="use none or scan-time")
-        return value.strip()
-    if name in FLOAT_KNOBS:
-        if isinstance(value, bool):
-            raise KnobError(f"{name}: {value!r} is not a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise KnobError(f"{name}: {value!r} is not a number") from None
-    if isinstance(value, (bool, float)):
-        raise KnobError(f"{name}: {value!r} is not an integer", hint="give a whole number")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip(), 0)
-    except ValueError:
-        raise KnobError(
-            f"{name}: {value!r} is not an integer", hint="give a whole number"
-        ) from None
+    return spec(name).parse(value)
 
 
 def parse_knob_list(name: str, text: str) -> tuple[Any, ...]:
@@ -254,8 +209,8 @@ class KnobGrid:
     def knobs(point: Mapping[str, Any], *, hz: int | None = None) -> KsmKnobs:
         """The full :class:`KsmKnobs` of a grid point (``hz`` from the trace unless set)."""
         values = dict(point)
-        if "hz" not in values and hz in (100, 250, 300, 1000):
-            values["hz"] = hz
+        if "hz" not in values:
+            values["hz"] = valid_hz(hz)
         try:
             return KsmKnobs(**values)
         except KnobError as exc:

@@ -2,25 +2,24 @@
 
 A grid that varies a knob but leaves out the kernel's default value of it (``--pages-to-scan
 1000,4000`` leaves out 100) would let a review say nothing about what happens when KSM is
-switched on without tuning. :func:`with_kernel_defaults` adds the default value (the
-:class:`planner.engine.KsmKnobs` defaults, the kernel's) to every axis of the grid that
+switched on without tuning. :func:`with_kernel_defaults` adds the default value (the knob
+table's, :data:`planner.engine.knobs.KNOBS`: the kernel's) to every axis of the grid that
 lacks it, in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from planner.engine.knobs import KsmKnobs
+from planner.engine.knobs import spec
 
 if TYPE_CHECKING:
     from planner.whatif.grid import KnobGrid
 
 
 def kernel_default(name: str) -> object:
-    """The kernel's default value of knob ``name``."""
-    return next(getattr(KsmKnobs(), f.name) for f in fields(KsmKnobs) if f.name == name)
+    """The kernel's default value of knob ``name`` (from the knob table)."""
+    return spec(name).default
 
 
 def with_kernel_defaults(grid: KnobGrid | None) -> KnobGrid | None:

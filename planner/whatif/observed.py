@@ -1,6 +1,6 @@
 """Predicted against observed: a scenario's replay next to a recording of the real KSM.
 
-A recording (``ksm-planner observe``, :func:`planner.kernel.observe.read_observed`) holds
+A recording (``ksm-planner observe``, :func:`planner.trace.recording.read_observed`) holds
 the ``/sys/kernel/mm/ksm`` counters of a canary host over time. The comparison takes the
 scenario whose knobs match the recording's knobs (or the one asked for), samples the
 replay's counters at the recording's times and reports both side by side.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
-    from planner.kernel.observe import ObservedTimeline
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif.result import ScenarioResult
     from planner.whatif.writes import CowEstimate
 
@@ -43,8 +43,8 @@ SYSFS_KNOBS = {
 
 
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
-    """Read a recording of ``ksm-planner observe`` (see ``planner.kernel.observe``)."""
-    from planner.kernel.observe import read_observed
+    """Read a recording of ``ksm-planner observe`` (see ``planner.trace.recording``)."""
+    from planner.trace.recording import read_observed
 
     return read_observed(path)
 
@@ -191,6 +191,9 @@ class CanaryRates:
 
     ``None`` where the recording lacks the counter. The model's copy-on-write rate is the
     trace's estimate (writes to mergeable pages between snapshots, a lower bound on writes).
+    Every measured rate is read through the recording's reader
+    (:meth:`planner.trace.recording.ObservedTimeline.counter_rate` and, for a recording in
+    canary mode, :meth:`~planner.trace.recording.ObservedTimeline.unmerges_per_s`).
     """
 
     window_s: float
@@ -201,6 +204,10 @@ class CanaryRates:
     observed_full_scan_s: float | None
     predicted_full_scan_s: float | None
     observed_pages_sharing: float | None  # mean over the window
+    #: Canary mode (``observe --ksm-pages``): merges lost per second on the sampled
+    #: processes, by kind (``unmerged_same_content``, ``unmerged_changed``, ``unmerged``,
+    #: ``unmapped``); ``None`` for a recording of the counters only
+    observed_unmerges_per_s: dict[str, float] | None = None
 
     @property
     def cow_per_merged_page_per_s(self) -> float | None:
@@ -210,41 +217,33 @@ class CanaryRates:
         return self.observed_cow_per_s / self.observed_pages_sharing
 
 
-def _rate(counters: Any, column: str, t: np.ndarray[Any, Any], scale: float = 1.0) -> float | None:
-    """Increase of a cumulative counter per second over the second half of the recording."""
-    if column not in counters.columns or t.size < 2:
-        return None
-    v = np.asarray(counters[column].astype("float64").to_numpy(), dtype=float)
-    half = np.flatnonzero(t >= t[-1] / 2)
-    if half.size < 2 or not (np.isfinite(v[half[0]]) and np.isfinite(v[-1])):
-        return None
-    dt = float(t[-1] - t[half[0]])
-    return float(v[-1] - v[half[0]]) / dt * scale if dt > 0 else None
-
-
 def canary_rates(
-    counters: Any,
-    t: np.ndarray[Any, Any],
-    scen: ScenarioResult,
-    writes: CowEstimate | None,
+    obs: ObservedTimeline, scen: ScenarioResult, writes: CowEstimate | None
 ) -> CanaryRates:
     """The canary's measured rates over the second half of its recording, and the model's."""
     host = scen.hosts[0]
-    scans = _rate(counters, "full_scans", t)
+    t = obs.counters.index.to_numpy(dtype="float64")
+    since_s = float(t[-1]) / 2 if t.size else None
+    window = t[t >= since_s] if since_s is not None else t
+    scans = obs.counter_rate("full_scans", since_s=since_s)
+    runtime_ns = obs.counter_rate("ksmd_runtime_ns", since_s=since_s)
     sharing = None
-    if "pages_sharing" in counters.columns and t.size:
-        v = np.asarray(counters["pages_sharing"].astype("float64").to_numpy(), dtype=float)
-        sel = v[t >= t[-1] / 2]
-        sharing = float(np.nanmean(sel)) if sel.size else None
+    if "pages_sharing" in obs.counters.columns and window.size:
+        v = obs.counters["pages_sharing"].astype("float64").to_numpy()
+        sharing = float(np.nanmean(v[t >= window[0]]))
+    unmerges = None
+    if obs.canary is not None:
+        unmerges = {k: v for k, v in obs.unmerges_per_s(since_s=since_s).items() if k != "cow_ksm"}
     return CanaryRates(
-        window_s=float(t[-1] - t[np.flatnonzero(t >= t[-1] / 2)[0]]) if t.size else 0.0,
-        observed_ksmd_cpu_percent=_rate(counters, "ksmd_runtime_ns", t, 100.0 / 1e9),
+        window_s=float(window[-1] - window[0]) if window.size else 0.0,
+        observed_ksmd_cpu_percent=None if runtime_ns is None else 100.0 * runtime_ns / 1e9,
         predicted_ksmd_cpu_percent=host.ksmd_cpu_percent,
-        observed_cow_per_s=_rate(counters, "cow_ksm", t),
+        observed_cow_per_s=obs.counter_rate("cow_ksm", since_s=since_s),
         predicted_cow_per_s=writes.breaks_per_s if writes is not None else None,
         observed_full_scan_s=1.0 / scans if scans else None,
         predicted_full_scan_s=host.full_scan_s,
         observed_pages_sharing=sharing,
+        observed_unmerges_per_s=unmerges,
     )
 
 
@@ -337,7 +336,7 @@ def compare_observed(
         observed=CounterSeries(**observed),
         predicted=CounterSeries(**predicted),
         notes=notes,
-        rates=canary_rates(counters, t, scen, (writes or {}).get(host.host)),
+        rates=canary_rates(obs, scen, (writes or {}).get(host.host)),
     )
 
 

@@ -58,9 +58,9 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
-    from planner.kernel.observe import ObservedTimeline
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
+    from planner.trace.recording import ObservedTimeline
     from planner.whatif.capacity import CapacityInputs
     from planner.whatif.observed import ObservedComparison
     from planner.whatif.uncertainty import ModelError
@@ -78,10 +78,10 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
 
 
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
-    snaps = trace.read_table(host, "snapshots", ["hz", "page_size", "kernel_release"])
+    snaps = trace.read_table(host, "snapshots", ["page_size", "kernel_release"])
     row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
     return {
-        "hz": row.get("hz"),
+        "hz": trace.hz(host),
         "page_size": int(row.get("page_size") or 4096),
         "kernel": row.get("kernel_release"),
     }

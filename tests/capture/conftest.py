@@ -91,6 +91,12 @@ class FakeProcess:
         "ksm_merge_any: no\nksm_mergeable: yes\n"
     )
     rss_anon_kb: int = 0
+    utime: int = 0
+    stime: int = 0
+    threads: int = 1
+    rollup: str | None = None
+    """The text of smaps_rollup (none written when ``None``)."""
+    status_extra: str = ""
     mappings: list[FakeMapping] = field(default_factory=list)
     pages: dict[int, FakePage] = field(default_factory=dict)
     write_smaps: bool = True
@@ -133,19 +139,22 @@ class FakeProcess:
         (d / "root").mkdir(exist_ok=True)
         (d / "stat").write_text(
             f"{self.pid} ({self.comm}) {self.state} {self.ppid} 1 1 0 -1 {self.flags} "
-            + " ".join(["0"] * 12)
+            + f"0 0 0 0 {self.utime} {self.stime} 0 0 20 0 {self.threads} 0"
             + f" {self.starttime} 1000000 100 "
             + " ".join(["0"] * 20)
             + "\n"
         )
+        if self.rollup is not None:
+            (d / "smaps_rollup").write_text(self.rollup)
         (d / "status").write_text(
             f"Name:\t{self.comm}\nTgid:\t{self.tgid or self.pid}\nPid:\t{self.pid}\n"
             f"PPid:\t{self.ppid}\n"
             f"Uid:\t{self.uid}\t{self.uid}\t{self.uid}\t{self.uid}\n"
-            f"RssAnon:\t{self.rss_anon_kb} kB\n"
+            f"RssAnon:\t{self.rss_anon_kb} kB\n" + self.status_extra
         )
         (d / "cgroup").write_text(f"4:memory:/v1mem\n0::{self.cgroup}\n")
         (d / "cmdline").write_bytes(self.cmdline)
+        (d / "clear_refs").write_bytes(b"")  # write-only in a real /proc
         (d / "personality").write_text(f"{self.personality:08x}\n")
         if self.ksm_stat is not None:
             (d / "ksm_stat").write_text(self.ksm_stat)
@@ -233,15 +242,39 @@ class FakeProc:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / "stat").write_text(f"cpu  1 2 3 4\nbtime {BTIME_S}\nprocesses 99\n")
+        (root / "meminfo").write_text(
+            "MemTotal:       16000000 kB\nMemFree:         8000000 kB\n"
+            "MemAvailable:   12000000 kB\nCached:          3000000 kB\n"
+            "AnonPages:       2000000 kB\nShmem:             10000 kB\n"
+            "Slab:             500000 kB\nPageTables:        20000 kB\n"
+            "HugePages_Total:       0\n"
+        )
+        (root / "loadavg").write_text("1.50 1.20 0.90 3/250 4242\n")
         self.sys_root = root.parent / "sys"
         ksm = self.sys_root / "kernel" / "mm" / "ksm"
         ksm.mkdir(parents=True, exist_ok=True)
         (ksm / "run").write_text("0\n")
         (ksm / "pages_to_scan").write_text("100\n")
+        cpu = self.sys_root / "devices" / "system" / "cpu"
+        cpu.mkdir(parents=True, exist_ok=True)
+        (cpu / "online").write_text("0-3\n")
         self._kflags: dict[int, int] = {}
         self._kcount: dict[int, int] = {}
         self.processes: dict[int, FakeProcess] = {}
         self.write_kpage()
+
+    def cgroup_v2(
+        self, path: str, *, current: int, limit: int | None = None, stat: str = ""
+    ) -> None:
+        """A cgroup v2 hierarchy at ``<sys>/fs/cgroup`` with the memory controller."""
+        root = self.sys_root / "fs" / "cgroup"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+        d = root / path.strip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.current").write_text(f"{current}\n")
+        (d / "memory.max").write_text(f"{limit if limit is not None else 'max'}\n")
+        (d / "memory.stat").write_text(stat)
 
     def process(self, pid: int, **kw: object) -> FakeProcess:
         p = FakeProcess(root=self.root, pid=pid, **kw)  # type: ignore[arg-type]

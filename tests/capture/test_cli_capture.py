@@ -178,3 +178,30 @@ def test_real_cli_missing_pid(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         "ksm-planner: error: no process with pid 2147483647 (check the pid with 'ps -p')"
     )
+
+
+def test_sampling_options(
+    fake_proc: FakeProc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake_worker(fake_proc, pfn=600)
+    base = ["capture", "--pid", "500", "--proc-root", str(fake_proc.root), "--priority", "normal"]
+    key = ["--key-file", str(tmp_path / "k.key")]
+    out = tmp_path / "t"
+    code, _, err = _cli(
+        [*base, *key, "--out", str(out), "--snapshots", "2", "--interval", "0.2",
+         "--sample-ms", "50", "--no-soft-dirty"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "sampled" in err
+    assert "soft-dirty tracking is off (--no-soft-dirty)" in err
+    code, _, err = _cli([*base, *key, "--out", str(tmp_path / "u"), "--sample-ms", "5"], capsys)
+    assert code == 2
+    assert "--sample-ms" in _one_error_line(err)
+    code, _, err = _cli(
+        [*base, *key, "--out", str(tmp_path / "v"), "--interval", "1", "--sample-ms", "2000"],
+        capsys,
+    )
+    assert code == 2
+    assert "longer than --interval" in _one_error_line(err)
+    assert not (tmp_path / "v").exists()

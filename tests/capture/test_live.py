@@ -217,3 +217,127 @@ def test_process_exiting_during_a_session_is_gone(tmp_path: Path) -> None:
     a, b = (s.pid for s in sleepers)
     assert states == {(0, a): "ok", (0, b): "ok", (1, a): "ok", (1, b): "gone", (2, a): "ok"}
     assert result.gone == (b,)
+
+
+def test_live_process_and_host_facts(tmp_path: Path) -> None:
+    """A real process's footprint and CPU, the host's memory and load, its memory cgroup."""
+    busy = "import sys, time\nx = bytearray(8 << 20)\nt = time.process_time()\n"
+    busy += "while time.process_time() - t < 0.2:\n    pass\nprint('ready', flush=True)\n"
+    busy += "sys.stdin.read()\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", busy], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        result = capture(
+            CaptureOptions(
+                out=tmp_path / "t",
+                pids=(proc.pid,),
+                snapshots=2,
+                interval_s=0.3,
+                key_file=tmp_path / "k.key",
+            )
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+    ht = open_trace(result.out).load_host()
+    row = ht.processes.to_pylist()[0]
+    assert row["pss_anon_kb"] >= 8 * 1024  # the 8 MiB bytearray
+    assert row["rss_kb"] >= row["pss_kb"] > 0
+    assert row["pss_file_kb"] > 0  # the interpreter's text
+    assert row["vm_pte_kb"] > 0
+    assert row["cpu_user_s"] + row["cpu_system_s"] >= 0.2
+    assert row["num_threads"] == 1
+    s0, s1 = ht.snapshots.to_pylist()
+    assert s0["mem_total_kb"] > s0["mem_available_kb"] > 0
+    assert s0["cpus_online"] == os.cpu_count()
+    assert s0["user_hz"] == os.sysconf("SC_CLK_TCK")
+    assert s1["cpu_total_ticks"] > s0["cpu_total_ticks"]
+    assert 0.0 <= s0["interval_cpu_busy_share"] <= 1.0
+    assert s0["interval_runnable_mean"] >= 1.0  # the capture itself runs when it samples
+    assert s0["interval_s"] == pytest.approx(0.3, abs=0.25)
+    if row["memory_cgroup"] not in (None, "/"):
+        cg = ht.cgroups.to_pylist()
+        assert cg
+        assert cg[0]["cgroup"] == row["memory_cgroup"]
+        assert cg[0]["memory_current_bytes"] > 0
+
+
+CHURNY = textwrap.dedent(
+    """
+    import ctypes, json, mmap, sys, time
+    PS = 4096
+    m = mmap.mmap(-1, 96 * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    for i in range(96):
+        m[i * PS:(i + 1) * PS] = i.to_bytes(4, "little") * (PS // 4)
+    print(json.dumps({"addr": addr}), flush=True)
+    k = 0
+    while True:          # pages 0-31: new content every 20 ms; 32-63 same bytes rewritten
+        k += 1
+        for i in range(32):
+            m[i * PS:i * PS + 8] = k.to_bytes(8, "little")
+        for i in range(32, 64):
+            m[i * PS:i * PS + 8] = m[i * PS:i * PS + 8]
+        time.sleep(0.02)
+    """
+)
+
+
+def test_sampling_sees_content_changes_between_snapshots(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHURNY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        addr = json.loads(proc.stdout.readline())["addr"]
+        result = capture(
+            CaptureOptions(
+                out=tmp_path / "t",
+                pids=(proc.pid,),
+                snapshots=2,
+                interval_s=0.6,
+                sample_ms=100,
+                cpu_budget=None,  # check every page at every pass
+                key_file=tmp_path / "k.key",
+            )
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                f.close()
+    ht = open_trace(result.out).load_host()
+    assert result.sampling_passes >= 6
+    for sid in (0, 1):  # the last snapshot is followed by one more interval
+        rows = {
+            (r["page_addr"] - addr) // PAGE: r
+            for r in ht.pages_of(sid).to_pylist()
+            if addr <= r["page_addr"] < addr + 96 * PAGE
+        }
+        passes = ht.snapshots.to_pylist()[sid]["samples"]
+        assert passes >= 3
+        fast = [rows[i] for i in range(32)]
+        assert all(r["content_checks"] == r["samples"] == passes for r in fast)
+        assert sum(r["content_changes"] for r in fast) >= 32 * (passes - 1) * 0.9
+        same = [rows[i] for i in range(32, 96)]  # rewritten with the same bytes, or never
+        assert all(r["content_changes"] == 0 and r["frame_changes"] == 0 for r in same)
+        if not result.soft_dirty:
+            assert all(r["same_content_writes"] is None for r in same)
+    assert result.sampling_cpu_s > 0
+
+
+def test_soft_dirty_probe_on_this_kernel() -> None:
+    from planner.capture.procfs import ProcFS
+    from planner.capture.softdirty import probe_soft_dirty
+
+    support = probe_soft_dirty(ProcFS())
+    if not support.available:  # the reference VM: CONFIG_MEM_SOFT_DIRTY is not set
+        assert "CONFIG_MEM_SOFT_DIRTY" in support.reason
+        assert "\n" not in support.reason

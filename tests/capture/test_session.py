@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +16,9 @@ import pytest
 import xxhash
 
 from planner.capture.keys import HASH_ALGO, load_key
+from planner.capture.pace import SCHED_DEADLINE, Pacer
 from planner.capture.procfs import KPF_KSM, KPF_THP, KPF_ZERO_PAGE
-from planner.capture.session import CaptureOptions, capture, cpu_priority, parse_labels
+from planner.capture.session import CaptureOptions, capture, parse_labels
 from planner.errors import (
     KernelUnsupportedError,
     OutputExistsError,
@@ -79,8 +81,10 @@ def _fork_family(fake_proc: FakeProc) -> None:
     """Parent 30 and its child 20 share frames 9000 (fork COW) and differ on one page."""
     parent = fake_proc.process(30, comm="master", starttime=400, rss_anon_kb=20)
     child = fake_proc.process(20, comm="worker", ppid=30, starttime=450, rss_anon_kb=16)
+    # smaps of the parent's region admits KSM and huge pages (its frames' flags are read)
+    parent.map(0x10000, 8, smaps={"KSM": "4 kB", "THPeligible": "1"})
+    child.map(0x10000, 8)
     for proc in (parent, child):
-        proc.map(0x10000, 8)
         proc.map(0x40000, 2, "rw-p", "[heap]")
     same = fake_proc.page_of(5)
     parent.page(0x10000, same, pfn=9000)
@@ -386,11 +390,29 @@ def test_progress_reports_pages(fake_proc: FakeProc, tmp_path: Path, key_file: P
 
 def test_cpu_priority_is_restored() -> None:
     before = os.getpriority(os.PRIO_PROCESS, 0)
-    with cpu_priority("low"):
+    with Pacer("low") as pacer:
         assert os.getpriority(os.PRIO_PROCESS, 0) == min(19, before + 10)
-    with cpu_priority("idle"):
+        with pacer.burst():  # a snapshot: a deadline reservation (root), else the start's nice
+            policy = os.sched_getscheduler(0) & ~0x40000000  # without SCHED_RESET_ON_FORK
+            if os.geteuid() == 0:
+                assert policy == SCHED_DEADLINE
+                assert pacer.burst_policy == "deadline"
+                seen: list[int] = []
+                worker = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))
+                worker.start()  # a thread started meanwhile is an ordinary one
+                worker.join()
+                assert seen == [os.SCHED_OTHER]
+            else:
+                assert pacer.burst_policy == "nice"
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, 0) == min(19, before + 10)
+    with Pacer("low", burst_share=None) as pacer, pacer.burst():
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        if os.geteuid() == 0:
+            assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    with Pacer("idle"):
         assert os.sched_getscheduler(0) == os.SCHED_IDLE
-    with cpu_priority("normal"):
+    with Pacer("normal"):
         assert os.getpriority(os.PRIO_PROCESS, 0) == before
     if os.geteuid() == 0:
         assert os.getpriority(os.PRIO_PROCESS, 0) == before
@@ -409,3 +431,33 @@ def test_frames_are_small_sequential_ids(
     fake_proc.write()
     _, ht = _run(fake_proc, tmp_path / "t", key_file, pids=(90,))
     assert ht.pages.column("frame_id").to_pylist() == list(range(64))
+
+
+def test_frame_flags_are_read_only_where_smaps_allows_them(
+    fake_proc: FakeProc, tmp_path: Path, key_file: Path
+) -> None:
+    """kpageflags is read for mappings whose smaps shows KSM or huge pages (or THP
+    eligibility), and kpagecount only for frames pagemap does not call exclusive."""
+    p = fake_proc.process(95)
+    p.map(0x10000, 2, smaps={"KSM": "4 kB"})  # may hold KSM pages: looked up
+    p.map(0x20000, 2)  # KSM 0, AnonHugePages 0, not THP-eligible: not looked up
+    p.page(0x10000, fake_proc.unique_page(1), pfn=500, exclusive=True)
+    p.page(0x11000, fake_proc.unique_page(2), pfn=501)
+    p.page(0x20000, fake_proc.unique_page(3), pfn=502, exclusive=True)
+    p.page(0x21000, fake_proc.unique_page(4), pfn=503)
+    for pfn in (500, 501, 502, 503):  # every frame claims to be KSM and mapped 3 times
+        fake_proc.kpage(pfn, flags=1 << KPF_KSM, count=3)
+    fake_proc.write()
+    _, ht = _run(fake_proc, tmp_path / "t", key_file, pids=(95,))
+    flags = dict(
+        zip(
+            ht.pages.column("page_addr").to_pylist(),
+            ht.pages.column("flags").to_pylist(),
+            strict=True,
+        )
+    )
+    ksm = {a for a, f in flags.items() if f & F.KSM}
+    shared = {a for a, f in flags.items() if f & F.SHARED_MAPCOUNT}
+    assert ksm == {0x10000, 0x11000}
+    # exclusive frames are mapped once whatever kpagecount says; the others are looked up
+    assert shared == {0x11000, 0x21000}

@@ -44,6 +44,23 @@ class SpyProcFS(ProcFS):
             raise OSError(errno.EIO, "injected")
         return super().pread_into(fd, view, offset)
 
+    def read_runs(
+        self,
+        fd: int,
+        buffer: np.ndarray,
+        local: np.ndarray,
+        remote: np.ndarray,
+        lengths: np.ndarray,
+    ) -> int:
+        for i, (offset, size) in enumerate(zip(remote.tolist(), lengths.tolist(), strict=True)):
+            self.mem_reads.append((offset, size))
+            if any(offset <= a < offset + size for a in self.fail_mem_at):
+                return i  # a short run: the reader goes on page by page
+            one = slice(i, i + 1)
+            if super().read_runs(fd, buffer, local[one], remote[one], lengths[one]) != 1:
+                return i
+        return len(remote)
+
     def read_pagemap(self, fd: int, first_page: int, count: int) -> np.ndarray:
         self.pagemap_reads.append((first_page, count))
         out = super().read_pagemap(fd, first_page, count).copy()
@@ -228,8 +245,14 @@ def test_window_boundaries_do_not_change_the_result(
     small = _reader(fake_proc.procfs(), capture_key, window_pages=7, read_chunk_pages=3).capture(
         107
     )
+    threaded = _reader(fake_proc.procfs(), capture_key, read_chunk_pages=2, threads=3)
+    try:
+        parallel = threaded.capture(107)  # 13 chunks read and hashed by 3 threads
+    finally:
+        threaded.close()
     for name in ("addr", "content_hash", "pfn", "flags"):
         assert getattr(big, name).tolist() == getattr(small, name).tolist()
+        assert getattr(big, name).tolist() == getattr(parallel, name).tolist()
     assert big.pages == 25
 
 

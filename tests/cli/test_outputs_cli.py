@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -243,8 +244,14 @@ def test_a_second_ingest_to_the_same_out_fails_and_the_first_wins(
     first = _ksm("ingest", big_csv, "--out", out, "--json")
     try:
         _wait_for(lock_path_of(out))
-        second = _ksm("ingest", big_csv, "--out", out, *(["--force"] if force else []))
-        _, err2 = second.communicate(timeout=120)
+        # the first run holds its claim; stopped there, it cannot finish before the second
+        # one starts (whatever the speed of the machine)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = _ksm("ingest", big_csv, "--out", out, *(["--force"] if force else []))
+            _, err2 = second.communicate(timeout=120)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
     finally:
         out1, err1 = first.communicate(timeout=300)
     assert second.returncode == 2

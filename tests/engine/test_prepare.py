@@ -27,12 +27,12 @@ def test_a_forked_child_maps_its_parents_pages_even_after_the_parent_exits() -> 
         (100, 1, None, None),
         (101, 1, None, 0),
     ]
-    s1 = inp.snapshots[1]
-    child = s1.mm == 2
+    child = inp.snapshots[1].mm == 2
+    t1 = inp.transition(1)
     # the child's unwritten pages keep the old master's physical pages; the written one is fresh
-    assert s1.inherit_old[child].tolist() == [0, -1, 2, 3]
-    assert s1.fresh_group[child].tolist()[1] >= 0
-    assert s1.released_old.tolist() == [0, 1, 2, 3]
+    assert t1.inherit_old[child].tolist() == [0, -1, 2, 3]
+    assert t1.fresh_group[child].tolist()[1] >= 0
+    assert t1.released_old.tolist() == [0, 1, 2, 3]
 
 
 def test_unchanged_pages_keep_their_physical_page() -> None:
@@ -42,11 +42,15 @@ def test_unchanged_pages_keep_their_physical_page() -> None:
     w.snapshot(0.0)
     w.write(100, 0x11000, 9)
     w.snapshot(1.0)
-    s1 = prepare(w.host_trace()).snapshots[1]
-    assert s1.carry_src.tolist() == [0, -1, 2]
+    inp = prepare(w.host_trace())
+    t1 = inp.transition(1)
+    assert t1.carry_src.tolist() == [0, -1, 2]
     # a private page written in place keeps its frame but gets a fresh physical page
-    assert s1.fresh_group.tolist() == [-1, 0, -1]
-    assert s1.same_content_src.tolist() == [0, -1, 2]
+    assert t1.fresh_group.tolist() == [-1, 0, -1]
+    assert t1.same_content_src.tolist() == [0, -1, 2]
+    # the delta holds the one changed row only
+    d1 = inp.deltas[1]
+    assert (d1.removed.size, d1.added.size, d1.upd.tolist()) == (0, 0, [1])
 
 
 def test_eligibility_follows_the_policy() -> None:
@@ -93,3 +97,38 @@ def test_processes_cannot_come_back_with_the_same_start_time() -> None:
     )
     with pytest.raises(InputDataError, match="comes back"):
         prepare(ht2)
+
+
+def test_a_synthetic_input_equals_the_prepared_synthetic_trace() -> None:
+    from planner.engine import KsmKnobs, ReplayOptions, replay
+    from planner.testing.synth import SynthSpec, synthetic_host, synthetic_input
+
+    spec = SynthSpec.with_chains(8_000, processes=8, family_size=4, snapshots=3)
+    knobs = KsmKnobs(pages_to_scan=500, max_page_sharing=8)
+    opts = ReplayOptions(settle_scans=3)
+    a = replay(prepare(synthetic_host(spec)), knobs=knobs, options=opts)
+    b = replay(synthetic_input(spec), knobs=knobs, options=opts)
+    assert a.final_counters["stable_node_chains"] > 0
+    assert [s.counters for s in a.scans] == [s.counters for s in b.scans]
+    assert (a.final_truth, a.final_processes) == (b.final_truth, b.final_processes)
+
+
+def test_a_trace_directory_prepared_snapshot_by_snapshot_equals_the_loaded_trace(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    from planner.engine import KsmKnobs, ReplayOptions, replay
+    from planner.engine.prepare import prepare_trace
+    from planner.testing.random_world import WorldSpec, random_world
+    from planner.trace.io import open_trace
+
+    out = Path(str(tmp_path)) / "t"
+    random_world(5, WorldSpec(processes=4, pages=20, snapshots=4)).write_trace(out)
+    tr = open_trace(out)
+    a, b = prepare(tr.load_host()), prepare_trace(tr)
+    assert [d.n_rows for d in a.deltas] == [d.n_rows for d in b.deltas]
+    knobs, opts = KsmKnobs(pages_to_scan=5, max_page_sharing=3), ReplayOptions(settle_scans=4)
+    ra, rb = replay(a, knobs=knobs, options=opts), replay(b, knobs=knobs, options=opts)
+    assert [s.counters for s in ra.scans] == [s.counters for s in rb.scans]
+    assert ra.final_node_members == rb.final_node_members

@@ -26,7 +26,7 @@ from planner.kernel.calibrate import (
     calibrate,
     fit_profile,
     ksmd_pid,
-    parse_schedstat,
+    ksmd_runtime_ns,
     plan_calibration,
 )
 from planner.kernel.sysfs import KsmSysfs
@@ -195,7 +195,6 @@ def test_plan_sizes_and_refusals() -> None:
 
 
 def test_schedstat_and_ksmd_lookup(tmp_path: Path) -> None:
-    assert parse_schedstat("1194590179 1509554553 7633\n") == 1194590179
     proc = tmp_path / "proc"
     for pid, comm, cmdline in (
         (7, "ksmd", b"python\0fake-ksmd\0"),
@@ -206,6 +205,10 @@ def test_schedstat_and_ksmd_lookup(tmp_path: Path) -> None:
         (proc / str(pid) / "comm").write_text(comm + "\n")
         (proc / str(pid) / "cmdline").write_bytes(cmdline)
     assert ksmd_pid(str(proc)) == 41  # the kernel thread, not a user process called ksmd
+    (proc / "41" / "schedstat").write_text("1194590179 1509554553 7633\n")
+    assert ksmd_runtime_ns(41, str(proc)) == 1194590179
+    with pytest.raises(KernelUnsupportedError, match="schedstat"):
+        ksmd_runtime_ns(3, str(proc))
     (proc / "41" / "comm").write_text("kswapd0\n")
     with pytest.raises(KernelUnsupportedError, match="no ksmd"):
         ksmd_pid(str(proc))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from planner.kernel.conformance import E1, E6_SKIPPED_SCANS, SCENARIOS, Scenario, scenario
 from planner.kernel.materialize import plan_materialization
 from planner.kernel.run import sysfs_knobs
+from planner.testing.conformance import E1, E6_SKIPPED_SCANS, SCENARIOS, Scenario, scenario
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner.kernel.conformance import SCENARIOS, Scenario, run_scenario
 from planner.kernel.sysfs import KsmLease
+from planner.testing.conformance import SCENARIOS, Scenario, run_scenario
 
 
 @pytest.mark.kernel

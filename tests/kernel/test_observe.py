@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from planner.capture.procfs import parse_kb_fields
 from planner.errors import (
     InputDataError,
     OutputExistsError,
@@ -23,16 +24,16 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.holder import Holder
-from planner.kernel.observe import (
+from planner.kernel.observe import observe
+from planner.kernel.sysfs import COUNTERS, KsmLease, KsmSysfs
+from planner.trace.recording import (
     FORMAT,
     KSM_FILE,
     META_FILE,
     PROCESSES_FILE,
-    observe,
-    parse_smaps_ksm_kb,
+    VERSION,
     read_observed,
 )
-from planner.kernel.sysfs import COUNTERS, KsmLease, KsmSysfs
 
 CliRunner = Any
 
@@ -105,7 +106,7 @@ def test_samples_every_counter_knob_and_process(tmp_path: Path, host: tuple[KsmS
     assert tl.ksmd_cpu_fraction().iloc[1:].eq(0).all()
     meta = json.loads((out / META_FILE).read_text())
     assert meta["format"] == FORMAT
-    assert meta["version"] == 1
+    assert meta["version"] == VERSION
     assert meta["samples"] == 6
     assert meta["options"]["pids"] == [100, 200]
     assert meta["provenance"]["command"] == "observe"
@@ -292,8 +293,8 @@ def test_reader_refuses_what_is_not_a_recording(tmp_path: Path, host: tuple[KsmS
 
 
 def test_parse_smaps() -> None:
-    assert parse_smaps_ksm_kb("Rss: 1 kB\nKSM:  40 kB\n") == 40
-    assert parse_smaps_ksm_kb("Rss: 1 kB\n") is None
+    assert parse_kb_fields("Rss: 1 kB\nKSM:  40 kB\n").get("KSM") == 40
+    assert parse_kb_fields("Rss: 1 kB\n").get("KSM") is None
 
 
 def test_parquet_schema_is_documented_types(tmp_path: Path, host: tuple[KsmSysfs, str]) -> None:
@@ -400,3 +401,61 @@ def test_observe_a_holder_while_ksmd_merges(tmp_path: Path, ksm_lease: KsmLease)
     assert merging.iloc[0] == 0
     assert merging.iloc[-1] == n
     assert tl.per_process("ksm_rmap_items")[pid].iloc[-1] == n
+
+
+@pytest.mark.kernel
+def test_canary_counts_merges_lost_to_writes(tmp_path: Path, ksm_lease: KsmLease) -> None:
+    """Merged pages rewritten with the same bytes are told from pages given new bytes, and
+    both from what cow_ksm counts (observe --ksm-pages on a real holder process)."""
+    n, same, changed = 600, list(range(0, 50)), list(range(100, 130))
+    ksm_lease.reset({"pages_to_scan": 100_000, "sleep_millisecs": 20, "smart_scan": 0})
+    h = Holder.spawn()
+    try:
+        h.map_region(n)
+        contents = [0xA0 + i % 3 for i in range(n)]  # three contents, 200 pages each
+        h.write(list(range(n)), contents)
+        h.register()
+        ksm_lease.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stat = parse_kb_fields((Path("/proc") / str(h.pid) / "ksm_stat").read_text())
+            if stat.get("ksm_merging_pages") == n:
+                break
+            time.sleep(0.05)
+        ksm_lease.stop()  # nothing merges again while the canary watches
+        stop = threading.Event()
+
+        def rewrite() -> None:
+            time.sleep(0.35)
+            h.write(same, [contents[s] for s in same])  # the same bytes: a COW break each
+            h.write(changed, [0xB000 + s for s in changed])  # new bytes
+            time.sleep(0.35)
+            stop.set()
+
+        writer = threading.Thread(target=rewrite)
+        writer.start()
+        try:
+            res = observe(tmp_path / "rec", interval_s=0.1, pids=[h.pid], ksm_pages=True, stop=stop)
+        finally:
+            writer.join()
+    finally:
+        h.kill()
+    tl = read_observed(tmp_path / "rec")
+    assert tl.canary is not None
+    assert tl.page_events is not None
+    assert tl.canary["ksm_pages"].iloc[0] == n
+    assert tl.canary["ksm_pages"].iloc[-1] == n - len(same) - len(changed)
+    totals = tl.canary[["unmerged_same_content", "unmerged_changed", "unmerged", "unmapped"]].sum()
+    assert totals.to_dict() == {
+        "unmerged_same_content": len(same),
+        "unmerged_changed": len(changed),
+        "unmerged": 0,
+        "unmapped": 0,
+    }
+    assert res.canary is not None
+    assert res.canary["merged"] == n  # the first sample lists every KSM page
+    cow = tl.counters["cow_ksm"]
+    assert cow.iloc[-1] - cow.iloc[0] >= len(same) + len(changed)  # the host's, at least ours
+    rates = tl.unmerges_per_s()
+    assert rates["unmerged_same_content"] > 0
+    assert rates["cow_ksm"] >= rates["unmerged_same_content"] + rates["unmerged_changed"]

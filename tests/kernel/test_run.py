@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from planner.capture.procfs import ProcFS
 from planner.engine import KsmKnobs
-from planner.errors import UsageProblem
+from planner.errors import EnvironmentProblem, UsageProblem
 from planner.kernel.materialize import plan_materialization
-from planner.kernel.run import run_on_kernel, sysfs_knobs
+from planner.kernel.run import HolderSet, run_on_kernel, sysfs_knobs
 from planner.kernel.sysfs import KsmLease
 from planner.testing import World
 from planner.trace.io import HostTrace
@@ -49,6 +51,8 @@ def test_replay_knobs_translate_to_sysfs_names() -> None:
         "advisor_min_pages_to_scan": 500,
         "advisor_max_pages_to_scan": 30000,
         "advisor_target_scan_time": 200,
+        "advisor_mode": "none",
+        "merge_across_nodes": 1,
     }
 
 
@@ -89,6 +93,25 @@ def test_a_decreasing_schedule_is_refused() -> None:
         run_on_kernel(
             w.host_trace(), knobs=FAST, snapshot_scans=[1, 3, 2], scans=3, lease=_no_lease()
         )
+
+
+def test_memory_is_checked_on_the_given_procfs(tmp_path: Path) -> None:
+    """/proc is read through an injectable ProcFS: a fake meminfo with too little memory."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "meminfo").write_text("MemTotal: 1000 kB\nMemAvailable:  100 kB\n")
+    with pytest.raises(EnvironmentProblem, match=r"only 0\.0 GiB is available"):
+        run_on_kernel(
+            two_snapshots(),
+            knobs=FAST,
+            snapshot_scans=[1, 2],
+            scans=2,
+            lease=_no_lease(),
+            procfs=ProcFS(proc),
+        )
+    (proc / "vmstat").write_text("nr_free_pages 10\ncow_ksm 7\n")
+    holders = HolderSet(plan_materialization(two_snapshots()), procfs=ProcFS(proc))
+    assert holders.vmstat() == {"cow_ksm": 7}
 
 
 def _no_lease() -> KsmLease:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from planner.capture.procfs import parse_ksm_stat
 from planner.engine.result import RMAP_ITEM_BYTES, STABLE_NODE_BYTES
 from planner.errors import KnobError
 from planner.kernel.holder import Holder
-from planner.kernel.sysfs import KsmLease, parse_ksm_stat
+from planner.kernel.sysfs import KsmLease
 
 SLAB = Path("/sys/kernel/slab")
 FAST = {"pages_to_scan": 1_000_000, "sleep_millisecs": 50, "smart_scan": 0}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from planner.capture.procfs import ProcFS
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 from planner.kernel.holder import Holder
 from planner.kernel.sysfs import (
@@ -20,7 +21,6 @@ from planner.kernel.sysfs import (
     KsmSysfs,
     ksm_users,
     parse_knob,
-    parse_ksm_stat,
 )
 
 MakeSysfs = Callable[..., KsmSysfs]
@@ -56,16 +56,20 @@ def test_parse_knob_reads_ints_and_the_selected_word() -> None:
     assert parse_knob("x", "weird") == "weird"
 
 
-def test_parse_ksm_stat_turns_yes_no_into_ints() -> None:
-    d = parse_ksm_stat(STAT_USER)
-    assert d == {
+def test_ksm_stat_is_read_through_the_injectable_procfs(
+    tmp_path: Path, make_proc: MakeProc
+) -> None:
+    procfs = ProcFS(make_proc(tmp_path / "proc", {10: STAT_USER, 11: None}))
+    assert procfs.ksm_stat(10) == {
         "ksm_rmap_items": 12,
         "ksm_zero_pages": 0,
         "ksm_merging_pages": 3,
         "ksm_process_profit": 100,
-        "ksm_merge_any": 0,
-        "ksm_mergeable": 1,
+        "ksm_merge_any": False,
+        "ksm_mergeable": True,
     }
+    assert procfs.ksm_stat(11) == {}  # no ksm_stat (a kernel thread, an old kernel)
+    assert procfs.comm(10) == "proc10"
 
 
 def test_sysfs_reads_counters_and_only_owner_writable_files_as_knobs(fake_sysfs: KsmSysfs) -> None:
@@ -199,6 +203,17 @@ def test_bad_knobs_are_refused_and_nothing_stays_changed(
         pass
 
 
+def test_a_knob_the_kernel_lacks_may_be_asked_at_its_default_only(
+    tmp_path: Path, fake_sysfs: KsmSysfs
+) -> None:
+    """merge_across_nodes exists only with NUMA: its default is how a one-node kernel works."""
+    (fake_sysfs.path / "merge_across_nodes").unlink()
+    with fake_lease(fake_sysfs, tmp_path, knobs={"merge_across_nodes": 1}) as lease:
+        assert "merge_across_nodes" not in lease.applied
+    with pytest.raises(KnobError, match="unknown KSM knob"):
+        fake_lease(fake_sysfs, tmp_path, knobs={"merge_across_nodes": 0}).__enter__()
+
+
 def test_sigterm_during_a_lease_still_restores_every_knob(
     tmp_path: Path, fake_sysfs: KsmSysfs
 ) -> None:
@@ -320,3 +335,19 @@ def test_real_lease_is_refused_while_a_process_uses_ksm(
         assert str(h.pid) in err.value.message
     finally:
         h.kill()
+
+
+@pytest.mark.kernel
+def test_the_knob_tables_defaults_are_this_kernels(ksm_lease: KsmLease) -> None:
+    """The knob table's defaults are what the kernel boots with.
+
+    ``ksm_lease.saved`` holds the host's knobs as they were before the lease wrote anything.
+    A test host runs KSM at its boot values; a host whose KSM was tuned on purpose fails here
+    with the knobs that differ, which is the point: the table must say the kernel's defaults.
+    """
+    host = {n: parse_knob(n, v) for n, v in ksm_lease.saved.items() if n in KERNEL_DEFAULTS}
+    differ = {n: (host[n], KERNEL_DEFAULTS[n]) for n in host if host[n] != KERNEL_DEFAULTS[n]}
+    assert not differ, f"this kernel's value vs the knob table's default: {differ}"
+    extra = set(ksm_lease.sysfs.writable_names()) - set(KERNEL_DEFAULTS) - {"run"}
+    assert not extra, f"knobs of this kernel that the table lacks: {sorted(extra)}"
+    # an older kernel, or one without NUMA, lacks some of the table's knobs: those are skipped

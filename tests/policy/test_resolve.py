@@ -338,11 +338,11 @@ def test_name_at_domain_is_ksm_for_that_domain_only(tmp_path: object) -> None:
 
 
 def test_replay_trace_honours_the_sets_cross_domain_rule(tmp_path: object) -> None:
-    # ``ksm-planner replay --policy P --policy-set S`` (planner.engine.api.replay_trace, which
+    # ``ksm-planner replay --policy P --policy-set S`` (planner.replay.replay_trace, which
     # calls PolicySet.resolver()): it used to merge across the domains of a deny set
     from pathlib import Path
 
-    from planner.engine.api import replay_trace
+    from planner.replay import replay_trace
 
     root = Path(str(tmp_path))
     w = World()

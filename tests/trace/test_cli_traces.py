@@ -40,7 +40,7 @@ def test_info_json_shape(cli: Any, tmp_path: Path) -> None:
     code, out, err = cli(["info", trace, "--json"])
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == S.SCHEMA_VERSION  # the trace's
     assert doc["command"] == "info"
     assert doc["processes"] == 2
     assert len(doc["snapshots"]) == 2

@@ -153,3 +153,63 @@ def test_empty_snapshots_are_counted(tmp_path: Path) -> None:
     w.write_trace(tmp_path / "t")
     result = export_trace(tmp_path / "t", tmp_path / "x.csv")
     assert (result.snapshots, result.empty_snapshots, result.rows) == (2, 1, 1)
+
+
+def _with_counts(src: Path, out: Path, *, soft_dirty: bool) -> None:
+    """A copy of the trace at ``src`` whose pages carry change counts (a sampled trace)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from planner.trace.io import TraceWriter
+
+    ht = open_trace(src).load_host()
+    n = ht.pages.num_rows
+    rng = np.random.default_rng(3)
+    samples = rng.integers(0, 20, n).astype(np.uint16)
+    checks = (samples * rng.random(n)).astype(np.uint16)
+    counts = {
+        "samples": samples,
+        "content_checks": checks,
+        "content_changes": (checks * rng.random(n)).astype(np.uint16),
+        "frame_changes": (samples * rng.random(n) * 0.2).astype(np.uint16),
+        "absent_samples": (samples * rng.random(n) * 0.1).astype(np.uint16),
+        "same_content_writes": (samples * rng.random(n) * 0.3).astype(np.uint16),
+    }
+    unsampled = np.zeros(n, bool)
+    unsampled[::5] = True  # pages the sampler never looked at
+    pages = ht.pages
+    for name, values in counts.items():
+        if name == "same_content_writes" and not soft_dirty:
+            continue
+        pages = pages.drop_columns([name]).append_column(name, pa.array(values, mask=unsampled))
+    snaps = ht.snapshots.to_pylist()
+    with TraceWriter(out, source="test") as tw:
+        hw = tw.host(ht.host)
+        for snap in snaps:
+            sid = snap["snapshot_id"]
+            snap.update(sample_ms=100.0, samples=20, soft_dirty=soft_dirty)
+            hw.add_snapshot(
+                snap,
+                processes=ht.processes.filter(pa.compute.equal(ht.processes["snapshot_id"], sid)),
+                mappings=ht.mappings.filter(pa.compute.equal(ht.mappings["snapshot_id"], sid)),
+                pages=pages.filter(pa.compute.equal(pages["snapshot_id"], sid)),
+            )
+
+
+@pytest.mark.parametrize("soft_dirty", [False, True])
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_change_counts_round_trip(tmp_path: Path, suffix: str, soft_dirty: bool) -> None:
+    _world().write_trace(tmp_path / "plain")
+    _with_counts(tmp_path / "plain", tmp_path / "orig", soft_dirty=soft_dirty)
+    result = export_trace(tmp_path / "orig", tmp_path / f"x.{suffix}")
+    counts = [c for c in S.INTERCHANGE_COUNTS if soft_dirty or c != "same_content_writes"]
+    assert result.columns[-len(counts) :] == tuple(counts)
+    ingest(tmp_path / f"x.{suffix}", tmp_path / "back")
+    a = open_trace(tmp_path / "orig").load_host().pages
+    b = open_trace(tmp_path / "back").load_host().pages
+    for c in S.INTERCHANGE_COUNTS:
+        assert b.column(c).equals(a.column(c)), c
+    assert a.column("samples").null_count == len(range(0, a.num_rows, 5))
+    # an unsampled trace exports no count column
+    plain = export_trace(tmp_path / "plain", tmp_path / f"p.{suffix}")
+    assert not set(plain.columns) & set(S.INTERCHANGE_COUNTS)

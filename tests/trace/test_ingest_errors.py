@@ -146,6 +146,39 @@ CSV_CASES = [
         "\x00\x01\x02\x03 not text",
         ["contains a NUL byte", "binary data, not CSV text"],
     ),
+    (
+        "change-count-above-samples",
+        csv_text(
+            [GOOD + ",3,3,2", "0,100,1,web,4096,anon,8192,12,2,3,2,5"],
+            HEADER + ",samples,content_checks,frame_changes",
+        ),
+        ["row 2", "column frame_changes", "5 is more than samples (3)"],
+    ),
+    (
+        "content-changes-above-checks",
+        csv_text([GOOD + ",4,1,2"], HEADER + ",samples,content_checks,content_changes"),
+        ["row 1", "column content_changes", "more than content_checks (1)"],
+    ),
+    (
+        "counts-without-samples-column",
+        csv_text([GOOD + ",1"], HEADER + ",content_changes"),
+        ["row 1", "column content_changes", "need the samples column"],
+    ),
+    (
+        "count-without-samples-value",
+        csv_text([GOOD + ",,1"], HEADER + ",samples,absent_samples"),
+        ["row 1", "column absent_samples", "samples is empty"],
+    ),
+    (
+        "count-out-of-range",
+        csv_text([GOOD + ",70000"], HEADER + ",samples"),
+        ["row 1", "column samples", "70000 is not a count from 0 to 65535"],
+    ),
+    (
+        "negative-count",
+        csv_text([GOOD + ",2,-1"], HEADER + ",samples,content_checks"),
+        ["row 1", "column content_checks"],
+    ),
 ]
 
 

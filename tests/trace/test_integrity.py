@@ -396,7 +396,53 @@ def _unaligned(trace: Path, tmp_path: Path) -> None:
     rewrite_table(trace, HOST, "pages", shift)
 
 
+def _counts(**values: int | None) -> Any:
+    def change(t: pa.Table) -> pa.Table:
+        for name, value in values.items():
+            t = _column(t, name, [value] * t.num_rows)
+        return t
+
+    return lambda trace, tmp_path: rewrite_table(trace, HOST, "pages", change)
+
+
+def _samples_rows(**row: Any) -> Any:
+    base = {
+        "snapshot_id": 0,
+        "sample": 0,
+        "pid": 100,
+        "proc_start": 0,
+        "t0_s": 1.0,
+        "t1_s": 1.5,
+        "pages_hashed": 4,
+        "pages_changed": 1,
+        "state": "ok",
+    }
+    table = pa.Table.from_pylist([{**base, **row}], schema=S.SAMPLES_SCHEMA)
+    return lambda trace, tmp_path: rewrite_table(trace, HOST, "samples", lambda t: table)
+
+
+def _cgroup_rows(**row: Any) -> Any:
+    base = {"snapshot_id": 0, "cgroup": "/web", "cgroup_version": 2, "memory_current_bytes": 9}
+    table = pa.Table.from_pylist([{**base, **row}], schema=S.CGROUPS_SCHEMA)
+    return lambda trace, tmp_path: rewrite_table(trace, HOST, "cgroups", lambda t: table)
+
+
 FORGED = {
+    "count-above-samples": (
+        _counts(samples=2, frame_changes=3),
+        "has frame_changes 3 but only 2 samples",
+    ),
+    "changes-above-checks": (
+        _counts(samples=9, content_checks=2, content_changes=3),
+        "has content_changes 3 but only 2 content checks",
+    ),
+    "counts-without-samples": (_counts(absent_samples=1), "has absent_samples but no samples"),
+    "sample-of-unknown-snapshot": (_samples_rows(snapshot_id=5), "snapshot 5 is not in"),
+    "sample-times-reversed": (_samples_rows(t0_s=2.0, t1_s=1.0), "are not in order"),
+    "sample-changed-above-hashed": (_samples_rows(pages_changed=5), "5 pages changed of 4"),
+    "sample-state": (_samples_rows(state="weird"), "unknown sample state"),
+    "cgroup-version-3": (_cgroup_rows(cgroup_version=3), "neither 1 nor 2"),
+    "cgroup-negative-bytes": (_cgroup_rows(anon_bytes=-1), "anon_bytes -1 is negative"),
     "pages-of-another-trace": (_swap_pages, "no live process row"),
     "pid-0": (_pid0, "pid 0 is not a user process"),
     "times-backwards": (_times_backwards, "snapshot times go backwards"),
@@ -564,3 +610,65 @@ def test_raw_reader_helpers_see_the_damage(trace: Path) -> None:
     assert 0 in read_raw(trace, HOST, "processes").column("pid").to_pylist()
     assert json.loads((trace / S.MANIFEST_NAME).read_text())["trace_hash"].startswith("sha256:")
     assert pq.read_table(table_path(trace, HOST, "pages")).num_rows > 0
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+def _as_v1(trace: Path) -> None:
+    """Rewrite a trace as schema version 1: the four tables, their version-1 columns."""
+    for name in ("snapshots", "processes", "mappings", "pages"):
+        rewrite_table(trace, HOST, name, lambda t, n=name: t.select(list(S.V1_COLUMNS[n])))
+    for name in ("cgroups", "samples"):
+        table_path(trace, HOST, name).unlink()
+    doc = manifest(trace)
+    doc["schema_version"] = 1
+    for name in ("cgroups", "samples"):
+        doc["files"].pop(f"host={HOST}/{name}.parquet")
+    write_manifest(trace, doc)
+    rehash_manifest(trace)
+
+
+def test_a_version_1_trace_is_read_by_every_reader(cli: Any, trace: Path, tmp_path: Path) -> None:
+    _as_v1(trace)
+    assert open_trace(trace).schema_version == 1
+    out = tmp_path / "outputs"
+    out.mkdir()
+    for name, args in commands(trace, out).items():
+        code, _, err = cli(args)
+        assert code == 0, (name, err)
+    ht = open_trace(trace).load_host()
+    assert ht.pages.column_names == S.PAGES_SCHEMA.names  # new columns added as nulls
+    assert ht.pages.column("samples").null_count == ht.pages.num_rows
+    assert ht.samples.num_rows == 0
+
+
+def test_a_version_1_trace_may_not_list_version_2_files(
+    cli: Any, trace: Path, tmp_path: Path
+) -> None:
+    doc = manifest(trace)
+    doc["schema_version"] = 1
+    write_manifest(trace, doc)
+    rehash_manifest(trace)
+    all_refuse(cli, trace, tmp_path, "cgroups.parquet", "not a file of this trace")
+
+
+def test_a_version_1_file_with_version_2_columns_is_refused(
+    cli: Any, trace: Path, tmp_path: Path
+) -> None:
+    _as_v1(trace)
+    rewrite_table(
+        trace,
+        HOST,
+        "pages",
+        lambda t: t.append_column("samples", pa.nulls(t.num_rows, pa.uint16())),
+    )
+    all_refuse(cli, trace, tmp_path, "pages.parquet", "unknown column 'samples'")
+
+
+def test_a_version_2_trace_must_list_its_new_tables(cli: Any, trace: Path, tmp_path: Path) -> None:
+    doc = manifest(trace)
+    doc["files"].pop(f"host={HOST}/samples.parquet")
+    write_manifest(trace, doc)
+    rehash_manifest(trace)
+    all_refuse(cli, trace, tmp_path, "does not list", "samples.parquet")

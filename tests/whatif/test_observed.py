@@ -30,7 +30,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_recording_is_compared_with_the_scenario_of_its_knobs(
     recording: Path, family_trace: Path
 ) -> None:
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
 
     obs = read_observed(recording)
     knobs = observed_knobs(obs)
@@ -116,7 +116,7 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
 
     import numpy as np
 
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
     from planner.whatif.observed import canary_rates
 
     root = Path(__file__).resolve().parents[2] / "reports" / "canary" / "django-preload"
@@ -124,7 +124,7 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
     c = obs.counters
     t = np.asarray(c.index.to_numpy(dtype=float))
     scen = SimpleNamespace(hosts=[SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0)])
-    r = canary_rates(c, t, scen, None)  # type: ignore[arg-type]
+    r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
     half = t >= t[-1] / 2
     dt = t[-1] - t[half][0]
     cow = c["cow_ksm"].to_numpy()
@@ -135,6 +135,7 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
     assert r.observed_full_scan_s == pytest.approx(0.875, rel=0.01)
     assert r.predicted_ksmd_cpu_percent == 4.0
     assert r.predicted_cow_per_s is None  # no trace estimate given
+    assert r.observed_unmerges_per_s is None  # a recording of the counters only (version 1)
     assert r.cow_per_merged_page_per_s == pytest.approx(
         r.observed_cow_per_s / np.mean(c["pages_sharing"].to_numpy()[half])
     )

@@ -390,6 +390,7 @@ def _kernel_series(run: LiveRun) -> _KernelSeries:
 
 def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResult:
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+    from planner.engine.knobs import valid_hz
     from planner.trace.io import open_trace
 
     tr = open_trace(run.trace_dir)
@@ -401,7 +402,7 @@ def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResu
         pages_to_scan=int(cfg["pages_to_scan"]),
         sleep_ms=int(cfg["sleep_millisecs"]),
         smart_scan=bool(cfg["smart_scan"]),
-        hz=int(hz) if hz in (100, 250, 300, 1000) else 250,
+        hz=valid_hz(hz),
     )
     cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
     options = ReplayOptions(duration_s=duration_s, grid_s=opts.grid_s, cost=cost)
@@ -444,7 +445,7 @@ def _observed_processes(run: LiveRun) -> Any:
     """The recording's per-process rows with ``t_rel`` (seconds since ``run=1``)."""
     import pandas as pd
 
-    from planner.kernel.observe import read_observed
+    from planner.trace.recording import read_observed
 
     obs = read_observed(run.observe_dir)
     counters = obs.counters.reset_index()

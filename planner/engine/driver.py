@@ -1,0 +1,462 @@
+"""The replay's driver loop, shared by both engines: time, batches, snapshots, grid, records.
+
+An engine (:class:`Core`) holds the KSM state and knows how to run ksmd's batches; the
+driver decides *when*: it applies each snapshot when its time comes (or when a full scan
+starts, with scan alignment), starts full scans, asks the engine to run batches up to the
+next event, samples the time grid from the engine's per-batch state rows, runs the
+scan-time advisor after each full scan and records it, and stops after the settle scans or
+the duration. The result is assembled by :func:`planner.engine.result.assemble_result`.
+
+The two engines differ only behind :class:`Core`: the reference model runs one page at a
+time in Python, the fast engine a compiled kernel; the driver cannot tell them apart.
+
+**Writes between snapshots (a place for a write model).** A trace shows memory only at
+snapshot times. A write model (per-page content changes and same-content writes at given
+times or rates between snapshots) plugs in as a :class:`WriteSource`: the driver cuts the
+batches at its event times (exactly as at a snapshot time) and hands the due writes to
+:meth:`Core.apply_writes` before the next batch. The semantics an engine must give them:
+a write to a page mapping a KSM page (or the zero page) breaks the merge at write time (the
+row gets a fresh physical page, the rmap_item stays on its stable node until ksmd next
+visits it, as for a copy-on-write seen in a snapshot); a write that changes the content
+makes the checksum gate see a change on the next visit; a same-content write does not. No
+write model exists yet: :data:`NO_WRITES` has no events, and both engines refuse writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from planner._progress import NULL_PROGRESS, Progress
+from planner.engine.cost import PATHS
+from planner.engine.options import MAX_GRID_POINTS, grid_overflow
+from planner.engine.result import (
+    R_FULL_SCANS,
+    R_UNSHARED,
+    GridRecord,
+    ReplayResult,
+    ScanRecord,
+    assemble_result,
+    counters_from_row,
+    truth_from_row,
+)
+from planner.engine.timing import NS_PER_S, AdvisorState, advisor_step, sleep_ns
+
+if TYPE_CHECKING:
+    from planner.engine.cost import CostProfile
+    from planner.engine.knobs import KsmKnobs
+    from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput
+
+I64 = npt.NDArray[np.int64]
+NEVER = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the driver asks of one :meth:`Core.run` call.
+
+    Run batches from ``t0_ns`` (a batch's CPU is ``batch_overhead_ns`` plus, for the batch
+    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``; the next
+    batch starts ``sleep_ns`` after it ends) until the full scan ends or the next batch
+    would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
+    this scan (see :class:`Horizon`).
+    """
+
+    t0_ns: int
+    starts_scan: bool  # this run's first batch is a full scan's first
+    pages_to_scan: int
+    cost: CostProfile  # for an engine that runs scans ahead (their tree sizes differ)
+    path_costs_ns: tuple[int, ...]
+    batch_overhead_ns: int
+    scan_start_ns: int
+    sleep_ns: int
+    boundary_ns: int
+    horizon: Horizon
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """How far an engine may run whole full scans ahead without the driver (fast-forward).
+
+    Every batch it runs must start before ``boundary_ns`` (a snapshot, a write, the end);
+    every full scan it starts must start before ``scan_start_before_ns`` and be at most
+    full scan number ``last_scan`` (scan-aligned snapshots apply when a scan starts); at
+    most ``scans_left`` more full scans may end. With the advisor on, ``pages_to_scan`` may
+    change after any scan: no engine may run ahead then.
+    """
+
+    boundary_ns: int
+    scan_start_before_ns: int
+    last_scan: int
+    scans_left: int
+    advisor: bool
+
+
+@dataclass
+class BatchRun:
+    """What one :meth:`Core.run` call did: per batch its start time, CPU and state row.
+
+    ``scans_ended`` is the number of full scans that ended in it (0 or 1 for one scan; more
+    when an engine ran whole scans ahead), each at the batch given by ``scan_end_batches``.
+    ``paths`` counts the visits per path (:data:`planner.engine.cost.PATHS`) of each scan
+    in it, in order (one row per scan, the last one possibly unfinished).
+    """
+
+    times_ns: I64
+    cpu_ns: I64
+    rows: I64  # (batches, N_ROW)
+    scan_end_batches: list[int] = field(default_factory=list)
+    paths: list[I64] = field(default_factory=list)
+    processes: list[dict[str, dict[str, int]]] = field(default_factory=list)
+
+    @property
+    def scans_ended(self) -> int:
+        """Full scans that ended in this run."""
+        return len(self.scan_end_batches)
+
+
+class WriteSource(Protocol):
+    """Writes between snapshots (see the module notes); none exists yet."""
+
+    def next_time_ns(self) -> int | None:
+        """Time of the next write not yet handed out, or None."""
+
+    def take_until(self, t_ns: int) -> object:
+        """The writes at or before ``t_ns`` (an engine-neutral batch of writes)."""
+
+
+class _NoWrites:
+    def next_time_ns(self) -> int | None:
+        return None
+
+    def take_until(self, t_ns: int) -> object:
+        return None
+
+
+NO_WRITES: WriteSource = _NoWrites()
+
+
+class Core(Protocol):
+    """The KSM state of one engine, as the driver drives it."""
+
+    name: str
+
+    def apply_snapshot(self, k: int, now_ns: int) -> None:
+        """The world moves to snapshot ``k`` at ``now_ns`` (exits, registrations included)."""
+
+    def apply_writes(self, writes: object, now_ns: int) -> None:
+        """Writes between snapshots (see the module notes)."""
+
+    def has_work(self) -> bool:
+        """Whether ksmd has an mm to scan (or is inside a full scan)."""
+
+    def in_scan(self) -> bool:
+        """Whether a full scan is in progress (the cursor is not at the list head)."""
+
+    def start_scan(self, now_ns: int) -> None:
+        """A full scan starts (the unstable tree is emptied; the prune clock is read)."""
+
+    def run(self, plan: BatchPlan) -> BatchRun:
+        """Run batches as ``plan`` says."""
+
+    def state_row(self) -> I64:
+        """The state row now."""
+
+    def processes(self) -> dict[str, dict[str, int]]:
+        """``ksm_stat`` of every live process now."""
+
+    def node_members(self) -> list[tuple[int, int, int]] | I64:
+        """Final KSM page membership (see :attr:`ReplayResult.final_node_members`)."""
+
+
+class Driver:
+    """Runs one replay of ``inp`` on an engine core (see the module notes)."""
+
+    def __init__(
+        self,
+        core: Core,
+        inp: ReplayInput,
+        knobs: KsmKnobs,
+        opts: ReplayOptions,
+        *,
+        progress: Progress = NULL_PROGRESS,
+        writes: WriteSource = NO_WRITES,
+    ) -> None:
+        self.core = core
+        self.inp = inp
+        self.k = knobs
+        self.opts = opts
+        self.cost = opts.cost
+        self.progress = progress
+        self.writes = writes
+        self.page_size = inp.page_size
+        K = inp.n_snapshots
+        self.times = inp.times_ns
+        self.end_ns = int(opts.duration_s * NS_PER_S) if opts.duration_s is not None else None
+        self.grid_ns = opts.grid_step_ns(self.times[-1] if K else 0)
+        self.grid: list[GridRecord] = []
+        self.next_grid = 0
+        self.scans: list[ScanRecord] = []
+        self.scans_after_last: int | None = None
+        self.sleep = sleep_ns(knobs.sleep_ms, knobs.hz) + self.cost.wake_latency_ns
+        self.next_snap = 0
+        self.seqnr = 0
+        self.pages_to_scan = knobs.initial_pages_to_scan
+        self.advisor = AdvisorState()
+        self.cpu_ns = int(knobs.advisor_initial_cpu_s * NS_PER_S)
+        self.cpu_start_ns = self.cpu_ns
+        self.tree_pages_for_cost = 0
+        self.path_visits = np.zeros(len(PATHS), np.int64)
+        self.path_cpu_ns = np.zeros(len(PATHS), np.int64)
+        self.batches = 0
+        self.snapshot_first_scan: list[int | None] = [None] * K
+        self.snapshot_applied_ns: list[int | None] = [None] * K
+        self.scan_start_t = 0
+        self.scan_cpu0 = self.cpu_ns
+        self.scan_batches = 0
+        self.scan_pts = self.pages_to_scan
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, limit: int, inclusive: bool, run: BatchRun | None = None) -> None:
+        """Grid points before ``limit`` (and at it when ``inclusive``): the state then.
+
+        With a ``run``, a point at or after its first batch gets the state after the last
+        batch that started at or before it; other points get the engine's state now.
+        """
+        while self.next_grid < limit or (inclusive and self.next_grid == limit):
+            g = self.next_grid
+            if self.end_ns is not None and g > self.end_ns:
+                return
+            if len(self.grid) >= MAX_GRID_POINTS:
+                raise grid_overflow(len(self.grid) + 1)
+            if run is not None and g >= int(run.times_ns[0]):
+                row = run.rows[int(np.searchsorted(run.times_ns, g, side="right")) - 1]
+            else:
+                row = self.core.state_row()
+            self.grid.append(
+                GridRecord(
+                    g / NS_PER_S,
+                    counters_from_row(row, self.page_size),
+                    truth_from_row(row, self.page_size),
+                )
+            )
+            self.next_grid += self.grid_ns
+
+    # ------------------------------------------------------------------ events
+
+    def _apply(self, k: int, t: int, *, sample_to: int) -> None:
+        self._sample(sample_to, False)
+        self.core.apply_snapshot(k, t)
+        self.snapshot_first_scan[k] = self.seqnr + 1
+        self.snapshot_applied_ns[k] = t
+        self.next_snap = k + 1
+
+    def _apply_due(self, t: int) -> None:
+        """Snapshots (and writes) whose time has come at batch start ``t``."""
+        opts = self.opts
+        K = len(self.times)
+        if not opts.aligned_to_scans:
+            while self.next_snap < K and self.times[self.next_snap] <= t:
+                self._apply(self.next_snap, t, sample_to=self.times[self.next_snap])
+        elif self.next_snap == 0 and K:
+            self._apply(0, t, sample_to=t)
+        if not self.core.in_scan() and opts.aligned_to_scans:
+            while self.next_snap < K and self._scan_due(self.next_snap, t):
+                self._apply(self.next_snap, t, sample_to=t)
+        wt = self.writes.next_time_ns()
+        if wt is not None and wt <= t:
+            self._sample(t, False)
+            self.core.apply_writes(self.writes.take_until(t), t)
+
+    def _scan_due(self, k: int, t: int) -> bool:
+        if self.opts.snapshot_scans is not None:
+            return self.opts.snapshot_scans[k] <= self.seqnr + 1
+        return self.times[k] <= t
+
+    def _boundary(self) -> int:
+        """The next batch start at which the driver must act (snapshot, write, end)."""
+        boundary = NEVER
+        if not self.opts.aligned_to_scans and self.next_snap < len(self.times):
+            boundary = self.times[self.next_snap]
+        if self.end_ns is not None:
+            boundary = min(boundary, self.end_ns)
+        wt = self.writes.next_time_ns()
+        return boundary if wt is None else min(boundary, wt)
+
+    def _horizon(self, boundary: int) -> Horizon:
+        opts = self.opts
+        K = len(self.times)
+        start_before, last_scan = NEVER, 1 << 62
+        if opts.aligned_to_scans and self.next_snap < K:
+            if opts.snapshot_scans is not None:
+                last_scan = opts.snapshot_scans[self.next_snap] - 1
+            else:
+                start_before = self.times[self.next_snap]
+        left = opts.max_scans - self.seqnr
+        if self.end_ns is None and self.next_snap >= K:
+            left = min(left, opts.settle_scans - (self.scans_after_last or 0))
+        return Horizon(
+            boundary_ns=boundary,
+            scan_start_before_ns=start_before,
+            last_scan=last_scan,
+            scans_left=max(left, 0),
+            advisor=self.k.advisor == "scan-time",
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> ReplayResult:
+        """Replay the whole trace; return the result."""
+        K = len(self.times)
+        t = 0
+        self.progress.start(f"replay ({self.core.name})", None)
+        while True:
+            if self.end_ns is not None and t >= self.end_ns:
+                break
+            self._apply_due(t)
+            if not self.core.has_work():
+                # ksmd sleeps until a process registers (the next snapshot)
+                if self.next_snap >= K:
+                    break
+                t = max(t, self.times[self.next_snap])
+                if self.end_ns is not None and t >= self.end_ns:
+                    break
+                self._apply(self.next_snap, t, sample_to=t)
+                continue
+            starts = not self.core.in_scan()
+            if starts:
+                self.core.start_scan(t)
+                self.advisor.start_scan_ns = t
+                self.scan_start_t, self.scan_cpu0, self.scan_batches = t, self.cpu_ns, 0
+                self.scan_pts = self.pages_to_scan
+            self._sample(t, False)
+            run = self.core.run(self._plan(t, starts))
+            t, stop = self._absorb(run)
+            if stop:
+                break
+        end = self.end_ns if self.end_ns is not None else t
+        if not self.opts.aligned_to_scans:
+            while self.next_snap < K and self.times[self.next_snap] <= end:
+                self._apply(self.next_snap, end, sample_to=self.times[self.next_snap])
+        self._sample(end, True)
+        self.progress.finish()
+        return self._result(end)
+
+    def _plan(self, t: int, starts: bool) -> BatchPlan:
+        boundary = self._boundary()
+        return BatchPlan(
+            t0_ns=t,
+            starts_scan=starts,
+            pages_to_scan=self.pages_to_scan,
+            cost=self.cost,
+            path_costs_ns=self.cost.path_costs(self.tree_pages_for_cost),
+            batch_overhead_ns=self.cost.batch_overhead_ns,
+            scan_start_ns=self.cost.scan_start_ns if starts else 0,
+            sleep_ns=self.sleep,
+            boundary_ns=boundary,
+            horizon=self._horizon(boundary),
+        )
+
+    def _absorb(self, run: BatchRun) -> tuple[int, bool]:
+        """Book a run's batches and scans; return the next batch time and whether to stop."""
+        self._sample(int(run.times_ns[-1]), True, run)
+        begin = 0
+        ends = [*run.scan_end_batches]
+        if len(run.paths) > len(ends):
+            ends.append(run.times_ns.size - 1)  # the unfinished scan's part
+        for j, last in enumerate(ends):
+            costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
+            self.path_visits += run.paths[j]
+            self.path_cpu_ns += run.paths[j] * costs
+            self.cpu_ns += int(run.cpu_ns[begin : last + 1].sum())
+            self.batches += last + 1 - begin
+            self.scan_batches += last + 1 - begin
+            if j < run.scans_ended:
+                end_t = int(run.times_ns[last]) + int(run.cpu_ns[last])
+                if self._scan_ended(end_t, run.rows[last], run.processes[j]):
+                    return end_t, True
+                if j + 1 < len(ends):  # the engine ran the next scan ahead
+                    self.scan_start_t = int(run.times_ns[last + 1])
+                    self.scan_cpu0, self.scan_batches = self.cpu_ns, 0
+                    self.advisor.start_scan_ns = self.scan_start_t
+                    self.scan_pts = self.pages_to_scan
+            begin = last + 1
+        return int(run.times_ns[-1]) + int(run.cpu_ns[-1]) + self.sleep, False
+
+    def _scan_ended(self, end_t: int, row: I64, processes: dict[str, dict[str, int]]) -> bool:
+        """Advisor and record after a full scan; whether the replay stops here."""
+        self.seqnr = int(row[R_FULL_SCANS])
+        if self.k.advisor == "scan-time":
+            pages, _, _ = advisor_step(
+                self.advisor,
+                pages_to_scan=self.pages_to_scan,
+                now_ns=end_t,
+                ksmd_cpu_ns=self.cpu_ns,
+                target_scan_time_s=self.k.advisor_target_scan_time_s,
+                max_cpu=self.k.advisor_max_cpu,
+                max_pages=self.k.advisor_max_pages_to_scan,
+            )
+            self.pages_to_scan = pages
+        self.tree_pages_for_cost = int(row[R_UNSHARED])
+        self.scans.append(
+            ScanRecord(
+                full_scans=self.seqnr,
+                t_s=end_t / NS_PER_S,
+                scan_time_s=(end_t - self.scan_start_t) / NS_PER_S,
+                cpu_s=(self.cpu_ns - self.scan_cpu0) / NS_PER_S,
+                pages_to_scan=self.scan_pts,
+                batches=self.scan_batches,
+                counters=counters_from_row(row, self.page_size),
+                processes=processes,
+                truth=truth_from_row(row, self.page_size),
+            )
+        )
+        self.progress.advance(1)
+        if self.next_snap >= len(self.times):
+            self.scans_after_last = (self.scans_after_last or 0) + 1
+        if (
+            self.end_ns is None
+            and self.scans_after_last is not None
+            and self.scans_after_last >= self.opts.settle_scans
+        ):
+            return True
+        return self.seqnr >= self.opts.max_scans
+
+    def _result(self, end_ns: int) -> ReplayResult:
+        row = self.core.state_row()
+        return assemble_result(
+            engine=self.core.name,
+            knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
+            inp=self.inp,
+            page_size=self.page_size,
+            end_ns=end_ns,
+            scans=self.scans,
+            grid=self.grid,
+            batches=self.batches,
+            cpu_ns=self.cpu_ns - self.cpu_start_ns,
+            full_scans=self.seqnr,
+            path_visits=dict(zip(PATHS, self.path_visits.tolist(), strict=True)),
+            path_cpu_ns=dict(zip(PATHS, self.path_cpu_ns.tolist(), strict=True)),
+            final_counters=counters_from_row(row, self.page_size),
+            final_processes=self.core.processes(),
+            final_truth=truth_from_row(row, self.page_size),
+            snapshot_first_scan=self.snapshot_first_scan,
+            snapshot_applied_ns=self.snapshot_applied_ns,
+            final_node_members=self.core.node_members(),
+        )
+
+
+__all__ = [
+    "NO_WRITES",
+    "BatchPlan",
+    "BatchRun",
+    "Core",
+    "Driver",
+    "Horizon",
+    "WriteSource",
+]

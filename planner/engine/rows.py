@@ -1,0 +1,708 @@
+"""Snapshot rows and snapshot deltas: what ksmd could see, and how it changes.
+
+A replay input holds the first snapshot in full and every later snapshot as a
+:class:`SnapshotDelta` against the one before it: the rows that vanished, the rows that
+appeared, the rows whose content, frame or flags changed, and for every row whose physical
+page is not the one it had (new, written, copied-on-write) where that physical page comes
+from. A day of hourly snapshots that mostly repeat costs what changed, not 24 tables.
+
+Rows are sorted by ``(mm, page)``; a row's *key* is ``(mm << 36) | page`` (user pages are
+below ``2**35``). Positions are row indexes (int32: up to 2**31 rows per snapshot).
+
+Physical pages (the engines' *entities*) follow the trace's frame ids:
+
+* a row whose (mm, page) persists with the same content and frame keeps its physical page
+  (possibly a KSM page in the replay): link :data:`L_CARRY` (or no entry at all);
+* otherwise it maps the physical page of another row with the same frame and content -- a
+  carried row of the same snapshot (:data:`L_ROW`, a forked child) or a row of the previous
+  snapshot (:data:`L_OLD`, e.g. a child whose parent exited after the fork) -- preferring the
+  parent process's row at the same page;
+* otherwise it gets a fresh physical page (:data:`L_FRESH`), shared by the rows of one
+  (frame, content); fresh pages are numbered in order of their first row.
+
+:meth:`ReplayInputRows.rows` rebuilds any snapshot in full (:class:`SnapshotRows`) and
+:func:`transition` expands a delta into per-row arrays; the reference model replays those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from planner._jit import compiled_on_first_call
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pandas as pd
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
+
+MM_SHIFT = np.uint64(36)  # row key = (mm << 36) | page number
+PAGE_MASK = np.uint64((1 << 36) - 1)
+
+#: row flags (``SnapshotRows.flags``, ``SnapshotDelta.upd_flags``)
+F_ELIGIBLE, F_ZERO, F_THP = 1, 2, 4
+
+#: where a row's physical page comes from (``SnapshotDelta.upd_link_kind``)
+L_CARRY, L_FRESH, L_ROW, L_OLD = 0, 1, 2, 3
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def row_keys(mm: npt.NDArray[np.integer[Any]], page: U64) -> U64:
+    """``(mm << 36) | page`` for each row."""
+    return (mm.astype(np.uint64) << MM_SHIFT) | page
+
+
+@dataclass(frozen=True)
+class MmLayout:
+    """Which mms a snapshot holds and where their rows are."""
+
+    present: I32  # mm ids present (sorted)
+    lo: I64  # row range [lo, hi) of each present mm
+    hi: I64
+    mergeable: B  # per present mm: has at least one VM_MERGEABLE mapping
+
+    def rows_of(self, mm: int) -> tuple[int, int]:
+        """Row range [lo, hi) of ``mm`` (empty when absent)."""
+        i = int(np.searchsorted(self.present, mm))
+        if i < self.present.size and self.present[i] == mm:
+            return int(self.lo[i]), int(self.hi[i])
+        return 0, 0
+
+    def mm_of_rows(self) -> I32:
+        """The mm of every row."""
+        return np.repeat(self.present, (self.hi - self.lo)).astype(np.int32)
+
+    def is_mergeable(self, mm: int) -> bool:
+        """Whether present ``mm`` has a VM_MERGEABLE mapping."""
+        i = int(np.searchsorted(self.present, mm))
+        return bool(i < self.present.size and self.present[i] == mm and self.mergeable[i])
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return int(self.hi[-1]) if self.hi.size else 0
+
+
+@dataclass
+class SnapshotRows:
+    """The pages of one snapshot as ksmd could see them, in full, sorted by (mm, page)."""
+
+    index: int
+    time_ns: int
+    mm: I32
+    page: U64  # virtual page number (address // page size)
+    hash: U64
+    frame: U64  # trace frame id (equal within a snapshot <=> same physical page at capture)
+    flags: U8  # F_ELIGIBLE | F_ZERO | F_THP
+    layout: MmLayout
+    n_frames: int  # distinct trace frames (physical pages without KSM)
+    _groups: tuple[U64, I32] | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return int(self.mm.size)
+
+    @property
+    def zero(self) -> B:
+        """Zero-filled content."""
+        return np.asarray((self.flags & F_ZERO) != 0)
+
+    @property
+    def thp(self) -> B:
+        """Mapped by a transparent huge page."""
+        return np.asarray((self.flags & F_THP) != 0)
+
+    @property
+    def eligible(self) -> B:
+        """VM_MERGEABLE under the policy."""
+        return np.asarray((self.flags & F_ELIGIBLE) != 0)
+
+    @property
+    def mm_present(self) -> I32:
+        """mms present in this snapshot (sorted)."""
+        return self.layout.present
+
+    @property
+    def mm_lo(self) -> I64:
+        """First row of each present mm."""
+        return self.layout.lo
+
+    @property
+    def mm_hi(self) -> I64:
+        """End row of each present mm."""
+        return self.layout.hi
+
+    @property
+    def mm_mergeable(self) -> B:
+        """Per present mm: has at least one VM_MERGEABLE mapping."""
+        return self.layout.mergeable
+
+    def groups(self) -> tuple[U64, I32]:
+        """Distinct contents (sorted hashes) and each row's content index, computed once."""
+        if self._groups is None:
+            gkey, gid = np.unique(self.hash, return_inverse=True)
+            self._groups = (gkey, gid.reshape(-1).astype(np.int32))
+        return self._groups
+
+    def keys(self) -> U64:
+        """Row keys ``(mm << 36) | page``, sorted."""
+        return row_keys(self.mm, self.page)
+
+    def rows_of(self, mm: int) -> tuple[int, int]:
+        """Row range [lo, hi) of ``mm`` (empty when absent)."""
+        return self.layout.rows_of(mm)
+
+
+@dataclass(frozen=True)
+class SnapshotDelta:
+    """Snapshot ``index`` as changes to the snapshot before it.
+
+    ``removed`` are old positions of rows whose (mm, page) vanished; ``added`` the new
+    positions of rows whose (mm, page) is new, with their pages. ``upd`` lists, sorted, the
+    new positions of every added row and of every persisting row whose content, frame or
+    flags changed, with the new values and, for each, where its physical page comes from
+    (``upd_link_kind`` / ``upd_link``: :data:`L_CARRY`; :data:`L_FRESH` and a fresh-page
+    number; :data:`L_ROW` and a new position; :data:`L_OLD` and an old position).
+    ``upd_old`` is the old position of a changed row (-1 for an added one); ``upd_gid`` its
+    content id (dense, in order of first appearance over the trace).
+    """
+
+    index: int
+    time_ns: int
+    n_rows: int
+    n_old: int
+    n_frames: int
+    layout: MmLayout
+    removed: I32
+    added: I32
+    added_page: U64
+    upd: I32
+    upd_old: I32
+    upd_hash: U64
+    upd_frame: U64
+    upd_flags: U8
+    upd_link_kind: npt.NDArray[np.int8]
+    upd_link: I32
+    n_fresh: int
+    upd_gid: I32  # content id of each upd row (see ContentCatalog)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the delta's arrays."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    def survivors(self) -> tuple[I32, I32]:
+        """(old positions, new positions) of the rows whose (mm, page) persists, in order."""
+        keep = np.ones(self.n_old, bool)
+        keep[self.removed] = False
+        stay = np.ones(self.n_rows, bool)
+        stay[self.added] = False
+        return (
+            np.flatnonzero(keep).astype(np.int32),
+            np.flatnonzero(stay).astype(np.int32),
+        )
+
+
+@dataclass
+class Transition:
+    """A delta expanded to per-row arrays of the new snapshot (-1: none), for the reference.
+
+    ``carry_src``: old row whose physical page this row keeps; ``inherit_src``: carried row
+    of this snapshot whose physical page it maps; ``inherit_old``: old row whose physical
+    page it maps; ``fresh_group``: fresh physical page; ``same_content_src``: old row at the
+    same (mm, page) with the same content; ``key_src``: old row at the same (mm, page);
+    ``released_old``: old rows whose mapping went away (not carried).
+    """
+
+    carry_src: I64
+    inherit_src: I64
+    inherit_old: I64
+    fresh_group: I64
+    n_fresh: int
+    same_content_src: I64
+    key_src: I64
+    released_old: I64
+
+
+def transition(old: SnapshotRows | None, new: SnapshotRows, delta: SnapshotDelta) -> Transition:
+    """Per-row transition arrays of ``new`` from ``delta`` (``old`` is the snapshot before)."""
+    n = new.n
+    key_src = np.full(n, -1, np.int64)
+    if old is not None:
+        so, sn = delta.survivors()
+        key_src[sn] = so
+    carry = key_src.copy()
+    same = key_src.copy()
+    inherit = np.full(n, -1, np.int64)
+    inherit_old = np.full(n, -1, np.int64)
+    fresh = np.full(n, -1, np.int64)
+    u = delta.upd.astype(np.int64)
+    kind = delta.upd_link_kind
+    moved = kind != L_CARRY
+    carry[u[moved]] = -1
+    if old is not None:
+        ks = key_src[u]
+        differs = ks < 0
+        differs[~differs] = old.hash[ks[~differs]] != new.hash[u[~differs]]
+        same[u[differs]] = -1
+    link = delta.upd_link.astype(np.int64)
+    inherit[u[kind == L_ROW]] = link[kind == L_ROW]
+    inherit_old[u[kind == L_OLD]] = link[kind == L_OLD]
+    fresh[u[kind == L_FRESH]] = link[kind == L_FRESH]
+    released = np.ones(old.n if old is not None else 0, bool)
+    released[carry[carry >= 0]] = False
+    return Transition(
+        carry_src=carry,
+        inherit_src=inherit,
+        inherit_old=inherit_old,
+        fresh_group=fresh,
+        n_fresh=delta.n_fresh,
+        same_content_src=same,
+        key_src=key_src,
+        released_old=np.flatnonzero(released).astype(np.int64),
+    )
+
+
+def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta) -> SnapshotRows:
+    """The full rows of ``delta``'s snapshot, from the snapshot before it."""
+    n = delta.n_rows
+    page = np.empty(n, np.uint64)
+    hash_ = np.empty(n, np.uint64)
+    frame = np.empty(n, np.uint64)
+    flags = np.empty(n, np.uint8)
+    if old is not None and delta.n_old:
+        so, sn = delta.survivors()
+        page[sn] = old.page[so]
+        hash_[sn] = old.hash[so]
+        frame[sn] = old.frame[so]
+        flags[sn] = old.flags[so]
+    page[delta.added] = delta.added_page
+    hash_[delta.upd] = delta.upd_hash
+    frame[delta.upd] = delta.upd_frame
+    flags[delta.upd] = delta.upd_flags
+    return SnapshotRows(
+        index=delta.index,
+        time_ns=delta.time_ns,
+        mm=delta.layout.mm_of_rows(),
+        page=page,
+        hash=hash_,
+        frame=frame,
+        flags=flags,
+        layout=delta.layout,
+        n_frames=delta.n_frames,
+    )
+
+
+class SnapshotSequence:
+    """The snapshots of a replay input, rebuilt in full on demand from the deltas.
+
+    Sequential access (``for rows in inp.snapshots``) applies one delta per step; the last
+    snapshot rebuilt is kept, so ``inp.snapshots[-1]`` twice costs one rebuild.
+    """
+
+    def __init__(self, deltas: list[SnapshotDelta]) -> None:
+        self._deltas = deltas
+        self._cache: tuple[int, SnapshotRows] | None = None
+
+    def __len__(self) -> int:
+        return len(self._deltas)
+
+    def __getitem__(self, k: int) -> SnapshotRows:
+        if k < 0:
+            k += len(self._deltas)
+        if not 0 <= k < len(self._deltas):
+            raise IndexError(k)
+        if self._cache is not None and self._cache[0] == k:
+            return self._cache[1]
+        start, rows = -1, None
+        if self._cache is not None and self._cache[0] < k:
+            start, rows = self._cache
+        for j in range(start + 1, k + 1):
+            rows = apply_delta(rows, self._deltas[j])
+        assert rows is not None
+        self._cache = (k, rows)
+        return rows
+
+    def __iter__(self) -> Iterator[SnapshotRows]:
+        rows: SnapshotRows | None = None
+        for d in self._deltas:
+            rows = apply_delta(rows, d)
+            yield rows
+
+
+# ----------------------------------------------------------------------------- building
+
+
+class ContentCatalog:
+    """Dense content ids: each distinct hash gets the next id when first seen.
+
+    Lookups go through pandas' hash tables (one per batch of new contents, so that
+    nothing is rebuilt when a snapshot adds a few).
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[pd.Index, int]] = []  # (hashes, id of the first)
+        self.n = 0
+
+    def hashes(self) -> U64:
+        """The hash of every content id."""
+        if not self._parts:
+            return np.empty(0, np.uint64)
+        return np.concatenate([np.asarray(ix.to_numpy(), np.uint64) for ix, _ in self._parts])
+
+    def ids_of(self, hashes: U64) -> I32:
+        """Ids of ``hashes``; new contents get the next ids, in order of first appearance."""
+        import pandas as pd  # imported on first use: the command line imports this module
+
+        out = np.full(hashes.size, -1, np.int64)
+        for ix, base in self._parts:
+            todo = np.flatnonzero(out < 0)
+            if todo.size == 0:
+                break
+            got = ix.get_indexer(pd.Index(hashes[todo]))
+            hit = got >= 0
+            out[todo[hit]] = base + got[hit]
+        miss = np.flatnonzero(out < 0)
+        if miss.size:
+            codes, uniques = pd.factorize(hashes[miss])
+            out[miss] = self.n + codes
+            self._parts.append((pd.Index(np.asarray(uniques, np.uint64)), self.n))
+            self.n += len(uniques)
+        return out.astype(np.int32)
+
+
+def _sorted_search(keys_sorted: U64, queries: U64) -> I64:
+    """``np.searchsorted`` for unsorted queries, made cache-friendly by sorting them first."""
+    if queries.size < 4096:
+        return np.searchsorted(keys_sorted, queries)
+    order = np.argsort(queries)
+    out = np.empty(queries.size, np.int64)
+    out[order] = np.searchsorted(keys_sorted, queries[order])
+    return out
+
+
+@dataclass
+class RowColumns:
+    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time)."""
+
+    key: U64
+    page: U64
+    hash: U64
+    frame: U64
+    flags: U8
+    mm: I32
+
+
+def _content_key(frame: U64, hash_: U64) -> U64:
+    """One uint64 per (frame, hash) pair; matches are verified on both columns."""
+    with np.errstate(over="ignore"):
+        return frame ^ (hash_ * _GOLDEN)
+
+
+def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
+    """Rows of one (frame, content) share a group; groups numbered by their first row."""
+    n = frame.size
+    if n == 0:
+        return np.empty(0, np.int32), 0
+    import pandas as pd
+
+    codes, _ = pd.factorize(_content_key(frame, hash_))
+    first = np.full(int(codes.max()) + 1, n, np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    if np.array_equal(frame[first][codes], frame) and np.array_equal(hash_[first][codes], hash_):
+        return codes.astype(np.int32), int(first.size)
+    # two pairs share a content key: group on both columns instead
+    order = np.lexsort((hash_, frame))
+    fs, hs = frame[order], hash_[order]
+    start = np.r_[True, (fs[1:] != fs[:-1]) | (hs[1:] != hs[:-1])]
+    gid_sorted = np.cumsum(start) - 1
+    inv = np.empty(n, np.int64)
+    inv[order] = gid_sorted
+    first = np.full(int(gid_sorted[-1]) + 1, n, np.int64)
+    np.minimum.at(first, gid_sorted, order)
+    rank = np.empty(first.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inv].astype(np.int32), int(first.size)
+
+
+def _first_row_by_pair(rows: I64, frame: U64, hash_: U64) -> tuple[U64, I64]:
+    """Sorted content keys of ``rows`` and, for each, the lowest row having it."""
+    k = _content_key(frame[rows], hash_[rows])
+    order = np.lexsort((rows, k))
+    ks, rs = k[order], rows[order]
+    first = np.ones(ks.size, dtype=bool)
+    first[1:] = ks[1:] != ks[:-1]
+    return ks[first], rs[first]
+
+
+def _lookup_pair(
+    keys_sorted: U64, src_rows: I64, src: RowColumns, frame: U64, hash_: U64, kq: U64
+) -> I64:
+    """For each query pair: the first source row with that (frame, hash), or -1."""
+    out = np.full(kq.size, -1, np.int64)
+    if keys_sorted.size == 0 or kq.size == 0:
+        return out
+    pc = np.minimum(_sorted_search(keys_sorted, kq), keys_sorted.size - 1)
+    cand = src_rows[pc]
+    ok = (keys_sorted[pc] == kq) & (src.frame[cand] == frame) & (src.hash[cand] == hash_)
+    out[ok] = cand[ok]
+    return out
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _member(keys: U64, queries: U64) -> B:  # pragma: no cover - compiled
+    """``queries[i]`` is one of ``keys`` (an open-addressing set of ``keys``).
+
+    Written out because the build side is small and the probe side is every row of a
+    snapshot: a probe into a table that fits the cache costs a few ns, pandas' general
+    hash join some 100 ns."""
+    cap = 16
+    while cap < 2 * keys.size:
+        cap *= 2
+    mask = cap - 1
+    table = np.zeros(cap, np.uint64)
+    used = np.zeros(cap, np.bool_)
+    for k in keys:
+        i = (k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        i = np.int64(i) & mask
+        while used[i] and table[i] != k:
+            i = (i + 1) & mask
+        used[i] = True
+        table[i] = k
+    out = np.zeros(queries.size, np.bool_)
+    for j in range(queries.size):
+        q = queries[j]
+        i = np.int64((q * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
+        while used[i]:
+            if table[i] == q:
+                out[j] = True
+                break
+            i = (i + 1) & mask
+    return out
+
+
+def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
+    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames``."""
+    f = src.frame if among is None else src.frame[among]
+    if frames.size == 0 or f.size == 0:
+        return np.empty(0, np.int64)
+    hit = np.flatnonzero(_member(frames, f))
+    return hit if among is None else among[hit]
+
+
+def _sorted_unique(a: U64) -> U64:
+    s = np.sort(a)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+
+
+def _n_frames(frame: U64) -> int:
+    f = np.sort(frame)
+    return int(f.size and 1 + np.count_nonzero(f[1:] != f[:-1]))
+
+
+def _links(
+    prev: RowColumns, cur: RowColumns, moved: I64, carried: B, parent_of: I64
+) -> tuple[npt.NDArray[np.int8], I64]:
+    """Where the physical page of each ``moved`` row comes from (kind, source)."""
+    m = moved.size
+    kind = np.full(m, L_FRESH, np.int8)
+    link = np.full(m, -1, np.int64)
+    if m == 0:
+        return kind, link
+    rf, rh = cur.frame[moved], cur.hash[moved]
+    kq = _content_key(rf, rh)
+    frames = _sorted_unique(rf)
+    inh = np.full(m, -1, np.int64)
+    inh_old = np.full(m, -1, np.int64)
+    cand_new = _rows_with_frames(cur, None, frames)
+    cand_new = cand_new[carried[cand_new]]
+    if cand_new.size:
+        ks, rs = _first_row_by_pair(cand_new, cur.frame, cur.hash)
+        inh = _lookup_pair(ks, rs, cur, rf, rh, kq)
+    cand_old = _rows_with_frames(prev, None, frames)
+    if cand_old.size:
+        ks, rs = _first_row_by_pair(cand_old, prev.frame, prev.hash)
+        got = _lookup_pair(ks, rs, prev, rf, rh, kq)
+        inh_old = np.where(inh < 0, got, -1)
+    # prefer the parent process's row at the same page when it maps the same frame
+    par = parent_of[cur.mm[moved]]
+    cand = np.flatnonzero((par >= 0) & ((inh >= 0) | (inh_old >= 0)))
+    if cand.size:
+        rows = moved[cand]
+        pkey = (par[cand].astype(np.uint64) << MM_SHIFT) | cur.page[rows]
+        n = cur.key.size
+        q = np.minimum(_sorted_search(cur.key, pkey), n - 1)
+        is_carried = carried
+        ok = (
+            (cur.key[q] == pkey)
+            & is_carried[q]
+            & (cur.frame[q] == cur.frame[rows])
+            & (cur.hash[q] == cur.hash[rows])
+        )
+        inh[cand[ok]] = q[ok]
+        inh_old[cand[ok]] = -1
+        if prev.key.size:
+            todo = ~ok
+            q2 = np.minimum(_sorted_search(prev.key, pkey), prev.key.size - 1)
+            ok2 = (
+                todo
+                & (prev.key[q2] == pkey)
+                & (prev.frame[q2] == cur.frame[rows])
+                & (prev.hash[q2] == cur.hash[rows])
+            )
+            inh_old[cand[ok2]] = q2[ok2]
+            inh[cand[ok2]] = -1
+    kind[inh >= 0] = L_ROW
+    link[inh >= 0] = inh[inh >= 0]
+    kind[inh_old >= 0] = L_OLD
+    link[inh_old >= 0] = inh_old[inh_old >= 0]
+    need = np.flatnonzero(kind == L_FRESH)
+    if need.size:
+        g, _ = _groups_by_first_row(rf[need], rh[need])
+        link[need] = g
+    return kind, link
+
+
+_SAME, _FLAGS, _CHANGED, _ADDED = 0, 1, 2, 3  # how a row relates to the snapshot before
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _align(
+    old_key: U64, key: U64, old_hash: U64, hash_: U64, old_frame: U64, frame: U64,
+    old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32,
+) -> int:  # fmt: skip  # pragma: no cover - compiled
+    """Merge two snapshots' sorted keys: each new row's class (same, flags changed, content
+    or frame changed, added) and old row; the old rows that vanished. Returns how many."""
+    i = nr = 0
+    for j in range(key.size):
+        while i < old_key.size and old_key[i] < key[j]:
+            removed[nr] = i
+            nr += 1
+            i += 1
+        if i < old_key.size and old_key[i] == key[j]:
+            old_of[j] = i
+            if old_hash[i] != hash_[j] or old_frame[i] != frame[j]:
+                cls[j] = _CHANGED
+            elif old_flags[i] != flags[j]:
+                cls[j] = _FLAGS
+            else:
+                cls[j] = _SAME
+            i += 1
+        else:
+            old_of[j] = -1
+            cls[j] = _ADDED
+    while i < old_key.size:
+        removed[nr] = i
+        nr += 1
+        i += 1
+    return nr
+
+
+def build_delta(
+    prev: RowColumns | None,
+    cur: RowColumns,
+    *,
+    index: int,
+    time_ns: int,
+    layout: MmLayout,
+    parent_of: I64,
+    catalog: ContentCatalog,
+) -> SnapshotDelta:
+    """The delta from ``prev`` to ``cur`` (both sorted by key); ``prev`` None: all added."""
+    n = cur.key.size
+    n_frames = _n_frames(cur.frame)
+    if prev is None or prev.key.size == 0:
+        g, n_fresh = _groups_by_first_row(cur.frame, cur.hash)
+        allrows = np.arange(n, dtype=np.int32)
+        return SnapshotDelta(
+            index=index,
+            time_ns=time_ns,
+            n_rows=n,
+            n_old=0,
+            n_frames=n_frames,
+            layout=layout,
+            removed=np.empty(0, np.int32),
+            added=allrows,
+            added_page=cur.page,
+            upd=allrows,
+            upd_old=np.full(n, -1, np.int32),
+            upd_hash=cur.hash,
+            upd_frame=cur.frame,
+            upd_flags=cur.flags,
+            upd_link_kind=np.full(n, L_FRESH, np.int8),
+            upd_link=g,
+            n_fresh=n_fresh,
+            upd_gid=catalog.ids_of(cur.hash),
+        )
+    n_old = prev.key.size
+    cls = np.empty(n, np.uint8)
+    old_of = np.empty(n, np.int32)
+    removed = np.empty(n_old, np.int32)
+    n_removed = _align(prev.key, cur.key, prev.hash, cur.hash, prev.frame, cur.frame,
+                       prev.flags, cur.flags, cls, old_of, removed)  # fmt: skip
+    removed = removed[:n_removed].copy()
+    added = np.flatnonzero(cls == _ADDED)
+    upd = np.flatnonzero(cls != _SAME)
+    same_content = cls <= _FLAGS
+    hit = cls != _ADDED
+    pos = old_of
+    moved_mask = ~same_content[upd]
+    kind = np.full(upd.size, L_CARRY, np.int8)
+    link = np.full(upd.size, -1, np.int64)
+    k_m, l_m = _links(prev, cur, upd[moved_mask], same_content, parent_of)
+    kind[moved_mask] = k_m
+    link[moved_mask] = l_m
+    n_fresh = int(l_m[k_m == L_FRESH].max()) + 1 if np.any(k_m == L_FRESH) else 0
+    return SnapshotDelta(
+        index=index,
+        time_ns=time_ns,
+        n_rows=n,
+        n_old=n_old,
+        n_frames=n_frames,
+        layout=layout,
+        removed=removed,
+        added=added.astype(np.int32),
+        added_page=cur.page[added],
+        upd=upd.astype(np.int32),
+        upd_old=np.where(hit[upd], pos[upd], -1).astype(np.int32),
+        upd_hash=cur.hash[upd],
+        upd_frame=cur.frame[upd],
+        upd_flags=cur.flags[upd],
+        upd_link_kind=kind,
+        upd_link=link.astype(np.int32),
+        n_fresh=n_fresh,
+        upd_gid=catalog.ids_of(cur.hash[upd]),
+    )
+
+
+__all__ = [
+    "F_ELIGIBLE",
+    "F_THP",
+    "F_ZERO",
+    "L_CARRY",
+    "L_FRESH",
+    "L_OLD",
+    "L_ROW",
+    "ContentCatalog",
+    "MmLayout",
+    "RowColumns",
+    "SnapshotDelta",
+    "SnapshotRows",
+    "SnapshotSequence",
+    "Transition",
+    "apply_delta",
+    "build_delta",
+    "row_keys",
+    "transition",
+]
