@@ -2044,6 +2044,11 @@ def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
         ("copy-on-write breaks per second", r.observed_cow_per_s, r.predicted_cow_per_s),
         ("wall time of a full scan (s)", r.observed_full_scan_s, r.predicted_full_scan_s),
     ]
+    # canary mode (observe --ksm-pages): the merges lost on the sampled processes, by cause
+    rows += [
+        (f"merges lost per second: {kind.replace('_', ' ')}", rate, None)
+        for kind, rate in (r.observed_unmerges_per_s or {}).items()
+    ]
     blocks.append(
         table(
             "canary-rates",
@@ -2180,10 +2185,13 @@ def _replay_commands(inputs: ReviewInputs, s: ReviewScenario) -> list[str]:
     names = [s.policy_set]
     if preset is None and s.host.placement == "separate hosts" and len(s.host.domains) > 1:
         names = [f"{s.policy_set}@{d}" for d in s.host.domains]
+    knobs = s.knob_values
+    if knobs.get("hz") == inputs.trace.hz:  # replay runs at the trace's HZ by itself
+        knobs = {k: v for k, v in knobs.items() if k != "hz"}
     return [
         replay_command(
             inputs.trace.path,
-            knobs=s.knob_values,
+            knobs=knobs,
             host=host,
             preset=preset,
             policy_path=policy_file,

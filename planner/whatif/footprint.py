@@ -23,7 +23,7 @@ The review states, input by input, which were measured and which assumed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from planner.errors import UsageProblem
 
@@ -151,22 +151,78 @@ class WholeHostFacts:
     processes: tuple[ProcessFacts, ...]
     mem_total_bytes: int | None
     cpus: int | None
-    cgroup_memory_current_bytes: int | None
-    load_average: float | None
+    cgroup_memory_current_bytes: int | None  # summed over the traced processes' cgroups
+    load_average: float | None  # mean runnable tasks over the traced intervals
 
 
 def whole_host_facts(trace: Trace, host: str) -> WholeHostFacts | None:
     """The per-process ``smaps_rollup``, page tables and CPU time, and the host's memory and
     CPUs, as the trace recorded them; ``None`` when it recorded none.
 
-    Traces of schema v1 (every trace so far) hold anonymous pages only: this returns
-    ``None`` for them, and the capacity model falls back on what the command line gives and
-    on :data:`DEFAULTS`. Capture is being extended to record these facts (trace format
-    v2); this function is the one place that will read them, through the trace's typed
-    accessors, once they exist.
+    Read through the trace's typed views (:mod:`planner.trace.views`) of the snapshots and
+    processes tables only (never the pages). A process's footprint is the one at the last
+    snapshot it was alive at; its CPU time is what it used between the first and the last
+    snapshot it was alive at (``utime + stime``), over that window. Traces of schema v1 hold
+    anonymous pages only (and a v2 trace of a kernel without ``smaps_rollup`` has no PSS):
+    this returns ``None`` for them, and the capacity model falls back on what the command
+    line gives and on :data:`DEFAULTS`.
     """
-    del trace, host
-    return None
+    import math
+
+    from planner.trace.views import cgroup_memory, host_memory, intervals, process_footprints
+
+    if trace.schema_version < 2:
+        return None
+    snaps = trace.read_table(host, "snapshots")
+    procs = trace.read_table(host, "processes")
+    if not snaps.num_rows:
+        return None
+    ids = [int(x) for x in snaps.column("snapshot_id").to_numpy()]
+    times = [float(x) for x in snaps.column("time_s").to_numpy()]
+    first: dict[tuple[int, int], tuple[float, float]] = {}  # (pid, start) -> (time, cpu_s)
+    last: dict[tuple[int, int], tuple[float, Any]] = {}  # -> (time, (footprints, row))
+    for sid, t in zip(ids, times, strict=True):
+        fp = process_footprints(procs, sid)
+        for i, (pid, start) in enumerate(zip(fp.pid.tolist(), fp.proc_start.tolist(), strict=True)):
+            key = (int(pid), int(start))
+            if key not in first and math.isfinite(fp.cpu_s[i]):
+                first[key] = (t, float(fp.cpu_s[i]))
+            last[key] = (t, (fp, i))
+    kib = 1024
+    out = []
+    for key, (t_end, (fp, i)) in sorted(last.items()):
+        pss = (fp.pss_anon_kb[i], fp.pss_file_kb[i], fp.pss_shmem_kb[i], fp.rss_file_kb[i])
+        if not all(math.isfinite(v) for v in pss):
+            continue  # no smaps_rollup for this process
+        t0, cpu0 = first.get(key, (t_end, math.nan))
+        cpu_s = float(fp.cpu_s[i]) - cpu0
+        pte = fp.vm_pte_kb[i]
+        out.append(
+            ProcessFacts(
+                pid=key[0],
+                pss_anon_bytes=int(pss[0] * kib),
+                pss_file_bytes=int(pss[1] * kib),
+                pss_shmem_bytes=int(pss[2] * kib),
+                rss_file_bytes=int(pss[3] * kib),
+                page_tables_bytes=int(pte * kib) if math.isfinite(pte) else 0,
+                cpu_s=cpu_s if math.isfinite(cpu_s) else 0.0,
+                window_s=t_end - t0 if math.isfinite(cpu_s) else 0.0,
+            )
+        )
+    if not out:
+        return None
+    mem = host_memory(snaps, ids[-1])
+    groups = cgroup_memory(trace.read_table(host, "cgroups"), ids[-1])
+    current = [g.memory_current_bytes for g in groups if g.memory_current_bytes is not None]
+    runnable = [iv.runnable_mean for iv in intervals(snaps, procs) if iv.runnable_mean is not None]
+    return WholeHostFacts(
+        host=host,
+        processes=tuple(out),
+        mem_total_bytes=None if mem.mem_total_kb is None else mem.mem_total_kb * kib,
+        cpus=mem.cpus_online,
+        cgroup_memory_current_bytes=sum(current) if current else None,
+        load_average=sum(runnable) / len(runnable) if runnable else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,101 @@ def test_v1_traces_record_no_whole_host_facts(tmp_path: object) -> None:
     w.write_trace(out)
     tr = open_trace(out)
     assert whole_host_facts(tr, tr.hosts[0]) is None
+
+
+def test_v2_traces_give_the_facts_the_capacity_model_measures(tmp_path: object) -> None:
+    # a master (10) and two workers (11, 12) of a v2 trace: smaps_rollup, page tables and CPU
+    # time per process, /proc/meminfo, the CPUs and the cgroup's memory.current per host
+    import json
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from planner.testing.builder import World
+    from planner.trace.io import TraceWriter, open_trace
+
+    root = Path(str(tmp_path))
+    w = World(host="h")
+    w.spawn(10, comm="master")
+    w.map(10, 0x10000, [1, 2, 3, 4], kind="heap")
+    w.fork(10, 11, comm="worker")
+    w.fork(10, 12, comm="worker")
+    w.snapshot(0.0)
+    w.snapshot(10.0)
+    w.write_trace(root / "plain")
+    ht = open_trace(root / "plain").load_host()
+    # (snapshot, pid) -> cpu_user_s; cpu_system_s is half of it
+    cpu = {(0, 10): 1.0, (1, 10): 1.0, (0, 11): 2.0, (1, 11): 4.0, (0, 12): 2.0, (1, 12): 3.0}
+    # pid -> (pss_anon, pss_file, pss_shmem, rss_file, vm_pte) in kB
+    mem = {10: (400, 300, 0, 900, 100), 11: (500, 400, 8, 1000, 200), 12: (500, 300, 8, 900, 300)}
+    with TraceWriter(root / "v2", source="test") as tw:
+        hw = tw.host("h")
+        for snap in ht.snapshots.to_pylist():
+            sid = snap["snapshot_id"]
+            snap.update(
+                interval_s=10.0 if sid == 0 else None,
+                interval_runnable_mean=2.0 if sid == 0 else None,
+                cpus_online=4,
+                mem_total_kb=8 << 20,
+                meminfo=json.dumps({"MemTotal": 8 << 20}),
+            )
+            procs = ht.processes.filter(pc.equal(ht.processes["snapshot_id"], sid)).to_pylist()
+            for p in procs:
+                anon, file, shmem, rss_file, pte = mem[p["pid"]]
+                user = cpu[(sid, p["pid"])]
+                p.update(
+                    cpu_user_s=user,
+                    cpu_system_s=user / 2,
+                    pss_anon_kb=anon,
+                    pss_file_kb=file,
+                    pss_shmem_kb=shmem,
+                    rss_file_kb=rss_file,
+                    vm_pte_kb=pte,
+                    pss_kb=anon + file + shmem,
+                    memory_cgroup="/web",
+                )
+            hw.add_snapshot(
+                snap,
+                processes=pa.Table.from_pylist(procs),
+                mappings=ht.mappings.filter(pc.equal(ht.mappings["snapshot_id"], sid)),
+                pages=ht.pages.filter(pc.equal(ht.pages["snapshot_id"], sid)),
+                cgroups=pa.table(
+                    {
+                        "snapshot_id": pa.array([sid], pa.int32()),
+                        "cgroup": ["/web"],
+                        "cgroup_version": pa.array([2], pa.int8()),
+                        "memory_current_bytes": [64 << 20],
+                        "memory_stat": [json.dumps({"anon": 5})],
+                    }
+                ),
+            )
+    tr = open_trace(root / "v2")
+    facts = whole_host_facts(tr, "h")
+    assert facts is not None
+    assert facts.mem_total_bytes == 8 << 30
+    assert facts.cpus == 4
+    assert facts.cgroup_memory_current_bytes == 64 << 20
+    assert facts.load_average == 2.0
+    by_pid = {p.pid: p for p in facts.processes}
+    assert set(by_pid) == {10, 11, 12}
+    w11 = by_pid[11]
+    assert (w11.pss_anon_bytes, w11.pss_file_bytes, w11.pss_shmem_bytes) == (
+        500 * 1024,
+        400 * 1024,
+        8 * 1024,
+    )
+    assert (w11.rss_file_bytes, w11.page_tables_bytes) == (1000 * 1024, 200 * 1024)
+    assert w11.cpu_s == pytest.approx(3.0)  # (4 + 2) - (2 + 1) over the 10 s between snapshots
+    assert w11.window_s == 10.0
+    # and the capacity model uses them by default: measured, not assumed
+    plan = plan_capacity(CapacityInputs(host_mem_bytes=GIB), facts=facts, group_pids=(11, 12))
+    assert plan.footprint.page_tables_bytes.source == "measured"
+    assert plan.footprint.page_tables_bytes.value == pytest.approx(250 * 1024)
+    assert plan.footprint.shmem_bytes.value == pytest.approx(8 * 1024)
+    # the private file pages of each worker: (m Pss_File - Rss_File) / (m - 1), m = 3
+    assert plan.footprint.file_bytes.value == pytest.approx(((1200 - 1000) + 0) / 2 / 2 * 1024)
+    assert plan.cpu_per_worker is not None
+    assert plan.cpu_per_worker.source == "measured"
+    assert plan.cpu_per_worker.value == pytest.approx((0.3 + 0.15) / 2)
+    assert "CPU per worker" in plan.measured
