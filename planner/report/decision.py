@@ -195,11 +195,22 @@ def _headline(s: ReviewScenario) -> str:
         if dom is not None and dom in W.SOURCE_WORDS
         else ""
     )
-    limit = (
-        " The host is CPU-bound: KSM frees memory the CPUs cannot use."
-        if cap.limit_with == "cpu" and cap.limit_without == "cpu"
-        else ""
-    )
+    limit = ""
+    if cap.limit_with == "cpu" and cap.limit_without == "cpu":
+        lost = cap.workers_without - cap.workers_with
+        limit = (
+            f" The host is CPU-bound: its {F.fixed(cap.host_cpus, 1)} CPUs run "
+            f"{F.integer(cap.cpu_limit_without or cap.workers_without)} workers, while its "
+            f"memory holds {F.integer(cap.memory_limit_without)} without KSM, so KSM frees "
+            "memory the CPUs cannot use"
+            + (
+                f" and ksmd's CPU costs {F.integer(lost)} worker{'s' if lost != 1 else ''}"
+                if lost > 0
+                else ""
+            )
+            + ": for capacity, enable it only on hosts with less memory per CPU (where memory "
+            "limits the workers), or for the memory itself (page cache, other services)."
+        )
     return (
         f" On a host with {F.gib(cap.host_mem_bytes, 0)} of memory this means "
         f"**{W.more_workers(cap.gain)} per host** "

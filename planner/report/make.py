@@ -32,7 +32,7 @@ from planner.report.inputs import (
     knobs_text,
     varying_knobs,
 )
-from planner.whatif.gridpoints import with_kernel_defaults
+from planner.whatif.gridpoints import with_kernel_defaults, with_values
 
 if TYPE_CHECKING:
     import os
@@ -137,7 +137,8 @@ def make_report(
         Passed to :func:`planner.whatif.run_whatif` (defaults: the presets, the kernel's
         knobs, the shipped cost profile, no capacity, a local process pool).
     observed
-        A recording of ``ksm-planner observe`` to compare the prediction with.
+        A recording of ``ksm-planner observe`` to compare the prediction with; its knobs are
+        added to the grid (the canary's scenario is always among those compared).
     host
         The host of a multi-host trace to review (default: the only host).
     gates
@@ -172,7 +173,7 @@ def make_report(
     result = run_whatif(
         tr,
         policy_sets=policy_sets,
-        grid=with_kernel_defaults(grid),
+        grid=_review_grid(grid, observed),
         replay_options=replay_options,
         cost_profile=cost_profile,
         capacity=capacity,
@@ -195,6 +196,18 @@ def make_report(
     doc = build_review(inputs, title=title)
     files = write_report(doc, out, pdf=pdf, overwrite=overwrite)
     return ReportResult.of(files, doc, len(inputs.scenarios))
+
+
+def _review_grid(grid: KnobGrid | None, observed: str | os.PathLike[str] | None) -> KnobGrid | None:
+    """The grid a review replays: ``grid`` with the kernel's default of every knob it varies
+    and, with a canary, the canary's knobs (so that the canary is compared with the scenario
+    it ran, and the model's error it measures is the error of that scenario)."""
+    grid = with_kernel_defaults(grid)
+    if observed is None:
+        return grid
+    from planner.whatif.observed import load_observed, observed_knobs
+
+    return with_values(grid, observed_knobs(load_observed(observed)))
 
 
 def _one_host(tr: Trace, host: str | None) -> str:

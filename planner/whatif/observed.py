@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from planner.engine.knobs import knobs_from_sysfs, spec
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -31,15 +32,10 @@ if TYPE_CHECKING:
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
 
-#: Recording knob (sysfs name) -> replay knob (the knobs a comparison and a deployment need).
-SYSFS_KNOBS = {
-    "pages_to_scan": "pages_to_scan",
-    "sleep_millisecs": "sleep_ms",
-    "smart_scan": "smart_scan",
-    "advisor_mode": "advisor",
-    "max_page_sharing": "max_page_sharing",
-    "use_zero_pages": "use_zero_pages",
-}
+#: Recording knob (sysfs name) -> replay knob, for the main knobs a deployment always states
+#: (the names from the knob table, :mod:`planner.engine.knobs`).
+_MAIN_KNOBS = ("pages_to_scan", "sleep_ms", "smart_scan", "advisor", "max_page_sharing")
+SYSFS_KNOBS = {str(spec(n).sysfs): n for n in (*_MAIN_KNOBS, "use_zero_pages")}
 
 
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
@@ -49,25 +45,10 @@ def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
     return read_observed(path)
 
 
-def _norm(name: str, value: Any) -> Any:
-    if name == "advisor_mode" and isinstance(value, str):
-        if "[" in value:
-            value = value[value.index("[") + 1 : value.index("]")]
-        return value.strip()
-    if name in ("smart_scan", "use_zero_pages"):
-        return bool(int(value)) if not isinstance(value, bool) else value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return value
-
-
 def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
-    """The recording's knobs at its start, under the replay's knob names."""
-    raw = dict(obs.meta.get("knobs_at_start") or {})
-    return {
-        ours: _norm(theirs, raw[theirs]) for theirs, ours in SYSFS_KNOBS.items() if theirs in raw
-    }
+    """The recording's knobs at its start, under the replay's knob names (every knob of the
+    knob table the recording holds: :func:`planner.engine.knobs.knobs_from_sysfs`)."""
+    return knobs_from_sysfs(dict(obs.meta.get("knobs_at_start") or {}))
 
 
 def knob_differences(
@@ -325,6 +306,8 @@ def compare_observed(
         notes.append(
             "no scenario has the recording's knobs: "
             + ", ".join(f"{k} observed {a} vs {b}" for k, (a, b) in diffs.items())
+            + "; the model's error is not taken from this recording (the published runs "
+            "stand in): add the recording's knobs to the grid"
         )
     return ObservedComparison(
         scenario_id=scen.id,

@@ -153,7 +153,14 @@ def published_error(labels: Mapping[str, str]) -> ModelError:
 
 def canary_error(obs: ObservedComparison, labels: Mapping[str, str]) -> ModelError | None:
     """The model error a canary measured: observed / predicted ``pages_sharing`` at every
-    sample of the second half of the recording where both are positive (``None``: none)."""
+    sample of the second half of the recording where both are positive.
+
+    ``None`` when there is no such sample, or when no scenario ran the canary's knobs (the
+    comparison is then with other knobs: a difference of knobs, not the model's error; the
+    published runs stand in, and a warning says so).
+    """
+    if not obs.knobs_match:
+        return None
     end = obs.t_s[-1] if obs.t_s else 0.0
     ratios = tuple(
         float(o) / float(p)

@@ -86,7 +86,12 @@ def test_a_cpu_bound_host_shows_no_gain_and_says_why(small_trace: Path) -> None:
         b.text for s in doc.sections if s.id == "results" for b in s.blocks if isinstance(b, Para)
     )
     assert "The host is CPU-bound with and without KSM" in results
-    assert "The host is CPU-bound: KSM frees memory the CPUs cannot use." in _decision_text(doc)
+    text = _decision_text(doc)
+    assert (
+        f"The host is CPU-bound: its 2.0 CPUs run 4 workers, while its memory holds "
+        f"{cap.memory_limit_without} without KSM, so KSM frees memory the CPUs cannot use"
+    ) in text
+    assert "for capacity, enable it only on hosts with less memory per CPU" in text
     rows = {r["input"]: r for r in next(t for t in doc.tables() if t.name == "inputs").rows}
     assert rows["CPU per worker"]["source"] == "given"
     assert rows["host CPUs"]["source"] == "given"
@@ -195,3 +200,16 @@ def test_meta_knobs_under_a_tight_budget_name_the_blocking_gate(meta_review: Any
     assert isinstance(callout, Callout)
     assert f"The best candidate is `{meta.name}`" in callout.text
     assert f"relax with `{blocked.relax}`" in callout.text
+
+
+def test_a_review_grid_holds_the_canarys_knobs() -> None:
+    # the shipped canary ran pages_to_scan=1000: a review of 4000 also replays 1000 (and the
+    # kernel's default, 100), so the canary is compared with the scenario it ran
+    from planner.report.make import _review_grid
+    from planner.whatif import KnobGrid
+
+    canary = ROOT / "reports" / "canary" / "django-preload"
+    grid = _review_grid(KnobGrid.from_mapping({"pages_to_scan": [4000]}), canary)
+    assert grid is not None
+    assert grid.axes == (("pages_to_scan", (100, 1000, 4000)),)
+    assert _review_grid(None, None) is None

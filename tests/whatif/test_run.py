@@ -258,13 +258,14 @@ def test_bad_input_fails_before_any_task(family_trace: Path) -> None:
     assert ex.submitted == 0
 
 
-class _Obs:
-    """An ObservedTimeline-like recording."""
+def _Obs(knobs: dict[str, Any], t_s: list[float], sharing: list[int]) -> Any:
+    """A recording of the counters only (format version 1)."""
+    from planner.trace.recording import ObservedTimeline
 
-    def __init__(self, knobs: dict[str, Any], t_s: list[float], sharing: list[int]) -> None:
-        self.meta = {"knobs_at_start": knobs}
-        self.counters = pd.DataFrame({"t_s": t_s, "pages_sharing": sharing}).set_index("t_s")
-        self.processes = pd.DataFrame()
+    counters = pd.DataFrame({"t_s": t_s, "pages_sharing": sharing}).set_index("t_s")
+    return ObservedTimeline(
+        meta={"knobs_at_start": knobs}, counters=counters, processes=pd.DataFrame()
+    )
 
 
 def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> None:
@@ -301,6 +302,11 @@ def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> 
     assert not res2.observed.knobs_match
     assert res2.observed.knob_differences["pages_to_scan"][0] == 77
     assert any("no scenario has the recording's knobs" in w for w in res2.warnings)
+    # a canary of other knobs measures a difference of knobs, not the model's error
+    assert res.model_error is not None
+    assert res.model_error.source == "canary"
+    assert res2.model_error is not None
+    assert res2.model_error.source == "published"
 
 
 def test_executor_is_any_concurrent_futures_executor(family_trace: Path) -> None:
