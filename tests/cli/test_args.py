@@ -30,6 +30,9 @@ SAME_INPUTS = [
     [],
     ["--host-mem", "16GiB"],
     ["--host-mem", "16GiB", "--headroom", "2GiB", "--worker-other", "30MiB"],
+    ["--host-mem", "16GiB", "--worker-file", "1MiB", "--worker-shmem", "0", "--base-other", "8MiB"],
+    ["--host-mem", "16GiB", "--worker-page-tables", "200KiB"],
+    ["--policies", "{policies}", "--set", "everything@a"],
     ["--host-mem", "64GiB", "--host-cpus", "16", "--cpu-per-worker", "0.5", "--replicas", "40"],
     ["--preset", "all", "--pages-to-scan", "100,1000", "--sleep-ms", "20,200"],
     ["--preset", "off", "--policies", "{policies}", "--set", "everything", "--set", "workers"],
@@ -151,6 +154,12 @@ def test_a_size_is_parsed_once_with_its_unit(workers_trace: Path, policies: Path
     bad = _parse("report", workers_trace, ["--host-mem", "1GiB", "--headroom", "5"], policies)
     with pytest.raises(UsageProblem, match="no unit"):
         bad.capacity()
+    bare = _parse("whatif", workers_trace, ["--host-mem", "1GiB", "--worker-file", "5"], policies)
+    with pytest.raises(UsageProblem, match="--worker-file '5' has no unit"):
+        bare.capacity()
+    alone = _parse("report", workers_trace, ["--base-other", "5MiB"], policies)
+    with pytest.raises(UsageProblem, match=r"capacity options need --host-mem \(--base-other"):
+        alone.capacity()
 
 
 def test_report_records_the_command_the_user_typed(
