@@ -49,7 +49,7 @@ RECIPE_FILES = (
 def sample(request: pytest.FixtureRequest) -> tuple[str, HostTrace]:
     name: str = request.param
     trace = open_trace(TRACES / name)
-    assert trace.schema_version in (1, S.SCHEMA_VERSION)  # version 1 until recaptured
+    assert trace.schema_version == S.SCHEMA_VERSION  # recaptured as version 2 (sampled)
     assert len(trace.hosts) == 1
     return name, trace.load_host()
 

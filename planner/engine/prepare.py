@@ -609,11 +609,10 @@ def _prepare(
     )
     proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
     proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
-    hz = meta.get("hz")
     builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
-        hz=int(hz) if hz else None,
+        hz=ht.hz,
         trace_hash=ht.trace_hash,
         mms=procs.mms,
         meta={k: v for k, v in meta.items() if k != "zero_hash"},

@@ -258,12 +258,19 @@ def _callout(inputs: ReviewInputs, choice: Choice) -> Callout:
     assert s is not None
     body = _saving_sentence(inputs, s) + _headline(s) + _speed_sentence(s)
     if choice.scenario is not None:
-        return Callout(
-            "decision",
+        cap = s.host.capacity
+        enable = (
             f"Enable KSM with policy **{s.policy_set}** ({s.description}) and "
-            f"`{knobs_text(s.knob_values)}`. " + body,
-            "Recommendation",
+            f"`{knobs_text(s.knob_values)}`. "
         )
+        if cap is not None and cap.gain is not None and cap.gain <= 0:
+            # KSM frees memory, but buys no workers on this host: say so before the how
+            enable = (
+                "Do not enable KSM to add workers to this host: it buys none (below). To free "
+                f"memory for other uses, enable it with policy **{s.policy_set}** "
+                f"({s.description}) and `{knobs_text(s.knob_values)}`. "
+            )
+        return Callout("decision", enable + body, "Recommendation")
     blocks = [e for e in choice.exclusions if e.scenario == s.name]
     return Callout(
         "warning",
@@ -447,7 +454,12 @@ def _plan_rows(cap: CapacityEstimate) -> list[dict[str, Any]]:
     if plan is None:
         return rows
     for name, p in plan.inputs():
-        value = F.fixed(p.value, 1) if name in ("host CPUs", "CPU per worker") else F.size(p.value)
+        if name == "host CPUs":
+            value = F.fixed(p.value, 1)
+        elif name == "CPU per worker":
+            value = f"{F.fixed(p.value, 3)} cores"  # a worker often needs a few % of one
+        else:
+            value = F.size(p.value)
         rows.append({"input": name, "value": value, "source": p.source, "basis": p.basis})
     if plan.cpu_per_worker is None:
         rows.append(

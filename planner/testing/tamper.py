@@ -83,7 +83,27 @@ def flip_bytes(path: Path, offset: int, count: int = 16) -> None:
     path.write_bytes(bytes(data))
 
 
+def as_schema_v1(trace: Path, host: str) -> None:
+    """Rewrite a trace as schema version 1 (its four tables with their version-1 columns):
+    what a reader sees of a trace written before version 2."""
+    for name in ("snapshots", "processes", "mappings", "pages"):
+        columns = list(S.V1_COLUMNS[name])
+
+        def keep(table: pa.Table, columns: list[str] = columns) -> pa.Table:
+            return table.select(columns)
+
+        rewrite_table(trace, host, name, keep)
+    doc = manifest(trace)
+    for name in ("cgroups", "samples"):
+        table_path(trace, host, name).unlink(missing_ok=True)
+        doc["files"].pop(f"host={host}/{name}.parquet", None)
+    doc["schema_version"] = 1
+    write_manifest(trace, doc)
+    rehash_manifest(trace)
+
+
 __all__ = [
+    "as_schema_v1",
     "flip_bytes",
     "manifest",
     "read_raw",

@@ -308,9 +308,41 @@ class FlatConverter:
         if n == 0:
             return S.PAGES_SCHEMA.empty_table()
         names = set(rows.column_names)
-        page = np.uint64(self.page_size)
         pid = np.asarray(rows.column("pid").to_numpy(zero_copy_only=False), dtype=np.int32)
         addr = _u64(rows.column("page_addr"))
+        same_pid, paddr = self._check_order(st, rows, pid, addr)
+        row_proc_idx = self._feed_processes(st, rows, pid, same_pid)
+        flags, chash, frame = self._frames_flags_hashes(rows, addr, row_proc_idx)
+        vma_start = self._feed_mappings(st, rows, pid, addr, paddr, same_pid)
+
+        st.last_pid, st.last_addr = int(pid[-1]), int(addr[-1])
+        st.last_vma_start = int(vma_start[-1])
+        st.last_row = rows.column("_row")[n - 1].as_py() if "_row" in names else None
+        out: dict[str, Any] = {
+            "snapshot_id": pa.array(np.full(n, st.snapshot_id, np.int32)),
+            "pid": pa.array(pid),
+            "vma_start": pa.array(vma_start),
+            "page_addr": pa.array(addr),
+            "content_hash": chash,
+            "frame_id": frame,
+            "flags": pa.array(flags),
+        }
+        for c in S.INTERCHANGE_COUNTS:  # change counts over the interval after the snapshot
+            if c in names:
+                out[c] = rows.column(c).cast(pa.uint16())
+        return pa.table(out)
+
+    def _check_order(
+        self,
+        st: _SnapshotState,
+        rows: pa.Table,
+        pid: np.ndarray[Any, Any],
+        addr: np.ndarray[Any, Any],
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Refuse rows out of ``(pid, page_addr)`` order and pages that appear twice; return, per
+        row, whether it continues the previous row's process and the previous row's address."""
+        n = rows.num_rows
+        names = set(rows.column_names)
         has_prev = st.last_pid is not None
         prev_pid = np.int32(st.last_pid if st.last_pid is not None else 0)
         prev_addr = np.uint64(st.last_addr)
@@ -340,8 +372,18 @@ class FlatConverter:
                     hint="each page may appear once per snapshot",
                 )
             raise ValueError("feed() needs rows sorted by (pid, page_addr)")
+        return same_pid, paddr
 
-        # --- processes ------------------------------------------------------------------
+    def _feed_processes(
+        self,
+        st: _SnapshotState,
+        rows: pa.Table,
+        pid: np.ndarray[Any, Any],
+        same_pid: np.ndarray[Any, Any],
+    ) -> np.ndarray[Any, Any]:
+        """Record the processes that start in this chunk; return each row's process index."""
+        n = rows.num_rows
+        names = set(rows.column_names)
         self._consistent(st, rows, same_pid, CONSISTENT_PROCESS_COLUMNS, pid, None)
         new_proc = ~same_pid
         starts = np.flatnonzero(new_proc)
@@ -376,8 +418,16 @@ class FlatConverter:
             if proc_cols:
                 st.proc_attrs.append(rows.select(proc_cols).take(starts))
             st.cur_proc_idx = int(new_idx[-1])
+        return np.asarray(row_proc_idx, dtype=np.int64)
 
-        # --- frames, flags, hashes --------------------------------------------------------
+    def _frames_flags_hashes(
+        self, rows: pa.Table, addr: np.ndarray[Any, Any], row_proc_idx: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], Any, Any]:
+        """The rows' flags, content hashes and frames (made up per process and page when the
+        source gives none); missing hashes or frames where a page should have them are refused."""
+        n = rows.num_rows
+        names = set(rows.column_names)
+        page = np.uint64(self.page_size)
         flags = (
             np.asarray(rows.column("flags").to_numpy(zero_copy_only=False), dtype=np.uint16)
             if "flags" in names
@@ -420,8 +470,22 @@ class FlatConverter:
             frame = pa.array(
                 (row_proc_idx.astype(np.uint64) << np.uint64(_FRAME_PROC_SHIFT)) | (addr // page)
             )
+        return flags, chash, frame
 
-        # --- mappings -----------------------------------------------------------------------
+    def _feed_mappings(
+        self,
+        st: _SnapshotState,
+        rows: pa.Table,
+        pid: np.ndarray[Any, Any],
+        addr: np.ndarray[Any, Any],
+        paddr: np.ndarray[Any, Any],
+        same_pid: np.ndarray[Any, Any],
+    ) -> np.ndarray[Any, Any]:
+        """Record the mappings that start in this chunk; return each row's ``vma_start``."""
+        n = rows.num_rows
+        names = set(rows.column_names)
+        page = np.uint64(self.page_size)
+        new_proc = ~same_pid
         if "vma_start" in names:
             vcol = rows.column("vma_start")
             if vcol.null_count:
@@ -483,23 +547,7 @@ class FlatConverter:
                 if src in names:
                     attrs[dst] = rows.column(src).take(mstarts)
             st.map_attrs.append(pa.table(attrs))
-
-        st.last_pid, st.last_addr = int(pid[-1]), int(addr[-1])
-        st.last_vma_start = int(vma_start[-1])
-        st.last_row = rows.column("_row")[n - 1].as_py() if "_row" in names else None
-        out: dict[str, Any] = {
-            "snapshot_id": pa.array(np.full(n, st.snapshot_id, np.int32)),
-            "pid": pa.array(pid),
-            "vma_start": pa.array(vma_start),
-            "page_addr": pa.array(addr),
-            "content_hash": chash,
-            "frame_id": frame,
-            "flags": pa.array(flags),
-        }
-        for c in S.INTERCHANGE_COUNTS:  # change counts over the interval after the snapshot
-            if c in names:
-                out[c] = rows.column(c).cast(pa.uint16())
-        return pa.table(out)
+        return vma_start
 
     def _consistent(
         self,

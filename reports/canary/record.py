@@ -17,14 +17,16 @@ Timeline (the same workload as ``traces/django/regenerate.py``, setup ``b``):
 3. ``ksm-planner launch -- python -m gunicorn --preload --workers 8 ...``: prctl on the
    master before exec, inherited by the 8 workers it forks;
 4. warm-up: 3,000 requests from 4 closed-loop threads, then open-loop traffic at 30 req/s;
-5. ``ksm-planner observe --all --interval 1 --duration DURATION`` starts and, half a second
-   after it, ``run=1``: time zero of the recording is (within half a second) the moment KSM
+5. ``ksm-planner observe --all --ksm-pages --interval 1 --duration DURATION`` starts and, half
+   a second after it, ``run=1``: time zero of the recording is (within half a second) the moment KSM
    starts, as time zero of the replay is;
 6. when the recording ends: traffic stopped, gunicorn stopped (no process left), and leaving
    the lease unmerges everything and restores every knob.
 
-The recording holds only ``/sys/kernel/mm/ksm`` counters and ``/proc/<pid>/ksm_stat`` of the
-workers, never memory contents.
+The recording holds ``/sys/kernel/mm/ksm`` counters, ``/proc/<pid>/ksm_stat`` of the workers and
+(canary mode, ``--ksm-pages``) which of their pages are KSM pages at every sample and every merge
+lost, with whether the content changed (compared under a key thrown away after the run): never
+memory contents, never a hash.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     cmd = [
                         sys.executable, "-m", "planner", "observe", "--out", str(args.out),
-                        "--all", "--interval", "1", "--duration", str(args.duration),
+                        "--all", "--ksm-pages", "--interval", "1",
+                        "--duration", str(args.duration),
                     ] + (["--force"] if args.force else [])  # fmt: skip
                     observer = subprocess.Popen(cmd, cwd=ROOT)
                     time.sleep(0.5)

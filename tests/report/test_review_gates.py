@@ -92,6 +92,7 @@ def test_a_cpu_bound_host_shows_no_gain_and_says_why(small_trace: Path) -> None:
         f"{cap.memory_limit_without} without KSM, so KSM frees memory the CPUs cannot use"
     ) in text
     assert "for capacity, enable it only on hosts with less memory per CPU" in text
+    assert text.startswith("Do not enable KSM to add workers to this host: it buys none")
     rows = {r["input"]: r for r in next(t for t in doc.tables() if t.name == "inputs").rows}
     assert rows["CPU per worker"]["source"] == "given"
     assert rows["host CPUs"]["source"] == "given"

@@ -24,6 +24,7 @@ import pytest
 from planner.errors import TraceFormatError
 from planner.testing.builder import World
 from planner.testing.tamper import (
+    as_schema_v1,
     flip_bytes,
     manifest,
     read_raw,
@@ -616,17 +617,7 @@ def test_raw_reader_helpers_see_the_damage(trace: Path) -> None:
 
 
 def _as_v1(trace: Path) -> None:
-    """Rewrite a trace as schema version 1: the four tables, their version-1 columns."""
-    for name in ("snapshots", "processes", "mappings", "pages"):
-        rewrite_table(trace, HOST, name, lambda t, n=name: t.select(list(S.V1_COLUMNS[n])))
-    for name in ("cgroups", "samples"):
-        table_path(trace, HOST, name).unlink()
-    doc = manifest(trace)
-    doc["schema_version"] = 1
-    for name in ("cgroups", "samples"):
-        doc["files"].pop(f"host={HOST}/{name}.parquet")
-    write_manifest(trace, doc)
-    rehash_manifest(trace)
+    as_schema_v1(trace, HOST)
 
 
 def test_a_version_1_trace_is_read_by_every_reader(cli: Any, trace: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from planner.testing.builder import World
+from planner.testing.tamper import as_schema_v1
 from planner.trace.io import TraceWriter, open_trace
 
 SAMPLE = Path(__file__).resolve().parents[2] / "traces" / "django-preload"
@@ -122,8 +124,12 @@ def test_v2_views(tmp_path: Path) -> None:
         ht.host_memory(99)
 
 
-def test_v1_sample_trace_has_no_facts() -> None:
-    trace = open_trace(SAMPLE)
+def test_v1_sample_trace_has_no_facts(tmp_path: Path) -> None:
+    """The sample trace rewritten as version 1 (as first captured) has none of v2's facts."""
+    v1 = tmp_path / "v1"
+    shutil.copytree(SAMPLE, v1)
+    as_schema_v1(v1, "vm")
+    trace = open_trace(v1)
     assert trace.schema_version == 1
     ht = trace.load_host()
     assert not ht.sampled

@@ -280,6 +280,8 @@ def capture_command(args: argparse.Namespace, setup: Setup, master: int, out: Pa
         "--label",
         "workload=django-gunicorn",
     ]
+    if args.sample_ms > 0:
+        cmd += ["--sample-ms", f"{args.sample_ms:g}"]
     if args.force:
         cmd.append("--force")
     return cmd + list(args.capture_arg)
@@ -367,6 +369,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=8, help="gunicorn sync workers")
     ap.add_argument("--snapshots", type=int, default=5)
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between snapshots")
+    ap.add_argument(
+        "--sample-ms",
+        type=float,
+        default=100.0,
+        help="sample the pages' changes between snapshots every MS milliseconds (0: off)",
+    )
     ap.add_argument("--warmup", type=int, default=3000, help="warm-up requests")
     ap.add_argument("--warmup-threads", type=int, default=4)
     ap.add_argument("--rate", type=float, default=30.0, help="open-loop requests per second")
