@@ -2045,8 +2045,14 @@ def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
         ("wall time of a full scan (s)", r.observed_full_scan_s, r.predicted_full_scan_s),
     ]
     # canary mode (observe --ksm-pages): the merges lost on the sampled processes, by cause
+    causes = {
+        "unmerged_same_content": "written, content unchanged",
+        "unmerged_changed": "content changed",
+        "unmerged": "content not compared",
+        "unmapped": "page unmapped",
+    }
     rows += [
-        (f"merges lost per second: {kind.replace('_', ' ')}", rate, None)
+        (f"merges lost per second: {causes.get(kind, kind)}", rate, None)
         for kind, rate in (r.observed_unmerges_per_s or {}).items()
     ]
     blocks.append(
