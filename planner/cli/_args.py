@@ -7,8 +7,10 @@ of the knob table (:data:`planner.engine.knobs.KNOBS`), into a command's signatu
 the command one args object. So both commands of a family parse the same options with the
 same defaults and the same rules, and a knob added to the table is an option of every command.
 
-Sizes (``--host-mem``, ``--headroom``, ``--worker-other``) need a unit (``64GiB``) or, for
-``--headroom``, a percentage (``10%``): a bare ``10`` is refused rather than read as 10 bytes.
+Sizes (``--host-mem``, ``--headroom``, ``--worker-file``, ``--worker-other``...) need a unit
+(``64GiB``) or, for ``--headroom``, a percentage (``10%``): a bare ``10`` is refused rather
+than read as 10 bytes. The review's gates (``--max-ksmd-cpu``, ``--max-time-to-90``,
+``--near-best``) are declared here too, next to the options they judge.
 """
 
 from __future__ import annotations
@@ -196,20 +198,56 @@ Headroom = Annotated[
         f"Default with --host-mem: {DEFAULT_HEADROOM}.",
     ),
 ]
+WorkerFile = Annotated[
+    str | None,
+    typer.Option(
+        "--worker-file",
+        help="Per worker: file-backed pages only it maps, e.g. 1MiB (default: measured from "
+        "the trace, else assumed; docs/capacity.md).",
+    ),
+]
+WorkerShmem = Annotated[
+    str | None,
+    typer.Option("--worker-shmem", help="Per worker: shared memory (default: as --worker-file)."),
+]
+WorkerPageTables = Annotated[
+    str | None,
+    typer.Option(
+        "--worker-page-tables", help="Per worker: page tables (default: as --worker-file)."
+    ),
+]
 WorkerOther = Annotated[
     str | None,
     typer.Option(
         "--worker-other",
-        help="Per-worker memory the trace does not hold (page cache, kernel), e.g. 30MiB.",
+        help="Per worker: kernel objects and any other memory the trace does not hold, e.g. "
+        "30MiB (default: as --worker-file).",
+    ),
+]
+BaseOther = Annotated[
+    str | None,
+    typer.Option(
+        "--base-other",
+        help="Once per host: file pages every worker maps and the base processes' overhead "
+        "(default: as --worker-file).",
     ),
 ]
 HostCpus = Annotated[
     float | None,
-    typer.Option("--host-cpus", help="Cores of a host (with --cpu-per-worker).", min=0.001),
+    typer.Option(
+        "--host-cpus",
+        help="Cores of a host (default: assumed, 4 GiB of --host-mem per CPU).",
+        min=0.001,
+    ),
 ]
 CpuPerWorker = Annotated[
     float | None,
-    typer.Option("--cpu-per-worker", help="Cores one worker needs.", min=0.0001),
+    typer.Option(
+        "--cpu-per-worker",
+        help="Cores a worker needs at its planned load (default: measured from the trace, "
+        "else unknown: no CPU bound).",
+        min=0.0001,
+    ),
 ]
 Replicas = Annotated[
     int | None,
@@ -232,6 +270,28 @@ Confidence = Annotated[
 Observed = Annotated[
     Path | None,
     typer.Option("--observed", help="Recording of 'ksm-planner observe' to compare with."),
+]
+MaxKsmdCpu = Annotated[
+    str,
+    typer.Option(
+        "--max-ksmd-cpu",
+        help="Gate: ksmd CPU a recommendation may use, a share of the planned host's CPUs "
+        "(of one core without --host-mem).",
+    ),
+]
+MaxTimeTo90 = Annotated[
+    str,
+    typer.Option(
+        "--max-time-to-90",
+        help="Gate: time to 90 % of the saving on the planned host (s, min, h).",
+    ),
+]
+NearBest = Annotated[
+    str,
+    typer.Option(
+        "--near-best",
+        help="Savings within this share of the best count as equal; the cheapest wins.",
+    ),
 ]
 Scheduler = Annotated[
     str | None,
@@ -292,6 +352,11 @@ def _knob_parameter(spec: KnobSpec, mode: Literal["value", "list"]) -> inspect.P
     )
 
 
+def _flag(name: str) -> str:
+    """The option of a field: ``worker_file`` -> ``--worker-file``."""
+    return "--" + name.replace("_", "-")
+
+
 def _knob_param(name: str) -> str:
     return f"knob__{name}"
 
@@ -342,7 +407,11 @@ class WhatifArgs:
     hosts: Hosts = None
     host_mem: HostMem = None
     headroom: Headroom = None
+    worker_file: WorkerFile = None
+    worker_shmem: WorkerShmem = None
+    worker_page_tables: WorkerPageTables = None
     worker_other: WorkerOther = None
+    base_other: BaseOther = None
     host_cpus: HostCpus = None
     cpu_per_worker: CpuPerWorker = None
     replicas: Replicas = None
@@ -402,12 +471,19 @@ class WhatifArgs:
         from planner.errors import UsageProblem
         from planner.whatif.capacity import capacity_from_options
 
+        sizes = {
+            "worker_file": self.worker_file,
+            "worker_shmem": self.worker_shmem,
+            "worker_page_tables": self.worker_page_tables,
+            "worker_other": self.worker_other,
+            "base_other": self.base_other,
+        }
         if self.host_mem is None:
             given = [
                 flag
                 for flag, value in (
                     ("--headroom", self.headroom),
-                    ("--worker-other", self.worker_other),
+                    *((_flag(k), v) for k, v in sizes.items()),
                     ("--host-cpus", self.host_cpus),
                     ("--cpu-per-worker", self.cpu_per_worker),
                 )
@@ -422,9 +498,9 @@ class WhatifArgs:
         return capacity_from_options(
             _size_text("--host-mem", self.host_mem),
             headroom=_size_text("--headroom", self.headroom or DEFAULT_HEADROOM, percent=True),
-            worker_other=_size_text("--worker-other", self.worker_other or "0"),
             host_cpus=self.host_cpus,
             cpu_per_worker=self.cpu_per_worker,
+            **{k: None if v is None else _size_text(_flag(k), v) for k, v in sizes.items()},
         )
 
     def extrapolation(self, capacity: CapacityInputs | None) -> ExtrapolationSpec | None:

@@ -60,9 +60,12 @@ def policy_sets(
                 hint="give --policies FILE",
             )
         return chosen
+    from planner.policy import PolicySet
+
     loaded = load_policies(policies)
     names = [p.name for p in loaded]
-    missing = [n for n in set_names if n not in names]
+    # NAME@DOMAIN is the set NAME with KSM for its domain DOMAIN only
+    missing = [n for n in set_names if PolicySet.split_name(n)[0] not in names]
     if missing:
         raise UsageProblem(
             f"--set {missing[0]!r}: {policies} has no such policy set",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from planner.cli._app import app
-from planner.cli._args import WhatifArgs, takes
+from planner.cli._args import MaxKsmdCpu, MaxTimeTo90, NearBest, WhatifArgs, takes
 from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress, warn
 from planner.jsonable import to_jsonable
 
@@ -20,10 +20,9 @@ def report_cmd(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory to write the review into (created).")
     ],
-    cpu_budget: Annotated[
-        float,
-        typer.Option("--cpu-budget", help="ksmd CPU a recommendation may use, % of one core."),
-    ] = 10.0,
+    max_ksmd_cpu: MaxKsmdCpu = "2%",
+    max_time_to_90: MaxTimeTo90 = "10min",
+    near_best: NearBest = "2%",
     title: Annotated[str | None, typer.Option("--title", help="Title of the review.")] = None,
     pdf: Annotated[
         bool, typer.Option("--pdf", help="Also write review.pdf (extra 'pdf').")
@@ -48,6 +47,7 @@ def report_cmd(
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
     from planner.errors import UsageProblem
+    from planner.report.inputs import ReviewGates, parse_duration, parse_share
     from planner.report.make import check_output, make_report
     from planner.whatif.run import options_from
 
@@ -63,6 +63,11 @@ def report_cmd(
         knob_grid = args.knob_grid()
         capacity = args.capacity()
         extrapolation = args.extrapolation(capacity)
+        gates = ReviewGates(
+            max_ksmd_host_share=parse_share(max_ksmd_cpu, option="--max-ksmd-cpu"),
+            max_time_to_90_s=parse_duration(max_time_to_90, option="--max-time-to-90"),
+            near_best=parse_share(near_best, option="--near-best"),
+        )
         profile = CostProfile.load(args.cost_profile) if args.cost_profile else None
         with ExitStack() as stack:
             executor = None
@@ -88,8 +93,9 @@ def report_cmd(
                 host=hosts[0] if hosts else None,
                 executor=executor,
                 max_workers=args.workers,
-                cpu_budget_percent=cpu_budget,
+                gates=gates,
                 command=f"{args.command} --out DIR",
+                policy_file=args.policies,
                 title=title,
                 pdf=pdf,
                 overwrite=force,

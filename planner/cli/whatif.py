@@ -264,13 +264,23 @@ def _render_capacity(result: WhatIfResult) -> None:
     if first is not None:
         text += (
             f"; a worker = {first.per_worker_anon_bytes / _MIB:,.1f} MiB anonymous (trace) + "
-            f"{c.worker_other_bytes / _MIB:,.1f} MiB other; base processes "
-            f"{first.base_bytes / _MIB:,.1f} MiB"
+            f"{first.worker_extra_bytes / _MIB:,.2f} MiB outside the trace; base processes "
+            f"{first.base_bytes / _MIB:,.1f} MiB + {first.base_extra_bytes / _MIB:,.1f} MiB"
         )
-    if c.host_cpus is not None and c.cpu_per_worker is not None:
-        text += f"; CPU: {c.host_cpus:g} cores, {c.cpu_per_worker:g} per worker, minus ksmd's"
-    if first is not None:
-        text += f"; intervals: {100 * first.confidence:g} % bootstrap"
+        plan = first.plan
+        if plan is not None:
+            cpw = plan.cpu_per_worker
+            text += f"; CPU: {plan.host_cpus.value:g} cores ({plan.host_cpus.source})" + (
+                f", {cpw.value:g} per worker ({cpw.source}), minus ksmd's"
+                if cpw is not None
+                else ", CPU per worker unknown (no CPU bound)"
+            )
+            if plan.assumed:
+                text += "; assumed: " + ", ".join(plan.assumed)
+        me = result.model_error
+        if me is not None:
+            text += f"; the model's measured error applied: x{me.point:.3f} ({me.source})"
+        text += f"; intervals: {100 * first.confidence:g} %, every source of uncertainty combined"
     _note(text)
 
 

@@ -123,7 +123,9 @@ def load_policy(path: str | os.PathLike[str], set_name: str | None = None) -> Po
     path
         The TOML policy file.
     set_name
-        Which set; may be omitted when the file holds exactly one.
+        Which set; may be omitted when the file holds exactly one. ``NAME@DOMAIN`` is the
+        set NAME with KSM for its security domain DOMAIN only
+        (:meth:`~planner.policy.model.PolicySet.for_domain`).
 
     Raises
     ------
@@ -139,26 +141,25 @@ def load_policy(path: str | os.PathLike[str], set_name: str | None = None) -> Po
         raise PolicyError(
             f"{path} holds {len(sets)} policy sets ({', '.join(names)})", hint="name one of them"
         )
-    for s in sets:
-        if s.name == set_name:
-            return s
-    raise PolicyError(
-        f"{path} has no policy set {set_name!r}", hint=f"sets are: {', '.join(names)}"
-    )
+    return select_sets(sets, [set_name], source=str(path))[0]
 
 
 def select_sets(sets: list[PolicySet], names: list[str] | None, *, source: str) -> list[PolicySet]:
-    """The sets named in ``names`` (all when ``None``), in the order given."""
+    """The sets named in ``names`` (all when ``None``), in the order given.
+
+    ``NAME@DOMAIN`` selects the set NAME with KSM for its domain DOMAIN only.
+    """
     if not names:
         return list(sets)
     by_name = {s.name: s for s in sets}
     out = []
     for n in names:
-        if n not in by_name:
+        base, domain = PolicySet.split_name(n)
+        if base not in by_name:
             raise PolicyError(
-                f"{source} has no policy set {n!r}", hint=f"sets are: {', '.join(by_name)}"
+                f"{source} has no policy set {base!r}", hint=f"sets are: {', '.join(by_name)}"
             )
-        out.append(by_name[n])
+        out.append(by_name[base] if domain is None else by_name[base].for_domain(domain))
     return out
 
 

@@ -47,6 +47,8 @@ CrossDomain = Literal["allow", "deny"]
 DOMAIN_FIELDS = ("comm", "uid", "cgroup", "pid", "label")
 
 _NAME_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: ``NAME@DOMAIN``: the set NAME with KSM for one of its security domains only.
+_ONE_DOMAIN_RX = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.+-]*)@(\S.*)$")
 
 
 def _check_regex(value: str | None) -> str | None:
@@ -292,6 +294,11 @@ class PolicySet(BaseModel):
         default="deny",
         description="Whether scenarios of this set may merge across domains by default.",
     )
+    only_domain: str | None = Field(
+        default=None,
+        description="KSM for this security domain only: processes of every other domain "
+        "are off (the deployable form of keeping domains apart on one host).",
+    )
     preset: bool = Field(
         default=False, description="A built-in preset (its rules may match nothing)."
     )
@@ -299,12 +306,42 @@ class PolicySet(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RX.match(v):
+        m = _ONE_DOMAIN_RX.match(v)
+        if not _NAME_RX.match(m.group(1) if m else v):
             raise ValueError(
                 f"set name {v!r} must start with a letter or digit "
                 "and use only letters, digits and _.+-"
             )
         return v
+
+    @field_validator("only_domain")
+    @classmethod
+    def _only_domain(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("only_domain must name a domain")
+        return v
+
+    def for_domain(self, domain: str) -> PolicySet:
+        """This set with KSM for ``domain`` only, named ``NAME@DOMAIN``.
+
+        Mainline KSM has no per-domain merge boundary: on one host, the only way to keep two
+        security domains from merging is to enable KSM for one of them only.
+        """
+        if not domain.strip():
+            raise ValueError("name a domain after @")
+        return self.model_copy(update={"name": f"{self.name}@{domain}", "only_domain": domain})
+
+    @staticmethod
+    def split_name(text: str) -> tuple[str, str | None]:
+        """``("NAME", "DOMAIN")`` of ``NAME@DOMAIN``, ``("NAME", None)`` of a plain name.
+
+        Examples
+        --------
+        >>> PolicySet.split_name("web@tenant-a"), PolicySet.split_name("web")
+        (('web', 'tenant-a'), ('web', None))
+        """
+        m = _ONE_DOMAIN_RX.match(text)
+        return (m.group(1), m.group(2)) if m else (text, None)
 
     @field_validator("default_domain")
     @classmethod
@@ -321,18 +358,32 @@ class PolicySet(BaseModel):
             seen.add(label)
         return self
 
-    def resolver(self, *, only_domain: str | None = None) -> SetResolver:
+    def resolver(
+        self, *, only_domain: str | None = None, enforce_cross_domain: bool = True
+    ) -> SetResolver:
         """The engine resolver of this set: ``resolver(info, parent_registration) -> Registration``.
 
         Parameters
         ----------
         only_domain
             Register only the processes of this domain (every other process is ``off``):
-            the replay of one domain "as if on a separate host".
+            the replay of one domain "as if on a separate host" (how the what-if replays a
+            set that denies merging across domains). A set's own ``only_domain`` applies
+            in any case, as part of the policy.
+        enforce_cross_domain
+            Honour the set's ``cross_domain = "deny"`` in this one replay: a replay of one
+            host cannot keep domains apart (mainline KSM has no per-domain boundary), so the
+            resolver refuses to register a second domain (:class:`~planner.errors.PolicyError`
+            naming the domains and ``NAME@DOMAIN``). The what-if, which replays each domain
+            alone itself, turns this off.
         """
         from planner.policy.resolve import SetResolver
 
-        return SetResolver(self, only_domain=only_domain)
+        return SetResolver(
+            self,
+            only_domain=only_domain,
+            enforce_cross_domain=enforce_cross_domain,
+        )
 
     def summary(self) -> str:
         """One line per rule, for people."""

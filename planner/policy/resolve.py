@@ -55,7 +55,7 @@ class Decision:
     kinds: tuple[str, ...]
     domain: str | None
     rule: str
-    reason: str  # "rule" | "default" | "inherited" | "exec"
+    reason: str  # "rule" | "default" | "inherited" | "exec" | "only_domain"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -134,11 +134,31 @@ class SetResolver:
     only_domain
         When given, processes of any other domain are ``off`` (the replay of one security
         domain alone). Inheritance and domains are still decided on the whole process tree.
+    enforce_cross_domain
+        When the set denies merging across domains (``cross_domain = "deny"``) and no
+        ``only_domain`` is given, refuse to register processes of a second domain: one
+        replay is one host, and mainline KSM merges whatever is registered on a host, so a
+        replay of several domains together would merge across them (what ``replay
+        --policy-set`` did before). :meth:`__call__` raises
+        :class:`~planner.errors.PolicyError` naming both domains and the way out.
     """
 
-    def __init__(self, policy: PolicySet, *, only_domain: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicySet,
+        *,
+        only_domain: str | None = None,
+        enforce_cross_domain: bool = False,
+    ) -> None:
         self.policy = policy
         self.only_domain = only_domain
+        self.enforce_cross_domain = (
+            enforce_cross_domain
+            and policy.cross_domain == "deny"
+            and only_domain is None
+            and policy.only_domain is None
+        )
+        self._first_domain: str | None = None
         self._rules = [(r, r.label(i), _Compiled.of(r.match)) for i, r in enumerate(policy.rules)]
         self._seeds: dict[int, _Compiled] = {
             i: _Compiled.of(r.match.descendants_of)
@@ -237,6 +257,12 @@ class SetResolver:
         reg, reason = self.decide(info, parent)
         self._regs[info.mm] = reg
         self._by_process[(info.pid, info.proc_start)] = reg
+        wanted = self.policy.only_domain
+        if wanted is not None and reg.mode != "off" and domain_key(reg) != wanted:
+            # KSM for one domain only (part of the policy): inheritance and domains are still
+            # decided on the whole tree, above
+            reg = Registration(mode="off", domain=reg.domain, rule=f"KSM for domain {wanted} only")
+            reason = "only_domain"
         self.decisions[info.mm] = Decision(
             mm=info.mm,
             pid=info.pid,
@@ -255,7 +281,27 @@ class SetResolver:
             return Registration(
                 mode="off", domain=reg.domain, rule=f"other domain ({domain_key(reg)})"
             )
+        if self.enforce_cross_domain and reg.mode != "off":
+            self._check_one_domain(domain_key(reg))
         return reg
+
+    def _check_one_domain(self, domain: str) -> None:
+        """Refuse a second domain in one replay of a set that denies merging across them."""
+        if self._first_domain is None:
+            self._first_domain = domain
+            return
+        if domain == self._first_domain:
+            return
+        name = self.policy.name
+        raise PolicyError(
+            f'policy set {name!r} keeps security domains apart (cross_domain = "deny") but '
+            f"registers processes of domains {self._first_domain!r} and {domain!r} on one "
+            "host; mainline KSM has no per-domain merge boundary, so one replay would merge "
+            "across them",
+            hint=f"replay one domain (KSM for it only): --policy-set '{name}@{self._first_domain}'"
+            f"; or compare the placements with 'ksm-planner whatif' (domains on separate "
+            f'hosts); or set cross_domain = "allow" if merging across them is acceptable',
+        )
 
     # ------------------------------------------------------------------ reports
 

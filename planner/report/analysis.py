@@ -1,5 +1,5 @@
-"""Numbers a review needs that no other module computes: process roles, the current
-state by role and by process, and the copy-on-write break rate of mergeable pages.
+"""Numbers a review needs that no other module computes: process roles and the current
+state by role and by process.
 
 Everything here reads a trace and returns plain dataclasses; nothing renders.
 
@@ -28,14 +28,10 @@ import pyarrow as pa
 
 from planner.trace import schema as S
 from planner.trace.summary import GroupPotential, SnapshotPotential, snapshot_potential
+from planner.whatif.writes import CowEstimate, CowInterval, cow_breaks
 
 if TYPE_CHECKING:
     from planner.trace.io import HostTrace
-
-Arr = np.ndarray[Any, Any]
-
-_PAGE_SHIFT = 12
-_KEY_PID_SHIFT = np.uint64(36)
 
 
 @dataclass(frozen=True)
@@ -172,108 +168,6 @@ def current_state(ht: HostTrace, *, snapshot_id: int | None = None) -> CurrentSt
 def _rows_of(table: pa.Table, snapshot_id: int) -> pa.Table:
     sid = np.asarray(table.column("snapshot_id").to_numpy())
     return table.filter(pa.array(sid == snapshot_id))
-
-
-# ----------------------------------------------------------------------------- COW
-
-
-@dataclass(frozen=True)
-class CowInterval:
-    """Copy-on-write breaks between two consecutive snapshots."""
-
-    t0_s: float
-    t1_s: float
-    mergeable_pages: int  # pages KSM would hold merged at t0
-    rewritten_pages: int  # of those, pages whose content changed at the same address by t1
-
-    @property
-    def breaks_per_s(self) -> float:
-        """Rewritten mergeable pages per second."""
-        dt = self.t1_s - self.t0_s
-        return self.rewritten_pages / dt if dt > 0 else float("nan")
-
-    @property
-    def rewritten_fraction(self) -> float:
-        """Share of the mergeable pages rewritten in the interval."""
-        return self.rewritten_pages / self.mergeable_pages if self.mergeable_pages else 0.0
-
-
-@dataclass(frozen=True)
-class CowEstimate:
-    """Copy-on-write break rate of mergeable pages over a trace."""
-
-    intervals: tuple[CowInterval, ...]
-    page_size: int
-
-    @property
-    def breaks_per_s(self) -> float:
-        """Rewritten mergeable pages per second over the whole trace (NaN with one snapshot)."""
-        dt = sum(i.t1_s - i.t0_s for i in self.intervals)
-        return sum(i.rewritten_pages for i in self.intervals) / dt if dt > 0 else float("nan")
-
-    @property
-    def bytes_per_s(self) -> float:
-        """Memory newly needed per second by those breaks (each takes a fresh frame)."""
-        return self.breaks_per_s * self.page_size
-
-    @property
-    def rewritten_fraction_per_min(self) -> float:
-        """Share of mergeable pages rewritten per minute (mean over intervals)."""
-        fr = [
-            i.rewritten_fraction * 60.0 / (i.t1_s - i.t0_s)
-            for i in self.intervals
-            if i.t1_s > i.t0_s
-        ]
-        return float(np.mean(fr)) if fr else float("nan")
-
-
-def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr, Arr]:
-    """Keys ``(pid << 36 | page)``, hashes, frames and a mergeable mask of one snapshot."""
-    h_col: Any = pages.column("content_hash")
-    ok = ~np.asarray(h_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    pid = np.asarray(pages.column("pid").to_numpy(), dtype=np.uint64)[ok]
-    addr = np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64)[ok]
-    h = np.asarray(h_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
-    f_col: Any = pages.column("frame_id")
-    f = np.asarray(f_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
-    flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)[ok]
-    key = (pid << _KEY_PID_SHIFT) | (addr >> np.uint64(_PAGE_SHIFT))
-    zero = (flags & np.uint16(zero_flag)) != 0
-    # distinct frames per hash: >= 2 means KSM has something to merge
-    pairs = np.unique(np.stack([h, f], axis=1), axis=0)
-    hashes, n_frames = np.unique(pairs[:, 0], return_counts=True)
-    multi = hashes[n_frames >= 2]
-    mergeable = np.isin(h, multi) | zero
-    order = np.argsort(key, kind="stable")
-    return key[order], h[order], f[order], mergeable[order]
-
-
-def cow_breaks(ht: HostTrace) -> CowEstimate:
-    """The copy-on-write break rate of mergeable pages between consecutive snapshots."""
-    ids = ht.snapshot_ids.tolist()
-    times = ht.times_s.tolist()
-    page_size = int(ht.meta().get("page_size") or S.PAGE_SIZE_BYTES)
-    out: list[CowInterval] = []
-    prev: tuple[Arr, Arr, Arr, Arr] | None = None
-    for i, sid in enumerate(ids):
-        cur = _snapshot_arrays(ht.pages_of(sid), int(S.PageFlag.ZERO))
-        if prev is not None:
-            k0, h0, _, m0 = prev
-            k1, h1, _, _ = cur
-            pos = np.searchsorted(k1, k0)
-            pos_c = np.minimum(pos, max(len(k1) - 1, 0))
-            present = (pos < len(k1)) & (k1[pos_c] == k0) if len(k1) else np.zeros(len(k0), bool)
-            changed = present & (h1[pos_c] != h0)
-            out.append(
-                CowInterval(
-                    t0_s=float(times[i - 1]),
-                    t1_s=float(times[i]),
-                    mergeable_pages=int(np.count_nonzero(m0)),
-                    rewritten_pages=int(np.count_nonzero(changed & m0)),
-                )
-            )
-        prev = cur
-    return CowEstimate(tuple(out), page_size)
 
 
 __all__ = [

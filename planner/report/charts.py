@@ -311,13 +311,19 @@ def time_panels(
     ylabel: str = "saved, net (MiB)",
     y_in_bytes: bool = True,
     ncols: int = 2,
+    xlabel: str = "time since the first snapshot (s)",
+    logx: bool = False,
 ) -> str:
-    """Small multiples of lines over time, with dots at full-scan ends and snapshot lines."""
+    """Small multiples of lines over time, with dots at full-scan ends and snapshot lines.
+
+    Every panel has the same x and y scales, so panels compare at a glance; ``logx`` draws
+    time on a log scale (from the first positive time), so that seconds and hours both read.
+    """
     n = max(1, len(panels))
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
     with _figure(0.55 + 2.0 * rows) as fig:
-        axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+        axes = fig.subplots(rows, cols, squeeze=False, sharey=True, sharex=True)
         scale = (1 << 20) if y_in_bytes else 1
         for i, panel in enumerate(panels):
             ax: Axes = axes[i // cols][i % cols]
@@ -342,9 +348,21 @@ def time_panels(
                         color=s.color,
                     )
             ax.set_title(panel.title, loc="left", fontsize=8.5)
-            ax.set_xlim(left=0)
-            if i // cols == rows - 1:
-                ax.set_xlabel("time since the first snapshot (s)")
+            if logx:
+                from matplotlib.ticker import FuncFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                first = min(
+                    (x for p in panels for sr in p.series for x in _rs(sr.x) if x > 0),
+                    default=1.0,
+                )
+                ax.set_xlim(left=first)
+            else:
+                ax.set_xlim(left=0)
+            ax.tick_params(labelbottom=True)
+            if i // cols == rows - 1 or i + cols >= n:
+                ax.set_xlabel(xlabel)
             if i % cols == 0:
                 ax.set_ylabel(ylabel)
             ax.tick_params(labelleft=True)
@@ -378,10 +396,15 @@ def pareto(
     ylabel: str = "saved, net (MiB)",
     y_in_bytes: bool = True,
     legend: Sequence[tuple[str, str]] = (),
+    annotate: Sequence[str] | None = None,
 ) -> str:
-    """Saving against cost, the Pareto front joined by a line, the chosen point ringed."""
+    """Saving against cost, the Pareto front joined by a line, the chosen point ringed.
+
+    Both axes start at 0 (a saving is read against nothing saved); ``annotate`` labels the
+    points (one short text per point).
+    """
     scale = (1 << 20) if y_in_bytes else 1
-    with _figure(3.3) as fig:
+    with _figure(3.6) as fig:
         ax = fig.add_subplot()
         front = sorted((p for p in points if p.on_front), key=lambda p: (p.x, p.y))
         if front:
@@ -415,11 +438,22 @@ def pareto(
                     zorder=4,
                     label="recommended",
                 )
+        for i, (p, text) in enumerate(zip(points, annotate or (), strict=False)):
+            ax.annotate(
+                text,
+                (_r(p.x), _r(p.y) / scale),
+                xytext=(4, 3 if i % 2 == 0 else -9),
+                textcoords="offset points",
+                fontsize=6.5,
+                color="#333333",
+            )
         for label, color in legend:
             ax.scatter([], [], color=color, s=16, label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        ax.margins(x=0.12, y=0.08)
         ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
         ax.set_title(title, loc="left")
         ax.legend(loc="lower right", fontsize=7.5)
         return _to_svg(fig, name, title)
@@ -496,11 +530,39 @@ def lines(
     y_in_bytes: bool = False,
     logx: bool = False,
     bands: Sequence[tuple[Sequence[float], Sequence[float], Sequence[float], str]] = (),
+    marks: Sequence[tuple[float, str]] = (),
+    shade_after: float | None = None,
 ) -> str:
-    """Lines with markers (a sweep over one knob), optional shaded intervals."""
+    """Lines with markers (a sweep over one knob), optional shaded intervals.
+
+    ``marks`` are labelled vertical lines (``(x, text)``); ``shade_after`` greys the part of
+    the plot beyond an x (where the data ends and a projection begins).
+    """
     scale = (1 << 20) if y_in_bytes else 1
     with _figure(3.0) as fig:
         ax = fig.add_subplot()
+        if shade_after is not None:
+            ax.axvspan(
+                _r(shade_after),
+                max(_r(x) for s in series for x in s.x),
+                color="#f0f0f0",
+                zorder=0,
+                linewidth=0,
+            )
+        right = max((_r(x) for sr in series for x in sr.x), default=0.0)
+        for mark_x, text in marks:
+            ax.axvline(_r(mark_x), color="#555555", linewidth=0.8, linestyle=":", zorder=1)
+            at_end = _r(mark_x) >= right
+            ax.annotate(
+                text,
+                (_r(mark_x), 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(-3 if at_end else 3, -10),
+                textcoords="offset points",
+                ha="right" if at_end else "left",
+                fontsize=7,
+                color="#333333",
+            )
         for x, lo, hi, color in bands:
             ax.fill_between(
                 _rs(x),

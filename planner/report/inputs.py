@@ -19,19 +19,23 @@ here changes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from planner.engine.knobs import DISPLAY_ORDER
+from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from planner.engine.knobs import KsmKnobs
-    from planner.report.analysis import CowEstimate, CurrentState
+    from planner.report.analysis import CurrentState
     from planner.trace.io import HostTrace, Trace
     from planner.trace.summary import TraceSummary
     from planner.whatif import HostScenario, ScenarioResult, WhatIfResult
+    from planner.whatif.footprint import Sourced
+    from planner.whatif.writes import CowEstimate
 
 #: Knobs shown in scenario names when they vary (in this order): the knob table's display order.
 KNOB_ORDER = DISPLAY_ORDER
@@ -75,6 +79,18 @@ class ReviewScenario:
     def enabled(self) -> bool:
         """Whether the policy set registers any process on the host."""
         return self.host.enabled
+
+    @property
+    def host_cpus(self) -> Sourced | None:
+        """The planned host's CPUs (given or assumed), ``None`` without a planned host."""
+        cap = self.host.capacity
+        return cap.plan.host_cpus if cap is not None and cap.plan is not None else None
+
+    @property
+    def ksmd_host_share(self) -> float:
+        """ksmd's steady-state CPU as a share of the planned host (of one core without one)."""
+        cpus = self.host_cpus
+        return self.host.ksmd_cores / (cpus.value if cpus is not None else 1.0)
 
     @property
     def domain_mode(self) -> str | None:
@@ -169,12 +185,87 @@ class TraceFacts:
 
 
 @dataclass(frozen=True)
+class ReviewGates:
+    """What a recommended scenario must meet (``report --max-ksmd-cpu``, ``--max-time-to-90``,
+    ``--near-best``).
+
+    Parameters
+    ----------
+    max_ksmd_host_share
+        ksmd's steady-state CPU as a share of the planned host's CPUs (of one core when the
+        review has no planned host).
+    max_time_to_90_s
+        Time from switching KSM on to 90 % of the saving, on the planned host.
+    near_best
+        Scenarios whose expected net saving is within this share of the best count as
+        equally good; the one with the least ksmd CPU of them is recommended.
+    """
+
+    max_ksmd_host_share: float = 0.02
+    max_time_to_90_s: float = 600.0
+    near_best: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_ksmd_host_share <= 1:
+            raise UsageProblem(
+                f"the ksmd CPU gate {100 * self.max_ksmd_host_share:g} % of the host is out of "
+                "bounds",
+                hint="give a share of the host in (0 %, 100 %], e.g. --max-ksmd-cpu 2%",
+            )
+        if not self.max_time_to_90_s > 0:
+            raise UsageProblem(
+                "the time-to-90 % gate must be positive", hint="e.g. --max-time-to-90 10min"
+            )
+        if not 0 <= self.near_best < 1:
+            raise UsageProblem(
+                f"the near-best margin {100 * self.near_best:g} % is out of bounds",
+                hint="give a share in [0 %, 100 %), e.g. --near-best 2%",
+            )
+
+
+def parse_share(text: str, *, option: str) -> float:
+    """A share from ``2%`` (or ``0.02``).
+
+    Examples
+    --------
+    >>> parse_share("2%", option="--max-ksmd-cpu"), parse_share("0.5", option="--near-best")
+    (0.02, 0.5)
+    """
+    t = str(text).strip()
+    try:
+        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageProblem(f"{option} {text!r} is not a share", hint=f"e.g. {option} 2%") from None
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, *, option: str) -> float:
+    """Seconds of ``600``, ``90s``, ``10min`` or ``1.5h``.
+
+    Examples
+    --------
+    >>> parse_duration("10min", option="--max-time-to-90"), parse_duration("1.5h", option="x")
+    (600.0, 5400.0)
+    """
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _DURATION_UNITS:
+        raise UsageProblem(
+            f"{option} {text!r} is not a duration", hint=f"e.g. {option} 10min (s, min, h)"
+        )
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
 class ReviewOptions:
     """The options a review records (its appendix and ``data/review.json``)."""
 
     tool_version: str
     cost_profile: str
-    cpu_budget_percent: float
+    max_ksmd_host_share: float
+    max_time_to_90_s: float
+    near_best: float
     policy_sets: str
     grid: str
     settle_scans: int
@@ -185,7 +276,11 @@ class ReviewOptions:
     host_mem_bytes: int | None = None
     headroom_bytes: int | None = None
     headroom_fraction: float | None = None
+    worker_file_bytes: int | None = None
+    worker_shmem_bytes: int | None = None
+    worker_page_tables_bytes: int | None = None
     worker_other_bytes: int | None = None
+    base_other_bytes: int | None = None
     host_cpus: float | None = None
     cpu_per_worker: float | None = None
 
@@ -208,7 +303,8 @@ class ReviewInputs:
     command: str  # the command that reproduces the review
     options: ReviewOptions
     recommended: str | None = None  # name of the recommended scenario (None: the review picks)
-    cpu_budget_percent: float = 10.0  # ksmd CPU a recommendation may use (% of one core)
+    gates: ReviewGates = ReviewGates()  # what a recommendation must meet
+    policy_file: str | None = None  # the --policies file, as given (for the replay commands)
 
     def scenario(self, name: str) -> ReviewScenario:
         """The scenario called ``name``."""
@@ -227,10 +323,13 @@ class ReviewInputs:
 
 __all__ = [
     "KNOB_ORDER",
+    "ReviewGates",
     "ReviewInputs",
     "ReviewOptions",
     "ReviewScenario",
     "TraceFacts",
     "knobs_text",
+    "parse_duration",
+    "parse_share",
     "varying_knobs",
 ]

@@ -24,6 +24,7 @@ from planner.errors import OutputExistsError, UsageProblem
 from planner.jsonable import skip
 from planner.provenance import tool_version
 from planner.report.inputs import (
+    ReviewGates,
     ReviewInputs,
     ReviewOptions,
     ReviewScenario,
@@ -31,6 +32,7 @@ from planner.report.inputs import (
     knobs_text,
     varying_knobs,
 )
+from planner.whatif.gridpoints import with_kernel_defaults, with_values
 
 if TYPE_CHECKING:
     import os
@@ -115,8 +117,9 @@ def make_report(
     host: str | None = None,
     executor: Executor | None = None,
     max_workers: int | None = None,
-    cpu_budget_percent: float = 10.0,
+    gates: ReviewGates | None = None,
     command: str | None = None,
+    policy_file: str | os.PathLike[str] | None = None,
     title: str | None = None,
     pdf: bool = False,
     overwrite: bool = False,
@@ -134,13 +137,20 @@ def make_report(
         Passed to :func:`planner.whatif.run_whatif` (defaults: the presets, the kernel's
         knobs, the shipped cost profile, no capacity, a local process pool).
     observed
-        A recording of ``ksm-planner observe`` to compare the prediction with.
+        A recording of ``ksm-planner observe`` to compare the prediction with; its knobs are
+        added to the grid (the canary's scenario is always among those compared).
     host
         The host of a multi-host trace to review (default: the only host).
-    cpu_budget_percent
-        ksmd CPU (% of one core) a recommended scenario may use.
+    gates
+        What a recommended scenario must meet (ksmd CPU as a share of the host, time to
+        90 %, the near-best margin); default :class:`~planner.report.inputs.ReviewGates`.
+        The grid is given the kernel's default value of every knob it varies, so that the
+        review always shows the kernel's defaults.
     command
         The command line that reproduces the review (recorded in it).
+    policy_file
+        The policy file ``policy_sets`` were read from, as the user gave it: the appendix's
+        ``ksm-planner replay`` commands name it.
     title
         The document title (default: ``KSM capacity review: <trace name>``).
     pdf, overwrite
@@ -157,17 +167,13 @@ def make_report(
     from planner.whatif import run_whatif
 
     check_output(out, overwrite=overwrite, pdf=pdf)
-    if not cpu_budget_percent > 0:
-        raise UsageProblem(
-            f"the ksmd CPU budget must be positive, got {cpu_budget_percent}",
-            hint="give a percentage of one core, e.g. 10",
-        )
+    gates = gates or ReviewGates()
     tr = open_trace(trace)
     host = _one_host(tr, host)
     result = run_whatif(
         tr,
         policy_sets=policy_sets,
-        grid=grid,
+        grid=_review_grid(grid, observed),
         replay_options=replay_options,
         cost_profile=cost_profile,
         capacity=capacity,
@@ -184,11 +190,24 @@ def make_report(
         trace=tr,
         trace_text=trace_text,
         command=command or f"ksm-planner report {trace_text} --out DIR",
-        cpu_budget_percent=cpu_budget_percent,
+        gates=gates,
+        policy_file=None if policy_file is None else str(policy_file),
     )
     doc = build_review(inputs, title=title)
     files = write_report(doc, out, pdf=pdf, overwrite=overwrite)
     return ReportResult.of(files, doc, len(inputs.scenarios))
+
+
+def _review_grid(grid: KnobGrid | None, observed: str | os.PathLike[str] | None) -> KnobGrid | None:
+    """The grid a review replays: ``grid`` with the kernel's default of every knob it varies
+    and, with a canary, the canary's knobs (so that the canary is compared with the scenario
+    it ran, and the model's error it measures is the error of that scenario)."""
+    grid = with_kernel_defaults(grid)
+    if observed is None:
+        return grid
+    from planner.whatif.observed import load_observed, observed_knobs
+
+    return with_values(grid, observed_knobs(load_observed(observed)))
 
 
 def _one_host(tr: Trace, host: str | None) -> str:
@@ -215,28 +234,34 @@ def review_inputs(
     trace: Trace,
     trace_text: str,
     command: str,
-    cpu_budget_percent: float = 10.0,
+    gates: ReviewGates | None = None,
     host: str | None = None,
+    policy_file: str | None = None,
 ) -> ReviewInputs:
     """The review's view of a what-if result on one host of ``trace`` (the first by default)."""
-    from planner.report.analysis import cow_breaks, current_state
+    from planner.report.analysis import current_state
     from planner.trace.summary import summarize_trace
+    from planner.whatif.writes import cow_breaks
 
     host = host or result.hosts[0]
     ht = trace.load_host(host)
     summary = summarize_trace(trace.path)
+    scenarios = _scenarios(result, host)
+    writes = next((s.host.writes for s in scenarios if s.host.writes is not None), None)
+    gates = gates or ReviewGates()
     return ReviewInputs(
         trace=TraceFacts.of(
             trace, ht, summary, name=Path(trace_text).name or trace_text, path=trace_text
         ),
         summary=summary,
         state=current_state(ht),
-        cow=cow_breaks(ht),
+        cow=writes if writes is not None else cow_breaks(ht),
         whatif=result,
-        scenarios=_scenarios(result, host),
+        scenarios=scenarios,
         command=command,
-        options=_options(result, cpu_budget_percent),
-        cpu_budget_percent=cpu_budget_percent,
+        options=_options(result, gates),
+        gates=gates,
+        policy_file=policy_file,
     )
 
 
@@ -262,13 +287,15 @@ def _scenarios(result: WhatIfResult, host: str) -> tuple[ReviewScenario, ...]:
     return tuple(out)
 
 
-def _options(result: WhatIfResult, cpu_budget_percent: float) -> ReviewOptions:
+def _options(result: WhatIfResult, gates: ReviewGates) -> ReviewOptions:
     ro = result.replay_options
     ci = result.capacity_inputs
     return ReviewOptions(
         tool_version=tool_version(),
         cost_profile=ro.cost_profile,
-        cpu_budget_percent=cpu_budget_percent,
+        max_ksmd_host_share=gates.max_ksmd_host_share,
+        max_time_to_90_s=gates.max_time_to_90_s,
+        near_best=gates.near_best,
         policy_sets=", ".join(p.name for p in result.policy_sets),
         grid=" ".join(f"{k}={','.join(map(str, v))}" for k, v in result.grid.axes)
         or "kernel defaults",
@@ -280,7 +307,11 @@ def _options(result: WhatIfResult, cpu_budget_percent: float) -> ReviewOptions:
         host_mem_bytes=ci.host_mem_bytes if ci else None,
         headroom_bytes=ci.headroom_bytes if ci else None,
         headroom_fraction=ci.headroom_fraction if ci else None,
+        worker_file_bytes=ci.worker_file_bytes if ci else None,
+        worker_shmem_bytes=ci.worker_shmem_bytes if ci else None,
+        worker_page_tables_bytes=ci.worker_page_tables_bytes if ci else None,
         worker_other_bytes=ci.worker_other_bytes if ci else None,
+        base_other_bytes=ci.base_other_bytes if ci else None,
         host_cpus=ci.host_cpus if ci else None,
         cpu_per_worker=ci.cpu_per_worker if ci else None,
     )

@@ -1,4 +1,4 @@
-"""The capacity-planning review: twelve sections written from computed numbers.
+"""The capacity-planning review: thirteen sections written from computed numbers.
 
 :func:`build_review` turns :class:`~planner.report.inputs.ReviewInputs` into a
 :class:`~planner.report.doc.Document`. Every number it states is a field of the what-if's
@@ -8,25 +8,24 @@ of the trace facts; the review computes none, and it words a judgement ("the kno
 speed with CPU, not memory") only when those numbers say so. A reader finds every number
 again in the data files (``data/*.csv``, ``data/review.json``). The sections follow what a
 capacity review contains (decision, scope, current state, method, results, time, cost,
-attribution, risks, sensitivity, validation, appendix).
+attribution, risks, deployment, sensitivity, validation, appendix).
 
-The recommendation rule (section 1) is fixed and stated in the document: among the
-scenarios that use KSM, merge nothing across security domains, stay within the ksmd CPU
-budget and reach 90 % of their saving within the time limit, take those whose net saving
-is within 2 % of the best, and of those the one with the least ksmd CPU (then the fastest,
-then the first by name).
+The recommendation rule and the first screen are :mod:`planner.report.decision`; the
+deployment steps :mod:`planner.report.deployment`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from planner.jsonable import to_jsonable
 from planner.report import charts as C
+from planner.report import common as W
 from planner.report import fmt as F
+from planner.report.decision import Choice, decision_section, recommend
+from planner.report.deployment import deployment_section
 from planner.report.doc import (
     Block,
     Bullets,
@@ -44,6 +43,7 @@ from planner.report.doc import (
     table,
 )
 from planner.report.inputs import knobs_text, varying_knobs
+from planner.whatif.uncertainty import published_runs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,350 +55,10 @@ if TYPE_CHECKING:
     from planner.whatif.extrapolate import ExtrapolationFit
     from planner.whatif.observed import ObservedComparison
 
-#: Scenarios whose net saving is within this share of the best count as equally good; a
-#: knob or policy set that moves the saving by no more than this "does not change" it.
-NEAR_BEST = 0.02
-#: A recommended scenario must reach 90 % of its saving within this time (seconds).
-MAX_TIME_TO_90_S = 600.0
 #: The kernel documentation's rule: a process with more rmap_items per merging page loses memory.
 NET_LOSS_RATIO = 64
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The recommended scenario and why."""
-
-    scenario: ReviewScenario | None
-    reason: str
-    considered: int
-    excluded: tuple[tuple[str, str], ...]  # (scenario, why it was left out)
-
-
-def _exclusion(s: ReviewScenario, inputs: ReviewInputs) -> str | None:
-    """Why a scenario cannot be recommended (None: it can)."""
-    h = s.host
-    if not s.enabled:
-        return "KSM off (baseline)"
-    if h.net_saved_bytes <= 0:
-        return "saves nothing net of metadata"
-    if h.cross_domain_saved_bytes:
-        return "merges pages across security domains"
-    if h.ksmd_cpu_percent > inputs.cpu_budget_percent:
-        return (
-            f"ksmd CPU above the budget: {F.percent(h.ksmd_cpu_percent)} of a core "
-            f"(budget {F.percent(inputs.cpu_budget_percent)})"
-        )
-    took = h.decisive_time_to_90_s
-    if (took or math.inf) > MAX_TIME_TO_90_S:
-        where = " on the projected host" if h.host_scale is not None else ""
-        return (
-            "too slow: 90 % of its saving takes "
-            + (f"about {F.seconds(took)}" if took is not None else "forever")
-            + f"{where} (limit {F.seconds(MAX_TIME_TO_90_S)})"
-        )
-    return None
-
-
-def recommend(inputs: ReviewInputs) -> Choice:
-    """Apply the recommendation rule (module docstring) to the scenarios."""
-    excluded: list[tuple[str, str]] = []
-    pool: list[ReviewScenario] = []
-    for s in inputs.scenarios:
-        why = _exclusion(s, inputs)
-        if why is None:
-            pool.append(s)
-        else:
-            excluded.append((s.name, why))
-    if inputs.recommended:
-        chosen = inputs.scenario(inputs.recommended)
-        return Choice(chosen, "named by the caller", len(pool), tuple(excluded))
-    if not pool:
-        return Choice(None, "no scenario meets the conditions", 0, tuple(excluded))
-    best = max(s.host.net_saved_bytes for s in pool)
-    near = [s for s in pool if s.host.net_saved_bytes >= (1.0 - NEAR_BEST) * best]
-    near.sort(
-        key=lambda s: (
-            s.host.ksmd_cpu_percent,
-            s.host.decisive_time_to_90_s or math.inf,
-            s.name,
-        )
-    )
-    return Choice(
-        near[0],
-        "one with the largest net saving"
-        if len(near) == 1
-        else f"one with the least ksmd CPU among the {len(near)} whose net saving is within "
-        f"{F.pct(NEAR_BEST, 0)} of the best",
-        len(pool),
-        tuple(excluded),
-    )
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _colors(scenarios: Sequence[ReviewScenario]) -> dict[str, str]:
-    """One colour per policy set, in order of appearance."""
-    out: dict[str, str] = {}
-    for s in scenarios:
-        if s.enabled and s.policy_set not in out:
-            out[s.policy_set] = C.PALETTE[len(out) % len(C.PALETTE)]
-    for s in scenarios:
-        out.setdefault(s.policy_set, C.NEUTRAL)
-    return out
-
-
-def _vary(inputs: ReviewInputs) -> list[str]:
-    """The knobs that differ between the scenarios, in display order."""
-    return varying_knobs([s.knob_values for s in inputs.scenarios])
-
-
-def _knob_label(s: ReviewScenario, varying: Sequence[str]) -> str:
-    values = s.knob_values
-    keys = [k for k in varying if k in values] or ["pages_to_scan", "sleep_ms"]
-    return knobs_text(values, keys)
-
-
-def _t(v: float | None) -> str:
-    return F.seconds(v) if v is not None else "never"
-
-
-def _rate(per_s: float) -> str:
-    """A rate with as many decimals as it needs: ``117``, ``2.4``, ``0.15``."""
-    if not math.isfinite(per_s):
-        return F.NA
-    return F.fixed(per_s, 0 if per_s >= 10 else 1 if per_s >= 1 else 2)
-
-
-def _interval_text(cap: CapacityEstimate) -> str:
-    """``58.8 % – 62.4 %`` of a capacity gain (``n/a`` without an interval)."""
-    lo, hi = cap.gain_interval or (None, None)
-    return F.interval(lo, hi, F.pct)
-
-
-def _fit_of(inputs: ReviewInputs, s: ReviewScenario | None) -> ExtrapolationFit | None:
-    """The growth fit behind a scenario (or, without one, the first fit under which
-    anything merges)."""
-    if s is not None and s.host.fit is not None:
-        return s.host.fit
-    return next((f for f in inputs.whatif.fits if any(f.observed.ideal_saved)), None)
-
-
-# ----------------------------------------------------------------------------- 1. decision
-
-
-def _decision(inputs: ReviewInputs, choice: Choice) -> Section:
-    s = choice.scenario
-    if s is None:
-        return Section(
-            "decision",
-            "Decision and summary",
-            (
-                Callout(
-                    "warning",
-                    "No scenario qualifies for a recommendation: "
-                    + "; ".join(f"`{n}`: {why}" for n, why in choice.excluded[:6])
-                    + ". Do not enable KSM on the strength of this trace.",
-                    "No recommendation",
-                ),
-            ),
-        )
-    blocks: list[Block] = [
-        _decision_callout(s),
-        KeyFigures(_key_figures(inputs, s)),
-        *_decision_context(inputs, choice, s),
-        *_decision_scale(inputs, s),
-    ]
-    return Section(
-        "decision",
-        "Decision and summary",
-        tuple(blocks),
-        lead="What to do, and the number that matters.",
-    )
-
-
-def _decision_callout(s: ReviewScenario) -> Callout:
-    h = s.host
-    cap = h.capacity
-    gain_text = ""
-    proj = h.projected.net_saved_fraction if h.projected is not None else None
-    if cap is None and proj is not None:
-        gain_text = (
-            f" Projected to {F.integer(h.projected_workers)} workers per host it "
-            f"frees **{F.pct(proj.value)} of the anonymous memory** "
-            f"({F.interval(proj.low, proj.high, F.pct)}, {F.pct(proj.confidence, 0)} interval)."
-        )
-    if cap is not None:
-        gain_text = (
-            f" On a host with {F.gib(cap.host_mem_bytes, 0)} of memory this means "
-            f"**{F.pct(cap.gain, 1)} more workers per host** "
-            f"({F.integer(cap.workers_without)} → {F.integer(cap.workers_with)} workers; "
-            f"{_interval_text(cap)}, {F.pct(cap.confidence, 0)} interval)."
-        )
-    return Callout(
-        "decision",
-        f"Enable KSM with policy **{s.policy_set}** ({s.description}) and "
-        f"`{knobs_text(s.knob_values)}`. "
-        f"On the traced host it frees **{F.mib(h.net_saved_bytes)} net of KSM's own "
-        f"metadata, {F.pct(h.net_saved_fraction)} of the anonymous memory**, reaches 90 % "
-        f"of that after **{_t(h.time_to_90_s)}**"
-        + (
-            f" (about {_t(h.projected_time_to_90_s)} on the projected host)"
-            if h.projected_time_to_90_s is not None
-            else ""
-        )
-        + ", and costs ksmd "
-        f"**{F.percent(h.ksmd_cpu_percent)} of one CPU core** at steady state." + gain_text,
-        "Recommendation",
-    )
-
-
-def _key_figures(inputs: ReviewInputs, s: ReviewScenario) -> tuple[KeyFigure, ...]:
-    h = s.host
-    cap = h.capacity
-    figs = []
-    if cap is not None:
-        figs.append(
-            KeyFigure(
-                "more workers per host (capacity gain)",
-                F.pct(cap.gain),
-                f"{F.pct(cap.confidence, 0)} interval {_interval_text(cap)}",
-            )
-        )
-    detail = f"{F.pct(h.net_saved_fraction)} of {F.mib(h.anon_bytes)} anonymous memory"
-    if h.projected is not None:
-        iv = h.projected.net_saved_fraction
-        detail += f"; projected {F.interval(iv.low, iv.high, F.pct)}"
-    cow = inputs.cow
-    figs += [
-        KeyFigure("memory freed, net of KSM metadata", F.mib(h.net_saved_bytes), detail),
-        KeyFigure(
-            "time to 90 % of the saving",
-            _t(h.time_to_90_s),
-            f"{h.full_scans_to_90 if h.full_scans_to_90 is not None else '?'} full scans of "
-            f"{F.seconds(h.full_scan_s)}"
-            + (
-                f"; ≈ {_t(h.projected_time_to_90_s)} on the projected host"
-                if h.projected_time_to_90_s is not None
-                else ""
-            ),
-        ),
-        KeyFigure(
-            "ksmd CPU at steady state",
-            F.percent(h.ksmd_cpu_percent),
-            f"of one core; {F.percent(h.ksmd_cpu_percent_from_start)} averaged from the start",
-        ),
-        KeyFigure(
-            "saving that crossed security domains",
-            F.mib(h.cross_domain_saved_bytes),
-            f"{len(h.domains)} domains, merging across them "
-            + ("allowed" if s.domain_mode == "allow" else "denied"),
-        )
-        if len(h.domains) > 1
-        else KeyFigure(
-            "merged pages rewritten (copy-on-write)",
-            f"{_rate(cow.breaks_per_s)} /s",
-            f"{F.mib(cow.bytes_per_s, 2)}/s of new copies, from the trace",
-        ),
-    ]
-    return tuple(figs)
-
-
-def _decision_context(inputs: ReviewInputs, choice: Choice, s: ReviewScenario) -> list[Block]:
-    """What was compared, the best scenario when it is not the chosen one, what was left out."""
-    st = inputs.state.snapshot
-    used = [x for x in inputs.scenarios if x.enabled]
-    where = " on the projected host" if any(x.host.host_scale for x in used) else ""
-    blocks: list[Block] = [
-        Para(
-            f"The review compared {len(inputs.scenarios)} scenarios (policy sets × ksmd knob "
-            f"settings) by replaying the trace `{inputs.trace.name}` "
-            f"({inputs.trace.processes} processes, {F.mib(st.pages * inputs.state.page_size)} "
-            f"of anonymous memory, {inputs.trace.snapshots} snapshots over "
-            f"{F.seconds(inputs.trace.time_span_s)}) through a model of the kernel's KSM "
-            f"scanner. Of the {len(used)} that use KSM, {choice.considered} merge nothing "
-            f"across security domains, keep ksmd under {F.percent(inputs.cpu_budget_percent)} "
-            f"of one core and reach 90 % of their saving within "
-            f"{F.seconds(MAX_TIME_TO_90_S)}{where}; the recommendation is, of those, the "
-            f"{choice.reason}."
-        )
-    ]
-    best = max(inputs.scenarios, key=lambda x: (x.host.net_saved_bytes, -x.host.ksmd_cpu_percent))
-    why = dict(choice.excluded)
-    if best.name != s.name:
-        blocks.append(
-            Para(
-                f"The largest net saving of all, {F.mib(best.host.net_saved_bytes)} "
-                f"(`{best.name}`), is only "
-                f"{F.mib(best.host.net_saved_bytes - s.host.net_saved_bytes)} more"
-                + (
-                    " (it is left out, see below)."
-                    if best.name in why
-                    else f" and costs {F.percent(best.host.ksmd_cpu_percent)} of a core."
-                )
-            )
-        )
-    left_out = [(n, w) for n, w in choice.excluded if w != "KSM off (baseline)"]
-    if left_out:
-        blocks.append(Para("The scenarios left out, and why:"))
-        blocks.append(Bullets(tuple(f"`{n}`: {w}" for n, w in left_out)))
-    return blocks
-
-
-def _decision_scale(inputs: ReviewInputs, s: ReviewScenario) -> list[Block]:
-    """The static ideal for scale, and the risks in one line each."""
-    st = inputs.state
-    return [
-        Para(
-            f"For scale: if every duplicate page merged at once, KSM could free at most "
-            f"{F.mib(st.static_ideal_saved_bytes)} ({F.pct(st.static_ideal_saved_fraction)} of "
-            f"physical frames) at the last snapshot; the recommended scenario realises "
-            f"{F.pct(s.host.realization_ratio)} of the ideal for the pages it makes mergeable. "
-            f"Forking already shares "
-            f"{F.mib(st.snapshot.fork_shared_pages * st.page_size)} without KSM."
-        ),
-        Bullets(
-            (
-                "The figures are for the traced processes over the traced window; [Method]"
-                "(#method) lists what the replay does not model.",
-                f"Copy-on-write breaks: about {_rate(inputs.cow.breaks_per_s)} merged pages "
-                f"per second would be written and copied again ([Risks](#risks)).",
-                "Switching KSM off again (unmerge) needs the whole saving back at once: "
-                f"{F.mib(s.host.saved_bytes)} on the traced host"
-                + (
-                    f", {F.gib(s.host.capacity.ksm_saved_bytes)} with "
-                    f"{F.integer(s.host.capacity.workers_with)} workers on the projected host."
-                    if s.host.capacity is not None
-                    else "."
-                ),
-                *_canary_bullet(inputs),
-            )
-        ),
-    ]
-
-
-def _canary_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
-    obs = inputs.whatif.observed
-    gap = obs.mean_relative_gap if obs is not None else None
-    if obs is None or gap is None:
-        return (
-            "The prediction has not been compared with a real host yet "
-            "([Validation](#validation)).",
-        )
-    return (
-        f"On a canary ({obs.source}, `{_observed_name(inputs, obs)}`), the predicted number of "
-        f"merged pages was {F.pct(abs(gap))} {'above' if gap > 0 else 'below'} what the real "
-        "KSM merged"
-        + ("; plan with the lower figure" if gap > 0 else "")
-        + " ([Validation](#validation)).",
-    )
-
-
-def _observed_name(inputs: ReviewInputs, obs: ObservedComparison) -> str:
-    try:
-        return inputs.scenario_by_id(obs.scenario_id).name
-    except KeyError:
-        return obs.scenario_id
+#: A knob or policy set that moves the saving by no more than this "does not change" it.
+NEAR_BEST = 0.02
 
 
 def _scope(inputs: ReviewInputs, choice: Choice) -> Section:
@@ -707,15 +367,29 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
                 "**Time to benefit** is measured from the first snapshot, i.e. from the moment "
                 "KSM is switched on for processes already running, to 50, 90 and 99 % of the "
                 "memory KSM frees at steady state (before its metadata).",
-                "**Security domains**: when a scenario denies merging across domains, each "
-                "domain is replayed as if alone on a host; otherwise pages may merge across them "
-                "and the saving that did is reported.",
+                "**Security domains as they can be deployed**: mainline KSM has no per-domain "
+                "merge boundary, so a scenario that denies merging across domains places each "
+                "domain on hosts of its own (one replay, one ksmd and one capacity per domain); "
+                "one that allows it replays all domains together and reports the saving that "
+                "crossed them. KSM for one domain only on a shared host is the policy set "
+                "`NAME@DOMAIN`.",
+                "**The whole host.** A worker needs more than its anonymous pages: its own "
+                "file-backed pages, shared memory, page tables and kernel objects; the host needs "
+                "the file pages every worker maps once. Each of these is measured from the "
+                "trace when it records it, given on the command line, or assumed from "
+                "docs/capacity.md (the first table of [Decision](#decision) says which). "
+                "Workers per host are the smaller of the memory bound and, when the CPU a worker "
+                "needs is known, the CPU bound; ksmd's CPU comes out of the host's.",
+                "**The model's measured error.** The replay's saving is multiplied by the ratio "
+                "of what the real KSM merged to what the replay predicted: measured on a canary "
+                "when one is given, else the live-validation runs the project publishes "
+                "(docs/live-validation.md).",
             )
         ),
         Heading("What is not modelled"),
         Bullets(_NOT_MODELLED),
     ]
-    fit = _fit_of(inputs, choice.scenario)
+    fit = W.fit_of(inputs, choice.scenario)
     if fit is not None:
         blocks += _extrapolation_method(inputs, fit)
     for note in inputs.whatif.warnings:
@@ -752,10 +426,12 @@ def _extrapolation_method(inputs: ReviewInputs, fit: ExtrapolationFit) -> list[B
                 else ""
             )
             + ". The projected ideal saving is multiplied by the realisation the replay "
-            "measured (what KSM really merges under the knobs) and KSM's metadata is "
-            f"subtracted. Intervals are {F.pct(fit.confidence, 0)} percentile bootstrap "
-            f"intervals over {spec.n_resamples} resamples of the replicas: "
-            "they cover which workers happened to be traced, not changes of the workload. "
+            "measured (what KSM really merges under the knobs) and by the model's measured "
+            "error, and KSM's metadata is subtracted. Intervals are "
+            f"{F.pct(fit.confidence, 0)} percentile intervals over {spec.n_resamples} draws "
+            "that combine four sources: which workers were traced (bootstrap resamples of the "
+            "replicas), the model's measured error, the assumed inputs across their ranges and "
+            "the spread of the saving over the traced snapshots (docs/capacity.md). "
             + (
                 f"Check: fitted on up to {fit.holdout.fit_upto} replicas, the curve "
                 f"predicts the exact saving of all {fit.k} within {F.pct(abs(err))}."
@@ -783,7 +459,9 @@ def _scenario_rows(inputs: ReviewInputs) -> list[dict[str, Any]]:
                 "net_saved_bytes": h.net_saved_bytes,
                 "net_saved_fraction": h.net_saved_fraction,
                 "time_to_90_s": h.time_to_90_s,
+                "projected_time_to_90_s": h.projected_time_to_90_s,
                 "steady_cpu_percent": h.ksmd_cpu_percent,
+                "ksmd_host_share": s.ksmd_host_share,
                 "pages_per_full_scan": h.pages_scanned_per_full_scan or 0.0,
                 "cross_domain_saved_bytes": h.cross_domain_saved_bytes
                 if len(h.domains) > 1
@@ -799,13 +477,17 @@ def _scenario_rows(inputs: ReviewInputs) -> list[dict[str, Any]]:
 
 def _scenarios_table(inputs: ReviewInputs, hl: Sequence[int]) -> Table:
     rows = _scenario_rows(inputs)
+    projected = any(r["projected_time_to_90_s"] is not None for r in rows)
+    per_host = any(s.host_cpus is not None for s in inputs.scenarios)
     cols = [
         Column("scenario", "scenario", "text"),
         Column("net_saved_bytes", "saved, net", "mib", "MiB"),
         Column("net_saved_fraction", "of anon", "pct", "%"),
         Column("time_to_90_s", "to 90 %", "s"),
-        Column("steady_cpu_percent", "ksmd CPU", "percent", "% core"),
-        Column("pages_per_full_scan", "pages / full scan", "int"),
+        Column("projected_time_to_90_s", "to 90 %, planned host", "s", hidden=not projected),
+        Column("steady_cpu_percent", "ksmd CPU", "percent", "% core", hidden=per_host),
+        Column("ksmd_host_share", "ksmd CPU", "pct", "% host", hidden=not per_host),
+        Column("pages_per_full_scan", "pages / full scan", "int", hidden=True),
     ]
     if any(r["cross_domain_saved_bytes"] is not None for r in rows):
         cols.append(Column("cross_domain_saved_bytes", "across domains", "mib", "MiB"))
@@ -847,17 +529,20 @@ def _results(inputs: ReviewInputs, choice: Choice) -> Section:
     hl = _highlight(inputs, choice)
     blocks: list[Block] = [
         Para(
-            "Each row is one scenario at steady state. *Saved, net* is the memory KSM frees minus "
-            "its own metadata; *of anon* is that as a share of the anonymous memory; *to 90 %* is "
-            "the time from switching KSM on until 90 % of the saving is there; *ksmd CPU* is the "
-            "scanner's CPU at steady state; *Pareto* marks scenarios that no other scenario beats "
+            "Each row is one scenario at steady state on the traced host. *Saved, net* is the "
+            "memory KSM frees minus its own metadata, as replayed; *of anon* is that as a share "
+            "of the anonymous memory; *to 90 %* is the time from switching KSM on until 90 % of "
+            "the saving is there (on the traced host, and on the planned host where there is "
+            "one); *ksmd CPU* is the scanner's CPU at steady state (a share of the planned "
+            "host's CPUs where there is one); *capacity gain* is workers per host with KSM over "
+            "without, with its interval; *Pareto* marks scenarios that no other scenario beats "
             "on both saving and CPU. The recommended scenario is highlighted."
         ),
         _scenarios_table(inputs, hl),
     ]
-    s = choice.scenario
-    if s is not None and not s.pareto:
-        blocks.append(_not_on_front(inputs, choice, s))
+    s = choice.shown
+    if choice.scenario is not None and not choice.scenario.pareto:
+        blocks.append(_not_on_front(inputs, choice, choice.scenario))
     if s is not None:
         blocks += _waterfall_blocks(inputs, s, hl)
     blocks += _capacity_blocks(inputs, choice)
@@ -971,31 +656,17 @@ def _capacity_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
     if not caps:
         return []
     blocks: list[Block] = [Heading("Capacity per host")]
-    s = choice.scenario
+    s = choice.shown
     if s is not None and s.host.capacity is not None:
         blocks.append(_capacity_text(s, s.host.capacity))
-    rows = []
-    for sc, c in caps:
-        lo, hi = c.gain_interval or (None, None)
-        rows.append(
-            {
-                "scenario": sc.name,
-                "workers_without": c.workers_without,
-                "workers_with": c.workers_with,
-                "workers_with_low": c.workers_with_interval[0],
-                "workers_with_high": c.workers_with_interval[1],
-                "capacity_gain": c.gain,
-                "capacity_gain_lo": lo,
-                "capacity_gain_hi": hi,
-                "limited_by": c.limit_with,
-                "ksm_net_saved_bytes": c.ksm_net_saved_bytes,
-                "ksmd_cores": c.ksmd_cores,
-            }
-        )
+        why_cpu = _cpu_text(s.host.capacity)
+        if why_cpu:
+            blocks.append(Para(why_cpu))
+    rows = [_capacity_row(sc, c) for sc, c in caps]
     blocks.append(
         table(
             "capacity",
-            "Workers per host without and with KSM.",
+            "Workers per host without and with KSM, and what limits them.",
             [
                 Column("scenario", "scenario", "text"),
                 Column("workers_without", "without KSM", "int"),
@@ -1006,14 +677,37 @@ def _capacity_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
                 Column("capacity_gain_lo", "gain low", "pct", "%", hidden=True),
                 Column("capacity_gain_hi", "gain high", "pct", "%", hidden=True),
                 Column("limited_by", "limit", "text"),
+                Column("memory_limit_with", "memory allows", "int", hidden=True),
+                Column("cpu_limit_with", "CPU allows", "int", hidden=True),
                 Column("ksm_net_saved_bytes", "KSM frees", "gib", "GiB"),
                 Column("ksmd_cores", "ksmd", "float2", "cores"),
+                Column("saving_factor", "model error", "float3", hidden=True),
             ],
             rows,
             highlight=[i for i, (sc, _) in enumerate(caps) if s is not None and sc.name == s.name],
         )
     )
     return blocks
+
+
+def _capacity_row(sc: ReviewScenario, c: CapacityEstimate) -> dict[str, Any]:
+    lo, hi = c.gain_interval or (None, None)
+    return {
+        "scenario": sc.name,
+        "workers_without": c.workers_without,
+        "workers_with": c.workers_with,
+        "workers_with_low": c.workers_with_interval[0],
+        "workers_with_high": c.workers_with_interval[1],
+        "capacity_gain": c.gain,
+        "capacity_gain_lo": lo,
+        "capacity_gain_hi": hi,
+        "limited_by": c.limit_with,
+        "memory_limit_with": c.memory_limit_with,
+        "cpu_limit_with": c.cpu_limit_with,
+        "ksm_net_saved_bytes": c.ksm_net_saved_bytes,
+        "ksmd_cores": c.ksmd_cores,
+        "saving_factor": c.saving_factor,
+    }
 
 
 def _capacity_text(s: ReviewScenario, c: CapacityEstimate) -> Para:
@@ -1031,26 +725,64 @@ def _capacity_text(s: ReviewScenario, c: CapacityEstimate) -> Para:
             "The saving share at this size is not larger than on the traced host "
             f"({F.pct(traced)}): added workers bring little content the others already hold."
         )
+    factor = (
+        f" (the replay's saving × {F.fixed(c.saving_factor, 2)}, the model's measured error)"
+        if c.saving_factor != 1.0
+        else ""
+    )
     return Para(
         f"On a host with {F.gib(c.host_mem_bytes)} of memory, keeping "
         f"{F.gib(c.headroom_bytes)} free, {F.gib(c.budget_bytes)} is left for the service. "
-        f"Without KSM each worker needs {F.mib(c.worker_bytes)}"
-        + (
-            f" ({F.mib(c.per_worker_anon_bytes)} of anonymous memory from the "
-            f"trace and {F.mib(c.worker_other_bytes)} outside it)"
-            if c.worker_other_bytes
-            else " of anonymous memory"
-        )
-        + f" next to {F.mib(c.base_bytes)} of processes that do not scale, so "
+        f"Without KSM each worker needs {F.mib(c.worker_bytes)} "
+        f"({F.mib(c.per_worker_anon_bytes)} of anonymous memory from the trace and "
+        f"{F.size(c.worker_extra_bytes)} outside it: its own file-backed pages, page tables and "
+        f"kernel objects) next to {F.mib(c.base_bytes + c.base_extra_bytes)} that does not grow "
+        f"with the workers ({F.mib(c.base_bytes)} anonymous, {F.mib(c.base_extra_bytes)} of "
+        f"file pages mapped once and the base's overhead), so "
         f"**{F.integer(c.workers_without)} workers** fit (limited by "
         f"{c.limit_without}). With KSM under `{s.name}`, "
         f"{F.integer(n1)} workers would need {F.gib(c.without_ksm_at_workers_with_bytes)} "
-        f"without KSM, and KSM frees {F.gib(c.ksm_net_saved_bytes)} of it ({F.pct(share)}), so "
-        f"**{F.integer(n1)} workers** fit ({F.integer(c.workers_with_interval[0])}–"
+        f"without KSM, and KSM frees {F.gib(c.ksm_net_saved_bytes)} of it ({F.pct(share)})"
+        f"{factor}, so **{F.integer(n1)} workers** fit ({F.integer(c.workers_with_interval[0])}–"
         f"{F.integer(c.workers_with_interval[1])} in the "
         f"{F.pct(c.confidence, 0)} interval; limited by {c.limit_with}): "
-        f"**{F.pct(c.gain)} more workers per host**. " + why
+        f"**{W.more_workers(c.gain)} per host**. " + why
     )
+
+
+def _cpu_text(c: CapacityEstimate) -> str:
+    """Why CPU does or does not limit the host, in the numbers' own words."""
+    plan = c.plan
+    if plan is None:
+        return ""
+    if plan.cpu_per_worker is None:
+        return (
+            "**CPU is not part of this count**: the CPU a worker needs is not known (not in the "
+            "trace, not given), so workers per host are limited by memory only. Give "
+            "`--cpu-per-worker` (cores a worker uses at its planned load): on a CPU-bound host "
+            "KSM buys no workers."
+        )
+    cpw = plan.cpu_per_worker
+    text = (
+        f"The host's {F.fixed(c.host_cpus, 1)} CPUs ({plan.host_cpus.source}) at "
+        f"{F.fixed(cpw.value, 3)} cores per worker ({cpw.source}) allow "
+        f"{F.integer(c.cpu_limit_without)} workers without KSM and "
+        f"{F.integer(c.cpu_limit_with)} with it (ksmd takes {F.fixed(c.ksmd_cores, 2)} cores); "
+        f"memory allows {F.integer(c.memory_limit_without)} and {F.integer(c.memory_limit_with)}."
+    )
+    if c.limit_with == "cpu" and c.limit_without == "cpu":
+        text += (
+            " **The host is CPU-bound with and without KSM: KSM frees memory that no worker "
+            "can use, and ksmd's CPU costs workers** — "
+            f"{W.signed_pct(c.gain)}. Plan KSM for a memory-bound host, or fewer CPUs per "
+            "unit of memory."
+        )
+    elif c.limit_with == "cpu":
+        text += (
+            " With KSM the CPUs, not the memory, set the limit: the gain stops where the "
+            "CPUs run out."
+        )
+    return text
 
 
 # ----------------------------------------------------------------------------- 6. time
@@ -1062,8 +794,8 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     if scen:
         blocks.append(_time_figure(inputs, scen))
     blocks.append(_time_table(scen, choice))
-    if choice.scenario is not None:
-        blocks.append(_time_text(inputs, choice.scenario))
+    if choice.shown is not None:
+        blocks.append(_time_text(inputs, choice.shown))
     return Section(
         "time",
         "Time to benefit",
@@ -1072,80 +804,126 @@ def _time(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
+def _share_of_final(values: Sequence[int], final: int) -> list[float]:
+    return [100.0 * v / final if final else 0.0 for v in values]
+
+
+def _time_series(s: ReviewScenario, color: str, projected: bool) -> C.Series:
+    """One scenario's saving over time: % of its steady saving, against planned-host minutes
+    (or traced-host seconds)."""
+    h = s.host
+    g, sc = h.timeline.grid, h.timeline.scans
+    final = h.saved_bytes // h.page_size
+    scale = (h.host_scale or 1.0) / 60.0 if projected else 1.0
+    return C.Series(
+        s.policy_set,
+        [t * scale for t in g.t_s],
+        _share_of_final(g.saved_frames, final),
+        color,
+        [t * scale for t in sc.t_s],
+        _share_of_final(sc.saved_frames, final),
+    )
+
+
+def _time_rows(s: ReviewScenario) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The grid and the full scans of one scenario, as the data files hold them."""
+    h = s.host
+    g, sc = h.timeline.grid, h.timeline.scans
+    ps = h.page_size
+    grid = [
+        {"scenario": s.name, "t_s": x, "saved_bytes": f * ps, "net_saved_bytes": y}
+        for x, f, y in zip(g.t_s, g.saved_frames, g.net_saved_bytes, strict=True)
+    ]
+    scans = [
+        {
+            "scenario": s.name,
+            "full_scans": n,
+            "t_s": t,
+            "scan_time_s": d,
+            "cpu_s": c,
+            "saved_bytes": f * ps,
+            "net_saved_bytes": v,
+            "pages_sharing": p,
+        }
+        for n, t, d, c, f, v, p in zip(
+            sc.full_scans,
+            sc.t_s,
+            sc.scan_time_s,
+            sc.cpu_s,
+            sc.saved_frames,
+            sc.net_saved_bytes,
+            sc.pages_sharing,
+            strict=True,
+        )
+    ]
+    return grid, scans
+
+
 def _time_figure(inputs: ReviewInputs, scen: Sequence[ReviewScenario]) -> Figure:
-    colors = _colors(inputs.scenarios)
-    vary = _vary(inputs)
+    colors = W.colors(inputs.scenarios)
+    vary = W.vary(inputs)
+    projected = all(s.host.host_scale is not None for s in scen)
     by_knobs: dict[str, list[ReviewScenario]] = defaultdict(list)
     for s in scen:
-        by_knobs[_knob_label(s, vary)].append(s)
+        by_knobs[W.knob_label(s, vary)].append(s)
     panels = []
     data_rows: list[dict[str, Any]] = []
     scan_rows: list[dict[str, Any]] = []
     for label, group in by_knobs.items():
-        series = []
+        series = [_time_series(s, colors[s.policy_set], projected) for s in group]
         for s in group:
-            g, sc = s.host.timeline.grid, s.host.timeline.scans
-            series.append(
-                C.Series(
-                    s.policy_set,
-                    list(g.t_s),
-                    list(g.net_saved_bytes),
-                    colors[s.policy_set],
-                    sc.t_s,
-                    sc.net_saved_bytes,
-                )
-            )
-            data_rows += [
-                {"scenario": s.name, "t_s": x, "net_saved_bytes": y}
-                for x, y in zip(g.t_s, g.net_saved_bytes, strict=True)
-            ]
-            scan_rows += [
-                {
-                    "scenario": s.name,
-                    "full_scans": n,
-                    "t_s": t,
-                    "scan_time_s": d,
-                    "net_saved_bytes": v,
-                    "pages_sharing": ps,
-                }
-                for n, t, d, v, ps in zip(
-                    sc.full_scans,
-                    sc.t_s,
-                    sc.scan_time_s,
-                    sc.net_saved_bytes,
-                    sc.pages_sharing,
-                    strict=True,
-                )
-            ]
-        panels.append(C.Panel(label, series, inputs.trace.snapshot_times_s))
+            grid, scans = _time_rows(s)
+            data_rows += grid
+            scan_rows += scans
+        snaps = () if projected else inputs.trace.snapshot_times_s
+        panels.append(C.Panel(label, series, snaps))
+    where = (
+        "minutes on the planned host (the replay's times scaled with the pages to scan there; "
+        "a log scale, the same in every panel, so that minutes and hours both read)"
+        if projected
+        else "seconds since KSM was switched on (the same scale in every panel; dotted lines "
+        "are the trace's snapshots)"
+    )
     return Figure(
         "time-to-benefit",
-        "Saved memory over time",
-        C.time_panels("time-to-benefit", "Saved memory over time (net of metadata)", panels),
-        "Memory freed net of KSM metadata, from the moment KSM is switched on, one panel "
-        "per knob setting and one line per policy set. Dots mark the end of each full "
-        "scan; "
-        "dotted vertical lines are the trace's snapshots. The saving can only grow at the "
-        "end of a scan: a page merges after its content stayed the same for a full scan.",
+        "The saving over time",
+        C.time_panels(
+            "time-to-benefit",
+            "Share of the steady-state saving reached over time",
+            panels,
+            ylabel="% of the steady saving",
+            y_in_bytes=False,
+            xlabel="minutes on the planned host (log scale)"
+            if projected
+            else "seconds since KSM was on",
+            logx=projected,
+        ),
+        "The share of its steady-state saving each scenario has reached, against "
+        f"{where}; one panel per knob setting, one line per policy set. Dots mark the end of "
+        "each full scan: the saving grows only at the end of a scan, since a page merges "
+        "after its content stayed the same for a full scan.",
         (
             table(
                 "time-to-benefit",
-                "Saved memory on the time grid",
+                "Saved memory on the time grid (traced host)",
                 [
                     Column("scenario", "scenario", "text"),
                     Column("t_s", "time", "float1", "s"),
+                    Column("saved_bytes", "saved", "mib", "MiB"),
                     Column("net_saved_bytes", "saved, net", "mib", "MiB"),
                 ],
                 data_rows,
             ),
             table(
                 "full-scans",
-                "Every full scan of every scenario",
+                "Every full scan of every scenario (traced host)",
                 [
                     Column("scenario", "scenario", "text"),
                     Column("full_scans", "full scan", "int"),
                     Column("t_s", "ends at", "float2", "s"),
                     Column("scan_time_s", "duration", "float2", "s"),
+                    Column("cpu_s", "ksmd CPU", "float3", "s"),
+                    Column("saved_bytes", "saved", "mib", "MiB"),
                     Column("net_saved_bytes", "saved, net", "mib", "MiB"),
                     Column("pages_sharing", "pages_sharing", "int"),
                 ],
@@ -1163,59 +941,81 @@ def _time_table(scen: Sequence[ReviewScenario], choice: Choice) -> Table:
             "time_to_90_s": s.host.time_to_90_s,
             "time_to_99_s": s.host.time_to_99_s,
             "scans_to_90": s.host.full_scans_to_90,
+            "first_full_scan_s": s.host.first_full_scan_s,
             "full_scan_s": s.host.full_scan_s,
-            "projected_full_scan_s": s.host.projected_full_scan_s,
+            "projected_first_full_scan_s": s.host.projected_first_full_scan_s,
             "projected_time_to_90_s": s.host.projected_time_to_90_s,
+            "host_scale": s.host.host_scale,
         }
         for s in scen
     ]
     projected = any(r["projected_time_to_90_s"] is not None for r in rows)
+    shown = choice.shown
     return table(
         "time-to-saving",
-        "Time to 50, 90 and 99 % of the steady-state saving"
-        + (", on the traced host and (≈) on the projected host." if projected else "."),
+        "Time to 50, 90 and 99 % of the steady-state saving on the traced host, the full scans "
+        "it takes" + (", and the first scans and 90 % on the planned host." if projected else "."),
         [
             Column("scenario", "scenario", "text"),
             Column("time_to_50_s", "50 %", "s"),
             Column("time_to_90_s", "90 %", "s"),
             Column("time_to_99_s", "99 %", "s"),
-            Column("scans_to_90", "full scans to 90 %", "int"),
-            Column("full_scan_s", "full scan", "s"),
-            Column("projected_full_scan_s", "≈ full scan, projected", "s", hidden=not projected),
-            Column("projected_time_to_90_s", "≈ 90 %, projected", "s", hidden=not projected),
+            Column("scans_to_90", "scans to 90 %", "int"),
+            Column("first_full_scan_s", "first scans", "s"),
+            Column("full_scan_s", "steady scan", "s"),
+            Column(
+                "projected_first_full_scan_s", "planned: a first scan", "s", hidden=not projected
+            ),
+            Column("projected_time_to_90_s", "planned: 90 %", "s", hidden=not projected),
+            Column("host_scale", "planned / traced pages", "float1", hidden=True),
         ],
         rows,
-        highlight=[
-            i for i, s in enumerate(scen) if choice.scenario and s.name == choice.scenario.name
-        ],
+        highlight=[i for i, s in enumerate(scen) if shown and s.name == shown.name],
     )
 
 
 def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
     h = s.host
+    scans = h.full_scans_to_90
     text = (
-        f"Under the recommendation a full scan of the {F.integer(inputs.state.snapshot.pages)} "
-        f"traced pages takes {F.seconds(h.full_scan_s)} at steady state, and 90 % of the saving "
-        f"arrives after {_t(h.time_to_90_s)}. A full scan takes time in proportion to the "
-        "pages it visits"
+        f"Under `{s.name}` the first full scans visit every registered page and take about "
+        f"{F.seconds(h.first_full_scan_s)} each on the traced host; 90 % of the saving is there "
+        f"after {scans if scans is not None else '?'} of them, {W.t(h.time_to_90_s)} after KSM "
+        f"is switched on. Once merged, smart scan skips pages that keep failing and a full "
+        f"scan of the {F.integer(inputs.state.snapshot.pages)} traced pages takes "
+        f"{F.seconds(h.full_scan_s)}. A full scan takes time in proportion to the pages it "
+        "visits"
     )
     if h.host_scale is not None:
         text += (
-            f": on the projected host ({F.integer(h.projected_workers)} workers, "
-            f"{F.fixed(h.host_scale, 1)} times the mergeable pages) expect about "
-            f"{F.seconds(h.projected_full_scan_s)} per full scan and 90 % of the saving "
-            f"after about {_t(h.projected_time_to_90_s)} (the replay's times scaled by the "
-            "pages to scan; an estimate)."
+            f": on the planned host ({F.integer(h.projected_workers)} workers, "
+            f"{F.fixed(h.host_scale, 1)} times the mergeable pages) the first scans take about "
+            f"{F.seconds(h.projected_first_full_scan_s)} each and 90 % of the saving arrives "
+            f"after about {W.t(h.projected_time_to_90_s)} (the replay's times scaled with the "
+            f"pages to scan; an estimate). The trace covers {F.seconds(inputs.trace.time_span_s)}"
+            + (
+                ", less than one full scan there: what happens to the memory beyond it is the "
+                "last snapshot held still."
+                if (h.projected_first_full_scan_s or 0.0) > inputs.trace.time_span_s
+                else "."
+            )
         )
     else:
+        text += ": a host with more memory under the same knobs takes proportionally longer."
+    published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
+    if published is not None:
+        name, runs = published
+        lo, hi = runs.full_scan_error_range
         text += (
-            ": on a host with ten times the anonymous memory under the same knobs, expect "
-            f"about {F.seconds(10 * h.full_scan_s if h.full_scan_s is not None else None)} "
-            "per full scan and a time to benefit about ten times longer."
+            f" On the published live runs of the {name} workload the model counted "
+            f"{F.pct(lo, 0)} to {F.pct(hi, 0)} more full scans than the real ksmd completed on a "
+            "busy host (docs/live-validation.md): expect these times to be up to that much "
+            "longer."
         )
     text += (
-        " Every worker that is restarted starts from scratch: its pages merge only after "
-        "two full scans."
+        " Every worker that is restarted (`max_requests`, a deploy) starts from scratch: its "
+        "pages merge only after two full scans, and until then the host needs its memory "
+        "without KSM ([Risks](#risks))."
     )
     return Para(text)
 
@@ -1228,21 +1028,8 @@ def _cost(inputs: ReviewInputs, choice: Choice) -> Section:
     blocks: list[Block] = []
     if scen:
         blocks += _cost_figures(inputs, choice, scen)
-    if choice.scenario is not None:
-        h = choice.scenario.host
-        blocks.append(
-            Para(
-                "The recommended scenario keeps ksmd at "
-                f"{F.percent(h.ksmd_cpu_percent)} of one core once settled "
-                f"({F.percent(h.ksmd_cpu_percent_from_start)} averaged over the whole replay, "
-                f"start-up included). It scans {F.integer(h.pages_scanned_per_full_scan)} pages "
-                f"per full scan and smart scan skips another "
-                f"{F.integer(h.pages_skipped_per_full_scan)}: {F.fixed(h.ksmd_cores, 2)} cores "
-                "in all. For scale, Meta reported that cutting ksmd's CPU by a quarter saved "
-                "1–2 % of a 32-CPU Instagram host, so ksmd used roughly 1.3–2.6 cores there "
-                "(64 GB hosts merging about 5 million pages)."
-            )
-        )
+    if choice.shown is not None:
+        blocks.append(Para(_cost_text(inputs, choice.shown)))
     return Section(
         "cost",
         "Cost",
@@ -1251,10 +1038,45 @@ def _cost(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
+def _cost_text(inputs: ReviewInputs, s: ReviewScenario) -> str:
+    h = s.host
+    text = (
+        f"`{s.name}` keeps ksmd at {F.percent(h.ksmd_cpu_percent)} of one core once settled "
+        f"({F.percent(h.ksmd_cpu_percent_from_start)} averaged over the whole replay, "
+        f"start-up included): {W.share_of_host(s)} ({W.cpus_text(s)}). ksmd's CPU is set by its "
+        "knobs (pages per batch, sleep between batches), not by the amount of memory, so it "
+        f"is the same on the planned host. It scans {F.integer(h.pages_scanned_per_full_scan)} "
+        f"pages per full scan and smart scan skips another "
+        f"{F.integer(h.pages_skipped_per_full_scan)}."
+    )
+    obs = inputs.whatif.observed
+    r = obs.rates if obs is not None else None
+    if r is not None and r.observed_ksmd_cpu_percent is not None:
+        text += (
+            f" On the canary ({obs.source if obs is not None else ''}) the real ksmd used "
+            f"{F.percent(r.observed_ksmd_cpu_percent)} of one core where the model predicts "
+            f"{F.percent(r.predicted_ksmd_cpu_percent)}."
+        )
+    published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
+    if published is not None:
+        name, runs = published
+        lo, hi = runs.ksmd_cpu_error_range
+        text += (
+            f" On the published live runs of the {name} workload the model's ksmd CPU was "
+            f"{F.pct(-hi, 0)} to {F.pct(-lo, 0)} below the real one (a page costs the real "
+            "ksmd more than the cost profile says: docs/live-validation.md)."
+        )
+    return text + (
+        " For scale, Meta reported that cutting ksmd's CPU by a quarter saved 1–2 % of a "
+        "32-CPU Instagram host, so ksmd used roughly 1.3–2.6 cores there (4–8 % of the host; "
+        "64 GB hosts merging about 5 million pages)."
+    )
+
+
 def _cost_figures(
     inputs: ReviewInputs, choice: Choice, scen: Sequence[ReviewScenario]
 ) -> list[Block]:
-    colors = _colors(inputs.scenarios)
+    colors = W.colors(inputs.scenarios)
     chosen = choice.scenario.name if choice.scenario else None
     points = [
         C.Point(
@@ -1268,6 +1090,8 @@ def _cost_figures(
         for s in scen
     ]
     legend = [(p, c) for p, c in colors.items() if any(s.policy_set == p for s in scen)]
+    vary = W.vary(inputs)
+    labels = [W.knob_label(s, vary).replace("pages_to_scan=", "") for s in scen]
     rows = [
         {
             "scenario": s.name,
@@ -1286,10 +1110,15 @@ def _cost_figures(
         "cost-pareto",
         "Saving against ksmd CPU",
         C.pareto(
-            "cost-pareto", "Net saving against ksmd CPU at steady state", points, legend=legend
+            "cost-pareto",
+            "Net saving against ksmd CPU at steady state",
+            points,
+            legend=legend,
+            annotate=labels,
         ),
-        "Each dot is a scenario, coloured by policy set. Ringed dots are on the Pareto "
-        "front (no other scenario saves more for less CPU); the large ring is the "
+        "Each dot is a scenario, coloured by policy set and labelled with the knobs that vary "
+        "(a bare number is `pages_to_scan`); both axes start at 0. Ringed dots are on the "
+        "Pareto front (no other scenario saves more for less CPU); the large ring is the "
         "recommendation.",
         (
             table(
@@ -1333,7 +1162,7 @@ def _cost_figures(
 
 
 def _attribution(inputs: ReviewInputs, choice: Choice) -> Section:
-    s = choice.scenario
+    s = choice.shown
     if s is None:
         return Section("attribution", "Attribution", (Para("No scenario was recommended."),))
     rows = _attribution_rows(inputs, s)
@@ -1476,15 +1305,16 @@ def _risks(inputs: ReviewInputs, choice: Choice) -> Section:
             Heading("Merging across security domains"),
             *_domain_blocks(inputs),
             Heading("Copy-on-write breaks"),
-            *_cow_blocks(inputs),
-            Heading("Unmerging at once"),
-            *_unmerge_blocks(inputs),
+            *_cow_blocks(inputs, choice),
+            Heading("Switching KSM off, and restarts"),
+            *_unmerge_blocks(inputs, choice),
         ),
-        lead="What can go wrong: security, latency, and the memory needed to turn KSM off.",
+        lead="What can go wrong, at the planned size: security, latency, and the memory needed "
+        "to turn KSM off or to restart the workers.",
     )
 
 
-def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
+def _domain_rows(inputs: ReviewInputs) -> list[dict[str, Any]]:
     rows = []
     for s in inputs.scenarios:
         if not s.enabled:
@@ -1494,7 +1324,7 @@ def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
             {
                 "scenario": s.name,
                 "domains": ", ".join(doms) if doms and doms != ("(none)",) else "(one, undeclared)",
-                "mode": s.domain_mode or "n/a",
+                "placement": s.host.placement if len(doms) > 1 else "one host",
                 "cross_domain_saved_bytes": s.host.cross_domain_saved_bytes
                 if len(doms) > 1
                 else None,
@@ -1502,19 +1332,30 @@ def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
                 or "none",
             }
         )
+    return rows
+
+
+def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
     declared = any(len(s.host.domains) > 1 for s in inputs.scenarios)
     blocks: list[Block] = [
         Para(
             "KSM makes two processes share a physical page when their contents are equal. Between "
             "processes that do not trust each other this is a side channel (timing of "
             "copy-on-write, Rowhammer on the shared page); hosting providers usually forbid it. "
+            "Mainline KSM has no per-domain merge boundary: whatever is registered on one host "
+            "may merge with everything else registered there. Domains are kept apart in only "
+            "two ways: **KSM for one domain only** on a shared host (policy set `NAME@DOMAIN`, "
+            "or `only_domain` in the policy file), or **each domain on hosts of its own**. "
             + (
-                "The policy sets declare security domains; the table shows how much saving "
-                "crossed them and which domains were merged together."
+                "The policy sets declare security domains: a scenario that denies merging "
+                "across them is the second placement (one ksmd and one capacity per domain's "
+                "host); one that allows it merges across them on one host, and the table "
+                "shows how much saving crossed them."
                 if declared
-                else "No policy set declares security domains, so every registered process is "
-                "treated as one domain: fine for the workers of one service, not for tenants. "
-                "Declare domains in a policy file to see what merging across them is worth."
+                else "No policy set declares security domains, so every registered process "
+                "is treated as one domain: fine for the workers of one service, not for "
+                "tenants. Declare domains in a policy file to see what merging across them "
+                "is worth."
             )
         )
     ]
@@ -1522,32 +1363,109 @@ def _domain_blocks(inputs: ReviewInputs) -> list[Block]:
         blocks.append(
             table(
                 "domains",
-                "Saving across security domains per scenario.",
+                "Security domains per scenario, and how they are placed.",
                 [
                     Column("scenario", "scenario", "text"),
                     Column("domains", "domains", "text"),
-                    Column("mode", "cross-domain", "text"),
+                    Column("placement", "placement", "text"),
                     Column("cross_domain_saved_bytes", "saved across", "mib", "MiB"),
                     Column("merged_together", "merged together", "text"),
                 ],
-                rows,
+                _domain_rows(inputs),
             )
         )
+        blocks += _domain_alone_blocks(inputs)
     return blocks
 
 
-def _cow_blocks(inputs: ReviewInputs) -> list[Block]:
+def _domain_alone_blocks(inputs: ReviewInputs) -> list[Block]:
+    """Each domain of a separate-hosts scenario: its own host, or KSM for it alone."""
+    rows = [
+        {
+            "scenario": s.name,
+            "domain": d.domain,
+            "net_saved_bytes": d.net_saved_bytes,
+            "ksmd_cpu_percent": d.ksmd_cpu_percent,
+            "time_to_90_s": d.time_to_90_s,
+            "projected_time_to_90_s": d.projected_time_to_90_s,
+            "capacity_gain": d.capacity.gain if d.capacity is not None else None,
+        }
+        for s in inputs.scenarios
+        for d in s.host.domain_results
+    ]
+    if not rows:
+        return []
+    return [
+        table(
+            "domains-alone",
+            "Each domain replayed alone: KSM for that domain only on the traced host, or that "
+            "domain on hosts of its own (its capacity gain there).",
+            [
+                Column("scenario", "scenario", "text"),
+                Column("domain", "domain", "text"),
+                Column("net_saved_bytes", "saved, net", "mib", "MiB"),
+                Column("ksmd_cpu_percent", "ksmd", "percent", "% core"),
+                Column("time_to_90_s", "to 90 %", "s"),
+                Column("projected_time_to_90_s", "planned: 90 %", "s"),
+                Column("capacity_gain", "gain, own hosts", "pct", "%"),
+            ],
+            rows,
+        )
+    ]
+
+
+def _cow_text(inputs: ReviewInputs, s: ReviewScenario | None) -> str:
+    cow = inputs.cow
+    text = (
+        "A write to a merged page makes the kernel copy it first (a page fault and a 4 KiB "
+        "copy) and takes back one frame. Between consecutive snapshots, "
+        f"{W.rate(cow.breaks_per_s)} pages per second that KSM would hold merged were rewritten "
+        f"({F.mib(cow.bytes_per_s, 2)}/s of new copies). They are not a churn through all of "
+        f"them: over the {F.seconds(cow.span_s)} of the trace only "
+        f"{F.integer(cow.distinct_rewritten_pages)} distinct pages were ever rewritten "
+        f"({F.pct(cow.rewritten_share)} of the {F.integer(cow.mergeable_pages)} mergeable pages), "
+        f"and {F.integer(cow.hot_pages)} of them in every interval: a hot set rewritten again "
+        "and again, which smart scan learns to skip. This is counted from the trace, before "
+        "any policy: a lower bound on writes (several writes between snapshots count once)."
+    )
+    h = s.host if s is not None else None
+    if h is not None and h.projected_cow_breaks_per_s is not None:
+        text += (
+            " Scaled with the mergeable pages to the planned host "
+            f"({F.integer(h.projected_workers)} workers): about "
+            f"{W.rate(h.projected_cow_breaks_per_s)} breaks per second."
+        )
+    obs = inputs.whatif.observed
+    r = obs.rates if obs is not None else None
+    if r is not None and r.observed_cow_per_s is not None:
+        per_page = r.cow_per_merged_page_per_s
+        text += (
+            f" **The canary measured {W.rate(r.observed_cow_per_s)} per second** (`cow_ksm` in "
+            f"`/proc/vmstat`, {F.fixed(r.observed_cow_per_s / r.predicted_cow_per_s, 1)} times "
+            "the trace's count"
+            if r.predicted_cow_per_s
+            else f" **The canary measured {W.rate(r.observed_cow_per_s)} per second** (`cow_ksm`"
+        )
+        text += (
+            f"; {F.fixed(per_page, 3)} per merged page per second): writes between snapshots "
+            "that the trace cannot see. Plan the page-fault rate with the canary's figure"
+            if per_page is not None
+            else ")"
+        )
+        planned = h.projected_canary_cow_per_s if h is not None else None
+        text += (
+            f": about {W.rate(planned)} breaks per second at the planned size, each a page "
+            "fault and a 4 KiB copy in the service's path."
+            if planned is not None
+            else "."
+        )
+    return text
+
+
+def _cow_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
     cow = inputs.cow
     return [
-        Para(
-            "A write to a merged page makes the kernel copy it first (a page fault and a 4 KiB "
-            "copy) and takes back one frame. Between consecutive snapshots, "
-            f"{_rate(cow.breaks_per_s)} pages per second that KSM would hold merged were "
-            f"rewritten ({F.pct(cow.rewritten_fraction_per_min)} of them per minute), i.e. "
-            f"{F.mib(cow.bytes_per_s, 2)}/s of new copies. This is counted from the trace, "
-            "before any policy: it is a lower bound on writes (several writes between snapshots "
-            "count once) and an upper bound on breaks of pages KSM had actually merged."
-        ),
+        Para(_cow_text(inputs, choice.shown)),
         table(
             "cow-breaks",
             "Rewrites of mergeable pages between consecutive snapshots.",
@@ -1574,27 +1492,53 @@ def _cow_blocks(inputs: ReviewInputs) -> list[Block]:
     ]
 
 
-def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
+def _unmerge_text(s: ReviewScenario | None) -> str:
+    text = (
+        "Switching KSM off (`echo 2 > /sys/kernel/mm/ksm/run`, or a process leaving it) gives "
+        "every merged page its own copy again, immediately: the host must have that memory "
+        "free, or the unmerge runs into the OOM killer. A restart or a deploy does the same "
+        "slowly: new workers start unmerged and need their memory without KSM until ksmd has "
+        "scanned them twice."
+    )
+    cap = s.host.capacity if s is not None else None
+    if cap is None or s is None:
+        return text
+    text += (
+        f" Under `{s.name}` at {F.integer(cap.workers_with)} workers on the planned host, an "
+        f"unmerge needs {F.gib(cap.ksm_saved_bytes)} at once and "
+        f"{F.gib(cap.free_at_workers_with_bytes)} is free (the headroom included). "
+    )
+    if cap.drain_workers:
+        text += (
+            f"**KSM could not be switched off without first draining "
+            f"{F.integer(cap.drain_workers)} workers** (down to "
+            f"{F.integer(cap.unmerge_fits_workers)}): keep a runbook for it, restart workers in "
+            "small batches, and never switch ksmd off with `run=2` on a full host."
+        )
+    else:
+        text += "It fits: KSM can be switched off without draining workers."
+    return text
+
+
+def _unmerge_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
     scen = [s for s in inputs.scenarios if s.enabled]
     projected = any(s.host.capacity is not None for s in scen)
     return [
-        Para(
-            "Switching KSM off (`echo 2 > /sys/kernel/mm/ksm/run`, or a process leaving it) "
-            "gives every merged page its own copy again, immediately. The host must have that "
-            "memory free, or the unmerge runs into the OOM killer. Plan the headroom for it."
-        ),
+        Para(_unmerge_text(choice.shown)),
         table(
             "unmerge",
             "Memory an unmerge needs at once, per scenario (steady state), on the traced host"
-            + (" and on the projected host." if projected else "."),
+            + (" and on the planned host, against the memory free there." if projected else "."),
             [
                 Column("scenario", "scenario", "text"),
                 Column("saved_bytes", "needed at once", "mib", "MiB"),
                 Column("saved_fraction", "of anon", "pct", "%"),
-                Column("workers_with", "workers, projected", "int", hidden=not projected),
+                Column("workers_with", "workers, planned", "int", hidden=not projected),
                 Column(
-                    "projected_saved_bytes", "needed, projected", "gib", "GiB", hidden=not projected
+                    "projected_saved_bytes", "needed, planned", "gib", "GiB", hidden=not projected
                 ),
+                Column("free_bytes", "free, planned", "gib", "GiB", hidden=not projected),
+                Column("drain_workers", "drain first", "int", hidden=not projected),
             ],
             [
                 {
@@ -1603,6 +1547,8 @@ def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
                     "saved_fraction": s.host.saved_fraction,
                     "workers_with": c.workers_with if c else None,
                     "projected_saved_bytes": c.ksm_saved_bytes if c else None,
+                    "free_bytes": c.free_at_workers_with_bytes if c else None,
+                    "drain_workers": c.drain_workers if c else None,
                 }
                 for s in scen
                 for c in (s.host.capacity,)
@@ -1617,11 +1563,12 @@ def _unmerge_blocks(inputs: ReviewInputs) -> list[Block]:
 def _sensitivity(inputs: ReviewInputs, choice: Choice) -> Section:
     scen = [s for s in inputs.scenarios if s.enabled]
     blocks: list[Block] = [_intervals_block(scen)]
-    fit = _fit_of(inputs, choice.scenario)
+    fit = W.fit_of(inputs, choice.shown)
     if fit is not None and fit.curve is not None:
-        blocks.append(_growth_figure(fit))
+        shown = choice.shown
+        blocks.append(_growth_figure(fit, shown.host.projected_workers if shown else None))
     effects = {e.knob: e for e in inputs.whatif.knob_effects}
-    numeric = [k for k in _vary(inputs) if k in effects]
+    numeric = [k for k in W.vary(inputs) if k in effects]
     for knob in numeric[:2]:
         figure = _knob_figure(inputs, effects[knob])
         if figure is None:
@@ -1646,27 +1593,13 @@ def _intervals_block(scen: Sequence[ReviewScenario]) -> Block:
             "host's memory (`--host-mem`) and a replica count to project the saving to a full "
             "host with bootstrap intervals."
         )
-    rows = []
-    for s in ivs:
-        cap = s.host.capacity
-        lo, hi = (cap.gain_interval or (None, None)) if cap is not None else (None, None)
-        iv = s.host.projected.net_saved_fraction if s.host.projected is not None else None
-        rows.append(
-            {
-                "scenario": s.name,
-                "capacity_gain": cap.gain if cap else None,
-                "capacity_gain_lo": lo,
-                "capacity_gain_hi": hi,
-                "saving_fraction": iv.value if iv else None,
-                "saving_fraction_lo": iv.low if iv else None,
-                "saving_fraction_hi": iv.high if iv else None,
-            }
-        )
+    rows = [_interval_row(s) for s in ivs]
     no_saving = all(r["saving_fraction"] is None for r in rows)
     no_gain = all(r["capacity_gain"] is None for r in rows)
     return table(
         "intervals",
-        "Intervals of the projected saving and capacity gain.",
+        "Intervals of the projected saving and capacity gain, and the source of uncertainty "
+        "that dominates each.",
         [
             Column("scenario", "scenario", "text"),
             Column("saving_fraction", "saving", "pct", "%", hidden=no_saving),
@@ -1675,14 +1608,49 @@ def _intervals_block(scen: Sequence[ReviewScenario]) -> Block:
             Column("capacity_gain", "capacity gain", "pct", "%", hidden=no_gain),
             Column("capacity_gain_lo", "low", "pct", "%", hidden=no_gain),
             Column("capacity_gain_hi", "high", "pct", "%", hidden=no_gain),
+            Column("sampling_lo", "sampling low", "pct", "%", hidden=True),
+            Column("sampling_hi", "sampling high", "pct", "%", hidden=True),
+            Column("model_lo", "model low", "pct", "%", hidden=True),
+            Column("model_hi", "model high", "pct", "%", hidden=True),
+            Column("configuration_lo", "configuration low", "pct", "%", hidden=True),
+            Column("configuration_hi", "configuration high", "pct", "%", hidden=True),
+            Column("time_lo", "time low", "pct", "%", hidden=True),
+            Column("time_hi", "time high", "pct", "%", hidden=True),
+            Column("dominant", "widest source", "text", hidden=no_gain),
         ],
         rows,
         note=(
-            "The intervals are bootstrap intervals over the traced replicas: how much "
-            "the result depends on which workers happened to be in the trace. They do "
-            "not cover the model's own error (see [Validation](#validation))."
+            "The capacity-gain intervals combine four sources: which workers happened to be "
+            "traced (bootstrap of the replicas), the model's measured error against the real "
+            "KSM (a canary's, else the published live runs), the inputs that were assumed "
+            "(across their documented ranges) and the spread of the saving over the traced "
+            "snapshots; `data/intervals.csv` holds each source's interval. The projected saving "
+            "(`--replicas`) is the model's, with the bootstrap interval only."
         ),
     )
+
+
+def _interval_row(s: ReviewScenario) -> dict[str, Any]:
+    cap = s.host.capacity
+    lo, hi = (cap.gain_interval or (None, None)) if cap is not None else (None, None)
+    iv = s.host.projected.net_saved_fraction if s.host.projected is not None else None
+    row: dict[str, Any] = {
+        "scenario": s.name,
+        "capacity_gain": cap.gain if cap else None,
+        "capacity_gain_lo": lo,
+        "capacity_gain_hi": hi,
+        "saving_fraction": iv.value if iv else None,
+        "saving_fraction_lo": iv.low if iv else None,
+        "saving_fraction_hi": iv.high if iv else None,
+        "dominant": W.SOURCE_WORDS.get(cap.dominant_source or "", "none")
+        if cap is not None
+        else None,
+    }
+    for source in ("sampling", "model", "configuration", "time"):
+        part = cap.interval(source) if cap is not None else None
+        row[f"{source}_lo"] = part.gain_low if part is not None else None
+        row[f"{source}_hi"] = part.gain_high if part is not None else None
+    return row
 
 
 def knob_sentence(effect: KnobEffect) -> str:
@@ -1711,8 +1679,8 @@ def knob_sentence(effect: KnobEffect) -> str:
 def _knob_figure(inputs: ReviewInputs, effect: KnobEffect) -> Figure | None:
     """Time to 90 % against one knob, a line per group of scenarios (None: too many lines)."""
     knob = effect.knob
-    colors = _colors(inputs.scenarios)
-    others = [k for k in _vary(inputs) if k != knob]
+    colors = W.colors(inputs.scenarios)
+    others = [k for k in W.vary(inputs) if k != knob]
     lines = []
     for g in effect.groups:
         group = [inputs.scenario_by_id(i) for i in g.scenario_ids]
@@ -1808,7 +1776,7 @@ def _saving_range_para(inputs: ReviewInputs, rng: SavingRange) -> Para:
     )
 
 
-def _growth_figure(fit: ExtrapolationFit) -> Figure:
+def _growth_figure(fit: ExtrapolationFit, planned: int | None) -> Figure:
     curve = fit.curve
     assert curve is not None
     ps = fit.page_size
@@ -1859,11 +1827,21 @@ def _growth_figure(fit: ExtrapolationFit) -> Figure:
             ylabel="ideal saving (% of anonymous memory)",
             logx=max(ns) > 50,
             bands=[band],
+            marks=[(float(fit.k), f"traced: {fit.k}")]
+            + ([(float(planned), f"planned: {planned}")] if planned else []),
+            shade_after=float(fit.k),
         ),
         f"The share of anonymous memory an ideal KSM frees with n workers under "
         f"`{fit.policy_set}`: measured in the trace for 1 to {fit.k} workers (dashed), "
         f"fitted and projected beyond (solid, with its {F.pct(fit.confidence, 0)} bootstrap "
-        "band). KSM realises a share of this ideal; the capacity numbers use that share.",
+        f"band). The grey area right of the line at {fit.k} is extrapolation"
+        + (
+            f", {F.fixed(planned / fit.k, 0)} times beyond the data at the planned {planned} "
+            "workers"
+            if planned and fit.k
+            else ""
+        )
+        + ". KSM realises a share of this ideal; the capacity numbers use that share.",
         (
             table(
                 "replica-growth",
@@ -1895,11 +1873,13 @@ def _validation(inputs: ReviewInputs, choice: Choice) -> Section:
             Para(
                 "No observed timeline or kernel validation was given, so this review has not "
                 "been compared with a real host. To do so, run the recommended policy on a canary "
-                "host and record what ksmd really does with `ksm-planner observe`, then rebuild "
-                "the review with `--observed DIR`; or replay the trace on this kernel scan by scan "
-                "with `ksm-planner validate TRACE --kernel`."
+                "host and record what ksmd really does with `ksm-planner observe` (the steps are "
+                "in [Deployment](#deployment)), then rebuild the review with `--observed DIR`; "
+                "or replay the trace on this kernel scan by scan with "
+                "`ksm-planner validate TRACE --kernel`."
             )
         ]
+    blocks += _model_error_blocks(inputs)
     checks = _consistency_checks(inputs)
     blocks += [
         Heading("Internal checks"),
@@ -1944,7 +1924,7 @@ def _observed_text(inputs: ReviewInputs, obs: ObservedComparison) -> str:
         )
     err = obs.final_relative_error
     return (
-        f"The scenario `{_observed_name(inputs, obs)}` was compared with what KSM really did on "
+        f"The scenario `{W.observed_name(inputs, obs)}` was compared with what KSM really did on "
         f"{obs.source} (`ksm-planner observe`, {len(obs.t_s)} samples over "
         f"{F.seconds(obs.t_s[-1] - obs.t_s[0] if obs.t_s else 0.0)}). "
         + facts
@@ -1996,7 +1976,7 @@ def _observed_blocks(inputs: ReviewInputs, obs: ObservedComparison) -> list[Bloc
             row[f"predicted_{name}"] = p[i] if i < len(p) else None
         rows.append(row)
     keys = [k for k in rows[0] if k != "t_s"] if rows else []
-    name = _observed_name(inputs, obs)
+    name = W.observed_name(inputs, obs)
     blocks: list[Block] = [
         Para(_observed_text(inputs, obs)),
         Figure(
@@ -2032,6 +2012,63 @@ def _observed_blocks(inputs: ReviewInputs, obs: ObservedComparison) -> list[Bloc
         ),
     ]
     blocks += [Callout("note", note) for note in obs.notes]
+    return blocks
+
+
+def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
+    """How the model's measured error enters the capacity figures, and the canary's rates."""
+    me = inputs.whatif.model_error
+    blocks: list[Block] = []
+    if me is not None:
+        blocks.append(
+            Para(
+                f"**The model's error, as applied.** The capacity figures multiply the replay's "
+                f"saving by {F.fixed(me.point, 3)}, the median ratio of observed to predicted "
+                f"merged pages in {me.basis}; the ratios range from {F.fixed(min(me.ratios), 3)} "
+                f"to {F.fixed(max(me.ratios), 3)}, widened by the real kernel's own run-to-run "
+                f"spread ({F.pct(me.noise)}) for the interval."
+                + (
+                    " Without a canary the published runs stand in: a canary of this workload "
+                    "replaces them."
+                    if me.source == "published"
+                    else ""
+                )
+            )
+        )
+    obs = inputs.whatif.observed
+    r = obs.rates if obs is not None else None
+    if r is None:
+        return blocks
+    rows = [
+        ("ksmd CPU (% of one core)", r.observed_ksmd_cpu_percent, r.predicted_ksmd_cpu_percent),
+        ("copy-on-write breaks per second", r.observed_cow_per_s, r.predicted_cow_per_s),
+        ("wall time of a full scan (s)", r.observed_full_scan_s, r.predicted_full_scan_s),
+    ]
+    # canary mode (observe --ksm-pages): the merges lost on the sampled processes, by cause
+    causes = {
+        "unmerged_same_content": "written, content unchanged",
+        "unmerged_changed": "content changed",
+        "unmerged": "content not compared",
+        "unmapped": "page unmapped",
+    }
+    rows += [
+        (f"merges lost per second: {causes.get(kind, kind)}", rate, None)
+        for kind, rate in (r.observed_unmerges_per_s or {}).items()
+    ]
+    blocks.append(
+        table(
+            "canary-rates",
+            f"What the canary measured over the second half of its recording "
+            f"({F.seconds(r.window_s)}), next to the model (the trace's count of writes for "
+            "copy-on-write).",
+            [
+                Column("figure", "figure", "text"),
+                Column("observed", "canary", "float2"),
+                Column("predicted", "model", "float2"),
+            ],
+            [{"figure": f, "observed": o, "predicted": m} for f, o, m in rows],
+        )
+    )
     return blocks
 
 
@@ -2096,18 +2133,15 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
         {"scenario": s.name, "policy_set": s.policy_set, **{k: str(ks.get(k)) for k in vary}}
         for s, ks in zip(inputs.scenarios, knob_sets, strict=True)
     ]
-    chosen = choice.scenario
+    chosen = choice.shown
     blocks: list[Block] = [
         Para("Rebuild this review (same inputs, same bytes):"),
         Code(inputs.command),
         Para("Look at the trace and at single scenarios:"),
         Code(
-            f"ksm-planner info {inputs.trace.path}\n"
-            + (
-                f"ksm-planner replay {inputs.trace.path} --pages-to-scan "
-                f"{chosen.knobs.pages_to_scan} --sleep-ms {chosen.knobs.sleep_ms}"
-                if chosen
-                else ""
+            "\n".join(
+                [f"ksm-planner info {inputs.trace.path}"]
+                + (_replay_commands(inputs, chosen) if chosen else [])
             )
         ),
         Para(
@@ -2132,12 +2166,191 @@ def _appendix(inputs: ReviewInputs, choice: Choice) -> Section:
             "Every table and plot of this review is also in `data/` as CSV (raw values: bytes, "
             "fractions, seconds), and `data/review.json` holds them all with the provenance."
         ),
+        *_recompute_blocks(inputs, choice),
     ]
     return Section(
         "appendix",
         "Appendix: reproduce, configuration, raw tables",
         tuple(blocks),
         lead="Exact commands, the configuration of every scenario, and where the raw data is.",
+    )
+
+
+def _replay_commands(inputs: ReviewInputs, s: ReviewScenario) -> list[str]:
+    """The ``ksm-planner replay`` commands of scenario ``s`` (:func:`planner.replay.replay_command`:
+    its policy and every knob that differs from the kernel's defaults, from the knob table).
+
+    A scenario that keeps several security domains apart was replayed one domain at a time
+    (mainline KSM has no per-domain boundary): one command per domain, ``NAME@DOMAIN``.
+    """
+    from planner.replay import replay_command
+
+    preset = s.policy_set if _is_preset(inputs, s.policy_set) else None
+    policy_file = None if preset is not None else inputs.policy_file or "POLICIES.toml"
+    host = s.host.host if len(inputs.trace.hosts) > 1 else None
+    names = [s.policy_set]
+    if preset is None and s.host.placement == "separate hosts" and len(s.host.domains) > 1:
+        names = [f"{s.policy_set}@{d}" for d in s.host.domains]
+    knobs = s.knob_values
+    if knobs.get("hz") == inputs.trace.hz:  # replay runs at the trace's HZ by itself
+        knobs = {k: v for k, v in knobs.items() if k != "hz"}
+    return [
+        replay_command(
+            inputs.trace.path,
+            knobs=knobs,
+            host=host,
+            preset=preset,
+            policy_path=policy_file,
+            policy_set=None if preset is not None else name,
+        )
+        for name in names
+    ]
+
+
+def _is_preset(inputs: ReviewInputs, name: str) -> bool:
+    return any(p.name == name and p.preset for p in inputs.whatif.policy_sets)
+
+
+def _recompute_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
+    """The headline figures and every input of their arithmetic, for an independent check."""
+    s = choice.shown
+    blocks: list[Block] = [Heading("Recompute the headline")]
+    models = [_model_row(x) for x in inputs.scenarios if x.host.capacity is not None]
+    blocks.append(
+        Para(
+            "Every headline figure can be recomputed from the data files alone. Capacity "
+            "(`data/capacity-model.csv`): memory without KSM is `page_size × (frames_a + "
+            "frames_b n) + base_extra_bytes + n × worker_extra_bytes`; KSM frees "
+            "`saving_factor × realization_ratio × page_size × max(0, frames(n) − distinct(n)) − "
+            "metadata_bytes_per_page × (eligible_a + eligible_b n)`, with `distinct(n) = "
+            "distinct_a + distinct_b n + distinct_c (1 − (1 − distinct_p)^n) + extra_a + extra_b "
+            "n + extra_c (1 − (1 − extra_p)^n)`; workers per host are the largest n whose memory "
+            "fits `budget_bytes` (and, with `cpu_per_worker`, `n × cpu_per_worker ≤ host_cpus − "
+            "ksmd_cores`). Time to 90 %: the first time in `data/time-to-benefit.csv` or "
+            "`data/full-scans.csv` at which `saved_bytes` reaches 90 % of its final value, times "
+            "the planned over traced mergeable pages. ksmd's CPU: `cpu_s` of the full scans that "
+            "started after the last snapshot over their wall time, divided by `host_cpus`. "
+            "`tests/report/test_independent_reader.py` does exactly this."
+        )
+    )
+    if s is not None:
+        blocks.append(_headline_table(s))
+    if models:
+        blocks.append(
+            table(
+                "capacity-model",
+                "The capacity arithmetic's inputs, per scenario (every column in the CSV).",
+                [
+                    Column("scenario", "scenario", "text"),
+                    Column("workers_without", "without KSM", "int"),
+                    Column("workers_with", "with KSM", "int"),
+                    Column("saving_factor", "model error", "float3"),
+                    Column("realization_ratio", "realisation", "float3"),
+                    *(Column(k, k, "sci", hidden=True) for k in _MODEL_HIDDEN),
+                ],
+                models,
+            )
+        )
+    return blocks
+
+
+_MODEL_HIDDEN = (
+    "page_size",
+    "frames_a",
+    "frames_b",
+    "distinct_a",
+    "distinct_b",
+    "distinct_beta",
+    "distinct_c",
+    "distinct_p",
+    "eligible_a",
+    "eligible_b",
+    "extra_a",
+    "extra_b",
+    "extra_c",
+    "extra_p",
+    "metadata_bytes_per_page",
+    "worker_extra_bytes",
+    "base_extra_bytes",
+    "budget_bytes",
+    "host_mem_bytes",
+    "host_cpus",
+    "cpu_per_worker",
+    "ksmd_cores",
+    "eligible_pages",
+    "last_snapshot_s",
+    "capacity_gain",
+    "unmerge_bytes",
+)
+
+
+def _model_row(s: ReviewScenario) -> dict[str, Any]:
+    h, c = s.host, s.host.capacity
+    assert c is not None
+    g = h.fit.point if h.fit is not None else None
+    cpw = c.plan.cpu_per_worker if c.plan is not None else None
+    row: dict[str, Any] = {
+        "scenario": s.name,
+        "workers_without": c.workers_without,
+        "workers_with": c.workers_with,
+        "saving_factor": c.saving_factor,
+        "realization_ratio": c.realization_ratio,
+        "page_size": h.page_size,
+        "metadata_bytes_per_page": c.metadata_bytes_per_page,
+        "worker_extra_bytes": c.worker_extra_bytes,
+        "base_extra_bytes": c.base_extra_bytes,
+        "budget_bytes": c.budget_bytes,
+        "host_mem_bytes": c.host_mem_bytes,
+        "host_cpus": c.host_cpus,
+        "cpu_per_worker": cpw.value if cpw is not None else None,
+        "ksmd_cores": c.ksmd_cores,
+        "eligible_pages": h.eligible_pages,
+        "last_snapshot_s": h.snapshot_times_s[-1] if h.snapshot_times_s else None,
+        "capacity_gain": c.gain,
+        "unmerge_bytes": c.ksm_saved_bytes,
+    }
+    for k in _MODEL_HIDDEN[1:14]:
+        row[k] = getattr(g, k) if g is not None else None
+    return row
+
+
+def _headline_table(s: ReviewScenario) -> Table:
+    h, c = s.host, s.host.capacity
+    rows: list[dict[str, Any]] = []
+
+    def add(figure: str, value: float | None, shown: str) -> None:
+        rows.append({"figure": figure, "value": value, "shown": shown})
+
+    add("scenario", None, s.name)
+    if c is not None:
+        lo, hi = c.gain_interval or (None, None)
+        add("capacity_gain", c.gain, W.signed_pct(c.gain))
+        add("capacity_gain_low", lo, F.pct(lo))
+        add("capacity_gain_high", hi, F.pct(hi))
+        add("workers_without", c.workers_without, F.integer(c.workers_without))
+        add("workers_with", c.workers_with, F.integer(c.workers_with))
+        add("unmerge_bytes", c.ksm_saved_bytes, F.gib(c.ksm_saved_bytes))
+        add(
+            "free_at_workers_with_bytes",
+            c.free_at_workers_with_bytes,
+            F.gib(c.free_at_workers_with_bytes),
+        )
+        add("drain_workers", c.drain_workers, F.integer(c.drain_workers))
+    add("net_saved_bytes", h.net_saved_bytes, F.mib(h.net_saved_bytes))
+    add("expected_net_saved_bytes", h.expected_net_saved_bytes, F.mib(h.expected_net_saved_bytes))
+    add("time_to_90_s", h.time_to_90_s, W.t(h.time_to_90_s))
+    add("projected_time_to_90_s", h.projected_time_to_90_s, W.t(h.projected_time_to_90_s))
+    add("ksmd_cpu_percent", h.ksmd_cpu_percent, F.percent(h.ksmd_cpu_percent))
+    add("ksmd_host_share", s.ksmd_host_share, F.pct(s.ksmd_host_share))
+    return table(
+        "headline",
+        f"The headline figures of `{s.name}`, as the first screen shows them.",
+        [
+            Column("figure", "figure", "text"),
+            Column("value", "value", "sci", hidden=True),
+            Column("shown", "shown", "text"),
+        ],
+        rows,
     )
 
 
@@ -2150,7 +2363,7 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
     sections = tuple(
         f(inputs, choice)
         for f in (
-            _decision,
+            decision_section,
             _scope,
             _state,
             _method,
@@ -2159,6 +2372,7 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
             _cost,
             _attribution,
             _risks,
+            deployment_section,
             _sensitivity,
             _validation,
             _appendix,
@@ -2182,13 +2396,14 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
         "recommendation": {
             "scenario": choice.scenario.name if choice.scenario else None,
             "reason": choice.reason,
-            "excluded": [{"scenario": n, "why": why} for n, why in choice.excluded],
-            "rule": {
-                "near_best": NEAR_BEST,
-                "max_time_to_90_s": MAX_TIME_TO_90_S,
-                "cpu_budget_percent": inputs.cpu_budget_percent,
-            },
+            "candidate": choice.candidate.name if choice.candidate else None,
+            "excluded": [
+                {"scenario": e.scenario, "gate": e.gate, "why": e.why, "relax": e.relax}
+                for e in choice.exclusions
+            ],
+            "rule": to_jsonable(inputs.gates),
         },
+        "model_error": to_jsonable(w.model_error),
         "options": dict(inputs.options.items()),
         "extrapolation": {"spec": w.extrapolation, "fits": w.fits} if w.fits else {},
         "comparisons": to_jsonable(
@@ -2209,7 +2424,6 @@ def build_review(inputs: ReviewInputs, *, title: str | None = None) -> Document:
 
 
 __all__ = [
-    "MAX_TIME_TO_90_S",
     "NEAR_BEST",
     "Choice",
     "build_review",

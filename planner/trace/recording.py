@@ -194,20 +194,46 @@ class ObservedTimeline:
             )
         return self.processes.pivot_table(index="t_s", columns="pid", values=column, aggfunc="last")
 
-    def unmerges_per_s(self) -> dict[str, float]:
-        """Canary mode: merges lost per second over the recording, by kind, next to the
-        host's ``cow_ksm`` per second (every copy-on-write break of a KSM page)."""
+    def counter_rate(self, column: str, *, since_s: float | None = None) -> float | None:
+        """Increase per second of a cumulative counter of ``counters`` (``cow_ksm``,
+        ``ksmd_runtime_ns``, ``full_scans``...) from the first sample at or after ``since_s``
+        (default: the first sample) to the last.
+
+        ``None`` when the recording lacks the column, has fewer than two samples in the
+        window or no value at either end of it.
+        """
+        if column not in self.counters.columns:
+            return None
+        t = self.counters.index.to_numpy(dtype="float64")
+        first = 0 if since_s is None else int((t < since_s).sum())
+        if t.size - first < 2:
+            return None
+        v = self.counters[column].astype("float64").to_numpy()
+        span = float(t[-1] - t[first])
+        if span <= 0 or v[first] != v[first] or v[-1] != v[-1]:  # NaN: unreadable
+            return None
+        return float(v[-1] - v[first]) / span
+
+    def unmerges_per_s(self, *, since_s: float | None = None) -> dict[str, float]:
+        """Canary mode: merges lost per second over the recording (from the first sample at
+        or after ``since_s``), by kind, next to the host's ``cow_ksm`` per second (every
+        copy-on-write break of a KSM page)."""
         if self.canary is None:
             raise InputDataError(
                 "the recording has no per-page KSM states",
                 hint="record with 'ksm-planner observe --ksm-pages'",
             )
-        t = self.counters.index
-        span = float(t[-1] - t[0]) if len(t) > 1 else 0.0
-        out = {e: float(self.canary[e].sum()) / span if span else float("nan") for e in
+        t = self.counters.index.to_numpy(dtype="float64")
+        start = float(t[0]) if since_s is None or not len(t) else max(float(t[0]), since_s)
+        first = t[t >= start]
+        span = float(t[-1] - first[0]) if first.size > 1 else 0.0
+        # events of a sample happened since the previous one: those of the first sample of
+        # the window are before it
+        rows = self.canary[self.canary["t_s"] > first[0]] if first.size else self.canary[:0]
+        out = {e: float(rows[e].sum()) / span if span else float("nan") for e in
                CANARY_EVENTS if e != "merged"}  # fmt: skip
-        cow = self.counters["cow_ksm"].astype("float64")
-        out["cow_ksm"] = float(cow.iloc[-1] - cow.iloc[0]) / span if span else float("nan")
+        cow = self.counter_rate("cow_ksm", since_s=since_s)
+        out["cow_ksm"] = float("nan") if cow is None else cow
         return out
 
     def ksmd_cpu_fraction(self) -> pd.Series:

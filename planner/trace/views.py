@@ -246,6 +246,8 @@ class ProcessFootprints:
     comm: list[str | None]
     memory_cgroup: list[str | None]
     rss_anon_kb: npt.NDArray[np.float64]
+    rss_file_kb: npt.NDArray[np.float64]
+    rss_shmem_kb: npt.NDArray[np.float64]
     rss_kb: npt.NDArray[np.float64]
     pss_kb: npt.NDArray[np.float64]
     pss_anon_kb: npt.NDArray[np.float64]
@@ -281,6 +283,8 @@ def process_footprints(processes: pa.Table, snapshot_id: int) -> ProcessFootprin
         comm=t.column("comm").to_pylist(),
         memory_cgroup=t.column("memory_cgroup").to_pylist(),
         rss_anon_kb=f64("rss_anon_kb"),
+        rss_file_kb=f64("rss_file_kb"),
+        rss_shmem_kb=f64("rss_shmem_kb"),
         rss_kb=f64("rss_kb"),
         pss_kb=f64("pss_kb"),
         pss_anon_kb=f64("pss_anon_kb"),

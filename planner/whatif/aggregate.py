@@ -3,9 +3,20 @@
 :func:`host_scenario` turns the replays of one scenario on one host (one replay, or one per
 security domain when merging across domains is denied) into a
 :class:`~planner.whatif.result.HostScenario`: memory, ksmd at steady state, time to 50, 90
-and 99 % of the saving, the summed timeline and counters, the processes, and -- with a
-growth fit -- capacity, projection and ``host_scale``. :func:`scenario` aggregates the hosts
-of a scenario; :func:`attach_curves` gives each fit the curve a review draws.
+and 99 % of the saving, the summed timeline and counters, the processes, the policy ideal
+at every snapshot. :func:`project_host` adds -- with a growth fit -- capacity, projection and
+``host_scale``, once the model's measured error is known (a canary's, compared after the
+replays). :func:`scenario` aggregates the hosts of a scenario, :func:`finish_scenario` its
+capacity; :func:`attach_curves` gives each fit the curve a review draws.
+
+**Security domains as they can be deployed.** Mainline KSM has no per-domain merge boundary:
+what is registered on one host merges with everything else registered there. A scenario
+that denies merging across domains is therefore the placement "each domain on hosts of its
+own": each domain's replay is its own host (its own ksmd: the placement's ksmd CPU per
+host is the busiest domain's, its time to benefit the slowest domain's), each domain has
+its own growth fit and capacity, and the placement's capacity adds up one host per domain.
+Each domain's replay is also the figure of the other deployable form, KSM for that domain
+only on a shared host (:class:`~planner.whatif.result.DomainResult`).
 """
 
 from __future__ import annotations
@@ -23,14 +34,25 @@ from planner.whatif.capacity import (
     estimate_capacity,
 )
 from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec, fitted_curve
+from planner.whatif.footprint import plan_capacity
 from planner.whatif.outcome import DomainPair, KsmCounters, ProcessOutcome, ReplayOutcome
-from planner.whatif.result import Estimate, HostScenario, ProjectedSaving, ScenarioResult
+from planner.whatif.result import (
+    DomainResult,
+    Estimate,
+    HostScenario,
+    ProjectedSaving,
+    ScenarioResult,
+)
 from planner.whatif.series import scans_to, summed_timeline, time_to_fractions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from planner.engine.knobs import KsmKnobs
+    from planner.whatif.footprint import WholeHostFacts
+    from planner.whatif.outcome import Timeline
+    from planner.whatif.uncertainty import ModelError
+    from planner.whatif.writes import CowEstimate
 
 
 def _sum_opt(values: Sequence[float | None]) -> float | None:
@@ -58,20 +80,49 @@ def merged_processes(replays: Sequence[ReplayOutcome]) -> tuple[ProcessOutcome, 
 
 @dataclass(frozen=True)
 class HostReplays:
-    """The replays of one scenario on one host, with what is known about the host."""
+    """The replays of one scenario on one host, with what is known about the host.
+
+    ``fits`` holds the growth fit of the host, or, when the domains are placed on separate
+    hosts, one fit per domain (in the order of ``main``).
+    """
 
     host: str
     page_size: int
     main: tuple[ReplayOutcome, ...]  # one, or one per domain (deny)
     counterfactual: tuple[ReplayOutcome, ...]  # allow with 2+ domains: each domain alone
     domains: tuple[str, ...]
-    fit: ExtrapolationFit | None
+    fits: tuple[ExtrapolationFit, ...] = ()
+    writes: CowEstimate | None = None
+
+    @property
+    def separate(self) -> bool:
+        """Whether the domains are placed on separate hosts (merging across them denied)."""
+        return len(self.main) > 1
 
 
-def host_scenario(
-    r: HostReplays, capacity: CapacityInputs | None, extrapolation: ExtrapolationSpec | None
-) -> HostScenario:
-    """Every figure of one scenario on one host (see the module docstring)."""
+def _first_scans_s(timeline: Timeline, scans_to_90: int | None) -> float | None:
+    """Mean wall time of the full scans until the one that reached 90 % (from the start)."""
+    if not scans_to_90:
+        return None
+    s = timeline.scans
+    end = next((t for t, n in zip(s.t_s, s.full_scans, strict=True) if n == scans_to_90), None)
+    return end / scans_to_90 if end is not None else None
+
+
+def _domain_result(o: ReplayOutcome) -> DomainResult:
+    times = time_to_fractions([o], (90,))
+    return DomainResult(
+        domain=o.only_domain or "(none)",
+        saved_bytes=o.final_truth.saved_frames * o.page_size,
+        net_saved_bytes=o.final_truth.net_saved_bytes,
+        ksmd_cpu_percent=o.steady.cpu_percent if o.steady is not None else 0.0,
+        time_to_90_s=times[90],
+        full_scan_s=o.steady.full_scan_s if o.steady is not None else None,
+    )
+
+
+def host_scenario(r: HostReplays) -> HostScenario:
+    """Every figure of one scenario on one host, before any projection (module docstring)."""
     ps, main = r.page_size, r.main
     saved = sum(o.final_truth.saved_frames for o in main) * ps
     steady = [o.steady for o in main if o.steady is not None]
@@ -81,7 +132,10 @@ def host_scenario(
     counters = KsmCounters()
     for o in main:
         counters += o.final_counters
-    hs = HostScenario(
+    domains = tuple(_domain_result(o) for o in main) if r.separate else ()
+    cpu = [s.cpu_percent for s in steady]
+    scans_to_90 = scans_to(timeline, times[90])
+    return HostScenario(
         host=r.host,
         page_size=ps,
         domains=r.domains,
@@ -96,8 +150,9 @@ def host_scenario(
         time_to_50_s=times[50],
         time_to_90_s=times[90],
         time_to_99_s=times[99],
-        full_scans_to_90=scans_to(timeline, times[90]),
-        ksmd_cpu_percent=float(sum(s.cpu_percent for s in steady)),
+        full_scans_to_90=scans_to_90,
+        # separate hosts: each runs its own ksmd; a host's ksmd is the busiest domain's
+        ksmd_cpu_percent=float(max(cpu) if r.separate and cpu else sum(cpu)),
         full_scan_s=_mean_opt([s.full_scan_s for s in steady]),
         pages_scanned_per_full_scan=_sum_opt([s.pages_scanned_per_full_scan for s in steady]),
         pages_skipped_per_full_scan=_sum_opt([s.pages_skipped_per_full_scan for s in steady]),
@@ -111,39 +166,122 @@ def host_scenario(
         timeline=timeline,
         replays=main,
         counterfactual=r.counterfactual,
-        fit=r.fit,
+        policy_ideal_by_snapshot_bytes=tuple(
+            sum(vals) * ps for vals in zip(*(o.policy_ideal_by_snapshot for o in main), strict=True)
+        ),
+        snapshot_times_s=main[0].snapshot_times_s,
+        first_full_scan_s=_first_scans_s(timeline, scans_to_90),
+        writes=r.writes,
+        placement="separate hosts" if r.separate else "one host",
+        domain_results=domains,
     )
-    if r.fit is not None:
-        _project_host(hs, r.fit, capacity, extrapolation)
-    return hs
 
 
-def _project_host(
-    hs: HostScenario,
-    fit: ExtrapolationFit,
-    capacity: CapacityInputs | None,
-    extrapolation: ExtrapolationSpec | None,
-) -> None:
-    """Capacity, projected saving and ``host_scale`` of a host scenario with a growth fit."""
-    ps = hs.page_size
-    model = HostCapacityModel(
+@dataclass(frozen=True)
+class Evidence:
+    """What every projection of a run shares: the capacity inputs and the model's error."""
+
+    capacity: CapacityInputs | None
+    extrapolation: ExtrapolationSpec | None
+    model_error: ModelError | None
+    facts: WholeHostFacts | None = None
+    canary_cow_per_merged_page_per_s: float | None = None
+
+
+def _model(
+    hs_figures: tuple[float, int, int, float, bool], ps: int, fit: ExtrapolationFit
+) -> HostCapacityModel:
+    realization, metadata, eligible, cpu_percent, enabled = hs_figures
+    return HostCapacityModel(
         page_size=ps,
         growth=fit.point,
-        realization_ratio=hs.realization_ratio or 0.0,
-        metadata_bytes_per_page=hs.metadata_bytes / hs.eligible_pages if hs.eligible_pages else 0.0,
-        ksmd_cores=hs.ksmd_cores if hs.enabled else 0.0,
+        realization_ratio=realization,
+        metadata_bytes_per_page=metadata / eligible if eligible else 0.0,
+        ksmd_cores=cpu_percent / 100.0 if enabled else 0.0,
     )
-    if capacity is not None:
-        hs.capacity = estimate_capacity(
-            model, capacity, replicates=fit.replicates, confidence=fit.confidence
-        )
-    replicas = extrapolation.replicas if extrapolation is not None else None
+
+
+def _capacity(
+    model: HostCapacityModel, fit: ExtrapolationFit, ev: Evidence, hs: HostScenario
+) -> CapacityEstimate | None:
+    if ev.capacity is None:
+        return None
+    plan = plan_capacity(ev.capacity, facts=ev.facts, group_pids=fit.group_pids)
+    return estimate_capacity(
+        model,
+        plan,
+        replicates=fit.replicates,
+        model_error=ev.model_error if hs.enabled else None,
+        time=hs.time_spread,
+        confidence=fit.confidence,
+        seed=fit.spec.seed,
+    )
+
+
+def project_host(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evidence) -> None:
+    """Capacity, projected saving and ``host_scale`` of a host scenario with a growth fit."""
+    hs.saving_factor = ev.model_error.point if ev.model_error is not None and hs.enabled else 1.0
+    hs.canary_cow_per_merged_page_per_s = (
+        ev.canary_cow_per_merged_page_per_s if hs.enabled else None
+    )
+    if hs.placement == "separate hosts" and len(fits) == len(hs.replays):
+        _project_separate(hs, fits, ev)
+        return
+    if not fits:
+        return
+    fit = fits[0]
+    hs.fit = fit
+    figures = (
+        hs.realization_ratio or 0.0,
+        hs.metadata_bytes,
+        hs.eligible_pages,
+        hs.ksmd_cpu_percent,
+        hs.enabled,
+    )
+    model = _model(figures, hs.page_size, fit)
+    hs.capacity = _capacity(model, fit, ev, hs)
+    replicas = ev.extrapolation.replicas if ev.extrapolation is not None else None
     if replicas is not None:
         hs.projected = _project(model, fit, replicas)
     n = (hs.capacity.workers_with if hs.capacity is not None else None) or replicas
     hs.projected_workers = n
     if n and fit.point.eligible_b > 0 and hs.eligible_pages > 0:
         hs.host_scale = float(fit.point.eligible_pages(n)) / float(hs.eligible_pages)
+
+
+def _project_separate(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evidence) -> None:
+    """Each domain on hosts of its own: one capacity per domain host, then the placement."""
+    out: list[DomainResult] = []
+    for o, fit, d in zip(hs.replays, fits, hs.domain_results, strict=True):
+        ideal = o.policy_ideal_saved_frames
+        figures = (
+            o.final_truth.saved_frames / ideal if ideal > 0 else 0.0,
+            o.final_truth.metadata_bytes,
+            o.eligible_pages,
+            d.ksmd_cpu_percent,
+            o.registered_processes > 0,
+        )
+        model = _model(figures, hs.page_size, fit)
+        cap = _capacity(model, fit, ev, hs)
+        n = (cap.workers_with if cap is not None else None) or (
+            ev.extrapolation.replicas if ev.extrapolation is not None else None
+        )
+        scale = (
+            float(fit.point.eligible_pages(n)) / float(o.eligible_pages)
+            if n and fit.point.eligible_b > 0 and o.eligible_pages > 0
+            else None
+        )
+        out.append(replace(d, capacity=cap, host_scale=scale))
+    hs.domain_results = tuple(out)
+    caps = [d.capacity for d in out if d.capacity is not None]
+    if caps and len(caps) == len(out):
+        hs.capacity = combine_hosts(caps)
+    # the placement is ready when its slowest domain is
+    slowest = max(out, key=lambda d: d.projected_time_to_90_s or d.time_to_90_s or 0.0)
+    hs.time_to_90_s = slowest.time_to_90_s
+    hs.host_scale = slowest.host_scale
+    hs.full_scan_s = slowest.full_scan_s
+    hs.projected_workers = hs.capacity.workers_with if hs.capacity is not None else None
 
 
 def _interval(values: Any, confidence: float) -> tuple[float, float]:
@@ -239,13 +377,12 @@ def scenario(
     point: dict[str, Any],
     knobs_full: KsmKnobs,
     hosts: list[HostScenario],
-    capacity: CapacityInputs | None,
 ) -> ScenarioResult:
-    """A scenario over its hosts: memory summed, ksmd CPU as a mean per host and in cores."""
-    cap: CapacityEstimate | None = None
-    caps = [h.capacity for h in hosts if h.capacity is not None]
-    if capacity is not None and caps and len(caps) == len(hosts):
-        cap = combine_hosts(caps)
+    """A scenario over its hosts: memory summed, ksmd CPU as a mean per host and in cores.
+
+    Its capacity and projection are set by :func:`finish_scenario` once the hosts are
+    projected (after the canary comparison, whose error the projection applies).
+    """
     return ScenarioResult(
         id=sid,
         policy_set=set_name,
@@ -260,15 +397,25 @@ def scenario(
         policy_ideal_saved_bytes=sum(h.policy_ideal_saved_bytes for h in hosts),
         time_to_90_s=time_to_fractions([o for h in hosts for o in h.replays], (90,))[90],
         ksmd_cpu_percent=float(np.mean([h.ksmd_cpu_percent for h in hosts])),
-        ksmd_cores=sum(h.ksmd_cpu_percent for h in hosts) / 100.0,
+        ksmd_cores=sum(h.ksmd_cores for h in hosts),
         pages_scanned_per_full_scan=_mean_opt([h.pages_scanned_per_full_scan for h in hosts]),
         pages_skipped_per_full_scan=_mean_opt([h.pages_skipped_per_full_scan for h in hosts]),
         cross_domain_saved_bytes=sum(h.cross_domain_saved_bytes for h in hosts),
         cross_domain_ksm_pages=sum(h.cross_domain_ksm_pages for h in hosts),
         domain_pairs=_domain_pairs(hosts),
-        capacity=cap,
-        projected=_combine_projected(hosts),
     )
+
+
+def finish_scenario(scen: ScenarioResult, capacity: CapacityInputs | None) -> None:
+    """The scenario's capacity and projection from its projected hosts."""
+    caps = [h.capacity for h in scen.hosts if h.capacity is not None]
+    if capacity is not None and caps and len(caps) == len(scen.hosts):
+        scen.capacity = combine_hosts(caps)
+    scen.projected = _combine_projected(scen.hosts)
+    if any(h.placement == "separate hosts" for h in scen.hosts):
+        scen.time_to_90_s = max(
+            (h.time_to_90_s for h in scen.hosts if h.time_to_90_s is not None), default=None
+        )
 
 
 def attach_curves(
@@ -295,4 +442,13 @@ def attach_curves(
     return out
 
 
-__all__ = ["HostReplays", "attach_curves", "host_scenario", "merged_processes", "scenario"]
+__all__ = [
+    "Evidence",
+    "HostReplays",
+    "attach_curves",
+    "finish_scenario",
+    "host_scenario",
+    "merged_processes",
+    "project_host",
+    "scenario",
+]

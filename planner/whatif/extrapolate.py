@@ -116,6 +116,17 @@ def _power(base: Any, n: Any) -> F64:
     return out
 
 
+def _pow_int(base: float, n: int) -> float:
+    """``base ** n`` for a whole ``n >= 0`` by repeated squaring (as :func:`_power`)."""
+    out, sq, e = 1.0, float(base), int(n)
+    while e > 0:
+        if e & 1:
+            out = out * sq
+        e >>= 1
+        sq = sq * sq
+    return out
+
+
 @dataclass(frozen=True)
 class ExtrapolationSpec:
     """How to extrapolate a host's saving to more replicas.
@@ -451,6 +462,34 @@ class GrowthFit:
         """Mapped mergeable pages at ``n`` replicas."""
         return self.eligible_a + self.eligible_b * np.asarray(n, dtype=float)
 
+    # scalar forms for a whole number of replicas: the same arithmetic in the same order as
+    # the array forms above (powers by repeated squaring), without numpy's per-call cost --
+    # the capacity search evaluates them hundreds of thousands of times
+
+    def frames_at(self, n: int) -> float:
+        """:meth:`frames` at one whole number of replicas."""
+        return self.frames_a + self.frames_b * float(n)
+
+    def distinct_at(self, n: int) -> float:
+        """:meth:`distinct` at one whole number of replicas."""
+        x = float(n)
+        pool = (
+            self.distinct_c * (1.0 - _pow_int(1.0 - self.distinct_p, n)) if self.distinct_c else 0.0
+        )
+        unique = self.distinct_b * (
+            x if self.distinct_beta == 1.0 else math.pow(x, self.distinct_beta)
+        )
+        extra = self.extra_c * (1.0 - _pow_int(1.0 - self.extra_p, n)) if self.extra_c else 0.0
+        return self.distinct_a + unique + pool + (self.extra_a + self.extra_b * x + extra)
+
+    def ideal_saved_at(self, n: int) -> float:
+        """:meth:`ideal_saved` at one whole number of replicas."""
+        return max(self.frames_at(n) - self.distinct_at(n), 0.0)
+
+    def eligible_at(self, n: int) -> float:
+        """:meth:`eligible_pages` at one whole number of replicas."""
+        return self.eligible_a + self.eligible_b * float(n)
+
     def with_eligible(self, a: float, b: float) -> GrowthFit:
         """A copy with the eligible-pages line set."""
         return replace(self, eligible_a=a, eligible_b=b)
@@ -642,6 +681,7 @@ class ExtrapolationFit:
     host: str
     policy_set: str
     cross_domain: str
+    domain: str | None  # the fit of one domain's replicas alone (a host of that domain)
     group: str
     group_pids: tuple[int, ...]
     base_pids: tuple[int, ...]
@@ -888,6 +928,7 @@ def extrapolate(
     policy_set: str = "",
     cross_domain: str = "allow",
     domain_of_mm: npt.NDArray[np.int64] | None = None,
+    only_domain: str | None = None,
 ) -> ExtrapolationFit:
     """Fit how a host's memory and ideal saving grow with the replicas of a group.
 
@@ -902,6 +943,10 @@ def extrapolate(
         Recorded in the result.
     domain_of_mm
         A domain code per mm when contents may only merge within a domain (``deny``).
+    only_domain
+        ``inp`` was prepared with this domain alone registered: the replicas are the
+        group's registered members (a host of that domain only); the group's other members
+        are left out of the host, not counted in its base.
 
     Raises
     ------
@@ -914,14 +959,24 @@ def extrapolate(
     group, base = select_group(inp, spec.group)
     notes: list[str] = []
     rng = np.random.default_rng(spec.seed)
+    keep_mm = np.ones(len(inp.mms), bool)
+    if only_domain is not None:
+        others = [m for m in group if inp.mms[m].registration.mode == "off"]
+        group = [m for m in group if inp.mms[m].registration.mode != "off"]
+        keep_mm[others] = False
+        base = [m for m in base if m not in set(others)]
+        if not group:
+            raise UsageProblem(
+                f"extrapolation group {spec.group!r} has no replica in domain {only_domain!r} "
+                f"on host {inp.host}",
+                hint="pick a --group whose replicas each domain holds",
+            )
+        notes.append(f"replicas of domain {only_domain} only ({len(group)})")
     if len(group) > MAX_REPLICAS:
         notes.append(f"{len(group)} replicas: a random {MAX_REPLICAS} of them were used")
         dropped = set(rng.choice(group, size=len(group) - MAX_REPLICAS, replace=False).tolist())
         group = [m for m in group if m not in dropped]
-        keep_mm = np.ones(len(inp.mms), bool)
         keep_mm[list(dropped)] = False
-    else:
-        keep_mm = np.ones(len(inp.mms), bool)
     k = len(group)
     bit_of_mm = np.full(len(inp.mms), -1, np.int64)
     bit_of_mm[group] = np.arange(k)
@@ -989,6 +1044,7 @@ def extrapolate(
         host=inp.host,
         policy_set=policy_set,
         cross_domain=cross_domain,
+        domain=only_domain,
         group=spec.group,
         group_pids=tuple(pid_of[m] for m in group),
         base_pids=tuple(pid_of[m] for m in base),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from planner.engine.knobs import knobs_from_sysfs
+from planner.engine.knobs import knobs_from_sysfs, spec
 from planner.errors import UsageProblem
 
 if TYPE_CHECKING:
@@ -27,9 +27,16 @@ if TYPE_CHECKING:
 
     from planner.trace.recording import ObservedTimeline
     from planner.whatif.result import ScenarioResult
+    from planner.whatif.writes import CowEstimate
 
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
+
+#: Recording knob (sysfs name) -> replay knob, for the main knobs a deployment always states
+#: (the names from the knob table, :mod:`planner.engine.knobs`).
+_MAIN_KNOBS = ("pages_to_scan", "sleep_ms", "smart_scan", "advisor", "max_page_sharing")
+SYSFS_KNOBS = {str(spec(n).sysfs): n for n in (*_MAIN_KNOBS, "use_zero_pages")}
+
 
 def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
     """Read a recording of ``ksm-planner observe`` (see ``planner.trace.recording``)."""
@@ -39,8 +46,9 @@ def load_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
 
 
 def observed_knobs(obs: ObservedTimeline) -> dict[str, Any]:
-    """The recording's knobs at its start, under the replay's knob names."""
-    return dict(knobs_from_sysfs(dict(obs.meta.get("knobs_at_start") or {})))
+    """The recording's knobs at its start, under the replay's knob names (every knob of the
+    knob table the recording holds: :func:`planner.engine.knobs.knobs_from_sysfs`)."""
+    return knobs_from_sysfs(dict(obs.meta.get("knobs_at_start") or {}))
 
 
 def knob_differences(
@@ -100,6 +108,10 @@ class ObservedComparison:
     observed: CounterSeries
     predicted: CounterSeries
     notes: list[str] = field(default_factory=list)
+    #: What the canary measured over the second half of the recording, next to the model:
+    #: ksmd's CPU (% of one core, from its runtime), copy-on-write breaks of KSM pages per
+    #: second (``cow_ksm``) and the wall time of a full scan
+    rates: CanaryRates | None = None
 
     @property
     def final_relative_error(self) -> float | None:
@@ -154,6 +166,68 @@ class ObservedComparison:
         return pd.DataFrame(cols)
 
 
+@dataclass(frozen=True)
+class CanaryRates:
+    """Rates a canary measured over the second half of its recording, and the model's.
+
+    ``None`` where the recording lacks the counter. The model's copy-on-write rate is the
+    trace's estimate (writes to mergeable pages between snapshots, a lower bound on writes).
+    Every measured rate is read through the recording's reader
+    (:meth:`planner.trace.recording.ObservedTimeline.counter_rate` and, for a recording in
+    canary mode, :meth:`~planner.trace.recording.ObservedTimeline.unmerges_per_s`).
+    """
+
+    window_s: float
+    observed_ksmd_cpu_percent: float | None
+    predicted_ksmd_cpu_percent: float
+    observed_cow_per_s: float | None
+    predicted_cow_per_s: float | None
+    observed_full_scan_s: float | None
+    predicted_full_scan_s: float | None
+    observed_pages_sharing: float | None  # mean over the window
+    #: Canary mode (``observe --ksm-pages``): merges lost per second on the sampled
+    #: processes, by kind (``unmerged_same_content``, ``unmerged_changed``, ``unmerged``,
+    #: ``unmapped``); ``None`` for a recording of the counters only
+    observed_unmerges_per_s: dict[str, float] | None = None
+
+    @property
+    def cow_per_merged_page_per_s(self) -> float | None:
+        """Copy-on-write breaks per second per page merged on the canary."""
+        if self.observed_cow_per_s is None or not self.observed_pages_sharing:
+            return None
+        return self.observed_cow_per_s / self.observed_pages_sharing
+
+
+def canary_rates(
+    obs: ObservedTimeline, scen: ScenarioResult, writes: CowEstimate | None
+) -> CanaryRates:
+    """The canary's measured rates over the second half of its recording, and the model's."""
+    host = scen.hosts[0]
+    t = obs.counters.index.to_numpy(dtype="float64")
+    since_s = float(t[-1]) / 2 if t.size else None
+    window = t[t >= since_s] if since_s is not None else t
+    scans = obs.counter_rate("full_scans", since_s=since_s)
+    runtime_ns = obs.counter_rate("ksmd_runtime_ns", since_s=since_s)
+    sharing = None
+    if "pages_sharing" in obs.counters.columns and window.size:
+        v = obs.counters["pages_sharing"].astype("float64").to_numpy()
+        sharing = float(np.nanmean(v[t >= window[0]]))
+    unmerges = None
+    if obs.canary is not None:
+        unmerges = {k: v for k, v in obs.unmerges_per_s(since_s=since_s).items() if k != "cow_ksm"}
+    return CanaryRates(
+        window_s=float(window[-1] - window[0]) if window.size else 0.0,
+        observed_ksmd_cpu_percent=None if runtime_ns is None else 100.0 * runtime_ns / 1e9,
+        predicted_ksmd_cpu_percent=host.ksmd_cpu_percent,
+        observed_cow_per_s=obs.counter_rate("cow_ksm", since_s=since_s),
+        predicted_cow_per_s=writes.breaks_per_s if writes is not None else None,
+        observed_full_scan_s=1.0 / scans if scans else None,
+        predicted_full_scan_s=host.full_scan_s,
+        observed_pages_sharing=sharing,
+        observed_unmerges_per_s=unmerges,
+    )
+
+
 def choose_scenario(
     scenarios: list[ScenarioResult], obs_knobs: dict[str, Any], scenario_id: str | None = None
 ) -> tuple[ScenarioResult, dict[str, tuple[Any, Any]]]:
@@ -196,9 +270,17 @@ def _source(obs: ObservedTimeline) -> str:
 
 
 def compare_observed(
-    obs: ObservedTimeline, scenarios: list[ScenarioResult], *, scenario_id: str | None = None
+    obs: ObservedTimeline,
+    scenarios: list[ScenarioResult],
+    *,
+    scenario_id: str | None = None,
+    writes: Mapping[str, CowEstimate] | None = None,
 ) -> ObservedComparison:
-    """Compare a recording with the replay of one scenario (see the module docstring)."""
+    """Compare a recording with the replay of one scenario (see the module docstring).
+
+    ``writes`` (the trace's copy-on-write estimate per host) is set next to the canary's
+    measured ``cow_ksm`` rate.
+    """
     knobs = observed_knobs(obs)
     scen, diffs = choose_scenario(scenarios, knobs, scenario_id)
     host = scen.hosts[0]
@@ -224,6 +306,8 @@ def compare_observed(
         notes.append(
             "no scenario has the recording's knobs: "
             + ", ".join(f"{k} observed {a} vs {b}" for k, (a, b) in diffs.items())
+            + "; the model's error is not taken from this recording (the published runs "
+            "stand in): add the recording's knobs to the grid"
         )
     return ObservedComparison(
         scenario_id=scen.id,
@@ -235,13 +319,17 @@ def compare_observed(
         observed=CounterSeries(**observed),
         predicted=CounterSeries(**predicted),
         notes=notes,
+        rates=canary_rates(obs, scen, (writes or {}).get(host.host)),
     )
 
 
 __all__ = [
     "COMPARED",
+    "SYSFS_KNOBS",
+    "CanaryRates",
     "CounterSeries",
     "ObservedComparison",
+    "canary_rates",
     "choose_scenario",
     "compare_observed",
     "load_observed",

@@ -305,6 +305,10 @@ class ReplayOutcome:
     zero_saved_frames: int
     eligible_pages: int  # VM_MERGEABLE pages mapped at the last snapshot
     registered_processes: int
+    #: The policy ideal at every snapshot (frames; the last is ``policy_ideal_saved_frames``)
+    #: and the snapshots' times from the first one: how the saving moved over the trace
+    policy_ideal_by_snapshot: tuple[int, ...]
+    snapshot_times_s: tuple[float, ...]
     last_snapshot_s: float | None
     domain_pairs: tuple[DomainPair, ...]
     cross_domain_ksm_pages: int

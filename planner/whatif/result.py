@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from planner.jsonable import detail, skip
 from planner.whatif.grid import knob_label
+from planner.whatif.uncertainty import TimeSpread
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
         ReplayOutcome,
         Timeline,
     )
+    from planner.whatif.uncertainty import ModelError
+    from planner.whatif.writes import CowEstimate
 
 MIB = 1 << 20
 
@@ -91,6 +94,34 @@ class ProjectedSaving:
         return self.net_saved_percent.scaled(0.01)
 
 
+@dataclass(frozen=True)
+class DomainResult:
+    """One security domain of a scenario that keeps domains apart, replayed alone.
+
+    Mainline KSM has no per-domain merge boundary, so keeping domains apart is deployable in
+    two ways, both of which this replay describes: KSM for this domain only on the traced
+    host (the other domains' processes off), or this domain on hosts of its own.
+    """
+
+    __json_properties__: ClassVar[tuple[str, ...]] = ("projected_time_to_90_s",)
+
+    domain: str
+    saved_bytes: int
+    net_saved_bytes: int
+    ksmd_cpu_percent: float  # % of one core: this domain's own ksmd
+    time_to_90_s: float | None
+    full_scan_s: float | None
+    capacity: CapacityEstimate | None = None  # a host of this domain alone
+    host_scale: float | None = None
+
+    @property
+    def projected_time_to_90_s(self) -> float | None:
+        """Time to 90 % on a projected host of this domain alone."""
+        if self.time_to_90_s is None or self.host_scale is None:
+            return None
+        return self.time_to_90_s * self.host_scale
+
+
 @dataclass
 class HostScenario:
     """One scenario on one host: every figure a review of that host shows.
@@ -109,6 +140,12 @@ class HostScenario:
         "ksmd_cpu_percent_from_start",
         "projected_full_scan_s",
         "projected_time_to_90_s",
+        "projected_first_full_scan_s",
+        "projected_cow_breaks_per_s",
+        "projected_canary_cow_per_s",
+        "expected_saved_bytes",
+        "expected_net_saved_bytes",
+        "time_spread",
     )
 
     host: str
@@ -155,6 +192,25 @@ class HostScenario:
     host_scale: float | None = None
     #: The growth fit behind ``capacity`` and ``projected`` (listed in ``WhatIfResult.fits``).
     fit: ExtrapolationFit | None = field(default=None, metadata=skip())
+    # --- the traced window, the first scans, writes
+    #: The policy ideal at every snapshot (bytes) and the snapshots' times
+    policy_ideal_by_snapshot_bytes: tuple[int, ...] = ()
+    snapshot_times_s: tuple[float, ...] = ()
+    #: Mean wall time of the full scans until 90 % of the saving is there (the first scans
+    #: visit every page; at steady state smart scan skips many)
+    first_full_scan_s: float | None = None
+    #: Writes to mergeable pages between snapshots (copy-on-write), from the trace
+    writes: CowEstimate | None = None
+    #: The model's measured error applied to the saving (observed / predicted; 1: none)
+    saving_factor: float = 1.0
+    #: Copy-on-write breaks per second per merged page measured on a canary (``cow_ksm``)
+    canary_cow_per_merged_page_per_s: float | None = None
+    # --- security domains as they can be deployed
+    #: ``one host`` (every registered process on one host: merging across domains happens
+    #: if they are several) or ``separate hosts`` (merging across domains denied: mainline
+    #: KSM cannot keep domains apart on one host, so each domain runs on hosts of its own)
+    placement: str = "one host"
+    domain_results: tuple[DomainResult, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -200,7 +256,9 @@ class HostScenario:
 
     @property
     def ksmd_cores(self) -> float:
-        """ksmd CPU at steady state, in cores."""
+        """ksmd CPU at steady state, in cores (on every host of the placement together)."""
+        if self.domain_results:
+            return sum(d.ksmd_cpu_percent for d in self.domain_results) / 100.0
         return self.ksmd_cpu_percent / 100.0
 
     @property
@@ -216,6 +274,45 @@ class HostScenario:
         if self.time_to_90_s is None or self.host_scale is None:
             return None
         return self.time_to_90_s * self.host_scale
+
+    @property
+    def projected_first_full_scan_s(self) -> float | None:
+        """One of the first full scans on the projected host (every page visited)."""
+        if self.first_full_scan_s is None or self.host_scale is None:
+            return None
+        return self.first_full_scan_s * self.host_scale
+
+    @property
+    def projected_cow_breaks_per_s(self) -> float | None:
+        """Writes to merged pages per second at the planned size: the trace's rate scaled
+        with the mergeable pages (``host_scale``)."""
+        if self.writes is None or self.host_scale is None:
+            return None
+        return self.writes.breaks_per_s * self.host_scale
+
+    @property
+    def projected_canary_cow_per_s(self) -> float | None:
+        """Copy-on-write breaks per second at the planned size as the canary measured them:
+        its rate per merged page times the pages merged there (KSM's saving in pages)."""
+        rate = self.canary_cow_per_merged_page_per_s
+        if rate is None or self.capacity is None:
+            return None
+        return rate * self.capacity.ksm_saved_bytes / self.page_size
+
+    @property
+    def expected_saved_bytes(self) -> float:
+        """The replay's saving times the model's measured error (before metadata)."""
+        return self.saving_factor * self.saved_bytes
+
+    @property
+    def expected_net_saved_bytes(self) -> float:
+        """The replay's saving times the model's measured error, net of KSM's metadata."""
+        return self.expected_saved_bytes - self.metadata_bytes
+
+    @property
+    def time_spread(self) -> TimeSpread:
+        """The policy ideal at each snapshot relative to the last one."""
+        return TimeSpread.of(self.snapshot_times_s, self.policy_ideal_by_snapshot_bytes)
 
     @property
     def decisive_time_to_90_s(self) -> float | None:
@@ -423,6 +520,9 @@ class WhatIfResult:
     saving_range: SavingRange | None = None
     warnings: list[str] = field(default_factory=list)
     observed: ObservedComparison | None = None
+    #: The model's measured error applied to every capacity figure (a canary's, else the
+    #: published live-validation runs'); None without capacity inputs
+    model_error: ModelError | None = None
     elapsed_s: float = 0.0
 
     # ------------------------------------------------------------------ access
@@ -494,6 +594,7 @@ class WhatIfResult:
 
 
 __all__ = [
+    "DomainResult",
     "Estimate",
     "HostScenario",
     "KnobEffect",

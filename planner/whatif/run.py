@@ -46,10 +46,13 @@ from planner.whatif.executors import (
     local_executor,
 )
 from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
+from planner.whatif.footprint import whole_host_facts
 from planner.whatif.grid import CrossDomain, KnobGrid
 from planner.whatif.outcome import ReplayOutcome
 from planner.whatif.result import ScenarioResult, SweepOptions, WhatIfResult
 from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch
+from planner.whatif.uncertainty import canary_error, published_error
+from planner.whatif.writes import cow_breaks
 
 if TYPE_CHECKING:
     import os
@@ -59,6 +62,9 @@ if TYPE_CHECKING:
     from planner.policy.resolve import MatchReport
     from planner.trace.recording import ObservedTimeline
     from planner.whatif.capacity import CapacityInputs
+    from planner.whatif.observed import ObservedComparison
+    from planner.whatif.uncertainty import ModelError
+    from planner.whatif.writes import CowEstimate
 
 _OPTION_FIELDS = (
     "duration_s",
@@ -92,7 +98,7 @@ def _validate_group(ht_stub: Any, policy: PolicySet, spec: ExtrapolationSpec) ->
     from planner.engine.prepare import prepare
     from planner.whatif.extrapolate import select_group
 
-    select_group(prepare(ht_stub, resolver=policy.resolver()), spec.group)
+    select_group(prepare(ht_stub, resolver=policy.resolver(enforce_cross_domain=False)), spec.group)
 
 
 Key = tuple[Any, ...]
@@ -104,7 +110,7 @@ class _Link:
 
     main: list[Key]  # one replay, or one per domain (deny)
     counterfactual: list[Key]  # allow with 2+ domains: each domain alone
-    fit: Key | None
+    fits: list[Key]  # the host's fit, or one per domain (deny: domains on separate hosts)
     domains: tuple[str, ...]
 
 
@@ -283,14 +289,22 @@ def run_whatif(
     finally:
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
-    scenarios, fits = _assemble(plan, results, host_list, facts, capacity, extrapolation)
+    writes = {h: cow_breaks(tr.load_host(h)) for h in host_list}
+    assembled = _assemble(plan, results, host_list, facts, writes)
     comparison = None
     if observed is not None:
         from planner.whatif.observed import compare_observed, load_observed
 
         obs = load_observed(observed) if isinstance(observed, str | Path) else observed
-        comparison = compare_observed(obs, scenarios, scenario_id=observed_scenario)  # type: ignore[arg-type]
+        comparison = compare_observed(
+            obs,  # type: ignore[arg-type]
+            [scen for scen, _ in assembled],
+            scenario_id=observed_scenario,
+            writes=writes,
+        )
         warnings += comparison.notes
+    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
+    scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
         **{k: v for k, v in opt_items},
         cost_profile=(cost_profile or CostProfile.default()).name,
@@ -314,8 +328,44 @@ def run_whatif(
         saving_range=saving_range(scenarios),
         warnings=warnings,
         observed=comparison,
+        model_error=model_error,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _evidence(
+    tr: Trace,
+    host_list: list[str],
+    comparison: ObservedComparison | None,
+    capacity: CapacityInputs | None,
+    extrapolation: ExtrapolationSpec | None,
+) -> tuple[ModelError, dict[str, aggregate.Evidence]]:
+    """The model's measured error (a canary's, else the published runs') and, per host,
+    everything its projection uses."""
+    labels = _labels(tr)
+    model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
+        published_error(labels)
+    )
+    rates = comparison.rates if comparison is not None else None
+    cow = rates.cow_per_merged_page_per_s if rates is not None else None
+    evidence = {
+        h: aggregate.Evidence(
+            capacity,
+            extrapolation,
+            model_error,
+            whole_host_facts(tr, h),
+            cow if comparison is not None and comparison.host == h else None,
+        )
+        for h in host_list
+    }
+    return model_error, evidence
+
+
+def _labels(tr: Trace) -> dict[str, str]:
+    """The trace's capture labels (``workload=django-gunicorn``, ...)."""
+    capture = tr.manifest.get("capture") or {}
+    labels = capture.get("labels") if isinstance(capture, dict) else None
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def _hosts(tr: Trace, hosts: Sequence[str] | None) -> list[str]:
@@ -428,11 +478,13 @@ def _link(
     else:
         main = [plan.add(ReplaySpec(*base, None, *rest))]
         cf = [plan.add(ReplaySpec(*base, d, *rest)) for d in doms] if multi else []
-    fit = None
+    fits: list[Key] = []
     if extrapolation is not None:
-        fit_cross = "deny" if (cross == "deny" and multi) else "allow"
-        fit = plan.add(FitSpec(*base, fit_cross, extrapolation))
-    return _Link(main, cf, fit, doms)
+        if cross == "deny" and multi:  # a host per domain: each domain's replicas alone
+            fits = [plan.add(FitSpec(*base, "allow", extrapolation, d)) for d in doms]
+        else:
+            fits = [plan.add(FitSpec(*base, "allow", extrapolation))]
+    return _Link(main, cf, fits, doms)
 
 
 def _assemble(
@@ -440,41 +492,57 @@ def _assemble(
     results: dict[Key, ReplayOutcome | ExtrapolationFit],
     host_list: list[str],
     facts: dict[str, dict[str, Any]],
-    capacity: CapacityInputs | None,
-    extrapolation: ExtrapolationSpec | None,
-) -> tuple[list[ScenarioResult], list[ExtrapolationFit]]:
-    """Scenario results from the task results; Pareto flags; fits with their curves."""
+    writes: dict[str, CowEstimate],
+) -> list[tuple[ScenarioResult, list[tuple[Key, ...]]]]:
+    """Scenario results from the task results (not projected yet), each with the fits of
+    its hosts (keys into ``results``), and Pareto flags."""
     width = max(2, len(str(len(plan.meta))))
-    scenarios: list[ScenarioResult] = []
+    out: list[tuple[ScenarioResult, list[tuple[Key, ...]]]] = []
     seen_main: dict[Key, str] = {}
-    fits_used: dict[Key, ExtrapolationFit] = {}
     for idx, (meta, links) in enumerate(zip(plan.meta, plan.links, strict=True)):
         sid = f"s{idx + 1:0{width}d}"
         host_results = []
         for h in host_list:
             link = links[h]
-            fit = results.get(link.fit) if link.fit is not None else None
-            if link.fit is not None and isinstance(fit, ExtrapolationFit):
-                fits_used[link.fit] = fit
             replays = aggregate.HostReplays(
                 host=h,
                 page_size=facts[h]["page_size"],
                 main=tuple(_outcome(results[k]) for k in link.main),
                 counterfactual=tuple(_outcome(results[k]) for k in link.counterfactual),
                 domains=link.domains,
-                fit=fit if isinstance(fit, ExtrapolationFit) else None,
+                writes=writes.get(h),
             )
-            host_results.append(aggregate.host_scenario(replays, capacity, extrapolation))
+            host_results.append(aggregate.host_scenario(replays))
         scen = aggregate.scenario(
-            sid, meta.policy.name, meta.cross, meta.point, meta.knobs_full, host_results, capacity
+            sid, meta.policy.name, meta.cross, meta.point, meta.knobs_full, host_results
         )
         key = tuple(k for h in host_list for k in links[h].main)
         scen.same_replay_as = seen_main.get(key)
         seen_main.setdefault(key, sid)
-        scenarios.append(scen)
-    flags = pareto_flags([(float(x.net_saved_bytes), x.ksmd_cores) for x in scenarios])
-    for scen, on_front in zip(scenarios, flags, strict=True):
+        out.append((scen, [tuple(links[h].fits) for h in host_list]))
+    flags = pareto_flags([(float(x.net_saved_bytes), x.ksmd_cores) for x, _ in out])
+    for (scen, _), on_front in zip(out, flags, strict=True):
         scen.pareto = on_front
+    return out
+
+
+def _project(
+    assembled: list[tuple[ScenarioResult, list[tuple[Key, ...]]]],
+    results: dict[Key, ReplayOutcome | ExtrapolationFit],
+    evidence: dict[str, aggregate.Evidence],
+) -> tuple[list[ScenarioResult], list[ExtrapolationFit]]:
+    """Capacity and projection of every scenario (now that the model's error is known)."""
+    fits_used: dict[Key, ExtrapolationFit] = {}
+    scenarios = []
+    for scen, host_fits in assembled:
+        for hs, keys in zip(scen.hosts, host_fits, strict=True):
+            fits = tuple(f for k in keys if isinstance(f := results.get(k), ExtrapolationFit))
+            fits_used.update(
+                {k: f for k in keys if isinstance(f := results.get(k), ExtrapolationFit)}
+            )
+            aggregate.project_host(hs, fits, evidence[hs.host])
+        aggregate.finish_scenario(scen, evidence[scen.hosts[0].host].capacity)
+        scenarios.append(scen)
     return scenarios, aggregate.attach_curves(scenarios, list(fits_used.values()))
 
 

@@ -79,6 +79,8 @@ class FitSpec:
     policy_json: str
     cross_domain: str  # "allow" or "deny"
     spec: ExtrapolationSpec
+    #: Fit the replicas of this domain alone (a host of that domain only), or all (None)
+    only_domain: str | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -91,6 +93,7 @@ class FitSpec:
             self.policy_json,
             self.cross_domain,
             self.spec,
+            self.only_domain,
         )
 
 
@@ -155,7 +158,10 @@ def _prepared(
             return _PREPARED[spec_key]
     policy = PolicySet.model_validate_json(policy_json)
     inp = prepare(
-        _host(trace_path, trace_hash, host), resolver=policy.resolver(only_domain=only_domain)
+        _host(trace_path, trace_hash, host),
+        # the what-if keeps domains apart itself (one replay per domain when they may not
+        # merge), so the one-replay-one-domain check of ``replay --policy-set`` is off
+        resolver=policy.resolver(only_domain=only_domain, enforce_cross_domain=False),
     )
     with _CACHE_LOCK:
         _PREPARED[spec_key] = inp
@@ -294,6 +300,13 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         ),
         eligible_pages=int(np.count_nonzero(last.eligible)) if last is not None else 0,
         registered_processes=sum(1 for m in inp.mms if m.registration.mode != "off"),
+        policy_ideal_by_snapshot=tuple(
+            policy_ideal_saved_frames(rows, use_zero_pages=knobs.use_zero_pages)
+            for rows in inp.snapshots
+        ),
+        snapshot_times_s=tuple(
+            (rows.time_ns - inp.snapshots[0].time_ns) / 1e9 for rows in inp.snapshots
+        ),
         last_snapshot_s=applied[-1] if applied else None,
         domain_pairs=pairs,
         cross_domain_ksm_pages=crossing,
@@ -310,12 +323,12 @@ def run_fit(spec: FitSpec) -> ExtrapolationFit | TaskFailure:
         from planner.whatif.extrapolate import extrapolate
 
         inp = _prepared(
-            (spec.trace_path, spec.trace_hash, spec.host, spec.policy_json, None),
+            (spec.trace_path, spec.trace_hash, spec.host, spec.policy_json, spec.only_domain),
             spec.trace_path,
             spec.trace_hash,
             spec.host,
             spec.policy_json,
-            None,
+            spec.only_domain,
         )
         codes = None
         if spec.cross_domain == "deny":
@@ -324,7 +337,12 @@ def run_fit(spec: FitSpec) -> ExtrapolationFit | TaskFailure:
 
         name = PolicySet.model_validate_json(spec.policy_json).name
         return extrapolate(
-            inp, spec=spec.spec, policy_set=name, cross_domain=spec.cross_domain, domain_of_mm=codes
+            inp,
+            spec=spec.spec,
+            policy_set=name,
+            cross_domain=spec.cross_domain,
+            domain_of_mm=codes,
+            only_domain=spec.only_domain,
         )
     except E.PlannerError as err:
         return TaskFailure(type(err).__name__, err.message, err.hint)

@@ -30,6 +30,9 @@ SAME_INPUTS = [
     [],
     ["--host-mem", "16GiB"],
     ["--host-mem", "16GiB", "--headroom", "2GiB", "--worker-other", "30MiB"],
+    ["--host-mem", "16GiB", "--worker-file", "1MiB", "--worker-shmem", "0", "--base-other", "8MiB"],
+    ["--host-mem", "16GiB", "--worker-page-tables", "200KiB"],
+    ["--policies", "{policies}", "--set", "everything@a"],
     ["--host-mem", "64GiB", "--host-cpus", "16", "--cpu-per-worker", "0.5", "--replicas", "40"],
     ["--preset", "all", "--pages-to-scan", "100,1000", "--sleep-ms", "20,200"],
     ["--preset", "off", "--policies", "{policies}", "--set", "everything", "--set", "workers"],
@@ -74,7 +77,8 @@ def test_the_defaults_are_one_set(workers_trace: Path, policies: Path) -> None:
     a = _parse("whatif", workers_trace, ["--host-mem", "16GiB"], policies)
     cap = a.capacity()
     assert cap is not None
-    assert (cap.headroom_fraction, cap.headroom_bytes, cap.worker_other_bytes) == (0.1, 0, 0)
+    # per-worker sizes left out are measured from the trace (else assumed), not zero
+    assert (cap.headroom_fraction, cap.headroom_bytes, cap.worker_other_bytes) == (0.1, 0, None)
     assert a.cluster_timeout == 30.0
     assert _parse("whatif", workers_trace, [], policies).capacity() is None
 
@@ -150,6 +154,12 @@ def test_a_size_is_parsed_once_with_its_unit(workers_trace: Path, policies: Path
     bad = _parse("report", workers_trace, ["--host-mem", "1GiB", "--headroom", "5"], policies)
     with pytest.raises(UsageProblem, match="no unit"):
         bad.capacity()
+    bare = _parse("whatif", workers_trace, ["--host-mem", "1GiB", "--worker-file", "5"], policies)
+    with pytest.raises(UsageProblem, match="--worker-file '5' has no unit"):
+        bare.capacity()
+    alone = _parse("report", workers_trace, ["--base-other", "5MiB"], policies)
+    with pytest.raises(UsageProblem, match=r"capacity options need --host-mem \(--base-other"):
+        alone.capacity()
 
 
 def test_report_records_the_command_the_user_typed(
@@ -187,7 +197,9 @@ def test_report_records_the_command_the_user_typed(
         f"ksm-planner report {workers_trace} --policies {policies} --set workers --preset off "
         "--smart-scan off --merge-across-nodes off --settle-scans 4 --out DIR"
     )
-    assert json.loads(stdout)["scenarios"] == 2
+    # 2 sets x smart_scan off and on x merge_across_nodes off and on: the review adds the
+    # kernel's default of every knob the grid varies (planner.whatif.gridpoints)
+    assert json.loads(stdout)["scenarios"] == 8
 
 
 def test_replay_and_validate_share_their_knob_options(workers_trace: Path) -> None:

@@ -458,4 +458,6 @@ def test_canary_counts_merges_lost_to_writes(tmp_path: Path, ksm_lease: KsmLease
     assert cow.iloc[-1] - cow.iloc[0] >= len(same) + len(changed)  # the host's, at least ours
     rates = tl.unmerges_per_s()
     assert rates["unmerged_same_content"] > 0
-    assert rates["cow_ksm"] >= rates["unmerged_same_content"] + rates["unmerged_changed"]
+    # the host's breaks include ours (equal counts over one span: compared to rounding)
+    ours = rates["unmerged_same_content"] + rates["unmerged_changed"]
+    assert rates["cow_ksm"] >= ours * (1 - 1e-12)

@@ -279,3 +279,86 @@ def test_an_inherited_child_takes_the_default_domain_of_its_own_labels() -> None
     assert got[11] == ("prctl", "a", "inherited")
     assert got[21] == ("prctl", "b", "inherited")
     assert got[30] == ("prctl", "none", "default")
+
+
+# ----------------------------------------------------------------------------- one host, one domain
+
+_TWO_DOMAINS = (
+    '[sets.s]\ncross_domain = "{cross}"\n[[sets.s.rules]]\n'
+    "match = {{ root = true, uid = [33, 999] }}\n"
+    'action = "prctl"\ndomain = "{{label:tenant}}"\n'
+)
+
+
+def test_one_replay_of_a_deny_set_refuses_a_second_domain() -> None:
+    # mainline KSM has no per-domain merge boundary: one host replayed with two domains
+    # registered would merge across them, which the set forbids
+    (policy,) = parse_policies(_TWO_DOMAINS.format(cross="deny"))
+    with pytest.raises(PolicyError) as err:
+        prepare(tree(), resolver=policy.resolver())
+    assert "domains 'a' and 'b' on one host" in err.value.message
+    assert err.value.hint is not None
+    assert "--policy-set 's@a'" in err.value.hint
+    # the what-if keeps the domains apart itself: it may register both in one prepare
+    inp = prepare(tree(), resolver=policy.resolver(enforce_cross_domain=False))
+    assert {m.pid for m in inp.mms if m.registration.mode == "prctl"} == {10, 11, 12, 20, 21}
+    # a set that allows merging across domains replays them together
+    (allow,) = parse_policies(_TWO_DOMAINS.format(cross="allow"))
+    both = prepare(tree(), resolver=allow.resolver())
+    assert {m.pid for m in both.mms if m.registration.mode == "prctl"} == {10, 11, 12, 20, 21}
+    # and the match report (no replay) lists both domains without refusing
+    assert match_processes(tree(), policy).domains == ("a", "b")
+
+
+def test_name_at_domain_is_ksm_for_that_domain_only(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from planner.policy import load_policy, select_sets
+
+    path = Path(str(tmp_path)) / "p.toml"
+    path.write_text(_TWO_DOMAINS.format(cross="deny"))
+    one = load_policy(path, "s@b")
+    assert (one.name, one.only_domain) == ("s@b", "b")
+    inp = prepare(tree(), resolver=one.resolver())
+    assert {m.pid for m in inp.mms if m.registration.mode == "prctl"} == {20, 21}
+    assert match_processes(tree(), one).domains == ("b",)
+    (sel,) = select_sets([load_policy(path, "s")], ["s@a"], source="p.toml")
+    assert sel.only_domain == "a"
+    with pytest.raises(PolicyError, match="has no policy set 'x'"):
+        load_policy(path, "x@a")
+    # the same in the file itself
+    text = _TWO_DOMAINS.format(cross="deny").replace("[sets.s]\n", '[sets.s]\nonly_domain = "a"\n')
+    (fixed,) = parse_policies(text)
+    assert fixed.only_domain == "a"
+    assert {
+        m.pid
+        for m in prepare(tree(), resolver=fixed.resolver()).mms
+        if m.registration.mode != "off"
+    } == {10, 11, 12}
+
+
+def test_replay_trace_honours_the_sets_cross_domain_rule(tmp_path: object) -> None:
+    # ``ksm-planner replay --policy P --policy-set S`` (planner.replay.replay_trace, which
+    # calls PolicySet.resolver()): it used to merge across the domains of a deny set
+    from pathlib import Path
+
+    from planner.replay import replay_trace
+
+    root = Path(str(tmp_path))
+    w = World()
+    w.spawn(10, comm="gunicorn", uid=33, labels={"tenant": "a"})
+    w.map(10, 0x10000, [1, 2, 3, 4])
+    w.spawn(20, comm="gunicorn", uid=999, labels={"tenant": "b"})
+    w.map(20, 0x10000, [1, 2, 3, 4])
+    w.snapshot(0.0)
+    w.snapshot(10.0)
+    w.write_trace(root / "t")
+    path = root / "p.toml"
+    path.write_text(_TWO_DOMAINS.format(cross="deny"))
+    with pytest.raises(PolicyError, match="keeps security domains apart"):
+        replay_trace(root / "t", knobs=FAST, policy_path=path, policy_set="s")
+    alone = replay_trace(root / "t", knobs=FAST, policy_path=path, policy_set="s@a")
+    assert alone.final_truth.saved_frames == 0  # pid 10 alone: nothing to merge with
+    path.write_text(_TWO_DOMAINS.format(cross="allow"))
+    merged = replay_trace(root / "t", knobs=FAST, policy_path=path, policy_set="s")
+    assert merged.final_truth.saved_frames == 4  # across the domains: allowed by this set

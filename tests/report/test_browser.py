@@ -324,6 +324,34 @@ _PROBE = """JSON.stringify({
   pageWidth: getComputedStyle(document.querySelector('.page') || document.body).maxWidth,
   scripts: document.scripts.length,
   title: document.title,
+  overflow: (() => {
+    // every table, plot, code block and key-figure row inside the page's text column; a
+    // scrolling wrapper must not need to scroll (its content clipped at the column's edge)
+    const page = document.querySelector('.page') || document.body;
+    const r = page.getBoundingClientRect();
+    const cs = getComputedStyle(page);
+    const left = r.left + parseFloat(cs.paddingLeft) - 1;
+    const right = r.right - parseFloat(cs.paddingRight) + 1;
+    const out = [];
+    document.querySelectorAll('table, svg.chart, pre, .keyfigs').forEach(el => {
+      const b = el.getBoundingClientRect();
+      if (b.width === 0 || el.closest('details:not([open])')) return;  // not drawn
+      if (b.left < left || b.right > right) {
+        out.push((el.id || el.dataset.chart || el.tagName) + ' spans ' + Math.round(b.left) +
+                 '-' + Math.round(b.right) + ' px, column ' + Math.round(left) + '-' +
+                 Math.round(right));
+      }
+    });
+    document.querySelectorAll('.scroll').forEach(el => {
+      if (el.closest('details:not([open])')) return;
+      if (el.getBoundingClientRect().width > 0 && el.scrollWidth > el.clientWidth + 1) {
+        const inner = el.firstElementChild;
+        out.push((inner ? inner.id : 'scroll') + ' needs ' + el.scrollWidth + ' px of ' +
+                 el.clientWidth);
+      }
+    });
+    return out;
+  })(),
 })"""
 
 
@@ -370,6 +398,7 @@ def test_review_renders_offline_with_its_plots(small_inputs: Any, tmp_path: Path
     assert not [e for e in seen["logs"] if e.get("level") == "error"], seen["logs"]
 
     probe = seen["probe"]
+    assert probe["overflow"] == []  # no table or figure wider than the page
     assert probe["sections"] == [s.id for s in doc.sections]
     assert probe["scripts"] == 0
     assert probe["pageWidth"] == "928px"  # the inlined CSS applied (58rem)
@@ -398,7 +427,8 @@ def test_committed_example_renders_offline(tmp_path: Path) -> None:
     assert seen["proxy"] == []
     assert not [e for e in seen["logs"] if e.get("level") == "error"], seen["logs"]
     probe = seen["probe"]
-    assert len(probe["sections"]) == 12
+    assert probe["overflow"] == []  # no table or figure wider than the page
+    assert len(probe["sections"]) == 13
     assert len(probe["charts"]) >= 8
     assert all(c["width"] > 300 and c["height"] > 80 and c["shapes"] > 20 for c in probe["charts"])
     assert _pixels_near(shot, (0x00, 0x9E, 0x73)) > 5000

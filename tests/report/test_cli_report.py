@@ -40,7 +40,7 @@ def test_writes_the_review_and_prints_json(cli: Cli, small_trace: Path, tmp_path
     assert doc["command"] == "report"
     assert doc["scenarios"] == 4
     assert doc["recommended"].startswith("prctl-all · pages_to_scan=")
-    assert len(doc["sections"]) == 12
+    assert len(doc["sections"]) == 13
     assert Path(doc["files"]["html"]) == out / "review.html"
     assert (out / "review.md").is_file()
     assert (out / "data" / "review.json").is_file()
@@ -100,7 +100,12 @@ def test_existing_output_is_refused_before_any_work(
         (["--preset", "nope"], 2, "--preset 'nope' is not a preset"),
         (["--set", "x"], 2, "--set needs --policies"),
         (["--host-mem", "lots"], 2, "is not a size"),
-        (["--cpu-budget", "0"], 2, "CPU budget"),
+        (["--max-ksmd-cpu", "0%"], 2, "ksmd CPU gate 0 % of the host is out of bounds"),
+        (["--max-ksmd-cpu", "lots"], 2, "--max-ksmd-cpu 'lots' is not a share"),
+        (["--max-time-to-90", "soon"], 2, "--max-time-to-90 'soon' is not a duration"),
+        (["--max-time-to-90", "0min"], 2, "the time-to-90 % gate must be positive"),
+        (["--near-best", "100%"], 2, "near-best margin 100 % is out of bounds"),
+        (["--host-mem", "1GiB", "--worker-file", "-1MiB"], 2, "is not a size"),
         (["--knob", "advisor_max_cpu"], 2, "is not NAME=V1,V2"),
         (["--knob", "warp_speed=9"], 2, "warp_speed"),
         (["--observed", "/nonexistent"], 4, "/nonexistent"),

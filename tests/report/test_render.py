@@ -46,7 +46,7 @@ def test_html_is_self_contained(doc: Any, tmp_path: Path) -> None:
     assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html, re.I)
     assert "@import" not in html
     assert html.count('<svg class="chart"') == len(doc.figures())
-    assert html.count('<section id="') == 12
+    assert html.count('<section id="') == 13
     # the CSS is inlined verbatim (not HTML-escaped)
     assert 'font-family: Arial, "Liberation Sans"' in html
 
@@ -54,7 +54,7 @@ def test_html_is_self_contained(doc: Any, tmp_path: Path) -> None:
 def test_markdown_twin(doc: Any, tmp_path: Path) -> None:
     out = write_report(doc, tmp_path / "r")
     md = out.markdown.read_text()
-    assert md.count("\n## ") == 12
+    assert md.count("\n## ") == 13
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out.out / target).is_file()
     # every table row has as many cells as its header

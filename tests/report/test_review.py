@@ -1,4 +1,4 @@
-"""The review document: twelve sections, the recommendation rule, numbers taken from what-if.
+"""The review document: thirteen sections, the recommendation rule, numbers taken from what-if.
 
 Every test builds the review from a real what-if run on the small trace (``conftest.py``).
 """
@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from planner.report import fmt as F
+from planner.report.common import more_workers, signed_pct
 from planner.report.doc import Bullets, Callout, Document, Figure, KeyFigures, Para, Table
+from planner.report.inputs import ReviewGates
 from planner.report.review import (
     NEAR_BEST,
     build_review,
@@ -32,6 +34,7 @@ SECTION_IDS = [
     "cost",
     "attribution",
     "risks",
+    "deployment",
     "sensitivity",
     "validation",
     "appendix",
@@ -65,7 +68,7 @@ def _with_host(inputs: Any, name: str, **changes: Any) -> Any:
     return replace(inputs, scenarios=tuple(scen))
 
 
-def test_twelve_sections_in_order(small_inputs: Any) -> None:
+def test_thirteen_sections_in_order(small_inputs: Any) -> None:
     doc = build_review(small_inputs)
     assert [s.id for s in doc.sections] == SECTION_IDS
     assert all(s.blocks for s in doc.sections)
@@ -117,9 +120,9 @@ def test_decision_states_the_chosen_numbers(small_inputs: Any) -> None:
     assert F.mib(h.net_saved_bytes) in callout.text
     assert F.pct(h.net_saved_fraction) in callout.text
     assert h.capacity is not None
-    assert f"**{F.pct(h.capacity.gain)} more workers per host**" in callout.text
+    assert f"**{more_workers(h.capacity.gain)} per host**" in callout.text
     figures = next(b for b in decision.blocks if isinstance(b, KeyFigures))
-    assert figures.items[0].value == F.pct(h.capacity.gain)
+    assert figures.items[0].value == signed_pct(h.capacity.gain)
     assert figures.items[1].value == F.mib(h.net_saved_bytes)
     rows = _table(doc, "scenarios")
     (hl,) = rows.highlight
@@ -135,11 +138,21 @@ def test_cross_domain_and_cpu_budget_exclude(small_inputs: Any) -> None:
     assert second.scenario.name != first.name
     assert (first.name, "merges pages across security domains") in second.excluded
 
-    poor = replace(small_inputs, cpu_budget_percent=0.001)
-    assert recommend(poor).scenario is None
-    callout = build_review(poor).sections[0].blocks[0]
+    poor = replace(small_inputs, gates=ReviewGates(max_ksmd_host_share=1e-6))
+    none = recommend(poor)
+    assert none.scenario is None
+    # no recommendation still shows every figure: the best candidate's, and how to get one
+    assert none.candidate is not None
+    doc = build_review(poor)
+    callout = doc.sections[0].blocks[0]
     assert isinstance(callout, Callout)
     assert callout.kind == "warning"
+    assert f"The best candidate is `{none.candidate.name}`" in callout.text
+    assert "blocked by the ksmd CPU gate" in callout.text
+    assert "relax with `--max-ksmd-cpu " in callout.text
+    figures = next(b for b in doc.sections[0].blocks if isinstance(b, KeyFigures))
+    assert len(figures.items) >= 5
+    assert {"inputs", "uncertainty"} <= {t.name for t in doc.sections[0].tables}
 
 
 def test_named_recommendation_is_honoured(small_inputs: Any) -> None:
@@ -350,7 +363,7 @@ def test_observed_canary_in_validation_and_decision(small_inputs: Any) -> None:
     rows = _table(doc, "validation").rows
     assert [r["observed_pages_sharing"] for r in rows] == [0.0, 0.0, 40.0, 40.0]
     decision = _text(doc, "decision")
-    assert "was 25.0 % above what the real KSM merged; plan with the lower figure" in decision
+    assert "the replay predicted 25.0 % more merged pages than the real KSM merged" in decision
 
 
 def test_unmerge_at_the_projected_size(small_inputs: Any, bare_inputs: Any) -> None:
@@ -368,11 +381,14 @@ def test_unmerge_at_the_projected_size(small_inputs: Any, bare_inputs: Any) -> N
     chosen = recommend(small_inputs).scenario
     assert chosen is not None
     assert chosen.host.capacity is not None
-    assert (
-        f"{F.gib(chosen.host.capacity.ksm_saved_bytes)} with "
-        f"{F.integer(chosen.host.capacity.workers_with)} workers on the projected host"
-    ) in _text(doc, "decision")
+    cap = chosen.host.capacity
+    figures = next(b for b in doc.sections[0].blocks if isinstance(b, KeyFigures))
+    unmerge = next(k for k in figures.items if k.label.startswith("memory needed at once"))
+    assert unmerge.value == F.gib(cap.ksm_saved_bytes)
+    assert f"at {F.integer(cap.workers_with)} workers" in unmerge.detail
+    risks = _text(doc, "risks")
+    assert f"an unmerge needs {F.gib(cap.ksm_saved_bytes)} at once" in risks
     bare = build_review(bare_inputs)
     assert all(r["projected_saved_bytes"] is None for r in _table(bare, "unmerge").rows)
-    assert "needs the whole saving back at once" in _text(bare, "decision")
-    assert "workers on the projected host" not in _text(bare, "decision")
+    assert "gives every merged page its own copy again" in _text(bare, "risks")
+    assert "on the planned host, an unmerge needs" not in _text(bare, "risks")

@@ -24,6 +24,7 @@ from planner.whatif.capacity import (
     parse_size,
 )
 from planner.whatif.extrapolate import GrowthFit
+from planner.whatif.footprint import CapacityPlan, plan_capacity
 
 PAGE = 4096
 GIB = 1 << 30
@@ -61,6 +62,18 @@ def linear_model(
     return HostCapacityModel(PAGE, growth, ratio, meta_per_page, ksmd_cores)
 
 
+def bare(**kwargs: float) -> CapacityPlan:
+    """A capacity plan from inputs, with no memory outside the trace (every size given as 0)."""
+    sizes = {
+        "worker_file_bytes": 0,
+        "worker_shmem_bytes": 0,
+        "worker_page_tables_bytes": 0,
+        "worker_other_bytes": 0,
+        "base_other_bytes": 0,
+    }
+    return plan_capacity(CapacityInputs(**{**sizes, **kwargs}))  # type: ignore[arg-type]
+
+
 def test_instagram_counter_identities() -> None:
     saved_bytes = PAGES_SHARING * PAGE
     assert saved_bytes / GIB == pytest.approx(19.53, abs=0.01)  # "≈19.5 GiB saved"
@@ -77,7 +90,7 @@ def test_instagram_memory_bound_capacity() -> None:
     worker_frames = 512 * MIB // PAGE
     s = PAGES_SHARING * PAGE / HOST_BYTES
     model = linear_model(worker_frames=worker_frames, saved_per_worker=s * worker_frames)
-    inputs = CapacityInputs(host_mem_bytes=HOST_BYTES)
+    inputs = bare(host_mem_bytes=HOST_BYTES)
     # at 128 workers the model saves exactly the reported pages_sharing
     assert model.ksm_net_saved_bytes(128) / PAGE == pytest.approx(PAGES_SHARING)
     est = estimate_capacity(model, inputs)
@@ -99,7 +112,7 @@ def test_instagram_capacity_net_of_metadata() -> None:
         worker_frames=worker_frames, saved_per_worker=s * worker_frames, meta_per_page=meta_per_page
     )
     assert model.ksm_net_saved_bytes(128) == pytest.approx(19_830_680_704)  # = the profit identity
-    est = estimate_capacity(model, CapacityInputs(host_mem_bytes=HOST_BYTES))
+    est = estimate_capacity(model, bare(host_mem_bytes=HOST_BYTES))
     net_s = 19_830_680_704 / HOST_BYTES
     assert est.workers_with == math.floor(128 / (1 - net_s)) == 179
     assert est.gain == pytest.approx(51 / 128)
@@ -112,12 +125,14 @@ def test_instagram_cpu_limits_the_gain() -> None:
     model = linear_model(
         worker_frames=worker_frames, saved_per_worker=s * worker_frames, ksmd_cores=2.0
     )
-    inputs = CapacityInputs(host_mem_bytes=HOST_BYTES, host_cpus=32, cpu_per_worker=0.2)
+    inputs = bare(host_mem_bytes=HOST_BYTES, host_cpus=32, cpu_per_worker=0.2)
     est = estimate_capacity(model, inputs)
     assert est.workers_without == 128  # memory-bound: 32 / 0.2 = 160 would fit
     assert est.workers_with == 150  # (32 - 2) / 0.2: CPU-bound before memory (184)
     assert est.limit_with == "cpu"
     assert est.gain == pytest.approx(22 / 128)  # ≈ +17 %: the order of Meta's "around 20 %"
+    assert (est.memory_limit_with, est.cpu_limit_with, est.cpu_limit_without) == (184, 150, 160)
+    assert est.ksmd_host_share == pytest.approx(2 / 32)
 
 
 def test_headroom_base_and_other_memory() -> None:
@@ -128,7 +143,7 @@ def test_headroom_base_and_other_memory() -> None:
         base_frames=GIB / PAGE,
         ratio=0.5,
     )
-    inputs = CapacityInputs(
+    inputs = bare(
         host_mem_bytes=16 * GIB,
         headroom_bytes=GIB,
         headroom_fraction=0.0625,
@@ -136,6 +151,7 @@ def test_headroom_base_and_other_memory() -> None:
     )
     budget = 16 * GIB - GIB - GIB  # 14 GiB
     assert inputs.budget_bytes == budget
+    assert inputs.footprint.kernel_bytes.source == "given"
     # without: (14 GiB - 1 GiB) / 128 MiB = 104; with: 13 GiB / (128 - 20) MiB = 123.26
     est = estimate_capacity(model, inputs)
     assert est.workers_without == 104
@@ -147,12 +163,12 @@ def test_headroom_base_and_other_memory() -> None:
 
 def test_base_too_big_and_no_ksm() -> None:
     model = linear_model(worker_frames=10, saved_per_worker=5, base_frames=10 * GIB / PAGE)
-    est = estimate_capacity(model, CapacityInputs(host_mem_bytes=8 * GIB))
+    est = estimate_capacity(model, bare(host_mem_bytes=8 * GIB))
     assert est.workers_without == 0
     assert est.workers_with == 0
     assert est.gain is None
     off = linear_model(worker_frames=256, saved_per_worker=100, ratio=0.0)
-    est = estimate_capacity(off, CapacityInputs(host_mem_bytes=GIB))
+    est = estimate_capacity(off, bare(host_mem_bytes=GIB))
     assert est.workers_with == est.workers_without == 1024
     assert est.gain == 0.0
 
@@ -160,9 +176,7 @@ def test_base_too_big_and_no_ksm() -> None:
 def test_intervals_come_from_the_replicates() -> None:
     model = linear_model(worker_frames=256, saved_per_worker=64)
     reps = [GrowthFit(0, 256, 0, 256 - s, eligible_b=256) for s in (32, 48, 64, 80, 96)]
-    est = estimate_capacity(
-        model, CapacityInputs(host_mem_bytes=GIB), replicates=reps, confidence=0.8
-    )
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB), replicates=reps, confidence=0.8)
     assert est.workers_without == 1024
     assert est.workers_with == 1365  # 1024 * 256 / 192
     lo, hi = est.workers_with_interval
@@ -202,14 +216,97 @@ def test_sizes() -> None:
     [
         ({"host_mem_bytes": 0}, "host memory must be positive"),
         ({"host_mem_bytes": GIB, "headroom_bytes": GIB}, "leaves no memory"),
-        ({"host_mem_bytes": GIB, "host_cpus": 8}, "both --host-cpus and --cpu-per-worker"),
+        ({"host_mem_bytes": GIB, "host_cpus": 0}, "host CPUs must be positive"),
         (
             {"host_mem_bytes": GIB, "host_cpus": 8, "cpu_per_worker": 0},
             "CPU per worker must be positive",
         ),
-        ({"host_mem_bytes": GIB, "worker_other_bytes": -1}, "cannot be negative"),
+        ({"host_mem_bytes": GIB, "worker_other_bytes": -1}, "worker-other cannot be negative"),
+        ({"host_mem_bytes": GIB, "worker_file_bytes": -1}, "worker-file cannot be negative"),
     ],
 )
 def test_bad_inputs(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(UsageProblem, match=message):
         CapacityInputs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_model_error_scales_the_saving_not_the_metadata() -> None:
+    from planner.whatif.uncertainty import ModelError
+
+    # 1 GiB, workers of 256 frames of which an ideal KSM frees 128; 64 B of metadata per page
+    model = linear_model(worker_frames=256, saved_per_worker=128, meta_per_page=64)
+    half = ModelError("canary", "test", (0.5,), 0.0)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB), model_error=half)
+    assert est.saving_factor == 0.5
+    assert est.ksm_saved_bytes == pytest.approx(0.5 * 128 * PAGE * est.workers_with)
+    net = est.ksm_saved_bytes - 64 * 256 * est.workers_with
+    assert est.ksm_net_saved_bytes == pytest.approx(net)
+    # per worker: 1 MiB without KSM, 1 MiB - 256 KiB + 16 KiB with it
+    assert est.workers_without == 1024
+    assert est.workers_with == math.floor(GIB / (MIB - 256 * 1024 + 16 * 1024))
+    model_only = est.interval("model")
+    assert model_only is not None
+    assert model_only.width == 0.0  # one ratio, no noise: no spread
+    assert est.dominant_source is None
+
+
+def test_unmerge_at_the_planned_size_and_the_workers_to_drain() -> None:
+    # workers of 1 MiB, KSM frees half: 2x the workers fit, and switching KSM off at that
+    # size needs the half back -- only the workers that fit without KSM can stay
+    model = linear_model(worker_frames=256, saved_per_worker=128)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB))
+    assert est.workers_without == 1024
+    assert est.workers_with == 2048
+    assert est.ksm_saved_bytes == pytest.approx(GIB)
+    assert est.free_at_workers_with_bytes == pytest.approx(0.0)
+    assert est.unmerge_shortfall_bytes == pytest.approx(GIB)
+    assert est.unmerge_fits_workers == 1024
+    assert est.drain_workers == 1024
+    roomy = estimate_capacity(model, bare(host_mem_bytes=GIB, headroom_fraction=0.5))
+    # half the host kept free: 1024 workers with KSM need 512 MiB, the unmerge 512 MiB more
+    assert roomy.workers_with == 1024
+    assert roomy.drain_workers == 0
+
+
+def test_a_cpu_bound_host_gains_nothing_and_ksmd_costs_workers() -> None:
+    # memory would allow 1024 -> 2048 workers; 8 CPUs at 0.05 cores allow 160, 159 with ksmd
+    model = linear_model(worker_frames=256, saved_per_worker=128, ksmd_cores=0.04)
+    est = estimate_capacity(model, bare(host_mem_bytes=GIB, host_cpus=8, cpu_per_worker=0.05))
+    assert (est.memory_limit_without, est.memory_limit_with) == (1024, 2048)
+    assert (est.cpu_limit_without, est.cpu_limit_with) == (160, 159)
+    assert (est.limit_without, est.limit_with) == ("cpu", "cpu")
+    assert est.gain == pytest.approx(159 / 160 - 1)
+    assert est.ksmd_host_share == pytest.approx(0.005)
+
+
+def test_combined_interval_covers_every_source() -> None:
+    from planner.whatif.uncertainty import ModelError, TimeSpread
+
+    model = linear_model(worker_frames=256, saved_per_worker=64)
+    reps = [GrowthFit(0, 256, 0, 256 - s, eligible_b=256) for s in (48, 56, 64, 72, 80)]
+    plan = plan_capacity(CapacityInputs(host_mem_bytes=GIB))  # the footprint assumed
+    est = estimate_capacity(
+        model,
+        plan,
+        replicates=reps,
+        model_error=ModelError("published", "test", (0.6, 0.8, 1.0), 0.04),
+        time=TimeSpread((10.0, 20.0), (0.98, 1.0)),
+    )
+    sources = {i.source: i for i in est.intervals}
+    assert set(sources) == {"sampling", "model", "configuration", "time", "combined"}
+    assert all(i.width > 0 for i in sources.values())
+    assert est.dominant_source == "model"  # ratios 0.6-1.0 move the saving the most
+    assert est.gain_interval == (sources["combined"].gain_low, sources["combined"].gain_high)
+    lo, hi = est.gain_interval  # type: ignore[misc]
+    assert lo < est.gain < hi  # type: ignore[operator]
+    # all four together are at least about as uncertain as the widest alone
+    assert sources["combined"].width >= 0.8 * max(i.width for i in sources.values())
+    # the same inputs, the same intervals (seeded)
+    again = estimate_capacity(
+        model,
+        plan,
+        replicates=reps,
+        model_error=ModelError("published", "test", (0.6, 0.8, 1.0), 0.04),
+        time=TimeSpread((10.0, 20.0), (0.98, 1.0)),
+    )
+    assert again.intervals == est.intervals

@@ -108,3 +108,85 @@ def test_knob_differences() -> None:
         )
         == {}
     )
+
+
+def test_the_canary_rates_of_the_shipped_recording() -> None:
+    # reports/canary/django-preload (canary mode): what the real ksmd did over the second half
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from planner.trace.recording import read_observed
+    from planner.whatif.observed import canary_rates
+
+    root = Path(__file__).resolve().parents[2] / "reports" / "canary" / "django-preload"
+    obs = read_observed(root)
+    c = obs.counters
+    t = np.asarray(c.index.to_numpy(dtype=float))
+    scen = SimpleNamespace(hosts=[SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0)])
+    r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
+    half = t >= t[-1] / 2
+    dt = t[-1] - t[half][0]
+    cow = c["cow_ksm"].to_numpy()
+    assert r.observed_cow_per_s == pytest.approx((cow[-1] - cow[half][0]) / dt)
+    assert r.observed_cow_per_s == pytest.approx(998, rel=0.01)
+    ns = c["ksmd_runtime_ns"].to_numpy()
+    assert r.observed_ksmd_cpu_percent == pytest.approx(100 * (ns[-1] - ns[half][0]) / 1e9 / dt)
+    assert r.observed_full_scan_s == pytest.approx(1.667, rel=0.01)
+    assert r.predicted_ksmd_cpu_percent == 4.0
+    assert r.predicted_cow_per_s is None  # no trace estimate given
+    # canary mode: merges lost on the sampled workers, by cause, over the same window
+    assert r.observed_unmerges_per_s is not None
+    since = t[-1] / 2
+    for kind in ("unmerged_same_content", "unmerged_changed"):
+        rows = obs.canary[obs.canary["t_s"] > t[half][0]]
+        assert r.observed_unmerges_per_s[kind] == pytest.approx(rows[kind].sum() / dt)
+        assert r.observed_unmerges_per_s[kind] == obs.unmerges_per_s(since_s=since)[kind]
+    assert r.observed_unmerges_per_s["unmerged_same_content"] == pytest.approx(418, rel=0.01)
+    assert r.cow_per_merged_page_per_s == pytest.approx(
+        r.observed_cow_per_s / np.mean(c["pages_sharing"].to_numpy()[half])
+    )
+
+
+def test_canary_rates_of_a_recording_in_canary_mode_come_from_its_reader() -> None:
+    # observe --ksm-pages: merges lost per second by kind, over the second half, read through
+    # ObservedTimeline.unmerges_per_s; cow_ksm and ksmd's CPU through counter_rate
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from planner.trace.recording import CANARY_EVENTS, ObservedTimeline
+    from planner.whatif.observed import canary_rates
+
+    t = [0.0, 1.0, 2.0, 3.0, 4.0]
+    counters = pd.DataFrame(
+        {
+            "cow_ksm": [0, 10, 20, 60, 100],
+            "ksmd_runtime_ns": [0, 1e8, 2e8, 3e8, 5e8],
+            "full_scans": [0, 1, 2, 3, 4],
+            "pages_sharing": [0, 100, 200, 200, 200],
+        },
+        index=pd.Index(t, name="t_s"),
+    )
+    rows = []
+    for i, ts in enumerate(t):
+        row = {"sample": i, "t_s": ts, "pid": 7, "present_pages": 300, "ksm_pages": 200}
+        row.update({e: 0 for e in CANARY_EVENTS})
+        row["unmerged_same_content"] = 4 * i  # 12 + 16 after t = 2
+        row["unmerged_changed"] = 1
+        rows.append(row)
+    obs = ObservedTimeline(
+        meta={}, counters=counters, processes=pd.DataFrame(), canary=pd.DataFrame(rows)
+    )
+    scen = SimpleNamespace(hosts=[SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0)])
+    r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
+    assert r.window_s == 2.0  # samples at 2, 3 and 4 s
+    assert r.observed_cow_per_s == pytest.approx((100 - 20) / 2)
+    assert r.observed_ksmd_cpu_percent == pytest.approx(100 * 0.3 / 2)
+    assert r.observed_full_scan_s == pytest.approx(1.0)
+    assert r.observed_pages_sharing == pytest.approx(200)
+    assert r.cow_per_merged_page_per_s == pytest.approx(40 / 200)
+    assert r.observed_unmerges_per_s is not None
+    assert r.observed_unmerges_per_s["unmerged_same_content"] == pytest.approx((12 + 16) / 2)
+    assert r.observed_unmerges_per_s["unmerged_changed"] == pytest.approx(2 / 2)
+    assert obs.unmerges_per_s()["unmerged_changed"] == pytest.approx(4 / 4)  # whole recording

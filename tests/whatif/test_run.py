@@ -258,13 +258,14 @@ def test_bad_input_fails_before_any_task(family_trace: Path) -> None:
     assert ex.submitted == 0
 
 
-class _Obs:
-    """An ObservedTimeline-like recording."""
+def _Obs(knobs: dict[str, Any], t_s: list[float], sharing: list[int]) -> Any:
+    """A recording of the counters only (format version 1)."""
+    from planner.trace.recording import ObservedTimeline
 
-    def __init__(self, knobs: dict[str, Any], t_s: list[float], sharing: list[int]) -> None:
-        self.meta = {"knobs_at_start": knobs}
-        self.counters = pd.DataFrame({"t_s": t_s, "pages_sharing": sharing}).set_index("t_s")
-        self.processes = pd.DataFrame()
+    counters = pd.DataFrame({"t_s": t_s, "pages_sharing": sharing}).set_index("t_s")
+    return ObservedTimeline(
+        meta={"knobs_at_start": knobs}, counters=counters, processes=pd.DataFrame()
+    )
 
 
 def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> None:
@@ -301,6 +302,11 @@ def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> 
     assert not res2.observed.knobs_match
     assert res2.observed.knob_differences["pages_to_scan"][0] == 77
     assert any("no scenario has the recording's knobs" in w for w in res2.warnings)
+    # a canary of other knobs measures a difference of knobs, not the model's error
+    assert res.model_error is not None
+    assert res.model_error.source == "canary"
+    assert res2.model_error is not None
+    assert res2.model_error.source == "published"
 
 
 def test_executor_is_any_concurrent_futures_executor(family_trace: Path) -> None:
@@ -313,3 +319,64 @@ def test_executor_is_any_concurrent_futures_executor(family_trace: Path) -> None
         )
     inline = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
     pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())
+
+
+def test_denied_domains_are_placed_on_separate_hosts(tenant_trace: Path) -> None:
+    # mainline KSM cannot keep domains apart on one host: deny = each domain on its own hosts,
+    # with its own ksmd, its own growth fit and its own capacity
+    sets = parse_policies(TENANTS)
+    res = run_whatif(
+        tenant_trace,
+        policy_sets=sets,
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000, "cross_domain": ["allow", "deny"]}),
+        capacity=CapacityInputs(host_mem_bytes=32 << 20),
+        extrapolation=ExtrapolationSpec(n_resamples=20),
+        executor=INLINE,
+    )
+    allow, deny = res.scenarios
+    h = deny.hosts[0]
+    assert h.placement == "separate hosts"
+    assert allow.hosts[0].placement == "one host"
+    assert [d.domain for d in h.domain_results] == ["a", "b"]
+    # one ksmd per host: a host's ksmd is the busiest domain's, the fleet's the sum
+    assert h.ksmd_cpu_percent == pytest.approx(max(d.ksmd_cpu_percent for d in h.domain_results))
+    assert h.ksmd_cores == pytest.approx(sum(d.ksmd_cpu_percent for d in h.domain_results) / 100)
+    # a fit of each domain's replicas alone, and a capacity of a host of each domain
+    domain_fits = [f for f in res.fits if f.domain is not None]
+    assert sorted((f.domain, f.k) for f in domain_fits) == [("a", 2), ("b", 2)]
+    assert all(d.capacity is not None for d in h.domain_results)
+    assert h.capacity is not None
+    assert h.capacity.hosts == 2
+    assert h.capacity.workers_with == sum(
+        d.capacity.workers_with for d in h.domain_results if d.capacity
+    )
+    # the placement is ready when its slowest domain is
+    assert h.projected_time_to_90_s == pytest.approx(
+        max(d.projected_time_to_90_s or 0.0 for d in h.domain_results)
+    )
+    assert deny.capacity is not None
+    assert allow.capacity is not None
+    assert allow.capacity.hosts == 1
+
+
+def test_the_published_model_error_without_a_canary(family_trace: Path) -> None:
+    res = run_whatif(
+        family_trace,
+        policy_sets=[preset("off"), preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000}),
+        capacity=CapacityInputs(host_mem_bytes=32 << 20),
+        extrapolation=ExtrapolationSpec(n_resamples=20),
+        executor=INLINE,
+    )
+    me = res.model_error
+    assert me is not None
+    assert me.source == "published"  # no canary; no workload label: every published run
+    assert len(me.ratios) == 12
+    off, on = res.scenarios
+    assert on.hosts[0].saving_factor == pytest.approx(me.point)
+    assert off.hosts[0].saving_factor == 1.0  # KSM off: nothing to correct
+    assert on.capacity is not None
+    assert on.capacity.saving_factor == pytest.approx(me.point)
+    assert on.capacity.dominant_source in ("sampling", "model", "configuration", "time")
+    assert on.hosts[0].writes is not None
+    assert on.hosts[0].policy_ideal_by_snapshot_bytes[-1] == on.hosts[0].policy_ideal_saved_bytes

@@ -1,0 +1,167 @@
+"""Writes to mergeable pages, from the trace: the copy-on-write rate KSM would face.
+
+Between two consecutive snapshots, a page that KSM would hold merged (its content sits on at
+least two distinct frames, or is all zero) and whose content changed at the same address by
+the next snapshot has been written: had it been merged, that write would have broken
+copy-on-write (a page fault, a 4 KiB copy and a fresh frame). The rate is counted per second
+of trace time. Several writes to one page between two snapshots count once, so this is a
+lower bound on writes; pages KSM had not merged yet count as if merged, so it is an upper
+bound on breaks of pages KSM had actually merged. A canary's ``cow_ksm`` counts the real
+breaks (:class:`planner.whatif.observed.ObservedComparison`).
+
+Which pages are rewritten matters as much as how many: a rate of 100 pages per second can
+be the same few hundred pages rewritten again and again (a hot set KSM should not merge)
+or a steady churn through all of them. :class:`CowEstimate` keeps both: the rate, the
+distinct pages ever rewritten over the trace, and the pages rewritten in every interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from planner.trace import schema as S
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from planner.trace.io import HostTrace
+
+Arr = np.ndarray[Any, Any]
+
+_PAGE_SHIFT = 12
+_KEY_PID_SHIFT = np.uint64(36)
+
+
+@dataclass(frozen=True)
+class CowInterval:
+    """Copy-on-write breaks between two consecutive snapshots."""
+
+    t0_s: float
+    t1_s: float
+    mergeable_pages: int  # pages KSM would hold merged at t0
+    rewritten_pages: int  # of those, pages whose content changed at the same address by t1
+
+    @property
+    def breaks_per_s(self) -> float:
+        """Rewritten mergeable pages per second."""
+        dt = self.t1_s - self.t0_s
+        return self.rewritten_pages / dt if dt > 0 else float("nan")
+
+    @property
+    def rewritten_fraction(self) -> float:
+        """Share of the mergeable pages rewritten in the interval."""
+        return self.rewritten_pages / self.mergeable_pages if self.mergeable_pages else 0.0
+
+
+@dataclass(frozen=True)
+class CowEstimate:
+    """Copy-on-write break rate of mergeable pages over a trace, and which pages it hits."""
+
+    __json_properties__: ClassVar[tuple[str, ...]] = (
+        "breaks_per_s",
+        "bytes_per_s",
+        "rewritten_share",
+    )
+
+    intervals: tuple[CowInterval, ...]
+    page_size: int
+    #: Distinct mergeable pages (pid, address) rewritten in at least one interval
+    distinct_rewritten_pages: int = 0
+    #: Mergeable pages rewritten in every interval: the hot set
+    hot_pages: int = 0
+    #: Distinct pages mergeable at the start of at least one interval
+    mergeable_pages: int = 0
+
+    @property
+    def breaks_per_s(self) -> float:
+        """Rewritten mergeable pages per second over the whole trace (NaN with one snapshot)."""
+        dt = sum(i.t1_s - i.t0_s for i in self.intervals)
+        return sum(i.rewritten_pages for i in self.intervals) / dt if dt > 0 else float("nan")
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Memory newly needed per second by those breaks (each takes a fresh frame)."""
+        return self.breaks_per_s * self.page_size
+
+    @property
+    def rewritten_share(self) -> float:
+        """Distinct mergeable pages rewritten at least once over the trace, as a share of
+        the distinct mergeable pages (NaN without intervals)."""
+        if not self.mergeable_pages:
+            return float("nan")
+        return self.distinct_rewritten_pages / self.mergeable_pages
+
+    @property
+    def span_s(self) -> float:
+        """The trace time the intervals cover."""
+        return sum(i.t1_s - i.t0_s for i in self.intervals)
+
+
+def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr, Arr]:
+    """Keys ``(pid << 36 | page)``, hashes, frames and a mergeable mask of one snapshot."""
+    h_col: Any = pages.column("content_hash")
+    ok = ~np.asarray(h_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    pid = np.asarray(pages.column("pid").to_numpy(), dtype=np.uint64)[ok]
+    addr = np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64)[ok]
+    h = np.asarray(h_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
+    f_col: Any = pages.column("frame_id")
+    f = np.asarray(f_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
+    flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)[ok]
+    key = (pid << _KEY_PID_SHIFT) | (addr >> np.uint64(_PAGE_SHIFT))
+    zero = (flags & np.uint16(zero_flag)) != 0
+    # distinct frames per hash: >= 2 means KSM has something to merge
+    pairs = np.unique(np.stack([h, f], axis=1), axis=0)
+    hashes, n_frames = np.unique(pairs[:, 0], return_counts=True)
+    multi = hashes[n_frames >= 2]
+    mergeable = np.isin(h, multi) | zero
+    order = np.argsort(key, kind="stable")
+    return key[order], h[order], f[order], mergeable[order]
+
+
+def cow_breaks(ht: HostTrace) -> CowEstimate:
+    """The copy-on-write break rate of mergeable pages between consecutive snapshots."""
+    ids = ht.snapshot_ids.tolist()
+    times = ht.times_s.tolist()
+    page_size = int(ht.meta().get("page_size") or S.PAGE_SIZE_BYTES)
+    out: list[CowInterval] = []
+    prev: tuple[Arr, Arr, Arr, Arr] | None = None
+    rewritten: list[Arr] = []
+    mergeable: list[Arr] = []
+    for i, sid in enumerate(ids):
+        cur = _snapshot_arrays(ht.pages_of(sid), int(S.PageFlag.ZERO))
+        if prev is not None:
+            k0, h0, _, m0 = prev
+            k1, h1, _, _ = cur
+            pos = np.searchsorted(k1, k0)
+            pos_c = np.minimum(pos, max(len(k1) - 1, 0))
+            present = (pos < len(k1)) & (k1[pos_c] == k0) if len(k1) else np.zeros(len(k0), bool)
+            changed = present & (h1[pos_c] != h0)
+            rewritten.append(k0[changed & m0])
+            mergeable.append(k0[m0])
+            out.append(
+                CowInterval(
+                    t0_s=float(times[i - 1]),
+                    t1_s=float(times[i]),
+                    mergeable_pages=int(np.count_nonzero(m0)),
+                    rewritten_pages=int(np.count_nonzero(changed & m0)),
+                )
+            )
+        prev = cur
+    ever = np.unique(np.concatenate(rewritten)) if rewritten else np.empty(0, np.uint64)
+    hot = ever
+    for keys in rewritten:
+        hot = np.intersect1d(hot, keys, assume_unique=False)
+    seen = np.unique(np.concatenate(mergeable)) if mergeable else np.empty(0, np.uint64)
+    return CowEstimate(
+        tuple(out),
+        page_size,
+        distinct_rewritten_pages=int(ever.size),
+        hot_pages=int(hot.size),
+        mergeable_pages=int(seen.size),
+    )
+
+
+__all__ = ["CowEstimate", "CowInterval", "cow_breaks"]

@@ -1,0 +1,148 @@
+"""Sources of uncertainty: the published model error, a canary's, the traced time, the draws."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planner.whatif.capacity import CapacityInputs
+from planner.whatif.extrapolate import GrowthFit
+from planner.whatif.footprint import plan_capacity
+from planner.whatif.observed import CounterSeries, ObservedComparison
+from planner.whatif.uncertainty import (
+    PUBLISHED,
+    SourceInterval,
+    TimeSpread,
+    canary_error,
+    dominant,
+    draw_sets,
+    published_error,
+    published_workload,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _number(text: str) -> float:
+    return float(text.replace("−", "-").replace("+", "").replace(",", ""))
+
+
+def test_the_published_table_is_the_documents() -> None:
+    # planner/whatif/uncertainty.py carries docs/live-validation.md's baseline: same figures
+    doc = (ROOT / "docs" / "live-validation.md").read_text()
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 8 or cells[0] not in PUBLISHED or not cells[1].isdigit():
+            continue
+        err = re.search(r"([+−-]?[\d.]+) %", cells[4])
+        cpu = re.search(r"\(([+−-]?[\d.]+) %\)", cells[6])
+        scans = re.search(r"\(([+−-]?[\d.]+) %\)", cells[7])
+        assert err, line
+        assert cpu, line
+        assert scans, line
+        rows.setdefault(cells[0], []).append(
+            (
+                _number(err.group(1)) / 100,
+                _number(cpu.group(1)) / 100,
+                _number(scans.group(1)) / 100,
+            )
+        )
+    assert set(rows) == set(PUBLISHED)
+    for name, runs in PUBLISHED.items():
+        assert [r[0] for r in rows[name]] == pytest.approx(list(runs.pages_sharing_errors))
+        assert [r[1] for r in rows[name]] == pytest.approx(list(runs.ksmd_cpu_errors))
+        assert [r[2] for r in rows[name]] == pytest.approx(list(runs.full_scan_errors))
+    spread = re.search(r"steady\s+`pages_sharing` ([^;]+);", doc)
+    assert spread is not None
+    named = {"PostgreSQL": "postgres", "churn": "churn", "Django": "django", "Node": "node"}
+    found = {who: v for v, who in re.findall(r"([\d.]+) % (\w+)", spread.group(1)) if who in named}
+    assert set(found) == set(named)
+    for who, value in found.items():
+        assert PUBLISHED[named[who]].truth_spread == pytest.approx(float(value) / 100)
+
+
+def test_published_error_of_the_traced_workload_or_of_all() -> None:
+    assert published_workload({"workload": "django-gunicorn"}) == "django"
+    assert published_workload({"workload": "djangoish"}) is None
+    assert published_workload({}) is None
+    django = published_error({"workload": "django-gunicorn"})
+    assert django.source == "published"
+    assert django.ratios == pytest.approx([1 / 1.283, 1 / 1.285, 1 / 1.245])
+    assert django.point == pytest.approx(1 / 1.283)
+    every = published_error({})
+    assert len(every.ratios) == 12
+    assert min(every.ratios) == pytest.approx(1 / 1.723)
+    assert max(every.ratios) == pytest.approx(1 / (1 - 0.456))
+    assert "4 workloads" in every.basis
+    # the band covers every run, widened by the kernel's own run-to-run spread
+    assert every.low < min(every.ratios) < max(every.ratios) < every.high
+
+
+def test_canary_error_takes_the_second_half() -> None:
+    t = (0.0, 10.0, 20.0, 30.0, 40.0)
+    obs = ObservedComparison(
+        scenario_id="s01",
+        host="h",
+        source="host canary",
+        knobs_match=True,
+        knob_differences={},
+        t_s=t,
+        observed=CounterSeries((0.0, 50.0, 80.0, 90.0, 70.0)),
+        predicted=CounterSeries((0.0, 100.0, 100.0, 100.0, 100.0)),
+    )
+    err = canary_error(obs, {"workload": "django-gunicorn"})
+    assert err is not None
+    assert err.source == "canary"
+    assert err.ratios == (0.8, 0.9, 0.7)  # t >= 20 s
+    assert err.point == pytest.approx(0.8)
+    assert err.noise == PUBLISHED["django"].truth_spread
+    empty = ObservedComparison(
+        "s01", "h", "x", True, {}, t, CounterSeries((0.0,) * 5), CounterSeries((0.0,) * 5)
+    )
+    assert canary_error(empty, {}) is None
+
+
+def test_time_spread_leaves_out_the_first_snapshot() -> None:
+    spread = TimeSpread.of((0.0, 10.0, 20.0, 30.0), (50, 90, 110, 100))
+    assert spread.ratios == (0.9, 1.1, 1.0)
+    assert (spread.low, spread.high) == (0.9, 1.1)
+    assert TimeSpread.of((0.0,), (0,)).ratios == (1.0,)
+
+
+def test_draws_are_deterministic_and_vary_one_source_each() -> None:
+    plan = plan_capacity(CapacityInputs(host_mem_bytes=64 << 30, worker_file_bytes=0))
+    reps = [GrowthFit(0, 256, 0, 256 - s, eligible_b=256) for s in (32, 64, 96)]
+    err = published_error({})
+    time = TimeSpread((10.0, 20.0), (0.95, 1.0))
+    point, sets = draw_sets(replicates=reps, model=err, time=time, plan=plan, seed=3)
+    again = draw_sets(replicates=reps, model=err, time=time, plan=plan, seed=3)
+    assert (point, sets) == again
+    assert point.saving_factor == pytest.approx(err.point)
+    assert point.growth is None
+    assert {d.growth for d in sets["sampling"]} <= set(reps)
+    assert all(d.saving_factor == point.saving_factor for d in sets["sampling"])
+    assert len({d.saving_factor for d in sets["model"]}) > 1
+    assert all(d.growth is None for d in sets["model"])
+    assert all(
+        0.95 * point.saving_factor <= d.saving_factor <= point.saving_factor for d in sets["time"]
+    )
+    # configuration: the assumed inputs move (the file-backed one was given: 0), CPUs too
+    worker = {d.worker_extra_bytes for d in sets["configuration"]}
+    assert len(worker) > 1
+    assert {d.host_cpus for d in sets["configuration"]} != {point.host_cpus}
+    assert len(sets["combined"]) == 200  # at least 200 draws, however few replicates
+    assert np.isfinite([d.saving_factor for d in sets["combined"]]).all()
+
+
+def test_dominant_is_the_widest() -> None:
+    iv = [
+        SourceInterval("sampling", 0.1, 0.2, 1, 2, ""),
+        SourceInterval("model", 0.0, 0.4, 1, 2, ""),
+        SourceInterval("combined", -1.0, 1.0, 1, 2, ""),
+    ]
+    assert dominant(iv) == "model"
+    assert dominant([SourceInterval("time", 0.1, 0.1, 1, 1, "")]) is None
