@@ -43,7 +43,16 @@ from planner.engine.result import (
     counters_from_row,
     truth_from_row,
 )
-from planner.engine.timing import NS_PER_S, AdvisorState, advisor_step, sleep_ns
+from planner.engine.timing import (
+    KSMD_NICE,
+    NS_PER_S,
+    SHARE_ONE_PPM,
+    AdvisorState,
+    HostLoad,
+    advisor_step,
+    cpu_of_wall_ns,
+    sleep_ns,
+)
 
 if TYPE_CHECKING:
     from planner.engine.cost import CostProfile
@@ -190,7 +199,7 @@ class Driver:
         self.inp = inp
         self.k = knobs
         self.opts = opts
-        self.cost = opts.cost
+        self._busy_host(opts, inp)
         self.progress = progress
         self.writes = writes
         self.page_size = inp.page_size
@@ -219,6 +228,39 @@ class Driver:
         self.scan_cpu0 = self.cpu_ns
         self.scan_batches = 0
         self.scan_pts = self.pages_to_scan
+
+    # ------------------------------------------------------------------ busy host
+
+    def _busy_host(self, opts: ReplayOptions, inp: ReplayInput) -> None:
+        """ksmd's CPU share and the per-page costs under the load (docs/busy-host.md).
+
+        The load is the one given (``opts.host_load``), else the one the trace recorded,
+        else an idle host. ``cost`` holds the CPU costs under that load (what the result
+        books as ksmd's CPU); ``wall`` the same costs stretched by ``1 / share`` (what the
+        engines' clocks advance by while a batch runs). Sleeps stay wall time.
+        """
+        recorded = inp.meta.get("host_load")
+        if opts.host_load is not None:
+            self.load = opts.host_load
+        elif isinstance(recorded, HostLoad):
+            self.load = recorded
+        else:
+            self.load = HostLoad.idle(
+                "the trace recorded no CPU load (version 1): an idle host assumed"
+            )
+        self.cost = opts.cost.under_load(self.load.runnable_per_cpu)
+        self.share_ppm = self.load.share_ppm(opts.cost.sched_contention)
+        self.wall = self.cost.stretched(self.share_ppm)
+
+    def host_load_record(self) -> dict[str, object]:
+        """The load assumed, its source, ksmd's CPU share and the cost factor (JSON-ready)."""
+        return {
+            **self.load.to_dict(),
+            "ksmd_nice": KSMD_NICE,
+            "ksmd_cpu_share": self.share_ppm / SHARE_ONE_PPM,
+            "sched_contention": self.opts.cost.sched_contention,
+            "cost_factor": self.opts.cost.load_factor(self.load.runnable_per_cpu),
+        }
 
     # ------------------------------------------------------------------ sampling
 
@@ -353,10 +395,10 @@ class Driver:
             t0_ns=t,
             starts_scan=starts,
             pages_to_scan=self.pages_to_scan,
-            cost=self.cost,
-            path_costs_ns=self.cost.path_costs(self.tree_pages_for_cost),
-            batch_overhead_ns=self.cost.batch_overhead_ns,
-            scan_start_ns=self.cost.scan_start_ns if starts else 0,
+            cost=self.wall,
+            path_costs_ns=self.wall.path_costs(self.tree_pages_for_cost),
+            batch_overhead_ns=self.wall.batch_overhead_ns,
+            scan_start_ns=self.wall.scan_start_ns if starts else 0,
             sleep_ns=self.sleep,
             boundary_ns=boundary,
             horizon=self._horizon(boundary),
@@ -373,7 +415,7 @@ class Driver:
             costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
             self.path_visits += run.paths[j]
             self.path_cpu_ns += run.paths[j] * costs
-            self.cpu_ns += int(run.cpu_ns[begin : last + 1].sum())
+            self.cpu_ns += cpu_of_wall_ns(int(run.cpu_ns[begin : last + 1].sum()), self.share_ppm)
             self.batches += last + 1 - begin
             self.scan_batches += last + 1 - begin
             if j < run.scans_ended:
@@ -429,7 +471,7 @@ class Driver:
 
     def _result(self, end_ns: int) -> ReplayResult:
         row = self.core.state_row()
-        return assemble_result(
+        res = assemble_result(
             engine=self.core.name,
             knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
             inp=self.inp,
@@ -449,6 +491,8 @@ class Driver:
             snapshot_applied_ns=self.snapshot_applied_ns,
             final_node_members=self.core.node_members(),
         )
+        res.provenance["host_load"] = self.host_load_record()
+        return res
 
 
 __all__ = [

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from planner.engine.cost import CostProfile
-from planner.engine.timing import NS_PER_S
+from planner.engine.timing import NS_PER_S, HostLoad
 from planner.errors import KnobError
 
 Alignment = Literal["time", "scan"]
@@ -53,6 +53,9 @@ class ReplayOptions:
     snapshot_alignment: Alignment = "time"
     snapshot_scans: tuple[int, ...] | None = None
     cost: CostProfile = field(default_factory=CostProfile.default)
+    #: The CPU load ksmd competes with; ``None``: the load the trace recorded, else an idle
+    #: host (docs/busy-host.md).
+    host_load: HostLoad | None = None
 
     def __post_init__(self) -> None:
         if self.duration_s is not None and not self.duration_s > 0:

@@ -47,6 +47,7 @@ from planner.trace.schema import PageFlag
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from planner.engine.timing import HostLoad
     from planner.trace.io import HostTrace, Trace
 
 I32 = npt.NDArray[np.int32]
@@ -581,6 +582,13 @@ def prepare_trace(
     return _prepare(ht, trace.iter_snapshot_pages(host, columns), resolver, include_mms)
 
 
+def _load(ht: HostTrace) -> HostLoad | None:
+    """The CPU load the trace recorded (version 2), for the time model."""
+    from planner.engine.timing import recorded_load
+
+    return recorded_load(ht.intervals())
+
+
 def _prepare(
     ht: HostTrace,
     pages: Iterable[tuple[int, pa.Table]],
@@ -616,7 +624,7 @@ def _prepare(
         hz=int(hz) if hz else None,
         trace_hash=ht.trace_hash,
         mms=procs.mms,
-        meta={k: v for k, v in meta.items() if k != "zero_hash"},
+        meta={k: v for k, v in meta.items() if k != "zero_hash"} | {"host_load": _load(ht)},
     )
     empty = ht.pages.schema.empty_table()
     stream = iter(pages)

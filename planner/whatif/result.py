@@ -397,6 +397,8 @@ class SweepOptions:
     grid_s: float | None
     snapshot_alignment: str
     cost_profile: str
+    host_load: dict[str, Any] | None = None
+    """Per host: the CPU load ksmd was replayed against and where it came from."""
 
 
 @dataclass

@@ -60,7 +60,27 @@ if TYPE_CHECKING:
     from planner.trace.recording import ObservedTimeline
     from planner.whatif.capacity import CapacityInputs
 
-_OPTION_FIELDS = ("duration_s", "settle_scans", "max_scans", "grid_s", "snapshot_alignment")
+_OPTION_FIELDS = (
+    "duration_s",
+    "settle_scans",
+    "max_scans",
+    "grid_s",
+    "snapshot_alignment",
+    "host_load",
+)
+
+
+def _host_load(trace: Trace, host: str, opts: ReplayOptions) -> dict[str, Any]:
+    """The CPU load the replays of ``host`` assume: given, recorded by the trace, or idle."""
+    from planner.engine.timing import HostLoad, recorded_load
+    from planner.trace.views import intervals
+
+    if opts.host_load is not None:
+        return opts.host_load.to_dict()
+    snaps = trace.read_table(host, "snapshots")
+    rec = recorded_load(intervals(snaps, trace.read_table(host, "processes")))
+    idle = HostLoad.idle("the trace recorded no CPU load (version 1): an idle host assumed")
+    return (rec or idle).to_dict()
 
 
 def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
@@ -285,7 +305,8 @@ def run_whatif(
         comparison = compare_observed(obs, scenarios, scenario_id=observed_scenario)  # type: ignore[arg-type]
         warnings += comparison.notes
     options = SweepOptions(
-        **{k: v for k, v in opt_items},
+        **{k: v for k, v in opt_items if k != "host_load"},
+        host_load={h: _host_load(tr, h, opts) for h in host_list},
         cost_profile=(cost_profile or CostProfile.default()).name,
     )
     return WhatIfResult(
