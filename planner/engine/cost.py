@@ -148,13 +148,16 @@ class CostProfile:
         scaled: dict[str, Any] = {n: scale(getattr(self, n)) for n in _CPU_FIELDS}
         return replace(self, **scaled)
 
+    def scaled(self, factor: float) -> CostProfile:
+        """Every CPU cost (per page, per batch, per scan start) times ``factor``."""
+        if factor == 1.0:
+            return self
+        return self._scaled(lambda ns: round(ns * factor))
+
     def under_load(self, runnable_per_cpu: float) -> CostProfile:
         """The CPU costs with ``runnable_per_cpu`` other runnable tasks per CPU (this
         profile itself on an idle host)."""
-        f = self.load_factor(runnable_per_cpu)
-        if f == 1.0:
-            return self
-        return self._scaled(lambda ns: round(ns * f))
+        return self.scaled(self.load_factor(runnable_per_cpu))
 
     def stretched(self, share_ppm: int) -> CostProfile:
         """The same costs as wall time at a CPU share of ``share_ppm`` (ppm): what the
