@@ -136,7 +136,8 @@ def _host_load(text: str) -> HostLoadChoice:
         return float(text)
     except ValueError:
         raise UsageProblem(
-            f"--host-load {text!r}", hint="use recorded, observed, idle or a number of tasks per CPU"
+            f"--host-load {text!r}",
+            hint="use recorded, observed, idle or a number of tasks per CPU",
         ) from None
 
 
