@@ -46,7 +46,8 @@ def test_weights_are_the_kernels_table() -> None:
     assert len(SCHED_PRIO_TO_WEIGHT) == 40
     assert nice_weight(0) == 1024
     assert nice_weight(KSMD_NICE) == 335
-    assert nice_weight(-20) == 88761 and nice_weight(19) == 15
+    assert nice_weight(-20) == 88761
+    assert nice_weight(19) == 15
     # each nice level weighs about 1.25x the next one (the kernel's "10 % per level")
     ratios = np.array(SCHED_PRIO_TO_WEIGHT[:-1]) / np.array(SCHED_PRIO_TO_WEIGHT[1:])
     assert np.all((ratios > 1.19) & (ratios < 1.31))
@@ -93,9 +94,11 @@ def test_host_load_checks_and_sources() -> None:
         HostLoad(-0.5, "given")
     with pytest.raises(ValueError):
         HostLoad(float("inf"), "given")
-    assert HostLoad.idle().source == "assumed" and HostLoad.idle().runnable_per_cpu == 0
+    assert HostLoad.idle().source == "assumed"
+    assert HostLoad.idle().runnable_per_cpu == 0
     g = HostLoad.given(2.5)
-    assert g.source == "given" and g.to_dict()["runnable_per_cpu"] == 2.5
+    assert g.source == "given"
+    assert g.to_dict()["runnable_per_cpu"] == 2.5
 
 
 # ---------------------------------------------------------------------- the recorded load
@@ -125,7 +128,8 @@ def test_recorded_load_is_the_time_weighted_mean_less_the_sampler() -> None:
         ]
     )  # fmt: skip
     load = recorded_load(intervals(snaps, procs))
-    assert load is not None and load.source == "measured"
+    assert load is not None
+    assert load.source == "measured"
     # (3-1)/2 = 1 for 1 s, (9-1)/2 = 4 for 3 s
     assert load.runnable_per_cpu == pytest.approx((1 * 1 + 4 * 3) / 4)
     assert load.busy_share == pytest.approx((1.0 * 1 + 0.5 * 3) / 4)
@@ -135,7 +139,8 @@ def test_recorded_load_is_the_time_weighted_mean_less_the_sampler() -> None:
           "cpus_online": 4, "interval_cpu_busy_share": 0.1}]
     )  # fmt: skip
     idle = recorded_load(intervals(snaps, procs))
-    assert idle is not None and idle.runnable_per_cpu == 0.0
+    assert idle is not None
+    assert idle.runnable_per_cpu == 0.0
 
 
 def test_a_version_1_trace_records_no_load() -> None:
@@ -152,12 +157,14 @@ def test_load_factor_and_profiles() -> None:
     assert p.load_factor(0.5) == pytest.approx(2.0)
     assert p.load_factor(1.0) == p.load_factor(8.0) == pytest.approx(3.0)
     loaded = p.under_load(5.0)
-    assert loaded.merge_ns == 3 * p.merge_ns and loaded.batch_overhead_ns == 3 * p.batch_overhead_ns
+    assert loaded.merge_ns == 3 * p.merge_ns
+    assert loaded.batch_overhead_ns == 3 * p.batch_overhead_ns
     assert loaded.wake_latency_ns == p.wake_latency_ns  # a wall time, not CPU
     wall = p.stretched(250_000)
     assert wall.first_visit_ns == 4 * p.first_visit_ns
     assert wall.wake_latency_ns == p.wake_latency_ns
-    assert p.under_load(0.0) is p and p.stretched(SHARE_ONE_PPM) == p
+    assert p.under_load(0.0) is p
+    assert p.stretched(SHARE_ONE_PPM) == p
 
 
 def test_profiles_without_busy_terms_still_load(tmp_path: Path) -> None:
@@ -166,7 +173,8 @@ def test_profiles_without_busy_terms_still_load(tmp_path: Path) -> None:
     f = tmp_path / "old.json"
     f.write_text(json.dumps(d))
     old = CostProfile.load(f)
-    assert old.sched_contention == 1.0 and old.busy_page_factor == 1.0
+    assert old.sched_contention == 1.0
+    assert old.busy_page_factor == 1.0
 
 
 @pytest.mark.parametrize(
@@ -212,7 +220,8 @@ def test_a_busy_host_stretches_batches_not_sleeps_and_keeps_the_cpu(inp) -> None
         assert b_scan.scan_time_s == pytest.approx(i_sleeps + i_scan.cpu_s / share, rel=1e-4)
     assert busy.duration_s == pytest.approx(slept + busy.cost.cpu_s / share, rel=0.02)
     rec = busy.provenance["host_load"]
-    assert rec["source"] == "given" and rec["ksmd_cpu_share"] == pytest.approx(share, abs=1e-6)
+    assert rec["source"] == "given"
+    assert rec["ksmd_cpu_share"] == pytest.approx(share, abs=1e-6)
     assert idle.provenance["host_load"]["source"] == "assumed"
     assert idle.provenance["host_load"]["ksmd_cpu_share"] == 1.0
 
@@ -251,4 +260,5 @@ def test_both_engines_share_the_time_model(inp, load: float, pts: int) -> None: 
     a = replay(inp, knobs=knobs, options=opts, engine="reference")
     b = replay(inp, knobs=knobs, options=opts, engine="vectorized")
     assert [s.t_s for s in a.scans] == [s.t_s for s in b.scans]
-    assert a.cost.cpu_s == b.cost.cpu_s and a.final_counters == b.final_counters
+    assert a.cost.cpu_s == b.cost.cpu_s
+    assert a.final_counters == b.final_counters

@@ -82,7 +82,8 @@ def test_the_calibration_recovers_the_real_costs_and_share(
     assert cal.profile.merge_ns == pytest.approx(REAL.merge_ns, rel=0.03)
     # the written profile is one replay accepts, and it reproduces the "real" ksmd
     prof = CostProfile.load(out)
-    assert prof.provenance is not None and prof.provenance["host_load"]["source"] == "given"
+    assert prof.provenance is not None
+    assert prof.provenance["host_load"]["source"] == "given"
     inp = prepare(open_trace(trace).load_host())
     opts = ReplayOptions(duration_s=20.0, cost=prof, host_load=LOAD)
     real = replay(inp, knobs=KNOBS, options=replace(opts, cost=REAL))
@@ -145,11 +146,14 @@ def test_solve_contention() -> None:
 
 def test_cli_needs_both_inputs_and_a_load(cli: CliRunner, trace: Path, observed: Path) -> None:
     code, _, err = cli(["calibrate", "--trace", str(trace)])
-    assert code == 2 and "--observed" in err
+    assert code == 2
+    assert "--observed" in err
     code, _, err = cli(["calibrate", "--trace", str(trace), "--observed", str(observed)])
-    assert code == 2 and "--host-load" in err
+    assert code == 2
+    assert "--host-load" in err
     code, _, err = cli(["calibrate", "--host-load", "2"])
-    assert code == 2 and "--trace" in err
+    assert code == 2
+    assert "--trace" in err
 
 
 def test_cli_writes_the_profile(
@@ -161,8 +165,11 @@ def test_cli_writes_the_profile(
     assert code == 0, err
     doc = json.loads(stdout)
     assert doc["cost_scale"] == pytest.approx(1.8, rel=0.03)
-    assert doc["written"] == str(out) and CostProfile.load(out).name == doc["profile"]["name"]
+    assert doc["written"] == str(out)
+    assert CostProfile.load(out).name == doc["profile"]["name"]
     code, _, err = cli([*args, "--out", str(out)])
     assert code == 2  # an existing output is refused
     code, _, err = cli([*args])
-    assert code == 0 and "x1.8" in err and "not saved" in err
+    assert code == 0
+    assert "x1.8" in err
+    assert "not saved" in err
