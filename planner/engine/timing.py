@@ -1,8 +1,8 @@
 """ksmd's clock: jiffies, the timer wheel, the batch period, and the scan-time advisor.
 
 All model time is integer nanoseconds so that both engines compute identical timelines.
-See docs/kernel-semantics.md §4.4 (batch period) and §8 (advisor); ksmd's CPU share on a
-busy host (a batch's CPU stretched into wall time) is docs/busy-host.md.
+ksmd's CPU share on a busy host (a batch's CPU stretched into wall time) is
+docs/busy-host.md; the batch period and the advisor are docs/kernel-semantics.md §4.4 and §8.
 """
 
 from __future__ import annotations
