@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from planner.engine.registration import Resolver
+
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
 FULL_SIZES: Final = (1000, 10000, 100000, 300000)
 QUICK_SIZES: Final = (1000, 4000, 16000)
@@ -952,6 +954,7 @@ def calibrate_workload(
     host: str | None = None,
     base: CostProfile | None = None,
     host_load: HostLoad | None = None,
+    resolver: Resolver | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> WorkloadCalibration:
@@ -963,8 +966,9 @@ def calibrate_workload(
     knobs, under ``host_load`` (default: the load the trace recorded), with ``base`` (the
     shipped profile by default); every CPU cost of ``base`` is then scaled by real over
     modelled CPU per scanned page, and ``sched_contention`` is solved so that the modelled
-    share of a CPU is the one the batch period shows. No KSM lease is needed: nothing is
-    written to the kernel.
+    share of a CPU is the one the batch period shows. ``resolver`` says which processes
+    and mappings are registered (default: every process prctl, as ``replay``). No KSM
+    lease is needed: nothing is written to the kernel.
 
     Raises
     ------
@@ -1003,7 +1007,7 @@ def calibrate_workload(
         knobs = KsmKnobs.for_hz(hz).with_(
             pages_to_scan=real.pages_to_scan, sleep_ms=real.sleep_ms, smart_scan=real.smart_scan
         )
-        inp = prepare(ht)
+        inp = prepare(ht, resolver=resolver)
         probe = replace(base, sched_contention=contention)
         scale = 1.0
         model_ns: list[float] = []
