@@ -7,6 +7,12 @@ next event, samples the time grid from the engine's per-batch state rows, runs t
 scan-time advisor after each full scan and records it, and stops after the settle scans or
 the duration. The result is assembled by :func:`planner.engine.result.assemble_result`.
 
+**ksmd on a busy host** (docs/busy-host.md). ksmd gets only its scheduler share of a CPU
+against the load the trace recorded (or the one given): the driver hands the engines the
+cost profile stretched by ``1 / share`` (:meth:`CostProfile.stretched`), so a batch lasts
+its CPU divided by the share in wall time while the sleeps stay as they are, and books
+the unstretched CPU. The engines need not know: the time model is the driver's.
+
 The two engines differ only behind :class:`Core`: the reference model runs one page at a
 time in Python, the fast engine a compiled kernel; the driver cannot tell them apart.
 
@@ -68,9 +74,10 @@ NEVER = (1 << 63) - 1
 class BatchPlan:
     """What the driver asks of one :meth:`Core.run` call.
 
-    Run batches from ``t0_ns`` (a batch's CPU is ``batch_overhead_ns`` plus, for the batch
-    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``; the next
-    batch starts ``sleep_ns`` after it ends) until the full scan ends or the next batch
+    Run batches from ``t0_ns`` (a batch lasts ``batch_overhead_ns`` plus, for the batch
+    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``: wall
+    time, ksmd's CPU stretched by its share of a busy host; the next batch starts
+    ``sleep_ns`` after it ends) until the full scan ends or the next batch
     would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
     this scan (see :class:`Horizon`).
     """
@@ -108,6 +115,9 @@ class Horizon:
 @dataclass
 class BatchRun:
     """What one :meth:`Core.run` call did: per batch its start time, CPU and state row.
+
+    ``cpu_ns`` is in the plan's costs: on a busy host the stretched (wall) duration of each
+    batch, which the driver turns back into CPU.
 
     ``scans_ended`` is the number of full scans that ended in it (0 or 1 for one scan; more
     when an engine ran whole scans ahead), each at the batch given by ``scan_end_batches``.
