@@ -87,6 +87,7 @@ def _hogs(n: int) -> Iterator[None]:
 
 
 def _run(lease: KsmLease, out: Path, hogs: int) -> Run:
+    out.mkdir(parents=True)
     lease.reset({"pages_to_scan": PTS, "sleep_millisecs": SLEEP_MS, "smart_scan": 1})
     holders: list[Holder] = []
     rng = np.random.default_rng(11)
