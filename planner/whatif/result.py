@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from planner.engine.knobs import KsmKnobs
+    from planner.engine.timing import HostLoad
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.whatif.capacity import CapacityEstimate, CapacityInputs
@@ -397,7 +398,7 @@ class SweepOptions:
     grid_s: float | None
     snapshot_alignment: str
     cost_profile: str
-    host_load: dict[str, Any] | None = None
+    host_load: dict[str, HostLoad] | None = None
     """Per host: the CPU load ksmd was replayed against and where it came from."""
 
 

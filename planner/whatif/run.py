@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
+    from planner.engine.timing import HostLoad
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.trace.recording import ObservedTimeline
@@ -70,17 +71,16 @@ _OPTION_FIELDS = (
 )
 
 
-def _host_load(trace: Trace, host: str, opts: ReplayOptions) -> dict[str, Any]:
+def _host_load(trace: Trace, host: str, opts: ReplayOptions) -> HostLoad:
     """The CPU load the replays of ``host`` assume: given, recorded by the trace, or idle."""
     from planner.engine.timing import HostLoad, recorded_load
     from planner.trace.views import intervals
 
     if opts.host_load is not None:
-        return opts.host_load.to_dict()
+        return opts.host_load
     snaps = trace.read_table(host, "snapshots")
     rec = recorded_load(intervals(snaps, trace.read_table(host, "processes")))
-    idle = HostLoad.idle("the trace recorded no CPU load (version 1): an idle host assumed")
-    return (rec or idle).to_dict()
+    return rec or HostLoad.idle("the trace recorded no CPU load (version 1): an idle host assumed")
 
 
 def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
