@@ -849,6 +849,8 @@ class KsmdWindow:
     pages_to_scan: int
     sleep_ms: int
     smart_scan: bool
+    max_page_sharing: int | None = None
+    use_zero_pages: bool | None = None
 
     @property
     def batches(self) -> float:
@@ -880,8 +882,10 @@ def ksmd_window(counters: Any) -> KsmdWindow:
     on = counters[counters["run"] == 1]
     if len(on) >= 2:
         first = on.iloc[0]
-        keys = ("pages_to_scan", "sleep_millisecs", "smart_scan")
-        same = (on[list(keys)] == first[list(keys)]).all(axis=1).to_numpy()
+        keys = [
+            k for k in (*_WINDOW_KNOBS, *_OTHER_KNOBS) if k in on.columns and not on[k].isna().any()
+        ]
+        same = (on[keys] == first[keys]).all(axis=1).to_numpy()
         stop = int(np.argmin(same)) if not same.all() else len(on)
         on = on.iloc[:stop]
     if len(on) < 2 or on["ksmd_runtime_ns"].isna().any():
@@ -906,7 +910,19 @@ def ksmd_window(counters: Any) -> KsmdWindow:
         pages_to_scan=int(a["pages_to_scan"]),
         sleep_ms=int(a["sleep_millisecs"]),
         smart_scan=bool(a["smart_scan"]),
+        max_page_sharing=_knob(a, "max_page_sharing"),
+        use_zero_pages=None if (v := _knob(a, "use_zero_pages")) is None else bool(v),
     )
+
+
+#: Knobs a recording's ksmd window must hold constant (the first three are required).
+_WINDOW_KNOBS = ("pages_to_scan", "sleep_millisecs", "smart_scan")
+_OTHER_KNOBS = ("max_page_sharing", "use_zero_pages", "merge_across_nodes")
+
+
+def _knob(row: Any, name: str) -> int | None:
+    v = row.get(name)
+    return None if v is None or v != v else int(v)  # v != v: NaN
 
 
 def solve_contention(share: float, runnable_per_cpu: float, fallback: float) -> float:
@@ -1004,8 +1020,16 @@ def calibrate_workload(
         cpu_batch_ns = real.cpu_s * NS_PER_S / real.batches
         share = min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
         contention = solve_contention(share, load.runnable_per_cpu, base.sched_contention)
+        more: dict[str, Any] = {}
+        if real.max_page_sharing is not None:
+            more["max_page_sharing"] = real.max_page_sharing
+        if real.use_zero_pages is not None:
+            more["use_zero_pages"] = real.use_zero_pages
         knobs = KsmKnobs.for_hz(hz).with_(
-            pages_to_scan=real.pages_to_scan, sleep_ms=real.sleep_ms, smart_scan=real.smart_scan
+            pages_to_scan=real.pages_to_scan,
+            sleep_ms=real.sleep_ms,
+            smart_scan=real.smart_scan,
+            **more,
         )
         inp = prepare(ht, resolver=resolver)
         probe = replace(base, sched_contention=contention)
