@@ -32,7 +32,13 @@ from typing import Any, cast
 
 from planner.errors import PlannerError, UsageProblem
 from planner.provenance import HostInfo, tool_version
-from planner.testing.live.compare import ALIGNMENTS, Alignment, CompareOptions, compare_run
+from planner.testing.live.compare import (
+    ALIGNMENTS,
+    Alignment,
+    CompareOptions,
+    HostLoadChoice,
+    compare_run,
+)
 from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
 from planner.testing.live.workloads import MAIN_WORKLOADS, WORKLOADS, make_params
 
@@ -106,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     c.add_argument("--engine", default="vectorized", choices=("vectorized", "reference"))
     c.add_argument("--cost-profile", help="a cost profile of 'ksm-planner calibrate'")
+    c.add_argument(
+        "--host-load",
+        default="recorded",
+        help="CPU load the replay gives ksmd: recorded (the trace's, else the run's capture "
+        "window; default), observed (the observation window's), idle, or other runnable "
+        "tasks per CPU",
+    )
     c.add_argument("--first-window", type=float, default=60.0, help="seconds for CPU/full scans")
     c.add_argument(
         "--calibrate-writes",
@@ -132,6 +145,18 @@ def _params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _host_load(text: str) -> HostLoadChoice:
+    if text in ("recorded", "observed", "idle"):
+        return cast("HostLoadChoice", text)
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageProblem(
+            f"--host-load {text!r}",
+            hint="use recorded, observed, idle or a number of tasks per CPU",
+        ) from None
+
+
 def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for al in [a.strip() for a in args.alignment.split(",") if a.strip()]:
@@ -141,6 +166,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
             calibrate_writes=args.calibrate_writes,
+            host_load=_host_load(args.host_load),
         )
         cmp = compare_run(run, opts)
         log(cmp.summary())

@@ -186,6 +186,18 @@ CostProfileOption = Annotated[
     Path | None,
     typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
 ]
+HostLoadOption = Annotated[
+    float | None,
+    typer.Option(
+        "--host-load",
+        metavar="RUNNABLE_PER_CPU",
+        help="CPU load ksmd (nice 5) competes with: other runnable tasks per CPU (0: idle; "
+        "1: every CPU busy with one task). Default: the load the trace recorded (an idle "
+        "host for version-1 traces).",
+        min=0.0,
+        max=1000.0,
+    ),
+]
 HostMem = Annotated[
     str | None,
     typer.Option("--host-mem", help="Memory of a host, e.g. 64GiB: computes the capacity."),
@@ -420,6 +432,7 @@ class WhatifArgs:
     confidence: Confidence = 0.9
     observed: Observed = None
     cost_profile: CostProfileOption = None
+    host_load: HostLoadOption = None
     settle_scans: SettleScans = None
     duration_s: Duration = None
     writes: WritesFlag = True

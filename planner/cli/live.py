@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from planner.cli._app import app
+from planner.cli._args import HostLoadOption
 from planner.cli._output import (
     ForceFlag,
     JsonFlag,
@@ -68,10 +69,37 @@ def calibrate_cmd(
         int | None,
         typer.Option("--hz", help="The kernel's CONFIG_HZ (default: read from its config).", min=1),
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Calibrate on a traced workload instead (with --observed; no KSM lease).",
+        ),
+    ] = None,
+    observed: Annotated[
+        Path | None,
+        typer.Option(
+            "--observed",
+            help="A recording of 'ksm-planner observe' of the real ksmd on the --trace workload.",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Host of --trace (if it holds several).")
+    ] = None,
+    base_profile: Annotated[
+        Path | None,
+        typer.Option("--cost-profile", help="Profile to scale with --trace (default: shipped)."),
+    ] = None,
+    host_load: HostLoadOption = None,
     force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure ksmd's CPU cost per page and code path on this host (real KSM, root).
+
+    With --trace and --observed, measure it on a workload instead: the real ksmd's CPU per
+    scanned page and batch period in the recording, against a replay of the trace under
+    the load it recorded (or --host-load: the load during the recording); the profile is
+    the base one scaled to match (docs/busy-host.md §4).
 
     Holder processes with chosen page contents are scanned by the real ksmd, one full scan
     per wake-up, and ksmd's CPU time is read from /proc/<ksmd>/schedstat. The profile
@@ -83,6 +111,16 @@ def calibrate_cmd(
     """
     from planner.kernel.calibrate import calibrate
 
+    if trace is not None or observed is not None:
+        _calibrate_workload(trace, observed, host, base_profile, host_load, out, force, as_json)
+        return
+    if base_profile is not None or host_load is not None or host is not None:
+        from planner.errors import UsageProblem
+
+        raise UsageProblem(
+            "--cost-profile, --host-load and --host calibrate on a workload",
+            hint="give --trace and --observed too",
+        )
     with (
         claim(out, kind="cost-profile", force=force, directory=False),
         progress() as bar,
@@ -99,6 +137,60 @@ def calibrate_cmd(
         emit_json(result.to_dict())
     else:
         _render_calibration(result)
+
+
+def _calibrate_workload(
+    trace: Path | None,
+    observed: Path | None,
+    host: str | None,
+    base_profile: Path | None,
+    host_load: float | None,
+    out: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    from planner.engine.cost import CostProfile
+    from planner.engine.timing import HostLoad
+    from planner.errors import UsageProblem
+    from planner.kernel.calibrate import calibrate_workload
+
+    if trace is None or observed is None:
+        raise UsageProblem(
+            "calibrating on a workload needs both --trace and --observed",
+            hint="record the real ksmd on the traced processes with 'ksm-planner observe'",
+        )
+    inputs = (trace, observed, base_profile)
+    with claim(out, kind="cost-profile", inputs=inputs, force=force, directory=False):
+        result = calibrate_workload(
+            trace,
+            observed,
+            host=host,
+            base=CostProfile.load(base_profile) if base_profile else None,
+            host_load=None if host_load is None else HostLoad.given(host_load),
+            out=out,
+            overwrite=force,
+        )
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    r = result.real
+    note(
+        f"real ksmd over {r.wall_s:.1f} s of the recording: {r.cpu_s:.2f} CPU s, "
+        f"{r.pages_scanned:,} pages scanned ({r.ns_per_page:,.0f} ns each), {r.full_scans} full "
+        f"scans, {100 * result.real_share:.1f} % of a CPU while it worked"
+    )
+    note(
+        f"model ({result.base}): {result.model_ns_per_page:,.0f} ns per scanned page under "
+        f"{result.load.runnable_per_cpu:.2f} other runnable tasks per CPU ({result.load.source})"
+    )
+    note(
+        f"profile {result.profile.name}: every CPU cost x{result.cost_scale:.2f}, "
+        f"sched_contention {result.profile.sched_contention:.2f}"
+    )
+    if result.written:
+        note(f"wrote {result.written} (use it with --cost-profile)")
+    else:
+        note("not saved: pass --out FILE to keep the profile")
 
 
 def _render_calibration(result: Calibration) -> None:

@@ -10,6 +10,7 @@ import typer
 from planner.cli._app import app
 from planner.cli._args import (
     CanaryOption,
+    HostLoadOption,
     PrctlAtChoice,
     PrctlAtOption,
     ReplayArgs,
@@ -85,6 +86,7 @@ def replay_cmd(
         Path | None,
         typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
     ] = None,
+    host_load: HostLoadOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -109,6 +111,7 @@ def replay_cmd(
     """
     from planner.cli._inputs import check_hosts, presets
     from planner.engine import CostProfile, ReplayOptions
+    from planner.engine.timing import HostLoad
     from planner.replay import replay_trace
 
     check_hosts(args.trace, [args.host] if args.host is not None else [])
@@ -121,6 +124,7 @@ def replay_cmd(
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
         writes=writes,
+        host_load=None if host_load is None else HostLoad.given(host_load),
     )
     inputs = (args.trace, policy, cost_profile, observed)
     with claim(out, kind="replay", inputs=inputs, force=force):
@@ -230,6 +234,13 @@ def _render(r: ReplayResult) -> None:
         f"{fmt(cost.mean_scan_time_s)}; time to 50/90/99 % of the final saving: {fmt(ttf['50'])} / "
         f"{fmt(ttf['90'])} / {fmt(ttf['99'])}"
     )
+    load = p.get("host_load")
+    if isinstance(load, dict):
+        note(
+            f"host load: {load['runnable_per_cpu']:.2f} other runnable tasks per CPU "
+            f"({load['source']}: {load['detail']}); ksmd's CPU share "
+            f"{100 * load['ksmd_cpu_share']:.1f} %, per-page cost x{load['cost_factor']:.2f}"
+        )
     procs = sorted(r.final_processes.items(), key=lambda kv: -kv[1]["ksm_process_profit"])
     if procs:
         pt = Table(

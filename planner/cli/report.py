@@ -46,6 +46,7 @@ def report_cmd(
 
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
+    from planner.engine.timing import HostLoad
     from planner.errors import UsageProblem
     from planner.report.inputs import ReviewGates, parse_duration, parse_share
     from planner.report.make import check_output, make_report
@@ -84,7 +85,10 @@ def report_cmd(
                 policy_sets=policy_sets,
                 grid=knob_grid,
                 replay_options=options_from(
-                    settle_scans=args.settle_scans, duration_s=args.duration_s, writes=args.writes
+                    settle_scans=args.settle_scans,
+                    duration_s=args.duration_s,
+                    writes=args.writes,
+                    host_load=None if args.host_load is None else HostLoad.given(args.host_load),
                 ),
                 cost_profile=profile,
                 capacity=capacity,

@@ -69,6 +69,7 @@ def whatif_cmd(
         raise UsageProblem("--json and --csv both print on stdout", hint="choose one")
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
+    from planner.engine.timing import HostLoad
     from planner.whatif.run import options_from, run_whatif
 
     check_hosts(args.trace, args.hosts or ())
@@ -78,7 +79,10 @@ def whatif_cmd(
     extrapolation = args.extrapolation(capacity)
     profile = CostProfile.load(args.cost_profile) if args.cost_profile is not None else None
     options = options_from(
-        settle_scans=args.settle_scans, duration_s=args.duration_s, writes=args.writes
+        settle_scans=args.settle_scans,
+        duration_s=args.duration_s,
+        writes=args.writes,
+        host_load=None if args.host_load is None else HostLoad.given(args.host_load),
     )
 
     def run(executor: Any) -> WhatIfResult:

@@ -6,19 +6,28 @@
 left by the previous full scan (pages_unshared at its end), so that both engines compute
 the same integer costs. The default profile ships with the package; ``ksm-planner
 calibrate`` measures one for a given host.
+
+**On a busy host** (docs/busy-host.md) two more terms apply, both from the load the trace
+recorded or the one given: every per-page, per-batch and per-scan cost is multiplied by
+``1 + (busy_page_factor - 1) * min(1, x)`` where ``x`` is the other runnable tasks per CPU
+(other tasks evict ksmd's caches between its batches, so each batch starts cold), and the
+CPU of a batch stretches into wall time by ``1 / share`` (:func:`planner.engine.timing.
+ksmd_cpu_share`, with ``sched_contention``). :meth:`CostProfile.under_load` and
+:meth:`CostProfile.stretched` give the two profiles the driver uses.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import InputDataError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 #: Code paths of one page visit, in the order of the per-path counters.
@@ -33,6 +42,22 @@ PATHS = (
     "zero_merge",  # mapped to the kernel zero page (use_zero_pages)
     # unchanged, not merged and not inserted (same physical page, THP pair, all dups full)
     "no_merge",
+)
+
+
+#: The CPU costs of a profile (what load scales and a CPU share stretches).
+_CPU_FIELDS = (
+    "ksm_page_ns",
+    "fork_join_ns",
+    "skip_ns",
+    "first_visit_ns",
+    "volatile_ns",
+    "unstable_base_ns",
+    "unstable_per_level_ns",
+    "merge_ns",
+    "zero_merge_ns",
+    "batch_overhead_ns",
+    "scan_start_ns",
 )
 
 
@@ -53,6 +78,12 @@ class CostProfile:
     batch_overhead_ns: int
     scan_start_ns: int
     wake_latency_ns: int
+    sched_contention: float = 1.0
+    """Share of the host's other runnable tasks ksmd really competes with (1.0: pure CFS
+    proportional share; docs/busy-host.md §2)."""
+    busy_page_factor: float = 1.0
+    """Per-page cost on a saturated host relative to these (idle, warm) costs (1.0: none;
+    docs/busy-host.md §3)."""
     description: str = ""
     source: str = ""
     provenance: dict[str, Any] | None = field(default=None, compare=False)
@@ -83,6 +114,12 @@ class CostProfile:
                 raise InputDataError(
                     f"cost profile field {f.name} must be a non-negative integer (ns), got {v!r}"
                 )
+        for name, low in (("sched_contention", 0.0), ("busy_page_factor", 1.0)):
+            v = getattr(prof, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= 100:
+                raise InputDataError(
+                    f"cost profile field {name} must be a number in [{low:g}, 100], got {v!r}"
+                )
         return prof
 
     @classmethod
@@ -102,6 +139,32 @@ class CostProfile:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
+
+    def load_factor(self, runnable_per_cpu: float) -> float:
+        """Multiplier of every CPU cost with ``runnable_per_cpu`` other tasks per CPU."""
+        return 1.0 + (self.busy_page_factor - 1.0) * min(1.0, max(0.0, runnable_per_cpu))
+
+    def _scaled(self, scale: Callable[[int], int]) -> CostProfile:
+        scaled: dict[str, Any] = {n: scale(getattr(self, n)) for n in _CPU_FIELDS}
+        return replace(self, **scaled)
+
+    def scaled(self, factor: float) -> CostProfile:
+        """Every CPU cost (per page, per batch, per scan start) times ``factor``."""
+        if factor == 1.0:
+            return self
+        return self._scaled(lambda ns: round(ns * factor))
+
+    def under_load(self, runnable_per_cpu: float) -> CostProfile:
+        """The CPU costs with ``runnable_per_cpu`` other runnable tasks per CPU (this
+        profile itself on an idle host)."""
+        return self.scaled(self.load_factor(runnable_per_cpu))
+
+    def stretched(self, share_ppm: int) -> CostProfile:
+        """The same costs as wall time at a CPU share of ``share_ppm`` (ppm): what the
+        engines' clocks advance by while ksmd works (``wake_latency_ns`` is already wall)."""
+        from planner.engine.timing import stretch_ns
+
+        return self._scaled(lambda ns: stretch_ns(ns, share_ppm))
 
     def unstable_ns(self, tree_pages: int) -> int:
         """Cost of an unstable-tree insert into a tree of ``tree_pages`` items."""

@@ -7,6 +7,12 @@ next event, samples the time grid from the engine's per-batch state rows, runs t
 scan-time advisor after each full scan and records it, and stops after the settle scans or
 the duration. The result is assembled by :func:`planner.engine.result.assemble_result`.
 
+**ksmd on a busy host** (docs/busy-host.md). ksmd gets only its scheduler share of a CPU
+against the load the trace recorded (or the one given): the driver hands the engines the
+cost profile stretched by ``1 / share`` (:meth:`CostProfile.stretched`), so a batch lasts
+its CPU divided by the share in wall time while the sleeps stay as they are, and books
+the unstretched CPU. The engines need not know: the time model is the driver's.
+
 The two engines differ only behind :class:`Core`: the reference model runs one page at a
 time in Python, the fast engine a compiled kernel; the driver cannot tell them apart.
 
@@ -48,7 +54,16 @@ from planner.engine.result import (
     counters_from_row,
     truth_from_row,
 )
-from planner.engine.timing import NS_PER_S, AdvisorState, advisor_step, sleep_ns
+from planner.engine.timing import (
+    KSMD_NICE,
+    NS_PER_S,
+    SHARE_ONE_PPM,
+    AdvisorState,
+    HostLoad,
+    advisor_step,
+    cpu_of_wall_ns,
+    sleep_ns,
+)
 
 if TYPE_CHECKING:
     from planner.engine.cost import CostProfile
@@ -64,9 +79,10 @@ NEVER = (1 << 63) - 1
 class BatchPlan:
     """What the driver asks of one :meth:`Core.run` call.
 
-    Run batches from ``t0_ns`` (a batch's CPU is ``batch_overhead_ns`` plus, for the batch
-    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``; the next
-    batch starts ``sleep_ns`` after it ends) until the full scan ends or the next batch
+    Run batches from ``t0_ns`` (a batch lasts ``batch_overhead_ns`` plus, for the batch
+    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``: wall
+    time, ksmd's CPU stretched by its share of a busy host; the next batch starts
+    ``sleep_ns`` after it ends) until the full scan ends or the next batch
     would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
     this scan (see :class:`Horizon`).
     """
@@ -104,6 +120,9 @@ class Horizon:
 @dataclass
 class BatchRun:
     """What one :meth:`Core.run` call did: per batch its start time, CPU and state row.
+
+    ``cpu_ns`` is in the plan's costs: on a busy host the stretched (wall) duration of each
+    batch, which the driver turns back into CPU.
 
     ``scans_ended`` is the number of full scans that ended in it (0 or 1 for one scan; more
     when an engine ran whole scans ahead), each at the batch given by ``scan_end_batches``.
@@ -223,7 +242,7 @@ class Driver:
         self.inp = inp
         self.k = knobs
         self.opts = opts
-        self.cost = opts.cost
+        self._busy_host(opts, inp)
         self.progress = progress
         self.writes = writes
         self.page_size = inp.page_size
@@ -258,6 +277,39 @@ class Driver:
         #: with ``log_events``: every snapshot and write batch applied, in order, with the
         #: full scan (1-based) before which it came -- what ``validate --kernel`` reproduces
         self.event_log: list[Event] | None = [] if log_events else None
+
+    # ------------------------------------------------------------------ busy host
+
+    def _busy_host(self, opts: ReplayOptions, inp: ReplayInput) -> None:
+        """ksmd's CPU share and the per-page costs under the load (docs/busy-host.md).
+
+        The load is the one given (``opts.host_load``), else the one the trace recorded,
+        else an idle host. ``cost`` holds the CPU costs under that load (what the result
+        books as ksmd's CPU); ``wall`` the same costs stretched by ``1 / share`` (what the
+        engines' clocks advance by while a batch runs). Sleeps stay wall time.
+        """
+        recorded = inp.meta.get("host_load")
+        if opts.host_load is not None:
+            self.load = opts.host_load
+        elif isinstance(recorded, HostLoad):
+            self.load = recorded
+        else:
+            self.load = HostLoad.idle(
+                "the trace recorded no CPU load (version 1): an idle host assumed"
+            )
+        self.cost = opts.cost.under_load(self.load.runnable_per_cpu)
+        self.share_ppm = self.load.share_ppm(opts.cost.sched_contention)
+        self.wall = self.cost.stretched(self.share_ppm)
+
+    def host_load_record(self) -> dict[str, object]:
+        """The load assumed, its source, ksmd's CPU share and the cost factor (JSON-ready)."""
+        return {
+            **self.load.to_dict(),
+            "ksmd_nice": KSMD_NICE,
+            "ksmd_cpu_share": self.share_ppm / SHARE_ONE_PPM,
+            "sched_contention": self.opts.cost.sched_contention,
+            "cost_factor": self.opts.cost.load_factor(self.load.runnable_per_cpu),
+        }
 
     # ------------------------------------------------------------------ sampling
 
@@ -412,10 +464,10 @@ class Driver:
             t0_ns=t,
             starts_scan=starts,
             pages_to_scan=self.pages_to_scan,
-            cost=self.cost,
-            path_costs_ns=self.cost.path_costs(self.tree_pages_for_cost),
-            batch_overhead_ns=self.cost.batch_overhead_ns,
-            scan_start_ns=self.cost.scan_start_ns if starts else 0,
+            cost=self.wall,
+            path_costs_ns=self.wall.path_costs(self.tree_pages_for_cost),
+            batch_overhead_ns=self.wall.batch_overhead_ns,
+            scan_start_ns=self.wall.scan_start_ns if starts else 0,
             sleep_ns=self.sleep,
             boundary_ns=boundary,
             horizon=self._horizon(boundary),
@@ -432,7 +484,7 @@ class Driver:
             costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
             self.path_visits += run.paths[j]
             self.path_cpu_ns += run.paths[j] * costs
-            self.cpu_ns += int(run.cpu_ns[begin : last + 1].sum())
+            self.cpu_ns += cpu_of_wall_ns(int(run.cpu_ns[begin : last + 1].sum()), self.share_ppm)
             self.batches += last + 1 - begin
             self.scan_batches += last + 1 - begin
             if j < run.scans_ended:
@@ -488,7 +540,7 @@ class Driver:
 
     def _result(self, end_ns: int) -> ReplayResult:
         row = self.core.state_row()
-        return assemble_result(
+        res = assemble_result(
             engine=self.core.name,
             knobs={**self.k.to_dict(), "cost_profile": self.cost.name},
             inp=self.inp,
@@ -511,6 +563,8 @@ class Driver:
             cow_since_last_snapshot=self._cow_steady(end_ns),
             writes_modelled=self.writes is not NO_WRITES,
         )
+        res.provenance["host_load"] = self.host_load_record()
+        return res
 
     def _cow_steady(self, end_ns: int) -> tuple[int, float] | None:
         """Merges broken after the last snapshot and the time they took (None: no time)."""

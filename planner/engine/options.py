@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from planner.engine.cost import CostProfile
-from planner.engine.timing import NS_PER_S
+from planner.engine.timing import NS_PER_S, HostLoad
 from planner.errors import KnobError
 
 Alignment = Literal["time", "scan"]
@@ -58,6 +58,9 @@ class ReplayOptions:
     writes: bool = True
     #: the seed of the writes' phases (the same seed, the same replay)
     write_seed: int = 0
+    #: The CPU load ksmd competes with; ``None``: the load the trace recorded, else an idle
+    #: host (docs/busy-host.md).
+    host_load: HostLoad | None = None
 
     def __post_init__(self) -> None:
         if self.duration_s is not None and not self.duration_s > 0:

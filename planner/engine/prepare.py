@@ -62,6 +62,7 @@ from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from planner.engine.timing import HostLoad
     from planner.trace.io import HostTrace, Trace
 
 I32 = npt.NDArray[np.int32]
@@ -692,6 +693,13 @@ def prepare_trace(
     return _prepare(ht, pages, resolver, include_mms, prctl_at)
 
 
+def _load(ht: HostTrace) -> HostLoad | None:
+    """The CPU load the trace recorded (version 2), for the time model."""
+    from planner.engine.timing import recorded_load
+
+    return recorded_load(ht.intervals())
+
+
 def _prepare(
     ht: HostTrace,
     pages: Iterable[tuple[int, pa.Table]],
@@ -728,7 +736,8 @@ def _prepare(
         hz=ht.hz,
         trace_hash=ht.trace_hash,
         mms=procs.mms,
-        meta={k: v for k, v in meta.items() if k != "zero_hash"} | {"prctl_at": prctl_at},
+        meta={k: v for k, v in meta.items() if k != "zero_hash"}
+        | {"prctl_at": prctl_at, "host_load": _load(ht)},
     )
     empty = ht.pages.schema.empty_table()
     stream = iter(pages)

@@ -54,7 +54,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -63,10 +63,11 @@ from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.procfs import ProcessGone, ProcFS
 from planner.engine.cost import CostProfile
-from planner.engine.timing import NS_PER_S, sleep_ns
+from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns
 from planner.errors import (
     CapturePermissionError,
     EnvironmentProblem,
+    InputDataError,
     KernelUnsupportedError,
     UsageProblem,
 )
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     import numpy.typing as npt
+
+    from planner.engine.registration import Resolver
 
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
 FULL_SIZES: Final = (1000, 10000, 100000, 300000)
@@ -423,6 +426,9 @@ def fit_profile(
         ),
         source=METHOD,
         provenance=provenance,
+        # an idle host's calibration cannot measure the busy-host terms: keep the shipped ones
+        sched_contention=CostProfile.default().sched_contention,
+        busy_page_factor=CostProfile.default().busy_page_factor,
         **{k: round(v) for k, v in values.items()},
     )
     fit = {
@@ -817,3 +823,264 @@ def calibrate(
             target.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
             CostProfile.load(target)  # the written file is one that replay accepts
     return Calibration(profile, fit, m, written=str(out) if out else None)
+
+
+# ----------------------------------------------------------------------------- on a workload
+
+WORKLOAD_METHOD: Final = (
+    "ksm-planner calibrate --trace/--observed: the real ksmd's CPU (ksmd_runtime_ns) per page "
+    "handed to cmp_and_merge_page (pages_scanned) over a recording of the traced workload, "
+    "against a replay of the trace with the same knobs and load; every CPU cost of the base "
+    "profile scaled by their ratio; sched_contention solved from the real batch period "
+    "(docs/busy-host.md §4)"
+)
+
+
+@dataclass(frozen=True)
+class KsmdWindow:
+    """What a recording says the real ksmd did while it ran with constant knobs."""
+
+    start_s: float
+    wall_s: float
+    cpu_s: float
+    pages_scanned: int
+    pages_skipped: int
+    full_scans: int
+    pages_to_scan: int
+    sleep_ms: int
+    smart_scan: bool
+    max_page_sharing: int | None = None
+    use_zero_pages: bool | None = None
+
+    @property
+    def batches(self) -> float:
+        """Batches run: full ones plus the short one that ends each full scan."""
+        return self.pages_scanned / self.pages_to_scan + self.full_scans
+
+    @property
+    def ns_per_page(self) -> float:
+        """ksmd CPU per scanned page, ns."""
+        return self.cpu_s * NS_PER_S / self.pages_scanned
+
+
+def ksmd_window(counters: Any) -> KsmdWindow:
+    """The :class:`KsmdWindow` of an ``observe`` recording's counters (a DataFrame indexed
+    by ``t_s``): from the first sample with ``run`` 1 to the last one with the same knobs.
+
+    Raises
+    ------
+    InputDataError
+        ksmd never ran, the recording has no ksmd CPU, or scanned no page.
+    """
+    need = ("run", "ksmd_runtime_ns", "pages_scanned", "pages_skipped", "full_scans")
+    missing = [c for c in need if c not in counters.columns]
+    if missing:
+        raise InputDataError(
+            f"the recording has no {', '.join(missing)}",
+            hint="record with 'ksm-planner observe' (as root, so that ksmd's CPU is readable)",
+        )
+    on = counters[counters["run"] == 1]
+    if len(on) >= 2:
+        first = on.iloc[0]
+        keys = [
+            k for k in (*_WINDOW_KNOBS, *_OTHER_KNOBS) if k in on.columns and not on[k].isna().any()
+        ]
+        same = (on[keys] == first[keys]).all(axis=1).to_numpy()
+        stop = int(np.argmin(same)) if not same.all() else len(on)
+        on = on.iloc[:stop]
+    if len(on) < 2 or on["ksmd_runtime_ns"].isna().any():
+        raise InputDataError(
+            "the recording has fewer than two samples of a running ksmd with its CPU time",
+            hint="record at least a few seconds with ksmd on (run=1), as root",
+        )
+    a, b = on.iloc[0], on.iloc[-1]
+    scanned = int(b["pages_scanned"] - a["pages_scanned"])
+    if scanned <= 0:
+        raise InputDataError(
+            "ksmd scanned no page during the recording",
+            hint="record while ksmd runs on the traced workload",
+        )
+    return KsmdWindow(
+        start_s=float(on.index[0]),
+        wall_s=float(on.index[-1] - on.index[0]),
+        cpu_s=float(b["ksmd_runtime_ns"] - a["ksmd_runtime_ns"]) / NS_PER_S,
+        pages_scanned=scanned,
+        pages_skipped=int(b["pages_skipped"] - a["pages_skipped"]),
+        full_scans=int(b["full_scans"] - a["full_scans"]),
+        pages_to_scan=int(a["pages_to_scan"]),
+        sleep_ms=int(a["sleep_millisecs"]),
+        smart_scan=bool(a["smart_scan"]),
+        max_page_sharing=_knob(a, "max_page_sharing"),
+        use_zero_pages=None if (v := _knob(a, "use_zero_pages")) is None else bool(v),
+    )
+
+
+#: Knobs a recording's ksmd window must hold constant (the first three are required).
+_WINDOW_KNOBS = ("pages_to_scan", "sleep_millisecs", "smart_scan")
+_OTHER_KNOBS = ("max_page_sharing", "use_zero_pages", "merge_across_nodes")
+
+
+def _knob(row: Any, name: str) -> int | None:
+    v = row.get(name)
+    return None if v is None or v != v else int(v)  # v != v: NaN
+
+
+def solve_contention(share: float, runnable_per_cpu: float, fallback: float) -> float:
+    """The ``sched_contention`` under which ksmd's modelled share is ``share`` at this load
+    (``fallback`` where the load or the share cannot tell: an idle host, a whole CPU)."""
+    from planner.engine.timing import KSMD_NICE, NICE_0_WEIGHT, nice_weight
+
+    if runnable_per_cpu <= 0 or not 0 < share < 1:
+        return fallback if share < 1 else 0.0
+    w = nice_weight(KSMD_NICE)
+    return min(100.0, (w / share - w) / (NICE_0_WEIGHT * runnable_per_cpu))
+
+
+@dataclass(frozen=True)
+class WorkloadCalibration:
+    """The result of :func:`calibrate_workload` (JSON-ready with :meth:`to_dict`)."""
+
+    profile: CostProfile
+    base: str
+    real: KsmdWindow
+    load: HostLoad
+    real_share: float
+    model_ns_per_page: float
+    cost_scale: float
+    written: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile and what it was derived from."""
+        return {
+            "profile": self.profile.to_dict(),
+            "base_profile": self.base,
+            "real": {**asdict(self.real), "ns_per_page": self.real.ns_per_page},
+            "host_load": self.load.to_dict(),
+            "real_share": self.real_share,
+            "model_ns_per_page_before": self.model_ns_per_page,
+            "cost_scale": self.cost_scale,
+            "written": self.written,
+        }
+
+
+def calibrate_workload(
+    trace: str | os.PathLike[str],
+    observed: str | os.PathLike[str],
+    *,
+    host: str | None = None,
+    base: CostProfile | None = None,
+    host_load: HostLoad | None = None,
+    resolver: Resolver | None = None,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> WorkloadCalibration:
+    """A cost profile that holds on the traced workload itself (docs/busy-host.md §4).
+
+    ``observed`` is a recording (``ksm-planner observe``) of the real ksmd working on the
+    traced processes. Over the recording's first stretch with constant knobs it gives the
+    real CPU per scanned page and the real batch period. The trace is replayed with those
+    knobs, under ``host_load`` (default: the load the trace recorded), with ``base`` (the
+    shipped profile by default); every CPU cost of ``base`` is then scaled by real over
+    modelled CPU per scanned page, and ``sched_contention`` is solved so that the modelled
+    share of a CPU is the one the batch period shows. ``resolver`` says which processes
+    and mappings are registered (default: every process prctl, as ``replay``). No KSM
+    lease is needed: nothing is written to the kernel.
+
+    Raises
+    ------
+    UsageProblem
+        The trace recorded no load and none is given, or ``out`` exists.
+    InputDataError
+        An unreadable trace or recording, or one in which ksmd did not run.
+    """
+    from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+    from planner.engine.timing import recorded_load
+    from planner.trace.io import open_trace
+    from planner.trace.recording import read_observed
+
+    base = base or CostProfile.default()
+    with contextlib.ExitStack() as stack:
+        target = (
+            stack.enter_context(atomic_file(out, overwrite=overwrite, private=False))
+            if out
+            else None
+        )
+        real = ksmd_window(read_observed(observed).counters)
+        ht = open_trace(trace).load_host(host)
+        load = host_load or recorded_load(ht.intervals())
+        if load is None:
+            raise UsageProblem(
+                "the trace recorded no CPU load (a version-1 trace)",
+                hint="give the load the recording ran under with --host-load",
+            )
+        hz = ht.hz or 250
+        # the real share of a CPU: a batch's CPU over the wall time it took
+        busy_ns = real.wall_s * NS_PER_S / real.batches - sleep_ns(real.sleep_ms, hz)
+        busy_ns -= base.wake_latency_ns
+        cpu_batch_ns = real.cpu_s * NS_PER_S / real.batches
+        share = min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
+        contention = solve_contention(share, load.runnable_per_cpu, base.sched_contention)
+        more: dict[str, Any] = {}
+        if real.max_page_sharing is not None:
+            more["max_page_sharing"] = real.max_page_sharing
+        if real.use_zero_pages is not None:
+            more["use_zero_pages"] = real.use_zero_pages
+        knobs = KsmKnobs.for_hz(hz).with_(
+            pages_to_scan=real.pages_to_scan,
+            sleep_ms=real.sleep_ms,
+            smart_scan=real.smart_scan,
+            **more,
+        )
+        inp = prepare(ht, resolver=resolver)
+        probe = replace(base, sched_contention=contention)
+        scale = 1.0
+        model_ns: list[float] = []
+        for _ in range(2):  # the path mix moves a little with the batch period
+            prof = probe.scaled(scale)
+            opts = ReplayOptions(duration_s=max(real.wall_s, 1.0), cost=prof, host_load=load)
+            res = replay(inp, knobs=knobs, options=opts)
+            scanned = res.final_counters["pages_scanned"]
+            if scanned <= 0:
+                raise InputDataError(
+                    "the replay of the trace scanned no page", hint="is any process registered?"
+                )
+            model_ns.append(res.cost.cpu_s * NS_PER_S / scanned)
+            scale *= real.ns_per_page / model_ns[-1]
+        started = dt.datetime.now(dt.UTC)
+        profile = replace(
+            probe.scaled(scale),
+            name=f"workload-{ht.host}-{started.strftime('%Y%m%dT%H%M%SZ')}",
+            description=(
+                f"{base.name} scaled x{scale:.2f} to the real ksmd's CPU per scanned page on the "
+                f"traced workload, sched_contention {contention:.2f} from its batch period"
+            ),
+            source=WORKLOAD_METHOD,
+            provenance={
+                "tool_version": tool_version(),
+                "date": started.isoformat(timespec="seconds"),
+                "method": WORKLOAD_METHOD,
+                "trace": str(trace),
+                "trace_hash": ht.trace_hash,
+                "observed": str(observed),
+                "base_profile": base.name,
+                "host_load": load.to_dict(),
+                "real": asdict(real),
+                "real_ns_per_page": real.ns_per_page,
+                "real_share": share,
+                "model_ns_per_page_before": model_ns[0],
+                "cost_scale": scale,
+            },
+        )
+        if target is not None:
+            target.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+            CostProfile.load(target)
+    return WorkloadCalibration(
+        profile=profile,
+        base=base.name,
+        real=real,
+        load=load,
+        real_share=share,
+        model_ns_per_page=model_ns[0],
+        cost_scale=scale,
+        written=str(out) if out else None,
+    )

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from planner.engine.knobs import KsmKnobs
+    from planner.engine.timing import HostLoad
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.whatif.capacity import CapacityEstimate, CapacityInputs
@@ -496,6 +497,8 @@ class SweepOptions:
     cost_profile: str
     writes: bool = True
     """The writes a sampled trace recorded were replayed (``--no-writes``: not)."""
+    host_load: dict[str, HostLoad] | None = None
+    """Per host: the CPU load ksmd was replayed against and where it came from."""
 
 
 @dataclass

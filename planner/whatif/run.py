@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
+    from planner.engine.timing import HostLoad
     from planner.policy.model import PolicySet
     from planner.policy.resolve import MatchReport
     from planner.trace.recording import ObservedTimeline
@@ -73,7 +74,20 @@ _OPTION_FIELDS = (
     "grid_s",
     "snapshot_alignment",
     "writes",
+    "host_load",
 )
+
+
+def _host_load(trace: Trace, host: str, opts: ReplayOptions) -> HostLoad:
+    """The CPU load the replays of ``host`` assume: given, recorded by the trace, or idle."""
+    from planner.engine.timing import HostLoad, recorded_load
+    from planner.trace.views import intervals
+
+    if opts.host_load is not None:
+        return opts.host_load
+    snaps = trace.read_table(host, "snapshots")
+    rec = recorded_load(intervals(snaps, trace.read_table(host, "processes")))
+    return rec or HostLoad.idle("the trace recorded no CPU load (version 1): an idle host assumed")
 
 
 def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
@@ -306,7 +320,8 @@ def run_whatif(
     model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
-        **{k: v for k, v in opt_items},
+        **{k: v for k, v in opt_items if k != "host_load"},
+        host_load={h: _host_load(tr, h, opts) for h in host_list},
         cost_profile=(cost_profile or CostProfile.default()).name,
     )
     return WhatIfResult(

@@ -4,9 +4,10 @@ Each workload is run once per session (``run_live``: under the KSM lease, ksmd o
 30 s, capture 3 snapshots 2 s apart, ``run=1`` at 1000 pages / 20 ms, 60 s observed), then
 its capture is replayed with the same knobs (``compare_run``, time alignment: what a user
 does) and every test asserts one target with the measured error in its message. The targets
-today's planner misses are strict xfails carrying the baseline error measured on the
-reference machine (docs/live-validation.md): they flip to XPASS -- and fail, asking for the
-mark to be removed -- when the model improves.
+today's planner misses are xfails carrying the baseline errors measured on the reference
+machine (docs/live-validation.md; the CPU and full-scan ones re-measured with the busy-host
+model of docs/busy-host.md, runs of 2026-12-02, the idle model's errors in brackets): strict
+ones flip to XPASS -- and fail, asking for the mark to be removed -- when the model improves.
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``. Runtime per
 workload 1.6-2.1 minutes (PostgreSQL, Node, churn) and 2.5-4.2 minutes (Django), plus the
@@ -35,7 +36,12 @@ LOCK_WAIT_S = 900.0
 ISSUE = "issue 10"
 
 _WRITES = "issue 10: the capture sees no change between snapshots and the replay models no writes"
-_CPU = "issue 10: ksmd's share of a busy host and the real per-page cost (2-4x the profile)"
+_CPU = (
+    "issue 10 item 4: ksmd's share and per-page cost are modelled (docs/busy-host.md), but the "
+    "load a few seconds of capture record is not the next minute's on this shared host, and "
+    "a single busy-host cost factor fits workloads within 1.9-4.0x only on average"
+)
+_SCAN_LEN = "Node's heaps grow after the capture: the kernel visits 12-20 % more pages per scan"
 _NO_COW = "issue 10: the replay reports no copy-on-write breaks"
 
 #: (workload, metric) -> (baseline errors of the reference machine, strict). Strict where
@@ -46,27 +52,47 @@ KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
         f"+15.0%, +14.7%, +14.9% (target ±3%) — {_WRITES}",
         True,
     ),
-    ("postgres", "ksmd_cpu_s_first_window"): (f"-34.0%, -25.3%, -32.6% — {_CPU}", False),
-    ("postgres", "full_scans_first_window"): (f"+43.7%, +74.0%, +61.4% — {_CPU}", True),
+    ("postgres", "ksmd_cpu_s_first_window"): (
+        f"+20.0%, +26.4%, +20.3%, +10.6%, +22.3% (idle model: -34%, -25%, -33%) — {_CPU}",
+        False,
+    ),
+    ("postgres", "full_scans_first_window"): (
+        f"-7.7%, +2.5%, -2.7%, -21.6%, -11.8% (idle model: +44%, +74%, +61%) — {_CPU}",
+        False,
+    ),
     ("node", "pages_sharing_steady"): (
         "-42.3%, -45.6%, -38.3% (target ±5%; the V8 heaps grow by 14-23% after the capture) — "
         + _WRITES,
         True,
     ),
     ("node", "scan_reaching_90"): (f"kernel scan 62, 70, 50 vs model 6, 4, 6 — {_WRITES}", True),
-    ("node", "ksmd_cpu_s_first_window"): (f"-51.7%, -50.0%, -32.8% — {_CPU}", True),
-    ("node", "full_scans_first_window"): (f"+116.3%, +88.8%, +131.8% — {_CPU}", True),
+    ("node", "ksmd_cpu_s_first_window"): (
+        f"-17.5%, +6.1%, +36.3%, +30.6%, +8.6% (idle model: -52%, -50%, -33%) — {_CPU}",
+        False,
+    ),
+    ("node", "full_scans_first_window"): (
+        f"+20.9%, +37.8%, +63.5%, +26.7%, +11.6% (idle model: +116%, +89%, +132%) — "
+        f"{_SCAN_LEN}; {_CPU}",
+        False,
+    ),
     ("churn", "pages_sharing_steady"): (f"+70.3%, +71.5%, +72.3% (target ±10%) — {_WRITES}", True),
     ("churn", "scan_reaching_90"): (f"kernel scan 2, 2, 2 vs model 3, 4, 3 — {_WRITES}", True),
-    ("churn", "ksmd_cpu_s_first_window"): (f"-61.9%, -61.9%, -66.7% — {_CPU}", True),
     ("churn", "full_scans_first_window"): (
-        f"-22.5%, +14.8%, -6.1% (straddles ±20%) — {_CPU}",
+        f"-32.5%, -14.8%, -21.2% (idle model: -23%, +15%, -6%) — {_CPU}",
         False,
     ),
     ("churn", "cow_ksm_per_s"): (f"kernel 1,372, 1,371, 1,438 /s, model none — {_NO_COW}", True),
     ("django", "pages_sharing_steady"): (f"+28.3%, +28.5%, +24.5% (target ±5%) — {_WRITES}", True),
-    ("django", "ksmd_cpu_s_first_window"): (f"-42.0%, -45.9%, -44.4% — {_CPU}", True),
-    ("django", "full_scans_first_window"): (f"+100.0%, +76.9%, +91.7% — {_CPU}", True),
+    ("django", "scan_reaching_90"): (
+        "kernel scan 2, 2, 2, 2 vs model 2, 2, 2, 3 (the last: a fresh run with the busy-host "
+        "clock, time alignment: the later snapshots, applied at their capture times, fall in "
+        f"scans 1-2 of a slower ksmd) — {_WRITES}",
+        False,
+    ),
+    ("django", "full_scans_first_window"): (
+        f"+13.0%, -23.1%, -8.3% (idle model: +100%, +77%, +92%) — {_CPU}",
+        False,
+    ),
     ("django", "cow_ksm_per_s"): (f"kernel 1,029, 1,045, 977 /s, model none — {_NO_COW}", True),
 }
 

@@ -26,6 +26,7 @@ MODULES = (
     "planner.policy.resolve",
     "planner.engine.knobs",
     "planner.engine.result",
+    "planner.engine.timing",
     "planner.whatif.capacity",
     "planner.whatif.footprint",
     "planner.whatif.uncertainty",

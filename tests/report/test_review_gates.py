@@ -187,7 +187,10 @@ def test_meta_knobs_on_a_64_gib_host(meta_review: Any) -> None:
 
 
 def test_meta_knobs_under_a_tight_budget_name_the_blocking_gate(meta_review: Any) -> None:
-    tight = replace(meta_review, gates=ReviewGates(max_ksmd_host_share=0.005))
+    # a budget at half of what Meta's knobs take (their share depends on the load the trace
+    # recorded: docs/busy-host.md)
+    share = next(s for s in meta_review.scenarios if s.knobs.pages_to_scan == 4000).ksmd_host_share
+    tight = replace(meta_review, gates=ReviewGates(max_ksmd_host_share=share / 2))
     choice = recommend(tight)
     meta = next(s for s in tight.scenarios if s.knobs.pages_to_scan == 4000)
     blocked = next(e for e in choice.exclusions if e.scenario == meta.name)

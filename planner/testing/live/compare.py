@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
+from planner.engine.timing import HostLoad
 from planner.errors import InputDataError, UsageProblem
 from planner.testing.live.protocol import LiveRun
 
@@ -46,9 +47,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from planner.engine.api import EngineName
+    from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
 
 Alignment = Literal["time", "last"]
+HostLoadChoice = Literal["recorded", "observed", "idle"] | float
 ALIGNMENTS: Final = ("time", "last")
 
 #: The issue's targets for steady pages_sharing (relative error), by workload.
@@ -88,6 +91,13 @@ class CompareOptions:
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
+    host_load: HostLoadChoice = "recorded"
+    """The CPU load the replay gives ksmd (docs/busy-host.md): ``recorded`` (the trace's,
+    else the load the harness measured during the capture: the same ``/proc/stat``
+    figures a version-2 trace records), ``observed`` (the load the harness measured while
+    the real ksmd ran: what the model gives when the load is known, apart from forecasting
+    it), ``idle`` (a whole CPU, as before the busy-host model), or a number of other
+    runnable tasks per CPU."""
 
     def __post_init__(self) -> None:
         if self.alignment not in ALIGNMENTS:
@@ -102,6 +112,14 @@ class CompareOptions:
             raise UsageProblem("min_window_s cannot be negative")
         if self.first_window_s <= 0 or self.grid_s <= 0:
             raise UsageProblem("first_window_s and grid_s must be positive")
+        if isinstance(self.host_load, str):
+            if self.host_load not in ("recorded", "observed", "idle"):
+                raise UsageProblem(
+                    f"unknown host load {self.host_load!r}",
+                    hint="use recorded, observed, idle or a number of runnable tasks per CPU",
+                )
+        elif not (0 <= self.host_load < math.inf):
+            raise UsageProblem("host_load must be a finite number >= 0")
 
 
 # ----------------------------------------------------------------------------- records
@@ -408,7 +426,9 @@ def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResu
         hz=valid_hz(hz),
     )
     cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
-    options = ReplayOptions(duration_s=duration_s, grid_s=opts.grid_s, cost=cost)
+    options = ReplayOptions(
+        duration_s=duration_s, grid_s=opts.grid_s, cost=cost, host_load=_load(run, opts, inp)
+    )
     scans = (1,) * len(inp.snapshots) if opts.alignment == "last" else None
     canary = None
     if opts.calibrate_writes:
@@ -424,6 +444,43 @@ def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResu
         snapshot_scans=scans,
         canary=canary,
     )
+
+
+def run_phase_load(run: LiveRun, phase: str = "capture") -> HostLoad | None:
+    """The load the harness measured during a phase of the run (``run.json``: ``capture``
+    or ``observe``), as a trace of version 2 records it: ``procs_running`` less the
+    sampler, per CPU. The capture's is what a user's trace holds (``measured``); the
+    observation's is the load ksmd really met, known only afterwards (``given``)."""
+    cap = run.host_load.get(phase) or {}
+    mean, cpus = cap.get("procs_running_mean"), cap.get("cpus")
+    if mean is None or not cpus:
+        return None
+    x = max(0.0, float(mean) - 1.0) / int(cpus)
+    return HostLoad(
+        x,
+        "measured" if phase == "capture" else "given",
+        f"{x:.2f} other runnable tasks per CPU, measured by the live harness during the "
+        f"{phase} ({cap.get('window_s', 0):.0f} s)",
+        busy_share=cap.get("busy_fraction"),
+    )
+
+
+def run_capture_load(run: LiveRun) -> HostLoad | None:
+    """:func:`run_phase_load` of the capture."""
+    return run_phase_load(run, "capture")
+
+
+def _load(run: LiveRun, opts: CompareOptions, inp: ReplayInput) -> HostLoad | None:
+    """The load the replay assumes (None: the trace's own, see :class:`CompareOptions`)."""
+    if opts.host_load == "idle":
+        return HostLoad.idle("idle host (the comparison asked for it)")
+    if opts.host_load == "observed":
+        return run_phase_load(run, "observe") or HostLoad.idle("no load measured")
+    if not isinstance(opts.host_load, str):
+        return HostLoad.given(opts.host_load)
+    if inp.meta.get("host_load") is not None:
+        return None
+    return run_capture_load(run) or HostLoad.idle("no load recorded by the trace or the run")
 
 
 def _model_series(res: ReplayResult, name: str) -> tuple[list[float], list[float]]:
@@ -720,6 +777,7 @@ def compare_run(
         "snapshot_first_scan": res.snapshot_first_scan,
         "snapshot_applied_s": res.snapshot_applied_s,
         "cost_profile": res.knobs.get("cost_profile"),
+        "host_load": res.provenance.get("host_load"),
         "saved_frames_end": res.final_truth.saved_frames,
     }
     capture = {

@@ -1,0 +1,175 @@
+"""``calibrate --trace --observed``: a cost profile that holds on the traced workload.
+
+The "real" ksmd of these tests is the model itself with known costs and share (a recording
+made from a replay), so the calibration must recover them; the kernel-marked test in
+tests/kernel/test_calibrate_kernel.py does it on the real ksmd.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import planner.trace.recording as R
+from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.timing import HostLoad
+from planner.errors import InputDataError, UsageProblem
+from planner.kernel.calibrate import calibrate_workload, ksmd_window, solve_contention
+from planner.testing.synth import SynthSpec, write_synthetic_trace
+from planner.trace.io import open_trace
+from planner.trace.recording import ObservedTimeline
+
+CliRunner = Any
+SPEC = SynthSpec(pages=5_000, processes=5, family_size=5, snapshots=2, interval_s=1.0, seed=7)
+KNOBS = KsmKnobs(pages_to_scan=300, sleep_ms=20, hz=250)
+LOAD = HostLoad.given(3.0)
+#: the "real" host: costs 1.8x the shipped profile's, ksmd meets 0.6 of the runnable tasks
+REAL = replace(CostProfile.default().scaled(1.8), sched_contention=0.6)
+
+
+def recording_of(trace: Path, profile: CostProfile, load: HostLoad, seconds: float) -> pd.DataFrame:
+    """An ``observe`` recording's counters of what ``profile`` does on ``trace``: one row
+    per full scan (ksmd_runtime_ns, pages_scanned, knobs), ksmd on from the start."""
+    inp = prepare(open_trace(trace).load_host())
+    res = replay(
+        inp, knobs=KNOBS, options=ReplayOptions(duration_s=seconds, cost=profile, host_load=load)
+    )
+    rows = [{"t_s": 0.0, "full_scans": 0, "pages_scanned": 0, "pages_skipped": 0, "cpu": 0.0}]
+    cpu = 0.0
+    for s in res.scans:
+        cpu += s.cpu_s
+        c = s.counters
+        rows.append(
+            {"t_s": s.t_s, "full_scans": s.full_scans, "pages_scanned": c["pages_scanned"],
+             "pages_skipped": c["pages_skipped"], "cpu": cpu}
+        )  # fmt: skip
+    df = pd.DataFrame(rows).set_index("t_s")
+    df["ksmd_runtime_ns"] = (df.pop("cpu") * 1e9).round().astype("int64") + 10**9
+    df["run"] = 1
+    df["pages_to_scan"] = KNOBS.pages_to_scan
+    df["sleep_millisecs"] = KNOBS.sleep_ms
+    df["smart_scan"] = 1
+    return df
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Path:
+    out = tmp_path / "trace"
+    write_synthetic_trace(SPEC, out)
+    return out
+
+
+@pytest.fixture
+def observed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trace: Path) -> Path:
+    counters = recording_of(trace, REAL, LOAD, 20.0)
+    timeline = ObservedTimeline(meta={}, counters=counters, processes=pd.DataFrame())
+    monkeypatch.setattr(R, "read_observed", lambda path: timeline)
+    return tmp_path / "observed"
+
+
+def test_the_calibration_recovers_the_real_costs_and_share(
+    trace: Path, observed: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "workload.json"
+    cal = calibrate_workload(trace, observed, host_load=LOAD, out=out)
+    assert cal.cost_scale == pytest.approx(1.8, rel=0.03)
+    assert cal.profile.sched_contention == pytest.approx(0.6, rel=0.1)
+    assert cal.profile.merge_ns == pytest.approx(REAL.merge_ns, rel=0.03)
+    # the written profile is one replay accepts, and it reproduces the "real" ksmd
+    prof = CostProfile.load(out)
+    assert prof.provenance is not None
+    assert prof.provenance["host_load"]["source"] == "given"
+    inp = prepare(open_trace(trace).load_host())
+    opts = ReplayOptions(duration_s=20.0, cost=prof, host_load=LOAD)
+    real = replay(inp, knobs=KNOBS, options=replace(opts, cost=REAL))
+    model = replay(inp, knobs=KNOBS, options=opts)
+    assert model.cost.cpu_s == pytest.approx(real.cost.cpu_s, rel=0.05)
+    assert model.cost.full_scans == pytest.approx(real.cost.full_scans, rel=0.1)
+    assert json.loads(out.read_text())["name"].startswith("workload-")
+
+
+def test_the_shipped_profile_is_off_until_calibrated(trace: Path, observed: Path) -> None:
+    # the check has teeth: before calibration the model's CPU is far from the "real" one
+    inp = prepare(open_trace(trace).load_host())
+    opts = ReplayOptions(duration_s=20.0, host_load=LOAD)
+    shipped = replay(inp, knobs=KNOBS, options=opts)
+    real = replay(inp, knobs=KNOBS, options=replace(opts, cost=REAL))
+    assert abs(shipped.cost.cpu_s / real.cost.cpu_s - 1) > 0.25
+
+
+def test_a_version_1_trace_needs_a_load(trace: Path, observed: Path) -> None:
+    with pytest.raises(UsageProblem, match="recorded no CPU load"):
+        calibrate_workload(trace, observed)
+
+
+def test_a_recording_without_a_running_ksmd_is_refused() -> None:
+    df = pd.DataFrame(
+        {"run": [0, 0], "ksmd_runtime_ns": [1, 2], "pages_scanned": [0, 0],
+         "pages_skipped": [0, 0], "full_scans": [0, 0], "pages_to_scan": [100, 100],
+         "sleep_millisecs": [20, 20], "smart_scan": [1, 1]},
+        index=pd.Index([0.0, 1.0], name="t_s"),
+    )  # fmt: skip
+    with pytest.raises(InputDataError, match="running ksmd"):
+        ksmd_window(df)
+    with pytest.raises(InputDataError, match="ksmd_runtime_ns"):
+        ksmd_window(df.drop(columns=["ksmd_runtime_ns"]))
+    on = df.assign(run=1)
+    with pytest.raises(InputDataError, match="scanned no page"):
+        ksmd_window(on)
+
+
+def test_the_window_stops_where_the_knobs_change() -> None:
+    df = pd.DataFrame(
+        {"run": [1, 1, 1, 1], "ksmd_runtime_ns": [0, 10**9, 2 * 10**9, 9 * 10**9],
+         "pages_scanned": [0, 1000, 2000, 9000], "pages_skipped": [0, 0, 0, 0],
+         "full_scans": [0, 1, 2, 9], "pages_to_scan": [100, 100, 100, 5000],
+         "sleep_millisecs": [20, 20, 20, 20], "smart_scan": [1, 1, 1, 1]},
+        index=pd.Index([0.0, 1.0, 2.0, 3.0], name="t_s"),
+    )  # fmt: skip
+    w = ksmd_window(df)
+    assert (w.wall_s, w.cpu_s, w.pages_scanned, w.full_scans) == (2.0, 2.0, 2000, 2)
+    assert w.ns_per_page == pytest.approx(1e6)
+    assert w.batches == pytest.approx(2000 / 100 + 2)
+
+
+def test_solve_contention() -> None:
+    assert solve_contention(335 / (335 + 1024), 1.0, 0.3) == pytest.approx(1.0)
+    assert solve_contention(335 / (335 + 1024), 2.0, 0.3) == pytest.approx(0.5)
+    assert solve_contention(0.5, 0.0, 0.3) == 0.3  # an idle host cannot tell
+    assert solve_contention(1.0, 4.0, 0.3) == 0.0  # a whole CPU: no contention met
+
+
+def test_cli_needs_both_inputs_and_a_load(cli: CliRunner, trace: Path, observed: Path) -> None:
+    code, _, err = cli(["calibrate", "--trace", str(trace)])
+    assert code == 2
+    assert "--observed" in err
+    code, _, err = cli(["calibrate", "--trace", str(trace), "--observed", str(observed)])
+    assert code == 2
+    assert "--host-load" in err
+    code, _, err = cli(["calibrate", "--host-load", "2"])
+    assert code == 2
+    assert "--trace" in err
+
+
+def test_cli_writes_the_profile(
+    cli: CliRunner, trace: Path, observed: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "w.json"
+    args = ["calibrate", "--trace", str(trace), "--observed", str(observed), "--host-load", "3"]
+    code, stdout, err = cli([*args, "--out", str(out), "--json"])
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["cost_scale"] == pytest.approx(1.8, rel=0.03)
+    assert doc["written"] == str(out)
+    assert CostProfile.load(out).name == doc["profile"]["name"]
+    code, _, err = cli([*args, "--out", str(out)])
+    assert code == 2  # an existing output is refused
+    code, _, err = cli([*args])
+    assert code == 0
+    assert "x1.8" in err
+    assert "not saved" in err
