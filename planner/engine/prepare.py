@@ -556,29 +556,19 @@ def prepare_trace(
     *,
     resolver: Resolver | None = None,
     include_mms: Sequence[int] | None = None,
+    tables: HostTrace | None = None,
 ) -> ReplayInput:
     """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
-    a time: memory holds two snapshots' rows and the deltas, not the whole trace."""
-    from planner.trace import schema as S
-    from planner.trace.io import HostTrace
+    a time: memory holds two snapshots' rows and the deltas, not the whole trace.
 
-    if host is None:
-        if len(trace.hosts) != 1:
-            raise InputDataError(
-                f"{trace.path} holds {len(trace.hosts)} hosts ({', '.join(trace.hosts)})",
-                hint="name one with --host",
-            )
-        host = trace.hosts[0]
-    tables = {n: trace.read_table(host, n) for n in ("snapshots", "processes", "mappings")}
-    ht = HostTrace(
-        host=host,
-        trace_hash=trace.trace_hash,
-        path=trace.host_path(host),
-        pages=S.PAGES_SCHEMA.empty_table(),
-        **tables,
-    )
+    ``tables``: the host's small tables, if the caller has already loaded them
+    (``trace.load_host(host, pages=False)``, e.g. to match a policy to its processes).
+    """
+    if tables is None:
+        tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    return _prepare(ht, trace.iter_snapshot_pages(host, columns), resolver, include_mms)
+    pages = trace.iter_snapshot_pages(tables.host, columns)
+    return _prepare(tables, pages, resolver, include_mms)
 
 
 def _prepare(

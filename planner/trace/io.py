@@ -833,20 +833,38 @@ class Trace:
             _INDEX[key] = index
         return index
 
-    def load_host(
-        self, host: str | None = None, *, columns: Mapping[str, Sequence[str]] | None = None
-    ) -> HostTrace:
-        """Load every table of ``host`` (the only host when ``None``), verified and checked."""
+    def only_host(self, host: str | None = None) -> str:
+        """``host`` if the trace has it; for ``None``, the trace's only host (else a
+        ``UsageProblem`` naming the hosts)."""
         if host is None:
             if len(self.hosts) != 1:
                 raise UsageProblem(
                     f"{self.path} holds {len(self.hosts)} hosts ({', '.join(self.hosts)})",
                     hint="name one with --host",
                 )
-            host = self.hosts[0]
+            return self.hosts[0]
+        return self._known_host(host)
+
+    def load_host(
+        self,
+        host: str | None = None,
+        *,
+        columns: Mapping[str, Sequence[str]] | None = None,
+        pages: bool = True,
+    ) -> HostTrace:
+        """Load every table of ``host`` (the only host when ``None``), verified and checked.
+
+        With ``pages=False`` the pages table is left empty (not read): for a reader that
+        streams the pages afterwards (:meth:`iter_snapshot_pages`).
+        """
+        host = self.only_host(host)
         index = self.host_index(host)
-        tables = {name: self._read(host, name) for name in S.TABLES}
-        PagesCheck(index, self._where(host, "pages")).feed(tables["pages"])
+        names = S.TABLES if pages else [n for n in S.TABLES if n != "pages"]
+        tables = {name: self._read(host, name) for name in names}
+        if pages:
+            PagesCheck(index, self._where(host, "pages")).feed(tables["pages"])
+        else:
+            tables["pages"] = S.PAGES_SCHEMA.empty_table()
         if columns:
             for name, cols in columns.items():
                 tables[name] = _select(tables[name], name, cols, self._where(host, name))
@@ -902,6 +920,7 @@ class Trace:
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
+                    use_threads=False,
                     columns=list(S.file_columns("pages", self.schema_version)),
                 )
             except TraceFormatError:
