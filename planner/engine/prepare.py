@@ -16,10 +16,13 @@ KSM state:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import queue
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +48,7 @@ from planner.errors import InputDataError
 from planner.trace.schema import PageFlag
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Generator, Iterable, Iterator, Sequence
 
     from planner.trace.io import HostTrace, Trace
 
@@ -310,6 +313,18 @@ class _PageColumns:
     usable: B | None  # rows with a hash and a frame (None: every row)
 
 
+def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """One column as one numpy array, nulls as 0. Each chunk is viewed in place and numpy
+    joins them: Arrow's own conversion of a chunked column allocates on transparent huge
+    pages (see :func:`_small_pages`)."""
+    if col.null_count:
+        col = col.fill_null(pa.scalar(0, col.type))
+    parts = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype) for c in col.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
     hash_col = pages.column("content_hash")
     frame_col = pages.column("frame_id")
@@ -318,22 +333,16 @@ def _page_columns(pages: pa.Table, zero_hash: int | None) -> _PageColumns:
         usable = np.ones(pages.num_rows, dtype=bool)
         for col in (hash_col, frame_col):
             if col.null_count:
-                usable &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-
-    def u64(col: pa.ChunkedArray[Any]) -> U64:
-        if col.null_count:
-            col = col.fill_null(pa.scalar(0, pa.uint64()))
-        return np.asarray(col.to_numpy(), dtype=np.uint64)
-
-    p_hash, p_frame = u64(hash_col), u64(frame_col)
-    p_flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)
+                usable &= ~_np_column(col.is_null(), bool)
+    p_hash, p_frame = _np_column(hash_col, np.uint64), _np_column(frame_col, np.uint64)
+    p_flags = _np_column(pages.column("flags"), np.uint16)
     if zero_hash is not None:
         # the zero flag also marks pages whose hash is the zero page's
         p_flags = p_flags | ((p_hash == np.uint64(zero_hash)) * np.uint16(PageFlag.ZERO))
     return _PageColumns(
-        pid=pages.column("pid").to_numpy(),
-        vma=np.asarray(pages.column("vma_start").to_numpy(), dtype=np.uint64),
-        addr=np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64),
+        pid=_np_column(pages.column("pid"), np.int32),
+        vma=_np_column(pages.column("vma_start"), np.uint64),
+        addr=_np_column(pages.column("page_addr"), np.uint64),
         hash=p_hash,
         frame=p_frame,
         flags=p_flags,
@@ -567,8 +576,86 @@ def prepare_trace(
     if tables is None:
         tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    pages = trace.iter_snapshot_pages(tables.host, columns)
-    return _prepare(tables, pages, resolver, include_mms)
+    pages = _read_ahead(trace.iter_snapshot_pages(tables.host, columns))
+    try:
+        return _prepare(tables, pages, resolver, include_mms)
+    finally:
+        pages.close()
+
+
+_T = TypeVar("_T")
+
+
+def _read_ahead(items: Iterator[_T]) -> Generator[_T]:
+    """``items``, produced one ahead by a thread: the next snapshot is read, hashed,
+    decoded and checked (hashlib, Arrow and numpy release the GIL) while this one is
+    turned into rows. Memory holds one more snapshot's pages. An exception of ``items``
+    is raised here; closing this generator stops the thread and closes ``items``."""
+    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, end))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    worker = threading.Thread(target=produce, name="ksm-planner-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slot.get()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a generator: its cleanup (the open file) runs now
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """numpy asks the kernel for transparent huge pages (``madvise``) for every array of
+    4 MiB or more. Preparing allocates and frees many such arrays, each used once, and
+    every fresh huge page is zeroed whole when first touched: 40 % of the command line's
+    CPU on the 4 M-page replay benchmark (``perf``: ``clear_page_erms`` under
+    ``do_huge_pmd_anonymous_page``). Arrays allocated meanwhile get normal pages; the
+    engine's state, allocated after, keeps huge pages (random access: fewer TLB misses).
+    The switch is numpy's process-wide one; another thread allocating meanwhile only
+    gets normal pages."""
+    try:
+        from numpy._core.multiarray import (  # type: ignore[attr-defined]
+            _set_madvise_hugepage,
+        )
+    except ImportError:  # pragma: no cover - numpy without the switch
+        yield
+        return
+    before = bool(_set_madvise_hugepage(False))
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(before)
 
 
 def _prepare(
@@ -579,6 +666,16 @@ def _prepare(
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
+    with _small_pages():
+        return _prepare_rows(ht, pages, resolver, include_mms)
+
+
+def _prepare_rows(
+    ht: HostTrace,
+    pages: Iterable[tuple[int, pa.Table]],
+    resolver: Resolver | None,
+    include_mms: Sequence[int] | None,
+) -> ReplayInput:
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)

@@ -1124,6 +1124,22 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
     return tuple(hosts), entries
 
 
+def use_system_allocator() -> None:
+    """Let Arrow allocate from the C library's ``malloc`` in this process, unless the
+    environment variable ``ARROW_DEFAULT_MEMORY_POOL`` names an allocator.
+
+    The pyarrow wheels default to mimalloc, which hands out memory on transparent huge
+    pages and keeps what a batch freed away from the next batch: decoding a trace
+    snapshot by snapshot then faults in (and zeroes) far more memory than it holds.
+    Measured on the 4 M-page replay benchmark: 1.1-2.5 s more CPU than with the system
+    allocator (docs/engine.md, "Speed and memory"). The command line calls this once,
+    before any table is read; a program that embeds the library chooses for itself.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 def open_trace(path: str | os.PathLike[str]) -> Trace:
     """Open a trace directory: read and check its manifest and the files it lists.
 
