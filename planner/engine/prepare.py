@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import queue
-import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,10 +43,11 @@ from planner.engine.rows import (
     transition,
 )
 from planner.errors import InputDataError
+from planner.trace.io import read_ahead
 from planner.trace.schema import PageFlag
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from planner.trace.io import HostTrace, Trace
 
@@ -576,62 +575,11 @@ def prepare_trace(
     if tables is None:
         tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    pages = _read_ahead(trace.iter_snapshot_pages(tables.host, columns))
+    pages = read_ahead(trace.iter_snapshot_pages(tables.host, columns))
     try:
         return _prepare(tables, pages, resolver, include_mms)
     finally:
         pages.close()
-
-
-_T = TypeVar("_T")
-
-
-def _read_ahead(items: Iterator[_T]) -> Generator[_T]:
-    """``items``, produced one ahead by a thread: the next snapshot is read, hashed,
-    decoded and checked (hashlib, Arrow and numpy release the GIL) while this one is
-    turned into rows. Memory holds one more snapshot's pages. An exception of ``items``
-    is raised here; closing this generator stops the thread and closes ``items``."""
-    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    end = object()
-
-    def put(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                slot.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((True, end))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put((False, exc))
-
-    worker = threading.Thread(target=produce, name="ksm-planner-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            ok, item = slot.get()
-            if not ok:
-                raise item
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():
-            with contextlib.suppress(queue.Empty):
-                slot.get(timeout=0.05)
-        worker.join()
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()  # a generator: its cleanup (the open file) runs now
 
 
 @contextlib.contextmanager

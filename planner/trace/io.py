@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import queue
 import re
 import stat
 import threading
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ from planner.trace.check import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Generator, Iterator, Mapping, Sequence
     from types import TracebackType
 
     from planner.trace.views import (
@@ -1122,6 +1123,58 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
             hint=_RECREATE,
         )
     return tuple(hosts), entries
+
+
+_T = TypeVar("_T")
+
+
+def read_ahead(items: Iterator[_T]) -> Generator[_T]:
+    """``items``, produced one ahead by a thread: with :meth:`Trace.iter_snapshot_pages`,
+    the next snapshot is read, hashed, decoded and checked (hashlib, Arrow and numpy
+    release the GIL) while the caller works on this one. Memory holds one more item. An
+    exception of ``items`` is raised here; closing this generator stops the thread and
+    closes ``items``."""
+    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, end))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    worker = threading.Thread(target=produce, name="ksm-planner-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slot.get()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a generator: its cleanup (the open file) runs now
 
 
 def use_system_allocator() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from planner.engine.prepare import prepare
@@ -134,40 +132,3 @@ def test_a_trace_directory_prepared_snapshot_by_snapshot_equals_the_loaded_trace
     ra, rb = replay(a, knobs=knobs, options=opts), replay(b, knobs=knobs, options=opts)
     assert [s.counters for s in ra.scans] == [s.counters for s in rb.scans]
     assert ra.final_node_members == rb.final_node_members
-
-
-def test_read_ahead_keeps_order_raises_and_stops() -> None:
-    """The snapshot read-ahead: items in order, the source's exception raised in the
-    consumer, and closing early stops the thread and closes the source."""
-    import threading
-
-    from planner.engine.prepare import _read_ahead
-    from planner.errors import TraceFormatError
-
-    assert list(_read_ahead(iter(range(50)))) == list(range(50))
-
-    def broken() -> Iterator[int]:
-        yield 1
-        raise TraceFormatError("pages.parquet: row 7: bad")
-
-    failing = _read_ahead(broken())
-    assert next(failing) == 1
-    with pytest.raises(TraceFormatError, match="row 7"):
-        next(failing)
-
-    closed = []
-
-    def endless() -> Iterator[int]:
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.append(True)
-
-    ahead = _read_ahead(endless())
-    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
-    ahead.close()
-    assert closed == [True]
-    assert not [t for t in threading.enumerate() if t.name == "ksm-planner-read-ahead"]
