@@ -329,9 +329,32 @@ def _group_counts(
     first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
 ) -> Arr:  # fmt: skip  # pragma: no cover - compiled
     """Per group (``codes`` per row): pages, zero pages, naive saved pages, fork-shared
-    pages, ideal saved frames, distinct frames, distinct hashes. Rows are visited group by
-    group (a counting sort), so one mark per id tells whether the group has seen it."""
+    pages, ideal saved frames, distinct frames, distinct hashes.
+
+    Up to 64 groups, one pass in scan order keeps per id the set of groups that have
+    seen it (a 64-bit mask); beyond, rows are visited group by group (a counting sort)
+    and one mark per id tells whether the group has seen it."""
     n = codes.size
+    out = np.zeros((n_groups, 7), np.int64)
+    for r in range(n):
+        g = codes[r]
+        out[g, 0] += 1
+        out[g, 1] += zero[r]
+        out[g, 2] += not first_hash[r]
+        out[g, 3] += not first_frame[r]
+        out[g, 4] += freed[r]
+    if n_groups <= 64:
+        seen_hash = np.zeros(n_hashes, np.uint64)
+        seen_frame = np.zeros(n_frames, np.uint64)
+        for r in range(n):
+            bit = np.uint64(1) << np.uint64(codes[r])
+            if not seen_frame[fid[r]] & bit:
+                seen_frame[fid[r]] |= bit
+                out[codes[r], 5] += 1
+            if not seen_hash[hid[r]] & bit:
+                seen_hash[hid[r]] |= bit
+                out[codes[r], 6] += 1
+        return out
     start = np.zeros(n_groups + 1, np.int64)
     for r in range(n):
         start[codes[r] + 1] += 1
@@ -344,15 +367,9 @@ def _group_counts(
         pos[codes[r]] += 1
     mark_hash = np.full(n_hashes, -1, np.int64)
     mark_frame = np.full(n_frames, -1, np.int64)
-    out = np.zeros((n_groups, 7), np.int64)
     for g in range(n_groups):
         for k in range(start[g], start[g + 1]):
             r = order[k]
-            out[g, 0] += 1
-            out[g, 1] += zero[r]
-            out[g, 2] += not first_hash[r]
-            out[g, 3] += not first_frame[r]
-            out[g, 4] += freed[r]
             if mark_frame[fid[r]] != g:
                 mark_frame[fid[r]] = g
                 out[g, 5] += 1

@@ -230,15 +230,17 @@ def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_potential_equals_a_set_based_oracle(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "n_pids"), [(s, 5) for s in range(4)] + [(7, 90), (8, 200)])
+def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int) -> None:
     """Random snapshots with repeated hashes, shared frames (some with two contents),
-    zero pages and unhashed pages: totals and the by-kind breakdown against an oracle."""
+    zero pages and unhashed pages: totals and the breakdowns against an oracle (with up
+    to 3 comms, and with 70 or more: the two ways groups are counted)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 400))
-    pid = np.sort(rng.integers(1, 6, n)).astype(np.int32)
+    n = int(rng.integers(1, 400)) * (1 + n_pids // 20)
+    pids = range(1, n_pids + 1)
+    pid = np.sort(rng.integers(1, n_pids + 1, n)).astype(np.int32)
     vma = (rng.integers(1, 4, n) * 0x100000).astype(np.uint64)
     h = rng.integers(0, 12, n).astype(np.uint64)
     f = rng.integers(0, 40, n).astype(np.uint64)
@@ -257,12 +259,13 @@ def test_potential_equals_a_set_based_oracle(seed: int) -> None:
     kinds = ["heap", "anon", "stack"]
     maps = pa.table(
         {
-            "pid": pa.array([p for p in range(1, 6) for _ in kinds], pa.int32()),
-            "start": pa.array([v * 0x100000 for _ in range(1, 6) for v in (1, 2, 3)], pa.uint64()),
-            "kind": [k for _ in range(1, 6) for k in kinds],
+            "pid": pa.array([p for p in pids for _ in kinds], pa.int32()),
+            "start": pa.array([v * 0x100000 for _ in pids for v in (1, 2, 3)], pa.uint64()),
+            "kind": [k for _ in pids for k in kinds],
         }
     )
-    procs = pa.table({"pid": pa.array(range(1, 6), pa.int32()), "comm": ["a", "b", "a", "c", "b"]})
+    comm = {p: f"c{p % 3 if n_pids < 64 else p % 70}" for p in pids}
+    procs = pa.table({"pid": pa.array(pids, pa.int32()), "comm": [comm[p] for p in pids]})
     s = snapshot_potential(pages, procs, maps)
     keep = ~unhashed
     rows = list(
@@ -281,8 +284,10 @@ def test_potential_equals_a_set_based_oracle(seed: int) -> None:
                   g.ideal_saved_frames, g.fork_shared_pages)
         for g in s.by_kind
     } == want["groups"]  # fmt: skip
-    comm = {1: "a", 2: "b", 3: "a", 4: "c", 5: "b"}
     by_comm = _oracle(rows, lambda p, v: comm[p])["groups"]
-    assert {g.group: (g.pages, g.frames, g.distinct_hashes) for g in s.by_comm} == {
-        k: (v[0], v[2], v[3]) for k, v in by_comm.items()
-    }
+    assert len(s.by_comm) == len(by_comm)
+    assert {
+        g.group: (g.pages, g.zero_pages, g.frames, g.distinct_hashes, g.naive_saved_pages,
+                  g.ideal_saved_frames, g.fork_shared_pages)
+        for g in s.by_comm
+    } == by_comm  # fmt: skip
