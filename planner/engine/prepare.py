@@ -615,7 +615,11 @@ def _prepare(
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
     with _small_pages():
-        return _prepare_rows(ht, pages, resolver, include_mms)
+        inp = _prepare_rows(ht, pages, resolver, include_mms)
+    from planner.engine.fast.apply import release_memory
+
+    release_memory()  # the snapshots' pages and rows, freed, go back to the system
+    return inp
 
 
 def _prepare_rows(
@@ -655,17 +659,20 @@ def _prepare_rows(
     )
     empty = ht.pages.schema.empty_table()
     stream = iter(pages)
-    nxt = next(stream, None)
+    nxt: tuple[int, pa.Table] | None = None
     for k, sid in enumerate(sids):
+        # the next snapshot's pages are asked for only now, and each table is dropped as
+        # soon as its columns are out: memory holds one snapshot's pages at a time here
+        nxt = next(stream, None) if nxt is None else nxt
         table = empty
         if nxt is not None and nxt[0] == sid:
-            table = nxt[1]
-            nxt = next(stream, None)
+            table, nxt = nxt[1], None
         cols = _page_columns(table, meta.get("zero_hash"))
+        del table
         cur, layout = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
         )
-        del cols, table
+        del cols
         builder.add(round(times_s[k] * 1e9), cur, layout)
     return builder.build()
 

@@ -1131,11 +1131,12 @@ _T = TypeVar("_T")
 def read_ahead(items: Iterator[_T]) -> Generator[_T]:
     """``items``, produced one ahead by a thread: with :meth:`Trace.iter_snapshot_pages`,
     the next snapshot is read, hashed, decoded and checked (hashlib, Arrow and numpy
-    release the GIL) while the caller works on this one. Memory holds one more item. An
-    exception of ``items`` is raised here; closing this generator stops the thread and
-    closes ``items``."""
+    release the GIL) while the caller works on this one. Memory holds one more item (the
+    next is produced once this one is taken). An exception of ``items`` is raised here;
+    closing this generator stops the thread and closes ``items``."""
     slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
+    taken = threading.Event()
     end = object()
 
     def put(entry: tuple[bool, Any]) -> bool:
@@ -1152,6 +1153,10 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
             for item in items:
                 if not put((True, item)):
                     return
+                del item
+                while not stop.is_set() and not slot.empty():
+                    taken.wait(0.05)  # one item ahead, not two: produce once it is taken
+                taken.clear()
             put((True, end))
         except BaseException as exc:  # handed to the consumer, raised there
             put((False, exc))
@@ -1161,6 +1166,7 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
     try:
         while True:
             ok, item = slot.get()
+            taken.set()
             if not ok:
                 raise item
             if item is end:
