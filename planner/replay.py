@@ -11,7 +11,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine import KsmKnobs, prepare, replay
+from planner.engine import KsmKnobs, prepare_trace, replay
 from planner.engine.knobs import knob_flags
 from planner.engine.registration import PRCTL_AT_DEFAULT
 from planner.errors import UsageProblem
@@ -63,7 +63,8 @@ def replay_trace(
     from planner.trace.io import open_trace
 
     tr = open_trace(path)
-    ht = tr.load_host(host)
+    # the small tables now; the pages are streamed by prepare_trace, one snapshot at a time
+    ht = tr.load_host(host, pages=False)
     resolver: Resolver | None = None
     set_name = "default (prctl for every process)"
     policy_warnings: list[str] = []
@@ -86,7 +87,7 @@ def replay_trace(
     if not isinstance(knobs, KsmKnobs):
         knobs = KsmKnobs.for_hz(ht.hz).with_(**dict(knobs or {}))
     progress.start("loading trace", None)
-    inp = prepare(ht, resolver=resolver, prctl_at=prctl_at)
+    inp = prepare_trace(tr, resolver=resolver, tables=ht, prctl_at=prctl_at)
     progress.finish()
     canary = None
     if observed is not None:

@@ -188,7 +188,9 @@ def _usage_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
     from planner.cli._output import signals_received as received
+    from planner.trace.io import use_system_allocator
 
+    use_system_allocator()  # before any table is read (see its docstring)
     command = typer.main.get_command(app)
     received.clear()
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +34,8 @@ from planner.cli._output import (
 from planner.engine.options import MAX_DURATION_S, MAX_GRID_POINTS, MIN_GRID_S
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from planner.engine.result import ReplayResult
 
 MIB = 1 << 20
@@ -126,32 +130,52 @@ def replay_cmd(
         writes=writes,
         host_load=None if host_load is None else HostLoad.given(host_load),
     )
-    inputs = (args.trace, policy, cost_profile, observed)
-    with claim(out, kind="replay", inputs=inputs, force=force):
-        with progress() as bar:
-            result = replay_trace(
-                args.trace,
-                host=args.host,
-                knobs=args.knob_values,  # hz: the trace's unless --hz
-                options=options,
-                policy_path=policy,
-                policy_set=policy_set,
-                preset=preset,
-                engine=args.engine.value,
-                progress=bar,
-                prctl_at=prctl_at.value,
-                observed=observed,
-            )
-        for w in result.provenance.get("policy_warnings", []):
-            warn(w)
-        if out is not None:
-            result.write_parquet(out, overwrite=force)
-    if as_json:
-        emit_json(result.to_json())
-    else:
-        _render(result)
-        if out is not None:
-            note(f"timelines written to {out}")
+    with _no_collector():  # until the output is written
+        inputs = (args.trace, policy, cost_profile, observed)
+        with claim(out, kind="replay", inputs=inputs, force=force):
+            with progress() as bar:
+                result = replay_trace(
+                    args.trace,
+                    host=args.host,
+                    knobs=args.knob_values,  # hz: the trace's unless --hz
+                    options=options,
+                    policy_path=policy,
+                    policy_set=policy_set,
+                    preset=preset,
+                    engine=args.engine.value,
+                    progress=bar,
+                    prctl_at=prctl_at.value,
+                    observed=observed,
+                )
+            for w in result.provenance.get("policy_warnings", []):
+                warn(w)
+            if out is not None:
+                result.write_parquet(out, overwrite=force)
+        if as_json:
+            emit_json(result.to_json())
+        else:
+            _render(result)
+            if out is not None:
+                note(f"timelines written to {out}")
+
+
+@contextlib.contextmanager
+def _no_collector() -> Iterator[None]:
+    """The cyclic garbage collector paused while one replay runs: its passes walk every
+    object of the compiled code numba loads and free nothing (the replay's data are numpy
+    arrays, freed by reference counting); they cost 0.2-0.4 s of the 4 M-page benchmark
+    (docs/engine.md, "Speed and memory"). On the way out the objects allocated meanwhile
+    join the oldest generation (``freeze`` then ``unfreeze``), so that the next young
+    collection does not walk them all at once (another 0.27 s)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if was:
+            gc.enable()
 
 
 #: Knobs always shown after a replay (the rest when they differ from the kernel's defaults).

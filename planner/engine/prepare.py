@@ -16,6 +16,7 @@ KSM state:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -56,11 +57,12 @@ from planner.engine.writes import (
     fill_unchecked,
 )
 from planner.errors import InputDataError
+from planner.trace.io import read_ahead
 from planner.trace.schema import PageFlag
 from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from planner.engine.timing import HostLoad
     from planner.trace.io import HostTrace, Trace
@@ -355,6 +357,18 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
     return content, same, pc.content_checks
 
 
+def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """One column as one numpy array, nulls as 0. Each chunk is viewed in place and numpy
+    joins them: Arrow's own conversion of a chunked column allocates on transparent huge
+    pages (see :func:`_small_pages`)."""
+    if col.null_count:
+        col = col.fill_null(pa.scalar(0, col.type))
+    parts = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype) for c in col.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
 def _page_columns(
     pages: pa.Table, zero_hash: int | None, changes: PageChanges | None = None
 ) -> _PageColumns:
@@ -365,22 +379,16 @@ def _page_columns(
         usable = np.ones(pages.num_rows, dtype=bool)
         for col in (hash_col, frame_col):
             if col.null_count:
-                usable &= ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-
-    def u64(col: pa.ChunkedArray[Any]) -> U64:
-        if col.null_count:
-            col = col.fill_null(pa.scalar(0, pa.uint64()))
-        return np.asarray(col.to_numpy(), dtype=np.uint64)
-
-    p_hash, p_frame = u64(hash_col), u64(frame_col)
-    p_flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)
+                usable &= ~_np_column(col.is_null(), bool)
+    p_hash, p_frame = _np_column(hash_col, np.uint64), _np_column(frame_col, np.uint64)
+    p_flags = _np_column(pages.column("flags"), np.uint16)
     if zero_hash is not None:
         # the zero flag also marks pages whose hash is the zero page's
         p_flags = p_flags | ((p_hash == np.uint64(zero_hash)) * np.uint16(PageFlag.ZERO))
     return _PageColumns(
-        pid=pages.column("pid").to_numpy(),
-        vma=np.asarray(pages.column("vma_start").to_numpy(), dtype=np.uint64),
-        addr=np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64),
+        pid=_np_column(pages.column("pid"), np.int32),
+        vma=_np_column(pages.column("vma_start"), np.uint64),
+        addr=_np_column(pages.column("page_addr"), np.uint64),
         hash=p_hash,
         frame=p_frame,
         flags=p_flags,
@@ -666,31 +674,23 @@ def prepare_trace(
     resolver: Resolver | None = None,
     include_mms: Sequence[int] | None = None,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
+    tables: HostTrace | None = None,
 ) -> ReplayInput:
     """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
-    a time: memory holds two snapshots' rows and the deltas, not the whole trace."""
-    from planner.trace import schema as S
-    from planner.trace.io import HostTrace
+    a time: memory holds two snapshots' rows and the deltas, not the whole trace.
 
-    if host is None:
-        if len(trace.hosts) != 1:
-            raise InputDataError(
-                f"{trace.path} holds {len(trace.hosts)} hosts ({', '.join(trace.hosts)})",
-                hint="name one with --host",
-            )
-        host = trace.hosts[0]
-    tables = {n: trace.read_table(host, n) for n in ("snapshots", "processes", "mappings")}
-    ht = HostTrace(
-        host=host,
-        trace_hash=trace.trace_hash,
-        path=trace.host_path(host),
-        pages=S.PAGES_SCHEMA.empty_table(),
-        **tables,
-    )
+    ``tables``: the host's small tables, if the caller has already loaded them
+    (``trace.load_host(host, pages=False)``, e.g. to match a policy to its processes).
+    """
+    if tables is None:
+        tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
     columns += [*COUNT_COLUMNS, "same_content_writes"]
-    pages = trace.iter_snapshot_pages(host, columns)
-    return _prepare(ht, pages, resolver, include_mms, prctl_at)
+    pages = read_ahead(trace.iter_snapshot_pages(tables.host, columns))
+    try:
+        return _prepare(tables, pages, resolver, include_mms, prctl_at)
+    finally:
+        pages.close()
 
 
 def _load(ht: HostTrace) -> HostLoad | None:
@@ -698,6 +698,30 @@ def _load(ht: HostTrace) -> HostLoad | None:
     from planner.engine.timing import recorded_load
 
     return recorded_load(ht.intervals())
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """numpy asks the kernel for transparent huge pages (``madvise``) for every array of
+    4 MiB or more. Preparing allocates and frees many such arrays, each used once, and
+    every fresh huge page is zeroed whole when first touched: 40 % of the command line's
+    CPU on the 4 M-page replay benchmark (``perf``: ``clear_page_erms`` under
+    ``do_huge_pmd_anonymous_page``). Arrays allocated meanwhile get normal pages; the
+    engine's state, allocated after, keeps huge pages (random access: fewer TLB misses).
+    The switch is numpy's process-wide one; another thread allocating meanwhile only
+    gets normal pages."""
+    try:
+        from numpy._core.multiarray import (  # type: ignore[attr-defined]
+            _set_madvise_hugepage,
+        )
+    except ImportError:  # pragma: no cover - numpy without the switch
+        yield
+        return
+    before = bool(_set_madvise_hugepage(False))
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(before)
 
 
 def _prepare(
@@ -709,6 +733,21 @@ def _prepare(
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
+    with _small_pages():
+        inp = _prepare_rows(ht, pages, resolver, include_mms, prctl_at)
+    from planner.engine.fast.apply import release_memory
+
+    release_memory()  # the snapshots' pages and rows, freed, go back to the system
+    return inp
+
+
+def _prepare_rows(
+    ht: HostTrace,
+    pages: Iterable[tuple[int, pa.Table]],
+    resolver: Resolver | None,
+    include_mms: Sequence[int] | None,
+    prctl_at: PrctlAt,
+) -> ReplayInput:
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)
@@ -741,20 +780,23 @@ def _prepare(
     )
     empty = ht.pages.schema.empty_table()
     stream = iter(pages)
-    nxt = next(stream, None)
+    nxt: tuple[int, pa.Table] | None = None
     for k, sid in enumerate(sids):
+        # the next snapshot's pages are asked for only now, and each table is dropped as
+        # soon as its columns are out: memory holds one snapshot's pages at a time here
+        nxt = next(stream, None) if nxt is None else nxt
         table = empty
         if nxt is not None and nxt[0] == sid:
-            table = nxt[1]
-            nxt = next(stream, None)
+            table, nxt = nxt[1], None
         changes = None
         if "content_changes" in table.column_names and table.num_rows:
             changes = page_changes(ht.snapshots, table, sid)
         cols = _page_columns(table, meta.get("zero_hash"), changes)
+        del table, changes
         cur, layout, writes = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
         )
-        del cols, table
+        del cols
         length = intervals_s[k]
         length_ns = round(length * 1e9) if length else None
         builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import queue
 import re
 import stat
 import threading
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ from planner.trace.check import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Generator, Iterator, Mapping, Sequence
     from types import TracebackType
 
     from planner.trace.views import (
@@ -833,20 +834,38 @@ class Trace:
             _INDEX[key] = index
         return index
 
-    def load_host(
-        self, host: str | None = None, *, columns: Mapping[str, Sequence[str]] | None = None
-    ) -> HostTrace:
-        """Load every table of ``host`` (the only host when ``None``), verified and checked."""
+    def only_host(self, host: str | None = None) -> str:
+        """``host`` if the trace has it; for ``None``, the trace's only host (else a
+        ``UsageProblem`` naming the hosts)."""
         if host is None:
             if len(self.hosts) != 1:
                 raise UsageProblem(
                     f"{self.path} holds {len(self.hosts)} hosts ({', '.join(self.hosts)})",
                     hint="name one with --host",
                 )
-            host = self.hosts[0]
+            return self.hosts[0]
+        return self._known_host(host)
+
+    def load_host(
+        self,
+        host: str | None = None,
+        *,
+        columns: Mapping[str, Sequence[str]] | None = None,
+        pages: bool = True,
+    ) -> HostTrace:
+        """Load every table of ``host`` (the only host when ``None``), verified and checked.
+
+        With ``pages=False`` the pages table is left empty (not read): for a reader that
+        streams the pages afterwards (:meth:`iter_snapshot_pages`).
+        """
+        host = self.only_host(host)
         index = self.host_index(host)
-        tables = {name: self._read(host, name) for name in S.TABLES}
-        PagesCheck(index, self._where(host, "pages")).feed(tables["pages"])
+        names = S.TABLES if pages else [n for n in S.TABLES if n != "pages"]
+        tables = {name: self._read(host, name) for name in names}
+        if pages:
+            PagesCheck(index, self._where(host, "pages")).feed(tables["pages"])
+        else:
+            tables["pages"] = S.PAGES_SCHEMA.empty_table()
         if columns:
             for name, cols in columns.items():
                 tables[name] = _select(tables[name], name, cols, self._where(host, name))
@@ -902,6 +921,7 @@ class Trace:
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
+                    use_threads=False,
                     columns=list(S.file_columns("pages", self.schema_version)),
                 )
             except TraceFormatError:
@@ -1103,6 +1123,80 @@ def check_manifest(manifest: Any, mpath: Path) -> tuple[tuple[str, ...], dict[st
             hint=_RECREATE,
         )
     return tuple(hosts), entries
+
+
+_T = TypeVar("_T")
+
+
+def read_ahead(items: Iterator[_T]) -> Generator[_T]:
+    """``items``, produced one ahead by a thread: with :meth:`Trace.iter_snapshot_pages`,
+    the next snapshot is read, hashed, decoded and checked (hashlib, Arrow and numpy
+    release the GIL) while the caller works on this one. Memory holds one more item (the
+    next is produced once this one is taken). An exception of ``items`` is raised here;
+    closing this generator stops the thread and closes ``items``."""
+    slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    taken = threading.Event()
+    end = object()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+                del item
+                while not stop.is_set() and not slot.empty():
+                    taken.wait(0.05)  # one item ahead, not two: produce once it is taken
+                taken.clear()
+            put((True, end))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    worker = threading.Thread(target=produce, name="ksm-planner-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slot.get()
+            taken.set()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.05)
+        worker.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # a generator: its cleanup (the open file) runs now
+
+
+def use_system_allocator() -> None:
+    """Let Arrow allocate from the C library's ``malloc`` in this process, unless the
+    environment variable ``ARROW_DEFAULT_MEMORY_POOL`` names an allocator.
+
+    The pyarrow wheels default to mimalloc, which hands out memory on transparent huge
+    pages and keeps what a batch freed away from the next batch: decoding a trace
+    snapshot by snapshot then faults in (and zeroes) far more memory than it holds.
+    Measured on the 4 M-page replay benchmark: 1.1-2.5 s more CPU than with the system
+    allocator (docs/engine.md, "Speed and memory"). The command line calls this once,
+    before any table is read; a program that embeds the library chooses for itself.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:

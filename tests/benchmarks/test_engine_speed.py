@@ -14,7 +14,10 @@ fill patterns, fresh buffers). ``KSM_BENCH_SIZES`` picks the host sizes (default
   allocations are invisible to tracemalloc): of the replay alone (the high-water mark is
   reset once the input is prepared) and of the whole process.
 * ``test_cli_end_to_end``: ``ksm-planner replay --json`` on a trace directory, process
-  start to JSON, as a new user runs it (the cases of issue 12's table, rows 1 and 2).
+  start to JSON, as a new user runs it, at 1 M, 2 M, 4 M and (marked slow) 16 M pages (2 M
+  and 4 M are the cases of issue 12's table, rows 1 and 2): visits per second, one full
+  scan over ``np.sort`` of the hash column, peak RSS per tracked page.
+* ``test_info_rows_per_s``: ``ksm-planner info --json`` on the 4 M-page trace (12 M rows).
 * ``test_day_long_replay``: a day of a host, hourly snapshots that change a little,
   ``pages_to_scan=4000`` every 20 ms (about a thousand full scans at 16 M pages).
 * ``test_first_call``: the kernel's compile time on a cold numba cache, and the load time
@@ -181,52 +184,137 @@ def test_replay_memory(benchmark: Any, pages: int, capsys: pytest.CaptureFixture
     _report(capsys, f"replay memory, {pages:,} pages", figures)
 
 
-#: issue 12's table: (pages, snapshot interval s) giving about 57 and 29 full scans
-CLI_CASES = [(2_000_000, 15.0), (4_000_000, 5.0)]
+#: ``ksm-planner replay`` end to end: (pages, snapshot interval s). 2 M and 4 M are issue
+#: 12's table, rows 1 and 2 (about 57 and 29 full scans there; 35 and 26 since the
+#: settling changed); 16 M (a 64 GiB host) is marked slow (its trace takes ~1 min to write).
+CLI_CASES = [
+    pytest.param(1_000_000, 5.0, id="1M"),
+    pytest.param(2_000_000, 15.0, id="2M"),
+    pytest.param(4_000_000, 5.0, id="4M"),
+    pytest.param(16_000_000, 5.0, id="16M", marks=pytest.mark.slow),
+]
 
 
 @pytest.fixture(scope="module")
-def trace_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    out = {}
-    for pages, interval in CLI_CASES:
-        path = tmp_path_factory.mktemp("traces") / f"synth-{pages}"
-        spec = SynthSpec(pages=pages, processes=pages // 50_000, snapshots=3, interval_s=interval)
-        write_synthetic_trace(spec, path)
-        out[pages] = path
-    return out
+def trace_dirs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The synthetic trace of a host size, written on first use (zero pages without
+    use_zero_pages and Zipf-popular fill patterns: contents with more copies than
+    max_page_sharing, so chains form)."""
+    out: dict[int, Path] = {}
+
+    def get(pages: int, interval: float) -> Path:
+        if pages not in out:
+            path = tmp_path_factory.mktemp("traces") / f"synth-{pages}"
+            spec = SynthSpec(
+                pages=pages, processes=pages // 50_000, snapshots=3, interval_s=interval
+            )
+            write_synthetic_trace(spec, path)
+            out[pages] = path
+        return out[pages]
+
+    return get
 
 
-@pytest.mark.parametrize(("pages", "interval"), CLI_CASES, ids=["2M", "4M"])
+def _first_hash_column(trace: Path) -> np.ndarray:
+    """The content hashes of the trace's first snapshot (what one full scan sorts by)."""
+    from planner.trace.io import open_trace
+
+    tr = open_trace(trace)
+    for _, pages in tr.iter_snapshot_pages(tr.hosts[0], ["content_hash"]):
+        return np.asarray(pages.column("content_hash").to_numpy(), dtype=np.uint64)
+    return np.empty(0, np.uint64)
+
+
+CLI_CHILD = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+out = subprocess.run([sys.executable, "-m", "planner", *{args!r}], check=True,
+                     capture_output=True)
+wall = time.perf_counter() - t
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps(dict(wall=wall, doc=json.loads(out.stdout), cpu=usage.ru_utime + usage.ru_stime,
+                      peak=usage.ru_maxrss * 1024)))
+"""
+
+
+def _load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+@pytest.mark.parametrize(("pages", "interval"), CLI_CASES)
 def test_cli_end_to_end(
     benchmark: Any,
-    trace_dirs: dict[int, Path],
+    trace_dirs: Any,
     pages: int,
     interval: float,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    del interval
-    code = f"""
-    import json, resource, subprocess, sys, time
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "planner", "replay", {str(trace_dirs[pages])!r},
-                          "--pages-to-scan", "100000", "--json"], check=True, capture_output=True)
-    wall = time.perf_counter() - t
-    doc = json.loads(out.stdout)
+    """``ksm-planner replay --json``, process start to JSON, as a new user runs it: page
+    visits per second, one full scan against ``np.sort`` of the snapshot's hash column
+    (sorted in this process, in the same run), peak RSS per tracked page."""
+    trace = trace_dirs(pages, interval)
+    sort_s = _sort_s(_first_hash_column(trace))
+    load = _load_average()
+    args = [str(trace), "--pages-to-scan", "100000", "--json"]
+    res = benchmark.pedantic(
+        _run_child, args=(CLI_CHILD.format(args=["replay", *args]),), rounds=1, iterations=1
+    )
+    doc = res["doc"]
     visits = sum(doc["cost"]["path_visits"].values())
-    print(json.dumps(dict(wall=wall, visits=visits, scans=doc["final"]["full_scans"],
-                          peak=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)))
-    """
-    res = benchmark.pedantic(_run_child, args=(code,), rounds=1, iterations=1)
+    scans = doc["final"]["full_scans"]
     figures = {
         "pages": pages,
-        "full scans": res["scans"],
-        "page visits": res["visits"],
+        "load average before": load,
+        "full scans": scans,
+        "page visits": visits,
         "process start to JSON s": res["wall"],
-        "visits per s end to end": res["visits"] / res["wall"],
+        "CPU s (user + system)": res["cpu"],
+        "visits per s end to end": visits / res["wall"],
+        "np.sort of the hash column s": sort_s,
+        "one full scan (end to end) / np.sort": res["wall"] / max(scans, 1) / sort_s,
         "peak RSS bytes per page": res["peak"] / pages,
     }
     benchmark.extra_info.update(figures)
     _report(capsys, f"ksm-planner replay --json, {pages:,} pages x 3 snapshots", figures)
+    assert visits > 0
+    assert scans > 0
+
+
+def test_info_rows_per_s(
+    benchmark: Any, trace_dirs: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ksm-planner info --json`` on the 4 M-page trace (12 M page rows), process start to
+    JSON, against ``np.sort`` of all its hash columns in this process."""
+    trace = trace_dirs(4_000_000, 5.0)
+    from planner.trace.io import open_trace
+
+    tr = open_trace(trace)
+    rows = tr.pages_rows(tr.hosts[0])
+    hashes = np.concatenate(
+        [
+            np.asarray(p.column("content_hash").to_numpy(), dtype=np.uint64)
+            for _, p in tr.iter_snapshot_pages(tr.hosts[0], ["content_hash"])
+        ]
+    )
+    sort_s = _sort_s(hashes)
+    del hashes
+    load = _load_average()
+    res = benchmark.pedantic(
+        _run_child, args=(CLI_CHILD.format(args=["info", str(trace), "--json"]),), rounds=1
+    )
+    figures = {
+        "page rows": rows,
+        "load average before": load,
+        "process start to JSON s": res["wall"],
+        "CPU s (user + system)": res["cpu"],
+        "rows per s end to end": rows / res["wall"],
+        "np.sort of every hash column s": sort_s,
+        "info / np.sort": res["wall"] / sort_s,
+        "peak RSS bytes per row": res["peak"] / rows,
+    }
+    benchmark.extra_info.update(figures)
+    _report(capsys, f"ksm-planner info --json, {rows:,} page rows", figures)
+    assert res["doc"]["pages"] == rows
 
 
 def test_day_long_replay(benchmark: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,3 +75,40 @@ def test_iter_snapshot_pages_batches_across_snapshots(tmp_path: Path) -> None:
     with pytest.raises(UsageProblem, match="no host 'x'") as info:
         trace.read_table("x", "pages")
     assert info.value.hint == "hosts are: h"
+
+
+def test_read_ahead_keeps_order_raises_and_stops() -> None:
+    """The snapshot read-ahead: items in order, the source's exception raised in the
+    consumer, and closing early stops the thread and closes the source."""
+    import threading
+
+    from planner.errors import TraceFormatError
+    from planner.trace.io import read_ahead
+
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def broken() -> Iterator[int]:
+        yield 1
+        raise TraceFormatError("pages.parquet: row 7: bad")
+
+    failing = read_ahead(broken())
+    assert next(failing) == 1
+    with pytest.raises(TraceFormatError, match="row 7"):
+        next(failing)
+
+    closed = []
+
+    def endless() -> Iterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    ahead = read_ahead(endless())
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name == "ksm-planner-read-ahead"]

@@ -185,3 +185,109 @@ def test_empty_snapshot_is_reported(tmp_path: Path) -> None:
     w.write_trace(tmp_path / "t")
     snaps = summarize_trace(tmp_path / "t").snapshots
     assert [(s.time_s, s.pages, s.naive_saved_pages) for s in snaps] == [(0.0, 2, 1), (5.0, 0, 0)]
+
+
+def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[str, Any]:
+    """The potential of candidate pages ``(pid, vma, hash, frame, zero)`` in scan order,
+    by sets and loops (the definitions of the module docstring, nothing shared)."""
+    seen_h: set[int] = set()
+    seen_f: set[int] = set()
+    kept: set[int] = set()
+    groups: dict[str, dict[str, Any]] = {}
+    freed_total = 0
+    for pid, vma, h, f, zero in rows:
+        first_h, first_f = h not in seen_h, f not in seen_f
+        seen_h.add(h)
+        seen_f.add(f)
+        freed = False
+        if first_f:
+            if zero or h in kept:
+                freed = True
+            else:
+                kept.add(h)
+        freed_total += freed
+        g = groups.setdefault(
+            group_of(pid, vma),
+            {"n": 0, "z": 0, "naive": 0, "fork": 0, "ideal": 0, "f": set(), "h": set()},
+        )
+        g["n"] += 1
+        g["z"] += zero
+        g["naive"] += not first_h
+        g["fork"] += not first_f
+        g["ideal"] += freed
+        g["f"].add(f)
+        g["h"].add(h)
+    pairs = {(h, pid) for pid, _, h, _, _ in rows}
+    return {
+        "totals": (
+            len(rows), len(seen_f), len(seen_h), freed_total,
+            len({f for _, _, _, f, z in rows if z}), len(rows) - len(pairs),
+        ),
+        "groups": {
+            k: (v["n"], v["z"], len(v["f"]), len(v["h"]), v["naive"], v["ideal"], v["fork"])
+            for k, v in groups.items()
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("seed", "n_pids"), [(s, 5) for s in range(4)] + [(7, 90), (8, 200)])
+def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int) -> None:
+    """Random snapshots with repeated hashes, shared frames (some with two contents),
+    zero pages and unhashed pages: totals and the breakdowns against an oracle (with up
+    to 3 comms, and with 70 or more: the two ways groups are counted)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400)) * (1 + n_pids // 20)
+    pids = range(1, n_pids + 1)
+    pid = np.sort(rng.integers(1, n_pids + 1, n)).astype(np.int32)
+    vma = (rng.integers(1, 4, n) * 0x100000).astype(np.uint64)
+    h = rng.integers(0, 12, n).astype(np.uint64)
+    f = rng.integers(0, 40, n).astype(np.uint64)
+    unhashed = rng.random(n) < 0.05
+    zero = h == 0
+    flags = np.where(zero, int(S.PageFlag.ZERO), 0) | np.where(unhashed, int(S.PageFlag.SWAPPED), 0)
+    pages = pa.table(
+        {
+            "pid": pa.array(pid),
+            "vma_start": pa.array(vma),
+            "content_hash": pa.array(h, mask=unhashed),
+            "frame_id": pa.array(f, mask=unhashed),
+            "flags": pa.array(flags.astype(np.uint16)),
+        }
+    )
+    kinds = ["heap", "anon", "stack"]
+    maps = pa.table(
+        {
+            "pid": pa.array([p for p in pids for _ in kinds], pa.int32()),
+            "start": pa.array([v * 0x100000 for _ in pids for v in (1, 2, 3)], pa.uint64()),
+            "kind": [k for _ in pids for k in kinds],
+        }
+    )
+    comm = {p: f"c{p % 3 if n_pids < 64 else p % 70}" for p in pids}
+    procs = pa.table({"pid": pa.array(pids, pa.int32()), "comm": [comm[p] for p in pids]})
+    s = snapshot_potential(pages, procs, maps)
+    keep = ~unhashed
+    rows = list(
+        zip(
+            pid[keep].tolist(), vma[keep].tolist(), h[keep].tolist(), f[keep].tolist(),
+            zero[keep].tolist(), strict=True,
+        )
+    )  # fmt: skip
+    want = _oracle(rows, lambda p, v: kinds[v // 0x100000 - 1])
+    got = (s.pages, s.frames, s.distinct_hashes, s.ideal_saved_frames, s.zero_frames,
+           s.within_process_saved_pages)  # fmt: skip
+    assert got == want["totals"]
+    assert s.naive_saved_pages == s.pages - s.distinct_hashes
+    assert {
+        g.group: (g.pages, g.zero_pages, g.frames, g.distinct_hashes, g.naive_saved_pages,
+                  g.ideal_saved_frames, g.fork_shared_pages)
+        for g in s.by_kind
+    } == want["groups"]  # fmt: skip
+    by_comm = _oracle(rows, lambda p, v: comm[p])["groups"]
+    assert len(s.by_comm) == len(by_comm)
+    assert {
+        g.group: (g.pages, g.zero_pages, g.frames, g.distinct_hashes, g.naive_saved_pages,
+                  g.ideal_saved_frames, g.fork_shared_pages)
+        for g in s.by_comm
+    } == by_comm  # fmt: skip
