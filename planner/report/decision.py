@@ -360,6 +360,13 @@ def _unmerge_figure(cap: CapacityEstimate) -> KeyFigure:
     )
 
 
+def _modelled_cow(rate: float | None) -> str:
+    """What the replay's own writes broke (the sampled rates, continued after the trace)."""
+    if rate is None:
+        return ""
+    return f"; the replay of the sampled writes breaks {W.rate(rate)}/s on the traced host"
+
+
 def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
     h = s.host
     cow = inputs.cow
@@ -373,15 +380,16 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
             W.rate(canary_planned),
             f"the canary's rate per merged page ({W.rate(measured)}/s at "
             f"{F.integer(rates.observed_pages_sharing if rates else None)} pages) times the "
-            f"pages merged there; the trace alone sees {W.rate(planned)}/s",
+            f"pages merged there; the trace alone sees {W.rate(planned)}/s"
+            + _modelled_cow(h.modelled_cow_breaks_per_s),
         )
     value = f"{W.rate(planned if planned is not None else cow.breaks_per_s)} /s"
     detail = (
         f"writes to merged pages on the planned host; {W.rate(cow.breaks_per_s)}/s in the trace "
-        "(a lower bound: writes between snapshots are not seen)"
+        "(a lower bound: several writes between two snapshots count once)"
         if planned is not None
         else "writes to merged pages, counted in the trace (a lower bound)"
-    )
+    ) + _modelled_cow(h.modelled_cow_breaks_per_s)
     if measured is not None:
         detail += f"; the canary measured {W.rate(measured)}/s (`cow_ksm`)"
     return KeyFigure("copy-on-write breaks", value, detail)
@@ -408,6 +416,17 @@ def inputs_table(inputs: ReviewInputs, s: ReviewScenario) -> Table:
             "basis": "the replay of the trace under the scenario's knobs",
         },
     ]
+    loads = inputs.whatif.replay_options.host_load or {}
+    load = loads.get(h.host)
+    if load is not None:
+        rows.append(
+            {
+                "input": "CPU load beside ksmd",
+                "value": f"{F.fixed(load.runnable_per_cpu, 1)} runnable tasks per CPU",
+                "source": load.source,
+                "basis": load.detail or "docs/busy-host.md",
+            }
+        )
     me = inputs.whatif.model_error
     if me is not None:
         rows.append(

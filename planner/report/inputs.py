@@ -144,6 +144,8 @@ class TraceFacts:
     processes: int
     pages: int
     ksm_at_capture: Mapping[str, Any]
+    sampled: bool = False
+    """The capture sampled the pages between snapshots (``--sample-ms``, trace format v2)."""
 
     @classmethod
     def of(
@@ -170,7 +172,7 @@ class TraceFacts:
             hosts=tuple(trace.hosts),
             kernel_release=meta.get("kernel_release"),
             page_size=int(meta.get("page_size") or 4096),
-            hz=meta.get("hz"),
+            hz=ht.hz,
             thp_mode=meta.get("thp_mode"),
             hash_algo=meta.get("hash_algo"),
             hash_key_id=meta.get("hash_key_id"),
@@ -181,6 +183,7 @@ class TraceFacts:
             processes=summary.processes,
             pages=summary.pages,
             ksm_at_capture=ksm,
+            sampled=ht.sampled,
         )
 
 

@@ -48,6 +48,7 @@ from planner.whatif.uncertainty import published_runs
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from planner.engine.timing import HostLoad
     from planner.report.inputs import ReviewInputs, ReviewScenario
     from planner.trace.summary import GroupPotential
     from planner.whatif import KnobEffect, SavingRange
@@ -311,18 +312,10 @@ def _state(inputs: ReviewInputs, choice: Choice) -> Section:
     )
 
 
-_NOT_MODELLED = (
-    "**Between snapshots nothing changes.** The trace shows each page's content only at "
-    "snapshot times; writes in between are not seen, and a page written and restored in between "
-    "looks unchanged. After the last snapshot its state is held for the settle scans.",
-    "**The future looks like the trace.** The steady state is the last snapshot held still. "
-    "Traffic shifts, deploys, worker respawns and memory growth after the trace are not in it.",
+_NOT_MODELLED_REST = (
     "**Merges the kernel refuses** for pinned pages (O_DIRECT, RDMA, io_uring buffers), locked "
     "pages or pages held in per-CPU LRU caches are counted as merged.",
     "**NUMA** (`merge_across_nodes`), swap, memory pressure and reclaim are not modelled.",
-    "**ksmd's CPU** comes from a per-path cost profile measured on a reference VM (±30 % between "
-    "runs there); ksmd runs at nice 5 and gets less CPU on a busy host, so scans can take longer "
-    "than modelled. CPU contention with the service is not modelled.",
     "**Latency.** The page faults and 4 KiB copies of copy-on-write breaks and the lost "
     "transparent huge pages are not priced; [Risks](#risks) gives their rate from the trace.",
     "**Other KSM users** on the host (VMs, other containers) are not in the trace.",
@@ -331,6 +324,58 @@ _NOT_MODELLED = (
     "**The unstable tree** is keyed by content hash: an unstable entry whose page changed since "
     "insertion is dropped, where the kernel may still find it by its new content.",
 )
+
+
+def _host_load(inputs: ReviewInputs) -> HostLoad | None:
+    """The CPU load the replays gave ksmd on the reviewed host (what-if's record of it)."""
+    loads = inputs.whatif.replay_options.host_load or {}
+    for sc in inputs.scenarios:
+        if sc.host.host in loads:
+            return loads[sc.host.host]
+    return next(iter(loads.values()), None)
+
+
+def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
+    """What the model leaves out, as this review's replays ran (writes, load)."""
+    sampled = inputs.whatif.replay_options.writes and inputs.trace.sampled
+    if sampled:
+        writes = (
+            "**Writes between snapshots** are replayed at the rates the capture sampled "
+            "(docs/kernel-semantics.md §6.5): content changes and, where the kernel tracks "
+            "soft-dirty, writes of unchanged bytes. A content sampler misses writes that leave "
+            "the bytes unchanged and changes faster than its period; [Validation](#validation) "
+            "compares with a canary, which sees them.",
+            "**The future looks like the trace.** After the last snapshot the replay continues "
+            "its last interval's writes. Traffic shifts, deploys, worker respawns and memory "
+            "growth or shrinkage after the trace are not in it.",
+        )
+    else:
+        writes = (
+            "**Between snapshots nothing changes.** The trace shows each page's content only at "
+            "snapshot times; writes in between are not seen, and a page written and restored in "
+            "between looks unchanged. After the last snapshot its state is held for the settle "
+            "scans.",
+            "**The future looks like the trace.** The steady state is the last snapshot held "
+            "still. Traffic shifts, deploys, worker respawns and memory growth after the trace "
+            "are not in it.",
+        )
+    load = _host_load(inputs)
+    if load is not None and load.runnable_per_cpu > 0:
+        cpu = (
+            "**ksmd's CPU** comes from a per-path cost profile measured on a reference VM, "
+            "scaled for a busy host: ksmd runs at nice 5 and gets its scheduler share against "
+            f"{F.fixed(load.runnable_per_cpu, 1)} other runnable tasks per CPU ({load.source}; "
+            "docs/busy-host.md), one mean load for the whole replay. What ksmd's CPU takes "
+            "from the service is not modelled."
+        )
+    else:
+        cpu = (
+            "**ksmd's CPU** comes from a per-path cost profile measured on a reference VM (±30 % "
+            "between runs there) on an idle host; ksmd runs at nice 5 and gets less CPU on a "
+            "busy host (`--host-load` models one, docs/busy-host.md). What ksmd's CPU takes from "
+            "the service is not modelled."
+        )
+    return (*writes, *_NOT_MODELLED_REST[:2], cpu, *_NOT_MODELLED_REST[2:])
 
 
 def _method(inputs: ReviewInputs, choice: Choice) -> Section:
@@ -387,7 +432,7 @@ def _method(inputs: ReviewInputs, choice: Choice) -> Section:
             )
         ),
         Heading("What is not modelled"),
-        Bullets(_NOT_MODELLED),
+        Bullets(_not_modelled(inputs)),
     ]
     fit = W.fit_of(inputs, choice.scenario)
     if fit is not None:
@@ -994,8 +1039,12 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
             f"after about {W.t(h.projected_time_to_90_s)} (the replay's times scaled with the "
             f"pages to scan; an estimate). The trace covers {F.seconds(inputs.trace.time_span_s)}"
             + (
-                ", less than one full scan there: what happens to the memory beyond it is the "
-                "last snapshot held still."
+                ", less than one full scan there: beyond it the replay "
+                + (
+                    "continues the last interval's writes."
+                    if inputs.whatif.replay_options.writes and inputs.trace.sampled
+                    else "holds the last snapshot still."
+                )
                 if (h.projected_first_full_scan_s or 0.0) > inputs.trace.time_span_s
                 else "."
             )

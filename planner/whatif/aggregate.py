@@ -172,6 +172,7 @@ def host_scenario(r: HostReplays) -> HostScenario:
         snapshot_times_s=main[0].snapshot_times_s,
         first_full_scan_s=_first_scans_s(timeline, scans_to_90),
         writes=r.writes,
+        modelled_cow_breaks_per_s=_sum_opt([o.cow_breaks_per_s for o in main]),
         placement="separate hosts" if r.separate else "one host",
         domain_results=domains,
     )

@@ -316,6 +316,9 @@ class ReplayOutcome:
     timeline: Timeline = field(metadata=detail("timelines"))
     process_timeline: ProcessSeries = field(metadata=detail("timelines"))
     elapsed_s: float = 0.0
+    #: Merges broken by the replayed writes per second after the last snapshot (the model's
+    #: ``cow_ksm``; None: no writes replayed or nothing after the last snapshot)
+    cow_breaks_per_s: float | None = None
 
 
 __all__ = [

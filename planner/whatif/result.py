@@ -202,6 +202,9 @@ class HostScenario:
     first_full_scan_s: float | None = None
     #: Writes to mergeable pages between snapshots (copy-on-write), from the trace
     writes: CowEstimate | None = None
+    #: Merges the replay's writes broke per second after the last snapshot, summed over the
+    #: replays (the model's ``cow_ksm`` on the traced host; None: no writes were replayed)
+    modelled_cow_breaks_per_s: float | None = None
     #: The model's measured error applied to the saving (observed / predicted; 1: none)
     saving_factor: float = 1.0
     #: Copy-on-write breaks per second per merged page measured on a canary (``cow_ksm``)

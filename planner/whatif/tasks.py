@@ -314,6 +314,7 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         timeline=Timeline.of_replay(res),
         process_timeline=process_series(res),
         elapsed_s=time.perf_counter() - t0,
+        cow_breaks_per_s=res.cow_breaks_per_s,
     )
 
 
