@@ -412,8 +412,11 @@ class CanaryRates:
     (``unmerged_same_content``). A page's rate is its such events over the seconds it was
     merged, scaled by the breaks the canary could not see (a page broken and merged again
     between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``);
-    pages of a process role (``comm``) it never saw merged take the role's rate.
-    Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
+    pages of a process role (``comm``) it never saw merged take the role's rate, unless
+    ``fork()`` still shares their frame (the canary never sees those as KSM pages; a canary is
+    usually another run of the workload, whose pids and, with ASLR, addresses differ from the
+    trace's: the role's rate is then what applies). Rates are the workload's, not ksmd's: a
+    canary at one knob setting serves the others.
     """
 
     key: U64
@@ -526,6 +529,10 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
         comm = [inp.mms[int(m)].comm or "" for m in snap.mm.tolist()]
         if rates.by_comm:
             rate[:] = [rates.by_comm.get(c, 0.0) for c in comm]
+            # a role's rate is measured on KSM pages, never on pages fork() still shares
+            # (those are not KSM pages on the canary): it is not put on them
+            _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
+            rate[counts[inverse] > 1] = 0.0
         if rates.key.size and snap.n:
             pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
             hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])

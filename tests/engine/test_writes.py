@@ -26,6 +26,7 @@ from planner.engine.writes import (
     canary_rates,
     effective_changes,
     fill_unchecked,
+    with_canary,
 )
 from planner.testing.builder import World
 from planner.testing.random_world import WorldSpec, random_world
@@ -390,3 +391,33 @@ def test_a_trace_directory_streams_the_same_writes(tmp_path: Path) -> None:
         assert np.array_equal(wa.same, wb.same)
         assert np.array_equal(wa.toggle, wb.toggle)
         assert wa.length_ns == wb.length_ns
+
+
+def test_a_roles_canary_rate_spares_the_pages_fork_still_shares() -> None:
+    """The canary (another run: other pids) measured its rate on KSM pages; pages fork()
+    still shares are never KSM pages there, so the role's rate is not put on them."""
+    w = World()
+    w.spawn(200, comm="w")
+    w.map(200, 0x10000, [1, 2, 3, 4])
+    w.fork(200, 201, comm="w")  # 201 shares 200's four frames
+    w.map(201, 0x20000, [5, 6])  # two private pages of the child
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged"), (1.0, 100, 0x10000, "unmerged_same_content")],
+        end_s=10.0,
+    )
+    rates = canary_rates(obs)
+    assert rates.by_comm == {"w": pytest.approx(1.0)}
+    calibrated = with_canary(inp, rates)
+    snap = inp.snapshots[0]
+    got = calibrated.writes[0]
+    assert got is not None
+    assert got.same_rate_per_s is not None
+    _, inv, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
+    shared = counts[inv] > 1
+    assert shared.sum() == 8
+    assert (~shared).sum() == 2
+    assert (got.same_rate_per_s[shared] == 0).all()
+    assert got.same_rate_per_s[~shared] == pytest.approx(1.0)
