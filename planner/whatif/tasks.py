@@ -31,7 +31,7 @@ from planner.whatif.outcome import (
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
-    from planner.trace.io import HostTrace
+    from planner.trace.io import Trace
     from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
 
 
@@ -113,29 +113,30 @@ class TaskFailure:
 # ----------------------------------------------------------------------------- worker side
 
 _CACHE_LOCK = threading.Lock()
-_HOSTS: OrderedDict[tuple[str, str, str], HostTrace] = OrderedDict()
 _PREPARED: OrderedDict[tuple[Any, ...], ReplayInput] = OrderedDict()
-_MAX_HOSTS = 1
 _MAX_PREPARED = 4
+#: Bytes of prepared inputs a worker keeps for later tasks (the newest is always kept).
+#: Before preparing another input the cache is cut to half of it, so that a worker holds at
+#: most this much besides the input being prepared and replayed (a 16 M-page host within a
+#: 4 GiB Dask worker: docs/fleet.md §4).
+_MAX_PREPARED_BYTES = 1 << 30
 
 
-def _host(trace_path: str, trace_hash: str, host: str) -> HostTrace:
+def _trace(trace_path: str, trace_hash: str) -> Trace:
     from planner.trace.io import open_trace
 
-    key = (trace_path, trace_hash, host)
-    with _CACHE_LOCK:
-        if key in _HOSTS:
-            _HOSTS.move_to_end(key)
-            return _HOSTS[key]
     trace = open_trace(trace_path)
     if trace.trace_hash != trace_hash:
         raise E.TraceFormatError(f"{trace_path} changed while the what-if ran", hint="run it again")
-    ht = trace.load_host(host)
-    with _CACHE_LOCK:
-        _HOSTS[key] = ht
-        while len(_HOSTS) > _MAX_HOSTS:
-            _HOSTS.popitem(last=False)
-    return ht
+    return trace
+
+
+def _evict(limit_bytes: int, keep: int) -> None:
+    """Drop the oldest prepared inputs (never the ``keep`` newest) down to ``limit_bytes``."""
+    while len(_PREPARED) > keep and (
+        len(_PREPARED) > _MAX_PREPARED or sum(i.nbytes for i in _PREPARED.values()) > limit_bytes
+    ):
+        _PREPARED.popitem(last=False)
 
 
 def _prepared(
@@ -146,28 +147,29 @@ def _prepared(
     policy_json: str,
     only_domain: str | None,
 ) -> ReplayInput:
-    from planner.engine.prepare import prepare
+    """The prepared input of a host under a policy, cached per worker process; the host's
+    pages are read one snapshot at a time (:func:`planner.engine.prepare_trace`)."""
+    from planner.engine.prepare import prepare_trace
     from planner.policy.model import PolicySet
 
     with _CACHE_LOCK:
         if spec_key in _PREPARED:
             _PREPARED.move_to_end(spec_key)
             return _PREPARED[spec_key]
+        _evict(_MAX_PREPARED_BYTES // 2, keep=0)
     policy = PolicySet.model_validate_json(policy_json)
-    inp = prepare(
-        _host(trace_path, trace_hash, host), resolver=policy.resolver(only_domain=only_domain)
+    inp = prepare_trace(
+        _trace(trace_path, trace_hash), host, resolver=policy.resolver(only_domain=only_domain)
     )
     with _CACHE_LOCK:
         _PREPARED[spec_key] = inp
-        while len(_PREPARED) > _MAX_PREPARED:
-            _PREPARED.popitem(last=False)
+        _evict(_MAX_PREPARED_BYTES, keep=1)
     return inp
 
 
 def clear_caches() -> None:
-    """Forget the hosts and prepared inputs cached in this process."""
+    """Forget the prepared inputs cached in this process."""
     with _CACHE_LOCK:
-        _HOSTS.clear()
         _PREPARED.clear()
 
 
