@@ -38,13 +38,24 @@ def report_cmd(
     nothing loaded from the network), review.md (its Markdown twin), plots/*.svg, data/*.csv
     and data/review.json (every number behind every table and plot) and, with --pdf,
     review.pdf. The output is deterministic: the same inputs give the same bytes. Nothing is
-    written if anything fails. A multi-host trace is reviewed one host at a time (--host).
+    written if anything fails. A fleet (a directory of traces, or a trace with several
+    hosts) gets the fleet review: every host under every scenario, the fleet's totals, the
+    spread across hosts and the capacity gain; --host picks hosts of it (one --host: that
+    host's own review).
 
     Example: ksm-planner report traces/django-preload --pages-to-scan 100,1000,4000
     --host-mem 16GiB --out review
     """
     from contextlib import ExitStack
 
+    from planner.whatif.fleet import is_fleet
+
+    if is_fleet(args.trace, args.hosts):  # several hosts: the fleet review
+        from planner.cli.fleet import fleet_report
+
+        fleet_report(args, out=out, cpu_budget=cpu_budget, title=title, pdf=pdf, force=force,
+                     as_json=as_json)  # fmt: skip
+        return
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
     from planner.errors import UsageProblem
