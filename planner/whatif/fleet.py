@@ -40,7 +40,7 @@ from planner.jsonable import skip, to_jsonable
 from planner.provenance import HostInfo
 from planner.trace import schema as S
 from planner.whatif.capacity import CapacityEstimate, combine_hosts
-from planner.whatif.executors import describe, local_executor
+from planner.whatif.executors import InlineExecutor, describe, local_executor
 from planner.whatif.grid import knob_label
 
 if TYPE_CHECKING:
@@ -592,7 +592,11 @@ def run_fleet(
     ex = executor if executor is not None else local_executor(max_workers)
     shared = _SharedProgress(progress, len(groups))
     try:
-        with ThreadPoolExecutor(min(len(groups), MAX_CONCURRENT_TRACES)) as threads:
+        # an executor that runs tasks in the submitting thread (inline: one core) gets the
+        # traces one after the other: nothing of the what-if runs concurrently in-process
+        inline = isinstance(ex, InlineExecutor)
+        at_once = 1 if inline else min(len(groups), MAX_CONCURRENT_TRACES)
+        with ThreadPoolExecutor(at_once) as threads:
             futures = [
                 threads.submit(
                     run_whatif,
