@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from planner.engine.fast.apply import release_memory
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
 from planner.engine.rows import (
     F_ELIGIBLE,
@@ -623,15 +624,21 @@ def _prepare(
     nxt = next(stream, None)
     for k, sid in enumerate(sids):
         table = empty
-        if nxt is not None and nxt[0] == sid:
-            table = nxt[1]
-            nxt = next(stream, None)
+        taken = nxt is not None and nxt[0] == sid
+        if nxt is not None and taken:
+            table, nxt = nxt[1], None
         cols = _page_columns(table, meta.get("zero_hash"))
+        del table  # the columns are numpy now (copies of a chunked table): Arrow's goes
+        release_memory()
         cur, layout = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size
         )
-        del cols, table
+        del cols
         builder.add(round(times_s[k] * 1e9), cur, layout)
+        del cur
+        release_memory()  # what the snapshot's rows and delta used, before the next is read
+        if taken:  # the next snapshot's pages are read only now: one snapshot in memory
+            nxt = next(stream, None)
     return builder.build()
 
 

@@ -122,6 +122,19 @@ _MAX_PREPARED = 4
 _MAX_PREPARED_BYTES = 1 << 30
 
 
+def _system_arrow_pool() -> None:
+    """Arrow allocates from the C library from now on (in this worker process).
+
+    Its default allocator (mimalloc or jemalloc) keeps what it freed for later, so a worker
+    that prepared a big host stays at its peak; from malloc, the trims of ``prepare`` and of
+    the replay give it back (a 16 M-page host: 3.3 GB peak instead of 4.3, docs/fleet.md §4).
+    """
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def _trace(trace_path: str, trace_hash: str) -> Trace:
     from planner.trace.io import open_trace
 
@@ -157,10 +170,12 @@ def _prepared(
             _PREPARED.move_to_end(spec_key)
             return _PREPARED[spec_key]
         _evict(_MAX_PREPARED_BYTES // 2, keep=0)
+    _system_arrow_pool()
     policy = PolicySet.model_validate_json(policy_json)
     inp = prepare_trace(
         _trace(trace_path, trace_hash), host, resolver=policy.resolver(only_domain=only_domain)
     )
+    _release()
     with _CACHE_LOCK:
         _PREPARED[spec_key] = inp
         _evict(_MAX_PREPARED_BYTES, keep=1)
@@ -168,9 +183,10 @@ def _prepared(
 
 
 def clear_caches() -> None:
-    """Forget the prepared inputs cached in this process."""
+    """Forget the prepared inputs (and their facts) cached in this process."""
     with _CACHE_LOCK:
         _PREPARED.clear()
+        _LAST.clear()
 
 
 def domain_codes(inp: ReplayInput) -> tuple[np.ndarray[Any, np.dtype[np.int64]], list[str]]:
@@ -249,9 +265,50 @@ def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
         return TaskFailure(type(err).__name__, err.message, err.hint)
 
 
+_LAST: OrderedDict[tuple[Any, ...], tuple[int, int, int]] = OrderedDict()
+
+
+def _last_snapshot(
+    prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
+) -> tuple[int, int, int]:
+    """Of the input's last snapshot: the policy ideal, the zero-content frames an ideal KSM
+    frees (the replay's own count is at most its saving) and the mergeable pages.
+
+    They depend on the input alone: computed once per input (and before a replay, so that
+    their sort of every page never adds to a replay's peak memory).
+    """
+    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
+
+    key = (*prepare_key, use_zero_pages)
+    with _CACHE_LOCK:
+        if key in _LAST:
+            return _LAST[key]
+    out = (0, 0, 0)
+    if inp.snapshots:
+        last = inp.snapshots[-1]
+        eligible = int(np.count_nonzero(last.eligible))
+        out = (
+            policy_ideal_saved_frames(last, use_zero_pages=use_zero_pages),
+            zero_saved_frames(last, use_zero_pages=use_zero_pages, saved_frames=eligible),
+            eligible,
+        )
+        del last
+        _release()
+    with _CACHE_LOCK:
+        _LAST[key] = out
+        while len(_LAST) > 64:
+            _LAST.popitem(last=False)
+    return out
+
+
+def _release() -> None:
+    from planner.engine.fast.apply import release_memory
+
+    release_memory()
+
+
 def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, replay
-    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
 
     t0 = time.perf_counter()
     inp = _prepared(
@@ -269,9 +326,9 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         else CostProfile.default()
     )
     opts = ReplayOptions(**dict(spec.options), cost=cost)
+    ideal, zero_freed, eligible = _last_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
     res = replay(inp, knobs=knobs, options=opts)
     truth = res.final_truth
-    last = inp.snapshots[-1] if inp.snapshots else None
     pairs, crossing = _domain_pairs(inp, res.final_node_members)
     applied = [t for t in res.snapshot_applied_s if t is not None]
     return ReplayOutcome(
@@ -284,17 +341,9 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         final_counters=KsmCounters.of(res.final_counters, rmap_items=truth.rmap_items),
         cost=res.cost,
         steady=SteadyState.of_replay(res),
-        policy_ideal_saved_frames=(
-            policy_ideal_saved_frames(last, use_zero_pages=knobs.use_zero_pages) if last else 0
-        ),
-        zero_saved_frames=(
-            zero_saved_frames(
-                last, use_zero_pages=knobs.use_zero_pages, saved_frames=truth.saved_frames
-            )
-            if last
-            else 0
-        ),
-        eligible_pages=int(np.count_nonzero(last.eligible)) if last is not None else 0,
+        policy_ideal_saved_frames=ideal,
+        zero_saved_frames=min(zero_freed, max(0, truth.saved_frames)),
+        eligible_pages=eligible,
         registered_processes=sum(1 for m in inp.mms if m.registration.mode != "off"),
         last_snapshot_s=applied[-1] if applied else None,
         domain_pairs=pairs,
