@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from planner.engine.fast.apply import release_memory
 from planner.engine.registration import ProcessInfo, Registration, Resolver, prctl_everything
 from planner.engine.rows import (
     F_ELIGIBLE,
@@ -590,6 +589,8 @@ def _prepare(
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
+    from planner.engine.fast.apply import release_memory  # (numba: not at import time)
+
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)
