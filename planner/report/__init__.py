@@ -19,6 +19,8 @@ Modules, from computing to rendering:
 * :mod:`~planner.report.make` -- :func:`~planner.report.make.make_report` (what the CLI
   calls: run the what-if, build, write) and the mapping from a what-if result;
 * :mod:`~planner.report.review` -- the twelve sections and the recommendation rule;
+* :mod:`~planner.report.fleet` -- the review of a fleet (many hosts: per host, the spread
+  across hosts, fleet totals and capacity; ``make_fleet_report``);
 * :mod:`~planner.report.doc` -- the document model (sections of paragraphs, tables, figures);
 * :mod:`~planner.report.charts` -- deterministic matplotlib SVG;
 * :mod:`~planner.report.render` -- HTML (Jinja2 templates and CSS shipped as package
