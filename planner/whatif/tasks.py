@@ -114,7 +114,9 @@ class TaskFailure:
 
 _CACHE_LOCK = threading.Lock()
 _PREPARED: OrderedDict[tuple[Any, ...], ReplayInput] = OrderedDict()
-_MAX_PREPARED = 4
+#: At most this many prepared inputs (the byte budget below bounds big hosts; a fleet of small
+#: hosts interleaves many inputs on a worker, and preparing one again costs more than keeping it)
+_MAX_PREPARED = 16
 #: Bytes of prepared inputs a worker keeps for later tasks (the newest is always kept).
 #: Before preparing another input the cache is cut to half of it, so that a worker holds at
 #: most this much besides the input being prepared and replayed (a 16 M-page host within a
