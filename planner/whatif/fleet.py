@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -591,13 +591,15 @@ def run_fleet(
     own = executor is None
     ex = executor if executor is not None else local_executor(max_workers)
     shared = _SharedProgress(progress, len(groups))
+    # an executor that runs tasks in the submitting thread (inline: one core) gets the
+    # traces one after the other: nothing of the what-if runs concurrently in-process
+    at_once = 1 if isinstance(ex, InlineExecutor) else min(len(groups), MAX_CONCURRENT_TRACES)
+    threads = ThreadPoolExecutor(at_once, thread_name_prefix="fleet-trace")
+    futures: list[Future[WhatIfResult]] = []
+    done = False
     try:
-        # an executor that runs tasks in the submitting thread (inline: one core) gets the
-        # traces one after the other: nothing of the what-if runs concurrently in-process
-        inline = isinstance(ex, InlineExecutor)
-        at_once = 1 if inline else min(len(groups), MAX_CONCURRENT_TRACES)
-        with ThreadPoolExecutor(at_once) as threads:
-            futures = [
+        for trace, g in groups.items():
+            futures.append(
                 threads.submit(
                     run_whatif,
                     trace,
@@ -607,17 +609,18 @@ def run_fleet(
                     progress=shared,
                     **whatif,
                 )
-                for trace, g in groups.items()
-            ]
-            try:
-                runs = [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                if own:  # stop the other traces' replays now
-                    ex.shutdown(wait=False, cancel_futures=True)
-                raise
+            )
+        runs = [f.result() for f in futures]
+        done = True
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
     finally:
+        # on an error, the other traces' threads are not waited for: their tasks end with
+        # the executor (our pool, terminated below; a cluster's client when the caller
+        # closes it)
+        threads.shutdown(wait=done, cancel_futures=True)
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
         progress.finish()

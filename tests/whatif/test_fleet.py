@@ -279,3 +279,20 @@ def test_a_fleet_of_8_on_a_dask_local_cluster_equals_the_local_run(
     assert _figures(remote) == _figures(local8)
     assert len(remote.members) == 8
     assert remote.provenance["extra"]["tasks"] == local8.provenance["extra"]["tasks"]
+
+
+def test_a_damaged_host_fails_the_fleet_with_its_error_and_leaves_no_worker(
+    tmp_path: Path,
+) -> None:
+    import multiprocessing
+
+    root = tmp_path / "fleet"
+    write_family_fleet(root, 3)
+    pages = next((root / "host-01").glob("host=*/pages.parquet"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: found when a worker reads it
+    pages.chmod(0o600)
+    pages.write_bytes(bytes(data))
+    with pytest.raises(TraceFormatError, match=r"pages\.parquet"):
+        run_fleet(root, policy_sets=SETS[:1], grid=GRID, max_workers=2)
+    assert multiprocessing.active_children() == []
