@@ -37,13 +37,28 @@ def report_cmd(
     nothing loaded from the network), review.md (its Markdown twin), plots/*.svg, data/*.csv
     and data/review.json (every number behind every table and plot) and, with --pdf,
     review.pdf. The output is deterministic: the same inputs give the same bytes. Nothing is
-    written if anything fails. A multi-host trace is reviewed one host at a time (--host).
+    written if anything fails. A fleet (a directory of traces, or a trace with several
+    hosts) gets the fleet review: every host under every scenario, the fleet's totals, the
+    spread across hosts and the capacity gain; --host picks hosts of it (one --host: that
+    host's own review).
 
     Example: ksm-planner report traces/django-preload --pages-to-scan 100,1000,4000
     --host-mem 16GiB --out review
     """
     from contextlib import ExitStack
 
+    from planner.whatif.fleet import is_fleet
+
+    if is_fleet(args.trace, args.hosts):  # several hosts: the fleet review
+        from planner.cli.fleet import fleet_report
+        from planner.report.inputs import parse_share
+
+        # the fleet review applies the ksmd gate per host, as a share of one core (a fleet
+        # review plans no host CPUs; a host's own review divides by its planned CPUs)
+        budget = 100 * parse_share(max_ksmd_cpu, option="--max-ksmd-cpu")
+        fleet_report(args, out=out, cpu_budget=budget, title=title, pdf=pdf, force=force,
+                     as_json=as_json)  # fmt: skip
+        return
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
     from planner.engine.timing import HostLoad

@@ -60,6 +60,12 @@ def whatif_cmd(
     security domains, the realization ratio (replayed / ideal saving) and, with --host-mem,
     the capacity gain with its interval. * marks the Pareto front of saving against CPU.
 
+    TRACE may also be a fleet: a directory of traces, or a trace with several hosts. Every
+    host is then replayed under every scenario (all at once, locally or on --scheduler) and
+    the tables give each scenario over the fleet (totals, quantiles across hosts, the fleet's
+    capacity gain) and every host; --json prints {"fleet": ...}, --out writes fleet.json,
+    fleet_scenarios.csv and fleet_hosts.csv.
+
     Example: ksm-planner whatif traces/django-preload --pages-to-scan 100,1000,4000
     --sleep-ms 20,200 --host-mem 64GiB --headroom 10% --worker-other 40MiB
     """
@@ -67,6 +73,13 @@ def whatif_cmd(
 
     if as_json and as_csv:
         raise UsageProblem("--json and --csv both print on stdout", hint="choose one")
+    from planner.whatif.fleet import is_fleet
+
+    if is_fleet(args.trace, args.hosts):  # several hosts: per host and for the fleet
+        from planner.cli.fleet import fleet_whatif
+
+        fleet_whatif(args, out=out, force=force, as_csv=as_csv, as_json=as_json)
+        return
     from planner.cli._inputs import check_hosts
     from planner.engine.cost import CostProfile
     from planner.engine.timing import HostLoad

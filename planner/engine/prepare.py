@@ -748,6 +748,8 @@ def _prepare_rows(
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt,
 ) -> ReplayInput:
+    from planner.engine.fast.apply import release_memory  # (numba: not at import time)
+
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)
@@ -792,7 +794,8 @@ def _prepare_rows(
         if "content_changes" in table.column_names and table.num_rows:
             changes = page_changes(ht.snapshots, table, sid)
         cols = _page_columns(table, meta.get("zero_hash"), changes)
-        del table, changes
+        del table, changes  # the columns are numpy now (copies of a chunked table): Arrow's goes
+        release_memory()
         cur, layout, writes = _snapshot_rows(
             cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
         )
@@ -800,6 +803,8 @@ def _prepare_rows(
         length = intervals_s[k]
         length_ns = round(length * 1e9) if length else None
         builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
+        del cur, writes
+        release_memory()  # what the snapshot's rows and delta used, before the next is read
     return builder.build()
 
 

@@ -22,6 +22,8 @@ Modules, from computing to rendering:
 * :mod:`~planner.report.decision` -- the first screen, the gates and the recommendation rule;
 * :mod:`~planner.report.deployment` -- how to turn the recommendation on, what to watch;
 * :mod:`~planner.report.common` -- wording shared by the sections;
+* :mod:`~planner.report.fleet` -- the review of a fleet (many hosts: per host, the spread
+  across hosts, fleet totals and capacity; ``make_fleet_report``);
 * :mod:`~planner.report.doc` -- the document model (sections of paragraphs, tables, figures);
 * :mod:`~planner.report.charts` -- deterministic matplotlib SVG;
 * :mod:`~planner.report.render` -- HTML (Jinja2 templates and CSS shipped as package

@@ -960,12 +960,11 @@ class Trace:
                     continue
                 value = int(sid[a])
                 if current is not None and value != current:
-                    yield current, pa.concat_tables(parts)
-                    parts = []
+                    yield current, _take_all(parts)  # not kept here while the caller works
                 current = value
                 parts.append(table.slice(a, b - a))
         if current is not None:
-            yield current, pa.concat_tables(parts)
+            yield current, _take_all(parts)
 
     def verify(self) -> None:
         """Hash every file of the trace and compare with the manifest (no decoding)."""
@@ -973,6 +972,13 @@ class Trace:
             entry = _FileEntry(rel=rel, size=int(info["bytes"]), sha256=str(info["sha256"]))
             with _stream_verified(self.path, entry):
                 pass
+
+
+def _take_all(parts: list[pa.Table]) -> pa.Table:
+    """The tables of ``parts`` as one, ``parts`` emptied (so only the result holds them)."""
+    out = pa.concat_tables(parts)
+    parts.clear()
+    return out
 
 
 def _select(table: pa.Table, name: str, columns: Sequence[str], where: str) -> pa.Table:

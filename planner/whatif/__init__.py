@@ -25,7 +25,8 @@ effects, saving range),
 :mod:`~planner.whatif.executors` (local pool, inline, Dask),
 :mod:`~planner.whatif.extrapolate` (replica growth fit + bootstrap),
 :mod:`~planner.whatif.capacity` (workers per host), :mod:`~planner.whatif.observed`
-(predicted against observed), :mod:`~planner.whatif.result` (result types).
+(predicted against observed), :mod:`~planner.whatif.result` (result types),
+:mod:`~planner.whatif.fleet` (many hosts: :func:`run_fleet`, per host and fleet figures).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from planner.whatif.extrapolate import (
     fit_growth,
     policy_ideal_saved_frames,
 )
+from planner.whatif.fleet import FleetResult, run_fleet
 from planner.whatif.grid import KnobGrid, load_grid, parse_knob_list
 from planner.whatif.observed import ObservedComparison
 from planner.whatif.outcome import ProcessOutcome, ReplayOutcome, SteadyState, Timeline
@@ -68,6 +70,7 @@ __all__ = [
     "Estimate",
     "ExtrapolationFit",
     "ExtrapolationSpec",
+    "FleetResult",
     "GrowthFit",
     "HostCapacityModel",
     "HostScenario",
@@ -94,5 +97,6 @@ __all__ = [
     "parse_knob_list",
     "parse_size",
     "policy_ideal_saved_frames",
+    "run_fleet",
     "run_whatif",
 ]

@@ -31,7 +31,7 @@ from planner.whatif.outcome import (
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
-    from planner.trace.io import HostTrace
+    from planner.trace.io import Trace
     from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
 
 
@@ -116,29 +116,45 @@ class TaskFailure:
 # ----------------------------------------------------------------------------- worker side
 
 _CACHE_LOCK = threading.Lock()
-_HOSTS: OrderedDict[tuple[str, str, str], HostTrace] = OrderedDict()
 _PREPARED: OrderedDict[tuple[Any, ...], ReplayInput] = OrderedDict()
-_MAX_HOSTS = 1
-_MAX_PREPARED = 4
+#: At most this many prepared inputs (the byte budget below bounds big hosts; a fleet of small
+#: hosts interleaves many inputs on a worker, and preparing one again costs more than keeping it)
+_MAX_PREPARED = 16
+#: Bytes of prepared inputs a worker keeps for later tasks (the newest is always kept).
+#: Before preparing another input the cache is cut to half of it, so that a worker holds at
+#: most this much besides the input being prepared and replayed (a 16 M-page host within a
+#: 4 GiB Dask worker: docs/fleet.md §4).
+_MAX_PREPARED_BYTES = 1 << 30
 
 
-def _host(trace_path: str, trace_hash: str, host: str) -> HostTrace:
+def _system_arrow_pool() -> None:
+    """Arrow allocates from the C library from now on (in this worker process).
+
+    Its default allocator (mimalloc or jemalloc) keeps what it freed for later, so a worker
+    that prepared a big host stays at its peak; from malloc, the trims of ``prepare`` and of
+    the replay give it back (a 16 M-page host: 3.3 GB peak instead of 4.3, docs/fleet.md §4).
+    """
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
+def _trace(trace_path: str, trace_hash: str) -> Trace:
     from planner.trace.io import open_trace
 
-    key = (trace_path, trace_hash, host)
-    with _CACHE_LOCK:
-        if key in _HOSTS:
-            _HOSTS.move_to_end(key)
-            return _HOSTS[key]
     trace = open_trace(trace_path)
     if trace.trace_hash != trace_hash:
         raise E.TraceFormatError(f"{trace_path} changed while the what-if ran", hint="run it again")
-    ht = trace.load_host(host)
-    with _CACHE_LOCK:
-        _HOSTS[key] = ht
-        while len(_HOSTS) > _MAX_HOSTS:
-            _HOSTS.popitem(last=False)
-    return ht
+    return trace
+
+
+def _evict(limit_bytes: int, keep: int) -> None:
+    """Drop the oldest prepared inputs (never the ``keep`` newest) down to ``limit_bytes``."""
+    while len(_PREPARED) > keep and (
+        len(_PREPARED) > _MAX_PREPARED or sum(i.nbytes for i in _PREPARED.values()) > limit_bytes
+    ):
+        _PREPARED.popitem(last=False)
 
 
 def _prepared(
@@ -149,32 +165,38 @@ def _prepared(
     policy_json: str,
     only_domain: str | None,
 ) -> ReplayInput:
-    from planner.engine.prepare import prepare
+    """The prepared input of a host under a policy, cached per worker process; the host's
+    pages are read one snapshot at a time (:func:`planner.engine.prepare_trace`)."""
+    from planner.engine.prepare import prepare_trace
     from planner.policy.model import PolicySet
 
     with _CACHE_LOCK:
         if spec_key in _PREPARED:
             _PREPARED.move_to_end(spec_key)
             return _PREPARED[spec_key]
+        _evict(_MAX_PREPARED_BYTES // 2, keep=0)
+    _system_arrow_pool()
     policy = PolicySet.model_validate_json(policy_json)
-    inp = prepare(
-        _host(trace_path, trace_hash, host),
+    inp = prepare_trace(
+        _trace(trace_path, trace_hash),
+        host,
         # the what-if keeps domains apart itself (one replay per domain when they may not
         # merge), so the one-replay-one-domain check of ``replay --policy-set`` is off
         resolver=policy.resolver(only_domain=only_domain, enforce_cross_domain=False),
     )
+    _release()
     with _CACHE_LOCK:
         _PREPARED[spec_key] = inp
-        while len(_PREPARED) > _MAX_PREPARED:
-            _PREPARED.popitem(last=False)
+        _evict(_MAX_PREPARED_BYTES, keep=1)
     return inp
 
 
 def clear_caches() -> None:
-    """Forget the hosts and prepared inputs cached in this process."""
+    """Forget the prepared inputs (and their facts) cached in this process."""
     with _CACHE_LOCK:
-        _HOSTS.clear()
         _PREPARED.clear()
+        _LAST.clear()
+        _BY_SNAPSHOT.clear()
 
 
 def domain_codes(inp: ReplayInput) -> tuple[np.ndarray[Any, np.dtype[np.int64]], list[str]]:
@@ -253,9 +275,75 @@ def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
         return TaskFailure(type(err).__name__, err.message, err.hint)
 
 
+_LAST: OrderedDict[tuple[Any, ...], tuple[int, int, int]] = OrderedDict()
+
+
+def _last_snapshot(
+    prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
+) -> tuple[int, int, int]:
+    """Of the input's last snapshot: the policy ideal, the zero-content frames an ideal KSM
+    frees (the replay's own count is at most its saving) and the mergeable pages.
+
+    They depend on the input alone: computed once per input (and before a replay, so that
+    their sort of every page never adds to a replay's peak memory).
+    """
+    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
+
+    key = (*prepare_key, use_zero_pages)
+    with _CACHE_LOCK:
+        if key in _LAST:
+            return _LAST[key]
+    out = (0, 0, 0)
+    if inp.snapshots:
+        last = inp.snapshots[-1]
+        eligible = int(np.count_nonzero(last.eligible))
+        out = (
+            policy_ideal_saved_frames(last, use_zero_pages=use_zero_pages),
+            zero_saved_frames(last, use_zero_pages=use_zero_pages, saved_frames=eligible),
+            eligible,
+        )
+        del last
+        _release()
+    with _CACHE_LOCK:
+        _LAST[key] = out
+        while len(_LAST) > 64:
+            _LAST.popitem(last=False)
+    return out
+
+
+_BY_SNAPSHOT: OrderedDict[tuple[Any, ...], tuple[int, ...]] = OrderedDict()
+
+
+def _ideal_by_snapshot(
+    prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
+) -> tuple[int, ...]:
+    """The policy ideal at every snapshot (frames): computed once per input, as
+    :func:`_last_snapshot`, and one snapshot's sort at a time."""
+    from planner.whatif.extrapolate import policy_ideal_saved_frames
+
+    key = (*prepare_key, use_zero_pages)
+    with _CACHE_LOCK:
+        if key in _BY_SNAPSHOT:
+            return _BY_SNAPSHOT[key]
+    out = []
+    for rows in inp.snapshots:
+        out.append(policy_ideal_saved_frames(rows, use_zero_pages=use_zero_pages))
+        _release()
+    with _CACHE_LOCK:
+        _BY_SNAPSHOT[key] = tuple(out)
+        while len(_BY_SNAPSHOT) > 64:
+            _BY_SNAPSHOT.popitem(last=False)
+    return tuple(out)
+
+
+def _release() -> None:
+    from planner.engine.fast.apply import release_memory
+
+    release_memory()
+
+
 def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, replay
-    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
 
     t0 = time.perf_counter()
     inp = _prepared(
@@ -273,9 +361,10 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         else CostProfile.default()
     )
     opts = ReplayOptions(**dict(spec.options), cost=cost)
+    ideal, zero_freed, eligible = _last_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
+    by_snapshot = _ideal_by_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
     res = replay(inp, knobs=knobs, options=opts)
     truth = res.final_truth
-    last = inp.snapshots[-1] if inp.snapshots else None
     pairs, crossing = _domain_pairs(inp, res.final_node_members)
     applied = [t for t in res.snapshot_applied_s if t is not None]
     return ReplayOutcome(
@@ -288,22 +377,11 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         final_counters=KsmCounters.of(res.final_counters, rmap_items=truth.rmap_items),
         cost=res.cost,
         steady=SteadyState.of_replay(res),
-        policy_ideal_saved_frames=(
-            policy_ideal_saved_frames(last, use_zero_pages=knobs.use_zero_pages) if last else 0
-        ),
-        zero_saved_frames=(
-            zero_saved_frames(
-                last, use_zero_pages=knobs.use_zero_pages, saved_frames=truth.saved_frames
-            )
-            if last
-            else 0
-        ),
-        eligible_pages=int(np.count_nonzero(last.eligible)) if last is not None else 0,
+        policy_ideal_saved_frames=ideal,
+        zero_saved_frames=min(zero_freed, max(0, truth.saved_frames)),
+        eligible_pages=eligible,
         registered_processes=sum(1 for m in inp.mms if m.registration.mode != "off"),
-        policy_ideal_by_snapshot=tuple(
-            policy_ideal_saved_frames(rows, use_zero_pages=knobs.use_zero_pages)
-            for rows in inp.snapshots
-        ),
+        policy_ideal_by_snapshot=by_snapshot,
         snapshot_times_s=tuple(
             (rows.time_ns - inp.snapshots[0].time_ns) / 1e9 for rows in inp.snapshots
         ),
