@@ -360,11 +360,12 @@ def _unmerge_figure(cap: CapacityEstimate) -> KeyFigure:
     )
 
 
-def _modelled_cow(rate: float | None) -> str:
+def _modelled_cow(rate: float | None, canary: bool) -> str:
     """What the replay's own writes broke (the sampled rates, continued after the trace)."""
     if rate is None:
         return ""
-    return f"; the replay of the sampled writes breaks {W.rate(rate)}/s on the traced host"
+    which = "the sampled writes and the canary's" if canary else "the sampled writes"
+    return f"; the replay of {which} breaks {W.rate(rate)}/s on the traced host"
 
 
 def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
@@ -374,6 +375,7 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
     measured = rates.observed_cow_per_s if rates is not None else None
     canary_planned = h.projected_canary_cow_per_s
     planned = h.projected_cow_breaks_per_s
+    calibrated = inputs.whatif.replay_options.writes_canary is not None
     if canary_planned is not None and measured is not None:
         return KeyFigure(
             "copy-on-write breaks per second, on the planned host",
@@ -381,7 +383,7 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
             f"the canary's rate per merged page ({W.rate(measured)}/s at "
             f"{F.integer(rates.observed_pages_sharing if rates else None)} pages) times the "
             f"pages merged there; the trace alone sees {W.rate(planned)}/s"
-            + _modelled_cow(h.modelled_cow_breaks_per_s),
+            + _modelled_cow(h.modelled_cow_breaks_per_s, calibrated),
         )
     value = f"{W.rate(planned if planned is not None else cow.breaks_per_s)} /s"
     detail = (
@@ -389,7 +391,7 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
         "(a lower bound: several writes between two snapshots count once)"
         if planned is not None
         else "writes to merged pages, counted in the trace (a lower bound)"
-    ) + _modelled_cow(h.modelled_cow_breaks_per_s)
+    ) + _modelled_cow(h.modelled_cow_breaks_per_s, calibrated)
     if measured is not None:
         detail += f"; the canary measured {W.rate(measured)}/s (`cow_ksm`)"
     return KeyFigure("copy-on-write breaks", value, detail)

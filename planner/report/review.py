@@ -343,8 +343,13 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
             "**Writes between snapshots** are replayed at the rates the capture sampled "
             "(docs/kernel-semantics.md §6.5): content changes and, where the kernel tracks "
             "soft-dirty, writes of unchanged bytes. A content sampler misses writes that leave "
-            "the bytes unchanged and changes faster than its period; [Validation](#validation) "
-            "compares with a canary, which sees them.",
+            "the bytes unchanged and changes faster than its period"
+            + (
+                "; the canary's rates of such writes (per process role, on pages fork() no longer "
+                "shares) are replayed too (docs/live-validation.md)."
+                if inputs.whatif.replay_options.writes_canary
+                else "; [Validation](#validation) compares with a canary, which sees them."
+            ),
             "**The future looks like the trace.** After the last snapshot the replay continues "
             "its last interval's writes. Traffic shifts, deploys, worker respawns and memory "
             "growth or shrinkage after the trace are not in it.",

@@ -502,6 +502,8 @@ class SweepOptions:
     """The writes a sampled trace recorded were replayed (``--no-writes``: not)."""
     host_load: dict[str, HostLoad] | None = None
     """Per host: the CPU load ksmd was replayed against and where it came from."""
+    writes_canary: str | None = None
+    """The canary recording whose same-content write rates calibrated the writes."""
 
 
 @dataclass

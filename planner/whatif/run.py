@@ -98,6 +98,20 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
     return tuple((f, getattr(opts, f)) for f in _OPTION_FIELDS)
 
 
+def _canary_path(
+    observed: ObservedTimeline | str | os.PathLike[str] | None, opts: ReplayOptions
+) -> str | None:
+    """The canary-mode recording whose write rates calibrate the replays, if any."""
+    import os
+
+    if observed is None or not opts.writes or not isinstance(observed, str | os.PathLike):
+        return None
+    from planner.trace.recording import read_observed
+
+    path = str(Path(observed).resolve())
+    return path if read_observed(path).page_events is not None else None
+
+
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
     snaps = trace.read_table(host, "snapshots", ["page_size", "kernel_release"])
     row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
@@ -248,7 +262,10 @@ def run_whatif(
         is given (default spec when only ``capacity`` is).
     observed, observed_scenario
         A recording of ``ksm-planner observe`` (or its directory) to compare with the
-        scenario of matching knobs (or ``observed_scenario``).
+        scenario of matching knobs (or ``observed_scenario``). A canary-mode recording
+        (``--ksm-pages``) given as a directory also calibrates the write model of every
+        replay with its same-content write rates, as ``replay --observed`` does (unless
+        the replay options turn writes off).
     hosts
         Only these hosts of the trace.
     executor
@@ -285,6 +302,7 @@ def run_whatif(
         extrapolation = ExtrapolationSpec()
     facts = {h: _host_facts(tr, h) for h in host_list}
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
+    canary_path = _canary_path(observed, opts)
     plan = _plan(
         tr,
         host_list,
@@ -293,7 +311,11 @@ def run_whatif(
         facts,
         domains,
         registered,
-        rest=(opt_items, tuple(sorted(cost_profile.to_dict().items())) if cost_profile else None),
+        rest=(
+            opt_items,
+            tuple(sorted(cost_profile.to_dict().items())) if cost_profile else None,
+            canary_path,
+        ),
         extrapolation=extrapolation,
     )
     own = executor is None
@@ -323,6 +345,7 @@ def run_whatif(
         **{k: v for k, v in opt_items if k != "host_load"},
         host_load={h: _host_load(tr, h, opts) for h in host_list},
         cost_profile=(cost_profile or CostProfile.default()).name,
+        writes_canary=canary_path,
     )
     return WhatIfResult(
         trace_path=str(Path(tr.path).resolve()),
@@ -441,7 +464,7 @@ def _plan(
     domains: dict[tuple[str, str], tuple[str, ...]],
     registered: dict[tuple[str, str], int],
     *,
-    rest: tuple[Any, Any],
+    rest: tuple[Any, Any, str | None],
     extrapolation: ExtrapolationSpec | None,
 ) -> _Plan:
     """Every scenario, and the deduplicated replay and fit tasks behind it."""

@@ -31,6 +31,7 @@ from planner.whatif.outcome import (
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
+    from planner.engine.writes import CanaryRates
     from planner.trace.io import Trace
     from planner.whatif.extrapolate import ExtrapolationFit, ExtrapolationSpec
 
@@ -47,6 +48,9 @@ class ReplaySpec:
     knobs: tuple[tuple[str, Any], ...]  # full KsmKnobs as sorted items
     options: tuple[tuple[str, Any], ...]  # ReplayOptions fields other than cost
     cost_profile: tuple[tuple[str, Any], ...] | None  # None: the default profile
+    #: A canary recording (``observe --ksm-pages``) whose same-content write rates calibrate
+    #: the write model (``replay --observed``; None: the trace's writes alone)
+    canary_path: str | None = None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -61,6 +65,7 @@ class ReplaySpec:
             self.knobs,
             self.options,
             self.cost_profile,
+            self.canary_path,
         )
 
     @property
@@ -311,6 +316,26 @@ def _last_snapshot(
     return out
 
 
+_CANARIES: OrderedDict[tuple[str, int], CanaryRates] = OrderedDict()
+
+
+def _canary(path: str, page_size: int) -> CanaryRates:
+    """The canary's write rates (read once per worker process)."""
+    from planner.engine.writes import canary_rates
+    from planner.trace.recording import read_observed
+
+    key = (path, page_size)
+    with _CACHE_LOCK:
+        if key in _CANARIES:
+            return _CANARIES[key]
+    rates = canary_rates(read_observed(path), page_size)
+    with _CACHE_LOCK:
+        _CANARIES[key] = rates
+        while len(_CANARIES) > 4:
+            _CANARIES.popitem(last=False)
+    return rates
+
+
 _BY_SNAPSHOT: OrderedDict[tuple[Any, ...], tuple[int, ...]] = OrderedDict()
 
 
@@ -363,7 +388,8 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     opts = ReplayOptions(**dict(spec.options), cost=cost)
     ideal, zero_freed, eligible = _last_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
     by_snapshot = _ideal_by_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
-    res = replay(inp, knobs=knobs, options=opts)
+    canary = _canary(spec.canary_path, inp.page_size) if spec.canary_path else None
+    res = replay(inp, knobs=knobs, options=opts, canary=canary)
     truth = res.final_truth
     pairs, crossing = _domain_pairs(inp, res.final_node_members)
     applied = [t for t in res.snapshot_applied_s if t is not None]

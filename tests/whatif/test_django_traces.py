@@ -97,3 +97,31 @@ def test_fit_on_a_single_sample_is_deterministic() -> None:
     a = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
     b = extrapolate(inp, spec=ExtrapolationSpec(n_resamples=20))
     assert to_jsonable(a, include={"replicates"}) == to_jsonable(b, include={"replicates"})
+
+
+def test_a_canary_recording_calibrates_the_whatif_writes() -> None:
+    """``--observed`` with a canary-mode recording replays its same-content write rates
+    (``replay --observed`` alike): the modelled copy-on-write comes near the canary's
+    ``cow_ksm`` (980/s) where the content sampler alone sees a few per second."""
+    trace = TRACES / "django-preload"
+    canary = TRACES.parent / "reports" / "canary" / "django-preload"
+    if not trace.exists() or not canary.exists():
+        pytest.skip("the sample trace or its canary is not in this checkout")
+    rates = {}
+    for observed in (None, canary):
+        res = run_whatif(
+            trace,
+            policy_sets=[preset("prctl-all")],
+            grid=KnobGrid.from_mapping({"pages_to_scan": 1000, "sleep_ms": 20}),
+            replay_options=ReplayOptions(duration_s=72.0),
+            observed=observed,
+            executor=InlineExecutor(),
+        )
+        assert res.replay_options.writes_canary == (
+            None if observed is None else str(canary.resolve())
+        )
+        cow = res.scenarios[0].hosts[0].modelled_cow_breaks_per_s
+        assert cow is not None
+        rates[observed is not None] = cow
+    assert rates[False] < 100
+    assert 490 < rates[True] < 1960, rates  # within 2x of the canary's cow_ksm (980/s)
