@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import numpy as np
 
@@ -532,126 +532,131 @@ def _observed_processes(run: LiveRun) -> Any:
     return procs
 
 
-def _per_process(
-    run: LiveRun, res: ReplayResult, window: SteadyWindow
-) -> tuple[list[ProcessRow], dict[str, Any]]:
-    procs = _observed_processes(run)
-    inside = procs[(procs["t_rel"] >= window.start_s) & (procs["t_rel"] <= window.end_s)]
-    if inside.empty:
-        last_t = procs["t_rel"][procs["t_rel"] <= window.end_s].max()
-        inside = procs[procs["t_rel"] == last_t]
-    kern = inside.groupby("pid").agg(
-        rmap=("ksm_rmap_items", "mean"),
-        merging=("ksm_merging_pages", "mean"),
-        smaps_kb=("smaps_ksm_kb", "mean"),
-        comm=("comm", "last"),
-    )
-    recs = [s for s in res.scans if window.start_s <= s.t_s <= window.end_s]
-    if not recs:
-        before = [s for s in res.scans if s.t_s <= window.end_s]
-        recs = before[-1:] if before else []
-    model: dict[int, dict[str, float]] = {}
-    for s in recs:
-        for key, st in s.processes.items():
-            d = model.setdefault(int(key), {"rmap": 0.0, "merging": 0.0, "n": 0.0})
-            d["rmap"] += st["ksm_rmap_items"]
-            d["merging"] += st["ksm_merging_pages"]
-            d["n"] += 1
-    rows: list[ProcessRow] = []
-    kernel_pids = [int(p) for p in kern.index]
-    for pid in sorted(set(kernel_pids) | set(model)):
-        k = kern.loc[pid] if pid in kernel_pids else None
-        m = model.get(pid)
-        kr = float(k["rmap"]) if k is not None else None
-        mr = m["rmap"] / m["n"] if m else None
-        err = (mr - kr) / kr if kr and mr is not None else None
-        rows.append(
-            ProcessRow(
-                pid=pid,
-                comm=str(k["comm"]) if k is not None else run.processes_at_t0.get(str(pid), "?"),
-                kernel_rmap_items=kr,
-                model_rmap_items=mr,
-                rmap_error=err,
-                kernel_merging_pages=float(k["merging"]) if k is not None else None,
-                model_merging_pages=m["merging"] / m["n"] if m else None,
-            )
-        )
-    extra = {
-        "smaps_ksm_kb_total": float(kern["smaps_kb"].sum()) if not kern.empty else None,
-        "processes_kernel_only": [r.pid for r in rows if r.model_rmap_items is None],
-        "processes_model_only": [r.pid for r in rows if r.kernel_rmap_items is None],
-    }
-    return rows, extra
+# ----------------------------------------------------------------------------- the steps
+#
+# compare_run is a sequence of steps, each returning a small record: the steady window and
+# the counters averaged over it, the scan reaching 90 %, ksmd's cost over the first window,
+# copy-on-write, the per-process rows; then the metrics and the kernel/model/capture
+# summaries are built from those records.
 
 
-def compare_run(
-    run_dir: str | os.PathLike[str] | LiveRun, options: CompareOptions | None = None
-) -> LiveComparison:
-    """Replay a live run's capture and compare it with what the real ksmd did.
+class _Pair(NamedTuple):
+    """One figure, the kernel's and the model's (None: not available)."""
 
-    Raises
-    ------
-    InputDataError
-        The run directory is incomplete or unreadable.
-    """
-    opts = options or CompareOptions()
-    run = run_dir if isinstance(run_dir, LiveRun) else LiveRun.read(run_dir)
-    ks = _kernel_series(run)
-    end_s = ks.end_s
-    t_replay = time.perf_counter()
-    res = _replay(run, opts, end_s)
-    replay_s = time.perf_counter() - t_replay
-    workload = str(run.workload["name"])
-    notes: list[str] = []
+    kernel: float | None
+    model: float | None
 
-    # ---- steady window and pages_sharing ------------------------------------------------
+
+#: Counters besides ``pages_sharing`` averaged over the steady window, kernel and model (in
+#: the order of the kernel/model summaries).
+_STEADY_COUNTERS: Final = ("pages_shared", "pages_unshared", "pages_volatile", "general_profit")
+
+
+@dataclass(frozen=True)
+class _Steady:
+    """The kernel's steady window and the counters averaged over it."""
+
+    window: SteadyWindow
+    boundary_t_s: tuple[float, ...]
+    """The kernel's samples at full-scan boundaries: time, full scans, pages_sharing."""
+    boundary_full_scans: tuple[int, ...]
+    boundary_pages_sharing: tuple[float, ...]
+    pages_sharing: _Pair
+    counters: dict[str, _Pair]
+    """:data:`_STEADY_COUNTERS` by name."""
+    note: str | None
+
+
+def _steady(ks: _KernelSeries, res: ReplayResult, opts: CompareOptions) -> _Steady:
+    """The steady window of the kernel's ``pages_sharing``; counters' means over it."""
     b = ks.boundaries()
-    bt = [float(r["t_s"]) for r in b]
-    bfs = [int(r["full_scans"]) for r in b]
-    bps = [float(r["pages_sharing"]) for r in b]
+    bt = tuple(float(r["t_s"]) for r in b)
+    bfs = tuple(int(r["full_scans"]) for r in b)
+    bps = tuple(float(r["pages_sharing"]) for r in b)
     window = find_steady_window(
         bt,
         bfs,
         bps,
-        end_s=end_s,
+        end_s=ks.end_s,
         tolerance=opts.steady_tolerance,
         min_scans=opts.steady_min_scans,
         min_window_s=opts.min_window_s,
     )
+    note = None
     if not window.steady:
-        notes.append(
+        note = (
             f"the kernel's pages_sharing was not steady (±{100 * opts.steady_tolerance:g}% over "
             f"{opts.steady_min_scans} full scans) by the end; the last third is compared"
         )
-    k_sharing = step_mean(ks.t, ks.col("pages_sharing"), window.start_s, window.end_s)
-    mt, mv = _model_series(res, "pages_sharing")
-    m_sharing = step_mean(mt, mv, window.start_s, window.end_s)
-    extra_counters = {}
-    for c in ("pages_shared", "general_profit", "pages_unshared", "pages_volatile"):
-        mtc, mvc = _model_series(res, c)
-        extra_counters[c] = (
-            step_mean(ks.t, ks.col(c), window.start_s, window.end_s),
-            step_mean(mtc, mvc, window.start_s, window.end_s),
+
+    def mean(name: str) -> _Pair:
+        mt, mv = _model_series(res, name)
+        return _Pair(
+            step_mean(ks.t, ks.col(name), window.start_s, window.end_s),
+            step_mean(mt, mv, window.start_s, window.end_s),
         )
 
-    # ---- the scan that reaches 90 % -------------------------------------------------------
-    k_scan, k_t = first_reaching(
-        bt, bfs, bps, None if k_sharing is None else opts.reach_fraction * k_sharing
-    )
-    m_scans_t = [s.t_s for s in res.scans]
-    m_scans_n = [s.full_scans for s in res.scans]
-    m_scans_v = [float(s.counters["pages_sharing"]) for s in res.scans]
-    m_scan, m_t = first_reaching(
-        m_scans_t,
-        m_scans_n,
-        m_scans_v,
-        None if m_sharing is None else opts.reach_fraction * m_sharing,
+    return _Steady(
+        window=window,
+        boundary_t_s=bt,
+        boundary_full_scans=bfs,
+        boundary_pages_sharing=bps,
+        pages_sharing=mean("pages_sharing"),
+        counters={c: mean(c) for c in _STEADY_COUNTERS},
+        note=note,
     )
 
-    # ---- cost over the first window ---------------------------------------------------------
-    w = min(opts.first_window_s, end_s)
-    if w < opts.first_window_s:
-        notes.append(f"the observation lasted {end_s:.1f} s: the first window is cut to it")
+
+@dataclass(frozen=True)
+class _Reaching:
+    """The first full scan (and its time) reaching a fraction of the steady pages_sharing."""
+
+    kernel_scan: int | None
+    model_scan: int | None
+    kernel_s: float | None
+    model_s: float | None
+
+
+def _reaching(steady: _Steady, res: ReplayResult, fraction: float) -> _Reaching:
+    """Kernel and model, each against its own steady mean."""
+    k_mean, m_mean = steady.pages_sharing
+    k_scan, k_t = first_reaching(
+        steady.boundary_t_s,
+        steady.boundary_full_scans,
+        steady.boundary_pages_sharing,
+        None if k_mean is None else fraction * k_mean,
+    )
+    m_scan, m_t = first_reaching(
+        [s.t_s for s in res.scans],
+        [s.full_scans for s in res.scans],
+        [float(s.counters["pages_sharing"]) for s in res.scans],
+        None if m_mean is None else fraction * m_mean,
+    )
+    return _Reaching(kernel_scan=k_scan, model_scan=m_scan, kernel_s=k_t, model_s=m_t)
+
+
+@dataclass(frozen=True)
+class _FirstWindow:
+    """ksmd's cost over the first ``window_s`` seconds after ``run=1``."""
+
+    window_s: float
+    cpu_s: _Pair
+    kernel_cpu_s_schedstat: float | None
+    """The kernel's CPU seconds by ``ksmd_runtime_ns`` (schedstat) instead of utime+stime."""
+    kernel_full_scans: int
+    model_full_scans: int
+    pages_scanned: _Pair
+    ns_per_scanned_page: _Pair
+    note: str | None
+
+
+def _first_window(ks: _KernelSeries, res: ReplayResult, first_window_s: float) -> _FirstWindow:
+    """CPU, full scans and scanned pages over the first window, kernel and model."""
+    end_s = ks.end_s
+    w = min(first_window_s, end_s)
+    note = None
+    if w < first_window_s:
+        note = f"the observation lasted {end_s:.1f} s: the first window is cut to it"
     kcpu = ks.col("ksmd_cpu_s")
     k_cpu = float(np.interp(w, ks.t, kcpu) - kcpu[0]) if not math.isnan(kcpu[0]) else None
     k_runtime = ks.col("ksmd_runtime_ns")
@@ -676,67 +681,183 @@ def compare_run(
     )
     k_ns_page = 1e9 * k_cpu / k_scanned if k_cpu is not None and k_scanned else None
     m_ns_page = 1e9 * m_cpu / m_scanned if m_scanned else None
+    return _FirstWindow(
+        window_s=w,
+        cpu_s=_Pair(k_cpu, m_cpu),
+        kernel_cpu_s_schedstat=k_cpu_sched,
+        kernel_full_scans=k_full,
+        model_full_scans=m_full,
+        pages_scanned=_Pair(k_scanned, m_scanned),
+        ns_per_scanned_page=_Pair(k_ns_page, m_ns_page),
+        note=note,
+    )
 
-    # ---- copy-on-write ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _CopyOnWrite:
+    """Copy-on-write breaks of KSM pages (``cow_ksm``) over the observation."""
+
+    per_s: _Pair
+    kernel_total: float | None
+
+
+def _copy_on_write(ks: _KernelSeries, res: ReplayResult) -> _CopyOnWrite:
+    end_s = ks.end_s
     cow = ks.col("cow_ksm")
     k_cow = (cow[-1] - cow[0]) / end_s if not math.isnan(cow[0]) and end_s > 0 else None
-    m_cow = model_cow_per_s(res)
+    return _CopyOnWrite(
+        per_s=_Pair(k_cow, model_cow_per_s(res)),
+        kernel_total=None if math.isnan(cow[0]) else cow[-1] - cow[0],
+    )
 
-    # ---- per process ------------------------------------------------------------------------
-    procs, pextra = _per_process(run, res, window)
-    both = [p for p in procs if p.kernel_rmap_items is not None and p.model_rmap_items is not None]
-    k_rmap = sum(p.kernel_rmap_items or 0.0 for p in both) if both else None
-    m_rmap = sum(p.model_rmap_items or 0.0 for p in both) if both else None
-    worst = max(both, key=lambda p: abs(p.rmap_error or 0.0)) if both else None
 
-    tgt = sharing_target(workload)
-    metrics = {
+@dataclass(frozen=True)
+class _Processes:
+    """``ksm_stat`` per process over the steady window, and what is summed over them."""
+
+    rows: tuple[ProcessRow, ...]
+    smaps_ksm_kb_total: float | None
+    kernel_only: tuple[int, ...]
+    """Processes the kernel saw and the model did not."""
+    model_only: tuple[int, ...]
+    rmap_items_total: _Pair
+    """``ksm_rmap_items`` summed over the processes both saw (None: there are none)."""
+    worst: ProcessRow | None
+    """The process, of those both saw, with the largest ``ksm_rmap_items`` error."""
+
+
+def _kernel_processes(run: LiveRun, window: SteadyWindow) -> Any:
+    """The recording's per-process means over the steady window (a DataFrame by pid)."""
+    procs = _observed_processes(run)
+    inside = procs[(procs["t_rel"] >= window.start_s) & (procs["t_rel"] <= window.end_s)]
+    if inside.empty:
+        last_t = procs["t_rel"][procs["t_rel"] <= window.end_s].max()
+        inside = procs[procs["t_rel"] == last_t]
+    return inside.groupby("pid").agg(
+        rmap=("ksm_rmap_items", "mean"),
+        merging=("ksm_merging_pages", "mean"),
+        smaps_kb=("smaps_ksm_kb", "mean"),
+        comm=("comm", "last"),
+    )
+
+
+def _model_processes(res: ReplayResult, window: SteadyWindow) -> dict[int, dict[str, float]]:
+    """The replay's per-process sums over the steady window's scans (``n`` scans)."""
+    recs = [s for s in res.scans if window.start_s <= s.t_s <= window.end_s]
+    if not recs:
+        before = [s for s in res.scans if s.t_s <= window.end_s]
+        recs = before[-1:] if before else []
+    model: dict[int, dict[str, float]] = {}
+    for s in recs:
+        for key, st in s.processes.items():
+            d = model.setdefault(int(key), {"rmap": 0.0, "merging": 0.0, "n": 0.0})
+            d["rmap"] += st["ksm_rmap_items"]
+            d["merging"] += st["ksm_merging_pages"]
+            d["n"] += 1
+    return model
+
+
+def _per_process(run: LiveRun, res: ReplayResult, window: SteadyWindow) -> _Processes:
+    kern = _kernel_processes(run, window)
+    model = _model_processes(res, window)
+    rows: list[ProcessRow] = []
+    kernel_pids = [int(p) for p in kern.index]
+    for pid in sorted(set(kernel_pids) | set(model)):
+        k = kern.loc[pid] if pid in kernel_pids else None
+        m = model.get(pid)
+        kr = float(k["rmap"]) if k is not None else None
+        mr = m["rmap"] / m["n"] if m else None
+        err = (mr - kr) / kr if kr and mr is not None else None
+        rows.append(
+            ProcessRow(
+                pid=pid,
+                comm=str(k["comm"]) if k is not None else run.processes_at_t0.get(str(pid), "?"),
+                kernel_rmap_items=kr,
+                model_rmap_items=mr,
+                rmap_error=err,
+                kernel_merging_pages=float(k["merging"]) if k is not None else None,
+                model_merging_pages=m["merging"] / m["n"] if m else None,
+            )
+        )
+    both = [p for p in rows if p.kernel_rmap_items is not None and p.model_rmap_items is not None]
+    return _Processes(
+        rows=tuple(rows),
+        smaps_ksm_kb_total=float(kern["smaps_kb"].sum()) if not kern.empty else None,
+        kernel_only=tuple(r.pid for r in rows if r.model_rmap_items is None),
+        model_only=tuple(r.pid for r in rows if r.kernel_rmap_items is None),
+        rmap_items_total=_Pair(
+            sum(p.kernel_rmap_items or 0.0 for p in both) if both else None,
+            sum(p.model_rmap_items or 0.0 for p in both) if both else None,
+        ),
+        worst=max(both, key=lambda p: abs(p.rmap_error or 0.0)) if both else None,
+    )
+
+
+def _metrics(
+    workload: str,
+    opts: CompareOptions,
+    steady: _Steady,
+    reach: _Reaching,
+    first: _FirstWindow,
+    cow: _CopyOnWrite,
+    procs: _Processes,
+) -> dict[str, Metric]:
+    """The compared figures, by the names of the module's docstring."""
+    pct = f"{100 * opts.reach_fraction:g}%"
+    w = first.window_s
+    worst = procs.worst
+    return {
         "pages_sharing_steady": metric(
-            "pages_sharing steady", "pages", k_sharing, m_sharing, target=tgt
+            "pages_sharing steady", "pages", *steady.pages_sharing, target=sharing_target(workload)
         ),
         "scan_reaching_90": metric(
-            f"full scan reaching {100 * opts.reach_fraction:g}% of steady pages_sharing",
+            f"full scan reaching {pct} of steady pages_sharing",
             "scans",
-            k_scan,
-            m_scan,
+            reach.kernel_scan,
+            reach.model_scan,
             kind="difference",
             target=0,
         ),
         "time_reaching_90": metric(
-            f"time to {100 * opts.reach_fraction:g}% of steady pages_sharing",
+            f"time to {pct} of steady pages_sharing",
             "s",
-            k_t,
-            m_t,
+            reach.kernel_s,
+            reach.model_s,
             kind="difference",
         ),
         "ksmd_cpu_s_first_window": metric(
-            f"ksmd CPU s in the first {w:g} s", "s", k_cpu, m_cpu, target=CPU_TARGET
+            f"ksmd CPU s in the first {w:g} s", "s", *first.cpu_s, target=CPU_TARGET
         ),
         "full_scans_first_window": metric(
-            f"full scans in the first {w:g} s", "scans", k_full, m_full, target=SCANS_TARGET
+            f"full scans in the first {w:g} s",
+            "scans",
+            first.kernel_full_scans,
+            first.model_full_scans,
+            target=SCANS_TARGET,
         ),
         "pages_scanned_first_window": metric(
-            f"pages_scanned in the first {w:g} s", "pages", k_scanned, m_scanned
+            f"pages_scanned in the first {w:g} s", "pages", *first.pages_scanned
         ),
         "ksmd_ns_per_scanned_page": metric(
-            "ksmd CPU ns per scanned page (first window)", "ns", k_ns_page, m_ns_page
+            "ksmd CPU ns per scanned page (first window)", "ns", *first.ns_per_scanned_page
         ),
         "cow_ksm_per_s": metric(
             "copy-on-write breaks of KSM pages per s",
             "1/s",
-            k_cow,
-            m_cow,
+            *cow.per_s,
             target=COW_TARGET,
-            note="" if m_cow is not None else "the replay does not model writes (issue 10)",
+            note=""
+            if cow.per_s.model is not None
+            else "the replay does not model writes (issue 10)",
         ),
         "pages_shared_steady": metric(
-            "pages_shared steady", "pages", *extra_counters["pages_shared"]
+            "pages_shared steady", "pages", *steady.counters["pages_shared"]
         ),
         "general_profit_steady": metric(
-            "general_profit steady", "bytes", *extra_counters["general_profit"]
+            "general_profit steady", "bytes", *steady.counters["general_profit"]
         ),
         "rmap_items_total_steady": metric(
-            "ksm_rmap_items summed over processes (steady)", "items", k_rmap, m_rmap
+            "ksm_rmap_items summed over processes (steady)", "items", *procs.rmap_items_total
         ),
         "rmap_items_worst_process": metric(
             "ksm_rmap_items of the process with the largest error"
@@ -746,29 +867,35 @@ def compare_run(
             worst.model_rmap_items if worst else None,
         ),
     }
-    k_last = ks.rows[-1]
-    kernel = {
-        "end_s": end_s,
-        "pages_sharing_steady": k_sharing,
-        "pages_shared_steady": extra_counters["pages_shared"][0],
-        "pages_unshared_steady": extra_counters["pages_unshared"][0],
-        "pages_volatile_steady": extra_counters["pages_volatile"][0],
-        "general_profit_steady": extra_counters["general_profit"][0],
-        "pages_sharing_end": k_last["pages_sharing"],
-        "full_scans_end": k_last["full_scans"],
-        "ksmd_cpu_s_first_window": k_cpu,
-        "ksmd_cpu_s_first_window_schedstat": k_cpu_sched,
-        "cow_ksm_per_s": k_cow,
-        "cow_ksm_total": None if math.isnan(cow[0]) else cow[-1] - cow[0],
-        **pextra,
+
+
+def _kernel_summary(
+    ks: _KernelSeries, steady: _Steady, first: _FirstWindow, cow: _CopyOnWrite, procs: _Processes
+) -> dict[str, Any]:
+    """:attr:`LiveComparison.kernel`: what the real ksmd did."""
+    last = ks.rows[-1]
+    return {
+        "end_s": ks.end_s,
+        "pages_sharing_steady": steady.pages_sharing.kernel,
+        **{f"{c}_steady": steady.counters[c].kernel for c in _STEADY_COUNTERS},
+        "pages_sharing_end": last["pages_sharing"],
+        "full_scans_end": last["full_scans"],
+        "ksmd_cpu_s_first_window": first.cpu_s.kernel,
+        "ksmd_cpu_s_first_window_schedstat": first.kernel_cpu_s_schedstat,
+        "cow_ksm_per_s": cow.per_s.kernel,
+        "cow_ksm_total": cow.kernel_total,
+        "smaps_ksm_kb_total": procs.smaps_ksm_kb_total,
+        "processes_kernel_only": list(procs.kernel_only),
+        "processes_model_only": list(procs.model_only),
     }
-    model = {
+
+
+def _model_summary(res: ReplayResult, steady: _Steady) -> dict[str, Any]:
+    """:attr:`LiveComparison.model`: what the replay predicted."""
+    return {
         "duration_s": res.duration_s,
-        "pages_sharing_steady": m_sharing,
-        "pages_shared_steady": extra_counters["pages_shared"][1],
-        "pages_unshared_steady": extra_counters["pages_unshared"][1],
-        "pages_volatile_steady": extra_counters["pages_volatile"][1],
-        "general_profit_steady": extra_counters["general_profit"][1],
+        "pages_sharing_steady": steady.pages_sharing.model,
+        **{f"{c}_steady": steady.counters[c].model for c in _STEADY_COUNTERS},
         "pages_sharing_end": res.final_counters.get("pages_sharing"),
         "full_scans_end": res.cost.full_scans,
         "cpu_s": res.cost.cpu_s,
@@ -780,7 +907,11 @@ def compare_run(
         "host_load": res.provenance.get("host_load"),
         "saved_frames_end": res.final_truth.saved_frames,
     }
-    capture = {
+
+
+def _capture_summary(run: LiveRun) -> dict[str, Any]:
+    """:attr:`LiveComparison.capture`: the capture the replay started from."""
+    return {
         "pages": run.capture.get("pages"),
         "processes": run.capture.get("processes"),
         "capture_s": run.capture.get("capture_s"),
@@ -789,18 +920,44 @@ def compare_run(
         "capture_to_t0_s": run.capture_to_t0_s,
         "interval_s": run.config.get("interval_s"),
     }
+
+
+def compare_run(
+    run_dir: str | os.PathLike[str] | LiveRun, options: CompareOptions | None = None
+) -> LiveComparison:
+    """Replay a live run's capture and compare it with what the real ksmd did.
+
+    Raises
+    ------
+    InputDataError
+        The run directory is incomplete or unreadable.
+    """
+    opts = options or CompareOptions()
+    run = run_dir if isinstance(run_dir, LiveRun) else LiveRun.read(run_dir)
+    ks = _kernel_series(run)
+    t_replay = time.perf_counter()
+    res = _replay(run, opts, ks.end_s)
+    replay_s = time.perf_counter() - t_replay
+    workload = str(run.workload["name"])
+
+    steady = _steady(ks, res, opts)
+    reach = _reaching(steady, res, opts.reach_fraction)
+    first = _first_window(ks, res, opts.first_window_s)
+    cow = _copy_on_write(ks, res)
+    procs = _per_process(run, res, steady.window)
+    notes = [n for n in (steady.note, first.note) if n is not None]
     return LiveComparison(
         workload=workload,
         run_dir=run.run_dir,
         alignment=opts.alignment,
         engine=opts.engine,
         knobs={**run.knobs_applied},
-        window=window,
-        metrics=metrics,
-        processes=procs,
-        kernel=kernel,
-        model=model,
-        capture=capture,
+        window=steady.window,
+        metrics=_metrics(workload, opts, steady, reach, first, cow, procs),
+        processes=list(procs.rows),
+        kernel=_kernel_summary(ks, steady, first, cow, procs),
+        model=_model_summary(res, steady),
+        capture=_capture_summary(run),
         host_load=run.host_load,
         replay_s=round(replay_s, 2),
         notes=notes + list(run.notes),
