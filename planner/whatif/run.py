@@ -52,7 +52,7 @@ from planner.whatif.outcome import ReplayOutcome
 from planner.whatif.result import ScenarioResult, SweepOptions, WhatIfResult
 from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch
 from planner.whatif.uncertainty import canary_error, published_error
-from planner.whatif.writes import cow_breaks
+from planner.whatif.writes import COW_COLUMNS, cow_breaks
 
 if TYPE_CHECKING:
     import os
@@ -325,7 +325,10 @@ def run_whatif(
     finally:
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
-    writes = {h: cow_breaks(tr.load_host(h)) for h in host_list}
+    writes = {  # one snapshot's pages at a time: a big host never sits whole in the client
+        h: cow_breaks(tr.load_host(h, pages=False), tr.iter_snapshot_pages(h, COW_COLUMNS))
+        for h in host_list
+    }
     assembled = _assemble(plan, results, host_list, facts, writes)
     comparison = None
     if observed is not None:

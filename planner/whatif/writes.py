@@ -25,6 +25,8 @@ import numpy as np
 from planner.trace import schema as S
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pyarrow as pa
 
     from planner.trace.io import HostTrace
@@ -121,17 +123,36 @@ def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr, Ar
     return key[order], h[order], f[order], mergeable[order]
 
 
-def cow_breaks(ht: HostTrace) -> CowEstimate:
-    """The copy-on-write break rate of mergeable pages between consecutive snapshots."""
+#: The pages columns :func:`cow_breaks` reads.
+COW_COLUMNS = ("pid", "page_addr", "content_hash", "frame_id", "flags")
+
+
+def cow_breaks(ht: HostTrace, pages: Iterable[tuple[int, pa.Table]] | None = None) -> CowEstimate:
+    """The copy-on-write break rate of mergeable pages between consecutive snapshots.
+
+    ``pages``: the host's pages as ``(snapshot_id, table)`` in order (e.g.
+    ``Trace.iter_snapshot_pages(host, COW_COLUMNS)``, one snapshot in memory at a time);
+    default: ``ht``'s own pages. Memory holds two snapshots' keys and the running sets.
+    """
     ids = ht.snapshot_ids.tolist()
     times = ht.times_s.tolist()
     page_size = int(ht.meta().get("page_size") or S.PAGE_SIZE_BYTES)
+    stream = iter(pages) if pages is not None else ((sid, ht.pages_of(sid)) for sid in ids)
+    empty: pa.Table | None = None
     out: list[CowInterval] = []
     prev: tuple[Arr, Arr, Arr, Arr] | None = None
-    rewritten: list[Arr] = []
-    mergeable: list[Arr] = []
+    ever = np.empty(0, np.uint64)  # keys rewritten in some interval
+    hot: Arr | None = None  # keys rewritten in every interval
+    seen = np.empty(0, np.uint64)  # keys mergeable at the start of some interval
+    nxt = next(stream, None)
     for i, sid in enumerate(ids):
-        cur = _snapshot_arrays(ht.pages_of(sid), int(S.PageFlag.ZERO))
+        if nxt is not None and nxt[0] == sid:
+            table, nxt = nxt[1], next(stream, None)
+        else:  # a snapshot without pages
+            empty = empty if empty is not None else ht.pages.schema.empty_table()
+            table = empty
+        cur = _snapshot_arrays(table, int(S.PageFlag.ZERO))
+        del table
         if prev is not None:
             k0, h0, _, m0 = prev
             k1, h1, _, _ = cur
@@ -139,8 +160,10 @@ def cow_breaks(ht: HostTrace) -> CowEstimate:
             pos_c = np.minimum(pos, max(len(k1) - 1, 0))
             present = (pos < len(k1)) & (k1[pos_c] == k0) if len(k1) else np.zeros(len(k0), bool)
             changed = present & (h1[pos_c] != h0)
-            rewritten.append(k0[changed & m0])
-            mergeable.append(k0[m0])
+            keys = np.unique(k0[changed & m0])
+            ever = np.union1d(ever, keys)
+            hot = keys if hot is None else np.intersect1d(hot, keys, assume_unique=True)
+            seen = np.union1d(seen, k0[m0])
             out.append(
                 CowInterval(
                     t0_s=float(times[i - 1]),
@@ -150,18 +173,13 @@ def cow_breaks(ht: HostTrace) -> CowEstimate:
                 )
             )
         prev = cur
-    ever = np.unique(np.concatenate(rewritten)) if rewritten else np.empty(0, np.uint64)
-    hot = ever
-    for keys in rewritten:
-        hot = np.intersect1d(hot, keys, assume_unique=False)
-    seen = np.unique(np.concatenate(mergeable)) if mergeable else np.empty(0, np.uint64)
     return CowEstimate(
         tuple(out),
         page_size,
         distinct_rewritten_pages=int(ever.size),
-        hot_pages=int(hot.size),
+        hot_pages=int(hot.size) if hot is not None else 0,
         mergeable_pages=int(seen.size),
     )
 
 
-__all__ = ["CowEstimate", "CowInterval", "cow_breaks"]
+__all__ = ["COW_COLUMNS", "CowEstimate", "CowInterval", "cow_breaks"]

@@ -62,6 +62,22 @@ def test_cow_breaks_counted_by_hand(small_trace: Path) -> None:
     assert cow.bytes_per_s == pytest.approx(3 / 20 * 4096)
 
 
+def test_cow_breaks_streamed_equal_the_loaded_ones(small_trace: Path) -> None:
+    """What-if streams the pages one snapshot at a time: the same estimate."""
+    from planner.whatif.writes import COW_COLUMNS
+
+    for path in (small_trace, Path(__file__).resolve().parents[2] / "traces" / "django-preload"):
+        if not path.exists():
+            continue
+        tr = open_trace(path)
+        loaded = cow_breaks(tr.load_host())
+        host = tr.hosts[0]
+        streamed = cow_breaks(
+            tr.load_host(host, pages=False), tr.iter_snapshot_pages(host, COW_COLUMNS)
+        )
+        assert streamed == loaded
+
+
 def test_cow_breaks_of_one_snapshot_is_nan() -> None:
     w = World()
     w.spawn(1)
