@@ -450,6 +450,13 @@ def check_matches(reports: list[MatchReport], policy: PolicySet) -> list[str]:
             hint="fix its match conditions, or mark it optional = true",
         )
     wants_ksm = policy.default != "off" or any(r.action != "off" for r in policy.rules)
+    if policy.only_domain is not None and reports and all(r.registered == 0 for r in reports):
+        raise PolicyError(
+            f"policy set {policy.name!r}: domain {policy.only_domain!r} holds no process the "
+            "set enables KSM for",
+            hint="name a domain the set's rules assign (NAME@DOMAIN), or give the set alone "
+            "for every domain",
+        )
     if wants_ksm and reports and all(r.registered == 0 for r in reports):
         if policy.preset:
             warnings.append(f"preset {policy.name!r} enables KSM for no process of this trace")

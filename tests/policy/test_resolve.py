@@ -362,3 +362,21 @@ def test_replay_trace_honours_the_sets_cross_domain_rule(tmp_path: object) -> No
     path.write_text(_TWO_DOMAINS.format(cross="allow"))
     merged = replay_trace(root / "t", knobs=FAST, policy_path=path, policy_set="s")
     assert merged.final_truth.saved_frames == 4  # across the domains: allowed by this set
+
+
+def test_a_domain_no_process_has_is_refused_by_name(tmp_path: object) -> None:
+    """``s@nosuch`` switched every process off silently; it is an error naming the domain."""
+    from pathlib import Path
+
+    from planner.policy import load_policy
+    from planner.policy.resolve import check_matches
+
+    path = Path(str(tmp_path)) / "p.toml"
+    path.write_text(_TWO_DOMAINS.format(cross="deny"))
+    nosuch = load_policy(path, "s@nosuch")
+    with pytest.raises(PolicyError) as err:
+        check_matches([match_processes(tree(), nosuch)], nosuch)
+    assert "domain 'nosuch' holds no process" in err.value.message
+    assert err.value.hint is not None
+    ok = load_policy(path, "s@a")
+    assert check_matches([match_processes(tree(), ok)], ok) == []
