@@ -145,4 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from planner.cli._app import exit_code_of
+    from planner.errors import PlannerError
+
+    try:
+        sys.exit(main())
+    except PlannerError as err:  # e.g. the KSM lock held by another run: one line, its code
+        print(f"record.py: error: {err.one_line()}", file=sys.stderr)
+        sys.exit(exit_code_of(err))
