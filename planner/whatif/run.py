@@ -98,6 +98,15 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
     return tuple((f, getattr(opts, f)) for f in _OPTION_FIELDS)
 
 
+def _trace_writes(tr: Trace, host_list: Sequence[str]) -> dict[str, CowEstimate]:
+    """Each host's copy-on-write estimate from its snapshots, one snapshot's pages at a time
+    (a big host never sits whole in the client)."""
+    return {
+        h: cow_breaks(tr.load_host(h, pages=False), tr.iter_snapshot_pages(h, COW_COLUMNS))
+        for h in host_list
+    }
+
+
 def _canary_path(
     observed: ObservedTimeline | str | os.PathLike[str] | None, opts: ReplayOptions
 ) -> str | None:
@@ -325,10 +334,7 @@ def run_whatif(
     finally:
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
-    writes = {  # one snapshot's pages at a time: a big host never sits whole in the client
-        h: cow_breaks(tr.load_host(h, pages=False), tr.iter_snapshot_pages(h, COW_COLUMNS))
-        for h in host_list
-    }
+    writes = _trace_writes(tr, host_list)
     assembled = _assemble(plan, results, host_list, facts, writes)
     comparison = None
     if observed is not None:
