@@ -675,18 +675,24 @@ def prepare_trace(
     include_mms: Sequence[int] | None = None,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
     tables: HostTrace | None = None,
+    ahead: bool = True,
 ) -> ReplayInput:
     """:func:`prepare` for one host of a trace directory, reading its pages one snapshot at
     a time: memory holds two snapshots' rows and the deltas, not the whole trace.
 
     ``tables``: the host's small tables, if the caller has already loaded them
     (``trace.load_host(host, pages=False)``, e.g. to match a policy to its processes).
+    ``ahead``: read the next snapshot in a thread meanwhile (faster; one more snapshot's
+    pages in memory). A memory-bound what-if worker turns it off.
     """
     if tables is None:
         tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
     columns += [*COUNT_COLUMNS, "same_content_writes"]
-    pages = read_ahead(trace.iter_snapshot_pages(tables.host, columns))
+    stream = trace.iter_snapshot_pages(tables.host, columns)
+    if not ahead:
+        return _prepare(tables, stream, resolver, include_mms, prctl_at)
+    pages = read_ahead(stream)
     try:
         return _prepare(tables, pages, resolver, include_mms, prctl_at)
     finally:

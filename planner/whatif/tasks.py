@@ -188,6 +188,7 @@ def _prepared(
         # the what-if keeps domains apart itself (one replay per domain when they may not
         # merge), so the one-replay-one-domain check of ``replay --policy-set`` is off
         resolver=policy.resolver(only_domain=only_domain, enforce_cross_domain=False),
+        ahead=False,  # a worker's memory is bounded: one snapshot's pages at a time
     )
     _release()
     with _CACHE_LOCK:
