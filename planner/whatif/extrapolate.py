@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -68,6 +69,11 @@ MAX_REPLICAS = 62
 #: Far tighter than scipy's 1e-8, so that the fit stops at the optimum itself rather than
 #: wherever the optimizer's path (which the CPU's BLAS kernels bend) first came close to it.
 FIT_TOLERANCE = 1e-13
+#: Held while a fit silences scipy's warnings. ``warnings.catch_warnings`` swaps the process's
+#: global filter list and puts back the one it saw on entry, so two fits in threads (a
+#: threaded Dask worker, a caller's pool) interleaving would leave "ignore" filters installed
+#: for the whole process, or drop a caller's filters. The fits are milliseconds long.
+_QUIET_FIT = threading.Lock()
 
 
 def _line(x: F64, y: F64) -> tuple[float, float]:
@@ -576,7 +582,7 @@ def fit_growth(
     # content: it must be held by at least 1 in span replicas
     p_min = min(1.0, 1.0 / span)
     try:
-        with warnings.catch_warnings():
+        with _QUIET_FIT, warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             if model == "heaps":
@@ -921,7 +927,7 @@ def fit_extra(
             max(0.5, p_min),
         ]
     try:
-        with warnings.catch_warnings():
+        with _QUIET_FIT, warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             popt, _ = curve_fit(

@@ -14,6 +14,7 @@ from planner.whatif.extrapolate import (
     ExtrapolationSpec,
     GrowthFit,
     extrapolate,
+    fit_extra,
     fit_growth,
     parse_group,
     policy_ideal_saved_frames,
@@ -287,3 +288,32 @@ def test_nothing_mergeable_projects_exactly_no_saving() -> None:
     frames = 1000.0 + 300.0 * n + 40.0 * np.sqrt(n)  # not a line: a curve fits it better
     fit = fit_growth(n, frames, frames)
     assert [float(fit.ideal_saved(k)) for k in (1, 8, 100)] == [0.0, 0.0, 0.0]
+
+
+def test_fits_in_threads_leave_the_process_warning_filters_as_they_were() -> None:
+    """Concurrent fits (threaded Dask workers) must not leave scipy's warnings silenced.
+
+    ``warnings.catch_warnings`` restores the filter list it saw on entry; interleaved in
+    threads, that left "ignore RuntimeWarning" installed for the whole process (seen in 3 of
+    3 runs of this test before the fits took a lock).
+    """
+    import threading
+    import warnings
+
+    n = np.arange(1, 9, dtype=float)
+    frames = 100.0 * n
+    distinct = 50.0 + 40.0 * n + 300.0 * (1.0 - 0.7**n)
+    fit_growth(n, frames, distinct)  # scipy's first import adds filters of its own
+    before = list(warnings.filters)
+
+    def work() -> None:
+        for _ in range(100):
+            fit_growth(n, frames, distinct)
+            fit_extra(n, distinct - 40.0 * n)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert list(warnings.filters) == before
