@@ -67,3 +67,23 @@ def test_a_mistyped_command_is_told_among_all_commands(cli: CliRunner) -> None:
     assert code == 0
     for name in COMMAND_MODULES:
         assert name in out
+
+
+def test_replay_starts_with_the_collector_paused_and_gives_it_back(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import gc
+
+    from planner.errors import InputDataError
+
+    seen: list[bool] = []
+
+    def check_hosts(*_args: object) -> None:  # the command's first step, options parsed
+        seen.append(gc.isenabled())
+        raise InputDataError("stop here")
+
+    monkeypatch.setattr("planner.cli._inputs.check_hosts", check_hosts)
+    assert gc.isenabled()
+    code, _, err = cli(["replay", tmp_path])
+    assert (code, seen) == (4, [False]), err
+    assert gc.isenabled()
