@@ -1,38 +1,158 @@
-"""Functions compiled by numba on their first call, not when their module is imported.
+"""Functions compiled by numba on their first call, not when their module is imported, and
+the loading of compiled code from numba's cache ahead of its first call.
 
 Importing numba costs about 0.1-0.2 s and loading or compiling a function more; the command
 line imports the modules that hold compiled helpers only to read their option tables (or not
 at all, for ``--help``). :func:`compiled_on_first_call` defers both to the first call, from
 Python. A function decorated this way cannot be called from other compiled code: use numba's
 own decorators for those (as the fast engine's kernel does).
+
+:func:`load_cached` loads, for the numba functions of some modules, every compiled version
+numba's cache holds that fits this machine and this source, without compiling anything: a
+thread can do it while the main thread reads its input (docs/engine.md, "Start-up").
+
+:func:`njit_cached` is ``numba.njit(cache=True)`` that also works from a read-only install
+run by a user without a writable home (a service account, a read-only container): numba
+keeps its cache next to the source, else in the user's cache directory, and refuses to
+decorate when it can use neither; the cache then goes to a private directory of the user
+under the temporary directory, or, failing that, the function is compiled on every run.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import importlib
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The compiled-on-first-call functions, by module name: their ``dispatcher`` makers.
+_LAZY: dict[str, list[Callable[[], Any]]] = {}
+
+
+def private_cache_dir() -> str | None:
+    """``<tmp>/ksm-planner-numba-<uid>``, created mode 0700 if need be; None if it cannot
+    be made or is not this user's alone (numba's cache files are pickles: a directory
+    another user can write to could run their code in this process)."""
+    path = os.path.join(tempfile.gettempdir(), f"ksm-planner-numba-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path if os.access(path, os.W_OK | os.X_OK) else None
+
+
+def njit_cached(fn: F, **options: Any) -> F:
+    """``numba.njit(cache=True, **options)(fn)``, with the cache wherever one can be kept
+    (see the module's docstring); without one (compiled on every run) as a last resort."""
+    import numba
+
+    try:
+        return cast("F", numba.njit(cache=True, **options)(fn))
+    except RuntimeError:  # "cannot cache function ...: no locator available for file ..."
+        pass
+    config: Any = numba.config
+    where = None if config.CACHE_DIR else private_cache_dir()
+    if where is not None:
+        config.CACHE_DIR = where  # read by numba for each function it caches
+        try:
+            return cast("F", numba.njit(cache=True, **options)(fn))
+        except RuntimeError:
+            pass
+    return cast("F", numba.njit(cache=False, **options)(fn))
+
 
 def compiled_on_first_call(**options: Any) -> Callable[[F], F]:
-    """``numba.njit(**options)`` applied to the function when it is first called."""
+    """``numba.njit(**options)`` applied to the function when it is first called (or when
+    :func:`load_cached` loads it; both from any thread)."""
 
     def decorate(fn: F) -> F:
-        compiled: list[Callable[..., Any]] = []
+        compiled: list[Any] = []
+        lock = threading.Lock()
+
+        def dispatcher() -> Any:
+            if not compiled:
+                with lock:
+                    if not compiled:
+                        compiled.append(_njit(fn, options))
+            return compiled[0]
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            if not compiled:
-                import numba
+            return (compiled[0] if compiled else dispatcher())(*args, **kwargs)
 
-                compiled.append(numba.njit(**options)(fn))
-            return compiled[0](*args, **kwargs)
-
+        _LAZY.setdefault(fn.__module__, []).append(dispatcher)
         return cast("F", call)
 
     return decorate
 
 
-__all__ = ["compiled_on_first_call"]
+def _njit(fn: Callable[..., Any], options: dict[str, Any]) -> Any:
+    if options.get("cache"):
+        return njit_cached(fn, **{k: v for k, v in options.items() if k != "cache"})
+    import numba
+
+    return numba.njit(**options)(fn)
+
+
+def _dispatchers(module_name: str) -> list[Any]:
+    """The numba functions defined in a module: its own dispatchers and its lazy ones."""
+    from numba.core.registry import CPUDispatcher
+
+    module = importlib.import_module(module_name)
+    found = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, CPUDispatcher) and v.py_func.__module__ == module_name
+    ]
+    return found + [make() for make in _LAZY.get(module_name, [])]
+
+
+def cached_signatures(dispatcher: Any) -> list[Any]:
+    """The argument types of every version of ``dispatcher`` in numba's cache that was
+    compiled from this source for this machine (numba's own index, read as numba reads it:
+    a stale or foreign entry is left out)."""
+    cache: Any = getattr(dispatcher, "_cache", None)
+    if not getattr(cache, "_enabled", False):
+        return []
+    index = cache._cache_file._load_index()  # numba has no public reader
+    codegen = dispatcher.targetctx.codegen()
+    return [key[0] for key in index if key == cache._index_key(key[0], codegen)]
+
+
+def load_cached(modules: Iterable[str]) -> int:
+    """Load every cached version of the numba functions of ``modules`` (imported here if
+    need be); returns how many were loaded. Nothing is compiled: a version missing from the
+    cache is compiled on its first call, as before. A failure of numba's private cache
+    reader (another numba version) loads nothing; the first calls load as usual."""
+    loaded = 0
+    for name in modules:
+        for dispatcher in _dispatchers(name):
+            try:
+                signatures = cached_signatures(dispatcher)
+            except Exception:  # an optimisation only: the first call loads
+                continue
+            for sig in signatures:
+                if tuple(sig) not in dispatcher.overloads:
+                    dispatcher.compile(sig)  # found in the cache: loaded, not compiled
+                    loaded += 1
+    return loaded
+
+
+__all__ = [
+    "cached_signatures",
+    "compiled_on_first_call",
+    "load_cached",
+    "njit_cached",
+    "private_cache_dir",
+]

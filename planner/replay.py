@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, prepare_trace, replay
 from planner.engine.knobs import knob_flags
+from planner.engine.preload import compiled_code_loading, modules_for
 from planner.engine.registration import PRCTL_AT_DEFAULT
 from planner.errors import UsageProblem
 
@@ -59,7 +60,39 @@ def replay_trace(
         same-content writes calibrate the write model (``planner.engine.writes``).
 
     The result's provenance names the trace path and hash, the policy set and the knobs.
+    The compiled code of the replay is loaded from numba's cache in a thread meanwhile
+    (:mod:`planner.engine.preload`).
     """
+    with compiled_code_loading(modules_for(engine)):
+        return _replay_trace(
+            path,
+            host=host,
+            knobs=knobs,
+            options=options,
+            policy_path=policy_path,
+            policy_set=policy_set,
+            preset=preset,
+            engine=engine,
+            progress=progress,
+            prctl_at=prctl_at,
+            observed=observed,
+        )
+
+
+def _replay_trace(
+    path: str | Path,
+    *,
+    host: str | None,
+    knobs: KsmKnobs | Mapping[str, Any] | None,
+    options: ReplayOptions | None,
+    policy_path: str | Path | None,
+    policy_set: str | None,
+    preset: str | None,
+    engine: EngineName,
+    progress: Progress,
+    prctl_at: PrctlAt,
+    observed: str | Path | None,
+) -> ReplayResult:
     from planner.trace.io import open_trace
 
     tr = open_trace(path)

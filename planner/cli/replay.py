@@ -161,7 +161,8 @@ def replay_cmd(
 
 @contextlib.contextmanager
 def _no_collector() -> Iterator[None]:
-    """The cyclic garbage collector paused while one replay runs: its passes walk every
+    """The cyclic garbage collector paused while one replay runs (from the process's start
+    when run by ``ksm-planner replay``: ``planner.cli.COLLECTOR_PAUSED``): its passes walk every
     object of the compiled code numba loads and free nothing (the replay's data are numpy
     arrays, freed by reference counting); they cost 0.2-0.4 s of the 4 M-page benchmark
     (docs/engine.md, "Speed and memory"). On the way out the objects allocated meanwhile

@@ -1,0 +1,129 @@
+"""Loading the replay's compiled code from numba's cache ahead of its first call, and the
+cache's location when numba finds none (planner._jit, planner.engine.preload)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from planner.engine.preload import FAST_ENGINE_MODULES, PREPARE_MODULES, modules_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: compiles one small function of planner.engine.rows into the cache (NUMBA_CACHE_DIR)
+COMPILE_ONE = """
+import numpy as np
+from planner.engine.rows import _catalog_rehash
+_catalog_rehash(np.zeros(16, np.uint64), np.full(16, -1, np.int32), np.arange(3, dtype=np.uint64))
+"""
+
+#: loads what the cache holds, then reports what numba loaded and compiled
+LOAD = """
+import json
+import numpy as np
+from planner._jit import _dispatchers, load_cached
+loaded = load_cached(["planner.engine.rows"])
+ds = {d.py_func.__name__: d for d in _dispatchers("planner.engine.rows")}
+before = {n: len(d.overloads) for n, d in ds.items()}
+from planner.engine.rows import _catalog_rehash
+_catalog_rehash(np.zeros(16, np.uint64), np.full(16, -1, np.int32), np.arange(3, dtype=np.uint64))
+d = ds["_catalog_rehash"]
+print(json.dumps(dict(
+    loaded=loaded, before=before, hits=sum(d.stats.cache_hits.values()),
+    misses=sum(d.stats.cache_misses.values()), after=len(d.overloads),
+)))
+"""
+
+
+def _child(code: str, cache: Path) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
+        timeout=600,
+    )
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def test_modules_for_each_engine() -> None:
+    assert modules_for("reference") == PREPARE_MODULES
+    assert modules_for("vectorized") == PREPARE_MODULES + FAST_ENGINE_MODULES
+
+
+def test_an_empty_cache_loads_and_compiles_nothing(tmp_path: Path) -> None:
+    res = json.loads(
+        _child(LOAD.replace("_catalog_rehash(np", "0 and _catalog_rehash(np"), tmp_path)
+    )
+    assert res["loaded"] == 0
+    assert set(res["before"].values()) == {0}, res  # nothing compiled ahead of a call
+    assert res["misses"] == 0
+
+
+def test_what_the_cache_holds_is_loaded_before_the_first_call(tmp_path: Path) -> None:
+    _child(COMPILE_ONE, tmp_path)
+    res = json.loads(_child(LOAD, tmp_path))
+    assert res["loaded"] == 1, res
+    assert res["before"]["_catalog_rehash"] == 1  # loaded by load_cached
+    assert sum(res["before"].values()) == 1  # the others are not in the cache: not compiled
+    assert (res["hits"], res["misses"], res["after"]) == (1, 0, 1)  # the call compiled nothing
+
+
+#: a function in a file of its own, cached with numba's locators made to find no place
+NO_PLACE = """
+import json, sys, tempfile
+import numba.core.caching as caching
+caching.CacheImpl._locator_classes = [caching.UserProvidedCacheLocator]  # only CACHE_DIR
+tempfile.tempdir = sys.argv[1]
+from planner._jit import njit_cached
+
+def twice(x):
+    return 2 * x
+
+f = njit_cached(twice)
+print(json.dumps(dict(value=f(21), enabled=getattr(f._cache, "_enabled", False),
+                      path=getattr(f._cache, "_cache_path", None))))
+"""
+
+
+@pytest.mark.parametrize("squatted", [False, True], ids=["private-dir", "dir-of-another"])
+def test_a_cache_where_numba_finds_no_place(tmp_path: Path, squatted: bool) -> None:
+    """A read-only install run by a user without a writable home: numba refuses to cache;
+    the cache goes to a private directory under the temporary directory, or is given up
+    (compiled on every run) when that directory is not this user's alone."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(NO_PLACE))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    private = tmp / f"ksm-planner-numba-{os.getuid()}"
+    if squatted:
+        private.mkdir(mode=0o777)
+        private.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["value"] == 42
+    if squatted:
+        assert res["enabled"] is False
+        assert not any(private.iterdir())
+    else:
+        assert res["enabled"] is True
+        assert str(res["path"]).startswith(str(private))
+        assert private.stat().st_mode & 0o777 == 0o700
+        assert any(private.rglob("*.nbi"))  # the index was written there
