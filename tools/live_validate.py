@@ -131,6 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="calibrate the write model with the run's canary recording (needs --canary)",
     )
     c.add_argument(
+        "--no-writes",
+        action="store_true",
+        help="replay the snapshots alone, without the writes sampled between them",
+    )
+    c.add_argument(
         "--page-truth",
         action="store_true",
         help="join the model's KSM pages with the canary's page by page (needs --canary; "
@@ -177,6 +182,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
             calibrate_writes=args.calibrate_writes,
+            writes=not args.no_writes,
             host_load=_host_load(args.host_load),
         )
         cmp = compare_run(run, opts)

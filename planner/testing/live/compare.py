@@ -91,6 +91,9 @@ class CompareOptions:
     grid_s: float = 0.5
     cost_profile: str | None = None
     """A cost profile file (``ksm-planner calibrate``); the shipped default when None."""
+    writes: bool = True
+    """Replay the writes the capture sampled between snapshots (``replay --no-writes``
+    when False: the snapshots alone, as before the write model)."""
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
@@ -445,7 +448,11 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
     )
     cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
     options = ReplayOptions(
-        duration_s=duration_s, grid_s=opts.grid_s, cost=cost, host_load=_load(run, opts, inp)
+        duration_s=duration_s,
+        grid_s=opts.grid_s,
+        cost=cost,
+        host_load=_load(run, opts, inp),
+        writes=opts.writes,
     )
     if opts.alignment == "last":
         options = replace(options, snapshot_scans=(1,) * len(inp.snapshots))
