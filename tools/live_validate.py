@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--capture-priority", default=d.capture_priority, choices=("idle", "low", "normal")
     )
+    g.add_argument(
+        "--capture-cpu-budget",
+        type=float,
+        default=d.capture_cpu_budget,
+        help="CPUs the capture may use on average (capture --cpu-budget; 0: unbounded)",
+    )
     g.add_argument("--observe", type=float, default=d.observe_s, help="seconds with ksmd on")
     g.add_argument(
         "--lock-wait", type=float, default=900.0, help="seconds to wait for the KSM lock"
@@ -277,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_ms=args.sample_ms,
             canary=args.canary,
             capture_priority=args.capture_priority,
+            capture_cpu_budget=args.capture_cpu_budget or None,
             observe_s=args.observe,
             lock_wait_s=args.lock_wait,
         )

@@ -18,7 +18,7 @@ by what a capture can see of them: the mapping kind, whether ``fork()`` still sh
 frame, whether the three snapshots show the same content, the content changes and checks
 the sampler made, how many rows hold the same content, and what the canary saw happen to
 them (merges, merges lost with the content unchanged or changed). docs/live-validation.md
-("Per-page truth") has what it found on PostgreSQL.
+(the section "PostgreSQL and Node captured with sampling, page by page") has what it found.
 """
 
 from __future__ import annotations
