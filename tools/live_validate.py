@@ -17,6 +17,10 @@ Recorded runs can be scored again without the kernel (e.g. after a model change)
 
     .venv/bin/python tools/live_validate.py --compare-only live-runs/baseline/*/
 
+A run recorded with ``--canary`` can be joined page by page with the model
+(``--page-truth``: which pages the model merges and the kernel did not, and what the capture
+saw of them; :mod:`planner.testing.live.pages`).
+
 Exit status: 0 done, 1 a run failed (the others are still reported), 2 bad options.
 """
 
@@ -39,6 +43,7 @@ from planner.testing.live.compare import (
     HostLoadChoice,
     compare_run,
 )
+from planner.testing.live.pages import page_truth
 from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
 from planner.testing.live.workloads import MAIN_WORKLOADS, WORKLOADS, make_params
 
@@ -100,6 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--capture-priority", default=d.capture_priority, choices=("idle", "low", "normal")
     )
+    g.add_argument(
+        "--capture-cpu-budget",
+        type=float,
+        default=d.capture_cpu_budget,
+        help="CPUs the capture may use on average (capture --cpu-budget; 0: unbounded)",
+    )
     g.add_argument("--observe", type=float, default=d.observe_s, help="seconds with ksmd on")
     g.add_argument(
         "--lock-wait", type=float, default=900.0, help="seconds to wait for the KSM lock"
@@ -124,6 +135,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calibrate-writes",
         action="store_true",
         help="calibrate the write model with the run's canary recording (needs --canary)",
+    )
+    c.add_argument(
+        "--no-writes",
+        action="store_true",
+        help="replay the snapshots alone, without the writes sampled between them",
+    )
+    c.add_argument(
+        "--page-truth",
+        action="store_true",
+        help="join the model's KSM pages with the canary's page by page (needs --canary; "
+        "replays once more with the reference model: about a minute per 16,000 pages)",
     )
     return ap.parse_args(argv)
 
@@ -166,11 +188,21 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
             calibrate_writes=args.calibrate_writes,
+            writes=not args.no_writes,
             host_load=_host_load(args.host_load),
         )
         cmp = compare_run(run, opts)
         log(cmp.summary())
         out[al] = cmp.to_dict()
+        if args.page_truth and "page_truth" not in out:
+            try:
+                truth = page_truth(run, opts)
+            except PlannerError as exc:  # e.g. a run without a canary recording
+                log(f"no per-page truth: {exc.one_line()}")
+                out["page_truth"] = {"error": exc.one_line()}
+            else:
+                log(truth.summary())
+                out["page_truth"] = truth.to_dict()
     return out
 
 
@@ -251,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_ms=args.sample_ms,
             canary=args.canary,
             capture_priority=args.capture_priority,
+            capture_cpu_budget=args.capture_cpu_budget or None,
             observe_s=args.observe,
             lock_wait_s=args.lock_wait,
         )
@@ -271,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry.update(workload=run.workload["name"], host_load=run.host_load,
                              runtime_s=run.phases_s)  # fmt: skip
                 entry["comparisons"] = _compare_all(run, args)
+                if "page_truth" in entry["comparisons"]:
+                    entry["page_truth"] = entry["comparisons"].pop("page_truth")
             except PlannerError as exc:
                 failed = True
                 entry["error"] = exc.one_line()
@@ -288,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                                  load=run.load, events=run.events)  # fmt: skip
                     t_cmp = time.monotonic()
                     entry["comparisons"] = _compare_all(run, args)
+                    if "page_truth" in entry["comparisons"]:
+                        entry["page_truth"] = entry["comparisons"].pop("page_truth")
                     entry["compare_s"] = round(time.monotonic() - t_cmp, 2)
                 except PlannerError as exc:
                     failed = True

@@ -659,6 +659,15 @@ class ReferenceEngine:
         row[R_STABLE_NODES] = self.n_nodes + self.n_chains
         return row
 
+    def ksm_rows(self) -> npt.NDArray[np.bool_]:
+        """Per row of the current snapshot: whether it maps a KSM page now (what
+        ``/proc/kpageflags`` KPF_KSM says of a page's frame; a row written since its merge
+        maps its own copy). For diagnostics: the live page-truth join
+        (:mod:`planner.testing.live.pages`)."""
+        return np.fromiter(
+            (e != ZERO and e in self.ent_node for e in self.phys), bool, len(self.phys)
+        )
+
     def processes(self) -> dict[str, dict[str, int]]:
         """ksm_stat of every live process now."""
         if self.snap is None:

@@ -175,3 +175,23 @@ def test_run_live_refuses_before_creating_anything(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     with pytest.raises(UsageProblem, match="already exists"):
         run_live("churn", tmp_path / "taken")
+
+
+def test_the_capture_budget_is_the_captures_default_and_is_checked() -> None:
+    from planner.capture.pace import DEFAULT_CPU_BUDGET
+    from planner.testing.live.protocol import LiveConfig
+
+    assert LiveConfig().capture_cpu_budget == DEFAULT_CPU_BUDGET
+    assert LiveConfig(capture_cpu_budget=None).capture_cpu_budget is None
+    with pytest.raises(UsageProblem, match="capture_cpu_budget"):
+        LiveConfig(capture_cpu_budget=0)
+
+
+def test_the_writes_option_reaches_the_replay(synthetic_run: Callable[..., LiveRun]) -> None:
+    from planner.testing.live.compare import replay_setup
+
+    run = synthetic_run()
+    assert replay_setup(run, CompareOptions(), 6.0).options.writes
+    off = replay_setup(run, CompareOptions(writes=False, alignment="last"), 6.0).options
+    assert not off.writes
+    assert off.snapshot_scans == (1, 1)  # the last alignment: every snapshot before scan 1

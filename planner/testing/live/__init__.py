@@ -4,6 +4,8 @@
   ksmd off, captures it, switches ksmd on and records what it does, under the KSM lease;
 * :func:`compare_run` (:mod:`~planner.testing.live.compare`) replays the run's capture with
   the same knobs and scores the prediction (:class:`LiveComparison`, JSON-ready);
+* :func:`~planner.testing.live.pages.page_truth` joins the model's KSM pages with a canary
+  run's, page by page (which pages the model merges and the kernel did not);
 * :mod:`~planner.testing.live.workloads` holds the workloads (PostgreSQL, Node, churn, Django)
   and :mod:`~planner.testing.live.host` the process trees and the host-load monitor.
 """

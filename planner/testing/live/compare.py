@@ -47,8 +47,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from planner.engine.api import EngineName
+    from planner.engine.knobs import KsmKnobs
+    from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
+    from planner.engine.writes import CanaryRates
 
 Alignment = Literal["time", "last"]
 HostLoadChoice = Literal["recorded", "observed", "idle"] | float
@@ -88,6 +91,9 @@ class CompareOptions:
     grid_s: float = 0.5
     cost_profile: str | None = None
     """A cost profile file (``ksm-planner calibrate``); the shipped default when None."""
+    writes: bool = True
+    """Replay the writes the capture sampled between snapshots (``replay --no-writes``
+    when False: the snapshots alone, as before the write model)."""
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
@@ -409,8 +415,23 @@ def _kernel_series(run: LiveRun) -> _KernelSeries:
     return _KernelSeries([float(r["t_s"]) for r in rows], [r["kind"] for r in rows], rows)
 
 
-def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResult:
-    from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What :func:`compare_run` replays: the prepared capture, the run's knobs, the options
+    (duration, load, cost profile) and the canary's rates when the writes are calibrated."""
+
+    inp: ReplayInput
+    knobs: KsmKnobs
+    options: ReplayOptions
+    canary: CanaryRates | None
+
+
+def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplaySetup:
+    """The replay of ``run``'s capture as :func:`compare_run` makes it (also used by
+    :func:`planner.testing.live.pages.page_truth`, which needs the engine's own state)."""
+    from dataclasses import replace
+
+    from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare
     from planner.engine.knobs import valid_hz
     from planner.trace.io import open_trace
 
@@ -427,23 +448,28 @@ def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResu
     )
     cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
     options = ReplayOptions(
-        duration_s=duration_s, grid_s=opts.grid_s, cost=cost, host_load=_load(run, opts, inp)
+        duration_s=duration_s,
+        grid_s=opts.grid_s,
+        cost=cost,
+        host_load=_load(run, opts, inp),
+        writes=opts.writes,
     )
-    scans = (1,) * len(inp.snapshots) if opts.alignment == "last" else None
+    if opts.alignment == "last":
+        options = replace(options, snapshot_scans=(1,) * len(inp.snapshots))
     canary = None
     if opts.calibrate_writes:
         from planner.engine.writes import canary_rates
         from planner.trace.recording import read_observed
 
         canary = canary_rates(read_observed(run.observe_dir), inp.page_size)
-    return replay(
-        inp,
-        knobs=knobs,
-        options=options,
-        engine=opts.engine,
-        snapshot_scans=scans,
-        canary=canary,
-    )
+    return ReplaySetup(inp, knobs, options, canary)
+
+
+def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResult:
+    from planner.engine import replay
+
+    s = replay_setup(run, opts, duration_s)
+    return replay(s.inp, knobs=s.knobs, options=s.options, engine=opts.engine, canary=s.canary)
 
 
 def run_phase_load(run: LiveRun, phase: str = "capture") -> HostLoad | None:
@@ -973,12 +999,14 @@ __all__ = [
     "LiveComparison",
     "Metric",
     "ProcessRow",
+    "ReplaySetup",
     "SteadyWindow",
     "compare_run",
     "find_steady_window",
     "first_reaching",
     "metric",
     "model_cow_per_s",
+    "replay_setup",
     "sharing_target",
     "step_mean",
 ]

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from planner.capture.pace import DEFAULT_CPU_BUDGET
 from planner.errors import KsmBusyError, UsageProblem
 from planner.kernel.sysfs import KsmLease, KsmSysfs, ksm_users
 from planner.provenance import HostInfo, tool_version
@@ -92,6 +93,9 @@ class LiveConfig:
     canary: bool = False
     """Record every page's KSM state while observing (``observe --ksm-pages``)."""
     capture_priority: Priority = "low"
+    capture_cpu_budget: float | None = DEFAULT_CPU_BUDGET
+    """CPUs the capture may use on average (capture ``--cpu-budget``, its default; ``None``:
+    unbounded). It bounds how often the sampler can check each page."""
     observe_s: float = 60.0
     observe_interval_s: float = 1.0
     boundary_poll_s: float = 0.02
@@ -109,6 +113,10 @@ class LiveConfig:
             (self.observe_interval_s >= 0.01, "observe_interval_s must be at least 0.01"),
             (0.001 <= self.boundary_poll_s <= 1, "boundary_poll_s must be 0.001..1"),
             (self.lock_wait_s >= 0, "lock_wait_s cannot be negative"),
+            (
+                self.capture_cpu_budget is None or self.capture_cpu_budget > 0,
+                "capture_cpu_budget must be positive (None: unbounded)",
+            ),
             (
                 self.capture_priority in ("idle", "low", "normal"),
                 "capture_priority: idle|low|normal",
@@ -517,6 +525,7 @@ def _leased_run(
                 key_file=work / "capture.key",
                 labels={"workload": str(wl.describe()["name"]), "harness": "live"},
                 priority=cfg.capture_priority,
+                cpu_budget=cfg.capture_cpu_budget,
             )
         )
         cap1 = (mon.mark(), cpu.now())
