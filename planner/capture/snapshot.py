@@ -30,7 +30,7 @@ import numpy.typing as npt
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
 from planner.capture.facts import memory_cgroup_of, process_facts
-from planner.capture.memread import CHUNK_PAGES, ReadResult, read_and_hash
+from planner.capture.memread import CHUNK_PAGES, PIECE_PAGES, ReadResult, read_and_hash
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
     PAGE_SIZE_BYTES,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from planner.capture.pace import Pacer
 
 DEFAULT_WINDOW_PAGES: Final = 1 << 18  # 2 MiB of pagemap per read at most
-DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # 4 MiB read by one process_vm_readv
+DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages one thread reads and hashes as one task
 #: Holes up to this many pages between two mappings are read through (32 KiB of pagemap
 #: cost less than another system call).
 PAGEMAP_GAP_PAGES: Final = 4096
@@ -152,6 +152,8 @@ class ProcessReader:
     keep_cmdline: bool = False
     window_pages: int = DEFAULT_WINDOW_PAGES
     read_chunk_pages: int = DEFAULT_READ_CHUNK_PAGES
+    read_piece_pages: int = PIECE_PAGES
+    """Most pages one ``pread`` reads (each thread's buffer holds that many)."""
     threads: int = DEFAULT_THREADS
     timings: Timings = field(default_factory=Timings)
     pacer: Pacer | None = None
@@ -162,6 +164,8 @@ class ProcessReader:
     def __post_init__(self) -> None:
         if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
             raise ValueError(f"read_chunk_pages must be 1 to {CHUNK_PAGES}")
+        if not 1 <= self.read_piece_pages <= CHUNK_PAGES:
+            raise ValueError(f"read_piece_pages must be 1 to {CHUNK_PAGES}")
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._bss_cache: dict[tuple[str, int, str], Sequence[V.LoadSegment]] = {}
@@ -457,7 +461,7 @@ class ProcessReader:
             self.pacer.apply()
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = np.empty(self.read_chunk_pages * PAGE_SIZE_BYTES, np.uint8)
+            buf = self._local.buf = np.empty(self.read_piece_pages * PAGE_SIZE_BYTES, np.uint8)
         return read_and_hash(self.procfs, mem_fd, self.hasher.secret, vpn, buf)
 
     def _executor(self) -> ThreadPoolExecutor:

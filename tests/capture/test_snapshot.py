@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from conftest import FakeProc
 
+    from planner.capture.xxh3 import PageSecret
+
 PAGE = 4096
 BASE = 0x10000
 ZERO_PFN = 77
@@ -44,20 +46,27 @@ class SpyProcFS(ProcFS):
             raise OSError(errno.EIO, "injected")
         return super().pread_into(fd, view, offset)
 
-    def read_runs(
+    def read_hash_runs(
         self,
         fd: int,
         buffer: np.ndarray,
-        local: np.ndarray,
         remote: np.ndarray,
         lengths: np.ndarray,
+        out_at: np.ndarray,
+        secret: PageSecret,
+        out: np.ndarray,
     ) -> int:
         for i, (offset, size) in enumerate(zip(remote.tolist(), lengths.tolist(), strict=True)):
             self.mem_reads.append((offset, size))
             if any(offset <= a < offset + size for a in self.fail_mem_at):
-                return i  # a short run: the reader goes on page by page
+                return i  # a short piece: the reader goes on page by page
             one = slice(i, i + 1)
-            if super().read_runs(fd, buffer, local[one], remote[one], lengths[one]) != 1:
+            if (
+                super().read_hash_runs(
+                    fd, buffer, remote[one], lengths[one], out_at[one], secret, out
+                )
+                != 1
+            ):
                 return i
         return len(remote)
 
