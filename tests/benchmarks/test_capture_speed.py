@@ -34,6 +34,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,50 @@ def test_capture_throughput(
     }
     benchmark.extra_info.update(figures)
     _report(capsys, "capture of one 256 MiB process", figures)
+
+
+def test_read_piece_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """Read the 256 MiB of one process on one thread in pieces (pages per ``pread`` into a
+    reused buffer) of several sizes: without hashing (the floor), hashed by the ``xxhash``
+    library's function and by the compiled copy of it, each in CPU microseconds per page.
+    A piece that fits the CPU's cache is hashed before it is evicted; a 4 MiB one is not."""
+    from planner.capture.memread import pieces, pread_hash, pread_runs
+    from planner.capture.xxh3 import PageSecret, library_xxh3
+
+    assert library_xxh3() is not None, "the xxhash library's XXH3_64bits_withSeed was not found"
+    secret = PageSecret.from_seed(SEED)
+    figures: dict[str, Any] = {}
+    with _spawn(HOLDER) as (holder,):
+        addr = _region(holder)
+        n = (REGION_MIB << 20) // PAGE
+        vpn = np.arange(addr // PAGE, addr // PAGE + n, dtype=np.int64)
+        out = np.zeros(n, np.uint64)
+        fd = os.open(f"/proc/{holder.pid}/mem", os.O_RDONLY)
+        try:
+            for piece in (1, 8, 64, 256, 1024):
+                buf = np.empty(piece * PAGE, np.uint8)
+                first, length = pieces(vpn, piece)
+                remote, size = vpn[first] * PAGE, length * PAGE
+                ways: dict[str, Any] = {
+                    "read_only": partial(pread_runs, fd, buf, first * 0, remote, size),
+                    "read_and_library_hash": partial(
+                        pread_hash, fd, buf, remote, size, first, secret, out, library=True
+                    ),
+                    "read_and_own_hash": partial(
+                        pread_hash, fd, buf, remote, size, first, secret, out, library=False
+                    ),
+                }
+                for name, run in ways.items():
+                    best = float("inf")
+                    for _ in range(2):
+                        c0 = time.thread_time()
+                        assert run() == len(first)
+                        best = min(best, time.thread_time() - c0)
+                    figures[f"piece_{piece}_{name}_cpu_us_per_page"] = best / n * 1e6
+        finally:
+            os.close(fd)
+    figures["loadavg"] = Path("/proc/loadavg").read_text().strip()
+    _report(capsys, "one thread reading 256 MiB: CPU per page", figures)
 
 
 FLEET_MASTER = textwrap.dedent(
