@@ -210,8 +210,11 @@ class ProcessReader:
             )
         pc = ProcessCapture(pid=pid, proc_start=st.starttime_ticks, state="ok", t0=t0)
         try:
-            pc.info = self._process_info(st)
-            self._capture_pages(pc, progress)
+
+            def info() -> None:  # read while the threads read the pages
+                pc.info = self._process_info(st)
+
+            self._capture_pages(pc, progress, meanwhile=info)
             # A process that exits while it is read gives short reads, not errors: check.
             st2 = self.procfs.stat(pid)
             if st2.is_dead or st2.starttime_ticks != st.starttime_ticks:
@@ -261,7 +264,10 @@ class ProcessReader:
         self.timings.meta_s += time.perf_counter() - t
         return info
 
-    def _capture_pages(self, pc: ProcessCapture, progress: Progress) -> None:
+    def _capture_pages(
+        self, pc: ProcessCapture, progress: Progress, *, meanwhile: Callable[[], None]
+    ) -> None:
+        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them."""
         fs, pid = self.procfs, pc.pid
         t = time.perf_counter()
         entries = fs.mappings(pid)
@@ -274,6 +280,7 @@ class ProcessReader:
             prev = e
         self.timings.maps_s += time.perf_counter() - t
         if not kept:
+            meanwhile()
             return
         # Mappings smaps shows without any anonymous or swapped page hold nothing to record:
         # their pagemap is not read (in an interpreter most file mappings are such).
@@ -283,7 +290,7 @@ class ProcessReader:
             if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
         ]
         pc.spans = spans
-        parts = self._read_windows(spans, pid) if spans else []
+        parts = self._read_windows(spans, pid, meanwhile)
         w = _Window.concat(parts)
         pc.zero_pfn_pages = sum(p.zero_pfn_pages for p in parts)
         present_per_map = np.bincount(w.owner[w.is_rec], minlength=len(kept))
@@ -317,27 +324,37 @@ class ProcessReader:
         pc.kflags_needed = needs[w.owner]
         progress.advance(len(w.vpn))
 
-    def _read_windows(self, spans: list[tuple[int, int, int]], pid: int) -> list[_Window]:
-        """Every window of ``spans`` read by :meth:`_read_window`, on the reader's threads.
+    def _read_windows(
+        self, spans: list[tuple[int, int, int]], pid: int, meanwhile: Callable[[], None]
+    ) -> list[_Window]:
+        """Every window of ``spans`` read by :meth:`_read_window`, on the reader's threads,
+        while this thread runs ``meanwhile``.
 
         The windows are independent: each thread reads the pagemap of one, the contents of
         its present pages and its pagemap again, so the result is the same in any order
         and with any number of threads; it is assembled in address order.
         """
+        windows = list(_windows(spans, self.window_pages))
+        if not windows:
+            meanwhile()
+            return []
         t = time.perf_counter()
         pm_fd = self.procfs.open_pagemap(pid)
         try:
             mem_fd = self.procfs.open_mem(pid)
             try:
-                windows = list(_windows(spans, self.window_pages))
                 if len(windows) == 1 or self.threads <= 1:
+                    meanwhile()
                     parts = [self._read_window(pm_fd, mem_fd, pid, *w) for w in windows]
                 else:
                     pool = self._executor()
                     futures = [
                         pool.submit(self._read_window, pm_fd, mem_fd, pid, *w) for w in windows
                     ]
-                    wait(futures)  # every thread is done with the descriptors before they close
+                    try:
+                        meanwhile()
+                    finally:
+                        wait(futures)  # every thread is done with the descriptors before they close
                     parts = [f.result() for f in futures]
             finally:
                 os.close(mem_fd)
