@@ -5,12 +5,16 @@ The capture hashes every page it reads with the keyed ``xxh3_64`` of
 0.75 µs of Python per page (1.3 M pages/s here) and holds the GIL, so hashing could not
 overlap the reads. This module computes exactly the same function -- ``XXH3_64bits_withSeed``
 for inputs of 4,096 bytes -- over a whole buffer of pages in one compiled loop that releases
-the GIL: about 1.7 M pages/s (7 GB/s) per core on the reference VM, and it runs next to the
-``process_vm_readv`` of the next chunk (:mod:`planner.capture.memread`).
+the GIL: about 1.7 M pages/s (7 GB/s) per core on the reference VM. The capture prefers the
+library's own C function, called from its compiled read loop (:func:`library_xxh3`,
+:mod:`planner.capture.memread`); this copy is the fallback where that function cannot be
+found, and what the single pages re-read after a short read are hashed with.
 
-Why a hand-written hash rather than a library: no Python binding of xxHash hashes many
-fixed-size blocks in one call, and the trace format fixes the function (``hash_algo``
-``xxh3_64-seeded``): traces captured with the same key must stay comparable hash for hash.
+Why a hand-written copy of a library's function: no Python binding of xxHash hashes many
+fixed-size blocks in one call, the binding's C symbols are an implementation detail of its
+build (found by :func:`library_xxh3`, not promised), and the trace format fixes the function
+(``hash_algo`` ``xxh3_64-seeded``): traces captured with the same key must stay comparable
+hash for hash whichever of the two computed them.
 ``tests/capture/test_xxh3.py`` holds this implementation to the ``xxhash`` library on
 random, zero and patterned pages under several seeds (0, 1, 2^64 - 1, random).
 
