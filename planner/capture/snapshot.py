@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 #: Pages of address space per window (32 MiB; 64 KiB of pagemap): the unit of work of one
 #: thread, whose pagemap is read in one ``pread`` before and after its contents.
 DEFAULT_WINDOW_PAGES: Final = 1 << 13
+#: Smallest window a process's address space is cut into to share it between threads.
+MIN_WINDOW_PAGES: Final = 256
 DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages one thread reads and hashes as one task
 #: Holes up to this many pages between two mappings are read through (32 KiB of pagemap
 #: cost less than another system call).
@@ -334,7 +336,7 @@ class ProcessReader:
         its present pages and its pagemap again, so the result is the same in any order
         and with any number of threads; it is assembled in address order.
         """
-        windows = list(_windows(spans, self.window_pages))
+        windows = list(_windows(spans, self._window_size(spans)))
         if not windows:
             meanwhile()
             return []
@@ -363,6 +365,16 @@ class ProcessReader:
         self.timings.read_s += time.perf_counter() - t
         self.mem_reads += sum(p.reads for p in parts)
         return parts
+
+    def _window_size(self, spans: list[tuple[int, int, int]]) -> int:
+        """Pages per window for this process: at most :attr:`window_pages`, and small enough
+        that the threads get about four windows each (so that one thread does not read most
+        of a small process alone), but not under :data:`MIN_WINDOW_PAGES`."""
+        if self.threads <= 1:
+            return self.window_pages
+        span_pages = sum(hi - lo for _index, lo, hi in spans)
+        share = -(-span_pages // (4 * self.threads))
+        return min(self.window_pages, max(MIN_WINDOW_PAGES, share))
 
     def _read_window(
         self,

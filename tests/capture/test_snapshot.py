@@ -257,6 +257,25 @@ def test_each_window_is_checked_for_races_after_its_own_read(
     ] * 3
 
 
+def test_a_process_is_cut_into_about_four_windows_per_thread(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    p = fake_proc.process(117)
+    p.map(BASE, 2048)
+    for i in range(0, 2048, 64):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(i), pfn=9000 + i)
+    fake_proc.write()
+    for threads, windows in ((2, 8), (1, 1), (8, 8)):  # 2,048 / (4 x 2) = 256 pages each
+        fs = SpyProcFS(fake_proc.root)
+        reader = _reader(fs, capture_key, threads=threads)
+        try:
+            pc = reader.capture(117)
+        finally:
+            reader.close()
+        assert len(fs.pagemap_reads) == 2 * windows  # before and after each window's contents
+        assert pc.pages == 32
+
+
 def test_process_gone_while_threads_read_its_windows(
     fake_proc: FakeProc, capture_key: CaptureKey
 ) -> None:
