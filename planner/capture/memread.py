@@ -10,17 +10,18 @@ buffer by the kernel and read once by the hash, never written to or read back fr
 memory (docs/capture.md §5.1). The hash is the ``xxhash`` library's own
 ``XXH3_64bits_withSeed`` called through its address (:func:`planner.capture.xxh3.library_xxh3`),
 or where that is not available the module's compiled copy of it
-(:func:`planner.capture.xxh3.hash_pages`). The pages of a process are split into chunks of
-at most :data:`CHUNK_PAGES` pages that a small pool of threads reads and hashes at once
-(:mod:`planner.capture.snapshot`); the result does not depend on how they were split.
+(:func:`planner.capture.xxh3.hash_pages`). A snapshot hands a process's pages to a small pool
+of threads window by window (:mod:`planner.capture.snapshot`), the sampler between snapshots
+in chunks of at most :data:`CHUNK_PAGES` pages; the result does not depend on how they were
+split.
 
 **Why not ``process_vm_readv``.** It reads scattered ranges in one system call and moved
 1.4-2.6 times more bytes per second than ``/proc/<pid>/mem`` here, but it pins the pages it
 reads (``FOLL_PIN``), and pinning an anonymous page that is not exclusive to the process --
 every page still shared with a parent or child since a fork, every KSM page -- makes the
-kernel *unshare* it first: it copies the page. Measured again on Linux 6.18: eight
-fork-shared pages of a child got new frames after one ``process_vm_readv`` of them, while a
-``pread`` of ``/proc/<pid>/mem`` left the next eight shared (docs/capture.md §4.16). A capture
+kernel *unshare* it first: it copies the page. Measured again on Linux 6.18: the two
+fork-shared pages of a child read with ``process_vm_readv`` got new frames, the two read with
+a ``pread`` of ``/proc/<pid>/mem`` stayed shared (docs/capture.md §4.16). A capture
 that breaks fork sharing changes the very memory it measures, so only ``/proc/<pid>/mem`` is
 read (``FOLL_GET``, never an unshare).
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from planner.capture.procfs import ProcFS
     from planner.capture.xxh3 import PageSecret
 
-#: Most pages one thread reads and hashes as one task (16 MiB).
+#: Most pages one thread reads and hashes as one task of the sampler (16 MiB).
 CHUNK_PAGES: Final = 4096
 #: Most pages read by one ``pread`` (256 KiB): the buffer they go to stays in the CPU's
 #: cache until they are hashed. ``tests/benchmarks/test_capture_speed.py::test_read_piece_size``

@@ -1,14 +1,16 @@
 """Capture the anonymous pages of one process: pagemap first, then only present pages.
 
-For each kept mapping (see :mod:`planner.capture.vma`) the pagemap is read in windows of
-``window_pages`` entries and decoded with numpy. The pages to record are the present,
-anonymous ones (pagemap file bit 61 clear; in file mappings these are the copy-on-write
-copies), minus PTEs of the shared zero page. Their contents are read from
-``/proc/<pid>/mem`` with one ``preadv`` per run of contiguous recorded pages into one reused
-buffer, so nothing that is not present is ever touched (reading a hole or a swapped page
-would fault it in, docs/capture.md §4.2). Each page is hashed with the capture key.
-Swapped anonymous pages become rows without hash or frame. The pagemap window is read
-again after the contents; pages whose PFN or present bit changed are flagged ``RACY``.
+The kept mappings (see :mod:`planner.capture.vma`) are cut into windows of at most
+``window_pages`` pages, each one task for the reader's threads: its pagemap is read with one
+``pread`` and decoded with numpy. The pages to record are the present, anonymous ones
+(pagemap file bit 61 clear; in file mappings these are the copy-on-write copies), minus PTEs
+of the shared zero page. Their contents are read from ``/proc/<pid>/mem`` in pieces of runs of
+contiguous recorded pages and hashed with the capture key as they are read
+(:mod:`planner.capture.memread`), so nothing that is not present is ever touched (reading a
+hole or a swapped page would fault it in, docs/capture.md §4.2). Swapped anonymous pages
+become rows without hash or frame. The window's pagemap is read again after its contents;
+pages whose PFN or present bit changed are flagged ``RACY``. Windows are assembled in address
+order, so the rows do not depend on the number of threads.
 
 Frame ids, the kpageflags-based flags and the Arrow tables are made per snapshot by
 :mod:`planner.capture.session`; this module returns raw arrays (with raw PFNs, which never
@@ -61,11 +63,11 @@ if TYPE_CHECKING:
 DEFAULT_WINDOW_PAGES: Final = 1 << 13
 #: Smallest window a process's address space is cut into to share it between threads.
 MIN_WINDOW_PAGES: Final = 256
-DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages one thread reads and hashes as one task
+DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages per task of the sampler's reads
 #: Holes up to this many pages between two mappings are read through (32 KiB of pagemap
 #: cost less than another system call).
 PAGEMAP_GAP_PAGES: Final = 4096
-#: Default threads reading and hashing chunks of one process at once.
+#: Default threads reading and hashing the windows of one process at once.
 DEFAULT_THREADS: Final = 2
 
 _U64 = np.uint64
