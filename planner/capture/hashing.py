@@ -1,9 +1,12 @@
 """Keyed page hashing: seeded ``xxh3_64`` over each 4 KiB page of a buffer.
 
-Pages are hashed by :func:`planner.capture.xxh3.hash_pages` (the same function compiled
-for many pages at once, about 1.7 M pages/s per core without the GIL); one ``xxhash`` call
-per page over memoryview slices (:meth:`PageHasher.hash_pages`, 1.3-1.4 M pages/s with the
-GIL held) remains for single pages and as the reference the tests compare with. Keyed
+Pages are hashed as they are read, in the compiled read loop of
+:mod:`planner.capture.memread`, by the ``xxhash`` library's own C function
+(:func:`planner.capture.xxh3.library_xxh3`) or, where it cannot be found, by
+:func:`planner.capture.xxh3.hash_pages` (the same function compiled for many pages at once);
+neither holds the GIL. One ``xxhash`` call per page over memoryview slices
+(:meth:`PageHasher.hash_pages`, 1.3-1.4 M pages/s with the GIL held) remains for single pages
+and as the reference the tests compare with. Keyed
 blake2b would be 11 times slower (docs/capture.md §5.2). A zero page is recognised by
 comparing its hash with the keyed hash of 4096 zero bytes (no separate zero scan).
 """

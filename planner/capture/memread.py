@@ -1,24 +1,31 @@
 """Read many scattered pages of another process quickly, without changing it, and hash them.
 
-The capture reads only the present anonymous pages of a process (docs/capture.md §4.2),
-which in an interpreter's heap come in short runs: in 32 small Python processes the runs
-averaged three pages, so the cost of a capture was one ``preadv`` of ``/proc/<pid>/mem``
-called from Python per three pages. Here the pages of a process are read in chunks of up
-to :data:`CHUNK_PAGES` pages (4 MiB): one compiled loop (numba, no GIL held) calls
-``pread`` once per run of the chunk straight into one buffer, and one compiled call hashes
-the chunk (:mod:`planner.capture.xxh3`). Chunks of one process are read and hashed by a
-small pool of threads at once.
+The capture reads only the present anonymous pages of a process (docs/capture.md §4.2). They
+come in runs of consecutive pages: short ones in an interpreter's heap (three pages on
+average in 32 small Python processes), long ones in a big buffer. Each run is cut into
+*pieces* of at most :data:`PIECE_PAGES` pages, and one compiled loop (numba, no GIL held)
+reads each piece with one ``pread`` of ``/proc/<pid>/mem`` into a small buffer and hashes
+its pages at once, while they are still in the CPU's cache: a page is copied into the
+buffer by the kernel and read once by the hash, never written to or read back from main
+memory (docs/capture.md §5.1). The hash is the ``xxhash`` library's own
+``XXH3_64bits_withSeed`` called through its address (:func:`planner.capture.xxh3.library_xxh3`),
+or where that is not available the module's compiled copy of it
+(:func:`planner.capture.xxh3.hash_pages`). A snapshot hands a process's pages to a small pool
+of threads window by window (:mod:`planner.capture.snapshot`), the sampler between snapshots
+in chunks of at most :data:`CHUNK_PAGES` pages; the result does not depend on how they were
+split.
 
 **Why not ``process_vm_readv``.** It reads scattered ranges in one system call and moved
-2-2.6 times more bytes per second than ``/proc/<pid>/mem`` here, but it pins the pages it
+1.4-2.6 times more bytes per second than ``/proc/<pid>/mem`` here, but it pins the pages it
 reads (``FOLL_PIN``), and pinning an anonymous page that is not exclusive to the process --
-every page still shared with a parent or child since a fork -- makes the kernel *unshare* it
-first: it copies the page. Measured here: two fork-shared pages of a child got new frames
-after one ``process_vm_readv`` of them, while a ``pread`` of ``/proc/<pid>/mem`` left the
-next two shared (docs/capture.md §4.16). A capture that breaks fork sharing changes the very
-memory it measures, so only ``/proc/<pid>/mem`` is read (``FOLL_GET``, never an unshare).
+every page still shared with a parent or child since a fork, every KSM page -- makes the
+kernel *unshare* it first: it copies the page. Measured again on Linux 6.18: the two
+fork-shared pages of a child read with ``process_vm_readv`` got new frames, the two read with
+a ``pread`` of ``/proc/<pid>/mem`` stayed shared (docs/capture.md §4.16). A capture
+that breaks fork sharing changes the very memory it measures, so only ``/proc/<pid>/mem`` is
+read (``FOLL_GET``, never an unshare).
 
-A run that comes back short (the page vanished, a mapping without read permission) is read
+A piece that comes back short (the page vanished, a mapping without read permission) is read
 again page by page through :meth:`~planner.capture.procfs.ProcFS.pread_into`; a page that
 still fails is flagged ``READ_ERROR``.
 """
@@ -34,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 
+from planner.capture import xxh3
 from planner.capture.procfs import MAX_FILE_OFFSET, PAGE_SIZE_BYTES
-from planner.capture.xxh3 import hash_pages
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,11 +50,59 @@ if TYPE_CHECKING:
     from planner.capture.procfs import ProcFS
     from planner.capture.xxh3 import PageSecret
 
-#: Pages read and hashed per chunk (4 MiB).
-CHUNK_PAGES: Final = 1024
+#: Most pages one thread reads and hashes as one task of the sampler (16 MiB).
+CHUNK_PAGES: Final = 4096
+#: Most pages read by one ``pread`` (256 KiB): the buffer they go to stays in the CPU's
+#: cache until they are hashed. ``tests/benchmarks/test_capture_speed.py::test_read_piece_size``
+#: compares sizes.
+PIECE_PAGES: Final = 64
 
 _I64 = np.int64
-_PREAD_LOCK = threading.Lock()
+_LOCK = threading.Lock()
+
+
+def _pread_hash_library(
+    pread: Any,
+    xxh: Any,
+    fd: int,
+    buf: int,
+    remote: Any,
+    lengths: Any,
+    out_at: Any,
+    seed: Any,
+    out: Any,
+) -> int:  # pragma: no cover - compiled
+    """``pread`` piece ``i`` into ``buf`` and hash its pages into ``out[out_at[i]:]`` with the
+    library's function; the index of the first short piece (``len(remote)`` if none)."""
+    for i in range(len(remote)):
+        if pread(fd, buf, lengths[i], remote[i]) != lengths[i]:
+            return i
+        at = out_at[i]
+        for j in range(lengths[i] // 4096):
+            out[at + j] = xxh(buf + j * 4096, 4096, seed)
+    return len(remote)
+
+
+def _pread_hash_own(
+    pread: Any,
+    fd: int,
+    buf: int,
+    words_view: Any,
+    remote: Any,
+    lengths: Any,
+    out_at: Any,
+    words: Any,
+    last: Any,
+    merge: Any,
+    out: Any,
+) -> int:  # pragma: no cover - compiled
+    """The same with the compiled copy of the hash (``words_view``: ``buf`` as uint64)."""
+    for i in range(len(remote)):
+        if pread(fd, buf, lengths[i], remote[i]) != lengths[i]:
+            return i
+        at = out_at[i]
+        _own_hash(words_view, 0, lengths[i] // 4096, words, last, merge, out[at:])
+    return len(remote)
 
 
 def _pread_loop(
@@ -60,18 +115,30 @@ def _pread_loop(
     return len(local)
 
 
-_LOOP: Callable[..., int] | None = None
+def _own_hash(*args: Any) -> None:  # pragma: no cover - replaced by the compiled kernel
+    raise NotImplementedError
 
 
-def _loop() -> Callable[..., int]:
-    """The compiled loop (compiled, or loaded from numba's cache, on first use)."""
-    global _LOOP
-    with _PREAD_LOCK:
-        if _LOOP is None:
+_LOOPS: dict[str, Callable[..., int]] = {}
+
+
+def _loop(name: str) -> Callable[..., int]:
+    """A compiled loop (compiled, or loaded from numba's cache, on first use)."""
+    with _LOCK:
+        if name not in _LOOPS:
             import numba
 
-            _LOOP = cast("Callable[..., int]", numba.njit(nogil=True, cache=True)(_pread_loop))
-        return _LOOP
+            options: dict[str, Any] = {"nogil": True, "cache": True}
+            if name == "plain":
+                _LOOPS[name] = cast("Callable[..., int]", numba.njit(**options)(_pread_loop))
+            elif name == "own":  # the kernel must be compiled before the loop that calls it
+                globals()["_own_hash"] = xxh3.compiled_kernel()
+                _LOOPS[name] = cast("Callable[..., int]", numba.njit(**options)(_pread_hash_own))
+            else:
+                _LOOPS[name] = cast(
+                    "Callable[..., int]", numba.njit(**options)(_pread_hash_library)
+                )
+        return _LOOPS[name]
 
 
 _PREAD: Any = None
@@ -81,7 +148,7 @@ def _libc_pread() -> Any:
     """libc's ``pread`` as a ctypes function (passed to the compiled loop as an argument,
     which keeps the loop cacheable: a function pointer baked in would not be)."""
     global _PREAD
-    with _PREAD_LOCK:
+    with _LOCK:
         if _PREAD is None:
             fn = ctypes.CDLL(None, use_errno=True).pread
             fn.restype = ctypes.c_ssize_t
@@ -99,20 +166,78 @@ def pread_runs(
 ) -> int:
     """Read ``lengths[i]`` bytes at ``remote[i]`` of ``fd`` into ``buffer[local[i]:]``, in order.
 
-    One compiled loop, one ``pread`` per run, the GIL released. Returns how many leading
-    runs were read in full (``len(local)`` when all were); offsets that do not fit
-    ``off_t`` stop the loop there (``[vsyscall]`` lies above 2^63, docs/capture.md §4.4).
+    One compiled loop, one ``pread`` per run, the GIL released (``kpageflags`` and
+    ``kpagecount`` are read this way). Returns how many leading runs were read in full;
+    offsets that do not fit ``off_t`` stop the loop there.
     """
     if not len(local):
         return 0
     if int(local[-1]) + int(lengths[-1]) > len(buffer) or np.any(local < 0):
         raise ValueError("a run does not fit the buffer")
+    stop = _first_too_far(remote, lengths)
+    return int(
+        _loop("plain")(
+            _libc_pread(), fd, buffer.ctypes.data, local[:stop], remote[:stop], lengths[:stop]
+        )
+    )
+
+
+def _first_too_far(remote: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> int:
+    """The first read whose end does not fit ``off_t`` (``len(remote)`` if none)."""
     too_far = np.flatnonzero(
         remote.astype(np.uint64) > np.uint64(MAX_FILE_OFFSET) - lengths.astype(np.uint64)
     )
-    stop = int(too_far[0]) if len(too_far) else len(local)
+    return int(too_far[0]) if len(too_far) else len(remote)
+
+
+def pread_hash(
+    fd: int,
+    buffer: npt.NDArray[np.uint8],
+    remote: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    out_at: npt.NDArray[np.int64],
+    secret: PageSecret,
+    out: npt.NDArray[np.uint64],
+    *,
+    library: bool | None = None,
+) -> int:
+    """Read ``lengths[i]`` bytes at ``remote[i]`` of ``fd`` and hash them into ``out[out_at[i]:]``.
+
+    One compiled loop, one ``pread`` per piece into ``buffer`` (which holds the largest piece),
+    the GIL released. Returns how many leading pieces were read and hashed in full
+    (``len(remote)`` when all were); offsets that do not fit ``off_t`` stop the loop there
+    (``[vsyscall]`` lies above 2^63, docs/capture.md §4.4). ``library``: hash with the
+    ``xxhash`` library's function (``None``: when it is available).
+    """
+    if not len(remote):
+        return 0
+    if np.any(lengths % PAGE_SIZE_BYTES) or np.any(lengths <= 0):
+        raise ValueError("pieces must be whole pages")
+    if int(lengths.max()) > len(buffer) or int(buffer.ctypes.data) % 8:
+        raise ValueError("a piece does not fit the buffer")
+    if np.any(out_at < 0) or np.any(out_at + lengths // PAGE_SIZE_BYTES > len(out)):
+        raise ValueError("a piece's hashes do not fit the output")
+    stop = _first_too_far(remote, lengths)
+    fn = xxh3.library_xxh3() if library is not False else None
+    if library and fn is None:
+        raise RuntimeError("the xxhash library's XXH3_64bits_withSeed is not available")
+    args = (remote[:stop], lengths[:stop], out_at[:stop])
+    if fn is not None:
+        seed = np.uint64(secret.seed)
+        return int(_loop("library")(_libc_pread(), fn, fd, buffer.ctypes.data, *args, seed, out))
+    words_view = buffer.view(np.uint64)
     return int(
-        _loop()(_libc_pread(), fd, buffer.ctypes.data, local[:stop], remote[:stop], lengths[:stop])
+        _loop("own")(
+            _libc_pread(),
+            fd,
+            buffer.ctypes.data,
+            words_view,
+            *args,
+            secret.words,
+            secret.last,
+            secret.merge,
+            out,
+        )
     )
 
 
@@ -123,7 +248,14 @@ def warm_up() -> None:
         os.write(w, b"x")
         buf = np.zeros(PAGE_SIZE_BYTES, np.uint8)
         zero = np.zeros(1, np.int64)
-        pread_runs(r, buf, zero, zero, np.ones(1, np.int64))  # a pipe: the read is short
+        page = np.full(1, PAGE_SIZE_BYTES, np.int64)
+        out = np.zeros(1, np.uint64)
+        secret = xxh3.PageSecret.from_seed(0)
+        pread_runs(r, buf, zero, zero, np.ones(1, np.int64))
+        # a pipe: the read is short, nothing is hashed
+        pread_hash(r, buf, zero, page, zero, secret, out, library=False)
+        if xxh3.library_xxh3() is not None:
+            pread_hash(r, buf, zero, page, zero, secret, out)
     finally:
         os.close(r)
         os.close(w)
@@ -136,7 +268,7 @@ class ReadResult:
     hashes: npt.NDArray[np.uint64]
     read_error: npt.NDArray[np.bool_]
     reads: int
-    """``pread`` calls made (runs, plus single pages read again after a short run)."""
+    """``pread`` calls made (pieces, plus single pages read again after a short piece)."""
 
 
 def segments(vpn: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -156,6 +288,25 @@ def segments(vpn: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDA
     return first, length
 
 
+def pieces(
+    vpn: npt.NDArray[np.int64], piece_pages: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Runs of sorted ``vpn`` cut into pieces of at most ``piece_pages``: ``(first index,
+    length)`` each, in order.
+
+    Examples
+    --------
+    >>> [a.tolist() for a in pieces(np.array([3, 4, 5, 6, 7, 9]), 2)]
+    [[0, 2, 4, 5], [2, 2, 1, 1]]
+    """
+    first, length = segments(vpn)
+    count = -(-length // piece_pages)
+    run = np.repeat(np.arange(len(first)), count)
+    k = np.arange(len(run), dtype=_I64) - np.repeat(np.cumsum(count) - count, count)
+    at = first[run] + k * piece_pages
+    return at, np.minimum(length[run] - k * piece_pages, piece_pages)
+
+
 def read_and_hash(
     procfs: ProcFS,
     mem_fd: int,
@@ -163,42 +314,51 @@ def read_and_hash(
     vpn: npt.NDArray[np.int64],
     buffer: npt.NDArray[np.uint8],
 ) -> ReadResult:
-    """Read pages ``vpn`` (sorted page numbers, at most the buffer's pages) and hash them.
+    """Read pages ``vpn`` (sorted page numbers) and hash them, a buffer's worth at a time.
 
-    Each run of consecutive pages is one ``pread`` of ``/proc/<pid>/mem``
-    (:meth:`ProcFS.read_runs`); a run that comes back short is read again page by page
-    (:meth:`ProcFS.pread_into`), and a page that still fails is flagged in ``read_error``
-    (hash 0).
+    Each piece (a run of consecutive pages, or a buffer's worth of one) is one ``pread`` of
+    ``/proc/<pid>/mem`` (:meth:`ProcFS.read_hash_runs`); a piece that comes back short is
+    read again page by page (:meth:`ProcFS.pread_into`), and a page that still fails is
+    flagged in ``read_error`` (hash 0).
     """
     n = len(vpn)
     error = np.zeros(n, bool)
-    first, length = segments(vpn)
-    local = first * PAGE_SIZE_BYTES
+    hashes = np.zeros(n, np.uint64)
+    first, length = pieces(vpn, len(buffer) // PAGE_SIZE_BYTES)
     remote = vpn[first] * PAGE_SIZE_BYTES
     sizes = length * PAGE_SIZE_BYTES
     reads = 0
-    run = 0
-    view = memoryview(buffer.data)
-    while run < len(first):
-        done = procfs.read_runs(mem_fd, buffer, local[run:], remote[run:], sizes[run:])
-        reads += done + (run + done < len(first))
-        run += done
-        if run < len(first):  # run ``run`` came back short: its pages one by one
-            for k in range(int(first[run]), int(first[run] + length[run])):
-                at = k * PAGE_SIZE_BYTES
+    done_to = 0
+    view = memoryview(buffer.data)[:PAGE_SIZE_BYTES]
+    while done_to < len(first):
+        done = procfs.read_hash_runs(
+            mem_fd, buffer, remote[done_to:], sizes[done_to:], first[done_to:], secret, hashes
+        )
+        reads += done + (done_to + done < len(first))
+        done_to += done
+        if done_to < len(first):  # piece ``done_to`` came back short: its pages one by one
+            for k in range(int(first[done_to]), int(first[done_to] + length[done_to])):
                 reads += 1
                 try:
-                    got = procfs.pread_into(
-                        mem_fd, view[at : at + PAGE_SIZE_BYTES], int(vpn[k]) * PAGE_SIZE_BYTES
-                    )
+                    got = procfs.pread_into(mem_fd, view, int(vpn[k]) * PAGE_SIZE_BYTES)
                 except OSError:
                     got = 0
-                if got != PAGE_SIZE_BYTES:
+                if got == PAGE_SIZE_BYTES:
+                    xxh3.hash_pages(secret, buffer, 1, out=hashes[k : k + 1])
+                else:
                     error[k] = True
-            run += 1
-    hashes = hash_pages(secret, buffer, n)
+            done_to += 1
     hashes[error] = 0
     return ReadResult(hashes=hashes, read_error=error, reads=reads)
 
 
-__all__ = ["CHUNK_PAGES", "ReadResult", "pread_runs", "read_and_hash", "segments"]
+__all__ = [
+    "CHUNK_PAGES",
+    "PIECE_PAGES",
+    "ReadResult",
+    "pieces",
+    "pread_hash",
+    "pread_runs",
+    "read_and_hash",
+    "segments",
+]

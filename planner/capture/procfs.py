@@ -31,6 +31,8 @@ from planner.errors import CapturePermissionError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from planner.capture.xxh3 import PageSecret
+
 PAGE_SIZE_BYTES: Final = 4096
 PAGEMAP_ENTRY_BYTES: Final = 8
 
@@ -485,22 +487,24 @@ class ProcFS:
             raise OSError(errno.EINVAL, "offset does not fit off_t")
         return os.preadv(fd, [view], offset)
 
-    def read_runs(
+    def read_hash_runs(
         self,
         fd: int,
         buffer: npt.NDArray[np.uint8],
-        local: npt.NDArray[np.int64],
         remote: npt.NDArray[np.int64],
         lengths: npt.NDArray[np.int64],
+        out_at: npt.NDArray[np.int64],
+        secret: PageSecret,
+        out: npt.NDArray[np.uint64],
     ) -> int:
-        """Read runs of ``mem`` into ``buffer`` (one compiled ``pread`` loop, GIL released).
+        """Read pieces of ``mem`` and hash their pages (one compiled loop, GIL released).
 
-        Run ``i`` is ``lengths[i]`` bytes at offset ``remote[i]``, stored at
-        ``buffer[local[i]:]``. Returns how many leading runs were read in full.
+        Piece ``i`` is ``lengths[i]`` bytes at offset ``remote[i]``, read into ``buffer`` and
+        hashed into ``out[out_at[i]:]``. Returns how many leading pieces were read in full.
         """
-        from planner.capture.memread import pread_runs
+        from planner.capture.memread import pread_hash
 
-        return pread_runs(fd, buffer, local, remote, lengths)
+        return pread_hash(fd, buffer, remote, lengths, out_at, secret, out)
 
     # --------------------------------------------------------------------- host-wide files
 

@@ -926,17 +926,7 @@ class _Session:
         zero_pfn_extra = np.zeros(len(ok), dtype=np.int64)
         if kpage is not None and len(addr):
             t = time.perf_counter()
-            uniq, inverse = np.unique(pfn[has_frame], return_inverse=True)
-            inverse = inverse.reshape(-1)
-            shared = np.zeros(len(uniq), bool)  # mapped more than once by someone
-            shared[inverse[(flags[has_frame] & np.uint16(PageFlag.EXCLUSIVE)) == 0]] = True
-            special = np.zeros(len(uniq), bool)  # maybe KSM, THP or the huge zero page
-            special[inverse[needed[has_frame]]] = True
-            kflags_u, kcount_u = kpage.lookup(uniq, count=shared, flags=special)
-            kflags = np.zeros(len(addr), np.uint64)
-            kcount = np.zeros(len(addr), np.uint64)
-            kflags[has_frame] = kflags_u[inverse]
-            kcount[has_frame] = kcount_u[inverse]
+            kflags, kcount = _frame_lookup(kpage, pfn, flags, has_frame, needed)
             flags = (
                 flags
                 | _bitflag(kflags, KPF_KSM, PageFlag.KSM)
@@ -1071,6 +1061,43 @@ def _concat(ok: list[ProcessCapture]) -> tuple[npt.NDArray[Any], ...]:
         np.concatenate([c.pfn for c in ok]),
         np.concatenate([c.flags for c in ok]),
     )
+
+
+def _frame_lookup(
+    kpage: KPageReader,
+    pfn: npt.NDArray[np.uint64],
+    flags: npt.NDArray[np.uint16],
+    has_frame: npt.NDArray[np.bool_],
+    needed: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """``kpageflags`` and ``kpagecount`` of every row's frame (0 where none was read).
+
+    Only frames that can differ are looked up (docs/capture.md §4.12): the map count of
+    frames pagemap does not call exclusive, the flags of frames in mappings whose smaps
+    allows KSM or huge pages. Only those rows' frames are sorted; every row whose frame is
+    among them gets the result (a frame that is exclusive in one row and not in another,
+    read at different moments, gets it in both).
+    """
+    kflags = np.zeros(len(pfn), np.uint64)
+    kcount = np.zeros(len(pfn), np.uint64)
+    shared_row = has_frame & ((flags & np.uint16(PageFlag.EXCLUSIVE)) == 0)
+    special_row = has_frame & needed
+    ask = shared_row | special_row
+    if not ask.any():
+        return kflags, kcount
+    uniq, inverse = np.unique(pfn[ask], return_inverse=True)
+    inverse = inverse.reshape(-1)
+    shared = np.zeros(len(uniq), bool)  # mapped more than once by someone
+    shared[inverse[shared_row[ask]]] = True
+    special = np.zeros(len(uniq), bool)  # maybe KSM, THP or the huge zero page
+    special[inverse[special_row[ask]]] = True
+    kflags_u, kcount_u = kpage.lookup(uniq, count=shared, flags=special)
+    rows = np.flatnonzero(has_frame)
+    at = np.searchsorted(uniq, pfn[rows]).clip(max=len(uniq) - 1)
+    hit = uniq[at] == pfn[rows]
+    kflags[rows[hit]] = kflags_u[at[hit]]
+    kcount[rows[hit]] = kcount_u[at[hit]]
+    return kflags, kcount
 
 
 def _bitflag(kflags: npt.NDArray[np.uint64], bit: int, flag: PageFlag) -> npt.NDArray[np.uint16]:

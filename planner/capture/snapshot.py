@@ -1,14 +1,16 @@
 """Capture the anonymous pages of one process: pagemap first, then only present pages.
 
-For each kept mapping (see :mod:`planner.capture.vma`) the pagemap is read in windows of
-``window_pages`` entries and decoded with numpy. The pages to record are the present,
-anonymous ones (pagemap file bit 61 clear; in file mappings these are the copy-on-write
-copies), minus PTEs of the shared zero page. Their contents are read from
-``/proc/<pid>/mem`` with one ``preadv`` per run of contiguous recorded pages into one reused
-buffer, so nothing that is not present is ever touched (reading a hole or a swapped page
-would fault it in, docs/capture.md §4.2). Each page is hashed with the capture key.
-Swapped anonymous pages become rows without hash or frame. The pagemap window is read
-again after the contents; pages whose PFN or present bit changed are flagged ``RACY``.
+The kept mappings (see :mod:`planner.capture.vma`) are cut into windows of at most
+``window_pages`` pages, each one task for the reader's threads: its pagemap is read with one
+``pread`` and decoded with numpy. The pages to record are the present, anonymous ones
+(pagemap file bit 61 clear; in file mappings these are the copy-on-write copies), minus PTEs
+of the shared zero page. Their contents are read from ``/proc/<pid>/mem`` in pieces of runs of
+contiguous recorded pages and hashed with the capture key as they are read
+(:mod:`planner.capture.memread`), so nothing that is not present is ever touched (reading a
+hole or a swapped page would fault it in, docs/capture.md §4.2). Swapped anonymous pages
+become rows without hash or frame. The window's pagemap is read again after its contents;
+pages whose PFN or present bit changed are flagged ``RACY``. Windows are assembled in address
+order, so the rows do not depend on the number of threads.
 
 Frame ids, the kpageflags-based flags and the Arrow tables are made per snapshot by
 :mod:`planner.capture.session`; this module returns raw arrays (with raw PFNs, which never
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,7 +32,7 @@ import numpy.typing as npt
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
 from planner.capture.facts import memory_cgroup_of, process_facts
-from planner.capture.memread import CHUNK_PAGES, ReadResult, read_and_hash
+from planner.capture.memread import CHUNK_PAGES, PIECE_PAGES, ReadResult, read_and_hash
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
     PAGE_SIZE_BYTES,
@@ -56,12 +58,16 @@ if TYPE_CHECKING:
     from planner.capture.hashing import PageHasher
     from planner.capture.pace import Pacer
 
-DEFAULT_WINDOW_PAGES: Final = 1 << 18  # 2 MiB of pagemap per read at most
-DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # 4 MiB read by one process_vm_readv
+#: Pages of address space per window (32 MiB; 64 KiB of pagemap): the unit of work of one
+#: thread, whose pagemap is read in one ``pread`` before and after its contents.
+DEFAULT_WINDOW_PAGES: Final = 1 << 13
+#: Smallest window a process's address space is cut into to share it between threads.
+MIN_WINDOW_PAGES: Final = 256
+DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages per task of the sampler's reads
 #: Holes up to this many pages between two mappings are read through (32 KiB of pagemap
 #: cost less than another system call).
 PAGEMAP_GAP_PAGES: Final = 4096
-#: Default threads reading and hashing chunks of one process at once.
+#: Default threads reading and hashing the windows of one process at once.
 DEFAULT_THREADS: Final = 2
 
 _U64 = np.uint64
@@ -78,12 +84,15 @@ PFN_HIDDEN_HINT: Final = (
 
 @dataclass
 class Timings:
-    """Seconds spent per capture phase (summed over processes and snapshots)."""
+    """Seconds spent per capture phase (summed over processes and snapshots).
+
+    ``read_s`` is the wall time of reading the windows (pagemap, contents and hashes, on the
+    reader's threads); ``pagemap_s`` the pagemap reads within it, summed over threads.
+    """
 
     maps_s: float = 0.0
     pagemap_s: float = 0.0
     read_s: float = 0.0
-    hash_s: float = 0.0
     meta_s: float = 0.0
     kpage_s: float = 0.0
     tables_s: float = 0.0
@@ -152,6 +161,8 @@ class ProcessReader:
     keep_cmdline: bool = False
     window_pages: int = DEFAULT_WINDOW_PAGES
     read_chunk_pages: int = DEFAULT_READ_CHUNK_PAGES
+    read_piece_pages: int = PIECE_PAGES
+    """Most pages one ``pread`` reads (each thread's buffer holds that many)."""
     threads: int = DEFAULT_THREADS
     timings: Timings = field(default_factory=Timings)
     pacer: Pacer | None = None
@@ -162,7 +173,10 @@ class ProcessReader:
     def __post_init__(self) -> None:
         if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
             raise ValueError(f"read_chunk_pages must be 1 to {CHUNK_PAGES}")
+        if not 1 <= self.read_piece_pages <= CHUNK_PAGES:
+            raise ValueError(f"read_piece_pages must be 1 to {CHUNK_PAGES}")
         self._local = threading.local()
+        self._timing_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._bss_cache: dict[tuple[str, int, str], Sequence[V.LoadSegment]] = {}
         self.mem_reads = 0
@@ -200,8 +214,11 @@ class ProcessReader:
             )
         pc = ProcessCapture(pid=pid, proc_start=st.starttime_ticks, state="ok", t0=t0)
         try:
-            pc.info = self._process_info(st)
-            self._capture_pages(pc, progress)
+
+            def info() -> None:  # read while the threads read the pages
+                pc.info = self._process_info(st)
+
+            self._capture_pages(pc, progress, meanwhile=info)
             # A process that exits while it is read gives short reads, not errors: check.
             st2 = self.procfs.stat(pid)
             if st2.is_dead or st2.starttime_ticks != st.starttime_ticks:
@@ -251,7 +268,10 @@ class ProcessReader:
         self.timings.meta_s += time.perf_counter() - t
         return info
 
-    def _capture_pages(self, pc: ProcessCapture, progress: Progress) -> None:
+    def _capture_pages(
+        self, pc: ProcessCapture, progress: Progress, *, meanwhile: Callable[[], None]
+    ) -> None:
+        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them."""
         fs, pid = self.procfs, pc.pid
         t = time.perf_counter()
         entries = fs.mappings(pid)
@@ -264,6 +284,7 @@ class ProcessReader:
             prev = e
         self.timings.maps_s += time.perf_counter() - t
         if not kept:
+            meanwhile()
             return
         # Mappings smaps shows without any anonymous or swapped page hold nothing to record:
         # their pagemap is not read (in an interpreter most file mappings are such).
@@ -273,61 +294,157 @@ class ProcessReader:
             if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
         ]
         pc.spans = spans
-        pm_fd = fs.open_pagemap(pid)
-        try:
-            vpn, entry, owner = self._pagemap(pm_fd, spans, pid)
-            present = (entry >> _U64(PM_PRESENT_BIT)).astype(bool)
-            anon = ((entry >> _U64(PM_FILE_BIT)) & _U64(1)) == 0
-            pfn = entry & _PFN_MASK
-            present_anon = present & anon
-            zero_pte = present_anon & (pfn == _U64(self.zero_pfn if self.zero_pfn else _NO_PFN))
-            record = present_anon & ~zero_pte
-            swapped = ((entry >> _U64(PM_SWAP_BIT)) & _U64(1)).astype(bool) & ~present & anon
-            n_record = int(np.count_nonzero(record))
-            if n_record and not np.any(pfn[record]):
-                raise CapturePermissionError(
-                    f"pagemap of pid {pid} shows {n_record} present pages but every PFN is 0 "
-                    "(PFNs are hidden without CAP_SYS_ADMIN)",
-                    hint=PFN_HIDDEN_HINT,
-                )
-            pc.zero_pfn_pages = int(np.count_nonzero(zero_pte))
-            keep = record | swapped
-            rows = np.flatnonzero(keep)
-            is_rec = record[rows]
-            rec_vpn = vpn[rows[is_rec]]
-            hashes, read_error = self._read_and_hash(pid, rec_vpn)
-            racy = self._racy(pm_fd, rec_vpn, entry[rows[is_rec]], pid)
-        finally:
-            os.close(pm_fd)
-        present_per_map = np.bincount(owner[record], minlength=len(kept))
+        parts = self._read_windows(spans, pid, meanwhile)
+        w = _Window.concat(parts)
+        pc.zero_pfn_pages = sum(p.zero_pfn_pages for p in parts)
+        present_per_map = np.bincount(w.owner[w.is_rec], minlength=len(kept))
         for i, (e, kind) in enumerate(kept):
             pc.mappings.append(_mapping_row(e, kind, int(present_per_map[i])))
-        if not len(rows):
+        if not len(w.vpn):
             return
-        kept_entry = entry[rows]
-        flags = ((kept_entry >> _U64(PM_EXCLUSIVE_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
+        entry, is_rec = w.entry, w.is_rec
+        flags = ((entry >> _U64(PM_EXCLUSIVE_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
             PageFlag.EXCLUSIVE
         )
-        flags |= ((kept_entry >> _U64(PM_SOFT_DIRTY_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
+        flags |= ((entry >> _U64(PM_SOFT_DIRTY_BIT)) & _U64(1)).astype(np.uint16) * np.uint16(
             PageFlag.SOFT_DIRTY
         )
-        rec_flags = np.zeros(len(rec_vpn), np.uint16)
-        rec_flags[racy] |= np.uint16(PageFlag.RACY)
-        rec_flags[read_error] |= np.uint16(PageFlag.READ_ERROR)
-        rec_flags[(hashes == _U64(self.hasher.zero_hash)) & ~read_error] |= np.uint16(PageFlag.ZERO)
+        rec_flags = np.zeros(int(np.count_nonzero(is_rec)), np.uint16)
+        rec_flags[w.racy] |= np.uint16(PageFlag.RACY)
+        rec_flags[w.read_error] |= np.uint16(PageFlag.READ_ERROR)
+        zero = (w.hashes == _U64(self.hasher.zero_hash)) & ~w.read_error
+        rec_flags[zero] |= np.uint16(PageFlag.ZERO)
         flags[is_rec] |= rec_flags
         flags[~is_rec] |= np.uint16(PageFlag.SWAPPED)
-        page_hash = np.zeros(len(rows), np.uint64)
-        page_hash[is_rec] = hashes
-        pc.addr = vpn[rows].astype(np.uint64) * _U64(PAGE_SIZE_BYTES)
+        page_hash = np.zeros(len(w.vpn), np.uint64)
+        page_hash[is_rec] = w.hashes
+        pc.addr = w.vpn.astype(np.uint64) * _U64(PAGE_SIZE_BYTES)
         starts = np.array([e.start for e, _kind in kept], dtype=np.uint64)
-        pc.vma_start = starts[owner[rows]]
+        pc.vma_start = starts[w.owner]
         pc.content_hash = page_hash
-        pc.pfn = np.where(is_rec, pfn[rows], _U64(0))
+        pc.pfn = np.where(is_rec, entry & _PFN_MASK, _U64(0))
         pc.flags = flags
         needs = np.array([needs_frame_flags(e) for e, _kind in kept], dtype=bool)
-        pc.kflags_needed = needs[owner[rows]]
-        progress.advance(len(rows))
+        pc.kflags_needed = needs[w.owner]
+        progress.advance(len(w.vpn))
+
+    def _read_windows(
+        self, spans: list[tuple[int, int, int]], pid: int, meanwhile: Callable[[], None]
+    ) -> list[_Window]:
+        """Every window of ``spans`` read by :meth:`_read_window`, on the reader's threads,
+        while this thread runs ``meanwhile``.
+
+        The windows are independent: each thread reads the pagemap of one, the contents of
+        its present pages and its pagemap again, so the result is the same in any order
+        and with any number of threads; it is assembled in address order.
+        """
+        windows = list(_windows(spans, self._window_size(spans)))
+        if not windows:
+            meanwhile()
+            return []
+        t = time.perf_counter()
+        pm_fd = self.procfs.open_pagemap(pid)
+        try:
+            mem_fd = self.procfs.open_mem(pid)
+            try:
+                if len(windows) == 1 or self.threads <= 1:
+                    meanwhile()
+                    parts = [self._read_window(pm_fd, mem_fd, pid, *w) for w in windows]
+                else:
+                    pool = self._executor()
+                    futures = [
+                        pool.submit(self._read_window, pm_fd, mem_fd, pid, *w) for w in windows
+                    ]
+                    try:
+                        meanwhile()
+                    finally:
+                        wait(futures)  # every thread is done with the descriptors before they close
+                    parts = [f.result() for f in futures]
+            finally:
+                os.close(mem_fd)
+        finally:
+            os.close(pm_fd)
+        self.timings.read_s += time.perf_counter() - t
+        self.mem_reads += sum(p.reads for p in parts)
+        return parts
+
+    def _window_size(self, spans: list[tuple[int, int, int]]) -> int:
+        """Pages per window for this process: at most :attr:`window_pages`, and small enough
+        that the threads get about four windows each (so that one thread does not read most
+        of a small process alone), but not under :data:`MIN_WINDOW_PAGES`."""
+        if self.threads <= 1:
+            return self.window_pages
+        span_pages = sum(hi - lo for _index, lo, hi in spans)
+        share = -(-span_pages // (4 * self.threads))
+        return min(self.window_pages, max(MIN_WINDOW_PAGES, share))
+
+    def _read_window(
+        self,
+        pm_fd: int,
+        mem_fd: int,
+        pid: int,
+        first: int,
+        count: int,
+        members: list[tuple[int, int, int]],
+    ) -> _Window:
+        """One window: its pagemap, the contents of its present anonymous pages, and its
+        pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``)."""
+        if self.pacer is not None:
+            self.pacer.apply()
+        t = time.perf_counter()
+        pm = self.procfs.read_pagemap(pm_fd, first, count)
+        if len(pm) != count:
+            raise ProcessGone(pid)
+        pagemap_s = time.perf_counter() - t
+        vpns: list[npt.NDArray[np.int64]] = []
+        owners: list[npt.NDArray[np.intp]] = []
+        for index, lo, hi in members:
+            live = np.flatnonzero(pm[lo - first : hi - first] & _LIVE_BITS)
+            vpns.append(live.astype(np.int64) + lo)
+            owners.append(np.full(len(live), index, np.intp))
+        vpn = np.concatenate(vpns)
+        entry = pm[vpn - first]
+        present = (entry >> _U64(PM_PRESENT_BIT)).astype(bool)
+        anon = ((entry >> _U64(PM_FILE_BIT)) & _U64(1)) == 0
+        pfn = entry & _PFN_MASK
+        present_anon = present & anon
+        zero_pte = present_anon & (pfn == _U64(self.zero_pfn if self.zero_pfn else _NO_PFN))
+        record = present_anon & ~zero_pte
+        swapped = ((entry >> _U64(PM_SWAP_BIT)) & _U64(1)).astype(bool) & ~present & anon
+        n_record = int(np.count_nonzero(record))
+        if n_record and not np.any(pfn[record]):
+            raise CapturePermissionError(
+                f"pagemap of pid {pid} shows {n_record} present pages but every PFN is 0 "
+                "(PFNs are hidden without CAP_SYS_ADMIN)",
+                hint=PFN_HIDDEN_HINT,
+            )
+        keep = record | swapped
+        rows = np.flatnonzero(keep)
+        rec_vpn = vpn[record]
+        if n_record:
+            read = read_and_hash(self.procfs, mem_fd, self.hasher.secret, rec_vpn, self._buffer())
+            t = time.perf_counter()
+            again = self.procfs.read_pagemap(pm_fd, first, count)
+            if len(again) != count:
+                raise ProcessGone(pid)
+            pagemap_s += time.perf_counter() - t
+            racy = ((again[rec_vpn - first] ^ entry[record]) & _PTE_IDENTITY) != 0
+        else:
+            read = ReadResult(np.zeros(0, np.uint64), np.zeros(0, bool), 0)
+            racy = np.zeros(0, bool)
+        with self._timing_lock:
+            self.timings.pagemap_s += pagemap_s
+        return _Window(
+            vpn=vpn[rows],
+            entry=entry[rows],
+            owner=np.concatenate(owners)[rows],
+            is_rec=record[rows],
+            hashes=read.hashes,
+            read_error=read.read_error,
+            racy=racy,
+            zero_pfn_pages=int(np.count_nonzero(zero_pte)),
+            reads=read.reads,
+        )
 
     def _bss_segments(
         self, pid: int, prev: MapEntry | None
@@ -397,29 +514,6 @@ class ProcessReader:
             return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.intp)
         return np.concatenate(vpns), np.concatenate(entries), np.concatenate(owners)
 
-    def _racy(
-        self,
-        fd: int,
-        vpn: npt.NDArray[np.int64],
-        before: npt.NDArray[np.uint64],
-        pid: int,
-    ) -> npt.NDArray[np.bool_]:
-        """Pages whose PFN or present bit changed since ``before`` (pagemap read again)."""
-        racy = np.zeros(len(vpn), bool)
-        if not len(vpn):
-            return racy
-        t = time.perf_counter()
-        spans = [(0, int(a), int(b)) for a, b in _runs(vpn, PAGEMAP_GAP_PAGES)]
-        for first, count, _members in _windows(spans, self.window_pages):
-            pm = self.procfs.read_pagemap(fd, first, count)
-            if len(pm) != count:
-                raise ProcessGone(pid)
-            lo, hi = np.searchsorted(vpn, [first, first + count])
-            now = pm[vpn[lo:hi] - first]
-            racy[lo:hi] = ((now ^ before[lo:hi]) & _PTE_IDENTITY) != 0
-        self.timings.pagemap_s += time.perf_counter() - t
-        return racy
-
     # ----------------------------------------------------------------- contents
 
     def _read_and_hash(
@@ -455,10 +549,14 @@ class ProcessReader:
     def _chunk(self, mem_fd: int, vpn: npt.NDArray[np.int64]) -> ReadResult:
         if self.pacer is not None:
             self.pacer.apply()
-        buf = getattr(self._local, "buf", None)
+        return read_and_hash(self.procfs, mem_fd, self.hasher.secret, vpn, self._buffer())
+
+    def _buffer(self) -> npt.NDArray[np.uint8]:
+        """This thread's read buffer (one piece)."""
+        buf: npt.NDArray[np.uint8] | None = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = np.empty(self.read_chunk_pages * PAGE_SIZE_BYTES, np.uint8)
-        return read_and_hash(self.procfs, mem_fd, self.hasher.secret, vpn, buf)
+            buf = self._local.buf = np.empty(self.read_piece_pages * PAGE_SIZE_BYTES, np.uint8)
+        return buf
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -472,6 +570,43 @@ class ProcessReader:
             self._pool = None
 
 
+@dataclass
+class _Window:
+    """The live pages of one pagemap window, in address order, and what was read of them."""
+
+    vpn: npt.NDArray[np.int64]
+    """Present or swapped pages kept as rows."""
+    entry: npt.NDArray[np.uint64]
+    owner: npt.NDArray[np.intp]
+    """Index of each page's mapping in the kept mappings."""
+    is_rec: npt.NDArray[np.bool_]
+    """Rows whose content was read (present anonymous pages, not the zero page)."""
+    hashes: npt.NDArray[np.uint64]
+    """One per ``is_rec`` row, as are ``read_error`` and ``racy``."""
+    read_error: npt.NDArray[np.bool_]
+    racy: npt.NDArray[np.bool_]
+    zero_pfn_pages: int = 0
+    reads: int = 0
+
+    @classmethod
+    def concat(cls, parts: list[_Window]) -> _Window:
+        """The windows one after the other."""
+
+        def cat(name: str, dtype: type) -> Any:
+            arrays = [getattr(p, name) for p in parts]
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+        return cls(
+            vpn=cat("vpn", np.int64),
+            entry=cat("entry", np.uint64),
+            owner=cat("owner", np.intp),
+            is_rec=cat("is_rec", np.bool_),
+            hashes=cat("hashes", np.uint64),
+            read_error=cat("read_error", np.bool_),
+            racy=cat("racy", np.bool_),
+        )
+
+
 def needs_frame_flags(e: MapEntry) -> bool:
     """Whether pages of this mapping can be KSM pages, huge pages or the huge zero page.
 
@@ -483,14 +618,6 @@ def needs_frame_flags(e: MapEntry) -> bool:
     """
     thp = e.smaps_value("THPeligible")
     return not (e.smaps_kb("KSM") == 0 and e.smaps_kb("AnonHugePages") == 0 and thp == "0")
-
-
-def _runs(vpn: npt.NDArray[np.int64], gap: int) -> list[tuple[int, int]]:
-    """``(first, end)`` page ranges covering sorted ``vpn``, split where a gap exceeds ``gap``."""
-    cut = np.flatnonzero(np.diff(vpn) > gap + 1) + 1
-    firsts = np.concatenate(([0], cut))
-    lasts = np.concatenate((cut, [len(vpn)])) - 1
-    return list(zip(vpn[firsts].tolist(), (vpn[lasts] + 1).tolist(), strict=True))
 
 
 def _windows(

@@ -5,12 +5,16 @@ The capture hashes every page it reads with the keyed ``xxh3_64`` of
 0.75 µs of Python per page (1.3 M pages/s here) and holds the GIL, so hashing could not
 overlap the reads. This module computes exactly the same function -- ``XXH3_64bits_withSeed``
 for inputs of 4,096 bytes -- over a whole buffer of pages in one compiled loop that releases
-the GIL: about 1.7 M pages/s (7 GB/s) per core on the reference VM, and it runs next to the
-``process_vm_readv`` of the next chunk (:mod:`planner.capture.memread`).
+the GIL: about 1.7 M pages/s (7 GB/s) per core on the reference VM. The capture prefers the
+library's own C function, called from its compiled read loop (:func:`library_xxh3`,
+:mod:`planner.capture.memread`); this copy is the fallback where that function cannot be
+found, and what the single pages re-read after a short read are hashed with.
 
-Why a hand-written hash rather than a library: no Python binding of xxHash hashes many
-fixed-size blocks in one call, and the trace format fixes the function (``hash_algo``
-``xxh3_64-seeded``): traces captured with the same key must stay comparable hash for hash.
+Why a hand-written copy of a library's function: no Python binding of xxHash hashes many
+fixed-size blocks in one call, the binding's C symbols are an implementation detail of its
+build (found by :func:`library_xxh3`, not promised), and the trace format fixes the function
+(``hash_algo`` ``xxh3_64-seeded``): traces captured with the same key must stay comparable
+hash for hash whichever of the two computed them.
 ``tests/capture/test_xxh3.py`` holds this implementation to the ``xxhash`` library on
 random, zero and patterned pages under several seeds (0, 1, 2^64 - 1, random).
 
@@ -27,6 +31,7 @@ are folded pairwise with 128-bit products against the secret from offset 11, and
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -79,6 +84,8 @@ class PageSecret:
     words: npt.NDArray[np.uint64]
     last: npt.NDArray[np.uint64]
     merge: npt.NDArray[np.uint64]
+    seed: int = 0
+    """The seed itself (the ``xxhash`` library's function takes it rather than the secret)."""
 
     @classmethod
     def from_seed(cls, seed: int) -> PageSecret:
@@ -95,7 +102,7 @@ class PageSecret:
             raw = np.frombuffer(secret[offset : offset + 8 * count], dtype="<u8")
             return raw.astype(np.uint64)
 
-        return cls(words=words(0, 24), last=words(121, 8), merge=words(11, 8))
+        return cls(words=words(0, 24), last=words(121, 8), merge=words(11, 8), seed=seed)
 
     def __repr__(self) -> str:  # derived from the seed: keep it out of logs
         return "PageSecret(...)"
@@ -179,6 +186,12 @@ def _kernel() -> Callable[..., None]:
         return _KERNEL
 
 
+def compiled_kernel() -> Callable[..., None]:
+    """The compiled hash of many pages (for compiled callers): ``(data words, first page,
+    count, secret.words, secret.last, secret.merge, out)``."""
+    return _kernel()
+
+
 def hash_pages(
     secret: PageSecret,
     buffer: npt.NDArray[np.uint8] | memoryview | bytearray,
@@ -202,9 +215,58 @@ def hash_pages(
     return out
 
 
+_LIBRARY: list[Any] = []  # [the ctypes function or None] once looked up
+
+
+def library_xxh3() -> Any:
+    """The ``xxhash`` library's own ``XXH3_64bits_withSeed`` as a ctypes function, or ``None``.
+
+    The Python package ``xxhash`` compiles the reference C implementation into its extension
+    module (or links the system's ``libxxhash``), whose symbols are visible to ``dlsym``;
+    called on a page that is still in the cache it hashes 4-5 times faster than
+    :func:`hash_pages` (SIMD code; docs/capture.md §5.2). The compiled read loop of
+    :mod:`planner.capture.memread` calls it through its address, without the GIL. It is used
+    only if it is found and gives the library's Python result on a test page under a
+    non-zero seed; else ``None`` (the capture then hashes with :func:`hash_pages`).
+    """
+    with _KERNEL_LOCK:
+        if not _LIBRARY:
+            _LIBRARY.append(_find_library_xxh3())
+        return _LIBRARY[0]
+
+
+def _find_library_xxh3() -> Any:
+    import ctypes
+
+    import xxhash
+
+    try:
+        module = importlib.import_module("xxhash._xxhash")
+        fn = ctypes.CDLL(module.__file__).XXH3_64bits_withSeed
+    except (ImportError, OSError, AttributeError, TypeError):
+        return None
+    fn.restype = ctypes.c_uint64
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64)
+    page = (bytes(range(256)) * (PAGE_BYTES // 256))[::-1]
+    seed = 0x9E3779B97F4A7C15
+    buf = ctypes.create_string_buffer(page, PAGE_BYTES)
+    if fn(ctypes.addressof(buf), PAGE_BYTES, seed) != xxhash.xxh3_64_intdigest(page, seed=seed):
+        return None
+    return fn
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) the page hash before a timed snapshot starts."""
     hash_pages(PageSecret.from_seed(0), np.zeros(PAGE_BYTES, np.uint8), 1)
+    library_xxh3()
 
 
-__all__ = ["K_SECRET", "PAGE_BYTES", "PageSecret", "hash_pages", "warm_up"]
+__all__ = [
+    "K_SECRET",
+    "PAGE_BYTES",
+    "PageSecret",
+    "compiled_kernel",
+    "hash_pages",
+    "library_xxh3",
+    "warm_up",
+]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import xxhash
 
-from planner.capture.memread import pread_runs, read_and_hash, segments
+from planner.capture.memread import pieces, pread_hash, pread_runs, read_and_hash, segments
 from planner.capture.procfs import MAX_FILE_OFFSET, ProcFS
-from planner.capture.xxh3 import PageSecret
+from planner.capture.xxh3 import PageSecret, library_xxh3
 
 PAGE = 4096
 
@@ -46,20 +46,78 @@ def test_pread_runs_reads_each_run_in_order_and_stops_at_a_short_one(tmp_path: P
         os.close(fd)
 
 
+def _want(data: bytes, vpn: list[int], seed: int) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(data[v * PAGE : (v + 1) * PAGE], seed=seed) for v in vpn]
+
+
+@pytest.mark.parametrize("library", [True, False], ids=["xxhash-library", "own-kernel"])
+def test_pread_hash_reads_and_hashes_each_piece(tmp_path: Path, library: bool) -> None:
+    if library and library_xxh3() is None:
+        pytest.fail("the xxhash library's XXH3_64bits_withSeed was not found")
+    path, data = _file(tmp_path, 8)
+    data = bytes(b ^ (i * 7 % 251) for i, b in enumerate(data))  # pages unlike each other
+    path.write_bytes(data)
+    seed = 2**64 - 3
+    secret = PageSecret.from_seed(seed)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = np.zeros(2 * PAGE, np.uint8)
+        remote = np.array([5, 1, 7], np.int64) * PAGE
+        sizes = np.array([PAGE, 2 * PAGE, PAGE], np.int64)
+        out_at = np.array([0, 1, 3], np.int64)
+        out = np.zeros(4, np.uint64)
+        assert pread_hash(fd, buf, remote, sizes, out_at, secret, out, library=library) == 3
+        assert out.tolist() == _want(data, [5, 1, 2, 7], seed)
+        # a piece past the end of the file is short: the loop stops there
+        out[:] = 0
+        remote[1] = 7 * PAGE
+        assert pread_hash(fd, buf, remote, sizes, out_at, secret, out, library=library) == 1
+        assert out.tolist() == [*_want(data, [5], seed), 0, 0, 0]
+        # an offset beyond off_t is never asked for
+        remote[1] = MAX_FILE_OFFSET - PAGE + 1
+        assert pread_hash(fd, buf, remote, sizes, out_at, secret, out, library=library) == 1
+        with pytest.raises(ValueError, match="fit the buffer"):
+            pread_hash(fd, buf[:PAGE], remote, sizes, out_at, secret, out, library=library)
+        with pytest.raises(ValueError, match="fit the output"):
+            pread_hash(fd, buf, remote, sizes, out_at + 1, secret, out, library=library)
+        with pytest.raises(ValueError, match="whole pages"):
+            pread_hash(fd, buf, remote, sizes - 1, out_at, secret, out, library=library)
+    finally:
+        os.close(fd)
+
+
+def test_pieces_cut_runs_to_the_buffer() -> None:
+    vpn = np.array([3, 4, 5, 6, 7, 9, 20, 21, 22], np.int64)
+    first, length = pieces(vpn, 2)
+    assert first.tolist() == [0, 2, 4, 5, 6, 8]
+    assert length.tolist() == [2, 2, 1, 1, 2, 1]
+    first, length = pieces(vpn, 100)
+    assert (first.tolist(), length.tolist()) == ([0, 5, 6], [5, 1, 3])
+    first, length = pieces(np.zeros(0, np.int64), 4)
+    assert (len(first), len(length)) == (0, 0)
+
+
 class _FailingProcFS(ProcFS):
-    """Runs touching ``bad`` come back short; single pages of ``bad`` fail too."""
+    """Pieces touching ``bad`` come back short; single pages of ``bad`` fail too."""
 
     def __init__(self, root: Path, bad: set[int]) -> None:
         super().__init__(root)
         self.bad = bad
+        self.pieces: list[tuple[int, int]] = []
         self.single: list[int] = []
 
-    def read_runs(self, fd, buffer, local, remote, lengths):  # type: ignore[no-untyped-def]
+    def read_hash_runs(self, fd, buffer, remote, lengths, out_at, secret, out):  # type: ignore[no-untyped-def]
         for i, (at, size) in enumerate(zip(remote.tolist(), lengths.tolist(), strict=True)):
+            self.pieces.append((at // PAGE, size // PAGE))
             if any(at <= b * PAGE < at + size for b in self.bad):
                 return i
             one = slice(i, i + 1)
-            if super().read_runs(fd, buffer, local[one], remote[one], lengths[one]) != 1:
+            if (
+                super().read_hash_runs(
+                    fd, buffer, remote[one], lengths[one], out_at[one], secret, out
+                )
+                != 1
+            ):
                 return i
         return len(remote)
 
@@ -77,10 +135,13 @@ def test_a_short_run_is_read_again_page_by_page(tmp_path: Path) -> None:
     try:
         vpn = np.array([0, 1, 2, 3, 4, 8, 9], np.int64)
         secret = PageSecret.from_seed(11)
-        res = read_and_hash(fs, fd, secret, vpn, np.zeros(8 * PAGE, np.uint8))
+        res = read_and_hash(fs, fd, secret, vpn, np.zeros(4 * PAGE, np.uint8))
     finally:
         os.close(fd)
-    assert fs.single == [0, 1, 2, 3, 4]  # the failed run 0-4, page by page; 8-9 read as a run
+    # pieces of at most 4 pages (the buffer): 0-3 fails and is read page by page; 4 and 8-9
+    # are read as pieces
+    assert fs.pieces == [(0, 4), (4, 1), (8, 2)]
+    assert fs.single == [0, 1, 2, 3]
     assert res.read_error.tolist() == [False, False, False, True, False, False, False]
     want = [
         xxhash.xxh3_64_intdigest(data[v * PAGE : (v + 1) * PAGE], seed=11) for v in vpn.tolist()

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from conftest import FakeProc
 
+    from planner.capture.xxh3 import PageSecret
+
 PAGE = 4096
 BASE = 0x10000
 ZERO_PFN = 77
@@ -44,20 +46,27 @@ class SpyProcFS(ProcFS):
             raise OSError(errno.EIO, "injected")
         return super().pread_into(fd, view, offset)
 
-    def read_runs(
+    def read_hash_runs(
         self,
         fd: int,
         buffer: np.ndarray,
-        local: np.ndarray,
         remote: np.ndarray,
         lengths: np.ndarray,
+        out_at: np.ndarray,
+        secret: PageSecret,
+        out: np.ndarray,
     ) -> int:
         for i, (offset, size) in enumerate(zip(remote.tolist(), lengths.tolist(), strict=True)):
             self.mem_reads.append((offset, size))
             if any(offset <= a < offset + size for a in self.fail_mem_at):
-                return i  # a short run: the reader goes on page by page
+                return i  # a short piece: the reader goes on page by page
             one = slice(i, i + 1)
-            if super().read_runs(fd, buffer, local[one], remote[one], lengths[one]) != 1:
+            if (
+                super().read_hash_runs(
+                    fd, buffer, remote[one], lengths[one], out_at[one], secret, out
+                )
+                != 1
+            ):
                 return i
         return len(remote)
 
@@ -222,6 +231,75 @@ def test_pte_change_during_read_is_racy(fake_proc: FakeProc, capture_key: Captur
     assert (pc.flags & np.uint16(F.RACY)).astype(bool).tolist() == [False, True, False]
 
 
+def test_each_window_is_checked_for_races_after_its_own_read(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    p = fake_proc.process(115)
+    p.map(BASE, 6)
+    for i in range(6):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(80 + i), pfn=6100 + i)
+    fake_proc.write()
+    fs = SpyProcFS(fake_proc.root)
+    first = BASE // PAGE
+
+    def moved(entries: np.ndarray) -> np.ndarray:
+        entries[0] += np.uint64(1)  # the first page of the window moved
+        return entries
+
+    # windows of 2 pages, one thread: each window's pagemap is read before and after its
+    # contents; the second read of the second window sees a moved page
+    fs.on_pagemap = [None, None, None, moved]
+    pc = _reader(fs, capture_key, window_pages=2, threads=1).capture(115)
+    assert fs.pagemap_reads == [(first + k // 2 * 2, 2) for k in range(6)]
+    assert fs.mem_reads == [(BASE + k * 2 * PAGE, 2 * PAGE) for k in range(3)]
+    assert (pc.flags & np.uint16(F.RACY)).astype(bool).tolist() == [False] * 2 + [True] + [
+        False
+    ] * 3
+
+
+def test_a_process_is_cut_into_about_four_windows_per_thread(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    p = fake_proc.process(117)
+    p.map(BASE, 2048)
+    for i in range(0, 2048, 64):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(i), pfn=9000 + i)
+    fake_proc.write()
+    for threads, windows in ((2, 8), (1, 1), (8, 8)):  # 2,048 / (4 x 2) = 256 pages each
+        fs = SpyProcFS(fake_proc.root)
+        reader = _reader(fs, capture_key, threads=threads)
+        try:
+            pc = reader.capture(117)
+        finally:
+            reader.close()
+        assert len(fs.pagemap_reads) == 2 * windows  # before and after each window's contents
+        assert pc.pages == 32
+
+
+def test_process_gone_while_threads_read_its_windows(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    p = fake_proc.process(116, starttime=900)
+    p.map(BASE, 8)
+    for i in range(8):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(90 + i), pfn=6200 + i)
+    fake_proc.write()
+    fs = SpyProcFS(fake_proc.root)
+
+    def exit_now(entries: np.ndarray) -> np.ndarray:
+        shutil.rmtree(p.dir, ignore_errors=True)
+        return entries[:-1]  # the exiting process's pagemap comes back short
+
+    fs.on_pagemap = [None, exit_now]
+    reader = _reader(fs, capture_key, window_pages=2, threads=2)
+    try:
+        pc = reader.capture(116, proc_start=900)
+    finally:
+        reader.close()
+    assert pc.state == "gone"
+    assert pc.pages == 0
+
+
 def test_hidden_pfns_fail_loudly(fake_proc: FakeProc, capture_key: CaptureKey) -> None:
     p = fake_proc.process(106)
     p.map(BASE, 2)
@@ -245,14 +323,17 @@ def test_window_boundaries_do_not_change_the_result(
     small = _reader(fake_proc.procfs(), capture_key, window_pages=7, read_chunk_pages=3).capture(
         107
     )
-    threaded = _reader(fake_proc.procfs(), capture_key, read_chunk_pages=2, threads=3)
+    threaded = _reader(
+        fake_proc.procfs(), capture_key, window_pages=3, read_piece_pages=2, threads=3
+    )
     try:
-        parallel = threaded.capture(107)  # 13 chunks read and hashed by 3 threads
+        parallel = threaded.capture(107)  # 14 windows read and hashed by 3 threads
     finally:
         threaded.close()
-    for name in ("addr", "content_hash", "pfn", "flags"):
+    for name in ("addr", "content_hash", "pfn", "flags", "vma_start"):
         assert getattr(big, name).tolist() == getattr(small, name).tolist()
         assert getattr(big, name).tolist() == getattr(parallel, name).tolist()
+    assert big.mappings == small.mappings == parallel.mappings
     assert big.pages == 25
 
 

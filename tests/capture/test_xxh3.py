@@ -8,7 +8,7 @@ import xxhash
 
 from planner.capture.hashing import PageHasher
 from planner.capture.keys import CaptureKey
-from planner.capture.xxh3 import K_SECRET, PageSecret, hash_pages
+from planner.capture.xxh3 import K_SECRET, PageSecret, hash_pages, library_xxh3
 
 PAGE = 4096
 
@@ -66,3 +66,14 @@ def test_default_secret_is_xxhash_s() -> None:
         page.tobytes()
     )
     assert repr(PageSecret.from_seed(3)) == "PageSecret(...)"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**63, 2**64 - 1, 0x5DEECE66D0FF1CE5])
+def test_library_function_is_found_and_matches(seed: int) -> None:
+    fn = library_xxh3()
+    assert fn is not None, "XXH3_64bits_withSeed was not found in the xxhash extension"
+    data = _pages()
+    n = len(data) // PAGE
+    got = [int(fn(data.ctypes.data + i * PAGE, PAGE, seed)) for i in range(n)]
+    assert got == hash_pages(PageSecret.from_seed(seed), data, n).tolist()
+    assert PageSecret.from_seed(seed).seed == seed
