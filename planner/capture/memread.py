@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 
+from planner._jit import njit_cached
 from planner.capture import xxh3
 from planner.capture.procfs import MAX_FILE_OFFSET, PAGE_SIZE_BYTES
 
@@ -126,17 +127,15 @@ def _loop(name: str) -> Callable[..., int]:
     """A compiled loop (compiled, or loaded from numba's cache, on first use)."""
     with _LOCK:
         if name not in _LOOPS:
-            import numba
-
-            options: dict[str, Any] = {"nogil": True, "cache": True}
+            options: dict[str, Any] = {"nogil": True}
             if name == "plain":
-                _LOOPS[name] = cast("Callable[..., int]", numba.njit(**options)(_pread_loop))
+                _LOOPS[name] = cast("Callable[..., int]", njit_cached(_pread_loop, **options))
             elif name == "own":  # the kernel must be compiled before the loop that calls it
                 globals()["_own_hash"] = xxh3.compiled_kernel()
-                _LOOPS[name] = cast("Callable[..., int]", numba.njit(**options)(_pread_hash_own))
+                _LOOPS[name] = cast("Callable[..., int]", njit_cached(_pread_hash_own, **options))
             else:
                 _LOOPS[name] = cast(
-                    "Callable[..., int]", numba.njit(**options)(_pread_hash_library)
+                    "Callable[..., int]", njit_cached(_pread_hash_library, **options)
                 )
         return _LOOPS[name]
 

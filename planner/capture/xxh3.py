@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 
+from planner._jit import njit_cached
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -175,14 +177,12 @@ def _kernel() -> Callable[..., None]:
     global _KERNEL
     with _KERNEL_LOCK:
         if _KERNEL is None:
-            import numba
-
-            options: dict[str, Any] = {"nogil": True, "cache": True}
+            options: dict[str, Any] = {"nogil": True}
             # the helpers become compiled functions before the kernel that inlines them
             # is compiled (numba resolves them as module globals then)
             for name in ("_fold128", "_stripe"):
-                globals()[name] = numba.njit(inline="always", **options)(globals()[name])
-            _KERNEL = cast("Callable[..., None]", numba.njit(**options)(_hash_pages))
+                globals()[name] = njit_cached(globals()[name], inline="always", **options)
+            _KERNEL = cast("Callable[..., None]", njit_cached(_hash_pages, **options))
         return _KERNEL
 
 
