@@ -418,8 +418,9 @@ def _group_counts(
     distinct hashes. ``seen_hash`` and ``seen_frame``: zeros, one per id.
 
     Up to 64 groups, one pass in scan order keeps per id the set of groups that have
-    seen it (a 64-bit mask); beyond, rows are visited group by group (a counting sort)
-    and one mark per id (the group + 1) tells whether the group has seen it."""
+    seen it (a bit mask: ``seen_*`` of an unsigned type with a bit per group); beyond,
+    rows are visited group by group (a counting sort) and one mark per id (the group + 1,
+    ``seen_*`` of 64 bits) tells whether the group has seen it."""
     n = codes.size
     n_groups = out.shape[0]
     for r in range(n):
@@ -429,9 +430,10 @@ def _group_counts(
         out[g, 2] += not first_hash[r]
         out[g, 3] += not first_frame[r]
         out[g, 4] += freed[r]
-    if n_groups <= 64:
+    if n_groups <= seen_hash.itemsize * 8:
+        one = seen_hash.dtype.type(1)
         for r in range(n):
-            bit = np.uint64(1) << np.uint64(codes[r])
+            bit = one << seen_hash.dtype.type(codes[r])
             if not seen_frame[fid[r]] & bit:
                 seen_frame[fid[r]] |= bit
                 out[codes[r], 5] += 1
@@ -450,7 +452,7 @@ def _group_counts(
         order[pos[codes[r]]] = r
         pos[codes[r]] += 1
     for g in range(n_groups):
-        mark = np.uint64(g + 1)
+        mark = seen_hash.dtype.type(g + 1)
         for k in range(start[g], start[g + 1]):
             r = order[k]
             if seen_frame[fid[r]] != mark:
@@ -500,12 +502,25 @@ class _Attribution:
     freed_frame: Arr
 
 
+#: Masks of groups per id in :func:`_group_counts`: the narrowest with a bit per group
+#: (a table of a byte per id for up to 8 groups fits the caches far better than one of 8).
+_MASK_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def _mask_type(n_groups: int) -> type[np.unsignedinteger[Any]]:
+    for t in _MASK_TYPES:
+        if n_groups <= np.dtype(t).itemsize * 8:
+            return t
+    return np.uint64  # marks of the group-by-group count
+
+
 def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPotential, ...]:
     counts = np.zeros((len(names), 7), np.int64)
+    seen = _mask_type(len(names))
     _group_counts(
         codes, att.hid, att.fid, att.first_hash,
         att.first_frame, att.freed_frame, att.zero, counts,
-        np.zeros(att.n_hashes, np.uint64), np.zeros(att.n_frames, np.uint64),
+        np.zeros(att.n_hashes, seen), np.zeros(att.n_frames, seen),
     )  # fmt: skip
     out = [
         GroupPotential(
@@ -711,10 +726,11 @@ def _load_kernels() -> None:
             hid, hid, first, zero, _readonly(np.ones(3), np.int32), np.zeros(k, np.bool_),
             np.zeros(k, np.bool_), np.full(k, -1, np.int32), freed,
         )  # fmt: skip
-        _group_counts(
-            _readonly(np.zeros(3), np.int32), hid, hid, first, first, freed, zero,
-            np.zeros((1, 7), np.int64), np.zeros(k, np.uint64), np.zeros(k, np.uint64),
-        )  # fmt: skip
+        for mask in _MASK_TYPES:
+            _group_counts(
+                _readonly(np.zeros(3), np.int32), hid, hid, first, first, freed, zero,
+                np.zeros((1, 7), np.int64), np.zeros(k, mask), np.zeros(k, mask),
+            )  # fmt: skip
     except Exception:  # the first real call raises it again (see the docstring)
         pass
 
@@ -750,13 +766,17 @@ def summarize_trace(
     TraceFormatError
         ``path`` is not a readable trace.
     """
+    # the compiled code loads while the trace is opened, hashed and its first snapshot
+    # decoded (a daemon thread: an error here does not wait for it)
     loader = threading.Thread(target=_load_kernels, name="ksm-planner-load-kernels", daemon=True)
-    loader.start()  # while the trace is opened, hashed and its first snapshot decoded
-    try:
-        trace = open_trace(path)
-        total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
-    finally:
-        loader.join()
+    loader.start()
+
+    def potential(*args: Any, **kwargs: Any) -> SnapshotPotential:
+        loader.join()  # at once after the first time
+        return snapshot_potential(*args, **kwargs)
+
+    trace = open_trace(path)
+    total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
@@ -781,7 +801,7 @@ def summarize_trace(
         ahead = contextlib.closing(read_ahead(trace.iter_snapshot_pages(host, _PAGE_COLUMNS)))
         with ahead as snapshot_pages:
             for sid, pages in snapshot_pages:
-                pages_by[sid] = snapshot_potential(
+                pages_by[sid] = potential(
                     pages,
                     _rows_or_empty(proc_by, sid, "processes"),
                     _rows_or_empty(map_by, sid, "mappings"),
@@ -793,7 +813,7 @@ def summarize_trace(
                 progress.advance(pages.num_rows)
         for sid, t in times.items():
             if sid not in pages_by:
-                pages_by[sid] = snapshot_potential(
+                pages_by[sid] = potential(
                     S.PAGES_SCHEMA.empty_table(),
                     _rows_or_empty(proc_by, sid, "processes"),
                     _rows_or_empty(map_by, sid, "mappings"),

@@ -231,12 +231,14 @@ def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[
 
 
 @pytest.mark.parametrize("big", [False, True], ids=["small-ids", "big-ids"])
-@pytest.mark.parametrize(("seed", "n_pids"), [(s, 5) for s in range(4)] + [(7, 90), (8, 200)])
+@pytest.mark.parametrize(
+    ("seed", "n_pids"), [(s, 5) for s in range(4)] + [(9, 50), (7, 90), (8, 200)]
+)
 def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) -> None:
     """Random snapshots with repeated hashes, shared frames (some with two contents),
     zero pages, unhashed pages and hashed pages without a frame: totals and the
-    breakdowns against an oracle (with up to 3 comms, and with 70 or more: the two ways
-    groups are counted), with ids small enough for the direct table or not (``big``:
+    breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
+    id, and the group-by-group count), with ids small enough for the direct table or not (``big``:
     hashes and frames from 2**60, the hash table)."""
     import numpy as np
 
@@ -269,7 +271,8 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
             "kind": [k for _ in pids for k in kinds],
         }
     )
-    comm = {p: f"c{p % 3 if n_pids < 64 else p % 70}" for p in pids}
+    n_comms = 3 if n_pids < 20 else 40 if n_pids < 64 else 70
+    comm = {p: f"c{p % n_comms}" for p in pids}
     procs = pa.table({"pid": pa.array(pids, pa.int32()), "comm": [comm[p] for p in pids]})
     s = snapshot_potential(pages, procs, maps)
     keep = ~unhashed
