@@ -20,8 +20,8 @@ attributed columns of a breakdown add up to the snapshot's totals; ``frames`` an
 ``distinct_hashes`` of a group count within the group and do not add up. A frame's hash is
 the hash of its first mapping.
 
-Grouping is sort-based (numpy ``argsort``/``lexsort`` + boundaries), one snapshot at a
-time: memory holds one snapshot's columns, whatever the trace size.
+Counting is by dense ids and linear compiled passes (see "grouping" below), one
+snapshot at a time: memory holds one snapshot's columns, whatever the trace size.
 """
 
 from __future__ import annotations
