@@ -39,6 +39,7 @@ from planner.trace import schema as S
 from planner.trace.check import (
     HostIndex,
     PagesCheck,
+    as_numpy,
     check_required,
     check_small_tables,
     short,
@@ -953,7 +954,7 @@ class Trace:
         parts: list[pa.Table] = []
         current: int | None = None
         for table in self.iter_pages(host, cols, batch_rows=batch_rows):
-            sid = np.asarray(table.column("snapshot_id").to_numpy())
+            sid = as_numpy(table.column("snapshot_id"), np.int64)
             cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
             for a, b in itertools.pairwise(cuts):
                 if a == b:

@@ -20,14 +20,15 @@ attributed columns of a breakdown add up to the snapshot's totals; ``frames`` an
 ``distinct_hashes`` of a group count within the group and do not add up. A frame's hash is
 the hash of its first mapping.
 
-Grouping is sort-based (numpy ``argsort``/``lexsort`` + boundaries), one snapshot at a
-time: memory holds one snapshot's columns, whatever the trace size.
+Counting is by dense ids and linear compiled passes (see "grouping" below), one
+snapshot at a time: memory holds one snapshot's columns, whatever the trace size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +38,13 @@ from planner._jit import compiled_on_first_call
 from planner._progress import NULL_PROGRESS
 from planner.provenance import tool_version
 from planner.trace import schema as S
+from planner.trace.check import as_numpy
 from planner.trace.flat import lookup_rows
 from planner.trace.io import open_trace, read_ahead
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     import pyarrow as pa
 
@@ -245,9 +248,25 @@ class TraceSummary:
 #
 # Every count below is "distinct values" or "first occurrence in scan order", of hashes
 # and of frames, over all pages and within each group. They are computed with dense ids
-# (one open-addressing table per column, compiled: one probe per page) and linear passes
-# over the pages, instead of stable sorts of 64-bit columns: sorting was ~90 % of
-# ``info``'s time (13.6 s on 12 M rows before, docs/engine.md "Speed and memory").
+# (ids in order of first appearance) and linear passes over the pages, compiled, instead
+# of stable sorts of 64-bit columns: sorting was ~90 % of ``info``'s time (13.6 s on 12 M
+# rows before, docs/engine.md "Speed and memory").
+#
+# Dense ids come from one of two compiled passes that give the same ids:
+#
+# * values below a small bound (the frame ids of a capture are numbered from 0 in order of
+#   first sight; hashes of hand-made test traces): one direct-addressed table, one
+#   access per page;
+# * any other values (content hashes): an open-addressing hash table, one probe per page.
+#
+# Every scratch table is allocated by numpy, not inside the compiled code, and filled or
+# zeroed there: numpy asks for transparent huge pages for large arrays, which makes the
+# random accesses into tables of tens of MB ~1.5x faster here (fewer TLB misses); numba's
+# own allocations get none.
+
+#: Values below ``max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * rows)`` take the direct table.
+_SMALL_IDS_PER_ROW = 4
+_SMALL_IDS_MIN = 1 << 16
 
 
 def _distinct(values: Arr) -> int:
@@ -258,20 +277,15 @@ def _distinct(values: Arr) -> int:
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _dense_ids(values: Arr) -> tuple[Arr, Arr, int]:  # pragma: no cover - compiled
-    """Per row: a dense id of its value (ids in order of first appearance) and whether it
-    is the value's first row; and the number of distinct values."""
-    n = values.size
-    cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    mask = cap - 1
-    slots = np.empty(cap, np.uint64)
-    slot_id = np.full(cap, -1, np.int32)
-    ids = np.empty(n, np.int32)
-    first = np.zeros(n, np.bool_)
-    k = 0
-    for j in range(n):
+def _hashed_ids(
+    values: Arr, slots: Arr, slot_id: Arr, ids: Arr, first: Arr, k: int
+) -> int:  # pragma: no cover - compiled
+    """Dense ids of ``values`` into ``ids`` (an open-addressing table: ``slots``/``slot_id``
+    of a power of two size above the row count, ``slot_id`` -1 where free), first-row flags
+    into ``first`` (all False); ``k`` distinct values were seen before (by earlier calls on
+    the same table); returns the number seen now."""
+    mask = slots.size - 1
+    for j in range(values.size):
         v = values[j]
         i = np.int64((v * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
         while True:
@@ -287,25 +301,96 @@ def _dense_ids(values: Arr) -> tuple[Arr, Arr, int]:  # pragma: no cover - compi
                 ids[j] = g
                 break
             i = (i + 1) & mask
-    return ids, first, k
+    return k
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _small_ids(
+    values: Arr, label: Arr, ids: Arr, first: Arr, k: int
+) -> int:  # pragma: no cover - compiled
+    """:func:`_hashed_ids` for values below ``label.size`` (``label``: the id of each value
+    seen, -1 for the others)."""
+    for j in range(values.size):
+        v = values[j]
+        g = label[v]
+        if g < 0:
+            label[v] = k
+            ids[j] = k
+            first[j] = True
+            k += 1
+        else:
+            ids[j] = g
+    return k
+
+
+def _readonly(values: Arr, dtype: Any) -> Arr:
+    """``values`` as a contiguous read-only array of ``dtype`` (a view when it already is
+    one): compiled code is specialised on the array type, writability included, so its
+    inputs are always read-only (Arrow's buffers are) and one compiled version serves."""
+    out = np.ascontiguousarray(values, dtype=dtype)
+    if out.flags.writeable:
+        out = out.view()
+        out.flags.writeable = False
+    return out
+
+
+def _dense_ids(chunks: Sequence[Arr]) -> tuple[Arr, Arr, int]:
+    """Per row of the ``chunks`` (one column, in parts): a dense id of its value (ids in
+    order of first appearance) and whether it is the value's first row; and the number of
+    distinct values. The parts are read where they are (Arrow's buffers), not joined."""
+    parts = [_readonly(c, np.uint64) for c in chunks if len(c)]
+    n = sum(len(c) for c in parts)
+    ids = np.empty(n, np.int32)
+    first = np.zeros(n, np.bool_)
+    if n == 0:
+        return ids, first, 0
+    top = max(int(c.max()) for c in parts)
+    ends = np.cumsum([len(c) for c in parts]).tolist()
+    spans = [
+        (c, ids[e - len(c) : e], first[e - len(c) : e]) for c, e in zip(parts, ends, strict=True)
+    ]
+    k = 0
+    if top < max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * n):
+        label = np.full(top + 1, -1, np.int32)
+        for c, ids_c, first_c in spans:
+            k = _small_ids(c, label, ids_c, first_c, k)
+    else:
+        cap = 16
+        while cap < 2 * n:
+            cap *= 2
+        slots, slot_id = np.empty(cap, np.uint64), np.full(cap, -1, np.int32)
+        for c, ids_c, first_c in spans:
+            k = _hashed_ids(c, slots, slot_id, ids_c, first_c, k)
+    return ids, first, int(k)
+
+
+def _frame_ids(chunks: Sequence[Arr], missing: Arr | None) -> tuple[Arr, Arr, int]:
+    """:func:`_dense_ids` of the frames, a page without a frame (``missing``) being its own."""
+    if missing is None or not missing.any():
+        return _dense_ids(chunks)
+    f = np.concatenate(chunks) if chunks else np.empty(0, np.uint64)
+    ids = np.empty(len(f), np.int32)
+    first = np.ones(len(f), np.bool_)
+    have = ~missing
+    ids[have], first[have], k = _dense_ids([f[have]])
+    lone = int(np.count_nonzero(missing))
+    ids[missing] = np.arange(k, k + lone, dtype=np.int32)
+    return ids, first, k + lone
 
 
 @compiled_on_first_call(cache=True, nogil=True)
 def _totals(
-    hid: Arr, n_hashes: int, fid: Arr, n_frames: int, first_frame: Arr, zero: Arr, pid: Arr
-) -> tuple[Arr, int, int]:  # pragma: no cover - compiled
-    """One pass in scan order: the frames an ideal scanner frees (one row per frame: its
-    first; the first frame of each hash is kept, every zero-content frame is freed), the
-    distinct (hash, pid) pairs (pids come in runs), and the distinct zero frames."""
-    n = hid.size
-    freed = np.zeros(n, np.bool_)
-    kept = np.zeros(n_hashes, np.bool_)
-    zero_seen = np.zeros(n_frames, np.bool_)
-    last_run = np.full(n_hashes, -1, np.int64)
+    hid: Arr, fid: Arr, first_frame: Arr, zero: Arr, pid: Arr,
+    kept: Arr, zero_seen: Arr, last_run: Arr, freed: Arr,
+) -> tuple[int, int]:  # fmt: skip  # pragma: no cover - compiled
+    """One pass in scan order: the frames an ideal scanner frees into ``freed`` (one row
+    per frame: its first; the first frame of each hash is kept, every zero-content frame
+    is freed), the distinct (hash, pid) pairs (pids come in runs), and the distinct zero
+    frames. Scratch: ``kept`` and ``zero_seen`` all False, ``last_run`` all -1."""
     run = -1
     pairs = 0
     zero_frames = 0
-    for r in range(n):
+    for r in range(hid.size):
         if r == 0 or pid[r] != pid[r - 1]:
             run += 1
         h = hid[r]
@@ -320,22 +405,24 @@ def _totals(
         if zero[r] and not zero_seen[fid[r]]:
             zero_seen[fid[r]] = True
             zero_frames += 1
-    return freed, pairs, zero_frames
+    return pairs, zero_frames
 
 
 @compiled_on_first_call(cache=True, nogil=True)
 def _group_counts(
-    codes: Arr, n_groups: int, hid: Arr, n_hashes: int, fid: Arr, n_frames: int,
-    first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
-) -> Arr:  # fmt: skip  # pragma: no cover - compiled
-    """Per group (``codes`` per row): pages, zero pages, naive saved pages, fork-shared
-    pages, ideal saved frames, distinct frames, distinct hashes.
+    codes: Arr, hid: Arr, fid: Arr, first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
+    out: Arr, seen_hash: Arr, seen_frame: Arr,
+) -> None:  # fmt: skip  # pragma: no cover - compiled
+    """Per group (``codes`` per row) into ``out`` (zeros, one row per group): pages, zero
+    pages, naive saved pages, fork-shared pages, ideal saved frames, distinct frames,
+    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros, one per id.
 
     Up to 64 groups, one pass in scan order keeps per id the set of groups that have
-    seen it (a 64-bit mask); beyond, rows are visited group by group (a counting sort)
-    and one mark per id tells whether the group has seen it."""
+    seen it (a bit mask: ``seen_*`` of an unsigned type with a bit per group); beyond,
+    rows are visited group by group (a counting sort) and one mark per id (the group + 1,
+    ``seen_*`` of 64 bits) tells whether the group has seen it."""
     n = codes.size
-    out = np.zeros((n_groups, 7), np.int64)
+    n_groups = out.shape[0]
     for r in range(n):
         g = codes[r]
         out[g, 0] += 1
@@ -343,18 +430,17 @@ def _group_counts(
         out[g, 2] += not first_hash[r]
         out[g, 3] += not first_frame[r]
         out[g, 4] += freed[r]
-    if n_groups <= 64:
-        seen_hash = np.zeros(n_hashes, np.uint64)
-        seen_frame = np.zeros(n_frames, np.uint64)
+    if n_groups <= seen_hash.itemsize * 8:
+        one = seen_hash.dtype.type(1)
         for r in range(n):
-            bit = np.uint64(1) << np.uint64(codes[r])
+            bit = one << seen_hash.dtype.type(codes[r])
             if not seen_frame[fid[r]] & bit:
                 seen_frame[fid[r]] |= bit
                 out[codes[r], 5] += 1
             if not seen_hash[hid[r]] & bit:
                 seen_hash[hid[r]] |= bit
                 out[codes[r], 6] += 1
-        return out
+        return
     start = np.zeros(n_groups + 1, np.int64)
     for r in range(n):
         start[codes[r] + 1] += 1
@@ -365,27 +451,28 @@ def _group_counts(
     for r in range(n):
         order[pos[codes[r]]] = r
         pos[codes[r]] += 1
-    mark_hash = np.full(n_hashes, -1, np.int64)
-    mark_frame = np.full(n_frames, -1, np.int64)
     for g in range(n_groups):
+        mark = seen_hash.dtype.type(g + 1)
         for k in range(start[g], start[g + 1]):
             r = order[k]
-            if mark_frame[fid[r]] != g:
-                mark_frame[fid[r]] = g
+            if seen_frame[fid[r]] != mark:
+                seen_frame[fid[r]] = mark
                 out[g, 5] += 1
-            if mark_hash[hid[r]] != g:
-                mark_hash[hid[r]] = g
+            if seen_hash[hid[r]] != mark:
+                seen_hash[hid[r]] = mark
                 out[g, 6] += 1
-    return out
 
 
-def _group_codes(names_per_key: list[str], key_row: Arr, missing: str) -> tuple[list[str], Arr]:
-    """Group names and a code per row from the name of each key row (-1: ``missing``)."""
+def _group_codes(
+    names_per_key: list[str], runs: _Runs, key_row: Arr, missing: str
+) -> tuple[list[str], Arr]:
+    """Group names and a code per row, from the name of each key row (-1: ``missing``)
+    and the key row of each run of pages."""
     names, key_codes = np.unique(
         np.asarray([*names_per_key, missing], dtype=object), return_inverse=True
     )
-    codes = np.asarray(key_codes, dtype=np.int64)[key_row]  # key_row -1 -> the `missing` entry
-    return [str(x) for x in names], codes
+    codes = np.asarray(key_codes, dtype=np.int32)[key_row]  # key_row -1 -> the `missing` entry
+    return [str(x) for x in names], _readonly(np.repeat(codes, runs.lengths), np.int32)
 
 
 def _label_set(text: str | None) -> str:
@@ -415,10 +502,25 @@ class _Attribution:
     freed_frame: Arr
 
 
+#: Masks of groups per id in :func:`_group_counts`: the narrowest with a bit per group
+#: (a table of a byte per id for up to 8 groups fits the caches far better than one of 8).
+_MASK_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def _mask_type(n_groups: int) -> type[np.unsignedinteger[Any]]:
+    for t in _MASK_TYPES:
+        if n_groups <= np.dtype(t).itemsize * 8:
+            return t
+    return np.uint64  # marks of the group-by-group count
+
+
 def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPotential, ...]:
-    counts = _group_counts(
-        np.ascontiguousarray(codes, dtype=np.int64), len(names), att.hid, att.n_hashes,
-        att.fid, att.n_frames, att.first_hash, att.first_frame, att.freed_frame, att.zero,
+    counts = np.zeros((len(names), 7), np.int64)
+    seen = _mask_type(len(names))
+    _group_counts(
+        codes, att.hid, att.fid, att.first_hash,
+        att.first_frame, att.freed_frame, att.zero, counts,
+        np.zeros(att.n_hashes, seen), np.zeros(att.n_frames, seen),
     )  # fmt: skip
     out = [
         GroupPotential(
@@ -438,29 +540,38 @@ def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPo
     return tuple(out)
 
 
-def _lookup_runs(key_a: Arr, key_b: Arr, query_a: Arr, query_b: Arr) -> Arr:
-    """:func:`~planner.trace.flat.lookup_rows` for queries that come in runs of equal
-    ``(a, b)`` (the pages of one mapping): one lookup per run."""
-    n = len(query_a)
-    if n == 0:
-        return np.empty(0, np.int64)
-    change = np.empty(n, dtype=bool)
-    change[0] = True
-    np.not_equal(query_a[1:], query_a[:-1], out=change[1:])
-    change[1:] |= query_b[1:] != query_b[:-1]
-    heads = np.flatnonzero(change)
-    rows = lookup_rows(key_a, key_b, query_a[heads], query_b[heads])
-    return np.repeat(rows, np.diff(np.append(heads, n)))
+@dataclass(frozen=True)
+class _Runs:
+    """Runs of consecutive pages with equal keys (one process, or one mapping)."""
+
+    heads: Arr  # first row of each run
+    lengths: Arr  # rows of each run
+
+    @classmethod
+    def of(cls, *keys: Arr) -> _Runs:
+        n = len(keys[0])
+        change = np.zeros(n, dtype=bool)
+        if n:
+            change[0] = True
+            for key in keys:
+                change[1:] |= key[1:] != key[:-1]
+        heads = np.flatnonzero(change)
+        return cls(heads=heads, lengths=np.diff(np.append(heads, n)))
 
 
-def _np_column(col: Any, dtype: Any) -> Arr:
-    """One column as one numpy array (nulls as 0), chunk by chunk."""
-    if col.null_count:
-        col = col.fill_null(0)
-    parts = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype) for c in col.chunks]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.empty(0, dtype)
+def _chunks(col: Any, dtype: Any, keep: Arr | None) -> list[Arr]:
+    """A column's values (nulls as 0) in its parts as Arrow holds them (no copy), or as
+    one array of the rows of ``keep``."""
+    parts = col.chunks if hasattr(col, "chunks") else [col]
+    values = [as_numpy(c, dtype, null=0) for c in parts]
+    if keep is None:
+        return values
+    joined = np.concatenate(values) if values else np.empty(0, dtype)
+    return [joined[keep]]
+
+
+def _joined(parts: list[Arr], dtype: Any) -> Arr:
+    return _readonly(np.concatenate(parts) if len(parts) != 1 else parts[0], dtype)
 
 
 def snapshot_potential(
@@ -493,31 +604,30 @@ def snapshot_potential(
     chash: Any = pages.column("content_hash")
     hashed: Arr | None = None
     if chash.null_count:
-        hashed = ~_np_column(chash.is_null(), bool)
+        hashed = ~as_numpy(chash.is_null(), bool)
     unhashed = 0 if hashed is None else int(np.count_nonzero(~hashed))
 
-    def col(name: str, dtype: Any) -> Arr:
-        values = _np_column(pages.column(name), dtype)
-        return values if hashed is None else np.asarray(values[hashed])
+    def col(name: str, dtype: Any) -> list[Arr]:
+        return _chunks(pages.column(name), dtype, hashed)
 
-    pid = col("pid", np.int32)
-    h = col("content_hash", np.uint64)
-    f = col("frame_id", np.uint64)
-    zero = (col("flags", np.uint16) & np.uint16(S.PageFlag.ZERO)) != 0
-    frame_col: Any = pages.column("frame_id")
-    if frame_col.null_count:  # a hashed page without a frame: its own frame
-        missing = _np_column(frame_col.is_null(), bool)
-        if hashed is not None:
-            missing = missing[hashed]
-        f = f.copy()
-        f[missing] = np.uint64(2**63) + np.flatnonzero(missing).astype(np.uint64)
-    n = len(h)
+    pid = _joined(col("pid", np.int32), np.int32)
+    zero = np.concatenate([(c & np.uint16(S.PageFlag.ZERO)) != 0 for c in col("flags", np.uint16)])
+    n = len(pid)
 
     # --- totals ---------------------------------------------------------------------------
-    hid, first_hash, n_hashes = _dense_ids(h)
-    fid, first_frame, n_frames = _dense_ids(f)
-    del h, f
-    freed, pairs, zero_frames = _totals(hid, n_hashes, fid, n_frames, first_frame, zero, pid)
+    hid, first_hash, n_hashes = _dense_ids(col("content_hash", np.uint64))
+    frame_col: Any = pages.column("frame_id")
+    missing = None
+    if frame_col.null_count:  # a hashed page without a frame: its own frame
+        missing = as_numpy(frame_col.is_null(), bool)
+        if hashed is not None:
+            missing = missing[hashed]
+    fid, first_frame, n_frames = _frame_ids(col("frame_id", np.uint64), missing)
+    freed = np.zeros(n, np.bool_)
+    pairs, zero_frames = _totals(
+        hid, fid, first_frame, zero, pid, np.zeros(n_hashes, np.bool_),
+        np.zeros(n_frames, np.bool_), np.full(n_hashes, -1, np.int32), freed,
+    )  # fmt: skip
     if n > 1 and not bool(np.all(pid[1:] >= pid[:-1])):  # pids not in runs: count exactly
         pairs = _distinct((hid.astype(np.uint64) << np.uint64(32)) | pid.astype(np.uint32))
     att = _Attribution(
@@ -525,33 +635,37 @@ def snapshot_potential(
         first_hash=first_hash, first_frame=first_frame, zero=zero, freed_frame=freed,
     )  # fmt: skip
 
-    # --- breakdowns -------------------------------------------------------------------------
-    map_row = _lookup_runs(
-        np.asarray(mappings.column("pid").to_numpy(), dtype=np.int64),
-        np.asarray(mappings.column("start").to_numpy(), dtype=np.uint64),
-        pid,
-        col("vma_start", np.uint64),
+    # --- breakdowns: a code per page, from the code of each run of pages ---------------------
+    vma = _joined(col("vma_start", np.uint64), np.uint64)
+    runs = _Runs.of(pid, vma)
+    map_row = lookup_rows(
+        as_numpy(mappings.column("pid"), np.int64),
+        as_numpy(mappings.column("start"), np.uint64),
+        pid[runs.heads],
+        vma[runs.heads],
     )
+    del vma
     kinds = [k if k else _UNKNOWN for k in mappings.column("kind").to_pylist()]
-    by_kind = _breakdown(*_group_codes(kinds, map_row, _UNKNOWN), att)
-    del map_row
+    by_kind = _breakdown(*_group_codes(kinds, runs, map_row, _UNKNOWN), att)
 
-    proc_pid = np.asarray(processes.column("pid").to_numpy(), dtype=np.int64)
-    proc_row = _lookup_runs(proc_pid, np.zeros(len(proc_pid), np.int64), pid, np.zeros(n, np.int64))
+    proc_pid = as_numpy(processes.column("pid"), np.int64)
+    runs = _Runs.of(pid)
+    no_key = np.zeros(len(runs.heads), np.int64)
+    proc_row = lookup_rows(proc_pid, np.zeros(len(proc_pid), np.int64), pid[runs.heads], no_key)
     comms = processes.column("comm").to_pylist() if "comm" in processes.column_names else []
     comm_of = [c if c else _UNKNOWN for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
-    by_comm = _breakdown(*_group_codes(comm_of, proc_row, _UNKNOWN), att)
+    by_comm = _breakdown(*_group_codes(comm_of, runs, proc_row, _UNKNOWN), att)
 
     by_label: tuple[GroupPotential, ...] = ()
     labels = processes.column("labels").to_pylist() if "labels" in processes.column_names else []
     if any(labels):
         label_of = [_label_set(x) for x in labels]
-        by_label = _breakdown(*_group_codes(label_of, proc_row, _NO_LABELS), att)
+        by_label = _breakdown(*_group_codes(label_of, runs, proc_row, _NO_LABELS), att)
 
     zero_pfn = 0
     if "zero_pfn_pages" in processes.column_names:
         zp: Any = processes.column("zero_pfn_pages")
-        zero_pfn = int(np.sum(np.asarray(zp.fill_null(0).to_numpy(zero_copy_only=False))))
+        zero_pfn = int(np.sum(as_numpy(zp, np.int64, null=0)))
     return SnapshotPotential(
         host=host,
         snapshot_id=int(snapshot_id),
@@ -579,7 +693,7 @@ def _slice_by_snapshot(table: pa.Table) -> dict[int, pa.Table]:
     """Rows of a small table per ``snapshot_id`` (the table is sorted by it)."""
     if not table.num_rows:
         return {}
-    sid = np.asarray(table.column("snapshot_id").to_numpy())
+    sid = as_numpy(table.column("snapshot_id"), np.int64)
     order = np.argsort(sid, kind="stable")
     if np.any(order[1:] < order[:-1]):
         table, sid = table.take(order), sid[order]
@@ -591,6 +705,36 @@ def _slice_by_snapshot(table: pa.Table) -> dict[int, pa.Table]:
     }
 
 
+def _rows_or_empty(by_snapshot: dict[int, pa.Table], sid: int, name: str) -> pa.Table:
+    """The rows of one snapshot, or an empty table (built only when needed: building one
+    makes pyarrow import pandas)."""
+    rows = by_snapshot.get(sid)
+    return rows if rows is not None else S.SCHEMAS[name].empty_table()
+
+
+def _load_kernels() -> None:
+    """Load the compiled helpers (from numba's cache, else compile them) with the argument
+    types of a real call: importing numba and loading takes ~0.7 s of CPU, which
+    :func:`summarize_trace` overlaps with reading the trace. An error is left to the first
+    real call, which raises it again."""
+    try:
+        values = np.arange(3, dtype=np.uint64)
+        hid, first, k = _dense_ids([values])  # the direct table
+        _dense_ids([values << np.uint64(40)])  # the hash table
+        zero, freed = np.zeros(3, np.bool_), np.zeros(3, np.bool_)
+        _totals(
+            hid, hid, first, zero, _readonly(np.ones(3), np.int32), np.zeros(k, np.bool_),
+            np.zeros(k, np.bool_), np.full(k, -1, np.int32), freed,
+        )  # fmt: skip
+        for mask in _MASK_TYPES:
+            _group_counts(
+                _readonly(np.zeros(3), np.int32), hid, hid, first, first, freed, zero,
+                np.zeros((1, 7), np.int64), np.zeros(k, mask), np.zeros(k, mask),
+            )  # fmt: skip
+    except Exception:  # the first real call raises it again (see the docstring)
+        pass
+
+
 def host_potential(ht: HostTrace) -> list[SnapshotPotential]:
     """Static potential of every snapshot of an in-memory :class:`HostTrace`."""
     procs = _slice_by_snapshot(ht.processes)
@@ -600,8 +744,8 @@ def host_potential(ht: HostTrace) -> list[SnapshotPotential]:
         out.append(
             snapshot_potential(
                 ht.pages_of(sid),
-                procs.get(sid, S.PROCESSES_SCHEMA.empty_table()),
-                maps.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                _rows_or_empty(procs, sid, "processes"),
+                _rows_or_empty(maps, sid, "mappings"),
                 host=ht.host,
                 snapshot_id=sid,
                 time_s=t,
@@ -622,12 +766,21 @@ def summarize_trace(
     TraceFormatError
         ``path`` is not a readable trace.
     """
+    # the compiled code loads while the trace is opened, hashed and its first snapshot
+    # decoded (a daemon thread: an error here does not wait for it)
+    loader = threading.Thread(target=_load_kernels, name="ksm-planner-load-kernels", daemon=True)
+    loader.start()
+
+    def potential(*args: Any, **kwargs: Any) -> SnapshotPotential:
+        loader.join()  # at once after the first time
+        return snapshot_potential(*args, **kwargs)
+
     trace = open_trace(path)
+    total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
     process_keys = 0
-    total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     progress.start("info: pages", total_pages)
     for host in trace.hosts:
         snaps = trace.read_table(host, "snapshots")
@@ -638,8 +791,8 @@ def summarize_trace(
         times: dict[int, float] = {
             int(k): float(v)
             for k, v in zip(
-                snaps.column("snapshot_id").to_numpy(),
-                snaps.column("time_s").to_numpy(),
+                as_numpy(snaps.column("snapshot_id"), np.int64).tolist(),
+                as_numpy(snaps.column("time_s"), np.float64).tolist(),
                 strict=True,
             )
         }
@@ -648,23 +801,22 @@ def summarize_trace(
         ahead = contextlib.closing(read_ahead(trace.iter_snapshot_pages(host, _PAGE_COLUMNS)))
         with ahead as snapshot_pages:
             for sid, pages in snapshot_pages:
-                pages_by[sid] = snapshot_potential(
+                pages_by[sid] = potential(
                     pages,
-                    proc_by.get(sid, S.PROCESSES_SCHEMA.empty_table()),
-                    map_by.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                    _rows_or_empty(proc_by, sid, "processes"),
+                    _rows_or_empty(map_by, sid, "mappings"),
                     host=host,
                     snapshot_id=sid,
                     time_s=times.get(sid, float("nan")),
                 )
                 rows += pages.num_rows
                 progress.advance(pages.num_rows)
-        empty = S.PAGES_SCHEMA.empty_table()
         for sid, t in times.items():
             if sid not in pages_by:
-                pages_by[sid] = snapshot_potential(
-                    empty,
-                    proc_by.get(sid, S.PROCESSES_SCHEMA.empty_table()),
-                    map_by.get(sid, S.MAPPINGS_SCHEMA.empty_table()),
+                pages_by[sid] = potential(
+                    S.PAGES_SCHEMA.empty_table(),
+                    _rows_or_empty(proc_by, sid, "processes"),
+                    _rows_or_empty(map_by, sid, "mappings"),
                     host=host,
                     snapshot_id=sid,
                     time_s=t,
@@ -719,8 +871,8 @@ def _distinct_processes(procs: pa.Table) -> int:
     """Distinct processes ``(pid, proc_start)`` of one host."""
     if not procs.num_rows:
         return 0
-    pid = np.asarray(procs.column("pid").to_numpy(), dtype=np.int64)
-    start = np.asarray(procs.column("proc_start").to_numpy(), dtype=np.uint64)
+    pid = as_numpy(procs.column("pid"), np.int64)
+    start = as_numpy(procs.column("proc_start"), np.uint64)
     order = np.lexsort((start, pid))
     p, s = pid[order], start[order]
     new = np.ones(len(p), dtype=bool)

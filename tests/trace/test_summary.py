@@ -230,11 +230,16 @@ def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[
     }  # fmt: skip
 
 
-@pytest.mark.parametrize(("seed", "n_pids"), [(s, 5) for s in range(4)] + [(7, 90), (8, 200)])
-def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int) -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["small-ids", "big-ids"])
+@pytest.mark.parametrize(
+    ("seed", "n_pids"), [(s, 5) for s in range(4)] + [(9, 50), (7, 90), (8, 200)]
+)
+def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) -> None:
     """Random snapshots with repeated hashes, shared frames (some with two contents),
-    zero pages and unhashed pages: totals and the breakdowns against an oracle (with up
-    to 3 comms, and with 70 or more: the two ways groups are counted)."""
+    zero pages, unhashed pages and hashed pages without a frame: totals and the
+    breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
+    id, and the group-by-group count), with ids small enough for the direct table or not (``big``:
+    hashes and frames from 2**60, the hash table)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -245,14 +250,16 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int) -> None:
     h = rng.integers(0, 12, n).astype(np.uint64)
     f = rng.integers(0, 40, n).astype(np.uint64)
     unhashed = rng.random(n) < 0.05
+    lone = (rng.random(n) < 0.03) & ~unhashed  # hashed, without a frame: its own frame
     zero = h == 0
     flags = np.where(zero, int(S.PageFlag.ZERO), 0) | np.where(unhashed, int(S.PageFlag.SWAPPED), 0)
+    base = np.uint64(2**60 if big else 0)
     pages = pa.table(
         {
             "pid": pa.array(pid),
             "vma_start": pa.array(vma),
-            "content_hash": pa.array(h, mask=unhashed),
-            "frame_id": pa.array(f, mask=unhashed),
+            "content_hash": pa.array(h + base, mask=unhashed),
+            "frame_id": pa.array(f + base, mask=unhashed | lone),
             "flags": pa.array(flags.astype(np.uint16)),
         }
     )
@@ -264,13 +271,15 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int) -> None:
             "kind": [k for _ in pids for k in kinds],
         }
     )
-    comm = {p: f"c{p % 3 if n_pids < 64 else p % 70}" for p in pids}
+    n_comms = 3 if n_pids < 20 else 40 if n_pids < 64 else 70
+    comm = {p: f"c{p % n_comms}" for p in pids}
     procs = pa.table({"pid": pa.array(pids, pa.int32()), "comm": [comm[p] for p in pids]})
     s = snapshot_potential(pages, procs, maps)
     keep = ~unhashed
+    frame = np.where(lone, -1 - np.arange(n), f.astype(np.int64))  # a lone page: a new frame
     rows = list(
         zip(
-            pid[keep].tolist(), vma[keep].tolist(), h[keep].tolist(), f[keep].tolist(),
+            pid[keep].tolist(), vma[keep].tolist(), h[keep].tolist(), frame[keep].tolist(),
             zero[keep].tolist(), strict=True,
         )
     )  # fmt: skip
