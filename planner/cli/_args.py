@@ -605,8 +605,10 @@ def parse_args(command_name: str, argv: list[str]) -> ReplayArgs | WhatifArgs:
 
     For tests and tools that check what a command line means.
     """
+    from planner.cli import load_commands
     from planner.cli._app import app
 
+    load_commands([command_name])  # a command registers itself when its module is imported
     group = typer.main.get_command(app)
     cmd = group.commands[command_name]  # type: ignore[attr-defined]
     with cmd.make_context(command_name, list(argv)) as ctx:
