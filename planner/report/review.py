@@ -345,8 +345,9 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
             "soft-dirty, writes of unchanged bytes. A content sampler misses writes that leave "
             "the bytes unchanged and changes faster than its period"
             + (
-                "; the canary's rates of such writes (per process role, on pages fork() no longer "
-                "shares) are replayed too (docs/live-validation.md)."
+                "; the canary's rates of such writes are replayed too, drawn per content from "
+                "each process role's rates on pages fork() no longer shares "
+                "(docs/live-validation.md)."
                 if inputs.whatif.replay_options.writes_canary
                 else "; [Validation](#validation) compares with a canary, which sees them."
             ),
