@@ -158,6 +158,67 @@ def fill_unchecked(
                 todo = todo[~hit]
 
 
+def continue_trend(
+    keys: list[U64 | None],
+    content: list[U16 | None],
+    differs: list[B | None],
+    lengths_s: list[float | None],
+    same_last: U16 | None = None,
+) -> tuple[U16, U16 | None, float] | None:
+    """Content changes the snapshots prove (in place), and the continuation's counts.
+
+    * A row whose content at the next snapshot differs changed at least once in the interval
+      (a starved sampler may have counted none).
+    * The last interval's counts set the writes after the trace (module notes). One interval
+      is a short look at a page that changes every few seconds: a page toggling every 3 s
+      shows one change in two intervals of 2 s out of three, none in the third. The last
+      snapshot's rows therefore change at the rate of every interval that holds them (their
+      changes over the time those intervals span, the last one included).
+
+    Returns the last snapshot's content changes and same-content writes (``same_last``, at
+    the last interval's rate) counted over the whole sampled span, and that span in seconds
+    (the continuation's period: a count per short interval cannot say one change in 6 s), or
+    None when there is nothing to continue.
+    """
+    n = len(keys)
+    for k in range(n - 1):
+        ck, dk = content[k], differs[k]
+        if ck is not None and dk is not None:
+            np.maximum(ck, dk.astype(np.uint16), out=ck)
+    if not n:
+        return None
+    last, kl, ll = content[-1], keys[-1], lengths_s[-1]
+    if last is None or kl is None or not ll or not kl.size:
+        return None
+    total = last.astype(np.float64)
+    span = np.full(kl.size, ll, np.float64)
+    whole = ll
+    for k in range(n - 1):
+        ck, kk, lk = content[k], keys[k], lengths_s[k]
+        if ck is None or kk is None or not lk or not kk.size:
+            continue
+        whole += lk
+        pos = np.minimum(np.searchsorted(kk, kl), kk.size - 1)
+        hit = kk[pos] == kl
+        total[hit] += ck[pos[hit]]
+        span[hit] += lk
+    cap = np.iinfo(np.uint16).max
+    out = np.minimum(np.rint(total / span * whole), cap).astype(np.uint16)
+    same = None
+    if same_last is not None:
+        same = np.minimum(np.rint(same_last.astype(np.float64) * (whole / ll)), cap)
+        same = same.astype(np.uint16)
+    return out, same, whole
+
+
+def changed_between(prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64) -> B:
+    """Per row of the earlier snapshot: present at the later one with other content."""
+    if keys.size == 0 or prev_keys.size == 0:
+        return np.zeros(prev_keys.size, bool)
+    pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)
+    return np.asarray((keys[pos] == prev_keys) & (hashes[pos] != prev_hash), dtype=bool)
+
+
 def classify_toggles(
     prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
 ) -> npt.NDArray[np.bool_]:
@@ -696,7 +757,9 @@ __all__ = [
     "Writes",
     "canary_rates",
     "carry_toggles",
+    "changed_between",
     "classify_toggles",
+    "continue_trend",
     "effective_changes",
     "fill_unchecked",
     "with_canary",

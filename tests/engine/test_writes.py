@@ -522,3 +522,39 @@ def test_pages_the_canary_saw_unmapped_leave_the_replay_at_that_time() -> None:
     assert early[-1].counters["pages_sharing"] == 3  # merged before they left
     assert a.cow_breaks == 0  # leaving is no copy-on-write (cow_ksm does not count it)
     assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
+def test_the_steady_state_changes_pages_at_the_rate_of_every_interval() -> None:
+    """Pages of both workers toggle between two contents every few seconds: the first
+    interval shows the change (the snapshots differ, though the sampler counted none), the
+    last, sampled after the last snapshot, happens to show none. After the trace they keep
+    changing at the rate of all the intervals, not freeze as the last one alone would say."""
+    w = _two_workers(pages=2)
+    w.spawn(102, comm="w")
+    w.map(102, 0x10000, [99])  # a unique page the sampler saw change (rows 4 and 9)
+    w.snapshot(0.0)
+    for pid in (100, 101):
+        w.write(pid, 0x10000, 77)  # both workers' first page: the other content
+    w.snapshot(2.0)
+    ht = _counted(w.host_trace(), {4: 1, 9: 1}, {}, 2.0)
+    inp = prepare(ht)
+    first, last = inp.writes
+    assert first is not None
+    assert last is not None
+    snap0, snap1 = inp.snapshots
+    pid = np.array([mi.pid for mi in inp.mms])
+    moved0 = (snap0.page == 0x10) & (pid[snap0.mm] != 102)
+    assert (first.content[moved0] == 1).all()  # proved by the snapshots
+    assert (first.content[~moved0 & (pid[snap0.mm] != 102)] == 0).all()
+    moved1 = (snap1.page == 0x10) & (pid[snap1.mm] != 102)
+    # one change over the 4 s the two intervals span: after the trace, one every 4 s
+    assert last.length_ns == 4 * 10**9
+    assert (last.content[moved1] == 1).all()
+    assert (last.content[~moved1 & (pid[snap1.mm] != 102)] == 0).all()
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=30.0)
+    a, _ = assert_engines_agree_with_writes(inp, knobs, opts)
+    frozen = replay(inp, knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    assert frozen.final_counters["pages_sharing"] == 2
+    # the changing pages drift to contents no other page has: only the other pair merges
+    assert a.final_counters["pages_sharing"] == 1
