@@ -26,9 +26,10 @@ seeded phase keeps pages from writing in lockstep. A drifting row's last change 
 the next snapshot (which shows it); a toggling row's last write restores the snapshot's
 content, so the next snapshot finds the row as the trace says.
 
-**After the last snapshot** the measured behaviour goes on: the last snapshot's counts
-(the capture samples one more interval after it) repeat with the same period for as long
-as the replay runs, so the steady state keeps writing instead of freezing memory.
+**After the last snapshot** the measured behaviour goes on: the last snapshot's rows write
+at their rate over every sampled interval that holds them (the capture samples one more
+interval after the last snapshot; :func:`continue_trend`), repeated for as long as the
+replay runs, so the steady state keeps writing instead of freezing memory.
 
 **What an engine gets** (:class:`Writes`): per row written since the last batch, the
 content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
@@ -80,7 +81,8 @@ class IntervalWrites:
     toggle: B
     """The content at the next snapshot is this snapshot's again (see the module notes)."""
     length_ns: int | None
-    """The sampled interval's length (the last snapshot's sets the continuation's rate)."""
+    """The sampled interval's length; the last snapshot's: the whole sampled span, over
+    which its counts are (the continuation's period, :func:`continue_trend`)."""
     same_rate_per_s: F64 | None = None
     """Same-content writes per second a canary recording saw (:func:`with_canary`), for
     rows whose ``same`` the trace could not count."""
