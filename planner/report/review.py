@@ -352,8 +352,9 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
                 else "; [Validation](#validation) compares with a canary, which sees them."
             ),
             "**The future looks like the trace.** After the last snapshot the replay continues "
-            "its last interval's writes. Traffic shifts, deploys, worker respawns and memory "
-            "growth or shrinkage after the trace are not in it.",
+            "each page's writes at its rate over the sampled intervals. Traffic shifts, "
+            "deploys, worker respawns and memory growth or shrinkage after the trace are not "
+            "in it (a canary's unmapped pages excepted).",
         )
     else:
         writes = (
@@ -1047,7 +1048,7 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
             + (
                 ", less than one full scan there: beyond it the replay "
                 + (
-                    "continues the last interval's writes."
+                    "continues the sampled writes at their measured rates."
                     if inputs.whatif.replay_options.writes and inputs.trace.sampled
                     else "holds the last snapshot still."
                 )
