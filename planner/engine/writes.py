@@ -653,25 +653,27 @@ def _content_draw(hashes: U64) -> F64:
 def _row_rates(
     snap_hash: U64,
     key: U64,
-    comm: list[str],
+    comm_code: I64,
+    comms: list[str],
     fork_shared: B,
     rates: CanaryRates,
 ) -> tuple[F64, npt.NDArray[np.bool_]]:
     """Per row: its same-content write rate (see :func:`with_canary`), and which rows the
-    canary followed itself."""
+    canary followed itself. ``comm_code`` indexes ``comms`` per row."""
     n = key.size
     rate = np.zeros(n, np.float64)
     if rates.rates_by_comm:  # the role's distribution, one draw per content
         u = _content_draw(snap_hash)
-        for c in sorted(set(comm)):
-            dist = rates.rates_by_comm.get(c)
+        for code in np.unique(comm_code).tolist():
+            dist = rates.rates_by_comm.get(comms[code])
             if dist is None or not dist.size:
                 continue
-            sel = np.array([x == c for x in comm], bool) & ~fork_shared
+            sel = (comm_code == code) & ~fork_shared
             pick = np.minimum((u[sel] * dist.size).astype(np.int64), dist.size - 1)
             rate[sel] = dist[pick]
     elif rates.by_comm:  # a recording of an older planner: the role's mean
-        rate[:] = [rates.by_comm.get(c, 0.0) for c in comm]
+        mean = np.array([rates.by_comm.get(c, 0.0) for c in comms], np.float64)
+        rate[:] = mean[comm_code] if comms else 0.0
         rate[fork_shared] = 0.0
     hit = np.zeros(n, bool)
     if not rates.key.size or not n:
@@ -715,15 +717,18 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
       which shows it present): it takes a content no other row has and is never written again.
     """
     pids = np.array([m.pid for m in inp.mms], np.uint64)
+    comms = sorted({m.comm or "" for m in inp.mms})
+    code_of = {c: i for i, c in enumerate(comms)}
+    mm_code = np.array([code_of[m.comm or ""] for m in inp.mms], np.int64)
     out: list[IntervalWrites | None] = []
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
     for k in range(inp.n_snapshots):
         snap = inp.snapshots[k]
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
-        comm = [inp.mms[int(m)].comm or "" for m in snap.mm.tolist()]
         _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
         fork_shared = counts[inverse.reshape(-1)] > 1
-        rate, hit = _row_rates(snap.hash, key, comm, fork_shared, rates)
+        code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
+        rate, hit = _row_rates(snap.hash, key, code, comms, fork_shared, rates)
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None:
             zeros = np.zeros(snap.n, np.uint16)
