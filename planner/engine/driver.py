@@ -64,6 +64,7 @@ from planner.engine.timing import (
     cpu_of_wall_ns,
     sleep_ns,
 )
+from planner.engine.writes import Writes
 
 if TYPE_CHECKING:
     from planner.engine.cost import CostProfile
@@ -356,7 +357,11 @@ class Driver:
 
     def _write(self, writes: object, t: int) -> None:
         if writes is not None:
-            breaks = self.core.apply_writes(writes, t)
+            parts = writes.parts() if isinstance(writes, Writes) else [(writes, True)]
+            breaks = 0
+            for part, cow in parts:  # pages that leave break merges without copy-on-write
+                b = self.core.apply_writes(part, t)
+                breaks += b if cow else 0
             self.cow_breaks += breaks
             self.write_batches += 1
             if self.event_log is not None:

@@ -17,6 +17,7 @@ KSM state:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ from planner.engine.rows import (
 from planner.engine.writes import (
     IntervalWrites,
     carry_toggles,
+    changed_between,
     classify_toggles,
+    continue_trend,
     effective_changes,
     fill_unchecked,
 )
@@ -565,6 +568,7 @@ class InputBuilder:
         self._pending: tuple[tuple[U16, ...], int | None] | None = None
         self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
         self._checked: list[npt.NDArray[np.bool_] | None] = []
+        self._differs: list[npt.NDArray[np.bool_] | None] = []
         self._prev_toggle: tuple[U64, npt.NDArray[np.bool_]] | None = None
 
     def add(
@@ -601,11 +605,15 @@ class InputBuilder:
             self.writes.append(None)
             self._keys.append(None)
             self._checked.append(None)
+            self._differs.append(None)
             self._prev_toggle = None
             return
         (content, same, checks), interval_ns = self._pending
         self._keys.append(prev.key)
         self._checked.append(checks > 0)
+        self._differs.append(
+            None if nxt is None else changed_between(prev.key, prev.hash, nxt.key, nxt.hash)
+        )
         if nxt is not None:
             toggle = classify_toggles(prev.key, prev.hash, nxt.key, nxt.hash)
         elif self._prev_toggle is not None:
@@ -621,13 +629,22 @@ class InputBuilder:
         self._close_writes(None)
         self.prev = None
         if any(w is not None for w in self.writes):
-            fill_unchecked(
-                self._keys,
-                [None if w is None else w.content for w in self.writes],
-                self._checked,
-                [None if w is None or not w.length_ns else w.length_ns / 1e9 for w in self.writes],
+            contents = [None if w is None else w.content for w in self.writes]
+            lengths = [
+                None if w is None or not w.length_ns else w.length_ns / 1e9 for w in self.writes
+            ]
+            fill_unchecked(self._keys, contents, self._checked, lengths)
+            last = self.writes[-1]
+            cont = continue_trend(
+                self._keys, contents, self._differs, lengths, None if last is None else last.same
             )
-        self._keys, self._checked = [], []
+            if cont is not None and last is not None:
+                c, s, span_s = cont
+                same = last.same if s is None else s
+                self.writes[-1] = dataclasses.replace(
+                    last, content=c, same=same, length_ns=round(span_s * 1e9)
+                )
+        self._keys, self._checked, self._differs = [], [], []
         return ReplayInput(
             host=self.host,
             page_size=self.page_size,

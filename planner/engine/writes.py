@@ -26,9 +26,10 @@ seeded phase keeps pages from writing in lockstep. A drifting row's last change 
 the next snapshot (which shows it); a toggling row's last write restores the snapshot's
 content, so the next snapshot finds the row as the trace says.
 
-**After the last snapshot** the measured behaviour goes on: the last snapshot's counts
-(the capture samples one more interval after it) repeat with the same period for as long
-as the replay runs, so the steady state keeps writing instead of freezing memory.
+**After the last snapshot** the measured behaviour goes on: the last snapshot's rows write
+at their rate over every sampled interval that holds them (the capture samples one more
+interval after the last snapshot; :func:`continue_trend`), repeated for as long as the
+replay runs, so the steady state keeps writing instead of freezing memory.
 
 **What an engine gets** (:class:`Writes`): per row written since the last batch, the
 content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
@@ -39,6 +40,7 @@ between two batches act as one: the first breaks a merge, the last sets the cont
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -60,9 +62,9 @@ SAME: Final = -2
 RESTORE: Final = -1
 
 # event kinds
-_K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER = 0, 1, 2, 3
-# stream schemes: same-content writes, drifting content, toggling content
-_S_SAME, _S_DRIFT, _S_TOGGLE = 0, 1, 2
+_K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER, _K_GONE = 0, 1, 2, 3, 4
+# stream schemes: same-content writes, drifting content, toggling content, leaving for good
+_S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE = 0, 1, 2, 3
 #: events generated at once (the continuation is generated window by window)
 _WINDOW_EVENTS = 1 << 20
 _NEVER = (1 << 63) - 1
@@ -79,15 +81,20 @@ class IntervalWrites:
     toggle: B
     """The content at the next snapshot is this snapshot's again (see the module notes)."""
     length_ns: int | None
-    """The sampled interval's length (the last snapshot's sets the continuation's rate)."""
+    """The sampled interval's length; the last snapshot's: the whole sampled span, over
+    which its counts are (the continuation's period, :func:`continue_trend`)."""
     same_rate_per_s: F64 | None = None
     """Same-content writes per second a canary recording saw (:func:`with_canary`), for
     rows whose ``same`` the trace could not count."""
+    leave_ns: I64 | None = None
+    """The last snapshot only: when the row's page leaves for good (a canary saw it unmapped:
+    ``MADV_DONTNEED``, ``munmap``), else -1 (:func:`with_canary`)."""
 
     @property
     def nbytes(self) -> int:
         """Memory held."""
         extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
+        extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
         return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
 
     @property
@@ -96,6 +103,8 @@ class IntervalWrites:
         w = (self.content > 0) | (self.same > 0)
         if self.same_rate_per_s is not None:
             w |= self.same_rate_per_s > 0
+        if self.leave_ns is not None:
+            w |= self.leave_ns >= 0
         return int(np.count_nonzero(w))
 
 
@@ -151,6 +160,67 @@ def fill_unchecked(
                 todo = todo[~hit]
 
 
+def continue_trend(
+    keys: list[U64 | None],
+    content: list[U16 | None],
+    differs: list[B | None],
+    lengths_s: list[float | None],
+    same_last: U16 | None = None,
+) -> tuple[U16, U16 | None, float] | None:
+    """Content changes the snapshots prove (in place), and the continuation's counts.
+
+    * A row whose content at the next snapshot differs changed at least once in the interval
+      (a starved sampler may have counted none).
+    * The last interval's counts set the writes after the trace (module notes). One interval
+      is a short look at a page that changes every few seconds: a page toggling every 3 s
+      shows one change in two intervals of 2 s out of three, none in the third. The last
+      snapshot's rows therefore change at the rate of every interval that holds them (their
+      changes over the time those intervals span, the last one included).
+
+    Returns the last snapshot's content changes and same-content writes (``same_last``, at
+    the last interval's rate) counted over the whole sampled span, and that span in seconds
+    (the continuation's period: a count per short interval cannot say one change in 6 s), or
+    None when there is nothing to continue.
+    """
+    n = len(keys)
+    for k in range(n - 1):
+        ck, dk = content[k], differs[k]
+        if ck is not None and dk is not None:
+            np.maximum(ck, dk.astype(np.uint16), out=ck)
+    if not n:
+        return None
+    last, kl, ll = content[-1], keys[-1], lengths_s[-1]
+    if last is None or kl is None or not ll or not kl.size:
+        return None
+    total = last.astype(np.float64)
+    span = np.full(kl.size, ll, np.float64)
+    whole = ll
+    for k in range(n - 1):
+        ck, kk, lk = content[k], keys[k], lengths_s[k]
+        if ck is None or kk is None or not lk or not kk.size:
+            continue
+        whole += lk
+        pos = np.minimum(np.searchsorted(kk, kl), kk.size - 1)
+        hit = kk[pos] == kl
+        total[hit] += ck[pos[hit]]
+        span[hit] += lk
+    cap = np.iinfo(np.uint16).max
+    out = np.minimum(np.rint(total / span * whole), cap).astype(np.uint16)
+    same = None
+    if same_last is not None:
+        same = np.minimum(np.rint(same_last.astype(np.float64) * (whole / ll)), cap)
+        same = same.astype(np.uint16)
+    return out, same, whole
+
+
+def changed_between(prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64) -> B:
+    """Per row of the earlier snapshot: present at the later one with other content."""
+    if keys.size == 0 or prev_keys.size == 0:
+        return np.zeros(prev_keys.size, bool)
+    pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)
+    return np.asarray((keys[pos] == prev_keys) & (hashes[pos] != prev_hash), dtype=bool)
+
+
 def classify_toggles(
     prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
 ) -> npt.NDArray[np.bool_]:
@@ -182,9 +252,25 @@ class Writes:
     """Row indexes of the current snapshot, ascending, each once."""
     content: I64
     """:data:`SAME`, :data:`RESTORE`, or a content id >= 0 that no snapshot row has."""
+    gone: B | None = None
+    """Rows whose page leaves (unmapped: a fresh content, never written again); the merge
+    this breaks is no copy-on-write (``cow_ksm`` does not count it). None: none."""
 
     def __len__(self) -> int:
         return int(self.rows.size)
+
+    def parts(self) -> list[tuple[Writes, bool]]:
+        """The writes as batches applied one after the other at the same time, each with
+        whether the merges it breaks are copy-on-write breaks: the pages that leave apart.
+        (Each row is in one part; merges happen only inside scan batches, so applying
+        the parts one after the other is applying them together.)"""
+        g = self.gone
+        if g is None or not g.any():
+            return [(self, True)]
+        out = [(Writes(self.rows[g], self.content[g]), False)]
+        if not g.all():
+            out.append((Writes(self.rows[~g], self.content[~g]), True))
+        return out
 
 
 def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
@@ -210,6 +296,9 @@ class _Streams:
     scheme: npt.NDArray[np.int8]
     t0_ns: int
     end_ns: int  # events before this time (NEVER: the continuation)
+    #: rows that leave (ascending) and when: no event of theirs follows the leaving
+    gone_rows: I64 = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))
+    gone_ns: I64 = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))
 
     def events(self, w0: int, w1: int) -> tuple[I64, I64, I64]:
         """Events with time in [w0, w1): (time, row, kind), sorted by time then row."""
@@ -229,10 +318,15 @@ class _Streams:
         sch = self.scheme[idx]
         kind = np.full(idx.size, _K_SAME, np.int64)
         kind[sch == _S_DRIFT] = _K_FRESH
+        kind[sch == _S_LEAVE] = _K_GONE
         tog = sch == _S_TOGGLE
         last = (self.count[idx] >= 0) & (j == self.count[idx] - 1)
         kind[tog] = np.where((j[tog] % 2 == 1) | last[tog], _K_RESTORE, _K_OTHER)
         rows = self.row[idx]
+        if self.gone_rows.size and rows.size:
+            pos = np.minimum(np.searchsorted(self.gone_rows, rows), self.gone_rows.size - 1)
+            after = (self.gone_rows[pos] == rows) & (t > self.gone_ns[pos]) & (sch != _S_LEAVE)
+            t, rows, kind = t[~after], rows[~after], kind[~after]
         order = np.lexsort((rows, t))
         return t[order], rows[order], kind[order]
 
@@ -307,6 +401,16 @@ class TraceWrites:
                     (rr, 1e9 / rate[rr], _phases(self.seed, k, keys[rr], 3),
                      np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
                 )  # fmt: skip
+        gone_rows = gone_ns = np.empty(0, np.int64)
+        if iw.leave_ns is not None and last:  # a row leaves once, at its time
+            gone_rows = np.flatnonzero(iw.leave_ns >= 0)
+            gone_ns = np.maximum(iw.leave_ns[gone_rows], t0)
+            if gone_rows.size:
+                p = np.maximum(gone_ns - t0, 1).astype(np.float64)
+                parts.append(
+                    (gone_rows, p, (gone_ns - t0) / p, np.ones(gone_rows.size, np.int64),
+                     np.full(gone_rows.size, _S_LEAVE, np.int8))
+                )  # fmt: skip
         if not parts:
             return None
         return _Streams(
@@ -317,6 +421,8 @@ class TraceWrites:
             scheme=np.concatenate([p[4] for p in parts]),
             t0_ns=t0,
             end_ns=end,
+            gone_rows=gone_rows,
+            gone_ns=gone_ns,
         )
 
     def _keys(self, k: int) -> U64:
@@ -393,12 +499,17 @@ class TraceWrites:
             rc, kc = rc[last], kc[last]
             pos = np.searchsorted(uniq, rc)
             val = np.full(rc.size, RESTORE, np.int64)
-            fresh = kc == _K_FRESH
+            fresh = (kc == _K_FRESH) | (kc == _K_GONE)
             val[fresh] = self.next_volatile + np.arange(int(fresh.sum()))
             self.next_volatile += int(fresh.sum())
             oth = kc == _K_OTHER
             val[oth] = self.other[rc[oth]]
             content[pos] = val
+            if (kc == _K_GONE).any():
+                gone = np.zeros(uniq.size, bool)
+                gone[pos[kc == _K_GONE]] = True
+                del first
+                return Writes(rows=uniq.astype(np.int64), content=content, gone=gone)
         del first
         return Writes(rows=uniq.astype(np.int64), content=content)
 
@@ -411,12 +522,9 @@ class CanaryRates:
     leaves the bytes unchanged only while the page is merged: the merge breaks
     (``unmerged_same_content``). A page's rate is its such events over the seconds it was
     merged, scaled by the breaks the canary could not see (a page broken and merged again
-    between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``);
-    pages of a process role (``comm``) it never saw merged take the role's rate, unless
-    ``fork()`` still shares their frame (the canary never sees those as KSM pages; a canary is
-    usually another run of the workload, whose pids and, with ASLR, addresses differ from the
-    trace's: the role's rate is then what applies). Rates are the workload's, not ksmd's: a
-    canary at one knob setting serves the others.
+    between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``).
+    Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
+    :func:`with_canary` says how they reach the rows of a trace.
     """
 
     key: U64
@@ -428,6 +536,16 @@ class CanaryRates:
     scale: float = 1.0
     """The host's ``cow_ksm`` breaks per same-content unmerge the canary saw (see
     :func:`canary_rates`): the rates are scaled by it."""
+    events_per_page: F64 | None = None
+    """Per page (as ``key``): its same-content unmerges, scaled."""
+    merged_s_per_page: F64 | None = None
+    """Per page: the seconds it was merged."""
+    left_s: F64 | None = None
+    """Per page: when the canary last saw it leave (``unmapped``, never merged again), else
+    NaN."""
+    rates_by_comm: dict[str, F64] = dataclasses.field(default_factory=dict)
+    """Per process role: the rates of its pages the canary saw merged, sorted (the role's
+    distribution of write rates, :func:`with_canary`)."""
 
 
 def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
@@ -451,6 +569,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     out_key: list[int] = []
     out_n: list[int] = []
     out_m: list[float] = []
+    out_left: list[float] = []
     i, n_rows = 0, keys.size
     while i < n_rows:
         j = i
@@ -469,6 +588,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         out_key.append(int(keys[i]))
         out_n.append(n)
         out_m.append(m)
+        out_left.append(float(times[j - 1]) if kinds[j - 1] == "unmapped" else np.nan)
         i = j
     key = np.array(out_key, np.uint64)
     n_arr = np.array(out_n, np.float64)
@@ -481,11 +601,17 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     )
     page_comm = np.array([comm_of.get(int(k >> 36), "") for k in key.tolist()], dtype=object)
     by_comm = {}
+    rates_by_comm = {}
     for c in sorted(set(page_comm.tolist())):
         sel = page_comm == c
         ms = float(m_arr[sel].sum())
         if ms > 0:
             by_comm[c] = float(n_arr[sel].sum()) / ms
+        # every page seen merged counts once, the briefly merged ones too: they are the
+        # often-written pages (leaving them out would thin the distribution's upper end)
+        known = sel & (m_arr > 0)
+        if known.any():
+            rates_by_comm[c] = np.sort(rate[known])
     return CanaryRates(
         key=key,
         rate_per_s=rate,
@@ -493,6 +619,10 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         events=round(float(n_arr.sum()) / scale),
         merged_s=float(m_arr.sum()),
         scale=scale,
+        events_per_page=n_arr,
+        merged_s_per_page=m_arr,
+        left_s=np.array(out_left, np.float64),
+        rates_by_comm=rates_by_comm,
     )
 
 
@@ -515,28 +645,90 @@ def _missed_breaks_scale(obs: ObservedTimeline) -> float:
     return max(1.0, breaks / same)
 
 
+def _content_draw(hashes: U64) -> F64:
+    """A uniform draw in [0, 1) per content (rows holding the same bytes draw alike)."""
+    return _phases(0, 0, hashes, 4)
+
+
+def _row_rates(
+    snap_hash: U64,
+    key: U64,
+    comm_code: I64,
+    comms: list[str],
+    fork_shared: B,
+    rates: CanaryRates,
+) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """Per row: its same-content write rate (see :func:`with_canary`), and which rows the
+    canary followed itself. ``comm_code`` indexes ``comms`` per row."""
+    n = key.size
+    rate = np.zeros(n, np.float64)
+    if rates.rates_by_comm:  # the role's distribution, one draw per content
+        u = _content_draw(snap_hash)
+        for code in np.unique(comm_code).tolist():
+            dist = rates.rates_by_comm.get(comms[code])
+            if dist is None or not dist.size:
+                continue
+            sel = (comm_code == code) & ~fork_shared
+            pick = np.minimum((u[sel] * dist.size).astype(np.int64), dist.size - 1)
+            rate[sel] = dist[pick]
+    elif rates.by_comm:  # a recording of an older planner: the role's mean
+        mean = np.array([rates.by_comm.get(c, 0.0) for c in comms], np.float64)
+        rate[:] = mean[comm_code] if comms else 0.0
+        rate[fork_shared] = 0.0
+    hit = np.zeros(n, bool)
+    if not rates.key.size or not n:
+        return rate, hit
+    pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+    hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])
+    if rates.events_per_page is None or rates.merged_s_per_page is None:
+        rate[hit] = rates.rate_per_s[pos[hit]]
+        return rate, hit
+    # pooled over the rows that hold the same content: the canary caught some of a group
+    # (e.g. one page of each worker's copy), the rest are written alike
+    gkey, gid = np.unique(snap_hash, return_inverse=True)
+    gid = gid.reshape(-1)
+    ev = np.bincount(gid[hit], rates.events_per_page[pos[hit]], gkey.size)
+    ms = np.bincount(gid[hit], rates.merged_s_per_page[pos[hit]], gkey.size)
+    known = ms > 0
+    pooled = known[gid] & ~fork_shared
+    rate[pooled] = ev[gid[pooled]] / ms[gid[pooled]]
+    rate[hit] = ev[gid[hit]] / ms[gid[hit]]
+    return rate, hit
+
+
 def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
     """``inp`` whose every interval (and the steady state after it) has the canary's
-    same-content write rates on its rows: a page's own, else its process role's."""
-    import dataclasses
+    same-content write rates on its rows, and whose pages the canary saw leave for good leave.
 
+    * A row of a page the canary followed (same pid and address: the canary recorded the
+      traced run) takes the rate pooled over its *content group*: the rows of the snapshot
+      holding the same bytes, of which the canary followed any. Pages of one content in
+      forked workers are one structure written alike; the canary catches a page only while
+      it is merged, so it misses many of a group's pages, not the group.
+    * Any other row takes a rate drawn from its process role's distribution of per-page rates
+      (every page the canary saw merged counts once), one draw per content: a
+      canary of another run (other pids and, with ASLR, addresses) says how a role's pages
+      are written, not which; the role's *mean* rate on every page would spread the writes
+      thin (each page then stays merged most of the time, where the real writes fall on a
+      few pages that never stay merged). Pages ``fork()`` still shares take none: the
+      canary never sees them as KSM pages.
+    * A row of a page the canary saw unmapped and never merged again leaves at that time
+      (the canary's clock starts with ksmd, as the replay's; never before the last snapshot,
+      which shows it present): it takes a content no other row has and is never written again.
+    """
     pids = np.array([m.pid for m in inp.mms], np.uint64)
+    comms = sorted({m.comm or "" for m in inp.mms})
+    code_of = {c: i for i, c in enumerate(comms)}
+    mm_code = np.array([code_of[m.comm or ""] for m in inp.mms], np.int64)
     out: list[IntervalWrites | None] = []
+    t0 = inp.times_ns[0] if inp.n_snapshots else 0
     for k in range(inp.n_snapshots):
         snap = inp.snapshots[k]
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
-        rate = np.zeros(snap.n, np.float64)
-        comm = [inp.mms[int(m)].comm or "" for m in snap.mm.tolist()]
-        if rates.by_comm:
-            rate[:] = [rates.by_comm.get(c, 0.0) for c in comm]
-            # a role's rate is measured on KSM pages, never on pages fork() still shares
-            # (those are not KSM pages on the canary): it is not put on them
-            _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
-            rate[counts[inverse] > 1] = 0.0
-        if rates.key.size and snap.n:
-            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
-            hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])
-            rate[hit] = rates.rate_per_s[pos[hit]]
+        _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
+        fork_shared = counts[inverse.reshape(-1)] > 1
+        code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
+        rate, hit = _row_rates(snap.hash, key, code, comms, fork_shared, rates)
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None:
             zeros = np.zeros(snap.n, np.uint16)
@@ -544,7 +736,15 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
             if k + 1 < inp.n_snapshots:
                 length = inp.times_ns[k + 1] - inp.times_ns[k]
             old = IntervalWrites(zeros, zeros.copy(), np.zeros(snap.n, bool), length)
-        out.append(dataclasses.replace(old, same_rate_per_s=rate))
+        leave = None
+        if k + 1 == inp.n_snapshots and rates.left_s is not None and hit.any():
+            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+            left = rates.left_s[pos]
+            gone = (rates.key[pos] == key) & ~np.isnan(left)
+            if gone.any():
+                leave = np.full(snap.n, -1, np.int64)
+                leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
+        out.append(dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave))
     return dataclasses.replace(inp, writes=out)
 
 
@@ -564,7 +764,9 @@ __all__ = [
     "Writes",
     "canary_rates",
     "carry_toggles",
+    "changed_between",
     "classify_toggles",
+    "continue_trend",
     "effective_changes",
     "fill_unchecked",
     "with_canary",

@@ -345,14 +345,16 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
             "soft-dirty, writes of unchanged bytes. A content sampler misses writes that leave "
             "the bytes unchanged and changes faster than its period"
             + (
-                "; the canary's rates of such writes (per process role, on pages fork() no longer "
-                "shares) are replayed too (docs/live-validation.md)."
+                "; the canary's rates of such writes are replayed too, drawn per content from "
+                "each process role's rates on pages fork() no longer shares "
+                "(docs/live-validation.md)."
                 if inputs.whatif.replay_options.writes_canary
                 else "; [Validation](#validation) compares with a canary, which sees them."
             ),
             "**The future looks like the trace.** After the last snapshot the replay continues "
-            "its last interval's writes. Traffic shifts, deploys, worker respawns and memory "
-            "growth or shrinkage after the trace are not in it.",
+            "each page's writes at its rate over the sampled intervals. Traffic shifts, "
+            "deploys, worker respawns and memory growth or shrinkage after the trace are not "
+            "in it (a canary's unmapped pages excepted).",
         )
     else:
         writes = (
@@ -1046,7 +1048,7 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
             + (
                 ", less than one full scan there: beyond it the replay "
                 + (
-                    "continues the last interval's writes."
+                    "continues the sampled writes at their measured rates."
                     if inputs.whatif.replay_options.writes and inputs.trace.sampled
                     else "holds the last snapshot still."
                 )

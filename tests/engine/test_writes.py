@@ -421,3 +421,140 @@ def test_a_roles_canary_rate_spares_the_pages_fork_still_shares() -> None:
     assert (~shared).sum() == 2
     assert (got.same_rate_per_s[shared] == 0).all()
     assert got.same_rate_per_s[~shared] == pytest.approx(1.0)
+
+
+def test_a_content_groups_rows_share_the_rate_the_canary_caught_on_some_of_them() -> None:
+    """The canary (the traced run: same pids) caught pid 100's first page rewritten with its
+    bytes; pid 101's copy of that content, never seen merged, is written alike; the second
+    content, seen merged and never written, keeps rate 0 on both rows."""
+    w = _two_workers(pages=2)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    obs = _canary(
+        [
+            (0.0, 100, 0x10000, "merged"),
+            (2.0, 100, 0x10000, "unmerged_same_content"),
+            (0.0, 100, 0x11000, "merged"),
+            (0.0, 101, 0x11000, "merged"),
+        ],
+        end_s=10.0,
+    )
+    rates = canary_rates(obs)
+    got = with_canary(inp, rates).writes[0]
+    assert got is not None
+    assert got.same_rate_per_s is not None
+    snap = inp.snapshots[0]
+    by_row = {
+        (int(m), int(p)): float(r)
+        for m, p, r in zip(snap.mm, snap.page, got.same_rate_per_s, strict=True)
+    }
+    pid = {i: mi.pid for i, mi in enumerate(inp.mms)}
+    named = {(pid[m], p): r for (m, p), r in by_row.items()}
+    assert named[(100, 0x10)] == pytest.approx(0.5)  # 1 break over its 2 merged seconds
+    assert named[(101, 0x10)] == pytest.approx(0.5)  # the same content, never seen merged
+    assert named[(100, 0x11)] == 0.0
+    assert named[(101, 0x11)] == 0.0
+    assert got.leave_ns is None
+
+
+def test_another_runs_canary_puts_its_roles_rate_distribution_on_whole_contents() -> None:
+    """A canary of another run (other pids): rows take rates drawn from the role's per-page
+    distribution, alike for rows of one content, never its mean on every page."""
+    w = World()
+    for pid in (200, 201, 202):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, list(range(1, 41)))  # 40 contents, one copy per worker
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    # on the canary, one page of the role never written, one written 4 times a second
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged"), (0.0, 100, 0x11000, "merged")]
+        + [(0.25 * i, 100, 0x11000, "unmerged_same_content") for i in range(1, 41)]
+        + [(0.25 * i + 0.01, 100, 0x11000, "merged") for i in range(1, 40)],
+        end_s=10.0,
+    )
+    rates = canary_rates(obs)
+    assert rates.rates_by_comm["w"].tolist() == pytest.approx([0.0, 40 / (10.0 - 0.39)], rel=0.01)
+    got = with_canary(inp, rates).writes[0]
+    assert got is not None
+    assert got.same_rate_per_s is not None
+    r = got.same_rate_per_s
+    assert set(np.round(r, 6).tolist()) <= {0.0, round(rates.rates_by_comm["w"][1], 6)}
+    assert 0 < np.count_nonzero(r) < r.size  # some contents written, others not
+    snap = inp.snapshots[0]
+    for h in np.unique(snap.hash):
+        assert np.unique(r[snap.hash == h]).size == 1  # one draw per content
+
+
+def test_pages_the_canary_saw_unmapped_leave_the_replay_at_that_time() -> None:
+    """A merged pair whose pages the canary saw unmapped at 5 s (MADV_DONTNEED after the
+    capture): the replay unmerges them then, in both engines, and never merges them again."""
+    w = _two_workers(pages=3)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    obs = _canary(
+        [(0.0, pid, 0x10000 + 0x1000 * p, "merged") for pid in (100, 101) for p in range(3)]
+        + [(5.0, pid, 0x12000, "unmapped") for pid in (100, 101)],
+        end_s=10.0,
+    )
+    rates = canary_rates(obs)
+    assert np.count_nonzero(~np.isnan(rates.left_s)) == 2
+    calibrated = with_canary(inp, rates)
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.leave_ns is not None
+    assert np.count_nonzero(last.leave_ns >= 0) == 2
+    assert calibrated.writes[0] is not None
+    assert calibrated.writes[0].leave_ns is None  # the earlier snapshots show them present
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    plain = replay(inp, knobs=knobs, options=opts)
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    assert plain.final_counters["pages_sharing"] == 3
+    assert a.final_counters["pages_sharing"] == 2
+    early = [g for g in a.grid if g.t_s < 4.0]
+    assert early
+    assert early[-1].counters["pages_sharing"] == 3  # merged before they left
+    assert a.cow_breaks == 0  # leaving is no copy-on-write (cow_ksm does not count it)
+    assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
+def test_the_steady_state_changes_pages_at_the_rate_of_every_interval() -> None:
+    """Pages of both workers toggle between two contents every few seconds: the first
+    interval shows the change (the snapshots differ, though the sampler counted none), the
+    last, sampled after the last snapshot, happens to show none. After the trace they keep
+    changing at the rate of all the intervals, not freeze as the last one alone would say."""
+    w = _two_workers(pages=2)
+    w.spawn(102, comm="w")
+    w.map(102, 0x10000, [99])  # a unique page the sampler saw change (rows 4 and 9)
+    w.snapshot(0.0)
+    for pid in (100, 101):
+        w.write(pid, 0x10000, 77)  # both workers' first page: the other content
+    w.snapshot(2.0)
+    ht = _counted(w.host_trace(), {4: 1, 9: 1}, {}, 2.0)
+    inp = prepare(ht)
+    first, last = inp.writes
+    assert first is not None
+    assert last is not None
+    snap0, snap1 = inp.snapshots
+    pid = np.array([mi.pid for mi in inp.mms])
+    moved0 = (snap0.page == 0x10) & (pid[snap0.mm] != 102)
+    assert (first.content[moved0] == 1).all()  # proved by the snapshots
+    assert (first.content[~moved0 & (pid[snap0.mm] != 102)] == 0).all()
+    moved1 = (snap1.page == 0x10) & (pid[snap1.mm] != 102)
+    # one change over the 4 s the two intervals span: after the trace, one every 4 s
+    assert last.length_ns == 4 * 10**9
+    assert (last.content[moved1] == 1).all()
+    assert (last.content[~moved1 & (pid[snap1.mm] != 102)] == 0).all()
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=30.0)
+    a, _ = assert_engines_agree_with_writes(inp, knobs, opts)
+    frozen = replay(inp, knobs=knobs, options=dataclasses.replace(opts, writes=False))
+    assert frozen.final_counters["pages_sharing"] == 2
+    # the changing pages drift to contents no other page has: only the other pair merges
+    assert a.final_counters["pages_sharing"] == 1

@@ -1,0 +1,103 @@
+"""Churn with a canary on the real ksmd: issue 10's churn target, and a canary at one knob
+setting predicting another (docs/live-validation.md, "Churn decomposed, and the canary
+calibration by content").
+
+Two runs of the ``churn`` workload, each captured with ``--sample-ms 100`` and observed in
+canary mode: A at 1000 pages / 20 ms, B at 300 pages / 20 ms. Each is replayed with its own
+canary and scored against its own kernel; then A's capture and canary predict B's knobs
+(scored against B's kernel) and the other way round: a run directory made of one run's
+``run.json`` (knobs, kernel samples) and the other's ``trace/`` and ``observe/``.
+
+Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``; about 5
+minutes plus any wait for the KSM lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from planner.errors import KernelUnsupportedError, KsmBusyError
+from planner.kernel.sysfs import KsmSysfs
+from planner.testing.live.compare import CompareOptions, LiveComparison, compare_run
+from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
+
+pytestmark = [pytest.mark.kernel, pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+LOCK_WAIT_S = 900.0
+KNOBS = {"A": 1000, "B": 300}  # pages_to_scan; sleep 20 ms both
+TARGET = 0.10  # issue 10: churn within ±10 %, and a canary across knob settings within 10 %
+CALIBRATED = CompareOptions(alignment="time", calibrate_writes=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], LiveRun]:
+    """``runs(name)``: run A or B of the churn workload (run once, cached). Each run holds
+    the KSM lease, which restores every knob, and fails if it leaves a process behind; the
+    knobs are not compared here: another engineer's run may hold KSM before or after."""
+    sysfs = KsmSysfs()
+    if not sysfs.available():
+        pytest.skip("no /sys/kernel/mm/ksm: this kernel has no KSM")
+    if os.geteuid() != 0:
+        pytest.skip("live runs write /sys/kernel/mm/ksm and read other processes: need root")
+    done: dict[str, LiveRun | str] = {}
+
+    def get(name: str) -> LiveRun:
+        if name not in done:
+            out = tmp_path_factory.mktemp(f"churn-{name}") / "run"
+            cfg = LiveConfig(
+                lock_wait_s=LOCK_WAIT_S, sample_ms=100.0, canary=True, pages_to_scan=KNOBS[name]
+            )
+            try:
+                done[name] = run_live("churn", out, config=cfg)
+            except (KsmBusyError, KernelUnsupportedError) as exc:
+                done[name] = f"KSM cannot be leased here: {exc.one_line()}"
+        got = done[name]
+        if isinstance(got, str):
+            pytest.skip(got)
+        return got
+
+    return get
+
+
+def _crossed(knobs_of: LiveRun, capture_of: LiveRun, where: Path) -> Path:
+    """A run directory with ``knobs_of``'s knobs and kernel record, ``capture_of``'s capture
+    and canary."""
+    where.mkdir(parents=True)
+    shutil.copy(Path(knobs_of.run_dir) / "run.json", where / "run.json")
+    (where / "trace").symlink_to(capture_of.trace_dir, target_is_directory=True)
+    (where / "observe").symlink_to(capture_of.observe_dir, target_is_directory=True)
+    return where
+
+
+def _assert_within(cmp: LiveComparison, what: str) -> None:
+    m = cmp.metrics["pages_sharing_steady"]
+    assert m.error is not None
+    assert abs(m.error) <= TARGET, (
+        f"{what}: {m.describe()}; host: {cmp.host_load.get('observe', {}).get('text')}"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(KNOBS))
+def test_churn_with_its_canary_is_within_ten_percent(
+    name: str, runs: Callable[[str], LiveRun]
+) -> None:
+    run = runs(name)
+    _assert_within(compare_run(run, CALIBRATED), f"churn at {KNOBS[name]} pages / 20 ms")
+
+
+@pytest.mark.parametrize(("capture", "knobs"), [("A", "B"), ("B", "A")])
+def test_a_canary_at_one_knob_setting_predicts_another(
+    capture: str, knobs: str, runs: Callable[[str], LiveRun], tmp_path: Path
+) -> None:
+    src, dst = runs(capture), runs(knobs)
+    crossed = _crossed(dst, src, tmp_path / "crossed")
+    what = (
+        f"capture and canary at {KNOBS[capture]} pages / 20 ms predicting "
+        f"{KNOBS[knobs]} pages / 20 ms"
+    )
+    _assert_within(compare_run(crossed, CALIBRATED), what)
