@@ -17,7 +17,10 @@ in all on the reference machine.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import pytest
 
 from planner.errors import KernelUnsupportedError, KsmBusyError
-from planner.kernel.sysfs import KsmSysfs, ksm_users
+from planner.kernel.sysfs import KsmSysfs, default_lock_path, ksm_users
 from planner.testing.live.compare import CompareOptions, LiveComparison, compare_run
 from planner.testing.live.protocol import LiveConfig, run_live
 from planner.testing.live.workloads import MAIN_WORKLOADS
@@ -109,6 +112,29 @@ def _cases(metric: str, workloads: tuple[str, ...] = MAIN_WORKLOADS) -> list[Any
     return out
 
 
+def _knobs_at_rest(sysfs: KsmSysfs) -> dict[str, int | str]:
+    """The knobs while no run holds the KSM lock (another engineer's run sets its own knobs
+    while it holds it: read outside the lock, they would fail this module falsely)."""
+    fd = os.open(default_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"the KSM lock stayed busy for {LOCK_WAIT_S:.0f} s")
+                time.sleep(1.0)
+        try:
+            return sysfs.knobs()
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LiveComparison]]:
     """``live(name)``: the comparison of one run of workload ``name`` (run once, cached)."""
@@ -117,7 +143,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], L
         pytest.skip("no /sys/kernel/mm/ksm: this kernel has no KSM")
     if os.geteuid() != 0:
         pytest.skip("live runs write /sys/kernel/mm/ksm and read other processes: need root")
-    before = sysfs.knobs()
+    before = _knobs_at_rest(sysfs)
     done: dict[str, LiveComparison | str] = {}
 
     def get(name: str) -> LiveComparison:
@@ -130,14 +156,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], L
             else:
                 done[name] = compare_run(run, CompareOptions(alignment="time"))
                 assert not ksm_users(), "a KSM user is left after the run"
-                assert sysfs.knobs() == before, "the run did not restore every knob"
+                assert _knobs_at_rest(sysfs) == before, "the run did not restore every knob"
         got = done[name]
         if isinstance(got, str):
             pytest.skip(got)
         return got
 
     yield get
-    assert sysfs.knobs() == before, "the knobs were not restored"
+    assert _knobs_at_rest(sysfs) == before, "the knobs were not restored"
 
 
 def _check(cmp: LiveComparison, name: str) -> None:
