@@ -15,7 +15,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,6 +157,23 @@ def emit_json(doc: dict[str, Any]) -> None:
     out = {"schema_version": JSON_SCHEMA_VERSION, **doc}
     sys.stdout.write(json.dumps(_clean(out), indent=1, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def emit_result(
+    key: str, result: Any, render: Callable[[Any], None], *, as_json: bool, as_csv: bool
+) -> None:
+    """A result as ``--json`` (``{key: ...}`` on stdout), ``--csv`` (its ``to_csv()`` on
+    stdout) or tables (``render``, on stderr); then its warnings, one line each."""
+    from planner.jsonable import to_jsonable
+
+    if as_json:
+        emit_json({key: to_jsonable(result)})
+    elif as_csv:
+        emit_text(result.to_csv())
+    else:
+        render(result)
+    for w in result.warnings:
+        warn(w)
 
 
 #: Signals received by the running command (filled by ``planner.cli._app.main``).

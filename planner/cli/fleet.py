@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from planner.cli._output import (
     claim,
     emit_json,
-    emit_text,
+    emit_result,
     note,
     progress,
     stderr,
@@ -83,14 +83,7 @@ def fleet_whatif(
         )
         if out is not None:
             write_fleet(result, out, force=force)
-    if as_json:
-        emit_json({"fleet": to_jsonable(result)})
-    elif as_csv:
-        emit_text(result.to_csv())
-    else:
-        render_fleet(result)
-    for w in result.warnings:
-        warn(w)
+    emit_result("fleet", result, render_fleet, as_json=as_json, as_csv=as_csv)
 
 
 def write_fleet(result: FleetResult, out: Path, *, force: bool) -> None:

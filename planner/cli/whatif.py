@@ -13,12 +13,10 @@ from planner.cli._output import (
     ForceFlag,
     JsonFlag,
     claim,
-    emit_json,
-    emit_text,
+    emit_result,
     note,
     progress,
     stderr,
-    warn,
     wide_console,
 )
 from planner.jsonable import to_jsonable
@@ -126,14 +124,7 @@ def whatif_cmd(
             result = run(None)
         if out is not None:
             _write(result, out, force=force)
-    if as_json:
-        emit_json({"whatif": to_jsonable(result)})
-    elif as_csv:
-        emit_text(result.to_csv())
-    else:
-        _render(result)
-    for w in result.warnings:
-        warn(w)
+    emit_result("whatif", result, _render, as_json=as_json, as_csv=as_csv)
 
 
 def _write(result: WhatIfResult, out: Path, *, force: bool) -> None:
