@@ -20,13 +20,14 @@ under the temporary directory, or, failing that, the function is compiled on eve
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -149,8 +150,34 @@ def load_cached(modules: Iterable[str]) -> int:
     return loaded
 
 
+@contextlib.contextmanager
+def compiled_code_loading(modules: tuple[str, ...]) -> Iterator[list[int]]:
+    """Load the cached compiled code of ``modules`` in a thread while the block runs.
+
+    The block's own first calls wait for what the thread is loading (numba's compiler lock)
+    or load it themselves; either way each function is loaded once. On the way out the
+    thread is waited for, so no thread outlives the block (an error in the block included).
+    Yields a list that receives the number of versions loaded, once the thread is done
+    (empty if it failed: the block's first calls then load as usual).
+    """
+    done: list[int] = []
+
+    def load() -> None:
+        # an optimisation only: any failure leaves the loading to the first calls
+        with contextlib.suppress(Exception):
+            done.append(load_cached(modules))
+
+    worker = threading.Thread(target=load, name="ksm-planner-load-compiled", daemon=True)
+    worker.start()
+    try:
+        yield done
+    finally:
+        worker.join()
+
+
 __all__ = [
     "cached_signatures",
+    "compiled_code_loading",
     "compiled_on_first_call",
     "load_cached",
     "njit_cached",

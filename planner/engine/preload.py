@@ -13,12 +13,7 @@ compiled on its first call, on the main thread, as without the thread.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from planner._jit import compiled_code_loading
 
 #: The modules whose numba functions every replay calls (preparing the input, then the
 #: fast engine); the reference engine needs only the first.
@@ -34,33 +29,6 @@ FAST_ENGINE_MODULES = (
 def modules_for(engine: str) -> tuple[str, ...]:
     """The modules whose compiled code a replay with ``engine`` calls."""
     return PREPARE_MODULES + (FAST_ENGINE_MODULES if engine == "vectorized" else ())
-
-
-@contextlib.contextmanager
-def compiled_code_loading(modules: tuple[str, ...]) -> Iterator[list[int]]:
-    """Load the cached compiled code of ``modules`` in a thread while the block runs.
-
-    The block's own first calls wait for what the thread is loading (numba's compiler lock)
-    or load it themselves; either way each function is loaded once. On the way out the
-    thread is waited for, so no thread outlives the block (an error in the block included).
-    Yields a list that receives the number of versions loaded, once the thread is done
-    (empty if it failed: the block's first calls then load as usual).
-    """
-    done: list[int] = []
-
-    def load() -> None:
-        from planner._jit import load_cached
-
-        # an optimisation only: any failure leaves the loading to the first calls
-        with contextlib.suppress(Exception):
-            done.append(load_cached(modules))
-
-    worker = threading.Thread(target=load, name="ksm-planner-load-compiled", daemon=True)
-    worker.start()
-    try:
-        yield done
-    finally:
-        worker.join()
 
 
 __all__ = ["FAST_ENGINE_MODULES", "PREPARE_MODULES", "compiled_code_loading", "modules_for"]

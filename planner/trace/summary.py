@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from planner._jit import compiled_on_first_call
+from planner._jit import compiled_code_loading, compiled_on_first_call
 from planner._progress import NULL_PROGRESS
 from planner.provenance import tool_version
 from planner.trace import schema as S
@@ -712,29 +711,6 @@ def _rows_or_empty(by_snapshot: dict[int, pa.Table], sid: int, name: str) -> pa.
     return rows if rows is not None else S.SCHEMAS[name].empty_table()
 
 
-def _load_kernels() -> None:
-    """Load the compiled helpers (from numba's cache, else compile them) with the argument
-    types of a real call: importing numba and loading takes ~0.7 s of CPU, which
-    :func:`summarize_trace` overlaps with reading the trace. An error is left to the first
-    real call, which raises it again."""
-    try:
-        values = np.arange(3, dtype=np.uint64)
-        hid, first, k = _dense_ids([values])  # the direct table
-        _dense_ids([values << np.uint64(40)])  # the hash table
-        zero, freed = np.zeros(3, np.bool_), np.zeros(3, np.bool_)
-        _totals(
-            hid, hid, first, zero, _readonly(np.ones(3), np.int32), np.zeros(k, np.bool_),
-            np.zeros(k, np.bool_), np.full(k, -1, np.int32), freed,
-        )  # fmt: skip
-        for mask in _MASK_TYPES:
-            _group_counts(
-                _readonly(np.zeros(3), np.int32), hid, hid, first, first, freed, zero,
-                np.zeros((1, 7), np.int64), np.zeros(k, mask), np.zeros(k, mask),
-            )  # fmt: skip
-    except Exception:  # the first real call raises it again (see the docstring)
-        pass
-
-
 def host_potential(ht: HostTrace) -> list[SnapshotPotential]:
     """Static potential of every snapshot of an in-memory :class:`HostTrace`."""
     procs = _slice_by_snapshot(ht.processes)
@@ -766,15 +742,13 @@ def summarize_trace(
     TraceFormatError
         ``path`` is not a readable trace.
     """
-    # the compiled code loads while the trace is opened, hashed and its first snapshot
-    # decoded (a daemon thread: an error here does not wait for it)
-    loader = threading.Thread(target=_load_kernels, name="ksm-planner-load-kernels", daemon=True)
-    loader.start()
+    # the compiled code loads from numba's cache while the trace is opened, hashed and its
+    # first snapshot decoded
+    with compiled_code_loading((__name__,)):
+        return _summarize_trace(path, progress)
 
-    def potential(*args: Any, **kwargs: Any) -> SnapshotPotential:
-        loader.join()  # at once after the first time
-        return snapshot_potential(*args, **kwargs)
 
+def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:
     trace = open_trace(path)
     total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
@@ -801,7 +775,7 @@ def summarize_trace(
         ahead = contextlib.closing(read_ahead(trace.iter_snapshot_pages(host, _PAGE_COLUMNS)))
         with ahead as snapshot_pages:
             for sid, pages in snapshot_pages:
-                pages_by[sid] = potential(
+                pages_by[sid] = snapshot_potential(
                     pages,
                     _rows_or_empty(proc_by, sid, "processes"),
                     _rows_or_empty(map_by, sid, "mappings"),
@@ -813,7 +787,7 @@ def summarize_trace(
                 progress.advance(pages.num_rows)
         for sid, t in times.items():
             if sid not in pages_by:
-                pages_by[sid] = potential(
+                pages_by[sid] = snapshot_potential(
                     S.PAGES_SCHEMA.empty_table(),
                     _rows_or_empty(proc_by, sid, "processes"),
                     _rows_or_empty(map_by, sid, "mappings"),
