@@ -1,13 +1,13 @@
 """The planner against the real ksmd on live workloads: the targets of issue 10.
 
 Each workload is run once per session (``run_live``: under the KSM lease, ksmd off, warm-up
-30 s, capture 3 snapshots 2 s apart, ``run=1`` at 1000 pages / 20 ms, 60 s observed), then
-its capture is replayed with the same knobs (``compare_run``, time alignment: what a user
-does) and every test asserts one target with the measured error in its message. The targets
-today's planner misses are xfails carrying the baseline errors measured on the reference
-machine (docs/live-validation.md; the CPU and full-scan ones re-measured with the busy-host
-model of docs/busy-host.md, runs of 2026-12-02, the idle model's errors in brackets): strict
-ones flip to XPASS -- and fail, asking for the mark to be removed -- when the model improves.
+30 s, capture 3 snapshots 2 s apart sampling every 100 ms, ``run=1`` at 1000 pages / 20 ms,
+60 s observed), then its capture is replayed with the same knobs (``compare_run``, time
+alignment: what a user does) and every test asserts one target with the measured error in
+its message. The targets today's planner misses are xfails carrying the errors measured on
+the reference machine (docs/live-validation.md): strict ones flip to XPASS -- and fail,
+asking for the mark to be removed -- when the model improves. The churn canary's figures
+are asserted by ``test_live_churn_canary.py``.
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``. Runtime per
 workload 1.6-2.1 minutes (PostgreSQL, Node, churn) and 2.5-4.2 minutes (Django), plus the
@@ -36,67 +36,71 @@ from planner.testing.live.workloads import MAIN_WORKLOADS
 pytestmark = [pytest.mark.kernel, pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 LOCK_WAIT_S = 900.0
+#: The issue's protocol: the capture samples what changes between snapshots every 100 ms.
+SAMPLE_MS = 100.0
 ISSUE = "issue 10"
 
-_WRITES = "issue 10: the capture sees no change between snapshots and the replay models no writes"
+_WRITES = (
+    "issue 10: on a kernel without soft-dirty the sampler sees only the content changes it "
+    "catches between looks (at the capture's default CPU budget, a few checks per page per "
+    "interval on a busy host); same-content and transient writes are invisible without a canary"
+)
+_GROWTH = "the V8 heaps keep growing after the capture and the new memory merges"
 _CPU = (
     "issue 10 item 4: ksmd's share and per-page cost are modelled (docs/busy-host.md), but the "
-    "load a few seconds of capture record is not the next minute's on this shared host, and "
-    "a single busy-host cost factor fits workloads within 1.9-4.0x only on average"
+    "load a few seconds of capture record is not the next minute's on this shared host"
 )
-_SCAN_LEN = "Node's heaps grow after the capture: the kernel visits 12-20 % more pages per scan"
-_NO_COW = "issue 10: the replay reports no copy-on-write breaks"
 
-#: (workload, metric) -> (baseline errors of the reference machine, strict). Strict where
-#: every baseline run missed the target by at least 1.5 times; not strict where the
-#: kernel's own run-to-run noise straddles the target (an XPASS there is not a fix).
+#: (workload, metric) -> (errors measured on the reference machine, strict). Strict where
+#: every run missed the target by at least 1.5 times; not strict where the kernel's own
+#: run-to-run noise straddles the target (an XPASS there is not a fix). Figures: captures
+#: sampled every 100 ms (docs/live-validation.md, runs of 2026-12-02; the last figure is the
+#: run of this module at 13:07-13:15 UTC, load 2.9-6.5).
 KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
     ("postgres", "pages_sharing_steady"): (
-        f"+15.0%, +14.7%, +14.9% (target ±3%) — {_WRITES}",
+        f"+9.9%, +11.9%, +11.1%, +11.6%, +8.8%, +10.3% (target ±3%) — {_WRITES}",
         True,
     ),
-    ("postgres", "ksmd_cpu_s_first_window"): (
-        f"+20.0%, +26.4%, +20.3%, +10.6%, +22.3% (idle model: -34%, -25%, -33%) — {_CPU}",
-        False,
-    ),
     ("postgres", "full_scans_first_window"): (
-        f"-7.7%, +2.5%, -2.7%, -21.6%, -11.8% (idle model: +44%, +74%, +61%) — {_CPU}",
+        f"-12.1%, +3.3%, -14.5%, -2.2%, -15.3%, -35.2% — {_CPU}",
         False,
     ),
     ("node", "pages_sharing_steady"): (
-        "-42.3%, -45.6%, -38.3% (target ±5%; the V8 heaps grow by 14-23% after the capture) — "
-        + _WRITES,
+        f"-54.0% to -54.3% (3 runs), -48.2% (target ±5%) — {_GROWTH}",
         True,
     ),
-    ("node", "scan_reaching_90"): (f"kernel scan 62, 70, 50 vs model 6, 4, 6 — {_WRITES}", True),
-    ("node", "ksmd_cpu_s_first_window"): (
-        f"-17.5%, +6.1%, +36.3%, +30.6%, +8.6% (idle model: -52%, -50%, -33%) — {_CPU}",
-        False,
+    ("node", "scan_reaching_90"): (
+        f"kernel scan 70, 49, 68, 96 vs model 6, 5, 4, 2 — {_GROWTH}",
+        True,
     ),
+    ("node", "ksmd_cpu_s_first_window"): (f"+18% to +30% (3 runs), +15.6% — {_CPU}", False),
     ("node", "full_scans_first_window"): (
-        f"+20.9%, +37.8%, +63.5%, +26.7%, +11.6% (idle model: +116%, +89%, +132%) — "
-        f"{_SCAN_LEN}; {_CPU}",
+        f"+23% to +33% (3 runs), -2.1% — {_GROWTH}; {_CPU}",
         False,
     ),
-    ("churn", "pages_sharing_steady"): (f"+70.3%, +71.5%, +72.3% (target ±10%) — {_WRITES}", True),
-    ("churn", "scan_reaching_90"): (f"kernel scan 2, 2, 2 vs model 3, 4, 3 — {_WRITES}", True),
-    ("churn", "full_scans_first_window"): (
-        f"-32.5%, -14.8%, -21.2% (idle model: -23%, +15%, -6%) — {_CPU}",
-        False,
+    ("churn", "pages_sharing_steady"): (
+        f"+37% to +39% (3 runs), +37.8% (target ±10%; with its canary -0.6% to -1.8%) — {_WRITES}",
+        True,
     ),
-    ("churn", "cow_ksm_per_s"): (f"kernel 1,372, 1,371, 1,438 /s, model none — {_NO_COW}", True),
-    ("django", "pages_sharing_steady"): (f"+28.3%, +28.5%, +24.5% (target ±5%) — {_WRITES}", True),
+    ("churn", "full_scans_first_window"): (f"-24.4% — {_CPU}", False),
+    ("churn", "cow_ksm_per_s"): (
+        f"kernel 1,522 /s, model 0.02 /s (with its canary within 20%) — {_WRITES}",
+        True,
+    ),
+    ("django", "pages_sharing_steady"): (
+        f"+29.1% (target ±5%; with its canary -2.5% over the second half) — {_WRITES}",
+        True,
+    ),
     ("django", "scan_reaching_90"): (
-        "kernel scan 2, 2, 2, 2 vs model 2, 2, 2, 3 (the last: a fresh run with the busy-host "
-        "clock, time alignment: the later snapshots, applied at their capture times, fall in "
-        f"scans 1-2 of a slower ksmd) — {_WRITES}",
+        "kernel scan 2, 2, 2, 2, 2 vs model 2, 2, 2, 3, 2 (time alignment: the later snapshots, "
+        "applied at their capture times, can fall in scans 1-2 of a slower ksmd)",
         False,
     ),
-    ("django", "full_scans_first_window"): (
-        f"+13.0%, -23.1%, -8.3% (idle model: +100%, +77%, +92%) — {_CPU}",
-        False,
+    ("django", "full_scans_first_window"): (f"+13.0%, -23.1%, -8.3%, -26.2% — {_CPU}", False),
+    ("django", "cow_ksm_per_s"): (
+        f"kernel 1,293 /s, model 0 /s (with its canary -33%) — {_WRITES}",
+        True,
     ),
-    ("django", "cow_ksm_per_s"): (f"kernel 1,029, 1,045, 977 /s, model none — {_NO_COW}", True),
 }
 
 
@@ -150,7 +154,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], L
         if name not in done:
             out = tmp_path_factory.mktemp(f"live-{name}") / "run"
             try:
-                run = run_live(name, out, config=LiveConfig(lock_wait_s=LOCK_WAIT_S))
+                run = run_live(
+                    name, out, config=LiveConfig(lock_wait_s=LOCK_WAIT_S, sample_ms=SAMPLE_MS)
+                )
             except (KsmBusyError, KernelUnsupportedError) as exc:
                 done[name] = f"KSM cannot be leased here: {exc.one_line()}"
             else:
