@@ -57,7 +57,7 @@ def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
     import pyarrow as pa
 
     rows = np.ascontiguousarray(rows, np.int64)
-    return table.take(pa.Array.from_buffers(pa.int64(), rows.size, [None, pa.py_buffer(rows)]))
+    return table.take(pa.Array.from_buffers(pa.int64(), rows.size, [None, pa.py_buffer(rows.data)]))
 
 
 @dataclass(frozen=True)
