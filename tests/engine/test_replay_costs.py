@@ -1,5 +1,6 @@
-"""The replay's heap: freed arrays reused without page faults inside ``retained_heap``, and
-the command's start-up without pandas (docs/engine.md, "Speed and memory")."""
+"""What ``ksm-planner replay`` spends besides replaying: freed arrays reused without page
+faults inside ``retained_heap``, a start-up without pandas, an exit without the interpreter's
+last collection (docs/engine.md, "Speed and memory")."""
 
 from __future__ import annotations
 
@@ -64,6 +65,18 @@ except SystemExit as exc:
 assert "pandas" not in sys.modules, "replay imported pandas"
 """
 
+EXIT_CHILD = """
+import atexit, gc, os
+# registered first, so run last (atexit is last in, first out): after the command's own
+atexit.register(lambda: os.write(1, b"frozen %d" % gc.get_freeze_count()))
+from planner.cli import main
+try:
+    main(["replay", {path!r}, "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+assert gc.get_freeze_count() == 0, "frozen before the exit"
+"""
+
 
 def test_replay_does_not_import_pandas() -> None:
     """``ksm-planner replay`` reads, prepares and replays a trace without importing pandas
@@ -72,3 +85,13 @@ def test_replay_does_not_import_pandas() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"full_scans"' in out.stdout
+
+
+def test_exit_skips_the_last_collection() -> None:
+    """At exit the objects the replay left are frozen: the interpreter's last collection
+    would walk them all (numba's compiled code) and free nothing the exit does not."""
+    code = textwrap.dedent(EXIT_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen = int(out.stdout.rsplit("frozen ", 1)[1])
+    assert frozen > 10_000, frozen
