@@ -561,12 +561,39 @@ def _member(keys: U64, queries: U64) -> B:  # pragma: no cover - compiled
     return out
 
 
+@compiled_on_first_call(cache=True, nogil=True)
+def _member_direct(keys: U64, queries: U64, top: int) -> B:  # pragma: no cover - compiled
+    """:func:`_member` for keys of at most ``top``: a table indexed by the key itself."""
+    table = np.zeros(top + 1, np.bool_)
+    for k in keys:
+        table[k] = True
+    out = np.empty(queries.size, np.bool_)
+    for j in range(queries.size):
+        q = queries[j]
+        out[j] = q <= top and table[q]
+    return out
+
+
+#: keys up to this many times the number of queries are looked up in a direct table
+DIRECT_KEYS_PER_QUERY = 4
+
+
 def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
-    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames``."""
+    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames`` (sorted).
+
+    A capture numbers frames from 1 in order of first sight, so their ids stay below a few
+    times the row count and rows in scan order see them mostly in increasing order: a
+    table indexed by the frame id is read almost sequentially (0.01 s per 4 M rows where
+    the hash set, probed at random, took 0.06 s). Opaque frame ids (an ingested trace)
+    take the hash set."""
     f = src.frame if among is None else src.frame[among]
     if frames.size == 0 or f.size == 0:
         return np.empty(0, np.int64)
-    hit = np.flatnonzero(_member(frames, f))
+    top = int(frames[-1])
+    if top <= DIRECT_KEYS_PER_QUERY * f.size + 4096:
+        hit = np.flatnonzero(_member_direct(frames, f, top))
+    else:
+        hit = np.flatnonzero(_member(frames, f))
     return hit if among is None else among[hit]
 
 
@@ -576,8 +603,18 @@ def _sorted_unique(a: U64) -> U64:
 
 
 def _n_frames(frame: U64) -> int:
+    """Distinct frame ids: marked in a table indexed by the id where ids are a capture's
+    (below a few times the row count, see :func:`_rows_with_frames`), else counted in
+    sorted order."""
+    if frame.size == 0:
+        return 0
+    top = int(frame.max())
+    if top <= DIRECT_KEYS_PER_QUERY * frame.size + 4096:
+        seen = np.zeros(top + 1, np.bool_)
+        seen[frame] = True
+        return int(np.count_nonzero(seen))
     f = np.sort(frame)
-    return int(f.size and 1 + np.count_nonzero(f[1:] != f[:-1]))
+    return int(1 + np.count_nonzero(f[1:] != f[:-1]))
 
 
 def _links(
