@@ -517,11 +517,10 @@ def _snapshot_rows(
     flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
     flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)
     flags |= ((pf & np.uint16(PageFlag.THP)) != 0).view(np.uint8) * np.uint8(F_THP)
-    counts = (
-        np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
-        if n
-        else np.zeros(mm_present.size, np.int64)
-    )
+    # rows per mm from the runs of one pid (an mm's rows are its runs' wherever the sort
+    # put them): one search per run, not per row
+    counts = np.zeros(mm_present.size, np.int64)
+    np.add.at(counts, np.searchsorted(mm_present, run_mm), run_len)
     mm_hi = np.cumsum(counts).astype(np.int64)
     rows = RowColumns(
         key=key,
@@ -529,7 +528,7 @@ def _snapshot_rows(
         hash=np.ascontiguousarray(take(cols.hash)),
         frame=np.ascontiguousarray(take(cols.frame)),
         flags=flags,
-        mm=r_mm.astype(np.int32),
+        mm=r_mm.astype(np.int32, copy=False),
     )
     writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
     layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
