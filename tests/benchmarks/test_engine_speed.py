@@ -253,10 +253,11 @@ def test_cli_end_to_end(
     visits per second, one full scan against ``np.sort`` of the snapshot's hash column
     (sorted in this process, in the same run), peak RSS per tracked page.
 
-    Last runs at 4 M pages (2026-12-02, load 6.5-7.0 on the shared 2-CPU VM): 10.6-13.0 s
-    wall, 4.9-5.2 CPU s, i.e. 20-21 M visits per CPU second (main before: 6.8-7.0 CPU s,
-    15 M), one full scan 7.9-8.1x ``np.sort``, 429 B of peak RSS per page (397-400 before).
-    Alternating runs and where the time goes: docs/engine.md, "Speed and memory"."""
+    Last runs at 4 M pages (2026-12-02 on the shared 2-CPU VM), alternating with main at
+    4c9d528: at load 3.0-3.6, 4.35 s wall and 4.3-4.4 CPU s, 23.7 M visits/s end to end
+    (main: 6.3-6.6 s, 15.7-16.5 M/s), one full scan 7.4-7.6x ``np.sort``, 427-433 B of peak
+    RSS per page (main 397-418); at load 6.5-7.0, 10.6-13.0 s wall and 4.9-5.2 CPU s.
+    Where the time goes: docs/engine.md, "Speed and memory"."""
     trace = trace_dirs(pages, interval)
     sort_s = _sort_s(_first_hash_column(trace))
     load = _load_average()
