@@ -671,7 +671,7 @@ def prepare(
     """
     sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
     # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
-    col = np.asarray(ht.pages.column("snapshot_id").to_numpy())
+    col = as_numpy(ht.pages.column("snapshot_id"), np.int64)
     cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
     del col
     parts = (
