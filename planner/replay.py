@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, prepare_trace, replay
+from planner.engine.heap import retained_heap
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
 from planner.engine.registration import PRCTL_AT_DEFAULT
@@ -63,7 +64,7 @@ def replay_trace(
     The compiled code of the replay is loaded from numba's cache in a thread meanwhile
     (:mod:`planner.engine.preload`).
     """
-    with compiled_code_loading(modules_for(engine)):
+    with compiled_code_loading(modules_for(engine)), retained_heap():
         return _replay_trace(
             path,
             host=host,

@@ -12,6 +12,7 @@ imports them all. ``planner.cli.app`` is the application with every command.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import sys
@@ -41,7 +42,8 @@ COMMAND_MODULES: dict[str, str] = {
 #: option parsing included: their data are numpy arrays, freed by reference counting, and
 #: the collector's passes over what the libraries create while they load (typer's pydantic
 #: adapters, numba, pyarrow) free nothing: 0.1-0.2 s of CPU of a replay's start-up
-#: (``replay`` keeps it paused while it replays: planner/cli/replay.py).
+#: (``replay`` keeps it paused while it replays: planner/cli/replay.py). At exit the objects
+#: left are frozen, so that the interpreter's last collection skips them.
 COLLECTOR_PAUSED = frozenset({"replay"})
 
 
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     was = gc.isenabled()
     if name in COLLECTOR_PAUSED:
         gc.disable()
+        # at exit, the interpreter's last collection would walk every object the command
+        # left (numba's compiled code above all) to free nothing the exit does not: 0.3-0.8 s
+        # of the 4 M-page replay's command line (docs/engine.md, "Speed and memory")
+        atexit.register(gc.freeze)
     try:
         load_commands(None if name is None else [name])
         _app.main(argv)

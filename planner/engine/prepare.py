@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from planner.engine.heap import release_memory
 from planner.engine.registration import (
     PRCTL_AT_DEFAULT,
     PrctlAt,
@@ -60,6 +61,7 @@ from planner.engine.writes import (
     fill_unchecked,
 )
 from planner.errors import InputDataError
+from planner.trace.check import as_numpy
 from planner.trace.io import read_ahead
 from planner.trace.schema import PageFlag
 from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
@@ -361,15 +363,11 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
 
 
 def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
-    """One column as one numpy array, nulls as 0. Each chunk is viewed in place and numpy
-    joins them: Arrow's own conversion of a chunked column allocates on transparent huge
-    pages (see :func:`_small_pages`)."""
-    if col.null_count:
-        col = col.fill_null(pa.scalar(0, col.type))
-    parts = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=dtype) for c in col.chunks]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.empty(0, dtype)
+    """One column as one numpy array, nulls as 0, read from Arrow's buffers: each chunk is
+    viewed in place and numpy joins them (Arrow's own conversion of a chunked column
+    allocates on transparent huge pages, see :func:`_small_pages`, and ``to_numpy``
+    imports pandas)."""
+    return as_numpy(col, dtype, null=0)
 
 
 def _page_columns(
@@ -519,11 +517,10 @@ def _snapshot_rows(
     flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
     flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)
     flags |= ((pf & np.uint16(PageFlag.THP)) != 0).view(np.uint8) * np.uint8(F_THP)
-    counts = (
-        np.bincount(np.searchsorted(mm_present, r_mm), minlength=mm_present.size)
-        if n
-        else np.zeros(mm_present.size, np.int64)
-    )
+    # rows per mm from the runs of one pid (an mm's rows are its runs' wherever the sort
+    # put them): one search per run, not per row
+    counts = np.zeros(mm_present.size, np.int64)
+    np.add.at(counts, np.searchsorted(mm_present, run_mm), run_len)
     mm_hi = np.cumsum(counts).astype(np.int64)
     rows = RowColumns(
         key=key,
@@ -531,7 +528,7 @@ def _snapshot_rows(
         hash=np.ascontiguousarray(take(cols.hash)),
         frame=np.ascontiguousarray(take(cols.frame)),
         flags=flags,
-        mm=r_mm.astype(np.int32),
+        mm=r_mm.astype(np.int32, copy=False),
     )
     writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
     layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
@@ -674,7 +671,7 @@ def prepare(
     """
     sids = [int(sid) for sid in ht.snapshot_ids.tolist()]
     # pages are sorted by snapshot: cut the table once (pages_of reads the column per call)
-    col = np.asarray(ht.pages.column("snapshot_id").to_numpy())
+    col = as_numpy(ht.pages.column("snapshot_id"), np.int64)
     cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
     del col
     parts = (
@@ -758,8 +755,6 @@ def _prepare(
     a snapshot without pages may be missing)."""
     with _small_pages():
         inp = _prepare_rows(ht, pages, resolver, include_mms, prctl_at)
-    from planner.engine.fast.apply import release_memory
-
     release_memory()  # the snapshots' pages and rows, freed, go back to the system
     return inp
 
@@ -771,8 +766,6 @@ def _prepare_rows(
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt,
 ) -> ReplayInput:
-    from planner.engine.fast.apply import release_memory  # (numba: not at import time)
-
     resolver = resolver or prctl_everything
     meta = ht.meta()
     page_size = int(meta.get("page_size") or 4096)
@@ -785,14 +778,14 @@ def _prepare_rows(
     procs = _process_instances(ht, resolver, include_mms)
     m = ht.mappings
     maps = _MappingRows(
-        sid=m.column("snapshot_id").to_numpy(),
-        pid=m.column("pid").to_numpy(),
-        start=m.column("start").to_numpy(),
-        end=m.column("end").to_numpy(),
+        sid=as_numpy(m.column("snapshot_id"), np.int32),
+        pid=as_numpy(m.column("pid"), np.int32),
+        start=as_numpy(m.column("start"), np.uint64),
+        end=as_numpy(m.column("end"), np.uint64),
         kind=[str(k) for k in m.column("kind").to_pylist()],
     )
-    proc_sid = np.asarray(ht.processes.column("snapshot_id").to_numpy(), dtype=np.int64)
-    proc_pid = np.asarray(ht.processes.column("pid").to_numpy(), dtype=np.int64)
+    proc_sid = as_numpy(ht.processes.column("snapshot_id"), np.int64)
+    proc_pid = as_numpy(ht.processes.column("pid"), np.int64)
     intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
     builder = InputBuilder(
         host=ht.host,
@@ -803,7 +796,7 @@ def _prepare_rows(
         meta={k: v for k, v in meta.items() if k != "zero_hash"}
         | {"prctl_at": prctl_at, "host_load": _load(ht)},
     )
-    empty = ht.pages.schema.empty_table()
+    empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
     stream = iter(pages)
     nxt: tuple[int, pa.Table] | None = None
     for k, sid in enumerate(sids):

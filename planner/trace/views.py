@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from planner.trace.check import as_numpy
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -37,7 +39,7 @@ COUNT_COLUMNS = ("samples", "content_checks", "content_changes", "frame_changes"
 
 
 def _row(table: pa.Table, snapshot_id: int) -> dict[str, Any]:
-    sid = table.column("snapshot_id").to_numpy()
+    sid = as_numpy(table.column("snapshot_id"), np.int64)
     hit = np.flatnonzero(sid == snapshot_id)
     if not len(hit):
         raise KeyError(f"no snapshot {snapshot_id} in this trace")
@@ -45,9 +47,17 @@ def _row(table: pa.Table, snapshot_id: int) -> dict[str, Any]:
 
 
 def _u16(col: Any) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.bool_]]:
-    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    values = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint16)
-    return values, valid
+    valid = ~as_numpy(col.is_null(), bool)
+    return as_numpy(col, np.uint16, null=0), valid
+
+
+def _take(table: pa.Table, rows: npt.NDArray[np.int64]) -> pa.Table:
+    """``table.take(rows)``; pyarrow converts a numpy index through pandas (importing it,
+    0.3 s of a replay's start-up), not an Arrow array made from the same buffer."""
+    import pyarrow as pa
+
+    rows = np.ascontiguousarray(rows, np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), rows.size, [None, pa.py_buffer(rows.data)]))
 
 
 @dataclass(frozen=True)
@@ -155,8 +165,8 @@ class Interval:
 
 def _cpu_by_process(processes: pa.Table, snapshot_id: int) -> dict[tuple[int, int], float]:
     out: dict[tuple[int, int], float] = {}
-    sid = processes.column("snapshot_id").to_numpy()
-    rows = processes.take(np.flatnonzero(sid == snapshot_id)).to_pylist()
+    sid = as_numpy(processes.column("snapshot_id"), np.int64)
+    rows = _take(processes, np.flatnonzero(sid == snapshot_id)).to_pylist()
     for r in rows:
         if r["state"] == "ok" and r["cpu_user_s"] is not None and r["cpu_system_s"] is not None:
             out[(r["pid"], r["proc_start"])] = r["cpu_user_s"] + r["cpu_system_s"]

@@ -132,3 +132,33 @@ def test_a_trace_directory_prepared_snapshot_by_snapshot_equals_the_loaded_trace
     ra, rb = replay(a, knobs=knobs, options=opts), replay(b, knobs=knobs, options=opts)
     assert [s.counters for s in ra.scans] == [s.counters for s in rb.scans]
     assert ra.final_node_members == rb.final_node_members
+
+
+def test_opaque_frame_ids_give_the_same_deltas() -> None:
+    """Frame ids a capture numbers densely are looked up in tables indexed by the id;
+    opaque ids (an ingested trace) in hash tables: both give the same deltas."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+
+    from planner.engine.rows import L_OLD, L_ROW
+    from planner.testing.random_world import WorldSpec, random_world
+
+    kinds = np.zeros(4, np.int64)
+    for seed in range(6):
+        ht = random_world(seed, WorldSpec(processes=6, pages=40, snapshots=4)).host_trace()
+        frame = np.asarray(ht.pages.column("frame_id").to_numpy(), np.uint64)
+        with np.errstate(over="ignore"):  # a bijection of uint64 onto large, scattered ids
+            opaque = frame * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1 << 63)
+        i = ht.pages.schema.get_field_index("frame_id")
+        pages = ht.pages.set_column(i, ht.pages.schema.field(i), pa.array(opaque, pa.uint64()))
+        dense, scattered = prepare(ht), prepare(dataclasses.replace(ht, pages=pages))
+        for a, b in zip(dense.deltas, scattered.deltas, strict=True):
+            assert a.n_frames == b.n_frames
+            assert a.n_fresh == b.n_fresh
+            for name in ("removed", "added", "upd", "upd_old", "upd_link_kind", "upd_link"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), (seed, name)
+            kinds += np.bincount(a.upd_link_kind, minlength=4)
+    assert kinds[L_ROW]
+    assert kinds[L_OLD]

@@ -22,9 +22,8 @@ Exits and registrations (the mm list) are the engine's (:mod:`planner.engine.fas
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,11 +45,9 @@ from planner.engine.fast.state import (
     ZERO,
     KState,
 )
+from planner.engine.heap import release_memory
 from planner.engine.result import R_FRAMES_WITHOUT
 from planner.engine.rows import L_CARRY, L_FRESH, L_OLD, MM_SHIFT, SnapshotDelta
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -329,27 +326,6 @@ def compact_entities(h: Holder, min_dead: int = COMPACT_MIN_DEAD) -> None:
     st.sc[S_N_ENTS] = _compact_entities(st, n) + 1
 
 
-def _libc_trim() -> Callable[[int], int] | None:
-    try:
-        return cast("Callable[[int], int]", ctypes.CDLL("libc.so.6").malloc_trim)
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_TRIM = _libc_trim()
-
-
-def release_memory() -> None:
-    """Give the arrays a snapshot application freed back to the system.
-
-    glibc raises its mmap threshold after large blocks are freed, so the old row arrays
-    of one snapshot stay in the heap as free space and the resident size only grows; a
-    trim returns them (a few ms). Elsewhere than glibc, nothing is done.
-    """
-    if _TRIM is not None:
-        _TRIM(0)
-
-
 def apply_delta(
     h: Holder, d: SnapshotDelta, split_keys: U64, compact_min_dead: int = COMPACT_MIN_DEAD
 ) -> None:
@@ -372,4 +348,4 @@ def apply_delta(
     release_memory()
 
 
-__all__ = ["apply_delta"]
+__all__ = ["apply_delta", "release_memory"]

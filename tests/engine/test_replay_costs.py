@@ -1,0 +1,97 @@
+"""What ``ksm-planner replay`` spends besides replaying: freed arrays reused without page
+faults inside ``retained_heap``, a start-up without pandas, an exit without the interpreter's
+last collection (docs/engine.md, "Speed and memory")."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planner.engine import heap
+from planner.engine.heap import release_memory, retained_heap
+
+ROOT = Path(__file__).resolve().parents[2]
+glibc = pytest.mark.skipif(heap._LIBC is None, reason="needs glibc's malloc_trim and mallopt")
+
+
+def _faults_of_fresh_array(n_bytes: int) -> int:
+    """Minor faults of this thread while an array is allocated, filled and freed twice over
+    (the second time after a release_memory)."""
+    a = np.empty(n_bytes, np.uint8)
+    a.fill(1)
+    del a
+    release_memory()
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    b = np.empty(n_bytes, np.uint8)
+    b.fill(2)
+    del b
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+
+@glibc
+def test_freed_arrays_are_reused_inside() -> None:
+    n_bytes = 16 << 20  # below the mmap threshold kept inside
+    with retained_heap():
+        inside = _faults_of_fresh_array(n_bytes)
+    outside = _faults_of_fresh_array(n_bytes)
+    # outside, the trim gave the 16 MiB back: it is faulted in again (4 KiB or 2 MiB pages)
+    assert outside >= n_bytes // (2 << 20), outside
+    assert inside < outside, (inside, outside)
+    assert inside < 64, inside
+
+
+@glibc
+def test_nested_and_released_once() -> None:
+    with retained_heap():
+        with retained_heap():
+            assert heap._retaining == 2
+        assert heap._retaining == 1
+    assert heap._retaining == 0
+
+
+REPLAY_CHILD = """
+import sys
+from planner.cli import main
+try:
+    main(["replay", {path!r}, "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+assert "pandas" not in sys.modules, "replay imported pandas"
+"""
+
+EXIT_CHILD = """
+import atexit, gc, os
+# registered first, so run last (atexit is last in, first out): after the command's own
+atexit.register(lambda: os.write(1, b"frozen %d" % gc.get_freeze_count()))
+from planner.cli import main
+try:
+    main(["replay", {path!r}, "--json"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+assert gc.get_freeze_count() == 0, "frozen before the exit"
+"""
+
+
+def test_replay_does_not_import_pandas() -> None:
+    """``ksm-planner replay`` reads, prepares and replays a trace without importing pandas
+    (0.3-0.4 s of its start-up): no column goes through pyarrow's pandas path."""
+    code = textwrap.dedent(REPLAY_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"full_scans"' in out.stdout
+
+
+def test_exit_skips_the_last_collection() -> None:
+    """At exit the objects the replay left are frozen: the interpreter's last collection
+    would walk them all (numba's compiled code) and free nothing the exit does not."""
+    code = textwrap.dedent(EXIT_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen = int(out.stdout.rsplit("frozen ", 1)[1])
+    assert frozen > 10_000, frozen
