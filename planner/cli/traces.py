@@ -267,9 +267,9 @@ def info_cmd(
 
     Example: ksm-planner info fleet.trace --json
     """
-    from planner.trace.summary import summarize_trace
-
     with progress() as bar, _cycle_collector_paused():
+        from planner.trace.summary import summarize_trace  # (its imports: collector paused)
+
         summary = summarize_trace(trace, progress=bar)
     if as_json:
         emit_json({"command": "info", **summary.to_dict()})
