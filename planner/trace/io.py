@@ -37,6 +37,7 @@ from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
 from planner.trace.check import (
+    PAGE_CHANGE_COUNTS,
     HostIndex,
     PagesCheck,
     as_numpy,
@@ -905,7 +906,10 @@ class Trace:
         """Stream ``pages.parquet`` of ``host`` in batches (verified, checked batch by batch).
 
         Memory holds one batch whatever the trace size. ``columns`` selects the columns
-        returned (every column is read: the check needs them).
+        returned. Every column is read (the check needs them) but the per-page change
+        counts when ``columns`` leaves them out and the file's footer proves them all
+        null (:func:`_all_null`; the footer is part of the hashed bytes): those pass the
+        check whatever it is, so they are neither decoded nor checked.
         """
         cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
         where = self._where(host, "pages")
@@ -916,14 +920,20 @@ class Trace:
         entry = self._entry(host, "pages")
         path = self.path / entry.rel
         check = PagesCheck(index, where)
+        file_cols = list(S.file_columns("pages", self.schema_version))
         with _stream_verified(self.path, entry) as f:
             try:
                 pf = pq.ParquetFile(f)
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
+                # change counts the caller does not want and the file lacks (schema v1)
+                # or holds only as nulls: not decoded, nor made up, nor checked
+                skip = not any(c in cols for c in PAGE_CHANGE_COUNTS) and _all_null(
+                    pf.metadata, [c for c in PAGE_CHANGE_COUNTS if c in file_cols]
+                )
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
                     use_threads=False,
-                    columns=list(S.file_columns("pages", self.schema_version)),
+                    columns=[c for c in file_cols if not (skip and c in PAGE_CHANGE_COUNTS)],
                 )
             except TraceFormatError:
                 raise
@@ -936,7 +946,9 @@ class Trace:
                     break
                 except _DECODE_ERRORS as exc:
                     raise _decode_error(path, exc) from None
-                table = upgrade(pa.Table.from_batches([batch]), "pages")
+                table = pa.Table.from_batches([batch])
+                if not skip:
+                    table = upgrade(table, "pages")
                 check.feed(table)
                 yield table.select(cols)
 
@@ -973,6 +985,22 @@ class Trace:
             entry = _FileEntry(rel=rel, size=int(info["bytes"]), sha256=str(info["sha256"]))
             with _stream_verified(self.path, entry):
                 pass
+
+
+def _all_null(meta: pq.FileMetaData, names: Sequence[str]) -> bool:
+    """Whether a Parquet footer proves the (top-level) columns ``names`` null in every row
+    of every row group: the statistics of each column chunk count a null per row."""
+    where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    for k in range(meta.num_row_groups):
+        group = meta.row_group(k)
+        for name in names:
+            i = where.get(name)
+            if i is None:
+                return False
+            stats: Any = group.column(i).statistics  # (the stubs misspell has_null_count)
+            if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+                return False
+    return True
 
 
 def _take_all(parts: list[pa.Table]) -> pa.Table:
