@@ -814,13 +814,18 @@ def summarize_trace(
 
 def _host_pages(trace: Trace, host: str) -> Iterator[int | tuple[int, pa.Table]]:
     """For :func:`read_ahead`'s thread: 0 at once (taking it starts the thread), the row
-    count of ``host``'s pages file (from its footer, once the whole file is hashed), then
+    count of ``host``'s pages file (its footer, once the file is verified), then
     ``(snapshot_id, pages)`` of each snapshot. So the pages file is hashed (hashlib
-    releases the GIL) while the caller reads the small tables, and each snapshot is
-    decoded while the caller counts the one before."""
+    releases the GIL) and its first snapshot decoded while the caller reads the small
+    tables, and each later snapshot is decoded while the caller counts the one before."""
     yield 0
+    snapshots = trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
+    first = next(snapshots, None)  # hashed while decoded: verified when it comes
     yield trace.pages_rows(host)
-    yield from trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
+    if first is not None:
+        yield first
+        del first
+        yield from snapshots
 
 
 def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:

@@ -140,6 +140,38 @@ def test_change_counts_without_statistics_are_decoded_and_checked(
     assert all(set(PAGE_CHANGE_COUNTS) <= set(cols) for cols in seen)
 
 
+@pytest.mark.parametrize("batch_rows", [1, 1000], ids=["batches-ahead", "one-batch"])
+def test_pages_decoded_while_hashed_come_out_only_if_the_hash_matches(
+    tmp_path: Path, batch_rows: int
+) -> None:
+    """The pages file is decoded and checked while it is hashed; a file that decodes and
+    checks well but does not match its manifest's SHA-256 yields nothing, however many
+    batches were decoded before the hash was known."""
+    import json
+
+    from planner.testing.tamper import manifest, write_manifest
+    from planner.trace.io import _trace_hash
+
+    w = World(host="h")
+    w.spawn(1)
+    w.map(1, 4096, list(range(1, 41)))
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    w.write_trace(tmp_path / "t")
+    good = [t.num_rows for t in open_trace(tmp_path / "t").iter_pages("h", batch_rows=batch_rows)]
+    assert sum(good) == 80
+    doc = manifest(tmp_path / "t")
+    doc["files"]["host=h/pages.parquet"]["sha256"] = "0" * 64  # the file: intact, valid
+    doc["trace_hash"] = _trace_hash(doc["files"])
+    write_manifest(tmp_path / "t", json.loads(json.dumps(doc)))
+    got: list[pa.Table] = []
+    with pytest.raises(TraceFormatError, match="does not match the SHA-256"):
+        got.extend(open_trace(tmp_path / "t").iter_pages("h", batch_rows=batch_rows))
+    assert got == []
+    with pytest.raises(TraceFormatError, match="does not match the SHA-256"):
+        list(open_trace(tmp_path / "t").iter_snapshot_pages("h", ["content_hash"]))
+
+
 def test_read_ahead_keeps_order_raises_and_stops() -> None:
     """The snapshot read-ahead: items in order, the source's exception raised in the
     consumer, and closing early stops the thread and closes the source."""
