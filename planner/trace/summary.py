@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 Arr = np.ndarray[Any, Any]
 
 _PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
+#: Columns :func:`snapshot_potential` joins into one array (the others are read in parts).
+_JOINED_COLUMNS = ("pid", "vma_start")
 _UNKNOWN = "(unknown)"
 _NO_LABELS = "(no labels)"
 
@@ -817,15 +819,26 @@ def _host_pages(trace: Trace, host: str) -> Iterator[int | tuple[int, pa.Table]]
     count of ``host``'s pages file (its footer, once the file is verified), then
     ``(snapshot_id, pages)`` of each snapshot. So the pages file is hashed (hashlib
     releases the GIL) and its first snapshot decoded while the caller reads the small
-    tables, and each later snapshot is decoded while the caller counts the one before."""
+    tables, and each later snapshot is decoded while the caller counts the one before.
+    The columns :func:`snapshot_potential` reads as whole arrays (``pid``,
+    ``vma_start``) come joined (copied here, in the thread, not in the caller's)."""
     yield 0
-    snapshots = trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
+    snapshots = (
+        _joined_columns(sid, t) for sid, t in trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
+    )
     first = next(snapshots, None)  # hashed while decoded: verified when it comes
     yield trace.pages_rows(host)
     if first is not None:
         yield first
         del first
         yield from snapshots
+
+
+def _joined_columns(sid: int, pages: pa.Table) -> tuple[int, pa.Table]:
+    for name in _JOINED_COLUMNS:
+        i = pages.schema.get_field_index(name)
+        pages = pages.set_column(i, name, pages.column(i).combine_chunks())
+    return sid, pages
 
 
 def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:
