@@ -286,15 +286,19 @@ def test_info_rows_per_s(
     """``ksm-planner info --json`` on the 4 M-page trace (12 M page rows), process start to
     JSON, against ``np.sort`` of all its hash columns in this process.
 
-    Issue 12's target is 10 M rows/s. Last run (2026-12-02, load 1.55 on the shared
-    2-CPU VM): 2.25 s wall, 2.94 CPU s, 5.3 M rows/s end to end, 90 B of peak RSS per
-    row (the version before: 3.7 s, 3.2 M rows/s; at load 14.1 this one took 7.9 s).
+    Issue 12's target is 10 M rows/s. Last runs (2026-12-02 afternoon, the shared 2-CPU
+    VM never below load 5): at load 6.1, 3.75 s wall, 2.22 CPU s, 3.2 M rows/s end to end,
+    80 B of peak RSS per row; at load 6.7, 4.70 s, 2.53 CPU s, 82 B per row (the version
+    before, in the morning at load 1.55: 2.25 s, 2.94 CPU s, 90 B per row). The page
+    cache is assumed warm: the trace was just written, and every figure is CPU-bound.
     Alternating runs of both: docs/engine.md, "Issue 12's table, before and after"."""
     trace = trace_dirs(4_000_000, 5.0)
     from planner.trace.io import open_trace
 
     tr = open_trace(trace)
     rows = tr.pages_rows(tr.hosts[0])
+    # (reading every hash column hashes the whole pages file too: the child below finds
+    # the trace in the page cache, as a user who just captured or copied it would)
     hashes = np.concatenate(
         [
             np.asarray(p.column("content_hash").to_numpy(), dtype=np.uint64)
