@@ -416,12 +416,12 @@ def _group_counts(
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
     """Per group (``codes`` per row) into ``out`` (zeros, one row per group): pages, zero
     pages, naive saved pages, fork-shared pages, ideal saved frames, distinct frames,
-    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros, one per id.
+    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros (64 bits), one per id.
 
-    Up to 64 groups, one pass in scan order keeps per id the set of groups that have
-    seen it (a bit mask: ``seen_*`` of an unsigned type with a bit per group); beyond,
-    rows are visited group by group (a counting sort) and one mark per id (the group + 1,
-    ``seen_*`` of 64 bits) tells whether the group has seen it."""
+    For a grouping of more groups than a mask has bits (up to 64 groups,
+    :func:`_grouped_counts` keeps per id the set of groups that have seen it): rows are
+    visited group by group (a counting sort) and one mark per id (the group + 1) tells
+    whether the group has seen it."""
     n = codes.size
     n_groups = out.shape[0]
     for r in range(n):
@@ -431,17 +431,6 @@ def _group_counts(
         out[g, 2] += not first_hash[r]
         out[g, 3] += not first_frame[r]
         out[g, 4] += freed[r]
-    if n_groups <= seen_hash.itemsize * 8:
-        one = seen_hash.dtype.type(1)
-        for r in range(n):
-            bit = one << seen_hash.dtype.type(codes[r])
-            if not seen_frame[fid[r]] & bit:
-                seen_frame[fid[r]] |= bit
-                out[codes[r], 5] += 1
-            if not seen_hash[hid[r]] & bit:
-                seen_hash[hid[r]] |= bit
-                out[codes[r], 6] += 1
-        return
     start = np.zeros(n_groups + 1, np.int64)
     for r in range(n):
         start[codes[r] + 1] += 1
@@ -533,20 +522,19 @@ class _Attribution:
     freed_frame: Arr
 
 
-#: Masks of groups per id in :func:`_group_counts`: the narrowest with a bit per group
-#: (a table of a byte per id for up to 8 groups fits the caches far better than one of 8).
+#: Masks of groups per id in :func:`_grouped_counts`: the narrowest with a bit per group
+#: of the widest grouping (a table of a byte per id for up to 8 groups fits the caches far
+#: better than one of 8).
 _MASK_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+#: Groups beyond which a grouping is counted alone, group by group (:func:`_group_counts`).
+_MASK_GROUPS_MAX = 64
 
 
 def _mask_type(n_groups: int) -> type[np.unsignedinteger[Any]]:
     for t in _MASK_TYPES:
         if n_groups <= np.dtype(t).itemsize * 8:
             return t
-    return np.uint64  # marks of the group-by-group count
-
-
-#: Groups beyond which a grouping is counted alone, group by group (:func:`_group_counts`).
-_MASK_GROUPS_MAX = 64
+    raise ValueError(f"{n_groups} groups: more than a mask has bits")
 
 
 def _potentials(names: list[str], counts: list[list[int]]) -> tuple[GroupPotential, ...]:
@@ -579,11 +567,10 @@ def _breakdowns(
         if i in small:
             continue
         counts = np.zeros((len(names), 7), np.int64)
-        seen = _mask_type(len(names))
         _group_counts(
             codes, att.hid, att.fid, att.first_hash,
             att.first_frame, att.freed_frame, att.zero, counts,
-            np.zeros(att.n_hashes, seen), np.zeros(att.n_frames, seen),
+            np.zeros(att.n_hashes, np.uint64), np.zeros(att.n_frames, np.uint64),
         )  # fmt: skip
         result[i] = _potentials(names, counts.tolist())
     if small:
