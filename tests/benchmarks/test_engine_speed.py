@@ -286,10 +286,11 @@ def test_info_rows_per_s(
     """``ksm-planner info --json`` on the 4 M-page trace (12 M page rows), process start to
     JSON, against ``np.sort`` of all its hash columns in this process.
 
-    Issue 12's target is 10 M rows/s. Last runs (2026-12-02 afternoon, the shared 2-CPU
-    VM never below load 5): at load 6.1, 3.75 s wall, 2.22 CPU s, 3.2 M rows/s end to end,
-    80 B of peak RSS per row; at load 6.7, 4.70 s, 2.53 CPU s, 82 B per row (the version
-    before, in the morning at load 1.55: 2.25 s, 2.94 CPU s, 90 B per row). The page
+    Issue 12's target is 10 M rows/s. Last runs (2026-12-02, 14:22, shared 2-CPU VM): at
+    load 0.28, 1.35 s wall, 2.07 CPU s, 8.8 M rows/s end to end, 83 B of peak RSS per row;
+    at load 0.39, 1.46 s, 2.16 CPU s, 8.2 M rows/s, 86 B per row (the version before, at
+    load 1.55: 2.25 s, 2.94 CPU s, 5.3 M rows/s, 90 B per row; at load 6-7 this one took
+    3.8-4.7 s). The page
     cache is assumed warm: the trace was just written, and every figure is CPU-bound.
     Alternating runs of both: docs/engine.md, "Issue 12's table, before and after"."""
     trace = trace_dirs(4_000_000, 5.0)
