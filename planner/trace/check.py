@@ -372,6 +372,9 @@ _PAGE_COUNTS = (
     "absent_samples",
     "same_content_writes",
 )
+#: ``samples`` and the change counts: a batch may leave them all out when they are all
+#: null (schema v1 files, and v2 files whose footer proves it: ``Trace.iter_pages``).
+PAGE_CHANGE_COUNTS = ("samples", *_PAGE_COUNTS)
 
 
 class PagesCheck:
@@ -384,7 +387,8 @@ class PagesCheck:
         self._prev: tuple[int, int, int] | None = None  # (snapshot, pid, page_addr)
 
     def feed(self, pages: pa.Table) -> None:
-        """Check the next rows (a table with every column of the pages schema).
+        """Check the next rows (a table with every column of the pages schema, or all but
+        :data:`PAGE_CHANGE_COUNTS` when those are all null).
 
         The table is checked one record batch at a time: the columns of a batch are read
         in place (no copy), and the state carries from one batch to the next.
@@ -519,6 +523,7 @@ class PagesCheck:
 
 __all__ = [
     "PAGES_CHECK_COLUMNS",
+    "PAGE_CHANGE_COUNTS",
     "HostIndex",
     "PagesCheck",
     "as_numpy",

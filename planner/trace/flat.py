@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from planner.errors import TraceFormatError
 from planner.trace import schema as S
@@ -86,6 +85,8 @@ def _u64(col: Any) -> U64:
 
 def _differs(a: Any, b: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
     """``a[i] != b[i]`` for two equally long arrays, where null equals only null."""
+    import pyarrow.compute as pc  # (imported where used: ``info`` needs none of it)
+
     ne: Any = pc.fill_null(pc.not_equal(a, b), False)
     na = np.asarray(a.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     nb = np.asarray(b.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -101,6 +102,8 @@ def _comparable(col: Any) -> tuple[Any, Any]:
     A dictionary column compares by its indices when its dictionary has no value twice
     (pyarrow's encoders and unifiers guarantee it), which avoids decoding the strings.
     """
+    import pyarrow.compute as pc
+
     arr: Any = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_dictionary(arr.type):
         d = arr.dictionary
@@ -604,6 +607,8 @@ class FlatConverter:
 
     def end(self) -> tuple[dict[str, Any], pa.Table, pa.Table]:
         """Finish the current snapshot: ``(snapshot_row, processes, mappings)``."""
+        import pyarrow.compute as pc
+
         st = self._snap
         if st is None:
             raise RuntimeError("end() without begin()")

@@ -5,8 +5,8 @@ temporary directory and renames it into place only when it is complete, so a fai
 capture or ingest leaves nothing at the output path. Reading goes through
 :func:`open_trace` (manifest checks, cheap) and the readers of :class:`Trace`
 (:meth:`Trace.load_host` for the tables of one host as Arrow tables, the streaming
-:meth:`Trace.iter_pages`), which verify every file's SHA-256 before decoding it and check
-the tables' consistency (see "verifying" below).
+:meth:`Trace.iter_pages`), which verify every file's SHA-256 before anything decoded from it
+is used and check the tables' consistency (see "verifying" below).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from planner._fs import atomic_dir
@@ -37,6 +36,7 @@ from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
 from planner.trace.check import (
+    PAGE_CHANGE_COUNTS,
     HostIndex,
     PagesCheck,
     as_numpy,
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     )
 
 _HASH_CHUNK = 1 << 20
+#: Batches of pages a streaming reader decodes and checks while the file is still being
+#: hashed (:meth:`Trace.iter_pages`); it then waits for the hash.
+_HASH_AHEAD_BATCHES = 4
 
 
 def _sha256(path: Path) -> str:
@@ -203,6 +206,8 @@ class HostWriter:
         pages = conform(pages, "pages")
         if not pages.num_rows:
             return
+        import pyarrow.compute as pc  # (here: readers need not import it, 50-70 ms)
+
         sid = pages.column("snapshot_id")
         lo, hi = pc.min_max(sid).values()
         if lo.as_py() != hi.as_py() or (
@@ -482,11 +487,13 @@ class HostTrace:
 #   links (``O_NOFOLLOW`` on the host directory and the file) and must be a regular file
 #   of the size the manifest gives: links, FIFOs, devices and directories are refused,
 #   never opened for reading data;
-# * the bytes of a file are hashed (SHA-256) before they are decoded. Whole-table reads
-#   read the file once into memory, hashing as they read, and decode those very bytes.
-#   Streaming reads (``info``, ``export``) hash the file through the open descriptor
-#   first, then decode through the same descriptor, and check afterwards that the file
-#   did not change meanwhile (``fstat``: size, mtime and ctime);
+# * the bytes of a file are hashed (SHA-256) before anything decoded from them is used.
+#   Whole-table reads read the file once into memory, hashing as they read, and decode
+#   those very bytes. Streaming reads (``info``, ``export``, the replay's pages) decode
+#   through the open descriptor while a thread hashes it by offset (:class:`_Hashing`),
+#   hold back what they decoded until the hash matched, report a mismatch before any
+#   decoding error, and check afterwards that the file did not change meanwhile
+#   (``fstat``: size, mtime and ctime);
 # * the decoded tables pass :mod:`planner.trace.check`, the one consistency check every
 #   reader runs, so every command accepts and rejects the same traces.
 #
@@ -693,6 +700,84 @@ def _stream_verified(root: Path, entry: _FileEntry) -> Iterator[Any]:
             _remember(st, entry.sha256, started_ns)
             f.seek(0)
         yield f
+        if not _same_file(st, os.fstat(fd)):
+            raise _changed(path)
+
+
+class _Hashing:
+    """The SHA-256 of an open trace file computed by a thread (by offset, ``os.pread``,
+    so the descriptor's position is the decoder's), for a reader that decodes the file
+    meanwhile: nothing decoded may leave the reader before :meth:`verified` returned."""
+
+    def __init__(self, fd: int, st: os.stat_result, path: Path, entry: _FileEntry) -> None:
+        self._fd, self._st, self._path, self._entry = fd, st, path, entry
+        self._stop = threading.Event()
+        self._result: list[Any] = []  # the digest and the time hashing began, or an error
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="ksm-planner-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            h = hashlib.sha256()
+            started_ns = time.time_ns()
+            buf = bytearray(_HASH_CHUNK)
+            view = memoryview(buf)
+            pos = 0
+            while pos < self._entry.size and not self._stop.is_set():
+                n = os.preadv(self._fd, [view], pos)
+                if n == 0:
+                    break
+                h.update(view[:n])
+                pos += n
+            self._result[:] = [h.hexdigest() if pos == self._entry.size else None, started_ns]
+        except BaseException as exc:  # raised by verified(), in the reader's thread
+            self._result[:] = [exc]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the hash is computed (:meth:`verified` does not wait)."""
+        return not self._thread.is_alive()
+
+    def verified(self) -> None:
+        """Wait for the hash; raise unless the file is the one the manifest names."""
+        if self._done:
+            return
+        self._thread.join()
+        if len(self._result) == 1:
+            raise self._result[0]
+        digest, started_ns = self._result
+        if digest is None or not _same_file(self._st, os.fstat(self._fd)):
+            raise _changed(self._path)
+        if digest != self._entry.sha256:
+            raise _hash_mismatch(self._path)
+        _remember(self._st, self._entry.sha256, started_ns)
+        self._done = True
+
+    def stop(self) -> None:
+        """Stop hashing (the reader is done without it) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def _stream_hashing(root: Path, entry: _FileEntry) -> Iterator[tuple[Any, _Hashing | None]]:
+    """A binary file object of one trace file, and the hash of its bytes being computed
+    meanwhile (:class:`_Hashing`; ``None``: this process hashed the unchanged file before).
+    The reader decodes while the file is hashed and lets nothing out before
+    :meth:`_Hashing.verified`; when it is done, the file must still be the one hashed."""
+    path = root / entry.rel
+    fd, st = _open_member(root, entry.rel)
+    f = os.fdopen(fd, "rb", buffering=0)
+    with f:
+        if st.st_size != entry.size:
+            raise _size_mismatch(path, st.st_size, entry.size)
+        hashing = None if _known_good(st, entry.sha256) else _Hashing(fd, st, path, entry)
+        try:
+            yield f, hashing
+        finally:
+            if hashing is not None:
+                hashing.stop()
         if not _same_file(st, os.fstat(fd)):
             raise _changed(path)
 
@@ -905,8 +990,13 @@ class Trace:
     ) -> Iterator[pa.Table]:
         """Stream ``pages.parquet`` of ``host`` in batches (verified, checked batch by batch).
 
-        Memory holds one batch whatever the trace size. ``columns`` selects the columns
-        returned (every column is read: the check needs them).
+        Memory holds one batch whatever the trace size (while the file is being hashed,
+        up to :data:`_HASH_AHEAD_BATCHES`: they are decoded and checked meanwhile, and
+        come out once the hash matched). ``columns`` selects the columns returned. Every
+        column is read (the check needs them) but the per-page change counts when
+        ``columns`` leaves them out and the file's footer proves them all null
+        (:func:`_all_null`; the footer is part of the hashed bytes): those pass the check
+        whatever it is, so they are neither decoded nor checked.
         """
         cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
         where = self._where(host, "pages")
@@ -917,14 +1007,48 @@ class Trace:
         entry = self._entry(host, "pages")
         path = self.path / entry.rel
         check = PagesCheck(index, where)
-        with _stream_verified(self.path, entry) as f:
+        with _stream_hashing(self.path, entry) as (f, hashing):
+            pending: list[pa.Table] = []  # decoded and checked, the hash not known yet
+            for table in self._decoded_pages(f, path, cols, batch_rows, check, hashing):
+                if hashing is None:
+                    yield table
+                    continue
+                pending.append(table)
+                if hashing.finished or len(pending) >= _HASH_AHEAD_BATCHES:
+                    hashing.verified()
+                    hashing = None
+                    yield from _take_each(pending)
+            if hashing is not None:
+                hashing.verified()
+            yield from _take_each(pending)
+
+    def _decoded_pages(
+        self,
+        f: Any,
+        path: Path,
+        cols: list[str],
+        batch_rows: int,
+        check: PagesCheck,
+        hashing: _Hashing | None,
+    ) -> Iterator[pa.Table]:
+        """The batches of :meth:`iter_pages`, decoded and checked. While ``hashing`` has not
+        verified the file, any failure is first checked against the hash: the bytes of a
+        file that does not match its manifest are reported as such, whatever they decode
+        to."""
+        file_cols = list(S.file_columns("pages", self.schema_version))
+        try:
             try:
                 pf = pq.ParquetFile(f)
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
+                # change counts the caller does not want and the file lacks (schema v1)
+                # or holds only as nulls: not decoded, nor made up, nor checked
+                skip = not any(c in cols for c in PAGE_CHANGE_COUNTS) and _all_null(
+                    pf.metadata, [c for c in PAGE_CHANGE_COUNTS if c in file_cols]
+                )
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
                     use_threads=False,
-                    columns=list(S.file_columns("pages", self.schema_version)),
+                    columns=[c for c in file_cols if not (skip and c in PAGE_CHANGE_COUNTS)],
                 )
             except TraceFormatError:
                 raise
@@ -937,9 +1061,15 @@ class Trace:
                     break
                 except _DECODE_ERRORS as exc:
                     raise _decode_error(path, exc) from None
-                table = upgrade(pa.Table.from_batches([batch]), "pages")
+                table = pa.Table.from_batches([batch])
+                if not skip:
+                    table = upgrade(table, "pages")
                 check.feed(table)
                 yield table.select(cols)
+        except Exception:
+            if hashing is not None:
+                hashing.verified()  # a file that does not match: that is the error
+            raise
 
     def iter_snapshot_pages(
         self, host: str, columns: Sequence[str] | None = None, *, batch_rows: int = 1 << 20
@@ -974,6 +1104,29 @@ class Trace:
             entry = _FileEntry(rel=rel, size=int(info["bytes"]), sha256=str(info["sha256"]))
             with _stream_verified(self.path, entry):
                 pass
+
+
+def _all_null(meta: pq.FileMetaData, names: Sequence[str]) -> bool:
+    """Whether a Parquet footer proves the (top-level) columns ``names`` null in every row
+    of every row group: the statistics of each column chunk count a null per row."""
+    where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    for k in range(meta.num_row_groups):
+        group = meta.row_group(k)
+        for name in names:
+            i = where.get(name)
+            if i is None:
+                return False
+            stats: Any = group.column(i).statistics  # (the stubs misspell has_null_count)
+            if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+                return False
+    return True
+
+
+def _take_each(parts: list[pa.Table]) -> Iterator[pa.Table]:
+    """The tables of ``parts`` in order, each dropped from ``parts`` as it is taken."""
+    parts.reverse()
+    while parts:
+        yield parts.pop()
 
 
 def _take_all(parts: list[pa.Table]) -> pa.Table:

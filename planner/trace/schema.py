@@ -335,7 +335,18 @@ PARQUET_OPTIONS: Final = {
         ],
         "column_encoding": {"page_addr": "DELTA_BINARY_PACKED", "frame_id": "DELTA_BINARY_PACKED"},
         "dictionary_pagesize_limit": 64 << 20,
-        "write_statistics": ["snapshot_id", "pid"],
+        # the change counts' null counts let a reader that does not need them skip them
+        # when they are all null (planner.trace.io, Trace.iter_pages)
+        "write_statistics": [
+            "snapshot_id",
+            "pid",
+            "samples",
+            "content_checks",
+            "content_changes",
+            "frame_changes",
+            "absent_samples",
+            "same_content_writes",
+        ],
     },
     "default": {"compression": "zstd", "compression_level": 3, "use_dictionary": True},
 }

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -43,16 +43,18 @@ from planner.trace.io import open_trace, read_ahead
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     import pyarrow as pa
 
     from planner._progress import Progress
-    from planner.trace.io import HostTrace
+    from planner.trace.io import HostTrace, Trace
 
 Arr = np.ndarray[Any, Any]
 
 _PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
+#: Columns :func:`snapshot_potential` joins into one array (the others are read in parts).
+_JOINED_COLUMNS = ("pid", "vma_start")
 _UNKNOWN = "(unknown)"
 _NO_LABELS = "(no labels)"
 
@@ -414,12 +416,12 @@ def _group_counts(
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
     """Per group (``codes`` per row) into ``out`` (zeros, one row per group): pages, zero
     pages, naive saved pages, fork-shared pages, ideal saved frames, distinct frames,
-    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros, one per id.
+    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros (64 bits), one per id.
 
-    Up to 64 groups, one pass in scan order keeps per id the set of groups that have
-    seen it (a bit mask: ``seen_*`` of an unsigned type with a bit per group); beyond,
-    rows are visited group by group (a counting sort) and one mark per id (the group + 1,
-    ``seen_*`` of 64 bits) tells whether the group has seen it."""
+    For a grouping of more groups than a mask has bits (up to 64 groups,
+    :func:`_grouped_counts` keeps per id the set of groups that have seen it): rows are
+    visited group by group (a counting sort) and one mark per id (the group + 1) tells
+    whether the group has seen it."""
     n = codes.size
     n_groups = out.shape[0]
     for r in range(n):
@@ -429,17 +431,6 @@ def _group_counts(
         out[g, 2] += not first_hash[r]
         out[g, 3] += not first_frame[r]
         out[g, 4] += freed[r]
-    if n_groups <= seen_hash.itemsize * 8:
-        one = seen_hash.dtype.type(1)
-        for r in range(n):
-            bit = one << seen_hash.dtype.type(codes[r])
-            if not seen_frame[fid[r]] & bit:
-                seen_frame[fid[r]] |= bit
-                out[codes[r], 5] += 1
-            if not seen_hash[hid[r]] & bit:
-                seen_hash[hid[r]] |= bit
-                out[codes[r], 6] += 1
-        return
     start = np.zeros(n_groups + 1, np.int64)
     for r in range(n):
         start[codes[r] + 1] += 1
@@ -460,6 +451,36 @@ def _group_counts(
             if seen_hash[hid[r]] != mark:
                 seen_hash[hid[r]] = mark
                 out[g, 6] += 1
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _grouped_counts(
+    codes: Arr, hid: Arr, fid: Arr, first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
+    out: Arr, seen_hash: Arr, seen_frame: Arr,
+) -> None:  # fmt: skip  # pragma: no cover - compiled
+    """:func:`_group_counts` of several groupings at once, each of up to 64 groups:
+    ``codes[k]`` the group of each row in grouping ``k``, ``out[k]`` its counts, and per
+    id one mask per grouping side by side (``seen_*[id, k]``), so one pass reads the
+    columns once and the masks of an id in one cache line."""
+    n_sets = codes.shape[0]
+    one = seen_hash.dtype.type(1)
+    for r in range(codes.shape[1]):
+        h = hid[r]
+        f = fid[r]
+        for k in range(n_sets):
+            g = codes[k, r]
+            out[k, g, 0] += 1
+            out[k, g, 1] += zero[r]
+            out[k, g, 2] += not first_hash[r]
+            out[k, g, 3] += not first_frame[r]
+            out[k, g, 4] += freed[r]
+            bit = one << seen_hash.dtype.type(g)
+            if not seen_frame[f, k] & bit:
+                seen_frame[f, k] |= bit
+                out[k, g, 5] += 1
+            if not seen_hash[h, k] & bit:
+                seen_hash[h, k] |= bit
+                out[k, g, 6] += 1
 
 
 def _group_codes(
@@ -501,26 +522,22 @@ class _Attribution:
     freed_frame: Arr
 
 
-#: Masks of groups per id in :func:`_group_counts`: the narrowest with a bit per group
-#: (a table of a byte per id for up to 8 groups fits the caches far better than one of 8).
+#: Masks of groups per id in :func:`_grouped_counts`: the narrowest with a bit per group
+#: of the widest grouping (a table of a byte per id for up to 8 groups fits the caches far
+#: better than one of 8).
 _MASK_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+#: Groups beyond which a grouping is counted alone, group by group (:func:`_group_counts`).
+_MASK_GROUPS_MAX = 64
 
 
 def _mask_type(n_groups: int) -> type[np.unsignedinteger[Any]]:
     for t in _MASK_TYPES:
         if n_groups <= np.dtype(t).itemsize * 8:
             return t
-    return np.uint64  # marks of the group-by-group count
+    raise ValueError(f"{n_groups} groups: more than a mask has bits")
 
 
-def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPotential, ...]:
-    counts = np.zeros((len(names), 7), np.int64)
-    seen = _mask_type(len(names))
-    _group_counts(
-        codes, att.hid, att.fid, att.first_hash,
-        att.first_frame, att.freed_frame, att.zero, counts,
-        np.zeros(att.n_hashes, seen), np.zeros(att.n_frames, seen),
-    )  # fmt: skip
+def _potentials(names: list[str], counts: list[list[int]]) -> tuple[GroupPotential, ...]:
     out = [
         GroupPotential(
             group=names[i],
@@ -532,11 +549,46 @@ def _breakdown(names: list[str], codes: Arr, att: _Attribution) -> tuple[GroupPo
             ideal_saved_frames=int(c[4]),
             fork_shared_pages=int(c[3]),
         )
-        for i, c in enumerate(counts.tolist())
+        for i, c in enumerate(counts)
         if c[0]
     ]
     out.sort(key=lambda g: (-g.pages, g.group))
     return tuple(out)
+
+
+def _breakdowns(
+    groupings: list[tuple[list[str], Arr]], att: _Attribution
+) -> list[tuple[GroupPotential, ...]]:
+    """The breakdown of each grouping (group names, a code per row): those of up to
+    :data:`_MASK_GROUPS_MAX` groups in one pass (:func:`_grouped_counts`), any other alone."""
+    result: list[tuple[GroupPotential, ...]] = [() for _ in groupings]
+    small = [i for i, (names, _) in enumerate(groupings) if len(names) <= _MASK_GROUPS_MAX]
+    for i, (names, codes) in enumerate(groupings):
+        if i in small:
+            continue
+        counts = np.zeros((len(names), 7), np.int64)
+        _group_counts(
+            codes, att.hid, att.fid, att.first_hash,
+            att.first_frame, att.freed_frame, att.zero, counts,
+            np.zeros(att.n_hashes, np.uint64), np.zeros(att.n_frames, np.uint64),
+        )  # fmt: skip
+        result[i] = _potentials(names, counts.tolist())
+    if small:
+        widest = max(len(groupings[i][0]) for i in small)
+        seen = _mask_type(widest)
+        codes = np.empty((len(small), len(att.hid)), np.int32)
+        for k, i in enumerate(small):
+            codes[k] = groupings[i][1]
+        counts = np.zeros((len(small), widest, 7), np.int64)
+        _grouped_counts(
+            _readonly(codes, np.int32), att.hid, att.fid, att.first_hash,
+            att.first_frame, att.freed_frame, att.zero, counts,
+            np.zeros((att.n_hashes, len(small)), seen),
+            np.zeros((att.n_frames, len(small)), seen),
+        )  # fmt: skip
+        for k, i in enumerate(small):
+            result[i] = _potentials(groupings[i][0], counts[k].tolist())
+    return result
 
 
 @dataclass(frozen=True)
@@ -645,7 +697,7 @@ def snapshot_potential(
     )
     del vma
     kinds = [k if k else _UNKNOWN for k in mappings.column("kind").to_pylist()]
-    by_kind = _breakdown(*_group_codes(kinds, runs, map_row, _UNKNOWN), att)
+    groupings = [_group_codes(kinds, runs, map_row, _UNKNOWN)]
 
     proc_pid = as_numpy(processes.column("pid"), np.int64)
     runs = _Runs.of(pid)
@@ -653,13 +705,14 @@ def snapshot_potential(
     proc_row = lookup_rows(proc_pid, np.zeros(len(proc_pid), np.int64), pid[runs.heads], no_key)
     comms = processes.column("comm").to_pylist() if "comm" in processes.column_names else []
     comm_of = [c if c else _UNKNOWN for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
-    by_comm = _breakdown(*_group_codes(comm_of, runs, proc_row, _UNKNOWN), att)
+    groupings.append(_group_codes(comm_of, runs, proc_row, _UNKNOWN))
 
-    by_label: tuple[GroupPotential, ...] = ()
     labels = processes.column("labels").to_pylist() if "labels" in processes.column_names else []
     if any(labels):
         label_of = [_label_set(x) for x in labels]
-        by_label = _breakdown(*_group_codes(label_of, runs, proc_row, _NO_LABELS), att)
+        groupings.append(_group_codes(label_of, runs, proc_row, _NO_LABELS))
+    by_kind, by_comm, *by_labels = _breakdowns(groupings, att)
+    by_label = by_labels[0] if by_labels else ()
 
     zero_pfn = 0
     if "zero_pfn_pages" in processes.column_names:
@@ -748,33 +801,61 @@ def summarize_trace(
         return _summarize_trace(path, progress)
 
 
+def _host_pages(trace: Trace, host: str) -> Iterator[int | tuple[int, pa.Table]]:
+    """For :func:`read_ahead`'s thread: 0 at once (taking it starts the thread), the row
+    count of ``host``'s pages file (its footer, once the file is verified), then
+    ``(snapshot_id, pages)`` of each snapshot. So the pages file is hashed (hashlib
+    releases the GIL) and its first snapshot decoded while the caller reads the small
+    tables, and each later snapshot is decoded while the caller counts the one before.
+    The columns :func:`snapshot_potential` reads as whole arrays (``pid``,
+    ``vma_start``) come joined (copied here, in the thread, not in the caller's)."""
+    yield 0
+    snapshots = (
+        _joined_columns(sid, t) for sid, t in trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
+    )
+    first = next(snapshots, None)  # hashed while decoded: verified when it comes
+    yield trace.pages_rows(host)
+    if first is not None:
+        yield first
+        del first
+        yield from snapshots
+
+
+def _joined_columns(sid: int, pages: pa.Table) -> tuple[int, pa.Table]:
+    for name in _JOINED_COLUMNS:
+        i = pages.schema.get_field_index(name)
+        pages = pages.set_column(i, name, pages.column(i).combine_chunks())
+    return sid, pages
+
+
 def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:
     trace = open_trace(path)
-    total_pages = sum(trace.pages_rows(h) for h in trace.hosts)
     files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
     process_keys = 0
-    progress.start("info: pages", total_pages)
     for host in trace.hosts:
-        snaps = trace.read_table(host, "snapshots")
-        procs = trace.read_table(host, "processes")
-        maps = trace.read_table(host, "mappings", ["snapshot_id", "pid", "start", "kind"])
-        proc_by = _slice_by_snapshot(procs)
-        map_by = _slice_by_snapshot(maps)
-        times: dict[int, float] = {
-            int(k): float(v)
-            for k, v in zip(
-                as_numpy(snaps.column("snapshot_id"), np.int64).tolist(),
-                as_numpy(snaps.column("time_s"), np.float64).tolist(),
-                strict=True,
-            )
-        }
-        pages_by: dict[int, SnapshotPotential] = {}
-        rows = 0
-        ahead = contextlib.closing(read_ahead(trace.iter_snapshot_pages(host, _PAGE_COLUMNS)))
-        with ahead as snapshot_pages:
-            for sid, pages in snapshot_pages:
+        with contextlib.closing(read_ahead(_host_pages(trace, host))) as stream:
+            next(stream)  # the thread runs: the pages file is being hashed
+            snaps = trace.read_table(host, "snapshots")
+            procs = trace.read_table(host, "processes")
+            maps = trace.read_table(host, "mappings", ["snapshot_id", "pid", "start", "kind"])
+            proc_by = _slice_by_snapshot(procs)
+            map_by = _slice_by_snapshot(maps)
+            times: dict[int, float] = {
+                int(k): float(v)
+                for k, v in zip(
+                    as_numpy(snaps.column("snapshot_id"), np.int64).tolist(),
+                    as_numpy(snaps.column("time_s"), np.float64).tolist(),
+                    strict=True,
+                )
+            }
+            pages_by: dict[int, SnapshotPotential] = {}
+            rows = 0
+            progress.start(f"info: pages of {host}", cast("int", next(stream)))
+            for item in stream:
+                sid, pages = cast("tuple[int, pa.Table]", item)
+                n_rows = pages.num_rows
                 pages_by[sid] = snapshot_potential(
                     pages,
                     _rows_or_empty(proc_by, sid, "processes"),
@@ -783,8 +864,9 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
                     snapshot_id=sid,
                     time_s=times.get(sid, float("nan")),
                 )
-                rows += pages.num_rows
-                progress.advance(pages.num_rows)
+                del pages, item  # freed before the next snapshot is taken
+                rows += n_rows
+                progress.advance(n_rows)
         for sid, t in times.items():
             if sid not in pages_by:
                 pages_by[sid] = snapshot_potential(

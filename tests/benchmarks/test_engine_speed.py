@@ -292,15 +292,20 @@ def test_info_rows_per_s(
     """``ksm-planner info --json`` on the 4 M-page trace (12 M page rows), process start to
     JSON, against ``np.sort`` of all its hash columns in this process.
 
-    Issue 12's target is 10 M rows/s. Last run (2026-12-02, load 1.55 on the shared
-    2-CPU VM): 2.25 s wall, 2.94 CPU s, 5.3 M rows/s end to end, 90 B of peak RSS per
-    row (the version before: 3.7 s, 3.2 M rows/s; at load 14.1 this one took 7.9 s).
+    Issue 12's target is 10 M rows/s. Last runs (2026-12-02, 14:22, shared 2-CPU VM): at
+    load 0.28, 1.35 s wall, 2.07 CPU s, 8.8 M rows/s end to end, 83 B of peak RSS per row;
+    at load 0.39, 1.46 s, 2.16 CPU s, 8.2 M rows/s, 86 B per row (the version before, at
+    load 1.55: 2.25 s, 2.94 CPU s, 5.3 M rows/s, 90 B per row; at load 6-7 this one took
+    3.8-4.7 s). The page
+    cache is assumed warm: the trace was just written, and every figure is CPU-bound.
     Alternating runs of both: docs/engine.md, "Issue 12's table, before and after"."""
     trace = trace_dirs(4_000_000, 5.0)
     from planner.trace.io import open_trace
 
     tr = open_trace(trace)
     rows = tr.pages_rows(tr.hosts[0])
+    # (reading every hash column hashes the whole pages file too: the child below finds
+    # the trace in the page cache, as a user who just captured or copied it would)
     hashes = np.concatenate(
         [
             np.asarray(p.column("content_hash").to_numpy(), dtype=np.uint64)

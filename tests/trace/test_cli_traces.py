@@ -64,6 +64,34 @@ def test_info_json_shape(cli: Any, tmp_path: Path) -> None:
     assert doc["hosts"][0]["host"] == "web-1"
 
 
+def test_info_leaves_its_objects_out_of_the_exit_collections(
+    cli: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """After ``info``, the interpreter's exit freezes the objects (``gc.freeze`` by
+    ``atexit``) instead of walking numba's loaded code in its last collections: registered
+    once however many times the command runs in the process, never run before the exit."""
+    import atexit
+    import gc
+
+    registered: list[Any] = []  # gc.freeze as atexit holds it; any other: passed on
+    register, unregister = atexit.register, atexit.unregister
+
+    def on_exit(f: Any) -> Any:
+        return registered.append(f) if f is gc.freeze else register(f)
+
+    def not_on_exit(f: Any) -> None:
+        return registered.remove(f) if f in registered else unregister(f)
+
+    monkeypatch.setattr(atexit, "register", on_exit)
+    monkeypatch.setattr(atexit, "unregister", not_on_exit)
+    trace = _trace(tmp_path)
+    for _ in range(2):
+        code, _out, err = cli(["info", trace, "--json"])
+        assert code == 0, err
+    assert registered == [gc.freeze]
+    assert gc.get_freeze_count() == 0
+
+
 def test_info_tables_go_to_stderr(cli: Any, tmp_path: Path) -> None:
     code, out, err = cli(["info", _trace(tmp_path)])
     assert code == 0

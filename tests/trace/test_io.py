@@ -77,6 +77,101 @@ def test_iter_snapshot_pages_batches_across_snapshots(tmp_path: Path) -> None:
     assert info.value.hint == "hosts are: h"
 
 
+def _fed_columns(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The columns of every table the pages check is fed from now on."""
+    from planner.trace import check
+
+    seen: list[list[str]] = []
+    feed = check.PagesCheck.feed
+
+    def spy(self: check.PagesCheck, pages: pa.Table) -> None:
+        seen.append(list(pages.column_names))
+        feed(self, pages)
+
+    monkeypatch.setattr(check.PagesCheck, "feed", spy)
+    return seen
+
+
+def _two_snapshots(out: Path) -> None:
+    w = World(host="h")
+    w.spawn(1)
+    w.map(1, 4096, [1, 2, 3])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    w.write_trace(out)
+
+
+def test_change_counts_all_null_by_the_footer_are_not_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without sampling, the per-page change counts are all null and the footer's
+    statistics say so: a reader that does not ask for them does not decode them (nor
+    check them); one that asks gets them, decoded and checked."""
+    from planner.trace.check import PAGE_CHANGE_COUNTS
+
+    _two_snapshots(tmp_path / "t")
+    seen = _fed_columns(monkeypatch)
+    trace = open_trace(tmp_path / "t")
+    got = list(trace.iter_snapshot_pages("h", ["content_hash"], batch_rows=2))
+    assert [(sid, t.num_rows) for sid, t in got] == [(0, 3), (1, 3)]
+    assert seen
+    assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
+    seen.clear()
+    wanted = list(trace.iter_snapshot_pages("h", ["content_hash", "samples"]))
+    assert [t.column("samples").null_count for _, t in wanted] == [3, 3]
+    assert seen
+    assert all(set(PAGE_CHANGE_COUNTS) <= set(cols) for cols in seen)
+
+
+def test_change_counts_without_statistics_are_decoded_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pages file whose footer has no statistics for the change counts (written before
+    they were kept) proves nothing: its counts are decoded and checked as before."""
+    from planner.trace.check import PAGE_CHANGE_COUNTS
+
+    options = {**S.PARQUET_OPTIONS["pages"], "write_statistics": ["snapshot_id", "pid"]}
+    monkeypatch.setitem(S.PARQUET_OPTIONS, "pages", options)
+    _two_snapshots(tmp_path / "t")
+    seen = _fed_columns(monkeypatch)
+    got = list(open_trace(tmp_path / "t").iter_snapshot_pages("h", ["content_hash"]))
+    assert [t.num_rows for _, t in got] == [3, 3]
+    assert seen
+    assert all(set(PAGE_CHANGE_COUNTS) <= set(cols) for cols in seen)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 1000], ids=["batches-ahead", "one-batch"])
+def test_pages_decoded_while_hashed_come_out_only_if_the_hash_matches(
+    tmp_path: Path, batch_rows: int
+) -> None:
+    """The pages file is decoded and checked while it is hashed; a file that decodes and
+    checks well but does not match its manifest's SHA-256 yields nothing, however many
+    batches were decoded before the hash was known."""
+    import json
+
+    from planner.testing.tamper import manifest, write_manifest
+    from planner.trace.io import _trace_hash
+
+    w = World(host="h")
+    w.spawn(1)
+    w.map(1, 4096, list(range(1, 41)))
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    w.write_trace(tmp_path / "t")
+    good = [t.num_rows for t in open_trace(tmp_path / "t").iter_pages("h", batch_rows=batch_rows)]
+    assert sum(good) == 80
+    doc = manifest(tmp_path / "t")
+    doc["files"]["host=h/pages.parquet"]["sha256"] = "0" * 64  # the file: intact, valid
+    doc["trace_hash"] = _trace_hash(doc["files"])
+    write_manifest(tmp_path / "t", json.loads(json.dumps(doc)))
+    got: list[pa.Table] = []
+    with pytest.raises(TraceFormatError, match="does not match the SHA-256"):
+        got.extend(open_trace(tmp_path / "t").iter_pages("h", batch_rows=batch_rows))
+    assert got == []
+    with pytest.raises(TraceFormatError, match="does not match the SHA-256"):
+        list(open_trace(tmp_path / "t").iter_snapshot_pages("h", ["content_hash"]))
+
+
 def test_read_ahead_keeps_order_raises_and_stops() -> None:
     """The snapshot read-ahead: items in order, the source's exception raised in the
     consumer, and closing early stops the thread and closes the source."""

@@ -238,8 +238,9 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
     """Random snapshots with repeated hashes, shared frames (some with two contents),
     zero pages, unhashed pages and hashed pages without a frame: totals and the
     breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
-    id, and the group-by-group count), with ids small enough for the direct table or not (``big``:
-    hashes and frames from 2**60, the hash table)."""
+    id, and the group-by-group count; kinds, comms and label sets in one pass), with ids
+    small enough for the direct table or not (``big``: hashes and frames from 2**60, the
+    hash table)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -273,7 +274,14 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
     )
     n_comms = 3 if n_pids < 20 else 40 if n_pids < 64 else 70
     comm = {p: f"c{p % n_comms}" for p in pids}
-    procs = pa.table({"pid": pa.array(pids, pa.int32()), "comm": [comm[p] for p in pids]})
+    label = {p: json.dumps({"team": f"t{p % 4}"}) if p % 5 else None for p in pids}
+    procs = pa.table(
+        {
+            "pid": pa.array(pids, pa.int32()),
+            "comm": [comm[p] for p in pids],
+            "labels": pa.array([label[p] for p in pids], pa.string()),
+        }
+    )
     s = snapshot_potential(pages, procs, maps)
     keep = ~unhashed
     frame = np.where(lone, -1 - np.arange(n), f.astype(np.int64))  # a lone page: a new frame
@@ -300,3 +308,10 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
                   g.ideal_saved_frames, g.fork_shared_pages)
         for g in s.by_comm
     } == by_comm  # fmt: skip
+    by_label = _oracle(rows, lambda p, v: f"team=t{p % 4}" if p % 5 else "(no labels)")["groups"]
+    assert {
+        g.group: (g.pages, g.zero_pages, g.frames, g.distinct_hashes, g.naive_saved_pages,
+                  g.ideal_saved_frames, g.fork_shared_pages)
+        for g in s.by_label
+    } == by_label  # fmt: skip
+    assert len(s.by_label) > 1
