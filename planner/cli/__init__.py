@@ -42,9 +42,21 @@ COMMAND_MODULES: dict[str, str] = {
 #: option parsing included: their data are numpy arrays, freed by reference counting, and
 #: the collector's passes over what the libraries create while they load (typer's pydantic
 #: adapters, numba, pyarrow) free nothing: 0.1-0.2 s of CPU of a replay's start-up
-#: (``replay`` keeps it paused while it replays: planner/cli/replay.py). At exit the objects
-#: left are frozen, so that the interpreter's last collection skips them.
-COLLECTOR_PAUSED = frozenset({"replay"})
+#: (``replay`` keeps it paused while it replays: planner/cli/replay.py; ``info`` loads numba's
+#: code, ~0.15 s of repeated full collections). At exit the objects left are frozen, so that
+#: the interpreter's last collections skip them (:func:`_no_collection_at_exit`).
+COLLECTOR_PAUSED = frozenset({"replay", "info"})
+
+
+def _no_collection_at_exit() -> None:
+    """Leave the objects that exist at exit out of the collections Python runs when it exits
+    (``gc.freeze``, run by ``atexit`` before them): after ``replay`` or ``info`` they are
+    mostly the ~140 k objects of numba's loaded code, freed with the process anyway, and
+    walking them took 0.3-1.0 s of the command's wall time (docs/engine.md, "Speed and
+    memory"). Registered once however often a command runs in the process (the tests); it
+    runs only at the exit, so such a process keeps collecting as usual until then."""
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def load_commands(names: Sequence[str] | None = None) -> None:
@@ -69,10 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     was = gc.isenabled()
     if name in COLLECTOR_PAUSED:
         gc.disable()
-        # at exit, the interpreter's last collection would walk every object the command
-        # left (numba's compiled code above all) to free nothing the exit does not: 0.3-0.8 s
-        # of the 4 M-page replay's command line (docs/engine.md, "Speed and memory")
-        atexit.register(gc.freeze)
+        _no_collection_at_exit()
     try:
         load_commands(None if name is None else [name])
         _app.main(argv)

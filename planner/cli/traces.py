@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import gc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,31 +21,6 @@ from planner.cli._output import (
 
 if TYPE_CHECKING:
     from planner.trace.summary import GroupPotential, SnapshotPotential, TraceSummary
-
-
-@contextlib.contextmanager
-def _cycle_collector_paused() -> Iterator[None]:
-    """Python's cycle collector off for the block. ``info`` makes no reference cycles worth
-    collecting, but loading the compiled code (numba) creates enough objects to trigger
-    repeated full collections: ~0.15 s of CPU on these machines."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _no_collection_at_exit() -> None:
-    """Leave the objects that exist now out of the collections Python runs when it exits
-    (``gc.freeze``, run by ``atexit`` before them): after ``info``, they are mostly the
-    ~140 k objects of numba's loaded code, freed with the process anyway, and walking them
-    at exit took 0.4-0.5 s of the command's wall time (measured at load 9, 2 CPUs).
-    Registered once; the interpreter's exit is the only time it runs, so a process that
-    runs ``info`` and goes on (the tests) keeps collecting as usual until then."""
-    atexit.unregister(gc.freeze)
-    atexit.register(gc.freeze)
 
 
 def _pct(part: float, whole: float) -> str:
@@ -279,11 +250,10 @@ def info_cmd(
 
     Example: ksm-planner info fleet.trace --json
     """
-    with progress() as bar, _cycle_collector_paused():
-        from planner.trace.summary import summarize_trace  # (its imports: collector paused)
+    from planner.trace.summary import summarize_trace  # (its imports: collector paused)
 
+    with progress() as bar:
         summary = summarize_trace(trace, progress=bar)
-    _no_collection_at_exit()
     if as_json:
         emit_json({"command": "info", **summary.to_dict()})
         return

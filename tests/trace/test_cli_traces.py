@@ -69,7 +69,8 @@ def test_info_leaves_its_objects_out_of_the_exit_collections(
 ) -> None:
     """After ``info``, the interpreter's exit freezes the objects (``gc.freeze`` by
     ``atexit``) instead of walking numba's loaded code in its last collections: registered
-    once however many times the command runs in the process, never run before the exit."""
+    once however many times the command runs in the process, never run before the exit
+    (planner.cli._no_collection_at_exit, with ``info`` among the COLLECTOR_PAUSED commands)."""
     import atexit
     import gc
 
