@@ -19,6 +19,7 @@ leave the capture).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -69,6 +70,8 @@ DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages per task of the sampler's
 PAGEMAP_GAP_PAGES: Final = 4096
 #: Default threads reading and hashing the windows of one process at once.
 DEFAULT_THREADS: Final = 2
+#: Longest wait for the reading threads to start (:meth:`ProcessReader.start_threads`).
+START_TIMEOUT_S: Final = 10.0
 
 _U64 = np.uint64
 _PFN_MASK = _U64(PM_PFN_MASK)
@@ -352,9 +355,14 @@ class ProcessReader:
                     parts = [self._read_window(pm_fd, mem_fd, pid, *w) for w in windows]
                 else:
                     pool = self._executor()
-                    futures = [
-                        pool.submit(self._read_window, pm_fd, mem_fd, pid, *w) for w in windows
-                    ]
+                    # the largest windows first, so that no thread is left with a big one
+                    # at the end while the others idle; the results stay in address order
+                    order = sorted(range(len(windows)), key=lambda k: -windows[k][1])
+                    by_order = {
+                        k: pool.submit(self._read_window, pm_fd, mem_fd, pid, *windows[k])
+                        for k in order
+                    }
+                    futures = [by_order[k] for k in range(len(windows))]
                     try:
                         meanwhile()
                     finally:
@@ -557,6 +565,27 @@ class ProcessReader:
         if buf is None:
             buf = self._local.buf = np.empty(self.read_piece_pages * PAGE_SIZE_BYTES, np.uint8)
         return buf
+
+    def start_threads(self) -> None:
+        """Start the reading threads now, each with the capture's scheduling.
+
+        A pool starts its threads on first use; during a snapshot a new thread would run
+        as an ordinary thread until its first task (on a busy host, tens of ms late) and
+        would inherit the runtime left in the starting thread's deadline reservation.
+        Started in the warm-up's burst, they are idle and ready when the snapshot begins.
+        """
+        if self.threads <= 1:
+            return
+        pool = self._executor()
+        arrived = threading.Barrier(self.threads)
+
+        def arrive() -> None:  # every task waits for the others: each gets its own thread
+            if self.pacer is not None:
+                self.pacer.apply()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                arrived.wait(timeout=START_TIMEOUT_S)
+
+        wait([pool.submit(arrive) for _ in range(self.threads)])
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
