@@ -33,7 +33,17 @@ import numpy.typing as npt
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
 from planner.capture.facts import memory_cgroup_of, process_facts
-from planner.capture.memread import CHUNK_PAGES, PIECE_PAGES, ReadResult, read_and_hash
+from planner.capture.memread import (
+    CHUNK_PAGES,
+    PIECE_PAGES,
+    WINDOW_GONE,
+    WINDOW_PFNS_HIDDEN,
+    ReadResult,
+    WindowScratch,
+    read_and_hash,
+    read_window,
+    window_in_compiled_code,
+)
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
     PAGE_SIZE_BYTES,
@@ -90,7 +100,9 @@ class Timings:
     """Seconds spent per capture phase (summed over processes and snapshots).
 
     ``read_s`` is the wall time of reading the windows (pagemap, contents and hashes, on the
-    reader's threads); ``pagemap_s`` the pagemap reads within it, summed over threads.
+    reader's threads); ``pagemap_s`` the pagemap reads within it, summed over threads, where
+    they are timed apart (windows read in one compiled call,
+    :func:`~planner.capture.memread.read_window`, count only in ``read_s``).
     """
 
     maps_s: float = 0.0
@@ -172,6 +184,9 @@ class ProcessReader:
     """Gives the reading threads the capture's priority (:mod:`planner.capture.pace`)."""
     cgroup_hierarchy: CgroupHierarchy | None = None
     """Where the memory controller is mounted (for ``processes.memory_cgroup``)."""
+    compiled_windows: bool | None = None
+    """Read each window in one compiled call (:func:`memread.read_window`): ``None`` where
+    it can (see :meth:`_compiled_windows`), ``False`` never (the numpy path)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
@@ -182,6 +197,7 @@ class ProcessReader:
         self._timing_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._bss_cache: dict[tuple[str, int, str], Sequence[V.LoadSegment]] = {}
+        self._compiled: bool | None = None
         self.mem_reads = 0
         """``pread`` calls of ``/proc/<pid>/mem`` made so far."""
 
@@ -396,9 +412,15 @@ class ProcessReader:
         members: list[tuple[int, int, int]],
     ) -> _Window:
         """One window: its pagemap, the contents of its present anonymous pages, and its
-        pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``)."""
+        pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``).
+
+        In one compiled call without the GIL where it can (:func:`memread.read_window`),
+        else with numpy here; the two give the same window.
+        """
         if self.pacer is not None:
             self.pacer.apply()
+        if self._compiled_windows():
+            return self._read_window_compiled(pm_fd, mem_fd, pid, first, count, members)
         t = time.perf_counter()
         pm = self.procfs.read_pagemap(pm_fd, first, count)
         if len(pm) != count:
@@ -452,6 +474,57 @@ class ProcessReader:
             racy=racy,
             zero_pfn_pages=int(np.count_nonzero(zero_pte)),
             reads=read.reads,
+        )
+
+    def _compiled_windows(self) -> bool:
+        """Whether windows are read by :func:`memread.read_window`: where the ``xxhash``
+        library's function is found, and the procfs reads through its own system calls (a
+        procfs that intercepts ``read_pagemap``, ``read_hash_runs`` or ``pread_into``, as
+        the tests' spies do, is read through those methods)."""
+        if self.compiled_windows is False:
+            return False
+        if self._compiled is None:
+            own = all(
+                getattr(type(self.procfs), name) is getattr(ProcFS, name)
+                for name in ("read_pagemap", "read_hash_runs", "pread_into")
+            )
+            self._compiled = own and window_in_compiled_code()
+        return self._compiled
+
+    def _read_window_compiled(
+        self,
+        pm_fd: int,
+        mem_fd: int,
+        pid: int,
+        first: int,
+        count: int,
+        members: list[tuple[int, int, int]],
+    ) -> _Window:
+        scratch: WindowScratch | None = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.pages < count:
+            scratch = WindowScratch(max(count, self.window_pages), self.read_piece_pages)
+            self._local.scratch = scratch
+        got = read_window(
+            pm_fd, mem_fd, first, count, members, self.zero_pfn, self.hasher.secret, scratch
+        )
+        if got.status == WINDOW_GONE:
+            raise ProcessGone(pid)
+        if got.status == WINDOW_PFNS_HIDDEN:
+            raise CapturePermissionError(
+                f"pagemap of pid {pid} shows {got.recorded} present pages but every PFN is 0 "
+                "(PFNs are hidden without CAP_SYS_ADMIN)",
+                hint=PFN_HIDDEN_HINT,
+            )
+        return _Window(
+            vpn=got.vpn,
+            entry=got.entry,
+            owner=got.owner,
+            is_rec=got.is_rec,
+            hashes=got.hashes,
+            read_error=got.read_error,
+            racy=got.racy,
+            zero_pfn_pages=got.zero_pfn_pages,
+            reads=got.reads,
         )
 
     def _bss_segments(

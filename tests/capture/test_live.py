@@ -341,3 +341,40 @@ def test_soft_dirty_probe_on_this_kernel() -> None:
     if not support.available:  # the reference VM: CONFIG_MEM_SOFT_DIRTY is not set
         assert "CONFIG_MEM_SOFT_DIRTY" in support.reason
         assert "\n" not in support.reason
+
+
+def test_compiled_and_numpy_windows_agree_on_a_live_process(tmp_path: Path) -> None:
+    """The same live process read window by window in compiled code and with numpy (two
+    threads, small windows and pieces): the same rows, hashes, flags and frames."""
+    import numpy as np
+
+    from planner.capture.hashing import PageHasher
+    from planner.capture.procfs import ProcFS, probe_own_pfns
+    from planner.capture.snapshot import ProcessReader
+
+    fs = ProcFS(Path("/proc"))
+    zero_pfn = probe_own_pfns(fs)[1]
+    hasher = PageHasher(load_key(tmp_path / "k.key"))
+    with forked_family() as (parent, _child, _addr):
+        caps = []
+        for compiled in (None, False):
+            reader = ProcessReader(
+                fs,
+                hasher,
+                zero_pfn=zero_pfn,
+                window_pages=512,
+                read_piece_pages=7,
+                compiled_windows=compiled,
+            )
+            try:
+                assert reader._compiled_windows() is (compiled is None)
+                caps.append(reader.capture(parent))
+            finally:
+                reader.close()
+    fast, slow = caps
+    assert fast.state == slow.state == "ok"
+    assert fast.pages > 100
+    racy = np.uint16(F.RACY)
+    for name in ("addr", "vma_start", "content_hash", "pfn", "kflags_needed"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+    assert np.array_equal(fast.flags & ~racy, slow.flags & ~racy)
