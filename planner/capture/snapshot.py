@@ -23,7 +23,7 @@ import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -290,31 +290,51 @@ class ProcessReader:
     def _capture_pages(
         self, pc: ProcessCapture, progress: Progress, *, meanwhile: Callable[[], None]
     ) -> None:
-        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them."""
+        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them.
+
+        The mappings come from ``maps``, which costs no page-table walk: the threads start
+        on the anonymous ones (no file behind them: heap, stack, ``bss``, anonymous) at
+        once, while this thread reads ``smaps`` -- a walk of every page table, about a
+        tenth of a microsecond per page -- and then hands them the file mappings whose
+        smaps shows anonymous or swapped pages (in an interpreter most file mappings hold
+        none: their pagemap is not read). A mapping whose smaps flags show it must be
+        skipped (hugetlb, I/O, PFN map) loses whatever was read of it.
+        """
         fs, pid = self.procfs, pc.pid
         t = time.perf_counter()
-        entries = fs.mappings(pid)
-        kept: list[tuple[MapEntry, str]] = []
-        prev: MapEntry | None = None
-        for e in entries:
-            kind = V.classify(e, prev, self._bss_segments(pid, prev))
-            if kind is not None:
-                kept.append((e, kind))
-            prev = e
+        kept = self._kept(pid, fs.maps(pid))
         self.timings.maps_s += time.perf_counter() - t
         if not kept:
             meanwhile()
             return
-        # Mappings smaps shows without any anonymous or swapped page hold nothing to record:
-        # their pagemap is not read (in an interpreter most file mappings are such).
-        spans = [
+        early = [
             (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
-            for i, (e, _kind) in enumerate(kept)
-            if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
+            for i, (e, kind) in enumerate(kept)
+            if kind in ANONYMOUS_KINDS
         ]
-        pc.spans = spans
-        parts = self._read_windows(spans, pid, meanwhile)
+        smaps: dict[tuple[int, int], MapEntry] = {}
+
+        def late() -> list[tuple[int, int, int]]:
+            t = time.perf_counter()
+            smaps.update(((e.start, e.end), e) for e in fs.mappings(pid))
+            self.timings.maps_s += time.perf_counter() - t
+            # Mappings smaps shows without any anonymous or swapped page hold nothing to
+            # record: their pagemap is not read.
+            return [
+                (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
+                for i, (e, kind) in enumerate(kept)
+                if kind not in ANONYMOUS_KINDS
+                and _may_hold_anonymous(smaps.get((e.start, e.end), e))
+            ]
+
+        parts, spans = self._read_windows(early, pid, more=late, meanwhile=meanwhile)
+        # the smaps entry of each mapping where it has one (else the maps line: no fields)
+        kept = [(smaps.get((e.start, e.end), e), kind) for e, kind in kept]
         w = _Window.concat(parts)
+        skip = np.array([_skipped_by_flags(e) for e, _kind in kept], dtype=bool)
+        if skip.any():
+            kept, spans, w = _without(kept, spans, w, skip)
+        pc.spans = spans
         pc.zero_pfn_pages = sum(p.zero_pfn_pages for p in parts)
         present_per_map = np.bincount(w.owner[w.is_rec], minlength=len(kept))
         for i, (e, kind) in enumerate(kept):
@@ -347,39 +367,51 @@ class ProcessReader:
         pc.kflags_needed = needs[w.owner]
         progress.advance(len(w.vpn))
 
+    def _kept(self, pid: int, entries: list[MapEntry]) -> list[tuple[MapEntry, str]]:
+        """The mappings the capture reads, with their kinds (:func:`vma.classify`)."""
+        kept: list[tuple[MapEntry, str]] = []
+        prev: MapEntry | None = None
+        for e in entries:
+            kind = V.classify(e, prev, self._bss_segments(pid, prev))
+            if kind is not None:
+                kept.append((e, kind))
+            prev = e
+        return kept
+
     def _read_windows(
-        self, spans: list[tuple[int, int, int]], pid: int, meanwhile: Callable[[], None]
-    ) -> list[_Window]:
-        """Every window of ``spans`` read by :meth:`_read_window`, on the reader's threads,
-        while this thread runs ``meanwhile``.
+        self,
+        spans: list[tuple[int, int, int]],
+        pid: int,
+        *,
+        more: Callable[[], list[tuple[int, int, int]]],
+        meanwhile: Callable[[], None],
+    ) -> tuple[list[_Window], list[tuple[int, int, int]]]:
+        """Every window of ``spans`` read by :meth:`_read_window` on the reader's threads,
+        while this thread calls ``more`` (whose spans are read next) and ``meanwhile``.
 
         The windows are independent: each thread reads the pagemap of one, the contents of
         its present pages and its pagemap again, so the result is the same in any order
-        and with any number of threads; it is assembled in address order.
+        and with any number of threads; :meth:`_Window.concat` puts it in address order.
+        Returns the windows read and all the spans, in address order.
         """
-        windows = list(_windows(spans, self._window_size(spans)))
-        if not windows:
-            meanwhile()
-            return []
         t = time.perf_counter()
         pm_fd = self.procfs.open_pagemap(pid)
         try:
             mem_fd = self.procfs.open_mem(pid)
             try:
-                if len(windows) == 1 or self.threads <= 1:
+                if self.threads <= 1:
+                    spans = sorted(spans + more())
                     meanwhile()
-                    parts = [self._read_window(pm_fd, mem_fd, pid, *w) for w in windows]
+                    parts = [
+                        self._read_window(pm_fd, mem_fd, pid, *w)
+                        for w in _windows(spans, self._window_size(spans))
+                    ]
                 else:
-                    pool = self._executor()
-                    # the largest windows first, so that no thread is left with a big one
-                    # at the end while the others idle; the results stay in address order
-                    order = sorted(range(len(windows)), key=lambda k: -windows[k][1])
-                    by_order = {
-                        k: pool.submit(self._read_window, pm_fd, mem_fd, pid, *windows[k])
-                        for k in order
-                    }
-                    futures = [by_order[k] for k in range(len(windows))]
+                    futures = self._submit(spans, pm_fd, mem_fd, pid)
                     try:
+                        extra = more()
+                        futures += self._submit(extra, pm_fd, mem_fd, pid)
+                        spans = sorted(spans + extra)
                         meanwhile()
                     finally:
                         wait(futures)  # every thread is done with the descriptors before they close
@@ -390,7 +422,17 @@ class ProcessReader:
             os.close(pm_fd)
         self.timings.read_s += time.perf_counter() - t
         self.mem_reads += sum(p.reads for p in parts)
-        return parts
+        return parts, spans
+
+    def _submit(
+        self, spans: list[tuple[int, int, int]], pm_fd: int, mem_fd: int, pid: int
+    ) -> list[Future[_Window]]:
+        """Hand the windows of ``spans`` to the reader's threads, the largest first (so that
+        no thread is left with a big one at the end while the others idle)."""
+        windows = list(_windows(spans, self._window_size(spans)))
+        pool = self._executor()
+        order = sorted(range(len(windows)), key=lambda k: -windows[k][1])
+        return [pool.submit(self._read_window, pm_fd, mem_fd, pid, *windows[k]) for k in order]
 
     def _window_size(self, spans: list[tuple[int, int, int]]) -> int:
         """Pages per window for this process: at most :attr:`window_pages`, and small enough
@@ -692,13 +734,14 @@ class _Window:
 
     @classmethod
     def concat(cls, parts: list[_Window]) -> _Window:
-        """The windows one after the other."""
+        """The rows of all windows in address order (windows of the anonymous mappings and
+        of the file mappings were read apart and may interleave)."""
 
         def cat(name: str, dtype: type) -> Any:
             arrays = [getattr(p, name) for p in parts]
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
-        return cls(
+        w = cls(
             vpn=cat("vpn", np.int64),
             entry=cat("entry", np.uint64),
             owner=cat("owner", np.intp),
@@ -707,6 +750,58 @@ class _Window:
             read_error=cat("read_error", np.bool_),
             racy=cat("racy", np.bool_),
         )
+        if len(w.vpn) < 2 or bool(np.all(w.vpn[1:] > w.vpn[:-1])):
+            return w
+        return w.take(np.argsort(w.vpn, kind="stable"))
+
+    def take(self, rows: npt.NDArray[np.intp]) -> _Window:
+        """These rows (in this order), with the read results of the recorded ones."""
+        rec_at = np.cumsum(self.is_rec) - 1  # each recorded row's place in ``hashes``
+        rec_rows = rows[self.is_rec[rows]]
+        rec = rec_at[rec_rows]
+        return _Window(
+            vpn=self.vpn[rows],
+            entry=self.entry[rows],
+            owner=self.owner[rows],
+            is_rec=self.is_rec[rows],
+            hashes=self.hashes[rec],
+            read_error=self.read_error[rec],
+            racy=self.racy[rec],
+        )
+
+
+#: Kinds of mappings without a file behind them (read before smaps is, see
+#: :meth:`ProcessReader._capture_pages`).
+ANONYMOUS_KINDS: Final = frozenset({"anon", "anon_named", "bss", "heap", "stack"})
+
+
+def _may_hold_anonymous(e: MapEntry) -> bool:
+    """False when smaps shows no anonymous and no swapped page in this mapping."""
+    return not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
+
+
+def _skipped_by_flags(e: MapEntry) -> bool:
+    """Whether smaps' VmFlags put this mapping among those never captured
+    (:data:`vma.SKIP_VM_FLAGS`: hugetlb, I/O, PFN map); ``maps`` does not show them."""
+    flags = e.vm_flags
+    return flags is not None and bool(flags & V.SKIP_VM_FLAGS)
+
+
+def _without(
+    kept: list[tuple[MapEntry, str]],
+    spans: list[tuple[int, int, int]],
+    w: _Window,
+    skip: npt.NDArray[np.bool_],
+) -> tuple[list[tuple[MapEntry, str]], list[tuple[int, int, int]], _Window]:
+    """``kept``, ``spans`` and the rows of ``w`` without the mappings marked in ``skip``
+    (mapping indexes renumbered)."""
+    renumber = np.cumsum(~skip) - 1
+    rows = np.flatnonzero(~skip[w.owner])
+    w = w.take(rows)
+    w.owner = renumber[w.owner].astype(np.intp)
+    kept = [k for k, s in zip(kept, skip.tolist(), strict=True) if not s]
+    spans = [(int(renumber[i]), lo, hi) for i, lo, hi in spans if not skip[i]]
+    return kept, spans, w
 
 
 def needs_frame_flags(e: MapEntry) -> bool:
@@ -715,7 +810,7 @@ def needs_frame_flags(e: MapEntry) -> bool:
     smaps says so per mapping: ``KSM:`` counts its KSM pages, ``AnonHugePages:`` its
     transparent huge pages, and only a THP-eligible mapping can map the huge zero page. A
     mapping with ``KSM: 0 kB``, ``AnonHugePages: 0 kB`` and ``THPeligible: 0`` had none of
-    them when smaps was read, just before its pagemap: its frames need no ``kpageflags``
+    them when smaps was read, about when its pagemap was: its frames need no ``kpageflags``
     lookup (docs/capture.md §4.12). Without smaps every frame is looked up.
     """
     thp = e.smaps_value("THPeligible")

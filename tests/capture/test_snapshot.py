@@ -445,6 +445,7 @@ def test_compiled_windows_give_what_the_numpy_path_gives(
                 reader.close()
     reference = runs[(False, 8, 64, 1)]
     assert reference.state == "ok"
+    assert bool(np.all(np.diff(reference.addr.astype(np.int64)) > 0))  # in address order
     rows = dict(
         zip((reference.addr // PAGE - BASE // PAGE).tolist(), range(reference.pages), strict=True)
     )
@@ -492,3 +493,32 @@ def test_compiled_window_reports_hidden_pfns_and_a_gone_process(
     finally:
         os.close(fd)
     assert got.status == WINDOW_GONE
+
+
+def test_a_mapping_smaps_flags_as_hugetlb_io_or_pfnmap_is_dropped(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    """Anonymous mappings are read from ``maps`` before smaps is: one that smaps then shows
+    as a PFN map loses its rows, and the others keep theirs (renumbered), whatever the
+    number of threads; a file mapping between two anonymous ones comes in address order."""
+    p = fake_proc.process(142)
+    p.map(BASE, 4)
+    p.map(BASE + 4 * PAGE, 2, smaps={"VmFlags": "rd wr io pf"})
+    p.map(BASE + 6 * PAGE, 2, "rw-p", "/usr/lib/libx.so")
+    p.map(BASE + 8 * PAGE, 4, "rw-p", "[heap]")
+    for i in (0, 1, 4, 5, 7, 8, 11):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(500 + i), pfn=8000 + i)
+    fake_proc.write()
+    for threads in (1, 2):
+        reader = _reader(fake_proc.procfs(), capture_key, threads=threads, window_pages=16)
+        try:
+            pc = reader.capture(142)
+        finally:
+            reader.close()
+        assert (pc.addr // PAGE - BASE // PAGE).tolist() == [0, 1, 7, 8, 11]
+        assert [m["kind"] for m in pc.mappings] == ["anon", "file_data", "heap"]
+        assert [m["present_pages"] for m in pc.mappings] == [2, 1, 2]
+        assert (pc.vma_start - BASE).tolist() == [0, 0, 6 * PAGE, 8 * PAGE, 8 * PAGE]
+        assert [lo - BASE // PAGE for _i, lo, _hi in pc.spans] == [0, 6, 8]
+        assert [i for i, _lo, _hi in pc.spans] == [0, 1, 2]
+        assert int(pc.content_hash[2]) == _h(capture_key, fake_proc.unique_page(507))
