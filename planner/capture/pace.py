@@ -112,9 +112,12 @@ class Pacer:
     throttled_s: float = 0.0
     """Seconds slept because the budget was spent."""
     burst_nice: int | None = None
-    """The nice value bursts actually ran at (``None`` before the first burst)."""
+    """The nice value bursts actually ran at (``None`` before the first burst): the last
+    ``fresh`` burst's (a snapshot's), else the first one's."""
     burst_policy: str | None = None
-    """``deadline`` when snapshots ran under a SCHED_DEADLINE reservation, else ``nice``."""
+    """``deadline`` when snapshots ran under a SCHED_DEADLINE reservation, else ``nice`` (the
+    last ``fresh`` burst's, else the first one's: a write that follows a snapshot at once may
+    be refused a reservation and run at the starting nice value)."""
     _tokens: float = field(default=0.0, init=False, repr=False)
     _last_wall: float = field(default=0.0, init=False, repr=False)
     _last_cpu: float = field(default=0.0, init=False, repr=False)
@@ -203,10 +206,12 @@ class Pacer:
                 deadline = self.burst_share is not None
                 self._set(nice=self._base_nice, idle=False, deadline=deadline)
                 on_deadline = os.sched_getscheduler(0) & ~0x40000000 == SCHED_DEADLINE
-                self.burst_policy = "deadline" if on_deadline else "nice"
+                policy = "deadline" if on_deadline else "nice"
             else:
-                self.burst_policy = "nice"
-            self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # +10 without CAP_SYS_NICE
+                policy = "nice"
+            if fresh or self.burst_policy is None:  # what snapshots ran under, not the writes
+                self.burst_policy = policy
+                self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # +10 without CAP_SYS_NICE
         self._depth += 1
         try:
             yield
