@@ -312,33 +312,40 @@ class ProcessReader:
             for i, (e, kind) in enumerate(kept)
             if kind in ANONYMOUS_KINDS
         ]
-        smaps: dict[tuple[int, int], MapEntry] = {}
+        rows: list[dict[str, Any]] = []
+        needs: list[bool] = []
 
         def late() -> list[tuple[int, int, int]]:
+            """smaps, what follows from it for each mapping, and the file mappings to read."""
+            nonlocal kept
             t = time.perf_counter()
-            smaps.update(((e.start, e.end), e) for e in fs.mappings(pid))
+            smaps = {(e.start, e.end): e for e in fs.mappings(pid)}
+            # the smaps entry of each mapping where it has one (else the maps line: no fields)
+            kept = [(smaps.get((e.start, e.end), e), kind) for e, kind in kept]
+            rows.extend(_mapping_row(e, kind, 0) for e, kind in kept)
+            needs.extend(needs_frame_flags(e) for e, _kind in kept)
             self.timings.maps_s += time.perf_counter() - t
             # Mappings smaps shows without any anonymous or swapped page hold nothing to
             # record: their pagemap is not read.
             return [
                 (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
                 for i, (e, kind) in enumerate(kept)
-                if kind not in ANONYMOUS_KINDS
-                and _may_hold_anonymous(smaps.get((e.start, e.end), e))
+                if kind not in ANONYMOUS_KINDS and _may_hold_anonymous(e)
             ]
 
         parts, spans = self._read_windows(early, pid, more=late, meanwhile=meanwhile)
-        # the smaps entry of each mapping where it has one (else the maps line: no fields)
-        kept = [(smaps.get((e.start, e.end), e), kind) for e, kind in kept]
         w = _Window.concat(parts)
         skip = np.array([_skipped_by_flags(e) for e, _kind in kept], dtype=bool)
         if skip.any():
+            rows = [r for r, s in zip(rows, skip.tolist(), strict=True) if not s]
+            needs = [n for n, s in zip(needs, skip.tolist(), strict=True) if not s]
             kept, spans, w = _without(kept, spans, w, skip)
         pc.spans = spans
         pc.zero_pfn_pages = sum(p.zero_pfn_pages for p in parts)
         present_per_map = np.bincount(w.owner[w.is_rec], minlength=len(kept))
-        for i, (e, kind) in enumerate(kept):
-            pc.mappings.append(_mapping_row(e, kind, int(present_per_map[i])))
+        for row, present in zip(rows, present_per_map.tolist(), strict=True):
+            row["present_pages"] = present
+        pc.mappings = rows
         if not len(w.vpn):
             return
         entry, is_rec = w.entry, w.is_rec
@@ -363,8 +370,7 @@ class ProcessReader:
         pc.content_hash = page_hash
         pc.pfn = np.where(is_rec, entry & _PFN_MASK, _U64(0))
         pc.flags = flags
-        needs = np.array([needs_frame_flags(e) for e, _kind in kept], dtype=bool)
-        pc.kflags_needed = needs[w.owner]
+        pc.kflags_needed = np.array(needs, dtype=bool)[w.owner]
         progress.advance(len(w.vpn))
 
     def _kept(self, pid: int, entries: list[MapEntry]) -> list[tuple[MapEntry, str]]:
