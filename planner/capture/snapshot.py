@@ -330,7 +330,9 @@ class ProcessReader:
             return [
                 (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
                 for i, (e, kind) in enumerate(kept)
-                if kind not in ANONYMOUS_KINDS and _may_hold_anonymous(e)
+                if kind not in ANONYMOUS_KINDS
+                and not _skipped_by_flags(e)
+                and _may_hold_anonymous(e)
             ]
 
         parts, spans = self._read_windows(early, pid, more=late, meanwhile=meanwhile)

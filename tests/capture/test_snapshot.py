@@ -500,21 +500,26 @@ def test_a_mapping_smaps_flags_as_hugetlb_io_or_pfnmap_is_dropped(
 ) -> None:
     """Anonymous mappings are read from ``maps`` before smaps is: one that smaps then shows
     as a PFN map loses its rows, and the others keep theirs (renumbered), whatever the
-    number of threads; a file mapping between two anonymous ones comes in address order."""
+    number of threads and on either path; a file mapping between two anonymous ones comes in
+    address order; a hugetlb mapping (it shows a file) is never read."""
     p = fake_proc.process(142)
     p.map(BASE, 4)
     p.map(BASE + 4 * PAGE, 2, smaps={"VmFlags": "rd wr io pf"})
     p.map(BASE + 6 * PAGE, 2, "rw-p", "/usr/lib/libx.so")
     p.map(BASE + 8 * PAGE, 4, "rw-p", "[heap]")
-    for i in (0, 1, 4, 5, 7, 8, 11):
+    # hugetlb memory shows a file: skipped as soon as smaps is read, before any of it is read
+    p.map(BASE + 12 * PAGE, 2, "rw-p", "/anon_hugepage (deleted)", smaps={"VmFlags": "rd wr ht"})
+    for i in (0, 1, 4, 5, 7, 8, 11, 12):
         p.page(BASE + i * PAGE, fake_proc.unique_page(500 + i), pfn=8000 + i)
     fake_proc.write()
-    for threads in (1, 2):
-        reader = _reader(fake_proc.procfs(), capture_key, threads=threads, window_pages=16)
+    for threads, fs in ((1, fake_proc.procfs()), (2, fake_proc.procfs()), (2, SpyProcFS(p.root))):
+        reader = _reader(fs, capture_key, threads=threads, window_pages=16)
         try:
             pc = reader.capture(142)
         finally:
             reader.close()
+        if isinstance(fs, SpyProcFS):
+            assert all(offset < BASE + 12 * PAGE for offset, _size in fs.mem_reads)
         assert (pc.addr // PAGE - BASE // PAGE).tolist() == [0, 1, 7, 8, 11]
         assert [m["kind"] for m in pc.mappings] == ["anon", "file_data", "heap"]
         assert [m["present_pages"] for m in pc.mappings] == [2, 1, 2]
