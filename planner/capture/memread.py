@@ -116,6 +116,122 @@ def _pread_loop(
     return len(local)
 
 
+def _window_library(
+    pread: Any,
+    xxh: Any,
+    pm_fd: int,
+    mem_fd: int,
+    first: int,
+    count: int,
+    lo: Any,
+    hi: Any,
+    index: Any,
+    zero_pfn: Any,
+    seed: Any,
+    piece_pages: int,
+    max_vpn: int,
+    pm: Any,
+    pm_at: int,
+    again: Any,
+    again_at: int,
+    buf: int,
+    rec_vpn: Any,
+    vpn_out: Any,
+    entry_out: Any,
+    owner_out: Any,
+    rec_out: Any,
+    hash_out: Any,
+    error_out: Any,
+    racy_out: Any,
+    stats: Any,
+) -> int:  # pragma: no cover - compiled
+    """One pagemap window of a process, read and hashed without leaving compiled code.
+
+    The same steps as :meth:`planner.capture.snapshot.ProcessReader._read_window` does with
+    numpy, in one pass: the window's pagemap (``count`` entries from page ``first``) into
+    ``pm``; the live pages of each member span ``lo[m] .. hi[m]`` (mapping ``index[m]``) as
+    rows -- present anonymous pages other than the zero page are *recorded*, swapped
+    anonymous pages kept without content; runs of consecutive recorded pages read in pieces
+    of at most ``piece_pages`` (one ``pread`` each, a short one again page by page, a page
+    that still fails flagged) and hashed with the library's function while in the cache;
+    then the pagemap again into ``again`` and the recorded pages whose PFN or present bit
+    changed flagged racy. ``stats`` receives rows, recorded pages, zero-page PTEs and
+    ``pread`` calls. Returns 0, 1 when a pagemap read came back short (the process is
+    gone), 2 when every recorded page has PFN 0 (PFNs hidden).
+    """
+    present_bit = np.uint64(1) << np.uint64(63)
+    swap_bit = np.uint64(1) << np.uint64(62)
+    file_bit = np.uint64(1) << np.uint64(61)
+    pfn_mask = (np.uint64(1) << np.uint64(55)) - np.uint64(1)
+    live_bits = present_bit | swap_bit
+    identity = pfn_mask | present_bit
+    zero = np.uint64(0)
+    if pread(pm_fd, pm_at, count * 8, first * 8) != count * 8:
+        return 1
+    rows = 0
+    nrec = 0
+    zeros = 0
+    any_pfn = False
+    for m in range(len(lo)):
+        for p in range(lo[m], hi[m]):
+            e = pm[p - first]
+            if (e & live_bits) == zero or (e & file_bit) != zero:
+                continue
+            if (e & present_bit) != zero:
+                pfn = e & pfn_mask
+                if pfn == zero_pfn:
+                    zeros += 1
+                    continue
+                if pfn != zero:
+                    any_pfn = True
+                rec_out[rows] = True
+                rec_vpn[nrec] = p
+                nrec += 1
+            else:
+                rec_out[rows] = False
+            vpn_out[rows] = p
+            entry_out[rows] = e
+            owner_out[rows] = index[m]
+            rows += 1
+    stats[0] = rows
+    stats[1] = nrec
+    stats[2] = zeros
+    stats[3] = 0
+    if nrec == 0:
+        return 0
+    if not any_pfn:
+        return 2
+    reads = 0
+    i = 0
+    while i < nrec:
+        start = rec_vpn[i]
+        j = i + 1
+        while j < nrec and j - i < piece_pages and rec_vpn[j] == rec_vpn[j - 1] + 1:
+            j += 1
+        n = j - i
+        reads += 1
+        whole = start <= max_vpn - n and pread(mem_fd, buf, n * 4096, start * 4096) == n * 4096
+        if whole:
+            for k in range(n):
+                hash_out[i + k] = xxh(buf + k * 4096, 4096, seed)
+                error_out[i + k] = False
+        else:  # short: the pages one by one
+            for k in range(n):
+                v = rec_vpn[i + k]
+                reads += 1
+                good = v <= max_vpn - 1 and pread(mem_fd, buf, 4096, v * 4096) == 4096
+                hash_out[i + k] = xxh(buf, 4096, seed) if good else zero
+                error_out[i + k] = not good
+        i = j
+    stats[3] = reads
+    if pread(pm_fd, again_at, count * 8, first * 8) != count * 8:
+        return 1
+    for k in range(nrec):
+        at = rec_vpn[k] - first
+        racy_out[k] = ((again[at] ^ pm[at]) & identity) != zero
+    return 0
+
+
 def _own_hash(*args: Any) -> None:  # pragma: no cover - replaced by the compiled kernel
     raise NotImplementedError
 
@@ -130,6 +246,8 @@ def _loop(name: str) -> Callable[..., int]:
             options: dict[str, Any] = {"nogil": True}
             if name == "plain":
                 _LOOPS[name] = cast("Callable[..., int]", njit_cached(_pread_loop, **options))
+            elif name == "window":
+                _LOOPS[name] = cast("Callable[..., int]", njit_cached(_window_library, **options))
             elif name == "own":  # the kernel must be compiled before the loop that calls it
                 globals()["_own_hash"] = xxh3.compiled_kernel()
                 _LOOPS[name] = cast("Callable[..., int]", njit_cached(_pread_hash_own, **options))
@@ -240,6 +358,133 @@ def pread_hash(
     )
 
 
+#: :func:`read_window`'s results besides ``ok``: the process is gone, its PFNs are hidden.
+WINDOW_GONE: Final = 1
+WINDOW_PFNS_HIDDEN: Final = 2
+_MAX_VPN: Final = MAX_FILE_OFFSET // PAGE_SIZE_BYTES
+_NO_PFN: Final = (1 << 55) - 1  # no frame has this PFN (when the zero page is unknown)
+
+
+class WindowScratch:
+    """One thread's reused buffers for :func:`read_window` (windows up to ``pages``)."""
+
+    def __init__(self, pages: int, piece_pages: int) -> None:
+        self.pages = pages
+        self.piece_pages = piece_pages
+        self.buf = np.empty(piece_pages * PAGE_SIZE_BYTES, np.uint8)
+        self.pm = np.empty(pages, np.uint64)
+        self.again = np.empty(pages, np.uint64)
+        self.rec_vpn = np.empty(pages, np.int64)
+        self.vpn = np.empty(pages, np.int64)
+        self.entry = np.empty(pages, np.uint64)
+        self.owner = np.empty(pages, np.intp)
+        self.rec = np.empty(pages, np.bool_)
+        self.hashes = np.empty(pages, np.uint64)
+        self.error = np.empty(pages, np.bool_)
+        self.racy = np.empty(pages, np.bool_)
+        self.stats = np.zeros(4, np.int64)
+
+
+@dataclass
+class WindowRead:
+    """What :func:`read_window` found in one window (arrays are the caller's own)."""
+
+    status: int
+    """0, :data:`WINDOW_GONE` or :data:`WINDOW_PFNS_HIDDEN`."""
+    vpn: npt.NDArray[np.int64]
+    """Rows: present anonymous pages other than the zero page, and swapped anonymous pages."""
+    entry: npt.NDArray[np.uint64]
+    owner: npt.NDArray[np.intp]
+    is_rec: npt.NDArray[np.bool_]
+    hashes: npt.NDArray[np.uint64]
+    """One per recorded row, as are ``read_error`` and ``racy``."""
+    read_error: npt.NDArray[np.bool_]
+    racy: npt.NDArray[np.bool_]
+    recorded: int
+    zero_pfn_pages: int
+    reads: int
+
+
+def window_in_compiled_code() -> bool:
+    """Whether :func:`read_window` can run here (it hashes with the ``xxhash`` library's
+    function; without it the capture reads windows with numpy and the module's own hash)."""
+    return xxh3.library_xxh3() is not None
+
+
+def read_window(
+    pm_fd: int,
+    mem_fd: int,
+    first: int,
+    count: int,
+    members: list[tuple[int, int, int]],
+    zero_pfn: int | None,
+    secret: PageSecret,
+    scratch: WindowScratch,
+) -> WindowRead:
+    """Read one pagemap window and the contents of its recorded pages in one compiled call
+    that holds no GIL (:func:`_window_library`).
+
+    ``members`` are ``(mapping index, first page, end page)`` spans inside the window. The
+    result is the same as the numpy path's of :mod:`planner.capture.snapshot` (tested);
+    here a reader thread never needs the GIL between its system calls, so a reader
+    throttled by its deadline reservation cannot stop the others.
+    """
+    if count > scratch.pages:
+        raise ValueError(f"a window of {count} pages does not fit the scratch buffers")
+    if not members:
+        raise ValueError("a window without member spans")
+    fn = xxh3.library_xxh3()
+    if fn is None:
+        raise RuntimeError("the xxhash library's XXH3_64bits_withSeed is not available")
+    span = np.array(members, dtype=_I64).reshape(-1, 3)
+    sc = scratch
+    status = int(
+        _loop("window")(
+            _libc_pread(),
+            fn,
+            pm_fd,
+            mem_fd,
+            first,
+            count,
+            span[:, 1],
+            span[:, 2],
+            span[:, 0],
+            np.uint64(zero_pfn if zero_pfn else _NO_PFN),
+            np.uint64(secret.seed),
+            sc.piece_pages,
+            _MAX_VPN,
+            sc.pm,
+            sc.pm.ctypes.data,
+            sc.again,
+            sc.again.ctypes.data,
+            sc.buf.ctypes.data,
+            sc.rec_vpn,
+            sc.vpn,
+            sc.entry,
+            sc.owner,
+            sc.rec,
+            sc.hashes,
+            sc.error,
+            sc.racy,
+            sc.stats,
+        )
+    )
+    rows, nrec, zeros, reads = (int(x) for x in sc.stats)
+    return WindowRead(
+        status=status,
+        vpn=sc.vpn[:rows].copy(),
+        entry=sc.entry[:rows].copy(),
+        owner=sc.owner[:rows].copy(),
+        is_rec=sc.rec[:rows].copy(),
+        hashes=sc.hashes[:nrec].copy(),
+        read_error=sc.error[:nrec].copy(),
+        racy=sc.racy[:nrec].copy(),
+        recorded=nrec,
+        zero_pfn_pages=zeros,
+        reads=reads,
+    )
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) the read loop before a timed snapshot."""
     r, w = os.pipe()
@@ -255,6 +500,8 @@ def warm_up() -> None:
         pread_hash(r, buf, zero, page, zero, secret, out, library=False)
         if xxh3.library_xxh3() is not None:
             pread_hash(r, buf, zero, page, zero, secret, out)
+            # a pipe as pagemap: the read is short, nothing else is read
+            read_window(r, r, 0, 1, [(0, 0, 1)], None, secret, WindowScratch(1, 1))
     finally:
         os.close(r)
         os.close(w)
@@ -354,10 +601,16 @@ def read_and_hash(
 __all__ = [
     "CHUNK_PAGES",
     "PIECE_PAGES",
+    "WINDOW_GONE",
+    "WINDOW_PFNS_HIDDEN",
     "ReadResult",
+    "WindowRead",
+    "WindowScratch",
     "pieces",
     "pread_hash",
     "pread_runs",
     "read_and_hash",
+    "read_window",
     "segments",
+    "window_in_compiled_code",
 ]

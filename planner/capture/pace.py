@@ -112,9 +112,12 @@ class Pacer:
     throttled_s: float = 0.0
     """Seconds slept because the budget was spent."""
     burst_nice: int | None = None
-    """The nice value bursts actually ran at (``None`` before the first burst)."""
+    """The nice value bursts actually ran at (``None`` before the first burst): the last
+    ``fresh`` burst's (a snapshot's), else the first one's."""
     burst_policy: str | None = None
-    """``deadline`` when snapshots ran under a SCHED_DEADLINE reservation, else ``nice``."""
+    """``deadline`` when snapshots ran under a SCHED_DEADLINE reservation, else ``nice`` (the
+    last ``fresh`` burst's, else the first one's: a write that follows a snapshot at once may
+    be refused a reservation and run at the starting nice value)."""
     _tokens: float = field(default=0.0, init=False, repr=False)
     _last_wall: float = field(default=0.0, init=False, repr=False)
     _last_cpu: float = field(default=0.0, init=False, repr=False)
@@ -126,6 +129,8 @@ class Pacer:
     _depth: int = field(default=0, init=False, repr=False)
     _low: int | None = field(default=None, init=False, repr=False)
     _generation: int = field(default=0, init=False, repr=False)
+    _deadline_ended: float | None = field(default=None, init=False, repr=False)
+    """``time.monotonic()`` when the last burst under a deadline reservation ended."""
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     # ------------------------------------------------------------------ priority
@@ -173,7 +178,7 @@ class Pacer:
                 os.setpriority(os.PRIO_PROCESS, 0, self._nice)
 
     @contextlib.contextmanager
-    def burst(self) -> Iterator[None]:
+    def burst(self, *, fresh: bool = False) -> Iterator[None]:
         """Run a snapshot as a burst (``low`` only): a deadline reservation, else the
         starting nice value; then return to nice +10.
 
@@ -183,24 +188,48 @@ class Pacer:
         passes without using their reservation -- because a reservation given up is
         returned to the kernel only at its deadline, and taking it again every 100 ms
         would be refused.
+
+        ``fresh``: start only once every reservation of an earlier burst has reached its
+        deadline (waiting up to one period, :data:`BURST_PERIOD_NS`), so that each thread
+        begins with its whole runtime. The kernel keeps a thread's runtime and deadline
+        when it leaves ``SCHED_DEADLINE`` and gives them back if it returns before that
+        deadline (a thread started meanwhile inherits them too): a snapshot begun right
+        after the warm-up's burst would start with what the warm-up left, and a thread
+        throttled while it holds the GIL stops every other reader with it
+        (docs/capture.md §5.3).
         """
         if self._depth == 0:
+            if fresh:
+                self._wait_for_fresh_reservations()
             self._low = self._nice
             if self.priority == "low":
                 deadline = self.burst_share is not None
                 self._set(nice=self._base_nice, idle=False, deadline=deadline)
                 on_deadline = os.sched_getscheduler(0) & ~0x40000000 == SCHED_DEADLINE
-                self.burst_policy = "deadline" if on_deadline else "nice"
+                policy = "deadline" if on_deadline else "nice"
             else:
-                self.burst_policy = "nice"
-            self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # +10 without CAP_SYS_NICE
+                policy = "nice"
+            if fresh or self.burst_policy is None:  # what snapshots ran under, not the writes
+                self.burst_policy = policy
+                self.burst_nice = os.getpriority(os.PRIO_PROCESS, 0)  # +10 without CAP_SYS_NICE
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
             if self._depth == 0 and self.priority == "low":
+                if self.burst_policy == "deadline":
+                    self._deadline_ended = time.monotonic()
                 self._set(nice=self._low, idle=False)
+
+    def _wait_for_fresh_reservations(self) -> None:
+        """Sleep until one period has passed since the last deadline burst ended (real
+        time: the kernel's clock, not :attr:`clock`, which tests replace)."""
+        if self._deadline_ended is None:
+            return
+        wait_s = self._deadline_ended + BURST_PERIOD_NS / 1e9 - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
 
     @contextlib.contextmanager
     def later_burst(self) -> Iterator[Callable[[], None]]:

@@ -451,6 +451,10 @@ class ProcFS:
         """
         return int(self._read_text(pid, "schedstat").split()[0])
 
+    def maps(self, pid: int) -> list[MapEntry]:
+        """The mappings of ``pid`` from ``maps``: no smaps fields, but no page-table walk."""
+        return parse_maps(self._read_text(pid, "maps"))
+
     def mappings(self, pid: int) -> list[MapEntry]:
         """The mappings of ``pid`` with smaps fields (from ``maps`` if smaps is unreadable)."""
         try:

@@ -508,9 +508,10 @@ def capture(
             hw = writer.host(host.host)
             with pacer.burst():  # at nice +10 a busy host could starve even this
                 warm_up()
+                session.reader.start_threads()  # not while the first snapshot is timed
             pacer.reset()
             if sampler is not None:  # one burst for the whole sampled capture (see burst())
-                stack.enter_context(pacer.burst())
+                stack.enter_context(pacer.burst(fresh=True))
             t_start = pacer.clock()
             session.take_all(first_targets, targets, kpage, hw, pacer, sampler, progress)
             if not session.seen:
@@ -754,7 +755,8 @@ class _Session:
                 current = targets.resolve()
             else:
                 current = dict(first_targets)
-            with pacer.burst():  # the tables too: at nice +10 they could delay the next one
+            # the tables too: at nice +10 they could delay the next one
+            with pacer.burst(fresh=True):
                 taken = self.snapshot(i, current, targets, kpage, progress)
                 if pending is not None:  # its interval ended as this snapshot began
                     self.write(

@@ -19,10 +19,11 @@ leave the capture).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +33,17 @@ import numpy.typing as npt
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture import vma as V
 from planner.capture.facts import memory_cgroup_of, process_facts
-from planner.capture.memread import CHUNK_PAGES, PIECE_PAGES, ReadResult, read_and_hash
+from planner.capture.memread import (
+    CHUNK_PAGES,
+    PIECE_PAGES,
+    WINDOW_GONE,
+    WINDOW_PFNS_HIDDEN,
+    ReadResult,
+    WindowScratch,
+    read_and_hash,
+    read_window,
+    window_in_compiled_code,
+)
 from planner.capture.procfs import (
     ADDR_NO_RANDOMIZE,
     PAGE_SIZE_BYTES,
@@ -69,6 +80,8 @@ DEFAULT_READ_CHUNK_PAGES: Final = CHUNK_PAGES  # pages per task of the sampler's
 PAGEMAP_GAP_PAGES: Final = 4096
 #: Default threads reading and hashing the windows of one process at once.
 DEFAULT_THREADS: Final = 2
+#: Longest wait for the reading threads to start (:meth:`ProcessReader.start_threads`).
+START_TIMEOUT_S: Final = 10.0
 
 _U64 = np.uint64
 _PFN_MASK = _U64(PM_PFN_MASK)
@@ -87,7 +100,9 @@ class Timings:
     """Seconds spent per capture phase (summed over processes and snapshots).
 
     ``read_s`` is the wall time of reading the windows (pagemap, contents and hashes, on the
-    reader's threads); ``pagemap_s`` the pagemap reads within it, summed over threads.
+    reader's threads); ``pagemap_s`` the pagemap reads within it, summed over threads, where
+    they are timed apart (windows read in one compiled call,
+    :func:`~planner.capture.memread.read_window`, count only in ``read_s``).
     """
 
     maps_s: float = 0.0
@@ -169,6 +184,9 @@ class ProcessReader:
     """Gives the reading threads the capture's priority (:mod:`planner.capture.pace`)."""
     cgroup_hierarchy: CgroupHierarchy | None = None
     """Where the memory controller is mounted (for ``processes.memory_cgroup``)."""
+    compiled_windows: bool | None = None
+    """Read each window in one compiled call (:func:`memread.read_window`): ``None`` where
+    it can (see :meth:`_compiled_windows`), ``False`` never (the numpy path)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.read_chunk_pages <= CHUNK_PAGES:
@@ -179,6 +197,7 @@ class ProcessReader:
         self._timing_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._bss_cache: dict[tuple[str, int, str], Sequence[V.LoadSegment]] = {}
+        self._compiled: bool | None = None
         self.mem_reads = 0
         """``pread`` calls of ``/proc/<pid>/mem`` made so far."""
 
@@ -271,35 +290,64 @@ class ProcessReader:
     def _capture_pages(
         self, pc: ProcessCapture, progress: Progress, *, meanwhile: Callable[[], None]
     ) -> None:
-        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them."""
+        """Read the pages of ``pc``; ``meanwhile`` runs while the threads read them.
+
+        The mappings come from ``maps``, which costs no page-table walk: the threads start
+        on the anonymous ones (no file behind them: heap, stack, ``bss``, anonymous) at
+        once, while this thread reads ``smaps`` -- a walk of every page table, about a
+        tenth of a microsecond per page -- and then hands them the file mappings whose
+        smaps shows anonymous or swapped pages (in an interpreter most file mappings hold
+        none: their pagemap is not read). A mapping whose smaps flags show it must be
+        skipped (hugetlb, I/O, PFN map) loses whatever was read of it.
+        """
         fs, pid = self.procfs, pc.pid
         t = time.perf_counter()
-        entries = fs.mappings(pid)
-        kept: list[tuple[MapEntry, str]] = []
-        prev: MapEntry | None = None
-        for e in entries:
-            kind = V.classify(e, prev, self._bss_segments(pid, prev))
-            if kind is not None:
-                kept.append((e, kind))
-            prev = e
+        kept = self._kept(pid, fs.maps(pid))
         self.timings.maps_s += time.perf_counter() - t
         if not kept:
             meanwhile()
             return
-        # Mappings smaps shows without any anonymous or swapped page hold nothing to record:
-        # their pagemap is not read (in an interpreter most file mappings are such).
-        spans = [
+        early = [
             (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
-            for i, (e, _kind) in enumerate(kept)
-            if not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
+            for i, (e, kind) in enumerate(kept)
+            if kind in ANONYMOUS_KINDS
         ]
-        pc.spans = spans
-        parts = self._read_windows(spans, pid, meanwhile)
+        rows: list[dict[str, Any]] = []
+        needs: list[bool] = []
+
+        def late() -> list[tuple[int, int, int]]:
+            """smaps, what follows from it for each mapping, and the file mappings to read."""
+            nonlocal kept
+            t = time.perf_counter()
+            smaps = {(e.start, e.end): e for e in fs.mappings(pid)}
+            # the smaps entry of each mapping where it has one (else the maps line: no fields)
+            kept = [(smaps.get((e.start, e.end), e), kind) for e, kind in kept]
+            rows.extend(_mapping_row(e, kind, 0) for e, kind in kept)
+            needs.extend(needs_frame_flags(e) for e, _kind in kept)
+            self.timings.maps_s += time.perf_counter() - t
+            # Mappings smaps shows without any anonymous or swapped page hold nothing to
+            # record: their pagemap is not read.
+            return [
+                (i, e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES)
+                for i, (e, kind) in enumerate(kept)
+                if kind not in ANONYMOUS_KINDS
+                and not _skipped_by_flags(e)
+                and _may_hold_anonymous(e)
+            ]
+
+        parts, spans = self._read_windows(early, pid, more=late, meanwhile=meanwhile)
         w = _Window.concat(parts)
+        skip = np.array([_skipped_by_flags(e) for e, _kind in kept], dtype=bool)
+        if skip.any():
+            rows = [r for r, s in zip(rows, skip.tolist(), strict=True) if not s]
+            needs = [n for n, s in zip(needs, skip.tolist(), strict=True) if not s]
+            kept, spans, w = _without(kept, spans, w, skip)
+        pc.spans = spans
         pc.zero_pfn_pages = sum(p.zero_pfn_pages for p in parts)
         present_per_map = np.bincount(w.owner[w.is_rec], minlength=len(kept))
-        for i, (e, kind) in enumerate(kept):
-            pc.mappings.append(_mapping_row(e, kind, int(present_per_map[i])))
+        for row, present in zip(rows, present_per_map.tolist(), strict=True):
+            row["present_pages"] = present
+        pc.mappings = rows
         if not len(w.vpn):
             return
         entry, is_rec = w.entry, w.is_rec
@@ -324,38 +372,54 @@ class ProcessReader:
         pc.content_hash = page_hash
         pc.pfn = np.where(is_rec, entry & _PFN_MASK, _U64(0))
         pc.flags = flags
-        needs = np.array([needs_frame_flags(e) for e, _kind in kept], dtype=bool)
-        pc.kflags_needed = needs[w.owner]
+        pc.kflags_needed = np.array(needs, dtype=bool)[w.owner]
         progress.advance(len(w.vpn))
 
+    def _kept(self, pid: int, entries: list[MapEntry]) -> list[tuple[MapEntry, str]]:
+        """The mappings the capture reads, with their kinds (:func:`vma.classify`)."""
+        kept: list[tuple[MapEntry, str]] = []
+        prev: MapEntry | None = None
+        for e in entries:
+            kind = V.classify(e, prev, self._bss_segments(pid, prev))
+            if kind is not None:
+                kept.append((e, kind))
+            prev = e
+        return kept
+
     def _read_windows(
-        self, spans: list[tuple[int, int, int]], pid: int, meanwhile: Callable[[], None]
-    ) -> list[_Window]:
-        """Every window of ``spans`` read by :meth:`_read_window`, on the reader's threads,
-        while this thread runs ``meanwhile``.
+        self,
+        spans: list[tuple[int, int, int]],
+        pid: int,
+        *,
+        more: Callable[[], list[tuple[int, int, int]]],
+        meanwhile: Callable[[], None],
+    ) -> tuple[list[_Window], list[tuple[int, int, int]]]:
+        """Every window of ``spans`` read by :meth:`_read_window` on the reader's threads,
+        while this thread calls ``more`` (whose spans are read next) and ``meanwhile``.
 
         The windows are independent: each thread reads the pagemap of one, the contents of
         its present pages and its pagemap again, so the result is the same in any order
-        and with any number of threads; it is assembled in address order.
+        and with any number of threads; :meth:`_Window.concat` puts it in address order.
+        Returns the windows read and all the spans, in address order.
         """
-        windows = list(_windows(spans, self._window_size(spans)))
-        if not windows:
-            meanwhile()
-            return []
         t = time.perf_counter()
         pm_fd = self.procfs.open_pagemap(pid)
         try:
             mem_fd = self.procfs.open_mem(pid)
             try:
-                if len(windows) == 1 or self.threads <= 1:
+                if self.threads <= 1:
+                    spans = sorted(spans + more())
                     meanwhile()
-                    parts = [self._read_window(pm_fd, mem_fd, pid, *w) for w in windows]
-                else:
-                    pool = self._executor()
-                    futures = [
-                        pool.submit(self._read_window, pm_fd, mem_fd, pid, *w) for w in windows
+                    parts = [
+                        self._read_window(pm_fd, mem_fd, pid, *w)
+                        for w in _windows(spans, self._window_size(spans))
                     ]
+                else:
+                    futures = self._submit(spans, pm_fd, mem_fd, pid)
                     try:
+                        extra = more()
+                        futures += self._submit(extra, pm_fd, mem_fd, pid)
+                        spans = sorted(spans + extra)
                         meanwhile()
                     finally:
                         wait(futures)  # every thread is done with the descriptors before they close
@@ -366,7 +430,17 @@ class ProcessReader:
             os.close(pm_fd)
         self.timings.read_s += time.perf_counter() - t
         self.mem_reads += sum(p.reads for p in parts)
-        return parts
+        return parts, spans
+
+    def _submit(
+        self, spans: list[tuple[int, int, int]], pm_fd: int, mem_fd: int, pid: int
+    ) -> list[Future[_Window]]:
+        """Hand the windows of ``spans`` to the reader's threads, the largest first (so that
+        no thread is left with a big one at the end while the others idle)."""
+        windows = list(_windows(spans, self._window_size(spans)))
+        pool = self._executor()
+        order = sorted(range(len(windows)), key=lambda k: -windows[k][1])
+        return [pool.submit(self._read_window, pm_fd, mem_fd, pid, *windows[k]) for k in order]
 
     def _window_size(self, spans: list[tuple[int, int, int]]) -> int:
         """Pages per window for this process: at most :attr:`window_pages`, and small enough
@@ -388,9 +462,15 @@ class ProcessReader:
         members: list[tuple[int, int, int]],
     ) -> _Window:
         """One window: its pagemap, the contents of its present anonymous pages, and its
-        pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``)."""
+        pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``).
+
+        In one compiled call without the GIL where it can (:func:`memread.read_window`),
+        else with numpy here; the two give the same window.
+        """
         if self.pacer is not None:
             self.pacer.apply()
+        if self._compiled_windows():
+            return self._read_window_compiled(pm_fd, mem_fd, pid, first, count, members)
         t = time.perf_counter()
         pm = self.procfs.read_pagemap(pm_fd, first, count)
         if len(pm) != count:
@@ -444,6 +524,57 @@ class ProcessReader:
             racy=racy,
             zero_pfn_pages=int(np.count_nonzero(zero_pte)),
             reads=read.reads,
+        )
+
+    def _compiled_windows(self) -> bool:
+        """Whether windows are read by :func:`memread.read_window`: where the ``xxhash``
+        library's function is found, and the procfs reads through its own system calls (a
+        procfs that intercepts ``read_pagemap``, ``read_hash_runs`` or ``pread_into``, as
+        the tests' spies do, is read through those methods)."""
+        if self.compiled_windows is False:
+            return False
+        if self._compiled is None:
+            own = all(
+                getattr(type(self.procfs), name) is getattr(ProcFS, name)
+                for name in ("read_pagemap", "read_hash_runs", "pread_into")
+            )
+            self._compiled = own and window_in_compiled_code()
+        return self._compiled
+
+    def _read_window_compiled(
+        self,
+        pm_fd: int,
+        mem_fd: int,
+        pid: int,
+        first: int,
+        count: int,
+        members: list[tuple[int, int, int]],
+    ) -> _Window:
+        scratch: WindowScratch | None = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.pages < count:
+            scratch = WindowScratch(max(count, self.window_pages), self.read_piece_pages)
+            self._local.scratch = scratch
+        got = read_window(
+            pm_fd, mem_fd, first, count, members, self.zero_pfn, self.hasher.secret, scratch
+        )
+        if got.status == WINDOW_GONE:
+            raise ProcessGone(pid)
+        if got.status == WINDOW_PFNS_HIDDEN:
+            raise CapturePermissionError(
+                f"pagemap of pid {pid} shows {got.recorded} present pages but every PFN is 0 "
+                "(PFNs are hidden without CAP_SYS_ADMIN)",
+                hint=PFN_HIDDEN_HINT,
+            )
+        return _Window(
+            vpn=got.vpn,
+            entry=got.entry,
+            owner=got.owner,
+            is_rec=got.is_rec,
+            hashes=got.hashes,
+            read_error=got.read_error,
+            racy=got.racy,
+            zero_pfn_pages=got.zero_pfn_pages,
+            reads=got.reads,
         )
 
     def _bss_segments(
@@ -558,6 +689,27 @@ class ProcessReader:
             buf = self._local.buf = np.empty(self.read_piece_pages * PAGE_SIZE_BYTES, np.uint8)
         return buf
 
+    def start_threads(self) -> None:
+        """Start the reading threads now, each with the capture's scheduling.
+
+        A pool starts its threads on first use; during a snapshot a new thread would run
+        as an ordinary thread until its first task (on a busy host, tens of ms late) and
+        would inherit the runtime left in the starting thread's deadline reservation.
+        Started in the warm-up's burst, they are idle and ready when the snapshot begins.
+        """
+        if self.threads <= 1:
+            return
+        pool = self._executor()
+        arrived = threading.Barrier(self.threads)
+
+        def arrive() -> None:  # every task waits for the others: each gets its own thread
+            if self.pacer is not None:
+                self.pacer.apply()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                arrived.wait(timeout=START_TIMEOUT_S)
+
+        wait([pool.submit(arrive) for _ in range(self.threads)])
+
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ksm-capture")
@@ -590,13 +742,14 @@ class _Window:
 
     @classmethod
     def concat(cls, parts: list[_Window]) -> _Window:
-        """The windows one after the other."""
+        """The rows of all windows in address order (windows of the anonymous mappings and
+        of the file mappings were read apart and may interleave)."""
 
         def cat(name: str, dtype: type) -> Any:
             arrays = [getattr(p, name) for p in parts]
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
 
-        return cls(
+        w = cls(
             vpn=cat("vpn", np.int64),
             entry=cat("entry", np.uint64),
             owner=cat("owner", np.intp),
@@ -605,6 +758,58 @@ class _Window:
             read_error=cat("read_error", np.bool_),
             racy=cat("racy", np.bool_),
         )
+        if len(w.vpn) < 2 or bool(np.all(w.vpn[1:] > w.vpn[:-1])):
+            return w
+        return w.take(np.argsort(w.vpn, kind="stable"))
+
+    def take(self, rows: npt.NDArray[np.intp]) -> _Window:
+        """These rows (in this order), with the read results of the recorded ones."""
+        rec_at = np.cumsum(self.is_rec) - 1  # each recorded row's place in ``hashes``
+        rec_rows = rows[self.is_rec[rows]]
+        rec = rec_at[rec_rows]
+        return _Window(
+            vpn=self.vpn[rows],
+            entry=self.entry[rows],
+            owner=self.owner[rows],
+            is_rec=self.is_rec[rows],
+            hashes=self.hashes[rec],
+            read_error=self.read_error[rec],
+            racy=self.racy[rec],
+        )
+
+
+#: Kinds of mappings without a file behind them (read before smaps is, see
+#: :meth:`ProcessReader._capture_pages`).
+ANONYMOUS_KINDS: Final = frozenset({"anon", "anon_named", "bss", "heap", "stack"})
+
+
+def _may_hold_anonymous(e: MapEntry) -> bool:
+    """False when smaps shows no anonymous and no swapped page in this mapping."""
+    return not (e.smaps_kb("Anonymous") == 0 and e.smaps_kb("Swap") == 0)
+
+
+def _skipped_by_flags(e: MapEntry) -> bool:
+    """Whether smaps' VmFlags put this mapping among those never captured
+    (:data:`vma.SKIP_VM_FLAGS`: hugetlb, I/O, PFN map); ``maps`` does not show them."""
+    flags = e.vm_flags
+    return flags is not None and bool(flags & V.SKIP_VM_FLAGS)
+
+
+def _without(
+    kept: list[tuple[MapEntry, str]],
+    spans: list[tuple[int, int, int]],
+    w: _Window,
+    skip: npt.NDArray[np.bool_],
+) -> tuple[list[tuple[MapEntry, str]], list[tuple[int, int, int]], _Window]:
+    """``kept``, ``spans`` and the rows of ``w`` without the mappings marked in ``skip``
+    (mapping indexes renumbered)."""
+    renumber = np.cumsum(~skip) - 1
+    rows = np.flatnonzero(~skip[w.owner])
+    w = w.take(rows)
+    w.owner = renumber[w.owner].astype(np.intp)
+    kept = [k for k, s in zip(kept, skip.tolist(), strict=True) if not s]
+    spans = [(int(renumber[i]), lo, hi) for i, lo, hi in spans if not skip[i]]
+    return kept, spans, w
 
 
 def needs_frame_flags(e: MapEntry) -> bool:
@@ -613,7 +818,7 @@ def needs_frame_flags(e: MapEntry) -> bool:
     smaps says so per mapping: ``KSM:`` counts its KSM pages, ``AnonHugePages:`` its
     transparent huge pages, and only a THP-eligible mapping can map the huge zero page. A
     mapping with ``KSM: 0 kB``, ``AnonHugePages: 0 kB`` and ``THPeligible: 0`` had none of
-    them when smaps was read, just before its pagemap: its frames need no ``kpageflags``
+    them when smaps was read, about when its pagemap was: its frames need no ``kpageflags``
     lookup (docs/capture.md §4.12). Without smaps every frame is looked up.
     """
     thp = e.smaps_value("THPeligible")

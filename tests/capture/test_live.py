@@ -341,3 +341,57 @@ def test_soft_dirty_probe_on_this_kernel() -> None:
     if not support.available:  # the reference VM: CONFIG_MEM_SOFT_DIRTY is not set
         assert "CONFIG_MEM_SOFT_DIRTY" in support.reason
         assert "\n" not in support.reason
+
+
+def test_compiled_and_numpy_windows_agree_on_a_live_process(tmp_path: Path) -> None:
+    """The same live process read window by window in compiled code and with numpy (two
+    threads, small windows and pieces): the same rows, hashes, flags and frames. The process
+    is read with numpy before and after the compiled read; the comparison is made once those
+    two agree (a process just started may still touch memory on its way to ``read()``)."""
+    import time
+
+    import numpy as np
+
+    from planner.capture.hashing import PageHasher
+    from planner.capture.procfs import ProcFS, probe_own_pfns
+    from planner.capture.snapshot import ProcessCapture, ProcessReader
+
+    fs = ProcFS(Path("/proc"))
+    zero_pfn = probe_own_pfns(fs)[1]
+    hasher = PageHasher(load_key(tmp_path / "k.key"))
+    racy = np.uint16(F.RACY)
+    names = ("addr", "vma_start", "content_hash", "pfn", "kflags_needed")
+
+    def read(pid: int, compiled: bool | None) -> ProcessCapture:
+        reader = ProcessReader(
+            fs,
+            hasher,
+            zero_pfn=zero_pfn,
+            window_pages=512,
+            read_piece_pages=7,
+            compiled_windows=compiled,
+        )
+        try:
+            assert reader._compiled_windows() is (compiled is None)
+            return reader.capture(pid)
+        finally:
+            reader.close()
+
+    def same(a: ProcessCapture, b: ProcessCapture) -> bool:
+        return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in names) and (
+            np.array_equal(a.flags & ~racy, b.flags & ~racy)
+        )
+
+    with forked_family() as (parent, _child, _addr):
+        for _attempt in range(5):
+            time.sleep(0.2)
+            before, fast, after = read(parent, False), read(parent, None), read(parent, False)
+            if same(before, after):
+                break
+        else:
+            pytest.fail("the process kept changing between two reads a moment apart")
+    assert fast.state == before.state == "ok"
+    assert fast.pages > 100
+    for name in names:
+        assert np.array_equal(getattr(fast, name), getattr(before, name)), name
+    assert np.array_equal(fast.flags & ~racy, before.flags & ~racy)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from planner.capture.pace import Pacer
+from planner.capture.pace import BURST_PERIOD_NS, DEFAULT_BURST_SHARE, Pacer
 
 
 class _Clocks:
@@ -60,3 +63,36 @@ def test_no_budget_never_waits_for_cpu() -> None:
         assert p.pay(until=1.0) == 0.0
         assert p.tokens_s() == float("inf")
         assert p.wait_s() == 0.0
+
+
+def _dl_runtime_ms() -> float | None:
+    """This thread's remaining SCHED_DEADLINE runtime (``None`` when it has none)."""
+    with open("/proc/thread-self/sched") as f:
+        for line in f:
+            if line.startswith("dl.runtime"):
+                return int(line.split(":")[1]) / 1e6
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a deadline reservation needs CAP_SYS_NICE")
+def test_a_fresh_burst_starts_with_the_whole_reservation() -> None:
+    """The kernel keeps a thread's leftover runtime when it takes a reservation again before
+    its last deadline: a snapshot's burst (``fresh``) waits out one period after the burst
+    before it, and so starts with its whole 50 ms."""
+    with Pacer("low") as pacer:
+        with pacer.burst():
+            if pacer.burst_policy != "deadline":
+                pytest.skip("the kernel refused the reservation (another capture holds it)")
+            spin_until = time.thread_time() + 0.03
+            while time.thread_time() < spin_until:  # spend 30 ms of the 50
+                pass
+        ended = time.monotonic()
+        with pacer.burst(fresh=True):
+            waited_s = time.monotonic() - ended
+            runtime_ms = _dl_runtime_ms()
+            policy = pacer.burst_policy
+    assert waited_s >= BURST_PERIOD_NS / 1e9 - 0.005
+    if policy != "deadline":
+        pytest.skip("the kernel refused the second reservation (another capture holds it)")
+    assert runtime_ms is not None
+    assert runtime_ms > 0.9 * DEFAULT_BURST_SHARE * BURST_PERIOD_NS / 1e6, runtime_ms

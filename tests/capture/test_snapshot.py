@@ -13,8 +13,9 @@ import xxhash
 
 from planner.capture.hashing import PageHasher
 from planner.capture.keys import CaptureKey
+from planner.capture.memread import WINDOW_GONE, WindowScratch, read_window
 from planner.capture.procfs import ProcFS
-from planner.capture.snapshot import ProcessReader
+from planner.capture.snapshot import ProcessCapture, ProcessReader
 from planner.errors import CapturePermissionError
 from planner.trace.schema import PageFlag as F
 
@@ -401,3 +402,128 @@ def test_mem_without_ptrace_access_names_the_capability(
         _reader(fake_proc.procfs(), capture_key).capture(111)
     assert "CAP_SYS_PTRACE" in info.value.one_line()
     assert "/111/mem" in info.value.message
+
+
+def test_compiled_windows_give_what_the_numpy_path_gives(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    """A window read in one compiled call (memread.read_window) and the same window read
+    with numpy: the same rows, hashes, flags, frames and zero-page count, for several window,
+    piece and thread counts; pages past the end of ``mem`` fail one by one in both."""
+    p = fake_proc.process(140, rss_anon_kb=64)
+    p.map(BASE, 24)
+    p.map(BASE + 30 * PAGE, 4, "rw-p", "/usr/lib/libx.so", offset=0x3000)
+    p.map(BASE + 40 * PAGE, 12, "rw-p", "[heap]")
+    for i in (0, 1, 2, 3, 4, 7, 8, 9, 12, 13, 14, 15, 16, 17, 23):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(300 + i), pfn=7000 + i, exclusive=i % 3 == 0)
+    p.page(BASE + 5 * PAGE, None, pfn=9, present=False, swapped=True)
+    p.page(BASE + 6 * PAGE, bytes(PAGE), pfn=ZERO_PFN)  # zero-page PTE: counted only
+    p.page(BASE + 10 * PAGE, fake_proc.page_of(0), pfn=7010, soft_dirty=True)  # real zeros
+    p.page(BASE + 30 * PAGE, fake_proc.page_of(1), pfn=7030, file=True)  # page cache
+    p.page(BASE + 31 * PAGE, fake_proc.page_of(2), pfn=7031)  # COW copy
+    p.page(BASE + 32 * PAGE, None, pfn=11, present=False, swapped=True, file=True)
+    for i in range(40, 52):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(400 + i), pfn=7100 + i)
+    fake_proc.write()
+    os.truncate(p.dir / "mem", BASE + 46 * PAGE)  # heap pages 46-51: short reads
+    fs = fake_proc.procfs()
+    runs: dict[tuple[bool, int, int, int], ProcessCapture] = {}
+    for compiled in (True, False):
+        for window, piece, threads in ((8, 64, 1), (4, 2, 2), (64, 3, 2)):
+            reader = _reader(
+                fs,
+                capture_key,
+                window_pages=window,
+                read_piece_pages=piece,
+                threads=threads,
+                compiled_windows=None if compiled else False,
+            )
+            try:
+                assert reader._compiled_windows() is compiled
+                runs[(compiled, window, piece, threads)] = reader.capture(140)
+            finally:
+                reader.close()
+    reference = runs[(False, 8, 64, 1)]
+    assert reference.state == "ok"
+    assert bool(np.all(np.diff(reference.addr.astype(np.int64)) > 0))  # in address order
+    rows = dict(
+        zip((reference.addr // PAGE - BASE // PAGE).tolist(), range(reference.pages), strict=True)
+    )
+    recorded = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 23, 31]
+    assert sorted(rows) == recorded + list(range(40, 52))
+    errors = (reference.flags & np.uint16(F.READ_ERROR)) != 0
+    assert (reference.addr[errors] // PAGE - BASE // PAGE).tolist() == list(range(46, 52))
+    assert reference.zero_pfn_pages == 1
+    for key, pc in runs.items():
+        assert pc.state == "ok", key
+        for name in ("addr", "vma_start", "content_hash", "pfn", "flags", "kflags_needed"):
+            assert np.array_equal(getattr(pc, name), getattr(reference, name)), (key, name)
+        assert pc.zero_pfn_pages == reference.zero_pfn_pages, key
+        assert pc.mappings == reference.mappings, key
+
+
+def test_compiled_window_reports_hidden_pfns_and_a_gone_process(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    p = fake_proc.process(141)
+    p.map(BASE, 2)
+    p.page(BASE, fake_proc.unique_page(1), pfn=0)
+    p.page(BASE + PAGE, fake_proc.unique_page(2), pfn=0)
+    fake_proc.write()
+    reader = _reader(fake_proc.procfs(), capture_key, threads=1)
+    assert reader._compiled_windows()
+    with pytest.raises(CapturePermissionError, match="every PFN is 0"):
+        reader.capture(141)
+    p.page(BASE, fake_proc.unique_page(1), pfn=10)
+    fake_proc.write()
+    os.truncate(p.dir / "pagemap", BASE // PAGE * 8 + 8)  # a short pagemap: the process left
+    fs = fake_proc.procfs()
+    fd = fs.open_pagemap(141)
+    try:
+        got = read_window(
+            fd,
+            fd,
+            BASE // PAGE,
+            2,
+            [(0, BASE // PAGE, BASE // PAGE + 2)],
+            None,
+            PageHasher(capture_key).secret,
+            WindowScratch(2, 2),
+        )
+    finally:
+        os.close(fd)
+    assert got.status == WINDOW_GONE
+
+
+def test_a_mapping_smaps_flags_as_hugetlb_io_or_pfnmap_is_dropped(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    """Anonymous mappings are read from ``maps`` before smaps is: one that smaps then shows
+    as a PFN map loses its rows, and the others keep theirs (renumbered), whatever the
+    number of threads and on either path; a file mapping between two anonymous ones comes in
+    address order; a hugetlb mapping (it shows a file) is never read."""
+    p = fake_proc.process(142)
+    p.map(BASE, 4)
+    p.map(BASE + 4 * PAGE, 2, smaps={"VmFlags": "rd wr io pf"})
+    p.map(BASE + 6 * PAGE, 2, "rw-p", "/usr/lib/libx.so")
+    p.map(BASE + 8 * PAGE, 4, "rw-p", "[heap]")
+    # hugetlb memory shows a file: skipped as soon as smaps is read, before any of it is read
+    p.map(BASE + 12 * PAGE, 2, "rw-p", "/anon_hugepage (deleted)", smaps={"VmFlags": "rd wr ht"})
+    for i in (0, 1, 4, 5, 7, 8, 11, 12):
+        p.page(BASE + i * PAGE, fake_proc.unique_page(500 + i), pfn=8000 + i)
+    fake_proc.write()
+    for threads, fs in ((1, fake_proc.procfs()), (2, fake_proc.procfs()), (2, SpyProcFS(p.root))):
+        reader = _reader(fs, capture_key, threads=threads, window_pages=16)
+        try:
+            pc = reader.capture(142)
+        finally:
+            reader.close()
+        if isinstance(fs, SpyProcFS):
+            assert all(offset < BASE + 12 * PAGE for offset, _size in fs.mem_reads)
+        assert (pc.addr // PAGE - BASE // PAGE).tolist() == [0, 1, 7, 8, 11]
+        assert [m["kind"] for m in pc.mappings] == ["anon", "file_data", "heap"]
+        assert [m["present_pages"] for m in pc.mappings] == [2, 1, 2]
+        assert (pc.vma_start - BASE).tolist() == [0, 0, 6 * PAGE, 8 * PAGE, 8 * PAGE]
+        assert [lo - BASE // PAGE for _i, lo, _hi in pc.spans] == [0, 6, 8]
+        assert [i for i, _lo, _hi in pc.spans] == [0, 1, 2]
+        assert int(pc.content_hash[2]) == _h(capture_key, fake_proc.unique_page(507))
