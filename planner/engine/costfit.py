@@ -26,6 +26,7 @@ counters (a DataFrame), never the kernel.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -78,8 +79,14 @@ class KsmdWindow:
 
     @property
     def batches(self) -> float:
-        """Batches run: full ones plus the short one that ends each full scan."""
-        return self.pages_scanned / self.pages_to_scan + self.full_scans
+        """Batches run. A batch never spans two full scans, so a scan of ``P`` handled pages
+        takes ``floor(P / pages_to_scan) + 1`` of them (docs/kernel-semantics.md §4.2),
+        ``P`` here being the mean over the window's full scans; without a full scan, the
+        pages over ``pages_to_scan``."""
+        if self.full_scans <= 0:
+            return self.pages_scanned / self.pages_to_scan
+        per_scan = self.pages_scanned / self.full_scans
+        return self.full_scans * (math.floor(per_scan / self.pages_to_scan) + 1)
 
     @property
     def ns_per_page(self) -> float:

@@ -160,6 +160,7 @@ def test_load_factor_and_profiles() -> None:
     assert loaded.merge_ns == 3 * p.merge_ns
     assert loaded.batch_overhead_ns == 3 * p.batch_overhead_ns
     assert loaded.wake_latency_ns == p.wake_latency_ns  # a wall time, not CPU
+    assert loaded.skip_ns == p.skip_ns  # a skip reads no page: measured as cheap under load
     wall = p.stretched(250_000)
     assert wall.first_visit_ns == 4 * p.first_visit_ns
     assert wall.wake_latency_ns == p.wake_latency_ns
