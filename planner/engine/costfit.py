@@ -26,7 +26,6 @@ counters (a DataFrame), never the kernel.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,17 +75,16 @@ class KsmdWindow:
     smart_scan: bool
     max_page_sharing: int | None = None
     use_zero_pages: bool | None = None
+    batch_count: float | None = None
+    """The batches counted sample by sample (:func:`count_batches`), when known."""
 
     @property
     def batches(self) -> float:
-        """Batches run. A batch never spans two full scans, so a scan of ``P`` handled pages
-        takes ``floor(P / pages_to_scan) + 1`` of them (docs/kernel-semantics.md §4.2),
-        ``P`` here being the mean over the window's full scans; without a full scan, the
-        pages over ``pages_to_scan``."""
-        if self.full_scans <= 0:
-            return self.pages_scanned / self.pages_to_scan
-        per_scan = self.pages_scanned / self.full_scans
-        return self.full_scans * (math.floor(per_scan / self.pages_to_scan) + 1)
+        """Batches run (:func:`count_batches`; over the whole window when the samples are
+        not known)."""
+        if self.batch_count is not None:
+            return self.batch_count
+        return count_batches([self.pages_scanned], [self.full_scans], self.pages_to_scan)
 
     @property
     def ns_per_page(self) -> float:
@@ -101,6 +99,21 @@ class KsmdWindow:
         busy_ns -= wake_latency_ns
         cpu_batch_ns = self.cpu_s * NS_PER_S / self.batches
         return min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
+
+
+def count_batches(scanned: Any, full_scans: Any, pages_to_scan: int) -> float:
+    """The batches ksmd ran, from the ``pages_scanned`` and ``full_scans`` increments of
+    successive samples. A batch never spans two full scans, so a scan of ``P`` handled
+    pages takes ``floor(P / pages_to_scan) + 1`` of them (docs/kernel-semantics.md §4.2):
+    a sample interval holding ``F >= 1`` scan ends counts that for ``P`` its pages per scan
+    end, an interval without one its pages over ``pages_to_scan``. Counting interval by
+    interval follows scans whose size changes (smart scan skips more pages as they age)."""
+    dp = np.asarray(scanned, dtype=np.float64)
+    df = np.asarray(full_scans, dtype=np.float64)
+    ends = df > 0
+    per_scan = np.divide(dp, df, out=np.zeros_like(dp), where=ends)
+    with_ends = df * (np.floor(per_scan / pages_to_scan) + 1)
+    return float(np.where(ends, with_ends, dp / pages_to_scan).sum())
 
 
 def _knob(row: Any, name: str) -> int | None:
@@ -157,6 +170,11 @@ def ksmd_window(counters: Any) -> KsmdWindow:
         smart_scan=bool(a["smart_scan"]),
         max_page_sharing=_knob(a, "max_page_sharing"),
         use_zero_pages=None if (v := _knob(a, "use_zero_pages")) is None else bool(v),
+        batch_count=count_batches(
+            np.diff(on["pages_scanned"].to_numpy(np.float64)),
+            np.diff(on["full_scans"].to_numpy(np.float64)),
+            int(a["pages_to_scan"]),
+        ),
     )
 
 
