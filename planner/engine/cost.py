@@ -84,8 +84,9 @@ class CostProfile:
     """Share of the host's other runnable tasks ksmd really competes with (1.0: pure CFS
     proportional share; docs/busy-host.md §2)."""
     busy_page_factor: float = 1.0
-    """Per-page cost on a saturated host relative to these (idle, warm) costs (1.0: none;
-    docs/busy-host.md §3)."""
+    """Per-page cost on a saturated host relative to these (idle, warm) costs, on every path
+    that reads a page and on the scan start; the skip and the batch overhead keep theirs
+    (1.0: none; docs/busy-host.md §3)."""
     description: str = ""
     source: str = ""
     provenance: dict[str, Any] | None = field(default=None, compare=False)
