@@ -58,7 +58,10 @@ def replay_trace(
         ``MemoryKSM=``) or inside the running process (``planner.engine.registration``).
     observed
         A canary recording (``observe --ksm-pages``) of the traced processes: its
-        same-content writes calibrate the write model (``planner.engine.writes``).
+        same-content writes calibrate the write model (``planner.engine.writes``), and
+        where it states ksmd's CPU time and full scans, the cost profile is fitted to
+        them (:func:`planner.engine.costfit.fit_to_recording`), so that a canary at one
+        knob setting predicts ksmd's pace at the others.
 
     The result's provenance names the trace path and hash, the policy set and the knobs.
     The compiled code of the replay is loaded from numba's cache in a thread meanwhile
@@ -124,12 +127,24 @@ def _replay_trace(
     inp = prepare_trace(tr, resolver=resolver, tables=ht, prctl_at=prctl_at)
     progress.finish()
     canary = None
+    cost_fit: dict[str, Any] | None = None
     if observed is not None:
+        from planner.engine.costfit import fit_to_recording
+        from planner.engine.options import ReplayOptions
         from planner.engine.writes import canary_rates
         from planner.trace.recording import read_observed
 
-        canary = canary_rates(read_observed(observed), inp.page_size)
+        recording = read_observed(observed)
+        canary = canary_rates(recording, inp.page_size)
+        # the recorded ksmd's CPU and batch period fit the cost profile (docs/busy-host.md §4)
+        progress.start("fitting ksmd's cost to the recording", None)
+        options, cost_fit = fit_to_recording(
+            inp, recording.counters, options or ReplayOptions(), canary=canary
+        )
+        progress.finish()
     res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary)
+    if cost_fit is not None:
+        res.provenance["cost_fit"] = cost_fit
     res.provenance.update(
         trace_path=str(path),
         trace_hash=tr.trace_hash,

@@ -30,14 +30,9 @@ import time
 import numpy as np
 
 from planner._progress import NULL_PROGRESS
+from planner.engine.costfit import solve_contention
 from planner.engine.timing import ksmd_cpu_share, sleep_ns
-from planner.kernel.calibrate import (
-    _holder,
-    _Session,
-    _unique,
-    ksmd_pid,
-    solve_contention,
-)
+from planner.kernel.calibrate import _holder, _Session, _unique, ksmd_pid
 from planner.kernel.sysfs import KsmLease
 
 PAGES = 20_000

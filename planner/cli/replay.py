@@ -266,6 +266,15 @@ def _render(r: ReplayResult) -> None:
             f"({load['source']}: {load['detail']}); ksmd's CPU share "
             f"{100 * load['ksmd_cpu_share']:.1f} %, per-page cost x{load['cost_factor']:.2f}"
         )
+    fit = p.get("cost_fit")
+    if isinstance(fit, dict):
+        note(
+            f"ksmd fitted to the recording: share {100 * fit['real_share']:.1f} % "
+            f"(sched_contention {fit['sched_contention']:.2f}), costs x{fit['cost_scale']:.2f} "
+            f"of {fit['base_profile']}"
+            if fit.get("fitted")
+            else f"ksmd not fitted to the recording: {fit.get('why')}"
+        )
     procs = sorted(r.final_processes.items(), key=lambda kv: -kv[1]["ksm_process_profit"])
     if procs:
         pt = Table(

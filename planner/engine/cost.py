@@ -8,9 +8,11 @@ the same integer costs. The default profile ships with the package; ``ksm-planne
 calibrate`` measures one for a given host.
 
 **On a busy host** (docs/busy-host.md) two more terms apply, both from the load the trace
-recorded or the one given: every per-page, per-batch and per-scan cost is multiplied by
-``1 + (busy_page_factor - 1) * min(1, x)`` where ``x`` is the other runnable tasks per CPU
-(other tasks evict ksmd's caches between its batches, so each batch starts cold), and the
+recorded or the one given: every per-page cost (but the smart-scan skip) and the scan start
+are multiplied by ``1 + (busy_page_factor - 1) * min(1, x)`` where ``x`` is the other
+runnable tasks per CPU (other tasks evict ksmd's caches between its batches, so each batch
+starts cold; a skip reads no page content, and the batch overhead was measured on cold
+batches: both keep their costs), and the
 CPU of a batch stretches into wall time by ``1 / share`` (:func:`planner.engine.timing.
 ksmd_cpu_share`, with ``sched_contention``). :meth:`CostProfile.under_load` and
 :meth:`CostProfile.stretched` give the two profiles the driver uses.
@@ -82,8 +84,9 @@ class CostProfile:
     """Share of the host's other runnable tasks ksmd really competes with (1.0: pure CFS
     proportional share; docs/busy-host.md §2)."""
     busy_page_factor: float = 1.0
-    """Per-page cost on a saturated host relative to these (idle, warm) costs (1.0: none;
-    docs/busy-host.md §3)."""
+    """Per-page cost on a saturated host relative to these (idle, warm) costs, on every path
+    that reads a page and on the scan start; the skip and the batch overhead keep theirs
+    (1.0: none; docs/busy-host.md §3)."""
     description: str = ""
     source: str = ""
     provenance: dict[str, Any] | None = field(default=None, compare=False)
@@ -156,8 +159,21 @@ class CostProfile:
 
     def under_load(self, runnable_per_cpu: float) -> CostProfile:
         """The CPU costs with ``runnable_per_cpu`` other runnable tasks per CPU (this
-        profile itself on an idle host)."""
-        return self.scaled(self.load_factor(runnable_per_cpu))
+        profile itself on an idle host).
+
+        The per-page paths and the scan start are multiplied by :meth:`load_factor`: they
+        read page contents and walk trees whose cache lines other tasks evicted between
+        ksmd's batches. Two costs keep their idle values (docs/busy-host.md §3): the
+        smart-scan skip, which reads no page content and walks no tree (a page-table lookup
+        and the next rmap item; measured beside other work it costs what it costs on an
+        idle host, or less), and the batch overhead, which the profile measured on batches
+        that each start cold (100 pages every 20 ms) and so already holds that penalty."""
+        factor = self.load_factor(runnable_per_cpu)
+        if factor == 1.0:
+            return self
+        return replace(
+            self.scaled(factor), skip_ns=self.skip_ns, batch_overhead_ns=self.batch_overhead_ns
+        )
 
     def stretched(self, share_ppm: int) -> CostProfile:
         """The same costs as wall time at a CPU share of ``share_ppm`` (ppm): what the

@@ -63,11 +63,17 @@ from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.procfs import ProcessGone, ProcFS
 from planner.engine.cost import CostProfile
+from planner.engine.costfit import (
+    FIT_METHOD,
+    KsmdWindow,
+    fit_cost,
+    fitted_profile,
+    ksmd_window,
+)
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns
 from planner.errors import (
     CapturePermissionError,
     EnvironmentProblem,
-    InputDataError,
     KernelUnsupportedError,
     UsageProblem,
 )
@@ -827,113 +833,7 @@ def calibrate(
 
 # ----------------------------------------------------------------------------- on a workload
 
-WORKLOAD_METHOD: Final = (
-    "ksm-planner calibrate --trace/--observed: the real ksmd's CPU (ksmd_runtime_ns) per page "
-    "handed to cmp_and_merge_page (pages_scanned) over a recording of the traced workload, "
-    "against a replay of the trace with the same knobs and load; every CPU cost of the base "
-    "profile scaled by their ratio; sched_contention solved from the real batch period "
-    "(docs/busy-host.md §4)"
-)
-
-
-@dataclass(frozen=True)
-class KsmdWindow:
-    """What a recording says the real ksmd did while it ran with constant knobs."""
-
-    start_s: float
-    wall_s: float
-    cpu_s: float
-    pages_scanned: int
-    pages_skipped: int
-    full_scans: int
-    pages_to_scan: int
-    sleep_ms: int
-    smart_scan: bool
-    max_page_sharing: int | None = None
-    use_zero_pages: bool | None = None
-
-    @property
-    def batches(self) -> float:
-        """Batches run: full ones plus the short one that ends each full scan."""
-        return self.pages_scanned / self.pages_to_scan + self.full_scans
-
-    @property
-    def ns_per_page(self) -> float:
-        """ksmd CPU per scanned page, ns."""
-        return self.cpu_s * NS_PER_S / self.pages_scanned
-
-
-def ksmd_window(counters: Any) -> KsmdWindow:
-    """The :class:`KsmdWindow` of an ``observe`` recording's counters (a DataFrame indexed
-    by ``t_s``): from the first sample with ``run`` 1 to the last one with the same knobs.
-
-    Raises
-    ------
-    InputDataError
-        ksmd never ran, the recording has no ksmd CPU, or scanned no page.
-    """
-    need = ("run", "ksmd_runtime_ns", "pages_scanned", "pages_skipped", "full_scans")
-    missing = [c for c in need if c not in counters.columns]
-    if missing:
-        raise InputDataError(
-            f"the recording has no {', '.join(missing)}",
-            hint="record with 'ksm-planner observe' (as root, so that ksmd's CPU is readable)",
-        )
-    on = counters[counters["run"] == 1]
-    if len(on) >= 2:
-        first = on.iloc[0]
-        keys = [
-            k for k in (*_WINDOW_KNOBS, *_OTHER_KNOBS) if k in on.columns and not on[k].isna().any()
-        ]
-        same = (on[keys] == first[keys]).all(axis=1).to_numpy()
-        stop = int(np.argmin(same)) if not same.all() else len(on)
-        on = on.iloc[:stop]
-    if len(on) < 2 or on["ksmd_runtime_ns"].isna().any():
-        raise InputDataError(
-            "the recording has fewer than two samples of a running ksmd with its CPU time",
-            hint="record at least a few seconds with ksmd on (run=1), as root",
-        )
-    a, b = on.iloc[0], on.iloc[-1]
-    scanned = int(b["pages_scanned"] - a["pages_scanned"])
-    if scanned <= 0:
-        raise InputDataError(
-            "ksmd scanned no page during the recording",
-            hint="record while ksmd runs on the traced workload",
-        )
-    return KsmdWindow(
-        start_s=float(on.index[0]),
-        wall_s=float(on.index[-1] - on.index[0]),
-        cpu_s=float(b["ksmd_runtime_ns"] - a["ksmd_runtime_ns"]) / NS_PER_S,
-        pages_scanned=scanned,
-        pages_skipped=int(b["pages_skipped"] - a["pages_skipped"]),
-        full_scans=int(b["full_scans"] - a["full_scans"]),
-        pages_to_scan=int(a["pages_to_scan"]),
-        sleep_ms=int(a["sleep_millisecs"]),
-        smart_scan=bool(a["smart_scan"]),
-        max_page_sharing=_knob(a, "max_page_sharing"),
-        use_zero_pages=None if (v := _knob(a, "use_zero_pages")) is None else bool(v),
-    )
-
-
-#: Knobs a recording's ksmd window must hold constant (the first three are required).
-_WINDOW_KNOBS = ("pages_to_scan", "sleep_millisecs", "smart_scan")
-_OTHER_KNOBS = ("max_page_sharing", "use_zero_pages", "merge_across_nodes")
-
-
-def _knob(row: Any, name: str) -> int | None:
-    v = row.get(name)
-    return None if v is None or v != v else int(v)  # v != v: NaN
-
-
-def solve_contention(share: float, runnable_per_cpu: float, fallback: float) -> float:
-    """The ``sched_contention`` under which ksmd's modelled share is ``share`` at this load
-    (``fallback`` where the load or the share cannot tell: an idle host, a whole CPU)."""
-    from planner.engine.timing import KSMD_NICE, NICE_0_WEIGHT, nice_weight
-
-    if runnable_per_cpu <= 0 or not 0 < share < 1:
-        return fallback if share < 1 else 0.0
-    w = nice_weight(KSMD_NICE)
-    return min(100.0, (w / share - w) / (NICE_0_WEIGHT * runnable_per_cpu))
+WORKLOAD_METHOD: Final = "ksm-planner calibrate --trace/--observed: " + FIT_METHOD
 
 
 @dataclass(frozen=True)
@@ -993,8 +893,9 @@ def calibrate_workload(
     InputDataError
         An unreadable trace or recording, or one in which ksmd did not run.
     """
-    from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+    from planner.engine import prepare
     from planner.engine.timing import recorded_load
+    from planner.engine.writes import canary_rates
     from planner.trace.io import open_trace
     from planner.trace.recording import read_observed
 
@@ -1005,7 +906,8 @@ def calibrate_workload(
             if out
             else None
         )
-        real = ksmd_window(read_observed(observed).counters)
+        recording = read_observed(observed)
+        real = ksmd_window(recording.counters)
         ht = open_trace(trace).load_host(host)
         load = host_load or recorded_load(ht.intervals())
         if load is None:
@@ -1013,48 +915,17 @@ def calibrate_workload(
                 "the trace recorded no CPU load (a version-1 trace)",
                 hint="give the load the recording ran under with --host-load",
             )
-        hz = ht.hz or 250
-        # the real share of a CPU: a batch's CPU over the wall time it took
-        busy_ns = real.wall_s * NS_PER_S / real.batches - sleep_ns(real.sleep_ms, hz)
-        busy_ns -= base.wake_latency_ns
-        cpu_batch_ns = real.cpu_s * NS_PER_S / real.batches
-        share = min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
-        contention = solve_contention(share, load.runnable_per_cpu, base.sched_contention)
-        more: dict[str, Any] = {}
-        if real.max_page_sharing is not None:
-            more["max_page_sharing"] = real.max_page_sharing
-        if real.use_zero_pages is not None:
-            more["use_zero_pages"] = real.use_zero_pages
-        knobs = KsmKnobs.for_hz(hz).with_(
-            pages_to_scan=real.pages_to_scan,
-            sleep_ms=real.sleep_ms,
-            smart_scan=real.smart_scan,
-            **more,
-        )
         inp = prepare(ht, resolver=resolver)
-        probe = replace(base, sched_contention=contention)
-        scale = 1.0
-        model_ns: list[float] = []
-        for _ in range(2):  # the path mix moves a little with the batch period
-            prof = probe.scaled(scale)
-            opts = ReplayOptions(duration_s=max(real.wall_s, 1.0), cost=prof, host_load=load)
-            res = replay(inp, knobs=knobs, options=opts)
-            scanned = res.final_counters["pages_scanned"]
-            if scanned <= 0:
-                raise InputDataError(
-                    "the replay of the trace scanned no page", hint="is any process registered?"
-                )
-            model_ns.append(res.cost.cpu_s * NS_PER_S / scanned)
-            scale *= real.ns_per_page / model_ns[-1]
+        # a canary's write rates give the fitting replays the path mix the recording saw
+        canary = (
+            canary_rates(recording, inp.page_size) if recording.page_events is not None else None
+        )
+        fit = fit_cost(inp, real, load, base=base, canary=canary)
+        share, scale, contention = fit.real_share, fit.cost_scale, fit.profile.sched_contention
         started = dt.datetime.now(dt.UTC)
-        profile = replace(
-            probe.scaled(scale),
+        profile = fitted_profile(
+            fit,
             name=f"workload-{ht.host}-{started.strftime('%Y%m%dT%H%M%SZ')}",
-            description=(
-                f"{base.name} scaled x{scale:.2f} to the real ksmd's CPU per scanned page on the "
-                f"traced workload, sched_contention {contention:.2f} from its batch period"
-            ),
-            source=WORKLOAD_METHOD,
             provenance={
                 "tool_version": tool_version(),
                 "date": started.isoformat(timespec="seconds"),
@@ -1067,10 +938,12 @@ def calibrate_workload(
                 "real": asdict(real),
                 "real_ns_per_page": real.ns_per_page,
                 "real_share": share,
-                "model_ns_per_page_before": model_ns[0],
+                "model_ns_per_page_before": fit.model_ns_per_page,
                 "cost_scale": scale,
+                "sched_contention": contention,
             },
         )
+        profile = replace(profile, source=WORKLOAD_METHOD)
         if target is not None:
             target.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
             CostProfile.load(target)
@@ -1080,7 +953,7 @@ def calibrate_workload(
         real=real,
         load=load,
         real_share=share,
-        model_ns_per_page=model_ns[0],
+        model_ns_per_page=fit.model_ns_per_page,
         cost_scale=scale,
         written=str(out) if out else None,
     )

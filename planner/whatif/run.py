@@ -121,6 +121,38 @@ def _canary_path(
     return path if read_observed(path).page_events is not None else None
 
 
+def _fit_cost(
+    tr: Trace,
+    host_list: Sequence[str],
+    canary_path: str | None,
+    cost_profile: CostProfile | None,
+    opts: ReplayOptions,
+) -> tuple[CostProfile | None, dict[str, Any] | None]:
+    """The cost profile fitted to the canary's ksmd (CPU time, batch period), as ``replay
+    --observed`` fits it (:func:`planner.engine.costfit.fit_to_recording`), and what the
+    provenance says about it; the profile as given where there is no canary. A canary is
+    one host's: a trace of several hosts keeps the profile given."""
+    if canary_path is None:
+        return cost_profile, None
+    if len(host_list) != 1:
+        why = f"a canary is one host's ksmd and the replays cover {len(host_list)} hosts"
+        return cost_profile, {"fitted": False, "why": why}
+    from dataclasses import replace
+
+    from planner.engine.costfit import fit_to_recording
+    from planner.engine.prepare import prepare
+    from planner.engine.writes import canary_rates
+    from planner.trace.recording import read_observed
+
+    inp = prepare(tr.load_host(host_list[0]))
+    recording = read_observed(canary_path)
+    base = replace(opts, cost=cost_profile or CostProfile.default())
+    fitted, note = fit_to_recording(
+        inp, recording.counters, base, canary=canary_rates(recording, inp.page_size)
+    )
+    return (fitted.cost if note["fitted"] else cost_profile), note
+
+
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
     snaps = trace.read_table(host, "snapshots", ["page_size", "kernel_release"])
     row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
@@ -312,6 +344,7 @@ def run_whatif(
     facts = {h: _host_facts(tr, h) for h in host_list}
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
+    cost_profile, cost_fit = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
     plan = _plan(
         tr,
         host_list,
@@ -370,7 +403,8 @@ def run_whatif(
         fits=fits,
         provenance=_provenance(
             tr, host_list, facts, sets, grid, options, plan, ex, capacity, extrapolation
-        ),
+        )
+        | ({"cost_fit": cost_fit} if cost_fit is not None else {}),
         knob_effects=knob_effects(scenarios),
         saving_range=saving_range(scenarios),
         warnings=warnings,

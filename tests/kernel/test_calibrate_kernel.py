@@ -26,9 +26,10 @@ import pytest
 
 from planner.capture import CaptureOptions, capture
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.costfit import KsmdWindow, ksmd_window
 from planner.engine.registration import Registration
 from planner.engine.timing import HostLoad, recorded_load
-from planner.kernel.calibrate import KsmdWindow, calibrate_workload, ksmd_window
+from planner.kernel.calibrate import calibrate_workload
 from planner.kernel.holder import PAGE_BYTES, Holder
 from planner.kernel.observe import observe
 from planner.kernel.sysfs import KsmLease

@@ -17,9 +17,10 @@ import pytest
 
 import planner.trace.recording as R
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.costfit import ksmd_window, solve_contention
 from planner.engine.timing import HostLoad
 from planner.errors import InputDataError, UsageProblem
-from planner.kernel.calibrate import calibrate_workload, ksmd_window, solve_contention
+from planner.kernel.calibrate import calibrate_workload
 from planner.testing.synth import SynthSpec, write_synthetic_trace
 from planner.trace.io import open_trace
 from planner.trace.recording import ObservedTimeline

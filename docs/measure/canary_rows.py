@@ -1,0 +1,54 @@
+"""A replay against a canary recording: the rows of docs/live-validation.md's canary tables.
+
+``replay.json`` is ``ksm-planner replay ... --json``; ``CANARY`` an ``observe`` recording of
+the real ksmd (``reports/canary/django-preload``, or another run). Printed: the mean of the
+predicted and of the real ``pages_sharing`` over the second half of the recording (the
+prediction sampled as a step function at the recording's samples) and their ratio less one;
+both at the end; full scans, ksmd CPU seconds and copy-on-write breaks per second
+(``cow_ksm``) of each. The review's own figure (``whatif --observed``) is the median of the
+per-sample ratios instead of the ratio of the means, so the two differ by a few tenths.
+
+Run from the repository root: ``.venv/bin/python docs/measure/canary_rows.py replay.json
+CANARY``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from planner.engine.costfit import ksmd_window
+from planner.trace.recording import read_observed
+
+
+def main() -> None:
+    rep, canary = sys.argv[1], sys.argv[2]
+    with open(rep) as f:
+        d = json.load(f)
+    grid = d["grid"]
+    t = np.array([r["t_s"] for r in grid])
+    sharing = np.array([r["pages_sharing"] for r in grid])
+    c = read_observed(canary).counters
+    on = c[c["run"] == 1]
+    ot = on.index.to_numpy() - on.index[0]
+    real = on["pages_sharing"].to_numpy()
+    half = ot >= ot[-1] / 2
+    pred = sharing[np.searchsorted(t, ot[half], side="right") - 1]
+    err = pred.mean() / real[half].mean() - 1
+    cow = on["cow_ksm"].to_numpy()
+    real_cow = (cow[-1] - cow[0]) / (ot[-1] - ot[0])
+    w = ksmd_window(c)
+    print(
+        f"pages_sharing, second half: model {pred.mean():.0f} kernel {real[half].mean():.0f} "
+        f"({err * 100:+.1f} %); at the end: model {sharing[-1]} kernel {real[-1]}\n"
+        f"full scans: model {d['final']['full_scans']} kernel {w.full_scans}; "
+        f"ksmd CPU s: model {d['cost']['cpu_s']:.2f} kernel {w.cpu_s:.2f}; "
+        f"copy-on-write /s: model {d['cow_breaks_per_s']:.0f} kernel {real_cow:.0f} "
+        f"({(d['cow_breaks_per_s'] / real_cow - 1) * 100:+.0f} %)"
+    )
+
+
+if __name__ == "__main__":
+    main()

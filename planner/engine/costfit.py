@@ -1,0 +1,370 @@
+"""A cost profile fitted to what the real ksmd did on the traced workload (docs/busy-host.md §4).
+
+A recording of ``ksm-planner observe`` made while the real ksmd worked on the traced
+processes (any observation with ksmd on, a canary in particular) states ksmd's CPU time
+(``ksmd_runtime_ns``), the pages it handed to ``cmp_and_merge_page`` (``pages_scanned``) and
+its full scans over a stretch of constant knobs (:func:`ksmd_window`). Two figures follow
+from those counters alone: the real CPU per scanned page, and the real batch period, hence
+ksmd's real share of a CPU while it worked. :func:`fit_cost` brings a base profile to both:
+
+* ``sched_contention`` is solved so that the busy-host model (docs/busy-host.md §1) gives
+  ksmd that share under the load the fit assumes (:func:`solve_contention`);
+* the trace is replayed with the recording's knobs, for as long as the recording, under that
+  load and (for a canary) with the canary's write rates, and every CPU cost of the base is
+  scaled by the real over the modelled CPU per scanned page (twice: the path mix moves a
+  little with the batch period).
+
+Both figures are ksmd's, not the knobs': the share is what the scheduler gives ksmd on that
+host, and the cost per page is the workload's path mix on cold caches. So a profile fitted at
+one knob setting serves the others: ``replay``/``whatif --observed`` use it to predict any
+setting from a canary at one (:func:`planner.replay.replay_trace`), and ``ksm-planner
+calibrate --trace --observed`` writes it (:func:`planner.kernel.calibrate.calibrate_workload`).
+
+This module is the engine layer's: it replays prepared inputs and reads a recording's
+counters (a DataFrame), never the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from planner.engine.cost import CostProfile
+from planner.engine.timing import (
+    KSMD_NICE,
+    NICE_0_WEIGHT,
+    NS_PER_S,
+    HostLoad,
+    nice_weight,
+    sleep_ns,
+)
+from planner.errors import InputDataError
+
+if TYPE_CHECKING:
+    from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput
+    from planner.engine.writes import CanaryRates
+
+#: What a fitted profile says about its method (``source``).
+FIT_METHOD: Final = (
+    "the real ksmd's CPU (ksmd_runtime_ns) per page handed to cmp_and_merge_page "
+    "(pages_scanned) over a recording of the traced workload, against a replay of the trace "
+    "with the same knobs and load; every CPU cost of the base profile scaled by their ratio; "
+    "sched_contention solved from the real batch period (docs/busy-host.md §4)"
+)
+
+#: Knobs a recording's ksmd window must hold constant (the first three are required).
+_WINDOW_KNOBS: Final = ("pages_to_scan", "sleep_millisecs", "smart_scan")
+_OTHER_KNOBS: Final = ("max_page_sharing", "use_zero_pages", "merge_across_nodes")
+
+
+@dataclass(frozen=True)
+class KsmdWindow:
+    """What a recording says the real ksmd did while it ran with constant knobs."""
+
+    start_s: float
+    wall_s: float
+    cpu_s: float
+    pages_scanned: int
+    pages_skipped: int
+    full_scans: int
+    pages_to_scan: int
+    sleep_ms: int
+    smart_scan: bool
+    max_page_sharing: int | None = None
+    use_zero_pages: bool | None = None
+    batch_count: float | None = None
+    """The batches counted sample by sample (:func:`count_batches`), when known."""
+
+    @property
+    def batches(self) -> float:
+        """Batches run (:func:`count_batches`; over the whole window when the samples are
+        not known)."""
+        if self.batch_count is not None:
+            return self.batch_count
+        return count_batches([self.pages_scanned], [self.full_scans], self.pages_to_scan)
+
+    @property
+    def ns_per_page(self) -> float:
+        """ksmd CPU per scanned page, ns."""
+        return self.cpu_s * NS_PER_S / self.pages_scanned
+
+    def share(self, hz: int, wake_latency_ns: int) -> float:
+        """ksmd's real share of a CPU while it worked: a batch's CPU over the wall time the
+        batch took (its period less the slept jiffies and the wake-up latency); 1 where the
+        period leaves no time beyond the sleep."""
+        busy_ns = self.wall_s * NS_PER_S / self.batches - sleep_ns(self.sleep_ms, hz)
+        busy_ns -= wake_latency_ns
+        cpu_batch_ns = self.cpu_s * NS_PER_S / self.batches
+        return min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
+
+
+def count_batches(scanned: Any, full_scans: Any, pages_to_scan: int) -> float:
+    """The batches ksmd ran, from the ``pages_scanned`` and ``full_scans`` increments of
+    successive samples. A batch never spans two full scans, so a scan of ``P`` handled
+    pages takes ``floor(P / pages_to_scan) + 1`` of them (docs/kernel-semantics.md §4.2):
+    a sample interval holding ``F >= 1`` scan ends counts that for ``P`` its pages per scan
+    end, an interval without one its pages over ``pages_to_scan``. Counting interval by
+    interval follows scans whose size changes (smart scan skips more pages as they age)."""
+    dp = np.asarray(scanned, dtype=np.float64)
+    df = np.asarray(full_scans, dtype=np.float64)
+    ends = df > 0
+    per_scan = np.divide(dp, df, out=np.zeros_like(dp), where=ends)
+    with_ends = df * (np.floor(per_scan / pages_to_scan) + 1)
+    return float(np.where(ends, with_ends, dp / pages_to_scan).sum())
+
+
+def _knob(row: Any, name: str) -> int | None:
+    v = row.get(name)
+    return None if v is None or v != v else int(v)  # v != v: NaN
+
+
+def ksmd_window(counters: Any) -> KsmdWindow:
+    """The :class:`KsmdWindow` of an ``observe`` recording's counters (a DataFrame indexed
+    by ``t_s``): from the first sample with ``run`` 1 to the last one with the same knobs.
+
+    Raises
+    ------
+    InputDataError
+        ksmd never ran, the recording has no ksmd CPU, or scanned no page.
+    """
+    need = ("run", "ksmd_runtime_ns", "pages_scanned", "pages_skipped", "full_scans")
+    missing = [c for c in need if c not in counters.columns]
+    if missing:
+        raise InputDataError(
+            f"the recording has no {', '.join(missing)}",
+            hint="record with 'ksm-planner observe' (as root, so that ksmd's CPU is readable)",
+        )
+    on = counters[counters["run"] == 1]
+    if len(on) >= 2:
+        first = on.iloc[0]
+        keys = [
+            k for k in (*_WINDOW_KNOBS, *_OTHER_KNOBS) if k in on.columns and not on[k].isna().any()
+        ]
+        same = (on[keys] == first[keys]).all(axis=1).to_numpy()
+        stop = int(np.argmin(same)) if not same.all() else len(on)
+        on = on.iloc[:stop]
+    if len(on) < 2 or on["ksmd_runtime_ns"].isna().any():
+        raise InputDataError(
+            "the recording has fewer than two samples of a running ksmd with its CPU time",
+            hint="record at least a few seconds with ksmd on (run=1), as root",
+        )
+    a, b = on.iloc[0], on.iloc[-1]
+    scanned = int(b["pages_scanned"] - a["pages_scanned"])
+    if scanned <= 0:
+        raise InputDataError(
+            "ksmd scanned no page during the recording",
+            hint="record while ksmd runs on the traced workload",
+        )
+    return KsmdWindow(
+        start_s=float(on.index[0]),
+        wall_s=float(on.index[-1] - on.index[0]),
+        cpu_s=float(b["ksmd_runtime_ns"] - a["ksmd_runtime_ns"]) / NS_PER_S,
+        pages_scanned=scanned,
+        pages_skipped=int(b["pages_skipped"] - a["pages_skipped"]),
+        full_scans=int(b["full_scans"] - a["full_scans"]),
+        pages_to_scan=int(a["pages_to_scan"]),
+        sleep_ms=int(a["sleep_millisecs"]),
+        smart_scan=bool(a["smart_scan"]),
+        max_page_sharing=_knob(a, "max_page_sharing"),
+        use_zero_pages=None if (v := _knob(a, "use_zero_pages")) is None else bool(v),
+        batch_count=count_batches(
+            np.diff(on["pages_scanned"].to_numpy(np.float64)),
+            np.diff(on["full_scans"].to_numpy(np.float64)),
+            int(a["pages_to_scan"]),
+        ),
+    )
+
+
+def solve_contention(share: float, runnable_per_cpu: float, fallback: float) -> float:
+    """The ``sched_contention`` under which ksmd's modelled share is ``share`` at this load
+    (``fallback`` where the load or the share cannot tell: an idle host, a whole CPU)."""
+    if runnable_per_cpu <= 0 or not 0 < share < 1:
+        return fallback if share < 1 else 0.0
+    w = nice_weight(KSMD_NICE)
+    return min(100.0, (w / share - w) / (NICE_0_WEIGHT * runnable_per_cpu))
+
+
+@dataclass(frozen=True)
+class CostFit:
+    """A base profile brought to a recording of the real ksmd (:func:`fit_cost`)."""
+
+    profile: CostProfile
+    """The base with ``sched_contention`` solved and every CPU cost scaled (not renamed)."""
+    base: str
+    real: KsmdWindow
+    load: HostLoad
+    """The load the fit assumed while the recording ran."""
+    real_share: float
+    model_ns_per_page: float
+    """The base profile's CPU per scanned page on the replay, before scaling."""
+    cost_scale: float
+    canary_writes: bool
+    """Whether the fitting replays carried the recording's write rates."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the fit was derived from (JSON-ready; the profile itself is not repeated)."""
+        return {
+            "base_profile": self.base,
+            "real": {**asdict(self.real), "ns_per_page": self.real.ns_per_page},
+            "host_load": self.load.to_dict(),
+            "real_share": self.real_share,
+            "sched_contention": self.profile.sched_contention,
+            "model_ns_per_page_before": self.model_ns_per_page,
+            "cost_scale": self.cost_scale,
+            "canary_writes": self.canary_writes,
+        }
+
+
+def fit_cost(
+    inp: ReplayInput,
+    real: KsmdWindow,
+    load: HostLoad,
+    *,
+    base: CostProfile | None = None,
+    canary: CanaryRates | None = None,
+    writes: bool = True,
+    write_seed: int = 0,
+) -> CostFit:
+    """Fit ``base`` (the shipped profile by default) to the real ksmd of ``real``.
+
+    ``load`` is the load the recording ran under as the replay states it (the trace's
+    recorded load unless a better one is known). ``canary``: the recording's write rates,
+    carried by the fitting replays so that their path mix (pages whose checksum changed,
+    merges broken and redone) is the one the recording saw.
+
+    Raises
+    ------
+    InputDataError
+        The replay of the trace scanned no page (nothing registered).
+    """
+    from planner.engine.api import replay
+    from planner.engine.knobs import KsmKnobs
+    from planner.engine.options import ReplayOptions
+
+    base = base or CostProfile.default()
+    hz = inp.hz or 250
+    share = real.share(hz, base.wake_latency_ns)
+    contention = solve_contention(share, load.runnable_per_cpu, base.sched_contention)
+    more: dict[str, Any] = {}
+    if real.max_page_sharing is not None:
+        more["max_page_sharing"] = real.max_page_sharing
+    if real.use_zero_pages is not None:
+        more["use_zero_pages"] = real.use_zero_pages
+    knobs = KsmKnobs.for_hz(hz).with_(
+        pages_to_scan=real.pages_to_scan, sleep_ms=real.sleep_ms, smart_scan=real.smart_scan, **more
+    )
+    probe = replace(base, sched_contention=contention)
+    scale = 1.0
+    model_ns: list[float] = []
+    for _ in range(2):  # the path mix moves a little with the batch period
+        opts = ReplayOptions(
+            duration_s=max(real.wall_s, 1.0),
+            cost=probe.scaled(scale),
+            host_load=load,
+            writes=writes,
+            write_seed=write_seed,
+        )
+        res = replay(inp, knobs=knobs, options=opts, canary=canary)
+        scanned = res.final_counters["pages_scanned"]
+        if scanned <= 0:
+            raise InputDataError(
+                "the replay of the trace scanned no page", hint="is any process registered?"
+            )
+        model_ns.append(res.cost.cpu_s * NS_PER_S / scanned)
+        scale *= real.ns_per_page / model_ns[-1]
+    return CostFit(
+        profile=probe.scaled(scale),
+        base=base.name,
+        real=real,
+        load=load,
+        real_share=share,
+        model_ns_per_page=model_ns[0],
+        cost_scale=scale,
+        canary_writes=canary is not None and writes,
+    )
+
+
+def fitted_profile(fit: CostFit, *, name: str, provenance: dict[str, Any]) -> CostProfile:
+    """The fitted profile under its own name, with its method and provenance."""
+    return replace(
+        fit.profile,
+        name=name,
+        description=(
+            f"{fit.base} scaled x{fit.cost_scale:.2f} to the real ksmd's CPU per scanned page "
+            f"on the traced workload, sched_contention {fit.profile.sched_contention:.2f} "
+            "from its batch period"
+        ),
+        source=FIT_METHOD,
+        provenance=provenance,
+    )
+
+
+def fit_to_recording(
+    inp: ReplayInput,
+    counters: Any,
+    options: ReplayOptions,
+    *,
+    canary: CanaryRates | None = None,
+) -> tuple[ReplayOptions, dict[str, Any]]:
+    """``options`` with its cost profile fitted to the real ksmd of a recording's counters.
+
+    What ``replay``/``whatif --observed`` do with a recording that states ksmd's CPU and full
+    scans (a canary does): the base is ``options.cost``; the load the recording ran under is
+    taken to be the one the trace recorded (else ``options.host_load``, else an idle host),
+    while the replay itself keeps ``options.host_load`` (a load given to plan for another
+    host applies to the fitted ksmd). A profile that is already fitted, or a recording
+    without ksmd's CPU time, leaves ``options`` as they are. Returns the options and what
+    the result's provenance says about the fit (``cost_fit``).
+    """
+    if is_fitted(options.cost):
+        return options, {"fitted": False, "why": f"the profile {options.cost.name} is fitted"}
+    try:
+        real = ksmd_window(counters)
+    except InputDataError as exc:
+        return options, {"fitted": False, "why": f"the recording cannot tell: {exc.message}"}
+    recorded = inp.meta.get("host_load")
+    load = recorded if isinstance(recorded, HostLoad) else options.host_load or HostLoad.idle()
+    fit = fit_cost(
+        inp,
+        real,
+        load,
+        base=options.cost,
+        canary=canary,
+        writes=options.writes,
+        write_seed=options.write_seed,
+    )
+    profile = replace(
+        fit.profile,
+        name=f"{fit.base}+recording",
+        description=f"{fit.base} fitted to the recorded ksmd (scaled x{fit.cost_scale:.2f}, "
+        f"sched_contention {fit.profile.sched_contention:.2f})",
+        source=FIT_METHOD,
+    )
+    return replace(options, cost=profile), {
+        "fitted": True,
+        "profile": profile.name,
+        **fit.to_dict(),
+    }
+
+
+def is_fitted(profile: CostProfile) -> bool:
+    """Whether ``profile`` was already fitted to a workload (not to be fitted again)."""
+    return profile.source == FIT_METHOD or profile.source.startswith(
+        "ksm-planner calibrate --trace/--observed"
+    )
+
+
+__all__ = [
+    "FIT_METHOD",
+    "CostFit",
+    "KsmdWindow",
+    "fit_cost",
+    "fit_to_recording",
+    "fitted_profile",
+    "is_fitted",
+    "ksmd_window",
+    "solve_contention",
+]

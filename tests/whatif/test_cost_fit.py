@@ -1,0 +1,76 @@
+"""``whatif --observed CANARY`` fits ksmd's cost to the canary, as ``replay --observed`` does.
+
+The canary here is a recording made from a replay of the trace with known costs and share
+(the "real" ksmd), read through a patched ``read_observed``; its write rates are not what is
+tested (none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import planner.engine.writes as W
+import planner.trace.recording as R
+from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.timing import HostLoad
+from planner.testing.synth import SynthSpec, write_synthetic_trace
+from planner.trace.io import open_trace
+from planner.trace.recording import ObservedTimeline
+from planner.whatif.run import _fit_cost
+
+SPEC = SynthSpec(pages=3_000, processes=3, family_size=3, snapshots=2, interval_s=1.0, seed=5)
+LOAD = HostLoad.given(3.0)
+REAL = replace(CostProfile.default().scaled(1.5), sched_contention=0.6)
+KNOBS = KsmKnobs(pages_to_scan=300, sleep_ms=20, hz=250)
+
+
+@pytest.fixture
+def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    out = tmp_path / "trace"
+    write_synthetic_trace(SPEC, out)
+    inp = prepare(open_trace(out).load_host())
+    res = replay(
+        inp, knobs=KNOBS, options=ReplayOptions(duration_s=15.0, cost=REAL, host_load=LOAD)
+    )
+    rows, cpu = [{"t_s": 0.0, "full_scans": 0, "pages_scanned": 0, "pages_skipped": 0}], 0.0
+    cpus = [0.0]
+    for s in res.scans:
+        cpu += s.cpu_s
+        cpus.append(cpu)
+        rows.append(
+            {"t_s": s.t_s, "full_scans": s.full_scans, "pages_scanned": s.counters["pages_scanned"],
+             "pages_skipped": s.counters["pages_skipped"]}
+        )  # fmt: skip
+    df = pd.DataFrame(rows).set_index("t_s")
+    df["ksmd_runtime_ns"] = [round(c * 1e9) + 10**9 for c in cpus]
+    df = df.assign(run=1, pages_to_scan=300, sleep_millisecs=20, smart_scan=1)
+    timeline = ObservedTimeline(meta={}, counters=df, processes=pd.DataFrame())
+    monkeypatch.setattr(R, "read_observed", lambda path: timeline)
+    monkeypatch.setattr(W, "canary_rates", lambda obs, page_size: None)
+    return out
+
+
+def test_one_host_is_fitted_to_its_canary(trace: Path) -> None:
+    opts = ReplayOptions(host_load=LOAD)
+    profile, note = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    assert note is not None
+    assert note["fitted"] is True
+    assert profile is not None
+    assert profile.name == "default+recording"
+    assert note["cost_scale"] == pytest.approx(1.5, rel=0.05)
+    assert profile.sched_contention == pytest.approx(0.6, rel=0.05)
+
+
+def test_no_canary_or_several_hosts_keep_the_profile(trace: Path) -> None:
+    opts = ReplayOptions(host_load=LOAD)
+    given = CostProfile.default().scaled(2.0)
+    assert _fit_cost(open_trace(trace), ["synthetic"], None, given, opts) == (given, None)
+    profile, note = _fit_cost(open_trace(trace), ["a", "b"], "canary", given, opts)
+    assert profile is given
+    assert note is not None
+    assert note["fitted"] is False
+    assert "2 hosts" in note["why"]
