@@ -163,6 +163,7 @@ class GrowthNote:
     """Pages added over the horizon."""
     capped: bool = False
     steps: int = 0
+    """Synthetic snapshots added (steps that add no page add none)."""
     pages_by_pid: dict[str, int] = field(default_factory=dict)
     repeat_fraction: float | None = None
     """Share of the template rows that keep an existing content (zero page included)."""
@@ -273,7 +274,7 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         horizon_s=n_steps * step_s,
         total_pages=total,
         capped=fit.remaining_pages > cap,
-        steps=n_steps,
+        steps=out.n_snapshots - n,
         pages_by_pid=note_pids,
         repeat_fraction=float(keeps.mean()) if keeps.size else None,
         template_rows=int(all_t.size),

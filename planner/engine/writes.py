@@ -420,7 +420,8 @@ class TraceWrites:
             rt = rc[tog]
             known = np.zeros(rt.size, bool)
             if last and self._other_keys.size and rt.size:  # the same row, a later snapshot
-                pos = np.minimum(np.searchsorted(self._other_keys, keys[rt]), self._other_keys.size - 1)
+                ok = self._other_keys
+                pos = np.minimum(np.searchsorted(ok, keys[rt]), ok.size - 1)
                 known = self._other_keys[pos] == keys[rt]
                 self.other[rt[known]] = self._other_ids[pos[known]]
             n_new = int(np.count_nonzero(~known))
@@ -476,7 +477,8 @@ class TraceWrites:
         self._cur_keys = self._keys(k) if self._cont else np.empty(0, np.uint64)
         self._reapply = None
         if self._cont and self._vol_keys.size:  # the contents the previous one restored
-            pos = np.minimum(np.searchsorted(self._cur_keys, self._vol_keys), self._cur_keys.size - 1)
+            ck = self._cur_keys
+            pos = np.minimum(np.searchsorted(ck, self._vol_keys), ck.size - 1)
             hit = self._cur_keys[pos] == self._vol_keys
             if hit.any():
                 self._reapply = Writes(pos[hit].astype(np.int64), self._vol_ids[hit].copy())

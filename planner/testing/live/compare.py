@@ -94,6 +94,9 @@ class CompareOptions:
     writes: bool = True
     """Replay the writes the capture sampled between snapshots (``replay --no-writes``
     when False: the snapshots alone, as before the write model)."""
+    growth: bool = True
+    """Continue the growth the last snapshots show after the capture (``replay
+    --no-growth`` when False: the set of pages frozen at the last snapshot)."""
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
@@ -453,6 +456,7 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         cost=cost,
         host_load=_load(run, opts, inp),
         writes=opts.writes,
+        growth=opts.growth,
     )
     if opts.alignment == "last":
         options = replace(options, snapshot_scans=(1,) * len(inp.snapshots))
