@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_growth_adds_snapshots_with_the_measured_structure() -> None:
     assert note.repeat_fraction == pytest.approx(0.25)
     # the times follow the last snapshot, each step later
     times = out.times_ns[inp.n_snapshots - 1 :]
-    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(times))
     # contents: rows that repeat an existing content keep it; the others are new, shared
     # across the workers where the template was
     before = set(inp.snapshots[inp.n_snapshots - 1].hash.tolist())
@@ -133,8 +134,9 @@ def test_the_growth_is_capped_by_the_size() -> None:
     w.snapshot(2.0)
     w.map(100, 0x300000, list(range(300, 389)))
     w.snapshot(4.0)
-    out, note = continue_growth(prepare(w.host_trace()))
-    assert note.status == "continued" and note.capped
+    _out, note = continue_growth(prepare(w.host_trace()))
+    assert note.status == "continued"
+    assert note.capped
     assert note.total_pages <= MAX_GROWTH_FRACTION * 199 + 1
 
 
@@ -162,7 +164,9 @@ def test_replay_states_the_growth_and_can_turn_it_off() -> None:
     inp = prepare(_growing_world().host_trace())
     on, off = _replayed(inp), _replayed(inp, growth=False)
     g = on["growth"]
-    assert isinstance(g, dict) and g["status"] == "continued" and g["total_pages"] > 0
+    assert isinstance(g, dict)
+    assert g["status"] == "continued"
+    assert g["total_pages"] > 0
     assert "pages/s" in str(g["summary"])
     assert off["growth"] == {**off["growth"], "status": "off"}  # type: ignore[dict-item]
     assert int(on["sharing"]) > int(off["sharing"])  # type: ignore[call-overload]
@@ -177,9 +181,12 @@ def test_engines_agree_on_grown_memory_with_writes(seed: int) -> None:
     )
     inp, note = continue_growth(prepare(ht), seed=seed)
     assert note.status == "continued"
-    assert inp.writes[-1] is not None and inp.writes[-1].origin_ns is not None
+    assert inp.writes[-1] is not None
+    assert inp.writes[-1].origin_ns is not None
     res, _ = assert_engines_agree_with_writes(
-        inp, KsmKnobs(pages_to_scan=40, sleep_ms=20, hz=250), ReplayOptions(duration_s=30.0),
+        inp,
+        KsmKnobs(pages_to_scan=40, sleep_ms=20, hz=250),
+        ReplayOptions(duration_s=30.0),
         seed=seed,
     )
     assert res.cow_breaks >= 0
