@@ -262,6 +262,9 @@ class LiveComparison:
         obs = self.host_load.get("observe", {})
         if obs:
             lines.append(f"  host during the observation: {obs.get('text')}")
+        growth = self.model.get("growth") or {}
+        if growth.get("summary"):
+            lines.append(f"  model: {growth['summary']}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -935,6 +938,7 @@ def _model_summary(res: ReplayResult, steady: _Steady) -> dict[str, Any]:
         "snapshot_applied_s": res.snapshot_applied_s,
         "cost_profile": res.knobs.get("cost_profile"),
         "host_load": res.provenance.get("host_load"),
+        "growth": res.provenance.get("growth"),
         "saved_frames_end": res.final_truth.saved_frames,
     }
 
