@@ -444,6 +444,7 @@ class WhatifArgs:
     settle_scans: SettleScans = None
     duration_s: Duration = None
     writes: WritesFlag = True
+    growth: GrowthFlag = True
     scheduler: Scheduler = None
     cluster_timeout: ClusterTimeout = 30.0
     workers: Workers = None
