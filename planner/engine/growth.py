@@ -264,6 +264,8 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
     out, note_pids = _append_steps(inp, last, grow, tmpl, add, step_s, zero_or_held, seed)
+    if not note_pids:  # pragma: no cover - see _append_steps
+        return inp, GrowthNote("none", "no frame ids left for new pages", sizes_pages=sizes)
     total = int(add.sum())
     note = GrowthNote(
         "continued",
@@ -334,8 +336,11 @@ def _append_steps(
         wk = dataclasses.replace(w_last, origin_ns=t_last)
     cur_src = np.arange(last.n, dtype=np.int64)  # per row of cur: its traced source row
     next_page = {m: int(last.page[last.rows_of(m)[1] - 1]) + 1 for m in grow}
-    used_frames = np.unique(last.frame)
-    frame_next = int(used_frames[-1]) + 1 if used_frames.size else 1
+    # new pages take frame ids above every frame of the last snapshot (prepared traces
+    # number frames densely; an id space too full for that leaves the growth out)
+    frame_next = int(last.frame.max()) + 1 if last.n else 1
+    if frame_next + int(add.sum()) >= 1 << 63:  # pragma: no cover - ids are dense
+        return inp, {}
     deltas = list(inp.deltas)
     writes = list(inp.writes)
     if writes:
