@@ -142,6 +142,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="replay the snapshots alone, without the writes sampled between them",
     )
     c.add_argument(
+        "--no-growth",
+        action="store_true",
+        help="hold the pages at the last snapshot, without the growth continued after it",
+    )
+    c.add_argument(
         "--page-truth",
         action="store_true",
         help="join the model's KSM pages with the canary's page by page (needs --canary; "
@@ -189,6 +194,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             first_window_s=args.first_window,
             calibrate_writes=args.calibrate_writes,
             writes=not args.no_writes,
+            growth=not args.no_growth,
             host_load=_host_load(args.host_load),
         )
         cmp = compare_run(run, opts)

@@ -164,6 +164,14 @@ WritesFlag = Annotated[
         "the last one at its rates (--no-writes: the snapshots alone, for comparison).",
     ),
 ]
+GrowthFlag = Annotated[
+    bool,
+    typer.Option(
+        "--growth/--no-growth",
+        help="Continue after the last snapshot the growth the last three show, when it "
+        "slows down (a saturating fit; --no-growth: the pages of the last snapshot alone).",
+    ),
+]
 PrctlAtOption = Annotated[
     PrctlAtChoice,
     typer.Option(
@@ -436,6 +444,7 @@ class WhatifArgs:
     settle_scans: SettleScans = None
     duration_s: Duration = None
     writes: WritesFlag = True
+    growth: GrowthFlag = True
     scheduler: Scheduler = None
     cluster_timeout: ClusterTimeout = 30.0
     workers: Workers = None

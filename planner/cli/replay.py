@@ -12,6 +12,7 @@ import typer
 from planner.cli._app import app
 from planner.cli._args import (
     CanaryOption,
+    GrowthFlag,
     HostLoadOption,
     PrctlAtChoice,
     PrctlAtOption,
@@ -98,6 +99,7 @@ def replay_cmd(
         ),
     ] = None,
     writes: WritesFlag = True,
+    growth: GrowthFlag = True,
     prctl_at: PrctlAtOption = PrctlAtChoice.exec,
     observed: CanaryOption = None,
     force: ForceFlag = False,
@@ -128,6 +130,7 @@ def replay_cmd(
         grid_s=grid_s,
         cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
         writes=writes,
+        growth=growth,
         host_load=None if host_load is None else HostLoad.given(host_load),
     )
     with _no_collector():  # until the output is written
@@ -221,6 +224,9 @@ def _render(r: ReplayResult) -> None:
         rate = r.cow_breaks_per_s
         tail = "" if rate is None else f"; {rate:,.1f} merges broken per second in the steady state"
         note(safe_text(f"writes between snapshots: {w.get('model')}{tail}"))
+    g = p.get("growth") or {}
+    if g.get("summary"):
+        note(safe_text(str(g["summary"])))
     t = r.final_truth
     c = r.final_counters
     pct = 100.0 * t.saved_frames / t.frames_without_ksm if t.frames_without_ksm else 0.0

@@ -93,6 +93,7 @@ def whatif_cmd(
         settle_scans=args.settle_scans,
         duration_s=args.duration_s,
         writes=args.writes,
+        growth=args.growth,
         host_load=None if args.host_load is None else HostLoad.given(args.host_load),
     )
 

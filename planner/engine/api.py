@@ -17,6 +17,7 @@ from planner.errors import KnobError
 
 if TYPE_CHECKING:
     from planner.engine.driver import Core
+    from planner.engine.growth import GrowthNote
     from planner.engine.registration import Resolver
     from planner.engine.result import ReplayResult
     from planner.engine.writes import CanaryRates
@@ -80,6 +81,7 @@ def replay(
     from planner.engine.driver import NO_WRITES, Driver
     from planner.engine.writes import write_model
 
+    inp, growth = with_growth(inp, opts)
     core = replay_input_core(inp, knobs, engine)
     if canary is not None and opts.writes:
         from planner.engine.writes import with_canary
@@ -90,6 +92,7 @@ def replay(
         core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
     ).run()
     res.provenance["writes"] = writes_note(inp, opts, model)
+    res.provenance["growth"] = growth.to_dict() | {"summary": growth.summary()}
     if canary is not None:
         res.provenance["writes"]["canary"] = {
             "same_content_unmerges": canary.events,
@@ -99,6 +102,19 @@ def replay(
         }
     res.provenance["prctl_at"] = prctl_at_note(inp.meta.get("prctl_at", PRCTL_AT_DEFAULT))
     return res
+
+
+def with_growth(inp: ReplayInput, opts: ReplayOptions) -> tuple[ReplayInput, GrowthNote]:
+    """``inp`` with the growth after the trace continued (:mod:`planner.engine.growth`) as
+    ``opts`` asks, and what was assumed. Scan-aligned replays (``validate --kernel``, a
+    schedule of snapshots by full scan) replay the trace's snapshots alone."""
+    from planner.engine.growth import GrowthNote, continue_growth
+
+    if not opts.growth:
+        return inp, GrowthNote("off", "--no-growth")
+    if opts.aligned_to_scans:
+        return inp, GrowthNote("scan-aligned", "snapshots applied by full scan: none added")
+    return continue_growth(inp, seed=opts.write_seed)
 
 
 def replay_input_core(inp: ReplayInput, knobs: KsmKnobs, engine: EngineName) -> Core:

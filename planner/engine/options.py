@@ -58,6 +58,9 @@ class ReplayOptions:
     writes: bool = True
     #: the seed of the writes' phases (the same seed, the same replay)
     write_seed: int = 0
+    #: continue the growth the last snapshots show after the trace (planner.engine.growth;
+    #: with time alignment only); False holds the set of pages at the last snapshot
+    growth: bool = True
     #: The CPU load ksmd competes with; ``None``: the load the trace recorded, else an idle
     #: host (docs/busy-host.md).
     host_load: HostLoad | None = None

@@ -31,6 +31,12 @@ at their rate over every sampled interval that holds them (the capture samples o
 interval after the last snapshot; :func:`continue_trend`), repeated for as long as the
 replay runs, so the steady state keeps writing instead of freezing memory.
 
+**Over grown memory.** The growth model (:mod:`planner.engine.growth`) appends synthetic
+snapshots after the last one; each carries the continuation's counts for its rows (a row
+the growth added takes its template row's) with ``origin_ns`` set, so a row's events keep
+the times they had from the last traced snapshot on, and a toggling row keeps its other
+content, whatever snapshot it is in.
+
 **What an engine gets** (:class:`Writes`): per row written since the last batch, the
 content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
 (:data:`RESTORE`), or a content id (>= 0) no snapshot row has. Several writes to one row
@@ -89,6 +95,11 @@ class IntervalWrites:
     leave_ns: I64 | None = None
     """The last snapshot only: when the row's page leaves for good (a canary saw it unmapped:
     ``MADV_DONTNEED``, ``munmap``), else -1 (:func:`with_canary`)."""
+    origin_ns: int | None = None
+    """The continuation after the trace goes on over this interval: its counts are over
+    ``length_ns`` like the last snapshot's, its events are timed from this origin (the last
+    traced snapshot's time) and unbounded, and the interval ends at the next snapshot --
+    one the growth model appended (:mod:`planner.engine.growth`) -- or never."""
 
     @property
     def nbytes(self) -> int:
@@ -352,6 +363,17 @@ class TraceWrites:
         self._kind: I64 = np.empty(0, np.int64)
         self._pos = 0
         self._gen_to = 0  # events before this time were generated
+        #: the continuation's toggling rows (keys, ascending) and their other content
+        self._other_keys: U64 = np.empty(0, np.uint64)
+        self._other_ids: I64 = np.empty(0, np.int64)
+        #: the continuation's rows holding a content no snapshot has (keys, ascending) and
+        #: that content: restored before a synthetic snapshot, set again after it
+        self._vol_keys: U64 = np.empty(0, np.uint64)
+        self._vol_ids: I64 = np.empty(0, np.int64)
+        self._reapply: Writes | None = None
+        self._reapply_ns = 0
+        self._cur_keys: U64 = np.empty(0, np.uint64)
+        self._cont = False
         self.events = 0  # events handed out
 
     # ------------------------------------------------------------------ intervals
@@ -359,24 +381,29 @@ class TraceWrites:
     def _build(self, k: int) -> _Streams | None:
         iw = self.inp.writes[k] if k < len(self.inp.writes) else None
         t0 = self.times[k]
-        last = k + 1 >= len(self.times)
+        final = k + 1 >= len(self.times)
         if iw is None:
             return None
+        last = final or iw.origin_ns is not None  # the continuation after the trace
         if last:
-            span, end = float(iw.length_ns or 0), _NEVER
+            span = float(iw.length_ns or 0)
+            end = _NEVER if final else self.times[k + 1]
+            t0 = t0 if iw.origin_ns is None else iw.origin_ns
         else:
             end = self.times[k + 1]
             span = float(end - t0)
             if span <= 0:
                 return None
         keys = self._keys(k)
+        # the continuation's phases are the last traced snapshot's, whatever snapshot follows
+        kp = k if iw.origin_ns is None else self.times.index(iw.origin_ns)
         c = iw.content.astype(np.int64)
         s = iw.same.astype(np.int64)
         parts: list[tuple[I64, F64, F64, I64, npt.NDArray[np.int8]]] = []
         rs = np.flatnonzero(s > 0) if span > 0 else np.empty(0, np.int64)
         if rs.size:
             parts.append(
-                (rs, span / s[rs], _phases(self.seed, k, keys[rs], 1),
+                (rs, span / s[rs], _phases(self.seed, kp, keys[rs], 1),
                  np.full(rs.size, -1, np.int64) if last else s[rs],
                  np.full(rs.size, _S_SAME, np.int8))
             )  # fmt: skip
@@ -385,20 +412,29 @@ class TraceWrites:
             tog = iw.toggle[rc]
             count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
             parts.append(
-                (rc, span / c[rc], _phases(self.seed, k, keys[rc], 2),
+                (rc, span / c[rc], _phases(self.seed, kp, keys[rc], 2),
                  np.full(rc.size, -1, np.int64) if last else count,
                  np.where(tog, _S_TOGGLE, _S_DRIFT).astype(np.int8))
             )  # fmt: skip
-            n_tog = int(np.count_nonzero(tog))
             self.other = np.full(iw.content.size, -1, np.int64)
-            self.other[rc[tog]] = self.next_volatile + np.arange(n_tog)
-            self.next_volatile += n_tog
+            rt = rc[tog]
+            known = np.zeros(rt.size, bool)
+            if last and self._other_keys.size and rt.size:  # the same row, a later snapshot
+                ok = self._other_keys
+                pos = np.minimum(np.searchsorted(ok, keys[rt]), ok.size - 1)
+                known = self._other_keys[pos] == keys[rt]
+                self.other[rt[known]] = self._other_ids[pos[known]]
+            n_new = int(np.count_nonzero(~known))
+            self.other[rt[~known]] = self.next_volatile + np.arange(n_new)
+            self.next_volatile += n_new
+            if last:
+                self._other_keys, self._other_ids = keys[rt], self.other[rt]
         rate = iw.same_rate_per_s
         if rate is not None:  # a canary's rates, where the trace counted no such write
             rr = np.flatnonzero((rate > 0) & (s == 0))
             if rr.size:
                 parts.append(
-                    (rr, 1e9 / rate[rr], _phases(self.seed, k, keys[rr], 3),
+                    (rr, 1e9 / rate[rr], _phases(self.seed, kp, keys[rr], 3),
                      np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
                 )  # fmt: skip
         gone_rows = gone_ns = np.empty(0, np.int64)
@@ -436,6 +472,17 @@ class TraceWrites:
         self.k = k
         self.other = np.empty(0, np.int64)
         self.streams = self._build(k)
+        iw = self.inp.writes[k] if k < len(self.inp.writes) else None
+        self._cont = iw is not None and (iw.origin_ns is not None or k + 1 >= len(self.times))
+        self._cur_keys = self._keys(k) if self._cont else np.empty(0, np.uint64)
+        self._reapply = None
+        if self._cont and self._vol_keys.size:  # the contents the previous one restored
+            ck = self._cur_keys
+            pos = np.minimum(np.searchsorted(ck, self._vol_keys), ck.size - 1)
+            hit = self._cur_keys[pos] == self._vol_keys
+            if hit.any():
+                self._reapply = Writes(pos[hit].astype(np.int64), self._vol_ids[hit].copy())
+                self._reapply_ns = self.times[k]
         e = np.empty(0, np.int64)
         self._t, self._rows, self._kind, self._pos = e, e, e, 0
         self._gen_to = self.times[k]
@@ -457,6 +504,8 @@ class TraceWrites:
 
     def next_time_ns(self) -> int | None:
         """Time of the next write not yet handed out, or None."""
+        if self._reapply is not None:
+            return self._reapply_ns
         while self._pos >= self._t.size:
             if not self._generate():
                 return None
@@ -465,6 +514,9 @@ class TraceWrites:
     def take_until(self, t_ns: int) -> Writes | None:
         """The writes at or before ``t_ns`` of the current interval, as one batch."""
         ts, rows, kinds = [], [], []
+        first = self._reapply if self._reapply is not None and self._reapply_ns <= t_ns else None
+        if first is not None:
+            self._reapply = None
         while True:
             nxt = self.next_time_ns()
             if nxt is None or nxt > t_ns:
@@ -474,16 +526,40 @@ class TraceWrites:
             rows.append(self._rows[self._pos : b])
             kinds.append(self._kind[self._pos : b])
             self._pos = b
-        if not rows:
-            return None
-        return self._coalesce(np.concatenate(rows), np.concatenate(kinds))
+        out = self._coalesce(np.concatenate(rows), np.concatenate(kinds)) if rows else None
+        if first is None:
+            return out
+        return first if out is None else _merge(first, out)
 
     def take_rest(self) -> Writes | None:
-        """Every write left in the current interval (the next snapshot is applied now)."""
+        """Every write left in the current interval (the next snapshot is applied now).
+
+        In the continuation before a synthetic snapshot, the rows holding a content no
+        snapshot has are restored last (a snapshot finds every row as it says) and given
+        the same content again once it is applied (:meth:`start_interval`): nothing a
+        visit can see changes."""
         st = self.streams
         if st is None or st.end_ns == _NEVER:
             return None
-        return self.take_until(st.end_ns - 1)
+        out = self.take_until(st.end_ns - 1)
+        if not self._cont or not self._vol_keys.size:
+            return out
+        pos = np.minimum(np.searchsorted(self._cur_keys, self._vol_keys), self._cur_keys.size - 1)
+        rows = np.unique(pos[self._cur_keys[pos] == self._vol_keys]).astype(np.int64)
+        restore = Writes(rows, np.full(rows.size, RESTORE, np.int64))
+        return restore if out is None else _merge(out, restore)
+
+    def _track(self, rows: I64, content: I64) -> None:
+        """The continuation's rows now holding a content no snapshot has."""
+        if not self._cont:
+            return
+        keys = self._cur_keys[rows]
+        touched = content != SAME
+        gone_now = np.isin(self._vol_keys, keys[touched])
+        vk = np.concatenate([self._vol_keys[~gone_now], keys[content >= 0]])
+        vi = np.concatenate([self._vol_ids[~gone_now], content[content >= 0]])
+        order = np.argsort(vk, kind="stable")
+        self._vol_keys, self._vol_ids = vk[order], vi[order]
 
     def _coalesce(self, rows: I64, kinds: I64) -> Writes:
         """One entry per row: its content after the last content write (module notes)."""
@@ -509,9 +585,26 @@ class TraceWrites:
                 gone = np.zeros(uniq.size, bool)
                 gone[pos[kc == _K_GONE]] = True
                 del first
+                self._track(uniq.astype(np.int64), content)
                 return Writes(rows=uniq.astype(np.int64), content=content, gone=gone)
         del first
+        self._track(uniq.astype(np.int64), content)
         return Writes(rows=uniq.astype(np.int64), content=content)
+
+
+def _merge(a: Writes, b: Writes) -> Writes:
+    """``a`` then ``b`` as one batch: a row in both takes ``b``'s content (and leaves if
+    either says so)."""
+    rows = np.concatenate([a.rows, b.rows])
+    content = np.concatenate([a.content, b.content])
+    ga = a.gone if a.gone is not None else np.zeros(a.rows.size, bool)
+    gb = b.gone if b.gone is not None else np.zeros(b.rows.size, bool)
+    gone = np.concatenate([ga, gb])
+    order = np.lexsort((np.arange(rows.size), rows))
+    rows, content, gone = rows[order], content[order], gone[order]
+    last = np.r_[rows[1:] != rows[:-1], True]
+    left = np.maximum.reduceat(gone, np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]))
+    return Writes(rows[last], content[last], left if left.any() else None)
 
 
 @dataclass(frozen=True)
@@ -737,7 +830,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
                 length = inp.times_ns[k + 1] - inp.times_ns[k]
             old = IntervalWrites(zeros, zeros.copy(), np.zeros(snap.n, bool), length)
         leave = None
-        if k + 1 == inp.n_snapshots and rates.left_s is not None and hit.any():
+        cont = k + 1 == inp.n_snapshots or old.origin_ns is not None  # after the trace
+        if cont and rates.left_s is not None and hit.any():
             pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
             left = rates.left_s[pos]
             gone = (rates.key[pos] == key) & ~np.isnan(left)

@@ -500,6 +500,9 @@ class SweepOptions:
     cost_profile: str
     writes: bool = True
     """The writes a sampled trace recorded were replayed (``--no-writes``: not)."""
+    growth: bool = True
+    """The growth the last snapshots show was continued where it slows down
+    (:mod:`planner.engine.growth`; ``--no-growth``: not)."""
     host_load: dict[str, HostLoad] | None = None
     """Per host: the CPU load ksmd was replayed against and where it came from."""
     writes_canary: str | None = None

@@ -74,6 +74,7 @@ _OPTION_FIELDS = (
     "grid_s",
     "snapshot_alignment",
     "writes",
+    "growth",
     "host_load",
 )
 

@@ -94,6 +94,9 @@ class CompareOptions:
     writes: bool = True
     """Replay the writes the capture sampled between snapshots (``replay --no-writes``
     when False: the snapshots alone, as before the write model)."""
+    growth: bool = True
+    """Continue the growth the last snapshots show after the capture (``replay
+    --no-growth`` when False: the set of pages frozen at the last snapshot)."""
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
@@ -259,6 +262,9 @@ class LiveComparison:
         obs = self.host_load.get("observe", {})
         if obs:
             lines.append(f"  host during the observation: {obs.get('text')}")
+        growth = self.model.get("growth") or {}
+        if growth.get("summary"):
+            lines.append(f"  model: {growth['summary']}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -453,6 +459,7 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         cost=cost,
         host_load=_load(run, opts, inp),
         writes=opts.writes,
+        growth=opts.growth,
     )
     if opts.alignment == "last":
         options = replace(options, snapshot_scans=(1,) * len(inp.snapshots))
@@ -931,6 +938,7 @@ def _model_summary(res: ReplayResult, steady: _Steady) -> dict[str, Any]:
         "snapshot_applied_s": res.snapshot_applied_s,
         "cost_profile": res.knobs.get("cost_profile"),
         "host_load": res.provenance.get("host_load"),
+        "growth": res.provenance.get("growth"),
         "saved_frames_end": res.final_truth.saved_frames,
     }
 

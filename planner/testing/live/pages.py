@@ -101,6 +101,12 @@ class PageTruth:
     """Per process: pid, comm, rows, the model's KSM pages, the kernel's, and per class."""
     classes: dict[str, dict[str, Any]]
     """Per class but ``neither``: what a capture and the canary saw of its pages."""
+    model_grown_pages: int = 0
+    """Pages the growth model added after the last snapshot (:mod:`planner.engine.growth`;
+    left out of the join: their addresses are the model's own)."""
+    model_grown_ksm_pages: int = 0
+    """Of those, pages mapped to a KSM page at the end (to set against
+    ``kernel_pages_not_in_trace``)."""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +122,12 @@ class PageTruth:
             f"both {c['both']:,}, model only {c['model_only']:,}, kernel only "
             f"{c['kernel_only']:,}"
         ]
+        if self.model_grown_pages or self.kernel_pages_not_in_trace:
+            lines.append(
+                f"  memory not in the capture: kernel {self.kernel_pages_not_in_trace:,} KSM "
+                f"pages; model {self.model_grown_ksm_pages:,} KSM pages of the "
+                f"{self.model_grown_pages:,} it grew after the last snapshot"
+            )
         for name in ("model_only", "kernel_only"):
             d = self.classes.get(name)
             if d and d["pages"]:
@@ -212,6 +224,7 @@ def page_truth(
     """
     import pandas as pd
 
+    from planner.engine.api import with_growth
     from planner.engine.driver import NO_WRITES, Driver
     from planner.engine.reference import ReferenceEngine
     from planner.engine.writes import with_canary, write_model
@@ -227,7 +240,8 @@ def page_truth(
         )
     duration_s = _kernel_series(run).end_s
     s = replay_setup(run, opts, duration_s)
-    inp = s.inp
+    traced = s.inp.snapshots[s.inp.n_snapshots - 1].keys()
+    inp, _ = with_growth(s.inp, s.options)
     core = ReferenceEngine(inp, s.knobs)
     if s.canary is not None and s.options.writes:
         inp = with_canary(inp, s.canary)
@@ -241,12 +255,18 @@ def page_truth(
     mm = snap.mm.astype(np.int64)
     _, inv, cnt = np.unique(snap.frame, return_inverse=True, return_counts=True)
     _, hinv, hcnt = np.unique(snap.hash, return_inverse=True, return_counts=True)
+    model_ksm = core.ksm_rows()
+    grown = ~np.isin(snap.keys(), traced)  # rows the growth model added: not joined
+    n_grown, grown_ksm = int(grown.sum()), int(np.count_nonzero(model_ksm[grown]))
+    keep = ~grown
+    mm, model_ksm = mm[keep], model_ksm[keep]
+    inv, hinv = inv.reshape(-1)[keep], hinv.reshape(-1)[keep]
     df = pd.DataFrame(
         {
             "pid": pids[mm],
-            "page": snap.page.astype(np.int64),
+            "page": snap.page[keep].astype(np.int64),
             "comm": [comms[m] for m in mm.tolist()],
-            "model_ksm": core.ksm_rows(),
+            "model_ksm": model_ksm,
             "fork_shared": cnt[inv] > 1,
             "dups": hcnt[hinv],
         }
@@ -282,6 +302,8 @@ def page_truth(
         model_ksm_pages=int(df["model_ksm"].sum()),
         kernel_ksm_pages=int(df["ksm"].sum()),
         kernel_pages_not_in_trace=int((kern["ksm"].to_numpy() & ~in_trace).sum()),
+        model_grown_pages=n_grown,
+        model_grown_ksm_pages=grown_ksm,
         processes=procs,
         classes={c: _describe(df[df["cls"] == c]) for c in CLASSES if c != "neither"},
         notes=[
