@@ -54,7 +54,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -65,7 +65,7 @@ from planner.capture.procfs import ProcessGone, ProcFS
 from planner.engine.cost import CostProfile
 from planner.engine.costfit import (
     FIT_METHOD,
-    KsmdWindow,
+    CostFit,
     fit_cost,
     fitted_profile,
     ksmd_window,
@@ -837,30 +837,16 @@ WORKLOAD_METHOD: Final = "ksm-planner calibrate --trace/--observed: " + FIT_METH
 
 
 @dataclass(frozen=True)
-class WorkloadCalibration:
-    """The result of :func:`calibrate_workload` (JSON-ready with :meth:`to_dict`)."""
+class WorkloadCalibration(CostFit):
+    """The result of :func:`calibrate_workload` (JSON-ready with :meth:`to_dict`): the fit
+    of :func:`planner.engine.costfit.fit_cost`, with ``profile`` the named profile written
+    (its provenance states the fit) and the file it went to."""
 
-    profile: CostProfile
-    base: str
-    real: KsmdWindow
-    load: HostLoad
-    real_share: float
-    model_ns_per_page: float
-    cost_scale: float
     written: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The profile and what it was derived from."""
-        return {
-            "profile": self.profile.to_dict(),
-            "base_profile": self.base,
-            "real": {**asdict(self.real), "ns_per_page": self.real.ns_per_page},
-            "host_load": self.load.to_dict(),
-            "real_share": self.real_share,
-            "model_ns_per_page_before": self.model_ns_per_page,
-            "cost_scale": self.cost_scale,
-            "written": self.written,
-        }
+        return {"profile": self.profile.to_dict(), **super().to_dict(), "written": self.written}
 
 
 def calibrate_workload(
@@ -947,13 +933,5 @@ def calibrate_workload(
         if target is not None:
             target.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
             CostProfile.load(target)
-    return WorkloadCalibration(
-        profile=profile,
-        base=base.name,
-        real=real,
-        load=load,
-        real_share=share,
-        model_ns_per_page=fit.model_ns_per_page,
-        cost_scale=scale,
-        written=str(out) if out else None,
-    )
+    fitted = {f.name: getattr(fit, f.name) for f in fields(CostFit)}
+    return WorkloadCalibration(**{**fitted, "profile": profile}, written=str(out) if out else None)

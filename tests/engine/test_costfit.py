@@ -16,6 +16,7 @@ from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.costfit import FIT_METHOD, fit_to_recording, is_fitted
 from planner.engine.prepare import ReplayInput
 from planner.engine.timing import HostLoad
+from planner.testing.ksmd import ksmd_counters
 from planner.testing.synth import SynthSpec, write_synthetic_trace
 from planner.trace.io import open_trace
 
@@ -40,21 +41,7 @@ def recording(inp: ReplayInput, knobs: KsmKnobs) -> pd.DataFrame:
     """An ``observe`` recording's counters of the "real" ksmd at ``knobs``: one row per
     full scan, ksmd on from the start."""
     opts = ReplayOptions(duration_s=SECONDS, cost=REAL, host_load=LOAD)
-    res = replay(inp, knobs=knobs, options=opts)
-    rows = [{"t_s": 0.0, "full_scans": 0, "pages_scanned": 0, "pages_skipped": 0, "cpu": 0.0}]
-    cpu = 0.0
-    for s in res.scans:
-        cpu += s.cpu_s
-        c = s.counters
-        rows.append(
-            {"t_s": s.t_s, "full_scans": s.full_scans, "pages_scanned": c["pages_scanned"],
-             "pages_skipped": c["pages_skipped"], "cpu": cpu}
-        )  # fmt: skip
-    df = pd.DataFrame(rows).set_index("t_s")
-    df["ksmd_runtime_ns"] = (df.pop("cpu") * 1e9).round().astype("int64") + 10**9
-    return df.assign(
-        run=1, pages_to_scan=knobs.pages_to_scan, sleep_millisecs=knobs.sleep_ms, smart_scan=1
-    )
+    return ksmd_counters(replay(inp, knobs=knobs, options=opts), knobs)
 
 
 def test_a_fit_at_one_knob_setting_predicts_ksmd_at_another(inp: ReplayInput) -> None:

@@ -21,6 +21,7 @@ from planner.engine.costfit import ksmd_window, solve_contention
 from planner.engine.timing import HostLoad
 from planner.errors import InputDataError, UsageProblem
 from planner.kernel.calibrate import calibrate_workload
+from planner.testing.ksmd import ksmd_counters
 from planner.testing.synth import SynthSpec, write_synthetic_trace
 from planner.trace.io import open_trace
 from planner.trace.recording import ObservedTimeline
@@ -40,22 +41,7 @@ def recording_of(trace: Path, profile: CostProfile, load: HostLoad, seconds: flo
     res = replay(
         inp, knobs=KNOBS, options=ReplayOptions(duration_s=seconds, cost=profile, host_load=load)
     )
-    rows = [{"t_s": 0.0, "full_scans": 0, "pages_scanned": 0, "pages_skipped": 0, "cpu": 0.0}]
-    cpu = 0.0
-    for s in res.scans:
-        cpu += s.cpu_s
-        c = s.counters
-        rows.append(
-            {"t_s": s.t_s, "full_scans": s.full_scans, "pages_scanned": c["pages_scanned"],
-             "pages_skipped": c["pages_skipped"], "cpu": cpu}
-        )  # fmt: skip
-    df = pd.DataFrame(rows).set_index("t_s")
-    df["ksmd_runtime_ns"] = (df.pop("cpu") * 1e9).round().astype("int64") + 10**9
-    df["run"] = 1
-    df["pages_to_scan"] = KNOBS.pages_to_scan
-    df["sleep_millisecs"] = KNOBS.sleep_ms
-    df["smart_scan"] = 1
-    return df
+    return ksmd_counters(res, KNOBS)
 
 
 @pytest.fixture
