@@ -365,16 +365,10 @@ def check_small_tables(
 PAGES_CHECK_COLUMNS = tuple(S.PAGES_SCHEMA.names)
 #: Per-page change counts (schema v2), each at most the page's ``samples`` (content changes
 #: at most its content checks).
-_PAGE_COUNTS = (
-    "content_checks",
-    "content_changes",
-    "frame_changes",
-    "absent_samples",
-    "same_content_writes",
-)
+_PAGE_COUNTS = S.PAGE_CHANGE_COUNTS[1:]
 #: ``samples`` and the change counts: a batch may leave them all out when they are all
 #: null (schema v1 files, and v2 files whose footer proves it: ``Trace.iter_pages``).
-PAGE_CHANGE_COUNTS = ("samples", *_PAGE_COUNTS)
+PAGE_CHANGE_COUNTS = S.PAGE_CHANGE_COUNTS
 
 
 class PagesCheck:

@@ -314,6 +314,17 @@ SORT_KEYS: Final = {
     "samples": ("snapshot_id", "sample", "pid", "proc_start"),
 }
 
+#: The pages table's per-page sampling counts (schema v2): ``samples`` first, then the
+#: changes seen, each at most ``samples``; all null in a trace captured without sampling.
+PAGE_CHANGE_COUNTS: Final = (
+    "samples",
+    "content_checks",
+    "content_changes",
+    "frame_changes",
+    "absent_samples",
+    "same_content_writes",
+)
+
 #: Parquet writer settings per table. ``content_hash`` keeps dictionary encoding because
 #: duplicated pages (what KSM merges) repeat hashes; addresses and frame ids are delta-coded.
 PARQUET_OPTIONS: Final = {
@@ -326,12 +337,7 @@ PARQUET_OPTIONS: Final = {
             "vma_start",
             "flags",
             "content_hash",
-            "samples",
-            "content_checks",
-            "content_changes",
-            "frame_changes",
-            "absent_samples",
-            "same_content_writes",
+            *PAGE_CHANGE_COUNTS,
         ],
         "column_encoding": {"page_addr": "DELTA_BINARY_PACKED", "frame_id": "DELTA_BINARY_PACKED"},
         "dictionary_pagesize_limit": 64 << 20,
@@ -340,12 +346,7 @@ PARQUET_OPTIONS: Final = {
         "write_statistics": [
             "snapshot_id",
             "pid",
-            "samples",
-            "content_checks",
-            "content_changes",
-            "frame_changes",
-            "absent_samples",
-            "same_content_writes",
+            *PAGE_CHANGE_COUNTS,
         ],
     },
     "default": {"compression": "zstd", "compression_level": 3, "use_dictionary": True},
