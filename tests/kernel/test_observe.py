@@ -171,6 +171,8 @@ def test_counter_changes_are_recorded(tmp_path: Path, host: tuple[KsmSysfs, str]
 
 def test_sigint_ends_sampling_and_still_writes(tmp_path: Path, host: tuple[KsmSysfs, str]) -> None:
     sysfs, proc = host
+    # (SIG_IGN when the tests run as a background job of a shell without job control)
+    before = signal.getsignal(signal.SIGINT)
     timer = threading.Timer(0.25, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -182,7 +184,7 @@ def test_sigint_ends_sampling_and_still_writes(tmp_path: Path, host: tuple[KsmSy
     tl = read_observed(tmp_path / "rec")
     assert len(tl.counters) == res.samples
     assert tl.meta["interrupted"] is True
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
 
 
 def test_a_stop_event_ends_sampling(tmp_path: Path, host: tuple[KsmSysfs, str]) -> None:
@@ -404,6 +406,32 @@ def test_observe_a_holder_while_ksmd_merges(tmp_path: Path, ksm_lease: KsmLease)
 
 
 @pytest.mark.kernel
+class _SampleCount:
+    """A :class:`planner._progress.Progress` that counts observe's samples for a test thread
+    to wait on (``observe`` advances it by one per sample)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._cond = threading.Condition()
+
+    def start(self, task: str, total: float | None) -> None:
+        del task, total
+
+    def advance(self, amount: float) -> None:
+        with self._cond:
+            self.n += int(amount)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.n += 10**6  # observe stopped: release any waiter
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout_s: float = 30.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.n >= n, timeout=timeout_s)
+
+
 def test_canary_counts_merges_lost_to_writes(tmp_path: Path, ksm_lease: KsmLease) -> None:
     """Merged pages rewritten with the same bytes are told from pages given new bytes, and
     both from what cow_ksm counts (observe --ksm-pages on a real holder process)."""
@@ -424,18 +452,28 @@ def test_canary_counts_merges_lost_to_writes(tmp_path: Path, ksm_lease: KsmLease
             time.sleep(0.05)
         ksm_lease.stop()  # nothing merges again while the canary watches
         stop = threading.Event()
+        samples = _SampleCount()
 
         def rewrite() -> None:
-            time.sleep(0.35)
+            # after the first sample (a busy host may take longer than any fixed sleep to
+            # get there), then three more samples to see the writes
+            samples.wait_for(1)
             h.write(same, [contents[s] for s in same])  # the same bytes: a COW break each
             h.write(changed, [0xB000 + s for s in changed])  # new bytes
-            time.sleep(0.35)
+            samples.wait_for(samples.n + 3)
             stop.set()
 
         writer = threading.Thread(target=rewrite)
         writer.start()
         try:
-            res = observe(tmp_path / "rec", interval_s=0.1, pids=[h.pid], ksm_pages=True, stop=stop)
+            res = observe(
+                tmp_path / "rec",
+                interval_s=0.1,
+                pids=[h.pid],
+                ksm_pages=True,
+                stop=stop,
+                progress=samples,
+            )
         finally:
             writer.join()
     finally:
