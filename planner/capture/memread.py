@@ -386,23 +386,70 @@ class WindowScratch:
 
 
 @dataclass
+class WindowRows:
+    """The live pages of one pagemap window, in address order, and what was read of them."""
+
+    vpn: npt.NDArray[np.int64]
+    """Present or swapped pages kept as rows."""
+    entry: npt.NDArray[np.uint64]
+    owner: npt.NDArray[np.intp]
+    """Index of each page's mapping in the kept mappings."""
+    is_rec: npt.NDArray[np.bool_]
+    """Rows whose content was read (present anonymous pages, not the zero page)."""
+    hashes: npt.NDArray[np.uint64]
+    """One per ``is_rec`` row, as are ``read_error`` and ``racy``."""
+    read_error: npt.NDArray[np.bool_]
+    racy: npt.NDArray[np.bool_]
+    zero_pfn_pages: int = 0
+    reads: int = 0
+
+    @classmethod
+    def concat(cls, parts: list[WindowRows]) -> WindowRows:
+        """The rows of all windows in address order (windows of the anonymous mappings and
+        of the file mappings were read apart and may interleave)."""
+
+        def cat(name: str, dtype: type) -> Any:
+            arrays = [getattr(p, name) for p in parts]
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+        w = cls(
+            vpn=cat("vpn", np.int64),
+            entry=cat("entry", np.uint64),
+            owner=cat("owner", np.intp),
+            is_rec=cat("is_rec", np.bool_),
+            hashes=cat("hashes", np.uint64),
+            read_error=cat("read_error", np.bool_),
+            racy=cat("racy", np.bool_),
+        )
+        if len(w.vpn) < 2 or bool(np.all(w.vpn[1:] > w.vpn[:-1])):
+            return w
+        return w.take(np.argsort(w.vpn, kind="stable"))
+
+    def take(self, rows: npt.NDArray[np.intp]) -> WindowRows:
+        """These rows (in this order), with the read results of the recorded ones."""
+        rec_at = np.cumsum(self.is_rec) - 1  # each recorded row's place in ``hashes``
+        rec_rows = rows[self.is_rec[rows]]
+        rec = rec_at[rec_rows]
+        return WindowRows(
+            vpn=self.vpn[rows],
+            entry=self.entry[rows],
+            owner=self.owner[rows],
+            is_rec=self.is_rec[rows],
+            hashes=self.hashes[rec],
+            read_error=self.read_error[rec],
+            racy=self.racy[rec],
+        )
+
+
+@dataclass
 class WindowRead:
     """What :func:`read_window` found in one window (arrays are the caller's own)."""
 
     status: int
     """0, :data:`WINDOW_GONE` or :data:`WINDOW_PFNS_HIDDEN`."""
-    vpn: npt.NDArray[np.int64]
-    """Rows: present anonymous pages other than the zero page, and swapped anonymous pages."""
-    entry: npt.NDArray[np.uint64]
-    owner: npt.NDArray[np.intp]
-    is_rec: npt.NDArray[np.bool_]
-    hashes: npt.NDArray[np.uint64]
-    """One per recorded row, as are ``read_error`` and ``racy``."""
-    read_error: npt.NDArray[np.bool_]
-    racy: npt.NDArray[np.bool_]
     recorded: int
-    zero_pfn_pages: int
-    reads: int
+    """Present anonymous pages other than the zero page (whose contents were read)."""
+    rows: WindowRows
 
 
 def window_in_compiled_code() -> bool:
@@ -469,20 +516,19 @@ def read_window(
             sc.stats,
         )
     )
-    rows, nrec, zeros, reads = (int(x) for x in sc.stats)
-    return WindowRead(
-        status=status,
-        vpn=sc.vpn[:rows].copy(),
-        entry=sc.entry[:rows].copy(),
-        owner=sc.owner[:rows].copy(),
-        is_rec=sc.rec[:rows].copy(),
+    n_rows, nrec, zeros, reads = (int(x) for x in sc.stats)
+    rows = WindowRows(
+        vpn=sc.vpn[:n_rows].copy(),
+        entry=sc.entry[:n_rows].copy(),
+        owner=sc.owner[:n_rows].copy(),
+        is_rec=sc.rec[:n_rows].copy(),
         hashes=sc.hashes[:nrec].copy(),
         read_error=sc.error[:nrec].copy(),
         racy=sc.racy[:nrec].copy(),
-        recorded=nrec,
         zero_pfn_pages=zeros,
         reads=reads,
     )
+    return WindowRead(status=status, recorded=nrec, rows=rows)
 
 
 def warm_up() -> None:
@@ -605,6 +651,7 @@ __all__ = [
     "WINDOW_PFNS_HIDDEN",
     "ReadResult",
     "WindowRead",
+    "WindowRows",
     "WindowScratch",
     "pieces",
     "pread_hash",

@@ -39,6 +39,7 @@ from planner.capture.memread import (
     WINDOW_GONE,
     WINDOW_PFNS_HIDDEN,
     ReadResult,
+    WindowRows,
     WindowScratch,
     read_and_hash,
     read_window,
@@ -336,7 +337,7 @@ class ProcessReader:
             ]
 
         parts, spans = self._read_windows(early, pid, more=late, meanwhile=meanwhile)
-        w = _Window.concat(parts)
+        w = WindowRows.concat(parts)
         skip = np.array([_skipped_by_flags(e) for e, _kind in kept], dtype=bool)
         if skip.any():
             rows = [r for r, s in zip(rows, skip.tolist(), strict=True) if not s]
@@ -393,13 +394,13 @@ class ProcessReader:
         *,
         more: Callable[[], list[tuple[int, int, int]]],
         meanwhile: Callable[[], None],
-    ) -> tuple[list[_Window], list[tuple[int, int, int]]]:
+    ) -> tuple[list[WindowRows], list[tuple[int, int, int]]]:
         """Every window of ``spans`` read by :meth:`_read_window` on the reader's threads,
         while this thread calls ``more`` (whose spans are read next) and ``meanwhile``.
 
         The windows are independent: each thread reads the pagemap of one, the contents of
         its present pages and its pagemap again, so the result is the same in any order
-        and with any number of threads; :meth:`_Window.concat` puts it in address order.
+        and with any number of threads; :meth:`WindowRows.concat` puts it in address order.
         Returns the windows read and all the spans, in address order.
         """
         t = time.perf_counter()
@@ -434,7 +435,7 @@ class ProcessReader:
 
     def _submit(
         self, spans: list[tuple[int, int, int]], pm_fd: int, mem_fd: int, pid: int
-    ) -> list[Future[_Window]]:
+    ) -> list[Future[WindowRows]]:
         """Hand the windows of ``spans`` to the reader's threads, the largest first (so that
         no thread is left with a big one at the end while the others idle)."""
         windows = list(_windows(spans, self._window_size(spans)))
@@ -460,7 +461,7 @@ class ProcessReader:
         first: int,
         count: int,
         members: list[tuple[int, int, int]],
-    ) -> _Window:
+    ) -> WindowRows:
         """One window: its pagemap, the contents of its present anonymous pages, and its
         pagemap again (pages whose PFN or present bit changed meanwhile are ``racy``).
 
@@ -514,7 +515,7 @@ class ProcessReader:
             racy = np.zeros(0, bool)
         with self._timing_lock:
             self.timings.pagemap_s += pagemap_s
-        return _Window(
+        return WindowRows(
             vpn=vpn[rows],
             entry=entry[rows],
             owner=np.concatenate(owners)[rows],
@@ -549,7 +550,7 @@ class ProcessReader:
         first: int,
         count: int,
         members: list[tuple[int, int, int]],
-    ) -> _Window:
+    ) -> WindowRows:
         scratch: WindowScratch | None = getattr(self._local, "scratch", None)
         if scratch is None or scratch.pages < count:
             scratch = WindowScratch(max(count, self.window_pages), self.read_piece_pages)
@@ -565,17 +566,7 @@ class ProcessReader:
                 "(PFNs are hidden without CAP_SYS_ADMIN)",
                 hint=PFN_HIDDEN_HINT,
             )
-        return _Window(
-            vpn=got.vpn,
-            entry=got.entry,
-            owner=got.owner,
-            is_rec=got.is_rec,
-            hashes=got.hashes,
-            read_error=got.read_error,
-            racy=got.racy,
-            zero_pfn_pages=got.zero_pfn_pages,
-            reads=got.reads,
-        )
+        return got.rows
 
     def _bss_segments(
         self, pid: int, prev: MapEntry | None
@@ -722,62 +713,6 @@ class ProcessReader:
             self._pool = None
 
 
-@dataclass
-class _Window:
-    """The live pages of one pagemap window, in address order, and what was read of them."""
-
-    vpn: npt.NDArray[np.int64]
-    """Present or swapped pages kept as rows."""
-    entry: npt.NDArray[np.uint64]
-    owner: npt.NDArray[np.intp]
-    """Index of each page's mapping in the kept mappings."""
-    is_rec: npt.NDArray[np.bool_]
-    """Rows whose content was read (present anonymous pages, not the zero page)."""
-    hashes: npt.NDArray[np.uint64]
-    """One per ``is_rec`` row, as are ``read_error`` and ``racy``."""
-    read_error: npt.NDArray[np.bool_]
-    racy: npt.NDArray[np.bool_]
-    zero_pfn_pages: int = 0
-    reads: int = 0
-
-    @classmethod
-    def concat(cls, parts: list[_Window]) -> _Window:
-        """The rows of all windows in address order (windows of the anonymous mappings and
-        of the file mappings were read apart and may interleave)."""
-
-        def cat(name: str, dtype: type) -> Any:
-            arrays = [getattr(p, name) for p in parts]
-            return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
-
-        w = cls(
-            vpn=cat("vpn", np.int64),
-            entry=cat("entry", np.uint64),
-            owner=cat("owner", np.intp),
-            is_rec=cat("is_rec", np.bool_),
-            hashes=cat("hashes", np.uint64),
-            read_error=cat("read_error", np.bool_),
-            racy=cat("racy", np.bool_),
-        )
-        if len(w.vpn) < 2 or bool(np.all(w.vpn[1:] > w.vpn[:-1])):
-            return w
-        return w.take(np.argsort(w.vpn, kind="stable"))
-
-    def take(self, rows: npt.NDArray[np.intp]) -> _Window:
-        """These rows (in this order), with the read results of the recorded ones."""
-        rec_at = np.cumsum(self.is_rec) - 1  # each recorded row's place in ``hashes``
-        rec_rows = rows[self.is_rec[rows]]
-        rec = rec_at[rec_rows]
-        return _Window(
-            vpn=self.vpn[rows],
-            entry=self.entry[rows],
-            owner=self.owner[rows],
-            is_rec=self.is_rec[rows],
-            hashes=self.hashes[rec],
-            read_error=self.read_error[rec],
-            racy=self.racy[rec],
-        )
-
-
 #: Kinds of mappings without a file behind them (read before smaps is, see
 #: :meth:`ProcessReader._capture_pages`).
 ANONYMOUS_KINDS: Final = frozenset({"anon", "anon_named", "bss", "heap", "stack"})
@@ -798,9 +733,9 @@ def _skipped_by_flags(e: MapEntry) -> bool:
 def _without(
     kept: list[tuple[MapEntry, str]],
     spans: list[tuple[int, int, int]],
-    w: _Window,
+    w: WindowRows,
     skip: npt.NDArray[np.bool_],
-) -> tuple[list[tuple[MapEntry, str]], list[tuple[int, int, int]], _Window]:
+) -> tuple[list[tuple[MapEntry, str]], list[tuple[int, int, int]], WindowRows]:
     """``kept``, ``spans`` and the rows of ``w`` without the mappings marked in ``skip``
     (mapping indexes renumbered)."""
     renumber = np.cumsum(~skip) - 1
