@@ -675,33 +675,14 @@ def _stream_verified(root: Path, entry: _FileEntry) -> Iterator[Any]:
     """A binary file object of one trace file whose bytes were hashed first.
 
     The hash is computed through the descriptor that is then decoded (or known from an
-    earlier read in this process, see the comment above); when the caller is done, the
-    file must still be the one that was hashed (same size, mtime and ctime).
+    earlier read in this process, see the comment above): :func:`_stream_hashing`, waited
+    for before anything is read; when the caller is done, the file must still be the one
+    that was hashed (same size, mtime and ctime).
     """
-    path = root / entry.rel
-    fd, st = _open_member(root, entry.rel)
-    f = os.fdopen(fd, "rb", buffering=0)
-    with f:
-        if st.st_size != entry.size:
-            raise _size_mismatch(path, st.st_size, entry.size)
-        if not _known_good(st, entry.sha256):
-            h = hashlib.sha256()
-            started_ns = time.time_ns()
-            buf = bytearray(_HASH_CHUNK)
-            view = memoryview(buf)
-            size = 0
-            while n := f.readinto(view):
-                h.update(view[:n])
-                size += n
-            if size != entry.size or not _same_file(st, os.fstat(fd)):
-                raise _changed(path)
-            if h.hexdigest() != entry.sha256:
-                raise _hash_mismatch(path)
-            _remember(st, entry.sha256, started_ns)
-            f.seek(0)
+    with _stream_hashing(root, entry) as (f, hashing):
+        if hashing is not None:
+            hashing.verified()
         yield f
-        if not _same_file(st, os.fstat(fd)):
-            raise _changed(path)
 
 
 class _Hashing:
