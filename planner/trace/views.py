@@ -277,19 +277,18 @@ class ProcessFootprints:
 
 def process_footprints(processes: pa.Table, snapshot_id: int) -> ProcessFootprints:
     """The :class:`ProcessFootprints` of one snapshot (live processes only)."""
-    sid = processes.column("snapshot_id").to_numpy()
+    sid = as_numpy(processes.column("snapshot_id"), np.int64)
     state = processes.column("state").to_pylist()
     rows = np.flatnonzero((sid == snapshot_id) & np.array([s == "ok" for s in state], bool))
     t = processes.take(rows)
 
     def f64(name: str) -> npt.NDArray[np.float64]:
-        values = t.column(name).to_pylist()
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        return np.array(as_numpy(t.column(name), np.float64), dtype=np.float64)
 
     return ProcessFootprints(
         snapshot_id=snapshot_id,
-        pid=np.asarray(t.column("pid").to_numpy(), np.int32),
-        proc_start=np.asarray(t.column("proc_start").to_numpy(), np.uint64),
+        pid=np.array(as_numpy(t.column("pid"), np.int32)),
+        proc_start=np.array(as_numpy(t.column("proc_start"), np.uint64)),
         comm=t.column("comm").to_pylist(),
         memory_cgroup=t.column("memory_cgroup").to_pylist(),
         rss_anon_kb=f64("rss_anon_kb"),
@@ -327,7 +326,7 @@ class CgroupMemory:
 
 def cgroup_memory(cgroups: pa.Table, snapshot_id: int) -> list[CgroupMemory]:
     """The :class:`CgroupMemory` rows of one snapshot."""
-    sid = cgroups.column("snapshot_id").to_numpy()
+    sid = as_numpy(cgroups.column("snapshot_id"), np.int64)
     out = []
     for r in cgroups.take(np.flatnonzero(sid == snapshot_id)).to_pylist():
         stat = json.loads(r.pop("memory_stat")) if r.get("memory_stat") else {}
