@@ -690,7 +690,7 @@ def prepare(
         (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))
         for i, sid in enumerate(sids)
     )
-    return _prepare(ht, parts, resolver, include_mms, prctl_at, ahead=False)
+    return _prepare(ht, parts, resolver, include_mms, prctl_at)
 
 
 def prepare_trace(
@@ -708,17 +708,21 @@ def prepare_trace(
 
     ``tables``: the host's small tables, if the caller has already loaded them
     (``trace.load_host(host, pages=False)``, e.g. to match a policy to its processes).
-    ``ahead``: read the next snapshot in a thread meanwhile and build its sorted rows there
-    too, while this thread builds the delta of the one before (faster: Parquet, Arrow, numpy
-    and the compiled helpers run without the GIL; one more snapshot's rows in memory). A
-    memory-bound what-if worker turns it off.
+    ``ahead``: read the next snapshot in a thread meanwhile (faster; one more snapshot's
+    pages in memory). A memory-bound what-if worker turns it off.
     """
     if tables is None:
         tables = trace.load_host(host, pages=False)
     columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
     columns += [*COUNT_COLUMNS, "same_content_writes"]
     stream = trace.iter_snapshot_pages(tables.host, columns)
-    return _prepare(tables, stream, resolver, include_mms, prctl_at, ahead=ahead)
+    if not ahead:
+        return _prepare(tables, stream, resolver, include_mms, prctl_at)
+    pages = read_ahead(stream)
+    try:
+        return _prepare(tables, pages, resolver, include_mms, prctl_at)
+    finally:
+        pages.close()
 
 
 def _load(ht: HostTrace) -> HostLoad | None:
@@ -758,13 +762,11 @@ def _prepare(
     resolver: Resolver | None,
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
-    *,
-    ahead: bool,
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
-    a snapshot without pages may be missing); ``ahead``: see :func:`prepare_trace`."""
+    a snapshot without pages may be missing)."""
     with _small_pages():
-        inp = _prepare_rows(ht, pages, resolver, include_mms, prctl_at, ahead)
+        inp = _prepare_rows(ht, pages, resolver, include_mms, prctl_at)
     release_memory()  # the snapshots' pages and rows, freed, go back to the system
     return inp
 
@@ -775,7 +777,6 @@ def _prepare_rows(
     resolver: Resolver | None,
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt,
-    ahead: bool,
 ) -> ReplayInput:
     resolver = resolver or prctl_everything
     meta = ht.meta()
@@ -807,46 +808,31 @@ def _prepare_rows(
         meta={k: v for k, v in meta.items() if k != "zero_hash"}
         | {"prctl_at": prctl_at, "host_load": _load(ht)},
     )
-    zero_hash = meta.get("zero_hash")
-
-    def snapshot_rows() -> Iterator[tuple[RowColumns, MmLayout, tuple[U16, ...] | None]]:
-        """Each snapshot's sorted rows (a snapshot without pages has none)."""
-        stream = iter(pages)
-        nxt: tuple[int, pa.Table] | None = None
-        try:
-            for k, sid in enumerate(sids):
-                # the next snapshot's pages are asked for only now, and each table is
-                # dropped as soon as its columns are out: one snapshot's pages at a time here
-                nxt = next(stream, None) if nxt is None else nxt
-                table = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table: pandas
-                if nxt is not None and nxt[0] == sid:
-                    table, nxt = nxt[1], None
-                changes = page_changes(ht.snapshots, table, sid) if _sampled(table) else None
-                cols = _page_columns(table, zero_hash, changes)
-                del table, changes  # the columns are numpy now (copies of a chunked table)
-                release_memory()
-                rows = _snapshot_rows(
-                    cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
-                )
-                del cols
-                yield rows
-        finally:
-            close = getattr(stream, "close", None)  # the trace's reader and its threads
-            if close is not None:
-                close()
-
-    snapshots = read_ahead(snapshot_rows()) if ahead else snapshot_rows()
-    try:
-        for k, (cur, layout, writes) in enumerate(snapshots):
-            length = intervals_s[k]
-            length_ns = round(length * 1e9) if length else None
-            builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
-            del cur, writes
-            release_memory()  # what the snapshot's rows and delta used, before the next
-    finally:
-        close = getattr(snapshots, "close", None)
-        if close is not None:
-            close()
+    empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
+    stream = iter(pages)
+    nxt: tuple[int, pa.Table] | None = None
+    for k, sid in enumerate(sids):
+        # the next snapshot's pages are asked for only now, and each table is dropped as
+        # soon as its columns are out: memory holds one snapshot's pages at a time here
+        nxt = next(stream, None) if nxt is None else nxt
+        table = empty
+        if nxt is not None and nxt[0] == sid:
+            table, nxt = nxt[1], None
+        changes = None
+        if _sampled(table):
+            changes = page_changes(ht.snapshots, table, sid)
+        cols = _page_columns(table, meta.get("zero_hash"), changes)
+        del table, changes  # the columns are numpy now (copies of a chunked table): Arrow's goes
+        release_memory()
+        cur, layout, writes = _snapshot_rows(
+            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
+        )
+        del cols
+        length = intervals_s[k]
+        length_ns = round(length * 1e9) if length else None
+        builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
+        del cur, writes
+        release_memory()  # what the snapshot's rows and delta used, before the next is read
     return builder.build()
 
 
