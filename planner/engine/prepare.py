@@ -362,6 +362,18 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
     return content, same, pc.content_checks
 
 
+def _sampled(pages: pa.Table) -> bool:
+    """Whether the content sampler counted anything on these rows: a row it never sampled
+    has a null ``samples`` (docs/capture.md §9), and without one sampled row
+    :func:`_write_counts` finds no writes, so its five count columns need not be decoded
+    (Arrow keeps each column's null count: no row is read)."""
+    if "content_changes" not in pages.column_names or not pages.num_rows:
+        return False
+    return "samples" not in pages.column_names or (
+        pages.column("samples").null_count < pages.num_rows
+    )
+
+
 def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """One column as one numpy array, nulls as 0, read from Arrow's buffers: each chunk is
     viewed in place and numpy joins them (Arrow's own conversion of a chunked column
@@ -807,7 +819,7 @@ def _prepare_rows(
         if nxt is not None and nxt[0] == sid:
             table, nxt = nxt[1], None
         changes = None
-        if "content_changes" in table.column_names and table.num_rows:
+        if _sampled(table):
             changes = page_changes(ht.snapshots, table, sid)
         cols = _page_columns(table, meta.get("zero_hash"), changes)
         del table, changes  # the columns are numpy now (copies of a chunked table): Arrow's goes

@@ -52,8 +52,6 @@ F_ELIGIBLE, F_ZERO, F_THP = 1, 2, 4
 #: where a row's physical page comes from (``SnapshotDelta.upd_link_kind``)
 L_CARRY, L_FRESH, L_ROW, L_OLD = 0, 1, 2, 3
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
 
 def row_keys(mm: npt.NDArray[np.integer[Any]], page: U64) -> U64:
     """``(mm << 36) | page`` for each row."""
@@ -455,16 +453,6 @@ def _pair_groups(frame: U64, hash_: U64, out: I32) -> int:  # pragma: no cover -
     return groups
 
 
-def _sorted_search(keys_sorted: U64, queries: U64) -> I64:
-    """``np.searchsorted`` for unsorted queries, made cache-friendly by sorting them first."""
-    if queries.size < 4096:
-        return np.searchsorted(keys_sorted, queries)
-    order = np.argsort(queries)
-    out = np.empty(queries.size, np.int64)
-    out[order] = np.searchsorted(keys_sorted, queries[order])
-    return out
-
-
 @dataclass
 class RowColumns:
     """One snapshot's rows, sorted by key, while deltas are built (two are held at a time)."""
@@ -475,12 +463,6 @@ class RowColumns:
     frame: U64
     flags: U8
     mm: I32
-
-
-def _content_key(frame: U64, hash_: U64) -> U64:
-    """One uint64 per (frame, hash) pair; matches are verified on both columns."""
-    with np.errstate(over="ignore"):
-        return frame ^ (hash_ * _GOLDEN)
 
 
 def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
@@ -496,120 +478,24 @@ def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
     return out, int(n)
 
 
-def _first_row_by_pair(rows: I64, frame: U64, hash_: U64) -> tuple[U64, I64]:
-    """Sorted content keys of ``rows`` and, for each, the lowest row having it."""
-    k = _content_key(frame[rows], hash_[rows])
-    order = np.lexsort((rows, k))
-    ks, rs = k[order], rows[order]
-    first = np.ones(ks.size, dtype=bool)
-    first[1:] = ks[1:] != ks[:-1]
-    return ks[first], rs[first]
-
-
-def _lookup_pair(
-    keys_sorted: U64, src_rows: I64, src: RowColumns, frame: U64, hash_: U64, kq: U64
-) -> I64:
-    """For each query pair: the first source row with that (frame, hash), or -1."""
-    out = np.full(kq.size, -1, np.int64)
-    if keys_sorted.size == 0 or kq.size == 0:
-        return out
-    pc = np.minimum(_sorted_search(keys_sorted, kq), keys_sorted.size - 1)
-    cand = src_rows[pc]
-    ok = (keys_sorted[pc] == kq) & (src.frame[cand] == frame) & (src.hash[cand] == hash_)
-    out[ok] = cand[ok]
-    return out
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _member(keys: U64, queries: U64) -> B:  # pragma: no cover - compiled
-    """``queries[i]`` is one of ``keys`` (an open-addressing set of ``keys``).
-
-    Written out because the build side is small and the probe side is every row of a
-    snapshot: a probe into a table that fits the cache costs a few ns, pandas' general
-    hash join some 100 ns. One array of keys, an empty slot holding ``2**64 - 1`` (that key
-    itself is a flag), so that a probe reads one cache line."""
-    empty = np.uint64(0xFFFFFFFFFFFFFFFF)
-    cap = 16
-    while cap < 2 * keys.size:
-        cap *= 2
-    mask = cap - 1
-    table = np.full(cap, empty, np.uint64)
-    has_empty = False
-    for k in keys:
-        if k == empty:
-            has_empty = True
-            continue
-        i = np.int64((k * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
-        while table[i] != empty and table[i] != k:
-            i = (i + 1) & mask
-        table[i] = k
-    out = np.zeros(queries.size, np.bool_)
-    for j in range(queries.size):
-        q = queries[j]
-        if q == empty:
-            out[j] = has_empty
-            continue
-        i = np.int64((q * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) & mask
-        while True:
-            t = table[i]
-            if t == q:
-                out[j] = True
-                break
-            if t == empty:
-                break
-            i = (i + 1) & mask
-    return out
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _member_direct(keys: U64, queries: U64, top: int) -> B:  # pragma: no cover - compiled
-    """:func:`_member` for keys of at most ``top``: a table indexed by the key itself."""
-    table = np.zeros(top + 1, np.bool_)
-    for k in keys:
-        table[k] = True
-    out = np.empty(queries.size, np.bool_)
-    for j in range(queries.size):
-        q = queries[j]
-        out[j] = q <= top and table[q]
-    return out
-
-
-#: keys up to this many times the number of queries are looked up in a direct table
+#: frame ids up to this many times the rows are marked in a table indexed by the id
 DIRECT_KEYS_PER_QUERY = 4
 
 
-def _rows_with_frames(src: RowColumns, among: I64 | None, frames: U64) -> I64:
-    """Rows of ``src`` (only ``among`` if given) whose frame is one of ``frames`` (sorted).
-
-    A capture numbers frames from 1 in order of first sight, so their ids stay below a few
-    times the row count and rows in scan order see them mostly in increasing order: a
-    table indexed by the frame id is read almost sequentially (0.01 s per 4 M rows where
-    the hash set, probed at random, took 0.06 s). Opaque frame ids (an ingested trace)
-    take the hash set."""
-    f = src.frame if among is None else src.frame[among]
-    if frames.size == 0 or f.size == 0:
-        return np.empty(0, np.int64)
-    top = int(frames[-1])
-    if top <= DIRECT_KEYS_PER_QUERY * f.size + 4096:
-        hit = np.flatnonzero(_member_direct(frames, f, top))
-    else:
-        hit = np.flatnonzero(_member(frames, f))
-    return hit if among is None else among[hit]
-
-
-def _sorted_unique(a: U64) -> U64:
-    s = np.sort(a)
-    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+def _direct(top: int, rows: int) -> bool:
+    """Whether frame ids up to ``top`` go in a table indexed by the id: a capture numbers
+    frames from 1 in order of first sight, so its ids stay below a few times the row count,
+    and rows in scan order see them mostly in increasing order (the table is read almost
+    sequentially). Opaque frame ids (an ingested trace) are searched in sorted order."""
+    return top <= DIRECT_KEYS_PER_QUERY * rows + 4096
 
 
 def _n_frames(frame: U64) -> int:
-    """Distinct frame ids: marked in a table indexed by the id where ids are a capture's
-    (below a few times the row count, see :func:`_rows_with_frames`), else counted in
-    sorted order."""
+    """Distinct frame ids (see :func:`_direct`)."""
     if frame.size == 0:
         return 0
     top = int(frame.max())
-    if top <= DIRECT_KEYS_PER_QUERY * frame.size + 4096:
+    if _direct(top, frame.size):
         seen = np.zeros(top + 1, np.bool_)
         seen[frame] = True
         return int(np.count_nonzero(seen))
@@ -617,62 +503,138 @@ def _n_frames(frame: U64) -> int:
     return int(1 + np.count_nonzero(f[1:] != f[:-1]))
 
 
+@compiled_on_first_call(cache=True, nogil=True)
+def _first_rows(
+    frame: U64, hash_: U64, keep: B, use_keep: bool, marked: B, frames: U64
+) -> tuple[U64, I32]:  # pragma: no cover - compiled
+    """The rows (``keep``-ing only those where it is set, if ``use_keep``) whose frame is
+    one of the moved rows' (marked in ``marked``, indexed by frame id, if it is not empty;
+    else one of the sorted ``frames``), in an open-addressing table keyed by the content key
+    ``frame ^ hash * golden``: each key with the lowest such row having it. An empty slot's
+    row is -1. Rows of one key with another (frame, hash) pair (a collision) are not there:
+    :func:`_link_rows` verifies the pair."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    n = frame.size
+    direct = marked.size > 0
+    hit = np.zeros(n, np.bool_)
+    count = 0
+    for r in range(n):
+        if use_keep and not keep[r]:
+            continue
+        f = frame[r]
+        if direct:
+            ok = f < marked.size and marked[f]
+        else:
+            j = np.searchsorted(frames, f)
+            ok = j < frames.size and frames[j] == f
+        if ok:
+            hit[r] = True
+            count += 1
+    cap = 16
+    while cap < 2 * count:
+        cap *= 2
+    mask = cap - 1
+    slot_key = np.zeros(cap, np.uint64)
+    slot_row = np.full(cap, -1, np.int32)
+    for r in range(n):
+        if not hit[r]:
+            continue
+        k = frame[r] ^ (hash_[r] * golden)
+        i = np.int64((k * golden) >> np.uint64(32)) & mask
+        while slot_row[i] >= 0 and slot_key[i] != k:
+            i = (i + 1) & mask
+        if slot_row[i] < 0:  # a key already there keeps its lower row
+            slot_row[i] = r
+            slot_key[i] = k
+    return slot_key, slot_row
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _link_rows(
+    moved: I64, carried: B, parent_of: I64,
+    cur_key: U64, cur_page: U64, cur_frame: U64, cur_hash: U64, cur_mm: I32,
+    new_key: U64, new_row: I32,
+    prev_key: U64, prev_frame: U64, prev_hash: U64,
+    old_key: U64, old_row: I32,
+    kind: npt.NDArray[np.int8], link: I64,
+) -> None:  # fmt: skip  # pragma: no cover - compiled
+    """Each moved row's link (see :func:`_links`), from the tables of :func:`_first_rows`
+    of the carried rows of this snapshot (``new_*``) and the rows of the one before
+    (``old_*``)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    n, n_old = cur_key.size, prev_key.size
+    new_mask, old_mask = new_key.size - 1, old_key.size - 1
+    for x in range(moved.size):
+        row = moved[x]
+        f, h = cur_frame[row], cur_hash[row]
+        k = f ^ (h * golden)
+        slot = np.int64((k * golden) >> np.uint64(32))
+        # the first carried row of this snapshot with the same content key, if its pair
+        inh = -1
+        i = slot & new_mask
+        while new_row[i] >= 0 and new_key[i] != k:
+            i = (i + 1) & new_mask
+        r = new_row[i]
+        if r >= 0 and cur_frame[r] == f and cur_hash[r] == h:
+            inh = r
+        # else the first row of the snapshot before
+        inh_old = -1
+        if inh < 0:
+            i = slot & old_mask
+            while old_row[i] >= 0 and old_key[i] != k:
+                i = (i + 1) & old_mask
+            r = old_row[i]
+            if r >= 0 and prev_frame[r] == f and prev_hash[r] == h:
+                inh_old = r
+        # the parent process's row at the same page, where it maps the same frame
+        par = parent_of[cur_mm[row]]
+        if par >= 0 and (inh >= 0 or inh_old >= 0):
+            pkey = (np.uint64(par) << np.uint64(36)) | cur_page[row]
+            q = min(np.searchsorted(cur_key, pkey), n - 1)
+            if cur_key[q] == pkey and carried[q] and cur_frame[q] == f and cur_hash[q] == h:
+                inh, inh_old = q, -1
+            elif n_old:
+                q = min(np.searchsorted(prev_key, pkey), n_old - 1)
+                if prev_key[q] == pkey and prev_frame[q] == f and prev_hash[q] == h:
+                    inh, inh_old = -1, q
+        if inh >= 0:
+            kind[x] = L_ROW
+            link[x] = inh
+        elif inh_old >= 0:
+            kind[x] = L_OLD
+            link[x] = inh_old
+
+
 def _links(
     prev: RowColumns, cur: RowColumns, moved: I64, carried: B, parent_of: I64
 ) -> tuple[npt.NDArray[np.int8], I64]:
-    """Where the physical page of each ``moved`` row comes from (kind, source)."""
+    """Where the physical page of each ``moved`` row comes from (kind, source).
+
+    Two tables of first rows by content key (the carried rows of ``cur``, the rows of
+    ``prev``, both only where the frame is one of the moved rows'), then one pass over the
+    moved rows (all compiled, without the GIL); the rows left fresh are numbered by
+    (frame, content) in order of their first row."""
     m = moved.size
     kind = np.full(m, L_FRESH, np.int8)
     link = np.full(m, -1, np.int64)
     if m == 0:
         return kind, link
     rf, rh = cur.frame[moved], cur.hash[moved]
-    kq = _content_key(rf, rh)
-    frames = _sorted_unique(rf)
-    inh = np.full(m, -1, np.int64)
-    inh_old = np.full(m, -1, np.int64)
-    cand_new = _rows_with_frames(cur, None, frames)
-    cand_new = cand_new[carried[cand_new]]
-    if cand_new.size:
-        ks, rs = _first_row_by_pair(cand_new, cur.frame, cur.hash)
-        inh = _lookup_pair(ks, rs, cur, rf, rh, kq)
-    cand_old = _rows_with_frames(prev, None, frames)
-    if cand_old.size:
-        ks, rs = _first_row_by_pair(cand_old, prev.frame, prev.hash)
-        got = _lookup_pair(ks, rs, prev, rf, rh, kq)
-        inh_old = np.where(inh < 0, got, -1)
-    # prefer the parent process's row at the same page when it maps the same frame
-    par = parent_of[cur.mm[moved]]
-    cand = np.flatnonzero((par >= 0) & ((inh >= 0) | (inh_old >= 0)))
-    if cand.size:
-        rows = moved[cand]
-        pkey = (par[cand].astype(np.uint64) << MM_SHIFT) | cur.page[rows]
-        n = cur.key.size
-        q = np.minimum(_sorted_search(cur.key, pkey), n - 1)
-        is_carried = carried
-        ok = (
-            (cur.key[q] == pkey)
-            & is_carried[q]
-            & (cur.frame[q] == cur.frame[rows])
-            & (cur.hash[q] == cur.hash[rows])
-        )
-        inh[cand[ok]] = q[ok]
-        inh_old[cand[ok]] = -1
-        if prev.key.size:
-            todo = ~ok
-            q2 = np.minimum(_sorted_search(prev.key, pkey), prev.key.size - 1)
-            ok2 = (
-                todo
-                & (prev.key[q2] == pkey)
-                & (prev.frame[q2] == cur.frame[rows])
-                & (prev.hash[q2] == cur.hash[rows])
-            )
-            inh_old[cand[ok2]] = q2[ok2]
-            inh[cand[ok2]] = -1
-    kind[inh >= 0] = L_ROW
-    link[inh >= 0] = inh[inh >= 0]
-    kind[inh_old >= 0] = L_OLD
-    link[inh_old >= 0] = inh_old[inh_old >= 0]
+    top = int(rf.max())
+    if _direct(top, cur.key.size + prev.key.size):
+        marked = np.zeros(top + 1, np.bool_)
+        marked[rf] = True
+        frames = np.empty(0, np.uint64)
+    else:
+        marked = np.empty(0, np.bool_)
+        frames = np.unique(rf)
+    new_key, new_row = _first_rows(cur.frame, cur.hash, carried, True, marked, frames)
+    old_key, old_row = _first_rows(prev.frame, prev.hash, carried, False, marked, frames)
+    _link_rows(
+        np.ascontiguousarray(moved, np.int64), carried, parent_of,
+        cur.key, cur.page, cur.frame, cur.hash, cur.mm, new_key, new_row,
+        prev.key, prev.frame, prev.hash, old_key, old_row, kind, link,
+    )  # fmt: skip
     need = np.flatnonzero(kind == L_FRESH)
     if need.size:
         g, _ = _groups_by_first_row(rf[need], rh[need])

@@ -257,6 +257,10 @@ def test_cli_end_to_end(
     4c9d528: at load 3.0-3.6, 4.35 s wall and 4.3-4.4 CPU s, 23.7 M visits/s end to end
     (main: 6.3-6.6 s, 15.7-16.5 M/s), one full scan 7.4-7.6x ``np.sort``, 427-433 B of peak
     RSS per page (main 397-418); at load 6.5-7.0, 10.6-13.0 s wall and 4.9-5.2 CPU s.
+    After the compiled links (2026-12-02 16:01-16:37, alternating with main at a24347c,
+    load 7.8-18): 25.8 and 11.4 s wall, 6.5 and 5.6 CPU s, 426-437 B per page; main 14.1
+    and 16.2 s, 6.2 and 5.1 CPU s, 424-427 B. At that load ``np.sort`` itself took
+    0.05-0.12 s instead of 0.022, and the ratio (5.3-10.3x either way) says nothing.
     Where the time goes: docs/engine.md, "Speed and memory"."""
     trace = trace_dirs(pages, interval)
     sort_s = _sort_s(_first_hash_column(trace))
