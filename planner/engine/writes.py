@@ -778,7 +778,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     offset = np.full(len(ev), -1, np.int64)
     if "vma_start" in ev.columns:
         start = ev["vma_start"]
-        ok = start.notna().to_numpy()
+        ok = start.notna().to_numpy(bool).copy()
         st = start.fillna(0).to_numpy(np.uint64)
         ok &= st <= addrs
         offset[ok] = ((addrs[ok] - st[ok]) >> np.uint64(shift)).astype(np.int64)
@@ -930,10 +930,12 @@ def _class_rates(rates: CanaryRates, rr: _RowRoles) -> tuple[F64, npt.NDArray[np
     n = rr.code.size
     rate = np.zeros(n, np.float64)
     seen = np.zeros(n, bool)
+    # a canary without CPU times has roles by comm only: match the trace's on the comm
+    roles = rr.roles if rates.roles_recorded else [role_comm(r) for r in rr.roles]
     for i, (code, kind, off) in enumerate(
         zip(rr.code.tolist(), rr.kind.tolist(), rr.offset.tolist(), strict=True)
     ):
-        c = (rr.roles[code], str(kind), int(off))
+        c = (roles[code], str(kind), int(off))
         if c in ms:
             rate[i] = ev[c] / ms[c]
             seen[i] = True

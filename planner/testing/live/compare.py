@@ -473,12 +473,41 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
     return ReplaySetup(inp, knobs, options, canary)
 
 
+def _with_cpu(obs: ObservedTimeline, ht: Any) -> ObservedTimeline:
+    """The canary's rows with ``cpu_s`` where the recording has none: each process's CPU
+    share over the capture of the same run (the trace's CPU times), times ``t_s``."""
+    if obs.canary is None or "cpu_s" in obs.canary.columns:
+        return obs
+    p = ht.processes.select(["pid", "snapshot_id", "cpu_user_s", "cpu_system_s"]).to_pylist()
+    times = dict(
+        zip(
+            ht.snapshots.column("snapshot_id").to_pylist(),
+            ht.snapshots.column("time_s").to_pylist(),
+            strict=True,
+        )
+    )
+    seen: dict[int, list[tuple[float, float]]] = {}
+    for r in p:
+        if r["cpu_user_s"] is None or r["cpu_system_s"] is None:
+            continue
+        t = times.get(r["snapshot_id"])
+        if t is not None:
+            seen.setdefault(int(r["pid"]), []).append((t, r["cpu_user_s"] + r["cpu_system_s"]))
+    share: dict[int, float] = {}
+    for pid, pts in seen.items():
+        pts.sort()
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            share[pid] = max(0.0, pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+    cpu = obs.canary["pid"].map(lambda pid: share.get(int(pid), np.nan)) * obs.canary["t_s"]
+    return replace(obs, canary=obs.canary.assign(cpu_s=cpu))
+
+
 def with_mapping_starts(obs: ObservedTimeline, observe_dir: Path) -> ObservedTimeline:
     """A canary recording of an older planner (no ``vma_start`` in its page events) with
-    each page's mapping start taken from the capture of the same run: the ``trace`` beside
-    its (resolved) observe directory, same pids and addresses. Page classes (role, mapping
-    kind, page number in the mapping) then reach another run's capture; without that trace
-    the recording is returned as it is."""
+    each page's mapping start, and each process's CPU share, taken from the capture of the
+    same run: the ``trace`` beside its (resolved) observe directory, same pids and addresses.
+    Page classes (role, mapping kind, page number in the mapping) then reach another run's
+    capture; without that trace the recording is returned as it is."""
     from pathlib import Path
 
     import pandas as pd
@@ -491,7 +520,9 @@ def with_mapping_starts(obs: ObservedTimeline, observe_dir: Path) -> ObservedTim
     trace_dir = Path(observe_dir).resolve().parent / "trace"
     if not trace_dir.is_dir():
         return obs
-    m = open_trace(trace_dir).load_host(pages=False).mappings
+    ht = open_trace(trace_dir).load_host(pages=False)
+    obs = _with_cpu(obs, ht)
+    m = ht.mappings
     pid = np.asarray(m.column("pid").to_numpy(), np.int64)
     start = np.asarray(m.column("start").to_numpy(), np.uint64)
     end = np.asarray(m.column("end").to_numpy(), np.uint64)
