@@ -691,6 +691,10 @@ class CanaryRates:
     """The roles tell busy from idle processes (the recording has their CPU times)."""
     samples: int = 0
     """The canary's samples (one a second by default)."""
+    missed_scale: float = 1.0
+    """The host's ``cow_ksm`` breaks (less those the canary saw with the content changed)
+    per same-content unmerge the canary saw: the factor that spreads the unseen breaks pro
+    rata over the pages written, where no page can be told to take them."""
     page_kind: npt.NDArray[np.object_] | None = None
     """Per page: its mapping's kind."""
     page_offset: I64 | None = None
@@ -827,6 +831,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         events=int(n_arr.sum()),
         merged_s=float(m_arr.sum()),
         unseen_breaks_per_s=_unseen_breaks_per_s(obs),
+        missed_scale=_missed_breaks_scale(obs),
         samples=int(obs.canary["sample"].nunique()) if obs.canary is not None else 0,
         events_per_page=n_arr,
         merged_s_per_page=m_arr,
@@ -860,6 +865,20 @@ def _unseen_breaks_per_s(obs: ObservedTimeline) -> float:
     )
     breaks = float(cow.iloc[-1] - cow.iloc[0]) - seen
     return max(0.0, breaks / span_s) if span_s > 0 else 0.0
+
+
+def _missed_breaks_scale(obs: ObservedTimeline) -> float:
+    """How many merges the host lost per same-content unmerge the canary saw (never below
+    1): ``cow_ksm`` less the canary's breaks with the content changed (those are the trace's
+    content changes), over its same-content unmerges."""
+    if obs.canary is None or "cow_ksm" not in obs.counters.columns:
+        return 1.0
+    cow = obs.counters["cow_ksm"].astype("float64").dropna()
+    same = float(obs.canary["unmerged_same_content"].sum())
+    changed = float(obs.canary["unmerged_changed"].sum())
+    if len(cow) < 2 or same <= 0:
+        return 1.0
+    return max(1.0, (float(cow.iloc[-1] - cow.iloc[0]) - changed) / same)
 
 
 def _content_draw(hashes: U64) -> F64:
@@ -1062,7 +1081,9 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
       takes an equal share, written often enough that a sample would rarely find it merged
       (:func:`_unseen_rate_per_s`). Such a page is merged and broken again between two of
       the canary's samples; spreading the breaks over the pages the canary did see merged
-      would break the merges the kernel keeps.
+      would break the merges the kernel keeps. Only where no row can be told to take them
+      (another run's canary without page classes) are they spread so, pro rata to the rates
+      (:attr:`CanaryRates.missed_scale`).
     * A row of a page the canary saw unmapped and never merged again leaves at that time
       (the canary's clock starts with ksmd, as the replay's; never before the last snapshot,
       which shows it present): it takes a content no other row has and is never written again.
@@ -1116,6 +1137,10 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
         if unseen_per_s > 0 and cand.any():
             rate = rate.copy()
             rate[cand] += unseen_per_s
+        elif not n_cand and rates.missed_scale > 1.0:
+            # nothing tells which pages take the unseen breaks (another run's canary without
+            # page classes): spread over the pages written, pro rata to their rates
+            rate = rate * rates.missed_scale
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None:

@@ -467,6 +467,34 @@ def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> N
         assert got[(pid, 0x12)] == pytest.approx(10.0 / 2 * 10)
 
 
+def test_without_page_classes_the_unseen_breaks_are_spread_over_the_pages_written() -> None:
+    """Another run's canary that recorded no mapping starts cannot say which rows take the
+    unseen breaks: each rate drawn from the role is scaled by ``cow_ksm`` per same-content
+    unmerge the canary saw (here (100 - 0) / 20 = 5)."""
+    w = World()
+    for pid in (200, 201):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, list(range(1, 41)))
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    events = [(0.0, 100, 0x10000, "merged")]
+    events += [(0.5 * i, 100, 0x10000, "unmerged_same_content") for i in range(1, 21)]
+    events += [(0.5 * i + 0.01, 100, 0x10000, "merged") for i in range(1, 20)]
+    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10, seen=20)
+    rates = canary_rates(obs)
+    assert rates.missed_scale == pytest.approx(5.0)
+    plain = dataclasses.replace(rates, missed_scale=1.0)
+    a = with_canary(inp, rates).writes[-1]
+    b = with_canary(inp, plain).writes[-1]
+    assert a is not None
+    assert a.same_rate_per_s is not None
+    assert b is not None
+    assert b.same_rate_per_s is not None
+    assert np.count_nonzero(b.same_rate_per_s) > 0
+    assert a.same_rate_per_s == pytest.approx(5.0 * b.same_rate_per_s)
+
+
 def test_canary_rates_are_same_content_unmerges_per_merged_second() -> None:
     obs = _canary(
         [
