@@ -1095,10 +1095,12 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
         if m.cpu_share is not None:
             cpus[m.pid] = max(m.cpu_share, cpus.get(m.pid) or 0.0)
     trace_roles = process_roles(comm_of, cpus)
+    # the canary recorded the traced run when most pids of the smaller set are in the other
+    # (a canary of the whole host follows more processes than a trace of one service)
     canary_pids = np.unique((rates.key >> np.uint64(36)).astype(np.int64))
-    same_run = bool(canary_pids.size) and bool(
-        np.isin(canary_pids, pids.astype(np.int64)).mean() > 0.5
-    )
+    trace_pids = np.unique(pids.astype(np.int64))
+    common = int(np.isin(canary_pids, trace_pids).sum())
+    same_run = common > 0 and common >= 0.5 * min(canary_pids.size, trace_pids.size)
     if same_run and not rates.roles_recorded and cpus:
         rates = rates.with_roles(trace_roles)  # the traced run: the trace knows the roles
     roles = sorted(set(trace_roles.values()))

@@ -374,6 +374,32 @@ def test_roles_split_a_command_into_busy_and_idle_processes_by_cpu_share() -> No
     assert process_roles({1: "a"}) == {1: "a"}
 
 
+def test_prepare_measures_each_processs_cpu_share_over_the_trace() -> None:
+    """User and system seconds between a process's first and last snapshot, over their
+    distance; None where the trace has no CPU times, or only one snapshot of the process."""
+    w = World()
+    for pid in (1, 2, 3):
+        w.spawn(pid, comm="p")
+        w.map(pid, 0x10000, [pid])
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    ht = w.host_trace()
+    procs = ht.processes
+    cpu = {(0, 1): (1.0, 0.5), (1, 1): (1.6, 0.7), (0, 2): (3.0, 0.0), (1, 2): (3.0, 0.0)}
+    rows = zip(
+        procs.column("snapshot_id").to_pylist(), procs.column("pid").to_pylist(), strict=True
+    )
+    got = [cpu.get((int(sid), int(pid))) for sid, pid in rows]
+    for i, name in enumerate(("cpu_user_s", "cpu_system_s")):
+        col = pa.array([None if g is None else g[i] for g in got], pa.float64())
+        procs = procs.set_column(procs.schema.get_field_index(name), name, col)
+    inp = prepare(dataclasses.replace(ht, processes=procs))
+    share = {m.pid: m.cpu_share for m in inp.mms}
+    assert share[1] == pytest.approx((1.6 + 0.7 - 1.5) / 2.0)
+    assert share[2] == 0.0
+    assert share[3] is None
+
+
 def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged() -> None:
     """``cow_ksm`` rose by 100 in 10 s and the canary saw none of it: 10 breaks/s unseen.
     The two busy workers' pages the canary never saw merged (4 rows, their contents shared)
@@ -622,6 +648,8 @@ def test_a_content_groups_rows_share_the_rate_the_canary_caught_on_some_of_them(
             (2.0, 100, 0x10000, "unmerged_same_content"),
             (0.0, 100, 0x11000, "merged"),
             (0.0, 101, 0x11000, "merged"),
+            # the canary followed the whole host: processes the trace does not have
+            *[(0.0, pid, 0x10000, "merged") for pid in (900, 901, 902)],
         ],
         end_s=10.0,
     )
