@@ -94,6 +94,10 @@ class MmInfo:
     registration: Registration
     reg_order: tuple[float, int, int]  # sort key among mms registering together
     info: ProcessInfo
+    #: CPUs it used over the trace (user + system time between its first and last snapshot
+    #: over their distance), None where the trace has no CPU times (the canary's roles,
+    #: :func:`planner.engine.writes.process_roles`)
+    cpu_share: float | None = None
 
 
 @dataclass
@@ -223,6 +227,7 @@ def _process_instances(
             raw.append({"pid": pid, "start": start, "first": k, "row": r})
         row_mm[r] = key_mm[key]
         present[k].append(key_mm[key])
+        raw[key_mm[key]]["last"] = (r, k)
     # mm ids in order of (first snapshot, pid, start): renumber
     order = sorted(range(len(raw)), key=lambda i: (raw[i]["first"], raw[i]["pid"], raw[i]["start"]))
     renum = {old: new for new, old in enumerate(order)}
@@ -320,9 +325,41 @@ def _mm_infos(
                     raw[m]["start"],
                 ),
                 info=info,
+                cpu_share=_cpu_share(procs, raw[m], times_s),
             )
         )
     return mms
+
+
+def _mapping_spans(sids: list[int], maps: _MappingRows) -> dict[str, Any]:
+    """The trace's mappings as arrays (``meta["mappings"]``): per mapping its snapshot's
+    index, pid, start, end and kind; the canary's page classes need them
+    (:func:`planner.engine.writes.with_canary`)."""
+    index = {sid: k for k, sid in enumerate(sids)}
+    return {
+        "snapshot": np.array([index.get(int(x), -1) for x in maps.sid.tolist()], np.int64),
+        "pid": np.asarray(maps.pid, np.int64),
+        "start": np.asarray(maps.start, np.uint64),
+        "end": np.asarray(maps.end, np.uint64),
+        "kind": np.array(maps.kind, dtype=object),
+    }
+
+
+def _cpu_share(
+    procs: dict[str, list[Any]], raw: dict[str, Any], times_s: list[float]
+) -> float | None:
+    """CPUs a process used between its first and last snapshot (None: not recorded)."""
+    (r0, k0), (r1, k1) = (raw["row"], raw["first"]), raw.get("last", (raw["row"], raw["first"]))
+    if k1 <= k0 or "cpu_user_s" not in procs or "cpu_system_s" not in procs:
+        return None
+    cpu = []
+    for r in (r0, r1):
+        user, system = procs["cpu_user_s"][r], procs["cpu_system_s"][r]
+        if user is None or system is None:
+            return None
+        cpu.append(float(user) + float(system))
+    span_s = float(times_s[k1] - times_s[k0])
+    return max(0.0, cpu[1] - cpu[0]) / span_s if span_s > 0 else None
 
 
 @dataclass
@@ -806,7 +843,7 @@ def _prepare_rows(
         trace_hash=ht.trace_hash,
         mms=procs.mms,
         meta={k: v for k, v in meta.items() if k != "zero_hash"}
-        | {"prctl_at": prctl_at, "host_load": _load(ht)},
+        | {"prctl_at": prctl_at, "host_load": _load(ht), "mappings": _mapping_spans(sids, maps)},
     )
     empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
     stream = iter(pages)

@@ -607,30 +607,76 @@ def _merge(a: Writes, b: Writes) -> Writes:
     return Writes(rows[last], content[last], left if left.any() else None)
 
 
+#: A process is *busy* when it used at least this share of the CPU time of the busiest
+#: process of its ``comm`` over the capture (and at least :data:`BUSY_MIN_CPUS`); the others
+#: are *idle* (:func:`process_roles`).
+BUSY_OF_TOP: Final = 0.1
+BUSY_MIN_CPUS: Final = 0.002
+
+
+def process_roles(
+    comm_by_pid: dict[int, str], cpus_by_pid: dict[int, float | None] | None = None
+) -> dict[int, str]:
+    """Per pid: its role -- its ``comm``, split into ``"comm busy"`` and ``"comm idle"``
+    where CPU times were recorded (see :data:`BUSY_OF_TOP`).
+
+    One command runs processes that behave apart: PostgreSQL's backends serve queries and
+    rewrite their memory all the time, its server processes (checkpointer, walwriter, ...)
+    mostly sleep. Their CPU share tells them apart on a capture and on a canary alike, at
+    any host load (the threshold is relative to the busiest process of the command).
+    """
+    cpus = cpus_by_pid or {}
+    top: dict[str, float] = {}
+    for pid, comm in comm_by_pid.items():
+        cpu = cpus.get(pid)
+        if cpu is not None:
+            top[comm] = max(top.get(comm, 0.0), cpu)
+    out: dict[int, str] = {}
+    for pid, comm in comm_by_pid.items():
+        cpu = cpus.get(pid)
+        if cpu is None or comm not in top:
+            out[pid] = comm
+        else:
+            busy = cpu >= max(BUSY_MIN_CPUS, BUSY_OF_TOP * top[comm])
+            out[pid] = f"{comm} {'busy' if busy else 'idle'}"
+    return out
+
+
+def role_comm(role: str) -> str:
+    """The ``comm`` of a role of :func:`process_roles`."""
+    for tail in (" busy", " idle"):
+        if role.endswith(tail):
+            return role[: -len(tail)]
+    return role
+
+
 @dataclass(frozen=True)
 class CanaryRates:
-    """Same-content writes per second of each page a canary recording followed.
+    """Same-content write rates of the pages a canary recording followed, and the breaks it
+    could not see.
 
     A canary (``observe --ksm-pages``, :mod:`planner.trace.recording`) sees a write that
     leaves the bytes unchanged only while the page is merged: the merge breaks
     (``unmerged_same_content``). A page's rate is its such events over the seconds it was
-    merged, scaled by the breaks the canary could not see (a page broken and merged again
-    between two samples shows nothing, ``cow_ksm`` counts it: ``_missed_breaks_scale``).
-    Rates are the workload's, not ksmd's: a canary at one knob setting serves the others.
-    :func:`with_canary` says how they reach the rows of a trace.
+    merged. A page broken and merged again between two samples shows nothing, while the
+    host's ``cow_ksm`` counts it: those **unseen breaks** (``unseen_breaks_per_s``) are not
+    spread over the pages the canary saw, but put on the pages likely to take them
+    (:func:`with_canary`). Rates are the workload's, not ksmd's: a canary at one knob setting
+    serves the others.
     """
 
     key: U64
     """``(pid << 36) | page number``, sorted."""
     rate_per_s: F64
     by_comm: dict[str, float]
+    """Per process role (:func:`process_roles`): its mean rate."""
     events: int
     merged_s: float
-    scale: float = 1.0
-    """The host's ``cow_ksm`` breaks per same-content unmerge the canary saw (see
-    :func:`canary_rates`): the rates are scaled by it."""
+    unseen_breaks_per_s: float = 0.0
+    """``cow_ksm`` breaks per second that no event of the canary accounts for (see
+    :func:`_unseen_breaks_per_s`)."""
     events_per_page: F64 | None = None
-    """Per page (as ``key``): its same-content unmerges, scaled."""
+    """Per page (as ``key``): its same-content unmerges."""
     merged_s_per_page: F64 | None = None
     """Per page: the seconds it was merged."""
     left_s: F64 | None = None
@@ -639,6 +685,75 @@ class CanaryRates:
     rates_by_comm: dict[str, F64] = dataclasses.field(default_factory=dict)
     """Per process role: the rates of its pages the canary saw merged, sorted (the role's
     distribution of write rates, :func:`with_canary`)."""
+    role_of_pid: dict[int, str] = dataclasses.field(default_factory=dict)
+    """The role of every process the canary followed."""
+    roles_recorded: bool = False
+    """The roles tell busy from idle processes (the recording has their CPU times)."""
+    samples: int = 0
+    """The canary's samples (one a second by default)."""
+    missed_scale: float = 1.0
+    """The host's ``cow_ksm`` breaks (less those the canary saw with the content changed)
+    per same-content unmerge the canary saw: the factor that spreads the unseen breaks pro
+    rata over the pages written, where no page can be told to take them."""
+    page_kind: npt.NDArray[np.object_] | None = None
+    """Per page: its mapping's kind."""
+    page_offset: I64 | None = None
+    """Per page: its page number within its mapping (-1: the mapping's start not recorded)."""
+
+    def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
+        """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
+        the same run knows the CPU times of a canary that did not record them)."""
+        roles = {**self.role_of_pid, **role_of_pid}
+        by_comm, dists = _role_tables(
+            self.key, self.rate_per_s, self._events(), self._merged(), roles
+        )
+        return dataclasses.replace(
+            self, by_comm=by_comm, rates_by_comm=dists, role_of_pid=roles, roles_recorded=True
+        )
+
+    def _events(self) -> F64:
+        if self.events_per_page is not None:
+            return self.events_per_page
+        return np.nan_to_num(self.rate_per_s) * self._merged()
+
+    def _merged(self) -> F64:
+        if self.merged_s_per_page is not None:
+            return self.merged_s_per_page
+        return np.where(np.isnan(self.rate_per_s), 0.0, 1.0)
+
+
+def _role_tables(
+    key: U64, rate: F64, n_arr: F64, m_arr: F64, role_of_pid: dict[int, str]
+) -> tuple[dict[str, float], dict[str, F64]]:
+    """Per role: the mean rate and the sorted rates of its pages seen merged."""
+    page_role = np.array([role_of_pid.get(int(k >> 36), "") for k in key.tolist()], dtype=object)
+    by_comm: dict[str, float] = {}
+    rates_by_comm: dict[str, F64] = {}
+    for c in sorted(set(page_role.tolist())):
+        sel = page_role == c
+        ms = float(m_arr[sel].sum())
+        if ms > 0:
+            by_comm[c] = float(n_arr[sel].sum()) / ms
+        # every page seen merged counts once, the briefly merged ones too: they are the
+        # often-written pages (leaving them out would thin the distribution's upper end)
+        known = sel & (m_arr > 0)
+        if known.any():
+            rates_by_comm[c] = np.sort(rate[known])
+    return by_comm, rates_by_comm
+
+
+def _canary_cpus(obs: ObservedTimeline) -> dict[int, float | None]:
+    """Per pid the canary followed: CPUs it used over the recording (``cpu_s``), if recorded."""
+    c = obs.canary
+    if c is None or "cpu_s" not in c.columns or not len(c):
+        return {}
+    out: dict[int, float | None] = {}
+    for pid, g in c.sort_values("t_s", kind="stable").groupby("pid"):
+        cpu = g["cpu_s"].astype("float64").dropna()
+        span_s = float(g["t_s"].iloc[-1] - g["t_s"].iloc[0])
+        if len(cpu) >= 2 and span_s > 0:
+            out[int(str(pid))] = max(0.0, float(cpu.iloc[-1] - cpu.iloc[0])) / span_s
+    return out
 
 
 def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
@@ -655,14 +770,28 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     shift = page_size.bit_length() - 1
     ev = ev.sort_values(["pid", "page_addr", "t_s"], kind="stable")
     pids = ev["pid"].to_numpy(np.int64)
-    pages = ev["page_addr"].to_numpy(np.uint64) >> np.uint64(shift)
+    addrs = ev["page_addr"].to_numpy(np.uint64)
+    pages = addrs >> np.uint64(shift)
     times = ev["t_s"].to_numpy(np.float64)
     kinds = ev["event"].astype(str).to_numpy()
+    vkind = (
+        ev["vma_kind"].astype(str).to_numpy()
+        if "vma_kind" in ev.columns
+        else np.full(len(ev), "", dtype=object)
+    )
+    offset = np.full(len(ev), -1, np.int64)
+    if "vma_start" in ev.columns:
+        start = ev["vma_start"]
+        ok = start.notna().to_numpy(bool).copy()
+        st = start.fillna(0).to_numpy(np.uint64)
+        ok &= st <= addrs
+        offset[ok] = ((addrs[ok] - st[ok]) >> np.uint64(shift)).astype(np.int64)
     keys = (pids.astype(np.uint64) << np.uint64(36)) | pages
     out_key: list[int] = []
     out_n: list[int] = []
     out_m: list[float] = []
     out_left: list[float] = []
+    out_first: list[int] = []
     i, n_rows = 0, keys.size
     while i < n_rows:
         j = i
@@ -682,51 +811,66 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         out_n.append(n)
         out_m.append(m)
         out_left.append(float(times[j - 1]) if kinds[j - 1] == "unmapped" else np.nan)
+        out_first.append(i)
         i = j
     key = np.array(out_key, np.uint64)
     n_arr = np.array(out_n, np.float64)
     m_arr = np.array(out_m, np.float64)
-    scale = _missed_breaks_scale(obs)
-    n_arr *= scale
+    first = np.array(out_first, np.int64)
     rate = np.divide(n_arr, m_arr, out=np.full(key.size, np.nan), where=m_arr > 0)
     comm_of = dict(
         zip(obs.processes["pid"].astype(int), obs.processes["comm"].astype(str), strict=False)
     )
-    page_comm = np.array([comm_of.get(int(k >> 36), "") for k in key.tolist()], dtype=object)
-    by_comm = {}
-    rates_by_comm = {}
-    for c in sorted(set(page_comm.tolist())):
-        sel = page_comm == c
-        ms = float(m_arr[sel].sum())
-        if ms > 0:
-            by_comm[c] = float(n_arr[sel].sum()) / ms
-        # every page seen merged counts once, the briefly merged ones too: they are the
-        # often-written pages (leaving them out would thin the distribution's upper end)
-        known = sel & (m_arr > 0)
-        if known.any():
-            rates_by_comm[c] = np.sort(rate[known])
+    cpus = _canary_cpus(obs)
+    roles = process_roles(comm_of, cpus)
+    by_comm, rates_by_comm = _role_tables(key, rate, n_arr, m_arr, roles)
     return CanaryRates(
         key=key,
         rate_per_s=rate,
         by_comm=by_comm,
-        events=round(float(n_arr.sum()) / scale),
+        events=int(n_arr.sum()),
         merged_s=float(m_arr.sum()),
-        scale=scale,
+        unseen_breaks_per_s=_unseen_breaks_per_s(obs),
+        missed_scale=_missed_breaks_scale(obs),
+        samples=int(obs.canary["sample"].nunique()) if obs.canary is not None else 0,
         events_per_page=n_arr,
         merged_s_per_page=m_arr,
         left_s=np.array(out_left, np.float64),
         rates_by_comm=rates_by_comm,
+        role_of_pid=roles,
+        roles_recorded=bool(cpus),
+        page_kind=np.asarray(vkind[first] if first.size else vkind[:0], dtype=object),
+        page_offset=offset[first] if first.size else offset[:0],
     )
 
 
-def _missed_breaks_scale(obs: ObservedTimeline) -> float:
-    """How many merges the host lost per same-content unmerge the canary saw.
+def _unseen_breaks_per_s(obs: ObservedTimeline) -> float:
+    """The host's copy-on-write breaks of KSM pages per second that the canary did not see.
 
-    A page broken and merged again between two of the canary's samples shows nothing, so
-    its events undercount; the host's ``cow_ksm`` counts every break. Less the breaks the
-    canary saw with the content changed (those are the trace's content changes), the rest
-    are same-content writes: the per-page rates are scaled by that ratio (never below 1).
+    ``cow_ksm`` counts every break; the canary, sampling once a second, sees only a merge
+    that lasted until a sample and was gone at the next one. The breaks it saw (with the
+    content unchanged or changed) are taken off; the rest were merges made and broken
+    between two samples.
     """
+    if obs.canary is None or "cow_ksm" not in obs.counters.columns:
+        return 0.0
+    cow = obs.counters["cow_ksm"].astype("float64").dropna()
+    if len(cow) < 2:
+        return 0.0
+    span_s = float(cow.index[-1] - cow.index[0])
+    seen = sum(
+        float(obs.canary[c].sum())
+        for c in ("unmerged_same_content", "unmerged_changed", "unmerged")
+        if c in obs.canary.columns
+    )
+    breaks = float(cow.iloc[-1] - cow.iloc[0]) - seen
+    return max(0.0, breaks / span_s) if span_s > 0 else 0.0
+
+
+def _missed_breaks_scale(obs: ObservedTimeline) -> float:
+    """How many merges the host lost per same-content unmerge the canary saw (never below
+    1): ``cow_ksm`` less the canary's breaks with the content changed (those are the trace's
+    content changes), over its same-content unmerges."""
     if obs.canary is None or "cow_ksm" not in obs.counters.columns:
         return 1.0
     cow = obs.counters["cow_ksm"].astype("float64").dropna()
@@ -734,8 +878,7 @@ def _missed_breaks_scale(obs: ObservedTimeline) -> float:
     changed = float(obs.canary["unmerged_changed"].sum())
     if len(cow) < 2 or same <= 0:
         return 1.0
-    breaks = float(cow.iloc[-1] - cow.iloc[0]) - changed
-    return max(1.0, breaks / same)
+    return max(1.0, (float(cow.iloc[-1] - cow.iloc[0]) - changed) / same)
 
 
 def _content_draw(hashes: U64) -> F64:
@@ -743,39 +886,131 @@ def _content_draw(hashes: U64) -> F64:
     return _phases(0, 0, hashes, 4)
 
 
+@dataclass(frozen=True)
+class _RowRoles:
+    """Per row of one snapshot: its role's index in ``roles``, and its page's class."""
+
+    code: I64
+    roles: list[str]
+    kind: npt.NDArray[np.object_] | None  # mapping kind (None: the trace has no mappings)
+    offset: I64 | None  # page number within the mapping
+
+
+def _row_classes(inp: ReplayInput, k: int, pids: I64) -> tuple[npt.NDArray[np.object_], I64] | None:
+    """Per row of snapshot ``k``: its mapping's kind and its page number within it."""
+    maps = inp.meta.get("mappings")
+    if not isinstance(maps, dict):
+        return None
+    snap = inp.snapshots[k]
+    sel = np.flatnonzero(maps["snapshot"] == k)
+    kind = np.full(snap.n, "", dtype=object)
+    offset = np.full(snap.n, -1, np.int64)
+    if not sel.size or not snap.n:
+        return kind, offset
+    mp, ms = maps["pid"][sel], maps["start"][sel]
+    order = np.lexsort((ms, mp))
+    mp, ms = mp[order], ms[order]
+    me, mk = maps["end"][sel][order], maps["kind"][sel][order]
+    addr = snap.page << np.uint64(inp.page_size.bit_length() - 1)
+    # the last mapping of the row's pid that starts at or before its address
+    combo = (mp.astype(np.uint64) << np.uint64(48)) | (ms >> np.uint64(12))
+    want = (pids.astype(np.uint64) << np.uint64(48)) | (addr >> np.uint64(12))
+    pos = np.searchsorted(combo, want, side="right") - 1
+    ok = pos >= 0
+    p = np.maximum(pos, 0)
+    ok &= (mp[p] == pids) & (ms[p] <= addr) & (addr < me[p])
+    kind[ok] = mk[p[ok]]
+    offset[ok] = ((addr[ok] - ms[p[ok]]) >> np.uint64(inp.page_size.bit_length() - 1)).astype(
+        np.int64
+    )
+    return kind, offset
+
+
+def _class_rates(rates: CanaryRates, rr: _RowRoles) -> tuple[F64, npt.NDArray[np.bool_]] | None:
+    """Per row: the rate pooled over the canary's pages of its class (role, mapping kind,
+    page number in the mapping), and whether the canary saw any page of that class merged;
+    None where the canary or the trace lacks the classes."""
+    if (
+        rr.kind is None
+        or rr.offset is None
+        or rates.page_kind is None
+        or rates.page_offset is None
+        or not (rates.page_offset >= 0).any()
+    ):
+        return None
+    m_arr, n_arr = rates._merged(), rates._events()
+    page_role = [rates.role_of_pid.get(int(k >> 36), "") for k in rates.key.tolist()]
+    ev: dict[tuple[str, str, int], float] = {}
+    ms: dict[tuple[str, str, int], float] = {}
+    for i in np.flatnonzero((rates.page_offset >= 0) & (m_arr > 0)).tolist():
+        c = (page_role[i], str(rates.page_kind[i]), int(rates.page_offset[i]))
+        ev[c] = ev.get(c, 0.0) + float(n_arr[i])
+        ms[c] = ms.get(c, 0.0) + float(m_arr[i])
+    n = rr.code.size
+    rate = np.zeros(n, np.float64)
+    seen = np.zeros(n, bool)
+    # a canary without CPU times has roles by comm only: match the trace's on the comm
+    roles = rr.roles if rates.roles_recorded else [role_comm(r) for r in rr.roles]
+    for i, (code, kind, off) in enumerate(
+        zip(rr.code.tolist(), rr.kind.tolist(), rr.offset.tolist(), strict=True)
+    ):
+        c = (roles[code], str(kind), int(off))
+        if c in ms:
+            rate[i] = ev[c] / ms[c]
+            seen[i] = True
+    return rate, seen
+
+
 def _row_rates(
     snap_hash: U64,
     key: U64,
-    comm_code: I64,
-    comms: list[str],
+    rr: _RowRoles,
     fork_shared: B,
     rates: CanaryRates,
-) -> tuple[F64, npt.NDArray[np.bool_]]:
-    """Per row: its same-content write rate (see :func:`with_canary`), and which rows the
-    canary followed itself. ``comm_code`` indexes ``comms`` per row."""
+    same_run: bool,
+) -> tuple[F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per row: its same-content write rate (see :func:`with_canary`), which rows the canary
+    followed itself, and which rows hold a content (or, for another run, a page class) the
+    canary never saw merged."""
     n = key.size
     rate = np.zeros(n, np.float64)
+    unseen = np.ones(n, bool)
     if rates.rates_by_comm:  # the role's distribution, one draw per content
         u = _content_draw(snap_hash)
-        for code in np.unique(comm_code).tolist():
-            dist = rates.rates_by_comm.get(comms[code])
+        for code in np.unique(rr.code).tolist():
+            role = rr.roles[code]
+            dist = rates.rates_by_comm.get(role)
+            if dist is None:
+                dist = rates.rates_by_comm.get(role_comm(role))
             if dist is None or not dist.size:
                 continue
-            sel = (comm_code == code) & ~fork_shared
+            sel = (rr.code == code) & ~fork_shared
             pick = np.minimum((u[sel] * dist.size).astype(np.int64), dist.size - 1)
             rate[sel] = dist[pick]
     elif rates.by_comm:  # a recording of an older planner: the role's mean
-        mean = np.array([rates.by_comm.get(c, 0.0) for c in comms], np.float64)
-        rate[:] = mean[comm_code] if comms else 0.0
+        mean = np.array(
+            [rates.by_comm.get(c, rates.by_comm.get(role_comm(c), 0.0)) for c in rr.roles],
+            np.float64,
+        )
+        rate[:] = mean[rr.code] if rr.roles else 0.0
         rate[fork_shared] = 0.0
     hit = np.zeros(n, bool)
+    if not same_run:
+        by_class = _class_rates(rates, rr)
+        if by_class is not None:  # the page's class, where the canary saw it merged
+            class_rate, seen = by_class
+            rate[seen & ~fork_shared] = class_rate[seen & ~fork_shared]
+            unseen = ~seen
+        else:
+            unseen[:] = False  # nothing tells which pages: the role's draw alone
+        return rate, hit, unseen
     if not rates.key.size or not n:
-        return rate, hit
+        return rate, hit, unseen
     pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
     hit = (rates.key[pos] == key) & ~np.isnan(rates.rate_per_s[pos])
     if rates.events_per_page is None or rates.merged_s_per_page is None:
         rate[hit] = rates.rate_per_s[pos[hit]]
-        return rate, hit
+        return rate, hit, ~hit
     # pooled over the rows that hold the same content: the canary caught some of a group
     # (e.g. one page of each worker's copy), the rest are written alike
     gkey, gid = np.unique(snap_hash, return_inverse=True)
@@ -786,42 +1021,129 @@ def _row_rates(
     pooled = known[gid] & ~fork_shared
     rate[pooled] = ev[gid[pooled]] / ms[gid[pooled]]
     rate[hit] = ev[gid[hit]] / ms[gid[hit]]
-    return rate, hit
+    return rate, hit, ~hit  # the traced run: the page itself was never a KSM page
+
+
+def _unseen_candidates(
+    snap_hash: U64, rr: _RowRoles, fork_shared: B, unseen: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Rows likely to take the breaks the canary did not see: in a busy role (any role where
+    the roles do not tell busy from idle), not shared by ``fork()``, holding a content that
+    other rows hold too (a merge is possible), and never seen merged by the canary."""
+    busy_roles = [r.endswith(" busy") for r in rr.roles]
+    busy = np.array(busy_roles if any(busy_roles) else [True] * len(rr.roles), bool)
+    if not rr.roles:
+        return np.zeros(snap_hash.size, bool)
+    _, inverse, counts = np.unique(snap_hash, return_inverse=True, return_counts=True)
+    shared = counts[inverse.reshape(-1)] > 1
+    return busy[rr.code] & ~fork_shared & shared & unseen
+
+
+def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
+    """Same-content writes per second of each page that takes a share of the unseen breaks.
+
+    Each of ``n_cand`` pages breaks ``b = unseen_breaks_per_s / n_cand`` merges a second, and
+    the canary found none of them merged at any of its ``n`` samples: a merge lasts about
+    half the time between two writes, so the chance that a sample finds the page merged is
+    about ``b / (2 r)`` for writes at ``r`` per second. ``r = b n`` makes the expected count
+    of samples that find it merged one half. (The merges themselves come no faster than
+    ksmd pairs the pages again, so the breaks stay near ``b``, not ``r``.)
+    """
+    if n_cand <= 0 or rates.unseen_breaks_per_s <= 0:
+        return 0.0
+    return rates.unseen_breaks_per_s / n_cand * max(rates.samples, 1)
 
 
 def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
     """``inp`` whose every interval (and the steady state after it) has the canary's
     same-content write rates on its rows, and whose pages the canary saw leave for good leave.
 
+    Rows take the rates of their **process role** (:func:`process_roles`: the ``comm``, busy
+    or idle by CPU share, from the trace's CPU times and the canary's).
+
     * A row of a page the canary followed (same pid and address: the canary recorded the
       traced run) takes the rate pooled over its *content group*: the rows of the snapshot
       holding the same bytes, of which the canary followed any. Pages of one content in
       forked workers are one structure written alike; the canary catches a page only while
       it is merged, so it misses many of a group's pages, not the group.
-    * Any other row takes a rate drawn from its process role's distribution of per-page rates
-      (every page the canary saw merged counts once), one draw per content: a
-      canary of another run (other pids and, with ASLR, addresses) says how a role's pages
-      are written, not which; the role's *mean* rate on every page would spread the writes
+    * A row of another run (other pids and, with ASLR, addresses) takes the rate pooled over
+      the canary's pages of its **class**: same role, mapping kind and page number within the
+      mapping (a recording with mapping starts). Any other row takes a rate drawn from its
+      role's distribution of per-page rates (every page the canary saw merged counts once),
+      one draw per content: the role's *mean* rate on every page would spread the writes
       thin (each page then stays merged most of the time, where the real writes fall on a
       few pages that never stay merged). Pages ``fork()`` still shares take none: the
       canary never sees them as KSM pages.
+    * **The breaks the canary did not see** (``cow_ksm`` less the canary's own events,
+      :attr:`CanaryRates.unseen_breaks_per_s`) go to the pages likely to take them: rows of a
+      busy role, not fork-shared, whose content other rows hold too, and which the canary
+      never saw merged (the page itself in the traced run; its class in another run). Each
+      takes an equal share, written often enough that a sample would rarely find it merged
+      (:func:`_unseen_rate_per_s`). Such a page is merged and broken again between two of
+      the canary's samples; spreading the breaks over the pages the canary did see merged
+      would break the merges the kernel keeps. Only where no row can be told to take them
+      (another run's canary without page classes) are they spread so, pro rata to the rates
+      (:attr:`CanaryRates.missed_scale`).
     * A row of a page the canary saw unmapped and never merged again leaves at that time
       (the canary's clock starts with ksmd, as the replay's; never before the last snapshot,
       which shows it present): it takes a content no other row has and is never written again.
     """
     pids = np.array([m.pid for m in inp.mms], np.uint64)
-    comms = sorted({m.comm or "" for m in inp.mms})
-    code_of = {c: i for i, c in enumerate(comms)}
-    mm_code = np.array([code_of[m.comm or ""] for m in inp.mms], np.int64)
+    comm_of = {m.pid: m.comm or "" for m in inp.mms}
+    cpus: dict[int, float | None] = {}
+    for m in inp.mms:  # a pid whose command line changed is one process: its largest share
+        if m.cpu_share is not None:
+            cpus[m.pid] = max(m.cpu_share, cpus.get(m.pid) or 0.0)
+    trace_roles = process_roles(comm_of, cpus)
+    # the canary recorded the traced run when most pids of the smaller set are in the other
+    # (a canary of the whole host follows more processes than a trace of one service)
+    canary_pids = np.unique((rates.key >> np.uint64(36)).astype(np.int64))
+    trace_pids = np.unique(pids.astype(np.int64))
+    common = int(np.isin(canary_pids, trace_pids).sum())
+    same_run = common > 0 and common >= 0.5 * min(canary_pids.size, trace_pids.size)
+    if same_run and not rates.roles_recorded and cpus:
+        rates = rates.with_roles(trace_roles)  # the traced run: the trace knows the roles
+    roles = sorted(set(trace_roles.values()))
+    code_of = {c: i for i, c in enumerate(roles)}
+    mm_code = np.array([code_of[trace_roles[m.pid]] for m in inp.mms], np.int64)
     out: list[IntervalWrites | None] = []
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
+    per_snap: list[tuple[F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = []
     for k in range(inp.n_snapshots):
         snap = inp.snapshots[k]
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
         fork_shared = counts[inverse.reshape(-1)] > 1
         code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
-        rate, hit = _row_rates(snap.hash, key, code, comms, fork_shared, rates)
+        classes = None if same_run else _row_classes(inp, k, pids[snap.mm].astype(np.int64))
+        rr = _RowRoles(
+            code,
+            roles,
+            None if classes is None else classes[0],
+            None if classes is None else classes[1],
+        )
+        rate, hit, unseen = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
+        cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen)
+        per_snap.append((rate, hit, cand))
+    # the unseen breaks, an equal share per candidate of the last traced snapshot
+    n_cand = 0
+    for k in range(inp.n_snapshots - 1, -1, -1):
+        old = inp.writes[k] if k < len(inp.writes) else None
+        if old is None or old.origin_ns is None:
+            n_cand = int(np.count_nonzero(per_snap[k][2]))
+            break
+    unseen_per_s = _unseen_rate_per_s(rates, n_cand)
+    for k in range(inp.n_snapshots):
+        snap = inp.snapshots[k]
+        rate, hit, cand = per_snap[k]
+        if unseen_per_s > 0 and cand.any():
+            rate = rate.copy()
+            rate[cand] += unseen_per_s
+        elif not n_cand and rates.missed_scale > 1.0:
+            # nothing tells which pages take the unseen breaks (another run's canary without
+            # page classes): spread over the pages written, pro rata to their rates
+            rate = rate * rates.missed_scale
+        key = (pids[snap.mm] << np.uint64(36)) | snap.page
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None:
             zeros = np.zeros(snap.n, np.uint16)
@@ -863,6 +1185,8 @@ __all__ = [
     "continue_trend",
     "effective_changes",
     "fill_unchecked",
+    "process_roles",
+    "role_comm",
     "with_canary",
     "write_model",
 ]

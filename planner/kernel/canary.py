@@ -24,9 +24,11 @@ for this run and thrown away: the recording holds no hash.
 What is recorded (files of the recording, format in :mod:`planner.trace.recording`): per
 sample and process, the counts (``canary.parquet``); per page and state change, one event
 (``page_events.parquet``: merged, unmerged with the content unchanged or changed, unmapped),
-with the page's address and mapping kind, so that write rates can be calibrated per page or
-per class of page (mapping kind, process). The first sample records every KSM page it finds
-as ``merged``: the events give each page's KSM state at every sample.
+with the page's address, its mapping's kind and start, so that write rates can be calibrated
+per page or per class of page (process role, mapping kind, offset in the mapping: a class
+that another run of the workload has too). Each process row carries its CPU seconds, which
+tell a busy process from an idle one of the same name. The first sample records every KSM
+page it finds as ``merged``: the events give each page's KSM state at every sample.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _PageState:
     vpn: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     pfn: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
     kind: list[str] = field(default_factory=list)
+    vma_start: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
 
 
 class Canary:
@@ -93,6 +96,7 @@ class Canary:
         self._state: dict[int, _PageState] = {}
         self._ksm_hash: dict[int, int] = {}  # KSM frame -> keyed hash of its content
         self.totals = dict.fromkeys(EVENTS, 0)
+        self._ticks_per_s = float(os.sysconf("SC_CLK_TCK"))
 
     def __enter__(self) -> Canary:
         self.kpage.__enter__()
@@ -147,6 +151,7 @@ class Canary:
         entries = parse_maps(fs.text(pid, "maps"))
         spans: list[tuple[int, int, int]] = []
         kinds: list[str] = []
+        starts: list[int] = []
         before = None
         for e in entries:
             kind = V.classify(e, before, lambda path: ())  # no bss check: "anon" will do
@@ -155,6 +160,7 @@ class Canary:
                 continue
             spans.append((len(kinds), e.start // PAGE_SIZE_BYTES, e.end // PAGE_SIZE_BYTES))
             kinds.append(kind)
+            starts.append(e.start)
         pm_fd = fs.open_pagemap(pid)
         try:
             vpn, entry, owner = self.reader.pagemap(pm_fd, spans, pid)
@@ -168,12 +174,13 @@ class Canary:
         is_ksm = (((flags >> _U64(KPF_KSM)) & _U64(1)) == 1)[inverse.reshape(-1)]
         ksm_vpn, ksm_pfn = vpn[is_ksm], pfn[is_ksm]
         ksm_kind = [kinds[i] for i in owner[is_ksm].tolist()]
+        ksm_start = np.array(starts, np.uint64)[owner[is_ksm]] if starts else np.zeros(0, _U64)
         self._hash_new_frames(pid, ksm_vpn, ksm_pfn)
         ksm_pfns_seen.update(ksm_pfn.tolist())
 
         counts = dict.fromkeys(EVENTS, 0)
 
-        def event(name: str, addr: int, kind: str) -> None:
+        def event(name: str, addr: int, kind: str, vma_start: int) -> None:
             counts[name] += 1
             events.append(
                 {
@@ -183,21 +190,31 @@ class Canary:
                     "page_addr": addr * PAGE_SIZE_BYTES,
                     "vma_kind": kind,
                     "event": name,
+                    "vma_start": vma_start,
                 }
             )
 
         old_vpn = prev.vpn if prev is not None else np.zeros(0, np.int64)
         gained = ~np.isin(ksm_vpn, old_vpn)
-        for v, k in zip(ksm_vpn[gained].tolist(), np.array(ksm_kind)[gained].tolist(), strict=True):
-            event(MERGED, v, k)
+        for v, k, a in zip(
+            ksm_vpn[gained].tolist(),
+            np.array(ksm_kind)[gained].tolist(),
+            ksm_start[gained].tolist(),
+            strict=True,
+        ):
+            event(MERGED, v, k, a)
         if prev is not None and len(old_vpn):
             lost = ~np.isin(old_vpn, ksm_vpn)
             lost_vpn, lost_pfn = old_vpn[lost], prev.pfn[lost]
             lost_kind = [k for k, flag in zip(prev.kind, lost.tolist(), strict=True) if flag]
             here = np.isin(lost_vpn, vpn)
-            self._judge(pid, lost_vpn, lost_pfn, lost_kind, here, event)
+            self._judge(pid, lost_vpn, lost_pfn, lost_kind, prev.vma_start[lost], here, event)
         self._state[pid] = _PageState(
-            start_ticks=st.starttime_ticks, vpn=ksm_vpn, pfn=ksm_pfn, kind=ksm_kind
+            start_ticks=st.starttime_ticks,
+            vpn=ksm_vpn,
+            pfn=ksm_pfn,
+            kind=ksm_kind,
+            vma_start=ksm_start,
         )
         return {
             "sample": sample,
@@ -210,6 +227,7 @@ class Canary:
             "unmerged_changed": counts[UNMERGED_CHANGED],
             "unmerged": counts[UNMERGED],
             "unmapped": counts[UNMAPPED],
+            "cpu_s": (st.utime_ticks + st.stime_ticks) / self._ticks_per_s,
         }
 
     def _hash_new_frames(
@@ -234,12 +252,16 @@ class Canary:
         vpn: npt.NDArray[np.int64],
         old_pfn: npt.NDArray[np.uint64],
         kinds: list[str],
+        starts: npt.NDArray[np.uint64],
         present: npt.NDArray[np.bool_],
         event: Any,
     ) -> None:
         """Merges lost since the previous sample: content unchanged, changed, or unmapped."""
-        for v, k in zip(vpn[~present].tolist(), np.array(kinds)[~present].tolist(), strict=True):
-            event(UNMAPPED, v, k)
+        gone = ~present
+        for v, k, a in zip(
+            vpn[gone].tolist(), np.array(kinds)[gone].tolist(), starts[gone].tolist(), strict=True
+        ):
+            event(UNMAPPED, v, k, a)
         if not present.any():
             return
         here_vpn = vpn[present]
@@ -247,19 +269,21 @@ class Canary:
         hashes, error = self.reader.read_pages(pid, here_vpn[order])
         here_pfn = old_pfn[present][order]
         here_kind = np.array(kinds)[present][order].tolist()
-        for v, h, bad, p, k in zip(
+        here_start = starts[present][order].tolist()
+        for v, h, bad, p, k, a in zip(
             here_vpn[order].tolist(),
             hashes.tolist(),
             error.tolist(),
             here_pfn.tolist(),
             here_kind,
+            here_start,
             strict=True,
         ):
             was = self._ksm_hash.get(int(p))
             if bad or was is None:
-                event(UNMERGED, v, k)
+                event(UNMERGED, v, k, a)
             else:
-                event(UNMERGED_SAME if int(h) == was else UNMERGED_CHANGED, v, k)
+                event(UNMERGED_SAME if int(h) == was else UNMERGED_CHANGED, v, k, a)
 
 
 __all__ = [

@@ -41,12 +41,16 @@ A directory (owner-only, like captured data) with three files, and two more in c
     ``pid`` (int32), ``present_pages`` (present anonymous pages of its private mappings),
     ``ksm_pages`` (of those, KSM pages: ``/proc/kpageflags`` bit 21), and the page events of
     the sample by kind: ``merged``, ``unmerged_same_content``, ``unmerged_changed``,
-    ``unmerged``, ``unmapped`` (int64).
+    ``unmerged``, ``unmapped`` (int64); then ``cpu_s`` (float64: the process's user and
+    system CPU seconds since it started, from ``/proc/<pid>/stat``; absent from older
+    recordings), which tells busy processes from idle ones of one ``comm``.
 ``page_events.parquet`` (canary mode)
     One row per page whose KSM state changed since the previous sample: ``sample``, ``t_s``,
     ``pid``, ``page_addr`` (uint64), ``vma_kind`` (the mapping kinds of docs/capture.md §2),
-    ``event``: ``merged`` (a KSM page now, not at the previous sample; the first sample lists
-    every KSM page), ``unmerged_same_content`` (no longer a KSM page, its content unchanged: a
+    ``vma_start`` (uint64, the start of the page's mapping; absent from older recordings: with
+    it, a page's offset in its mapping keys its class across runs), ``event``: ``merged`` (a
+    KSM page now, not at the previous sample; the first sample lists every KSM page),
+    ``unmerged_same_content`` (no longer a KSM page, its content unchanged: a
     write that left the bytes as they were broke the merge), ``unmerged_changed`` (its content
     changed), ``unmerged`` (its content could not be compared), ``unmapped`` (no longer
     present). Each page's KSM state at every sample follows from its events.
@@ -120,8 +124,11 @@ CANARY_SCHEMA: Final = pa.schema(
         pa.field("present_pages", pa.int64()),
         pa.field("ksm_pages", pa.int64()),
         *[pa.field(e, pa.int64()) for e in CANARY_EVENTS],
+        pa.field("cpu_s", pa.float64()),
     ]
 )
+#: Columns of ``canary.parquet`` and ``page_events.parquet`` that older recordings lack.
+CANARY_OPTIONAL: Final = ("cpu_s", "vma_start")
 #: The schema of ``page_events.parquet``.
 EVENTS_SCHEMA: Final = pa.schema(
     [  # type: ignore[arg-type]  # pyarrow-stubs join a list of fields to list[object]
@@ -131,6 +138,7 @@ EVENTS_SCHEMA: Final = pa.schema(
         pa.field("page_addr", pa.uint64()),
         pa.field("vma_kind", pa.dictionary(pa.int32(), pa.string())),
         pa.field("event", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("vma_start", pa.uint64()),
     ]
 )
 
@@ -305,7 +313,9 @@ def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
             f"{root / KSM_FILE} lacks columns {missing}", hint="the recording is damaged"
         )
     if canary is not None:
-        missing = [c for c in CANARY_SCHEMA.names if c not in canary.columns]
+        missing = [
+            c for c in CANARY_SCHEMA.names if c not in canary.columns and c not in CANARY_OPTIONAL
+        ]
         if missing:
             raise InputDataError(
                 f"{root / CANARY_FILE} lacks columns {missing}", hint="the recording is damaged"
@@ -322,6 +332,7 @@ def read_observed(path: str | os.PathLike[str]) -> ObservedTimeline:
 __all__ = [
     "CANARY_EVENTS",
     "CANARY_FILE",
+    "CANARY_OPTIONAL",
     "CANARY_SCHEMA",
     "EVENTS_FILE",
     "EVENTS_SCHEMA",

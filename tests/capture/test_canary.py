@@ -6,6 +6,7 @@ tests/kernel/test_observe.py::test_canary_counts_merges_lost_to_writes.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from planner.capture.procfs import KPF_KSM
@@ -20,7 +21,7 @@ KSM = 1 << KPF_KSM
 
 
 def test_pages_merged_unmerged_and_unmapped(fake_proc: FakeProc) -> None:
-    p = fake_proc.process(90, comm="worker")
+    p = fake_proc.process(90, comm="worker", utime=250, stime=50)
     p.map(BASE, 6)
     same = fake_proc.page_of(7)
     for i in range(3):  # three pages merged into KSM frame 900, one into 901
@@ -45,10 +46,12 @@ def test_pages_merged_unmerged_and_unmapped(fake_proc: FakeProc) -> None:
                 "unmerged_changed": 0,
                 "unmerged": 0,
                 "unmapped": 0,
+                "cpu_s": 300 / os.sysconf("SC_CLK_TCK"),  # utime + stime, in seconds
             }
         ]
         assert {(e["page_addr"] - BASE) // PAGE for e in events} == {0, 1, 2, 3}
         assert {e["vma_kind"] for e in events} == {"anon"}
+        assert {e["vma_start"] for e in events} == {BASE}  # the mapping's start: the class
 
         # page 0 written with the same bytes (a private copy), page 1 with new bytes, page 3
         # unmapped, page 4 merged meanwhile
@@ -67,6 +70,7 @@ def test_pages_merged_unmerged_and_unmapped(fake_proc: FakeProc) -> None:
             3: "unmapped",
             4: "merged",
         }
+        assert {e["vma_start"] for e in events} == {BASE}
         (row,) = rows
         assert (row["ksm_pages"], row["present_pages"]) == (2, 4)  # pages 2 and 4
         assert (row["merged"], row["unmerged_same_content"], row["unmerged_changed"]) == (1, 1, 1)

@@ -26,6 +26,7 @@ from planner.engine.writes import (
     canary_rates,
     effective_changes,
     fill_unchecked,
+    process_roles,
     with_canary,
 )
 from planner.testing.builder import World
@@ -310,6 +311,216 @@ def _canary(events: list[tuple[float, int, int, str]], end_s: float) -> Observed
     )
 
 
+def _with_cow(obs: ObservedTimeline, cow: float, samples: int, seen: int = 0) -> ObservedTimeline:
+    """``obs`` with the host's ``cow_ksm`` rising by ``cow`` over its span, and a canary
+    table of ``samples`` samples of pid 100 with ``seen`` same-content unmerges."""
+    import pandas as pd
+
+    end_s = float(obs.counters.index.max())
+    t = np.linspace(0.0, end_s, samples)
+    counters = pd.DataFrame(
+        {"sample": np.arange(samples), "t_s": t, "cow_ksm": np.linspace(0.0, cow, samples)}
+    ).set_index("t_s")
+    canary = pd.DataFrame(
+        {
+            "sample": np.arange(samples),
+            "t_s": t,
+            "pid": np.full(samples, 100),
+            "present_pages": np.zeros(samples, np.int64),
+            "ksm_pages": np.zeros(samples, np.int64),
+            "merged": np.zeros(samples, np.int64),
+            "unmerged_same_content": np.r_[seen, np.zeros(samples - 1, np.int64)],
+            "unmerged_changed": np.zeros(samples, np.int64),
+            "unmerged": np.zeros(samples, np.int64),
+            "unmapped": np.zeros(samples, np.int64),
+        }
+    )
+    return dataclasses.replace(obs, counters=counters, canary=canary)
+
+
+def _cpu(inp: ReplayInput, share: dict[int, float]) -> ReplayInput:
+    """``inp`` whose processes used ``share`` CPUs each over the capture (by pid)."""
+    mms = [dataclasses.replace(m, cpu_share=share.get(m.pid)) for m in inp.mms]
+    return dataclasses.replace(inp, mms=mms)
+
+
+def _rates_by_pid_page(
+    inp: ReplayInput, got: ReplayInput, k: int = -1
+) -> dict[tuple[int, int], float]:
+    w = got.writes[k]
+    assert w is not None
+    assert w.same_rate_per_s is not None
+    snap = inp.snapshots[k if k >= 0 else inp.n_snapshots + k]
+    pid = {i: mi.pid for i, mi in enumerate(inp.mms)}
+    return {
+        (pid[int(m)], int(p)): float(r)
+        for m, p, r in zip(snap.mm, snap.page, w.same_rate_per_s, strict=True)
+    }
+
+
+def test_roles_split_a_command_into_busy_and_idle_processes_by_cpu_share() -> None:
+    comm = {1: "postgres", 2: "postgres", 3: "postgres", 4: "node", 5: "w", 6: "w"}
+    cpus: dict[int, float | None] = {1: 0.05, 2: 0.004, 3: 0.0, 4: None, 5: 0.0, 6: 0.0}
+    roles = process_roles(comm, cpus)
+    # busy from a tenth of the busiest process of the command (0.005 here)
+    assert roles == {
+        1: "postgres busy",
+        2: "postgres idle",
+        3: "postgres idle",
+        4: "node",  # no CPU times: the command alone
+        5: "w idle",
+        6: "w idle",
+    }
+    assert process_roles({1: "a"}) == {1: "a"}
+
+
+def test_prepare_measures_each_processs_cpu_share_over_the_trace() -> None:
+    """User and system seconds between a process's first and last snapshot, over their
+    distance; None where the trace has no CPU times, or only one snapshot of the process."""
+    w = World()
+    for pid in (1, 2, 3):
+        w.spawn(pid, comm="p")
+        w.map(pid, 0x10000, [pid])
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    ht = w.host_trace()
+    procs = ht.processes
+    cpu = {(0, 1): (1.0, 0.5), (1, 1): (1.6, 0.7), (0, 2): (3.0, 0.0), (1, 2): (3.0, 0.0)}
+    rows = zip(
+        procs.column("snapshot_id").to_pylist(), procs.column("pid").to_pylist(), strict=True
+    )
+    got = [cpu.get((int(sid), int(pid))) for sid, pid in rows]
+    for i, name in enumerate(("cpu_user_s", "cpu_system_s")):
+        col = pa.array([None if g is None else g[i] for g in got], pa.float64())
+        procs = procs.set_column(procs.schema.get_field_index(name), name, col)
+    inp = prepare(dataclasses.replace(ht, processes=procs))
+    share = {m.pid: m.cpu_share for m in inp.mms}
+    assert share[1] == pytest.approx((1.6 + 0.7 - 1.5) / 2.0)
+    assert share[2] == 0.0
+    assert share[3] is None
+
+
+def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged() -> None:
+    """``cow_ksm`` rose by 100 in 10 s and the canary saw none of it: 10 breaks/s unseen.
+    The two busy workers' pages the canary never saw merged (4 rows, their contents shared)
+    take an equal share, as writes often enough that none of the 10 samples would find them
+    merged; the idle process's rows and the pages seen merged take none (their merges held)."""
+    w = World()
+    for pid in (100, 101, 102):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {100: 0.5, 101: 0.4, 102: 0.0})
+    obs = _with_cow(
+        _canary([(0.0, 100, 0x10000, "merged"), (0.0, 101, 0x10000, "merged")], end_s=10.0),
+        cow=100,
+        samples=10,
+    )
+    rates = canary_rates(obs)
+    assert rates.unseen_breaks_per_s == pytest.approx(10.0)
+    assert rates.samples == 10
+    got = _rates_by_pid_page(inp, with_canary(inp, rates))
+    share = 10.0 / 4 * 10
+    assert got == {
+        (100, 0x10): 0.0,
+        (100, 0x11): pytest.approx(share),
+        (100, 0x12): pytest.approx(share),
+        (101, 0x10): 0.0,
+        (101, 0x11): pytest.approx(share),
+        (101, 0x12): pytest.approx(share),
+        (102, 0x10): 0.0,
+        (102, 0x11): 0.0,
+        (102, 0x12): 0.0,
+    }
+    # the breaks the canary saw are not unseen; rates are not scaled by cow_ksm any more
+    seen = canary_rates(_with_cow(obs, cow=100, samples=10, seen=40))
+    assert seen.unseen_breaks_per_s == pytest.approx(6.0)
+    assert seen.events == rates.events
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    assert (
+        a.final_counters["pages_sharing"]
+        < replay(inp, knobs=knobs, options=opts).final_counters["pages_sharing"]
+    )
+
+
+def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:
+    """A canary of another run (other pids, other addresses) that recorded its pages'
+    mapping starts: a row takes the rate pooled over the canary's pages of its class (busy
+    role, mapping kind, page number in the mapping); busy rows of a class the canary never
+    saw merged take the unseen breaks."""
+    import pandas as pd
+
+    w = World()
+    for pid in (200, 201):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {200: 0.5, 201: 0.5})
+    # the canary's busy pid 100 has the same mapping at 0x7f0000: page 1 written twice in
+    # 4 merged seconds, page 0 merged and never written; page 2 never seen merged
+    events = [
+        (0.0, 100, 0x7F0000, "merged"),
+        (0.0, 100, 0x7F1000, "merged"),
+        (2.0, 100, 0x7F1000, "unmerged_same_content"),
+        (3.0, 100, 0x7F1000, "merged"),
+        (5.0, 100, 0x7F1000, "unmerged_same_content"),
+    ]
+    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10)
+    ev = obs.page_events
+    assert ev is not None
+    ev = ev.assign(vma_kind="anon", vma_start=np.full(len(ev), 0x7F0000, np.uint64))
+    canary = obs.canary
+    assert canary is not None
+    canary = canary.assign(cpu_s=canary["t_s"] * 0.3)
+    obs = dataclasses.replace(obs, page_events=ev, canary=canary)
+    obs = dataclasses.replace(
+        obs, processes=pd.DataFrame({"pid": [100], "comm": ["w"], "t_s": [0.0]})
+    )
+    rates = canary_rates(obs)
+    assert rates.roles_recorded
+    assert rates.page_offset is not None
+    assert sorted(rates.page_offset.tolist()) == [0, 1]
+    got = _rates_by_pid_page(inp, with_canary(inp, rates))
+    for pid in (200, 201):
+        assert got[(pid, 0x10)] == 0.0
+        assert got[(pid, 0x11)] == pytest.approx(2 / 4.0)
+        assert got[(pid, 0x12)] == pytest.approx(10.0 / 2 * 10)
+
+
+def test_without_page_classes_the_unseen_breaks_are_spread_over_the_pages_written() -> None:
+    """Another run's canary that recorded no mapping starts cannot say which rows take the
+    unseen breaks: each rate drawn from the role is scaled by ``cow_ksm`` per same-content
+    unmerge the canary saw (here (100 - 0) / 20 = 5)."""
+    w = World()
+    for pid in (200, 201):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, list(range(1, 41)))
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    events = [(0.0, 100, 0x10000, "merged")]
+    events += [(0.5 * i, 100, 0x10000, "unmerged_same_content") for i in range(1, 21)]
+    events += [(0.5 * i + 0.01, 100, 0x10000, "merged") for i in range(1, 20)]
+    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10, seen=20)
+    rates = canary_rates(obs)
+    assert rates.missed_scale == pytest.approx(5.0)
+    plain = dataclasses.replace(rates, missed_scale=1.0)
+    a = with_canary(inp, rates).writes[-1]
+    b = with_canary(inp, plain).writes[-1]
+    assert a is not None
+    assert a.same_rate_per_s is not None
+    assert b is not None
+    assert b.same_rate_per_s is not None
+    assert np.count_nonzero(b.same_rate_per_s) > 0
+    assert a.same_rate_per_s == pytest.approx(5.0 * b.same_rate_per_s)
+
+
 def test_canary_rates_are_same_content_unmerges_per_merged_second() -> None:
     obs = _canary(
         [
@@ -437,6 +648,8 @@ def test_a_content_groups_rows_share_the_rate_the_canary_caught_on_some_of_them(
             (2.0, 100, 0x10000, "unmerged_same_content"),
             (0.0, 100, 0x11000, "merged"),
             (0.0, 101, 0x11000, "merged"),
+            # the canary followed the whole host: processes the trace does not have
+            *[(0.0, pid, 0x10000, "merged") for pid in (900, 901, 902)],
         ],
         end_s=10.0,
     )

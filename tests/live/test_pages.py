@@ -31,6 +31,7 @@ def _events(rows: list[tuple[float, int, int, str]]) -> pd.DataFrame:
             "page_addr": [BASE + 4096 * i for _, _, i, _ in rows],
             "vma_kind": ["anon"] * len(rows),
             "event": [e for *_, e in rows],
+            "vma_start": pd.array([BASE] * len(rows), dtype="UInt64"),
         }
     )
 

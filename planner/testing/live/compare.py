@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import numpy as np
@@ -45,6 +45,7 @@ from planner.testing.live.protocol import LiveRun
 if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
+    from pathlib import Path
 
     from planner.engine.api import EngineName
     from planner.engine.knobs import KsmKnobs
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
     from planner.engine.writes import CanaryRates
+    from planner.trace.recording import ObservedTimeline
 
 Alignment = Literal["time", "last"]
 HostLoadChoice = Literal["recorded", "observed", "idle"] | float
@@ -435,8 +437,6 @@ class ReplaySetup:
 def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplaySetup:
     """The replay of ``run``'s capture as :func:`compare_run` makes it (also used by
     :func:`planner.testing.live.pages.page_truth`, which needs the engine's own state)."""
-    from dataclasses import replace
-
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare
     from planner.engine.knobs import valid_hz
     from planner.trace.io import open_trace
@@ -468,8 +468,82 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         from planner.engine.writes import canary_rates
         from planner.trace.recording import read_observed
 
-        canary = canary_rates(read_observed(run.observe_dir), inp.page_size)
+        obs = with_mapping_starts(read_observed(run.observe_dir), run.observe_dir)
+        canary = canary_rates(obs, inp.page_size)
     return ReplaySetup(inp, knobs, options, canary)
+
+
+def _with_cpu(obs: ObservedTimeline, ht: Any) -> ObservedTimeline:
+    """The canary's rows with ``cpu_s`` where the recording has none: each process's CPU
+    share over the capture of the same run (the trace's CPU times), times ``t_s``."""
+    if obs.canary is None or "cpu_s" in obs.canary.columns:
+        return obs
+    p = ht.processes.select(["pid", "snapshot_id", "cpu_user_s", "cpu_system_s"]).to_pylist()
+    times = dict(
+        zip(
+            ht.snapshots.column("snapshot_id").to_pylist(),
+            ht.snapshots.column("time_s").to_pylist(),
+            strict=True,
+        )
+    )
+    seen: dict[int, list[tuple[float, float]]] = {}
+    for r in p:
+        if r["cpu_user_s"] is None or r["cpu_system_s"] is None:
+            continue
+        t = times.get(r["snapshot_id"])
+        if t is not None:
+            seen.setdefault(int(r["pid"]), []).append((t, r["cpu_user_s"] + r["cpu_system_s"]))
+    share: dict[int, float] = {}
+    for pid, pts in seen.items():
+        pts.sort()
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            share[pid] = max(0.0, pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+    cpu = obs.canary["pid"].map(lambda pid: share.get(int(pid), np.nan)) * obs.canary["t_s"]
+    return replace(obs, canary=obs.canary.assign(cpu_s=cpu))
+
+
+def with_mapping_starts(obs: ObservedTimeline, observe_dir: Path) -> ObservedTimeline:
+    """A canary recording of an older planner (no ``vma_start`` in its page events) with
+    each page's mapping start, and each process's CPU share, taken from the capture of the
+    same run: the ``trace`` beside its (resolved) observe directory, same pids and addresses.
+    Page classes (role, mapping kind, page number in the mapping) then reach another run's
+    capture; without that trace the recording is returned as it is."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from planner.trace.io import open_trace
+
+    ev = obs.page_events
+    if ev is None or "vma_start" in ev.columns:
+        return obs
+    trace_dir = Path(observe_dir).resolve().parent / "trace"
+    if not trace_dir.is_dir():
+        return obs
+    ht = open_trace(trace_dir).load_host(pages=False)
+    obs = _with_cpu(obs, ht)
+    m = ht.mappings
+    pid = np.asarray(m.column("pid").to_numpy(), np.int64)
+    start = np.asarray(m.column("start").to_numpy(), np.uint64)
+    end = np.asarray(m.column("end").to_numpy(), np.uint64)
+    order = np.lexsort((start, pid))
+    pid, start, end = pid[order], start[order], end[order]
+    e_pid = ev["pid"].to_numpy(np.int64)
+    e_addr = ev["page_addr"].to_numpy(np.uint64)
+    # the last mapping of the page's pid that starts at or before it, and holds it
+    combo = (pid.astype(np.uint64) << np.uint64(48)) | (start >> np.uint64(12))
+    want = (e_pid.astype(np.uint64) << np.uint64(48)) | (e_addr >> np.uint64(12))
+    pos = np.maximum(np.searchsorted(combo, want, side="right") - 1, 0)
+    ok = (
+        ((pos < pid.size) & (pid[pos] == e_pid) & (start[pos] <= e_addr) & (e_addr < end[pos]))
+        if pid.size
+        else np.zeros(e_pid.size, bool)
+    )
+    vma_start = pd.array(
+        np.where(ok, start[pos] if pid.size else 0, 0).astype(np.uint64), dtype="UInt64"
+    )
+    vma_start[~ok] = pd.NA
+    return replace(obs, page_events=ev.assign(vma_start=vma_start))
 
 
 def _replay(run: LiveRun, opts: CompareOptions, duration_s: float) -> ReplayResult:
