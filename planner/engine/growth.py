@@ -201,10 +201,8 @@ class KindNote:
         """A few words for the summary line."""
         if self.status != "continued":
             return f"{self.kind}: {self.status}"
-        how = (
-            f"tau {self.tau_s:.1f} s"
-            if self.rule == "saturating fit" and self.tau_s is not None
-            else f"{self.rate_pages_per_s:.0f} pages/s"
+        how = f"{self.rate_pages_per_s:.0f} pages/s" + (
+            f" at the last snapshot, tau {self.tau_s:.1f} s" if self.tau_s is not None else ""
         )
         return (
             f"{self.kind}: {self.total_pages:,} pages over {self.horizon_s:.0f} s ({self.rule}, "
@@ -356,16 +354,18 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     starts: list[U64] | None = inp.meta.get("mapping_starts")
     # the two kinds, interval by interval: rows in mappings new in the interval, and the
     # rest of the net growth (pages filled, or given back, inside the mappings there before)
-    nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & prev.eligible
-    nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & last.eligible
-    nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & last.eligible
+    # (rows that appeared: a mapping split or merged again has a new start, not new pages)
+    lk = last.keys()
+    appeared_prev = ~np.isin(prev.keys(), first.keys()) & prev.eligible
+    appeared_last = ~np.isin(lk, prev.keys()) & last.eligible
+    appeared_both = ~np.isin(lk, first.keys()) & last.eligible
+    nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & appeared_prev
+    nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & appeared_last
+    nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
     new_p = np.stack([_per_mm(prev, nm_prev, grow), _per_mm(last, nm_last, grow)], axis=1)
     in_p = np.diff(per, axis=1) - new_p
     l1, l2 = ts[1] - ts[0], ts[2] - ts[1]
     span = l1 + l2
-    lk = last.keys()
-    appeared_last = ~np.isin(lk, prev.keys()) & last.eligible
-    appeared_both = ~np.isin(lk, first.keys()) & last.eligible
     cap = MAX_GROWTH_FRACTION * sizes[2]
 
     # pages inside existing mappings: the saturating curve
@@ -422,7 +422,7 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
 
     # pages of new mappings: a steady component, continued at its mean rate
     d_new = [int(x) for x in new_p.sum(axis=0)]
-    tmpl_new = [_first_rows(last, m, [nm_last, nm_both & appeared_both]) for m in grow]
+    tmpl_new = [_first_rows(last, m, [nm_last, nm_both]) for m in grow]
     made = new_p.sum(axis=1).astype(np.float64)
     made[[t.size == 0 for t in tmpl_new]] = 0.0
     new_maps: _Kind
