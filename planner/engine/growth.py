@@ -7,32 +7,56 @@ snapshots show, from the trace alone, as synthetic snapshots appended to the rep
 (the layer that prepares the replay: the engines consume snapshot deltas as they are, and
 the write model's continuation, :mod:`planner.engine.writes`, goes on over them).
 
-**The curve.** Over the last three snapshots, the eligible rows of the processes present at
-all three (the *growing set*) are summed: sizes ``N0, N1, N2`` at ``t0, t1, t2``. A
-saturating curve ``N(t) = N_inf - A exp(-t / tau)`` is exact on three points; it exists when
-the growth rate falls (``(N2 - N1) / (t2 - t1) < (N1 - N0) / (t1 - t0)``, both positive).
-What is left to grow after ``t2`` is ``R = A exp(-t2 / tau)`` (with intervals of equal
-length ``L`` and ``r = exp(-L / tau)``: ``R = (N2 - N1) r / (1 - r)``). No growth is
-continued, and the note says why, when:
+**Two kinds of new memory.** Over the last three snapshots, the processes present at all
+three are the *growing set*; ``N0, N1, N2`` at ``t0, t1, t2`` are their eligible rows. Each
+interval's growth is split by where it lies (the input's ``meta["mapping_starts"]``, each
+snapshot's mapping starts, recorded by :func:`planner.engine.prepare.prepare`):
 
-* the trace has fewer than three snapshots, or the growing set did not grow (``none``);
-* the rate does not fall (``not saturating``: a linear or accelerating trend has no
-  stated end, and the trace cannot say where it stops);
-* ``tau`` exceeds :data:`MAX_TAU_SPANS` times the span the fit covers (``not credible``:
-  the curve is then a straight line the fit only bends by noise).
+* *new mappings*: rows that appeared in the interval inside a mapping whose start the
+  snapshot before did not have (a heap chunk, a new arena);
+* *inside*: the rest of the net growth (pages filled, or given back, inside the mappings
+  the snapshot before had).
 
-``R`` is capped at :data:`MAX_GROWTH_FRACTION` of the growing set's size (a process may at
-most double after the capture); the growth is continued over ``3 tau`` (95 % of ``R``), in
-steps of ``max(MIN_STEP_S, tau / 8)`` (at most :data:`MAX_STEPS`), each step one synthetic
-snapshot holding the growth reached at its time.
+The two differ in kind. On the Node traces (docs/live-validation.md) the pages filled
+inside existing mappings come fast at the capture and slow down, with mostly unique
+contents; new mappings come at a pace with no trend two intervals can show (2-5 mappings
+per interval), mostly holding contents held before. Each kind gets its own continuation and
+its own templates; an input without mappings (built without a trace) has only ``inside``.
 
-**Who grows.** Each process of the growing set takes a share of each step in proportion to
-its own net growth over the fit's two intervals (processes that shrank or held still take
-none).
+**Inside: the saturating curve.** A curve ``N(t) = N_inf - A exp(-t / tau)`` through the
+three cumulative sizes of this kind is exact on three points; it exists when the growth
+rate falls (``(N2 - N1) / (t2 - t1) < (N1 - N0) / (t1 - t0)``, both positive). What is left
+to grow after ``t2`` is ``R = A exp(-t2 / tau)`` (with intervals of equal length ``L`` and
+``r = exp(-L / tau)``: ``R = (N2 - N1) r / (1 - r)``), continued over ``3 tau`` (95 % of
+``R``). When the rate rises instead (``not saturating``) the trend has no end the trace can
+show; its mean rate is continued for as long again as the snapshots watched it (their
+span: :data:`CONTINUE_ACCELERATING`, chosen on the recorded Node runs, where it beat
+continuing nothing in both runs whose growth accelerated). Nothing is continued, and the
+note says why, when the kind did not grow (``none``) or ``tau`` exceeds
+:data:`MAX_TAU_SPANS` times the fitted span (``not credible``: a straight line the fit
+only bends by noise).
 
-**What the new memory holds.** Each process's *template rows* are its eligible rows that
-appeared in the last interval (else over both; a process without any takes no growth). A
-step's new rows of a process are drawn from its templates: the templates are ordered by a
+**New mappings: a steady component.** Its mean rate over the two intervals is continued,
+per process, for as long again as the process had run at the last snapshot (its start
+time in the trace, ``meta["mm_start_s"]``; the snapshots' span when the trace has none),
+at most :data:`STEADY_MAX_S`: a process that has kept mapping memory at this pace is taken
+to go on for as long again as it has lived, and no longer -- the longest a trend seen over
+the process's life so far can be carried by the trace.
+
+**Cap and steps.** Both kinds together add at most :data:`MAX_GROWTH_FRACTION` of the
+growing set's size (a process may at most double after the capture; ``inside`` first). The
+growth is appended in steps of ``max(MIN_STEP_S, horizon / MAX_STEPS, tau / 8)`` (at most
+:data:`MAX_STEPS`) over the longest horizon, each step one synthetic snapshot holding the
+growth each kind reached at its time.
+
+**Who grows.** Each process of the growing set takes a share of a kind in proportion to its
+own net growth of that kind over the two intervals (processes that shrank or held still
+take none).
+
+**What the new memory holds.** Each process's *template rows* of a kind are its eligible
+rows of that kind that appeared in the last interval (else over both; a process without
+any takes none of that kind). A step's new rows of a process and kind are drawn from those
+templates: the templates are ordered by a
 seeded draw per *content* and step, so the rows of one content are taken together (the
 duplication within a process is kept) and the same contents come first in every process
 (the duplication across processes is kept). A drawn template keeps its content where the
