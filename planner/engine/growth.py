@@ -8,7 +8,9 @@ snapshots show, from the trace alone, as synthetic snapshots appended to the rep
 the write model's continuation, :mod:`planner.engine.writes`, goes on over them).
 
 **Two kinds of new memory.** Over the last three snapshots, the processes present at all
-three are the *growing set*; ``N0, N1, N2`` at ``t0, t1, t2`` are their eligible rows. Each
+three are the *growing set*; ``N0, N1, N2`` at ``t0, t1, t2`` are their rows (eligible or
+not: memory grows whatever the KSM policy, so every policy of a what-if replays the same
+pages, and a new row is as eligible as its template). Each
 interval's growth is split by where it lies (the input's ``meta["mapping_starts"]``, each
 snapshot's mapping starts, recorded by :func:`planner.engine.prepare.prepare`):
 
@@ -53,11 +55,11 @@ growth each kind reached at its time.
 own net growth of that kind over the two intervals (processes that shrank or held still
 take none).
 
-**What the new memory holds.** Each process's *template rows* of a kind are its eligible
-rows of that kind that appeared in the last interval (else over both; a process without
-any takes none of that kind). A step's new rows of a process and kind are drawn from those
-templates: the templates are ordered by a
-seeded draw per *content* and step, so the rows of one content are taken together (the
+**What the new memory holds.** Each process's *template rows* of a kind are its rows of
+that kind that appeared in the last interval (else over both; a process without any takes
+none of that kind). A step's new rows of a process and kind are drawn from those
+templates: the templates are ordered by a seeded draw per *content* and step, so the rows
+of one content are taken together (the
 duplication within a process is kept) and the same contents come first in every process
 (the duplication across processes is kept). A drawn template keeps its content where the
 trace shows that such new pages repeat existing contents -- a content some row of the
@@ -242,7 +244,7 @@ class GrowthNote:
     """``continued``, ``off``, ``none``, ``not saturating``, ``not credible``, ``scan-aligned``."""
     reason: str
     sizes_pages: list[int] = field(default_factory=list)
-    """The growing set's eligible rows at the three snapshots fitted."""
+    """The growing set's rows at the three snapshots fitted."""
     tau_s: float | None = None
     """The saturating fit's time constant (pages inside existing mappings)."""
     rate_pages_per_s: float = 0.0
@@ -373,16 +375,19 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         return inp, GrowthNote(
             "none", "no process in the last three snapshots", sizes_pages=[0] * 3
         )
-    per = np.stack([_per_mm(s, s.eligible, grow) for s in (first, prev, last)], axis=1)
+    every = [np.ones(s.n, bool) for s in (first, prev, last)]
+    per = np.stack(
+        [_per_mm(s, e, grow) for s, e in zip((first, prev, last), every, strict=True)], axis=1
+    )
     sizes = per.sum(axis=0).tolist()
     starts: list[U64] | None = inp.meta.get("mapping_starts")
     # the two kinds, interval by interval: rows in mappings new in the interval, and the
     # rest of the net growth (pages filled, or given back, inside the mappings there before)
     # (rows that appeared: a mapping split or merged again has a new start, not new pages)
     lk = last.keys()
-    appeared_prev = ~np.isin(prev.keys(), first.keys()) & prev.eligible
-    appeared_last = ~np.isin(lk, prev.keys()) & last.eligible
-    appeared_both = ~np.isin(lk, first.keys()) & last.eligible
+    appeared_prev = ~np.isin(prev.keys(), first.keys())
+    appeared_last = ~np.isin(lk, prev.keys())
+    appeared_both = ~np.isin(lk, first.keys())
     nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & appeared_prev
     nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & appeared_last
     nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both

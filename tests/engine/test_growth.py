@@ -18,6 +18,7 @@ from planner.engine.growth import (
     fit_growth,
 )
 from planner.engine.prepare import ReplayInput
+from planner.engine.registration import ProcessInfo, Registration
 from planner.testing.builder import World
 from planner.testing.strategies import ChurnSpec, with_write_counts
 from tests.engine.test_writes import assert_engines_agree_with_writes
@@ -200,7 +201,8 @@ def test_new_mappings_go_on_for_as_long_again_as_each_process_ran() -> None:
     # older processes: 400 + 800 pages would more than double the 480 the two hold
     _out, note = continue_growth(started({0: 20.0, 1: 40.0}), seed=1)
     k = note.kinds[NEW_MAPPINGS]
-    assert k["capped"] and note.capped
+    assert k["capped"]
+    assert note.capped
     assert note.total_pages == pytest.approx(MAX_GROWTH_FRACTION * 480, abs=2)
 
 
@@ -219,12 +221,14 @@ def test_both_kinds_each_with_its_own_curve_and_templates() -> None:
     # each kind draws from its own templates: the heap's repeat a quarter, the mappings 4/5
     assert inside["repeat_fraction"] == pytest.approx(0.25)
     assert new_maps["repeat_fraction"] == pytest.approx(0.8)
-    assert inside["template_rows"] == 40 and new_maps["template_rows"] == 100
+    assert inside["template_rows"] == 40
+    assert new_maps["template_rows"] == 100
     hashes, _ = _grown_rows(inp, out)
     held = np.isin(hashes, inp.snapshots[inp.n_snapshots - 2].hash)
     want = (0.25 * inside["total_pages"] + 0.8 * 160) / note.total_pages
     assert held.mean() == pytest.approx(want, abs=0.1)
-    assert "inside" in note.summary() and "new mappings" in note.summary()
+    assert "inside" in note.summary()
+    assert "new mappings" in note.summary()
 
 
 def test_accelerating_growth_inside_is_continued_for_the_span_alone() -> None:
@@ -238,6 +242,26 @@ def test_accelerating_growth_inside_is_continued_for_the_span_alone() -> None:
     assert inside["rate_pages_per_s"] == pytest.approx(30.0)
     assert inside["horizon_s"] == pytest.approx(4.0)
     assert inside["total_pages"] == 120
+
+
+def test_the_same_pages_grow_under_every_policy() -> None:
+    # a what-if replays one trace under several policies: the memory added must not depend
+    # on which processes or mappings are mergeable (the review checks that memory without
+    # KSM is the same in every scenario); a new row is as eligible as its template
+    ht = _growing_world((40, 20), new_maps=(30, 50)).host_trace()
+
+    def one_off(info: ProcessInfo, parent: Registration | None) -> Registration:
+        return Registration(mode="off") if info.pid == 101 else Registration()
+
+    a, na = continue_growth(prepare(ht), seed=4)
+    b, nb = continue_growth(prepare(ht, resolver=one_off), seed=4)
+    assert na.total_pages == nb.total_pages > 0
+    assert na.kinds == nb.kinds
+    la, lb = a.snapshots[a.n_snapshots - 1], b.snapshots[b.n_snapshots - 1]
+    assert np.array_equal(la.keys(), lb.keys())
+    assert np.array_equal(la.hash, lb.hash)
+    assert not lb.eligible[lb.mm == 1].any()
+    assert la.eligible.all()
 
 
 def test_no_growth_of_either_kind() -> None:
