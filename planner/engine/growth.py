@@ -62,12 +62,12 @@ templates: the templates are ordered by a seeded draw per *content* and step, so
 of one content are taken together (the
 duplication within a process is kept) and the same contents come first in every process
 (the duplication across processes is kept). A drawn template keeps its content where the
-trace shows that such new pages repeat existing contents -- a content some row of the
-snapshot before already held, or the zero page -- and otherwise takes a content new to
-this step (one per template content and step: the rows of one step that share a content
-still share it, nothing is shared with earlier steps). A new row is written like its
-template (its continuation counts and toggling). Its page is a fresh one (a new frame id,
-never fork-shared), at an address above the process's last one.
+trace shows that such new pages repeat existing contents -- a content some row already
+held in the snapshot before the template appeared, or the zero page -- and otherwise
+takes a content new to this step (one per template content and step: the rows of one step
+that share a content still share it, nothing is shared with earlier steps). A new row is
+written like its template (its continuation counts and toggling). Its page is a fresh one
+(a new frame id, never fork-shared), at an address above the process's last one.
 
 The growth is deterministic for a seed, and off with ``ReplayOptions(growth=False)``
 (``--no-growth``). :class:`GrowthNote` is what the result's provenance states.
@@ -530,10 +530,15 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         )
     add: I64 = np.diff(np.stack(cols, axis=1), axis=0).astype(np.int64)
     # contents: which templates repeat an existing content
-    held_before = np.unique(prev.hash)
+    # (a content held in the snapshot before the template appeared: a template that
+    # appeared in the interval before the last is judged against the first snapshot, not
+    # against its own content in the one after)
     all_t = np.unique(np.concatenate([kinds[ki].tmpl[i] for ki, i, _ in units]))
-    pos = np.minimum(np.searchsorted(held_before, last.hash[all_t]), held_before.size - 1)
-    keeps = (held_before[pos] == last.hash[all_t]) | last.zero[all_t]
+    h = last.hash[all_t]
+    earlier = ~appeared_last[all_t]
+    keeps = last.zero[all_t].copy()
+    keeps[~earlier] |= np.isin(h[~earlier], prev.hash)
+    keeps[earlier] |= np.isin(h[earlier], first.hash)
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
     out, appended = _append_steps(

@@ -264,6 +264,18 @@ def test_the_same_pages_grow_under_every_policy() -> None:
     assert la.eligible.all()
 
 
+def test_templates_of_the_interval_before_repeat_what_was_held_before_them() -> None:
+    # new mappings in the first interval only: the templates are rows the snapshot before
+    # the last already holds; whether they repeat a content is judged against the first
+    # snapshot (4 in 5 here), not against their own contents one snapshot later (all)
+    inp = prepare(_growing_world((40, 20), new_maps=(50, 0)).host_trace())
+    _out, note = continue_growth(inp, seed=0)
+    k = note.kinds[NEW_MAPPINGS]
+    assert k["interval_pages"] == [100, 0]
+    assert k["template_rows"] == 100
+    assert k["repeat_fraction"] == pytest.approx(0.8)
+
+
 def test_no_growth_of_either_kind() -> None:
     inp = prepare(_growing_world((0, 0)).host_trace())
     out, note = continue_growth(inp)
