@@ -393,8 +393,6 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
     new_p = np.stack([_per_mm(prev, nm_prev, grow), _per_mm(last, nm_last, grow)], axis=1)
     in_p = np.diff(per, axis=1) - new_p
-    l1, l2 = ts[1] - ts[0], ts[2] - ts[1]
-    span = l1 + l2
     cap = MAX_GROWTH_FRACTION * sizes[2]
 
     # pages inside existing mappings: the saturating curve
@@ -402,98 +400,13 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     tmpl_in = [
         _first_rows(last, m, [appeared_last & ~nm_last, appeared_both & ~nm_both]) for m in grow
     ]
-    fit = fit_growth(ts, [float(sizes[0]), sizes[0] + d_in[0], sizes[0] + d_in[0] + d_in[1]])
-    share_in = np.maximum(in_p.sum(axis=1), 0).astype(np.float64)
-    share_in[[t.size == 0 for t in tmpl_in]] = 0.0
-    inside: _Kind
-    if fit.status == "continued" and fit.tau_s is not None and share_in.sum() > 0:
-        r_in = min(fit.remaining_pages, cap)
-        inside = _Kind(
-            KindNote(
-                INSIDE,
-                "continued",
-                "saturating fit",
-                "the growth inside the mappings slows: a saturating fit of its three sizes",
-                d_in,
-                tau_s=fit.tau_s,
-                rate_pages_per_s=r_in / fit.tau_s,
-                horizon_s=HORIZON_TAUS * fit.tau_s,
-                capped=fit.remaining_pages > cap,
-            ),
-            tmpl_in,
-            r_in * share_in / share_in.sum(),
-            np.zeros(len(grow)),
-            np.zeros(len(grow)),
-            tau_s=fit.tau_s,
-        )
-    elif fit.status == "continued":
-        inside = _none(INSIDE, "none", "no process has rows that appeared", d_in, len(grow))
-    elif fit.status == "not saturating" and CONTINUE_ACCELERATING and share_in.sum() > 0:
-        rate = share_in / span
-        inside = _Kind(
-            KindNote(
-                INSIDE,
-                "continued",
-                "mean rate",
-                f"{fit.reason}; its mean rate continued for as long again as the snapshots "
-                f"watched it ({span:.1f} s)",
-                d_in,
-                rate_pages_per_s=float(rate.sum()),
-                horizon_s=span,
-            ),
-            tmpl_in,
-            share_in,
-            rate,
-            np.full(len(grow), span),
-        )
-    else:
-        inside = _none(INSIDE, fit.status, fit.reason, d_in, len(grow))
+    inside, fit = _inside_kind(ts, sizes, in_p, d_in, tmpl_in, cap)
 
     # pages of new mappings: a steady component, continued at its mean rate
     d_new = [int(x) for x in new_p.sum(axis=0)]
     tmpl_new = [_first_rows(last, m, [nm_last, nm_both]) for m in grow]
-    made = new_p.sum(axis=1).astype(np.float64)
-    made[[t.size == 0 for t in tmpl_new]] = 0.0
-    new_maps: _Kind
-    if starts is None:
-        new_maps = _none(NEW_MAPPINGS, "none", "the input holds no mappings", d_new, len(grow))
-    elif sum(d_new) < MIN_PAGES or made.sum() <= 0:
-        new_maps = _none(
-            NEW_MAPPINGS,
-            "none",
-            f"no steady growth in new mappings ({d_new[0]:+d}, {d_new[1]:+d} pages)",
-            d_new,
-            len(grow),
-        )
-    else:
-        rate = made / span
-        age = _ages(inp, grow, ts[2], span)
-        horizon = np.minimum(age * STEADY_AGE_FACTOR, STEADY_MAX_S)
-        share = rate * horizon
-        room = max(cap - float(inside.share.sum()), 0.0)
-        capped = float(share.sum()) > room
-        if capped:
-            scale = room / float(share.sum())
-            rate, share = rate * scale, share * scale
-        h = horizon[made > 0]
-        new_maps = _Kind(
-            KindNote(
-                NEW_MAPPINGS,
-                "continued",
-                "mean rate",
-                f"mappings created at a pace two intervals cannot show a trend in "
-                f"({d_new[0] / l1:.0f} then {d_new[1] / l2:.0f} pages/s): the mean rate, "
-                f"for as long again as each process had run ({h.min():.0f}-{h.max():.0f} s)",
-                d_new,
-                rate_pages_per_s=float(rate.sum()),
-                horizon_s=float(h.max()),
-                capped=capped,
-            ),
-            tmpl_new,
-            share,
-            rate,
-            horizon,
-        )
+    room = max(cap - float(inside.share.sum()), 0.0)
+    new_maps = _new_mapping_kind(inp, grow, ts, new_p, d_new, tmpl_new, room, starts is not None)
     kinds = [k for k in (inside, new_maps) if k.share.sum() > 0]
     notes = {INSIDE: inside.note, NEW_MAPPINGS: new_maps.note}
     if not kinds:
@@ -590,6 +503,119 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     )
     out = dataclasses.replace(out, meta={**out.meta, "growth": note.to_dict(), "traced": n})
     return out, note
+
+
+def _inside_kind(
+    ts: list[float], sizes: list[int], in_p: I64, d_in: list[int], tmpl_in: list[I64], cap: float
+) -> tuple[_Kind, GrowthFit]:
+    """The continuation of the pages filled inside existing mappings (module notes)."""
+    span = ts[2] - ts[0]
+    n_grow = len(tmpl_in)
+    fit = fit_growth(ts, [float(sizes[0]), sizes[0] + d_in[0], sizes[0] + d_in[0] + d_in[1]])
+    share_in = np.maximum(in_p.sum(axis=1), 0).astype(np.float64)
+    share_in[[t.size == 0 for t in tmpl_in]] = 0.0
+    inside: _Kind
+    if fit.status == "continued" and fit.tau_s is not None and share_in.sum() > 0:
+        r_in = min(fit.remaining_pages, cap)
+        inside = _Kind(
+            KindNote(
+                INSIDE,
+                "continued",
+                "saturating fit",
+                "the growth inside the mappings slows: a saturating fit of its three sizes",
+                d_in,
+                tau_s=fit.tau_s,
+                rate_pages_per_s=r_in / fit.tau_s,
+                horizon_s=HORIZON_TAUS * fit.tau_s,
+                capped=fit.remaining_pages > cap,
+            ),
+            tmpl_in,
+            r_in * share_in / share_in.sum(),
+            np.zeros(n_grow),
+            np.zeros(n_grow),
+            tau_s=fit.tau_s,
+        )
+    elif fit.status == "continued":
+        inside = _none(INSIDE, "none", "no process has rows that appeared", d_in, n_grow)
+    elif fit.status == "not saturating" and CONTINUE_ACCELERATING and share_in.sum() > 0:
+        rate = share_in / span
+        inside = _Kind(
+            KindNote(
+                INSIDE,
+                "continued",
+                "mean rate",
+                f"{fit.reason}; its mean rate continued for as long again as the snapshots "
+                f"watched it ({span:.1f} s)",
+                d_in,
+                rate_pages_per_s=float(rate.sum()),
+                horizon_s=span,
+            ),
+            tmpl_in,
+            share_in,
+            rate,
+            np.full(n_grow, span),
+        )
+    else:
+        inside = _none(INSIDE, fit.status, fit.reason, d_in, n_grow)
+
+    return inside, fit
+
+
+def _new_mapping_kind(
+    inp: ReplayInput,
+    grow: list[int],
+    ts: list[float],
+    new_p: I64,
+    d_new: list[int],
+    tmpl_new: list[I64],
+    room: float,
+    has_maps: bool,
+) -> _Kind:
+    """The continuation of the pages of new mappings (module notes)."""
+    l1, l2 = ts[1] - ts[0], ts[2] - ts[1]
+    span = l1 + l2
+    made = new_p.sum(axis=1).astype(np.float64)
+    made[[t.size == 0 for t in tmpl_new]] = 0.0
+    new_maps: _Kind
+    if not has_maps:
+        new_maps = _none(NEW_MAPPINGS, "none", "the input holds no mappings", d_new, len(grow))
+    elif sum(d_new) < MIN_PAGES or made.sum() <= 0:
+        new_maps = _none(
+            NEW_MAPPINGS,
+            "none",
+            f"no steady growth in new mappings ({d_new[0]:+d}, {d_new[1]:+d} pages)",
+            d_new,
+            len(grow),
+        )
+    else:
+        rate = made / span
+        age = _ages(inp, grow, ts[2], span)
+        horizon = np.minimum(age * STEADY_AGE_FACTOR, STEADY_MAX_S)
+        share = rate * horizon
+        capped = float(share.sum()) > room
+        if capped:
+            scale = room / float(share.sum())
+            rate, share = rate * scale, share * scale
+        h = horizon[made > 0]
+        new_maps = _Kind(
+            KindNote(
+                NEW_MAPPINGS,
+                "continued",
+                "mean rate",
+                f"mappings created at a pace two intervals cannot show a trend in "
+                f"({d_new[0] / l1:.0f} then {d_new[1] / l2:.0f} pages/s): the mean rate, "
+                f"for as long again as each process had run ({h.min():.0f}-{h.max():.0f} s)",
+                d_new,
+                rate_pages_per_s=float(rate.sum()),
+                horizon_s=float(h.max()),
+                capped=capped,
+            ),
+            tmpl_new,
+            share,
+            rate,
+            horizon,
+        )
+    return new_maps
 
 
 def _ages(
