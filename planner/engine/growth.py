@@ -7,41 +7,67 @@ snapshots show, from the trace alone, as synthetic snapshots appended to the rep
 (the layer that prepares the replay: the engines consume snapshot deltas as they are, and
 the write model's continuation, :mod:`planner.engine.writes`, goes on over them).
 
-**The curve.** Over the last three snapshots, the eligible rows of the processes present at
-all three (the *growing set*) are summed: sizes ``N0, N1, N2`` at ``t0, t1, t2``. A
-saturating curve ``N(t) = N_inf - A exp(-t / tau)`` is exact on three points; it exists when
-the growth rate falls (``(N2 - N1) / (t2 - t1) < (N1 - N0) / (t1 - t0)``, both positive).
-What is left to grow after ``t2`` is ``R = A exp(-t2 / tau)`` (with intervals of equal
-length ``L`` and ``r = exp(-L / tau)``: ``R = (N2 - N1) r / (1 - r)``). No growth is
-continued, and the note says why, when:
+**Two kinds of new memory.** Over the last three snapshots, the processes present at all
+three are the *growing set*; ``N0, N1, N2`` at ``t0, t1, t2`` are their rows (eligible or
+not: memory grows whatever the KSM policy, so every policy of a what-if replays the same
+pages, and a new row is as eligible as its template). Each
+interval's growth is split by where it lies (the input's ``meta["mapping_starts"]``, each
+snapshot's mapping starts, recorded by :func:`planner.engine.prepare.prepare`):
 
-* the trace has fewer than three snapshots, or the growing set did not grow (``none``);
-* the rate does not fall (``not saturating``: a linear or accelerating trend has no
-  stated end, and the trace cannot say where it stops);
-* ``tau`` exceeds :data:`MAX_TAU_SPANS` times the span the fit covers (``not credible``:
-  the curve is then a straight line the fit only bends by noise).
+* *new mappings*: rows that appeared in the interval inside a mapping whose start the
+  snapshot before did not have (a heap chunk, a new arena);
+* *inside*: the rest of the net growth (pages filled, or given back, inside the mappings
+  the snapshot before had).
 
-``R`` is capped at :data:`MAX_GROWTH_FRACTION` of the growing set's size (a process may at
-most double after the capture); the growth is continued over ``3 tau`` (95 % of ``R``), in
-steps of ``max(MIN_STEP_S, tau / 8)`` (at most :data:`MAX_STEPS`), each step one synthetic
-snapshot holding the growth reached at its time.
+The two differ in kind. On the Node traces (docs/live-validation.md) the pages filled
+inside existing mappings come fast at the capture and slow down, with mostly unique
+contents; new mappings come at a pace with no trend two intervals can show (2-5 mappings
+per interval), mostly holding contents held before. Each kind gets its own continuation and
+its own templates; an input without mappings (built without a trace) has only ``inside``.
 
-**Who grows.** Each process of the growing set takes a share of each step in proportion to
-its own net growth over the fit's two intervals (processes that shrank or held still take
-none).
+**Inside: the saturating curve.** A curve ``N(t) = N_inf - A exp(-t / tau)`` through the
+three cumulative sizes of this kind is exact on three points; it exists when the growth
+rate falls (``(N2 - N1) / (t2 - t1) < (N1 - N0) / (t1 - t0)``, both positive). What is left
+to grow after ``t2`` is ``R = A exp(-t2 / tau)`` (with intervals of equal length ``L`` and
+``r = exp(-L / tau)``: ``R = (N2 - N1) r / (1 - r)``), continued over ``3 tau`` (95 % of
+``R``). When the rate rises instead (``not saturating``) the trend has no end the trace can
+show; its mean rate is continued for as long again as the snapshots watched it (their
+span: :data:`CONTINUE_ACCELERATING`, chosen on the recorded Node runs, where it beat
+continuing nothing in both runs whose growth accelerated). Nothing is continued, and the
+note says why, when the kind did not grow (``none``) or ``tau`` exceeds
+:data:`MAX_TAU_SPANS` times the fitted span (``not credible``: a straight line the fit
+only bends by noise).
 
-**What the new memory holds.** Each process's *template rows* are its eligible rows that
-appeared in the last interval (else over both; a process without any takes no growth). A
-step's new rows of a process are drawn from its templates: the templates are ordered by a
-seeded draw per *content* and step, so the rows of one content are taken together (the
+**New mappings: a steady component.** Its mean rate over the two intervals is continued,
+per process, for as long again as the process had run at the last snapshot (its start
+time in the trace, ``meta["mm_start_s"]``; the snapshots' span when the trace has none),
+at most :data:`STEADY_MAX_S`: a process that has kept mapping memory at this pace is taken
+to go on for as long again as it has lived, and no longer -- the longest a trend seen over
+the process's life so far can be carried by the trace.
+
+**Cap and steps.** Both kinds together add at most :data:`MAX_GROWTH_FRACTION` of the
+growing set's size (a process may at most double after the capture; ``inside`` first). The
+growth is appended in steps of ``max(MIN_STEP_S, horizon / MAX_STEPS, tau / 8)`` (at most
+:data:`MAX_STEPS`) over the longest horizon, each step one synthetic snapshot holding the
+growth each kind reached at its time.
+
+**Who grows.** Each process of the growing set takes a share of a kind in proportion to its
+own net growth of that kind over the two intervals (processes that shrank or held still
+take none).
+
+**What the new memory holds.** Each process's *template rows* of a kind are its rows of
+that kind that appeared in the last interval (else over both; a process without any takes
+none of that kind). A step's new rows of a process and kind are drawn from those
+templates: the templates are ordered by a seeded draw per *content* and step, so the rows
+of one content are taken together (the
 duplication within a process is kept) and the same contents come first in every process
 (the duplication across processes is kept). A drawn template keeps its content where the
-trace shows that such new pages repeat existing contents -- a content some row of the
-snapshot before already held, or the zero page -- and otherwise takes a content new to
-this step (one per template content and step: the rows of one step that share a content
-still share it, nothing is shared with earlier steps). A new row is written like its
-template (its continuation counts and toggling). Its page is a fresh one (a new frame id,
-never fork-shared), at an address above the process's last one.
+trace shows that such new pages repeat existing contents -- a content some row already
+held in the snapshot before the template appeared, or the zero page -- and otherwise
+takes a content new to this step (one per template content and step: the rows of one step
+that share a content still share it, nothing is shared with earlier steps). A new row is
+written like its template (its continuation counts and toggling). Its page is a fresh one
+(a new frame id, never fork-shared), at an address above the process's last one.
 
 The growth is deterministic for a seed, and off with ``ReplayOptions(growth=False)``
 (``--no-growth``). :class:`GrowthNote` is what the result's provenance states.
@@ -57,7 +83,14 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from planner.engine.rows import PAGE_MASK, ContentCatalog, MmLayout, RowColumns, build_delta
+from planner.engine.rows import (
+    MM_SHIFT,
+    PAGE_MASK,
+    ContentCatalog,
+    MmLayout,
+    RowColumns,
+    build_delta,
+)
 from planner.engine.writes import IntervalWrites, _phases
 
 if TYPE_CHECKING:
@@ -80,6 +113,17 @@ MAX_STEPS: Final = 64
 HORIZON_TAUS: Final = 3.0
 #: Growth smaller than this (pages, over the fit) is none.
 MIN_PAGES: Final = 16
+#: A steady component (pages of new mappings) goes on at its mean rate for this many
+#: times as long as each process had run at the last snapshot ...
+STEADY_AGE_FACTOR: Final = 1.0
+#: ... and at most this long, s.
+STEADY_MAX_S: Final = 600.0
+#: Pages filled inside existing mappings that grow faster and faster: continued at their
+#: mean rate for the snapshots' span (decided on the recorded Node runs, docs/live-validation.md).
+CONTINUE_ACCELERATING: Final = True
+#: The two kinds of new memory.
+INSIDE: Final = "inside"
+NEW_MAPPINGS: Final = "new mappings"
 
 
 @dataclass(frozen=True)
@@ -147,23 +191,25 @@ def fit_growth(times_s: list[float], sizes: list[float]) -> GrowthFit:
 
 
 @dataclass(frozen=True)
-class GrowthNote:
-    """What growth the replay assumed (the result's provenance, ``growth``)."""
+class KindNote:
+    """What growth the replay assumed for one kind of new memory (module notes)."""
 
+    kind: str
+    """``inside``: pages filled inside mappings the snapshot before had; ``new mappings``:
+    pages of mappings created in the interval."""
     status: str
-    """``continued``, ``off``, ``none``, ``not saturating``, ``not credible``, ``scan-aligned``."""
+    """``continued``, ``none``, ``not saturating``, ``not credible``."""
+    rule: str
+    """``saturating fit``, ``mean rate`` (a steady component), or empty (nothing continued)."""
     reason: str
-    sizes_pages: list[int] = field(default_factory=list)
-    """The growing set's eligible rows at the three snapshots fitted."""
+    interval_pages: list[int] = field(default_factory=list)
+    """Net growth of this kind in each fitted interval."""
     tau_s: float | None = None
     rate_pages_per_s: float = 0.0
-    """Growth rate at the last snapshot."""
+    """Rate at the last snapshot (a steady component: its mean rate)."""
     horizon_s: float = 0.0
     total_pages: int = 0
-    """Pages added over the horizon."""
     capped: bool = False
-    steps: int = 0
-    """Synthetic snapshots added (steps that add no page add none)."""
     pages_by_pid: dict[str, int] = field(default_factory=dict)
     repeat_fraction: float | None = None
     """Share of the template rows that keep an existing content (zero page included)."""
@@ -178,13 +224,60 @@ class GrowthNote:
         return d
 
     def summary(self) -> str:
+        """A few words for the summary line."""
+        if self.status != "continued":
+            return f"{self.kind}: {self.status}"
+        how = f"{self.rate_pages_per_s:.0f} pages/s" + (
+            f" at the last snapshot, tau {self.tau_s:.1f} s" if self.tau_s is not None else ""
+        )
+        return (
+            f"{self.kind}: {self.total_pages:,} pages over {self.horizon_s:.0f} s ({self.rule}, "
+            f"{how}" + (", capped" if self.capped else "") + ")"
+        )
+
+
+@dataclass(frozen=True)
+class GrowthNote:
+    """What growth the replay assumed (the result's provenance, ``growth``)."""
+
+    status: str
+    """``continued``, ``off``, ``none``, ``not saturating``, ``not credible``, ``scan-aligned``."""
+    reason: str
+    sizes_pages: list[int] = field(default_factory=list)
+    """The growing set's rows at the three snapshots fitted."""
+    tau_s: float | None = None
+    """The saturating fit's time constant (pages inside existing mappings)."""
+    rate_pages_per_s: float = 0.0
+    """Growth rate at the last snapshot, every kind."""
+    horizon_s: float = 0.0
+    total_pages: int = 0
+    """Pages added over the horizon, every kind."""
+    capped: bool = False
+    steps: int = 0
+    """Synthetic snapshots added (steps that add no page add none)."""
+    pages_by_pid: dict[str, int] = field(default_factory=dict)
+    repeat_fraction: float | None = None
+    """Share of the template rows that keep an existing content (zero page included)."""
+    template_rows: int = 0
+    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per kind of new memory (:class:`KindNote`), what was assumed."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The note as JSON-able values."""
+        d = dataclasses.asdict(self)
+        for k in ("tau_s", "rate_pages_per_s", "horizon_s", "repeat_fraction"):
+            if isinstance(d[k], float):
+                d[k] = round(d[k], 3)
+        return d
+
+    def summary(self) -> str:
         """One line for the review and the command line."""
+        parts = [KindNote(**k).summary() for k in self.kinds.values()]
         if self.status != "continued":
             return f"growth after the trace: {self.status} ({self.reason})"
         return (
-            f"growth after the trace: {self.total_pages:,} pages over {self.horizon_s:.0f} s "
-            f"({self.rate_pages_per_s:.0f} pages/s at the last snapshot, tau {self.tau_s:.1f} s"
-            + (", capped" if self.capped else "")
+            f"growth after the trace: {self.total_pages:,} pages over {self.horizon_s:.0f} s ("
+            + "; ".join(parts)
             + ")"
         )
 
@@ -200,17 +293,67 @@ def _fresh(hashes: U64, salt: int) -> U64:
     return out | (hashes & np.uint64(0x7FF))
 
 
-def _templates(prev: SnapshotRows, last: SnapshotRows, first: SnapshotRows, mm: int) -> I64:
-    """Rows of ``mm`` in ``last`` that appeared in the last interval (else since ``first``)."""
-    lo, hi = last.rows_of(mm)
-    rows = np.arange(lo, hi, dtype=np.int64)
-    rows = rows[last.eligible[lo:hi]]
-    keys = last.keys()[rows]
-    for base in (prev, first):
-        new = ~np.isin(keys, base.keys())
-        if new.any():
-            return rows[new]
+def _in_new_mapping(starts: list[U64] | None, k_from: int, k_to: int, rows: SnapshotRows) -> B:
+    """Per row of snapshot ``k_to``: it lies in a mapping no process had at ``k_from`` (a
+    mapping start of ``k_to`` that ``k_from`` lacks). All false when the input does not
+    carry the mappings (an input built without a trace)."""
+    if starts is None or max(k_from, k_to) >= len(starts):
+        return np.zeros(rows.n, bool)
+    s_to, s_from = starts[k_to], starts[k_from]
+    keys = rows.keys()
+    if s_to.size == 0:
+        return np.zeros(rows.n, bool)
+    pos = np.searchsorted(s_to, keys, side="right") - 1
+    start = s_to[np.maximum(pos, 0)]
+    same_mm = (start >> MM_SHIFT) == (keys >> MM_SHIFT)
+    return np.asarray((pos >= 0) & same_mm & ~np.isin(start, s_from))
+
+
+def _per_mm(rows: SnapshotRows, sel: B, grow: list[int]) -> I64:
+    """Rows selected by ``sel`` per mm of ``grow``."""
+    counts = np.bincount(rows.mm[sel].astype(np.int64), minlength=max(grow) + 1)
+    return np.asarray(counts[grow], np.int64)
+
+
+def _first_rows(rows: SnapshotRows, mm: int, masks: list[B]) -> I64:
+    """Rows of ``mm`` under the first of ``masks`` that selects any (else none)."""
+    lo, hi = rows.rows_of(mm)
+    for m in masks:
+        r = lo + np.flatnonzero(m[lo:hi])
+        if r.size:
+            return r.astype(np.int64)
     return np.empty(0, np.int64)
+
+
+@dataclass
+class _Kind:
+    """One kind's continuation: per process of the growing set, the pages reached by time
+    ``t`` after the last snapshot (``reached``), and its templates."""
+
+    note: KindNote
+    tmpl: list[I64]
+    share: npt.NDArray[np.float64]  # pages per process at the end of its horizon
+    rate: npt.NDArray[np.float64]  # steady: pages/s per process (else zeros)
+    horizon: npt.NDArray[np.float64]  # steady: s per process
+    tau_s: float | None = None  # saturating: the fit's time constant
+
+    def reached(self, t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """[time, process] pages reached by the times ``t`` after the last snapshot."""
+        if self.tau_s is not None:  # share: R per process; 95 % of it by the horizon
+            frac = -np.expm1(-np.minimum(t, HORIZON_TAUS * self.tau_s) / self.tau_s)
+            return np.asarray(np.outer(frac, self.share))
+        return np.asarray(np.minimum(t[:, None], self.horizon[None, :]) * self.rate[None, :])
+
+    @property
+    def end_s(self) -> float:
+        if self.tau_s is not None:
+            return HORIZON_TAUS * self.tau_s
+        return float(self.horizon[self.rate > 0].max()) if (self.rate > 0).any() else 0.0
+
+
+def _none(kind: str, status: str, reason: str, intervals: list[int], n: int) -> _Kind:
+    z = np.zeros(n)
+    return _Kind(KindNote(kind, status, "", reason, intervals), [], z, z, z)
 
 
 def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, GrowthNote]:
@@ -228,61 +371,261 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         if first.rows_of(int(m))[1] > first.rows_of(int(m))[0]
         and prev.rows_of(int(m))[1] > prev.rows_of(int(m))[0]
     ]
-
-    def size(s: SnapshotRows, m: int) -> int:
-        lo, hi = s.rows_of(m)
-        return int(np.count_nonzero(s.eligible[lo:hi]))
-
-    per = np.array([[size(s, m) for s in (first, prev, last)] for m in grow], np.int64)
-    per = per.reshape(len(grow), 3)
-    sizes = per.sum(axis=0).tolist() if grow else [0, 0, 0]
-    fit = fit_growth(ts, [float(x) for x in sizes])
-    if fit.status != "continued" or fit.tau_s is None:
-        return inp, GrowthNote(fit.status, fit.reason, sizes_pages=sizes, tau_s=fit.tau_s)
-    tau = fit.tau_s
+    if not grow:
+        return inp, GrowthNote(
+            "none", "no process in the last three snapshots", sizes_pages=[0] * 3
+        )
+    every = [np.ones(s.n, bool) for s in (first, prev, last)]
+    per = np.stack(
+        [_per_mm(s, e, grow) for s, e in zip((first, prev, last), every, strict=True)], axis=1
+    )
+    sizes = per.sum(axis=0).tolist()
+    starts: list[U64] | None = inp.meta.get("mapping_starts")
+    # the two kinds, interval by interval: rows in mappings new in the interval, and the
+    # rest of the net growth (pages filled, or given back, inside the mappings there before)
+    # (rows that appeared: a mapping split or merged again has a new start, not new pages)
+    lk = last.keys()
+    appeared_prev = ~np.isin(prev.keys(), first.keys())
+    appeared_last = ~np.isin(lk, prev.keys())
+    appeared_both = ~np.isin(lk, first.keys())
+    nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & appeared_prev
+    nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & appeared_last
+    nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
+    new_p = np.stack([_per_mm(prev, nm_prev, grow), _per_mm(last, nm_last, grow)], axis=1)
+    in_p = np.diff(per, axis=1) - new_p
     cap = MAX_GROWTH_FRACTION * sizes[2]
-    remaining = min(fit.remaining_pages, cap)
-    share = np.maximum(per[:, 2] - per[:, 0], 0).astype(np.float64)
-    tmpl = [_templates(prev, last, first, m) for m in grow]
-    share[[t.size == 0 for t in tmpl]] = 0.0
-    if share.sum() <= 0:
-        return inp, GrowthNote("none", "no process has rows that appeared", sizes_pages=sizes)
-    share /= share.sum()
-    step_s = max(MIN_STEP_S, tau / 8)
-    n_steps = min(MAX_STEPS, math.ceil(HORIZON_TAUS * tau / step_s))
-    step_s = HORIZON_TAUS * tau / n_steps
-    reached = remaining * -np.expm1(-np.arange(n_steps + 1) * step_s / tau)
-    cum = np.rint(np.outer(reached, share)).astype(np.int64)  # [step, process]
-    add = np.diff(cum, axis=0)
-    if add.sum() <= 0:
-        return inp, GrowthNote("none", "the growth rounds to no page", sizes_pages=sizes)
+
+    # pages inside existing mappings: the saturating curve
+    d_in = [int(x) for x in in_p.sum(axis=0)]
+    tmpl_in = [
+        _first_rows(last, m, [appeared_last & ~nm_last, appeared_both & ~nm_both]) for m in grow
+    ]
+    inside, fit = _inside_kind(ts, sizes, in_p, d_in, tmpl_in, cap)
+
+    # pages of new mappings: a steady component, continued at its mean rate
+    d_new = [int(x) for x in new_p.sum(axis=0)]
+    tmpl_new = [_first_rows(last, m, [nm_last, nm_both]) for m in grow]
+    room = max(cap - float(inside.share.sum()), 0.0)
+    new_maps = _new_mapping_kind(inp, grow, ts, new_p, d_new, tmpl_new, room, starts is not None)
+    kinds = [k for k in (inside, new_maps) if k.share.sum() > 0]
+    notes = {INSIDE: inside.note, NEW_MAPPINGS: new_maps.note}
+    if not kinds:
+        lead = inside.note if inside.note.status != "none" else new_maps.note
+        reason = f"inside mappings: {inside.note.reason}; new mappings: {new_maps.note.reason}"
+        return inp, GrowthNote(
+            lead.status,
+            reason,
+            sizes_pages=sizes,
+            tau_s=fit.tau_s,
+            kinds={k: v.to_dict() for k, v in notes.items()},
+        )
+    horizon_s = max(k.end_s for k in kinds)
+    step_s = max(MIN_STEP_S, horizon_s / MAX_STEPS)
+    if inside.tau_s is not None:
+        step_s = max(step_s, inside.tau_s / 8)
+    n_steps = min(MAX_STEPS, math.ceil(horizon_s / step_s))
+    step_s = horizon_s / n_steps
+    t = np.arange(n_steps + 1, dtype=np.float64) * step_s
+    units: list[tuple[int, int, int]] = []  # (kind, process index, mm)
+    cols = []
+    for ki, k in enumerate(kinds):
+        cum = np.rint(k.reached(t)).astype(np.int64)
+        for i, m in enumerate(grow):
+            if cum[-1, i] > 0:
+                units.append((ki, i, m))
+                cols.append(cum[:, i])
+    if not cols:
+        return inp, GrowthNote(
+            "none",
+            "the growth rounds to no page",
+            sizes_pages=sizes,
+            kinds={k: v.to_dict() for k, v in notes.items()},
+        )
+    add: I64 = np.diff(np.stack(cols, axis=1), axis=0).astype(np.int64)
     # contents: which templates repeat an existing content
-    held_before = np.unique(prev.hash)
-    all_t = np.concatenate(tmpl)
-    pos = np.minimum(np.searchsorted(held_before, last.hash[all_t]), held_before.size - 1)
-    keeps = (held_before[pos] == last.hash[all_t]) | last.zero[all_t]
+    # (a content held in the snapshot before the template appeared: a template that
+    # appeared in the interval before the last is judged against the first snapshot, not
+    # against its own content in the one after)
+    all_t = np.unique(np.concatenate([kinds[ki].tmpl[i] for ki, i, _ in units]))
+    h = last.hash[all_t]
+    earlier = ~appeared_last[all_t]
+    keeps = last.zero[all_t].copy()
+    keeps[~earlier] |= np.isin(h[~earlier], prev.hash)
+    keeps[earlier] |= np.isin(h[earlier], first.hash)
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
-    out, note_pids = _append_steps(inp, last, grow, tmpl, add, step_s, zero_or_held, seed)
-    if not note_pids:  # pragma: no cover - see _append_steps
+    out, appended = _append_steps(
+        inp,
+        last,
+        [m for _, _, m in units],
+        [kinds[ki].tmpl[i] for ki, i, _ in units],
+        add,
+        step_s,
+        zero_or_held,
+        seed,
+    )
+    if not appended:  # pragma: no cover - see _append_steps
         return inp, GrowthNote("none", "no frame ids left for new pages", sizes_pages=sizes)
+    by_pid: dict[str, int] = {}
+    for k in kinds:
+        pids: dict[str, int] = {}
+        rows: list[I64] = []
+        for u, (ki, i, m) in enumerate(units):
+            if kinds[ki] is not k:
+                continue
+            pid = str(inp.mms[m].pid)
+            pids[pid] = pids.get(pid, 0) + int(add[:, u].sum())
+            by_pid[pid] = by_pid.get(pid, 0) + int(add[:, u].sum())
+            rows.append(k.tmpl[i])
+        tr = np.concatenate(rows)
+        notes[k.note.kind] = dataclasses.replace(
+            k.note,
+            total_pages=sum(pids.values()),
+            pages_by_pid=pids,
+            repeat_fraction=float(zero_or_held[tr].mean()) if tr.size else None,
+            template_rows=int(tr.size),
+        )
     total = int(add.sum())
     note = GrowthNote(
         "continued",
-        fit.reason,
+        "; ".join(f"{v.kind}: {v.reason}" for v in notes.values()),
         sizes_pages=sizes,
-        tau_s=tau,
-        rate_pages_per_s=remaining / tau,
+        tau_s=inside.tau_s,
+        rate_pages_per_s=inside.note.rate_pages_per_s + new_maps.note.rate_pages_per_s,
         horizon_s=n_steps * step_s,
         total_pages=total,
-        capped=fit.remaining_pages > cap,
+        capped=any(v.capped for v in notes.values()),
         steps=out.n_snapshots - n,
-        pages_by_pid=note_pids,
+        pages_by_pid=by_pid,
         repeat_fraction=float(keeps.mean()) if keeps.size else None,
         template_rows=int(all_t.size),
+        kinds={k: v.to_dict() for k, v in notes.items()},
     )
     out = dataclasses.replace(out, meta={**out.meta, "growth": note.to_dict(), "traced": n})
     return out, note
+
+
+def _inside_kind(
+    ts: list[float], sizes: list[int], in_p: I64, d_in: list[int], tmpl_in: list[I64], cap: float
+) -> tuple[_Kind, GrowthFit]:
+    """The continuation of the pages filled inside existing mappings (module notes)."""
+    span = ts[2] - ts[0]
+    n_grow = len(tmpl_in)
+    fit = fit_growth(ts, [float(sizes[0]), sizes[0] + d_in[0], sizes[0] + d_in[0] + d_in[1]])
+    share_in = np.maximum(in_p.sum(axis=1), 0).astype(np.float64)
+    share_in[[t.size == 0 for t in tmpl_in]] = 0.0
+    inside: _Kind
+    if fit.status == "continued" and fit.tau_s is not None and share_in.sum() > 0:
+        r_in = min(fit.remaining_pages, cap)
+        inside = _Kind(
+            KindNote(
+                INSIDE,
+                "continued",
+                "saturating fit",
+                "the growth inside the mappings slows: a saturating fit of its three sizes",
+                d_in,
+                tau_s=fit.tau_s,
+                rate_pages_per_s=r_in / fit.tau_s,
+                horizon_s=HORIZON_TAUS * fit.tau_s,
+                capped=fit.remaining_pages > cap,
+            ),
+            tmpl_in,
+            r_in * share_in / share_in.sum(),
+            np.zeros(n_grow),
+            np.zeros(n_grow),
+            tau_s=fit.tau_s,
+        )
+    elif fit.status == "continued":
+        inside = _none(INSIDE, "none", "no process has rows that appeared", d_in, n_grow)
+    elif fit.status == "not saturating" and CONTINUE_ACCELERATING and share_in.sum() > 0:
+        rate = share_in / span
+        inside = _Kind(
+            KindNote(
+                INSIDE,
+                "continued",
+                "mean rate",
+                f"{fit.reason}; its mean rate continued for as long again as the snapshots "
+                f"watched it ({span:.1f} s)",
+                d_in,
+                rate_pages_per_s=float(rate.sum()),
+                horizon_s=span,
+            ),
+            tmpl_in,
+            share_in,
+            rate,
+            np.full(n_grow, span),
+        )
+    else:
+        inside = _none(INSIDE, fit.status, fit.reason, d_in, n_grow)
+
+    return inside, fit
+
+
+def _new_mapping_kind(
+    inp: ReplayInput,
+    grow: list[int],
+    ts: list[float],
+    new_p: I64,
+    d_new: list[int],
+    tmpl_new: list[I64],
+    room: float,
+    has_maps: bool,
+) -> _Kind:
+    """The continuation of the pages of new mappings (module notes)."""
+    l1, l2 = ts[1] - ts[0], ts[2] - ts[1]
+    span = l1 + l2
+    made = new_p.sum(axis=1).astype(np.float64)
+    made[[t.size == 0 for t in tmpl_new]] = 0.0
+    new_maps: _Kind
+    if not has_maps:
+        new_maps = _none(NEW_MAPPINGS, "none", "the input holds no mappings", d_new, len(grow))
+    elif sum(d_new) < MIN_PAGES or made.sum() <= 0:
+        new_maps = _none(
+            NEW_MAPPINGS,
+            "none",
+            f"no steady growth in new mappings ({d_new[0]:+d}, {d_new[1]:+d} pages)",
+            d_new,
+            len(grow),
+        )
+    else:
+        rate = made / span
+        age = _ages(inp, grow, ts[2], span)
+        horizon = np.minimum(age * STEADY_AGE_FACTOR, STEADY_MAX_S)
+        share = rate * horizon
+        capped = float(share.sum()) > room
+        if capped:
+            scale = room / float(share.sum())
+            rate, share = rate * scale, share * scale
+        h = horizon[made > 0]
+        new_maps = _Kind(
+            KindNote(
+                NEW_MAPPINGS,
+                "continued",
+                "mean rate",
+                f"mappings created at a pace two intervals cannot show a trend in "
+                f"({d_new[0] / l1:.0f} then {d_new[1] / l2:.0f} pages/s): the mean rate, "
+                f"for as long again as each process had run ({h.min():.0f}-{h.max():.0f} s)",
+                d_new,
+                rate_pages_per_s=float(rate.sum()),
+                horizon_s=float(h.max()),
+                capped=capped,
+            ),
+            tmpl_new,
+            share,
+            rate,
+            horizon,
+        )
+    return new_maps
+
+
+def _ages(
+    inp: ReplayInput, grow: list[int], t_last_s: float, span_s: float
+) -> npt.NDArray[np.float64]:
+    """Per process of ``grow``: how long it had run at the last snapshot, where the trace
+    states its start; else (or if shorter) the span the snapshots watched it."""
+    started: dict[int, float] = inp.meta.get("mm_start_s") or {}
+    age = [t_last_s - started[m] if m in started else span_s for m in grow]
+    return np.maximum(np.array(age, np.float64), span_s)
 
 
 def _draw_rows(

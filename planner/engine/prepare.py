@@ -584,6 +584,21 @@ def _snapshot_rows(
     return rows, layout, writes
 
 
+def _mapping_starts(
+    maps: _MappingRows, procs: _Processes, proc_sid: I64, proc_pid: I64, sid: int, shift: int
+) -> U64:
+    """Snapshot ``sid``'s mapping starts as sorted row keys (``(mm << 36) | first page``):
+    what the growth model splits new rows by (:mod:`planner.engine.growth`)."""
+    sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
+    pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
+    mlo, mhi = (int(x) for x in np.searchsorted(maps.sid, [sid, sid + 1]))
+    pids = maps.pid[mlo:mhi].tolist()
+    keep = np.array([p in pid_to_mm for p in pids], dtype=bool)
+    mm = np.array([pid_to_mm.get(p, 0) for p in pids], dtype=np.int64)
+    start = maps.start[mlo:mhi].astype(np.uint64) >> np.uint64(shift)
+    return np.unique(row_keys(mm[keep], start[keep]))
+
+
 class InputBuilder:
     """Builds a :class:`ReplayInput` one snapshot at a time (only two are held at once).
 
@@ -835,6 +850,18 @@ def _prepare_rows(
     )
     proc_sid = as_numpy(ht.processes.column("snapshot_id"), np.int64)
     proc_pid = as_numpy(ht.processes.column("pid"), np.int64)
+    # per mm: its start relative to trace time 0, where the trace states it (the growth
+    # model's horizon for a steady component, planner.engine.growth)
+    started: list[float | None] = (
+        ht.processes.column("start_time_s").to_pylist()
+        if "start_time_s" in ht.processes.column_names
+        else [None] * len(proc_pid)
+    )
+    mm_start_s = {
+        int(m): float(t)
+        for m, t in zip(procs.row_mm.tolist(), started, strict=True)
+        if m >= 0 and t is not None
+    }
     intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
     builder = InputBuilder(
         host=ht.host,
@@ -843,7 +870,12 @@ def _prepare_rows(
         trace_hash=ht.trace_hash,
         mms=procs.mms,
         meta={k: v for k, v in meta.items() if k != "zero_hash"}
-        | {"prctl_at": prctl_at, "host_load": _load(ht), "mappings": _mapping_spans(sids, maps)},
+        | {
+            "prctl_at": prctl_at,
+            "host_load": _load(ht),
+            "mappings": _mapping_spans(sids, maps),
+            "mm_start_s": mm_start_s,
+        },
     )
     empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
     stream = iter(pages)
@@ -868,6 +900,9 @@ def _prepare_rows(
         length = intervals_s[k]
         length_ns = round(length * 1e9) if length else None
         builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
+        builder.meta.setdefault("mapping_starts", []).append(
+            _mapping_starts(maps, procs, proc_sid, proc_pid, sid, shift)
+        )
         del cur, writes
         release_memory()  # what the snapshot's rows and delta used, before the next is read
     return builder.build()

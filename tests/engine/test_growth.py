@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -9,8 +10,15 @@ import numpy as np
 import pytest
 
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
-from planner.engine.growth import MAX_GROWTH_FRACTION, continue_growth, fit_growth
+from planner.engine.growth import (
+    INSIDE,
+    MAX_GROWTH_FRACTION,
+    NEW_MAPPINGS,
+    continue_growth,
+    fit_growth,
+)
 from planner.engine.prepare import ReplayInput
+from planner.engine.registration import ProcessInfo, Registration
 from planner.testing.builder import World
 from planner.testing.strategies import ChurnSpec, with_write_counts
 from tests.engine.test_writes import assert_engines_agree_with_writes
@@ -51,17 +59,33 @@ def test_no_growth_unless_the_trace_shows_it_slowing(sizes: list[int], status: s
     assert fit.remaining_pages == 0.0
 
 
-def _growing_world(steps: tuple[int, int] = (40, 20), workers: int = 2) -> World:
-    """Workers whose heaps grow by ``steps`` pages per interval: half the new pages hold a
-    content shared by every worker at the same offset, a quarter repeat a content already
-    there before, a quarter are each worker's own."""
+HEAP = 0x400000
+
+
+def _fill(w: World, pid: int, vma_start: int, first_page: int, contents: list[int]) -> None:
+    """Pages filled inside the mapping at ``vma_start`` from its page ``first_page`` on."""
+    addr = vma_start + first_page * 4096
+    w.map(pid, addr, contents)
+    for i in range(len(contents)):
+        w.procs[pid].pages[addr + i * 4096].vma_start = vma_start
+
+
+def _growing_world(
+    steps: tuple[int, int] = (40, 20), workers: int = 2, new_maps: tuple[int, int] = (0, 0)
+) -> World:
+    """Workers whose heaps (one mapping, there from the start) fill by ``steps`` pages per
+    interval: half the new pages hold a content shared by every worker at the same offset, a
+    quarter repeat a content already there before, a quarter are each worker's own. Each
+    also maps ``new_maps`` pages per interval in a mapping new in it, all but every fifth
+    page repeating a content held before (the last of them each worker's own)."""
     w = World()
     for p in range(workers):
         w.spawn(100 + p, comm="w")
         w.map(100 + p, 0x100000, [1000 + i for i in range(100)])  # shared by all
         w.map(100 + p, 0x200000, [5000 + 1000 * p + i for i in range(50)])  # own
+        w.map(100 + p, HEAP, [7000 + i for i in range(10)])  # the heap's first pages
     w.snapshot(0.0)
-    base = 0
+    base = 10
     for k, n in enumerate(steps):
         for p in range(workers):
             contents = []
@@ -72,7 +96,13 @@ def _growing_world(steps: tuple[int, int] = (40, 20), workers: int = 2) -> World
                     contents.append(1000 + i)  # an existing content again
                 else:
                     contents.append(90_000 + 10_000 * p + k * 1000 + i)  # new, own
-            w.map(100 + p, 0x400000 + (base << 12), contents)
+            _fill(w, 100 + p, HEAP, base, contents)
+            if new_maps[k]:
+                held = [
+                    1000 + i % 100 if i % 5 else 60_000 + 1000 * p + 100 * k + i
+                    for i in range(new_maps[k])
+                ]
+                w.map(100 + p, 0x10000000 + k * 0x1000000, held)
         base += n
         w.snapshot(2.0 * (k + 1))
     return w
@@ -82,7 +112,7 @@ def test_growth_adds_snapshots_with_the_measured_structure() -> None:
     inp = prepare(_growing_world().host_trace())
     out, note = continue_growth(inp, seed=3)
     assert note.status == "continued", note.reason
-    assert note.sizes_pages == [300, 380, 420]
+    assert note.sizes_pages == [320, 400, 440]
     assert out.n_snapshots == inp.n_snapshots + note.steps
     last = out.snapshots[out.n_snapshots - 1]
     added = last.n - inp.snapshots[inp.n_snapshots - 1].n
@@ -91,6 +121,12 @@ def test_growth_adds_snapshots_with_the_measured_structure() -> None:
     assert note.total_pages == pytest.approx(0.95 * 20 * 2, abs=2)
     assert note.pages_by_pid == {"100": note.total_pages // 2, "101": note.total_pages // 2}
     assert note.repeat_fraction == pytest.approx(0.25)
+    inside, new_maps = note.kinds[INSIDE], note.kinds[NEW_MAPPINGS]
+    assert inside["rule"] == "saturating fit"
+    assert inside["interval_pages"] == [80, 40]
+    assert inside["total_pages"] == note.total_pages
+    assert new_maps["status"] == "none"
+    assert new_maps["interval_pages"] == [0, 0]
     # the times follow the last snapshot, each step later
     times = out.times_ns[inp.n_snapshots - 1 :]
     assert all(b > a for a, b in itertools.pairwise(times))
@@ -111,6 +147,144 @@ def test_growth_adds_snapshots_with_the_measured_structure() -> None:
     assert np.unique(last.frame).size == last.n
 
 
+def _grown_rows(inp: ReplayInput, out: ReplayInput) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes and mms of the rows the growth added."""
+    prev = inp.snapshots[inp.n_snapshots - 1]
+    last = out.snapshots[out.n_snapshots - 1]
+    pos = np.searchsorted(last.keys(), np.setdiff1d(last.keys(), prev.keys()))
+    return last.hash[pos], last.mm[pos]
+
+
+def test_new_mappings_alone_go_on_at_their_mean_rate() -> None:
+    # the heaps hold still; each worker maps 30 then 50 pages in new mappings
+    inp = prepare(_growing_world((0, 0), new_maps=(30, 50)).host_trace())
+    out, note = continue_growth(inp, seed=1)
+    assert note.status == "continued", note.reason
+    inside, new_maps = note.kinds[INSIDE], note.kinds[NEW_MAPPINGS]
+    assert inside["status"] == "none"
+    assert inside["interval_pages"] == [0, 0]
+    assert new_maps["rule"] == "mean rate"
+    assert new_maps["interval_pages"] == [60, 100]
+    # no start time in the trace: as long again as the snapshots watched (4 s), at the
+    # mean rate of 160 pages / 4 s
+    assert new_maps["rate_pages_per_s"] == pytest.approx(40.0)
+    assert new_maps["horizon_s"] == pytest.approx(4.0)
+    assert note.total_pages == new_maps["total_pages"] == 160
+    assert new_maps["pages_by_pid"] == {"100": 80, "101": 80}
+    # templates: the last interval's new mapping (50 rows per worker), 4 in 5 held before
+    assert new_maps["template_rows"] == 100
+    assert new_maps["repeat_fraction"] == pytest.approx(0.8)
+    hashes, _ = _grown_rows(inp, out)
+    held = np.isin(hashes, inp.snapshots[inp.n_snapshots - 2].hash)
+    assert held.mean() == pytest.approx(0.8, abs=0.1)
+    # a steady pace: the same number of pages per equal step, until the horizon
+    add = np.diff([d.n_rows for d in out.deltas[inp.n_snapshots - 1 :]])
+    assert add.sum() == 160
+    assert add.max() - add[add > 0].min() <= 2
+
+
+def test_new_mappings_go_on_for_as_long_again_as_each_process_ran() -> None:
+    inp = prepare(_growing_world((0, 0), new_maps=(30, 50)).host_trace())
+
+    def started(ages: dict[int, float]) -> ReplayInput:
+        t_last = inp.times_ns[-1] / 1e9
+        starts = {m: t_last - a for m, a in ages.items()}
+        return dataclasses.replace(inp, meta={**inp.meta, "mm_start_s": starts})
+
+    _out, note = continue_growth(started({0: 6.0, 1: 10.0}), seed=1)
+    k = note.kinds[NEW_MAPPINGS]
+    # each at 20 pages/s, for 6 and 10 s
+    assert k["pages_by_pid"] == {"100": 120, "101": 200}
+    assert k["horizon_s"] == pytest.approx(10.0)
+    assert "as long again as each process had run (6-10 s)" in k["reason"]
+    assert not k["capped"]
+    # older processes: 400 + 800 pages would more than double the 480 the two hold
+    _out, note = continue_growth(started({0: 20.0, 1: 40.0}), seed=1)
+    k = note.kinds[NEW_MAPPINGS]
+    assert k["capped"]
+    assert note.capped
+    assert note.total_pages == pytest.approx(MAX_GROWTH_FRACTION * 480, abs=2)
+
+
+def test_both_kinds_each_with_its_own_curve_and_templates() -> None:
+    inp = prepare(_growing_world((40, 20), new_maps=(30, 50)).host_trace())
+    out, note = continue_growth(inp, seed=2)
+    inside, new_maps = note.kinds[INSIDE], note.kinds[NEW_MAPPINGS]
+    # the heap's fit sees the heap's growth alone (40 then 20 per worker)
+    assert inside["interval_pages"] == [80, 40]
+    assert inside["rule"] == "saturating fit"
+    assert inside["total_pages"] == pytest.approx(0.95 * 40, abs=2)
+    assert new_maps["interval_pages"] == [60, 100]
+    assert new_maps["total_pages"] == 160
+    assert note.total_pages == inside["total_pages"] + new_maps["total_pages"]
+    assert note.sizes_pages == [320, 460, 600]
+    # each kind draws from its own templates: the heap's repeat a quarter, the mappings 4/5
+    assert inside["repeat_fraction"] == pytest.approx(0.25)
+    assert new_maps["repeat_fraction"] == pytest.approx(0.8)
+    assert inside["template_rows"] == 40
+    assert new_maps["template_rows"] == 100
+    hashes, _ = _grown_rows(inp, out)
+    held = np.isin(hashes, inp.snapshots[inp.n_snapshots - 2].hash)
+    want = (0.25 * inside["total_pages"] + 0.8 * 160) / note.total_pages
+    assert held.mean() == pytest.approx(want, abs=0.1)
+    assert "inside" in note.summary()
+    assert "new mappings" in note.summary()
+
+
+def test_accelerating_growth_inside_is_continued_for_the_span_alone() -> None:
+    inp = prepare(_growing_world((20, 40)).host_trace())
+    _out, note = continue_growth(inp, seed=0)
+    inside = note.kinds[INSIDE]
+    assert inside["status"] == "continued"
+    assert inside["rule"] == "mean rate"
+    assert "does not slow" in inside["reason"]
+    # 120 pages over 4 s, for 4 s more
+    assert inside["rate_pages_per_s"] == pytest.approx(30.0)
+    assert inside["horizon_s"] == pytest.approx(4.0)
+    assert inside["total_pages"] == 120
+
+
+def test_the_same_pages_grow_under_every_policy() -> None:
+    # a what-if replays one trace under several policies: the memory added must not depend
+    # on which processes or mappings are mergeable (the review checks that memory without
+    # KSM is the same in every scenario); a new row is as eligible as its template
+    ht = _growing_world((40, 20), new_maps=(30, 50)).host_trace()
+
+    def one_off(info: ProcessInfo, parent: Registration | None) -> Registration:
+        return Registration(mode="off") if info.pid == 101 else Registration()
+
+    a, na = continue_growth(prepare(ht), seed=4)
+    b, nb = continue_growth(prepare(ht, resolver=one_off), seed=4)
+    assert na.total_pages == nb.total_pages > 0
+    assert na.kinds == nb.kinds
+    la, lb = a.snapshots[a.n_snapshots - 1], b.snapshots[b.n_snapshots - 1]
+    assert np.array_equal(la.keys(), lb.keys())
+    assert np.array_equal(la.hash, lb.hash)
+    assert not lb.eligible[lb.mm == 1].any()
+    assert la.eligible.all()
+
+
+def test_templates_of_the_interval_before_repeat_what_was_held_before_them() -> None:
+    # new mappings in the first interval only: the templates are rows the snapshot before
+    # the last already holds; whether they repeat a content is judged against the first
+    # snapshot (4 in 5 here), not against their own contents one snapshot later (all)
+    inp = prepare(_growing_world((40, 20), new_maps=(50, 0)).host_trace())
+    _out, note = continue_growth(inp, seed=0)
+    k = note.kinds[NEW_MAPPINGS]
+    assert k["interval_pages"] == [100, 0]
+    assert k["template_rows"] == 100
+    assert k["repeat_fraction"] == pytest.approx(0.8)
+
+
+def test_no_growth_of_either_kind() -> None:
+    inp = prepare(_growing_world((0, 0)).host_trace())
+    out, note = continue_growth(inp)
+    assert out is inp
+    assert note.status == "none"
+    assert {k: v["status"] for k, v in note.kinds.items()} == {INSIDE: "none", NEW_MAPPINGS: "none"}
+    assert note.total_pages == 0
+
+
 def test_growth_is_deterministic_for_a_seed() -> None:
     inp = prepare(_growing_world().host_trace())
     a, _ = continue_growth(inp, seed=1)
@@ -125,14 +299,14 @@ def test_growth_is_deterministic_for_a_seed() -> None:
 
 
 def test_the_growth_is_capped_by_the_size() -> None:
-    # 10 pages, then +100 and +89: the curve would add about 720 more
+    # 10 pages, then +100 and +89 in the same mapping: the curve would add about 720 more
     w = World()
     w.spawn(100, comm="w")
-    w.map(100, 0x100000, list(range(1, 11)))
+    w.map(100, HEAP, list(range(1, 11)))
     w.snapshot(0.0)
-    w.map(100, 0x200000, list(range(100, 200)))
+    _fill(w, 100, HEAP, 10, list(range(100, 200)))
     w.snapshot(2.0)
-    w.map(100, 0x300000, list(range(300, 389)))
+    _fill(w, 100, HEAP, 110, list(range(300, 389)))
     w.snapshot(4.0)
     _out, note = continue_growth(prepare(w.host_trace()))
     assert note.status == "continued"
@@ -142,8 +316,8 @@ def test_the_growth_is_capped_by_the_size() -> None:
 
 def test_a_shrinking_heap_is_not_continued() -> None:
     w = _growing_world((40, 20))
-    w.unmap(100, 0x400000, 60)
-    w.unmap(101, 0x400000, 60)
+    w.unmap(100, HEAP, 70)
+    w.unmap(101, HEAP, 70)
     w.snapshot(6.0)
     inp = prepare(w.host_trace())
     out, note = continue_growth(inp)

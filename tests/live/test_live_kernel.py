@@ -66,20 +66,20 @@ KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
         False,
     ),
     ("node", "pages_sharing_steady"): (
-        "-38.7%, -53.8%, -43.8%, -51.6%, -49.2% (target ±5%; re-scored with the growth "
-        f"continued where it saturates, 2 of 5 runs) — {_GROWTH}",
+        "-19.5%, -23.4%, -20.8%, -35.4%, -40.9% (target ±5%; re-scored with the growth "
+        f"continued per mapping kind) — {_GROWTH}",
         True,
     ),
     ("node", "scan_reaching_90"): (
-        f"kernel scan 70, 49, 68, 96 vs model 6, 5, 4, 2 — {_GROWTH}",
+        f"kernel scan 70, 49, 68, 60, 41 vs model 41, 36, 42, 10, 14 — {_GROWTH}",
         True,
     ),
     ("node", "ksmd_cpu_s_first_window"): (
-        f"+23.3%, +17.9%, +32.8%, +16.8%, -1.3% (the grown pages cost too much) — {_CPU}",
+        f"+21.0%, +19.9%, +22.6%, +27.1%, +18.7% (the grown pages cost too much) — {_CPU}",
         False,
     ),
     ("node", "full_scans_first_window"): (
-        f"+2.9%, +31.2%, +5.6%, +30.6%, +7.6% (over where no growth is continued) — {_GROWTH}",
+        f"-4.9%, +4.3%, +5.6%, +0.0%, +31.0% (over where the growth is underestimated) — {_GROWTH}",
         False,
     ),
     ("churn", "pages_sharing_steady"): (
