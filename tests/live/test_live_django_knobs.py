@@ -78,7 +78,7 @@ def canaries(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     def get(name: str) -> Path:
         if name not in done:
             pages, duration_s = SETTINGS[name]
-            out = tmp_path_factory.mktemp(f"django-{name}") / "canary"
+            out = tmp_path_factory.mktemp(f"django-{pages}-pages-") / "canary"
             cmd = [
                 sys.executable, str(ROOT / "reports" / "canary" / "record.py"),
                 "--out", str(out), "--pages-to-scan", str(pages), "--sleep-ms", "20",
