@@ -46,6 +46,16 @@ _IDLE_ROLE = (
 )
 
 
+#: The interpreter that runs the workload, named as the sample trace's processes are
+#: (``python``): the canary's rates reach the trace's rows by process role, whose key is the
+#: ``comm``, and a canary of ``python3`` processes would calibrate none of them.
+_PYTHON = str(
+    Path(sys.executable).with_name("python")
+    if Path(sys.executable).with_name("python").exists()
+    else sys.executable
+)
+
+
 def _scorer() -> ModuleType:
     """``docs/measure/canary_rows.py``: the scoring of the docs' canary tables."""
     spec = importlib.util.spec_from_file_location(
@@ -80,7 +90,7 @@ def canaries(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
             pages, duration_s = SETTINGS[name]
             out = tmp_path_factory.mktemp(f"django-{pages}-pages-") / "canary"
             cmd = [
-                sys.executable, str(ROOT / "reports" / "canary" / "record.py"),
+                _PYTHON, str(ROOT / "reports" / "canary" / "record.py"),
                 "--out", str(out), "--pages-to-scan", str(pages), "--sleep-ms", "20",
                 "--duration", str(duration_s),
             ]  # fmt: skip
