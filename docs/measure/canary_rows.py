@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +24,8 @@ from planner.engine.costfit import ksmd_window
 from planner.trace.recording import read_observed
 
 
-def main() -> None:
-    rep, canary = sys.argv[1], sys.argv[2]
-    with open(rep) as f:
-        d = json.load(f)
+def score(d: dict[str, Any], canary: str) -> dict[str, float]:
+    """A replay's JSON ``d`` against the recording ``canary``: the figures :func:`main` prints."""
     grid = d["grid"]
     t = np.array([r["t_s"] for r in grid])
     sharing = np.array([r["pages_sharing"] for r in grid])
@@ -36,17 +35,36 @@ def main() -> None:
     real = on["pages_sharing"].to_numpy()
     half = ot >= ot[-1] / 2
     pred = sharing[np.searchsorted(t, ot[half], side="right") - 1]
-    err = pred.mean() / real[half].mean() - 1
     cow = on["cow_ksm"].to_numpy()
     real_cow = (cow[-1] - cow[0]) / (ot[-1] - ot[0])
     w = ksmd_window(c)
+    return {
+        "model_half": float(pred.mean()),
+        "kernel_half": float(real[half].mean()),
+        "error": float(pred.mean() / real[half].mean() - 1),
+        "model_end": float(sharing[-1]),
+        "kernel_end": float(real[-1]),
+        "model_full_scans": float(d["final"]["full_scans"]),
+        "kernel_full_scans": float(w.full_scans),
+        "model_cpu_s": float(d["cost"]["cpu_s"]),
+        "kernel_cpu_s": float(w.cpu_s),
+        "model_cow_per_s": float(d["cow_breaks_per_s"] or 0.0),
+        "kernel_cow_per_s": float(real_cow),
+    }
+
+
+def main() -> None:
+    rep, canary = sys.argv[1], sys.argv[2]
+    with open(rep) as f:
+        r = score(json.load(f), canary)
     print(
-        f"pages_sharing, second half: model {pred.mean():.0f} kernel {real[half].mean():.0f} "
-        f"({err * 100:+.1f} %); at the end: model {sharing[-1]} kernel {real[-1]}\n"
-        f"full scans: model {d['final']['full_scans']} kernel {w.full_scans}; "
-        f"ksmd CPU s: model {d['cost']['cpu_s']:.2f} kernel {w.cpu_s:.2f}; "
-        f"copy-on-write /s: model {d['cow_breaks_per_s']:.0f} kernel {real_cow:.0f} "
-        f"({(d['cow_breaks_per_s'] / real_cow - 1) * 100:+.0f} %)"
+        f"pages_sharing, second half: model {r['model_half']:.0f} kernel {r['kernel_half']:.0f} "
+        f"({r['error'] * 100:+.1f} %); at the end: model {r['model_end']:.0f} "
+        f"kernel {r['kernel_end']:.0f}\n"
+        f"full scans: model {r['model_full_scans']:.0f} kernel {r['kernel_full_scans']:.0f}; "
+        f"ksmd CPU s: model {r['model_cpu_s']:.2f} kernel {r['kernel_cpu_s']:.2f}; "
+        f"copy-on-write /s: model {r['model_cow_per_s']:.0f} kernel {r['kernel_cow_per_s']:.0f} "
+        f"({(r['model_cow_per_s'] / r['kernel_cow_per_s'] - 1) * 100:+.0f} %)"
     )
 
 

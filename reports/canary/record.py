@@ -8,6 +8,9 @@ repository root (``pip install -e '.[sample]'`` for Django and gunicorn)::
 
     .venv/bin/python reports/canary/record.py --out reports/canary/django-preload --force
 
+``--pages-to-scan`` and ``--sleep-ms`` record the same workload at other knobs (the canaries of
+docs/live-validation.md's cross-knob sections; never into ``reports/canary/``).
+
 Timeline (the same workload as ``traces/django/regenerate.py``, setup ``b``):
 
 1. a fresh SQLite database (``seed_sample --seed 42``) in a private temporary directory;
@@ -98,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3000)
     p.add_argument("--rate", type=float, default=30.0)
+    p.add_argument("--pages-to-scan", type=int, default=KNOBS["pages_to_scan"])
+    p.add_argument("--sleep-ms", type=int, default=KNOBS["sleep_millisecs"])
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
+    knobs = {**KNOBS, "pages_to_scan": args.pages_to_scan, "sleep_millisecs": args.sleep_ms}
 
     from planner.kernel.sysfs import KsmLease
 
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         db = work / "site.sqlite3"
         regenerate.seed_database(db, seed=42)
-        with KsmLease(KNOBS) as lease:
+        with KsmLease(knobs) as lease:
             server = LaunchedGunicorn(db=db, workers=args.workers, log_path=work / "gunicorn.log")
             try:
                 workers = server.wait_ready()
