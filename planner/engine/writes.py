@@ -980,7 +980,9 @@ def _row_rates(
         for code in np.unique(rr.code).tolist():
             role = rr.roles[code]
             dist = rates.rates_by_comm.get(role)
-            if dist is None:
+            if dist is None and not role.endswith(" idle"):
+                # an idle process takes an idle role's rates or none: a canary that cannot
+                # tell idle from busy processes has mostly the busy ones' writes
                 dist = rates.rates_by_comm.get(role_comm(role))
             if dist is None or not dist.size:
                 continue
@@ -989,7 +991,12 @@ def _row_rates(
             rate[sel] = dist[pick]
     elif rates.by_comm:  # a recording of an older planner: the role's mean
         mean = np.array(
-            [rates.by_comm.get(c, rates.by_comm.get(role_comm(c), 0.0)) for c in rr.roles],
+            [
+                rates.by_comm.get(c, 0.0)
+                if c.endswith(" idle")
+                else rates.by_comm.get(c, rates.by_comm.get(role_comm(c), 0.0))
+                for c in rr.roles
+            ],
             np.float64,
         )
         rate[:] = mean[rr.code] if rr.roles else 0.0

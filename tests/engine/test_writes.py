@@ -771,3 +771,35 @@ def test_the_steady_state_changes_pages_at_the_rate_of_every_interval() -> None:
     assert frozen.final_counters["pages_sharing"] == 2
     # the changing pages drift to contents no other page has: only the other pair merges
     assert a.final_counters["pages_sharing"] == 1
+
+
+def test_an_idle_process_takes_no_busy_rate_from_a_canary_without_cpu_times() -> None:
+    """A canary recorded without CPU times knows the command (``w``), not who was busy: its
+    rates are the busy workers' (they write). The trace tells the idle parent apart by its
+    CPU share, so the idle rows take an idle role's rates or none, never the command's
+    (docs/live-validation.md, "Django canaries at two knob settings")."""
+    w = World()
+    for pid in (200, 201, 202):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, list(range(1, 11)))
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {200: 0.5, 201: 0.4, 202: 0.0})
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged"), (0.0, 101, 0x10000, "merged")]
+        + [
+            (0.5 * i, pid, 0x10000, "unmerged_same_content")
+            for i in range(1, 20)
+            for pid in (100, 101)
+        ]
+        + [(0.5 * i + 0.01, pid, 0x10000, "merged") for i in range(1, 20) for pid in (100, 101)],
+        end_s=10.0,
+    )
+    rates = canary_rates(obs)
+    assert not rates.roles_recorded
+    assert set(rates.rates_by_comm) == {"w"}
+    got = _rates_by_pid_page(inp, with_canary(inp, rates))
+    busy = [r for (pid, _), r in got.items() if pid != 202]
+    idle = [r for (pid, _), r in got.items() if pid == 202]
+    assert min(busy) > 0.0  # every busy row drew the command's (only) rate
+    assert idle == [0.0] * 10

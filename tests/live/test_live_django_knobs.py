@@ -38,14 +38,6 @@ LOCK_WAIT_S = 900.0
 TARGET = 0.10
 #: name -> (pages_to_scan, seconds observed); sleep 20 ms both
 SETTINGS = {"1000": (1000, 72.0), "100": (100, 150.0)}
-_IDLE_ROLE = (
-    "issue 10: the gunicorn master (no CPU over the capture) takes the workers' write rates "
-    "from a canary that cannot tell idle from busy processes; its copy anchors the stable "
-    "nodes, which a slow scan then loses (1000 pages predicting 100: -14.8 to -16.0 % on the "
-    "reference machine; -3.1 % with the master's rates left out, docs/live-validation.md)"
-)
-
-
 #: The interpreter that runs the workload, named as the sample trace's processes are
 #: (``python``): the canary's rates reach the trace's rows by process role, whose key is the
 #: ``comm``, and a canary of ``python3`` processes would calibrate none of them.
@@ -133,7 +125,7 @@ def _replay(canary: Path, knobs_of: Path) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("canary", "knobs"),
     [
-        pytest.param("1000", "100", marks=pytest.mark.xfail(reason=_IDLE_ROLE, strict=True)),
+        ("1000", "100"),
         ("100", "1000"),
     ],
 )
