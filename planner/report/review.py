@@ -335,6 +335,20 @@ def _host_load(inputs: ReviewInputs) -> HostLoad | None:
     return next(iter(loads.values()), None)
 
 
+def _growth_text(inputs: ReviewInputs) -> str:
+    """What growth after the trace the reviewed replays assumed (docs/engine.md, "Growth
+    after the trace"), one clause per distinct assumption."""
+    notes = sorted(
+        {
+            o.growth_summary.removeprefix("growth after the trace: ")
+            for sc in inputs.scenarios
+            for o in sc.host.replays
+            if o.growth_summary is not None
+        }
+    )
+    return "; ".join(notes) if notes else "not recorded"
+
+
 def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
     """What the model leaves out, as this review's replays ran (writes, load)."""
     sampled = inputs.whatif.replay_options.writes and inputs.trace.sampled
@@ -352,9 +366,10 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
                 else "; [Validation](#validation) compares with a canary, which sees them."
             ),
             "**The future looks like the trace.** After the last snapshot the replay continues "
-            "each page's writes at its rate over the sampled intervals. Traffic shifts, "
-            "deploys, worker respawns and memory growth or shrinkage after the trace are not "
-            "in it (a canary's unmapped pages excepted).",
+            "each page's writes at its rate over the sampled intervals, and the memory's "
+            f"growth as the snapshots show it ({_growth_text(inputs)}). Traffic shifts, "
+            "deploys, worker respawns and a shrinking heap after the trace are not in it (a "
+            "canary's unmapped pages excepted).",
         )
     else:
         writes = (
@@ -363,7 +378,8 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
             "between looks unchanged. After the last snapshot its state is held for the settle "
             "scans.",
             "**The future looks like the trace.** The steady state is the last snapshot held "
-            "still. Traffic shifts, deploys, worker respawns and memory growth after the trace "
+            f"still, but for the memory's growth as the snapshots show it ({_growth_text(inputs)}"
+            "). Traffic shifts, deploys, worker respawns and a shrinking heap after the trace "
             "are not in it.",
         )
     load = _host_load(inputs)
@@ -2285,7 +2301,8 @@ def _recompute_blocks(inputs: ReviewInputs, choice: Choice) -> list[Block]:
             "ksmd_cores`). Time to 90 %: the first time in `data/time-to-benefit.csv` or "
             "`data/full-scans.csv` at which `saved_bytes` reaches 90 % of its final value, times "
             "the planned over traced mergeable pages. ksmd's CPU: `cpu_s` of the full scans that "
-            "started after the last snapshot over their wall time, divided by `host_cpus`. "
+            "started after `last_applied_s` (the last snapshot, or the last step of the growth "
+            "continued after it) over their wall time, divided by `host_cpus`. "
             "`tests/report/test_independent_reader.py` does exactly this."
         )
     )
@@ -2334,7 +2351,7 @@ _MODEL_HIDDEN = (
     "cpu_per_worker",
     "ksmd_cores",
     "eligible_pages",
-    "last_snapshot_s",
+    "last_applied_s",
     "capacity_gain",
     "unmerge_bytes",
 )
@@ -2361,7 +2378,7 @@ def _model_row(s: ReviewScenario) -> dict[str, Any]:
         "cpu_per_worker": cpw.value if cpw is not None else None,
         "ksmd_cores": c.ksmd_cores,
         "eligible_pages": h.eligible_pages,
-        "last_snapshot_s": h.snapshot_times_s[-1] if h.snapshot_times_s else None,
+        "last_applied_s": h.last_applied_s,
         "capacity_gain": c.gain,
         "unmerge_bytes": c.ksm_saved_bytes,
     }

@@ -60,6 +60,11 @@ def _sum_opt(values: Sequence[float | None]) -> float | None:
     return float(sum(vals)) if vals else None
 
 
+def _max_opt(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(max(vals)) if vals else None
+
+
 def _mean_opt(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -170,6 +175,7 @@ def host_scenario(r: HostReplays) -> HostScenario:
             sum(vals) * ps for vals in zip(*(o.policy_ideal_by_snapshot for o in main), strict=True)
         ),
         snapshot_times_s=main[0].snapshot_times_s,
+        last_applied_s=_max_opt([o.last_snapshot_s for o in main]),
         first_full_scan_s=_first_scans_s(timeline, scans_to_90),
         writes=r.writes,
         modelled_cow_breaks_per_s=_sum_opt([o.cow_breaks_per_s for o in main]),

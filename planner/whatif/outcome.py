@@ -319,6 +319,9 @@ class ReplayOutcome:
     #: Merges broken by the replayed writes per second after the last snapshot (the model's
     #: ``cow_ksm``; None: no writes replayed or nothing after the last snapshot)
     cow_breaks_per_s: float | None = None
+    #: What growth after the trace the replay assumed: the one line of its provenance's
+    #: ``growth`` (:class:`planner.engine.growth.GrowthNote`); None: not recorded
+    growth_summary: str | None = None
 
 
 __all__ = [

@@ -197,6 +197,10 @@ class HostScenario:
     #: The policy ideal at every snapshot (bytes) and the snapshots' times
     policy_ideal_by_snapshot_bytes: tuple[int, ...] = ()
     snapshot_times_s: tuple[float, ...] = ()
+    #: When the replay applied its last change of memory (the last snapshot, or the last
+    #: step of the growth continued after it): the steady state is measured from there
+    #: (:meth:`planner.whatif.outcome.SteadyState.of_replay`); None: nothing applied
+    last_applied_s: float | None = None
     #: Mean wall time of the full scans until 90 % of the saving is there (the first scans
     #: visit every page; at steady state smart scan skips many)
     first_full_scan_s: float | None = None

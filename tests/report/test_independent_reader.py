@@ -92,14 +92,15 @@ def time_to_90(data: Path, scenario: str) -> float:
     return next(t for t, v in points if v >= 0.9 * final)
 
 
-def ksmd_percent(data: Path, scenario: str, last_snapshot_s: float) -> float:
-    """ksmd's CPU over the full scans that started after the last snapshot, sleeps included."""
+def ksmd_percent(data: Path, scenario: str, last_applied_s: float) -> float:
+    """ksmd's CPU over the full scans that started after the replay's last change of memory
+    (the last snapshot, or the last step of the growth continued after it), sleeps included."""
     scans = sorted(
         (num(r["t_s"]), num(r["scan_time_s"]), num(r["cpu_s"]))
         for r in rows(data, "full-scans")
         if r["scenario"] == scenario
     )
-    first = next(i for i, (t, d, _) in enumerate(scans) if t - d >= last_snapshot_s - 1e-6)
+    first = next(i for i, (t, d, _) in enumerate(scans) if t - d >= last_applied_s - 1e-6)
     start = scans[first - 1][0] if first > 0 else scans[first][0] - scans[first][1]
     cpu = sum(c for _, _, c in scans[first:])
     return 100 * cpu / (scans[-1][0] - start)
@@ -119,7 +120,7 @@ def recompute(data: Path) -> tuple[dict[str, float], dict[str, str], str]:
             "workers_with": n1,
             "capacity_gain": n1 / n0 - 1,
             "unmerge_bytes": m.saved(n1),
-            "ksmd_host_share": ksmd_percent(data, scenario, m.p["last_snapshot_s"])
+            "ksmd_host_share": ksmd_percent(data, scenario, m.p["last_applied_s"])
             / 100
             / m.p["host_cpus"],
         }

@@ -125,3 +125,31 @@ def test_a_canary_recording_calibrates_the_whatif_writes() -> None:
         rates[observed is not None] = cow
     assert rates[False] < 100
     assert 490 < rates[True] < 1960, rates  # within 2x of the canary's cow_ksm (980/s)
+
+
+@pytest.mark.parametrize("growth", [True, False])
+def test_each_replay_outcome_states_the_growth_it_assumed(growth: bool) -> None:
+    """The what-if carries each replay's growth note (provenance ``growth``) to the review,
+    which states it, and the steady state starts where the replay last changed memory."""
+    trace = TRACES / "django-preload"
+    if not trace.exists():
+        pytest.skip(f"{trace} is not in this checkout")
+    res = run_whatif(
+        trace,
+        policy_sets=[preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000, "sleep_ms": 20}),
+        replay_options=ReplayOptions(duration_s=60.0, growth=growth),
+        executor=InlineExecutor(),
+    )
+    host = res.scenarios[0].hosts[0]
+    (outcome,) = host.replays
+    assert outcome.growth_summary is not None
+    assert outcome.growth_summary.startswith("growth after the trace: ")
+    # on: the pages continued (this trace's growth is continued); off: said so
+    assert ("pages over" in outcome.growth_summary) == growth, outcome.growth_summary
+    last_snapshot_s = host.snapshot_times_s[-1]
+    assert host.last_applied_s is not None
+    if growth:
+        assert host.last_applied_s > last_snapshot_s + 1.0  # growth steps applied after it
+    else:
+        assert host.last_applied_s == pytest.approx(last_snapshot_s, abs=1.0)
