@@ -89,6 +89,7 @@ from planner.engine.rows import (
     ContentCatalog,
     MmLayout,
     RowColumns,
+    SnapshotSequence,
     build_delta,
 )
 from planner.engine.writes import IntervalWrites, _phases
@@ -362,25 +363,30 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     n = inp.n_snapshots
     if n < 3:
         return inp, GrowthNote("none", "fewer than three snapshots")
-    snaps = inp.snapshots
-    first, prev, last = snaps[n - 3], snaps[n - 2], snaps[n - 1]
     ts = [t / 1e9 for t in inp.times_ns[n - 3 :]]
-    grow = [
-        int(m)
-        for m in last.layout.present.tolist()
-        if first.rows_of(int(m))[1] > first.rows_of(int(m))[0]
-        and prev.rows_of(int(m))[1] > prev.rows_of(int(m))[0]
-    ]
+    grow, per = _growing([d.layout for d in inp.deltas[n - 3 :]])
     if not grow:
         return inp, GrowthNote(
             "none", "no process in the last three snapshots", sizes_pages=[0] * 3
         )
-    every = [np.ones(s.n, bool) for s in (first, prev, last)]
-    per = np.stack(
-        [_per_mm(s, e, grow) for s, e in zip((first, prev, last), every, strict=True)], axis=1
-    )
     sizes = per.sum(axis=0).tolist()
     starts: list[U64] | None = inp.meta.get("mapping_starts")
+    cap = MAX_GROWTH_FRACTION * sizes[2]
+    if starts is None and fit_growth(ts, [float(x) for x in sizes]).status not in (
+        "continued",
+        "not saturating",
+    ):
+        # without mappings every row is "inside", and a fit that continues nothing needs no
+        # templates: the three snapshots are not rebuilt (3 full copies of a 16M-page host)
+        none = [np.zeros(0, np.int64)] * len(grow)
+        d_in = [int(x) for x in np.diff(sizes)]
+        inside, fit = _inside_kind(ts, sizes, np.diff(per, axis=1), d_in, none, cap)
+        nothing = np.zeros((len(grow), 2), np.int64)
+        new_maps = _new_mapping_kind(inp, grow, ts, nothing, [0, 0], none, cap, False)
+        return inp, _no_growth(inside, new_maps, fit, sizes)
+    # the full snapshots, rebuilt for this call only (nothing kept on ``inp``)
+    snaps = SnapshotSequence(inp.deltas)
+    first, prev, last = snaps[n - 3], snaps[n - 2], snaps[n - 1]
     # the two kinds, interval by interval: rows in mappings new in the interval, and the
     # rest of the net growth (pages filled, or given back, inside the mappings there before)
     # (rows that appeared: a mapping split or merged again has a new start, not new pages)
@@ -393,7 +399,6 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
     new_p = np.stack([_per_mm(prev, nm_prev, grow), _per_mm(last, nm_last, grow)], axis=1)
     in_p = np.diff(per, axis=1) - new_p
-    cap = MAX_GROWTH_FRACTION * sizes[2]
 
     # pages inside existing mappings: the saturating curve
     d_in = [int(x) for x in in_p.sum(axis=0)]
@@ -410,15 +415,7 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     kinds = [k for k in (inside, new_maps) if k.share.sum() > 0]
     notes = {INSIDE: inside.note, NEW_MAPPINGS: new_maps.note}
     if not kinds:
-        lead = inside.note if inside.note.status != "none" else new_maps.note
-        reason = f"inside mappings: {inside.note.reason}; new mappings: {new_maps.note.reason}"
-        return inp, GrowthNote(
-            lead.status,
-            reason,
-            sizes_pages=sizes,
-            tau_s=fit.tau_s,
-            kinds={k: v.to_dict() for k, v in notes.items()},
-        )
+        return inp, _no_growth(inside, new_maps, fit, sizes)
     horizon_s = max(k.end_s for k in kinds)
     step_s = max(MIN_STEP_S, horizon_s / MAX_STEPS)
     if inside.tau_s is not None:
@@ -503,6 +500,32 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     )
     out = dataclasses.replace(out, meta={**out.meta, "growth": note.to_dict(), "traced": n})
     return out, note
+
+
+def _growing(lays: list[MmLayout]) -> tuple[list[int], I64]:
+    """The mms present at all three snapshots of ``lays``, and their rows at each (from the
+    deltas' layouts alone: no snapshot is rebuilt)."""
+    grow = [
+        int(m)
+        for m in lays[2].present.tolist()
+        if all(lay.rows_of(int(m))[1] > lay.rows_of(int(m))[0] for lay in lays[:2])
+    ]
+    per = np.array(
+        [[lay.rows_of(m)[1] - lay.rows_of(m)[0] for lay in lays] for m in grow], np.int64
+    ).reshape(len(grow), 3)
+    return grow, per
+
+
+def _no_growth(inside: _Kind, new_maps: _Kind, fit: GrowthFit, sizes: list[int]) -> GrowthNote:
+    """The note of a trace whose growth continues in neither kind."""
+    lead = inside.note if inside.note.status != "none" else new_maps.note
+    return GrowthNote(
+        lead.status,
+        f"inside mappings: {inside.note.reason}; new mappings: {new_maps.note.reason}",
+        sizes_pages=sizes,
+        tau_s=fit.tau_s,
+        kinds={INSIDE: inside.note.to_dict(), NEW_MAPPINGS: new_maps.note.to_dict()},
+    )
 
 
 def _inside_kind(

@@ -325,6 +325,34 @@ def test_a_shrinking_heap_is_not_continued() -> None:
     assert out is inp
 
 
+def test_a_shrinking_host_without_mappings_is_judged_without_rebuilding_snapshots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without mapping starts every row is "inside", and a fit that continues nothing needs
+    no templates: the sizes come from the deltas' layouts, and no snapshot is rebuilt (at
+    4M pages that was 167 B per page of the replay's peak)."""
+    import planner.engine.growth as growth
+
+    w = _growing_world((40, 20))
+    w.unmap(100, HEAP, 70)
+    w.unmap(101, HEAP, 70)
+    w.snapshot(6.0)
+    inp = prepare(w.host_trace())
+    inp = dataclasses.replace(
+        inp, meta={k: v for k, v in inp.meta.items() if k != "mapping_starts"}
+    )
+
+    def rebuilt(*_: object) -> None:
+        raise AssertionError("a snapshot was rebuilt")
+
+    monkeypatch.setattr(growth, "SnapshotSequence", rebuilt)
+    out, note = continue_growth(inp)
+    assert out is inp
+    assert note.status == "none"
+    assert "new mappings: the input holds no mappings" in note.reason
+    assert note.sizes_pages[2] < note.sizes_pages[1]  # the heap gave pages back
+
+
 def _replayed(inp: ReplayInput, **kw: object) -> dict[str, object]:
     res = replay(
         inp,
