@@ -91,6 +91,7 @@ from planner.engine.rows import (
     RowColumns,
     SnapshotSequence,
     build_delta,
+    isin,
 )
 from planner.engine.writes import IntervalWrites, _phases
 
@@ -307,7 +308,7 @@ def _in_new_mapping(starts: list[U64] | None, k_from: int, k_to: int, rows: Snap
     pos = np.searchsorted(s_to, keys, side="right") - 1
     start = s_to[np.maximum(pos, 0)]
     same_mm = (start >> MM_SHIFT) == (keys >> MM_SHIFT)
-    return np.asarray((pos >= 0) & same_mm & ~np.isin(start, s_from))
+    return np.asarray((pos >= 0) & same_mm & ~isin(start, s_from, of_sorted=True))
 
 
 def _per_mm(rows: SnapshotRows, sel: B, grow: list[int]) -> I64:
@@ -372,17 +373,18 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     sizes = per.sum(axis=0).tolist()
     starts: list[U64] | None = inp.meta.get("mapping_starts")
     cap = MAX_GROWTH_FRACTION * sizes[2]
-    if starts is None and fit_growth(ts, [float(x) for x in sizes]).status not in (
+    if _no_new_mappings(starts, n) and fit_growth(ts, [float(x) for x in sizes]).status not in (
         "continued",
         "not saturating",
     ):
-        # without mappings every row is "inside", and a fit that continues nothing needs no
-        # templates: the three snapshots are not rebuilt (3 full copies of a 16M-page host)
+        # without new mappings every row is "inside", and a fit that continues nothing needs
+        # no templates: the three snapshots are not rebuilt (3 full copies of a 16M-page host)
         none = [np.zeros(0, np.int64)] * len(grow)
         d_in = [int(x) for x in np.diff(sizes)]
         inside, fit = _inside_kind(ts, sizes, np.diff(per, axis=1), d_in, none, cap)
         nothing = np.zeros((len(grow), 2), np.int64)
-        new_maps = _new_mapping_kind(inp, grow, ts, nothing, [0, 0], none, cap, False)
+        has_maps = starts is not None
+        new_maps = _new_mapping_kind(inp, grow, ts, nothing, [0, 0], none, cap, has_maps)
         return inp, _no_growth(inside, new_maps, fit, sizes)
     # the full snapshots, rebuilt for this call only (nothing kept on ``inp``)
     snaps = SnapshotSequence(inp.deltas)
@@ -391,9 +393,9 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     # rest of the net growth (pages filled, or given back, inside the mappings there before)
     # (rows that appeared: a mapping split or merged again has a new start, not new pages)
     lk = last.keys()
-    appeared_prev = ~np.isin(prev.keys(), first.keys())
-    appeared_last = ~np.isin(lk, prev.keys())
-    appeared_both = ~np.isin(lk, first.keys())
+    appeared_prev = ~isin(prev.keys(), first.keys(), of_sorted=True)
+    appeared_last = ~isin(lk, prev.keys(), of_sorted=True)
+    appeared_both = ~isin(lk, first.keys(), of_sorted=True)
     nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & appeared_prev
     nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & appeared_last
     nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
@@ -447,8 +449,8 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     h = last.hash[all_t]
     earlier = ~appeared_last[all_t]
     keeps = last.zero[all_t].copy()
-    keeps[~earlier] |= np.isin(h[~earlier], prev.hash)
-    keeps[earlier] |= np.isin(h[earlier], first.hash)
+    keeps[~earlier] |= isin(h[~earlier], prev.hash)
+    keeps[earlier] |= isin(h[earlier], first.hash)
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
     out, appended = _append_steps(
@@ -514,6 +516,17 @@ def _growing(lays: list[MmLayout]) -> tuple[list[int], I64]:
         [[lay.rows_of(m)[1] - lay.rows_of(m)[0] for lay in lays] for m in grow], np.int64
     ).reshape(len(grow), 3)
     return grow, per
+
+
+def _no_new_mappings(starts: list[U64] | None, n: int) -> bool:
+    """No mapping start of the last two snapshots is missing from the one(s) before: no row
+    can lie in a new mapping (:func:`_in_new_mapping`). True without mappings."""
+    if starts is None:
+        return True
+    return all(
+        k_to >= len(starts) or bool(isin(starts[k_to], starts[k_from], of_sorted=True).all())
+        for k_from, k_to in ((n - 3, n - 2), (n - 2, n - 1), (n - 3, n - 1))
+    )
 
 
 def _no_growth(inside: _Kind, new_maps: _Kind, fit: GrowthFit, sizes: list[int]) -> GrowthNote:

@@ -58,6 +58,19 @@ def row_keys(mm: npt.NDArray[np.integer[Any]], page: U64) -> U64:
     return (mm.astype(np.uint64) << MM_SHIFT) | page
 
 
+def isin(values: npt.NDArray[Any], of: npt.NDArray[Any], *, of_sorted: bool = False) -> B:
+    """``np.isin(values, of)`` by binary search in ``of`` (sorted here unless ``of_sorted``).
+
+    numpy 2.x's ``np.isin`` on millions of 64-bit keys goes through a hashed ``unique`` of
+    both arrays and took 3-5 s for 4M keys on these machines; a sort and ``searchsorted``
+    take 0.1-0.3 s, for the same answer."""
+    if of.size == 0 or values.size == 0:
+        return np.zeros(values.shape, bool)
+    ref = of if of_sorted else np.sort(of)
+    pos = np.minimum(np.searchsorted(ref, values), ref.size - 1)
+    return np.asarray(ref[pos] == values, dtype=bool)
+
+
 @dataclass(frozen=True)
 class MmLayout:
     """Which mms a snapshot holds and where their rows are."""
@@ -771,6 +784,7 @@ __all__ = [
     "Transition",
     "apply_delta",
     "build_delta",
+    "isin",
     "row_keys",
     "transition",
 ]

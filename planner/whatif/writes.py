@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from planner.engine.rows import isin
 from planner.trace import schema as S
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr, Ar
     pairs = np.unique(np.stack([h, f], axis=1), axis=0)
     hashes, n_frames = np.unique(pairs[:, 0], return_counts=True)
     multi = hashes[n_frames >= 2]
-    mergeable = np.isin(h, multi) | zero
+    mergeable = isin(h, multi, of_sorted=True) | zero
     order = np.argsort(key, kind="stable")
     return key[order], h[order], f[order], mergeable[order]
 
