@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -388,9 +389,15 @@ def test_observe_a_holder_while_ksmd_merges(tmp_path: Path, ksm_lease: KsmLease)
         pid = h.pid
     finally:
         h.kill()
-    assert res.samples == 16
+    # 16 ticks of 0.1 s over 1.5 s; a sample that ends after the next tick skips it (ksmd at
+    # 100,000 pages per batch takes one of the two CPUs from 0.3 s on): one fresh-clone run
+    # of the suite got 14
+    assert 10 <= res.samples <= 16, res.samples
     tl = read_observed(tmp_path / "rec")
     c = tl.counters
+    assert len(c) == res.samples
+    t_s = c.index.to_numpy() if c.index.name == "t_s" else c["t_s"].to_numpy()
+    assert (np.diff(t_s) > 0.05).all(), t_s  # one sample per tick of the grid at most
     assert c["run"].iloc[0] == 0
     assert c["run"].iloc[-1] == 1
     assert c["pages_sharing"].iloc[0] == 0
