@@ -123,12 +123,6 @@ STEADY_MAX_S: Final = 600.0
 #: Pages filled inside existing mappings that grow faster and faster: continued at their
 #: mean rate for the snapshots' span (decided on the recorded Node runs, docs/live-validation.md).
 CONTINUE_ACCELERATING: Final = True
-#: A kind continued at its mean rate over both intervals draws its templates from the rows
-#: that appeared over both (a curve, the rate at the last snapshot: the last interval's).
-MEAN_RATE_TEMPLATES_BOTH: Final = True
-#: The capture's sampling passes after the last snapshot test the continuation: growth
-#: beyond it continues the growth inside the mappings as a steady component.
-TEST_ON_PASSES: Final = True
 #: The two kinds of new memory.
 INSIDE: Final = "inside"
 NEW_MAPPINGS: Final = "new mappings"
@@ -379,10 +373,9 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     sizes = per.sum(axis=0).tolist()
     starts: list[U64] | None = inp.meta.get("mapping_starts")
     cap = MAX_GROWTH_FRACTION * sizes[2]
-    if (
-        _no_new_mappings(starts, n)
-        and fit_growth(ts, [float(x) for x in sizes]).status not in ("continued", "not saturating")
-        and _seen_after(inp, grow) < MIN_PAGES
+    if _no_new_mappings(starts, n) and fit_growth(ts, [float(x) for x in sizes]).status not in (
+        "continued",
+        "not saturating",
     ):
         # without new mappings every row is "inside", and a fit that continues nothing needs
         # no templates: the three snapshots are not rebuilt (3 full copies of a 16M-page host)
@@ -411,35 +404,16 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
 
     # pages inside existing mappings: the saturating curve
     d_in = [int(x) for x in in_p.sum(axis=0)]
-    # templates: a curve continues the rate at the last snapshot, so the rows that appeared
-    # in the last interval; a mean rate over both intervals, the rows of both
     tmpl_in = [
         _first_rows(last, m, [appeared_last & ~nm_last, appeared_both & ~nm_both]) for m in grow
     ]
-    tmpl_in_both = [_first_rows(last, m, [appeared_both & ~nm_both]) for m in grow]
-    if not MEAN_RATE_TEMPLATES_BOTH:
-        tmpl_in_both = tmpl_in
-    inside, fit = _inside_kind(ts, sizes, in_p, d_in, tmpl_in, cap, tmpl_in_both)
+    inside, fit = _inside_kind(ts, sizes, in_p, d_in, tmpl_in, cap)
 
     # pages of new mappings: a steady component, continued at its mean rate
     d_new = [int(x) for x in new_p.sum(axis=0)]
-    tmpl_new = [
-        _first_rows(last, m, [nm_both] if MEAN_RATE_TEMPLATES_BOTH else [nm_last, nm_both])
-        for m in grow
-    ]
+    tmpl_new = [_first_rows(last, m, [nm_last, nm_both]) for m in grow]
     room = max(cap - float(inside.share.sum()), 0.0)
     new_maps = _new_mapping_kind(inp, grow, ts, new_p, d_new, tmpl_new, room, starts is not None)
-    # the passes the capture made after the last snapshot test the continuation: growth
-    # faster than both kinds reach by then says the growth inside has not slowed
-    refuted = _refuted_by_passes(inp, grow, ts[2], inside, new_maps)
-    if TEST_ON_PASSES and refuted is not None and sum(d_in) >= MIN_PAGES:
-        steady = _steady_inside(inp, grow, ts, in_p, d_in, tmpl_in_both, cap, refuted)
-        if steady is not None:
-            inside = steady
-            room = max(cap - float(inside.share.sum()), 0.0)
-            new_maps = _new_mapping_kind(
-                inp, grow, ts, new_p, d_new, tmpl_new, room, starts is not None
-            )
     kinds = [k for k in (inside, new_maps) if k.share.sum() > 0]
     notes = {INSIDE: inside.note, NEW_MAPPINGS: new_maps.note}
     if not kinds:
@@ -568,13 +542,7 @@ def _no_growth(inside: _Kind, new_maps: _Kind, fit: GrowthFit, sizes: list[int])
 
 
 def _inside_kind(
-    ts: list[float],
-    sizes: list[int],
-    in_p: I64,
-    d_in: list[int],
-    tmpl_in: list[I64],
-    cap: float,
-    tmpl_both: list[I64] | None = None,
+    ts: list[float], sizes: list[int], in_p: I64, d_in: list[int], tmpl_in: list[I64], cap: float
 ) -> tuple[_Kind, GrowthFit]:
     """The continuation of the pages filled inside existing mappings (module notes)."""
     span = ts[2] - ts[0]
@@ -606,8 +574,6 @@ def _inside_kind(
     elif fit.status == "continued":
         inside = _none(INSIDE, "none", "no process has rows that appeared", d_in, n_grow)
     elif fit.status == "not saturating" and CONTINUE_ACCELERATING and share_in.sum() > 0:
-        tmpl_mean = tmpl_in if tmpl_both is None else tmpl_both
-        share_in[[t.size == 0 for t in tmpl_mean]] = 0.0
         rate = share_in / span
         inside = _Kind(
             KindNote(
@@ -620,7 +586,7 @@ def _inside_kind(
                 rate_pages_per_s=float(rate.sum()),
                 horizon_s=span,
             ),
-            tmpl_mean,
+            tmpl_in,
             share_in,
             rate,
             np.full(n_grow, span),
@@ -686,90 +652,6 @@ def _new_mapping_kind(
             horizon,
         )
     return new_maps
-
-
-def _passes_after(inp: ReplayInput) -> dict[int, tuple[list[float], list[int]]]:
-    """Per mm: the capture's sampling passes after the last snapshot, (times in trace s,
-    present pages) (:func:`planner.engine.prepare.prepare`; empty without sampling)."""
-    after: dict[int, tuple[list[float], list[int]]] = inp.meta.get("present_after") or {}
-    return after
-
-
-def _seen_after(inp: ReplayInput, grow: list[int]) -> int:
-    """Pages the processes of ``grow`` gained from their first to their last pass after
-    the last snapshot."""
-    after = _passes_after(inp)
-    return sum(after[m][1][-1] - after[m][1][0] for m in grow if len(after.get(m, ((), ()))[0]) > 1)
-
-
-def _refuted_by_passes(
-    inp: ReplayInput, grow: list[int], t_last_s: float, inside: _Kind, new_maps: _Kind
-) -> str | None:
-    """Whether the sampling passes after the last snapshot (``meta["present_after"]``,
-    present anonymous pages per process) grew more than the continuation of both kinds
-    reaches over the same time; then why, else None. Per process, from its first to its
-    last pass; summed over the processes of ``grow`` with two passes or more."""
-    after = _passes_after(inp)
-    seen, model, span_s = 0, 0.0, 0.0
-    for i, m in enumerate(grow):
-        ts, ps = after.get(m, ([], []))
-        if len(ts) < 2:
-            continue
-        t = np.array([ts[0] - t_last_s, ts[-1] - t_last_s])
-        reach = inside.reached(t)[:, i] + new_maps.reached(t)[:, i]
-        model += float(reach[1] - reach[0])
-        seen += ps[-1] - ps[0]
-        span_s = max(span_s, ts[-1] - ts[0])
-    if seen < MIN_PAGES or seen <= model:
-        return None
-    return (
-        f"the capture's passes after the last snapshot saw {seen:+,} pages over {span_s:.1f} s, "
-        f"the continuation reaches {model:+,.0f}"
-    )
-
-
-def _steady_inside(
-    inp: ReplayInput,
-    grow: list[int],
-    ts: list[float],
-    in_p: I64,
-    d_in: list[int],
-    tmpl_in: list[I64],
-    cap: float,
-    why: str,
-) -> _Kind | None:
-    """The growth inside the mappings as a steady component (as new mappings are): its mean
-    rate over the snapshots, per process, for as long again as the process had run."""
-    span = ts[2] - ts[0]
-    made = np.maximum(in_p.sum(axis=1), 0).astype(np.float64)
-    made[[t.size == 0 for t in tmpl_in]] = 0.0
-    if made.sum() <= 0:
-        return None
-    rate = made / span
-    horizon = np.minimum(_ages(inp, grow, ts[2], span) * STEADY_AGE_FACTOR, STEADY_MAX_S)
-    share = rate * horizon
-    capped = float(share.sum()) > cap
-    if capped:
-        scale = cap / float(share.sum())
-        rate, share = rate * scale, share * scale
-    h = horizon[made > 0]
-    return _Kind(
-        KindNote(
-            INSIDE,
-            "continued",
-            "mean rate",
-            f"{why}: the growth has not slowed; its mean rate, for as long again as each "
-            f"process had run ({h.min():.0f}-{h.max():.0f} s)",
-            d_in,
-            rate_pages_per_s=float(rate.sum()),
-            horizon_s=float(h.max()),
-            capped=capped,
-        ),
-        tmpl_in,
-        share,
-        rate,
-        horizon,
-    )
 
 
 def _ages(

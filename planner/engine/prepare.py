@@ -823,37 +823,6 @@ def _prepare(
     return inp
 
 
-def _present_after(
-    ht: HostTrace, procs: _Processes, proc_pid: I64, t_last_s: float
-) -> dict[int, tuple[list[float], list[int]]]:
-    """Per mm: the sampling passes the capture made after the last snapshot, as (end of
-    the pass in trace time, s) and ``pages_present`` (present anonymous pages, pagemap).
-    The growth model tests its continuation on them (planner.engine.growth); empty for a
-    trace without such passes."""
-    if ht.samples.num_rows == 0:
-        return {}
-    proc_start = as_numpy(ht.processes.column("proc_start"), np.uint64)
-    mm_of = {
-        (int(proc_pid[r]), int(proc_start[r])): int(procs.row_mm[r])
-        for r in np.flatnonzero(procs.row_mm >= 0).tolist()
-    }
-    s = ht.samples.to_pydict()
-    out: dict[int, tuple[list[float], list[int]]] = {}
-    for pid, start, t1, present, state in zip(
-        s["pid"], s["proc_start"], s["t1_s"], s["pages_present"], s["state"], strict=True
-    ):
-        mm = mm_of.get((int(pid), int(start)))
-        if mm is None or state != "ok" or present is None or t1 is None or t1 <= t_last_s:
-            continue
-        ts, ps = out.setdefault(mm, ([], []))
-        ts.append(float(t1))
-        ps.append(int(present))
-    for ts, ps in out.values():
-        order = sorted(range(len(ts)), key=ts.__getitem__)
-        ts[:], ps[:] = [ts[i] for i in order], [ps[i] for i in order]
-    return out
-
-
 def _prepare_rows(
     ht: HostTrace,
     pages: Iterable[tuple[int, pa.Table]],
@@ -894,7 +863,6 @@ def _prepare_rows(
         if m >= 0 and t is not None
     }
     intervals_s: list[float | None] = snaps.get("interval_s") or [None] * len(sids)
-    present_after = _present_after(ht, procs, proc_pid, times_s[-1] if times_s else 0.0)
     builder = InputBuilder(
         host=ht.host,
         page_size=page_size,
@@ -907,7 +875,6 @@ def _prepare_rows(
             "host_load": _load(ht),
             "mappings": _mapping_spans(sids, maps),
             "mm_start_s": mm_start_s,
-            "present_after": present_after,
         },
     )
     empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas

@@ -171,9 +171,8 @@ def test_new_mappings_alone_go_on_at_their_mean_rate() -> None:
     assert new_maps["horizon_s"] == pytest.approx(4.0)
     assert note.total_pages == new_maps["total_pages"] == 160
     assert new_maps["pages_by_pid"] == {"100": 80, "101": 80}
-    # templates: a mean rate over both intervals draws from the new mappings of both (30 +
-    # 50 rows per worker), 4 in 5 held before
-    assert new_maps["template_rows"] == 160
+    # templates: the last interval's new mapping (50 rows per worker), 4 in 5 held before
+    assert new_maps["template_rows"] == 100
     assert new_maps["repeat_fraction"] == pytest.approx(0.8)
     hashes, _ = _grown_rows(inp, out)
     held = np.isin(hashes, inp.snapshots[inp.n_snapshots - 2].hash)
@@ -222,8 +221,8 @@ def test_both_kinds_each_with_its_own_curve_and_templates() -> None:
     # each kind draws from its own templates: the heap's repeat a quarter, the mappings 4/5
     assert inside["repeat_fraction"] == pytest.approx(0.25)
     assert new_maps["repeat_fraction"] == pytest.approx(0.8)
-    assert inside["template_rows"] == 40  # a curve: the last interval's rows
-    assert new_maps["template_rows"] == 160  # a mean rate: both intervals' rows
+    assert inside["template_rows"] == 40
+    assert new_maps["template_rows"] == 100
     hashes, _ = _grown_rows(inp, out)
     held = np.isin(hashes, inp.snapshots[inp.n_snapshots - 2].hash)
     want = (0.25 * inside["total_pages"] + 0.8 * 160) / note.total_pages
