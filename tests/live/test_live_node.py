@@ -9,7 +9,11 @@ and with what contents the trace does not show: the four runs under the issue's 
 2026-12-03 were −5.9 to −28.7 %, this test's first run +21.7 % (the five of 2026-12-02:
 −19.5 to −40.9 %), and their ``ksm_rmap_items`` (the memory scanned) −21.0 to +34.9 %. This
 test asserts the bounds those ten runs support, so that a change that makes Node worse is
-seen, and prints the measured errors either way.
+seen, and prints the measured errors either way. It can fail without any change: the
+workers give back most of their memory at once on reaching about 60,000 pages, which
+under this protocol came just after the minute in every run recorded; a run whose workers
+get there sooner is scored after the drop (two runs captured over 20 s were: +610 and
++666 %).
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live/test_live_node.py``;
 about 3 minutes plus any wait for the KSM lock.
