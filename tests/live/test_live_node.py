@@ -1,0 +1,75 @@
+"""The Node.js cluster on the real ksmd: what the planner's error is under issue 10's protocol
+(docs/live-validation.md, "Node under issue 10's protocol, and after a longer warm-up").
+
+One run of the ``node`` workload (4 workers under an open loop of 1,000 requests/s), warmed
+up for 30 s, captured with ``--sample-ms 100`` (3 snapshots 2 s apart) and observed for 60 s
+at 1000 pages / 20 ms. Issue 10's target for Node is ±5 % of the kernel's steady
+``pages_sharing``; it is not met. The V8 heaps keep growing after the capture, and how much
+and with what contents the trace does not show: the four runs under the issue's protocol on
+2026-12-03 were −5.9 to −28.7 %, this test's first run +21.7 % (the five of 2026-12-02:
+−19.5 to −40.9 %), and their ``ksm_rmap_items`` (the memory scanned) −21.0 to +34.9 %. This
+test asserts the bounds those ten runs support, so that a change that makes Node worse is
+seen, and prints the measured errors either way. It can fail without any change: the
+workers give back most of their memory at once on reaching about 60,000 pages, which
+under this protocol came just after the minute in every run recorded; a run whose workers
+get there sooner is scored after the drop (two runs captured over 20 s were: +610 and
++666 %).
+
+Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live/test_live_node.py``;
+about 3 minutes plus any wait for the KSM lock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from planner.errors import KernelUnsupportedError, KsmBusyError
+from planner.kernel.sysfs import KsmSysfs
+from planner.testing.live.compare import CompareOptions, compare_run
+from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
+
+pytestmark = [pytest.mark.kernel, pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+LOCK_WAIT_S = 900.0
+ISSUE_TARGET = 0.05  # issue 10: Node within ±5 % of the kernel's steady pages_sharing
+#: What the recorded runs support (docs/live-validation.md): |error| of pages_sharing ...
+PAGES_SHARING_BOUND = 0.45
+#: ... and of ksm_rmap_items summed over the processes (the memory scanned: its size).
+RMAP_ITEMS_BOUND = 0.40
+
+
+@pytest.fixture(scope="module")
+def node_run(tmp_path_factory: pytest.TempPathFactory) -> LiveRun:
+    """One run of the node workload under the issue's protocol. The run holds the KSM
+    lease, which restores every knob, and fails if it leaves a process behind."""
+    if not KsmSysfs().available():
+        pytest.skip("no /sys/kernel/mm/ksm: this kernel has no KSM")
+    if os.geteuid() != 0:
+        pytest.skip("live runs write /sys/kernel/mm/ksm and read other processes: need root")
+    out: Path = tmp_path_factory.mktemp("node") / "run"
+    cfg = LiveConfig(lock_wait_s=LOCK_WAIT_S, sample_ms=100.0, warmup_s=30.0)
+    try:
+        return run_live("node", out, config=cfg)
+    except (KsmBusyError, KernelUnsupportedError) as exc:
+        pytest.skip(f"KSM cannot be leased here: {exc.one_line()}")
+
+
+def test_node_under_the_issues_protocol_stays_within_the_recorded_error(
+    node_run: LiveRun,
+) -> None:
+    cmp = compare_run(node_run, CompareOptions(alignment="time"))
+    ps = cmp.metrics["pages_sharing_steady"]
+    rmap = cmp.metrics["rmap_items_total_steady"]
+    assert ps.error is not None
+    assert rmap.error is not None
+    measured = (
+        f"node, 30 s warm-up: {ps.describe()} (issue 10: ±{ISSUE_TARGET:.0%}, "
+        f"{'met' if abs(ps.error) <= ISSUE_TARGET else 'not met'}); {rmap.describe()}; "
+        f"host: {cmp.host_load.get('observe', {}).get('text')}; {cmp.summary().splitlines()[-1]}"
+    )
+    print(measured)
+    assert abs(ps.error) <= PAGES_SHARING_BOUND, measured
+    assert abs(rmap.error) <= RMAP_ITEMS_BOUND, measured
