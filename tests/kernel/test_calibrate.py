@@ -122,7 +122,8 @@ def test_the_fit_recovers_every_cost_it_was_generated_from() -> None:
     for name, want in TRUTH.items():
         assert got[name] == pytest.approx(want, abs=3), name
     assert fit["wake_batch_ns"] == pytest.approx(WARM_BATCH_NS, abs=1)
-    assert fit["unstable_fit"]["levels"] == [10.0, 12.0, 14.0]
+    # the mean levels of a scan of N inserts into an emptied tree: (N * c - 2**c + 1) / N
+    assert fit["unstable_fit"]["levels"] == pytest.approx([8.977, 10.97625, 12.9760625])
 
 
 def test_a_tick_aligned_wake_gives_zero_latency_and_keeps_the_raw_value() -> None:
