@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     prof = CostProfile.default()
-    unstable_idle = prof.unstable_ns(PAGES)
+    unstable_idle = prof.scan_insert_ns(PAGES)
     with KsmLease({"pages_to_scan": 1000, "sleep_millisecs": 20, "smart_scan": 0}) as lease:
         s = _Session(lease, ksmd_pid(), NULL_PROGRESS)
         with _holder(PAGES, _unique(np.random.default_rng(1), PAGES)):

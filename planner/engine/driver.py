@@ -46,7 +46,6 @@ from planner.engine.cost import PATHS
 from planner.engine.options import MAX_GRID_POINTS, grid_overflow
 from planner.engine.result import (
     R_FULL_SCANS,
-    R_UNSHARED,
     GridRecord,
     ReplayResult,
     ScanRecord,
@@ -81,8 +80,10 @@ class BatchPlan:
     """What the driver asks of one :meth:`Core.run` call.
 
     Run batches from ``t0_ns`` (a batch lasts ``batch_overhead_ns`` plus, for the batch
-    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns``: wall
-    time, ksmd's CPU stretched by its share of a busy host; the next batch starts
+    that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns`` and
+    ``level_ns`` per unstable-tree level they walk (:func:`planner.engine.cost.tree_levels`
+    of the inserts made so far in the scan): wall time, ksmd's CPU stretched by its share
+    of a busy host; the next batch starts
     ``sleep_ns`` after it ends) until the full scan ends or the next batch
     would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
     this scan (see :class:`Horizon`).
@@ -91,8 +92,9 @@ class BatchPlan:
     t0_ns: int
     starts_scan: bool  # this run's first batch is a full scan's first
     pages_to_scan: int
-    cost: CostProfile  # for an engine that runs scans ahead (their tree sizes differ)
+    cost: CostProfile  # for an engine that runs scans ahead
     path_costs_ns: tuple[int, ...]
+    level_ns: int
     batch_overhead_ns: int
     scan_start_ns: int
     sleep_ns: int
@@ -128,7 +130,8 @@ class BatchRun:
     ``scans_ended`` is the number of full scans that ended in it (0 or 1 for one scan; more
     when an engine ran whole scans ahead), each at the batch given by ``scan_end_batches``.
     ``paths`` counts the visits per path (:data:`planner.engine.cost.PATHS`) of each scan
-    in it, in order (one row per scan, the last one possibly unfinished).
+    in it, in order (one row per scan, the last one possibly unfinished); ``levels`` the
+    unstable-tree levels those visits walked, per path, in the same rows.
     """
 
     times_ns: I64
@@ -136,6 +139,7 @@ class BatchRun:
     rows: I64  # (batches, N_ROW)
     scan_end_batches: list[int] = field(default_factory=list)
     paths: list[I64] = field(default_factory=list)
+    levels: list[I64] = field(default_factory=list)
     processes: list[dict[str, dict[str, int]]] = field(default_factory=list)
 
     @property
@@ -262,7 +266,6 @@ class Driver:
         self.advisor = AdvisorState()
         self.cpu_ns = int(knobs.advisor_initial_cpu_s * NS_PER_S)
         self.cpu_start_ns = self.cpu_ns
-        self.tree_pages_for_cost = 0
         self.path_visits = np.zeros(len(PATHS), np.int64)
         self.path_cpu_ns = np.zeros(len(PATHS), np.int64)
         self.batches = 0
@@ -470,7 +473,8 @@ class Driver:
             starts_scan=starts,
             pages_to_scan=self.pages_to_scan,
             cost=self.wall,
-            path_costs_ns=self.wall.path_costs(self.tree_pages_for_cost),
+            path_costs_ns=self.wall.path_costs(),
+            level_ns=self.wall.unstable_per_level_ns,
             batch_overhead_ns=self.wall.batch_overhead_ns,
             scan_start_ns=self.wall.scan_start_ns if starts else 0,
             sleep_ns=self.sleep,
@@ -485,10 +489,11 @@ class Driver:
         ends = [*run.scan_end_batches]
         if len(run.paths) > len(ends):
             ends.append(run.times_ns.size - 1)  # the unfinished scan's part
+        costs = np.array(self.cost.path_costs(), np.int64)
+        level_ns = self.cost.unstable_per_level_ns
         for j, last in enumerate(ends):
-            costs = np.array(self.cost.path_costs(self.tree_pages_for_cost), np.int64)
             self.path_visits += run.paths[j]
-            self.path_cpu_ns += run.paths[j] * costs
+            self.path_cpu_ns += run.paths[j] * costs + run.levels[j] * level_ns
             self.cpu_ns += cpu_of_wall_ns(int(run.cpu_ns[begin : last + 1].sum()), self.share_ppm)
             self.batches += last + 1 - begin
             self.scan_batches += last + 1 - begin
@@ -518,7 +523,6 @@ class Driver:
                 max_pages=self.k.advisor_max_pages_to_scan,
             )
             self.pages_to_scan = pages
-        self.tree_pages_for_cost = int(row[R_UNSHARED])
         self.scans.append(
             ScanRecord(
                 full_scans=self.seqnr,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from planner.engine.cost import PATHS
+from planner.engine.cost import PATHS, tree_levels
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.result import (
     N_ROW,
@@ -160,6 +160,9 @@ class ReferenceEngine:
         self.mm_merging: Counter[int] = Counter()
         self.mm_zero: Counter[int] = Counter()
         self._batch_paths: Counter[str] = Counter()
+        #: unstable-tree levels walked in the current batch, per path (cost.tree_levels)
+        self._batch_levels: Counter[str] = Counter()
+        self.scan_inserts = 0  # unstable-tree inserts in the current full scan
         self._scan_ended = False
         #: optional debugging aid: (full scan, mm, page, path) of every visit, when a list
         self.visit_log: list[tuple[int, int, int, str]] | None = None
@@ -609,16 +612,20 @@ class ReferenceEngine:
             self._append(item, kdup)
             paths["merge"] += 1
             return
+        # unstable_tree_search_insert walks the tree built in this scan (cost.tree_levels)
+        levels = tree_levels(self.scan_inserts)
         partner = self.unstable.get(h)
         if partner is not None:
             j = self.row_of[(partner.mm, partner.page)]
             if self.phys[j] == self.phys[i]:  # the same physical page (forked, not yet KSM)
                 paths["no_merge"] += 1
+                self._batch_levels["no_merge"] += levels
                 return
             bi, bj = self._thp_block(i), self._thp_block(j)
             if bi is not None and bi == bj:  # both halves of one THP: split it, merge next time
                 self.split_thp.add(bi)
                 paths["no_merge"] += 1
+                self._batch_levels["no_merge"] += levels
                 return
             self._split(i)
             self._split(j)
@@ -629,12 +636,15 @@ class ReferenceEngine:
             self._append(partner, node)
             self._append(item, node)
             paths["merge"] += 1
+            self._batch_levels["merge"] += levels
             return
         self.unstable[h] = item
         item.state = UNSTABLE
         item.ukey = h
         self.unshared += 1
+        self.scan_inserts += 1
         paths["unstable"] += 1
+        self._batch_levels["unstable"] += levels
 
     # ------------------------------------------------------------------ observation
 
@@ -721,12 +731,14 @@ class ReferenceEngine:
         self.now_ns = now_ns
         self.scan_start_ns = now_ns
         self.unstable.clear()
+        self.scan_inserts = 0
         self.cursor = self.slots[0]
         self.cursor_page = 0
 
     def _batch(self, budget: int) -> Counter[str]:
         """One ksm_do_scan(pages_to_scan): the visits of each path."""
         self._batch_paths = Counter()
+        self._batch_levels = Counter()
         self._scan_ended = False
         while budget > 0:
             nxt = self._next_item()
@@ -742,6 +754,7 @@ class ReferenceEngine:
         cpus: list[int] = []
         rows: list[npt.NDArray[np.int64]] = []
         paths = np.zeros(len(PATHS), np.int64)
+        levels = np.zeros(len(PATHS), np.int64)
         costs = dict(zip(PATHS, plan.path_costs_ns, strict=True))
         t = plan.t0_ns
         while True:
@@ -751,6 +764,9 @@ class ReferenceEngine:
             for p, n in batch.items():
                 paths[PATHS.index(p)] += n
                 cpu += n * costs[p]
+            for p, n in self._batch_levels.items():
+                levels[PATHS.index(p)] += n
+                cpu += n * plan.level_ns
             times.append(t)
             cpus.append(cpu)
             rows.append(self.state_row())
@@ -762,6 +778,7 @@ class ReferenceEngine:
             cpu_ns=np.array(cpus, np.int64),
             rows=np.array(rows, np.int64).reshape(-1, N_ROW),
             paths=[paths],
+            levels=[levels],
         )
         if self._scan_ended:
             run.scan_end_batches.append(len(times) - 1)

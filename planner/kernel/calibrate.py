@@ -28,8 +28,10 @@ on a CPU). The method is the one of docs/kernel-semantics.md §10.3:
   - ``zero`` (one size): zero-filled pages with ``use_zero_pages=1``: scan 2 = zero merge.
 
   The unstable-insert cost is fitted as ``unstable_base_ns + unstable_per_level_ns *
-  ceil(log2(N))`` (non-negative least squares over the sizes, the formula of
-  :meth:`CostProfile.unstable_ns`); the other paths take the median over the sizes.
+  L(N)`` with ``L(N)`` the mean levels an insert walks in a scan of ``N`` inserts into the
+  tree emptied at the scan's start (non-negative least squares over the sizes; the formula
+  of :meth:`CostProfile.scan_insert_ns`, the one the engines charge insert by insert); the
+  other paths take the median over the sizes.
 * **Batch overhead and wake latency** (``defaults`` phase): ``N`` unique pages with smart
   scan off are brought to the steady state (every visit an unstable insert, whose warm cost
   is measured by a one-batch scan), then ksmd runs at the defaults (100 pages every 20 ms)
@@ -49,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import math
 import os
 import platform
 import statistics
@@ -62,7 +63,7 @@ import numpy as np
 from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.procfs import ProcessGone, ProcFS
-from planner.engine.cost import CostProfile
+from planner.engine.cost import CostProfile, mean_insert_levels
 from planner.engine.costfit import (
     FIT_METHOD,
     CostFit,
@@ -104,7 +105,8 @@ WAKE_PAGES: Final = 64
 METHOD: Final = (
     "ksm-planner calibrate: ksmd runtime from /proc/<ksmd>/schedstat; one wake-up = one full "
     "scan (pages_to_scan 10^7, sleep 100 ms, ksmd stopped between scans); per-path cost = "
-    "(scan CPU - wake-up CPU) / pages; unstable insert fitted base + per_level*ceil(log2 N) "
+    "(scan CPU - wake-up CPU) / pages; unstable insert fitted base + per_level * the mean "
+    "levels of N inserts into an emptied tree, sum(ceil(log2 k), k=1..N) / N "
     "(NNLS); wake-up and scan-start CPU from 64 KSM pages at 1 and at 10^7 pages per batch; "
     "batch overhead and wake latency from a window at 100 pages / 20 ms on steady unique pages"
 )
@@ -325,7 +327,9 @@ def _fit_wakeup(m: Measurements) -> tuple[float, float, float]:
 def _fit_unstable(
     unstable: dict[int, float],
 ) -> tuple[float, float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """``(base, per_level, levels, costs)``: unstable-insert cost = base + per_level * levels."""
+    """``(base, per_level, levels, costs)``: the mean unstable-insert cost of a scan of ``N``
+    inserts = base + per_level * levels, ``levels`` the mean levels walked
+    (:func:`planner.engine.cost.mean_insert_levels`)."""
     from scipy.optimize import nnls
 
     if len(unstable) < 2:
@@ -333,7 +337,7 @@ def _fit_unstable(
             "the unstable-tree cost was measured at fewer than two sizes",
             hint="rerun calibrate; check that no other process uses KSM",
         )
-    levels = np.array([math.ceil(math.log2(max(2, n))) for n in unstable], dtype=float)
+    levels = np.array([mean_insert_levels(n) for n in unstable], dtype=float)
     costs = np.array(list(unstable.values()), dtype=float)
     usol, _ = nnls(np.column_stack([np.ones_like(levels), levels]), costs)
     return float(usol[0]), float(usol[1]), levels, costs
@@ -388,7 +392,7 @@ def fit_profile(
         if n in ksm_page and s.scanned > n:
             fork_join[n] = max(0.0, (s.cpu_ns - wake - n * ksm_page[n]) / (s.scanned - n))
 
-    # 2. the unstable insert: base + per_level * ceil(log2 N), non-negative least squares
+    # 2. the unstable insert: base + per_level * mean levels of N inserts, non-negative LSQ
     u_base, u_level, levels, costs = _fit_unstable(unstable)
     u_fitted = u_base + u_level * levels
 

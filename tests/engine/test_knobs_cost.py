@@ -45,8 +45,8 @@ def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
 
 def test_default_profile_and_round_trip(tmp_path: Path) -> None:
     prof = CostProfile.default()
-    assert len(prof.path_costs(1000)) == len(PATHS)
-    assert prof.unstable_ns(1 << 20) > prof.unstable_ns(2)
+    assert len(prof.path_costs()) == len(PATHS)
+    assert prof.scan_insert_ns(1 << 20) > prof.scan_insert_ns(2)
     p = tmp_path / "p.json"
     p.write_text(json.dumps(prof.to_dict()))
     assert CostProfile.load(p) == prof

@@ -98,7 +98,8 @@ class FastEngine:
         self._out_t = np.zeros(out_batches, np.int64)
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
-        self._out_bpaths = np.zeros((out_batches, len(PATHS)), np.int64)
+        # per batch: visits per path, then the unstable-tree levels they walked
+        self._out_bpaths = np.zeros((out_batches, 2 * len(PATHS)), np.int64)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -243,8 +244,8 @@ class FastEngine:
     def _run_kernel(self, plan: BatchPlan) -> tuple[BatchRun, I64]:
         """The kernel's batches (called again as long as it stops for room or output),
         and each batch's visits per path."""
-        costs = np.array(plan.path_costs_ns, np.int64)
-        paths = np.zeros(len(PATHS), np.int64)
+        costs = np.array([*plan.path_costs_ns, *[plan.level_ns] * len(PATHS)], np.int64)
+        paths = np.zeros(2 * len(PATHS), np.int64)
         times: list[I64] = []
         cpus: list[I64] = []
         rows: list[npt.NDArray[np.int64]] = []
@@ -275,7 +276,8 @@ class FastEngine:
             times_ns=np.concatenate(times),
             cpu_ns=np.concatenate(cpus),
             rows=np.concatenate(rows),
-            paths=[paths],
+            paths=[paths[: len(PATHS)]],
+            levels=[paths[len(PATHS) :]],
         )
         if status == ST_SCAN_END:
             run.scan_end_batches.append(run.times_ns.size - 1)

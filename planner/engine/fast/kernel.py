@@ -49,6 +49,7 @@ from planner.engine.fast.state import (
     S_CUR_SEG,
     S_DIRTY_N,
     S_EVENTS,
+    S_INSERTS,
     S_M,
     S_MERGING_STALE,
     S_N_CHAINS,
@@ -63,6 +64,7 @@ from planner.engine.fast.state import (
     S_SPLIT_N,
     S_STALE_N,
     S_USE_ZERO,
+    S_WALK,
     S_WALKS,
     SKIP_AGE,
     ST_BOUNDARY,
@@ -611,6 +613,7 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         if kd >= 0:
             _merge_stable(st, i64(r), i64(mm), i64(kd))
             return P_MERGE
+        sc[S_WALK] = _tree_levels(sc[S_INSERTS])  # unstable_tree_search_insert's walk
         j = _occupant(st, g)
         if j >= 0:
             if st.r_phys[j] == st.r_phys[r]:  # the same physical page (forked, not yet KSM)
@@ -619,7 +622,19 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         st.c_occ[g] = r
     st.it_bits[r] = IB_EXISTS | IB_UNSTABLE | IB_INTREE
     sc[R_UNSHARED] += 1
+    sc[S_WALK] = _tree_levels(sc[S_INSERTS])
+    sc[S_INSERTS] += 1
     return P_UNST
+
+
+@hot
+def _tree_levels(items: int) -> int:
+    """planner.engine.cost.tree_levels: ceil(log2(items + 1))."""
+    levels = 0
+    while items > 0:
+        items >>= 1
+        levels += 1
+    return levels
 
 
 @hot
@@ -652,6 +667,7 @@ def start_scan(st: KState, now_ns: int) -> None:
     sc[S_SCAN_START] = now_ns
     sc[S_PRUNE_DONE] = 0
     sc[S_WALKS] = 0
+    sc[S_INSERTS] = 0
     bits = st.it_bits
     for r in range(sc[S_N_ROWS]):
         if bits[r] & IB_INTREE:
@@ -680,8 +696,10 @@ def run_batches(
     the boundary, or when the output or the node room runs out.
 
     ``plan`` = (t0, pages_to_scan, batch overhead, scan-start cost, sleep, boundary, node
-    room per batch); ``out_bpaths`` gets each batch's visits per path, ``out_paths`` sums
-    them. Returns (batches run, status); the cursor is left in ``sc``.
+    room per batch); ``out_bpaths`` gets each batch's visits per path (columns 0-8) and the
+    unstable-tree levels they walked (columns 9-17), ``out_paths`` sums them; ``costs``
+    holds a cost for each of the 18 columns. Returns (batches run, status); the cursor is
+    left in ``sc``.
     """
     sc = st.sc
     n_rows = sc[S_N_ROWS]
@@ -733,7 +751,10 @@ def run_batches(
                     if _should_skip(st, r, mm):
                         paths[P_SKIP] += 1
                     else:
-                        paths[_cmp_and_merge(st, r, mm, existed)] += 1
+                        sc[S_WALK] = 0
+                        p = _cmp_and_merge(st, r, mm, existed)
+                        paths[p] += 1
+                        paths[9 + p] += sc[S_WALK]
                         sc[R_SCANNED] += 1
                         budget -= 1
                 elif st.it_bits[r] & IB_EXISTS:
@@ -745,7 +766,7 @@ def run_batches(
                 r, o, cursor_page = seg_lo[s], seg_olo[s], 0
         ended = s >= nseg
         cpu = overhead + (start_cost if nb == 0 else 0)
-        for p in range(9):
+        for p in range(18):
             cpu += paths[p] * costs[p]
             out_paths[p] += paths[p]
         if ended:

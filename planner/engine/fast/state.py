@@ -67,8 +67,10 @@ NO_SUM = -1  # an item's checksum before its first visit
     S_CUR_PAGE,
     S_WALKS,  # pruning walks in the current scan
     S_EVENTS,  # state changes other than ageing and unstable-tree churn (steady detection)
-) = range(N_ROW, N_ROW + 20)
-N_SC = N_ROW + 20
+    S_INSERTS,  # unstable-tree inserts in the current full scan (the tree's size for costs)
+    S_WALK,  # unstable-tree levels the current visit walked (cost.tree_levels)
+) = range(N_ROW, N_ROW + 22)
+N_SC = N_ROW + 22
 
 # kernel return statuses
 ST_SCAN_END, ST_BOUNDARY, ST_FULL, ST_GROW = 0, 1, 2, 3

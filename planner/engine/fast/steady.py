@@ -8,11 +8,11 @@ state (in which tree, how many scans to skip) is back to what it was a period of
 earlier (1 without smart scan), and every age was at least 9 then (the rule no longer
 depends on it), the next period repeats the last one visit for visit: the trees are
 rebuilt scan by scan from the same visits in the same order, so the counters after every
-batch, the paths taken and the per-process counters repeat. Only what depends on the
-clock moves on: a batch's CPU depends on the unstable tree's size at the end of the
-previous scan (recomputed from the recorded visits per path), the batch times follow from
-the CPU, and a chain's prune clock moves at each scan with a pruning walk (a visit of a
-clean chain changes nothing else).
+batch, the paths taken, the unstable-tree levels walked (the tree is rebuilt from empty
+every scan) and the per-process counters repeat. Only what depends on the clock moves on:
+the batch times follow from the CPU (recomputed from the recorded visits and levels at
+the plan's costs), and a chain's prune clock moves at each scan with a pruning walk (a
+visit of a clean chain changes nothing else).
 
 :class:`Steady` records the last period of scans the kernel ran and compares the items'
 state with the one a period earlier (a 2-byte-per-page copy). When the replay is periodic,
@@ -52,7 +52,7 @@ from planner.engine.fast.state import (
     ZERO,
     KState,
 )
-from planner.engine.result import R_FULL_SCANS, R_SCANNED, R_SKIPPED, R_UNSHARED
+from planner.engine.result import R_FULL_SCANS, R_SCANNED, R_SKIPPED
 
 if TYPE_CHECKING:
     from planner.engine.driver import BatchPlan
@@ -68,7 +68,7 @@ _STATE_BITS = IB_EXISTS | IB_UNSTABLE | IB_STABLE
 class ScanRecord:
     """One full scan the kernel ran, from its first batch to its last."""
 
-    batch_paths: I64  # visits per path of each batch (the CPU follows from them)
+    batch_paths: I64  # visits per path of each batch, then the levels they walked (the CPU)
     rows: I64  # state rows after each batch
     start_row: I64  # state row before the scan
     processes: dict[str, dict[str, int]]
@@ -173,16 +173,16 @@ class Steady:
         hz = plan.horizon
         cost = plan.cost
         t = plan.t0_ns
-        unshared = int(st.sc[R_UNSHARED])  # the tree size the next scan's costs read
+        npaths = len(plan.path_costs_ns)
+        costs = np.array([*plan.path_costs_ns, *[plan.level_ns] * npaths], np.int64)
         times, cpus, rows = [], [], []
-        ends, paths, procs = [], [], []
+        ends, paths, levels, procs = [], [], [], []
         starts = []
         mono = st.sc[MONOTONE].copy()
         nb = 0
         for rec in self.history:
             if t >= hz.scan_start_before_ns:
                 return None
-            costs = np.array(cost.path_costs(unshared), np.int64)
             cpu = cost.batch_overhead_ns + rec.batch_paths @ costs
             cpu[0] += cost.scan_start_ns
             tt = t + np.r_[0, np.cumsum(cpu[:-1] + rec.sleep_ns)].astype(np.int64)
@@ -191,14 +191,15 @@ class Steady:
             rr = rec.rows.copy()
             rr[:, MONOTONE] += mono - rec.start_row[MONOTONE]
             mono = rr[-1, MONOTONE].copy()
-            unshared = int(rr[-1, R_UNSHARED])
             starts.append((t, rec.pruning_walk))
             times.append(tt)
             cpus.append(cpu)
             rows.append(rr)
             nb += tt.size
             ends.append(nb - 1)
-            paths.append(rec.batch_paths.sum(axis=0))
+            visits = rec.batch_paths.sum(axis=0)
+            paths.append(visits[:npaths])
+            levels.append(visits[npaths:])
             procs.append(rec.processes)
             t = int(tt[-1] + cpu[-1] + rec.sleep_ns)
         self._advance(st, starts, mono)
@@ -209,6 +210,7 @@ class Steady:
             rows=np.concatenate(rows),
             scan_end_batches=ends,
             paths=paths,
+            levels=levels,
             processes=procs,
         )
 
