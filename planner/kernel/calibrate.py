@@ -78,7 +78,7 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.holder import PAGE_BYTES, Holder, HolderError
-from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs, scan_watch_priority
+from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs
 from planner.provenance import HostInfo, kernel_hz, tool_version
 
 if TYPE_CHECKING:
@@ -592,19 +592,17 @@ class _Session:
         target = self.full_scans + 1
         timeout_s = 30.0 + pages * 60e-6
         deadline = time.monotonic() + timeout_s
-        with scan_watch_priority():  # ksmd's sleep is all the time there is to stop it
-            self.lease.start()
-            try:
-                while self.sysfs.read_int("full_scans") < target:
-                    if time.monotonic() > deadline:
-                        raise EnvironmentProblem(
-                            f"ksmd did not finish a full scan of {pages} pages in "
-                            f"{timeout_s:.0f} s",
-                            hint="is ksmd starved of CPU? retry on a quieter host",
-                        )
-                    time.sleep(self.poll_s)
-            finally:
-                self.lease.stop()  # waits for a batch in progress
+        self.lease.start()
+        try:
+            while self.sysfs.read_int("full_scans") < target:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(
+                        f"ksmd did not finish a full scan of {pages} pages in {timeout_s:.0f} s",
+                        hint="is ksmd starved of CPU? retry on a quieter host",
+                    )
+                time.sleep(self.poll_s)
+        finally:
+            self.lease.stop()  # waits for a batch in progress
         after = self.read()
         if after.full_scans != target:
             raise EnvironmentProblem(

@@ -44,7 +44,7 @@ from planner.kernel.materialize import (
     SnapshotPlan,
     plan_materialization,
 )
-from planner.kernel.sysfs import KsmLease, KsmSysfs, scan_watch_priority
+from planner.kernel.sysfs import KsmLease, KsmSysfs
 from planner.provenance import HostInfo, Provenance, kernel_hz
 from planner.trace.recording import VMSTAT_FIELDS
 
@@ -348,24 +348,22 @@ class _Runner:
             timeout = min(timeout, 2.0 + 4 * self.clock.sleep_ms / 1000)
         deadline = time.monotonic() + timeout
         last_below = time.monotonic()
-        with scan_watch_priority():  # ksmd's sleep is all the time there is to stop it
-            while True:
-                fs = self.sysfs.read_int("full_scans")
-                now = time.monotonic()
-                if fs >= b:
-                    break
-                if now > deadline:
-                    self.lease.stop()
-                    if nothing_left:
-                        return None
-                    raise EnvironmentProblem(
-                        f"ksmd did not finish full scan {b} within {timeout:.0f} s "
-                        f"(full_scans={fs})",
-                        hint="is another process competing for CPU? try a larger --pages-to-scan",
-                    )
-                last_below = now
-                time.sleep(self.poll_s)
-            self.lease.stop()  # waits for a batch in progress, if any
+        while True:
+            fs = self.sysfs.read_int("full_scans")
+            now = time.monotonic()
+            if fs >= b:
+                break
+            if now > deadline:
+                self.lease.stop()
+                if nothing_left:
+                    return None
+                raise EnvironmentProblem(
+                    f"ksmd did not finish full scan {b} within {timeout:.0f} s (full_scans={fs})",
+                    hint="is another process competing for CPU? try a larger --pages-to-scan",
+                )
+            last_below = now
+            time.sleep(self.poll_s)
+        self.lease.stop()  # waits for a batch in progress, if any
         stopped = time.monotonic()
         fs2 = self.sysfs.read_int("full_scans")
         if fs2 != b:

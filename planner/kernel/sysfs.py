@@ -44,7 +44,7 @@ from planner.engine.knobs import KNOBS, spec
 from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
     from types import FrameType, TracebackType
 
 KSM_SYSFS_ROOT: Final = "/sys/kernel/mm/ksm"
@@ -176,40 +176,6 @@ def ksm_users(proc_root: str = PROC_ROOT, *, exclude: set[int] | None = None) ->
         if reasons:
             users[pid] = ", ".join(reasons)
     return users
-
-
-# ---------------------------------------------------------------- catching a scan boundary
-
-#: Real-time priority of a thread waiting for the end of a full scan (the lowest FIFO one:
-#: above every ordinary task, below the kernel's own real-time threads).
-WATCH_FIFO_PRIORITY: Final = 1
-
-
-@contextlib.contextmanager
-def scan_watch_priority() -> Iterator[bool]:
-    """Run the calling thread under ``SCHED_FIFO`` while it waits for ksmd's next full scan.
-
-    A run that stops ksmd between two full scans polls ``full_scans`` and writes ``run=0``
-    once it moves; it has ksmd's sleep (``sleep_millisecs``) to do so before ksmd starts the
-    next scan. An ordinary thread on a loaded host can wait longer than that for a CPU
-    (other test suites on 2 cores: 20-100 ms), and ksmd runs a scan too many. A real-time
-    thread gets the CPU as soon as it wakes, whatever the load; it sleeps between polls, so
-    it takes almost none. Yields whether the policy was granted (root or ``CAP_SYS_NICE``
-    and a real-time budget in its cgroup; elsewhere the thread waits as it is). The policy
-    is not inherited by children (``SCHED_RESET_ON_FORK``) and is restored on exit.
-    """
-    try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(
-            0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(WATCH_FIFO_PRIORITY)
-        )
-    except (OSError, AttributeError):
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        os.sched_setscheduler(0, policy, param)
 
 
 # ------------------------------------------------------------------------- the lease

@@ -21,7 +21,6 @@ from planner.kernel.sysfs import (
     KsmSysfs,
     ksm_users,
     parse_knob,
-    scan_watch_priority,
 )
 
 MakeSysfs = Callable[..., KsmSysfs]
@@ -352,22 +351,3 @@ def test_the_knob_tables_defaults_are_this_kernels(ksm_lease: KsmLease) -> None:
     extra = set(ksm_lease.sysfs.writable_names()) - set(KERNEL_DEFAULTS) - {"run"}
     assert not extra, f"knobs of this kernel that the table lacks: {sorted(extra)}"
     # an older kernel, or one without NUMA, lacks some of the table's knobs: those are skipped
-
-
-def test_a_scan_is_watched_at_real_time_priority_not_inherited_and_restored() -> None:
-    """The thread that must stop ksmd between two scans runs under SCHED_FIFO (a loaded host
-    cannot keep it off the CPU for ksmd's sleep); its children do not; afterwards it is an
-    ordinary thread again. Where the policy is refused the thread stays as it was."""
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    child = [sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"]
-    with scan_watch_priority() as granted:
-        now = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
-        forked = int(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
-        if granted:
-            assert now == os.SCHED_FIFO
-            assert os.sched_getparam(0).sched_priority >= 1
-        else:
-            assert now == policy
-        assert forked == os.SCHED_OTHER
-    assert os.sched_getscheduler(0) == policy
-    assert os.sched_getparam(0) == param
