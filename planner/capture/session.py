@@ -985,7 +985,9 @@ class _Session:
         ok_index = {id(c): i for i, c in enumerate(ok)}
         assert self.t0_wall_s is not None
         for c in caps:
-            info = c.info or self.last_info.get((c.pid, c.proc_start), {})
+            # a process that exited while it was read may have only its ppid and comm:
+            # the rest as its last snapshot saw it
+            info = {**self.last_info.get((c.pid, c.proc_start), {}), **c.info}
             row: dict[str, Any] = {
                 "snapshot_id": snapshot_id,
                 "pid": c.pid,

@@ -210,7 +210,8 @@ class ProcessReader:
         """Capture ``pid``; ``proc_start`` (if given) must match, else the process is gone.
 
         Returns a :class:`ProcessCapture` with state ``ok``, or ``gone`` if the process
-        exited (or the pid was reused) before or while it was read.
+        exited (or the pid was reused) before or while it was read. A process that exits
+        while it is read keeps the ``info`` read so far: at least its ``ppid`` and ``comm``.
 
         Raises
         ------
@@ -244,11 +245,14 @@ class ProcessReader:
             if st2.is_dead or st2.starttime_ticks != st.starttime_ticks:
                 raise ProcessGone(pid)
         except ProcessGone:
+            # The process info is read while the threads read the pages; a process that
+            # exits first leaves it unread: the gone capture still names the process by
+            # what its first stat gave.
             return ProcessCapture(
                 pid=pid,
                 proc_start=st.starttime_ticks,
                 state="gone",
-                info=pc.info,
+                info=pc.info or {"ppid": st.ppid, "comm": st.comm},
                 t0=t0,
                 t1=time.perf_counter(),
             )

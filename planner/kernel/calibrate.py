@@ -201,6 +201,9 @@ class Window:
     cpu_ns: int
     scanned: int
     full_scans: int
+    wait_ns: int | None = None
+    """ksmd's time runnable but waiting for a CPU during the window (the second field of its
+    ``schedstat``): what a busy host adds to the batch period; ``None`` where not recorded."""
 
     @property
     def batches(self) -> float:
@@ -469,6 +472,8 @@ def fit_profile(
             "cpu_per_batch_ns": cpu_per_batch,
             "slept_ns": slept,
             "wake_latency_raw_ns": wake_latency_raw,
+            # the part of the period ksmd waited for a CPU (a busy host's share of the latency)
+            "cpu_wait_per_batch_ns": d.wait_ns / d.batches if d.wait_ns is not None else None,
             "period_minus_slept_ns": period - slept,
             "pages_per_s": d.scanned / (d.wall_ns / NS_PER_S),
             "ksmd_cpu_fraction": d.cpu_ns / d.wall_ns,
@@ -513,8 +518,21 @@ def ksmd_runtime_ns(pid: int, proc_root: str = PROC_ROOT) -> int:
     KernelUnsupportedError
         ``schedstat`` cannot be read (kernel without CONFIG_SCHED_INFO).
     """
+    return ksmd_schedstat_ns(pid, proc_root)[0]
+
+
+def ksmd_schedstat_ns(pid: int, proc_root: str = PROC_ROOT) -> tuple[int, int]:
+    """ksmd's CPU time and its time waiting for a CPU so far (ns): the first two fields of
+    ``/proc/<pid>/schedstat``.
+
+    Raises
+    ------
+    KernelUnsupportedError
+        ``schedstat`` cannot be read (kernel without CONFIG_SCHED_INFO).
+    """
     try:
-        return ProcFS(proc_root).schedstat_ns(pid)
+        fields = ProcFS(proc_root).text(pid, "schedstat").split()
+        return int(fields[0]), int(fields[1])
     except (ProcessGone, CapturePermissionError, OSError, ValueError, IndexError) as exc:
         raise KernelUnsupportedError(
             f"cannot read ksmd's CPU time from {proc_root}/{pid}/schedstat ({exc})",
@@ -535,6 +553,7 @@ def cpu_model(proc_root: str = PROC_ROOT) -> str | None:
 class _Reading:
     t_ns: int
     cpu_ns: int
+    wait_ns: int
     full_scans: int
     scanned: int
     skipped: int
@@ -554,10 +573,11 @@ class _Session:
         self.full_scans = 0
 
     def read(self) -> _Reading:
-        cpu = ksmd_runtime_ns(self.ksmd)
+        cpu, wait = ksmd_schedstat_ns(self.ksmd)
         return _Reading(
             t_ns=time.monotonic_ns(),
             cpu_ns=cpu,
+            wait_ns=wait,
             full_scans=self.sysfs.read_int("full_scans"),
             scanned=self.sysfs.read_int("pages_scanned"),
             skipped=self.sysfs.read_int("pages_skipped"),
@@ -633,6 +653,7 @@ class _Session:
             cpu_ns=after.cpu_ns - before.cpu_ns,
             scanned=after.scanned - before.scanned,
             full_scans=after.full_scans - before.full_scans,
+            wait_ns=after.wait_ns - before.wait_ns,
         )
 
 

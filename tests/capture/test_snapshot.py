@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -359,6 +360,37 @@ def test_gone_before_and_during_capture(fake_proc: FakeProc, capture_key: Captur
     assert pc.pages == 0
     assert pc.info["comm"] == "fake"
     assert _reader(fake_proc.procfs(), capture_key).capture(108).state == "gone"
+
+
+def test_gone_before_its_info_is_read_keeps_its_first_stat(
+    fake_proc: FakeProc, capture_key: CaptureKey
+) -> None:
+    """The process info is read while the threads read the pages: a process that exits
+    before it is read (the order a loaded host gives at random) is gone, named by the ppid
+    and comm of its first stat, never a capture without them."""
+    p = fake_proc.process(112, starttime=900, comm="short", ppid=5)
+    p.map(BASE, 2)
+    p.page(BASE, fake_proc.page_of(1), pfn=8000)
+    fake_proc.write()
+    exited = threading.Event()
+
+    class ExitsFirst(SpyProcFS):
+        def status(self, pid: int) -> dict[str, str]:
+            assert exited.wait(30), "the pagemap was never read"
+            return super().status(pid)
+
+    def exit_now(entries: np.ndarray) -> np.ndarray:
+        shutil.rmtree(p.dir)
+        exited.set()
+        return entries
+
+    fs = ExitsFirst(fake_proc.root)
+    fs.on_pagemap = [exit_now]
+    pc = _reader(fs, capture_key, threads=2).capture(112, proc_start=900)
+    assert exited.is_set()
+    assert pc.state == "gone"
+    assert pc.pages == 0
+    assert pc.info == {"ppid": 5, "comm": "short"}
 
 
 def test_zombie_is_gone(fake_proc: FakeProc, capture_key: CaptureKey) -> None:

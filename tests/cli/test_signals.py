@@ -112,16 +112,24 @@ def test_a_signal_stops_a_whatif_and_its_pool(tmp_path: Path, sig: signal.Signal
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_a_signal_during_ingest_removes_the_partial_trace_and_spill(
-    tmp_path: Path, sig: signal.Signals
-) -> None:
-    csv = tmp_path / "in.csv"
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample as an interchange CSV (exported once for the module's ingest tests)."""
+    csv = tmp_path_factory.mktemp("export") / "in.csv"
     subprocess.run(
         [sys.executable, "-m", "planner", "export", str(SAMPLE), "--out", str(csv)],
         check=True,
         capture_output=True,
     )
+    return csv
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_during_ingest_removes_the_partial_trace_and_spill(
+    tmp_path: Path, sig: signal.Signals, sample_csv: Path
+) -> None:
+    csv = tmp_path / "in.csv"
+    os.link(sample_csv, csv)
     proc = _start("ingest", csv, "--out", "t", cwd=tmp_path)
     try:
         _wait(

@@ -258,7 +258,7 @@ def test_the_recorded_load_is_the_default_and_a_given_one_overrides_it(inp) -> N
     assert given.duration_s < by_trace.duration_s
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6)
 @given(load=st.floats(0.0, 12.0), pts=st.sampled_from([100, 400, 2000]))
 def test_both_engines_share_the_time_model(inp, load: float, pts: int) -> None:  # type: ignore[no-untyped-def]
     knobs = replace(KNOBS, pages_to_scan=pts)

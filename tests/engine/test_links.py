@@ -146,7 +146,7 @@ def _collide(rows: RowColumns, rng: np.random.Generator) -> None:
         rows.hash[b] = h
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(
     seed=st.integers(0, 2**32 - 1),
     mms=st.integers(1, 6),

@@ -55,43 +55,39 @@ def test_nested_and_released_once() -> None:
     assert heap._retaining == 0
 
 
+#: One ``ksm-planner replay --json`` of the sample in a fresh interpreter, for both tests
+#: below (one replay of the sample costs 10-25 s on 2 cores: it is run once). The first
+#: ``atexit`` handler registered runs last (last in, first out): after the command's own,
+#: it reports how many objects were frozen for the exit.
 REPLAY_CHILD = """
-import sys
+import atexit, gc, os, sys
+atexit.register(lambda: os.write(1, b"\\nfrozen %d" % gc.get_freeze_count()))
 from planner.cli import main
 try:
     main(["replay", {path!r}, "--json"])
 except SystemExit as exc:
     assert not exc.code, exc.code
 assert "pandas" not in sys.modules, "replay imported pandas"
-"""
-
-EXIT_CHILD = """
-import atexit, gc, os
-# registered first, so run last (atexit is last in, first out): after the command's own
-atexit.register(lambda: os.write(1, b"frozen %d" % gc.get_freeze_count()))
-from planner.cli import main
-try:
-    main(["replay", {path!r}, "--json"])
-except SystemExit as exc:
-    assert not exc.code, exc.code
 assert gc.get_freeze_count() == 0, "frozen before the exit"
 """
 
 
-def test_replay_does_not_import_pandas() -> None:
+@pytest.fixture(scope="module")
+def replay_child() -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(REPLAY_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_replay_does_not_import_pandas(replay_child: subprocess.CompletedProcess[str]) -> None:
     """``ksm-planner replay`` reads, prepares and replays a trace without importing pandas
     (0.3-0.4 s of its start-up): no column goes through pyarrow's pandas path."""
-    code = textwrap.dedent(REPLAY_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert '"full_scans"' in out.stdout
+    assert replay_child.returncode == 0, replay_child.stderr[-2000:]
+    assert '"full_scans"' in replay_child.stdout
 
 
-def test_exit_skips_the_last_collection() -> None:
+def test_exit_skips_the_last_collection(replay_child: subprocess.CompletedProcess[str]) -> None:
     """At exit the objects the replay left are frozen: the interpreter's last collection
     would walk them all (numba's compiled code) and free nothing the exit does not."""
-    code = textwrap.dedent(EXIT_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    frozen = int(out.stdout.rsplit("frozen ", 1)[1])
+    assert replay_child.returncode == 0, replay_child.stderr[-2000:]
+    frozen = int(replay_child.stdout.rsplit("frozen ", 1)[1])
     assert frozen > 10_000, frozen

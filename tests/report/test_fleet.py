@@ -3,7 +3,9 @@ or a trace with several hosts; same figures in both; deterministic bytes; clear 
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,21 @@ def fleet4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def fleet4_review(fleet4: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``report fleet4 ... --json`` run once for the module: the review and its stdout."""
+    from planner.cli import main
+
+    review = tmp_path_factory.mktemp("review") / "r"
+    with pytest.MonkeyPatch.context() as mp:
+        out = io.StringIO()
+        mp.setattr(sys, "stdout", out)
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in ["report", fleet4, *OPTIONS, "--out", review, "--json"]])
+    assert not info.value.code
+    return review, out.getvalue()
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is b
@@ -46,14 +63,13 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def test_report_on_a_fleet_renders_the_figures_whatif_computes(
-    cli: Cli, fleet4: Path, tmp_path: Path
+    cli: Cli, fleet4: Path, fleet4_review: tuple[Path, str]
 ) -> None:
     code, out, err = cli(["whatif", fleet4, *OPTIONS, "--json"])
     assert code == 0, err
     fleet = json.loads(out)["fleet"]
     assert [m["label"] for m in fleet["members"]] == ["web-00", "web-01", "web-02", "web-03"]
-    code, out, err = cli(["report", fleet4, *OPTIONS, "--out", tmp_path / "r", "--json"])
-    assert code == 0, err
+    review, out = fleet4_review
     summary = json.loads(out)
     assert summary["sections"] == [
         "fleet-summary",
@@ -61,7 +77,6 @@ def test_report_on_a_fleet_renders_the_figures_whatif_computes(
         "fleet-hosts",
         "fleet-method",
     ]
-    review = tmp_path / "r"
     for name in ("review.html", "review.md", "plots/fleet_spread.svg", "data/fleet_hosts.csv"):
         assert (review / name).is_file(), name
     data = json.loads((review / "data" / "review.json").read_text())
@@ -93,16 +108,19 @@ def test_report_on_a_fleet_renders_the_figures_whatif_computes(
     assert str(fleet4) not in json.dumps(data["results"])
 
 
-def test_the_fleet_review_is_deterministic(cli: Cli, fleet4: Path, tmp_path: Path) -> None:
-    for name in ("a", "b"):
-        code, _, err = cli(["report", fleet4, *OPTIONS, "--out", tmp_path / name])
-        assert code == 0, err
-    files = sorted(
-        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
-    )
+def test_the_fleet_review_is_deterministic(
+    cli: Cli, fleet4: Path, fleet4_review: tuple[Path, str], tmp_path: Path
+) -> None:
+    a, _ = fleet4_review  # the same command, another --out
+    code, _, err = cli(["report", fleet4, *OPTIONS, "--out", tmp_path / "b", "--json"])
+    assert code == 0, err
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len(files) >= 8
+    assert files == sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     for f in files:
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+        assert (a / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 
 def test_whatif_on_a_fleet_writes_tables_and_csv(cli: Cli, fleet4: Path, tmp_path: Path) -> None:
