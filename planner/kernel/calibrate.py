@@ -79,6 +79,7 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.holder import PAGE_BYTES, Holder, HolderError
+from planner.kernel.scanstop import ScanStopError
 from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs
 from planner.provenance import HostInfo, kernel_hz, tool_version
 
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from planner.engine.registration import Resolver
+    from planner.kernel.scanstop import ScanStopper
 
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
 FULL_SIZES: Final = (1000, 10000, 100000, 300000)
@@ -563,9 +565,16 @@ class _Session:
     """ksmd under a lease: full scans one wake-up at a time, and free-running windows."""
 
     def __init__(
-        self, lease: KsmLease, ksmd: int, progress: Progress, *, poll_s: float = 0.001
+        self,
+        lease: KsmLease,
+        stopper: ScanStopper,
+        ksmd: int,
+        progress: Progress,
+        *,
+        poll_s: float = 0.001,
     ) -> None:
         self.lease = lease
+        self.stopper = stopper
         self.sysfs: KsmSysfs = lease.sysfs
         self.ksmd = ksmd
         self.progress = progress
@@ -595,18 +604,18 @@ class _Session:
         before = self.read()
         target = self.full_scans + 1
         timeout_s = 30.0 + pages * 60e-6
-        deadline = time.monotonic() + timeout_s
-        self.lease.start()
-        try:
-            while self.sysfs.read_int("full_scans") < target:
-                if time.monotonic() > deadline:
-                    raise EnvironmentProblem(
-                        f"ksmd did not finish a full scan of {pages} pages in {timeout_s:.0f} s",
-                        hint="is ksmd starved of CPU? retry on a quieter host",
-                    )
-                time.sleep(self.poll_s)
-        finally:
-            self.lease.stop()  # waits for a batch in progress
+        try:  # a process of its own catches the scan's end (planner.kernel.scanstop)
+            stop = self.stopper.run_to(target, timeout_s=timeout_s, poll_s=self.poll_s)
+        except ScanStopError as exc:
+            raise EnvironmentProblem(
+                f"could not start and stop ksmd around a full scan: {exc}",
+                hint="check that the Python running ksm-planner can start a child process",
+            ) from exc
+        if stop.timed_out:
+            raise EnvironmentProblem(
+                f"ksmd did not finish a full scan of {pages} pages in {timeout_s:.0f} s",
+                hint="is ksmd starved of CPU? retry on a quieter host",
+            )
         after = self.read()
         if after.full_scans != target:
             raise EnvironmentProblem(
@@ -704,8 +713,13 @@ def measure(
             "this kernel has no smart_scan knob (Linux < 6.7)",
             hint="calibrate on the kernel the profile is meant for (6.7 or later)",
         )
+    with lease.scan_stopper() as stopper:
+        return _measure(plan, _Session(lease, stopper, ksmd, progress), hz=hz, seed=seed)
+
+
+def _measure(plan: CalibrationPlan, s: _Session, *, hz: int, seed: int) -> Measurements:
+    lease = s.lease
     rng = np.random.default_rng(seed)
-    s = _Session(lease, ksmd, progress)
     scans: list[ScanCost] = []
     windows: list[Window] = []
 

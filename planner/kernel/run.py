@@ -44,6 +44,7 @@ from planner.kernel.materialize import (
     SnapshotPlan,
     plan_materialization,
 )
+from planner.kernel.scanstop import ScanStopError
 from planner.kernel.sysfs import KsmLease, KsmSysfs
 from planner.provenance import HostInfo, Provenance, kernel_hz
 from planner.trace.recording import VMSTAT_FIELDS
@@ -51,6 +52,7 @@ from planner.trace.recording import VMSTAT_FIELDS
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from planner.kernel.scanstop import ScanStopper
     from planner.trace.io import HostTrace
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -309,10 +311,12 @@ class _Runner:
         holders: HolderSet,
         clock: _Clock,
         *,
+        stopper: ScanStopper,
         detail: bool,
         poll_s: float,
     ) -> None:
         self.lease = lease
+        self.stopper = stopper
         self.sysfs: KsmSysfs = lease.sysfs
         self.holders = holders
         self.clock = clock
@@ -335,46 +339,44 @@ class _Runner:
     def vmstat(self) -> dict[str, int]:
         return {k: v - self.base_vm.get(k, 0) for k, v in self.holders.vmstat().items()}
 
-    def start(self) -> None:
-        self.lease.start()
-        if self.t0 is None:
-            self.t0 = time.monotonic()
+    def scan_to(self, b: int, pages: int) -> ScanRecord | None:
+        """Let ksmd run to the end of full scan ``b``, stop it, sample. ``None``: no scan came.
 
-    def wait_scan(self, b: int, pages: int) -> ScanRecord | None:
-        """Wait for the end of full scan ``b``, stop ksmd, sample. ``None``: no scan came."""
+        The stopper (a process of its own, :mod:`planner.kernel.scanstop`) writes ``run=1``,
+        catches the end of the scan and writes ``run=0``: this process may be off the CPU
+        meanwhile (another thread holding the GIL, a garbage collection) without missing it.
+        """
         nothing_left = not self.holders.registered  # only exited mms to tear down
         timeout = self.clock.scan_timeout_s(pages)
         if nothing_left:
             timeout = min(timeout, 2.0 + 4 * self.clock.sleep_ms / 1000)
-        deadline = time.monotonic() + timeout
-        last_below = time.monotonic()
-        while True:
-            fs = self.sysfs.read_int("full_scans")
-            now = time.monotonic()
-            if fs >= b:
-                break
-            if now > deadline:
-                self.lease.stop()
-                if nothing_left:
-                    return None
-                raise EnvironmentProblem(
-                    f"ksmd did not finish full scan {b} within {timeout:.0f} s (full_scans={fs})",
-                    hint="is another process competing for CPU? try a larger --pages-to-scan",
-                )
-            last_below = now
-            time.sleep(self.poll_s)
-        self.lease.stop()  # waits for a batch in progress, if any
-        stopped = time.monotonic()
-        fs2 = self.sysfs.read_int("full_scans")
-        if fs2 != b:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        try:
+            stop = self.stopper.run_to(b, timeout_s=timeout, poll_s=self.poll_s)
+        except ScanStopError as exc:
             raise EnvironmentProblem(
-                f"ksmd completed full scan {fs2} before it could be stopped after scan {b}",
+                f"could not start and stop ksmd around full scan {b}: {exc}",
+                hint="check that the Python running ksm-planner can start a child process",
+            ) from exc
+        if stop.timed_out:
+            if nothing_left:
+                return None
+            raise EnvironmentProblem(
+                f"ksmd did not finish full scan {b} within {timeout:.0f} s "
+                f"(full_scans={stop.full_scans_seen})",
+                hint="is another process competing for CPU? try a larger --pages-to-scan",
+            )
+        if stop.full_scans_after != b:
+            raise EnvironmentProblem(
+                f"ksmd completed full scan {stop.full_scans_after} before it could be stopped "
+                f"after scan {b}",
                 hint="use a longer --sleep-ms so that the end of each scan can be caught",
             )
         # A scan of fewer pages than pages_to_scan is one batch: had ksmd begun the next one,
         # stopping would have waited for it and full_scans would show it (checked above).
         # Otherwise a stall longer than ksmd's sleep may hide the start of the next scan.
-        late = pages >= self.clock.pages_to_scan and stopped - last_below > self.clock.min_sleep_s()
+        late = pages >= self.clock.pages_to_scan and stop.gap_s > self.clock.min_sleep_s()
         self.holders.pending_teardown = 0
         return ScanRecord(
             full_scans=b,
@@ -525,8 +527,8 @@ def run_on_kernel(
         ended_early = False
         progress.start("kernel full scans", scans)
         applied_at: list[int | None] = [None] * len(schedule)
-        with HolderSet(plan, procfs=procfs) as holders:
-            runner = _Runner(ls, holders, clock, detail=detail, poll_s=poll_s)
+        with HolderSet(plan, procfs=procfs) as holders, ls.scan_stopper() as stopper:
+            runner = _Runner(ls, holders, clock, stopper=stopper, detail=detail, poll_s=poll_s)
             nxt, b, pages = 0, 1, 0
 
             def apply_next(before_scan: int) -> None:
@@ -548,8 +550,7 @@ def run_on_kernel(
                     break
                 for name, value in changes.get(b, {}).items():
                     ls.write(name, value)
-                runner.start()
-                rec = runner.wait_scan(b, pages)
+                rec = runner.scan_to(b, pages)
                 if rec is None:
                     ended_early = True
                     break

@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Final
 from planner._signals import signals_deferred
 from planner.capture.procfs import ProcFS
 from planner.engine.knobs import KNOBS, spec
-from planner.errors import KernelUnsupportedError, KnobError, KsmBusyError
+from planner.errors import EnvironmentProblem, KernelUnsupportedError, KnobError, KsmBusyError
+from planner.kernel.scanstop import ScanStopError, ScanStopper
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from types import FrameType, TracebackType
 
 KSM_SYSFS_ROOT: Final = "/sys/kernel/mm/ksm"
@@ -396,6 +397,28 @@ class KsmLease:
     def stop(self) -> None:
         """``run=0``: stop ksmd (it finishes the batch in progress first)."""
         self.write("run", 0)
+
+    @contextlib.contextmanager
+    def scan_stopper(self) -> Iterator[ScanStopper]:
+        """A process that runs ksmd to the end of a chosen full scan and stops it there.
+
+        Catching a scan's end from this process fails whenever it is off the CPU for longer
+        than ksmd's sleep (see :mod:`planner.kernel.scanstop`); use this instead of
+        :meth:`start` and a poll when exactly one scan's counters matter.
+        """
+        if not self._active:
+            raise RuntimeError("ksmd can only be driven while the lease is held")
+        try:
+            stopper = ScanStopper(self.sysfs.path).__enter__()
+        except (OSError, ScanStopError) as exc:
+            raise EnvironmentProblem(
+                f"could not start the process that stops ksmd between full scans: {exc}",
+                hint="check that the Python running ksm-planner can start a child process",
+            ) from exc
+        try:
+            yield stopper
+        finally:
+            stopper.close()
 
     def reset(self, knobs: Mapping[str, int | str] | None = None) -> dict[str, int | str]:
         """Unmerge everything (``run=2``), stop (``run=0``), apply defaults + ``knobs``.

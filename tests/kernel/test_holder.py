@@ -21,7 +21,9 @@ def is_gone(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return True
-    return state == "Z"
+    # A forked holder's parent ignores SIGCHLD: the kernel reaps the child itself, which is
+    # briefly "X" (dead) before its /proc entry goes (its pidfd turned readable at exit).
+    return state in ("Z", "X")
 
 
 def rss_anon_kb(pid: int) -> int:

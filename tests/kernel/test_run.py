@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,50 @@ def test_a_plan_is_accepted_and_the_run_ends_early_when_everyone_exited(
     assert run.ended_early
     assert [s.full_scans for s in run.scans] == [1, 2]  # scan 2 tore the exited mm down
     assert run.scan(2).counters["pages_volatile"] == 0
+
+
+class _GilHog:
+    """A thread that holds the GIL for ``hold_s`` at a time (one long C call), as a busy
+    thread of the caller or a garbage collection of a big heap does."""
+
+    def __init__(self, hold_s: float) -> None:
+        import threading
+
+        n = 1_000_000
+        t0 = time.perf_counter()
+        sum(range(n))
+        per = (time.perf_counter() - t0) / n
+        self.n = max(int(hold_s / max(per, 1e-10)), n)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            sum(range(self.n))  # one C call: the GIL is not released until it returns
+            time.sleep(0.001)
+
+    def __enter__(self) -> _GilHog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.kernel
+def test_a_caller_off_cpu_longer_than_ksmds_sleep_still_stops_it_at_the_scan_end(
+    ksm_lease: KsmLease,
+) -> None:
+    # The end of a full scan is caught by a separate process: another thread of the caller
+    # holding the GIL for 0.3 s at a time (ksmd sleeps 20 ms between its one-batch scans)
+    # made the caller's own polling miss scan ends ("completed full scan 9 before it could be
+    # stopped after scan 6" in CI).
+    knobs = {**FAST, "sleep_millisecs": 20}
+    with _GilHog(0.3):
+        run = run_on_kernel(
+            two_snapshots(), knobs=knobs, snapshot_scans=[1, 3], scans=8, lease=ksm_lease
+        )
+    assert [s.full_scans for s in run.scans] == list(range(1, 9))
+    assert run.scan(2).counters["pages_sharing"] == 9
+    assert run.scan(8).counters["pages_sharing"] == 3
