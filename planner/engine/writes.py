@@ -368,8 +368,13 @@ class TraceWrites:
         self._other_ids: I64 = np.empty(0, np.int64)
         #: the continuation's rows holding a content no snapshot has (keys, ascending) and
         #: that content: restored before a synthetic snapshot, set again after it
+        #: (:meth:`_vol_arrays`; the batches' changes wait in a log, applied together when
+        #: the arrays are needed or the log outgrows them: rebuilding the arrays at every
+        #: batch was most of a replay's time at a small pages_to_scan)
         self._vol_keys: U64 = np.empty(0, np.uint64)
         self._vol_ids: I64 = np.empty(0, np.int64)
+        self._vol_log: list[tuple[U64, I64]] = []
+        self._vol_logged = 0
         self._reapply: Writes | None = None
         self._reapply_ns = 0
         self._cur_keys: U64 = np.empty(0, np.uint64)
@@ -476,12 +481,13 @@ class TraceWrites:
         self._cont = iw is not None and (iw.origin_ns is not None or k + 1 >= len(self.times))
         self._cur_keys = self._keys(k) if self._cont else np.empty(0, np.uint64)
         self._reapply = None
-        if self._cont and self._vol_keys.size:  # the contents the previous one restored
+        vol_keys, vol_ids = self._vol_arrays()
+        if self._cont and vol_keys.size:  # the contents the previous one restored
             ck = self._cur_keys
-            pos = np.minimum(np.searchsorted(ck, self._vol_keys), ck.size - 1)
-            hit = self._cur_keys[pos] == self._vol_keys
+            pos = np.minimum(np.searchsorted(ck, vol_keys), ck.size - 1)
+            hit = self._cur_keys[pos] == vol_keys
             if hit.any():
-                self._reapply = Writes(pos[hit].astype(np.int64), self._vol_ids[hit].copy())
+                self._reapply = Writes(pos[hit].astype(np.int64), vol_ids[hit])
                 self._reapply_ns = self.times[k]
         e = np.empty(0, np.int64)
         self._t, self._rows, self._kind, self._pos = e, e, e, 0
@@ -542,10 +548,11 @@ class TraceWrites:
         if st is None or st.end_ns == _NEVER:
             return None
         out = self.take_until(st.end_ns - 1)
-        if not self._cont or not self._vol_keys.size:
+        vol_keys, _ = self._vol_arrays()
+        if not self._cont or not vol_keys.size:
             return out
-        pos = np.minimum(np.searchsorted(self._cur_keys, self._vol_keys), self._cur_keys.size - 1)
-        rows = np.unique(pos[self._cur_keys[pos] == self._vol_keys]).astype(np.int64)
+        pos = np.minimum(np.searchsorted(self._cur_keys, vol_keys), self._cur_keys.size - 1)
+        rows = np.unique(pos[self._cur_keys[pos] == vol_keys]).astype(np.int64)
         restore = Writes(rows, np.full(rows.size, RESTORE, np.int64))
         return restore if out is None else _merge(out, restore)
 
@@ -553,20 +560,40 @@ class TraceWrites:
         """The continuation's rows now holding a content no snapshot has."""
         if not self._cont:
             return
-        keys = self._cur_keys[rows]
         touched = content != SAME
-        gone_now = np.isin(self._vol_keys, keys[touched])
-        vk = np.concatenate([self._vol_keys[~gone_now], keys[content >= 0]])
-        vi = np.concatenate([self._vol_ids[~gone_now], content[content >= 0]])
-        order = np.argsort(vk, kind="stable")
-        self._vol_keys, self._vol_ids = vk[order], vi[order]
+        if not touched.any():
+            return
+        self._vol_log.append((self._cur_keys[rows[touched]], content[touched]))
+        self._vol_logged += int(np.count_nonzero(touched))
+        if self._vol_logged > max(1 << 16, 2 * self._vol_keys.size):
+            self._vol_arrays()
+
+    def _vol_arrays(self) -> tuple[U64, I64]:
+        """The rows holding a content no snapshot has: their keys (ascending) and contents.
+
+        A row's last write in the log decides: a content id (>= 0) it holds now, or none
+        (restored to a snapshot's content)."""
+        if self._vol_log:
+            k = np.concatenate([e[0] for e in self._vol_log])
+            c = np.concatenate([e[1] for e in self._vol_log])
+            self._vol_log, self._vol_logged = [], 0
+            order = np.lexsort((np.arange(k.size), k))  # by key, in time order
+            k, c = k[order], c[order]
+            last = np.r_[k[1:] != k[:-1], True]
+            k, c = k[last], c[last]
+            keep = ~np.isin(self._vol_keys, k)
+            vk = np.concatenate([self._vol_keys[keep], k[c >= 0]])
+            vi = np.concatenate([self._vol_ids[keep], c[c >= 0]])
+            order = np.argsort(vk, kind="stable")
+            self._vol_keys, self._vol_ids = vk[order], vi[order]
+        return self._vol_keys, self._vol_ids
 
     def _coalesce(self, rows: I64, kinds: I64) -> Writes:
         """One entry per row: its content after the last content write (module notes)."""
         self.events += int(rows.size)
-        order = np.lexsort((np.arange(rows.size), rows))  # by row, in time order
+        order = np.argsort(rows, kind="stable")  # by row, in time order
         r, kd = rows[order], kinds[order]
-        uniq, first = np.unique(r, return_index=True)
+        uniq = r[np.r_[True, r[1:] != r[:-1]]] if r.size else r
         content = np.full(uniq.size, SAME, np.int64)
         is_c = kd != _K_SAME
         if is_c.any():
@@ -584,10 +611,8 @@ class TraceWrites:
             if (kc == _K_GONE).any():
                 gone = np.zeros(uniq.size, bool)
                 gone[pos[kc == _K_GONE]] = True
-                del first
                 self._track(uniq.astype(np.int64), content)
                 return Writes(rows=uniq.astype(np.int64), content=content, gone=gone)
-        del first
         self._track(uniq.astype(np.int64), content)
         return Writes(rows=uniq.astype(np.int64), content=content)
 
