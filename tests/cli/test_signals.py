@@ -152,8 +152,10 @@ def test_a_signal_during_ingest_removes_the_partial_trace_and_spill(
 @pytest.fixture
 def cluster() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed", reason="the 'dist' extra is not installed")
+    # A worker process: the command's replay keeps running in the worker after the client is
+    # gone, and closing an in-process (thread) worker waited 30 s for it; a process is ended.
     with distributed.LocalCluster(
-        processes=False,
+        processes=True,
         protocol="tcp://",
         host="127.0.0.1",
         n_workers=1,

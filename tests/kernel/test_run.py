@@ -195,7 +195,7 @@ class _GilHog:
     def _run(self) -> None:
         while not self.stop.is_set():
             sum(range(self.n))  # one C call: the GIL is not released until it returns
-            time.sleep(0.001)
+            time.sleep(0.05)  # the caller's turn (it needs the GIL for every step)
 
     def __enter__(self) -> _GilHog:
         self.thread.start()
