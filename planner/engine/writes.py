@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -1066,9 +1066,22 @@ def _unseen_candidates(
     busy = np.array(busy_roles if any(busy_roles) else [True] * len(rr.roles), bool)
     if not rr.roles:
         return np.zeros(snap_hash.size, bool)
-    _, inverse, counts = np.unique(snap_hash, return_inverse=True, return_counts=True)
-    shared = counts[inverse.reshape(-1)] > 1
-    return busy[rr.code] & ~fork_shared & shared & unseen
+    return busy[rr.code] & ~fork_shared & _held_twice(snap_hash) & unseen
+
+
+def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Per element: whether another element has the same value (one sort: ``np.unique``
+    with counts and the inverse sorts and gathers more, and this runs per snapshot)."""
+    out = np.zeros(values.size, bool)
+    if values.size < 2:
+        return out
+    order = np.argsort(values)
+    eq = values[order[1:]] == values[order[:-1]]
+    dup = np.zeros(values.size, bool)
+    dup[1:] = eq
+    dup[:-1] |= eq
+    out[order] = dup
+    return out
 
 
 def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
@@ -1144,8 +1157,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
     for k in range(inp.n_snapshots):
         snap = inp.snapshots[k]
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
-        _, inverse, counts = np.unique(snap.frame, return_inverse=True, return_counts=True)
-        fork_shared = counts[inverse.reshape(-1)] > 1
+        fork_shared = _held_twice(snap.frame)
         code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
         classes = None if same_run else _row_classes(inp, k, pids[snap.mm].astype(np.int64))
         rr = _RowRoles(
