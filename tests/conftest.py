@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,6 +34,25 @@ settings.load_profile(
 )
 
 CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
+
+#: Held by every ``kernel``-marked test for its whole run: the suite runs on two pytest
+#: workers (``-n auto``, pyproject.toml), and KSM is one per host. Without it a kernel test
+#: on one worker finds the other's holders registered with KSM (the lease refuses), or
+#: takes the lease between another test's check that KSM is free and its command's lease.
+KERNEL_TEST_MUTEX = Path(tempfile.gettempdir()) / "ksm-planner-kernel-tests.lock"
+
+
+@pytest.fixture(autouse=True)
+def _one_kernel_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("kernel") is None:
+        yield
+        return
+    fd = os.open(KERNEL_TEST_MUTEX, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # pytest-timeout bounds the wait
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @pytest.fixture

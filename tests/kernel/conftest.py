@@ -28,19 +28,43 @@ from planner.kernel.sysfs import (
 
 
 def holder_pids() -> list[int]:
-    """Live holder processes (``python -m planner.kernel.holder`` and their forks)."""
+    """Live holder processes of this test process (``python -m planner.kernel.holder`` and
+    their forks): those whose controller is this process or a descendant of it, or is gone.
+    Another pytest worker's holders (``pytest -n``) are not ours."""
+    me = os.getpid()
     out = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = Path(entry.path, "cmdline").read_bytes()
+            cmdline = Path(entry.path, "cmdline").read_bytes().split(b"\0")
             state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"planner.kernel.holder" in cmdline and state != "Z":
+        if b"planner.kernel.holder" not in cmdline or state == "Z":
+            continue
+        at = cmdline.index(b"planner.kernel.holder")
+        try:
+            controller = int(cmdline[at + 1])
+        except (IndexError, ValueError):
+            controller = 0
+        if controller <= 0 or _descends(controller, me):
             out.append(int(entry.name))
     return out
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    """Whether ``pid`` is ``ancestor`` or its descendant, or is gone (a leftover)."""
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return seen == 0  # the controller itself is gone: its holders are leftovers
+        seen += 1
+    return False
 
 
 #: How long a kernel test waits for KSM held by another run (the project lock, or a process
