@@ -12,6 +12,9 @@ Modules and their main entry points:
 
 * :mod:`~planner.kernel.sysfs` -- :class:`~planner.kernel.sysfs.KsmSysfs` (read-only view of
   the counters and knobs), :class:`~planner.kernel.sysfs.KsmLease`, the kernel defaults;
+* :mod:`~planner.kernel.scanstop` -- :class:`~planner.kernel.scanstop.ScanStopper`: a child
+  process that starts ksmd and stops it at the end of a chosen full scan (the caller may be
+  off the CPU meanwhile), used through :meth:`~planner.kernel.sysfs.KsmLease.scan_stopper`;
 * :mod:`~planner.kernel.holder` -- :class:`~planner.kernel.holder.Holder`: a child process that
   owns private anonymous pages of chosen contents and obeys write / unmap / register / fork /
   exit commands over a socket (its program imports only the standard library);
