@@ -79,7 +79,6 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.holder import PAGE_BYTES, Holder, HolderError
-from planner.kernel.scanstop import ScanStopError
 from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs
 from planner.provenance import HostInfo, kernel_hz, tool_version
 
@@ -89,7 +88,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from planner.engine.registration import Resolver
-    from planner.kernel.scanstop import ScanStopper
+    from planner.kernel.sysfs import LeasedScanStopper
 
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
 FULL_SIZES: Final = (1000, 10000, 100000, 300000)
@@ -567,7 +566,7 @@ class _Session:
     def __init__(
         self,
         lease: KsmLease,
-        stopper: ScanStopper,
+        stopper: LeasedScanStopper,
         ksmd: int,
         progress: Progress,
         *,
@@ -604,13 +603,8 @@ class _Session:
         before = self.read()
         target = self.full_scans + 1
         timeout_s = 30.0 + pages * 60e-6
-        try:  # a process of its own catches the scan's end (planner.kernel.scanstop)
-            stop = self.stopper.run_to(target, timeout_s=timeout_s, poll_s=self.poll_s)
-        except ScanStopError as exc:
-            raise EnvironmentProblem(
-                f"could not start and stop ksmd around a full scan: {exc}",
-                hint="check that the Python running ksm-planner can start a child process",
-            ) from exc
+        # a process of its own catches the scan's end (planner.kernel.scanstop)
+        stop = self.stopper.run_to(target, timeout_s=timeout_s, poll_s=self.poll_s)
         if stop.timed_out:
             raise EnvironmentProblem(
                 f"ksmd did not finish a full scan of {pages} pages in {timeout_s:.0f} s",

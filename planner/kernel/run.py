@@ -44,7 +44,6 @@ from planner.kernel.materialize import (
     SnapshotPlan,
     plan_materialization,
 )
-from planner.kernel.scanstop import ScanStopError
 from planner.kernel.sysfs import KsmLease, KsmSysfs
 from planner.provenance import HostInfo, Provenance, kernel_hz
 from planner.trace.recording import VMSTAT_FIELDS
@@ -52,7 +51,7 @@ from planner.trace.recording import VMSTAT_FIELDS
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from planner.kernel.scanstop import ScanStopper
+    from planner.kernel.sysfs import LeasedScanStopper
     from planner.trace.io import HostTrace
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -311,7 +310,7 @@ class _Runner:
         holders: HolderSet,
         clock: _Clock,
         *,
-        stopper: ScanStopper,
+        stopper: LeasedScanStopper,
         detail: bool,
         poll_s: float,
     ) -> None:
@@ -352,13 +351,7 @@ class _Runner:
             timeout = min(timeout, 2.0 + 4 * self.clock.sleep_ms / 1000)
         if self.t0 is None:
             self.t0 = time.monotonic()
-        try:
-            stop = self.stopper.run_to(b, timeout_s=timeout, poll_s=self.poll_s)
-        except ScanStopError as exc:
-            raise EnvironmentProblem(
-                f"could not start and stop ksmd around full scan {b}: {exc}",
-                hint="check that the Python running ksm-planner can start a child process",
-            ) from exc
+        stop = self.stopper.run_to(b, timeout_s=timeout, poll_s=self.poll_s)
         if stop.timed_out:
             if nothing_left:
                 return None

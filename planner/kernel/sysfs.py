@@ -42,7 +42,7 @@ from planner._signals import signals_deferred
 from planner.capture.procfs import ProcFS
 from planner.engine.knobs import KNOBS, spec
 from planner.errors import EnvironmentProblem, KernelUnsupportedError, KnobError, KsmBusyError
-from planner.kernel.scanstop import ScanStopError, ScanStopper
+from planner.kernel.scanstop import ScanStop, ScanStopError, ScanStopper
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -192,6 +192,24 @@ def default_lock_path() -> Path:
 
 class _Interrupted(KeyboardInterrupt):
     """SIGTERM/SIGHUP during a lease, turned into an exception so that knobs are restored."""
+
+
+class LeasedScanStopper:
+    """:class:`~planner.kernel.scanstop.ScanStopper` under a lease, its failures mapped to
+    :class:`~planner.errors.EnvironmentProblem`."""
+
+    def __init__(self, stopper: ScanStopper) -> None:
+        self._stopper = stopper
+
+    def run_to(self, target: int, *, timeout_s: float, poll_s: float = 0.001) -> ScanStop:
+        """Start ksmd and stop it once ``full_scans`` reaches ``target`` (or at ``timeout_s``)."""
+        try:
+            return self._stopper.run_to(target, timeout_s=timeout_s, poll_s=poll_s)
+        except ScanStopError as exc:
+            raise EnvironmentProblem(
+                f"could not start and stop ksmd around full scan {target}: {exc}",
+                hint="check that the Python running ksm-planner can start a child process",
+            ) from exc
 
 
 class KsmLease:
@@ -399,7 +417,7 @@ class KsmLease:
         self.write("run", 0)
 
     @contextlib.contextmanager
-    def scan_stopper(self) -> Iterator[ScanStopper]:
+    def scan_stopper(self) -> Iterator[LeasedScanStopper]:
         """A process that runs ksmd to the end of a chosen full scan and stops it there.
 
         Catching a scan's end from this process fails whenever it is off the CPU for longer
@@ -416,7 +434,7 @@ class KsmLease:
                 hint="check that the Python running ksm-planner can start a child process",
             ) from exc
         try:
-            yield stopper
+            yield LeasedScanStopper(stopper)
         finally:
             stopper.close()
 
