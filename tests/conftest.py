@@ -35,24 +35,39 @@ settings.load_profile(
 
 CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
 
-#: Held by every ``kernel``-marked test for its whole run: the suite runs on two pytest
-#: workers (``-n auto``, pyproject.toml), and KSM is one per host. Without it a kernel test
-#: on one worker finds the other's holders registered with KSM (the lease refuses), or
-#: takes the lease between another test's check that KSM is free and its command's lease.
+#: KSM is one per host, and the suite runs on two pytest workers (``-n auto``, README). A
+#: ``kernel``-marked test holds this lock exclusively for its whole run; every other test holds
+#: it shared. So a kernel test runs alone on the host, as in a serial run: no other kernel
+#: test (whose holders, registered with KSM, would make its lease refuse, or which could take
+#: the lease between a test's check that KSM is free and its command's lease), and no other
+#: test's load under a calibration's timings (a quick calibration beside the other worker's
+#: tests fitted ``ksm_page_ns`` at 0). :data:`TURNSTILE` keeps a waiting kernel test from being
+#: starved by the other worker's stream of shared holders.
 KERNEL_TEST_MUTEX = Path(tempfile.gettempdir()) / "ksm-planner-kernel-tests.lock"
+TURNSTILE = Path(tempfile.gettempdir()) / "ksm-planner-kernel-tests.turnstile"
+
+
+def _locked(path: Path, how: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, how)  # pytest-timeout bounds the wait
+    return fd
 
 
 @pytest.fixture(autouse=True)
-def _one_kernel_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.node.get_closest_marker("kernel") is None:
-        yield
-        return
-    fd = os.open(KERNEL_TEST_MUTEX, os.O_RDWR | os.O_CREAT, 0o600)
+def _kernel_tests_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    kernel = request.node.get_closest_marker("kernel") is not None
+    turnstile = _locked(TURNSTILE, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # pytest-timeout bounds the wait
+        mutex = _locked(KERNEL_TEST_MUTEX, fcntl.LOCK_EX if kernel else fcntl.LOCK_SH)
+    finally:
+        if not kernel:
+            os.close(turnstile)  # let the next test in (a waiting kernel test first)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        os.close(mutex)  # closing releases the lock
+        if kernel:
+            os.close(turnstile)
 
 
 @pytest.fixture
