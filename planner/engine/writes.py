@@ -481,7 +481,7 @@ class TraceWrites:
         self._cont = iw is not None and (iw.origin_ns is not None or k + 1 >= len(self.times))
         self._cur_keys = self._keys(k) if self._cont else np.empty(0, np.uint64)
         self._reapply = None
-        vol_keys, vol_ids = self._vol_arrays()
+        vol_keys, vol_ids = self._vol_arrays() if self._cont else (self._vol_keys, self._vol_ids)
         if self._cont and vol_keys.size:  # the contents the previous one restored
             ck = self._cur_keys
             pos = np.minimum(np.searchsorted(ck, vol_keys), ck.size - 1)

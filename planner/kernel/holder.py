@@ -264,6 +264,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 # =========================================================================== controller side
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child running a module of this package (``python -m``): this
+    package first on its path, no bytecode written."""
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_parent + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
 class HolderError(RuntimeError):
     """A holder answered an error, died, or did not answer in time."""
 
@@ -295,12 +307,7 @@ class Holder:
     def spawn(cls, *, timeout_s: float = 600.0) -> Holder:
         """Start a new holder process (a fresh interpreter running this module)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        pkg_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = pkg_parent + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env = child_env()
         try:
             popen = subprocess.Popen(
                 [

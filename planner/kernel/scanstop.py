@@ -43,11 +43,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
 PR_SET_PDEATHSIG: Final = 1
 #: Priority asked for the poll (the lowest real-time one: above every normal task, ksmd too).
@@ -162,12 +162,8 @@ class ScanStopper:
         self._popen: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> ScanStopper:
-        env = dict(os.environ)
-        pkg_parent = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = pkg_parent + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        from planner.kernel.holder import child_env  # the caller side only
+
         self._popen = subprocess.Popen(
             [sys.executable, "-m", "planner.kernel.scanstop", str(os.getpid()), self.root],
             stdin=subprocess.PIPE,
@@ -175,7 +171,7 @@ class ScanStopper:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            env=env,
+            env=child_env(),
             cwd="/",
         )
         try:
