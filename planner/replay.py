@@ -11,7 +11,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine import KsmKnobs, prepare_trace, replay
+from planner.engine import KsmKnobs, derive_input, prepare_trace, replay
 from planner.engine.heap import retained_heap
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from planner.engine.api import EngineName
+    from planner.engine.api import DerivedInput, EngineName
     from planner.engine.options import ReplayOptions
+    from planner.engine.prepare import ReplayInput
     from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
 
@@ -128,6 +129,7 @@ def _replay_trace(
     progress.finish()
     canary = None
     cost_fit: dict[str, Any] | None = None
+    source: ReplayInput | DerivedInput = inp
     if observed is not None:
         from planner.engine.costfit import fit_to_recording
         from planner.engine.options import ReplayOptions
@@ -138,11 +140,15 @@ def _replay_trace(
         canary = canary_rates(recording, inp.page_size)
         # the recorded ksmd's CPU and batch period fit the cost profile (docs/busy-host.md §4)
         progress.start("fitting ksmd's cost to the recording", None)
+        # the fit's replays and the replay it fits share the input as replays run it
+        source = derive_input(inp, options, canary)
         options, cost_fit = fit_to_recording(
-            inp, recording.counters, options or ReplayOptions(), canary=canary
+            source, recording.counters, options or ReplayOptions(), canary=canary
         )
         progress.finish()
-    res = replay(inp, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary)
+    res = replay(
+        source, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary
+    )
     if cost_fit is not None:
         res.provenance["cost_fit"] = cost_fit
     res.provenance.update(

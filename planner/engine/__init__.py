@@ -9,7 +9,7 @@ snapshots are deltas (:mod:`planner.engine.prepare`, :mod:`planner.engine.rows`)
 Use :func:`replay`; docs/engine.md explains the design.
 """
 
-from planner.engine.api import replay
+from planner.engine.api import DerivedInput, derive_input, replay
 from planner.engine.cost import CostProfile
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
@@ -19,6 +19,7 @@ from planner.engine.result import ReplayResult, ScanRecord, Truth
 
 __all__ = [
     "CostProfile",
+    "DerivedInput",
     "KsmKnobs",
     "ProcessInfo",
     "Registration",
@@ -27,6 +28,7 @@ __all__ = [
     "ReplayResult",
     "ScanRecord",
     "Truth",
+    "derive_input",
     "prepare",
     "prepare_trace",
     "replay",

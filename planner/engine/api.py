@@ -6,6 +6,7 @@ a layer above the engine and the policies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from planner._progress import NULL_PROGRESS, Progress
@@ -26,8 +27,50 @@ if TYPE_CHECKING:
 EngineName = Literal["vectorized", "reference"]
 
 
+@dataclass(frozen=True)
+class DerivedInput:
+    """A prepared input as a replay runs it (:func:`derive_input`): the growth after the
+    trace continued and a canary's write rates applied. Neither depends on the knobs, so
+    replays of one input at several knob settings (a what-if, a cost fit and the replay it
+    fits) derive it once and pass it as :func:`replay`'s ``source``."""
+
+    base: ReplayInput
+    grown: ReplayInput  # the engine's snapshots
+    written: ReplayInput  # ``grown`` with the canary's rates: the write model's input
+    growth: GrowthNote
+    canary: CanaryRates | None
+    #: the options it was derived for (:func:`_derivation`): a replay with others derives again
+    made_for: tuple[bool, bool, int, bool]
+
+
+def _derivation(opts: ReplayOptions) -> tuple[bool, bool, int, bool]:
+    """What a derived input depends on in the options."""
+    return (opts.growth, opts.aligned_to_scans, opts.write_seed, opts.writes)
+
+
+def derive_input(
+    inp: ReplayInput, options: ReplayOptions | None = None, canary: CanaryRates | None = None
+) -> DerivedInput:
+    """``inp`` grown after the trace (:func:`with_growth`) and, when the options replay
+    writes, with the canary's same-content write rates
+    (:func:`planner.engine.writes.with_canary`)."""
+    opts = options or ReplayOptions()
+    grown, growth = with_growth(inp, opts)
+    written = grown
+    if canary is not None and opts.writes:
+        from planner.engine.writes import with_canary
+
+        written = with_canary(grown, canary)
+    return DerivedInput(inp, grown, written, growth, canary, _derivation(opts))
+
+
+def base_input(source: ReplayInput | DerivedInput) -> ReplayInput:
+    """The prepared input of ``source``."""
+    return source.base if isinstance(source, DerivedInput) else source
+
+
 def replay(
-    source: HostTrace | ReplayInput,
+    source: HostTrace | ReplayInput | DerivedInput,
     *,
     knobs: KsmKnobs | None = None,
     options: ReplayOptions | None = None,
@@ -43,7 +86,10 @@ def replay(
     Parameters
     ----------
     source
-        A host trace (prepared here under ``resolver``) or an already prepared input.
+        A host trace (prepared here under ``resolver``), an already prepared input, or one
+        derived for replays (:func:`derive_input`: reused when derived with the same
+        growth, alignment, writes and seed as ``options`` and, if ``canary`` is given, with
+        that canary; derived again otherwise).
     knobs
         ksmd knobs; the kernel's defaults when omitted. ``hz`` defaults to the trace's HZ.
     options
@@ -61,7 +107,11 @@ def replay(
         Same-content write rates from a canary recording
         (:func:`planner.engine.writes.canary_rates`) for the write model.
     """
-    if isinstance(source, ReplayInput):
+    derived: DerivedInput | None = None
+    if isinstance(source, DerivedInput):
+        derived = source
+        inp = source.base
+    elif isinstance(source, ReplayInput):
         inp = source
     else:
         inp = prepare(source, resolver=resolver, prctl_at=prctl_at)
@@ -81,17 +131,27 @@ def replay(
     from planner.engine.driver import NO_WRITES, Driver
     from planner.engine.writes import write_model
 
-    inp, growth = with_growth(inp, opts)
-    core = replay_input_core(inp, knobs, engine)
-    if canary is not None and opts.writes:
-        from planner.engine.writes import with_canary
-
-        inp = with_canary(inp, canary)
-    model = write_model(inp, enabled=opts.writes, seed=opts.write_seed)
+    if (
+        derived is None
+        or derived.made_for != _derivation(opts)
+        or (canary is not None and canary is not derived.canary)
+    ):
+        if canary is None and derived is not None:
+            canary = derived.canary
+        derived = derive_input(inp, opts, canary)
+    canary = derived.canary
+    core = replay_input_core(derived.grown, knobs, engine)
+    model = write_model(derived.written, enabled=opts.writes, seed=opts.write_seed)
     res = Driver(
-        core, inp, knobs, opts, progress=progress, writes=NO_WRITES if model is None else model
+        core,
+        derived.written,
+        knobs,
+        opts,
+        progress=progress,
+        writes=NO_WRITES if model is None else model,
     ).run()
-    res.provenance["writes"] = writes_note(inp, opts, model)
+    res.provenance["writes"] = writes_note(derived.written, opts, model)
+    growth = derived.growth
     res.provenance["growth"] = growth.to_dict() | {"summary": growth.summary()}
     if canary is not None:
         res.provenance["writes"]["canary"] = {

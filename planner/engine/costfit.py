@@ -43,6 +43,7 @@ from planner.engine.timing import (
 from planner.errors import InputDataError
 
 if TYPE_CHECKING:
+    from planner.engine.api import DerivedInput
     from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
     from planner.engine.writes import CanaryRates
@@ -219,7 +220,7 @@ class CostFit:
 
 
 def fit_cost(
-    inp: ReplayInput,
+    source: ReplayInput | DerivedInput,
     real: KsmdWindow,
     load: HostLoad,
     *,
@@ -233,17 +234,20 @@ def fit_cost(
     ``load`` is the load the recording ran under as the replay states it (the trace's
     recorded load unless a better one is known). ``canary``: the recording's write rates,
     carried by the fitting replays so that their path mix (pages whose checksum changed,
-    merges broken and redone) is the one the recording saw.
+    merges broken and redone) is the one the recording saw. ``source`` may be the input
+    derived for the replays (:func:`planner.engine.derive_input`): the fit's two replays
+    and the replay it fits then grow the trace and apply the canary once.
 
     Raises
     ------
     InputDataError
         The replay of the trace scanned no page (nothing registered).
     """
-    from planner.engine.api import replay
+    from planner.engine.api import base_input, replay
     from planner.engine.knobs import KsmKnobs
     from planner.engine.options import ReplayOptions
 
+    inp = base_input(source)
     base = base or CostProfile.default()
     hz = inp.hz or 250
     share = real.share(hz, base.wake_latency_ns)
@@ -267,7 +271,7 @@ def fit_cost(
             writes=writes,
             write_seed=write_seed,
         )
-        res = replay(inp, knobs=knobs, options=opts, canary=canary)
+        res = replay(source, knobs=knobs, options=opts, canary=canary)
         scanned = res.final_counters["pages_scanned"]
         if scanned <= 0:
             raise InputDataError(
@@ -303,7 +307,7 @@ def fitted_profile(fit: CostFit, *, name: str, provenance: dict[str, Any]) -> Co
 
 
 def fit_to_recording(
-    inp: ReplayInput,
+    source: ReplayInput | DerivedInput,
     counters: Any,
     options: ReplayOptions,
     *,
@@ -317,18 +321,21 @@ def fit_to_recording(
     while the replay itself keeps ``options.host_load`` (a load given to plan for another
     host applies to the fitted ksmd). A profile that is already fitted, or a recording
     without ksmd's CPU time, leaves ``options`` as they are. Returns the options and what
-    the result's provenance says about the fit (``cost_fit``).
+    the result's provenance says about the fit (``cost_fit``). ``source``: as
+    :func:`fit_cost`'s.
     """
+    from planner.engine.api import base_input
+
     if is_fitted(options.cost):
         return options, {"fitted": False, "why": f"the profile {options.cost.name} is fitted"}
     try:
         real = ksmd_window(counters)
     except InputDataError as exc:
         return options, {"fitted": False, "why": f"the recording cannot tell: {exc.message}"}
-    recorded = inp.meta.get("host_load")
+    recorded = base_input(source).meta.get("host_load")
     load = recorded if isinstance(recorded, HostLoad) else options.host_load or HostLoad.idle()
     fit = fit_cost(
-        inp,
+        source,
         real,
         load,
         base=options.cost,

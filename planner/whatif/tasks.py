@@ -29,6 +29,8 @@ from planner.whatif.outcome import (
 )
 
 if TYPE_CHECKING:
+    from planner.engine.api import DerivedInput
+    from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
     from planner.engine.result import ReplayResult
     from planner.engine.writes import CanaryRates
@@ -201,6 +203,7 @@ def clear_caches() -> None:
     """Forget the prepared inputs (and their facts) cached in this process."""
     with _CACHE_LOCK:
         _PREPARED.clear()
+        _DERIVED.clear()
         _LAST.clear()
         _BY_SNAPSHOT.clear()
 
@@ -362,6 +365,39 @@ def _ideal_by_snapshot(
     return tuple(out)
 
 
+#: The input of the batch running in this process as its replays run it (grown, with the
+#: canary's rates: :func:`planner.engine.derive_input`), by key: at most one, dropped at the
+#: batch's end, so that a worker holds no more than while one replay runs.
+_DERIVED: dict[tuple[Any, ...], DerivedInput] = {}
+
+
+def _derived(
+    spec: ReplaySpec, inp: ReplayInput, opts: ReplayOptions, canary: CanaryRates | None
+) -> DerivedInput:
+    """The derived input of a replay task: made once for the replays of one batch (one
+    host under one policy set at several knob settings), whose growth and canary
+    calibration do not depend on the knobs."""
+    from planner.engine import derive_input
+
+    key = (
+        *spec.prepare_key,
+        spec.canary_path,
+        opts.growth,
+        opts.aligned_to_scans,
+        opts.write_seed,
+        opts.writes,
+    )
+    with _CACHE_LOCK:
+        if key in _DERIVED:
+            return _DERIVED[key]
+        _DERIVED.clear()
+    derived = derive_input(inp, opts, canary)
+    with _CACHE_LOCK:
+        _DERIVED.clear()
+        _DERIVED[key] = derived
+    return derived
+
+
 def _release() -> None:
     from planner.engine.fast.apply import release_memory
 
@@ -390,7 +426,7 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     ideal, zero_freed, eligible = _last_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
     by_snapshot = _ideal_by_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
     canary = _canary(spec.canary_path, inp.page_size) if spec.canary_path else None
-    res = replay(inp, knobs=knobs, options=opts, canary=canary)
+    res = replay(_derived(spec, inp, opts, canary), knobs=knobs, options=opts)
     truth = res.final_truth
     pairs, crossing = _domain_pairs(inp, res.final_node_members)
     applied = [t for t in res.snapshot_applied_s if t is not None]
@@ -477,11 +513,15 @@ def run_batch(
     process), so batching them keeps each worker from preparing the same input again.
     """
     out: list[ReplayOutcome | ExtrapolationFit | TaskFailure] = []
-    for spec in specs:
-        res = run_task(spec)
-        out.append(res)
-        if isinstance(res, TaskFailure):
-            break
+    try:
+        for spec in specs:
+            res = run_task(spec)
+            out.append(res)
+            if isinstance(res, TaskFailure):
+                break
+    finally:
+        with _CACHE_LOCK:
+            _DERIVED.clear()
     return out
 
 

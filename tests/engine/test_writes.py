@@ -803,3 +803,83 @@ def test_an_idle_process_takes_no_busy_rate_from_a_canary_without_cpu_times() ->
     idle = [r for (pid, _), r in got.items() if pid == 202]
     assert min(busy) > 0.0  # every busy row drew the command's (only) rate
     assert idle == [0.0] * 10
+
+
+def _coalesce_by_hand(
+    rows: list[int], kinds: list[int], other: list[int], next_volatile: int
+) -> tuple[list[int], list[int], list[bool], int]:
+    """The batch as the module's notes say, one event at a time: each row's last content
+    write decides (kinds 1 fresh, 2 restore, 3 other, 4 leave; 0 same content)."""
+    last: dict[int, int] = {}
+    for r, k in zip(rows, kinds, strict=True):
+        if k != 0 or r not in last:
+            last[r] = k if k != 0 else last.get(r, 0)
+    content, gone = [], []
+    for r in sorted(last):
+        k = last[r]
+        if k in (1, 4):
+            content.append(next_volatile)
+            next_volatile += 1
+        else:
+            content.append({0: SAME, 2: RESTORE}.get(k, other[r] if k == 3 else SAME))
+        gone.append(k == 4)
+    return sorted(last), content, gone, next_volatile
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 4)), max_size=200),
+    st.integers(0, 1000),
+)
+def test_a_batch_coalesces_to_each_rows_last_content_write(
+    events: list[tuple[int, int]], next_volatile: int
+) -> None:
+    from planner.engine.writes import _coalesce_rows
+
+    rows = np.array([r for r, _ in events], np.int64)
+    kinds = np.array([k for _, k in events], np.int64)
+    other = np.arange(41, dtype=np.int64) + 5000
+    scratch = np.full(41, -1, np.int64)
+    uniq, content, gone, nv = _coalesce_rows(rows, kinds, scratch, other, next_volatile)
+    want = _coalesce_by_hand(rows.tolist(), kinds.tolist(), other.tolist(), next_volatile)
+    assert (uniq.tolist(), content.tolist(), gone.tolist(), int(nv)) == want
+    assert (scratch == -1).all()  # left clean for the next batch
+
+
+def test_an_input_derived_once_replays_as_the_trace_does_at_any_knobs() -> None:
+    from planner.engine import derive_input
+
+    w = _two_workers(pages=4)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {0: 3}, {1: 2}, 1.0)
+    obs = _canary(
+        [(0.0, 100, 0x10000, "merged")]
+        + [(0.5 * i, 100, 0x10000, "unmerged_same_content") for i in range(1, 20)]
+        + [(0.5 * i + 0.01, 100, 0x10000, "merged") for i in range(1, 20)],
+        end_s=10.0,
+    )
+    inp = prepare(ht)
+    canary = canary_rates(obs)
+    opts = ReplayOptions(duration_s=20.0)
+    derived = derive_input(inp, opts, canary)
+    for pages in (1, 100):
+        knobs = KsmKnobs(pages_to_scan=pages, sleep_ms=50)
+        fresh = replay(inp, knobs=knobs, options=opts, canary=canary)
+        again = replay(derived, knobs=knobs, options=opts)
+        assert fresh.cow_breaks > 0
+        assert_same(fresh, again)
+        assert again.provenance["writes"] == fresh.provenance["writes"]
+        assert again.provenance["growth"] == fresh.provenance["growth"]
+    # other options than it was derived for: derived again, as from the trace
+    knobs = KsmKnobs(pages_to_scan=1, sleep_ms=50)
+    for other in (dataclasses.replace(opts, write_seed=7), dataclasses.replace(opts, growth=False)):
+        got = replay(derived, knobs=knobs, options=other)
+        want = replay(inp, knobs=knobs, options=other, canary=canary)
+        assert_same(got, want)
+        assert got.provenance["growth"] == want.provenance["growth"]
+    assert got.provenance["growth"]["summary"] != again.provenance["growth"]["summary"]
+    # without writes the canary is carried for the provenance only, as before
+    off = dataclasses.replace(opts, writes=False)
+    no_writes = replay(derived, knobs=knobs, options=off)
+    assert no_writes.cow_breaks == replay(inp, knobs=knobs, options=off).cow_breaks
