@@ -70,6 +70,45 @@ def _kernel_tests_alone(request: pytest.FixtureRequest) -> Iterator[None]:
             os.close(turnstile)
 
 
+#: Files whose tests take the longest (minutes in all on 2 cores), started first: a kernel
+#: test waits for the other worker's running test to end, and waiting for one of these idled
+#: a worker for up to 168 s (the example rebuild). Longest first; measured with
+#: ``--durations`` (docs/testing.md).
+LONGEST_FILES = (
+    "tests/report/test_examples.py",
+    "tests/whatif/test_django_traces.py",
+    "tests/trace/test_integrity.py",
+    "tests/test_knob_table.py",
+    "tests/engine/test_busy_host.py",
+    "tests/report/test_review_gates.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the files for two workers (``--dist loadfile --no-loadscope-reorder``): the
+    longest files first, then the other files without a kernel test (most tests first, as
+    xdist orders them by default), then the files holding kernel tests, whose tests run
+    alone (:func:`_kernel_tests_alone`) and are short: by then no long test is left for
+    them to wait on."""
+    del config
+    path_of = {id(item): item.nodeid.split("::", 1)[0] for item in items}
+    count: dict[str, int] = {}
+    kernel_files: set[str] = set()
+    for item in items:
+        path = path_of[id(item)]
+        count[path] = count.get(path, 0) + 1
+        if item.get_closest_marker("kernel") is not None:
+            kernel_files.add(path)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        path = path_of[id(item)]
+        if path in LONGEST_FILES and path not in kernel_files:
+            return 0, LONGEST_FILES.index(path)
+        return (2 if path in kernel_files else 1), -count[path]
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
     """Run ``ksm-planner ARGS`` in-process: ``(exit code, stdout, stderr)``."""
