@@ -312,41 +312,156 @@ class _Streams:
     #: rows that leave (ascending) and when: no event of theirs follows the leaving
     gone_rows: I64 = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))
     gone_ns: I64 = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))
+    #: per stream: no event after this time (its row leaves), else _NEVER (made on first use)
+    _gone_after: I64 | None = None
 
     def events(self, w0: int, w1: int) -> tuple[I64, I64, I64]:
-        """Events with time in [w0, w1): (time, row, kind), sorted by time then row."""
+        """Events with time in [w0, w1): (time, row, kind), sorted by time then row (events
+        of one row at one time in the order of their streams). Compiled
+        (:func:`_window_events`): the numpy version's lexsort of every event of an interval
+        and its dozen passes over them were a quarter of a replay's time."""
         if self.row.size == 0 or w1 <= w0:
             e = np.empty(0, np.int64)
             return e, e, e
-        p = self.period_ns
-        lo = np.maximum(np.ceil((w0 - self.t0_ns) / p - self.phase), 0).astype(np.int64)
-        hi = np.ceil((w1 - self.t0_ns) / p - self.phase).astype(np.int64)
-        hi = np.where(self.count >= 0, np.minimum(hi, self.count), hi)
-        n = np.maximum(hi - lo, 0)
-        idx = np.repeat(np.arange(self.row.size), n)
-        j = lo[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
-        t = self.t0_ns + np.floor((self.phase[idx] + j) * p[idx]).astype(np.int64)
-        keep = (t >= w0) & (t < w1)
-        idx, j, t = idx[keep], j[keep], t[keep]
-        sch = self.scheme[idx]
-        kind = np.full(idx.size, _K_SAME, np.int64)
-        kind[sch == _S_DRIFT] = _K_FRESH
-        kind[sch == _S_LEAVE] = _K_GONE
-        tog = sch == _S_TOGGLE
-        last = (self.count[idx] >= 0) & (j == self.count[idx] - 1)
-        kind[tog] = np.where((j[tog] % 2 == 1) | last[tog], _K_RESTORE, _K_OTHER)
-        rows = self.row[idx]
-        if self.gone_rows.size and rows.size:
-            pos = np.minimum(np.searchsorted(self.gone_rows, rows), self.gone_rows.size - 1)
-            after = (self.gone_rows[pos] == rows) & (t > self.gone_ns[pos]) & (sch != _S_LEAVE)
-            t, rows, kind = t[~after], rows[~after], kind[~after]
-        order = np.lexsort((rows, t))
-        return t[order], rows[order], kind[order]
+        if self._gone_after is None:
+            after = np.full(self.row.size, _NEVER, np.int64)
+            if self.gone_rows.size:
+                rows = self.row
+                pos = np.minimum(np.searchsorted(self.gone_rows, rows), self.gone_rows.size - 1)
+                hit = (self.gone_rows[pos] == rows) & (self.scheme != _S_LEAVE)
+                after[hit] = self.gone_ns[pos[hit]]
+            self._gone_after = after
+        t, rows, kind = _window_events(
+            self.t0_ns,
+            w0,
+            w1,
+            self.period_ns,
+            self.phase,
+            self.count,
+            self.scheme,
+            self.row,
+            self._gone_after,
+        )
+        return t, rows, kind
 
     @property
     def events_per_ns(self) -> float:
         """Events per ns over all streams."""
         return float(np.sum(1.0 / self.period_ns)) if self.row.size else 0.0
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _window_events(
+    t0: int,
+    w0: int,
+    w1: int,
+    period_ns: F64,
+    phase: F64,
+    count: I64,
+    scheme: npt.NDArray[np.int8],
+    row: I64,
+    gone_after: I64,
+) -> tuple[I64, I64, I64]:  # pragma: no cover - compiled
+    """The events of :meth:`_Streams.events`: stream ``i``'s ``j``-th at
+    ``t0 + floor((phase + j) * period)``, for ``j < count`` (``count`` < 0: unbounded),
+    within [w0, w1) and not after ``gone_after``; sorted by (time, row), ties in stream
+    order (the order of ``np.lexsort((rows, t))`` over events made stream by stream).
+
+    The sort is a counting sort into about one bucket per 4 events by time, then each
+    bucket by (time, row): insertion sort, or for a crowded bucket (many events at one
+    time: pages that leave together) two stable merge sorts."""
+    n_streams = row.size
+    lo = np.empty(n_streams, np.int64)
+    hi = np.empty(n_streams, np.int64)
+    total = 0
+    for i in range(n_streams):
+        p = period_ns[i]
+        a = np.ceil((w0 - t0) / p - phase[i])
+        lo[i] = np.int64(max(a, 0.0))
+        h = np.int64(np.ceil((w1 - t0) / p - phase[i]))
+        if count[i] >= 0 and count[i] < h:
+            h = count[i]
+        hi[i] = h
+        if h > lo[i]:
+            total += h - lo[i]
+    t = np.empty(total, np.int64)
+    rows = np.empty(total, np.int64)
+    kind = np.empty(total, np.int64)
+    m = 0
+    for i in range(n_streams):
+        p = period_ns[i]
+        sch = scheme[i]
+        for j in range(lo[i], hi[i]):
+            tt = t0 + np.int64(np.floor((phase[i] + j) * p))
+            if tt < w0 or tt >= w1 or tt > gone_after[i]:
+                continue
+            if sch == 1:  # _S_DRIFT
+                k = 1  # _K_FRESH
+            elif sch == 3:  # _S_LEAVE
+                k = 4  # _K_GONE
+            elif sch == 2:  # _S_TOGGLE: every other change, and the last, restores
+                last = count[i] >= 0 and j == count[i] - 1
+                k = 2 if (j % 2 == 1 or last) else 3  # _K_RESTORE, _K_OTHER
+            else:
+                k = 0  # _K_SAME
+            t[m] = tt
+            rows[m] = row[i]
+            kind[m] = k
+            m += 1
+    t, rows, kind = t[:m], rows[:m], kind[:m]
+    if m < 2:
+        return t, rows, kind
+    # counting sort by bucket of time (rounding is monotonic: bucket order is time order)
+    n_buckets = max(1, m // 4)
+    span = float(w1 - w0)
+    start = np.zeros(n_buckets + 1, np.int64)
+    bucket = np.empty(m, np.int64)
+    for e in range(m):
+        at = min(max(int((t[e] - w0) / span * n_buckets), 0), n_buckets - 1)
+        bucket[e] = at
+        start[at + 1] += 1
+    for b in range(n_buckets):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    ot = np.empty(m, np.int64)
+    orow = np.empty(m, np.int64)
+    okind = np.empty(m, np.int64)
+    for e in range(m):
+        d = fill[bucket[e]]
+        fill[bucket[e]] = d + 1
+        ot[d] = t[e]
+        orow[d] = rows[e]
+        okind[d] = kind[e]
+    for b in range(n_buckets):
+        s0 = start[b]
+        s1 = start[b + 1]
+        if s1 - s0 < 2:
+            continue
+        if s1 - s0 <= 64:
+            for x in range(s0 + 1, s1):
+                vt = ot[x]
+                vr = orow[x]
+                vk = okind[x]
+                y = x - 1
+                while y >= s0 and (ot[y] > vt or (ot[y] == vt and orow[y] > vr)):
+                    ot[y + 1] = ot[y]
+                    orow[y + 1] = orow[y]
+                    okind[y + 1] = okind[y]
+                    y -= 1
+                ot[y + 1] = vt
+                orow[y + 1] = vr
+                okind[y + 1] = vk
+        else:  # by row, then by time: both stable
+            bt = ot[s0:s1].copy()
+            br = orow[s0:s1].copy()
+            bk = okind[s0:s1].copy()
+            o1 = np.argsort(br, kind="mergesort")
+            o2 = o1[np.argsort(bt[o1], kind="mergesort")]
+            for x in range(s1 - s0):
+                ot[s0 + x] = bt[o2[x]]
+                orow[s0 + x] = br[o2[x]]
+                okind[s0 + x] = bk[o2[x]]
+    return ot, orow, okind
 
 
 class TraceWrites:
@@ -370,13 +485,14 @@ class TraceWrites:
         self._other_ids: I64 = np.empty(0, np.int64)
         #: the continuation's rows holding a content no snapshot has (keys, ascending) and
         #: that content: restored before a synthetic snapshot, set again after it
-        #: (:meth:`_vol_arrays`; the batches' changes wait in a log, applied together when
-        #: the arrays are needed or the log outgrows them: rebuilding the arrays at every
-        #: batch was most of a replay's time at a small pages_to_scan)
+        #: (:meth:`_vol_arrays`). Within an interval they are kept per row of its snapshot
+        #: (``_vol_rows``: the content id, -1 for none), merged into the keyed arrays when
+        #: the interval ends: a batch's writes cost one scatter (sorting keyed arrays at
+        #: every batch, and later a log of them, was most of a replay's time at a small
+        #: pages_to_scan)
         self._vol_keys: U64 = np.empty(0, np.uint64)
         self._vol_ids: I64 = np.empty(0, np.int64)
-        self._vol_log: list[tuple[U64, I64]] = []
-        self._vol_logged = 0
+        self._vol_rows: I64 | None = None
         self._reapply: Writes | None = None
         self._reapply_ns = 0
         self._cur_keys: U64 = np.empty(0, np.uint64)
@@ -478,6 +594,8 @@ class TraceWrites:
         """Snapshot ``k`` was applied (at ``now_ns``): the writes of the interval after it
         follow (those whose time has passed are due at once)."""
         del now_ns
+        self._vol_arrays()  # the interval that ends, while its rows are known
+        self._vol_rows = None
         self.k = k
         self.other = np.empty(0, np.int64)
         self.streams = self._build(k)
@@ -485,14 +603,17 @@ class TraceWrites:
         self._cont = iw is not None and (iw.origin_ns is not None or k + 1 >= len(self.times))
         self._cur_keys = self._keys(k) if self._cont else np.empty(0, np.uint64)
         self._reapply = None
-        vol_keys, vol_ids = self._vol_arrays() if self._cont else (self._vol_keys, self._vol_ids)
-        if self._cont and vol_keys.size:  # the contents the previous one restored
-            ck = self._cur_keys
-            pos = np.minimum(np.searchsorted(ck, vol_keys), ck.size - 1)
-            hit = self._cur_keys[pos] == vol_keys
-            if hit.any():
-                self._reapply = Writes(pos[hit].astype(np.int64), vol_ids[hit])
-                self._reapply_ns = self.times[k]
+        if self._cont:
+            self._vol_rows = np.full(self._cur_keys.size, -1, np.int64)
+            vol_keys, vol_ids = self._vol_keys, self._vol_ids
+            if vol_keys.size and self._cur_keys.size:  # the contents the previous one restored
+                ck = self._cur_keys
+                pos = np.minimum(np.searchsorted(ck, vol_keys), ck.size - 1)
+                hit = self._cur_keys[pos] == vol_keys
+                if hit.any():
+                    self._reapply = Writes(pos[hit].astype(np.int64), vol_ids[hit])
+                    self._reapply_ns = self.times[k]
+                    self._vol_rows[pos[hit]] = vol_ids[hit]
         e = np.empty(0, np.int64)
         self._t, self._rows, self._kind, self._pos = e, e, e, 0
         self._gen_to = self.times[k]
@@ -561,33 +682,30 @@ class TraceWrites:
         return restore if out is None else _merge(out, restore)
 
     def _track(self, rows: I64, content: I64) -> None:
-        """The continuation's rows now holding a content no snapshot has."""
-        if not self._cont:
+        """The continuation's rows now holding a content no snapshot has (a content id) or
+        none (restored to the snapshot's); ``rows`` distinct, batches in time order."""
+        if not self._cont or self._vol_rows is None:
             return
         touched = content != SAME
-        if not touched.any():
-            return
-        self._vol_log.append((self._cur_keys[rows[touched]], content[touched]))
-        self._vol_logged += int(np.count_nonzero(touched))
-        if self._vol_logged > max(1 << 16, 2 * self._vol_keys.size):
-            self._vol_arrays()
+        if touched.any():
+            c = content[touched]
+            self._vol_rows[rows[touched]] = np.where(c >= 0, c, -1)
 
     def _vol_arrays(self) -> tuple[U64, I64]:
-        """The rows holding a content no snapshot has: their keys (ascending) and contents.
-
-        A row's last write in the log decides: a content id (>= 0) it holds now, or none
-        (restored to a snapshot's content)."""
-        if self._vol_log:
-            k = np.concatenate([e[0] for e in self._vol_log])
-            c = np.concatenate([e[1] for e in self._vol_log])
-            self._vol_log, self._vol_logged = [], 0
-            order = np.lexsort((np.arange(k.size), k))  # by key, in time order
-            k, c = k[order], c[order]
-            last = np.r_[k[1:] != k[:-1], True]
-            k, c = k[last], c[last]
-            keep = ~np.isin(self._vol_keys, k)
-            vk = np.concatenate([self._vol_keys[keep], k[c >= 0]])
-            vi = np.concatenate([self._vol_ids[keep], c[c >= 0]])
+        """The rows holding a content no snapshot has: their keys (ascending) and contents,
+        the current interval's writes merged in (a row's last write decides: a content id
+        it holds now, or none)."""
+        vr = self._vol_rows
+        if vr is not None and self._cur_keys.size:
+            ck = self._cur_keys
+            vk, vi = self._vol_keys, self._vol_ids
+            if vk.size:  # the keys of this interval's rows are decided by its rows
+                pos = np.minimum(np.searchsorted(ck, vk), ck.size - 1)
+                keep = ck[pos] != vk
+                vk, vi = vk[keep], vi[keep]
+            held = vr >= 0
+            vk = np.concatenate([vk, ck[held]])
+            vi = np.concatenate([vi, vr[held]])
             order = np.argsort(vk, kind="stable")
             self._vol_keys, self._vol_ids = vk[order], vi[order]
         return self._vol_keys, self._vol_ids

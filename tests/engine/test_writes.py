@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -883,3 +884,74 @@ def test_an_input_derived_once_replays_as_the_trace_does_at_any_knobs() -> None:
     off = dataclasses.replace(opts, writes=False)
     no_writes = replay(derived, knobs=knobs, options=off)
     assert no_writes.cow_breaks == replay(inp, knobs=knobs, options=off).cow_breaks
+
+
+def _window_by_numpy(st: object, w0: int, w1: int) -> tuple[list[int], list[int], list[int]]:
+    """:meth:`_Streams.events` as numpy writes it: every event of the window, a lexsort."""
+    s: Any = st
+    p = s.period_ns
+    lo = np.maximum(np.ceil((w0 - s.t0_ns) / p - s.phase), 0).astype(np.int64)
+    hi = np.ceil((w1 - s.t0_ns) / p - s.phase).astype(np.int64)
+    hi = np.where(s.count >= 0, np.minimum(hi, s.count), hi)
+    n = np.maximum(hi - lo, 0)
+    idx = np.repeat(np.arange(s.row.size), n)
+    j = lo[idx] + (np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n))
+    t = s.t0_ns + np.floor((s.phase[idx] + j) * p[idx]).astype(np.int64)
+    keep = (t >= w0) & (t < w1)
+    idx, j, t = idx[keep], j[keep], t[keep]
+    sch = s.scheme[idx]
+    kind = np.zeros(idx.size, np.int64)
+    kind[sch == 1] = 1
+    kind[sch == 3] = 4
+    tog = sch == 2
+    last = (s.count[idx] >= 0) & (j == s.count[idx] - 1)
+    kind[tog] = np.where((j[tog] % 2 == 1) | last[tog], 2, 3)
+    rows = s.row[idx]
+    if s.gone_rows.size and rows.size:
+        pos = np.minimum(np.searchsorted(s.gone_rows, rows), s.gone_rows.size - 1)
+        after = (s.gone_rows[pos] == rows) & (t > s.gone_ns[pos]) & (sch != 3)
+        t, rows, kind = t[~after], rows[~after], kind[~after]
+    order = np.lexsort((rows, t))
+    return t[order].tolist(), rows[order].tolist(), kind[order].tolist()
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),  # row
+            st.sampled_from([0.3, 1.0, 7.0, 100.0, 1e3, 12345.6, 1e6]),  # period, ns
+            st.floats(0.0, 0.999),  # phase
+            st.integers(-1, 50),  # count
+            st.integers(0, 3),  # scheme
+        ),
+        max_size=60,
+    ),
+    st.integers(0, 10_000),
+    st.integers(1, 2_000_000),
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3_000_000)), max_size=5),
+)
+def test_a_windows_events_are_every_streams_in_time_then_row_order(
+    streams: list[tuple[int, float, float, int, int]],
+    w0: int,
+    width: int,
+    gone: list[tuple[int, int]],
+) -> None:
+    from planner.engine.writes import _Streams
+
+    gone_by_row = dict(gone)
+    gone_rows = np.array(sorted(gone_by_row), np.int64)
+    s = _Streams(
+        row=np.array([x[0] for x in streams], np.int64),
+        # an unbounded stream's period at least 1 us: at most 2,000 events in a window
+        period_ns=np.array([x[1] if x[3] >= 0 else max(x[1], 1e3) for x in streams], np.float64),
+        phase=np.array([x[2] for x in streams], np.float64),
+        count=np.array([x[3] for x in streams], np.int64),
+        scheme=np.array([x[4] for x in streams], np.int8),
+        t0_ns=1_000,
+        end_ns=10**12,
+        gone_rows=gone_rows,
+        gone_ns=np.array([gone_by_row[r] for r in gone_rows.tolist()], np.int64),
+    )
+    t, rows, kind = s.events(w0, w0 + width)
+    assert (t.tolist(), rows.tolist(), kind.tolist()) == _window_by_numpy(s, w0, w0 + width)
