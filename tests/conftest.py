@@ -35,16 +35,26 @@ settings.load_profile(
 
 CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
 
-#: KSM is one per host, and the suite runs on two pytest workers (``-n auto``, README). A
-#: ``kernel``-marked test holds this lock exclusively for its whole run; every other test holds
-#: it shared. So a kernel test runs alone on the host, as in a serial run: no other kernel
-#: test (whose holders, registered with KSM, would make its lease refuse, or which could take
-#: the lease between a test's check that KSM is free and its command's lease), and no other
-#: test's load under a calibration's timings (a quick calibration beside the other worker's
-#: tests fitted ``ksm_page_ns`` at 0). :data:`TURNSTILE` keeps a waiting kernel test from being
-#: starved by the other worker's stream of shared holders.
-KERNEL_TEST_MUTEX = Path(tempfile.gettempdir()) / "ksm-planner-kernel-tests.lock"
-TURNSTILE = Path(tempfile.gettempdir()) / "ksm-planner-kernel-tests.turnstile"
+#: The suite runs on two pytest workers (``-n auto``, README); two file locks in the temporary
+#: directory keep their tests apart where they must be (:func:`_tests_apart`):
+#:
+#: * :data:`KSM_MUTEX`: KSM is one per host. A test that uses it (``kernel``-marked, or any test
+#:   of ``tests/kernel`` and ``tests/live``, whose holders register with KSM) holds it
+#:   exclusively: no other such test's holders make its lease refuse or add to its counters,
+#:   and no other test takes the lease between its check that KSM is free and its command's.
+#: * :data:`HOST_MUTEX`: a ``quiet``-marked test (its timings calibrate ksmd: a quick
+#:   calibration beside the other worker's tests fitted ``ksm_page_ns`` at 0) holds it
+#:   exclusively and runs alone on the host; every other test holds it shared.
+#:
+#: Other kernel tests wait for ksmd (30 of their 80 s are CPU) and run beside the other
+#: worker's tests: when every kernel test ran alone, the other worker idled 80 s of a run.
+#: :data:`TURNSTILE` keeps a test waiting for an exclusive lock from being starved by the
+#: other worker's stream of shared holders.
+HOST_MUTEX = Path(tempfile.gettempdir()) / "ksm-planner-tests-host.lock"
+KSM_MUTEX = Path(tempfile.gettempdir()) / "ksm-planner-tests-ksm.lock"
+TURNSTILE = Path(tempfile.gettempdir()) / "ksm-planner-tests.turnstile"
+#: Test directories whose every test uses KSM (holders registered with it), marked or not.
+KSM_DIRS = ("tests/kernel/", "tests/live/")
 
 
 def _locked(path: Path, how: int) -> int:
@@ -53,27 +63,38 @@ def _locked(path: Path, how: int) -> int:
     return fd
 
 
+def uses_ksm(item: pytest.Item) -> bool:
+    """Whether a test uses the host's KSM (see :data:`KSM_MUTEX`)."""
+    return item.get_closest_marker("kernel") is not None or item.nodeid.startswith(KSM_DIRS)
+
+
 @pytest.fixture(autouse=True)
-def _kernel_tests_alone(request: pytest.FixtureRequest) -> Iterator[None]:
-    kernel = request.node.get_closest_marker("kernel") is not None
+def _tests_apart(request: pytest.FixtureRequest) -> Iterator[None]:
+    quiet = request.node.get_closest_marker("quiet") is not None
+    held: list[int] = []
+    # the turnstile is held while taking the locks: a test waiting for an exclusive one
+    # keeps the other worker's next test from taking a shared one meanwhile
     turnstile = _locked(TURNSTILE, fcntl.LOCK_EX)
     try:
-        mutex = _locked(KERNEL_TEST_MUTEX, fcntl.LOCK_EX if kernel else fcntl.LOCK_SH)
+        held.append(_locked(HOST_MUTEX, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH))
+        if uses_ksm(request.node):
+            held.append(_locked(KSM_MUTEX, fcntl.LOCK_EX))
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
     finally:
-        if not kernel:
-            os.close(turnstile)  # let the next test in (a waiting kernel test first)
+        os.close(turnstile)
     try:
         yield
     finally:
-        os.close(mutex)  # closing releases the lock
-        if kernel:
-            os.close(turnstile)
+        for fd in reversed(held):
+            os.close(fd)  # closing releases the lock
 
 
-#: Files whose tests take the longest (minutes in all on 2 cores), started first: a kernel
-#: test waits for the other worker's running test to end, and waiting for one of these idled
-#: a worker for up to 168 s (the example rebuild). Longest first; measured with
-#: ``--durations`` (docs/testing.md).
+#: Files whose tests take the longest (minutes in all on 2 cores), started first, longest
+#: first (measured with ``--durations``, docs/testing.md): a test that waits for an exclusive
+#: lock waits for the other worker's running test to end, and the example rebuild runs 170 s.
 LONGEST_FILES = (
     "tests/report/test_examples.py",
     "tests/whatif/test_django_traces.py",
@@ -86,27 +107,36 @@ LONGEST_FILES = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the files for two workers (``--dist loadfile --no-loadscope-reorder``): the
-    longest files first, then the other files without a kernel test (most tests first, as
-    xdist orders them by default), then the files holding kernel tests, whose tests run
-    alone (:func:`_kernel_tests_alone`) and are short: by then no long test is left for
-    them to wait on."""
+    longest files first; then the files of tests that use KSM (mostly waiting for ksmd, and
+    one at a time: :data:`KSM_MUTEX`) each followed by one of the other files (most tests
+    first, as xdist orders them by default), so that while one worker waits for ksmd the
+    other computes; last the files of ``quiet`` tests, which run alone: by then no long test
+    is left for them to wait on."""
     del config
     path_of = {id(item): item.nodeid.split("::", 1)[0] for item in items}
     count: dict[str, int] = {}
-    kernel_files: set[str] = set()
+    ksm_files: set[str] = set()
+    quiet_files: set[str] = set()
     for item in items:
         path = path_of[id(item)]
         count[path] = count.get(path, 0) + 1
-        if item.get_closest_marker("kernel") is not None:
-            kernel_files.add(path)
-
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        path = path_of[id(item)]
-        if path in LONGEST_FILES and path not in kernel_files:
-            return 0, LONGEST_FILES.index(path)
-        return (2 if path in kernel_files else 1), -count[path]
-
-    items.sort(key=rank)  # stable: a file's tests keep their order
+        if item.get_closest_marker("quiet") is not None:
+            quiet_files.add(path)
+        elif uses_ksm(item):
+            ksm_files.add(path)
+    ksm_files -= quiet_files
+    files = list(count)  # collection order
+    first = [f for f in LONGEST_FILES if f in count and f not in ksm_files | quiet_files]
+    waiting = [f for f in files if f in ksm_files]
+    others = sorted(
+        (f for f in files if f not in ksm_files | quiet_files and f not in first),
+        key=lambda f: -count[f],
+    )
+    middle: list[str] = []
+    for i in range(max(len(waiting), len(others))):
+        middle += waiting[i : i + 1] + others[i : i + 1]
+    order = {f: i for i, f in enumerate(first + middle + [f for f in files if f in quiet_files])}
+    items.sort(key=lambda item: order[path_of[id(item)]])  # stable: a file keeps its order
 
 
 @pytest.fixture

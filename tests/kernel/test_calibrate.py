@@ -390,6 +390,7 @@ def test_cli_not_root_exit_3_and_nothing_written(
 
 
 @pytest.mark.kernel
+@pytest.mark.quiet
 def test_quick_calibration_on_the_real_ksmd(
     cli: CliRunner, tmp_path: Path, ksm_free: KsmSysfs
 ) -> None:

@@ -36,7 +36,7 @@ from planner.kernel.sysfs import KsmLease
 from planner.trace.io import open_trace
 from planner.trace.recording import read_observed
 
-pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.kernel, pytest.mark.quiet, pytest.mark.timeout(600)]
 
 SHARED, UNIQUE = 1500, 1500  # pages per holder
 PTS, SLEEP_MS = 300, 20
