@@ -92,13 +92,16 @@ def _tests_apart(request: pytest.FixtureRequest) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
-#: Files whose tests take the longest (minutes in all on 2 cores), started first, longest
-#: first (measured with ``--durations``, docs/testing.md): a test that waits for an exclusive
-#: lock waits for the other worker's running test to end, and the example rebuild runs 170 s.
+#: Files whose tests take the longest (minutes in all on 2 cores), started first (measured
+#: with ``--durations``, docs/testing.md): a test that waits for an exclusive lock waits for
+#: the other worker's running test to end, and the example rebuild runs 136-170 s. The
+#: rebuild comes third: its report processes and their pools load the compiled code the first
+#: two files' replays put in numba's cache; started first, from a fresh clone, five
+#: processes compiled the same kernels at once (+53 s against a warm run instead of +34 s).
 LONGEST_FILES = (
-    "tests/report/test_examples.py",
     "tests/whatif/test_django_traces.py",
     "tests/trace/test_integrity.py",
+    "tests/report/test_examples.py",
     "tests/test_knob_table.py",
     "tests/engine/test_busy_host.py",
     "tests/report/test_review_gates.py",
