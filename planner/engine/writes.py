@@ -628,6 +628,10 @@ class TraceWrites:
         w1 = min(st.end_ns, self._gen_to + max(width, 1_000_000))
         t, rows, kind = st.events(self._gen_to, w1)
         self._gen_to = w1
+        if rows.size:  # the coalescing's scratch covers every row of the window
+            top = int(rows.max())
+            if top >= self._last_kind.size:
+                self._last_kind = np.full(max(top + 1, 2 * self._last_kind.size), -1, np.int64)
         self._t, self._rows, self._kind, self._pos = t, rows, kind, 0
         return True
 
@@ -644,7 +648,8 @@ class TraceWrites:
 
     def take_until(self, t_ns: int) -> Writes | None:
         """The writes at or before ``t_ns`` of the current interval, as one batch."""
-        ts, rows, kinds = [], [], []
+        rows: list[I64] = []
+        kinds: list[I64] = []
         first = self._reapply if self._reapply is not None and self._reapply_ns <= t_ns else None
         if first is not None:
             self._reapply = None
@@ -653,11 +658,16 @@ class TraceWrites:
             if nxt is None or nxt > t_ns:
                 break
             b = int(np.searchsorted(self._t, t_ns, side="right"))
-            ts.append(self._t[self._pos : b])
             rows.append(self._rows[self._pos : b])
             kinds.append(self._kind[self._pos : b])
             self._pos = b
-        out = self._coalesce(np.concatenate(rows), np.concatenate(kinds)) if rows else None
+            if b < self._t.size:  # the window goes on past t_ns: nothing more is due
+                break
+        out = None
+        if len(rows) == 1:  # the usual batch: a slice of one window
+            out = self._coalesce(rows[0], kinds[0])
+        elif rows:
+            out = self._coalesce(np.concatenate(rows), np.concatenate(kinds))
         if first is None:
             return out
         return first if out is None else _merge(first, out)
@@ -681,16 +691,6 @@ class TraceWrites:
         restore = Writes(rows, np.full(rows.size, RESTORE, np.int64))
         return restore if out is None else _merge(out, restore)
 
-    def _track(self, rows: I64, content: I64) -> None:
-        """The continuation's rows now holding a content no snapshot has (a content id) or
-        none (restored to the snapshot's); ``rows`` distinct, batches in time order."""
-        if not self._cont or self._vol_rows is None:
-            return
-        touched = content != SAME
-        if touched.any():
-            c = content[touched]
-            self._vol_rows[rows[touched]] = np.where(c >= 0, c, -1)
-
     def _vol_arrays(self) -> tuple[U64, I64]:
         """The rows holding a content no snapshot has: their keys (ascending) and contents,
         the current interval's writes merged in (a row's last write decides: a content id
@@ -711,38 +711,49 @@ class TraceWrites:
         return self._vol_keys, self._vol_ids
 
     def _coalesce(self, rows: I64, kinds: I64) -> Writes:
-        """One entry per row: its content after the last content write (module notes).
+        """One entry per row: its content after the last content write (module notes); in
+        the continuation, the rows that now hold a content no snapshot has, or none, are
+        noted per row (:meth:`_vol_arrays`).
 
         Compiled (:func:`_coalesce_rows`): a batch holds a few hundred to a few thousand
         events, and the numpy version's dozen calls and sort per batch were a third of a
         replay's time at a small ``pages_to_scan``."""
         self.events += int(rows.size)
-        if rows.size and int(rows.max()) >= self._last_kind.size:
-            self._last_kind = np.full(
-                max(int(rows.max()) + 1, 2 * self._last_kind.size), -1, np.int64
-            )
-        uniq, content, gone, nv = _coalesce_rows(
-            np.ascontiguousarray(rows, np.int64),
-            np.ascontiguousarray(kinds, np.int64),
+        track = self._cont and self._vol_rows is not None
+        uniq, content, gone, nv, any_gone = _coalesce_rows(
+            rows,
+            kinds,
             self._last_kind,
             self.other,
             self.next_volatile,
+            self._vol_rows if track and self._vol_rows is not None else _NO_ROWS,
+            track,
         )
         self.next_volatile = int(nv)
-        self._track(uniq, content)
-        if gone.any():
+        if any_gone:
             return Writes(rows=uniq, content=content, gone=gone)
         return Writes(rows=uniq, content=content)
 
 
+#: An empty per-row array (no rows tracked)
+_NO_ROWS: Final[I64] = np.empty(0, np.int64)
+
+
 @compiled_on_first_call(cache=True, nogil=True)
 def _coalesce_rows(
-    rows: I64, kinds: I64, last_kind: I64, other: I64, next_volatile: int
-) -> tuple[I64, I64, B, int]:  # pragma: no cover - compiled
+    rows: I64,
+    kinds: I64,
+    last_kind: I64,
+    other: I64,
+    next_volatile: int,
+    vol_rows: I64,
+    track: bool,
+) -> tuple[I64, I64, B, int, bool]:  # pragma: no cover - compiled
     """The batch's rows (ascending), the content each holds after its last content write
-    (:data:`SAME` where it had none), whether that write was its leaving, and the next
-    volatile id. Fresh contents (a drift, a leaving) are numbered in ascending row order.
-    ``last_kind`` is scratch, -1 everywhere on entry and on return."""
+    (:data:`SAME` where it had none), whether that write was its leaving, the next volatile
+    id, and whether any row left. Fresh contents (a drift, a leaving) are numbered in
+    ascending row order. ``last_kind`` is scratch, -1 everywhere on entry and on return.
+    With ``track``, ``vol_rows`` takes each written row's content id (-1: restored)."""
     m = rows.size
     uniq = np.empty(m, np.int64)
     u = 0
@@ -759,6 +770,7 @@ def _coalesce_rows(
     content = np.full(u, -2, np.int64)  # SAME
     gone = np.zeros(u, np.bool_)
     nv = next_volatile
+    any_gone = False
     for j in range(u):
         r = uniq[j]
         k = last_kind[r]
@@ -766,12 +778,16 @@ def _coalesce_rows(
         if k == 1 or k == 4:  # _K_FRESH, _K_GONE
             content[j] = nv
             nv += 1
-            gone[j] = k == 4
+            if k == 4:
+                gone[j] = True
+                any_gone = True
         elif k == 3:  # _K_OTHER
             content[j] = other[r]
         elif k == 2:  # _K_RESTORE
             content[j] = -1  # RESTORE
-    return uniq, content, gone, nv
+        if track and content[j] != -2:  # not SAME
+            vol_rows[r] = content[j] if content[j] >= 0 else -1
+    return uniq, content, gone, nv, any_gone
 
 
 def _merge(a: Writes, b: Writes) -> Writes:

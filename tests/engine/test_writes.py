@@ -841,10 +841,18 @@ def test_a_batch_coalesces_to_each_rows_last_content_write(
     kinds = np.array([k for _, k in events], np.int64)
     other = np.arange(41, dtype=np.int64) + 5000
     scratch = np.full(41, -1, np.int64)
-    uniq, content, gone, nv = _coalesce_rows(rows, kinds, scratch, other, next_volatile)
+    vol_rows = np.full(41, 7, np.int64)  # 7: a volatile content held before this batch
+    uniq, content, gone, nv, any_gone = _coalesce_rows(
+        rows, kinds, scratch, other, next_volatile, vol_rows, True
+    )
     want = _coalesce_by_hand(rows.tolist(), kinds.tolist(), other.tolist(), next_volatile)
     assert (uniq.tolist(), content.tolist(), gone.tolist(), int(nv)) == want
+    assert any_gone == any(want[2])
     assert (scratch == -1).all()  # left clean for the next batch
+    # the rows written hold their new content id, or none (-1) where restored; the others
+    # (and rows with only same-content writes) keep theirs
+    held = {r: (c if c >= 0 else -1) for r, c in zip(want[0], want[1], strict=True) if c != SAME}
+    assert vol_rows.tolist() == [held.get(r, 7) for r in range(41)]
 
 
 def test_an_input_derived_once_replays_as_the_trace_does_at_any_knobs() -> None:
