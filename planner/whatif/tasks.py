@@ -471,6 +471,8 @@ def run_fit(spec: FitSpec) -> ExtrapolationFit | TaskFailure:
     try:
         from planner.whatif.extrapolate import extrapolate
 
+        with _CACHE_LOCK:  # a fit holds its own arrays: not beside a replay's derived input
+            _DERIVED.clear()
         inp = _prepared(
             (spec.trace_path, spec.trace_hash, spec.host, spec.policy_json, spec.only_domain),
             spec.trace_path,

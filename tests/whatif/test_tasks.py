@@ -103,3 +103,36 @@ def test_planner_errors_come_back_as_failures(family_trace: Path, tmp_path: Path
         TaskFailure("KnobError", "x", None).reraise()
     with pytest.raises(PlannerError):
         TaskFailure("NotAnError", "x", None).reraise()
+
+
+def test_a_batch_derives_its_input_once_and_drops_it_at_its_end(
+    family_trace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import planner.engine as engine
+    from planner.whatif import tasks
+
+    made: list[object] = []
+    real = engine.derive_input
+
+    def counting(*args: object, **kwargs: object) -> object:
+        made.append(args[0])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "derive_input", counting)
+    clear_caches()
+    specs = (spec(family_trace, pages_to_scan=100), spec(family_trace, pages_to_scan=1000))
+    batch = tasks.run_batch(specs)
+    assert len(made) == 1  # one host, one policy set: derived once for both knob settings
+    assert not tasks._DERIVED  # and not kept past the batch
+    # the same outcomes as replays that derive their own input
+    clear_caches()
+    alone = [run_replay(s) for s in specs]
+    for got, want in zip(batch, alone, strict=True):
+        assert not isinstance(got, TaskFailure)
+        assert not isinstance(want, TaskFailure)
+        assert got.final_truth == want.final_truth
+        assert got.final_counters == want.final_counters
+        assert got.cost == want.cost
+    assert len(made) == 2  # outside a batch too, the next replay of the same input reuses it
+    clear_caches()
+    assert not tasks._DERIVED
