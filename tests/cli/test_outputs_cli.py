@@ -229,10 +229,19 @@ def _ksm(*args: object) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for(path: Path, timeout_s: float = 60.0) -> None:
+def _wait_for_claim(out: Path, pid: int, timeout_s: float = 60.0) -> None:
+    """Wait until run ``pid`` holds the claim of ``out``: its lock file names it. The file
+    alone is not enough: it is created before it is locked, and a run stopped in between
+    holds nothing (a second run then took the claim, 1 of ~20 full runs on 2 busy CPUs)."""
+    path = lock_path_of(out)
     t0 = time.monotonic()
-    while not path.exists():
-        assert time.monotonic() - t0 < timeout_s, f"{path} never appeared"
+    while True:
+        try:
+            if path.read_text().strip() == str(pid):
+                return
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() - t0 < timeout_s, f"{path} never named pid {pid}"
         time.sleep(0.02)
 
 
@@ -243,7 +252,7 @@ def test_a_second_ingest_to_the_same_out_fails_and_the_first_wins(
     out = tmp_path / "t"
     first = _ksm("ingest", big_csv, "--out", out, "--json")
     try:
-        _wait_for(lock_path_of(out))
+        _wait_for_claim(out, first.pid)
         # the first run holds its claim; stopped there, it cannot finish before the second
         # one starts (whatever the speed of the machine)
         os.kill(first.pid, signal.SIGSTOP)
