@@ -39,12 +39,13 @@ class DerivedInput:
     written: ReplayInput  # ``grown`` with the canary's rates: the write model's input
     growth: GrowthNote
     canary: CanaryRates | None
-    #: the options it was derived for (:func:`_derivation`): a replay with others derives again
+    #: the options it was derived for (:func:`derivation`): a replay with others derives again
     made_for: tuple[bool, bool, int, bool]
 
 
-def _derivation(opts: ReplayOptions) -> tuple[bool, bool, int, bool]:
-    """What a derived input depends on in the options."""
+def derivation(opts: ReplayOptions) -> tuple[bool, bool, int, bool]:
+    """What a derived input depends on in the options (growth, alignment to scans, the
+    write seed, writes on): replays whose options agree on it can share one."""
     return (opts.growth, opts.aligned_to_scans, opts.write_seed, opts.writes)
 
 
@@ -61,7 +62,7 @@ def derive_input(
         from planner.engine.writes import with_canary
 
         written = with_canary(grown, canary)
-    return DerivedInput(inp, grown, written, growth, canary, _derivation(opts))
+    return DerivedInput(inp, grown, written, growth, canary, derivation(opts))
 
 
 def base_input(source: ReplayInput | DerivedInput) -> ReplayInput:
@@ -133,7 +134,7 @@ def replay(
 
     if (
         derived is None
-        or derived.made_for != _derivation(opts)
+        or derived.made_for != derivation(opts)
         or (canary is not None and canary is not derived.canary)
     ):
         if canary is None and derived is not None:

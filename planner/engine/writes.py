@@ -395,15 +395,15 @@ def _window_events(
             tt = t0 + np.int64(np.floor((phase[i] + j) * p))
             if tt < w0 or tt >= w1 or tt > gone_after[i]:
                 continue
-            if sch == 1:  # _S_DRIFT
-                k = 1  # _K_FRESH
-            elif sch == 3:  # _S_LEAVE
-                k = 4  # _K_GONE
-            elif sch == 2:  # _S_TOGGLE: every other change, and the last, restores
+            if sch == _S_DRIFT:
+                k = _K_FRESH
+            elif sch == _S_LEAVE:
+                k = _K_GONE
+            elif sch == _S_TOGGLE:  # every other change, and the last, restores
                 last = count[i] >= 0 and j == count[i] - 1
-                k = 2 if (j % 2 == 1 or last) else 3  # _K_RESTORE, _K_OTHER
+                k = _K_RESTORE if (j % 2 == 1 or last) else _K_OTHER
             else:
-                k = 0  # _K_SAME
+                k = _K_SAME
             t[m] = tt
             rows[m] = row[i]
             kind[m] = k
@@ -719,15 +719,15 @@ class TraceWrites:
         events, and the numpy version's dozen calls and sort per batch were a third of a
         replay's time at a small ``pages_to_scan``."""
         self.events += int(rows.size)
-        track = self._cont and self._vol_rows is not None
+        vol = self._vol_rows  # set in the continuation only (start_interval)
         uniq, content, gone, nv, any_gone = _coalesce_rows(
             rows,
             kinds,
             self._last_kind,
             self.other,
             self.next_volatile,
-            self._vol_rows if track and self._vol_rows is not None else _NO_ROWS,
-            track,
+            _NO_ROWS if vol is None else vol,
+            vol is not None,
         )
         self.next_volatile = int(nv)
         if any_gone:
@@ -764,10 +764,10 @@ def _coalesce_rows(
             uniq[u] = r
             u += 1
             last_kind[r] = -2  # seen, no content write yet
-        if k != 0:  # _K_SAME
+        if k != _K_SAME:
             last_kind[r] = k
     uniq = np.sort(uniq[:u])
-    content = np.full(u, -2, np.int64)  # SAME
+    content = np.full(u, SAME, np.int64)
     gone = np.zeros(u, np.bool_)
     nv = next_volatile
     any_gone = False
@@ -775,17 +775,17 @@ def _coalesce_rows(
         r = uniq[j]
         k = last_kind[r]
         last_kind[r] = -1
-        if k == 1 or k == 4:  # _K_FRESH, _K_GONE
+        if k in (_K_FRESH, _K_GONE):
             content[j] = nv
             nv += 1
-            if k == 4:
+            if k == _K_GONE:
                 gone[j] = True
                 any_gone = True
-        elif k == 3:  # _K_OTHER
+        elif k == _K_OTHER:
             content[j] = other[r]
-        elif k == 2:  # _K_RESTORE
-            content[j] = -1  # RESTORE
-        if track and content[j] != -2:  # not SAME
+        elif k == _K_RESTORE:
+            content[j] = RESTORE
+        if track and content[j] != SAME:
             vol_rows[r] = content[j] if content[j] >= 0 else -1
     return uniq, content, gone, nv, any_gone
 

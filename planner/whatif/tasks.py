@@ -377,20 +377,13 @@ def _derived(
     """The derived input of a replay task: made once for the replays of one batch (one
     host under one policy set at several knob settings), whose growth and canary
     calibration do not depend on the knobs."""
-    from planner.engine import derive_input
+    from planner.engine.api import derivation, derive_input
 
-    key = (
-        *spec.prepare_key,
-        spec.canary_path,
-        opts.growth,
-        opts.aligned_to_scans,
-        opts.write_seed,
-        opts.writes,
-    )
+    key = (*spec.prepare_key, spec.canary_path, *derivation(opts))
     with _CACHE_LOCK:
         if key in _DERIVED:
             return _DERIVED[key]
-        _DERIVED.clear()
+        _DERIVED.clear()  # the one before goes before this one is made
     derived = derive_input(inp, opts, canary)
     with _CACHE_LOCK:
         _DERIVED.clear()

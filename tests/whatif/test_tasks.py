@@ -108,7 +108,7 @@ def test_planner_errors_come_back_as_failures(family_trace: Path, tmp_path: Path
 def test_a_batch_derives_its_input_once_and_drops_it_at_its_end(
     family_trace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import planner.engine as engine
+    import planner.engine.api as engine
     from planner.whatif import tasks
 
     made: list[object] = []
