@@ -687,7 +687,9 @@ class TraceWrites:
         if not self._cont or not vol_keys.size:
             return out
         pos = np.minimum(np.searchsorted(self._cur_keys, vol_keys), self._cur_keys.size - 1)
-        rows = np.unique(pos[self._cur_keys[pos] == vol_keys]).astype(np.int64)
+        held = np.zeros(self._cur_keys.size, bool)  # the rows, each once, in order: no sort
+        held[pos[self._cur_keys[pos] == vol_keys]] = True
+        rows = np.flatnonzero(held).astype(np.int64, copy=False)
         restore = Writes(rows, np.full(rows.size, RESTORE, np.int64))
         return restore if out is None else _merge(out, restore)
 
@@ -1243,18 +1245,45 @@ def _unseen_candidates(
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Per element: whether another element has the same value (one sort: ``np.unique``
-    with counts and the inverse sorts and gathers more, and this runs per snapshot)."""
+    """Per element: whether another element has the same value (one pass over a hash table,
+    :func:`_mark_repeats`: this runs twice per snapshot of every derived input, where a
+    sort of the column took 5 ms a call)."""
     out = np.zeros(values.size, bool)
     if values.size < 2:
         return out
-    order = np.argsort(values)
-    eq = values[order[1:]] == values[order[:-1]]
-    dup = np.zeros(values.size, bool)
-    dup[1:] = eq
-    dup[:-1] |= eq
-    out[order] = dup
+    cap = 1 << (2 * values.size - 1).bit_length()
+    keys = np.ascontiguousarray(values).astype(np.uint64, copy=False)
+    _mark_repeats(keys, np.empty(cap, np.uint64), np.full(cap, -1, np.int64), out)
     return out
+
+
+#: The multiplier that mixes a value into a table index (Fibonacci hashing).
+_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _mark_repeats(
+    values: npt.NDArray[np.uint64], slots: npt.NDArray[np.uint64], first_row: I64, out: B
+) -> None:  # pragma: no cover - compiled
+    """``out[j]`` (all False) set where another element equals ``values[j]``: an
+    open-addressing table (``slots``, a power of two at least twice the elements;
+    ``first_row`` all -1 where free) holds each value's first element, and a later one
+    marks itself and that first."""
+    mask = slots.size - 1
+    for j in range(values.size):
+        v = values[j]
+        i = np.int64((v * _MIX) >> np.uint64(32)) & mask
+        while True:
+            r = first_row[i]
+            if r < 0:
+                first_row[i] = j
+                slots[i] = v
+                break
+            if slots[i] == v:
+                out[j] = True
+                out[r] = True
+                break
+            i = (i + 1) & mask
 
 
 def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
@@ -1326,7 +1355,9 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
     mm_code = np.array([code_of[trace_roles[m.pid]] for m in inp.mms], np.int64)
     out: list[IntervalWrites | None] = []
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
-    per_snap: list[tuple[F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = []
+    # per snapshot: its rows' rates, the unseen breaks' candidates and when rows leave
+    # (one pass over the snapshots, each rebuilt once from its delta)
+    per_snap: list[tuple[F64, B, I64 | None]] = []
     for k in range(inp.n_snapshots):
         snap = inp.snapshots[k]
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
@@ -1341,18 +1372,27 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
         )
         rate, hit, unseen = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
         cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen)
-        per_snap.append((rate, hit, cand))
+        old = inp.writes[k] if k < len(inp.writes) else None
+        cont = k + 1 == inp.n_snapshots or (old is not None and old.origin_ns is not None)
+        leave = None  # after the trace: the rows the canary saw leave for good
+        if cont and rates.left_s is not None and hit.any():
+            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+            left = rates.left_s[pos]
+            gone = (rates.key[pos] == key) & ~np.isnan(left)
+            if gone.any():
+                leave = np.full(key.size, -1, np.int64)
+                leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
+        per_snap.append((rate, cand, leave))
     # the unseen breaks, an equal share per candidate of the last traced snapshot
     n_cand = 0
     for k in range(inp.n_snapshots - 1, -1, -1):
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None or old.origin_ns is None:
-            n_cand = int(np.count_nonzero(per_snap[k][2]))
+            n_cand = int(np.count_nonzero(per_snap[k][1]))
             break
     unseen_per_s = _unseen_rate_per_s(rates, n_cand)
     for k in range(inp.n_snapshots):
-        snap = inp.snapshots[k]
-        rate, hit, cand = per_snap[k]
+        rate, cand, leave = per_snap[k]
         if unseen_per_s > 0 and cand.any():
             rate = rate.copy()
             rate[cand] += unseen_per_s
@@ -1360,23 +1400,13 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
             # nothing tells which pages take the unseen breaks (another run's canary without
             # page classes): spread over the pages written, pro rata to their rates
             rate = rate * rates.missed_scale
-        key = (pids[snap.mm] << np.uint64(36)) | snap.page
         old = inp.writes[k] if k < len(inp.writes) else None
         if old is None:
-            zeros = np.zeros(snap.n, np.uint16)
+            zeros = np.zeros(rate.size, np.uint16)
             length = None
             if k + 1 < inp.n_snapshots:
                 length = inp.times_ns[k + 1] - inp.times_ns[k]
-            old = IntervalWrites(zeros, zeros.copy(), np.zeros(snap.n, bool), length)
-        leave = None
-        cont = k + 1 == inp.n_snapshots or old.origin_ns is not None  # after the trace
-        if cont and rates.left_s is not None and hit.any():
-            pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
-            left = rates.left_s[pos]
-            gone = (rates.key[pos] == key) & ~np.isnan(left)
-            if gone.any():
-                leave = np.full(snap.n, -1, np.int64)
-                leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
+            old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
         out.append(dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave))
     return dataclasses.replace(inp, writes=out)
 

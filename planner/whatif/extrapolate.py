@@ -98,6 +98,10 @@ def _line(x: F64, y: F64) -> tuple[float, float]:
     return b, my - b * mx
 
 
+#: Exponents up to which :func:`_power` of one base loops in Python (same products).
+_FEW_EXPONENTS = 64
+
+
 def _power(base: Any, n: Any) -> F64:
     """``base ** n`` element-wise; exact-order products when every ``n`` is a whole number >= 0.
 
@@ -108,6 +112,13 @@ def _power(base: Any, n: Any) -> F64:
     """
     b = np.asarray(base, dtype=float)
     x = np.asarray(n, dtype=float)
+    if b.ndim == 0 and x.size <= _FEW_EXPONENTS:
+        # one base and a few exponents (a curve fit evaluates its model so tens of thousands
+        # of times): the same products taken on Python floats, without numpy's per-call cost
+        xs = x.ravel().tolist()
+        if all(0 <= v < 2**31 and v == math.floor(v) for v in xs):
+            bf = float(b)
+            return np.array([_pow_int(bf, int(v)) for v in xs], np.float64).reshape(x.shape)
     if x.size == 0 or not (np.all(x >= 0) and np.all(x == np.floor(x)) and x.max() < 2**31):
         return np.asarray(np.power(b, x), dtype=np.float64)
     e = x.astype(np.int64)

@@ -963,3 +963,26 @@ def test_a_windows_events_are_every_streams_in_time_then_row_order(
     )
     t, rows, kind = s.events(w0, w0 + width)
     assert (t.tolist(), rows.tolist(), kind.tolist()) == _window_by_numpy(s, w0, w0 + width)
+
+
+@given(
+    st.lists(st.integers(0, 2**64 - 1), max_size=300),
+    st.integers(1, 40),
+    st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_held_twice_marks_values_another_element_holds(
+    pool: list[int], n_distinct: int, signed: bool
+) -> None:
+    """The hash-table pass of ``_held_twice`` against counts by ``np.unique``: values
+    drawn from a few (many repeats) or from all 64 bits, unsigned or signed (frames)."""
+    from planner.engine.writes import _held_twice
+
+    rng = np.random.default_rng(len(pool) * 41 + n_distinct)
+    values = np.array(pool, np.uint64)
+    if values.size and n_distinct < 40:
+        values = values[rng.integers(0, min(n_distinct, values.size), values.size)]
+    if signed:
+        values = values.view(np.int64)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    assert _held_twice(values).tolist() == (counts[inverse] > 1).tolist()

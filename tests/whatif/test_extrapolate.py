@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planner.engine import KsmKnobs, prepare, replay
 from planner.errors import UsageProblem
@@ -281,6 +283,22 @@ def test_fit_arithmetic_is_fixed_order() -> None:
     assert _power(0.981, n) == pytest.approx([exact[int(k)] for k in n], rel=1e-13)
     assert _power(0.981, n).tolist() == _power(0.981, n.tolist()).tolist()
     assert _power(0.5, np.array([0.5]))[0] == pytest.approx(0.5**0.5)  # not whole: np.power
+
+
+@given(
+    st.floats(0.0, 1.0),
+    st.lists(st.integers(0, 2**31 - 1), min_size=0, max_size=80),
+)
+@settings(max_examples=200, deadline=None)
+def test_power_of_one_base_takes_the_products_of_many(base: float, n: list[int]) -> None:
+    """One base and a few exponents (the Python loop) give the bits of the array path."""
+    from planner.whatif.extrapolate import _power
+
+    x = np.array(n, dtype=float).reshape(-1, 1) if n else np.zeros(0)
+    one = _power(base, x)
+    many = _power(np.full(x.shape, base), x)  # one base per element: numpy's loop
+    assert one.shape == many.shape
+    assert one.tobytes() == many.tobytes()
 
 
 def test_nothing_mergeable_projects_exactly_no_saving() -> None:
