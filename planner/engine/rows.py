@@ -87,6 +87,15 @@ class MmLayout:
             return int(self.lo[i]), int(self.hi[i])
         return 0, 0
 
+    def rows_of_many(self, mms: I64) -> tuple[I64, I64]:
+        """:meth:`rows_of` of each of ``mms``: their rows' starts and ends (empty ranges for
+        the absent), in one search."""
+        if not self.present.size:
+            return np.zeros(mms.size, np.int64), np.zeros(mms.size, np.int64)
+        i = np.minimum(np.searchsorted(self.present, mms), self.present.size - 1)
+        here = self.present[i] == mms
+        return np.where(here, self.lo[i], 0), np.where(here, self.hi[i], 0)
+
     def mm_of_rows(self) -> I32:
         """The mm of every row."""
         return np.repeat(self.present, (self.hi - self.lo)).astype(np.int32)

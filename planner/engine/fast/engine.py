@@ -187,23 +187,25 @@ class FastEngine:
         self.cursor_page = 0
 
     def _path(self) -> tuple[list[int], I64, I64, I64, I64, I64]:
-        """The cursor's path: the mms from the cursor, their row and orphan ranges."""
+        """The cursor's path: the mms from the cursor, their row and orphan ranges (one
+        search per kind of range for all of them: this runs once per batch)."""
         assert self.cursor is not None
         rem = self.slots[self.slots.index(self.cursor) :]
-        lay = self.inp.deltas[self.snap_i].layout
-        seg = np.zeros((5, len(rem)), np.int64)
-        for s, mm in enumerate(rem):
-            seg[0, s] = mm
-            if mm in self.exited:
-                seg[3, s], seg[4, s] = self._orphan_range(mm, 0)
-                continue
-            a, b = lay.rows_of(mm)
-            page = self.cursor_page if s == 0 else 0
-            if page:
-                a += int(np.searchsorted(self.st.r_page[a:b], np.uint64(page)))
-            seg[1, s], seg[2, s] = a, b
-            seg[3, s], seg[4, s] = self._orphan_range(mm, page)
-        return rem, seg[0], seg[1], seg[2], seg[3], seg[4]
+        mm = np.array(rem, np.int64)
+        lo, hi = self.inp.deltas[self.snap_i].layout.rows_of_many(mm)
+        gone = np.array([m in self.exited for m in rem], bool) if self.exited else None
+        if gone is not None:  # an exited mm has orphans only
+            lo[gone] = 0
+            hi[gone] = 0
+        page = np.zeros(mm.size, np.uint64)  # where each mm's walk starts: the cursor's page
+        if self.cursor_page and (gone is None or not gone[0]):  # (an exited mm's: from 0)
+            page[0] = self.cursor_page
+            lo[0] += int(np.searchsorted(self.st.r_page[lo[0] : hi[0]], page[0]))
+        keys = self.st.o_key[: int(self.st.sc[S_N_ORPH])]
+        mm_key = mm.astype(np.uint64) << MM_SHIFT
+        olo = np.searchsorted(keys, mm_key | page).astype(np.int64)
+        ohi = np.searchsorted(keys, mm_key + (np.uint64(1) << MM_SHIFT)).astype(np.int64)
+        return rem, mm, lo, hi, olo, ohi
 
     def run(self, plan: BatchPlan) -> BatchRun:
         """Batches from ``plan.t0_ns`` until the scan ends or the boundary comes.
