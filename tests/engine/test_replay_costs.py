@@ -55,6 +55,19 @@ def test_nested_and_released_once() -> None:
     assert heap._retaining == 0
 
 
+@glibc
+def test_a_worker_retains_for_inputs_up_to_its_bound() -> None:
+    """What-if workers retain freed arrays for inputs up to RETAIN_MAX_ROWS rows only (a
+    16 M-page host in a 4 GiB Dask worker had no room for them)."""
+    from planner.engine.heap import RETAIN_MAX_ROWS, retained_heap_below
+
+    with retained_heap_below(RETAIN_MAX_ROWS):
+        assert heap._retaining == 1
+    with retained_heap_below(RETAIN_MAX_ROWS + 1):
+        assert heap._retaining == 0
+    assert heap._retaining == 0
+
+
 #: One ``ksm-planner replay --json`` of the sample in a fresh interpreter, for both tests
 #: below (one replay of the sample costs 10-25 s on 2 cores: it is run once). The first
 #: ``atexit`` handler registered runs last (last in, first out): after the command's own,

@@ -136,3 +136,28 @@ def test_a_batch_derives_its_input_once_and_drops_it_at_its_end(
     assert len(made) == 2  # outside a batch too, the next replay of the same input reuses it
     clear_caches()
     assert not tasks._DERIVED
+
+
+def test_a_replay_task_retains_freed_arrays_within_its_bound(
+    family_trace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A what-if replay runs inside the heap that keeps freed arrays for reuse when its input
+    is within the bound (planner.engine.heap), and without it above."""
+    from planner.engine import heap
+    from planner.engine.driver import Driver
+
+    seen: list[int] = []
+    real = Driver.run
+
+    def recording(self: Driver, *args: object, **kwargs: object) -> object:
+        seen.append(heap._retaining)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Driver, "run", recording)
+    for bound in (heap.RETAIN_MAX_ROWS, 0):
+        monkeypatch.setattr(heap, "RETAIN_MAX_ROWS", bound)
+        clear_caches()
+        assert not isinstance(run_replay(spec(family_trace, pages_to_scan=100)), TaskFailure)
+    clear_caches()
+    assert seen == [1, 0]
+    assert heap._retaining == 0
