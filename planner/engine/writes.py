@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from planner.trace.recording import ObservedTimeline
 
 I64 = npt.NDArray[np.int64]
+I8 = npt.NDArray[np.int8]
 U16 = npt.NDArray[np.uint16]
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
@@ -499,7 +500,7 @@ class TraceWrites:
         self._cont = False
         self.events = 0  # events handed out
         #: scratch of :func:`_coalesce_rows`, per row: -1 (grown as rows need)
-        self._last_kind: I64 = np.full(0, -1, np.int64)
+        self._last_kind: I8 = np.full(0, -1, np.int8)  # a byte a row: stays in the cache
 
     # ------------------------------------------------------------------ intervals
 
@@ -631,7 +632,7 @@ class TraceWrites:
         if rows.size:  # the coalescing's scratch covers every row of the window
             top = int(rows.max())
             if top >= self._last_kind.size:
-                self._last_kind = np.full(max(top + 1, 2 * self._last_kind.size), -1, np.int64)
+                self._last_kind = np.full(max(top + 1, 2 * self._last_kind.size), -1, np.int8)
         self._t, self._rows, self._kind, self._pos = t, rows, kind, 0
         return True
 
@@ -745,7 +746,7 @@ _NO_ROWS: Final[I64] = np.empty(0, np.int64)
 def _coalesce_rows(
     rows: I64,
     kinds: I64,
-    last_kind: I64,
+    last_kind: I8,
     other: I64,
     next_volatile: int,
     vol_rows: I64,
