@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from planner._jit import compiled_on_first_call
+from planner.engine.rows import ContentCatalog
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -1246,45 +1247,13 @@ def _unseen_candidates(
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Per element: whether another element has the same value (one pass over a hash table,
-    :func:`_mark_repeats`: this runs twice per snapshot of every derived input, where a
-    sort of the column took 5 ms a call)."""
-    out = np.zeros(values.size, bool)
+    """Per element: whether another element has the same value: dense ids from the content
+    catalog's hash table, then a count per id (this runs twice per snapshot of every derived
+    input, where a sort of the column took 5 ms a call)."""
     if values.size < 2:
-        return out
-    cap = 1 << (2 * values.size - 1).bit_length()
-    keys = np.ascontiguousarray(values).astype(np.uint64, copy=False)
-    _mark_repeats(keys, np.empty(cap, np.uint64), np.full(cap, -1, np.int64), out)
-    return out
-
-
-#: The multiplier that mixes a value into a table index (Fibonacci hashing).
-_MIX: Final = np.uint64(0x9E3779B97F4A7C15)
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _mark_repeats(
-    values: npt.NDArray[np.uint64], slots: npt.NDArray[np.uint64], first_row: I64, out: B
-) -> None:  # pragma: no cover - compiled
-    """``out[j]`` (all False) set where another element equals ``values[j]``: an
-    open-addressing table (``slots``, a power of two at least twice the elements;
-    ``first_row`` all -1 where free) holds each value's first element, and a later one
-    marks itself and that first."""
-    mask = slots.size - 1
-    for j in range(values.size):
-        v = values[j]
-        i = np.int64((v * _MIX) >> np.uint64(32)) & mask
-        while True:
-            r = first_row[i]
-            if r < 0:
-                first_row[i] = j
-                slots[i] = v
-                break
-            if slots[i] == v:
-                out[j] = True
-                out[r] = True
-                break
-            i = (i + 1) & mask
+        return np.zeros(values.size, bool)
+    ids = ContentCatalog().ids_of(np.ascontiguousarray(values).astype(np.uint64, copy=False))
+    return np.asarray(np.bincount(ids)[ids] > 1, dtype=bool)
 
 
 def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:

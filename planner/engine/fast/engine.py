@@ -154,19 +154,20 @@ class FastEngine:
             )
         return int(kernel.apply_writes(st, writes.rows, writes.content, self.snap_gid))
 
-    def _orphan_range(self, mm: int, from_page: int) -> tuple[int, int]:
-        n_orph = int(self.st.sc[S_N_ORPH])
-        keys = self.st.o_key[:n_orph]
-        lo_key = (np.uint64(mm) << MM_SHIFT) | np.uint64(from_page)
-        hi_key = np.uint64(mm + 1) << MM_SHIFT
-        return int(np.searchsorted(keys, lo_key)), int(np.searchsorted(keys, hi_key))
+    def _orphan_ranges(self, mm: I64, from_page: npt.NDArray[np.uint64]) -> tuple[I64, I64]:
+        """Each mm's orphan rows from its page ``from_page`` on (one search for all)."""
+        keys = self.st.o_key[: int(self.st.sc[S_N_ORPH])]
+        mm_key = mm.astype(np.uint64) << MM_SHIFT
+        lo = np.searchsorted(keys, mm_key | from_page).astype(np.int64)
+        return lo, np.searchsorted(keys, mm_key + (np.uint64(1) << MM_SHIFT)).astype(np.int64)
 
     def _has_items(self, mm: int) -> bool:
         st = self.st
         lo, hi = self.inp.deltas[self.snap_i].layout.rows_of(mm)
         if hi > lo and (st.it_bits[lo:hi] & IB_EXISTS).any():
             return True
-        a, b = self._orphan_range(mm, 0)
+        o_lo, o_hi = self._orphan_ranges(np.array([mm], np.int64), np.zeros(1, np.uint64))
+        a, b = int(o_lo[0]), int(o_hi[0])
         n_rows = int(st.sc[S_N_ROWS])
         return bool((st.it_bits[n_rows + a : n_rows + b] & IB_EXISTS).any())
 
@@ -201,10 +202,7 @@ class FastEngine:
         if self.cursor_page and (gone is None or not gone[0]):  # (an exited mm's: from 0)
             page[0] = self.cursor_page
             lo[0] += int(np.searchsorted(self.st.r_page[lo[0] : hi[0]], page[0]))
-        keys = self.st.o_key[: int(self.st.sc[S_N_ORPH])]
-        mm_key = mm.astype(np.uint64) << MM_SHIFT
-        olo = np.searchsorted(keys, mm_key | page).astype(np.int64)
-        ohi = np.searchsorted(keys, mm_key + (np.uint64(1) << MM_SHIFT)).astype(np.int64)
+        olo, ohi = self._orphan_ranges(mm, page)
         return rem, mm, lo, hi, olo, ohi
 
     def run(self, plan: BatchPlan) -> BatchRun:
