@@ -23,17 +23,70 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import stat
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    import types
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The compiled-on-first-call functions, by module name: their ``dispatcher`` makers.
 _LAZY: dict[str, list[Callable[[], Any]]] = {}
+
+_NUMBA_LOCK = threading.Lock()
+
+
+class _SkipBlasProbe(importlib.abc.MetaPathFinder):
+    """Fails the import of ``scipy.linalg`` in one thread (see :func:`import_numba`)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == "scipy.linalg" and threading.get_ident() == self.thread:
+            raise ImportError("scipy.linalg: not imported for numba's BLAS probe")
+        return None
+
+
+def import_numba() -> Any:
+    """``import numba``, and numba's array-math module without SciPy's linear algebra.
+
+    numba builds its target context at the first compiled function it loads or compiles;
+    that imports ``numba.np.arraymath``, which probes for a BLAS by importing
+    ``scipy.linalg.cython_blas``: 0.25-0.4 s of SciPy imports (``scipy.linalg``,
+    ``scipy._lib``, its array-API layer) in every process that runs compiled code, most
+    of which never use SciPy. The probe's answer (``arraymath._HAVE_BLAS``) only chooses
+    how ``np.correlate``/``np.convolve`` are compiled, which no function of the package
+    calls; numba's ``np.dot`` and ``np.linalg`` check for SciPy themselves when a function
+    using them is compiled. So the module is imported here with ``scipy.linalg`` failing
+    to import in this thread only, while it imports (docs/engine.md, "Start-up"); where
+    SciPy's linear algebra is already imported, or numba's array math, nothing is skipped.
+    """
+    import numba
+
+    if "numba.np.arraymath" not in sys.modules and "scipy.linalg" not in sys.modules:
+        with _NUMBA_LOCK:
+            if "numba.np.arraymath" not in sys.modules:
+                probe = _SkipBlasProbe()
+                sys.meta_path.insert(0, probe)
+                try:
+                    importlib.import_module("numba.np.arraymath")
+                finally:
+                    sys.meta_path.remove(probe)
+    return numba
 
 
 def private_cache_dir() -> str | None:
@@ -56,7 +109,7 @@ def private_cache_dir() -> str | None:
 def njit_cached(fn: F, **options: Any) -> F:
     """``numba.njit(cache=True, **options)(fn)``, with the cache wherever one can be kept
     (see the module's docstring); without one (compiled on every run) as a last resort."""
-    import numba
+    numba = import_numba()
 
     try:
         return cast("F", numba.njit(cache=True, **options)(fn))
@@ -101,13 +154,14 @@ def compiled_on_first_call(**options: Any) -> Callable[[F], F]:
 def _njit(fn: Callable[..., Any], options: dict[str, Any]) -> Any:
     if options.get("cache"):
         return njit_cached(fn, **{k: v for k, v in options.items() if k != "cache"})
-    import numba
+    numba = import_numba()
 
     return numba.njit(**options)(fn)
 
 
 def _dispatchers(module_name: str) -> list[Any]:
     """The numba functions defined in a module: its own dispatchers and its lazy ones."""
+    import_numba()
     from numba.core.registry import CPUDispatcher
 
     module = importlib.import_module(module_name)
@@ -179,6 +233,7 @@ __all__ = [
     "cached_signatures",
     "compiled_code_loading",
     "compiled_on_first_call",
+    "import_numba",
     "load_cached",
     "njit_cached",
     "private_cache_dir",
