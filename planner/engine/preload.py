@@ -17,7 +17,7 @@ from planner._jit import compiled_code_loading
 
 #: The modules whose numba functions every replay calls (preparing the input, then the
 #: fast engine); the reference engine needs only the first.
-PREPARE_MODULES = ("planner.engine.rows",)
+PREPARE_MODULES = ("planner._idtable", "planner.engine.rows")
 FAST_ENGINE_MODULES = (
     "planner.engine.fast.kernel",
     "planner.engine.fast.apply",

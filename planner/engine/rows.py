@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from planner._idtable import IdTable
 from planner._jit import compiled_on_first_call
 
 if TYPE_CHECKING:
@@ -362,84 +363,19 @@ class SnapshotSequence:
 # ----------------------------------------------------------------------------- building
 
 
-class ContentCatalog:
-    """Dense content ids: each distinct hash gets the next id when first seen.
+class ContentCatalog(IdTable):
+    """Dense content ids: each distinct hash gets the next id when first seen, the same id
+    over the whole replay.
 
-    One open-addressing table (:func:`_catalog_ids`, compiled) maps hashes to ids; it is
-    kept at most half full and rebuilt twice as large when a snapshot would fill it more.
-    A snapshot costs one probe per row whatever the contents seen before (pandas' hash
-    tables, used before, cost 3-4 times as much per row and one table per batch).
+    One open-addressing table (:class:`planner._idtable.IdTable`, compiled) maps hashes to
+    ids; it is kept at most half full and rebuilt twice as large when a snapshot would fill
+    it more. A snapshot costs one probe per row whatever the contents seen before (pandas'
+    hash tables, used before, cost 3-4 times as much per row and one table per batch).
     """
-
-    def __init__(self) -> None:
-        self._slots = np.zeros(0, np.uint64)  # the hash in each slot
-        self._slot_id = np.zeros(0, np.int32)  # the id in each slot (-1: empty)
-        self._hash_of = np.empty(0, np.uint64)  # the hash of each id (first n valid)
-        self.n = 0
 
     def hashes(self) -> U64:
         """The hash of every content id."""
-        return self._hash_of[: self.n].copy()
-
-    def _reserve(self, more: int) -> None:
-        need = self.n + more
-        if need > self._hash_of.size:
-            grown = np.empty(max(need, 2 * self._hash_of.size), np.uint64)
-            grown[: self.n] = self._hash_of[: self.n]
-            self._hash_of = grown
-        if 2 * need > self._slots.size:
-            cap = 16
-            while cap < 2 * need:
-                cap *= 2
-            self._slots = np.zeros(cap, np.uint64)
-            self._slot_id = np.full(cap, -1, np.int32)
-            _catalog_rehash(self._slots, self._slot_id, self._hash_of[: self.n])
-
-    def ids_of(self, hashes: U64) -> I32:
-        """Ids of ``hashes``; new contents get the next ids, in order of first appearance."""
-        hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-        self._reserve(hashes.size)
-        out = np.empty(hashes.size, np.int32)
-        self.n = int(_catalog_ids(self._slots, self._slot_id, self._hash_of, self.n, hashes, out))
-        return out
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _catalog_ids(
-    slots: U64, slot_id: I32, hash_of: U64, n: int, hashes: U64, out: I32
-) -> int:  # pragma: no cover - compiled
-    """Probe (and insert) every hash of ``hashes``; returns the new number of ids."""
-    mask = slots.size - 1
-    for j in range(hashes.size):
-        h = hashes[j]
-        i = np.int64((h * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-        while True:
-            g = slot_id[i]
-            if g < 0:
-                slot_id[i] = n
-                slots[i] = h
-                hash_of[n] = h
-                out[j] = n
-                n += 1
-                break
-            if slots[i] == h:
-                out[j] = g
-                break
-            i = (i + 1) & mask
-    return n
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _catalog_rehash(slots: U64, slot_id: I32, hash_of: U64) -> None:  # pragma: no cover
-    """Insert ids ``0..n-1`` (distinct hashes) into an empty table."""
-    mask = slots.size - 1
-    for g in range(hash_of.size):
-        h = hash_of[g]
-        i = np.int64((h * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-        while slot_id[i] >= 0:
-            i = (i + 1) & mask
-        slot_id[i] = g
-        slots[i] = h
+        return self.values()
 
 
 @compiled_on_first_call(cache=True, nogil=True)

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from planner._idtable import IdTable
 from planner._jit import compiled_code_loading, compiled_on_first_call
 from planner._progress import NULL_PROGRESS
 from planner.provenance import tool_version
@@ -56,6 +59,9 @@ _PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
 #: Columns :func:`snapshot_potential` joins into one array (the others are read in parts).
 _JOINED_COLUMNS = ("pid", "vma_start")
 _UNKNOWN = "(unknown)"
+#: Snapshots whose potentials are computed at once by ``info`` (one per core here; each
+#: holds its pages and scratch arrays, ~0.3 GB for a 4 M-page snapshot).
+_IN_FLIGHT = 2
 _NO_LABELS = "(no labels)"
 
 
@@ -258,7 +264,8 @@ class TraceSummary:
 # * values below a small bound (the frame ids of a capture are numbered from 0 in order of
 #   first sight; hashes of hand-made test traces): one direct-addressed table, one
 #   access per page;
-# * any other values (content hashes): an open-addressing hash table, one probe per page.
+# * any other values (content hashes): an open-addressing hash table, one probe per page
+#   (:class:`planner._idtable.IdTable`, the engine's content catalog).
 #
 # Every scratch table is allocated by numpy, not inside the compiled code, and filled or
 # zeroed there: numpy asks for transparent huge pages for large arrays, which makes the
@@ -278,39 +285,13 @@ def _distinct(values: Arr) -> int:
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _hashed_ids(
-    values: Arr, slots: Arr, slot_id: Arr, ids: Arr, first: Arr, k: int
-) -> int:  # pragma: no cover - compiled
-    """Dense ids of ``values`` into ``ids`` (an open-addressing table: ``slots``/``slot_id``
-    of a power of two size above the row count, ``slot_id`` -1 where free), first-row flags
-    into ``first`` (all False); ``k`` distinct values were seen before (by earlier calls on
-    the same table); returns the number seen now."""
-    mask = slots.size - 1
-    for j in range(values.size):
-        v = values[j]
-        i = np.int64((v * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-        while True:
-            g = slot_id[i]
-            if g < 0:
-                slot_id[i] = k
-                slots[i] = v
-                ids[j] = k
-                first[j] = True
-                k += 1
-                break
-            if slots[i] == v:
-                ids[j] = g
-                break
-            i = (i + 1) & mask
-    return k
-
-
-@compiled_on_first_call(cache=True, nogil=True)
 def _small_ids(
     values: Arr, label: Arr, ids: Arr, first: Arr, k: int
 ) -> int:  # pragma: no cover - compiled
-    """:func:`_hashed_ids` for values below ``label.size`` (``label``: the id of each value
-    seen, -1 for the others)."""
+    """Dense ids of ``values``, all below ``label.size``, into ``ids`` (``label``: the id of
+    each value seen, -1 for the others), first-row flags into ``first`` (all False); ``k``
+    distinct values were seen before (by earlier calls on the same ``label``); returns the
+    number seen now."""
     for j in range(values.size):
         v = values[j]
         g = label[v]
@@ -356,12 +337,10 @@ def _dense_ids(chunks: Sequence[Arr]) -> tuple[Arr, Arr, int]:
         for c, ids_c, first_c in spans:
             k = _small_ids(c, label, ids_c, first_c, k)
     else:
-        cap = 16
-        while cap < 2 * n:
-            cap *= 2
-        slots, slot_id = np.empty(cap, np.uint64), np.full(cap, -1, np.int32)
+        table = IdTable(n, keep_values=False)
         for c, ids_c, first_c in spans:
-            k = _hashed_ids(c, slots, slot_id, ids_c, first_c, k)
+            table.ids_of(c, first_c, ids_c)
+        k = table.n
     return ids, first, int(k)
 
 
@@ -797,7 +776,7 @@ def summarize_trace(
     """
     # the compiled code loads from numba's cache while the trace is opened, hashed and its
     # first snapshot decoded
-    with compiled_code_loading((__name__,)):
+    with compiled_code_loading((__name__, "planner._idtable")):
         return _summarize_trace(path, progress)
 
 
@@ -834,78 +813,11 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
     process_keys = 0
-    for host in trace.hosts:
-        with contextlib.closing(read_ahead(_host_pages(trace, host))) as stream:
-            next(stream)  # the thread runs: the pages file is being hashed
-            snaps = trace.read_table(host, "snapshots")
-            procs = trace.read_table(host, "processes")
-            maps = trace.read_table(host, "mappings", ["snapshot_id", "pid", "start", "kind"])
-            proc_by = _slice_by_snapshot(procs)
-            map_by = _slice_by_snapshot(maps)
-            times: dict[int, float] = {
-                int(k): float(v)
-                for k, v in zip(
-                    as_numpy(snaps.column("snapshot_id"), np.int64).tolist(),
-                    as_numpy(snaps.column("time_s"), np.float64).tolist(),
-                    strict=True,
-                )
-            }
-            pages_by: dict[int, SnapshotPotential] = {}
-            rows = 0
-            progress.start(f"info: pages of {host}", cast("int", next(stream)))
-            for item in stream:
-                sid, pages = cast("tuple[int, pa.Table]", item)
-                n_rows = pages.num_rows
-                pages_by[sid] = snapshot_potential(
-                    pages,
-                    _rows_or_empty(proc_by, sid, "processes"),
-                    _rows_or_empty(map_by, sid, "mappings"),
-                    host=host,
-                    snapshot_id=sid,
-                    time_s=times.get(sid, float("nan")),
-                )
-                del pages, item  # freed before the next snapshot is taken
-                rows += n_rows
-                progress.advance(n_rows)
-        for sid, t in times.items():
-            if sid not in pages_by:
-                pages_by[sid] = snapshot_potential(
-                    S.PAGES_SCHEMA.empty_table(),
-                    _rows_or_empty(proc_by, sid, "processes"),
-                    _rows_or_empty(map_by, sid, "mappings"),
-                    host=host,
-                    snapshot_id=sid,
-                    time_s=t,
-                )
-        snapshots.extend(pages_by[s] for s in sorted(pages_by))
-        n_proc = _distinct_processes(procs)
-        process_keys += n_proc
-        prefix = f"{S.HOST_DIR_PREFIX}{host}/"
-        host_files = {k: v for k, v in files.items() if k.startswith(prefix)}
-        time_values = list(times.values())
-        meta_row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
-        hosts.append(
-            HostSummary(
-                host=host,
-                snapshots=snaps.num_rows,
-                processes=n_proc,
-                pages=rows,
-                pages_file_bytes=int(host_files.get(f"{prefix}pages.parquet", {}).get("bytes", 0)),
-                total_bytes=sum(int(v.get("bytes", 0)) for v in host_files.values()),
-                time_span_s=(max(time_values) - min(time_values)) if time_values else 0.0,
-                meta={
-                    k: meta_row.get(k)
-                    for k in (
-                        "kernel_release",
-                        "page_size",
-                        "hz",
-                        "hash_algo",
-                        "zero_hash",
-                        "tool_version",
-                    )
-                },
-            )
-        )
+    pool = ThreadPoolExecutor(_IN_FLIGHT, thread_name_prefix="ksm-planner-info")
+    with pool:
+        for host in trace.hosts:
+            hosts.append(_summarize_host(trace, host, files, snapshots, pool, progress))
+            process_keys += hosts[-1].processes
     progress.finish()
     manifest_bytes = (trace.path / S.MANIFEST_NAME).stat().st_size
     return TraceSummary(
@@ -920,6 +832,103 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
         pages_file_bytes=sum(h.pages_file_bytes for h in hosts),
         total_bytes=sum(h.total_bytes for h in hosts) + manifest_bytes,
         snapshots=tuple(snapshots),
+    )
+
+
+def _summarize_host(
+    trace: Trace,
+    host: str,
+    files: dict[str, dict[str, Any]],
+    snapshots: list[SnapshotPotential],
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> HostSummary:
+    """One host's summary; its snapshots' potentials appended to ``snapshots`` in order."""
+    with contextlib.closing(read_ahead(_host_pages(trace, host))) as stream:
+        next(stream)  # the thread runs: the pages file is being hashed
+        snaps = trace.read_table(host, "snapshots")
+        procs = trace.read_table(host, "processes")
+        maps = trace.read_table(host, "mappings", ["snapshot_id", "pid", "start", "kind"])
+        proc_by = _slice_by_snapshot(procs)
+        map_by = _slice_by_snapshot(maps)
+        times: dict[int, float] = {
+            int(k): float(v)
+            for k, v in zip(
+                as_numpy(snaps.column("snapshot_id"), np.int64).tolist(),
+                as_numpy(snaps.column("time_s"), np.float64).tolist(),
+                strict=True,
+            )
+        }
+        pages_by: dict[int, SnapshotPotential] = {}
+        rows = 0
+        progress.start(f"info: pages of {host}", cast("int", next(stream)))
+        # up to _IN_FLIGHT snapshots counted at once (the compiled passes release the
+        # GIL), each from the time it is decoded; results kept in snapshot order
+        running: deque[tuple[int, Future[SnapshotPotential]]] = deque()
+
+        def collect() -> None:
+            n_rows, done = running.popleft()
+            potential = done.result()
+            pages_by[potential.snapshot_id] = potential
+            progress.advance(n_rows)
+
+        for item in stream:
+            sid, pages = cast("tuple[int, pa.Table]", item)
+            if len(running) == _IN_FLIGHT:
+                collect()
+            running.append(
+                (
+                    pages.num_rows,
+                    pool.submit(
+                        snapshot_potential,
+                        pages,
+                        _rows_or_empty(proc_by, sid, "processes"),
+                        _rows_or_empty(map_by, sid, "mappings"),
+                        host=host,
+                        snapshot_id=sid,
+                        time_s=times.get(sid, float("nan")),
+                    ),
+                )
+            )
+            rows += pages.num_rows
+            del pages, item  # held by the task only: freed when it is done
+        while running:
+            collect()
+    for sid, t in times.items():
+        if sid not in pages_by:
+            pages_by[sid] = snapshot_potential(
+                S.PAGES_SCHEMA.empty_table(),
+                _rows_or_empty(proc_by, sid, "processes"),
+                _rows_or_empty(map_by, sid, "mappings"),
+                host=host,
+                snapshot_id=sid,
+                time_s=t,
+            )
+    snapshots.extend(pages_by[s] for s in sorted(pages_by))
+    n_proc = _distinct_processes(procs)
+    prefix = f"{S.HOST_DIR_PREFIX}{host}/"
+    host_files = {k: v for k, v in files.items() if k.startswith(prefix)}
+    time_values = list(times.values())
+    meta_row = snaps.slice(0, 1).to_pylist()[0] if snaps.num_rows else {}
+    return HostSummary(
+        host=host,
+        snapshots=snaps.num_rows,
+        processes=n_proc,
+        pages=rows,
+        pages_file_bytes=int(host_files.get(f"{prefix}pages.parquet", {}).get("bytes", 0)),
+        total_bytes=sum(int(v.get("bytes", 0)) for v in host_files.values()),
+        time_span_s=(max(time_values) - min(time_values)) if time_values else 0.0,
+        meta={
+            k: meta_row.get(k)
+            for k in (
+                "kernel_release",
+                "page_size",
+                "hz",
+                "hash_algo",
+                "zero_hash",
+                "tool_version",
+            )
+        },
     )
 
 

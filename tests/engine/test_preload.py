@@ -16,11 +16,11 @@ from planner.engine.preload import FAST_ENGINE_MODULES, PREPARE_MODULES, modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: compiles one small function of planner.engine.rows into the cache (NUMBA_CACHE_DIR)
+#: compiles one small function of planner._idtable into the cache (NUMBA_CACHE_DIR)
 COMPILE_ONE = """
 import numpy as np
-from planner.engine.rows import _catalog_rehash
-_catalog_rehash(np.zeros(16, np.uint64), np.full(16, -1, np.int32), np.arange(3, dtype=np.uint64))
+from planner._idtable import SLOT, _rehash
+_rehash(np.zeros(16, SLOT), np.zeros(16, SLOT))
 """
 
 #: loads what the cache holds, then reports what numba loaded and compiled
@@ -28,12 +28,12 @@ LOAD = """
 import json
 import numpy as np
 from planner._jit import _dispatchers, load_cached
-loaded = load_cached(["planner.engine.rows"])
-ds = {d.py_func.__name__: d for d in _dispatchers("planner.engine.rows")}
+loaded = load_cached(["planner._idtable"])
+ds = {d.py_func.__name__: d for d in _dispatchers("planner._idtable")}
 before = {n: len(d.overloads) for n, d in ds.items()}
-from planner.engine.rows import _catalog_rehash
-_catalog_rehash(np.zeros(16, np.uint64), np.full(16, -1, np.int32), np.arange(3, dtype=np.uint64))
-d = ds["_catalog_rehash"]
+from planner._idtable import SLOT, _rehash
+_rehash(np.zeros(16, SLOT), np.zeros(16, SLOT))
+d = ds["_rehash"]
 print(json.dumps(dict(
     loaded=loaded, before=before, hits=sum(d.stats.cache_hits.values()),
     misses=sum(d.stats.cache_misses.values()), after=len(d.overloads),
@@ -60,9 +60,7 @@ def test_modules_for_each_engine() -> None:
 
 
 def test_an_empty_cache_loads_and_compiles_nothing(tmp_path: Path) -> None:
-    res = json.loads(
-        _child(LOAD.replace("_catalog_rehash(np", "0 and _catalog_rehash(np"), tmp_path)
-    )
+    res = json.loads(_child(LOAD.replace("_rehash(np", "0 and _rehash(np"), tmp_path))
     assert res["loaded"] == 0
     assert set(res["before"].values()) == {0}, res  # nothing compiled ahead of a call
     assert res["misses"] == 0
@@ -72,9 +70,47 @@ def test_what_the_cache_holds_is_loaded_before_the_first_call(tmp_path: Path) ->
     _child(COMPILE_ONE, tmp_path)
     res = json.loads(_child(LOAD, tmp_path))
     assert res["loaded"] == 1, res
-    assert res["before"]["_catalog_rehash"] == 1  # loaded by load_cached
+    assert res["before"]["_rehash"] == 1  # loaded by load_cached
     assert sum(res["before"].values()) == 1  # the others are not in the cache: not compiled
     assert (res["hits"], res["misses"], res["after"]) == (1, 0, 1)  # the call compiled nothing
+
+
+#: loads compiled code, then reports which SciPy modules that imported, and uses SciPy's
+#: linear algebra afterwards, from Python and from a compiled function
+NO_BLAS_PROBE = """
+import json, sys
+import numpy as np
+from planner._jit import load_cached, njit_cached
+loaded = load_cached(["planner._idtable"])
+from planner._idtable import IdTable
+ids = IdTable().ids_of(np.array([5, 7, 5], np.uint64)).tolist()
+scipy_linalg = "scipy.linalg" in sys.modules
+import numba.np.arraymath as am
+import scipy.linalg
+
+def dot(a, b):
+    return np.dot(a, b)
+
+a = np.arange(4.0).reshape(2, 2)
+print(json.dumps(dict(
+    ids=ids, scipy_linalg=scipy_linalg, have_blas=am._HAVE_BLAS,
+    det=float(scipy.linalg.det(a)), dot=njit_cached(dot)(a, a).tolist(),
+)))
+"""
+
+
+def test_loading_compiled_code_skips_numbas_blas_probe(tmp_path: Path) -> None:
+    """numba's target context probes for a BLAS by importing SciPy's linear algebra
+    (0.25-0.4 s); :func:`planner._jit.import_numba` has the probe fail instead, in its
+    own thread only: the compiled code runs, and SciPy's linear algebra still imports
+    and serves numba's ``np.dot`` afterwards."""
+    _child(COMPILE_ONE, tmp_path)
+    res = json.loads(_child(NO_BLAS_PROBE, tmp_path))
+    assert res["ids"] == [0, 1, 0]
+    assert res["scipy_linalg"] is False, res  # nothing of it imported by numba's start-up
+    assert res["have_blas"] is False  # the probe's answer: np.correlate's flavour only
+    assert res["det"] == pytest.approx(-2.0)
+    assert res["dot"] == [[2.0, 3.0], [6.0, 11.0]]
 
 
 #: a function in a file of its own, cached with numba's locators made to find no place

@@ -1,0 +1,95 @@
+"""Dense ids of 64-bit values (planner._idtable): held to ids made by sorting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner._idtable import IdTable
+from planner.engine.rows import ContentCatalog
+
+U64_MAX = (1 << 64) - 1
+
+
+def _expected(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids in order of first appearance, first-row flags and the value of each id, by a
+    sort (np.unique)."""
+    uniq, first_row, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first_row, kind="stable")  # ids by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    first = np.zeros(len(values), bool)
+    first[first_row] = True
+    return rank[inverse.ravel()].astype(np.int32), first, uniq[order]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.integers(0, 40), st.integers(0, U64_MAX)), min_size=0, max_size=300),
+        min_size=1,
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_ids_over_several_calls_equal_a_sort(calls: list[list[int]], keep: bool) -> None:
+    """Ids given call after call (the table growing from 16 slots) are the ids of the
+    concatenated values; first-row flags mark each value's first row overall; the value
+    of each id is kept where asked."""
+    table = IdTable(keep_values=keep)
+    got, flags = [], []
+    for values in calls:
+        v = np.array(values, np.uint64)
+        first = np.zeros(len(v), bool)
+        got.append(table.ids_of(v, first))
+        flags.append(first)
+    everything = np.array([x for c in calls for x in c], np.uint64)
+    ids, first, values = _expected(everything)
+    assert np.concatenate(got).tolist() == ids.tolist()
+    assert np.concatenate(flags).tolist() == first.tolist()
+    assert table.n == len(values)
+    if keep:
+        assert table.values().tolist() == values.tolist()
+    else:
+        with pytest.raises(ValueError, match="does not keep"):
+            table.values()
+
+
+def test_signed_values_are_their_unsigned_bits_and_out_is_filled() -> None:
+    table = IdTable(expected=4)
+    out = np.full(4, -7, np.int32)
+    ids = table.ids_of(np.array([-1, 3, -1, 0], np.int64), out=out)
+    assert ids is out
+    assert out.tolist() == [0, 1, 0, 2]
+    assert table.values().tolist() == [U64_MAX, 3, 0]
+    assert table.ids_of(np.array([U64_MAX, 9], np.uint64)).tolist() == [0, 3]
+
+
+def test_a_big_table_is_rebuilt_with_its_ids() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 1 << 63, 50_000, dtype=np.uint64)
+    table = IdTable()
+    first_ids = table.ids_of(values[:100])
+    slots_before = table.table_bytes
+    table.ids_of(values)  # grows the table: the first ids must hold
+    assert table.table_bytes > slots_before
+    assert table.ids_of(values[:100]).tolist() == first_ids.tolist()
+
+
+@pytest.mark.parametrize(
+    ("first", "out"),
+    [(np.zeros(2, np.int8), None), (np.zeros(3, bool), None), (None, np.zeros(2, np.int64))],
+)
+def test_wrong_scratch_is_refused(first: np.ndarray | None, out: np.ndarray | None) -> None:
+    with pytest.raises(ValueError, match="one per value"):
+        IdTable().ids_of(np.array([1, 2], np.uint64), first, out)
+
+
+def test_the_content_catalog_keeps_ids_over_a_replay() -> None:
+    catalog = ContentCatalog()
+    a = catalog.ids_of(np.array([10, 20, 10], np.uint64))
+    b = catalog.ids_of(np.array([30, 20], np.uint64))
+    assert (a.tolist(), b.tolist()) == ([0, 1, 0], [2, 1])
+    assert catalog.hashes().tolist() == [10, 20, 30]
