@@ -68,8 +68,13 @@ class IdTable:
             grown[: self.n] = self._value_of[: self.n]
             self._value_of = grown
         if 2 * need > self._slots.size:
-            old, self._slots = self._slots, np.zeros(_capacity(need), SLOT)
-            _rehash(old, self._slots)
+            if self._keep_values:  # the old table freed first: inserted from the values
+                self._slots = _NO_SLOTS
+                self._slots = np.zeros(_capacity(need), SLOT)
+                _insert_values(self._slots, self._value_of[: self.n])
+            else:
+                old, self._slots = self._slots, np.zeros(_capacity(need), SLOT)
+                _rehash(old, self._slots)
 
     def ids_of(self, values: Arr, first: Arr | None = None, out: I32 | None = None) -> I32:
         """Ids of ``values`` (integers, taken as unsigned 64-bit); new values get the next
@@ -88,6 +93,7 @@ class IdTable:
 
 
 _NO_FIRST = np.zeros(0, np.bool_)
+_NO_SLOTS = np.zeros(0, SLOT)
 
 
 def _capacity(n: int) -> int:
@@ -158,6 +164,19 @@ def _rehash(old: Arr, slots: Arr) -> None:  # pragma: no cover - compiled
             i = (i + 1) & mask
         slots[i].value = v
         slots[i].id1 = g
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _insert_values(slots: Arr, value_of: U64) -> None:  # pragma: no cover - compiled
+    """Insert ids ``0..n-1`` of the distinct values ``value_of`` into the empty ``slots``."""
+    mask = slots.size - 1
+    for g in range(value_of.size):
+        v = value_of[g]
+        i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
+        while slots[i].id1 != 0:
+            i = (i + 1) & mask
+        slots[i].value = v
+        slots[i].id1 = g + 1
 
 
 __all__ = ["SLOT", "IdTable"]
