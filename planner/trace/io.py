@@ -974,10 +974,12 @@ class Trace:
         Memory holds one batch whatever the trace size (while the file is being hashed,
         up to :data:`_HASH_AHEAD_BATCHES`: they are decoded and checked meanwhile, and
         come out once the hash matched). ``columns`` selects the columns returned. Every
-        column is read (the check needs them) but the per-page change counts when
-        ``columns`` leaves them out and the file's footer proves them all null
-        (:func:`_all_null`; the footer is part of the hashed bytes): those pass the check
-        whatever it is, so they are neither decoded nor checked.
+        column is read (the check needs them) but the per-page change counts when the
+        file's footer proves them all null (:func:`_all_null`; the footer is part of the
+        hashed bytes), as in every trace captured without sampling: those pass the check
+        whatever it is, so they are neither decoded nor checked, and those ``columns``
+        asks for come as nulls (decoding them was ~30 % of reading a 4 M-page trace's
+        pages for a replay, docs/engine.md "End to end").
         """
         cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
         where = self._where(host, "pages")
@@ -1021,11 +1023,11 @@ class Trace:
             try:
                 pf = pq.ParquetFile(f)
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
-                # change counts the caller does not want and the file lacks (schema v1)
-                # or holds only as nulls: not decoded, nor made up, nor checked
-                skip = not any(c in cols for c in PAGE_CHANGE_COUNTS) and _all_null(
-                    pf.metadata, [c for c in PAGE_CHANGE_COUNTS if c in file_cols]
-                )
+                # change counts the file lacks (schema v1) or holds only as nulls (a
+                # trace captured without sampling): neither decoded nor checked; those
+                # the caller asks for are made as nulls
+                skip = _all_null(pf.metadata, [c for c in PAGE_CHANGE_COUNTS if c in file_cols])
+                made = [S.PAGES_SCHEMA.field(c) for c in cols if c in PAGE_CHANGE_COUNTS]
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
                     use_threads=False,
@@ -1046,6 +1048,9 @@ class Trace:
                 if not skip:
                     table = upgrade(table, "pages")
                 check.feed(table)
+                if skip:
+                    for f in made:
+                        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
                 yield table.select(cols)
         except Exception:
             if hashing is not None:

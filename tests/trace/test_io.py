@@ -105,8 +105,8 @@ def test_change_counts_all_null_by_the_footer_are_not_decoded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without sampling, the per-page change counts are all null and the footer's
-    statistics say so: a reader that does not ask for them does not decode them (nor
-    check them); one that asks gets them, decoded and checked."""
+    statistics say so: they are neither decoded nor checked; a reader that asks for them
+    gets them as nulls of their schema types."""
     from planner.trace.check import PAGE_CHANGE_COUNTS
 
     _two_snapshots(tmp_path / "t")
@@ -117,10 +117,15 @@ def test_change_counts_all_null_by_the_footer_are_not_decoded(
     assert seen
     assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
     seen.clear()
-    wanted = list(trace.iter_snapshot_pages("h", ["content_hash", "samples"]))
-    assert [t.column("samples").null_count for _, t in wanted] == [3, 3]
+    asked = ["content_hash", *PAGE_CHANGE_COUNTS]
+    wanted = list(trace.iter_snapshot_pages("h", asked))
+    for _, t in wanted:
+        assert t.column_names == ["snapshot_id", *asked]
+        for c in PAGE_CHANGE_COUNTS:
+            assert t.column(c).null_count == t.num_rows == 3
+            assert t.schema.field(c).type == S.PAGES_SCHEMA.field(c).type
     assert seen
-    assert all(set(PAGE_CHANGE_COUNTS) <= set(cols) for cols in seen)
+    assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
 
 
 def test_change_counts_without_statistics_are_decoded_and_checked(
