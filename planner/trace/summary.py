@@ -59,10 +59,12 @@ _PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
 #: Columns :func:`snapshot_potential` joins into one array (the others are read in parts).
 _JOINED_COLUMNS = ("pid", "vma_start")
 _UNKNOWN = "(unknown)"
-#: Snapshots whose potentials are computed at once by ``info`` (one per core here; each
-#: holds its pages and scratch arrays, ~0.3 GB for a 4 M-page snapshot).
-_IN_FLIGHT = 2
 _NO_LABELS = "(no labels)"
+#: Snapshots whose potentials ``info`` computes at once (a thread each; the compiled
+#: passes release the GIL): each holds its pages and scratch arrays, ~0.3 GB for a 4 M-page
+#: snapshot, so two, whatever the cores (one more than before: the reader's next snapshot
+#: was decoded while one was counted, and a core then idled).
+_IN_FLIGHT = 2
 
 
 # ----------------------------------------------------------------------------- results
