@@ -770,7 +770,25 @@ def _coalesce_rows(
             last_kind[r] = -2  # seen, no content write yet
         if k != _K_SAME:
             last_kind[r] = k
-    uniq = np.sort(uniq[:u])
+    uniq = uniq[:u]
+    if u > 1:  # ascending: an LSD radix sort, 8 bits a pass, of rows below last_kind.size
+        # (numba's np.sort took 15 us for the ~1,250 rows of a typical batch and 89 us for
+        # 2,600: most of this function's time; the radix sort 5 and 15 us)
+        buf = np.empty(u, np.int64)
+        count = np.empty(257, np.int64)
+        shift = 0
+        while shift == 0 or ((last_kind.size - 1) >> shift) > 0:
+            count[:] = 0
+            for i in range(u):
+                count[((uniq[i] >> shift) & 255) + 1] += 1
+            for d in range(256):
+                count[d + 1] += count[d]
+            for i in range(u):
+                d = (uniq[i] >> shift) & 255
+                buf[count[d]] = uniq[i]
+                count[d] += 1
+            uniq, buf = buf, uniq
+            shift += 8
     content = np.full(u, SAME, np.int64)
     gone = np.zeros(u, np.bool_)
     nv = next_volatile

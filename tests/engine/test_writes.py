@@ -855,6 +855,28 @@ def test_a_batch_coalesces_to_each_rows_last_content_write(
     assert vol_rows.tolist() == [held.get(r, 7) for r in range(41)]
 
 
+@pytest.mark.parametrize(
+    ("n_rows", "events"), [(300, 2_000), (70_001, 3_000), (1 << 21, 20_000), (70_001, 1)]
+)
+def test_a_big_batch_of_far_rows_coalesces_in_row_order(n_rows: int, events: int) -> None:
+    """Rows beyond one radix digit (the kernel sorts the batch's rows 8 bits a pass, up to
+    three passes here) and batches larger than a digit's buckets: the same entries, in
+    ascending row order, as by hand."""
+    from planner.engine.writes import _coalesce_rows
+
+    rng = np.random.default_rng(n_rows + events)
+    rows = rng.integers(0, n_rows, events).astype(np.int64)
+    kinds = rng.integers(0, 5, events).astype(np.int64)
+    other = rng.integers(0, 1 << 40, n_rows).astype(np.int64)
+    scratch = np.full(n_rows, -1, np.int8)
+    uniq, content, gone, nv, _ = _coalesce_rows(
+        rows, kinds, scratch, other, 11, np.empty(0, np.int64), False
+    )
+    want = _coalesce_by_hand(rows.tolist(), kinds.tolist(), other.tolist(), 11)
+    assert (uniq.tolist(), content.tolist(), gone.tolist(), int(nv)) == want
+    assert (scratch == -1).all()
+
+
 def test_an_input_derived_once_replays_as_the_trace_does_at_any_knobs() -> None:
     from planner.engine import derive_input
 
