@@ -4,8 +4,8 @@ One open-addressing table with linear probing, kept at most half full, whose slo
 value and its id side by side (12 bytes, packed): a probe reads one slot, usually one cache
 line. The table is larger than the caches for any real snapshot (a 4 M-page snapshot: 8 M
 slots, 96 MB), so a row costs about one cache miss; with the value and the id in two arrays,
-as before, it cost two (the 12 M hashes of a 4 M-page trace: 0.42-0.49 s -> 0.32-0.39 s,
-docs/engine.md, "Start-up").
+as before, it cost two (the 12 M hashes of a 4 M-page trace: 0.39-0.42 s -> 0.31-0.35 s,
+docs/engine.md, "End to end", ``info``'s fourth round).
 
 Used by the engine's content catalog (ids that stay the same over a whole replay) and by
 ``info``'s static potential (one table per snapshot). Every scratch array is allocated by
@@ -37,10 +37,12 @@ _GOLDEN = 0x9E3779B97F4A7C15
 class IdTable:
     """Dense ids of 64-bit values: each distinct value gets the next id when first seen.
 
-    ``n`` is the number of ids given; :meth:`values` the value of each, where the table
-    was made with ``keep_values`` (8 bytes an id more). The table is rebuilt twice as
-    large (its ids kept) whenever a call would fill it more than half; sized for
-    ``expected`` values, it is not rebuilt before they have been seen.
+    ``n`` is the number of ids given; :meth:`values` the value of each (8 bytes an id).
+    The table is rebuilt twice as large from those values (its ids kept, the old slots
+    freed first) whenever a call would fill it more than half; sized for ``expected``
+    values, it is not rebuilt before they have been seen. Without ``keep_values`` (a
+    table used once, as ``info``'s per snapshot) it holds no values and is never rebuilt:
+    sized for ``expected`` values, it refuses a call that could bring more.
     """
 
     def __init__(self, expected: int = 0, *, keep_values: bool = True) -> None:
@@ -63,18 +65,21 @@ class IdTable:
 
     def _reserve(self, more: int) -> None:
         need = self.n + more
-        if self._keep_values and need > self._value_of.size:
+        if not self._keep_values:
+            if 2 * need > self._slots.size:
+                raise ValueError(
+                    f"a table without its values holds at most {self._slots.size // 2} "
+                    f"distinct values; {need} could be"
+                )
+            return
+        if need > self._value_of.size:
             grown = np.empty(max(need, 2 * self._value_of.size), np.uint64)
             grown[: self.n] = self._value_of[: self.n]
             self._value_of = grown
-        if 2 * need > self._slots.size:
-            if self._keep_values:  # the old table freed first: inserted from the values
-                self._slots = _NO_SLOTS
-                self._slots = np.zeros(_capacity(need), SLOT)
-                _insert_values(self._slots, self._value_of[: self.n])
-            else:
-                old, self._slots = self._slots, np.zeros(_capacity(need), SLOT)
-                _rehash(old, self._slots)
+        if 2 * need > self._slots.size:  # the old slots freed first
+            self._slots = _NO_SLOTS
+            self._slots = np.zeros(_capacity(need), SLOT)
+            _insert_values(self._slots, self._value_of[: self.n])
 
     def ids_of(self, values: Arr, first: Arr | None = None, out: I32 | None = None) -> I32:
         """Ids of ``values`` (integers, taken as unsigned 64-bit); new values get the next
@@ -148,22 +153,6 @@ def _ids(
                 break
             i = (i + 1) & mask
     return n
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _rehash(old: Arr, slots: Arr) -> None:  # pragma: no cover - compiled
-    """Insert every value of the table ``old``, with its id, into the empty ``slots``."""
-    mask = slots.size - 1
-    for k in range(old.size):
-        g = old[k].id1
-        if g == 0:
-            continue
-        v = old[k].value
-        i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
-        while slots[i].id1 != 0:
-            i = (i + 1) & mask
-        slots[i].value = v
-        slots[i].id1 = g
 
 
 @compiled_on_first_call(cache=True, nogil=True)

@@ -35,10 +35,12 @@ def _expected(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     st.booleans(),
 )
 def test_ids_over_several_calls_equal_a_sort(calls: list[list[int]], keep: bool) -> None:
-    """Ids given call after call (the table growing from 16 slots) are the ids of the
-    concatenated values; first-row flags mark each value's first row overall; the value
-    of each id is kept where asked."""
-    table = IdTable(keep_values=keep)
+    """Ids given call after call (a table that keeps its values growing from 16 slots;
+    one that does not sized for them all) are the ids of the concatenated values;
+    first-row flags mark each value's first row overall; the value of each id is kept
+    where asked."""
+    total = sum(len(c) for c in calls)
+    table = IdTable(keep_values=True) if keep else IdTable(total, keep_values=False)
     got, flags = [], []
     for values in calls:
         v = np.array(values, np.uint64)
@@ -65,6 +67,14 @@ def test_signed_values_are_their_unsigned_bits_and_out_is_filled() -> None:
     assert out.tolist() == [0, 1, 0, 2]
     assert table.values().tolist() == [U64_MAX, 3, 0]
     assert table.ids_of(np.array([U64_MAX, 9], np.uint64)).tolist() == [0, 3]
+
+
+def test_a_table_without_its_values_takes_what_it_was_sized_for() -> None:
+    table = IdTable(8, keep_values=False)  # 16 slots: 8 values
+    assert table.ids_of(np.array([9, 8, 9], np.uint64)).tolist() == [0, 1, 0]
+    assert table.ids_of(np.array([8, 7, 6, 5, 4, 3], np.uint64)).tolist() == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="at most 8 distinct values; 10 could be"):
+        table.ids_of(np.array([2, 1, 0], np.uint64))  # 7 ids + 3
 
 
 def test_a_big_table_is_rebuilt_with_its_ids() -> None:

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: compiles one small function of planner._idtable into the cache (NUMBA_CACHE_DIR)
 COMPILE_ONE = """
 import numpy as np
-from planner._idtable import SLOT, _rehash
-_rehash(np.zeros(16, SLOT), np.zeros(16, SLOT))
+from planner._idtable import SLOT, _insert_values
+_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64))
 """
 
 #: loads what the cache holds, then reports what numba loaded and compiled
@@ -31,9 +31,9 @@ from planner._jit import _dispatchers, load_cached
 loaded = load_cached(["planner._idtable"])
 ds = {d.py_func.__name__: d for d in _dispatchers("planner._idtable")}
 before = {n: len(d.overloads) for n, d in ds.items()}
-from planner._idtable import SLOT, _rehash
-_rehash(np.zeros(16, SLOT), np.zeros(16, SLOT))
-d = ds["_rehash"]
+from planner._idtable import SLOT, _insert_values
+_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64))
+d = ds["_insert_values"]
 print(json.dumps(dict(
     loaded=loaded, before=before, hits=sum(d.stats.cache_hits.values()),
     misses=sum(d.stats.cache_misses.values()), after=len(d.overloads),
@@ -60,7 +60,7 @@ def test_modules_for_each_engine() -> None:
 
 
 def test_an_empty_cache_loads_and_compiles_nothing(tmp_path: Path) -> None:
-    res = json.loads(_child(LOAD.replace("_rehash(np", "0 and _rehash(np"), tmp_path))
+    res = json.loads(_child(LOAD.replace("_insert_values(np", "0 and _insert_values(np"), tmp_path))
     assert res["loaded"] == 0
     assert set(res["before"].values()) == {0}, res  # nothing compiled ahead of a call
     assert res["misses"] == 0
@@ -70,7 +70,7 @@ def test_what_the_cache_holds_is_loaded_before_the_first_call(tmp_path: Path) ->
     _child(COMPILE_ONE, tmp_path)
     res = json.loads(_child(LOAD, tmp_path))
     assert res["loaded"] == 1, res
-    assert res["before"]["_rehash"] == 1  # loaded by load_cached
+    assert res["before"]["_insert_values"] == 1  # loaded by load_cached
     assert sum(res["before"].values()) == 1  # the others are not in the cache: not compiled
     assert (res["hits"], res["misses"], res["after"]) == (1, 0, 1)  # the call compiled nothing
 
