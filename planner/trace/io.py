@@ -1312,13 +1312,15 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
     worker.start()
     try:
         while True:
-            ok, item = slot.get()
+            entry = [slot.get()]
             taken.set()
+            ok, item = entry[0]
             if not ok:
                 raise item
             if item is end:
                 return
-            yield item
+            del item  # the caller holds the item alone: its ``del`` frees it
+            yield entry.pop()[1]
     finally:
         stop.set()
         while worker.is_alive():
