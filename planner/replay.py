@@ -68,7 +68,7 @@ def replay_trace(
     The compiled code of the replay is loaded from numba's cache in a thread meanwhile
     (:mod:`planner.engine.preload`).
     """
-    with compiled_code_loading(modules_for(engine)), retained_heap():
+    with compiled_code_loading(modules_for(engine)):
         return _replay_trace(
             path,
             host=host,
@@ -127,6 +127,33 @@ def _replay_trace(
     progress.start("loading trace", None)
     inp = prepare_trace(tr, resolver=resolver, tables=ht, prctl_at=prctl_at)
     progress.finish()
+    # freed arrays kept for reuse from here on, not while preparing: the replay allocates
+    # and frees arrays of one size over and over (fewer page faults), prepare uses each
+    # once, and blocks kept there raised the command's peak (docs/engine.md)
+    with retained_heap():
+        res = _replay_prepared(inp, knobs, options, engine, progress, observed)
+    res.provenance.update(
+        trace_path=str(path),
+        trace_hash=tr.trace_hash,
+        policy_set=set_name,
+        policy_file=None if policy_path is None else str(policy_path),
+        preset=preset,
+        hosts=list(tr.hosts),
+        policy_warnings=policy_warnings,
+        observed=None if observed is None else str(observed),
+    )
+    return res
+
+
+def _replay_prepared(
+    inp: ReplayInput,
+    knobs: KsmKnobs,
+    options: ReplayOptions | None,
+    engine: EngineName,
+    progress: Progress,
+    observed: str | Path | None,
+) -> ReplayResult:
+    """The replay of a prepared input, fitted to the ``observed`` recording if any."""
     canary = None
     cost_fit: dict[str, Any] | None = None
     source: ReplayInput | DerivedInput = inp
@@ -151,16 +178,6 @@ def _replay_trace(
     )
     if cost_fit is not None:
         res.provenance["cost_fit"] = cost_fit
-    res.provenance.update(
-        trace_path=str(path),
-        trace_hash=tr.trace_hash,
-        policy_set=set_name,
-        policy_file=None if policy_path is None else str(policy_path),
-        preset=preset,
-        hosts=list(tr.hosts),
-        policy_warnings=policy_warnings,
-        observed=None if observed is None else str(observed),
-    )
     return res
 
 
