@@ -362,6 +362,9 @@ def _cpu_share(
     return max(0.0, cpu[1] - cpu[0]) / span_s if span_s > 0 else None
 
 
+_NO_ROWS = np.empty(0, np.uint64)  # a consumed column of _PageColumns
+
+
 @dataclass
 class _PageColumns:
     """One snapshot's pages as numpy columns (zero-copy where Arrow allows)."""
@@ -423,9 +426,10 @@ def _page_columns(
     box: list[pa.Table], zero_hash: int | None, changes: PageChanges | None = None
 ) -> _PageColumns:
     """The pages table in ``box`` (taken out of it: the caller holds no reference) as numpy
-    columns. Each Arrow column is dropped once it is copied out, so the snapshot is held
-    about once, not as Arrow's table and numpy's columns side by side (~150 MB less at the
-    peak of a 4 M-page prepare)."""
+    columns. Each Arrow column is dropped once it is copied out and its memory given back
+    (Arrow's batches are heap blocks, which the C library keeps after a free; the copies,
+    larger, are mapped anew), so the snapshot is held about once, not as Arrow's table and
+    numpy's columns side by side."""
     pages = box.pop()
     usable = None
     hash_col, frame_col = pages.column("content_hash"), pages.column("frame_id")
@@ -439,7 +443,8 @@ def _page_columns(
     out: list[npt.NDArray[Any]] = []
     for dtype in (np.uint64, np.uint64, np.uint16, np.int32, np.uint64, np.uint64):
         out.append(_np_column(pages.column(0), dtype))
-        pages = pages.remove_column(0)  # its buffers are freed with the last reference
+        pages = pages.remove_column(0)  # its buffers are freed with the last reference,
+        release_memory()  # and given back: the copies are larger than the heap's blocks
     del pages
     p_hash, p_frame, p_flags, pid, vma, addr = out
     if zero_hash is not None:
@@ -537,7 +542,8 @@ def _snapshot_rows(
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> tuple[RowColumns, MmLayout, tuple[U16, ...] | None]:
     """Snapshot ``k``'s rows sorted by (mm, page), where each mm's rows are, and the
-    writes the sampler saw on each row after it (if the trace has them)."""
+    writes the sampler saw on each row after it (if the trace has them). ``cols`` is
+    consumed: its pids, mapping starts and addresses are dropped once used."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
     pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
     if cols.usable is None or cols.usable.all():
@@ -557,6 +563,8 @@ def _snapshot_rows(
     run_mm = np.array([pid_to_mm[int(p)] for p in run_pid.tolist()], dtype=np.int32)
     run_len = np.diff(np.r_[heads, n])
     r_page = cols.addr[idx] >> np.uint64(shift)
+    cols.addr = _NO_ROWS  # consumed, as are the pids and mapping starts below: each
+    release_memory()  # snapshot-sized column is given back once the rows have no use for it
     r_mm = np.repeat(run_mm, run_len)
     key = row_keys(r_mm, r_page)
     order: I64 | None = None
@@ -572,6 +580,9 @@ def _snapshot_rows(
     eligible, mergeable = _eligibility(
         procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size, prctl_at
     )
+    del r_pid
+    cols.pid = cols.vma = _NO_ROWS
+    release_memory()
     pf = take(cols.flags)
     flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
     flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)

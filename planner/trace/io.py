@@ -1050,7 +1050,7 @@ class Trace:
                 check.feed(table)
                 if skip:
                     for f in made:
-                        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+                        table = table.append_column(f, _nulls(table.num_rows, f.type))
                 yield table.select(cols)
         except Exception:
             if hashing is not None:
@@ -1106,6 +1106,21 @@ def _all_null(meta: pq.FileMetaData, names: Sequence[str]) -> bool:
             if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
                 return False
     return True
+
+
+_ZEROS: list[pa.Buffer] = []  # the zeroed buffer every column of _nulls shares
+
+
+def _nulls(n: int, type_: pa.DataType) -> pa.Array:
+    """``n`` nulls of the fixed-width ``type_``, their validity bitmap and values one zeroed
+    buffer shared by every such column of the process (Arrow's arrays are immutable).
+    ``pa.nulls`` allocates and zeroes a values buffer per call: the six change counts of a
+    trace captured without sampling took 12 B per row, 192 MB of a 16 M-page snapshot."""
+    size = max((n * type_.bit_width + 7) // 8, 1)
+    if not _ZEROS or _ZEROS[0].size < size:
+        _ZEROS[:] = [pa.py_buffer(bytes(size))]
+    zeros = _ZEROS[0]
+    return pa.Array.from_buffers(type_, n, [zeros, zeros], null_count=n)
 
 
 def _take_each(parts: list[pa.Table]) -> Iterator[pa.Table]:

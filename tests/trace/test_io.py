@@ -124,6 +124,11 @@ def test_change_counts_all_null_by_the_footer_are_not_decoded(
         for c in PAGE_CHANGE_COUNTS:
             assert t.column(c).null_count == t.num_rows == 3
             assert t.schema.field(c).type == S.PAGES_SCHEMA.field(c).type
+            assert t.column(c).to_pylist() == [None] * 3
+        # one zeroed buffer behind every such column (pa.nulls zeroed one per column: 12 B
+        # per row for the six, 192 MB of a 16 M-page snapshot)
+        buffers = {t.column(c).chunk(0).buffers()[1].address for c in PAGE_CHANGE_COUNTS}
+        assert len(buffers) == 1
     assert seen
     assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
 
