@@ -1111,15 +1111,16 @@ def _all_null(meta: pq.FileMetaData, names: Sequence[str]) -> bool:
 _ZEROS: list[pa.Buffer] = []  # the zeroed buffer every column of _nulls shares
 
 
-def _nulls(n: int, type_: pa.DataType) -> pa.Array:
+def _nulls(n: int, type_: pa.DataType) -> pa.Array[Any]:
     """``n`` nulls of the fixed-width ``type_``, their validity bitmap and values one zeroed
     buffer shared by every such column of the process (Arrow's arrays are immutable).
     ``pa.nulls`` allocates and zeroes a values buffer per call: the six change counts of a
     trace captured without sampling took 12 B per row, 192 MB of a 16 M-page snapshot."""
     size = max((n * type_.bit_width + 7) // 8, 1)
-    if not _ZEROS or _ZEROS[0].size < size:
-        _ZEROS[:] = [pa.py_buffer(bytes(size))]
-    zeros = _ZEROS[0]
+    zeros = _ZEROS[0] if _ZEROS else None
+    if zeros is None or zeros.size < size:  # (another thread may swap it meanwhile: each
+        zeros = pa.py_buffer(bytes(size))  # call uses the buffer it checked)
+        _ZEROS[:] = [zeros]
     return pa.Array.from_buffers(type_, n, [zeros, zeros], null_count=n)
 
 
