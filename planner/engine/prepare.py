@@ -362,7 +362,8 @@ def _cpu_share(
     return max(0.0, cpu[1] - cpu[0]) / span_s if span_s > 0 else None
 
 
-_NO_ROWS = np.empty(0, np.uint64)  # a consumed column of _PageColumns
+_NO_ROWS = np.empty(0, np.uint64)  # a consumed column of _PageColumns or RowColumns
+_NO_MMS = np.empty(0, np.int32)
 
 
 @dataclass
@@ -676,7 +677,9 @@ class InputBuilder:
                 catalog=self.catalog,
             )
         )
-        self.prev = rows
+        # the next delta reads the previous rows' keys, contents, frames and flags, never
+        # their pages or mms (12 B per row, held until the next snapshot is added)
+        self.prev = dataclasses.replace(rows, page=_NO_ROWS, mm=_NO_MMS)
 
     def _close_writes(self, nxt: RowColumns | None) -> None:
         """The previous snapshot's writes, now that the next snapshot (or none) is known."""
