@@ -204,8 +204,7 @@ def clear_caches() -> None:
     with _CACHE_LOCK:
         _PREPARED.clear()
         _DERIVED.clear()
-        _LAST.clear()
-        _BY_SNAPSHOT.clear()
+        _IDEALS.clear()
 
 
 def domain_codes(inp: ReplayInput) -> tuple[np.ndarray[Any, np.dtype[np.int64]], list[str]]:
@@ -249,9 +248,9 @@ def _domain_pairs(
 
 def _processes(inp: ReplayInput, res: ReplayResult) -> tuple[ProcessOutcome, ...]:
     """The processes of the last snapshot, their registration and ``ksm_stat`` at the end."""
-    if not inp.snapshots:
+    if not inp.deltas:
         return ()
-    present = set(inp.snapshots[-1].mm_present.tolist())
+    present = set(inp.deltas[-1].layout.present.tolist())  # (no snapshot rebuilt for it)
     out = []
     for m in inp.mms:
         if m.mm not in present:
@@ -284,39 +283,50 @@ def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
         return TaskFailure(type(err).__name__, err.message, err.hint)
 
 
-_LAST: OrderedDict[tuple[Any, ...], tuple[int, int, int]] = OrderedDict()
+@dataclass(frozen=True)
+class _Ideals:
+    """What a replay's outcome needs of the input's snapshots in full."""
+
+    #: the policy ideal (frames) at every snapshot
+    by_snapshot: tuple[int, ...]
+    #: of the last snapshot: the policy ideal, the zero-content frames an ideal KSM frees
+    #: (the replay's own count is at most its saving) and the mergeable pages
+    last: tuple[int, int, int]
 
 
-def _last_snapshot(
-    prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
-) -> tuple[int, int, int]:
-    """Of the input's last snapshot: the policy ideal, the zero-content frames an ideal KSM
-    frees (the replay's own count is at most its saving) and the mergeable pages.
+_IDEALS: OrderedDict[tuple[Any, ...], _Ideals] = OrderedDict()
 
-    They depend on the input alone: computed once per input (and before a replay, so that
-    their sort of every page never adds to a replay's peak memory).
+
+def _ideals(prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool) -> _Ideals:
+    """The :class:`_Ideals` of an input, in one pass over its snapshots (each rebuilt from
+    the one before, so two are held at most), once per input and before a replay, so that
+    their sorts never add to a replay's peak memory.
+
+    No snapshot stays cached with the input: the last one, taken by index, was kept
+    (``SnapshotSequence``) through the replays that followed and rebuilt a second time by
+    the pass over all of them (the 16 M-page worker's peak, 3.42 GB, docs/fleet.md §4).
     """
     from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
 
     key = (*prepare_key, use_zero_pages)
     with _CACHE_LOCK:
-        if key in _LAST:
-            return _LAST[key]
-    out = (0, 0, 0)
-    if inp.snapshots:
-        last = inp.snapshots[-1]
-        eligible = int(np.count_nonzero(last.eligible))
-        out = (
-            policy_ideal_saved_frames(last, use_zero_pages=use_zero_pages),
-            zero_saved_frames(last, use_zero_pages=use_zero_pages, saved_frames=eligible),
-            eligible,
-        )
-        del last
+        if key in _IDEALS:
+            return _IDEALS[key]
+    by_snapshot: list[int] = []
+    last = (0, 0, 0)
+    for k, rows in enumerate(inp.snapshots):
+        by_snapshot.append(policy_ideal_saved_frames(rows, use_zero_pages=use_zero_pages))
+        if k == len(inp.snapshots) - 1:
+            eligible = int(np.count_nonzero(rows.eligible))
+            zero = zero_saved_frames(rows, use_zero_pages=use_zero_pages, saved_frames=eligible)
+            last = (by_snapshot[-1], zero, eligible)
+        del rows
         _release()
+    out = _Ideals(tuple(by_snapshot), last)
     with _CACHE_LOCK:
-        _LAST[key] = out
-        while len(_LAST) > 64:
-            _LAST.popitem(last=False)
+        _IDEALS[key] = out
+        while len(_IDEALS) > 64:
+            _IDEALS.popitem(last=False)
     return out
 
 
@@ -338,31 +348,6 @@ def _canary(path: str, page_size: int) -> CanaryRates:
         while len(_CANARIES) > 4:
             _CANARIES.popitem(last=False)
     return rates
-
-
-_BY_SNAPSHOT: OrderedDict[tuple[Any, ...], tuple[int, ...]] = OrderedDict()
-
-
-def _ideal_by_snapshot(
-    prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
-) -> tuple[int, ...]:
-    """The policy ideal at every snapshot (frames): computed once per input, as
-    :func:`_last_snapshot`, and one snapshot's sort at a time."""
-    from planner.whatif.extrapolate import policy_ideal_saved_frames
-
-    key = (*prepare_key, use_zero_pages)
-    with _CACHE_LOCK:
-        if key in _BY_SNAPSHOT:
-            return _BY_SNAPSHOT[key]
-    out = []
-    for rows in inp.snapshots:
-        out.append(policy_ideal_saved_frames(rows, use_zero_pages=use_zero_pages))
-        _release()
-    with _CACHE_LOCK:
-        _BY_SNAPSHOT[key] = tuple(out)
-        while len(_BY_SNAPSHOT) > 64:
-            _BY_SNAPSHOT.popitem(last=False)
-    return tuple(out)
 
 
 #: The input of the batch running in this process as its replays run it (grown, with the
@@ -417,8 +402,8 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         else CostProfile.default()
     )
     opts = ReplayOptions(**dict(spec.options), cost=cost)
-    ideal, zero_freed, eligible = _last_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
-    by_snapshot = _ideal_by_snapshot(spec.prepare_key, inp, knobs.use_zero_pages)
+    ideals = _ideals(spec.prepare_key, inp, knobs.use_zero_pages)
+    ideal, zero_freed, eligible = ideals.last
     canary = _canary(spec.canary_path, inp.page_size) if spec.canary_path else None
     # a replay allocates and frees arrays of a snapshot's size at every batch: kept for
     # reuse (planner.engine.heap; 45 -> 29 s for the Django what-if with its canary, the
@@ -442,10 +427,9 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         zero_saved_frames=min(zero_freed, max(0, truth.saved_frames)),
         eligible_pages=eligible,
         registered_processes=sum(1 for m in inp.mms if m.registration.mode != "off"),
-        policy_ideal_by_snapshot=by_snapshot,
-        snapshot_times_s=tuple(
-            (rows.time_ns - inp.snapshots[0].time_ns) / 1e9 for rows in inp.snapshots
-        ),
+        policy_ideal_by_snapshot=ideals.by_snapshot,
+        # (from the deltas: each snapshot rebuilt in full for its time was the old way)
+        snapshot_times_s=tuple((t - inp.times_ns[0]) / 1e9 for t in inp.times_ns),
         last_snapshot_s=applied[-1] if applied else None,
         domain_pairs=pairs,
         cross_domain_ksm_pages=crossing,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -161,3 +162,45 @@ def test_a_replay_task_retains_freed_arrays_within_its_bound(
     clear_caches()
     assert seen == [1, 0]
     assert heap._retaining == 0
+
+
+def test_a_replay_task_rebuilds_each_snapshot_once_and_keeps_none(
+    family_trace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ideals of every snapshot and of the last come from one pass over the snapshots,
+    each rebuilt once from the one before, and no rebuilt snapshot stays with the cached
+    input through the replays (the last one did: the 16 M-page worker's peak, docs/fleet.md §4);
+    the snapshot times come from the deltas. The figures are those of a snapshot rebuilt
+    alone."""
+    import planner.engine.rows as rows_mod
+    from planner.whatif import tasks
+    from planner.whatif.extrapolate import policy_ideal_saved_frames, zero_saved_frames
+
+    built: list[int] = []
+    real = rows_mod.apply_delta
+
+    def counting(old: object, delta: rows_mod.SnapshotDelta) -> object:
+        built.append(delta.index)
+        return real(old, delta)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rows_mod, "apply_delta", counting)
+    clear_caches()
+    # (without the growth model, which rebuilds the last snapshots for its own use)
+    task = dataclasses.replace(spec(family_trace, pages_to_scan=100), options=(("growth", False),))
+    out = run_replay(task)
+    assert not isinstance(out, TaskFailure)
+    (inp,) = tasks._PREPARED.values()
+    n = len(inp.deltas)
+    assert n > 1
+    assert built == list(range(n))
+    assert inp.snapshots._cache is None
+    assert out.snapshot_times_s == tuple((t - inp.times_ns[0]) / 1e9 for t in inp.times_ns)
+    monkeypatch.setattr(rows_mod, "apply_delta", real)
+    want = tuple(policy_ideal_saved_frames(inp.snapshots[k]) for k in range(n))
+    assert out.policy_ideal_by_snapshot == want
+    last = inp.snapshots[-1]
+    eligible = int(last.eligible.sum())
+    assert (out.policy_ideal_saved_frames, out.eligible_pages) == (want[-1], eligible)
+    zero = zero_saved_frames(last, use_zero_pages=False, saved_frames=eligible)
+    assert out.zero_saved_frames == min(zero, max(0, out.final_truth.saved_frames))
+    clear_caches()
