@@ -589,8 +589,7 @@ class TraceWrites:
         )
 
     def _keys(self, k: int) -> U64:
-        snap = self.inp.snapshots[k]
-        return np.asarray(snap.keys(), np.uint64)
+        return self.inp.snapshots.keys(k)  # (its pages alone: no full snapshot rebuilt)
 
     def start_interval(self, k: int, now_ns: int) -> None:
         """Snapshot ``k`` was applied (at ``now_ns``): the writes of the interval after it
