@@ -58,6 +58,7 @@ from planner.engine.rows import ContentCatalog
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
+    from planner.engine.rows import SnapshotRows
     from planner.trace.recording import ObservedTimeline
 
 I64 = npt.NDArray[np.int64]
@@ -1115,12 +1116,13 @@ class _RowRoles:
     offset: I64 | None  # page number within the mapping
 
 
-def _row_classes(inp: ReplayInput, k: int, pids: I64) -> tuple[npt.NDArray[np.object_], I64] | None:
-    """Per row of snapshot ``k``: its mapping's kind and its page number within it."""
+def _row_classes(
+    inp: ReplayInput, k: int, snap: SnapshotRows, pids: I64
+) -> tuple[npt.NDArray[np.object_], I64] | None:
+    """Per row of snapshot ``k`` (``snap``): its mapping's kind and its page number within it."""
     maps = inp.meta.get("mappings")
     if not isinstance(maps, dict):
         return None
-    snap = inp.snapshots[k]
     sel = np.flatnonzero(maps["snapshot"] == k)
     kind = np.full(snap.n, "", dtype=object)
     offset = np.full(snap.n, -1, np.int64)
@@ -1343,14 +1345,14 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
     out: list[IntervalWrites | None] = []
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
     # per snapshot: its rows' rates, the unseen breaks' candidates and when rows leave
-    # (one pass over the snapshots, each rebuilt once from its delta)
+    # (one pass over the snapshots, each rebuilt once from its delta and none kept with
+    # the input: by index, the last stayed cached through every replay of it)
     per_snap: list[tuple[F64, B, I64 | None]] = []
-    for k in range(inp.n_snapshots):
-        snap = inp.snapshots[k]
+    for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
         code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
-        classes = None if same_run else _row_classes(inp, k, pids[snap.mm].astype(np.int64))
+        classes = None if same_run else _row_classes(inp, k, snap, pids[snap.mm].astype(np.int64))
         rr = _RowRoles(
             code,
             roles,

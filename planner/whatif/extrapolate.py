@@ -252,7 +252,7 @@ def select_group(inp: ReplayInput, selector: str) -> tuple[list[int], list[int]]
         The selector selects no process of this host.
     """
     kind, arg = parse_group(selector)
-    present = inp.snapshots[-1].mm_present.tolist() if inp.snapshots else []
+    present = inp.deltas[-1].layout.present.tolist() if inp.deltas else []
     mms = [inp.mms[m] for m in present]
     group: list[int]
     if kind == "siblings":
@@ -995,7 +995,11 @@ def extrapolate(
     """
     from scipy.stats import bootstrap
 
-    rows = inp.snapshots[-1]
+    from planner.engine.rows import SnapshotSequence
+
+    # rebuilt for this fit only: cached with the input, it stayed in the worker's memory
+    # through the replays that followed
+    rows = SnapshotSequence(inp.deltas)[-1]
     group, base = select_group(inp, spec.group)
     notes: list[str] = []
     rng = np.random.default_rng(spec.seed)

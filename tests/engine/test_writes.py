@@ -421,7 +421,9 @@ def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged(
     rates = canary_rates(obs)
     assert rates.unseen_breaks_per_s == pytest.approx(10.0)
     assert rates.samples == 10
-    got = _rates_by_pid_page(inp, with_canary(inp, rates))
+    written = with_canary(inp, rates)
+    assert inp.snapshots._cache is None  # one pass, no snapshot left with the input
+    got = _rates_by_pid_page(inp, written)
     share = 10.0 / 4 * 10
     assert got == {
         (100, 0x10): 0.0,

@@ -166,6 +166,9 @@ def test_extrapolation_is_exact_on_replicas_that_share_a_fixed_set() -> None:
     inp = prepare(ht, resolver=preset("prctl-all").resolver())
     spec = ExtrapolationSpec(replicas=50, n_resamples=50, orders=8)
     fit = extrapolate(inp, spec=spec, policy_set="prctl-all")
+    # the last snapshot was rebuilt for the fit alone, not left cached with the input (a
+    # worker keeps the input for its later replays)
+    assert inp.snapshots._cache is None
     assert fit.k == 6
     assert fit.observed.n == (0, 1, 2, 3, 4, 5, 6)
     # F(n) = 3 + 10 n, U(n) = 3 + 6 [n >= 1] + 4 n: saving(n) = 6 (n - 1) for n >= 1
