@@ -27,7 +27,7 @@ Physical pages (the engines' *entities*) follow the trace's frame ids:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,13 +36,14 @@ from planner._idtable import IdTable
 from planner._jit import compiled_on_first_call
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
+_Built = TypeVar("_Built")  # what SnapshotSequence rebuilds: whole snapshots, or pages
 
 MM_SHIFT = np.uint64(36)  # row key = (mm << 36) | page number
 PAGE_MASK = np.uint64((1 << 36) - 1)
@@ -351,20 +352,35 @@ class SnapshotSequence:
         return len(self._deltas)
 
     def __getitem__(self, k: int) -> SnapshotRows:
+        k = self._index(k)
+        if self._cache is not None and self._cache[0] == k:
+            return self._cache[1]
+        rows = self._rebuilt(self._cache, k, apply_delta)
+        self._cache = (k, rows)
+        return rows
+
+    def _index(self, k: int) -> int:
         if k < 0:
             k += len(self._deltas)
         if not 0 <= k < len(self._deltas):
             raise IndexError(k)
-        if self._cache is not None and self._cache[0] == k:
-            return self._cache[1]
-        start, rows = -1, None
-        if self._cache is not None and self._cache[0] < k:
-            start, rows = self._cache
+        return k
+
+    def _rebuilt(
+        self,
+        cached: tuple[int, _Built] | None,
+        k: int,
+        apply: Callable[[Any, SnapshotDelta], _Built],
+    ) -> _Built:
+        """Snapshot ``k``'s ``apply`` result, from ``cached`` (an earlier snapshot's) when it
+        is one before ``k``, else from the first delta on."""
+        start, out = -1, None
+        if cached is not None and cached[0] < k:
+            start, out = cached
         for j in range(start + 1, k + 1):
-            rows = apply_delta(rows, self._deltas[j])
-        assert rows is not None
-        self._cache = (k, rows)
-        return rows
+            out = apply(out, self._deltas[j])
+        assert out is not None
+        return out
 
     def __iter__(self) -> Iterator[SnapshotRows]:
         rows: SnapshotRows | None = None
@@ -377,25 +393,15 @@ class SnapshotSequence:
         deltas' pages alone: the write model asks for nothing else, and a full rebuild
         (five columns, kept until the next) cost it ~3 % of a review's CPU. The last pages
         rebuilt are kept, so sequential access applies one delta's pages per step."""
-        if k < 0:
-            k += len(self._deltas)
-        if not 0 <= k < len(self._deltas):
-            raise IndexError(k)
-        layout = self._deltas[k].layout
+        k = self._index(k)
         if self._cache is not None and self._cache[0] == k:
             page = self._cache[1].page
         elif self._pages is not None and self._pages[0] == k:
             page = self._pages[1]
         else:
-            start, page_or_none = -1, None
-            if self._pages is not None and self._pages[0] < k:
-                start, page_or_none = self._pages
-            for j in range(start + 1, k + 1):
-                page_or_none = _apply_pages(page_or_none, self._deltas[j])
-            assert page_or_none is not None
-            page = page_or_none
+            page = self._rebuilt(self._pages, k, _apply_pages)
             self._pages = (k, page)
-        return row_keys(layout.mm_of_rows(), page)
+        return row_keys(self._deltas[k].layout.mm_of_rows(), page)
 
 
 # ----------------------------------------------------------------------------- building
