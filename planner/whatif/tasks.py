@@ -320,8 +320,7 @@ def _ideals(prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
             eligible = int(np.count_nonzero(rows.eligible))
             zero = zero_saved_frames(rows, use_zero_pages=use_zero_pages, saved_frames=eligible)
             last = (by_snapshot[-1], zero, eligible)
-        del rows
-        _release()
+        _release()  # the sorts' arrays (the snapshot itself goes as the pass moves on)
     out = _Ideals(tuple(by_snapshot), last)
     with _CACHE_LOCK:
         _IDEALS[key] = out
