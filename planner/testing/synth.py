@@ -59,6 +59,9 @@ class SynthSpec:
     remap: float = 0.005  # pages unmapped or mapped again per snapshot
     buffer_share: float = 0.0  # freshly allocated buffers: a few contents, anywhere
     buffers: int = 4
+    #: pages each process fills inside its mapping at the first step, as a share of its
+    #: first snapshot's pages; half as many at each later step (a heap that saturates)
+    growth: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -102,7 +105,9 @@ class _World:
     def __init__(self, spec: SynthSpec) -> None:
         self.spec = spec
         rng = self.rng = np.random.default_rng(spec.seed)
-        self.per = per = spec.pages // spec.processes
+        self.first = spec.pages // spec.processes
+        # slots a process will ever fill: its first snapshot's, then the growth's
+        self.per = per = self.first + self._grown(spec.snapshots - 1)
         n = per * spec.processes
         self.proc = np.repeat(np.arange(spec.processes, dtype=np.int64), per)
         self.slot = np.tile(np.arange(per, dtype=np.int64), spec.processes)
@@ -138,7 +143,13 @@ class _World:
         frame[self.shared] = frame[master_row[self.shared]]
         self.content, self.frame = content, frame
         self.next_frame = n + 1
-        self.present = np.ones(n, bool)
+        self.filled = self.slot < self.first  # slots the process has filled so far
+        self.present = self.filled.copy()
+        self.step = 0
+
+    def _grown(self, step: int) -> int:
+        """Slots a process fills after ``step`` steps beyond its first snapshot's."""
+        return int(self.first * self.spec.growth * 2 * (1 - 0.5**step))
 
     def fresh(self, count: int) -> np.ndarray:
         out = np.arange(self.uniq_next, self.uniq_next + count)
@@ -159,7 +170,7 @@ class _World:
         )
         self.next_frame += int(cow.sum())
         self.shared &= ~change
-        flip = rng.random(n) < spec.remap
+        flip = (rng.random(n) < spec.remap) & self.filled
         self.present ^= flip
         back = flip & self.present
         self.content[back] = self.fresh(int(back.sum()))
@@ -167,6 +178,10 @@ class _World:
             self.next_frame, self.next_frame + int(back.sum()), dtype=np.uint64
         )
         self.next_frame += int(back.sum())
+        self.step += 1
+        grown = self.filled != (self.slot < self.first + self._grown(self.step))
+        self.filled |= grown
+        self.present |= grown  # new pages: their contents drawn at the start, frames unused
 
     def snapshots(self) -> Iterator[_Snapshot]:
         for k in range(self.spec.snapshots):
