@@ -86,18 +86,17 @@ import numpy.typing as npt
 from planner.engine.rows import (
     MM_SHIFT,
     PAGE_MASK,
-    ContentCatalog,
-    MmLayout,
     RowColumns,
-    SnapshotSequence,
-    build_delta,
+    appended_delta,
+    apply_delta,
     isin,
+    row_keys,
 )
 from planner.engine.writes import IntervalWrites, _phases
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
-    from planner.engine.rows import SnapshotRows
+    from planner.engine.rows import MmLayout, SnapshotDelta, SnapshotRows
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -295,20 +294,61 @@ def _fresh(hashes: U64, salt: int) -> U64:
     return out | (hashes & np.uint64(0x7FF))
 
 
-def _in_new_mapping(starts: list[U64] | None, k_from: int, k_to: int, rows: SnapshotRows) -> B:
-    """Per row of snapshot ``k_to``: it lies in a mapping no process had at ``k_from`` (a
-    mapping start of ``k_to`` that ``k_from`` lacks). All false when the input does not
+def _in_new_mapping(starts: list[U64] | None, k_from: int, k_to: int, keys: U64) -> B:
+    """Per row key of snapshot ``k_to``: it lies in a mapping no process had at ``k_from``
+    (a mapping start of ``k_to`` that ``k_from`` lacks). All false when the input does not
     carry the mappings (an input built without a trace)."""
     if starts is None or max(k_from, k_to) >= len(starts):
-        return np.zeros(rows.n, bool)
+        return np.zeros(keys.size, bool)
     s_to, s_from = starts[k_to], starts[k_from]
-    keys = rows.keys()
     if s_to.size == 0:
-        return np.zeros(rows.n, bool)
+        return np.zeros(keys.size, bool)
     pos = np.searchsorted(s_to, keys, side="right") - 1
     start = s_to[np.maximum(pos, 0)]
     same_mm = (start >> MM_SHIFT) == (keys >> MM_SHIFT)
     return np.asarray((pos >= 0) & same_mm & ~isin(start, s_from, of_sorted=True))
+
+
+def _rows_mask(n: int, rows: npt.NDArray[np.integer[Any]]) -> B:
+    """``n`` booleans, true at ``rows``."""
+    out = np.zeros(n, bool)
+    out[rows] = True
+    return out
+
+
+def _held(values: U64, column: U64) -> B:
+    """Per value of ``values`` (few): whether ``column`` (a snapshot's, millions of rows)
+    holds it. ``column`` is searched chunk by chunk in the sorted distinct values, so it
+    is neither sorted nor copied (``isin(values, column)`` sorts a copy of it)."""
+    u = np.unique(values)
+    found = np.zeros(u.size, bool)
+    if u.size:
+        for lo in range(0, column.size, _CHUNK_ROWS):
+            part = column[lo : lo + _CHUNK_ROWS]
+            pos = np.minimum(np.searchsorted(u, part), u.size - 1)
+            found[pos[u[pos] == part]] = True
+    return np.asarray(found[np.searchsorted(u, values)], bool) if values.size else found[:0]
+
+
+#: rows of a snapshot's column searched at once by :func:`_held`
+_CHUNK_ROWS: Final = 1 << 20
+
+
+def _last_three(deltas: list[SnapshotDelta]) -> tuple[U64, U64, U64, SnapshotRows]:
+    """The keys and hashes of the third snapshot from the end, the hashes of the second,
+    and the last in full: one pass of rebuilds from the first delta, each snapshot
+    dropped as the next is built but for what is returned of it."""
+    n = len(deltas)
+    rows: SnapshotRows | None = None
+    first_keys = first_hash = prev_hash = np.empty(0, np.uint64)
+    for j, d in enumerate(deltas):
+        rows = apply_delta(rows, d)
+        if j == n - 3:
+            first_keys, first_hash = rows.keys(), rows.hash
+        elif j == n - 2:
+            prev_hash = rows.hash
+    assert rows is not None
+    return first_keys, first_hash, prev_hash, rows
 
 
 def _per_mm(rows: SnapshotRows, sel: B, grow: list[int]) -> I64:
@@ -386,20 +426,28 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         has_maps = starts is not None
         new_maps = _new_mapping_kind(inp, grow, ts, nothing, [0, 0], none, cap, has_maps)
         return inp, _no_growth(inside, new_maps, fit, sizes)
-    # the full snapshots, rebuilt for this call only (nothing kept on ``inp``)
-    snaps = SnapshotSequence(inp.deltas)
-    first, prev, last = snaps[n - 3], snaps[n - 2], snaps[n - 1]
+    # the last snapshot in full, the two before only as far as they are compared with it
+    # (rebuilt for this call only: nothing kept on ``inp``)
+    first_keys, first_hash, prev_hash, last = _last_three(inp.deltas)
+    d_prev, d_last = inp.deltas[n - 2], inp.deltas[n - 1]
     # the two kinds, interval by interval: rows in mappings new in the interval, and the
     # rest of the net growth (pages filled, or given back, inside the mappings there before)
-    # (rows that appeared: a mapping split or merged again has a new start, not new pages)
+    # (rows that appeared: a mapping split or merged again has a new start, not new pages;
+    # a row appeared in an interval is one its delta added)
     lk = last.keys()
-    appeared_prev = ~isin(prev.keys(), first.keys(), of_sorted=True)
-    appeared_last = ~isin(lk, prev.keys(), of_sorted=True)
-    appeared_both = ~isin(lk, first.keys(), of_sorted=True)
-    nm_prev = _in_new_mapping(starts, n - 3, n - 2, prev) & appeared_prev
-    nm_last = _in_new_mapping(starts, n - 2, n - 1, last) & appeared_last
-    nm_both = _in_new_mapping(starts, n - 3, n - 1, last) & appeared_both
-    new_p = np.stack([_per_mm(prev, nm_prev, grow), _per_mm(last, nm_last, grow)], axis=1)
+    appeared_last = _rows_mask(d_last.n_rows, d_last.added)
+    appeared_both = ~isin(lk, first_keys, of_sorted=True)
+    del first_keys
+    prev_mm = d_prev.layout.present[np.searchsorted(d_prev.layout.hi, d_prev.added, "right")]
+    nm_prev = _in_new_mapping(starts, n - 3, n - 2, row_keys(prev_mm, d_prev.added_page))
+    nm_last = _rows_mask(
+        last.n, d_last.added[_in_new_mapping(starts, n - 2, n - 1, lk[d_last.added])]
+    )
+    both = np.flatnonzero(appeared_both)
+    nm_both = _rows_mask(last.n, both[_in_new_mapping(starts, n - 3, n - 1, lk[both])])
+    del lk, both
+    new_prev = np.bincount(prev_mm[nm_prev], minlength=max(grow) + 1)[grow]
+    new_p = np.stack([new_prev, _per_mm(last, nm_last, grow)], axis=1).astype(np.int64)
     in_p = np.diff(per, axis=1) - new_p
 
     # pages inside existing mappings: the saturating curve
@@ -449,8 +497,9 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     h = last.hash[all_t]
     earlier = ~appeared_last[all_t]
     keeps = last.zero[all_t].copy()
-    keeps[~earlier] |= isin(h[~earlier], prev.hash)
-    keeps[earlier] |= isin(h[earlier], first.hash)
+    keeps[~earlier] |= _held(h[~earlier], prev_hash)
+    keeps[earlier] |= _held(h[earlier], first_hash)
+    del first_hash, prev_hash
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
     out, appended = _append_steps(
@@ -682,6 +731,43 @@ def _draw_rows(
     return np.concatenate(picked), np.concatenate(passes)
 
 
+class _GrowthIds:
+    """Content ids of the growth's rows, as a :class:`ContentCatalog` of the whole trace
+    would give them after ``known`` (the input's ``content_hash``: the hash of each id): a
+    hash the trace holds keeps its id, a new one gets the next id in order of first
+    appearance. Only the hashes the growth will ask for (``wanted``) are kept; ``known``
+    is searched once, chunk by chunk, in their sorted distinct values (a catalog of the
+    trace's contents cost ~1 GB at 16 M pages, more than the rest of the growth)."""
+
+    def __init__(self, known: U64, wanted: U64) -> None:
+        u = np.unique(wanted)
+        gid = np.full(u.size, -1, np.int64)
+        if u.size:
+            for lo in range(0, known.size, _CHUNK_ROWS):
+                part = known[lo : lo + _CHUNK_ROWS]
+                pos = np.minimum(np.searchsorted(u, part), u.size - 1)
+                hit = u[pos] == part
+                gid[pos[hit]] = lo + np.flatnonzero(hit)
+        self._u, self._gid, self._next = u, gid, int(known.size)
+        self._new: list[U64] = []
+
+    def ids_of(self, values: U64) -> npt.NDArray[np.int32]:
+        """Ids of ``values`` (each one of ``wanted``)."""
+        i = np.searchsorted(self._u, values)
+        miss = self._gid[i] < 0
+        if miss.any():
+            slots, first = np.unique(i[miss], return_index=True)
+            slots = slots[np.argsort(first, kind="stable")]  # in order of first appearance
+            self._gid[slots] = self._next + np.arange(slots.size)
+            self._next += int(slots.size)
+            self._new.append(self._u[slots])
+        return self._gid[i].astype(np.int32)
+
+    def hashes(self, known: U64) -> U64:
+        """The hash of every id: ``known``'s, then the new ones'."""
+        return np.concatenate([known, *self._new])
+
+
 def _append_steps(
     inp: ReplayInput,
     last: SnapshotRows,
@@ -693,38 +779,19 @@ def _append_steps(
     seed: int,
 ) -> tuple[ReplayInput, dict[str, int]]:
     """The synthetic snapshots, one per step, appended to ``inp``."""
-    catalog = ContentCatalog()
-    ids = catalog.ids_of(inp.content_hash)
-    if not np.array_equal(ids, np.arange(ids.size)):  # pragma: no cover - defensive
-        raise AssertionError("content ids could not be rebuilt")
-    parent_of = np.array(
-        [mi.parent_mm if mi.parent_mm is not None else -1 for mi in inp.mms] + [-1], np.int64
-    )
-    cur = RowColumns(
-        key=last.keys(),
-        page=last.page,
-        hash=last.hash,
-        frame=last.frame,
-        flags=last.flags,
-        mm=last.mm,
-    )
     w_last = inp.writes[-1] if inp.writes else None
     t_last = inp.times_ns[-1]
     wk: IntervalWrites | None = None
     if w_last is not None:
         wk = dataclasses.replace(w_last, origin_ns=t_last)
-    cur_src = np.arange(last.n, dtype=np.int64)  # per row of cur: its traced source row
     next_page = {m: int(last.page[last.rows_of(m)[1] - 1]) + 1 for m in grow}
     # new pages take frame ids above every frame of the last snapshot (prepared traces
     # number frames densely; an id space too full for that leaves the growth out)
     frame_next = int(last.frame.max()) + 1 if last.n else 1
     if frame_next + int(add.sum()) >= 1 << 63:  # pragma: no cover - ids are dense
         return inp, {}
-    deltas = list(inp.deltas)
-    writes = list(inp.writes)
-    if writes:
-        writes[-1] = wk
     pids: dict[str, int] = {}
+    steps: list[tuple[int, RowColumns, I64]] = []  # (step, its new rows, their sources)
     for j in range(add.shape[0]):
         parts_key, parts_page, parts_hash, parts_flags, parts_mm, parts_src = [], [], [], [], [], []
         for i, m in enumerate(grow):
@@ -749,39 +816,39 @@ def _append_steps(
             parts_src.append(rows)
             pid = str(inp.mms[m].pid)
             pids[pid] = pids.get(pid, 0) + c
-        if not parts_key:
-            continue
-        nk = np.concatenate(parts_key)
-        frames = np.uint64(frame_next) + np.arange(nk.size, dtype=np.uint64)
-        frame_next += nk.size
-        key = np.concatenate([cur.key, nk])
-        order = np.argsort(key, kind="stable")
-        src = np.concatenate([cur_src, *parts_src])[order]
-        nxt = RowColumns(
-            key=key[order],
-            page=np.concatenate([cur.page, *parts_page])[order],
-            hash=np.concatenate([cur.hash, *parts_hash])[order],
-            frame=np.concatenate([cur.frame, frames])[order],
-            flags=np.concatenate([cur.flags, *parts_flags])[order],
-            mm=np.concatenate([cur.mm, *parts_mm])[order],
-        )
-        present = last.layout.present
-        counts = np.bincount(np.searchsorted(present, nxt.mm), minlength=present.size)
-        hi = np.cumsum(counts).astype(np.int64)
-        layout = MmLayout(present=present, lo=hi - counts, hi=hi, mergeable=last.layout.mergeable)
-        t_ns = t_last + round((j + 1) * step_s * 1e9)
-        deltas.append(
-            build_delta(
-                cur,
-                nxt,
-                index=len(deltas),
-                time_ns=t_ns,
-                layout=layout,
-                parent_of=parent_of,
-                catalog=catalog,
+        if parts_key:
+            new = RowColumns(
+                key=np.concatenate(parts_key),
+                page=np.concatenate(parts_page),
+                hash=np.concatenate(parts_hash),
+                frame=np.empty(0, np.uint64),  # numbered by appended_delta
+                flags=np.concatenate(parts_flags),
+                mm=np.concatenate(parts_mm),
             )
+            steps.append((j, new, np.concatenate(parts_src)))
+    ids = _GrowthIds(inp.content_hash, np.concatenate([new.hash for _, new, _ in steps]))
+    deltas = list(inp.deltas)
+    writes = list(inp.writes)
+    if writes:
+        writes[-1] = wk
+    # per row of the current step's snapshot: its traced source row in ``last`` (only when
+    # there are writes to carry to the new rows)
+    cur_src = np.arange(last.n, dtype=np.int64) if wk is not None else None
+    layout, n_frames = last.layout, last.n_frames
+    for j, new, src_new in steps:
+        t_ns = t_last + round((j + 1) * step_s * 1e9)
+        delta, pos = appended_delta(
+            layout, n_frames, new, frame_next, index=len(deltas), time_ns=t_ns, ids_of=ids.ids_of
         )
-        if wk is not None:
+        deltas.append(delta)
+        frame_next += new.key.size
+        layout, n_frames = delta.layout, delta.n_frames
+        if wk is not None and cur_src is not None:
+            src = np.empty(delta.n_rows, np.int64)
+            put = np.zeros(delta.n_rows, bool)
+            put[pos] = True
+            src[pos] = src_new
+            src[~put] = cur_src
             writes.append(
                 IntervalWrites(
                     content=wk.content[src],
@@ -791,9 +858,9 @@ def _append_steps(
                     origin_ns=t_last,
                 )
             )
-        cur, cur_src = nxt, src
+            cur_src = src
     out = dataclasses.replace(
-        inp, deltas=deltas, writes=writes, content_hash=catalog.hashes(), _seq=None
+        inp, deltas=deltas, writes=writes, content_hash=ids.hashes(inp.content_hash), _seq=None
     )
     return out, pids
 

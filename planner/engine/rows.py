@@ -756,6 +756,66 @@ def build_delta(
     )
 
 
+def appended_delta(
+    prev: MmLayout,
+    prev_n_frames: int,
+    new: RowColumns,
+    first_frame: int,
+    *,
+    index: int,
+    time_ns: int,
+    ids_of: Callable[[U64], I32],
+) -> tuple[SnapshotDelta, I64]:
+    """The delta that appends ``new``'s rows to a snapshot laid out as ``prev``, each row
+    after every row of its mm (its page above theirs) and on a physical page of its own,
+    numbered ``first_frame`` on in ``new``'s order (above every frame before): what
+    :func:`build_delta` makes of the two snapshots, without them (the growth model's steps,
+    :mod:`planner.engine.growth`: O(new rows) each instead of two full snapshots, a sort
+    and a merge). ``new.mm`` must be present in ``prev``; ``new.key``, ``new.frame`` and
+    ``new.mm`` are read (the frames are the ones numbered here), ``new.key``'s order within
+    an mm must be the pages'. ``ids_of`` gives content ids (:meth:`ContentCatalog.ids_of`),
+    asked in the order of the rows after. Also returns, per row of ``new``, its position
+    in the snapshot after."""
+    m = new.mm.size
+    at = np.searchsorted(prev.present, new.mm)
+    if m and not np.array_equal(prev.present[np.minimum(at, prev.present.size - 1)], new.mm):
+        raise ValueError("appended rows of an mm the snapshot does not hold")
+    order = np.argsort(new.key, kind="stable")  # by mm, then page: their place after
+    add = np.bincount(at, minlength=prev.present.size).astype(np.int64)
+    hi = prev.hi + np.cumsum(add)
+    lo = hi - (prev.hi - prev.lo) - add
+    # the j-th appended row of block b (in key order) goes to hi[b] - add[b] + j
+    block = at[order]
+    start = np.cumsum(add) - add  # appended rows before block b
+    pos = np.empty(m, np.int64)
+    pos[order] = (hi - add)[block] + (np.arange(m, dtype=np.int64) - start[block])
+    frame = np.uint64(first_frame) + np.arange(m, dtype=np.uint64)
+    h, fl, pg = new.hash[order], new.flags[order], new.page[order]
+    added = pos[order].astype(np.int32)
+    layout = MmLayout(present=prev.present, lo=lo, hi=hi, mergeable=prev.mergeable)
+    delta = SnapshotDelta(
+        index=index,
+        time_ns=time_ns,
+        n_rows=prev.n + m,
+        n_old=prev.n,
+        n_frames=prev_n_frames + m,
+        layout=layout,
+        removed=np.empty(0, np.int32),
+        added=added,
+        added_page=pg,
+        upd=added,
+        upd_old=np.full(m, -1, np.int32),
+        upd_hash=h,
+        upd_frame=frame[order],
+        upd_flags=fl,
+        upd_link_kind=np.full(m, L_FRESH, np.int8),
+        upd_link=np.arange(m, dtype=np.int32),  # one fresh page each, in row order
+        n_fresh=m,
+        upd_gid=ids_of(h),
+    )
+    return delta, pos
+
+
 __all__ = [
     "F_ELIGIBLE",
     "F_THP",
@@ -771,6 +831,7 @@ __all__ = [
     "SnapshotRows",
     "SnapshotSequence",
     "Transition",
+    "appended_delta",
     "apply_delta",
     "build_delta",
     "isin",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import planner.engine.growth as growth
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.growth import (
     INSIDE,
@@ -19,8 +24,10 @@ from planner.engine.growth import (
 )
 from planner.engine.prepare import ReplayInput
 from planner.engine.registration import ProcessInfo, Registration
+from planner.engine.rows import ContentCatalog, SnapshotSequence
 from planner.testing.builder import World
-from planner.testing.strategies import ChurnSpec, with_write_counts
+from planner.testing.random_world import WorldSpec, random_world
+from planner.testing.strategies import ChurnSpec, with_write_counts, world_specs
 from tests.engine.test_writes import assert_engines_agree_with_writes
 
 
@@ -331,8 +338,6 @@ def test_a_shrinking_host_without_mappings_is_judged_without_rebuilding_snapshot
     """Without mapping starts every row is "inside", and a fit that continues nothing needs
     no templates: the sizes come from the deltas' layouts, and no snapshot is rebuilt (at
     4M pages that was 167 B per page of the replay's peak)."""
-    import planner.engine.growth as growth
-
     w = _growing_world((40, 20))
     w.unmap(100, HEAP, 70)
     w.unmap(101, HEAP, 70)
@@ -345,7 +350,8 @@ def test_a_shrinking_host_without_mappings_is_judged_without_rebuilding_snapshot
     def rebuilt(*_: object) -> None:
         raise AssertionError("a snapshot was rebuilt")
 
-    monkeypatch.setattr(growth, "SnapshotSequence", rebuilt)
+    monkeypatch.setattr(growth, "_last_three", rebuilt)
+    monkeypatch.setattr(growth, "apply_delta", rebuilt)
     out, note = continue_growth(inp)
     assert out is inp
     assert note.status == "none"
@@ -392,3 +398,88 @@ def test_engines_agree_on_grown_memory_with_writes(seed: int) -> None:
         seed=seed,
     )
     assert res.cow_breaks >= 0
+
+
+# ----------------------------------------------------------------- the growth's own helpers
+#
+# continue_growth compares the last snapshot with the two before from the deltas and from
+# two columns of them, not from the three snapshots in full (docs/engine.md, "The growth
+# model's memory"); each shortcut is held here to the full computation it replaced.
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**20), spec=world_specs())
+def test_the_growths_shortcuts_are_the_full_snapshots_answers(seed: int, spec: WorldSpec) -> None:
+    """On random worlds: a row a delta added is one whose (mm, page) the snapshot before
+    lacks; ``_last_three`` gives the full rebuild's keys and hashes; ``_held`` is
+    ``np.isin``; and the mm of an added row found from the layout is the rebuild's."""
+    inp = prepare(random_world(seed, spec).host_trace())
+    full = list(SnapshotSequence(inp.deltas))
+    for k in range(1, len(full)):
+        d = inp.deltas[k]
+        want = ~np.isin(full[k].keys(), full[k - 1].keys())
+        np.testing.assert_array_equal(growth._rows_mask(d.n_rows, d.added), want)
+        mm = d.layout.present[np.searchsorted(d.layout.hi, d.added, "right")]
+        np.testing.assert_array_equal(mm, full[k].mm[d.added])
+    if len(full) >= 3:
+        fk, fh, ph, last = growth._last_three(inp.deltas)
+        np.testing.assert_array_equal(fk, full[-3].keys())
+        np.testing.assert_array_equal(fh, full[-3].hash)
+        np.testing.assert_array_equal(ph, full[-2].hash)
+        np.testing.assert_array_equal(last.hash, full[-1].hash)
+        np.testing.assert_array_equal(last.frame, full[-1].frame)
+    column = full[-1].hash
+    probe = np.concatenate([column[::3], column[:5] + np.uint64(1), np.zeros(2, np.uint64)])
+    for chunk in (growth._CHUNK_ROWS, 4):  # one chunk, and many
+        with _chunk_rows(chunk):
+            np.testing.assert_array_equal(growth._held(probe, column), np.isin(probe, column))
+            np.testing.assert_array_equal(growth._held(probe[:0], column), np.zeros(0, bool))
+
+
+@contextlib.contextmanager
+def _chunk_rows(rows: int) -> Iterator[None]:
+    saved = growth._CHUNK_ROWS
+    growth._CHUNK_ROWS = rows  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        growth._CHUNK_ROWS = saved  # type: ignore[misc]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    known=st.lists(st.integers(0, 40), unique=True, max_size=20),
+    calls=st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=5),
+)
+def test_growth_ids_are_a_catalog_of_the_trace_s(known: list[int], calls: list[list[int]]) -> None:
+    """``_GrowthIds`` gives the ids a :class:`ContentCatalog` holding the trace's contents
+    gives, call after call, and the same hash of every id, without the catalog."""
+    k = np.array(known, np.uint64)
+    catalog = ContentCatalog()
+    catalog.ids_of(k)
+    wanted = np.array([v for c in calls for v in c], np.uint64)
+    with _chunk_rows(4):  # the trace's hashes searched in several chunks
+        ids = growth._GrowthIds(k, wanted)
+    for c in calls:
+        values = np.array(c, np.uint64)
+        got = ids.ids_of(values)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, catalog.ids_of(values))
+    np.testing.assert_array_equal(ids.hashes(k), catalog.hashes())
+
+
+def test_a_synthetic_host_that_grows_is_continued() -> None:
+    """``SynthSpec.growth``: each process fills more of its mapping at every step, half as
+    much as at the step before (what the benchmarks' growing hosts use); the growth model
+    sees it slowing and continues it, inside the mappings."""
+    from planner.testing.synth import SynthSpec, synthetic_host
+
+    spec = SynthSpec.with_chains(40_000, processes=4, snapshots=3, growth=0.1, remap=0.0)
+    inp = prepare(synthetic_host(spec))
+    sizes = [d.n_rows for d in inp.deltas]
+    assert sizes == [40_000, 44_000, 46_000]
+    out, note = continue_growth(inp)
+    assert note.status == "continued", note.reason
+    assert note.kinds[INSIDE]["total_pages"] == note.total_pages > 0
+    assert out.n_snapshots == 3 + note.steps
+    assert [d.n_rows for d in out.deltas[3:]] == sorted(d.n_rows for d in out.deltas[3:])

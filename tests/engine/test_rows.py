@@ -7,7 +7,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.engine.prepare import prepare
-from planner.engine.rows import SnapshotSequence
+from planner.engine.rows import (
+    ContentCatalog,
+    MmLayout,
+    RowColumns,
+    SnapshotSequence,
+    appended_delta,
+    build_delta,
+    row_keys,
+)
 from planner.testing.random_world import WorldSpec, random_world
 from planner.testing.strategies import world_specs
 
@@ -31,3 +39,84 @@ def test_keys_alone_are_the_full_snapshots_keys_in_any_order(
         got = seq.keys(k)
         assert got.dtype == np.uint64
         np.testing.assert_array_equal(got, want[k])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**20), spec=world_specs(), data=st.data())
+def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
+    seed: int, spec: WorldSpec, data: st.DataObject
+) -> None:
+    """The growth model's steps (rows appended after every row of their mm, each on a new
+    frame): ``appended_delta`` gives, field by field, what ``build_delta`` makes of the
+    snapshot before and the one after built in full, and the content ids it gives are
+    the same; the positions it returns hold the appended rows."""
+    inp = prepare(random_world(seed, spec).host_trace())
+    last = SnapshotSequence(inp.deltas)[-1]
+    lay = last.layout
+    filled = [int(m) for m, lo, hi in zip(lay.present, lay.lo, lay.hi, strict=True) if hi > lo]
+    if not filled:
+        return
+    mms = data.draw(st.lists(st.sampled_from(filled), min_size=1, max_size=8))
+    known = last.hash.tolist()
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("key", "page", "hash", "flags", "mm")}
+    next_page = {m: int(last.page[lay.rows_of(m)[1] - 1]) + 1 for m in mms}
+    for m in mms:  # in any order of mms, an mm possibly twice (pages still rising)
+        c = data.draw(st.integers(1, 5))
+        page = next_page[m] + np.arange(c, dtype=np.uint64)
+        next_page[m] += c
+        hashes = data.draw(
+            st.lists(st.sampled_from(known) | st.integers(1, 2**64 - 1), min_size=c, max_size=c)
+        )
+        parts["key"].append(row_keys(np.full(c, m, np.int32), page))
+        parts["page"].append(page)
+        parts["hash"].append(np.array(hashes, np.uint64))
+        parts["flags"].append(last.flags[lay.rows_of(m)[0] + np.zeros(c, np.int64)])
+        parts["mm"].append(np.full(c, m, np.int32))
+    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    first_frame = int(last.frame.max()) + 1
+    new = RowColumns(frame=np.empty(0, np.uint64), **cols)
+
+    got_catalog, want_catalog = ContentCatalog(), ContentCatalog()
+    got_catalog.ids_of(inp.content_hash)
+    want_catalog.ids_of(inp.content_hash)
+    got, pos = appended_delta(
+        lay, last.n_frames, new, first_frame, index=7, time_ns=11, ids_of=got_catalog.ids_of
+    )
+
+    cur = RowColumns(
+        key=last.keys(), page=last.page, hash=last.hash, frame=last.frame, flags=last.flags,
+        mm=last.mm,
+    )  # fmt: skip
+    frames = np.uint64(first_frame) + np.arange(new.key.size, dtype=np.uint64)
+    key = np.concatenate([cur.key, new.key])
+    order = np.argsort(key, kind="stable")
+    nxt = RowColumns(
+        key=key[order],
+        page=np.concatenate([cur.page, new.page])[order],
+        hash=np.concatenate([cur.hash, new.hash])[order],
+        frame=np.concatenate([cur.frame, frames])[order],
+        flags=np.concatenate([cur.flags, new.flags])[order],
+        mm=np.concatenate([cur.mm, new.mm])[order],
+    )
+    counts = np.bincount(np.searchsorted(lay.present, nxt.mm), minlength=lay.present.size)
+    hi = np.cumsum(counts).astype(np.int64)
+    layout = MmLayout(present=lay.present, lo=hi - counts, hi=hi, mergeable=lay.mergeable)
+    parent_of = np.array(
+        [mi.parent_mm if mi.parent_mm is not None else -1 for mi in inp.mms] + [-1], np.int64
+    )
+    want = build_delta(
+        cur, nxt, index=7, time_ns=11, layout=layout, parent_of=parent_of, catalog=want_catalog
+    )
+    for name, value in vars(want).items():
+        mine = getattr(got, name)
+        if isinstance(value, MmLayout):
+            for f in ("present", "lo", "hi", "mergeable"):
+                np.testing.assert_array_equal(getattr(mine, f), getattr(value, f), err_msg=f)
+        elif isinstance(value, np.ndarray):
+            assert mine.dtype == value.dtype, name
+            np.testing.assert_array_equal(mine, value, err_msg=name)
+        else:
+            assert mine == value, name
+    np.testing.assert_array_equal(got_catalog.hashes(), want_catalog.hashes())
+    np.testing.assert_array_equal(nxt.key[pos], new.key)
+    np.testing.assert_array_equal(nxt.frame[pos], frames)
