@@ -13,7 +13,9 @@ content that forms KSM chains, a different seed, family-common share and churn p
   figures; reported: each time (local pool and cluster alternated, best of
   ``KSM_BENCH_FLEET_ROUNDS``, default 2), local pool / inline and LocalCluster / local pool.
 * ``test_worker_memory_on_a_big_host``: one host of ``KSM_BENCH_FLEET_BIG_PAGES`` pages
-  (default 16 M) replayed by a fleet what-if on a ``LocalCluster`` of one worker process
+  (default 16 M) at its first snapshot, growing as real hosts do (its processes fill 5 %
+  more, then 2.5 %: the growth model continues it after the trace, 24 steps), replayed by
+  a fleet what-if on a ``LocalCluster`` of one worker process
   limited to 4 GiB (Dask stops a worker that passes 95 % of its limit); reported: the
   worker's peak RSS, in bytes and per tracked page, and the client's.
   ``KSM_BENCH_FLEET_DIR`` keeps the generated traces between runs (a 16 M-page trace takes
@@ -163,8 +165,8 @@ def test_worker_memory_on_a_big_host(
     benchmark: Any, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pages = _pages("KSM_BENCH_FLEET_BIG_PAGES", 16_000_000)
-    spec = SynthSpec.with_chains(pages, snapshots=3, interval_s=10.0)
-    root = _fleet_dir(tmp_path_factory, f"big-{pages}", spec, 1)
+    spec = SynthSpec.with_chains(pages, snapshots=3, interval_s=10.0, growth=0.05)
+    root = _fleet_dir(tmp_path_factory, f"big-{pages}-growing", spec, 1)
     run = {
         "policy_sets": [preset("prctl-all")],
         "grid": KnobGrid.from_mapping({"pages_to_scan": [100_000]}),
