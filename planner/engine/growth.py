@@ -768,6 +768,21 @@ class _GrowthIds:
         return np.concatenate([known, *self._new])
 
 
+def _moved_up(at: I64, src: I64, pos: I64, pos_src: I64) -> tuple[I64, I64]:
+    """Rows ``at`` of a snapshot (sorted) where ``pos`` rows are inserted (their positions
+    after, with ``pos_src``): where the rows of ``at`` are then, and the ``pos`` rows, all
+    sorted, each with its ``src``/``pos_src``. A row of the snapshot before moves up by the
+    inserted rows placed before it: the i-th of them (in order) has ``pos[i] - i`` rows
+    of the snapshot before ahead of it."""
+    order = np.argsort(pos, kind="stable")
+    p = pos[order]
+    shifted = at + np.searchsorted(p - np.arange(p.size), at, side="right")
+    rows = np.concatenate([shifted, p])
+    srcs = np.concatenate([src, pos_src[order]])
+    by_row = np.argsort(rows, kind="stable")
+    return rows[by_row], srcs[by_row]
+
+
 def _append_steps(
     inp: ReplayInput,
     last: SnapshotRows,
@@ -831,9 +846,9 @@ def _append_steps(
     writes = list(inp.writes)
     if writes:
         writes[-1] = wk
-    # per row of the current step's snapshot: its traced source row in ``last`` (only when
-    # there are writes to carry to the new rows)
-    cur_src = np.arange(last.n, dtype=np.int64) if wk is not None else None
+    # the rows of the current step's snapshot that ``last`` lacks (positions, sorted) and
+    # the row of ``last`` whose write counts each takes (see IntervalWrites.grown_at)
+    grown_at, grown_src = np.empty(0, np.int64), np.empty(0, np.int64)
     layout, n_frames = last.layout, last.n_frames
     for j, new, src_new in steps:
         t_ns = t_last + round((j + 1) * step_s * 1e9)
@@ -843,22 +858,19 @@ def _append_steps(
         deltas.append(delta)
         frame_next += new.key.size
         layout, n_frames = delta.layout, delta.n_frames
-        if wk is not None and cur_src is not None:
-            src = np.empty(delta.n_rows, np.int64)
-            put = np.zeros(delta.n_rows, bool)
-            put[pos] = True
-            src[pos] = src_new
-            src[~put] = cur_src
+        if wk is not None:
+            grown_at, grown_src = _moved_up(grown_at, grown_src, pos, src_new)
             writes.append(
                 IntervalWrites(
-                    content=wk.content[src],
-                    same=wk.same[src],
-                    toggle=wk.toggle[src],
+                    content=wk.content,
+                    same=wk.same,
+                    toggle=wk.toggle,
                     length_ns=wk.length_ns,
                     origin_ns=t_last,
+                    grown_at=grown_at,
+                    grown_src=grown_src,
                 )
             )
-            cur_src = src
     out = dataclasses.replace(
         inp, deltas=deltas, writes=writes, content_hash=ids.hashes(inp.content_hash), _seq=None
     )

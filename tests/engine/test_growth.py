@@ -25,6 +25,7 @@ from planner.engine.growth import (
 from planner.engine.prepare import ReplayInput
 from planner.engine.registration import ProcessInfo, Registration
 from planner.engine.rows import ContentCatalog, SnapshotSequence
+from planner.engine.writes import IntervalWrites
 from planner.testing.builder import World
 from planner.testing.random_world import WorldSpec, random_world
 from planner.testing.strategies import ChurnSpec, with_write_counts, world_specs
@@ -483,3 +484,45 @@ def test_a_synthetic_host_that_grows_is_continued() -> None:
     assert note.kinds[INSIDE]["total_pages"] == note.total_pages > 0
     assert out.n_snapshots == 3 + note.steps
     assert [d.n_rows for d in out.deltas[3:]] == sorted(d.n_rows for d in out.deltas[3:])
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), n_base=st.integers(0, 12), steps=st.integers(1, 4))
+def test_appended_snapshots_write_counts_are_the_gathered_ones(
+    data: st.DataObject, n_base: int, steps: int
+) -> None:
+    """Steps insert rows anywhere into the snapshot before; ``_moved_up`` keeps, for each
+    step, where its rows not in the base snapshot are and the base row each copies, and
+    ``IntervalWrites.per_row`` then gives the counts a full gather per step gave."""
+    content = np.arange(n_base, dtype=np.uint16) * 3 + 1
+    same = np.arange(n_base, dtype=np.uint16) % 4
+    toggle = np.arange(n_base) % 3 == 0
+    rows: list[int] = list(range(n_base))  # per row of the current snapshot: its base row
+    at, src = np.empty(0, np.int64), np.empty(0, np.int64)
+    grown: list[int] = []  # positions (in the current snapshot) of rows not of the base
+    for _ in range(steps):
+        n_new = data.draw(st.integers(1, 5)) if n_base else 0
+        n = len(rows) + n_new
+        pos = data.draw(st.permutations(range(n)))[:n_new]
+        take = [data.draw(st.integers(0, n_base - 1)) for _ in range(n_new)]
+        after: list[int] = []
+        old = iter(zip(rows, [r in grown for r in range(len(rows))], strict=True))
+        is_new: list[bool] = []
+        for r in range(n):
+            if r in pos:
+                after.append(take[pos.index(r)])
+                is_new.append(True)
+            else:
+                base_row, was_new = next(old)
+                after.append(base_row)
+                is_new.append(was_new)
+        rows, grown = after, [r for r in range(n) if is_new[r]]
+        at, src = growth._moved_up(at, src, np.array(pos, np.int64), np.array(take, np.int64))
+        np.testing.assert_array_equal(at, grown)
+        np.testing.assert_array_equal(src, [rows[r] for r in grown])
+        w = IntervalWrites(content, same, toggle, None, grown_at=at, grown_src=src)
+        got = w.per_row()
+        for mine, base in zip(got, (content, same, toggle), strict=True):
+            assert mine.dtype == base.dtype
+            np.testing.assert_array_equal(mine, base[np.array(rows, np.int64)])
+        assert w.rows_written == int(np.count_nonzero((got[0] > 0) | (got[1] > 0)))
