@@ -309,6 +309,33 @@ def _in_new_mapping(starts: list[U64] | None, k_from: int, k_to: int, keys: U64)
     return np.asarray((pos >= 0) & same_mm & ~isin(start, s_from, of_sorted=True))
 
 
+def _appeared(
+    inp: ReplayInput, starts: list[U64] | None, last: SnapshotRows, first_keys: U64, grow: list[int]
+) -> tuple[B, B, B, B, I64]:
+    """Per row of the last snapshot: it appeared in the last interval, in either; it lies
+    in a mapping new in the last interval, in either; and per process of ``grow``, its
+    rows in new mappings that appeared in each interval. The two kinds, interval by
+    interval: rows in mappings new in the interval, and the rest of the net growth (pages
+    filled, or given back, inside the mappings there before). (Rows that appeared: a
+    mapping split or merged again has a new start, not new pages; a row appeared in an
+    interval is one its delta added.)"""
+    n = inp.n_snapshots
+    d_prev, d_last = inp.deltas[n - 2], inp.deltas[n - 1]
+    lk = last.keys()
+    appeared_last = _rows_mask(d_last.n_rows, d_last.added)
+    appeared_both = ~isin(lk, first_keys, of_sorted=True)
+    prev_mm = d_prev.layout.present[np.searchsorted(d_prev.layout.hi, d_prev.added, "right")]
+    nm_prev = _in_new_mapping(starts, n - 3, n - 2, row_keys(prev_mm, d_prev.added_page))
+    nm_last = _rows_mask(
+        last.n, d_last.added[_in_new_mapping(starts, n - 2, n - 1, lk[d_last.added])]
+    )
+    both = np.flatnonzero(appeared_both)
+    nm_both = _rows_mask(last.n, both[_in_new_mapping(starts, n - 3, n - 1, lk[both])])
+    new_prev = np.bincount(prev_mm[nm_prev], minlength=max(grow) + 1)[grow]
+    new_p = np.stack([new_prev, _per_mm(last, nm_last, grow)], axis=1).astype(np.int64)
+    return appeared_last, appeared_both, nm_last, nm_both, new_p
+
+
 def _rows_mask(n: int, rows: npt.NDArray[np.integer[Any]]) -> B:
     """``n`` booleans, true at ``rows``."""
     out = np.zeros(n, bool)
@@ -429,25 +456,10 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     # the last snapshot in full, the two before only as far as they are compared with it
     # (rebuilt for this call only: nothing kept on ``inp``)
     first_keys, first_hash, prev_hash, last = _last_three(inp.deltas)
-    d_prev, d_last = inp.deltas[n - 2], inp.deltas[n - 1]
-    # the two kinds, interval by interval: rows in mappings new in the interval, and the
-    # rest of the net growth (pages filled, or given back, inside the mappings there before)
-    # (rows that appeared: a mapping split or merged again has a new start, not new pages;
-    # a row appeared in an interval is one its delta added)
-    lk = last.keys()
-    appeared_last = _rows_mask(d_last.n_rows, d_last.added)
-    appeared_both = ~isin(lk, first_keys, of_sorted=True)
-    del first_keys
-    prev_mm = d_prev.layout.present[np.searchsorted(d_prev.layout.hi, d_prev.added, "right")]
-    nm_prev = _in_new_mapping(starts, n - 3, n - 2, row_keys(prev_mm, d_prev.added_page))
-    nm_last = _rows_mask(
-        last.n, d_last.added[_in_new_mapping(starts, n - 2, n - 1, lk[d_last.added])]
+    appeared_last, appeared_both, nm_last, nm_both, new_p = _appeared(
+        inp, starts, last, first_keys, grow
     )
-    both = np.flatnonzero(appeared_both)
-    nm_both = _rows_mask(last.n, both[_in_new_mapping(starts, n - 3, n - 1, lk[both])])
-    del lk, both
-    new_prev = np.bincount(prev_mm[nm_prev], minlength=max(grow) + 1)[grow]
-    new_p = np.stack([new_prev, _per_mm(last, nm_last, grow)], axis=1).astype(np.int64)
+    del first_keys
     in_p = np.diff(per, axis=1) - new_p
 
     # pages inside existing mappings: the saturating curve
