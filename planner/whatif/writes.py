@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from planner._idtable import IdTable
+from planner._jit import compiled_on_first_call
+from planner.engine.heap import release_memory
 from planner.trace import schema as S
+from planner.trace.check import as_numpy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -103,38 +105,74 @@ class CowEstimate:
         return sum(i.t1_s - i.t0_s for i in self.intervals)
 
 
-def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr, Arr]:
-    """Keys ``(pid << 36 | page)``, hashes, frames and a mergeable mask of one snapshot."""
+def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr]:
+    """Keys ``(pid << 36 | page)`` (sorted), hashes and a mergeable mask of one snapshot's
+    hashed pages. Arrow's columns are read in place where they hold no null, and pages in
+    scan order (as traces hold them) are not sorted again."""
     h_col: Any = pages.column("content_hash")
-    ok = ~np.asarray(h_col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    pid = np.asarray(pages.column("pid").to_numpy(), dtype=np.uint64)[ok]
-    addr = np.asarray(pages.column("page_addr").to_numpy(), dtype=np.uint64)[ok]
-    h = np.asarray(h_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
-    f_col: Any = pages.column("frame_id")
-    f = np.asarray(f_col.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint64)[ok]
-    flags = np.asarray(pages.column("flags").to_numpy(), dtype=np.uint16)[ok]
-    key = (pid << _KEY_PID_SHIFT) | (addr >> np.uint64(_PAGE_SHIFT))
-    zero = (flags & np.uint16(zero_flag)) != 0
-    mergeable = _on_two_frames(h, f) | zero
-    order = np.argsort(key, kind="stable")  # pages come in scan order: sorted already
-    return key[order], h[order], f[order], mergeable[order]
+    ok = None if h_col.null_count == 0 else ~as_numpy(h_col.is_null(), bool)
+
+    def col(name: str, dtype: Any) -> Arr:
+        values = as_numpy(pages.column(name), dtype, null=0)
+        return values if ok is None else values[ok]
+
+    key = col("pid", np.uint64) << _KEY_PID_SHIFT
+    key |= col("page_addr", np.uint64) >> np.uint64(_PAGE_SHIFT)
+    h = col("content_hash", np.uint64)
+    mergeable = _on_two_frames(h, col("frame_id", np.uint64))
+    mergeable |= (col("flags", np.uint16) & np.uint16(zero_flag)) != 0
+    if key.size > 1 and not bool(np.all(key[1:] > key[:-1])):
+        order = np.argsort(key, kind="stable")
+        key, h, mergeable = key[order], h[order], mergeable[order]
+    return key, h, mergeable
 
 
 def _on_two_frames(h: Arr, f: Arr) -> Arr:
     """Per row: its content sits on at least two distinct frames (KSM has something to
-    merge). One frame of each content is taken (any); a content is on two frames if some
-    row of it is on another. Linear, with dense content ids from one compiled pass
-    (sorting the (hash, frame) pairs, as ``np.unique(..., axis=0)`` does, took ~4 s per
-    4 M-row snapshot and ~100 s for a 16 M-page host, in the client of a fleet what-if)."""
+    merge). Sorting the (hash, frame) pairs, as ``np.unique(..., axis=0)`` did, took ~4 s
+    per 4 M-row snapshot and ~100 s and 3.9 GB for a 16 M-page host, in the client of a
+    fleet what-if; now one compiled pass (:func:`_two_frames`) with a table of 5 bytes a
+    slot, allocated here (numpy gives large arrays transparent huge pages)."""
+    out = np.empty(h.size, np.bool_)
     if not h.size:
-        return np.zeros(0, bool)
-    table = IdTable(h.size, keep_values=False)
-    hid = table.ids_of(h)
-    one = np.empty(table.n, f.dtype)
-    one[hid] = f
-    multi = np.zeros(table.n, bool)
-    multi[hid[f != one[hid]]] = True
-    return np.asarray(multi[hid], bool)
+        return out
+    cap = 16
+    while cap < 2 * h.size:
+        cap *= 2
+    slot_row = np.full(cap, -1, np.int32)
+    slot_multi = np.zeros(cap, np.bool_)
+    slot_of = np.empty(h.size, np.int32)
+    _two_frames(
+        np.ascontiguousarray(h, np.uint64), np.ascontiguousarray(f, np.uint64),
+        slot_row, slot_multi, slot_of, out,
+    )  # fmt: skip
+    return out
+
+
+@compiled_on_first_call(cache=True, nogil=True)
+def _two_frames(
+    h: Arr, f: Arr, slot_row: Arr, slot_multi: Arr, slot_of: Arr, out: Arr
+) -> None:  # pragma: no cover - compiled
+    """Open addressing on the hash: a slot holds the first row of its content (``-1``:
+    free) and whether a later row of it was on another frame; each row's slot kept in
+    ``slot_of``, then read back into ``out``."""
+    mask = slot_row.size - 1
+    for j in range(h.size):
+        v = h[j]
+        i = np.int64((v * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        while True:
+            r = slot_row[i]
+            if r < 0:
+                slot_row[i] = j
+                break
+            if h[r] == v:
+                if f[r] != f[j]:
+                    slot_multi[i] = True
+                break
+            i = (i + 1) & mask
+        slot_of[j] = i
+    for j in range(h.size):
+        out[j] = slot_multi[slot_of[j]]
 
 
 def _union_sorted(a: Arr, b: Arr) -> Arr:
@@ -164,22 +202,25 @@ def cow_breaks(ht: HostTrace, pages: Iterable[tuple[int, pa.Table]] | None = Non
     stream = iter(pages) if pages is not None else ((sid, ht.pages_of(sid)) for sid in ids)
     empty: pa.Table | None = None
     out: list[CowInterval] = []
-    prev: tuple[Arr, Arr, Arr, Arr] | None = None
+    prev: tuple[Arr, Arr, Arr] | None = None
     ever = np.empty(0, np.uint64)  # keys rewritten in some interval
     hot: Arr | None = None  # keys rewritten in every interval
     seen = np.empty(0, np.uint64)  # keys mergeable at the start of some interval
     nxt = next(stream, None)
     for i, sid in enumerate(ids):
         if nxt is not None and nxt[0] == sid:
-            table, nxt = nxt[1], next(stream, None)
+            table, nxt = nxt[1], None
         else:  # a snapshot without pages
             empty = empty if empty is not None else ht.pages.schema.empty_table()
             table = empty
         cur = _snapshot_arrays(table, int(S.PageFlag.ZERO))
         del table
+        release_memory()  # the table's and the pass's memory, given back (~0.7 GB at 16 M)
+        if nxt is None:  # the next snapshot read once this one is arrays
+            nxt = next(stream, None)
         if prev is not None:
-            k0, h0, _, m0 = prev
-            k1, h1, _, _ = cur
+            k0, h0, m0 = prev
+            k1, h1, _ = cur
             pos = np.searchsorted(k1, k0)
             pos_c = np.minimum(pos, max(len(k1) - 1, 0))
             present = (pos < len(k1)) & (k1[pos_c] == k0) if len(k1) else np.zeros(len(k0), bool)
