@@ -431,20 +431,21 @@ def test_the_growths_shortcuts_are_the_full_snapshots_answers(seed: int, spec: W
         np.testing.assert_array_equal(last.frame, full[-1].frame)
     column = full[-1].hash
     probe = np.concatenate([column[::3], column[:5] + np.uint64(1), np.zeros(2, np.uint64)])
-    for chunk in (growth._CHUNK_ROWS, 4):  # one chunk, and many
-        with _chunk_rows(chunk):
+    # one chunk and many; a filter that rules out most values, and one that rules out few
+    for chunk, bits in itertools.product((growth._CHUNK_ROWS, 4), (growth._FILTER_BITS, 2)):
+        with _chunk_rows(chunk, bits):
             np.testing.assert_array_equal(growth._held(probe, column), np.isin(probe, column))
             np.testing.assert_array_equal(growth._held(probe[:0], column), np.zeros(0, bool))
 
 
 @contextlib.contextmanager
-def _chunk_rows(rows: int) -> Iterator[None]:
-    saved = growth._CHUNK_ROWS
-    growth._CHUNK_ROWS = rows  # type: ignore[misc]
+def _chunk_rows(rows: int, filter_bits: int = 2) -> Iterator[None]:
+    saved = growth._CHUNK_ROWS, growth._FILTER_BITS
+    growth._CHUNK_ROWS, growth._FILTER_BITS = rows, filter_bits  # type: ignore[misc]
     try:
         yield
     finally:
-        growth._CHUNK_ROWS = saved  # type: ignore[misc]
+        growth._CHUNK_ROWS, growth._FILTER_BITS = saved  # type: ignore[misc]
 
 
 @settings(max_examples=60, deadline=None)
