@@ -358,9 +358,9 @@ def _held(values: U64, column: U64) -> B:
 def _found_in(u: U64, column: U64) -> Iterator[tuple[I64, I64]]:
     """The rows of ``column`` (millions, any order) whose value is one of ``u`` (sorted,
     distinct, few), chunk by chunk: (rows, where their value is in ``u``). The column is
-    neither sorted nor copied; a bit per value of its low bits (``_FILTER_BITS``, a table
-    that stays in the cache) rules out most rows before the binary search of the rest
-    (searching every row was ~0.3 s per 4 M rows)."""
+    neither sorted nor copied; a flag per value of the low ``_FILTER_BITS`` bits (set for
+    those of ``u``: a table that stays in the cache) rules out most rows before the binary
+    search of the rest (searching every row was ~0.3 s per 4 M rows)."""
     if not u.size:
         return
     mask = np.uint64((1 << _FILTER_BITS) - 1)
@@ -377,7 +377,7 @@ def _found_in(u: U64, column: U64) -> Iterator[tuple[I64, I64]]:
 
 #: rows of a snapshot's column searched at once by :func:`_found_in`
 _CHUNK_ROWS: Final = 1 << 20
-#: low bits of a value that :func:`_found_in`'s filter keeps one bit for (2 MiB of bools)
+#: low bits of a value that :func:`_found_in`'s filter keeps a flag for (2 MiB of bools)
 _FILTER_BITS: Final = 21
 
 
@@ -869,6 +869,8 @@ def _append_steps(
                 mm=np.concatenate(parts_mm),
             )
             steps.append((j, new, np.concatenate(parts_src)))
+    if not steps:  # pragma: no cover - continue_growth appends only a growth of some page
+        return inp, {}
     ids = _GrowthIds(inp.content_hash, np.concatenate([new.hash for _, new, _ in steps]))
     deltas = list(inp.deltas)
     writes = list(inp.writes)

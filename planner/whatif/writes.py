@@ -215,7 +215,7 @@ def cow_breaks(ht: HostTrace, pages: Iterable[tuple[int, pa.Table]] | None = Non
             table = empty
         cur = _snapshot_arrays(table, int(S.PageFlag.ZERO))
         del table
-        release_memory()  # the table's and the pass's memory, given back (~0.7 GB at 16 M)
+        release_memory()  # the table and the pass given back before the next is read
         if nxt is None:  # the next snapshot read once this one is arrays
             nxt = next(stream, None)
         if prev is not None:
