@@ -155,8 +155,32 @@ def _clean(obj: Any) -> Any:
 def emit_json(doc: dict[str, Any]) -> None:
     """Print ``doc`` as the one JSON document of this command (with ``schema_version``)."""
     out = {"schema_version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(json.dumps(_clean(out), indent=1, sort_keys=False) + "\n")
+    sys.stdout.write(_dumps(_clean(out)) + "\n")
     sys.stdout.flush()
+
+
+#: A list longer than this is written an item per line (see :func:`_dumps`).
+_ITEM_PER_LINE = 64
+
+
+def _dumps(obj: Any, level: int = 0) -> str:
+    """``json.dumps(obj, indent=1)``, but a list of more than :data:`_ITEM_PER_LINE` items
+    is written an item per line, each item on its line as ``json.dumps`` writes it without
+    indent. The same document; smaller ones byte for byte as before. Python's encoder runs
+    in Python once it indents (0.35-0.39 s for the 9 MB of a 4 M-page replay, whose
+    timeline has 12,296 items), its C encoder without: ~0.1 s."""
+    if isinstance(obj, dict) and obj:
+        pad = "\n" + " " * (level + 1)
+        items = (json.dumps(k) + ": " + _dumps(v, level + 1) for k, v in obj.items())
+        return "{" + pad + ("," + pad).join(items) + "\n" + " " * level + "}"
+    if isinstance(obj, list) and obj:
+        pad = "\n" + " " * (level + 1)
+        if len(obj) > _ITEM_PER_LINE:
+            lines = (json.dumps(v) for v in obj)
+        else:
+            lines = (_dumps(v, level + 1) for v in obj)
+        return "[" + pad + ("," + pad).join(lines) + "\n" + " " * level + "]"
+    return json.dumps(obj)
 
 
 def emit_result(
