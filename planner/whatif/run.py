@@ -50,9 +50,8 @@ from planner.whatif.footprint import whole_host_facts
 from planner.whatif.grid import CrossDomain, KnobGrid
 from planner.whatif.outcome import ReplayOutcome
 from planner.whatif.result import ScenarioResult, SweepOptions, WhatIfResult
-from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch
+from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch, run_cow
 from planner.whatif.uncertainty import canary_error, published_error
-from planner.whatif.writes import COW_COLUMNS, cow_breaks
 
 if TYPE_CHECKING:
     import os
@@ -99,13 +98,22 @@ def _options_items(opts: ReplayOptions) -> tuple[tuple[str, Any], ...]:
     return tuple((f, getattr(opts, f)) for f in _OPTION_FIELDS)
 
 
-def _trace_writes(tr: Trace, host_list: Sequence[str]) -> dict[str, CowEstimate]:
-    """Each host's copy-on-write estimate from its snapshots, one snapshot's pages at a time
-    (a big host never sits whole in the client)."""
-    return {
-        h: cow_breaks(tr.load_host(h, pages=False), tr.iter_snapshot_pages(h, COW_COLUMNS))
-        for h in host_list
-    }
+def _task_result(fut: Future[Any], remote: bool) -> Any:
+    """A task's result; a planner error of the worker raised again here."""
+    try:
+        res = fut.result()
+    except PlannerError:
+        raise
+    except Exception as exc:
+        if remote:
+            raise ClusterError(
+                f"a what-if task failed on the cluster: {type(exc).__name__}: {exc}",
+                hint="check the workers' logs and that they can read the trace at the same path",
+            ) from exc
+        raise
+    if isinstance(res, TaskFailure):
+        res.reraise()
+    return res
 
 
 def _canary_path(
@@ -225,6 +233,37 @@ def _batches(plan: _Plan, workers: int) -> list[tuple[ReplaySpec | FitSpec, ...]
     return [(f,) for f in fits] + chunks
 
 
+def _run_tasks(
+    plan: _Plan,
+    tr: Trace,
+    host_list: Sequence[str],
+    executor: Executor | None,
+    max_workers: int | None,
+    progress: Progress,
+) -> tuple[
+    dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit], dict[str, CowEstimate], Executor
+]:
+    """The plan's replays and fits, and each host's copy-on-write estimate, on ``executor``
+    (a local pool of ``max_workers``, shut down after, when None); and the executor used.
+    The estimates read every snapshot's pages: they run as tasks beside the replays, not
+    in the client after them (9 s and 2.8 GB for a 16 M-page host)."""
+    ex = executor if executor is not None else local_executor(max_workers)
+    try:
+        path = str(Path(tr.path).resolve())
+        cows = {h: ex.submit(run_cow, path, tr.trace_hash, h) for h in host_list}
+        try:
+            results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
+        except BaseException:
+            for f in cows.values():
+                f.cancel()
+            raise
+        writes = {h: _task_result(f, is_remote(ex)) for h, f in cows.items()}
+    finally:
+        if executor is None:
+            ex.shutdown(wait=True, cancel_futures=True)
+    return results, writes, ex
+
+
 def _execute(
     plan: _Plan, executor: Executor, progress: Progress, *, workers: int
 ) -> dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit]:
@@ -237,18 +276,7 @@ def _execute(
         for batch in batches:
             futures[executor.submit(run_batch, batch)] = batch
         for fut in as_completed(futures):
-            try:
-                results = fut.result()
-            except PlannerError:
-                raise
-            except Exception as exc:
-                if remote:
-                    raise ClusterError(
-                        f"a what-if task failed on the cluster: {type(exc).__name__}: {exc}",
-                        hint="check the workers' logs and that they can read the trace "
-                        "at the same path",
-                    ) from exc
-                raise
+            results = _task_result(fut, remote)
             for spec, res in zip(futures[fut], results, strict=False):
                 if isinstance(res, TaskFailure):
                     res.reraise()
@@ -361,14 +389,7 @@ def run_whatif(
         ),
         extrapolation=extrapolation,
     )
-    own = executor is None
-    ex = executor if executor is not None else local_executor(max_workers)
-    try:
-        results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
-    finally:
-        if own:
-            ex.shutdown(wait=True, cancel_futures=True)
-    writes = _trace_writes(tr, host_list)
+    results, writes, ex = _run_tasks(plan, tr, host_list, executor, max_workers, progress)
     assembled = _assemble(plan, results, host_list, facts, writes)
     comparison = None
     if observed is not None:

@@ -27,6 +27,7 @@ from planner.whatif.outcome import (
     Timeline,
     process_series,
 )
+from planner.whatif.writes import COW_COLUMNS, CowEstimate, cow_breaks
 
 if TYPE_CHECKING:
     from planner.engine.api import DerivedInput
@@ -283,6 +284,21 @@ def run_replay(spec: ReplaySpec) -> ReplayOutcome | TaskFailure:
         return TaskFailure(type(err).__name__, err.message, err.hint)
 
 
+def run_cow(trace_path: str, trace_hash: str, host: str) -> CowEstimate | TaskFailure:
+    """The copy-on-write estimate of one host's snapshots
+    (:func:`planner.whatif.writes.cow_breaks`), as a task: a big host's pages are read in a
+    worker, beside the replays, not in the client after them (9 s and 2.8 GB for a 16
+    M-page host). Never raises a planner error: returns it."""
+    try:
+        _system_arrow_pool()
+        trace = _trace(trace_path, trace_hash)
+        return cow_breaks(
+            trace.load_host(host, pages=False), trace.iter_snapshot_pages(host, COW_COLUMNS)
+        )
+    except E.PlannerError as err:
+        return TaskFailure(type(err).__name__, err.message, err.hint)
+
+
 @dataclass(frozen=True)
 class _Ideals:
     """What a replay's outcome needs of the input's snapshots in full."""
@@ -515,6 +531,7 @@ __all__ = [
     "clear_caches",
     "domain_codes",
     "run_batch",
+    "run_cow",
     "run_fit",
     "run_replay",
     "run_task",

@@ -23,6 +23,8 @@ from planner.whatif import (
     local_executor,
     run_whatif,
 )
+from planner.whatif.tasks import TaskFailure, run_batch, run_cow
+from planner.whatif.writes import COW_COLUMNS, cow_breaks
 
 INLINE = InlineExecutor()
 GRID = KnobGrid.from_mapping({"pages_to_scan": [100, 1000], "sleep_ms": 20})
@@ -34,13 +36,18 @@ default_domain = "{label:tenant}"
 
 
 class CountingExecutor(InlineExecutor):
-    """Inline, counting the tasks it was given."""
+    """Inline, counting the batches of replays and fits it was given (``submitted``) and
+    the other tasks, by function name (``others``)."""
 
     def __init__(self) -> None:
         self.submitted = 0
+        self.others: list[str] = []
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.submitted += 1
+        if fn is run_batch:
+            self.submitted += 1
+        else:
+            self.others.append(fn.__name__)
         return super().submit(fn, *args, **kwargs)
 
 
@@ -125,6 +132,7 @@ def test_identical_replays_run_once(family_trace: Path) -> None:
     res = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=grid, executor=ex)
     # the advisor sets pages_to_scan itself: two of the four scenarios are one replay
     assert ex.submitted == 3
+    assert ex.others == ["run_cow"]  # the host's copy-on-write estimate: a task too
     adv = [s for s in res.scenarios if s.knobs["advisor"] == "scan-time"]
     assert adv[0].same_replay_as is None
     assert adv[1].same_replay_as == adv[0].id
@@ -380,3 +388,27 @@ def test_the_published_model_error_without_a_canary(family_trace: Path) -> None:
     assert on.capacity.dominant_source in ("sampling", "model", "configuration", "time")
     assert on.hosts[0].writes is not None
     assert on.hosts[0].policy_ideal_by_snapshot_bytes[-1] == on.hosts[0].policy_ideal_saved_bytes
+
+
+def test_copy_on_write_estimates_are_tasks(fleet_trace: Path) -> None:
+    """Each host's copy-on-write estimate runs as a task on the executor (its pages are
+    read in a worker, not in the client): the one ``cow_breaks`` gives, per host; a trace
+    that changed since the client opened it is a ``TraceFormatError`` raised in the client."""
+    ex = CountingExecutor()
+    res = run_whatif(
+        fleet_trace,
+        policy_sets=[preset("prctl-all")],
+        grid=KnobGrid.from_mapping({"pages_to_scan": 1000}),
+        executor=ex,
+    )
+    assert ex.others == ["run_cow", "run_cow"]
+    tr = open_trace(fleet_trace)
+    for h in res.scenarios[0].hosts:
+        want = cow_breaks(
+            tr.load_host(h.host, pages=False), tr.iter_snapshot_pages(h.host, COW_COLUMNS)
+        )
+        assert h.writes == want
+    failed = run_cow(str(fleet_trace), "sha256:" + "0" * 64, "web-1")
+    assert isinstance(failed, TaskFailure)
+    assert failed.kind == "TraceFormatError"
+    assert "changed while the what-if ran" in failed.message
