@@ -771,9 +771,9 @@ def appended_delta(
     numbered ``first_frame`` on in ``new``'s order (above every frame before): what
     :func:`build_delta` makes of the two snapshots, without them (the growth model's steps,
     :mod:`planner.engine.growth`: O(new rows) each instead of two full snapshots, a sort
-    and a merge). ``new.mm`` must be present in ``prev``; ``new.key``, ``new.frame`` and
-    ``new.mm`` are read (the frames are the ones numbered here), ``new.key``'s order within
-    an mm must be the pages'. ``ids_of`` gives content ids (:meth:`ContentCatalog.ids_of`),
+    and a merge). ``new.mm`` must be present in ``prev``; ``new.frame`` is not read (the
+    frames are the ones numbered here); ``new.key``'s order within an mm must be the
+    pages'. ``ids_of`` gives content ids (:meth:`ContentCatalog.ids_of`),
     asked in the order of the rows after. Also returns, per row of ``new``, its position
     in the snapshot after."""
     m = new.mm.size

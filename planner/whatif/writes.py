@@ -130,8 +130,8 @@ def _snapshot_arrays(pages: pa.Table, zero_flag: int) -> tuple[Arr, Arr, Arr]:
 def _on_two_frames(h: Arr, f: Arr) -> Arr:
     """Per row: its content sits on at least two distinct frames (KSM has something to
     merge). Sorting the (hash, frame) pairs, as ``np.unique(..., axis=0)`` did, took ~4 s
-    per 4 M-row snapshot and ~100 s and 3.9 GB for a 16 M-page host, in the client of a
-    fleet what-if; now one compiled pass (:func:`_two_frames`) with a table of 5 bytes a
+    per 4 M-row snapshot and ~100 s and 3.9 GB for a 16 M-page host (then in the client of
+    a fleet what-if); now one compiled pass (:func:`_two_frames`) with a table of 5 bytes a
     slot, allocated here (numpy gives large arrays transparent huge pages)."""
     out = np.empty(h.size, np.bool_)
     if not h.size:
