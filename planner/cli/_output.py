@@ -136,12 +136,30 @@ def claim(
     )
 
 
+def _key(k: Any) -> str:
+    """A dict key as JSON writes it: strings as they are, ``true``/``false``/``null``, the
+    ``repr`` of an int or a finite float, anything else (a NaN, a path, a numpy scalar)
+    ``str()``'d. The same whether :func:`_clean` converts it or the C encoder does."""
+    if isinstance(k, str):
+        return k
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    if k is None:
+        return "null"
+    if isinstance(k, int):
+        return int.__repr__(k)
+    if isinstance(k, float) and math.isfinite(k):
+        return float.__repr__(k)
+    return str(k)
+
+
 def _clean(obj: Any) -> Any:
-    """Make ``obj`` JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    """Make ``obj`` JSON-safe: NaN/inf become null, numpy scalars become Python numbers,
+    tuples lists, paths strings, keys strings (:func:`_key`)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {_key(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     if isinstance(obj, Path):
@@ -153,9 +171,10 @@ def _clean(obj: Any) -> Any:
 
 
 def emit_json(doc: dict[str, Any]) -> None:
-    """Print ``doc`` as the one JSON document of this command (with ``schema_version``)."""
+    """Print ``doc`` as the one JSON document of this command (with ``schema_version``),
+    made JSON-safe as :func:`_clean` does."""
     out = {"schema_version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(_dumps(_clean(out)) + "\n")
+    sys.stdout.write(_dumps(out) + "\n")
     sys.stdout.flush()
 
 
@@ -164,23 +183,38 @@ _ITEM_PER_LINE = 64
 
 
 def _dumps(obj: Any, level: int = 0) -> str:
-    """``json.dumps(obj, indent=1)``, but a list of more than :data:`_ITEM_PER_LINE` items
-    is written an item per line, each item on its line as ``json.dumps`` writes it without
-    indent. The same document; smaller ones byte for byte as before. Python's encoder runs
-    in Python once it indents (0.35-0.39 s for the 9 MB of a 4 M-page replay, whose
-    timeline has 12,296 items), its C encoder without: ~0.1 s."""
+    """``json.dumps(_clean(obj), indent=1)``, but a list of more than
+    :data:`_ITEM_PER_LINE` items is written an item per line, each item on its line as
+    ``json.dumps`` writes it without indent. The same document; smaller ones byte for
+    byte as before. Python's encoder runs in Python once it indents (0.35-0.39 s for the
+    9 MB of a 4 M-page replay, whose timeline has 12,296 items), its C encoder without:
+    ~0.1 s. Such items are given to the C encoder as they are, which refuses what
+    :func:`_clean` would change (NaN and infinities, numpy scalars, paths, keys it cannot
+    write): only those are cleaned first. Cleaning every item in Python took longer than
+    writing them (0.23-0.32 s for the same replay)."""
     if isinstance(obj, dict) and obj:
         pad = "\n" + " " * (level + 1)
-        items = (json.dumps(k) + ": " + _dumps(v, level + 1) for k, v in obj.items())
+        items = (json.dumps(_key(k)) + ": " + _dumps(v, level + 1) for k, v in obj.items())
         return "{" + pad + ("," + pad).join(items) + "\n" + " " * level + "}"
-    if isinstance(obj, list) and obj:
+    if isinstance(obj, list | tuple) and obj:
         pad = "\n" + " " * (level + 1)
         if len(obj) > _ITEM_PER_LINE:
-            lines = (json.dumps(v) for v in obj)
+            lines = (_dumps_line(v) for v in obj)
         else:
             lines = (_dumps(v, level + 1) for v in obj)
         return "[" + pad + ("," + pad).join(lines) + "\n" + " " * level + "]"
-    return json.dumps(obj)
+    clean = _clean(obj)
+    if clean and isinstance(clean, dict | list):  # e.g. an object's ``item()``
+        return _dumps(clean, level)
+    return json.dumps(clean)
+
+
+def _dumps_line(obj: Any) -> str:
+    """``json.dumps(_clean(obj))``, by the C encoder alone where nothing needs cleaning."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(_clean(obj))
 
 
 def emit_result(
