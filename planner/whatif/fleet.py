@@ -530,7 +530,11 @@ class _SharedProgress:
         with self._lock:
             if not self._started:
                 self._started = True
-                self._outer.start(f"fleet what-if ({self._traces} traces): replays and fits", None)
+                self._outer.start(
+                    f"fleet what-if ({self._traces} traces): "
+                    "replays, fits and copy-on-write estimates",
+                    None,
+                )
 
     def advance(self, amount: float) -> None:
         with self._lock:

@@ -246,18 +246,13 @@ def _run_tasks(
     """The plan's replays and fits, and each host's copy-on-write estimate, on ``executor``
     (a local pool of ``max_workers``, shut down after, when None); and the executor used.
     The estimates read every snapshot's pages: they run as tasks beside the replays, not
-    in the client after them (9 s and 2.8 GB for a 16 M-page host)."""
+    in the client after them (9 s and 2.8 GB for a 16 M-page host), and count in the
+    progress like them."""
     ex = executor if executor is not None else local_executor(max_workers)
     try:
         path = str(Path(tr.path).resolve())
-        cows = {h: ex.submit(run_cow, path, tr.trace_hash, h) for h in host_list}
-        try:
-            results = _execute(plan, ex, progress, workers=_workers(ex, max_workers))
-        except BaseException:
-            for f in cows.values():
-                f.cancel()
-            raise
-        writes = {h: _task_result(f, is_remote(ex)) for h, f in cows.items()}
+        cows = [(path, tr.trace_hash, h) for h in host_list]
+        results, writes = _execute(plan, cows, ex, progress, workers=_workers(ex, max_workers))
     finally:
         if executor is None:
             ex.shutdown(wait=True, cancel_futures=True)
@@ -265,17 +260,35 @@ def _run_tasks(
 
 
 def _execute(
-    plan: _Plan, executor: Executor, progress: Progress, *, workers: int
-) -> dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit]:
+    plan: _Plan,
+    cows: Sequence[tuple[str, str, str]],
+    executor: Executor,
+    progress: Progress,
+    *,
+    workers: int,
+) -> tuple[dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit], dict[str, CowEstimate]]:
+    """Every task submitted (the estimates first, ``run_cow``'s arguments per host: each
+    reads every snapshot of its host), their results collected as they come, each one step
+    of the progress."""
     batches = _batches(plan, workers)
-    progress.start("what-if: replays and fits", len(plan.tasks))
+    progress.start(
+        "what-if: replays, fits and copy-on-write estimates", len(plan.tasks) + len(cows)
+    )
+    host_of: dict[Future[Any], str] = {}
     futures: dict[Future[Any], tuple[ReplaySpec | FitSpec, ...]] = {}
     out: dict[tuple[Any, ...], ReplayOutcome | ExtrapolationFit] = {}
+    writes: dict[str, CowEstimate] = {}
     remote = is_remote(executor)
     try:
+        for args in cows:
+            host_of[executor.submit(run_cow, *args)] = args[2]
         for batch in batches:
             futures[executor.submit(run_batch, batch)] = batch
-        for fut in as_completed(futures):
+        for fut in as_completed([*host_of, *futures]):
+            if fut in host_of:
+                writes[host_of[fut]] = _task_result(fut, remote)
+                progress.advance(1)
+                continue
             results = _task_result(fut, remote)
             for spec, res in zip(futures[fut], results, strict=False):
                 if isinstance(res, TaskFailure):
@@ -283,12 +296,12 @@ def _execute(
                 out[spec.key] = res
             progress.advance(len(results))
     except BaseException:
-        for f in futures:
+        for f in [*host_of, *futures]:
             f.cancel()
         raise
     finally:
         progress.finish()
-    return out
+    return out, {h: writes[h] for h in host_of.values()}
 
 
 def run_whatif(
