@@ -61,7 +61,7 @@ def derive_input(
     if canary is not None and opts.writes:
         from planner.engine.writes import with_canary
 
-        written = with_canary(grown, canary)
+        written = with_canary(grown, canary, traced=inp.n_snapshots)
     return DerivedInput(inp, grown, written, growth, canary, derivation(opts))
 
 

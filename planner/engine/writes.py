@@ -1324,9 +1324,11 @@ def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
     return rates.unseen_breaks_per_s / n_cand * max(rates.samples, 1)
 
 
-def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
+def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = None) -> ReplayInput:
     """``inp`` whose every interval (and the steady state after it) has the canary's
     same-content write rates on its rows, and whose pages the canary saw leave for good leave.
+    ``traced``: how many of its snapshots the trace has (the others the growth model
+    appended, :mod:`planner.engine.growth`); all of them when None.
 
     Rows take the rates of their **process role** (:func:`process_roles`: the ``comm``, busy
     or idle by CPU share, from the trace's CPU times and the canary's).
@@ -1407,12 +1409,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates) -> ReplayInput:
                 leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
         per_snap.append((rate, cand, leave))
     # the unseen breaks, an equal share per candidate of the last traced snapshot
-    n_cand = 0
-    for k in range(inp.n_snapshots - 1, -1, -1):
-        old = inp.writes[k] if k < len(inp.writes) else None
-        if old is None or old.origin_ns is None:
-            n_cand = int(np.count_nonzero(per_snap[k][1]))
-            break
+    n_traced = inp.n_snapshots if traced is None else min(traced, inp.n_snapshots)
+    n_cand = int(np.count_nonzero(per_snap[n_traced - 1][1])) if n_traced > 0 else 0
     unseen_per_s = _unseen_rate_per_s(rates, n_cand)
     for k in range(inp.n_snapshots):
         rate, cand, leave = per_snap[k]

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine import writes as writes_module
+from planner.engine.api import derive_input
 from planner.engine.fast import FastEngine
 from planner.engine.fast.apply import COMPACT_MIN_DEAD
 from planner.engine.fast.engine import OUT_BATCHES
@@ -23,6 +25,7 @@ from planner.engine.result import ReplayResult
 from planner.engine.writes import (
     RESTORE,
     SAME,
+    CanaryRates,
     TraceWrites,
     canary_rates,
     effective_changes,
@@ -449,6 +452,45 @@ def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged(
         a.final_counters["pages_sharing"]
         < replay(inp, knobs=knobs, options=opts).final_counters["pages_sharing"]
     )
+
+
+def test_the_unseen_breaks_are_shared_by_the_last_traced_snapshots_candidates() -> None:
+    """Snapshots the growth model appended (``traced`` tells where they start) take the
+    unseen breaks' share of the last traced snapshot's candidates, however many they have
+    themselves: at 10 breaks/s and 10 samples, 4 candidates traced give each 25 writes/s,
+    and the appended snapshot's 6 candidates take 25 each too (not 10 / 6 x 10). Before,
+    the last traced snapshot was the last without a continuation origin, which growth
+    gives it too (its interval is continued): the snapshot before it was taken."""
+    w = World()
+    for pid in (100, 101, 102):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.map(100, 0x20000, [2, 3])  # two more busy pages of shared contents
+    w.snapshot(1.0)
+    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {100: 0.5, 101: 0.4, 102: 0.0})
+    obs = _with_cow(
+        _canary([(0.0, 100, 0x10000, "merged"), (0.0, 101, 0x10000, "merged")], end_s=10.0),
+        cow=100,
+        samples=10,
+    )
+    rates = canary_rates(obs)
+    for traced, share in ((1, 10.0 / 4 * 10), (2, 10.0 / 6 * 10), (None, 10.0 / 6 * 10)):
+        got = _rates_by_pid_page(inp, with_canary(inp, rates, traced=traced))
+        assert got[(100, 0x11)] == pytest.approx(share), traced
+        assert got[(100, 0x21)] == pytest.approx(share), traced
+        assert got[(102, 0x11)] == 0.0
+    # a derived input tells where the appended snapshots begin: after the prepared input's
+    seen: list[int | None] = []
+
+    def spy(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = None) -> ReplayInput:
+        seen.append(traced)
+        return inp
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(writes_module, "with_canary", spy)
+        derive_input(inp, ReplayOptions(), rates)
+    assert seen == [inp.n_snapshots]
 
 
 def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:
