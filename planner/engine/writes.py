@@ -58,7 +58,7 @@ from planner.engine.rows import ContentCatalog
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
-    from planner.engine.rows import SnapshotRows
+    from planner.engine.rows import SnapshotDelta, SnapshotRows
     from planner.trace.recording import ObservedTimeline
 
 I64 = npt.NDArray[np.int64]
@@ -79,6 +79,27 @@ _S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE = 0, 1, 2, 3
 #: events generated at once (the continuation is generated window by window)
 _WINDOW_EVENTS = 1 << 20
 _NEVER = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class CanaryOwn:
+    """A snapshot the growth model appended, calibrated by a canary (:func:`with_canary`):
+    where its rows' rates and times of leaving are not the last traced snapshot's. Its
+    other rows are that snapshot's, in order, and take its values."""
+
+    grown: I64
+    """The rows that the last traced snapshot lacks (sorted)."""
+    at: I64
+    """The rows whose values are their own (sorted; ``grown`` among them)."""
+    rate: F64
+    """Their same-content writes per second."""
+    leave: I64 | None
+    """When each leaves (-1: never); None where no row of either snapshot leaves."""
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.leave is None else self.leave.nbytes
+        return int(self.grown.nbytes + self.at.nbytes + self.rate.nbytes + extra)
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,11 @@ class IntervalWrites:
     grown_src: I64 | None = None
     """With ``grown_at``: the row of the last traced snapshot whose counts each of those
     rows takes (its template)."""
+    canary_own: CanaryOwn | None = None
+    """A snapshot the growth model appended, calibrated by a canary: ``same_rate_per_s``
+    and ``leave_ns`` are then the last traced snapshot's own arrays, shared by every
+    appended snapshot, and this holds where this snapshot's differ:
+    :meth:`canary_per_row` gives this snapshot's."""
 
     def per_row(self) -> tuple[U16, U16, B]:
         """``content``, ``same`` and ``toggle`` per row of this snapshot (computed for an
@@ -135,11 +161,36 @@ class IntervalWrites:
 
         return rows(self.content), rows(self.same), rows(self.toggle)
 
+    def canary_per_row(self) -> tuple[F64 | None, I64 | None]:
+        """``same_rate_per_s`` and ``leave_ns`` per row of this snapshot (computed for an
+        appended snapshot: see ``canary_own``)."""
+        own = self.canary_own
+        if own is None or self.same_rate_per_s is None:
+            return self.same_rate_per_s, self.leave_ns
+        base = self.same_rate_per_s
+        n = base.size + own.grown.size
+        kept = np.ones(n, bool)
+        kept[own.grown] = False
+        rate = np.empty(n, np.float64)
+        rate[kept] = base
+        rate[own.at] = own.rate
+        if self.leave_ns is None and own.leave is None:
+            return rate, None
+        leave = np.full(n, -1, np.int64)
+        if self.leave_ns is not None:
+            leave[kept] = self.leave_ns
+        if own.leave is not None:
+            leave[own.at] = own.leave
+        return rate, leave
+
     @property
     def nbytes(self) -> int:
         """Memory held (an appended snapshot's: its own arrays, not the shared ones)."""
-        extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
-        extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
+        if self.canary_own is not None:
+            extra = self.canary_own.nbytes
+        else:
+            extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
+            extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
         return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
@@ -149,10 +200,11 @@ class IntervalWrites:
         """Rows with at least one write."""
         content, same, _ = self.per_row()
         w = (content > 0) | (same > 0)
-        if self.same_rate_per_s is not None:
-            w |= self.same_rate_per_s > 0
-        if self.leave_ns is not None:
-            w |= self.leave_ns >= 0
+        rate, leave = self.canary_per_row()
+        if rate is not None:
+            w |= rate > 0
+        if leave is not None:
+            w |= leave >= 0
         return int(np.count_nonzero(w))
 
 
@@ -591,7 +643,7 @@ class TraceWrites:
             self.next_volatile += n_new
             if last:
                 self._other_keys, self._other_ids = keys[rt], self.other[rt]
-        rate = iw.same_rate_per_s
+        rate, leave_ns = iw.canary_per_row()
         if rate is not None:  # a canary's rates, where the trace counted no such write
             rr = np.flatnonzero((rate > 0) & (s == 0))
             if rr.size:
@@ -600,9 +652,9 @@ class TraceWrites:
                      np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
                 )  # fmt: skip
         gone_rows = gone_ns = np.empty(0, np.int64)
-        if iw.leave_ns is not None and last:  # a row leaves once, at its time
-            gone_rows = np.flatnonzero(iw.leave_ns >= 0)
-            gone_ns = np.maximum(iw.leave_ns[gone_rows], t0)
+        if leave_ns is not None and last:  # a row leaves once, at its time
+            gone_rows = np.flatnonzero(leave_ns >= 0)
+            gone_ns = np.maximum(leave_ns[gone_rows], t0)
             if gone_rows.size:
                 p = np.maximum(gone_ns - t0, 1).astype(np.float64)
                 parts.append(
@@ -1324,6 +1376,85 @@ def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
     return rates.unseen_breaks_per_s / n_cand * max(rates.samples, 1)
 
 
+@dataclass(frozen=True)
+class _Unseen:
+    """How the breaks the canary did not see are spread (:func:`with_canary`)."""
+
+    per_s: float
+    """Added to the rate of each candidate row."""
+    n_cand: int
+    """Candidates of the last traced snapshot."""
+    missed_scale: float
+    """Without candidates: every rate scaled by this (:attr:`CanaryRates.missed_scale`)."""
+
+
+def _calibrated(
+    inp: ReplayInput,
+    k: int,
+    rate: F64,
+    cand: B,
+    leave: I64 | None,
+    unseen: _Unseen,
+    last: IntervalWrites | None = None,
+    grown: I64 | None = None,
+) -> IntervalWrites:
+    """Snapshot ``k``'s interval with its rows' rates (the unseen breaks' share added) and
+    times of leaving. With ``last`` (the last traced snapshot's, calibrated) and ``grown``
+    (the rows of ``k``, an appended snapshot, that it lacks): ``last``'s arrays shared,
+    this snapshot's own values only where they differ (:class:`CanaryOwn`)."""
+    if unseen.per_s > 0 and cand.any():
+        rate = rate.copy()
+        rate[cand] += unseen.per_s
+    elif not unseen.n_cand and unseen.missed_scale > 1.0:
+        # nothing tells which pages take the unseen breaks (another run's canary without
+        # page classes): spread over the pages written, pro rata to their rates
+        rate = rate * unseen.missed_scale
+    share = last is not None and grown is not None and last.same_rate_per_s is not None
+    old = inp.writes[k] if k < len(inp.writes) else None
+    if old is None:
+        length = None
+        if k + 1 < inp.n_snapshots:
+            length = inp.times_ns[k + 1] - inp.times_ns[k]
+        if share and last is not None and grown is not None and last.content.size:
+            # no counts: the last traced snapshot's zeros, as growth shares counts
+            src = np.zeros(grown.size, np.int64)
+            old = IntervalWrites(
+                last.content, last.same, last.toggle, length, grown_at=grown, grown_src=src
+            )
+        else:
+            zeros = np.zeros(rate.size, np.uint16)
+            old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
+    if not share or last is None or grown is None or last.same_rate_per_s is None:
+        return dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave)
+    base_rate, base_leave = last.same_rate_per_s, last.leave_ns
+    kept = np.ones(rate.size, bool)
+    kept[grown] = False
+    differ = ~kept
+    differ[kept] |= rate[kept] != base_rate  # (a NaN differs: kept as its own, exactly)
+    full_leave = None
+    if leave is not None or base_leave is not None:
+        full_leave = leave if leave is not None else np.full(rate.size, -1, np.int64)
+        was = base_leave if base_leave is not None else np.full(base_rate.size, -1, np.int64)
+        differ[kept] |= full_leave[kept] != was
+    at = np.flatnonzero(differ)
+    own = CanaryOwn(
+        grown=grown, at=at, rate=rate[at], leave=None if full_leave is None else full_leave[at]
+    )
+    return dataclasses.replace(old, same_rate_per_s=base_rate, leave_ns=base_leave, canary_own=own)
+
+
+def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
+    """The rows of delta ``d``'s snapshot that the last traced snapshot lacks, from those
+    of the snapshot before (``grown``): rows inserted by ``d`` (an appended snapshot only
+    inserts rows) move the others up (as ``planner.engine.growth._moved_up``). None if
+    ``d`` removes rows: not an appended snapshot."""
+    if d.removed.size:
+        return None
+    p = np.sort(d.added.astype(np.int64))
+    shifted = grown + np.searchsorted(p - np.arange(p.size), grown, side="right")
+    return np.sort(np.concatenate([shifted, p]))
+
+
 def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = None) -> ReplayInput:
     """``inp`` whose every interval (and the steady state after it) has the canary's
     same-content write rates on its rows, and whose pages the canary saw leave for good leave.
@@ -1380,10 +1511,15 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     mm_code = np.array([code_of[trace_roles[m.pid]] for m in inp.mms], np.int64)
     out: list[IntervalWrites | None] = []
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
-    # per snapshot: its rows' rates, the unseen breaks' candidates and when rows leave
-    # (one pass over the snapshots, each rebuilt once from its delta and none kept with
-    # the input: by index, the last stayed cached through every replay of it)
+    # per traced snapshot: its rows' rates, the unseen breaks' candidates and when rows
+    # leave (one pass over the snapshots, each rebuilt once from its delta and none kept
+    # with the input: by index, the last stayed cached through every replay of it); an
+    # appended snapshot's are calibrated at once and kept where they differ from the last
+    # traced snapshot's (8 B per row and step otherwise: 3 GB for 24 steps at 16 M pages)
+    n_traced = inp.n_snapshots if traced is None else max(1, min(traced, inp.n_snapshots))
     per_snap: list[tuple[F64, B, I64 | None]] = []
+    unseen = _Unseen(0.0, 0, rates.missed_scale)
+    grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
@@ -1395,8 +1531,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             None if classes is None else classes[0],
             None if classes is None else classes[1],
         )
-        rate, hit, unseen = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
-        cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen)
+        rate, hit, unseen_rows = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
+        cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen_rows)
         old = inp.writes[k] if k < len(inp.writes) else None
         cont = k + 1 == inp.n_snapshots or (old is not None and old.origin_ns is not None)
         leave = None  # after the trace: the rows the canary saw leave for good
@@ -1407,28 +1543,20 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             if gone.any():
                 leave = np.full(key.size, -1, np.int64)
                 leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
-        per_snap.append((rate, cand, leave))
-    # the unseen breaks, an equal share per candidate of the last traced snapshot
-    n_traced = inp.n_snapshots if traced is None else min(traced, inp.n_snapshots)
-    n_cand = int(np.count_nonzero(per_snap[n_traced - 1][1])) if n_traced > 0 else 0
-    unseen_per_s = _unseen_rate_per_s(rates, n_cand)
-    for k in range(inp.n_snapshots):
-        rate, cand, leave = per_snap[k]
-        if unseen_per_s > 0 and cand.any():
-            rate = rate.copy()
-            rate[cand] += unseen_per_s
-        elif not n_cand and rates.missed_scale > 1.0:
-            # nothing tells which pages take the unseen breaks (another run's canary without
-            # page classes): spread over the pages written, pro rata to their rates
-            rate = rate * rates.missed_scale
-        old = inp.writes[k] if k < len(inp.writes) else None
-        if old is None:
-            zeros = np.zeros(rate.size, np.uint16)
-            length = None
-            if k + 1 < inp.n_snapshots:
-                length = inp.times_ns[k + 1] - inp.times_ns[k]
-            old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
-        out.append(dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave))
+        if k < n_traced:
+            per_snap.append((rate, cand, leave))
+            if k + 1 == n_traced:  # the unseen breaks: an equal share per candidate of it
+                n_cand = int(np.count_nonzero(cand))
+                unseen = _Unseen(_unseen_rate_per_s(rates, n_cand), n_cand, rates.missed_scale)
+                out.extend(_calibrated(inp, j, *per_snap[j], unseen) for j in range(n_traced))
+                per_snap.clear()
+            continue
+        last = out[n_traced - 1]
+        base = last.same_rate_per_s if last is not None else None
+        grown = None if grown is None else _appended_rows(grown, inp.deltas[k])
+        if grown is not None and (base is None or base.size + grown.size != snap.n):
+            grown = None  # pragma: no cover - an appended snapshot keeps every row
+        out.append(_calibrated(inp, k, rate, cand, leave, unseen, last, grown))
     return dataclasses.replace(inp, writes=out)
 
 
@@ -1442,6 +1570,7 @@ def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> Tra
 __all__ = [
     "RESTORE",
     "SAME",
+    "CanaryOwn",
     "CanaryRates",
     "IntervalWrites",
     "TraceWrites",
