@@ -46,7 +46,7 @@ class IdTable:
     """
 
     def __init__(self, expected: int = 0, *, keep_values: bool = True) -> None:
-        self._slots = np.zeros(_capacity(expected), SLOT)
+        self._slots = np.zeros(table_slots(expected), SLOT)
         self._keep_values = keep_values
         # the value of each id (first n valid), if kept
         self._value_of = np.empty(expected if keep_values else 0, np.uint64)
@@ -78,7 +78,7 @@ class IdTable:
             self._value_of = grown
         if 2 * need > self._slots.size:  # the old slots freed first
             self._slots = _NO_SLOTS
-            self._slots = np.zeros(_capacity(need), SLOT)
+            self._slots = np.zeros(table_slots(need), SLOT)
             _insert_values(self._slots, self._value_of[: self.n])
 
     def ids_of(self, values: Arr, first: Arr | None = None, out: I32 | None = None) -> I32:
@@ -101,8 +101,10 @@ _NO_FIRST = np.zeros(0, np.bool_)
 _NO_SLOTS = np.zeros(0, SLOT)
 
 
-def _capacity(n: int) -> int:
-    """The table's slots for ``n`` values: a power of two at least ``2 n`` (at least 16)."""
+def table_slots(n: int) -> int:
+    """Slots of an open-addressing table for ``n`` values, kept at most half full: a power
+    of two at least ``2 n`` (at least 16). The tables built elsewhere in Python
+    (``planner.whatif.writes``) size theirs by it too."""
     cap = 16
     while cap < 2 * n:
         cap *= 2
@@ -168,4 +170,4 @@ def _insert_values(slots: Arr, value_of: U64) -> None:  # pragma: no cover - com
         slots[i].id1 = g + 1
 
 
-__all__ = ["SLOT", "IdTable"]
+__all__ = ["SLOT", "IdTable", "table_slots"]

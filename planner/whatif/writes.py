@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from planner._idtable import table_slots
 from planner._jit import compiled_on_first_call
 from planner.engine.heap import release_memory
 from planner.trace import schema as S
@@ -136,9 +137,7 @@ def _on_two_frames(h: Arr, f: Arr) -> Arr:
     out = np.empty(h.size, np.bool_)
     if not h.size:
         return out
-    cap = 16
-    while cap < 2 * h.size:
-        cap *= 2
+    cap = table_slots(h.size)
     slot_row = np.full(cap, -1, np.int32)
     slot_multi = np.zeros(cap, np.bool_)
     slot_of = np.empty(h.size, np.int32)
