@@ -404,16 +404,20 @@ def test_prepare_measures_each_processs_cpu_share_over_the_trace() -> None:
     assert share[3] is None
 
 
-def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged() -> None:
-    """``cow_ksm`` rose by 100 in 10 s and the canary saw none of it: 10 breaks/s unseen.
-    The two busy workers' pages the canary never saw merged (4 rows, their contents shared)
-    take an equal share, as writes often enough that none of the 10 samples would find them
-    merged; the idle process's rows and the pages seen merged take none (their merges held)."""
+def _busy_workers_with_unseen_breaks(
+    more: list[int] | None = None,
+) -> tuple[ReplayInput, ObservedTimeline]:
+    """Workers 100 and 101 busy, 102 idle, each with contents 1-3 at 0x10000, snapshots at 0
+    and 1 s (with ``more`` contents mapped by 100 at 0x20000 before the second); a canary
+    that saw the first page of both busy workers merged, while ``cow_ksm`` rose by 100 over
+    its 10 s and 10 samples: 10 breaks/s it did not see."""
     w = World()
     for pid in (100, 101, 102):
         w.spawn(pid, comm="w")
         w.map(pid, 0x10000, [1, 2, 3])
     w.snapshot(0.0)
+    if more:
+        w.map(100, 0x20000, more)
     w.snapshot(1.0)
     inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {100: 0.5, 101: 0.4, 102: 0.0})
     obs = _with_cow(
@@ -421,6 +425,15 @@ def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged(
         cow=100,
         samples=10,
     )
+    return inp, obs
+
+
+def test_the_breaks_the_canary_could_not_see_go_to_busy_pages_never_seen_merged() -> None:
+    """``cow_ksm`` rose by 100 in 10 s and the canary saw none of it: 10 breaks/s unseen.
+    The two busy workers' pages the canary never saw merged (4 rows, their contents shared)
+    take an equal share, as writes often enough that none of the 10 samples would find them
+    merged; the idle process's rows and the pages seen merged take none (their merges held)."""
+    inp, obs = _busy_workers_with_unseen_breaks()
     rates = canary_rates(obs)
     assert rates.unseen_breaks_per_s == pytest.approx(10.0)
     assert rates.samples == 10
@@ -461,19 +474,7 @@ def test_the_unseen_breaks_are_shared_by_the_last_traced_snapshots_candidates() 
     and the appended snapshot's 6 candidates take 25 each too (not 10 / 6 x 10). Before,
     the last traced snapshot was the last without a continuation origin, which growth
     gives it too (its interval is continued): the snapshot before it was taken."""
-    w = World()
-    for pid in (100, 101, 102):
-        w.spawn(pid, comm="w")
-        w.map(pid, 0x10000, [1, 2, 3])
-    w.snapshot(0.0)
-    w.map(100, 0x20000, [2, 3])  # two more busy pages of shared contents
-    w.snapshot(1.0)
-    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {100: 0.5, 101: 0.4, 102: 0.0})
-    obs = _with_cow(
-        _canary([(0.0, 100, 0x10000, "merged"), (0.0, 101, 0x10000, "merged")], end_s=10.0),
-        cow=100,
-        samples=10,
-    )
+    inp, obs = _busy_workers_with_unseen_breaks(more=[2, 3])  # two more busy shared pages
     rates = canary_rates(obs)
     for traced, share in ((1, 10.0 / 4 * 10), (2, 10.0 / 6 * 10), (None, 10.0 / 6 * 10)):
         got = _rates_by_pid_page(inp, with_canary(inp, rates, traced=traced))
