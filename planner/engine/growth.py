@@ -90,6 +90,7 @@ from planner.engine.rows import (
     appended_delta,
     apply_delta,
     isin,
+    moved_up,
     row_keys,
 )
 from planner.engine.writes import IntervalWrites, _phases
@@ -798,14 +799,11 @@ class _GrowthIds:
 
 def _moved_up(at: I64, src: I64, pos: I64, pos_src: I64) -> tuple[I64, I64]:
     """Rows ``at`` of a snapshot (sorted) where ``pos`` rows are inserted (their positions
-    after, with ``pos_src``): where the rows of ``at`` are then, and the ``pos`` rows, all
-    sorted, each with its ``src``/``pos_src``. A row of the snapshot before moves up by the
-    inserted rows placed before it: the i-th of them (in order) has ``pos[i] - i`` rows
-    of the snapshot before ahead of it."""
+    after, with ``pos_src``): where the rows of ``at`` are then (:func:`moved_up`), and the
+    ``pos`` rows, all sorted, each with its ``src``/``pos_src``."""
     order = np.argsort(pos, kind="stable")
     p = pos[order]
-    shifted = at + np.searchsorted(p - np.arange(p.size), at, side="right")
-    rows = np.concatenate([shifted, p])
+    rows = np.concatenate([moved_up(at, p), p])
     srcs = np.concatenate([src, pos_src[order]])
     by_row = np.argsort(rows, kind="stable")
     return rows[by_row], srcs[by_row]

@@ -756,6 +756,15 @@ def build_delta(
     )
 
 
+def moved_up(at: npt.NDArray[np.int64], inserted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Where the rows ``at`` of a snapshot (positions, sorted) are once rows are inserted at
+    ``inserted`` (their positions in the snapshot after, sorted): each moves up by the
+    inserted rows placed before it, the i-th of which has ``inserted[i] - i`` rows of the
+    snapshot before ahead of it. (A delta that only inserts rows: every growth step's.)"""
+    ahead = inserted - np.arange(inserted.size)
+    return np.asarray(at + np.searchsorted(ahead, at, side="right"), np.int64)
+
+
 def appended_delta(
     prev: MmLayout,
     prev_n_frames: int,
@@ -835,6 +844,7 @@ __all__ = [
     "apply_delta",
     "build_delta",
     "isin",
+    "moved_up",
     "row_keys",
     "transition",
 ]

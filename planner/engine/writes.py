@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from planner._jit import compiled_on_first_call
-from planner.engine.rows import ContentCatalog
+from planner.engine.rows import ContentCatalog, moved_up
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -1409,13 +1409,13 @@ def _calibrated(
         # nothing tells which pages take the unseen breaks (another run's canary without
         # page classes): spread over the pages written, pro rata to their rates
         rate = rate * unseen.missed_scale
-    share = last is not None and grown is not None and last.same_rate_per_s is not None
+    base_rate = None if last is None or grown is None else last.same_rate_per_s
     old = inp.writes[k] if k < len(inp.writes) else None
     if old is None:
         length = None
         if k + 1 < inp.n_snapshots:
             length = inp.times_ns[k + 1] - inp.times_ns[k]
-        if share and last is not None and grown is not None and last.content.size:
+        if base_rate is not None and last is not None and grown is not None and base_rate.size:
             # no counts: the last traced snapshot's zeros, as growth shares counts
             src = np.zeros(grown.size, np.int64)
             old = IntervalWrites(
@@ -1424,9 +1424,9 @@ def _calibrated(
         else:
             zeros = np.zeros(rate.size, np.uint16)
             old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
-    if not share or last is None or grown is None or last.same_rate_per_s is None:
+    if base_rate is None or last is None or grown is None:
         return dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave)
-    base_rate, base_leave = last.same_rate_per_s, last.leave_ns
+    base_leave = last.leave_ns
     kept = np.ones(rate.size, bool)
     kept[grown] = False
     differ = ~kept
@@ -1446,13 +1446,12 @@ def _calibrated(
 def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
     """The rows of delta ``d``'s snapshot that the last traced snapshot lacks, from those
     of the snapshot before (``grown``): rows inserted by ``d`` (an appended snapshot only
-    inserts rows) move the others up (as ``planner.engine.growth._moved_up``). None if
+    inserts rows) move the others up (:func:`planner.engine.rows.moved_up`). None if
     ``d`` removes rows: not an appended snapshot."""
     if d.removed.size:
         return None
     p = np.sort(d.added.astype(np.int64))
-    shifted = grown + np.searchsorted(p - np.arange(p.size), grown, side="right")
-    return np.sort(np.concatenate([shifted, p]))
+    return np.sort(np.concatenate([moved_up(grown, p), p]))
 
 
 def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = None) -> ReplayInput:
