@@ -174,10 +174,10 @@ def _two_frames(
         out[j] = slot_multi[slot_of[j]]
 
 
-def _union_sorted(a: Arr, b: Arr) -> Arr:
-    """The sorted distinct values of two sorted arrays (a stable sort of the two runs
-    merges them: linear, where ``np.union1d`` sorts from scratch)."""
-    c = np.concatenate([a, b])
+def _union_sorted(*parts: Arr) -> Arr:
+    """The sorted distinct values of sorted arrays (a stable sort of the runs merges them:
+    linear, where ``np.union1d`` sorts from scratch)."""
+    c = np.concatenate(parts)
     c.sort(kind="stable")
     keep = np.ones(c.size, bool)
     keep[1:] = c[1:] != c[:-1]
@@ -224,7 +224,7 @@ def cow_breaks(ht: HostTrace, pages: Iterable[tuple[int, pa.Table]] | None = Non
             pos_c = np.minimum(pos, max(len(k1) - 1, 0))
             present = (pos < len(k1)) & (k1[pos_c] == k0) if len(k1) else np.zeros(len(k0), bool)
             changed = present & (h1[pos_c] != h0)
-            keys = _union_sorted(k0[changed & m0], np.empty(0, np.uint64))
+            keys = _union_sorted(k0[changed & m0])  # distinct: ``hot`` assumes it
             ever = _union_sorted(ever, keys)
             hot = keys if hot is None else np.intersect1d(hot, keys, assume_unique=True)
             seen = _union_sorted(seen, k0[m0])
