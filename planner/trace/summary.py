@@ -27,9 +27,8 @@ snapshot at a time: memory holds one snapshot's columns, whatever the trace size
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -46,7 +45,7 @@ from planner.trace.io import open_trace, read_ahead
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator
 
     import pyarrow as pa
 
@@ -56,15 +55,10 @@ if TYPE_CHECKING:
 Arr = np.ndarray[Any, Any]
 
 _PAGE_COLUMNS = ("pid", "vma_start", "content_hash", "frame_id", "flags")
-#: Columns :func:`snapshot_potential` joins into one array (the others are read in parts).
-_JOINED_COLUMNS = ("pid", "vma_start")
 _UNKNOWN = "(unknown)"
 _NO_LABELS = "(no labels)"
-#: Snapshots whose potentials ``info`` computes at once (a thread each; the compiled
-#: passes release the GIL): each holds its pages and scratch arrays, ~0.3 GB for a 4 M-page
-#: snapshot, so two, whatever the cores (one more than before: the reader's next snapshot
-#: was decoded while one was counted, and a core then idled).
-_IN_FLIGHT = 2
+#: Rows of the batches ``info`` decodes (a thread) and counts (the caller) side by side.
+_BATCH_ROWS = 1 << 20
 
 
 # ----------------------------------------------------------------------------- results
@@ -261,6 +255,10 @@ class TraceSummary:
 # of stable sorts of 64-bit columns: sorting was ~90 % of ``info``'s time (13.6 s on 12 M
 # rows before, docs/engine.md "Speed and memory").
 #
+# A snapshot's pages are counted as they come, batch by batch (:class:`SnapshotCounter`):
+# the dense-id tables, the per-id marks and the counts carry from one batch to the next,
+# so ``info`` counts a batch while the next is decoded and holds no snapshot in full.
+#
 # Dense ids come from one of two compiled passes that give the same ids:
 #
 # * values below a small bound (the frame ids of a capture are numbered from 0 in order of
@@ -274,16 +272,13 @@ class TraceSummary:
 # random accesses into tables of tens of MB ~1.5x faster here (fewer TLB misses); numba's
 # own allocations get none.
 
-#: Values below ``max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * rows)`` take the direct table.
+#: Values below ``max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * rows)`` take the direct table
+#: (``rows``: the snapshot's expected rows, or those seen when more).
 _SMALL_IDS_PER_ROW = 4
 _SMALL_IDS_MIN = 1 << 16
-
-
-def _distinct(values: Arr) -> int:
-    if not len(values):
-        return 0
-    v = np.sort(values)
-    return int(1 + np.count_nonzero(v[1:] != v[:-1]))
+#: A page without a frame (a hashed page whose frame the capture could not read) has
+#: this frame id in the passes: a frame of its own, seen once.
+_LONE = -1
 
 
 @compiled_on_first_call(cache=True, nogil=True)
@@ -318,63 +313,80 @@ def _readonly(values: Arr, dtype: Any) -> Arr:
     return out
 
 
-def _dense_ids(chunks: Sequence[Arr]) -> tuple[Arr, Arr, int]:
-    """Per row of the ``chunks`` (one column, in parts): a dense id of its value (ids in
-    order of first appearance) and whether it is the value's first row; and the number of
-    distinct values. The parts are read where they are (Arrow's buffers), not joined."""
-    parts = [_readonly(c, np.uint64) for c in chunks if len(c)]
-    n = sum(len(c) for c in parts)
-    ids = np.empty(n, np.int32)
-    first = np.zeros(n, np.bool_)
-    if n == 0:
-        return ids, first, 0
-    top = max(int(c.max()) for c in parts)
-    ends = np.cumsum([len(c) for c in parts]).tolist()
-    spans = [
-        (c, ids[e - len(c) : e], first[e - len(c) : e]) for c, e in zip(parts, ends, strict=True)
-    ]
-    k = 0
-    if top < max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * n):
-        label = np.full(top + 1, -1, np.int32)
-        for c, ids_c, first_c in spans:
-            k = _small_ids(c, label, ids_c, first_c, k)
-    else:
-        table = IdTable(n, keep_values=False)
-        for c, ids_c, first_c in spans:
-            table.ids_of(c, first_c, ids_c)
-        k = table.n
-    return ids, first, int(k)
+class _DenseIds:
+    """Dense ids (in order of first appearance) of the values of one column of a
+    snapshot, fed part by part: a direct-addressed table while every value is below
+    ``max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * rows)``, else (from the part that brings a
+    larger one) an :class:`IdTable` given the values seen so far in id order first, so
+    that the ids go on unchanged."""
+
+    def __init__(self, expected_rows: int) -> None:
+        self._expected = expected_rows
+        self._rows = 0
+        self._label = np.empty(0, np.int32)
+        self._table: IdTable | None = None
+        self.n = 0
+
+    def ids_of(self, values: Arr, ids: Arr, first: Arr) -> None:
+        """Ids of ``values`` (uint64, read-only) into ``ids`` (int32), first rows flagged
+        in ``first`` (all False)."""
+        self._rows += len(values)
+        if not len(values):
+            return
+        if self._table is None:
+            top = int(values.max())
+            bound = max(_SMALL_IDS_MIN, _SMALL_IDS_PER_ROW * max(self._expected, self._rows))
+            if top >= bound:
+                self._to_table()
+            elif top >= self._label.size:
+                grown = np.full(min(bound, max(top + 1, 2 * self._label.size)), -1, np.int32)
+                grown[: self._label.size] = self._label
+                self._label = grown
+        if self._table is None:
+            self.n = int(_small_ids(values, self._label, ids, first, self.n))
+        else:
+            self._table.ids_of(values, first, ids)
+            self.n = self._table.n
+
+    def _to_table(self) -> None:
+        seen = np.flatnonzero(self._label >= 0)
+        by_id = np.empty(self.n, np.uint64)
+        by_id[self._label[seen]] = seen
+        self._label = np.empty(0, np.int32)
+        self._table = IdTable(max(self._expected, self._rows), keep_values=True)
+        self._table.ids_of(by_id)  # distinct, in id order: ids 0..n-1 again
 
 
-def _frame_ids(chunks: Sequence[Arr], missing: Arr | None) -> tuple[Arr, Arr, int]:
-    """:func:`_dense_ids` of the frames, a page without a frame (``missing``) being its own."""
-    if missing is None or not missing.any():
-        return _dense_ids(chunks)
-    f = np.concatenate(chunks) if chunks else np.empty(0, np.uint64)
-    ids = np.empty(len(f), np.int32)
-    first = np.ones(len(f), np.bool_)
-    have = ~missing
-    ids[have], first[have], k = _dense_ids([f[have]])
-    lone = int(np.count_nonzero(missing))
-    ids[missing] = np.arange(k, k + lone, dtype=np.int32)
-    return ids, first, k + lone
+def _room(table: Arr, n: int, fill: Any) -> Arr:
+    """``table`` (one row per id) with at least ``n`` rows: itself, or a copy grown to
+    twice its rows or ``n``, the new rows ``fill``."""
+    if len(table) >= n:
+        return table
+    grown = np.full((max(n, 2 * len(table)), *table.shape[1:]), fill, table.dtype)
+    grown[: len(table)] = table
+    return grown
 
 
 @compiled_on_first_call(cache=True, nogil=True)
 def _totals(
     hid: Arr, fid: Arr, first_frame: Arr, zero: Arr, pid: Arr,
-    kept: Arr, zero_seen: Arr, last_run: Arr, freed: Arr,
-) -> tuple[int, int]:  # fmt: skip  # pragma: no cover - compiled
-    """One pass in scan order: the frames an ideal scanner frees into ``freed`` (one row
-    per frame: its first; the first frame of each hash is kept, every zero-content frame
-    is freed), the distinct (hash, pid) pairs (pids come in runs), and the distinct zero
-    frames. Scratch: ``kept`` and ``zero_seen`` all False, ``last_run`` all -1."""
-    run = -1
-    pairs = 0
-    zero_frames = 0
+    kept: Arr, zero_seen: Arr, last_run: Arr, freed: Arr, state: Arr,
+) -> None:  # fmt: skip  # pragma: no cover - compiled
+    """One pass in scan order over a batch: the frames an ideal scanner frees into
+    ``freed`` (one row per frame: its first; the first frame of each hash is kept, every
+    zero-content frame is freed), the distinct (hash, pid) pairs (pids come in runs), and
+    the distinct zero frames (a frame id of ``_LONE``: a frame of its own). ``kept``,
+    ``zero_seen`` and ``last_run`` carry from batch to batch (all False, -1 at first);
+    ``state`` too: the run, the last pid, the pairs and the zero frames so far."""
+    run = state[0]
+    last = state[1]
+    pairs = state[2]
+    zero_frames = state[3]
     for r in range(hid.size):
-        if r == 0 or pid[r] != pid[r - 1]:
+        p = pid[r]
+        if p != last:
             run += 1
+            last = p
         h = hid[r]
         if last_run[h] != run:
             last_run[h] = run
@@ -384,10 +396,17 @@ def _totals(
                 freed[r] = True
             else:
                 kept[h] = True
-        if zero[r] and not zero_seen[fid[r]]:
-            zero_seen[fid[r]] = True
-            zero_frames += 1
-    return pairs, zero_frames
+        if zero[r]:
+            f = fid[r]
+            if f < 0:
+                zero_frames += 1
+            elif not zero_seen[f]:
+                zero_seen[f] = True
+                zero_frames += 1
+    state[0] = run
+    state[1] = last
+    state[2] = pairs
+    state[3] = zero_frames
 
 
 @compiled_on_first_call(cache=True, nogil=True)
@@ -397,12 +416,13 @@ def _group_counts(
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
     """Per group (``codes`` per row) into ``out`` (zeros, one row per group): pages, zero
     pages, naive saved pages, fork-shared pages, ideal saved frames, distinct frames,
-    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros (64 bits), one per id.
+    distinct hashes. ``seen_hash`` and ``seen_frame``: zeros (64 bits), one per id; no
+    frame id is ``_LONE`` here.
 
     For a grouping of more groups than a mask has bits (up to 64 groups,
     :func:`_grouped_counts` keeps per id the set of groups that have seen it): rows are
     visited group by group (a counting sort) and one mark per id (the group + 1) tells
-    whether the group has seen it."""
+    whether the group has seen it. So it needs the whole snapshot's rows at once."""
     n = codes.size
     n_groups = out.shape[0]
     for r in range(n):
@@ -439,10 +459,11 @@ def _grouped_counts(
     codes: Arr, hid: Arr, fid: Arr, first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
     out: Arr, seen_hash: Arr, seen_frame: Arr,
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
-    """:func:`_group_counts` of several groupings at once, each of up to 64 groups:
-    ``codes[k]`` the group of each row in grouping ``k``, ``out[k]`` its counts, and per
-    id one mask per grouping side by side (``seen_*[id, k]``), so one pass reads the
-    columns once and the masks of an id in one cache line."""
+    """:func:`_group_counts` of several groupings at once, each of up to 64 groups, over
+    a batch (``out`` and the masks carry from batch to batch): ``codes[k]`` the group of
+    each row in grouping ``k``, ``out[k]`` its counts, and per id one mask per grouping
+    side by side (``seen_*[id, k]``), so one pass reads the columns once and the masks of
+    an id in one cache line. A frame id of ``_LONE`` is a frame of its own."""
     n_sets = codes.shape[0]
     one = seen_hash.dtype.type(1)
     for r in range(codes.shape[1]):
@@ -456,24 +477,14 @@ def _grouped_counts(
             out[k, g, 3] += not first_frame[r]
             out[k, g, 4] += freed[r]
             bit = one << seen_hash.dtype.type(g)
-            if not seen_frame[f, k] & bit:
+            if f < 0:
+                out[k, g, 5] += 1
+            elif not seen_frame[f, k] & bit:
                 seen_frame[f, k] |= bit
                 out[k, g, 5] += 1
             if not seen_hash[h, k] & bit:
                 seen_hash[h, k] |= bit
                 out[k, g, 6] += 1
-
-
-def _group_codes(
-    names_per_key: list[str], runs: _Runs, key_row: Arr, missing: str
-) -> tuple[list[str], Arr]:
-    """Group names and a code per row, from the name of each key row (-1: ``missing``)
-    and the key row of each run of pages."""
-    names, key_codes = np.unique(
-        np.asarray([*names_per_key, missing], dtype=object), return_inverse=True
-    )
-    codes = np.asarray(key_codes, dtype=np.int32)[key_row]  # key_row -1 -> the `missing` entry
-    return [str(x) for x in names], _readonly(np.repeat(codes, runs.lengths), np.int32)
 
 
 def _label_set(text: str | None) -> str:
@@ -489,18 +500,22 @@ def _label_set(text: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class _Attribution:
-    """Per page: dense hash and frame ids, first-of-hash/frame masks, zero content and
-    the frames an ideal scanner frees."""
+class _Grouping:
+    """Group names, and the code of each key row (processes or mappings) of a snapshot."""
 
-    hid: Arr
-    n_hashes: int
-    fid: Arr
-    n_frames: int
-    first_hash: Arr
-    first_frame: Arr
-    zero: Arr
-    freed_frame: Arr
+    names: list[str]
+    key_codes: Arr  # int32, one per key row, then one for a row no key has (-1)
+
+    @classmethod
+    def of(cls, names_per_key: list[str], missing: str) -> _Grouping:
+        names, codes = np.unique(
+            np.asarray([*names_per_key, missing], dtype=object), return_inverse=True
+        )
+        return cls([str(x) for x in names], np.asarray(codes, dtype=np.int32))
+
+    def codes(self, runs: _Runs, key_row: Arr) -> Arr:
+        """A code per row, from the key row of each run of rows (-1: none)."""
+        return np.repeat(self.key_codes[key_row], runs.lengths)  # -1 -> the `missing` entry
 
 
 #: Masks of groups per id in :func:`_grouped_counts`: the narrowest with a bit per group
@@ -537,41 +552,6 @@ def _potentials(names: list[str], counts: list[list[int]]) -> tuple[GroupPotenti
     return tuple(out)
 
 
-def _breakdowns(
-    groupings: list[tuple[list[str], Arr]], att: _Attribution
-) -> list[tuple[GroupPotential, ...]]:
-    """The breakdown of each grouping (group names, a code per row): those of up to
-    :data:`_MASK_GROUPS_MAX` groups in one pass (:func:`_grouped_counts`), any other alone."""
-    result: list[tuple[GroupPotential, ...]] = [() for _ in groupings]
-    small = [i for i, (names, _) in enumerate(groupings) if len(names) <= _MASK_GROUPS_MAX]
-    for i, (names, codes) in enumerate(groupings):
-        if i in small:
-            continue
-        counts = np.zeros((len(names), 7), np.int64)
-        _group_counts(
-            codes, att.hid, att.fid, att.first_hash,
-            att.first_frame, att.freed_frame, att.zero, counts,
-            np.zeros(att.n_hashes, np.uint64), np.zeros(att.n_frames, np.uint64),
-        )  # fmt: skip
-        result[i] = _potentials(names, counts.tolist())
-    if small:
-        widest = max(len(groupings[i][0]) for i in small)
-        seen = _mask_type(widest)
-        codes = np.empty((len(small), len(att.hid)), np.int32)
-        for k, i in enumerate(small):
-            codes[k] = groupings[i][1]
-        counts = np.zeros((len(small), widest, 7), np.int64)
-        _grouped_counts(
-            _readonly(codes, np.int32), att.hid, att.fid, att.first_hash,
-            att.first_frame, att.freed_frame, att.zero, counts,
-            np.zeros((att.n_hashes, len(small)), seen),
-            np.zeros((att.n_frames, len(small)), seen),
-        )  # fmt: skip
-        for k, i in enumerate(small):
-            result[i] = _potentials(groupings[i][0], counts[k].tolist())
-    return result
-
-
 @dataclass(frozen=True)
 class _Runs:
     """Runs of consecutive pages with equal keys (one process, or one mapping)."""
@@ -591,19 +571,233 @@ class _Runs:
         return cls(heads=heads, lengths=np.diff(np.append(heads, n)))
 
 
-def _chunks(col: Any, dtype: Any, keep: Arr | None) -> list[Arr]:
-    """A column's values (nulls as 0) in its parts as Arrow holds them (no copy), or as
-    one array of the rows of ``keep``."""
-    parts = col.chunks if hasattr(col, "chunks") else [col]
-    values = [as_numpy(c, dtype, null=0) for c in parts]
-    if keep is None:
-        return values
-    joined = np.concatenate(values) if values else np.empty(0, dtype)
-    return [joined[keep]]
+@dataclass
+class _Batch:
+    """One batch's candidate pages: their columns and what the passes make of them."""
+
+    pid: Arr
+    vma: Arr
+    zero: Arr
+    hid: Arr
+    fid: Arr
+    first_hash: Arr
+    first_frame: Arr
+    freed: Arr
 
 
-def _joined(parts: list[Arr], dtype: Any) -> Arr:
-    return _readonly(np.concatenate(parts) if len(parts) != 1 else parts[0], dtype)
+class SnapshotCounter:
+    """The static potential of one snapshot, its pages fed batch by batch in scan order
+    (:meth:`feed`), then :meth:`result`.
+
+    Memory holds the batch being counted and, per distinct hash and frame, a few bytes
+    (dense-id tables, marks); not the snapshot's pages. ``expected_rows`` sizes the
+    tables (they grow past it). ``ordered``: the pids come in runs (pages in scan order
+    ``(pid, page_addr)``, as every trace file is checked to be), so the distinct
+    ``(hash, pid)`` pairs are counted per run; otherwise by a table of the pairs.
+    """
+
+    def __init__(
+        self,
+        processes: pa.Table,
+        mappings: pa.Table,
+        *,
+        expected_rows: int = 0,
+        ordered: bool = True,
+    ) -> None:
+        expected = max(int(expected_rows), 1)
+        self._processes = processes
+        self._map_pid = as_numpy(mappings.column("pid"), np.int64)
+        self._map_start = as_numpy(mappings.column("start"), np.uint64)
+        self._proc_pid = as_numpy(processes.column("pid"), np.int64)
+        self._proc_key = np.zeros(len(self._proc_pid), np.int64)  # a pid alone is the key
+        kinds = [k if k else _UNKNOWN for k in mappings.column("kind").to_pylist()]
+        names = processes.column_names
+        comms = processes.column("comm").to_pylist() if "comm" in names else []
+        comm_of = (
+            [c if c else _UNKNOWN for c in comms] if comms else [_UNKNOWN] * processes.num_rows
+        )
+        labels = processes.column("labels").to_pylist() if "labels" in names else []
+        self._groupings = [_Grouping.of(kinds, _UNKNOWN), _Grouping.of(comm_of, _UNKNOWN)]
+        if any(labels):
+            self._groupings.append(_Grouping.of([_label_set(x) for x in labels], _NO_LABELS))
+        self._small = [i for i, g in enumerate(self._groupings) if len(g.names) <= _MASK_GROUPS_MAX]
+        self._large = [i for i in range(len(self._groupings)) if i not in self._small]
+        widest = max((len(self._groupings[i].names) for i in self._small), default=1)
+        mask = _mask_type(widest)
+        self._counts = np.zeros((len(self._small), widest, 7), np.int64)
+        self._seen_hash = np.zeros((expected, len(self._small)), mask)
+        self._seen_frame = np.zeros((expected, len(self._small)), mask)
+        self._hashes = _DenseIds(expected)
+        self._frames = _DenseIds(expected)
+        self._lone = 0
+        self._kept = np.zeros(expected, np.bool_)
+        self._last_run = np.full(expected, -1, np.int32)
+        self._zero_seen = np.zeros(expected, np.bool_)
+        self._state = np.array([-1, np.iinfo(np.int64).min, 0, 0], np.int64)
+        self._ordered = ordered
+        self._pairs = None if ordered else IdTable(expected)
+        self._last_pid: int | None = None
+        self._large_rows: list[tuple[Arr, ...]] = []  # per batch, for the large groupings
+        self.pages = 0
+        self.unhashed = 0
+        self.zero_pages = 0
+        self.freed_frames = 0
+
+    def feed(self, pages: pa.Table | pa.RecordBatch) -> None:
+        """Count the next pages (columns ``pid, vma_start, content_hash, frame_id,
+        flags``), which follow every page fed before in scan order."""
+        batches = pages.to_batches() if hasattr(pages, "to_batches") else [pages]
+        for batch in batches:
+            if batch.num_rows:
+                self._count(self._batch(batch))
+
+    def _batch(self, pages: pa.RecordBatch) -> _Batch:
+        chash: Any = pages.column("content_hash")
+        keep: Arr | None = None
+        if chash.null_count:
+            keep = ~as_numpy(chash.is_null(), bool)
+            self.unhashed += len(keep) - int(np.count_nonzero(keep))
+
+        def col(name: str, dtype: Any) -> Arr:
+            values = as_numpy(pages.column(name), dtype, null=0)
+            return _readonly(values if keep is None else values[keep], dtype)
+
+        pid = col("pid", np.int32)
+        n = len(pid)
+        zero = (col("flags", np.uint16) & np.uint16(S.PageFlag.ZERO)) != 0
+        hid = np.empty(n, np.int32)
+        first_hash = np.zeros(n, np.bool_)
+        self._hashes.ids_of(col("content_hash", np.uint64), hid, first_hash)
+        fid = np.empty(n, np.int32)
+        first_frame = np.zeros(n, np.bool_)
+        frames: Any = pages.column("frame_id")
+        lone = as_numpy(frames.is_null(), bool) if frames.null_count else None
+        if lone is not None and keep is not None:
+            lone = lone[keep]
+        if lone is None or not lone.any():
+            self._frames.ids_of(col("frame_id", np.uint64), fid, first_frame)
+        else:  # a hashed page without a frame: a frame of its own
+            have = ~lone
+            ids = np.empty(int(np.count_nonzero(have)), np.int32)
+            first = np.zeros(len(ids), np.bool_)
+            self._frames.ids_of(_readonly(col("frame_id", np.uint64)[have], np.uint64), ids, first)
+            fid[have], first_frame[have] = ids, first
+            fid[lone], first_frame[lone] = _LONE, True
+            self._lone += len(lone) - len(ids)
+        return _Batch(
+            pid=pid, vma=col("vma_start", np.uint64), zero=zero, hid=hid, fid=fid,
+            first_hash=first_hash, first_frame=first_frame, freed=np.zeros(n, np.bool_),
+        )  # fmt: skip
+
+    def _count(self, b: _Batch) -> None:
+        n_hashes, n_frames = self._hashes.n, self._frames.n
+        self._kept = _room(self._kept, n_hashes, False)
+        self._last_run = _room(self._last_run, n_hashes, -1)
+        self._zero_seen = _room(self._zero_seen, n_frames, False)
+        if self._ordered:
+            if len(b.pid) > 1 and not bool(np.all(b.pid[1:] >= b.pid[:-1])):
+                raise ValueError("pages fed as ordered are not in runs of pids")
+            if self._last_pid is not None and int(b.pid[0]) < self._last_pid:
+                raise ValueError("pages fed as ordered are not in runs of pids")
+            self._last_pid = int(b.pid[-1])
+        _totals(
+            b.hid, b.fid, b.first_frame, b.zero, b.pid, self._kept, self._zero_seen,
+            self._last_run, b.freed, self._state,
+        )  # fmt: skip
+        if self._pairs is not None:
+            keys = (b.hid.astype(np.uint64) << np.uint64(32)) | b.pid.astype(np.uint32)
+            self._pairs.ids_of(keys)
+        self.pages += len(b.pid)
+        self.zero_pages += int(np.count_nonzero(b.zero))
+        self.freed_frames += int(np.count_nonzero(b.freed))
+
+        runs = _Runs.of(b.pid, b.vma)
+        map_row = lookup_rows(self._map_pid, self._map_start, b.pid[runs.heads], b.vma[runs.heads])
+        proc_runs = _Runs.of(b.pid)
+        heads = b.pid[proc_runs.heads]
+        no_key = np.zeros(len(heads), np.int64)
+        proc_row = lookup_rows(
+            self._proc_pid, np.zeros(len(self._proc_pid), np.int64), heads, no_key
+        )
+        codes = [
+            g.codes(runs, map_row) if i == 0 else g.codes(proc_runs, proc_row)
+            for i, g in enumerate(self._groupings)
+        ]
+        if self._small:
+            self._seen_hash = _room(self._seen_hash, n_hashes, 0)
+            self._seen_frame = _room(self._seen_frame, n_frames, 0)
+            small = np.empty((len(self._small), len(b.pid)), np.int32)
+            for k, i in enumerate(self._small):
+                small[k] = codes[i]
+            _grouped_counts(
+                _readonly(small, np.int32), b.hid, b.fid, b.first_hash, b.first_frame,
+                b.freed, b.zero, self._counts, self._seen_hash, self._seen_frame,
+            )  # fmt: skip
+        if self._large:
+            self._large_rows.append(
+                (*(codes[i] for i in self._large), b.hid, b.fid, b.first_hash,
+                 b.first_frame, b.freed, b.zero)
+            )  # fmt: skip
+
+    def _large_counts(self) -> list[Arr]:
+        """The counts of the groupings of more groups than a mask has bits, from the
+        rows kept for them (:func:`_group_counts` visits each group's rows together)."""
+        k = len(self._large)
+        cols = [np.concatenate(c) for c in zip(*self._large_rows, strict=True)]
+        hid, fid, first_hash, first_frame, freed, zero = cols[k:]
+        lone = fid < 0
+        fid[lone] = np.arange(self._frames.n, self._frames.n + int(lone.sum()), dtype=np.int32)
+        out = []
+        for j, i in enumerate(self._large):
+            counts = np.zeros((len(self._groupings[i].names), 7), np.int64)
+            _group_counts(
+                cols[j], hid, fid, first_hash, first_frame, freed, zero, counts,
+                np.zeros(self._hashes.n, np.uint64),
+                np.zeros(self._frames.n + self._lone, np.uint64),
+            )  # fmt: skip
+            out.append(counts)
+        return out
+
+    def result(
+        self, *, host: str = "", snapshot_id: int = 0, time_s: float = 0.0
+    ) -> SnapshotPotential:
+        """The snapshot's potential, from every page fed."""
+        n = self.pages
+        n_hashes = self._hashes.n
+        n_frames = self._frames.n + self._lone
+        pairs = int(self._state[2]) if self._pairs is None else self._pairs.n
+        breakdowns: list[tuple[GroupPotential, ...]] = [() for _ in self._groupings]
+        for k, i in enumerate(self._small):
+            breakdowns[i] = _potentials(self._groupings[i].names, self._counts[k].tolist())
+        if self._large and self._large_rows:
+            for i, counts in zip(self._large, self._large_counts(), strict=True):
+                breakdowns[i] = _potentials(self._groupings[i].names, counts.tolist())
+        by_kind, by_comm, *by_labels = breakdowns
+        zero_pfn = 0
+        if "zero_pfn_pages" in self._processes.column_names:
+            zp: Any = self._processes.column("zero_pfn_pages")
+            zero_pfn = int(np.sum(as_numpy(zp, np.int64, null=0)))
+        return SnapshotPotential(
+            host=host,
+            snapshot_id=int(snapshot_id),
+            time_s=float(time_s),
+            processes=int(self._processes.num_rows),
+            pages=n,
+            frames=n_frames,
+            distinct_hashes=n_hashes,
+            zero_pages=self.zero_pages,
+            zero_frames=int(self._state[3]),
+            naive_saved_pages=n - n_hashes,
+            ideal_saved_frames=self.freed_frames,
+            fork_shared_pages=n - n_frames,
+            within_process_saved_pages=n - pairs,
+            cross_process_saved_pages=pairs - n_hashes,
+            unhashed_pages=self.unhashed,
+            zero_pfn_pages=zero_pfn,
+            by_kind=by_kind,
+            by_comm=by_comm,
+            by_label=by_labels[0] if by_labels else (),
+        )
 
 
 def snapshot_potential(
@@ -615,13 +809,15 @@ def snapshot_potential(
     snapshot_id: int = 0,
     time_s: float = 0.0,
 ) -> SnapshotPotential:
-    """The static dedup potential of one snapshot.
+    """The static dedup potential of one snapshot (a :class:`SnapshotCounter` fed the
+    whole table).
 
     Parameters
     ----------
     pages
         The snapshot's ``pages`` rows (columns ``pid, vma_start, content_hash, frame_id,
-        flags``), in scan order ``(pid, page_addr)``.
+        flags``), in scan order ``(pid, page_addr)``; rows whose pids do not come in runs
+        are counted too (the attribution follows the row order).
     processes, mappings
         The snapshot's ``processes`` and ``mappings`` rows (for ``comm``/``labels`` and
         mapping kinds).
@@ -633,93 +829,11 @@ def snapshot_potential(
     SnapshotPotential
         Totals and breakdowns by mapping kind, comm and label set.
     """
-    chash: Any = pages.column("content_hash")
-    hashed: Arr | None = None
-    if chash.null_count:
-        hashed = ~as_numpy(chash.is_null(), bool)
-    unhashed = 0 if hashed is None else int(np.count_nonzero(~hashed))
-
-    def col(name: str, dtype: Any) -> list[Arr]:
-        return _chunks(pages.column(name), dtype, hashed)
-
-    pid = _joined(col("pid", np.int32), np.int32)
-    zero = np.concatenate([(c & np.uint16(S.PageFlag.ZERO)) != 0 for c in col("flags", np.uint16)])
-    n = len(pid)
-
-    # --- totals ---------------------------------------------------------------------------
-    hid, first_hash, n_hashes = _dense_ids(col("content_hash", np.uint64))
-    frame_col: Any = pages.column("frame_id")
-    missing = None
-    if frame_col.null_count:  # a hashed page without a frame: its own frame
-        missing = as_numpy(frame_col.is_null(), bool)
-        if hashed is not None:
-            missing = missing[hashed]
-    fid, first_frame, n_frames = _frame_ids(col("frame_id", np.uint64), missing)
-    freed = np.zeros(n, np.bool_)
-    pairs, zero_frames = _totals(
-        hid, fid, first_frame, zero, pid, np.zeros(n_hashes, np.bool_),
-        np.zeros(n_frames, np.bool_), np.full(n_hashes, -1, np.int32), freed,
-    )  # fmt: skip
-    if n > 1 and not bool(np.all(pid[1:] >= pid[:-1])):  # pids not in runs: count exactly
-        pairs = _distinct((hid.astype(np.uint64) << np.uint64(32)) | pid.astype(np.uint32))
-    att = _Attribution(
-        hid=hid, n_hashes=int(n_hashes), fid=fid, n_frames=int(n_frames),
-        first_hash=first_hash, first_frame=first_frame, zero=zero, freed_frame=freed,
-    )  # fmt: skip
-
-    # --- breakdowns: a code per page, from the code of each run of pages ---------------------
-    vma = _joined(col("vma_start", np.uint64), np.uint64)
-    runs = _Runs.of(pid, vma)
-    map_row = lookup_rows(
-        as_numpy(mappings.column("pid"), np.int64),
-        as_numpy(mappings.column("start"), np.uint64),
-        pid[runs.heads],
-        vma[runs.heads],
-    )
-    del vma
-    kinds = [k if k else _UNKNOWN for k in mappings.column("kind").to_pylist()]
-    groupings = [_group_codes(kinds, runs, map_row, _UNKNOWN)]
-
-    proc_pid = as_numpy(processes.column("pid"), np.int64)
-    runs = _Runs.of(pid)
-    no_key = np.zeros(len(runs.heads), np.int64)
-    proc_row = lookup_rows(proc_pid, np.zeros(len(proc_pid), np.int64), pid[runs.heads], no_key)
-    comms = processes.column("comm").to_pylist() if "comm" in processes.column_names else []
-    comm_of = [c if c else _UNKNOWN for c in comms] if comms else [_UNKNOWN] * len(proc_pid)
-    groupings.append(_group_codes(comm_of, runs, proc_row, _UNKNOWN))
-
-    labels = processes.column("labels").to_pylist() if "labels" in processes.column_names else []
-    if any(labels):
-        label_of = [_label_set(x) for x in labels]
-        groupings.append(_group_codes(label_of, runs, proc_row, _NO_LABELS))
-    by_kind, by_comm, *by_labels = _breakdowns(groupings, att)
-    by_label = by_labels[0] if by_labels else ()
-
-    zero_pfn = 0
-    if "zero_pfn_pages" in processes.column_names:
-        zp: Any = processes.column("zero_pfn_pages")
-        zero_pfn = int(np.sum(as_numpy(zp, np.int64, null=0)))
-    return SnapshotPotential(
-        host=host,
-        snapshot_id=int(snapshot_id),
-        time_s=float(time_s),
-        processes=int(processes.num_rows),
-        pages=n,
-        frames=int(n_frames),
-        distinct_hashes=int(n_hashes),
-        zero_pages=int(np.count_nonzero(zero)),
-        zero_frames=int(zero_frames),
-        naive_saved_pages=n - int(n_hashes),
-        ideal_saved_frames=int(np.count_nonzero(freed)),
-        fork_shared_pages=n - int(n_frames),
-        within_process_saved_pages=n - int(pairs),
-        cross_process_saved_pages=int(pairs) - int(n_hashes),
-        unhashed_pages=unhashed,
-        zero_pfn_pages=zero_pfn,
-        by_kind=by_kind,
-        by_comm=by_comm,
-        by_label=by_label,
-    )
+    pid = as_numpy(pages.column("pid"), np.int32)
+    ordered = len(pid) < 2 or bool(np.all(pid[1:] >= pid[:-1]))
+    counter = SnapshotCounter(processes, mappings, expected_rows=pages.num_rows, ordered=ordered)
+    counter.feed(pages)
+    return counter.result(host=host, snapshot_id=snapshot_id, time_s=time_s)
 
 
 def _slice_by_snapshot(table: pa.Table) -> dict[int, pa.Table]:
@@ -782,31 +896,20 @@ def summarize_trace(
         return _summarize_trace(path, progress)
 
 
-def _host_pages(trace: Trace, host: str) -> Iterator[int | tuple[int, pa.Table]]:
+def _host_pages(trace: Trace, host: str) -> Iterator[int | pa.Table]:
     """For :func:`read_ahead`'s thread: 0 at once (taking it starts the thread), the row
-    count of ``host``'s pages file (its footer, once the file is verified), then
-    ``(snapshot_id, pages)`` of each snapshot. So the pages file is hashed (hashlib
-    releases the GIL) and its first snapshot decoded while the caller reads the small
-    tables, and each later snapshot is decoded while the caller counts the one before.
-    The columns :func:`snapshot_potential` reads as whole arrays (``pid``,
-    ``vma_start``) come joined (copied here, in the thread, not in the caller's)."""
+    count of ``host``'s pages file (its footer, once the file is verified), then its
+    batches of pages in file order. So the pages file is hashed (hashlib releases the GIL)
+    and its first batches decoded while the caller reads the small tables, and each later
+    batch is decoded while the caller counts the one before."""
     yield 0
-    snapshots = (
-        _joined_columns(sid, t) for sid, t in trace.iter_snapshot_pages(host, _PAGE_COLUMNS)
-    )
-    first = next(snapshots, None)  # hashed while decoded: verified when it comes
+    batches = trace.iter_pages(host, ("snapshot_id", *_PAGE_COLUMNS), batch_rows=_BATCH_ROWS)
+    first = next(batches, None)  # hashed while decoded: verified when it comes
     yield trace.pages_rows(host)
     if first is not None:
         yield first
         del first
-        yield from snapshots
-
-
-def _joined_columns(sid: int, pages: pa.Table) -> tuple[int, pa.Table]:
-    for name in _JOINED_COLUMNS:
-        i = pages.schema.get_field_index(name)
-        pages = pages.set_column(i, name, pages.column(i).combine_chunks())
-    return sid, pages
+        yield from batches
 
 
 def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:
@@ -815,11 +918,9 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
     process_keys = 0
-    pool = ThreadPoolExecutor(_IN_FLIGHT, thread_name_prefix="ksm-planner-info")
-    with pool:
-        for host in trace.hosts:
-            hosts.append(_summarize_host(trace, host, files, snapshots, pool, progress))
-            process_keys += hosts[-1].processes
+    for host in trace.hosts:
+        hosts.append(_summarize_host(trace, host, files, snapshots, progress))
+        process_keys += hosts[-1].processes
     progress.finish()
     manifest_bytes = (trace.path / S.MANIFEST_NAME).stat().st_size
     return TraceSummary(
@@ -842,7 +943,6 @@ def _summarize_host(
     host: str,
     files: dict[str, dict[str, Any]],
     snapshots: list[SnapshotPotential],
-    pool: ThreadPoolExecutor,
     progress: Progress,
 ) -> HostSummary:
     """One host's summary; its snapshots' potentials appended to ``snapshots`` in order."""
@@ -862,40 +962,40 @@ def _summarize_host(
             )
         }
         pages_by: dict[int, SnapshotPotential] = {}
-        rows = 0
-        progress.start(f"info: pages of {host}", cast("int", next(stream)))
-        # up to _IN_FLIGHT snapshots counted at once (the compiled passes release the
-        # GIL), each from the time it is decoded; results kept in snapshot order
-        running: deque[tuple[int, Future[SnapshotPotential]]] = deque()
+        rows = cast("int", next(stream))
+        progress.start(f"info: pages of {host}", rows)
+        expected = rows // max(len(times), 1)  # the first snapshot's; then the one before's
+        current: tuple[int, SnapshotCounter] | None = None
 
-        def collect() -> None:
-            n_rows, done = running.popleft()
-            potential = done.result()
-            pages_by[potential.snapshot_id] = potential
-            progress.advance(n_rows)
+        def finish() -> int:
+            if current is None:
+                return expected
+            sid, counter = current
+            pages_by[sid] = counter.result(
+                host=host, snapshot_id=sid, time_s=times.get(sid, float("nan"))
+            )
+            return counter.pages + counter.unhashed
 
         for item in stream:
-            sid, pages = cast("tuple[int, pa.Table]", item)
-            if len(running) == _IN_FLIGHT:
-                collect()
-            running.append(
-                (
-                    pages.num_rows,
-                    pool.submit(
-                        snapshot_potential,
-                        pages,
-                        _rows_or_empty(proc_by, sid, "processes"),
-                        _rows_or_empty(map_by, sid, "mappings"),
-                        host=host,
-                        snapshot_id=sid,
-                        time_s=times.get(sid, float("nan")),
-                    ),
-                )
-            )
-            rows += pages.num_rows
-            del pages, item  # held by the task only: freed when it is done
-        while running:
-            collect()
+            table = cast("pa.Table", item)
+            ids = as_numpy(table.column("snapshot_id"), np.int64)
+            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+            for a, b in itertools.pairwise(cuts):
+                value = int(ids[a])
+                if current is None or current[0] != value:
+                    expected = finish()
+                    current = (
+                        value,
+                        SnapshotCounter(
+                            _rows_or_empty(proc_by, value, "processes"),
+                            _rows_or_empty(map_by, value, "mappings"),
+                            expected_rows=expected,
+                        ),
+                    )
+                current[1].feed(table.slice(a, b - a))
+            progress.advance(table.num_rows)
+            del table, item  # the reader's next batch may take its memory
+        finish()
     for sid, t in times.items():
         if sid not in pages_by:
             pages_by[sid] = snapshot_potential(

@@ -32,6 +32,7 @@ from planner.testing.builder import World
 from planner.trace import schema as S
 from planner.trace.summary import (
     GroupPotential,
+    SnapshotCounter,
     SnapshotPotential,
     host_potential,
     snapshot_potential,
@@ -160,8 +161,15 @@ def test_summarize_trace_directory(tmp_path: Path) -> None:
     assert d["hosts"][0]["snapshots"] == 2
 
 
-def test_streamed_summary_equals_in_memory(tmp_path: Path) -> None:
-    """Streaming pages in small batches gives the same numbers as the whole table."""
+@pytest.mark.parametrize("batch_rows", [3, 4, 1 << 20])
+def test_streamed_summary_equals_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    """Streaming pages in small batches gives the same numbers as the whole table (``info``
+    counts batch by batch; batches of 3 and 4 rows cross the snapshots' boundaries)."""
+    import planner.trace.summary as summary
+
+    monkeypatch.setattr(summary, "_BATCH_ROWS", batch_rows)
     w = _world()
     w.write_trace(tmp_path / "t")
     from planner.trace.io import open_trace
@@ -185,6 +193,31 @@ def test_empty_snapshot_is_reported(tmp_path: Path) -> None:
     w.write_trace(tmp_path / "t")
     snaps = summarize_trace(tmp_path / "t").snapshots
     assert [(s.time_s, s.pages, s.naive_saved_pages) for s in snaps] == [(0.0, 2, 1), (5.0, 0, 0)]
+
+
+def test_pages_whose_pids_are_not_in_runs() -> None:
+    """Pages whose pids do not come in runs: the distinct (hash, pid) pairs are counted
+    exactly (a table of the pairs); a counter told they are in runs refuses them."""
+    pages = pa.table(
+        {
+            "pid": pa.array([1, 2, 1, 2], pa.int32()),
+            "vma_start": pa.array([4096] * 4, pa.uint64()),
+            "content_hash": pa.array([7, 7, 7, 8], pa.uint64()),
+            "frame_id": pa.array([1, 2, 3, 4], pa.uint64()),
+            "flags": pa.array([0] * 4, pa.uint16()),
+        }
+    )
+    procs = pa.table({"pid": pa.array([1, 2], pa.int32()), "comm": ["a", "b"]})
+    maps = pa.table(
+        {"pid": pa.array([1, 2], pa.int32()), "start": pa.array([4096] * 2, pa.uint64()),
+         "kind": ["anon", "anon"]}
+    )  # fmt: skip
+    s = snapshot_potential(pages, procs, maps)
+    # pairs (7, 1), (7, 2), (8, 2): one within-process duplicate, one across
+    assert (s.within_process_saved_pages, s.cross_process_saved_pages) == (1, 1)
+    counter = SnapshotCounter(procs, maps, ordered=True)
+    with pytest.raises(ValueError, match="not in runs of pids"):
+        counter.feed(pages)
 
 
 def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[str, Any]:
@@ -230,17 +263,20 @@ def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("big", [False, True], ids=["small-ids", "big-ids"])
+@pytest.mark.parametrize("ids", ["small", "big", "mixed"])
 @pytest.mark.parametrize(
     ("seed", "n_pids"), [(s, 5) for s in range(4)] + [(9, 50), (7, 90), (8, 200)]
 )
-def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) -> None:
+def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -> None:
     """Random snapshots with repeated hashes, shared frames (some with two contents),
     zero pages, unhashed pages and hashed pages without a frame: totals and the
     breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
     id, and the group-by-group count; kinds, comms and label sets in one pass), with ids
     small enough for the direct table or not (``big``: hashes and frames from 2**60, the
-    hash table)."""
+    hash table; ``mixed``: those of the later pages only, so that a counter fed batch by
+    batch moves from the direct table to the hash table on the way). The same pages fed
+    to a :class:`SnapshotCounter` in random batches, its tables sized for one row (they
+    grow), give the same potential."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -254,7 +290,9 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
     lone = (rng.random(n) < 0.03) & ~unhashed  # hashed, without a frame: its own frame
     zero = h == 0
     flags = np.where(zero, int(S.PageFlag.ZERO), 0) | np.where(unhashed, int(S.PageFlag.SWAPPED), 0)
-    base = np.uint64(2**60 if big else 0)
+    base = np.full(n, 2**60 if ids == "big" else 0, np.uint64)
+    if ids == "mixed":
+        base[n // 2 :] = np.uint64(2**60)
     pages = pa.table(
         {
             "pid": pa.array(pid),
@@ -283,11 +321,17 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, big: bool) 
         }
     )
     s = snapshot_potential(pages, procs, maps)
+    for _ in range(3):
+        cuts = np.unique(np.concatenate([[0, n], rng.integers(0, n + 1, rng.integers(0, 6))]))
+        counter = SnapshotCounter(procs, maps, expected_rows=1)
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            counter.feed(pages.slice(a, b - a))
+        assert counter.result() == s
     keep = ~unhashed
-    frame = np.where(lone, -1 - np.arange(n), f.astype(np.int64))  # a lone page: a new frame
+    frame = np.where(lone, -1 - np.arange(n), (f + base).astype(np.int64))  # lone: a new frame
     rows = list(
         zip(
-            pid[keep].tolist(), vma[keep].tolist(), h[keep].tolist(), frame[keep].tolist(),
+            pid[keep].tolist(), vma[keep].tolist(), (h + base)[keep].tolist(), frame[keep].tolist(),
             zero[keep].tolist(), strict=True,
         )
     )  # fmt: skip
