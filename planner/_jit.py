@@ -128,7 +128,11 @@ def njit_cached(fn: F, **options: Any) -> F:
 
 def compiled_on_first_call(**options: Any) -> Callable[[F], F]:
     """``numba.njit(**options)`` applied to the function when it is first called (or when
-    :func:`load_cached` loads it; both from any thread)."""
+    :func:`load_cached` loads it; both from any thread).
+
+    ``intrinsics=("prefetch", ...)``: names of :data:`INTRINSICS` the function calls; each
+    becomes a global of its module (where a placeholder stands until then) just before
+    the function is compiled, so that the module need not import numba."""
 
     def decorate(fn: F) -> F:
         compiled: list[Any] = []
@@ -152,11 +156,70 @@ def compiled_on_first_call(**options: Any) -> Callable[[F], F]:
 
 
 def _njit(fn: Callable[..., Any], options: dict[str, Any]) -> Any:
+    names = options.get("intrinsics", ())
+    if names:
+        fn_globals = cast("dict[str, Any]", getattr(fn, "__globals__"))  # noqa: B009
+        for name in names:
+            fn_globals[name] = INTRINSICS[name]()
+        options = {k: v for k, v in options.items() if k != "intrinsics"}
     if options.get("cache"):
         return njit_cached(fn, **{k: v for k, v in options.items() if k != "cache"})
     numba = import_numba()
 
     return numba.njit(**options)(fn)
+
+
+_PREFETCH: list[Any] = []
+_PREFETCH_LOCK = threading.Lock()
+
+
+def _prefetch() -> Any:
+    """``prefetch(array, index)`` for compiled code: asks the CPU to bring the cache line
+    of ``array[index]`` into every cache level (LLVM's ``llvm.prefetch``, read, high
+    locality), without waiting and without a fault for any index. A loop that probes a
+    table far larger than the caches at addresses it can compute ahead (the content-hash
+    table, one random probe per page) prefetches a probe several rows ahead, so that the
+    misses of consecutive rows overlap instead of coming one after the other."""
+    with _PREFETCH_LOCK:
+        if _PREFETCH:
+            return _PREFETCH[0]
+        import_numba()
+        from llvmlite import ir
+        from numba.core import cgutils as cg
+        from numba.core import types
+        from numba.extending import intrinsic
+
+        cgutils: Any = cg  # (untyped)
+
+        @intrinsic
+        def prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+            if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+                return None
+
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                array_type = signature.args[0]
+                ary = context.make_array(array_type)(context, builder, args[0])
+                i = context.cast(builder, args[1], signature.args[1], types.intp)
+                ptr = cgutils.get_item_pointer(context, builder, array_type, ary, [i])
+                byte_ptr = ir.IntType(8).as_pointer()
+                i32 = ir.IntType(32)
+                opaque = getattr(byte_ptr, "is_opaque", False)  # LLVM's pointer type names
+                name = "llvm.prefetch.p0" if opaque else "llvm.prefetch.p0i8"
+                fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+                # read (0), keep in every cache level (3), data (1)
+                builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+                return context.get_dummy_value()
+
+            return types.void(array, index), codegen
+
+        _PREFETCH.append(prefetch)
+        return prefetch
+
+
+#: Functions for compiled code that numba builds from LLVM directly, by the name a
+#: compiled-on-first-call function's ``intrinsics`` option gives.
+INTRINSICS: dict[str, Callable[[], Any]] = {"prefetch": _prefetch}
 
 
 def _dispatchers(module_name: str) -> list[Any]:

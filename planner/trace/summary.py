@@ -368,41 +368,94 @@ def _room(table: Arr, n: int, fill: Any) -> Arr:
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _totals(
-    hid: Arr, fid: Arr, first_frame: Arr, zero: Arr, pid: Arr,
-    kept: Arr, zero_seen: Arr, last_run: Arr, freed: Arr, state: Arr,
+def _count_runs(
+    heads: Arr, codes: Arr, hid: Arr, fid: Arr, first_hash: Arr, first_frame: Arr,
+    zero: Arr, pid: Arr, kept: Arr, zero_seen: Arr, last_run: Arr, freed: Arr, state: Arr,
+    out: Arr, seen_hash: Arr, seen_frame: Arr,
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
-    """One pass in scan order over a batch: the frames an ideal scanner frees into
-    ``freed`` (one row per frame: its first; the first frame of each hash is kept, every
-    zero-content frame is freed), the distinct (hash, pid) pairs (pids come in runs), and
-    the distinct zero frames (a frame id of ``_LONE``: a frame of its own). ``kept``,
-    ``zero_seen`` and ``last_run`` carry from batch to batch (all False, -1 at first);
-    ``state`` too: the run, the last pid, the pairs and the zero frames so far."""
+    """One pass in scan order over a batch, run by run (``heads``: the first row of each
+    run of pages of one mapping), for the totals and the groupings of up to 64 groups.
+
+    Totals: the frames an ideal scanner frees into ``freed`` (one row per frame: its
+    first; the first frame of each hash is kept, every zero-content frame is freed), the
+    distinct (hash, pid) pairs (pids come in runs) and the distinct zero frames (a frame
+    id of ``_LONE``: a frame of its own). ``kept``, ``zero_seen`` and ``last_run`` carry
+    from batch to batch (all False, -1 at first); ``state`` too: the run of pids, the
+    last pid, the pairs and the zero frames so far.
+
+    Groupings: ``codes[k, q]`` the group of run ``q`` in grouping ``k``, ``out[k]`` its
+    counts per group (pages, zero pages, naive saved pages, fork-shared pages, ideal saved
+    frames, distinct frames, distinct hashes), and per id one mask of groups per grouping
+    side by side (``seen_*[id, k]``), so one pass reads the columns once and the masks of
+    an id in one cache line; the counts of a run are added to its groups once."""
+    n_sets = codes.shape[0]
+    one = seen_hash.dtype.type(1)
+    bits = np.zeros(n_sets, seen_hash.dtype)
+    new_frames = np.zeros(n_sets, np.int64)
+    new_hashes = np.zeros(n_sets, np.int64)
     run = state[0]
     last = state[1]
     pairs = state[2]
     zero_frames = state[3]
-    for r in range(hid.size):
-        p = pid[r]
+    n = hid.size
+    for q in range(heads.size):
+        a = heads[q]
+        b = heads[q + 1] if q + 1 < heads.size else n
+        p = pid[a]
         if p != last:
             run += 1
             last = p
-        h = hid[r]
-        if last_run[h] != run:
-            last_run[h] = run
-            pairs += 1
-        if first_frame[r]:
-            if zero[r] or kept[h]:
-                freed[r] = True
-            else:
-                kept[h] = True
-        if zero[r]:
+        for k in range(n_sets):
+            bits[k] = one << seen_hash.dtype.type(codes[k, q])
+            new_frames[k] = 0
+            new_hashes[k] = 0
+        zeros = 0
+        naive = 0
+        fork = 0
+        frees = 0
+        for r in range(a, b):
+            h = hid[r]
             f = fid[r]
-            if f < 0:
-                zero_frames += 1
-            elif not zero_seen[f]:
-                zero_seen[f] = True
-                zero_frames += 1
+            z = zero[r]
+            if last_run[h] != run:
+                last_run[h] = run
+                pairs += 1
+            if first_frame[r]:
+                if z or kept[h]:
+                    freed[r] = True
+                    frees += 1
+                else:
+                    kept[h] = True
+            else:
+                fork += 1
+            if not first_hash[r]:
+                naive += 1
+            if z:
+                zeros += 1
+                if f < 0:
+                    zero_frames += 1
+                elif not zero_seen[f]:
+                    zero_seen[f] = True
+                    zero_frames += 1
+            for k in range(n_sets):
+                bit = bits[k]
+                if f < 0:
+                    new_frames[k] += 1
+                elif not seen_frame[f, k] & bit:
+                    seen_frame[f, k] |= bit
+                    new_frames[k] += 1
+                if not seen_hash[h, k] & bit:
+                    seen_hash[h, k] |= bit
+                    new_hashes[k] += 1
+        for k in range(n_sets):
+            g = codes[k, q]
+            out[k, g, 0] += b - a
+            out[k, g, 1] += zeros
+            out[k, g, 2] += naive
+            out[k, g, 3] += fork
+            out[k, g, 4] += frees
+            out[k, g, 5] += new_frames[k]
+            out[k, g, 6] += new_hashes[k]
     state[0] = run
     state[1] = last
     state[2] = pairs
@@ -420,7 +473,7 @@ def _group_counts(
     frame id is ``_LONE`` here.
 
     For a grouping of more groups than a mask has bits (up to 64 groups,
-    :func:`_grouped_counts` keeps per id the set of groups that have seen it): rows are
+    :func:`_count_runs` keeps per id the set of groups that have seen it): rows are
     visited group by group (a counting sort) and one mark per id (the group + 1) tells
     whether the group has seen it. So it needs the whole snapshot's rows at once."""
     n = codes.size
@@ -454,39 +507,6 @@ def _group_counts(
                 out[g, 6] += 1
 
 
-@compiled_on_first_call(cache=True, nogil=True)
-def _grouped_counts(
-    codes: Arr, hid: Arr, fid: Arr, first_hash: Arr, first_frame: Arr, freed: Arr, zero: Arr,
-    out: Arr, seen_hash: Arr, seen_frame: Arr,
-) -> None:  # fmt: skip  # pragma: no cover - compiled
-    """:func:`_group_counts` of several groupings at once, each of up to 64 groups, over
-    a batch (``out`` and the masks carry from batch to batch): ``codes[k]`` the group of
-    each row in grouping ``k``, ``out[k]`` its counts, and per id one mask per grouping
-    side by side (``seen_*[id, k]``), so one pass reads the columns once and the masks of
-    an id in one cache line. A frame id of ``_LONE`` is a frame of its own."""
-    n_sets = codes.shape[0]
-    one = seen_hash.dtype.type(1)
-    for r in range(codes.shape[1]):
-        h = hid[r]
-        f = fid[r]
-        for k in range(n_sets):
-            g = codes[k, r]
-            out[k, g, 0] += 1
-            out[k, g, 1] += zero[r]
-            out[k, g, 2] += not first_hash[r]
-            out[k, g, 3] += not first_frame[r]
-            out[k, g, 4] += freed[r]
-            bit = one << seen_hash.dtype.type(g)
-            if f < 0:
-                out[k, g, 5] += 1
-            elif not seen_frame[f, k] & bit:
-                seen_frame[f, k] |= bit
-                out[k, g, 5] += 1
-            if not seen_hash[h, k] & bit:
-                seen_hash[h, k] |= bit
-                out[k, g, 6] += 1
-
-
 def _label_set(text: str | None) -> str:
     if not text:
         return _NO_LABELS
@@ -504,7 +524,7 @@ class _Grouping:
     """Group names, and the code of each key row (processes or mappings) of a snapshot."""
 
     names: list[str]
-    key_codes: Arr  # int32, one per key row, then one for a row no key has (-1)
+    key_codes: Arr  # int32, one per key row, then one for a row no key has (index -1)
 
     @classmethod
     def of(cls, names_per_key: list[str], missing: str) -> _Grouping:
@@ -513,12 +533,8 @@ class _Grouping:
         )
         return cls([str(x) for x in names], np.asarray(codes, dtype=np.int32))
 
-    def codes(self, runs: _Runs, key_row: Arr) -> Arr:
-        """A code per row, from the key row of each run of rows (-1: none)."""
-        return np.repeat(self.key_codes[key_row], runs.lengths)  # -1 -> the `missing` entry
 
-
-#: Masks of groups per id in :func:`_grouped_counts`: the narrowest with a bit per group
+#: Masks of groups per id in :func:`_count_runs`: the narrowest with a bit per group
 #: of the widest grouping (a table of a byte per id for up to 8 groups fits the caches far
 #: better than one of 8).
 _MASK_TYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
@@ -700,9 +716,22 @@ class SnapshotCounter:
             if self._last_pid is not None and int(b.pid[0]) < self._last_pid:
                 raise ValueError("pages fed as ordered are not in runs of pids")
             self._last_pid = int(b.pid[-1])
-        _totals(
-            b.hid, b.fid, b.first_frame, b.zero, b.pid, self._kept, self._zero_seen,
-            self._last_run, b.freed, self._state,
+        runs = _Runs.of(b.pid, b.vma)
+        run_pid, run_vma = b.pid[runs.heads], b.vma[runs.heads]
+        map_row = lookup_rows(self._map_pid, self._map_start, run_pid, run_vma)
+        proc_row = lookup_rows(self._proc_pid, self._proc_key, run_pid, np.zeros_like(run_pid))
+        run_codes = [
+            g.key_codes[map_row if i == 0 else proc_row] for i, g in enumerate(self._groupings)
+        ]
+        self._seen_hash = _room(self._seen_hash, n_hashes, 0)
+        self._seen_frame = _room(self._seen_frame, n_frames, 0)
+        small = np.empty((len(self._small), len(runs.heads)), np.int32)
+        for k, i in enumerate(self._small):
+            small[k] = run_codes[i]
+        _count_runs(
+            runs.heads, _readonly(small, np.int32), b.hid, b.fid, b.first_hash, b.first_frame,
+            b.zero, b.pid, self._kept, self._zero_seen, self._last_run, b.freed, self._state,
+            self._counts, self._seen_hash, self._seen_frame,
         )  # fmt: skip
         if self._pairs is not None:
             keys = (b.hid.astype(np.uint64) << np.uint64(32)) | b.pid.astype(np.uint32)
@@ -710,33 +739,10 @@ class SnapshotCounter:
         self.pages += len(b.pid)
         self.zero_pages += int(np.count_nonzero(b.zero))
         self.freed_frames += int(np.count_nonzero(b.freed))
-
-        runs = _Runs.of(b.pid, b.vma)
-        map_row = lookup_rows(self._map_pid, self._map_start, b.pid[runs.heads], b.vma[runs.heads])
-        proc_runs = _Runs.of(b.pid)
-        heads = b.pid[proc_runs.heads]
-        no_key = np.zeros(len(heads), np.int64)
-        proc_row = lookup_rows(
-            self._proc_pid, np.zeros(len(self._proc_pid), np.int64), heads, no_key
-        )
-        codes = [
-            g.codes(runs, map_row) if i == 0 else g.codes(proc_runs, proc_row)
-            for i, g in enumerate(self._groupings)
-        ]
-        if self._small:
-            self._seen_hash = _room(self._seen_hash, n_hashes, 0)
-            self._seen_frame = _room(self._seen_frame, n_frames, 0)
-            small = np.empty((len(self._small), len(b.pid)), np.int32)
-            for k, i in enumerate(self._small):
-                small[k] = codes[i]
-            _grouped_counts(
-                _readonly(small, np.int32), b.hid, b.fid, b.first_hash, b.first_frame,
-                b.freed, b.zero, self._counts, self._seen_hash, self._seen_frame,
-            )  # fmt: skip
         if self._large:
             self._large_rows.append(
-                (*(codes[i] for i in self._large), b.hid, b.fid, b.first_hash,
-                 b.first_frame, b.freed, b.zero)
+                (*(np.repeat(run_codes[i], runs.lengths) for i in self._large), b.hid, b.fid,
+                 b.first_hash, b.first_frame, b.freed, b.zero)
             )  # fmt: skip
 
     def _large_counts(self) -> list[Arr]:
