@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,56 @@ def test_a_cache_where_numba_finds_no_place(tmp_path: Path, squatted: bool) -> N
         assert str(res["path"]).startswith(str(private))
         assert private.stat().st_mode & 0o777 == 0o700
         assert any(private.rglob("*.nbi"))  # the index was written there
+
+
+#: loads what the cache holds of the id table, probes values (the probe calls the prefetch
+#: intrinsic), and reports whether its compiled code came from the cache
+PROBE = """
+import json
+import numpy as np
+from planner._jit import _dispatchers, load_cached
+loaded = load_cached(["planner._idtable"])
+from planner._idtable import IdTable
+ids = IdTable(8).ids_of(np.arange(100, dtype=np.uint64) % 37).tolist()
+d = {x.py_func.__name__: x for x in _dispatchers("planner._idtable")}["_ids"]
+print(json.dumps(dict(
+    loaded=loaded, ids=ids, hits=sum(d.stats.cache_hits.values()),
+    misses=sum(d.stats.cache_misses.values()),
+)))
+"""
+
+
+def test_a_function_that_calls_an_intrinsic_is_cached_and_loaded(tmp_path: Path) -> None:
+    """The id table's probe (``intrinsics=("prefetch",)``) compiles in a first process,
+    then loads from the cache in the next, ahead of its call, and gives the same ids."""
+    first = json.loads(_child(PROBE, tmp_path))
+    second = json.loads(_child(PROBE, tmp_path))
+    assert first["ids"] == second["ids"] == [i % 37 for i in range(100)]
+    assert (first["loaded"], first["misses"]) == (0, 1), first
+    assert second["loaded"] >= 1, second
+    assert (second["hits"], second["misses"]) == (1, 0), second
+
+
+def test_prefetch_compiles_to_a_prefetch_and_never_faults() -> None:
+    """``prefetch`` is the CPU's prefetch instruction, and a hint only: an index far
+    outside the array neither faults nor changes anything."""
+    import platform
+
+    import numpy as np
+
+    from planner._jit import INTRINSICS, import_numba
+
+    numba = import_numba()
+    prefetch = INTRINSICS["prefetch"]()
+
+    def touch(a: np.ndarray[Any, Any], i: int) -> float:
+        prefetch(a, i)
+        return float(a[0])
+
+    compiled = numba.njit(touch)
+    a = np.ones(4)
+    assert compiled(a, 1 << 40) == 1.0
+    assert compiled(a, -(1 << 40)) == 1.0
+    if platform.machine() in ("x86_64", "AMD64"):
+        asm = "".join(compiled.inspect_asm().values())
+        assert "prefetcht0" in asm
