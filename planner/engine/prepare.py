@@ -61,7 +61,7 @@ from planner.engine.writes import (
     fill_unchecked,
 )
 from planner.errors import InputDataError
-from planner.trace.check import as_numpy
+from planner.trace.check import MappingStarts, as_numpy, program_generations
 from planner.trace.io import read_ahead
 from planner.trace.schema import PageFlag
 from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
@@ -200,27 +200,21 @@ def _process_instances(
     sid_index = {sid: i for i, sid in enumerate(sids)}
     procs = ht.processes.to_pydict()
     key_mm: dict[tuple[int, int, int], int] = {}
-    # (pid, start) -> (generation, comm, cmdline_hash)
-    gen: dict[tuple[int, int], tuple[int, Any, Any]] = {}
     present: list[list[int]] = [[] for _ in sids]
     raw: list[dict[str, Any]] = []
     row_mm = np.full(len(procs["pid"]), -1, np.int64)
-    for r in range(len(procs["pid"])):
-        if procs["state"][r] != "ok":
-            continue
-        k = sid_index.get(procs["snapshot_id"][r])
-        if k is None:
+    live = [r for r in range(len(procs["pid"])) if procs["state"][r] == "ok"]
+    for r in live:
+        if procs["snapshot_id"][r] not in sid_index:
             raise InputDataError(
                 f"processes row {r} refers to unknown snapshot {procs['snapshot_id'][r]}"
             )
+    live.sort(key=lambda r: sid_index[procs["snapshot_id"][r]])  # (stable: table order)
+    # an exec (not a rename: setproctitle) is a new mm for the same process
+    gens = program_generations(procs, live, MappingStarts(ht.mappings))
+    for r, g in zip(live, gens, strict=True):
+        k = sid_index[procs["snapshot_id"][r]]
         pid, start = int(procs["pid"][r]), int(procs["proc_start"][r])
-        comm, ch = procs["comm"][r], procs["cmdline_hash"][r]
-        g, pcomm, pch = gen.get((pid, start), (0, comm, ch))
-        if (comm is not None and pcomm is not None and comm != pcomm) or (
-            ch is not None and pch is not None and ch != pch
-        ):
-            g += 1  # exec: a new mm for the same process
-        gen[(pid, start)] = (g, comm, ch)
         key = (pid, start, g)
         if key not in key_mm:
             key_mm[key] = len(raw)

@@ -180,8 +180,56 @@ def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
     return sid, page_size
 
 
-def check_processes(where: str, sids: Arr, procs: pa.Table) -> Arr:
-    """Check ``processes``; return the sorted keys ``snapshot_id << 32 | pid`` of live rows."""
+class MappingStarts:
+    """The start addresses of the mappings of each (snapshot, pid) of a ``mappings`` table,
+    looked up when asked (one sort of the table, then a binary search per lookup)."""
+
+    def __init__(self, maps: pa.Table) -> None:
+        key = (_np(maps.column("snapshot_id"), np.int64) << 32) | _np(maps.column("pid"), np.int64)
+        order = np.argsort(key, kind="stable")
+        self._key = key[order]
+        self._start = _np(maps.column("start"), np.uint64)[order]
+
+    def of(self, snapshot_id: int, pid: int) -> Arr:
+        """The starts of the mappings ``pid`` had in ``snapshot_id`` (none: empty)."""
+        k = (int(snapshot_id) << 32) | int(pid)
+        a, b = np.searchsorted(self._key, [k, k + 1])
+        return self._start[a:b]
+
+
+#: Share of a process's mappings that stay where they were for a changed name or command
+#: line not to be an exec (:func:`runs_a_new_program`).
+KEPT_MAPPINGS_MIN = 0.5
+
+
+def runs_a_new_program(
+    renamed: bool, starts_before: Arr, starts_now: Arr, aslr_disabled: bool | None
+) -> bool:
+    """Whether a process instance (pid, start time) that changed its ``comm`` or its command
+    line (``renamed``) between two snapshots exec'd a new program.
+
+    An exec replaces the whole address space, and with address-space randomisation every
+    mapping of the new program lies elsewhere; a process that renames itself keeps every
+    mapping. PostgreSQL's backends, and gunicorn's, uWSGI's and Celery's workers through
+    ``setproctitle``, rewrite their command line (some their ``comm`` too) as they work:
+    taken for execs, each snapshot of such a process was a new process to the replay, with
+    no CPU time between snapshots and so no role (docs/engine.md, "A renamed process is
+    not a new program"). So a rename is an exec only when fewer than
+    :data:`KEPT_MAPPINGS_MIN` of the mappings of the snapshot before are still at their
+    addresses; where the trace cannot tell (no mappings recorded in either snapshot, or
+    randomisation off for the process), it is one, as it always was.
+    """
+    if not renamed:
+        return False
+    if aslr_disabled or not starts_before.size or not starts_now.size:
+        return True
+    kept = np.isin(starts_before, starts_now).sum()
+    return bool(kept < KEPT_MAPPINGS_MIN * starts_before.size)
+
+
+def check_processes(where: str, sids: Arr, procs: pa.Table, maps: pa.Table | None = None) -> Arr:
+    """Check ``processes`` (``maps``: the host's mappings, which tell a renamed process from
+    an exec); return the sorted keys ``snapshot_id << 32 | pid`` of live rows."""
     check_required(where, procs, "processes")
     n = procs.num_rows
     psid = _np(procs.column("snapshot_id"), np.int64)
@@ -214,34 +262,64 @@ def check_processes(where: str, sids: Arr, procs: pa.Table) -> Arr:
     if dup is not None:
         r = int(order[dup + 1])
         raise _fail(where, f"row {r}: pid {int(pid[r])} is live twice in snapshot {int(psid[r])}")
-    _check_comebacks(where, sids, procs, psid, pid, live_rows)
+    _check_comebacks(where, sids, procs, maps, psid, pid, live_rows)
     return np.sort((psid[live_rows] << 32) | pid[live_rows])
 
 
+def program_generations(
+    procs: pa.Table | dict[str, list[Any]], rows: list[int], maps: MappingStarts | None
+) -> list[int]:
+    """Per row of ``rows`` (live ``processes`` rows, in snapshot order): the generation of
+    its process instance (pid, start time), one more at each exec
+    (:func:`runs_a_new_program`). The replay (``planner.engine.prepare``) and the check
+    number programs by this one rule."""
+    if isinstance(procs, dict):
+        cols = procs
+    else:
+        names = ["pid", "proc_start", "comm", "cmdline_hash", "snapshot_id", "aslr_disabled"]
+        cols = procs.select([c for c in names if c in procs.column_names]).to_pydict()
+    aslr = cols.get("aslr_disabled") or [None] * len(cols["pid"])
+    gen: dict[tuple[int, int], tuple[int, Any, Any, int]] = {}
+    out: list[int] = []
+    for r in rows:
+        key = (int(cols["pid"][r]), int(cols["proc_start"][r]))
+        comm, ch, sid = cols["comm"][r], cols["cmdline_hash"][r], int(cols["snapshot_id"][r])
+        g, pcomm, pch, psid = gen.get(key, (0, comm, ch, sid))
+        renamed = (comm is not None and pcomm is not None and comm != pcomm) or (
+            ch is not None and pch is not None and ch != pch
+        )
+        if renamed:
+            none = np.empty(0, np.uint64)
+            before = maps.of(psid, key[0]) if maps is not None else none
+            now = maps.of(sid, key[0]) if maps is not None else none
+            g += runs_a_new_program(True, before, now, aslr[r])
+        gen[key] = (g, comm, ch, sid)
+        out.append(g)
+    return out
+
+
 def _check_comebacks(
-    where: str, sids: Arr, procs: pa.Table, psid: Arr, pid: Arr, live_rows: Arr
+    where: str,
+    sids: Arr,
+    procs: pa.Table,
+    maps: pa.Table | None,
+    psid: Arr,
+    pid: Arr,
+    live_rows: Arr,
 ) -> None:
     """A process instance (pid, start time, program) is live in consecutive snapshots only.
 
-    The same rule as the replay's (``planner.engine.prepare``): a new program (``comm`` or
-    ``cmdline_hash`` changes: an exec) is a new instance.
+    The same rule as the replay's (``planner.engine.prepare``): a new program (an exec,
+    :func:`runs_a_new_program`) is a new instance.
     """
     start = _np(procs.column("proc_start"), np.uint64)
-    comm = procs.column("comm").to_pylist()
-    chash = procs.column("cmdline_hash").to_pylist()
     index = {int(s): k for k, s in enumerate(sids.tolist())}
     rows = sorted(live_rows.tolist(), key=lambda r: (index[int(psid[r])], int(pid[r])))
-    gen: dict[tuple[int, int], tuple[int, Any, Any]] = {}
+    gens = program_generations(procs, rows, None if maps is None else MappingStarts(maps))
     last: dict[tuple[int, int, int], int] = {}
-    for r in rows:
+    for r, g in zip(rows, gens, strict=True):
         key = (int(pid[r]), int(start[r]))
         k = index[int(psid[r])]
-        g, pcomm, pch = gen.get(key, (0, comm[r], chash[r]))
-        if (comm[r] is not None and pcomm is not None and comm[r] != pcomm) or (
-            chash[r] is not None and pch is not None and chash[r] != pch
-        ):
-            g += 1
-        gen[key] = (g, comm[r], chash[r])
         prev = last.get((*key, g))
         if prev is not None and k > prev + 1:
             raise _fail(
@@ -352,8 +430,8 @@ def check_small_tables(
 ) -> HostIndex:
     """Check every table of one host but ``pages`` (those of its schema version)."""
     sids, page_size = check_snapshots(where["snapshots"], host, tables["snapshots"])
-    live = check_processes(where["processes"], sids, tables["processes"])
-    check_mappings(where["mappings"], sids, tables["mappings"])
+    check_mappings(where["mappings"], sids, tables["mappings"])  # (read by the next check)
+    live = check_processes(where["processes"], sids, tables["processes"], tables["mappings"])
     if "cgroups" in tables:
         check_cgroups(where["cgroups"], sids, tables["cgroups"])
     if "samples" in tables:

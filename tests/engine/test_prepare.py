@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,67 @@ def test_page_columns_free_arrows_copy_column_by_column(monkeypatch: pytest.Monk
     assert cols.addr.tolist() == list(range(2 * n))
     assert cols.hash.dtype == np.uint64
     assert cols.pid.dtype == np.int32
+
+
+def _retitled(ht: Any, titles: dict[int, tuple[str, int]], *, aslr_off: bool = False) -> Any:
+    """``ht`` with process rows renamed: per snapshot index, the ``(comm, cmdline_hash)`` of
+    every process (as ``setproctitle`` or an exec would leave them)."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    procs = ht.processes
+    sids = ht.snapshot_ids.tolist()
+    at = [sids.index(s) for s in procs.column("snapshot_id").to_pylist()]
+    comm = [titles[k][0] for k in at]
+    chash = [titles[k][1] for k in at]
+    procs = procs.set_column(
+        procs.schema.get_field_index("comm"), "comm", pa.array(comm, pa.string())
+    )
+    procs = procs.set_column(
+        procs.schema.get_field_index("cmdline_hash"), "cmdline_hash", pa.array(chash, pa.uint64())
+    )
+    if aslr_off:
+        i = procs.schema.get_field_index("aslr_disabled")
+        procs = procs.set_column(i, "aslr_disabled", pa.array([True] * len(at), pa.bool_()))
+    return dataclasses.replace(ht, processes=procs)
+
+
+def _titled_world(moved: bool) -> Any:
+    """One process, three snapshots; ``moved``: its mappings lie elsewhere from the second
+    on, as after an exec."""
+    w = World()
+    w.spawn(100, comm="postgres")
+    w.map(100, 0x10000, [1, 2, 3])
+    w.map(100, 0x100000, [4, 5])
+    w.snapshot(0.0)
+    if moved:
+        w.unmap(100, 0x10000, 3)
+        w.unmap(100, 0x100000, 2)
+        w.map(100, 0x7000000, [1, 2, 3])
+        w.map(100, 0x7100000, [4, 5])
+    w.snapshot(1.0)
+    w.write(100, 0x7000000 if moved else 0x10000, 9)
+    w.snapshot(2.0)
+    return w.host_trace()
+
+
+def test_a_process_that_renames_itself_is_one_process() -> None:
+    """PostgreSQL's backends (and setproctitle's users) rewrite their command line, some
+    their comm too, while every mapping stays where it was: one mm for all three snapshots,
+    not one per title (which left each without CPU time between snapshots, and so
+    without a role)."""
+    ht = _retitled(_titled_world(False), {0: ("postgres", 1), 1: ("postgres", 2), 2: ("pg", 3)})
+    inp = prepare(ht)
+    assert [(m.pid, m.first_snap, m.exit_snap) for m in inp.mms] == [(100, 0, None)]
+
+
+def test_an_exec_is_a_new_program_and_a_rename_without_randomisation_too() -> None:
+    """A new title with the mappings elsewhere is an exec (a new mm); with address-space
+    randomisation off for the process the mappings cannot tell, and a new title is one
+    too, as before."""
+    titles = {0: ("sh", 1), 1: ("postgres", 2), 2: ("postgres", 2)}
+    inp = prepare(_retitled(_titled_world(True), titles))
+    assert [(m.pid, m.first_snap, m.exit_snap) for m in inp.mms] == [(100, 0, 1), (100, 1, None)]
+    inp = prepare(_retitled(_titled_world(False), titles, aslr_off=True))
+    assert [(m.pid, m.first_snap, m.exit_snap) for m in inp.mms] == [(100, 0, 1), (100, 1, None)]

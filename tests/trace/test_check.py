@@ -96,3 +96,25 @@ def test_info_does_not_import_pandas(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"command": "info"' in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("renamed", "before", "now", "aslr_off", "exec_"),
+    [
+        (False, [1, 2, 3], [7, 8, 9], False, False),  # not renamed: the same program
+        (True, [1, 2, 3, 4], [1, 2, 3, 4, 5], False, False),  # renamed in place: setproctitle
+        (True, [1, 2, 3, 4], [1, 2, 8, 9], False, False),  # half kept: still a rename
+        (True, [1, 2, 3, 4], [1, 7, 8, 9], False, True),  # most moved: an exec
+        (True, [1, 2, 3], [1, 2, 3], True, True),  # randomisation off: cannot tell
+        (True, [], [1, 2], False, True),  # nothing recorded before: cannot tell
+    ],
+)
+def test_a_rename_is_an_exec_only_when_the_mappings_moved(
+    renamed: bool, before: list[int], now: list[int], aslr_off: bool, exec_: bool
+) -> None:
+    from planner.trace.check import runs_a_new_program
+
+    got = runs_a_new_program(
+        renamed, np.array(before, np.uint64), np.array(now, np.uint64), aslr_off
+    )
+    assert got is exec_
