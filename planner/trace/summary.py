@@ -20,8 +20,9 @@ attributed columns of a breakdown add up to the snapshot's totals; ``frames`` an
 ``distinct_hashes`` of a group count within the group and do not add up. A frame's hash is
 the hash of its first mapping.
 
-Counting is by dense ids and linear compiled passes (see "grouping" below), one
-snapshot at a time: memory holds one snapshot's columns, whatever the trace size.
+Counting is by dense ids and linear compiled passes (see "grouping" below), batch by
+batch as the pages file is decoded (:class:`SnapshotCounter`): memory holds a batch of
+pages and a few bytes per distinct hash and frame of a snapshot, whatever the trace size.
 """
 
 from __future__ import annotations
@@ -889,7 +890,8 @@ def summarize_trace(
 ) -> TraceSummary:
     """Summarise a trace directory: hosts, sizes, and per-snapshot static potential.
 
-    Pages are streamed one snapshot at a time (:meth:`~planner.trace.io.Trace.iter_snapshot_pages`).
+    Pages are streamed batch by batch (:meth:`~planner.trace.io.Trace.iter_pages`), each
+    counted while the next is decoded.
 
     Raises
     ------
@@ -1056,6 +1058,7 @@ def _distinct_processes(procs: pa.Table) -> int:
 __all__ = [
     "GroupPotential",
     "HostSummary",
+    "SnapshotCounter",
     "SnapshotPotential",
     "TraceSummary",
     "host_potential",
