@@ -296,13 +296,14 @@ def test_info_rows_per_s(
     """``ksm-planner info --json`` on the 4 M-page trace (12 M page rows), process start to
     JSON, against ``np.sort`` of all its hash columns in this process.
 
-    Issue 12's target is 10 M rows/s. Last runs (2026-12-02, 14:22, shared 2-CPU VM): at
-    load 0.28, 1.35 s wall, 2.07 CPU s, 8.8 M rows/s end to end, 83 B of peak RSS per row;
-    at load 0.39, 1.46 s, 2.16 CPU s, 8.2 M rows/s, 86 B per row (the version before, at
-    load 1.55: 2.25 s, 2.94 CPU s, 5.3 M rows/s, 90 B per row; at load 6-7 this one took
-    3.8-4.7 s). The page
-    cache is assumed warm: the trace was just written, and every figure is CPU-bound.
-    Alternating runs of both: docs/engine.md, "Issue 12's table, before and after"."""
+    Issue 12's target is 10 M rows/s. Last runs (2026-12-04, 18:57, shared 2-CPU VM, load
+    1.0, counting batch by batch): 2.39-2.53 s wall, 3.2-3.4 CPU s, 4.7-5.0 M rows/s end to
+    end, 75 B of peak RSS per row, in the benchmark's process tree right after it wrote the
+    trace; the command alone on a written trace, alternated with the version before, 1.69 s
+    against 1.98 s (medians of 6; docs/engine.md, "Counting as the batches come"). On
+    2026-12-02 at load 0.3-0.4 the version of then took 1.35-1.46 s (8.2-8.8 M rows/s,
+    83-86 B per row): this VM's speed varies from day to day. The page cache is assumed
+    warm: the trace was just written, and every figure is CPU-bound."""
     trace = trace_dirs(4_000_000, 5.0)
     from planner.trace.io import open_trace
 
