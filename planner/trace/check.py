@@ -182,16 +182,24 @@ def check_snapshots(where: str, host: str, snaps: pa.Table) -> tuple[Arr, int]:
 
 class MappingStarts:
     """The start addresses of the mappings of each (snapshot, pid) of a ``mappings`` table,
-    looked up when asked (one sort of the table, then a binary search per lookup)."""
+    looked up when asked: the table is sorted at the first lookup (most traces have no
+    renamed process, and every read of a trace checks its processes), then a binary search
+    per lookup."""
 
     def __init__(self, maps: pa.Table) -> None:
-        key = (_np(maps.column("snapshot_id"), np.int64) << 32) | _np(maps.column("pid"), np.int64)
-        order = np.argsort(key, kind="stable")
-        self._key = key[order]
-        self._start = _np(maps.column("start"), np.uint64)[order]
+        self._maps: pa.Table | None = maps
+        self._key = np.empty(0, np.int64)
+        self._start = np.empty(0, np.uint64)
 
     def of(self, snapshot_id: int, pid: int) -> Arr:
         """The starts of the mappings ``pid`` had in ``snapshot_id`` (none: empty)."""
+        if self._maps is not None:
+            maps, self._maps = self._maps, None
+            key = _np(maps.column("snapshot_id"), np.int64) << 32
+            key |= _np(maps.column("pid"), np.int64)
+            order = np.argsort(key, kind="stable")
+            self._key = key[order]
+            self._start = _np(maps.column("start"), np.uint64)[order]
         k = (int(snapshot_id) << 32) | int(pid)
         a, b = np.searchsorted(self._key, [k, k + 1])
         return self._start[a:b]
