@@ -42,6 +42,7 @@ from planner.testing.live.compare import (
     CompareOptions,
     HostLoadChoice,
     compare_run,
+    report_table,
 )
 from planner.testing.live.pages import page_truth
 from planner.testing.live.protocol import LiveConfig, LiveRun, run_live
@@ -77,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--compare-only", nargs="+", type=Path, metavar="RUN_DIR", default=[],
                     help="score recorded run directories again (no kernel needed)")  # fmt: skip
+    ap.add_argument(
+        "--table",
+        type=Path,
+        metavar="REPORT",
+        help="print the runs of a report.json as the rows of docs/live-validation.md's tables",
+    )
     ap.add_argument(
         "--param",
         action="append",
@@ -265,6 +272,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        if args.table is not None:
+            try:
+                report = json.loads(args.table.read_text())
+            except (OSError, ValueError) as exc:
+                raise UsageProblem(
+                    f"cannot read the report {args.table}: {exc}",
+                    hint="give the report.json a run of this tool wrote",
+                ) from exc
+            sys.stdout.write(report_table(report, args.alignment.split(",")[0].strip()))
+            return 0
         params = _params(args)
         names: list[str] = []
         for w in args.workload or ([] if args.compare_only else ["all"]):

@@ -1077,19 +1077,52 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
     published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
     if published is not None:
         name, runs = published
-        lo, hi = runs.full_scan_error_range
-        text += (
-            f" On the published live runs of the {name} workload the model counted "
-            f"{F.pct(lo, 0)} to {F.pct(hi, 0)} more full scans than the real ksmd completed on a "
-            "busy host (docs/live-validation.md): expect these times to be up to that much "
-            "longer."
-        )
+        text += f" {_published_scans_text(name, *runs.full_scan_error_range)}"
     text += (
         " Every worker that is restarted (`max_requests`, a deploy) starts from scratch: its "
         "pages merge only after two full scans, and until then the host needs its memory "
         "without KSM ([Risks](#risks))."
     )
     return Para(text)
+
+
+def _published_scans_text(name: str, lo: float, hi: float) -> str:
+    """What the published live runs say of the model's full scans, ``lo``/``hi`` the
+    smallest and largest error ``(model - kernel) / kernel`` of the number of full scans in
+    the first minute: the times above stretch by as much where the model counted more."""
+    head = f"On the published live runs of the {name} workload the model counted"
+    tail = "than the real ksmd completed in the first minute (docs/live-validation.md)"
+    if lo >= 0:
+        return (
+            f"{head} {F.pct(lo, 0)} to {F.pct(hi, 0)} more full scans {tail}: expect these "
+            "times to be up to that much longer."
+        )
+    if hi <= 0:
+        return (
+            f"{head} {F.pct(-hi, 0)} to {F.pct(-lo, 0)} fewer full scans {tail}: the real "
+            "scans were up to that much quicker."
+        )
+    return (
+        f"{head} from {F.pct(-lo, 0)} fewer to {F.pct(hi, 0)} more full scans {tail}: these "
+        "times may be that much shorter or longer."
+    )
+
+
+def _published_cpu_text(name: str, lo: float, hi: float) -> str:
+    """What the published live runs say of the model's ksmd CPU (errors as for
+    :func:`_published_scans_text`)."""
+    head = f"On the published live runs of the {name} workload the model's ksmd CPU was"
+    if hi <= 0:
+        span = f"{F.pct(-hi, 0)} to {F.pct(-lo, 0)} below the real one"
+    elif lo >= 0:
+        span = f"{F.pct(lo, 0)} to {F.pct(hi, 0)} above the real one"
+    else:
+        span = f"between {F.pct(-lo, 0)} below and {F.pct(hi, 0)} above the real one"
+    return (
+        f"{head} {span}: what a page costs ksmd depends on the host's CPU and its load, "
+        "so for this host calibrate the cost profile on a canary of the workload "
+        "(`ksm-planner calibrate --trace --observed`; docs/busy-host.md, docs/live-validation.md)."
+    )
 
 
 # ----------------------------------------------------------------------------- 7. cost
@@ -1132,12 +1165,7 @@ def _cost_text(inputs: ReviewInputs, s: ReviewScenario) -> str:
     published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
     if published is not None:
         name, runs = published
-        lo, hi = runs.ksmd_cpu_error_range
-        text += (
-            f" On the published live runs of the {name} workload the model's ksmd CPU was "
-            f"{F.pct(-hi, 0)} to {F.pct(-lo, 0)} below the real one (a page costs the real "
-            "ksmd more than the cost profile says: docs/live-validation.md)."
-        )
+        text += f" {_published_cpu_text(name, *runs.ksmd_cpu_error_range)}"
     return text + (
         " For scale, Meta reported that cutting ksmd's CPU by a quarter saved 1–2 % of a "
         "32-CPU Instagram host, so ksmd used roughly 1.3–2.6 cores there (4–8 % of the host; "

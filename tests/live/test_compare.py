@@ -16,6 +16,7 @@ from planner.testing.live.compare import (
     find_steady_window,
     first_reaching,
     metric,
+    report_table,
     sharing_target,
     step_mean,
 )
@@ -147,6 +148,21 @@ def test_known_errors_are_measured(synthetic_run: Callable[..., LiveRun]) -> Non
     assert not m["pages_sharing_steady"].within
     assert "+25.0%" in m["pages_sharing_steady"].describe()
     assert cmp.alignment == "last"
+
+
+def test_a_report_becomes_the_documents_table(synthetic_run: Callable[..., LiveRun]) -> None:
+    # tools/live_validate.py --table: the rows docs/live-validation.md's tables hold, and
+    # tests/whatif/test_uncertainty.py reads back (error, CPU and full-scan cells)
+    run = synthetic_run(sharing_scale=0.8, cpu_scale=2.0)
+    cmp = compare_run(run.run_dir, CompareOptions(alignment="last", min_window_s=2))
+    report = {"runs": [{"workload": "django", "run": 2, "comparisons": {"last": cmp.to_dict()}}]}
+    head, rule, row = report_table(report, "last").splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == 12
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["django", "2"]
+    assert cells[4].startswith("**+25.0 %**")
+    assert cells[6].endswith("(\N{MINUS SIGN}50 %)")
+    assert report_table(report, "time") == f"{head}\n{rule}\n"  # no run of that alignment
 
 
 def test_fewer_kernel_scans_are_counted(synthetic_run: Callable[..., LiveRun]) -> None:

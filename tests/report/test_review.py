@@ -16,6 +16,8 @@ from planner.report.doc import Bullets, Callout, Document, Figure, KeyFigures, P
 from planner.report.inputs import ReviewGates
 from planner.report.review import (
     NEAR_BEST,
+    _published_cpu_text,
+    _published_scans_text,
     build_review,
     knob_sentence,
     range_sentence,
@@ -392,3 +394,39 @@ def test_unmerge_at_the_projected_size(small_inputs: Any, bare_inputs: Any) -> N
     assert all(r["projected_saved_bytes"] is None for r in _table(bare, "unmerge").rows)
     assert "gives every merged page its own copy again" in _text(bare, "risks")
     assert "on the planned host, an unmerge needs" not in _text(bare, "risks")
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "says", "never"),
+    [
+        (-0.46, -0.42, "42 % to 46 % below the real one", "above"),
+        (0.53, 0.62, "53 % to 62 % above the real one", "below"),
+        (-0.2, 0.1, "between 20 % below and 10 % above the real one", "to 10 %"),
+    ],
+)
+def test_the_published_ksmd_cpu_error_is_told_the_way_it_went(
+    lo: float, hi: float, says: str, never: str
+) -> None:
+    # the published runs' errors of the model's ksmd CPU may be of either sign (the planner
+    # changed, and a page's cost depends on the host's CPU): the review says which
+    text = _published_cpu_text("postgres", lo, hi)
+    assert says in text
+    assert never not in text
+    assert "calibrate" in text
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "says"),
+    [
+        (0.77, 1.0, "77 % to 100 % more full scans"),
+        (-0.27, -0.2, "20 % to 27 % fewer full scans"),
+        (-0.1, 0.3, "from 10 % fewer to 30 % more full scans"),
+    ],
+)
+def test_the_published_full_scan_error_is_told_the_way_it_went(
+    lo: float, hi: float, says: str
+) -> None:
+    text = _published_scans_text("node", lo, hi)
+    assert says in text
+    assert ("longer" in text) == (hi > 0)
+    assert ("quicker" in text) == (hi <= 0)

@@ -285,6 +285,70 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+# ----------------------------------------------------------------------------- tables
+
+#: The columns of the tables of docs/live-validation.md (``--table``).
+TABLE_HEAD = (
+    "| workload | run | kernel `pages_sharing` | model | error | scan to 90 % (kernel/model) "
+    "| ksmd CPU s (kernel/model) | full scans in 60 s (kernel/model) "
+    "| ksmd ns per scanned page (kernel/model) | `cow_ksm`/s (kernel/model) | host |\n"
+    + "|---" * 11
+    + "|"
+)
+
+
+def _signed(fraction: float | None, digits: int = 0) -> str:
+    if fraction is None:
+        return "n/a"
+    text = f"{100 * fraction:+.{digits}f} %"
+    return text.replace("-", "\N{MINUS SIGN}")
+
+
+def _pair(m: dict[str, Any], fmt: str, error: bool = False) -> str:
+    def one(v: Any) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    text = f"{one(m['kernel'])} / {one(m['model'])}"
+    return f"{text} ({_signed(m['error'])})" if error else text
+
+
+def report_table(report: dict[str, Any], alignment: str = "time") -> str:
+    """The runs of a ``tools/live_validate.py`` report (its ``runs``, each with its
+    ``comparisons`` by alignment: :meth:`LiveComparison.to_dict`) as a table in the form of
+    docs/live-validation.md's: errors ``(model - kernel) / kernel``, the host as busy share /
+    mean runnable tasks / CPU seconds of processes not the run's, over the observation."""
+    rows = [TABLE_HEAD]
+    for r in report["runs"]:
+        cmp = r.get("comparisons", {}).get(alignment)
+        if cmp is None:
+            continue
+        m = cmp["metrics"]
+        ps = m["pages_sharing_steady"]
+        err = f"**{_signed(ps['error'], 1)}**"
+        if not cmp["window"]["steady"]:
+            err += " (not steady)"
+        obs = cmp["host_load"].get("observe", {})
+        host = (
+            f"{100 * (obs.get('busy_fraction') or 0):.0f} % / "
+            f"{obs.get('procs_running_mean') or 0:.1f} / {obs.get('other_cpu_s') or 0:.0f}"
+        )
+        cells = [
+            r.get("workload", cmp["workload"]),
+            str(r.get("run", "")),
+            f"{ps['kernel']:,.0f}",
+            f"{ps['model']:,.0f}",
+            err,
+            _pair(m["scan_reaching_90"], ".0f"),
+            _pair(m["ksmd_cpu_s_first_window"], ".2f", error=True),
+            _pair(m["full_scans_first_window"], ".0f", error=True),
+            _pair(m["ksmd_ns_per_scanned_page"], ",.0f"),
+            _pair(m["cow_ksm_per_s"], ",.0f"),
+            host,
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 # ----------------------------------------------------------------------------- series tools
 
 
@@ -1089,6 +1153,7 @@ __all__ = [
     "metric",
     "model_cow_per_s",
     "replay_setup",
+    "report_table",
     "sharing_target",
     "step_mean",
 ]
