@@ -262,6 +262,28 @@ def test_traces_without_counts_replay_as_before() -> None:
     assert a.provenance["writes"]["model"] == "none in the trace"
 
 
+def test_a_sampled_trace_in_which_nothing_was_written_breaks_no_merge_at_a_rate_of_zero() -> None:
+    # the sampler looked and saw no write: the replay models writes (none), so it reports
+    # 0 copy-on-write breaks per second, not "not modelled" as for an unsampled trace
+    w = _two_workers(pages=8)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = _counted(w.host_trace(), {}, {}, 1.0)
+    inp = prepare(ht)
+    assert inp.sampled
+    assert inp.writes == []
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    for engine in ("reference", "vectorized"):
+        res = replay(inp, knobs=knobs, options=ReplayOptions(duration_s=5.0), engine=engine)
+        assert res.cow_breaks_per_s == 0.0
+        assert res.provenance["writes"]["model"] == "none seen by the sampler"
+        off = replay(inp, knobs=knobs, options=ReplayOptions(duration_s=5.0, writes=False))
+        assert off.cow_breaks_per_s is None
+        assert off.provenance["writes"]["model"] == "off (--no-writes)"
+        assert_same(res, off)  # nothing else differs
+    assert not prepare(w.host_trace()).sampled
+
+
 def test_a_page_changed_at_every_check_changes_at_least_every_sampling_period() -> None:
     changes = np.array([0, 1, 3, 3, 2], np.uint16)
     checks = np.array([4, 4, 3, 5, 1], np.uint16)
