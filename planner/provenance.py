@@ -61,6 +61,39 @@ def thp_mode(sys_root: str = "/sys") -> str | None:
     return m.group(1) if m else None
 
 
+def cpu_identity(proc_root: str | os.PathLike[str] = "/proc") -> str | None:
+    """The host's CPU as ``/proc/cpuinfo`` names it: its model name and, where the file
+    gives them (x86), ``(family F, model M)``, which tell CPU generations apart where a
+    virtual machine's model name does not (``Intel(R) Xeon(R) Processor @ 2.80GHz``).
+    ``None`` where the file cannot be read or names no CPU. What a page costs ksmd depends
+    on it (docs/busy-host.md): a capture and a calibrated cost profile record it."""
+    try:
+        text = Path(proc_root, "cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    facts: dict[str, str] = {}  # the first processor's, then the machine's (ARM: "Model")
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            facts.setdefault(key.strip(), value.strip())
+    name = next((facts[k] for k in ("model name", "Model", "cpu model") if facts.get(k)), None)
+    family, model = facts.get("cpu family"), facts.get("model")
+    generation = (
+        f"family {family}, model {model}"
+        if family and model and family.isdigit() and model.isdigit()
+        else None
+    )
+    if name and generation:
+        return f"{name} ({generation})"
+    return name or (f"({generation})" if generation else None)
+
+
+def cpu_generation(identity: str | None) -> tuple[int, int] | None:
+    """``(family, model)`` of a :func:`cpu_identity` text, ``None`` where it has none."""
+    m = re.search(r"\(family (\d+), model (\d+)\)", identity or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 @dataclass(frozen=True)
 class HostInfo:
     """Read-only facts about the host a trace was captured on (or a command ran on)."""

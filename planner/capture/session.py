@@ -75,7 +75,7 @@ from planner.errors import (
     TargetNotFoundError,
     UsageProblem,
 )
-from planner.provenance import HostInfo, tool_version
+from planner.provenance import HostInfo, cpu_identity, tool_version
 from planner.trace.io import TraceWriter
 from planner.trace.schema import (
     CGROUPS_SCHEMA,
@@ -501,6 +501,8 @@ def capture(
                             **opts_json,
                             "hash_algo": HASH_ALGO,
                             "hash_key_id": hasher.key_id,
+                            # what a page costs ksmd depends on the CPU (docs/busy-host.md)
+                            "host_cpu": cpu_identity(options.proc_root),
                         }
                     },
                 )

@@ -146,6 +146,37 @@ class CostProfile:
         """JSON-ready dict."""
         return asdict(self)
 
+    @property
+    def cpu(self) -> str | None:
+        """The CPU the profile was measured on (:func:`planner.provenance.cpu_identity`), if
+        its provenance says."""
+        cpu = (self.provenance or {}).get("cpu_model")
+        return cpu if isinstance(cpu, str) and cpu else None
+
+    def other_cpu_warning(self, traced_cpu: str | None) -> str | None:
+        """A warning when the trace was captured on another CPU generation than the one
+        this profile was measured on (both known): what a page costs ksmd differs between
+        them, and on the published live runs the shipped profile made ksmd's CPU
+        -23..+34 % of the real one on another CPU than its own (docs/live-validation.md,
+        "The published errors"). ``None`` when they match or either is unknown."""
+        from planner.provenance import cpu_generation
+
+        mine, theirs = cpu_generation(self.cpu), cpu_generation(traced_cpu)
+        if mine is None or theirs is None or mine == theirs:
+            return None
+        return (
+            f"the cost profile '{self.name}' was measured on {self.cpu}, the trace was "
+            f"captured on {traced_cpu}: what a page costs ksmd differs between CPUs, so ksmd's "
+            "CPU and the scan times are this profile's, not the traced host's; run "
+            "'ksm-planner calibrate' there, or 'ksm-planner calibrate --trace --observed' "
+            "on a canary, and pass --cost-profile"
+        )
+
+    def items(self) -> tuple[tuple[str, Any], ...]:
+        """The profile as sorted ``(field, value)`` pairs, hashable (a task's key), without
+        its provenance (not a cost; :meth:`from_dict` of them gives an equal profile)."""
+        return tuple(sorted((k, v) for k, v in self.to_dict().items() if k != "provenance"))
+
     def load_factor(self, runnable_per_cpu: float) -> float:
         """Multiplier of every CPU cost with ``runnable_per_cpu`` other tasks per CPU."""
         return 1.0 + (self.busy_page_factor - 1.0) * min(1.0, max(0.0, runnable_per_cpu))

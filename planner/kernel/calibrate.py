@@ -80,7 +80,7 @@ from planner.errors import (
 )
 from planner.kernel.holder import PAGE_BYTES, Holder, HolderError
 from planner.kernel.sysfs import PROC_ROOT, KsmLease, KsmSysfs
-from planner.provenance import HostInfo, kernel_hz, tool_version
+from planner.provenance import HostInfo, cpu_identity, kernel_hz, tool_version
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -542,12 +542,9 @@ def ksmd_schedstat_ns(pid: int, proc_root: str = PROC_ROOT) -> tuple[int, int]:
 
 
 def cpu_model(proc_root: str = PROC_ROOT) -> str | None:
-    """The CPU model name from ``/proc/cpuinfo`` (``None`` where it has none)."""
-    for line in (ProcFS(proc_root).host_text("cpuinfo") or "").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "cpu model"):
-            return value.strip()
-    return None
+    """The CPU, model name and generation (:func:`planner.provenance.cpu_identity`):
+    ``replay`` and ``whatif`` compare it with the CPU a trace was captured on."""
+    return cpu_identity(proc_root)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from planner.trace.io import HostTrace, TraceWriter
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Mapping
 
 PAGE = S.PAGE_SIZE_BYTES
 _M64 = (1 << 64) - 1
@@ -293,7 +294,14 @@ class World:
         self._emit(sink)
         return sink.build()
 
-    def write_trace(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        """Write the recorded snapshots as a trace directory."""
-        with TraceWriter(out, source="synthetic", overwrite=overwrite) as tw:
+    def write_trace(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the recorded snapshots as a trace directory (``extra``: more manifest
+        keys, e.g. the ``capture`` a capture would record)."""
+        with TraceWriter(out, source="synthetic", overwrite=overwrite, extra=extra) as tw:
             self._emit(tw.host(self.host))

@@ -387,6 +387,12 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
+    if not (cost_fit or {}).get("fitted"):  # a profile fitted to a canary is the host's own
+        traced_cpu = (tr.manifest.get("capture") or {}).get("host_cpu")
+        other = (cost_profile or CostProfile.default()).other_cpu_warning(
+            traced_cpu if isinstance(traced_cpu, str) else None
+        )
+        warnings += [other] if other else []
     plan = _plan(
         tr,
         host_list,
@@ -397,7 +403,7 @@ def run_whatif(
         registered,
         rest=(
             opt_items,
-            tuple(sorted(cost_profile.to_dict().items())) if cost_profile else None,
+            cost_profile.items() if cost_profile else None,
             canary_path,
         ),
         extrapolation=extrapolation,

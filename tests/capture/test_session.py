@@ -200,6 +200,23 @@ def test_capture_writes_the_four_tables(
     assert key_file.read_bytes().hex() not in (out / "ksm-trace.json").read_text()
 
 
+def test_the_capture_records_the_hosts_cpu(
+    fake_proc: FakeProc, tmp_path: Path, key_file: Path
+) -> None:
+    # what a page costs ksmd depends on the CPU: whatif compares it with the cost profile's
+    _fork_family(fake_proc)
+    (fake_proc.root / "cpuinfo").write_text(
+        "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 106\nmodel name\t: Xeon @ 2.80GHz\n"
+    )
+    out = tmp_path / "trace"
+    _run(fake_proc, out, key_file, pids=(30,), snapshots=1)
+    capture_facts = open_trace(out).manifest["capture"]
+    assert capture_facts["host_cpu"] == "Xeon @ 2.80GHz (family 6, model 106)"
+    (fake_proc.root / "cpuinfo").unlink()
+    _run(fake_proc, tmp_path / "t2", key_file, pids=(30,), snapshots=1)
+    assert open_trace(tmp_path / "t2").manifest["capture"]["host_cpu"] is None
+
+
 def test_process_exiting_between_snapshots_is_recorded_gone(
     fake_proc: FakeProc, tmp_path: Path, key_file: Path
 ) -> None:

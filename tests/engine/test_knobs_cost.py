@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -66,3 +67,32 @@ def test_bad_profiles_are_refused(tmp_path: Path) -> None:
         CostProfile.load(p)
     with pytest.raises(InputDataError, match="does not exist"):
         CostProfile.load(tmp_path / "missing.json")
+
+
+def test_a_profile_warns_when_the_trace_was_captured_on_another_cpu() -> None:
+    default = CostProfile.default()
+    assert default.cpu is not None
+    assert "family 6, model 207" in default.cpu
+    other = "Intel(R) Xeon(R) Processor @ 2.80GHz (family 6, model 106)"
+    text = default.other_cpu_warning(other)
+    assert text is not None
+    assert other in text
+    assert default.cpu in text
+    assert "calibrate" in text
+    assert default.other_cpu_warning("Intel Xeon Gold (family 6, model 207)") is None  # same
+    assert default.other_cpu_warning("Intel(R) Xeon(R) Processor @ 2.80GHz") is None  # unknown
+    assert default.other_cpu_warning(None) is None
+    bare = dataclasses.replace(default, provenance=None)
+    assert bare.cpu is None
+    assert bare.other_cpu_warning(other) is None
+
+
+def test_a_profiles_items_are_hashable_and_give_it_back() -> None:
+    # whatif keys its replay tasks by them: a calibrated profile carries its provenance (a
+    # dict), which is no cost and stays out
+    prof = dataclasses.replace(
+        CostProfile.default(), provenance={"cpu_model": "x", "measurements": {"a": [1]}}
+    )
+    items = prof.items()
+    assert hash(items) == hash(CostProfile.default().items())
+    assert CostProfile.from_dict(dict(items)) == prof  # provenance is not compared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import Executor, Future
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from planner.engine import KsmKnobs, replay
+from planner.engine import CostProfile, KsmKnobs, replay
 from planner.errors import KnobError, PolicyError, UsageProblem
 from planner.jsonable import to_jsonable
 from planner.policy import parse_policies, preset
+from planner.testing.builder import World
 from planner.trace.io import open_trace
 from planner.whatif import (
     CapacityInputs,
@@ -450,3 +452,51 @@ def test_the_progress_counts_every_task_the_estimates_included(fleet_trace: Path
     assert len(ex.others) == 2
     assert bar.totals == [replays_and_fits + 2]
     assert bar.done == replays_and_fits + 2
+
+
+@pytest.mark.parametrize(
+    ("host_cpu", "warned"),
+    [
+        ("Intel(R) Xeon(R) Processor @ 2.80GHz (family 6, model 106)", True),
+        ("Intel Xeon (family 6, model 207)", False),  # the shipped profile's own CPU
+        (None, False),  # a capture that could not read /proc/cpuinfo, or an older one
+    ],
+)
+def test_a_trace_of_another_cpu_than_the_cost_profiles_is_warned_of(
+    tmp_path: Path, host_cpu: str | None, warned: bool
+) -> None:
+    w = World("web-1")
+    w.spawn(100, comm="gunicorn")
+    w.map(100, 0x10000, [1000 + i for i in range(20)], kind="heap")
+    w.snapshot(0.0)
+    w.fork(100, 101)
+    w.map(101, 0x200000, [5000 + j for j in range(20)], kind="anon")
+    w.snapshot(10.0)
+    out = tmp_path / "t"
+    w.write_trace(out, extra={"capture": {"host_cpu": host_cpu}})
+    res = run_whatif(out, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
+    about = [w for w in res.warnings if "cost profile" in w]
+    assert len(about) == int(warned), res.warnings
+    if warned:
+        assert str(host_cpu) in about[0]
+        assert "family 6, model 207" in about[0]
+
+
+def test_a_calibrated_cost_profile_with_its_provenance_runs(family_trace: Path) -> None:
+    # a profile of 'ksm-planner calibrate' carries its provenance (dicts): it used to make
+    # whatif's task keys unhashable (TypeError)
+    prof = dataclasses.replace(
+        CostProfile.default(),
+        name="calibrated-x",
+        batch_overhead_ns=900_000,
+        provenance={"cpu_model": "Xeon (family 6, model 207)", "measurements": {"runs": [1]}},
+    )
+    res = run_whatif(
+        family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE,
+        cost_profile=prof,
+    )  # fmt: skip
+    base = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
+    assert res.replay_options.cost_profile == "calibrated-x"
+    assert [s.ksmd_cpu_percent for s in res.scenarios] != [
+        s.ksmd_cpu_percent for s in base.scenarios
+    ]
