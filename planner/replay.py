@@ -11,7 +11,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine import KsmKnobs, derive_input, prepare_trace, replay
+from planner.engine import KsmKnobs, ReplayOptions, derive_input, prepare_trace, replay
 from planner.engine.heap import retained_heap
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from planner.engine.api import DerivedInput, EngineName
-    from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
     from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
@@ -142,6 +141,12 @@ def _replay_trace(
         policy_warnings=policy_warnings,
         observed=None if observed is None else str(observed),
     )
+    if observed is None:  # a profile fitted to a canary is the traced host's own
+        traced_cpu = (tr.manifest.get("capture") or {}).get("host_cpu")
+        other = (options or ReplayOptions()).cost.other_cpu_warning(
+            traced_cpu if isinstance(traced_cpu, str) else None
+        )
+        res.provenance["cost_warnings"] = [other] if other else []
     return res
 
 

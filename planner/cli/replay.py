@@ -150,7 +150,10 @@ def replay_cmd(
                     prctl_at=prctl_at.value,
                     observed=observed,
                 )
-            for w in result.provenance.get("policy_warnings", []):
+            for w in (
+                *result.provenance.get("policy_warnings", []),
+                *result.provenance.get("cost_warnings", []),
+            ):
                 warn(w)
             if out is not None:
                 result.write_parquet(out, overwrite=force)

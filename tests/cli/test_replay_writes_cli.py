@@ -50,3 +50,21 @@ def test_a_bad_prctl_at_is_one_line(trace: Path) -> None:
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "--prctl-at" in r.stderr
+
+
+def test_a_trace_of_another_cpu_than_the_cost_profiles_is_warned_of(tmp_path: Path) -> None:
+    w = World()
+    w.spawn(100, comm="w")
+    w.map(100, 0x10000, [1, 1, 2])
+    w.snapshot(0.0)
+    other = "Intel(R) Xeon(R) Processor @ 2.80GHz (family 6, model 106)"
+    for cpu, warned in ((other, True), ("Intel Xeon (family 6, model 207)", False)):
+        out = tmp_path / f"t{int(warned)}"
+        w.write_trace(out, extra={"capture": {"host_cpu": cpu}})
+        r = ksm("replay", str(out), "--json")
+        assert r.returncode == 0, r.stderr
+        said = [line for line in r.stderr.splitlines() if "cost profile" in line]
+        assert len(said) == int(warned), r.stderr
+        assert json.loads(r.stdout)["provenance"]["cost_warnings"] == (
+            [said[0].removeprefix("ksm-planner: warning: ")] if warned else []
+        )
