@@ -335,8 +335,7 @@ def report_table(report: dict[str, Any], alignment: str = "time") -> str:
         cells = [
             r.get("workload", cmp["workload"]),
             str(r.get("run", "")),
-            f"{ps['kernel']:,.0f}",
-            f"{ps['model']:,.0f}",
+            *_pair(ps, ",.0f").split(" / "),
             err,
             _pair(m["scan_reaching_90"], ".0f"),
             _pair(m["ksmd_cpu_s_first_window"], ".2f", error=True),
