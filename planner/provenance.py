@@ -105,6 +105,8 @@ class HostInfo:
     hz: int | None
     thp_mode: str | None
     cpus: int | None
+    cpu: str | None = None
+    """The CPU, with its generation where /proc/cpuinfo gives it (:func:`cpu_identity`)."""
 
     @classmethod
     def collect(cls) -> HostInfo:
@@ -117,6 +119,7 @@ class HostInfo:
             hz=kernel_hz(),
             thp_mode=thp_mode(),
             cpus=os.cpu_count(),
+            cpu=cpu_identity(),
         )
 
     def to_dict(self) -> dict[str, Any]:

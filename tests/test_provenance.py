@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.provenance import cpu_generation, cpu_identity
+from planner.provenance import HostInfo, cpu_generation, cpu_identity
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -53,3 +53,9 @@ def test_the_cpu_is_named_with_its_generation(
 def test_an_unreadable_cpuinfo_names_no_cpu(tmp_path: Path) -> None:
     assert cpu_identity(tmp_path) is None
     assert cpu_generation(None) is None
+
+
+def test_the_host_facts_of_a_recording_name_the_cpu() -> None:
+    # observe, run and validate record HostInfo: the CPU with its generation, as a capture
+    facts = HostInfo.collect().to_dict()
+    assert facts["cpu"] == cpu_identity()
