@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
+    from planner.trace.io import Trace
 
 
 def replay_trace(
@@ -141,13 +142,25 @@ def _replay_trace(
         policy_warnings=policy_warnings,
         observed=None if observed is None else str(observed),
     )
-    if observed is None:  # a profile fitted to a canary is the traced host's own
-        traced_cpu = (tr.manifest.get("capture") or {}).get("host_cpu")
-        other = (options or ReplayOptions()).cost.other_cpu_warning(
-            traced_cpu if isinstance(traced_cpu, str) else None
-        )
-        res.provenance["cost_warnings"] = [other] if other else []
+    res.provenance["cost_warnings"] = _cost_warnings(tr, options, res.provenance)
     return res
+
+
+def _cost_warnings(
+    tr: Trace, options: ReplayOptions | None, provenance: Mapping[str, Any]
+) -> list[str]:
+    """Whether ksmd's cost is another CPU's than the traced host's: the cost profile's, or
+    (a profile fitted to a canary) the canary's (docs/busy-host.md §5)."""
+    from planner.engine.cost import canary_cpu_warning
+
+    traced = (tr.manifest.get("capture") or {}).get("host_cpu")
+    traced_cpu = traced if isinstance(traced, str) else None
+    fit = provenance.get("cost_fit")
+    if isinstance(fit, dict) and fit.get("fitted"):
+        other = canary_cpu_warning(fit.get("canary_cpu"), traced_cpu)
+    else:
+        other = (options or ReplayOptions()).cost.other_cpu_warning(traced_cpu)
+    return [other] if other else []
 
 
 def _replay_prepared(
@@ -177,6 +190,7 @@ def _replay_prepared(
         options, cost_fit = fit_to_recording(
             source, recording.counters, options or ReplayOptions(), canary=canary
         )
+        cost_fit["canary_cpu"] = (recording.meta.get("host") or {}).get("cpu")
         progress.finish()
     res = replay(
         source, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary

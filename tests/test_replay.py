@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,41 @@ def test_freed_memory_is_kept_for_the_replay_not_while_preparing(
     assert seen == {"prepare": 0, "replay": 1}
     assert res.provenance["trace_path"] == str(tmp_path / "t")
     assert heap._retaining == 0
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_canary_of_another_cpu_is_recorded_and_the_fit_says_whose_it_is(
+    tmp_path: Path,
+) -> None:
+    # the canary's host facts name its CPU; the profile fitted to its ksmd is that host's.
+    # The sample trace predates host_cpu: nothing to compare, so no warning either way.
+    canary = tmp_path / "canary"
+    shutil.copytree(_ROOT / "reports" / "canary" / "django-preload", canary)
+    meta = json.loads((canary / "observe.json").read_text())
+    meta["host"]["cpu"] = "Xeon (family 6, model 106)"
+    (canary / "observe.json").write_text(json.dumps(meta))
+    res = replay_trace(
+        _ROOT / "traces" / "django-preload", knobs={"pages_to_scan": 1000}, observed=canary
+    )
+    assert res.provenance["cost_fit"]["fitted"]
+    assert res.provenance["cost_fit"]["canary_cpu"] == "Xeon (family 6, model 106)"
+    assert res.provenance["cost_warnings"] == []
+
+
+def test_the_cost_warning_names_the_profiles_cpu_or_the_canarys() -> None:
+    from types import SimpleNamespace
+
+    from planner.replay import _cost_warnings
+
+    tr: Any = SimpleNamespace(manifest={"capture": {"host_cpu": "Xeon (family 6, model 106)"}})
+    unfitted = _cost_warnings(tr, None, {})
+    assert len(unfitted) == 1
+    assert "cost profile 'default'" in unfitted[0]
+    fit = {"fitted": True, "canary_cpu": "Xeon (family 6, model 85)"}
+    fitted = _cost_warnings(tr, None, {"cost_fit": fit})
+    assert len(fitted) == 1
+    assert fitted[0].startswith("the canary was recorded on Xeon (family 6, model 85)")
+    same = {"fitted": True, "canary_cpu": "Xeon (family 6, model 106)"}
+    assert _cost_warnings(tr, None, {"cost_fit": same}) == []

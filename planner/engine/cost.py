@@ -35,6 +35,29 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+
+def other_cpu(a: str | None, b: str | None) -> bool:
+    """Whether two :func:`planner.provenance.cpu_identity` texts name CPUs of different
+    generations (family and model); False where either does not say."""
+    from planner.provenance import cpu_generation
+
+    ga, gb = cpu_generation(a), cpu_generation(b)
+    return ga is not None and gb is not None and ga != gb
+
+
+def canary_cpu_warning(canary_cpu: str | None, traced_cpu: str | None) -> str | None:
+    """A warning when the canary whose ksmd fits the cost profile ran on another CPU
+    generation than the traced host (both known): the fitted profile is the canary host's.
+    ``None`` otherwise."""
+    if not other_cpu(canary_cpu, traced_cpu):
+        return None
+    return (
+        f"the canary was recorded on {canary_cpu}, the trace was captured on {traced_cpu}: "
+        "the cost profile fitted to the canary's ksmd is that host's, so ksmd's CPU and the "
+        "scan times are the canary host's, not the traced host's"
+    )
+
+
 #: Code paths of one page visit, in the order of the per-path counters.
 PATHS = (
     "ksm_page",  # already merged, item on its node: cheap path
@@ -159,10 +182,7 @@ class CostProfile:
         them, and on the published live runs the shipped profile made ksmd's CPU
         -23..+34 % of the real one on another CPU than its own (docs/live-validation.md,
         "The published errors"). ``None`` when they match or either is unknown."""
-        from planner.provenance import cpu_generation
-
-        mine, theirs = cpu_generation(self.cpu), cpu_generation(traced_cpu)
-        if mine is None or theirs is None or mine == theirs:
+        if not other_cpu(self.cpu, traced_cpu):
             return None
         return (
             f"the cost profile '{self.name}' was measured on {self.cpu}, the trace was "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine.cost import CostProfile
+from planner.engine.cost import CostProfile, canary_cpu_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
@@ -159,6 +159,7 @@ def _fit_cost(
     fitted, note = fit_to_recording(
         inp, recording.counters, base, canary=canary_rates(recording, inp.page_size)
     )
+    note["canary_cpu"] = (recording.meta.get("host") or {}).get("cpu")
     return (fitted.cost if note["fitted"] else cost_profile), note
 
 
@@ -387,12 +388,13 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
-    if not (cost_fit or {}).get("fitted"):  # a profile fitted to a canary is the host's own
-        traced_cpu = (tr.manifest.get("capture") or {}).get("host_cpu")
-        other = (cost_profile or CostProfile.default()).other_cpu_warning(
-            traced_cpu if isinstance(traced_cpu, str) else None
-        )
-        warnings += [other] if other else []
+    traced = (tr.manifest.get("capture") or {}).get("host_cpu")
+    traced_cpu = traced if isinstance(traced, str) else None
+    if (cost_fit or {}).get("fitted"):  # the canary host's profile
+        other = canary_cpu_warning((cost_fit or {}).get("canary_cpu"), traced_cpu)
+    else:
+        other = (cost_profile or CostProfile.default()).other_cpu_warning(traced_cpu)
+    warnings += [other] if other else []
     plan = _plan(
         tr,
         host_list,

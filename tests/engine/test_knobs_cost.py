@@ -96,3 +96,18 @@ def test_a_profiles_items_are_hashable_and_give_it_back() -> None:
     items = prof.items()
     assert hash(items) == hash(CostProfile.default().items())
     assert CostProfile.from_dict(dict(items)) == prof  # provenance is not compared
+
+
+def test_a_canary_on_another_cpu_than_the_trace_is_warned_of() -> None:
+    from planner.engine.cost import canary_cpu_warning, other_cpu
+
+    a, b = "Xeon (family 6, model 106)", "Xeon Gold (family 6, model 207)"
+    assert other_cpu(a, b)
+    assert not other_cpu(a, "Other name (family 6, model 106)")  # the generation decides
+    assert not other_cpu(a, "Xeon @ 2.80GHz")  # says no generation
+    text = canary_cpu_warning(a, b)
+    assert text is not None
+    assert a in text
+    assert b in text
+    assert canary_cpu_warning(a, a) is None
+    assert canary_cpu_warning(None, b) is None
