@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,9 @@ def test_a_report_becomes_the_documents_table(synthetic_run: Callable[..., LiveR
     # tests/whatif/test_uncertainty.py reads back (error, CPU and full-scan cells)
     run = synthetic_run(sharing_scale=0.8, cpu_scale=2.0)
     cmp = compare_run(run.run_dir, CompareOptions(alignment="last", min_window_s=2))
-    report = {"runs": [{"workload": "django", "run": 2, "comparisons": {"last": cmp.to_dict()}}]}
+    report: dict[str, Any] = {
+        "runs": [{"workload": "django", "run": 2, "comparisons": {"last": cmp.to_dict()}}]
+    }
     head, rule, row = report_table(report, "last").splitlines()
     assert head.count("|") == rule.count("|") == row.count("|") == 12
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -163,6 +166,10 @@ def test_a_report_becomes_the_documents_table(synthetic_run: Callable[..., LiveR
     assert cells[4].startswith("**+25.0 %**")
     assert cells[6].endswith("(\N{MINUS SIGN}50 %)")
     assert report_table(report, "time") == f"{head}\n{rule}\n"  # no run of that alignment
+    noise = {"pages_sharing_steady": {"spread": 0.017}, "full_scans_end": {"spread": None}}
+    report["summary"] = {"django": {"kernel_noise": noise}, "node": {"kernel_noise": {}}}
+    last = report_table(report, "last").splitlines()[-1]
+    assert last.endswith("steady `pages_sharing` 1.7 % Django.")
 
 
 def test_fewer_kernel_scans_are_counted(synthetic_run: Callable[..., LiveRun]) -> None:

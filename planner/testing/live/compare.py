@@ -345,7 +345,38 @@ def report_table(report: dict[str, Any], alignment: str = "time") -> str:
             host,
         ]
         rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+    text = "\n".join(rows) + "\n"
+    noise = _noise_line(report.get("summary") or {})
+    return f"{text}\n{noise}\n" if noise else text
+
+
+#: How docs/live-validation.md names the workloads in prose.
+_PROSE_NAMES = {"postgres": "PostgreSQL", "node": "Node", "django": "Django"}
+
+
+def _noise_line(summary: dict[str, Any]) -> str:
+    """The kernel's own run-to-run spread per workload (``summary[w]["kernel_noise"]`` of a
+    report: (max - min) / mean), as the sentence under the document's tables."""
+    parts = []
+    for figure, what in (
+        ("pages_sharing_steady", "steady `pages_sharing`"),
+        ("ksmd_cpu_s_first_window", "ksmd CPU seconds"),
+        ("full_scans_end", "full scans by the end of the observation"),
+    ):
+        by = [
+            f"{100 * spread:.1f} % {_PROSE_NAMES.get(w, w)}"
+            for w, v in summary.items()
+            if (spread := (v.get("kernel_noise", {}).get(figure) or {}).get("spread")) is not None
+        ]
+        if by:
+            parts.append(f"{what} {', '.join(by)}")
+    if not parts:
+        return ""
+    return (
+        "**The truth's own noise** (kernel figures over the runs, (max − min) / mean): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 # ----------------------------------------------------------------------------- series tools
