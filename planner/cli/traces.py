@@ -178,6 +178,8 @@ def _render_info(summary: TraceSummary, limit: int) -> None:
     overview.add_row("trace hash", summary.trace_hash)
     overview.add_row("source", f"{summary.source} ({summary.created_by})")
     overview.add_row("hosts", ", ".join(h.host for h in summary.hosts))
+    if summary.host_cpu is not None:
+        overview.add_row("host CPU", summary.host_cpu)
     overview.add_row("snapshots", str(len(summary.snapshots)))
     overview.add_row("processes", f"{summary.processes:,}")
     overview.add_row("pages", f"{summary.pages:,}")

@@ -211,6 +211,9 @@ class TraceSummary:
     total_bytes: int
     snapshots: tuple[SnapshotPotential, ...]
     tool_version: str = field(default_factory=tool_version)
+    host_cpu: str | None = None
+    """The CPU the capture ran on (its manifest's ``capture.host_cpu``), if it says: the
+    cost profile to replay the trace with is one measured on such a CPU."""
 
     @property
     def bytes_per_page(self) -> float:
@@ -227,6 +230,7 @@ class TraceSummary:
         return {
             "path": self.path,
             "schema_version": self.schema_version,
+            "host_cpu": self.host_cpu,
             "hosts": [h.to_dict() for h in self.hosts],
             "processes": self.processes,
             "pages": self.pages,
@@ -943,7 +947,13 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
         pages_file_bytes=sum(h.pages_file_bytes for h in hosts),
         total_bytes=sum(h.total_bytes for h in hosts) + manifest_bytes,
         snapshots=tuple(snapshots),
+        host_cpu=_host_cpu(trace.manifest),
     )
+
+
+def _host_cpu(manifest: dict[str, Any]) -> str | None:
+    cpu = (manifest.get("capture") or {}).get("host_cpu")
+    return cpu if isinstance(cpu, str) else None
 
 
 def _summarize_host(

@@ -359,3 +359,15 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -
         for g in s.by_label
     } == by_label  # fmt: skip
     assert len(s.by_label) > 1
+
+
+def test_the_summary_names_the_cpu_the_capture_ran_on(tmp_path: Path) -> None:
+    w = World()
+    w.spawn(100, comm="w")
+    w.map(100, 0x10000, [1, 1])
+    w.snapshot(0.0)
+    cpu = "Xeon @ 2.80GHz (family 6, model 106)"
+    w.write_trace(tmp_path / "a", extra={"capture": {"host_cpu": cpu}})
+    w.write_trace(tmp_path / "b")
+    assert summarize_trace(tmp_path / "a").to_dict()["host_cpu"] == cpu
+    assert summarize_trace(tmp_path / "b").host_cpu is None  # an ingested or older trace
