@@ -195,10 +195,7 @@ def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[st
     """What the result's provenance says about the write model."""
     sampled = sum(1 for w in inp.writes if w is not None)
     if model is None:
-        if (inp.writes or inp.sampled) and not opts.writes:
-            why = "off (--no-writes)"
-        else:
-            why = "none seen by the sampler" if inp.sampled else "none in the trace"
+        why = "off (--no-writes)" if inp.writes and not opts.writes else "none in the trace"
         return {"model": why, "sampled_intervals": sampled}
     rows = [w.rows_written for w in inp.writes if w is not None]
     return {

@@ -570,7 +570,7 @@ class Driver:
             final_node_members=self.core.node_members(),
             cow_breaks=self.cow_breaks,
             cow_since_last_snapshot=self._cow_steady(end_ns),
-            writes_modelled=self.writes is not NO_WRITES or (self.inp.sampled and self.opts.writes),
+            writes_modelled=self.writes is not NO_WRITES,
         )
         res.provenance["host_load"] = self.host_load_record()
         return res

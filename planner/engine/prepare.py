@@ -120,9 +120,6 @@ class ReplayInput:
     #: per snapshot, the writes the sampler saw on its rows over the interval after it
     #: (None: not sampled, or a version-1 trace); :mod:`planner.engine.writes`
     writes: list[IntervalWrites | None] = field(default_factory=list)
-    #: the capture sampled the pages between snapshots: the writes were measured, and an
-    #: empty :attr:`writes` means that the sampler saw none (not that nobody looked)
-    sampled: bool = False
     _seq: SnapshotSequence | None = field(default=None, repr=False)
 
     @property
@@ -395,8 +392,8 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
     else:
         extra = pc.frame_changes.astype(np.int32) - pc.content_changes.astype(np.int32)
         same = np.maximum(extra, 0).astype(np.uint16)
-    if not content.any() and not same.any():
-        return None
+    # an interval that saw no write is kept: its unchecked rows take their rates from the
+    # nearest interval that checked them (fill_unchecked), as a starved sampler's must
     return content, same, pc.content_checks
 
 
@@ -645,7 +642,6 @@ class InputBuilder:
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
         self.writes: list[IntervalWrites | None] = []
-        self.sampled = False  # a snapshot's rows were sampled (ReplayInput.sampled)
         self._pending: tuple[tuple[U16, ...], int | None] | None = None
         self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
         self._checked: list[npt.NDArray[np.bool_] | None] = []
@@ -738,7 +734,6 @@ class InputBuilder:
             meta=self.meta,
             content_hash=self.catalog.hashes(),
             writes=self.writes if any(w is not None for w in self.writes) else [],
-            sampled=self.sampled,
         )
 
 
@@ -919,7 +914,6 @@ def _prepare_rows(
         changes = None
         if _sampled(box[0]):
             changes = page_changes(ht.snapshots, box[0], sid)
-            builder.sampled = True
         # (the table is handed over in a box: no name here keeps it alive while it becomes
         # numpy columns)
         cols = _page_columns(box, meta.get("zero_hash"), changes)

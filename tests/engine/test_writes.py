@@ -270,18 +270,48 @@ def test_a_sampled_trace_in_which_nothing_was_written_breaks_no_merge_at_a_rate_
     w.snapshot(1.0)
     ht = _counted(w.host_trace(), {}, {}, 1.0)
     inp = prepare(ht)
-    assert inp.sampled
-    assert inp.writes == []
+    assert len(inp.writes) == 2
+    assert all(iw is not None and not iw.content.any() for iw in inp.writes)
     knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
     for engine in ("reference", "vectorized"):
         res = replay(inp, knobs=knobs, options=ReplayOptions(duration_s=5.0), engine=engine)
         assert res.cow_breaks_per_s == 0.0
-        assert res.provenance["writes"]["model"] == "none seen by the sampler"
+        assert res.provenance["writes"]["events"] == 0
         off = replay(inp, knobs=knobs, options=ReplayOptions(duration_s=5.0, writes=False))
         assert off.cow_breaks_per_s is None
         assert off.provenance["writes"]["model"] == "off (--no-writes)"
         assert_same(res, off)  # nothing else differs
-    assert not prepare(w.host_trace()).sampled
+    assert prepare(w.host_trace()).writes == []  # not sampled: nothing known
+
+
+def test_an_interval_whose_starved_sampler_saw_no_change_borrows_its_rows_rates() -> None:
+    # the sampler checked none of the rows after the last snapshot (a starved tail) and so
+    # counted no change: its rows take the rates they showed in the interval before
+    # (fill_unchecked), as they would had it counted one change somewhere. It used to read
+    # as "no writes at all" (churn B, docs/live-validation.md: copy-on-write +60.6 %)
+    w = _two_workers(pages=8)
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    ht = _counted(w.host_trace(), {r: 6 for r in range(8)}, {}, 2.0)
+    import pyarrow as pa
+
+    pages = ht.pages
+    n = pages.num_rows
+    sid = np.asarray(pages.column("snapshot_id").to_numpy())
+    changes = np.where(sid == 0, np.asarray(pages.column("content_changes").to_numpy()), 0)
+    checks = np.where(sid == 0, changes + 1, 0)  # the last interval: nothing checked
+    for name, arr in (("content_changes", changes), ("content_checks", checks)):
+        pages = pages.set_column(
+            pages.schema.get_field_index(name), name, pa.array(arr.astype(np.uint16))
+        )
+    inp = prepare(dataclasses.replace(ht, pages=pages))
+    assert n == 32
+    last = inp.writes[-1]
+    assert last is not None
+    assert last.length_ns
+    rate = last.content.astype(float) / (last.length_ns / 1e9)
+    assert rate[:8].tolist() == pytest.approx([3.0] * 8)  # 6 changes in 2 s, borrowed
+    assert not last.content[8:].any()
 
 
 def test_a_page_changed_at_every_check_changes_at_least_every_sampling_period() -> None:
