@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, ReplayOptions, derive_input, prepare_trace, replay
+from planner.engine.cost import cost_cpu_warning
 from planner.engine.heap import retained_heap
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
-    from planner.trace.io import Trace
 
 
 def replay_trace(
@@ -142,25 +142,12 @@ def _replay_trace(
         policy_warnings=policy_warnings,
         observed=None if observed is None else str(observed),
     )
-    res.provenance["cost_warnings"] = _cost_warnings(tr, options, res.provenance)
+    fit = res.provenance.get("cost_fit")
+    other = cost_cpu_warning(
+        (options or ReplayOptions()).cost, tr.host_cpu, fit if isinstance(fit, dict) else None
+    )
+    res.provenance["cost_warnings"] = [other] if other else []
     return res
-
-
-def _cost_warnings(
-    tr: Trace, options: ReplayOptions | None, provenance: Mapping[str, Any]
-) -> list[str]:
-    """Whether ksmd's cost is another CPU's than the traced host's: the cost profile's, or
-    (a profile fitted to a canary) the canary's (docs/busy-host.md §5)."""
-    from planner.engine.cost import canary_cpu_warning
-
-    traced = (tr.manifest.get("capture") or {}).get("host_cpu")
-    traced_cpu = traced if isinstance(traced, str) else None
-    fit = provenance.get("cost_fit")
-    if isinstance(fit, dict) and fit.get("fitted"):
-        other = canary_cpu_warning(fit.get("canary_cpu"), traced_cpu)
-    else:
-        other = (options or ReplayOptions()).cost.other_cpu_warning(traced_cpu)
-    return [other] if other else []
 
 
 def _replay_prepared(

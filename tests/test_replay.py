@@ -64,20 +64,3 @@ def test_a_canary_of_another_cpu_is_recorded_and_the_fit_says_whose_it_is(
     assert res.provenance["cost_fit"]["fitted"]
     assert res.provenance["cost_fit"]["canary_cpu"] == "Xeon (family 6, model 106)"
     assert res.provenance["cost_warnings"] == []
-
-
-def test_the_cost_warning_names_the_profiles_cpu_or_the_canarys() -> None:
-    from types import SimpleNamespace
-
-    from planner.replay import _cost_warnings
-
-    tr: Any = SimpleNamespace(manifest={"capture": {"host_cpu": "Xeon (family 6, model 106)"}})
-    unfitted = _cost_warnings(tr, None, {})
-    assert len(unfitted) == 1
-    assert "cost profile 'default'" in unfitted[0]
-    fit = {"fitted": True, "canary_cpu": "Xeon (family 6, model 85)"}
-    fitted = _cost_warnings(tr, None, {"cost_fit": fit})
-    assert len(fitted) == 1
-    assert fitted[0].startswith("the canary was recorded on Xeon (family 6, model 85)")
-    same = {"fitted": True, "canary_cpu": "Xeon (family 6, model 106)"}
-    assert _cost_warnings(tr, None, {"cost_fit": same}) == []

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from planner.errors import InputDataError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 
@@ -56,6 +56,18 @@ def canary_cpu_warning(canary_cpu: str | None, traced_cpu: str | None) -> str | 
         "the cost profile fitted to the canary's ksmd is that host's, so ksmd's CPU and the "
         "scan times are the canary host's, not the traced host's"
     )
+
+
+def cost_cpu_warning(
+    profile: CostProfile, traced_cpu: str | None, cost_fit: Mapping[str, Any] | None = None
+) -> str | None:
+    """Whether ksmd's cost is another CPU's than the traced host's (docs/busy-host.md §5):
+    the canary's where ``cost_fit`` says the profile was fitted to one (its ``canary_cpu``),
+    else the profile's own. ``None`` when they match or either is unknown."""
+    if cost_fit is not None and cost_fit.get("fitted"):
+        canary_cpu = cost_fit.get("canary_cpu")
+        return canary_cpu_warning(canary_cpu if isinstance(canary_cpu, str) else None, traced_cpu)
+    return profile.other_cpu_warning(traced_cpu)
 
 
 #: Code paths of one page visit, in the order of the per-path counters.

@@ -541,12 +541,6 @@ def ksmd_schedstat_ns(pid: int, proc_root: str = PROC_ROOT) -> tuple[int, int]:
         ) from exc
 
 
-def cpu_model(proc_root: str = PROC_ROOT) -> str | None:
-    """The CPU, model name and generation (:func:`planner.provenance.cpu_identity`):
-    ``replay`` and ``whatif`` compare it with the CPU a trace was captured on."""
-    return cpu_identity(proc_root)
-
-
 @dataclass
 class _Reading:
     t_ns: int
@@ -841,7 +835,7 @@ def calibrate(
             "host": host.host,
             "kernel": platform.release(),
             "kernel_version": platform.version(),
-            "cpu_model": cpu_model(),
+            "cpu_model": cpu_identity(),  # compared with a trace's (docs/busy-host.md §5)
             "date": started.isoformat(timespec="seconds"),
             "duration_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
             "method": METHOD,

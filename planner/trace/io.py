@@ -850,6 +850,13 @@ class Trace:
         """The schema version the trace was written with."""
         return int(self.manifest["schema_version"])
 
+    @property
+    def host_cpu(self) -> str | None:
+        """The CPU the capture ran on (``capture.host_cpu``,
+        :func:`planner.provenance.cpu_identity`); None where the trace does not say."""
+        cpu = (self.manifest.get("capture") or {}).get("host_cpu")
+        return cpu if isinstance(cpu, str) else None
+
     def _known_host(self, host: str) -> str:
         if host not in self.hosts:
             raise UsageProblem(

@@ -947,13 +947,8 @@ def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceS
         pages_file_bytes=sum(h.pages_file_bytes for h in hosts),
         total_bytes=sum(h.total_bytes for h in hosts) + manifest_bytes,
         snapshots=tuple(snapshots),
-        host_cpu=_host_cpu(trace.manifest),
+        host_cpu=trace.host_cpu,
     )
-
-
-def _host_cpu(manifest: dict[str, Any]) -> str | None:
-    cpu = (manifest.get("capture") or {}).get("host_cpu")
-    return cpu if isinstance(cpu, str) else None
 
 
 def _summarize_host(

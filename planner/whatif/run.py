@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine.cost import CostProfile, canary_cpu_warning
+from planner.engine.cost import CostProfile, cost_cpu_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
@@ -388,12 +388,7 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
-    traced = (tr.manifest.get("capture") or {}).get("host_cpu")
-    traced_cpu = traced if isinstance(traced, str) else None
-    if (cost_fit or {}).get("fitted"):  # the canary host's profile
-        other = canary_cpu_warning((cost_fit or {}).get("canary_cpu"), traced_cpu)
-    else:
-        other = (cost_profile or CostProfile.default()).other_cpu_warning(traced_cpu)
+    other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
     warnings += [other] if other else []
     plan = _plan(
         tr,

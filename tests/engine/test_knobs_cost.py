@@ -111,3 +111,21 @@ def test_a_canary_on_another_cpu_than_the_trace_is_warned_of() -> None:
     assert b in text
     assert canary_cpu_warning(a, a) is None
     assert canary_cpu_warning(None, b) is None
+
+
+def test_the_cost_warning_names_the_profiles_cpu_or_the_canarys() -> None:
+    # replay and whatif ask the same question: the profile's CPU, or (a profile fitted to
+    # a canary) the canary's, against the trace's
+    from planner.engine.cost import cost_cpu_warning
+
+    traced = "Xeon (family 6, model 106)"
+    unfitted = cost_cpu_warning(CostProfile.default(), traced, None)
+    assert unfitted is not None
+    assert "cost profile 'default'" in unfitted
+    assert cost_cpu_warning(CostProfile.default(), traced, {"fitted": False}) == unfitted
+    fit = {"fitted": True, "canary_cpu": "Xeon (family 6, model 85)"}
+    fitted = cost_cpu_warning(CostProfile.default(), traced, fit)
+    assert fitted is not None
+    assert fitted.startswith("the canary was recorded on Xeon (family 6, model 85)")
+    same = {"fitted": True, "canary_cpu": traced}
+    assert cost_cpu_warning(CostProfile.default(), traced, same) is None
