@@ -75,7 +75,8 @@ RESTORE: Final = -1
 # event kinds
 _K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER, _K_GONE = 0, 1, 2, 3, 4
 # stream schemes: same-content writes, drifting content, toggling content, leaving for good
-_S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE = 0, 1, 2, 3
+# (unmapped; by a write of a new content)
+_S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE, _S_LEAVE_COW = 0, 1, 2, 3, 4
 #: events generated at once (the continuation is generated window by window)
 _WINDOW_EVENTS = 1 << 20
 _NEVER = (1 << 63) - 1
@@ -95,10 +96,13 @@ class CanaryOwn:
     """Their same-content writes per second."""
     leave: I64 | None
     """When each leaves (-1: never); None where no row of either snapshot leaves."""
+    leave_cow: B | None = None
+    """With ``leave``: whether each leaves by a write (see :attr:`IntervalWrites.leave_cow`)."""
 
     @property
     def nbytes(self) -> int:
         extra = 0 if self.leave is None else self.leave.nbytes
+        extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         return int(self.grown.nbytes + self.at.nbytes + self.rate.nbytes + extra)
 
 
@@ -120,7 +124,12 @@ class IntervalWrites:
     rows whose ``same`` the trace could not count."""
     leave_ns: I64 | None = None
     """The last snapshot only: when the row's page leaves for good (a canary saw it unmapped:
-    ``MADV_DONTNEED``, ``munmap``), else -1 (:func:`with_canary`)."""
+    ``MADV_DONTNEED``, ``munmap``, or its merge broken by a new content), else -1
+    (:func:`with_canary`)."""
+    leave_cow: B | None = None
+    """With ``leave_ns``, per row: its page leaves by a write that changed its content
+    (``unmerged_changed``): a copy-on-write break of a merged page, as ``cow_ksm`` counts
+    one; else by an unmapping, which breaks no merge by copy. None: no row leaves by a write."""
     origin_ns: int | None = None
     """The continuation after the trace goes on over this interval: its counts are over
     ``length_ns`` like the last snapshot's, its events are timed from this origin (the last
@@ -161,12 +170,12 @@ class IntervalWrites:
 
         return rows(self.content), rows(self.same), rows(self.toggle)
 
-    def canary_per_row(self) -> tuple[F64 | None, I64 | None]:
-        """``same_rate_per_s`` and ``leave_ns`` per row of this snapshot (computed for an
-        appended snapshot: see ``canary_own``)."""
+    def canary_per_row(self) -> tuple[F64 | None, I64 | None, B | None]:
+        """``same_rate_per_s``, ``leave_ns`` and ``leave_cow`` per row of this snapshot
+        (computed for an appended snapshot: see ``canary_own``)."""
         own = self.canary_own
         if own is None or self.same_rate_per_s is None:
-            return self.same_rate_per_s, self.leave_ns
+            return self.same_rate_per_s, self.leave_ns, self.leave_cow
         base = self.same_rate_per_s
         n = base.size + own.grown.size
         kept = np.ones(n, bool)
@@ -175,13 +184,20 @@ class IntervalWrites:
         rate[kept] = base
         rate[own.at] = own.rate
         if self.leave_ns is None and own.leave is None:
-            return rate, None
+            return rate, None, None
         leave = np.full(n, -1, np.int64)
         if self.leave_ns is not None:
             leave[kept] = self.leave_ns
         if own.leave is not None:
             leave[own.at] = own.leave
-        return rate, leave
+        if self.leave_cow is None and own.leave_cow is None:
+            return rate, leave, None
+        cow = np.zeros(n, bool)
+        if self.leave_cow is not None:
+            cow[kept] = self.leave_cow
+        if own.leave_cow is not None:
+            cow[own.at] = own.leave_cow
+        return rate, leave, cow
 
     @property
     def nbytes(self) -> int:
@@ -191,6 +207,7 @@ class IntervalWrites:
         else:
             extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
             extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
+            extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
         return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
@@ -200,7 +217,7 @@ class IntervalWrites:
         """Rows with at least one write."""
         content, same, _ = self.per_row()
         w = (content > 0) | (same > 0)
-        rate, leave = self.canary_per_row()
+        rate, leave, _ = self.canary_per_row()
         if rate is not None:
             w |= rate > 0
         if leave is not None:
@@ -415,7 +432,7 @@ class _Streams:
             if self.gone_rows.size:
                 rows = self.row
                 pos = np.minimum(np.searchsorted(self.gone_rows, rows), self.gone_rows.size - 1)
-                hit = (self.gone_rows[pos] == rows) & (self.scheme != _S_LEAVE)
+                hit = (self.gone_rows[pos] == rows) & (self.scheme < _S_LEAVE)  # not a leaving
                 after[hit] = self.gone_ns[pos[hit]]
             self._gone_after = after
         t, rows, kind = _window_events(
@@ -486,6 +503,8 @@ def _window_events(
                 k = _K_FRESH
             elif sch == _S_LEAVE:
                 k = _K_GONE
+            elif sch == _S_LEAVE_COW:  # a write of a new content: like a drift's
+                k = _K_FRESH
             elif sch == _S_TOGGLE:  # every other change, and the last, restores
                 last = count[i] >= 0 and j == count[i] - 1
                 k = _K_RESTORE if (j % 2 == 1 or last) else _K_OTHER
@@ -643,7 +662,7 @@ class TraceWrites:
             self.next_volatile += n_new
             if last:
                 self._other_keys, self._other_ids = keys[rt], self.other[rt]
-        rate, leave_ns = iw.canary_per_row()
+        rate, leave_ns, leave_cow = iw.canary_per_row()
         if rate is not None:  # a canary's rates, where the trace counted no such write
             rr = np.flatnonzero((rate > 0) & (s == 0))
             if rr.size:
@@ -657,10 +676,12 @@ class TraceWrites:
             gone_ns = np.maximum(leave_ns[gone_rows], t0)
             if gone_rows.size:
                 p = np.maximum(gone_ns - t0, 1).astype(np.float64)
+                by = np.full(gone_rows.size, _S_LEAVE, np.int8)
+                if leave_cow is not None:
+                    by[leave_cow[gone_rows]] = _S_LEAVE_COW
                 parts.append(
-                    (gone_rows, p, (gone_ns - t0) / p, np.ones(gone_rows.size, np.int64),
-                     np.full(gone_rows.size, _S_LEAVE, np.int8))
-                )  # fmt: skip
+                    (gone_rows, p, (gone_ns - t0) / p, np.ones(gone_rows.size, np.int64), by)
+                )
         if not parts:
             return None
         return _Streams(
@@ -989,6 +1010,9 @@ class CanaryRates:
     """Per page: when the canary last saw it leave its merge for good, else NaN: unmapped,
     or broken with its content changed (``unmerged_changed``), and never merged again
     before the recording ended."""
+    left_cow: B | None = None
+    """Per page with ``left_s``: it left by a write of a new content (``unmerged_changed``,
+    a copy-on-write break ``cow_ksm`` counts), not by an unmapping."""
     rates_by_comm: dict[str, F64] = dataclasses.field(default_factory=dict)
     """Per process role: the rates of its pages the canary saw merged, sorted (the role's
     distribution of write rates, :func:`with_canary`)."""
@@ -1104,6 +1128,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     out_n: list[int] = []
     out_m: list[float] = []
     out_left: list[float] = []
+    out_cow: list[bool] = []
     out_first: list[int] = []
     i, n_rows = 0, keys.size
     while i < n_rows:
@@ -1125,6 +1150,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         out_m.append(m)
         # gone for good: unmapped, or its content changed, and never merged again
         out_left.append(float(times[j - 1]) if kinds[j - 1] in _GONE_EVENTS else np.nan)
+        out_cow.append(kinds[j - 1] == "unmerged_changed")
         out_first.append(i)
         i = j
     key = np.array(out_key, np.uint64)
@@ -1150,6 +1176,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         events_per_page=n_arr,
         merged_s_per_page=m_arr,
         left_s=np.array(out_left, np.float64),
+        left_cow=np.array(out_cow, bool),
         rates_by_comm=rates_by_comm,
         role_of_pid=roles,
         roles_recorded=bool(cpus),
@@ -1402,6 +1429,7 @@ def _calibrated(
     rate: F64,
     cand: B,
     leave: I64 | None,
+    leave_cow: B | None,
     unseen: _Unseen,
     last: IntervalWrites | None = None,
     grown: I64 | None = None,
@@ -1433,8 +1461,8 @@ def _calibrated(
             zeros = np.zeros(rate.size, np.uint16)
             old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
     if base_rate is None or last is None or grown is None:
-        return dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave)
-    base_leave = last.leave_ns
+        return dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave, leave_cow=leave_cow)
+    base_leave, base_cow = last.leave_ns, last.leave_cow
     kept = np.ones(rate.size, bool)
     kept[grown] = False
     differ = ~kept
@@ -1444,11 +1472,22 @@ def _calibrated(
         full_leave = leave if leave is not None else np.full(rate.size, -1, np.int64)
         was = base_leave if base_leave is not None else np.full(base_rate.size, -1, np.int64)
         differ[kept] |= full_leave[kept] != was
+    full_cow = None
+    if leave_cow is not None or base_cow is not None:
+        full_cow = leave_cow if leave_cow is not None else np.zeros(rate.size, bool)
+        was_cow = base_cow if base_cow is not None else np.zeros(base_rate.size, bool)
+        differ[kept] |= full_cow[kept] != was_cow
     at = np.flatnonzero(differ)
     own = CanaryOwn(
-        grown=grown, at=at, rate=rate[at], leave=None if full_leave is None else full_leave[at]
+        grown=grown,
+        at=at,
+        rate=rate[at],
+        leave=None if full_leave is None else full_leave[at],
+        leave_cow=None if full_cow is None else full_cow[at],
     )
-    return dataclasses.replace(old, same_rate_per_s=base_rate, leave_ns=base_leave, canary_own=own)
+    return dataclasses.replace(
+        old, same_rate_per_s=base_rate, leave_ns=base_leave, leave_cow=base_cow, canary_own=own
+    )
 
 
 def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
@@ -1528,7 +1567,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     # appended snapshot's are calibrated at once and kept where they differ from the last
     # traced snapshot's (8 B per row and step otherwise: 3 GB for 24 steps at 16 M pages)
     n_traced = inp.n_snapshots if traced is None else max(1, min(traced, inp.n_snapshots))
-    per_snap: list[tuple[F64, B, I64 | None]] = []
+    per_snap: list[tuple[F64, B, I64 | None, B | None]] = []
     unseen = _Unseen(0.0, 0, rates.missed_scale)
     grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
     for k, snap in enumerate(inp.snapshots):
@@ -1546,7 +1585,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen_rows)
         old = inp.writes[k] if k < len(inp.writes) else None
         cont = k + 1 == inp.n_snapshots or (old is not None and old.origin_ns is not None)
-        leave = None  # after the trace: the rows the canary saw leave for good
+        leave = leave_cow = None  # after the trace: the rows the canary saw leave for good
         if cont and rates.left_s is not None and hit.any():
             pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
             left = rates.left_s[pos]
@@ -1554,8 +1593,10 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             if gone.any():
                 leave = np.full(key.size, -1, np.int64)
                 leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
+                if rates.left_cow is not None and (gone & rates.left_cow[pos]).any():
+                    leave_cow = gone & rates.left_cow[pos]
         if k < n_traced:
-            per_snap.append((rate, cand, leave))
+            per_snap.append((rate, cand, leave, leave_cow))
             if k + 1 == n_traced:  # the unseen breaks: an equal share per candidate of it
                 n_cand = int(np.count_nonzero(cand))
                 unseen = _Unseen(_unseen_rate_per_s(rates, n_cand), n_cand, rates.missed_scale)
@@ -1567,7 +1608,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         grown = None if grown is None else _appended_rows(grown, inp.deltas[k])
         if grown is not None and (base is None or base.size + grown.size != snap.n):
             grown = None  # pragma: no cover - an appended snapshot keeps every row
-        out.append(_calibrated(inp, k, rate, cand, leave, unseen, last, grown))
+        out.append(_calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown))
     return dataclasses.replace(inp, writes=out)
 
 

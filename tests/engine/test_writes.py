@@ -405,7 +405,7 @@ def _rates_by_pid_page(
 ) -> dict[tuple[int, int], float]:
     w = got.writes[k]
     assert w is not None
-    rate, _ = w.canary_per_row()
+    rate, _, _ = w.canary_per_row()
     assert rate is not None
     snap = inp.snapshots[k if k >= 0 else inp.n_snapshots + k]
     pid = {i: mi.pid for i, mi in enumerate(inp.mms)}
@@ -842,10 +842,10 @@ def test_pages_the_canary_saw_leave_ksm_for_good_leave_the_replay_at_that_time(
     early = [g for g in a.grid if g.t_s < 4.0]
     assert early
     assert early[-1].counters["pages_sharing"] == 3  # merged before they left
-    # leaving is not counted as a copy-on-write: cow_ksm does not count an unmap; it does
-    # count the break of a content change, which the model leaves out (docs/engine.md,
-    # "Where the model differs from the kernel")
-    assert a.cow_breaks == 0
+    # cow_ksm counts no unmap; it counts the write of a new content to a KSM page, one for
+    # each of the pair's two pages (the kernel never reuses a KSM page on a write fault,
+    # the last mapper's either)
+    assert a.cow_breaks == (0 if gone == "unmapped" else 2)
     assert_engines_agree_with_writes(calibrated, knobs, opts)
 
 
@@ -873,7 +873,7 @@ def test_appended_snapshots_share_the_last_traced_snapshots_canary_rates(counted
         + [(1.0, 100, 0x30000, "merged"), (1.0, 100, 0x31000, "merged")]
         + [(2.0, 100, 0x31000, "unmerged_same_content")]
         + [(3.0, 100, 0x10000, "unmerged_same_content")]
-        + [(5.0, pid, 0x12000, "unmapped") for pid in (100, 101)],
+        + [(5.0, 100, 0x12000, "unmapped"), (5.0, 101, 0x12000, "unmerged_changed")],
         end_s=10.0,
     )
     rates = canary_rates(obs)
@@ -903,11 +903,13 @@ def test_appended_snapshots_share_the_last_traced_snapshots_canary_rates(counted
         np.testing.assert_array_equal(own.grown, np.flatnonzero(~np.isin(keys, traced_keys)))
         assert set(own.grown.tolist()) <= set(own.at.tolist())
         assert own.at.size < inp.snapshots[k].n  # the old rows' values are the shared ones
-    rate, leave = full.writes[-1].canary_per_row()  # the case is not a trivial one
+    rate, leave, leave_cow = full.writes[-1].canary_per_row()  # the case is not a trivial one
     assert rate is not None
     assert np.count_nonzero(rate) > 0
     assert leave is not None
     assert np.count_nonzero(leave >= 0) == 2
+    assert leave_cow is not None  # one leaves by a write, the other unmapped
+    assert np.count_nonzero(leave_cow) == 1
 
 
 def test_the_steady_state_changes_pages_at_the_rate_of_every_interval() -> None:
