@@ -61,7 +61,9 @@ from planner.engine.timing import (
     HostLoad,
     advisor_step,
     cpu_of_wall_ns,
+    next_batch_ns,
     sleep_ns,
+    tick_ns,
 )
 from planner.engine.writes import Writes
 
@@ -83,8 +85,8 @@ class BatchPlan:
     that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns`` and
     ``level_ns`` per unstable-tree level they walk (:func:`planner.engine.cost.tree_levels`
     of the inserts made so far in the scan): wall time, ksmd's CPU stretched by its share
-    of a busy host; the next batch starts
-    ``sleep_ns`` after it ends) until the full scan ends or the next batch
+    of a busy host; the next batch starts ``sleep_ns`` after the tick of ``tick_ns`` in which
+    it ends, :func:`planner.engine.timing.next_batch_ns`) until the full scan ends or the next batch
     would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
     this scan (see :class:`Horizon`).
     """
@@ -98,6 +100,7 @@ class BatchPlan:
     batch_overhead_ns: int
     scan_start_ns: int
     sleep_ns: int
+    tick_ns: int
     boundary_ns: int
     horizon: Horizon
 
@@ -259,7 +262,10 @@ class Driver:
         self.next_grid = 0
         self.scans: list[ScanRecord] = []
         self.scans_after_last: int | None = None
-        self.sleep = sleep_ns(knobs.sleep_ms, knobs.hz) + self.cost.wake_latency_ns
+        slept = sleep_ns(knobs.sleep_ms, knobs.hz)
+        self.sleep = slept + self.cost.wake_latency_ns
+        # without a timed sleep (sleep_millisecs 0) ksmd runs on: no tick to wait for
+        self.tick = tick_ns(knobs.hz) if slept > 0 else 1
         self.next_snap = 0
         self.seqnr = 0
         self.pages_to_scan = knobs.initial_pages_to_scan
@@ -478,6 +484,7 @@ class Driver:
             batch_overhead_ns=self.wall.batch_overhead_ns,
             scan_start_ns=self.wall.scan_start_ns if starts else 0,
             sleep_ns=self.sleep,
+            tick_ns=self.tick,
             boundary_ns=boundary,
             horizon=self._horizon(boundary),
         )
@@ -507,7 +514,8 @@ class Driver:
                     self.advisor.start_scan_ns = self.scan_start_t
                     self.scan_pts = self.pages_to_scan
             begin = last + 1
-        return int(run.times_ns[-1]) + int(run.cpu_ns[-1]) + self.sleep, False
+        last_t, last_cpu = int(run.times_ns[-1]), int(run.cpu_ns[-1])
+        return next_batch_ns(last_t, last_cpu, self.sleep, self.tick), False
 
     def _scan_ended(self, end_t: int, row: I64, processes: dict[str, dict[str, int]]) -> bool:
         """Advisor and record after a full scan; whether the replay stops here."""

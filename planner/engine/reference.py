@@ -54,7 +54,7 @@ from planner.engine.result import (
     process_counters,
 )
 from planner.engine.rows import F_ELIGIBLE, F_THP, F_ZERO
-from planner.engine.timing import NS_PER_MS
+from planner.engine.timing import NS_PER_MS, next_batch_ns
 from planner.engine.writes import RESTORE, SAME, Writes
 
 if TYPE_CHECKING:
@@ -770,7 +770,7 @@ class ReferenceEngine:
             times.append(t)
             cpus.append(cpu)
             rows.append(self.state_row())
-            t = t + cpu + plan.sleep_ns
+            t = next_batch_ns(t, cpu, plan.sleep_ns, plan.tick_ns)
             if self._scan_ended or t >= plan.boundary_ns:
                 break
         run = BatchRun(

@@ -50,6 +50,26 @@ def sleep_ns(sleep_ms: int, hz: int) -> int:
     return slept_jiffies(msecs_to_jiffies(sleep_ms, hz)) * NS_PER_S // hz
 
 
+def tick_ns(hz: int) -> int:
+    """One jiffy in nanoseconds."""
+    return NS_PER_S // hz
+
+
+def next_batch_ns(t_ns: int, wall_ns: int, sleep_ns: int, tick_ns: int) -> int:
+    """When the batch after one that started at ``t_ns`` and lasted ``wall_ns`` starts
+    (docs/kernel-semantics.md §4.4, "A batch's CPU hides inside the tick").
+
+    ksmd wakes on a tick; its timed sleep counts whole jiffies from the jiffy in which the
+    batch ended: a batch shorter than a tick adds nothing to the period, a longer one a whole
+    tick per tick it crosses. ``sleep_ns`` is the slept jiffies (:func:`sleep_ns`) plus the
+    profile's wake-up latency, a delay every period has on top (measured: none on an idle
+    host, about 1 ms while a replay ran on the other of two CPUs). ``tick_ns`` 1 gives the
+    additive period, ``wall_ns + sleep_ns``: what ksmd does without a timed sleep
+    (``sleep_millisecs`` 0, where the next batch follows at once). Both engines compute this
+    (the fast one compiled, and in the steady fast-forward vectorized)."""
+    return t_ns + sleep_ns + wall_ns // tick_ns * tick_ns
+
+
 @dataclass
 class AdvisorState:
     """The scan-time advisor's context (``advisor_ctx`` in mm/ksm.c)."""

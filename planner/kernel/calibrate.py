@@ -71,7 +71,7 @@ from planner.engine.costfit import (
     fitted_profile,
     ksmd_window,
 )
-from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns
+from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
 from planner.errors import (
     CapturePermissionError,
     EnvironmentProblem,
@@ -410,11 +410,14 @@ def fit_profile(
     period = d.wall_ns / d.batches
     cpu_per_batch = d.cpu_ns / d.batches
     slept = sleep_ns(d.sleep_ms, m.hz)
-    # negative when the batch's CPU time hides inside the jiffy-rounded sleep: clamped to 0
-    wake_latency_raw = period - cpu_per_batch - slept
+    tick = tick_ns(m.hz)
+    # a batch's CPU hides inside the tick its sleep ends on (timing.next_batch_ns): what the
+    # period has beyond the slept jiffies and the ticks the CPU crosses is the wake-up
+    # latency (negative by the timing noise when there is none: clamped to 0)
+    wake_latency_raw = period - slept - cpu_per_batch // tick * tick
     wake_latency = max(0.0, wake_latency_raw)
     period_a = a.wall_ns / a.batches
-    wake_latency_a = period_a - a.cpu_ns / a.batches - sleep_ns(a.sleep_ms, m.hz)
+    wake_latency_a = period_a - sleep_ns(a.sleep_ms, m.hz) - a.cpu_ns / a.batches // tick * tick
 
     values = {
         "ksm_page_ns": _median(list(ksm_page.values()), "KSM page"),

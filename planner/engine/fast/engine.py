@@ -40,7 +40,7 @@ from planner.engine.fast.state import (
 from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.result import N_ROW, process_counters
 from planner.engine.rows import MM_SHIFT
-from planner.engine.timing import NS_PER_MS
+from planner.engine.timing import NS_PER_MS, next_batch_ns
 from planner.engine.writes import Writes
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class FastEngine:
             self.st = st = reserve(st, room, room, 2 * room)
             rem, mm, lo, hi, olo, ohi = self._path()
             args = (t, plan.pages_to_scan, plan.batch_overhead_ns, start_cost, plan.sleep_ns,
-                    plan.boundary_ns, room)  # fmt: skip
+                    plan.boundary_ns, room, plan.tick_ns)  # fmt: skip
             nb, status = kernel.run_batches(
                 st, mm, lo, hi, olo, ohi, self.cursor_page, args, costs,
                 self._out_t, self._out_cpu, self._out_rows, paths, self._out_bpaths,
@@ -268,7 +268,8 @@ class FastEngine:
                 cpus.append(self._out_cpu[:nb].copy())
                 rows.append(self._out_rows[:nb].copy())
                 bpaths.append(self._out_bpaths[:nb].copy())
-                t = int(self._out_t[nb - 1] + self._out_cpu[nb - 1] + plan.sleep_ns)
+                last_t, last_cpu = int(self._out_t[nb - 1]), int(self._out_cpu[nb - 1])
+                t = next_batch_ns(last_t, last_cpu, plan.sleep_ns, plan.tick_ns)
                 start_cost = 0
             if status in (ST_SCAN_END, ST_BOUNDARY):
                 break

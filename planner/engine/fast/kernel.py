@@ -696,14 +696,15 @@ def run_batches(
     the boundary, or when the output or the node room runs out.
 
     ``plan`` = (t0, pages_to_scan, batch overhead, scan-start cost, sleep, boundary, node
-    room per batch); ``out_bpaths`` gets each batch's visits per path (columns 0-8) and the
+    room per batch, tick: the next batch starts as :func:`planner.engine.timing.next_batch_ns`
+    says); ``out_bpaths`` gets each batch's visits per path (columns 0-8) and the
     unstable-tree levels they walked (columns 9-17), ``out_paths`` sums them; ``costs``
     holds a cost for each of the 18 columns. Returns (batches run, status); the cursor is
     left in ``sc``.
     """
     sc = st.sc
     n_rows = sc[S_N_ROWS]
-    t, pts, overhead, start_cost, sleep, boundary, room = plan
+    t, pts, overhead, start_cost, sleep, boundary, room, tick = plan
     nseg = seg_mm.size
     s = 0
     r = seg_lo[0] if nseg else 0
@@ -779,7 +780,7 @@ def run_batches(
         if ended:
             status = ST_SCAN_END
             break
-        t = t + cpu + sleep
+        t = t + sleep + cpu // tick * tick  # timing.next_batch_ns
     sc[S_CUR_SEG] = s
     sc[S_CUR_PAGE] = cursor_page
     return nb, status

@@ -53,6 +53,7 @@ from planner.engine.fast.state import (
     KState,
 )
 from planner.engine.result import R_FULL_SCANS, R_SCANNED, R_SKIPPED
+from planner.engine.timing import next_batch_ns
 
 if TYPE_CHECKING:
     from planner.engine.driver import BatchPlan
@@ -185,7 +186,8 @@ class Steady:
                 return None
             cpu = cost.batch_overhead_ns + rec.batch_paths @ costs
             cpu[0] += cost.scan_start_ns
-            tt = t + np.r_[0, np.cumsum(cpu[:-1] + rec.sleep_ns)].astype(np.int64)
+            step = rec.sleep_ns + cpu[:-1] // plan.tick_ns * plan.tick_ns  # timing.next_batch_ns
+            tt = t + np.r_[0, np.cumsum(step)].astype(np.int64)
             if tt[-1] >= plan.boundary_ns:
                 return None
             rr = rec.rows.copy()
@@ -201,7 +203,7 @@ class Steady:
             paths.append(visits[:npaths])
             levels.append(visits[npaths:])
             procs.append(rec.processes)
-            t = int(tt[-1] + cpu[-1] + rec.sleep_ns)
+            t = next_batch_ns(int(tt[-1]), int(cpu[-1]), rec.sleep_ns, plan.tick_ns)
         self._advance(st, starts, mono)
         self.scans_skipped += self.period
         return BatchRun(
