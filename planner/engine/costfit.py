@@ -39,6 +39,7 @@ from planner.engine.timing import (
     HostLoad,
     nice_weight,
     sleep_ns,
+    tick_ns,
 )
 from planner.errors import InputDataError
 
@@ -94,10 +95,18 @@ class KsmdWindow:
 
     def share(self, hz: int, wake_latency_ns: int) -> float:
         """ksmd's real share of a CPU while it worked: a batch's CPU over the wall time the
-        batch took (its period less the slept jiffies and the wake-up latency); 1 where the
-        period leaves no time beyond the sleep."""
-        busy_ns = self.wall_s * NS_PER_S / self.batches - sleep_ns(self.sleep_ms, hz)
-        busy_ns -= wake_latency_ns
+        batch took; 1 where the period leaves no time beyond the sleep.
+
+        The period is the slept jiffies, the wake-up latency and the whole ticks the batch
+        crossed (:func:`planner.engine.timing.next_batch_ns`): what it has beyond the first
+        two, ``k`` ticks, says the batch took from ``k`` to ``k + 1`` ticks, and the middle,
+        half a tick more, is taken (batches whose lengths spread over a tick or more cross,
+        on average, half a tick fewer than their mean length).
+        Without a timed sleep (``sleep_millisecs`` 0) the period is the batch itself."""
+        slept = sleep_ns(self.sleep_ms, hz)
+        busy_ns = self.wall_s * NS_PER_S / self.batches - slept - wake_latency_ns
+        if slept > 0:
+            busy_ns = max(0.0, busy_ns) + tick_ns(hz) / 2
         cpu_batch_ns = self.cpu_s * NS_PER_S / self.batches
         return min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
 

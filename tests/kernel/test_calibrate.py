@@ -11,7 +11,7 @@ import pytest
 
 import planner.kernel.calibrate as C
 from planner.engine.cost import CostProfile, mean_insert_levels
-from planner.engine.timing import sleep_ns
+from planner.engine.timing import sleep_ns, tick_ns
 from planner.errors import (
     EnvironmentProblem,
     KernelUnsupportedError,
@@ -102,7 +102,10 @@ def synthetic(sizes: tuple[int, ...] = (1000, 4000, 16000), defaults_n: int = 50
     ) -> Window:
         w = Window(phase, pts, 20, 0, 0, scanned, full)
         cpu = w.batches * batch_ns + full * t["scan_start_ns"] + scanned * per_page
-        wall = w.batches * (cpu / w.batches + sleep_ns(20, HZ) + t["wake_latency_ns"])
+        # the period: the slept jiffies, the latency and the whole ticks a batch's CPU
+        # crosses (timing.next_batch_ns)
+        ticks = cpu / w.batches // tick_ns(HZ) * tick_ns(HZ)
+        wall = w.batches * (sleep_ns(20, HZ) + t["wake_latency_ns"] + ticks)
         return Window(phase, pts, 20, round(wall), round(cpu), scanned, full)
 
     windows = [
@@ -129,7 +132,7 @@ def test_the_fit_recovers_every_cost_it_was_generated_from() -> None:
 def test_a_tick_aligned_wake_gives_zero_latency_and_keeps_the_raw_value() -> None:
     m = synthetic()
     d = next(w for w in m.windows if w.phase == "defaults")
-    # the period is exactly the slept jiffies: the batch's CPU hides inside the sleep
+    # the period is exactly the slept jiffies: the batch's CPU hides inside the tick
     short = Window(
         d.phase,
         d.pages_to_scan,
@@ -142,7 +145,8 @@ def test_a_tick_aligned_wake_gives_zero_latency_and_keeps_the_raw_value() -> Non
     m2 = Measurements(m.scans, [w for w in m.windows if w.phase != "defaults"] + [short], HZ)
     prof, fit = fit_profile(m2)
     assert prof.wake_latency_ns == 0
-    assert fit["defaults"]["wake_latency_raw_ns"] == pytest.approx(-d.cpu_ns / d.batches)
+    assert d.cpu_ns / d.batches < tick_ns(HZ)
+    assert fit["defaults"]["wake_latency_raw_ns"] == pytest.approx(0, abs=1)
 
 
 def test_unstable_slope_is_never_negative() -> None:
