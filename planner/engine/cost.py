@@ -192,7 +192,7 @@ class CostProfile:
         """A warning when the trace was captured on another CPU generation than the one
         this profile was measured on (both known): what a page costs ksmd differs between
         them, and on the published live runs the shipped profile made ksmd's CPU
-        -23..+33 % of the real one on another CPU than its own (docs/live-validation.md,
+        -20..+45 % of the real one on another CPU than its own (docs/live-validation.md,
         "The published errors"). ``None`` when they match or either is unknown."""
         if not other_cpu(self.cpu, traced_cpu):
             return None
