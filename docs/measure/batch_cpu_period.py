@@ -5,9 +5,11 @@ anonymous pages (``MADV_MERGEABLE``); smart scan is off, so after the first two 
 visit is an unstable-tree insert and a batch's CPU grows with ``pages_to_scan``. For each
 ``pages_to_scan`` ksmd runs at ``sleep_millisecs`` 20 for a window of ``WINDOW_S`` seconds;
 from ``pages_scanned``, ``full_scans`` and ksmd's ``schedstat`` (CPU and time waiting for a
-CPU) the script prints the batch period, a batch's CPU, and the two candidate models: the
-planner's (slept jiffies + the cost profile's wake-up latency + the batch's CPU) and one in
-which the CPU of a batch shorter than a tick hides inside the tick the sleep ends on.
+CPU) the script prints the batch period, a batch's CPU, and two rules: the additive one
+(slept jiffies + the cost profile's wake-up latency + the batch's CPU), which the engines
+followed until 2026-12-04, and the tick rule they follow since
+(:func:`planner.engine.timing.next_batch_ns`: the CPU of a batch hides inside the tick it
+ends in).
 
 Run from the repository root: ``sudo .venv/bin/python docs/measure/batch_cpu_period.py``
 (about a minute on an idle host). It takes the project's KSM lease (every knob restored on
@@ -17,12 +19,11 @@ exit) and leaves no process behind.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
 from planner.engine.cost import CostProfile
-from planner.engine.timing import sleep_ns
+from planner.engine.timing import next_batch_ns, sleep_ns, tick_ns
 from planner.kernel.calibrate import ksmd_pid, ksmd_schedstat_ns
 from planner.kernel.holder import Holder
 from planner.kernel.sysfs import KsmLease
@@ -42,9 +43,8 @@ def _read(name: str) -> int:
 
 def main() -> int:
     hz = kernel_hz() or 250
-    tick_ms = 1000 / hz
-    slept_ms = sleep_ns(SLEEP_MS, hz) / 1e6
-    wake_ms = CostProfile.default().wake_latency_ns / 1e6
+    tick = tick_ns(hz)
+    sleep = sleep_ns(SLEEP_MS, hz) + CostProfile.default().wake_latency_ns
     ksmd = ksmd_pid()
     rows = []
     holder = Holder.spawn()
@@ -73,17 +73,15 @@ def main() -> int:
                 period_ms = (t1 - t0) / batches / 1e6
                 cpu_ms = (cpu1 - cpu0) / batches / 1e6
                 wait_ms = (wait1 - wait0) / batches / 1e6
-                # the sleep starts when the batch ends; it ends on a tick, so a batch that
-                # started on a tick and ran c ms adds ticks only once c passes whole ticks
-                hidden_ms = slept_ms + math.floor(cpu_ms / tick_ms) * tick_ms + wake_ms
+                rule_ms = next_batch_ns(0, round(cpu_ms * 1e6), sleep, tick) / 1e6
                 row = {
                     "pages_to_scan": pts,
                     "batches": round(batches),
                     "period_ms": round(period_ms, 2),
                     "cpu_per_batch_ms": round(cpu_ms, 3),
                     "wait_per_batch_ms": round(wait_ms, 3),
-                    "planner_model_ms": round(slept_ms + wake_ms + cpu_ms + wait_ms, 2),
-                    "cpu_hidden_model_ms": round(hidden_ms + wait_ms, 2),
+                    "additive_rule_ms": round(sleep / 1e6 + cpu_ms + wait_ms, 2),
+                    "tick_rule_ms": round(rule_ms + wait_ms, 2),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
