@@ -85,8 +85,9 @@ class BatchPlan:
     that starts a full scan, ``scan_start_ns``, plus the visits' ``path_costs_ns`` and
     ``level_ns`` per unstable-tree level they walk (:func:`planner.engine.cost.tree_levels`
     of the inserts made so far in the scan): wall time, ksmd's CPU stretched by its share
-    of a busy host; the next batch starts ``sleep_ns`` after the tick of ``tick_ns`` in which
-    it ends, :func:`planner.engine.timing.next_batch_ns`) until the full scan ends or the next batch
+    of a busy host; the next batch starts ``sleep_ns`` and the whole ticks of ``tick_ns`` the
+    batch crossed after it started, :func:`planner.engine.timing.next_batch_ns`) until the full
+    scan ends or the next batch
     would start at or after ``boundary_ns``. ``horizon`` bounds what an engine may do past
     this scan (see :class:`Horizon`).
     """
