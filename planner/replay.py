@@ -177,7 +177,7 @@ def _replay_prepared(
         options, cost_fit = fit_to_recording(
             source, recording.counters, options or ReplayOptions(), canary=canary
         )
-        cost_fit["canary_cpu"] = (recording.meta.get("host") or {}).get("cpu")
+        cost_fit["canary_cpu"] = recording.host_cpu
         progress.finish()
     res = replay(
         source, knobs=knobs, options=options, engine=engine, progress=progress, canary=canary

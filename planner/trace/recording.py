@@ -179,6 +179,13 @@ class ObservedTimeline:
     """Canary mode: one row per page KSM-state change (``page_events.parquet``), else ``None``."""
 
     @property
+    def host_cpu(self) -> str | None:
+        """The CPU the recording ran on (its host facts' ``cpu``,
+        :func:`planner.provenance.cpu_identity`); None where it does not say."""
+        cpu = (self.meta.get("host") or {}).get("cpu")
+        return cpu if isinstance(cpu, str) else None
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """Where and how the recording was made."""
         return dict(self.meta.get("provenance", {}))

@@ -159,7 +159,7 @@ def _fit_cost(
     fitted, note = fit_to_recording(
         inp, recording.counters, base, canary=canary_rates(recording, inp.page_size)
     )
-    note["canary_cpu"] = (recording.meta.get("host") or {}).get("cpu")
+    note["canary_cpu"] = recording.host_cpu
     return (fitted.cost if note["fitted"] else cost_profile), note
 
 
