@@ -12,13 +12,20 @@ a fault (408-436 k faults, 0.8-1.4 s); on the way out the heap is trimmed once. 
 resident size grows by what no later array reuses (1.55-1.59 GB -> 1.70-1.72 GB there).
 
 Elsewhere than glibc nothing is changed and :func:`release_memory` does nothing.
+
+numpy asks the kernel for transparent huge pages (``madvise``) for every array of 4 MiB or
+more. :func:`normal_pages` turns that off while arrays that are written once and soon freed
+are made (``prepare``), and :func:`state_pages` while the engine's state is allocated on a
+machine where a fresh huge page is cold (:func:`huge_pages_are_cold`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -96,4 +103,87 @@ def retained_heap_below(rows: int) -> contextlib.AbstractContextManager[None]:
     return retained_heap() if rows <= RETAIN_MAX_ROWS else contextlib.nullcontext()
 
 
-__all__ = ["RETAIN_MAX_ROWS", "release_memory", "retained_heap", "retained_heap_below"]
+_PAGES_LOCK = threading.Lock()
+_normal = 0  # normal_pages blocks open (nested or in several threads)
+_huge_before = True  # numpy's switch before the outermost block
+
+
+def _madvise_switch() -> Any | None:
+    try:
+        from numpy._core.multiarray import (  # type: ignore[attr-defined]
+            _set_madvise_hugepage,
+        )
+    except ImportError:  # pragma: no cover - numpy without the switch
+        return None
+    return _set_madvise_hugepage
+
+
+@contextlib.contextmanager
+def normal_pages() -> Iterator[None]:
+    """Arrays allocated inside get normal pages: numpy's ``madvise`` for transparent huge
+    pages is off while the block runs (nested or in several threads: off until the last
+    one ends, then as it was). Each fresh huge page is zeroed whole when first touched,
+    2 MiB at a time: for arrays written once and freed soon (``prepare``) that was 40 %
+    of the 4 M-page replay's CPU (``clear_page_erms`` under ``do_huge_pmd_anonymous_page``,
+    docs/engine.md "Speed and memory"). The switch is numpy's, for the whole process."""
+    global _normal, _huge_before
+    switch = _madvise_switch()
+    if switch is None:  # pragma: no cover - numpy without the switch
+        yield
+        return
+    with _PAGES_LOCK:
+        if not _normal:
+            _huge_before = bool(switch(False))
+        _normal += 1
+    try:
+        yield
+    finally:
+        with _PAGES_LOCK:
+            _normal -= 1
+            if not _normal:
+                switch(_huge_before)
+
+
+#: virtio's feature bit of a balloon device that reports free pages to its host
+#: (VIRTIO_BALLOON_F_REPORTING, include/uapi/linux/virtio_balloon.h)
+BALLOON_F_REPORTING = 5
+
+
+@functools.cache
+def huge_pages_are_cold(sys_root: Path = Path("/sys")) -> bool:
+    """Whether this machine is a virtual machine whose free memory goes back to its host in
+    blocks of a huge page or more (a virtio balloon with free page reporting, whose
+    ``features`` in sysfs have bit :data:`BALLOON_F_REPORTING` set).
+
+    There a transparent huge page comes from such a block, which the host backs again
+    page by page when it is first touched: 2.5-4 ms per MB on this project's VMs, against
+    0.14 for a normal page the guest freed a moment before (docs/engine.md, "2026-12-05:
+    what a fresh page costs"). Read once per process; False when sysfs says nothing."""
+    try:
+        devices = sorted((sys_root / "bus/virtio/drivers/virtio_balloon").glob("virtio*"))
+        for dev in devices:
+            bits = (dev / "features").read_text().strip()
+            if len(bits) > BALLOON_F_REPORTING and bits[BALLOON_F_REPORTING] == "1":
+                return True
+    except OSError:
+        return False
+    return False
+
+
+def state_pages() -> contextlib.AbstractContextManager[None]:
+    """Where the fast engine allocates its state (each snapshot's application):
+    :func:`normal_pages` on a machine where huge pages are cold, else numpy's default.
+    Huge pages make the kernel's random accesses 2-8 % faster (fewer TLB misses); where
+    they are cold, faulting them in cost the 4 M-page replay 0.5-0.7 s of its ~4.5 s."""
+    return normal_pages() if huge_pages_are_cold() else contextlib.nullcontext()
+
+
+__all__ = [
+    "RETAIN_MAX_ROWS",
+    "huge_pages_are_cold",
+    "normal_pages",
+    "release_memory",
+    "retained_heap",
+    "retained_heap_below",
+    "state_pages",
+]

@@ -16,7 +16,6 @@ KSM state:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -27,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from planner.engine.heap import release_memory
+from planner.engine.heap import normal_pages, release_memory
 from planner.engine.registration import (
     PRCTL_AT_DEFAULT,
     PrctlAt,
@@ -67,7 +66,7 @@ from planner.trace.schema import PageFlag
 from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Sequence
 
     from planner.engine.timing import HostLoad
     from planner.trace.io import HostTrace, Trace
@@ -412,8 +411,8 @@ def _sampled(pages: pa.Table) -> bool:
 def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """One column as one numpy array, nulls as 0, read from Arrow's buffers: each chunk is
     viewed in place and numpy joins them (Arrow's own conversion of a chunked column
-    allocates on transparent huge pages, see :func:`_small_pages`, and ``to_numpy``
-    imports pandas)."""
+    allocates on transparent huge pages, see :func:`planner.engine.heap.normal_pages`,
+    and ``to_numpy`` imports pandas)."""
     return as_numpy(col, dtype, null=0)
 
 
@@ -808,30 +807,6 @@ def _load(ht: HostTrace) -> HostLoad | None:
     return recorded_load(ht.intervals())
 
 
-@contextlib.contextmanager
-def _small_pages() -> Iterator[None]:
-    """numpy asks the kernel for transparent huge pages (``madvise``) for every array of
-    4 MiB or more. Preparing allocates and frees many such arrays, each used once, and
-    every fresh huge page is zeroed whole when first touched: 40 % of the command line's
-    CPU on the 4 M-page replay benchmark (``perf``: ``clear_page_erms`` under
-    ``do_huge_pmd_anonymous_page``). Arrays allocated meanwhile get normal pages; the
-    engine's state, allocated after, keeps huge pages (random access: fewer TLB misses).
-    The switch is numpy's process-wide one; another thread allocating meanwhile only
-    gets normal pages."""
-    try:
-        from numpy._core.multiarray import (  # type: ignore[attr-defined]
-            _set_madvise_hugepage,
-        )
-    except ImportError:  # pragma: no cover - numpy without the switch
-        yield
-        return
-    before = bool(_set_madvise_hugepage(False))
-    try:
-        yield
-    finally:
-        _set_madvise_hugepage(before)
-
-
 def _prepare(
     ht: HostTrace,
     pages: Iterable[tuple[int, pa.Table]],
@@ -841,7 +816,7 @@ def _prepare(
 ) -> ReplayInput:
     """The input from ``ht``'s small tables and its pages, snapshot by snapshot (in order;
     a snapshot without pages may be missing)."""
-    with _small_pages():
+    with normal_pages():  # arrays used once (docs/engine.md, "Speed and memory")
         inp = _prepare_rows(ht, pages, resolver, include_mms, prctl_at)
     release_memory()  # the snapshots' pages and rows, freed, go back to the system
     return inp

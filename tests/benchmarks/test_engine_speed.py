@@ -75,6 +75,26 @@ def _sort_s(column: np.ndarray, rounds: int = 3) -> float:
     return best
 
 
+FRESH_MEMORY_CHILD = """
+import json, time
+import numpy as np
+t = time.perf_counter()
+a = np.ones(256 << 20, np.uint8)  # every page written: each one faulted in and zeroed first
+print(json.dumps(dict(s=time.perf_counter() - t)))
+"""
+
+
+def _fresh_memory_ms_per_100mb() -> float:
+    """What a new process pays to touch fresh memory, ms per 100 MB (256 MiB written by a
+    child, as the command's child process meets it now). A virtual machine whose free
+    memory goes back to its host (virtio-balloon free page reporting, as on these VMs)
+    pays 5-10 times more for a page it has not touched for a few seconds than for one
+    freed just before: the end-to-end figures below move with it (docs/engine.md,
+    "2026-12-05: what a fresh page costs")."""
+    res = _run_child(FRESH_MEMORY_CHILD)
+    return float(res["s"]) * 1e3 / ((256 << 20) / 100e6)
+
+
 def _warm() -> None:
     """Load the compiled kernel once (its one-time cost is test_first_call's subject)."""
     from planner.testing.builder import World
@@ -265,6 +285,7 @@ def test_cli_end_to_end(
     trace = trace_dirs(pages, interval)
     sort_s = _sort_s(_first_hash_column(trace))
     load = _load_average()
+    fresh = _fresh_memory_ms_per_100mb()
     args = [str(trace), "--pages-to-scan", "100000", "--json"]
     res = benchmark.pedantic(
         _run_child, args=(CLI_CHILD.format(args=["replay", *args]),), rounds=1, iterations=1
@@ -275,6 +296,7 @@ def test_cli_end_to_end(
     figures = {
         "pages": pages,
         "load average before": load,
+        "fresh memory, ms per 100 MB": fresh,
         "full scans": scans,
         "page visits": visits,
         "process start to JSON s": res["wall"],
@@ -320,12 +342,14 @@ def test_info_rows_per_s(
     sort_s = _sort_s(hashes)
     del hashes
     load = _load_average()
+    fresh = _fresh_memory_ms_per_100mb()
     res = benchmark.pedantic(
         _run_child, args=(CLI_CHILD.format(args=["info", str(trace), "--json"]),), rounds=1
     )
     figures = {
         "page rows": rows,
         "load average before": load,
+        "fresh memory, ms per 100 MB": fresh,
         "process start to JSON s": res["wall"],
         "CPU s (user + system)": res["cpu"],
         "rows per s end to end": rows / res["wall"],

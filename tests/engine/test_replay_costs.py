@@ -1,6 +1,7 @@
 """What ``ksm-planner replay`` spends besides replaying: freed arrays reused without page
-faults inside ``retained_heap``, a start-up without pandas, an exit without the interpreter's
-last collection (docs/engine.md, "Speed and memory")."""
+faults inside ``retained_heap``, normal pages where huge ones are cold, a start-up without
+pandas, an exit without the interpreter's last collection (docs/engine.md, "Speed and
+memory")."""
 
 from __future__ import annotations
 
@@ -66,6 +67,92 @@ def test_a_worker_retains_for_inputs_up_to_its_bound() -> None:
     with retained_heap_below(RETAIN_MAX_ROWS + 1):
         assert heap._retaining == 0
     assert heap._retaining == 0
+
+
+def _huge() -> bool:
+    from numpy._core.multiarray import _get_madvise_hugepage  # type: ignore[attr-defined]
+
+    return bool(_get_madvise_hugepage())
+
+
+def test_normal_pages_nest_and_restore_numpys_switch() -> None:
+    """numpy's huge-page ``madvise`` is off inside (nested blocks included) and as it was
+    after the outermost block, whatever it was."""
+    from numpy._core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined]
+
+    before = _huge()
+    try:
+        for setting in (True, False):
+            _set_madvise_hugepage(setting)
+            with heap.normal_pages():
+                assert not _huge()
+                with heap.normal_pages():
+                    assert not _huge()
+                assert not _huge()
+            assert _huge() is setting
+    finally:
+        _set_madvise_hugepage(before)
+
+
+def _balloon(root: Path, features: str) -> Path:
+    dev = root / "bus" / "virtio" / "drivers" / "virtio_balloon" / "virtio0"
+    dev.mkdir(parents=True)
+    (dev / "features").write_text(features + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("features", "cold"),
+    [
+        # this project's VMs: stats, deflate on OOM and free page reporting (bit 5)
+        ("0110010100000000000000000000000010000000", True),
+        ("0110000100000000000000000000000010000000", False),  # a balloon that does not report
+        ("01100", False),  # too short to say
+    ],
+)
+def test_huge_pages_are_cold_where_free_pages_go_back_to_the_host(
+    tmp_path: Path, features: str, cold: bool
+) -> None:
+    """A virtio balloon that reports free pages (feature bit 5) makes a fresh huge page
+    cold; no balloon, or one without the feature, does not (fake sysfs)."""
+    heap.huge_pages_are_cold.cache_clear()
+    try:
+        assert heap.huge_pages_are_cold(_balloon(tmp_path, features)) is cold
+        assert heap.huge_pages_are_cold(tmp_path / "no-sysfs") is False
+    finally:
+        heap.huge_pages_are_cold.cache_clear()
+
+
+@pytest.mark.parametrize("cold", [True, False])
+def test_the_engines_state_takes_normal_pages_where_huge_ones_are_cold(
+    monkeypatch: pytest.MonkeyPatch, cold: bool
+) -> None:
+    """Where huge pages are cold the fast engine applies a snapshot (allocating its state)
+    with numpy's huge pages off; elsewhere as numpy does by default."""
+    from planner.engine import KsmKnobs, prepare
+    from planner.engine.fast import engine
+    from planner.engine.fast.apply import apply_delta as apply
+    from planner.testing.builder import World
+
+    w = World()
+    w.spawn(1)
+    w.map(1, 0x10000, [1, 1, 2])
+    w.snapshot(0.0)
+    fe = engine.FastEngine(prepare(w.host_trace()), KsmKnobs())
+    seen: list[bool] = []
+
+    def recorded(*args: object) -> None:
+        seen.append(_huge())
+        apply(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heap, "huge_pages_are_cold", lambda: cold)
+    monkeypatch.setattr(engine, "apply_delta", recorded)
+    before = _huge()
+    with heap.state_pages():
+        assert _huge() is (before and not cold)
+    fe.apply_snapshot(0, 0)
+    assert seen == [before and not cold]
+    assert _huge() is before
 
 
 #: One ``ksm-planner replay --json`` of the sample in a fresh interpreter, for both tests
