@@ -281,7 +281,11 @@ def test_cli_end_to_end(
     load 7.8-18): 25.8 and 11.4 s wall, 6.5 and 5.6 CPU s, 426-437 B per page; main 14.1
     and 16.2 s, 6.2 and 5.1 CPU s, 424-427 B. At that load ``np.sort`` itself took
     0.05-0.12 s instead of 0.022, and the ratio (5.3-10.3x either way) says nothing.
-    Where the time goes: docs/engine.md, "Speed and memory"."""
+    On 2026-12-05 (Intel family 6 model 106 VM, load 1.2, fresh memory 14.7 ms per 100 MB):
+    4.32 s wall, 5.14 CPU s, 22.9 M visits/s, one full scan 4.94x ``np.sort``, 295 B per
+    page (16 M pages: 16.8 s, 22.6 M/s, 3.95x, 229 B); a run whose fresh memory cost
+    ~300 ms per 100 MB takes 0.7-0.9 s more. Where the time goes: docs/engine.md, "Speed
+    and memory"."""
     trace = trace_dirs(pages, interval)
     sort_s = _sort_s(_first_hash_column(trace))
     load = _load_average()
@@ -322,7 +326,8 @@ def test_info_rows_per_s(
     1.0, counting batch by batch): 2.39-2.53 s wall, 3.2-3.4 CPU s, 4.7-5.0 M rows/s end to
     end, 75 B of peak RSS per row, in the benchmark's process tree right after it wrote the
     trace; the command alone on a written trace, alternated with the version before, 1.69 s
-    against 1.98 s (medians of 6; docs/engine.md, "Counting as the batches come"). On
+    against 1.98 s (medians of 6; docs/engine.md, "Counting as the batches come").
+    2026-12-05 (load 0.8-1.2): 1.44-1.64 s, 7.3-8.3 M rows/s, 72-74 B per row. On
     2026-12-02 at load 0.3-0.4 the version of then took 1.35-1.46 s (8.2-8.8 M rows/s,
     83-86 B per row): this VM's speed varies from day to day. The page cache is assumed
     warm: the trace was just written, and every figure is CPU-bound."""
