@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from planner.errors import UsageProblem
 from planner.whatif.capacity import (
@@ -194,6 +196,37 @@ def test_max_fit() -> None:
     assert max_fit(lambda n: 10.0 * n, 100, upper=1000) == 10
     assert max_fit(lambda n: 0.0, 1, upper=77) == 77
     assert max_fit(lambda n: 5.0 + n, 4, upper=10) == 0
+    for hint in (-5, 0, 3, 9, 10, 11, 500, 2000):
+        assert max_fit(lambda n: 10.0 * n, 95, upper=1000, hint=hint) == 9
+        assert max_fit(lambda n: 0.0, 1, upper=77, hint=hint) == 77
+        assert max_fit(lambda n: 5.0 + n, 4, upper=10, hint=hint) == 0
+
+
+@given(
+    base=st.integers(0, 10_000),
+    slope=st.integers(0, 1_000),
+    bend=st.integers(0, 50),
+    budget=st.integers(0, 200_000),
+    upper=st.integers(1, 5_000),
+    hint=st.integers(-10, 6_000),
+)
+def test_max_fit_from_a_hint_finds_what_it_finds_without(
+    base: int, slope: int, bend: int, budget: int, upper: int, hint: int
+) -> None:
+    """Started from any guess, the search ends where the search from 0 ends, for every
+    non-decreasing memory curve (steps of a worker, with plateaus: ``bend``)."""
+    calls: list[int] = []
+
+    def memory(n: int) -> float:
+        calls.append(n)
+        return float(base + slope * (n - n % (bend + 1)))
+
+    want = max_fit(memory, budget, upper=upper)
+    calls.clear()
+    assert max_fit(memory, budget, upper=upper, hint=hint) == want
+    assert all(0 <= n <= upper for n in calls)
+    if hint == want:
+        assert len(calls) <= 3  # the guess, its neighbour, and nothing more
 
 
 def test_sizes() -> None:
