@@ -59,6 +59,18 @@ class IdTable:
         return self._value_of[: self.n].copy()
 
     @property
+    def capacity(self) -> int:
+        """Distinct values the table takes before it is rebuilt (half its slots)."""
+        return int(self._slots.size // 2)
+
+    def clear(self) -> None:
+        """Forget every value (no ids given, every slot free) and keep the memory: a table
+        used for one snapshot after another is faulted in once, not once per snapshot
+        (``info``: docs/engine.md, "Tables kept from snapshot to snapshot")."""
+        self._slots.view(np.uint8)[:] = 0
+        self.n = 0
+
+    @property
     def table_bytes(self) -> int:
         """Bytes held: the slots and the value of each id."""
         return int(self._slots.nbytes + self._value_of.nbytes)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Any
 
+from planner._heap import retained_heap
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, ReplayOptions, derive_input, prepare_trace, replay
 from planner.engine.cost import cost_cpu_warning
-from planner.engine.heap import retained_heap
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
 from planner.engine.registration import PRCTL_AT_DEFAULT

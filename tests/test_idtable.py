@@ -88,6 +88,35 @@ def test_a_big_table_is_rebuilt_with_its_ids() -> None:
     assert table.ids_of(values[:100]).tolist() == first_ids.tolist()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, U64_MAX), max_size=200), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_a_cleared_table_gives_ids_as_a_new_one(uses: list[list[int]], keep: bool) -> None:
+    """A table cleared after each use (``info``'s, from snapshot to snapshot) numbers the
+    next values from 0 as a new table would, whatever it held, keeps its memory and its
+    capacity, and grows past it (values kept) as a new one does."""
+    table = IdTable(8, keep_values=keep)
+    for values in uses:
+        v = np.array(values, np.uint64)
+        table.clear()
+        assert table.n == 0
+        if not keep and len(set(values)) > table.capacity:
+            continue
+        slots = table.table_bytes
+        first = np.zeros(len(v), bool)
+        ids = table.ids_of(v, first)
+        want_ids, want_first, want_values = _expected(v)
+        assert ids.tolist() == want_ids.tolist()
+        assert first.tolist() == want_first.tolist()
+        assert table.n == len(want_values)
+        if keep:
+            assert table.values().tolist() == want_values.tolist()
+        else:
+            assert table.table_bytes == slots
+
+
 @pytest.mark.parametrize(
     ("first", "out"),
     [(np.zeros(2, np.int8), None), (np.zeros(3, bool), None), (None, np.zeros(2, np.int64))],

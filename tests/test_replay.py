@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import planner.replay
-from planner.engine import heap
+from planner import _heap as heap
 from planner.replay import replay_trace
 from planner.testing.builder import World
 

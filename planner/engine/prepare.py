@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from planner.engine.heap import normal_pages, release_memory
+from planner._heap import normal_pages, release_memory
 from planner.engine.registration import (
     PRCTL_AT_DEFAULT,
     PrctlAt,
@@ -411,7 +411,7 @@ def _sampled(pages: pa.Table) -> bool:
 def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """One column as one numpy array, nulls as 0, read from Arrow's buffers: each chunk is
     viewed in place and numpy joins them (Arrow's own conversion of a chunked column
-    allocates on transparent huge pages, see :func:`planner.engine.heap.normal_pages`,
+    allocates on transparent huge pages, see :func:`planner._heap.normal_pages`,
     and ``to_numpy`` imports pandas)."""
     return as_numpy(col, dtype, null=0)
 

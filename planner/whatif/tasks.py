@@ -398,8 +398,8 @@ def _release() -> None:
 
 
 def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
+    from planner._heap import retained_heap_below
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, replay
-    from planner.engine.heap import retained_heap_below
 
     t0 = time.perf_counter()
     inp = _prepared(
@@ -421,7 +421,7 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     ideal, zero_freed, eligible = ideals.last
     canary = _canary(spec.canary_path, inp.page_size) if spec.canary_path else None
     # a replay allocates and frees arrays of a snapshot's size at every batch: kept for
-    # reuse (planner.engine.heap; 45 -> 29 s for the Django what-if with its canary, the
+    # reuse (planner._heap; 45 -> 29 s for the Django what-if with its canary, the
     # page faults and trims gone), where the worker's memory has room for it
     with retained_heap_below(inp.max_rows):
         res = replay(_derived(spec, inp, opts, canary), knobs=knobs, options=opts)

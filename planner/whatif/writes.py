@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from planner._heap import release_memory
 from planner._idtable import table_slots
 from planner._jit import compiled_on_first_call
-from planner.engine.heap import release_memory
 from planner.trace import schema as S
 from planner.trace.check import as_numpy
 

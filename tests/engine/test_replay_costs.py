@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.engine import heap
-from planner.engine.heap import release_memory, retained_heap
+from planner import _heap as heap
+from planner._heap import release_memory, retained_heap
 
 ROOT = Path(__file__).resolve().parents[2]
 glibc = pytest.mark.skipif(heap._LIBC is None, reason="needs glibc's malloc_trim and mallopt")
@@ -60,7 +60,7 @@ def test_nested_and_released_once() -> None:
 def test_a_worker_retains_for_inputs_up_to_its_bound() -> None:
     """What-if workers retain freed arrays for inputs up to RETAIN_MAX_ROWS rows only (a
     16 M-page host in a 4 GiB Dask worker had no room for them)."""
-    from planner.engine.heap import RETAIN_MAX_ROWS, retained_heap_below
+    from planner._heap import RETAIN_MAX_ROWS, retained_heap_below
 
     with retained_heap_below(RETAIN_MAX_ROWS):
         assert heap._retaining == 1

@@ -22,6 +22,7 @@ Expected numbers at t=10, worked out by hand:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -263,23 +264,29 @@ def _oracle(rows: list[tuple[int, int, int, int, bool]], group_of: Any) -> dict[
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("ids", ["small", "big", "mixed"])
-@pytest.mark.parametrize(
-    ("seed", "n_pids"), [(s, 5) for s in range(4)] + [(9, 50), (7, 90), (8, 200)]
-)
-def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -> None:
-    """Random snapshots with repeated hashes, shared frames (some with two contents),
-    zero pages, unhashed pages and hashed pages without a frame: totals and the
-    breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
-    id, and the group-by-group count; kinds, comms and label sets in one pass), with ids
-    small enough for the direct table or not (``big``: hashes and frames from 2**60, the
-    hash table; ``mixed``: those of the later pages only, so that a counter fed batch by
-    batch moves from the direct table to the hash table on the way). The same pages fed
-    to a :class:`SnapshotCounter` in random batches, its tables sized for one row (they
-    grow), give the same potential."""
+@dataclass
+class _Snap:
+    pages: pa.Table
+    procs: pa.Table
+    maps: pa.Table
+    n: int
+    pid: Any
+    vma: Any
+    h: Any
+    f: Any
+    base: Any
+    unhashed: Any
+    lone: Any
+    zero: Any
+    kinds: list[str]
+    comm: dict[int, str]
+
+
+def _random_snapshot(rng: Any, n_pids: int, ids: str, *, labels: bool = True) -> _Snap:
+    """A random snapshot of ``n_pids`` processes (see the oracle test below); ``labels``:
+    label sets on four processes of five, else none (a breakdown fewer)."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400)) * (1 + n_pids // 20)
     pids = range(1, n_pids + 1)
     pid = np.sort(rng.integers(1, n_pids + 1, n)).astype(np.int32)
@@ -312,7 +319,7 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -
     )
     n_comms = 3 if n_pids < 20 else 40 if n_pids < 64 else 70
     comm = {p: f"c{p % n_comms}" for p in pids}
-    label = {p: json.dumps({"team": f"t{p % 4}"}) if p % 5 else None for p in pids}
+    label = {p: json.dumps({"team": f"t{p % 4}"}) if p % 5 and labels else None for p in pids}
     procs = pa.table(
         {
             "pid": pa.array(pids, pa.int32()),
@@ -320,6 +327,30 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -
             "labels": pa.array([label[p] for p in pids], pa.string()),
         }
     )
+    return _Snap(pages, procs, maps, n, pid, vma, h, f, base, unhashed, lone, zero, kinds, comm)
+
+
+@pytest.mark.parametrize("ids", ["small", "big", "mixed"])
+@pytest.mark.parametrize(
+    ("seed", "n_pids"), [(s, 5) for s in range(4)] + [(9, 50), (7, 90), (8, 200)]
+)
+def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -> None:
+    """Random snapshots with repeated hashes, shared frames (some with two contents),
+    zero pages, unhashed pages and hashed pages without a frame: totals and the
+    breakdowns against an oracle (with 3 comms, 40, and 70: masks of 8 and 64 bits per
+    id, and the group-by-group count; kinds, comms and label sets in one pass), with ids
+    small enough for the direct table or not (``big``: hashes and frames from 2**60, the
+    hash table; ``mixed``: those of the later pages only, so that a counter fed batch by
+    batch moves from the direct table to the hash table on the way). The same pages fed
+    to a :class:`SnapshotCounter` in random batches, its tables sized for one row (they
+    grow), give the same potential."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    snap = _random_snapshot(rng, n_pids, ids)
+    pages, procs, maps = snap.pages, snap.procs, snap.maps
+    n, pid, vma, h, f, base = snap.n, snap.pid, snap.vma, snap.h, snap.f, snap.base
+    unhashed, lone, zero, kinds, comm = snap.unhashed, snap.lone, snap.zero, snap.kinds, snap.comm
     s = snapshot_potential(pages, procs, maps)
     for _ in range(3):
         cuts = np.unique(np.concatenate([[0, n], rng.integers(0, n + 1, rng.integers(0, 6))]))
@@ -359,6 +390,38 @@ def test_potential_equals_a_set_based_oracle(seed: int, n_pids: int, ids: str) -
         for g in s.by_label
     } == by_label  # fmt: skip
     assert len(s.by_label) > 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_counter_that_reuses_the_tables_of_the_one_before_counts_as_a_new_one(
+    seed: int,
+) -> None:
+    """``info`` counts each snapshot with the tables of the one before, cleared (a fresh
+    table is faulted in page by page). A chain of counters over unrelated snapshots (the
+    same small hashes and frames in each, so that anything left from the snapshot before
+    would count; direct tables, hash tables and a move between them; 3, 40 and 70 comms,
+    with and without label sets: masks of other widths and other breakdowns; tables sized
+    for one row or for all), each fed in random batches and reusing the one before, gives
+    each snapshot's potential as a counter of its own does."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    counter: SnapshotCounter | None = None
+    for _ in range(8):
+        n_pids = int(rng.choice([5, 50, 90]))
+        ids = str(rng.choice(["small", "big", "mixed"]))
+        snap = _random_snapshot(rng, n_pids, ids, labels=bool(rng.integers(2)))
+        want = snapshot_potential(snap.pages, snap.procs, snap.maps)
+        expected = int(rng.choice([1, snap.n]))
+        spent = counter
+        counter = SnapshotCounter(snap.procs, snap.maps, expected_rows=expected, reuse=spent)
+        if spent is not None:
+            with pytest.raises(AttributeError):
+                spent.feed(snap.pages)  # its tables are the new counter's: it cannot count
+        cuts = np.unique(np.concatenate([[0, snap.n], rng.integers(0, snap.n + 1, 4)]))
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            counter.feed(snap.pages.slice(a, b - a))
+        assert counter.result() == want
 
 
 def test_the_summary_names_the_cpu_the_capture_ran_on(tmp_path: Path) -> None:

@@ -143,8 +143,8 @@ def test_a_replay_task_retains_freed_arrays_within_its_bound(
     family_trace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A what-if replay runs inside the heap that keeps freed arrays for reuse when its input
-    is within the bound (planner.engine.heap), and without it above."""
-    from planner.engine import heap
+    is within the bound (planner._heap), and without it above."""
+    from planner import _heap as heap
     from planner.engine.driver import Driver
 
     seen: list[int] = []

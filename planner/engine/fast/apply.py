@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from planner._heap import release_memory
 from planner.engine.fast._jit import jit, kernel
 from planner.engine.fast.kernel import _acquire, _release
 from planner.engine.fast.state import (
@@ -45,7 +46,6 @@ from planner.engine.fast.state import (
     ZERO,
     KState,
 )
-from planner.engine.heap import release_memory
 from planner.engine.result import R_FRAMES_WITHOUT
 from planner.engine.rows import L_CARRY, L_FRESH, L_OLD, MM_SHIFT, SnapshotDelta
 

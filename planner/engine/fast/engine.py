@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from planner._heap import state_pages
 from planner.engine.cost import PATHS
 from planner.engine.driver import BatchPlan, BatchRun
 from planner.engine.fast import kernel
@@ -38,7 +39,6 @@ from planner.engine.fast.state import (
     reserve,
 )
 from planner.engine.fast.steady import ScanRecord, Steady
-from planner.engine.heap import state_pages
 from planner.engine.result import N_ROW, process_counters
 from planner.engine.rows import MM_SHIFT
 from planner.engine.timing import NS_PER_MS, next_batch_ns
@@ -110,7 +110,7 @@ class FastEngine:
         if self.steady is not None:
             self.steady.forget()
         d = self.inp.deltas[k]
-        with state_pages():  # (normal pages where huge ones are cold: planner.engine.heap)
+        with state_pages():  # (normal pages where huge ones are cold: planner._heap)
             apply_delta(self, d, self.split_keys, self.compact_min_dead)
         if self.inp.writes:  # the snapshot's contents, which a write may restore
             self.snap_gid = self.st.r_gid[: d.n_rows].copy()
