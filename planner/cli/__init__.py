@@ -77,6 +77,7 @@ def command_named(argv: Sequence[str]) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: register the command named, then run it
     (:func:`planner.cli._app.main`)."""
+    _app.one_blas_thread()  # before a command's module imports numpy
     name = command_named(sys.argv[1:] if argv is None else argv)
     was = gc.isenabled()
     if name in COLLECTOR_PAUSED:

@@ -185,13 +185,19 @@ def _usage_line(err: BaseException) -> str:
     return f"{message} (see '{path} --help')"
 
 
+def one_blas_thread() -> None:
+    """numpy's OpenBLAS starts a thread per core when numpy is imported, which spins about
+    0.1 s of CPU waiting for work (perf: ``blas_thread_server``, 2.5 % of ``info``'s samples,
+    1.7 % of a 4 M-page replay's); no command uses threaded BLAS (the what-if's fits solve
+    systems of a few unknowns), so, unless the environment says otherwise, there is one BLAS
+    thread: the caller's. Effective only before numpy is first imported: the entry point
+    calls it before it imports a command's module."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ksm-planner``: run a command, map errors to one line and an exit code."""
-    # numpy's OpenBLAS starts a thread per core when numpy is imported, which spins about
-    # 0.1 s of CPU waiting for work (perf: `blas_thread_server`, 2.5 % of `info`'s samples);
-    # no command uses threaded BLAS (the what-if's fits solve systems of a few unknowns),
-    # so, unless the environment says otherwise, there is one BLAS thread: the caller's.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    one_blas_thread()
     from planner.cli._output import signals_received as received
     from planner.trace.io import use_system_allocator
 

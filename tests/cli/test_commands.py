@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,32 @@ def test_replay_imports_neither_other_commands_nor_the_capture() -> None:
         "planner.cli._output",
         "planner.cli.replay",
     ]
+
+
+@pytest.mark.parametrize("command", ["replay", "whatif", "info"])
+def test_numpy_starts_with_one_blas_thread_whatever_the_command(command: str) -> None:
+    """The entry point asks OpenBLAS for one thread before the command's module imports
+    numpy (``replay``, ``whatif`` and others import it when they load): otherwise it starts
+    a thread per CPU, which spins. The process's threads, as the kernel lists them, once
+    the command ran (its own threads gone): the main one alone, but for the background
+    thread of the jemalloc that pyarrow loads (named so)."""
+    code = (
+        "import os, sys; from planner.cli import main\n"
+        f"try: main([{command!r}, '--help'])\n"
+        "except SystemExit: pass\n"
+        "assert 'numpy' in sys.modules\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip()\n"
+        "         for t in os.listdir('/proc/self/task')]\n"
+        "threads = [n for n in names if n != 'jemalloc_bg_thd']\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), len(threads))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["1", "1"], out.stdout
 
 
 def test_a_mistyped_command_is_told_among_all_commands(cli: CliRunner) -> None:
