@@ -334,6 +334,15 @@ class _DenseIds:
         self._spare: IdTable | None = None  # a cleared table, kept from an earlier use
         self.n = 0
 
+    @classmethod
+    def reused(cls, old: _DenseIds | None, expected_rows: int) -> _DenseIds:
+        """``old`` reset for a snapshot of ``expected_rows`` (see :meth:`reset`), or a new
+        instance where there is none."""
+        if old is None:
+            return cls(expected_rows)
+        old.reset(expected_rows)
+        return old
+
     def reset(self, expected_rows: int) -> None:
         """Forget every value, as a new instance for ``expected_rows`` would, but keep the
         tables' memory for the next snapshot: a fresh table is faulted in page by page (the
@@ -684,22 +693,16 @@ class SnapshotCounter:
         widest = max((len(self._groupings[i].names) for i in self._small), default=1)
         mask = _mask_type(widest)
         self._counts = np.zeros((len(self._small), widest, 7), np.int64)
-        old: dict[str, Any] = vars(reuse) if reuse is not None else {}
+        old = reuse._give_tables() if reuse is not None else {}
         shape = (expected, len(self._small))
-        self._seen_hash = _refilled(old.get("_seen_hash"), shape, mask, 0)
-        self._seen_frame = _refilled(old.get("_seen_frame"), shape, mask, 0)
-        self._hashes = old.get("_hashes") or _DenseIds(expected)
-        self._frames = old.get("_frames") or _DenseIds(expected)
-        if reuse is not None:
-            self._hashes.reset(expected)
-            self._frames.reset(expected)
-            old = dict(old)
-            vars(reuse).clear()  # the tables are this counter's now: the spent one has none
+        self._seen_hash = _refilled(old.pop("_seen_hash", None), shape, mask, 0)
+        self._seen_frame = _refilled(old.pop("_seen_frame", None), shape, mask, 0)
+        self._hashes = _DenseIds.reused(old.pop("_hashes", None), expected)
+        self._frames = _DenseIds.reused(old.pop("_frames", None), expected)
         self._lone = 0
-        self._kept = _refilled(old.get("_kept"), (expected,), np.bool_, False)
-        self._last_run = _refilled(old.get("_last_run"), (expected,), np.int32, -1)
-        self._zero_seen = _refilled(old.get("_zero_seen"), (expected,), np.bool_, False)
-        del old
+        self._kept = _refilled(old.pop("_kept", None), (expected,), np.bool_, False)
+        self._last_run = _refilled(old.pop("_last_run", None), (expected,), np.int32, -1)
+        self._zero_seen = _refilled(old.pop("_zero_seen", None), (expected,), np.bool_, False)
         self._state = np.array([-1, np.iinfo(np.int64).min, 0, 0], np.int64)
         self._ordered = ordered
         self._pairs = None if ordered else IdTable(expected)
@@ -709,6 +712,17 @@ class SnapshotCounter:
         self.unhashed = 0
         self.zero_pages = 0
         self.freed_frames = 0
+
+    #: What a counter hands to the next snapshot's (``reuse``): every table sized by ids.
+    _TABLES = ("_seen_hash", "_seen_frame", "_hashes", "_frames", "_kept", "_last_run",
+               "_zero_seen")  # fmt: skip
+
+    def _give_tables(self) -> dict[str, Any]:
+        """This counter's tables, for the next snapshot's counter; this one is left with
+        nothing (using it raises AttributeError), so that no two counters share a table."""
+        tables = {k: getattr(self, k) for k in self._TABLES}
+        vars(self).clear()
+        return tables
 
     def feed(self, pages: pa.Table | pa.RecordBatch) -> None:
         """Count the next pages (columns ``pid, vma_start, content_hash, frame_id,
