@@ -157,7 +157,14 @@ def test_fleet_local_and_on_a_local_cluster(
 
 
 def _rss_peak_bytes() -> int:
-    """This process's peak RSS (Linux: ``ru_maxrss`` in KiB)."""
+    """This process's peak RSS since its last ``exec`` (``VmHWM``, kept per address space).
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across ``fork`` and
+    ``exec``, so a Dask worker spawned by a client that had peaked at 2.1 GB reported
+    2.1 GB before it had done anything (2026-12-05)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
