@@ -234,6 +234,25 @@ def emit_result(
         warn(w)
 
 
+def emit_review(result: Any, *, as_json: bool, recommended: str, otherwise: str) -> None:
+    """A written review (``report``, host or fleet): its warnings, then ``--json``
+    (``{"command": "report", ...}`` on stdout) or the files written and ``recommended``
+    (the result's recommendation, or ``otherwise`` when it has none) on stderr."""
+    from planner.jsonable import to_jsonable
+
+    for w in result.warnings:
+        warn(w)
+    if as_json:
+        emit_json({"command": "report", **to_jsonable(result)})
+        return
+    files = result.files
+    note(f"wrote {files.html}")
+    note(f"      {files.markdown}, {len(files.plots)} plots, {len(files.data)} data files")
+    if files.pdf:
+        note(f"      {files.pdf}")
+    note(f"{recommended}: " + (result.recommended or otherwise))
+
+
 #: Signals received by the running command (filled by ``planner.cli._app.main``).
 signals_received: list[int] = []
 

@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from planner.cli._output import (
     claim,
-    emit_json,
     emit_result,
+    emit_review,
     note,
     progress,
     stderr,
-    warn,
     wide_console,
 )
 from planner.jsonable import to_jsonable
@@ -223,17 +222,9 @@ def fleet_report(
                 progress=bar,
                 **kwargs,
             )
-    for w in result.warnings:
-        warn(w)
-    if as_json:
-        emit_json({"command": "report", **to_jsonable(result)})
-        return
-    files = result.files
-    note(f"wrote {files.html}")
-    note(f"      {files.markdown}, {len(files.plots)} plots, {len(files.data)} data files")
-    if files.pdf:
-        note(f"      {files.pdf}")
-    note(
-        "largest fleet saving within the ksmd CPU budget: "
-        + (result.recommended or "none (no scenario frees memory within it; see the review)")
+    emit_review(
+        result,
+        as_json=as_json,
+        recommended="largest fleet saving within the ksmd CPU budget",
+        otherwise="none (no scenario frees memory within it; see the review)",
     )

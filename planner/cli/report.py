@@ -9,8 +9,7 @@ import typer
 
 from planner.cli._app import app
 from planner.cli._args import MaxKsmdCpu, MaxTimeTo90, NearBest, WhatifArgs, takes
-from planner.cli._output import ForceFlag, JsonFlag, claim, emit_json, note, progress, warn
-from planner.jsonable import to_jsonable
+from planner.cli._output import ForceFlag, JsonFlag, claim, emit_review, progress
 
 
 @app.command("report")
@@ -121,17 +120,9 @@ def report_cmd(
                 overwrite=force,
                 progress=bar,
             )
-        for w in result.warnings:
-            warn(w)
-        if as_json:
-            emit_json({"command": "report", **to_jsonable(result)})
-            return
-        files = result.files
-        note(f"wrote {files.html}")
-        note(f"      {files.markdown}, {len(files.plots)} plots, {len(files.data)} data files")
-        if files.pdf:
-            note(f"      {files.pdf}")
-        note(
-            "recommendation: "
-            + (result.recommended or "none (no scenario meets the conditions; see the review)")
+        emit_review(
+            result,
+            as_json=as_json,
+            recommended="recommendation",
+            otherwise="none (no scenario meets the conditions; see the review)",
         )

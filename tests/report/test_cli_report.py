@@ -51,6 +51,20 @@ def test_writes_the_review_and_prints_json(cli: Cli, small_trace: Path, tmp_path
     )
 
 
+def test_without_json_the_files_and_the_recommendation_go_to_stderr(
+    cli: Cli, small_trace: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "review"
+    args = ["report", small_trace, "--preset", "prctl-all", "--pages-to-scan", "10"]
+    code, stdout, stderr = cli([*args, "--settle-scans", "4", "--workers", "1", "--out", out])
+    assert code == 0, stderr
+    assert stdout == ""
+    lines = " ".join(stderr.split())
+    assert f"wrote {out / 'review.html'}" in lines
+    assert f"{out / 'review.md'}, " in lines
+    assert "recommendation: prctl-all · pages_to_scan=10" in lines
+
+
 def test_any_knob_on_the_grid(cli: Cli, small_trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "review"
     code, stdout, stderr = cli(
