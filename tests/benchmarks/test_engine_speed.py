@@ -327,7 +327,10 @@ def test_info_rows_per_s(
     end, 75 B of peak RSS per row, in the benchmark's process tree right after it wrote the
     trace; the command alone on a written trace, alternated with the version before, 1.69 s
     against 1.98 s (medians of 6; docs/engine.md, "Counting as the batches come").
-    2026-12-05 (load 0.8-1.2): 1.44-1.64 s, 7.3-8.3 M rows/s, 72-74 B per row. On
+    2026-12-05 (load 0.8-1.2): 1.44-1.64 s, 7.3-8.3 M rows/s, 72-74 B per row; later that
+    day, each snapshot's tables kept for the next (docs/engine.md, "Tables kept from
+    snapshot to snapshot"): 1.63 s (7.3 M rows/s) here, the command alone 1.39-1.56 s, and
+    2.0-2.2 s for its first runs after a pause (the VM's free memory cold). On
     2026-12-02 at load 0.3-0.4 the version of then took 1.35-1.46 s (8.2-8.8 M rows/s,
     83-86 B per row): this VM's speed varies from day to day. The page cache is assumed
     warm: the trace was just written, and every figure is CPU-bound."""
