@@ -115,6 +115,27 @@ def test_options_are_checked() -> None:
         CompareOptions(steady_tolerance=0)
 
 
+def test_copy_on_write_is_compared_over_the_same_window_on_both_sides() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from planner.testing.live.compare import _copy_on_write
+
+    # the kernel: 18,000 breaks over a 60 s observation, most of them early
+    cow = np.array([500.0, 4_500.0, 12_000.0, 18_500.0])
+    ks = SimpleNamespace(end_s=60.0, col=lambda name: cow)
+    cost = SimpleNamespace(cpu_s=1.0)
+    # the model: 15,600 breaks over the same 60 s, 243 /s after its last snapshot
+    res = SimpleNamespace(cow_breaks=15_600, cow_breaks_per_s=243.0, duration_s=60.0, cost=cost)
+    c = _copy_on_write(ks, res)
+    assert c.per_s.kernel == pytest.approx(300.0)
+    assert c.per_s.model == pytest.approx(260.0)  # its whole minute, not its steady rate
+    assert c.kernel_total == pytest.approx(18_000.0)
+    off = SimpleNamespace(cow_breaks=0, cow_breaks_per_s=None, duration_s=60.0, cost=cost)
+    assert _copy_on_write(ks, off).per_s.model is None
+
+
 # ----------------------------------------------------------------------------- compare_run
 
 
