@@ -122,7 +122,7 @@ def test_copy_on_write_is_compared_over_the_same_window_on_both_sides() -> None:
 
     from planner.testing.live.compare import _copy_on_write
 
-    # the kernel: 18,000 breaks over a 60 s observation, most of them early
+    # the kernel: 18,000 breaks over a 60 s observation (its samples of `cow_ksm`)
     cow = np.array([500.0, 4_500.0, 12_000.0, 18_500.0])
     ks = SimpleNamespace(end_s=60.0, col=lambda name: cow)
     cost = SimpleNamespace(cpu_s=1.0)
