@@ -125,14 +125,13 @@ def test_copy_on_write_is_compared_over_the_same_window_on_both_sides() -> None:
     # the kernel: 18,000 breaks over a 60 s observation (its samples of `cow_ksm`)
     cow = np.array([500.0, 4_500.0, 12_000.0, 18_500.0])
     ks = SimpleNamespace(end_s=60.0, col=lambda name: cow)
-    cost = SimpleNamespace(cpu_s=1.0)
     # the model: 15,600 breaks over the same 60 s, 243 /s after its last snapshot
-    res = SimpleNamespace(cow_breaks=15_600, cow_breaks_per_s=243.0, duration_s=60.0, cost=cost)
+    res = SimpleNamespace(cow_breaks=15_600, cow_breaks_per_s=243.0, duration_s=60.0)
     c = _copy_on_write(ks, res)
     assert c.per_s.kernel == pytest.approx(300.0)
     assert c.per_s.model == pytest.approx(260.0)  # its whole minute, not its steady rate
     assert c.kernel_total == pytest.approx(18_000.0)
-    off = SimpleNamespace(cow_breaks=0, cow_breaks_per_s=None, duration_s=60.0, cost=cost)
+    off = SimpleNamespace(cow_breaks=0, cow_breaks_per_s=None, duration_s=60.0)
     assert _copy_on_write(ks, off).per_s.model is None
 
 

@@ -702,17 +702,19 @@ def _model_cpu_at(res: ReplayResult, w: float) -> float:
 
 
 def model_cow_per_s(res: ReplayResult) -> float | None:
-    """The model's copy-on-write breaks per second, when the replay models writes.
+    """The model's copy-on-write breaks per second over its whole replay (which runs as long
+    as the observation: the span of the kernel's ``cow_ksm`` figure), or None where the
+    replay does not model writes (its ``cow_breaks_per_s`` is None).
 
-    Today's replay has no write model (issue 10), so this is None. The write model is to
-    report it as ``cow_breaks_per_s`` on the result or its cost summary; this is the one
-    place that reads it.
+    Not the result's ``cow_breaks_per_s``: that is the rate after its last snapshot (what
+    the planner reports for the steady state); held against the kernel's rate over the
+    whole minute, which includes the first scans' merges and their breaks, it compared two
+    spans (PostgreSQL with its own canary: 243 against 301 /s, where the model's whole
+    minute made 260 /s; docs/live-validation.md, "Copy-on-write over the same span").
     """
-    for obj in (res, res.cost):
-        v = getattr(obj, "cow_breaks_per_s", None)
-        if isinstance(v, int | float):
-            return float(v)
-    return None
+    if res.cow_breaks_per_s is None or res.duration_s <= 0:
+        return None
+    return res.cow_breaks / res.duration_s
 
 
 def _observed_processes(run: LiveRun) -> Any:
@@ -903,20 +905,12 @@ class _CopyOnWrite:
 
 
 def _copy_on_write(ks: _KernelSeries, res: ReplayResult) -> _CopyOnWrite:
-    """Both sides over the same window: the observation, from ksmd's start (the replay
-    runs as long). The result's own ``cow_breaks_per_s`` is the rate after its last
-    snapshot (what the planner reports for the steady state); held against the kernel's
-    rate over the whole minute, which includes the first scans' merges and their breaks,
-    it compared two windows (PostgreSQL with its own canary: 243 against 301 /s, where the
-    model's whole minute made 260 /s)."""
+    """Both sides over the same span: the observation, from ksmd's start."""
     end_s = ks.end_s
     cow = ks.col("cow_ksm")
     k_cow = (cow[-1] - cow[0]) / end_s if not math.isnan(cow[0]) and end_s > 0 else None
-    m_cow = model_cow_per_s(res)
-    if m_cow is not None and res.duration_s > 0:
-        m_cow = res.cow_breaks / res.duration_s
     return _CopyOnWrite(
-        per_s=_Pair(k_cow, m_cow),
+        per_s=_Pair(k_cow, model_cow_per_s(res)),
         kernel_total=None if math.isnan(cow[0]) else cow[-1] - cow[0],
     )
 
