@@ -66,6 +66,11 @@ TEXT_SUFFIXES = frozenset({".html", ".md", ".svg", ".csv", ".json"})
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])(?!\.\w)")
 #: In the text a PDF draws, where letters and digits may touch (``python11954``): any run.
 PDF_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: A hyphen WeasyPrint drew where it broke a word across lines (``hyphens: auto``, the review's
+#: table headers): U+2010, its default ``hyphenate-character``, at the end of a line. Where
+#: words break depends on the fonts' metrics, so the word is joined again before comparing
+#: (the review never writes U+2010 itself).
+PDF_HYPHENATION = re.compile("\u2010[^\\S\n]*\n\\s*")
 
 
 def close(a: float, b: float, rtol: float = RTOL) -> bool:
@@ -160,6 +165,7 @@ def pdf_content(path: Path) -> PdfContent:
 
     walk(list(reader.outline), 0)
     text = "\n".join(page.extract_text() for page in reader.pages)
+    text = PDF_HYPHENATION.sub("", text)  # words broken by hyphenation, joined again
     numbers = tuple(sorted(float(m) for m in PDF_NUMBER.findall(text)))
     rest = PDF_NUMBER.sub(" ", text)
     characters = Counter(c for c in rest if not c.isspace())

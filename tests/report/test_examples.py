@@ -163,6 +163,32 @@ def test_pdf_comparison_ignores_fonts_and_pages_and_catches_changes(tmp_path: Pa
     assert "outline" in diff
 
 
+_HYPHENATED = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>T</title>
+<style>body {{ font-family: {font}; font-size: 9pt; }} @page {{ size: A6; }}
+th {{ hyphens: auto; width: {width}; }}</style></head><body><h1>Capacity review</h1>
+<table><tr><th>capacity gain (interval) (%)</th><th>ksmd CPU (% host)</th></tr>
+<tr><td>12.5</td><td>1.3</td></tr></table></body></html>"""
+
+
+def test_pdf_comparison_joins_words_that_hyphenation_broke(tmp_path: Path) -> None:
+    """A table header WeasyPrint hyphenates in one font and not in another (the example
+    review printed with DejaVu Sans broke "inter-val", with Liberation Sans it did not)."""
+    r = rebuild()
+    whole = _pdf(tmp_path / "a.pdf", _HYPHENATED.format(font="DejaVu Sans", width="20em"))
+    broken = _pdf(tmp_path / "b.pdf", _HYPHENATED.format(font="DejaVu Sans", width="3em"))
+    text = "".join(p.extract_text() for p in pytest.importorskip("pypdf").PdfReader(broken).pages)
+    assert "\u2010" in text  # the narrow header was hyphenated
+    assert r.compare_pdf(whole, broken) is None
+    # a word that differs still differs, hyphenated or not
+    other = _pdf(
+        tmp_path / "c.pdf",
+        _HYPHENATED.format(font="DejaVu Sans", width="3em").replace("interval", "intervals"),
+    )
+    diff = r.compare_pdf(whole, other)
+    assert diff is not None
+    assert "characters" in diff
+
+
 def test_tree_comparison_lists_missing_and_differing_files(tmp_path: Path) -> None:
     r = rebuild()
     a, b = tmp_path / "a", tmp_path / "b"
