@@ -1030,6 +1030,11 @@ class CanaryRates:
     """Per page: its mapping's kind."""
     page_offset: I64 | None = None
     """Per page: its page number within its mapping (-1: the mapping's start not recorded)."""
+    page_classes: bool = True
+    """Whether a trace of another run takes its rates and its candidates for the unseen
+    breaks by page class (:func:`with_canary`), where both record mapping starts; False:
+    as a recording without them (its role's draws, the unseen breaks pro rata). Chosen
+    against the recording's copy-on-write (:func:`planner.engine.costfit.fit_canary`)."""
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1345,7 +1350,7 @@ def _row_rates(
         rate[fork_shared] = 0.0
     hit = np.zeros(n, bool)
     if not same_run:
-        by_class = _class_rates(rates, rr)
+        by_class = _class_rates(rates, rr) if rates.page_classes else None
         if by_class is not None:  # the page's class, where the canary saw it merged
             class_rate, seen = by_class
             rate[seen & ~fork_shared] = class_rate[seen & ~fork_shared]
@@ -1501,6 +1506,28 @@ def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
     return np.sort(np.concatenate([moved_up(grown, p), p]))
 
 
+def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
+    """Whether the canary recorded the traced run: most pids of the smaller set are in the
+    other (a canary of the whole host follows more processes than a trace of one service)."""
+    canary_pids = np.unique((rates.key >> np.uint64(36)).astype(np.int64))
+    trace_pids = np.unique(np.array([m.pid for m in inp.mms], np.int64))
+    common = int(np.isin(canary_pids, trace_pids).sum())
+    return common > 0 and common >= 0.5 * min(canary_pids.size, trace_pids.size)
+
+
+def by_page_class(inp: ReplayInput, rates: CanaryRates) -> bool:
+    """Whether :func:`with_canary` places ``inp``'s rows by page class: the canary recorded
+    another run, both record where their pages' mappings start, and the classes are on
+    (:attr:`CanaryRates.page_classes`)."""
+    return (
+        rates.page_classes
+        and rates.page_offset is not None
+        and bool((rates.page_offset >= 0).any())
+        and isinstance(inp.meta.get("mappings"), dict)
+        and not _same_run(inp, rates)
+    )
+
+
 def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = None) -> ReplayInput:
     """``inp`` whose every interval (and the steady state after it) has the canary's
     same-content write rates on its rows, and whose pages the canary saw leave for good leave.
@@ -1548,12 +1575,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         if m.cpu_share is not None:
             cpus[m.pid] = max(m.cpu_share, cpus.get(m.pid) or 0.0)
     trace_roles = process_roles(comm_of, cpus)
-    # the canary recorded the traced run when most pids of the smaller set are in the other
-    # (a canary of the whole host follows more processes than a trace of one service)
-    canary_pids = np.unique((rates.key >> np.uint64(36)).astype(np.int64))
-    trace_pids = np.unique(pids.astype(np.int64))
-    common = int(np.isin(canary_pids, trace_pids).sum())
-    same_run = common > 0 and common >= 0.5 * min(canary_pids.size, trace_pids.size)
+    same_run = _same_run(inp, rates)
     if same_run and not rates.roles_recorded and cpus:
         rates = rates.with_roles(trace_roles)  # the traced run: the trace knows the roles
     roles = sorted(set(trace_roles.values()))
@@ -1627,6 +1649,7 @@ __all__ = [
     "IntervalWrites",
     "TraceWrites",
     "Writes",
+    "by_page_class",
     "canary_rates",
     "carry_toggles",
     "changed_between",

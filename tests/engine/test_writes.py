@@ -27,6 +27,7 @@ from planner.engine.writes import (
     SAME,
     CanaryRates,
     TraceWrites,
+    by_page_class,
     canary_rates,
     effective_changes,
     fill_unchecked,
@@ -589,6 +590,17 @@ def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> N
         assert got[(pid, 0x10)] == 0.0
         assert got[(pid, 0x11)] == pytest.approx(2 / 4.0)
         assert got[(pid, 0x12)] == pytest.approx(10.0 / 2 * 10)
+    assert by_page_class(inp, rates)
+    # the classes off (fit_canary's choice where they break far more than the host did):
+    # as a recording without mapping starts, every row draws from its role, the unseen
+    # breaks spread pro rata
+    off = dataclasses.replace(rates, page_classes=False)
+    assert not by_page_class(inp, off)
+    bare = canary_rates(dataclasses.replace(obs, page_events=ev.drop(columns=["vma_start"])))
+    assert _rates_by_pid_page(inp, with_canary(inp, off)) == _rates_by_pid_page(
+        inp, with_canary(inp, bare)
+    )
+    assert _rates_by_pid_page(inp, with_canary(inp, off)) != got
 
 
 def test_without_page_classes_the_unseen_breaks_are_spread_over_the_pages_written() -> None:
