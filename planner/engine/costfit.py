@@ -213,6 +213,9 @@ class CostFit:
     cost_scale: float
     canary_writes: bool
     """Whether the fitting replays carried the recording's write rates."""
+    model_cow_per_s: float | None = None
+    """Copy-on-write breaks per second of the last fitting replay over its whole span (the
+    recording's knobs and length), where it modelled writes; not in :meth:`to_dict`."""
 
     def to_dict(self) -> dict[str, Any]:
         """What the fit was derived from (JSON-ready; the profile itself is not repeated)."""
@@ -297,6 +300,11 @@ def fit_cost(
         model_ns_per_page=model_ns[0],
         cost_scale=scale,
         canary_writes=canary is not None and writes,
+        model_cow_per_s=(
+            res.cow_breaks / res.duration_s
+            if res.cow_breaks_per_s is not None and res.duration_s > 0
+            else None
+        ),
     )
 
 
@@ -333,14 +341,25 @@ def fit_to_recording(
     the result's provenance says about the fit (``cost_fit``). ``source``: as
     :func:`fit_cost`'s.
     """
+    fitted, note, _ = _fit_recording(source, counters, options, canary)
+    return fitted, note
+
+
+def _fit_recording(
+    source: ReplayInput | DerivedInput,
+    counters: Any,
+    options: ReplayOptions,
+    canary: CanaryRates | None,
+) -> tuple[ReplayOptions, dict[str, Any], CostFit | None]:
+    """:func:`fit_to_recording`, and the fit itself (None where nothing was fitted)."""
     from planner.engine.api import base_input
 
     if is_fitted(options.cost):
-        return options, {"fitted": False, "why": f"the profile {options.cost.name} is fitted"}
+        return options, {"fitted": False, "why": f"the profile {options.cost.name} is fitted"}, None
     try:
         real = ksmd_window(counters)
     except InputDataError as exc:
-        return options, {"fitted": False, "why": f"the recording cannot tell: {exc.message}"}
+        return options, {"fitted": False, "why": f"the recording cannot tell: {exc.message}"}, None
     recorded = base_input(source).meta.get("host_load")
     load = recorded if isinstance(recorded, HostLoad) else options.host_load or HostLoad.idle()
     fit = fit_cost(
@@ -359,11 +378,103 @@ def fit_to_recording(
         f"sched_contention {fit.profile.sched_contention:.2f})",
         source=FIT_METHOD,
     )
-    return replace(options, cost=profile), {
-        "fitted": True,
-        "profile": profile.name,
-        **fit.to_dict(),
+    return (
+        replace(options, cost=profile),
+        {"fitted": True, "profile": profile.name, **fit.to_dict()},
+        fit,
+    )
+
+
+#: The fitting replays may break merges up to this factor of the recording's ``cow_ksm``
+#: (issue 10's ±20 %) before a canary's page classes are weighed against none
+#: (:func:`fit_canary`).
+COW_BAND: Final = 1.2
+
+
+def recorded_cow_per_s(counters: Any, real: KsmdWindow) -> float | None:
+    """The recording's copy-on-write breaks of KSM pages per second (``cow_ksm``) over
+    ksmd's window ``real`` (the span of the fitting replays), or None where not recorded."""
+    if "cow_ksm" not in counters.columns or real.wall_s <= 0:
+        return None
+    cow = counters["cow_ksm"].astype("float64")
+    inside = cow[(cow.index >= real.start_s) & (cow.index <= real.start_s + real.wall_s)]
+    inside = inside.dropna()
+    if len(inside) < 2 or inside.index[-1] <= inside.index[0]:
+        return None
+    return float(inside.iloc[-1] - inside.iloc[0]) / float(inside.index[-1] - inside.index[0])
+
+
+@dataclass(frozen=True)
+class CanaryFit:
+    """A canary applied to a trace and ksmd's cost fitted to it (:func:`fit_canary`)."""
+
+    source: DerivedInput
+    """The trace grown and carrying the canary's rates, as the replays run it."""
+    options: ReplayOptions
+    """The options with the fitted cost profile (as given where nothing was fitted)."""
+    canary: CanaryRates | None
+    """The canary's rates, page classes on or off as chosen."""
+    note: dict[str, Any]
+    """What the provenance says (``cost_fit``; ``page_classes`` where they were weighed)."""
+
+
+def fit_canary(
+    inp: ReplayInput, counters: Any, options: ReplayOptions, canary: CanaryRates | None
+) -> CanaryFit:
+    """The canary's rates applied to ``inp`` and the cost profile fitted to its recording
+    (:func:`fit_to_recording`), with the canary's **page classes** weighed against its own
+    copy-on-write where the canary recorded another run.
+
+    A row of another run takes its rate, and its share of the breaks the canary did not see,
+    by its page's class: process role, mapping kind and page number in the mapping
+    (:func:`planner.engine.writes.with_canary`). That holds where both runs lay out their
+    memory alike (a server's shared buffers and private mappings, PostgreSQL's backends);
+    an interpreter's heap and arenas hold other objects at a page number in each run, and the
+    classes then pick rows at random: on the Django sample with a fresh canary, 5,586 rows
+    of classes the canary never saw merged took the unseen breaks, each written 7.9 times a
+    second, and the model broke 5,007 merges a second at the canary's own knobs where the
+    host broke 1,241 (`pages_sharing` −62 %; docs/live-validation.md, "A canary of another
+    run whose pages do not line up"). The fitting replays run at the canary's knobs for its
+    length: where they break more than :data:`COW_BAND` times the recorded ``cow_ksm``,
+    the canary is applied again without classes (rates drawn by role, the unseen breaks pro
+    rata), fitted again, and the one whose breaks are nearer the recording's (by ratio) is
+    kept. Classes that under-break are kept: raising their rates does not raise the breaks
+    (a rewritten page is merged again only when ksmd visits it).
+    """
+    from math import log
+
+    from planner.engine.api import derive_input
+    from planner.engine.writes import by_page_class
+
+    source = derive_input(inp, options, canary)
+    fitted, note, fit = _fit_recording(source, counters, options, canary)
+    if (
+        canary is None
+        or fit is None
+        or fit.model_cow_per_s is None
+        or not by_page_class(inp, canary)
+    ):
+        return CanaryFit(source, fitted, canary, note)
+    real = recorded_cow_per_s(counters, fit.real)
+    weighed: dict[str, Any] = {
+        "recorded_cow_per_s": real,
+        "with_classes_cow_per_s": fit.model_cow_per_s,
+        "without_classes_cow_per_s": None,
+        "used": True,
     }
+    if real is None or real <= 0 or fit.model_cow_per_s <= COW_BAND * real:
+        return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
+    alt = replace(canary, page_classes=False)
+    alt_source = derive_input(inp, options, alt)
+    alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
+    alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
+    weighed["without_classes_cow_per_s"] = alt_cow
+    if alt_cow is None or abs(log(max(alt_cow, 1e-9) / real)) >= abs(
+        log(fit.model_cow_per_s / real)
+    ):
+        return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
+    weighed["used"] = False
+    return CanaryFit(alt_source, alt_fitted, alt, {**alt_note, "page_classes": weighed})
 
 
 def is_fitted(profile: CostProfile) -> bool:
@@ -374,13 +485,17 @@ def is_fitted(profile: CostProfile) -> bool:
 
 
 __all__ = [
+    "COW_BAND",
     "FIT_METHOD",
+    "CanaryFit",
     "CostFit",
     "KsmdWindow",
+    "fit_canary",
     "fit_cost",
     "fit_to_recording",
     "fitted_profile",
     "is_fitted",
     "ksmd_window",
+    "recorded_cow_per_s",
     "solve_contention",
 ]

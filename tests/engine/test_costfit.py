@@ -8,14 +8,17 @@ for, a fit made at one knob setting must predict ksmd at another.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
-from planner.engine.costfit import FIT_METHOD, fit_to_recording, is_fitted
+from planner.engine.costfit import FIT_METHOD, fit_to_recording, is_fitted, ksmd_window
 from planner.engine.prepare import ReplayInput
 from planner.engine.timing import HostLoad
+from planner.engine.writes import CanaryRates
 from planner.testing.ksmd import ksmd_counters
 from planner.testing.synth import SynthSpec, write_synthetic_trace
 from planner.trace.io import open_trace
@@ -81,3 +84,95 @@ def test_what_cannot_be_fitted_is_left_as_given(inp: ReplayInput) -> None:
     assert again is fitted  # a fitted profile is not fitted a second time
     assert note["fitted"] is False
     assert "fitted" in note["why"]
+
+
+def test_the_recorded_copy_on_write_is_read_over_ksmds_window(inp: ReplayInput) -> None:
+    from planner.engine.costfit import recorded_cow_per_s
+
+    counters = recording(inp, AT_300)
+    t = counters.index.to_numpy(np.float64)
+    counters = counters.assign(cow_ksm=np.rint(50.0 * t * t))  # 100 t breaks a second at t
+    real = ksmd_window(counters)
+    a, b = real.start_s, real.start_s + real.wall_s
+    assert recorded_cow_per_s(counters, real) == pytest.approx(50.0 * (b * b - a * a) / (b - a))
+    short = replace(real, wall_s=real.wall_s / 2)
+    assert recorded_cow_per_s(counters, short) < recorded_cow_per_s(counters, real)
+    assert recorded_cow_per_s(counters.drop(columns=["cow_ksm"]), real) is None
+
+
+class _FakeFit:
+    def __init__(self, cow: float | None) -> None:
+        self.model_cow_per_s = cow
+        self.real = "window"
+
+
+def _choose(
+    monkeypatch: pytest.MonkeyPatch, cows: dict[bool, float | None], classes: bool = True
+) -> tuple[Any, list[bool]]:
+    """fit_canary with the fitting replays replaced: each breaks ``cows[page_classes]`` merges
+    a second, against a recorded 1,000; returns its choice and the variants it fitted."""
+    from planner.engine import costfit
+    from planner.engine import writes as writes_module
+
+    fitted: list[bool] = []
+
+    def fake_fit(source: Any, counters: Any, options: Any, canary: Any) -> Any:
+        fitted.append(canary.page_classes)
+        return (
+            options,
+            {"fitted": True, "variant": canary.page_classes},
+            _FakeFit(cows[canary.page_classes]),
+        )
+
+    monkeypatch.setattr(costfit, "_fit_recording", fake_fit)
+    monkeypatch.setattr(costfit, "recorded_cow_per_s", lambda counters, real: 1000.0)
+    monkeypatch.setattr(
+        writes_module, "by_page_class", lambda inp, rates: classes and rates.page_classes
+    )
+    monkeypatch.setattr(
+        "planner.engine.api.derive_input",
+        lambda inp, opts, canary: ("derived", canary.page_classes),
+    )
+    canary = CanaryRates(
+        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0
+    )
+    return costfit.fit_canary(cast(Any, None), None, ReplayOptions(), canary), fitted
+
+
+def test_page_classes_that_break_far_more_merges_than_the_host_give_way_to_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A canary of another run whose page classes make the fitting replays break 5,000 merges
+    a second where the host broke 1,000 is applied again without them (1,400: nearer), as on
+    the Django sample with a fresh canary (docs/live-validation.md)."""
+    got, fitted = _choose(monkeypatch, {True: 5000.0, False: 1400.0})
+    assert fitted == [True, False]
+    assert got.canary.page_classes is False
+    assert got.source == ("derived", False)
+    assert got.note["variant"] is False
+    assert got.note["page_classes"] == {
+        "recorded_cow_per_s": 1000.0,
+        "with_classes_cow_per_s": 5000.0,
+        "without_classes_cow_per_s": 1400.0,
+        "used": False,
+    }
+
+
+def test_page_classes_are_kept_within_the_band_below_it_or_where_none_does_worse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # within 20 % above, or below (raising the rates would not raise the breaks): not weighed
+    for cow in (1150.0, 600.0):
+        got, fitted = _choose(monkeypatch, {True: cow, False: 1000.0})
+        assert fitted == [True]
+        assert got.canary.page_classes is True
+        assert got.note["page_classes"]["used"] is True
+    # weighed, and none is further off (by ratio: 1,300 / 1,000 against 1,000 / 300)
+    got, fitted = _choose(monkeypatch, {True: 1300.0, False: 300.0})
+    assert fitted == [True, False]
+    assert got.canary.page_classes is True
+    assert got.note["page_classes"]["without_classes_cow_per_s"] == 300.0
+    # a recording of the traced run, or without mapping starts: nothing to weigh
+    got, fitted = _choose(monkeypatch, {True: 5000.0, False: 1000.0}, classes=False)
+    assert fitted == [True]
+    assert "page_classes" not in got.note
