@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._heap import retained_heap
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine import KsmKnobs, ReplayOptions, derive_input, prepare_trace, replay
+from planner.engine import KsmKnobs, ReplayOptions, prepare_trace, replay
 from planner.engine.cost import cost_cpu_warning
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
@@ -163,7 +163,7 @@ def _replay_prepared(
     cost_fit: dict[str, Any] | None = None
     source: ReplayInput | DerivedInput = inp
     if observed is not None:
-        from planner.engine.costfit import fit_to_recording
+        from planner.engine.costfit import fit_canary
         from planner.engine.options import ReplayOptions
         from planner.engine.writes import canary_rates
         from planner.trace.recording import read_observed
@@ -173,9 +173,12 @@ def _replay_prepared(
         # the recorded ksmd's CPU and batch period fit the cost profile (docs/busy-host.md §4)
         progress.start("fitting ksmd's cost to the recording", None)
         # the fit's replays and the replay it fits share the input as replays run it
-        source = derive_input(inp, options, canary)
-        options, cost_fit = fit_to_recording(
-            source, recording.counters, options or ReplayOptions(), canary=canary
+        fitted = fit_canary(inp, recording.counters, options or ReplayOptions(), canary)
+        source, options, canary, cost_fit = (
+            fitted.source,
+            fitted.options,
+            fitted.canary,
+            fitted.note,
         )
         cost_fit["canary_cpu"] = recording.host_cpu
         progress.finish()

@@ -136,19 +136,20 @@ def _fit_cost(
     canary_path: str | None,
     cost_profile: CostProfile | None,
     opts: ReplayOptions,
-) -> tuple[CostProfile | None, dict[str, Any] | None]:
+) -> tuple[CostProfile | None, dict[str, Any] | None, bool]:
     """The cost profile fitted to the canary's ksmd (CPU time, batch period), as ``replay
-    --observed`` fits it (:func:`planner.engine.costfit.fit_to_recording`), and what the
-    provenance says about it; the profile as given where there is no canary. A canary is
-    one host's: a trace of several hosts keeps the profile given."""
+    --observed`` fits it (:func:`planner.engine.costfit.fit_canary`), what the provenance
+    says about it, and whether the canary places the trace's rows by page class (as that
+    fit chose); the profile as given where there is no canary. A canary is one host's: a
+    trace of several hosts keeps the profile given."""
     if canary_path is None:
-        return cost_profile, None
+        return cost_profile, None, True
     if len(host_list) != 1:
         why = f"a canary is one host's ksmd and the replays cover {len(host_list)} hosts"
-        return cost_profile, {"fitted": False, "why": why}
+        return cost_profile, {"fitted": False, "why": why}, True
     from dataclasses import replace
 
-    from planner.engine.costfit import fit_to_recording
+    from planner.engine.costfit import fit_canary
     from planner.engine.prepare import prepare
     from planner.engine.writes import canary_rates
     from planner.trace.recording import read_observed
@@ -156,11 +157,26 @@ def _fit_cost(
     inp = prepare(tr.load_host(host_list[0]))
     recording = read_observed(canary_path)
     base = replace(opts, cost=cost_profile or CostProfile.default())
-    fitted, note = fit_to_recording(
-        inp, recording.counters, base, canary=canary_rates(recording, inp.page_size)
-    )
+    fitted = fit_canary(inp, recording.counters, base, canary_rates(recording, inp.page_size))
+    note = fitted.note
     note["canary_cpu"] = recording.host_cpu
-    return (fitted.cost if note["fitted"] else cost_profile), note
+    profile = fitted.options.cost if note["fitted"] else cost_profile
+    return profile, note, fitted.canary is None or fitted.canary.page_classes
+
+
+def _page_classes_warning(cost_fit: dict[str, Any] | None) -> list[str]:
+    """What the review says where the canary's page classes were set aside
+    (:func:`planner.engine.costfit.fit_canary`)."""
+    weighed = (cost_fit or {}).get("page_classes")
+    if not isinstance(weighed, dict) or weighed.get("used") is not False:
+        return []
+    return [
+        "the canary recorded another run whose pages do not line up with the trace's by "
+        "their place in their mappings: placed so, its writes broke "
+        f"{weighed['with_classes_cow_per_s']:,.0f} merges a second at its own knobs where the "
+        f"host broke {weighed['recorded_cow_per_s']:,.0f}; its rates were applied by process "
+        f"role instead ({weighed['without_classes_cow_per_s']:,.0f} a second)"
+    ]
 
 
 def _host_facts(trace: Trace, host: str) -> dict[str, Any]:
@@ -387,9 +403,10 @@ def run_whatif(
     facts = {h: _host_facts(tr, h) for h in host_list}
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
-    cost_profile, cost_fit = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
+    cost_profile, cost_fit, page_classes = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
     other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
     warnings += [other] if other else []
+    warnings += _page_classes_warning(cost_fit)
     plan = _plan(
         tr,
         host_list,
@@ -402,6 +419,7 @@ def run_whatif(
             opt_items,
             cost_profile.items() if cost_profile else None,
             canary_path,
+            page_classes,
         ),
         extrapolation=extrapolation,
     )
@@ -545,7 +563,7 @@ def _plan(
     domains: dict[tuple[str, str], tuple[str, ...]],
     registered: dict[tuple[str, str], int],
     *,
-    rest: tuple[Any, Any, str | None],
+    rest: tuple[Any, Any, str | None, bool],
     extrapolation: ExtrapolationSpec | None,
 ) -> _Plan:
     """Every scenario, and the deduplicated replay and fit tasks behind it."""

@@ -9,6 +9,7 @@ raised again on the client.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -54,6 +55,9 @@ class ReplaySpec:
     #: A canary recording (``observe --ksm-pages``) whose same-content write rates calibrate
     #: the write model (``replay --observed``; None: the trace's writes alone)
     canary_path: str | None = None
+    #: Whether the canary places a trace of another run by page class, as the fit to its
+    #: recording chose (:func:`planner.engine.costfit.fit_canary`)
+    canary_page_classes: bool = True
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -69,6 +73,7 @@ class ReplaySpec:
             self.options,
             self.cost_profile,
             self.canary_path,
+            self.canary_page_classes,
         )
 
     @property
@@ -345,19 +350,21 @@ def _ideals(prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
     return out
 
 
-_CANARIES: OrderedDict[tuple[str, int], CanaryRates] = OrderedDict()
+_CANARIES: OrderedDict[tuple[str, int, bool], CanaryRates] = OrderedDict()
 
 
-def _canary(path: str, page_size: int) -> CanaryRates:
-    """The canary's write rates (read once per worker process)."""
+def _canary(path: str, page_size: int, page_classes: bool = True) -> CanaryRates:
+    """The canary's write rates (read once per worker process), page classes on or off."""
     from planner.engine.writes import canary_rates
     from planner.trace.recording import read_observed
 
-    key = (path, page_size)
+    key = (path, page_size, page_classes)
     with _CACHE_LOCK:
         if key in _CANARIES:
             return _CANARIES[key]
     rates = canary_rates(read_observed(path), page_size)
+    if not page_classes:
+        rates = dataclasses.replace(rates, page_classes=False)
     with _CACHE_LOCK:
         _CANARIES[key] = rates
         while len(_CANARIES) > 4:
@@ -379,7 +386,7 @@ def _derived(
     calibration do not depend on the knobs."""
     from planner.engine.api import derivation, derive_input
 
-    key = (*spec.prepare_key, spec.canary_path, *derivation(opts))
+    key = (*spec.prepare_key, spec.canary_path, spec.canary_page_classes, *derivation(opts))
     with _CACHE_LOCK:
         if key in _DERIVED:
             return _DERIVED[key]
@@ -419,7 +426,11 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     opts = ReplayOptions(**dict(spec.options), cost=cost)
     ideals = _ideals(spec.prepare_key, inp, knobs.use_zero_pages)
     ideal, zero_freed, eligible = ideals.last
-    canary = _canary(spec.canary_path, inp.page_size) if spec.canary_path else None
+    canary = (
+        _canary(spec.canary_path, inp.page_size, spec.canary_page_classes)
+        if spec.canary_path
+        else None
+    )
     # a replay allocates and frees arrays of a snapshot's size at every batch: kept for
     # reuse (planner._heap; 45 -> 29 s for the Django what-if with its canary, the
     # page faults and trims gone), where the worker's memory has room for it

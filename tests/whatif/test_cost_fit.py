@@ -56,7 +56,10 @@ def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_one_host_is_fitted_to_its_canary(trace: Path) -> None:
     opts = ReplayOptions(host_load=LOAD)
-    profile, note = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    profile, note, classes = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    assert (
+        classes is True
+    )  # (the canary's page classes are weighed in tests/engine/test_costfit.py)
     assert note is not None
     assert note["fitted"] is True
     assert profile is not None
@@ -68,9 +71,28 @@ def test_one_host_is_fitted_to_its_canary(trace: Path) -> None:
 def test_no_canary_or_several_hosts_keep_the_profile(trace: Path) -> None:
     opts = ReplayOptions(host_load=LOAD)
     given = CostProfile.default().scaled(2.0)
-    assert _fit_cost(open_trace(trace), ["synthetic"], None, given, opts) == (given, None)
-    profile, note = _fit_cost(open_trace(trace), ["a", "b"], "canary", given, opts)
+    assert _fit_cost(open_trace(trace), ["synthetic"], None, given, opts) == (given, None, True)
+    profile, note, classes = _fit_cost(open_trace(trace), ["a", "b"], "canary", given, opts)
+    assert classes is True
     assert profile is given
     assert note is not None
     assert note["fitted"] is False
     assert "2 hosts" in note["why"]
+
+
+def test_the_review_says_when_the_canarys_page_classes_were_set_aside() -> None:
+    from planner.whatif.run import _page_classes_warning
+
+    weighed = {
+        "recorded_cow_per_s": 1240.9,
+        "with_classes_cow_per_s": 4983.9,
+        "without_classes_cow_per_s": 1462.3,
+        "used": False,
+    }
+    (line,) = _page_classes_warning({"fitted": True, "page_classes": weighed})
+    assert "4,984 merges a second" in line
+    assert "host broke 1,241" in line
+    assert "(1,462 a second)" in line
+    assert _page_classes_warning({"page_classes": {**weighed, "used": True}}) == []
+    assert _page_classes_warning({"fitted": True}) == []
+    assert _page_classes_warning(None) == []

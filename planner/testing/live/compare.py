@@ -559,11 +559,14 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         options = replace(options, snapshot_scans=(1,) * len(inp.snapshots))
     canary = None
     if opts.calibrate_writes:
+        from planner.engine.costfit import fit_canary
         from planner.engine.writes import canary_rates
         from planner.trace.recording import read_observed
 
         obs = with_mapping_starts(read_observed(run.observe_dir), run.observe_dir)
-        canary = canary_rates(obs, inp.page_size)
+        # page classes on or off as replay --observed chooses them (the fitted profile is
+        # not kept: the comparison's cost profile is its own option)
+        canary = fit_canary(inp, obs.counters, options, canary_rates(obs, inp.page_size)).canary
     return ReplaySetup(inp, knobs, options, canary)
 
 
