@@ -432,10 +432,11 @@ def fit_canary(
     an interpreter's heap and arenas hold other objects at a page number in each run, and the
     classes then pick rows at random: on the Django sample with a fresh canary, 5,586 rows
     of classes the canary never saw merged took the unseen breaks, each written 7.9 times a
-    second, and the model broke 5,007 merges a second at the canary's own knobs where the
-    host broke 1,241 (`pages_sharing` −62 %; docs/live-validation.md, "A canary of another
-    run whose pages do not line up"). The fitting replays run at the canary's knobs for its
-    length: where they break more than :data:`COW_BAND` times the recorded ``cow_ksm``,
+    second, and the model broke 4,984 merges a second at the canary's own knobs where the
+    host broke 1,241 (`pages_sharing` −62 %; docs/live-validation.md, "On an AMD EPYC, and a
+    canary of another run whose pages do not line up"). The fitting replays run at the
+    canary's knobs for its length: where they break more than :data:`COW_BAND` times the
+    recorded ``cow_ksm``,
     the canary is applied again without classes (rates drawn by role, the unseen breaks pro
     rata), fitted again, and the one whose breaks are nearer the recording's (by ratio) is
     kept. Classes that under-break are kept: raising their rates does not raise the breaks
