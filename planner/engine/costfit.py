@@ -436,11 +436,10 @@ def fit_canary(
     host broke 1,241 (`pages_sharing` −62 %; docs/live-validation.md, "On an AMD EPYC, and a
     canary of another run whose pages do not line up"). The fitting replays run at the
     canary's knobs for its length: where they break more than :data:`COW_BAND` times the
-    recorded ``cow_ksm``,
-    the canary is applied again without classes (rates drawn by role, the unseen breaks pro
-    rata), fitted again, and the one whose breaks are nearer the recording's (by ratio) is
-    kept. Classes that under-break are kept: raising their rates does not raise the breaks
-    (a rewritten page is merged again only when ksmd visits it).
+    recorded ``cow_ksm``, the canary is applied again without classes (rates drawn by role,
+    the unseen breaks pro rata), fitted again, and the one whose breaks are nearer the
+    recording's (by ratio) is kept. Classes that under-break are kept: raising their rates
+    does not raise the breaks (a rewritten page is merged again only when ksmd visits it).
     """
     from math import log
 
