@@ -45,6 +45,7 @@ from planner.errors import InputDataError
 
 if TYPE_CHECKING:
     from planner.engine.api import DerivedInput
+    from planner.engine.knobs import KsmKnobs
     from planner.engine.options import ReplayOptions
     from planner.engine.prepare import ReplayInput
     from planner.engine.writes import CanaryRates
@@ -256,7 +257,6 @@ def fit_cost(
         The replay of the trace scanned no page (nothing registered).
     """
     from planner.engine.api import base_input, replay
-    from planner.engine.knobs import KsmKnobs
     from planner.engine.options import ReplayOptions
 
     inp = base_input(source)
@@ -264,14 +264,7 @@ def fit_cost(
     hz = inp.hz or 250
     share = real.share(hz, base.wake_latency_ns)
     contention = solve_contention(share, load.runnable_per_cpu, base.sched_contention)
-    more: dict[str, Any] = {}
-    if real.max_page_sharing is not None:
-        more["max_page_sharing"] = real.max_page_sharing
-    if real.use_zero_pages is not None:
-        more["use_zero_pages"] = real.use_zero_pages
-    knobs = KsmKnobs.for_hz(hz).with_(
-        pages_to_scan=real.pages_to_scan, sleep_ms=real.sleep_ms, smart_scan=real.smart_scan, **more
-    )
+    knobs = _window_knobs(real, hz)
     probe = replace(base, sched_contention=contention)
     scale = 1.0
     model_ns: list[float] = []
@@ -305,6 +298,20 @@ def fit_cost(
             if res.cow_breaks_per_s is not None and res.duration_s > 0
             else None
         ),
+    )
+
+
+def _window_knobs(real: KsmdWindow, hz: int) -> KsmKnobs:
+    """The knobs the real ksmd ran with over ``real``."""
+    from planner.engine.knobs import KsmKnobs
+
+    more: dict[str, Any] = {}
+    if real.max_page_sharing is not None:
+        more["max_page_sharing"] = real.max_page_sharing
+    if real.use_zero_pages is not None:
+        more["use_zero_pages"] = real.use_zero_pages
+    return KsmKnobs.for_hz(hz).with_(
+        pages_to_scan=real.pages_to_scan, sleep_ms=real.sleep_ms, smart_scan=real.smart_scan, **more
     )
 
 
@@ -404,6 +411,26 @@ def recorded_cow_per_s(counters: Any, real: KsmdWindow) -> float | None:
     return float(inside.iloc[-1] - inside.iloc[0]) / float(inside.index[-1] - inside.index[0])
 
 
+def breaks_too_many(model_cow_per_s: float | None, recorded: float | None) -> bool:
+    """Whether a replay's copy-on-write is above :data:`COW_BAND` times the recording's."""
+    return (
+        model_cow_per_s is not None
+        and recorded is not None
+        and recorded > 0
+        and model_cow_per_s > COW_BAND * recorded
+    )
+
+
+def nearer(candidate: float | None, current: float, recorded: float) -> bool:
+    """Whether ``candidate`` breaks per second are nearer ``recorded`` than ``current``, by
+    ratio (``recorded`` > 0)."""
+    from math import log
+
+    if candidate is None:
+        return False
+    return abs(log(max(candidate, 1e-9) / recorded)) < abs(log(max(current, 1e-9) / recorded))
+
+
 @dataclass(frozen=True)
 class CanaryFit:
     """A canary applied to a trace and ksmd's cost fitted to it (:func:`fit_canary`)."""
@@ -441,40 +468,68 @@ def fit_canary(
     recording's (by ratio) is kept. Classes that under-break are kept: raising their rates
     does not raise the breaks (a rewritten page is merged again only when ksmd visits it).
     """
-    from math import log
-
     from planner.engine.api import derive_input
     from planner.engine.writes import by_page_class
 
     source = derive_input(inp, options, canary)
     fitted, note, fit = _fit_recording(source, counters, options, canary)
-    if (
-        canary is None
-        or fit is None
-        or fit.model_cow_per_s is None
-        or not by_page_class(inp, canary)
-    ):
+    if canary is None or not by_page_class(inp, canary):
         return CanaryFit(source, fitted, canary, note)
-    real = recorded_cow_per_s(counters, fit.real)
+    window = fit.real if fit is not None else _window_or_none(counters)
+    if window is None:
+        return CanaryFit(source, fitted, canary, note)
+    # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
+    # one replay at the recording's knobs then says how many merges the classes break)
+    model = fit.model_cow_per_s if fit is not None else _cow_at(source, window, fitted, canary)
+    real = recorded_cow_per_s(counters, window)
+    if model is None or real is None or real <= 0:
+        return CanaryFit(source, fitted, canary, note)
     weighed: dict[str, Any] = {
         "recorded_cow_per_s": real,
-        "with_classes_cow_per_s": fit.model_cow_per_s,
+        "with_classes_cow_per_s": model,
         "without_classes_cow_per_s": None,
         "used": True,
     }
-    if real is None or real <= 0 or fit.model_cow_per_s <= COW_BAND * real:
+    if not breaks_too_many(model, real):
         return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
     alt = replace(canary, page_classes=False)
     alt_source = derive_input(inp, options, alt)
-    alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
-    alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
+    if fit is not None:
+        alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
+        alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
+    else:
+        alt_fitted, alt_note = fitted, note
+        alt_cow = _cow_at(alt_source, window, fitted, alt)
     weighed["without_classes_cow_per_s"] = alt_cow
-    if alt_cow is None or abs(log(max(alt_cow, 1e-9) / real)) >= abs(
-        log(fit.model_cow_per_s / real)
-    ):
+    if not nearer(alt_cow, model, real):
         return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
     weighed["used"] = False
     return CanaryFit(alt_source, alt_fitted, alt, {**alt_note, "page_classes": weighed})
+
+
+def _window_or_none(counters: Any) -> KsmdWindow | None:
+    try:
+        return ksmd_window(counters)
+    except InputDataError:
+        return None
+
+
+def _cow_at(
+    source: DerivedInput, real: KsmdWindow, options: ReplayOptions, canary: CanaryRates
+) -> float | None:
+    """Copy-on-write breaks per second of a replay of ``source`` at the knobs the real ksmd
+    ran with over ``real``, for as long, under the load the trace recorded (as the fitting
+    replays run), with ``options``' cost profile."""
+    from planner.engine.api import base_input, replay
+
+    inp = base_input(source)
+    recorded = inp.meta.get("host_load")
+    load = recorded if isinstance(recorded, HostLoad) else options.host_load or HostLoad.idle()
+    opts = replace(options, duration_s=max(real.wall_s, 1.0), host_load=load)
+    res = replay(source, knobs=_window_knobs(real, inp.hz or 250), options=opts, canary=canary)
+    if res.cow_breaks_per_s is None or res.duration_s <= 0:
+        return None
+    return res.cow_breaks / res.duration_s
 
 
 def is_fitted(profile: CostProfile) -> bool:
@@ -490,12 +545,14 @@ __all__ = [
     "CanaryFit",
     "CostFit",
     "KsmdWindow",
+    "breaks_too_many",
     "fit_canary",
     "fit_cost",
     "fit_to_recording",
     "fitted_profile",
     "is_fitted",
     "ksmd_window",
+    "nearer",
     "recorded_cow_per_s",
     "solve_contention",
 ]

@@ -67,9 +67,13 @@ from planner.engine.cost import CostProfile, mean_insert_levels
 from planner.engine.costfit import (
     FIT_METHOD,
     CostFit,
+    KsmdWindow,
+    breaks_too_many,
     fit_cost,
     fitted_profile,
     ksmd_window,
+    nearer,
+    recorded_cow_per_s,
 )
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
 from planner.errors import (
@@ -876,6 +880,42 @@ class WorkloadCalibration(CostFit):
         return {"profile": self.profile.to_dict(), **super().to_dict(), "written": self.written}
 
 
+def _weigh_page_classes(
+    inp: Any,
+    canary: Any,
+    counters: Any,
+    real: KsmdWindow,
+    load: HostLoad,
+    base: CostProfile,
+    fit: CostFit,
+) -> tuple[CostFit, dict[str, Any] | None]:
+    """The canary's page classes held to the recording's copy-on-write, as ``replay
+    --observed`` holds them (:func:`planner.engine.costfit.fit_canary`): the fit kept, and
+    None where they do not apply (no canary, the traced run's own, no mapping starts), else
+    whether they are used and the breaks per second of the recording and of the fitting
+    replays with and (where weighed) without them."""
+    from planner.engine.writes import by_page_class
+
+    if canary is None or not by_page_class(inp, canary):
+        return fit, None
+    recorded = recorded_cow_per_s(counters, real)
+    out: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "with_classes_cow_per_s": fit.model_cow_per_s,
+        "without_classes_cow_per_s": None,
+        "used": True,
+    }
+    if recorded is None or fit.model_cow_per_s is None:
+        return fit, out
+    if breaks_too_many(fit.model_cow_per_s, recorded):
+        alt = fit_cost(inp, real, load, base=base, canary=replace(canary, page_classes=False))
+        out["without_classes_cow_per_s"] = alt.model_cow_per_s
+        if nearer(alt.model_cow_per_s, fit.model_cow_per_s, recorded):
+            out["used"] = False
+            return alt, out
+    return fit, out
+
+
 def calibrate_workload(
     trace: str | os.PathLike[str],
     observed: str | os.PathLike[str],
@@ -934,6 +974,9 @@ def calibrate_workload(
             canary_rates(recording, inp.page_size) if recording.page_events is not None else None
         )
         fit = fit_cost(inp, real, load, base=base, canary=canary)
+        fit, page_classes = _weigh_page_classes(
+            inp, canary, recording.counters, real, load, base, fit
+        )
         share, scale, contention = fit.real_share, fit.cost_scale, fit.profile.sched_contention
         started = dt.datetime.now(dt.UTC)
         profile = fitted_profile(
@@ -954,6 +997,7 @@ def calibrate_workload(
                 "model_ns_per_page_before": fit.model_ns_per_page,
                 "cost_scale": scale,
                 "sched_contention": contention,
+                **({"page_classes": page_classes} if page_classes is not None else {}),
             },
         )
         profile = replace(profile, source=WORKLOAD_METHOD)

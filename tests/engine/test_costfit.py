@@ -107,16 +107,23 @@ class _FakeFit:
 
 
 def _choose(
-    monkeypatch: pytest.MonkeyPatch, cows: dict[bool, float | None], classes: bool = True
+    monkeypatch: pytest.MonkeyPatch,
+    cows: dict[bool, float | None],
+    classes: bool = True,
+    fitted_before: bool = False,
 ) -> tuple[Any, list[bool]]:
     """fit_canary with the fitting replays replaced: each breaks ``cows[page_classes]`` merges
-    a second, against a recorded 1,000; returns its choice and the variants it fitted."""
+    a second, against a recorded 1,000; returns its choice and the variants it replayed.
+    ``fitted_before``: the profile is fitted already (nothing is fitted again; one replay
+    per variant says its breaks)."""
     from planner.engine import costfit
     from planner.engine import writes as writes_module
 
     fitted: list[bool] = []
 
     def fake_fit(source: Any, counters: Any, options: Any, canary: Any) -> Any:
+        if fitted_before:
+            return options, {"fitted": False, "why": "the profile is fitted"}, None
         fitted.append(canary.page_classes)
         return (
             options,
@@ -124,7 +131,15 @@ def _choose(
             _FakeFit(cows[canary.page_classes]),
         )
 
+    def fake_cow(source: Any, real: Any, options: Any, canary: Any) -> float | None:
+        assert fitted_before
+        assert real == "window"
+        fitted.append(canary.page_classes)
+        return cows[canary.page_classes]
+
     monkeypatch.setattr(costfit, "_fit_recording", fake_fit)
+    monkeypatch.setattr(costfit, "_cow_at", fake_cow)
+    monkeypatch.setattr(costfit, "_window_or_none", lambda counters: "window")
     monkeypatch.setattr(costfit, "recorded_cow_per_s", lambda counters, real: 1000.0)
     monkeypatch.setattr(
         writes_module, "by_page_class", lambda inp, rates: classes and rates.page_classes
@@ -176,3 +191,18 @@ def test_page_classes_are_kept_within_the_band_below_it_or_where_none_does_worse
     got, fitted = _choose(monkeypatch, {True: 5000.0, False: 1000.0}, classes=False)
     assert fitted == [True]
     assert "page_classes" not in got.note
+
+
+def test_page_classes_are_weighed_with_a_profile_fitted_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A profile from ``calibrate --trace --observed`` is not fitted again, but the classes
+    are still held to the recording: one replay per variant at its knobs."""
+    got, replayed = _choose(monkeypatch, {True: 5000.0, False: 1400.0}, fitted_before=True)
+    assert replayed == [True, False]
+    assert got.canary.page_classes is False
+    assert got.note["fitted"] is False
+    assert got.note["page_classes"]["without_classes_cow_per_s"] == 1400.0
+    got, replayed = _choose(monkeypatch, {True: 900.0, False: 1400.0}, fitted_before=True)
+    assert replayed == [True]
+    assert got.canary.page_classes is True

@@ -160,3 +160,52 @@ def test_cli_writes_the_profile(
     assert code == 0
     assert "x1.8" in err
     assert "not saved" in err
+
+
+def test_the_canarys_page_classes_are_weighed_as_replay_weighs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``calibrate --trace --observed`` fits with the canary's page classes set aside where
+    its fitting replays break far more merges than the recording (as ``replay --observed``
+    does, :func:`planner.engine.costfit.fit_canary`), so that the profile is fitted on the
+    path mix of the writes the replays will use."""
+    import numpy as np
+
+    import planner.engine.writes as W
+    import planner.kernel.calibrate as C
+    from planner.engine.writes import CanaryRates
+
+    canary = CanaryRates(
+        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0
+    )
+    cows = {True: 5000.0, False: 1400.0}
+    calls: list[bool] = []
+
+    class Fit:
+        def __init__(self, classes: bool) -> None:
+            self.model_cow_per_s = cows[classes]
+            self.classes = classes
+
+    def fake_fit_cost(inp: Any, real: Any, load: Any, *, base: Any, canary: Any) -> Any:
+        calls.append(canary.page_classes)
+        return Fit(canary.page_classes)
+
+    monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
+    monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 1000.0)
+    monkeypatch.setattr(W, "by_page_class", lambda inp, rates: rates.page_classes)
+    fit, note = C._weigh_page_classes(None, canary, None, None, None, None, Fit(True))  # type: ignore[arg-type]
+    assert calls == [False]
+    assert fit.classes is False  # type: ignore[attr-defined]
+    assert note == {
+        "recorded_cow_per_s": 1000.0,
+        "with_classes_cow_per_s": 5000.0,
+        "without_classes_cow_per_s": 1400.0,
+        "used": False,
+    }
+    cows[True] = 1100.0  # within the band: kept, nothing refitted
+    calls.clear()
+    fit, note = C._weigh_page_classes(None, canary, None, None, None, None, Fit(True))  # type: ignore[arg-type]
+    assert calls == []
+    assert note is not None
+    assert note["used"] is True
+    assert C._weigh_page_classes(None, None, None, None, None, None, fit) == (fit, None)  # type: ignore[arg-type]
