@@ -27,7 +27,7 @@ counters (a DataFrame), never the kernel.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from planner.engine.timing import (
 from planner.errors import InputDataError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from planner.engine.api import DerivedInput
     from planner.engine.knobs import KsmKnobs
     from planner.engine.options import ReplayOptions
@@ -57,6 +59,8 @@ FIT_METHOD: Final = (
     "with the same knobs and load; every CPU cost of the base profile scaled by their ratio; "
     "sched_contention solved from the real batch period (docs/busy-host.md §4)"
 )
+
+_T = TypeVar("_T")
 
 #: Knobs a recording's ksmd window must hold constant (the first three are required).
 _WINDOW_KNOBS: Final = ("pages_to_scan", "sleep_millisecs", "smart_scan")
@@ -411,24 +415,38 @@ def recorded_cow_per_s(counters: Any, real: KsmdWindow) -> float | None:
     return float(inside.iloc[-1] - inside.iloc[0]) / float(inside.index[-1] - inside.index[0])
 
 
-def breaks_too_many(model_cow_per_s: float | None, recorded: float | None) -> bool:
-    """Whether a replay's copy-on-write is above :data:`COW_BAND` times the recording's."""
-    return (
-        model_cow_per_s is not None
-        and recorded is not None
-        and recorded > 0
-        and model_cow_per_s > COW_BAND * recorded
-    )
-
-
-def nearer(candidate: float | None, current: float, recorded: float) -> bool:
-    """Whether ``candidate`` breaks per second are nearer ``recorded`` than ``current``, by
-    ratio (``recorded`` > 0)."""
+def weigh_page_classes(
+    recorded: float | None,
+    with_classes: float | None,
+    without: Callable[[], tuple[_T, float | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule by which a canary's page classes are kept or set aside, given the recorded
+    copy-on-write breaks per second and those of the fitting replays with the classes:
+    where these are above :data:`COW_BAND` times the recording's, ``without()`` fits
+    without them (a payload, and its breaks per second), and the one nearer the recording
+    by ratio is kept. Returns the payload where the classes are set aside (else None) and
+    what the provenance says (``page_classes``)."""
     from math import log
 
-    if candidate is None:
-        return False
-    return abs(log(max(candidate, 1e-9) / recorded)) < abs(log(max(current, 1e-9) / recorded))
+    note: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "with_classes_cow_per_s": with_classes,
+        "without_classes_cow_per_s": None,
+        "used": True,
+    }
+    if (
+        recorded is None
+        or recorded <= 0
+        or with_classes is None
+        or with_classes <= COW_BAND * recorded
+    ):
+        return None, note
+    payload, alt = without()
+    note["without_classes_cow_per_s"] = alt
+    if alt is None or abs(log(max(alt, 1e-9) / recorded)) >= abs(log(with_classes / recorded)):
+        return None, note
+    note["used"] = False
+    return payload, note
 
 
 @dataclass(frozen=True)
@@ -481,30 +499,22 @@ def fit_canary(
     # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
     # one replay at the recording's knobs then says how many merges the classes break)
     model = fit.model_cow_per_s if fit is not None else _cow_at(source, window, fitted, canary)
-    real = recorded_cow_per_s(counters, window)
-    if model is None or real is None or real <= 0:
-        return CanaryFit(source, fitted, canary, note)
-    weighed: dict[str, Any] = {
-        "recorded_cow_per_s": real,
-        "with_classes_cow_per_s": model,
-        "without_classes_cow_per_s": None,
-        "used": True,
-    }
-    if not breaks_too_many(model, real):
-        return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
     alt = replace(canary, page_classes=False)
-    alt_source = derive_input(inp, options, alt)
-    if fit is not None:
+
+    def without() -> tuple[CanaryFit, float | None]:
+        alt_source = derive_input(inp, options, alt)
+        if fit is None:  # nothing fitted: the options stay as given
+            return CanaryFit(alt_source, fitted, alt, note), _cow_at(
+                alt_source, window, fitted, alt
+            )
         alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
         alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
-    else:
-        alt_fitted, alt_note = fitted, note
-        alt_cow = _cow_at(alt_source, window, fitted, alt)
-    weighed["without_classes_cow_per_s"] = alt_cow
-    if not nearer(alt_cow, model, real):
+        return CanaryFit(alt_source, alt_fitted, alt, alt_note), alt_cow
+
+    chosen, weighed = weigh_page_classes(recorded_cow_per_s(counters, window), model, without)
+    if chosen is None:
         return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
-    weighed["used"] = False
-    return CanaryFit(alt_source, alt_fitted, alt, {**alt_note, "page_classes": weighed})
+    return replace(chosen, note={**chosen.note, "page_classes": weighed})
 
 
 def _window_or_none(counters: Any) -> KsmdWindow | None:
@@ -545,14 +555,13 @@ __all__ = [
     "CanaryFit",
     "CostFit",
     "KsmdWindow",
-    "breaks_too_many",
     "fit_canary",
     "fit_cost",
     "fit_to_recording",
     "fitted_profile",
     "is_fitted",
     "ksmd_window",
-    "nearer",
     "recorded_cow_per_s",
     "solve_contention",
+    "weigh_page_classes",
 ]

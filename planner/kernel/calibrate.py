@@ -68,12 +68,11 @@ from planner.engine.costfit import (
     FIT_METHOD,
     CostFit,
     KsmdWindow,
-    breaks_too_many,
     fit_cost,
     fitted_profile,
     ksmd_window,
-    nearer,
     recorded_cow_per_s,
+    weigh_page_classes,
 )
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
 from planner.errors import (
@@ -898,22 +897,13 @@ def _weigh_page_classes(
 
     if canary is None or not by_page_class(inp, canary):
         return fit, None
-    recorded = recorded_cow_per_s(counters, real)
-    out: dict[str, Any] = {
-        "recorded_cow_per_s": recorded,
-        "with_classes_cow_per_s": fit.model_cow_per_s,
-        "without_classes_cow_per_s": None,
-        "used": True,
-    }
-    if recorded is None or fit.model_cow_per_s is None:
-        return fit, out
-    if breaks_too_many(fit.model_cow_per_s, recorded):
+
+    def without() -> tuple[CostFit, float | None]:
         alt = fit_cost(inp, real, load, base=base, canary=replace(canary, page_classes=False))
-        out["without_classes_cow_per_s"] = alt.model_cow_per_s
-        if nearer(alt.model_cow_per_s, fit.model_cow_per_s, recorded):
-            out["used"] = False
-            return alt, out
-    return fit, out
+        return alt, alt.model_cow_per_s
+
+    alt, note = weigh_page_classes(recorded_cow_per_s(counters, real), fit.model_cow_per_s, without)
+    return (fit if alt is None else alt), note
 
 
 def calibrate_workload(
