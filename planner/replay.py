@@ -146,7 +146,11 @@ def _replay_trace(
     other = cost_cpu_warning(
         (options or ReplayOptions()).cost, tr.host_cpu, fit if isinstance(fit, dict) else None
     )
-    res.provenance["cost_warnings"] = [other] if other else []
+    from planner.engine.costfit import fit_facts, short_batch_warning
+
+    profile = (options or ReplayOptions()).cost
+    short = short_batch_warning(fit_facts(profile, fit if isinstance(fit, dict) else None), [knobs])
+    res.provenance["cost_warnings"] = [w for w in (other, short) if w]
     return res
 
 

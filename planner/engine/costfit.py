@@ -19,6 +19,9 @@ host, and the cost per page is the workload's path mix on cold caches. So a prof
 one knob setting serves the others: ``replay``/``whatif --observed`` use it to predict any
 setting from a canary at one (:func:`planner.replay.replay_trace`), and ``ksm-planner
 calibrate --trace --observed`` writes it (:func:`planner.kernel.calibrate.calibrate_workload`).
+But batches that end inside the tick they began in bound the share only loosely
+(:class:`ShortBatches`): a fit to them is a guess at longer batches, and the replays that
+ask for longer ones say so (:func:`short_batch_warning`).
 
 This module is the engine layer's: it replays prepared inputs and reads a recording's
 counters (a DataFrame), never the kernel.
@@ -26,6 +29,7 @@ counters (a DataFrame), never the kernel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -44,7 +48,7 @@ from planner.engine.timing import (
 from planner.errors import InputDataError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from planner.engine.api import DerivedInput
     from planner.engine.knobs import KsmKnobs
@@ -98,6 +102,31 @@ class KsmdWindow:
         """ksmd CPU per scanned page, ns."""
         return self.cpu_s * NS_PER_S / self.pages_scanned
 
+    @property
+    def batch_cpu_ns(self) -> float:
+        """ksmd's CPU per batch, ns."""
+        return self.cpu_s * NS_PER_S / self.batches
+
+    def crossed_ns(self, hz: int, wake_latency_ns: int) -> float:
+        """The mean batch period less the slept jiffies and the wake-up latency: the whole
+        ticks a batch crossed, on average (:func:`planner.engine.timing.next_batch_ns`)."""
+        slept = sleep_ns(self.sleep_ms, hz)
+        return max(0.0, self.wall_s * NS_PER_S / self.batches - slept - wake_latency_ns)
+
+    def share_range(self, hz: int, wake_latency_ns: int) -> tuple[float, float]:
+        """The lowest and highest share the batch period allows (:meth:`share` takes the
+        middle): a batch that crossed ``k`` whole ticks beyond its sleep took at least ``k``
+        ticks and its CPU, and less than ``k + 1`` ticks. Where a batch's CPU is well under a
+        tick the range is wide: the period then says little about how the host stretches a
+        batch (:func:`short_batch_warning`)."""
+        if sleep_ns(self.sleep_ms, hz) <= 0:
+            share = self.share(hz, wake_latency_ns)
+            return share, share
+        crossed_ns = self.crossed_ns(hz, wake_latency_ns)
+        cpu = self.batch_cpu_ns
+        low = min(1.0, cpu / (crossed_ns + tick_ns(hz)))
+        return low, (min(1.0, cpu / crossed_ns) if crossed_ns > cpu else 1.0)
+
     def share(self, hz: int, wake_latency_ns: int) -> float:
         """ksmd's real share of a CPU while it worked: a batch's CPU over the wall time the
         batch took; 1 where the period leaves no time beyond the sleep.
@@ -112,8 +141,7 @@ class KsmdWindow:
         busy_ns = self.wall_s * NS_PER_S / self.batches - slept - wake_latency_ns
         if slept > 0:
             busy_ns = max(0.0, busy_ns) + tick_ns(hz) / 2
-        cpu_batch_ns = self.cpu_s * NS_PER_S / self.batches
-        return min(1.0, cpu_batch_ns / busy_ns) if busy_ns > 0 else 1.0
+        return min(1.0, self.batch_cpu_ns / busy_ns) if busy_ns > 0 else 1.0
 
 
 def count_batches(scanned: Any, full_scans: Any, pages_to_scan: int) -> float:
@@ -221,10 +249,13 @@ class CostFit:
     model_cow_per_s: float | None = None
     """Copy-on-write breaks per second of the last fitting replay over its whole span (the
     recording's knobs and length), where it modelled writes; not in :meth:`to_dict`."""
+    short_batches: ShortBatches | None = None
+    """Where the recorded batches took under half a tick of CPU: how little their period
+    tells of ksmd's share (:func:`short_batch_warning`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """What the fit was derived from (JSON-ready; the profile itself is not repeated)."""
-        return {
+        out = {
             "base_profile": self.base,
             "real": {**asdict(self.real), "ns_per_page": self.real.ns_per_page},
             "host_load": self.load.to_dict(),
@@ -234,6 +265,42 @@ class CostFit:
             "cost_scale": self.cost_scale,
             "canary_writes": self.canary_writes,
         }
+        if self.short_batches is not None:
+            out["short_batches"] = asdict(self.short_batches)
+        return out
+
+
+@dataclass(frozen=True)
+class ShortBatches:
+    """A recording whose ksmd batches took under half a tick of CPU each and crossed less
+    than a tick on average (docs/busy-host.md §4, "A canary of short batches"): such a
+    batch mostly ends inside the tick it began in, so the batch period bounds ksmd's share
+    only loosely (from ``share_low`` to ``share_high``), and :meth:`KsmdWindow.share` takes
+    the middle. (Short batches that the host stretched across ticks bound it within a
+    factor of two.)"""
+
+    batch_cpu_ns: float
+    tick_ns: int
+    share_low: float
+    share_high: float
+
+    @classmethod
+    def of(cls, real: KsmdWindow, hz: int, wake_latency_ns: int) -> ShortBatches | None:
+        """The recording's, where its batches are short (None otherwise)."""
+        tick = tick_ns(hz)
+        if (
+            sleep_ns(real.sleep_ms, hz) <= 0
+            or real.batch_cpu_ns >= SHORT_BATCH_TICKS * tick
+            or real.crossed_ns(hz, wake_latency_ns) >= tick
+        ):
+            return None
+        low, high = real.share_range(hz, wake_latency_ns)
+        return cls(real.batch_cpu_ns, tick, low, high)
+
+
+#: A recorded batch under this many ticks of CPU says little about ksmd's share of a CPU
+#: (:class:`ShortBatches`): half a tick, the part :meth:`KsmdWindow.share` guesses.
+SHORT_BATCH_TICKS: Final = 0.5
 
 
 def fit_cost(
@@ -302,6 +369,7 @@ def fit_cost(
             if res.cow_breaks_per_s is not None and res.duration_s > 0
             else None
         ),
+        short_batches=ShortBatches.of(real, hz, base.wake_latency_ns),
     )
 
 
@@ -542,6 +610,60 @@ def _cow_at(
     return res.cow_breaks / res.duration_s
 
 
+def batch_pages(knobs: KsmKnobs) -> int:
+    """The most pages ksmd handles in one batch at ``knobs`` (the scan-time advisor's ceiling
+    where it sets ``pages_to_scan``)."""
+    return knobs.advisor_max_pages_to_scan if knobs.advisor == "scan-time" else knobs.pages_to_scan
+
+
+def fit_facts(profile: CostProfile | None, cost_fit: Mapping[str, Any] | None) -> Any:
+    """What a replay's ksmd was fitted to: ``cost_fit`` (the provenance of
+    :func:`fit_to_recording`) where the replay fitted it, else the provenance of a
+    ``profile`` written by ``calibrate --trace --observed`` (the same keys); None where
+    neither was fitted to a recording."""
+    if cost_fit is not None and cost_fit.get("fitted"):
+        return cost_fit
+    prov = profile.provenance if profile is not None else None
+    if isinstance(prov, Mapping) and isinstance(prov.get("real"), Mapping):
+        return {**prov, "fitted": True}
+    return None
+
+
+def short_batch_warning(
+    cost_fit: Mapping[str, Any] | None, knobs: Iterable[KsmKnobs]
+) -> str | None:
+    """What a replay at ``knobs`` says where ksmd's cost was fitted (``cost_fit``, as
+    :func:`fit_facts` gives it) to a recording of short batches
+    (:class:`ShortBatches`) and some of the knobs ask for longer ones: ksmd's share of a
+    CPU in a longer batch is then a guess, and with it ksmd's CPU, its full scans and the
+    time to benefit. On the Django sample on an AMD EPYC (docs/busy-host.md §4) a 100-page
+    canary's fitted share, 0.16, made the full scans at 4000 pages 55 % too few, where
+    canaries at 1000 and 4000 pages (shares 0.67 and 0.74) predicted each other within
+    10 %; on an Intel Xeon shared with other work the same guess was right. ``None`` where
+    nothing is extrapolated."""
+    if not cost_fit or not cost_fit.get("fitted"):
+        return None
+    short, real = cost_fit.get("short_batches"), cost_fit.get("real")
+    if not isinstance(short, Mapping) or not isinstance(real, Mapping):
+        return None
+    recorded = int(real["pages_to_scan"])
+    longer = sorted({batch_pages(k) for k in knobs if batch_pages(k) > recorded})
+    if not longer:
+        return None
+    cpu_ms = float(short["batch_cpu_ns"]) / 1e6
+    asked = ", ".join(f"{p:,}" for p in longer)
+    return (
+        f"ksmd's share of a CPU was fitted to a recording at pages_to_scan={recorded:,}, whose "
+        f"batches took {cpu_ms:.2f} ms of CPU, under half a {float(short['tick_ns']) / 1e6:g} ms "
+        f"tick: their period allows a share from {float(short['share_low']):.2f} to "
+        f"{float(short['share_high']):.2f} ({float(cost_fit['real_share']):.2f} taken, the "
+        f"middle) and cannot tell how the host stretches batches {longer[-1] / recorded:.0f} "
+        f"times as long, so ksmd's CPU, its full scans and the time to benefit at "
+        f"pages_to_scan {asked} rest on that guess (docs/busy-host.md §4); record the canary "
+        "at the largest pages_to_scan planned"
+    )
+
+
 def is_fitted(profile: CostProfile) -> bool:
     """Whether ``profile`` was already fitted to a workload (not to be fitted again)."""
     return profile.source == FIT_METHOD or profile.source.startswith(
@@ -552,16 +674,21 @@ def is_fitted(profile: CostProfile) -> bool:
 __all__ = [
     "COW_BAND",
     "FIT_METHOD",
+    "SHORT_BATCH_TICKS",
     "CanaryFit",
     "CostFit",
     "KsmdWindow",
+    "ShortBatches",
+    "batch_pages",
     "fit_canary",
     "fit_cost",
+    "fit_facts",
     "fit_to_recording",
     "fitted_profile",
     "is_fitted",
     "ksmd_window",
     "recorded_cow_per_s",
+    "short_batch_warning",
     "solve_contention",
     "weigh_page_classes",
 ]

@@ -988,6 +988,11 @@ def calibrate_workload(
                 "cost_scale": scale,
                 "sched_contention": contention,
                 **({"page_classes": page_classes} if page_classes is not None else {}),
+                **(
+                    {"short_batches": asdict(fit.short_batches)}
+                    if fit.short_batches is not None
+                    else {}
+                ),
             },
         )
         profile = replace(profile, source=WORKLOAD_METHOD)

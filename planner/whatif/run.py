@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import CostProfile, cost_cpu_warning
+from planner.engine.costfit import fit_facts, short_batch_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
@@ -407,6 +408,11 @@ def run_whatif(
     other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
     warnings += [other] if other else []
     warnings += _page_classes_warning(cost_fit)
+    short = short_batch_warning(
+        fit_facts(cost_profile, cost_fit),
+        [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()],
+    )
+    warnings += [short] if short else []
     plan = _plan(
         tr,
         host_list,

@@ -7,7 +7,7 @@ for, a fit made at one knob setting must predict ksmd at another.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, cast
 
 import numpy as np
@@ -15,7 +15,15 @@ import pandas as pd
 import pytest
 
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
-from planner.engine.costfit import FIT_METHOD, fit_to_recording, is_fitted, ksmd_window
+from planner.engine.costfit import (
+    FIT_METHOD,
+    KsmdWindow,
+    ShortBatches,
+    fit_to_recording,
+    is_fitted,
+    ksmd_window,
+    short_batch_warning,
+)
 from planner.engine.prepare import ReplayInput
 from planner.engine.timing import HostLoad
 from planner.engine.writes import CanaryRates
@@ -206,3 +214,75 @@ def test_page_classes_are_weighed_with_a_profile_fitted_before(
     got, replayed = _choose(monkeypatch, {True: 900.0, False: 1400.0}, fitted_before=True)
     assert replayed == [True]
     assert got.canary.page_classes is True
+
+
+#: ksmd's windows in two canaries of the Django sample on an AMD EPYC at HZ 250
+#: (docs/busy-host.md §4, "A canary of short batches"): 100 and 1000 pages / 20 ms
+AMD_100 = KsmdWindow(
+    start_s=1.0, wall_s=149.0, cpu_s=2.552, pages_scanned=605_009, pages_skipped=230_457,
+    full_scans=8, pages_to_scan=100, sleep_ms=20, smart_scan=True, batch_count=6054.0,
+)  # fmt: skip
+AMD_1000 = KsmdWindow(
+    start_s=1.0, wall_s=71.0, cpu_s=6.638, pages_scanned=2_750_592, pages_skipped=4_139_522,
+    full_scans=67, pages_to_scan=1000, sleep_ms=20, smart_scan=True, batch_count=2779.6,
+)  # fmt: skip
+
+
+def test_a_recording_of_short_batches_bounds_ksmds_share_loosely() -> None:
+    """0.42 ms batches in 24.6 ms periods: 0.6 ms beyond the slept 24 ms, so a batch took
+    from 0.6 ms to a tick more; the share lies anywhere from 0.09 to 0.69 (0.16 taken,
+    where ksmd got 0.67-0.74 in longer batches on the same host)."""
+    low, high = AMD_100.share_range(250, 0)
+    assert low < AMD_100.share(250, 0) < high
+    assert (low, high) == pytest.approx((0.091, 0.69), abs=0.01)
+    short = ShortBatches.of(AMD_100, 250, 0)
+    assert short is not None
+    assert short.batch_cpu_ns == pytest.approx(0.4215e6, rel=0.01)
+    assert (short.share_low, short.share_high) == (low, high)
+    assert ShortBatches.of(AMD_1000, 250, 0) is None  # 2.39 ms of CPU: over half a tick
+    # short batches the host stretched across ticks (6 ms crossed): within a factor of two
+    stretched = replace(AMD_100, wall_s=AMD_100.batches * 0.030)
+    assert ShortBatches.of(stretched, 250, 0) is None
+    lo, hi = stretched.share_range(250, 0)
+    assert lo < stretched.share(250, 0) < hi <= 2 * lo
+    # without a timed sleep the period is the batch: nothing to bound
+    assert ShortBatches.of(replace(AMD_100, sleep_ms=0), 250, 0) is None
+
+
+def test_a_fit_to_short_batches_warns_where_the_knobs_ask_longer_ones() -> None:
+    short = ShortBatches.of(AMD_100, 250, 0)
+    assert short is not None
+    note = {
+        "fitted": True,
+        "real": asdict(AMD_100),
+        "real_share": AMD_100.share(250, 0),
+        "short_batches": asdict(short),
+    }
+    at = [KsmKnobs(pages_to_scan=p, hz=250) for p in (100, 1000, 4000)]
+    warning = short_batch_warning(note, at)
+    assert warning is not None
+    assert "pages_to_scan=100" in warning
+    assert "0.09 to 0.69 (0.16 taken" in warning
+    assert "40 times as long" in warning
+    assert "pages_to_scan 1,000, 4,000" in warning
+    assert short_batch_warning(note, at[:1]) is None  # nothing longer than recorded
+    advisor = KsmKnobs(advisor="scan-time", hz=250)  # it may go up to 30,000 pages
+    assert short_batch_warning(note, [advisor]) is not None
+    assert short_batch_warning({k: v for k, v in note.items() if k != "short_batches"}, at) is None
+    assert short_batch_warning({**note, "fitted": False}, at) is None
+    assert short_batch_warning(None, at) is None
+
+
+def test_the_fits_provenance_says_where_the_recorded_batches_were_short(
+    inp: ReplayInput,
+) -> None:
+    """The "real" ksmd at 100 pages / 20 ms ends nearly every batch in its tick (short);
+    at 1000 pages its batches are stretched across ticks: the period bounds the share."""
+    base = ReplayOptions(duration_s=SECONDS, host_load=LOAD)
+    _, short = fit_to_recording(inp, recording(inp, AT_100), base)
+    _, long = fit_to_recording(inp, recording(inp, AT_1000), base)
+    assert short["short_batches"]["share_low"] < short["real_share"]
+    assert short["real_share"] < short["short_batches"]["share_high"]
+    assert short_batch_warning(short, [AT_1000]) is not None
+    assert "short_batches" not in long
+    assert short_batch_warning(long, [AT_100, AT_1000, KsmKnobs(pages_to_scan=4000)]) is None

@@ -34,14 +34,16 @@ LOAD = HostLoad.given(3.0)
 REAL = replace(CostProfile.default().scaled(1.8), sched_contention=0.6)
 
 
-def recording_of(trace: Path, profile: CostProfile, load: HostLoad, seconds: float) -> pd.DataFrame:
+def recording_of(
+    trace: Path, profile: CostProfile, load: HostLoad, seconds: float, knobs: KsmKnobs = KNOBS
+) -> pd.DataFrame:
     """An ``observe`` recording's counters of what ``profile`` does on ``trace``: one row
     per full scan (ksmd_runtime_ns, pages_scanned, knobs), ksmd on from the start."""
     inp = prepare(open_trace(trace).load_host())
     res = replay(
-        inp, knobs=KNOBS, options=ReplayOptions(duration_s=seconds, cost=profile, host_load=load)
+        inp, knobs=knobs, options=ReplayOptions(duration_s=seconds, cost=profile, host_load=load)
     )
-    return ksmd_counters(res, KNOBS)
+    return ksmd_counters(res, knobs)
 
 
 @pytest.fixture
@@ -209,3 +211,28 @@ def test_the_canarys_page_classes_are_weighed_as_replay_weighs_them(
     assert note is not None
     assert note["used"] is True
     assert C._weigh_page_classes(None, None, None, None, None, None, fit) == (fit, None)  # type: ignore[arg-type]
+
+
+def test_a_profile_calibrated_on_short_batches_says_so_where_it_is_used_on_longer_ones(
+    trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 100 pages / 20 ms the "real" ksmd ends its batches within their tick: the profile
+    records how loosely its share is bounded, and a replay with it at 1000 pages warns
+    (docs/busy-host.md §4, "A canary of short batches"); at 100 pages it does not."""
+    from planner.replay import replay_trace
+
+    at_100 = KsmKnobs(pages_to_scan=100, sleep_ms=20, hz=250)
+    counters = recording_of(trace, REAL, LOAD, 20.0, at_100)
+    timeline = ObservedTimeline(meta={}, counters=counters, processes=pd.DataFrame())
+    monkeypatch.setattr(R, "read_observed", lambda path: timeline)
+    out = tmp_path / "short.json"
+    calibrate_workload(trace, tmp_path / "observed", host_load=LOAD, out=out)
+    prof = CostProfile.load(out)
+    assert prof.provenance is not None
+    short = prof.provenance["short_batches"]
+    assert short["share_low"] < prof.provenance["real_share"] < short["share_high"]
+    opts = ReplayOptions(cost=prof, host_load=LOAD, duration_s=5.0)
+    res = replay_trace(trace, knobs={"pages_to_scan": 1000}, options=opts)
+    assert any("pages_to_scan=100" in w for w in res.provenance["cost_warnings"])
+    res = replay_trace(trace, knobs={"pages_to_scan": 100}, options=opts)
+    assert res.provenance["cost_warnings"] == []

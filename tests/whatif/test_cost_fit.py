@@ -30,11 +30,16 @@ KNOBS = KsmKnobs(pages_to_scan=300, sleep_ms=20, hz=250)
 
 @pytest.fixture
 def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return _traced_with_canary(tmp_path, monkeypatch, KNOBS)
+
+
+def _traced_with_canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, knobs: KsmKnobs) -> Path:
+    """The trace, and its canary (any path) recorded at ``knobs`` from the "real" ksmd."""
     out = tmp_path / "trace"
     write_synthetic_trace(SPEC, out)
     inp = prepare(open_trace(out).load_host())
     res = replay(
-        inp, knobs=KNOBS, options=ReplayOptions(duration_s=15.0, cost=REAL, host_load=LOAD)
+        inp, knobs=knobs, options=ReplayOptions(duration_s=15.0, cost=REAL, host_load=LOAD)
     )
     rows, cpu = [{"t_s": 0.0, "full_scans": 0, "pages_scanned": 0, "pages_skipped": 0}], 0.0
     cpus = [0.0]
@@ -47,7 +52,7 @@ def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         )  # fmt: skip
     df = pd.DataFrame(rows).set_index("t_s")
     df["ksmd_runtime_ns"] = [round(c * 1e9) + 10**9 for c in cpus]
-    df = df.assign(run=1, pages_to_scan=300, sleep_millisecs=20, smart_scan=1)
+    df = df.assign(run=1, pages_to_scan=knobs.pages_to_scan, sleep_millisecs=20, smart_scan=1)
     timeline = ObservedTimeline(meta={}, counters=df, processes=pd.DataFrame())
     monkeypatch.setattr(R, "read_observed", lambda path: timeline)
     monkeypatch.setattr(W, "canary_rates", lambda obs, page_size: None)
@@ -96,3 +101,38 @@ def test_the_review_says_when_the_canarys_page_classes_were_set_aside() -> None:
     assert _page_classes_warning({"page_classes": {**weighed, "used": True}}) == []
     assert _page_classes_warning({"fitted": True}) == []
     assert _page_classes_warning(None) == []
+
+
+def test_a_canary_of_short_batches_is_said_to_guess_ksmds_share_at_longer_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 100 pages the "real" ksmd's batches end within their tick: the fit's share is the
+    middle of a wide range, and a replay at longer batches says so (docs/busy-host.md §4);
+    the 300-page canary above, whose batches were stretched across ticks, is not."""
+    from planner.engine.costfit import short_batch_warning
+    from planner.replay import replay_trace
+
+    at_100 = KsmKnobs(pages_to_scan=100, sleep_ms=20, hz=250)
+    trace = _traced_with_canary(tmp_path, monkeypatch, at_100)
+    opts = ReplayOptions(host_load=LOAD)
+    _, note, _ = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    assert note is not None
+    assert "short_batches" in note
+    assert short_batch_warning(note, [at_100]) is None
+    assert short_batch_warning(note, [KNOBS]) is not None
+    res = replay_trace(trace, knobs={"pages_to_scan": 1000}, options=opts, observed="canary")
+    (line,) = res.provenance["cost_warnings"]
+    assert "pages_to_scan=100" in line
+    assert "10 times as long" in line
+    res = replay_trace(trace, knobs={"pages_to_scan": 100}, options=opts, observed="canary")
+    assert res.provenance["cost_warnings"] == []
+
+
+def test_a_canary_whose_batches_crossed_ticks_bounds_the_share(trace: Path) -> None:
+    from planner.engine.costfit import short_batch_warning
+
+    opts = ReplayOptions(host_load=LOAD)
+    _, note, _ = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    assert note is not None
+    assert "short_batches" not in note
+    assert short_batch_warning(note, [KsmKnobs(pages_to_scan=4000, hz=250)]) is None
