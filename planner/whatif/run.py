@@ -165,6 +165,24 @@ def _fit_cost(
     return profile, note, fitted.canary is None or fitted.canary.page_classes
 
 
+def _cost_warnings(
+    tr: Trace,
+    host_list: Sequence[str],
+    grid: KnobGrid,
+    facts: dict[str, dict[str, Any]],
+    cost_profile: CostProfile | None,
+    cost_fit: dict[str, Any] | None,
+) -> list[str]:
+    """What the review says of ksmd's cost: measured on another CPU, a canary's page classes
+    set aside, a share fitted to short batches guessed for the longer ones of the grid."""
+    other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
+    short = short_batch_warning(
+        fit_facts(cost_profile, cost_fit),
+        [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()],
+    )
+    return [w for w in (other, *_page_classes_warning(cost_fit), short) if w]
+
+
 def _page_classes_warning(cost_fit: dict[str, Any] | None) -> list[str]:
     """What the review says where the canary's page classes were set aside
     (:func:`planner.engine.costfit.fit_canary`)."""
@@ -405,14 +423,7 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit, page_classes = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
-    other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
-    warnings += [other] if other else []
-    warnings += _page_classes_warning(cost_fit)
-    short = short_batch_warning(
-        fit_facts(cost_profile, cost_fit),
-        [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()],
-    )
-    warnings += [short] if short else []
+    warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit)
     plan = _plan(
         tr,
         host_list,
