@@ -494,8 +494,6 @@ def weigh_page_classes(
     without them (a payload, and its breaks per second), and the one nearer the recording
     by ratio is kept. Returns the payload where the classes are set aside (else None) and
     what the provenance says (``page_classes``)."""
-    from math import log
-
     note: dict[str, Any] = {
         "recorded_cow_per_s": recorded,
         "with_classes_cow_per_s": with_classes,
@@ -511,9 +509,57 @@ def weigh_page_classes(
         return None, note
     payload, alt = without()
     note["without_classes_cow_per_s"] = alt
-    if alt is None or abs(log(max(alt, 1e-9) / recorded)) >= abs(log(with_classes / recorded)):
+    if not _nearer(alt, with_classes, recorded):
         return None, note
     note["used"] = False
+    return payload, note
+
+
+def _nearer(alt: float | None, current: float, recorded: float) -> bool:
+    """Whether breaks per second ``alt`` are nearer ``recorded`` than ``current`` by ratio."""
+    from math import log
+
+    if alt is None or recorded <= 0:
+        return False
+    return abs(log(max(alt, 1e-9) / recorded)) < abs(log(max(current, 1e-9) / recorded))
+
+
+def weigh_missed_spread(
+    recorded: float | None,
+    spread: float | None,
+    without: Callable[[], tuple[_T, float | None]],
+    scale: float,
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule by which the breaks a canary did not see are spread pro rata over the rows
+    written (every rate times ``scale``, :attr:`~planner.engine.writes.CanaryRates.missed_scale`)
+    or not at all, where no row can be told to take them: given the recorded copy-on-write
+    breaks per second and those of the fitting replays with the spreading, ``without()``
+    fits without it (a payload, and its breaks per second) and the one nearer the recording
+    by ratio is kept. Returns the payload where the spreading is dropped (else None) and
+    what the provenance says (``missed_breaks``).
+
+    Spreading multiplies every page's rate, the slowly written pages' too, which then break
+    at every knob setting where ksmd leaves them merged longer; the model on its own merges
+    and breaks a page written faster than the canary samples between two samples, as the
+    kernel does. On the Django sample on an AMD EPYC (docs/live-validation.md, "The breaks
+    a canary does not see"), a 1000-page canary broke 1,552 merges a second with it and 1,258
+    without where the host broke 1,378, and predicted `pages_sharing` at 100 pages −9.8 %
+    with it, −2.5 % without; the Intel canary in `reports/canary/` (869 with, 721 without,
+    980 recorded) keeps it."""
+    note: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "spread_cow_per_s": spread,
+        "unspread_cow_per_s": None,
+        "scale": scale,
+        "spread": True,
+    }
+    if recorded is None or recorded <= 0 or spread is None:
+        return None, note
+    payload, alt = without()
+    note["unspread_cow_per_s"] = alt
+    if not _nearer(alt, spread, recorded):
+        return None, note
+    note["spread"] = False
     return payload, note
 
 
@@ -553,23 +599,27 @@ def fit_canary(
     the unseen breaks pro rata), fitted again, and the one whose breaks are nearer the
     recording's (by ratio) is kept. Classes that under-break are kept: raising their rates
     does not raise the breaks (a rewritten page is merged again only when ksmd visits it).
+
+    Where the rows of another run are not placed by class (none recorded, or set aside),
+    the breaks the canary did not see are spread pro rata over the rows written; that is
+    weighed the same way against the canary's rates as measured
+    (:func:`weigh_missed_spread`: the variant nearer the recording's breaks is kept).
     """
     from planner.engine.api import derive_input
-    from planner.engine.writes import by_page_class
+    from planner.engine.writes import by_page_class, spreads_missed_breaks
 
     source = derive_input(inp, options, canary)
     fitted, note, fit = _fit_recording(source, counters, options, canary)
-    if canary is None or not by_page_class(inp, canary):
-        return CanaryFit(source, fitted, canary, note)
+    chosen = CanaryFit(source, fitted, canary, note)
+    if canary is None:
+        return chosen
     window = fit.real if fit is not None else _window_or_none(counters)
     if window is None:
-        return CanaryFit(source, fitted, canary, note)
-    # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
-    # one replay at the recording's knobs then says how many merges the classes break)
-    model = fit.model_cow_per_s if fit is not None else _cow_at(source, window, fitted, canary)
-    alt = replace(canary, page_classes=False)
+        return chosen
+    recorded = recorded_cow_per_s(counters, window)
 
-    def without() -> tuple[CanaryFit, float | None]:
+    def refit(alt: CanaryRates) -> tuple[CanaryFit, float | None]:
+        """``alt`` applied and fitted as ``canary`` was, and its breaks per second."""
         alt_source = derive_input(inp, options, alt)
         if fit is None:  # nothing fitted: the options stay as given
             return CanaryFit(alt_source, fitted, alt, note), _cow_at(
@@ -579,10 +629,41 @@ def fit_canary(
         alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
         return CanaryFit(alt_source, alt_fitted, alt, alt_note), alt_cow
 
-    chosen, weighed = weigh_page_classes(recorded_cow_per_s(counters, window), model, without)
-    if chosen is None:
-        return CanaryFit(source, fitted, canary, {**note, "page_classes": weighed})
-    return replace(chosen, note={**chosen.note, "page_classes": weighed})
+    # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
+    # one replay at the recording's knobs then says how many merges a variant breaks)
+    memo: list[float | None] = []
+
+    def cow() -> float | None:
+        if not memo:
+            memo.append(
+                fit.model_cow_per_s if fit is not None else _cow_at(source, window, fitted, canary)
+            )
+        return memo[0]
+
+    extra: dict[str, Any] = {}
+    chosen_cow: Callable[[], float | None] = cow
+    if by_page_class(inp, canary):
+        without, weighed = weigh_page_classes(
+            recorded, cow(), lambda: refit(replace(canary, page_classes=False))
+        )
+        extra["page_classes"] = weighed
+        if without is not None:
+            chosen = without
+            alt_cow = weighed["without_classes_cow_per_s"]
+            chosen_cow = lambda: alt_cow  # noqa: E731
+    assert chosen.canary is not None
+    if spreads_missed_breaks(inp, chosen.canary):
+        spread_canary = chosen.canary
+        unspread, weighed = weigh_missed_spread(
+            recorded,
+            chosen_cow(),
+            lambda: refit(replace(spread_canary, missed_spread=False)),
+            spread_canary.missed_scale,
+        )
+        extra["missed_breaks"] = weighed
+        if unspread is not None:
+            chosen = unspread
+    return replace(chosen, note={**chosen.note, **extra})
 
 
 def _window_or_none(counters: Any) -> KsmdWindow | None:
@@ -690,5 +771,6 @@ __all__ = [
     "recorded_cow_per_s",
     "short_batch_warning",
     "solve_contention",
+    "weigh_missed_spread",
     "weigh_page_classes",
 ]

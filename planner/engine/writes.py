@@ -1035,6 +1035,11 @@ class CanaryRates:
     breaks by page class (:func:`with_canary`), where both record mapping starts; False:
     as a recording without them (its role's draws, the unseen breaks pro rata). Chosen
     against the recording's copy-on-write (:func:`planner.engine.costfit.fit_canary`)."""
+    missed_spread: bool = True
+    """Whether the unseen breaks are spread pro rata (:attr:`missed_scale`) where no row can
+    be told to take them; False: the rates as the canary measured them, the model's own
+    merges and breaks between the canary's samples standing for the unseen ones. Chosen
+    against the recording's copy-on-write (:func:`planner.engine.costfit.fit_canary`)."""
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1515,6 +1520,41 @@ def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
     return common > 0 and common >= 0.5 * min(canary_pids.size, trace_pids.size)
 
 
+@dataclass(frozen=True)
+class CanaryVariant:
+    """How a canary's rates reach a trace, as :func:`planner.engine.costfit.fit_canary`
+    chose (:attr:`CanaryRates.page_classes`, :attr:`CanaryRates.missed_spread`): what a
+    what-if task needs to apply the canary as the fit did."""
+
+    page_classes: bool = True
+    missed_spread: bool = True
+
+    @classmethod
+    def of(cls, rates: CanaryRates | None) -> CanaryVariant:
+        """The variant of ``rates`` (the default where there is no canary)."""
+        if rates is None:
+            return cls()
+        return cls(page_classes=rates.page_classes, missed_spread=rates.missed_spread)
+
+    def apply(self, rates: CanaryRates) -> CanaryRates:
+        """``rates`` in this variant."""
+        return dataclasses.replace(
+            rates, page_classes=self.page_classes, missed_spread=self.missed_spread
+        )
+
+
+def spreads_missed_breaks(inp: ReplayInput, rates: CanaryRates) -> bool:
+    """Whether :func:`with_canary` spreads the unseen breaks of ``rates`` pro rata over
+    ``inp``'s rows: a canary of another run whose rows are not placed by page class, whose
+    host broke more merges than it saw (:attr:`CanaryRates.missed_scale`), spreading on."""
+    return (
+        rates.missed_spread
+        and rates.missed_scale > 1.0
+        and not _same_run(inp, rates)
+        and not by_page_class(inp, rates)
+    )
+
+
 def by_page_class(inp: ReplayInput, rates: CanaryRates) -> bool:
     """Whether :func:`with_canary` places ``inp``'s rows by page class: the canary recorded
     another run, both record where their pages' mappings start, and the classes are on
@@ -1590,7 +1630,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     # traced snapshot's (8 B per row and step otherwise: 3 GB for 24 steps at 16 M pages)
     n_traced = inp.n_snapshots if traced is None else max(1, min(traced, inp.n_snapshots))
     per_snap: list[tuple[F64, B, I64 | None, B | None]] = []
-    unseen = _Unseen(0.0, 0, rates.missed_scale)
+    missed = rates.missed_scale if rates.missed_spread else 1.0
+    unseen = _Unseen(0.0, 0, missed)
     grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
@@ -1621,7 +1662,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             per_snap.append((rate, cand, leave, leave_cow))
             if k + 1 == n_traced:  # the unseen breaks: an equal share per candidate of it
                 n_cand = int(np.count_nonzero(cand))
-                unseen = _Unseen(_unseen_rate_per_s(rates, n_cand), n_cand, rates.missed_scale)
+                unseen = _Unseen(_unseen_rate_per_s(rates, n_cand), n_cand, missed)
                 out.extend(_calibrated(inp, j, *per_snap[j], unseen) for j in range(n_traced))
                 per_snap.clear()
             continue
@@ -1646,6 +1687,7 @@ __all__ = [
     "SAME",
     "CanaryOwn",
     "CanaryRates",
+    "CanaryVariant",
     "IntervalWrites",
     "TraceWrites",
     "Writes",
@@ -1659,6 +1701,7 @@ __all__ = [
     "fill_unchecked",
     "process_roles",
     "role_comm",
+    "spreads_missed_breaks",
     "with_canary",
     "write_model",
 ]

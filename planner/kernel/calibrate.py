@@ -72,6 +72,7 @@ from planner.engine.costfit import (
     fitted_profile,
     ksmd_window,
     recorded_cow_per_s,
+    weigh_missed_spread,
     weigh_page_classes,
 )
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
@@ -906,6 +907,34 @@ def _weigh_page_classes(
     return (fit if alt is None else alt), note
 
 
+def _weigh_missed_spread(
+    inp: Any,
+    canary: Any,
+    counters: Any,
+    real: KsmdWindow,
+    load: HostLoad,
+    base: CostProfile,
+    fit: CostFit,
+) -> tuple[CostFit, dict[str, Any] | None]:
+    """The spreading of the breaks the canary did not see held to the recording's
+    copy-on-write, as ``replay --observed`` holds it
+    (:func:`planner.engine.costfit.weigh_missed_spread`): the fit kept, and None where it
+    does not apply (no canary, rows placed by class or the traced run's own, nothing
+    missed), else what the provenance says."""
+    from planner.engine.writes import spreads_missed_breaks
+
+    if canary is None or not spreads_missed_breaks(inp, canary):
+        return fit, None
+
+    def without() -> tuple[CostFit, float | None]:
+        alt = fit_cost(inp, real, load, base=base, canary=replace(canary, missed_spread=False))
+        return alt, alt.model_cow_per_s
+
+    recorded = recorded_cow_per_s(counters, real)
+    alt, note = weigh_missed_spread(recorded, fit.model_cow_per_s, without, canary.missed_scale)
+    return (fit if alt is None else alt), note
+
+
 def calibrate_workload(
     trace: str | os.PathLike[str],
     observed: str | os.PathLike[str],
@@ -967,6 +996,9 @@ def calibrate_workload(
         fit, page_classes = _weigh_page_classes(
             inp, canary, recording.counters, real, load, base, fit
         )
+        if canary is not None and page_classes is not None and not page_classes["used"]:
+            canary = replace(canary, page_classes=False)
+        fit, missed = _weigh_missed_spread(inp, canary, recording.counters, real, load, base, fit)
         share, scale, contention = fit.real_share, fit.cost_scale, fit.profile.sched_contention
         started = dt.datetime.now(dt.UTC)
         profile = fitted_profile(
@@ -988,6 +1020,7 @@ def calibrate_workload(
                 "cost_scale": scale,
                 "sched_contention": contention,
                 **({"page_classes": page_classes} if page_classes is not None else {}),
+                **({"missed_breaks": missed} if missed is not None else {}),
                 **(
                     {"short_batches": asdict(fit.short_batches)}
                     if fit.short_batches is not None

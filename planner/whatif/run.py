@@ -31,6 +31,7 @@ from planner.engine.cost import CostProfile, cost_cpu_warning
 from planner.engine.costfit import fit_facts, short_batch_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
+from planner.engine.writes import CanaryVariant
 from planner.errors import ClusterError, PlannerError, PolicyError, UsageProblem
 from planner.jsonable import to_jsonable
 from planner.policy.presets import DEFAULT_PRESETS, preset
@@ -137,17 +138,17 @@ def _fit_cost(
     canary_path: str | None,
     cost_profile: CostProfile | None,
     opts: ReplayOptions,
-) -> tuple[CostProfile | None, dict[str, Any] | None, bool]:
+) -> tuple[CostProfile | None, dict[str, Any] | None, CanaryVariant]:
     """The cost profile fitted to the canary's ksmd (CPU time, batch period), as ``replay
     --observed`` fits it (:func:`planner.engine.costfit.fit_canary`), what the provenance
-    says about it, and whether the canary places the trace's rows by page class (as that
-    fit chose); the profile as given where there is no canary. A canary is one host's: a
-    trace of several hosts keeps the profile given."""
+    says about it, and how the canary's rates reach the trace's rows (page classes, the
+    unseen breaks spread or not: as that fit chose); the profile as given where there is no
+    canary. A canary is one host's: a trace of several hosts keeps the profile given."""
     if canary_path is None:
-        return cost_profile, None, True
+        return cost_profile, None, CanaryVariant()
     if len(host_list) != 1:
         why = f"a canary is one host's ksmd and the replays cover {len(host_list)} hosts"
-        return cost_profile, {"fitted": False, "why": why}, True
+        return cost_profile, {"fitted": False, "why": why}, CanaryVariant()
     from dataclasses import replace
 
     from planner.engine.costfit import fit_canary
@@ -162,7 +163,7 @@ def _fit_cost(
     note = fitted.note
     note["canary_cpu"] = recording.host_cpu
     profile = fitted.options.cost if note["fitted"] else cost_profile
-    return profile, note, fitted.canary is None or fitted.canary.page_classes
+    return profile, note, CanaryVariant.of(fitted.canary)
 
 
 def _cost_warnings(
@@ -422,7 +423,7 @@ def run_whatif(
     facts = {h: _host_facts(tr, h) for h in host_list}
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
-    cost_profile, cost_fit, page_classes = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
+    cost_profile, cost_fit, variant = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
     warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit)
     plan = _plan(
         tr,
@@ -436,7 +437,7 @@ def run_whatif(
             opt_items,
             cost_profile.items() if cost_profile else None,
             canary_path,
-            page_classes,
+            variant,
         ),
         extrapolation=extrapolation,
     )
@@ -580,7 +581,7 @@ def _plan(
     domains: dict[tuple[str, str], tuple[str, ...]],
     registered: dict[tuple[str, str], int],
     *,
-    rest: tuple[Any, Any, str | None, bool],
+    rest: tuple[Any, Any, str | None, CanaryVariant],
     extrapolation: ExtrapolationSpec | None,
 ) -> _Plan:
     """Every scenario, and the deduplicated replay and fit tasks behind it."""

@@ -9,16 +9,16 @@ raised again on the client.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from planner import errors as E
+from planner.engine.writes import CanaryVariant
 from planner.whatif.outcome import (
     DomainPair,
     KsmCounters,
@@ -55,9 +55,10 @@ class ReplaySpec:
     #: A canary recording (``observe --ksm-pages``) whose same-content write rates calibrate
     #: the write model (``replay --observed``; None: the trace's writes alone)
     canary_path: str | None = None
-    #: Whether the canary places a trace of another run by page class, as the fit to its
-    #: recording chose (:func:`planner.engine.costfit.fit_canary`)
-    canary_page_classes: bool = True
+    #: How the canary's rates reach a trace of another run (page classes, the unseen breaks
+    #: spread or not), as the fit to its recording chose
+    #: (:func:`planner.engine.costfit.fit_canary`)
+    canary_variant: CanaryVariant = field(default_factory=CanaryVariant)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -73,7 +74,7 @@ class ReplaySpec:
             self.options,
             self.cost_profile,
             self.canary_path,
-            self.canary_page_classes,
+            self.canary_variant,
         )
 
     @property
@@ -350,21 +351,21 @@ def _ideals(prepare_key: tuple[Any, ...], inp: ReplayInput, use_zero_pages: bool
     return out
 
 
-_CANARIES: OrderedDict[tuple[str, int, bool], CanaryRates] = OrderedDict()
+_CANARIES: OrderedDict[tuple[str, int, CanaryVariant], CanaryRates] = OrderedDict()
 
 
-def _canary(path: str, page_size: int, page_classes: bool = True) -> CanaryRates:
-    """The canary's write rates (read once per worker process), page classes on or off."""
+def _canary(path: str, page_size: int, variant: CanaryVariant | None = None) -> CanaryRates:
+    """The canary's write rates (read once per worker process), in ``variant`` (page
+    classes on or off, the unseen breaks spread or not; the default's otherwise)."""
     from planner.engine.writes import canary_rates
     from planner.trace.recording import read_observed
 
-    key = (path, page_size, page_classes)
+    variant = variant or CanaryVariant()
+    key = (path, page_size, variant)
     with _CACHE_LOCK:
         if key in _CANARIES:
             return _CANARIES[key]
-    rates = canary_rates(read_observed(path), page_size)
-    if not page_classes:
-        rates = dataclasses.replace(rates, page_classes=False)
+    rates = variant.apply(canary_rates(read_observed(path), page_size))
     with _CACHE_LOCK:
         _CANARIES[key] = rates
         while len(_CANARIES) > 4:
@@ -386,7 +387,7 @@ def _derived(
     calibration do not depend on the knobs."""
     from planner.engine.api import derivation, derive_input
 
-    key = (*spec.prepare_key, spec.canary_path, spec.canary_page_classes, *derivation(opts))
+    key = (*spec.prepare_key, spec.canary_path, spec.canary_variant, *derivation(opts))
     with _CACHE_LOCK:
         if key in _DERIVED:
             return _DERIVED[key]
@@ -427,9 +428,7 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
     ideals = _ideals(spec.prepare_key, inp, knobs.use_zero_pages)
     ideal, zero_freed, eligible = ideals.last
     canary = (
-        _canary(spec.canary_path, inp.page_size, spec.canary_page_classes)
-        if spec.canary_path
-        else None
+        _canary(spec.canary_path, inp.page_size, spec.canary_variant) if spec.canary_path else None
     )
     # a replay allocates and frees arrays of a snapshot's size at every batch: kept for
     # reuse (planner._heap; 45 -> 29 s for the Django what-if with its canary, the

@@ -216,6 +216,99 @@ def test_page_classes_are_weighed_with_a_profile_fitted_before(
     assert got.canary.page_classes is True
 
 
+def _choose_spread(
+    monkeypatch: pytest.MonkeyPatch,
+    cows: dict[tuple[bool, bool], float],
+    fitted_before: bool = False,
+) -> tuple[Any, list[tuple[bool, bool]]]:
+    """fit_canary on a canary of another run that missed breaks (``missed_scale`` 2), with
+    the fitting replays replaced: each breaks ``cows[(page_classes, missed_spread)]`` merges a
+    second against a recorded 1,000; its choice and the variants it replayed."""
+    from planner.engine import costfit
+    from planner.engine import writes as writes_module
+
+    replayed: list[tuple[bool, bool]] = []
+
+    def variant(canary: Any) -> tuple[bool, bool]:
+        return (canary.page_classes, canary.missed_spread)
+
+    def fake_fit(source: Any, counters: Any, options: Any, canary: Any) -> Any:
+        if fitted_before:
+            return options, {"fitted": False, "why": "the profile is fitted"}, None
+        replayed.append(variant(canary))
+        return (
+            options,
+            {"fitted": True, "variant": variant(canary)},
+            _FakeFit(cows[variant(canary)]),
+        )
+
+    def fake_cow(source: Any, real: Any, options: Any, canary: Any) -> float | None:
+        assert fitted_before
+        replayed.append(variant(canary))
+        return cows[variant(canary)]
+
+    monkeypatch.setattr(costfit, "_fit_recording", fake_fit)
+    monkeypatch.setattr(costfit, "_cow_at", fake_cow)
+    monkeypatch.setattr(costfit, "_window_or_none", lambda counters: "window")
+    monkeypatch.setattr(costfit, "recorded_cow_per_s", lambda counters, real: 1000.0)
+    monkeypatch.setattr(writes_module, "by_page_class", lambda inp, rates: rates.page_classes)
+    monkeypatch.setattr(
+        writes_module,
+        "spreads_missed_breaks",
+        lambda inp, rates: (
+            not rates.page_classes and rates.missed_spread and rates.missed_scale > 1.0
+        ),
+    )
+    monkeypatch.setattr(
+        "planner.engine.api.derive_input", lambda inp, opts, canary: ("derived", variant(canary))
+    )
+    canary = CanaryRates(
+        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0,
+        missed_scale=2.0,
+    )  # fmt: skip
+    return costfit.fit_canary(cast(Any, None), None, ReplayOptions(), canary), replayed
+
+
+def test_the_unseen_breaks_are_spread_only_where_that_breaks_nearer_the_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without page classes the unseen breaks are spread pro rata (every rate x2 here) or
+    not at all, whichever breaks nearer the recorded ``cow_ksm`` (by ratio): the fresh
+    Django canaries of docs/live-validation.md ("The breaks a canary does not see") drop
+    it, the committed one keeps it."""
+    # the classes give way first (5,000 against 1,000), then the spreading (1,130 against 910)
+    cows = {(True, True): 5000.0, (False, True): 1130.0, (False, False): 910.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert replayed == [(True, True), (False, True), (False, False)]
+    assert (got.canary.page_classes, got.canary.missed_spread) == (False, False)
+    assert got.source == ("derived", (False, False))
+    assert got.note["variant"] == (False, False)
+    assert got.note["page_classes"]["used"] is False
+    assert got.note["missed_breaks"] == {
+        "recorded_cow_per_s": 1000.0,
+        "spread_cow_per_s": 1130.0,
+        "unspread_cow_per_s": 910.0,
+        "scale": 2.0,
+        "spread": False,
+    }
+    # the spreading nearer (870 against 720): kept, whatever the band
+    cows = {(True, True): 5000.0, (False, True): 870.0, (False, False): 720.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert (got.canary.page_classes, got.canary.missed_spread) == (False, True)
+    assert got.note["variant"] == (False, True)
+    assert got.note["missed_breaks"]["spread"] is True
+    # classes kept: the unseen breaks go to their candidates, nothing spread to weigh
+    cows = {(True, True): 1100.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert replayed == [(True, True)]
+    assert "missed_breaks" not in got.note
+    # with a profile fitted before: one replay per variant
+    cows = {(True, True): 5000.0, (False, True): 1300.0, (False, False): 1050.0}
+    got, replayed = _choose_spread(monkeypatch, cows, fitted_before=True)
+    assert replayed == [(True, True), (False, True), (False, False)]
+    assert (got.canary.page_classes, got.canary.missed_spread) == (False, False)
+
+
 #: ksmd's windows in two canaries of the Django sample on an AMD EPYC at HZ 250
 #: (docs/busy-host.md §4, "A canary of short batches"): 100 and 1000 pages / 20 ms
 AMD_100 = KsmdWindow(

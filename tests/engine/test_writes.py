@@ -26,12 +26,14 @@ from planner.engine.writes import (
     RESTORE,
     SAME,
     CanaryRates,
+    CanaryVariant,
     TraceWrites,
     by_page_class,
     canary_rates,
     effective_changes,
     fill_unchecked,
     process_roles,
+    spreads_missed_breaks,
     with_canary,
 )
 from planner.testing.builder import World
@@ -629,6 +631,18 @@ def test_without_page_classes_the_unseen_breaks_are_spread_over_the_pages_writte
     assert b.same_rate_per_s is not None
     assert np.count_nonzero(b.same_rate_per_s) > 0
     assert a.same_rate_per_s == pytest.approx(5.0 * b.same_rate_per_s)
+    # the spreading off (fit_canary's choice where the rates as measured break nearer the
+    # host's cow_ksm): the rates as the canary measured them, whatever the scale
+    assert spreads_missed_breaks(inp, rates)
+    unspread = CanaryVariant(missed_spread=False).apply(rates)
+    assert not spreads_missed_breaks(inp, unspread)
+    assert not spreads_missed_breaks(inp, plain)  # nothing missed: nothing to spread
+    c = with_canary(inp, unspread).writes[-1]
+    assert c is not None
+    assert c.same_rate_per_s is not None
+    assert c.same_rate_per_s == pytest.approx(b.same_rate_per_s)
+    assert CanaryVariant.of(unspread) == CanaryVariant(missed_spread=False)
+    assert CanaryVariant.of(None) == CanaryVariant.of(rates) == CanaryVariant()
 
 
 def test_canary_rates_are_same_content_unmerges_per_merged_second() -> None:

@@ -17,6 +17,7 @@ import planner.engine.writes as W
 import planner.trace.recording as R
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.timing import HostLoad
+from planner.engine.writes import CanaryVariant
 from planner.testing.synth import SynthSpec, write_synthetic_trace
 from planner.trace.io import open_trace
 from planner.trace.recording import ObservedTimeline
@@ -61,10 +62,9 @@ def _traced_with_canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, knobs: 
 
 def test_one_host_is_fitted_to_its_canary(trace: Path) -> None:
     opts = ReplayOptions(host_load=LOAD)
-    profile, note, classes = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
-    assert (
-        classes is True
-    )  # (the canary's page classes are weighed in tests/engine/test_costfit.py)
+    profile, note, variant = _fit_cost(open_trace(trace), ["synthetic"], "canary", None, opts)
+    # (how the canary's rates reach the rows is weighed in tests/engine/test_costfit.py)
+    assert variant == CanaryVariant()
     assert note is not None
     assert note["fitted"] is True
     assert profile is not None
@@ -76,9 +76,13 @@ def test_one_host_is_fitted_to_its_canary(trace: Path) -> None:
 def test_no_canary_or_several_hosts_keep_the_profile(trace: Path) -> None:
     opts = ReplayOptions(host_load=LOAD)
     given = CostProfile.default().scaled(2.0)
-    assert _fit_cost(open_trace(trace), ["synthetic"], None, given, opts) == (given, None, True)
-    profile, note, classes = _fit_cost(open_trace(trace), ["a", "b"], "canary", given, opts)
-    assert classes is True
+    assert _fit_cost(open_trace(trace), ["synthetic"], None, given, opts) == (
+        given,
+        None,
+        CanaryVariant(),
+    )
+    profile, note, variant = _fit_cost(open_trace(trace), ["a", "b"], "canary", given, opts)
+    assert variant == CanaryVariant()
     assert profile is given
     assert note is not None
     assert note["fitted"] is False
