@@ -507,11 +507,25 @@ def weigh_page_classes(
         or with_classes <= COW_BAND * recorded
     ):
         return None, note
+    return _weighed(note, "without_classes_cow_per_s", "used", with_classes, recorded, without)
+
+
+def _weighed(
+    note: dict[str, Any],
+    alt_key: str,
+    flag: str,
+    current: float,
+    recorded: float,
+    without: Callable[[], tuple[_T, float | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The variant ``without()`` gives (a payload, and its breaks per second, noted under
+    ``alt_key``) where its breaks are nearer ``recorded`` than ``current`` by ratio, ``flag``
+    then noted False; else None, the note as it was."""
     payload, alt = without()
-    note["without_classes_cow_per_s"] = alt
-    if not _nearer(alt, with_classes, recorded):
+    note[alt_key] = alt
+    if not _nearer(alt, current, recorded):
         return None, note
-    note["used"] = False
+    note[flag] = False
     return payload, note
 
 
@@ -555,12 +569,7 @@ def weigh_missed_spread(
     }
     if recorded is None or recorded <= 0 or spread is None:
         return None, note
-    payload, alt = without()
-    note["unspread_cow_per_s"] = alt
-    if not _nearer(alt, spread, recorded):
-        return None, note
-    note["spread"] = False
-    return payload, note
+    return _weighed(note, "unspread_cow_per_s", "spread", spread, recorded, without)
 
 
 @dataclass(frozen=True)

@@ -880,7 +880,7 @@ class WorkloadCalibration(CostFit):
         return {"profile": self.profile.to_dict(), **super().to_dict(), "written": self.written}
 
 
-def _weigh_page_classes(
+def _weigh_canary(
     inp: Any,
     canary: Any,
     counters: Any,
@@ -888,51 +888,39 @@ def _weigh_page_classes(
     load: HostLoad,
     base: CostProfile,
     fit: CostFit,
-) -> tuple[CostFit, dict[str, Any] | None]:
-    """The canary's page classes held to the recording's copy-on-write, as ``replay
-    --observed`` holds them (:func:`planner.engine.costfit.fit_canary`): the fit kept, and
-    None where they do not apply (no canary, the traced run's own, no mapping starts), else
-    whether they are used and the breaks per second of the recording and of the fitting
-    replays with and (where weighed) without them."""
-    from planner.engine.writes import by_page_class
+) -> tuple[CostFit, dict[str, Any]]:
+    """How the canary's rates reach the trace, held to the recording's copy-on-write as
+    ``replay --observed`` holds them (:func:`planner.engine.costfit.fit_canary`): its page
+    classes, then the spreading of the breaks it did not see, each kept or dropped by
+    :func:`~planner.engine.costfit.weigh_page_classes` and
+    :func:`~planner.engine.costfit.weigh_missed_spread`. Returns the fit kept and what the
+    provenance says of each rule that applied (``page_classes``, ``missed_breaks``)."""
+    from planner.engine.writes import by_page_class, spreads_missed_breaks
 
-    if canary is None or not by_page_class(inp, canary):
-        return fit, None
-
-    def without() -> tuple[CostFit, float | None]:
-        alt = fit_cost(inp, real, load, base=base, canary=replace(canary, page_classes=False))
-        return alt, alt.model_cow_per_s
-
-    alt, note = weigh_page_classes(recorded_cow_per_s(counters, real), fit.model_cow_per_s, without)
-    return (fit if alt is None else alt), note
-
-
-def _weigh_missed_spread(
-    inp: Any,
-    canary: Any,
-    counters: Any,
-    real: KsmdWindow,
-    load: HostLoad,
-    base: CostProfile,
-    fit: CostFit,
-) -> tuple[CostFit, dict[str, Any] | None]:
-    """The spreading of the breaks the canary did not see held to the recording's
-    copy-on-write, as ``replay --observed`` holds it
-    (:func:`planner.engine.costfit.weigh_missed_spread`): the fit kept, and None where it
-    does not apply (no canary, rows placed by class or the traced run's own, nothing
-    missed), else what the provenance says."""
-    from planner.engine.writes import spreads_missed_breaks
-
-    if canary is None or not spreads_missed_breaks(inp, canary):
-        return fit, None
-
-    def without() -> tuple[CostFit, float | None]:
-        alt = fit_cost(inp, real, load, base=base, canary=replace(canary, missed_spread=False))
-        return alt, alt.model_cow_per_s
-
+    notes: dict[str, Any] = {}
+    if canary is None:
+        return fit, notes
     recorded = recorded_cow_per_s(counters, real)
-    alt, note = weigh_missed_spread(recorded, fit.model_cow_per_s, without, canary.missed_scale)
-    return (fit if alt is None else alt), note
+
+    def refit(alt: Any) -> tuple[CostFit, float | None]:
+        alt_fit = fit_cost(inp, real, load, base=base, canary=alt)
+        return alt_fit, alt_fit.model_cow_per_s
+
+    if by_page_class(inp, canary):
+        without = replace(canary, page_classes=False)
+        chosen, notes["page_classes"] = weigh_page_classes(
+            recorded, fit.model_cow_per_s, lambda: refit(without)
+        )
+        if chosen is not None:
+            fit, canary = chosen, without
+    if spreads_missed_breaks(inp, canary):
+        unspread = replace(canary, missed_spread=False)
+        chosen, notes["missed_breaks"] = weigh_missed_spread(
+            recorded, fit.model_cow_per_s, lambda: refit(unspread), canary.missed_scale
+        )
+        if chosen is not None:
+            fit = chosen
+    return fit, notes
 
 
 def calibrate_workload(
@@ -993,12 +981,7 @@ def calibrate_workload(
             canary_rates(recording, inp.page_size) if recording.page_events is not None else None
         )
         fit = fit_cost(inp, real, load, base=base, canary=canary)
-        fit, page_classes = _weigh_page_classes(
-            inp, canary, recording.counters, real, load, base, fit
-        )
-        if canary is not None and page_classes is not None and not page_classes["used"]:
-            canary = replace(canary, page_classes=False)
-        fit, missed = _weigh_missed_spread(inp, canary, recording.counters, real, load, base, fit)
+        fit, weighed = _weigh_canary(inp, canary, recording.counters, real, load, base, fit)
         share, scale, contention = fit.real_share, fit.cost_scale, fit.profile.sched_contention
         started = dt.datetime.now(dt.UTC)
         profile = fitted_profile(
@@ -1019,8 +1002,7 @@ def calibrate_workload(
                 "model_ns_per_page_before": fit.model_ns_per_page,
                 "cost_scale": scale,
                 "sched_contention": contention,
-                **({"page_classes": page_classes} if page_classes is not None else {}),
-                **({"missed_breaks": missed} if missed is not None else {}),
+                **weighed,
                 **(
                     {"short_batches": asdict(fit.short_batches)}
                     if fit.short_batches is not None

@@ -164,11 +164,12 @@ def test_cli_writes_the_profile(
     assert "not saved" in err
 
 
-def test_the_canarys_page_classes_are_weighed_as_replay_weighs_them(
+def test_the_canarys_page_classes_and_spreading_are_weighed_as_replay_weighs_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``calibrate --trace --observed`` fits with the canary's page classes set aside where
-    its fitting replays break far more merges than the recording (as ``replay --observed``
+    its fitting replays break far more merges than the recording, then without the unseen
+    breaks spread pro rata where that breaks nearer the recording (as ``replay --observed``
     does, :func:`planner.engine.costfit.fit_canary`), so that the profile is fitted on the
     path mix of the writes the replays will use."""
     import numpy as np
@@ -178,39 +179,56 @@ def test_the_canarys_page_classes_are_weighed_as_replay_weighs_them(
     from planner.engine.writes import CanaryRates
 
     canary = CanaryRates(
-        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0
-    )
-    cows = {True: 5000.0, False: 1400.0}
-    calls: list[bool] = []
+        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0,
+        missed_scale=2.0,
+    )  # fmt: skip
+    cows = {(True, True): 5000.0, (False, True): 1400.0, (False, False): 1100.0}
+    calls: list[tuple[bool, bool]] = []
 
     class Fit:
-        def __init__(self, classes: bool) -> None:
-            self.model_cow_per_s = cows[classes]
-            self.classes = classes
+        def __init__(self, variant: tuple[bool, bool]) -> None:
+            self.model_cow_per_s = cows[variant]
+            self.variant = variant
 
     def fake_fit_cost(inp: Any, real: Any, load: Any, *, base: Any, canary: Any) -> Any:
-        calls.append(canary.page_classes)
-        return Fit(canary.page_classes)
+        calls.append((canary.page_classes, canary.missed_spread))
+        return Fit(calls[-1])
 
     monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
     monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 1000.0)
     monkeypatch.setattr(W, "by_page_class", lambda inp, rates: rates.page_classes)
-    fit, note = C._weigh_page_classes(None, canary, None, None, None, None, Fit(True))  # type: ignore[arg-type]
-    assert calls == [False]
-    assert fit.classes is False  # type: ignore[attr-defined]
-    assert note == {
+    monkeypatch.setattr(
+        W,
+        "spreads_missed_breaks",
+        lambda inp, rates: not rates.page_classes and rates.missed_spread,
+    )
+
+    def weigh(fit: Any, rates: Any = canary) -> tuple[Any, dict[str, Any]]:
+        return C._weigh_canary(None, rates, None, None, None, None, fit)  # type: ignore[arg-type]
+
+    fit, notes = weigh(Fit((True, True)))
+    assert calls == [(False, True), (False, False)]
+    assert fit.variant == (False, False)
+    assert notes["page_classes"] == {
         "recorded_cow_per_s": 1000.0,
         "with_classes_cow_per_s": 5000.0,
         "without_classes_cow_per_s": 1400.0,
         "used": False,
     }
-    cows[True] = 1100.0  # within the band: kept, nothing refitted
+    assert notes["missed_breaks"] == {
+        "recorded_cow_per_s": 1000.0,
+        "spread_cow_per_s": 1400.0,
+        "unspread_cow_per_s": 1100.0,
+        "scale": 2.0,
+        "spread": False,
+    }
+    cows[(True, True)] = 1100.0  # within the band: kept, nothing refitted, nothing spread
     calls.clear()
-    fit, note = C._weigh_page_classes(None, canary, None, None, None, None, Fit(True))  # type: ignore[arg-type]
+    fit, notes = weigh(Fit((True, True)))
     assert calls == []
-    assert note is not None
-    assert note["used"] is True
-    assert C._weigh_page_classes(None, None, None, None, None, None, fit) == (fit, None)  # type: ignore[arg-type]
+    assert notes["page_classes"]["used"] is True
+    assert "missed_breaks" not in notes
+    assert weigh(fit, None) == (fit, {})
 
 
 def test_a_profile_calibrated_on_short_batches_says_so_where_it_is_used_on_longer_ones(
