@@ -449,7 +449,20 @@ class ProcFS:
         ProcessGone, CapturePermissionError, OSError, ValueError
             Unreadable (a kernel without CONFIG_SCHED_INFO has no such file).
         """
-        return int(self._read_text(pid, "schedstat").split()[0])
+        return self.schedstat(pid)[0]
+
+    def schedstat(self, pid: int) -> tuple[int, int]:
+        """Nanoseconds the task ran on a CPU and nanoseconds it waited, runnable, for one: the
+        first two fields of ``/proc/<pid>/schedstat`` (``sum_exec_runtime`` and
+        ``run_delay``).
+
+        Raises
+        ------
+        ProcessGone, CapturePermissionError, OSError, ValueError, IndexError
+            Unreadable (a kernel without CONFIG_SCHED_INFO has no such file).
+        """
+        fields = self._read_text(pid, "schedstat").split()
+        return int(fields[0]), int(fields[1])
 
     def maps(self, pid: int) -> list[MapEntry]:
         """The mappings of ``pid`` from ``maps``: no smaps fields, but no page-table walk."""

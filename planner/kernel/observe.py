@@ -53,6 +53,7 @@ from planner.trace.recording import (
     FLAG_FIELDS,
     FORMAT,
     KSM_FILE,
+    KSMD_FIELDS,
     META_FILE,
     PROCESS_SCHEMA,
     PROCESSES_FILE,
@@ -87,13 +88,14 @@ def _ksmd(procfs: ProcFS) -> int | None:
         return None
 
 
-def _ksmd_runtime(pid: int | None, procfs: ProcFS) -> int | None:
+def _ksmd_schedstat(pid: int | None, procfs: ProcFS) -> tuple[int | None, int | None]:
+    """ksmd's CPU time and its time waiting for a CPU (ns), ``None`` where unreadable."""
     if pid is None:
-        return None
+        return None, None
     try:
-        return procfs.schedstat_ns(pid)
+        return procfs.schedstat(pid)
     except (ProcessGone, CapturePermissionError, OSError, ValueError, IndexError):
-        return None
+        return None, None
 
 
 def read_vmstat(procfs: ProcFS) -> dict[str, int | None]:
@@ -165,7 +167,8 @@ class ObserveResult:
     """Every pid that has at least one row."""
     first: dict[str, Any]
     last: dict[str, Any]
-    """Global counters (and ``ksmd_runtime_ns``) of the first and the last sample."""
+    """Global counters (and ``ksmd_runtime_ns``, ``ksmd_wait_ns``) of the first and the last
+    sample."""
     canary: dict[str, int] | None = None
     """Canary mode: page events over the recording, by kind (``merged``, ...)."""
 
@@ -377,7 +380,7 @@ def observe(
                     crows, events = canary.sample([r["pid"] for r in prows], n, t_s)
                     rec.canary_rows += crows
                     rec.event_rows += events
-                last = {c: row.get(c) for c in (*COUNTERS, "ksmd_runtime_ns") if c in row}
+                last = {c: row.get(c) for c in (*COUNTERS, *KSMD_FIELDS) if c in row}
                 if n == 0:
                     first = dict(last)
                 n += 1
@@ -464,7 +467,7 @@ def _sample_ksm(
             row[name] = None if value is None else str(value)
         else:
             row[name] = value if isinstance(value, int) else None
-    row["ksmd_runtime_ns"] = _ksmd_runtime(ksmd, procfs)
+    row["ksmd_runtime_ns"], row["ksmd_wait_ns"] = _ksmd_schedstat(ksmd, procfs)
     row.update(read_vmstat(procfs))
     return row
 

@@ -26,7 +26,9 @@ A directory (owner-only, like captured data) with three files, and two more in c
     ``pages_volatile``, ``pages_scanned``, ``pages_skipped``, ``full_scans``,
     ``general_profit``, ``ksm_zero_pages``, ``stable_node_chains``, ``stable_node_dups``) and
     knobs (``run``, ``pages_to_scan``, ``sleep_millisecs``, ...); then ``ksmd_runtime_ns``
-    (ksmd's CPU time since boot, null where unreadable), ``cow_ksm`` and ``ksm_swpin_copy``
+    (ksmd's CPU time since boot, null where unreadable), ``ksmd_wait_ns`` (its time runnable
+    but waiting for a CPU since boot, the second field of ``schedstat``; null where unreadable,
+    absent from recordings made before 2026-12-05), ``cow_ksm`` and ``ksm_swpin_copy``
     (``/proc/vmstat``, null where absent). Counters keep the kernel's values: ``pages_scanned``
     is cumulative since boot and ``full_scans`` restarts at 0 after ``run=2``.
 ``processes.parquet``
@@ -103,6 +105,8 @@ STAT_FIELDS: Final = (
 )
 FLAG_FIELDS: Final = ("ksm_merge_any", "ksm_mergeable")
 VMSTAT_FIELDS: Final = ("cow_ksm", "ksm_swpin_copy")
+#: ksmd's ``schedstat``: its CPU time and its time runnable but waiting for a CPU (ns).
+KSMD_FIELDS: Final = ("ksmd_runtime_ns", "ksmd_wait_ns")
 
 _PROCESS_FIELDS: list[pa.Field[Any]] = [
     pa.field("sample", pa.int32()),
@@ -151,7 +155,7 @@ def ksm_schema(columns: Sequence[str], word_columns: Collection[str]) -> pa.Sche
         pa.field("time", pa.timestamp("us", tz="UTC")),
     ]
     fields += [pa.field(c, pa.string() if c in word_columns else pa.int64()) for c in columns]
-    fields += [pa.field(f, pa.int64()) for f in ("ksmd_runtime_ns", *VMSTAT_FIELDS)]
+    fields += [pa.field(f, pa.int64()) for f in (*KSMD_FIELDS, *VMSTAT_FIELDS)]
     return pa.schema(fields)
 
 
@@ -165,7 +169,8 @@ class ObservedTimeline:
         The contents of ``observe.json`` (provenance, options, host, times).
     counters
         One row per sample, indexed by ``t_s``: ``sample``, ``time``, every sysfs counter and
-        knob (kernel names), ``ksmd_runtime_ns``, ``cow_ksm``, ``ksm_swpin_copy``.
+        knob (kernel names), ``ksmd_runtime_ns``, ``ksmd_wait_ns`` (recordings since
+        2026-12-05), ``cow_ksm``, ``ksm_swpin_copy``.
     processes
         One row per sample and process (long format; columns as in ``processes.parquet``).
     """

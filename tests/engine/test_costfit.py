@@ -342,6 +342,69 @@ def test_a_recording_of_short_batches_bounds_ksmds_share_loosely() -> None:
     assert ShortBatches.of(replace(AMD_100, sleep_ms=0), 250, 0) is None
 
 
+#: ksmd's windows in canaries of the Django sample on that AMD EPYC with ksmd's wait for a
+#: CPU (``schedstat``; docs/busy-host.md §4, "The scheduler's account"): 100 pages alone
+#: and beside four busy loops, 1000 pages alone.
+SCHED_100 = KsmdWindow(
+    start_s=2.0, wall_s=119.1, cpu_s=2.226, pages_scanned=485_000, pages_skipped=0,
+    full_scans=8, pages_to_scan=100, sleep_ms=20, smart_scan=True, batch_count=4850.0,
+    wait_s=1.4065,
+)  # fmt: skip
+SCHED_100_BUSY = replace(SCHED_100, wall_s=123.5, cpu_s=2.021, wait_s=2.705, batch_count=4847.0)
+SCHED_1000 = KsmdWindow(
+    start_s=2.0, wall_s=71.09, cpu_s=6.406, pages_scanned=2_801_000, pages_skipped=0,
+    full_scans=67, pages_to_scan=1000, sleep_ms=20, smart_scan=True, batch_count=2801.0,
+    wait_s=1.4985,
+)  # fmt: skip
+
+
+def test_the_schedulers_account_picks_the_share_of_short_batches() -> None:
+    """Short batches: the share is ksmd's CPU over its CPU and its wait for a CPU, brought
+    within the range the period allows. Long batches keep the period's share."""
+    assert SCHED_100.short(250, 0)
+    assert SCHED_100.sched_share == pytest.approx(0.613, abs=0.001)
+    low, high = SCHED_100.share_range(250, 0)
+    assert low < SCHED_100.sched_share < high
+    assert SCHED_100.share(250, 0) == SCHED_100.sched_share
+    assert SCHED_100.period_share(250, 0) == pytest.approx(0.18, abs=0.01)  # the middle
+    # beside busy loops the scheduler says 0.43, more than the period allows (0.28): the
+    # period also holds delays that are not a wait for a CPU
+    assert SCHED_100_BUSY.sched_share == pytest.approx(0.428, abs=0.001)
+    low, high = SCHED_100_BUSY.share_range(250, 0)
+    assert high == pytest.approx(0.28, abs=0.01)
+    assert SCHED_100_BUSY.share(250, 0) == high
+    # a recording without the wait: the middle, as before
+    assert replace(SCHED_100, wait_s=None).share(250, 0) == SCHED_100.period_share(250, 0)
+    # long batches: the period's share, not the scheduler's (0.81)
+    assert not SCHED_1000.short(250, 0)
+    assert SCHED_1000.sched_share == pytest.approx(0.81, abs=0.01)
+    assert SCHED_1000.share(250, 0) == SCHED_1000.period_share(250, 0)
+    assert SCHED_1000.share(250, 0) == pytest.approx(0.68, abs=0.01)
+    # the fit's provenance carries it, and nothing is left to warn of
+    short = ShortBatches.of(SCHED_100, 250, 0)
+    assert short is not None
+    assert short.sched_share == SCHED_100.sched_share
+    note = {
+        "fitted": True,
+        "real": asdict(SCHED_100),
+        "real_share": SCHED_100.share(250, 0),
+        "short_batches": asdict(short),
+    }
+    assert short_batch_warning(note, [KsmKnobs(pages_to_scan=4000, hz=250)]) is None
+
+
+def test_a_recordings_wait_for_a_cpu_reaches_ksmds_window(inp: ReplayInput) -> None:
+    """``ksmd_wait_ns`` over the window where every sample has it; ``None`` where the
+    recording predates the column or a sample lacks it."""
+    c = recording(inp, AT_100)
+    assert ksmd_window(c).wait_s is None
+    waited = c.assign(ksmd_wait_ns=np.arange(len(c), dtype=np.int64) * 10**8 + 5 * 10**9)
+    assert ksmd_window(waited).wait_s == pytest.approx((len(c) - 1) * 0.1)
+    gap = waited.astype({"ksmd_wait_ns": "float64"})
+    gap.iloc[1, gap.columns.get_loc("ksmd_wait_ns")] = np.nan
+    assert ksmd_window(gap).wait_s is None
+
+
 def test_a_fit_to_short_batches_warns_where_the_knobs_ask_longer_ones() -> None:
     short = ShortBatches.of(AMD_100, 250, 0)
     assert short is not None

@@ -58,7 +58,7 @@ def host(tmp_path: Path, make_sysfs: Any, make_proc: Any) -> tuple[KsmSysfs, str
     ksmd.mkdir()
     (ksmd / "comm").write_text("ksmd\n")
     (ksmd / "cmdline").write_bytes(b"")
-    (ksmd / "schedstat").write_text("5000000 0 10\n")
+    (ksmd / "schedstat").write_text("5000000 1250000 10\n")
     (proc / "vmstat").write_text("nr_free_pages 10\ncow_ksm 7\nksm_swpin_copy 0\n")
     return sysfs, str(proc)
 
@@ -95,6 +95,7 @@ def test_samples_every_counter_knob_and_process(tmp_path: Path, host: tuple[KsmS
     assert set(c["general_profit"]) == {-640}
     assert set(c["advisor_mode"]) == {"none"}
     assert set(c["ksmd_runtime_ns"]) == {5_000_000}
+    assert set(c["ksmd_wait_ns"]) == {1_250_000}  # schedstat's second field: run_delay
     assert set(c["cow_ksm"]) == {7}
     assert str(c["time"].dt.tz) == "UTC"
     p = tl.process(100)
