@@ -277,8 +277,14 @@ def _render(r: ReplayResult) -> None:
         )
     fit = p.get("cost_fit")
     if isinstance(fit, dict):
+        short = fit.get("short_batches")
+        told = (
+            " from its wait for a CPU (short batches)"
+            if isinstance(short, dict) and short.get("sched_share") is not None
+            else ""
+        )
         note(
-            f"ksmd fitted to the recording: share {100 * fit['real_share']:.1f} % "
+            f"ksmd fitted to the recording: share {100 * fit['real_share']:.1f} %{told} "
             f"(sched_contention {fit['sched_contention']:.2f}), costs x{fit['cost_scale']:.2f} "
             f"of {fit['base_profile']}"
             if fit.get("fitted")

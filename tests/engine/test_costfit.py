@@ -273,9 +273,10 @@ def test_the_unseen_breaks_are_spread_only_where_that_breaks_nearer_the_hosts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without page classes the unseen breaks are spread pro rata (every rate x2 here) or
-    not at all, whichever breaks nearer the recorded ``cow_ksm`` (by ratio): the fresh
-    Django canaries of docs/live-validation.md ("The breaks a canary does not see") drop
-    it, the committed one keeps it."""
+    not at all: the rates as measured where their breaks lie within the band (20 %) of the
+    recorded ``cow_ksm``, else whichever breaks nearer it (by ratio). The fresh Django
+    canaries of docs/live-validation.md ("The breaks a canary does not see", "Within the
+    band, the rates as measured") drop it, the committed one keeps it."""
     # the classes give way first (5,000 against 1,000), then the spreading (1,130 against 910)
     cows = {(True, True): 5000.0, (False, True): 1130.0, (False, False): 910.0}
     got, replayed = _choose_spread(monkeypatch, cows)
@@ -291,12 +292,27 @@ def test_the_unseen_breaks_are_spread_only_where_that_breaks_nearer_the_hosts(
         "scale": 2.0,
         "spread": False,
     }
-    # the spreading nearer (870 against 720): kept, whatever the band
+    # the spreading nearer (870 against 720) and the rates as measured short by more than
+    # the band (the committed canary): kept
     cows = {(True, True): 5000.0, (False, True): 870.0, (False, False): 720.0}
     got, replayed = _choose_spread(monkeypatch, cows)
     assert (got.canary.page_classes, got.canary.missed_spread) == (False, True)
     assert got.note["variant"] == (False, True)
     assert got.note["missed_breaks"]["spread"] is True
+    # the spreading nearer (1,040 against 870), but the rates as measured within the band
+    # (0.87 of the recording; the fresh canaries of 2026-12-05 17:30): dropped
+    cows = {(True, True): 5000.0, (False, True): 1040.0, (False, False): 870.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert (got.canary.page_classes, got.canary.missed_spread) == (False, False)
+    assert got.note["missed_breaks"]["spread"] is False
+    # within the band above it too: the rates as measured (1,190 against a spread 1,010)
+    cows = {(True, True): 5000.0, (False, True): 1010.0, (False, False): 1190.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert got.canary.missed_spread is False
+    # just outside the band below (830: 0.83 of the recording) and the spreading nearer
+    cows = {(True, True): 5000.0, (False, True): 1100.0, (False, False): 830.0}
+    got, replayed = _choose_spread(monkeypatch, cows)
+    assert got.canary.missed_spread is True
     # classes kept: the unseen breaks go to their candidates, nothing spread to weigh
     cows = {(True, True): 1100.0}
     got, replayed = _choose_spread(monkeypatch, cows)
