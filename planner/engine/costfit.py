@@ -819,7 +819,8 @@ def short_batch_warning(
         f"middle) and cannot tell how the host stretches batches {longer[-1] / recorded:.0f} "
         f"times as long, so ksmd's CPU, its full scans and the time to benefit at "
         f"pages_to_scan {asked} rest on that guess (docs/busy-host.md §4); record the canary "
-        "at the largest pages_to_scan planned"
+        "again with this version, which records ksmd's wait for a CPU, or at the largest "
+        "pages_to_scan planned"
     )
 
 

@@ -437,6 +437,7 @@ def test_a_fit_to_short_batches_warns_where_the_knobs_ask_longer_ones() -> None:
     assert "0.09 to 0.69 (0.16 taken" in warning
     assert "40 times as long" in warning
     assert "pages_to_scan 1,000, 4,000" in warning
+    assert "records ksmd's wait for a CPU" in warning  # the remedy
     assert short_batch_warning(note, at[:1]) is None  # nothing longer than recorded
     advisor = KsmKnobs(advisor="scan-time", hz=250)  # it may go up to 30,000 pages
     assert short_batch_warning(note, [advisor]) is not None
