@@ -441,16 +441,6 @@ class ProcFS:
         except (ProcessGone, CapturePermissionError, OSError):
             return {}
 
-    def schedstat_ns(self, pid: int) -> int:
-        """Nanoseconds the task ran on a CPU (the first field of ``/proc/<pid>/schedstat``).
-
-        Raises
-        ------
-        ProcessGone, CapturePermissionError, OSError, ValueError
-            Unreadable (a kernel without CONFIG_SCHED_INFO has no such file).
-        """
-        return self.schedstat(pid)[0]
-
     def schedstat(self, pid: int) -> tuple[int, int]:
         """Nanoseconds the task ran on a CPU and nanoseconds it waited, runnable, for one: the
         first two fields of ``/proc/<pid>/schedstat`` (``sum_exec_runtime`` and

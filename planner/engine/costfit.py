@@ -623,7 +623,7 @@ def weigh_missed_spread(
     with it, −2.5 % without; the Intel canary in `reports/canary/` (869 with, 721 without,
     980 recorded) keeps it. Canaries nearly as near with as without (1,549 and 1,233 breaks
     a second where the host broke 1,392; 1,305 and 1,091 for 1,253) predicted 100 pages
-    −10.4 and −6.3 % with the spreading, −2.6 and −1.6 % without (docs/live-validation.md,
+    −10.4 and −6.3 % with the spreading, −2.5 and −1.5 % without (docs/live-validation.md,
     "Within the band, the rates as measured")."""
     note: dict[str, Any] = {
         "recorded_cow_per_s": recorded,

@@ -539,8 +539,7 @@ def ksmd_schedstat_ns(pid: int, proc_root: str = PROC_ROOT) -> tuple[int, int]:
         ``schedstat`` cannot be read (kernel without CONFIG_SCHED_INFO).
     """
     try:
-        fields = ProcFS(proc_root).text(pid, "schedstat").split()
-        return int(fields[0]), int(fields[1])
+        return ProcFS(proc_root).schedstat(pid)
     except (ProcessGone, CapturePermissionError, OSError, ValueError, IndexError) as exc:
         raise KernelUnsupportedError(
             f"cannot read ksmd's CPU time from {proc_root}/{pid}/schedstat ({exc})",
