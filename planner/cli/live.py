@@ -216,6 +216,16 @@ def _render_calibration(result: Calibration) -> None:
             "-" if ratio is None else f"{ratio:.2f}",
         )
     stderr.print(table)
+    anchor = result.fit.get("busy_anchor")
+    if isinstance(anchor, dict):
+        note(
+            f"busy host: sched_contention {result.profile.sched_contention:g} (shipped), "
+            f"busy_page_factor {anchor['busy_page_factor']:g}: the shipped "
+            f"{anchor['reference_busy_page_factor']:g} anchored to this host's unstable-tree "
+            f"insert ({anchor['insert_ns']:,.0f} ns against {anchor['reference_insert_ns']:,.0f} "
+            f"at {anchor['inserts']:,} inserts; docs/busy-host.md §5). Both are measured on a "
+            "workload by 'ksm-planner calibrate --trace T --observed CANARY'"
+        )
     if result.written:
         note(f"wrote {result.written} (use it with --cost-profile)")
     else:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from planner.errors import InputDataError
 
@@ -99,6 +99,13 @@ _CPU_FIELDS = (
     "batch_overhead_ns",
     "scan_start_ns",
 )
+
+
+#: The unstable-tree inserts of one full scan (into an emptied tree) whose mean cost anchors
+#: a calibrated profile's busy-host factor to the reference's
+#: (:meth:`CostProfile.busy_factor_anchored_to`): the 20,000 unique pages of the busy-host
+#: measurements (docs/busy-host.md §2-3), 13.3 levels a walk.
+BUSY_ANCHOR_INSERTS: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -252,6 +259,24 @@ class CostProfile:
         """Mean cost of an insert in a full scan of ``inserts`` unstable-tree inserts (every
         visit of the scan an insert: the tree starts empty), what ``calibrate`` measures."""
         return self.unstable_base_ns + self.unstable_per_level_ns * mean_insert_levels(inserts)
+
+    def busy_factor_anchored_to(self, reference: CostProfile) -> float:
+        """The ``busy_page_factor`` that gives this profile's unstable-tree insert, on a busy
+        host, the cost the ``reference`` profile's gives it there: ``reference``'s factor
+        times its insert over this one's, into a tree of :data:`BUSY_ANCHOR_INSERTS`
+        items, and at least 1 (docs/busy-host.md §5, "An idle calibration on another CPU").
+
+        ``calibrate`` measures the idle costs of its host but cannot measure the busy-host
+        penalty there; the reference's factor was fitted to its own idle costs on live
+        runs. On an AMD EPYC whose idle insert cost 1.7 times the reference machine's, the
+        factor that fitted nine live runs was 1.4-1.5 where the reference's is 2.5: what a
+        busy host's page costs is about the same on both, the idle cost is not. Carrying
+        the reference's factor unchanged made ksmd's CPU 35-43 % high there."""
+        own = self.scan_insert_ns(BUSY_ANCHOR_INSERTS)
+        ref = reference.scan_insert_ns(BUSY_ANCHOR_INSERTS)
+        if own <= 0 or ref <= 0:
+            return reference.busy_page_factor
+        return max(1.0, round(reference.busy_page_factor * ref / own, 3))
 
     def path_costs(self) -> tuple[int, ...]:
         """Cost per visit of each path of :data:`PATHS`, without the unstable-tree levels

@@ -42,6 +42,12 @@ on a CPU). The method is the one of docs/kernel-semantics.md §10.3:
   (clamped at 0: where ksmd wakes on a tick boundary, the batch's CPU time hides inside the
   jiffy-rounded sleep; the raw value is kept in the fit).
 
+* **The busy-host terms** cannot be measured on an idle host. The profile takes the shipped
+  profile's ``sched_contention``, and its ``busy_page_factor`` anchored to this host's
+  unstable-tree insert (:meth:`CostProfile.busy_factor_anchored_to`): a busy host's insert
+  costs what the shipped profile's live runs measured, whatever this host's idle cost
+  (docs/busy-host.md §5). The fit records the figures (``busy_anchor``).
+
 Expect ±30 % between runs on a VM (§10.3), more on a busy host: the load average at start
 and end is recorded in the profile's provenance together with every raw measurement.
 """
@@ -63,7 +69,7 @@ import numpy as np
 from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.procfs import ProcessGone, ProcFS
-from planner.engine.cost import CostProfile, mean_insert_levels
+from planner.engine.cost import BUSY_ANCHOR_INSERTS, CostProfile, mean_insert_levels
 from planner.engine.costfit import (
     FIT_METHOD,
     CostFit,
@@ -439,18 +445,19 @@ def fit_profile(
         "scan_start_ns": float(scan_start),
         "wake_latency_ns": wake_latency,
     }
-    prof = CostProfile(
-        name=name,
-        description=(
-            "ksmd CPU cost per page by code path, measured on this host by "
-            "'ksm-planner calibrate' (see provenance)"
-        ),
-        source=METHOD,
-        provenance=provenance,
-        # an idle host's calibration cannot measure the busy-host terms: keep the shipped ones
-        sched_contention=CostProfile.default().sched_contention,
-        busy_page_factor=CostProfile.default().busy_page_factor,
-        **{k: round(v) for k, v in values.items()},
+    prof, busy_anchor = _with_busy_terms(
+        CostProfile(
+            name=name,
+            description=(
+                "ksmd CPU cost per page by code path, measured on this host by "
+                "'ksm-planner calibrate' (see provenance); the busy-host terms are the "
+                "shipped profile's, its busy_page_factor anchored to this host's "
+                "unstable-tree insert (fit.busy_anchor)"
+            ),
+            source=METHOD,
+            provenance=provenance,
+            **{k: round(v) for k, v in values.items()},
+        )
     )
     fit = {
         "wake_batch_ns": batch_ns,
@@ -488,8 +495,29 @@ def fit_profile(
             "per_page_ns": d.cpu_ns / d.scanned if d.scanned else None,
         },
         "wake_latency_one_batch_raw_ns": wake_latency_a,
+        "busy_anchor": busy_anchor,
     }
     return prof, fit
+
+
+def _with_busy_terms(idle: CostProfile) -> tuple[CostProfile, dict[str, Any]]:
+    """``idle`` (this host's idle costs) with the busy-host terms an idle host cannot show:
+    the shipped profile's contention, and its busy_page_factor anchored so that a busy
+    host's unstable-tree insert costs what the shipped profile's live runs measured
+    (:meth:`CostProfile.busy_factor_anchored_to`, docs/busy-host.md §5); and the figures."""
+    reference = CostProfile.default()
+    prof = replace(
+        idle,
+        sched_contention=reference.sched_contention,
+        busy_page_factor=idle.busy_factor_anchored_to(reference),
+    )
+    return prof, {
+        "inserts": BUSY_ANCHOR_INSERTS,
+        "insert_ns": prof.scan_insert_ns(BUSY_ANCHOR_INSERTS),
+        "reference_insert_ns": reference.scan_insert_ns(BUSY_ANCHOR_INSERTS),
+        "reference_busy_page_factor": reference.busy_page_factor,
+        "busy_page_factor": prof.busy_page_factor,
+    }
 
 
 # ----------------------------------------------------------------------------- the kernel side

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, replay
+from planner.engine.cost import BUSY_ANCHOR_INSERTS
 from planner.engine.timing import (
     KSMD_NICE,
     SCHED_PRIO_TO_WEIGHT,
@@ -167,6 +168,33 @@ def test_load_factor_and_profiles() -> None:
     assert wall.wake_latency_ns == p.wake_latency_ns
     assert p.under_load(0.0) is p
     assert p.stretched(SHARE_ONE_PPM) == p
+
+
+#: The idle unstable-tree insert of ``ksm-planner calibrate`` on an AMD EPYC (family 25,
+#: model 17; docs/busy-host.md §5): 372 ns a level and no base, 1.7 times the shipped
+#: profile's insert into 20,000 items.
+AMD_IDLE = replace(CostProfile.default(), unstable_base_ns=0, unstable_per_level_ns=372)
+
+
+def test_an_idle_calibration_anchors_the_busy_factor_to_the_references_insert() -> None:
+    """A busy host's insert costs what the reference's live runs measured: where this
+    host's idle insert costs more, the factor is smaller, and never below 1."""
+    ref = CostProfile.default()
+    assert ref.busy_factor_anchored_to(ref) == ref.busy_page_factor
+    own = AMD_IDLE.scan_insert_ns(BUSY_ANCHOR_INSERTS)
+    assert own / ref.scan_insert_ns(BUSY_ANCHOR_INSERTS) == pytest.approx(1.71, abs=0.01)
+    factor = AMD_IDLE.busy_factor_anchored_to(ref)
+    assert factor == pytest.approx(1.46, abs=0.005)  # the nine AMD runs' best: 1.4-1.5
+    busy = replace(AMD_IDLE, busy_page_factor=factor).under_load(5.0)
+    assert busy.scan_insert_ns(BUSY_ANCHOR_INSERTS) == pytest.approx(
+        ref.under_load(5.0).scan_insert_ns(BUSY_ANCHOR_INSERTS), rel=0.01
+    )
+    slow = replace(ref, unstable_per_level_ns=10 * ref.unstable_per_level_ns)
+    assert slow.busy_factor_anchored_to(ref) == 1.0  # a busy host never makes a page cheaper
+    fast = replace(ref, unstable_base_ns=0, unstable_per_level_ns=ref.unstable_per_level_ns)
+    assert fast.busy_factor_anchored_to(ref) > ref.busy_page_factor
+    free = replace(ref, unstable_base_ns=0, unstable_per_level_ns=0)
+    assert free.busy_factor_anchored_to(ref) == ref.busy_page_factor  # nothing to anchor to
 
 
 def test_profiles_without_busy_terms_still_load(tmp_path: Path) -> None:

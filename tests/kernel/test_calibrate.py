@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import planner.kernel.calibrate as C
-from planner.engine.cost import CostProfile, mean_insert_levels
+from planner.engine.cost import BUSY_ANCHOR_INSERTS, CostProfile, mean_insert_levels
 from planner.engine.timing import sleep_ns, tick_ns
 from planner.errors import (
     EnvironmentProblem,
@@ -127,6 +127,25 @@ def test_the_fit_recovers_every_cost_it_was_generated_from() -> None:
     assert fit["wake_batch_ns"] == pytest.approx(WARM_BATCH_NS, abs=1)
     # the mean levels of a scan of N inserts into an emptied tree: (N * c - 2**c + 1) / N
     assert fit["unstable_fit"]["levels"] == pytest.approx([8.977, 10.97625, 12.9760625])
+
+
+def test_the_busy_terms_are_the_shipped_ones_with_the_factor_anchored_to_this_hosts_insert() -> (
+    None
+):
+    """An idle host cannot show the busy-host penalty: the profile keeps the shipped
+    contention, and a busy_page_factor that gives its insert into 20,000 items the busy cost
+    the shipped profile's gives it (here the insert costs 1.18 times the shipped one's)."""
+    prof, fit = fit_profile(synthetic())
+    ref = CostProfile.default()
+    assert prof.sched_contention == ref.sched_contention
+    anchor = fit["busy_anchor"]
+    assert anchor["inserts"] == BUSY_ANCHOR_INSERTS
+    assert anchor["insert_ns"] == pytest.approx(500 + 220 * mean_insert_levels(20_000), abs=5)
+    assert anchor["reference_insert_ns"] == ref.scan_insert_ns(BUSY_ANCHOR_INSERTS)
+    ratio = anchor["reference_insert_ns"] / anchor["insert_ns"]
+    assert prof.busy_page_factor == pytest.approx(ref.busy_page_factor * ratio, abs=0.002)
+    assert prof.busy_page_factor == anchor["busy_page_factor"] < ref.busy_page_factor
+    assert "anchored" in prof.description
 
 
 def test_a_tick_aligned_wake_gives_zero_latency_and_keeps_the_raw_value() -> None:
@@ -337,6 +356,8 @@ def test_cli_table_names_every_cost(cli: CliRunner, no_kernel: list[int]) -> Non
     assert stdout == ""
     for name in ("unstable_per_level_ns", "batch_overhead_ns", "wake_latency_ns"):
         assert name in err
+    assert "busy_page_factor" in err
+    assert "anchored" in err
     assert "not saved" in err
     assert no_kernel == [250]
 
