@@ -48,8 +48,9 @@ on a CPU). The method is the one of docs/kernel-semantics.md §10.3:
   costs what the shipped profile's live runs measured, whatever this host's idle cost
   (docs/busy-host.md §5). The fit records the figures (``busy_anchor``).
 
-Expect ±30 % between runs on a VM (§10.3), more on a busy host: the load average at start
-and end is recorded in the profile's provenance together with every raw measurement.
+Expect ±30 % between runs on a VM (docs/kernel-semantics.md §10.3), more on a busy host:
+the load average at start and end is recorded in the profile's provenance together with
+every raw measurement.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ class Window:
 
     @property
     def batches(self) -> float:
-        """Batches run: full batches plus the one that ends each full scan (§4.2)."""
+        """Batches run: full batches plus the one that ends each full scan
+        (docs/kernel-semantics.md §4.2)."""
         return self.scanned / self.pages_to_scan + self.full_scans
 
 
