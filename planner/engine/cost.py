@@ -264,19 +264,22 @@ class CostProfile:
         """The ``busy_page_factor`` that gives this profile's unstable-tree insert, on a busy
         host, the cost the ``reference`` profile's gives it there: ``reference``'s factor
         times its insert over this one's, into a tree of :data:`BUSY_ANCHOR_INSERTS`
-        items, and at least 1 (docs/busy-host.md §5, "An idle calibration on another CPU").
+        items, at least 1 and at most ``reference``'s own factor (docs/busy-host.md §5, "An
+        idle calibration on another CPU").
 
         ``calibrate`` measures the idle costs of its host but cannot measure the busy-host
         penalty there; the reference's factor was fitted to its own idle costs on live
         runs. On an AMD EPYC whose idle insert cost 1.7 times the reference machine's, the
         factor that fitted nine live runs was 1.4-1.5 where the reference's is 2.5: what a
         busy host's page costs is about the same on both, the idle cost is not. Carrying
-        the reference's factor unchanged made ksmd's CPU 35-43 % high there."""
+        the reference's factor unchanged made ksmd's CPU 35-43 % high there. A host whose
+        insert is cheaper keeps the reference's factor: no measurement supports a larger one."""
         own = self.scan_insert_ns(BUSY_ANCHOR_INSERTS)
         ref = reference.scan_insert_ns(BUSY_ANCHOR_INSERTS)
         if own <= 0 or ref <= 0:
             return reference.busy_page_factor
-        return max(1.0, round(reference.busy_page_factor * ref / own, 3))
+        anchored = round(reference.busy_page_factor * ref / own, 3)
+        return max(1.0, min(reference.busy_page_factor, anchored))
 
     def path_costs(self) -> tuple[int, ...]:
         """Cost per visit of each path of :data:`PATHS`, without the unstable-tree levels
