@@ -146,11 +146,15 @@ def _replay_trace(
     other = cost_cpu_warning(
         (options or ReplayOptions()).cost, tr.host_cpu, fit if isinstance(fit, dict) else None
     )
-    from planner.engine.costfit import fit_facts, short_batch_warning
+    from planner.engine.costfit import busier_load_warning, fit_facts, short_batch_warning
 
     profile = (options or ReplayOptions()).cost
-    short = short_batch_warning(fit_facts(profile, fit if isinstance(fit, dict) else None), [knobs])
-    res.provenance["cost_warnings"] = [w for w in (other, short) if w]
+    facts = fit_facts(profile, fit if isinstance(fit, dict) else None)
+    short = short_batch_warning(facts, [knobs])
+    load = res.provenance.get("host_load")
+    planned = [float(load["runnable_per_cpu"])] if isinstance(load, dict) else []
+    busier = busier_load_warning(facts, profile, planned)
+    res.provenance["cost_warnings"] = [w for w in (other, short, busier) if w]
     return res
 
 

@@ -824,6 +824,44 @@ def short_batch_warning(
     )
 
 
+#: How much more the busy-host factor may multiply a fitted profile's costs at the planned
+#: load than at the recording's before a replay says so (:func:`busier_load_warning`).
+BUSIER_LOAD_RATIO: Final = 1.25
+
+
+def busier_load_warning(
+    cost_fit: Mapping[str, Any] | None, profile: CostProfile | None, planned: Iterable[float]
+) -> str | None:
+    """What a replay says where ksmd's cost was fitted (``cost_fit``, as :func:`fit_facts`
+    gives it) to a recording on a quieter host than the ``planned`` loads (other runnable
+    tasks per CPU): the fit measured the costs at the recording's load, and the profile's
+    ``busy_page_factor`` (never measured on the workload there) multiplies them by more than
+    :data:`BUSIER_LOAD_RATIO` at the planned one. On an AMD EPYC a canary fitted on an idle
+    run put ksmd's CPU 45-55 % above the kernel's beside spinning loops, with the shipped
+    factor 2.5 where about 1.5 fitted (docs/busy-host.md §5). ``None`` where nothing is
+    extrapolated."""
+    if not cost_fit or not cost_fit.get("fitted"):
+        return None
+    load = cost_fit.get("host_load")
+    if not isinstance(load, Mapping) or load.get("runnable_per_cpu") is None:
+        return None
+    prof = profile or CostProfile.default()
+    recorded = float(load["runnable_per_cpu"])
+    busiest = max(planned, default=recorded)
+    ratio = prof.load_factor(busiest) / prof.load_factor(recorded)
+    if ratio <= BUSIER_LOAD_RATIO:
+        return None
+    return (
+        f"ksmd's costs were fitted to a recording at {recorded:.2f} other runnable tasks per "
+        f"CPU and are replayed at up to {busiest:.2f}: there the profile's busy_page_factor "
+        f"{prof.busy_page_factor:g}, which the recording could not measure, makes a page "
+        f"cost {ratio:.2f} times what the recording showed, so ksmd's CPU, its full scans and "
+        "the time to benefit rest on that factor (on an AMD EPYC about 1.5 fitted where the "
+        "shipped profile says 2.5: docs/busy-host.md §5); record the canary on a host as busy "
+        "as the one planned, or plan at its load (--host-load)"
+    )
+
+
 def is_fitted(profile: CostProfile) -> bool:
     """Whether ``profile`` was already fitted to a workload (not to be fitted again)."""
     return profile.source == FIT_METHOD or profile.source.startswith(
@@ -832,6 +870,7 @@ def is_fitted(profile: CostProfile) -> bool:
 
 
 __all__ = [
+    "BUSIER_LOAD_RATIO",
     "COW_BAND",
     "FIT_METHOD",
     "SHORT_BATCH_TICKS",
@@ -840,6 +879,7 @@ __all__ = [
     "KsmdWindow",
     "ShortBatches",
     "batch_pages",
+    "busier_load_warning",
     "fit_canary",
     "fit_cost",
     "fit_facts",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine.cost import CostProfile, cost_cpu_warning
-from planner.engine.costfit import fit_facts, short_batch_warning
+from planner.engine.costfit import busier_load_warning, fit_facts, short_batch_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.engine.writes import CanaryVariant
@@ -173,15 +173,20 @@ def _cost_warnings(
     facts: dict[str, dict[str, Any]],
     cost_profile: CostProfile | None,
     cost_fit: dict[str, Any] | None,
+    opts: ReplayOptions,
 ) -> list[str]:
     """What the review says of ksmd's cost: measured on another CPU, a canary's page classes
-    set aside, a share fitted to short batches guessed for the longer ones of the grid."""
+    set aside, a share fitted to short batches guessed for the longer ones of the grid, costs
+    fitted on a quieter host than the one planned."""
     other = cost_cpu_warning(cost_profile or CostProfile.default(), tr.host_cpu, cost_fit)
+    fitted = fit_facts(cost_profile, cost_fit)
     short = short_batch_warning(
-        fit_facts(cost_profile, cost_fit),
-        [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()],
+        fitted, [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()]
     )
-    return [w for w in (other, *_page_classes_warning(cost_fit), short) if w]
+    busier = busier_load_warning(
+        fitted, cost_profile, [_host_load(tr, h, opts).runnable_per_cpu for h in host_list]
+    )
+    return [w for w in (other, *_page_classes_warning(cost_fit), short, busier) if w]
 
 
 def _page_classes_warning(cost_fit: dict[str, Any] | None) -> list[str]:
@@ -424,7 +429,7 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit, variant = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
-    warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit)
+    warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit, opts)
     plan = _plan(
         tr,
         host_list,

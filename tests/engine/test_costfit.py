@@ -19,6 +19,7 @@ from planner.engine.costfit import (
     FIT_METHOD,
     KsmdWindow,
     ShortBatches,
+    busier_load_warning,
     fit_to_recording,
     is_fitted,
     ksmd_window,
@@ -419,6 +420,28 @@ def test_a_recordings_wait_for_a_cpu_reaches_ksmds_window(inp: ReplayInput) -> N
     gap = waited.astype({"ksmd_wait_ns": "float64"})
     gap.iloc[1, gap.columns.get_loc("ksmd_wait_ns")] = np.nan
     assert ksmd_window(gap).wait_s is None
+
+
+def test_a_fit_on_a_quieter_host_warns_where_the_busy_factor_carries_the_plan() -> None:
+    """The fit measured the costs at its recording's load; the busy-host factor scales them
+    to the planned one. Within a quarter more, nothing is said."""
+    note = {"fitted": True, "host_load": {"runnable_per_cpu": 0.03}}
+    prof = CostProfile.default()  # busy_page_factor 2.5
+    warning = busier_load_warning(note, None, [0.03, 1.5])
+    assert warning is not None
+    assert "at 0.03 other runnable tasks" in warning
+    assert "up to 1.50" in warning
+    assert f"{prof.load_factor(1.5) / prof.load_factor(0.03):.2f} times" in warning
+    assert "--host-load" in warning
+    assert busier_load_warning(note, None, [0.03]) is None  # the recording's own load
+    assert busier_load_warning(note, None, []) is None
+    busy = {"fitted": True, "host_load": {"runnable_per_cpu": 0.8}}  # 2.2 -> 2.5: 1.14
+    assert busier_load_warning(busy, None, [10.0]) is None
+    flat = replace(prof, busy_page_factor=1.0)  # a factor of 1 extrapolates nothing
+    assert busier_load_warning(note, flat, [10.0]) is None
+    assert busier_load_warning({**note, "fitted": False}, None, [10.0]) is None
+    assert busier_load_warning({"fitted": True}, None, [10.0]) is None
+    assert busier_load_warning(None, None, [10.0]) is None
 
 
 def test_a_fit_to_short_batches_warns_where_the_knobs_ask_longer_ones() -> None:

@@ -254,3 +254,32 @@ def test_a_profile_calibrated_on_short_batches_says_so_where_it_is_used_on_longe
     assert any("pages_to_scan=100" in w for w in res.provenance["cost_warnings"])
     res = replay_trace(trace, knobs={"pages_to_scan": 100}, options=opts)
     assert res.provenance["cost_warnings"] == []
+
+
+def test_a_profile_fitted_on_a_quiet_host_says_so_where_a_busier_one_is_planned(
+    trace: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The busy-host factor multiplies the fitted costs at a busier planned load, a factor
+    the quiet recording could not measure: the replay says so, and says nothing at the
+    recording's own load."""
+    from planner.replay import replay_trace
+
+    quiet = HostLoad.given(0.05)
+    counters = recording_of(trace, REAL, quiet, 20.0)
+    timeline = ObservedTimeline(meta={}, counters=counters, processes=pd.DataFrame())
+    monkeypatch.setattr(R, "read_observed", lambda path: timeline)
+    out = tmp_path / "quiet.json"
+    calibrate_workload(trace, tmp_path / "observed", host_load=quiet, out=out)
+    prof = CostProfile.load(out)
+    knobs = {"pages_to_scan": 300, "sleep_ms": 20}
+
+    def warnings(load: HostLoad) -> list[str]:
+        opts = ReplayOptions(duration_s=5.0, cost=prof, host_load=load)
+        res = replay_trace(trace, knobs=knobs, options=opts)
+        return [w for w in res.provenance["cost_warnings"] if "busy_page_factor" in w]
+
+    assert warnings(quiet) == []
+    (busier,) = warnings(HostLoad.given(2.0))
+    assert "fitted to a recording at 0.05 other runnable tasks per CPU" in busier
+    assert "up to 2.00" in busier
+    assert "2.33 times" in busier  # 2.5 at a busy host over 1.075 at 0.05
