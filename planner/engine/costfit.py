@@ -837,9 +837,8 @@ def busier_load_warning(
     tasks per CPU): the fit measured the costs at the recording's load, and the profile's
     ``busy_page_factor`` (never measured on the workload there) multiplies them by more than
     :data:`BUSIER_LOAD_RATIO` at the planned one. On an AMD EPYC a canary fitted on an idle
-    run put ksmd's CPU 45-55 % above the kernel's beside spinning loops, with the shipped
-    factor 2.5 where about 1.5 fitted (docs/busy-host.md §5). ``None`` where nothing is
-    extrapolated."""
+    run put ksmd's CPU 45-87 % above the kernel's beside spinning loops, where a page cost
+    little more than idle (docs/busy-host.md §5). ``None`` where nothing is extrapolated."""
     if not cost_fit or not cost_fit.get("fitted"):
         return None
     load = cost_fit.get("host_load")
@@ -856,9 +855,9 @@ def busier_load_warning(
         f"CPU and are replayed at up to {busiest:.2f}: there the profile's busy_page_factor "
         f"{prof.busy_page_factor:g}, which the recording could not measure, makes a page "
         f"cost {ratio:.2f} times what the recording showed, so ksmd's CPU, its full scans and "
-        "the time to benefit rest on that factor (on an AMD EPYC about 1.5 fitted where the "
-        "shipped profile says 2.5: docs/busy-host.md §5); record the canary on a host as busy "
-        "as the one planned, or plan at its load (--host-load)"
+        "the time to benefit rest on that factor, which differs between CPUs and workloads "
+        "(docs/busy-host.md §5); record the canary on a host as busy as the one planned, or "
+        "plan at its load (--host-load)"
     )
 
 

@@ -166,9 +166,9 @@ def _predict(run: Run, profile: CostProfile) -> tuple[float, float, HostLoad | N
 
 # ksmd's CPU on the second run depends on everything else the host runs meanwhile: on a
 # host shared with other work it missed by +74 % once; kept out of the default run (slow).
-# On an AMD EPYC (family 25, model 17) it fails, idle: +55 and +45 % ksmd CPU, -21 and -33 %
-# full scans (2026-12-05): the fit on the idle run A cannot measure the busy factor, and the
-# shipped 2.5 is the Xeon's, where about 1.5 fits there (docs/busy-host.md §5); replay and
+# On an AMD EPYC (family 25, model 17) it fails, idle: +45 to +87 % ksmd CPU in four runs
+# (2026-12-05): the fit on the idle run A cannot measure the busy factor, and beside spinning
+# loops a page costs ksmd there little more than idle (docs/busy-host.md §5); replay and
 # whatif now warn of such a plan (busier_load_warning)
 @pytest.mark.slow
 def test_a_profile_calibrated_on_one_run_predicts_a_busier_one(
