@@ -64,8 +64,11 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     prof = CostProfile.default()
     unstable_idle = prof.scan_insert_ns(PAGES)
-    with KsmLease({"pages_to_scan": 1000, "sleep_millisecs": 20, "smart_scan": 0}) as lease:
-        s = _Session(lease, ksmd_pid(), NULL_PROGRESS)
+    with (
+        KsmLease({"pages_to_scan": 1000, "sleep_millisecs": 20, "smart_scan": 0}) as lease,
+        lease.scan_stopper() as stopper,
+    ):
+        s = _Session(lease, stopper, ksmd_pid(), NULL_PROGRESS)
         with _holder(PAGES, _unique(np.random.default_rng(1), PAGES)):
             lease.start()
             time.sleep(3)  # first visits, then steady unstable inserts
