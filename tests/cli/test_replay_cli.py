@@ -130,3 +130,22 @@ def test_policy_set_is_applied_and_a_rule_matching_nothing_is_an_error(
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "matches no process" in lines[0]
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_replay_fitted_to_a_canary_says_how(tmp_path: Path) -> None:
+    """``--observed``: the replay names the share and the cost scale it fitted ksmd to, and
+    the load it replayed at (the committed canary of the Django sample)."""
+    r = ksm(
+        "replay", str(_ROOT / "traces" / "django-preload"), "--pages-to-scan", "1000",
+        "--observed", str(_ROOT / "reports" / "canary" / "django-preload"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    fitted = [line for line in r.stderr.splitlines() if "ksmd fitted to the recording" in line]
+    assert len(fitted) == 1, r.stderr
+    assert "share 12.3 %" in fitted[0]
+    assert "(sched_contention 0.22), costs x0.86 of default" in fitted[0]
+    assert "wait for a CPU" not in fitted[0]  # a recording of long batches: the period's share
+    assert "host load: 10.67 other runnable tasks per CPU" in r.stderr
