@@ -9,7 +9,9 @@ the pages it scanned and the mean of ``procs_running`` (``/proc/stat``, read eve
 and derives:
 
 * the batch period (window / batches) and the CPU of one batch;
-* ksmd's share of a CPU while it works: CPU of a batch / (period - slept jiffies - 1 ms);
+* ksmd's share of a CPU while it works, as the canary fit reads it
+  (:meth:`planner.engine.costfit.KsmdWindow.share`: from the batch period, whose slept
+  jiffies a batch's CPU hides in, or from ksmd's wait for a CPU where batches are short);
 * the share CFS weights predict for ``x = (procs_running - 1) / CPUs`` other tasks per CPU
   (``335 / (335 + 1024 x)``) and the ``sched_contention`` that would make them agree.
 
@@ -30,10 +32,11 @@ import time
 import numpy as np
 
 from planner._progress import NULL_PROGRESS
-from planner.engine.costfit import solve_contention
-from planner.engine.timing import ksmd_cpu_share, sleep_ns
+from planner.engine.costfit import KsmdWindow, solve_contention
+from planner.engine.timing import ksmd_cpu_share
 from planner.kernel.calibrate import _holder, _Session, _unique, ksmd_pid
 from planner.kernel.sysfs import KsmLease
+from planner.provenance import kernel_hz
 
 PAGES = 20_000
 SPIN = "while True: pass"
@@ -54,7 +57,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=8.0, help="seconds per load level")
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
-    slept_ms = sleep_ns(20, 250) / 1e6
+    hz = kernel_hz() or 250  # the tick the share reads (250 on this project's VMs)
     results = []
     with (
         KsmLease({"pages_to_scan": 1000, "sleep_millisecs": 20, "smart_scan": 0}) as lease,
@@ -91,7 +94,15 @@ def main() -> None:
                 batches = w.batches
                 period_ms = w.wall_ns / batches / 1e6
                 cpu_ms = w.cpu_ns / batches / 1e6
-                share = cpu_ms / max(1e-6, period_ms - slept_ms - 1.0)
+                # the share as the canary fit reads it (the batch period of
+                # docs/kernel-semantics.md §4.4; the scheduler's account for short batches)
+                window = KsmdWindow(
+                    start_s=0.0, wall_s=w.wall_ns / 1e9, cpu_s=w.cpu_ns / 1e9,
+                    pages_scanned=w.scanned, pages_skipped=0, full_scans=w.full_scans,
+                    pages_to_scan=1000, sleep_ms=20, smart_scan=False, batch_count=batches,
+                    wait_s=None if w.wait_ns is None else w.wait_ns / 1e9,
+                )  # fmt: skip
+                share = window.share(hz, 0)
                 x = max(0.0, float(np.mean(samples)) - 1.0) / cpus
                 r = {
                     "hogs": f"{kind} {n}",
@@ -101,6 +112,9 @@ def main() -> None:
                     "cpu_per_batch_ms": round(cpu_ms, 2),
                     "ns_per_page": round(w.cpu_ns / w.scanned),
                     "share": round(share, 3),
+                    "sched_share": None
+                    if window.sched_share is None
+                    else round(window.sched_share, 3),
                     "cfs_share": round(ksmd_cpu_share(x), 3),
                     "contention": round(solve_contention(share, x, 1.0), 2),
                 }
