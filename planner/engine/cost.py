@@ -270,10 +270,12 @@ class CostProfile:
         ``calibrate`` measures the idle costs of its host but cannot measure the busy-host
         penalty there; the reference's factor was fitted to its own idle costs on live
         runs. On an AMD EPYC whose idle insert cost 1.7 times the reference machine's, the
-        factor that fitted nine live runs was 1.4-1.5 where the reference's is 2.5: what a
-        busy host's page costs is about the same on both, the idle cost is not. Carrying
-        the reference's factor unchanged made ksmd's CPU 35-43 % high there. A host whose
-        insert is cheaper keeps the reference's factor: no measurement supports a larger one."""
+        factor that fitted nine live runs was 1.4-1.5 where the reference's is 2.5, and this
+        rule gives 1.46; carrying the reference's factor unchanged made ksmd's CPU 35-43 %
+        high there. The rule assumes a busy host's insert costs about the same on both
+        machines; beside spinning loops alone that AMD paid little more than idle, so it is
+        an anchor for live workloads, not a measurement. A host whose insert is cheaper keeps
+        the reference's factor: no measurement supports a larger one."""
         own = self.scan_insert_ns(BUSY_ANCHOR_INSERTS)
         ref = reference.scan_insert_ns(BUSY_ANCHOR_INSERTS)
         if own <= 0 or ref <= 0:

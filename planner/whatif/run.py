@@ -173,7 +173,7 @@ def _cost_warnings(
     facts: dict[str, dict[str, Any]],
     cost_profile: CostProfile | None,
     cost_fit: dict[str, Any] | None,
-    opts: ReplayOptions,
+    loads: dict[str, HostLoad],
 ) -> list[str]:
     """What the review says of ksmd's cost: measured on another CPU, a canary's page classes
     set aside, a share fitted to short batches guessed for the longer ones of the grid, costs
@@ -184,7 +184,7 @@ def _cost_warnings(
         fitted, [grid.knobs(p, hz=facts[h]["hz"]) for h in host_list for p in grid.points()]
     )
     busier = busier_load_warning(
-        fitted, cost_profile, [_host_load(tr, h, opts).runnable_per_cpu for h in host_list]
+        fitted, cost_profile, [loads[h].runnable_per_cpu for h in host_list]
     )
     return [w for w in (other, *_page_classes_warning(cost_fit), short, busier) if w]
 
@@ -429,7 +429,8 @@ def run_whatif(
     matches, warnings, domains, registered = _match(tr, host_list, sets, extrapolation)
     canary_path = _canary_path(observed, opts)
     cost_profile, cost_fit, variant = _fit_cost(tr, host_list, canary_path, cost_profile, opts)
-    warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit, opts)
+    loads = {h: _host_load(tr, h, opts) for h in host_list}  # read once: warnings, options
+    warnings += _cost_warnings(tr, host_list, grid, facts, cost_profile, cost_fit, loads)
     plan = _plan(
         tr,
         host_list,
@@ -464,7 +465,7 @@ def run_whatif(
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
         **{k: v for k, v in opt_items if k != "host_load"},
-        host_load={h: _host_load(tr, h, opts) for h in host_list},
+        host_load=loads,
         cost_profile=(cost_profile or CostProfile.default()).name,
         writes_canary=canary_path,
     )
