@@ -8,12 +8,13 @@ engine replays prepared inputs, the policies resolve processes, and this module 
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from planner._heap import retained_heap
 from planner._progress import NULL_PROGRESS, Progress
 from planner.engine import KsmKnobs, ReplayOptions, prepare_trace, replay
-from planner.engine.cost import cost_cpu_warning
+from planner.engine.cost import cost_cpu_warning, profile_choice, profile_for_trace
 from planner.engine.knobs import knob_flags
 from planner.engine.preload import compiled_code_loading, modules_for
 from planner.engine.registration import PRCTL_AT_DEFAULT
@@ -101,6 +102,9 @@ def _replay_trace(
     from planner.trace.io import open_trace
 
     tr = open_trace(path)
+    # the shipped profile of the traced CPU unless another was given (docs/busy-host.md §7)
+    given = (options or ReplayOptions()).cost
+    options = replace(options or ReplayOptions(), cost=profile_for_trace(given, tr.host_cpu))
     # the small tables now; the pages are streamed by prepare_trace, one snapshot at a time
     ht = tr.load_host(host, pages=False)
     resolver: Resolver | None = None
@@ -142,13 +146,12 @@ def _replay_trace(
         policy_warnings=policy_warnings,
         observed=None if observed is None else str(observed),
     )
+    profile = options.cost
+    res.provenance["cost_profile"] = profile_choice(profile, given, tr.host_cpu)
     fit = res.provenance.get("cost_fit")
-    other = cost_cpu_warning(
-        (options or ReplayOptions()).cost, tr.host_cpu, fit if isinstance(fit, dict) else None
-    )
+    other = cost_cpu_warning(profile, tr.host_cpu, fit if isinstance(fit, dict) else None)
     from planner.engine.costfit import busier_load_warning, fit_facts, short_batch_warning
 
-    profile = (options or ReplayOptions()).cost
     facts = fit_facts(profile, fit if isinstance(fit, dict) else None)
     short = short_batch_warning(facts, [knobs])
     load = res.provenance.get("host_load")

@@ -64,3 +64,64 @@ def test_a_canary_of_another_cpu_is_recorded_and_the_fit_says_whose_it_is(
     assert res.provenance["cost_fit"]["fitted"]
     assert res.provenance["cost_fit"]["canary_cpu"] == "Xeon (family 6, model 106)"
     assert res.provenance["cost_warnings"] == []
+
+
+def _one_host(out: Path, cpu: str | None) -> Path:
+    w = World("h")
+    w.spawn(1)
+    w.map(1, 0x10000, [1, 1, 2, 3, 3, 3] * 50)
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    w.write_trace(out, extra=None if cpu is None else {"capture": {"host_cpu": cpu}})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("cpu", "profile", "why", "warned"),
+    [
+        ("AMD EPYC 7B13 (family 25, model 17)", "amd-epyc-25-17", "traced CPU", False),
+        ("Intel Xeon (family 6, model 207)", "default", "traced CPU", False),
+        ("Intel Xeon (family 6, model 106)", "default", "default", True),
+        (None, "default", "default", False),
+    ],
+)
+def test_a_trace_from_a_cpu_with_a_shipped_profile_is_replayed_with_it(
+    tmp_path: Path, cpu: str | None, profile: str, why: str, warned: bool
+) -> None:
+    # docs/busy-host.md §7: the shipped profile of the traced CPU, said in the provenance;
+    # the other-CPU warning only where none was shipped for it
+    from planner.engine import CostProfile, ReplayOptions
+
+    res = replay_trace(_one_host(tmp_path / "t", cpu))
+    assert res.knobs["cost_profile"] == profile
+    choice = res.provenance["cost_profile"]
+    assert (choice["name"], choice["why"], choice["traced_cpu"]) == (profile, why, cpu)
+    assert bool(res.provenance["cost_warnings"]) is warned
+    # the profile prices ksmd's CPU: the same trace under the default differs where chosen
+    mine = CostProfile.default()
+    given = replay_trace(tmp_path / "t", options=ReplayOptions(cost=_renamed(mine, "mine")))
+    assert given.provenance["cost_profile"]["why"] == "given"
+    assert given.knobs["cost_profile"] == "mine"
+    assert (given.cost.cpu_s == res.cost.cpu_s) is (profile == "default")
+
+
+def _renamed(prof: Any, name: str) -> Any:
+    from dataclasses import replace
+
+    return replace(prof, name=name)
+
+
+def test_whatif_uses_the_shipped_profile_of_the_traced_cpu(tmp_path: Path) -> None:
+    from planner.engine import CostProfile
+    from planner.whatif import run_whatif
+    from planner.whatif.executors import InlineExecutor
+
+    trace = _one_host(tmp_path / "t", "AMD EPYC (family 25, model 17)")
+    res = run_whatif(trace, executor=InlineExecutor())
+    assert res.replay_options.cost_profile == "amd-epyc-25-17"
+    assert not any("cost profile" in w for w in res.warnings)
+    given = run_whatif(
+        trace, executor=InlineExecutor(), cost_profile=_renamed(CostProfile.default(), "mine")
+    )
+    assert given.replay_options.cost_profile == "mine"
+    assert any("was measured on Intel Xeon" in w for w in given.warnings)

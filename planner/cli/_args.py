@@ -192,7 +192,11 @@ Duration = Annotated[
 ]
 CostProfileOption = Annotated[
     Path | None,
-    typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
+    typer.Option(
+        "--cost-profile",
+        help="ksmd cost profile (from 'ksm-planner calibrate'). Default: the one shipped for "
+        "the trace's CPU, else the reference machine's.",
+    ),
 ]
 HostLoadOption = Annotated[
     float | None,

@@ -88,7 +88,10 @@ def calibrate_cmd(
     ] = None,
     base_profile: Annotated[
         Path | None,
-        typer.Option("--cost-profile", help="Profile to scale with --trace (default: shipped)."),
+        typer.Option(
+            "--cost-profile",
+            help="Profile to scale with --trace (default: the one shipped for the trace's CPU).",
+        ),
     ] = None,
     host_load: HostLoadOption = None,
     force: ForceFlag = False,

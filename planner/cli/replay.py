@@ -12,6 +12,7 @@ import typer
 from planner.cli._app import app
 from planner.cli._args import (
     CanaryOption,
+    CostProfileOption,
     GrowthFlag,
     HostLoadOption,
     PrctlAtChoice,
@@ -87,10 +88,7 @@ def replay_cmd(
             min=MIN_GRID_S,
         ),
     ] = None,
-    cost_profile: Annotated[
-        Path | None,
-        typer.Option("--cost-profile", help="ksmd cost profile (from 'ksm-planner calibrate')."),
-    ] = None,
+    cost_profile: CostProfileOption = None,
     host_load: HostLoadOption = None,
     out: Annotated[
         Path | None,
@@ -268,6 +266,11 @@ def _render(r: ReplayResult) -> None:
         f"{fmt(cost.mean_scan_time_s)}; time to 50/90/99 % of the final saving: {fmt(ttf['50'])} / "
         f"{fmt(ttf['90'])} / {fmt(ttf['99'])}"
     )
+    choice = p.get("cost_profile")
+    if isinstance(choice, dict):
+        from planner.engine.cost import profile_choice_text
+
+        note(profile_choice_text(choice))
     load = p.get("host_load")
     if isinstance(load, dict):
         note(

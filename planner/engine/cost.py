@@ -70,6 +70,49 @@ def cost_cpu_warning(
     return profile.other_cpu_warning(traced_cpu)
 
 
+def profile_for_trace(given: CostProfile | None, traced_cpu: str | None) -> CostProfile:
+    """The cost profile a replay of a trace captured on ``traced_cpu`` uses: ``given``, but
+    where it is ``None`` or the default profile, the shipped profile measured on the traced
+    CPU's generation (:meth:`CostProfile.for_cpu`; docs/busy-host.md §7). The default stands
+    for "the shipped profile": a replay's options carry it unless told otherwise."""
+    if given is not None and given != CostProfile.default():
+        return given
+    return CostProfile.for_cpu(traced_cpu)
+
+
+def profile_choice(
+    profile: CostProfile, given: CostProfile | None, traced_cpu: str | None
+) -> dict[str, Any]:
+    """What a replay's provenance says of its cost profile (``profile``, chosen by
+    :func:`profile_for_trace` from ``given``): its name, the CPU it was measured on, and
+    why it was used (``given``, ``traced CPU``: shipped for the trace's CPU generation, or
+    ``default``: the trace's CPU has no shipped profile or is not recorded)."""
+    from planner.provenance import cpu_generation
+
+    generation = cpu_generation(traced_cpu)
+    if given is not None and given != CostProfile.default():
+        why = "given"
+    elif generation is not None and cpu_generation(profile.cpu) == generation:
+        why = "traced CPU"
+    else:
+        why = "default"
+    return {"name": profile.name, "cpu": profile.cpu, "why": why, "traced_cpu": traced_cpu}
+
+
+def profile_choice_text(choice: Mapping[str, Any]) -> str:
+    """One line on the cost profile a replay used (:func:`profile_choice`)."""
+    name, cpu, traced = choice.get("name"), choice.get("cpu"), choice.get("traced_cpu")
+    measured = f"measured on {cpu}" if cpu else "measured on a host it does not name"
+    why = choice.get("why")
+    if why == "given":
+        return f"cost profile '{name}' as given ({measured})"
+    if why == "traced CPU":
+        return f"cost profile '{name}', shipped for the trace's CPU ({measured})"
+    return f"cost profile '{name}', the shipped default ({measured}; " + (
+        f"none shipped for the trace's {traced})" if traced else "the trace names no CPU)"
+    )
+
+
 #: Code paths of one page visit, in the order of the per-path counters.
 PATHS = (
     "ksm_page",  # already merged, item on its node: cheap path
@@ -99,6 +142,12 @@ _CPU_FIELDS = (
     "batch_overhead_ns",
     "scan_start_ns",
 )
+
+
+#: The profiles shipped with the package (``planner/engine/profiles``), the default (the
+#: reference machine's) first; each was measured on the CPU its provenance names
+#: (docs/busy-host.md §7).
+SHIPPED_PROFILES: Final = ("default.json", "amd-epyc-25-17.json")
 
 
 #: The unstable-tree inserts of one full scan (into an emptied tree) whose mean cost anchors
@@ -139,9 +188,35 @@ class CostProfile:
 
     @classmethod
     def default(cls) -> CostProfile:
-        """The profile shipped with the package (measured on the reference machine)."""
-        text = resources.files("planner.engine").joinpath("profiles/default.json").read_text()
+        """The profile shipped with the package (measured on the reference machine, whose
+        busy-host terms were fitted on its live runs): the one for a CPU no other shipped
+        profile was measured on (:meth:`for_cpu`), and the reference a calibration anchors
+        its busy-host factor to."""
+        return cls._shipped_file(SHIPPED_PROFILES[0])
+
+    @classmethod
+    def _shipped_file(cls, name: str) -> CostProfile:
+        text = resources.files("planner.engine").joinpath(f"profiles/{name}").read_text()
         return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def shipped(cls) -> tuple[CostProfile, ...]:
+        """Every profile shipped with the package, the default first (docs/busy-host.md §7)."""
+        return tuple(cls._shipped_file(name) for name in SHIPPED_PROFILES)
+
+    @classmethod
+    def for_cpu(cls, cpu: str | None) -> CostProfile:
+        """The shipped profile measured on ``cpu``'s generation (family and model, as
+        :func:`planner.provenance.cpu_identity` writes them), the default where none was or
+        ``cpu`` does not say (docs/busy-host.md §7)."""
+        from planner.provenance import cpu_generation
+
+        generation = cpu_generation(cpu)
+        if generation is not None:
+            for prof in cls.shipped():
+                if cpu_generation(prof.cpu) == generation:
+                    return prof
+        return cls.default()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostProfile:

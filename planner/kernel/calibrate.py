@@ -70,7 +70,12 @@ import numpy as np
 from planner._fs import atomic_file
 from planner._progress import NULL_PROGRESS, Progress
 from planner.capture.procfs import ProcessGone, ProcFS
-from planner.engine.cost import BUSY_ANCHOR_INSERTS, CostProfile, mean_insert_levels
+from planner.engine.cost import (
+    BUSY_ANCHOR_INSERTS,
+    CostProfile,
+    mean_insert_levels,
+    profile_for_trace,
+)
 from planner.engine.costfit import (
     FIT_METHOD,
     CostFit,
@@ -988,7 +993,6 @@ def calibrate_workload(
     from planner.trace.io import open_trace
     from planner.trace.recording import read_observed
 
-    base = base or CostProfile.default()
     with contextlib.ExitStack() as stack:
         target = (
             stack.enter_context(atomic_file(out, overwrite=overwrite, private=False))
@@ -997,7 +1001,10 @@ def calibrate_workload(
         )
         recording = read_observed(observed)
         real = ksmd_window(recording.counters)
-        ht = open_trace(trace).load_host(host)
+        tr = open_trace(trace)
+        ht = tr.load_host(host)
+        # as replay does: the shipped profile of the traced CPU unless one is given
+        base = profile_for_trace(base, tr.host_cpu)
         load = host_load or recorded_load(ht.intervals())
         if load is None:
             raise UsageProblem(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner._progress import NULL_PROGRESS, Progress
-from planner.engine.cost import CostProfile, cost_cpu_warning
+from planner.engine.cost import CostProfile, cost_cpu_warning, profile_for_trace
 from planner.engine.costfit import busier_load_warning, fit_facts, short_batch_warning
 from planner.engine.knobs import KsmKnobs
 from planner.engine.options import ReplayOptions
@@ -143,7 +143,12 @@ def _fit_cost(
     --observed`` fits it (:func:`planner.engine.costfit.fit_canary`), what the provenance
     says about it, and how the canary's rates reach the trace's rows (page classes, the
     unseen breaks spread or not: as that fit chose); the profile as given where there is no
-    canary. A canary is one host's: a trace of several hosts keeps the profile given."""
+    canary. A canary is one host's: a trace of several hosts keeps the profile given.
+
+    The profile given is, where it is ``None`` (the default, as in the tasks' keys), the
+    shipped one of the traced CPU (:func:`planner.engine.cost.profile_for_trace`)."""
+    chosen = profile_for_trace(cost_profile, tr.host_cpu)
+    cost_profile = None if chosen == CostProfile.default() else chosen
     if canary_path is None:
         return cost_profile, None, CanaryVariant()
     if len(host_list) != 1:
@@ -378,7 +383,8 @@ def run_whatif(
         Duration, settle scans, grid step of every replay (``cost`` is ignored: use
         ``cost_profile``).
     cost_profile
-        ksmd cost model (default: the shipped profile).
+        ksmd cost model (default: the shipped profile measured on the trace's CPU, else the
+        reference machine's: :func:`planner.engine.cost.profile_for_trace`).
     capacity
         Host memory, headroom, per-worker extra memory and CPU: computes workers per host
         without and with KSM and the capacity gain, with intervals.

@@ -129,3 +129,54 @@ def test_the_cost_warning_names_the_profiles_cpu_or_the_canarys() -> None:
     assert fitted.startswith("the canary was recorded on Xeon (family 6, model 85)")
     same = {"fitted": True, "canary_cpu": traced}
     assert cost_cpu_warning(CostProfile.default(), traced, same) is None
+
+
+def test_each_shipped_profile_is_chosen_for_its_own_cpu_and_the_default_otherwise() -> None:
+    # docs/busy-host.md §7: a trace is replayed with the shipped profile measured on its CPU
+    # generation; a profile given (not the default) is used as given
+    from importlib import resources
+
+    from planner.engine.cost import (
+        SHIPPED_PROFILES,
+        profile_choice,
+        profile_choice_text,
+        profile_for_trace,
+    )
+    from planner.provenance import cpu_generation
+
+    shipped = CostProfile.shipped()
+    default = CostProfile.default()
+    assert shipped[0] == default
+    assert len(shipped) >= 2
+    folder = resources.files("planner.engine").joinpath("profiles")
+    on_disk = {p.name for p in folder.iterdir() if p.name.endswith(".json")}
+    assert on_disk == set(SHIPPED_PROFILES)  # a file added is listed, a listed file exists
+    generations = [cpu_generation(p.cpu) for p in shipped]
+    assert None not in generations
+    assert len(set(generations)) == len(shipped)  # one profile per CPU generation
+    assert len({p.name for p in shipped}) == len(shipped)
+    for prof in shipped:
+        assert prof.cpu is not None
+        assert CostProfile.for_cpu(prof.cpu) == prof
+        family_model = prof.cpu[prof.cpu.index("(") :]
+        assert CostProfile.for_cpu(f"Another name {family_model}") == prof  # generation decides
+        assert profile_for_trace(None, prof.cpu) == prof
+        assert profile_for_trace(default, prof.cpu) == prof  # the default stands for shipped
+        choice = profile_choice(prof, None, prof.cpu)
+        assert choice == {"name": prof.name, "cpu": prof.cpu, "why": "traced CPU",
+                          "traced_cpu": prof.cpu}  # fmt: skip
+        assert "shipped for the trace's CPU" in profile_choice_text(choice)
+    amd = CostProfile.for_cpu("AMD EPYC 7B13 (family 25, model 17)")
+    assert amd.name == "amd-epyc-25-17"
+    assert amd != default
+    assert amd.other_cpu_warning("AMD EPYC (family 25, model 17)") is None
+    for unknown in (None, "Xeon @ 2.80GHz", "Xeon (family 6, model 106)"):
+        assert CostProfile.for_cpu(unknown) == default
+        choice = profile_choice(default, None, unknown)
+        assert choice["why"] == "default"
+        assert "the shipped default" in profile_choice_text(choice)
+    mine = dataclasses.replace(default, name="mine", merge_ns=default.merge_ns + 1)
+    assert profile_for_trace(mine, amd.cpu) == mine
+    choice = profile_choice(mine, mine, amd.cpu)
+    assert choice["why"] == "given"
+    assert profile_choice_text(choice).startswith("cost profile 'mine' as given")

@@ -532,6 +532,7 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
     """The replay of ``run``'s capture as :func:`compare_run` makes it (also used by
     :func:`planner.testing.live.pages.page_truth`, which needs the engine's own state)."""
     from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare
+    from planner.engine.cost import profile_for_trace
     from planner.engine.knobs import valid_hz
     from planner.trace.io import open_trace
 
@@ -546,7 +547,10 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         smart_scan=bool(cfg["smart_scan"]),
         hz=valid_hz(hz),
     )
-    cost = CostProfile.load(opts.cost_profile) if opts.cost_profile else CostProfile.default()
+    # as replay does: the shipped profile of the traced CPU unless one is given
+    cost = profile_for_trace(
+        CostProfile.load(opts.cost_profile) if opts.cost_profile else None, tr.host_cpu
+    )
     options = ReplayOptions(
         duration_s=duration_s,
         grid_s=opts.grid_s,
