@@ -102,9 +102,10 @@ def _replay_trace(
     from planner.trace.io import open_trace
 
     tr = open_trace(path)
-    # the shipped profile of the traced CPU unless another was given (docs/busy-host.md §7)
+    # the shipped profile of the traced CPU unless one was given (docs/busy-host.md §7)
     given = (options or ReplayOptions()).cost
-    options = replace(options or ReplayOptions(), cost=profile_for_trace(given, tr.host_cpu))
+    profile = profile_for_trace(given, tr.host_cpu)
+    options = replace(options or ReplayOptions(), cost=profile)
     # the small tables now; the pages are streamed by prepare_trace, one snapshot at a time
     ht = tr.load_host(host, pages=False)
     resolver: Resolver | None = None
@@ -146,7 +147,6 @@ def _replay_trace(
         policy_warnings=policy_warnings,
         observed=None if observed is None else str(observed),
     )
-    profile = options.cost
     res.provenance["cost_profile"] = profile_choice(profile, given, tr.host_cpu)
     fit = res.provenance.get("cost_fit")
     other = cost_cpu_warning(profile, tr.host_cpu, fit if isinstance(fit, dict) else None)

@@ -126,7 +126,7 @@ def replay_cmd(
         duration_s=duration,
         settle_scans=settle_scans,
         grid_s=grid_s,
-        cost=CostProfile.load(cost_profile) if cost_profile else CostProfile.default(),
+        cost=CostProfile.load(cost_profile) if cost_profile else None,  # None: the trace's CPU's
         writes=writes,
         growth=growth,
         host_load=None if host_load is None else HostLoad.given(host_load),

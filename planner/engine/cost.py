@@ -71,13 +71,10 @@ def cost_cpu_warning(
 
 
 def profile_for_trace(given: CostProfile | None, traced_cpu: str | None) -> CostProfile:
-    """The cost profile a replay of a trace captured on ``traced_cpu`` uses: ``given``, but
-    where it is ``None`` or the default profile, the shipped profile measured on the traced
-    CPU's generation (:meth:`CostProfile.for_cpu`; docs/busy-host.md §7). The default stands
-    for "the shipped profile": a replay's options carry it unless told otherwise."""
-    if given is not None and given != CostProfile.default():
-        return given
-    return CostProfile.for_cpu(traced_cpu)
+    """The cost profile a replay of a trace captured on ``traced_cpu`` uses: ``given`` where
+    one is (the default one too), else the shipped profile measured on the traced CPU's
+    generation (:meth:`CostProfile.for_cpu`; docs/busy-host.md §7)."""
+    return given if given is not None else CostProfile.for_cpu(traced_cpu)
 
 
 def profile_choice(
@@ -90,7 +87,7 @@ def profile_choice(
     from planner.provenance import cpu_generation
 
     generation = cpu_generation(traced_cpu)
-    if given is not None and given != CostProfile.default():
+    if given is not None:
         why = "given"
     elif generation is not None and cpu_generation(profile.cpu) == generation:
         why = "traced CPU"

@@ -462,8 +462,8 @@ def fit_to_recording(
     """``options`` with its cost profile fitted to the real ksmd of a recording's counters.
 
     What ``replay``/``whatif --observed`` do with a recording that states ksmd's CPU and full
-    scans (a canary does): the base is ``options.cost``; the load the recording ran under is
-    taken to be the one the trace recorded (else ``options.host_load``, else an idle host),
+    scans (a canary does): the base is ``options.effective_cost``; the load the recording ran
+    under is taken to be the one the trace recorded (else ``options.host_load``, else an idle host),
     while the replay itself keeps ``options.host_load`` (a load given to plan for another
     host applies to the fitted ksmd). A profile that is already fitted, or a recording
     without ksmd's CPU time, leaves ``options`` as they are. Returns the options and what
@@ -483,8 +483,9 @@ def _fit_recording(
     """:func:`fit_to_recording`, and the fit itself (None where nothing was fitted)."""
     from planner.engine.api import base_input
 
-    if is_fitted(options.cost):
-        return options, {"fitted": False, "why": f"the profile {options.cost.name} is fitted"}, None
+    base = options.effective_cost
+    if is_fitted(base):
+        return options, {"fitted": False, "why": f"the profile {base.name} is fitted"}, None
     try:
         real = ksmd_window(counters)
     except InputDataError as exc:
@@ -495,7 +496,7 @@ def _fit_recording(
         source,
         real,
         load,
-        base=options.cost,
+        base=base,
         canary=canary,
         writes=options.writes,
         write_seed=options.write_seed,

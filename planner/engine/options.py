@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from planner.engine.cost import CostProfile
@@ -52,7 +52,10 @@ class ReplayOptions:
     grid_s: float | None = None  # None: auto (1 s, or span/600 for long traces)
     snapshot_alignment: Alignment = "time"
     snapshot_scans: tuple[int, ...] | None = None
-    cost: CostProfile = field(default_factory=CostProfile.default)
+    #: ksmd's cost profile; ``None``: the one shipped for the traced CPU where a trace is
+    #: replayed (:func:`planner.engine.cost.profile_for_trace`, docs/busy-host.md §7), the
+    #: default profile for an input that names no CPU (:attr:`effective_cost`)
+    cost: CostProfile | None = None
     #: replay the writes a v2 trace recorded between snapshots (planner.engine.writes);
     #: False replays the snapshots alone, as for a version-1 trace
     writes: bool = True
@@ -64,6 +67,11 @@ class ReplayOptions:
     #: The CPU load ksmd competes with; ``None``: the load the trace recorded, else an idle
     #: host (docs/busy-host.md).
     host_load: HostLoad | None = None
+
+    @property
+    def effective_cost(self) -> CostProfile:
+        """The cost profile the engines price ksmd with: :attr:`cost`, or the default one."""
+        return self.cost if self.cost is not None else CostProfile.default()
 
     def __post_init__(self) -> None:
         if self.duration_s is not None and not self.duration_s > 0:

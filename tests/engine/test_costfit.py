@@ -61,6 +61,7 @@ def test_a_fit_at_one_knob_setting_predicts_ksmd_at_another(inp: ReplayInput) ->
     fitted, note = fit_to_recording(inp, recording(inp, AT_300), base)
     assert note["fitted"] is True
     assert note["cost_scale"] == pytest.approx(1.6, rel=0.05)
+    assert fitted.cost is not None
     assert fitted.cost.sched_contention == pytest.approx(0.6, rel=0.05)
     assert is_fitted(fitted.cost)
     assert fitted.cost.source == FIT_METHOD
