@@ -488,7 +488,13 @@ def assemble_fleet(
         "fleet": path,
         "hosts": [m.label for m in members],
         "traces": [
-            {"path": str(r.trace_path), "trace_hash": r.trace_hash, "hosts": list(r.hosts)}
+            {
+                "path": str(r.trace_path),
+                "trace_hash": r.trace_hash,
+                "hosts": list(r.hosts),
+                # each trace's own: the shipped profile of its CPU unless one was given
+                "cost_profile": r.replay_options.cost_profile,
+            }
             for r in runs
         ],
         "tool_version": first.get("tool_version"),

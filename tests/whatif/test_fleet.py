@@ -305,3 +305,20 @@ def test_a_damaged_host_fails_the_fleet_with_its_error_and_leaves_no_worker(
         time.sleep(0.1)
         left = [p for p in multiprocessing.active_children() if p.pid not in before]
     assert left == []
+
+
+def test_each_host_of_a_mixed_fleet_is_priced_by_the_profile_of_its_cpu(tmp_path: Path) -> None:
+    # docs/busy-host.md §7: a fleet of traces from two CPUs, each replayed with the profile
+    # shipped for its own CPU; the fleet's provenance names it per trace
+    (tmp_path / "f").mkdir()
+    cpus = {"amd": "AMD EPYC (family 25, model 17)", "xeon": "Intel Xeon (family 6, model 106)"}
+    for name, cpu in cpus.items():
+        world = family_world(name, workers=2, seed=1)
+        world.write_trace(tmp_path / "f" / name, extra={"capture": {"host_cpu": cpu}})
+    res = run_fleet(tmp_path / "f", policy_sets=SETS[:1], grid=GRID, executor=InlineExecutor())
+    profiles = {Path(t["path"]).name: t["cost_profile"] for t in res.provenance["traces"]}
+    assert profiles == {"amd": "amd-epyc-25-17", "xeon": "default"}
+    cpu = {r.hosts[0]: r.scenarios[0].hosts[0].ksmd_cpu_s for r in res.runs}
+    assert cpu["amd"] != cpu["xeon"]  # the same workload, priced by two profiles
+    # the Xeon of another generation has no profile: the default, and the warning says so
+    assert any("Intel Xeon (family 6, model 106)" in w for w in res.warnings)
