@@ -205,17 +205,29 @@ def _render_calibration(result: Calibration) -> None:
         f"ksmd cost profile of {prov.get('host')} ({prov.get('kernel')}, "
         f"{prov.get('cpu_model')}, HZ {prov.get('hz')}), measured in {prov.get('duration_s')} s"
     )
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    shipped = result.shipped
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        title=f"against '{shipped.name}', "
+        + (
+            f"the profile shipped for this CPU ({shipped.cpu})"
+            if result.shipped_is_this_cpus
+            else f"the default profile ({shipped.cpu}; none is shipped for this CPU)"
+        )
+        + ", which replays of its traces use without --cost-profile",
+        title_justify="left",
+    )
     table.add_column("cost")
     table.add_column("calibrated ns", justify="right")
-    table.add_column("default ns", justify="right")
+    table.add_column("shipped ns", justify="right")
     table.add_column("ratio", justify="right")
     for row in result.comparison():
         ratio = row["ratio"]
         table.add_row(
             row["field"],
             f"{row['calibrated']:,}",
-            f"{row['default']:,}",
+            f"{row['shipped']:,}",
             "-" if ratio is None else f"{ratio:.2f}",
         )
     stderr.print(table)

@@ -260,27 +260,45 @@ class Measurements:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The result of :func:`calibrate`: the profile, how it was fitted, and the default."""
+    """The result of :func:`calibrate`: the profile, how it was fitted, and the shipped
+    profile of this host's CPU next to it."""
 
     profile: CostProfile
     fit: dict[str, Any]
     measurements: Measurements
     written: str | None = None
 
+    @property
+    def shipped(self) -> CostProfile:
+        """The shipped profile replays use for this host's CPU without a ``--cost-profile``
+        (:meth:`CostProfile.for_cpu`: the default where none was measured on it)."""
+        return CostProfile.for_cpu(self.profile.cpu)
+
+    @property
+    def shipped_is_this_cpus(self) -> bool:
+        """Whether :attr:`shipped` was measured on this host's CPU generation (else it is
+        the default, shipped for no CPU in particular)."""
+        from planner.provenance import cpu_generation
+
+        generation = cpu_generation(self.profile.cpu)
+        return generation is not None and cpu_generation(self.shipped.cpu) == generation
+
     def comparison(self) -> list[dict[str, Any]]:
-        """Each cost of the profile next to the default profile's, with their ratio."""
-        default = CostProfile.default().to_dict()
-        mine = self.profile.to_dict()
+        """Each cost of the profile next to :attr:`shipped`'s (``shipped``, named by
+        ``shipped_profile``), with their ratio."""
+        shipped = self.shipped
+        ref_costs = shipped.to_dict()
         rows = []
-        for name, value in mine.items():
+        for name, value in self.profile.to_dict().items():
             if not name.endswith("_ns"):
                 continue
-            ref = default[name]
+            ref = ref_costs[name]
             rows.append(
                 {
                     "field": name,
                     "calibrated": value,
-                    "default": ref,
+                    "shipped": ref,
+                    "shipped_profile": shipped.name,
                     "ratio": value / ref if ref else None,
                 }
             )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from planner.errors import (
     UsageProblem,
 )
 from planner.kernel.calibrate import (
+    Calibration,
     Measurements,
     ScanCost,
     Window,
@@ -277,9 +279,30 @@ def test_calibrate_writes_a_profile_that_replay_loads(
     assert prov["options"] == {"sizes": [1000, 4000, 16000], "quick": True}
     assert prov["measurements"]["scans"][0]["path"] == "first_visit"
     assert loaded.name.startswith("calibrated-")
+    # next to the profile replays of this host's traces use without one (docs/busy-host.md §7)
+    assert res.shipped == CostProfile.for_cpu(prov["cpu_model"])
     rows = {r["field"]: r for r in res.comparison()}
-    assert rows["merge_ns"]["ratio"] == pytest.approx(res.profile.merge_ns / 2600)
+    assert rows["merge_ns"]["shipped"] == res.shipped.merge_ns
+    assert rows["merge_ns"]["shipped_profile"] == res.shipped.name
+    assert rows["merge_ns"]["ratio"] == pytest.approx(res.profile.merge_ns / res.shipped.merge_ns)
     assert set(rows) == {k for k in CostProfile.default().to_dict() if k.endswith("_ns")}
+
+
+@pytest.mark.parametrize(
+    ("cpu", "shipped", "its_own"),
+    [
+        ("AMD EPYC 7B13 (family 25, model 17)", "amd-epyc-25-17", True),
+        ("Intel Xeon (family 6, model 207)", "default", True),
+        ("Intel Xeon (family 6, model 106)", "default", False),
+        ("Intel Xeon @ 2.80GHz", "default", False),
+    ],
+)
+def test_a_calibration_is_set_beside_the_profile_shipped_for_its_cpu(
+    cpu: str, shipped: str, its_own: bool
+) -> None:
+    prof = dataclasses.replace(CostProfile.default(), name="mine", provenance={"cpu_model": cpu})
+    res = Calibration(profile=prof, fit={}, measurements=None)  # type: ignore[arg-type]
+    assert (res.shipped.name, res.shipped_is_this_cpus) == (shipped, its_own)
 
 
 def test_an_existing_output_is_refused_before_measuring(
@@ -358,6 +381,7 @@ def test_cli_table_names_every_cost(cli: CliRunner, no_kernel: list[int]) -> Non
         assert name in err
     assert "busy_page_factor" in err
     assert "anchored" in err
+    assert "shipped ns" in err  # beside the profile shipped for this CPU (or the default)
     assert "not saved" in err
     assert no_kernel == [250]
 
