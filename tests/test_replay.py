@@ -113,6 +113,7 @@ def test_whatif_uses_the_shipped_profile_of_the_traced_cpu(tmp_path: Path) -> No
     trace = _one_host(tmp_path / "t", "AMD EPYC (family 25, model 17)")
     res = run_whatif(trace, executor=InlineExecutor())
     assert res.replay_options.cost_profile == "amd-epyc-25-17"
+    assert res.replay_options.cost_profile_cpu == "AMD EPYC (family 25, model 17)"  # the review's
     assert not any("cost profile" in w for w in res.warnings)
     given = run_whatif(trace, executor=InlineExecutor(), cost_profile=CostProfile.default())
     assert given.replay_options.cost_profile == "default"  # as given

@@ -286,6 +286,8 @@ class ReviewOptions:
     base_other_bytes: int | None = None
     host_cpus: float | None = None
     cpu_per_worker: float | None = None
+    #: the CPU the cost profile was measured on (docs/busy-host.md §7), if it says
+    cost_profile_cpu: str | None = None
 
     def items(self) -> list[tuple[str, Any]]:
         """``(option, value)`` of every option given, by name."""

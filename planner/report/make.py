@@ -293,6 +293,7 @@ def _options(result: WhatIfResult, gates: ReviewGates) -> ReviewOptions:
     return ReviewOptions(
         tool_version=tool_version(),
         cost_profile=ro.cost_profile,
+        cost_profile_cpu=ro.cost_profile_cpu,
         max_ksmd_host_share=gates.max_ksmd_host_share,
         max_time_to_90_s=gates.max_time_to_90_s,
         near_best=gates.near_best,

@@ -383,9 +383,10 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
             "are not in it.",
         )
     load = _host_load(inputs)
+    measured = _profile_measured_on(inputs)
     if load is not None and load.runnable_per_cpu > 0:
         cpu = (
-            "**ksmd's CPU** comes from a per-path cost profile measured on a reference VM, "
+            f"**ksmd's CPU** comes from a per-path cost profile measured on {measured}, "
             "scaled for a busy host: ksmd runs at nice 5 and gets its scheduler share against "
             f"{F.fixed(load.runnable_per_cpu, 1)} other runnable tasks per CPU ({load.source}; "
             "docs/busy-host.md), one mean load for the whole replay. What ksmd's CPU takes "
@@ -393,12 +394,19 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
         )
     else:
         cpu = (
-            "**ksmd's CPU** comes from a per-path cost profile measured on a reference VM (±30 % "
+            f"**ksmd's CPU** comes from a per-path cost profile measured on {measured} (±30 % "
             "between runs there) on an idle host; ksmd runs at nice 5 and gets less CPU on a "
             "busy host (`--host-load` models one, docs/busy-host.md). What ksmd's CPU takes from "
             "the service is not modelled."
         )
     return (*writes, *_NOT_MODELLED_REST[:2], cpu, *_NOT_MODELLED_REST[2:])
+
+
+def _profile_measured_on(inputs: ReviewInputs) -> str:
+    """The cost profile and the CPU it was measured on (or fitted on, to a canary) where it
+    says (docs/busy-host.md §7)."""
+    cpu = inputs.options.cost_profile_cpu or "a host it does not name"
+    return f"{cpu} (`{inputs.options.cost_profile}`)"
 
 
 def _method(inputs: ReviewInputs, choice: Choice) -> Section:

@@ -511,6 +511,9 @@ class SweepOptions:
     """Per host: the CPU load ksmd was replayed against and where it came from."""
     writes_canary: str | None = None
     """The canary recording whose same-content write rates calibrated the writes."""
+    cost_profile_cpu: str | None = None
+    """The CPU the cost profile was measured on (its provenance; docs/busy-host.md §7), or
+    the canary's it was fitted to; ``None`` where they do not say."""
 
 
 @dataclass

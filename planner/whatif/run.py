@@ -171,6 +171,15 @@ def _fit_cost(
     return profile, note, CanaryVariant.of(fitted.canary)
 
 
+def _profile_cpu(profile: CostProfile | None, cost_fit: dict[str, Any] | None) -> str | None:
+    """The CPU ksmd's costs were measured on: the canary's where the profile was fitted to
+    one (None where its recording does not say), else the profile's own."""
+    if cost_fit is not None and cost_fit.get("fitted"):
+        cpu = cost_fit.get("canary_cpu")
+        return cpu if isinstance(cpu, str) else None
+    return (profile or CostProfile.default()).cpu
+
+
 def _cost_warnings(
     tr: Trace,
     host_list: Sequence[str],
@@ -473,6 +482,7 @@ def run_whatif(
         **{k: v for k, v in opt_items if k != "host_load"},
         host_load=loads,
         cost_profile=(cost_profile or CostProfile.default()).name,
+        cost_profile_cpu=_profile_cpu(cost_profile, cost_fit),
         writes_canary=canary_path,
     )
     return WhatIfResult(
