@@ -45,6 +45,15 @@ def other_cpu(a: str | None, b: str | None) -> bool:
     return ga is not None and gb is not None and ga != gb
 
 
+def same_cpu(a: str | None, b: str | None) -> bool:
+    """Whether two :func:`planner.provenance.cpu_identity` texts name CPUs of the same
+    generation (family and model); False where either does not say."""
+    from planner.provenance import cpu_generation
+
+    ga = cpu_generation(a)
+    return ga is not None and ga == cpu_generation(b)
+
+
 def canary_cpu_warning(canary_cpu: str | None, traced_cpu: str | None) -> str | None:
     """A warning when the canary whose ksmd fits the cost profile ran on another CPU
     generation than the traced host (both known): the fitted profile is the canary host's.
@@ -84,12 +93,9 @@ def profile_choice(
     :func:`profile_for_trace` from ``given``): its name, the CPU it was measured on, and
     why it was used (``given``, ``traced CPU``: shipped for the trace's CPU generation, or
     ``default``: the trace's CPU has no shipped profile or is not recorded)."""
-    from planner.provenance import cpu_generation
-
-    generation = cpu_generation(traced_cpu)
     if given is not None:
         why = "given"
-    elif generation is not None and cpu_generation(profile.cpu) == generation:
+    elif same_cpu(traced_cpu, profile.cpu):
         why = "traced CPU"
     else:
         why = "default"
@@ -206,12 +212,9 @@ class CostProfile:
         """The shipped profile measured on ``cpu``'s generation (family and model, as
         :func:`planner.provenance.cpu_identity` writes them), the default where none was or
         ``cpu`` does not say (docs/busy-host.md §7)."""
-        from planner.provenance import cpu_generation
-
-        generation = cpu_generation(cpu)
-        if generation is not None:
+        if cpu is not None:
             for prof in cls.shipped():
-                if cpu_generation(prof.cpu) == generation:
+                if same_cpu(cpu, prof.cpu):
                     return prof
         return cls.default()
 

@@ -308,9 +308,9 @@ class Driver:
             self.load = HostLoad.idle(
                 "the trace recorded no CPU load (version 1): an idle host assumed"
             )
-        profile = opts.effective_cost
-        self.cost = profile.under_load(self.load.runnable_per_cpu)
-        self.share_ppm = self.load.share_ppm(profile.sched_contention)
+        self.profile = opts.effective_cost  # read once (the default is a packaged file)
+        self.cost = self.profile.under_load(self.load.runnable_per_cpu)
+        self.share_ppm = self.load.share_ppm(self.profile.sched_contention)
         self.wall = self.cost.stretched(self.share_ppm)
 
     def host_load_record(self) -> dict[str, object]:
@@ -319,8 +319,8 @@ class Driver:
             **self.load.to_dict(),
             "ksmd_nice": KSMD_NICE,
             "ksmd_cpu_share": self.share_ppm / SHARE_ONE_PPM,
-            "sched_contention": self.opts.effective_cost.sched_contention,
-            "cost_factor": self.opts.effective_cost.load_factor(self.load.runnable_per_cpu),
+            "sched_contention": self.profile.sched_contention,
+            "cost_factor": self.profile.load_factor(self.load.runnable_per_cpu),
         }
 
     # ------------------------------------------------------------------ sampling

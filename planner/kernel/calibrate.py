@@ -75,6 +75,7 @@ from planner.engine.cost import (
     CostProfile,
     mean_insert_levels,
     profile_for_trace,
+    same_cpu,
 )
 from planner.engine.costfit import (
     FIT_METHOD,
@@ -278,10 +279,7 @@ class Calibration:
     def shipped_is_this_cpus(self) -> bool:
         """Whether :attr:`shipped` was measured on this host's CPU generation (else it is
         the default, shipped for no CPU in particular)."""
-        from planner.provenance import cpu_generation
-
-        generation = cpu_generation(self.profile.cpu)
-        return generation is not None and cpu_generation(self.shipped.cpu) == generation
+        return same_cpu(self.profile.cpu, self.shipped.cpu)
 
     def comparison(self) -> list[dict[str, Any]]:
         """Each cost of the profile next to :attr:`shipped`'s (``shipped``, named by
