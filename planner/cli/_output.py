@@ -194,7 +194,10 @@ def _dumps(obj: Any, level: int = 0) -> str:
     writing them (0.23-0.32 s for the same replay)."""
     if isinstance(obj, dict) and obj:
         pad = "\n" + " " * (level + 1)
-        items = (json.dumps(_key(k)) + ": " + _dumps(v, level + 1) for k, v in obj.items())
+        # keys that write alike (None and "null") are one key, the last value at the first
+        # one's place, as in _clean's dict
+        keyed = {_key(k): v for k, v in obj.items()}
+        items = (json.dumps(k) + ": " + _dumps(v, level + 1) for k, v in keyed.items())
         return "{" + pad + ("," + pad).join(items) + "\n" + " " * level + "}"
     if isinstance(obj, list | tuple) and obj:
         pad = "\n" + " " * (level + 1)
@@ -210,11 +213,29 @@ def _dumps(obj: Any, level: int = 0) -> str:
 
 
 def _dumps_line(obj: Any) -> str:
-    """``json.dumps(_clean(obj))``, by the C encoder alone where nothing needs cleaning."""
-    try:
-        return json.dumps(obj, allow_nan=False)
-    except (ValueError, TypeError):
-        return json.dumps(_clean(obj))
+    """``json.dumps(_clean(obj))``, by the C encoder alone where nothing needs cleaning. The
+    encoder writes a key that is not a string (None as ``null``) beside a string key that
+    reads the same, where _clean keeps one: such items are cleaned first (the walk that
+    finds them costs 0.03 s on a 4 M-page replay's 11,626 timeline items, the encoder
+    0.08 s)."""
+    if _string_keys(obj):
+        try:
+            return json.dumps(obj, allow_nan=False)
+        except (ValueError, TypeError):
+            pass
+    return json.dumps(_clean(obj))
+
+
+def _string_keys(obj: Any) -> bool:
+    """Whether every dict key inside ``obj`` is a string."""
+    if isinstance(obj, dict):
+        return all(
+            type(k) is str and (not isinstance(v, dict | list | tuple) or _string_keys(v))
+            for k, v in obj.items()
+        )
+    if isinstance(obj, list | tuple):
+        return all(_string_keys(v) for v in obj if isinstance(v, dict | list | tuple))
+    return True
 
 
 def emit_result(

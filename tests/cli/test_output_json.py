@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from planner.cli._output import _ITEM_PER_LINE, _clean, _dumps, _key
@@ -80,6 +80,8 @@ _RAW = st.recursive(
 
 @settings(max_examples=200)
 @given(doc=_RAW)
+@example(doc={"null": None, None: None})  # two keys written alike are one (a CI draw)
+@example(doc={"1": 0, 1: 2})
 def test_any_document_is_written_as_its_cleaned_form(doc: Any) -> None:
     assert _dumps(doc) == json.dumps(_clean(doc), indent=1)
 
@@ -93,6 +95,7 @@ _RAW_ITEMS = st.recursive(
 
 @settings(max_examples=25)
 @given(items=st.lists(_RAW_ITEMS, min_size=_ITEM_PER_LINE + 1, max_size=_ITEM_PER_LINE + 2))
+@example(items=[{None: 1, "null": 2}, [{"true": 0, True: 1}]] * _ITEM_PER_LINE)
 def test_a_long_lists_items_are_cleaned_each(items: list[Any]) -> None:
     """Items go to the C encoder as they are unless it refuses them: the line of each is
     the cleaned item's all the same."""
