@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +16,7 @@ import pytest
 
 from planner.trace import schema as S
 from planner.trace.io import HostTrace, open_trace
+from tests.procs import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "traces"
@@ -218,8 +218,6 @@ def test_site_serves_every_view(tmp_path: Path) -> None:
         ["shell", "-c", _SITE_SMOKE],
     )
     for args in steps:
-        proc = subprocess.run(
-            [*manage, *args], env=env, capture_output=True, text=True, check=False
-        )
+        proc = run([*manage, *args], env=env, timeout_s=300)
         assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "ok"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from tests import procs
 from tests.conftest import LOCKS_HELD_ENV, TURNSTILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,10 +24,10 @@ def test_a_child_pytest_passes_a_waiting_exclusive_test() -> None:
     fd = os.open(TURNSTILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        run = subprocess.run(
+        run = procs.run(
             [sys.executable, "-m", "pytest", CHILD_TEST, "-q", "-p", "no:cacheprovider",
              "-o", "addopts=", "-p", "no:randomly"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            cwd=ROOT, timeout_s=60,
         )  # fmt: skip
     finally:
         os.close(fd)

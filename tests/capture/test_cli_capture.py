@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from planner.cli import main
+from tests.procs import run
 
 if TYPE_CHECKING:
     from conftest import FakeProc
@@ -157,7 +157,7 @@ def test_no_target_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_real_cli_missing_pid(tmp_path: Path) -> None:
     """The installed entry point, on the real /proc: a pid that cannot exist."""
-    proc = subprocess.run(
+    proc = run(
         [
             sys.executable,
             "-m",
@@ -168,10 +168,7 @@ def test_real_cli_missing_pid(tmp_path: Path) -> None:
             "--out",
             str(tmp_path / "t"),
         ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        timeout_s=60,
     )
     assert proc.returncode == 4
     assert proc.stdout == ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from planner.cli import COMMAND_MODULES, command_named
 from tests.conftest import CliRunner
+from tests.procs import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +48,7 @@ def test_replay_imports_neither_other_commands_nor_the_capture() -> None:
         "'planner.cli.', 'planner.capture', 'planner.whatif', 'planner.report', 'pandas', "
         "'scipy')))))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    out = run([sys.executable, "-c", code], cwd=ROOT, timeout_s=120)
     assert json.loads(out.stdout) == [
         "planner.cli._app",
         "planner.cli._args",
@@ -77,10 +75,7 @@ def test_numpy_starts_with_one_blas_thread_whatever_the_command(command: str) ->
         "print(os.environ.get('OPENBLAS_NUM_THREADS'), len(threads))"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env=env,
-    )  # fmt: skip
+    out = run([sys.executable, "-c", code], cwd=ROOT, timeout_s=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["1", "1"], out.stdout
 

@@ -23,6 +23,7 @@ import pytest
 from planner._fs import lock_path_of, marked_kind
 from planner.testing.builder import World
 from planner.trace.io import open_trace
+from tests.procs import run
 
 Cli = Callable[[Sequence[object]], tuple[int, str, str]]
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,10 +213,10 @@ def test_an_unwritable_directory_is_exit_3(cli: Cli, tmp_path: Path) -> None:
 def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Django sample as an interchange file: its ingest takes a few seconds."""
     out = tmp_path_factory.mktemp("csv") / "django.csv"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "planner", "export", str(SAMPLE), "--out", str(out)],
+        timeout_s=300,
         check=True,
-        capture_output=True,
     )
     return out
 

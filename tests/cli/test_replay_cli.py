@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from planner.testing.builder import World
+from tests.procs import run
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +29,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ksm(*args: str) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, "-m", "planner", *args], timeout_s=300)
-
-
-def _run(cmd: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """``cmd`` run as a user runs it. One such run hung for 300 s once, with nothing on
-    stderr, in a fresh clone's full suite (2026-12-05; not again in the next fresh clone): a
-    command that outlives ``timeout_s`` is sent SIGABRT, which ``PYTHONFAULTHANDLER`` turns
-    into every thread's stack on its stderr, and the test fails with those stacks."""
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            out, err = proc.communicate()
-            pytest.fail(f"{' '.join(cmd)} ran over {timeout_s:g} s; its threads:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run([sys.executable, "-m", "planner", *args], timeout_s=300)
 
 
 def test_json_document(trace: Path) -> None:
@@ -167,9 +148,3 @@ def test_a_replay_fitted_to_a_canary_says_how(tmp_path: Path) -> None:
     assert "(sched_contention 0.22), costs x0.86 of default" in fitted[0]
     assert "wait for a CPU" not in fitted[0]  # a recording of long batches: the period's share
     assert "host load: 10.67 other runnable tasks per CPU" in r.stderr
-
-
-def test_a_command_that_runs_over_its_time_fails_with_its_threads_stacks() -> None:
-    sleeper = [sys.executable, "-c", "import time\ntime.sleep(60)"]
-    with pytest.raises(pytest.fail.Exception, match=r"(?s)ran over 2 s.*Fatal Python error"):
-        _run(sleeper, timeout_s=2)

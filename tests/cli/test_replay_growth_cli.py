@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.test_growth import _growing_world
+from tests.procs import run
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ksm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=300
-    )
+    return run([sys.executable, "-m", "planner", *args], timeout_s=300)
 
 
 def test_growth_is_stated_and_can_be_turned_off(trace: Path) -> None:

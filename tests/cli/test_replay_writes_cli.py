@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from planner.testing.builder import World
+from tests.procs import run
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +27,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ksm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=300
-    )
+    return run([sys.executable, "-m", "planner", *args], timeout_s=300)
 
 
 def test_prctl_at_and_writes_are_options_and_the_result_says_which(trace: Path) -> None:

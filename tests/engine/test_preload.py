@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from planner.engine.preload import FAST_ENGINE_MODULES, PREPARE_MODULES, modules_for
+from tests.procs import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +43,12 @@ print(json.dumps(dict(
 
 
 def _child(code: str, cache: Path) -> str:
-    out = subprocess.run(
+    out = run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT,
         check=True,
-        capture_output=True,
-        text=True,
         env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
-        timeout=600,
+        timeout_s=600,
     )
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
@@ -145,14 +143,12 @@ def test_a_cache_where_numba_finds_no_place(tmp_path: Path, squatted: bool) -> N
         private.mkdir(mode=0o777)
         private.chmod(0o777)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    out = subprocess.run(
+    out = run(
         [sys.executable, str(script), str(tmp)],
         cwd=ROOT,
         check=True,
-        capture_output=True,
-        text=True,
         env={**env, "PYTHONPATH": str(ROOT)},
-        timeout=300,
+        timeout_s=300,
     )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["value"] == 42

@@ -16,6 +16,7 @@ import pytest
 
 from planner import _heap as heap
 from planner._heap import release_memory, retained_heap
+from tests.procs import run
 
 ROOT = Path(__file__).resolve().parents[2]
 glibc = pytest.mark.skipif(heap._LIBC is None, reason="needs glibc's malloc_trim and mallopt")
@@ -175,7 +176,7 @@ assert gc.get_freeze_count() == 0, "frozen before the exit"
 @pytest.fixture(scope="module")
 def replay_child() -> subprocess.CompletedProcess[str]:
     code = textwrap.dedent(REPLAY_CHILD.format(path=str(ROOT / "traces" / "django-preload")))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    return run([sys.executable, "-c", code], cwd=ROOT, timeout_s=300)
 
 
 def test_replay_does_not_import_pandas(replay_child: subprocess.CompletedProcess[str]) -> None:

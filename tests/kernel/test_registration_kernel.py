@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ast
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.procs import run
 
 PR_SET_MEMORY_MERGE = 67
 
@@ -44,13 +45,7 @@ _PROBE = textwrap.dedent(
 
 
 def _probe(mode: str) -> tuple[list[bool], list[bool], list[bool]]:
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode, _PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run([sys.executable, "-c", _PROBE, mode, _PROBE], timeout_s=60)
     if out.returncode == 3:
         pytest.skip("prctl(PR_SET_MEMORY_MERGE) is refused here (a kernel before 6.4?)")
     assert out.returncode == 0, out.stderr

@@ -11,7 +11,6 @@ not survive ``execve``; and (§4.4) a batch's CPU hides inside the tick its slee
 from __future__ import annotations
 
 import errno
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from planner.kernel.calibrate import ksmd_pid, ksmd_schedstat_ns
 from planner.kernel.holder import Holder
 from planner.kernel.sysfs import KsmLease
 from planner.provenance import kernel_hz
+from tests.procs import run
 
 SLAB = Path("/sys/kernel/slab")
 FAST = {"pages_to_scan": 1_000_000, "sleep_millisecs": 50, "smart_scan": 0}
@@ -116,9 +116,7 @@ os.execv("/bin/cat", ["cat", "/proc/self/ksm_stat"])
 @pytest.mark.kernel
 def test_madvise_registration_is_lost_at_exec(ksm_lease: KsmLease) -> None:
     """A madvise()d process is mergeable until it execs; the new image is not (§2.4)."""
-    out = subprocess.run(
-        [sys.executable, "-c", EXEC_AFTER_MADVISE], capture_output=True, text=True, check=True
-    ).stdout
+    out = run([sys.executable, "-c", EXEC_AFTER_MADVISE], timeout_s=60, check=True).stdout
     before, after = (parse_ksm_stat(part) for part in out.split("--\n"))
     assert before["ksm_mergeable"] == 1
     assert before["ksm_merge_any"] == 0

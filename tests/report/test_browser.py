@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from tests import procs
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
@@ -442,7 +444,7 @@ def test_without_chromium_ci_fails_where_a_developer_skips(
     import sys
 
     env = {**os.environ, "PATH": str(tmp_path), CI_ENV: ci}  # an empty PATH: no Chromium
-    run = subprocess.run(
+    run = procs.run(
         [
             sys.executable,
             "-m",
@@ -455,10 +457,7 @@ def test_without_chromium_ci_fails_where_a_developer_skips(
             "addopts=--import-mode=importlib",
         ],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        timeout_s=120,
     )
     summary = run.stdout.strip().splitlines()[-1]
     assert f"1 {outcome}" in summary, run.stdout[-2000:]

@@ -3,7 +3,6 @@ Arrow's buffers (pyarrow's own ``to_numpy`` imports pandas), and ``info`` withou
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from planner.testing.builder import World
 from planner.trace.check import as_numpy
+from tests.procs import run
 
 TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32()]
 TYPES += [pa.uint64(), pa.float32(), pa.float64()]
@@ -93,7 +93,7 @@ def test_info_does_not_import_pandas(tmp_path: Path) -> None:
     w.snapshot(5.0)
     w.write_trace(tmp_path / "t")
     code = textwrap.dedent(INFO_CHILD.format(path=str(tmp_path / "t")))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = run([sys.executable, "-c", code], timeout_s=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"command": "info"' in out.stdout
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from planner.testing.builder import World
 from planner.trace import schema as S
+from tests.procs import run
 
 SNAPSHOT_KEYS = {
     "time_s",
@@ -160,8 +160,6 @@ def test_ingest_human_output_and_warnings(cli: Any, tmp_path: Path) -> None:
 
 
 def test_help_lists_the_commands() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "planner", "--help"], capture_output=True, text=True, check=False
-    )
+    res = run([sys.executable, "-m", "planner", "--help"], timeout_s=120)
     for name in ("ingest", "export", "info"):
         assert name in res.stdout

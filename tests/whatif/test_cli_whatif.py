@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+
+from tests.procs import run
 
 CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
 
@@ -212,14 +213,9 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
         "heavy = ('pandas', 'scipy', 'dask', 'distributed', 'pydantic', 'planner.whatif.run'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = run([sys.executable, "-c", code], timeout_s=60)
     assert r.stdout.strip() == "[]"
-    r = subprocess.run(
-        [sys.executable, "-m", "planner", "whatif", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run([sys.executable, "-m", "planner", "whatif", "--help"], timeout_s=60)
     assert r.returncode == 0
     for opt in (
         "--policies",
