@@ -1306,7 +1306,10 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
     closing this generator stops the thread and closes ``items``."""
     slot: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
-    taken = threading.Event()
+    # one permit per item the consumer took: the producer makes the next item only then.
+    # A semaphore counts, so a take between the producer's checks is never lost (an event
+    # cleared after such a take left the producer spinning until the next take).
+    taken = threading.Semaphore(0)
     end = object()
 
     def put(entry: tuple[bool, Any]) -> bool:
@@ -1324,9 +1327,9 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
                 if not put((True, item)):
                     return
                 del item
-                while not stop.is_set() and not slot.empty():
-                    taken.wait(0.05)  # one item ahead, not two: produce once it is taken
-                taken.clear()
+                while not taken.acquire(timeout=0.05):  # one ahead, not two
+                    if stop.is_set():
+                        return
             put((True, end))
         except BaseException as exc:  # handed to the consumer, raised there
             put((False, exc))
@@ -1336,7 +1339,7 @@ def read_ahead(items: Iterator[_T]) -> Generator[_T]:
     try:
         while True:
             entry = [slot.get()]
-            taken.set()
+            taken.release()
             ok, item = entry[0]
             if not ok:
                 raise item

@@ -214,6 +214,33 @@ def test_read_ahead_keeps_no_item_the_caller_took() -> None:
     assert len(list(ahead)) == 2
 
 
+def test_read_ahead_makes_the_next_item_once_this_one_is_taken_and_not_before() -> None:
+    """One item ahead, never two (each is a snapshot of up to ~200 MB at 4 M pages), and the
+    producer waits without spinning while the caller holds an item."""
+    import time
+
+    from planner.trace.io import read_ahead
+
+    made: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(4):
+            made.append(i)
+            yield i
+
+    ahead = read_ahead(items())
+    for i in range(3):
+        assert next(ahead) == i
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline and len(made) < i + 2:
+            time.sleep(0.01)
+        t_cpu = time.process_time()
+        time.sleep(0.3)  # the caller works on item i
+        assert made == list(range(i + 2)), made  # item i + 1 made, i + 2 not
+        assert time.process_time() - t_cpu < 0.1  # the producer waits, it does not spin
+    assert list(ahead) == [3]
+
+
 def test_read_ahead_keeps_order_raises_and_stops() -> None:
     """The snapshot read-ahead: items in order, the source's exception raised in the
     consumer, and closing early stops the thread and closes the source."""
