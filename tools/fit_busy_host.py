@@ -50,6 +50,7 @@ def score(
     *,
     alignment: str = "time",
     engine: str = "vectorized",
+    calibrate_writes: bool = False,
 ) -> dict[str, Any]:
     """Every run's CPU and full-scan errors under ``profile``, and the two RMS log errors."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +64,7 @@ def score(
                 alignment=cast("Alignment", alignment),
                 engine=cast("EngineName", engine),
                 cost_profile=str(path),
+                calibrate_writes=calibrate_writes,
             )
             metrics = compare_run(run, opts).to_dict()["metrics"]
             out: dict[str, Any] = {}
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-profile", help="base profile (default: the shipped one)")
     ap.add_argument("--alignment", default="time", choices=("time", "last"))
     ap.add_argument("--engine", default="vectorized", choices=("vectorized", "reference"))
+    ap.add_argument(
+        "--calibrate-writes",
+        action="store_true",
+        help="replay each run with its own canary's write rates (runs recorded with a "
+        "canary: --canary), so that merges the model keeps and the kernel lost to writes "
+        "no snapshot shows do not count against the cost",
+    )
     args = ap.parse_args(argv)
     try:
         base = CostProfile.load(args.cost_profile) if args.cost_profile else CostProfile.default()
@@ -100,7 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         for f in args.factor:
             t = time.monotonic()
             prof = replace(base, busy_page_factor=f, sched_contention=c)
-            res = score(runs, prof, alignment=args.alignment, engine=args.engine)
+            try:
+                res = score(
+                    runs,
+                    prof,
+                    alignment=args.alignment,
+                    engine=args.engine,
+                    calibrate_writes=args.calibrate_writes,
+                )
+            except PlannerError as exc:
+                sys.stderr.write(f"fit_busy_host: error: {exc.one_line()}\n")
+                return 2
             candidates.append({"busy_page_factor": f, "sched_contention": c, **res})
             sys.stderr.write(
                 f"[fit] factor {f:g} contention {c:g}: rms log {res['rms_log']:.4f} "
@@ -113,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [str(d) for d in args.runs],
         "metrics": METRICS,
         "alignment": args.alignment,
+        "calibrate_writes": args.calibrate_writes,
         "candidates": candidates,
         "best": {k: best[k] for k in ("busy_page_factor", "sched_contention", "rms_log")},
     }

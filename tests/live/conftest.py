@@ -76,6 +76,7 @@ def synthetic_run(tmp_path: Path) -> Callable[..., LiveRun]:
         cpu_scale: float = 1.0,
         rmap_scale: float = 1.0,
         drop_scans: int = 0,
+        scanned_scale: float = 1.0,
     ) -> LiveRun:
         run_dir = tmp_path / "run"
         run_dir.mkdir()
@@ -89,7 +90,8 @@ def synthetic_run(tmp_path: Path) -> Callable[..., LiveRun]:
         samples: list[dict[str, Any]] = [
             {"t_s": 0.0, "kind": "start", "full_scans": 0, "pages_sharing": 0, "pages_shared": 0,
              "pages_unshared": 0, "pages_volatile": 0, "general_profit": 0,
-             "ksmd_cpu_s": 10.0, "ksmd_runtime_ns": 10 * 10**9, "cow_ksm": 5}
+             "ksmd_cpu_s": 10.0, "ksmd_runtime_ns": 10 * 10**9, "cow_ksm": 5,
+             "pages_scanned": 1000, "pages_skipped": 70}
         ]  # fmt: skip
         cpu = 10.0
         for s in res.scans[drop_scans:]:
@@ -100,7 +102,9 @@ def synthetic_run(tmp_path: Path) -> Callable[..., LiveRun]:
                  "pages_sharing": c["pages_sharing"] * sharing_scale,
                  "pages_shared": c["pages_shared"], "pages_unshared": c["pages_unshared"],
                  "pages_volatile": c["pages_volatile"], "general_profit": c["general_profit"],
-                 "ksmd_cpu_s": cpu, "ksmd_runtime_ns": int(cpu * 1e9), "cow_ksm": 5}
+                 "ksmd_cpu_s": cpu, "ksmd_runtime_ns": int(cpu * 1e9), "cow_ksm": 5,
+                 "pages_scanned": 1000 + c["pages_scanned"] * scanned_scale,
+                 "pages_skipped": 70 + c["pages_skipped"] * scanned_scale}
             )  # fmt: skip
         end = dict(samples[-1], kind="end", t_s=res.duration_s)
         end["ksmd_cpu_s"] = 10.0 + res.cost.cpu_s * cpu_scale

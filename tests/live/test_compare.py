@@ -202,6 +202,30 @@ def test_fewer_kernel_scans_are_counted(synthetic_run: Callable[..., LiveRun]) -
     assert not math.isnan(full.error or math.nan)
 
 
+def test_pages_per_full_scan_split_the_full_scans_error(
+    synthetic_run: Callable[..., LiveRun],
+) -> None:
+    """Full scans = CPU / (ns per page x pages per full scan): a model that scans more pages
+    per full scan than the kernel (merges it keeps that the kernel lost, never skipped) is
+    told apart from one whose pages cost more. Counted from the start row, over the full
+    scans completed in the window."""
+    same = compare_run(synthetic_run().run_dir, CompareOptions(min_window_s=2)).metrics
+    for name in ("pages_scanned_per_full_scan", "pages_skipped_per_full_scan"):
+        assert same[name].kernel is not None
+        assert same[name].kernel > 0
+        assert same[name].error == pytest.approx(0, abs=1e-9), name
+    assert "pages scanned per full scan" in same["pages_scanned_per_full_scan"].describe()
+
+
+def test_more_pages_per_full_scan_in_the_model_is_measured(
+    synthetic_run: Callable[..., LiveRun],
+) -> None:
+    m = compare_run(synthetic_run(scanned_scale=0.8).run_dir, CompareOptions()).metrics
+    assert m["pages_scanned_per_full_scan"].error == pytest.approx(0.25)
+    assert m["pages_skipped_per_full_scan"].error == pytest.approx(0.25)
+    assert m["full_scans_first_window"].error == 0
+
+
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputDataError):
         LiveRun.read(str(tmp_path))

@@ -857,6 +857,12 @@ class _FirstWindow:
     model_full_scans: int
     pages_scanned: _Pair
     ns_per_scanned_page: _Pair
+    scanned_per_full_scan: _Pair
+    """Pages scanned per full scan. Smart scan never skips a KSM page: a merge the model
+    keeps while the kernel lost it to a write the trace does not show is scanned every
+    full scan in the model and skipped in the kernel, so fewer full scans fit the same
+    CPU (full scans = CPU / (ns per page x pages per full scan))."""
+    skipped_per_full_scan: _Pair
     note: str | None
 
 
@@ -875,7 +881,10 @@ def _first_window(ks: _KernelSeries, res: ReplayResult, first_window_s: float) -
         if not math.isnan(k_runtime[0])
         else None
     )
-    k_full = max(int(r["full_scans"]) for r in ks.rows if r["t_s"] <= w)
+    # full scans since the start row (run=2 resets the counter before it, so it is 0 there)
+    k_full = max(int(r["full_scans"]) for r in ks.rows if r["t_s"] <= w) - int(
+        ks.rows[0]["full_scans"]
+    )
     m_cpu = _model_cpu_at(res, w)
     m_full = sum(1 for s in res.scans if s.t_s <= w)
     # pages handed to cmp_and_merge_page (pages_scanned never resets: a delta) and the cost
@@ -891,6 +900,7 @@ def _first_window(ks: _KernelSeries, res: ReplayResult, first_window_s: float) -
     )
     k_ns_page = 1e9 * k_cpu / k_scanned if k_cpu is not None and k_scanned else None
     m_ns_page = 1e9 * m_cpu / m_scanned if m_scanned else None
+    scanned_per, skipped_per = _per_full_scan(ks, res, w)
     return _FirstWindow(
         window_s=w,
         cpu_s=_Pair(k_cpu, m_cpu),
@@ -899,7 +909,33 @@ def _first_window(ks: _KernelSeries, res: ReplayResult, first_window_s: float) -
         model_full_scans=m_full,
         pages_scanned=_Pair(k_scanned, m_scanned),
         ns_per_scanned_page=_Pair(k_ns_page, m_ns_page),
+        scanned_per_full_scan=scanned_per,
+        skipped_per_full_scan=skipped_per,
         note=note,
+    )
+
+
+def _per_full_scan(ks: _KernelSeries, res: ReplayResult, w: float) -> tuple[_Pair, _Pair]:
+    """Pages scanned and skipped per full scan, over the full scans completed by ``w``: the
+    counters at the last scan boundary before ``w`` over that boundary's scan count."""
+
+    def kernel(name: str) -> float | None:
+        start = ks.rows[0]
+        ends = [r for r in ks.rows if r["kind"] == "boundary" and r["t_s"] <= w]
+        if not ends or start.get(name) is None or ends[-1].get(name) is None:
+            return None
+        scans = int(ends[-1]["full_scans"]) - int(start["full_scans"])
+        return (float(ends[-1][name]) - float(start[name])) / scans if scans > 0 else None
+
+    def model(name: str) -> float | None:
+        done = [s for s in res.scans if s.t_s <= w]
+        if not done or name not in done[-1].counters:
+            return None
+        return float(done[-1].counters[name]) / len(done)
+
+    return (
+        _Pair(kernel("pages_scanned"), model("pages_scanned")),
+        _Pair(kernel("pages_skipped"), model("pages_skipped")),
     )
 
 
@@ -1051,6 +1087,12 @@ def _metrics(
         ),
         "ksmd_ns_per_scanned_page": metric(
             "ksmd CPU ns per scanned page (first window)", "ns", *first.ns_per_scanned_page
+        ),
+        "pages_scanned_per_full_scan": metric(
+            "pages scanned per full scan (first window)", "pages", *first.scanned_per_full_scan
+        ),
+        "pages_skipped_per_full_scan": metric(
+            "pages skipped per full scan (first window)", "pages", *first.skipped_per_full_scan
         ),
         "cow_ksm_per_s": metric(
             "copy-on-write breaks of KSM pages per s",
