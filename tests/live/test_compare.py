@@ -220,10 +220,16 @@ def test_pages_per_full_scan_split_the_full_scans_error(
 def test_more_pages_per_full_scan_in_the_model_is_measured(
     synthetic_run: Callable[..., LiveRun],
 ) -> None:
-    m = compare_run(synthetic_run(scanned_scale=0.8).run_dir, CompareOptions()).metrics
+    cmp = compare_run(synthetic_run(scanned_scale=0.8).run_dir, CompareOptions())
+    m = cmp.metrics
     assert m["pages_scanned_per_full_scan"].error == pytest.approx(0.25)
     assert m["pages_skipped_per_full_scan"].error == pytest.approx(0.25)
     assert m["full_scans_first_window"].error == 0
+    split = cmp.full_scans_split()
+    assert split is not None
+    assert split.startswith("full scans +0.0 % = CPU ")
+    assert "/ pages per full scan +25.0 %" in split
+    assert split in cmp.summary()
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:

@@ -261,6 +261,9 @@ class LiveComparison:
             + ("steady" if self.window.steady else "NOT steady")
         ]
         lines += ["  " + m.describe() for m in self.metrics.values()]
+        split = self.full_scans_split()
+        if split is not None:
+            lines.append(f"  {split}")
         obs = self.host_load.get("observe", {})
         if obs:
             lines.append(f"  host during the observation: {obs.get('text')}")
@@ -268,6 +271,24 @@ class LiveComparison:
         if growth.get("summary"):
             lines.append(f"  model: {growth['summary']}")
         return "\n".join(lines)
+
+    def full_scans_split(self) -> str | None:
+        """The full scans' error as its three factors, for people: full scans = CPU / (ns
+        per scanned page x pages scanned per full scan). None where one is missing."""
+        names = (
+            ("full_scans_first_window", "full scans"),
+            ("ksmd_cpu_s_first_window", "CPU"),
+            ("ksmd_ns_per_scanned_page", "ns per page"),
+            ("pages_scanned_per_full_scan", "pages per full scan"),
+        )
+        errors = [self.metrics[n].error if n in self.metrics else None for n, _ in names]
+        if any(e is None for e in errors):
+            return None
+        full, cpu, ns, pages = (f"{100 * e:+.1f} %" for e in errors if e is not None)
+        return (
+            f"full scans {full} = CPU {cpu} / ns per page {ns} / pages per full scan {pages} "
+            "(errors of the factors of CPU / (ns per page x pages per full scan))"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats become None)."""
