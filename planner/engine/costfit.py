@@ -640,6 +640,125 @@ def weigh_missed_spread(
     )
 
 
+#: Fits :func:`weigh_unseen_breaks` may run to find the rate of the unseen breaks' rows,
+#: and how near the recording's breaks it stops.
+UNSEEN_REFITS: Final = 6
+UNSEEN_TOLERANCE: Final = 0.05
+
+
+def unseen_rows(inp: ReplayInput, canary: CanaryRates) -> Mapping[str, Any] | None:
+    """How many rows of ``inp`` take the breaks ``canary`` did not see, and at what write
+    rate each (:data:`~planner.engine.writes.UNSEEN_META`), as the fitting replays apply it."""
+    from planner.engine.api import derive_input
+    from planner.engine.writes import UNSEEN_META
+
+    meta: Mapping[str, Any] | None = derive_input(inp, None, canary).written.meta.get(UNSEEN_META)
+    return meta
+
+
+def _next_unseen_rate(points: list[tuple[float, float]], share: float) -> float:
+    """The next rate to try for the unseen breaks' rows, given (rate, breaks beyond those
+    without them) tried so far and the breaks wanted (more breaks at a higher rate). Where
+    rates either side are known: log-log interpolation between the nearest two, kept inside
+    the inner four fifths of the bracket in log rate (so that it shrinks), the geometric
+    mean where the lower one broke nothing beyond. Else a log-log step from the last two,
+    by at most a factor of 30."""
+    from math import exp, log
+
+    below = [p for p in points if p[1] < share]
+    above = [p for p in points if p[1] > share]
+    if below and above:
+        (ra, sa), (rb, sb) = max(below), min(above)
+        la, lb = log(max(ra, 1e-12)), log(rb)
+        if sa <= 0 or ra <= 0:
+            return exp((la + lb) / 2)
+        u = la + (log(share) - log(sa)) * (lb - la) / (log(sb) - log(sa))
+        return exp(min(max(u, la + 0.1 * (lb - la)), lb - 0.1 * (lb - la)))
+    (ra, sa), (rb, sb) = points[-2], points[-1]
+    step = 30.0 if sb < share else 1 / 30.0
+    if sa > 0 and sb > 0 and ra > 0 and ra != rb and sa != sb:
+        slope = (log(sb) - log(sa)) / (log(rb) - log(ra))
+        if slope > 0:
+            factor = exp((log(share) - log(sb)) / slope)
+            step = min(max(factor, 1 / 30.0), 30.0)
+    return rb * step
+
+
+def weigh_unseen_breaks(
+    recorded: float | None,
+    current: float | None,
+    unseen: Mapping[str, Any] | None,
+    scan_period_s: float,
+    refit: Callable[[float], tuple[_T, float | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule by which the rows taking the breaks a canary did not see (``unseen``:
+    :data:`~planner.engine.writes.UNSEEN_META`, their count and same-content write rate)
+    are written more slowly where the fitting replays break more than :data:`COW_BAND`
+    times the recording's ``cow_ksm`` (``current`` and ``recorded``, per second).
+
+    Each such row is written fast enough that a sample of the canary would rarely find it
+    merged, on the assumption that its merges then come no faster than the breaks asked of
+    it. Where ksmd passes often, they do: a row written at ``r`` a second is merged again
+    about a full scan (``scan_period_s``, the canary's) after each break, so it breaks
+    ``1 / (scan_period_s + 1 / r)`` times a second, up to one a full scan. On a Node canary
+    (docs/live-validation.md, "A Node canary's unseen breaks") 692 rows written 2.9 times a
+    second broke 1,172 merges a second where the host broke 282, and `pages_sharing` fell
+    to −45.6 % of the kernel's (−19.1 % without them).
+
+    ``refit(rate)`` fits again with every such row written at ``rate`` (a payload, and its
+    breaks per second): first at 0, the breaks without them; then at the rate whose share
+    of the breaks makes up the recording's, first by that saturation, then by secants (at
+    most :data:`UNSEEN_REFITS` fits, until within :data:`UNSEEN_TOLERANCE`). The variant
+    nearest the recording by ratio is kept. Returns the payload where one replaces the current (else
+    None) and what the provenance says (``unseen_breaks``)."""
+    note: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "cow_per_s": current,
+        "candidates": None if unseen is None else unseen.get("candidates"),
+        "write_per_s": None if unseen is None else unseen.get("write_per_s"),
+        "used_write_per_s": None if unseen is None else unseen.get("write_per_s"),
+    }
+    n = int((unseen or {}).get("candidates") or 0)
+    r0 = float((unseen or {}).get("write_per_s") or 0.0)
+    if (
+        recorded is None
+        or recorded <= 0
+        or current is None
+        or current <= COW_BAND * recorded
+        or n <= 0
+        or r0 <= 0
+        or scan_period_s <= 0
+    ):
+        return None, note
+    from math import log
+
+    base_payload, base = refit(0.0)
+    note.update(scan_period_s=scan_period_s, without_cow_per_s=base, tried=[])
+    variants: list[tuple[float, _T | None, float]] = [(r0, None, current)]
+    if base is not None:
+        variants.append((0.0, base_payload, base))
+        share0, share = current - base, recorded - base
+        if share0 > 0 and share > 0:
+            # the first guess by the saturation share0 = n / (D + 1 / r0), then secants of
+            # log(breaks) on log(rate) (the model's rows saturate sooner or later than that)
+            wait_s = share0 / share * (scan_period_s + 1.0 / r0) - scan_period_s
+            rate = 1.0 / wait_s if wait_s > 0 else r0 * share / share0
+            points = [(r0, share0)]
+            for _ in range(UNSEEN_REFITS):
+                payload, cow = refit(rate)
+                note["tried"].append({"write_per_s": rate, "cow_per_s": cow})
+                if cow is None:
+                    break
+                variants.append((rate, payload, cow))
+                if abs(cow / recorded - 1.0) <= UNSEEN_TOLERANCE:
+                    break
+                points.append((rate, cow - base))
+                rate = _next_unseen_rate(points, share)
+    used = min(variants, key=lambda v: abs(log(max(v[2], 1e-9) / recorded)))
+    note.update(used_write_per_s=used[0], cow_per_s_used=used[2])
+    return used[1], note
+
+
 @dataclass(frozen=True)
 class CanaryFit:
     """A canary applied to a trace and ksmd's cost fitted to it (:func:`fit_canary`)."""
@@ -683,7 +802,7 @@ def fit_canary(
     (:func:`weigh_missed_spread`: the variant nearer the recording's breaks is kept).
     """
     from planner.engine.api import derive_input
-    from planner.engine.writes import by_page_class, spreads_missed_breaks
+    from planner.engine.writes import UNSEEN_META, by_page_class, spreads_missed_breaks
 
     source = derive_input(inp, options, canary)
     fitted, note, fit = _fit_recording(source, counters, options, canary)
@@ -740,6 +859,23 @@ def fit_canary(
         extra["missed_breaks"] = weighed
         if unspread is not None:
             chosen = unspread
+            alt = weighed["unspread_cow_per_s"]
+            chosen_cow = lambda: alt  # noqa: E731
+    unseen_canary = chosen.canary
+    assert unseen_canary is not None
+    written = getattr(chosen.source, "written", None)  # (a stand-in's source in tests)
+    unseen = getattr(written, "meta", {}).get(UNSEEN_META)
+    if unseen and unseen.get("candidates"):
+        slower, weighed = weigh_unseen_breaks(
+            recorded,
+            chosen_cow(),
+            unseen,
+            window.wall_s / window.full_scans if window.full_scans > 0 else 0.0,
+            lambda rate: refit(replace(unseen_canary, unseen_write_per_s=rate)),
+        )
+        extra["unseen_breaks"] = weighed
+        if slower is not None:
+            chosen = slower
     return replace(chosen, note={**chosen.note, **extra})
 
 
@@ -890,6 +1026,8 @@ __all__ = [
     "recorded_cow_per_s",
     "short_batch_warning",
     "solve_contention",
+    "unseen_rows",
     "weigh_missed_spread",
     "weigh_page_classes",
+    "weigh_unseen_breaks",
 ]

@@ -71,6 +71,9 @@ B = npt.NDArray[np.bool_]
 #: :attr:`Writes.content`: only same-content writes; the snapshot's content
 SAME: Final = -2
 RESTORE: Final = -1
+#: The key of :func:`with_canary`'s input's ``meta`` that says how many rows take the
+#: breaks the canary did not see and at what same-content write rate each.
+UNSEEN_META: Final = "canary_unseen"
 
 # event kinds
 _K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER, _K_GONE = 0, 1, 2, 3, 4
@@ -1040,6 +1043,12 @@ class CanaryRates:
     be told to take them; False: the rates as the canary measured them, the model's own
     merges and breaks between the canary's samples standing for the unseen ones. Chosen
     against the recording's copy-on-write (:func:`planner.engine.costfit.fit_canary`)."""
+    unseen_write_per_s: float | None = None
+    """The same-content write rate of each row that takes a share of the unseen breaks
+    (:func:`with_canary`); None: :func:`_unseen_rate_per_s`'s, fast enough that a sample
+    would rarely find the row merged. Set by :func:`planner.engine.costfit.fit_canary` where
+    that rate breaks more merges than the recording
+    (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1413,8 +1422,11 @@ def _unseen_rate_per_s(rates: CanaryRates, n_cand: int) -> float:
     the canary found none of them merged at any of its ``n`` samples: a merge lasts about
     half the time between two writes, so the chance that a sample finds the page merged is
     about ``b / (2 r)`` for writes at ``r`` per second. ``r = b n`` makes the expected count
-    of samples that find it merged one half. (The merges themselves come no faster than
-    ksmd pairs the pages again, so the breaks stay near ``b``, not ``r``.)
+    of samples that find it merged one half. The breaks stay near ``b`` only where ksmd
+    pairs the pages again no faster than that; where it passes every fraction of a second
+    (a Node canary: 692 such rows broke 1.6 merges a second each, not 0.05),
+    :func:`planner.engine.costfit.weigh_unseen_breaks` writes them more slowly
+    (:attr:`CanaryRates.unseen_write_per_s`).
     """
     if n_cand <= 0 or rates.unseen_breaks_per_s <= 0:
         return 0.0
@@ -1523,23 +1535,32 @@ def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
 @dataclass(frozen=True)
 class CanaryVariant:
     """How a canary's rates reach a trace, as :func:`planner.engine.costfit.fit_canary`
-    chose (:attr:`CanaryRates.page_classes`, :attr:`CanaryRates.missed_spread`): what a
+    chose (:attr:`CanaryRates.page_classes`, :attr:`CanaryRates.missed_spread`,
+    :attr:`CanaryRates.unseen_write_per_s`): what a
     what-if task needs to apply the canary as the fit did."""
 
     page_classes: bool = True
     missed_spread: bool = True
+    unseen_write_per_s: float | None = None
 
     @classmethod
     def of(cls, rates: CanaryRates | None) -> CanaryVariant:
         """The variant of ``rates`` (the default where there is no canary)."""
         if rates is None:
             return cls()
-        return cls(page_classes=rates.page_classes, missed_spread=rates.missed_spread)
+        return cls(
+            page_classes=rates.page_classes,
+            missed_spread=rates.missed_spread,
+            unseen_write_per_s=rates.unseen_write_per_s,
+        )
 
     def apply(self, rates: CanaryRates) -> CanaryRates:
         """``rates`` in this variant."""
         return dataclasses.replace(
-            rates, page_classes=self.page_classes, missed_spread=self.missed_spread
+            rates,
+            page_classes=self.page_classes,
+            missed_spread=self.missed_spread,
+            unseen_write_per_s=self.unseen_write_per_s,
         )
 
 
@@ -1662,7 +1683,12 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             per_snap.append((rate, cand, leave, leave_cow))
             if k + 1 == n_traced:  # the unseen breaks: an equal share per candidate of it
                 n_cand = int(np.count_nonzero(cand))
-                unseen = _Unseen(_unseen_rate_per_s(rates, n_cand), n_cand, missed)
+                per_s = (
+                    _unseen_rate_per_s(rates, n_cand)
+                    if rates.unseen_write_per_s is None
+                    else rates.unseen_write_per_s
+                )
+                unseen = _Unseen(per_s, n_cand, missed)
                 out.extend(_calibrated(inp, j, *per_snap[j], unseen) for j in range(n_traced))
                 per_snap.clear()
             continue
@@ -1672,7 +1698,9 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         if grown is not None and (base is None or base.size + grown.size != snap.n):
             grown = None  # pragma: no cover - an appended snapshot keeps every row
         out.append(_calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown))
-    return dataclasses.replace(inp, writes=out)
+    # what the rows taking the unseen breaks are (fit_canary weighs their rate)
+    note = {"candidates": unseen.n_cand, "write_per_s": unseen.per_s}
+    return dataclasses.replace(inp, writes=out, meta={**inp.meta, UNSEEN_META: note})
 
 
 def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> TraceWrites | None:
@@ -1685,6 +1713,7 @@ def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> Tra
 __all__ = [
     "RESTORE",
     "SAME",
+    "UNSEEN_META",
     "CanaryOwn",
     "CanaryRates",
     "CanaryVariant",

@@ -85,8 +85,10 @@ from planner.engine.costfit import (
     fitted_profile,
     ksmd_window,
     recorded_cow_per_s,
+    unseen_rows,
     weigh_missed_spread,
     weigh_page_classes,
+    weigh_unseen_breaks,
 )
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
 from planner.errors import (
@@ -943,8 +945,10 @@ def _weigh_canary(
     ``replay --observed`` holds them (:func:`planner.engine.costfit.fit_canary`): its page
     classes, then the spreading of the breaks it did not see, each kept or dropped by
     :func:`~planner.engine.costfit.weigh_page_classes` and
-    :func:`~planner.engine.costfit.weigh_missed_spread`. Returns the fit kept and what the
-    provenance says of each rule that applied (``page_classes``, ``missed_breaks``)."""
+    :func:`~planner.engine.costfit.weigh_missed_spread`, then the write rate of the rows
+    taking those breaks (:func:`~planner.engine.costfit.weigh_unseen_breaks`). Returns the
+    fit kept and what the provenance says of each rule that applied (``page_classes``,
+    ``missed_breaks``, ``unseen_breaks``)."""
     from planner.engine.writes import by_page_class, spreads_missed_breaks
 
     notes: dict[str, Any] = {}
@@ -967,6 +971,18 @@ def _weigh_canary(
         unspread = replace(canary, missed_spread=False)
         chosen, notes["missed_breaks"] = weigh_missed_spread(
             recorded, fit.model_cow_per_s, lambda: refit(unspread), canary.missed_scale
+        )
+        if chosen is not None:
+            fit, canary = chosen, unspread
+    unseen = unseen_rows(inp, canary)
+    if unseen and unseen.get("candidates"):
+        kept = canary
+        chosen, notes["unseen_breaks"] = weigh_unseen_breaks(
+            recorded,
+            fit.model_cow_per_s,
+            unseen,
+            real.wall_s / real.full_scans if real.full_scans > 0 else 0.0,
+            lambda rate: refit(replace(kept, unseen_write_per_s=rate)),
         )
         if chosen is not None:
             fit = chosen

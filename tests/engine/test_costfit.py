@@ -17,6 +17,8 @@ import pytest
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.costfit import (
     FIT_METHOD,
+    UNSEEN_REFITS,
+    UNSEEN_TOLERANCE,
     KsmdWindow,
     ShortBatches,
     busier_load_warning,
@@ -24,6 +26,7 @@ from planner.engine.costfit import (
     is_fitted,
     ksmd_window,
     short_batch_warning,
+    weigh_unseen_breaks,
 )
 from planner.engine.prepare import ReplayInput
 from planner.engine.timing import HostLoad
@@ -483,3 +486,65 @@ def test_the_fits_provenance_says_where_the_recorded_batches_were_short(
     assert short_batch_warning(short, [AT_1000]) is not None
     assert "short_batches" not in long
     assert short_batch_warning(long, [AT_100, AT_1000, KsmKnobs(pages_to_scan=4000)]) is None
+
+
+# ----------------------------------------------------------------------------- unseen breaks
+
+
+def _rows_breaking(base: float, rows: int, per_row_max: float, k: float) -> Any:
+    """A stand-in for the fitting replays: ``base`` breaks a second, plus ``rows`` rows
+    that each break up to ``per_row_max`` a second, saturating in their write rate."""
+    import math
+
+    calls: list[float] = []
+
+    def refit(rate: float) -> tuple[str, float]:
+        calls.append(rate)
+        return f"rate {rate:.4g}", base + rows * per_row_max * (1 - math.exp(-k * rate))
+
+    return refit, calls
+
+
+@pytest.mark.parametrize(("per_row_max", "k"), [(1.6, 2.5), (1.0, 10.0), (0.5, 50.0), (3.0, 0.05)])
+def test_unseen_break_rows_are_written_slower_until_they_break_as_the_host_did(
+    per_row_max: float, k: float
+) -> None:
+    """A Node canary's 692 candidate rows, written 2.9 times a second, broke 1,172 merges a
+    second where the host broke 282 (74 without them): the rule finds the rate at which they
+    make up the recording's breaks, within 5 %, in at most UNSEEN_REFITS fits after the one
+    without them, whatever the shape of the model's saturation (the first guess, the
+    saturation of a full scan, misjudges each of these)."""
+    unseen = {"candidates": 692, "write_per_s": 2.94}
+    refit, calls = _rows_breaking(base=74.0, rows=692, per_row_max=per_row_max, k=k)
+    current = refit(2.94)[1]
+    calls.clear()
+    payload, note = weigh_unseen_breaks(282.0, current, unseen, 0.373, refit)
+    assert payload is not None
+    assert calls[0] == 0.0  # the breaks without them first
+    assert len(calls) <= 1 + UNSEEN_REFITS
+    assert note["cow_per_s_used"] == pytest.approx(282.0, rel=UNSEEN_TOLERANCE)
+    assert payload == f"rate {note['used_write_per_s']:.4g}"
+    assert note["without_cow_per_s"] == pytest.approx(74.0)
+    # within the band: the rate as derived, no fit
+    calls.clear()
+    kept, within = weigh_unseen_breaks(282.0, 300.0, unseen, 0.373, refit)
+    assert kept is None
+    assert within["used_write_per_s"] == 2.94
+    assert calls == []
+    # under-breaking is left alone (the rows' rate is already fast), as is a recording
+    # without cow_ksm or a canary without candidates
+    for rec, cur, uns in ((282.0, 100.0, unseen), (None, 1172.0, unseen), (282.0, 1172.0, None)):
+        assert weigh_unseen_breaks(rec, cur, uns, 0.373, refit)[0] is None, (rec, cur)
+    assert calls == []
+
+
+def test_the_breaks_without_the_unseen_rows_are_kept_where_they_are_nearest() -> None:
+    """Where the rows without the unseen breaks already break as many merges as the host,
+    those are kept (the rate 0)."""
+    refit, calls = _rows_breaking(base=300.0, rows=692, per_row_max=1.6, k=2.5)
+    payload, note = weigh_unseen_breaks(
+        282.0, 1172.0, {"candidates": 692, "write_per_s": 2.94}, 0.373, refit
+    )
+    assert calls == [0.0]
+    assert payload == "rate 0"
+    assert note["used_write_per_s"] == 0.0

@@ -25,6 +25,7 @@ from planner.engine.result import ReplayResult
 from planner.engine.writes import (
     RESTORE,
     SAME,
+    UNSEEN_META,
     CanaryRates,
     CanaryVariant,
     TraceWrites,
@@ -547,6 +548,30 @@ def test_the_unseen_breaks_are_shared_by_the_last_traced_snapshots_candidates() 
         mp.setattr(writes_module, "with_canary", spy)
         derive_input(inp, ReplayOptions(), rates)
     assert seen == [inp.n_snapshots]
+
+
+def test_the_unseen_breaks_rows_take_the_rate_fit_canary_chose_and_say_how_many_they_are() -> None:
+    """``CanaryRates.unseen_write_per_s`` (fit_canary's choice where the derived rate breaks
+    more merges than the host did) replaces the rate each candidate takes, and the written
+    input says how many candidates there are and at what rate (UNSEEN_META); a what-if task
+    applies the same through the variant."""
+    inp, obs = _busy_workers_with_unseen_breaks(more=[2, 3])
+    rates = canary_rates(obs)
+    derived = with_canary(inp, rates)
+    assert derived.meta[UNSEEN_META] == {
+        "candidates": 6,
+        "write_per_s": pytest.approx(10.0 / 6 * 10),
+    }
+    slower = CanaryVariant(unseen_write_per_s=0.25).apply(rates)
+    got = _rates_by_pid_page(inp, with_canary(inp, slower))
+    assert got[(100, 0x11)] == pytest.approx(0.25)
+    assert got[(102, 0x11)] == 0.0
+    assert with_canary(inp, slower).meta[UNSEEN_META]["write_per_s"] == 0.25
+    assert CanaryVariant.of(slower) == CanaryVariant(unseen_write_per_s=0.25)
+    off = _rates_by_pid_page(
+        inp, with_canary(inp, CanaryVariant(unseen_write_per_s=0.0).apply(rates))
+    )
+    assert off[(100, 0x11)] == 0.0
 
 
 def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:

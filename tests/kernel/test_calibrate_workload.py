@@ -196,6 +196,7 @@ def test_the_canarys_page_classes_and_spreading_are_weighed_as_replay_weighs_the
 
     monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
     monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 1000.0)
+    monkeypatch.setattr(C, "unseen_rows", lambda inp, rates: None)  # no rows take them
     monkeypatch.setattr(W, "by_page_class", lambda inp, rates: rates.page_classes)
     monkeypatch.setattr(
         W,
@@ -229,6 +230,50 @@ def test_the_canarys_page_classes_and_spreading_are_weighed_as_replay_weighs_the
     assert notes["page_classes"]["used"] is True
     assert "missed_breaks" not in notes
     assert weigh(fit, None) == (fit, {})
+
+
+def test_the_rows_taking_the_unseen_breaks_are_weighed_as_replay_weighs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the canary's fitting replays break far more merges than the recording because
+    of the rows taking the breaks the canary did not see, ``calibrate --trace --observed``
+    fits with those rows written more slowly, as ``replay --observed`` does
+    (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
+    import math
+    import types
+
+    import numpy as np
+
+    import planner.engine.writes as W
+    import planner.kernel.calibrate as C
+    from planner.engine.writes import CanaryRates
+
+    canary = CanaryRates(
+        key=np.zeros(0, np.uint64), rate_per_s=np.zeros(0), by_comm={}, events=0, merged_s=0.0
+    )
+
+    def cow(rate: float | None) -> float:
+        rate = 5.0 if rate is None else rate
+        return 500.0 + 400 * 1.5 * (1 - math.exp(-2 * rate))
+
+    def fake_fit_cost(inp: Any, real: Any, load: Any, *, base: Any, canary: Any) -> Any:
+        return types.SimpleNamespace(
+            model_cow_per_s=cow(canary.unseen_write_per_s), rate=canary.unseen_write_per_s
+        )
+
+    monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
+    monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 700.0)
+    monkeypatch.setattr(
+        C, "unseen_rows", lambda inp, rates: {"candidates": 400, "write_per_s": 5.0}
+    )
+    monkeypatch.setattr(W, "by_page_class", lambda inp, rates: False)
+    monkeypatch.setattr(W, "spreads_missed_breaks", lambda inp, rates: False)
+    real = types.SimpleNamespace(wall_s=60.0, full_scans=150)
+    first = fake_fit_cost(None, None, None, base=None, canary=canary)
+    fit, notes = C._weigh_canary(None, canary, None, real, None, None, first)  # type: ignore[arg-type]
+    assert notes["unseen_breaks"]["cow_per_s_used"] == pytest.approx(700.0, rel=0.05)
+    assert fit.model_cow_per_s == notes["unseen_breaks"]["cow_per_s_used"]
+    assert 0 < fit.rate < 5.0
 
 
 def test_a_profile_calibrated_on_short_batches_says_so_where_it_is_used_on_longer_ones(
