@@ -646,13 +646,12 @@ UNSEEN_REFITS: Final = 6
 UNSEEN_TOLERANCE: Final = 0.05
 
 
-def unseen_rows(inp: ReplayInput, canary: CanaryRates) -> Mapping[str, Any] | None:
-    """How many rows of ``inp`` take the breaks ``canary`` did not see, and at what write
-    rate each (:data:`~planner.engine.writes.UNSEEN_META`), as the fitting replays apply it."""
-    from planner.engine.api import derive_input
+def unseen_rows(source: DerivedInput) -> Mapping[str, Any] | None:
+    """How many rows of ``source`` take the breaks its canary did not see, and at what write
+    rate each (:data:`~planner.engine.writes.UNSEEN_META`); None without a canary."""
     from planner.engine.writes import UNSEEN_META
 
-    meta: Mapping[str, Any] | None = derive_input(inp, None, canary).written.meta.get(UNSEEN_META)
+    meta: Mapping[str, Any] | None = source.written.meta.get(UNSEEN_META)
     return meta
 
 
@@ -802,7 +801,7 @@ def fit_canary(
     (:func:`weigh_missed_spread`: the variant nearer the recording's breaks is kept).
     """
     from planner.engine.api import derive_input
-    from planner.engine.writes import UNSEEN_META, by_page_class, spreads_missed_breaks
+    from planner.engine.writes import by_page_class, spreads_missed_breaks
 
     source = derive_input(inp, options, canary)
     fitted, note, fit = _fit_recording(source, counters, options, canary)
@@ -863,8 +862,7 @@ def fit_canary(
             chosen_cow = lambda: alt  # noqa: E731
     unseen_canary = chosen.canary
     assert unseen_canary is not None
-    written = getattr(chosen.source, "written", None)  # (a stand-in's source in tests)
-    unseen = getattr(written, "meta", {}).get(UNSEEN_META)
+    unseen = unseen_rows(chosen.source)
     if unseen and unseen.get("candidates"):
         slower, weighed = weigh_unseen_breaks(
             recorded,

@@ -106,7 +106,9 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from planner.engine.prepare import ReplayInput
     from planner.engine.registration import Resolver
+    from planner.engine.writes import CanaryRates
     from planner.kernel.sysfs import LeasedScanStopper
 
 #: Sizes (pages) of the per-path scenarios: full run and ``quick`` run.
@@ -932,6 +934,13 @@ class WorkloadCalibration(CostFit):
         return {"profile": self.profile.to_dict(), **super().to_dict(), "written": self.written}
 
 
+def _unseen_rows(inp: ReplayInput, canary: CanaryRates) -> Mapping[str, Any] | None:
+    """:func:`planner.engine.costfit.unseen_rows` of ``inp`` with ``canary`` applied."""
+    from planner.engine.api import derive_input
+
+    return unseen_rows(derive_input(inp, None, canary))
+
+
 def _weigh_canary(
     inp: Any,
     canary: Any,
@@ -974,7 +983,7 @@ def _weigh_canary(
         )
         if chosen is not None:
             fit, canary = chosen, unspread
-    unseen = unseen_rows(inp, canary)
+    unseen = _unseen_rows(inp, canary)
     if unseen and unseen.get("candidates"):
         kept = canary
         chosen, notes["unseen_breaks"] = weigh_unseen_breaks(

@@ -157,6 +157,7 @@ def _choose(
     monkeypatch.setattr(
         writes_module, "by_page_class", lambda inp, rates: classes and rates.page_classes
     )
+    monkeypatch.setattr(costfit, "unseen_rows", lambda source: None)  # no rows take them
     monkeypatch.setattr(
         "planner.engine.api.derive_input",
         lambda inp, opts, canary: ("derived", canary.page_classes),
@@ -264,6 +265,7 @@ def _choose_spread(
             not rates.page_classes and rates.missed_spread and rates.missed_scale > 1.0
         ),
     )
+    monkeypatch.setattr(costfit, "unseen_rows", lambda source: None)  # no rows take them
     monkeypatch.setattr(
         "planner.engine.api.derive_input", lambda inp, opts, canary: ("derived", variant(canary))
     )

@@ -196,7 +196,7 @@ def test_the_canarys_page_classes_and_spreading_are_weighed_as_replay_weighs_the
 
     monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
     monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 1000.0)
-    monkeypatch.setattr(C, "unseen_rows", lambda inp, rates: None)  # no rows take them
+    monkeypatch.setattr(C, "_unseen_rows", lambda inp, rates: None)  # no rows take them
     monkeypatch.setattr(W, "by_page_class", lambda inp, rates: rates.page_classes)
     monkeypatch.setattr(
         W,
@@ -264,7 +264,7 @@ def test_the_rows_taking_the_unseen_breaks_are_weighed_as_replay_weighs_them(
     monkeypatch.setattr(C, "fit_cost", fake_fit_cost)
     monkeypatch.setattr(C, "recorded_cow_per_s", lambda counters, real: 700.0)
     monkeypatch.setattr(
-        C, "unseen_rows", lambda inp, rates: {"candidates": 400, "write_per_s": 5.0}
+        C, "_unseen_rows", lambda inp, rates: {"candidates": 400, "write_per_s": 5.0}
     )
     monkeypatch.setattr(W, "by_page_class", lambda inp, rates: False)
     monkeypatch.setattr(W, "spreads_missed_breaks", lambda inp, rates: False)
