@@ -306,6 +306,8 @@ class CostFit:
     model_cow_per_s: float | None = None
     """Copy-on-write breaks per second of the last fitting replay over its whole span (the
     recording's knobs and length), where it modelled writes; not in :meth:`to_dict`."""
+    model_pages_sharing: int | None = None
+    """``pages_sharing`` at the end of the last fitting replay; not in :meth:`to_dict`."""
     short_batches: ShortBatches | None = None
     """Where the recorded batches took under half a tick of CPU: how little their period
     tells of ksmd's share (:func:`short_batch_warning`)."""
@@ -419,6 +421,7 @@ def fit_cost(
             if res.cow_breaks_per_s is not None and res.duration_s > 0
             else None
         ),
+        model_pages_sharing=int(res.final_counters["pages_sharing"]),
         short_batches=ShortBatches.of(real, hz, base.wake_latency_ns),
     )
 
@@ -758,6 +761,71 @@ def weigh_unseen_breaks(
     return used[1], note
 
 
+#: How far the merged pages of the fitting replays may move when the rows taking the unseen
+#: breaks keep their content (:func:`weigh_held_content`), as a share of ``pages_sharing``.
+HOLD_SHARING_BAND: Final = 0.01
+
+
+def weigh_held_content(
+    recorded: float | None,
+    current: tuple[float | None, int | None],
+    unseen: Mapping[str, Any] | None,
+    refit: Callable[[], tuple[_T, float | None, int | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule by which the rows taking the breaks a canary did not see (``unseen``:
+    :data:`~planner.engine.writes.UNSEEN_META`) keep their content between writes, where the
+    fitting replays break fewer than the recording's ``cow_ksm`` over :data:`COW_BAND`
+    (``current``: their breaks per second and final ``pages_sharing``; ``recorded``: per
+    second) and the sampler saw some of those rows change content.
+
+    Smart scan ages a page that is not merged at a visit, and after a few visits processes it
+    once in nine passes (docs/kernel-semantics.md §7). A row broken at every write is never
+    merged at a visit, so it merges again -- and breaks again -- at most once in nine
+    passes, and only where its content at that visit passes the checksum gate. On
+    PostgreSQL (docs/live-validation.md, "The breaks of rows that never stay merged") the
+    kernel's tracepoints show about 500 pages merged again every 8-10 passes, each group of
+    one content all at once: their content held at ksmd's visits, while the sampler counted
+    changes and toggles on a third of the rows taking the unseen breaks. With those
+    changes the fitting replays broke 173 merges a second where the host broke 298; without
+    them 249.
+
+    ``refit()`` fits with those rows holding their content (a payload, its breaks per second
+    and final ``pages_sharing``). It is kept where its breaks are nearer the recording's by
+    ratio and its ``pages_sharing`` within :data:`HOLD_SHARING_BAND` of ``current``'s: the
+    canary never saw these rows merged, so a variant in which they stay merged longer (a
+    churning workload whose pages do change, where the merged pages rose 18 %) contradicts
+    it. Returns the payload where it is kept (else None) and what the provenance says
+    (``held_content``)."""
+    cow, sharing = current
+    changing = int((unseen or {}).get("changing") or 0)
+    note: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "cow_per_s": cow,
+        "pages_sharing": sharing,
+        "changing": changing,
+        "held_cow_per_s": None,
+        "held_pages_sharing": None,
+        "held": False,
+    }
+    if (
+        recorded is None
+        or recorded <= 0
+        or cow is None
+        or sharing is None
+        or cow * COW_BAND >= recorded
+        or changing <= 0
+    ):
+        return None, note
+    payload, alt_cow, alt_sharing = refit()
+    note.update(held_cow_per_s=alt_cow, held_pages_sharing=alt_sharing)
+    if alt_sharing is None or abs(alt_sharing - sharing) > HOLD_SHARING_BAND * max(sharing, 1):
+        return None, note
+    if not _nearer(alt_cow, cow, recorded):
+        return None, note
+    note["held"] = True
+    return payload, note
+
+
 @dataclass(frozen=True)
 class CanaryFit:
     """A canary applied to a trace and ksmd's cost fitted to it (:func:`fit_canary`)."""
@@ -813,53 +881,80 @@ def fit_canary(
         return chosen
     recorded = recorded_cow_per_s(counters, window)
 
-    def refit(alt: CanaryRates) -> tuple[CanaryFit, float | None]:
-        """``alt`` applied and fitted as ``canary`` was, and its breaks per second."""
+    def refit_with_sharing(alt: CanaryRates) -> tuple[CanaryFit, float | None, int | None]:
+        """``alt`` applied and fitted as ``canary`` was, its breaks per second and its
+        final ``pages_sharing`` at the recording's knobs."""
         alt_source = derive_input(inp, options, alt)
         if fit is None:  # nothing fitted: the options stay as given
-            return CanaryFit(alt_source, fitted, alt, note), _cow_at(
-                alt_source, window, fitted, alt
-            )
+            alt_cow, alt_sharing = _breaks_at(alt_source, window, fitted, alt)
+            return CanaryFit(alt_source, fitted, alt, note), alt_cow, alt_sharing
         alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
-        alt_cow = None if alt_fit is None else alt_fit.model_cow_per_s
-        return CanaryFit(alt_source, alt_fitted, alt, alt_note), alt_cow
+        if alt_fit is None:  # pragma: no cover - the first fit succeeded on the same window
+            return CanaryFit(alt_source, alt_fitted, alt, alt_note), None, None
+        return (
+            CanaryFit(alt_source, alt_fitted, alt, alt_note),
+            alt_fit.model_cow_per_s,
+            alt_fit.model_pages_sharing,
+        )
+
+    def refit(alt: CanaryRates) -> tuple[CanaryFit, float | None]:
+        """``alt`` applied and fitted as ``canary`` was, and its breaks per second."""
+        payload, alt_cow, _ = refit_with_sharing(alt)
+        return payload, alt_cow
 
     # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
     # one replay at the recording's knobs then says how many merges a variant breaks)
-    memo: list[float | None] = []
+    memo: list[tuple[float | None, int | None]] = []
 
-    def cow() -> float | None:
+    def first() -> tuple[float | None, int | None]:
         if not memo:
             memo.append(
-                fit.model_cow_per_s if fit is not None else _cow_at(source, window, fitted, canary)
+                (fit.model_cow_per_s, fit.model_pages_sharing)
+                if fit is not None
+                else _breaks_at(source, window, fitted, canary)
             )
         return memo[0]
 
     extra: dict[str, Any] = {}
-    chosen_cow: Callable[[], float | None] = cow
+    chosen_stats: Callable[[], tuple[float | None, int | None]] = first
+
+    def chosen_cow() -> float | None:
+        return chosen_stats()[0]
+
     if by_page_class(inp, canary):
-        without, weighed = weigh_page_classes(
-            recorded, cow(), lambda: refit(replace(canary, page_classes=False))
-        )
+        kept: list[int | None] = []
+
+        def without_classes() -> tuple[CanaryFit, float | None]:
+            payload, alt_cow, alt_sharing = refit_with_sharing(replace(canary, page_classes=False))
+            kept[:] = [alt_sharing]
+            return payload, alt_cow
+
+        without, weighed = weigh_page_classes(recorded, chosen_cow(), without_classes)
         extra["page_classes"] = weighed
         if without is not None:
             chosen = without
-            alt_cow = weighed["without_classes_cow_per_s"]
-            chosen_cow = lambda: alt_cow  # noqa: E731
+            stats = (weighed["without_classes_cow_per_s"], kept[0])
+            chosen_stats = lambda: stats  # noqa: E731
     assert chosen.canary is not None
     if spreads_missed_breaks(inp, chosen.canary):
         spread_canary = chosen.canary
+        unspread_sharing: list[int | None] = []
+
+        def unspread_fit() -> tuple[CanaryFit, float | None]:
+            payload, alt_cow, alt_sharing = refit_with_sharing(
+                replace(spread_canary, missed_spread=False)
+            )
+            unspread_sharing[:] = [alt_sharing]
+            return payload, alt_cow
+
         unspread, weighed = weigh_missed_spread(
-            recorded,
-            chosen_cow(),
-            lambda: refit(replace(spread_canary, missed_spread=False)),
-            spread_canary.missed_scale,
+            recorded, chosen_cow(), unspread_fit, spread_canary.missed_scale
         )
         extra["missed_breaks"] = weighed
         if unspread is not None:
             chosen = unspread
-            alt = weighed["unspread_cow_per_s"]
-            chosen_cow = lambda: alt  # noqa: E731
+            unspread_stats = (weighed["unspread_cow_per_s"], unspread_sharing[0])
+            chosen_stats = lambda: unspread_stats  # noqa: E731
     unseen_canary = chosen.canary
     assert unseen_canary is not None
     unseen = unseen_rows(chosen.source)
@@ -874,6 +969,16 @@ def fit_canary(
         extra["unseen_breaks"] = weighed
         if slower is not None:
             chosen = slower
+        else:
+            held_canary = unseen_canary
+            held, extra["held_content"] = weigh_held_content(
+                recorded,
+                chosen_stats(),
+                unseen,
+                lambda: refit_with_sharing(replace(held_canary, unseen_hold_content=True)),
+            )
+            if held is not None:
+                chosen = held
     return replace(chosen, note={**chosen.note, **extra})
 
 
@@ -884,12 +989,12 @@ def _window_or_none(counters: Any) -> KsmdWindow | None:
         return None
 
 
-def _cow_at(
+def _breaks_at(
     source: DerivedInput, real: KsmdWindow, options: ReplayOptions, canary: CanaryRates
-) -> float | None:
+) -> tuple[float | None, int]:
     """Copy-on-write breaks per second of a replay of ``source`` at the knobs the real ksmd
     ran with over ``real``, for as long, under the load the trace recorded (as the fitting
-    replays run), with ``options``' cost profile."""
+    replays run), with ``options``' cost profile; and its final ``pages_sharing``."""
     from planner.engine.api import base_input, replay
 
     inp = base_input(source)
@@ -897,9 +1002,10 @@ def _cow_at(
     load = recorded if isinstance(recorded, HostLoad) else options.host_load or HostLoad.idle()
     opts = replace(options, duration_s=max(real.wall_s, 1.0), host_load=load)
     res = replay(source, knobs=_window_knobs(real, inp.hz or 250), options=opts, canary=canary)
+    sharing = int(res.final_counters["pages_sharing"])
     if res.cow_breaks_per_s is None or res.duration_s <= 0:
-        return None
-    return res.cow_breaks / res.duration_s
+        return None, sharing
+    return res.cow_breaks / res.duration_s, sharing
 
 
 def batch_pages(knobs: KsmKnobs) -> int:

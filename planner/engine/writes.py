@@ -72,7 +72,9 @@ B = npt.NDArray[np.bool_]
 SAME: Final = -2
 RESTORE: Final = -1
 #: The key of :func:`with_canary`'s input's ``meta`` that says how many rows take the
-#: breaks the canary did not see and at what same-content write rate each.
+#: breaks the canary did not see, at what same-content write rate each, how many of them
+#: the sampler saw change content (``changing``) and whether they keep it
+#: (``hold_content``).
 UNSEEN_META: Final = "canary_unseen"
 
 # event kinds
@@ -1049,6 +1051,12 @@ class CanaryRates:
     would rarely find the row merged. Set by :func:`planner.engine.costfit.fit_canary` where
     that rate breaks more merges than the recording
     (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
+    unseen_hold_content: bool = False
+    """Whether the rows that take a share of the unseen breaks keep their content between
+    writes (their content changes and toggles the sampler counted dropped: each write
+    leaves the bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
+    their content changes keep the fitting replays from breaking as many merges as the
+    recording (:func:`planner.engine.costfit.weigh_held_content`)."""
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1443,6 +1451,8 @@ class _Unseen:
     """Candidates of the last traced snapshot."""
     missed_scale: float
     """Without candidates: every rate scaled by this (:attr:`CanaryRates.missed_scale`)."""
+    hold_content: bool = False
+    """The candidates keep their content (:attr:`CanaryRates.unseen_hold_content`)."""
 
 
 def _calibrated(
@@ -1482,6 +1492,8 @@ def _calibrated(
         else:
             zeros = np.zeros(rate.size, np.uint16)
             old = IntervalWrites(zeros, zeros.copy(), np.zeros(rate.size, bool), length)
+    if unseen.hold_content and unseen.per_s > 0 and cand.any():
+        old = _held(old, cand, last)
     if base_rate is None or last is None or grown is None:
         return dataclasses.replace(old, same_rate_per_s=rate, leave_ns=leave, leave_cow=leave_cow)
     base_leave, base_cow = last.leave_ns, last.leave_cow
@@ -1512,6 +1524,31 @@ def _calibrated(
     )
 
 
+def _held(iw: IntervalWrites, cand: B, last: IntervalWrites | None) -> IntervalWrites:
+    """``iw`` with the content changes of rows ``cand`` dropped (a row without changes
+    does not toggle: :attr:`IntervalWrites.toggle` only says where its changes end;
+    :attr:`CanaryRates.unseen_hold_content`). An appended snapshot's counts are the last
+    traced snapshot's arrays (``grown_at``): it takes that snapshot's, held already
+    (``last``), its grown rows those of their templates."""
+    if iw.grown_at is not None:
+        if last is not None and last.grown_at is None and last.content.size == iw.content.size:
+            return dataclasses.replace(iw, content=last.content)
+        return iw
+    if iw.content.size != cand.size:  # pragma: no cover - a traced interval has every row
+        return iw
+    content = iw.content.copy()
+    content[cand] = 0
+    return dataclasses.replace(iw, content=content)
+
+
+def _changing(old: IntervalWrites | None, cand: B) -> int:
+    """Of rows ``cand``, those whose content the sampler saw change over ``old``'s
+    interval."""
+    if old is None or old.grown_at is not None or old.content.size != cand.size:
+        return 0
+    return int(np.count_nonzero(cand & (old.content > 0)))
+
+
 def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
     """The rows of delta ``d``'s snapshot that the last traced snapshot lacks, from those
     of the snapshot before (``grown``): rows inserted by ``d`` (an appended snapshot only
@@ -1536,12 +1573,13 @@ def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
 class CanaryVariant:
     """How a canary's rates reach a trace, as :func:`planner.engine.costfit.fit_canary`
     chose (:attr:`CanaryRates.page_classes`, :attr:`CanaryRates.missed_spread`,
-    :attr:`CanaryRates.unseen_write_per_s`): what a
-    what-if task needs to apply the canary as the fit did."""
+    :attr:`CanaryRates.unseen_write_per_s`, :attr:`CanaryRates.unseen_hold_content`): what
+    a what-if task needs to apply the canary as the fit did."""
 
     page_classes: bool = True
     missed_spread: bool = True
     unseen_write_per_s: float | None = None
+    unseen_hold_content: bool = False
 
     @classmethod
     def of(cls, rates: CanaryRates | None) -> CanaryVariant:
@@ -1552,6 +1590,7 @@ class CanaryVariant:
             page_classes=rates.page_classes,
             missed_spread=rates.missed_spread,
             unseen_write_per_s=rates.unseen_write_per_s,
+            unseen_hold_content=rates.unseen_hold_content,
         )
 
     def apply(self, rates: CanaryRates) -> CanaryRates:
@@ -1561,6 +1600,7 @@ class CanaryVariant:
             page_classes=self.page_classes,
             missed_spread=self.missed_spread,
             unseen_write_per_s=self.unseen_write_per_s,
+            unseen_hold_content=self.unseen_hold_content,
         )
 
 
@@ -1654,6 +1694,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     missed = rates.missed_scale if rates.missed_spread else 1.0
     unseen = _Unseen(0.0, 0, missed)
     grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
+    changing = 0  # candidates whose content the sampler saw change (last traced snapshot)
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
@@ -1688,7 +1729,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                     if rates.unseen_write_per_s is None
                     else rates.unseen_write_per_s
                 )
-                unseen = _Unseen(per_s, n_cand, missed)
+                unseen = _Unseen(per_s, n_cand, missed, rates.unseen_hold_content)
+                changing = _changing(old, cand)
                 out.extend(_calibrated(inp, j, *per_snap[j], unseen) for j in range(n_traced))
                 per_snap.clear()
             continue
@@ -1699,7 +1741,12 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
             grown = None  # pragma: no cover - an appended snapshot keeps every row
         out.append(_calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown))
     # what the rows taking the unseen breaks are (fit_canary weighs their rate)
-    note = {"candidates": unseen.n_cand, "write_per_s": unseen.per_s}
+    note = {
+        "candidates": unseen.n_cand,
+        "write_per_s": unseen.per_s,
+        "changing": changing,
+        "hold_content": unseen.hold_content,
+    }
     return dataclasses.replace(inp, writes=out, meta={**inp.meta, UNSEEN_META: note})
 
 

@@ -86,6 +86,7 @@ from planner.engine.costfit import (
     ksmd_window,
     recorded_cow_per_s,
     unseen_rows,
+    weigh_held_content,
     weigh_missed_spread,
     weigh_page_classes,
     weigh_unseen_breaks,
@@ -955,9 +956,10 @@ def _weigh_canary(
     classes, then the spreading of the breaks it did not see, each kept or dropped by
     :func:`~planner.engine.costfit.weigh_page_classes` and
     :func:`~planner.engine.costfit.weigh_missed_spread`, then the write rate of the rows
-    taking those breaks (:func:`~planner.engine.costfit.weigh_unseen_breaks`). Returns the
-    fit kept and what the provenance says of each rule that applied (``page_classes``,
-    ``missed_breaks``, ``unseen_breaks``)."""
+    taking those breaks (:func:`~planner.engine.costfit.weigh_unseen_breaks`) or whether
+    they keep their content (:func:`~planner.engine.costfit.weigh_held_content`). Returns
+    the fit kept and what the provenance says of each rule that applied (``page_classes``,
+    ``missed_breaks``, ``unseen_breaks``, ``held_content``)."""
     from planner.engine.writes import by_page_class, spreads_missed_breaks
 
     notes: dict[str, Any] = {}
@@ -995,6 +997,18 @@ def _weigh_canary(
         )
         if chosen is not None:
             fit = chosen
+        else:
+            held = replace(kept, unseen_hold_content=True)
+
+            def refit_held() -> tuple[CostFit, float | None, int | None]:
+                alt_fit = fit_cost(inp, real, load, base=base, canary=held)
+                return alt_fit, alt_fit.model_cow_per_s, alt_fit.model_pages_sharing
+
+            chosen, notes["held_content"] = weigh_held_content(
+                recorded, (fit.model_cow_per_s, fit.model_pages_sharing), unseen, refit_held
+            )
+            if chosen is not None:
+                fit = chosen
     return fit, notes
 
 

@@ -17,6 +17,7 @@ import pytest
 from planner.engine import CostProfile, KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.costfit import (
     FIT_METHOD,
+    HOLD_SHARING_BAND,
     UNSEEN_REFITS,
     UNSEEN_TOLERANCE,
     KsmdWindow,
@@ -26,6 +27,7 @@ from planner.engine.costfit import (
     is_fitted,
     ksmd_window,
     short_batch_warning,
+    weigh_held_content,
     weigh_unseen_breaks,
 )
 from planner.engine.prepare import ReplayInput
@@ -114,8 +116,9 @@ def test_the_recorded_copy_on_write_is_read_over_ksmds_window(inp: ReplayInput) 
 
 
 class _FakeFit:
-    def __init__(self, cow: float | None) -> None:
+    def __init__(self, cow: float | None, sharing: int | None = 1000) -> None:
         self.model_cow_per_s = cow
+        self.model_pages_sharing = sharing
         self.real = "window"
 
 
@@ -144,14 +147,14 @@ def _choose(
             _FakeFit(cows[canary.page_classes]),
         )
 
-    def fake_cow(source: Any, real: Any, options: Any, canary: Any) -> float | None:
+    def fake_breaks(source: Any, real: Any, options: Any, canary: Any) -> Any:
         assert fitted_before
         assert real == "window"
         fitted.append(canary.page_classes)
-        return cows[canary.page_classes]
+        return cows[canary.page_classes], 1000
 
     monkeypatch.setattr(costfit, "_fit_recording", fake_fit)
-    monkeypatch.setattr(costfit, "_cow_at", fake_cow)
+    monkeypatch.setattr(costfit, "_breaks_at", fake_breaks)
     monkeypatch.setattr(costfit, "_window_or_none", lambda counters: "window")
     monkeypatch.setattr(costfit, "recorded_cow_per_s", lambda counters, real: 1000.0)
     monkeypatch.setattr(
@@ -248,13 +251,13 @@ def _choose_spread(
             _FakeFit(cows[variant(canary)]),
         )
 
-    def fake_cow(source: Any, real: Any, options: Any, canary: Any) -> float | None:
+    def fake_breaks(source: Any, real: Any, options: Any, canary: Any) -> Any:
         assert fitted_before
         replayed.append(variant(canary))
-        return cows[variant(canary)]
+        return cows[variant(canary)], 1000
 
     monkeypatch.setattr(costfit, "_fit_recording", fake_fit)
-    monkeypatch.setattr(costfit, "_cow_at", fake_cow)
+    monkeypatch.setattr(costfit, "_breaks_at", fake_breaks)
     monkeypatch.setattr(costfit, "_window_or_none", lambda counters: "window")
     monkeypatch.setattr(costfit, "recorded_cow_per_s", lambda counters, real: 1000.0)
     monkeypatch.setattr(writes_module, "by_page_class", lambda inp, rates: rates.page_classes)
@@ -550,3 +553,53 @@ def test_the_breaks_without_the_unseen_rows_are_kept_where_they_are_nearest() ->
     assert calls == [0.0]
     assert payload == "rate 0"
     assert note["used_write_per_s"] == 0.0
+
+
+def test_unseen_break_rows_keep_their_content_where_it_breaks_nearer_and_merges_alike() -> None:
+    """Rows taking the unseen breaks whose content the sampler saw change, in fitting
+    replays that break too few merges (PostgreSQL: 173 a second where the host broke 298),
+    are fitted again holding their content: kept where that breaks nearer the recording
+    (249) and leaves the merged pages as they were (within HOLD_SHARING_BAND); not where the
+    merged pages rise (a churning workload: +18 %), nor where it breaks further off, nor
+    where the replays are within the band, over it, or no such row changes."""
+    unseen = {"candidates": 464, "write_per_s": 36.9, "changing": 143}
+    calls: list[int] = []
+
+    def refit(cow: float, sharing: int) -> Any:
+        def run() -> tuple[str, float, int]:
+            calls.append(1)
+            return "held", cow, sharing
+
+        return run
+
+    payload, note = weigh_held_content(298.0, (173.0, 3351), unseen, refit(249.0, 3354))
+    assert payload == "held"
+    assert note == {
+        "recorded_cow_per_s": 298.0,
+        "cow_per_s": 173.0,
+        "pages_sharing": 3351,
+        "changing": 143,
+        "held_cow_per_s": 249.0,
+        "held_pages_sharing": 3354,
+        "held": True,
+    }
+    # the merged pages move beyond the band: the canary never saw these rows merged
+    moved = 3351 + int(HOLD_SHARING_BAND * 3351) + 1
+    kept, note = weigh_held_content(916.0, (643.0, 35154), unseen, refit(905.0, 41924))
+    assert kept is None
+    assert note["held"] is False
+    assert note["held_pages_sharing"] == 41924
+    assert weigh_held_content(298.0, (173.0, 3351), unseen, refit(249.0, moved))[0] is None
+    # breaks further off than before
+    assert weigh_held_content(298.0, (173.0, 3351), unseen, refit(900.0, 3351))[0] is None
+    # not weighed: within the band, over it, no recording, no changing row
+    calls.clear()
+    for rec, cur, uns in (
+        (298.0, 250.0, unseen),
+        (298.0, 400.0, unseen),
+        (None, 173.0, unseen),
+        (298.0, 173.0, {**unseen, "changing": 0}),
+        (298.0, 173.0, None),
+    ):
+        assert weigh_held_content(rec, (cur, 3351), uns, refit(249.0, 3351))[0] is None
+    assert calls == []

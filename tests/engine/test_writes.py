@@ -561,6 +561,8 @@ def test_the_unseen_breaks_rows_take_the_rate_fit_canary_chose_and_say_how_many_
     assert derived.meta[UNSEEN_META] == {
         "candidates": 6,
         "write_per_s": pytest.approx(10.0 / 6 * 10),
+        "changing": 0,
+        "hold_content": False,
     }
     slower = CanaryVariant(unseen_write_per_s=0.25).apply(rates)
     got = _rates_by_pid_page(inp, with_canary(inp, slower))
@@ -572,6 +574,59 @@ def test_the_unseen_breaks_rows_take_the_rate_fit_canary_chose_and_say_how_many_
         inp, with_canary(inp, CanaryVariant(unseen_write_per_s=0.0).apply(rates))
     )
     assert off[(100, 0x11)] == 0.0
+
+
+def test_the_unseen_breaks_rows_keep_their_content_where_fit_canary_says_so() -> None:
+    """Rows taking the unseen breaks whose content the sampler saw change (here three
+    changes a second on pid 100's second page, content back at the next snapshot: a toggle)
+    are counted (UNSEEN_META's ``changing``); with ``CanaryRates.unseen_hold_content``
+    (fit_canary's choice where those changes keep the model from breaking as many merges as
+    the host) they lose their changes, every other row keeps its own (the idle
+    process's page changes alike), and both engines agree on the replay, which breaks more
+    merges: the held rows pass the checksum gate and merge again."""
+    w = World()
+    for pid in (100, 101, 102):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    # rows: snapshot 0 = 0-8, snapshot 1 = 9-17; (100, 0x11) and (102, 0x11) change content
+    ht = _counted(w.host_trace(), {1: 3, 7: 3, 10: 3, 16: 3}, {}, 1.0)
+    inp = _cpu(prepare(ht), {100: 0.5, 101: 0.4, 102: 0.0})
+    obs = _with_cow(
+        _canary([(0.0, 100, 0x10000, "merged"), (0.0, 101, 0x10000, "merged")], end_s=10.0),
+        cow=100,
+        samples=10,
+    )
+    rates = canary_rates(obs)
+    as_counted = with_canary(inp, rates)
+    assert as_counted.meta[UNSEEN_META]["changing"] == 1
+    assert as_counted.meta[UNSEEN_META]["hold_content"] is False
+    held_rates = CanaryVariant(unseen_hold_content=True).apply(rates)
+    assert CanaryVariant.of(held_rates) == CanaryVariant(unseen_hold_content=True)
+    held = with_canary(inp, held_rates)
+    assert held.meta[UNSEEN_META]["hold_content"] is True
+    for k, snap in enumerate(inp.snapshots):
+        rows = {
+            (int(inp.mms[m].pid), int(pg)): i
+            for i, (m, pg) in enumerate(zip(snap.mm, snap.page, strict=True))
+        }
+        a, b = as_counted.writes[k], held.writes[k]
+        assert a is not None
+        assert b is not None
+        cand, idle = rows[(100, 0x11)], rows[(102, 0x11)]
+        assert a.content[cand] > 0
+        assert a.toggle[cand]  # changes that end where they began
+        assert b.content[cand] == 0
+        assert b.content[idle] == a.content[idle] > 0
+        assert (b.same_rate_per_s == a.same_rate_per_s).all()
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    counted = replay(inp, knobs=knobs, options=opts, canary=rates)
+    x = replay(inp, knobs=knobs, options=opts, canary=held_rates)
+    y = replay(inp, knobs=knobs, options=opts, canary=held_rates, engine="reference")
+    assert_same(x, y)
+    assert x.cow_breaks > counted.cow_breaks
 
 
 def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:
