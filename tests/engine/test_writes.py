@@ -685,6 +685,55 @@ def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> N
     assert _rates_by_pid_page(inp, with_canary(inp, off)) != got
 
 
+@pytest.mark.parametrize(("merged_s", "brief"), [(1.0, True), (3.0, False)])
+def test_a_class_whose_merges_the_canary_saw_last_no_longer_than_a_sample_is_unseen(
+    merged_s: float, brief: bool
+) -> None:
+    """Another run's canary saw page 2 of its busy process merged once, for ``merged_s``
+    seconds, then broken with its content unchanged (samples 1.1 s apart). A class pools
+    every process's pages, so a sample catches a brief merge of one of them far more often
+    than it catches a given page's (PostgreSQL's backends: docs/live-validation.md, "The
+    breaks of rows that never stay merged"): merged for at most BRIEF_MERGE_SAMPLES (1.5)
+    sampling periods on average, the class counts as never seen merged, and its busy rows
+    take the unseen breaks; merged longer, they take the class's rate and no share."""
+    import pandas as pd
+
+    w = World()
+    for pid in (200, 201):
+        w.spawn(pid, comm="w")
+        w.map(pid, 0x10000, [1, 2, 3])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {200: 0.5, 201: 0.5})
+    events = [
+        (0.0, 100, 0x7F0000, "merged"),
+        (0.0, 100, 0x7F1000, "merged"),
+        (6.0, 100, 0x7F2000, "merged"),
+        (6.0 + merged_s, 100, 0x7F2000, "unmerged_same_content"),
+    ]
+    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10)
+    assert obs.page_events is not None
+    assert obs.canary is not None
+    obs = dataclasses.replace(
+        obs,
+        page_events=obs.page_events.assign(
+            vma_kind="anon", vma_start=np.full(len(events), 0x7F0000, np.uint64)
+        ),
+        canary=obs.canary.assign(cpu_s=obs.canary["t_s"] * 0.3),
+        processes=pd.DataFrame({"pid": [100], "comm": ["w"], "t_s": [0.0]}),
+    )
+    rates = canary_rates(obs)
+    assert rates.sample_s == pytest.approx(10.0 / 9)
+    got = _rates_by_pid_page(inp, with_canary(inp, rates))
+    for pid in (200, 201):
+        assert got[(pid, 0x10)] == 0.0
+        assert got[(pid, 0x11)] == 0.0
+        if brief:  # the two busy rows of the class share the 10 unseen breaks a second
+            assert got[(pid, 0x12)] == pytest.approx(10.0 / 2 * 10)
+        else:
+            assert got[(pid, 0x12)] == pytest.approx(1 / merged_s)
+
+
 def test_without_page_classes_the_unseen_breaks_are_spread_over_the_pages_written() -> None:
     """Another run's canary that recorded no mapping starts cannot say which rows take the
     unseen breaks: each rate drawn from the role is scaled by ``cow_ksm`` per same-content
