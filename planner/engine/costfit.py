@@ -785,7 +785,7 @@ def weigh_held_content(
     PostgreSQL (docs/live-validation.md, "The breaks of rows that never stay merged") the
     kernel's tracepoints show about 500 pages merged again every 8-10 passes, each group of
     one content all at once: their content held at ksmd's visits, while the sampler counted
-    changes and toggles on a third of the rows taking the unseen breaks. With those
+    content changes on a third of the rows taking the unseen breaks. With those
     changes the fitting replays broke 173 merges a second where the host broke 298; without
     them 249.
 
@@ -867,6 +867,11 @@ def fit_canary(
     the breaks the canary did not see are spread pro rata over the rows written; that is
     weighed the same way against the canary's rates as measured
     (:func:`weigh_missed_spread`: the variant nearer the recording's breaks is kept).
+
+    Last, the rows that take the breaks the canary did not see are written more slowly where
+    the replays break far more than the host (:func:`weigh_unseen_breaks`), or keep their
+    content between writes where they break too few and the sampler saw some of them change
+    (:func:`weigh_held_content`).
     """
     from planner.engine.api import derive_input
     from planner.engine.writes import by_page_class, spreads_missed_breaks
