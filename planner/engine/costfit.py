@@ -792,10 +792,10 @@ def weigh_held_content(
     ``refit()`` fits with those rows holding their content (a payload, its breaks per second
     and final ``pages_sharing``). It is kept where its breaks are nearer the recording's by
     ratio and its ``pages_sharing`` within :data:`HOLD_SHARING_BAND` of ``current``'s: the
-    canary never saw these rows merged, so a variant in which they stay merged longer (a
-    churning workload whose pages do change, where the merged pages rose 18 %) contradicts
-    it. Returns the payload where it is kept (else None) and what the provenance says
-    (``held_content``)."""
+    canary never saw these rows merged, so a variant in which they stay merged longer
+    contradicts it (a trial that also cleared their toggle flags raised a churning
+    workload's merged pages by 18 %). Returns the payload where it is kept (else None) and
+    what the provenance says (``held_content``)."""
     cow, sharing = current
     changing = int((unseen or {}).get("changing") or 0)
     note: dict[str, Any] = {
