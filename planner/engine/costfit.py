@@ -793,7 +793,7 @@ def weigh_held_content(
     and final ``pages_sharing``). It is kept where its breaks are nearer the recording's by
     ratio and its ``pages_sharing`` within :data:`HOLD_SHARING_BAND` of ``current``'s: the
     canary never saw these rows merged, so a variant in which they stay merged longer
-    contradicts it (a trial that also cleared their toggle flags raised a churning
+    contradicts it (a first trial of the rule, outside the code, raised a churning
     workload's merged pages by 18 %). Returns the payload where it is kept (else None) and
     what the provenance says (``held_content``)."""
     cow, sharing = current
