@@ -559,10 +559,10 @@ def test_unseen_break_rows_keep_their_content_where_it_breaks_nearer_and_merges_
     """Rows taking the unseen breaks whose content the sampler saw change, in fitting
     replays that break too few merges (PostgreSQL: 173 a second where the host broke 298),
     are fitted again holding their content: kept where that breaks nearer the recording
-    (249) and leaves the merged pages as they were (within HOLD_SHARING_BAND); not where the
-    merged pages rise (a trial on a churning workload: +18 %), nor where it breaks further
-    off (churn B: 1,339 against 931 where the counted rows broke 653), nor where the
-    replays are within the band, over it, or no such row changes."""
+    (249) and leaves the merged pages as they were (within HOLD_SHARING_BAND); not where
+    the merged pages rise (a trial that also slowed the rows: +18 % on churn), nor where it
+    breaks further off (churn B: 1,339 against 931 where the counted rows broke 653), nor
+    where the replays are within the band, over it, or no such row changes."""
     unseen = {"candidates": 464, "write_per_s": 36.9, "changing": 143}
     calls: list[int] = []
 
