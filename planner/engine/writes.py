@@ -1055,8 +1055,8 @@ class CanaryRates:
     (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
     unseen_hold_content: bool = False
     """Whether the rows that take a share of the unseen breaks keep their content between
-    writes (their content changes and toggles the sampler counted dropped: each write
-    leaves the bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
+    writes (the content changes the sampler counted on them dropped: each write leaves the
+    bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
     their content changes keep the fitting replays from breaking as many merges as the
     recording (:func:`planner.engine.costfit.weigh_held_content`)."""
 
