@@ -17,41 +17,25 @@ Run from the repository root: ``sudo .venv/bin/python docs/measure/advisor_trace
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tracing import tracefs
 
 from planner.engine.timing import AdvisorState, advisor_step
 from planner.kernel.calibrate import ksmd_pid, ksmd_runtime_ns
 from planner.kernel.holder import Holder
 from planner.kernel.sysfs import KsmLease, KsmSysfs
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 PAGES = 30000
 SCANS = 6
-TRACING = Path("/sys/kernel/tracing")
 EVENT = re.compile(r"ksm_advisor: ksm scan time (\d+) pages_to_scan (\d+) cpu percent (\d+)")
-
-
-@contextlib.contextmanager
-def tracefs() -> Iterator[Path]:
-    mounted_here = False
-    if not (TRACING / "events").exists():
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACING)], check=True)
-        mounted_here = True
-    try:
-        yield TRACING
-    finally:
-        if mounted_here:
-            subprocess.run(["umount", str(TRACING)], check=False)
 
 
 def main() -> int:

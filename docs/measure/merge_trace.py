@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import re
 import subprocess
@@ -43,27 +42,17 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TRACING = Path("/sys/kernel/tracing")
+from tracing import tracefs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 EVENTS = ("ksm_merge_with_ksm_page", "ksm_remove_rmap_item", "ksm_start_scan")
 LINE = re.compile(r"(\d+\.\d+): (ksm_\w+): (.*)")
 MERGE = re.compile(r"(ksm )?pfn (\d+) rmap_item (\w+) mm (\w+) error (-?\d+)")
 ITEM = re.compile(r"rmap_item (\w+)")
-
-
-@contextlib.contextmanager
-def tracefs() -> Iterator[Path]:
-    mounted_here = False
-    if not (TRACING / "events").exists():
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACING)], check=True)
-        mounted_here = True
-    try:
-        yield TRACING
-    finally:
-        if mounted_here:
-            subprocess.run(["umount", str(TRACING)], check=False)
 
 
 def record(cmd: list[str], out: Path, buffer_kb: int) -> int:

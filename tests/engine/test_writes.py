@@ -629,11 +629,12 @@ def test_the_unseen_breaks_rows_keep_their_content_where_fit_canary_says_so() ->
     assert x.cow_breaks > counted.cow_breaks
 
 
-def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:
-    """A canary of another run (other pids, other addresses) that recorded its pages'
-    mapping starts: a row takes the rate pooled over the canary's pages of its class (busy
-    role, mapping kind, page number in the mapping); busy rows of a class the canary never
-    saw merged take the unseen breaks."""
+def _another_run(
+    events: list[tuple[float, int, int, str]],
+) -> tuple[ReplayInput, ObservedTimeline]:
+    """Busy workers 200 and 201, each with contents 1-3 at 0x10000 (snapshots at 0 and 1 s),
+    and a canary of another run over 10 s (10 samples, ``cow_ksm`` +100): its busy pid 100's
+    page ``events``, every page in one anonymous mapping starting at 0x7f0000."""
     import pandas as pd
 
     w = World()
@@ -643,26 +644,38 @@ def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> N
     w.snapshot(0.0)
     w.snapshot(1.0)
     inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {200: 0.5, 201: 0.5})
+    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10)
+    assert obs.page_events is not None
+    assert obs.canary is not None
+    obs = dataclasses.replace(
+        obs,
+        page_events=obs.page_events.assign(
+            vma_kind="anon", vma_start=np.full(len(events), 0x7F0000, np.uint64)
+        ),
+        canary=obs.canary.assign(cpu_s=obs.canary["t_s"] * 0.3),
+        processes=pd.DataFrame({"pid": [100], "comm": ["w"], "t_s": [0.0]}),
+    )
+    return inp, obs
+
+
+def test_another_runs_canary_reaches_rows_by_role_mapping_kind_and_offset() -> None:
+    """A canary of another run (other pids, other addresses) that recorded its pages'
+    mapping starts: a row takes the rate pooled over the canary's pages of its class (busy
+    role, mapping kind, page number in the mapping); busy rows of a class the canary never
+    saw merged take the unseen breaks."""
     # the canary's busy pid 100 has the same mapping at 0x7f0000: page 1 written twice in
     # 4 merged seconds, page 0 merged and never written; page 2 never seen merged
-    events = [
-        (0.0, 100, 0x7F0000, "merged"),
-        (0.0, 100, 0x7F1000, "merged"),
-        (2.0, 100, 0x7F1000, "unmerged_same_content"),
-        (3.0, 100, 0x7F1000, "merged"),
-        (5.0, 100, 0x7F1000, "unmerged_same_content"),
-    ]
-    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10)
+    inp, obs = _another_run(
+        [
+            (0.0, 100, 0x7F0000, "merged"),
+            (0.0, 100, 0x7F1000, "merged"),
+            (2.0, 100, 0x7F1000, "unmerged_same_content"),
+            (3.0, 100, 0x7F1000, "merged"),
+            (5.0, 100, 0x7F1000, "unmerged_same_content"),
+        ]
+    )
     ev = obs.page_events
     assert ev is not None
-    ev = ev.assign(vma_kind="anon", vma_start=np.full(len(ev), 0x7F0000, np.uint64))
-    canary = obs.canary
-    assert canary is not None
-    canary = canary.assign(cpu_s=canary["t_s"] * 0.3)
-    obs = dataclasses.replace(obs, page_events=ev, canary=canary)
-    obs = dataclasses.replace(
-        obs, processes=pd.DataFrame({"pid": [100], "comm": ["w"], "t_s": [0.0]})
-    )
     rates = canary_rates(obs)
     assert rates.roles_recorded
     assert rates.page_offset is not None
@@ -696,31 +709,13 @@ def test_a_class_whose_merges_the_canary_saw_last_no_longer_than_a_sample_is_uns
     breaks of rows that never stay merged"): merged for at most BRIEF_MERGE_SAMPLES (1.5)
     sampling periods on average, the class counts as never seen merged, and its busy rows
     take the unseen breaks; merged longer, they take the class's rate and no share."""
-    import pandas as pd
-
-    w = World()
-    for pid in (200, 201):
-        w.spawn(pid, comm="w")
-        w.map(pid, 0x10000, [1, 2, 3])
-    w.snapshot(0.0)
-    w.snapshot(1.0)
-    inp = _cpu(prepare(_counted(w.host_trace(), {}, {}, 1.0)), {200: 0.5, 201: 0.5})
-    events = [
-        (0.0, 100, 0x7F0000, "merged"),
-        (0.0, 100, 0x7F1000, "merged"),
-        (6.0, 100, 0x7F2000, "merged"),
-        (6.0 + merged_s, 100, 0x7F2000, "unmerged_same_content"),
-    ]
-    obs = _with_cow(_canary(events, end_s=10.0), cow=100, samples=10)
-    assert obs.page_events is not None
-    assert obs.canary is not None
-    obs = dataclasses.replace(
-        obs,
-        page_events=obs.page_events.assign(
-            vma_kind="anon", vma_start=np.full(len(events), 0x7F0000, np.uint64)
-        ),
-        canary=obs.canary.assign(cpu_s=obs.canary["t_s"] * 0.3),
-        processes=pd.DataFrame({"pid": [100], "comm": ["w"], "t_s": [0.0]}),
+    inp, obs = _another_run(
+        [
+            (0.0, 100, 0x7F0000, "merged"),
+            (0.0, 100, 0x7F1000, "merged"),
+            (6.0, 100, 0x7F2000, "merged"),
+            (6.0 + merged_s, 100, 0x7F2000, "unmerged_same_content"),
+        ]
     )
     rates = canary_rates(obs)
     assert rates.sample_s == pytest.approx(10.0 / 9)
