@@ -840,6 +840,10 @@ class CanaryFit:
     """The canary's rates, page classes on or off as chosen."""
     note: dict[str, Any]
     """What the provenance says (``cost_fit``; ``page_classes`` where they were weighed)."""
+    cow_per_s: float | None = None
+    """Copy-on-write breaks per second of its fitting replays at the recording's knobs."""
+    pages_sharing: int | None = None
+    """``pages_sharing`` at the end of those replays (None: not replayed yet)."""
 
 
 def fit_canary(
@@ -887,105 +891,81 @@ def fit_canary(
     if window is None:
         return chosen
     recorded = recorded_cow_per_s(counters, window)
-
-    def refit_with_sharing(alt: CanaryRates) -> tuple[CanaryFit, float | None, int | None]:
-        """``alt`` applied and fitted as ``canary`` was, its breaks per second and its
-        final ``pages_sharing`` at the recording's knobs."""
-        alt_source = derive_input(inp, options, alt)
-        if fit is None:  # nothing fitted: the options stay as given
-            alt_cow, alt_sharing = _breaks_at(alt_source, window, fitted, alt)
-            return CanaryFit(alt_source, fitted, alt, note), alt_cow, alt_sharing
-        alt_fitted, alt_note, alt_fit = _fit_recording(alt_source, counters, options, alt)
-        if alt_fit is None:  # pragma: no cover - the first fit succeeded on the same window
-            return CanaryFit(alt_source, alt_fitted, alt, alt_note), None, None
-        return (
-            CanaryFit(alt_source, alt_fitted, alt, alt_note),
-            alt_fit.model_cow_per_s,
-            alt_fit.model_pages_sharing,
+    if fit is not None:
+        chosen = replace(
+            chosen, cow_per_s=fit.model_cow_per_s, pages_sharing=fit.model_pages_sharing
         )
+
+    def measured(c: CanaryFit) -> CanaryFit:
+        """``c`` with its breaks and merged pages at the recording's knobs: a profile fitted
+        before (e.g. by calibrate --trace --observed) is not fitted again, and one replay
+        then says them."""
+        if c.pages_sharing is not None or c.canary is None:
+            return c
+        cow, sharing = _breaks_at(c.source, window, c.options, c.canary)
+        return replace(c, cow_per_s=cow, pages_sharing=sharing)
 
     def refit(alt: CanaryRates) -> tuple[CanaryFit, float | None]:
         """``alt`` applied and fitted as ``canary`` was, and its breaks per second."""
-        payload, alt_cow, _ = refit_with_sharing(alt)
-        return payload, alt_cow
-
-    # (a profile fitted before, e.g. by calibrate --trace --observed, is not fitted again:
-    # one replay at the recording's knobs then says how many merges a variant breaks)
-    memo: list[tuple[float | None, int | None]] = []
-
-    def first() -> tuple[float | None, int | None]:
-        if not memo:
-            memo.append(
-                (fit.model_cow_per_s, fit.model_pages_sharing)
-                if fit is not None
-                else _breaks_at(source, window, fitted, canary)
+        alt_source = derive_input(inp, options, alt)
+        if fit is None:  # nothing fitted: the options stay as given
+            alt_fit = measured(CanaryFit(alt_source, fitted, alt, note))
+            return alt_fit, alt_fit.cow_per_s
+        alt_fitted, alt_note, fitted_alt = _fit_recording(alt_source, counters, options, alt)
+        got = CanaryFit(alt_source, alt_fitted, alt, alt_note)
+        if fitted_alt is not None:
+            got = replace(
+                got,
+                cow_per_s=fitted_alt.model_cow_per_s,
+                pages_sharing=fitted_alt.model_pages_sharing,
             )
-        return memo[0]
+        return got, got.cow_per_s
 
     extra: dict[str, Any] = {}
-    chosen_stats: Callable[[], tuple[float | None, int | None]] = first
-
-    def chosen_cow() -> float | None:
-        return chosen_stats()[0]
-
     if by_page_class(inp, canary):
-        kept: list[int | None] = []
-
-        def without_classes() -> tuple[CanaryFit, float | None]:
-            payload, alt_cow, alt_sharing = refit_with_sharing(replace(canary, page_classes=False))
-            kept[:] = [alt_sharing]
-            return payload, alt_cow
-
-        without, weighed = weigh_page_classes(recorded, chosen_cow(), without_classes)
-        extra["page_classes"] = weighed
+        chosen = measured(chosen)
+        without, extra["page_classes"] = weigh_page_classes(
+            recorded, chosen.cow_per_s, lambda: refit(replace(canary, page_classes=False))
+        )
         if without is not None:
             chosen = without
-            stats = (weighed["without_classes_cow_per_s"], kept[0])
-            chosen_stats = lambda: stats  # noqa: E731
     assert chosen.canary is not None
     if spreads_missed_breaks(inp, chosen.canary):
         spread_canary = chosen.canary
-        unspread_sharing: list[int | None] = []
-
-        def unspread_fit() -> tuple[CanaryFit, float | None]:
-            payload, alt_cow, alt_sharing = refit_with_sharing(
-                replace(spread_canary, missed_spread=False)
-            )
-            unspread_sharing[:] = [alt_sharing]
-            return payload, alt_cow
-
-        unspread, weighed = weigh_missed_spread(
-            recorded, chosen_cow(), unspread_fit, spread_canary.missed_scale
+        chosen = measured(chosen)
+        unspread, extra["missed_breaks"] = weigh_missed_spread(
+            recorded,
+            chosen.cow_per_s,
+            lambda: refit(replace(spread_canary, missed_spread=False)),
+            spread_canary.missed_scale,
         )
-        extra["missed_breaks"] = weighed
         if unspread is not None:
             chosen = unspread
-            unspread_stats = (weighed["unspread_cow_per_s"], unspread_sharing[0])
-            chosen_stats = lambda: unspread_stats  # noqa: E731
     unseen_canary = chosen.canary
     assert unseen_canary is not None
     unseen = unseen_rows(chosen.source)
     if unseen and unseen.get("candidates"):
-        slower, weighed = weigh_unseen_breaks(
+        chosen = measured(chosen)
+        slower, extra["unseen_breaks"] = weigh_unseen_breaks(
             recorded,
-            chosen_cow(),
+            chosen.cow_per_s,
             unseen,
             window.wall_s / window.full_scans if window.full_scans > 0 else 0.0,
             lambda rate: refit(replace(unseen_canary, unseen_write_per_s=rate)),
         )
-        extra["unseen_breaks"] = weighed
         if slower is not None:
             chosen = slower
         else:
-            held_canary = unseen_canary
-            held, extra["held_content"] = weigh_held_content(
-                recorded,
-                chosen_stats(),
-                unseen,
-                lambda: refit_with_sharing(replace(held_canary, unseen_hold_content=True)),
+
+            def held() -> tuple[CanaryFit, float | None, int | None]:
+                got, cow = refit(replace(unseen_canary, unseen_hold_content=True))
+                return got, cow, got.pages_sharing
+
+            kept, extra["held_content"] = weigh_held_content(
+                recorded, (chosen.cow_per_s, chosen.pages_sharing), unseen, held
             )
-            if held is not None:
-                chosen = held
+            if kept is not None:
+                chosen = kept
     return replace(chosen, note={**chosen.note, **extra})
 
 
