@@ -13,7 +13,8 @@ document on stdout (and in ``OUT/report.json``) holds every comparison, the host
 during each run, the runtimes, and per workload the errors of every run and the
 run-to-run spread of the kernel's own figures.
 
-Recorded runs can be scored again without the kernel (e.g. after a model change)::
+``--record-only`` records without scoring (a run recorded in a slow guest is scored on
+the host). Recorded runs can be scored again without the kernel (e.g. after a model change)::
 
     .venv/bin/python tools/live_validate.py --compare-only live-runs/baseline/*/
 
@@ -78,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--compare-only", nargs="+", type=Path, metavar="RUN_DIR", default=[],
                     help="score recorded run directories again (no kernel needed)")  # fmt: skip
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="record the runs without scoring them (score them later, elsewhere, with "
+        "--compare-only: e.g. runs recorded in a slow guest, docs/measure/softdirty_guest.py)",
+    )
     ap.add_argument(
         "--table",
         type=Path,
@@ -294,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageProblem(f"--param for workloads not run: {sorted(unknown)}")
         if args.runs < 1:
             raise UsageProblem("--runs must be at least 1")
+        if args.record_only and args.compare_only:
+            raise UsageProblem("--record-only records new runs; --compare-only scores old ones",
+                               hint="give one of them")  # fmt: skip
         bad = [a for a in args.alignment.split(",") if a.strip() not in ALIGNMENTS]
         if bad:
             raise UsageProblem(f"unknown --alignment {bad}", hint="use time, last or time,last")
@@ -344,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_live(name, run_dir, config=cfg, params=wparams[name], say=log)
                     entry.update(host_load=run.host_load, runtime_s=run.phases_s,
                                  load=run.load, events=run.events)  # fmt: skip
+                    if args.record_only:
+                        entry["wall_s"] = round(time.monotonic() - t, 1)
+                        runs.append(entry)
+                        continue
                     t_cmp = time.monotonic()
                     entry["comparisons"] = _compare_all(run, args)
                     if "page_truth" in entry["comparisons"]:
