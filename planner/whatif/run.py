@@ -521,7 +521,7 @@ def _evidence(
     everything its projection uses."""
     labels = _labels(tr)
     model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
-        published_error(labels)
+        published_error(labels, soft_dirty=_tracked_with_soft_dirty(tr, host_list))
     )
     rates = comparison.rates if comparison is not None else None
     cow = rates.cow_per_merged_page_per_s if rates is not None else None
@@ -536,6 +536,25 @@ def _evidence(
         for h in host_list
     }
     return model_error, evidence
+
+
+def _tracked_with_soft_dirty(tr: Trace, hosts: Sequence[str]) -> bool:
+    """Whether the capture tracked writes with soft-dirty on every host: some interval of
+    each was sampled with it, and none without it (docs/capture.md §9.3)."""
+    for host in hosts:
+        snaps = tr.read_table(host, "snapshots", ["samples", "soft_dirty"])
+        sampled = [
+            bool(soft)
+            for n, soft in zip(
+                snaps.column("samples").to_pylist(),
+                snaps.column("soft_dirty").to_pylist(),
+                strict=True,
+            )
+            if n
+        ]
+        if not sampled or not all(sampled):
+            return False
+    return True
 
 
 def _labels(tr: Trace) -> dict[str, str]:

@@ -14,6 +14,7 @@ from planner.whatif.footprint import plan_capacity
 from planner.whatif.observed import CounterSeries, ObservedComparison
 from planner.whatif.uncertainty import (
     PUBLISHED,
+    PUBLISHED_SOFT_DIRTY,
     SourceInterval,
     TimeSpread,
     canary_error,
@@ -88,6 +89,45 @@ def test_published_error_of_the_traced_workload_or_of_all() -> None:
     assert "4 workloads" in every.basis
     # the band covers every run, widened by the kernel's own run-to-run spread
     assert every.low < min(every.ratios) < max(every.ratios) < every.high
+
+
+def test_the_soft_dirty_runs_are_the_documents() -> None:
+    # docs/live-validation.md, "Soft-dirty on a real kernel": its table of runs, the error
+    # with the soft-dirty counts in the fourth column
+    text = (ROOT / "docs" / "live-validation.md").read_text()
+    head = re.search(r"^## Soft-dirty on a real kernel.*$", text, re.M)
+    assert head is not None, "docs/live-validation.md has no section 'Soft-dirty on a real kernel'"
+    rest = text[head.end() :]
+    end = re.search(r"^## ", rest, re.M)
+    doc = rest[: end.start()] if end else rest
+    rows: dict[str, list[float]] = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 5 or cells[0] not in PUBLISHED_SOFT_DIRTY:
+            continue
+        err = re.search(r"([+−-]?[\d.]+) %", cells[3])
+        assert err, line
+        rows.setdefault(cells[0], []).append(_number(err.group(1)) / 100)
+    assert rows == {k: pytest.approx(list(v)) for k, v in PUBLISHED_SOFT_DIRTY.items()}
+
+
+def test_a_trace_captured_with_soft_dirty_is_held_to_the_runs_captured_so() -> None:
+    pg = published_error({"workload": "postgres"}, soft_dirty=True)
+    assert pg.ratios == pytest.approx([1 / (1 + e) for e in PUBLISHED_SOFT_DIRTY["postgres"]])
+    assert pg.noise == PUBLISHED["postgres"].truth_spread
+    assert "soft-dirty" in pg.basis
+    # without soft-dirty the same label takes the runs that could not see the writes
+    assert published_error({"workload": "postgres"}).ratios != pg.ratios
+    # a workload without soft-dirty runs: all of them, and the widest spread of any workload
+    django = published_error({"workload": "django-gunicorn"}, soft_dirty=True)
+    every = [e for runs in PUBLISHED_SOFT_DIRTY.values() for e in runs]
+    assert django.ratios == pytest.approx([1 / (1 + e) for e in every])
+    assert django.noise == max(r.truth_spread for r in PUBLISHED.values())
+    assert "names none of them" in django.basis
+    # the longest name wins: churn-rewrite's own run, not the churn workload's
+    rewrite = published_error({"workload": "churn-rewrite-4"}, soft_dirty=True)
+    assert rewrite.ratios == pytest.approx([1 / (1 + PUBLISHED_SOFT_DIRTY["churn-rewrite"][0])])
+    assert rewrite.noise == PUBLISHED["churn"].truth_spread
 
 
 def test_canary_error_takes_the_second_half() -> None:
