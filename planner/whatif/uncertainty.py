@@ -91,7 +91,7 @@ PUBLISHED: Mapping[str, PublishedRuns] = {
 #: them against the document's table.
 PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
     "churn-rewrite": (-0.002,),
-    "postgres": (0.095, 0.045),
+    "postgres": (0.095, 0.045, 0.009),
 }
 
 

@@ -45,18 +45,31 @@ def test_the_recorded_capture_tracked_writes_with_soft_dirty() -> None:
     assert max(written) >= 1000, f"rows with same-content writes per snapshot: {written}"
 
 
-def test_soft_dirty_counts_carry_the_rewrites_ksmd_could_not_keep_merged() -> None:
-    """churn-rewrite: pages rewritten with their own bytes every 500 ms. With the
-    soft-dirty counts the model breaks their merges as the kernel did; without them (the
-    snapshots alone, as a capture on a kernel without soft-dirty sees this workload) it
-    keeps every rewritten page merged. Measured (2026-12-06): +3.6 % and +49.6 %."""
-    with_writes = _error(REWRITE)
-    without = _error(REWRITE, writes=False)
-    assert abs(with_writes) <= 0.10, (
-        f"pages_sharing {with_writes:+.1%} with the soft-dirty counts (measured +3.6 %), "
-        f"{without:+.1%} without them"
+@pytest.mark.parametrize(
+    ("run", "within", "measured", "without_at_least", "measured_without"),
+    [
+        # pages rewritten with their own bytes every 500 ms
+        ("churn-rewrite-1", 0.10, "-0.2 %", 0.30, "+49.3 %"),
+        # PostgreSQL's busy backends, 16 clients at 100 transactions a second
+        ("postgres-1", 0.03, "+0.9 %", 0.05, "+13.8 %"),
+    ],
+)
+def test_soft_dirty_counts_carry_the_writes_that_break_merges(
+    run: str, within: float, measured: str, without_at_least: float, measured_without: str
+) -> None:
+    """With the soft-dirty counts the model breaks merges where the kernel did; without any
+    writes (``writes=False``: the snapshots alone) it keeps the rewritten pages merged. (With
+    only the soft-dirty counts dropped, as a capture on a kernel without soft-dirty has them,
+    +49.2 % and +10.6 %: docs/measure/without_soft_dirty.py.)"""
+    with_writes = _error(RUNS / run)
+    without = _error(RUNS / run, writes=False)
+    assert abs(with_writes) <= within, (
+        f"{run}: pages_sharing {with_writes:+.1%} with the soft-dirty counts (measured "
+        f"{measured}), {without:+.1%} without them"
     )
-    assert without >= 0.30, f"without the writes only {without:+.1%} (measured +49.6 %)"
+    assert without >= without_at_least, (
+        f"{run}: without the writes only {without:+.1%} (measured {measured_without})"
+    )
 
 
 def test_a_what_if_on_a_soft_dirty_trace_takes_the_soft_dirty_errors() -> None:
