@@ -42,7 +42,9 @@ def test_the_recorded_capture_tracked_writes_with_soft_dirty() -> None:
         for _, p in tr.iter_snapshot_pages(host, ["same_content_writes"])
     ]
     written = [int((s > 0).sum()) for s in same]
-    assert max(written) >= 1000, f"rows with same-content writes per snapshot: {written}"
+    # 4 workers x 500 rewritten pages, and 4 others (measured: 2, 3 and 2,004 rows; the
+    # first two intervals had a single pass, the emulated capture's first snapshot being slow)
+    assert 2000 <= max(written) <= 2100, f"rows with same-content writes per snapshot: {written}"
 
 
 @pytest.mark.parametrize(
