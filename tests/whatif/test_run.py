@@ -500,3 +500,27 @@ def test_a_calibrated_cost_profile_with_its_provenance_runs(family_trace: Path) 
     assert [s.ksmd_cpu_percent for s in res.scenarios] != [
         s.ksmd_cpu_percent for s in base.scenarios
     ]
+
+
+def test_soft_dirty_tracking_is_read_from_the_snapshots(tmp_path: Path) -> None:
+    """Only a trace whose sampled intervals all tracked writes with soft-dirty takes the
+    soft-dirty errors (planner.whatif.uncertainty.PUBLISHED_SOFT_DIRTY): not a content-only
+    capture, nor a version-1 trace, which has no sampling at all."""
+    import shutil
+
+    from planner.testing.tamper import as_schema_v1
+    from planner.whatif.run import _tracked_with_soft_dirty
+
+    root = Path(__file__).resolve().parents[2] / "traces"
+    soft = open_trace(root / "softdirty" / "postgres-1" / "trace")
+    assert _tracked_with_soft_dirty(soft, soft.hosts)
+    content_only = open_trace(root / "django-preload")
+    assert not _tracked_with_soft_dirty(content_only, content_only.hosts)
+    v1 = tmp_path / "v1"
+    shutil.copytree(root / "django-preload", v1)
+    for p in v1.rglob("*"):
+        p.chmod(0o700 if p.is_dir() else 0o600)
+    as_schema_v1(v1, content_only.hosts[0])
+    old = open_trace(v1)
+    assert old.schema_version == 1
+    assert not _tracked_with_soft_dirty(old, old.hosts)
