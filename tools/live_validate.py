@@ -354,15 +354,12 @@ def main(argv: list[str] | None = None) -> int:
                     run = run_live(name, run_dir, config=cfg, params=wparams[name], say=log)
                     entry.update(host_load=run.host_load, runtime_s=run.phases_s,
                                  load=run.load, events=run.events)  # fmt: skip
-                    if args.record_only:
-                        entry["wall_s"] = round(time.monotonic() - t, 1)
-                        runs.append(entry)
-                        continue
-                    t_cmp = time.monotonic()
-                    entry["comparisons"] = _compare_all(run, args)
-                    if "page_truth" in entry["comparisons"]:
-                        entry["page_truth"] = entry["comparisons"].pop("page_truth")
-                    entry["compare_s"] = round(time.monotonic() - t_cmp, 2)
+                    if not args.record_only:
+                        t_cmp = time.monotonic()
+                        entry["comparisons"] = _compare_all(run, args)
+                        if "page_truth" in entry["comparisons"]:
+                            entry["page_truth"] = entry["comparisons"].pop("page_truth")
+                        entry["compare_s"] = round(time.monotonic() - t_cmp, 2)
                 except PlannerError as exc:
                     failed = True
                     entry["error"] = exc.one_line()

@@ -31,15 +31,20 @@ def _number(text: str) -> float:
     return float(text.replace("−", "-").replace("+", "").replace(",", ""))
 
 
+def _section(title: str) -> str:
+    """The text of docs/live-validation.md's section ``title`` (up to the next one)."""
+    text = (ROOT / "docs" / "live-validation.md").read_text()
+    head = re.search(rf"^## {re.escape(title)}.*$", text, re.M)
+    assert head is not None, f"docs/live-validation.md has no section {title!r}"
+    rest = text[head.end() :]
+    end = re.search(r"^## ", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
 def test_the_published_table_is_the_documents() -> None:
     # planner/whatif/uncertainty.py carries the figures of docs/live-validation.md's
     # section "The published errors" (the runs of the planner as it is, not the baseline's)
-    text = (ROOT / "docs" / "live-validation.md").read_text()
-    head = re.search(r"^## The published errors.*$", text, re.M)
-    assert head is not None, "docs/live-validation.md has no section 'The published errors'"
-    rest = text[head.end() :]
-    end = re.search(r"^## ", rest, re.M)
-    doc = rest[: end.start()] if end else rest
+    doc = _section("The published errors")
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -94,12 +99,7 @@ def test_published_error_of_the_traced_workload_or_of_all() -> None:
 def test_the_soft_dirty_runs_are_the_documents() -> None:
     # docs/live-validation.md, "Soft-dirty on a real kernel": its table of runs, the error
     # with the soft-dirty counts in the fourth column
-    text = (ROOT / "docs" / "live-validation.md").read_text()
-    head = re.search(r"^## Soft-dirty on a real kernel.*$", text, re.M)
-    assert head is not None, "docs/live-validation.md has no section 'Soft-dirty on a real kernel'"
-    rest = text[head.end() :]
-    end = re.search(r"^## ", rest, re.M)
-    doc = rest[: end.start()] if end else rest
+    doc = _section("Soft-dirty on a real kernel")
     rows: dict[str, list[float]] = {}
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
