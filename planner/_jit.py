@@ -83,7 +83,7 @@ def import_numba() -> Any:
                 probe = _SkipBlasProbe()
                 sys.meta_path.insert(0, probe)
                 try:
-                    importlib.import_module("numba.np.arraymath")
+                    import_packages_first("numba.np.arraymath")
                 finally:
                     sys.meta_path.remove(probe)
     return numba
@@ -222,12 +222,30 @@ def _prefetch() -> Any:
 INTRINSICS: dict[str, Callable[[], Any]] = {"prefetch": _prefetch}
 
 
+def import_packages_first(name: str) -> types.ModuleType:
+    """``importlib.import_module(name)``, each package that holds the module imported first.
+
+    ``import_module("a.b.c")`` takes the import lock of ``a.b.c`` and only then imports
+    ``a.b`` when that is not imported yet. A package whose ``__init__`` imports the module
+    (``planner.engine.fast`` imports its kernel) then takes the two locks in the opposite
+    order in a thread that imports the package: with both at once, Python finds a deadlock
+    and one of the two imports fails (``_DeadlockError``; a replay failed so in CI,
+    2026-12-06). Imported from the outside in, the locks are taken in one order by every
+    thread; a thread that meets a package another is importing waits for it holding no
+    lock of its own.
+    """
+    parts = name.split(".")
+    for depth in range(1, len(parts)):
+        importlib.import_module(".".join(parts[:depth]))
+    return importlib.import_module(name)
+
+
 def _dispatchers(module_name: str) -> list[Any]:
     """The numba functions defined in a module: its own dispatchers and its lazy ones."""
     import_numba()
     from numba.core.registry import CPUDispatcher
 
-    module = importlib.import_module(module_name)
+    module = import_packages_first(module_name)
     found = [
         v
         for v in vars(module).values()
@@ -297,6 +315,7 @@ __all__ = [
     "compiled_code_loading",
     "compiled_on_first_call",
     "import_numba",
+    "import_packages_first",
     "load_cached",
     "njit_cached",
     "private_cache_dir",

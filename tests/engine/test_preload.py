@@ -213,3 +213,69 @@ def test_prefetch_compiles_to_a_prefetch_and_never_faults() -> None:
     if platform.machine() in ("x86_64", "AMD64"):
         asm = "".join(compiled.inspect_asm().values())
         assert "prefetcht0" in asm
+
+
+#: The interleaving of the replay that failed in CI (2026-12-06): the loading thread imports
+#: the fast engine's kernel while the main thread imports the fast engine's package, whose
+#: ``__init__`` imports that kernel. Python's import machinery is wrapped so that each thread
+#: waits at the step where the other must be (each wait bounded, so a different order only
+#: ends the run, never hangs it), then the main thread's import is reported.
+CROSSED_IMPORTS = """
+import importlib._bootstrap as bootstrap
+import json, threading, time
+
+PKG = "planner.engine.fast"
+MAIN = threading.get_ident()
+loader_at_package = threading.Event()
+main_holds_package = threading.Event()
+original = bootstrap._find_and_load
+
+
+def find_and_load(name, import_):
+    me = threading.get_ident()
+    if me != MAIN and name == PKG:
+        loader_at_package.set()  # the loader is about to import the package
+        main_holds_package.wait(5)
+    elif me == MAIN and name == PKG:
+        loader_at_package.wait(5)
+    elif me == MAIN and name == PKG + ".engine":
+        main_holds_package.set()
+    elif me == MAIN and name == PKG + ".kernel":
+        # until the loader waits for the package's lock, which the main thread holds
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            lock = bootstrap._blocking_on.get(loader[0])
+            if lock is not None and lock.name == PKG:
+                break
+            time.sleep(0.001)
+    return original(name, import_)
+
+
+bootstrap._find_and_load = find_and_load
+from planner._jit import import_numba
+from planner.engine.preload import compiled_code_loading
+
+import_numba()
+loader = []
+with compiled_code_loading((PKG + ".kernel",)) as done:
+    loader.append(next(t.ident for t in threading.enumerate() if t.name.endswith("compiled")))
+    try:
+        from planner.engine.fast import FastEngine
+        error = None
+    except Exception as exc:
+        error = repr(exc)
+print(json.dumps(dict(error=error, loaded=done)))
+"""
+
+
+def test_the_loading_thread_and_the_main_thread_import_the_fast_engine_at_once(
+    tmp_path: Path,
+) -> None:
+    """The loading thread imports each module's packages first, as the main thread does,
+    so the two never take the import locks of a package and its module in opposite orders
+    (CI, 2026-12-06: ``_DeadlockError ... _ModuleLock('planner.engine.fast.kernel')`` in a
+    ``ksm-planner replay``: the thread had locked the kernel, then went to import its
+    package, which the main thread was importing, and which imports the kernel)."""
+    res = json.loads(_child(CROSSED_IMPORTS, tmp_path))
+    assert res["error"] is None, res
+    assert res["loaded"] == [0], res  # the thread finished (an empty cache: nothing to load)
