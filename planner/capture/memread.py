@@ -483,7 +483,10 @@ def read_window(
     fn = xxh3.library_xxh3()
     if fn is None:
         raise RuntimeError("the xxhash library's XXH3_64bits_withSeed is not available")
-    span = np.array(members, dtype=_I64).reshape(-1, 3)
+    # one contiguous array per column: a column sliced from the (n, 3) table is strided
+    # (numba's layout 'A') unless n is 1 ('C'), and each layout is a compilation of its own,
+    # so the warm-up's one-span window left a real snapshot's first window to compile
+    index, lo, hi = np.array(members, dtype=_I64).reshape(-1, 3).T.copy()
     sc = scratch
     status = int(
         _loop("window")(
@@ -493,9 +496,9 @@ def read_window(
             mem_fd,
             first,
             count,
-            span[:, 1],
-            span[:, 2],
-            span[:, 0],
+            lo,
+            hi,
+            index,
             np.uint64(zero_pfn if zero_pfn else _NO_PFN),
             np.uint64(secret.seed),
             sc.piece_pages,
