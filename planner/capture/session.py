@@ -759,6 +759,11 @@ class _Session:
                 current = dict(first_targets)
             # the tables too: at nice +10 they could delay the next one
             with pacer.burst(fresh=True):
+                if i == 0:
+                    # the schedule starts when the first snapshot does: after the burst's
+                    # wait for fresh reservations (up to a period after the warm-up's), which
+                    # otherwise came off the first interval (0.2 s of 0.3 s asked)
+                    t_start = pacer.clock()
                 taken = self.snapshot(i, current, targets, kpage, progress)
                 if pending is not None:  # its interval ended as this snapshot began
                     self.write(

@@ -264,7 +264,9 @@ def test_live_process_and_host_facts(tmp_path: Path) -> None:
     assert s1["cpu_total_ticks"] > s0["cpu_total_ticks"]
     assert 0.0 <= s0["interval_cpu_busy_share"] <= 1.0
     assert s0["interval_runnable_mean"] >= 1.0  # the capture itself runs when it samples
-    assert s0["interval_s"] == pytest.approx(0.3, abs=0.25)
+    # start to start, never shorter than asked (the wait after the warm-up's burst came off
+    # it: 0.2 s); later by what a loaded host makes it
+    assert 0.3 - 0.005 <= s0["interval_s"] <= 0.55
     if row["memory_cgroup"] not in (None, "/"):
         cg = ht.cgroups.to_pylist()
         assert cg
