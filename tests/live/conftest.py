@@ -77,6 +77,7 @@ def synthetic_run(tmp_path: Path) -> Callable[..., LiveRun]:
         rmap_scale: float = 1.0,
         drop_scans: int = 0,
         scanned_scale: float = 1.0,
+        slower: float = 1.0,
     ) -> LiveRun:
         run_dir = tmp_path / "run"
         run_dir.mkdir()
@@ -94,11 +95,15 @@ def synthetic_run(tmp_path: Path) -> Callable[..., LiveRun]:
              "pages_scanned": 1000, "pages_skipped": 70}
         ]  # fmt: skip
         cpu = 10.0
+        # slower: each of the model's scans ends that many times later (those past the end
+        # of the observation never do)
         for s in res.scans[drop_scans:]:
+            if s.t_s * slower > res.duration_s:
+                break
             cpu += s.cpu_s * cpu_scale
             c = s.counters
             samples.append(
-                {"t_s": s.t_s, "kind": "boundary", "full_scans": s.full_scans - drop_scans,
+                {"t_s": s.t_s * slower, "kind": "boundary", "full_scans": s.full_scans - drop_scans,
                  "pages_sharing": c["pages_sharing"] * sharing_scale,
                  "pages_shared": c["pages_shared"], "pages_unshared": c["pages_unshared"],
                  "pages_volatile": c["pages_volatile"], "general_profit": c["general_profit"],

@@ -232,6 +232,21 @@ def test_more_pages_per_full_scan_in_the_model_is_measured(
     assert split in cmp.summary()
 
 
+def test_pages_per_full_scan_over_the_same_scans(synthetic_run: Callable[..., LiveRun]) -> None:
+    """A kernel whose full scans are the model's, each ending 2.5 times later: it completes
+    fewer in the window, and under smart scan the later scans skip more, so the pages per
+    full scan over each side's own scans differ though every scan agrees; over the same
+    first scans they agree."""
+    m = compare_run(synthetic_run(slower=2.5).run_dir, CompareOptions()).metrics
+    assert m["full_scans_first_window"].error > 1.0, m["full_scans_first_window"].describe()
+    assert m["pages_scanned_per_full_scan"].error < -0.03  # the model's average skips more
+    same = m["pages_scanned_per_same_full_scans"]
+    assert same.error == pytest.approx(0, abs=1e-9), same.describe()
+    kernel_scans = m["full_scans_first_window"].kernel
+    assert kernel_scans is not None
+    assert f"(the first {kernel_scans:g} of each)" in same.describe()
+
+
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputDataError):
         LiveRun.read(str(tmp_path))
