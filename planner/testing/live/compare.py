@@ -984,11 +984,10 @@ def _per_same_full_scans(ks: _KernelSeries, res: ReplayResult, w: float) -> tupl
     boundaries are polled: two scans can end between two reads)."""
     start = int(ks.rows[0]["full_scans"])
     done = [s for s in res.scans if s.t_s <= w]
-    at = {
-        int(r["full_scans"]) - start: float(r["pages_scanned"])
-        for r in ks.rows
-        if r["kind"] == "boundary" and r["t_s"] <= w and r.get("pages_scanned") is not None
-    }
+    at: dict[int, float] = {}
+    for r in ks.rows:  # the first read after each scan's end
+        if r["kind"] == "boundary" and r["t_s"] <= w and r.get("pages_scanned") is not None:
+            at.setdefault(int(r["full_scans"]) - start, float(r["pages_scanned"]))
     first = ks.rows[0].get("pages_scanned")
     usable = [n for n in at if 0 < n <= len(done)]
     if not usable or first is None:
