@@ -244,8 +244,10 @@ def find_and_load(name, import_):
         # until the loader waits for the package's lock, which the main thread holds
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            lock = bootstrap._blocking_on.get(loader[0])
-            if lock is not None and lock.name == PKG:
+            # the lock the loader waits for (3.11: a lock; 3.12 on: a list of them)
+            held = getattr(bootstrap, "_blocking_on", {}).get(loader[0])
+            locks = held if isinstance(held, list) else [held]
+            if any(getattr(lock, "name", None) == PKG for lock in locks):
                 break
             time.sleep(0.001)
     return original(name, import_)
