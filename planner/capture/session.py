@@ -745,7 +745,7 @@ class _Session:
         or at once.
         """
         options = self.options
-        t_start = pacer.clock()
+        t_start = 0.0  # the schedule's origin: set as the first snapshot starts
         pending: _Taken | None = None
         for i in range(options.snapshots):
             if i:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from planner.whatif.extrapolate import GrowthFit
     from planner.whatif.footprint import CapacityPlan
@@ -96,11 +96,13 @@ PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
 }
 
 
-def published_workload(labels: Mapping[str, str]) -> str | None:
-    """The published workload a trace's ``workload`` label names (``django-gunicorn``:
-    ``django``), or ``None``."""
+def published_workload(labels: Mapping[str, str], among: Iterable[str] = PUBLISHED) -> str | None:
+    """The published workload (of ``among``) a trace's ``workload`` label names
+    (``django-gunicorn``: ``django``; the longest name that fits: ``churn-rewrite-b`` is
+    ``churn-rewrite`` where both it and ``churn`` are published), or ``None``."""
     label = (labels.get("workload") or "").lower()
-    return next((w for w in PUBLISHED if label == w or label.startswith(f"{w}-")), None)
+    names = sorted(among, key=len, reverse=True)
+    return next((w for w in names if label == w or label.startswith(f"{w}-")), None)
 
 
 def published_runs(labels: Mapping[str, str]) -> tuple[str, PublishedRuns] | None:
@@ -172,9 +174,7 @@ def published_error(labels: Mapping[str, str], *, soft_dirty: bool = False) -> M
 
 
 def _soft_dirty_error(labels: Mapping[str, str]) -> ModelError:
-    label = (labels.get("workload") or "").lower()
-    names = sorted(PUBLISHED_SOFT_DIRTY, key=len, reverse=True)
-    name = next((w for w in names if label == w or label.startswith(f"{w}-")), None)
+    name = published_workload(labels, PUBLISHED_SOFT_DIRTY)
     errors = PUBLISHED_SOFT_DIRTY[name] if name is not None else [
         e for runs in PUBLISHED_SOFT_DIRTY.values() for e in runs
     ]  # fmt: skip
