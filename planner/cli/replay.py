@@ -148,9 +148,11 @@ def replay_cmd(
                     prctl_at=prctl_at.value,
                     observed=observed,
                 )
+            joins = result.provenance.get("joins")
             for w in (
                 *result.provenance.get("policy_warnings", []),
                 *result.provenance.get("cost_warnings", []),
+                *([joins["warning"]] if isinstance(joins, dict) and joins.get("warning") else []),
             ):
                 warn(w)
             if out is not None:

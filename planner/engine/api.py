@@ -19,6 +19,7 @@ from planner.errors import KnobError
 if TYPE_CHECKING:
     from planner.engine.driver import Core
     from planner.engine.growth import GrowthNote
+    from planner.engine.joins import JoinNote
     from planner.engine.registration import Resolver
     from planner.engine.result import ReplayResult
     from planner.engine.writes import CanaryRates
@@ -41,6 +42,8 @@ class DerivedInput:
     canary: CanaryRates | None
     #: the options it was derived for (:func:`derivation`): a replay with others derives again
     made_for: tuple[bool, bool, int, bool]
+    #: the joins the trace shows, which the replay does not continue (:mod:`planner.engine.joins`)
+    joins: JoinNote
 
 
 def derivation(opts: ReplayOptions) -> tuple[bool, bool, int, bool]:
@@ -55,6 +58,8 @@ def derive_input(
     """``inp`` grown after the trace (:func:`with_growth`) and, when the options replay
     writes, with the canary's same-content write rates
     (:func:`planner.engine.writes.with_canary`)."""
+    from planner.engine.joins import JoinNote, measure_joins
+
     opts = options or ReplayOptions()
     grown, growth = with_growth(inp, opts)
     written = grown
@@ -62,7 +67,9 @@ def derive_input(
         from planner.engine.writes import with_canary
 
         written = with_canary(grown, canary, traced=inp.n_snapshots)
-    return DerivedInput(inp, grown, written, growth, canary, derivation(opts))
+    # a scan-aligned replay (validate --kernel) has nothing after its last snapshot
+    joins = JoinNote() if opts.aligned_to_scans else measure_joins(inp)
+    return DerivedInput(inp, grown, written, growth, canary, derivation(opts), joins)
 
 
 def base_input(source: ReplayInput | DerivedInput) -> ReplayInput:
@@ -154,6 +161,7 @@ def replay(
     res.provenance["writes"] = writes_note(derived.written, opts, model)
     growth = derived.growth
     res.provenance["growth"] = growth.to_dict() | {"summary": growth.summary()}
+    res.provenance["joins"] = derived.joins.to_dict() | {"summary": derived.joins.summary()}
     if canary is not None:
         res.provenance["writes"]["canary"] = {
             "same_content_unmerges": canary.events,

@@ -305,3 +305,20 @@ class World:
         keys, e.g. the ``capture`` a capture would record)."""
         with TraceWriter(out, source="synthetic", overwrite=overwrite, extra=extra) as tw:
             self._emit(tw.host(self.host))
+
+
+def joining_world(host: str = "synthetic", *, joins: int = 60) -> World:
+    """Two workers, three snapshots 2 s apart, whose own pages take, ``joins`` each an
+    interval, a content other pages of their process hold (:mod:`planner.engine.joins`):
+    at 60, 3,600 joins a minute against 248 shared pages at the end."""
+    w = World(host)
+    for pid in (100, 101):
+        w.spawn(pid, comm="node")
+        w.map(pid, 0x100000, [7 + pid] * 4)  # the content the joins land on
+        w.map(pid, 0x200000, [pid * 1000 + i for i in range(200)])
+    w.snapshot(0.0)
+    for k in (1, 2):
+        for pid in (100, 101):
+            w.write_range(pid, 0x200000 + (k - 1) * joins * PAGE, [7 + pid] * joins)
+        w.snapshot(2.0 * k)
+    return w

@@ -322,6 +322,9 @@ class ReplayOutcome:
     #: What growth after the trace the replay assumed: the one line of its provenance's
     #: ``growth`` (:class:`planner.engine.growth.GrowthNote`); None: not recorded
     growth_summary: str | None = None
+    #: The warning of the joins the trace shows and the replay does not continue
+    #: (:class:`planner.engine.joins.JoinNote`, ``provenance["joins"]["warning"]``); None: none
+    joins_warning: str | None = None
 
 
 __all__ = [

@@ -463,6 +463,7 @@ def run_whatif(
         extrapolation=extrapolation,
     )
     results, writes, ex = _run_tasks(plan, tr, host_list, executor, max_workers, progress)
+    warnings += _joins_warnings(plan, results, host_list)
     assembled = _assemble(plan, results, host_list, facts, writes)
     comparison = None
     if observed is not None:
@@ -681,6 +682,28 @@ def _link(
         else:
             fits = [plan.add(FitSpec(*base, "allow", extrapolation))]
     return _Link(main, cf, fits, doms)
+
+
+def _joins_warnings(
+    plan: _Plan, results: dict[Key, ReplayOutcome | ExtrapolationFit], host_list: list[str]
+) -> list[str]:
+    """Per host, the warning of the joins its trace shows and no replay continues
+    (:mod:`planner.engine.joins`: one trace, one note, whatever the scenario)."""
+    out: list[str] = []
+    for h in host_list:
+        for links in plan.links:
+            found = next(
+                (
+                    r.joins_warning
+                    for k in links[h].main
+                    if isinstance(r := results[k], ReplayOutcome) and r.joins_warning
+                ),
+                None,
+            )
+            if found is not None:
+                out.append(found if len(host_list) == 1 else f"host {h}: {found}")
+                break
+    return out
 
 
 def _assemble(

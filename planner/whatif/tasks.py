@@ -463,14 +463,15 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         process_timeline=process_series(res),
         elapsed_s=time.perf_counter() - t0,
         cow_breaks_per_s=res.cow_breaks_per_s,
-        growth_summary=_growth_summary(res.provenance.get("growth")),
+        growth_summary=_note_text(res.provenance.get("growth"), "summary"),
+        joins_warning=_note_text(res.provenance.get("joins"), "warning"),
     )
 
 
-def _growth_summary(note: object) -> str | None:
-    """The growth note's one line (``provenance["growth"]["summary"]``), if recorded."""
-    summary = note.get("summary") if isinstance(note, dict) else None
-    return summary if isinstance(summary, str) else None
+def _note_text(note: object, key: str) -> str | None:
+    """A provenance note's text ``key`` (``provenance["growth"]["summary"]``), if recorded."""
+    text = note.get(key) if isinstance(note, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def run_fit(spec: FitSpec) -> ExtrapolationFit | TaskFailure:

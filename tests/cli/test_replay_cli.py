@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from planner.testing.builder import World
+from planner.testing.builder import World, joining_world
 from tests.procs import run
 
 
@@ -148,3 +148,17 @@ def test_a_replay_fitted_to_a_canary_says_how(tmp_path: Path) -> None:
     assert "(sched_contention 0.22), costs x0.86 of default" in fitted[0]
     assert "wait for a CPU" not in fitted[0]  # a recording of long batches: the period's share
     assert "host load: 10.67 other runnable tasks per CPU" in r.stderr
+
+
+def test_the_joins_the_trace_shows_are_one_warning_line(tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    joining_world().write_trace(out)
+    r = run([sys.executable, "-m", "planner", "replay", str(out), "--json"], timeout_s=300)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "joins" in line]
+    assert len(said) == 1, r.stderr
+    assert said[0].startswith("ksm-planner: warning: between its snapshots the trace shows 60")
+    joins = json.loads(r.stdout)["provenance"]["joins"]
+    assert said[0].removeprefix("ksm-planner: warning: ") == joins["warning"]
+    assert joins["joins_per_s"] == 60.0
+    assert joins["held_rows"] == 248

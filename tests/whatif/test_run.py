@@ -15,7 +15,7 @@ from planner.engine import CostProfile, KsmKnobs, replay
 from planner.errors import KnobError, PolicyError, UsageProblem
 from planner.jsonable import to_jsonable
 from planner.policy import parse_policies, preset
-from planner.testing.builder import World
+from planner.testing.builder import World, joining_world
 from planner.trace.io import open_trace
 from planner.whatif import (
     CapacityInputs,
@@ -524,3 +524,18 @@ def test_soft_dirty_tracking_is_read_from_the_snapshots(tmp_path: Path) -> None:
     old = open_trace(v1)
     assert old.schema_version == 1
     assert not _tracked_with_soft_dirty(old, old.hosts)
+
+
+def test_the_joins_a_trace_shows_are_warned_of_once_per_host(
+    tmp_path: Path, family_trace: Path
+) -> None:
+    out = tmp_path / "t"
+    joining_world("web-1").write_trace(out)
+    res = run_whatif(out, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
+    about = [w for w in res.warnings if "continues none of these joins" in w]
+    assert len(about) == 1, res.warnings
+    assert "60 pages a second" in about[0]
+    assert "248 shared pages" in about[0]
+    # the family trace's workers hold still: nothing to warn of
+    res = run_whatif(family_trace, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
+    assert not [w for w in res.warnings if "joins" in w], res.warnings
