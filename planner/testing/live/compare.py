@@ -273,9 +273,10 @@ class LiveComparison:
         obs = self.host_load.get("observe", {})
         if obs:
             lines.append(f"  host during the observation: {obs.get('text')}")
-        growth = self.model.get("growth") or {}
-        if growth.get("summary"):
-            lines.append(f"  model: {growth['summary']}")
+        for note in ("growth", "joins"):
+            summary = (self.model.get(note) or {}).get("summary")
+            if summary:
+                lines.append(f"  model: {summary}")
         return "\n".join(lines)
 
     def full_scans_split(self) -> str | None:
@@ -1222,6 +1223,7 @@ def _model_summary(res: ReplayResult, steady: _Steady) -> dict[str, Any]:
         "cost_profile": res.knobs.get("cost_profile"),
         "host_load": res.provenance.get("host_load"),
         "growth": res.provenance.get("growth"),
+        "joins": res.provenance.get("joins"),
         "saved_frames_end": res.final_truth.saved_frames,
     }
 
