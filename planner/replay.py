@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.registration import PrctlAt, Resolver
     from planner.engine.result import ReplayResult
+    from planner.trace.io import Trace
 
 
 def replay_trace(
@@ -69,9 +70,14 @@ def replay_trace(
     The compiled code of the replay is loaded from numba's cache in a thread meanwhile
     (:mod:`planner.engine.preload`).
     """
+    from planner.trace.io import open_trace
+
+    # a trace that cannot be opened is one line at once, not after the loading thread
+    tr = open_trace(path)
     with compiled_code_loading(modules_for(engine)):
         return _replay_trace(
             path,
+            tr,
             host=host,
             knobs=knobs,
             options=options,
@@ -87,6 +93,7 @@ def replay_trace(
 
 def _replay_trace(
     path: str | Path,
+    tr: Trace,
     *,
     host: str | None,
     knobs: KsmKnobs | Mapping[str, Any] | None,
@@ -99,9 +106,6 @@ def _replay_trace(
     prctl_at: PrctlAt,
     observed: str | Path | None,
 ) -> ReplayResult:
-    from planner.trace.io import open_trace
-
-    tr = open_trace(path)
     # the shipped profile of the traced CPU unless one was given (docs/busy-host.md §7)
     given = (options or ReplayOptions()).cost
     profile = profile_for_trace(given, tr.host_cpu)

@@ -966,8 +966,9 @@ def summarize_trace(
     # first snapshot decoded
     # (its tables, in memory from the first snapshot to the last, on normal pages where
     # fresh huge pages are cold: planner._heap.state_pages)
+    trace = open_trace(path)  # a path that is no trace is one line at once, no thread started
     with compiled_code_loading((__name__, "planner._idtable")), state_pages():
-        return _summarize_trace(path, progress)
+        return _summarize_trace(trace, progress)
 
 
 def _host_pages(trace: Trace, host: str) -> Iterator[int | pa.Table]:
@@ -986,8 +987,7 @@ def _host_pages(trace: Trace, host: str) -> Iterator[int | pa.Table]:
         yield from batches
 
 
-def _summarize_trace(path: str | os.PathLike[str], progress: Progress) -> TraceSummary:
-    trace = open_trace(path)
+def _summarize_trace(trace: Trace, progress: Progress) -> TraceSummary:
     files: dict[str, dict[str, Any]] = trace.manifest.get("files", {})
     hosts: list[HostSummary] = []
     snapshots: list[SnapshotPotential] = []
