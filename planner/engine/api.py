@@ -67,8 +67,11 @@ def derive_input(
         from planner.engine.writes import with_canary
 
         written = with_canary(grown, canary, traced=inp.n_snapshots)
-    # a scan-aligned replay (validate --kernel) has nothing after its last snapshot
-    joins = JoinNote() if opts.aligned_to_scans else measure_joins(inp)
+    joins = (
+        JoinNote(reason="snapshots applied by full scan: nothing after the last")
+        if opts.aligned_to_scans
+        else measure_joins(inp)
+    )
     return DerivedInput(inp, grown, written, growth, canary, derivation(opts), joins)
 
 

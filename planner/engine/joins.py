@@ -92,6 +92,8 @@ class JoinNote:
     intervals, or no such join."""
     continued: bool = False
     """Whether the replay continues joins after the last snapshot (it does not yet)."""
+    reason: str = "fewer than two snapshots"
+    """Why nothing was measured, where nothing was."""
 
     @property
     def joins_per_s(self) -> float:
@@ -125,7 +127,7 @@ class JoinNote:
     def summary(self) -> str:
         """One line: the joins a second, the shared rows and the survival measured."""
         if not self.intervals:
-            return "joins: not measured (fewer than two snapshots)"
+            return f"joins: not measured ({self.reason})"
         parts = [
             f"joins: {self.joins_per_s:,.1f} pages/s take a content other pages hold "
             f"({sum(i.joins for i in self.intervals):,} over {len(self.intervals)} "
@@ -240,9 +242,7 @@ def measure_joins(inp: ReplayInput, *, intervals: int = INTERVALS) -> JoinNote:
         elif k >= first:
             count = np.bincount(new)
         gid = new
-    held_rows = 0
-    if count is not None and any(i.joins for i in out):
-        held_rows = int(count[count >= 2].sum())
+    held_rows = 0 if count is None else int(count[count >= 2].sum())
     return JoinNote(intervals=tuple(out), held_rows=held_rows, survived=survived)
 
 

@@ -688,7 +688,8 @@ def _joins_warnings(
     plan: _Plan, results: dict[Key, ReplayOutcome | ExtrapolationFit], host_list: list[str]
 ) -> list[str]:
     """Per host, the warning of the joins its trace shows and no replay continues
-    (:mod:`planner.engine.joins`: one trace, one note, whatever the scenario)."""
+    (:mod:`planner.engine.joins`: one trace, one note, whatever the scenario), named by its
+    host (a fleet's what-if gathers the warnings of its traces)."""
     out: list[str] = []
     for h in host_list:
         for links in plan.links:
@@ -701,7 +702,7 @@ def _joins_warnings(
                 None,
             )
             if found is not None:
-                out.append(found if len(host_list) == 1 else f"host {h}: {found}")
+                out.append(f"host {h}: {found}")
                 break
     return out
 

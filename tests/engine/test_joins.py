@@ -71,7 +71,7 @@ def test_joins_leaves_and_survival_are_counted_per_interval() -> None:
 def test_no_joins_without_changes_and_none_before_two_snapshots() -> None:
     quiet = measure_joins(prepare(_world(churn=False).host_trace()))
     assert [i.joins for i in quiet.intervals] == [0, 0]
-    assert quiet.held_rows == 0  # not counted when nothing joins
+    assert quiet.held_rows == 6  # content 7 on 100's four holders, 8 on 101's two
     assert quiet.warning is None
     w = World()
     w.spawn(1)
@@ -119,3 +119,4 @@ def test_the_replay_states_the_joins_and_the_scan_aligned_replay_none() -> None:
     assert joins["summary"].startswith("joins: 1.5 pages/s")
     aligned = replay(inp, knobs=knobs, snapshot_scans=(1, 2, 3))
     assert aligned.provenance["joins"]["intervals"] == []
+    assert "applied by full scan" in aligned.provenance["joins"]["summary"]

@@ -534,6 +534,7 @@ def test_the_joins_a_trace_shows_are_warned_of_once_per_host(
     res = run_whatif(out, policy_sets=[preset("prctl-all")], grid=GRID, executor=INLINE)
     about = [w for w in res.warnings if "continues none of these joins" in w]
     assert len(about) == 1, res.warnings
+    assert about[0].startswith("host web-1: between its snapshots")
     assert "60 pages a second" in about[0]
     assert "248 shared pages" in about[0]
     # the family trace's workers hold still: nothing to warn of
