@@ -322,8 +322,13 @@ class ReplayOutcome:
     #: What growth after the trace the replay assumed: the one line of its provenance's
     #: ``growth`` (:class:`planner.engine.growth.GrowthNote`); None: not recorded
     growth_summary: str | None = None
-    #: The warning of the joins the trace shows and the replay does not continue
-    #: (:class:`planner.engine.joins.JoinNote`, ``provenance["joins"]["warning"]``); None: none
+    #: The joins the trace shows, which the replay does not continue (its provenance's
+    #: ``joins``, :class:`planner.engine.joins.JoinNote`): pages a second that take a
+    #: content other pages hold, and the rows holding a content another row holds at the
+    #: last snapshot; None: not measured
+    joins_per_s: float | None = None
+    joins_held_rows: int | None = None
+    #: Their warning (``provenance["joins"]["warning"]``); None: none
     joins_warning: str | None = None
 
 

@@ -464,8 +464,20 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         elapsed_s=time.perf_counter() - t0,
         cow_breaks_per_s=res.cow_breaks_per_s,
         growth_summary=_note_text(res.provenance.get("growth"), "summary"),
-        joins_warning=_note_text(res.provenance.get("joins"), "warning"),
+        **_joins_fields(res.provenance.get("joins")),
     )
+
+
+def _joins_fields(note: object) -> dict[str, Any]:
+    """The outcome's ``joins_*`` fields from the provenance's ``joins`` (None where it
+    measured nothing)."""
+    if not isinstance(note, dict) or not note.get("intervals"):
+        return {}
+    return {
+        "joins_per_s": float(note["joins_per_s"]),
+        "joins_held_rows": int(note["held_rows"]),
+        "joins_warning": _note_text(note, "warning"),
+    }
 
 
 def _note_text(note: object, key: str) -> str | None:

@@ -430,3 +430,23 @@ def test_the_published_full_scan_error_is_told_the_way_it_went(
     assert says in text
     assert ("longer" in text) == (hi > 0)
     assert ("quicker" in text) == (hi <= 0)
+
+
+def test_the_joins_the_trace_shows_are_among_what_is_not_modelled(
+    small_inputs: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from planner.testing.builder import joining_world
+    from tests.report.conftest import whatif_inputs
+
+    bullet = "**Pages that take a shared content after the trace** are not continued"
+    # the small trace's worker leaves its shared contents and nothing joins: no bullet
+    assert bullet not in _text(build_review(small_inputs), "method")
+    out = tmp_path_factory.mktemp("traces") / "joining"
+    joining_world("joining").write_trace(out)
+    inputs = whatif_inputs(out, policies=("prctl-all",), pages_to_scan=(100,), host_mem=None)
+    text = _text(build_review(inputs), "method")
+    assert bullet in text
+    # 120 joins an interval of 2 s, against 248 shared pages at the end
+    assert "60.0 pages a second taking a content other pages hold" in text
+    assert f"({F.pct(60.0 * 60 / 248)} of the 248 shared pages in a minute)" in text
+    assert any("continues none of these joins" in w for w in inputs.whatif.warnings)
