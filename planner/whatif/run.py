@@ -692,18 +692,13 @@ def _joins_warnings(
     host (a fleet's what-if gathers the warnings of its traces)."""
     out: list[str] = []
     for h in host_list:
-        for links in plan.links:
-            found = next(
-                (
-                    r.joins_warning
-                    for k in links[h].main
-                    if isinstance(r := results[k], ReplayOutcome) and r.joins_warning
-                ),
-                None,
-            )
-            if found is not None:
-                out.append(f"host {h}: {found}")
-                break
+        outcomes = (results[k] for links in plan.links for k in links[h].main)
+        found = next(
+            (r.joins_warning for r in outcomes if isinstance(r, ReplayOutcome) and r.joins_warning),
+            None,
+        )
+        if found is not None:
+            out.append(f"host {h}: {found}")
     return out
 
 
