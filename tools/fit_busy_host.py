@@ -25,12 +25,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from planner.engine.cost import CostProfile
-from planner.errors import PlannerError
+from planner.engine.cost import CostProfile, profile_for_trace
+from planner.errors import PlannerError, UsageProblem
 from planner.testing.live.compare import Alignment, CompareOptions, compare_run
 from planner.testing.live.protocol import LiveRun
+from planner.trace.io import open_trace
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from planner.engine.api import EngineName
 
 METRICS = ("ksmd_cpu_s_first_window", "full_scans_first_window")
@@ -42,6 +45,22 @@ def _floats(text: str) -> list[float]:
 
 def _rms(values: list[float]) -> float:
     return math.sqrt(sum(v * v for v in values) / len(values)) if values else math.nan
+
+
+def base_profile(runs: Iterable[LiveRun]) -> CostProfile:
+    """The profile a replay of every run's trace would use without ``--cost-profile``: the
+    one shipped for the CPU their captures ran on (:func:`profile_for_trace`). Runs whose
+    traces would take different profiles have no common base."""
+    chosen: dict[str, CostProfile] = {}
+    for run in runs:
+        prof = profile_for_trace(None, open_trace(run.trace_dir).host_cpu)
+        chosen.setdefault(prof.name, prof)
+    if len(chosen) != 1:
+        raise UsageProblem(
+            f"the runs' traces take different shipped cost profiles ({', '.join(sorted(chosen))})",
+            hint="fit runs of one CPU at a time, or give the base with --cost-profile",
+        )
+    return next(iter(chosen.values()))
 
 
 def score(
@@ -86,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factor", type=_floats, required=True, help="busy_page_factor values")
     ap.add_argument("--contention", type=_floats, default=None,
                     help="sched_contention values (default: the base profile's)")  # fmt: skip
-    ap.add_argument("--cost-profile", help="base profile (default: the shipped one)")
+    ap.add_argument(
+        "--cost-profile",
+        help="base profile (default: the one shipped for the runs' CPU, as replay chooses it)",
+    )
     ap.add_argument("--alignment", default="time", choices=("time", "last"))
     ap.add_argument("--engine", default="vectorized", choices=("vectorized", "reference"))
     ap.add_argument(
@@ -98,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        base = CostProfile.load(args.cost_profile) if args.cost_profile else CostProfile.default()
         runs = {str(d): LiveRun.read(d) for d in args.runs}
+        base = (
+            CostProfile.load(args.cost_profile)
+            if args.cost_profile
+            else base_profile(runs.values())
+        )
     except PlannerError as exc:
         sys.stderr.write(f"fit_busy_host: error: {exc.one_line()}\n")
         return 2
