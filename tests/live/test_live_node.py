@@ -90,7 +90,9 @@ def test_node_under_the_issues_protocol_stays_within_the_recorded_error(
     measured = (
         f"node, 30 s warm-up: {ps.describe()} (issue 10: ±{ISSUE_TARGET:.0%}, "
         f"{'met' if abs(ps.error) <= ISSUE_TARGET else 'not met'}); {rmap.describe()}; "
-        f"host: {cmp.host_load.get('observe', {}).get('text')}; {cmp.summary().splitlines()[-1]}"
+        f"host: {cmp.host_load.get('observe', {}).get('text')}; "
+        f"{(cmp.model.get('growth') or {}).get('summary')}; "
+        f"{(cmp.model.get('joins') or {}).get('summary')}"
     )
     print(measured)
     assert abs(ps.error) <= PAGES_SHARING_BOUND, measured
