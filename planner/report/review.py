@@ -354,17 +354,17 @@ def _joins_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
     (docs/engine.md, "Joins: measured and stated, not continued"): nothing where the
     trace shows none."""
     seen = {
-        (o.joins_per_s, o.joins_held_rows)
+        (o.joins_per_s, o.joins_held_rows, o.joins_turnover_per_min)
         for sc in inputs.scenarios
         for o in sc.host.replays
         if o.joins_per_s and o.joins_held_rows is not None
     }
     if not seen:
         return ()
-    per_s, held = max(seen)  # one trace: one measure (several: the fastest)
+    per_s, held, turnover = max(seen, key=lambda v: v[0])  # one trace: one (several: the fastest)
     share = (
-        f"{F.pct(per_s * 60.0 / held)} of the {F.integer(held)} shared pages in a minute"
-        if held
+        f"{F.pct(turnover)} of the {F.integer(held)} shared pages in a minute"
+        if turnover is not None
         else "with no shared page at the last snapshot"
     )
     return (

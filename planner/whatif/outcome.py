@@ -328,6 +328,9 @@ class ReplayOutcome:
     #: last snapshot; None: not measured
     joins_per_s: float | None = None
     joins_held_rows: int | None = None
+    #: A minute of those joins as a share of those rows (``turnover_per_min``); None
+    #: without such rows
+    joins_turnover_per_min: float | None = None
     #: Their warning (``provenance["joins"]["warning"]``); None: none
     joins_warning: str | None = None
 

@@ -476,6 +476,9 @@ def _joins_fields(note: object) -> dict[str, Any]:
     return {
         "joins_per_s": float(note["joins_per_s"]),
         "joins_held_rows": int(note["held_rows"]),
+        "joins_turnover_per_min": (
+            None if note.get("turnover_per_min") is None else float(note["turnover_per_min"])
+        ),
         "joins_warning": _note_text(note, "warning"),
     }
 
