@@ -6,7 +6,9 @@ Two runs of the ``churn`` workload, each captured with ``--sample-ms 100`` and o
 canary mode: A at 1000 pages / 20 ms, B at 300 pages / 20 ms. Each is replayed with its own
 canary and scored against its own kernel; then A's capture and canary predict B's knobs
 (scored against B's kernel) and the other way round: a run directory made of one run's
-``run.json`` (knobs, kernel samples) and the other's ``trace/`` and ``observe/``.
+``run.json`` (knobs, kernel samples) and the other's ``trace/`` and ``observe/``. The same
+crossing, with ksmd's cost fitted on the capturing run's canary, predicts ksmd's CPU, its
+full scans and the copy-on-write breaks at the other knobs.
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live``; about 5
 minutes plus any wait for the KSM lock.
@@ -101,3 +103,47 @@ def test_a_canary_at_one_knob_setting_predicts_another(
         f"{KNOBS[knobs]} pages / 20 ms"
     )
     _assert_within(compare_run(crossed, CALIBRATED), what)
+
+
+#: issue 10's bounds on ksmd's cost (CPU seconds and full scans over the first minute)
+COST_TARGET = 0.20
+#: copy-on-write breaks per second across knob settings: issue 10 asks for 20 % with a
+#: canary at the same knobs; across them the recorded errors were -32.1..+46.6 %
+#: (docs/busy-host.md, "A canary's fitted cost on another run"), held to this bound
+COW_ACROSS_KNOBS_BOUND = 0.75
+
+
+@pytest.mark.parametrize(("capture", "knobs"), [("A", "B"), ("B", "A")])
+def test_a_canary_at_one_knob_setting_predicts_ksmds_cost_at_another(
+    capture: str, knobs: str, runs: Callable[[str], LiveRun], tmp_path: Path
+) -> None:
+    """One run's capture and canary, with ksmd's cost fitted on that canary
+    (``calibrate --trace --observed``, docs/busy-host.md §4), predict the other run's knobs:
+    ksmd's CPU seconds and full scans over the first minute within ±20 % of the kernel's
+    (docs/busy-host.md, "A canary's fitted cost on another run", where the shipped profile
+    gave ksmd's CPU +17 to +21 %). The copy-on-write breaks a canary saw at one knob
+    setting do not carry to another as well (the pages merged when the writes come differ
+    with the knobs): they are held to the recorded error only."""
+    from planner.kernel.calibrate import calibrate_workload
+
+    src, dst = runs(capture), runs(knobs)
+    profile = tmp_path / "profile.json"
+    calibrate_workload(src.trace_dir, src.observe_dir, out=profile)
+    crossed = _crossed(dst, src, tmp_path / "crossed")
+    opts = CompareOptions(alignment="time", calibrate_writes=True, cost_profile=str(profile))
+    cmp = compare_run(crossed, opts)
+    m = {
+        n: cmp.metrics[n]
+        for n in ("ksmd_cpu_s_first_window", "full_scans_first_window", "cow_ksm_per_s")
+    }
+    measured = (
+        f"churn capture, canary and cost fit at {KNOBS[capture]} pages / 20 ms predicting "
+        f"{KNOBS[knobs]} pages / 20 ms: {'; '.join(v.describe() for v in m.values())}; "
+        f"host: {cmp.host_load.get('observe', {}).get('text')}"
+    )
+    print(measured)
+    errors = {n: v.error for n, v in m.items()}
+    assert None not in errors.values(), measured
+    assert abs(errors["ksmd_cpu_s_first_window"] or 0.0) <= COST_TARGET, measured
+    assert abs(errors["full_scans_first_window"] or 0.0) <= COST_TARGET, measured
+    assert abs(errors["cow_ksm_per_s"] or 0.0) <= COW_ACROSS_KNOBS_BOUND, measured
