@@ -43,7 +43,7 @@ from planner.report.doc import (
     table,
 )
 from planner.report.inputs import knobs_text, varying_knobs
-from planner.whatif.uncertainty import published_runs
+from planner.whatif.uncertainty import CANARY_FIT, published_runs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -1111,9 +1111,13 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
     else:
         text += ": a host with more memory under the same knobs takes proportionally longer."
     published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
-    if published is not None:
+    if _cost_fitted(inputs):
+        text += f" {_scans_text(_CANARY_FIT_HEAD, *CANARY_FIT.full_scan_error_range)}"
+    elif published is not None:
         name, runs = published
-        text += f" {_published_scans_text(name, *runs.full_scan_error_range)}"
+        head = f"On the published live runs of the {name} workload"
+        where = " (docs/live-validation.md)"
+        text += f" {_scans_text(head, *runs.full_scan_error_range, source=where)}"
     text += (
         " Every worker that is restarted (`max_requests`, a deploy) starts from scratch: its "
         "pages merge only after two full scans, and until then the host needs its memory "
@@ -1122,12 +1126,36 @@ def _time_text(inputs: ReviewInputs, s: ReviewScenario) -> Para:
     return Para(text)
 
 
-def _published_scans_text(name: str, lo: float, hi: float) -> str:
-    """What the published live runs say of the model's full scans, ``lo``/``hi`` the
+#: Where the cost was fitted to a canary: the evidence of :data:`CANARY_FIT`.
+_CANARY_FIT_HEAD = (
+    "With ksmd's cost fitted to a canary, as here, on other live runs of "
+    f"{' and '.join(CANARY_FIT.workloads)} "
+    "(a canary's fitted cost used on another run, across a knob change too; "
+    "docs/busy-host.md)"
+)
+
+
+def _cost_fitted(inputs: ReviewInputs) -> bool:
+    """Whether the what-if fitted ksmd's cost to a canary (``replay``/``whatif
+    --observed``; docs/busy-host.md §4)."""
+    fit = inputs.whatif.provenance.get("cost_fit")
+    return isinstance(fit, dict) and bool(fit.get("fitted"))
+
+
+def _whole_pct(fraction: float) -> float:
+    """``fraction`` as the text gives it, to a whole percent (-0.3 % is 0 %: neither fewer
+    nor more, neither below nor above)."""
+    return round(fraction, 2) + 0.0
+
+
+def _scans_text(runs: str, lo: float, hi: float, source: str = "") -> str:
+    """What live runs (``runs``: which) say of the model's full scans, ``lo``/``hi`` the
     smallest and largest error ``(model - kernel) / kernel`` of the number of full scans in
-    the first minute: the times above stretch by as much where the model counted more."""
-    head = f"On the published live runs of the {name} workload the model counted"
-    tail = "than the real ksmd completed in the first minute (docs/live-validation.md)"
+    the first minute (``source``: where they are told): the times above stretch by as much
+    where the model counted more."""
+    lo, hi = _whole_pct(lo), _whole_pct(hi)
+    head = f"{runs} the model counted"
+    tail = f"than the real ksmd completed in the first minute{source}"
     if lo >= 0:
         return (
             f"{head} {F.pct(lo, 0)} to {F.pct(hi, 0)} more full scans {tail}: expect these "
@@ -1144,19 +1172,23 @@ def _published_scans_text(name: str, lo: float, hi: float) -> str:
     )
 
 
+def _cpu_span(lo: float, hi: float) -> str:
+    """The range of the model's ksmd CPU errors ``lo``..``hi`` against the real one."""
+    lo, hi = _whole_pct(lo), _whole_pct(hi)
+    if hi <= 0:
+        return f"{F.pct(-hi, 0)} to {F.pct(-lo, 0)} below the real one"
+    if lo >= 0:
+        return f"{F.pct(lo, 0)} to {F.pct(hi, 0)} above the real one"
+    return f"between {F.pct(-lo, 0)} below and {F.pct(hi, 0)} above the real one"
+
+
 def _published_cpu_text(name: str, lo: float, hi: float) -> str:
     """What the published live runs say of the model's ksmd CPU (errors as for
-    :func:`_published_scans_text`)."""
+    :func:`_scans_text`)."""
     head = f"On the published live runs of the {name} workload the model's ksmd CPU was"
-    if hi <= 0:
-        span = f"{F.pct(-hi, 0)} to {F.pct(-lo, 0)} below the real one"
-    elif lo >= 0:
-        span = f"{F.pct(lo, 0)} to {F.pct(hi, 0)} above the real one"
-    else:
-        span = f"between {F.pct(-lo, 0)} below and {F.pct(hi, 0)} above the real one"
     return (
-        f"{head} {span}: what a page costs ksmd depends on the host's CPU and its load, "
-        "so for this host calibrate the cost profile on a canary of the workload "
+        f"{head} {_cpu_span(lo, hi)}: what a page costs ksmd depends on the host's CPU and its "
+        "load, so for this host calibrate the cost profile on a canary of the workload "
         "(`ksm-planner calibrate --trace --observed`; docs/busy-host.md, docs/live-validation.md)."
     )
 
@@ -1199,7 +1231,10 @@ def _cost_text(inputs: ReviewInputs, s: ReviewScenario) -> str:
             f"{F.percent(r.predicted_ksmd_cpu_percent)}."
         )
     published = published_runs(dict(inputs.trace.capture.get("labels") or {}))
-    if published is not None:
+    if _cost_fitted(inputs):
+        lo, hi = CANARY_FIT.ksmd_cpu_error_range
+        text += f" {_CANARY_FIT_HEAD} the model's ksmd CPU was {_cpu_span(lo, hi)}."
+    elif published is not None:
         name, runs = published
         text += f" {_published_cpu_text(name, *runs.ksmd_cpu_error_range)}"
     return text + (

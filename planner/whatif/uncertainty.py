@@ -96,6 +96,41 @@ PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class CanaryFitRuns:
+    """What ksmd's cost fitted to a canary predicts on *another* run of the workload
+    (docs/busy-host.md, "A canary's fitted cost on another run"): the fit that
+    ``replay``/``whatif --observed`` make (:func:`planner.engine.costfit.fit_canary`), made
+    on one run's canary and scored on another run's real ksmd, at the same knobs and across
+    a knob change. Errors are ``(model - kernel) / kernel``, one per crossing."""
+
+    ksmd_cpu_errors: tuple[float, ...]  # ksmd CPU seconds over the first minute
+    full_scan_errors: tuple[float, ...]  # full scans completed in the first minute
+    workloads: tuple[str, ...]  # as a review names them
+
+    @property
+    def ksmd_cpu_error_range(self) -> tuple[float, float]:
+        """The smallest and largest error of the model's ksmd CPU seconds."""
+        return min(self.ksmd_cpu_errors), max(self.ksmd_cpu_errors)
+
+    @property
+    def full_scan_error_range(self) -> tuple[float, float]:
+        """The smallest and largest error of the model's number of full scans."""
+        return min(self.full_scan_errors), max(self.full_scan_errors)
+
+
+#: docs/busy-host.md, "A canary's fitted cost on another run": PostgreSQL's two crossings
+#: and churn's four (two on stored runs, two on fresh ones, each across a knob change), in
+#: the document's order. A review whose cost was fitted to a canary quotes these instead of
+#: :data:`PUBLISHED`'s, which are the shipped profile's. ``tests/whatif/test_uncertainty.py``
+#: checks them against the document's tables.
+CANARY_FIT = CanaryFitRuns(
+    ksmd_cpu_errors=(0.012, 0.034, 0.045, 0.060, 0.195, -0.129),
+    full_scan_errors=(-0.003, 0.055, 0.0, 0.047, 0.0, 0.071),
+    workloads=("PostgreSQL", "churn"),
+)
+
+
 def published_workload(labels: Mapping[str, str], among: Iterable[str] = PUBLISHED) -> str | None:
     """The published workload (of ``among``) a trace's ``workload`` label names
     (``django-gunicorn``: ``django``; the longest name that fits: ``churn-rewrite-b`` is
@@ -396,9 +431,11 @@ def dominant(intervals: Sequence[SourceInterval]) -> str | None:
 
 
 __all__ = [
+    "CANARY_FIT",
     "PUBLISHED",
     "PUBLISHED_SOFT_DIRTY",
     "SOURCES",
+    "CanaryFitRuns",
     "Draw",
     "ModelError",
     "PublishedRuns",

@@ -17,7 +17,7 @@ from planner.report.inputs import ReviewGates
 from planner.report.review import (
     NEAR_BEST,
     _published_cpu_text,
-    _published_scans_text,
+    _scans_text,
     build_review,
     knob_sentence,
     range_sentence,
@@ -426,7 +426,7 @@ def test_the_published_ksmd_cpu_error_is_told_the_way_it_went(
 def test_the_published_full_scan_error_is_told_the_way_it_went(
     lo: float, hi: float, says: str
 ) -> None:
-    text = _published_scans_text("node", lo, hi)
+    text = _scans_text("On the published live runs of the node workload", lo, hi)
     assert says in text
     assert ("longer" in text) == (hi > 0)
     assert ("quicker" in text) == (hi <= 0)
@@ -450,3 +450,35 @@ def test_the_joins_the_trace_shows_are_among_what_is_not_modelled(
     assert "60.0 pages a second taking a content other pages hold" in text
     assert f"({F.pct(60.0 * 60 / 248)} of the 248 shared pages in a minute)" in text
     assert any("continues none of these joins" in w for w in inputs.whatif.warnings)
+
+
+def test_a_review_fitted_to_a_canary_quotes_what_such_a_fit_did_on_other_runs(
+    small_inputs: Any,
+) -> None:
+    # docs/busy-host.md, "A canary's fitted cost on another run": where the what-if fitted
+    # ksmd's cost to a canary, the review quotes that fit's errors on other runs, not the
+    # shipped profile's published ones, and does not ask for the calibration it made
+    from planner.whatif.uncertainty import CANARY_FIT
+
+    wi = small_inputs.whatif
+    fitted = replace(
+        small_inputs, whatif=replace(wi, provenance={**wi.provenance, "cost_fit": {"fitted": True}})
+    )
+    labelled = replace(
+        small_inputs.trace,
+        capture={**small_inputs.trace.capture, "labels": {"workload": "django-gunicorn"}},
+    )
+    lo, hi = CANARY_FIT.ksmd_cpu_error_range
+    for inputs in (fitted, replace(fitted, trace=labelled)):
+        doc = build_review(inputs)
+        cost, time_ = _text(doc, "cost"), _text(doc, "time")
+        assert "With ksmd's cost fitted to a canary, as here" in cost
+        assert f"between {F.pct(-lo, 0)} below and {F.pct(hi, 0)} above the real one" in cost
+        assert "calibrate the cost profile" not in cost
+        assert "published live runs" not in cost + time_
+        assert "0 % to 7 % more full scans" in time_  # -0.3 % is told as 0 %
+    # without the fit: the published runs of the labelled workload, and the advice
+    published = build_review(replace(small_inputs, trace=labelled))
+    assert "On the published live runs of the django workload" in _text(published, "cost")
+    assert "calibrate the cost profile" in _text(published, "cost")
+    assert "With ksmd's cost fitted" not in _text(published, "cost")

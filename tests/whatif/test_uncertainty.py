@@ -13,6 +13,7 @@ from planner.whatif.extrapolate import GrowthFit
 from planner.whatif.footprint import plan_capacity
 from planner.whatif.observed import CounterSeries, ObservedComparison
 from planner.whatif.uncertainty import (
+    CANARY_FIT,
     PUBLISHED,
     PUBLISHED_SOFT_DIRTY,
     SourceInterval,
@@ -109,6 +110,31 @@ def test_the_soft_dirty_runs_are_the_documents() -> None:
         assert err, line
         rows.setdefault(cells[0], []).append(_number(err.group(1)) / 100)
     assert rows == {k: pytest.approx(list(v)) for k, v in PUBLISHED_SOFT_DIRTY.items()}
+
+
+def test_the_canary_fit_errors_are_the_documents() -> None:
+    # docs/busy-host.md, "A canary's fitted cost on another run": the crossed runs' table
+    # (CPU in the third column, full scans in the fourth) and the fresh round whose figures
+    # it gives (round 2: CPU and full scans first in each crossing's cell), in that order
+    text = (ROOT / "docs" / "busy-host.md").read_text()
+    head = re.search(r"^### A canary's fitted cost on another run.*$", text, re.M)
+    assert head is not None
+    section = text[head.end() :].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    pct = re.compile(r"\((?:\*\*)?([+−-]?[\d.]+) %(?:\*\*)?\)")
+    cpu: list[float] = []
+    scans: list[float] = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and pct.findall(cells[2]):  # the crossed runs' table
+            cpu.append(_number(pct.findall(cells[2])[0]) / 100)
+            scans.append(_number(pct.findall(cells[3])[0]) / 100)
+        elif len(cells) == 3 and cells[0] == "2":
+            for cell in cells[1:]:
+                found = pct.findall(cell)
+                cpu.append(_number(found[0]) / 100)
+                scans.append(_number(found[1]) / 100)
+    assert cpu == pytest.approx(list(CANARY_FIT.ksmd_cpu_errors))
+    assert scans == pytest.approx(list(CANARY_FIT.full_scan_errors))
 
 
 def test_a_trace_captured_with_soft_dirty_is_held_to_the_runs_captured_so() -> None:
