@@ -47,18 +47,12 @@ MIN_DRAWS = 200
 SOURCES: tuple[Source, ...] = ("sampling", "model", "configuration", "time")
 
 
-@dataclass(frozen=True)
-class PublishedRuns:
-    """The live-validation figures of one workload (docs/live-validation.md, "The published
-    errors").
+class _CostErrorRanges:
+    """The ranges of a set of runs' errors of ksmd's cost (both fields are the dataclass's
+    that uses this)."""
 
-    Errors are the model's against the kernel's, ``(model - kernel) / kernel``, one per run.
-    """
-
-    pages_sharing_errors: tuple[float, ...]  # steady pages_sharing
-    ksmd_cpu_errors: tuple[float, ...]  # ksmd CPU seconds over the first minute
-    full_scan_errors: tuple[float, ...]  # full scans completed in the first minute
-    truth_spread: float  # the kernel's own run-to-run spread of pages_sharing, (max-min)/mean
+    ksmd_cpu_errors: tuple[float, ...]
+    full_scan_errors: tuple[float, ...]
 
     @property
     def ksmd_cpu_error_range(self) -> tuple[float, float]:
@@ -69,6 +63,20 @@ class PublishedRuns:
     def full_scan_error_range(self) -> tuple[float, float]:
         """The smallest and largest error of the model's number of full scans."""
         return min(self.full_scan_errors), max(self.full_scan_errors)
+
+
+@dataclass(frozen=True)
+class PublishedRuns(_CostErrorRanges):
+    """The live-validation figures of one workload (docs/live-validation.md, "The published
+    errors").
+
+    Errors are the model's against the kernel's, ``(model - kernel) / kernel``, one per run.
+    """
+
+    pages_sharing_errors: tuple[float, ...]  # steady pages_sharing
+    ksmd_cpu_errors: tuple[float, ...]  # ksmd CPU seconds over the first minute
+    full_scan_errors: tuple[float, ...]  # full scans completed in the first minute
+    truth_spread: float  # the kernel's own run-to-run spread of pages_sharing, (max-min)/mean
 
 
 #: docs/live-validation.md, "The published errors": the planner as it is, each of the four
@@ -97,7 +105,7 @@ PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
 
 
 @dataclass(frozen=True)
-class CanaryFitRuns:
+class CanaryFitRuns(_CostErrorRanges):
     """What ksmd's cost fitted to a canary predicts on *another* run of the workload
     (docs/busy-host.md, "A canary's fitted cost on another run"): the fit that
     ``replay``/``whatif --observed`` make (:func:`planner.engine.costfit.fit_canary`), made
@@ -107,16 +115,6 @@ class CanaryFitRuns:
     ksmd_cpu_errors: tuple[float, ...]  # ksmd CPU seconds over the first minute
     full_scan_errors: tuple[float, ...]  # full scans completed in the first minute
     workloads: tuple[str, ...]  # as a review names them
-
-    @property
-    def ksmd_cpu_error_range(self) -> tuple[float, float]:
-        """The smallest and largest error of the model's ksmd CPU seconds."""
-        return min(self.ksmd_cpu_errors), max(self.ksmd_cpu_errors)
-
-    @property
-    def full_scan_error_range(self) -> tuple[float, float]:
-        """The smallest and largest error of the model's number of full scans."""
-        return min(self.full_scan_errors), max(self.full_scan_errors)
 
 
 #: docs/busy-host.md, "A canary's fitted cost on another run": PostgreSQL's two crossings
