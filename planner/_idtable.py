@@ -46,7 +46,7 @@ class IdTable:
     """
 
     def __init__(self, expected: int = 0, *, keep_values: bool = True) -> None:
-        self._slots = np.zeros(table_slots(expected), SLOT)
+        self._slots = free_slots(table_slots(expected))
         self._keep_values = keep_values
         # the value of each id (first n valid), if kept
         self._value_of = np.empty(expected if keep_values else 0, np.uint64)
@@ -90,7 +90,7 @@ class IdTable:
             self._value_of = grown
         if 2 * need > self._slots.size:  # the old slots freed first
             self._slots = _NO_SLOTS
-            self._slots = np.zeros(table_slots(need), SLOT)
+            self._slots = free_slots(table_slots(need))
             _insert_values(self._slots, self._value_of[: self.n])
 
     def ids_of(self, values: Arr, first: Arr | None = None, out: I32 | None = None) -> I32:
@@ -111,6 +111,18 @@ class IdTable:
 
 _NO_FIRST = np.zeros(0, np.bool_)
 _NO_SLOTS = np.zeros(0, SLOT)
+
+
+def free_slots(n: int) -> Arr:
+    """``n`` free slots, written once here (zeroed by numpy, which lets other threads run
+    meanwhile) rather than left to be faulted in by the compiled probes: a probe reads its
+    slot before it writes it, so a slot page first touched there is faulted twice, once
+    for the shared zero page and again, with a TLB flush, for its own page; and a table
+    made while the compiled code is still loading is in memory by the time it is
+    (``info``'s first snapshot: docs/engine.md, "Start-up")."""
+    slots = np.empty(n, SLOT)
+    slots.view(np.uint8)[:] = 0
+    return slots
 
 
 def table_slots(n: int) -> int:
