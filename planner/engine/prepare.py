@@ -57,6 +57,7 @@ from planner.engine.writes import (
     classify_toggles,
     continue_trend,
     effective_changes,
+    effective_same_writes,
     fill_unchecked,
 )
 from planner.errors import InputDataError
@@ -379,7 +380,9 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
     """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
     same-content writes and content checks the sampler made (None: unsampled).
 
-    Same-content writes are soft-dirty's count where the capture tracked writes; elsewhere
+    Same-content writes are soft-dirty's count where the capture tracked writes (a row
+    written at every pass taken to write once per sampling period:
+    :func:`planner.engine.writes.effective_same_writes`); elsewhere
     the frame changes beyond the content changes (a copy-on-write of unchanged bytes is the
     only same-content write a content sampler sees; docs/capture.md §9.3).
     """
@@ -387,7 +390,9 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
         return None
     content = effective_changes(pc.content_changes, pc.content_checks, pc.interval_s, pc.sample_ms)
     if pc.same_content_writes is not None:
-        same = pc.same_content_writes
+        same = effective_same_writes(
+            pc.same_content_writes, pc.content_changes, pc.samples, pc.interval_s, pc.sample_ms
+        )
     else:
         extra = pc.frame_changes.astype(np.int32) - pc.content_changes.astype(np.int32)
         same = np.maximum(extra, 0).astype(np.uint16)

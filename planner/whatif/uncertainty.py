@@ -91,16 +91,17 @@ PUBLISHED: Mapping[str, PublishedRuns] = {
     "django": _R((0.198, 0.214, 0.236), (-0.0, -0.15, -0.01), (-0.15, -0.08, -0.09), 0.017),
 }
 
-#: docs/live-validation.md, "Soft-dirty on a real kernel": steady ``pages_sharing`` errors of
-#: live runs captured where the kernel tracks soft-dirty (a Debian 6.12 guest), so that the
+#: docs/live-validation.md, "Soft-dirty: rows written at every pass": steady ``pages_sharing``
+#: errors of the live runs kept in ``traces/softdirty/``, captured where the kernel tracks
+#: soft-dirty (a Debian 6.12 guest; section "Soft-dirty on a real kernel"), so that the
 #: writes that leave a page's bytes unchanged -- the main cause of :data:`PUBLISHED`'s
 #: errors -- are in the trace. A trace whose capture tracked writes with soft-dirty is held
 #: to these runs, not to :data:`PUBLISHED`'s. ``tests/whatif/test_uncertainty.py`` checks
 #: them against the document's table.
 PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
     "churn-rewrite": (-0.002,),
-    "postgres": (0.095, 0.045, 0.009),
-    "django": (0.058,),
+    "postgres": (0.002, 0.006, -0.001),
+    "django": (0.055, 0.012),
 }
 
 
@@ -225,7 +226,8 @@ def _soft_dirty_error(labels: Mapping[str, str]) -> ModelError:
     )  # fmt: skip
     what = (
         f"the {len(ratios)} live-validation run{'s' if len(ratios) != 1 else ''} of {which} "
-        "captured with soft-dirty, as this trace was (section 'Soft-dirty on a real kernel')"
+        "captured with soft-dirty, as this trace was (section 'Soft-dirty: rows written at every "
+        "pass')"
     )
     return ModelError("published", f"docs/live-validation.md: {what}", ratios, noise)
 

@@ -32,6 +32,7 @@ from planner.engine.writes import (
     by_page_class,
     canary_rates,
     effective_changes,
+    effective_same_writes,
     fill_unchecked,
     process_roles,
     spreads_missed_breaks,
@@ -324,6 +325,22 @@ def test_a_page_changed_at_every_check_changes_at_least_every_sampling_period() 
     got = effective_changes(changes, checks, interval_s=2.0, sample_ms=100.0)
     assert got.tolist() == [0, 1, 20, 3, 20]  # saturated rows: one change per 100 ms
     assert effective_changes(changes, checks, None, None).tolist() == changes.tolist()
+
+
+def test_a_page_written_at_every_pass_writes_at_least_every_sampling_period() -> None:
+    """Soft-dirty's count: a row written at each pass that looked at it (same-content
+    writes and content changes together) writes once per sampling period, its same-content
+    writes their share; a row some passes found clean keeps its count."""
+    same = np.array([0, 1, 4, 2, 3, 5, 1], np.uint16)
+    changes = np.array([0, 0, 0, 2, 0, 0, 3], np.uint16)
+    samples = np.array([4, 4, 4, 4, 0, 5, 4], np.uint16)
+    got = effective_same_writes(same, changes, samples, interval_s=2.0, sample_ms=100.0)
+    # 20 periods of 100 ms: row 2 written at all 4 passes, row 3 at 2 + 2 (half of 20 are
+    # its same-content writes), row 5 more often than it was looked at; row 4 never looked
+    # at; row 6 (1 same-content write + 3 changes at 4 passes) a quarter of 20; row 1
+    # (written at 1 pass of 4) keeps its count
+    assert got.tolist() == [0, 1, 20, 10, 3, 20, 5]
+    assert effective_same_writes(same, changes, samples, None, None).tolist() == same.tolist()
 
 
 def test_rows_not_checked_take_their_rate_from_the_nearest_interval() -> None:
