@@ -119,7 +119,8 @@ def free_slots(n: int) -> Arr:
     slot before it writes it, so a slot page first touched there is faulted twice, once
     for the shared zero page and again, with a TLB flush, for its own page; and a table
     made while the compiled code is still loading is in memory by the time it is
-    (``info``'s first snapshot: docs/engine.md, "Start-up")."""
+    (``info``'s first snapshot: docs/engine.md, "Slot tables written before they are
+    probed")."""
     slots = np.empty(n, SLOT)
     slots.view(np.uint8)[:] = 0
     return slots

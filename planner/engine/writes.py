@@ -268,7 +268,7 @@ def effective_same_writes(
     its same-content writes taking their share of that (the rest are content changes). On a
     busy host the sampler makes few passes: PostgreSQL's backends, written at each of 13
     passes 1.25 s apart, would otherwise be replayed as writing once in 1.25 s
-    (docs/live-validation.md, "Soft-dirty on a real kernel")."""
+    (docs/live-validation.md, "Soft-dirty: rows written at every pass")."""
     out = same.astype(np.int64)
     if interval_s and sample_ms:
         periods = max(1, int(interval_s * 1000.0 / sample_ms))
