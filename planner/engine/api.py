@@ -209,10 +209,14 @@ def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[st
         why = "off (--no-writes)" if inp.writes and not opts.writes else "none in the trace"
         return {"model": why, "sampled_intervals": sampled}
     rows = [w.rows_written for w in inp.writes if w is not None]
+    traced = [w for w in inp.writes if w is not None and w.grown_at is None]
     return {
         "model": "trace counts, evenly spaced with a seeded phase",
         "seed": opts.write_seed,
         "sampled_intervals": sampled,
         "rows_written_per_interval": rows,
+        # rows seen changing or written at every look: counts raised to one per sampling
+        # period (planner.engine.writes.effective_changes, effective_same_writes)
+        "rows_floored_per_interval": [w.floored_rows for w in traced],
         "events": getattr(model, "events", None),
     }

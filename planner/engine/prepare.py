@@ -373,12 +373,14 @@ class _PageColumns:
     usable: B | None  # rows with a hash and a frame (None: every row)
     #: per row, the writes the sampler saw in the interval after the snapshot: content
     #: changes and same-content writes (None: the trace has no counts for this snapshot)
-    writes: tuple[U16, U16, U16] | None = None
+    writes: tuple[U16, U16, U16, B] | None = None
 
 
-def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
+def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16, B] | None:
     """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
-    same-content writes and content checks the sampler made (None: unsampled).
+    same-content writes, the content checks the sampler made, and whether the sampler saw
+    the row change or written at every look, so that its count was raised to one per
+    sampling period (None: unsampled).
 
     Same-content writes are soft-dirty's count where the capture tracked writes (a row
     written at every pass taken to write once per sampling period:
@@ -393,12 +395,14 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16] | None:
         same = effective_same_writes(
             pc.same_content_writes, pc.content_changes, pc.samples, pc.interval_s, pc.sample_ms
         )
+        floored = (content != pc.content_changes) | (same != pc.same_content_writes)
     else:
         extra = pc.frame_changes.astype(np.int32) - pc.content_changes.astype(np.int32)
         same = np.maximum(extra, 0).astype(np.uint16)
+        floored = content != pc.content_changes
     # an interval that saw no write is kept: its unchecked rows take their rates from the
     # nearest interval that checked them (fill_unchecked), as a starved sampler's must
-    return content, same, pc.content_checks
+    return content, same, pc.content_checks, floored
 
 
 def _sampled(pages: pa.Table) -> bool:
@@ -691,7 +695,7 @@ class InputBuilder:
             self._differs.append(None)
             self._prev_toggle = None
             return
-        (content, same, checks), interval_ns = self._pending
+        (content, same, checks, floored), interval_ns = self._pending
         self._keys.append(prev.key)
         self._checked.append(checks > 0)
         self._differs.append(
@@ -703,7 +707,11 @@ class InputBuilder:
             toggle = carry_toggles(*self._prev_toggle, prev.key)
         else:
             toggle = np.zeros(prev.key.size, bool)
-        self.writes.append(IntervalWrites(content, same, toggle, interval_ns))
+        self.writes.append(
+            IntervalWrites(
+                content, same, toggle, interval_ns, floored_rows=int(np.count_nonzero(floored))
+            )
+        )
         self._prev_toggle = (prev.key, toggle)
         self._pending = None
 

@@ -156,6 +156,10 @@ class IntervalWrites:
     and ``leave_ns`` are then the last traced snapshot's own arrays, shared by every
     appended snapshot, and this holds where this snapshot's differ:
     :meth:`canary_per_row` gives this snapshot's."""
+    floored_rows: int = 0
+    """Rows the sampler saw change, or written, at every look in the interval, whose counts
+    were raised to one per sampling period (:func:`effective_changes`,
+    :func:`effective_same_writes`): their rates are floors, not measurements."""
 
     def per_row(self) -> tuple[U16, U16, B]:
         """``content``, ``same`` and ``toggle`` per row of this snapshot (computed for an

@@ -343,6 +343,35 @@ def test_a_page_written_at_every_pass_writes_at_least_every_sampling_period() ->
     assert effective_same_writes(same, changes, samples, None, None).tolist() == same.tolist()
 
 
+def test_the_rows_raised_to_the_samplers_floor_are_marked() -> None:
+    """``_write_counts`` marks the rows whose count a floor raised, content changes or
+    soft-dirty's writes alike; without soft-dirty, the content changes only."""
+    import importlib
+
+    from planner.trace.views import PageChanges
+
+    prepare_module = importlib.import_module("planner.engine.prepare")
+    u16 = lambda *v: np.array(v, np.uint16)  # noqa: E731
+    pc = PageChanges(
+        snapshot_id=0, interval_s=2.0, sample_ms=100.0, soft_dirty=True,
+        sampled=np.ones(4, bool), samples=u16(4, 4, 4, 4), content_checks=u16(4, 4, 2, 4),
+        content_changes=u16(4, 1, 0, 0), frame_changes=u16(0, 0, 0, 0),
+        absent_samples=u16(0, 0, 0, 0), same_content_writes=u16(0, 1, 4, 2),
+    )  # fmt: skip
+    counts = prepare_module._write_counts(pc)
+    assert counts is not None
+    content, same, checks, floored = counts
+    assert checks.tolist() == [4, 4, 2, 4]
+    # row 0 changed at every check, row 2 written at every pass; rows 1 and 3 seen clean once
+    assert content.tolist() == [20, 1, 0, 0]
+    assert same.tolist() == [0, 1, 20, 2]
+    assert floored.tolist() == [True, False, True, False]
+    unsampled_writes = dataclasses.replace(pc, soft_dirty=False, same_content_writes=None)
+    counts = prepare_module._write_counts(unsampled_writes)
+    assert counts is not None
+    assert counts[3].tolist() == [True, False, False, False]
+
+
 def test_rows_not_checked_take_their_rate_from_the_nearest_interval() -> None:
     keys = [np.array([1, 2, 3], np.uint64), np.array([1, 2, 4], np.uint64)]
     content = [np.array([0, 0, 0], np.uint16), np.array([4, 10, 6], np.uint16)]

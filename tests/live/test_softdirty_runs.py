@@ -105,6 +105,31 @@ def test_backends_written_at_every_pass_break_as_many_merges_per_full_scan_as_th
     )
 
 
+def test_a_replay_says_how_many_rows_it_took_at_the_samplers_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """postgres-2's sampler made 1, 1 and 3 passes in its intervals: the rows it saw written
+    (or changing) at every look take one write per sampling period, and the replay's
+    provenance and its stderr say how many, so that a reader knows those rates are floors."""
+    from planner.cli import main
+    from planner.replay import replay_trace
+
+    res = replay_trace(REWRITE.parent / "postgres-2" / "trace", knobs={"pages_to_scan": 1000})
+    note = res.provenance["writes"]
+    # measured: 1,093, 1,096 and 1,074 of 1,104, 1,121 and 1,141 written rows
+    assert note["rows_floored_per_interval"] == [1093, 1096, 1074], note
+    assert note["rows_written_per_interval"] == [1104, 1121, 1141], note
+    # churn-rewrite's last interval (16 passes of 152 ms against writes every 500 ms): none
+    # of its 2,000 rewritten rows is written at every pass
+    rewrite = replay_trace(REWRITE / "trace", knobs={"pages_to_scan": 1000})
+    assert rewrite.provenance["writes"]["rows_floored_per_interval"][-1] <= 10
+    with pytest.raises(SystemExit) as done:
+        main(["replay", str(REWRITE.parent / "postgres-2" / "trace"), "--pages-to-scan", "1000"])
+    assert done.value.code == 0
+    err = capsys.readouterr().err
+    assert "1,074 of the 1,141 rows written in the last sampled interval" in err, err
+
+
 def test_a_what_if_on_a_soft_dirty_trace_takes_the_soft_dirty_errors() -> None:
     """Without a canary, a what-if multiplies the saving by the published error; on a trace
     whose capture tracked writes with soft-dirty, by the runs captured so (the runs without
