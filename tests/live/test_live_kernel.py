@@ -115,6 +115,12 @@ KNOWN: dict[tuple[str, str], tuple[str, bool]] = {
         f"+29.1% (target ±5%; with its canary -2.5% over the second half) — {_WRITES}",
         True,
     ),
+    ("django", "ksmd_cpu_s_first_window"): (
+        "-0%, -15%, -1% (Xeon); -6.4%, -2.2% (2026-12-05), then -13.8%, -23.4%, -23.0% on "
+        "the AMD EPYC (2026-12-06: the kernel's ksmd took 6.74, 7.30 and 7.43 s, the model "
+        f"5.6-5.8 s) — {_CPU}",
+        False,
+    ),
     ("django", "scan_reaching_90"): (
         "kernel scan 2, 2, 2, 2, 2 vs model 2, 2, 2, 3, 2 (time alignment: the later snapshots, "
         "applied at their capture times, can fall in scans 1-2 of a slower ksmd)",
