@@ -377,6 +377,34 @@ def _joins_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
     )
 
 
+#: The share of the pages written in the last sampled interval whose rates are the sampler's
+#: floor from which the method section says so (:func:`_floor_text`).
+FLOOR_SHARE_SHOWN = 0.01
+
+
+def _floor_text(inputs: ReviewInputs) -> str:
+    """The writes whose rates are the sampler's floor (docs/live-validation.md, "Soft-dirty:
+    rows written at every pass"), from the replays' last sampled interval: nothing where
+    they are fewer than :data:`FLOOR_SHARE_SHOWN` of the pages written there (the Django
+    samples: 0 and 1 of ~37,000)."""
+    seen = {
+        (o.writes_floored_rows, o.writes_written_rows)
+        for sc in inputs.scenarios
+        for o in sc.host.replays
+        if o.writes_floored_rows
+        and o.writes_written_rows
+        and o.writes_floored_rows >= FLOOR_SHARE_SHOWN * o.writes_written_rows
+    }
+    if not seen:
+        return ""
+    floored, written = max(seen)  # one trace: one (several hosts: the most)
+    return (
+        f" In the last sampled interval the sampler saw {F.integer(floored)} of the "
+        f"{F.integer(written)} pages written change, or written, at every look: their rates "
+        "are floors (one write per sampling period), as it could not see faster."
+    )
+
+
 def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
     """What the model leaves out, as this review's replays ran (writes, load)."""
     sampled = inputs.whatif.replay_options.writes and inputs.trace.sampled
@@ -392,7 +420,8 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
                 "(docs/live-validation.md)."
                 if inputs.whatif.replay_options.writes_canary
                 else "; [Validation](#validation) compares with a canary, which sees them."
-            ),
+            )
+            + _floor_text(inputs),
             "**The future looks like the trace.** After the last snapshot the replay continues "
             "each page's writes at its rate over the sampled intervals, and the memory's "
             f"growth as the snapshots show it ({_growth_text(inputs)}). Traffic shifts, "

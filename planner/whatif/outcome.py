@@ -333,6 +333,12 @@ class ReplayOutcome:
     joins_turnover_per_min: float | None = None
     #: Their warning (``provenance["joins"]["warning"]``); None: none
     joins_warning: str | None = None
+    #: Of the rows written in the last sampled interval (the one the steady state continues),
+    #: those the sampler saw change or written at every look, whose rates are floors (one
+    #: write per sampling period: the provenance's ``writes.rows_floored_per_interval``);
+    #: None: no writes replayed
+    writes_floored_rows: int | None = None
+    writes_written_rows: int | None = None
 
 
 __all__ = [

@@ -465,7 +465,22 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
         cow_breaks_per_s=res.cow_breaks_per_s,
         growth_summary=_note_text(res.provenance.get("growth"), "summary"),
         **_joins_fields(res.provenance.get("joins")),
+        **_floor_fields(res.provenance.get("writes")),
     )
+
+
+def _floor_fields(note: object) -> dict[str, Any]:
+    """The outcome's ``writes_*_rows`` from the provenance's ``writes``: the last traced
+    interval's rows at the sampler's floor, and its rows written (none where no writes were
+    replayed)."""
+    floored = note.get("rows_floored_per_interval") if isinstance(note, dict) else None
+    written = note.get("rows_written_per_interval") if isinstance(note, dict) else None
+    if not floored or not written or len(written) < len(floored):
+        return {}
+    return {
+        "writes_floored_rows": int(floored[-1]),
+        "writes_written_rows": int(written[len(floored) - 1]),
+    }
 
 
 def _joins_fields(note: object) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Every test builds the review from a real what-if run on the small trace (``conft
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -450,6 +451,20 @@ def test_the_joins_the_trace_shows_are_among_what_is_not_modelled(
     assert "60.0 pages a second taking a content other pages hold" in text
     assert f"({F.pct(60.0 * 60 / 248)} of the 248 shared pages in a minute)" in text
     assert any("continues none of these joins" in w for w in inputs.whatif.warnings)
+
+
+def test_a_review_says_which_write_rates_are_the_samplers_floor(small_inputs: Any) -> None:
+    # docs/live-validation.md, "Soft-dirty: rows written at every pass": postgres-2's
+    # sampler made 3 passes in its last interval, and saw 1,074 of the 1,141 rows written
+    # there written or changing at each of them; the review says their rates are floors
+    from tests.report.conftest import whatif_inputs
+
+    floor = "at every look: their rates are floors"
+    assert floor not in _text(build_review(small_inputs), "method")
+    run = Path(__file__).resolve().parents[2] / "traces" / "softdirty" / "postgres-2" / "trace"
+    inputs = whatif_inputs(run, policies=("prctl-all",), pages_to_scan=(1000,), host_mem=None)
+    text = _text(build_review(inputs), "method")
+    assert "saw 1,074 of the 1,141 pages written change, or written, " + floor in text
 
 
 def test_a_review_fitted_to_a_canary_quotes_what_such_a_fit_did_on_other_runs(
