@@ -399,8 +399,8 @@ def _floor_text(inputs: ReviewInputs) -> str:
         return ""
     floored, written = max(seen)  # one trace: one (several hosts: the most)
     return (
-        f" In the last sampled interval the sampler saw {F.integer(floored)} of the "
-        f"{F.integer(written)} pages written change, or written, at every look: their rates "
+        f" In the last sampled interval, {F.integer(floored)} of the {F.integer(written)} "
+        "pages written changed or were written at every look of the sampler: their rates "
         "are floors (one write per sampling period), as it could not see faster."
     )
 

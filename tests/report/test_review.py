@@ -459,12 +459,12 @@ def test_a_review_says_which_write_rates_are_the_samplers_floor(small_inputs: An
     # there written or changing at each of them; the review says their rates are floors
     from tests.report.conftest import whatif_inputs
 
-    floor = "at every look: their rates are floors"
+    floor = "at every look of the sampler: their rates are floors"
     assert floor not in _text(build_review(small_inputs), "method")
     run = Path(__file__).resolve().parents[2] / "traces" / "softdirty" / "postgres-2" / "trace"
     inputs = whatif_inputs(run, policies=("prctl-all",), pages_to_scan=(1000,), host_mem=None)
     text = _text(build_review(inputs), "method")
-    assert "saw 1,074 of the 1,141 pages written change, or written, " + floor in text
+    assert "1,074 of the 1,141 pages written changed or were written " + floor in text
 
 
 def test_a_review_fitted_to_a_canary_quotes_what_such_a_fit_did_on_other_runs(
