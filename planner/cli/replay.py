@@ -227,11 +227,11 @@ def _render(r: ReplayResult) -> None:
         rate = r.cow_breaks_per_s
         tail = "" if rate is None else f"; {rate:,.1f} merges broken per second in the steady state"
         note(safe_text(f"writes between snapshots: {w.get('model')}{tail}"))
-        floored, written = w.get("rows_floored_per_interval"), w.get("rows_written_per_interval")
-        if floored and written and floored[-1]:
+        floor = w.get("last_interval_floor") or {}
+        if floor.get("floored_rows"):
             note(
-                f"writes: {floored[-1]:,} of the {written[len(floored) - 1]:,} rows written in "
-                "the last sampled interval changed or were written at every look of the "
+                f"writes: {floor['floored_rows']:,} of the {floor['written_rows']:,} rows "
+                "written in the last sampled interval changed or were written at every look of the "
                 "sampler; their rates are floors (one write per sampling period), as the "
                 "sampler could not see faster"
             )

@@ -218,5 +218,12 @@ def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[st
         # rows seen changing or written at every look: counts raised to one per sampling
         # period (planner.engine.writes.effective_changes, effective_same_writes)
         "rows_floored_per_interval": [w.floored_rows for w in traced],
+        # the last traced interval's (the one the steady state continues): what replay's
+        # stderr and the review's method section quote
+        "last_interval_floor": (
+            {"floored_rows": traced[-1].floored_rows, "written_rows": traced[-1].rows_written}
+            if traced
+            else None
+        ),
         "events": getattr(model, "events", None),
     }

@@ -473,13 +473,12 @@ def _floor_fields(note: object) -> dict[str, Any]:
     """The outcome's ``writes_*_rows`` from the provenance's ``writes``: the last traced
     interval's rows at the sampler's floor, and its rows written (none where no writes were
     replayed)."""
-    floored = note.get("rows_floored_per_interval") if isinstance(note, dict) else None
-    written = note.get("rows_written_per_interval") if isinstance(note, dict) else None
-    if not floored or not written or len(written) < len(floored):
+    floor = note.get("last_interval_floor") if isinstance(note, dict) else None
+    if not isinstance(floor, dict):
         return {}
     return {
-        "writes_floored_rows": int(floored[-1]),
-        "writes_written_rows": int(written[len(floored) - 1]),
+        "writes_floored_rows": int(floor["floored_rows"]),
+        "writes_written_rows": int(floor["written_rows"]),
     }
 
 

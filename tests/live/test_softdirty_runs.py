@@ -119,6 +119,7 @@ def test_a_replay_says_how_many_rows_it_took_at_the_samplers_floor(
     # measured: 1,093, 1,096 and 1,074 of 1,104, 1,121 and 1,141 written rows
     assert note["rows_floored_per_interval"] == [1093, 1096, 1074], note
     assert note["rows_written_per_interval"] == [1104, 1121, 1141], note
+    assert note["last_interval_floor"] == {"floored_rows": 1074, "written_rows": 1141}, note
     # churn-rewrite's last interval (16 passes of 152 ms against writes every 500 ms): none
     # of its 2,000 rewritten rows is written at every pass
     rewrite = replay_trace(REWRITE / "trace", knobs={"pages_to_scan": 1000})
