@@ -50,6 +50,7 @@ from planner.engine.rows import (
     row_keys,
     transition,
 )
+from planner.engine.write_timing import PassTiming
 from planner.engine.writes import (
     IntervalWrites,
     carry_toggles,
@@ -77,6 +78,7 @@ I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 U16 = npt.NDArray[np.uint16]
 B = npt.NDArray[np.bool_]
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass
@@ -650,7 +652,7 @@ class InputBuilder:
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
         self.writes: list[IntervalWrites | None] = []
-        self._pending: tuple[tuple[U16, ...], int | None] | None = None
+        self._pending: tuple[tuple[U16, ...], int | None, PassTiming | None] | None = None
         self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
         self._checked: list[npt.NDArray[np.bool_] | None] = []
         self._differs: list[npt.NDArray[np.bool_] | None] = []
@@ -663,11 +665,13 @@ class InputBuilder:
         layout: MmLayout,
         writes: tuple[U16, ...] | None = None,
         interval_ns: int | None = None,
+        timing: PassTiming | None = None,
     ) -> None:
         """The next snapshot's rows (sorted by key) and layout, and the writes the sampler
-        saw on its rows over the interval after it (``interval_ns`` long)."""
+        saw on its rows over the interval after it (``interval_ns`` long; ``timing``: when
+        each process wrote, :mod:`planner.engine.write_timing`)."""
         self._close_writes(rows)
-        self._pending = None if writes is None else (writes, interval_ns)
+        self._pending = None if writes is None else (writes, interval_ns, timing)
         self.deltas.append(
             build_delta(
                 self.prev,
@@ -695,7 +699,7 @@ class InputBuilder:
             self._differs.append(None)
             self._prev_toggle = None
             return
-        (content, same, checks, floored), interval_ns = self._pending
+        (content, same, checks, floored), interval_ns, timing = self._pending
         self._keys.append(prev.key)
         self._checked.append(checks > 0)
         self._differs.append(
@@ -709,7 +713,12 @@ class InputBuilder:
             toggle = np.zeros(prev.key.size, bool)
         self.writes.append(
             IntervalWrites(
-                content, same, toggle, interval_ns, floored_rows=int(np.count_nonzero(floored))
+                content,
+                same,
+                toggle,
+                interval_ns,
+                floored_rows=int(np.count_nonzero(floored)),
+                timing=timing,
             )
         )
         self._prev_toggle = (prev.key, toggle)
@@ -835,6 +844,82 @@ def _prepare(
     return inp
 
 
+@dataclass(frozen=True)
+class SampleRows:
+    """The columns of a trace's ``samples`` table that time the writes, as numpy arrays
+    (read once per trace: :func:`pass_timing` takes one interval's rows at a time)."""
+
+    snapshot_id: npt.NDArray[np.int32]
+    pid: I64
+    proc_start: npt.NDArray[np.uint64]
+    ok: B
+    """The pass read the process (``state`` "ok"), not a process gone meanwhile."""
+    t0_s: F64
+    t1_s: F64
+    same_content_writes: F64
+    pages_changed: F64
+
+    @classmethod
+    def of(cls, samples: pa.Table) -> SampleRows:
+        """The columns of ``samples`` (nulls as 0)."""
+        # (numpy columns, one pass: a table's ``take`` of numpy indices imports pandas)
+        states = samples.column("state").to_pylist()
+        return cls(
+            snapshot_id=as_numpy(samples.column("snapshot_id"), np.int32),
+            pid=as_numpy(samples.column("pid"), np.int64),
+            proc_start=as_numpy(samples.column("proc_start"), np.uint64),
+            ok=np.fromiter((s == "ok" for s in states), bool, len(states)),
+            t0_s=as_numpy(samples.column("t0_s"), np.float64, null=0),
+            t1_s=as_numpy(samples.column("t1_s"), np.float64, null=0),
+            same_content_writes=as_numpy(samples.column("same_content_writes"), np.float64, null=0),
+            pages_changed=as_numpy(samples.column("pages_changed"), np.float64, null=0),
+        )
+
+
+def pass_timing(
+    samples: SampleRows, snapshot_id: int, start_s: float, mm_of: dict[tuple[int, int], int]
+) -> PassTiming | None:
+    """The write profiles of the interval after snapshot ``snapshot_id`` (taken at trace
+    time ``start_s``) from the trace's ``samples`` table; ``mm_of`` maps (pid, proc_start)
+    to the mm present at that snapshot. None: no pass of a known process counted a write."""
+    at = np.flatnonzero(samples.snapshot_id == snapshot_id)
+    if at.size == 0:
+        return None
+    pid, start = samples.pid[at], samples.proc_start[at]
+    mm = np.fromiter(
+        (mm_of.get((int(a), int(b)), -1) for a, b in zip(pid, start, strict=True)),
+        np.int64,
+        pid.size,
+    )
+    keep = samples.ok[at] & (mm >= 0)
+    at, mm = at[keep], mm[keep]
+    same, content = samples.same_content_writes[at], samples.pages_changed[at]
+    if not (same.any() or content.any()):
+        return None
+    t0, t1 = samples.t0_s[at], samples.t1_s[at]
+    order = np.lexsort((t0, mm))
+
+    def ns(t: F64) -> I64:
+        return np.maximum(np.round((t[order] - start_s) * 1e9), 0).astype(np.int64)
+
+    return PassTiming(
+        mm=mm[order],
+        same_end_ns=ns(t0),
+        content_end_ns=ns(t1),
+        same=same[order],
+        content=content[order],
+    )
+
+
+def _mm_of(mms: list[MmInfo], k: int) -> dict[tuple[int, int], int]:
+    """(pid, proc_start) -> the mm of that process present at snapshot ``k``."""
+    return {
+        (m.pid, m.proc_start): m.mm
+        for m in mms
+        if m.first_snap <= k and (m.exit_snap is None or m.exit_snap > k)
+    }
+
+
 def _prepare_rows(
     ht: HostTrace,
     pages: Iterable[tuple[int, pa.Table]],
@@ -889,6 +974,7 @@ def _prepare_rows(
             "mm_start_s": mm_start_s,
         },
     )
+    sample_rows: SampleRows | None = None  # read at the first sampled snapshot
     empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
     stream = iter(pages)
     nxt: tuple[int, pa.Table] | None = None
@@ -914,7 +1000,11 @@ def _prepare_rows(
         del cols
         length = intervals_s[k]
         length_ns = round(length * 1e9) if length else None
-        builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns)
+        timing = None
+        if writes is not None:
+            sample_rows = sample_rows or SampleRows.of(ht.samples)
+            timing = pass_timing(sample_rows, sid, times_s[k], _mm_of(procs.mms, k))
+        builder.add(round(times_s[k] * 1e9), cur, layout, writes, length_ns, timing)
         builder.meta.setdefault("mapping_starts", []).append(
             _mapping_starts(maps, procs, proc_sid, proc_pid, sid, shift)
         )

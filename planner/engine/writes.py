@@ -21,10 +21,14 @@ engines between batches (docs/kernel-semantics.md §6.5 states what a write does
 ``L`` are evenly spaced, ``L / n`` apart, with a phase drawn per row, kind and interval
 from the replay's seed: ``t_k + (phase + j) * L / n``. Even spacing keeps the recorded
 count exact (a Poisson process would add a variance the trace does not have) and matches
-the periodic writers that dominate such pages (timers, counters, allocator cycles); the
-seeded phase keeps pages from writing in lockstep. A drifting row's last change is left to
-the next snapshot (which shows it); a toggling row's last write restores the snapshot's
-content, so the next snapshot finds the row as the trace says.
+the periodic writers that dominate such pages (timers, counters, allocator cycles). The
+seeded draw is carried through the row's process's write profile, the sampler's passes
+weighted by the writes each counted on that process (:mod:`planner.engine.write_timing`):
+rows of a process that wrote in bursts write in its bursts, rows of one that wrote
+evenly at independent times, as with the draw alone (a trace without passes). A drifting
+row's last change is left to the next snapshot (which shows it); a toggling row's last
+write restores the snapshot's content, so the next snapshot finds the row as the trace
+says.
 
 **After the last snapshot** the measured behaviour goes on: the last snapshot's rows write
 at their rate over every sampled interval that holds them (the capture samples one more
@@ -54,7 +58,8 @@ import numpy as np
 import numpy.typing as npt
 
 from planner._jit import compiled_on_first_call
-from planner.engine.rows import ContentCatalog, moved_up
+from planner.engine.rows import MM_SHIFT, ContentCatalog, moved_up
+from planner.engine.write_timing import CONTENT_KIND, SAME_KIND, PassTiming
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -160,6 +165,10 @@ class IntervalWrites:
     """Rows the sampler saw change, or written, at every look in the interval, whose counts
     were raised to one per sampling period (:func:`effective_changes`,
     :func:`effective_same_writes`): their rates are floors, not measurements."""
+    timing: PassTiming | None = None
+    """When each process wrote over the interval, pass by pass (the trace's ``samples``
+    table): the rows' phases follow it (:mod:`planner.engine.write_timing`). None: uniform
+    phases (no passes recorded, or none counted a write)."""
 
     def per_row(self) -> tuple[U16, U16, B]:
         """``content``, ``same`` and ``toggle`` per row of this snapshot (computed for an
@@ -666,6 +675,15 @@ class TraceWrites:
         keys = self._keys(k)
         # the continuation's phases are the last traced snapshot's, whatever snapshot follows
         kp = k if iw.origin_ns is None else self.times.index(iw.origin_ns)
+        timing = iw.timing if iw.origin_ns is None else self.inp.writes[kp].timing  # type: ignore[union-attr]
+
+        def phases(rows: I64, period_ns: F64, kind: int) -> F64:
+            u = _phases(self.seed, kp, keys[rows], kind)
+            if timing is None:
+                return u
+            mm = (keys[rows] >> MM_SHIFT).astype(np.int64)
+            return timing.phases(u, mm, period_ns, kind)
+
         content, same, toggle = iw.per_row()
         c = content.astype(np.int64)
         s = same.astype(np.int64)
@@ -674,7 +692,7 @@ class TraceWrites:
         rs = np.flatnonzero(s > 0) if span > 0 else np.empty(0, np.int64)
         if rs.size:
             parts.append(
-                (rs, span / s[rs], _phases(self.seed, kp, keys[rs], 1),
+                (rs, span / s[rs], phases(rs, span / s[rs], SAME_KIND),
                  np.full(rs.size, -1, np.int64) if last else s[rs],
                  np.full(rs.size, _S_SAME, np.int8))
             )  # fmt: skip
@@ -683,7 +701,7 @@ class TraceWrites:
             tog = toggle[rc]
             count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
             parts.append(
-                (rc, span / c[rc], _phases(self.seed, kp, keys[rc], 2),
+                (rc, span / c[rc], phases(rc, span / c[rc], CONTENT_KIND),
                  np.full(rc.size, -1, np.int64) if last else count,
                  np.where(tog, _S_TOGGLE, _S_DRIFT).astype(np.int8))
             )  # fmt: skip

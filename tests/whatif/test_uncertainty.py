@@ -98,9 +98,9 @@ def test_published_error_of_the_traced_workload_or_of_all() -> None:
 
 
 def test_the_soft_dirty_runs_are_the_documents() -> None:
-    # docs/live-validation.md, "Soft-dirty: rows written at every pass": its table of runs,
-    # the error with the soft-dirty counts in the fourth column
-    doc = _section("Soft-dirty: rows written at every pass")
+    # docs/live-validation.md, "Writes in step": its table of runs, the error with the
+    # soft-dirty counts in the fourth column
+    doc = _section("Writes in step")
     rows: dict[str, list[float]] = {}
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
