@@ -112,6 +112,7 @@ class LocalPool(ProcessPoolExecutor):
             super().shutdown(wait=wait, cancel_futures=cancel_futures)
             return
         processes = list((getattr(self, "_processes", None) or {}).values())
+        manager = getattr(self, "_executor_manager_thread", None)
         super().shutdown(wait=False, cancel_futures=True)
         for p in processes:
             with contextlib.suppress(Exception):
@@ -124,6 +125,15 @@ class LocalPool(ProcessPoolExecutor):
                     p.join()
         if wait:
             super().shutdown(wait=True)
+        # The pool's manager thread closes its wake-up pipe as it ends. Python 3.11's exit
+        # hook (concurrent.futures.process._python_exit) writes to that pipe without the
+        # pool's lock: if the thread closes it meanwhile, the exit prints an OSError
+        # traceback (EBADF) after the command's own message (seen once in the signal tests).
+        # With the workers gone the thread ends at once; waiting for it here closes the
+        # pipe before the exit hook can look at it.
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                manager.join(WORKER_EXIT_TIMEOUT_S)
 
 
 def local_executor(max_workers: int | None = None, *, start_method: str = "fork") -> Executor:
