@@ -99,7 +99,7 @@ PUBLISHED: Mapping[str, PublishedRuns] = {
 #: to these runs, not to :data:`PUBLISHED`'s. ``tests/whatif/test_uncertainty.py`` checks
 #: them against the document's table.
 PUBLISHED_SOFT_DIRTY: Mapping[str, tuple[float, ...]] = {
-    "churn-rewrite": (0.004,),
+    "churn-rewrite": (0.004, 0.032, 0.052),
     "postgres": (0.002, 0.006, -0.001),
     "django": (0.056, 0.010),
 }
