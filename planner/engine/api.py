@@ -214,6 +214,9 @@ def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[st
         "model": "trace counts, evenly spaced with a seeded phase",
         "seed": opts.write_seed,
         "sampled_intervals": sampled,
+        # per traced interval: whether the phases followed the processes' passes (the
+        # samples table: planner.engine.write_timing), else uniform
+        "phases_timed_by_passes": [w.timing is not None for w in traced],
         "rows_written_per_interval": rows,
         # rows seen changing or written at every look: counts raised to one per sampling
         # period (planner.engine.writes.effective_changes, effective_same_writes)

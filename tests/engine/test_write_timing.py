@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -182,3 +183,52 @@ def test_the_profile_is_read_from_the_samples_table() -> None:
     assert pass_timing(SampleRows.of(quiet), 1, 10.0, {(10, 7): 0}) is None
     assert pass_timing(SampleRows.of(table), 5, 10.0, {(10, 7): 0}) is None
     assert pass_timing(SampleRows.of(table.slice(0, 0)), 1, 10.0, {(10, 7): 0}) is None
+
+
+def test_a_replay_times_the_writes_of_a_sampled_trace_by_its_passes() -> None:
+    """Two workers rewrite their 8 pages 4 times in a 2 s interval; the samples table has a
+    pass every 100 ms per worker, and both counted their writes at the pass looking at
+    200 ms: every row's first write falls in 100-200 ms, its next ones 500 ms apart. The
+    same trace without its samples table spreads the first writes over the period."""
+    import dataclasses
+
+    from planner.engine.prepare import prepare
+    from planner.engine.writes import TraceWrites
+
+    from .test_writes import _counted, _two_workers
+
+    w = _two_workers(pages=8)
+    w.snapshot(0.0)
+    w.snapshot(2.0)
+    ht = _counted(w.host_trace(), {}, {r: 4 for r in range(16)}, None)
+    sid0 = int(ht.snapshots.column("snapshot_id")[0].as_py())
+    procs = ht.processes.filter(pc.equal(ht.processes.column("snapshot_id"), sid0))
+    starts = dict(
+        zip(procs.column("pid").to_pylist(), procs.column("proc_start").to_pylist(), strict=True)
+    )
+    rows = []
+    for pid in (100, 101):
+        for i in range(19):
+            look = 0.1 * (i + 1)
+            rows.append({"snapshot_id": sid0, "sample": i, "pid": pid, "proc_start": starts[pid],
+                         "t0_s": look, "t1_s": look + 0.01, "pages_changed": 0,
+                         "same_content_writes": 8 if i == 1 else 0, "state": "ok"})  # fmt: skip
+    timed = dataclasses.replace(ht, samples=pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA))
+
+    def first_writes(trace: object) -> list[int]:
+        """How many rows were written by 100, 200 and 500 ms."""
+        inp = prepare(trace)  # type: ignore[arg-type]
+        src = TraceWrites(inp, seed=3)
+        src.start_interval(0, 0)
+        out = []
+        for t_ms in (100, 200, 500):
+            got = src.take_until(t_ms * MS + 1)
+            out.append((out[-1] if out else 0) + (0 if got is None else len(got)))
+        return out
+
+    assert first_writes(timed) == [0, 16, 16]
+    assert prepare(timed).writes[0].timing is not None  # type: ignore[union-attr]
+    spread = first_writes(ht)
+    assert prepare(ht).writes[0].timing is None  # type: ignore[union-attr]
+    assert spread[2] == 16
+    assert spread[1] < 16, spread  # uniform phases: most rows write after 200 ms

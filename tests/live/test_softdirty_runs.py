@@ -161,6 +161,8 @@ def test_a_replay_says_how_many_rows_it_took_at_the_samplers_floor(
     assert note["rows_floored_per_interval"] == [1093, 1096, 1074], note
     assert note["rows_written_per_interval"] == [1104, 1121, 1141], note
     assert note["last_interval_floor"] == {"floored_rows": 1074, "written_rows": 1141}, note
+    # every interval's passes counted writes: its rows' phases follow them
+    assert note["phases_timed_by_passes"] == [True, True, True], note
     # churn-rewrite's last interval (16 passes of 152 ms against writes every 500 ms): none
     # of its 2,000 rewritten rows is written at every pass
     rewrite = replay_trace(REWRITE / "trace", knobs={"pages_to_scan": 1000})
