@@ -228,6 +228,7 @@ class IntervalWrites:
             extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
+        extra += 0 if self.timing is None else self.timing.nbytes
         return int(self.content.nbytes + self.same.nbytes + self.toggle.nbytes + extra)
 
     @property
@@ -675,7 +676,9 @@ class TraceWrites:
         keys = self._keys(k)
         # the continuation's phases are the last traced snapshot's, whatever snapshot follows
         kp = k if iw.origin_ns is None else self.times.index(iw.origin_ns)
-        timing = iw.timing if iw.origin_ns is None else self.inp.writes[kp].timing  # type: ignore[union-attr]
+        # (an appended snapshot's rows write as the last traced snapshot's did)
+        origin = iw if iw.origin_ns is None else self.inp.writes[kp]
+        timing = None if origin is None else origin.timing
 
         def phases(rows: I64, period_ns: F64, kind: int) -> F64:
             u = _phases(self.seed, kp, keys[rows], kind)
