@@ -211,7 +211,7 @@ def writes_note(inp: ReplayInput, opts: ReplayOptions, model: object) -> dict[st
     rows = [w.rows_written for w in inp.writes if w is not None]
     traced = [w for w in inp.writes if w is not None and w.grown_at is None]
     return {
-        "model": "trace counts, evenly spaced with a seeded phase",
+        "model": "trace counts, evenly spaced from a seeded phase timed by the passes",
         "seed": opts.write_seed,
         "sampled_intervals": sampled,
         # per traced interval: whether the phases followed the processes' passes (the
