@@ -405,6 +405,32 @@ def _floor_text(inputs: ReviewInputs) -> str:
     )
 
 
+def _timing_text(inputs: ReviewInputs) -> str:
+    """When the replayed writes happen within their periods: where each process's sampling
+    passes counted writes (docs/live-validation.md, "Writes in step"), or at independent
+    times where the trace has no passes."""
+    timed = {o.writes_timed_by_passes for sc in inputs.scenarios for o in sc.host.replays}
+    timed.discard(None)
+    if not timed:
+        return ""
+    canary = (
+        "; the canary's at independent times."
+        if inputs.whatif.replay_options.writes_canary
+        else "."
+    )
+    if timed == {True}:
+        return (
+            " The sampled writes of each page fall where its process's sampling passes "
+            "counted writes, so processes that wrote together write together" + canary
+        )
+    if True in timed:
+        return (
+            " Where the trace has sampling passes, the sampled writes of each page fall where "
+            "its process's passes counted writes; elsewhere pages write at independent times."
+        )
+    return " Pages write at independent times: the trace has no sampling passes to time them."
+
+
 def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
     """What the model leaves out, as this review's replays ran (writes, load)."""
     sampled = inputs.whatif.replay_options.writes and inputs.trace.sampled
@@ -421,6 +447,7 @@ def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:
                 if inputs.whatif.replay_options.writes_canary
                 else "; [Validation](#validation) compares with a canary, which sees them."
             )
+            + _timing_text(inputs)
             + _floor_text(inputs),
             "**The future looks like the trace.** After the last snapshot the replay continues "
             "each page's writes at its rate over the sampled intervals, and the memory's "

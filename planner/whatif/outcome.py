@@ -339,6 +339,9 @@ class ReplayOutcome:
     #: None: no writes replayed
     writes_floored_rows: int | None = None
     writes_written_rows: int | None = None
+    #: Whether the last sampled interval's write phases followed each process's sampling
+    #: passes (the provenance's ``writes.phases_timed_by_passes``); None: no writes replayed
+    writes_timed_by_passes: bool | None = None
 
 
 __all__ = [

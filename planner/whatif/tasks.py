@@ -470,15 +470,17 @@ def _run_replay(spec: ReplaySpec) -> ReplayOutcome:
 
 
 def _floor_fields(note: object) -> dict[str, Any]:
-    """The outcome's ``writes_*_rows`` from the provenance's ``writes``: the last traced
-    interval's rows at the sampler's floor, and its rows written (none where no writes were
-    replayed)."""
+    """The outcome's ``writes_*`` fields from the provenance's ``writes``: the last traced
+    interval's rows at the sampler's floor, its rows written, and whether its write phases
+    followed the sampling passes (none where no writes were replayed)."""
     floor = note.get("last_interval_floor") if isinstance(note, dict) else None
     if not isinstance(floor, dict):
         return {}
+    timed = note.get("phases_timed_by_passes") if isinstance(note, dict) else None
     return {
         "writes_floored_rows": int(floor["floored_rows"]),
         "writes_written_rows": int(floor["written_rows"]),
+        "writes_timed_by_passes": bool(timed[-1]) if timed else None,
     }
 
 

@@ -467,6 +467,33 @@ def test_a_review_says_which_write_rates_are_the_samplers_floor(small_inputs: An
     assert "1,074 of the 1,141 pages written changed or were written " + floor in text
 
 
+def test_a_review_says_when_the_replayed_writes_happen(small_inputs: Any) -> None:
+    # docs/live-validation.md, "Writes in step": a trace with sampling passes has each
+    # page's writes where its process's passes counted them; a trace replayed without
+    # writes (the small one) says nothing of their times
+    from tests.report.conftest import whatif_inputs
+
+    timed = "The sampled writes of each page fall where its process's sampling passes"
+    assert timed not in _text(build_review(small_inputs), "method")
+    assert "independent times" not in _text(build_review(small_inputs), "method")
+    run = Path(__file__).resolve().parents[2] / "traces" / "softdirty" / "postgres-2" / "trace"
+    inputs = whatif_inputs(run, policies=("prctl-all",), pages_to_scan=(1000,), host_mem=None)
+    assert all(o.writes_timed_by_passes for sc in inputs.scenarios for o in sc.host.replays)
+    text = _text(build_review(inputs), "method")
+    assert timed + " counted writes, so processes that wrote together write together." in text
+
+    # the same outcome without passes (a trace whose samples table is empty)
+    def untimed_host(host: Any) -> Any:
+        return replace(
+            host, replays=[replace(o, writes_timed_by_passes=False) for o in host.replays]
+        )
+
+    untimed = replace(
+        inputs, scenarios=[replace(sc, host=untimed_host(sc.host)) for sc in inputs.scenarios]
+    )
+    assert "Pages write at independent times" in _text(build_review(untimed), "method")
+
+
 def test_a_review_fitted_to_a_canary_quotes_what_such_a_fit_did_on_other_runs(
     small_inputs: Any,
 ) -> None:
