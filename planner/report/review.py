@@ -413,6 +413,8 @@ def _timing_text(inputs: ReviewInputs) -> str:
     timed.discard(None)
     if not timed:
         return ""
+    if timed == {False}:
+        return " Pages write at independent times: the trace has no sampling passes to time them."
     canary = (
         "; the canary's at independent times."
         if inputs.whatif.replay_options.writes_canary
@@ -423,12 +425,10 @@ def _timing_text(inputs: ReviewInputs) -> str:
             " The sampled writes of each page fall where its process's sampling passes "
             "counted writes, so processes that wrote together write together" + canary
         )
-    if True in timed:
-        return (
-            " Where the trace has sampling passes, the sampled writes of each page fall where "
-            "its process's passes counted writes; elsewhere pages write at independent times."
-        )
-    return " Pages write at independent times: the trace has no sampling passes to time them."
+    return (
+        " Where the trace has sampling passes, the sampled writes of each page fall where "
+        "its process's passes counted writes, elsewhere at independent times" + canary
+    )
 
 
 def _not_modelled(inputs: ReviewInputs) -> tuple[str, ...]:

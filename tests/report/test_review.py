@@ -492,6 +492,11 @@ def test_a_review_says_when_the_replayed_writes_happen(small_inputs: Any) -> Non
         inputs, scenarios=[replace(sc, host=untimed_host(sc.host)) for sc in inputs.scenarios]
     )
     assert "Pages write at independent times" in _text(build_review(untimed), "method")
+    # replays of which one had no passes: both said
+    sc = inputs.scenarios[0]
+    replays = [replace(sc.host.replays[0], writes_timed_by_passes=False), *sc.host.replays]
+    mixed = replace(inputs, scenarios=[replace(sc, host=replace(sc.host, replays=replays))])
+    assert "elsewhere at independent times." in _text(build_review(mixed), "method")
 
 
 def test_a_review_fitted_to_a_canary_quotes_what_such_a_fit_did_on_other_runs(
