@@ -64,11 +64,11 @@ from planner.engine.writes import (
 from planner.errors import InputDataError
 from planner.trace.check import MappingStarts, as_numpy, program_generations
 from planner.trace.io import read_ahead
-from planner.trace.schema import PageFlag
-from planner.trace.views import COUNT_COLUMNS, PageChanges, page_changes
+from planner.trace.schema import PAGE_CHANGE_COUNTS, PageFlag
+from planner.trace.views import PageChanges, page_changes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from planner.engine.timing import HostLoad
     from planner.trace.io import HostTrace, Trace
@@ -420,37 +420,151 @@ def _sampled(pages: pa.Table) -> bool:
 
 
 def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
-    """One column as one numpy array, nulls as 0, read from Arrow's buffers: each chunk is
-    viewed in place and numpy joins them (Arrow's own conversion of a chunked column
-    allocates on transparent huge pages, see :func:`planner._heap.normal_pages`,
-    and ``to_numpy`` imports pandas)."""
+    """One column as numpy, nulls as 0, read from Arrow's buffers (a view where Arrow
+    allows; Arrow's own conversion allocates on transparent huge pages, see
+    :func:`planner._heap.normal_pages`, and ``to_numpy`` imports pandas)."""
     return as_numpy(col, dtype, null=0)
 
 
-def _page_columns(
-    box: list[pa.Table], zero_hash: int | None, changes: PageChanges | None = None
-) -> _PageColumns:
-    """The pages table in ``box`` (taken out of it: the caller holds no reference) as numpy
-    columns. Each Arrow column is dropped once it is copied out and its memory given back
-    (Arrow's batches are heap blocks, which the C library keeps after a free; the copies,
-    larger, are mapped anew), so the snapshot is held about once, not as Arrow's table and
-    numpy's columns side by side."""
-    pages = box.pop()
-    usable = None
-    hash_col, frame_col = pages.column("content_hash"), pages.column("frame_id")
-    if hash_col.null_count or frame_col.null_count:
-        usable = np.ones(pages.num_rows, dtype=bool)
-        for col in (hash_col, frame_col):
+#: The page columns a replay copies out of a trace, with their numpy types
+#: (:class:`SnapshotPages`; the order of :class:`_PageColumns`' fields below).
+_ROW_COLUMNS: tuple[tuple[str, type[np.generic]], ...] = (
+    ("content_hash", np.uint64),
+    ("frame_id", np.uint64),
+    ("flags", np.uint16),
+    ("pid", np.int32),
+    ("vma_start", np.uint64),
+    ("page_addr", np.uint64),
+)
+#: Rows per batch :func:`prepare_trace` decodes: each is copied out and dropped before the
+#: next (:class:`SnapshotPages`). A 4 M-page snapshot peaked 1,128 MB (no reading ahead,
+#: the whole Arrow table then numpy), 1,052 MB in batches of 2**20 rows, 929 MB of 2**18,
+#: in the same time (Arrow's decoding buffers scale with the batch).
+BATCH_ROWS = 1 << 18
+#: what :func:`prepare_trace` reads of the pages table
+PAGE_COLUMNS = (*(name for name, _ in _ROW_COLUMNS), *PAGE_CHANGE_COUNTS)
+
+
+class SnapshotPages:
+    """One snapshot's pages, copied out of the trace part by part into numpy columns.
+
+    A trace's pages come in batches of Arrow rows (:meth:`Trace.iter_snapshot_batches`).
+    Each part's columns are copied into arrays sized for the snapshot (``rows_hint``: the
+    rows its processes' ``pages`` announce; the arrays are grown or cut to the rows that
+    came, in place where the C library can), and the part is dropped. So the snapshot is
+    never held as an Arrow table and as numpy columns side by side: at 4 M pages that was
+    ~270 MB of Arrow memory at the peak of ``prepare`` (docs/engine.md, "Speed and
+    memory"). The sampler's count columns are kept as Arrow parts, and only from parts in
+    which some row was sampled (:func:`_sampled`).
+    """
+
+    def __init__(self, rows_hint: int = 0) -> None:
+        cap = max(int(rows_hint), 0)
+        self.rows = 0
+        self._cols = [np.empty(cap, dtype) for _, dtype in _ROW_COLUMNS]
+        self._unusable: list[I64] = []  # rows without a hash or a frame
+        self._counts: list[tuple[int, pa.Table | None]] = []  # (rows, count columns)
+        self._sampled = False
+
+    @classmethod
+    def of(cls, pages: pa.Table) -> SnapshotPages:
+        """A snapshot whose pages are one table held anyway (a trace loaded in memory): its
+        columns are viewed where Arrow allows, not copied."""
+        out = cls()
+        out._cols = [_np_column(pages.column(name), dtype) for name, dtype in _ROW_COLUMNS]
+        out._note_part(pages, 0)
+        out.rows = pages.num_rows
+        return out
+
+    def _note_part(self, part: pa.Table, lo: int) -> None:
+        """A part's rows without a hash or a frame, and its count columns if sampled."""
+        for name in ("content_hash", "frame_id"):
+            col = part.column(name)
             if col.null_count:
-                usable &= ~_np_column(col.is_null(), bool)
-    del hash_col, frame_col
-    pages = pages.select(["content_hash", "frame_id", "flags", "pid", "vma_start", "page_addr"])
-    out: list[npt.NDArray[Any]] = []
-    for dtype in (np.uint64, np.uint64, np.uint16, np.int32, np.uint64, np.uint64):
-        out.append(_np_column(pages.column(0), dtype))
-        pages = pages.remove_column(0)  # its buffers are freed with the last reference,
-        release_memory()  # and given back: the copies are larger than the heap's blocks
-    del pages
+                self._unusable.append(np.flatnonzero(_np_column(col.is_null(), bool)) + lo)
+        sampled = _sampled(part)
+        self._sampled |= sampled
+        counts = [c for c in PAGE_CHANGE_COUNTS if c in part.column_names]
+        self._counts.append((part.num_rows, part.select(counts) if sampled else None))
+
+    def add(self, part: pa.Table) -> None:
+        """The snapshot's next rows (copied: ``part`` may be dropped at once)."""
+        m = part.num_rows
+        if not m:
+            return
+        lo, hi = self.rows, self.rows + m
+        if hi > self._cols[0].size:
+            cap = max(hi, self._cols[0].size + self._cols[0].size // 2)
+            for arr in self._cols:
+                arr.resize(cap, refcheck=False)  # realloc: large blocks are remapped
+        for arr, (name, dtype) in zip(self._cols, _ROW_COLUMNS, strict=True):
+            arr[lo:hi] = _np_column(part.column(name), dtype)
+        self._note_part(part, lo)
+        self.rows = hi
+
+    def counts(self) -> pa.Table | None:
+        """The sampler's count columns of every row (None: no row was sampled)."""
+        if not self._sampled:
+            return None
+        tables = [t for _, t in self._counts if t is not None]
+        schema = tables[0].schema
+        parts = [
+            t if t is not None else pa.table([pa.nulls(n, f.type) for f in schema], schema=schema)
+            for n, t in self._counts
+        ]
+        return pa.concat_tables(parts)
+
+    def take_columns(self) -> tuple[list[npt.NDArray[Any]], B | None]:
+        """The columns, cut to the rows that came, and the rows with a hash and a frame
+        (None: every row); handed over, not kept."""
+        cols, self._cols = self._cols, []
+        for arr in cols:
+            if arr.size != self.rows:
+                arr.resize(self.rows, refcheck=False)
+        usable = None
+        if self._unusable:
+            usable = np.ones(self.rows, dtype=bool)
+            for rows in self._unusable:
+                usable[rows] = False
+            self._unusable = []
+        return cols, usable
+
+
+def snapshot_pages(
+    parts: Iterable[tuple[int, pa.Table]], rows_hint: dict[int, int]
+) -> Iterator[tuple[int, SnapshotPages]]:
+    """Consecutive parts of one snapshot (:meth:`Trace.iter_snapshot_batches`) gathered
+    into a :class:`SnapshotPages` each, in order (``rows_hint``: the rows each snapshot
+    announces, to size its columns)."""
+    current: tuple[int, SnapshotPages] | None = None
+    for sid, part in parts:
+        if current is None or current[0] != sid:
+            if current is not None:
+                yield current
+            current = (sid, SnapshotPages(rows_hint.get(sid, 0)))
+        current[1].add(part)
+        del part
+    if current is not None:
+        yield current
+
+
+def _rows_hint(ht: HostTrace) -> dict[int, int]:
+    """Per snapshot, the page rows its processes' ``pages`` announce (a size hint only)."""
+    procs = ht.processes
+    if "pages" not in procs.column_names or not procs.num_rows:
+        return {}
+    sid = as_numpy(procs.column("snapshot_id"), np.int64)
+    rows = as_numpy(procs.column("pages"), np.int64, null=0)
+    ids, inverse = np.unique(sid, return_inverse=True)
+    total = np.bincount(inverse, weights=np.maximum(rows, 0), minlength=ids.size)
+    return {int(i): int(t) for i, t in zip(ids.tolist(), total.tolist(), strict=True)}
+
+
+def _page_columns(
+    pages: SnapshotPages, zero_hash: int | None, changes: PageChanges | None = None
+) -> _PageColumns:
+    """The snapshot's pages as numpy columns (``pages`` is emptied: they are handed over)."""
+    out, usable = pages.take_columns()
     p_hash, p_frame, p_flags, pid, vma, addr = out
     if zero_hash is not None:
         # the zero flag also marks pages whose hash is the zero page's
@@ -778,7 +892,7 @@ def prepare(
     cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
     del col
     parts = (
-        (sid, ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])))
+        (sid, SnapshotPages.of(ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i]))))
         for i, sid in enumerate(sids)
     )
     return _prepare(ht, parts, resolver, include_mms, prctl_at)
@@ -804,9 +918,10 @@ def prepare_trace(
     """
     if tables is None:
         tables = trace.load_host(host, pages=False)
-    columns = ["pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    columns += [*COUNT_COLUMNS, "same_content_writes"]
-    stream = trace.iter_snapshot_pages(tables.host, columns)
+    # each batch of pages is copied out as it comes (SnapshotPages): one snapshot's columns
+    # and one batch of Arrow rows in memory, never a snapshot's whole Arrow table
+    batches = trace.iter_snapshot_batches(tables.host, PAGE_COLUMNS, batch_rows=BATCH_ROWS)
+    stream = snapshot_pages(batches, _rows_hint(tables))
     try:
         if not ahead:
             return _prepare(tables, stream, resolver, include_mms, prctl_at)
@@ -831,7 +946,7 @@ def _load(ht: HostTrace) -> HostLoad | None:
 
 def _prepare(
     ht: HostTrace,
-    pages: Iterable[tuple[int, pa.Table]],
+    pages: Iterable[tuple[int, SnapshotPages]],
     resolver: Resolver | None,
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
@@ -922,7 +1037,7 @@ def _mm_of(mms: list[MmInfo], k: int) -> dict[tuple[int, int], int]:
 
 def _prepare_rows(
     ht: HostTrace,
-    pages: Iterable[tuple[int, pa.Table]],
+    pages: Iterable[tuple[int, SnapshotPages]],
     resolver: Resolver | None,
     include_mms: Sequence[int] | None,
     prctl_at: PrctlAt,
@@ -975,23 +1090,20 @@ def _prepare_rows(
         },
     )
     sample_rows: SampleRows | None = None  # read at the first sampled snapshot
-    empty = pa.Table.from_batches([], schema=ht.pages.schema)  # empty_table imports pandas
     stream = iter(pages)
-    nxt: tuple[int, pa.Table] | None = None
+    nxt: tuple[int, SnapshotPages] | None = None
     for k, sid in enumerate(sids):
-        # the next snapshot's pages are asked for only now, and each table is dropped as
-        # soon as its columns are out: memory holds one snapshot's pages at a time here
+        # the next snapshot's pages are asked for only now, and each is dropped as soon as
+        # its columns are out: memory holds one snapshot's pages at a time here
         nxt = next(stream, None) if nxt is None else nxt
-        box = [empty]
+        snap = SnapshotPages()
         if nxt is not None and nxt[0] == sid:
-            box, nxt = [nxt[1]], None
-        changes = None
-        if _sampled(box[0]):
-            changes = page_changes(ht.snapshots, box[0], sid)
-        # (the table is handed over in a box: no name here keeps it alive while it becomes
-        # numpy columns)
-        cols = _page_columns(box, meta.get("zero_hash"), changes)
-        del changes
+            snap, nxt = nxt[1], None
+        counts = snap.counts()
+        changes = None if counts is None else page_changes(ht.snapshots, counts, sid)
+        del counts
+        cols = _page_columns(snap, meta.get("zero_hash"), changes)
+        del changes, snap
         release_memory()
         pa.default_memory_pool().release_unused()  # (its allocator keeps freed memory)
         cur, layout, writes = _snapshot_rows(

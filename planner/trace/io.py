@@ -1072,24 +1072,35 @@ class Trace:
         Memory holds one snapshot's pages (plus one batch), whatever the trace size.
         Snapshots without pages are not yielded. ``columns`` always gains ``snapshot_id``.
         """
+        parts: list[pa.Table] = []
+        current: int | None = None
+        for sid, part in self.iter_snapshot_batches(host, columns, batch_rows=batch_rows):
+            if current is not None and sid != current:
+                yield current, _take_all(parts)  # not kept here while the caller works
+            current = sid
+            parts.append(part)
+        if current is not None:
+            yield current, _take_all(parts)
+
+    def iter_snapshot_batches(
+        self, host: str, columns: Sequence[str] | None = None, *, batch_rows: int = 1 << 20
+    ) -> Iterator[tuple[int, pa.Table]]:
+        """Yield ``(snapshot_id, rows)`` for each batch of ``pages.parquet``, cut where the
+        snapshot changes: a snapshot's rows come as one or more consecutive parts, in order.
+
+        Memory holds one batch (:meth:`iter_pages`): a caller that copies out what it needs
+        part by part never holds a snapshot's Arrow table whole. ``columns`` always gains
+        ``snapshot_id``.
+        """
         cols = list(columns) if columns else list(S.PAGES_SCHEMA.names)
         if "snapshot_id" not in cols:
             cols.insert(0, "snapshot_id")
-        parts: list[pa.Table] = []
-        current: int | None = None
         for table in self.iter_pages(host, cols, batch_rows=batch_rows):
             sid = as_numpy(table.column("snapshot_id"), np.int64)
             cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]
             for a, b in itertools.pairwise(cuts):
-                if a == b:
-                    continue
-                value = int(sid[a])
-                if current is not None and value != current:
-                    yield current, _take_all(parts)  # not kept here while the caller works
-                current = value
-                parts.append(table.slice(a, b - a))
-        if current is not None:
-            yield current, _take_all(parts)
+                if a < b:
+                    yield int(sid[a]), table.slice(a, b - a)
 
     def verify(self) -> None:
         """Hash every file of the trace and compare with the manifest (no decoding)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,44 +168,102 @@ def test_opaque_frame_ids_give_the_same_deltas() -> None:
     assert kinds[L_OLD]
 
 
-def test_page_columns_free_arrows_copy_column_by_column(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A snapshot's pages become numpy columns one at a time, each Arrow column dropped once
-    copied out: Arrow's memory falls while the copies are made, so the snapshot is not held
-    twice at the peak of prepare (the table is handed over in a box, which is left empty)."""
+def _pages_part(
+    base: int, n: int, *, sampled: bool = False, null_hash_at: int | None = None
+) -> Any:
+    """``n`` page rows numbered from ``base`` in the pages table's types (count columns
+    all null unless ``sampled``)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from planner.trace.schema import PAGE_CHANGE_COUNTS, PAGES_SCHEMA
+
+    vals = np.arange(base, base + n)
+    cols = {}
+    for f in PAGES_SCHEMA:
+        if f.name in PAGE_CHANGE_COUNTS:
+            cols[f.name] = pa.array(vals % 3 if sampled else [None] * n, f.type)
+        elif f.name == "flags":
+            cols[f.name] = pa.array(vals % 8, f.type)
+        else:
+            mask = (
+                None
+                if null_hash_at is None or f.name != "content_hash"
+                else (vals == base + null_hash_at)
+            )
+            cols[f.name] = pa.array(vals, f.type, mask=mask)
+    return pa.table(cols, schema=PAGES_SCHEMA)
+
+
+@pytest.mark.parametrize("hint", [0, 1_000, 120_000, 500_000])
+def test_snapshot_pages_copy_each_part_out_and_hold_no_arrow_memory(hint: int) -> None:
+    """A snapshot's pages are copied out part by part into columns sized by the rows its
+    processes announce (grown past a short hint, cut to a long one): once the parts are
+    dropped no Arrow memory is held, so a snapshot is never held as an Arrow table and as
+    numpy columns side by side at the peak of prepare."""
     import numpy as np
     import pyarrow as pa
 
     prep = importlib.import_module("planner.engine.prepare")  # (the package's name is the function)
-    n = 50_000
-    names = ["snapshot_id", "pid", "vma_start", "page_addr", "flags", "content_hash", "frame_id"]
-    u64, i32 = pa.uint64(), pa.int32()
-    types = [i32, i32, u64, u64, pa.uint16(), u64, u64]
-
-    def chunk(base: int) -> pa.RecordBatch:
-        vals = np.arange(base, base + n)
-        cols = [pa.array(vals % 8 if t == pa.uint16() else vals, t) for t in types]
-        return pa.record_batch(cols, names=names)
-
+    n = 40_000
     before = pa.total_allocated_bytes()
-    table = pa.Table.from_batches([chunk(0), chunk(n)])  # two chunks: the copies are real
-    held: list[int] = []
-    real = prep._np_column
-
-    def spy(col: pa.ChunkedArray, dtype: np.dtype) -> np.ndarray:  # type: ignore[type-arg]
-        held.append(pa.total_allocated_bytes() - before)
-        return real(col, dtype)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(prep, "_np_column", spy)
-    box = [table]
-    del table
-    cols = prep._page_columns(box, None)
-    assert box == []
-    assert len(held) == 6
-    assert all(b < a for a, b in itertools.pairwise(held)), held
-    assert pa.total_allocated_bytes() - before == 0
-    assert cols.addr.tolist() == list(range(2 * n))
+    snap = prep.SnapshotPages(hint)
+    for i in range(3):
+        part = _pages_part(i * n, n)
+        snap.add(part)
+        del part
+        assert pa.total_allocated_bytes() - before == 0  # nothing of the part kept
+    assert snap.rows == 3 * n
+    assert snap.counts() is None  # no row sampled: the counts are not decoded
+    cols = prep._page_columns(snap, None)
+    assert cols.addr.tolist() == list(range(3 * n))
     assert cols.hash.dtype == np.uint64
     assert cols.pid.dtype == np.int32
+    assert cols.flags.tolist() == (np.arange(3 * n) % 8).tolist()
+    assert cols.usable is None
+
+
+def test_snapshot_pages_keep_the_rows_without_a_hash_and_the_counts_of_sampled_parts() -> None:
+    """Rows without a hash are marked unusable where their part put them; the count
+    columns come whole, as nulls for a part in which no row was sampled."""
+    prep = importlib.import_module("planner.engine.prepare")
+    snap = prep.SnapshotPages(10)
+    snap.add(_pages_part(0, 5))
+    snap.add(_pages_part(5, 7, sampled=True, null_hash_at=2))
+    counts = snap.counts()
+    assert counts is not None
+    assert counts.column("samples").to_pylist() == [None] * 5 + [i % 3 for i in range(5, 12)]
+    cols = prep._page_columns(snap, None)
+    assert cols.usable is not None
+    assert [i for i, u in enumerate(cols.usable.tolist()) if not u] == [7]
+    assert cols.addr.tolist() == list(range(12))
+
+
+def test_a_trace_prepared_part_by_part_equals_one_prepared_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare_trace`` (the pages copied out batch by batch, with or without reading
+    ahead, batches smaller than a snapshot) builds the input ``prepare`` builds from the
+    whole table."""
+    import numpy as np
+
+    from planner.testing.synth import SynthSpec, synthetic_host, write_synthetic_trace
+    from planner.trace.io import open_trace
+
+    spec = SynthSpec(pages=30_000, processes=6, snapshots=3, interval_s=5.0)
+    write_synthetic_trace(spec, tmp_path / "t")
+    ref = prepare(synthetic_host(spec))
+    prep = importlib.import_module("planner.engine.prepare")
+    monkeypatch.setattr(prep, "BATCH_ROWS", 3_000)  # several parts per snapshot
+    for ahead in (True, False):
+        tr = open_trace(tmp_path / "t")
+        got = prep.prepare_trace(tr, ahead=ahead)
+        assert len(got.deltas) == len(ref.deltas)
+        for a, b in zip(ref.deltas, got.deltas, strict=True):
+            for name, value in vars(a).items():
+                if isinstance(value, np.ndarray):
+                    assert np.array_equal(value, getattr(b, name)), (ahead, name)
+        assert np.array_equal(ref.content_hash, got.content_hash)
 
 
 def _retitled(ht: Any, titles: dict[int, tuple[str, int]], *, aslr_off: bool = False) -> Any:
