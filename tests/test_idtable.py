@@ -88,6 +88,31 @@ def test_a_big_table_is_rebuilt_with_its_ids() -> None:
     assert table.ids_of(values[:100]).tolist() == first_ids.tolist()
 
 
+def test_a_call_of_mostly_known_values_does_not_rebuild_the_table() -> None:
+    """A table is rebuilt for the values that are new, not for the worst case of every
+    value of a call new: 6,000 known values and 100 new ones fit the 16,384 slots that
+    5,000 values asked for (before: rebuilt to 32,768 for 5,000 + 6,100 possible ids);
+    10,000 new ones then rebuild it, ids kept."""
+    rng = np.random.default_rng(7)
+    known = rng.integers(0, 1 << 63, 5_000, dtype=np.uint64)
+    table = IdTable()
+    ids = table.ids_of(known)
+    assert table.capacity == 8_192
+    slots = table.table_bytes - table.values().nbytes
+    new = rng.integers(0, 1 << 63, 100, dtype=np.uint64)
+    call = np.concatenate([known, new, known[:1_000]])
+    got = table.ids_of(call)
+    assert table.capacity == 8_192  # not rebuilt
+    assert got[:5_000].tolist() == ids.tolist()
+    assert got[5_000:5_100].tolist() == list(range(5_000, 5_100))
+    more = rng.integers(0, 1 << 63, 10_000, dtype=np.uint64)
+    table.ids_of(np.concatenate([more, known]))
+    assert table.capacity >= 16_384
+    assert table.table_bytes - table.values().nbytes >= 2 * slots
+    assert table.ids_of(known).tolist() == ids.tolist()
+    assert table.n == 15_100
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(st.lists(st.integers(0, U64_MAX), max_size=200), min_size=1, max_size=4),
