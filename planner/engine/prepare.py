@@ -459,9 +459,17 @@ class SnapshotPages:
     """
 
     def __init__(self, rows_hint: int = 0) -> None:
+        # a hint is a trace's word, not a fact: one no snapshot can have (row positions
+        # are int32), or that this machine cannot reserve, is dropped, and the columns
+        # grow as the rows come (np.empty reserves; only the rows written are touched)
         cap = max(int(rows_hint), 0)
         self.rows = 0
-        self._cols = [np.empty(cap, dtype) for _, dtype in _ROW_COLUMNS]
+        try:
+            if cap >= 1 << 31:
+                raise MemoryError
+            self._cols = [np.empty(cap, dtype) for _, dtype in _ROW_COLUMNS]
+        except MemoryError:
+            self._cols = [np.empty(0, dtype) for _, dtype in _ROW_COLUMNS]
         self._unusable: list[I64] = []  # rows without a hash or a frame
         self._counts: list[tuple[int, pa.Table | None]] = []  # (rows, count columns)
         self._sampled = False

@@ -195,7 +195,7 @@ def _pages_part(
     return pa.table(cols, schema=PAGES_SCHEMA)
 
 
-@pytest.mark.parametrize("hint", [0, 1_000, 120_000, 500_000])
+@pytest.mark.parametrize("hint", [0, 1_000, 120_000, 500_000, 1 << 40, -5])
 def test_snapshot_pages_copy_each_part_out_and_hold_no_arrow_memory(hint: int) -> None:
     """A snapshot's pages are copied out part by part into columns sized by the rows its
     processes announce (grown past a short hint, cut to a long one): once the parts are
