@@ -382,7 +382,9 @@ _CHUNK_ROWS: Final = 1 << 20
 _FILTER_BITS: Final = 21
 
 
-def _last_three(deltas: list[SnapshotDelta]) -> tuple[U64, U64, U64, SnapshotRows]:
+def _last_three(
+    deltas: list[SnapshotDelta], content_hash: U64
+) -> tuple[U64, U64, U64, SnapshotRows]:
     """The keys and hashes of the third snapshot from the end, the hashes of the second,
     and the last in full: one pass of rebuilds from the first delta, each snapshot
     dropped as the next is built but for what is returned of it."""
@@ -390,7 +392,7 @@ def _last_three(deltas: list[SnapshotDelta]) -> tuple[U64, U64, U64, SnapshotRow
     rows: SnapshotRows | None = None
     first_keys = first_hash = prev_hash = np.empty(0, np.uint64)
     for j, d in enumerate(deltas):
-        rows = apply_delta(rows, d)
+        rows = apply_delta(rows, d, content_hash)
         if j == n - 3:
             first_keys, first_hash = rows.keys(), rows.hash
         elif j == n - 2:
@@ -476,7 +478,7 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         return inp, _no_growth(inside, new_maps, fit, sizes)
     # the last snapshot in full, the two before only as far as they are compared with it
     # (rebuilt for this call only: nothing kept on ``inp``)
-    first_keys, first_hash, prev_hash, last = _last_three(inp.deltas)
+    first_keys, first_hash, prev_hash, last = _last_three(inp.deltas, inp.content_hash)
     appeared_last, appeared_both, nm_last, nm_both, new_p = _appeared(
         inp, starts, last, first_keys, grow
     )

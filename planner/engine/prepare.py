@@ -133,7 +133,7 @@ class ReplayInput:
     def snapshots(self) -> SnapshotSequence:
         """The snapshots in full, rebuilt from the deltas on demand."""
         if self._seq is None:
-            self._seq = SnapshotSequence(self.deltas)
+            self._seq = SnapshotSequence(self.deltas, self.content_hash)
         return self._seq
 
     @property

@@ -195,7 +195,9 @@ class SnapshotDelta:
     (``upd_link_kind`` / ``upd_link``: :data:`L_CARRY`; :data:`L_FRESH` and a fresh-page
     number; :data:`L_ROW` and a new position; :data:`L_OLD` and an old position).
     ``upd_old`` is the old position of a changed row (-1 for an added one); ``upd_gid`` its
-    content id (dense, in order of first appearance over the trace).
+    content id (dense, in order of first appearance over the trace). A row's hash is its
+    content id's (``ReplayInput.content_hash``): a delta keeps no hash column of its own,
+    8 bytes a row of the first snapshot (docs/engine.md, "The deltas keep content ids").
     """
 
     index: int
@@ -209,7 +211,6 @@ class SnapshotDelta:
     added_page: U64
     upd: I32
     upd_old: I32
-    upd_hash: U64
     upd_frame: U64
     upd_flags: U8
     upd_link_kind: npt.NDArray[np.int8]
@@ -307,8 +308,9 @@ def _apply_pages(
     return page
 
 
-def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta) -> SnapshotRows:
-    """The full rows of ``delta``'s snapshot, from the snapshot before it."""
+def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta, content_hash: U64) -> SnapshotRows:
+    """The full rows of ``delta``'s snapshot, from the snapshot before it (``content_hash``:
+    the hash of each content id, ``ReplayInput.content_hash``)."""
     n = delta.n_rows
     hash_ = np.empty(n, np.uint64)
     frame = np.empty(n, np.uint64)
@@ -320,7 +322,7 @@ def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta) -> SnapshotRows:
         frame[sn] = old.frame[so]
         flags[sn] = old.flags[so]
     page = _apply_pages(None if old is None else old.page, delta, survivors)
-    hash_[delta.upd] = delta.upd_hash
+    hash_[delta.upd] = content_hash[delta.upd_gid]
     frame[delta.upd] = delta.upd_frame
     flags[delta.upd] = delta.upd_flags
     return SnapshotRows(
@@ -343,8 +345,9 @@ class SnapshotSequence:
     snapshot rebuilt is kept, so ``inp.snapshots[-1]`` twice costs one rebuild.
     """
 
-    def __init__(self, deltas: list[SnapshotDelta]) -> None:
+    def __init__(self, deltas: list[SnapshotDelta], content_hash: U64) -> None:
         self._deltas = deltas
+        self._content_hash = content_hash
         self._cache: tuple[int, SnapshotRows] | None = None
         self._pages: tuple[int, U64] | None = None  # the last pages rebuilt by keys()
 
@@ -355,7 +358,7 @@ class SnapshotSequence:
         k = self._index(k)
         if self._cache is not None and self._cache[0] == k:
             return self._cache[1]
-        rows = self._rebuilt(self._cache, k, apply_delta)
+        rows = self._rebuilt(self._cache, k, self._apply)
         self._cache = (k, rows)
         return rows
 
@@ -385,8 +388,11 @@ class SnapshotSequence:
     def __iter__(self) -> Iterator[SnapshotRows]:
         rows: SnapshotRows | None = None
         for d in self._deltas:
-            rows = apply_delta(rows, d)
+            rows = apply_delta(rows, d, self._content_hash)
             yield rows
+
+    def _apply(self, old: SnapshotRows | None, delta: SnapshotDelta) -> SnapshotRows:
+        return apply_delta(old, delta, self._content_hash)
 
     def keys(self, k: int) -> U64:
         """The row keys of snapshot ``k`` (:meth:`SnapshotRows.keys`), rebuilt from the
@@ -717,7 +723,6 @@ def build_delta(
             added_page=cur.page,
             upd=allrows,
             upd_old=np.full(n, -1, np.int32),
-            upd_hash=cur.hash,
             upd_frame=cur.frame,
             upd_flags=cur.flags,
             upd_link_kind=np.full(n, L_FRESH, np.int8),
@@ -756,7 +761,6 @@ def build_delta(
         added_page=cur.page[added],
         upd=upd.astype(np.int32),
         upd_old=np.where(hit[upd], pos[upd], -1).astype(np.int32),
-        upd_hash=cur.hash[upd],
         upd_frame=cur.frame[upd],
         upd_flags=cur.flags[upd],
         upd_link_kind=kind,
@@ -824,7 +828,6 @@ def appended_delta(
         added_page=pg,
         upd=added,
         upd_old=np.full(m, -1, np.int32),
-        upd_hash=h,
         upd_frame=frame[order],
         upd_flags=fl,
         upd_link_kind=np.full(m, L_FRESH, np.int8),

@@ -999,7 +999,7 @@ def extrapolate(
 
     # rebuilt for this fit only: cached with the input, it stayed in the worker's memory
     # through the replays that followed
-    rows = SnapshotSequence(inp.deltas)[-1]
+    rows = SnapshotSequence(inp.deltas, inp.content_hash)[-1]
     group, base = select_group(inp, spec.group)
     notes: list[str] = []
     rng = np.random.default_rng(spec.seed)

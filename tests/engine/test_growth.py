@@ -415,7 +415,7 @@ def test_the_growths_shortcuts_are_the_full_snapshots_answers(seed: int, spec: W
     lacks; ``_last_three`` gives the full rebuild's keys and hashes; ``_held`` is
     ``np.isin``; and the mm of an added row found from the layout is the rebuild's."""
     inp = prepare(random_world(seed, spec).host_trace())
-    full = list(SnapshotSequence(inp.deltas))
+    full = list(SnapshotSequence(inp.deltas, inp.content_hash))
     for k in range(1, len(full)):
         d = inp.deltas[k]
         want = ~np.isin(full[k].keys(), full[k - 1].keys())
@@ -423,7 +423,7 @@ def test_the_growths_shortcuts_are_the_full_snapshots_answers(seed: int, spec: W
         mm = d.layout.present[np.searchsorted(d.layout.hi, d.added, "right")]
         np.testing.assert_array_equal(mm, full[k].mm[d.added])
     if len(full) >= 3:
-        fk, fh, ph, last = growth._last_three(inp.deltas)
+        fk, fh, ph, last = growth._last_three(inp.deltas, inp.content_hash)
         np.testing.assert_array_equal(fk, full[-3].keys())
         np.testing.assert_array_equal(fh, full[-3].hash)
         np.testing.assert_array_equal(ph, full[-2].hash)

@@ -30,8 +30,8 @@ def test_keys_alone_are_the_full_snapshots_keys_in_any_order(
     rebuilt in between, they are the keys of the full rebuild."""
     inp = prepare(random_world(seed, spec).host_trace())
     n = len(inp.deltas)
-    want = [rows.keys() for rows in SnapshotSequence(inp.deltas)]
-    seq = SnapshotSequence(inp.deltas)
+    want = [rows.keys() for rows in SnapshotSequence(inp.deltas, inp.content_hash)]
+    seq = SnapshotSequence(inp.deltas, inp.content_hash)
     order = data.draw(st.lists(st.integers(-n, n - 1), max_size=3 * n))
     for k in [*order, *range(n)]:
         if data.draw(st.booleans()):
@@ -51,7 +51,7 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
     snapshot before and the one after built in full, and the content ids it gives are
     the same; the positions it returns hold the appended rows."""
     inp = prepare(random_world(seed, spec).host_trace())
-    last = SnapshotSequence(inp.deltas)[-1]
+    last = SnapshotSequence(inp.deltas, inp.content_hash)[-1]
     lay = last.layout
     filled = [int(m) for m, lo, hi in zip(lay.present, lay.lo, lay.hi, strict=True) if hi > lo]
     if not filled:

@@ -179,9 +179,9 @@ def test_a_replay_task_rebuilds_each_snapshot_once_and_keeps_none(
     built: list[int] = []
     real = rows_mod.apply_delta
 
-    def counting(old: object, delta: rows_mod.SnapshotDelta) -> object:
+    def counting(old: object, delta: rows_mod.SnapshotDelta, content_hash: object) -> object:
         built.append(delta.index)
-        return real(old, delta)  # type: ignore[arg-type]
+        return real(old, delta, content_hash)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rows_mod, "apply_delta", counting)
     clear_caches()
