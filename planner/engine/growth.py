@@ -836,7 +836,7 @@ def _append_steps(
     pids: dict[str, int] = {}
     steps: list[tuple[int, RowColumns, I64]] = []  # (step, its new rows, their sources)
     for j in range(add.shape[0]):
-        parts_key, parts_page, parts_hash, parts_flags, parts_mm, parts_src = [], [], [], [], [], []
+        parts_key, parts_hash, parts_flags, parts_src = [], [], [], []
         for i, m in enumerate(grow):
             c = int(add[j, i])
             if c <= 0:
@@ -852,21 +852,17 @@ def _append_steps(
             if next_page[m] > int(PAGE_MASK):  # pragma: no cover - a 47-bit address space
                 raise AssertionError("growth ran out of page numbers")
             parts_key.append((np.uint64(m) << np.uint64(36)) | page)
-            parts_page.append(page)
             parts_hash.append(h)
             parts_flags.append(last.flags[rows])
-            parts_mm.append(np.full(c, m, np.int32))
             parts_src.append(rows)
             pid = str(inp.mms[m].pid)
             pids[pid] = pids.get(pid, 0) + c
         if parts_key:
             new = RowColumns(
                 key=np.concatenate(parts_key),
-                page=np.concatenate(parts_page),
                 hash=np.concatenate(parts_hash),
                 frame=np.empty(0, np.uint64),  # numbered by appended_delta
                 flags=np.concatenate(parts_flags),
-                mm=np.concatenate(parts_mm),
             )
             steps.append((j, new, np.concatenate(parts_src)))
     if not steps:  # pragma: no cover - continue_growth appends only a growth of some page

@@ -359,7 +359,6 @@ def _cpu_share(
 
 
 _NO_ROWS = np.empty(0, np.uint64)  # a consumed column of _PageColumns or RowColumns
-_NO_MMS = np.empty(0, np.int32)
 
 
 @dataclass
@@ -692,12 +691,12 @@ def _snapshot_rows(
     r_page = cols.addr[idx] >> np.uint64(shift)
     cols.addr = _NO_ROWS  # consumed, as are the pids and mapping starts below: each
     release_memory()  # snapshot-sized column is given back once the rows have no use for it
-    r_mm = np.repeat(run_mm, run_len)
-    key = row_keys(r_mm, r_page)
+    key = row_keys(np.repeat(run_mm, run_len), r_page)  # (a row's mm and page are its key's)
+    del r_page
     order: I64 | None = None
     if n > 1 and not bool(np.all(key[1:] > key[:-1])):
-        order = np.lexsort((r_page, r_mm))  # the trace was not sorted by (pid, page)
-        key, r_page, r_mm, r_pid = key[order], r_page[order], r_mm[order], r_pid[order]
+        order = np.argsort(key, kind="stable")  # the trace was not sorted by (pid, page)
+        key, r_pid = key[order], r_pid[order]
 
     def take(col: npt.NDArray[Any]) -> npt.NDArray[Any]:
         c = col[idx]
@@ -721,11 +720,9 @@ def _snapshot_rows(
     mm_hi = np.cumsum(counts).astype(np.int64)
     rows = RowColumns(
         key=key,
-        page=r_page,
         hash=np.ascontiguousarray(take(cols.hash)),
         frame=np.ascontiguousarray(take(cols.frame)),
         flags=flags,
-        mm=r_mm.astype(np.int32, copy=False),
     )
     writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
     layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
@@ -805,9 +802,9 @@ class InputBuilder:
                 catalog=self.catalog,
             )
         )
-        # the next delta reads the previous rows' keys, contents, frames and flags, never
-        # their pages or mms (12 B per row, held until the next snapshot is added)
-        self.prev = dataclasses.replace(rows, page=_NO_ROWS, mm=_NO_MMS)
+        # the next delta reads the previous rows' keys, contents, frames and flags (25 B
+        # per row, held until the next snapshot is added)
+        self.prev = rows
 
     def _close_writes(self, nxt: RowColumns | None) -> None:
         """The previous snapshot's writes, now that the next snapshot (or none) is known."""

@@ -46,7 +46,8 @@ B = npt.NDArray[np.bool_]
 _Built = TypeVar("_Built")  # what SnapshotSequence rebuilds: whole snapshots, or pages
 
 MM_SHIFT = np.uint64(36)  # row key = (mm << 36) | page number
-PAGE_MASK = np.uint64((1 << 36) - 1)
+PAGE_BITS = (1 << 36) - 1  # (a Python int: what compiled code folds in)
+PAGE_MASK = np.uint64(PAGE_BITS)
 
 #: row flags (``SnapshotRows.flags``, ``SnapshotDelta.upd_flags``)
 F_ELIGIBLE, F_ZERO, F_THP = 1, 2, 4
@@ -473,14 +474,26 @@ def _pair_groups(frame: U64, hash_: U64, out: I32) -> int:  # pragma: no cover -
 
 @dataclass
 class RowColumns:
-    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time)."""
+    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time).
+
+    A row's page and mm are its key's (``(mm << 36) | page``): they are derived where a
+    delta needs them, not kept beside it (12 bytes a row of the two snapshots held at the
+    peak of ``prepare``; docs/engine.md, "Rows keep their keys alone")."""
 
     key: U64
-    page: U64
     hash: U64
     frame: U64
     flags: U8
-    mm: I32
+
+    @property
+    def page(self) -> U64:
+        """Each row's page number (from its key)."""
+        return self.key & PAGE_MASK
+
+    @property
+    def mm(self) -> I32:
+        """Each row's mm (from its key)."""
+        return (self.key >> MM_SHIFT).astype(np.int32)
 
 
 def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
@@ -570,7 +583,7 @@ def _first_rows(
 @compiled_on_first_call(cache=True, nogil=True)
 def _link_rows(
     moved: I64, carried: B, parent_of: I64,
-    cur_key: U64, cur_page: U64, cur_frame: U64, cur_hash: U64, cur_mm: I32,
+    cur_key: U64, cur_frame: U64, cur_hash: U64,
     new_key: U64, new_row: I32,
     prev_key: U64, prev_frame: U64, prev_hash: U64,
     old_key: U64, old_row: I32,
@@ -605,9 +618,9 @@ def _link_rows(
             if r >= 0 and prev_frame[r] == f and prev_hash[r] == h:
                 inh_old = r
         # the parent process's row at the same page, where it maps the same frame
-        par = parent_of[cur_mm[row]]
+        par = parent_of[np.int64(cur_key[row] >> np.uint64(36))]
         if par >= 0 and (inh >= 0 or inh_old >= 0):
-            pkey = (np.uint64(par) << np.uint64(36)) | cur_page[row]
+            pkey = (np.uint64(par) << np.uint64(36)) | (cur_key[row] & np.uint64(PAGE_BITS))
             q = min(np.searchsorted(cur_key, pkey), n - 1)
             if cur_key[q] == pkey and carried[q] and cur_frame[q] == f and cur_hash[q] == h:
                 inh, inh_old = q, -1
@@ -650,7 +663,7 @@ def _links(
     old_key, old_row = _first_rows(prev.frame, prev.hash, carried, False, marked, frames)
     _link_rows(
         np.ascontiguousarray(moved, np.int64), carried, parent_of,
-        cur.key, cur.page, cur.frame, cur.hash, cur.mm, new_key, new_row,
+        cur.key, cur.frame, cur.hash, new_key, new_row,
         prev.key, prev.frame, prev.hash, old_key, old_row, kind, link,
     )  # fmt: skip
     need = np.flatnonzero(kind == L_FRESH)
@@ -758,7 +771,7 @@ def build_delta(
         layout=layout,
         removed=removed,
         added=added.astype(np.int32),
-        added_page=cur.page[added],
+        added_page=cur.key[added] & PAGE_MASK,
         upd=upd.astype(np.int32),
         upd_old=np.where(hit[upd], pos[upd], -1).astype(np.int32),
         upd_frame=cur.frame[upd],

@@ -290,9 +290,8 @@ def synthetic_input(spec: SynthSpec = SynthSpec(), *, host: str = "synthetic") -
         hi = np.cumsum(counts).astype(np.int64)
         flags = np.where(snap.content == 0, F_ELIGIBLE | F_ZERO, F_ELIGIBLE).astype(np.uint8)
         rows = RowColumns(
-            key=row_keys(mm, page), page=page, hash=_hashes(snap.content),
-            frame=snap.frame, flags=flags, mm=mm,
-        )  # fmt: skip
+            key=row_keys(mm, page), hash=_hashes(snap.content), frame=snap.frame, flags=flags
+        )
         layout = MmLayout(
             present=present, lo=hi - counts, hi=hi, mergeable=np.ones(present.size, bool)
         )

@@ -126,11 +126,9 @@ def _rows(
         frame = frame * np.uint64(0x1000_0000_0001)
     return RowColumns(
         key=keys,
-        page=keys & np.uint64((1 << 36) - 1),
         hash=rng.integers(0, hashes, n).astype(np.uint64),
         frame=frame,
         flags=np.zeros(n, np.uint8),
-        mm=(keys >> MM_SHIFT).astype(np.int32),
     )
 
 
@@ -188,16 +186,11 @@ def test_links_of_a_fork_prefer_the_parents_row(opaque: bool) -> None:
     frame = np.array([5, 5, 6, 5, 5, 9], np.uint64) * scale
     cur = RowColumns(
         key=keys,
-        page=keys & np.uint64((1 << 36) - 1),
         hash=np.array([1, 1, 2, 1, 1, 3], np.uint64),
         frame=frame,
         flags=np.zeros(6, np.uint8),
-        mm=(keys >> MM_SHIFT).astype(np.int32),
     )
-    prev = RowColumns(
-        key=keys[:3], page=cur.page[:3], hash=cur.hash[:3], frame=frame[:3],
-        flags=np.zeros(3, np.uint8), mm=cur.mm[:3],
-    )  # fmt: skip
+    prev = RowColumns(key=keys[:3], hash=cur.hash[:3], frame=frame[:3], flags=np.zeros(3, np.uint8))
     carried = np.array([True, True, True, False, False, False])
     moved = np.array([3, 4, 5], np.int64)
     parent_of = np.array([-1, 0, -1], np.int64)

@@ -72,7 +72,7 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
         parts["hash"].append(np.array(hashes, np.uint64))
         parts["flags"].append(last.flags[lay.rows_of(m)[0] + np.zeros(c, np.int64)])
         parts["mm"].append(np.full(c, m, np.int32))
-    cols = {k: np.concatenate(v) for k, v in parts.items()}
+    cols = {k: np.concatenate(v) for k, v in parts.items() if k not in ("page", "mm")}
     first_frame = int(last.frame.max()) + 1
     new = RowColumns(frame=np.empty(0, np.uint64), **cols)
 
@@ -83,20 +83,15 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
         lay, last.n_frames, new, first_frame, index=7, time_ns=11, ids_of=got_catalog.ids_of
     )
 
-    cur = RowColumns(
-        key=last.keys(), page=last.page, hash=last.hash, frame=last.frame, flags=last.flags,
-        mm=last.mm,
-    )  # fmt: skip
+    cur = RowColumns(key=last.keys(), hash=last.hash, frame=last.frame, flags=last.flags)
     frames = np.uint64(first_frame) + np.arange(new.key.size, dtype=np.uint64)
     key = np.concatenate([cur.key, new.key])
     order = np.argsort(key, kind="stable")
     nxt = RowColumns(
         key=key[order],
-        page=np.concatenate([cur.page, new.page])[order],
         hash=np.concatenate([cur.hash, new.hash])[order],
         frame=np.concatenate([cur.frame, frames])[order],
         flags=np.concatenate([cur.flags, new.flags])[order],
-        mm=np.concatenate([cur.mm, new.mm])[order],
     )
     counts = np.bincount(np.searchsorted(lay.present, nxt.mm), minlength=lay.present.size)
     hi = np.cumsum(counts).astype(np.int64)
