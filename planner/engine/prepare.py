@@ -359,18 +359,30 @@ def _cpu_share(
 
 
 _NO_ROWS = np.empty(0, np.uint64)  # a consumed column of _PageColumns or RowColumns
+_NO_ROWS_U32 = np.empty(0, np.uint32)
+
+
+@dataclass(frozen=True)
+class _PageRuns:
+    """A snapshot's rows in runs of one (pid, mapping start, high half of the page
+    number), in the order the trace gives them: what is the same for many rows is kept
+    once per run, not once per row (a run starts at row ``start``)."""
+
+    start: I64
+    pid: npt.NDArray[np.int32]
+    vma: U64
+    page_hi: U64  # the page number >> 32 of every row of the run
 
 
 @dataclass
 class _PageColumns:
     """One snapshot's pages as numpy columns (zero-copy where Arrow allows)."""
 
-    pid: npt.NDArray[np.integer[Any]]
-    vma: U64
-    addr: U64
     hash: U64
     frame: U64
     flags: npt.NDArray[np.uint16]
+    page_lo: npt.NDArray[np.uint32]  # the page number's low 32 bits (high ones: its run's)
+    runs: _PageRuns
     usable: B | None  # rows with a hash and a frame (None: every row)
     #: per row, the writes the sampler saw in the interval after the snapshot: content
     #: changes and same-content writes (None: the trace has no counts for this snapshot)
@@ -425,23 +437,22 @@ def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[A
     return as_numpy(col, dtype, null=0)
 
 
-#: The page columns a replay copies out of a trace, with their numpy types
-#: (:class:`SnapshotPages`; the order of :class:`_PageColumns`' fields below).
+#: The page columns a replay copies out of a trace, row by row, with their numpy types
+#: (:class:`SnapshotPages`); the pid, mapping start and page address are kept as runs
+#: and each row's low page bits (:data:`_RUN_COLUMNS`).
 _ROW_COLUMNS: tuple[tuple[str, type[np.generic]], ...] = (
     ("content_hash", np.uint64),
     ("frame_id", np.uint64),
     ("flags", np.uint16),
-    ("pid", np.int32),
-    ("vma_start", np.uint64),
-    ("page_addr", np.uint64),
 )
+_RUN_COLUMNS = ("pid", "vma_start", "page_addr")
 #: Rows per batch :func:`prepare_trace` decodes: each is copied out and dropped before the
 #: next (:class:`SnapshotPages`). A 4 M-page snapshot peaked 1,128 MB (no reading ahead,
 #: the whole Arrow table then numpy), 1,052 MB in batches of 2**20 rows, 929 MB of 2**18,
 #: in the same time (Arrow's decoding buffers scale with the batch).
 BATCH_ROWS = 1 << 18
 #: what :func:`prepare_trace` reads of the pages table
-PAGE_COLUMNS = (*(name for name, _ in _ROW_COLUMNS), *PAGE_CHANGE_COUNTS)
+PAGE_COLUMNS = (*(name for name, _ in _ROW_COLUMNS), *_RUN_COLUMNS, *PAGE_CHANGE_COUNTS)
 
 
 class SnapshotPages:
@@ -455,33 +466,66 @@ class SnapshotPages:
     ~270 MB of Arrow memory at the peak of ``prepare`` (docs/engine.md, "Speed and
     memory"). The sampler's count columns are kept as Arrow parts, and only from parts in
     which some row was sampled (:func:`_sampled`).
+
+    A row keeps its hash, frame and flags (18 B) and the low 32 bits of its page number
+    (4 B); its pid, mapping start and the page number's high bits, the same for a
+    mapping's rows, are kept once per run of rows that share them (:class:`_PageRuns`),
+    not the 20 B a row they took as columns (docs/engine.md, "Pages kept in runs").
+    ``page_shift``: log2 of the page size.
     """
 
-    def __init__(self, rows_hint: int = 0) -> None:
+    def __init__(self, rows_hint: int = 0, page_shift: int = 12) -> None:
         # a hint is a trace's word, not a fact: one no snapshot can have (row positions
         # are int32), or that this machine cannot reserve, is dropped, and the columns
         # grow as the rows come (np.empty reserves; only the rows written are touched)
         cap = max(int(rows_hint), 0)
         self.rows = 0
+        self._shift = np.uint64(page_shift)
         try:
             if cap >= 1 << 31:
                 raise MemoryError
-            self._cols = [np.empty(cap, dtype) for _, dtype in _ROW_COLUMNS]
+            self._cols = self._empty(cap)
         except MemoryError:
-            self._cols = [np.empty(0, dtype) for _, dtype in _ROW_COLUMNS]
+            self._cols = self._empty(0)
+        self._runs: list[tuple[I64, npt.NDArray[np.int32], U64, U64]] = []
         self._unusable: list[I64] = []  # rows without a hash or a frame
         self._counts: list[tuple[int, pa.Table | None]] = []  # (rows, count columns)
         self._sampled = False
 
+    @staticmethod
+    def _empty(n: int) -> list[npt.NDArray[Any]]:
+        return [*(np.empty(n, dtype) for _, dtype in _ROW_COLUMNS), np.empty(n, np.uint32)]
+
     @classmethod
-    def of(cls, pages: pa.Table) -> SnapshotPages:
+    def of(cls, pages: pa.Table, page_shift: int = 12) -> SnapshotPages:
         """A snapshot whose pages are one table held anyway (a trace loaded in memory): its
-        columns are viewed where Arrow allows, not copied."""
-        out = cls()
-        out._cols = [_np_column(pages.column(name), dtype) for name, dtype in _ROW_COLUMNS]
+        row columns are viewed where Arrow allows, not copied."""
+        out = cls(page_shift=page_shift)
+        out._cols = [
+            *(_np_column(pages.column(name), dtype) for name, dtype in _ROW_COLUMNS),
+            out._page_lo_and_runs(pages, 0),
+        ]
         out._note_part(pages, 0)
         out.rows = pages.num_rows
         return out
+
+    def _page_lo_and_runs(self, part: pa.Table, lo: int) -> npt.NDArray[np.uint32]:
+        """A part's low page bits, its runs noted (a run is cut where the pid, the mapping
+        start or the page's high bits change; one that goes on into the next part is cut
+        there too, which costs a run, not a row)."""
+        pid = _np_column(part.column("pid"), np.int32)
+        vma = _np_column(part.column("vma_start"), np.uint64)
+        page = _np_column(part.column("page_addr"), np.uint64) >> self._shift
+        hi = page >> np.uint64(32)
+        n = pid.size
+        cut = np.empty(n, bool)
+        cut[:1] = True
+        np.not_equal(pid[1:], pid[:-1], out=cut[1:])
+        cut[1:] |= vma[1:] != vma[:-1]
+        cut[1:] |= hi[1:] != hi[:-1]
+        heads = np.flatnonzero(cut)
+        self._runs.append((heads + lo, pid[heads], vma[heads], hi[heads]))
+        return page.astype(np.uint32)  # (the low 32 bits)
 
     def _note_part(self, part: pa.Table, lo: int) -> None:
         """A part's rows without a hash or a frame, and its count columns if sampled."""
@@ -504,8 +548,9 @@ class SnapshotPages:
             cap = max(hi, self._cols[0].size + self._cols[0].size // 2)
             for arr in self._cols:
                 arr.resize(cap, refcheck=False)  # realloc: large blocks are remapped
-        for arr, (name, dtype) in zip(self._cols, _ROW_COLUMNS, strict=True):
+        for arr, (name, dtype) in zip(self._cols, _ROW_COLUMNS, strict=False):
             arr[lo:hi] = _np_column(part.column(name), dtype)
+        self._cols[-1][lo:hi] = self._page_lo_and_runs(part, lo)
         self._note_part(part, lo)
         self.rows = hi
 
@@ -521,38 +566,51 @@ class SnapshotPages:
         ]
         return pa.concat_tables(parts)
 
-    def take_columns(self) -> tuple[list[npt.NDArray[Any]], B | None]:
-        """The columns, cut to the rows that came, and the rows with a hash and a frame
-        (None: every row); handed over, not kept."""
+    def take_columns(self) -> tuple[list[npt.NDArray[Any]], _PageRuns, B | None]:
+        """The row columns (hash, frame, flags, low page bits) cut to the rows that came,
+        the runs, and the rows with a hash and a frame (None: every row); handed over, not
+        kept."""
         cols, self._cols = self._cols, []
         for arr in cols:
             if arr.size != self.rows:
                 arr.resize(self.rows, refcheck=False)
+        parts, self._runs = self._runs, []
+        runs = _PageRuns(
+            start=np.concatenate([r[0] for r in parts]) if parts else np.empty(0, np.int64),
+            pid=np.concatenate([r[1] for r in parts]) if parts else np.empty(0, np.int32),
+            vma=np.concatenate([r[2] for r in parts]) if parts else np.empty(0, np.uint64),
+            page_hi=np.concatenate([r[3] for r in parts]) if parts else np.empty(0, np.uint64),
+        )
         usable = None
         if self._unusable:
             usable = np.ones(self.rows, dtype=bool)
             for rows in self._unusable:
                 usable[rows] = False
             self._unusable = []
-        return cols, usable
+        return cols, runs, usable
 
 
 def snapshot_pages(
-    parts: Iterable[tuple[int, pa.Table]], rows_hint: dict[int, int]
+    parts: Iterable[tuple[int, pa.Table]], rows_hint: dict[int, int], page_shift: int = 12
 ) -> Iterator[tuple[int, SnapshotPages]]:
     """Consecutive parts of one snapshot (:meth:`Trace.iter_snapshot_batches`) gathered
     into a :class:`SnapshotPages` each, in order (``rows_hint``: the rows each snapshot
-    announces, to size its columns)."""
+    announces, to size its columns; ``page_shift``: log2 of the page size)."""
     current: tuple[int, SnapshotPages] | None = None
     for sid, part in parts:
         if current is None or current[0] != sid:
             if current is not None:
                 yield current
-            current = (sid, SnapshotPages(rows_hint.get(sid, 0)))
+            current = (sid, SnapshotPages(rows_hint.get(sid, 0), page_shift))
         current[1].add(part)
         del part
     if current is not None:
         yield current
+
+
+def _page_size(meta: dict[str, Any]) -> int:
+    """The trace's page size (4096 where it does not say)."""
+    return int(meta.get("page_size") or 4096)
 
 
 def _rows_hint(ht: HostTrace) -> dict[int, int]:
@@ -571,18 +629,17 @@ def _page_columns(
     pages: SnapshotPages, zero_hash: int | None, changes: PageChanges | None = None
 ) -> _PageColumns:
     """The snapshot's pages as numpy columns (``pages`` is emptied: they are handed over)."""
-    out, usable = pages.take_columns()
-    p_hash, p_frame, p_flags, pid, vma, addr = out
+    out, runs, usable = pages.take_columns()
+    p_hash, p_frame, p_flags, page_lo = out
     if zero_hash is not None:
         # the zero flag also marks pages whose hash is the zero page's
         p_flags = p_flags | ((p_hash == np.uint64(zero_hash)) * np.uint16(PageFlag.ZERO))
     return _PageColumns(
-        pid=pid,
-        vma=vma,
-        addr=addr,
         hash=p_hash,
         frame=p_frame,
         flags=p_flags,
+        page_lo=page_lo,
+        runs=runs,
         usable=usable,
         writes=None if changes is None else _write_counts(changes),
     )
@@ -605,18 +662,19 @@ def _eligibility(
     sid: int,
     pid_to_mm: dict[int, int],
     mm_present: I32,
-    r_pid: npt.NDArray[np.integer[Any]],
-    r_vma: U64,
+    run_pid: npt.NDArray[np.integer[Any]],
+    run_vma: U64,
     page_size: int,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> tuple[B, B]:
-    """Per row: VM_MERGEABLE under the policy; per present mm: has a mergeable mapping.
+    """Per run of rows of one (pid, mapping start): VM_MERGEABLE under the policy; per
+    present mm: has a mergeable mapping.
 
     A prctl process has every mapping mergeable, but for its exec-time ``[stack]`` when the
     prctl came before exec (``prctl_at="exec"``, docs/kernel-semantics.md §2.6)."""
     mode = {m: mms[m].registration.mode for m in mm_present.tolist()}
     mergeable = np.array([mode[m] == "prctl" for m in mm_present.tolist()], dtype=bool)
-    n = r_pid.size
+    n = run_pid.size
     every = prctl_at == "running"  # a prctl process: every row, without a look at its mappings
     if every and all(v == "prctl" for v in mode.values()):
         return np.ones(n, bool), mergeable
@@ -634,24 +692,23 @@ def _eligibility(
         if ok:
             mergeable[mm_pos[mm_j]] = True
     eligible = np.zeros(n, bool)
-    if n:
-        # runs of rows of one (pid, mapping): look up each run once
-        heads = np.flatnonzero(np.r_[True, (r_pid[1:] != r_pid[:-1]) | (r_vma[1:] != r_vma[:-1])])
-        ends = np.r_[heads[1:], n]
-        for a, b in zip(heads.tolist(), ends.tolist(), strict=True):
-            pid_u, vs = int(r_pid[a]), int(r_vma[a])
+    # each (pid, mapping) looked up once, however many runs the rows' order cut it into
+    seen: dict[tuple[int, int], bool] = {}
+    for i, (pid_u, vs) in enumerate(zip(run_pid.tolist(), run_vma.tolist(), strict=True)):
+        ok_run = seen.get((pid_u, vs))
+        if ok_run is None:
             mm_u = pid_to_mm[pid_u]
             if mode[mm_u] == "prctl" and every:
-                ok = True
+                ok_run = True
             elif (pid_u, vs) in map_key:
-                ok = map_key[(pid_u, vs)]
+                ok_run = map_key[(pid_u, vs)]
             else:
                 # rows whose (pid, vma_start) has no mapping row: the page's own check
-                ok = mms[mm_u].registration.mergeable("other", vs, vs + page_size)
-                if ok:
+                ok_run = mms[mm_u].registration.mergeable("other", vs, vs + page_size)
+                if ok_run:
                     mergeable[mm_pos[mm_u]] = True
-            if ok:
-                eligible[a:b] = True
+            seen[(pid_u, vs)] = ok_run
+        eligible[i] = ok_run
     return eligible, mergeable
 
 
@@ -663,23 +720,31 @@ def _snapshot_rows(
     proc_pid: I64,
     k: int,
     sid: int,
-    shift: int,
     page_size: int,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
 ) -> tuple[RowColumns, MmLayout, tuple[U16, ...] | None]:
     """Snapshot ``k``'s rows sorted by (mm, page), where each mm's rows are, and the
     writes the sampler saw on each row after it (if the trace has them). ``cols`` is
-    consumed: its pids, mapping starts and addresses are dropped once used."""
+    consumed: its low page bits are dropped once the keys are made."""
     sel = np.flatnonzero((proc_sid == sid) & (procs.row_mm >= 0))
     pid_to_mm = {int(proc_pid[i]): int(procs.row_mm[i]) for i in sel}
+    runs = cols.runs
     if cols.usable is None or cols.usable.all():
-        idx: slice | I64 = slice(0, cols.pid.size)
+        n = cols.page_lo.size
+        idx: slice | I64 = slice(0, n)
+        heads = runs.start
     else:
         idx = np.flatnonzero(cols.usable)
-    r_pid = cols.pid[idx]
-    n = r_pid.size
-    heads = np.flatnonzero(np.r_[True, r_pid[1:] != r_pid[:-1]]) if n else np.empty(0, np.int64)
-    run_pid = r_pid[heads]
+        n = idx.size
+        heads = np.searchsorted(idx, runs.start)  # each run's first usable row
+    run_len = np.diff(np.r_[heads, n]).astype(np.int64) if heads.size else heads
+    live = run_len > 0  # (runs of unusable rows only are dropped)
+    run_pid, run_vma, run_hi, run_len = (
+        runs.pid[live],
+        runs.vma[live],
+        runs.page_hi[live],
+        run_len[live],
+    )
     missing = [int(p) for p in np.unique(run_pid) if int(p) not in pid_to_mm]
     if missing:
         raise InputDataError(
@@ -687,28 +752,27 @@ def _snapshot_rows(
             hint="the processes table must list every process that has pages",
         )
     run_mm = np.array([pid_to_mm[int(p)] for p in run_pid.tolist()], dtype=np.int32)
-    run_len = np.diff(np.r_[heads, n])
-    r_page = cols.addr[idx] >> np.uint64(shift)
-    cols.addr = _NO_ROWS  # consumed, as are the pids and mapping starts below: each
-    release_memory()  # snapshot-sized column is given back once the rows have no use for it
-    key = row_keys(np.repeat(run_mm, run_len), r_page)  # (a row's mm and page are its key's)
-    del r_page
+    # a row's key is (mm << 36) | page: its run's mm and high page bits, and its low bits
+    key = cols.page_lo[idx].astype(np.uint64)
+    cols.page_lo = _NO_ROWS_U32  # consumed: each snapshot-sized column is given back once
+    key |= np.repeat(row_keys(run_mm, run_hi << np.uint64(32)), run_len)
+    release_memory()  # the rows have no use for it
     order: I64 | None = None
     if n > 1 and not bool(np.all(key[1:] > key[:-1])):
         order = np.argsort(key, kind="stable")  # the trace was not sorted by (pid, page)
-        key, r_pid = key[order], r_pid[order]
+        key = key[order]
 
     def take(col: npt.NDArray[Any]) -> npt.NDArray[Any]:
         c = col[idx]
         return c if order is None else c[order]
 
     mm_present = np.array(sorted(procs.present[k]), dtype=np.int32)
-    eligible, mergeable = _eligibility(
-        procs.mms, maps, sid, pid_to_mm, mm_present, r_pid, take(cols.vma), page_size, prctl_at
+    run_ok, mergeable = _eligibility(
+        procs.mms, maps, sid, pid_to_mm, mm_present, run_pid, run_vma, page_size, prctl_at
     )
-    del r_pid
-    cols.pid = cols.vma = _NO_ROWS
-    release_memory()
+    eligible = np.repeat(run_ok, run_len)
+    if order is not None:
+        eligible = eligible[order]
     pf = take(cols.flags)
     flags = eligible.view(np.uint8) * np.uint8(F_ELIGIBLE)
     flags |= ((pf & np.uint16(PageFlag.ZERO)) != 0).view(np.uint8) * np.uint8(F_ZERO)
@@ -896,8 +960,9 @@ def prepare(
     col = as_numpy(ht.pages.column("snapshot_id"), np.int64)
     cuts = np.searchsorted(col, np.array([*sids, sids[-1] + 1] if sids else [], np.int64))
     del col
+    shift = _page_size(ht.meta()).bit_length() - 1
     parts = (
-        (sid, SnapshotPages.of(ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i]))))
+        (sid, SnapshotPages.of(ht.pages.slice(int(cuts[i]), int(cuts[i + 1] - cuts[i])), shift))
         for i, sid in enumerate(sids)
     )
     return _prepare(ht, parts, resolver, include_mms, prctl_at)
@@ -926,7 +991,8 @@ def prepare_trace(
     # each batch of pages is copied out as it comes (SnapshotPages): one snapshot's columns
     # and one batch of Arrow rows in memory, never a snapshot's whole Arrow table
     batches = trace.iter_snapshot_batches(tables.host, PAGE_COLUMNS, batch_rows=BATCH_ROWS)
-    stream = snapshot_pages(batches, _rows_hint(tables))
+    shift = _page_size(tables.meta()).bit_length() - 1
+    stream = snapshot_pages(batches, _rows_hint(tables), shift)
     try:
         if not ahead:
             return _prepare(tables, stream, resolver, include_mms, prctl_at)
@@ -1049,7 +1115,7 @@ def _prepare_rows(
 ) -> ReplayInput:
     resolver = resolver or prctl_everything
     meta = ht.meta()
-    page_size = int(meta.get("page_size") or 4096)
+    page_size = _page_size(meta)
     shift = page_size.bit_length() - 1
     snaps = ht.snapshots.to_pydict()
     sids: list[int] = snaps["snapshot_id"]
@@ -1112,7 +1178,7 @@ def _prepare_rows(
         release_memory()
         pa.default_memory_pool().release_unused()  # (its allocator keeps freed memory)
         cur, layout, writes = _snapshot_rows(
-            cols, maps, procs, proc_sid, proc_pid, k, sid, shift, page_size, prctl_at
+            cols, maps, procs, proc_sid, proc_pid, k, sid, page_size, prctl_at
         )
         del cols
         length = intervals_s[k]

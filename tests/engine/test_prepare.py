@@ -185,6 +185,12 @@ def _pages_part(
             cols[f.name] = pa.array(vals % 3 if sampled else [None] * n, f.type)
         elif f.name == "flags":
             cols[f.name] = pa.array(vals % 8, f.type)
+        elif f.name == "pid":  # processes of 1,000 rows, mappings of 100, pages 4 KiB apart
+            cols[f.name] = pa.array(vals // 1_000, f.type)
+        elif f.name == "vma_start":
+            cols[f.name] = pa.array((vals // 100) * 100 * 4096, f.type)
+        elif f.name == "page_addr":
+            cols[f.name] = pa.array(vals * 4096, f.type)
         else:
             mask = (
                 None
@@ -216,9 +222,13 @@ def test_snapshot_pages_copy_each_part_out_and_hold_no_arrow_memory(hint: int) -
     assert snap.rows == 3 * n
     assert snap.counts() is None  # no row sampled: the counts are not decoded
     cols = prep._page_columns(snap, None)
-    assert cols.addr.tolist() == list(range(3 * n))
+    assert cols.page_lo.tolist() == list(range(3 * n))
     assert cols.hash.dtype == np.uint64
-    assert cols.pid.dtype == np.int32
+    # a run per mapping of 100 rows (the parts' bounds fall on mappings' here)
+    assert cols.runs.start.tolist() == list(range(0, 3 * n, 100))
+    assert cols.runs.pid.tolist() == [i // 1_000 for i in range(0, 3 * n, 100)]
+    assert cols.runs.vma.tolist() == [i * 4096 for i in range(0, 3 * n, 100)]
+    assert not cols.runs.page_hi.any()
     assert cols.flags.tolist() == (np.arange(3 * n) % 8).tolist()
     assert cols.usable is None
 
@@ -236,7 +246,8 @@ def test_snapshot_pages_keep_the_rows_without_a_hash_and_the_counts_of_sampled_p
     cols = prep._page_columns(snap, None)
     assert cols.usable is not None
     assert [i for i, u in enumerate(cols.usable.tolist()) if not u] == [7]
-    assert cols.addr.tolist() == list(range(12))
+    assert cols.page_lo.tolist() == list(range(12))
+    assert cols.runs.start.tolist() == [0, 5]  # (a run that goes on into a part is cut)
 
 
 def test_a_trace_prepared_part_by_part_equals_one_prepared_in_memory(
@@ -328,3 +339,73 @@ def test_an_exec_is_a_new_program_and_a_rename_without_randomisation_too() -> No
     assert [(m.pid, m.first_snap, m.exit_snap) for m in inp.mms] == [(100, 0, 1), (100, 1, None)]
     inp = prepare(_retitled(_titled_world(False), titles, aslr_off=True))
     assert [(m.pid, m.first_snap, m.exit_snap) for m in inp.mms] == [(100, 0, 1), (100, 1, None)]
+
+
+def test_rows_read_from_runs_are_the_rows_read_one_by_one() -> None:
+    """A row's page and eligibility come from its run (pid, mapping start, high page bits;
+    :class:`planner.engine.prepare.SnapshotPages`): a mapping across page 2^32 (two runs),
+    a process that came later with a lower pid (its rows come first in the table, last by
+    mm: they are re-sorted), a mapping whose rows all lack a hash (a run dropped) and parts
+    cut inside a mapping give the rows that reading the pages table row by row gives."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    prep = importlib.import_module("planner.engine.prepare")
+    w = World()
+    w.spawn(300, comm="a")
+    heap = ((1 << 32) - 2) * 4096
+    w.map(300, heap, [1, 2, 3, 4], kind="heap")  # pages 2^32-2 .. 2^32+1
+    w.map(300, 0x7F0000, [5, 6], kind="stack")
+    w.snapshot(0.0)
+    w.spawn(200, comm="b")
+    w.map(200, 0x10000, [1, 7])
+    w.map(200, 0x50000, [8, 9])
+    w.snapshot(1.0)
+    ht = w.host_trace()
+    pages = ht.pages
+    lost = pc.equal(pages.column("vma_start"), 0x50000)  # this mapping's hashes are lost
+    i = pages.schema.get_field_index("content_hash")
+    pages = pages.set_column(
+        i, pages.schema.field(i), pc.if_else(lost, pa.scalar(None, pa.uint64()), pages.column(i))
+    )
+    ht = dataclasses.replace(ht, pages=pages)
+
+    def pol(info: ProcessInfo, parent: Registration | None) -> Registration:
+        if info.comm == "a":
+            return Registration(mode="madvise", kinds=frozenset({"heap"}))
+        return Registration(mode="prctl")
+
+    whole = prepare(ht, resolver=pol)
+    snaps = []
+    for sid in (0, 1):
+        snap = prep.SnapshotPages(0, 12)
+        mine = pages.filter(pc.equal(pages.column("snapshot_id"), sid))
+        for lo in range(0, mine.num_rows, 3):  # parts of 3 rows, cut inside mappings
+            snap.add(mine.slice(lo, 3))
+        snaps.append((sid, snap))
+    parted = prep._prepare(ht, iter(snaps), pol, None, prep.PRCTL_AT_DEFAULT)
+    mm_of = {m.pid: m.mm for m in whole.mms}
+    assert mm_of[300] < mm_of[200]
+    for sid in (0, 1):
+        rows = [
+            r
+            for r in pages.to_pylist()
+            if r["snapshot_id"] == sid and r["content_hash"] is not None
+        ]
+        want = sorted(
+            (
+                mm_of[r["pid"]],
+                r["page_addr"] >> 12,
+                r["content_hash"],
+                r["pid"] == 200 or r["vma_start"] == heap,
+            )
+            for r in rows
+        )
+        assert [r["pid"] for r in rows][:1] == ([300] if sid == 0 else [200])
+        for inp in (whole, parted):
+            s = inp.snapshots[sid]
+            cols = (s.mm, s.page, s.hash, s.eligible)
+            assert list(zip(*(c.tolist() for c in cols), strict=True)) == want
+            assert s.page.max() == (1 << 32) + 1
