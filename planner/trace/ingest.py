@@ -48,7 +48,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from planner._input import file_kind, sniff
 from planner._progress import NULL_PROGRESS
@@ -57,7 +56,7 @@ from planner.provenance import tool_version
 from planner.trace import schema as S
 from planner.trace.check import short
 from planner.trace.flat import FlatConverter
-from planner.trace.io import TraceWriter, valid_host_name
+from planner.trace.io import TraceWriter, streamed_parquet, valid_host_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -654,7 +653,7 @@ class _Source:
     def _parquet_batches(self) -> Iterator[tuple[int, pa.Table]]:
         row0 = 0
         try:
-            pf = pq.ParquetFile(self.inp.raw())
+            pf = streamed_parquet(self.inp.raw())
             batches = pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=self.columns)
         except _READ_ERRORS as exc:
             self.fail(None, None, f"cannot read the data ({exc})", "the file is damaged")
@@ -917,7 +916,7 @@ def _check_parquet_types(path: Path, schema: pa.Schema, types: Mapping[str, pa.D
 
 def _open_parquet(path: Path, inp: _Input) -> _Source:
     try:
-        pf = pq.ParquetFile(inp.raw())
+        pf = streamed_parquet(inp.raw())
         schema = pf.schema_arrow
         num_rows = pf.metadata.num_rows
     except _READ_ERRORS as exc:

@@ -58,9 +58,25 @@ if TYPE_CHECKING:
     )
 
 _HASH_CHUNK = 1 << 20
+#: Bytes of a Parquet column chunk read at a time where a file is streamed
+#: (:func:`streamed_parquet`).
+STREAM_BUFFER_BYTES = 1 << 20
 #: Batches of pages a streaming reader decodes and checks while the file is still being
 #: hashed (:meth:`Trace.iter_pages`); it then waits for the hash.
 _HASH_AHEAD_BATCHES = 4
+
+
+def streamed_parquet(source: Any) -> pq.ParquetFile:
+    """A Parquet file to be read batch by batch: its column chunks read through a buffer
+    of :data:`STREAM_BUFFER_BYTES`, one row group at a time.
+
+    pyarrow's ``ParquetFile`` pre-buffers by default: the first batch reads the column
+    chunks of every row group (in large, coalesced reads) and keeps them until the reader
+    is done, so a streaming reader held the whole file's compressed bytes (398 MB of a
+    16 M-page trace's pages, 132 MB a snapshot) beside what it decoded. Read through a
+    buffer, the same batches come as fast and the reader holds a few MB
+    (docs/engine.md, "Parquet files read without pre-buffering")."""
+    return pq.ParquetFile(source, pre_buffer=False, buffer_size=STREAM_BUFFER_BYTES)
 
 
 def _sha256(path: Path) -> str:
@@ -969,7 +985,7 @@ class Trace:
         path = self.path / entry.rel
         with _stream_verified(self.path, entry) as f:
             try:
-                return int(pq.ParquetFile(f).metadata.num_rows)
+                return int(streamed_parquet(f).metadata.num_rows)
             except _DECODE_ERRORS as exc:
                 raise _decode_error(path, exc) from None
 
@@ -1028,7 +1044,7 @@ class Trace:
         file_cols = list(S.file_columns("pages", self.schema_version))
         try:
             try:
-                pf = pq.ParquetFile(f)
+                pf = streamed_parquet(f)
                 _check_file_schema(path, pf.schema_arrow, "pages", self.schema_version)
                 # change counts the file lacks (schema v1) or holds only as nulls (a
                 # trace captured without sampling): neither decoded nor checked; those
