@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner._idtable import IdTable
+from planner._idtable import FingerprintIdTable, IdTable
 from planner.engine.rows import ContentCatalog
 
 U64_MAX = (1 << 64) - 1
@@ -25,22 +25,35 @@ def _expected(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rank[inverse.ravel()].astype(np.int32), first, uniq[order]
 
 
+#: values of few low halves: fingerprints (a value's low 32 bits) collide all the time
+_SAME_LOW_BITS = st.builds(lambda lo, hi: lo | (hi << 32), st.integers(0, 3), st.integers(0, 9))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.lists(st.one_of(st.integers(0, 40), st.integers(0, U64_MAX)), min_size=0, max_size=300),
+        st.lists(
+            st.one_of(st.integers(0, 40), st.integers(0, U64_MAX), _SAME_LOW_BITS),
+            min_size=0,
+            max_size=300,
+        ),
         min_size=1,
         max_size=6,
     ),
-    st.booleans(),
+    st.sampled_from(["keep", "lean", "fingerprint"]),
 )
-def test_ids_over_several_calls_equal_a_sort(calls: list[list[int]], keep: bool) -> None:
-    """Ids given call after call (a table that keeps its values growing from 16 slots;
-    one that does not sized for them all) are the ids of the concatenated values;
-    first-row flags mark each value's first row overall; the value of each id is kept
-    where asked."""
+def test_ids_over_several_calls_equal_a_sort(calls: list[list[int]], kind: str) -> None:
+    """Ids given call after call (a table that keeps its values growing from 16 slots,
+    with whole values or fingerprints in its slots; one that does not keep them sized
+    for them all) are the ids of the concatenated values; first-row flags mark each
+    value's first row overall; the value of each id is kept where asked."""
     total = sum(len(c) for c in calls)
-    table = IdTable(keep_values=True) if keep else IdTable(total, keep_values=False)
+    keep = kind != "lean"
+    table = {
+        "keep": lambda: IdTable(keep_values=True),
+        "lean": lambda: IdTable(total, keep_values=False),
+        "fingerprint": lambda: FingerprintIdTable(),
+    }[kind]()
     got, flags = [], []
     for values in calls:
         v = np.array(values, np.uint64)
@@ -57,6 +70,27 @@ def test_ids_over_several_calls_equal_a_sort(calls: list[list[int]], keep: bool)
     else:
         with pytest.raises(ValueError, match="does not keep"):
             table.values()
+
+
+def test_fingerprint_slots_take_two_thirds_of_the_memory() -> None:
+    """The catalog's slots hold a 4-byte fingerprint and a 4-byte id, not the 8-byte value:
+    8 bytes a slot, and a value whose fingerprint another value shares is still told
+    apart by its whole value."""
+    whole, fp = IdTable(1_000), FingerprintIdTable(1_000)
+    assert whole._slots.nbytes == 12 * whole._slots.size
+    assert fp._slots.nbytes == 8 * fp._slots.size == 8 * whole._slots.size
+    assert isinstance(ContentCatalog(), FingerprintIdTable)
+    # values of one fingerprint whose probes start at the same slot of a 16-slot table
+    golden = 0x9E3779B97F4A7C15
+
+    def home(v: int) -> int:
+        return ((v * golden) % (1 << 64) >> 32) & 15
+
+    twins = [v for v in (7 | (hi << 32) for hi in range(1, 2_000)) if home(v) == home(7)][:3]
+    table = FingerprintIdTable()
+    assert table._slots.size == 16
+    values = np.array([7, *twins, 7, *twins], np.uint64)
+    assert table.ids_of(values).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
 
 
 def test_signed_values_are_their_unsigned_bits_and_out_is_filled() -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from planner._idtable import IdTable
+from planner._idtable import FingerprintIdTable
 from planner._jit import compiled_on_first_call
 
 if TYPE_CHECKING:
@@ -414,12 +414,13 @@ class SnapshotSequence:
 # ----------------------------------------------------------------------------- building
 
 
-class ContentCatalog(IdTable):
+class ContentCatalog(FingerprintIdTable):
     """Dense content ids: each distinct hash gets the next id when first seen, the same id
     over the whole replay.
 
-    One open-addressing table (:class:`planner._idtable.IdTable`, compiled) maps hashes to
-    ids; it is filled to at most three quarters and rebuilt larger when a snapshot's new
+    One open-addressing table (:class:`planner._idtable.FingerprintIdTable`, compiled:
+    8-byte slots of a fingerprint and an id, the hashes in the id-ordered values) maps
+    hashes to ids; it is filled to at most three quarters and rebuilt larger when a snapshot's new
     contents would fill it more. A snapshot costs one probe per row whatever the contents
     seen before (pandas' hash tables, used before, cost 3-4 times as much per row and one
     table per batch).
@@ -428,8 +429,9 @@ class ContentCatalog(IdTable):
     ``prepare`` and is the largest array at its peak, and the doubling a half-full bound
     forces costs more memory than the longer probes cost time. A 16 M-page host with 5 %
     growth per snapshot reaches 17.5 M contents: at half full its catalog doubled to 2^26
-    slots (805 MB) at the third snapshot; at three quarters it stays at 2^25 (403 MB)
-    (docs/engine.md, "The content catalog grows with its contents").
+    slots (805 MB of 12-byte slots) at the third snapshot; at three quarters it stays at
+    2^25 (403 MB then, 268 MB of fingerprint slots) (docs/engine.md, "The content catalog
+    grows with its contents").
     """
 
     max_fill = 0.75
