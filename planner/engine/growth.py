@@ -101,6 +101,7 @@ if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
     from planner.engine.rows import MmLayout, SnapshotDelta, SnapshotRows
 
+I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 B = npt.NDArray[np.bool_]
@@ -346,14 +347,13 @@ def _rows_mask(n: int, rows: npt.NDArray[np.integer[Any]]) -> B:
     return out
 
 
-def _held(values: U64, column: U64) -> B:
-    """Per value of ``values`` (few): whether ``column`` (a snapshot's, millions of rows)
-    holds it (``isin(values, column)`` sorts a copy of the column)."""
-    u = np.unique(values)
-    found = np.zeros(u.size, bool)
-    for _, at in _found_in(u, column):
-        found[at] = True
-    return np.asarray(found[np.searchsorted(u, values)], bool) if values.size else found[:0]
+def _held(values: I32, column: I32, n_contents: int) -> B:
+    """Per content id of ``values`` (few): whether ``column`` (a snapshot's content ids,
+    millions of rows) holds it: a flag per content (``n_contents`` of them), set from the
+    column (the hashes were searched for before, chunk by chunk)."""
+    held = np.zeros(n_contents, bool)
+    held[column] = True
+    return np.asarray(held[values], bool)
 
 
 def _found_in(u: U64, column: U64) -> Iterator[tuple[I64, I64]]:
@@ -384,21 +384,24 @@ _FILTER_BITS: Final = 21
 
 def _last_three(
     deltas: list[SnapshotDelta], content_hash: U64
-) -> tuple[U64, U64, U64, SnapshotRows]:
-    """The keys and hashes of the third snapshot from the end, the hashes of the second,
-    and the last in full: one pass of rebuilds from the first delta, each snapshot
-    dropped as the next is built but for what is returned of it."""
+) -> tuple[U64, I32, I32, SnapshotRows]:
+    """The keys and content ids of the third snapshot from the end, the content ids of the
+    second, and the last in full: one pass of rebuilds from the first delta, each snapshot
+    dropped as the next is built but for what is returned of it (content ids, 4 B a row,
+    not hashes: 8 B a row of two snapshots less at the growth model's peak)."""
     n = len(deltas)
     rows: SnapshotRows | None = None
-    first_keys = first_hash = prev_hash = np.empty(0, np.uint64)
+    first_keys = np.empty(0, np.uint64)
+    first_content = prev_content = np.empty(0, np.int32)
     for j, d in enumerate(deltas):
         rows = apply_delta(rows, d, content_hash)
+        assert rows.content is not None  # (rebuilt from deltas: every row has its id)
         if j == n - 3:
-            first_keys, first_hash = rows.keys(), rows.hash
+            first_keys, first_content = rows.keys(), rows.content
         elif j == n - 2:
-            prev_hash = rows.hash
+            prev_content = rows.content
     assert rows is not None
-    return first_keys, first_hash, prev_hash, rows
+    return first_keys, first_content, prev_content, rows
 
 
 def _per_mm(rows: SnapshotRows, sel: B, grow: list[int]) -> I64:
@@ -478,7 +481,7 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         return inp, _no_growth(inside, new_maps, fit, sizes)
     # the last snapshot in full, the two before only as far as they are compared with it
     # (rebuilt for this call only: nothing kept on ``inp``)
-    first_keys, first_hash, prev_hash, last = _last_three(inp.deltas, inp.content_hash)
+    first_keys, first_content, prev_content, last = _last_three(inp.deltas, inp.content_hash)
     appeared_last, appeared_both, nm_last, nm_both, new_p = _appeared(
         inp, starts, last, first_keys, grow
     )
@@ -529,12 +532,14 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
     # appeared in the interval before the last is judged against the first snapshot, not
     # against its own content in the one after)
     all_t = np.unique(np.concatenate([kinds[ki].tmpl[i] for ki, i, _ in units]))
-    h = last.hash[all_t]
+    assert last.content is not None
+    c = last.content[all_t]
     earlier = ~appeared_last[all_t]
     keeps = last.zero[all_t].copy()
-    keeps[~earlier] |= _held(h[~earlier], prev_hash)
-    keeps[earlier] |= _held(h[earlier], first_hash)
-    del first_hash, prev_hash
+    n_contents = inp.content_hash.size
+    keeps[~earlier] |= _held(c[~earlier], prev_content, n_contents)
+    keeps[earlier] |= _held(c[earlier], first_content, n_contents)
+    del first_content, prev_content
     zero_or_held = np.zeros(last.n, bool)
     zero_or_held[all_t[keeps]] = True
     out, appended = _append_steps(

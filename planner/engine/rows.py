@@ -128,6 +128,9 @@ class SnapshotRows:
     layout: MmLayout
     n_frames: int  # distinct trace frames (physical pages without KSM)
     _groups: tuple[U64, I32] | None = field(default=None, repr=False)
+    #: each row's content id (``ReplayInput.content_hash`` of it is its hash), where the rows
+    #: were rebuilt from deltas (:func:`apply_delta`); None elsewhere
+    content: I32 | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -313,17 +316,33 @@ def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta, content_hash: U6
     """The full rows of ``delta``'s snapshot, from the snapshot before it (``content_hash``:
     the hash of each content id, ``ReplayInput.content_hash``)."""
     n = delta.n_rows
-    hash_ = np.empty(n, np.uint64)
     frame = np.empty(n, np.uint64)
     flags = np.empty(n, np.uint8)
     survivors = None
-    if old is not None and delta.n_old:
+    carried = old is not None and delta.n_old > 0
+    # each row's content id where the rows before have theirs (rows rebuilt from deltas);
+    # their hashes alone otherwise
+    content: I32 | None = None
+    if old is None or old.content is not None or not carried:
+        content = np.empty(n, np.int32)
+    hash_ = np.empty(n, np.uint64) if content is None else None
+    if old is not None and carried:
         survivors = so, sn = delta.survivors()
-        hash_[sn] = old.hash[so]
+        if content is not None:
+            assert old.content is not None
+            content[sn] = old.content[so]
+        else:
+            assert hash_ is not None
+            hash_[sn] = old.hash[so]
         frame[sn] = old.frame[so]
         flags[sn] = old.flags[so]
     page = _apply_pages(None if old is None else old.page, delta, survivors)
-    hash_[delta.upd] = content_hash[delta.upd_gid]
+    if content is not None:
+        content[delta.upd] = delta.upd_gid
+        hash_ = content_hash[content]
+    else:
+        assert hash_ is not None
+        hash_[delta.upd] = content_hash[delta.upd_gid]
     frame[delta.upd] = delta.upd_frame
     flags[delta.upd] = delta.upd_flags
     return SnapshotRows(
@@ -336,6 +355,7 @@ def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta, content_hash: U6
         flags=flags,
         layout=delta.layout,
         n_frames=delta.n_frames,
+        content=content,
     )
 
 

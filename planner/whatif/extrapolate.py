@@ -325,7 +325,14 @@ def _frames(
     bit_of_mm: npt.NDArray[np.int64] | None = None,
     keep: npt.NDArray[np.bool_] | None = None,
     by_hash: bool = False,
+    sparse_keys: bool = False,
 ) -> _Frames:
+    """The frames of ``rows`` (of the ``keep`` rows), each with its content key: the rank of
+    its content (of its (domain, content) pair) among the frames', or, with ``sparse_keys``
+    where the rows have their content ids (rebuilt from deltas), the content id itself (or
+    a code of the (domain, id) pair), which spares a sort of every frame's hash: a caller
+    that only counts per key takes it (:func:`policy_ideal_saved_frames`); the growth fit,
+    which draws keys, needs them dense."""
     if keep is None:  # every row: no selection copied
         order = np.argsort(rows.frame, kind="stable")
         fs = rows.frame[order]
@@ -353,10 +360,12 @@ def _frames(
     head = idx[first]
     if bit_of_mm is None:
         del idx, order
-    h = rows.hash[head]
+    content = rows.content if sparse_keys else None
+    ids = content is not None
+    h: npt.NDArray[Any] = rows.hash[head] if content is None else content[head]
     dom = domain_of_mm[rows.mm[head]] if domain_of_mm is not None else np.zeros(head.size, np.int64)
-    if by_hash or domain_of_mm is None:  # one domain: the hash alone is the key
-        _, key = np.unique(h, return_inverse=True)
+    if by_hash or domain_of_mm is None:  # one domain: the content alone is the key
+        key = h.astype(np.int64) if ids else np.unique(h, return_inverse=True)[1]
     else:
         key = _pair_codes(dom, h)
     del h
@@ -411,7 +420,7 @@ def policy_ideal_saved_frames(
     --------
     See ``tests/whatif/test_extrapolate.py`` for hand-computed cases.
     """
-    fr = _frames(rows, domain_of_mm=domain_of_mm)
+    fr = _frames(rows, domain_of_mm=domain_of_mm, sparse_keys=True)
     if fr.key.size == 0:
         return 0
     n_keys = int(fr.key.max()) + 1

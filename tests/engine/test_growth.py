@@ -423,19 +423,19 @@ def test_the_growths_shortcuts_are_the_full_snapshots_answers(seed: int, spec: W
         mm = d.layout.present[np.searchsorted(d.layout.hi, d.added, "right")]
         np.testing.assert_array_equal(mm, full[k].mm[d.added])
     if len(full) >= 3:
-        fk, fh, ph, last = growth._last_three(inp.deltas, inp.content_hash)
+        fk, fc, pc, last = growth._last_three(inp.deltas, inp.content_hash)
         np.testing.assert_array_equal(fk, full[-3].keys())
-        np.testing.assert_array_equal(fh, full[-3].hash)
-        np.testing.assert_array_equal(ph, full[-2].hash)
+        np.testing.assert_array_equal(inp.content_hash[fc], full[-3].hash)
+        np.testing.assert_array_equal(inp.content_hash[pc], full[-2].hash)
         np.testing.assert_array_equal(last.hash, full[-1].hash)
         np.testing.assert_array_equal(last.frame, full[-1].frame)
-    column = full[-1].hash
-    probe = np.concatenate([column[::3], column[:5] + np.uint64(1), np.zeros(2, np.uint64)])
-    # one chunk and many; a filter that rules out most values, and one that rules out few
-    for chunk, bits in itertools.product((growth._CHUNK_ROWS, 4), (growth._FILTER_BITS, 2)):
-        with _chunk_rows(chunk, bits):
-            np.testing.assert_array_equal(growth._held(probe, column), np.isin(probe, column))
-            np.testing.assert_array_equal(growth._held(probe[:0], column), np.zeros(0, bool))
+    assert full[-1].content is not None
+    column = full[-1].content
+    n_contents = inp.content_hash.size
+    probe = np.arange(n_contents, dtype=np.int32)
+    held = np.isin(probe, column)
+    np.testing.assert_array_equal(growth._held(probe, column, n_contents), held)
+    np.testing.assert_array_equal(growth._held(probe[:0], column, n_contents), held[:0])
 
 
 @contextlib.contextmanager

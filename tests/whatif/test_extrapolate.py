@@ -340,3 +340,26 @@ def test_fits_in_threads_leave_the_process_warning_filters_as_they_were() -> Non
     for t in threads:
         t.join()
     assert list(warnings.filters) == before
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.booleans())
+def test_the_policy_ideal_by_content_ids_is_the_ideal_by_hashes(seed: int, domains: bool) -> None:
+    """Rows rebuilt from deltas carry their content ids, and the policy ideal keys each
+    frame by its id instead of sorting every frame's hash: the same count, per snapshot,
+    with and without domains (rows without ids take the hashes, as before)."""
+    import dataclasses
+
+    from planner.testing.random_world import WorldSpec, random_world
+
+    ht = random_world(seed, WorldSpec(processes=5, pages=30, contents=5)).host_trace()
+    inp = prepare(ht)
+    codes = np.arange(len(inp.mms), dtype=np.int64) % 2 if domains else None
+    for rows in inp.snapshots:
+        assert rows.content is not None
+        assert np.array_equal(inp.content_hash[rows.content], rows.hash)
+        plain = dataclasses.replace(rows, content=None)
+        for zero in (False, True):
+            assert policy_ideal_saved_frames(
+                rows, domain_of_mm=codes, use_zero_pages=zero
+            ) == policy_ideal_saved_frames(plain, domain_of_mm=codes, use_zero_pages=zero)
