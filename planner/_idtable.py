@@ -68,6 +68,16 @@ class IdTable:
         self._value_of = np.empty(expected if keep_values else 0, np.uint64)
         self.n = 0
 
+    def value_view(self) -> U64:
+        """The value of every id, in id order, as a read-only view (valid until the next
+        call that brings new values)."""
+        if not self._keep_values:
+            raise ValueError("this table does not keep the value of each id")
+        out = self._value_of[: self.n]
+        out = out.view()
+        out.flags.writeable = False
+        return out
+
     def values(self) -> U64:
         """The value of every id, in id order (a copy)."""
         if not self._keep_values:

@@ -42,6 +42,7 @@ from planner.engine.rows import (
     ContentCatalog,
     MmLayout,
     RowColumns,
+    RowIds,
     SnapshotDelta,
     SnapshotRows,
     SnapshotSequence,
@@ -830,7 +831,7 @@ class InputBuilder:
         self.meta = dict(meta or {})
         self.deltas: list[SnapshotDelta] = []
         self.catalog = ContentCatalog()
-        self.prev: RowColumns | None = None
+        self.prev: RowIds | None = None
         self.parent_of = np.array(
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
@@ -853,24 +854,23 @@ class InputBuilder:
         """The next snapshot's rows (sorted by key) and layout, and the writes the sampler
         saw on its rows over the interval after it (``interval_ns`` long; ``timing``: when
         each process wrote, :mod:`planner.engine.write_timing`)."""
-        self._close_writes(rows)
+        delta, ids = build_delta(
+            self.prev,
+            rows,
+            index=len(self.deltas),
+            time_ns=time_ns,
+            layout=layout,
+            parent_of=self.parent_of,
+            catalog=self.catalog,
+        )  # (``rows``' hashes are consumed: its content ids replace them)
+        self._close_writes(ids)
         self._pending = None if writes is None else (writes, interval_ns, timing)
-        self.deltas.append(
-            build_delta(
-                self.prev,
-                rows,
-                index=len(self.deltas),
-                time_ns=time_ns,
-                layout=layout,
-                parent_of=self.parent_of,
-                catalog=self.catalog,
-            )
-        )
-        # the next delta reads the previous rows' keys, contents, frames and flags (25 B
+        self.deltas.append(delta)
+        # the next delta reads the previous rows' keys, content ids, frames and flags (21 B
         # per row, held until the next snapshot is added)
-        self.prev = rows
+        self.prev = ids
 
-    def _close_writes(self, nxt: RowColumns | None) -> None:
+    def _close_writes(self, nxt: RowIds | None) -> None:
         """The previous snapshot's writes, now that the next snapshot (or none) is known."""
         prev = self.prev
         if prev is None:
@@ -886,10 +886,10 @@ class InputBuilder:
         self._keys.append(prev.key)
         self._checked.append(checks > 0)
         self._differs.append(
-            None if nxt is None else changed_between(prev.key, prev.hash, nxt.key, nxt.hash)
+            None if nxt is None else changed_between(prev.key, prev.gid, nxt.key, nxt.gid)
         )
         if nxt is not None:
-            toggle = classify_toggles(prev.key, prev.hash, nxt.key, nxt.hash)
+            toggle = classify_toggles(prev.key, prev.gid, nxt.key, nxt.gid)
         elif self._prev_toggle is not None:
             toggle = carry_toggles(*self._prev_toggle, prev.key)
         else:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+#: what tells contents apart: 64-bit hashes, or content ids as unsigned 32-bit integers
+Contents = npt.NDArray[np.unsignedinteger[Any]]
 U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
 _Built = TypeVar("_Built")  # what SnapshotSequence rebuilds: whole snapshots, or pages
@@ -462,7 +464,7 @@ class ContentCatalog(FingerprintIdTable):
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _pair_groups(frame: U64, hash_: U64, out: I32) -> int:  # pragma: no cover - compiled
+def _pair_groups(frame: U64, hash_: Contents, out: I32) -> int:  # pragma: no cover - compiled
     """Number the distinct (frame, hash) pairs in order of first appearance (``out`` per
     row); returns how many. An open-addressing table of first rows, compared on both
     columns: no collision can merge two pairs. A slot holds only its pair's first row (4
@@ -517,16 +519,50 @@ class RowColumns:
         """Each row's mm (from its key)."""
         return (self.key >> MM_SHIFT).astype(np.int32)
 
+    @property
+    def content(self) -> U64:
+        """What tells the rows' contents apart: their hashes."""
+        return self.hash
 
-def _groups_by_first_row(frame: U64, hash_: U64) -> tuple[I32, int]:
-    """Rows of one (frame, content) share a group; groups numbered by their first row."""
+
+@dataclass
+class RowIds:
+    """One snapshot's rows as :func:`build_delta` keeps them for the next delta: each
+    row's content id (4 B, the catalog's) instead of its hash (8 B), which the id gives
+    (docs/engine.md, "Rows keep content ids")."""
+
+    key: U64
+    gid: I32
+    frame: U64
+    flags: U8
+
+    @property
+    def page(self) -> U64:
+        """Each row's page number (from its key)."""
+        return self.key & PAGE_MASK
+
+    @property
+    def mm(self) -> I32:
+        """Each row's mm (from its key)."""
+        return (self.key >> MM_SHIFT).astype(np.int32)
+
+    @property
+    def content(self) -> npt.NDArray[np.uint32]:
+        """What tells the rows' contents apart: their ids (as unsigned: compiled code mixes
+        them with unsigned 64-bit keys)."""
+        return self.gid.view(np.uint32)
+
+
+def _groups_by_first_row(frame: U64, content: Contents) -> tuple[I32, int]:
+    """Rows of one (frame, content) share a group; groups numbered by their first row
+    (``content``: hashes, or content ids as unsigned 32-bit integers)."""
     out = np.empty(frame.size, np.int32)
     if frame.size == 0:
         return out, 0
+    if content.dtype != np.uint32:
+        content = np.ascontiguousarray(content, dtype=np.uint64)
     n = _pair_groups(
-        np.ascontiguousarray(frame, dtype=np.uint64),
-        np.ascontiguousarray(hash_, dtype=np.uint64),
-        out,
+        np.ascontiguousarray(frame, dtype=np.uint64), np.ascontiguousarray(content), out
     )
     return out, int(n)
 
@@ -558,7 +594,7 @@ def _n_frames(frame: U64) -> int:
 
 @compiled_on_first_call(cache=True, nogil=True)
 def _first_rows(
-    frame: U64, hash_: U64, keep: B, use_keep: bool, marked: B, frames: U64
+    frame: U64, hash_: Contents, keep: B, use_keep: bool, marked: B, frames: U64
 ) -> tuple[U64, I32]:  # pragma: no cover - compiled
     """The rows (``keep``-ing only those where it is set, if ``use_keep``) whose frame is
     one of the moved rows' (marked in ``marked``, indexed by frame id, if it is not empty;
@@ -605,9 +641,9 @@ def _first_rows(
 @compiled_on_first_call(cache=True, nogil=True)
 def _link_rows(
     moved: I64, carried: B, parent_of: I64,
-    cur_key: U64, cur_frame: U64, cur_hash: U64,
+    cur_key: U64, cur_frame: U64, cur_hash: Contents,
     new_key: U64, new_row: I32,
-    prev_key: U64, prev_frame: U64, prev_hash: U64,
+    prev_key: U64, prev_frame: U64, prev_hash: Contents,
     old_key: U64, old_row: I32,
     kind: npt.NDArray[np.int8], link: I64,
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
@@ -659,20 +695,24 @@ def _link_rows(
 
 
 def _links(
-    prev: RowColumns, cur: RowColumns, moved: I64, carried: B, parent_of: I64
+    prev: RowColumns | RowIds, cur: RowColumns | RowIds, moved: I64, carried: B, parent_of: I64
 ) -> tuple[npt.NDArray[np.int8], I64]:
     """Where the physical page of each ``moved`` row comes from (kind, source).
 
     Two tables of first rows by content key (the carried rows of ``cur``, the rows of
     ``prev``, both only where the frame is one of the moved rows'), then one pass over the
     moved rows (all compiled, without the GIL); the rows left fresh are numbered by
-    (frame, content) in order of their first row."""
+    (frame, content) in order of their first row. A content is a hash or a content id
+    (both snapshots' the same kind): the links do not depend on which."""
+    if type(prev) is not type(cur):
+        raise TypeError("both snapshots' rows must tell contents apart the same way")
     m = moved.size
     kind = np.full(m, L_FRESH, np.int8)
     link = np.full(m, -1, np.int64)
     if m == 0:
         return kind, link
-    rf, rh = cur.frame[moved], cur.hash[moved]
+    cur_c, prev_c = cur.content, prev.content
+    rf, rh = cur.frame[moved], cur_c[moved]
     top = int(rf.max())
     if _direct(top, cur.key.size + prev.key.size):
         marked = np.zeros(top + 1, np.bool_)
@@ -681,12 +721,12 @@ def _links(
     else:
         marked = np.empty(0, np.bool_)
         frames = np.unique(rf)
-    new_key, new_row = _first_rows(cur.frame, cur.hash, carried, True, marked, frames)
-    old_key, old_row = _first_rows(prev.frame, prev.hash, carried, False, marked, frames)
+    new_key, new_row = _first_rows(cur.frame, cur_c, carried, True, marked, frames)
+    old_key, old_row = _first_rows(prev.frame, prev_c, carried, False, marked, frames)
     _link_rows(
         np.ascontiguousarray(moved, np.int64), carried, parent_of,
-        cur.key, cur.frame, cur.hash, new_key, new_row,
-        prev.key, prev.frame, prev.hash, old_key, old_row, kind, link,
+        cur.key, cur.frame, cur_c, new_key, new_row,
+        prev.key, prev.frame, prev_c, old_key, old_row, kind, link,
     )  # fmt: skip
     need = np.flatnonzero(kind == L_FRESH)
     if need.size:
@@ -698,22 +738,37 @@ def _links(
 _SAME, _FLAGS, _CHANGED, _ADDED = 0, 1, 2, 3  # how a row relates to the snapshot before
 
 
-@compiled_on_first_call(cache=True, nogil=True)
+#: Placeholder for :data:`planner._jit.INTRINSICS`' ``prefetch``, set just before
+#: :func:`_align` is compiled.
+prefetch: Any = None
+#: Old rows ahead whose hash :func:`_align` prefetches (the hash of a content id is read
+#: at random where contents repeat across the rows)
+_PREFETCH_ROWS = 16
+
+
+@compiled_on_first_call(cache=True, nogil=True, intrinsics=("prefetch",))
 def _align(
-    old_key: U64, key: U64, old_hash: U64, hash_: U64, old_frame: U64, frame: U64,
-    old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32,
+    old_key: U64, key: U64, old_gid: I32, hash_of: U64, hash_: U64, old_frame: U64,
+    frame: U64, old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32, gid: I32,
 ) -> int:  # fmt: skip  # pragma: no cover - compiled
     """Merge two snapshots' sorted keys: each new row's class (same, flags changed, content
-    or frame changed, added) and old row; the old rows that vanished. Returns how many."""
+    or frame changed, added) and old row; the old rows that vanished. Returns how many.
+    An old row's hash is its content id's (``hash_of``): rows in key order have their ids
+    in nearly increasing order (ids are given in order of first appearance), so these
+    reads are nearly sequential. ``gid``: each new row's old row's content id (-1: added)."""
     i = nr = 0
+    ahead = old_key.size - _PREFETCH_ROWS
     for j in range(key.size):
         while i < old_key.size and old_key[i] < key[j]:
             removed[nr] = i
             nr += 1
             i += 1
         if i < old_key.size and old_key[i] == key[j]:
+            if i < ahead:
+                prefetch(hash_of, old_gid[i + _PREFETCH_ROWS])
             old_of[j] = i
-            if old_hash[i] != hash_[j] or old_frame[i] != frame[j]:
+            gid[j] = old_gid[i]
+            if hash_of[old_gid[i]] != hash_[j] or old_frame[i] != frame[j]:
                 cls[j] = _CHANGED
             elif old_flags[i] != flags[j]:
                 cls[j] = _FLAGS
@@ -722,6 +777,7 @@ def _align(
             i += 1
         else:
             old_of[j] = -1
+            gid[j] = -1
             cls[j] = _ADDED
     while i < old_key.size:
         removed[nr] = i
@@ -731,7 +787,7 @@ def _align(
 
 
 def build_delta(
-    prev: RowColumns | None,
+    prev: RowIds | RowColumns | None,
     cur: RowColumns,
     *,
     index: int,
@@ -739,14 +795,25 @@ def build_delta(
     layout: MmLayout,
     parent_of: I64,
     catalog: ContentCatalog,
-) -> SnapshotDelta:
-    """The delta from ``prev`` to ``cur`` (both sorted by key); ``prev`` None: all added."""
+) -> tuple[SnapshotDelta, RowIds]:
+    """The delta from ``prev`` to ``cur`` (both sorted by key; ``prev`` None: all added),
+    and ``cur``'s rows with content ids for the next delta.
+
+    ``cur``'s hashes are consumed: once its rows' content ids are known, ``cur.hash`` is
+    dropped (set empty), so that two snapshots' hashes are never held with the links'
+    tables (8 B a row at the peak of ``prepare``). An unchanged row's id is its old row's;
+    the catalog is asked for those of the rows whose content or frame changed or that
+    were added (the only rows that can bring new contents, in the same order as before).
+    ``prev`` given with hashes (a caller's rows) is given its ids first."""
     n = cur.key.size
     n_frames = _n_frames(cur.frame)
     if prev is None or prev.key.size == 0:
-        g, n_fresh = _groups_by_first_row(cur.frame, cur.hash)
+        gid = catalog.ids_of(cur.hash)
+        ids = RowIds(key=cur.key, gid=gid, frame=cur.frame, flags=cur.flags)
+        cur.hash = _NO_HASHES
+        g, n_fresh = _groups_by_first_row(ids.frame, ids.content)
         allrows = np.arange(n, dtype=np.int32)
-        return SnapshotDelta(
+        delta = SnapshotDelta(
             index=index,
             time_ns=time_ns,
             n_rows=n,
@@ -755,23 +822,37 @@ def build_delta(
             layout=layout,
             removed=np.empty(0, np.int32),
             added=allrows,
-            added_page=cur.page,
+            added_page=ids.page,
             upd=allrows,
             upd_old=np.full(n, -1, np.int32),
-            upd_frame=cur.frame,
-            upd_flags=cur.flags,
+            upd_frame=ids.frame,
+            upd_flags=ids.flags,
             upd_link_kind=np.full(n, L_FRESH, np.int8),
             upd_link=g,
             n_fresh=n_fresh,
-            upd_gid=catalog.ids_of(cur.hash),
+            upd_gid=gid,
+        )
+        return delta, ids
+    if isinstance(prev, RowColumns):
+        prev = RowIds(
+            key=prev.key, gid=catalog.ids_of(prev.hash), frame=prev.frame, flags=prev.flags
         )
     n_old = prev.key.size
     cls = np.empty(n, np.uint8)
     old_of = np.empty(n, np.int32)
     removed = np.empty(n_old, np.int32)
-    n_removed = _align(prev.key, cur.key, prev.hash, cur.hash, prev.frame, cur.frame,
-                       prev.flags, cur.flags, cls, old_of, removed)  # fmt: skip
+    gid = np.empty(n, np.int32)
+    n_removed = _align(prev.key, cur.key, prev.gid, catalog.value_view(), cur.hash,
+                       prev.frame, cur.frame, prev.flags, cur.flags, cls, old_of,
+                       removed, gid)  # fmt: skip
     removed = removed[:n_removed].copy()
+    # content ids: an unchanged row's is its old row's (as _align gave them); the catalog
+    # gives those of the rows changed or added
+    fresh = np.flatnonzero(cls >= _CHANGED)
+    gid[fresh] = catalog.ids_of(cur.hash[fresh])
+    del fresh
+    ids = RowIds(key=cur.key, gid=gid, frame=cur.frame, flags=cur.flags)
+    cur.hash = _NO_HASHES
     added = np.flatnonzero(cls == _ADDED)
     upd = np.flatnonzero(cls != _SAME)
     same_content = cls <= _FLAGS
@@ -780,11 +861,11 @@ def build_delta(
     moved_mask = ~same_content[upd]
     kind = np.full(upd.size, L_CARRY, np.int8)
     link = np.full(upd.size, -1, np.int64)
-    k_m, l_m = _links(prev, cur, upd[moved_mask], same_content, parent_of)
+    k_m, l_m = _links(prev, ids, upd[moved_mask], same_content, parent_of)
     kind[moved_mask] = k_m
     link[moved_mask] = l_m
     n_fresh = int(l_m[k_m == L_FRESH].max()) + 1 if np.any(k_m == L_FRESH) else 0
-    return SnapshotDelta(
+    delta = SnapshotDelta(
         index=index,
         time_ns=time_ns,
         n_rows=n,
@@ -793,16 +874,20 @@ def build_delta(
         layout=layout,
         removed=removed,
         added=added.astype(np.int32),
-        added_page=cur.key[added] & PAGE_MASK,
+        added_page=ids.key[added] & PAGE_MASK,
         upd=upd.astype(np.int32),
         upd_old=np.where(hit[upd], pos[upd], -1).astype(np.int32),
-        upd_frame=cur.frame[upd],
-        upd_flags=cur.flags[upd],
+        upd_frame=ids.frame[upd],
+        upd_flags=ids.flags[upd],
         upd_link_kind=kind,
         upd_link=link.astype(np.int32),
         n_fresh=n_fresh,
-        upd_gid=catalog.ids_of(cur.hash[upd]),
+        upd_gid=gid[upd],
     )
+    return delta, ids
+
+
+_NO_HASHES = np.empty(0, np.uint64)  # a consumed hash column (build_delta)
 
 
 def moved_up(at: npt.NDArray[np.int64], inserted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -884,6 +969,7 @@ __all__ = [
     "ContentCatalog",
     "MmLayout",
     "RowColumns",
+    "RowIds",
     "SnapshotDelta",
     "SnapshotRows",
     "SnapshotSequence",

@@ -378,8 +378,11 @@ def continue_trend(
     return out, same, whole
 
 
-def changed_between(prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64) -> B:
-    """Per row of the earlier snapshot: present at the later one with other content."""
+def changed_between(
+    prev_keys: U64, prev_hash: npt.NDArray[Any], keys: U64, hashes: npt.NDArray[Any]
+) -> B:
+    """Per row of the earlier snapshot: present at the later one with other content
+    (contents told apart by their hashes or their content ids)."""
     if keys.size == 0 or prev_keys.size == 0:
         return np.zeros(prev_keys.size, bool)
     pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)
@@ -387,10 +390,11 @@ def changed_between(prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64) -> B
 
 
 def classify_toggles(
-    prev_keys: U64, prev_hash: U64, keys: U64, hashes: U64
+    prev_keys: U64, prev_hash: npt.NDArray[Any], keys: U64, hashes: npt.NDArray[Any]
 ) -> npt.NDArray[np.bool_]:
     """Per row of the earlier snapshot: its content at the later one is the same (or the row
-    is gone: nothing to leave to the next snapshot)."""
+    is gone: nothing to leave to the next snapshot; contents told apart by their hashes or
+    their content ids)."""
     if keys.size == 0:
         return np.ones(prev_keys.size, bool)
     pos = np.minimum(np.searchsorted(keys, prev_keys), keys.size - 1)

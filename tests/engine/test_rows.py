@@ -99,7 +99,7 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
     parent_of = np.array(
         [mi.parent_mm if mi.parent_mm is not None else -1 for mi in inp.mms] + [-1], np.int64
     )
-    want = build_delta(
+    want, _ = build_delta(
         cur, nxt, index=7, time_ns=11, layout=layout, parent_of=parent_of, catalog=want_catalog
     )
     for name, value in vars(want).items():
@@ -115,3 +115,45 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
     np.testing.assert_array_equal(got_catalog.hashes(), want_catalog.hashes())
     np.testing.assert_array_equal(nxt.key[pos], new.key)
     np.testing.assert_array_equal(nxt.frame[pos], frames)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**20), spec=world_specs())
+def test_build_delta_hands_the_next_delta_content_ids_and_drops_the_hashes(
+    seed: int, spec: WorldSpec
+) -> None:
+    """Each snapshot's rows are kept for the next delta with their content ids, not their
+    hashes (the catalog's hash of each id is the row's hash), and the hashes handed in are
+    dropped; the deltas are those ``prepare`` made, which the reference holds."""
+    import pytest
+
+    from planner.engine.rows import RowIds, _links
+
+    inp = prepare(random_world(seed, spec).host_trace())
+    full = list(SnapshotSequence(inp.deltas, inp.content_hash))
+    catalog = ContentCatalog()
+    parent_of = np.array(
+        [mi.parent_mm if mi.parent_mm is not None else -1 for mi in inp.mms] + [-1], np.int64
+    )
+    prev: RowIds | None = None
+    for k, snap in enumerate(full):
+        rows = RowColumns(
+            key=snap.keys(), hash=snap.hash.copy(), frame=snap.frame, flags=snap.flags
+        )
+        delta, ids = build_delta(
+            prev, rows, index=k, time_ns=snap.time_ns, layout=snap.layout,
+            parent_of=parent_of, catalog=catalog,
+        )  # fmt: skip
+        assert rows.hash.size == 0
+        np.testing.assert_array_equal(catalog.hashes()[ids.gid], snap.hash)
+        for name, value in vars(inp.deltas[k]).items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(delta, name), value, err_msg=name)
+        if prev is not None:
+            with pytest.raises(TypeError):
+                _links(prev, RowColumns(ids.key, snap.hash, ids.frame, ids.flags), *_no_moves())
+        prev = ids
+
+
+def _no_moves() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, bool), np.full(1, -1, np.int64)
