@@ -443,9 +443,11 @@ def _np_column(col: pa.ChunkedArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[A
 #: and each row's low page bits (:data:`_RUN_COLUMNS`).
 _ROW_COLUMNS: tuple[tuple[str, type[np.generic]], ...] = (
     ("content_hash", np.uint64),
-    ("frame_id", np.uint64),
+    ("frame_id", np.uint64),  # (kept in 32 bits while every id fits: SnapshotPages.add)
     ("flags", np.uint16),
 )
+_FRAME = 1  # the frame ids' place among the row columns
+_FRAME_32 = np.uint64(0xFFFFFFFF)
 _RUN_COLUMNS = ("pid", "vma_start", "page_addr")
 #: Rows per batch :func:`prepare_trace` decodes: each is copied out and dropped before the
 #: next (:class:`SnapshotPages`). A 4 M-page snapshot peaked 1,128 MB (no reading ahead,
@@ -468,10 +470,12 @@ class SnapshotPages:
     memory"). The sampler's count columns are kept as Arrow parts, and only from parts in
     which some row was sampled (:func:`_sampled`).
 
-    A row keeps its hash, frame and flags (18 B) and the low 32 bits of its page number
-    (4 B); its pid, mapping start and the page number's high bits, the same for a
-    mapping's rows, are kept once per run of rows that share them (:class:`_PageRuns`),
-    not the 20 B a row they took as columns (docs/engine.md, "Pages kept in runs").
+    A row keeps its hash, frame id and flags and the low 32 bits of its page number (18 B;
+    22 B where a frame id of the snapshot needs 64 bits, as an ingested trace's opaque ids
+    may: a capture numbers its frames from 1, docs/engine.md "Frame ids in 32 bits"); its
+    pid, mapping start and the page number's high bits, the same for a mapping's rows, are
+    kept once per run of rows that share them (:class:`_PageRuns`), not the 20 B a row
+    they took as columns (docs/engine.md, "Pages kept in runs").
     ``page_shift``: log2 of the page size.
     """
 
@@ -495,7 +499,9 @@ class SnapshotPages:
 
     @staticmethod
     def _empty(n: int) -> list[npt.NDArray[Any]]:
-        return [*(np.empty(n, dtype) for _, dtype in _ROW_COLUMNS), np.empty(n, np.uint32)]
+        cols = [np.empty(n, dtype) for _, dtype in _ROW_COLUMNS]
+        cols[_FRAME] = np.empty(n, np.uint32)  # (until an id needs 64 bits)
+        return [*cols, np.empty(n, np.uint32)]
 
     @classmethod
     def of(cls, pages: pa.Table, page_shift: int = 12) -> SnapshotPages:
@@ -549,8 +555,12 @@ class SnapshotPages:
             cap = max(hi, self._cols[0].size + self._cols[0].size // 2)
             for arr in self._cols:
                 arr.resize(cap, refcheck=False)  # realloc: large blocks are remapped
-        for arr, (name, dtype) in zip(self._cols, _ROW_COLUMNS, strict=False):
-            arr[lo:hi] = _np_column(part.column(name), dtype)
+        for i, (name, dtype) in enumerate(_ROW_COLUMNS):
+            col = _np_column(part.column(name), dtype)
+            narrow = i == _FRAME and self._cols[i].dtype == np.uint32
+            if narrow and col.size and col.max() > _FRAME_32:  # ids now take 64 bits
+                self._cols[i] = self._cols[i].astype(np.uint64)
+            self._cols[i][lo:hi] = col
         self._cols[-1][lo:hi] = self._page_lo_and_runs(part, lo)
         self._note_part(part, lo)
         self.rows = hi

@@ -43,6 +43,9 @@ I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 #: what tells contents apart: 64-bit hashes, or content ids as unsigned 32-bit integers
 Contents = npt.NDArray[np.unsignedinteger[Any]]
+#: frame ids: 32-bit where every id of a snapshot fits (a capture numbers its frames from
+#: 1), else 64-bit (an ingested trace's opaque ids)
+Frames = npt.NDArray[np.unsignedinteger[Any]]
 U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
 _Built = TypeVar("_Built")  # what SnapshotSequence rebuilds: whole snapshots, or pages
@@ -217,7 +220,7 @@ class SnapshotDelta:
     added_page: U64
     upd: I32
     upd_old: I32
-    upd_frame: U64
+    upd_frame: Frames
     upd_flags: U8
     upd_link_kind: npt.NDArray[np.int8]
     upd_link: I32
@@ -464,7 +467,7 @@ class ContentCatalog(FingerprintIdTable):
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _pair_groups(frame: U64, hash_: Contents, out: I32) -> int:  # pragma: no cover - compiled
+def _pair_groups(frame: Frames, hash_: Contents, out: I32) -> int:  # pragma: no cover - compiled
     """Number the distinct (frame, hash) pairs in order of first appearance (``out`` per
     row); returns how many. An open-addressing table of first rows, compared on both
     columns: no collision can merge two pairs. A slot holds only its pair's first row (4
@@ -506,7 +509,7 @@ class RowColumns:
 
     key: U64
     hash: U64
-    frame: U64
+    frame: Frames
     flags: U8
 
     @property
@@ -533,7 +536,7 @@ class RowIds:
 
     key: U64
     gid: I32
-    frame: U64
+    frame: Frames
     flags: U8
 
     @property
@@ -553,7 +556,7 @@ class RowIds:
         return self.gid.view(np.uint32)
 
 
-def _groups_by_first_row(frame: U64, content: Contents) -> tuple[I32, int]:
+def _groups_by_first_row(frame: Frames, content: Contents) -> tuple[I32, int]:
     """Rows of one (frame, content) share a group; groups numbered by their first row
     (``content``: hashes, or content ids as unsigned 32-bit integers)."""
     out = np.empty(frame.size, np.int32)
@@ -561,9 +564,9 @@ def _groups_by_first_row(frame: U64, content: Contents) -> tuple[I32, int]:
         return out, 0
     if content.dtype != np.uint32:
         content = np.ascontiguousarray(content, dtype=np.uint64)
-    n = _pair_groups(
-        np.ascontiguousarray(frame, dtype=np.uint64), np.ascontiguousarray(content), out
-    )
+    if frame.dtype != np.uint32:
+        frame = np.ascontiguousarray(frame, dtype=np.uint64)
+    n = _pair_groups(np.ascontiguousarray(frame), np.ascontiguousarray(content), out)
     return out, int(n)
 
 
@@ -579,7 +582,7 @@ def _direct(top: int, rows: int) -> bool:
     return top <= DIRECT_KEYS_PER_QUERY * rows + 4096
 
 
-def _n_frames(frame: U64) -> int:
+def _n_frames(frame: Frames) -> int:
     """Distinct frame ids (see :func:`_direct`)."""
     if frame.size == 0:
         return 0
@@ -594,7 +597,7 @@ def _n_frames(frame: U64) -> int:
 
 @compiled_on_first_call(cache=True, nogil=True)
 def _first_rows(
-    frame: U64, hash_: Contents, keep: B, use_keep: bool, marked: B, frames: U64
+    frame: Frames, hash_: Contents, keep: B, use_keep: bool, marked: B, frames: Frames
 ) -> tuple[U64, I32]:  # pragma: no cover - compiled
     """The rows (``keep``-ing only those where it is set, if ``use_keep``) whose frame is
     one of the moved rows' (marked in ``marked``, indexed by frame id, if it is not empty;
@@ -641,9 +644,9 @@ def _first_rows(
 @compiled_on_first_call(cache=True, nogil=True)
 def _link_rows(
     moved: I64, carried: B, parent_of: I64,
-    cur_key: U64, cur_frame: U64, cur_hash: Contents,
+    cur_key: U64, cur_frame: Frames, cur_hash: Contents,
     new_key: U64, new_row: I32,
-    prev_key: U64, prev_frame: U64, prev_hash: Contents,
+    prev_key: U64, prev_frame: Frames, prev_hash: Contents,
     old_key: U64, old_row: I32,
     kind: npt.NDArray[np.int8], link: I64,
 ) -> None:  # fmt: skip  # pragma: no cover - compiled
@@ -748,8 +751,8 @@ _PREFETCH_ROWS = 16
 
 @compiled_on_first_call(cache=True, nogil=True, intrinsics=("prefetch",))
 def _align(
-    old_key: U64, key: U64, old_gid: I32, hash_of: U64, hash_: U64, old_frame: U64,
-    frame: U64, old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32, gid: I32,
+    old_key: U64, key: U64, old_gid: I32, hash_of: U64, hash_: U64, old_frame: Frames,
+    frame: Frames, old_flags: U8, flags: U8, cls: U8, old_of: I32, removed: I32, gid: I32,
 ) -> int:  # fmt: skip  # pragma: no cover - compiled
     """Merge two snapshots' sorted keys: each new row's class (same, flags changed, content
     or frame changed, added) and old row; the old rows that vanished. Returns how many.

@@ -409,3 +409,59 @@ def test_rows_read_from_runs_are_the_rows_read_one_by_one() -> None:
             cols = (s.mm, s.page, s.hash, s.eligible)
             assert list(zip(*(c.tolist() for c in cols), strict=True)) == want
             assert s.page.max() == (1 << 32) + 1
+
+
+def test_frame_ids_are_kept_in_32_bits_until_one_needs_64() -> None:
+    """A snapshot's frame ids are copied into 32 bits while they fit (a capture's are
+    numbered from 1), and the column is widened, its ids kept, at the first part with an
+    id of 64 bits (an ingested trace's opaque ids); a trace whose later snapshots have
+    such ids, read in parts, gives the deltas of the whole table read at once."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from planner.testing.random_world import WorldSpec, random_world
+
+    prep = importlib.import_module("planner.engine.prepare")
+    snap = prep.SnapshotPages(0)
+    snap.add(_pages_part(0, 5))
+    assert snap._cols[1].dtype == np.uint32
+    big = _pages_part(5, 4)
+    i = big.schema.get_field_index("frame_id")
+    wide = pa.array([(1 << 40) + k for k in range(4)], pa.uint64())
+    snap.add(big.set_column(i, big.schema.field(i), wide))
+    cols = prep._page_columns(snap, None)
+    assert cols.frame.dtype == np.uint64
+    assert cols.frame.tolist() == [0, 1, 2, 3, 4, *((1 << 40) + k for k in range(4))]
+
+    for seed in range(4):
+        ht = random_world(seed, WorldSpec(processes=5, pages=30, snapshots=4)).host_trace()
+        pages = ht.pages
+        frame = np.asarray(pages.column("frame_id").to_numpy(), np.uint64)
+        later = np.asarray(pc.greater_equal(pages.column("snapshot_id"), 2).to_numpy(False))
+        with np.errstate(over="ignore"):
+            frame = np.where(
+                later, frame * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1 << 63), frame
+            )
+        i = pages.schema.get_field_index("frame_id")
+        pages = pages.set_column(i, pages.schema.field(i), pa.array(frame, pa.uint64()))
+        ht = dataclasses.replace(ht, pages=pages)
+        whole = prepare(ht)
+        parts = []
+        for sid in ht.snapshot_ids.tolist():
+            mine = pages.filter(pc.equal(pages.column("snapshot_id"), sid))
+            s = prep.SnapshotPages(0)
+            for lo in range(0, mine.num_rows, 7):
+                s.add(mine.slice(lo, 7))
+            parts.append((sid, s))
+        parted = prep._prepare(ht, iter(parts), None, None, prep.PRCTL_AT_DEFAULT)
+        assert [d.upd_frame.dtype for d in parted.deltas][:2] == [np.uint32, np.uint32]
+        for a, b in zip(whole.deltas, parted.deltas, strict=True):
+            for name, value in vars(a).items():
+                if isinstance(value, np.ndarray):
+                    assert np.array_equal(value, getattr(b, name)), (seed, name)
+        for x, y in zip(whole.snapshots, parted.snapshots, strict=True):
+            assert np.array_equal(x.frame, y.frame)
+            assert y.frame.dtype == np.uint64
