@@ -28,8 +28,12 @@ Arr = npt.NDArray[Any]
 
 #: One slot: the value, and its id + 1 (0: a free slot).
 SLOT = np.dtype([("value", np.uint64), ("id1", np.int32)], align=False)
-#: One slot of a :class:`FingerprintIdTable`: the value's low 32 bits, and its id + 1.
-FP_SLOT = np.dtype([("fp", np.uint32), ("id1", np.int32)], align=False)
+#: One slot of a :class:`FingerprintIdTable`: the value's low 32 bits (its fingerprint),
+#: and its id + 1.
+FP_SLOT = np.dtype([("value", np.uint32), ("id1", np.int32)], align=False)
+#: the bits of a value a slot holds: all of them, or a fingerprint's
+_ALL_BITS = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LOW_BITS = np.uint64(0xFFFFFFFF)
 
 #: Fibonacci hashing's multiplier (2^64 / the golden ratio); the slot is taken from the
 #: product's upper 32 bits, which mix every bit of the value.
@@ -50,16 +54,16 @@ class IdTable:
     #: The fraction of its slots a table fills before it is rebuilt (linear probing: a
     #: half-full table takes 1.5 probes a hit and 2.5 a miss on average).
     max_fill = 0.5
-    #: The slots' layout.
+    #: The slots' layout, the bits of a value a slot holds, and whether a match of those
+    #: bits is confirmed by the value of the slot's id (a fingerprint's).
     slot = SLOT
+    bits = _ALL_BITS
+    confirm = False
 
-    @staticmethod
-    def _probe(slots: Arr, value_of: U64, n: int, values: U64, out: I32, first: Arr) -> int:
-        return int(_ids(slots, value_of, n, values, out, first))
-
-    @staticmethod
-    def _insert(slots: Arr, value_of: U64) -> None:
-        _insert_values(slots, value_of)
+    def _probe(self, values: U64, out: I32, first: Arr) -> int:
+        """Ids of ``values`` into ``out`` (compiled); returns the new number of ids."""
+        n = _ids(self._slots, self._value_of, self.n, values, out, first, self.bits, self.confirm)
+        return int(n)
 
     def __init__(self, expected: int = 0, *, keep_values: bool = True) -> None:
         self._slots = free_slots(table_slots(expected, self.max_fill), self.slot)
@@ -117,7 +121,7 @@ class IdTable:
         if need > self.capacity:  # the old slots freed first
             self._slots = _NO_SLOTS
             self._slots = free_slots(table_slots(need, self.max_fill), self.slot)
-            self._insert(self._slots, self._value_of[: self.n])
+            _insert_values(self._slots, self._value_of[: self.n], self.bits)
         if need > self._value_of.size:
             size = self._value_of.size
             grown = np.empty(min(max(need, size + size // 4), self.capacity), np.uint64)
@@ -144,7 +148,7 @@ class IdTable:
         mark = _NO_FIRST if first is None else first
         if not self._keep_values or self.n == 0:
             self._reserve(values.size)
-            self.n = int(self._probe(self._slots, self._value_of, self.n, values, ids, mark))
+            self.n = int(self._probe(values, ids, mark))
             return ids
         done = 0
         while done < values.size:
@@ -157,11 +161,7 @@ class IdTable:
             self._reserve(step)  # (the values' array; the slots have the room)
             end = done + step
             part_mark = mark if mark.size == 0 else mark[done:end]
-            self.n = int(
-                self._probe(
-                    self._slots, self._value_of, self.n, values[done:end], ids[done:end], part_mark
-                )
-            )
+            self.n = int(self._probe(values[done:end], ids[done:end], part_mark))
             done = end
         return ids
 
@@ -222,11 +222,13 @@ prefetch: Any = None
 
 @compiled_on_first_call(cache=True, nogil=True, intrinsics=("prefetch",))
 def _ids(
-    slots: Arr, value_of: U64, n: int, values: U64, out: I32, first: Arr
+    slots: Arr, value_of: U64, n: int, values: U64, out: I32, first: Arr, bits: Any, confirm: bool
 ) -> int:  # pragma: no cover - compiled
     """Probe (and insert) every value of ``values``; returns the new number of ids. The
     value of each new id goes to ``value_of`` unless it is empty (values not kept). The
-    slot of the value :data:`_PREFETCH_ROWS` rows ahead is prefetched."""
+    slot of the value :data:`_PREFETCH_ROWS` rows ahead is prefetched. A slot holds the
+    ``bits`` of a value (all, or a fingerprint's, when a match is confirmed by the value
+    of the slot's id: ``confirm``)."""
     mask = slots.size - 1
     mark = first.size > 0
     keep = value_of.size > 0
@@ -236,11 +238,12 @@ def _ids(
             w = values[j + _PREFETCH_ROWS]
             prefetch(slots, np.int64((w * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask)
         v = values[j]
+        held = v & bits
         i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
         while True:
             g = slots[i].id1
             if g == 0:
-                slots[i].value = v
+                slots[i].value = held
                 slots[i].id1 = n + 1
                 if keep:
                     value_of[n] = v
@@ -249,7 +252,7 @@ def _ids(
                     first[j] = True
                 n += 1
                 break
-            if slots[i].value == v:
+            if slots[i].value == held and (not confirm or value_of[g - 1] == v):
                 out[j] = g - 1
                 break
             i = (i + 1) & mask
@@ -257,15 +260,16 @@ def _ids(
 
 
 @compiled_on_first_call(cache=True, nogil=True)
-def _insert_values(slots: Arr, value_of: U64) -> None:  # pragma: no cover - compiled
-    """Insert ids ``0..n-1`` of the distinct values ``value_of`` into the empty ``slots``."""
+def _insert_values(slots: Arr, value_of: U64, bits: Any) -> None:  # pragma: no cover - compiled
+    """Insert ids ``0..n-1`` of the distinct values ``value_of`` into the empty ``slots``
+    (each slot holding the ``bits`` of its value)."""
     mask = slots.size - 1
     for g in range(value_of.size):
         v = value_of[g]
         i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
         while slots[i].id1 != 0:
             i = (i + 1) & mask
-        slots[i].value = v
+        slots[i].value = v & bits
         slots[i].id1 = g + 1
 
 
@@ -278,65 +282,11 @@ class FingerprintIdTable(IdTable):
     "A catalog of fingerprints")."""
 
     slot = FP_SLOT
+    bits = _LOW_BITS
+    confirm = True
 
     def __init__(self, expected: int = 0) -> None:
         super().__init__(expected, keep_values=True)
-
-    @staticmethod
-    def _probe(slots: Arr, value_of: U64, n: int, values: U64, out: I32, first: Arr) -> int:
-        return int(_fp_ids(slots, value_of, n, values, out, first))
-
-    @staticmethod
-    def _insert(slots: Arr, value_of: U64) -> None:
-        _fp_insert_values(slots, value_of)
-
-
-@compiled_on_first_call(cache=True, nogil=True, intrinsics=("prefetch",))
-def _fp_ids(
-    slots: Arr, value_of: U64, n: int, values: U64, out: I32, first: Arr
-) -> int:  # pragma: no cover - compiled
-    """:func:`_ids` for fingerprint slots (the value of each new id always kept)."""
-    mask = slots.size - 1
-    mark = first.size > 0
-    ahead = values.size - _PREFETCH_ROWS
-    low = np.uint64(0xFFFFFFFF)
-    for j in range(values.size):
-        if j < ahead:
-            w = values[j + _PREFETCH_ROWS]
-            prefetch(slots, np.int64((w * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask)
-        v = values[j]
-        fp = np.uint32(v & low)
-        i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
-        while True:
-            g = slots[i].id1
-            if g == 0:
-                slots[i].fp = fp
-                slots[i].id1 = n + 1
-                value_of[n] = v
-                out[j] = n
-                if mark:
-                    first[j] = True
-                n += 1
-                break
-            if slots[i].fp == fp and value_of[g - 1] == v:
-                out[j] = g - 1
-                break
-            i = (i + 1) & mask
-    return n
-
-
-@compiled_on_first_call(cache=True, nogil=True)
-def _fp_insert_values(slots: Arr, value_of: U64) -> None:  # pragma: no cover - compiled
-    """:func:`_insert_values` for fingerprint slots."""
-    mask = slots.size - 1
-    low = np.uint64(0xFFFFFFFF)
-    for g in range(value_of.size):
-        v = value_of[g]
-        i = np.int64((v * np.uint64(_GOLDEN)) >> np.uint64(32)) & mask
-        while slots[i].id1 != 0:
-            i = (i + 1) & mask
-        slots[i].fp = np.uint32(v & low)
-        slots[i].id1 = g + 1
 
 
 __all__ = ["FP_SLOT", "SLOT", "FingerprintIdTable", "IdTable", "table_slots"]

@@ -499,18 +499,12 @@ def _pair_groups(frame: Frames, hash_: Contents, out: I32) -> int:  # pragma: no
     return groups
 
 
-@dataclass
-class RowColumns:
-    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time).
-
-    A row's page and mm are its key's (``(mm << 36) | page``): they are derived where a
-    delta needs them, not kept beside it (12 bytes a row of the two snapshots held at the
-    peak of ``prepare``; docs/engine.md, "Rows keep their keys alone")."""
+class _Keyed:
+    """Rows whose page and mm are their key's (``(mm << 36) | page``): derived where a delta
+    needs them, not kept beside it (12 bytes a row of the two snapshots held at the peak of
+    ``prepare``; docs/engine.md, "Rows keep their keys alone")."""
 
     key: U64
-    hash: U64
-    frame: Frames
-    flags: U8
 
     @property
     def page(self) -> U64:
@@ -521,6 +515,17 @@ class RowColumns:
     def mm(self) -> I32:
         """Each row's mm (from its key)."""
         return (self.key >> MM_SHIFT).astype(np.int32)
+
+
+@dataclass
+class RowColumns(_Keyed):
+    """One snapshot's rows, sorted by key, while deltas are built (two are held at a time;
+    a row's page and mm are its key's)."""
+
+    key: U64
+    hash: U64
+    frame: Frames
+    flags: U8
 
     @property
     def content(self) -> U64:
@@ -529,7 +534,7 @@ class RowColumns:
 
 
 @dataclass
-class RowIds:
+class RowIds(_Keyed):
     """One snapshot's rows as :func:`build_delta` keeps them for the next delta: each
     row's content id (4 B, the catalog's) instead of its hash (8 B), which the id gives
     (docs/engine.md, "Rows keep content ids")."""
@@ -538,16 +543,6 @@ class RowIds:
     gid: I32
     frame: Frames
     flags: U8
-
-    @property
-    def page(self) -> U64:
-        """Each row's page number (from its key)."""
-        return self.key & PAGE_MASK
-
-    @property
-    def mm(self) -> I32:
-        """Each row's mm (from its key)."""
-        return (self.key >> MM_SHIFT).astype(np.int32)
 
     @property
     def content(self) -> npt.NDArray[np.uint32]:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPILE_ONE = """
 import numpy as np
 from planner._idtable import SLOT, _insert_values
-_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64))
+_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64), np.uint64(2**64 - 1))
 """
 
 #: loads what the cache holds, then reports what numba loaded and compiled
@@ -33,7 +33,7 @@ loaded = load_cached(["planner._idtable"])
 ds = {d.py_func.__name__: d for d in _dispatchers("planner._idtable")}
 before = {n: len(d.overloads) for n, d in ds.items()}
 from planner._idtable import SLOT, _insert_values
-_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64))
+_insert_values(np.zeros(16, SLOT), np.arange(3, dtype=np.uint64), np.uint64(2**64 - 1))
 d = ds["_insert_values"]
 print(json.dumps(dict(
     loaded=loaded, before=before, hits=sum(d.stats.cache_hits.values()),
