@@ -321,33 +321,29 @@ def apply_delta(old: SnapshotRows | None, delta: SnapshotDelta, content_hash: U6
     """The full rows of ``delta``'s snapshot, from the snapshot before it (``content_hash``:
     the hash of each content id, ``ReplayInput.content_hash``)."""
     n = delta.n_rows
+    hash_ = np.empty(n, np.uint64)
     frame = np.empty(n, np.uint64)
     flags = np.empty(n, np.uint8)
     survivors = None
     carried = old is not None and delta.n_old > 0
     # each row's content id where the rows before have theirs (rows rebuilt from deltas);
-    # their hashes alone otherwise
+    # their hashes alone otherwise. A carried row's hash is copied with it, not looked up
+    # again by its id (a gather of every row at random: +8 % on a day of a 16 M-page host)
     content: I32 | None = None
     if old is None or old.content is not None or not carried:
         content = np.empty(n, np.int32)
-    hash_ = np.empty(n, np.uint64) if content is None else None
     if old is not None and carried:
         survivors = so, sn = delta.survivors()
         if content is not None:
             assert old.content is not None
             content[sn] = old.content[so]
-        else:
-            assert hash_ is not None
-            hash_[sn] = old.hash[so]
+        hash_[sn] = old.hash[so]
         frame[sn] = old.frame[so]
         flags[sn] = old.flags[so]
     page = _apply_pages(None if old is None else old.page, delta, survivors)
     if content is not None:
         content[delta.upd] = delta.upd_gid
-        hash_ = content_hash[content]
-    else:
-        assert hash_ is not None
-        hash_[delta.upd] = content_hash[delta.upd_gid]
+    hash_[delta.upd] = content_hash[delta.upd_gid]
     frame[delta.upd] = delta.upd_frame
     flags[delta.upd] = delta.upd_flags
     return SnapshotRows(
