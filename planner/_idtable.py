@@ -60,11 +60,6 @@ class IdTable:
     bits = _ALL_BITS
     confirm = False
 
-    def _probe(self, values: U64, out: I32, first: Arr) -> int:
-        """Ids of ``values`` into ``out`` (compiled); returns the new number of ids."""
-        n = _ids(self._slots, self._value_of, self.n, values, out, first, self.bits, self.confirm)
-        return int(n)
-
     def __init__(self, expected: int = 0, *, keep_values: bool = True) -> None:
         self._slots = free_slots(table_slots(expected, self.max_fill), self.slot)
         self._keep_values = keep_values
@@ -77,16 +72,13 @@ class IdTable:
         call that brings new values)."""
         if not self._keep_values:
             raise ValueError("this table does not keep the value of each id")
-        out = self._value_of[: self.n]
-        out = out.view()
+        out = self._value_of[: self.n]  # (a view of its own)
         out.flags.writeable = False
         return out
 
     def values(self) -> U64:
         """The value of every id, in id order (a copy)."""
-        if not self._keep_values:
-            raise ValueError("this table does not keep the value of each id")
-        return self._value_of[: self.n].copy()
+        return self.value_view().copy()
 
     @property
     def capacity(self) -> int:
@@ -127,6 +119,11 @@ class IdTable:
             grown = np.empty(min(max(need, size + size // 4), self.capacity), np.uint64)
             grown[: self.n] = self._value_of[: self.n]
             self._value_of = grown
+
+    def _probe(self, values: U64, out: I32, first: Arr) -> int:
+        """Ids of ``values`` into ``out`` (compiled); returns the new number of ids."""
+        n = _ids(self._slots, self._value_of, self.n, values, out, first, self.bits, self.confirm)
+        return int(n)
 
     def ids_of(self, values: Arr, first: Arr | None = None, out: I32 | None = None) -> I32:
         """Ids of ``values`` (integers, taken as unsigned 64-bit); new values get the next

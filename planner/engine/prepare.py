@@ -865,9 +865,8 @@ class InputBuilder:
         saw on its rows over the interval after it (``interval_ns`` long; ``timing``: when
         each process wrote, :mod:`planner.engine.write_timing`). Frame ids given in 64
         bits that fit 32 (a generator's, a trace held in memory) are kept in 32."""
-        given = rows
         if rows.frame.dtype != np.uint32 and rows.frame.size and rows.frame.max() <= _FRAME_32:
-            rows = dataclasses.replace(rows, frame=rows.frame.astype(np.uint32))
+            rows.frame = rows.frame.astype(np.uint32)  # (the rows are consumed anyway)
         delta, ids = build_delta(
             self.prev,
             rows,
@@ -877,7 +876,6 @@ class InputBuilder:
             parent_of=self.parent_of,
             catalog=self.catalog,
         )  # (``rows``' hashes are consumed: its content ids replace them)
-        given.hash = _NO_ROWS  # (the caller's rows too, where a copy was made above)
         self._close_writes(ids)
         self._pending = None if writes is None else (writes, interval_ns, timing)
         self.deltas.append(delta)

@@ -747,9 +747,9 @@ def _align(
 ) -> int:  # fmt: skip  # pragma: no cover - compiled
     """Merge two snapshots' sorted keys: each new row's class (same, flags changed, content
     or frame changed, added) and old row; the old rows that vanished. Returns how many.
-    An old row's hash is its content id's (``hash_of``): rows in key order have their ids
-    in nearly increasing order (ids are given in order of first appearance), so these
-    reads are nearly sequential. ``gid``: each new row's old row's content id (-1: added)."""
+    An old row's hash is its content id's (``hash_of``), read at random where contents
+    repeat across the rows: the hash of the id :data:`_PREFETCH_ROWS` old rows ahead is
+    prefetched. ``gid``: each new row's old row's content id (-1: added)."""
     i = nr = 0
     ahead = old_key.size - _PREFETCH_ROWS
     for j in range(key.size):

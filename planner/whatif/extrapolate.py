@@ -361,11 +361,10 @@ def _frames(
     if bit_of_mm is None:
         del idx, order
     content = rows.content if sparse_keys else None
-    ids = content is not None
     h: npt.NDArray[Any] = rows.hash[head] if content is None else content[head]
     dom = domain_of_mm[rows.mm[head]] if domain_of_mm is not None else np.zeros(head.size, np.int64)
     if by_hash or domain_of_mm is None:  # one domain: the content alone is the key
-        key = h.astype(np.int64) if ids else np.unique(h, return_inverse=True)[1]
+        key = np.unique(h, return_inverse=True)[1] if content is None else h.astype(np.int64)
     else:
         key = _pair_codes(dom, h)
     del h
