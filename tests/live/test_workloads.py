@@ -19,6 +19,7 @@ from planner.testing.live.workloads import (
     WORKLOADS,
     ChurnParams,
     ChurnWorkload,
+    JvmWorkload,
     asset,
     make_params,
     make_workload,
@@ -123,3 +124,46 @@ def test_churn_program_refuses_impossible_options(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "impossible options" in out.stderr
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("java", "javac", "node")), reason="no JDK or no node"
+)
+def test_jvm_service_serves_on_every_port_and_stops_with_its_primary(tmp_path: Path) -> None:
+    """The JVM workload's programs outside KSM: the primary starts one worker JVM per port,
+    Node's client spreads its requests over the ports, and SIGTERM to the primary stops
+    every JVM."""
+    import json
+    import urllib.request
+
+    wl = make_workload("jvm", tmp_path, make_params("jvm", workers=2, items=500, heap_mb=64))
+    assert isinstance(wl, JvmWorkload)
+    wl.prepare()  # javac
+    ready = tmp_path / "jvm.ready"
+    server = ProcessTree(
+        "jvm", wl.server_argv(ready), under_ksm=False, log_path=tmp_path / "jvm.log"
+    )
+    load = None
+    try:
+        ports = [int(p) for p in wait_for_file(ready, timeout_s=120, alive=server).split(",")]
+        assert ports == wl.ports
+        assert len(set(ports)) == 2
+        for port in ports:  # each worker answers on its own port, from the same catalogue
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/item?id=7", timeout=30) as r:
+                item = json.loads(r.read())
+            assert item["id"] == 7
+            assert item["name"].endswith("-7")
+        assert len(server.refresh()) == 3  # the primary and its two workers
+        load = ProcessTree("load", wl.load_argv(), under_ksm=False, log_path=tmp_path / "l.log")
+        time.sleep(2.0)
+        assert load.stop(signal.SIGTERM, grace_s=10) == []
+        summary = wl.load_summary()
+        assert summary["requests"] > 0, summary
+        assert summary["errors"] == 0, summary
+        killed = server.stop(signal.SIGTERM, grace_s=30)
+    finally:
+        for tree in (load, server):
+            if tree is not None and tree.leftovers():
+                tree.stop(signal.SIGKILL, grace_s=1)
+    assert killed == []  # the primary's shutdown hook stopped its workers
+    assert server.leftovers() == []

@@ -65,6 +65,20 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def _node_load_summary(stats: Path | None) -> dict[str, Any]:
+    """What ``assets/node_load.js`` wrote to its ``--stats`` file, with its rate; {} if none."""
+    import json
+
+    try:
+        d = json.loads(stats.read_text()) if stats is not None else None
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(d, dict):
+        return {}
+    rate = d["requests"] / d["elapsed_s"] if d.get("elapsed_s") else None
+    return {"tool": "node_load.js", **d, "requests_per_s": rate and round(rate, 1)}
+
+
 def _which(prog: str, hint: str) -> str:
     found = shutil.which(prog)
     if found is None:
@@ -451,14 +465,102 @@ class NodeClusterWorkload(Workload):
         return (root,)
 
     def load_summary(self) -> dict[str, Any]:
-        import json
+        return _node_load_summary(getattr(self, "stats", None))
 
-        try:
-            d = json.loads(self.stats.read_text())
-        except (OSError, ValueError, AttributeError):
-            return {}
-        rate = d["requests"] / d["elapsed_s"] if d.get("elapsed_s") else None
-        return {"tool": "node_load.js", **d, "requests_per_s": rate and round(rate, 1)}
+
+# ----------------------------------------------------------------------------- JVM
+
+
+@dataclass(frozen=True)
+class JvmParams(WorkloadParams):
+    """N JVM services (one per port) behind a primary JVM, under open-loop HTTP load."""
+
+    workers: int = 4
+    items: int = 20000
+    heap_mb: int = 256
+    """Each worker's ``-Xmx`` (the default G1 collector)."""
+    rate_per_s: float | None = 1000.0
+    """Open-loop requests per second over all workers; None: closed loop."""
+    concurrency: int = 8
+    search_every: int = 20
+
+
+class JvmWorkload(Workload):
+    """JVM services: a primary JVM starts one worker JVM per port; Node's client as load."""
+
+    name = "jvm"
+    description = (
+        "JVM services (OpenJDK, assets/JvmService.java): a primary JVM that starts N worker JVMs, "
+        "one per port (a JVM does not fork), each building a catalogue from a fixed seed (the "
+        "same objects in the same order everywhere) and a per-worker random cache, then serving "
+        "/item (which also replaces cache entries) and /search (allocating) under open-loop "
+        "keep-alive load spread over the ports"
+    )
+    expected = (
+        "The JVMs' own data (class metadata, interned strings, the parts of the heap that hold "
+        "the seeded catalogue at the same addresses) are identical across workers and merge. "
+        "G1 copies live objects between heap regions at every young collection and the JIT "
+        "keeps compiling while the service warms up, so part of what a snapshot shows equal "
+        "is rewritten between ksmd's visits, and each heap grows after the capture."
+    )
+    params: JvmParams
+
+    def prepare(self) -> None:
+        java = _which("java", "install a JDK (apt-get install openjdk-17-jdk-headless)")
+        javac = _which("javac", "install a JDK (apt-get install openjdk-17-jdk-headless)")
+        self.node = _which("node", "install Node.js (apt-get install nodejs): the load is Node's")
+        self.java = java
+        self.classes = self.work / "classes"
+        self.classes.mkdir()
+        with (self.work / "javac.log").open("wb") as log:
+            rc = subprocess.run(
+                [javac, "-d", str(self.classes), str(asset("JvmService.java"))],
+                stdout=log, stderr=subprocess.STDOUT, check=False,
+            ).returncode  # fmt: skip
+        if rc != 0:
+            raise WorkloadError(f"javac failed ({rc}); see {self.work / 'javac.log'}")
+
+    def server_argv(self, ready: Path) -> list[str]:
+        """The primary JVM's command (after :meth:`prepare`), on new free ports: it starts
+        the workers (the JDK's HTTP server with ``TCP_NODELAY``: without it each keep-alive
+        answer waited for a delayed ACK, about 200 requests a second in all) and writes
+        ``ready`` once they serve."""
+        self.ports = [free_port() for _ in range(self.params.workers)]
+        worker_options = [f"-Xmx{self.params.heap_mb}m", "-Dsun.net.httpserver.nodelay=true"]
+        return [
+            self.java, "-Xmx64m", "-cp", str(self.classes), "JvmService", "primary",
+            "--ports", ",".join(map(str, self.ports)), "--items", str(self.params.items),
+            "--ready-file", str(ready), "--", *worker_options,
+        ]  # fmt: skip
+
+    def load_argv(self) -> list[str]:
+        """The load's command: Node's client, its requests spread over the workers' ports."""
+        self.stats = self.work / "jvm-load.json"
+        urls = [a for p in self.ports for a in ("--url", f"http://127.0.0.1:{p}")]
+        rate = ["--rate", f"{self.params.rate_per_s:g}"] if self.params.rate_per_s else []
+        return [
+            self.node, str(asset("node_load.js")), *urls,
+            "--concurrency", str(self.params.concurrency),
+            "--search-every", str(self.params.search_every), "--stats", str(self.stats), *rate,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        ready = self.work / "jvm.ready"
+        self.server = self._start_tree("jvm-service", self.server_argv(ready), under_ksm=True)
+        wait_for_file(ready, timeout_s=READY_TIMEOUT_S, alive=self.server)
+
+    def start_load(self) -> None:
+        self.load = self._start_tree("jvm-load", self.load_argv(), under_ksm=False)
+
+    def capture_pids(self) -> tuple[int, ...]:
+        assert self.server is not None
+        root = self.server.root_pid()
+        if root is None:
+            raise WorkloadError("the primary JVM is gone")
+        return (root,)
+
+    def load_summary(self) -> dict[str, Any]:
+        return _node_load_summary(getattr(self, "stats", None))
 
 
 # ----------------------------------------------------------------------------- churn
@@ -723,12 +825,14 @@ WORKLOADS: Final[dict[str, type[Workload]]] = {
     **{name: NodeClusterWorkload for name in NODE_VARIANTS},
     **{name: ChurnWorkload for name in CHURN_VARIANTS},
     "django": DjangoWorkload,
+    "jvm": JvmWorkload,
 }
 PARAMS: Final[dict[str, type[WorkloadParams]]] = {
     "postgres": PostgresParams,
     **{name: NodeParams for name in NODE_VARIANTS},
     **{name: ChurnParams for name in CHURN_VARIANTS},
     "django": DjangoParams,
+    "jvm": JvmParams,
 }
 _VARIANTS: Final[dict[str, dict[str, Any]]] = {**NODE_VARIANTS, **CHURN_VARIANTS}
 #: The workloads of the issue's table, in order (``all`` runs these).

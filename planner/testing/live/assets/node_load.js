@@ -1,8 +1,9 @@
 // Closed-loop HTTP load for the Node cluster of ksm-planner's live validation harness.
 //
-//   node node_load.js --url http://127.0.0.1:PORT --concurrency C [--rate R] [--search-every N]
-//                     [--stats PATH]
+//   node node_load.js --url http://127.0.0.1:PORT [--url ...] --concurrency C [--rate R]
+//                     [--search-every N] [--stats PATH]
 //
+// Several --url: the requests go to them in turn (servers that do not share a port).
 // Without --rate (closed loop): C requests in flight at all times over keep-alive connections.
 // With --rate R (open loop): R requests per second, started on a 10 ms tick, at most C in
 // flight (up to C due requests wait for a free slot; beyond that they are dropped and
@@ -18,7 +19,9 @@ function arg(name, dflt) {
   const i = process.argv.indexOf(name);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
 }
-const url = new URL(arg("--url", "http://127.0.0.1:8080"));
+const urls = process.argv.flatMap((a, i) => (a === "--url" && i + 1 < process.argv.length
+  ? [new URL(process.argv[i + 1])] : []));
+if (urls.length === 0) urls.push(new URL("http://127.0.0.1:8080"));
 const concurrency = Number(arg("--concurrency", "8"));
 const searchEvery = Number(arg("--search-every", "20"));
 const statsPath = arg("--stats", "");
@@ -35,6 +38,7 @@ function one() {
   const path = n % searchEvery === 0
     ? "/search?q=" + WORDS[n % WORDS.length]
     : "/item?id=" + Math.floor(Math.random() * 1e6);
+  const url = urls[n % urls.length];
   const req = http.get({ host: url.hostname, port: url.port, path, agent }, (res) => {
     res.resume();
     res.on("end", () => { requests++; inflight--; next(); });
