@@ -53,7 +53,7 @@ from planner.whatif.grid import CrossDomain, KnobGrid
 from planner.whatif.outcome import ReplayOutcome
 from planner.whatif.result import ScenarioResult, SweepOptions, WhatIfResult
 from planner.whatif.tasks import FitSpec, ReplaySpec, TaskFailure, run_batch, run_cow
-from planner.whatif.uncertainty import canary_error, published_error
+from planner.whatif.uncertainty import canary_error, canary_warning, published_error
 
 if TYPE_CHECKING:
     import os
@@ -478,6 +478,7 @@ def run_whatif(
         )
         warnings += comparison.notes
     model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
+    warnings += [w for w in [canary_warning(model_error)] if w is not None]
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
         **{k: v for k, v in opt_items if k != "host_load"},

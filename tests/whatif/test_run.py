@@ -319,6 +319,17 @@ def test_observed_is_compared_with_the_matching_scenario(family_trace: Path) -> 
     assert res.model_error.source == "canary"
     assert res2.model_error is not None
     assert res2.model_error.source == "published"
+    # a canary that merged about what the replay predicted is not warned about; one that
+    # merged three times as much is (the model does not explain the workload)
+    for factor, warned in ((1.0, False), (3.0, True)):
+        obs3 = _Obs(knobs, [0.0, 5.0, 30.0], [0, 50, round(factor * final)])
+        res3 = run_whatif(
+            family_trace, policy_sets=[preset("prctl-all")], grid=GRID, observed=obs3,
+            executor=INLINE,
+        )  # type: ignore[arg-type]  # fmt: skip
+        assert res3.model_error is not None
+        assert res3.model_error.point == pytest.approx(factor, rel=0.01)
+        assert any("the canary merged" in w for w in res3.warnings) == warned, res3.warnings
 
 
 def test_executor_is_any_concurrent_futures_executor(family_trace: Path) -> None:

@@ -14,11 +14,14 @@ from planner.whatif.footprint import plan_capacity
 from planner.whatif.observed import CounterSeries, ObservedComparison
 from planner.whatif.uncertainty import (
     CANARY_FIT,
+    CANARY_RATIO_BAND,
     PUBLISHED,
     PUBLISHED_SOFT_DIRTY,
+    ModelError,
     SourceInterval,
     TimeSpread,
     canary_error,
+    canary_warning,
     dominant,
     draw_sets,
     published_error,
@@ -183,6 +186,23 @@ def test_canary_error_takes_the_second_half() -> None:
         "s01", "h", "x", True, {}, t, CounterSeries((0.0,) * 5), CounterSeries((0.0,) * 5)
     )
     assert canary_error(empty, {}) is None
+
+
+def test_a_canary_far_from_the_replay_is_warned_about() -> None:
+    def canary(*ratios: float) -> ModelError:
+        return ModelError("canary", "a canary", ratios, 0.03)
+
+    # the JVM canary of docs/live-validation.md: 1.49-2.35 over the second half, median 2.08
+    jvm = canary_warning(canary(1.49, 1.87, 2.08, 2.12, 2.35))
+    assert jvm is not None
+    assert "2.08 times" in jvm
+    assert "every figure" in jvm
+    assert canary_warning(canary(0.5, 0.6, 0.7)) is not None  # the model over-predicts too
+    low, high = CANARY_RATIO_BAND
+    for point in (low, 1.02, high):  # the band's edges are within it
+        assert canary_warning(canary(point)) is None
+    # the published runs are the project's own evidence, not a measurement of this workload
+    assert canary_warning(ModelError("published", "runs", (2.0, 2.5), 0.48)) is None
 
 
 def test_time_spread_leaves_out_the_first_snapshot() -> None:
