@@ -74,7 +74,13 @@ def test_the_published_table_is_the_documents() -> None:
         assert [r[2] for r in rows[name]] == pytest.approx(list(runs.full_scan_errors))
     spread = re.search(r"steady\s+`pages_sharing` ([^;]+);", doc)
     assert spread is not None
-    named = {"PostgreSQL": "postgres", "churn": "churn", "Django": "django", "Node": "node"}
+    named = {
+        "PostgreSQL": "postgres",
+        "churn": "churn",
+        "Django": "django",
+        "Node": "node",
+        "JVM": "jvm",
+    }
     found = {who: v for v, who in re.findall(r"([\d.]+) % (\w+)", spread.group(1)) if who in named}
     assert set(found) == set(named)
     for who, value in found.items():
@@ -92,10 +98,10 @@ def test_published_error_of_the_traced_workload_or_of_all() -> None:
     assert django.point == pytest.approx(1 / (1 + sorted(errors)[1]))  # the median run
     every = published_error({})
     all_errors = [e for r in PUBLISHED.values() for e in r.pages_sharing_errors]
-    assert len(every.ratios) == len(all_errors) == 12
+    assert len(every.ratios) == len(all_errors) == 15
     assert min(every.ratios) == pytest.approx(1 / (1 + max(all_errors)))
     assert max(every.ratios) == pytest.approx(1 / (1 + min(all_errors)))
-    assert "4 workloads" in every.basis
+    assert "5 workloads" in every.basis
     # the band covers every run, widened by the kernel's own run-to-run spread
     assert every.low < min(every.ratios) < max(every.ratios) < every.high
 
