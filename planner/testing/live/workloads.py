@@ -146,6 +146,15 @@ class Workload(abc.ABC):
         """Carry out one action of :meth:`events`."""
         raise UsageProblem(f"{self.name} has no event {event!r}")
 
+    def _server_root(self, gone: str) -> tuple[int, ...]:
+        """The server tree's root process (:meth:`capture_pids`); ``gone``: the error when
+        it has exited."""
+        assert self.server is not None
+        root = self.server.root_pid()
+        if root is None:
+            raise WorkloadError(gone)
+        return (root,)
+
     def check(self) -> None:
         """Raise :class:`WorkloadError` when the server or the load has died."""
         for tree in (self.server, self.load):
@@ -367,11 +376,7 @@ class PostgresWorkload(Workload):
         return out
 
     def capture_pids(self) -> tuple[int, ...]:
-        assert self.server is not None
-        root = self.server.root_pid()
-        if root is None:
-            raise WorkloadError("the postmaster is gone")
-        return (root,)
+        return self._server_root("the postmaster is gone")
 
     def stop_load(self) -> None:
         if self.load is not None:
@@ -458,11 +463,7 @@ class NodeClusterWorkload(Workload):
         )  # fmt: skip
 
     def capture_pids(self) -> tuple[int, ...]:
-        assert self.server is not None
-        root = self.server.root_pid()
-        if root is None:
-            raise WorkloadError("the node primary is gone")
-        return (root,)
+        return self._server_root("the node primary is gone")
 
     def load_summary(self) -> dict[str, Any]:
         return _node_load_summary(getattr(self, "stats", None))
@@ -553,11 +554,7 @@ class JvmWorkload(Workload):
         self.load = self._start_tree("jvm-load", self.load_argv(), under_ksm=False)
 
     def capture_pids(self) -> tuple[int, ...]:
-        assert self.server is not None
-        root = self.server.root_pid()
-        if root is None:
-            raise WorkloadError("the primary JVM is gone")
-        return (root,)
+        return self._server_root("the primary JVM is gone")
 
     def load_summary(self) -> dict[str, Any]:
         return _node_load_summary(getattr(self, "stats", None))
@@ -663,11 +660,7 @@ class ChurnWorkload(Workload):
         self.workers = [int(p) for p in text.split()[1:]]
 
     def capture_pids(self) -> tuple[int, ...]:
-        assert self.server is not None
-        root = self.server.root_pid()
-        if root is None:
-            raise WorkloadError("the churn parent is gone")
-        return (root,)
+        return self._server_root("the churn parent is gone")
 
     def events(self) -> list[tuple[float, str]]:
         out = []
@@ -794,11 +787,7 @@ class DjangoWorkload(Workload):
         self.loop_summary: dict[str, Any] | None = None
 
     def capture_pids(self) -> tuple[int, ...]:
-        assert self.server is not None
-        root = self.server.root_pid()
-        if root is None:
-            raise WorkloadError("the gunicorn master is gone")
-        return (root,)
+        return self._server_root("the gunicorn master is gone")
 
     def stop_load(self) -> None:
         loop = getattr(self, "loop", None)
