@@ -6,11 +6,12 @@ open loop of 1,000 requests/s over their ports), warmed up for 30 s, captured wi
 ``--sample-ms 100`` (3 snapshots 2 s apart) and observed for 60 s at 1000 pages / 20 ms, then
 scored as a user without a canary would (time alignment). The first three runs
 (2026-12-06, AMD EPYC) were +13.1, +15.1 and +8.7 % on the steady ``pages_sharing`` (the
-kernel's own spread 2.8 %), ksmd's CPU −19 to −21 % and its full scans +0 to −23 %: the
-model keeps merged what the JVMs rewrite between ksmd's visits (the host broke 741-751
-merges a second, ``cow_ksm``, the model 1-2), as on PostgreSQL and Django. The test asserts
-the bounds those runs support, so that a change that makes the JVM worse is seen, and
-prints the measured errors either way.
+kernel's own spread 2.8 %), ksmd's CPU −19 to −21 % and its full scans +0 to −23 %. What
+merges is mostly zero-filled memory, and pages turn over between the zero content and
+contents of their own faster than the snapshots show: page by page the model and the kernel
+merge different pages, and the two errors nearly cancel (the host broke 741-751 merges a
+second, ``cow_ksm``, the model 1-2). The test asserts the bounds those runs support, so that
+a change that makes the JVM worse is seen, and prints the measured errors either way.
 
 Not in the default run (``live`` and ``slow``): ``pytest -m live tests/live/test_live_jvm.py``;
 about 2 minutes plus any wait for the KSM lock. Needs a JDK (``java``, ``javac``) and Node.js
