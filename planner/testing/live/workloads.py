@@ -65,6 +65,20 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def _node_load_argv(
+    node: str, ports: Sequence[int], params: NodeParams | JvmParams, stats: Path
+) -> list[str]:
+    """``assets/node_load.js``'s command: its requests to ``ports`` on 127.0.0.1 in turn,
+    at ``params``' rate (closed loop without one), its counts written to ``stats``."""
+    urls = [a for p in ports for a in ("--url", f"http://127.0.0.1:{p}")]
+    rate = ["--rate", f"{params.rate_per_s:g}"] if params.rate_per_s else []
+    return [
+        node, str(asset("node_load.js")), *urls,
+        "--concurrency", str(params.concurrency),
+        "--search-every", str(params.search_every), "--stats", str(stats), *rate,
+    ]  # fmt: skip
+
+
 def _node_load_summary(stats: Path | None) -> dict[str, Any]:
     """What ``assets/node_load.js`` wrote to its ``--stats`` file, with its rate; {} if none."""
     import json
@@ -453,14 +467,8 @@ class NodeClusterWorkload(Workload):
 
     def start_load(self) -> None:
         self.stats = self.work / "node-load.json"
-        self.load = self._start_tree(
-            "node-load",
-            [self.node, str(asset("node_load.js")), "--url", f"http://127.0.0.1:{self.port}",
-             "--concurrency", str(self.params.concurrency),
-             "--search-every", str(self.params.search_every), "--stats", str(self.stats)]
-            + (["--rate", f"{self.params.rate_per_s:g}"] if self.params.rate_per_s else []),
-            under_ksm=False,
-        )  # fmt: skip
+        argv = _node_load_argv(self.node, [self.port], self.params, self.stats)
+        self.load = self._start_tree("node-load", argv, under_ksm=False)
 
     def capture_pids(self) -> tuple[int, ...]:
         return self._server_root("the node primary is gone")
@@ -507,10 +515,9 @@ class JvmWorkload(Workload):
     params: JvmParams
 
     def prepare(self) -> None:
-        java = _which("java", "install a JDK (apt-get install openjdk-17-jdk-headless)")
+        self.java = _which("java", "install a JDK (apt-get install openjdk-17-jdk-headless)")
         javac = _which("javac", "install a JDK (apt-get install openjdk-17-jdk-headless)")
         self.node = _which("node", "install Node.js (apt-get install nodejs): the load is Node's")
-        self.java = java
         self.classes = self.work / "classes"
         self.classes.mkdir()
         with (self.work / "javac.log").open("wb") as log:
@@ -537,13 +544,7 @@ class JvmWorkload(Workload):
     def load_argv(self) -> list[str]:
         """The load's command: Node's client, its requests spread over the workers' ports."""
         self.stats = self.work / "jvm-load.json"
-        urls = [a for p in self.ports for a in ("--url", f"http://127.0.0.1:{p}")]
-        rate = ["--rate", f"{self.params.rate_per_s:g}"] if self.params.rate_per_s else []
-        return [
-            self.node, str(asset("node_load.js")), *urls,
-            "--concurrency", str(self.params.concurrency),
-            "--search-every", str(self.params.search_every), "--stats", str(self.stats), *rate,
-        ]  # fmt: skip
+        return _node_load_argv(self.node, self.ports, self.params, self.stats)
 
     def start(self) -> None:
         ready = self.work / "jvm.ready"
