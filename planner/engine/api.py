@@ -6,6 +6,7 @@ a layer above the engine and the policies.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -59,6 +60,7 @@ def derive_input(
     writes, with the canary's same-content write rates
     (:func:`planner.engine.writes.with_canary`)."""
     from planner.engine.joins import JoinNote, measure_joins
+    from planner.engine.writes import JOINS_META
 
     opts = options or ReplayOptions()
     grown, growth = with_growth(inp, opts)
@@ -72,6 +74,9 @@ def derive_input(
         if opts.aligned_to_scans
         else measure_joins(inp)
     )
+    canary_rows = int(written.meta.get(JOINS_META, 0))
+    if canary_rows and joins.intervals:
+        joins = dataclasses.replace(joins, continued=True, canary_rows=canary_rows)
     return DerivedInput(inp, grown, written, growth, canary, derivation(opts), joins)
 
 

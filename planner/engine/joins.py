@@ -7,7 +7,8 @@ pattern), and some go the other way (a *leave*). Where the two balance, the snap
 a steady number of shared pages, while the pages that make it up change.
 
 The replay continues what the trace shows after its last snapshot (the write model,
-:mod:`planner.engine.writes`; the growth, :mod:`planner.engine.growth`), but not joins:
+:mod:`planner.engine.writes`; the growth, :mod:`planner.engine.growth`), but not joins
+(except those a canary saw: :func:`planner.engine.writes.with_canary`):
 after the last snapshot each row writes at the rate of its own sampled interval, every
 change to a content never seen before, and a row the sampler saw still stays still. So the
 leaves go on and the joins stop. Where joins are fast against the shared memory, the
@@ -91,7 +92,10 @@ class JoinNote:
     hold the same content at the last snapshot, and of how many. None: fewer than two
     intervals, or no such join."""
     continued: bool = False
-    """Whether the replay continues joins after the last snapshot (it does not yet)."""
+    """Whether the replay continues joins after the last snapshot: only as a canary saw
+    them (:func:`planner.engine.writes.with_canary`), never from the trace alone."""
+    canary_rows: int = 0
+    """Rows of the last traced snapshot that join after it, as a canary saw them merge."""
     reason: str = "fewer than two snapshots"
     """Why nothing was measured, where nothing was."""
 
@@ -136,7 +140,11 @@ class JoinNote:
         ]
         if self.survived is not None:
             parts.append(f"{self.survived[0]:,} of {self.survived[1]:,} joins kept their content")
-        parts.append("continued" if self.continued else "not continued after the trace")
+        parts.append(
+            f"continued as the canary saw them ({self.canary_rows:,} rows join)"
+            if self.continued
+            else "not continued after the trace"
+        )
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from planner.engine.result import (
 )
 from planner.engine.rows import F_ELIGIBLE, F_THP, F_ZERO
 from planner.engine.timing import NS_PER_MS, next_batch_ns
-from planner.engine.writes import RESTORE, SAME, Writes
+from planner.engine.writes import HELD_BASE, RESTORE, SAME, Writes
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -264,16 +264,20 @@ class ReferenceEngine:
         a fresh physical page (its rmap_item stays on the stable node until ksmd visits it,
         as ``_remove_from_tree`` then finds); a write to a private page keeps it. A content
         change sets the row's content (the checksum gate sees it at the next visit) and
-        drops the row's unstable-tree entry, as ``apply_snapshot`` does.
+        drops the row's unstable-tree entry, as ``apply_snapshot`` does. A row that a write
+        gave a content (a fresh one, or one other rows hold) is never merged with the zero
+        page. Rows marked ``keep`` keep their physical page (the write model's restore and
+        reapply around a synthetic snapshot: nothing is copied or broken).
         """
         assert isinstance(writes, Writes)
         self.now_ns = now_ns
         snap = self.snap
         assert snap is not None
         breaks = 0
-        for i, v in zip(writes.rows.tolist(), writes.content.tolist(), strict=True):
+        keep = [False] * len(writes) if writes.keep is None else writes.keep.tolist()
+        for i, v, kept in zip(writes.rows.tolist(), writes.content.tolist(), keep, strict=True):
             e = self.phys[i]
-            if e == ZERO or e in self.ent_node or self.ent_mappers[e] > 1:
+            if not kept and (e == ZERO or e in self.ent_node or self.ent_mappers[e] > 1):
                 if e != ZERO and e in self.ent_node:  # cow_ksm counts KSM pages only
                     breaks += 1
                 self.next_entity += 1
@@ -283,6 +287,8 @@ class ReferenceEngine:
             old = self._hash(i)
             if v == RESTORE:
                 self.whash.pop(i, None)
+            elif v <= HELD_BASE:  # a content other rows of the snapshot hold
+                self.whash[i] = int(self.inp.content_hash[HELD_BASE - v])
             else:
                 self.whash[i] = VOLATILE + v
             if self._hash(i) != old:

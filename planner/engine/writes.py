@@ -43,9 +43,11 @@ content, whatever snapshot it is in.
 
 **What an engine gets** (:class:`Writes`): per row written since the last batch, the
 content it has now -- unchanged (:data:`SAME`: only same-content writes), the snapshot's
-(:data:`RESTORE`), or a content id (>= 0) no snapshot row has. Several writes to one row
-between two batches act as one: the first breaks a merge, the last sets the content
-(merges happen only inside batches), so nothing is lost by handing them over together.
+(:data:`RESTORE`), a content id (>= 0) no snapshot row has, or (:func:`held_code`) a
+content of the trace's catalog that other rows of the snapshot hold (a canary saw the page
+*join* others: :func:`with_canary`). Several writes to one row between two batches act as
+one: the first breaks a merge, the last sets the content (merges happen only inside
+batches), so nothing is lost by handing them over together.
 """
 
 from __future__ import annotations
@@ -76,17 +78,23 @@ B = npt.NDArray[np.bool_]
 #: :attr:`Writes.content`: only same-content writes; the snapshot's content
 SAME: Final = -2
 RESTORE: Final = -1
+#: :attr:`Writes.content` ``<= HELD_BASE``: content id ``HELD_BASE - code`` of the catalog
+#: (:func:`held_code`), which other rows of the snapshot hold
+HELD_BASE: Final = -3
 #: The key of :func:`with_canary`'s input's ``meta`` that says how many rows take the
 #: breaks the canary did not see, at what same-content write rate each, how many of them
 #: the sampler saw change content (``changing``) and whether they keep it
 #: (``hold_content``).
 UNSEEN_META: Final = "canary_unseen"
+#: The key of :func:`with_canary`'s input's ``meta`` that says how many rows of the last
+#: traced snapshot join a content other rows hold (:class:`Joins`).
+JOINS_META: Final = "canary_joins"
 
 # event kinds
 _K_SAME, _K_FRESH, _K_RESTORE, _K_OTHER, _K_GONE = 0, 1, 2, 3, 4
 # stream schemes: same-content writes, drifting content, toggling content, leaving for good
-# (unmapped; by a write of a new content)
-_S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE, _S_LEAVE_COW = 0, 1, 2, 3, 4
+# (unmapped; by a write of a new content), joining a content other rows hold (once)
+_S_SAME, _S_DRIFT, _S_TOGGLE, _S_LEAVE, _S_LEAVE_COW, _S_JOIN = 0, 1, 2, 3, 4, 5
 #: events generated at once (the continuation is generated window by window)
 _WINDOW_EVENTS = 1 << 20
 _NEVER = (1 << 63) - 1
@@ -114,6 +122,24 @@ class CanaryOwn:
         extra = 0 if self.leave is None else self.leave.nbytes
         extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         return int(self.grown.nbytes + self.at.nbytes + self.rate.nbytes + extra)
+
+
+@dataclass(frozen=True)
+class Joins:
+    """Rows of a snapshot in the continuation that take, once, a content other rows of
+    the snapshot hold (pages a canary saw the kernel merge where the trace shows a content
+    of their own: :func:`with_canary`). Sparse: a few rows of many."""
+
+    rows: I64
+    """Row indexes, ascending."""
+    at_ns: I64
+    """When each takes the content (a write at that time)."""
+    content: I64
+    """The catalog content id each takes (held by at least two rows of the snapshot)."""
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.at_ns.nbytes + self.content.nbytes)
 
 
 @dataclass(frozen=True)
@@ -156,6 +182,9 @@ class IntervalWrites:
     grown_src: I64 | None = None
     """With ``grown_at``: the row of the last traced snapshot whose counts each of those
     rows takes (its template)."""
+    joins: Joins | None = None
+    """The continuation only: rows that join a content other rows hold, and when
+    (:func:`with_canary`). None: none."""
     canary_own: CanaryOwn | None = None
     """A snapshot the growth model appended, calibrated by a canary: ``same_rate_per_s``
     and ``leave_ns`` are then the last traced snapshot's own arrays, shared by every
@@ -226,6 +255,7 @@ class IntervalWrites:
             extra = 0 if self.same_rate_per_s is None else self.same_rate_per_s.nbytes
             extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
             extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
+        extra += 0 if self.joins is None else self.joins.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
         extra += 0 if self.timing is None else self.timing.nbytes
@@ -241,6 +271,8 @@ class IntervalWrites:
             w |= rate > 0
         if leave is not None:
             w |= leave >= 0
+        if self.joins is not None:
+            w[self.joins.rows] = True
         return int(np.count_nonzero(w))
 
 
@@ -420,10 +452,15 @@ class Writes:
     rows: I64
     """Row indexes of the current snapshot, ascending, each once."""
     content: I64
-    """:data:`SAME`, :data:`RESTORE`, or a content id >= 0 that no snapshot row has."""
+    """:data:`SAME`, :data:`RESTORE`, a content id >= 0 that no snapshot row has, or a
+    :func:`held_code`."""
     gone: B | None = None
     """Rows whose page leaves (unmapped: a fresh content, never written again); the merge
     this breaks is no copy-on-write (``cow_ksm`` does not count it). None: none."""
+    keep: B | None = None
+    """Rows whose content is set without a write: the page is neither copied nor its merge
+    broken (the restore and reapply of a joined row around a synthetic snapshot,
+    :meth:`TraceWrites.take_rest`). None: none."""
 
     def __len__(self) -> int:
         return int(self.rows.size)
@@ -436,10 +473,18 @@ class Writes:
         g = self.gone
         if g is None or not g.any():
             return [(self, True)]
-        out = [(Writes(self.rows[g], self.content[g]), False)]
+        kg = None if self.keep is None else self.keep[g]
+        out = [(Writes(self.rows[g], self.content[g], keep=kg), False)]
         if not g.all():
-            out.append((Writes(self.rows[~g], self.content[~g]), True))
+            kn = None if self.keep is None else self.keep[~g]
+            out.append((Writes(self.rows[~g], self.content[~g], keep=kn), True))
         return out
+
+
+def held_code(content_id: npt.ArrayLike) -> I64:
+    """:attr:`Writes.content` of a write that gives a row catalog content ``content_id``,
+    one that other rows of the snapshot hold (:data:`HELD_BASE`)."""
+    return np.asarray(HELD_BASE - np.asarray(content_id, np.int64), np.int64)
 
 
 def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
@@ -452,6 +497,20 @@ def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return np.asarray((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+#: The period of a stream of one event (:func:`_once`): a power of two, so that the
+#: event's time is exact, and long, so that it weighs nothing in the rate that sizes the
+#: windows of events (a period of the event's offset, 1 ns for an event at the interval's
+#: start, made windows of 1 ms: 600,000 of them in a minute of a JVM canary's joins)
+_ONCE_PERIOD_NS: Final = float(1 << 50)
+
+
+def _once(offset_ns: I64) -> tuple[F64, F64]:
+    """Period and phase of streams of one event each, ``offset_ns`` (>= 0, < 2^50) after
+    the interval's origin: ``floor(phase * period)`` is the offset exactly."""
+    period = np.full(offset_ns.size, _ONCE_PERIOD_NS)
+    return period, offset_ns.astype(np.float64) / _ONCE_PERIOD_NS
 
 
 @dataclass
@@ -484,7 +543,8 @@ class _Streams:
             if self.gone_rows.size:
                 rows = self.row
                 pos = np.minimum(np.searchsorted(self.gone_rows, rows), self.gone_rows.size - 1)
-                hit = (self.gone_rows[pos] == rows) & (self.scheme < _S_LEAVE)  # not a leaving
+                leaving = (self.scheme == _S_LEAVE) | (self.scheme == _S_LEAVE_COW)
+                hit = (self.gone_rows[pos] == rows) & ~leaving
                 after[hit] = self.gone_ns[pos[hit]]
             self._gone_after = after
         t, rows, kind = _window_events(
@@ -557,6 +617,8 @@ def _window_events(
                 k = _K_GONE
             elif sch == _S_LEAVE_COW:  # a write of a new content: like a drift's
                 k = _K_FRESH
+            elif sch == _S_JOIN:  # a content other rows hold (the row's ``other``)
+                k = _K_OTHER
             elif sch == _S_TOGGLE:  # every other change, and the last, restores
                 last = count[i] >= 0 and j == count[i] - 1
                 k = _K_RESTORE if (j % 2 == 1 or last) else _K_OTHER
@@ -733,18 +795,25 @@ class TraceWrites:
                     (rr, 1e9 / rate[rr], _phases(self.seed, kp, keys[rr], 3),
                      np.full(rr.size, -1, np.int64), np.full(rr.size, _S_SAME, np.int8))
                 )  # fmt: skip
+        joins = iw.joins if last else None
+        if joins is not None and joins.rows.size:  # once each, at its time (none before t0)
+            jr = joins.rows
+            if self.other.size != c.size:
+                self.other = np.full(c.size, -1, np.int64)
+            self.other[jr] = held_code(joins.content)
+            p, ph = _once(np.maximum(joins.at_ns, t0) - t0)
+            once = np.ones(jr.size, np.int64)
+            parts.append((jr, p, ph, once, np.full(jr.size, _S_JOIN, np.int8)))
         gone_rows = gone_ns = np.empty(0, np.int64)
         if leave_ns is not None and last:  # a row leaves once, at its time
             gone_rows = np.flatnonzero(leave_ns >= 0)
             gone_ns = np.maximum(leave_ns[gone_rows], t0)
             if gone_rows.size:
-                p = np.maximum(gone_ns - t0, 1).astype(np.float64)
+                p, ph = _once(gone_ns - t0)
                 by = np.full(gone_rows.size, _S_LEAVE, np.int8)
                 if leave_cow is not None:
                     by[leave_cow[gone_rows]] = _S_LEAVE_COW
-                parts.append(
-                    (gone_rows, p, (gone_ns - t0) / p, np.ones(gone_rows.size, np.int64), by)
-                )
+                parts.append((gone_rows, p, ph, np.ones(gone_rows.size, np.int64), by))
         if not parts:
             return None
         return _Streams(
@@ -782,8 +851,12 @@ class TraceWrites:
                 ck = self._cur_keys
                 pos = np.minimum(np.searchsorted(ck, vol_keys), ck.size - 1)
                 hit = self._cur_keys[pos] == vol_keys
-                if hit.any():
-                    self._reapply = Writes(pos[hit].astype(np.int64), vol_ids[hit])
+                if hit.any():  # (a joined row's content set again without a write)
+                    ids = vol_ids[hit]
+                    joined = ids <= HELD_BASE
+                    self._reapply = Writes(
+                        pos[hit].astype(np.int64), ids, keep=joined if joined.any() else None
+                    )
                     self._reapply_ns = self.times[k]
                     self._vol_rows[pos[hit]] = vol_ids[hit]
         e = np.empty(0, np.int64)
@@ -850,19 +923,27 @@ class TraceWrites:
         In the continuation before a synthetic snapshot, the rows holding a content no
         snapshot has are restored last (a snapshot finds every row as it says) and given
         the same content again once it is applied (:meth:`start_interval`): nothing a
-        visit can see changes."""
+        visit can see changes. A row that joined a content other rows hold is restored and
+        set again without a write (:attr:`Writes.keep`): its merge survives the snapshot."""
         st = self.streams
         if st is None or st.end_ns == _NEVER:
             return None
         out = self.take_until(st.end_ns - 1)
-        vol_keys, _ = self._vol_arrays()
+        vol_keys, vol_ids = self._vol_arrays()
         if not self._cont or not vol_keys.size:
             return out
         pos = np.minimum(np.searchsorted(self._cur_keys, vol_keys), self._cur_keys.size - 1)
+        hit = self._cur_keys[pos] == vol_keys
         held = np.zeros(self._cur_keys.size, bool)  # the rows, each once, in order: no sort
-        held[pos[self._cur_keys[pos] == vol_keys]] = True
+        held[pos[hit]] = True
         rows = np.flatnonzero(held).astype(np.int64, copy=False)
-        restore = Writes(rows, np.full(rows.size, RESTORE, np.int64))
+        keep = None
+        joined = hit & (vol_ids <= HELD_BASE)
+        if joined.any():  # a joined row's merge survives the snapshot (restored in place)
+            kept = np.zeros(self._cur_keys.size, bool)
+            kept[pos[joined]] = True
+            keep = kept[rows]
+        restore = Writes(rows, np.full(rows.size, RESTORE, np.int64), keep=keep)
         return restore if out is None else _merge(out, restore)
 
     def _vol_arrays(self) -> tuple[U64, I64]:
@@ -877,7 +958,7 @@ class TraceWrites:
                 pos = np.minimum(np.searchsorted(ck, vk), ck.size - 1)
                 keep = ck[pos] != vk
                 vk, vi = vk[keep], vi[keep]
-            held = vr >= 0
+            held = vr != RESTORE
             vk = np.concatenate([vk, ck[held]])
             vi = np.concatenate([vi, vr[held]])
             order = np.argsort(vk, kind="stable")
@@ -927,7 +1008,8 @@ def _coalesce_rows(
     (:data:`SAME` where it had none), whether that write was its leaving, the next volatile
     id, and whether any row left. Fresh contents (a drift, a leaving) are numbered in
     ascending row order. ``last_kind`` is scratch, -1 everywhere on entry and on return.
-    With ``track``, ``vol_rows`` takes each written row's content id (-1: restored)."""
+    With ``track``, ``vol_rows`` takes each written row's content (a volatile id or a
+    :func:`held_code`; -1: restored)."""
     m = rows.size
     uniq = np.empty(m, np.int64)
     u = 0
@@ -978,23 +1060,35 @@ def _coalesce_rows(
         elif k == _K_RESTORE:
             content[j] = RESTORE
         if track and content[j] != SAME:
-            vol_rows[r] = content[j] if content[j] >= 0 else -1
+            vol_rows[r] = content[j] if content[j] != RESTORE else -1
     return uniq, content, gone, nv, any_gone
 
 
 def _merge(a: Writes, b: Writes) -> Writes:
-    """``a`` then ``b`` as one batch: a row in both takes ``b``'s content (and leaves if
-    either says so)."""
+    """``a`` then ``b`` as one batch: a row in both takes ``b``'s content, or ``a``'s where
+    ``b`` wrote the same bytes (:data:`SAME`); it leaves if either says so, and keeps its
+    page only if both say so."""
     rows = np.concatenate([a.rows, b.rows])
     content = np.concatenate([a.content, b.content])
     ga = a.gone if a.gone is not None else np.zeros(a.rows.size, bool)
     gb = b.gone if b.gone is not None else np.zeros(b.rows.size, bool)
     gone = np.concatenate([ga, gb])
+    ka = a.keep if a.keep is not None else np.zeros(a.rows.size, bool)
+    kb = b.keep if b.keep is not None else np.zeros(b.rows.size, bool)
+    keep = np.concatenate([ka, kb])
     order = np.lexsort((np.arange(rows.size), rows))
-    rows, content, gone = rows[order], content[order], gone[order]
+    rows, content, gone, keep = rows[order], content[order], gone[order], keep[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     last = np.r_[rows[1:] != rows[:-1], True]
-    left = np.maximum.reduceat(gone, np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]))
-    return Writes(rows[last], content[last], left if left.any() else None)
+    # a SAME after a content write leaves that content (the last content write decides)
+    twice = np.flatnonzero(~last)  # the first of a row's two entries (a's)
+    second = twice + 1
+    content[second] = np.where(content[second] == SAME, content[twice], content[second])
+    left = np.maximum.reduceat(gone, starts)
+    kept = np.minimum.reduceat(keep, starts)
+    return Writes(
+        rows[last], content[last], left if left.any() else None, kept if kept.any() else None
+    )
 
 
 #: A process is *busy* when it used at least this share of the CPU time of the busiest
@@ -1111,6 +1205,11 @@ class CanaryRates:
     would rarely find the row merged. Set by :func:`planner.engine.costfit.fit_canary` where
     that rate breaks more merges than the recording
     (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
+    joined_s: F64 | None = None
+    """Per page: when the canary first saw it merged (NaN: never)."""
+    full_scan_s: float | None = None
+    """The recording's seconds per full scan of ksmd (its ``full_scans`` counter over the
+    span in which it rose); None where it did not rise."""
     unseen_hold_content: bool = False
     """Whether the rows that take a share of the unseen breaks keep their content between
     writes (the content changes the sampler counted on them dropped: each write leaves the
@@ -1217,14 +1316,18 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     out_left: list[float] = []
     out_cow: list[bool] = []
     out_first: list[int] = []
+    out_join: list[float] = []
     i, n_rows = 0, keys.size
     while i < n_rows:
         j = i
         merged, since, n, m = False, 0.0, 0, 0.0
+        joined = np.nan
         while j < n_rows and keys[j] == keys[i]:
             if kinds[j] == "merged":
                 if not merged:
                     merged, since = True, times[j]
+                if np.isnan(joined):
+                    joined = float(times[j])
             elif merged:
                 m += times[j] - since
                 merged = False
@@ -1239,6 +1342,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         out_left.append(float(times[j - 1]) if kinds[j - 1] in _GONE_EVENTS else np.nan)
         out_cow.append(kinds[j - 1] == "unmerged_changed")
         out_first.append(i)
+        out_join.append(joined)
         i = j
     key = np.array(out_key, np.uint64)
     n_arr = np.array(out_n, np.float64)
@@ -1265,12 +1369,31 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         merged_s_per_page=m_arr,
         left_s=np.array(out_left, np.float64),
         left_cow=np.array(out_cow, bool),
+        joined_s=np.array(out_join, np.float64),
+        full_scan_s=_full_scan_s(obs),
         rates_by_comm=rates_by_comm,
         role_of_pid=roles,
         roles_recorded=bool(cpus),
         page_kind=np.asarray(vkind[first] if first.size else vkind[:0], dtype=object),
         page_offset=offset[first] if first.size else offset[:0],
     )
+
+
+def _full_scan_s(obs: ObservedTimeline) -> float | None:
+    """Seconds per full scan over the recording: from the first sample to the last at
+    which ``full_scans`` rose (None where it never rose)."""
+    if "full_scans" not in obs.counters.columns or len(obs.counters) < 2:
+        return None
+    fs = obs.counters["full_scans"].astype("float64").dropna()
+    if len(fs) < 2:
+        return None
+    values = fs.to_numpy(np.float64)
+    times = fs.index.to_numpy(np.float64)
+    rose = np.flatnonzero(values > values[0])
+    if not rose.size:
+        return None
+    last = int(rose[-1])
+    return float((times[last] - times[0]) / (values[last] - values[0]))
 
 
 def _sample_s(obs: ObservedTimeline) -> float:
@@ -1502,6 +1625,82 @@ def _unseen_candidates(
     if not rr.roles:
         return np.zeros(snap_hash.size, bool)
     return busy[rr.code] & ~fork_shared & _held_twice(snap_hash) & unseen
+
+
+def _content_ids(inp: ReplayInput, snap: SnapshotRows) -> I64:
+    """Each row's catalog content id (kept by a snapshot rebuilt from deltas, else looked
+    up by its hash)."""
+    if snap.content is not None:
+        return snap.content.astype(np.int64)
+    order = np.argsort(inp.content_hash, kind="stable")
+    pos = np.searchsorted(inp.content_hash, snap.hash, sorter=order)
+    return order[np.minimum(pos, order.size - 1)].astype(np.int64)
+
+
+def _canary_joins(
+    inp: ReplayInput,
+    snap: SnapshotRows,
+    key: U64,
+    rates: CanaryRates,
+    iw: IntervalWrites,
+    not_before_ns: I64 | int,
+) -> Joins | None:
+    """The rows of a snapshot in the continuation that join a content other rows hold.
+
+    A row joins where the canary saw its page merged while the snapshot shows it holding a
+    content no other row holds, written neither with new contents nor the same ones over
+    the interval (a row that changes goes on changing: its next change is a content of its
+    own). The kernel merged it with some page, so its content became one that others hold
+    after the capture: on a JVM, memory freed and zeroed by the collector; on Node, heap
+    objects laid out alike in every worker (docs/live-validation.md, "Canary-driven
+    joins").
+
+    * *Which content:* the one most eligible rows of its process hold, among contents at
+      least two rows of the snapshot hold. (The canary records no frame that would tie a
+      page to the pages it shares a KSM page with.) A process without such a content has
+      no joins.
+    * *When:* the kernel merges a changed page at its second processed visit after the
+      change, at most two full scans later, and the canary sees the merge at its next
+      sample: the row joins two of the recording's full scans and one sample before the
+      canary first saw it merged, never before ``not_before_ns`` (the last traced
+      snapshot, which shows it unique; a row the snapshot added: the snapshot).
+    """
+    joined_s = rates.joined_s
+    if joined_s is None or not snap.n or not rates.key.size:
+        return None
+    pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+    hit = rates.key[pos] == key
+    first = np.where(hit, joined_s[pos], np.nan)
+    cand = ~np.isnan(first)
+    if not cand.any():
+        return None
+    gid = _content_ids(inp, snap)
+    held = _held_twice(gid)
+    content, same, _ = iw.per_row()
+    elig = snap.eligible
+    cand &= ~held & (content == 0) & (same == 0) & elig
+    pool = held & elig
+    if not cand.any() or not pool.any():
+        return None
+    pair = (snap.mm[pool].astype(np.int64) << 32) | gid[pool]
+    u, c = np.unique(pair, return_counts=True)
+    um, ug = u >> 32, u & 0xFFFFFFFF
+    order = np.lexsort((ug, -c, um))  # per process: the most rows, then the lowest id
+    best = order[np.r_[True, um[order][1:] != um[order][:-1]]]
+    t_mm, t_gid = um[best], ug[best]
+    rows = np.flatnonzero(cand)
+    mm = snap.mm[rows].astype(np.int64)
+    tp = np.minimum(np.searchsorted(t_mm, mm), t_mm.size - 1)
+    ok = t_mm[tp] == mm
+    rows, tp = rows[ok], tp[ok]
+    if not rows.size:
+        return None
+    lead_s = rates.sample_s + 2.0 * (rates.full_scan_s or 0.0)
+    t0 = inp.times_ns[0]
+    at = t0 + np.rint((first[rows] - lead_s) * 1e9).astype(np.int64)
+    floor = np.asarray(not_before_ns, np.int64)
+    at = np.maximum(at, floor[rows] if floor.ndim else floor)
+    return Joins(rows=rows.astype(np.int64), at_ns=at, content=t_gid[tp].astype(np.int64))
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -1786,6 +1985,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     unseen = _Unseen(0.0, 0, missed)
     grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
     changing = 0  # candidates whose content the sampler saw change (last traced snapshot)
+    n_joins = 0  # rows of the last traced snapshot that join a content others hold
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
@@ -1824,13 +2024,21 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 changing = _changing(old, cand)
                 out.extend(_calibrated(inp, j, *per_snap[j], unseen) for j in range(n_traced))
                 per_snap.clear()
+                traced_iw = out[-1]
+                if cont and traced_iw is not None:
+                    joins = _canary_joins(inp, snap, key, rates, traced_iw, inp.times_ns[k])
+                    out[-1] = dataclasses.replace(traced_iw, joins=joins)
+                    n_joins = 0 if joins is None else int(joins.rows.size)
             continue
         last = out[n_traced - 1]
         base = last.same_rate_per_s if last is not None else None
         grown = None if grown is None else _appended_rows(grown, inp.deltas[k])
         if grown is not None and (base is None or base.size + grown.size != snap.n):
             grown = None  # pragma: no cover - an appended snapshot keeps every row
-        out.append(_calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown))
+        iw = _calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown)
+        floor = np.full(snap.n, inp.times_ns[n_traced - 1], np.int64)
+        floor[inp.deltas[k].added] = inp.times_ns[k]  # rows the snapshot brings: not before it
+        out.append(dataclasses.replace(iw, joins=_canary_joins(inp, snap, key, rates, iw, floor)))
     # what the rows taking the unseen breaks are (fit_canary weighs their rate)
     note = {
         "candidates": unseen.n_cand,
@@ -1838,7 +2046,9 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         "changing": changing,
         "hold_content": unseen.hold_content,
     }
-    return dataclasses.replace(inp, writes=out, meta={**inp.meta, UNSEEN_META: note})
+    return dataclasses.replace(
+        inp, writes=out, meta={**inp.meta, UNSEEN_META: note, JOINS_META: n_joins}
+    )
 
 
 def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> TraceWrites | None:
@@ -1849,6 +2059,8 @@ def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> Tra
 
 
 __all__ = [
+    "HELD_BASE",
+    "JOINS_META",
     "RESTORE",
     "SAME",
     "UNSEEN_META",
@@ -1856,6 +2068,7 @@ __all__ = [
     "CanaryRates",
     "CanaryVariant",
     "IntervalWrites",
+    "Joins",
     "TraceWrites",
     "Writes",
     "by_page_class",
@@ -1866,6 +2079,7 @@ __all__ = [
     "continue_trend",
     "effective_changes",
     "fill_unchecked",
+    "held_code",
     "process_roles",
     "role_comm",
     "spreads_missed_breaks",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -19,10 +20,12 @@ from planner.engine.api import derive_input
 from planner.engine.fast import FastEngine
 from planner.engine.fast.apply import COMPACT_MIN_DEAD
 from planner.engine.fast.engine import OUT_BATCHES
+from planner.engine.growth import continue_growth
 from planner.engine.prepare import ReplayInput
 from planner.engine.reference import ReferenceEngine
 from planner.engine.result import ReplayResult
 from planner.engine.writes import (
+    JOINS_META,
     RESTORE,
     SAME,
     UNSEEN_META,
@@ -1378,3 +1381,193 @@ def test_held_twice_marks_values_another_element_holds(
         values = values.view(np.int64)
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     assert _held_twice(values).tolist() == (counts[inverse] > 1).tolist()
+
+
+# ------------------------------------------------------------------ joins (a canary's)
+
+
+def _with_random_joins(
+    inp: ReplayInput, seed: int, share: float, *, unique_only: bool = False
+) -> ReplayInput:
+    """``inp`` with random :class:`Joins` on every snapshot of the continuation, drawn per
+    page as a canary's are: a page joins or not, when and which content (one that at least
+    two rows of the first such snapshot hold: appended snapshots keep every row) are the
+    same in every snapshot that has it. Times run from a second before that snapshot to
+    three seconds after it. ``unique_only``: only pages whose content no other row of the
+    first such snapshot holds (as a canary's joins: none of them is merged before)."""
+    from planner.engine.writes import Joins
+
+    rng = np.random.default_rng(seed)
+    out = list(inp.writes)
+    chosen: dict[tuple[int, int], tuple[int, int]] = {}
+    pool: npt.NDArray[np.int64] | None = None
+    for k, iw in enumerate(inp.writes):
+        if iw is None or not (k + 1 == inp.n_snapshots or iw.origin_ns is not None):
+            continue
+        snap = inp.snapshots[k]
+        gid = writes_module._content_ids(inp, snap)
+        held = np.bincount(gid)[gid] > 1 if snap.n else np.zeros(0, bool)
+        if pool is None:
+            pool = np.unique(gid[held])
+            t0 = inp.times_ns[k]
+        if not pool.size:
+            break
+        rows, at, content = [], [], []
+        for r, key in enumerate(zip(snap.mm.tolist(), snap.page.tolist(), strict=True)):
+            if key not in chosen:
+                joins = rng.random() < share and not (unique_only and held[r])
+                when = t0 + int(rng.integers(-(10**9), 3 * 10**9))
+                chosen[key] = (when, int(rng.choice(pool))) if joins else (-1, -1)
+            when, c = chosen[key]
+            if when >= 0:
+                rows.append(r)
+                at.append(when)
+                content.append(c)
+        out[k] = dataclasses.replace(
+            iw,
+            joins=Joins(
+                np.array(rows, np.int64), np.array(at, np.int64), np.array(content, np.int64)
+            ),
+        )
+    return dataclasses.replace(inp, writes=out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**20),
+    spec=world_specs(),
+    churn=churn_specs(),
+    knobs=knob_sets(),
+    opts=replay_options(),
+    share=st.sampled_from([0.1, 0.5, 1.0]),
+)
+def test_engines_agree_on_writes_of_contents_other_rows_hold(
+    seed: int,
+    spec: WorldSpec,
+    churn: ChurnSpec,
+    knobs: KsmKnobs,
+    opts: ReplayOptions,
+    share: float,
+) -> None:
+    """Joins (a write of a catalog content others hold) in both engines, among every other
+    kind of write: the fast engine's content id and its flags (not unique, not the zero
+    page's any more) against the reference's hash."""
+    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
+    inp = _with_random_joins(prepare(ht), seed, share)
+    assert_engines_agree_with_writes(inp, knobs, opts, seed=seed % 7)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_joined_rows_keep_their_merges_over_the_growths_snapshots(seed: int) -> None:
+    """Rows that joined are restored before each snapshot the growth model appends and
+    set again after it without a write: no merge is broken (with nothing else written, no
+    copy-on-write at all) and both engines agree. As real writes, the restore and the
+    reapply would break every joined row's merge at every appended snapshot."""
+    from tests.engine.test_growth import _growing_world
+
+    ht = with_write_counts(
+        _growing_world().host_trace(), seed, ChurnSpec(written_share=0.0, last_interval_s=1.0)
+    )
+    grown, note = continue_growth(prepare(ht), seed=seed)
+    assert note.status == "continued"
+    appended = [k for k, iw in enumerate(grown.writes) if iw is not None and iw.origin_ns]
+    assert len(appended) >= 2
+    inp = _with_random_joins(grown, seed, 0.5, unique_only=True)
+    knobs = KsmKnobs(pages_to_scan=40, sleep_ms=20, hz=250)
+    opts = ReplayOptions(duration_s=30.0)
+    res, _ = assert_engines_agree_with_writes(inp, knobs, opts, seed=seed)
+    assert res.cow_breaks == 0
+    before = replay(grown, knobs=knobs, options=opts)
+    assert res.final_counters["pages_sharing"] > before.final_counters["pages_sharing"]
+
+
+def test_a_page_the_canary_saw_merge_joins_the_content_its_process_holds_most() -> None:
+    """A page unique at every snapshot, never written there, that the canary saw merged at
+    6 s takes its process's most held content two full scans and one sample earlier (the
+    latest time at which a change lets ksmd merge it by then), in both engines; a page the
+    canary saw merged that the trace shows changing does not join, nor does one of a
+    process that holds no content twice."""
+    import pandas as pd
+
+    w = _two_workers(pages=3)
+    w.map(100, 0x20000, [50, 51])  # unique: page 0x20000 joins; 0x21000 is written
+    w.spawn(102, comm="w")
+    w.map(102, 0x10000, [60])  # unique, in a process that holds nothing twice
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    ht = w.host_trace()
+    row = {
+        (int(p), int(a)): i
+        for i, (p, a) in enumerate(
+            zip(ht.pages["pid"].to_pylist(), ht.pages["page_addr"].to_pylist(), strict=True)
+        )
+        if i >= ht.pages.num_rows // 2
+    }
+    inp = prepare(_counted(ht, {row[(100, 0x21000)]: 3}, {}, 1.0))
+    merged = [(0.0, pid, 0x10000 + 0x1000 * p, "merged") for pid in (100, 101) for p in range(3)]
+    obs = _canary(
+        merged
+        + [(6.0, 100, a, "merged") for a in (0x20000, 0x21000)]
+        + [(6.0, 102, 0x10000, "merged")],
+        end_s=10.0,
+    )
+    obs = dataclasses.replace(
+        obs,
+        counters=pd.DataFrame(
+            {"sample": [0, 1, 2], "t_s": [0.0, 1.0, 10.0], "full_scans": [0, 1, 10]}
+        ).set_index("t_s"),
+    )
+    rates = canary_rates(obs)
+    assert rates.full_scan_s == pytest.approx(1.0)
+    calibrated = with_canary(inp, rates)
+    assert calibrated.meta[JOINS_META] == 1
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.joins is not None
+    snap = inp.snapshots[-1]
+    (r,) = last.joins.rows.tolist()
+    assert (int(snap.mm[r]), int(snap.page[r])) == (int(snap.mm[0]), 0x20)
+    # two full scans (1 s each) and one sample (the canary's, here 10 s apart: the median
+    # of its page events' sample times is not known, so 1 s) before 6 s
+    assert last.joins.at_ns.tolist() == [inp.times_ns[0] + 3 * 10**9]
+    gid = writes_module._content_ids(inp, snap)
+    assert gid[r] != gid[0]
+    assert np.count_nonzero(gid == last.joins.content[0]) == 2  # held by the pair
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    plain = replay(inp, knobs=knobs, options=opts, canary=dataclasses.replace(rates, joined_s=None))
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    assert a.final_counters["pages_sharing"] == plain.final_counters["pages_sharing"] + 1
+    early = [g for g in a.grid if g.t_s < 3.0]
+    assert early[-1].counters["pages_sharing"] == plain.final_counters["pages_sharing"]
+    assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
+def test_a_same_content_write_after_a_reapplied_content_keeps_that_content() -> None:
+    """Two batches handed over as one (a reapply after a synthetic snapshot, then the
+    interval's first writes): a row's same-content write leaves the content the first
+    batch gave it (it had been restored to the snapshot's before); the row keeps its page
+    only where both batches say so; it leaves where either does."""
+    from planner.engine.writes import Writes, _merge, held_code
+
+    a = Writes(
+        np.array([1, 2, 3, 5]),
+        np.array([7, int(held_code(4)), RESTORE, 9]),
+        keep=np.array([False, True, True, False]),
+    )
+    b = Writes(
+        np.array([1, 2, 3, 4]),
+        np.array([SAME, SAME, 8, RESTORE]),
+        gone=np.array([0, 0, 0, 1], bool),
+    )
+    m = _merge(a, b)
+    assert m.rows.tolist() == [1, 2, 3, 4, 5]
+    assert m.content.tolist() == [7, int(held_code(4)), 8, RESTORE, 9]
+    assert m.keep is None  # row 2 is written by b: its merge breaks; row 3 too
+    assert m.gone is not None
+    assert m.gone.tolist() == [False, False, False, True, False]
+    kept = _merge(a, Writes(np.array([6]), np.array([SAME])))
+    assert kept.keep is not None
+    assert kept.keep.tolist() == [False, True, True, False, False]

@@ -53,6 +53,8 @@ U64 = npt.NDArray[np.uint64]
 
 #: batches one kernel call may record before handing them back
 OUT_BATCHES = 4096
+#: ``kernel.apply_writes``'s ``keep`` where no row keeps its page
+_NO_KEEP = np.zeros(0, np.bool_)
 
 
 class FastEngine:
@@ -154,7 +156,8 @@ class FastEngine:
             self.st = st = st._replace(
                 e_map=_extend(st.e_map, need, 0), e_node=_extend(st.e_node, need, -1)
             )
-        return int(kernel.apply_writes(st, writes.rows, writes.content, self.snap_gid))
+        keep = _NO_KEEP if writes.keep is None else writes.keep
+        return int(kernel.apply_writes(st, writes.rows, writes.content, self.snap_gid, keep))
 
     def _orphan_ranges(self, mm: I64, from_page: npt.NDArray[np.uint64]) -> tuple[I64, I64]:
         """Each mm's orphan rows from its page ``from_page`` on (one search for all)."""

@@ -41,6 +41,7 @@ from planner.engine.fast.state import (
     NF_STALEQ,
     NO_SUM,
     RF_ELIG,
+    RF_HELD,
     RF_SPLIT,
     RF_THP,
     RF_UNIQ,
@@ -595,10 +596,11 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
         return P_VOL if existed else P_FIRST
     fl = st.r_flags[r]
     written = g >= sc[S_N_CONTENTS]  # a content a write made: no other row has it
-    if sc[S_USE_ZERO] and fl & RF_ZERO and not written:
+    held = fl & RF_HELD  # a content a write gave it that other rows hold (not the snapshot's)
+    if sc[S_USE_ZERO] and fl & RF_ZERO and not written and not held:
         _zero_merge(st, i64(r), i64(mm))
         return P_ZERO
-    if fl & RF_UNIQ or written:  # a pruning walk passes (its result cannot matter)
+    if (fl & RF_UNIQ and not held) or written:  # a pruning walk passes (its result cannot matter)
         if _walk_is_noop(st, True):
             sc[S_WALKS] += 1
         else:
@@ -790,12 +792,15 @@ def run_batches(
 
 
 @kernel
-def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any) -> int:
+def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any, keep: Any) -> int:
     """Writes between snapshots (reference ``apply_writes``); returns the merges broken.
 
     ``rows`` ascending; ``content`` per row: -2 unchanged, -1 the snapshot's (``snap_gid``),
-    else a content id ``v`` (content ``n_contents + v``, which no snapshot row has). The
-    caller made room for one fresh physical page per row.
+    a content id ``v >= 0`` (content ``n_contents + v``, which no snapshot row has), or
+    ``v <= -3``: content ``-3 - v``, which other rows of the snapshot hold (``RF_HELD``).
+    ``keep`` (empty, or per row): the row keeps its physical page (the write model's
+    restore and reapply around a synthetic snapshot: no page is copied, no merge broken).
+    The caller made room for one fresh physical page per row.
     """
     sc = st.sc
     n_contents = sc[S_N_CONTENTS]
@@ -807,7 +812,7 @@ def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any) -> int:
             seg += 1
         mm = st.lay_mm[seg]
         e = st.r_phys[r]
-        if e == ZERO or st.e_node[e] >= 0 or st.e_map[e] > 1:
+        if (keep.size == 0 or not keep[i]) and (e == ZERO or st.e_node[e] >= 0 or st.e_map[e] > 1):
             if e != ZERO and st.e_node[e] >= 0:  # cow_ksm counts KSM pages only
                 breaks += 1
             ne = sc[S_N_ENTS]
@@ -818,7 +823,12 @@ def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any) -> int:
         v = content[i]
         if v == -2:
             continue
-        g = snap_gid[r] if v == -1 else n_contents + v
+        if v <= -3:
+            g = -3 - v
+            st.r_flags[r] |= RF_HELD
+        else:
+            g = snap_gid[r] if v == -1 else n_contents + v
+            st.r_flags[r] &= 0xFF ^ RF_HELD
         if g != st.r_gid[r]:
             st.r_gid[r] = g
             st.it_bits[r] &= 0xFF ^ IB_INTREE
