@@ -1207,9 +1207,6 @@ class CanaryRates:
     (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
     joined_s: F64 | None = None
     """Per page: when the canary first saw it merged (NaN: never)."""
-    full_scan_s: float | None = None
-    """The recording's seconds per full scan of ksmd (its ``full_scans`` counter over the
-    span in which it rose); None where it did not rise."""
     unseen_hold_content: bool = False
     """Whether the rows that take a share of the unseen breaks keep their content between
     writes (the content changes the sampler counted on them dropped: each write leaves the
@@ -1370,30 +1367,12 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         left_s=np.array(out_left, np.float64),
         left_cow=np.array(out_cow, bool),
         joined_s=np.array(out_join, np.float64),
-        full_scan_s=_full_scan_s(obs),
         rates_by_comm=rates_by_comm,
         role_of_pid=roles,
         roles_recorded=bool(cpus),
         page_kind=np.asarray(vkind[first] if first.size else vkind[:0], dtype=object),
         page_offset=offset[first] if first.size else offset[:0],
     )
-
-
-def _full_scan_s(obs: ObservedTimeline) -> float | None:
-    """Seconds per full scan over the recording: from the first sample to the last at
-    which ``full_scans`` rose (None where it never rose)."""
-    if "full_scans" not in obs.counters.columns or len(obs.counters) < 2:
-        return None
-    fs = obs.counters["full_scans"].astype("float64").dropna()
-    if len(fs) < 2:
-        return None
-    values = fs.to_numpy(np.float64)
-    times = fs.index.to_numpy(np.float64)
-    rose = np.flatnonzero(values > values[0])
-    if not rose.size:
-        return None
-    last = int(rose[-1])
-    return float((times[last] - times[0]) / (values[last] - values[0]))
 
 
 def _sample_s(obs: ObservedTimeline) -> float:
@@ -1643,7 +1622,7 @@ def _canary_joins(
     key: U64,
     rates: CanaryRates,
     iw: IntervalWrites,
-    not_before_ns: I64 | int,
+    at_ns: I64 | int,
 ) -> Joins | None:
     """The rows of a snapshot in the continuation that join a content other rows hold.
 
@@ -1659,11 +1638,16 @@ def _canary_joins(
       least two rows of the snapshot hold. (The canary records no frame that would tie a
       page to the pages it shares a KSM page with.) A process without such a content has
       no joins.
-    * *When:* the kernel merges a changed page at its second processed visit after the
-      change, at most two full scans later, and the canary sees the merge at its next
-      sample: the row joins two of the recording's full scans and one sample before the
-      canary first saw it merged, never before ``not_before_ns`` (the last traced
-      snapshot, which shows it unique; a row the snapshot added: the snapshot).
+    * *When:* at ``at_ns``, the earliest time the trace allows: the last traced snapshot,
+      which shows the page unique (a row an appended snapshot adds: that snapshot). When
+      between that and the canary's first sight of the merge the content changed, nothing
+      tells: the kernel merges a changed page at its second processed visit after the
+      change, and smart scan spaces the visits of a page that has stayed unique out to
+      every ninth full scan, so a later time leaves the model's page aged where the
+      kernel's merged. On three JVM canary runs the latest time consistent with the
+      canary (two full scans and a sample before it saw the merge) gave -22.7, -5.6 and
+      -0.1 %, the earliest -3.7, +5.5 and +17.6 % (docs/live-validation.md, "Canary-driven
+      joins").
     """
     joined_s = rates.joined_s
     if joined_s is None or not snap.n or not rates.key.size:
@@ -1695,11 +1679,8 @@ def _canary_joins(
     rows, tp = rows[ok], tp[ok]
     if not rows.size:
         return None
-    lead_s = rates.sample_s + 2.0 * (rates.full_scan_s or 0.0)
-    t0 = inp.times_ns[0]
-    at = t0 + np.rint((first[rows] - lead_s) * 1e9).astype(np.int64)
-    floor = np.asarray(not_before_ns, np.int64)
-    at = np.maximum(at, floor[rows] if floor.ndim else floor)
+    floor = np.asarray(at_ns, np.int64)
+    at = floor[rows] if floor.ndim else np.full(rows.size, floor, np.int64)
     return Joins(rows=rows.astype(np.int64), at_ns=at, content=t_gid[tp].astype(np.int64))
 
 
