@@ -82,6 +82,8 @@ def assert_engines_agree_with_writes(
 
 out_sizes = st.sampled_from([OUT_BATCHES, OUT_BATCHES, 1, 3])
 compactions = st.sampled_from([COMPACT_MIN_DEAD, 0])
+#: rows that join a content other rows hold (a canary's joins), as a share of the rows
+joined_shares = st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,6 +95,7 @@ compactions = st.sampled_from([COMPACT_MIN_DEAD, 0])
     opts=replay_options(),
     ep=out_sizes,
     compact=compactions,
+    share=joined_shares,
 )
 def test_vectorized_matches_reference_with_writes(
     seed: int,
@@ -102,9 +105,14 @@ def test_vectorized_matches_reference_with_writes(
     opts: ReplayOptions,
     ep: int,
     compact: int,
+    share: float,
 ) -> None:
+    """Both engines on every kind of write, joins among them (a write of a catalog
+    content others hold: the fast engine's content id and flags against the reference's
+    hash) in a share of the examples."""
     ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
-    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+    inp = _with_random_joins(prepare(ht), seed, share) if share else prepare(ht)
+    assert_engines_agree_with_writes(inp, knobs, opts, ep, compact, seed=seed % 7)
 
 
 @pytest.mark.slow
@@ -117,6 +125,7 @@ def test_vectorized_matches_reference_with_writes(
     opts=replay_options(),
     ep=out_sizes,
     compact=compactions,
+    share=joined_shares,
 )
 def test_vectorized_matches_reference_with_writes_many(
     seed: int,
@@ -126,9 +135,14 @@ def test_vectorized_matches_reference_with_writes_many(
     opts: ReplayOptions,
     ep: int,
     compact: int,
+    share: float,
 ) -> None:
+    """Both engines on every kind of write, joins among them (a write of a catalog
+    content others hold: the fast engine's content id and flags against the reference's
+    hash) in a share of the examples."""
     ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
-    assert_engines_agree_with_writes(prepare(ht), knobs, opts, ep, compact, seed=seed % 7)
+    inp = _with_random_joins(prepare(ht), seed, share) if share else prepare(ht)
+    assert_engines_agree_with_writes(inp, knobs, opts, ep, compact, seed=seed % 7)
 
 
 def test_engines_agree_on_a_busy_world_with_writes_and_steady_scans() -> None:
@@ -1430,31 +1444,6 @@ def _with_random_joins(
             ),
         )
     return dataclasses.replace(inp, writes=out)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**20),
-    spec=world_specs(),
-    churn=churn_specs(),
-    knobs=knob_sets(),
-    opts=replay_options(),
-    share=st.sampled_from([0.1, 0.5, 1.0]),
-)
-def test_engines_agree_on_writes_of_contents_other_rows_hold(
-    seed: int,
-    spec: WorldSpec,
-    churn: ChurnSpec,
-    knobs: KsmKnobs,
-    opts: ReplayOptions,
-    share: float,
-) -> None:
-    """Joins (a write of a catalog content others hold) in both engines, among every other
-    kind of write: the fast engine's content id and its flags (not unique, not the zero
-    page's any more) against the reference's hash."""
-    ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
-    inp = _with_random_joins(prepare(ht), seed, share)
-    assert_engines_agree_with_writes(inp, knobs, opts, seed=seed % 7)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
