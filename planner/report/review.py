@@ -351,29 +351,43 @@ def _growth_text(inputs: ReviewInputs) -> str:
 
 def _joins_bullet(inputs: ReviewInputs) -> tuple[str, ...]:
     """What the model leaves out of the pages that take a shared content after the trace
-    (docs/engine.md, "Joins: measured and stated, not continued"): nothing where the
-    trace shows none."""
+    (docs/engine.md, "Joins: measured and stated; continued where a canary saw them"):
+    nothing where the trace shows none."""
     seen = {
-        (o.joins_per_s, o.joins_held_rows, o.joins_turnover_per_min)
+        (o.joins_per_s, o.joins_held_rows, o.joins_turnover_per_min, o.joins_canary_rows or 0)
         for sc in inputs.scenarios
         for o in sc.host.replays
         if o.joins_per_s and o.joins_held_rows is not None
     }
     if not seen:
         return ()
-    per_s, held, turnover = max(seen, key=lambda v: v[0])  # one trace: one (several: the fastest)
+    # one trace: one (several: the fastest)
+    per_s, held, turnover, canary_rows = max(seen, key=lambda v: v[0])
     share = (
         f"{F.pct(turnover)} of the {F.integer(held)} shared pages in a minute"
         if turnover is not None
         else "with no shared page at the last snapshot"
     )
+    seen_text = (
+        f"Between its snapshots the trace shows {F.fixed(per_s, 1)} pages a second taking a "
+        f"content other pages hold ({share}). "
+    )
+    if canary_rows:
+        return (
+            "**Pages that take a shared content after the trace** are continued as the canary "
+            f"saw them: {F.integer(canary_rows)} pages that the trace shows holding a content "
+            "of their own, and that the canary saw the kernel merge, take the content most "
+            f"pages of their process hold. {seen_text}Pages that join contents the trace does "
+            "not hold are left out (on Node.js the replay's `pages_sharing` was 39 % below "
+            'the kernel\'s with its canary; docs/live-validation.md, "Canary-driven joins").',
+        )
     return (
-        "**Pages that take a shared content after the trace** are not continued. Between its "
-        f"snapshots the trace shows {F.fixed(per_s, 1)} pages a second taking a content other "
-        f"pages hold ({share}). After the last snapshot the replay changes pages only to "
+        "**Pages that take a shared content after the trace** are not continued. "
+        f"{seen_text}After the last snapshot the replay changes pages only to "
         "contents never seen before, so it leaves out the merges such pages go on to make: "
         "on Node.js, where a minute of them was 2.4-3.0 times the shared pages, the replay's "
-        "`pages_sharing` was 24-57 % below the kernel's (docs/live-validation.md).",
+        "`pages_sharing` was 24-57 % below the kernel's (docs/live-validation.md); a canary "
+        "of the traced run continues those it sees.",
     )
 
 

@@ -322,7 +322,8 @@ class ReplayOutcome:
     #: What growth after the trace the replay assumed: the one line of its provenance's
     #: ``growth`` (:class:`planner.engine.growth.GrowthNote`); None: not recorded
     growth_summary: str | None = None
-    #: The joins the trace shows, which the replay does not continue (its provenance's
+    #: The joins the trace shows, which the replay continues only as a canary saw them (its
+    #: provenance's
     #: ``joins``, :class:`planner.engine.joins.JoinNote`): pages a second that take a
     #: content other pages hold, and the rows holding a content another row holds at the
     #: last snapshot; None: not measured
@@ -333,6 +334,10 @@ class ReplayOutcome:
     joins_turnover_per_min: float | None = None
     #: Their warning (``provenance["joins"]["warning"]``); None: none
     joins_warning: str | None = None
+    #: Rows of the last traced snapshot that the replay had join a content other rows hold,
+    #: as a canary saw the kernel merge them (``provenance["joins"]["canary_rows"]``); 0:
+    #: none (no canary, or it saw none); None: not measured
+    joins_canary_rows: int | None = None
     #: Of the rows written in the last sampled interval (the one the steady state continues),
     #: those the sampler saw change or written at every look, whose rates are floors (one
     #: write per sampling period: the provenance's ``writes.rows_floored_per_interval``);

@@ -496,6 +496,7 @@ def _joins_fields(note: object) -> dict[str, Any]:
             None if note.get("turnover_per_min") is None else float(note["turnover_per_min"])
         ),
         "joins_warning": _note_text(note, "warning"),
+        "joins_canary_rows": int(note.get("canary_rows") or 0),
     }
 
 

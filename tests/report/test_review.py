@@ -5,6 +5,7 @@ Every test builds the review from a real what-if run on the small trace (``conft
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -451,6 +452,27 @@ def test_the_joins_the_trace_shows_are_among_what_is_not_modelled(
     assert "60.0 pages a second taking a content other pages hold" in text
     assert f"({F.pct(60.0 * 60 / 248)} of the 248 shared pages in a minute)" in text
     assert any("continues none of these joins" in w for w in inputs.whatif.warnings)
+    # where a canary of the traced run saw pages join (the replays' provenance says how
+    # many rows the canary had join), the bullet says they are continued, and how many
+    joined = dataclasses.replace(
+        inputs,
+        scenarios=tuple(
+            dataclasses.replace(
+                sc,
+                host=dataclasses.replace(
+                    sc.host,
+                    replays=tuple(
+                        dataclasses.replace(o, joins_canary_rows=37) for o in sc.host.replays
+                    ),
+                ),
+            )
+            for sc in inputs.scenarios
+        ),
+    )
+    text = _text(build_review(joined), "method")
+    assert bullet not in text
+    assert "are continued as the canary saw them: 37 pages" in text
+    assert "60.0 pages a second taking a content other pages hold" in text
 
 
 def test_a_review_says_which_write_rates_are_the_samplers_floor(small_inputs: Any) -> None:
