@@ -55,7 +55,7 @@ from planner.engine.result import (
 )
 from planner.engine.rows import F_ELIGIBLE, F_THP, F_ZERO
 from planner.engine.timing import NS_PER_MS, next_batch_ns
-from planner.engine.writes import HELD_BASE, RESTORE, SAME, Writes
+from planner.engine.writes import HELD_BASE, RESTORE, SAME, Writes, held_content
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -139,6 +139,7 @@ class ReferenceEngine:
         self.stale_watch: set[int] = set()  # entities with nodes whose last mapper went away
         self.split_thp: set[tuple[int, int]] = set()
         self.whash: dict[int, int] = {}  # rows whose content a write changed: the content now
+        self.held_zero: set[int] = set()  # rows of whash holding a zero-filled content
         # ksmd
         self.slots: list[int] = []
         self.cursor: int | None = None  # mm the scan cursor is on; None = the list head
@@ -191,6 +192,7 @@ class ReferenceEngine:
         """The world moves to snapshot ``k`` (writes, forks, unmaps, exits, new processes)."""
         self.now_ns = now_ns
         self.whash = {}
+        self.held_zero = set()
         new = self.inp.snapshots[k]
         old = self.snap
         tr = self.inp.transition(k)
@@ -265,9 +267,10 @@ class ReferenceEngine:
         as ``_remove_from_tree`` then finds); a write to a private page keeps it. A content
         change sets the row's content (the checksum gate sees it at the next visit) and
         drops the row's unstable-tree entry, as ``apply_snapshot`` does. A row that a write
-        gave a content (a fresh one, or one other rows hold) is never merged with the zero
-        page. Rows marked ``keep`` keep their physical page (the write model's restore and
-        reapply around a synthetic snapshot: nothing is copied or broken).
+        gave a content is merged with the zero page only where that content is one other
+        rows hold and zero-filled. Rows marked ``keep`` keep their physical page (the write
+        model's restore and reapply around a synthetic snapshot: nothing is copied or
+        broken).
         """
         assert isinstance(writes, Writes)
         self.now_ns = now_ns
@@ -285,10 +288,14 @@ class ReferenceEngine:
             if v == SAME:
                 continue
             old = self._hash(i)
+            self.held_zero.discard(i)
             if v == RESTORE:
                 self.whash.pop(i, None)
             elif v <= HELD_BASE:  # a content other rows of the snapshot hold
-                self.whash[i] = int(self.inp.content_hash[HELD_BASE - v])
+                cid, zero = held_content(v)
+                self.whash[i] = int(self.inp.content_hash[cid])
+                if zero:
+                    self.held_zero.add(i)
             else:
                 self.whash[i] = VOLATILE + v
             if self._hash(i) != old:
@@ -607,7 +614,8 @@ class ReferenceEngine:
             item.oldsum = h
             item.has_sum = True
             return
-        if self.k.use_zero_pages and snap.flags[i] & F_ZERO and i not in self.whash:
+        zero = i in self.held_zero if i in self.whash else snap.flags[i] & F_ZERO
+        if self.k.use_zero_pages and zero:
             self._replace(i, ZERO)
             paths["zero_merge"] += 1
             return

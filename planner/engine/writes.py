@@ -78,8 +78,9 @@ B = npt.NDArray[np.bool_]
 #: :attr:`Writes.content`: only same-content writes; the snapshot's content
 SAME: Final = -2
 RESTORE: Final = -1
-#: :attr:`Writes.content` ``<= HELD_BASE``: content id ``HELD_BASE - code`` of the catalog
-#: (:func:`held_code`), which other rows of the snapshot hold
+#: :attr:`Writes.content` ``<= HELD_BASE``: a content of the catalog that other rows of the
+#: snapshot hold, and whether it is the zero-filled one (:func:`held_code`,
+#: :func:`held_content`)
 HELD_BASE: Final = -3
 #: The key of :func:`with_canary`'s input's ``meta`` that says how many rows take the
 #: breaks the canary did not see, at what same-content write rate each, how many of them
@@ -136,10 +137,13 @@ class Joins:
     """When each takes the content (a write at that time)."""
     content: I64
     """The catalog content id each takes (held by at least two rows of the snapshot)."""
+    zero: B | None = None
+    """Per row: that content is the zero-filled one (None: none is)."""
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.at_ns.nbytes + self.content.nbytes)
+        extra = 0 if self.zero is None else self.zero.nbytes
+        return int(self.rows.nbytes + self.at_ns.nbytes + self.content.nbytes + extra)
 
 
 @dataclass(frozen=True)
@@ -481,10 +485,18 @@ class Writes:
         return out
 
 
-def held_code(content_id: npt.ArrayLike) -> I64:
+def held_code(content_id: npt.ArrayLike, zero: npt.ArrayLike = False) -> I64:
     """:attr:`Writes.content` of a write that gives a row catalog content ``content_id``,
-    one that other rows of the snapshot hold (:data:`HELD_BASE`)."""
-    return np.asarray(HELD_BASE - np.asarray(content_id, np.int64), np.int64)
+    one that other rows of the snapshot hold, zero-filled where ``zero`` (a page that
+    ``use_zero_pages`` merges with the zero page): ``HELD_BASE - 2 id - zero``."""
+    ids = np.asarray(content_id, np.int64)
+    return np.asarray(HELD_BASE - 2 * ids - np.asarray(zero, np.int64), np.int64)
+
+
+def held_content(code: int) -> tuple[int, bool]:
+    """The catalog content id of a :func:`held_code`, and whether it is zero-filled."""
+    v = HELD_BASE - int(code)
+    return v // 2, bool(v % 2)
 
 
 def _phases(seed: int, k: int, keys: U64, stream: int) -> F64:
@@ -800,7 +812,7 @@ class TraceWrites:
             jr = joins.rows
             if self.other.size != c.size:
                 self.other = np.full(c.size, -1, np.int64)
-            self.other[jr] = held_code(joins.content)
+            self.other[jr] = held_code(joins.content, False if joins.zero is None else joins.zero)
             p, ph = _once(np.maximum(joins.at_ns, t0) - t0)
             once = np.ones(jr.size, np.int64)
             parts.append((jr, p, ph, once, np.full(jr.size, _S_JOIN, np.int8)))
@@ -1681,7 +1693,9 @@ def _canary_joins(
         return None
     floor = np.asarray(at_ns, np.int64)
     at = floor[rows] if floor.ndim else np.full(rows.size, floor, np.int64)
-    return Joins(rows=rows.astype(np.int64), at_ns=at, content=t_gid[tp].astype(np.int64))
+    content = t_gid[tp].astype(np.int64)
+    zero = np.isin(content, gid[snap.zero])
+    return Joins(rows.astype(np.int64), at, content, zero if zero.any() else None)
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -2061,6 +2075,7 @@ __all__ = [
     "effective_changes",
     "fill_unchecked",
     "held_code",
+    "held_content",
     "process_roles",
     "role_comm",
     "spreads_missed_breaks",

@@ -1437,11 +1437,10 @@ def _with_random_joins(
                 rows.append(r)
                 at.append(when)
                 content.append(c)
+        targets = np.array(content, np.int64)
+        zero = np.isin(targets, gid[snap.zero])  # the zero-filled content, as with_canary says
         out[k] = dataclasses.replace(
-            iw,
-            joins=Joins(
-                np.array(rows, np.int64), np.array(at, np.int64), np.array(content, np.int64)
-            ),
+            iw, joins=Joins(np.array(rows, np.int64), np.array(at, np.int64), targets, zero)
         )
     return dataclasses.replace(inp, writes=out)
 
@@ -1547,3 +1546,36 @@ def test_a_same_content_write_after_a_reapplied_content_keeps_that_content() -> 
     kept = _merge(a, Writes(np.array([6]), np.array([SAME])))
     assert kept.keep is not None
     assert kept.keep.tolist() == [False, True, True, False, False]
+
+
+@pytest.mark.parametrize("use_zero_pages", [False, True])
+def test_a_page_that_joins_the_zero_filled_content_is_merged_as_a_zero_page(
+    use_zero_pages: bool,
+) -> None:
+    """A JVM's joins are mostly memory its collector zeroed: a page that joins the
+    zero-filled content is merged with the kernel's zero page under use_zero_pages (a
+    ksm_zero_pages page, not one of pages_sharing) and into a KSM page of zeros without it,
+    in both engines."""
+    w = _two_workers(pages=2)
+    w.map(100, 0x20000, [0, 0, 0, 70])  # zero-filled pages: the content pid 100 holds most
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    merged = [(0.0, pid, 0x10000 + 0x1000 * p, "merged") for pid in (100, 101) for p in range(2)]
+    rates = canary_rates(_canary([*merged, (4.0, 100, 0x23000, "merged")], end_s=10.0))
+    calibrated = with_canary(inp, rates)
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.joins is not None
+    assert last.joins.zero is not None
+    assert last.joins.zero.tolist() == [True]
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50, use_zero_pages=use_zero_pages)
+    opts = ReplayOptions(duration_s=20.0)
+    plain = replay(inp, knobs=knobs, options=opts, canary=dataclasses.replace(rates, joined_s=None))
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    zero_pages = a.final_counters["ksm_zero_pages"] - plain.final_counters["ksm_zero_pages"]
+    sharing = a.final_counters["pages_sharing"] - plain.final_counters["pages_sharing"]
+    assert (zero_pages, sharing) == ((1, 0) if use_zero_pages else (0, 1))
+    assert_engines_agree_with_writes(calibrated, knobs, opts)

@@ -42,6 +42,7 @@ from planner.engine.fast.state import (
     NO_SUM,
     RF_ELIG,
     RF_HELD,
+    RF_HELD_ZERO,
     RF_SPLIT,
     RF_THP,
     RF_UNIQ,
@@ -597,7 +598,8 @@ def _cmp_and_merge(st: KState, r: int, mm: int, existed: bool) -> int:
     fl = st.r_flags[r]
     written = g >= sc[S_N_CONTENTS]  # a content a write made: no other row has it
     held = fl & RF_HELD  # a content a write gave it that other rows hold (not the snapshot's)
-    if sc[S_USE_ZERO] and fl & RF_ZERO and not written and not held:
+    zero = fl & RF_HELD_ZERO if held else fl & RF_ZERO
+    if sc[S_USE_ZERO] and zero and not written:
         _zero_merge(st, i64(r), i64(mm))
         return P_ZERO
     if (fl & RF_UNIQ and not held) or written:  # a pruning walk passes (its result cannot matter)
@@ -797,7 +799,8 @@ def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any, keep: Any) 
 
     ``rows`` ascending; ``content`` per row: -2 unchanged, -1 the snapshot's (``snap_gid``),
     a content id ``v >= 0`` (content ``n_contents + v``, which no snapshot row has), or
-    ``v <= -3``: content ``-3 - v``, which other rows of the snapshot hold (``RF_HELD``).
+    ``v <= -3``: content ``(-3 - v) // 2``, which other rows of the snapshot hold
+    (``RF_HELD``), zero-filled where ``(-3 - v) % 2`` (``RF_HELD_ZERO``).
     ``keep`` (empty, or per row): the row keeps its physical page (the write model's
     restore and reapply around a synthetic snapshot: no page is copied, no merge broken).
     The caller made room for one fresh physical page per row.
@@ -824,11 +827,15 @@ def apply_writes(st: KState, rows: Any, content: Any, snap_gid: Any, keep: Any) 
         if v == -2:
             continue
         if v <= -3:
-            g = -3 - v
+            g = (-3 - v) // 2
             st.r_flags[r] |= RF_HELD
+            if (-3 - v) % 2:
+                st.r_flags[r] |= RF_HELD_ZERO
+            else:
+                st.r_flags[r] &= 0xFF ^ RF_HELD_ZERO
         else:
             g = snap_gid[r] if v == -1 else n_contents + v
-            st.r_flags[r] &= 0xFF ^ RF_HELD
+            st.r_flags[r] &= 0xFF ^ (RF_HELD | RF_HELD_ZERO)
         if g != st.r_gid[r]:
             st.r_gid[r] = g
             st.it_bits[r] &= 0xFF ^ IB_INTREE

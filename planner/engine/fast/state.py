@@ -34,6 +34,7 @@ RF_ELIG, RF_ZERO, RF_THP = 1, 2, 4
 RF_SPLIT = 8  # its huge page was split by KSM
 RF_UNIQ = 16  # no other row of the snapshot has its content (no tree can match it)
 RF_HELD = 32  # a write gave it a content other rows of the snapshot hold (a canary's join)
+RF_HELD_ZERO = 64  # with RF_HELD: that content is the zero-filled one (RF_ZERO is the snapshot's)
 # item bits
 IB_EXISTS, IB_UNSTABLE, IB_STABLE, IB_INTREE = 1, 2, 4, 8
 # node flags
