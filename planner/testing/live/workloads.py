@@ -432,10 +432,25 @@ class NodeParams(WorkloadParams):
     search_every: int = 20
 
 
-class NodeClusterWorkload(Workload):
+class _PrimaryUnderNodeLoad(Workload):
+    """A primary process serving through its children (captured from the primary down),
+    loaded by ``assets/node_load.js``, whose counts go to ``self.stats``."""
+
+    #: the error when the primary is gone at capture time
+    primary_gone: ClassVar[str]
+
+    def capture_pids(self) -> tuple[int, ...]:
+        return self._server_root(self.primary_gone)
+
+    def load_summary(self) -> dict[str, Any]:
+        return _node_load_summary(getattr(self, "stats", None))
+
+
+class NodeClusterWorkload(_PrimaryUnderNodeLoad):
     """A Node.js ``cluster`` of N HTTP workers with per-worker state; a Node client as load."""
 
     name = "node"
+    primary_gone = "the node primary is gone"
     description = (
         "Node.js cluster module: a primary and N workers sharing one port; each worker builds "
         "a catalogue from a fixed seed (same objects everywhere) and a per-worker random cache, "
@@ -470,12 +485,6 @@ class NodeClusterWorkload(Workload):
         argv = _node_load_argv(self.node, [self.port], self.params, self.stats)
         self.load = self._start_tree("node-load", argv, under_ksm=False)
 
-    def capture_pids(self) -> tuple[int, ...]:
-        return self._server_root("the node primary is gone")
-
-    def load_summary(self) -> dict[str, Any]:
-        return _node_load_summary(getattr(self, "stats", None))
-
 
 # ----------------------------------------------------------------------------- JVM
 
@@ -494,10 +503,11 @@ class JvmParams(WorkloadParams):
     search_every: int = 20
 
 
-class JvmWorkload(Workload):
+class JvmWorkload(_PrimaryUnderNodeLoad):
     """JVM services: a primary JVM starts one worker JVM per port; Node's client as load."""
 
     name = "jvm"
+    primary_gone = "the primary JVM is gone"
     description = (
         "JVM services (OpenJDK, assets/JvmService.java): a primary JVM that starts N worker JVMs, "
         "one per port (a JVM does not fork), each building a catalogue from a fixed seed (the "
@@ -553,12 +563,6 @@ class JvmWorkload(Workload):
 
     def start_load(self) -> None:
         self.load = self._start_tree("jvm-load", self.load_argv(), under_ksm=False)
-
-    def capture_pids(self) -> tuple[int, ...]:
-        return self._server_root("the primary JVM is gone")
-
-    def load_summary(self) -> dict[str, Any]:
-        return _node_load_summary(getattr(self, "stats", None))
 
 
 # ----------------------------------------------------------------------------- churn
