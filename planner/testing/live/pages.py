@@ -224,10 +224,10 @@ def page_truth(
     """
     import pandas as pd
 
-    from planner.engine.api import with_growth
+    from planner.engine.api import derive_input
     from planner.engine.driver import NO_WRITES, Driver
     from planner.engine.reference import ReferenceEngine
-    from planner.engine.writes import with_canary, write_model
+    from planner.engine.writes import write_model
     from planner.trace.recording import read_observed
 
     opts = options or CompareOptions()
@@ -241,10 +241,9 @@ def page_truth(
     duration_s = _kernel_series(run).end_s
     s = replay_setup(run, opts, duration_s)
     traced = s.inp.snapshots[s.inp.n_snapshots - 1].keys()
-    inp, _ = with_growth(s.inp, s.options)
-    core = ReferenceEngine(inp, s.knobs)
-    if s.canary is not None and s.options.writes:
-        inp = with_canary(inp, s.canary)
+    derived = derive_input(s.inp, s.options, s.canary)  # as the comparison's replay has it
+    core = ReferenceEngine(derived.grown, s.knobs)
+    inp = derived.written
     model = write_model(inp, enabled=s.options.writes, seed=s.options.write_seed)
     Driver(core, inp, s.knobs, s.options, writes=NO_WRITES if model is None else model).run()
 
