@@ -746,19 +746,149 @@ def weigh_unseen_breaks(
             wait_s = share0 / share * (scan_period_s + 1.0 / r0) - scan_period_s
             rate = 1.0 / wait_s if wait_s > 0 else r0 * share / share0
             points = [(r0, share0)]
-            for _ in range(UNSEEN_REFITS):
-                payload, cow = refit(rate)
-                note["tried"].append({"write_per_s": rate, "cow_per_s": cow})
-                if cow is None:
-                    break
-                variants.append((rate, payload, cow))
-                if abs(cow / recorded - 1.0) <= UNSEEN_TOLERANCE:
-                    break
-                points.append((rate, cow - base))
-                rate = _next_unseen_rate(points, share)
+            variants += _secants(rate, points, (base, share, recorded), refit, note["tried"])
     used = min(variants, key=lambda v: abs(log(max(v[2], 1e-9) / recorded)))
     note.update(used_write_per_s=used[0], cow_per_s_used=used[2])
     return used[1], note
+
+
+def weigh_unseen_rows(
+    recorded: float | None,
+    current: float | None,
+    unseen: Mapping[str, Any] | None,
+    refit: Callable[[int], tuple[_T, float | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule for the traced run's own canary where the fitting replays break more than
+    :data:`COW_BAND` times the recording's ``cow_ksm`` (``current`` and ``recorded``, per
+    second): **fewer rows take the breaks the canary did not see**, and the others leave
+    (:attr:`planner.engine.writes.CanaryRates.unseen_cyclers`).
+
+    The candidates (``unseen``: :data:`~planner.engine.writes.UNSEEN_META`) are pages the
+    canary followed itself and never once found merged, though other pages held their
+    content. Writing each more slowly until the breaks match (:func:`weigh_unseen_breaks`,
+    the rule for another run's canary, whose rows are known only by class) leaves them
+    merged most of the time, which this canary saw them never be: on the JVM canaries of
+    2026-12-07, 10,035 such rows written once every 2 minutes were merged in the model at
+    the end where the kernel had merged none of them (`pages_sharing` +31.6 %). Only a few
+    of them are needed to break what ``cow_ksm`` counts beyond the canary's own events, each
+    written fast enough to be rarely found merged; the rest could have been merged at every
+    full scan and never were: their content did not stay (zero-filled pages a heap
+    allocates into after the capture), and they leave, with a content of their own, at the
+    last traced snapshot.
+
+    ``refit(n)`` fits again with ``n`` rows taking the unseen breaks (a payload, and its
+    breaks per second): first with none, then at the count whose share of the breaks makes
+    up the recording's, pro rata, then by secants (breaks grow about linearly with the count:
+    each such row breaks about once a visit), at most :data:`UNSEEN_REFITS` fits, until
+    within :data:`UNSEEN_TOLERANCE`. The variant nearest the recording by ratio is kept.
+    Returns the payload where one replaces the current (else None) and what the provenance
+    says (``unseen_breaks``)."""
+    n = int((unseen or {}).get("candidates") or 0)
+    note: dict[str, Any] = {
+        "recorded_cow_per_s": recorded,
+        "cow_per_s": current,
+        "candidates": n,
+        "write_per_s": None if unseen is None else unseen.get("write_per_s"),
+        "rows_used": n,
+    }
+    if recorded is None or recorded <= 0 or current is None or n <= 1:
+        return None, note
+    if current <= COW_BAND * recorded:
+        return None, note
+    from math import log
+
+    base_payload, base = refit(0)
+    note.update(without_cow_per_s=base, tried=[])
+    variants: list[tuple[int, _T | None, float]] = [(n, None, current)]
+    if base is not None:
+        variants.append((0, base_payload, base))
+        share0, share = current - base, recorded - base
+        if share0 > 0 and share > 0:
+            points = [(float(n), share0)]
+            tried = {0, n}
+
+            def count(want: float) -> float | None:  # whole rows, each count once
+                rows = min(max(round(want), 1), n - 1)
+                if rows in tried:
+                    return None
+                tried.add(rows)
+                return float(rows)
+
+            found = _secants(
+                n * share / share0,
+                points,
+                (base, share, recorded),
+                lambda rows: refit(int(rows)),
+                note["tried"],
+                key="rows",
+                level=count,
+            )
+            variants += [(int(x), payload, cow) for x, payload, cow in found]
+    used = min(variants, key=lambda v: abs(log(max(v[2], 1e-9) / recorded)))
+    note.update(rows_used=used[0], cow_per_s_used=used[2])
+    return used[1], note
+
+
+def _secants(
+    guess: float,
+    points: list[tuple[float, float]],
+    goal: tuple[float, float, float],
+    refit: Callable[[float], tuple[_T, float | None]],
+    tried: list[dict[str, Any]],
+    *,
+    key: str = "write_per_s",
+    level: Callable[[float], float | None] = lambda x: x,
+) -> list[tuple[float, _T, float]]:
+    """Fits from ``guess`` on (:func:`_next_unseen_rate` from ``points``, the (level, breaks
+    beyond ``base``) known), at most :data:`UNSEEN_REFITS`, until one breaks within
+    :data:`UNSEEN_TOLERANCE` of ``recorded`` (``goal``: ``base``, the breaks wanted beyond it,
+    ``recorded``). ``level`` turns a guess into the level tried (None: stop). Returns the
+    (level, payload, breaks) of each fit; ``tried`` takes what each fit broke."""
+    base, share, recorded = goal
+    out: list[tuple[float, _T, float]] = []
+    for _ in range(UNSEEN_REFITS):
+        x = level(guess)
+        if x is None:
+            break
+        payload, cow = refit(x)
+        tried.append({key: x, "cow_per_s": cow})
+        if cow is None:
+            break
+        out.append((x, payload, cow))
+        if abs(cow / recorded - 1.0) <= UNSEEN_TOLERANCE:
+            break
+        points.append((x, cow - base))
+        guess = _next_unseen_rate(points, share)
+    return out
+
+
+def weigh_unseen(
+    inp: ReplayInput,
+    canary: CanaryRates,
+    breaks: tuple[float | None, float | None],
+    unseen: Mapping[str, Any],
+    scan_period_s: float,
+    refit: Callable[[CanaryRates], tuple[_T, float | None]],
+) -> tuple[_T | None, dict[str, Any]]:
+    """The rule for the rows taking the breaks ``canary`` did not see, where the fitting
+    replays break far more merges than the recording (``breaks``: recorded and current, per
+    second): fewer of them for a canary of the traced run (:func:`weigh_unseen_rows`), each
+    written more slowly for another run's (:func:`weigh_unseen_breaks`). ``refit(rates)``
+    fits with ``canary`` changed so (a payload, and its breaks per second)."""
+    from planner.engine.writes import records_traced_run
+
+    recorded, current = breaks
+    if records_traced_run(inp, canary):
+        return weigh_unseen_rows(
+            recorded, current, unseen, lambda rows: refit(replace(canary, unseen_cyclers=rows))
+        )
+    return weigh_unseen_breaks(
+        recorded,
+        current,
+        unseen,
+        scan_period_s,
+        lambda rate: refit(replace(canary, unseen_write_per_s=rate)),
+    )
 
 
 #: How far the merged pages of the fitting replays may move when the rows taking the unseen
@@ -874,8 +1004,10 @@ def fit_canary(
     weighed the same way against the canary's rates as measured
     (:func:`weigh_missed_spread`: the variant nearer the recording's breaks is kept).
 
-    Last, the rows that take the breaks the canary did not see are written more slowly where
-    the replays break far more than the host (:func:`weigh_unseen_breaks`), or keep their
+    Last, where the replays break far more than the host, fewer of the rows that could take
+    the breaks the canary did not see do and the others leave (the traced run's own canary:
+    :func:`weigh_unseen_rows`), or they are written more slowly (another run's:
+    :func:`weigh_unseen_breaks`); or, where they break too few, they keep their
     content between writes where they break too few and the sampler saw some of them change
     (:func:`weigh_held_content`).
     """
@@ -946,12 +1078,13 @@ def fit_canary(
     unseen = unseen_rows(chosen.source)
     if unseen and unseen.get("candidates"):
         chosen = measured(chosen)
-        slower, extra["unseen_breaks"] = weigh_unseen_breaks(
-            recorded,
-            chosen.cow_per_s,
+        slower, extra["unseen_breaks"] = weigh_unseen(
+            inp,
+            unseen_canary,
+            (recorded, chosen.cow_per_s),
             unseen,
             window.wall_s / window.full_scans if window.full_scans > 0 else 0.0,
-            lambda rate: refit(replace(unseen_canary, unseen_write_per_s=rate)),
+            refit,
         )
         if slower is not None:
             chosen = slower
@@ -1120,5 +1253,7 @@ __all__ = [
     "unseen_rows",
     "weigh_missed_spread",
     "weigh_page_classes",
+    "weigh_unseen",
     "weigh_unseen_breaks",
+    "weigh_unseen_rows",
 ]

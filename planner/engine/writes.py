@@ -60,7 +60,7 @@ import numpy as np
 import numpy.typing as npt
 
 from planner._jit import compiled_on_first_call
-from planner.engine.rows import MM_SHIFT, ContentCatalog, moved_up
+from planner.engine.rows import MM_SHIFT, ContentCatalog, isin, moved_up
 from planner.engine.write_timing import CONTENT_KIND, SAME_KIND, PassTiming
 
 if TYPE_CHECKING:
@@ -1225,6 +1225,13 @@ class CanaryRates:
     bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
     their content changes keep the fitting replays from breaking as many merges as the
     recording (:func:`planner.engine.costfit.weigh_held_content`)."""
+    unseen_cyclers: int | None = None
+    """The traced run's own canary: how many of the rows that could take the unseen breaks
+    (:func:`_unseen_candidates`) do, each written fast enough that a sample would rarely
+    find it merged; the others leave at the last traced snapshot (:func:`with_canary`).
+    None: every candidate takes a share. Set by :func:`planner.engine.costfit.fit_canary`
+    where that breaks far more merges than the recording
+    (:func:`planner.engine.costfit.weigh_unseen_rows`)."""
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1618,6 +1625,18 @@ def _unseen_candidates(
     return busy[rr.code] & ~fork_shared & _held_twice(snap_hash) & unseen
 
 
+def _leavers(key: U64, cand: B, cyclers: int) -> B:
+    """Of the unseen breaks' candidates ``cand``, all but ``cyclers`` of them (kept by a
+    seeded draw per page): the rows that leave (:attr:`CanaryRates.unseen_cyclers`)."""
+    out = np.zeros(key.size, bool)
+    rows = np.flatnonzero(cand)
+    if rows.size <= cyclers:
+        return out
+    order = np.argsort(_phases(0, 0, key[rows], 5), kind="stable")
+    out[rows[order[max(cyclers, 0) :]]] = True
+    return out
+
+
 def _content_ids(inp: ReplayInput, snap: SnapshotRows) -> I64:
     """Each row's catalog content id (kept by a snapshot rebuilt from deltas, else looked
     up by its hash)."""
@@ -1834,6 +1853,60 @@ def _changing(old: IntervalWrites | None, cand: B) -> int:
     return int(np.count_nonzero(cand & (old.content > 0)))
 
 
+class _Standing:
+    """Which rows of the continuation snapshots leave, and which may take the unseen
+    breaks, for the traced run's own canary (:func:`with_canary`): at the last traced
+    snapshot, the candidates the unseen breaks do not need
+    (:attr:`CanaryRates.unseen_cyclers`) leave at its time; in a snapshot the growth model
+    appended, those rows leave again and each grown row stands as its template does."""
+
+    def __init__(self, cyclers: int | None, at_ns: int) -> None:
+        self.cyclers = cyclers
+        self.at_ns = at_ns
+        self.keys = np.empty(0, np.uint64)  # the rows that leave (sorted keys)
+        self.last_leave = self.last_cand = np.zeros(0, bool)  # the last traced snapshot's
+
+    @property
+    def n_leave(self) -> int:
+        """Rows of the last traced snapshot that leave."""
+        return int(self.keys.size)
+
+    def apply(
+        self, last_traced: bool, key: U64, cand: B, leave: I64 | None, iw: IntervalWrites | None
+    ) -> tuple[B, I64 | None]:
+        """``cand`` and ``leave`` of a continuation snapshot (rows ``key``, its writes
+        ``iw``) with these rows' standing."""
+        lv = np.zeros(key.size, bool)
+        templates = None if last_traced else _templates(iw)
+        if last_traced:
+            if self.cyclers is not None:
+                lv = _leavers(key, cand, self.cyclers)
+            self.keys = np.sort(key[lv])
+        elif self.keys.size:
+            lv = isin(key, self.keys, of_sorted=True)
+            if templates is not None:  # a grown row as its template (written alike)
+                lv[templates[0]] = self.last_leave[templates[1]]
+        if lv.any():
+            leave = np.full(key.size, -1, np.int64) if leave is None else leave.copy()
+            leave[lv & (leave < 0)] = self.at_ns
+            cand = cand & ~lv
+        if last_traced:
+            self.last_leave, self.last_cand = lv, cand
+        elif templates is not None:
+            cand = cand.copy()  # a grown row as its template: no canary followed it
+            cand[templates[0]] = self.last_cand[templates[1]]
+        return cand, leave
+
+
+def _templates(iw: IntervalWrites | None) -> tuple[I64, I64] | None:
+    """A snapshot the growth model appended: its rows the last traced snapshot lacks, and
+    the row of that snapshot each was drawn from (:attr:`IntervalWrites.grown_at`,
+    :attr:`IntervalWrites.grown_src`); None for any other."""
+    if iw is None or iw.grown_at is None or iw.grown_src is None:
+        return None
+    return iw.grown_at, iw.grown_src
+
+
 def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
     """The rows of delta ``d``'s snapshot that the last traced snapshot lacks, from those
     of the snapshot before (``grown``): rows inserted by ``d`` (an appended snapshot only
@@ -1843,6 +1916,13 @@ def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
         return None
     p = np.sort(d.added.astype(np.int64))
     return np.sort(np.concatenate([moved_up(grown, p), p]))
+
+
+def records_traced_run(inp: ReplayInput, rates: CanaryRates) -> bool:
+    """Whether the canary ``rates`` recorded the run ``inp`` traced (:func:`_same_run`): its
+    rows that could take the unseen breaks can then be told apart page by page, and those
+    the breaks do not need leave (:attr:`CanaryRates.unseen_cyclers`)."""
+    return _same_run(inp, rates)
 
 
 def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
@@ -1858,13 +1938,15 @@ def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
 class CanaryVariant:
     """How a canary's rates reach a trace, as :func:`planner.engine.costfit.fit_canary`
     chose (:attr:`CanaryRates.page_classes`, :attr:`CanaryRates.missed_spread`,
-    :attr:`CanaryRates.unseen_write_per_s`, :attr:`CanaryRates.unseen_hold_content`): what
-    a what-if task needs to apply the canary as the fit did."""
+    :attr:`CanaryRates.unseen_write_per_s`, :attr:`CanaryRates.unseen_hold_content`,
+    :attr:`CanaryRates.unseen_cyclers`): what a what-if task needs to apply the canary as
+    the fit did."""
 
     page_classes: bool = True
     missed_spread: bool = True
     unseen_write_per_s: float | None = None
     unseen_hold_content: bool = False
+    unseen_cyclers: int | None = None
 
     @classmethod
     def of(cls, rates: CanaryRates | None) -> CanaryVariant:
@@ -1876,6 +1958,7 @@ class CanaryVariant:
             missed_spread=rates.missed_spread,
             unseen_write_per_s=rates.unseen_write_per_s,
             unseen_hold_content=rates.unseen_hold_content,
+            unseen_cyclers=rates.unseen_cyclers,
         )
 
     def apply(self, rates: CanaryRates) -> CanaryRates:
@@ -1886,6 +1969,7 @@ class CanaryVariant:
             missed_spread=self.missed_spread,
             unseen_write_per_s=self.unseen_write_per_s,
             unseen_hold_content=self.unseen_hold_content,
+            unseen_cyclers=self.unseen_cyclers,
         )
 
 
@@ -1945,7 +2029,12 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
       the canary's samples; spreading the breaks over the pages the canary did see merged
       would break the merges the kernel keeps. Only where no row can be told to take them
       (another run's canary without page classes) are they spread so, pro rata to the rates
-      (:attr:`CanaryRates.missed_scale`).
+      (:attr:`CanaryRates.missed_scale`). Where a fit found that fewer rows are needed
+      (:attr:`CanaryRates.unseen_cyclers`, the traced run's own canary), only that many take
+      them, and the others leave at the last traced snapshot (below): the canary never saw
+      them merged, at any full scan. A row the growth model appended takes the standing of
+      the row it was drawn from (it leaves, takes a share, or neither): no canary followed
+      the model's new pages.
     * A row of a page the canary saw leave KSM for good -- unmapped, or its merge broken
       with the content changed, and never merged again before the recording ended -- leaves
       at that time (the canary's clock starts with ksmd, as the replay's; never before the
@@ -1976,11 +2065,14 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     # traced snapshot's (8 B per row and step otherwise: 3 GB for 24 steps at 16 M pages)
     n_traced = inp.n_snapshots if traced is None else max(1, min(traced, inp.n_snapshots))
     per_snap: list[tuple[F64, B, I64 | None, B | None]] = []
-    missed = rates.missed_scale if rates.missed_spread else 1.0
+    # (where a fit chose how many rows take the unseen breaks, none spreads them pro rata)
+    spread = rates.missed_spread and rates.unseen_cyclers is None
+    missed = rates.missed_scale if spread else 1.0
     unseen = _Unseen(0.0, 0, missed)
     grown: I64 | None = np.empty(0, np.int64)  # rows the last traced snapshot lacks
     changing = 0  # candidates whose content the sampler saw change (last traced snapshot)
     n_joins = 0  # rows of the last traced snapshot that join a content others hold
+    standing = _Standing(rates.unseen_cyclers, inp.times_ns[n_traced - 1])
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
@@ -2006,6 +2098,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
                 if rates.left_cow is not None and (gone & rates.left_cow[pos]).any():
                     leave_cow = gone & rates.left_cow[pos]
+        if cont and same_run and k + 1 >= n_traced:
+            cand, leave = standing.apply(k + 1 == n_traced, key, cand, leave, old)
         if k < n_traced:
             per_snap.append((rate, cand, leave, leave_cow))
             if k + 1 == n_traced:  # the unseen breaks: an equal share per candidate of it
@@ -2040,6 +2134,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         "write_per_s": unseen.per_s,
         "changing": changing,
         "hold_content": unseen.hold_content,
+        "leave": standing.n_leave,
     }
     return dataclasses.replace(
         inp, writes=out, meta={**inp.meta, UNSEEN_META: note, JOINS_META: n_joins}
@@ -2077,6 +2172,7 @@ __all__ = [
     "held_code",
     "held_content",
     "process_roles",
+    "records_traced_run",
     "role_comm",
     "spreads_missed_breaks",
     "with_canary",

@@ -89,7 +89,7 @@ from planner.engine.costfit import (
     weigh_held_content,
     weigh_missed_spread,
     weigh_page_classes,
-    weigh_unseen_breaks,
+    weigh_unseen,
 )
 from planner.engine.timing import NS_PER_S, HostLoad, sleep_ns, tick_ns
 from planner.errors import (
@@ -955,8 +955,9 @@ def _weigh_canary(
     ``replay --observed`` holds them (:func:`planner.engine.costfit.fit_canary`): its page
     classes, then the spreading of the breaks it did not see, each kept or dropped by
     :func:`~planner.engine.costfit.weigh_page_classes` and
-    :func:`~planner.engine.costfit.weigh_missed_spread`, then the write rate of the rows
-    taking those breaks (:func:`~planner.engine.costfit.weigh_unseen_breaks`) or whether
+    :func:`~planner.engine.costfit.weigh_missed_spread`, then how many rows take those
+    breaks (the traced run's canary: :func:`~planner.engine.costfit.weigh_unseen_rows`) or
+    their write rate (another run's: :func:`~planner.engine.costfit.weigh_unseen_breaks`) or whether
     they keep their content (:func:`~planner.engine.costfit.weigh_held_content`). Returns
     the fit kept and what the provenance says of each rule that applied (``page_classes``,
     ``missed_breaks``, ``unseen_breaks``, ``held_content``)."""
@@ -988,12 +989,13 @@ def _weigh_canary(
     unseen = _unseen_rows(inp, canary)
     if unseen and unseen.get("candidates"):
         kept = canary
-        chosen, notes["unseen_breaks"] = weigh_unseen_breaks(
-            recorded,
-            fit.model_cow_per_s,
+        chosen, notes["unseen_breaks"] = weigh_unseen(
+            inp,
+            kept,
+            (recorded, fit.model_cow_per_s),
             unseen,
             real.wall_s / real.full_scans if real.full_scans > 0 else 0.0,
-            lambda rate: refit(replace(kept, unseen_write_per_s=rate)),
+            refit,
         )
         if chosen is not None:
             fit = chosen

@@ -29,6 +29,7 @@ from planner.engine.costfit import (
     short_batch_warning,
     weigh_held_content,
     weigh_unseen_breaks,
+    weigh_unseen_rows,
 )
 from planner.engine.prepare import ReplayInput
 from planner.engine.timing import HostLoad
@@ -540,6 +541,36 @@ def test_unseen_break_rows_are_written_slower_until_they_break_as_the_host_did(
     # without cow_ksm or a canary without candidates
     for rec, cur, uns in ((282.0, 100.0, unseen), (None, 1172.0, unseen), (282.0, 1172.0, None)):
         assert weigh_unseen_breaks(rec, cur, uns, 0.373, refit)[0] is None, (rec, cur)
+    assert calls == []
+
+
+@pytest.mark.parametrize("power", [1.0, 0.8, 1.2])
+def test_fewer_unseen_break_rows_take_the_breaks_until_they_break_as_the_host_did(
+    power: float,
+) -> None:
+    """The traced run's own canary: 10,035 candidate rows (a JVM canary's) broke 2,000
+    merges a second where the host broke 750 (700 without them). The rule finds how many of
+    them make up the recording's breaks, within 5 %, in at most UNSEEN_REFITS fits after
+    the one without any, whether the breaks grow with the count linearly or not; the others
+    leave. Within the band, under it, or without a recording nothing is fitted."""
+    calls: list[int] = []
+    n = 10_035
+
+    def refit(rows: int) -> tuple[str, float]:
+        calls.append(rows)
+        return f"rows {rows}", 700.0 + 1_300.0 * (rows / n) ** power
+
+    unseen = {"candidates": n, "write_per_s": 0.21}
+    payload, note = weigh_unseen_rows(750.0, 2_000.0, unseen, refit)
+    assert calls[0] == 0  # the breaks without them first
+    assert len(calls) <= 1 + UNSEEN_REFITS
+    assert note["cow_per_s_used"] == pytest.approx(750.0, rel=UNSEEN_TOLERANCE)
+    assert payload == f"rows {note['rows_used']}"
+    assert 0 < note["rows_used"] < n
+    calls.clear()
+    for rec, cur, uns in ((750.0, 800.0, unseen), (750.0, 400.0, unseen), (None, 2e3, unseen)):
+        assert weigh_unseen_rows(rec, cur, uns, refit)[0] is None, (rec, cur)
+    assert weigh_unseen_rows(750.0, 2e3, {"candidates": 1}, refit)[0] is None
     assert calls == []
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine import writes as writes_module
 from planner.engine.api import derive_input
+from planner.engine.driver import Driver
 from planner.engine.fast import FastEngine
 from planner.engine.fast.apply import COMPACT_MIN_DEAD
 from planner.engine.fast.engine import OUT_BATCHES
@@ -40,6 +41,7 @@ from planner.engine.writes import (
     process_roles,
     spreads_missed_breaks,
     with_canary,
+    write_model,
 )
 from planner.testing.builder import World
 from planner.testing.random_world import WorldSpec, random_world
@@ -626,6 +628,7 @@ def test_the_unseen_breaks_rows_take_the_rate_fit_canary_chose_and_say_how_many_
         "write_per_s": pytest.approx(10.0 / 6 * 10),
         "changing": 0,
         "hold_content": False,
+        "leave": 0,
     }
     slower = CanaryVariant(unseen_write_per_s=0.25).apply(rates)
     got = _rates_by_pid_page(inp, with_canary(inp, slower))
@@ -637,6 +640,105 @@ def test_the_unseen_breaks_rows_take_the_rate_fit_canary_chose_and_say_how_many_
         inp, with_canary(inp, CanaryVariant(unseen_write_per_s=0.0).apply(rates))
     )
     assert off[(100, 0x11)] == 0.0
+
+
+def test_candidates_the_unseen_breaks_do_not_need_leave_at_the_last_traced_snapshot() -> None:
+    """With ``CanaryRates.unseen_cyclers`` (fit_canary's choice for the traced run's own
+    canary where every candidate at its rate breaks far more merges than the host), that
+    many of the 6 candidates take the unseen breaks, each its share (10 breaks/s over 2
+    rows, 10 samples: 50 writes/s); the other 4, never seen merged though others held their
+    content, leave at the last traced snapshot with a content of their own and are written
+    no more. Neither the rows seen merged nor the idle process's are touched; both engines
+    agree, and at the end none of the leavers is merged."""
+    inp, obs = _busy_workers_with_unseen_breaks(more=[2, 3])
+    rates = canary_rates(obs)
+    variant = CanaryVariant(unseen_cyclers=2)
+    assert CanaryVariant.of(variant.apply(rates)) == variant
+    written = with_canary(inp, variant.apply(rates))
+    assert written.meta[UNSEEN_META]["candidates"] == 2
+    assert written.meta[UNSEEN_META]["leave"] == 4
+    assert written.meta[UNSEEN_META]["write_per_s"] == pytest.approx(10.0 / 2 * 10)
+    last = written.writes[-1]
+    assert last is not None
+    rate, leave, _ = last.canary_per_row()
+    assert rate is not None
+    assert leave is not None
+    snap = inp.snapshots[-1]
+    pid = np.array([m.pid for m in inp.mms])[snap.mm]
+    seen_or_idle = (snap.page == 0x10) | (pid == 102)
+    leaving = leave >= 0
+    assert np.count_nonzero(leaving) == 4
+    assert not (leaving & seen_or_idle).any()
+    assert (leave[leaving] == inp.times_ns[-1]).all()
+    cycling = ~leaving & ~seen_or_idle
+    assert np.count_nonzero(cycling) == 2
+    assert rate[cycling] == pytest.approx([50.0, 50.0])
+    assert (rate[leaving] == 0).all()
+    # all of them take a share without it (the rule for another run's canary, too)
+    assert with_canary(inp, rates).meta[UNSEEN_META]["leave"] == 0
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0)
+    assert_engines_agree_with_writes(written, knobs, opts)
+    core = ReferenceEngine(written, knobs)
+    model = write_model(written)
+    assert model is not None
+    Driver(core, written, knobs, opts, writes=model).run()
+    assert not core.ksm_rows()[leaving].any()
+    assert core.ksm_rows()[(snap.page == 0x10) & (pid != 102)].all()
+
+
+def test_a_grown_row_takes_its_templates_standing_among_the_unseen_breaks_rows() -> None:
+    """Rows the growth model appends are new pages no canary followed: each leaves, takes a
+    share of the unseen breaks, or neither, as the row of the last traced snapshot it was
+    drawn from (its template) does."""
+    from tests.engine.test_growth import _growing_world
+
+    ht = _growing_world().host_trace()
+    base = _cpu(prepare(_counted(ht, {}, {}, 1.0)), {100: 0.5, 101: 0.4})
+    grown, note = continue_growth(base, seed=3)
+    assert note.status == "continued"
+    # the canary saw every other page new in the last interval merged: those templates
+    # take no share, the others are candidates
+    last, before = base.snapshots[-1], base.snapshots[-2]
+    pids = np.array([m.pid for m in base.mms])
+    new = np.flatnonzero(~np.isin(last.keys(), before.keys()))
+    seen = [
+        (0.0, int(pids[last.mm[r]]), int(last.page[r]) << 12, "merged") for r in new[::2].tolist()
+    ]
+    obs = _with_cow(_canary(seen, end_s=10.0), cow=100, samples=10)
+    rates = canary_rates(obs)
+    n_cand = with_canary(grown, rates, traced=base.n_snapshots).meta[UNSEEN_META]["candidates"]
+    rates = CanaryVariant(unseen_cyclers=n_cand // 2).apply(rates)
+    written = with_canary(grown, rates, traced=base.n_snapshots)
+    n_traced = base.n_snapshots
+    traced = written.writes[n_traced - 1]
+    assert traced is not None
+    t_rate, t_leave, _ = traced.canary_per_row()
+    assert t_rate is not None
+    assert t_leave is not None
+    per_s = written.meta[UNSEEN_META]["write_per_s"]
+    assert written.meta[UNSEEN_META]["candidates"] == n_cand // 2
+    assert written.meta[UNSEEN_META]["leave"] == n_cand - n_cand // 2
+    checked = {"leave": 0, "cycle": 0, "none": 0}
+    for k in range(n_traced, written.n_snapshots):
+        iw = written.writes[k]
+        assert iw is not None
+        assert iw.grown_at is not None
+        assert iw.grown_src is not None
+        rate, leave, _ = iw.canary_per_row()
+        assert rate is not None
+        assert leave is not None
+        at, src = iw.grown_at, iw.grown_src
+        np.testing.assert_array_equal(leave[at] >= 0, t_leave[src] >= 0, err_msg=f"{k}")
+        cyc = (t_rate[src] >= per_s) & (t_leave[src] < 0)
+        assert (rate[at][cyc] >= per_s).all(), k
+        assert (rate[at][~cyc] < per_s).all(), k
+        checked.update(
+            leave=checked["leave"] + int(np.count_nonzero(leave[at] >= 0)),
+            cycle=checked["cycle"] + int(np.count_nonzero(cyc)),
+            none=checked["none"] + int(np.count_nonzero(~cyc & (leave[at] < 0))),
+        )
+    assert min(checked.values()) > 0, checked
 
 
 def test_the_unseen_breaks_rows_keep_their_content_where_fit_canary_says_so() -> None:

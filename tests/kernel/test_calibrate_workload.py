@@ -232,13 +232,15 @@ def test_the_canarys_page_classes_and_spreading_are_weighed_as_replay_weighs_the
     assert weigh(fit, None) == (fit, {})
 
 
+@pytest.mark.parametrize("traced_run", [False, True])
 def test_the_rows_taking_the_unseen_breaks_are_weighed_as_replay_weighs_them(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, traced_run: bool
 ) -> None:
     """Where the canary's fitting replays break far more merges than the recording because
     of the rows taking the breaks the canary did not see, ``calibrate --trace --observed``
-    fits with those rows written more slowly, as ``replay --observed`` does
-    (:func:`planner.engine.costfit.weigh_unseen_breaks`)."""
+    fits as ``replay --observed`` does: with those rows written more slowly for a canary of
+    another run (:func:`planner.engine.costfit.weigh_unseen_breaks`), with fewer of them for
+    the traced run's own (:func:`planner.engine.costfit.weigh_unseen_rows`)."""
     import math
     import types
 
@@ -257,6 +259,9 @@ def test_the_rows_taking_the_unseen_breaks_are_weighed_as_replay_weighs_them(
         return 500.0 + 400 * 1.5 * (1 - math.exp(-2 * rate))
 
     def fake_fit_cost(inp: Any, real: Any, load: Any, *, base: Any, canary: Any) -> Any:
+        rows = canary.unseen_cyclers
+        if rows is not None:  # each of the 400 rows at the derived rate breaks 1.5 a second
+            return types.SimpleNamespace(model_cow_per_s=500.0 + 1.5 * rows, rows=rows)
         return types.SimpleNamespace(
             model_cow_per_s=cow(canary.unseen_write_per_s), rate=canary.unseen_write_per_s
         )
@@ -268,12 +273,17 @@ def test_the_rows_taking_the_unseen_breaks_are_weighed_as_replay_weighs_them(
     )
     monkeypatch.setattr(W, "by_page_class", lambda inp, rates: False)
     monkeypatch.setattr(W, "spreads_missed_breaks", lambda inp, rates: False)
+    monkeypatch.setattr(W, "records_traced_run", lambda inp, rates: traced_run)
     real = types.SimpleNamespace(wall_s=60.0, full_scans=150)
     first = fake_fit_cost(None, None, None, base=None, canary=canary)
     fit, notes = C._weigh_canary(None, canary, None, real, None, None, first)  # type: ignore[arg-type]
     assert notes["unseen_breaks"]["cow_per_s_used"] == pytest.approx(700.0, rel=0.05)
     assert fit.model_cow_per_s == notes["unseen_breaks"]["cow_per_s_used"]
-    assert 0 < fit.rate < 5.0
+    if traced_run:
+        assert 0 < fit.rows < 400
+        assert notes["unseen_breaks"]["rows_used"] == fit.rows
+    else:
+        assert 0 < fit.rate < 5.0
 
 
 def test_a_profile_calibrated_on_short_batches_says_so_where_it_is_used_on_longer_ones(
