@@ -197,8 +197,9 @@ class ModelError:
 #: outside which the canary says the model does not explain how the workload merges. With
 #: their canaries' writes the PostgreSQL, churn and Django runs of docs/live-validation.md
 #: came within 0.98-1.02; the Node.js and JVM runs at 2.1-2.3 before a canary's joins were
-#: continued, and at 1.51 (Node) and 0.71-0.92 (JVM) since; a kernel's own run-to-run spread
-#: is at most 48 % (Node, :data:`PUBLISHED`), half of it either way.
+#: continued, and at 1.35 (Node) and 0.80-1.02 (JVM) since the pages a canary never saw
+#: merged leave (docs/live-validation.md, "Pages a canary never saw merged"); a kernel's own
+#: run-to-run spread is at most 48 % (Node, :data:`PUBLISHED`), half of it either way.
 CANARY_RATIO_BAND: Final = (0.8, 1.25)
 
 
@@ -213,9 +214,10 @@ def canary_warning(error: ModelError) -> str | None:
         "(observed / predicted pages_sharing, the median over the second half of the "
         "recording): the model does not explain how this workload merges, and every figure "
         "here is the replay scaled by that ratio, at the other knob settings too. On the "
-        "runs of docs/live-validation.md a Node.js canary gave 1.51 (its workers' pages take "
-        "contents after the capture that the canary cannot name) and JVM canaries 0.71-0.92 "
-        "(memory the growth model adds after the capture, which the kernel did not merge)"
+        "runs of docs/live-validation.md a Node.js canary gave 1.35 (its workers' pages take "
+        "contents after the capture that the canary cannot name) and JVM canaries 0.80-1.02 "
+        "(memory the growth model adds after the capture, which merges more or less than the "
+        "kernel's new pages did)"
     )
 
 
