@@ -1007,9 +1007,8 @@ def fit_canary(
     Last, where the replays break far more than the host, fewer of the rows that could take
     the breaks the canary did not see do and the others leave (the traced run's own canary:
     :func:`weigh_unseen_rows`), or they are written more slowly (another run's:
-    :func:`weigh_unseen_breaks`); or, where they break too few, they keep their
-    content between writes where they break too few and the sampler saw some of them change
-    (:func:`weigh_held_content`).
+    :func:`weigh_unseen_breaks`); or, where they break too few and the sampler saw some of
+    them change, they keep their content between writes (:func:`weigh_held_content`).
     """
     from planner.engine.api import derive_input
     from planner.engine.writes import by_page_class, spreads_missed_breaks

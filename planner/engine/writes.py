@@ -1919,15 +1919,10 @@ def _appended_rows(grown: I64, d: SnapshotDelta) -> I64 | None:
 
 
 def records_traced_run(inp: ReplayInput, rates: CanaryRates) -> bool:
-    """Whether the canary ``rates`` recorded the run ``inp`` traced (:func:`_same_run`): its
-    rows that could take the unseen breaks can then be told apart page by page, and those
-    the breaks do not need leave (:attr:`CanaryRates.unseen_cyclers`)."""
-    return _same_run(inp, rates)
-
-
-def _same_run(inp: ReplayInput, rates: CanaryRates) -> bool:
-    """Whether the canary recorded the traced run: most pids of the smaller set are in the
-    other (a canary of the whole host follows more processes than a trace of one service)."""
+    """Whether the canary ``rates`` recorded the run ``inp`` traced: most pids of the smaller
+    set are in the other (a canary of the whole host follows more processes than a trace of
+    one service). Its rows that could take the unseen breaks can then be told apart page by
+    page, and those the breaks do not need leave (:attr:`CanaryRates.unseen_cyclers`)."""
     canary_pids = np.unique((rates.key >> np.uint64(36)).astype(np.int64))
     trace_pids = np.unique(np.array([m.pid for m in inp.mms], np.int64))
     common = int(np.isin(canary_pids, trace_pids).sum())
@@ -1980,7 +1975,7 @@ def spreads_missed_breaks(inp: ReplayInput, rates: CanaryRates) -> bool:
     return (
         rates.missed_spread
         and rates.missed_scale > 1.0
-        and not _same_run(inp, rates)
+        and not records_traced_run(inp, rates)
         and not by_page_class(inp, rates)
     )
 
@@ -1994,7 +1989,7 @@ def by_page_class(inp: ReplayInput, rates: CanaryRates) -> bool:
         and rates.page_offset is not None
         and bool((rates.page_offset >= 0).any())
         and isinstance(inp.meta.get("mappings"), dict)
-        and not _same_run(inp, rates)
+        and not records_traced_run(inp, rates)
     )
 
 
@@ -2050,7 +2045,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         if m.cpu_share is not None:
             cpus[m.pid] = max(m.cpu_share, cpus.get(m.pid) or 0.0)
     trace_roles = process_roles(comm_of, cpus)
-    same_run = _same_run(inp, rates)
+    same_run = records_traced_run(inp, rates)
     if same_run and not rates.roles_recorded and cpus:
         rates = rates.with_roles(trace_roles)  # the traced run: the trace knows the roles
     roles = sorted(set(trace_roles.values()))

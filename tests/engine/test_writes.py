@@ -674,7 +674,7 @@ def test_candidates_the_unseen_breaks_do_not_need_leave_at_the_last_traced_snaps
     assert np.count_nonzero(cycling) == 2
     assert rate[cycling] == pytest.approx([50.0, 50.0])
     assert (rate[leaving] == 0).all()
-    # all of them take a share without it (the rule for another run's canary, too)
+    # without a count chosen by the fit, every candidate takes a share and none leaves
     assert with_canary(inp, rates).meta[UNSEEN_META]["leave"] == 0
     knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
     opts = ReplayOptions(duration_s=20.0)
