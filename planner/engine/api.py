@@ -63,12 +63,13 @@ def derive_input(
     from planner.engine.writes import JOINS_META
 
     opts = options or ReplayOptions()
-    grown, growth = with_growth(inp, opts)
+    applied = canary if canary is not None and opts.writes else None
+    grown, growth, applied = with_growth(inp, opts, applied)
     written = grown
-    if canary is not None and opts.writes:
+    if applied is not None:
         from planner.engine.writes import with_canary
 
-        written = with_canary(grown, canary, traced=inp.n_snapshots)
+        written = with_canary(grown, applied, traced=inp.n_snapshots)
     joins = (
         JoinNote(reason="snapshots applied by full scan: nothing after the last")
         if opts.aligned_to_scans
@@ -181,17 +182,34 @@ def replay(
     return res
 
 
-def with_growth(inp: ReplayInput, opts: ReplayOptions) -> tuple[ReplayInput, GrowthNote]:
+def with_growth(
+    inp: ReplayInput, opts: ReplayOptions, canary: CanaryRates | None = None
+) -> tuple[ReplayInput, GrowthNote, CanaryRates | None]:
     """``inp`` with the growth after the trace continued (:mod:`planner.engine.growth`) as
-    ``opts`` asks, and what was assumed. Scan-aligned replays (``validate --kernel``, a
-    schedule of snapshots by full scan) replay the trace's snapshots alone."""
+    ``opts`` asks, what was assumed, and ``canary`` as the write model takes it. Where
+    ``canary`` recorded the traced run with its processes' sizes, the growth is the one it
+    saw (:mod:`planner.engine.canary_growth`), and the canary comes back with the pages
+    placed so renamed. Scan-aligned replays (``validate --kernel``, a schedule of snapshots
+    by full scan) replay the trace's snapshots alone."""
     from planner.engine.growth import GrowthNote, continue_growth
 
     if not opts.growth:
-        return inp, GrowthNote("off", "--no-growth")
+        return inp, GrowthNote("off", "--no-growth"), canary
     if opts.aligned_to_scans:
-        return inp, GrowthNote("scan-aligned", "snapshots applied by full scan: none added")
-    return continue_growth(inp, seed=opts.write_seed)
+        return inp, GrowthNote("scan-aligned", "snapshots applied by full scan: none added"), canary
+    if canary is not None and canary.sizes is not None:
+        from planner.engine.canary_growth import canary_growth
+        from planner.engine.writes import records_traced_run
+
+        held = (
+            canary_growth(inp, canary, seed=opts.write_seed)
+            if records_traced_run(inp, canary)
+            else None
+        )
+        if held is not None:
+            return held
+    grown, note = continue_growth(inp, seed=opts.write_seed)
+    return grown, note, canary
 
 
 def replay_input_core(inp: ReplayInput, knobs: KsmKnobs, engine: EngineName) -> Core:

@@ -246,7 +246,9 @@ class GrowthNote:
     """What growth the replay assumed (the result's provenance, ``growth``)."""
 
     status: str
-    """``continued``, ``off``, ``none``, ``not saturating``, ``not credible``, ``scan-aligned``."""
+    """``continued``, ``canary`` (held to a canary of the traced run:
+    :mod:`planner.engine.canary_growth`), ``off``, ``none``, ``not saturating``, ``not
+    credible``, ``scan-aligned``."""
     reason: str
     sizes_pages: list[int] = field(default_factory=list)
     """The growing set's rows at the three snapshots fitted."""
@@ -266,6 +268,9 @@ class GrowthNote:
     template_rows: int = 0
     kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per kind of new memory (:class:`KindNote`), what was assumed."""
+    seen_merged_pages: int = 0
+    """Status ``canary`` (:mod:`planner.engine.canary_growth`): the pages added where the
+    canary saw a page merged at an address the trace does not hold."""
 
     def to_dict(self) -> dict[str, Any]:
         """The note as JSON-able values."""
@@ -278,6 +283,12 @@ class GrowthNote:
     def summary(self) -> str:
         """One line for the review and the command line."""
         parts = [KindNote(**k).summary() for k in self.kinds.values()]
+        if self.status == "canary":
+            return (
+                f"growth after the trace: {self.total_pages:,} pages over "
+                f"{self.horizon_s:.0f} s, {self.reason}; {self.seen_merged_pages:,} of them "
+                "where it saw pages merged"
+            )
         if self.status != "continued":
             return f"growth after the trace: {self.status} ({self.reason})"
         return (
@@ -827,11 +838,7 @@ def _append_steps(
     seed: int,
 ) -> tuple[ReplayInput, dict[str, int]]:
     """The synthetic snapshots, one per step, appended to ``inp``."""
-    w_last = inp.writes[-1] if inp.writes else None
     t_last = inp.times_ns[-1]
-    wk: IntervalWrites | None = None
-    if w_last is not None:
-        wk = dataclasses.replace(w_last, origin_ns=t_last)
     next_page = {m: int(last.page[last.rows_of(m)[1] - 1]) + 1 for m in grow}
     # new pages take frame ids above every frame of the last snapshot (prepared traces
     # number frames densely; an id space too full for that leaves the growth out)
@@ -839,7 +846,7 @@ def _append_steps(
     if frame_next + int(add.sum()) >= 1 << 63:  # pragma: no cover - ids are dense
         return inp, {}
     pids: dict[str, int] = {}
-    steps: list[tuple[int, RowColumns, I64]] = []  # (step, its new rows, their sources)
+    steps: list[tuple[int, RowColumns, I64]] = []  # (time, its new rows, their sources)
     for j in range(add.shape[0]):
         parts_key, parts_hash, parts_flags, parts_src = [], [], [], []
         for i, m in enumerate(grow):
@@ -869,9 +876,28 @@ def _append_steps(
                 frame=np.empty(0, np.uint64),  # numbered by appended_delta
                 flags=np.concatenate(parts_flags),
             )
-            steps.append((j, new, np.concatenate(parts_src)))
+            t_ns = t_last + round((j + 1) * step_s * 1e9)
+            steps.append((t_ns, new, np.concatenate(parts_src)))
     if not steps:  # pragma: no cover - continue_growth appends only a growth of some page
         return inp, {}
+    return append_rows(inp, last, steps), pids
+
+
+def append_rows(
+    inp: ReplayInput, last: SnapshotRows, steps: list[tuple[int, RowColumns, I64]]
+) -> ReplayInput:
+    """``inp`` (whose last snapshot is ``last``) with one snapshot appended per step of
+    ``steps``: its time (ns, increasing, after the last snapshot's), the rows it adds (each
+    above every row of its mm, in page order within an mm; their frames are numbered here,
+    one fresh page each, above every frame before) and, per row, the row of ``last`` whose
+    write counts it takes (:attr:`IntervalWrites.grown_at`). Shared by the growth model and
+    the growth held to a canary (:mod:`planner.engine.canary_growth`)."""
+    w_last = inp.writes[-1] if inp.writes else None
+    t_last = inp.times_ns[-1]
+    wk: IntervalWrites | None = None
+    if w_last is not None:
+        wk = dataclasses.replace(w_last, origin_ns=t_last)
+    frame_next = int(last.frame.max()) + 1 if last.n else 1
     ids = _GrowthIds(inp.content_hash, np.concatenate([new.hash for _, new, _ in steps]))
     deltas = list(inp.deltas)
     writes = list(inp.writes)
@@ -881,8 +907,7 @@ def _append_steps(
     # the row of ``last`` whose write counts each takes (see IntervalWrites.grown_at)
     grown_at, grown_src = np.empty(0, np.int64), np.empty(0, np.int64)
     layout, n_frames = last.layout, last.n_frames
-    for j, new, src_new in steps:
-        t_ns = t_last + round((j + 1) * step_s * 1e9)
+    for t_ns, new, src_new in steps:
         delta, pos = appended_delta(
             layout, n_frames, new, frame_next, index=len(deltas), time_ns=t_ns, ids_of=ids.ids_of
         )
@@ -902,10 +927,9 @@ def _append_steps(
                     grown_src=grown_src,
                 )
             )
-    out = dataclasses.replace(
+    return dataclasses.replace(
         inp, deltas=deltas, writes=writes, content_hash=ids.hashes(inp.content_hash), _seq=None
     )
-    return out, pids
 
 
 __all__ = [
@@ -916,6 +940,7 @@ __all__ = [
     "MIN_STEP_S",
     "GrowthFit",
     "GrowthNote",
+    "append_rows",
     "continue_growth",
     "fit_growth",
 ]

@@ -1147,6 +1147,42 @@ def role_comm(role: str) -> str:
 
 
 @dataclass(frozen=True)
+class CanarySizes:
+    """Each followed process's present anonymous pages at each of a canary's samples
+    (``canary.parquet``'s ``present_pages``): how its memory grew and shrank while ksmd ran
+    (:mod:`planner.engine.canary_growth`)."""
+
+    t_s: F64
+    """The samples' times (seconds since the first, the canary's clock), sorted."""
+    pid: I64
+    """The processes, sorted."""
+    present: I64
+    """``[sample, process]``: its present pages, -1 where the sample has no row of it."""
+
+    def of(self, pid: int) -> I64 | None:
+        """The present pages of ``pid`` at each sample, or None if the canary did not
+        follow it."""
+        i = int(np.searchsorted(self.pid, pid))
+        if i >= self.pid.size or int(self.pid[i]) != pid:
+            return None
+        return self.present[:, i]
+
+
+def canary_sizes(obs: ObservedTimeline) -> CanarySizes | None:
+    """The present pages per sample and process of a canary recording (None without one)."""
+    c = obs.canary
+    if c is None or not len(c) or "present_pages" not in c.columns:
+        return None
+    t = c["t_s"].to_numpy(np.float64)
+    pid = c["pid"].to_numpy(np.int64)
+    ut, ti = np.unique(t, return_inverse=True)
+    up, pi = np.unique(pid, return_inverse=True)
+    present = np.full((ut.size, up.size), -1, np.int64)
+    present[ti, pi] = c["present_pages"].fillna(-1).to_numpy(np.int64)
+    return CanarySizes(ut, up, present)
+
+
+@dataclass(frozen=True)
 class CanaryRates:
     """Same-content write rates of the pages a canary recording followed, and the breaks it
     could not see.
@@ -1225,6 +1261,10 @@ class CanaryRates:
     bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
     their content changes keep the fitting replays from breaking as many merges as the
     recording (:func:`planner.engine.costfit.weigh_held_content`)."""
+    sizes: CanarySizes | None = None
+    """Each followed process's present pages at each sample (None: not recorded); the
+    growth after the trace is held to them where the canary recorded the traced run
+    (:func:`planner.engine.canary_growth.canary_growth`)."""
     unseen_cyclers: int | None = None
     """The traced run's own canary: how many of the rows that could take the unseen breaks
     (:func:`_unseen_candidates`) do, each written fast enough that a sample would rarely
@@ -1232,6 +1272,28 @@ class CanaryRates:
     None: every candidate takes a share. Set by :func:`planner.engine.costfit.fit_canary`
     where that breaks far more merges than the recording
     (:func:`planner.engine.costfit.weigh_unseen_rows`)."""
+
+    def renamed(self, old: U64, new: U64) -> CanaryRates:
+        """These rates with the pages of keys ``old`` (each one of :attr:`key`) known by
+        keys ``new`` instead (none of them a key already), every per-page array sorted
+        again (the growth held to a canary places pages it saw at addresses of their own:
+        :mod:`planner.engine.canary_growth`)."""
+        pos = np.searchsorted(self.key, old)
+        if old.size and not np.array_equal(self.key[np.minimum(pos, self.key.size - 1)], old):
+            raise ValueError("renamed pages the canary did not record")
+        key = self.key.copy()
+        key[pos] = new
+        order = np.argsort(key, kind="stable")
+        if np.any(key[order][1:] == key[order][:-1]):
+            raise ValueError("a page renamed to a key the canary holds")
+        per_page = {
+            f.name: getattr(self, f.name)[order]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+            and getattr(self, f.name).shape == self.key.shape
+            and f.name != "key"
+        }
+        return dataclasses.replace(self, key=key[order], **per_page)
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1391,6 +1453,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         roles_recorded=bool(cpus),
         page_kind=np.asarray(vkind[first] if first.size else vkind[:0], dtype=object),
         page_offset=offset[first] if first.size else offset[:0],
+        sizes=canary_sizes(obs),
     )
 
 
@@ -2151,6 +2214,7 @@ __all__ = [
     "UNSEEN_META",
     "CanaryOwn",
     "CanaryRates",
+    "CanarySizes",
     "CanaryVariant",
     "IntervalWrites",
     "Joins",
@@ -2158,6 +2222,7 @@ __all__ = [
     "Writes",
     "by_page_class",
     "canary_rates",
+    "canary_sizes",
     "carry_toggles",
     "changed_between",
     "classify_toggles",

@@ -1,0 +1,290 @@
+"""Growth held to a canary: the memory the traced processes gained while ksmd ran, as a
+canary of the same run saw it.
+
+The growth model (:mod:`planner.engine.growth`) continues what three snapshots show. A
+canary recorded over the traced run (``observe --ksm-pages`` from the moment ksmd starts,
+right after the capture: :func:`planner.engine.writes.records_traced_run`) measured it
+instead: each followed process's present anonymous pages at each sample
+(:class:`planner.engine.writes.CanarySizes`), and every page it saw merged, among them
+pages at addresses the capture never saw. On the JVM canary runs of docs/live-validation.md
+("Growth held to the canary") each worker gained 10-13 thousand pages in the first 10 s, and
+the kernel merged 4.6-6.5 thousand pages at new addresses; the growth model, fitted on three
+snapshots 2 s apart, merged 0.6-5.6 thousand. Where such a canary is given, the growth after
+the trace is the canary's:
+
+* **How much, when.** At each sample a process has grown to its present pages less its
+  rows at the last snapshot (the canary counts the pages a capture reads: on every recorded
+  run the processes that did not grow had the same count in both, to a page; where the
+  canary's first sample counts fewer, the growth is counted from that sample). The replay's
+  clock and the canary's both start with ksmd (ksmd starts at the first snapshot in a
+  replay aligned by time), so a sample at ``t`` is the replay's ``t`` too; the growth the
+  samples up to the last snapshot's time show is added just after it. A process never
+  shrinks below the most it grew: the pages it gives back stay, and those the canary saw
+  merged leave when it saw them go (:func:`planner.engine.writes.with_canary`). After the
+  recording each process keeps its size.
+* **Which pages.** The canary's pages of the process at addresses the last snapshot does not
+  hold that it saw merged at some sample come first, in order of their first merge: each is
+  added at the latest in the step before the sample that saw it merged, and earlier where
+  the sizes allow (the earliest time the recording allows, as for the joins of traced
+  pages); a process is given more pages than its size says where its pages seen merged
+  require it (new addresses that replaced others). The rest of its growth is pages the
+  canary never saw merged.
+* **What they hold.** A page the canary saw merged takes the write counts, flags and
+  eligibility of a row of its process that holds a content no other row holds and was
+  written neither with new contents nor the same ones, and a content of its own: the canary's
+  joins (:func:`planner.engine.writes.with_canary`) then give it the content its process holds
+  most from the time it appears, and its own write rate and time of leaving, as for a
+  traced page the canary saw merge. The other pages are drawn from the process's rows of a
+  content of their own, written as they are, each with a new content: the canary never saw
+  them merged.
+
+The grown rows take page numbers above the process's last row and above every page the
+canary recorded of it (an appended snapshot adds rows after its mm's rows:
+:func:`planner.engine.rows.appended_delta`). The canary's records of the pages placed so are
+renamed to their rows' keys, and :func:`canary_growth` returns the canary so renamed for
+:func:`planner.engine.writes.with_canary`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.engine.growth import (
+    MAX_STEPS,
+    GrowthNote,
+    _draw_rows,
+    _fresh,
+    _salt,
+    append_rows,
+)
+from planner.engine.rows import PAGE_MASK, RowColumns, isin
+from planner.engine.writes import _held_twice
+
+if TYPE_CHECKING:
+    from planner.engine.prepare import ReplayInput
+    from planner.engine.rows import SnapshotRows
+    from planner.engine.writes import CanaryRates, CanarySizes
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+B = npt.NDArray[np.bool_]
+
+#: The growth the samples up to the last snapshot's time show is added this long after it.
+AFTER_LAST_NS: Final = 1_000_000
+#: Draws of the pages the canary never saw merged take salts this far from the others'.
+_OTHER_SALT: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Process:
+    """One process's growth: its rows' cumulative count at each step, the pages it saw
+    merged (in order of their first merge), its templates."""
+
+    mm: int
+    pid: int
+    cum: I64
+    seen: U64
+    seen_tmpl: I64
+    other_tmpl: I64
+    next_page: int
+
+
+def _steps(sizes: CanarySizes, t0_ns: int, t_last_ns: int) -> tuple[I64, I64]:
+    """The steps' times (ns) and, per step, the last sample it holds."""
+    at = np.maximum(t0_ns + np.rint(sizes.t_s * 1e9).astype(np.int64), t_last_ns + AFTER_LAST_NS)
+    times, first = np.unique(at, return_index=True)
+    last_sample = np.r_[first[1:] - 1, at.size - 1].astype(np.int64)
+    return times.astype(np.int64), last_sample
+
+
+def _grown(present: I64, rows: int, last_sample: I64) -> I64:
+    """A process's growth at each step: its present pages less its rows at the last
+    snapshot (or its first sample's count, where that is fewer), never below the most it
+    reached."""
+    seen = present >= 0
+    if not seen.any():
+        return np.zeros(last_sample.size, np.int64)
+    base = min(rows, int(present[np.argmax(seen)]))
+    g = np.where(seen, present - base, 0)
+    return np.asarray(np.maximum.accumulate(np.maximum(g, 0))[last_sample], np.int64)
+
+
+def _due(times_ns: I64, t0_ns: int, seen_s: npt.NDArray[np.float64]) -> I64:
+    """Per step: how many of the pages seen merged (at ``seen_s``, sorted) must be present
+    by it: each in the last step before the sample that saw it merged (the first step for
+    one seen before any)."""
+    first_merge_ns = t0_ns + np.rint(seen_s * 1e9).astype(np.int64)
+    latest = np.maximum(np.searchsorted(times_ns, first_merge_ns, side="left") - 1, 0)
+    return np.cumsum(np.bincount(latest, minlength=times_ns.size)).astype(np.int64)
+
+
+def _pools(inp: ReplayInput, last: SnapshotRows) -> tuple[B, B]:
+    """Rows that may stand for a page seen merged (a content of their own, eligible, not
+    written over the last interval), and for one never seen merged (a content of their own)."""
+    own = ~_held_twice(last.content if last.content is not None else last.hash)
+    still = np.ones(last.n, bool)
+    w = inp.writes[-1] if inp.writes else None
+    if w is not None:
+        content, same, _ = w.per_row()  # (a row without changes does not toggle)
+        still = (content == 0) & (same == 0)
+    return own & still & last.eligible, own
+
+
+def _processes(
+    inp: ReplayInput, last: SnapshotRows, rates: CanaryRates, times_ns: I64, last_sample: I64
+) -> list[_Process]:
+    """Each traced process the canary followed, with its growth."""
+    sizes = rates.sizes
+    assert sizes is not None
+    t0 = inp.times_ns[0]
+    cpid = (rates.key >> np.uint64(36)).astype(np.int64)
+    cpage = rates.key & np.uint64(PAGE_MASK)
+    joined = rates.joined_s
+    seen_pool, other_pool = _pools(inp, last)
+    by_pid: dict[int, list[int]] = {}
+    for m in last.mm_present.tolist():
+        by_pid.setdefault(int(inp.mms[m].pid), []).append(int(m))
+    out: list[_Process] = []
+    for pid, mms in sorted(by_pid.items()):
+        present = sizes.of(pid)
+        if present is None:
+            continue
+        spans = [last.rows_of(m) for m in mms]
+        rows = sum(hi - lo for lo, hi in spans)
+        lo, hi = max(spans, key=lambda s: s[1] - s[0])  # the growth goes to its largest mm
+        mm = mms[spans.index((lo, hi))]
+        at = np.flatnonzero(cpid == pid)
+        held_pages = np.concatenate([last.page[a:b] for a, b in spans])
+        seen = np.zeros(0, np.uint64)
+        seen_s = np.zeros(0, np.float64)
+        if joined is not None and at.size:
+            new = ~np.isnan(joined[at]) & ~isin(cpage[at], held_pages)
+            order = np.lexsort((cpage[at][new], joined[at][new]))
+            seen, seen_s = cpage[at][new][order], joined[at][new][order]
+        cum = np.maximum.accumulate(
+            np.maximum(_grown(present, rows, last_sample), _due(times_ns, t0, seen_s))
+        )
+        if not cum.size or cum[-1] <= 0:
+            continue
+        top = max(int(last.page[hi - 1]), int(cpage[at].max()) if at.size else 0)
+        seen_tmpl = lo + np.flatnonzero(seen_pool[lo:hi])
+        if not seen_tmpl.size:  # no row can stand for a page seen merged: none is placed
+            seen = seen[:0]
+        other_tmpl = lo + np.flatnonzero(other_pool[lo:hi])
+        if not other_tmpl.size:
+            other_tmpl = np.arange(lo, hi, dtype=np.int64)
+        out.append(_Process(mm, pid, cum, seen, seen_tmpl, other_tmpl, top + 1))
+    return out
+
+
+def _coarse(times_ns: I64, cum: list[I64]) -> tuple[I64, list[I64]]:
+    """At most :data:`MAX_STEPS` steps that add pages: a group of steps adds, at its first
+    step's time, the pages of its last (a page never comes later than it did)."""
+    adds = np.zeros(times_ns.size, bool)
+    for c in cum:
+        adds |= np.diff(c, prepend=0) > 0
+    keep = np.flatnonzero(adds)
+    if keep.size > MAX_STEPS:
+        groups = np.array_split(keep, MAX_STEPS)
+        t = np.array([times_ns[g[0]] for g in groups], np.int64)
+        return t, [np.array([c[g[-1]] for g in groups], np.int64) for c in cum]
+    return times_ns[keep], [c[keep] for c in cum]
+
+
+def canary_growth(
+    inp: ReplayInput, rates: CanaryRates, *, seed: int = 0
+) -> tuple[ReplayInput, GrowthNote, CanaryRates] | None:
+    """``inp`` grown as the canary ``rates`` saw its processes grow (module notes), what was
+    assumed, and the canary with the pages so placed renamed to their rows' keys; None where
+    the canary recorded no sizes or no traced process grew."""
+    sizes = rates.sizes
+    n = inp.n_snapshots
+    if sizes is None or not sizes.t_s.size or not n:
+        return None
+    last = inp.snapshots[n - 1]
+    if not last.n:
+        return None
+    t_last = inp.times_ns[-1]
+    times_ns, last_sample = _steps(sizes, inp.times_ns[0], t_last)
+    procs = _processes(inp, last, rates, times_ns, last_sample)
+    if not procs:
+        return None
+    step_ns, cums = _coarse(times_ns, [p.cum for p in procs])
+    placed = [0] * len(procs)  # rows added so far, per process
+    next_page = [p.next_page for p in procs]
+    renamed_from: list[U64] = []
+    renamed_to: list[U64] = []
+    steps: list[tuple[int, RowColumns, I64]] = []
+    for j, t_ns in enumerate(step_ns.tolist()):
+        keys, hashes, flags, srcs = [], [], [], []
+        for i, p in enumerate(procs):
+            c = int(cums[i][j]) - placed[i]
+            if c <= 0:
+                continue
+            k = max(0, min(c, p.seen.size - placed[i]))  # pages seen merged first
+            parts = []
+            if k:
+                rows, reps = _draw_rows(last.hash, p.seen_tmpl, k, seed, j)
+                parts.append((rows, reps))
+            if c > k:
+                rows, reps = _draw_rows(last.hash, p.other_tmpl, c - k, seed, j)
+                parts.append((rows, reps + _OTHER_SALT))
+            rows = np.concatenate([r for r, _ in parts])
+            reps = np.concatenate([r for _, r in parts])
+            h = last.hash[rows].copy()
+            for rep in np.unique(reps).tolist():
+                sel = reps == rep
+                h[sel] = _fresh(h[sel], _salt(seed, j, rep))
+            page = np.uint64(next_page[i]) + np.arange(c, dtype=np.uint64)
+            if int(page[-1]) > int(PAGE_MASK):  # pragma: no cover - a 47-bit address space
+                raise AssertionError("growth ran out of page numbers")
+            if k:
+                pid = np.uint64(p.pid) << np.uint64(36)
+                renamed_from.append(pid | p.seen[placed[i] : placed[i] + k])
+                renamed_to.append(pid | page[:k])
+            next_page[i] += c
+            placed[i] += c
+            keys.append((np.uint64(p.mm) << np.uint64(36)) | page)
+            hashes.append(h)
+            flags.append(last.flags[rows])
+            srcs.append(rows)
+        if keys:
+            new = RowColumns(
+                key=np.concatenate(keys),
+                hash=np.concatenate(hashes),
+                frame=np.empty(0, np.uint64),
+                flags=np.concatenate(flags),
+            )
+            steps.append((int(t_ns), new, np.concatenate(srcs).astype(np.int64)))
+    if not steps:  # pragma: no cover - _processes keeps only processes that grow
+        return None
+    out = append_rows(inp, last, steps)
+    renamed = rates
+    if renamed_from:
+        renamed = rates.renamed(np.concatenate(renamed_from), np.concatenate(renamed_to))
+    total = sum(placed)
+    seen_placed = int(sum(min(p.seen.size, placed[i]) for i, p in enumerate(procs)))
+    note = GrowthNote(
+        "canary",
+        f"held to the canary's present pages ({sizes.t_s.size} samples over "
+        f"{float(sizes.t_s[-1] - sizes.t_s[0]):.0f} s)",
+        horizon_s=(int(step_ns[-1]) - t_last) / 1e9,
+        total_pages=total,
+        steps=len(steps),
+        pages_by_pid={str(p.pid): placed[i] for i, p in enumerate(procs) if placed[i]},
+        seen_merged_pages=seen_placed,
+    )
+    out = _with_note(out, note, n)
+    return out, note, renamed
+
+
+def _with_note(inp: ReplayInput, note: GrowthNote, traced: int) -> ReplayInput:
+    return dataclasses.replace(inp, meta={**inp.meta, "growth": note.to_dict(), "traced": traced})
+
+
+__all__ = ["AFTER_LAST_NS", "canary_growth"]

@@ -1,0 +1,238 @@
+"""The growth held to a canary of the traced run (planner.engine.canary_growth)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
+from planner.engine.api import derive_input
+from planner.engine.canary_growth import AFTER_LAST_NS, _coarse, canary_growth
+from planner.engine.growth import MAX_STEPS
+from planner.engine.prepare import ReplayInput
+from planner.engine.writes import CanaryRates, canary_rates, canary_sizes
+from planner.trace.recording import ObservedTimeline
+from tests.engine.test_writes import (
+    _canary,
+    _counted,
+    _two_workers,
+    assert_engines_agree_with_writes,
+)
+from tests.engine.test_writes import assert_same as assert_same_results
+
+#: The canary's samples (s) and each process's present pages at them.
+TIMES = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+SIZES = {100: [5, 5, 5, 6, 8, 7, 7], 101: [3, 3, 3, 3, 3, 3, 3]}
+NEW_ADDR = 0x40000  # a page of pid 100 the capture never saw, merged at 5 s
+
+
+def _input() -> ReplayInput:
+    """Two workers holding pages 1-3 alike; pid 100 also holds two pages of its own in a
+    second mapping (0x20000, 0x21000): 5 rows. Two snapshots, 0 and 1 s, no writes."""
+    w = _two_workers(pages=3)
+    w.map(100, 0x20000, [50, 51])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    return prepare(_counted(w.host_trace(), {}, {}, 1.0))
+
+
+def _obs(events: list[tuple[float, int, int, str]]) -> ObservedTimeline:
+    """A canary with ``events`` and :data:`SIZES` as its processes' present pages."""
+    obs = _canary(events, end_s=TIMES[-1])
+    rows = [
+        {
+            "sample": i,
+            "t_s": t,
+            "pid": pid,
+            "present_pages": SIZES[pid][i],
+            "ksm_pages": 0,
+            "merged": 0,
+            "unmerged_same_content": 0,
+            "unmerged_changed": 0,
+            "unmerged": 0,
+            "unmapped": 0,
+        }
+        for i, t in enumerate(TIMES)
+        for pid in (100, 101)
+    ]
+    return dataclasses.replace(obs, canary=pd.DataFrame(rows))
+
+
+def _merged_pairs() -> list[tuple[float, int, int, str]]:
+    return [(0.0, pid, 0x10000 + 0x1000 * p, "merged") for pid in (100, 101) for p in range(3)]
+
+
+def _rates() -> CanaryRates:
+    return canary_rates(_obs([*_merged_pairs(), (5.0, 100, NEW_ADDR, "merged")]))
+
+
+def _grown_pages(out: ReplayInput, base: ReplayInput, pid: int) -> list[tuple[int, int]]:
+    """(snapshot time in ms, page) of each row of ``pid`` the growth added."""
+    mm = next(i for i, m in enumerate(out.mms) if m.pid == pid)
+    held = set(base.snapshots[-1].page[base.snapshots[-1].mm == mm].tolist())
+    seen: set[int] = set()
+    got = []
+    for k in range(base.n_snapshots, out.n_snapshots):
+        s = out.snapshots[k]
+        for p in s.page[s.mm == mm].tolist():
+            if p not in held and p not in seen:
+                seen.add(p)
+                got.append((round(out.times_ns[k] / 1e6), p))
+    return got
+
+
+def test_canary_sizes_are_a_table_of_present_pages_per_sample_and_process() -> None:
+    sizes = canary_sizes(_obs([]))
+    assert sizes is not None
+    assert sizes.t_s.tolist() == TIMES
+    assert sizes.pid.tolist() == [100, 101]
+    of = sizes.of(100)
+    assert of is not None
+    assert of.tolist() == SIZES[100]
+    assert sizes.of(7) is None
+    obs = _obs([])
+    assert obs.canary is not None
+    kept = (obs.canary.pid == 100) | (obs.canary.t_s < 3)
+    gap = dataclasses.replace(obs, canary=obs.canary[kept])
+    sizes = canary_sizes(gap)
+    assert sizes is not None
+    assert sizes.present[:, 1].tolist() == [3, 3, 3, -1, -1, -1, -1]
+
+
+def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_first() -> None:
+    """pid 100 had 5 rows at the last snapshot (1 s) and the canary counts 6 at 3 s, 8 at 4 s,
+    7 at 5 s: one page at 3 s, two more at 4 s, none given back. The page the canary saw
+    merged at 5 s at an address the trace does not hold is the first added (3 s, before the
+    sample that saw it); the others are pages of their own. pid 101 did not grow."""
+    inp = _input()
+    rates = _rates()
+    got = canary_growth(inp, rates, seed=1)
+    assert got is not None
+    out, note, renamed = got
+    assert note.status == "canary"
+    assert (note.total_pages, note.seen_merged_pages, note.steps) == (3, 1, 2)
+    assert note.pages_by_pid == {"100": 3}
+    assert "3 pages over 3 s, held to the canary's present pages (7 samples over 6 s)" in (
+        note.summary()
+    )
+    pages = _grown_pages(out, inp, 100)
+    assert [t for t, _ in pages] == [3000, 4000, 4000]
+    top = max(0x40, 0x21)  # above the process's rows and every page the canary recorded of it
+    assert [p for _, p in pages] == [top + 1, top + 2, top + 3]
+    assert _grown_pages(out, inp, 101) == []
+    # the canary's record of the page seen merged now names the first grown row
+    k_old = (100 << 36) | 0x40
+    k_new = (100 << 36) | (top + 1)
+    assert k_old in rates.key.tolist()
+    assert k_old not in renamed.key.tolist()
+    i_old = rates.key.tolist().index(k_old)
+    i_new = renamed.key.tolist().index(k_new)
+    assert renamed.joined_s is not None
+    assert rates.joined_s is not None
+    assert renamed.joined_s[i_new] == rates.joined_s[i_old] == 5.0
+    assert np.all(np.diff(renamed.key.astype(np.int64)) > 0)
+    # every grown row holds a content of its own
+    last = out.snapshots[-1]
+    mm = next(i for i, m in enumerate(out.mms) if m.pid == 100)
+    grown = (last.mm == mm) & (last.page > top)
+    assert np.unique(last.hash[grown]).size == 3
+    assert not np.isin(last.hash[grown], last.hash[~grown]).any()
+
+
+def test_the_page_the_canary_saw_merged_joins_and_merges_in_both_engines() -> None:
+    """Replayed with the canary, the grown page the canary saw merged takes the content its
+    process holds most and merges (one more page sharing than the same growth without the
+    canary's first merges); the engines agree on the input the write model sees."""
+    inp = _input()
+    rates = _rates()
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=12.0)
+    derived = derive_input(inp, opts, rates)
+    assert derived.growth.status == "canary"
+    a = replay(derived, knobs=knobs, options=opts, canary=rates)
+    b = replay(derived, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same_results(a, b)
+    assert a.provenance["growth"]["status"] == "canary"
+    plain = replay(inp, knobs=knobs, options=opts, canary=dataclasses.replace(rates, joined_s=None))
+    assert plain.provenance["growth"]["status"] == "canary"
+    assert a.final_counters["pages_sharing"] == plain.final_counters["pages_sharing"] + 1
+    assert_engines_agree_with_writes(derived.written, knobs, opts)
+
+
+def test_a_page_seen_merged_early_comes_before_the_sizes_say_and_adds_to_them() -> None:
+    """A page the canary saw merged at 2 s (before pid 100 grew) is added just after the
+    last snapshot, as the first of the pages the sizes add; five such pages are more than
+    the sizes add, and all five are added."""
+    inp = _input()
+    rates = canary_rates(_obs([*_merged_pairs(), (2.0, 100, NEW_ADDR, "merged")]))
+    got = canary_growth(inp, rates)
+    assert got is not None
+    out, note, _ = got
+    pages = _grown_pages(out, inp, 100)
+    after_last = round((inp.times_ns[-1] + AFTER_LAST_NS) / 1e6)
+    assert [t for t, _ in pages] == [after_last, 4000, 4000]
+    assert note.total_pages == 3  # the sizes' three, the first of them the page seen merged
+    rates = canary_rates(
+        _obs([*_merged_pairs(), *[(2.0, 100, NEW_ADDR + 0x1000 * i, "merged") for i in range(5)]])
+    )
+    got = canary_growth(inp, rates)
+    assert got is not None
+    assert (got[1].total_pages, got[1].seen_merged_pages) == (5, 5)
+
+
+def test_a_canary_of_another_run_leaves_the_growth_to_the_growth_model() -> None:
+    inp = _input()
+    other = canary_rates(
+        _obs([(0.0, 7, 0x10000, "merged"), (0.0, 8, 0x10000, "merged"), (0.0, 9, 0x1000, "merged")])
+    )
+    opts = ReplayOptions(duration_s=5.0)
+    assert derive_input(inp, opts, other).growth.status != "canary"
+    no_sizes = dataclasses.replace(_rates(), sizes=None)
+    assert derive_input(inp, opts, no_sizes).growth.status != "canary"
+    off = dataclasses.replace(opts, growth=False)
+    assert derive_input(inp, off, _rates()).growth.status == "off"
+
+
+def test_the_growth_held_to_a_canary_follows_the_seed_alone() -> None:
+    inp = _input()
+    a = canary_growth(inp, _rates(), seed=3)
+    b = canary_growth(inp, _rates(), seed=3)
+    assert a is not None
+    assert b is not None
+    assert np.array_equal(a[0].snapshots[-1].hash, b[0].snapshots[-1].hash)
+    assert a[0].times_ns == b[0].times_ns
+
+
+def test_renamed_pages_keep_their_records_and_refuse_a_key_held() -> None:
+    rates = _rates()
+    keys = rates.key.tolist()
+    old = np.array([keys[0]], np.uint64)
+    new = np.array([(100 << 36) | 0x99], np.uint64)
+    r = rates.renamed(old, new)
+    assert r.joined_s is not None
+    assert rates.joined_s is not None
+    i = r.key.tolist().index(int(new[0]))
+    assert r.joined_s[i] == rates.joined_s[0]
+    assert sorted(r.key.tolist()) == r.key.tolist()
+    assert len(r.key) == len(rates.key)
+    with pytest.raises(ValueError, match="a key the canary holds"):
+        rates.renamed(old, np.array([keys[1]], np.uint64))
+    with pytest.raises(ValueError, match="did not record"):
+        rates.renamed(np.array([(100 << 36) | 0x77], np.uint64), new)
+
+
+def test_many_steps_are_grouped_no_page_coming_later_than_it_did() -> None:
+    n = MAX_STEPS * 3
+    times = np.arange(n, dtype=np.int64) * 10
+    cum = [np.arange(1, n + 1, dtype=np.int64)]
+    t, c = _coarse(times, cum)
+    assert t.size == MAX_STEPS
+    assert c[0][-1] == n
+    # each group adds at its first step's time the pages of its last
+    assert t[0] == 0
+    assert c[0][0] == 3
+    cum_at = np.interp(t, times, cum[0])
+    assert np.all(c[0] >= cum_at)
