@@ -147,6 +147,26 @@ class Joins:
 
 
 @dataclass(frozen=True)
+class Episodes:
+    """Rows of a snapshot in the continuation that lose their shared content for a while and
+    then hold it again (a canary saw the page's merge broken with a new content, and the page
+    merged again later: :func:`with_canary`): at ``off_ns`` a write of a content of its own
+    (a copy-on-write break where the row is merged), at ``on_ns`` a write of the content it
+    held before, its snapshot's or, for a row that joins, the one it joined. A row may have
+    several. Sparse."""
+
+    rows: I64
+    """Row indexes, ascending (a row's episodes in order of time)."""
+    off_ns: I64
+    on_ns: I64
+    """``> off_ns``."""
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.off_ns.nbytes + self.on_ns.nbytes)
+
+
+@dataclass(frozen=True)
 class IntervalWrites:
     """What was written to each row of one snapshot over the interval after it."""
 
@@ -189,6 +209,9 @@ class IntervalWrites:
     joins: Joins | None = None
     """The continuation only: rows that join a content other rows hold, and when
     (:func:`with_canary`). None: none."""
+    episodes: Episodes | None = None
+    """The continuation only: rows that lose their shared content for a while and hold it
+    again (:func:`with_canary`). None: none."""
     canary_own: CanaryOwn | None = None
     """A snapshot the growth model appended, calibrated by a canary: ``same_rate_per_s``
     and ``leave_ns`` are then the last traced snapshot's own arrays, shared by every
@@ -260,6 +283,7 @@ class IntervalWrites:
             extra += 0 if self.leave_ns is None else self.leave_ns.nbytes
             extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         extra += 0 if self.joins is None else self.joins.nbytes
+        extra += 0 if self.episodes is None else self.episodes.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
         extra += 0 if self.timing is None else self.timing.nbytes
@@ -277,6 +301,8 @@ class IntervalWrites:
             w |= leave >= 0
         if self.joins is not None:
             w[self.joins.rows] = True
+        if self.episodes is not None:
+            w[self.episodes.rows] = True
         return int(np.count_nonzero(w))
 
 
@@ -816,6 +842,9 @@ class TraceWrites:
             p, ph = _once(np.maximum(joins.at_ns, t0) - t0)
             once = np.ones(jr.size, np.int64)
             parts.append((jr, p, ph, once, np.full(jr.size, _S_JOIN, np.int8)))
+        eps = iw.episodes if last else None
+        if eps is not None and eps.rows.size:
+            parts.extend(self._episode_streams(eps, joins, t0, end))
         gone_rows = gone_ns = np.empty(0, np.int64)
         if leave_ns is not None and last:  # a row leaves once, at its time
             gone_rows = np.flatnonzero(leave_ns >= 0)
@@ -839,6 +868,33 @@ class TraceWrites:
             gone_rows=gone_rows,
             gone_ns=gone_ns,
         )
+
+    @staticmethod
+    def _episode_streams(
+        eps: Episodes, joins: Joins | None, t0: int, end: int
+    ) -> list[tuple[I64, F64, F64, I64, npt.NDArray[np.int8]]]:
+        """The one-event streams of the episodes of an interval from ``t0`` to ``end``:
+        a content of its own at each episode's start (at ``t0`` for one under way, after
+        any join the interval hands out again at ``t0``: streams of one time run in order),
+        and its content back at the end, a join's (:data:`_S_JOIN`, the row's ``other``)
+        or the snapshot's (:data:`_S_TOGGLE` of one change: a restore)."""
+        live = (eps.on_ns > t0) & (eps.off_ns < end)
+        rows = eps.rows[live]
+        if not rows.size:
+            return []
+        once = np.ones(rows.size, np.int64)
+        p_off, ph_off = _once(np.maximum(eps.off_ns[live], t0) - t0)
+        p_on, ph_on = _once(eps.on_ns[live] - t0)
+        joined = (
+            np.zeros(rows.size, bool)
+            if joins is None or not joins.rows.size
+            else isin(rows, joins.rows, of_sorted=True)
+        )
+        back = np.where(joined, _S_JOIN, _S_TOGGLE).astype(np.int8)
+        return [
+            (rows, p_off, ph_off, once, np.full(rows.size, _S_DRIFT, np.int8)),
+            (rows, p_on, ph_on, once.copy(), back),
+        ]
 
     def _keys(self, k: int) -> U64:
         return self.inp.snapshots.keys(k)  # (its pages alone: no full snapshot rebuilt)
@@ -1261,6 +1317,15 @@ class CanaryRates:
     bytes as they were). Set by :func:`planner.engine.costfit.fit_canary` where
     their content changes keep the fitting replays from breaking as many merges as the
     recording (:func:`planner.engine.costfit.weigh_held_content`)."""
+    episode_key: U64 | None = None
+    """Per episode (a page's merge broken with a new content, or its page unmapped, and the
+    page merged again later): the page's key, ascending (a page's episodes in order)."""
+    episode_off_s: F64 | None = None
+    """Per episode: when the canary saw the merge go (its clock)."""
+    episode_on_s: F64 | None = None
+    """Per episode: when the canary saw the page merged again."""
+    full_scan_s: float | None = None
+    """The seconds per full scan of the ksmd the canary watched (None: no full scan)."""
     sizes: CanarySizes | None = None
     """Each followed process's present pages at each sample (None: not recorded); the
     growth after the trace is held to them where the canary recorded the traced run
@@ -1292,8 +1357,24 @@ class CanaryRates:
             if isinstance(getattr(self, f.name), np.ndarray)
             and getattr(self, f.name).shape == self.key.shape
             and f.name != "key"
+            and not f.name.startswith("episode_")
         }
-        return dataclasses.replace(self, key=key[order], **per_page)
+        out = dataclasses.replace(self, key=key[order], **per_page)
+        if self.episode_key is None or not self.episode_key.size or self.episode_off_s is None:
+            return out
+        at = np.minimum(np.searchsorted(old[np.argsort(old)], self.episode_key), old.size - 1)
+        by_old = np.argsort(old)
+        hit = old[by_old][at] == self.episode_key
+        ek = self.episode_key.copy()
+        ek[hit] = new[by_old][at[hit]]
+        eo = np.lexsort((self.episode_off_s, ek))
+        assert self.episode_on_s is not None
+        return dataclasses.replace(
+            out,
+            episode_key=ek[eo],
+            episode_off_s=self.episode_off_s[eo],
+            episode_on_s=self.episode_on_s[eo],
+        )
 
     def with_roles(self, role_of_pid: dict[int, str]) -> CanaryRates:
         """These rates with the processes' roles taken from ``role_of_pid`` (a trace of
@@ -1351,6 +1432,10 @@ def _canary_cpus(obs: ObservedTimeline) -> dict[int, float | None]:
     return out
 
 
+#: A page the canary saw merged again is taken to hold its shared content again this many
+#: of the canary's full scans before the sample that saw it (:func:`_canary_episodes`).
+REJOIN_LEAD_SCANS: Final = 1.5
+
 #: A page's last canary event that takes it out of KSM for good when no merge follows it:
 #: unmapped, or its merge broken with the content changed (the new content was never merged
 #: again: held by no other page, or changing too often for the checksum gate).
@@ -1395,21 +1480,33 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
     out_cow: list[bool] = []
     out_first: list[int] = []
     out_join: list[float] = []
+    ep_key: list[int] = []
+    ep_off: list[float] = []
+    ep_on: list[float] = []
     i, n_rows = 0, keys.size
     while i < n_rows:
         j = i
         merged, since, n, m = False, 0.0, 0, 0.0
         joined = np.nan
+        gone_at = np.nan  # the merge went with a new content (or the page): an episode's start
         while j < n_rows and keys[j] == keys[i]:
             if kinds[j] == "merged":
                 if not merged:
                     merged, since = True, times[j]
                 if np.isnan(joined):
                     joined = float(times[j])
-            elif merged:
-                m += times[j] - since
-                merged = False
-                n += kinds[j] == "unmerged_same_content"
+                if not np.isnan(gone_at):
+                    ep_key.append(int(keys[i]))
+                    ep_off.append(gone_at)
+                    ep_on.append(float(times[j]))
+                gone_at = np.nan
+            else:
+                if kinds[j] in _GONE_EVENTS:
+                    gone_at = float(times[j])
+                if merged:
+                    m += times[j] - since
+                    merged = False
+                    n += kinds[j] == "unmerged_same_content"
             j += 1
         if merged:
             m += t_end - since
@@ -1448,6 +1545,10 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         left_s=np.array(out_left, np.float64),
         left_cow=np.array(out_cow, bool),
         joined_s=np.array(out_join, np.float64),
+        episode_key=np.array(ep_key, np.uint64),
+        episode_off_s=np.array(ep_off, np.float64),
+        episode_on_s=np.array(ep_on, np.float64),
+        full_scan_s=_full_scan_s(obs),
         rates_by_comm=rates_by_comm,
         role_of_pid=roles,
         roles_recorded=bool(cpus),
@@ -1455,6 +1556,19 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         page_offset=offset[first] if first.size else offset[:0],
         sizes=canary_sizes(obs),
     )
+
+
+def _full_scan_s(obs: ObservedTimeline) -> float | None:
+    """Seconds per full scan of the ksmd a recording watched: its span over the full scans
+    it counted (None where it counted none)."""
+    if "full_scans" not in obs.counters.columns:
+        return None
+    scans = obs.counters["full_scans"].astype("float64").dropna()
+    if len(scans) < 2:
+        return None
+    n = float(scans.iloc[-1] - scans.iloc[0])
+    span_s = float(scans.index[-1] - scans.index[0])
+    return span_s / n if n > 0 and span_s > 0 else None
 
 
 def _sample_s(obs: ObservedTimeline) -> float:
@@ -1778,6 +1892,33 @@ def _canary_joins(
     content = t_gid[tp].astype(np.int64)
     zero = np.isin(content, gid[snap.zero])
     return Joins(rows.astype(np.int64), at, content, zero if zero.any() else None)
+
+
+def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes | None:
+    """The episodes of a snapshot in the continuation (rows ``key``): each time the canary
+    saw a page's merge go with a new content (or the page unmapped) and the page merged
+    again later, its row writes a content of its own when the canary saw the merge go, and
+    holds its shared content again :data:`REJOIN_LEAD_SCANS` of the canary's full scans
+    before the sample that saw it merged again (ksmd merges a page whose content changed
+    at its second visit after the change, one to two full scans later), never before it
+    left. The times are the workload's, on the canary's clock, which starts with ksmd as
+    the replay's: a canary at one knob setting serves the others."""
+    ek, off_s, on_s = rates.episode_key, rates.episode_off_s, rates.episode_on_s
+    if ek is None or off_s is None or on_s is None or not ek.size or not key.size:
+        return None
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    pos = np.minimum(np.searchsorted(ks, ek), ks.size - 1)
+    hit = ks[pos] == ek
+    if not hit.any():
+        return None
+    t0 = inp.times_ns[0] if inp.n_snapshots else 0
+    lead_ns = round(REJOIN_LEAD_SCANS * rates.full_scan_s * 1e9) if rates.full_scan_s else 0
+    off = t0 + np.rint(off_s[hit] * 1e9).astype(np.int64)
+    on = np.maximum(t0 + np.rint(on_s[hit] * 1e9).astype(np.int64) - lead_ns, off + 1)
+    rows = order[pos[hit]].astype(np.int64)
+    by = np.lexsort((off, rows))
+    return Episodes(rows[by], off[by], on[by])
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -2174,7 +2315,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 traced_iw = out[-1]
                 if cont and traced_iw is not None:
                     joins = _canary_joins(inp, snap, key, rates, traced_iw, inp.times_ns[k])
-                    out[-1] = dataclasses.replace(traced_iw, joins=joins)
+                    episodes = _canary_episodes(inp, key, rates)
+                    out[-1] = dataclasses.replace(traced_iw, joins=joins, episodes=episodes)
                     n_joins = 0 if joins is None else int(joins.rows.size)
             continue
         last = out[n_traced - 1]
@@ -2185,7 +2327,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         iw = _calibrated(inp, k, rate, cand, leave, leave_cow, unseen, last, grown)
         floor = np.full(snap.n, inp.times_ns[n_traced - 1], np.int64)
         floor[inp.deltas[k].added] = inp.times_ns[k]  # rows the snapshot brings: not before it
-        out.append(dataclasses.replace(iw, joins=_canary_joins(inp, snap, key, rates, iw, floor)))
+        joins = _canary_joins(inp, snap, key, rates, iw, floor)
+        out.append(dataclasses.replace(iw, joins=joins, episodes=_canary_episodes(inp, key, rates)))
     # what the rows taking the unseen breaks are (fit_canary weighs their rate)
     note = {
         "candidates": unseen.n_cand,
@@ -2209,6 +2352,7 @@ def write_model(inp: ReplayInput, *, enabled: bool = True, seed: int = 0) -> Tra
 __all__ = [
     "HELD_BASE",
     "JOINS_META",
+    "REJOIN_LEAD_SCANS",
     "RESTORE",
     "SAME",
     "UNSEEN_META",
@@ -2216,6 +2360,7 @@ __all__ = [
     "CanaryRates",
     "CanarySizes",
     "CanaryVariant",
+    "Episodes",
     "IntervalWrites",
     "Joins",
     "TraceWrites",

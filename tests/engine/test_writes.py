@@ -111,7 +111,7 @@ def test_vectorized_matches_reference_with_writes(
 ) -> None:
     """Both engines on every kind of write, joins among them (a write of a catalog
     content others hold: the fast engine's content id and flags against the reference's
-    hash) in a share of the examples."""
+    hash) and merges lost and got back, in a share of the examples."""
     ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
     inp = _with_random_joins(prepare(ht), seed, share) if share else prepare(ht)
     assert_engines_agree_with_writes(inp, knobs, opts, ep, compact, seed=seed % 7)
@@ -141,7 +141,7 @@ def test_vectorized_matches_reference_with_writes_many(
 ) -> None:
     """Both engines on every kind of write, joins among them (a write of a catalog
     content others hold: the fast engine's content id and flags against the reference's
-    hash) in a share of the examples."""
+    hash) and merges lost and got back, in a share of the examples."""
     ht = with_write_counts(random_world(seed, spec).host_trace(), seed, churn)
     inp = _with_random_joins(prepare(ht), seed, share) if share else prepare(ht)
     assert_engines_agree_with_writes(inp, knobs, opts, ep, compact, seed=seed % 7)
@@ -1503,19 +1503,28 @@ def test_held_twice_marks_values_another_element_holds(
 
 
 def _with_random_joins(
-    inp: ReplayInput, seed: int, share: float, *, unique_only: bool = False
+    inp: ReplayInput,
+    seed: int,
+    share: float,
+    *,
+    unique_only: bool = False,
+    episodes: bool = True,
 ) -> ReplayInput:
     """``inp`` with random :class:`Joins` on every snapshot of the continuation, drawn per
     page as a canary's are: a page joins or not, when and which content (one that at least
     two rows of the first such snapshot hold: appended snapshots keep every row) are the
     same in every snapshot that has it. Times run from a second before that snapshot to
     three seconds after it. ``unique_only``: only pages whose content no other row of the
-    first such snapshot holds (as a canary's joins: none of them is merged before)."""
-    from planner.engine.writes import Joins
+    first such snapshot holds (as a canary's joins: none of them is merged before).
+    With ``episodes``, pages also lose their content for a while and get it back
+    (:class:`Episodes`), one or two times each, on a share of the pages, drawn once per
+    page."""
+    from planner.engine.writes import Episodes, Joins
 
     rng = np.random.default_rng(seed)
     out = list(inp.writes)
     chosen: dict[tuple[int, int], tuple[int, int]] = {}
+    spells: dict[tuple[int, int], list[tuple[int, int]]] = {}
     pool: npt.NDArray[np.int64] | None = None
     for k, iw in enumerate(inp.writes):
         if iw is None or not (k + 1 == inp.n_snapshots or iw.origin_ns is not None):
@@ -1529,20 +1538,39 @@ def _with_random_joins(
         if not pool.size:
             break
         rows, at, content = [], [], []
+        ep_rows, ep_off, ep_on = [], [], []
         for r, key in enumerate(zip(snap.mm.tolist(), snap.page.tolist(), strict=True)):
             if key not in chosen:
                 joins = rng.random() < share and not (unique_only and held[r])
                 when = t0 + int(rng.integers(-(10**9), 3 * 10**9))
                 chosen[key] = (when, int(rng.choice(pool))) if joins else (-1, -1)
+                spells[key] = []
+                if episodes and rng.random() < share / 2:
+                    start = t0 - 10**9
+                    for _ in range(int(rng.integers(1, 3))):
+                        off = start + int(rng.integers(0, 3 * 10**9))
+                        start = off + 1 + int(rng.integers(0, 3 * 10**9))
+                        spells[key].append((off, start))
             when, c = chosen[key]
             if when >= 0:
                 rows.append(r)
                 at.append(when)
                 content.append(c)
+            for off, on in spells[key]:
+                ep_rows.append(r)
+                ep_off.append(off)
+                ep_on.append(on)
         targets = np.array(content, np.int64)
         zero = np.isin(targets, gid[snap.zero])  # the zero-filled content, as with_canary says
+        episodes = None
+        if ep_rows:
+            episodes = Episodes(
+                np.array(ep_rows, np.int64), np.array(ep_off, np.int64), np.array(ep_on, np.int64)
+            )
         out[k] = dataclasses.replace(
-            iw, joins=Joins(np.array(rows, np.int64), np.array(at, np.int64), targets, zero)
+            iw,
+            joins=Joins(np.array(rows, np.int64), np.array(at, np.int64), targets, zero),
+            episodes=episodes,
         )
     return dataclasses.replace(inp, writes=out)
 
@@ -1562,7 +1590,7 @@ def test_joined_rows_keep_their_merges_over_the_growths_snapshots(seed: int) -> 
     assert note.status == "continued"
     appended = [k for k, iw in enumerate(grown.writes) if iw is not None and iw.origin_ns]
     assert len(appended) >= 2
-    inp = _with_random_joins(grown, seed, 0.5, unique_only=True)
+    inp = _with_random_joins(grown, seed, 0.5, unique_only=True, episodes=False)
     knobs = KsmKnobs(pages_to_scan=40, sleep_ms=20, hz=250)
     opts = ReplayOptions(duration_s=30.0)
     res, _ = assert_engines_agree_with_writes(inp, knobs, opts, seed=seed)
@@ -1680,4 +1708,138 @@ def test_a_page_that_joins_the_zero_filled_content_is_merged_as_a_zero_page(
     zero_pages = a.final_counters["ksm_zero_pages"] - plain.final_counters["ksm_zero_pages"]
     sharing = a.final_counters["pages_sharing"] - plain.final_counters["pages_sharing"]
     assert (zero_pages, sharing) == ((1, 0) if use_zero_pages else (0, 1))
+    assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
+def _with_scans(obs: ObservedTimeline, full_scan_s: float) -> ObservedTimeline:
+    """``obs`` whose ksmd made a full scan every ``full_scan_s`` seconds."""
+    c = obs.counters.copy()
+    t = c.index.to_numpy(np.float64)
+    c["full_scans"] = np.floor(t / full_scan_s).astype(np.int64)
+    return dataclasses.replace(obs, counters=c)
+
+
+def test_a_canary_records_the_merges_a_page_lost_and_got_back() -> None:
+    """An episode is a merge that went with a new content or the page, followed by a merge
+    again; the last such event, with no merge after it, is a leave for good instead."""
+    obs = _canary(
+        [
+            (1.0, 100, 0x10000, "merged"),
+            (3.0, 100, 0x10000, "unmerged_changed"),
+            (5.0, 100, 0x10000, "merged"),
+            (6.0, 100, 0x10000, "unmerged_same_content"),
+            (7.0, 100, 0x10000, "merged"),
+            (8.0, 100, 0x10000, "unmapped"),
+            (1.0, 100, 0x11000, "merged"),
+            (2.0, 100, 0x11000, "unmerged_changed"),
+            (1.0, 101, 0x10000, "merged"),
+            (2.0, 101, 0x10000, "unmapped"),
+            (4.0, 101, 0x10000, "merged"),
+        ],
+        end_s=10.0,
+    )
+    rates = canary_rates(_with_scans(obs, 2.5))
+    assert rates.episode_key is not None
+    assert rates.episode_off_s is not None
+    assert rates.episode_on_s is not None
+    pages = [(int(k >> 36), int(k & 0xFFFFFFFFF)) for k in rates.episode_key.tolist()]
+    assert pages == [(100, 0x10), (101, 0x10)]
+    assert rates.episode_off_s.tolist() == [3.0, 2.0]
+    assert rates.episode_on_s.tolist() == [5.0, 4.0]
+    assert rates.full_scan_s == 2.5
+    assert rates.left_s is not None
+    left = dict(zip(rates.key.tolist(), rates.left_s.tolist(), strict=True))
+    assert left[(100 << 36) | 0x10] == 8.0
+    assert left[(100 << 36) | 0x11] == 2.0
+    assert np.isnan(left[(101 << 36) | 0x10])
+    # the merged seconds are the same as before episodes were kept: 2 + 1 + 1 (then gone)
+    assert rates.merged_s_per_page is not None
+    merged = dict(zip(rates.key.tolist(), rates.merged_s_per_page.tolist(), strict=True))
+    assert merged[(100 << 36) | 0x10] == 4.0
+    renamed = rates.renamed(
+        np.array([(101 << 36) | 0x10], np.uint64), np.array([(101 << 36) | 0x90], np.uint64)
+    )
+    assert renamed.episode_key is not None
+    assert [int(k & 0xFFFFFFFFF) for k in renamed.episode_key.tolist()] == [0x10, 0x90]
+
+
+def test_a_merge_lost_and_got_back_breaks_once_and_merges_again() -> None:
+    """A pair of pages merged from the start; the canary saw one lose its merge to a new
+    content at 6 s and merge again at 12 s. Its row writes a content of its own at 6 s (one
+    copy-on-write break) and holds the pair's content again 1.5 of the canary's full scans
+    before 12 s, in both engines: the pair is apart in between and merged at the end."""
+    from planner.engine.writes import REJOIN_LEAD_SCANS
+
+    w = _two_workers(pages=1)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    events = [
+        (0.0, 100, 0x10000, "merged"),
+        (0.0, 101, 0x10000, "merged"),
+        (6.0, 100, 0x10000, "unmerged_changed"),
+        (12.0, 100, 0x10000, "merged"),
+    ]
+    rates = canary_rates(_with_scans(_canary(events, end_s=20.0), 2.0))
+    calibrated = with_canary(inp, rates)
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.episodes is not None
+    snap = inp.snapshots[-1]
+    (r,) = last.episodes.rows.tolist()
+    assert int(inp.mms[int(snap.mm[r])].pid) == 100
+    t0 = inp.times_ns[0]
+    assert last.episodes.off_ns.tolist() == [t0 + 6 * 10**9]
+    assert last.episodes.on_ns.tolist() == [t0 + round((12 - REJOIN_LEAD_SCANS * 2.0) * 1e9)]
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=20.0, grid_s=0.5)
+    no_episodes = dataclasses.replace(rates, episode_key=None)
+    plain = replay(inp, knobs=knobs, options=opts, canary=no_episodes)
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    assert a.cow_breaks == plain.cow_breaks + 1
+    sharing = {round(g.t_s, 1): g.counters["pages_sharing"] for g in a.grid}
+    assert sharing[5.5] == 1
+    assert sharing[8.0] == 0  # apart: its own content
+    assert sharing[19.5] == 1  # merged again
+    assert all(g.counters["pages_sharing"] == 1 for g in plain.grid if g.t_s >= 5.0)
+    assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
+def test_a_joined_page_that_loses_its_merge_gets_the_joined_content_back() -> None:
+    """A page unique in the trace that the canary saw merged at 2 s (a join), then lose
+    its merge to a new content at 8 s and merge again at 14 s: it holds the joined content
+    again, not the snapshot's, and merges at the end, in both engines."""
+    w = _two_workers(pages=2)
+    w.map(100, 0x20000, [50])
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
+    merged = [(0.0, pid, 0x10000 + 0x1000 * p, "merged") for pid in (100, 101) for p in range(2)]
+    events = [
+        *merged,
+        (2.0, 100, 0x20000, "merged"),
+        (8.0, 100, 0x20000, "unmerged_changed"),
+        (14.0, 100, 0x20000, "merged"),
+    ]
+    rates = canary_rates(_with_scans(_canary(events, end_s=20.0), 1.0))
+    calibrated = with_canary(inp, rates)
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.joins is not None
+    assert last.episodes is not None
+    assert last.episodes.rows.tolist() == last.joins.rows.tolist()
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=24.0, grid_s=0.5)
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    no_episodes = dataclasses.replace(rates, episode_key=None)
+    joined = replay(inp, knobs=knobs, options=opts, canary=no_episodes)
+    sharing = {round(g.t_s, 1): g.counters["pages_sharing"] for g in a.grid}
+    before = {round(g.t_s, 1): g.counters["pages_sharing"] for g in joined.grid}
+    assert sharing[7.5] == before[7.5]
+    assert sharing[10.0] == before[10.0] - 1
+    assert sharing[23.5] == before[23.5]
     assert_engines_agree_with_writes(calibrated, knobs, opts)
