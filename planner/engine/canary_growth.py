@@ -47,7 +47,6 @@ renamed to their rows' keys, and :func:`canary_growth` returns the canary so ren
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -57,10 +56,10 @@ import numpy.typing as npt
 from planner.engine.growth import (
     MAX_STEPS,
     GrowthNote,
-    _draw_rows,
-    _fresh,
-    _salt,
     append_rows,
+    draw_rows,
+    fresh_contents,
+    noted,
 )
 from planner.engine.rows import PAGE_MASK, RowColumns, isin
 from planner.engine.writes import _held_twice
@@ -229,17 +228,13 @@ def canary_growth(
             k = max(0, min(c, p.seen.size - placed[i]))  # pages seen merged first
             parts = []
             if k:
-                rows, reps = _draw_rows(last.hash, p.seen_tmpl, k, seed, j)
-                parts.append((rows, reps))
+                parts.append(draw_rows(last.hash, p.seen_tmpl, k, seed, j))
             if c > k:
-                rows, reps = _draw_rows(last.hash, p.other_tmpl, c - k, seed, j)
+                rows, reps = draw_rows(last.hash, p.other_tmpl, c - k, seed, j)
                 parts.append((rows, reps + _OTHER_SALT))
             rows = np.concatenate([r for r, _ in parts])
             reps = np.concatenate([r for _, r in parts])
-            h = last.hash[rows].copy()
-            for rep in np.unique(reps).tolist():
-                sel = reps == rep
-                h[sel] = _fresh(h[sel], _salt(seed, j, rep))
+            h = fresh_contents(last.hash[rows], reps, np.ones(rows.size, bool), seed, j)
             page = np.uint64(next_page[i]) + np.arange(c, dtype=np.uint64)
             if int(page[-1]) > int(PAGE_MASK):  # pragma: no cover - a 47-bit address space
                 raise AssertionError("growth ran out of page numbers")
@@ -279,12 +274,7 @@ def canary_growth(
         pages_by_pid={str(p.pid): placed[i] for i, p in enumerate(procs) if placed[i]},
         seen_merged_pages=seen_placed,
     )
-    out = _with_note(out, note, n)
-    return out, note, renamed
-
-
-def _with_note(inp: ReplayInput, note: GrowthNote, traced: int) -> ReplayInput:
-    return dataclasses.replace(inp, meta={**inp.meta, "growth": note.to_dict(), "traced": traced})
+    return noted(out, note, n), note, renamed
 
 
 __all__ = ["AFTER_LAST_NS", "canary_growth"]

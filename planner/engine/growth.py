@@ -600,8 +600,13 @@ def continue_growth(inp: ReplayInput, *, seed: int = 0) -> tuple[ReplayInput, Gr
         template_rows=int(all_t.size),
         kinds={k: v.to_dict() for k, v in notes.items()},
     )
-    out = dataclasses.replace(out, meta={**out.meta, "growth": note.to_dict(), "traced": n})
-    return out, note
+    return noted(out, note, n), note
+
+
+def noted(inp: ReplayInput, note: GrowthNote, traced: int) -> ReplayInput:
+    """``inp``, grown, with what was assumed and how many of its snapshots the trace has in
+    its ``meta`` (``growth``, ``traced``)."""
+    return dataclasses.replace(inp, meta={**inp.meta, "growth": note.to_dict(), "traced": traced})
 
 
 def _growing(lays: list[MmLayout]) -> tuple[list[int], I64]:
@@ -764,7 +769,18 @@ def _ages(
     return np.maximum(np.array(age, np.float64), span_s)
 
 
-def _draw_rows(
+def fresh_contents(hashes: U64, reps: I64, fresh: B, seed: int, step: int) -> U64:
+    """``hashes`` of a step's drawn rows (``reps``: the pass of the draw each is from) with
+    those of ``fresh`` rows replaced by contents new to the step and pass: one per template
+    content (:func:`_fresh`), so drawn rows that share a content still share it."""
+    out = hashes.copy()
+    for rep in np.unique(reps[fresh]).tolist():
+        sel = fresh & (reps == rep)
+        out[sel] = _fresh(out[sel], _salt(seed, step, rep))
+    return out
+
+
+def draw_rows(
     hashes: U64, tmpl: I64, count: int, seed: int, step: int
 ) -> tuple[I64, npt.NDArray[np.int64]]:
     """``count`` template rows for one step (content by content, see the module notes) and
@@ -853,12 +869,8 @@ def _append_steps(
             c = int(add[j, i])
             if c <= 0:
                 continue
-            rows, reps = _draw_rows(last.hash, tmpl[i], c, seed, j)
-            h = last.hash[rows].copy()
-            fresh = ~keep_content[rows]
-            for rep in np.unique(reps[fresh]).tolist():
-                sel = fresh & (reps == rep)
-                h[sel] = _fresh(h[sel], _salt(seed, j, rep))
+            rows, reps = draw_rows(last.hash, tmpl[i], c, seed, j)
+            h = fresh_contents(last.hash[rows], reps, ~keep_content[rows], seed, j)
             page = next_page[m] + np.arange(c, dtype=np.uint64)
             next_page[m] += c
             if next_page[m] > int(PAGE_MASK):  # pragma: no cover - a 47-bit address space
@@ -942,5 +954,8 @@ __all__ = [
     "GrowthNote",
     "append_rows",
     "continue_growth",
+    "draw_rows",
     "fit_growth",
+    "fresh_contents",
+    "noted",
 ]

@@ -1362,11 +1362,12 @@ class CanaryRates:
         out = dataclasses.replace(self, key=key[order], **per_page)
         if self.episode_key is None or not self.episode_key.size or self.episode_off_s is None:
             return out
-        at = np.minimum(np.searchsorted(old[np.argsort(old)], self.episode_key), old.size - 1)
         by_old = np.argsort(old)
-        hit = old[by_old][at] == self.episode_key
+        old_sorted, new_by_old = old[by_old], new[by_old]
+        at = np.minimum(np.searchsorted(old_sorted, self.episode_key), old.size - 1)
+        hit = old_sorted[at] == self.episode_key
         ek = self.episode_key.copy()
-        ek[hit] = new[by_old][at[hit]]
+        ek[hit] = new_by_old[at[hit]]
         eo = np.lexsort((self.episode_off_s, ek))
         assert self.episode_on_s is not None
         return dataclasses.replace(
@@ -1906,19 +1907,18 @@ def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes
     ek, off_s, on_s = rates.episode_key, rates.episode_off_s, rates.episode_on_s
     if ek is None or off_s is None or on_s is None or not ek.size or not key.size:
         return None
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    pos = np.minimum(np.searchsorted(ks, ek), ks.size - 1)
-    hit = ks[pos] == ek
-    if not hit.any():
+    # each row's episodes: its run of the sorted episode keys (a page's in order of time)
+    lo = np.searchsorted(ek, key, side="left")
+    count = np.searchsorted(ek, key, side="right") - lo
+    if not count.any():
         return None
+    rows = np.repeat(np.arange(key.size, dtype=np.int64), count)
+    at = np.arange(rows.size, dtype=np.int64) + np.repeat(lo - (np.cumsum(count) - count), count)
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
     lead_ns = round(REJOIN_LEAD_SCANS * rates.full_scan_s * 1e9) if rates.full_scan_s else 0
-    off = t0 + np.rint(off_s[hit] * 1e9).astype(np.int64)
-    on = np.maximum(t0 + np.rint(on_s[hit] * 1e9).astype(np.int64) - lead_ns, off + 1)
-    rows = order[pos[hit]].astype(np.int64)
-    by = np.lexsort((off, rows))
-    return Episodes(rows[by], off[by], on[by])
+    off = t0 + np.rint(off_s[at] * 1e9).astype(np.int64)
+    on = np.maximum(t0 + np.rint(on_s[at] * 1e9).astype(np.int64) - lead_ns, off + 1)
+    return Episodes(rows, off, on)
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
