@@ -23,12 +23,18 @@ the trace is the canary's:
   merged leave when it saw them go (:func:`planner.engine.writes.with_canary`). After the
   recording each process keeps its size.
 * **Which pages.** The canary's pages of the process at addresses the last snapshot does not
-  hold that it saw merged at some sample come first, in order of their first merge: each is
-  added at the latest in the step before the sample that saw it merged, and earlier where
-  the sizes allow (the earliest time the recording allows, as for the joins of traced
-  pages); a process is given more pages than its size says where its pages seen merged
-  require it (new addresses that replaced others). The rest of its growth is pages the
-  canary never saw merged.
+  hold that it saw merged at some sample are added in order of their first merge, each in
+  the last step at least :data:`~planner.engine.writes.REJOIN_LEAD_SCANS` of the canary's
+  full scans before the sample that saw it merged (and before that sample): a new page
+  merges at its first or second visit, so the model merges it when the kernel did. The
+  rest of its growth is pages the canary never saw merged, as many at each step as the
+  size leaves room for then and later (:func:`_others`); a process is given more pages
+  than its size says only where its pages seen merged require it (new addresses that
+  replaced others). Until 2026-12-07 the pages seen merged came as early as the sizes
+  allowed, and merged there: on a Node canary run the model had 1,391 of them merged at
+  5 s and 3,384 at 15 s where the kernel had 320 and 883 merged pages at new addresses,
+  and ``pages_sharing`` was +16.6 % (+6.9 % now; docs/live-validation.md, "Pages at new
+  addresses merge when the canary saw them merge").
 * **What they hold.** A page the canary saw merged takes the write counts, flags and
   eligibility of a row of its process that holds a content no other row holds and was
   written neither with new contents nor the same ones, and a content of its own: the canary's
@@ -62,7 +68,7 @@ from planner.engine.growth import (
     noted,
 )
 from planner.engine.rows import PAGE_MASK, RowColumns, isin
-from planner.engine.writes import _held_twice
+from planner.engine.writes import REJOIN_LEAD_SCANS, _held_twice
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -86,7 +92,10 @@ class _Process:
 
     mm: int
     pid: int
-    cum: I64
+    cum_seen: I64
+    """Per step: how many of its pages seen merged it holds (cumulative)."""
+    cum_other: I64
+    """Per step: how many pages never seen merged it holds (cumulative)."""
     seen: U64
     seen_tmpl: I64
     other_tmpl: I64
@@ -113,13 +122,23 @@ def _grown(present: I64, rows: int, last_sample: I64) -> I64:
     return np.asarray(np.maximum.accumulate(np.maximum(g, 0))[last_sample], np.int64)
 
 
-def _due(times_ns: I64, t0_ns: int, seen_s: npt.NDArray[np.float64]) -> I64:
-    """Per step: how many of the pages seen merged (at ``seen_s``, sorted) must be present
-    by it: each in the last step before the sample that saw it merged (the first step for
-    one seen before any)."""
+def _due(times_ns: I64, t0_ns: int, seen_s: npt.NDArray[np.float64], lead_s: float) -> I64:
+    """Per step: how many of the pages seen merged (at ``seen_s``, sorted) it holds. Each
+    comes in the last step at or before ``lead_s`` ahead of the sample that saw it merged
+    (and before that sample; the first step for one seen before any)."""
     first_merge_ns = t0_ns + np.rint(seen_s * 1e9).astype(np.int64)
     latest = np.maximum(np.searchsorted(times_ns, first_merge_ns, side="left") - 1, 0)
-    return np.cumsum(np.bincount(latest, minlength=times_ns.size)).astype(np.int64)
+    lead_ns = first_merge_ns - round(lead_s * 1e9)
+    at = np.clip(np.searchsorted(times_ns, lead_ns, side="right") - 1, 0, latest)
+    return np.cumsum(np.bincount(at, minlength=times_ns.size)).astype(np.int64)
+
+
+def _others(cum: I64, due: I64) -> I64:
+    """Per step: how many pages never seen merged a process holds, given its size ``cum``
+    and its pages seen merged ``due`` at each step: as many as its size leaves room for at
+    this step and every later one (a page once added stays), all of them by the end."""
+    room = cum - due
+    return np.asarray(np.minimum.accumulate(room[::-1])[::-1], np.int64)
 
 
 def _pools(inp: ReplayInput, last: SnapshotRows) -> tuple[B, B]:
@@ -145,6 +164,7 @@ def _processes(
     cpage = rates.key & np.uint64(PAGE_MASK)
     joined = rates.joined_s
     seen_pool, other_pool = _pools(inp, last)
+    lead_s = REJOIN_LEAD_SCANS * (rates.full_scan_s or 0.0)
     by_pid: dict[int, list[int]] = {}
     for m in last.mm_present.tolist():
         by_pid.setdefault(int(inp.mms[m].pid), []).append(int(m))
@@ -165,19 +185,19 @@ def _processes(
             new = ~np.isnan(joined[at]) & ~isin(cpage[at], held_pages)
             order = np.lexsort((cpage[at][new], joined[at][new]))
             seen, seen_s = cpage[at][new][order], joined[at][new][order]
-        cum = np.maximum.accumulate(
-            np.maximum(_grown(present, rows, last_sample), _due(times_ns, t0, seen_s))
-        )
+        seen_tmpl = lo + np.flatnonzero(seen_pool[lo:hi])
+        if not seen_tmpl.size:  # no row can stand for a page seen merged: none is placed
+            seen, seen_s = seen[:0], seen_s[:0]
+        due = _due(times_ns, t0, seen_s, lead_s)
+        cum = np.maximum.accumulate(np.maximum(_grown(present, rows, last_sample), due))
         if not cum.size or cum[-1] <= 0:
             continue
         top = max(int(last.page[hi - 1]), int(cpage[at].max()) if at.size else 0)
-        seen_tmpl = lo + np.flatnonzero(seen_pool[lo:hi])
-        if not seen_tmpl.size:  # no row can stand for a page seen merged: none is placed
-            seen = seen[:0]
         other_tmpl = lo + np.flatnonzero(other_pool[lo:hi])
         if not other_tmpl.size:
             other_tmpl = np.arange(lo, hi, dtype=np.int64)
-        out.append(_Process(mm, pid, cum, seen, seen_tmpl, other_tmpl, top + 1))
+        others = _others(cum, due)
+        out.append(_Process(mm, pid, due, others, seen, seen_tmpl, other_tmpl, top + 1))
     return out
 
 
@@ -213,8 +233,9 @@ def canary_growth(
     procs = _processes(inp, last, rates, times_ns, last_sample)
     if not procs:
         return None
-    step_ns, cums = _coarse(times_ns, [p.cum for p in procs])
+    step_ns, cums = _coarse(times_ns, [c for p in procs for c in (p.cum_seen, p.cum_other)])
     placed = [0] * len(procs)  # rows added so far, per process
+    placed_seen = [0] * len(procs)
     next_page = [p.next_page for p in procs]
     renamed_from: list[U64] = []
     renamed_to: list[U64] = []
@@ -222,10 +243,10 @@ def canary_growth(
     for j, t_ns in enumerate(step_ns.tolist()):
         keys, hashes, flags, srcs = [], [], [], []
         for i, p in enumerate(procs):
-            c = int(cums[i][j]) - placed[i]
+            k = int(cums[2 * i][j]) - placed_seen[i]
+            c = k + int(cums[2 * i + 1][j]) - (placed[i] - placed_seen[i])
             if c <= 0:
                 continue
-            k = max(0, min(c, p.seen.size - placed[i]))  # pages seen merged first
             parts = []
             if k:
                 parts.append(draw_rows(last.hash, p.seen_tmpl, k, seed, j))
@@ -240,8 +261,9 @@ def canary_growth(
                 raise AssertionError("growth ran out of page numbers")
             if k:
                 pid = np.uint64(p.pid) << np.uint64(36)
-                renamed_from.append(pid | p.seen[placed[i] : placed[i] + k])
+                renamed_from.append(pid | p.seen[placed_seen[i] : placed_seen[i] + k])
                 renamed_to.append(pid | page[:k])
+                placed_seen[i] += k
             next_page[i] += c
             placed[i] += c
             keys.append((np.uint64(p.mm) << np.uint64(36)) | page)
@@ -263,7 +285,7 @@ def canary_growth(
     if renamed_from:
         renamed = rates.renamed(np.concatenate(renamed_from), np.concatenate(renamed_to))
     total = sum(placed)
-    seen_placed = int(sum(min(p.seen.size, placed[i]) for i, p in enumerate(procs)))
+    seen_placed = sum(placed_seen)
     note = GrowthNote(
         "canary",
         f"held to the canary's present pages ({sizes.t_s.size} samples over "

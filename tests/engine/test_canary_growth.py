@@ -102,11 +102,12 @@ def test_canary_sizes_are_a_table_of_present_pages_per_sample_and_process() -> N
     assert sizes.present[:, 1].tolist() == [3, 3, 3, -1, -1, -1, -1]
 
 
-def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_first() -> None:
+def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_when_it_merged() -> None:
     """pid 100 had 5 rows at the last snapshot (1 s) and the canary counts 6 at 3 s, 8 at 4 s,
     7 at 5 s: one page at 3 s, two more at 4 s, none given back. The page the canary saw
-    merged at 5 s at an address the trace does not hold is the first added (3 s, before the
-    sample that saw it); the others are pages of their own. pid 101 did not grow."""
+    merged at 5 s at an address the trace does not hold comes in the step before the sample
+    that saw it (4 s), not as early as the sizes would allow: the page of 3 s is one of its
+    own. The others are pages of their own. pid 101 did not grow."""
     inp = _input()
     rates = _rates()
     got = canary_growth(inp, rates, seed=1)
@@ -123,9 +124,9 @@ def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_first() -> 
     top = max(0x40, 0x21)  # above the process's rows and every page the canary recorded of it
     assert [p for _, p in pages] == [top + 1, top + 2, top + 3]
     assert _grown_pages(out, inp, 101) == []
-    # the canary's record of the page seen merged now names the first grown row
+    # the canary's record of the page seen merged now names the first row of 4 s
     k_old = (100 << 36) | 0x40
-    k_new = (100 << 36) | (top + 1)
+    k_new = (100 << 36) | (top + 2)
     assert k_old in rates.key.tolist()
     assert k_old not in renamed.key.tolist()
     i_old = rates.key.tolist().index(k_old)
@@ -181,6 +182,32 @@ def test_a_page_seen_merged_early_comes_before_the_sizes_say_and_adds_to_them() 
     got = canary_growth(inp, rates)
     assert got is not None
     assert (got[1].total_pages, got[1].seen_merged_pages) == (5, 5)
+
+
+def test_a_page_seen_merged_comes_a_scan_and_a_half_before_the_sample_that_saw_it() -> None:
+    """With the canary's full scans 1 s long, the page it saw merged at 5 s comes in the last
+    step at least 1.5 s before (3 s, the first page pid 100 gains), and its process holds no
+    more pages than the canary counts at any step (a page of its own comes at 4 s instead).
+    With full scans 3 s long, 4.5 s before is before any growth: the page comes just after
+    the last snapshot, one more than the sizes say until they catch up."""
+    inp = _input()
+    mm = next(i for i, m in enumerate(inp.mms) if m.pid == 100)
+    top = 0x40
+    got = canary_growth(inp, dataclasses.replace(_rates(), full_scan_s=1.0), seed=1)
+    assert got is not None
+    out, note, renamed = got
+    assert (note.total_pages, note.seen_merged_pages) == (3, 1)
+    assert [t for t, _ in _grown_pages(out, inp, 100)] == [3000, 4000, 4000]
+    assert ((100 << 36) | (top + 1)) in renamed.key.tolist()
+    for k in range(inp.n_snapshots, out.n_snapshots):
+        t_s = (out.times_ns[k] - inp.times_ns[0]) / 1e9
+        held = int(np.count_nonzero(out.snapshots[k].mm == mm))
+        assert held == SIZES[100][int(t_s)], (t_s, held)
+    got = canary_growth(inp, dataclasses.replace(_rates(), full_scan_s=3.0), seed=1)
+    assert got is not None
+    after_last = round((inp.times_ns[-1] + AFTER_LAST_NS) / 1e6)
+    assert [t for t, _ in _grown_pages(got[0], inp, 100)] == [after_last, 4000, 4000]
+    assert ((100 << 36) | (top + 1)) in got[2].key.tolist()
 
 
 def test_a_canary_of_another_run_leaves_the_growth_to_the_growth_model() -> None:
