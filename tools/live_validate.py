@@ -166,6 +166,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="join the model's KSM pages with the canary's page by page (needs --canary; "
         "replays once more with the reference model: about a minute per 16,000 pages)",
     )
+    c.add_argument(
+        "--page-truth-at",
+        action="append",
+        type=float,
+        default=[],
+        metavar="S",
+        help="the same join at S seconds after ksmd's start, both sides taken then "
+        "(repeatable: the middle of the minute, where the end agrees)",
+    )
     return ap.parse_args(argv)
 
 
@@ -223,6 +232,16 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             else:
                 log(truth.summary())
                 out["page_truth"] = truth.to_dict()
+        for at_s in args.page_truth_at if "page_truth_at" not in out else []:
+            at = out.setdefault("page_truth_at", {})
+            try:
+                truth = page_truth(run, opts, at_s=at_s)
+            except PlannerError as exc:
+                log(f"no per-page truth at {at_s:g} s: {exc.one_line()}")
+                at[f"{at_s:g}"] = {"error": exc.one_line()}
+            else:
+                log(truth.summary())
+                at[f"{at_s:g}"] = truth.to_dict()
     return out
 
 
@@ -337,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry.update(workload=run.workload["name"], host_load=run.host_load,
                              runtime_s=run.phases_s)  # fmt: skip
                 entry["comparisons"] = _compare_all(run, args)
-                if "page_truth" in entry["comparisons"]:
-                    entry["page_truth"] = entry["comparisons"].pop("page_truth")
+                for part in ("page_truth", "page_truth_at"):
+                    if part in entry["comparisons"]:
+                        entry[part] = entry["comparisons"].pop(part)
             except PlannerError as exc:
                 failed = True
                 entry["error"] = exc.one_line()
@@ -357,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                     if not args.record_only:
                         t_cmp = time.monotonic()
                         entry["comparisons"] = _compare_all(run, args)
-                        if "page_truth" in entry["comparisons"]:
-                            entry["page_truth"] = entry["comparisons"].pop("page_truth")
+                        for part in ("page_truth", "page_truth_at"):
+                            if part in entry["comparisons"]:
+                                entry[part] = entry["comparisons"].pop(part)
                         entry["compare_s"] = round(time.monotonic() - t_cmp, 2)
                 except PlannerError as exc:
                     failed = True

@@ -45,6 +45,9 @@ class DerivedInput:
     made_for: tuple[bool, bool, int, bool]
     #: the joins the trace shows, which the replay does not continue (:mod:`planner.engine.joins`)
     joins: JoinNote
+    #: ``canary`` as the write model took it: its pages a canary growth placed renamed to
+    #: their rows' keys (:func:`with_growth`); None without a canary or writes
+    applied: CanaryRates | None = None
 
 
 def derivation(opts: ReplayOptions) -> tuple[bool, bool, int, bool]:
@@ -78,7 +81,7 @@ def derive_input(
     canary_rows = int(written.meta.get(JOINS_META, 0))
     if canary_rows and joins.intervals:
         joins = dataclasses.replace(joins, continued=True, canary_rows=canary_rows)
-    return DerivedInput(inp, grown, written, growth, canary, derivation(opts), joins)
+    return DerivedInput(inp, grown, written, growth, canary, derivation(opts), joins, applied)
 
 
 def base_input(source: ReplayInput | DerivedInput) -> ReplayInput:

@@ -1330,6 +1330,10 @@ class CanaryRates:
     """Each followed process's present pages at each sample (None: not recorded); the
     growth after the trace is held to them where the canary recorded the traced run
     (:func:`planner.engine.canary_growth.canary_growth`)."""
+    renamed_keys: tuple[U64, U64] | None = None
+    """The keys the canary recorded of pages placed at keys of the model's own, and those
+    keys, pair by pair (:meth:`renamed`); None: none was renamed. For diagnostics: the
+    live page-truth join (:mod:`planner.testing.live.pages`)."""
     unseen_cyclers: int | None = None
     """The traced run's own canary: how many of the rows that could take the unseen breaks
     (:func:`_unseen_candidates`) do, each written fast enough that a sample would rarely
@@ -1359,7 +1363,11 @@ class CanaryRates:
             and f.name != "key"
             and not f.name.startswith("episode_")
         }
-        out = dataclasses.replace(self, key=key[order], **per_page)
+        done = self.renamed_keys
+        pairs = (old.copy(), new.copy()) if done is None else (
+            np.concatenate([done[0], old]), np.concatenate([done[1], new])
+        )  # fmt: skip
+        out = dataclasses.replace(self, key=key[order], renamed_keys=pairs, **per_page)
         if self.episode_key is None or not self.episode_key.size or self.episode_off_s is None:
             return out
         by_old = np.argsort(old)

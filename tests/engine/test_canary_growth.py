@@ -134,6 +134,9 @@ def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_when_it_mer
     assert renamed.joined_s is not None
     assert rates.joined_s is not None
     assert renamed.joined_s[i_new] == rates.joined_s[i_old] == 5.0
+    assert renamed.renamed_keys is not None  # the pairs, for the live page-truth join
+    assert [a.tolist() for a in renamed.renamed_keys] == [[k_old], [k_new]]
+    assert rates.renamed_keys is None
     assert np.all(np.diff(renamed.key.astype(np.int64)) > 0)
     # every grown row holds a content of its own
     last = out.snapshots[-1]
@@ -153,6 +156,9 @@ def test_the_page_the_canary_saw_merged_joins_and_merges_in_both_engines() -> No
     opts = ReplayOptions(duration_s=12.0)
     derived = derive_input(inp, opts, rates)
     assert derived.growth.status == "canary"
+    assert derived.canary is rates  # as given; as the write model took it, renamed:
+    assert derived.applied is not None
+    assert derived.applied.renamed_keys is not None
     a = replay(derived, knobs=knobs, options=opts, canary=rates)
     b = replay(derived, knobs=knobs, options=opts, canary=rates, engine="reference")
     assert_same_results(a, b)

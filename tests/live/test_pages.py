@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from planner.engine.writes import CanaryRates, canary_rates
 from planner.errors import InputDataError
 from planner.testing.live.compare import CompareOptions
-from planner.testing.live.pages import classify, kernel_page_states, page_truth
+from planner.testing.live.pages import _grown_seen, classify, kernel_page_states, page_truth
 from planner.testing.live.protocol import LiveRun
 from planner.trace.recording import CANARY_SCHEMA, EVENTS_SCHEMA
+from tests.engine.test_writes import _canary
 
 from .conftest import PIDS
 
@@ -108,3 +112,51 @@ def test_the_join_finds_exactly_the_pages_the_kernel_did_not_merge(
     assert mo["fork_shared"] == 0
     assert "model only 10" in truth.summary()
     json.dumps(truth.to_dict())
+
+
+def test_at_a_time_both_sides_are_taken_then(synthetic_run: Callable[..., LiveRun]) -> None:
+    """At 1.5 s the ten pages of pid 102 the kernel lost at 2 s are still merged on its
+    side; the model's side is its replay stopped then. A time before ksmd's start or past
+    the observation is refused."""
+    run = synthetic_run()
+    rows = [(1.0, pid, i, "merged") for pid in PIDS for i in range(100)]
+    rows += [(2.0, 102, i, "unmerged_same_content") for i in range(10)]
+    _add_canary(run, rows)
+    opts = CompareOptions(min_window_s=2)
+    end = page_truth(run, opts)
+    early = page_truth(run, opts, at_s=1.5)
+    assert (end.kernel_ksm_pages, early.kernel_ksm_pages) == (290, 300)
+    assert early.at_s == 1.5
+    assert end.at_s is None
+    assert "at 1.5 s" in early.summary()
+    assert early.grown_seen is None  # no canary growth: no rows placed for its pages
+    before = page_truth(run, opts, at_s=0.2)
+    assert before.kernel_ksm_pages == 0
+    for bad in (0.0, -1.0, end.duration_s + 1.0):
+        with pytest.raises(InputDataError, match="no per-page truth"):
+            page_truth(run, opts, at_s=bad)
+
+
+def test_grown_rows_are_joined_with_the_pages_they_stand_for() -> None:
+    """A row the canary growth placed for a page seen merged takes the kernel's state of
+    that page (through ``CanaryRates.renamed_keys``); rows placed for no such page, and
+    traced rows, are left out."""
+    pid = np.array([100, 100, 100, 101], np.int64)
+    page = np.array([0x20, 0x41, 0x42, 0x43], np.uint64)
+    grown = np.array([False, True, True, True])
+    model = np.array([True, True, False, True])
+    old = np.array([(100 << 36) | 0x30, (100 << 36) | 0x31], np.uint64)
+    new = np.array([(100 << 36) | 0x42, (100 << 36) | 0x41], np.uint64)
+    rates = dataclasses.replace(_rates_stub(), renamed_keys=(old, new))
+    kern = pd.DataFrame(
+        {"ksm": [True, False]}, index=pd.MultiIndex.from_tuples([(100, 0x30), (100, 0x31)])
+    )
+    got = _grown_seen(pid, page, grown, model, rates, kern)
+    # row 0x41 stands for 0x31 (not merged in the kernel), row 0x42 for 0x30 (merged)
+    assert got == {"rows": 2, "model_ksm": 1, "kernel_ksm": 1, "both": 0}
+    assert _grown_seen(pid, page, grown, model, _rates_stub(), kern) is None
+    assert _grown_seen(pid, page, grown, model, None, kern) is None
+
+
+def _rates_stub() -> CanaryRates:
+    return canary_rates(_canary([(1.0, 100, 0x10000, "merged")], end_s=2.0))

@@ -13,12 +13,15 @@ processes as the capture: same pids, same addresses):
 * the **kernel's** state per page at the canary's last sample: its last ``merged`` or
   ``unmerged*`` event (``/proc/kpageflags`` KPF_KSM of the page's frame);
 
-and describes each class of pages (merged by both, by the model only, by the kernel only)
-by what a capture can see of them: the mapping kind, whether ``fork()`` still shares the
-frame, whether the three snapshots show the same content, the content changes and checks
-the sampler made, how many rows hold the same content, and what the canary saw happen to
-them (merges, merges lost with the content unchanged or changed). docs/live-validation.md
-(the section "PostgreSQL and Node captured with sampling, page by page") has what it found.
+or both sides at a time of the minute (``page_truth(..., at_s=S)``, ``tools/live_validate.py
+--page-truth-at S``), with the rows a canary growth placed for pages it saw merged joined
+through the canary's renaming (``grown_seen``). It describes each class of pages (merged by
+both, by the model only, by the kernel only) by what a capture can see of them: the
+mapping kind, whether ``fork()`` still shares the frame, whether the three snapshots show
+the same content, the content changes and checks the sampler made, how many rows hold the
+same content, and what the canary saw happen to them (merges, merges lost with the content
+unchanged or changed). docs/live-validation.md (the section "PostgreSQL and Node captured
+with sampling, page by page") has what it found.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from planner.engine.rows import PAGE_MASK
 from planner.errors import InputDataError
 from planner.testing.live.compare import CompareOptions, _kernel_series, replay_setup
 from planner.testing.live.protocol import LiveRun
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
     import os
 
     import pandas as pd
+
+    from planner.engine.writes import CanaryRates
 
 #: The classes of :func:`classify`.
 CLASSES: Final = ("both", "model_only", "kernel_only", "neither")
@@ -107,6 +113,13 @@ class PageTruth:
     model_grown_ksm_pages: int = 0
     """Of those, pages mapped to a KSM page at the end (to set against
     ``kernel_pages_not_in_trace``)."""
+    at_s: float | None = None
+    """The time (the canary's clock, from ksmd's start) both sides are taken at; None: the
+    end of the observation."""
+    grown_seen: dict[str, int] | None = None
+    """The grown rows placed for pages the canary saw merged at new addresses
+    (:mod:`planner.engine.canary_growth`), joined with the kernel through the canary's
+    renaming: ``rows``, ``model_ksm``, ``kernel_ksm``, ``both``; None: no such row."""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,8 +129,9 @@ class PageTruth:
     def summary(self) -> str:
         """A few lines for people."""
         c = self.counts
+        at = "" if self.at_s is None else f" at {self.at_s:g} s"
         lines = [
-            f"per-page truth ({'canary-calibrated' if self.calibrated else 'trace'} writes): "
+            f"per-page truth{at} ({'canary-calibrated' if self.calibrated else 'trace'} writes): "
             f"model {self.model_ksm_pages:,} KSM pages, kernel {self.kernel_ksm_pages:,}; "
             f"both {c['both']:,}, model only {c['model_only']:,}, kernel only "
             f"{c['kernel_only']:,}"
@@ -127,6 +141,12 @@ class PageTruth:
                 f"  memory not in the capture: kernel {self.kernel_pages_not_in_trace:,} KSM "
                 f"pages; model {self.model_grown_ksm_pages:,} KSM pages of the "
                 f"{self.model_grown_pages:,} it grew after the last snapshot"
+            )
+        g = self.grown_seen
+        if g:
+            lines.append(
+                f"  grown rows the canary saw merged: {g['rows']:,}; KSM pages: model "
+                f"{g['model_ksm']:,}, kernel {g['kernel_ksm']:,}, both {g['both']:,}"
             )
         for name in ("model_only", "kernel_only"):
             d = self.classes.get(name)
@@ -210,12 +230,20 @@ def _describe(sel: pd.DataFrame) -> dict[str, Any]:
 
 
 def page_truth(
-    run_dir: str | os.PathLike[str] | LiveRun, options: CompareOptions | None = None
+    run_dir: str | os.PathLike[str] | LiveRun,
+    options: CompareOptions | None = None,
+    *,
+    at_s: float | None = None,
 ) -> PageTruth:
     """Join the model's per-page KSM state with the kernel's for a canary run (module notes).
 
     The replay is the comparison's (``options``: alignment, load, cost profile, canary
-    calibration), run by the reference model for as long as the observation lasted.
+    calibration), run by the reference model for as long as the observation lasted, or
+    until ``at_s`` (seconds from ksmd's start, both clocks): the model's rows are then the
+    snapshot it holds at that time, and the kernel's states are its events up to then. The
+    rows a canary's growth placed for pages it saw merged at new addresses are joined with
+    the kernel through the canary's renaming (``grown_seen``; docs/live-validation.md,
+    "Pages at new addresses merge when the canary saw them merge").
 
     Raises
     ------
@@ -238,7 +266,13 @@ def page_truth(
             f"{run.run_dir}: the run has no per-page KSM states",
             hint="record it with tools/live_validate.py --canary (observe --ksm-pages)",
         )
-    duration_s = _kernel_series(run).end_s
+    end_s = _kernel_series(run).end_s
+    if at_s is not None and not 0 < at_s <= end_s:
+        raise InputDataError(
+            f"{run.run_dir}: no per-page truth at {at_s:g} s",
+            hint=f"give a time after ksmd's start, at most the observation's {end_s:.1f} s",
+        )
+    duration_s = end_s if at_s is None else float(at_s)
     s = replay_setup(run, opts, duration_s)
     traced = s.inp.snapshots[s.inp.n_snapshots - 1].keys()
     derived = derive_input(s.inp, s.options, s.canary)  # as the comparison's replay has it
@@ -248,7 +282,7 @@ def page_truth(
     Driver(core, inp, s.knobs, s.options, writes=NO_WRITES if model is None else model).run()
 
     shift = inp.page_size.bit_length() - 1
-    snap = inp.snapshots[inp.n_snapshots - 1]
+    snap = core.snap if core.snap is not None else inp.snapshots[inp.n_snapshots - 1]
     pids = np.array([m.pid for m in inp.mms], np.int64)
     comms = [m.comm or "" for m in inp.mms]
     mm = snap.mm.astype(np.int64)
@@ -257,6 +291,11 @@ def page_truth(
     model_ksm = core.ksm_rows()
     grown = ~np.isin(snap.keys(), traced)  # rows the growth model added: not joined
     n_grown, grown_ksm = int(grown.sum()), int(np.count_nonzero(model_ksm[grown]))
+    events = obs.page_events
+    if at_s is not None:
+        events = events[events["t_s"].to_numpy() <= at_s]
+    kern = kernel_page_states(events, shift)
+    seen = _grown_seen(pids[mm], snap.page, grown, model_ksm, derived.applied, kern)
     keep = ~grown
     mm, model_ksm = mm[keep], model_ksm[keep]
     inv, hinv = inv.reshape(-1)[keep], hinv.reshape(-1)[keep]
@@ -270,7 +309,6 @@ def page_truth(
             "dups": hcnt[hinv],
         }
     ).set_index(["pid", "page"])
-    kern = kernel_page_states(obs.page_events, shift)
     df = df.join(kern, how="left").join(_trace_rows(run, shift), how="left")
     df["ksm"] = df["ksm"].astype("boolean").fillna(False).astype(bool)
     for col in ("merges", "unmerged_same", "unmerged_changed"):
@@ -295,7 +333,7 @@ def page_truth(
         )
     return PageTruth(
         run_dir=run.run_dir,
-        duration_s=round(duration_s, 3),
+        duration_s=round(end_s, 3),
         calibrated=s.canary is not None,
         counts=counts,
         model_ksm_pages=int(df["model_ksm"].sum()),
@@ -303,13 +341,54 @@ def page_truth(
         kernel_pages_not_in_trace=int((kern["ksm"].to_numpy() & ~in_trace).sum()),
         model_grown_pages=n_grown,
         model_grown_ksm_pages=grown_ksm,
+        at_s=at_s,
+        grown_seen=seen,
         processes=procs,
         classes={c: _describe(df[df["cls"] == c]) for c in CLASSES if c != "neither"},
         notes=[
             "model: the reference model's rows mapped to a KSM page at the end of the "
             "replay; kernel: KPF_KSM at the canary's last sample (1 s apart)"
+            + ("" if at_s is None else f", both at {at_s:g} s")
         ],
     )
+
+
+def _grown_seen(
+    pid: npt.NDArray[np.int64],
+    page: npt.NDArray[np.uint64],
+    grown: npt.NDArray[np.bool_],
+    model_ksm: npt.NDArray[np.bool_],
+    canary: CanaryRates | None,
+    kern: pd.DataFrame,
+) -> dict[str, int] | None:
+    """The grown rows placed for pages the canary saw merged, each joined with the kernel's
+    state of the page it stands for (:attr:`CanaryRates.renamed_keys`); None: none."""
+    import pandas as pd
+
+    pairs = None if canary is None else canary.renamed_keys
+    if pairs is None or not pairs[0].size or not grown.any():
+        return None
+    rows = np.flatnonzero(grown)
+    key = (pid[rows].astype(np.uint64) << np.uint64(36)) | page[rows].astype(np.uint64)
+    order = np.argsort(pairs[1])
+    new, old = pairs[1][order], pairs[0][order]
+    at = np.minimum(np.searchsorted(new, key), new.size - 1)
+    hit = new[at] == key
+    rows, old = rows[hit], old[at[hit]]
+    ksm = kern["ksm"]
+    kernel = np.zeros(rows.size, bool)
+    if len(ksm):
+        idx = pd.MultiIndex.from_arrays(
+            [(old >> np.uint64(36)).astype(np.int64), (old & PAGE_MASK).astype(np.int64)]
+        )
+        kernel = ksm.reindex(idx).fillna(False).to_numpy(bool)
+    model = model_ksm[rows]
+    return {
+        "rows": int(rows.size),
+        "model_ksm": int(model.sum()),
+        "kernel_ksm": int(kernel.sum()),
+        "both": int((model & kernel).sum()),
+    }
 
 
 __all__ = ["CLASSES", "PageTruth", "classify", "kernel_page_states", "page_truth"]
