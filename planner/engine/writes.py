@@ -1844,12 +1844,16 @@ def _canary_joins(
     """The rows of a snapshot in the continuation that join a content other rows hold.
 
     A row joins where the canary saw its page merged while the snapshot shows it holding a
-    content no other row holds, written neither with new contents nor the same ones over
-    the interval (a row that changes goes on changing: its next change is a content of its
-    own). The kernel merged it with some page, so its content became one that others hold
-    after the capture: on a JVM, memory freed and zeroed by the collector; on Node, heap
-    objects laid out alike in every worker (docs/live-validation.md, "Canary-driven
-    joins").
+    content no other row holds, and the interval wrote it with no same-content write. The
+    kernel merged it with some page, so its content became one that others hold after the
+    capture: on a JVM, memory freed and zeroed by the collector; on Node, heap objects laid
+    out alike in every worker (docs/live-validation.md, "Canary-driven joins"). A row the
+    interval saw change content goes on changing (its next change is a content of its own,
+    which breaks the merge: the canary's merge lost with a new content); until 2026-12-07
+    such rows never joined, and on two Node canary runs 4,277 of the 6,249 pages the canary
+    saw leave for good with a new content were never merged in the model when they left:
+    copy-on-write −20.5 and −29.0 % (docs/live-validation.md, "Changing rows the canary saw
+    merged").
 
     * *Which content:* the one most eligible rows of its process hold, among contents at
       least two rows of the snapshot hold. (The canary records no frame that would tie a
@@ -1864,7 +1868,10 @@ def _canary_joins(
       kernel's merged. On three JVM canary runs the latest time consistent with the
       canary (two full scans and a sample before it saw the merge) gave -22.7, -5.6 and
       -0.1 %, the earliest -3.7, +5.5 and +17.6 % (docs/live-validation.md, "Canary-driven
-      joins").
+      joins"). A changing row goes on changing after it joins, so joined at the earliest
+      time it would take its next content of its own long before the kernel merged it: it
+      joins :data:`REJOIN_LEAD_SCANS` of the canary's full scans before the sample that saw
+      it merged, as an episode's page takes its content back.
     """
     joined_s = rates.joined_s
     if joined_s is None or not snap.n or not rates.key.size:
@@ -1879,7 +1886,8 @@ def _canary_joins(
     held = _held_twice(gid)
     content, same, _ = iw.per_row()
     elig = snap.eligible
-    cand &= ~held & (content == 0) & (same == 0) & elig
+    still = (content == 0) & (same == 0)
+    cand &= ~held & elig & (still | (content > 0))
     pool = held & elig
     if not cand.any() or not pool.any():
         return None
@@ -1898,6 +1906,11 @@ def _canary_joins(
         return None
     floor = np.asarray(at_ns, np.int64)
     at = floor[rows] if floor.ndim else np.full(rows.size, floor, np.int64)
+    moving = ~still[rows]
+    if moving.any():  # a changing row: when the canary saw it merged, less the lead
+        lead_s = REJOIN_LEAD_SCANS * (rates.full_scan_s or 0.0)
+        late = inp.times_ns[0] + np.rint((first[rows] - lead_s) * 1e9).astype(np.int64)
+        at = np.where(moving, np.maximum(at, late), at)
     content = t_gid[tp].astype(np.int64)
     zero = np.isin(content, gid[snap.zero])
     return Joins(rows.astype(np.int64), at, content, zero if zero.any() else None)

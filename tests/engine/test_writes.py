@@ -1603,8 +1603,9 @@ def test_a_page_the_canary_saw_merge_joins_the_content_its_process_holds_most() 
     """A page unique at every snapshot, never written there, that the canary saw merged at
     6 s takes its process's most held content at the last snapshot (the earliest time the
     trace allows), in both engines, and merges; a page the canary saw merged that the trace
-    shows changing does not join, nor does one of a process that holds no content twice,
-    nor one the canary never saw merged."""
+    shows changing joins when the canary saw it merged, less 1.5 of its full scans (none
+    here: at 6 s), and goes on changing; one of a process that holds no content twice does
+    not join, nor one the canary never saw merged."""
     w = _two_workers(pages=3)
     w.map(100, 0x20000, [50, 51, 52])  # unique: 0x20000 joins; 0x21000 is written
     w.spawn(102, comm="w")
@@ -1623,15 +1624,21 @@ def test_a_page_the_canary_saw_merge_joins_the_content_its_process_holds_most() 
         end_s=10.0,
     )
     rates = canary_rates(obs)
+    assert rates.full_scan_s is None
     calibrated = with_canary(inp, rates)
-    assert calibrated.meta[JOINS_META] == 1
+    assert calibrated.meta[JOINS_META] == 2
     last = calibrated.writes[-1]
     assert last is not None
     assert last.joins is not None
     snap = inp.snapshots[-1]
-    (r,) = last.joins.rows.tolist()
+    r, r_moving = last.joins.rows.tolist()
     assert (int(snap.mm[r]), int(snap.page[r])) == (int(snap.mm[0]), 0x20)
-    assert last.joins.at_ns.tolist() == [inp.times_ns[-1]]
+    assert (int(snap.mm[r_moving]), int(snap.page[r_moving])) == (int(snap.mm[0]), 0x21)
+    assert last.joins.at_ns.tolist() == [inp.times_ns[-1], inp.times_ns[0] + 6 * 10**9]
+    lead = with_canary(inp, dataclasses.replace(rates, full_scan_s=2.0)).writes[-1]
+    assert lead is not None
+    assert lead.joins is not None
+    assert lead.joins.at_ns.tolist() == [inp.times_ns[-1], inp.times_ns[0] + 3 * 10**9]
     gid = writes_module._content_ids(inp, snap)
     assert gid[r] != gid[0]
     assert np.count_nonzero(gid == last.joins.content[0]) == 2  # held by the pair
@@ -1644,8 +1651,8 @@ def test_a_page_the_canary_saw_merge_joins_the_content_its_process_holds_most() 
     assert_same(a, b)
     assert a.final_counters["pages_sharing"] == plain.final_counters["pages_sharing"] + 1
     assert a.provenance["joins"]["continued"] is True
-    assert a.provenance["joins"]["canary_rows"] == 1
-    assert "continued as the canary saw them (1 rows join)" in a.provenance["joins"]["summary"]
+    assert a.provenance["joins"]["canary_rows"] == 2
+    assert "continued as the canary saw them (2 rows join)" in a.provenance["joins"]["summary"]
     assert plain.provenance["joins"]["continued"] is False
     assert_engines_agree_with_writes(calibrated, knobs, opts)
 
