@@ -68,7 +68,7 @@ from planner.engine.growth import (
     noted,
 )
 from planner.engine.rows import PAGE_MASK, RowColumns, isin
-from planner.engine.writes import REJOIN_LEAD_SCANS, _held_twice
+from planner.engine.writes import _held_twice
 
 if TYPE_CHECKING:
     from planner.engine.prepare import ReplayInput
@@ -164,7 +164,7 @@ def _processes(
     cpage = rates.key & np.uint64(PAGE_MASK)
     joined = rates.joined_s
     seen_pool, other_pool = _pools(inp, last)
-    lead_s = REJOIN_LEAD_SCANS * (rates.full_scan_s or 0.0)
+    lead_s = rates.lead_s
     by_pid: dict[int, list[int]] = {}
     for m in last.mm_present.tolist():
         by_pid.setdefault(int(inp.mms[m].pid), []).append(int(m))

@@ -1342,6 +1342,14 @@ class CanaryRates:
     where that breaks far more merges than the recording
     (:func:`planner.engine.costfit.weigh_unseen_rows`)."""
 
+    @property
+    def lead_s(self) -> float:
+        """How long before the sample that saw a page merged the page is taken to hold its
+        shared content: :data:`REJOIN_LEAD_SCANS` of the canary's full scans (0 without
+        one). The episodes' rejoins, the changing rows' joins and the canary growth's pages
+        seen merged all take it."""
+        return REJOIN_LEAD_SCANS * self.full_scan_s if self.full_scan_s else 0.0
+
     def renamed(self, old: U64, new: U64) -> CanaryRates:
         """These rates with the pages of keys ``old`` (each one of :attr:`key`) known by
         keys ``new`` instead (none of them a key already), every per-page array sorted
@@ -1844,7 +1852,7 @@ def _canary_joins(
     """The rows of a snapshot in the continuation that join a content other rows hold.
 
     A row joins where the canary saw its page merged while the snapshot shows it holding a
-    content no other row holds, and the interval wrote it with no same-content write. The
+    content no other row holds, and the interval changed it or did not write it at all. The
     kernel merged it with some page, so its content became one that others hold after the
     capture: on a JVM, memory freed and zeroed by the collector; on Node, heap objects laid
     out alike in every worker (docs/live-validation.md, "Canary-driven joins"). A row the
@@ -1886,8 +1894,7 @@ def _canary_joins(
     held = _held_twice(gid)
     content, same, _ = iw.per_row()
     elig = snap.eligible
-    still = (content == 0) & (same == 0)
-    cand &= ~held & elig & (still | (content > 0))
+    cand &= ~held & elig & ((same == 0) | (content > 0))  # not a still row rewritten
     pool = held & elig
     if not cand.any() or not pool.any():
         return None
@@ -1906,10 +1913,9 @@ def _canary_joins(
         return None
     floor = np.asarray(at_ns, np.int64)
     at = floor[rows] if floor.ndim else np.full(rows.size, floor, np.int64)
-    moving = ~still[rows]
+    moving = content[rows] > 0
     if moving.any():  # a changing row: when the canary saw it merged, less the lead
-        lead_s = REJOIN_LEAD_SCANS * (rates.full_scan_s or 0.0)
-        late = inp.times_ns[0] + np.rint((first[rows] - lead_s) * 1e9).astype(np.int64)
+        late = inp.times_ns[0] + np.rint((first[rows] - rates.lead_s) * 1e9).astype(np.int64)
         at = np.where(moving, np.maximum(at, late), at)
     content = t_gid[tp].astype(np.int64)
     zero = np.isin(content, gid[snap.zero])
@@ -1936,7 +1942,7 @@ def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes
     rows = np.repeat(np.arange(key.size, dtype=np.int64), count)
     at = np.arange(rows.size, dtype=np.int64) + np.repeat(lo - (np.cumsum(count) - count), count)
     t0 = inp.times_ns[0] if inp.n_snapshots else 0
-    lead_ns = round(REJOIN_LEAD_SCANS * rates.full_scan_s * 1e9) if rates.full_scan_s else 0
+    lead_ns = round(rates.lead_s * 1e9)
     off = t0 + np.rint(off_s[at] * 1e9).astype(np.int64)
     on = np.maximum(t0 + np.rint(on_s[at] * 1e9).astype(np.int64) - lead_ns, off + 1)
     return Episodes(rows, off, on)
