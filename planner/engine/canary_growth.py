@@ -18,10 +18,12 @@ the trace is the canary's:
   canary's first sample counts fewer, the growth is counted from that sample). The replay's
   clock and the canary's both start with ksmd (ksmd starts at the first snapshot in a
   replay aligned by time), so a sample at ``t`` is the replay's ``t`` too; the growth the
-  samples up to the last snapshot's time show is added just after it. A process never
-  shrinks below the most it grew: the pages it gives back stay, and those the canary saw
-  merged leave when it saw them go (:func:`planner.engine.writes.with_canary`). After the
-  recording each process keeps its size.
+  samples up to the last snapshot's time show is added just after it. Rows are never
+  removed (the write model and the canary's calibration index every appended snapshot by
+  the last traced snapshot's rows): a process that gives pages back keeps the most rows
+  it reached, and as many of its traced rows as it holds rows above its present pages go
+  out of ksmd's reach (see "Pages given back" below). After the recording each process
+  keeps its size.
 * **Which pages.** The canary's pages of the process at addresses the last snapshot does not
   hold that it saw merged at some sample are added in order of their first merge, each in
   the last step at least :data:`~planner.engine.writes.REJOIN_LEAD_SCANS` of the canary's
@@ -43,6 +45,24 @@ the trace is the canary's:
   traced page the canary saw merge. The other pages are drawn from the process's rows of a
   content of their own, written as they are, each with a new content: the canary never saw
   them merged.
+
+**Pages given back.** A process can shrink while ksmd runs: on a Node canary run of
+2026-12-07 two of the four workers fell from 12-13 thousand present pages to about 5
+thousand within a second (a full garbage collection), 16 and 24 s into the minute, and grew
+back to 8 thousand by its end. The kernel's ksmd only visits present pages (an address
+without a page gets no rmap_item, and the item of a page unmapped is freed at the next
+pass), so its full scans grew shorter; with every row kept the model scanned half as many
+pages again as the kernel and made 211 full scans where it made 270. At each step a
+process holds more rows than present pages, as many of its traced rows as the difference
+lose their eligibility (a delta that changes their flags alone,
+:func:`planner.engine.rows.with_flag_changes`; their contents and physical pages stay, so
+the write model's rows and the canary's records are unchanged): first the pages the canary
+saw unmapped for good, from the time it saw them go (they have left already,
+:func:`planner.engine.writes.with_canary`), then pages of a content of their own that the
+canary never saw merged, in a seeded order (taking one out changes no merge the model can
+make). As the process grows again they come back in the reverse order, before any new row
+is added. Both engines then free such a row's rmap_item at their next pass over it, as the
+kernel does.
 
 The grown rows take page numbers above the process's last row and above every page the
 canary recorded of it (an appended snapshot adds rows after its mm's rows:
@@ -67,7 +87,7 @@ from planner.engine.growth import (
     fresh_contents,
     noted,
 )
-from planner.engine.rows import PAGE_MASK, RowColumns, isin
+from planner.engine.rows import F_ELIGIBLE, PAGE_MASK, RowColumns, isin
 from planner.engine.writes import _held_twice
 
 if TYPE_CHECKING:
@@ -100,6 +120,23 @@ class _Process:
     seen_tmpl: I64
     other_tmpl: I64
     next_page: int
+    short: I64
+    """Per step: how many of its traced rows are out of ksmd's reach (the process holds
+    fewer pages than its rows)."""
+    leavers: I64
+    """Its traced rows the canary saw unmapped, in order of leaving (rows of the last
+    snapshot), with ``leave_ns``: each is taken out of reach first, from its time on."""
+    leave_ns: I64
+    spare: I64
+    """Its other traced rows that may be taken out of reach, in a seeded order: eligible,
+    a content of their own, never seen merged (taking one out changes no merge)."""
+
+    def hidden(self, k: int, t_ns: int) -> I64:
+        """Its ``k`` rows of the last snapshot out of ksmd's reach at ``t_ns``."""
+        if k <= 0:
+            return np.empty(0, np.int64)
+        gone = self.leavers[self.leave_ns <= t_ns]
+        return np.concatenate([gone, self.spare])[:k]
 
 
 def _steps(sizes: CanarySizes, t0_ns: int, t_last_ns: int) -> tuple[I64, I64]:
@@ -122,6 +159,20 @@ def _grown(present: I64, rows: int, last_sample: I64) -> I64:
     return np.asarray(np.maximum.accumulate(np.maximum(g, 0))[last_sample], np.int64)
 
 
+def _short(present: I64, rows: int, last_sample: I64, added: I64) -> I64:
+    """Per step: how many of a process's rows exceed its present pages (it holds ``rows``
+    at the last snapshot and ``added`` more at each step; :func:`_grown` counts its
+    growth from the same base): the pages it gave back, which stay rows but are out of
+    ksmd's reach. Zero at a step whose sample has no row of it."""
+    seen = present >= 0
+    if not seen.any():
+        return np.zeros(last_sample.size, np.int64)
+    base = min(rows, int(present[np.argmax(seen)]))
+    p = present[last_sample]
+    want = rows + p - base
+    return np.where(p >= 0, np.maximum(rows + added - want, 0), 0).astype(np.int64)
+
+
 def _due(times_ns: I64, t0_ns: int, seen_s: npt.NDArray[np.float64], lead_s: float) -> I64:
     """Per step: how many of the pages seen merged (at ``seen_s``, sorted) it holds. Each
     comes in the last step at or before ``lead_s`` ahead of the sample that saw it merged
@@ -141,20 +192,26 @@ def _others(cum: I64, due: I64) -> I64:
     return np.asarray(np.minimum.accumulate(room[::-1])[::-1], np.int64)
 
 
-def _pools(inp: ReplayInput, last: SnapshotRows) -> tuple[B, B]:
+def _pools(inp: ReplayInput, last: SnapshotRows) -> tuple[B, B, B]:
     """Rows that may stand for a page seen merged (a content of their own, eligible, not
-    written over the last interval), and for one never seen merged (a content of their own)."""
+    written over the last interval), for one never seen merged (a content of their own),
+    and that may go out of ksmd's reach (a content of their own, eligible)."""
     own = ~_held_twice(last.content if last.content is not None else last.hash)
     still = np.ones(last.n, bool)
     w = inp.writes[-1] if inp.writes else None
     if w is not None:
         content, same, _ = w.per_row()  # (a row without changes does not toggle)
         still = (content == 0) & (same == 0)
-    return own & still & last.eligible, own
+    return own & still & last.eligible, own, own & last.eligible
 
 
 def _processes(
-    inp: ReplayInput, last: SnapshotRows, rates: CanaryRates, times_ns: I64, last_sample: I64
+    inp: ReplayInput,
+    last: SnapshotRows,
+    rates: CanaryRates,
+    times_ns: I64,
+    last_sample: I64,
+    seed: int,
 ) -> list[_Process]:
     """Each traced process the canary followed, with its growth."""
     sizes = rates.sizes
@@ -163,7 +220,7 @@ def _processes(
     cpid = (rates.key >> np.uint64(36)).astype(np.int64)
     cpage = rates.key & np.uint64(PAGE_MASK)
     joined = rates.joined_s
-    seen_pool, other_pool = _pools(inp, last)
+    seen_pool, other_pool, spare_pool = _pools(inp, last)
     lead_s = rates.lead_s
     by_pid: dict[int, list[int]] = {}
     for m in last.mm_present.tolist():
@@ -190,29 +247,85 @@ def _processes(
             seen, seen_s = seen[:0], seen_s[:0]
         due = _due(times_ns, t0, seen_s, lead_s)
         cum = np.maximum.accumulate(np.maximum(_grown(present, rows, last_sample), due))
-        if not cum.size or cum[-1] <= 0:
+        others = _others(cum, due)
+        short = _short(present, rows, last_sample, due + others)
+        if not cum.size or (cum[-1] <= 0 and not short.any()):
             continue
         top = max(int(last.page[hi - 1]), int(cpage[at].max()) if at.size else 0)
         other_tmpl = lo + np.flatnonzero(other_pool[lo:hi])
         if not other_tmpl.size:
             other_tmpl = np.arange(lo, hi, dtype=np.int64)
-        others = _others(cum, due)
-        out.append(_Process(mm, pid, due, others, seen, seen_tmpl, other_tmpl, top + 1))
+        own_rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in spans])
+        leavers, leave_ns, spare = _reach(rates, pid, own_rows, last, spare_pool, t0, seed)
+        out.append(
+            _Process(
+                mm,
+                pid,
+                due,
+                others,
+                seen,
+                seen_tmpl,
+                other_tmpl,
+                top + 1,
+                short,
+                leavers,
+                leave_ns,
+                spare,
+            )
+        )
     return out
 
 
-def _coarse(times_ns: I64, cum: list[I64]) -> tuple[I64, list[I64]]:
-    """At most :data:`MAX_STEPS` steps that add pages: a group of steps adds, at its first
-    step's time, the pages of its last (a page never comes later than it did)."""
+def _reach(
+    rates: CanaryRates,
+    pid: int,
+    rows: I64,
+    last: SnapshotRows,
+    spare_pool: B,
+    t0_ns: int,
+    seed: int,
+) -> tuple[I64, I64, I64]:
+    """A process's rows (of the last snapshot) that may go out of ksmd's reach as it
+    shrinks: those the canary saw unmapped for good, in order of leaving, with the time
+    (ns); and the others that may (``spare_pool``, never seen merged), in a seeded order."""
+    key = (np.uint64(pid) << np.uint64(36)) | last.page[rows]
+    known = np.zeros(rows.size, bool)
+    left = np.full(rows.size, np.nan)
+    if rates.key.size:
+        pos = np.minimum(np.searchsorted(rates.key, key), rates.key.size - 1)
+        known = rates.key[pos] == key
+        if rates.left_s is not None:
+            left = np.where(known, rates.left_s[pos], np.nan)
+            if rates.left_cow is not None:  # left by a write: the page is still there
+                left[known & rates.left_cow[pos]] = np.nan
+    gone = ~np.isnan(left)
+    order = np.argsort(left[gone], kind="stable")
+    leavers = rows[gone][order]
+    leave_ns = t0_ns + np.rint(left[gone][order] * 1e9).astype(np.int64)
+    spare = rows[spare_pool[rows] & ~known]
+    spare = spare[np.random.default_rng([seed, pid]).permutation(spare.size)]
+    return leavers, leave_ns, spare
+
+
+def _coarse(
+    times_ns: I64, cum: list[I64], levels: list[I64] | None = None
+) -> tuple[I64, list[I64], list[I64]]:
+    """At most :data:`MAX_STEPS` steps that add pages or change one of ``levels`` (how many
+    rows are out of reach): a group of steps adds, at its first step's time, the pages of
+    its last (a page never comes later than it did), and takes its last step's levels."""
+    levels = [] if levels is None else levels
     adds = np.zeros(times_ns.size, bool)
     for c in cum:
         adds |= np.diff(c, prepend=0) > 0
+    for v in levels:
+        adds |= np.diff(v, prepend=0) != 0
     keep = np.flatnonzero(adds)
     if keep.size > MAX_STEPS:
         groups = np.array_split(keep, MAX_STEPS)
         t = np.array([times_ns[g[0]] for g in groups], np.int64)
-        return t, [np.array([c[g[-1]] for g in groups], np.int64) for c in cum]
-    return times_ns[keep], [c[keep] for c in cum]
+        last = [int(g[-1]) for g in groups]
+        return t, [c[last] for c in cum], [v[last] for v in levels]
+    return times_ns[keep], [c[keep] for c in cum], [v[keep] for v in levels]
 
 
 def canary_growth(
@@ -230,10 +343,15 @@ def canary_growth(
         return None
     t_last = inp.times_ns[-1]
     times_ns, last_sample = _steps(sizes, inp.times_ns[0], t_last)
-    procs = _processes(inp, last, rates, times_ns, last_sample)
+    procs = _processes(inp, last, rates, times_ns, last_sample, seed)
     if not procs:
         return None
-    step_ns, cums = _coarse(times_ns, [c for p in procs for c in (p.cum_seen, p.cum_other)])
+    step_ns, cums, shorts = _coarse(
+        times_ns, [c for p in procs for c in (p.cum_seen, p.cum_other)], [p.short for p in procs]
+    )
+    hidden = np.empty(0, np.int64)  # rows of ``last`` out of ksmd's reach (sorted)
+    flips: list[tuple[I64, npt.NDArray[np.uint8]]] = []
+    most_hidden = 0
     placed = [0] * len(procs)  # rows added so far, per process
     placed_seen = [0] * len(procs)
     next_page = [p.next_page for p in procs]
@@ -241,6 +359,18 @@ def canary_growth(
     renamed_to: list[U64] = []
     steps: list[tuple[int, RowColumns, I64]] = []
     for j, t_ns in enumerate(step_ns.tolist()):
+        now = np.sort(
+            np.concatenate([p.hidden(int(shorts[i][j]), t_ns) for i, p in enumerate(procs)])
+        )
+        flip = np.setxor1d(hidden, now, assume_unique=True)
+        out_of_reach = isin(flip, now, of_sorted=True)
+        flips.append(
+            (
+                flip,
+                np.where(out_of_reach, last.flags[flip] & ~np.uint8(F_ELIGIBLE), last.flags[flip]),
+            )
+        )
+        hidden, most_hidden = now, max(most_hidden, int(now.size))
         keys, hashes, flags, srcs = [], [], [], []
         for i, p in enumerate(procs):
             k = int(cums[2 * i][j]) - placed_seen[i]
@@ -270,17 +400,20 @@ def canary_growth(
             hashes.append(h)
             flags.append(last.flags[rows])
             srcs.append(rows)
-        if keys:
+        if keys or flip.size:
             new = RowColumns(
-                key=np.concatenate(keys),
-                hash=np.concatenate(hashes),
+                key=np.concatenate(keys) if keys else np.empty(0, np.uint64),
+                hash=np.concatenate(hashes) if keys else np.empty(0, np.uint64),
                 frame=np.empty(0, np.uint64),
-                flags=np.concatenate(flags),
+                flags=np.concatenate(flags) if keys else np.empty(0, np.uint8),
             )
-            steps.append((int(t_ns), new, np.concatenate(srcs).astype(np.int64)))
-    if not steps:  # pragma: no cover - _processes keeps only processes that grow
+            src = np.concatenate(srcs) if keys else np.empty(0, np.int64)
+            steps.append((int(t_ns), new, src.astype(np.int64)))
+        else:
+            flips.pop()
+    if not steps:  # pragma: no cover - _processes keeps only processes that grow or shrink
         return None
-    out = append_rows(inp, last, steps)
+    out = append_rows(inp, last, steps, flips)
     renamed = rates
     if renamed_from:
         renamed = rates.renamed(np.concatenate(renamed_from), np.concatenate(renamed_to))
@@ -295,6 +428,7 @@ def canary_growth(
         steps=len(steps),
         pages_by_pid={str(p.pid): placed[i] for i, p in enumerate(procs) if placed[i]},
         seen_merged_pages=seen_placed,
+        out_of_reach_pages=most_hidden,
     )
     return noted(out, note, n), note, renamed
 

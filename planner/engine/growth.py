@@ -92,8 +92,9 @@ from planner.engine.rows import (
     isin,
     moved_up,
     row_keys,
+    with_flag_changes,
 )
-from planner.engine.writes import IntervalWrites, _phases
+from planner.engine.writes import IntervalWrites, _content_ids, _phases
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -104,6 +105,7 @@ if TYPE_CHECKING:
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
 
 #: A fitted time constant longer than this many times the fitted span is not credible.
@@ -271,6 +273,9 @@ class GrowthNote:
     seen_merged_pages: int = 0
     """Status ``canary`` (:mod:`planner.engine.canary_growth`): the pages added where the
     canary saw a page merged at an address the trace does not hold."""
+    out_of_reach_pages: int = 0
+    """Status ``canary``: the most traced pages out of ksmd's reach at once (the canary's
+    processes held fewer pages than their rows: they gave pages back)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The note as JSON-able values."""
@@ -284,10 +289,16 @@ class GrowthNote:
         """One line for the review and the command line."""
         parts = [KindNote(**k).summary() for k in self.kinds.values()]
         if self.status == "canary":
+            gave_back = (
+                f"; at most {self.out_of_reach_pages:,} traced pages given back (out of "
+                "ksmd's reach)"
+                if self.out_of_reach_pages
+                else ""
+            )
             return (
                 f"growth after the trace: {self.total_pages:,} pages over "
                 f"{self.horizon_s:.0f} s, {self.reason}; {self.seen_merged_pages:,} of them "
-                "where it saw pages merged"
+                f"where it saw pages merged{gave_back}"
             )
         if self.status != "continued":
             return f"growth after the trace: {self.status} ({self.reason})"
@@ -896,14 +907,22 @@ def _append_steps(
 
 
 def append_rows(
-    inp: ReplayInput, last: SnapshotRows, steps: list[tuple[int, RowColumns, I64]]
+    inp: ReplayInput,
+    last: SnapshotRows,
+    steps: list[tuple[int, RowColumns, I64]],
+    flips: list[tuple[I64, U8]] | None = None,
 ) -> ReplayInput:
     """``inp`` (whose last snapshot is ``last``) with one snapshot appended per step of
     ``steps``: its time (ns, increasing, after the last snapshot's), the rows it adds (each
     above every row of its mm, in page order within an mm; their frames are numbered here,
     one fresh page each, above every frame before) and, per row, the row of ``last`` whose
     write counts it takes (:attr:`IntervalWrites.grown_at`). Shared by the growth model and
-    the growth held to a canary (:mod:`planner.engine.canary_growth`)."""
+    the growth held to a canary (:mod:`planner.engine.canary_growth`).
+
+    ``flips``, one per step: rows of ``last`` (sorted positions) whose flags become the
+    ones given at that step, content and physical page kept
+    (:func:`planner.engine.rows.with_flag_changes`): a canary's process that shrank has
+    pages out of ksmd's reach."""
     w_last = inp.writes[-1] if inp.writes else None
     t_last = inp.times_ns[-1]
     wk: IntervalWrites | None = None
@@ -918,11 +937,27 @@ def append_rows(
     # the rows of the current step's snapshot that ``last`` lacks (positions, sorted) and
     # the row of ``last`` whose write counts each takes (see IntervalWrites.grown_at)
     grown_at, grown_src = np.empty(0, np.int64), np.empty(0, np.int64)
+    inserted = np.empty(0, np.int64)  # the rows ``last`` lacks (positions, sorted)
+    gid_last: I32 | None = None
     layout, n_frames = last.layout, last.n_frames
-    for t_ns, new, src_new in steps:
+    for j, (t_ns, new, src_new) in enumerate(steps):
         delta, pos = appended_delta(
             layout, n_frames, new, frame_next, index=len(deltas), time_ns=t_ns, ids_of=ids.ids_of
         )
+        before = inserted
+        inserted = np.sort(np.concatenate([moved_up(inserted, np.sort(pos)), pos]))
+        if flips is not None and flips[j][0].size:
+            rows, flags = flips[j]
+            if gid_last is None:
+                gid_last = _content_ids(inp, last).astype(np.int32)
+            delta = with_flag_changes(
+                delta,
+                moved_up(rows, inserted),
+                moved_up(rows, before),
+                last.frame[rows],
+                flags,
+                gid_last[rows],
+            )
         deltas.append(delta)
         frame_next += new.key.size
         layout, n_frames = delta.layout, delta.n_frames

@@ -26,7 +26,7 @@ Physical pages (the engines' *entities*) follow the trace's frame ids:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -952,6 +952,39 @@ def appended_delta(
     return delta, pos
 
 
+def with_flag_changes(
+    delta: SnapshotDelta, pos: I64, old_pos: I64, frame: U64, flags: U8, gid: I32
+) -> SnapshotDelta:
+    """``delta`` whose snapshot also changes the flags of persisting rows: at positions
+    ``pos`` after it (``old_pos`` before it, neither among the rows ``delta`` adds or
+    changes), the same content and physical page (``frame``, content id ``gid``) with
+    ``flags``. What :func:`build_delta` makes of a row whose flags alone changed (an
+    :data:`L_CARRY` update): the growth held to a canary takes a page out of ksmd's reach,
+    or gives it back, as its process shrinks and grows again
+    (:mod:`planner.engine.canary_growth`)."""
+    if not pos.size:
+        return delta
+    upd = np.concatenate([delta.upd.astype(np.int64), pos])
+    order = np.argsort(upd, kind="stable")
+    if np.any(np.diff(upd[order]) == 0):
+        raise ValueError("a row's flags changed twice in one delta")
+
+    def cat(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.concatenate([a, b.astype(a.dtype)])[order]
+
+    m = pos.size
+    return replace(
+        delta,
+        upd=upd[order].astype(np.int32),
+        upd_old=cat(delta.upd_old, old_pos),
+        upd_frame=cat(delta.upd_frame, frame),
+        upd_flags=cat(delta.upd_flags, flags),
+        upd_link_kind=cat(delta.upd_link_kind, np.full(m, L_CARRY, np.int8)),
+        upd_link=cat(delta.upd_link, np.full(m, -1, np.int32)),
+        upd_gid=cat(delta.upd_gid, gid),
+    )
+
+
 __all__ = [
     "F_ELIGIBLE",
     "F_THP",
@@ -975,4 +1008,5 @@ __all__ = [
     "moved_up",
     "row_keys",
     "transition",
+    "with_flag_changes",
 ]

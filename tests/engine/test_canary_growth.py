@@ -39,15 +39,19 @@ def _input() -> ReplayInput:
     return prepare(_counted(w.host_trace(), {}, {}, 1.0))
 
 
-def _obs(events: list[tuple[float, int, int, str]]) -> ObservedTimeline:
-    """A canary with ``events`` and :data:`SIZES` as its processes' present pages."""
+def _obs(
+    events: list[tuple[float, int, int, str]], sizes: dict[int, list[int]] | None = None
+) -> ObservedTimeline:
+    """A canary with ``events`` and ``sizes`` (:data:`SIZES`) as its processes' present
+    pages."""
+    sizes = SIZES if sizes is None else sizes
     obs = _canary(events, end_s=TIMES[-1])
     rows = [
         {
             "sample": i,
             "t_s": t,
             "pid": pid,
-            "present_pages": SIZES[pid][i],
+            "present_pages": sizes[pid][i],
             "ksm_pages": 0,
             "merged": 0,
             "unmerged_same_content": 0,
@@ -104,20 +108,31 @@ def test_canary_sizes_are_a_table_of_present_pages_per_sample_and_process() -> N
 
 def test_the_growth_is_the_canarys_sizes_with_the_page_it_saw_merged_when_it_merged() -> None:
     """pid 100 had 5 rows at the last snapshot (1 s) and the canary counts 6 at 3 s, 8 at 4 s,
-    7 at 5 s: one page at 3 s, two more at 4 s, none given back. The page the canary saw
-    merged at 5 s at an address the trace does not hold comes in the step before the sample
-    that saw it (4 s), not as early as the sizes would allow: the page of 3 s is one of its
-    own. The others are pages of their own. pid 101 did not grow."""
+    7 at 5 s: one page at 3 s, two more at 4 s, one given back at 5 s. The page the canary
+    saw merged at 5 s at an address the trace does not hold comes in the step before the
+    sample that saw it (4 s), not as early as the sizes would allow: the page of 3 s is one
+    of its own. The others are pages of their own. The page given back is a traced row of a
+    content of its own that the canary never saw merged: it stays a row, out of ksmd's reach
+    (not eligible) from 5 s. pid 101 did not grow."""
     inp = _input()
     rates = _rates()
     got = canary_growth(inp, rates, seed=1)
     assert got is not None
     out, note, renamed = got
     assert note.status == "canary"
-    assert (note.total_pages, note.seen_merged_pages, note.steps) == (3, 1, 2)
+    assert (note.total_pages, note.seen_merged_pages, note.steps) == (3, 1, 3)
+    assert note.out_of_reach_pages == 1
+    mm100 = next(i for i, m in enumerate(out.mms) if m.pid == 100)
+    for k, t_ms, reach in ((-2, 4000, [0x20, 0x21]), (-1, 5000, [0x20])):
+        s = out.snapshots[k]
+        own = (s.mm == mm100) & np.isin(s.page, [0x20, 0x21])
+        assert s.time_ns - inp.times_ns[0] == t_ms * 1_000_000
+        assert s.page[own & s.eligible].tolist() == reach  # (the seeded draw gave back 0x21)
     assert note.pages_by_pid == {"100": 3}
-    assert "3 pages over 3 s, held to the canary's present pages (7 samples over 6 s)" in (
-        note.summary()
+    assert note.summary() == (
+        "growth after the trace: 3 pages over 4 s, held to the canary's present pages "
+        "(7 samples over 6 s); 1 of them where it saw pages merged; at most 1 traced pages "
+        "given back (out of ksmd's reach)"
     )
     pages = _grown_pages(out, inp, 100)
     assert [t for t, _ in pages] == [3000, 4000, 4000]
@@ -207,13 +222,53 @@ def test_a_page_seen_merged_comes_a_scan_and_a_half_before_the_sample_that_saw_i
     assert ((100 << 36) | (top + 1)) in renamed.key.tolist()
     for k in range(inp.n_snapshots, out.n_snapshots):
         t_s = (out.times_ns[k] - inp.times_ns[0]) / 1e9
-        held = int(np.count_nonzero(out.snapshots[k].mm == mm))
+        s = out.snapshots[k]
+        held = int(np.count_nonzero((s.mm == mm) & s.eligible))  # in ksmd's reach
         assert held == SIZES[100][int(t_s)], (t_s, held)
     got = canary_growth(inp, dataclasses.replace(_rates(), full_scan_s=3.0), seed=1)
     assert got is not None
     after_last = round((inp.times_ns[-1] + AFTER_LAST_NS) / 1e6)
     assert [t for t, _ in _grown_pages(got[0], inp, 100)] == [after_last, 4000, 4000]
     assert ((100 << 36) | (top + 1)) in got[2].key.tolist()
+
+
+def test_pages_given_back_go_out_of_reach_the_unmapped_first_and_come_back_as_it_grows() -> None:
+    """pid 100 (5 rows) counts 3 pages at 3-4 s, 4 at 5 s, 5 at 6 s; the canary saw its
+    merged page 0x11 unmapped at 2.5 s. At 3 s two rows go out of ksmd's reach (their
+    flags lose eligibility; rows, contents and physical pages stay): 0x11 first, then one
+    of the pages of a content of its own that the canary never saw merged (never a page
+    that merges: 0x10 and 0x12 stay). As it grows again the other comes back first, then
+    0x11. The rows out of reach lose their rmap_items at ksmd's next pass, as the kernel
+    frees those of pages unmapped; the engines agree throughout."""
+    sizes = {100: [5, 5, 5, 3, 3, 4, 5], 101: [3] * 7}
+    rates = canary_rates(_obs([*_merged_pairs(), (2.5, 100, 0x11000, "unmapped")], sizes))
+    inp = _input()
+    got = canary_growth(inp, rates, seed=1)
+    assert got is not None
+    out, note, _ = got
+    assert (note.total_pages, note.out_of_reach_pages, note.steps) == (0, 2, 3)
+    mm = next(i for i, m in enumerate(out.mms) if m.pid == 100)
+    reach = {}
+    for k in range(inp.n_snapshots, out.n_snapshots):
+        s = out.snapshots[k]
+        assert s.n == inp.snapshots[-1].n  # every row stays
+        assert np.array_equal(s.hash, inp.snapshots[-1].hash)
+        assert np.array_equal(s.frame, inp.snapshots[-1].frame)
+        t_ms = round((s.time_ns - inp.times_ns[0]) / 1e6)
+        reach[t_ms] = s.page[(s.mm == mm) & s.eligible].tolist()
+    assert reach == {
+        3000: [0x10, 0x12, 0x20],
+        5000: [0x10, 0x12, 0x20, 0x21],
+        6000: [0x10, 0x11, 0x12, 0x20, 0x21],
+    }
+    # replayed: rmap_items fall by the rows out of reach, and rise again; engines agree
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=8.0, grid_s=0.5)
+    derived = derive_input(inp, opts, rates)
+    assert derived.growth.status == "canary"
+    a, _ = assert_engines_agree_with_writes(derived.written, knobs, opts)
+    rmap = {g.t_s: g.counters["rmap_items"] for g in a.grid}
+    assert (rmap[2.5], rmap[4.0], rmap[5.5], rmap[7.5]) == (8, 6, 7, 8), rmap
 
 
 def test_a_canary_of_another_run_leaves_the_growth_to_the_growth_model() -> None:
@@ -261,7 +316,7 @@ def test_many_steps_are_grouped_no_page_coming_later_than_it_did() -> None:
     n = MAX_STEPS * 3
     times = np.arange(n, dtype=np.int64) * 10
     cum = [np.arange(1, n + 1, dtype=np.int64)]
-    t, c = _coarse(times, cum)
+    t, c, _ = _coarse(times, cum)
     assert t.size == MAX_STEPS
     assert c[0][-1] == n
     # each group adds at its first step's time the pages of its last

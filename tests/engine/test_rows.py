@@ -8,13 +8,16 @@ from hypothesis import strategies as st
 
 from planner.engine.prepare import prepare
 from planner.engine.rows import (
+    F_ELIGIBLE,
     ContentCatalog,
     MmLayout,
     RowColumns,
     SnapshotSequence,
     appended_delta,
     build_delta,
+    moved_up,
     row_keys,
+    with_flag_changes,
 )
 from planner.testing.random_world import WorldSpec, random_world
 from planner.testing.strategies import world_specs
@@ -49,7 +52,9 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
     """The growth model's steps (rows appended after every row of their mm, each on a new
     frame): ``appended_delta`` gives, field by field, what ``build_delta`` makes of the
     snapshot before and the one after built in full, and the content ids it gives are
-    the same; the positions it returns hold the appended rows."""
+    the same; the positions it returns hold the appended rows. With rows of the snapshot
+    before taken out of ksmd's reach or given back (``with_flag_changes``: their
+    eligibility toggled, as the growth held to a canary does), the same."""
     inp = prepare(random_world(seed, spec).host_trace())
     last = SnapshotSequence(inp.deltas, inp.content_hash)[-1]
     lay = last.layout
@@ -83,6 +88,19 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
         lay, last.n_frames, new, first_frame, index=7, time_ns=11, ids_of=got_catalog.ids_of
     )
 
+    flip = np.array(sorted(data.draw(st.sets(st.integers(0, last.n - 1), max_size=6))), np.int64)
+    flipped = last.flags.copy()
+    flipped[flip] ^= np.uint8(F_ELIGIBLE)
+    if flip.size:
+        got = with_flag_changes(
+            got,
+            moved_up(flip, np.sort(pos)),
+            flip,
+            last.frame[flip],
+            flipped[flip],
+            got_catalog.ids_of(last.hash[flip]),  # (known contents: no new id)
+        )
+
     cur = RowColumns(key=last.keys(), hash=last.hash, frame=last.frame, flags=last.flags)
     frames = np.uint64(first_frame) + np.arange(new.key.size, dtype=np.uint64)
     key = np.concatenate([cur.key, new.key])
@@ -91,7 +109,7 @@ def test_appended_delta_is_build_deltas_delta_of_the_grown_snapshot(
         key=key[order],
         hash=np.concatenate([cur.hash, new.hash])[order],
         frame=np.concatenate([cur.frame, frames])[order],
-        flags=np.concatenate([cur.flags, new.flags])[order],
+        flags=np.concatenate([flipped, new.flags])[order],
     )
     counts = np.bincount(np.searchsorted(lay.present, nxt.mm), minlength=lay.present.size)
     hi = np.cumsum(counts).astype(np.int64)
