@@ -163,12 +163,14 @@ def _short(present: I64, rows: int, last_sample: I64, added: I64) -> I64:
     """Per step: how many of a process's rows exceed its present pages (it holds ``rows``
     at the last snapshot and ``added`` more at each step; :func:`_grown` counts its
     growth from the same base): the pages it gave back, which stay rows but are out of
-    ksmd's reach. Zero at a step whose sample has no row of it."""
+    ksmd's reach. A sample without a row of it takes the count of the last one with one
+    (none before its first: zero)."""
     seen = present >= 0
     if not seen.any():
         return np.zeros(last_sample.size, np.int64)
     base = min(rows, int(present[np.argmax(seen)]))
-    p = present[last_sample]
+    known = np.maximum.accumulate(np.where(seen, np.arange(present.size), -1))
+    p = np.where(known >= 0, present[np.maximum(known, 0)], -1)[last_sample]
     want = rows + p - base
     return np.where(p >= 0, np.maximum(rows + added - want, 0), 0).astype(np.int64)
 

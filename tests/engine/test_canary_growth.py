@@ -10,7 +10,7 @@ import pytest
 
 from planner.engine import KsmKnobs, ReplayOptions, prepare, replay
 from planner.engine.api import derive_input
-from planner.engine.canary_growth import AFTER_LAST_NS, _coarse, canary_growth
+from planner.engine.canary_growth import AFTER_LAST_NS, _coarse, _short, canary_growth
 from planner.engine.growth import MAX_STEPS
 from planner.engine.prepare import ReplayInput
 from planner.engine.writes import CanaryRates, canary_rates, canary_sizes
@@ -269,6 +269,18 @@ def test_pages_given_back_go_out_of_reach_the_unmapped_first_and_come_back_as_it
     a, _ = assert_engines_agree_with_writes(derived.written, knobs, opts)
     rmap = {g.t_s: g.counters["rmap_items"] for g in a.grid}
     assert (rmap[2.5], rmap[4.0], rmap[5.5], rmap[7.5]) == (8, 6, 7, 8), rmap
+
+
+def test_rows_out_of_reach_are_the_rows_above_the_present_pages_a_missing_sample_carried() -> None:
+    """5 rows at the last snapshot and none added: present 5, 5, 3, then no row of the
+    process at two samples (its count carried: 2 out of reach, not back in reach), then 4
+    and 5. Before its first sample none is out of reach; rows added count as rows."""
+    present = np.array([-1, 5, 5, 3, -1, -1, 4, 5])
+    steps = np.arange(present.size)
+    assert _short(present, 5, steps, np.zeros(8, np.int64)).tolist() == [0, 0, 0, 2, 2, 2, 1, 0]
+    added = np.array([0, 0, 0, 0, 0, 0, 2, 2])  # (the base is the first sample's count)
+    assert _short(present, 5, steps, added).tolist() == [0, 0, 0, 2, 2, 2, 3, 2]
+    assert _short(np.full(3, -1), 5, np.arange(3), np.zeros(3, np.int64)).tolist() == [0, 0, 0]
 
 
 def test_a_canary_of_another_run_leaves_the_growth_to_the_growth_model() -> None:
