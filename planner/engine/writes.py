@@ -160,6 +160,10 @@ class Episodes:
     off_ns: I64
     on_ns: I64
     """``> off_ns``."""
+    recorded_until_ns: int | None = None
+    """When the canary's recording ended (the replay's clock); None: not known. Until then
+    a row with episodes changes content as the canary saw it: its content changes counted
+    by the sampler start after it (see :meth:`TraceWrites._build`)."""
 
     @property
     def nbytes(self) -> int:
@@ -804,11 +808,16 @@ class TraceWrites:
                  np.full(rs.size, _S_SAME, np.int8))
             )  # fmt: skip
         rc = np.flatnonzero(c > 0) if span > 0 else np.empty(0, np.int64)
+        eps = iw.episodes if last else None
         if rc.size:
             tog = toggle[rc]
             count = np.where(tog, c[rc], c[rc] - 1)  # a drifting row's last change: the snapshot
+            period = span / c[rc]
+            phase = phases(rc, period, CONTENT_KIND)
+            if eps is not None and eps.rows.size and eps.recorded_until_ns is not None:
+                phase = _after_recording(rc, period, phase, eps, t0)
             parts.append(
-                (rc, span / c[rc], phases(rc, span / c[rc], CONTENT_KIND),
+                (rc, period, phase,
                  np.full(rc.size, -1, np.int64) if last else count,
                  np.where(tog, _S_TOGGLE, _S_DRIFT).astype(np.int8))
             )  # fmt: skip
@@ -842,7 +851,6 @@ class TraceWrites:
             p, ph = _once(np.maximum(joins.at_ns, t0) - t0)
             once = np.ones(jr.size, np.int64)
             parts.append((jr, p, ph, once, np.full(jr.size, _S_JOIN, np.int8)))
-        eps = iw.episodes if last else None
         if eps is not None and eps.rows.size:
             parts.extend(self._episode_streams(eps, joins, t0, end))
         gone_rows = gone_ns = np.empty(0, np.int64)
@@ -1326,6 +1334,9 @@ class CanaryRates:
     """Per episode: when the canary saw the page merged again."""
     full_scan_s: float | None = None
     """The seconds per full scan of the ksmd the canary watched (None: no full scan)."""
+    end_s: float | None = None
+    """When the recording ended (its last sample of the host's counters, its clock); None:
+    not known (a recording built by hand)."""
     sizes: CanarySizes | None = None
     """Each followed process's present pages at each sample (None: not recorded); the
     growth after the trace is held to them where the canary recorded the traced run
@@ -1566,6 +1577,7 @@ def canary_rates(obs: ObservedTimeline, page_size: int = 4096) -> CanaryRates:
         episode_off_s=np.array(ep_off, np.float64),
         episode_on_s=np.array(ep_on, np.float64),
         full_scan_s=_full_scan_s(obs),
+        end_s=t_end if len(obs.counters) else None,
         rates_by_comm=rates_by_comm,
         role_of_pid=roles,
         roles_recorded=bool(cpus),
@@ -1922,6 +1934,23 @@ def _canary_joins(
     return Joins(rows.astype(np.int64), at, content, zero if zero.any() else None)
 
 
+def _after_recording(rows: I64, period_ns: F64, phase: F64, eps: Episodes, t0: int) -> F64:
+    """``phase`` of the content-change streams of ``rows`` (every ``period_ns`` from ``t0``)
+    with those of rows that have episodes moved on by whole periods, so that their first
+    change comes after the canary's recording: until then the canary saw every change that
+    broke such a page's merge (an episode), and the sampled rate, replayed at phases of its
+    own, would break the merges the episodes hold in between. (On a churn canary run the
+    toggling region's pages, each with a change every 3 s, broke no merge in the model while
+    the canary saw 250 a second go: the sampled changes kept every copy unique.) After the
+    recording the sampled rate goes on, on the same grid of times."""
+    assert eps.recorded_until_ns is not None
+    with_eps = isin(rows, eps.rows, of_sorted=True)
+    ahead = np.ceil((eps.recorded_until_ns - t0) / period_ns[with_eps] - phase[with_eps])
+    out = phase.copy()
+    out[with_eps] += np.maximum(ahead, 0.0)
+    return out
+
+
 def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes | None:
     """The episodes of a snapshot in the continuation (rows ``key``): each time the canary
     saw a page's merge go with a new content (or the page unmapped) and the page merged
@@ -1945,7 +1974,8 @@ def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes
     lead_ns = round(rates.lead_s * 1e9)
     off = t0 + np.rint(off_s[at] * 1e9).astype(np.int64)
     on = np.maximum(t0 + np.rint(on_s[at] * 1e9).astype(np.int64) - lead_ns, off + 1)
-    return Episodes(rows, off, on)
+    until = None if rates.end_s is None else t0 + round(rates.end_s * 1e9)
+    return Episodes(rows, off, on, until)
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:

@@ -1814,6 +1814,54 @@ def test_a_merge_lost_and_got_back_breaks_once_and_merges_again() -> None:
     assert_engines_agree_with_writes(calibrated, knobs, opts)
 
 
+def test_a_row_with_episodes_changes_as_the_canary_saw_until_its_recording_ends() -> None:
+    """As above, and the sampler also counted the row's content changing once a second.
+    While the canary recorded (20 s) its changes are the episode's alone: merged until 6 s,
+    apart until the rejoin, merged again at 19.5 s, in both engines. Replayed at its own
+    phases during the recording, the sampled rate broke merges the canary saw kept (7
+    breaks; the pair apart at 19.5 s). After the recording the sampled changes go on, on
+    the same grid: the pair is apart again at 23.5 s."""
+    w = _two_workers(pages=1)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), {2: 1}, {}, 1.0))  # row 2: pid 100, last snapshot
+    events = [
+        (0.0, 100, 0x10000, "merged"),
+        (0.0, 101, 0x10000, "merged"),
+        (6.0, 100, 0x10000, "unmerged_changed"),
+        (12.0, 100, 0x10000, "merged"),
+    ]
+    rates = canary_rates(_with_scans(_canary(events, end_s=20.0), 2.0))
+    assert rates.end_s == 20.0
+    calibrated = with_canary(inp, rates)
+    last = calibrated.writes[-1]
+    assert last is not None
+    assert last.episodes is not None
+    t0 = inp.times_ns[0]
+    assert last.episodes.recorded_until_ns == t0 + 20 * 10**9
+    src = TraceWrites(calibrated, seed=0)
+    src.start_interval(calibrated.n_snapshots - 1, inp.times_ns[-1])
+    row = int(last.episodes.rows[0])
+    for upto_s, events in ((5.9, 0), (6.1, 1), (20.0, 2)):  # the episode's two writes alone
+        src.take_until(t0 + round(upto_s * 1e9))
+        assert src.events == events, upto_s
+    after = src.take_until(t0 + 23 * 10**9)
+    assert after is not None
+    assert after.rows.tolist() == [row]
+    content, _, _ = last.per_row()
+    assert last.length_ns is not None
+    period_s = last.length_ns / 1e9 / int(content[row])  # the continuation's rate
+    assert src.events - 2 in (int(3 // period_s), int(3 // period_s) + 1), period_s
+    knobs = KsmKnobs(pages_to_scan=100, sleep_ms=50)
+    opts = ReplayOptions(duration_s=24.0, grid_s=0.5)
+    a = replay(inp, knobs=knobs, options=opts, canary=rates)
+    b = replay(inp, knobs=knobs, options=opts, canary=rates, engine="reference")
+    assert_same(a, b)
+    sharing = {round(g.t_s, 1): g.counters["pages_sharing"] for g in a.grid}
+    assert (sharing[5.5], sharing[8.0], sharing[19.5], sharing[23.5]) == (1, 0, 1, 0), sharing
+    assert_engines_agree_with_writes(calibrated, knobs, opts)
+
+
 def test_a_joined_page_that_loses_its_merge_gets_the_joined_content_back() -> None:
     """A page unique in the trace that the canary saw merged at 2 s (a join), then lose
     its merge to a new content at 8 s and merge again at 14 s: it holds the joined content
