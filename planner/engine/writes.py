@@ -162,8 +162,12 @@ class Episodes:
     """``> off_ns``."""
     recorded_until_ns: int | None = None
     """When the canary's recording ended (the replay's clock); None: not known. Until then
-    a row with episodes changes content as the canary saw it: its content changes counted
-    by the sampler start after it (see :meth:`TraceWrites._build`)."""
+    a row of :attr:`quiet_rows` changes content as the canary saw it: its content changes
+    counted by the sampler start after it (:func:`_after_recording`)."""
+    quiet_rows: I64 | None = None
+    """The rows with episodes whose content other rows of the snapshot hold (ascending):
+    copies of one page in several processes, whose merges are the group's. None: every row
+    with episodes."""
 
     @property
     def nbytes(self) -> int:
@@ -1936,23 +1940,29 @@ def _canary_joins(
 
 def _after_recording(rows: I64, period_ns: F64, phase: F64, eps: Episodes, t0: int) -> F64:
     """``phase`` of the content-change streams of ``rows`` (every ``period_ns`` from ``t0``)
-    with those of rows that have episodes moved on by whole periods, so that their first
-    change comes after the canary's recording: until then the canary saw every change that
-    broke such a page's merge (an episode), and the sampled rate, replayed at phases of its
-    own, would break the merges the episodes hold in between. (On a churn canary run the
-    toggling region's pages, each with a change every 3 s, broke no merge in the model while
-    the canary saw 250 a second go: the sampled changes kept every copy unique.) After the
-    recording the sampled rate goes on, on the same grid of times."""
+    with those of the rows with episodes whose content other rows hold
+    (:attr:`Episodes.quiet_rows`) moved on by whole periods, so that their first change
+    comes after the canary's recording. Until then the canary saw every change that broke
+    such a page's merge (an episode); the sampled rate, replayed at phases of each row's
+    own, would set the copies of one page apart where they change together. (On a churn
+    canary run the toggling region's pages, each copy changing every 3 s with the others,
+    broke no merge in the model while the canary saw 250 a second go.) A row of a content
+    of its own keeps its sampled changes: a joined row's next change breaks its merge, as
+    the canary saw on Node ("Changing rows the canary saw merged"). After the recording the
+    sampled rate goes on, on the same grid of times."""
     assert eps.recorded_until_ns is not None
-    with_eps = isin(rows, eps.rows, of_sorted=True)
+    with_eps = isin(rows, eps.rows if eps.quiet_rows is None else eps.quiet_rows, of_sorted=True)
     ahead = np.ceil((eps.recorded_until_ns - t0) / period_ns[with_eps] - phase[with_eps])
     out = phase.copy()
     out[with_eps] += np.maximum(ahead, 0.0)
     return out
 
 
-def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes | None:
-    """The episodes of a snapshot in the continuation (rows ``key``): each time the canary
+def _canary_episodes(
+    inp: ReplayInput, key: U64, rates: CanaryRates, shared: B | None = None
+) -> Episodes | None:
+    """The episodes of a snapshot in the continuation (rows ``key``; ``shared``: per row,
+    whether other rows hold its content, for :attr:`Episodes.quiet_rows`): each time the canary
     saw a page's merge go with a new content (or the page unmapped) and the page merged
     again later, its row writes a content of its own when the canary saw the merge go, and
     holds its shared content again :data:`REJOIN_LEAD_SCANS` of the canary's full scans
@@ -1975,7 +1985,8 @@ def _canary_episodes(inp: ReplayInput, key: U64, rates: CanaryRates) -> Episodes
     off = t0 + np.rint(off_s[at] * 1e9).astype(np.int64)
     on = np.maximum(t0 + np.rint(on_s[at] * 1e9).astype(np.int64) - lead_ns, off + 1)
     until = None if rates.end_s is None else t0 + round(rates.end_s * 1e9)
-    return Episodes(rows, off, on, until)
+    quiet = None if shared is None else np.unique(rows[shared[rows]])
+    return Episodes(rows, off, on, until, quiet)
 
 
 def _held_twice(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -2372,7 +2383,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 traced_iw = out[-1]
                 if cont and traced_iw is not None:
                     joins = _canary_joins(inp, snap, key, rates, traced_iw, inp.times_ns[k])
-                    episodes = _canary_episodes(inp, key, rates)
+                    episodes = _canary_episodes(inp, key, rates, _held_twice(snap.hash))
                     out[-1] = dataclasses.replace(traced_iw, joins=joins, episodes=episodes)
                     n_joins = 0 if joins is None else int(joins.rows.size)
             continue
@@ -2385,7 +2396,11 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         floor = np.full(snap.n, inp.times_ns[n_traced - 1], np.int64)
         floor[inp.deltas[k].added] = inp.times_ns[k]  # rows the snapshot brings: not before it
         joins = _canary_joins(inp, snap, key, rates, iw, floor)
-        out.append(dataclasses.replace(iw, joins=joins, episodes=_canary_episodes(inp, key, rates)))
+        out.append(
+            dataclasses.replace(
+                iw, joins=joins, episodes=_canary_episodes(inp, key, rates, _held_twice(snap.hash))
+            )
+        )
     # what the rows taking the unseen breaks are (fit_canary weighs their rate)
     note = {
         "candidates": unseen.n_cand,

@@ -1839,6 +1839,17 @@ def test_a_row_with_episodes_changes_as_the_canary_saw_until_its_recording_ends(
     assert last.episodes is not None
     t0 = inp.times_ns[0]
     assert last.episodes.recorded_until_ns == t0 + 20 * 10**9
+    assert last.episodes.quiet_rows is not None
+    assert last.episodes.quiet_rows.tolist() == last.episodes.rows.tolist()  # the pair's copy
+    # a row of a content of its own keeps its sampled changes (a joined row's break them)
+    own = writes_module._canary_episodes(
+        inp, (np.uint64(100) << np.uint64(36)) | inp.snapshots[-1].page[:1], rates,
+        np.zeros(1, bool),
+    )  # fmt: skip
+    assert own is not None
+    assert own.quiet_rows is not None
+    assert own.rows.tolist() == [0]
+    assert own.quiet_rows.tolist() == []
     src = TraceWrites(calibrated, seed=0)
     src.start_interval(calibrated.n_snapshots - 1, inp.times_ns[-1])
     row = int(last.episodes.rows[0])
