@@ -1770,6 +1770,23 @@ def test_a_canary_records_the_merges_a_page_lost_and_got_back() -> None:
     assert [int(k & 0xFFFFFFFFF) for k in renamed.episode_key.tolist()] == [0x10, 0x90]
 
 
+def _pair_lost_and_got_back(content: dict[int, int]) -> tuple[ReplayInput, CanaryRates]:
+    """A pair of pages (pids 100 and 101), two snapshots 1 s apart, ``content`` changes per
+    page row; a canary of 20 s (full scans of 2 s) that saw pid 100's page lose its merge
+    to a new content at 6 s and merge again at 12 s."""
+    w = _two_workers(pages=1)
+    w.snapshot(0.0)
+    w.snapshot(1.0)
+    inp = prepare(_counted(w.host_trace(), content, {}, 1.0))
+    events = [
+        (0.0, 100, 0x10000, "merged"),
+        (0.0, 101, 0x10000, "merged"),
+        (6.0, 100, 0x10000, "unmerged_changed"),
+        (12.0, 100, 0x10000, "merged"),
+    ]
+    return inp, canary_rates(_with_scans(_canary(events, end_s=20.0), 2.0))
+
+
 def test_a_merge_lost_and_got_back_breaks_once_and_merges_again() -> None:
     """A pair of pages merged from the start; the canary saw one lose its merge to a new
     content at 6 s and merge again at 12 s. Its row writes a content of its own at 6 s (one
@@ -1777,17 +1794,7 @@ def test_a_merge_lost_and_got_back_breaks_once_and_merges_again() -> None:
     before 12 s, in both engines: the pair is apart in between and merged at the end."""
     from planner.engine.writes import REJOIN_LEAD_SCANS
 
-    w = _two_workers(pages=1)
-    w.snapshot(0.0)
-    w.snapshot(1.0)
-    inp = prepare(_counted(w.host_trace(), {}, {}, 1.0))
-    events = [
-        (0.0, 100, 0x10000, "merged"),
-        (0.0, 101, 0x10000, "merged"),
-        (6.0, 100, 0x10000, "unmerged_changed"),
-        (12.0, 100, 0x10000, "merged"),
-    ]
-    rates = canary_rates(_with_scans(_canary(events, end_s=20.0), 2.0))
+    inp, rates = _pair_lost_and_got_back({})
     calibrated = with_canary(inp, rates)
     last = calibrated.writes[-1]
     assert last is not None
@@ -1821,17 +1828,7 @@ def test_a_row_with_episodes_changes_as_the_canary_saw_until_its_recording_ends(
     phases during the recording, the sampled rate broke merges the canary saw kept (7
     breaks; the pair apart at 19.5 s). After the recording the sampled changes go on, on
     the same grid: the pair is apart again at 23.5 s."""
-    w = _two_workers(pages=1)
-    w.snapshot(0.0)
-    w.snapshot(1.0)
-    inp = prepare(_counted(w.host_trace(), {2: 1}, {}, 1.0))  # row 2: pid 100, last snapshot
-    events = [
-        (0.0, 100, 0x10000, "merged"),
-        (0.0, 101, 0x10000, "merged"),
-        (6.0, 100, 0x10000, "unmerged_changed"),
-        (12.0, 100, 0x10000, "merged"),
-    ]
-    rates = canary_rates(_with_scans(_canary(events, end_s=20.0), 2.0))
+    inp, rates = _pair_lost_and_got_back({2: 1})  # row 2: pid 100, last snapshot
     assert rates.end_s == 20.0
     calibrated = with_canary(inp, rates)
     last = calibrated.writes[-1]
