@@ -147,29 +147,33 @@ def _steps(sizes: CanarySizes, t0_ns: int, t_last_ns: int) -> tuple[I64, I64]:
     return times.astype(np.int64), last_sample
 
 
-def _grown(present: I64, rows: int, last_sample: I64) -> I64:
-    """A process's growth at each step: its present pages less its rows at the last
-    snapshot (or its first sample's count, where that is fewer), never below the most it
-    reached."""
+def _base(present: I64, rows: int) -> int | None:
+    """The count a process's growth is measured from: its rows at the last snapshot, or its
+    first sample's present pages where that is fewer (None: no sample has a row of it)."""
     seen = present >= 0
-    if not seen.any():
+    return min(rows, int(present[np.argmax(seen)])) if seen.any() else None
+
+
+def _grown(present: I64, rows: int, last_sample: I64) -> I64:
+    """A process's growth at each step: its present pages less :func:`_base`, never below
+    the most it reached."""
+    base = _base(present, rows)
+    if base is None:
         return np.zeros(last_sample.size, np.int64)
-    base = min(rows, int(present[np.argmax(seen)]))
-    g = np.where(seen, present - base, 0)
+    g = np.where(present >= 0, present - base, 0)
     return np.asarray(np.maximum.accumulate(np.maximum(g, 0))[last_sample], np.int64)
 
 
 def _short(present: I64, rows: int, last_sample: I64, added: I64) -> I64:
     """Per step: how many of a process's rows exceed its present pages (it holds ``rows``
-    at the last snapshot and ``added`` more at each step; :func:`_grown` counts its
-    growth from the same base): the pages it gave back, which stay rows but are out of
+    at the last snapshot and ``added`` more at each step; :func:`_base`, as
+    :func:`_grown`): the pages it gave back, which stay rows but are out of
     ksmd's reach. A sample without a row of it takes the count of the last one with one
     (none before its first: zero)."""
-    seen = present >= 0
-    if not seen.any():
+    base = _base(present, rows)
+    if base is None:
         return np.zeros(last_sample.size, np.int64)
-    base = min(rows, int(present[np.argmax(seen)]))
-    known = np.maximum.accumulate(np.where(seen, np.arange(present.size), -1))
+    known = np.maximum.accumulate(np.where(present >= 0, np.arange(present.size), -1))
     p = np.where(known >= 0, present[np.maximum(known, 0)], -1)[last_sample]
     want = rows + p - base
     return np.where(p >= 0, np.maximum(rows + added - want, 0), 0).astype(np.int64)

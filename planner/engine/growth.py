@@ -937,22 +937,21 @@ def append_rows(
     # the rows of the current step's snapshot that ``last`` lacks (positions, sorted) and
     # the row of ``last`` whose write counts each takes (see IntervalWrites.grown_at)
     grown_at, grown_src = np.empty(0, np.int64), np.empty(0, np.int64)
-    inserted = np.empty(0, np.int64)  # the rows ``last`` lacks (positions, sorted)
     gid_last: I32 | None = None
     layout, n_frames = last.layout, last.n_frames
     for j, (t_ns, new, src_new) in enumerate(steps):
         delta, pos = appended_delta(
             layout, n_frames, new, frame_next, index=len(deltas), time_ns=t_ns, ids_of=ids.ids_of
         )
-        before = inserted
-        inserted = np.sort(np.concatenate([moved_up(inserted, np.sort(pos)), pos]))
+        before = grown_at
+        grown_at, grown_src = _moved_up(grown_at, grown_src, pos, src_new)
         if flips is not None and flips[j][0].size:
-            rows, flags = flips[j]
+            rows, flags = flips[j]  # rows of ``last``: moved up by the rows it lacks
             if gid_last is None:
                 gid_last = _content_ids(inp, last).astype(np.int32)
             delta = with_flag_changes(
                 delta,
-                moved_up(rows, inserted),
+                moved_up(rows, grown_at),
                 moved_up(rows, before),
                 last.frame[rows],
                 flags,
@@ -962,7 +961,6 @@ def append_rows(
         frame_next += new.key.size
         layout, n_frames = delta.layout, delta.n_frames
         if wk is not None:
-            grown_at, grown_src = _moved_up(grown_at, grown_src, pos, src_new)
             writes.append(
                 IntervalWrites(
                     content=wk.content,

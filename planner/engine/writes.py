@@ -171,7 +171,8 @@ class Episodes:
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.off_ns.nbytes + self.on_ns.nbytes)
+        quiet = 0 if self.quiet_rows is None else self.quiet_rows.nbytes
+        return int(self.rows.nbytes + self.off_ns.nbytes + self.on_ns.nbytes + quiet)
 
 
 @dataclass(frozen=True)
@@ -1959,10 +1960,10 @@ def _after_recording(rows: I64, period_ns: F64, phase: F64, eps: Episodes, t0: i
 
 
 def _canary_episodes(
-    inp: ReplayInput, key: U64, rates: CanaryRates, shared: B | None = None
+    inp: ReplayInput, key: U64, rates: CanaryRates, hashes: U64 | None = None
 ) -> Episodes | None:
-    """The episodes of a snapshot in the continuation (rows ``key``; ``shared``: per row,
-    whether other rows hold its content, for :attr:`Episodes.quiet_rows`): each time the canary
+    """The episodes of a snapshot in the continuation (rows ``key``; ``hashes``: their
+    contents, which tell :attr:`Episodes.quiet_rows`): each time the canary
     saw a page's merge go with a new content (or the page unmapped) and the page merged
     again later, its row writes a content of its own when the canary saw the merge go, and
     holds its shared content again :data:`REJOIN_LEAD_SCANS` of the canary's full scans
@@ -1985,7 +1986,7 @@ def _canary_episodes(
     off = t0 + np.rint(off_s[at] * 1e9).astype(np.int64)
     on = np.maximum(t0 + np.rint(on_s[at] * 1e9).astype(np.int64) - lead_ns, off + 1)
     until = None if rates.end_s is None else t0 + round(rates.end_s * 1e9)
-    quiet = None if shared is None else np.unique(rows[shared[rows]])
+    quiet = None if hashes is None else np.unique(rows[_held_twice(hashes)[rows]])
     return Episodes(rows, off, on, until, quiet)
 
 
@@ -2383,7 +2384,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 traced_iw = out[-1]
                 if cont and traced_iw is not None:
                     joins = _canary_joins(inp, snap, key, rates, traced_iw, inp.times_ns[k])
-                    episodes = _canary_episodes(inp, key, rates, _held_twice(snap.hash))
+                    episodes = _canary_episodes(inp, key, rates, snap.hash)
                     out[-1] = dataclasses.replace(traced_iw, joins=joins, episodes=episodes)
                     n_joins = 0 if joins is None else int(joins.rows.size)
             continue
@@ -2398,7 +2399,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         joins = _canary_joins(inp, snap, key, rates, iw, floor)
         out.append(
             dataclasses.replace(
-                iw, joins=joins, episodes=_canary_episodes(inp, key, rates, _held_twice(snap.hash))
+                iw, joins=joins, episodes=_canary_episodes(inp, key, rates, snap.hash)
             )
         )
     # what the rows taking the unseen breaks are (fit_canary weighs their rate)

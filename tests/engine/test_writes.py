@@ -1841,7 +1841,7 @@ def test_a_row_with_episodes_changes_as_the_canary_saw_until_its_recording_ends(
     # a row of a content of its own keeps its sampled changes (a joined row's break them)
     own = writes_module._canary_episodes(
         inp, (np.uint64(100) << np.uint64(36)) | inp.snapshots[-1].page[:1], rates,
-        np.zeros(1, bool),
+        np.array([7], np.uint64),  # a content no other row holds
     )  # fmt: skip
     assert own is not None
     assert own.quiet_rows is not None
