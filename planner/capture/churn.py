@@ -19,12 +19,17 @@ one a tail of ``--interval`` seconds), one *pass* every ``MS`` milliseconds
   rotation; the rotation's length is what the coverage figures report;
 * where the kernel tracks soft-dirty (:mod:`planner.capture.softdirty`) the pass clears the
   bits after reading them, checks exactly the pages written since the previous pass, and
-  counts *same-content writes*: pages written whose content did not change.
+  counts *same-content writes*: pages written whose content did not change;
+* the first time a check finds a page's content changed, it keeps the new content's keyed
+  hash (``other_hash``): a page that alternates between two contents shows the other one
+  even where it is back to the snapshot's at the next snapshot, or where the next
+  snapshot comes too late to show it come back.
 
 Counts end up in the snapshot's page rows (``samples``, ``content_checks``,
-``content_changes``, ``frame_changes``, ``absent_samples``, ``same_content_writes``) and each
-pass of each process in the ``samples`` table. Nothing here faults a page in: only pages the
-pass's pagemap shows present are read, as in a snapshot (docs/capture.md §4.2).
+``content_changes``, ``frame_changes``, ``absent_samples``, ``same_content_writes``,
+``other_hash``) and each pass of each process in the ``samples`` table. Nothing here faults
+a page in: only pages the pass's pagemap shows present are read, as in a snapshot
+(docs/capture.md §4.2).
 """
 
 from __future__ import annotations
@@ -85,6 +90,9 @@ class Tracker:
     frame_changes: npt.NDArray[np.uint32] = field(init=False)
     absent: npt.NDArray[np.uint32] = field(init=False)
     same_writes: npt.NDArray[np.uint32] = field(init=False)
+    other_hash: npt.NDArray[np.uint64] = field(init=False)
+    """The first content other than the snapshot's that a check found (where ``has_other``)."""
+    has_other: npt.NDArray[np.bool_] = field(init=False)
     cursor: int = 0
     gone: bool = False
     pagemap_fd: int | None = None
@@ -96,6 +104,8 @@ class Tracker:
         n = len(self.vpn)
         self.present = np.ones(n, bool)
         self.quiet = np.full(n, HOT_CHECKS, np.uint8)  # nothing is hot at the snapshot
+        self.other_hash = np.zeros(n, np.uint64)
+        self.has_other = np.zeros(n, bool)
         for name in (
             "samples",
             "checks",
@@ -107,7 +117,7 @@ class Tracker:
             setattr(self, name, np.zeros(n, np.uint32))
 
 
-PageColumn = tuple["npt.NDArray[np.uint16]", "npt.NDArray[np.bool_]"]
+PageColumn = tuple["npt.NDArray[np.uint16] | npt.NDArray[np.uint64]", "npt.NDArray[np.bool_]"]
 """A page column's values and which rows have one (the others are null)."""
 
 
@@ -116,7 +126,8 @@ class IntervalResult:
     """What the sampler found over one interval, ready for the snapshot's tables."""
 
     page_columns: dict[str, PageColumn]
-    """Column name -> ``(values uint16, valid mask)`` aligned with the snapshot's page rows."""
+    """Column name -> ``(values, valid mask)`` aligned with the snapshot's page rows: the
+    counts in uint16, ``other_hash`` in uint64."""
     sample_rows: list[dict[str, Any]]
     snapshot_columns: dict[str, Any]
 
@@ -247,6 +258,12 @@ class Sampler:
             for t in self.trackers:
                 values[t.rows] = np.minimum(getattr(t, attr), _U16_MAX).astype(np.uint16)
             columns[column] = (values, valid)
+        other = np.zeros(self.rows, np.uint64)
+        has_other = np.zeros(self.rows, bool)
+        for t in self.trackers:
+            other[t.rows] = t.other_hash
+            has_other[t.rows] = t.has_other
+        columns["other_hash"] = (other, has_other)
         tracked = sum(len(t.vpn) for t in self.trackers)
         checked = sum(int(np.count_nonzero(t.checks)) for t in self.trackers)
         checks = sum(int(t.checks.sum()) for t in self.trackers)
@@ -393,6 +410,9 @@ class Sampler:
         changed = hashes[ok] != t.last_hash[seen]
         t.checks[seen] += 1
         t.content_changes[seen[changed]] += 1
+        new = changed & ~t.has_other[seen]  # (the first change: from the snapshot's content)
+        t.other_hash[seen[new]] = hashes[ok][new]
+        t.has_other[seen[new]] = True
         t.last_hash[seen] = hashes[ok]
         t.quiet[seen[changed]] = 0
         still = seen[~changed]

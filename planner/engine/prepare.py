@@ -54,6 +54,7 @@ from planner.engine.rows import (
 from planner.engine.write_timing import PassTiming
 from planner.engine.writes import (
     IntervalWrites,
+    OtherContents,
     carry_toggles,
     changed_between,
     classify_toggles,
@@ -65,7 +66,7 @@ from planner.engine.writes import (
 from planner.errors import InputDataError
 from planner.trace.check import MappingStarts, as_numpy, program_generations
 from planner.trace.io import read_ahead
-from planner.trace.schema import PAGE_CHANGE_COUNTS, PageFlag
+from planner.trace.schema import PAGE_CHANGE_COLUMNS, PageFlag
 from planner.trace.views import PageChanges, page_changes
 
 if TYPE_CHECKING:
@@ -387,14 +388,21 @@ class _PageColumns:
     usable: B | None  # rows with a hash and a frame (None: every row)
     #: per row, the writes the sampler saw in the interval after the snapshot: content
     #: changes and same-content writes (None: the trace has no counts for this snapshot)
-    writes: tuple[U16, U16, U16, B] | None = None
+    writes: WriteCounts | None = None
 
 
-def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16, B] | None:
+WriteCounts = tuple[U16, U16, U16, B, "U64 | None"]
+"""Per row of a snapshot (:func:`_write_counts`): content changes, same-content writes,
+content checks, whether the counts were raised to a floor, and the first other content's
+hash (0: none; None: the trace records none)."""
+
+
+def _write_counts(pc: PageChanges) -> WriteCounts | None:
     """Per row: content changes (:func:`planner.engine.writes.effective_changes`),
-    same-content writes, the content checks the sampler made, and whether the sampler saw
+    same-content writes, the content checks the sampler made, whether the sampler saw
     the row change or written at every look, so that its count was raised to one per
-    sampling period (None: unsampled).
+    sampling period, and the first content other than the snapshot's it found (the
+    trace's ``other_hash``, 0 for none; None where the trace has none) (None: unsampled).
 
     Same-content writes are soft-dirty's count where the capture tracked writes (a row
     written at every pass taken to write once per sampling period:
@@ -416,7 +424,7 @@ def _write_counts(pc: PageChanges) -> tuple[U16, U16, U16, B] | None:
         floored = content != pc.content_changes
     # an interval that saw no write is kept: its unchecked rows take their rates from the
     # nearest interval that checked them (fill_unchecked), as a starved sampler's must
-    return content, same, pc.content_checks, floored
+    return content, same, pc.content_checks, floored, pc.other_hash
 
 
 def _sampled(pages: pa.Table) -> bool:
@@ -455,7 +463,7 @@ _RUN_COLUMNS = ("pid", "vma_start", "page_addr")
 #: in the same time (Arrow's decoding buffers scale with the batch).
 BATCH_ROWS = 1 << 18
 #: what :func:`prepare_trace` reads of the pages table
-PAGE_COLUMNS = (*(name for name, _ in _ROW_COLUMNS), *_RUN_COLUMNS, *PAGE_CHANGE_COUNTS)
+PAGE_COLUMNS = (*(name for name, _ in _ROW_COLUMNS), *_RUN_COLUMNS, *PAGE_CHANGE_COLUMNS)
 
 
 class SnapshotPages:
@@ -542,7 +550,7 @@ class SnapshotPages:
                 self._unusable.append(np.flatnonzero(_np_column(col.is_null(), bool)) + lo)
         sampled = _sampled(part)
         self._sampled |= sampled
-        counts = [c for c in PAGE_CHANGE_COUNTS if c in part.column_names]
+        counts = [c for c in PAGE_CHANGE_COLUMNS if c in part.column_names]
         self._counts.append((part.num_rows, part.select(counts) if sampled else None))
 
     def add(self, part: pa.Table) -> None:
@@ -733,7 +741,7 @@ def _snapshot_rows(
     sid: int,
     page_size: int,
     prctl_at: PrctlAt = PRCTL_AT_DEFAULT,
-) -> tuple[RowColumns, MmLayout, tuple[U16, ...] | None]:
+) -> tuple[RowColumns, MmLayout, WriteCounts | None]:
     """Snapshot ``k``'s rows sorted by (mm, page), where each mm's rows are, and the
     writes the sampler saw on each row after it (if the trace has them). ``cols`` is
     consumed: its low page bits are dropped once the keys are made."""
@@ -799,7 +807,16 @@ def _snapshot_rows(
         frame=np.ascontiguousarray(take(cols.frame)),
         flags=flags,
     )
-    writes = None if cols.writes is None else tuple(take(c) for c in cols.writes)
+    writes: WriteCounts | None = None
+    if cols.writes is not None:
+        content, same, checks, floored, other = cols.writes
+        writes = (
+            take(content),
+            take(same),
+            take(checks),
+            take(floored),
+            None if other is None else take(other),
+        )
     layout = MmLayout(present=mm_present, lo=mm_hi - counts, hi=mm_hi, mergeable=mergeable)
     return rows, layout, writes
 
@@ -846,18 +863,21 @@ class InputBuilder:
             [mi.parent_mm if mi.parent_mm is not None else -1 for mi in mms] + [-1], np.int64
         )
         self.writes: list[IntervalWrites | None] = []
-        self._pending: tuple[tuple[U16, ...], int | None, PassTiming | None] | None = None
+        self._pending: tuple[WriteCounts, int | None, PassTiming | None] | None = None
         self._keys: list[U64 | None] = []  # per snapshot with counts: its row keys
         self._checked: list[npt.NDArray[np.bool_] | None] = []
         self._differs: list[npt.NDArray[np.bool_] | None] = []
         self._prev_toggle: tuple[U64, npt.NDArray[np.bool_]] | None = None
+        #: the previous snapshot's rows' content history (:func:`content_history`), kept
+        #: while the trace has counts
+        self._history: ContentHistory | None = None
 
     def add(
         self,
         time_ns: int,
         rows: RowColumns,
         layout: MmLayout,
-        writes: tuple[U16, ...] | None = None,
+        writes: WriteCounts | None = None,
         interval_ns: int | None = None,
         timing: PassTiming | None = None,
     ) -> None:
@@ -876,7 +896,11 @@ class InputBuilder:
             parent_of=self.parent_of,
             catalog=self.catalog,
         )  # (``rows``' hashes are consumed: its content ids replace them)
+        history = None
+        if writes is not None:  # (5 B a row, only where the trace has counts)
+            history = content_history(self.prev, self._history, ids)
         self._close_writes(ids)
+        self._history = history
         self._pending = None if writes is None else (writes, interval_ns, timing)
         self.deltas.append(delta)
         # the next delta reads the previous rows' keys, content ids, frames and flags (21 B
@@ -895,7 +919,7 @@ class InputBuilder:
             self._differs.append(None)
             self._prev_toggle = None
             return
-        (content, same, checks, floored), interval_ns, timing = self._pending
+        (content, same, checks, floored, other), interval_ns, timing = self._pending
         self._keys.append(prev.key)
         self._checked.append(checks > 0)
         self._differs.append(
@@ -907,6 +931,11 @@ class InputBuilder:
             toggle = carry_toggles(*self._prev_toggle, prev.key)
         else:
             toggle = np.zeros(prev.key.size, bool)
+        others = None
+        if other is not None or (nxt is None and self._history is not None):
+            toggle, others = two_contents(
+                toggle, other, None if nxt is not None else self._history, self.catalog
+            )
         self.writes.append(
             IntervalWrites(
                 content,
@@ -915,6 +944,7 @@ class InputBuilder:
                 interval_ns,
                 floored_rows=int(np.count_nonzero(floored)),
                 timing=timing,
+                others=others,
             )
         )
         self._prev_toggle = (prev.key, toggle)
@@ -952,6 +982,80 @@ class InputBuilder:
             content_hash=self.catalog.hashes(),
             writes=self.writes if any(w is not None for w in self.writes) else [],
         )
+
+
+@dataclass(frozen=True)
+class ContentHistory:
+    """Per row of a snapshot: the content it held before its current one, and whether it
+    came back to a content it held before (:func:`content_history`)."""
+
+    was: npt.NDArray[np.int32]
+    """The content id the row held before it took its current content (-1: none seen)."""
+    back: B
+    """The row once came back to the content it held before (a toggle the snapshots show)."""
+
+
+def content_history(
+    prev: RowIds | None, prev_history: ContentHistory | None, cur: RowIds
+) -> ContentHistory:
+    """The rows of ``cur``: :class:`ContentHistory`, from the previous snapshot's rows and
+    history (a row new in ``cur``, or the first snapshot's, has none)."""
+    n = cur.key.size
+    was = np.full(n, -1, np.int32)
+    back = np.zeros(n, bool)
+    if prev is None or not prev.key.size or not n:
+        return ContentHistory(was, back)
+    pos = np.minimum(np.searchsorted(prev.key, cur.key), prev.key.size - 1)
+    hit = prev.key[pos] == cur.key
+    before = prev.gid[pos]
+    changed = hit & (before != cur.gid)
+    was[changed] = before[changed]
+    if prev_history is not None:
+        kept = hit & ~changed
+        was[kept] = prev_history.was[pos[kept]]
+        back = changed & (prev_history.was[pos] == cur.gid)
+        back |= hit & prev_history.back[pos]
+    return ContentHistory(was, back)
+
+
+def two_contents(
+    toggle: B,
+    other: U64 | None,
+    history: ContentHistory | None,
+    catalog: ContentCatalog,
+) -> tuple[B, OtherContents | None]:
+    """Rows that alternate between their snapshot's content and one other the trace
+    knows, and that content (docs/engine.md, "Pages that alternate between two contents").
+
+    * ``history`` (the last snapshot's rows only: the continuation's): a row that once came
+      back to a content it held before, or whose first other content in the interval
+      (``other``, the sampler's ``other_hash``) is the one it held before, alternates
+      between the two, whatever ``toggle`` said.
+    * Any other toggling row whose first other content the sampler saw alternates with that
+      one (a page that went there and back within the interval).
+
+    Returns the toggles and the rows' other contents as catalog ids (None: none known);
+    the catalog gains the contents no snapshot row has."""
+    n = toggle.size
+    other_id = np.full(n, -1, np.int64)
+    if history is not None:
+        two = history.was >= 0
+        seen_back = history.back.copy()
+        if other is not None:
+            cand = np.flatnonzero(two & (other != 0))
+            held = catalog.value_view()[history.was[cand]]
+            seen_back[cand[held == other[cand]]] = True
+        two &= seen_back
+        toggle = toggle | two
+        other_id[two] = history.was[two]
+    if other is not None:
+        fill = np.flatnonzero(toggle & (other_id < 0) & (other != 0))
+        if fill.size:
+            other_id[fill] = catalog.ids_of(np.ascontiguousarray(other[fill]))
+    rows = np.flatnonzero(other_id >= 0)
+    if not rows.size:
+        return toggle, None
+    return toggle, OtherContents(rows, other_id[rows])
 
 
 def prepare(

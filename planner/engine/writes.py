@@ -126,6 +126,23 @@ class CanaryOwn:
 
 
 @dataclass(frozen=True)
+class OtherContents:
+    """Toggling rows of a snapshot whose other content the trace knows (a content of the
+    catalog: the one the row held at an earlier snapshot, or the first other content the
+    sampler found, :func:`planner.engine.prepare.two_contents`). Copies of a page that
+    alternate between the same two contents can merge in either. Sparse."""
+
+    rows: I64
+    """Row indexes, ascending."""
+    content: I64
+    """The catalog content id each alternates with."""
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes + self.content.nbytes)
+
+
+@dataclass(frozen=True)
 class Joins:
     """Rows of a snapshot in the continuation that take, once, a content other rows of
     the snapshot hold (pages a canary saw the kernel merge where the trace shows a content
@@ -234,6 +251,10 @@ class IntervalWrites:
     """When each process wrote over the interval, pass by pass (the trace's ``samples``
     table): the rows' phases follow it (:mod:`planner.engine.write_timing`). None: uniform
     phases (no passes recorded, or none counted a write)."""
+    others: OtherContents | None = None
+    """Toggling rows whose other content the trace knows (an appended snapshot: the last
+    traced snapshot's, found by key). None: none; every toggling row then alternates with
+    a content of its own."""
 
     def per_row(self) -> tuple[U16, U16, B]:
         """``content``, ``same`` and ``toggle`` per row of this snapshot (computed for an
@@ -293,6 +314,7 @@ class IntervalWrites:
             extra += 0 if self.leave_cow is None else self.leave_cow.nbytes
         extra += 0 if self.joins is None else self.joins.nbytes
         extra += 0 if self.episodes is None else self.episodes.nbytes
+        extra += 0 if self.others is None or self.grown_at is not None else self.others.nbytes
         if self.grown_at is not None and self.grown_src is not None:
             return int(self.grown_at.nbytes + self.grown_src.nbytes + extra)
         extra += 0 if self.timing is None else self.timing.nbytes
@@ -518,6 +540,17 @@ class Writes:
             kn = None if self.keep is None else self.keep[~g]
             out.append((Writes(self.rows[~g], self.content[~g], keep=kn), True))
         return out
+
+
+def written_contents(inp: ReplayInput) -> I64:
+    """The catalog contents the write model may give a row although the snapshot shows
+    other rows holding them only by chance: toggles' other contents
+    (:attr:`IntervalWrites.others`), sorted, each once. (A join's content is held by at
+    least two rows of its snapshot.)"""
+    parts = [w.others.content for w in inp.writes if w is not None and w.others is not None]
+    if not parts:
+        return np.empty(0, np.int64)
+    return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
 def held_code(content_id: npt.ArrayLike, zero: npt.ArrayLike = False) -> I64:
@@ -829,11 +862,18 @@ class TraceWrites:
             self.other = np.full(c.size, -1, np.int64)
             rt = rc[tog]
             known = np.zeros(rt.size, bool)
+            src = None if origin is None else origin.others
+            if src is not None and rt.size:  # a content of the catalog the trace showed
+                okeys = (keys if origin is iw else self._keys(kp))[src.rows]
+                pos = np.minimum(np.searchsorted(okeys, keys[rt]), okeys.size - 1)
+                known = okeys[pos] == keys[rt]
+                self.other[rt[known]] = held_code(src.content[pos[known]])
             if last and self._other_keys.size and rt.size:  # the same row, a later snapshot
                 ok = self._other_keys
                 pos = np.minimum(np.searchsorted(ok, keys[rt]), ok.size - 1)
-                known = self._other_keys[pos] == keys[rt]
-                self.other[rt[known]] = self._other_ids[pos[known]]
+                hit = ~known & (self._other_keys[pos] == keys[rt])
+                self.other[rt[hit]] = self._other_ids[pos[hit]]
+                known |= hit
             n_new = int(np.count_nonzero(~known))
             self.other[rt[~known]] = self.next_volatile + np.arange(n_new)
             self.next_volatile += n_new

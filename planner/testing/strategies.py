@@ -17,6 +17,7 @@ from planner.engine.knobs import KNOBS, KsmKnobs
 from planner.engine.options import ReplayOptions
 from planner.errors import KnobError
 from planner.testing.random_world import WorldSpec
+from planner.trace.check import as_numpy
 
 if TYPE_CHECKING:
     from planner.trace.io import HostTrace
@@ -72,6 +73,7 @@ class ChurnSpec:
     max_same_writes: int = 4
     soft_dirty: bool = True  # same-content writes counted (else: frame changes only)
     last_interval_s: float | None = 0.5  # the interval sampled after the last snapshot
+    other_share: float = 0.5  # share of changing rows whose first other content is known
 
 
 def with_write_counts(ht: HostTrace, seed: int, spec: ChurnSpec = ChurnSpec()) -> HostTrace:
@@ -93,14 +95,23 @@ def with_write_counts(ht: HostTrace, seed: int, spec: ChurnSpec = ChurnSpec()) -
         content = np.where(sid == last_sid, 0, content)
         same = np.where(sid == last_sid, 0, same)
         frame = np.where(sid == last_sid, 0, frame)
+    # the first other content (format v3): one the trace holds somewhere, so that copies
+    # can alternate between the same two contents (none where it is the row's own)
+    hash_col = ht.pages.column("content_hash")
+    known = ~as_numpy(hash_col.is_null(), bool)
+    hashes = as_numpy(hash_col, np.uint64, null=0)
+    pool = hashes[known] if known.any() else np.ones(1, np.uint64)
+    other = pool[rnd.integers(0, pool.size, n)]
+    has_other = (content > 0) & (rnd.random(n) < spec.other_share) & (other != hashes)
     u16 = pa.uint16()
-    cols = {
+    cols: dict[str, pa.Array[Any]] = {
         "samples": pa.array(samples, u16),
         "content_checks": pa.array(checks, u16),
         "content_changes": pa.array(content, u16),
         "frame_changes": pa.array(frame, u16),
         "absent_samples": pa.array(np.zeros(n, np.int64), u16),
         "same_content_writes": pa.array(same if spec.soft_dirty else np.zeros(n, np.int64), u16),
+        "other_hash": pa.array(other, pa.uint64(), mask=~has_other),
     }
     pages = ht.pages
     for name, arr in cols.items():

@@ -452,9 +452,10 @@ PAGES_CHECK_COLUMNS = tuple(S.PAGES_SCHEMA.names)
 #: Per-page change counts (schema v2), each at most the page's ``samples`` (content changes
 #: at most its content checks).
 _PAGE_COUNTS = S.PAGE_CHANGE_COUNTS[1:]
-#: ``samples`` and the change counts: a batch may leave them all out when they are all
-#: null (schema v1 files, and v2 files whose footer proves it: ``Trace.iter_pages``).
-PAGE_CHANGE_COUNTS = S.PAGE_CHANGE_COUNTS
+#: ``samples``, the change counts and ``other_hash``: a batch may leave them all out when
+#: they are all null (schema v1 files, and later files whose footer proves it:
+#: ``Trace.iter_pages``).
+PAGE_CHANGE_COLUMNS = S.PAGE_CHANGE_COLUMNS
 
 
 class PagesCheck:
@@ -468,7 +469,7 @@ class PagesCheck:
 
     def feed(self, pages: pa.Table) -> None:
         """Check the next rows (a table with every column of the pages schema, or all but
-        :data:`PAGE_CHANGE_COUNTS` when those are all null).
+        :data:`PAGE_CHANGE_COLUMNS` when those are all null).
 
         The table is checked one record batch at a time: the columns of a batch are read
         in place (no copy), and the state carries from one batch to the next.
@@ -567,7 +568,9 @@ class PagesCheck:
             return
         seen = pages.column("samples")
         if seen.null_count == len(seen):
-            for name in _PAGE_COUNTS:
+            for name in (*_PAGE_COUNTS, "other_hash"):
+                if name not in pages.column_names:
+                    continue
                 col = pages.column(name)
                 j = _first(~_np(col.is_null(), bool))
                 if j is not None:
@@ -599,11 +602,21 @@ class PagesCheck:
                     f"row {row0 + i}: page 0x{int(addr[i]):x} has {name} {int(values[i])} "
                     f"but only {int(bound[i])} {of}",
                 )
+        other = pages.column("other_hash") if "other_hash" in pages.column_names else None
+        if other is not None and other.null_count < len(other):  # (found by a change)
+            changes = as_numpy(pages.column("content_changes"), np.int64, null=0)
+            i = _first(~_np(other.is_null(), bool) & (changes == 0))
+            if i is not None:
+                raise _fail(
+                    self.where,
+                    f"row {row0 + i}: page 0x{int(addr[i]):x} has an other_hash but no "
+                    "content change",
+                )
 
 
 __all__ = [
     "PAGES_CHECK_COLUMNS",
-    "PAGE_CHANGE_COUNTS",
+    "PAGE_CHANGE_COLUMNS",
     "HostIndex",
     "PagesCheck",
     "as_numpy",

@@ -36,7 +36,7 @@ from planner.errors import TraceFormatError, UsageProblem
 from planner.provenance import tool_version
 from planner.trace import schema as S
 from planner.trace.check import (
-    PAGE_CHANGE_COUNTS,
+    PAGE_CHANGE_COLUMNS,
     HostIndex,
     PagesCheck,
     as_numpy,
@@ -1049,12 +1049,12 @@ class Trace:
                 # change counts the file lacks (schema v1) or holds only as nulls (a
                 # trace captured without sampling): neither decoded nor checked; those
                 # the caller asks for are made as nulls
-                skip = _all_null(pf.metadata, [c for c in PAGE_CHANGE_COUNTS if c in file_cols])
-                made = [S.PAGES_SCHEMA.field(c) for c in cols if c in PAGE_CHANGE_COUNTS]
+                skip = _all_null(pf.metadata, [c for c in PAGE_CHANGE_COLUMNS if c in file_cols])
+                made = [S.PAGES_SCHEMA.field(c) for c in cols if c in PAGE_CHANGE_COLUMNS]
                 batches = pf.iter_batches(
                     batch_size=batch_rows,
                     use_threads=False,
-                    columns=[c for c in file_cols if not (skip and c in PAGE_CHANGE_COUNTS)],
+                    columns=[c for c in file_cols if not (skip and c in PAGE_CHANGE_COLUMNS)],
                 )
             except TraceFormatError:
                 raise

@@ -29,6 +29,12 @@ keep loading older versions, see ``planner.trace.io``):
   per sample and process between snapshots: timing, coverage, cost). Version 1 traces are
   read as version 2 with these columns null and the new tables empty
   (:data:`V1_COLUMNS`).
+* 3 -- ``pages`` gains ``other_hash``: the keyed hash of the first content other than the
+  snapshot's that the sampler found at the page over the interval (null: it saw none).
+  With it a page that alternates between two contents (and copies of it that alternate
+  between the same two) can be told from one whose every change is new, even where the
+  snapshots are too far apart to show it come back (docs/capture.md §9). Version 2 traces
+  are read as version 3 with ``other_hash`` null (:data:`V2_COLUMNS`).
 
 Pages hold no page contents: ``content_hash`` is a keyed 64-bit hash (``hash_algo`` and
 ``hash_key_id`` in ``snapshots``), and ``frame_id`` is an opaque number that is equal for
@@ -45,7 +51,7 @@ from typing import Final, Literal
 import pyarrow as pa
 
 FORMAT_NAME: Final = "ksm-planner-trace"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MANIFEST_NAME: Final = "ksm-trace.json"
 HOST_DIR_PREFIX: Final = "host="
 METADATA_KEY: Final = b"ksm_trace.schema_version"
@@ -54,7 +60,7 @@ PAGE_SIZE_BYTES: Final = 4096
 
 TABLES: Final = ("snapshots", "processes", "mappings", "pages", "cgroups", "samples")
 #: The tables of each schema version (a version-1 trace has no cgroups or samples table).
-TABLES_BY_VERSION: Final = {1: TABLES[:4], 2: TABLES}
+TABLES_BY_VERSION: Final = {1: TABLES[:4], 2: TABLES, 3: TABLES}
 
 
 class PageFlag(enum.IntFlag):
@@ -234,6 +240,8 @@ PAGES_SCHEMA: Final = pa.schema(
         pa.field("frame_changes", pa.uint16()),  # ... that found another frame mapped
         pa.field("absent_samples", pa.uint16()),  # ... that found it not present
         pa.field("same_content_writes", pa.uint16()),  # written, content unchanged (soft-dirty)
+        # --- version 3: the first other content the sampler found (keyed, as content_hash)
+        pa.field("other_hash", pa.uint64()),
     ]
 )
 
@@ -297,10 +305,16 @@ V1_COLUMNS: Final = {
 }
 
 
+#: The columns of the tables that schema version 3 changed, as version 2 wrote them.
+V2_COLUMNS: Final = {"pages": tuple(n for n in PAGES_SCHEMA.names if n != "other_hash")}
+
+
 def file_columns(name: str, version: int) -> tuple[str, ...]:
     """The columns a file of table ``name`` has in schema ``version``."""
     if version == 1:
         return V1_COLUMNS[name]
+    if version == 2 and name in V2_COLUMNS:
+        return V2_COLUMNS[name]
     return tuple(SCHEMAS[name].names)
 
 
@@ -324,6 +338,9 @@ PAGE_CHANGE_COUNTS: Final = (
     "absent_samples",
     "same_content_writes",
 )
+#: Every column of ``pages`` about the interval after the snapshot: the counts and the
+#: other content the sampler saw (schema v3); all null in a trace captured without sampling.
+PAGE_CHANGE_COLUMNS: Final = (*PAGE_CHANGE_COUNTS, "other_hash")
 
 #: Parquet writer settings per table. ``content_hash`` keeps dictionary encoding because
 #: duplicated pages (what KSM merges) repeat hashes; addresses and frame ids are delta-coded.
@@ -337,7 +354,7 @@ PARQUET_OPTIONS: Final = {
             "vma_start",
             "flags",
             "content_hash",
-            *PAGE_CHANGE_COUNTS,
+            *PAGE_CHANGE_COLUMNS,
         ],
         "column_encoding": {"page_addr": "DELTA_BINARY_PACKED", "frame_id": "DELTA_BINARY_PACKED"},
         "dictionary_pagesize_limit": 64 << 20,
@@ -346,7 +363,7 @@ PARQUET_OPTIONS: Final = {
         "write_statistics": [
             "snapshot_id",
             "pid",
-            *PAGE_CHANGE_COUNTS,
+            *PAGE_CHANGE_COLUMNS,
         ],
     },
     "default": {"compression": "zstd", "compression_level": 3, "use_dictionary": True},

@@ -84,6 +84,11 @@ class PageChanges:
     absent_samples: npt.NDArray[np.uint16]
     same_content_writes: npt.NDArray[np.uint16] | None
     """``None`` where writes were not tracked (a kernel without soft-dirty)."""
+    other_hash: npt.NDArray[np.uint64] | None = None
+    """The first content other than the snapshot's that the sampler found at each page,
+    keyed as ``content_hash`` (0: none found; a keyed hash of 0, one chance in 2^64, reads
+    as none). ``None``: no page has one (a trace of schema version 2 or older, or no page
+    changed)."""
 
     def content_change_rate_per_s(self) -> npt.NDArray[np.float64]:
         """Observed content changes per second of each page (NaN where not sampled).
@@ -113,6 +118,11 @@ def page_changes(snapshots: pa.Table, pages: pa.Table, snapshot_id: int) -> Page
     sampled = cols["samples"][1]
     soft = bool(snap.get("soft_dirty"))
     same = _u16(pages.column("same_content_writes"))[0] if soft else None
+    other = None
+    if "other_hash" in pages.column_names:
+        col = pages.column("other_hash")
+        if col.null_count < len(col):
+            other = as_numpy(col, np.uint64, null=0)
     return PageChanges(
         snapshot_id=snapshot_id,
         interval_s=snap.get("interval_s"),
@@ -125,6 +135,7 @@ def page_changes(snapshots: pa.Table, pages: pa.Table, snapshot_id: int) -> Page
         frame_changes=cols["frame_changes"][0],
         absent_samples=cols["absent_samples"][0],
         same_content_writes=same,
+        other_hash=other,
     )
 
 

@@ -128,6 +128,28 @@ def test_content_sampling_counts_changes_moves_and_absences(
     assert "off" in (result.soft_dirty_note or "")
 
 
+def test_the_first_other_content_is_kept_as_its_keyed_hash(
+    fake_proc: FakeProc, tmp_path: Path, key_file: Path
+) -> None:
+    """``other_hash``: the content a check first found in place of the snapshot's. A page that
+    alternates shows its other content although it is back at the snapshot's at the end."""
+    p = _process(fake_proc)
+    other = fake_proc.unique_page(5)  # page 5's content: its hash is in the trace
+
+    def hook(n: int) -> None:
+        p.page(BASE, fake_proc.unique_page(100 + n), pfn=800, exclusive=True)  # drifts
+        toggled = other if n % 2 else fake_proc.unique_page(4)
+        p.page(BASE + 4 * PAGE, toggled, pfn=804, exclusive=True)  # alternates, ends back
+        p.write()
+
+    ht, _ = _sample(fake_proc, tmp_path / "t", key_file, hook, soft_dirty=False)
+    c = _counts(ht)
+    assert c[4]["content_changes"] == ht.snapshots.to_pylist()[0]["samples"] - 1
+    assert c[4]["other_hash"] == c[5]["content_hash"]  # the other content, keyed as pages are
+    assert c[0]["other_hash"] not in (None, c[0]["content_hash"])  # the first new one
+    assert all(c[i]["other_hash"] is None for i in (1, 2, 3, 5))  # none changed content
+
+
 def test_soft_dirty_counts_same_content_writes(
     fake_proc: FakeProc, tmp_path: Path, key_file: Path
 ) -> None:

@@ -107,7 +107,7 @@ def test_change_counts_all_null_by_the_footer_are_not_decoded(
     """Without sampling, the per-page change counts are all null and the footer's
     statistics say so: they are neither decoded nor checked; a reader that asks for them
     gets them as nulls of their schema types."""
-    from planner.trace.check import PAGE_CHANGE_COUNTS
+    from planner.trace.check import PAGE_CHANGE_COLUMNS
 
     _two_snapshots(tmp_path / "t")
     seen = _fed_columns(monkeypatch)
@@ -115,22 +115,22 @@ def test_change_counts_all_null_by_the_footer_are_not_decoded(
     got = list(trace.iter_snapshot_pages("h", ["content_hash"], batch_rows=2))
     assert [(sid, t.num_rows) for sid, t in got] == [(0, 3), (1, 3)]
     assert seen
-    assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
+    assert all(not set(PAGE_CHANGE_COLUMNS) & set(cols) for cols in seen)
     seen.clear()
-    asked = ["content_hash", *PAGE_CHANGE_COUNTS]
+    asked = ["content_hash", *PAGE_CHANGE_COLUMNS]
     wanted = list(trace.iter_snapshot_pages("h", asked))
     for _, t in wanted:
         assert t.column_names == ["snapshot_id", *asked]
-        for c in PAGE_CHANGE_COUNTS:
+        for c in PAGE_CHANGE_COLUMNS:
             assert t.column(c).null_count == t.num_rows == 3
             assert t.schema.field(c).type == S.PAGES_SCHEMA.field(c).type
             assert t.column(c).to_pylist() == [None] * 3
         # one zeroed buffer behind every such column (pa.nulls zeroed one per column: 12 B
         # per row for the six, 192 MB of a 16 M-page snapshot)
-        buffers = {t.column(c).chunk(0).buffers()[1].address for c in PAGE_CHANGE_COUNTS}
+        buffers = {t.column(c).chunk(0).buffers()[1].address for c in PAGE_CHANGE_COLUMNS}
         assert len(buffers) == 1
     assert seen
-    assert all(not set(PAGE_CHANGE_COUNTS) & set(cols) for cols in seen)
+    assert all(not set(PAGE_CHANGE_COLUMNS) & set(cols) for cols in seen)
 
 
 def test_change_counts_without_statistics_are_decoded_and_checked(
@@ -138,7 +138,7 @@ def test_change_counts_without_statistics_are_decoded_and_checked(
 ) -> None:
     """A pages file whose footer has no statistics for the change counts (written before
     they were kept) proves nothing: its counts are decoded and checked as before."""
-    from planner.trace.check import PAGE_CHANGE_COUNTS
+    from planner.trace.check import PAGE_CHANGE_COLUMNS
 
     options = {**S.PARQUET_OPTIONS["pages"], "write_statistics": ["snapshot_id", "pid"]}
     monkeypatch.setitem(S.PARQUET_OPTIONS, "pages", options)
@@ -147,7 +147,7 @@ def test_change_counts_without_statistics_are_decoded_and_checked(
     got = list(open_trace(tmp_path / "t").iter_snapshot_pages("h", ["content_hash"]))
     assert [t.num_rows for _, t in got] == [3, 3]
     assert seen
-    assert all(set(PAGE_CHANGE_COUNTS) <= set(cols) for cols in seen)
+    assert all(set(PAGE_CHANGE_COLUMNS) <= set(cols) for cols in seen)
 
 
 @pytest.mark.parametrize("batch_rows", [1, 1000], ids=["batches-ahead", "one-batch"])

@@ -249,11 +249,17 @@ def _extend(a: npt.NDArray[Any], n: int, fill: int) -> npt.NDArray[Any]:
     return out
 
 
+#: no contents
+_NONE: I64 = np.empty(0, np.int64)
+
+
 @jit
-def _unique_flags(r_gid: Any, r_flags: Any, n_contents: int) -> None:
+def _unique_flags(r_gid: Any, r_flags: Any, n_contents: int, shared: Any) -> None:
     count = np.zeros(n_contents, np.int32)
     for r in range(r_gid.size):
         count[r_gid[r]] += 1
+    for i in range(shared.size):  # contents a write may give: another row may hold them
+        count[shared[i]] += 2
     for r in range(r_gid.size):
         if count[r_gid[r]] == 1:
             r_flags[r] |= RF_UNIQ
@@ -272,8 +278,9 @@ def _tree_entries(r_flags: Any, r_phys: Any, r_gid: Any, it_bits: Any, c_occ: An
                 c_occ[r_gid[r]] = r
 
 
-def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64) -> None:
-    """Unstable entries, split huge pages and unique contents of the new rows."""
+def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64, shared: I64) -> None:
+    """Unstable entries, split huge pages and unique contents of the new rows (a row whose
+    content no other row has; ``shared``: contents a write may give a row, never unique)."""
     _tree_entries(st.r_flags, st.r_phys, st.r_gid, st.it_bits, st.c_occ)
     thp = np.flatnonzero(st.r_flags & RF_THP)
     st.r_flags[thp] &= 0xFF ^ RF_SPLIT
@@ -281,7 +288,7 @@ def tree_entries(st: KState, d: SnapshotDelta, split_keys: U64) -> None:
         mm = _mm_of(d.layout.present, d.layout.hi, thp).astype(np.int64)
         key = (mm << 27) | (st.r_page[thp] >> np.uint64(9)).astype(np.int64)
         st.r_flags[thp[np.isin(key.astype(np.uint64), split_keys)]] |= RF_SPLIT
-    _unique_flags(st.r_gid, st.r_flags, int(st.sc[S_N_CONTENTS]))
+    _unique_flags(st.r_gid, st.r_flags, int(st.sc[S_N_CONTENTS]), shared)
 
 
 #: unmapped physical pages worth a renumbering (at least a quarter of all, too)
@@ -327,9 +334,14 @@ def compact_entities(h: Holder, min_dead: int = COMPACT_MIN_DEAD) -> None:
 
 
 def apply_delta(
-    h: Holder, d: SnapshotDelta, split_keys: U64, compact_min_dead: int = COMPACT_MIN_DEAD
+    h: Holder,
+    d: SnapshotDelta,
+    split_keys: U64,
+    compact_min_dead: int = COMPACT_MIN_DEAD,
+    shared: I64 = _NONE,
 ) -> None:
-    """``h.st`` becomes the state after snapshot ``d`` (see the module notes)."""
+    """``h.st`` becomes the state after snapshot ``d`` (see the module notes; ``shared``:
+    the contents a write may give a row, :func:`tree_entries`)."""
     old_layout = (h.st.lay_mm, h.st.lay_hi)
     src: I32 | None = None
     if d.removed.size or d.added.size:
@@ -343,7 +355,7 @@ def apply_delta(
     h.st = h.st._replace(lay_mm=d.layout.present, lay_lo=d.layout.lo, lay_hi=d.layout.hi)
     h.st.sc[S_N_ROWS] = d.n_rows
     h.st.sc[R_FRAMES_WITHOUT] = d.n_frames
-    tree_entries(h.st, d, split_keys)
+    tree_entries(h.st, d, split_keys, shared)
     compact_entities(h, compact_min_dead)
     release_memory()
 

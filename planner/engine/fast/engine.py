@@ -42,7 +42,7 @@ from planner.engine.fast.steady import ScanRecord, Steady
 from planner.engine.result import N_ROW, process_counters
 from planner.engine.rows import MM_SHIFT
 from planner.engine.timing import NS_PER_MS, next_batch_ns
-from planner.engine.writes import Writes
+from planner.engine.writes import Writes, written_contents
 
 if TYPE_CHECKING:
     from planner.engine.knobs import KsmKnobs
@@ -98,6 +98,8 @@ class FastEngine:
         self.steady = Steady(knobs.smart_scan) if fast_forward else None
         self.slots_version = 0  # changes whenever the mm list does
         self.snap_gid = np.empty(0, np.int32)  # the snapshot's content per row (writes)
+        #: contents a write may give a row (a toggle's other content): never unique
+        self.shared_contents = written_contents(inp)
         self._out_t = np.zeros(out_batches, np.int64)
         self._out_cpu = np.zeros(out_batches, np.int64)
         self._out_rows = np.zeros((out_batches, N_ROW), np.int64)
@@ -113,7 +115,7 @@ class FastEngine:
             self.steady.forget()
         d = self.inp.deltas[k]
         with state_pages():  # (normal pages where huge ones are cold: planner._heap)
-            apply_delta(self, d, self.split_keys, self.compact_min_dead)
+            apply_delta(self, d, self.split_keys, self.compact_min_dead, self.shared_contents)
         if self.inp.writes:  # the snapshot's contents, which a write may restore
             self.snap_gid = self.st.r_gid[: d.n_rows].copy()
         self.snap_i = k
