@@ -2211,6 +2211,17 @@ class _Standing:
         return cand, leave
 
 
+def _alternating_keys(iw: IntervalWrites | None, key: U64) -> U64:
+    """The keys (sorted) of the rows that alternate between two contents the trace knows
+    (:attr:`IntervalWrites.others`) of the snapshot whose writes are ``iw`` and rows
+    ``key``. The canary may see such a page's merge go with a new content and never come
+    back in its recording (at a slow scan the two contents rarely stay long enough to
+    merge again), but it does come back: the alternation writes it, not a leaving."""
+    if iw is None or iw.others is None or iw.grown_at is not None:
+        return np.empty(0, np.uint64)
+    return np.sort(key[iw.others.rows])
+
+
 def _templates(iw: IntervalWrites | None) -> tuple[I64, I64] | None:
     """A snapshot the growth model appended: its rows the last traced snapshot lacks, and
     the row of that snapshot each was drawn from (:attr:`IntervalWrites.grown_at`,
@@ -2381,6 +2392,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
     changing = 0  # candidates whose content the sampler saw change (last traced snapshot)
     n_joins = 0  # rows of the last traced snapshot that join a content others hold
     standing = _Standing(rates.unseen_cyclers, inp.times_ns[n_traced - 1])
+    alt_keys = np.empty(0, np.uint64)  # the last traced snapshot's alternating rows (keys)
     for k, snap in enumerate(inp.snapshots):
         key = (pids[snap.mm] << np.uint64(36)) | snap.page
         fork_shared = _held_twice(snap.frame)
@@ -2406,6 +2418,14 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 leave[gone] = t0 + np.rint(left[gone] * 1e9).astype(np.int64)
                 if rates.left_cow is not None and (gone & rates.left_cow[pos]).any():
                     leave_cow = gone & rates.left_cow[pos]
+        if cont:  # a page alternating between two contents it holds does not leave
+            if k + 1 == n_traced:
+                alt_keys = _alternating_keys(old, key)
+            alt = isin(key, alt_keys, of_sorted=True) if alt_keys.size else None
+            if alt is not None and leave is not None and leave_cow is not None:
+                back = alt & leave_cow & (leave >= 0)
+                leave, leave_cow = leave.copy(), leave_cow & ~back
+                leave[back] = -1
         if cont and same_run and k + 1 >= n_traced:
             cand, leave = standing.apply(k + 1 == n_traced, key, cand, leave, old)
         if k < n_traced:

@@ -134,6 +134,8 @@ def _columns(trace: Trace, minimal: bool) -> list[str]:
         cols.extend(c for c in S.INTERCHANGE_COUNTS if c != "same_content_writes")
         if _any_true(trace, "snapshots", "soft_dirty"):
             cols.append("same_content_writes")
+        if trace.schema_version >= 3:  # (a version 2 trace has no other contents)
+            cols.append("other_hash")
     return [c for c in EXPORT_SCHEMA.names if c in cols]
 
 
@@ -212,7 +214,7 @@ class _HostFlattener:
             "labels": procs.column("labels").take(pidx),
             "perms": maps.column("perms").take(midx),
             "vma_path": maps.column("path").take(midx),
-            **{c: pages.column(c) for c in S.INTERCHANGE_COUNTS if c in pages.column_names},
+            **{c: pages.column(c) for c in S.INTERCHANGE_CHANGES if c in pages.column_names},
         }
         arrays = [cols[f.name] for f in self.schema]
         return pa.Table.from_arrays(arrays, schema=self.schema)
@@ -294,7 +296,7 @@ def export_trace(
             for host in trace.hosts:
                 flat = _HostFlattener(trace, host, schema)
                 snapshots += len(flat.times)
-                page_columns = [*_PAGE_COLUMNS, *(c for c in S.INTERCHANGE_COUNTS if c in columns)]
+                page_columns = [*_PAGE_COLUMNS, *(c for c in S.INTERCHANGE_CHANGES if c in columns)]
                 for table in trace.iter_pages(host, page_columns, batch_rows=batch_rows):
                     sid = np.asarray(table.column("snapshot_id").to_numpy())
                     cuts = [0, *(np.flatnonzero(sid[1:] != sid[:-1]) + 1).tolist(), len(sid)]

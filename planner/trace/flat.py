@@ -333,6 +333,8 @@ class FlatConverter:
         for c in S.INTERCHANGE_COUNTS:  # change counts over the interval after the snapshot
             if c in names:
                 out[c] = rows.column(c).cast(pa.uint16())
+        if "other_hash" in names:  # the first other content (already checked)
+            out["other_hash"] = rows.column("other_hash").cast(pa.uint64())
         return pa.table(out)
 
     def _check_order(

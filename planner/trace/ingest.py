@@ -1303,6 +1303,16 @@ class _Normaliser:
         """The optional change counts: 0 to 65535; a row without ``samples`` has none of
         them; no count above ``samples`` (content changes: above ``content_checks``)."""
         names = [c for c in S.INTERCHANGE_COUNTS if c in t.column_names]
+        if "other_hash" in t.column_names and "content_changes" not in names:
+            other = t.column("other_hash")
+            if other.null_count < other.length():
+                self.fail(
+                    rows,
+                    0,
+                    "other_hash",
+                    "the first other content needs the change counts",
+                    "give samples and content_changes with other_hash",
+                )
         if not names:
             return
         if "samples" not in names:
@@ -1337,6 +1347,40 @@ class _Normaliser:
             if i is not None:
                 self.fail(rows, i, c, f"{int(values[c][i])} is more than {what} ({int(bound[i])})")
             out[c] = pa.array(values[c], mask=nulls[c])
+        if "other_hash" in t.column_names:
+            self._other(t, rows, out, values, nulls)
+
+    def _other(
+        self,
+        t: pa.Table,
+        rows: np.ndarray[Any, Any],
+        out: dict[str, Any],
+        values: dict[str, np.ndarray[Any, Any]],
+        nulls: dict[str, np.ndarray[Any, Any]],
+    ) -> None:
+        """The optional first other content: a keyed hash like ``content_hash``, given only
+        where the row's ``content_changes`` counted a change."""
+        col = t.column("other_hash")
+        has = ~_null_mask(col) if col.null_count else np.ones(t.num_rows, bool)
+        if not has.any():
+            out["other_hash"] = pa.nulls(t.num_rows, pa.uint64())
+            return
+        changes = values.get("content_changes")
+        changed = (
+            np.zeros(t.num_rows, bool)
+            if changes is None
+            else (changes > 0) & ~nulls["content_changes"]
+        )
+        i = _first(has & ~changed)
+        if i is not None:
+            self.fail(
+                rows,
+                i,
+                "other_hash",
+                "has a value but content_changes counts no change",
+                "give other_hash only for rows whose content changed (content_changes > 0)",
+            )
+        out["other_hash"] = col.cast(pa.uint64())
 
     # -- schema version 0 --------------------------------------------------------------------
 

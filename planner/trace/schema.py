@@ -393,13 +393,14 @@ class InterchangeColumn:
         columns after the header; ``extension``: what ``export`` adds (unless ``minimal``) so
         that a trace survives ``ingest(export(trace))``. Other tools may ignore those;
         ``counts``: the per-page change counts of a sampled trace (schema v2), written by
-        ``export`` (unless ``minimal``) when the trace has them.
+        ``export`` (unless ``minimal``) when the trace has them; ``other``: the first other
+        content the sampler found (schema v3), likewise.
     """
 
     name: str
     written: pa.DataType
     read: pa.DataType
-    role: Literal["required", "header", "optional", "extension", "counts"]
+    role: Literal["required", "header", "optional", "extension", "counts", "other"]
 
 
 #: The interchange format: one row per present eligible page per snapshot, columns in the
@@ -430,6 +431,7 @@ INTERCHANGE_COLUMNS: Final = (
     InterchangeColumn("frame_changes", pa.uint16(), pa.int64(), "counts"),
     InterchangeColumn("absent_samples", pa.uint16(), pa.int64(), "counts"),
     InterchangeColumn("same_content_writes", pa.uint16(), pa.int64(), "counts"),
+    InterchangeColumn("other_hash", pa.uint64(), pa.uint64(), "other"),
 )
 #: Columns an interchange file must have.
 INTERCHANGE_REQUIRED: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "required")
@@ -439,13 +441,18 @@ INTERCHANGE_HEADER: Final = tuple(
 )
 #: What ``export --minimal`` writes: the header, ``is_zero`` and ``host``.
 INTERCHANGE_MINIMAL: Final = tuple(
-    c.name for c in INTERCHANGE_COLUMNS if c.role not in ("extension", "counts")
+    c.name for c in INTERCHANGE_COLUMNS if c.role not in ("extension", "counts", "other")
 )
 #: Extension columns (process identity and attributes, page flags, mapping attributes).
 EXTENSION_COLUMNS: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "extension")
 #: Optional per-page change counts (schema v2): the ``pages`` columns of the same names, for
 #: the interval after the row's snapshot (traces/README.md).
 INTERCHANGE_COUNTS: Final = tuple(c.name for c in INTERCHANGE_COLUMNS if c.role == "counts")
+#: Every optional column about the interval after the row's snapshot: the counts and the
+#: first other content (schema v3, keyed as ``content_hash``; needs ``content_changes``).
+INTERCHANGE_CHANGES: Final = tuple(
+    c.name for c in INTERCHANGE_COLUMNS if c.role in ("counts", "other")
+)
 #: Every column the interchange reader knows, with the type it is read as (others are
 #: ignored, and reported).
 INTERCHANGE_READ_TYPES: Final[dict[str, pa.DataType]] = {

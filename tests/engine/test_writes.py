@@ -1972,8 +1972,25 @@ def test_a_return_the_snapshots_show_makes_the_page_alternate() -> None:
     content it held (7, 8, 7) alternates with the one between (8) after the trace."""
     inp = prepare(_alternating(other=False, seen_back=True))
     last = inp.writes[-1]
-    assert last is not None and last.others is not None
+    assert last is not None
+    assert last.others is not None
     assert last.others.rows.tolist() == [0, 2, 4]
     held = inp.content_hash[last.others.content]
     hashes = _alternating(other=False, seen_back=True).pages["content_hash"].to_pylist()
     assert set(held.tolist()) == {hashes[6]}  # content 8, the page's at 2 s
+
+
+@pytest.mark.parametrize("other", [True, False])
+def test_a_page_alternating_between_two_contents_does_not_leave(other: bool) -> None:
+    """The canary saw the alternating page's merge go with a new content at 5 s and never
+    come back before its recording ended (at a slow scan the two contents rarely stay long
+    enough to merge again). Where the trace shows the page alternating between two contents
+    it does not leave for good: the alternation writes it. A drifting page leaves."""
+    inp = prepare(_alternating(other=other))
+    merged = [(0.0, pid, 0x10000, "merged") for pid in (100, 101)]
+    lost = [(5.0, pid, 0x10000, "unmerged_changed") for pid in (100, 101)]
+    calibrated = with_canary(inp, canary_rates(_canary(merged + lost, end_s=10.0)))
+    last = calibrated.writes[-1]
+    assert last is not None
+    leaving = [] if last.leave_ns is None else np.flatnonzero(last.leave_ns >= 0).tolist()
+    assert leaving == ([] if other else [0, 2])  # pids 100 and 101 at 0x10000

@@ -182,6 +182,12 @@ def _with_counts(src: Path, out: Path, *, soft_dirty: bool) -> None:
         if name == "same_content_writes" and not soft_dirty:
             continue
         pages = pages.drop_columns([name]).append_column(name, pa.array(values, mask=unsampled))
+    # the first other content (schema v3): a content of the trace, where a change was seen
+    hashes = pages["content_hash"].fill_null(0).to_numpy()
+    other = hashes[rng.integers(0, n, n)]
+    changed = (counts["content_changes"] > 0) & ~unsampled
+    other_col = pa.array(other, pa.uint64(), mask=~changed)
+    pages = pages.drop_columns(["other_hash"]).append_column("other_hash", other_col)
     snaps = ht.snapshots.to_pylist()
     with TraceWriter(out, source="test") as tw:
         hw = tw.host(ht.host)
@@ -202,13 +208,14 @@ def test_change_counts_round_trip(tmp_path: Path, suffix: str, soft_dirty: bool)
     _world().write_trace(tmp_path / "plain")
     _with_counts(tmp_path / "plain", tmp_path / "orig", soft_dirty=soft_dirty)
     result = export_trace(tmp_path / "orig", tmp_path / f"x.{suffix}")
-    counts = [c for c in S.INTERCHANGE_COUNTS if soft_dirty or c != "same_content_writes"]
+    counts = [c for c in S.INTERCHANGE_CHANGES if soft_dirty or c != "same_content_writes"]
     assert result.columns[-len(counts) :] == tuple(counts)
     ingest(tmp_path / f"x.{suffix}", tmp_path / "back")
     a = open_trace(tmp_path / "orig").load_host().pages
     b = open_trace(tmp_path / "back").load_host().pages
-    for c in S.INTERCHANGE_COUNTS:
+    for c in S.INTERCHANGE_CHANGES:
         assert b.column(c).equals(a.column(c)), c
+    assert 0 < a.column("other_hash").null_count < a.num_rows
     assert a.column("samples").null_count == len(range(0, a.num_rows, 5))
     # an unsampled trace exports no count column
     plain = export_trace(tmp_path / "plain", tmp_path / f"p.{suffix}")

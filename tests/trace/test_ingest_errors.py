@@ -175,6 +175,19 @@ CSV_CASES = [
         ["row 1", "column samples", "70000 is not a count from 0 to 65535"],
     ),
     (
+        "other-content-without-a-change",
+        csv_text(
+            [GOOD + ",3,3,1,99", "0,100,1,web,4096,anon,8192,12,2,3,3,0,98"],
+            HEADER + ",samples,content_checks,content_changes,other_hash",
+        ),
+        ["row 2", "column other_hash", "content_changes counts no change"],
+    ),
+    (
+        "other-content-without-counts",
+        csv_text([GOOD + ",99"], HEADER + ",other_hash"),
+        ["row 1", "column other_hash", "needs the change counts"],
+    ),
+    (
         "negative-count",
         csv_text([GOOD + ",2,-1"], HEADER + ",samples,content_checks"),
         ["row 1", "column content_checks"],
