@@ -1072,7 +1072,8 @@ class Trace:
                     table = upgrade(table, "pages")
                 check.feed(table)
                 if skip:
-                    for f in made:
+                    # (the widest first: one zeroed buffer then serves every column)
+                    for f in sorted(made, key=lambda f: -f.type.bit_width):
                         table = table.append_column(f, _nulls(table.num_rows, f.type))
                 yield table.select(cols)
         except Exception:
