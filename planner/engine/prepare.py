@@ -48,6 +48,7 @@ from planner.engine.rows import (
     SnapshotSequence,
     Transition,
     build_delta,
+    isin,
     row_keys,
     transition,
 )
@@ -871,6 +872,8 @@ class InputBuilder:
         #: the previous snapshot's rows' content history (:func:`content_history`), kept
         #: while the trace has counts
         self._history: ContentHistory | None = None
+        #: the content ids rows held zero-filled (the zero page's content), sorted
+        self._zero_ids = np.empty(0, np.int32)
 
     def add(
         self,
@@ -899,6 +902,9 @@ class InputBuilder:
         history = None
         if writes is not None:  # (5 B a row, only where the trace has counts)
             history = content_history(self.prev, self._history, ids)
+            zero = np.unique(ids.gid[(ids.flags & np.uint8(F_ZERO)) != 0])
+            if np.setdiff1d(zero, self._zero_ids).size:
+                self._zero_ids = np.union1d(self._zero_ids, zero).astype(np.int32)
         self._close_writes(ids)
         self._history = history
         self._pending = None if writes is None else (writes, interval_ns, timing)
@@ -934,7 +940,11 @@ class InputBuilder:
         others = None
         if other is not None or (nxt is None and self._history is not None):
             toggle, others = two_contents(
-                toggle, other, None if nxt is not None else self._history, self.catalog
+                toggle,
+                other,
+                None if nxt is not None else self._history,
+                self.catalog,
+                self._zero_ids,
             )
         self.writes.append(
             IntervalWrites(
@@ -1023,6 +1033,7 @@ def two_contents(
     other: U64 | None,
     history: ContentHistory | None,
     catalog: ContentCatalog,
+    zero_ids: npt.NDArray[np.int32] | None = None,
 ) -> tuple[B, OtherContents | None]:
     """Rows that alternate between their snapshot's content and one other the trace
     knows, and that content (docs/engine.md, "Pages that alternate between two contents").
@@ -1034,7 +1045,8 @@ def two_contents(
     * Any other toggling row whose first other content the sampler saw alternates with that
       one (a page that went there and back within the interval).
 
-    Returns the toggles and the rows' other contents as catalog ids (None: none known);
+    Returns the toggles and the rows' other contents as catalog ids (None: none known),
+    zero-filled where ``zero_ids`` (sorted: the contents rows held zero-filled) has them;
     the catalog gains the contents no snapshot row has."""
     n = toggle.size
     other_id = np.full(n, -1, np.int64)
@@ -1055,7 +1067,12 @@ def two_contents(
     rows = np.flatnonzero(other_id >= 0)
     if not rows.size:
         return toggle, None
-    return toggle, OtherContents(rows, other_id[rows])
+    ids = other_id[rows]
+    zero = None
+    if zero_ids is not None and zero_ids.size:
+        z = isin(ids, zero_ids.astype(np.int64), of_sorted=True)
+        zero = z if z.any() else None
+    return toggle, OtherContents(rows, ids, zero)
 
 
 def prepare(

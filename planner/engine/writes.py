@@ -136,10 +136,13 @@ class OtherContents:
     """Row indexes, ascending."""
     content: I64
     """The catalog content id each alternates with."""
+    zero: B | None = None
+    """Per row: that content is the zero-filled one (None: none is)."""
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.content.nbytes)
+        extra = 0 if self.zero is None else self.zero.nbytes
+        return int(self.rows.nbytes + self.content.nbytes + extra)
 
 
 @dataclass(frozen=True)
@@ -867,7 +870,9 @@ class TraceWrites:
                 okeys = (keys if origin is iw else self._keys(kp))[src.rows]
                 pos = np.minimum(np.searchsorted(okeys, keys[rt]), okeys.size - 1)
                 known = okeys[pos] == keys[rt]
-                self.other[rt[known]] = held_code(src.content[pos[known]])
+                at = pos[known]
+                zero = False if src.zero is None else src.zero[at]
+                self.other[rt[known]] = held_code(src.content[at], zero)
             if last and self._other_keys.size and rt.size:  # the same row, a later snapshot
                 ok = self._other_keys
                 pos = np.minimum(np.searchsorted(ok, keys[rt]), ok.size - 1)
@@ -2222,6 +2227,21 @@ def _alternating_keys(iw: IntervalWrites | None, key: U64) -> U64:
     return np.sort(key[iw.others.rows])
 
 
+def _alternating_stay(
+    alt_keys: U64, key: U64, leave: I64 | None, leave_cow: B | None
+) -> tuple[I64 | None, B | None]:
+    """``leave`` and ``leave_cow`` of rows ``key`` but for the rows of ``alt_keys``
+    (:func:`_alternating_keys`) that were to leave by a write: they stay."""
+    if not alt_keys.size or leave is None or leave_cow is None:
+        return leave, leave_cow
+    back = isin(key, alt_keys, of_sorted=True) & leave_cow & (leave >= 0)
+    if not back.any():
+        return leave, leave_cow
+    leave = leave.copy()
+    leave[back] = -1
+    return leave, leave_cow & ~back
+
+
 def _templates(iw: IntervalWrites | None) -> tuple[I64, I64] | None:
     """A snapshot the growth model appended: its rows the last traced snapshot lacks, and
     the row of that snapshot each was drawn from (:attr:`IntervalWrites.grown_at`,
@@ -2398,12 +2418,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         fork_shared = _held_twice(snap.frame)
         code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
         classes = None if same_run else _row_classes(inp, k, snap, pids[snap.mm].astype(np.int64))
-        rr = _RowRoles(
-            code,
-            roles,
-            None if classes is None else classes[0],
-            None if classes is None else classes[1],
-        )
+        rr = _RowRoles(code, roles, *((None, None) if classes is None else classes))
         rate, hit, unseen_rows = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
         cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen_rows)
         old = inp.writes[k] if k < len(inp.writes) else None
@@ -2419,13 +2434,8 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
                 if rates.left_cow is not None and (gone & rates.left_cow[pos]).any():
                     leave_cow = gone & rates.left_cow[pos]
         if cont:  # a page alternating between two contents it holds does not leave
-            if k + 1 == n_traced:
-                alt_keys = _alternating_keys(old, key)
-            alt = isin(key, alt_keys, of_sorted=True) if alt_keys.size else None
-            if alt is not None and leave is not None and leave_cow is not None:
-                back = alt & leave_cow & (leave >= 0)
-                leave, leave_cow = leave.copy(), leave_cow & ~back
-                leave[back] = -1
+            alt_keys = _alternating_keys(old, key) if k + 1 == n_traced else alt_keys
+            leave, leave_cow = _alternating_stay(alt_keys, key, leave, leave_cow)
         if cont and same_run and k + 1 >= n_traced:
             cand, leave = standing.apply(k + 1 == n_traced, key, cand, leave, old)
         if k < n_traced:

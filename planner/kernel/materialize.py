@@ -645,12 +645,13 @@ def plan_with_writes(
     snapshot and every batch of writes in the order it was applied, with the full scan it
     came before. Each batch becomes a round of ``update`` steps (ksmd stopped between scans):
     a content change writes the bytes of a content no trace row has
-    (:func:`write_content_hash`) or, restoring, the snapshot's; a same-content write writes
+    (:func:`write_content_hash`), of a content of the trace (a toggle's other content, a
+    join's), or, restoring, the snapshot's; a same-content write writes
     the bytes the page holds (a copy-on-write of a merged page, in place otherwise). Returns
     the plan and, per entry of its ``snapshots``, the full scan before which it is applied.
     """
     from planner.engine.rows import F_ZERO
-    from planner.engine.writes import RESTORE, SAME, Writes
+    from planner.engine.writes import HELD_BASE, RESTORE, SAME, Writes, held_content
 
     rounds: list[SnapshotPlan] = []
     schedule: list[int] = []
@@ -680,6 +681,10 @@ def plan_with_writes(
             elif v == RESTORE:
                 content = base
                 held.pop((key, slot), None)
+            elif v <= HELD_BASE:  # a content of the trace (a join's, a toggle's other)
+                cid, zero = held_content(v)
+                content = (int(inp.content_hash[cid]), zero)
+                held[(key, slot)] = content
             else:
                 content = (write_content_hash(v), False)
                 held[(key, slot)] = content
