@@ -945,6 +945,7 @@ class InputBuilder:
                 None if nxt is not None else self._history,
                 self.catalog,
                 self._zero_ids,
+                prev.gid,
             )
         self.writes.append(
             IntervalWrites(
@@ -1034,6 +1035,7 @@ def two_contents(
     history: ContentHistory | None,
     catalog: ContentCatalog,
     zero_ids: npt.NDArray[np.int32] | None = None,
+    content: npt.NDArray[np.int32] | None = None,
 ) -> tuple[B, OtherContents | None]:
     """Rows that alternate between their snapshot's content and one other the trace
     knows, and that content (docs/engine.md, "Pages that alternate between two contents").
@@ -1041,7 +1043,11 @@ def two_contents(
     * ``history`` (the last snapshot's rows only: the continuation's): a row that once came
       back to a content it held before, or whose first other content in the interval
       (``other``, the sampler's ``other_hash``) is the one it held before, alternates
-      between the two, whatever ``toggle`` said.
+      between the two, whatever ``toggle`` said; and so does every row that holds the same
+      content and held the same one before (``content``: the rows' content ids): the
+      copies of one page in forked workers, of which the sampler caught some going back
+      before the trace ended (churn's workers toggle in step, and the last interval ended
+      while the sampler had seen 45 % of the copies go back).
     * Any other toggling row whose first other content the sampler saw alternates with that
       one (a page that went there and back within the interval).
 
@@ -1057,6 +1063,10 @@ def two_contents(
             cand = np.flatnonzero(two & (other != 0))
             held = catalog.value_view()[history.was[cand]]
             seen_back[cand[held == other[cand]]] = True
+        if content is not None and (two & seen_back).any():  # copies with that history
+            pair = (content.astype(np.int64) << 32) | history.was.astype(np.int64)
+            known = np.unique(pair[two & seen_back])
+            seen_back |= isin(pair, known, of_sorted=True)
         two &= seen_back
         toggle = toggle | two
         other_id[two] = history.was[two]

@@ -1909,11 +1909,14 @@ def test_a_joined_page_that_loses_its_merge_gets_the_joined_content_back() -> No
     assert_engines_agree_with_writes(calibrated, knobs, opts)
 
 
-def _alternating(*, other: bool, seen_back: bool = False) -> HostTrace:
+def _alternating(
+    *, other: bool, seen_back: bool = False, seen: tuple[int, ...] = (12, 14, 16)
+) -> HostTrace:
     """Three workers whose page at 0x10000 alternates between contents 7 and 8 in step (a
     second page, content 1, stays): 7 at 0 and 2 s, 8 at 4 s (with ``seen_back``: 8 at
     2 s, 7 at 4 s), one change in each interval after the first; with ``other``, the
-    sampler found the last interval's first other content (the one of 2 s)."""
+    sampler found the last interval's first other content (the one of 2 s) on the rows
+    ``seen`` (of the pages table: the last snapshot's are 12, 14 and 16)."""
     w = World()
     for pid in (100, 101, 102):
         w.spawn(pid, comm="w")
@@ -1928,7 +1931,7 @@ def _alternating(*, other: bool, seen_back: bool = False) -> HostTrace:
     if not other:
         return ht
     hashes = ht.pages.column("content_hash").to_pylist()
-    values = [hashes[6] if r in (12, 14, 16) else None for r in range(ht.pages.num_rows)]
+    values = [hashes[6] if r in seen else None for r in range(ht.pages.num_rows)]
     col = pa.array(values, pa.uint64())
     pages = ht.pages.set_column(ht.pages.schema.get_field_index("other_hash"), "other_hash", col)
     return dataclasses.replace(ht, pages=pages)
@@ -1965,6 +1968,17 @@ def test_copies_alternating_between_two_contents_merge_in_both(other: bool) -> N
         assert late >= 24, late
     else:
         assert late == 0
+
+
+def test_copies_of_a_page_seen_going_back_alternate_alike() -> None:
+    """The sampler caught one copy of the page going back before the trace ended (a
+    rotating slice checks each page in turn): the copies with the same content and the same
+    content before it alternate too."""
+    inp = prepare(_alternating(other=True, seen=(12,)))
+    last = inp.writes[-1]
+    assert last is not None
+    assert last.others is not None
+    assert last.others.rows.tolist() == [0, 2, 4]
 
 
 def test_a_return_the_snapshots_show_makes_the_page_alternate() -> None:
