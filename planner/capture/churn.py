@@ -220,8 +220,14 @@ class Sampler:
                 self._clear(t)
         self._cpu0, self._wall0 = time.process_time(), self.pacer.clock()
 
-    def run(self, until: float, monitor: LoadMonitor) -> None:
-        """Pass after pass every ``sample_ms`` until ``until`` (a :attr:`Pacer.clock` time)."""
+    def run(self, until: float, monitor: LoadMonitor, *, closing: bool = False) -> None:
+        """Pass after pass every ``sample_ms`` until ``until`` (a :attr:`Pacer.clock` time).
+
+        ``closing`` (the interval after the last snapshot, which no snapshot closes): one
+        more pass at ``until`` checks every present page, whatever the budget. The next
+        snapshot shows every page of an earlier interval as it ended; this pass does so for
+        the last one, where the rotating slice would have seen only some pages come back (a
+        churn run: every copy of 469 of 1,000 toggling pages, none of the others)."""
         start = self.pacer.clock()
         ticks = max(1, math.ceil((until - start) / self.period_s))
         tick = 0
@@ -236,6 +242,10 @@ class Sampler:
             behind = int((self.pacer.clock() - start) / self.period_s)
             tick = max(tick + 1, min(behind + 1, ticks))
         self.pacer.pay(until=until)
+        if closing:
+            with self.pacer.burst():
+                self._pass(every_page=True)
+            self.passes += 1
         monitor.sample()
 
     def finish(self) -> IntervalResult:
@@ -311,7 +321,7 @@ class Sampler:
         allowed = min(self.pacer.tokens_s(), self.pacer.cpu_budget * self.period_s)
         return max(0, int((allowed - look_cpu_s) / self.page_cost_s))
 
-    def _pass(self) -> None:
+    def _pass(self, every_page: bool = False) -> None:
         live = [t for t in self.trackers if not t.gone]
         cpu0 = time.process_time()
         plans = []
@@ -327,6 +337,8 @@ class Sampler:
         allowed = self._budget_pages(look_cpu)
         cold_total = sum(int(np.count_nonzero(p[2]["cold"])) for p in plans)
         share = 1.0 if allowed is None else min(1.0, max(0, allowed - must) / max(cold_total, 1))
+        if every_page:
+            share = 1.0
         checked = 0
         read_cpu = 0.0
         for t, t0, look in plans:

@@ -781,7 +781,7 @@ class _Session:
         end_s: float | None = None
         sampled = None
         if sampler is not None:  # the last snapshot's interval: one more of them
-            sampler.run(pacer.clock() + options.interval_s, self.monitor)
+            sampler.run(pacer.clock() + options.interval_s, self.monitor, closing=True)
             end_s = time.perf_counter() - self.t0_perf
             sampled = sampler.finish()
         with pacer.burst():

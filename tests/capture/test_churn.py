@@ -103,7 +103,7 @@ def test_content_sampling_counts_changes_moves_and_absences(
     ht, result = _sample(fake_proc, tmp_path / "t", key_file, hook, soft_dirty=False)
     snap = ht.snapshots.to_pylist()[0]
     passes = snap["samples"]
-    assert passes == 5  # 0.5 s of 100 ms passes after the only snapshot
+    assert passes == 6  # 0.5 s of 100 ms passes after the only snapshot, and the closing one
     assert (snap["sample_ms"], snap["soft_dirty"]) == (100.0, False)
     assert snap["sample_coverage"] == 1.0  # the budget paid for every page at every pass
     assert snap["interval_s"] >= 0.0
@@ -148,6 +148,27 @@ def test_the_first_other_content_is_kept_as_its_keyed_hash(
     assert c[4]["other_hash"] == c[5]["content_hash"]  # the other content, keyed as pages are
     assert c[0]["other_hash"] not in (None, c[0]["content_hash"])  # the first new one
     assert all(c[i]["other_hash"] is None for i in (1, 2, 3, 5))  # none changed content
+
+
+def test_the_last_interval_ends_with_a_pass_over_every_page(
+    fake_proc: FakeProc, tmp_path: Path, key_file: Path
+) -> None:
+    """No snapshot closes the interval after the last one: it ends with a pass that checks
+    every page, so a change made after the last regular pass (here in the pause before the
+    closing pass: the five regular passes follow pauses 1-4) is seen."""
+    p = _process(fake_proc)
+
+    def hook(n: int) -> None:
+        if n >= 5:
+            p.page(BASE + 4 * PAGE, fake_proc.unique_page(5), pfn=804, exclusive=True)
+            p.write()
+
+    ht, _ = _sample(fake_proc, tmp_path / "t", key_file, hook, soft_dirty=False)
+    c = _counts(ht)
+    assert c[4]["content_changes"] == 1
+    assert c[4]["other_hash"] == c[5]["content_hash"]
+    rows = ht.samples.to_pylist()
+    assert [r["pages_hashed"] for r in rows][-1] == 6  # every page, once more
 
 
 def test_soft_dirty_counts_same_content_writes(
