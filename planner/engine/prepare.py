@@ -1045,9 +1045,8 @@ def two_contents(
       (``other``, the sampler's ``other_hash``) is the one it held before, alternates
       between the two, whatever ``toggle`` said; and so does every row that holds the same
       content and held the same one before (``content``: the rows' content ids): the
-      copies of one page in forked workers, of which the sampler caught some going back
-      before the trace ended (churn's workers toggle in step, and the last interval ended
-      while the sampler had seen 45 % of the copies go back).
+      copies of one page in forked workers, of which the sampler's rotating slice of
+      checks may have reached some after they went back and others before.
     * Any other toggling row whose first other content the sampler saw alternates with that
       one (a page that went there and back within the interval).
 
