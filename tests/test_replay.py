@@ -80,6 +80,7 @@ def _one_host(out: Path, cpu: str | None) -> Path:
     ("cpu", "profile", "why", "warned"),
     [
         ("AMD EPYC 7B13 (family 25, model 17)", "amd-epyc-25-17", "traced CPU", False),
+        ("AMD EPYC 7742 (family 23, model 49)", "amd-epyc-23-49", "traced CPU", False),
         ("Intel Xeon (family 6, model 207)", "default", "traced CPU", False),
         ("Intel Xeon (family 6, model 106)", "default", "default", True),
         (None, "default", "default", False),

@@ -150,7 +150,7 @@ _CPU_FIELDS = (
 #: The profiles shipped with the package (``planner/engine/profiles``), the default (the
 #: reference machine's) first; each was measured on the CPU its provenance names
 #: (docs/busy-host.md §7).
-SHIPPED_PROFILES: Final = ("default.json", "amd-epyc-25-17.json")
+SHIPPED_PROFILES: Final = ("default.json", "amd-epyc-25-17.json", "amd-epyc-23-49.json")
 
 
 #: The unstable-tree inserts of one full scan (into an emptied tree) whose mean cost anchors

@@ -168,6 +168,7 @@ def test_each_shipped_profile_is_chosen_for_its_own_cpu_and_the_default_otherwis
         assert "shipped for the trace's CPU" in profile_choice_text(choice)
     amd = CostProfile.for_cpu("AMD EPYC 7B13 (family 25, model 17)")
     assert amd.name == "amd-epyc-25-17"
+    assert CostProfile.for_cpu("AMD EPYC 7742 (family 23, model 49)").name == "amd-epyc-23-49"
     assert amd != default
     assert amd.other_cpu_warning("AMD EPYC (family 25, model 17)") is None
     for unknown in (None, "Xeon @ 2.80GHz", "Xeon (family 6, model 106)"):

@@ -292,6 +292,8 @@ def test_calibrate_writes_a_profile_that_replay_loads(
     ("cpu", "shipped", "its_own"),
     [
         ("AMD EPYC 7B13 (family 25, model 17)", "amd-epyc-25-17", True),
+        ("AMD EPYC 7742 (family 23, model 49)", "amd-epyc-23-49", True),
+        ("AMD EPYC (family 23, model 1)", "default", False),
         ("Intel Xeon (family 6, model 207)", "default", True),
         ("Intel Xeon (family 6, model 106)", "default", False),
         ("Intel Xeon @ 2.80GHz", "default", False),
