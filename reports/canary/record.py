@@ -1,23 +1,28 @@
-"""Record what the real KSM does with the Django preload workload: the canary of the example.
+r"""Record what the real KSM does with a Django sample workload: the canary of its example.
 
-The example review of ``traces/django-preload`` recommends prctl for every process with
-``pages_to_scan=1000, sleep_millisecs=20`` (smart scan on). This script runs that on this
-host and records the kernel's counters with ``ksm-planner observe``, so that the review's
-validation section compares the prediction with a real run. Run as root from the
-repository root (``pip install -e '.[sample]'`` for Django and gunicorn)::
+The example reviews of ``traces/django-preload`` and ``traces/django-nopreload`` compare the
+policies with prctl for every process at ``pages_to_scan=1000, sleep_millisecs=20`` (smart
+scan on) among them. This script runs that on this host and records the kernel's counters
+with ``ksm-planner observe``, so that each review's validation section compares the
+prediction with a real run. Run as root from the repository root (``pip install -e
+'.[sample]'`` for Django and gunicorn)::
 
-    .venv/bin/python reports/canary/record.py --out reports/canary/django-preload --force
+    .venv/bin/python reports/canary/record.py --setup preload \
+        --out reports/canary/django-preload --force
+    .venv/bin/python reports/canary/record.py --setup nopreload \
+        --out reports/canary/django-nopreload --force
 
 ``--pages-to-scan`` and ``--sleep-ms`` record the same workload at other knobs (the canaries of
 docs/live-validation.md's cross-knob sections; never into ``reports/canary/``).
 
-Timeline (the same workload as ``traces/django/regenerate.py``, setup ``b``):
+Timeline (the same workload as ``traces/django/regenerate.py``, setup ``b`` with ``--setup
+preload``, ``a`` with ``--setup nopreload``):
 
 1. a fresh SQLite database (``seed_sample --seed 42``) in a private temporary directory;
 2. the KSM lease is taken (``planner.kernel.sysfs.KsmLease``: the project's lock, refused
    when another process uses KSM; every knob saved, KSM unmerged and stopped, the knobs of
    the scenario applied, the kernel's defaults for the others);
-3. ``ksm-planner launch -- python -m gunicorn --preload --workers 8 ...``: prctl on the
+3. ``ksm-planner launch -- python -m gunicorn [--preload] --workers 8 ...``: prctl on the
    master before exec, inherited by the 8 workers it forks;
 4. warm-up: 3,000 requests from 4 closed-loop threads, then open-loop traffic at 30 req/s;
 5. ``ksm-planner observe --all --ksm-pages --interval 1 --duration DURATION`` starts and, half
@@ -54,7 +59,7 @@ KNOBS = {"pages_to_scan": 1000, "sleep_millisecs": 20, "smart_scan": 1}
 class LaunchedGunicorn(regenerate.Gunicorn):
     """``regenerate.Gunicorn``, started under ``ksm-planner launch`` (prctl on)."""
 
-    def __init__(self, *, db: Path, workers: int, log_path: Path) -> None:
+    def __init__(self, *, db: Path, workers: int, preload: bool, log_path: Path) -> None:
         self.port = regenerate.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -64,8 +69,7 @@ class LaunchedGunicorn(regenerate.Gunicorn):
             "--chdir", str(regenerate.SITE_DIR),
             "--bind", f"127.0.0.1:{self.port}",
             "--workers", str(workers),
-            "--preload",
-        ]  # fmt: skip
+        ] + (["--preload"] if preload else [])  # fmt: skip
         self.cmd = [sys.executable, "-m", "planner", "launch", "--", *gunicorn]
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -97,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the canary and write the recording to ``--out``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--setup",
+        choices=("preload", "nopreload"),
+        default="preload",
+        help="gunicorn with --preload (setup b) or without it (setup a)",
+    )
     p.add_argument("--duration", type=float, default=70.0)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3000)
@@ -114,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         db = work / "site.sqlite3"
         regenerate.seed_database(db, seed=42)
         with KsmLease(knobs) as lease:
-            server = LaunchedGunicorn(db=db, workers=args.workers, log_path=work / "gunicorn.log")
+            server = LaunchedGunicorn(
+                db=db,
+                workers=args.workers,
+                preload=args.setup == "preload",
+                log_path=work / "gunicorn.log",
+            )
             try:
                 workers = server.wait_ready()
                 regenerate.log(f"gunicorn {server.master()} (prctl), workers {sorted(workers)}")
