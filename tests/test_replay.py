@@ -51,8 +51,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 def test_a_canary_of_another_cpu_is_recorded_and_the_fit_says_whose_it_is(
     tmp_path: Path,
 ) -> None:
-    # the canary's host facts name its CPU; the profile fitted to its ksmd is that host's.
-    # The sample trace predates host_cpu: nothing to compare, so no warning either way.
+    # the canary's host facts name its CPU; the profile fitted to its ksmd is that host's,
+    # and the sample trace names another CPU: the one warning says whose the costs are.
     canary = tmp_path / "canary"
     shutil.copytree(_ROOT / "reports" / "canary" / "django-preload", canary)
     meta = json.loads((canary / "observe.json").read_text())
@@ -63,7 +63,10 @@ def test_a_canary_of_another_cpu_is_recorded_and_the_fit_says_whose_it_is(
     )
     assert res.provenance["cost_fit"]["fitted"]
     assert res.provenance["cost_fit"]["canary_cpu"] == "Xeon (family 6, model 106)"
-    assert res.provenance["cost_warnings"] == []
+    (warning,) = res.provenance["cost_warnings"]
+    assert warning.startswith("the canary was recorded on Xeon (family 6, model 106), the trace ")
+    assert "captured on AMD EPYC (family 25, model 17)" in warning
+    assert "are the canary host's, not the traced host's" in warning
 
 
 def _one_host(out: Path, cpu: str | None) -> Path:

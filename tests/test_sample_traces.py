@@ -49,8 +49,8 @@ RECIPE_FILES = (
 def sample(request: pytest.FixtureRequest) -> tuple[str, HostTrace]:
     name: str = request.param
     trace = open_trace(TRACES / name)
-    # recaptured as version 2 (sampled); version 3 adds pages.other_hash, read as null here
-    assert trace.schema_version in (2, S.SCHEMA_VERSION)
+    # recaptured as version 3: sampled, with the sampler's other contents and a closing pass
+    assert trace.schema_version == S.SCHEMA_VERSION
     assert len(trace.hosts) == 1
     return name, trace.load_host()
 
@@ -111,6 +111,24 @@ def test_snapshots_and_processes(sample: tuple[str, HostTrace]) -> None:
     # The same worker processes in every snapshot (no restarts during the capture).
     idents = {(p["pid"], p["proc_start"]) for p in procs}
     assert len(idents) == 1 + WORKERS
+
+
+def test_every_interval_was_sampled_and_other_contents_kept(sample: tuple[str, HostTrace]) -> None:
+    """``--sample-ms 100``: every interval, the one after the last snapshot too (the closing
+    pass), was sampled; rows that changed carry the first other content the sampler saw."""
+    _, host = sample
+    snaps = host.snapshots.to_pydict()
+    assert all(n and n > 0 for n in snaps["samples"]), snaps["samples"]
+    assert all(ms == 100 for ms in snaps["sample_ms"])
+    assert snaps["interval_s"][-1] is not None
+    assert snaps["interval_s"][-1] > 5
+    assert snaps["sample_coverage"][-1] == pytest.approx(1.0)  # the closing pass checks all
+    last = host.pages_of(int(host.snapshot_ids[-1]))
+    changed = last.column("content_changes").to_numpy(zero_copy_only=False) > 0
+    other = last.column("other_hash").is_valid().to_numpy(zero_copy_only=False)
+    assert changed.sum() > last.num_rows // 20
+    assert other.sum() > last.num_rows // 20
+    assert not np.any(other & ~changed)  # another content only where a change was seen
 
 
 def test_pages_per_process(sample: tuple[str, HostTrace]) -> None:

@@ -144,10 +144,10 @@ def test_a_replay_fitted_to_a_canary_says_how(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     fitted = [line for line in r.stderr.splitlines() if "ksmd fitted to the recording" in line]
     assert len(fitted) == 1, r.stderr
-    assert "share 12.3 %" in fitted[0]
-    assert "(sched_contention 0.22), costs x0.86 of default" in fitted[0]
+    assert "share 63.9 %" in fitted[0]
+    assert "(sched_contention 0.15), costs x0.86 of amd-epyc-25-17" in fitted[0]
     assert "wait for a CPU" not in fitted[0]  # a recording of long batches: the period's share
-    assert "host load: 10.67 other runnable tasks per CPU" in r.stderr
+    assert "host load: 1.25 other runnable tasks per CPU" in r.stderr
 
 
 def test_the_joins_the_trace_shows_are_one_warning_line(tmp_path: Path) -> None:
