@@ -51,6 +51,7 @@ EXAMPLES: dict[str, list[str]] = {
         "traces/django-nopreload",
         "--pages-to-scan", "100,1000,4000",
         "--host-mem", "16GiB",
+        "--observed", "reports/canary/django-nopreload",
     ],
 }  # fmt: skip
 

@@ -47,11 +47,11 @@ def interval_text(cap: CapacityEstimate) -> str:
 
 
 def signed_pct(fraction: float | None) -> str:
-    """``+41.7 %`` / ``−0.6 %``."""
+    """``+41.7 %`` / ``−0.6 %`` / ``0.0 %`` (no sign for no change)."""
     if fraction is None or not math.isfinite(fraction):
         return F.NA
     text = F.pct(fraction)
-    return text if text.startswith("-") else f"+{text}"
+    return text if text.startswith("-") or fraction == 0 else f"+{text}"
 
 
 def more_workers(gain: float | None) -> str:

@@ -368,6 +368,13 @@ def _modelled_cow(rate: float | None, canary: bool) -> str:
     return f"; the replay of {which} breaks {W.rate(rate)}/s on the traced host"
 
 
+def _knob_factor_words(factor: float | None) -> str:
+    """How the canary's rate was carried to the scenario's knobs (empty: it was not)."""
+    if factor is None:
+        return ""
+    return f", times {F.fixed(factor, 2)} for this scenario's knobs (the replay's ratio),"
+
+
 def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
     h = s.host
     cow = inputs.cow
@@ -381,8 +388,9 @@ def _writes_figure(inputs: ReviewInputs, s: ReviewScenario) -> KeyFigure:
             "copy-on-write breaks per second, on the planned host",
             W.rate(canary_planned),
             f"the canary's rate per merged page ({W.rate(measured)}/s at "
-            f"{F.integer(rates.observed_pages_sharing if rates else None)} pages) times the "
-            f"pages merged there; the trace alone sees {W.rate(planned)}/s"
+            f"{F.integer(rates.observed_pages_sharing if rates else None)} pages)"
+            + _knob_factor_words(h.canary_cow_knob_factor)
+            + f" times the pages merged there; the trace alone sees {W.rate(planned)}/s"
             + _modelled_cow(h.modelled_cow_breaks_per_s, calibrated),
         )
     value = f"{W.rate(planned if planned is not None else cow.breaks_per_s)} /s"
@@ -702,7 +710,12 @@ def _canary_line(inputs: ReviewInputs) -> list[Block]:
     if r is not None and r.observed_cow_per_s is not None:
         text += (
             f" and merged pages were written {W.rate(r.observed_cow_per_s)} times per second "
-            f"(`cow_ksm`; the trace sees {W.rate(r.predicted_cow_per_s)})"
+            + (
+                f"(`cow_ksm`; the trace sees {W.rate(r.predicted_cow_per_s)})"
+                if r.replayed_cow_per_s is None
+                else f"(`cow_ksm`; the replay breaks {W.rate(r.replayed_cow_per_s)}, the trace "
+                f"alone sees {W.rate(r.predicted_cow_per_s)})"
+            )
         )
     return [
         Para(text + ". The capacity figures apply the measured error ([Validation](#validation)).")

@@ -1694,12 +1694,22 @@ def _cow_text(inputs: ReviewInputs, s: ReviewScenario | None) -> str:
             else ")"
         )
         planned = h.projected_canary_cow_per_s if h is not None else None
+        factor = h.canary_cow_knob_factor if h is not None else None
         text += (
             f": about {W.rate(planned)} breaks per second at the planned size, each a page "
-            "fault and a 4 KiB copy in the service's path."
+            "fault and a 4 KiB copy in the service's path"
             if planned is not None
             else "."
         )
+        if planned is not None:
+            text += (
+                "."
+                if factor is None
+                else f" (the canary's rate per merged page times {F.fixed(factor, 2)}: what "
+                "the replay, calibrated on the canary, breaks per merged page under this "
+                "scenario's knobs against the canary's; a slower scan re-merges a written "
+                "page later, so fewer merges are there to break)."
+            )
     return text
 
 
@@ -2245,15 +2255,40 @@ def _observed_blocks(inputs: ReviewInputs, obs: ObservedComparison) -> list[Bloc
         Para(
             "Two things separate a prediction from a canary. The canary runs its own instance "
             "of the workload (other processes, address-space layout and hash seeds, other "
-            "requests), whose duplicate content is not exactly the trace's. And the replay "
-            "sees writes only where the trace changes (at its snapshots) and holds the last "
-            "snapshot still, while the real processes keep writing merged pages (the "
-            "copy-on-write breaks of [Risks](#risks)), which lowers the observed level. To "
-            "tell the two apart, capture a trace on the canary itself and review that."
+            "requests), whose duplicate content is not exactly the trace's. And "
+            + _writes_gap_words(inputs)
+            + " To tell the two apart, capture a trace on the canary itself and review that."
         ),
     ]
     blocks += [Callout("note", note) for note in obs.notes]
     return blocks
+
+
+def _writes_gap_words(inputs: ReviewInputs) -> str:
+    """What the replay knows of the writes that break merges, against a canary."""
+    opts = inputs.whatif.replay_options
+    if not (opts.writes and inputs.trace.sampled):
+        return (
+            "the replay sees writes only where the trace changes (at its snapshots) and holds "
+            "the last snapshot still, while the real processes keep writing merged pages (the "
+            "copy-on-write breaks of [Risks](#risks)), which lowers the observed level."
+        )
+    text = (
+        "the replay sees the content changes the capture sampled between its snapshots, "
+        "continued at their measured rates after the last one; a write that leaves a page's "
+        "content as it was is invisible to the sampler on a kernel without soft-dirty "
+        "tracking, yet breaks a merge on the real host"
+    )
+    if opts.writes_canary is not None:
+        return (
+            text + ": the replay takes those writes from the canary (page by page where its "
+            "pages line up with the trace's, else by process role), so what remains is how "
+            "far the canary's writes stand for the trace's workload."
+        )
+    return text + (
+        ", which lowers the observed level: a canary recorded in canary mode "
+        "(`observe --ksm-pages`) supplies them."
+    )
 
 
 def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
@@ -2280,11 +2315,24 @@ def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
     r = obs.rates if obs is not None else None
     if r is None:
         return blocks
+    replayed = r.replayed_cow_per_s
     rows = [
         ("ksmd CPU (% of one core)", r.observed_ksmd_cpu_percent, r.predicted_ksmd_cpu_percent),
-        ("copy-on-write breaks per second", r.observed_cow_per_s, r.predicted_cow_per_s),
+        (
+            "copy-on-write breaks per second",
+            r.observed_cow_per_s,
+            r.predicted_cow_per_s if replayed is None else replayed,
+        ),
         ("wall time of a full scan (s)", r.observed_full_scan_s, r.predicted_full_scan_s),
     ]
+    if replayed is not None:
+        rows.append(
+            (
+                "writes to mergeable pages per second, counted in the trace",
+                None,
+                r.predicted_cow_per_s,
+            )
+        )
     # canary mode (observe --ksm-pages): the merges lost on the sampled processes, by cause
     causes = {
         "unmerged_same_content": "written, content unchanged",
@@ -2300,8 +2348,18 @@ def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
         table(
             "canary-rates",
             f"What the canary measured over the second half of its recording "
-            f"({F.seconds(r.window_s)}), next to the model (the trace's count of writes for "
-            "copy-on-write).",
+            f"({F.seconds(r.window_s)}), next to the model"
+            + (
+                " (the trace's count of writes for copy-on-write)."
+                if replayed is None
+                else ": the replay of the compared scenario, its copy-on-write with "
+                + (
+                    "the canary's writes"
+                    if inputs.whatif.replay_options.writes_canary is not None
+                    else "the sampled writes"
+                )
+                + " after the last snapshot, and the trace's own count (a lower bound)."
+            ),
             [
                 Column("figure", "figure", "text"),
                 Column("observed", "canary", "float2"),

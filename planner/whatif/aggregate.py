@@ -193,6 +193,9 @@ class Evidence:
     model_error: ModelError | None
     facts: WholeHostFacts | None = None
     canary_cow_per_merged_page_per_s: float | None = None
+    #: The replay's breaks per merged page in the scenario compared with the canary, at the
+    #: canary's knobs (None: other knobs, or no writes replayed)
+    canary_modelled_cow_per_merged_page_per_s: float | None = None
 
 
 def _model(
@@ -231,6 +234,7 @@ def project_host(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evide
     hs.canary_cow_per_merged_page_per_s = (
         ev.canary_cow_per_merged_page_per_s if hs.enabled else None
     )
+    hs.canary_cow_knob_factor = _cow_knob_factor(hs, ev)
     if hs.placement == "separate hosts" and len(fits) == len(hs.replays):
         _project_separate(hs, fits, ev)
         return
@@ -254,6 +258,21 @@ def project_host(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evide
     hs.projected_workers = n
     if n and fit.point.eligible_b > 0 and hs.eligible_pages > 0:
         hs.host_scale = float(fit.point.eligible_pages(n)) / float(hs.eligible_pages)
+
+
+def _cow_knob_factor(hs: HostScenario, ev: Evidence) -> float | None:
+    """The replay's breaks per merged page under ``hs``'s knobs over those at the canary's.
+
+    A canary measures copy-on-write at its own knobs: a slower scan re-merges a written page
+    later, so fewer merges are there to break. The replay, calibrated on the canary's writes,
+    models that; its ratio carries the canary's measured rate to other knobs."""
+    reference = ev.canary_modelled_cow_per_merged_page_per_s
+    rate = hs.modelled_cow_per_merged_page_per_s
+    if ev.canary_cow_per_merged_page_per_s is None or not hs.enabled:
+        return None
+    if reference is None or reference <= 0 or rate is None:
+        return None
+    return rate / reference
 
 
 def _project_separate(hs: HostScenario, fits: tuple[ExtrapolationFit, ...], ev: Evidence) -> None:

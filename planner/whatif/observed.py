@@ -170,8 +170,9 @@ class ObservedComparison:
 class CanaryRates:
     """Rates a canary measured over the second half of its recording, and the model's.
 
-    ``None`` where the recording lacks the counter. The model's copy-on-write rate is the
-    trace's estimate (writes to mergeable pages between snapshots, a lower bound on writes).
+    ``None`` where the recording lacks the counter. The model's copy-on-write rates are the
+    trace's estimate (writes to mergeable pages between snapshots, a lower bound on writes)
+    and, where the replay modelled writes, the breaks of the compared scenario's replay.
     Every measured rate is read through the recording's reader
     (:meth:`planner.trace.recording.ObservedTimeline.counter_rate` and, for a recording in
     canary mode, :meth:`~planner.trace.recording.ObservedTimeline.unmerges_per_s`).
@@ -185,6 +186,9 @@ class CanaryRates:
     observed_full_scan_s: float | None
     predicted_full_scan_s: float | None
     observed_pages_sharing: float | None  # mean over the window
+    #: The compared scenario's replay: merges its writes broke per second after the last
+    #: snapshot (with the canary's writes when the replay took them); None: no writes replayed
+    replayed_cow_per_s: float | None = None
     #: Canary mode (``observe --ksm-pages``): merges lost per second on the sampled
     #: processes, by kind (``unmerged_same_content``, ``unmerged_changed``, ``unmerged``,
     #: ``unmapped``); ``None`` for a recording of the counters only
@@ -225,6 +229,7 @@ def canary_rates(
         predicted_full_scan_s=host.full_scan_s,
         observed_pages_sharing=sharing,
         observed_unmerges_per_s=unmerges,
+        replayed_cow_per_s=host.modelled_cow_breaks_per_s,
     )
 
 

@@ -213,6 +213,10 @@ class HostScenario:
     saving_factor: float = 1.0
     #: Copy-on-write breaks per second per merged page measured on a canary (``cow_ksm``)
     canary_cow_per_merged_page_per_s: float | None = None
+    #: How this scenario's knobs change that rate, as the replay models it: its modelled
+    #: breaks per merged page over those of the scenario compared with the canary (at the
+    #: canary's knobs); None: not known (no canary, no writes replayed, other knobs compared)
+    canary_cow_knob_factor: float | None = None
     # --- security domains as they can be deployed
     #: ``one host`` (every registered process on one host: merging across domains happens
     #: if they are several) or ``separate hosts`` (merging across domains denied: mainline
@@ -299,13 +303,24 @@ class HostScenario:
         return self.writes.breaks_per_s * self.host_scale
 
     @property
+    def modelled_cow_per_merged_page_per_s(self) -> float | None:
+        """The replay's breaks per second per page it holds merged at steady state."""
+        merged_pages = self.saved_bytes / self.page_size
+        if self.modelled_cow_breaks_per_s is None or merged_pages <= 0:
+            return None
+        return self.modelled_cow_breaks_per_s / merged_pages
+
+    @property
     def projected_canary_cow_per_s(self) -> float | None:
         """Copy-on-write breaks per second at the planned size as the canary measured them:
-        its rate per merged page times the pages merged there (KSM's saving in pages)."""
+        its rate per merged page, carried to this scenario's knobs by the replay
+        (``canary_cow_knob_factor``, where known), times the pages merged there (KSM's
+        saving in pages)."""
         rate = self.canary_cow_per_merged_page_per_s
         if rate is None or self.capacity is None:
             return None
-        return rate * self.capacity.ksm_saved_bytes / self.page_size
+        factor = 1.0 if self.canary_cow_knob_factor is None else self.canary_cow_knob_factor
+        return rate * factor * self.capacity.ksm_saved_bytes / self.page_size
 
     @property
     def expected_saved_bytes(self) -> float:

@@ -477,7 +477,7 @@ def run_whatif(
             writes=writes,
         )
         warnings += comparison.notes
-    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
+    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation, assembled)
     warnings += [w for w in [canary_warning(model_error)] if w is not None]
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
@@ -518,15 +518,29 @@ def _evidence(
     comparison: ObservedComparison | None,
     capacity: CapacityInputs | None,
     extrapolation: ExtrapolationSpec | None,
+    assembled: Sequence[tuple[ScenarioResult, Any]] = (),
 ) -> tuple[ModelError, dict[str, aggregate.Evidence]]:
     """The model's measured error (a canary's, else the published runs') and, per host,
-    everything its projection uses."""
+    everything its projection uses (among it the replay's copy-on-write per merged page in
+    the scenario compared with the canary, when its knobs are the canary's)."""
     labels = _labels(tr)
     model_error = (canary_error(comparison, labels) if comparison is not None else None) or (
         published_error(labels, soft_dirty=_tracked_with_soft_dirty(tr, host_list))
     )
     rates = comparison.rates if comparison is not None else None
     cow = rates.cow_per_merged_page_per_s if rates is not None else None
+    modelled = None
+    if comparison is not None and comparison.knobs_match:
+        modelled = next(
+            (
+                hs.modelled_cow_per_merged_page_per_s
+                for scen, _ in assembled
+                if scen.id == comparison.scenario_id
+                for hs in scen.hosts
+                if hs.host == comparison.host
+            ),
+            None,
+        )
     evidence = {
         h: aggregate.Evidence(
             capacity,
@@ -534,6 +548,7 @@ def _evidence(
             model_error,
             whole_host_facts(tr, h),
             cow if comparison is not None and comparison.host == h else None,
+            modelled if comparison is not None and comparison.host == h else None,
         )
         for h in host_list
     }
