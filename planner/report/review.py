@@ -2358,7 +2358,8 @@ def _model_error_blocks(inputs: ReviewInputs) -> list[Block]:
                     if inputs.whatif.replay_options.writes_canary is not None
                     else "the sampled writes"
                 )
-                + " after the last snapshot, and the trace's own count (a lower bound)."
+                + " over the same seconds since KSM started, and the trace's own count (a "
+                "lower bound)."
             ),
             [
                 Column("figure", "figure", "text"),

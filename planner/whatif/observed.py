@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from planner.trace.recording import ObservedTimeline
-    from planner.whatif.result import ScenarioResult
+    from planner.whatif.result import HostScenario, ScenarioResult
     from planner.whatif.writes import CowEstimate
 
 #: Counters compared (kernel names).
@@ -186,8 +186,9 @@ class CanaryRates:
     observed_full_scan_s: float | None
     predicted_full_scan_s: float | None
     observed_pages_sharing: float | None  # mean over the window
-    #: The compared scenario's replay: merges its writes broke per second after the last
-    #: snapshot (with the canary's writes when the replay took them); None: no writes replayed
+    #: The compared scenario's replay over the same window of its own time: merges its
+    #: writes broke per second (with the canary's writes when the replay took them); None: no
+    #: writes replayed, or the replay ended before the window
     replayed_cow_per_s: float | None = None
     #: Canary mode (``observe --ksm-pages``): merges lost per second on the sampled
     #: processes, by kind (``unmerged_same_content``, ``unmerged_changed``, ``unmerged``,
@@ -229,8 +230,23 @@ def canary_rates(
         predicted_full_scan_s=host.full_scan_s,
         observed_pages_sharing=sharing,
         observed_unmerges_per_s=unmerges,
-        replayed_cow_per_s=host.modelled_cow_breaks_per_s,
+        replayed_cow_per_s=_replayed_rate(host, window),
     )
+
+
+def _replayed_rate(host: HostScenario, window: np.ndarray[Any, Any]) -> float | None:
+    """Merges the replay's writes broke per second over ``window`` (the replay's time since
+    its first snapshot, aligned with the recording's as in :func:`compare_observed`)."""
+    if host.modelled_cow_breaks_per_s is None or window.size < 2:
+        return None
+    grid = host.timeline.grid
+    if not grid.cow_breaks:
+        return None
+    t0, t1 = float(window[0]), float(window[-1])
+    if t1 <= t0 or grid.t_s[-1] < t1:
+        return None
+    start, end = _step(list(grid.t_s), list(grid.cow_breaks), np.array([t0, t1]))
+    return float(end - start) / (t1 - t0)
 
 
 def choose_scenario(

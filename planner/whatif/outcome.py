@@ -185,6 +185,8 @@ class GridSeries:
     pages_sharing: tuple[int, ...] = ()
     pages_shared: tuple[int, ...] = ()
     general_profit: tuple[int, ...] = ()
+    #: Merges broken by the replay's writes since its start (cumulative, as ``cow_ksm``)
+    cow_breaks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ class Timeline:
                 pages_sharing=tuple(int(x.counters.get("pages_sharing", 0)) for x in g),
                 pages_shared=tuple(int(x.counters.get("pages_shared", 0)) for x in g),
                 general_profit=tuple(int(x.counters.get("general_profit", 0)) for x in g),
+                cow_breaks=tuple(x.cow_breaks for x in g),
             ),
             scans=ScanSeries(
                 full_scans=tuple(x.full_scans for x in s),

@@ -73,6 +73,7 @@ def summed_timeline(replays: Sequence[ReplayOutcome]) -> Timeline:
         pages_sharing=grid_sum("pages_sharing"),
         pages_shared=grid_sum("pages_shared"),
         general_profit=grid_sum("general_profit"),
+        cow_breaks=grid_sum("cow_breaks"),
     )
     return Timeline(grid=grid, scans=_summed_scans([r.timeline.scans for r in replays]))
 

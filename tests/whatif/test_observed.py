@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,40 @@ def test_canary_rates_of_a_recording_in_canary_mode_come_from_its_reader() -> No
     assert r.observed_unmerges_per_s["unmerged_same_content"] == pytest.approx((12 + 16) / 2)
     assert r.observed_unmerges_per_s["unmerged_changed"] == pytest.approx(2 / 2)
     assert obs.unmerges_per_s()["unmerged_changed"] == pytest.approx(4 / 4)  # whole recording
+
+
+def test_the_replays_breaks_are_taken_over_the_canarys_window() -> None:
+    """The model's copy-on-write next to a canary's is the replay's own breaks over the same
+    seconds (the second half of the recording), from its cumulative series on its time grid;
+    none when the replay ended before the window did or replayed no writes."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from planner.trace.recording import ObservedTimeline
+    from planner.whatif.observed import canary_rates
+
+    t = [0.0, 1.0, 2.0, 3.0, 4.0]
+    counters = pd.DataFrame(
+        {"cow_ksm": [0, 10, 20, 60, 100], "pages_sharing": [0, 100, 200, 200, 200]},
+        index=pd.Index(t, name="t_s"),
+    )
+    obs = ObservedTimeline(meta={}, counters=counters, processes=pd.DataFrame())
+
+    def host(times: tuple[float, ...], breaks: tuple[int, ...], rate: float | None) -> Any:
+        grid = SimpleNamespace(t_s=times, cow_breaks=breaks)
+        return SimpleNamespace(
+            ksmd_cpu_percent=1.0,
+            full_scan_s=1.0,
+            modelled_cow_breaks_per_s=rate,
+            timeline=SimpleNamespace(grid=grid),
+        )
+
+    def rate(h: Any) -> float | None:
+        return canary_rates(obs, SimpleNamespace(hosts=[h]), None).replayed_cow_per_s  # type: ignore[arg-type]
+
+    grid_t = (0.0, 0.5, 1.5, 2.5, 3.5, 4.5)
+    # steps: 30 breaks by t=2 (the value at 1.5), 90 by t=4 (the value at 3.5)
+    assert rate(host(grid_t, (0, 5, 30, 50, 90, 95), 9.0)) == pytest.approx((90 - 30) / 2)
+    assert rate(host(grid_t[:4], (0, 5, 30, 50), 9.0)) is None  # the replay ended at 2.5 s
+    assert rate(host(grid_t, (0, 5, 30, 50, 90, 95), None)) is None  # no writes replayed
