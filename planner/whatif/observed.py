@@ -25,12 +25,20 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
+    import pandas as pd
+
     from planner.trace.recording import ObservedTimeline
     from planner.whatif.result import HostScenario, ScenarioResult
     from planner.whatif.writes import CowEstimate
 
 #: Counters compared (kernel names).
 COMPARED = ("pages_sharing", "pages_shared", "general_profit")
+
+#: Full scans a canary must record before its second half stands for KSM's steady state:
+#: merging ends with the second scan of a page, its writes then break and re-merge at later
+#: ones (docs/live-validation.md, "The sample traces recaptured": a canary that ended within
+#: its second scan predicted a longer one's level 11.8 % low).
+MIN_CANARY_FULL_SCANS = 4
 
 #: Recording knob (sysfs name) -> replay knob, for the main knobs a deployment always states
 #: (the names from the knob table, :mod:`planner.engine.knobs`).
@@ -283,6 +291,28 @@ def _step(
     return np.where(idx >= 0, v[np.clip(idx, 0, v.size - 1)], 0.0)
 
 
+def short_recording_note(counters: pd.DataFrame, t_s: np.ndarray[Any, Any]) -> str | None:
+    """A note where the recording ended before ksmd finished :data:`MIN_CANARY_FULL_SCANS`
+    full scans (None otherwise, and where it lacks ``full_scans``)."""
+    if "full_scans" not in counters.columns or t_s.size < 2:
+        return None
+    scans = counters["full_scans"].astype("float64").to_numpy()
+    scans = scans[np.isfinite(scans)]
+    if scans.size < 2:
+        return None
+    done = int(scans[-1] - scans[0])
+    if done >= MIN_CANARY_FULL_SCANS:
+        return None
+    span_s = float(t_s[-1] - t_s[0])
+    needed = f" (about {MIN_CANARY_FULL_SCANS * span_s / done:.0f} s at its knobs)" if done else ""
+    return (
+        f"the recording ended after {done} full scan{'s' if done != 1 else ''} of ksmd: its "
+        "second half is still KSM's first merging, so its level and the writes it saw are a "
+        "ramp's, not the steady state the replay is scaled to; record a canary of at least "
+        f"{MIN_CANARY_FULL_SCANS} full scans{needed}"
+    )
+
+
 def _source(obs: ObservedTimeline) -> str:
     """Where a recording was made, as the review names it: ``host NAME``."""
     prov = dict(obs.meta.get("provenance") or {})
@@ -320,7 +350,7 @@ def compare_observed(
             else (None,) * t.size
         )
         predicted[c] = tuple(_step(list(grid.t_s), list(getattr(grid, c)), t).tolist())
-    notes = []
+    notes = [n for n in [short_recording_note(counters, t)] if n is not None]
     if len(scen.hosts) > 1:
         notes.append(f"the recording is compared with host {host.host} of {len(scen.hosts)}")
     if diffs:
@@ -355,4 +385,5 @@ __all__ = [
     "compare_observed",
     "load_observed",
     "observed_knobs",
+    "short_recording_note",
 ]

@@ -236,3 +236,32 @@ def test_the_replays_breaks_are_taken_over_the_canarys_window() -> None:
     assert rate(host(grid_t, (0, 5, 30, 50, 90, 95), 9.0)) == pytest.approx((90 - 30) / 2)
     assert rate(host(grid_t[:4], (0, 5, 30, 50), 9.0)) is None  # the replay ended at 2.5 s
     assert rate(host(grid_t, (0, 5, 30, 50, 90, 95), None)) is None  # no writes replayed
+
+
+@pytest.mark.parametrize(
+    ("scans", "note"),
+    [
+        ([0, 0, 1, 1, 2], "ended after 2 full scans of ksmd"),
+        ([5, 5, 5, 5, 5], "ended after 0 full scans of ksmd"),
+        ([0, 1, 2, 3, 4], None),
+        ([0, 10, 20, 30, 65], None),
+    ],
+)
+def test_a_canary_that_ended_while_merging_is_named(scans: list[int], note: str | None) -> None:
+    """A recording of fewer than four full scans saw KSM's first merging, not its steady
+    state: the comparison says so, with the length to record where the pace is known."""
+    import numpy as np
+    import pandas as pd
+
+    from planner.whatif.observed import short_recording_note
+
+    t = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    got = short_recording_note(pd.DataFrame({"full_scans": scans}, index=t), t)
+    if note is None:
+        assert got is None
+        return
+    assert got is not None
+    assert note in got
+    assert "record a canary of at least 4 full scans" in got
+    assert ("(about 80 s at its knobs)" in got) == (scans[-1] - scans[0] == 2)
+    assert short_recording_note(pd.DataFrame({"pages_sharing": scans}, index=t), t) is None
