@@ -198,6 +198,9 @@ class CanaryRates:
     #: writes broke per second (with the canary's writes when the replay took them); None: no
     #: writes replayed, or the replay ended before the window
     replayed_cow_per_s: float | None = None
+    #: The compared scenario's replay at steady state: breaks per second per page it holds
+    #: merged (:attr:`HostScenario.modelled_cow_per_merged_page_per_s`); None: no writes
+    replayed_cow_per_merged_page_per_s: float | None = None
     #: Canary mode (``observe --ksm-pages``): merges lost per second on the sampled
     #: processes, by kind (``unmerged_same_content``, ``unmerged_changed``, ``unmerged``,
     #: ``unmapped``); ``None`` for a recording of the counters only
@@ -239,6 +242,7 @@ def canary_rates(
         observed_pages_sharing=sharing,
         observed_unmerges_per_s=unmerges,
         replayed_cow_per_s=_replayed_rate(host, window),
+        replayed_cow_per_merged_page_per_s=host.modelled_cow_per_merged_page_per_s,
     )
 
 

@@ -477,7 +477,7 @@ def run_whatif(
             writes=writes,
         )
         warnings += comparison.notes
-    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation, assembled)
+    model_error, evidence = _evidence(tr, host_list, comparison, capacity, extrapolation)
     warnings += [w for w in [canary_warning(model_error)] if w is not None]
     scenarios, fits = _project(assembled, results, evidence)
     options = SweepOptions(
@@ -518,7 +518,6 @@ def _evidence(
     comparison: ObservedComparison | None,
     capacity: CapacityInputs | None,
     extrapolation: ExtrapolationSpec | None,
-    assembled: Sequence[tuple[ScenarioResult, Any]] = (),
 ) -> tuple[ModelError, dict[str, aggregate.Evidence]]:
     """The model's measured error (a canary's, else the published runs') and, per host,
     everything its projection uses (among it the replay's copy-on-write per merged page in
@@ -529,18 +528,12 @@ def _evidence(
     )
     rates = comparison.rates if comparison is not None else None
     cow = rates.cow_per_merged_page_per_s if rates is not None else None
-    modelled = None
-    if comparison is not None and comparison.knobs_match:
-        modelled = next(
-            (
-                hs.modelled_cow_per_merged_page_per_s
-                for scen, _ in assembled
-                if scen.id == comparison.scenario_id
-                for hs in scen.hosts
-                if hs.host == comparison.host
-            ),
-            None,
-        )
+    # the replay's own rate at the canary's knobs: what carries the canary's to other knobs
+    modelled = (
+        rates.replayed_cow_per_merged_page_per_s
+        if rates is not None and comparison is not None and comparison.knobs_match
+        else None
+    )
     evidence = {
         h: aggregate.Evidence(
             capacity,

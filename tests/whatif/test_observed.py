@@ -126,7 +126,12 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
     t = np.asarray(c.index.to_numpy(dtype=float))
     scen = SimpleNamespace(
         hosts=[
-            SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0, modelled_cow_breaks_per_s=None)
+            SimpleNamespace(
+                ksmd_cpu_percent=4.0,
+                full_scan_s=1.0,
+                modelled_cow_breaks_per_s=None,
+                modelled_cow_per_merged_page_per_s=None,
+            )
         ]
     )
     r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
@@ -185,7 +190,12 @@ def test_canary_rates_of_a_recording_in_canary_mode_come_from_its_reader() -> No
     )
     scen = SimpleNamespace(
         hosts=[
-            SimpleNamespace(ksmd_cpu_percent=4.0, full_scan_s=1.0, modelled_cow_breaks_per_s=None)
+            SimpleNamespace(
+                ksmd_cpu_percent=4.0,
+                full_scan_s=1.0,
+                modelled_cow_breaks_per_s=None,
+                modelled_cow_per_merged_page_per_s=None,
+            )
         ]
     )
     r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
@@ -225,6 +235,7 @@ def test_the_replays_breaks_are_taken_over_the_canarys_window() -> None:
             ksmd_cpu_percent=1.0,
             full_scan_s=1.0,
             modelled_cow_breaks_per_s=rate,
+            modelled_cow_per_merged_page_per_s=None,
             timeline=SimpleNamespace(grid=grid),
         )
 
