@@ -37,8 +37,16 @@ def score(d: dict[str, Any], canary: str) -> dict[str, float]:
     pred = sharing[np.searchsorted(t, ot[half], side="right") - 1]
     cow = on["cow_ksm"].to_numpy()
     real_cow = (cow[-1] - cow[0]) / (ot[-1] - ot[0])
+    # copy-on-write over the second half too, as the review's validation scores it
+    mid = ot[half][0]
+    real_cow_half = (cow[-1] - cow[half][0]) / (ot[-1] - mid)
+    model_cow = np.array([r.get("cow_breaks", 0) for r in grid], np.float64)
+    i = max(int(np.searchsorted(t, mid, side="right")) - 1, 0)
+    model_cow_half = (model_cow[-1] - model_cow[i]) / (t[-1] - t[i]) if t[-1] > t[i] else 0.0
     w = ksmd_window(c)
     return {
+        "model_cow_half": float(model_cow_half),
+        "kernel_cow_half": float(real_cow_half),
         "model_half": float(pred.mean()),
         "kernel_half": float(real[half].mean()),
         "error": float(pred.mean() / real[half].mean() - 1),
