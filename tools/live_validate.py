@@ -151,6 +151,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="calibrate the write model with the run's canary recording (needs --canary)",
     )
     c.add_argument(
+        "--shipped-cost",
+        action="store_true",
+        help="with --calibrate-writes: keep the shipped cost profile instead of the one "
+        "fitted to the canary (the canary's writes alone)",
+    )
+    c.add_argument(
         "--no-writes",
         action="store_true",
         help="replay the snapshots alone, without the writes sampled between them",
@@ -216,6 +222,7 @@ def _compare_all(run: LiveRun | Path, args: argparse.Namespace) -> dict[str, Any
             cost_profile=args.cost_profile,
             first_window_s=args.first_window,
             calibrate_writes=args.calibrate_writes,
+            canary_cost=not args.shipped_cost,
             writes=not args.no_writes,
             growth=not args.no_growth,
             host_load=_host_load(args.host_load),

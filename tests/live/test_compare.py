@@ -283,3 +283,42 @@ def test_the_writes_option_reaches_the_replay(synthetic_run: Callable[..., LiveR
     off = replay_setup(run, CompareOptions(writes=False, alignment="last"), 6.0).options
     assert not off.writes
     assert off.snapshot_scans == (1, 1)  # the last alignment: every snapshot before scan 1
+
+
+def test_a_canarys_replay_is_scored_with_the_cost_fitted_to_it(
+    synthetic_run: Callable[..., LiveRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the canary's writes the comparison replays as ``replay --observed`` does, with
+    the options the canary's fit returns (ksmd's cost fitted to the canary: the cost under
+    which the fit chose the canary's variant); ``canary_cost=False`` keeps the shipped
+    profile, and a profile given is used as given. (The fit itself is
+    tests/engine/test_costfit.py's: the synthetic recording is too short to fit.)"""
+    from dataclasses import replace
+
+    import planner.engine.costfit as costfit
+    from planner.engine import CostProfile
+    from planner.testing.live.compare import replay_setup
+    from tests.live.test_pages import _add_canary
+
+    from .conftest import PIDS
+
+    run = synthetic_run()
+    _add_canary(run, [(1.0, pid, i, "merged") for pid in PIDS for i in range(100)])
+    real_fit = costfit.fit_canary
+    marker = replace(CostProfile.default(), name="fitted-to-the-canary")
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        got = real_fit(*args, **kwargs)
+        return replace(got, options=replace(got.options, cost=marker))
+
+    monkeypatch.setattr(costfit, "fit_canary", fit)
+    fitted = replay_setup(run, CompareOptions(calibrate_writes=True), 6.0)
+    assert fitted.options.cost == marker
+    assert fitted.canary is not None
+    shipped = replay_setup(run, CompareOptions(calibrate_writes=True, canary_cost=False), 6.0)
+    assert shipped.options.cost == replay_setup(run, CompareOptions(), 6.0).options.cost
+    assert shipped.options.cost != marker
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps(CostProfile.default().to_dict()))
+    kept = replay_setup(run, CompareOptions(calibrate_writes=True, cost_profile=str(given)), 6.0)
+    assert kept.options.cost == CostProfile.load(given)

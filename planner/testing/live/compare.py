@@ -108,6 +108,14 @@ class CompareOptions:
     calibrate_writes: bool = False
     """Calibrate the write model with the run's own canary recording (``observe
     --ksm-pages``), as ``replay --observed`` does."""
+    canary_cost: bool = True
+    """With ``calibrate_writes`` and no ``cost_profile``: replay with ksmd's cost fitted to
+    the canary, as ``replay --observed`` does (its choice among the canary's variants was
+    made under that cost). False: the shipped profile of the traced CPU, so that only the
+    canary's writes differ from a replay without it; ksmd then keeps the shipped profile's
+    pace, and the breaks it makes are not the ones the fit weighed (a PostgreSQL run of
+    2026-12-07: 216 a second scored against 255 in the fit, ``cow_ksm`` 284;
+    docs/live-validation.md, "A canary's replay scored as replay --observed makes it")."""
     host_load: HostLoadChoice = "recorded"
     """The CPU load the replay gives ksmd (docs/busy-host.md): ``recorded`` (the trace's,
     else the load the harness measured during the capture: the same ``/proc/stat``
@@ -596,9 +604,12 @@ def replay_setup(run: LiveRun, opts: CompareOptions, duration_s: float) -> Repla
         from planner.trace.recording import read_observed
 
         obs = with_mapping_starts(read_observed(run.observe_dir), run.observe_dir)
-        # page classes on or off as replay --observed chooses them (the fitted profile is
-        # not kept: the comparison's cost profile is its own option)
-        canary = fit_canary(inp, obs.counters, options, canary_rates(obs, inp.page_size)).canary
+        # the canary's rates as replay --observed chooses them, and its fitted cost where
+        # the comparison was given no profile of its own (CompareOptions.canary_cost)
+        fitted = fit_canary(inp, obs.counters, options, canary_rates(obs, inp.page_size))
+        canary = fitted.canary
+        if opts.canary_cost and opts.cost_profile is None:
+            options = fitted.options
     return ReplaySetup(inp, knobs, options, canary)
 
 
