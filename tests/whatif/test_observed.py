@@ -111,9 +111,22 @@ def test_knob_differences() -> None:
     )
 
 
+def _one_host_scenario() -> Any:
+    """A compared scenario of one host at 4 % ksmd CPU and 1 s full scans, without writes
+    replayed (what :func:`planner.whatif.observed.canary_rates` reads of it)."""
+    from types import SimpleNamespace
+
+    host = SimpleNamespace(
+        ksmd_cpu_percent=4.0,
+        full_scan_s=1.0,
+        modelled_cow_breaks_per_s=None,
+        modelled_cow_per_merged_page_per_s=None,
+    )
+    return SimpleNamespace(hosts=[host])
+
+
 def test_the_canary_rates_of_the_shipped_recording() -> None:
     # reports/canary/django-preload (canary mode): what the real ksmd did over the second half
-    from types import SimpleNamespace
 
     import numpy as np
 
@@ -124,16 +137,7 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
     obs = read_observed(root)
     c = obs.counters
     t = np.asarray(c.index.to_numpy(dtype=float))
-    scen = SimpleNamespace(
-        hosts=[
-            SimpleNamespace(
-                ksmd_cpu_percent=4.0,
-                full_scan_s=1.0,
-                modelled_cow_breaks_per_s=None,
-                modelled_cow_per_merged_page_per_s=None,
-            )
-        ]
-    )
+    scen = _one_host_scenario()
     r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
     half = t >= t[-1] / 2
     dt = t[-1] - t[half][0]
@@ -161,7 +165,6 @@ def test_the_canary_rates_of_the_shipped_recording() -> None:
 def test_canary_rates_of_a_recording_in_canary_mode_come_from_its_reader() -> None:
     # observe --ksm-pages: merges lost per second by kind, over the second half, read through
     # ObservedTimeline.unmerges_per_s; cow_ksm and ksmd's CPU through counter_rate
-    from types import SimpleNamespace
 
     import pandas as pd
 
@@ -188,16 +191,7 @@ def test_canary_rates_of_a_recording_in_canary_mode_come_from_its_reader() -> No
     obs = ObservedTimeline(
         meta={}, counters=counters, processes=pd.DataFrame(), canary=pd.DataFrame(rows)
     )
-    scen = SimpleNamespace(
-        hosts=[
-            SimpleNamespace(
-                ksmd_cpu_percent=4.0,
-                full_scan_s=1.0,
-                modelled_cow_breaks_per_s=None,
-                modelled_cow_per_merged_page_per_s=None,
-            )
-        ]
-    )
+    scen = _one_host_scenario()
     r = canary_rates(obs, scen, None)  # type: ignore[arg-type]
     assert r.window_s == 2.0  # samples at 2, 3 and 4 s
     assert r.observed_cow_per_s == pytest.approx((100 - 20) / 2)
