@@ -53,6 +53,7 @@ batches), so nothing is lost by handing them over together.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -803,6 +804,13 @@ class TraceWrites:
         self.events = 0  # events handed out
         #: scratch of :func:`_coalesce_rows`, per row: -1 (grown as rows need)
         self._last_kind: I8 = np.full(0, -1, np.int8)  # a byte a row: stays in the cache
+        #: the snapshots appended snapshots write as (:meth:`_keys` keeps their keys)
+        self._origins = {
+            self.times.index(w.origin_ns)
+            for w in inp.writes
+            if w is not None and w.origin_ns is not None and w.origin_ns in self.times
+        }
+        self._held_keys: tuple[int, U64] | None = None
 
     # ------------------------------------------------------------------ intervals
 
@@ -955,7 +963,21 @@ class TraceWrites:
         ]
 
     def _keys(self, k: int) -> U64:
-        return self.inp.snapshots.keys(k)  # (its pages alone: no full snapshot rebuilt)
+        """Snapshot ``k``'s row keys, rebuilt from its pages alone (no full snapshot).
+
+        The keys of a snapshot that appended snapshots write as (the last traced one, their
+        ``origin_ns``) are kept once asked for: each appended snapshot asks for them beside
+        its own, and the input rebuilds pages forward from the last snapshot it rebuilt
+        only, so asking for both anew rebuilt the origin from the first delta and then the
+        appended snapshot from the origin at every step (a review's replays applied
+        ~1,800 deltas' pages each, most of their write model's time)."""
+        held = self._held_keys
+        if held is not None and held[0] == k:
+            return held[1]
+        keys = self.inp.snapshots.keys(k)
+        if k in self._origins:
+            self._held_keys = (k, keys)
+        return keys
 
     def start_interval(self, k: int, now_ns: int) -> None:
         """Snapshot ``k`` was applied (at ``now_ns``): the writes of the interval after it
@@ -1403,6 +1425,16 @@ class CanaryRates:
     where that breaks far more merges than the recording
     (:func:`planner.engine.costfit.weigh_unseen_rows`)."""
 
+    @functools.cached_property
+    def page_kind_codes(self) -> tuple[I64, tuple[str, ...]]:
+        """Per page: the index of its mapping's kind (as text) among ``kinds``, and
+        ``kinds`` (computed once per instance: the page classes ask for them at every
+        snapshot, :func:`_class_rates`)."""
+        if self.page_kind is None or not self.page_kind.size:
+            return np.empty(0, np.int64), ()
+        kinds, codes = np.unique(self.page_kind.astype(str), return_inverse=True)
+        return codes.reshape(-1).astype(np.int64), tuple(str(k) for k in kinds.tolist())
+
     @property
     def lead_s(self) -> float:
         """How long before the sample that saw a page merged the page is taken to hold its
@@ -1708,26 +1740,32 @@ class _RowRoles:
 
     code: I64
     roles: list[str]
-    kind: npt.NDArray[np.object_] | None  # mapping kind (None: the trace has no mappings)
-    offset: I64 | None  # page number within the mapping
+    kind: I64 | None  # index of the mapping's kind in ``kinds`` (None: no mappings traced)
+    offset: I64 | None  # page number within the mapping (-1: in none)
+    kinds: tuple[str, ...] = ()
 
 
 def _row_classes(
     inp: ReplayInput, k: int, snap: SnapshotRows, pids: I64
-) -> tuple[npt.NDArray[np.object_], I64] | None:
-    """Per row of snapshot ``k`` (``snap``): its mapping's kind and its page number within it."""
+) -> tuple[I64, I64, tuple[str, ...]] | None:
+    """Per row of snapshot ``k`` (``snap``): the index of its mapping's kind (among the
+    kinds returned; a row of no mapping has the kind ``""``) and its page number within
+    that mapping (-1: in none)."""
     maps = inp.meta.get("mappings")
     if not isinstance(maps, dict):
         return None
     sel = np.flatnonzero(maps["snapshot"] == k)
-    kind = np.full(snap.n, "", dtype=object)
+    kind = np.zeros(snap.n, np.int64)
     offset = np.full(snap.n, -1, np.int64)
     if not sel.size or not snap.n:
-        return kind, offset
+        return kind, offset, ("",)
     mp, ms = maps["pid"][sel], maps["start"][sel]
     order = np.lexsort((ms, mp))
     mp, ms = mp[order], ms[order]
     me, mk = maps["end"][sel][order], maps["kind"][sel][order]
+    # the kinds as text, "" (a row of no mapping) first: one code per mapping
+    kinds: dict[str, int] = {"": 0}
+    mk_code = np.array([kinds.setdefault(str(x), len(kinds)) for x in mk.tolist()], np.int64)
     addr = snap.page << np.uint64(inp.page_size.bit_length() - 1)
     # the last mapping of the row's pid that starts at or before its address
     combo = (mp.astype(np.uint64) << np.uint64(48)) | (ms >> np.uint64(12))
@@ -1736,11 +1774,11 @@ def _row_classes(
     ok = pos >= 0
     p = np.maximum(pos, 0)
     ok &= (mp[p] == pids) & (ms[p] <= addr) & (addr < me[p])
-    kind[ok] = mk[p[ok]]
+    kind[ok] = mk_code[p[ok]]
     offset[ok] = ((addr[ok] - ms[p[ok]]) >> np.uint64(inp.page_size.bit_length() - 1)).astype(
         np.int64
     )
-    return kind, offset
+    return kind, offset, tuple(kinds)
 
 
 #: A page class whose pages the canary saw merged stayed merged for at most this many of its
@@ -1772,30 +1810,57 @@ def _class_rates(rates: CanaryRates, rr: _RowRoles) -> tuple[F64, npt.NDArray[np
     ):
         return None
     m_arr, n_arr = rates._merged(), rates._events()
-    page_role = [rates.role_of_pid.get(int(k >> 36), "") for k in rates.key.tolist()]
-    ev: dict[tuple[str, str, int], float] = {}
-    ms: dict[tuple[str, str, int], float] = {}
-    pages: dict[tuple[str, str, int], int] = {}
-    for i in np.flatnonzero((rates.page_offset >= 0) & (m_arr > 0)).tolist():
-        c = (page_role[i], str(rates.page_kind[i]), int(rates.page_offset[i]))
-        ev[c] = ev.get(c, 0.0) + float(n_arr[i])
-        ms[c] = ms.get(c, 0.0) + float(m_arr[i])
-        pages[c] = pages.get(c, 0) + 1
-    brief = BRIEF_MERGE_SAMPLES * rates.sample_s
-    lasting = {c for c, m in ms.items() if m > brief * pages[c]}
     n = rr.code.size
     rate = np.zeros(n, np.float64)
     seen = np.zeros(n, bool)
+    sel = np.flatnonzero((rates.page_offset >= 0) & (m_arr > 0))
+    if not sel.size or not n:
+        return rate, seen
     # a canary without CPU times has roles by comm only: match the trace's on the comm
     roles = rr.roles if rates.roles_recorded else [role_comm(r) for r in rr.roles]
-    for i, (code, kind, off) in enumerate(
-        zip(rr.code.tolist(), rr.kind.tolist(), rr.offset.tolist(), strict=True)
-    ):
-        c = (roles[code], str(kind), int(off))
-        if c in lasting:
-            rate[i] = ev[c] / ms[c]
-            seen[i] = True
+    # one class per (role, mapping kind as text, page number), over the canary's pages and
+    # the rows (a row of no mapping has page number -1, which no canary page has)
+    role_ids: dict[str, int] = {}
+    pids, at = np.unique(rates.key[sel] >> np.uint64(36), return_inverse=True)
+    page_role = _ids_of([rates.role_of_pid.get(int(p), "") for p in pids.tolist()], role_ids)
+    row_role = _ids_of(roles, role_ids)
+    kind_ids: dict[str, int] = {}
+    page_kinds, kind_names = rates.page_kind_codes
+    page_kind = _ids_of(list(kind_names), kind_ids)
+    row_kind = _ids_of(list(rr.kinds), kind_ids)
+    cls = _class_ids(
+        np.concatenate([page_role[at.reshape(-1)], row_role[rr.code]]),
+        np.concatenate([page_kind[page_kinds[sel]], row_kind[rr.kind]]),
+        np.concatenate([rates.page_offset[sel], rr.offset]).astype(np.int64),
+    )
+    k, m = int(cls.max()) + 1, sel.size
+    # sums in the canary's page order, as one page after the other adds them
+    ev = np.bincount(cls[:m], n_arr[sel], k)
+    ms = np.bincount(cls[:m], m_arr[sel], k)
+    pages = np.bincount(cls[:m], minlength=k)
+    lasting = ms > BRIEF_MERGE_SAMPLES * rates.sample_s * pages
+    row_cls = cls[m:]
+    seen = lasting[row_cls]
+    rate[seen] = ev[row_cls[seen]] / ms[row_cls[seen]]
     return rate, seen
+
+
+def _ids_of(texts: list[str], ids: dict[str, int]) -> I64:
+    """Per text: its index in ``ids``, where a text not in it yet is added."""
+    return np.array([ids.setdefault(t, len(ids)) for t in texts], np.int64)
+
+
+def _class_ids(role: I64, kind: I64, offset: I64) -> I64:
+    """Dense ids of the (role, kind, offset) triples: one integer per triple where they fit
+    63 bits (offset >= -1), else the rows of the three columns."""
+    n_kinds = int(kind.max()) + 1 if kind.size else 1
+    span = int(offset.max()) + 2 if offset.size else 1
+    n_roles = int(role.max()) + 1 if role.size else 1
+    if n_roles * n_kinds * span < 2**62:
+        packed = (role * n_kinds + kind) * span + (offset + 1)
+        return np.unique(packed, return_inverse=True)[1].reshape(-1)
+    triple = np.stack([role, kind, offset], axis=1)
+    return np.unique(triple, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def _row_rates(
@@ -2418,7 +2483,7 @@ def with_canary(inp: ReplayInput, rates: CanaryRates, *, traced: int | None = No
         fork_shared = _held_twice(snap.frame)
         code = mm_code[snap.mm] if snap.n else np.zeros(0, np.int64)
         classes = None if same_run else _row_classes(inp, k, snap, pids[snap.mm].astype(np.int64))
-        rr = _RowRoles(code, roles, *((None, None) if classes is None else classes))
+        rr = _RowRoles(code, roles, *((None, None, ()) if classes is None else classes))
         rate, hit, unseen_rows = _row_rates(snap.hash, key, rr, fork_shared, rates, same_run)
         cand = _unseen_candidates(snap.hash, rr, fork_shared, unseen_rows)
         old = inp.writes[k] if k < len(inp.writes) else None

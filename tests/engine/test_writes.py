@@ -2008,3 +2008,99 @@ def test_a_page_alternating_between_two_contents_does_not_leave(other: bool) -> 
     assert last is not None
     leaving = [] if last.leave_ns is None else np.flatnonzero(last.leave_ns >= 0).tolist()
     assert leaving == ([] if other else [0, 2])  # pids 100 and 101 at 0x10000
+
+
+def _class_rates_by_page(
+    rates: CanaryRates, rr: Any
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """``writes._class_rates`` written page by page and row by row (the oracle)."""
+    assert rates.page_kind is not None
+    assert rates.page_offset is not None
+    m_arr, n_arr = rates._merged(), rates._events()
+    page_role = [rates.role_of_pid.get(int(k >> 36), "") for k in rates.key.tolist()]
+    ev: dict[tuple[str, str, int], float] = {}
+    ms: dict[tuple[str, str, int], float] = {}
+    pages: dict[tuple[str, str, int], int] = {}
+    for i in np.flatnonzero((rates.page_offset >= 0) & (m_arr > 0)).tolist():
+        c = (page_role[i], str(rates.page_kind[i]), int(rates.page_offset[i]))
+        ev[c] = ev.get(c, 0.0) + float(n_arr[i])
+        ms[c] = ms.get(c, 0.0) + float(m_arr[i])
+        pages[c] = pages.get(c, 0) + 1
+    brief = writes_module.BRIEF_MERGE_SAMPLES * rates.sample_s
+    lasting = {c for c, m in ms.items() if m > brief * pages[c]}
+    rate = np.zeros(rr.code.size)
+    seen = np.zeros(rr.code.size, bool)
+    roles = rr.roles if rates.roles_recorded else [writes_module.role_comm(r) for r in rr.roles]
+    for i, (code, kind, off) in enumerate(
+        zip(rr.code.tolist(), rr.kind.tolist(), rr.offset.tolist(), strict=True)
+    ):
+        c = (roles[code], rr.kinds[kind], int(off))
+        if c in lasting:
+            rate[i] = ev[c] / ms[c]
+            seen[i] = True
+    return rate, seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), recorded=st.booleans())
+def test_page_classes_pool_the_canarys_pages_as_one_page_after_the_other(
+    seed: int, recorded: bool
+) -> None:
+    """Classes (role, mapping kind, page number) pooled over a canary's pages, with brief
+    merges, pages outside any mapping, roles by comm and rows of classes the canary never
+    saw: the same rates, bit for bit, and the same classes seen as the loop over pages."""
+    rng = np.random.default_rng(seed)
+    n_pages, n_rows = int(rng.integers(0, 400)), int(rng.integers(0, 300))
+    pids = rng.choice([101, 102, 103, 104], n_pages)
+    key = np.sort(
+        (pids.astype(np.uint64) << np.uint64(36)) | rng.integers(0, 50, n_pages).astype(np.uint64)
+    )
+    kinds = np.array(["heap", "anon", "stack", ""], object)
+    merged = rng.choice([0.0, 0.5, 1.0, 3.0, 7.5], n_pages)
+    rates = CanaryRates(
+        key=key,
+        rate_per_s=np.full(n_pages, np.nan),
+        by_comm={},
+        events=0,
+        merged_s=float(merged.sum()),
+        events_per_page=rng.integers(0, 9, n_pages).astype(np.float64) * rng.random(n_pages),
+        merged_s_per_page=merged,
+        role_of_pid={101: "postgres busy", 102: "postgres idle", 103: "node busy"},
+        roles_recorded=recorded,
+        sample_s=float(rng.choice([0.5, 1.0, 2.0])),
+        page_kind=kinds[rng.integers(0, 4, n_pages)],
+        page_offset=rng.integers(-1, 6, n_pages).astype(np.int64),
+    )
+    roles = ["postgres busy", "postgres idle", "node busy", "python", ""]
+    rr = writes_module._RowRoles(
+        code=rng.integers(0, len(roles), n_rows).astype(np.int64),
+        roles=roles,
+        kind=rng.integers(0, 4, n_rows).astype(np.int64),
+        offset=rng.integers(-1, 6, n_rows).astype(np.int64),
+        kinds=("", "stack", "heap", "file"),
+    )
+    got = writes_module._class_rates(rates, rr)
+    if not (rates.page_offset >= 0).any():
+        assert got is None
+        return
+    assert got is not None
+    want_rate, want_seen = _class_rates_by_page(rates, rr)
+    np.testing.assert_array_equal(got[1], want_seen)
+    np.testing.assert_array_equal(got[0], want_rate)
+
+
+@pytest.mark.parametrize("largest_offset", [7, 2**40, 2**61])
+def test_page_class_ids_group_the_triples_packed_or_not(largest_offset: int) -> None:
+    """One id per distinct (role, kind, page number), packed into one integer or, where the
+    product would pass 63 bits, taken from the rows of the three columns."""
+    rng = np.random.default_rng(largest_offset % 1000)
+    role = rng.integers(0, 5, 500).astype(np.int64)
+    kind = rng.integers(0, 3, 500).astype(np.int64)
+    offset = rng.choice(np.array([-1, 0, 3, largest_offset], np.int64), 500)
+    ids = writes_module._class_ids(role, kind, offset)
+    triples = list(zip(role.tolist(), kind.tolist(), offset.tolist(), strict=True))
+    first: dict[tuple[int, int, int], int] = {}
+    for t, i in zip(triples, ids.tolist(), strict=True):
+        assert first.setdefault(t, i) == i, t
+    assert len(set(first.values())) == len(first)
+    assert sorted(set(ids.tolist())) == list(range(len(first)))
