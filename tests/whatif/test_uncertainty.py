@@ -98,7 +98,7 @@ def test_published_error_of_the_traced_workload_or_of_all() -> None:
     assert django.point == pytest.approx(1 / (1 + sorted(errors)[1]))  # the median run
     every = published_error({})
     all_errors = [e for r in PUBLISHED.values() for e in r.pages_sharing_errors]
-    assert len(every.ratios) == len(all_errors) == 25
+    assert len(every.ratios) == len(all_errors) == 27
     assert min(every.ratios) == pytest.approx(1 / (1 + max(all_errors)))
     assert max(every.ratios) == pytest.approx(1 / (1 + min(all_errors)))
     assert "5 workloads" in every.basis
