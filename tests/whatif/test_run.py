@@ -396,7 +396,7 @@ def test_the_published_model_error_without_a_canary(family_trace: Path) -> None:
     assert me is not None
     assert me.source == "published"  # no canary; no workload label: every published run
     assert len(me.ratios) == sum(len(r.pages_sharing_errors) for r in PUBLISHED.values())
-    assert len(me.ratios) == 25  # PostgreSQL, churn, Django: 3 runs each; Node 5; JVM 11
+    assert len(me.ratios) == 27  # PostgreSQL, churn, Django: 3 runs each; Node 5; JVM 13
     off, on = res.scenarios
     assert on.hosts[0].saving_factor == pytest.approx(me.point)
     assert off.hosts[0].saving_factor == 1.0  # KSM off: nothing to correct
