@@ -1856,11 +1856,14 @@ def _class_ids(role: I64, kind: I64, offset: I64) -> I64:
     n_kinds = int(kind.max()) + 1 if kind.size else 1
     span = int(offset.max()) + 2 if offset.size else 1
     n_roles = int(role.max()) + 1 if role.size else 1
+    inverse: I64
     if n_roles * n_kinds * span < 2**62:
         packed = (role * n_kinds + kind) * span + (offset + 1)
-        return np.unique(packed, return_inverse=True)[1].reshape(-1)
-    triple = np.stack([role, kind, offset], axis=1)
-    return np.unique(triple, axis=0, return_inverse=True)[1].reshape(-1)
+        inverse = np.unique(packed, return_inverse=True)[1]
+    else:
+        triple = np.stack([role, kind, offset], axis=1)
+        inverse = np.unique(triple, axis=0, return_inverse=True)[1]
+    return inverse.reshape(-1).astype(np.int64, copy=False)
 
 
 def _row_rates(
