@@ -1765,7 +1765,7 @@ def _row_classes(
     me, mk = maps["end"][sel][order], maps["kind"][sel][order]
     # the kinds as text, "" (a row of no mapping) first: one code per mapping
     kinds: dict[str, int] = {"": 0}
-    mk_code = np.array([kinds.setdefault(str(x), len(kinds)) for x in mk.tolist()], np.int64)
+    mk_code = _ids_of([str(x) for x in mk.tolist()], kinds)
     addr = snap.page << np.uint64(inp.page_size.bit_length() - 1)
     # the last mapping of the row's pid that starts at or before its address
     combo = (mp.astype(np.uint64) << np.uint64(48)) | (ms >> np.uint64(12))
